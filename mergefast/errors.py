@@ -1,0 +1,26 @@
+"""Error types that mergefast raises for users.
+
+Every error a user can cause (a bad config, a missing model, an unreadable file) is a
+`MergefastError`: the CLI prints its message on one line and exits with its `exit_code`,
+without a traceback unless `-v` is given.
+"""
+
+
+class MergefastError(Exception):
+    """Base class of every error mergefast reports to a user."""
+
+    exit_code = 1
+
+
+class ConfigError(MergefastError):
+    """The YAML or the options are wrong: fix the config (exit code 2)."""
+
+    exit_code = 2
+
+
+class ModelError(MergefastError):
+    """A model folder, repo id or checkpoint file cannot be used (exit code 1)."""
+
+
+class MergeError(MergefastError):
+    """The arithmetic cannot produce a sensible result for a tensor (exit code 1)."""

@@ -1,0 +1,49 @@
+"""`linear`: a weighted average (or weighted sum) of the inputs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .numerics import accumulation_dtype, check_same_shape, result_dtype
+
+# Below this |sum of weights| a normalised linear merge has no sensible result (mergekit
+# 0.1.5 returns inf/NaN there); the same threshold guards task arithmetic's divisor.
+ZERO_WEIGHT_SUM = 1e-8
+
+
+class ZeroWeightSumError(ValueError):
+    """`normalize` was asked for but the weights sum to (nearly) zero."""
+
+
+def linear(
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    normalize: bool = True,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Return sum(w_i * x_i), divided by sum(w_i) when `normalize`.
+
+    Arithmetic in float32 (float64 for float64 inputs), rounded once to `out_dtype`
+    (default: the promoted input dtype). Raises ZeroWeightSumError when `normalize` is on
+    and the weights sum to zero, where mergekit would silently produce inf/NaN.
+    """
+    if len(tensors) != len(weights) or not tensors:
+        raise ValueError(f"linear: got {len(tensors)} tensors and {len(weights)} weights")
+    check_same_shape(tensors, "linear")
+    acc_dtype = accumulation_dtype(tensors)
+    w = torch.tensor(list(weights), dtype=acc_dtype)
+    acc = torch.zeros(tensors[0].shape, dtype=acc_dtype, device=tensors[0].device)
+    for x, wi in zip(tensors, w):
+        acc += wi.item() * x.to(acc_dtype)
+    if normalize:
+        total = w.sum().item()
+        if abs(total) < ZERO_WEIGHT_SUM:
+            raise ZeroWeightSumError(
+                f"linear weights {list(weights)} sum to zero with normalize: true; "
+                "change the weights or set normalize: false"
+            )
+        acc /= total
+    return acc.to(result_dtype(tensors, out_dtype))

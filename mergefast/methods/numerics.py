@@ -1,0 +1,49 @@
+"""Shared numerics rules of the contract in DESIGN.md: accumulate wide, round once."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def accumulation_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """float64 when any input is float64, else float32 (bf16/fp16 are never used for math)."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def result_dtype(tensors: Sequence[torch.Tensor], out_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype the result is rounded to: `out_dtype`, else the promoted input dtype.
+
+    mergekit 0.1.5 promotes a tensor group to a common dtype before merging, so a merge of
+    bf16 and fp32 inputs without `dtype:` gives fp32; we do the same.
+    """
+    if out_dtype is not None:
+        return out_dtype
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def check_same_shape(tensors: Sequence[torch.Tensor], what: str) -> None:
+    """Raise ValueError unless every tensor has the shape of the first."""
+    shape = tensors[0].shape
+    for t in tensors[1:]:
+        if t.shape != shape:
+            raise ValueError(f"{what}: inputs have different shapes {tuple(shape)} and {tuple(t.shape)}")
+
+
+def keep_count(density: float, numel: int) -> int:
+    """How many elements magnitude selection keeps: mergekit 0.1.5's rule.
+
+    density >= 1 keeps everything, density <= 0 keeps nothing, otherwise
+    max(1, int(density * numel)) (0.1.5 never zeroes a whole tensor for a positive density).
+    """
+    if density >= 1:
+        return numel
+    if density <= 0 or numel == 0:
+        return 0
+    return max(1, int(density * numel))
