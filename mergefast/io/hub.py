@@ -1,0 +1,198 @@
+"""Model references (`path[@revision]`) and locating them: a local folder, or a Hugging Face
+repo downloaded into (or found offline in) the normal huggingface_hub cache.
+
+Downloads are narrower than mergekit's `*.safetensors` / `*.bin`: the repo listing decides the
+format in the reader's order (model.safetensors, its index, pytorch_model.bin, its index) and
+only the files that format uses are fetched (for an index, the shards its weight_map names),
+so a repo that also ships e.g. `consolidated.safetensors` is not downloaded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, ModelError
+from .reader import WEIGHT_FILES
+
+log = logging.getLogger(__name__)
+
+# Config and tokenizer files, always fetched next to the weights.
+META_PATTERNS = ["*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "vocab.json"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    path: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return self.path if self.revision is None else f"{self.path}@{self.revision}"
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Parse mergekit's string form `path[@revision]` (LoRA `model+lora` is not supported yet)."""
+    text = str(text).strip()
+    if "+" in text:
+        raise ConfigError(
+            f"model reference {text!r}: LoRA model references (model+lora) are not supported yet; "
+            "merge the LoRA into its base first and reference that folder"
+        )
+    if text.count("@") > 1:
+        raise ConfigError(f"model reference {text!r} has more than one '@'; use path or path@revision")
+    path, _, revision = text.partition("@")
+    if not path:
+        raise ConfigError(f"model reference {text!r} has no path; use a folder or a repo id like org/name[@revision]")
+    if "@" in text and not revision:
+        raise ConfigError(f"model reference {text!r} ends with '@' but names no revision; remove it or add one")
+    return ModelRef(path, revision or None)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE, read now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE")
+    if env is not None:
+        return env.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
+    """The local folder holding `ref`: an existing directory as is, else a Hugging Face repo
+    found in (offline, HF_HUB_OFFLINE=1) or downloaded into the hub cache (`cache_dir`, else
+    HF_HUB_CACHE / HF_HOME). Only config, tokenizer and weight files are downloaded."""
+    if isinstance(ref, str):
+        ref = parse_model_ref(ref)
+    local = Path(ref.path).expanduser()
+    if local.is_dir():
+        if ref.revision is not None:
+            raise ConfigError(
+                f"model {ref}: {local} is a local folder, and a revision (@{ref.revision}) only applies to "
+                "Hugging Face repos; remove the @revision"
+            )
+        return local.absolute()
+    if local.exists():
+        raise ModelError(f"model path {local} is a file; point the config at the folder holding config.json and the weights")
+    if _looks_like_path(ref.path):
+        raise ModelError(
+            f"model folder {ref.path} does not exist; check the path (a Hugging Face repo id looks like org/name)"
+        )
+    return _resolve_repo(ref.path, ref.revision, cache_dir)
+
+
+def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Path:
+    import huggingface_hub as hf
+    from huggingface_hub import errors as hfe
+
+    what = repo if revision is None else f"{repo}@{revision}"
+    cache = cache_dir or hf.constants.HF_HUB_CACHE
+    try:
+        hf.utils.validate_repo_id(repo)
+    except hfe.HFValidationError as e:
+        raise ModelError(
+            f"model {what}: not a local folder and not a valid Hugging Face repo id ({e}); check the path"
+        ) from e
+
+    def cached() -> Path:
+        return Path(
+            hf.snapshot_download(
+                repo, revision=revision, cache_dir=cache_dir, local_files_only=True, allow_patterns=META_PATTERNS
+            )
+        )
+
+    try:
+        if _offline():
+            return cached()
+        try:
+            files = hf.list_repo_files(repo, revision=revision)
+        except Exception as e:
+            if not _is_network_error(e):
+                raise
+            try:
+                folder = cached()
+            except hfe.LocalEntryNotFoundError:
+                raise e from None
+            log.warning("cannot reach the Hugging Face Hub (%s); using the cached %s in %s", e, what, folder)
+            return folder
+        weights = _weight_files(files)
+        if weights is None:  # no standard weight file: mergekit's patterns, the reader will complain
+            weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
+        elif weights[0].endswith(".index.json"):
+            meta = hf.snapshot_download(repo, revision=revision, cache_dir=cache_dir, allow_patterns=META_PATTERNS)
+            weights = _shards_of(Path(meta) / weights[0])
+        folder = hf.snapshot_download(
+            repo, revision=revision, cache_dir=cache_dir, allow_patterns=META_PATTERNS + weights
+        )
+        return Path(folder)
+    except ModelError:
+        raise
+    except hfe.GatedRepoError as e:
+        raise ModelError(
+            f"Hugging Face repo {repo} is gated: accept its terms on https://huggingface.co/{repo} "
+            "and log in (`hf auth login` or HF_TOKEN)"
+        ) from e
+    except hfe.RepositoryNotFoundError as e:
+        raise ModelError(
+            f"Hugging Face repo {repo} not found (or private: log in with `hf auth login` or set HF_TOKEN); "
+            "check the model name in the config"
+        ) from e
+    except hfe.RevisionNotFoundError as e:
+        raise ModelError(f"revision {revision!r} not found in Hugging Face repo {repo}; check the @revision in the config") from e
+    except hfe.IncompleteSnapshotError as e:
+        raise ModelError(
+            f"the cached copy of {what} in {cache} is incomplete and the Hub cannot be used; "
+            "rerun with network access (HF_HUB_OFFLINE unset) to finish the download"
+        ) from e
+    except hfe.LocalEntryNotFoundError as e:
+        raise ModelError(
+            f"Hugging Face repo {what} is not in the local cache {cache} and HF_HUB_OFFLINE is set; "
+            f"download it first (`hf download {repo}`) or unset HF_HUB_OFFLINE"
+        ) from e
+    except Exception as e:
+        if _is_network_error(e):
+            raise ModelError(
+                f"cannot reach the Hugging Face Hub for {what} ({type(e).__name__}: {_first_line(e)}) and it is not "
+                f"cached in {cache}; check the network or proxy, or download it elsewhere and set HF_HUB_OFFLINE=1"
+            ) from e
+        if isinstance(e, hfe.HfHubHTTPError):
+            raise ModelError(
+                f"Hugging Face Hub error for {what}: {_first_line(e)}; retry later, or check your token"
+            ) from e
+        raise
+
+
+def _weight_files(files: list[str]) -> list[str] | None:
+    """The first of the reader's weight files present at the repo root."""
+    root = {f for f in files if "/" not in f}
+    return next(([f] for f in WEIGHT_FILES if f in root), None)
+
+
+def _shards_of(index: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelError(f"{index}: cannot read the weight_map of the downloaded index ({e}); the repo is broken") from e
+
+
+def _is_network_error(e: BaseException) -> bool:
+    from huggingface_hub import errors as hfe
+
+    if isinstance(e, hfe.HfHubHTTPError):
+        return False
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    return type(e).__module__.split(".")[0] in {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,253 @@
+"""Streaming safetensors output: the whole shard layout is fixed up front, tensors land at
+their final byte offsets in any order (os.pwrite), and no shard is ever held in memory.
+
+Naming follows mergekit: one shard -> `model.safetensors` and no index; several ->
+`model-00001-of-0000N.safetensors` plus `model.safetensors.index.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from .reader import TORCH_TO_SAFETENSORS
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmb]?)\s*$", re.IGNORECASE)
+_SUFFIX = {"": 1, "k": 1000, "m": 1000**2, "b": 1000**3}
+
+
+def parse_size(text: str) -> int:
+    """mergekit's `--out-shard-size`: an integer number of bytes, or with a k/m/b suffix
+    (x1000, case-insensitive): "5B" = 5_000_000_000, "500M", "1000k"."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    m = _SIZE_RE.match(str(text))
+    if m is None:
+        raise ConfigError(
+            f"invalid shard size {text!r}: use a whole number of bytes, optionally with a k, m or b suffix "
+            "(x1000 each), e.g. 5B, 500M, 1000000"
+        )
+    return int(m.group(1)) * _SUFFIX[m.group(2).lower()]
+
+
+def plan_shards(tensors: list[OutputTensor], max_shard_size: int) -> list[list[OutputTensor]]:
+    """Split `tensors` (in order) into shards, by mergekit's rule: before adding a tensor, if
+    the current shard is non-empty and would exceed `max_shard_size`, start a new one. A tensor
+    bigger than the limit gets a shard of its own; `max_shard_size <= 0` means one shard."""
+    shards: list[list[OutputTensor]] = []
+    current: list[OutputTensor] = []
+    size = 0
+    for t in tensors:
+        if current and max_shard_size > 0 and size + t.nbytes > max_shard_size:
+            shards.append(current)
+            current, size = [], 0
+        current.append(t)
+        size += t.nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_file_names(n: int) -> list[str]:
+    if n == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+
+
+def _encode_header(shard: list[OutputTensor], metadata: dict[str, str]) -> tuple[bytes, list[int]]:
+    """Header bytes (length prefix + JSON padded with spaces to 8 bytes, as safetensors does)
+    and each tensor's offset relative to the start of the data."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offsets = []
+    pos = 0
+    for t in shard:
+        try:
+            dtype = TORCH_TO_SAFETENSORS[t.dtype]
+        except KeyError:
+            raise ValueError(f"tensor {t.name!r}: dtype {t.dtype} cannot be stored in safetensors") from None
+        header[t.name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [pos, pos + t.nbytes]}
+        offsets.append(pos)
+        pos += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, offsets
+
+
+class _Shard:
+    def __init__(self, path: Path, count: int):
+        self.path = path
+        self.remaining = count
+        self.fd: int | None = None
+        self.lock = threading.Lock()
+
+
+class ShardedWriter:
+    """Writes a list of output tensors into safetensors shards at their final offsets.
+
+    `write` may be called from several threads, in any order. A shard's file descriptor is
+    opened on its first write and fsynced and closed after its last, so the number of open
+    files stays small even with thousands of shards.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        tensors: list[OutputTensor],
+        max_shard_size: int,
+        metadata: dict[str, str] | None = None,
+    ):
+        self.folder = Path(folder)
+        self.tensors = list(tensors)
+        seen: set[str] = set()
+        for t in self.tensors:
+            if t.name in seen:
+                raise ValueError(f"tensor {t.name!r} appears twice in the output plan")
+            seen.add(t.name)
+        meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
+        self.shards = plan_shards(self.tensors, max_shard_size)
+        names = shard_file_names(len(self.shards))
+        self._files: list[_Shard] = []
+        # name -> (shard index, absolute offset in the file, planned tensor)
+        self._slots: dict[str, tuple[int, int, OutputTensor]] = {}
+        self._written: set[str] = set()
+        self._lock = threading.Lock()
+        self._finished = False
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for k, (shard, fname) in enumerate(zip(self.shards, names)):
+            header, offsets = _encode_header(shard, meta)
+            path = self.folder / fname
+            data = sum(t.nbytes for t in shard)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _pwrite_all(fd, memoryview(header), 0, path)
+                os.ftruncate(fd, len(header) + data)
+            finally:
+                os.close(fd)
+            self._files.append(_Shard(path, len(shard)))
+            for t, off in zip(shard, offsets):
+                self._slots[t.name] = (k, len(header) + off, t)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor (any order, thread-safe). Its dtype and shape must match
+        the plan exactly (ValueError otherwise); a GPU tensor is copied to the CPU first."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ValueError(f"tensor {name!r} is not in the output plan")
+        k, offset, planned = slot
+        if tensor.dtype != planned.dtype or tuple(tensor.shape) != planned.shape:
+            raise ValueError(
+                f"tensor {name!r}: got {tensor.dtype}{list(tensor.shape)}, "
+                f"the output plan expects {planned.dtype}{list(planned.shape)}"
+            )
+        with self._lock:
+            if self._finished:
+                raise ValueError(f"tensor {name!r}: the writer is already finished or aborted")
+            if name in self._written:
+                raise ValueError(f"tensor {name!r} written twice")
+            self._written.add(name)
+        shard = self._files[k]
+        try:
+            if planned.nbytes:
+                data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+                with shard.lock:
+                    if shard.fd is None:
+                        shard.fd = os.open(shard.path, os.O_WRONLY)
+                    fd = shard.fd
+                _pwrite_all(fd, memoryview(data.numpy()), offset, shard.path)
+        except BaseException:
+            with self._lock:
+                self._written.discard(name)
+            raise
+        with shard.lock:
+            shard.remaining -= 1
+            if shard.remaining == 0 and shard.fd is not None:
+                os.fsync(shard.fd)
+                os.close(shard.fd)
+                shard.fd = None
+
+    def finish(self) -> list[Path]:
+        """Check every tensor was written, fsync, write the index when there are several
+        shards, and return the files written (shards, then the index)."""
+        missing = [t.name for t in self.tensors if t.name not in self._written]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise RuntimeError(
+                f"output incomplete: {len(missing)} tensor(s) never written: {', '.join(missing[:5])}{more}"
+            )
+        with self._lock:
+            self._finished = True
+        for shard in self._files:
+            with shard.lock:
+                if shard.fd is not None:  # pragma: no cover - closed by the last write
+                    os.fsync(shard.fd)
+                    os.close(shard.fd)
+                    shard.fd = None
+        files = [s.path for s in self._files]
+        if len(self._files) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.nbytes for t in self.tensors)},
+                "weight_map": {t.name: self._files[self._slots[t.name][0]].path.name for t in self.tensors},
+            }
+            path = self.folder / INDEX_NAME
+            with open(path, "w") as f:
+                json.dump(index, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            files.append(path)
+        # Shards never opened by `write` (only zero-size tensors) and the folder entries.
+        for p in [*files, self.folder]:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return files
+
+    def abort(self) -> None:
+        """Close every open file (the caller deletes the temporary folder)."""
+        with self._lock:
+            self._finished = True
+        for shard in self._files:
+            with shard.lock:
+                if shard.fd is not None:
+                    os.close(shard.fd)
+                    shard.fd = None
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
+    data = data.cast("B")
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
