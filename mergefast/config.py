@@ -1,0 +1,206 @@
+"""The mergekit YAML schema (0.1.5), validated strictly.
+
+mergekit ignores unknown keys silently; we reject them with a did-you-mean suggestion,
+because a typo such as `densiy:` otherwise costs a whole merge.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Scalar = Union[bool, int, float, str]
+# A parameter setting: scalar, gradient list, {filter, value} conditional, or a list of those.
+Setting = Any
+
+DTYPES = ("bfloat16", "float16", "float32", "float64", "int64")
+NOT_SUPPORTED_YET = {
+    "modules": "the multi-module `modules:` syntax is not supported yet; use `models:` or `slices:`",
+    "tokenizer": "the `tokenizer:` block is not supported yet; use `tokenizer_source: base` or a model",
+    "chat_template": "`chat_template` is not supported yet",
+}
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Strict(BaseModel):
+    """Base model: unknown keys are errors that suggest the closest known key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    if key in NOT_SUPPORTED_YET:
+                        raise ValueError(NOT_SUPPORTED_YET[key])
+                    raise ValueError(f"unknown key '{key}'{did_you_mean(key, cls.model_fields)}")
+        return data
+
+
+def _model_string(value: Any) -> Any:
+    """Accept `model: org/name` and the dict form `model: {path, revision}`."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"path", "revision"}
+        if unknown:
+            raise ValueError(f"model references with {sorted(unknown)} are not supported yet")
+        path = value.get("path")
+        if not isinstance(path, str):
+            raise ValueError("a model reference needs a `path`")
+        return f"{path}@{value['revision']}" if value.get("revision") else path
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"a model reference must be a path or repo id, got {value!r}")
+
+
+class ModelEntry(_Strict):
+    """One entry of `models:`."""
+
+    model: str
+    parameters: Optional[dict[str, Setting]] = None
+    _model = field_validator("model", mode="before")(_model_string)
+
+
+class InputSlice(_Strict):
+    """One source of an output slice: a model and an end-exclusive layer range."""
+
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Optional[dict[str, Setting]] = None
+    _model = field_validator("model", mode="before")(_model_string)
+
+    @field_validator("layer_range")
+    @classmethod
+    def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] < 0 or value[1] <= value[0]:
+            raise ValueError(f"layer_range {list(value)} must be [start, end) with 0 <= start < end")
+        return value
+
+
+class OutputSlice(_Strict):
+    """One entry of `slices:`."""
+
+    sources: list[InputSlice]
+    base_model: Optional[str] = None
+    parameters: Optional[dict[str, Setting]] = None
+    residual_weight: Optional[float] = None  # in mergekit's schema, never used
+    _base = field_validator("base_model", mode="before")(
+        lambda v: None if v is None else _model_string(v))
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> "OutputSlice":
+        if not self.sources:
+            raise ValueError("a slice needs at least one source")
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
+        if len(lengths) > 1:
+            raise ValueError(f"all sources of a slice must have the same number of layers, got {sorted(lengths)}")
+        return self
+
+
+class MergeConfig(_Strict):
+    """A whole mergekit configuration file."""
+
+    merge_method: str
+    models: Optional[list[ModelEntry]] = None
+    slices: Optional[list[OutputSlice]] = None
+    base_model: Optional[str] = None
+    parameters: Optional[dict[str, Setting]] = None
+    dtype: Optional[str] = None
+    out_dtype: Optional[str] = None
+    tokenizer_source: Optional[str] = None
+    name: Optional[str] = None  # mergekit-multi document name; accepted, unused
+    _base = field_validator("base_model", mode="before")(
+        lambda v: None if v is None else _model_string(v))
+
+    @field_validator("dtype", "out_dtype")
+    @classmethod
+    def _dtype(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        name = value.removeprefix("torch.")
+        if name not in DTYPES:
+            hint = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+                    "float": "float32"}.get(name)
+            suggestion = f" (did you mean '{hint}'?)" if hint else did_you_mean(name, DTYPES)
+            raise ValueError(f"unknown dtype '{value}'{suggestion}; use one of {', '.join(DTYPES)}")
+        return name
+
+    @field_validator("tokenizer_source", mode="before")
+    @classmethod
+    def _tokenizer_source(cls, value: Any) -> Any:
+        if value == "union":
+            raise ValueError("tokenizer_source: union is not supported yet; use `base` or a model")
+        return None if value is None else _model_string(value)
+
+    @model_validator(mode="after")
+    def _models_xor_slices(self) -> "MergeConfig":
+        if (self.models is None) == (self.slices is None):
+            raise ValueError("exactly one of `models` or `slices` must be given")
+        if not (self.models or self.slices):
+            raise ValueError("`models`/`slices` must not be empty")
+        return self
+
+
+def _location(loc: tuple) -> str:
+    """pydantic's error location as a YAML path, e.g. slices[0].sources[1].layer_range."""
+    parts = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif not str(item).startswith(("function-", "tuple[")):
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = _location(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {where + ': ' if where else ''}{message}"
+
+
+def parse_config(text: str, source: str = "<config>") -> MergeConfig:
+    """Parse and validate YAML text; raise ConfigError naming `source` and the key."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with `merge_method`, got {type(data).__name__}")
+    try:
+        config = MergeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    from .parameters import check_parameters
+
+    check_parameters(config, source)
+    return config
+
+
+def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, str, str]:
+    """Return (config, its YAML text, where it came from) from a path, YAML text or config."""
+    if isinstance(path_or_text, MergeConfig):
+        text = yaml.safe_dump(path_or_text.model_dump(exclude_none=True), sort_keys=False)
+        return path_or_text, text, "<config>"
+    if isinstance(path_or_text, Path) or "\n" not in str(path_or_text):
+        path = Path(path_or_text)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        return parse_config(text, str(path)), text, str(path)
+    return parse_config(str(path_or_text)), str(path_or_text), "<config>"

@@ -1,0 +1,133 @@
+"""Runs a plan: read each job's inputs, merge on the math device, stream into the output.
+
+The output is written into a temporary folder beside OUT (named `.<OUT>.mergefast-partial-*`)
+and renamed into place only when everything is written, so OUT never holds a half-written
+model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .errors import ConfigError, MergeError
+from .io.output import copy_tokenizer, output_model_config, write_json
+from .io.writer import OutputTensor, ShardedWriter
+from .methods.linear import ZeroWeightSumError
+from .methods.registry import merge_group
+from .options import MergeOptions
+from .plan import MergePlan, TensorJob
+
+PARTIAL_MARK = ".mergefast-partial-"
+
+
+@dataclass
+class MergeStats:
+    """What a run moved and how long it took."""
+
+    tensors: int = 0
+    read_bytes: int = 0
+    written_bytes: int = 0
+    seconds: float = 0.0
+
+
+def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
+    """Read a job's inputs and return its output tensor on the CPU."""
+    tensors = [plan.models[s.model].reader.read(s.tensor) for s in job.sources]
+    if job.copy:
+        return tensors[0]
+    tensors = [t.to(device, non_blocking=True) for t in tensors]
+    try:
+        out = merge_group(plan.spec, tensors, job.base_index, job.global_params, job.model_params, job.dtype)
+    except ZeroWeightSumError as exc:
+        raise MergeError(f"{plan.source}: tensor {job.name}: {exc}") from None
+    return out.cpu()
+
+
+def check_out_path(out: Path) -> None:
+    """OUT may be missing or a folder (replaced at the very end), never a file."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} is a file; give a folder path")
+
+
+def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: MergeStats) -> None:
+    outputs = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
+    device = options.math_device
+    total = sum(j.read_bytes for j in plan.jobs)
+    writer = ShardedWriter(folder, outputs, options.out_shard_size)
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=options.quiet) as bar:
+            for job in plan.jobs:
+                writer.write(job.name, run_job(plan, job, device))
+                stats.tensors += 1
+                stats.read_bytes += job.read_bytes
+                bar.update(job.read_bytes)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    stats.written_bytes = sum(o.nbytes for o in outputs)
+
+
+def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_name: str) -> None:
+    config = plan.config
+    donor = plan.models[plan.donor]
+    dtype_name = config.out_dtype or config.dtype
+    write_json(folder / "config.json", output_model_config(donor.config, dtype_name, plan.num_layers))
+    if options.copy_tokenizer:
+        source = config.tokenizer_source
+        ref = plan.donor if source in (None, "base") else source
+        if source == "base" and not config.base_model:
+            raise ConfigError(f"{plan.source}: tokenizer_source: base needs a base_model")
+        copy_tokenizer(plan.models[ref].folder, folder)
+    if options.write_model_card:
+        from .io.card import model_card
+
+        others = [m for m in plan.models if m != config.base_model and m != config.tokenizer_source]
+        base = None if config.merge_method == "slerp" else config.base_model
+        if base is None and config.base_model:
+            others = [config.base_model, *others]
+        card = model_card(plan.config_text, method=config.merge_method, base_model=base,
+                          models=others, out_name=out_name)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+        (folder / "mergekit_config.yml").write_text(plan.config_text, encoding="utf-8")
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` to `out`, replacing an existing `out` only at this moment."""
+    if out.exists():
+        old = out.parent / f".{out.name}.mergefast-old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> MergeStats:
+    """Run every job of `plan` and write the finished model folder at `out_path`."""
+    out = Path(out_path).absolute()
+    check_out_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    stats, start = MergeStats(), time.perf_counter()
+    try:
+        if options.random_seed is not None:
+            torch.manual_seed(options.random_seed)
+        _write_tensors(plan, tmp, options, stats)
+        _write_side_files(plan, tmp, options, out.name)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    stats.seconds = time.perf_counter() - start
+    return stats

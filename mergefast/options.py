@@ -1,0 +1,56 @@
+"""Options of a merge run (the `mergefast yaml` flags), shared by the CLI and `merge()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .errors import ConfigError
+
+DEFAULT_SHARD_SIZE = 5_000_000_000
+
+
+@dataclass
+class MergeOptions:
+    """Everything that changes how a merge runs, not what it computes."""
+
+    cuda: bool = False
+    device: str | None = None
+    out_shard_size: int = DEFAULT_SHARD_SIZE
+    copy_tokenizer: bool = True
+    write_model_card: bool = True
+    allow_crimes: bool = False
+    random_seed: int | None = None
+    transformers_cache: str | None = None
+    lazy_unpickle: bool = False  # accepted for compatibility: .bin files are always read lazily
+    trust_remote_code: bool = False  # config.json is read as JSON: no model code ever runs
+    verbose: int = 0
+    quiet: bool = False
+
+    @property
+    def math_device(self) -> str:
+        """The device merges run on: --device, else cuda with --cuda, else cpu."""
+        if self.device and self.device != "auto":
+            return self.device
+        if self.device == "auto" or self.cuda:
+            import torch
+
+            if torch.cuda.is_available():
+                return "cuda"
+            if self.cuda:
+                raise ConfigError("--cuda was given but torch sees no CUDA device")
+        return "cpu"
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "MergeOptions":
+        """Build options from keyword arguments named like the CLI flags (underscores)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            from .config import did_you_mean
+
+            raise ConfigError(f"unknown merge option '{unknown[0]}'{did_you_mean(unknown[0], known)}")
+        if isinstance(kwargs.get("out_shard_size"), str):
+            from .io.writer import parse_size
+
+            kwargs["out_shard_size"] = parse_size(kwargs["out_shard_size"])
+        return cls(**kwargs)

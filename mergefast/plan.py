@@ -1,0 +1,269 @@
+"""Config + headers -> the list of output tensors to produce (no tensor data is read).
+
+`models:` becomes one output slice over every layer (the base appended when not listed),
+`slices:` are taken as given. Pre-weights (embeddings) use the first slice's sources,
+post-weights (final norm, lm_head) the last slice's, both at gradient position 0; layer
+tensors get t = i/(n-1) within their slice (1 for a one-layer slice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .architecture import TIED_HEADS
+from .config import MergeConfig
+from .errors import ConfigError
+from .inputs import InputModel, close_models, open_models, referenced_models
+from .io.reader import TensorInfo
+from .methods.registry import MethodSpec
+from .options import MergeOptions
+from .parameters import method_spec, resolve
+
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+                "float64": torch.float64, "int64": torch.int64}
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """One input tensor of a job: which model and which of its tensors."""
+
+    model: str
+    tensor: str
+    info: TensorInfo
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor: its sources in merge order and its resolved parameters."""
+
+    name: str
+    sources: tuple[TensorSource, ...]
+    base_index: int | None
+    global_params: dict[str, Any]
+    model_params: tuple[dict[str, Any], ...]
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    copy: bool = False  # the output is sources[0] unchanged: no arithmetic
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read from the inputs for this job."""
+        return sum(s.info.nbytes for s in self.sources)
+
+
+@dataclass(frozen=True)
+class SliceSource:
+    """A source of a normalised slice: model, end-exclusive layer range, parameters."""
+
+    model: str
+    start: int
+    end: int
+    parameters: dict | None
+    where: str
+
+
+@dataclass(frozen=True)
+class PlanSlice:
+    """A normalised output slice."""
+
+    sources: tuple[SliceSource, ...]
+    base: str | None
+    parameters: dict | None
+    where: str
+
+    @property
+    def length(self) -> int:
+        """Number of output layers the slice produces."""
+        return self.sources[0].end - self.sources[0].start
+
+
+@dataclass
+class MergePlan:
+    """Everything a merge will do, known before any tensor is read."""
+
+    config: MergeConfig
+    config_text: str
+    source: str
+    spec: MethodSpec
+    models: dict[str, InputModel]
+    donor: str
+    jobs: list[TensorJob] = field(default_factory=list)
+    num_layers: int | None = None  # output layer count for `slices:` configs
+
+    @property
+    def base_model(self) -> str | None:
+        """The top-level base model reference."""
+        return self.config.base_model
+
+    def close(self) -> None:
+        """Close the input readers."""
+        close_models(self.models)
+
+
+def normalise_slices(config: MergeConfig, models: dict[str, InputModel], source: str) -> list[PlanSlice]:
+    """`models:` -> one slice over all layers; `slices:` validated against layer counts."""
+    if config.models is not None:
+        entries = [(e.model, e.parameters, f"models[{i}]") for i, e in enumerate(config.models)]
+        if config.base_model and config.base_model not in [e[0] for e in entries]:
+            entries.append((config.base_model, None, "base_model"))
+        counts = {models[m].arch.num_layers for m, _, _ in entries}
+        if len(counts) > 1:
+            detail = ", ".join(f"{m}: {models[m].arch.num_layers}" for m, _, _ in entries)
+            raise ConfigError(f"{source}: models have different layer counts ({detail}); use `slices:`")
+        n = counts.pop()
+        srcs = tuple(SliceSource(m, 0, n, p, w) for m, p, w in entries)
+        return [PlanSlice(srcs, config.base_model, None, "models")]
+    slices = []
+    for i, sl in enumerate(config.slices):
+        srcs = []
+        for j, s in enumerate(sl.sources):
+            where = f"slices[{i}].sources[{j}]"
+            start, end = s.layer_range
+            available = models[s.model].arch.num_layers
+            if end > available:
+                raise ConfigError(f"{source}: {where}.layer_range: [{start}, {end}] goes past the end of "
+                                  f"{s.model}, which has {available} layers (end is exclusive)")
+            srcs.append(SliceSource(s.model, start, end, s.parameters, where))
+        slices.append(PlanSlice(tuple(srcs), sl.base_model or config.base_model, sl.parameters, f"slices[{i}]"))
+    return slices
+
+
+def _check_slice_inputs(spec: MethodSpec, sl: PlanSlice, source: str) -> int | None:
+    """Check the slice has the inputs the method needs; return the base's source index."""
+    refs = [s.model for s in sl.sources]
+    n = len(refs)
+    base_index = refs.index(sl.base) if sl.base in refs else None
+    if spec.needs_base and sl.base is None:
+        raise ConfigError(f"{source}: {spec.name} needs a base_model")
+    if spec.needs_base and base_index is None:
+        raise ConfigError(f"{source}: {sl.where}: base_model {sl.base} must be one of the slice's sources")
+    if n < spec.min_inputs or (spec.max_inputs is not None and n > spec.max_inputs):
+        wanted = (f"exactly {spec.max_inputs}" if spec.min_inputs == spec.max_inputs
+                  else f"at least {spec.min_inputs}")
+        raise ConfigError(f"{source}: {sl.where}: {spec.name} takes {wanted} model(s) per tensor "
+                          f"{'including the base ' if spec.needs_base and spec.name == 'slerp' else ''}, got {n}")
+    return base_index
+
+
+class _JobBuilder:
+    """Builds TensorJobs for one plan: source lookup, parameters, shapes and dtypes."""
+
+    def __init__(self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str):
+        self.config, self.spec, self.models, self.source = config, spec, models, source
+        name = config.out_dtype or config.dtype
+        self.out_dtype = TORCH_DTYPES[name] if name else None
+
+    def input_name(self, ref: str, name: str) -> str | None:
+        """`name` in model `ref`, falling back from an untied head to the tied embedding."""
+        reader = self.models[ref].reader
+        if name in reader:
+            return name
+        tied = TIED_HEADS.get(name)
+        return tied if tied and tied in reader else None
+
+    def job(self, out_name: str, sl: PlanSlice, names: list[str], t: float, base_index) -> TensorJob | None:
+        """The job producing `out_name` from input tensor `names[i]` of each slice source."""
+        found = [self.input_name(s.model, n) for s, n in zip(sl.sources, names)]
+        if all(f is None for f in found):
+            return None  # absent from every input (e.g. lm_head of tied-embedding models)
+        for s, n, f in zip(sl.sources, names, found):
+            if f is None:
+                raise ConfigError(f"{self.source}: tensor {n} is missing from model {s.model} "
+                                  f"({self.models[s.model].folder}) but other inputs of {sl.where} have it")
+        sources = tuple(TensorSource(s.model, f, self.models[s.model].reader.info(f))
+                        for s, f in zip(sl.sources, found))
+        self._check_shapes(out_name, sources)
+        params = tuple(self._model_params(sl, s, src.tensor, t, i == base_index)
+                       for i, (s, src) in enumerate(zip(sl.sources, sources)))
+        return self._finish(out_name, sources, base_index, self._global_params(sl, out_name, t), params)
+
+    def _model_params(self, sl: PlanSlice, s: SliceSource, tensor: str, t: float, is_base: bool) -> dict:
+        if is_base and not self.spec.base_params:
+            return {}
+        where = f"{self.source}: {s.where} ({s.model}), tensor {tensor}"
+        levels = [s.parameters, sl.parameters, self.config.parameters]
+        return {p.name: resolve(p, levels, tensor, t, where) for p in self.spec.model_params}
+
+    def _global_params(self, sl: PlanSlice, out_name: str, t: float) -> dict:
+        where = f"{self.source}: {sl.where}, tensor {out_name}"
+        levels = [sl.parameters, self.config.parameters]
+        return {p.name: resolve(p, levels, out_name, t, where) for p in self.spec.global_params}
+
+    def _check_shapes(self, out_name: str, sources: tuple[TensorSource, ...]) -> None:
+        first = sources[0]
+        for other in sources[1:]:
+            if other.info.shape != first.info.shape:
+                raise ConfigError(
+                    f"{self.source}: tensor {out_name}: shape {list(first.info.shape)} in {first.model} but "
+                    f"{list(other.info.shape)} in {other.model}; models with different vocabulary or "
+                    "hidden sizes cannot be merged (tokenizer merging is not supported yet)")
+
+    def _finish(self, name, sources, base_index, g, m) -> TensorJob:
+        dtypes = [s.info.dtype for s in sources]
+        shape = sources[0].info.shape
+        if not all(d.is_floating_point for d in dtypes):
+            keep = base_index or 0  # integer buffers are copied, never merged
+            return TensorJob(name, (sources[keep],), None, g, (m[keep],), dtypes[keep], shape, copy=True)
+        dtype = self.out_dtype
+        if dtype is None:
+            dtype = dtypes[0]
+            for d in dtypes[1:]:
+                dtype = torch.promote_types(dtype, d)
+        copy = self.spec.name == "passthrough" and m[0].get("scale") in (None, 1) and dtype == dtypes[0]
+        return TensorJob(name, sources, base_index, g, m, dtype, shape, copy=copy)
+
+
+def _slice_jobs(builder: _JobBuilder, sl: PlanSlice, base_index, first_layer: int) -> list[TensorJob]:
+    """Jobs for every layer tensor of one slice; output layers start at `first_layer`."""
+    lead = builder.models[sl.sources[0].model].arch
+    prefixes = [builder.models[s.model].arch.layer_prefix for s in sl.sources]
+    jobs = []
+    for i in range(sl.length):
+        t = i / (sl.length - 1) if sl.length > 1 else 1.0
+        for suffix in lead.layer_suffixes.get(sl.sources[0].start + i, ()):
+            names = [f"{p}{s.start + i}.{suffix}" for p, s in zip(prefixes, sl.sources)]
+            job = builder.job(f"{lead.layer_prefix}{first_layer + i}.{suffix}", sl, names, t, base_index)
+            if job:
+                jobs.append(job)
+    return jobs
+
+
+def _loose_jobs(builder: _JobBuilder, sl: PlanSlice, names, base_index) -> list[TensorJob]:
+    """Jobs for pre- or post-weights, at gradient position 0."""
+    jobs = [builder.job(n, sl, [n] * len(sl.sources), 0.0, base_index) for n in names]
+    return [j for j in jobs if j]
+
+
+def build_jobs(builder: _JobBuilder, slices: list[PlanSlice]) -> list[TensorJob]:
+    """All jobs in output order: pre-weights, layers slice by slice, post-weights."""
+    bases = [_check_slice_inputs(builder.spec, sl, builder.source) for sl in slices]
+    first, last = slices[0], slices[-1]
+    jobs = []
+    jobs += _loose_jobs(builder, first, builder.models[first.sources[0].model].arch.pre_weights, bases[0])
+    offset = 0
+    for sl, base_index in zip(slices, bases):
+        jobs += _slice_jobs(builder, sl, base_index, offset)
+        offset += sl.length
+    jobs += _loose_jobs(builder, last, builder.models[last.sources[0].model].arch.post_weights, bases[-1])
+    return jobs
+
+
+def build_plan(config: MergeConfig, config_text: str, source: str, options: MergeOptions) -> MergePlan:
+    """Resolve models, read headers and build every job; raises before any tensor is read."""
+    spec = method_spec(config, source)
+    refs = referenced_models(config)
+    models = open_models(refs, options.transformers_cache, options.allow_crimes)
+    try:
+        slices = normalise_slices(config, models, source)
+        donor = config.base_model or refs[0]
+        plan = MergePlan(config, config_text, source, spec, models, donor)
+        plan.jobs = build_jobs(_JobBuilder(config, spec, models, source), slices)
+        if config.slices is not None:
+            plan.num_layers = sum(sl.length for sl in slices)
+        return plan
+    except BaseException:
+        close_models(models)
+        raise
