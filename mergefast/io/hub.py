@@ -90,12 +90,14 @@ def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
 
 def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Path:
     import huggingface_hub as hf
+    from huggingface_hub import constants
     from huggingface_hub import errors as hfe
+    from huggingface_hub.utils import validate_repo_id
 
     what = repo if revision is None else f"{repo}@{revision}"
-    cache = cache_dir or hf.constants.HF_HUB_CACHE
+    cache = cache_dir or constants.HF_HUB_CACHE
     try:
-        hf.utils.validate_repo_id(repo)
+        validate_repo_id(repo)
     except hfe.HFValidationError as e:
         raise ModelError(
             f"model {what}: not a local folder and not a valid Hugging Face repo id ({e}); check the path"
