@@ -67,6 +67,7 @@ def test_info_reads_headers_only(tmp_path, monkeypatch):
     (a header-only file would be 'truncated'), so prove it by counting bytes read instead."""
     folder = write_checkpoint(tmp_path / "m", _tensors(torch.float32))
     reads = []
+    _Counting.bytes_read = 0
     monkeypatch.setattr(reader_mod.os, "preadv", lambda *a: reads.append(a) or 0)
     real_open = open
 

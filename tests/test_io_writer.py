@@ -167,3 +167,17 @@ def test_parse_size(text, value):
 def test_parse_size_bad(text):
     with pytest.raises(ConfigError, match="k, m or b suffix"):
         parse_size(text)
+
+
+def test_round_trip_through_own_reader_all_dtypes(tmp_path):
+    dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+              torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2]
+    tensors = {str(d): (torch.arange(-6, 6, dtype=torch.float32).reshape(3, 4) / 2).to(d) for d in dtypes}
+    w = ShardedWriter(tmp_path, _out(tensors), 40)
+    for k, v in tensors.items():
+        w.write(k, v)
+    assert len(w.finish()) > 2
+    with CheckpointReader(tmp_path) as r:
+        for k, v in tensors.items():
+            got = r.read(k)
+            assert got.dtype == v.dtype and torch.equal(got.view(torch.uint8), v.view(torch.uint8)), k
