@@ -477,12 +477,6 @@ def test_ties_tiny_density_keeps_one_element_per_model():
     assert_exact(out, [1.0, -1.0, -1.0, 4.0, 9.0, 6.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_sign_consensus builds the divisor with torch.where(agree, w, 0.0), which is "
-    "float32 (the default dtype), so for float64 inputs the weights enter the divisor "
-    "rounded to float32 (0.1 -> 0.10000000149), breaking the float64 contract",
-)
 def test_ties_f64_divisor_uses_f64_weights():
     # one model, delta 1, w = 0.1: mixed = 0.1, divisor = 0.1 -> exactly 1.0 in f64
     # (0.1 * 1.0 / 0.1 == 1.0 in IEEE double); base 0 + 1 = 1.

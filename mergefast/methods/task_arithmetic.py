@@ -45,7 +45,7 @@ def _sign_consensus(weighted: list[torch.Tensor], weights: Sequence[float]):
     for wd, w in zip(weighted, weights):
         agree = torch.sign(wd) == elected  # zero deltas never agree
         mixed += torch.where(agree, wd, 0.0)
-        divisor += torch.where(agree, w, 0.0)
+        divisor += torch.where(agree, torch.tensor(w, dtype=wd.dtype), 0.0)
     divisor = torch.where(divisor == 0, 1.0, divisor)
     return mixed, divisor
 
