@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .checks import check_output_finite, warn_nonfinite_inputs
 from .errors import ConfigError, MergeError
 from .io.output import copy_tokenizer, output_model_config, write_json
 from .io.writer import OutputTensor, ShardedWriter
@@ -42,13 +43,14 @@ def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
     """Read a job's inputs and return its output tensor on the CPU."""
     tensors = [plan.models[s.model].reader.read(s.tensor) for s in job.sources]
     if job.copy:
-        return tensors[0]
+        return check_output_finite(job.name, tensors[0], job.sources)
     tensors = [t.to(device, non_blocking=True) for t in tensors]
+    warn_nonfinite_inputs(job.name, job.sources, tensors)
     try:
         out = merge_group(plan.spec, tensors, job.base_index, job.global_params, job.model_params, job.dtype)
     except ZeroWeightSumError as exc:
         raise MergeError(f"{plan.source}: tensor {job.name}: {exc}") from None
-    return out.cpu()
+    return check_output_finite(job.name, out, job.sources, tensors).cpu()
 
 
 def check_out_path(out: Path) -> None:
