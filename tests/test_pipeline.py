@@ -1,0 +1,92 @@
+"""The overlapped read -> merge -> write pipeline: order, budget, failures without hangs."""
+
+import threading
+import time
+
+import pytest
+
+from mergefast.io.pipeline import run_pipeline
+
+
+def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 10):
+    written = []
+    times = run_pipeline(
+        jobs,
+        read or (lambda j: f"data{j}"),
+        merge or (lambda j, d: str(d).upper()),
+        write or (lambda j, out: written.append((j, out))),
+        cost=cost, budget=budget)
+    return written, times
+
+
+def test_every_job_in_order():
+    written, times = run(list(range(50)))
+    assert written == [(i, f"DATA{i}") for i in range(50)]
+    assert times.wall_s >= 0 and times.merge_s >= 0
+
+
+def test_budget_smaller_than_one_job_runs_one_at_a_time():
+    in_flight, peak = [0], [0]
+    lock = threading.Lock()
+
+    def read(j):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        return j
+
+    def write(j, out):
+        time.sleep(0.001)
+        with lock:
+            in_flight[0] -= 1
+
+    written, _ = run(list(range(20)), read=read, write=write, budget=5, cost=lambda j: 10)
+    assert peak[0] == 1
+
+
+def test_budget_allows_read_ahead():
+    started = []
+    gate = threading.Event()
+
+    def merge(j, d):
+        if j == 0:
+            assert gate.wait(5), "the reader did not read ahead while job 0 was merging"
+        return d
+
+    def read(j):
+        started.append(j)
+        if j == 2:
+            gate.set()
+        return j
+
+    run(list(range(5)), read=read, merge=merge, budget=100, cost=lambda j: 10)
+    assert started == list(range(5))
+
+
+@pytest.mark.parametrize("stage", ["read", "merge", "write"])
+def test_failure_in_any_stage_is_raised_without_hanging(stage):
+    def boom(*args):
+        if args[0] == 7:
+            raise OSError(28, f"{stage} failed")
+        return args[-1] if stage != "read" else args[0]
+
+    stages = {stage: boom}
+    before = threading.active_count()
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=f"{stage} failed"):
+        run(list(range(100)), **stages)
+    assert time.perf_counter() - start < 10
+    time.sleep(0.3)
+    assert threading.active_count() <= before
+
+
+def test_keyboard_interrupt_in_merge_stops_threads():
+    def merge(j, d):
+        if j == 3:
+            raise KeyboardInterrupt
+        return d
+
+    with pytest.raises(KeyboardInterrupt):
+        run(list(range(1000)), merge=merge)
+    time.sleep(0.3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("mergefast-")]
