@@ -1,0 +1,374 @@
+// Task arithmetic / TIES on the CPU: exact magnitude selection by histogram, then one fused
+// apply pass.
+//
+// Selection (per model i with 0 < k_i < n): the key of an element is the bit pattern of
+// |f32(x) - f32(base)| (sign cleared, 31 bits; integer order == magnitude order).
+//   pass A: 32768-bin histogram of key >> 16 (private per thread, merged) -> the bucket that
+//           holds the k-th largest key and the count above that bucket;
+//   pass B: 65536-bin histogram of key & 0xFFFF over that bucket only -> the exact threshold
+//           key T, the count strictly above it and the quota r of T-valued elements to keep;
+//   pass C: only when r < count(key == T): per-block counts of key == T and an exclusive
+//           scan, so that ties are kept lowest flat index first (at most one block per model
+//           straddles the cut and is walked in order).
+// Passes A/B/C read base and all selected models together, block by block; nothing of size
+// n is allocated except the output. The apply pass recomputes the deltas in registers.
+#include <algorithm>
+#include <climits>
+
+#include "common.h"
+#include "kernels.h"
+
+namespace mergefast {
+namespace {
+
+constexpr int kHiBins = 1 << 15;  // top 15 bits of the 31-bit key
+constexpr int kLoBins = 1 << 16;  // low 16 bits
+
+inline uint32_t mag_key(float d) {
+  return f32_to_bits(d) & 0x7FFFFFFFu;
+}
+
+// Which elements of one model survive: key > thr, plus the first `quota` elements with
+// key == thr in flat order. keep-all is (thr 0, no cut); keep-none is (thr 0xFFFFFFFF).
+struct KeepRule {
+  uint32_t thr = 0;
+  int64_t quota = LLONG_MAX;
+  bool cut = false;                 // quota < count(key == thr): ties are split
+  std::vector<int64_t> eq_before;   // per block (only when cut)
+  std::vector<int64_t> eq_in;       // per block (only when cut)
+
+  // For block `blk`: returns true and sets `teff` when the block's rule is "key >= teff";
+  // returns false and sets `rem` (ties still to keep) when the block straddles the cut.
+  bool block_rule(int64_t blk, uint32_t& teff, int64_t& rem) const {
+    teff = thr;
+    if (!cut) return true;
+    const int64_t eb = eq_before[blk];
+    if (eb + eq_in[blk] <= quota) return true;
+    if (eb >= quota) {
+      teff = thr + 1;
+      return true;
+    }
+    rem = quota - eb;
+    return false;
+  }
+};
+
+// Deltas of model `x` against staged base `b` into `d`.
+inline void deltas(const float* x, const float* b, int64_t len, float* d) {
+  for (int64_t j = 0; j < len; ++j) d[j] = x[j] - b[j];
+}
+
+std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
+                                       const std::vector<int64_t>& keep, int64_t n) {
+  const int K = static_cast<int>(xs.size());
+  const int64_t nb = num_blocks(n);
+  std::vector<KeepRule> rules(K);
+  std::vector<int> active;  // models that need a threshold
+  for (int i = 0; i < K; ++i) {
+    if (keep[i] >= n) {
+      rules[i].thr = 0;
+    } else if (keep[i] <= 0) {
+      rules[i].thr = 0xFFFFFFFFu;
+      rules[i].quota = 0;
+    } else {
+      active.push_back(i);
+    }
+  }
+  if (active.empty()) return rules;
+
+  // ---- pass A: histogram of the top 15 bits
+  const int A = static_cast<int>(active.size());
+  std::vector<int64_t> hist(static_cast<size_t>(A) * kHiBins, 0);
+#pragma omp parallel num_threads(num_threads())
+  {
+    std::vector<uint32_t> h(static_cast<size_t>(A) * kHiBins, 0);
+    Scratch scratch(3);
+    float* d = scratch.buf(2);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t off = blk * kBlock;
+      const int64_t len = std::min(kBlock, n - off);
+      const float* b = stage(base, off, len, scratch.buf(0));
+      for (int a = 0; a < A; ++a) {
+        const float* x = stage(xs[active[a]], off, len, scratch.buf(1));
+        deltas(x, b, len, d);
+        uint32_t* ha = h.data() + static_cast<size_t>(a) * kHiBins;
+        for (int64_t j = 0; j < len; ++j) ha[mag_key(d[j]) >> 16]++;
+      }
+    }
+#pragma omp critical
+    for (size_t i = 0; i < h.size(); ++i) hist[i] += h[i];
+  }
+
+  std::vector<uint32_t> bucket(A);
+  std::vector<int64_t> above(A);
+  std::vector<int> need_b;  // indices into `active` that need pass B
+  for (int a = 0; a < A; ++a) {
+    const int64_t k = keep[active[a]];
+    const int64_t* ha = hist.data() + static_cast<size_t>(a) * kHiBins;
+    int64_t cum = 0;
+    int bkt = kHiBins - 1;
+    for (; bkt > 0; --bkt) {
+      if (cum + ha[bkt] >= k) break;
+      cum += ha[bkt];
+    }
+    bucket[a] = static_cast<uint32_t>(bkt);
+    above[a] = cum;
+    if (cum + ha[bkt] == k) {  // the whole bucket is kept: no need to look inside it
+      rules[active[a]].thr = static_cast<uint32_t>(bkt) << 16;
+    } else {
+      need_b.push_back(a);
+    }
+  }
+  if (need_b.empty()) return rules;
+
+  // ---- pass B: histogram of the low 16 bits inside each model's bucket
+  const int B = static_cast<int>(need_b.size());
+  std::vector<int64_t> hist2(static_cast<size_t>(B) * kLoBins, 0);
+#pragma omp parallel num_threads(num_threads())
+  {
+    std::vector<uint32_t> h(static_cast<size_t>(B) * kLoBins, 0);
+    Scratch scratch(3);
+    float* d = scratch.buf(2);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t off = blk * kBlock;
+      const int64_t len = std::min(kBlock, n - off);
+      const float* b = stage(base, off, len, scratch.buf(0));
+      for (int q = 0; q < B; ++q) {
+        const int a = need_b[q];
+        const float* x = stage(xs[active[a]], off, len, scratch.buf(1));
+        deltas(x, b, len, d);
+        const uint32_t bk = bucket[a];
+        uint32_t* hq = h.data() + static_cast<size_t>(q) * kLoBins;
+        for (int64_t j = 0; j < len; ++j) {
+          const uint32_t key = mag_key(d[j]);
+          if ((key >> 16) == bk) hq[key & 0xFFFFu]++;
+        }
+      }
+    }
+#pragma omp critical
+    for (size_t i = 0; i < h.size(); ++i) hist2[i] += h[i];
+  }
+
+  std::vector<int> need_c;  // models (indices into xs) whose ties are split
+  for (int q = 0; q < B; ++q) {
+    const int a = need_b[q];
+    const int64_t k = keep[active[a]];
+    const int64_t* hq = hist2.data() + static_cast<size_t>(q) * kLoBins;
+    int64_t cum = above[a];
+    int lo = kLoBins - 1;
+    for (; lo > 0; --lo) {
+      if (cum + hq[lo] >= k) break;
+      cum += hq[lo];
+    }
+    KeepRule& r = rules[active[a]];
+    r.thr = (bucket[a] << 16) | static_cast<uint32_t>(lo);
+    r.quota = k - cum;
+    r.cut = r.quota < hq[lo];
+    if (r.cut) need_c.push_back(active[a]);
+  }
+  if (need_c.empty()) return rules;
+
+  // ---- pass C: per-block counts of key == thr, then an exclusive scan
+  const int C = static_cast<int>(need_c.size());
+  for (int c = 0; c < C; ++c) {
+    rules[need_c[c]].eq_in.assign(nb, 0);
+    rules[need_c[c]].eq_before.assign(nb, 0);
+  }
+#pragma omp parallel num_threads(num_threads())
+  {
+    Scratch scratch(3);
+    float* d = scratch.buf(2);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t off = blk * kBlock;
+      const int64_t len = std::min(kBlock, n - off);
+      const float* b = stage(base, off, len, scratch.buf(0));
+      for (int c = 0; c < C; ++c) {
+        KeepRule& r = rules[need_c[c]];
+        const float* x = stage(xs[need_c[c]], off, len, scratch.buf(1));
+        deltas(x, b, len, d);
+        const uint32_t t = r.thr;
+        int64_t cnt = 0;
+        for (int64_t j = 0; j < len; ++j) cnt += mag_key(d[j]) == t;
+        r.eq_in[blk] = cnt;
+      }
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    KeepRule& r = rules[need_c[c]];
+    int64_t run = 0;
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      r.eq_before[blk] = run;
+      run += r.eq_in[blk];
+    }
+  }
+  return rules;
+}
+
+// d[j] <- d[j] if kept else 0, for block `blk` of one model.
+inline void apply_keep(const KeepRule& r, int64_t blk, int64_t len, float* d) {
+  uint32_t teff;
+  int64_t rem = 0;
+  if (r.block_rule(blk, teff, rem)) {
+    for (int64_t j = 0; j < len; ++j) d[j] = mag_key(d[j]) >= teff ? d[j] : 0.0f;
+  } else {  // the one block where the tie quota runs out: walk it in flat order
+    for (int64_t j = 0; j < len; ++j) {
+      const uint32_t key = mag_key(d[j]);
+      bool kept = key > r.thr;
+      if (key == r.thr) kept = rem-- > 0;
+      d[j] = kept ? d[j] : 0.0f;
+    }
+  }
+}
+
+template <Sparsify S, bool Consensus>
+void apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+           const std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
+           const Dst& dst, int64_t n) {
+  static_assert(S == Sparsify::None || S == Sparsify::Magnitude,
+                "magnitude_outliers and random sparsification are not implemented yet");
+  const int K = static_cast<int>(xs.size());
+  const int64_t nb = num_blocks(n);
+  const bool scale = lambda != 1.0f;
+#pragma omp parallel num_threads(num_threads())
+  {
+    // buffers: 0 base, 1 staged x, 2 mixed, 3 divisor, 4.. weighted deltas (consensus)
+    Scratch scratch(4 + (Consensus ? K : 1));
+    float* mixed = scratch.buf(2);
+    float* div = scratch.buf(3);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t off = blk * kBlock;
+      const int64_t len = std::min(kBlock, n - off);
+      const float* b = stage(base, off, len, scratch.buf(0));
+      for (int64_t j = 0; j < len; ++j) mixed[j] = 0.0f;
+      for (int i = 0; i < K; ++i) {
+        const float* x = stage(xs[i], off, len, scratch.buf(1));
+        float* wd = scratch.buf(4 + (Consensus ? i : 0));
+        deltas(x, b, len, wd);
+        if constexpr (S == Sparsify::Magnitude) apply_keep(rules[i], blk, len, wd);
+        const float wi = w[i];
+        for (int64_t j = 0; j < len; ++j) wd[j] = wd[j] * wi;
+        // the running sum: the elected sign (consensus) or the mixed delta (no consensus)
+        for (int64_t j = 0; j < len; ++j) mixed[j] = mixed[j] + wd[j];
+      }
+      if constexpr (Consensus) {
+        // mixed holds sum_i wd_i: elect its sign (0 counts as +), then sum the agreeing
+        // weighted deltas and their weights. Zero deltas never agree.
+        float* sum = div;  // reuse: sign in `sum`, then div accumulates in `mixed`'s place
+        for (int64_t j = 0; j < len; ++j) sum[j] = mixed[j] >= 0.0f ? 1.0f : -1.0f;
+        float* acc = mixed;
+        float* dacc = scratch.buf(1);  // x staging buffer is free now
+        for (int64_t j = 0; j < len; ++j) {
+          acc[j] = 0.0f;
+          dacc[j] = 0.0f;
+        }
+        for (int i = 0; i < K; ++i) {
+          const float* wd = scratch.buf(4 + i);
+          const float wi = w[i];
+          for (int64_t j = 0; j < len; ++j) {
+            const bool agree = sum[j] > 0.0f ? wd[j] > 0.0f : wd[j] < 0.0f;
+            acc[j] = acc[j] + (agree ? wd[j] : 0.0f);
+            dacc[j] = dacc[j] + (agree ? wi : 0.0f);
+          }
+        }
+        for (int64_t j = 0; j < len; ++j) {
+          float r = acc[j];
+          if (normalize) r = r / (dacc[j] == 0.0f ? 1.0f : dacc[j]);
+          if (scale) r = r * lambda;
+          mixed[j] = b[j] + r;
+        }
+      } else {
+        for (int64_t j = 0; j < len; ++j) {
+          float r = mixed[j];
+          if (normalize) r = r / divisor;
+          if (scale) r = r * lambda;
+          mixed[j] = b[j] + r;
+        }
+      }
+      store(dst, off, len, mixed);
+    }
+  }
+}
+
+}  // namespace
+
+void task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
+                         const std::vector<double>& weights, const std::vector<int64_t>& keep,
+                         int64_t sparsify, bool consensus, bool normalize, double divisor,
+                         double lambda, at::Tensor out) {
+  const char* op = "task_arithmetic";
+  TORCH_CHECK(!xs.empty() && xs.size() == weights.size(), op, ": tensors/weights mismatch");
+  const int64_t n = out.numel();
+  const Src sb = make_src(base, op);
+  TORCH_CHECK(base.numel() == n, op, ": base and output sizes differ");
+  std::vector<Src> src;
+  std::vector<float> w;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    TORCH_CHECK(xs[i].numel() == n, op, ": inputs have different sizes");
+    src.push_back(make_src(xs[i], op));
+    w.push_back(static_cast<float>(weights[i]));
+  }
+  const Dst dst = make_dst(out, op);
+  const float dv = static_cast<float>(divisor), lam = static_cast<float>(lambda);
+  if (sparsify == static_cast<int64_t>(Sparsify::None)) {
+    std::vector<KeepRule> none;
+    if (consensus) {
+      apply<Sparsify::None, true>(sb, src, w, none, normalize, dv, lam, dst, n);
+    } else {
+      apply<Sparsify::None, false>(sb, src, w, none, normalize, dv, lam, dst, n);
+    }
+  } else if (sparsify == static_cast<int64_t>(Sparsify::Magnitude)) {
+    TORCH_CHECK(keep.size() == xs.size(), op, ": one keep count per model expected");
+    const std::vector<KeepRule> rules = select_magnitude(sb, src, keep, n);
+    if (consensus) {
+      apply<Sparsify::Magnitude, true>(sb, src, w, rules, normalize, dv, lam, dst, n);
+    } else {
+      apply<Sparsify::Magnitude, false>(sb, src, w, rules, normalize, dv, lam, dst, n);
+    }
+  } else {
+    TORCH_CHECK(false, op, ": sparsify mode ", sparsify, " is not implemented in mergefast._C");
+  }
+}
+
+void magnitude_keep_cpu(const at::Tensor& base, const at::Tensor& x, int64_t keep, at::Tensor mask) {
+  const char* op = "magnitude_keep";
+  TORCH_CHECK(base.numel() == x.numel(), op, ": inputs have different sizes");
+  const int64_t n = x.numel();
+  const Src sb = make_src(base, op), sx = make_src(x, op);
+  const std::vector<KeepRule> rules = select_magnitude(sb, {sx}, {keep}, n);
+  TORCH_CHECK(mask.numel() == n && mask.scalar_type() == at::kBool && mask.is_contiguous(), op,
+              ": bad mask tensor");
+  bool* m = mask.data_ptr<bool>();
+  const int64_t nb = num_blocks(n);
+#pragma omp parallel num_threads(num_threads())
+  {
+    Scratch scratch(3);
+    float* d = scratch.buf(2);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t off = blk * kBlock;
+      const int64_t len = std::min(kBlock, n - off);
+      const float* b = stage(sb, off, len, scratch.buf(0));
+      const float* xx = stage(sx, off, len, scratch.buf(1));
+      for (int64_t j = 0; j < len; ++j) d[j] = xx[j] - b[j];
+      uint32_t teff;
+      int64_t rem = 0;
+      const KeepRule& r = rules[0];
+      if (r.block_rule(blk, teff, rem)) {
+        for (int64_t j = 0; j < len; ++j) m[off + j] = mag_key(d[j]) >= teff;
+      } else {
+        for (int64_t j = 0; j < len; ++j) {
+          const uint32_t key = mag_key(d[j]);
+          bool kept = key > r.thr;
+          if (key == r.thr) kept = rem-- > 0;
+          m[off + j] = kept;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mergefast

@@ -1,0 +1,368 @@
+"""Public kernel API: fused merge kernels with the signatures of the torch references.
+
+```python
+from mergefast import kernels
+kernels.linear(tensors, weights, *, normalize=True, out_dtype=None)
+kernels.task_arithmetic(base, tensors, weights, *, densities=None, sparsify="none",
+                        consensus=None, normalize=False, lambda_=1.0, out_dtype=None)
+kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, out_dtype=None)
+kernels.slerp(a, b, t, *, out_dtype=None)
+kernels.passthrough(tensor, scale=None, *, out_dtype=None)
+kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
+kernels.describe_backends()      # lines for `mergefast env`
+```
+
+Results follow the numerics contract of DESIGN.md and equal the references in
+`mergefast.methods` (bit-exact where the order of operations is the same, which is every op
+but SLERP's reduction; magnitude selection keeps exactly the same elements).
+
+Dispatch, per call, by the device of the inputs:
+- CUDA tensors -> the Triton kernels (`kernels/triton/`);
+- CPU tensors -> the compiled C++ extension `mergefast._C` (`csrc/`, via `kernels/cpu.py`);
+- anything else, float64 inputs, or `MERGEFAST_BACKEND=torch` -> the torch reference.
+`MERGEFAST_BACKEND=cpu-ext|triton|torch` forces a backend: if it cannot run, the call raises.
+An automatically chosen backend that fails falls back to the reference with a one-time
+warning. Importing this module neither initialises CUDA nor imports triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from typing import Callable, Sequence
+
+import torch
+
+from ..methods import linear as _linear_ref
+from ..methods import passthrough as _passthrough_ref
+from ..methods import slerp as _slerp_ref
+from ..methods import task_arithmetic as _ta_ref
+from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
+from ..methods.numerics import check_same_shape, keep_count, result_dtype
+from ..methods.slerp import NORM_EPS, slerp_coefficients
+
+__all__ = [
+    "BACKENDS", "backend", "describe_backends", "linear", "passthrough", "slerp",
+    "task_arithmetic", "ties",
+]
+
+BACKENDS = ("triton", "cpu-ext", "torch")
+# dtypes the fused kernels read and write; anything else (float64 included) uses the reference
+_KERNEL_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
+_KERNEL_OUTPUTS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# sparsifiers the kernels will take with the method-breadth issue (template / constexpr slots)
+_NOT_YET = ("magnitude_outliers", "random", "della")
+_SPARSIFY = ("none", "magnitude")
+
+_broken: dict[str, str] = {}   # backend -> why it failed at run time (auto mode falls back)
+_warned: set[str] = set()
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def _requested() -> str | None:
+    """The backend forced by MERGEFAST_BACKEND, or None for automatic choice."""
+    value = os.environ.get("MERGEFAST_BACKEND", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in BACKENDS:
+        raise ValueError(f"MERGEFAST_BACKEND must be one of {BACKENDS} or 'auto', got {value!r}")
+    return value
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _triton_missing() -> str | None:
+    """Why Triton cannot be used (None when it can), without importing it."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    return _broken.get("triton")
+
+
+def _cpu_ext_missing() -> str | None:
+    """Why mergefast._C cannot be used (None when it can)."""
+    from . import cpu
+
+    if cpu.ERROR is not None:
+        return cpu.ERROR
+    return _broken.get("cpu-ext")
+
+
+def backend(device: str | torch.device) -> str:
+    """The backend that float32/float16/bfloat16 tensors on `device` use: "triton",
+    "cpu-ext" or "torch" (float64 inputs always use the torch reference)."""
+    device = torch.device(device)
+    forced = _requested()
+    if forced is not None:
+        return forced
+    if device.type == "cuda":
+        return "torch" if _triton_missing() else "triton"
+    if device.type == "cpu":
+        return "torch" if _cpu_ext_missing() else "cpu-ext"
+    return "torch"
+
+
+def describe_backends() -> list[str]:
+    """Human-readable lines for `mergefast env`: which backend each op uses, and why."""
+    lines = []
+    forced = _requested()
+    if forced is not None:
+        lines.append(f"MERGEFAST_BACKEND={forced}: every op is forced to the {forced} backend")
+    ops = "linear, task_arithmetic, ties, slerp"
+    cpu_why = _cpu_ext_missing()
+    if cpu_why is None:
+        from . import cpu
+
+        lines.append(f"cpu:  {ops} -> cpu-ext (mergefast._C, OpenMP, {cpu.threads()} threads)")
+    else:
+        lines.append(f"cpu:  {ops} -> torch (cpu-ext not built: {cpu_why}; rebuild with "
+                     "`pip install --no-build-isolation -e .` with torch and a C++ compiler)")
+    tri_why = _triton_missing()
+    if tri_why is None:
+        version = importlib.util.find_spec("triton") and _triton_version()
+        lines.append(f"cuda: {ops} -> triton ({version})")
+    else:
+        lines.append(f"cuda: {ops} -> torch ({tri_why})")
+    lines.append("any:  passthrough -> torch (a copy and one scale; no kernel needed); "
+                 "float64 inputs -> torch reference")
+    return lines
+
+
+def _triton_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"triton {version('triton')}"
+    except Exception:  # pragma: no cover - metadata missing
+        return "triton"
+
+
+def _choose(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype) -> str:
+    """The backend for one call: "torch", "cpu-ext" or "triton" (raises when forced and
+    impossible)."""
+    device = inputs[0].device
+    reference_only = (
+        any(t.dtype not in _KERNEL_INPUTS for t in inputs)
+        or out_dtype not in _KERNEL_OUTPUTS
+        or any(t.device != device for t in inputs)
+    )
+    forced = _requested()
+    if forced == "torch" or (reference_only and forced is None):
+        return "torch"
+    if forced == "cpu-ext":
+        if device.type != "cpu":
+            raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but the tensors are on {device}")
+        if reference_only:
+            return "torch"  # float64 and other dtypes are the reference's by contract
+        why = _cpu_ext_missing()
+        if why is not None:
+            raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but mergefast._C is unusable: {why}")
+        return "cpu-ext"
+    if forced == "triton":
+        if device.type != "cuda" and not (device.type == "cpu" and _triton_interpret()):
+            raise RuntimeError(f"MERGEFAST_BACKEND=triton but the tensors are on {device} "
+                               "(CPU tensors need TRITON_INTERPRET=1)")
+        if reference_only:
+            return "torch"
+        why = _triton_missing()
+        if why is not None:
+            raise RuntimeError(f"MERGEFAST_BACKEND=triton but triton is unusable: {why}")
+        return "triton"
+    return backend(device)
+
+
+def _impl(name: str):
+    if name == "cpu-ext":
+        from . import cpu
+
+        return cpu
+    from .triton import ops
+
+    return ops
+
+
+def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
+              reference: Callable[[], torch.Tensor], run: Callable[[object], torch.Tensor]):
+    name = _choose(inputs, out_dtype)
+    if name == "torch":
+        return reference()
+    try:
+        return run(_impl(name))
+    except Exception as exc:
+        if _requested() is not None:
+            raise
+        _broken[name] = f"{type(exc).__name__}: {exc}"
+        if name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"mergefast: the {name} kernels failed ({exc}); using the torch "
+                          "reference from now on", RuntimeWarning, stacklevel=3)
+        return reference()
+
+
+def _contiguous(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.contiguous() for t in tensors]
+
+
+def _f32_sum(weights: Sequence[float]) -> float:
+    """sum(weights) exactly as the references compute it (float32 tensor sum)."""
+    return torch.tensor([float(w) for w in weights], dtype=torch.float32).sum().item()
+
+
+# ----------------------------------------------------------------------------- ops
+
+def linear(
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    normalize: bool = True,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """sum(w_i * x_i) [/ sum(w_i) when `normalize`], float32 arithmetic, one rounding.
+
+    Same semantics as `mergefast.methods.linear` (raises ZeroWeightSumError when `normalize`
+    is on and the weights sum to zero).
+    """
+    tensors, weights = list(tensors), [float(w) for w in weights]
+    if len(tensors) != len(weights) or not tensors:
+        raise ValueError(f"linear: got {len(tensors)} tensors and {len(weights)} weights")
+    check_same_shape(tensors, "linear")
+    out = result_dtype(tensors, out_dtype)
+
+    def reference():
+        return _linear_ref(tensors, weights, normalize=normalize, out_dtype=out_dtype)
+
+    name = _choose(tensors, out)
+    if name == "torch":
+        return reference()
+    total = _f32_sum(weights)
+    if normalize and abs(total) < ZERO_WEIGHT_SUM:
+        raise ZeroWeightSumError(
+            f"linear weights {weights} sum to zero with normalize: true; "
+            "change the weights or set normalize: false"
+        )
+    if tensors[0].numel() == 0:
+        return torch.empty(tensors[0].shape, dtype=out, device=tensors[0].device)
+    xs = _contiguous(tensors)
+    return _dispatch(tensors, out, reference,
+                     lambda impl: impl.linear(xs, weights, normalize, total, out))
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    densities: Sequence[float] | None = None,
+    sparsify: str = "none",
+    consensus: str | None = None,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Task arithmetic over task vectors `tensors[i] - base`: the semantics of
+    `mergefast.methods.task_arithmetic` for sparsify "none" / "magnitude" and consensus
+    None / "sum" (TIES), fused: no K x N temporaries, no sorts.
+
+    Magnitude selection keeps exactly keep_count(density, numel) elements per model (ties at
+    the threshold lowest flat index first), found by an exact two-level histogram.
+    """
+    if sparsify in _NOT_YET:
+        raise NotImplementedError(
+            f"mergefast.kernels.task_arithmetic: sparsify={sparsify!r} is not implemented in the "
+            "fused kernels yet; use mergefast.methods.task_arithmetic for it")
+    if sparsify not in _SPARSIFY:
+        raise ValueError(f"sparsify must be one of {_SPARSIFY}, got {sparsify!r}")
+    if consensus not in (None, "sum"):
+        raise ValueError(f"consensus must be one of (None, 'sum'), got {consensus!r}")
+    tensors, weights = list(tensors), [float(w) for w in weights]
+    if len(tensors) != len(weights):
+        raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(weights)} weights")
+    if densities is not None and len(densities) != len(tensors):
+        raise ValueError(f"task arithmetic: got {len(tensors)} tensors and "
+                         f"{len(densities)} densities")
+    all_inputs = [base, *tensors]
+    check_same_shape(all_inputs, "task arithmetic")
+    out = result_dtype(all_inputs, out_dtype)
+    if not tensors:
+        return base.to(out)
+
+    def reference():
+        return _ta_ref(base, tensors, weights, densities=densities, sparsify=sparsify,
+                       consensus=consensus, normalize=normalize, lambda_=lambda_,
+                       out_dtype=out_dtype)
+
+    if _choose(all_inputs, out) == "torch":
+        return reference()
+    n = base.numel()
+    if n == 0:
+        return torch.empty(base.shape, dtype=out, device=base.device)
+    dens = [1.0] * len(tensors) if densities is None else [float(d) for d in densities]
+    keep = [keep_count(d, n) for d in dens] if sparsify == "magnitude" else None
+    divisor = _f32_sum(weights)
+    if abs(divisor) < ZERO_WEIGHT_SUM:
+        divisor = 1.0
+    b, xs = base.contiguous(), _contiguous(tensors)
+    return _dispatch(all_inputs, out, reference, lambda impl: impl.task_arithmetic(
+        b, xs, weights, keep, consensus == "sum", normalize, divisor, float(lambda_), out))
+
+
+def ties(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    *,
+    normalize: bool = True,
+    lambda_: float = 1.0,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """TIES: magnitude trim to each model's density, sum sign election, disjoint mean."""
+    return task_arithmetic(
+        base, tensors, weights, densities=densities, sparsify="magnitude",
+        consensus="sum", normalize=normalize, lambda_=lambda_, out_dtype=out_dtype,
+    )
+
+
+def slerp(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    t: float,
+    *,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Spherical interpolation of the whole tensors `a` (t=0) and `b` (t=1): one fused
+    reduction pass (<a,b>, |a|^2, |b|^2) and one elementwise pass, same rules as
+    `mergefast.methods.slerp` (1e-8 norm rule, lerp above |cos| 0.9995)."""
+    check_same_shape([a, b], "slerp")
+    out = result_dtype([a, b], out_dtype)
+
+    def reference():
+        return _slerp_ref(a, b, t, out_dtype=out_dtype)
+
+    if _choose([a, b], out) == "torch":
+        return reference()
+    if a.numel() == 0:
+        return torch.empty(a.shape, dtype=out, device=a.device)
+    x, y = a.contiguous(), b.contiguous()
+
+    def run(impl):
+        aa, bb, ab = impl.slerp_dots(x, y)
+        n0, n1 = aa ** 0.5, bb ** 0.5
+        dot = ab / ((n0 if n0 > NORM_EPS else 1.0) * (n1 if n1 > NORM_EPS else 1.0))
+        c0, c1 = slerp_coefficients(dot, float(t))
+        return impl.slerp_apply(x, y, c0, c1, out)
+
+    return _dispatch([a, b], out, reference, run)
+
+
+def passthrough(
+    tensor: torch.Tensor,
+    scale: float | None = None,
+    *,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """A copy of `tensor` (times `scale`) in `out_dtype`: the reference (no kernel needed)."""
+    return _passthrough_ref(tensor, scale, out_dtype=out_dtype)
