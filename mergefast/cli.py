@@ -1,14 +1,19 @@
-"""The `mergefast` command line: `mergefast yaml CONFIG OUT`, `mergefast env`, `mergefast-yaml`.
+"""The `mergefast` command line: `mergefast yaml CONFIG OUT`, `mergefast plan CONFIG`,
+`mergefast env`, `mergefast-yaml`.
 
-Errors a user can fix print one line on stderr and exit with 2 (config or usage) or 1
-(runtime); `-v` adds the traceback.
+Exit codes: 0 success; 2 config or usage error (click's usage errors too); 1 runtime error
+(a model, a file, the disk, the arithmetic, or a bug: "internal error"); 130 Ctrl-C; 143
+SIGTERM. Every failure is one line on stderr; `-v` adds the traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -44,41 +49,137 @@ def merge_options(func):
     return func
 
 
+def one_line(text: object) -> str:
+    """`text` on one line: its non-empty lines joined with '; '."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _fail(message: str, code: int, verbose: int) -> None:
+    if verbose:
+        traceback.print_exc()
+    click.echo(f"mergefast: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
 def reports_errors(func):
-    """Turn MergefastError into one line on stderr and its exit code."""
+    """Turn every failure into one line on stderr and an exit code; `-v` adds the traceback.
+
+    MergefastError: its exit_code (2 config/usage, 1 runtime). Ctrl-C: 130, SIGTERM: 143
+    (the temporary output is removed on the way out). OSError (disk full, permissions): 1,
+    naming the path. Anything else is a bug: "internal error", exit 1.
+    """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        verbose = kwargs.get("verbose", 0)
+        verbose = kwargs.get("verbose", 0) or 0
         logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                            format="%(levelname)s: %(message)s")
+                            format="mergefast: %(levelname)s: %(message)s")
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return func(*args, **kwargs)
         except MergefastError as exc:
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"mergefast: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(f"error: {exc}", exc.exit_code, verbose)
+        except Terminated:
+            _fail("terminated (SIGTERM); no output was written", 143, verbose)
         except KeyboardInterrupt:
-            click.echo("mergefast: interrupted; no output was written", err=True)
-            sys.exit(130)
+            _fail("interrupted; no output was written", 130, verbose)
+        except MemoryError:
+            _fail("error: out of memory; free memory or merge on a machine with more", 1, verbose)
+        except OSError as exc:
+            where = exc.filename or kwargs.get("out_path") or "the output"
+            what = exc.strerror or str(exc) or type(exc).__name__
+            _fail(f"error: {where}: {what}" + (" (disk full?)" if exc.errno == errno.ENOSPC else ""), 1, verbose)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: say so in one line
+            _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1, verbose)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper
+
+
+def _plan(config_file: str, out_path: str | None, options: dict):
+    """Validate the config, OUT and the models, and build the plan (headers only)."""
+    from pathlib import Path
+
+    from .checks import check_plan
+    from .config import load_config
+    from .execute import check_out_path
+    from .options import MergeOptions
+    from .plan import build_plan
+
+    opts = MergeOptions.from_kwargs(**options)
+    config, text, source = load_config(config_file)
+    if out_path is not None:
+        check_out_path(Path(out_path).absolute())
+    opts.math_device  # noqa: B018 - --cuda without a GPU is a usage error, found before planning
+    plan = build_plan(config, text, source, opts)
+    try:
+        check_plan(plan)
+    except BaseException:
+        plan.close()
+        raise
+    return plan, opts
+
+
+def _print_plan(plan, opts, out_path) -> None:
+    from .report import format_plan
+
+    click.echo(format_plan(plan, opts, out_path))
+
+
+DRY_RUN = click.option("--dry-run", is_flag=True, default=False,
+                       help="Validate and plan (headers only), print the plan, write nothing.")
 
 
 @click.command("yaml")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=True))
+@DRY_RUN
 @merge_options
 @reports_errors
-def yaml_command(config_file, out_path, **options):
+def yaml_command(config_file, out_path, dry_run=False, **options):
     """Merge the models described by mergekit YAML CONFIG_FILE into the folder OUT_PATH."""
-    from . import merge
+    from .execute import execute
 
-    stats = merge(config_file, out_path, **options)
+    plan, opts = _plan(config_file, out_path, options)
+    try:
+        if dry_run:
+            _print_plan(plan, opts, out_path)
+            return
+        stats = execute(plan, out_path, opts)
+    finally:
+        plan.close()
     if not options["quiet"]:
         rate = stats.read_bytes / max(stats.seconds, 1e-9) / 1e9
         click.echo(f"merged {stats.tensors} tensors: read {stats.read_bytes / 1e9:.3f} GB, wrote "
                    f"{stats.written_bytes / 1e9:.3f} GB in {stats.seconds:.2f} s ({rate:.2f} GB/s) -> {out_path}",
                    err=True)
+
+
+@click.command("plan")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("out_path", type=click.Path(file_okay=True), required=False)
+@merge_options
+@reports_errors
+def plan_command(config_file, out_path=None, **options):
+    """Validate CONFIG_FILE and print what a merge would do (same as `yaml --dry-run`)."""
+    plan, opts = _plan(config_file, out_path, options)
+    try:
+        _print_plan(plan, opts, out_path)
+    finally:
+        plan.close()
 
 
 @click.command("env")
@@ -103,6 +204,7 @@ def main():
 
 
 main.add_command(yaml_command)
+main.add_command(plan_command)
 main.add_command(env_command)
 
 
