@@ -1,0 +1,9 @@
+"""The Triton backend as `mergefast.kernels` calls it (same functions as `kernels/cpu.py`)."""
+
+from __future__ import annotations
+
+from .linear import linear_forward as linear
+from .slerp import slerp_apply, slerp_dots
+from .task_arithmetic import magnitude_keep, task_arithmetic_forward as task_arithmetic
+
+__all__ = ["linear", "magnitude_keep", "slerp_apply", "slerp_dots", "task_arithmetic"]

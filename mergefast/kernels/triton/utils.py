@@ -1,0 +1,71 @@
+"""Shared Triton helpers: dtype-generic loads/stores with float32 in registers, block sizes.
+
+bf16 tensors are passed to the kernels viewed as int16 and converted with shifts (exact, and
+it works under TRITON_INTERPRET=1, whose bf16 support is broken: triton#4972); bf16 outputs
+are rounded to nearest even by hand, as c10::BFloat16 does (NaN -> 0x7FC0).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements per program. Chosen by measurement on an H100 80GB HBM3 (see
+# benchmarks/gpu_check.sh; 7B layer, 11008 x 4096 bf16, K = 3): the elementwise kernels
+# (linear, slerp apply) and the TIES passes were swept over 1024 / 2048 / 4096 / 8192.
+BLOCK = 2048
+NUM_WARPS = 8
+# Under the interpreter each program runs as numpy code, one after the other: small blocks
+# keep the tests on many blocks (tie scans across blocks) with small tensors.
+INTERPRET_BLOCK = 128
+
+
+def interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def block_size() -> int:
+    return INTERPRET_BLOCK if interpret() else BLOCK
+
+
+def launch_options() -> dict:
+    """num_warps, and no FMA contraction: a*b+c rounds twice, as the torch references do."""
+    if interpret():
+        return {}
+    return {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+
+
+def as_arg(t: torch.Tensor) -> torch.Tensor:
+    """The tensor as the kernels see it: bf16 viewed as int16 (converted in registers)."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+
+@triton.jit
+def load_f32(ptr, offs, mask):
+    """Load and convert to float32 in registers; int16 pointers carry bf16 bit patterns."""
+    if ptr.dtype.element_ty == tl.int16:
+        bits = tl.load(ptr + offs, mask=mask, other=0).to(tl.int32)
+        return (bits << 16).to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_f32(ptr, offs, value, mask):
+    """Round float32 `value` once to the output dtype and store (int16 pointer = bf16)."""
+    if ptr.dtype.element_ty == tl.int16:
+        u = value.to(tl.uint32, bitcast=True)
+        r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        r = tl.where(value != value, 0x7FC0, r)
+        tl.store(ptr + offs, r.to(tl.uint16).to(tl.int16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def magnitude_key(d):
+    """31-bit key of |d| whose integer order is the order of magnitudes (sign bit cleared)."""
+    return d.to(tl.int32, bitcast=True) & 0x7FFFFFFF
