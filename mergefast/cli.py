@@ -55,6 +55,17 @@ def one_line(text: object) -> str:
     return "; ".join(lines)
 
 
+class _EchoHandler(logging.Handler):
+    """Log records of the `mergefast` logger as `mergefast: warning: ...` lines on stderr
+    (the stream is looked up at each record, so it works under click's CliRunner too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"mergefast: {record.levelname.lower()}: {one_line(record.getMessage())}", err=True)
+        except Exception:  # noqa: BLE001 - logging must never break a merge
+            self.handleError(record)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the same cleanup runs."""
 
@@ -80,8 +91,11 @@ def reports_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", 0) or 0
-        logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                            format="mergefast: %(levelname)s: %(message)s")
+        logger, handler = logging.getLogger("mergefast"), _EchoHandler()
+        saved_level, saved_propagate = logger.level, logger.propagate
+        logger.addHandler(handler)
+        logger.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+        logger.propagate = False
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -106,6 +120,9 @@ def reports_errors(func):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            logger.removeHandler(handler)
+            logger.setLevel(saved_level)
+            logger.propagate = saved_propagate
     return wrapper
 
 

@@ -201,6 +201,11 @@ def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, st
         path = Path(path_or_text)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); save the YAML as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
         return parse_config(text, str(path)), text, str(path)
     return parse_config(str(path_or_text)), str(path_or_text), "<config>"

@@ -1,0 +1,246 @@
+"""The bad-input corpus (tests/bad_inputs/*): every case fails with the expected exit code and
+one line naming the culprit, without a traceback, and leaves nothing at OUT.
+
+See tests/bad_inputs/README.md for the case format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from mergefast.cli import main
+
+TESTS = Path(__file__).resolve().parent
+CORPUS = TESTS / "bad_inputs"
+MODELS = TESTS.parent / "examples" / "models"
+CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "expect.json").is_file())
+MARKER_ENV = "MERGEFAST_TEST_MARKER"
+
+
+# -- setup functions: model folders a case needs, written under @TMP@ -------------------------
+
+def _copy_model(name: str, dest: Path) -> Path:
+    shutil.copytree(MODELS / name, dest)
+    return dest
+
+
+def setup_symlink_out(tmp: Path) -> None:
+    """A sharded model whose shard is a symlink to a file outside the folder."""
+    outside = tmp / "elsewhere"
+    outside.mkdir()
+    shutil.copy(MODELS / "ft-b" / "model.safetensors", outside / "shard.safetensors")
+    model = tmp / "model"
+    model.mkdir()
+    (model / "model-00001-of-00001.safetensors").symlink_to(outside / "shard.safetensors")
+    names = list(load_file(outside / "shard.safetensors"))
+    (model / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}))
+
+
+def _make(tmp: Path, name: str, **kwargs) -> Path:
+    sys.path.insert(0, str(TESTS.parent / "examples"))
+    from make_models import make_tiny_llama
+
+    make_tiny_llama(tmp / name, seed=7, **kwargs)
+    return tmp / name
+
+
+def setup_wide_model(tmp: Path) -> None:
+    _make(tmp, "wide", hidden=48)
+
+
+def setup_deep_model(tmp: Path) -> None:
+    _make(tmp, "deep", layers=6)
+
+
+def setup_holey_model(tmp: Path) -> None:
+    folder = _copy_model("ft-b", tmp / "holey")
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def setup_inf_model(tmp: Path) -> None:
+    folder = _copy_model("ft-b", tmp / "inf")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.weight"][0, :4] = float("inf")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+class _Evil:
+    """Unpickling this (without weights_only) would run code: it must never happen."""
+
+    def __reduce__(self):
+        return (os.system, (f'touch "${MARKER_ENV}"',))
+
+
+def setup_evil_bin(tmp: Path) -> None:
+    folder = _copy_model("ft-b", tmp / "evil")
+    os.remove(folder / "model.safetensors")
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"model.embed_tokens.weight": _Evil()}, f)
+
+
+SETUPS = {name.removeprefix("setup_"): fn for name, fn in globals().items() if name.startswith("setup_")}
+
+
+def _unsupported_method() -> str | None:
+    from mergefast.methods.registry import MERGEKIT_METHODS, METHODS
+
+    return next((m for m in MERGEKIT_METHODS if m not in METHODS), None)
+
+
+# -- the runner ----------------------------------------------------------------------------
+
+def run_cli(args: list, env: dict | None = None):
+    """(exit code, stdout, stderr, exception) of `mergefast ARGS` run in-process."""
+    result = CliRunner(env=env).invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr, result.exception
+
+
+def assert_clean_failure(code, stdout, stderr, exception, expect: dict, out: Path) -> None:
+    assert exception is None or isinstance(exception, SystemExit), repr(exception)
+    assert code == expect["exit"], stderr
+    assert "Traceback" not in stderr + stdout
+    errors = [line for line in stderr.splitlines() if line.startswith("mergefast: error:")]
+    assert len(errors) == 1, stderr
+    for part in expect["message"]:
+        assert part in errors[0], f"{part!r} not in {errors[0]!r}"
+    if expect.get("out") != "file":
+        assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.mergefast-partial-*"))
+
+
+def prepare(case: str, tmp_path: Path) -> tuple[Path, dict]:
+    """The case's config with placeholders filled in (written under tmp_path) and its expect."""
+    folder = CORPUS / case
+    expect = json.loads((folder / "expect.json").read_text())
+    if expect.get("needs") == "unsupported_method" and _unsupported_method() is None:
+        pytest.skip("every mergekit method is supported")
+    if "setup" in expect:
+        SETUPS[expect["setup"]](tmp_path)
+    config = tmp_path / "config.yml"
+    src = folder / "config.yml"
+    if src.is_file():
+        data = src.read_bytes()
+        for key, value in {"@MODELS@": MODELS, "@CASE@": folder, "@TMP@": tmp_path,
+                           "@UNSUPPORTED_METHOD@": _unsupported_method() or ""}.items():
+            data = data.replace(key.encode(), str(value).encode())
+        config.write_bytes(data)
+    return config, expect
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(case, tmp_path):
+    config, expect = prepare(case, tmp_path)
+    out = tmp_path / "out"
+    if expect.get("out") == "file":
+        out.write_text("not a folder")
+    marker = tmp_path / "code-ran"
+    code, stdout, stderr, exc = run_cli(["yaml", config, out, "--quiet"], env={MARKER_ENV: str(marker)})
+    assert_clean_failure(code, stdout, stderr, exc, expect, out)
+    assert not marker.exists(), "code from a model folder ran"
+    if expect.get("out") == "file":
+        assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("case", ["unknown-parameter", "layer-range-past-end", "corrupt-safetensors-header"])
+def test_dry_run_fails_the_same_way(case, tmp_path):
+    config, expect = prepare(case, tmp_path)
+    out = tmp_path / "out"
+    for args in (["plan", config], ["yaml", config, out, "--dry-run"]):
+        assert_clean_failure(*run_cli(args), expect, out)
+
+
+def test_verbose_adds_the_traceback(tmp_path):
+    config, expect = prepare("unknown-parameter", tmp_path)
+    code, stdout, stderr, exc = run_cli(["yaml", config, tmp_path / "out", "-v"])
+    assert code == 2 and "Traceback" in stderr and "densty" in stderr.splitlines()[-1]
+
+
+def test_corpus_is_big_and_small():
+    assert len(CASES) >= 20
+    size = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
+    assert size < 200_000, size
+
+
+def test_usage_error_exits_2(tmp_path):
+    code, _, stderr, _ = run_cli(["yaml", "--no-such-flag", tmp_path / "c.yml", tmp_path / "out"])
+    assert code == 2 and "No such option" in stderr
+
+
+def test_internal_error_is_one_line(tmp_path, monkeypatch):
+    import mergefast.plan
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(mergefast.plan, "build_plan", boom)
+    config, _ = prepare("zero-sum-linear-weights", tmp_path)
+    code, stdout, stderr, exc = run_cli(["yaml", config, tmp_path / "out"])
+    assert code == 1 and "Traceback" not in stderr
+    assert stderr.strip() == ("mergefast: internal error: ZeroDivisionError: a bug "
+                              "(run with -v for the traceback)")
+
+
+def test_trust_remote_code_never_runs_model_code(tmp_path):
+    """A model folder with auto_map and a modeling file with a side effect: merging it (even
+    with --trust-remote-code) reads config.json as JSON and never imports the file."""
+    marker = tmp_path / "code-ran"
+    folders = []
+    for name in ("ft-a", "ft-b"):
+        folder = _copy_model(name, tmp_path / name)
+        config = json.loads((folder / "config.json").read_text())
+        config["auto_map"] = {"AutoConfig": "configuration_x.XConfig",
+                              "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+        (folder / "config.json").write_text(json.dumps(config))
+        side_effect = f"open({str(marker)!r}, 'w').write('ran')\n"
+        (folder / "modeling_x.py").write_text(side_effect + "class XForCausalLM: pass\n")
+        (folder / "configuration_x.py").write_text(side_effect + "class XConfig: pass\n")
+        folders.append(folder)
+    config = tmp_path / "config.yml"
+    config.write_text("merge_method: passthrough\nslices:\n"
+                      f"  - sources:\n      - {{model: {folders[0]}, layer_range: [0, 2]}}\n"
+                      f"  - sources:\n      - {{model: {folders[1]}, layer_range: [2, 4]}}\n")
+    out = tmp_path / "out"
+    code, stdout, stderr, exc = run_cli(["yaml", config, out, "--trust-remote-code", "--quiet"])
+    assert code == 0, stderr
+    assert not marker.exists()
+    assert (out / "model.safetensors").is_file()
+    assert not (out / "modeling_x.py").exists()
+
+
+def test_nonfinite_input_warns_per_tensor(tmp_path):
+    """A non-finite input is a warning naming the model and tensor; the non-finite output it
+    causes is then the one error line."""
+    setup_inf_model(tmp_path)
+    config = tmp_path / "config.yml"
+    config.write_text(f"merge_method: linear\nmodels:\n  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1}}\n"
+                      f"  - model: {tmp_path / 'inf'}\n    parameters: {{weight: 1}}\n")
+    out = tmp_path / "out"
+    code, stdout, stderr, exc = run_cli(["yaml", config, out, "--quiet"])
+    warnings = [line for line in stderr.splitlines() if line.startswith("mergefast: warning:")]
+    errors = [line for line in stderr.splitlines() if line.startswith("mergefast: error:")]
+    assert code == 1 and len(warnings) == 1 and len(errors) == 1, stderr
+    assert str(tmp_path / "inf") in warnings[0] and "model.layers.0.self_attn.q_proj.weight" in warnings[0]
+    assert "4 inf" in warnings[0] and str(tmp_path / "inf") in errors[0]
+    assert not out.exists()
+
+
+def test_warn_nonfinite_inputs_does_not_raise(caplog):
+    from mergefast.checks import warn_nonfinite_inputs
+
+    good, bad = torch.ones(8), torch.tensor([1.0, float("nan"), float("-inf")])
+    with caplog.at_level("WARNING", logger="mergefast"):
+        assert warn_nonfinite_inputs("x.weight", [("m1", "x.weight"), ("m2", "x.weight")], [good, bad]) == 1
+    assert "model m2: input tensor x.weight" in caplog.text and "1 NaN and 1 inf" in caplog.text
