@@ -123,8 +123,10 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         where = f"{path}: tensor {name!r}"
         try:
             dtype_name = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
+            shape = tuple(_json_int(d) for d in entry["shape"])
+            begin, end = (_json_int(o) for o in entry["data_offsets"])
+            if not isinstance(dtype_name, str):
+                raise TypeError("dtype is not a string")
         except (TypeError, KeyError, ValueError) as e:
             raise ModelError(
                 f"{where}: corrupt safetensors header entry {entry!r} (needs dtype, shape, data_offsets); re-download the file"
@@ -160,6 +162,13 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
                 f"(bytes {b.data_offsets[0]} < {a.data_offsets[1]}); the file is corrupt, re-download it"
             )
     return {i.name: i for i in ordered}, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _json_int(value) -> int:
+    """A JSON integer from a header (not a bool, float or string: those mean a corrupt file)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    return value
 
 
 def _hf_blobs_dir(folder: Path) -> Path | None:
