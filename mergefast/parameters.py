@@ -86,14 +86,6 @@ def check_parameters(config: MergeConfig, source: str) -> None:
                 raise ConfigError(f"{loc}: '{name}' applies to the whole merge, not to one model; "
                                   "move it to the top-level or slice `parameters`")
             check_setting(setting, loc)
-            if name == "rescale" and _any_true(setting):
-                raise ConfigError(f"{loc}: rescale: true is not supported yet")
-
-
-def _any_true(setting: Any) -> bool:
-    items = setting if isinstance(setting, list) else [setting]
-    values = [i["value"] if _is_conditional(i) else i for i in items]
-    return any(v is True or (isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0) for v in values)
 
 
 def interpolate(gradient: Sequence[Any], t: float) -> Any:

@@ -13,6 +13,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from mergefast.errors import ConfigError, MergeError
+
+from .arcee_fusion import arcee_fusion
+from .karcher import karcher
+from .model_stock import model_stock
+from .multislerp import AntipodalError, multislerp
+from .nearswap import nearswap
+from .nuslerp import nuslerp
+from .ram import ram
+from .sce import sce
+from .task_arithmetic import DellaRangeError, check_della_range
+from .task_arithmetic import task_arithmetic as task_arithmetic_reference
+
 REQUIRED = object()
 
 
@@ -31,8 +44,23 @@ class Param:
 
 
 @dataclass(frozen=True)
+class MergeContext:
+    """What a merge may need besides tensors and parameters: the random seed (from
+    `--random-seed`, 0 when not given) and the output tensor's name (keys random masks)."""
+
+    seed: int = 0
+    tensor_name: str = ""
+
+
+@dataclass(frozen=True)
 class MethodSpec:
-    """What a merge method needs and how to run it on one tensor group."""
+    """What a merge method needs and how to run it on one tensor group.
+
+    `min_inputs`/`max_inputs` count every input of a tensor group, the base included;
+    `min_non_base`/`max_non_base` count the inputs other than the base (for methods whose
+    base is optional, e.g. nuslerp: exactly 2 non-base models, with or without a base).
+    `merge(tensors, base_index, global_params, model_params, out_dtype, ctx)`.
+    """
 
     name: str
     global_params: tuple[Param, ...]
@@ -42,6 +70,9 @@ class MethodSpec:
     min_inputs: int
     max_inputs: int | None
     merge: Callable[..., torch.Tensor]
+    min_non_base: int = 0
+    max_non_base: int | None = None
+    reference_only: bool = True  # False where a fused kernel (mergefast.kernels) runs it
 
     def param(self, name: str) -> Param | None:
         """The parameter called `name`, or None."""
@@ -54,6 +85,27 @@ class MethodSpec:
     def param_names(self) -> list[str]:
         """Every parameter name this method accepts."""
         return [p.name for p in (*self.global_params, *self.model_params)]
+
+    def input_error(self, n_inputs: int, has_base: bool) -> str | None:
+        """Why a tensor group of `n_inputs` (with or without the base among them) cannot be
+        merged by this method, or None when it can."""
+        if self.needs_base and not has_base:
+            return f"{self.name} needs a base_model among the inputs"
+        if n_inputs < self.min_inputs or (self.max_inputs is not None and n_inputs > self.max_inputs):
+            return f"{self.name} takes {_count_text(self.min_inputs, self.max_inputs)} model(s) " \
+                   f"including the base, got {n_inputs}"
+        others = n_inputs - (1 if has_base else 0)
+        if others < self.min_non_base or (self.max_non_base is not None and others > self.max_non_base):
+            return f"{self.name} takes {_count_text(self.min_non_base, self.max_non_base)} model(s) " \
+                   f"besides the base, got {others}"
+        return None
+
+
+def _count_text(low: int, high: int | None) -> str:
+    """'exactly 2', 'at least 3' or 'between 2 and 3'."""
+    if high is None:
+        return f"at least {low}"
+    return f"exactly {low}" if low == high else f"between {low} and {high}"
 
 
 def _ops():
@@ -69,57 +121,183 @@ def _non_base(tensors, base_index, model_params):
     return tensors[base_index], [tensors[i] for i in others], [model_params[i] for i in others]
 
 
-def _merge_linear(tensors, base_index, g, m, out_dtype):
+def _optional_base(tensors, base_index, model_params):
+    """Like `_non_base`, with base None when the group has no base."""
+    if base_index is None:
+        return None, list(tensors), list(model_params)
+    return _non_base(tensors, base_index, model_params)
+
+
+# --- methods with fused kernels (mergefast.kernels) ------------------------------------------
+
+def _merge_linear(tensors, base_index, g, m, out_dtype, ctx):
     return _ops().linear(tensors, [p["weight"] for p in m], normalize=g["normalize"], out_dtype=out_dtype)
 
 
-def _merge_passthrough(tensors, base_index, g, m, out_dtype):
+def _merge_passthrough(tensors, base_index, g, m, out_dtype, ctx):
     return _ops().passthrough(tensors[0], m[0]["scale"], out_dtype=out_dtype)
 
 
-def _merge_slerp(tensors, base_index, g, m, out_dtype):
+def _merge_slerp(tensors, base_index, g, m, out_dtype, ctx):
     base, others, _ = _non_base(tensors, base_index, m)
     return _ops().slerp(base, others[0], g["t"], out_dtype=out_dtype)
 
 
+# --- the task-arithmetic family ----------------------------------------------------------------
+
+FUSED_SPARSIFY = ("none", "magnitude")  # what the fused task-arithmetic kernels implement
+
+
+def _check_della(params, g, ctx):
+    """ConfigError naming the tensor when a model's density +- epsilon leaves (0, 1)."""
+    for i, p in enumerate(params):
+        if 0 < p["density"] < 1:
+            try:
+                check_della_range(p["density"], p["epsilon"], ctx.tensor_name)
+            except DellaRangeError as exc:
+                raise ConfigError(f"{exc} (non-base model {i})") from None
+
+
 def _task_arithmetic_merger(sparsify: str, consensus: str | None):
-    def merge(tensors, base_index, g, m, out_dtype):
+    def merge(tensors, base_index, g, m, out_dtype, ctx):
         base, others, params = _non_base(tensors, base_index, m)
-        return _ops().task_arithmetic(
-            base, others, [p["weight"] for p in params],
+        common = dict(
             densities=[p["density"] for p in params], sparsify=sparsify, consensus=consensus,
             normalize=g["normalize"], lambda_=g["lambda"], out_dtype=out_dtype,
+        )
+        weights = [p["weight"] for p in params]
+        if sparsify in FUSED_SPARSIFY and not g["rescale"]:
+            return _ops().task_arithmetic(base, others, weights, **common)
+        if sparsify == "della":
+            _check_della(params, g, ctx)
+        return task_arithmetic_reference(
+            base, others, weights, **common, rescale=g["rescale"], seed=ctx.seed,
+            tensor_name=ctx.tensor_name, gammas=[p.get("gamma", 0.01) for p in params],
+            epsilons=[p.get("epsilon", 0.15) for p in params],
         )
     return merge
 
 
-def _task_arithmetic_spec(name: str, sparsify: str, consensus: str | None, normalize: bool) -> MethodSpec:
+def _task_arithmetic_spec(name: str, sparsify: str, consensus: str | None, normalize: bool,
+                          rescale: bool = False) -> MethodSpec:
+    extra = {"magnitude_outliers": (Param("gamma", "float", 0.01),),
+             "della": (Param("epsilon", "float", 0.15),)}.get(sparsify, ())
     return MethodSpec(
         name=name,
         global_params=(Param("normalize", "bool", normalize), Param("lambda", "float", 1.0),
-                       Param("int8_mask", "bool", False), Param("rescale", "bool", False)),
-        model_params=(Param("weight"), Param("density", "float", 1.0)),
+                       Param("int8_mask", "bool", False), Param("rescale", "bool", rescale)),
+        model_params=(Param("weight"), Param("density", "float", 1.0), *extra),
         needs_base=True, base_params=False, min_inputs=1, max_inputs=None,
         merge=_task_arithmetic_merger(sparsify, consensus),
+        reference_only=sparsify not in FUSED_SPARSIFY,
     )
+
+
+# --- reference-only methods ------------------------------------------------------------------
+
+def _merge_model_stock(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = _non_base(tensors, base_index, m)
+    return model_stock(base, others, filter_wise=g["filter_wise"], out_dtype=out_dtype)
+
+
+def _merge_nuslerp(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, params = _optional_base(tensors, base_index, m)
+    return nuslerp(others, [p["weight"] for p in params], base, flatten=g["nuslerp_flatten"],
+                   row_wise=g["nuslerp_row_wise"], out_dtype=out_dtype)
+
+
+def _merge_multislerp(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, params = _optional_base(tensors, base_index, m)
+    try:
+        return multislerp(others, [p["weight"] for p in params], base,
+                          normalize_weights=g["normalize_weights"], eps=g["eps"], out_dtype=out_dtype)
+    except AntipodalError as exc:
+        raise MergeError(f"tensor {ctx.tensor_name}: {exc}") from None
+
+
+def _merge_karcher(tensors, base_index, g, m, out_dtype, ctx):
+    return karcher(tensors, max_iter=int(g["max_iter"]), tol=g["tol"], out_dtype=out_dtype)
+
+
+def _merge_sce(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = _non_base(tensors, base_index, m)
+    return sce(base, others, select_topk=g["select_topk"], out_dtype=out_dtype)
+
+
+def _merge_nearswap(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = _non_base(tensors, base_index, m)
+    return nearswap(base, others[0], g["t"], out_dtype=out_dtype)
+
+
+def _ram_merger(plus: bool):
+    def merge(tensors, base_index, g, m, out_dtype, ctx):
+        base, others, _ = _non_base(tensors, base_index, m)
+        extra = {"r": g["r"], "alpha": g["alpha"]} if plus else {}
+        return ram(base, others, epsilon=g["epsilon"], plus=plus, out_dtype=out_dtype, **extra)
+    return merge
+
+
+def _merge_arcee_fusion(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = _non_base(tensors, base_index, m)
+    return arcee_fusion(base, others[0], out_dtype=out_dtype)
+
+
+def _spec(name, merge, global_params=(), model_params=(), *, needs_base, base_params=False,
+          min_inputs=1, max_inputs=None, min_non_base=0, max_non_base=None) -> MethodSpec:
+    """A reference-only MethodSpec (keyword-only rules, defaults for the common case)."""
+    return MethodSpec(name, tuple(global_params), tuple(model_params), needs_base=needs_base,
+                      base_params=base_params, min_inputs=min_inputs, max_inputs=max_inputs,
+                      merge=merge, min_non_base=min_non_base, max_non_base=max_non_base)
 
 
 METHODS: dict[str, MethodSpec] = {
     "linear": MethodSpec(
         "linear", (Param("normalize", "bool", True),), (Param("weight"),),
-        needs_base=False, base_params=True, min_inputs=1, max_inputs=None, merge=_merge_linear),
+        needs_base=False, base_params=True, min_inputs=1, max_inputs=None, merge=_merge_linear,
+        reference_only=False),
     "passthrough": MethodSpec(
         "passthrough", (), (Param("scale", "float", None),),
-        needs_base=False, base_params=True, min_inputs=1, max_inputs=1, merge=_merge_passthrough),
+        needs_base=False, base_params=True, min_inputs=1, max_inputs=1, merge=_merge_passthrough,
+        reference_only=False),
     "slerp": MethodSpec(
         "slerp", (Param("t"),), (),
-        needs_base=True, base_params=False, min_inputs=2, max_inputs=2, merge=_merge_slerp),
+        needs_base=True, base_params=False, min_inputs=2, max_inputs=2, merge=_merge_slerp,
+        reference_only=False),
     "task_arithmetic": _task_arithmetic_spec("task_arithmetic", "none", None, False),
     "ties": _task_arithmetic_spec("ties", "magnitude", "sum", True),
+    "dare_ties": _task_arithmetic_spec("dare_ties", "random", "sum", False, rescale=True),
+    "dare_linear": _task_arithmetic_spec("dare_linear", "random", None, False, rescale=True),
+    "breadcrumbs": _task_arithmetic_spec("breadcrumbs", "magnitude_outliers", None, False),
+    "breadcrumbs_ties": _task_arithmetic_spec("breadcrumbs_ties", "magnitude_outliers", "sum", False),
+    "della": _task_arithmetic_spec("della", "della", "sum", True, rescale=True),
+    "della_linear": _task_arithmetic_spec("della_linear", "della", None, False, rescale=True),
+    # a base plus at least 2 others; the base is not an ordinary input
+    "model_stock": _spec("model_stock", _merge_model_stock, (Param("filter_wise", "bool", False),),
+                         needs_base=True, min_inputs=3),
+    # exactly 2 non-base models; an optional base (a third model) turns them into task vectors
+    "nuslerp": _spec("nuslerp", _merge_nuslerp,
+                     (Param("nuslerp_flatten", "bool", True), Param("nuslerp_row_wise", "bool", False)),
+                     (Param("weight"),), needs_base=False, min_inputs=2, max_inputs=3,
+                     min_non_base=2, max_non_base=2),
+    "multislerp": _spec("multislerp", _merge_multislerp,
+                        (Param("normalize_weights", "bool", True), Param("eps", "float", 1e-8)),
+                        (Param("weight"),), needs_base=False, min_non_base=1),
+    # no base handling at all: a base_model is one more input with equal weight
+    "karcher": _spec("karcher", _merge_karcher,
+                     (Param("max_iter", "float", 10), Param("tol", "float", 1e-5)),
+                     needs_base=False, base_params=True),
+    # `weight` is accepted and ignored (mergekit's sce does not use it)
+    "sce": _spec("sce", _merge_sce, (Param("select_topk", "float", 1.0), Param("int8_mask", "bool", False)),
+                 (Param("weight", "float", None),), needs_base=True),
+    "ram": _spec("ram", _ram_merger(False), (Param("epsilon", "float", 1e-5),), needs_base=True),
+    "ramplus_tl": _spec("ramplus_tl", _ram_merger(True),
+                        (Param("epsilon", "float", 1e-5), Param("r", "float", 0.1), Param("alpha", "float", 0.2)),
+                        needs_base=True),
+    "nearswap": _spec("nearswap", _merge_nearswap, (Param("t"),), needs_base=True, min_inputs=2, max_inputs=2),
+    "arcee_fusion": _spec("arcee_fusion", _merge_arcee_fusion, needs_base=True, min_inputs=2, max_inputs=2),
 }
 
-# Every method name mergekit 0.1.5 registers; those not in METHODS are recognised so that a
-# config using them gets "not supported yet" instead of "unknown method".
+# Every method name mergekit 0.1.5 registers (all of them are in METHODS).
 MERGEKIT_METHODS = (
     "linear", "slerp", "nuslerp", "multislerp", "karcher", "passthrough", "task_arithmetic",
     "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
@@ -128,6 +306,16 @@ MERGEKIT_METHODS = (
 
 
 def merge_group(spec: MethodSpec, tensors: Sequence[torch.Tensor], base_index: int | None,
-                global_params: dict, model_params: Sequence[dict], out_dtype) -> torch.Tensor:
-    """Run `spec`'s merge on one tensor group with resolved parameters."""
-    return spec.merge(list(tensors), base_index, global_params, list(model_params), out_dtype)
+                global_params: dict, model_params: Sequence[dict], out_dtype, *,
+                seed: int | None = 0, tensor_name: str = "") -> torch.Tensor:
+    """Run `spec`'s merge on one tensor group with resolved parameters.
+
+    `seed` (`--random-seed`; None means 0) and `tensor_name` (the output tensor) key the
+    counter-based masks of the random methods (DARE, DELLA), see `methods/random.py`.
+    Raises ConfigError naming the tensor when the group breaks the method's input rules.
+    """
+    problem = spec.input_error(len(tensors), base_index is not None)
+    if problem:
+        raise ConfigError(f"tensor {tensor_name}: {problem}")
+    ctx = MergeContext(0 if seed is None else int(seed), tensor_name)
+    return spec.merge(list(tensors), base_index, global_params, list(model_params), out_dtype, ctx)

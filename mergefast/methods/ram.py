@@ -1,0 +1,72 @@
+"""`ram` and `ramplus_tl`: add each element's task-vector update where only one model
+changed it, average the updates where several did (RAM+ boosts the unique updates)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .numerics import accumulation_dtype, check_same_shape, result_dtype
+
+DEFAULT_EPSILON = 1e-5
+DEFAULT_R = 0.1
+DEFAULT_ALPHA = 0.2
+
+
+def unique_boost(active: torch.Tensor, count: torch.Tensor, r: float, alpha: float, eps: float) -> torch.Tensor:
+    """RAM+ per-model factors lambda_i = 1 + r * clamp(rho_i, 0, alpha), where
+    rho_i = #(active_i and count > 1) / max(#(active_i and count == 1), eps)."""
+    shared = (active & (count > 1)).flatten(1).sum(1).to(torch.float64)
+    unique = (active & (count == 1)).flatten(1).sum(1).to(torch.float64)
+    rho = shared / unique.clamp(min=eps)
+    return 1 + r * rho.clamp(0, alpha)
+
+
+def ram(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    epsilon: float = DEFAULT_EPSILON,
+    plus: bool = False,
+    r: float = DEFAULT_R,
+    alpha: float = DEFAULT_ALPHA,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """RAM over tau_i = x_i - base, active_i = |tau_i| > epsilon, count = #active per element.
+
+    Elements active in one model get that model's tau (times lambda_i of `unique_boost`
+    when `plus`, i.e. `ramplus_tl`); elements active in several get the mean of the active
+    tau; inactive elements keep the base. Float32 arithmetic, rounded once to `out_dtype`
+    (default: promoted inputs).
+    """
+    all_inputs = [base, *tensors]
+    check_same_shape(all_inputs, "ram")
+    out = result_dtype(all_inputs, out_dtype)
+    if not tensors:
+        return base.to(out)
+    acc = accumulation_dtype(all_inputs)
+    b = base.to(acc)
+    deltas = torch.stack([x.to(acc) - b for x in tensors])
+    active = deltas.abs() > epsilon
+    count = active.sum(0)
+    kept = torch.where(active, deltas, 0.0)
+    unique = torch.where(count == 1, kept, 0.0)
+    if plus:
+        boost = unique_boost(active, count, r, alpha, epsilon).to(acc)
+        unique = unique * boost.view(-1, *([1] * base.dim()))
+    shared = torch.where(count > 1, kept.sum(0) / count.clamp(min=1), 0.0)
+    return (b + unique.sum(0) + shared).to(out)
+
+
+def ramplus_tl(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    epsilon: float = DEFAULT_EPSILON,
+    r: float = DEFAULT_R,
+    alpha: float = DEFAULT_ALPHA,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """RAM+ (`ram` with the unique updates of each model scaled by its lambda_i)."""
+    return ram(base, tensors, epsilon=epsilon, plus=True, r=r, alpha=alpha, out_dtype=out_dtype)
