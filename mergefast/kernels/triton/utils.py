@@ -20,7 +20,7 @@ BLOCK = 2048
 NUM_WARPS = 8
 # Under the interpreter each program runs as numpy code, one after the other: small blocks
 # keep the tests on many blocks (tie scans across blocks) with small tensors.
-INTERPRET_BLOCK = 128
+INTERPRET_BLOCK = 256
 
 
 def interpret() -> bool:

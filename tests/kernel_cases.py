@@ -1,0 +1,247 @@
+"""Kernel-vs-reference test cases shared by the C++ and Triton backends.
+
+A backend's test module subclasses `KernelSuite` (setting DEVICE, BACKEND, EXACT and SHAPES)
+and sets `pytest_generate_tests = generate`, so every case runs on that backend with
+MERGEFAST_BACKEND forcing it (a kernel failure then raises instead of falling back).
+
+Comparison rule (DESIGN.md): where the kernel does the reference's operations in the same
+order (every op but SLERP's reduction; C++ and interpreted Triton) the results must be
+bit-identical (EXACT). Otherwise the error against a float64 reference may be at most twice
+the error of the same-dtype torch reference plus one unit in the last place of the output.
+Magnitude selection must keep exactly the reference's set, always.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergefast import kernels, methods
+from mergefast.methods.linear import ZeroWeightSumError
+from mergefast.methods.numerics import keep_count
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def generate(metafunc):
+    """pytest_generate_tests for suites: `shape` from the class's SHAPES, `dtype` from DTYPES."""
+    cls = metafunc.cls
+    if cls is None:
+        return
+    if "shape" in metafunc.fixturenames:
+        metafunc.parametrize("shape", cls.SHAPES, ids=[_shape_id(s) for s in cls.SHAPES])
+    if "dtype" in metafunc.fixturenames:
+        metafunc.parametrize("dtype", DTYPES, ids=[DTYPE_IDS[d] for d in DTYPES])
+
+
+def _shape_id(shape) -> str:
+    return "x".join(str(s) for s in shape) if shape else "scalar"
+
+
+def _ulp(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def assert_same(kernel_out: torch.Tensor, ref_out: torch.Tensor, *, exact: bool,
+                ref64: torch.Tensor | None = None) -> None:
+    """Kernel result against the same-dtype reference (see the module docstring)."""
+    k = kernel_out.cpu()
+    r = ref_out.cpu()
+    assert k.dtype == r.dtype, (k.dtype, r.dtype)
+    assert k.shape == r.shape, (k.shape, r.shape)
+    if exact:
+        same = (k == r) | (torch.isnan(k) & torch.isnan(r))
+        if not bool(same.all()):
+            bad = (~same).nonzero()[:5].tolist()
+            raise AssertionError(
+                f"{int((~same).sum())} of {k.numel()} elements differ; first {bad}: "
+                f"kernel {k[~same][:5].tolist()} vs reference {r[~same][:5].tolist()}")
+        return
+    kd, rd = k.double(), r.double()
+    unit = _ulp(k.dtype) * rd.abs().clamp(min=1e-3)
+    if ref64 is not None:
+        exact64 = ref64.cpu().double()
+        err_k = (kd - exact64).abs()
+        err_r = (rd - exact64).abs()
+        ok = err_k <= 2 * err_r + unit
+    else:
+        ok = (kd - rd).abs() <= 2 * unit
+    if not bool(ok.all()):
+        raise AssertionError(f"{int((~ok).sum())} of {k.numel()} elements out of tolerance; "
+                             f"max |kernel - reference| = {(kd - rd).abs().max().item()}")
+
+
+def make_inputs(shape, dtype, k=3, *, seed=0, scale=0.05, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    xs = [base + scale * torch.randn(shape, generator=g) for _ in range(k)]
+    return base.to(dtype).to(device), [x.to(dtype).to(device) for x in xs]
+
+
+def tied_inputs(n, dtype, *, seed=0, levels=4, device="cpu"):
+    """bf16/fp16-representable inputs whose deltas take only a few magnitudes: many ties at
+    any threshold."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.zeros(n)
+    steps = torch.tensor([0.0, 0.25, 0.5, 1.0, 2.0][:levels + 1])
+    xs = []
+    for _ in range(3):
+        idx = torch.randint(0, len(steps), (n,), generator=g)
+        sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+        xs.append(base + sign * steps[idx])
+    return base.to(dtype).to(device), [x.to(dtype).to(device) for x in xs]
+
+
+def _cpu(ts):
+    return [t.cpu() for t in ts]
+
+
+class KernelSuite:
+    """Every kernel against its reference. Subclasses set the backend."""
+
+    DEVICE = "cpu"
+    BACKEND = "cpu-ext"
+    EXACT = True
+    SHAPES = [(1,), (2,), (3,), (0,), (5000,), (37, 129)]
+    TIE_N = 9000   # size of the many-ties cases (several blocks)
+
+    @pytest.fixture(autouse=True)
+    def _force_backend(self, monkeypatch):
+        monkeypatch.setenv("MERGEFAST_BACKEND", self.BACKEND)
+
+    def inputs(self, shape, dtype, **kw):
+        return make_inputs(shape, dtype, device=self.DEVICE, **kw)
+
+    # ------------------------------------------------------------------ linear
+    def test_linear(self, shape, dtype):
+        _, xs = self.inputs(shape, dtype)
+        for weights, normalize in (([0.5, 0.3, 0.2], True), ([1.0, -0.5, 2.0], False),
+                                   ([0.7, 0.7, 0.6], True)):
+            out = kernels.linear(xs, weights, normalize=normalize)
+            ref = methods.linear(_cpu(xs), weights, normalize=normalize)
+            assert_same(out, ref, exact=self.EXACT)
+
+    def test_linear_zero_weight_sum(self, dtype):
+        _, xs = self.inputs((37, 129), dtype)
+        with pytest.raises(ZeroWeightSumError):
+            kernels.linear(xs, [1.0, -1.0, 0.0])
+        out = kernels.linear(xs, [1.0, -1.0, 0.0], normalize=False)
+        assert_same(out, methods.linear(_cpu(xs), [1.0, -1.0, 0.0], normalize=False),
+                    exact=self.EXACT)
+
+    def test_linear_mixed_dtypes_and_out_dtype(self):
+        _, xs = self.inputs((37, 129), torch.float32)
+        mixed = [xs[0].bfloat16(), xs[1], xs[2].half()]
+        out = kernels.linear(mixed, [0.2, 0.3, 0.5])
+        assert out.dtype == torch.float32
+        assert_same(out, methods.linear(_cpu(mixed), [0.2, 0.3, 0.5]), exact=self.EXACT)
+        for od in (torch.bfloat16, torch.float16, torch.float64):
+            out = kernels.linear(xs, [0.2, 0.3, 0.5], out_dtype=od)
+            ref = methods.linear(_cpu(xs), [0.2, 0.3, 0.5], out_dtype=od)
+            assert_same(out, ref, exact=self.EXACT)
+
+    # ------------------------------------------------------------------ task arithmetic
+    def test_task_arithmetic(self, shape, dtype):
+        base, xs = self.inputs(shape, dtype)
+        for weights, normalize, lam in (([0.5, 0.3, 0.2], False, 1.0),
+                                        ([1.0, -0.5, 2.0], True, 0.7),
+                                        ([1.0, -1.0, 0.0], True, 1.0)):  # sum 0 -> divisor 1
+            out = kernels.task_arithmetic(base, xs, weights, normalize=normalize, lambda_=lam)
+            ref = methods.task_arithmetic(base.cpu(), _cpu(xs), weights, normalize=normalize,
+                                          lambda_=lam)
+            assert_same(out, ref, exact=self.EXACT)
+
+    TIES_CASES = [  # (weights, densities, normalize, lambda)
+        ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], True, 1.0),
+        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], False, 0.5),   # density 0 and 1, negative weight
+        ([1.0, -1.0, 0.0], [0.7, 0.7, 0.7], True, 1.0),    # weights sum to zero
+        ([-1.0, -2.0, -0.5], [0.1, 0.01, 1.0], True, 0.7),
+        ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], False, 1.0),
+    ]
+    TIE_DENSITIES = [0.0, 1e-4, 0.1, 0.37, 0.5, 0.9, 0.9999, 1.0]
+
+    def test_ties(self, shape, dtype):
+        base, xs = self.inputs(shape, dtype)
+        for weights, densities, normalize, lam in self.TIES_CASES:
+            out = kernels.ties(base, xs, weights, densities, normalize=normalize, lambda_=lam)
+            ref = methods.ties(base.cpu(), _cpu(xs), weights, densities, normalize=normalize,
+                               lambda_=lam)
+            assert_same(out, ref, exact=self.EXACT)
+
+    def test_magnitude_without_consensus(self, dtype):
+        base, xs = self.inputs((37, 129), dtype)
+        kw = dict(densities=[0.3, 0.6, 0.05], sparsify="magnitude", normalize=True)
+        out = kernels.task_arithmetic(base, xs, [0.4, 0.4, 0.2], **kw)
+        ref = methods.task_arithmetic(base.cpu(), _cpu(xs), [0.4, 0.4, 0.2], **kw)
+        assert_same(out, ref, exact=self.EXACT)
+
+    def test_kept_set_with_many_ties(self, dtype):
+        base, xs = tied_inputs(self.TIE_N, dtype, device=self.DEVICE)
+        impl = kernels._impl(self.BACKEND)
+        for density in self.TIE_DENSITIES:
+            self._check_tied(impl, base, xs, density)
+
+    def _check_tied(self, impl, base, xs, density):
+        for x in xs:
+            delta = x.cpu().float() - base.cpu().float()
+            want = methods.magnitude_mask(delta, density)
+            got = impl.magnitude_keep(base, x, keep_count(density, delta.numel()))
+            assert torch.equal(got.cpu(), want), f"kept sets differ at density {density}"
+        out = kernels.ties(base, xs, [0.3, 0.5, 0.2], [density, density / 2, 1 - density])
+        ref = methods.ties(base.cpu(), _cpu(xs), [0.3, 0.5, 0.2],
+                           [density, density / 2, 1 - density])
+        assert_same(out, ref, exact=self.EXACT)
+
+    def test_kept_set_random(self, dtype):
+        base, xs = self.inputs((37, 129), dtype)
+        impl = kernels._impl(self.BACKEND)
+        delta = xs[0].cpu().float() - base.cpu().float()
+        for density in (0.001, 0.25, 0.5, 0.75):
+            want = methods.magnitude_mask(delta, density)
+            got = impl.magnitude_keep(base, xs[0], keep_count(density, delta.numel()))
+            assert torch.equal(got.cpu(), want)
+
+    def test_all_zero_deltas(self, dtype):
+        base, _ = self.inputs((37, 129), dtype)
+        xs = [base.clone() for _ in range(3)]
+        out = kernels.ties(base, xs, [0.5, 0.3, 0.2], [0.5, 0.5, 0.5])
+        assert_same(out, methods.ties(base.cpu(), _cpu(xs), [0.5, 0.3, 0.2], [0.5] * 3),
+                    exact=self.EXACT)
+        assert torch.equal(out.cpu(), base.cpu())
+
+    def test_no_models_and_errors(self):
+        base, xs = self.inputs((3,), torch.float32)
+        assert torch.equal(kernels.task_arithmetic(base, [], []).cpu(), base.cpu())
+        for mode in ("magnitude_outliers", "random"):
+            with pytest.raises(NotImplementedError, match=mode):
+                kernels.task_arithmetic(base, xs, [1, 1, 1], densities=[0.5] * 3, sparsify=mode)
+        with pytest.raises(ValueError):
+            kernels.task_arithmetic(base, xs, [1, 1], densities=[0.5] * 3)
+        with pytest.raises(ValueError):
+            kernels.linear(xs, [1.0])
+
+    # ------------------------------------------------------------------ slerp
+    def test_slerp(self, shape, dtype):
+        a, xs = self.inputs(shape, dtype, scale=0.8)
+        for t in (0.0, 0.3, 0.5, 1.0):
+            out = kernels.slerp(a, xs[0], t)
+            ref = methods.slerp(a.cpu(), xs[0].cpu(), t)
+            ref64 = methods.slerp(a.cpu().double(), xs[0].cpu().double(), t).to(out.dtype)
+            assert_same(out, ref, exact=False, ref64=ref64)
+
+    def test_slerp_parallel_antiparallel_zero(self, dtype):
+        a, _ = self.inputs((37, 129), dtype)
+        for b in (a * 2, -a, a.clone(), torch.zeros_like(a)):
+            for t in (0.25, 0.5):
+                out = kernels.slerp(a, b, t)
+                ref = methods.slerp(a.cpu(), b.cpu(), t)
+                # lerp branch (or zero vector): the same elementwise arithmetic
+                assert_same(out, ref, exact=self.EXACT)
+
+    def test_slerp_out_dtype(self):
+        a, xs = self.inputs((37, 129), torch.bfloat16, scale=0.8)
+        out = kernels.slerp(a, xs[0].float(), 0.4, out_dtype=torch.float16)
+        ref = methods.slerp(a.cpu(), xs[0].cpu().float(), 0.4, out_dtype=torch.float16)
+        ref64 = methods.slerp(a.cpu().double(), xs[0].cpu().double(), 0.4).half()
+        assert_same(out, ref, exact=False, ref64=ref64)
