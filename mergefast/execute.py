@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,34 +22,36 @@ from .io.output import copy_tokenizer, output_model_config, write_json
 from .io.writer import OutputTensor, ShardedWriter
 from .methods.linear import ZeroWeightSumError
 from .methods.registry import merge_group
+from .io.pipeline import run_pipeline
 from .options import MergeOptions
 from .plan import MergePlan, TensorJob
+from .staging import staging_for
+from .summary import RunSummary, peak_rss_bytes, write_stats_json
 
 PARTIAL_MARK = ".mergefast-partial-"
 
 
-@dataclass
-class MergeStats:
-    """What a run moved and how long it took."""
+def merge_job(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor], seed: int | None = None) -> torch.Tensor:
+    """Merge a job's input tensors (already on the math device); the result stays there.
 
-    tensors: int = 0
-    read_bytes: int = 0
-    written_bytes: int = 0
-    seconds: float = 0.0
+    `seed` is `--random-seed` (None means 0): with the output name it keys DARE/DELLA masks."""
+    if job.copy:
+        return check_output_finite(job.name, tensors[0], job.sources)
+    warn_nonfinite_inputs(job.name, job.sources, tensors)
+    try:
+        out = merge_group(plan.spec, tensors, job.base_index, job.global_params, job.model_params, job.dtype,
+                          seed=seed, tensor_name=job.name)
+    except ZeroWeightSumError as exc:
+        raise MergeError(f"{plan.source}: tensor {job.name}: {exc}") from None
+    return check_output_finite(job.name, out, job.sources, tensors)
 
 
 def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
-    """Read a job's inputs and return its output tensor on the CPU."""
+    """Read a job's inputs and return its output tensor on the CPU (no pipeline)."""
     tensors = [plan.models[s.model].reader.read(s.tensor) for s in job.sources]
-    if job.copy:
-        return check_output_finite(job.name, tensors[0], job.sources)
-    tensors = [t.to(device, non_blocking=True) for t in tensors]
-    warn_nonfinite_inputs(job.name, job.sources, tensors)
-    try:
-        out = merge_group(plan.spec, tensors, job.base_index, job.global_params, job.model_params, job.dtype)
-    except ZeroWeightSumError as exc:
-        raise MergeError(f"{plan.source}: tensor {job.name}: {exc}") from None
-    return check_output_finite(job.name, out, job.sources, tensors).cpu()
+    if not job.copy:
+        tensors = [t.to(device) for t in tensors]
+    return merge_job(plan, job, tensors).cpu()
 
 
 def check_out_path(out: Path) -> None:
@@ -59,23 +60,46 @@ def check_out_path(out: Path) -> None:
         raise ConfigError(f"output path {out} is a file; give a folder path")
 
 
-def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: MergeStats) -> None:
+def _processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
+    """Jobs sorted by where their first input lies (file, offset): reads stream through files.
+
+    The writer puts each tensor at its planned offset, so the output layout does not depend
+    on this order."""
+    def key(job: TensorJob):
+        info = job.sources[0].info
+        return str(info.file), info.data_offsets[0] if info.data_offsets else 0
+    return sorted(jobs, key=key)
+
+
+def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary) -> None:
     outputs = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
-    device = options.math_device
+    staging = staging_for(plan, options.math_device)
     total = sum(j.read_bytes for j in plan.jobs)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
+    out_bytes = {o.name: o.nbytes for o in outputs}
     try:
         with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=options.quiet) as bar:
-            for job in plan.jobs:
-                writer.write(job.name, run_job(plan, job, device))
+            def write(job, pending):
+                writer.write(job.name, staging.result(pending))
+
+            def done(job):
                 stats.tensors += 1
                 stats.read_bytes += job.read_bytes
                 bar.update(job.read_bytes)
+
+            stages = run_pipeline(
+                _processing_order(plan.jobs), staging.read,
+                lambda job, staged: staging.to_host(merge_job(plan, job, staging.inputs(job, staged), options.random_seed)),
+                write, cost=lambda job: job.read_bytes + out_bytes[job.name],
+                budget=options.max_memory_bytes, progress=done)
         writer.finish()
     except BaseException:
         writer.abort()
         raise
-    stats.written_bytes = sum(o.nbytes for o in outputs)
+    stats.written_bytes = sum(out_bytes.values())
+    stats.read_s, stats.merge_s, stats.write_s = stages.read_s, stages.merge_s, stages.write_s
+    stats.h2d_s, stats.d2h_s = staging.copy_seconds()
+    stats.device = str(options.math_device)
 
 
 def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_name: str) -> None:
@@ -113,7 +137,7 @@ def replace_folder(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
 
 
-def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> MergeStats:
+def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> RunSummary:
     """Run every job of `plan` and write the finished model folder at `out_path`."""
     out = Path(out_path).absolute()
     check_out_path(out)
@@ -121,7 +145,7 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Mer
     tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    stats, start = MergeStats(), time.perf_counter()
+    stats, start = RunSummary(), time.perf_counter()
     try:
         if options.random_seed is not None:
             torch.manual_seed(options.random_seed)
@@ -131,5 +155,18 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Mer
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    stats.seconds = time.perf_counter() - start
+    stats.wall_s = time.perf_counter() - start
+    stats.peak_rss_bytes = peak_rss_bytes()
+    stats.backends = _backends(plan, options)
+    if options.stats_json:
+        write_stats_json(options.stats_json, stats)
     return stats
+
+
+def _backends(plan: MergePlan, options: MergeOptions) -> dict[str, str]:
+    """Which kernel backend ran the method (passthrough copies need none)."""
+    if all(job.copy for job in plan.jobs):
+        return {plan.spec.name: "copy"}
+    from . import kernels
+
+    return {plan.spec.name: kernels.backend(options.math_device)}

@@ -7,6 +7,14 @@ from dataclasses import dataclass, fields
 from .errors import ConfigError
 
 DEFAULT_SHARD_SIZE = 5_000_000_000
+DEFAULT_MEMORY = "25%"
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @dataclass
@@ -25,6 +33,22 @@ class MergeOptions:
     trust_remote_code: bool = False  # config.json is read as JSON: no model code ever runs
     verbose: int = 0
     quiet: bool = False
+    max_memory: str | int | None = None  # bytes in flight: "25%" of RAM by default, "4g", 4000000000
+    stats_json: str | None = None
+
+    @property
+    def max_memory_bytes(self) -> int:
+        """The pipeline's byte budget (inputs read ahead + results not yet written)."""
+        value = DEFAULT_MEMORY if self.max_memory is None else self.max_memory
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                share = float(value.strip()[:-1]) / 100
+            except ValueError:
+                raise ConfigError(f"--max-memory {value!r}: expected a percentage like 25%") from None
+            return int(physical_memory() * share)
+        from .io.writer import parse_size
+
+        return parse_size(value)
 
     @property
     def math_device(self) -> str:

@@ -109,7 +109,7 @@ def test_zero_weight_sum_is_an_error_naming_the_tensor(family, tmp_path):
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n    parameters: {{weight: 1}}\n"
                       f"  - model: {family['ft-b']}\n    parameters: {{weight: -1}}\n")
     code, output = run_cli("yaml", config, tmp_path / "out", "--quiet")
-    assert code == 1
+    assert code == 2  # found while planning, before any tensor is read
     assert "tensor model.embed_tokens.weight" in output and "sum to zero" in output
     assert not (tmp_path / "out").exists()
     assert not any(".mergefast-" in p.name for p in tmp_path.iterdir())
@@ -121,16 +121,16 @@ def test_failure_mid_merge_keeps_existing_out(family, tmp_path, monkeypatch):
     (out / "previous.txt").write_text("keep me")
     calls = []
 
-    def failing(plan, job, device):
+    def failing(plan, job, tensors):
         calls.append(job.name)
         if len(calls) == 5:
             raise OSError(28, "No space left on device")
-        return real(plan, job, device)
+        return real(plan, job, tensors)
 
     import mergefast.execute as execute
 
-    real = execute.run_job
-    monkeypatch.setattr(execute, "run_job", failing)
+    real = execute.merge_job
+    monkeypatch.setattr(execute, "merge_job", failing)
     config = tmp_path / "linear.yml"
     config.write_text(example_config("linear.yml", family))
     code, _ = run_cli("yaml", config, out, "--quiet")

@@ -1,0 +1,63 @@
+"""The end-of-run summary: bytes and time per stage, peak memory, kernel backend."""
+
+from __future__ import annotations
+
+import json
+import resource
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RunSummary:
+    """Figures of one merge run (also written by --stats-json)."""
+
+    tensors: int = 0
+    read_bytes: int = 0
+    written_bytes: int = 0
+    read_s: float = 0.0
+    h2d_s: float = 0.0
+    merge_s: float = 0.0
+    d2h_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+    peak_rss_bytes: int = 0
+    device: str = "cpu"
+    backends: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the whole run."""
+        return self.wall_s
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _rate(n: int, s: float) -> str:
+    return f"{n / 1e9 / s:.2f} GB/s" if s > 0 else "-"
+
+
+def format_summary(s: RunSummary) -> str:
+    """Two lines: bytes and busy time per stage, then wall time, peak RSS and backends."""
+    stages = [f"read {_gb(s.read_bytes)} in {s.read_s:.2f} s ({_rate(s.read_bytes, s.read_s)})"]
+    if s.device.startswith("cuda"):
+        stages.append(f"H2D {s.h2d_s:.2f} s")
+    stages.append(f"merge {s.merge_s:.2f} s")
+    if s.device.startswith("cuda"):
+        stages.append(f"D2H {s.d2h_s:.2f} s")
+    stages.append(f"write {_gb(s.written_bytes)} in {s.write_s:.2f} s")
+    backends = ", ".join(f"{b} ({m})" for m, b in s.backends.items()) or "-"
+    return (" · ".join(stages) + "\n"
+            + f"wall {s.wall_s:.2f} s · peak RSS {_gb(s.peak_rss_bytes)} · {s.tensors} tensors · backend {backends}")
+
+
+def write_stats_json(path: str | Path, s: RunSummary) -> None:
+    """Write the summary's figures as JSON."""
+    Path(path).write_text(json.dumps(asdict(s), indent=2) + "\n", encoding="utf-8")
