@@ -65,12 +65,12 @@ def pipeline_buffer_bytes(options) -> int:
 def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffer_bytes: int | None = None) -> dict:
     """The plan's numbers: outputs, per-model sources, bytes, shards, peak memory, samples.
 
-    `buffer_bytes`: bytes the pipeline may hold in flight; by default its budget from
-    `options` (`max_memory_bytes`), capped at the total the merge reads and writes."""
+    `buffer_bytes`: bytes the pipeline may hold in flight besides the largest job; by default
+    its budget from `options` (`max_memory_bytes`), capped by what the other jobs move."""
     jobs = plan.jobs
-    if buffer_bytes is None:
+    if buffer_bytes is None:  # the other jobs' bytes the pipeline may hold besides the largest job
         total = sum(j.read_bytes + _output_nbytes(j) for j in jobs)
-        buffer_bytes = min(pipeline_buffer_bytes(options), total)
+        buffer_bytes = max(0, min(pipeline_buffer_bytes(options), total - peak_memory(plan)[0]))
     per_model: dict[str, dict] = {ref: {"tensors": 0, "bytes": 0} for ref in plan.models}
     for job in jobs:
         for s in job.sources:
