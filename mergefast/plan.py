@@ -134,17 +134,14 @@ def normalise_slices(config: MergeConfig, models: dict[str, InputModel], source:
 def _check_slice_inputs(spec: MethodSpec, sl: PlanSlice, source: str) -> int | None:
     """Check the slice has the inputs the method needs; return the base's source index."""
     refs = [s.model for s in sl.sources]
-    n = len(refs)
     base_index = refs.index(sl.base) if sl.base in refs else None
     if spec.needs_base and sl.base is None:
         raise ConfigError(f"{source}: {spec.name} needs a base_model")
     if spec.needs_base and base_index is None:
         raise ConfigError(f"{source}: {sl.where}: base_model {sl.base} must be one of the slice's sources")
-    if n < spec.min_inputs or (spec.max_inputs is not None and n > spec.max_inputs):
-        wanted = (f"exactly {spec.max_inputs}" if spec.min_inputs == spec.max_inputs
-                  else f"at least {spec.min_inputs}")
-        raise ConfigError(f"{source}: {sl.where}: {spec.name} takes {wanted} model(s) per tensor "
-                          f"{'including the base ' if spec.needs_base and spec.name == 'slerp' else ''}, got {n}")
+    problem = spec.input_error(len(refs), base_index is not None)
+    if problem:
+        raise ConfigError(f"{source}: {sl.where}: {problem}")
     return base_index
 
 

@@ -50,7 +50,8 @@ def test_slices_and_bare_conditional():
     ("merge_method: ties\nbase_model: b\nmodels:\n  - model: a\n    parameters: {weight: 1, densty: 0.5}\n",
      "models[0].parameters.densty: unknown parameter 'densty' for ties (did you mean 'density'?)"),
     ("merge_method: tie\n" + MODELS, "unknown method 'tie' (did you mean 'ties'?)"),
-    ("merge_method: dare_ties\n" + MODELS, "'dare_ties' is not supported yet"),
+    ("merge_method: dare_ties\n" + MODELS + "parameters: {densty: 0.5}\n",
+     "unknown parameter 'densty' for dare_ties (did you mean 'density'?)"),
     ("merge_method: linear\n" + MODELS + "dtype: bf16\n", "unknown dtype 'bf16' (did you mean 'bfloat16'?)"),
     ("merge_method: linear\n" + MODELS + "tokenizer_source: union\n", "union is not supported yet"),
     ("merge_method: linear\n", "exactly one of `models` or `slices`"),
@@ -66,8 +67,6 @@ def test_slices_and_bare_conditional():
      "a conditional needs exactly `value`"),
     ("merge_method: linear\n" + MODELS + "parameters: {weight: [0.1, {filter: x, value: 1}]}\n",
      "mixes {filter, value} entries and plain values"),
-    ("merge_method: ties\nbase_model: b\n" + MODELS + "parameters: {rescale: true}\n",
-     "rescale: true is not supported yet"),
     ("- just\n- a list\n", "expected a mapping"),
 ])
 def test_errors_name_the_key(text, message):

@@ -492,7 +492,7 @@ def test_task_arithmetic_f64_divisor_uses_f64_weights():
 
 def test_task_arithmetic_rejects_unknown_options():
     with pytest.raises(ValueError):
-        task_arithmetic(T([0.0]), [T([1.0])], [1.0], sparsify="random")
+        task_arithmetic(T([0.0]), [T([1.0])], [1.0], sparsify="bogus")
     with pytest.raises(ValueError):
         task_arithmetic(T([0.0]), [T([1.0])], [1.0], consensus="count")
 
