@@ -13,7 +13,9 @@ It is skipped, with a message, and mergefast then uses its torch reference path 
 
 Flags: -O3 and OpenMP; -ffp-contract=off keeps a*b+c as two roundings, as the torch
 references compute it, so kernel results are bit-exact where the order of operations is the
-same. No -march=native: the wheel must run on any x86-64 / aarch64 machine.
+same; -fno-trapping-math (results unchanged: it only drops FP-exception side effects) lets
+GCC vectorise the selects of the TIES sign election (measured: TIES 7B layer 2.5 s -> see
+benchmarks/README.md). No -march=native: the build must run on any x86-64 / aarch64 machine.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _extensions():
         "mergefast._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args=["-O3", "-ffp-contract=off", *openmp],
+        extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math", *openmp],
         extra_link_args=openmp,
     )
     return [ext], {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}
