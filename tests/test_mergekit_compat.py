@@ -579,3 +579,43 @@ def test_mergefast_matches_mergekit(case, models, workdir, mergekit_outputs):
     mk_dtype = mk_cfg.get("dtype", mk_cfg.get("torch_dtype"))
     mf_dtype = mf_cfg.get("dtype", mf_cfg.get("torch_dtype"))
     assert mf_dtype == mk_dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# The committed example configs (bf16 models, dtype: bfloat16)
+
+# Values are compared only where both tools round once from float32: passthrough and slerp
+# exactly, linear to within one bf16 ulp (a float32 sum that lands next to a bf16 midpoint can
+# round either way). mergekit computes task-arithmetic deltas in bf16, and with bf16 inputs
+# TIES has many |delta| ties at the density threshold, so for those two only names, shapes and
+# dtypes are compared.
+EXAMPLE_VALUE_ULPS = {"passthrough-stack": 0, "slerp-gradient": 0, "linear": 1}
+
+
+@pytest.mark.parametrize("example", ["linear", "passthrough-stack", "slerp-gradient", "ties",
+                                     "task-arithmetic"])
+def test_example_config_matches_mergekit(example, tmp_path, monkeypatch):
+    cfg = REPO / "examples" / f"{example}.yml"
+    mk_out, mf_out = tmp_path / "mergekit", tmp_path / "mergefast"
+    proc = subprocess.run([MERGEKIT_YAML, str(cfg), str(mk_out), "--no-copy-tokenizer",
+                           "--no-write-model-card", "--quiet"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    from mergefast import merge
+
+    monkeypatch.chdir(REPO)
+    merge(str(cfg), str(mf_out), copy_tokenizer=False)
+    expected, actual = load_folder(mk_out), load_folder(mf_out)
+    assert set(expected) == set(actual)
+    for name, e in expected.items():
+        a = actual[name]
+        assert (e.shape, e.dtype) == (a.shape, a.dtype) == (e.shape, torch.bfloat16), name
+        ulps = EXAMPLE_VALUE_ULPS.get(example)
+        if ulps is not None:
+            # one bf16 ulp of x is at most 2**-7 * |x| (8 significant bits)
+            tol = ulps * 2.0**-7 * torch.maximum(e.float().abs(), a.float().abs())
+            bad = (e.float() - a.float()).abs() > tol
+            assert not bad.any(), f"{example} {name}: {int(bad.sum())} elements differ"
+    mk_cfg = json.loads((mk_out / "config.json").read_text())
+    mf_cfg = json.loads((mf_out / "config.json").read_text())
+    assert mf_cfg["num_hidden_layers"] == mk_cfg["num_hidden_layers"]
