@@ -1,0 +1,263 @@
+"""Merge-kernel benchmarks on one 7B layer: base + 3 fine-tunes of 11008 x 4096 bf16.
+
+    pytest benchmarks/bench_kernels.py --benchmark-only [--benchmark-columns=median,rounds]
+
+Providers per op:
+  reference     the torch reference in mergefast.methods (the spec; readable, not fast)
+  mergekit      a mergekit-style composition written here: stacked N x |T| temporaries,
+                argsort selection (what mergekit 0.1.5 does, not its code)
+  torch         the best plain-torch composition we could write: kthvalue threshold,
+                in-place float32 ops, no stacking
+  cpu-ext       mergefast.kernels on CPU tensors (mergefast._C)
+  triton        mergefast.kernels on CUDA tensors (skipped without a GPU)
+extra_info: ms (median), GB/s over the minimal traffic (every input read once, the output
+written once, bf16), and for Triton the fraction of HBM peak.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import SHAPE, sync
+from mergefast import kernels, methods
+from mergefast.methods.numerics import keep_count
+from mergefast.methods.slerp import slerp_coefficients
+
+WEIGHTS = [0.5, 0.3, 0.2]
+DENSITIES = [0.5, 0.5, 0.5]
+T = 0.4
+ROUNDS = int(os.environ.get("MERGEFAST_BENCH_ROUNDS", "3"))
+SLOW_ROUNDS = 1   # argsort compositions take tens of seconds on 2 cores
+# HBM peak (bytes/s) by GPU name, for the fraction-of-peak figure
+HBM_PEAK = {"H100 80GB HBM3": 3.35e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
+
+
+# ------------------------------------------------------------------ baselines (written here)
+
+def mergekit_style_ties(base, xs, weights, densities):
+    """TIES as mergekit 0.1.5 composes it: stacked deltas, argsort per model, stacked masks."""
+    deltas = torch.stack([x - base for x in xs])                      # K x |T| in bf16
+    for i, d in enumerate(densities):
+        flat = deltas[i].view(-1)
+        k = int(d * flat.numel())
+        order = torch.argsort(flat.abs().float(), descending=True)     # int64 |T|
+        mask = torch.zeros_like(flat, dtype=torch.bool)
+        mask[order[:k]] = True
+        deltas[i] = (flat * mask).view_as(deltas[i])
+    w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device).view(-1, 1, 1)
+    weighted = deltas * w
+    sign = torch.where(weighted.sum(0) >= 0, 1, -1).to(weighted.dtype)
+    agree = weighted.sign() == sign
+    mixed = (weighted * agree).sum(0)
+    divisor = (w * agree).sum(0)
+    divisor[divisor == 0] = 1
+    return (base + mixed / divisor).to(base.dtype)
+
+
+def torch_ties(base, xs, weights, densities):
+    """Best plain torch: kthvalue thresholds, float32 in-place ops, no K x |T| stack."""
+    b = base.float()
+    n = b.numel()
+    total = torch.zeros_like(b)
+    wds = []
+    for x, w, d in zip(xs, weights, densities):
+        delta = x.float().sub_(b)
+        k = keep_count(d, n)
+        mag = delta.abs()
+        thr = torch.kthvalue(mag.view(-1), n - k + 1).values if 0 < k < n else None
+        if thr is not None:
+            delta.mul_(mag >= thr)
+        del mag
+        delta.mul_(w)
+        total.add_(delta)
+        wds.append(delta)
+    pos = total >= 0
+    acc = torch.zeros_like(b)
+    div = torch.zeros_like(b)
+    for wd, w in zip(wds, weights):
+        agree = torch.where(pos, wd > 0, wd < 0)
+        acc.add_(torch.where(agree, wd, 0.0))
+        div.add_(agree, alpha=w)
+    div[div == 0] = 1
+    return acc.div_(div).add_(b).to(base.dtype)
+
+
+def mergekit_style_linear(xs, weights):
+    stacked = torch.stack(xs)
+    w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device).view(-1, 1, 1)
+    return ((stacked * w).sum(0) / w.sum()).to(xs[0].dtype)
+
+
+def torch_linear(xs, weights):
+    acc = xs[0].float().mul_(weights[0])
+    for x, w in zip(xs[1:], weights[1:]):
+        acc.add_(x.float(), alpha=w)
+    return acc.div_(sum(weights)).to(xs[0].dtype)
+
+
+def torch_slerp(a, b, t):
+    af, bf = a.float().view(-1), b.float().view(-1)
+    na, nb = torch.linalg.vector_norm(af).item(), torch.linalg.vector_norm(bf).item()
+    dot = (torch.dot(af, bf) / (na * nb)).item()
+    c0, c1 = slerp_coefficients(dot, t)
+    return af.mul_(c0).add_(bf, alpha=c1).view_as(a).to(a.dtype)
+
+
+# ------------------------------------------------------------------ harness
+
+def _run(benchmark, fn, device, nbytes, rounds=ROUNDS):
+    def call():
+        out = fn()
+        sync(device)
+        return out
+
+    call()  # warm-up (Triton compile, page faults)
+    benchmark.pedantic(call, rounds=rounds, iterations=1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["ms"] = round(median * 1e3, 2)
+    benchmark.extra_info["GB/s"] = round(nbytes / median / 1e9, 2)
+    benchmark.extra_info["shape"] = "x".join(map(str, SHAPE))
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in HBM_PEAK.items() if k in name), None)
+        benchmark.extra_info["gpu"] = name
+        if peak:
+            benchmark.extra_info["hbm_fraction"] = round(nbytes / median / peak, 3)
+
+
+def _numel():
+    return SHAPE[0] * SHAPE[1]
+
+
+def _inputs(request, device):
+    return request.getfixturevalue("layer_cuda" if device == "cuda" else "layer_cpu")
+
+
+TIES_PROVIDERS = ["reference", "mergekit", "torch", "cpu-ext", "triton"]
+
+
+@pytest.mark.parametrize("provider", TIES_PROVIDERS)
+def test_ties(benchmark, request, provider):
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = "ties"
+    fns = {
+        "reference": lambda: methods.ties(base, xs, WEIGHTS, DENSITIES),
+        "mergekit": lambda: mergekit_style_ties(base, xs, WEIGHTS, DENSITIES),
+        "torch": lambda: torch_ties(base, xs, WEIGHTS, DENSITIES),
+        "cpu-ext": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
+        "triton": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
+    }
+    slow = provider in ("reference", "mergekit") and device == "cpu"
+    # minimal traffic: base + 3 models read once, output written once (bf16)
+    _run(benchmark, fns[provider], device, 5 * 2 * _numel(), rounds=SLOW_ROUNDS if slow else ROUNDS)
+    if device == "cuda":
+        # bytes the two-pass scheme moves: 2 (K+1) |T| reads + |T| write (peers doc §4.3)
+        benchmark.extra_info["two_pass_GB/s"] = round(9 * 2 * _numel() / benchmark.stats.stats.median / 1e9, 2)
+
+
+@pytest.mark.parametrize("provider", ["reference", "mergekit", "torch", "cpu-ext", "triton"])
+def test_linear(benchmark, request, provider):
+    device = "cuda" if provider == "triton" else "cpu"
+    _, xs = _inputs(request, device)
+    benchmark.group = "linear"
+    fns = {
+        "reference": lambda: methods.linear(xs, WEIGHTS),
+        "mergekit": lambda: mergekit_style_linear(xs, WEIGHTS),
+        "torch": lambda: torch_linear(xs, WEIGHTS),
+        "cpu-ext": lambda: kernels.linear(xs, WEIGHTS),
+        "triton": lambda: kernels.linear(xs, WEIGHTS),
+    }
+    _run(benchmark, fns[provider], device, 4 * 2 * _numel())
+
+
+@pytest.mark.parametrize("provider", ["reference", "torch", "cpu-ext", "triton"])
+def test_slerp(benchmark, request, provider):
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = "slerp"
+    fns = {
+        "reference": lambda: methods.slerp(base, xs[0], T),
+        "torch": lambda: torch_slerp(base, xs[0], T),
+        "cpu-ext": lambda: kernels.slerp(base, xs[0], T),
+        "triton": lambda: kernels.slerp(base, xs[0], T),
+    }
+    # the kernel reads a and b twice (reduction, then apply); minimal traffic counts once
+    _run(benchmark, fns[provider], device, 3 * 2 * _numel())
+
+
+@pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
+def test_cpu_extra_memory(benchmark, op):
+    """Peak RSS growth of one cpu-ext call in a fresh process, against the output size."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys, torch
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from conftest import _layer
+from mergefast import kernels
+base, xs = _layer("cpu")
+kernels.linear([base[:8]], [1.0]); kernels.ties(base[:8], [x[:8] for x in xs], [1,1,1], [.5,.5,.5])
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+open("/proc/self/clear_refs", "w").write("5")   # reset the peak-RSS mark (Linux)
+before = rss("VmRSS:")
+op = {op!r}
+if op == "ties": out = kernels.ties(base, xs, {WEIGHTS!r}, {DENSITIES!r})
+elif op == "linear": out = kernels.linear(xs, {WEIGHTS!r})
+else: out = kernels.slerp(base, xs[0], {T!r})
+after = rss("VmHWM:")
+print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.element_size() / 2**20}}))
+"""
+    res = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                    text=True, env=dict(os.environ)).stdout.strip().splitlines()[-1])
+    benchmark.group = "memory"
+    benchmark.extra_info.update({k: round(v, 1) for k, v in res.items()})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    assert res["extra_mb"] <= res["out_mb"] * 1.1 + 16, res
+
+
+# ------------------------------------------------------------------ script mode (GPU sweep)
+
+def _gpu_sweep() -> None:
+    """Times the Triton kernels over block sizes / warps (used by gpu_check.sh to choose
+    BLOCK and NUM_WARPS in mergefast/kernels/triton/utils.py)."""
+    from triton.testing import do_bench
+
+    from conftest import _layer
+    from mergefast.kernels.triton import utils
+
+    base, xs = _layer("cuda")
+    n = base.numel()
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in HBM_PEAK.items() if k in name), None)
+    print(f"# {name}, shape {SHAPE}, torch {torch.__version__}")
+    ops = {
+        "linear": (lambda: kernels.linear(xs, WEIGHTS), 4 * 2 * n),
+        "ties": (lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES), 5 * 2 * n),
+        "ties-d1": (lambda: kernels.ties(base, xs, WEIGHTS, [1.0] * 3), 5 * 2 * n),
+        "slerp": (lambda: kernels.slerp(base, xs[0], T), 3 * 2 * n),
+    }
+    for block in (1024, 2048, 4096, 8192):
+        for warps in (4, 8, 16):
+            utils.BLOCK, utils.NUM_WARPS = block, warps
+            line = [f"BLOCK={block:5d} warps={warps:2d}"]
+            for op, (fn, nbytes) in ops.items():
+                ms = do_bench(fn, warmup=5, rep=50, return_mode="median")
+                frac = f" {nbytes / (ms * 1e-3) / peak * 100:4.0f}%" if peak else ""
+                line.append(f"{op} {ms:7.3f} ms {nbytes / (ms * 1e-3) / 1e9:7.0f} GB/s{frac}")
+            print(" | ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    _gpu_sweep()
