@@ -5,7 +5,14 @@ Importing this package never initialises CUDA.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The merge thread's OpenMP workers share the cores with the reader and writer threads; with
+# the default spin-waiting they burn the cores those threads need. Measured on the 2-core box
+# (0.3B Llama family, linear of 3): 8.4 s with spinning, 4.7 s passive; TIES 9.1 s passive.
+# Only effective when set before torch (and its OpenMP runtime) is loaded, as the CLI does.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

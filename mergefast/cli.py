@@ -38,7 +38,11 @@ MERGE_OPTIONS = [
     click.option("--trust-remote-code/--no-trust-remote-code", default=False,
                  help="Accepted for compatibility; mergefast never runs code from a model folder."),
     click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks."),
-    click.option("--quiet/--no-quiet", default=False, help="No progress bar."),
+    click.option("--quiet/--no-quiet", default=False, help="No progress bar and no summary."),
+    click.option("--max-memory", default=None,
+                 help="Bytes read ahead but not yet written: 25% of RAM by default; '4g', '500m' or '10%'."),
+    click.option("--stats-json", type=click.Path(dir_okay=False), default=None,
+                 help="Also write the run summary's figures as JSON to this file."),
 ]
 
 
@@ -130,7 +134,6 @@ def _plan(config_file: str, out_path: str | None, options: dict):
     """Validate the config, OUT and the models, and build the plan (headers only)."""
     from pathlib import Path
 
-    from .checks import check_plan
     from .config import load_config
     from .execute import check_out_path
     from .options import MergeOptions
@@ -141,13 +144,7 @@ def _plan(config_file: str, out_path: str | None, options: dict):
     if out_path is not None:
         check_out_path(Path(out_path).absolute())
     opts.math_device  # noqa: B018 - --cuda without a GPU is a usage error, found before planning
-    plan = build_plan(config, text, source, opts)
-    try:
-        check_plan(plan)
-    except BaseException:
-        plan.close()
-        raise
-    return plan, opts
+    return build_plan(config, text, source, opts), opts
 
 
 def _print_plan(plan, opts, out_path) -> None:
@@ -179,10 +176,9 @@ def yaml_command(config_file, out_path, dry_run=False, **options):
     finally:
         plan.close()
     if not options["quiet"]:
-        rate = stats.read_bytes / max(stats.seconds, 1e-9) / 1e9
-        click.echo(f"merged {stats.tensors} tensors: read {stats.read_bytes / 1e9:.3f} GB, wrote "
-                   f"{stats.written_bytes / 1e9:.3f} GB in {stats.seconds:.2f} s ({rate:.2f} GB/s) -> {out_path}",
-                   err=True)
+        from .summary import format_summary
+
+        click.echo(format_summary(stats), err=True)
 
 
 @click.command("plan")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .architecture import TIED_HEADS
+from .checks import check_plan
 from .config import MergeConfig
 from .errors import ConfigError
 from .inputs import InputModel, close_models, open_models, referenced_models
@@ -260,6 +261,7 @@ def build_plan(config: MergeConfig, config_text: str, source: str, options: Merg
         plan.jobs = build_jobs(_JobBuilder(config, spec, models, source), slices)
         if config.slices is not None:
             plan.num_layers = sum(sl.length for sl in slices)
+        check_plan(plan)
         return plan
     except BaseException:
         close_models(models)

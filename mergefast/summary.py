@@ -37,7 +37,10 @@ def peak_rss_bytes() -> int:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n / 1e3:.1f} kB"
 
 
 def _rate(n: int, s: float) -> str:

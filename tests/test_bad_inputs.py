@@ -94,12 +94,6 @@ def setup_evil_bin(tmp: Path) -> None:
 SETUPS = {name.removeprefix("setup_"): fn for name, fn in globals().items() if name.startswith("setup_")}
 
 
-def _unsupported_method() -> str | None:
-    from mergefast.methods.registry import MERGEKIT_METHODS, METHODS
-
-    return next((m for m in MERGEKIT_METHODS if m not in METHODS), None)
-
-
 # -- the runner ----------------------------------------------------------------------------
 
 def run_cli(args: list, env: dict | None = None):
@@ -125,16 +119,13 @@ def prepare(case: str, tmp_path: Path) -> tuple[Path, dict]:
     """The case's config with placeholders filled in (written under tmp_path) and its expect."""
     folder = CORPUS / case
     expect = json.loads((folder / "expect.json").read_text())
-    if expect.get("needs") == "unsupported_method" and _unsupported_method() is None:
-        pytest.skip("every mergekit method is supported")
     if "setup" in expect:
         SETUPS[expect["setup"]](tmp_path)
     config = tmp_path / "config.yml"
     src = folder / "config.yml"
     if src.is_file():
         data = src.read_bytes()
-        for key, value in {"@MODELS@": MODELS, "@CASE@": folder, "@TMP@": tmp_path,
-                           "@UNSUPPORTED_METHOD@": _unsupported_method() or ""}.items():
+        for key, value in {"@MODELS@": MODELS, "@CASE@": folder, "@TMP@": tmp_path}.items():
             data = data.replace(key.encode(), str(value).encode())
         config.write_bytes(data)
     return config, expect
