@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -22,8 +22,6 @@ Setting = Any
 DTYPES = ("bfloat16", "float16", "float32", "float64", "int64")
 NOT_SUPPORTED_YET = {
     "modules": "the multi-module `modules:` syntax is not supported yet; use `models:` or `slices:`",
-    "tokenizer": "the `tokenizer:` block is not supported yet; use `tokenizer_source: base` or a model",
-    "chat_template": "`chat_template` is not supported yet",
 }
 
 
@@ -109,6 +107,65 @@ class OutputSlice(_Strict):
         return self
 
 
+class ModelTokenSource(_Strict):
+    """`{kind: model_token, model, token_id | token}`: a row of one model's original embedding."""
+
+    kind: Literal["model_token"]
+    model: str
+    token_id: Optional[int] = None
+    token: Optional[str] = None
+    _model = field_validator("model", mode="before")(_model_string)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ModelTokenSource":
+        if (self.token_id is None) == (self.token is None):
+            raise ValueError("a model_token source needs exactly one of `token_id` or `token`")
+        return self
+
+
+class ZeroSource(_Strict):
+    """`{kind: zero}`: an all-zero row."""
+
+    kind: Literal["zero"]
+
+
+def _token_source(value: Any) -> Any:
+    """A token's `source`: a model reference, or a `{kind: model_token|zero}` mapping."""
+    if isinstance(value, dict) and "kind" in value:
+        kind = value["kind"]
+        if kind == "zero":
+            return ZeroSource.model_validate(value)
+        if kind == "model_token":
+            return ModelTokenSource.model_validate(value)
+        raise ValueError(f"unknown token source kind {kind!r}; use model_token or zero")
+    return _model_string(value)
+
+
+class TokenEmbedding(_Strict):
+    """One entry of `tokenizer.tokens`: where the token's embedding comes from."""
+
+    source: Optional[Union[ModelTokenSource, ZeroSource, str]] = None
+    force: bool = False
+    _source = field_validator("source", mode="before")(lambda v: None if v is None else _token_source(v))
+
+
+class TokenizerConfig(_Strict):
+    """The `tokenizer:` block (mergekit 0.1.5)."""
+
+    source: str = "union"
+    tokens: Optional[dict[str, TokenEmbedding]] = None
+    pad_to_multiple_of: Optional[int] = None
+    _source = field_validator("source", mode="before")(
+        lambda v: v if v in ("union", "base") else _model_string(v))
+
+    @field_validator("pad_to_multiple_of")
+    @classmethod
+    def _pad(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {value}")
+        return value
+
+
 class MergeConfig(_Strict):
     """A whole mergekit configuration file."""
 
@@ -120,6 +177,8 @@ class MergeConfig(_Strict):
     dtype: Optional[str] = None
     out_dtype: Optional[str] = None
     tokenizer_source: Optional[str] = None
+    tokenizer: Optional[TokenizerConfig] = None
+    chat_template: Optional[str] = None
     name: Optional[str] = None  # mergekit-multi document name; accepted, unused
     _base = field_validator("base_model", mode="before")(
         lambda v: None if v is None else _model_string(v))
@@ -140,9 +199,16 @@ class MergeConfig(_Strict):
     @field_validator("tokenizer_source", mode="before")
     @classmethod
     def _tokenizer_source(cls, value: Any) -> Any:
-        if value == "union":
-            raise ValueError("tokenizer_source: union is not supported yet; use `base` or a model")
-        return None if value is None else _model_string(value)
+        if value in (None, "union", "base"):
+            return value
+        return _model_string(value)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template(cls, value: Optional[str]) -> Optional[str]:
+        from .tokenizer.templates import check_chat_template
+
+        return None if value is None else check_chat_template(value)
 
     @model_validator(mode="after")
     def _models_xor_slices(self) -> "MergeConfig":
@@ -150,6 +216,8 @@ class MergeConfig(_Strict):
             raise ValueError("exactly one of `models` or `slices` must be given")
         if not (self.models or self.slices):
             raise ValueError("`models`/`slices` must not be empty")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give either `tokenizer_source` or a `tokenizer:` block, not both")
         return self
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import __version__
 from .checks import check_output_finite, warn_nonfinite_inputs
 from .errors import ConfigError, MergeError
-from .io.output import copy_tokenizer, output_model_config, write_json
+from .io.output import copy_tokenizer, output_model_config, write_json, write_tokenizer
 from .io.writer import OutputTensor, ShardedWriter
 from .methods.linear import ZeroWeightSumError
 from .methods.registry import merge_group
@@ -35,6 +35,8 @@ def merge_job(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor], seed
     """Merge a job's input tensors (already on the math device); the result stays there.
 
     `seed` is `--random-seed` (None means 0): with the output name it keys DARE/DELLA masks."""
+    if job.vocab is not None:  # embeddings / lm_head: align rows to the output vocabulary first
+        tensors = job.vocab.apply(tensors)
     if job.copy:
         return check_output_finite(job.name, tensors[0], job.sources)
     warn_nonfinite_inputs(job.name, job.sources, tensors)
@@ -106,13 +108,12 @@ def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_
     config = plan.config
     donor = plan.models[plan.donor]
     dtype_name = config.out_dtype or config.dtype
-    write_json(folder / "config.json", output_model_config(donor.config, dtype_name, plan.num_layers))
-    if options.copy_tokenizer:
-        source = config.tokenizer_source
-        ref = plan.donor if source in (None, "base") else source
-        if source == "base" and not config.base_model:
-            raise ConfigError(f"{plan.source}: tokenizer_source: base needs a base_model")
-        copy_tokenizer(plan.models[ref].folder, folder)
+    vocab = plan.vocab
+    model_config = output_model_config(donor.config, dtype_name, plan.num_layers,
+                                       vocab_size=vocab.output_vocab_size if vocab else None,
+                                       tensor_names=[j.name for j in plan.jobs])
+    write_json(folder / "config.json", model_config)
+    write_tokenizer(plan, folder, options)
     if options.write_model_card:
         from .io.card import model_card
 

@@ -39,7 +39,7 @@ def referenced_models(config: MergeConfig) -> list[str]:
             refs.append(sl.base_model)
     if config.base_model:
         refs.append(config.base_model)
-    if config.tokenizer_source and config.tokenizer_source != "base":
+    if config.tokenizer_source and config.tokenizer_source not in ("base", "union"):
         refs.append(config.tokenizer_source)
     return list(dict.fromkeys(refs))
 

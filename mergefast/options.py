@@ -35,6 +35,7 @@ class MergeOptions:
     quiet: bool = False
     max_memory: str | int | None = None  # bytes in flight: "25%" of RAM by default, "4g", 4000000000
     stats_json: str | None = None
+    unsafe_truncate_embeddings: bool = False  # differing vocab sizes: keep the rows all inputs have
 
     @property
     def max_memory_bytes(self) -> int:

@@ -8,7 +8,7 @@ tensors get t = i/(n-1) within their slice (1 for a one-layer slice).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ class TensorJob:
     dtype: torch.dtype
     shape: tuple[int, ...]
     copy: bool = False  # the output is sources[0] unchanged: no arithmetic
+    vocab: Any = None  # tokenizer.VocabMap: re-index vocabulary rows before the merge (shape is the output's)
 
     @property
     def read_bytes(self) -> int:
@@ -93,6 +94,7 @@ class MergePlan:
     donor: str
     jobs: list[TensorJob] = field(default_factory=list)
     num_layers: int | None = None  # output layer count for `slices:` configs
+    vocab: Any = None  # tokenizer.VocabPlanner: output tokenizer and vocabulary alignment
 
     @property
     def base_model(self) -> str | None:
@@ -149,8 +151,10 @@ def _check_slice_inputs(spec: MethodSpec, sl: PlanSlice, source: str) -> int | N
 class _JobBuilder:
     """Builds TensorJobs for one plan: source lookup, parameters, shapes and dtypes."""
 
-    def __init__(self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str):
+    def __init__(self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str,
+                 vocab=None):
         self.config, self.spec, self.models, self.source = config, spec, models, source
+        self.vocab = vocab  # tokenizer.VocabPlanner, or None
         name = config.out_dtype or config.dtype
         self.out_dtype = TORCH_DTYPES[name] if name else None
 
@@ -173,10 +177,13 @@ class _JobBuilder:
                                   f"({self.models[s.model].folder}) but other inputs of {sl.where} have it")
         sources = tuple(TensorSource(s.model, f, self.models[s.model].reader.info(f))
                         for s, f in zip(sl.sources, found))
-        self._check_shapes(out_name, sources)
+        vocab = self.vocab.for_job(out_name, sources) if self.vocab is not None else None
+        if vocab is None:
+            self._check_shapes(out_name, sources)
         params = tuple(self._model_params(sl, s, src.tensor, t, i == base_index)
                        for i, (s, src) in enumerate(zip(sl.sources, sources)))
-        return self._finish(out_name, sources, base_index, self._global_params(sl, out_name, t), params)
+        job = self._finish(out_name, sources, base_index, self._global_params(sl, out_name, t), params)
+        return replace(job, vocab=vocab[0], shape=vocab[1]) if vocab is not None else job
 
     def _model_params(self, sl: PlanSlice, s: SliceSource, tensor: str, t: float, is_base: bool) -> dict:
         if is_base and not self.spec.base_params:
@@ -196,8 +203,8 @@ class _JobBuilder:
             if other.info.shape != first.info.shape:
                 raise ConfigError(
                     f"{self.source}: tensor {out_name}: shape {list(first.info.shape)} in {first.model} but "
-                    f"{list(other.info.shape)} in {other.model}; models with different vocabulary or "
-                    "hidden sizes cannot be merged (tokenizer merging is not supported yet)")
+                    f"{list(other.info.shape)} in {other.model}; models with different hidden sizes "
+                    "cannot be merged")
 
     def _finish(self, name, sources, base_index, g, m) -> TensorJob:
         dtypes = [s.info.dtype for s in sources]
@@ -245,8 +252,17 @@ def build_jobs(builder: _JobBuilder, slices: list[PlanSlice]) -> list[TensorJob]
     for sl, base_index in zip(slices, bases):
         jobs += _slice_jobs(builder, sl, base_index, offset)
         offset += sl.length
-    jobs += _loose_jobs(builder, last, builder.models[last.sources[0].model].arch.post_weights, bases[-1])
+    jobs += _loose_jobs(builder, last, _post_weights(builder, last), bases[-1])
     return jobs
+
+
+def _post_weights(builder: _JobBuilder, sl: PlanSlice) -> tuple[str, ...]:
+    """The lead model's post-weights, plus an untied head (lm_head) that only other sources have:
+    tied-embedding models then contribute their embedding to it."""
+    lead = builder.models[sl.sources[0].model].arch.post_weights
+    heads = [h for h in TIED_HEADS if h not in lead
+             and any(h in builder.models[s.model].arch.post_weights for s in sl.sources)]
+    return (*lead, *heads)
 
 
 def build_plan(config: MergeConfig, config_text: str, source: str, options: MergeOptions) -> MergePlan:
@@ -258,7 +274,10 @@ def build_plan(config: MergeConfig, config_text: str, source: str, options: Merg
         slices = normalise_slices(config, models, source)
         donor = config.base_model or refs[0]
         plan = MergePlan(config, config_text, source, spec, models, donor)
-        plan.jobs = build_jobs(_JobBuilder(config, spec, models, source), slices)
+        from .tokenizer import plan_vocab
+
+        plan.vocab = plan_vocab(config, models, options, source, options.transformers_cache)
+        plan.jobs = build_jobs(_JobBuilder(config, spec, models, source, plan.vocab), slices)
         if config.slices is not None:
             plan.num_layers = sum(sl.length for sl in slices)
         check_plan(plan)

@@ -1,0 +1,251 @@
+"""Aligning vocabulary-sized tensors (embeddings, lm_head) to the output vocabulary.
+
+At plan time `VocabPlanner` decides, from tokenizers and headers only, how every vocabulary
+tensor job maps its inputs' rows to output rows (`VocabMap`); `merge_job` applies the map to
+the tensors it was handed, before the merge method sees them (mergekit 0.1.5 §5):
+
+- each model's row for output token t is its own row if it has the token and the token is not
+  `force`d, else the token's default;
+- the default: an explicit `tokens.<t>.source`; else the row of the only model that has t;
+  else zeros (with a warning) when no model has it; else the base model's row; else the mean
+  of the rows of the models that have it;
+- padding rows (up to `pad_to_multiple_of`) are the mean of the model's real rows.
+
+Without a tokenizer config, inputs with different vocabulary sizes are an error, or with
+`--unsafe-truncate-embeddings` every input is cut to the common prefix of rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..architecture import TIED_HEADS
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ZERO, ROW, MEAN = 0, 1, 2  # kinds of default row
+
+
+@dataclass(eq=False)
+class VocabMap:
+    """How one vocabulary job aligns its inputs (applied by `merge_job`, on any device).
+
+    `own is None` means truncation to the first `rows` rows. Otherwise, per job source i,
+    `own[i][t]` is the source row of output token t (-1: use the default), `present[i][t]`
+    the row whether or not the token is forced (for means), and the default of t is zeros,
+    row `default_row[t]` of source `default_src[t]`, or the mean over sources that have it."""
+
+    rows: int
+    real: int
+    own: tuple[torch.Tensor, ...] | None = None
+    present: tuple[torch.Tensor, ...] = ()
+    default_kind: torch.Tensor | None = None
+    default_src: torch.Tensor | None = None
+    default_row: torch.Tensor | None = None
+
+    def apply(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The inputs re-indexed to the output vocabulary (each keeps its dtype and device)."""
+        if self.own is None:
+            return [t[: self.rows] for t in tensors]
+        dev = tensors[0].device
+        default = self._defaults(tensors, dev)
+        out = []
+        for own, t in zip(self.own, tensors):
+            own = own.to(dev)
+            has = (own >= 0).view(-1, *([1] * (t.dim() - 1)))
+            real = torch.where(has, t[own.clamp(min=0)].float(), default)
+            new = torch.empty((self.rows, *t.shape[1:]), dtype=t.dtype, device=dev)
+            new[: self.real] = real.to(t.dtype)
+            if self.rows > self.real:
+                new[self.real:] = real.mean(dim=0).to(t.dtype)
+            out.append(new)
+        return out
+
+    def _defaults(self, tensors: list[torch.Tensor], dev) -> torch.Tensor:
+        kind = self.default_kind.to(dev)
+        default = torch.zeros((self.real, *tensors[0].shape[1:]), dtype=torch.float32, device=dev)
+        src, row = self.default_src.to(dev), self.default_row.to(dev)
+        for j, t in enumerate(tensors):
+            ids = ((kind == ROW) & (src == j)).nonzero().squeeze(1)
+            if ids.numel():
+                default[ids] = t[row[ids]].float()
+        ids = (kind == MEAN).nonzero().squeeze(1)
+        if ids.numel():
+            total = torch.zeros((ids.numel(), *tensors[0].shape[1:]), dtype=torch.float32, device=dev)
+            count = torch.zeros(ids.numel(), dtype=torch.float32, device=dev)
+            for present, t in zip(self.present, tensors):
+                p = present.to(dev)[ids]
+                ok = p >= 0
+                total[ok] += t[p[ok]].float()
+                count += ok
+            default[ids] = total / count.clamp(min=1).view(-1, *([1] * (total.dim() - 1)))
+        return default
+
+
+def model_vocab_size(model) -> int | None:
+    """The vocabulary size of an input model: config `vocab_size` (or text_config's), else the
+    row count of its embedding."""
+    config = model.config or {}
+    for holder in (config, config.get("text_config") or {}):
+        if isinstance(holder.get("vocab_size"), int):
+            return holder["vocab_size"]
+    for name in model.arch.pre_weights:
+        if "embed" in name and name in model.reader:
+            shape = model.reader.info(name).shape
+            if len(shape) == 2:
+                return shape[0]
+    return None
+
+
+def _vocab_json(folder: Path) -> dict[str, int] | None:
+    """token -> id from a folder's tokenizer.json, read as plain JSON (None when unreadable)."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+        if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+            vocab = {piece[0]: i for i, piece in enumerate(vocab)}
+        vocab = dict(vocab)
+        vocab.update({a["content"]: a["id"] for a in data.get("added_tokens") or []})
+        return vocab
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+@dataclass
+class VocabPlanner:
+    """Decides the vocabulary handling of a plan; `for_job` gives each job its VocabMap."""
+
+    mode: str  # "none" (mismatch is an error), "truncate", "copy" (tokenizer files copied), "permute"
+    models: dict[str, Any]
+    refs: list[str]  # the merged models (those with embeddings), config order
+    source: str
+    built: Any = None  # build.BuiltTokenizer when mode == "permute"
+    own: dict[str, torch.Tensor] = field(default_factory=dict)
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+    default_kind: torch.Tensor | None = None
+    default_model: torch.Tensor | None = None  # index into refs
+    default_row: torch.Tensor | None = None
+    truncated_rows: int | None = None
+
+    @property
+    def output_vocab_size(self) -> int | None:
+        """The vocab size config.json must declare (None: leave the donor's value)."""
+        if self.built is not None:
+            return self.built.rows
+        return self.truncated_rows
+
+    def is_vocab_tensor(self, ref: str, tensor: str, shape: tuple[int, ...]) -> bool:
+        """A pre/post weight whose first dimension is the model's vocabulary."""
+        model = self.models[ref]
+        loose = tensor in model.arch.pre_weights or tensor in model.arch.post_weights or tensor in TIED_HEADS.values()
+        return loose and len(shape) >= 1 and shape[0] == model_vocab_size(model)
+
+    def for_job(self, out_name: str, sources) -> tuple[VocabMap, tuple[int, ...]] | None:
+        """(map, output shape) for a vocabulary job, None for every other job (or no change)."""
+        shapes = [tuple(s.info.shape) for s in sources]
+        if not all(self.is_vocab_tensor(s.model, s.tensor, sh) for s, sh in zip(sources, shapes)):
+            return None
+        if len({sh[1:] for sh in shapes}) > 1:
+            return None  # hidden sizes differ: the ordinary shape check reports it
+        sizes = [sh[0] for sh in shapes]
+        if self.mode == "permute":
+            return self._permute(out_name, sources, shapes[0][1:])
+        if len(set(sizes)) == 1:
+            return None
+        if self.mode == "truncate":
+            rows = min(sizes)
+            log.warning("%s: --unsafe-truncate-embeddings: %s cut to its first %d rows (inputs have %s)",
+                        self.source, out_name, rows, sorted(set(sizes)))
+            self.truncated_rows = rows
+            return VocabMap(rows, rows), (rows, *shapes[0][1:])
+        detail = ", ".join(f"{s.model}: {n}" for s, n in zip(sources, sizes))
+        raise ConfigError(
+            f"{self.source}: tensor {out_name}: the models have different vocabulary sizes ({detail}); add a "
+            "tokenizer config (`tokenizer_source: union`, `base` or a model, or a `tokenizer:` block) to merge "
+            "the vocabularies, or pass --unsafe-truncate-embeddings to keep only the rows they have in common")
+
+    def _permute(self, out_name: str, sources, rest: tuple[int, ...]):
+        built = self.built
+        index = {}
+        for i, s in enumerate(sources):
+            index.setdefault(s.model, i)
+        if any(s.model not in self.own for s in sources):
+            missing = next(s.model for s in sources if s.model not in self.own)
+            raise ConfigError(f"{self.source}: tensor {out_name}: {missing} has no vocabulary plan")
+        lookup = torch.full((len(self.refs),), -1, dtype=torch.long)
+        for k, ref in enumerate(self.refs):
+            lookup[k] = index.get(ref, -1)
+        src = torch.where(self.default_model >= 0, lookup[self.default_model.clamp(min=0)], -1)
+        bad = (self.default_kind == ROW) & (src < 0)
+        if bad.any():
+            t = int(bad.nonzero()[0])
+            ref = self.refs[int(self.default_model[t])]
+            raise ConfigError(f"{self.source}: tensor {out_name}: the embedding of token "
+                              f"{built.id_to_token[t]!r} comes from {ref}, which is not an input of this tensor")
+        own = tuple(self.own[s.model] for s in sources)
+        identity = built.rows == built.real and all(
+            len(o) == s.info.shape[0] and bool((o == torch.arange(len(o))).all()) for o, s in zip(own, sources))
+        if identity:
+            return None
+        vmap = VocabMap(built.rows, built.real, own, tuple(self.present[s.model] for s in sources),
+                        self.default_kind, src, self.default_row)
+        return vmap, (built.rows, *rest)
+
+
+def merge_refs(config) -> list[str]:
+    """The models whose tensors are merged (not a tokenizer-only source), config order."""
+    refs: list[str] = []
+    for entry in config.models or []:
+        refs.append(entry.model)
+    for sl in config.slices or []:
+        refs.extend(src.model for src in sl.sources)
+        if sl.base_model:
+            refs.append(sl.base_model)
+    if config.base_model:
+        refs.append(config.base_model)
+    return list(dict.fromkeys(refs))
+
+
+def _same_vocabularies(models: dict, refs: list[str], extra: str | None) -> bool:
+    """Every merged model (and the tokenizer source) has the same vocabulary size and, where
+    tokenizer.json can be read, the same token -> id table: the tokenizer can simply be copied."""
+    names = list(dict.fromkeys([*refs, *([extra] if extra else [])]))
+    sizes = {model_vocab_size(models[r]) for r in names}
+    if len(sizes) != 1 or None in sizes:
+        return False
+    size = sizes.pop()
+    vocabs = [_vocab_json(models[r].folder) for r in names]
+    if any(v is None for v in vocabs):
+        return True  # sizes agree and there is nothing cheap to compare: assume aligned
+    trimmed = [{k: i for k, i in v.items() if i < size} for v in vocabs]
+    return all(v == trimmed[0] for v in trimmed[1:])
+
+
+def plan_vocab(config, models: dict, options, source: str, cache_dir: str | None = None) -> VocabPlanner:
+    """The plan's VocabPlanner; builds the output tokenizer when one is needed."""
+    refs = merge_refs(config)
+    enabled = config.tokenizer is not None or config.tokenizer_source is not None
+    if not enabled:
+        mode = "truncate" if getattr(options, "unsafe_truncate_embeddings", False) else "none"
+        return VocabPlanner(mode, models, refs, source)
+    src = config.tokenizer_source
+    if config.tokenizer is None and src != "union":
+        if src == "base" and not config.base_model:
+            raise ConfigError(f"{source}: tokenizer_source: base needs a base_model")
+        if _same_vocabularies(models, refs, None if src == "base" else src):
+            return VocabPlanner("copy", models, refs, source)
+    from .build import build_tokenizer
+
+    planner = VocabPlanner("permute", models, refs, source)
+    build_tokenizer(planner, config, cache_dir)
+    return planner

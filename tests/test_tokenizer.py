@@ -1,0 +1,278 @@
+"""Tokenizer configs (mergekit 0.1.5 §5): output vocabulary, embedding permutation, padding,
+vocabulary mismatches, chat templates and tied/untied heads, on tiny models written here.
+
+Models (float32, 2 layers, hidden 16), all with the word-level tokenizer of make_models:
+- base: 32 tokens (<unk> <s> </s> <pad> w0..w27);
+- ft: base + noise, same vocabulary;
+- chatml: 34 rows: base's 32 tokens + added specials <|im_start|> (32), <|im_end|> (33);
+- big: 36 rows: <unk> <s> </s> <pad> w0..w31 (w28..w31 are ordinary tokens base lacks).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from make_models import make_tiny_llama, write_tokenizer
+from mergefast import merge
+from mergefast.errors import ConfigError
+
+SIZES = dict(hidden=16, intermediate=32, heads=2, kv_heads=1, layers=2, dtype=torch.float32)
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def add_special_tokens(folder: Path, tokens: list[str], first_id: int) -> None:
+    """Append added special tokens with ids first_id.. to a make_models tokenizer."""
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    for i, tok in enumerate(tokens, start=first_id):
+        entry = {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+                 "normalized": False, "special": True}
+        tj["added_tokens"].append(entry)
+        tc["added_tokens_decoder"][str(i)] = {k: v for k, v in entry.items() if k != "id"}
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tokzoo")
+    base = make_tiny_llama(root / "base", seed=0, vocab=32, **SIZES)
+    make_tiny_llama(root / "ft", seed=1, base=base, vocab=32, **SIZES)
+    make_tiny_llama(root / "chatml", seed=2, vocab=34, **SIZES)
+    write_tokenizer(root / "chatml", 32)
+    add_special_tokens(root / "chatml", ["<|im_start|>", "<|im_end|>"], 32)
+    make_tiny_llama(root / "big", seed=3, vocab=36, **SIZES)
+    tied = make_tiny_llama(root / "tied", seed=4, vocab=32, tie_word_embeddings=True, **SIZES)
+    make_tiny_llama(root / "tied2", seed=5, base=tied, vocab=32, tie_word_embeddings=True, **SIZES)
+    return {p.name: p for p in root.iterdir()}
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def run(zoo, tmp_path, body: str, *, models=("base", "chatml"), weights_=None, name="out", **options) -> Path:
+    weights_ = weights_ or [0.5] * len(models)
+    entries = "".join(f"  - model: {zoo[m]}\n    parameters: {{weight: {w}}}\n" for m, w in zip(models, weights_))
+    text = f"merge_method: linear\nbase_model: {zoo[models[0]]}\nmodels:\n{entries}dtype: float32\n{body}"
+    out = tmp_path / name
+    merge(text, str(out), quiet=True, **options)
+    return out
+
+
+def out_vocab(out: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(out)).get_vocab()
+
+
+def config_of(out: Path) -> dict:
+    return json.loads((out / "config.json").read_text())
+
+
+# -- no tokenizer config / plain copies ---------------------------------------------------
+
+def test_no_tokenizer_config_copies_base_tokenizer(zoo, tmp_path):
+    out = run(zoo, tmp_path, "", models=("base", "ft"))
+    assert (out / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
+    assert config_of(out)["vocab_size"] == 32
+
+
+def test_source_base_same_vocab_is_a_plain_copy(zoo, tmp_path):
+    out = run(zoo, tmp_path, "tokenizer_source: base\n", models=("base", "ft"))
+    assert (out / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
+    a, b, m = weights(zoo["base"]), weights(zoo["ft"]), weights(out)
+    torch.testing.assert_close(m[EMBED], 0.5 * a[EMBED] + 0.5 * b[EMBED])
+
+
+def test_vocab_mismatch_without_tokenizer_config_is_one_line_error(zoo, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        run(zoo, tmp_path, "")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "different vocabulary sizes" in message and "tokenizer_source: union" in message
+    assert "--unsafe-truncate-embeddings" in message and "32" in message and "34" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsafe_truncate_embeddings(zoo, tmp_path):
+    out = run(zoo, tmp_path, "", unsafe_truncate_embeddings=True)
+    a, c, m = weights(zoo["base"]), weights(zoo["chatml"]), weights(out)
+    for name in (EMBED, HEAD):
+        assert m[name].shape == (32, 16)
+        torch.testing.assert_close(m[name], 0.5 * a[name] + 0.5 * c[name][:32])
+    assert config_of(out)["vocab_size"] == 32
+
+
+# -- built tokenizers -----------------------------------------------------------------------
+
+def test_source_base_with_different_vocab(zoo, tmp_path):
+    out = run(zoo, tmp_path, "tokenizer_source: base\n")
+    vocab = out_vocab(out)
+    assert len(vocab) == 32 and "<|im_start|>" not in vocab
+    a, c, m = weights(zoo["base"]), weights(zoo["chatml"]), weights(out)
+    torch.testing.assert_close(m[EMBED], 0.5 * a[EMBED] + 0.5 * c[EMBED][:32])
+    assert config_of(out)["vocab_size"] == 32
+
+
+def test_union_adds_tokens_and_picks_rows(zoo, tmp_path):
+    out = run(zoo, tmp_path, "tokenizer_source: union\n", models=("base", "chatml", "big"),
+              weights_=[0.25, 0.5, 0.25])
+    vocab = out_vocab(out)
+    # base's 32, the ordinary words only `big` has, then chatml's specials
+    assert len(vocab) == 38
+    assert [vocab[f"w{i}"] for i in range(28, 32)] == [32, 33, 34, 35]
+    assert vocab["<|im_start|>"] == 36 and vocab["<|im_end|>"] == 37
+    a, c, b, m = weights(zoo["base"]), weights(zoo["chatml"]), weights(zoo["big"]), weights(out)
+    for name in (EMBED, HEAD):
+        got = m[name]
+        assert got.shape == (38, 16)
+        # shared tokens: every model's own row
+        torch.testing.assert_close(got[:32], 0.25 * a[name][:32] + 0.5 * c[name][:32] + 0.25 * b[name][:32])
+        # w28..w31 only in big: every model takes big's row (ids 32..35 in big)
+        torch.testing.assert_close(got[32:36], b[name][32:36])
+        # the chatml specials only in chatml (ids 32, 33 there)
+        torch.testing.assert_close(got[36:38], c[name][32:34])
+    assert config_of(out)["vocab_size"] == 38
+
+
+def test_tokenizer_block_defaults_to_union_and_mean_rule(zoo, tmp_path):
+    # no base among the models: tokens in two models (not the base) get the mean of their rows
+    text = (f"merge_method: linear\nmodels:\n  - model: {zoo['chatml']}\n    parameters: {{weight: 1.0}}\n"
+            f"  - model: {zoo['big']}\n    parameters: {{weight: 0.0}}\n"
+            f"  - model: {zoo['base']}\n    parameters: {{weight: 0.0}}\n"
+            "dtype: float32\ntokenizer: {}\n")
+    out = tmp_path / "out"
+    merge(text, str(out), quiet=True)
+    vocab = out_vocab(out)
+    c, b, a, m = weights(zoo["chatml"]), weights(zoo["big"]), weights(zoo["base"]), weights(out)
+    assert len(vocab) == 38  # chatml's 34 (base of the union: first model), w28..w31
+    assert vocab["<|im_start|>"] == 32 and vocab["w28"] == 34
+    # weight 1 on chatml: rows are chatml's own where it has the token, else the default,
+    # here "only in big" -> big's row
+    torch.testing.assert_close(m[EMBED][:34], c[EMBED])
+    torch.testing.assert_close(m[EMBED][34:], b[EMBED][32:36])
+
+
+def test_source_model(zoo, tmp_path):
+    out = run(zoo, tmp_path, f"tokenizer_source: {zoo['chatml']}\n", models=("base", "ft"))
+    vocab = out_vocab(out)
+    assert len(vocab) == 34 and vocab["<|im_end|>"] == 33
+    a, f, m = weights(zoo["base"]), weights(zoo["ft"]), weights(out)
+    torch.testing.assert_close(m[EMBED][:32], 0.5 * a[EMBED] + 0.5 * f[EMBED])
+    # in no merged model: zeros (with a warning)
+    assert torch.count_nonzero(m[EMBED][32:]) == 0
+
+
+def test_tokens_force_model_token_and_zero(zoo, tmp_path):
+    body = ("tokenizer:\n  source: union\n  tokens:\n"
+            f"    w3: {{source: {zoo['chatml']}, force: true}}\n"
+            f"    w4: {{source: {{kind: model_token, model: {zoo['base']}, token_id: 10}}}}\n"
+            f"    w5: {{source: {{kind: model_token, model: {zoo['chatml']}, token: '<|im_end|>'}}, force: true}}\n"
+            "    w6: {source: {kind: zero}, force: true}\n"
+            "    <|im_start|>: {source: {kind: zero}}\n"
+            "    brand_new: {}\n")
+    out = run(zoo, tmp_path, body)
+    vocab = out_vocab(out)
+    assert vocab["brand_new"] == 34 and len(vocab) == 35
+    a, c, m = weights(zoo["base"]), weights(zoo["chatml"]), weights(out)
+    e = m[EMBED]
+    w3, w4, w5, w6 = (vocab[f"w{i}"] for i in (3, 4, 5, 6))
+    torch.testing.assert_close(e[w3], c[EMBED][w3])  # forced: every model takes chatml's row
+    torch.testing.assert_close(e[w4], 0.5 * a[EMBED][w4] + 0.5 * c[EMBED][w4])  # not forced: own rows
+    torch.testing.assert_close(e[w5], c[EMBED][33])  # forced to chatml's <|im_end|> row
+    assert torch.count_nonzero(e[w6]) == 0
+    # not forced: chatml keeps its own row, base (lacking it) takes the explicit zero default
+    torch.testing.assert_close(e[vocab["<|im_start|>"]], 0.5 * c[EMBED][32])
+    assert torch.count_nonzero(e[34]) == 0  # a new token no model has
+
+
+def test_pad_to_multiple_of(zoo, tmp_path):
+    out = run(zoo, tmp_path, "tokenizer:\n  source: union\n  pad_to_multiple_of: 16\n")
+    m = weights(out)
+    assert config_of(out)["vocab_size"] == 48
+    assert len(out_vocab(out)) == 34
+    for name in (EMBED, HEAD):
+        assert m[name].shape == (48, 16)
+        expected = m[name][:34].mean(dim=0)  # linear merge of per-model means = mean of the merge
+        torch.testing.assert_close(m[name][34:], expected.expand(14, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_output_loads_in_transformers(zoo, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = run(zoo, tmp_path, "tokenizer:\n  pad_to_multiple_of: 8\nchat_template: chatml\n")
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    ids = tok("w1 w2 <|im_start|>", return_tensors="pt").input_ids
+    assert ids[0, -1].item() == 32
+    logits = model(ids).logits
+    assert logits.shape == (1, 3, 40) and torch.isfinite(logits).all()
+    text = tok.apply_chat_template([{"role": "user", "content": "w1"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nw1<|im_end|>\n<|im_start|>assistant\n"
+
+
+# -- chat templates -------------------------------------------------------------------------
+
+def test_chat_template_literal_on_copied_tokenizer(zoo, tmp_path):
+    from transformers import AutoTokenizer
+
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    out = run(zoo, tmp_path, f"chat_template: {json.dumps(template)}\n", models=("base", "ft"))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "[user] hi\n"
+
+
+def test_chat_template_auto_and_builtins(zoo, tmp_path):
+    from mergefast.tokenizer.templates import BUILTIN_TEMPLATES, resolve_chat_template
+
+    assert set(BUILTIN_TEMPLATES) == {"alpaca", "chatml", "llama3", "mistral", "exaone"}
+    out = run(zoo, tmp_path, "chat_template: llama3\n", models=("base", "ft"))
+    assert (out / "chat_template.jinja").read_text() == BUILTIN_TEMPLATES["llama3"]
+    # auto: the most common template among the inputs (here: the one `out` now has)
+    assert resolve_chat_template("auto", [zoo["base"], out, out]) == BUILTIN_TEMPLATES["llama3"]
+    assert resolve_chat_template("auto", [zoo["base"]]) is None
+
+
+@pytest.mark.parametrize("value", ["chatmlx", "{{ short }}", "a long string without braces at all"])
+def test_chat_template_invalid(zoo, tmp_path, value):
+    with pytest.raises(ConfigError, match="chat_template"):
+        run(zoo, tmp_path, f"chat_template: {json.dumps(value)}\n", models=("base", "ft"))
+
+
+def test_config_errors(zoo, tmp_path):
+    with pytest.raises(ConfigError, match="not both"):
+        run(zoo, tmp_path, "tokenizer_source: union\ntokenizer: {}\n")
+    with pytest.raises(ConfigError, match="not one of the merged models"):
+        run(zoo, tmp_path, f"tokenizer:\n  tokens:\n    w1: {{source: {zoo['big']}}}\n")
+    with pytest.raises(ConfigError, match="has no token"):
+        run(zoo, tmp_path, f"tokenizer:\n  tokens:\n    w1: {{source: {{kind: model_token, model: {zoo['base']}, "
+                           "token: nope}}\n")
+
+
+# -- tied embeddings --------------------------------------------------------------------------
+
+def test_tied_models_get_no_lm_head(zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = run(zoo, tmp_path, "", models=("tied", "tied2"))
+    assert HEAD not in weights(out)
+    assert config_of(out)["tie_word_embeddings"] is True
+    AutoModelForCausalLM.from_pretrained(str(out))
+
+
+def test_mixed_tied_and_untied_heads(zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = run(zoo, tmp_path, "", models=("tied", "base"))  # donor (base_model) is the tied one
+    t, a, m = weights(zoo["tied"]), weights(zoo["base"]), weights(out)
+    torch.testing.assert_close(m[HEAD], 0.5 * t[EMBED] + 0.5 * a[HEAD])
+    assert config_of(out)["tie_word_embeddings"] is False
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    torch.testing.assert_close(model.lm_head.weight.detach(), m[HEAD])
+    torch.testing.assert_close(model.model.embed_tokens.weight.detach(), m[EMBED])
