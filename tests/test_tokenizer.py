@@ -276,3 +276,56 @@ def test_mixed_tied_and_untied_heads(zoo, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(str(out))
     torch.testing.assert_close(model.lm_head.weight.detach(), m[HEAD])
     torch.testing.assert_close(model.model.embed_tokens.weight.detach(), m[EMBED])
+
+
+# -- more paths ---------------------------------------------------------------------------------
+
+def test_copy_path_needs_no_transformers(zoo, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None\n"
+        "from mergefast import merge\n"
+        f"merge({json.dumps(f'merge_method: linear{chr(10)}base_model: {zoo[chr(98) + chr(97) + chr(115) + chr(101)]}')}"
+        f" + '\\nmodels:\\n  - model: {zoo['base']}\\n  - model: {zoo['ft']}\\nparameters: {{weight: 0.5}}\\n'"
+        f" + 'tokenizer_source: base\\n', {json.dumps(str(tmp_path / 'out'))}, quiet=True)\n"
+        "assert 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
+
+
+def test_base_tokenizer_is_stripped_to_its_model_vocab(zoo, tmp_path):
+    import shutil
+
+    surplus = tmp_path / "surplus"
+    shutil.copytree(zoo["base"], surplus)
+    add_special_tokens(surplus, ["<extra_0>", "<extra_1>"], 32)  # ids past the 32 embedding rows
+    text = (f"merge_method: linear\nbase_model: {surplus}\nmodels:\n  - model: {surplus}\n"
+            f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ndtype: float32\ntokenizer: {{source: base}}\n")
+    merge(text, str(tmp_path / "out"), quiet=True)
+    vocab = out_vocab(tmp_path / "out")
+    assert len(vocab) == 32 and "<extra_0>" not in vocab
+    assert weights(tmp_path / "out")[EMBED].shape == (32, 16)
+
+
+def test_slices_with_union(zoo, tmp_path):
+    text = (f"merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {zoo['chatml']}, layer_range: [0, 1]}}\n"
+            f"  - sources:\n      - {{model: {zoo['base']}, layer_range: [1, 2]}}\ntokenizer_source: union\n")
+    merge(text, str(tmp_path / "out"), quiet=True)
+    c, a, m = weights(zoo["chatml"]), weights(zoo["base"]), weights(tmp_path / "out")
+    torch.testing.assert_close(m[EMBED], c[EMBED])  # first slice: chatml, 34 rows, union = 34 tokens
+    # last slice: base only; the rules count the models of each tensor, so the specials (in no
+    # input of lm_head) are zeros
+    torch.testing.assert_close(m[HEAD], torch.cat([a[HEAD], torch.zeros(2, 16)]))
+    assert config_of(tmp_path / "out")["vocab_size"] == 34
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_union_on_cuda_matches_cpu(zoo, tmp_path):
+    body = ("tokenizer:\n  pad_to_multiple_of: 16\n  tokens:\n"
+            f"    w3: {{source: {zoo['chatml']}, force: true}}\n")
+    cpu = weights(run(zoo, tmp_path, body, models=("base", "chatml", "big"), name="cpu"))
+    gpu = weights(run(zoo, tmp_path, body, models=("base", "chatml", "big"), name="gpu", device="cuda"))
+    for name in (EMBED, HEAD):
+        torch.testing.assert_close(gpu[name], cpu[name])

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .permute import MEAN, ROW, ZERO, VocabPlanner, model_vocab_size
+from .permute import ROW, ZERO, VocabPlanner, model_vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -218,22 +218,10 @@ def _plan_rows(planner: VocabPlanner, tokens_cfg: dict, vocabs: dict, sizes: dic
             continue
         for ref in refs:
             present[ref][t] = vocabs[ref].get(token, -1)
-    kind = torch.full((real,), MEAN, dtype=torch.int8)
+    kind = torch.full((real,), -1, dtype=torch.int8)  # explicit sources only; the rest per job
     model = torch.full((real,), -1, dtype=torch.long)
     row = torch.zeros((real,), dtype=torch.long)
-    have = torch.stack([present[r] >= 0 for r in refs])  # (models, real)
-    count = have.sum(0)
-    only = have.to(torch.int8).argmax(0)
-    one = count == 1
-    kind[one], model[one] = ROW, only[one]
-    for k, ref in enumerate(refs):
-        row[one & (only == k)] = present[ref][one & (only == k)]
-    none = count == 0
-    kind[none] = ZERO
-    if base_model in refs:
-        k = refs.index(base_model)
-        use = (count > 1) & have[k]
-        kind[use], model[use], row[use] = ROW, k, present[base_model][use]
+    none = torch.stack([present[r] < 0 for r in refs]).all(0)
     forced = torch.zeros((real,), dtype=torch.bool)
     explicit = torch.zeros((real,), dtype=torch.bool)
     token_id = {tok: i for i, tok in enumerate(built.id_to_token) if tok is not None}
@@ -277,4 +265,5 @@ def _plan_rows(planner: VocabPlanner, tokens_cfg: dict, vocabs: dict, sizes: dic
         mine[forced] = -1
         own[ref] = mine
     planner.own, planner.present = own, present
-    planner.default_kind, planner.default_model, planner.default_row = kind, model, row
+    planner.explicit_kind, planner.explicit_model, planner.explicit_row = kind, model, row
+    planner.base_model = base_model

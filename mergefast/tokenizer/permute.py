@@ -130,11 +130,12 @@ class VocabPlanner:
     refs: list[str]  # the merged models (those with embeddings), config order
     source: str
     built: Any = None  # build.BuiltTokenizer when mode == "permute"
-    own: dict[str, torch.Tensor] = field(default_factory=dict)
-    present: dict[str, torch.Tensor] = field(default_factory=dict)
-    default_kind: torch.Tensor | None = None
-    default_model: torch.Tensor | None = None  # index into refs
-    default_row: torch.Tensor | None = None
+    own: dict[str, torch.Tensor] = field(default_factory=dict)  # per model: output id -> row, -1 (missing/forced)
+    present: dict[str, torch.Tensor] = field(default_factory=dict)  # the same, ignoring `force`
+    explicit_kind: torch.Tensor | None = None  # per output id: -1 (no explicit source), ZERO or ROW
+    explicit_model: torch.Tensor | None = None  # index into refs
+    explicit_row: torch.Tensor | None = None
+    base_model: str | None = None
     truncated_rows: int | None = None
 
     @property
@@ -175,31 +176,53 @@ class VocabPlanner:
             "the vocabularies, or pass --unsafe-truncate-embeddings to keep only the rows they have in common")
 
     def _permute(self, out_name: str, sources, rest: tuple[int, ...]):
+        """The map of one vocabulary job; the implicit defaults (only one model has the token,
+        no model has it, the base has it, mean) count the models that are inputs of this job."""
         built = self.built
-        index = {}
+        index: dict[str, int] = {}
         for i, s in enumerate(sources):
+            if s.model not in self.own:
+                raise ConfigError(f"{self.source}: tensor {out_name}: {s.model} has no vocabulary plan")
             index.setdefault(s.model, i)
-        if any(s.model not in self.own for s in sources):
-            missing = next(s.model for s in sources if s.model not in self.own)
-            raise ConfigError(f"{self.source}: tensor {out_name}: {missing} has no vocabulary plan")
-        lookup = torch.full((len(self.refs),), -1, dtype=torch.long)
-        for k, ref in enumerate(self.refs):
-            lookup[k] = index.get(ref, -1)
-        src = torch.where(self.default_model >= 0, lookup[self.default_model.clamp(min=0)], -1)
-        bad = (self.default_kind == ROW) & (src < 0)
-        if bad.any():
-            t = int(bad.nonzero()[0])
-            ref = self.refs[int(self.default_model[t])]
-            raise ConfigError(f"{self.source}: tensor {out_name}: the embedding of token "
-                              f"{built.id_to_token[t]!r} comes from {ref}, which is not an input of this tensor")
+        real = built.real
+        present = tuple(self.present[s.model] if index[s.model] == i else torch.full((real,), -1, dtype=torch.long)
+                        for i, s in enumerate(sources))  # a model listed twice counts once in means
+        have = torch.stack([p >= 0 for p in present])
+        count = have.sum(0)
+        kind = torch.full((real,), MEAN, dtype=torch.int8)
+        src = torch.full((real,), -1, dtype=torch.long)
+        row = torch.zeros((real,), dtype=torch.long)
+        kind[count == 0] = ZERO
+        only = have.to(torch.int8).argmax(0)
+        one = count == 1
+        for i, p in enumerate(present):
+            sel = one & (only == i)
+            kind[sel], src[sel], row[sel] = ROW, i, p[sel]
+        if self.base_model in index:
+            i = index[self.base_model]
+            sel = (count > 1) & have[i]
+            kind[sel], src[sel], row[sel] = ROW, i, present[i][sel]
+        explicit = self.explicit_kind >= 0
+        zero = (count == 0) & ~explicit
+        if zero.any():
+            log.warning("%s: tensor %s: %d output token(s) are in none of its input models and get zero rows "
+                        "(e.g. %r)", self.source, out_name, int(zero.sum()), built.id_to_token[int(zero.nonzero()[0])])
+        kind[explicit] = self.explicit_kind[explicit]
+        lookup = torch.tensor([index.get(ref, -1) for ref in self.refs], dtype=torch.long)
+        ex_src = lookup[self.explicit_model.clamp(min=0)]
+        sel = explicit & (self.explicit_kind == ROW)
+        if (ex_src[sel] < 0).any():
+            t = int((sel & (ex_src < 0)).nonzero()[0])
+            ref = self.refs[int(self.explicit_model[t])]
+            raise ConfigError(f"{self.source}: tensor {out_name}: the embedding of token {built.id_to_token[t]!r} "
+                              f"comes from {ref}, which is not an input of this tensor")
+        src[sel], row[sel] = ex_src[sel], self.explicit_row[sel]
         own = tuple(self.own[s.model] for s in sources)
         identity = built.rows == built.real and all(
             len(o) == s.info.shape[0] and bool((o == torch.arange(len(o))).all()) for o, s in zip(own, sources))
         if identity:
             return None
-        vmap = VocabMap(built.rows, built.real, own, tuple(self.present[s.model] for s in sources),
-                        self.default_kind, src, self.default_row)
-        return vmap, (built.rows, *rest)
+        return VocabMap(built.rows, real, own, present, kind, src, row), (built.rows, *rest)
 
 
 def merge_refs(config) -> list[str]:
