@@ -221,6 +221,16 @@ main.add_command(plan_command)
 main.add_command(env_command)
 
 
+def _add_legacy_commands() -> None:
+    from .legacy import bakllama_command, legacy_command
+
+    main.add_command(legacy_command, "legacy")
+    main.add_command(bakllama_command, "bakllama")
+
+
+_add_legacy_commands()
+
+
 def yaml_main():
     """Entry point of `mergefast-yaml` (the same as `mergefast yaml`)."""
     yaml_command(prog_name="mergefast-yaml")
