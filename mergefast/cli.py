@@ -39,6 +39,8 @@ MERGE_OPTIONS = [
                  help="Accepted for compatibility; mergefast never runs code from a model folder."),
     click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks."),
     click.option("--quiet/--no-quiet", default=False, help="No progress bar and no summary."),
+    click.option("--unsafe-truncate-embeddings/--no-unsafe-truncate-embeddings", default=False,
+                 help="Inputs with different vocabulary sizes: keep only the rows all of them have."),
     click.option("--max-memory", default=None,
                  help="Bytes read ahead but not yet written: 25% of RAM by default; '4g', '500m' or '10%'."),
     click.option("--stats-json", type=click.Path(dir_okay=False), default=None,

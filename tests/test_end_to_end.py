@@ -192,3 +192,19 @@ def test_console_script_help():
                  "--trust-remote-code", "--quiet"):
         assert flag in output
     assert os.environ.get("MERGEFAST_BACKEND") in (None, "", "torch", "cpu-ext")
+
+
+def test_unsafe_truncate_embeddings_flag(tmp_path):
+    from make_models import make_tiny_llama
+
+    base = make_tiny_llama(tmp_path / "small", seed=0, vocab=32, layers=2, dtype=torch.float32)
+    make_tiny_llama(tmp_path / "big", seed=1, vocab=34, layers=2, dtype=torch.float32)
+    config = tmp_path / "linear.yml"
+    config.write_text(f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'small'}\n"
+                      f"  - model: {tmp_path / 'big'}\nparameters: {{weight: 1}}\n")
+    code, output = run_cli("yaml", config, tmp_path / "out", "--quiet")
+    assert code == 2 and "--unsafe-truncate-embeddings" in output
+    code, output = run_cli("yaml", config, tmp_path / "out", "--quiet", "--unsafe-truncate-embeddings")
+    assert code == 0, output
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    assert merged["model.embed_tokens.weight"].shape == base["model.embed_tokens.weight"].shape
