@@ -114,3 +114,37 @@ def test_import_is_lean():
             "assert not torch.cuda.is_initialized(), 'cuda initialised'")
     env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@needs_ext
+@pytest.mark.parametrize("case", ["fp32", "bf16-finetune", "few-magnitudes", "misleading-sample"])
+def test_large_selection_paths(monkeypatch, case):
+    """Tensors above 2**20 elements take the sampled candidate-bucket path of the C++
+    selection (or fall back to the full passes when the bucket overflows or the sample
+    misleads): the kept set must still be the reference's."""
+    from mergefast.kernels import cpu
+    from mergefast.methods.numerics import keep_count
+
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    n = (1 << 20) + 4099
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(n, generator=g).bfloat16()
+    if case == "fp32":  # continuous deltas: the predicted bucket holds few candidates
+        x = base.float() + 0.01 * torch.randn(n, generator=g)
+    elif case == "bf16-finetune":  # like a real fine-tune: ~2 % of the deltas in one bucket
+        base = (0.02 * torch.randn(n, generator=g)).bfloat16()
+        x = (base.float() + 0.002 * torch.randn(n, generator=g)).bfloat16()
+    elif case == "few-magnitudes":
+        x = (base.float() + torch.randint(-3, 4, (n,), generator=g) * 0.25).bfloat16()
+    else:  # the sampled positions (multiples of n // 65536) carry the largest deltas
+        x = (base.float() + 0.001 * torch.randn(n, generator=g)).bfloat16()
+        idx = torch.arange(0, n, n // 65536)
+        x[idx] = (base[idx].float() + 100.0).bfloat16()
+    delta = x.float() - base.float()
+    for density in (0.3, 0.5, 0.93):
+        want = methods.magnitude_mask(delta, density)
+        got = cpu.magnitude_keep(base, x, keep_count(density, n))
+        assert torch.equal(got, want), (case, density)
+    out = kernels.ties(base, [x, base, x], [0.5, 0.3, 0.2], [0.5, 0.5, 0.1])
+    ref = methods.ties(base, [x, base, x], [0.5, 0.3, 0.2], [0.5, 0.5, 0.1])
+    assert torch.equal(out, ref)
