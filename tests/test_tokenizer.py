@@ -284,13 +284,11 @@ def test_copy_path_needs_no_transformers(zoo, tmp_path):
     import subprocess
     import sys
 
-    code = (
-        "import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None\n"
-        "from mergefast import merge\n"
-        f"merge({json.dumps(f'merge_method: linear{chr(10)}base_model: {zoo[chr(98) + chr(97) + chr(115) + chr(101)]}')}"
-        f" + '\\nmodels:\\n  - model: {zoo['base']}\\n  - model: {zoo['ft']}\\nparameters: {{weight: 0.5}}\\n'"
-        f" + 'tokenizer_source: base\\n', {json.dumps(str(tmp_path / 'out'))}, quiet=True)\n"
-        "assert 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    config = (f"merge_method: linear\nbase_model: {zoo['base']}\nmodels:\n  - model: {zoo['base']}\n"
+              f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ntokenizer_source: base\n")
+    code = ("import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None\n"
+            "from mergefast import merge\n"
+            f"merge({config!r}, {str(tmp_path / 'out')!r}, quiet=True)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
