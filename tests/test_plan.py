@@ -104,9 +104,10 @@ merge_method: linear
 slices:
   - sources:
       - {{model: {family['ft-a']}, layer_range: [2, 3]}}
-parameters: {{weight: [0.0, 1.0]}}
+parameters: {{weight: [0.5, 1.0]}}
 """)
     assert jobs_by_name(plan)["model.layers.0.mlp.up_proj.weight"].model_params[0]["weight"] == 1.0
+    assert jobs_by_name(plan)["model.embed_tokens.weight"].model_params[0]["weight"] == 0.5
 
 
 def test_dtype_rules(family):
