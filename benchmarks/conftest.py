@@ -54,7 +54,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 tr.write_line(f"memory  {op:<10} extra peak RSS {info.get('extra_mb')} MB "
                               f"(output {info.get('out_mb')} MB)")
             continue
-        fused = provs.get("triton") or provs.get("cpu-ext") or {}
         for prov, info in provs.items():
             ms = info.get("ms")
             ratio = ""
@@ -67,4 +66,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 extra += f" two-pass traffic {info['two_pass_GB/s']} GB/s"
             tr.write_line(f"{group:<7} {prov:<10} {ms:>10} ms {info.get('GB/s'):>8} GB/s  "
                           f"{ratio}{extra}")
-        _ = fused

@@ -32,7 +32,6 @@ def test_triton_interpreted():
     """Runs TestTritonInterpret in a fresh interpreter with TRITON_INTERPRET=1."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("MERGEFAST_BACKEND", None)
-    root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          "-p", "no:randomly", f"{Path(__file__).name}::TestTritonInterpret"],
@@ -40,7 +39,6 @@ def test_triton_interpreted():
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     assert " passed" in tail, tail
-    _ = root
 
 
 # The suites are defined only where they can run (no screens of skips elsewhere).

@@ -122,8 +122,7 @@ def describe_backends() -> list[str]:
                      "`pip install --no-build-isolation -e .` with torch and a C++ compiler)")
     tri_why = _triton_missing()
     if tri_why is None:
-        version = importlib.util.find_spec("triton") and _triton_version()
-        lines.append(f"cuda: {ops} -> triton ({version})")
+        lines.append(f"cuda: {ops} -> triton ({_triton_version()})")
     else:
         lines.append(f"cuda: {ops} -> torch ({tri_why})")
     lines.append("any:  passthrough -> torch (a copy and one scale; no kernel needed); "
