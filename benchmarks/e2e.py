@@ -88,15 +88,22 @@ def make_family(root: Path, size_name: str) -> dict[str, Path]:
     return folders
 
 
+# Runs one command in a fresh interpreter and reports its peak RSS (the only child, so
+# RUSAGE_CHILDREN's maximum is that command's own); no /usr/bin/time needed.
+_RSS_WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                "print('RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+                "sys.exit(r.returncode)")
+
+
 def timed(cmd: list[str], env=None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of one whole process, via /usr/bin/time."""
+    """(wall seconds, peak RSS in GB) of one whole process."""
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "RSS %M", *cmd], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     rss = [line for line in proc.stderr.splitlines() if line.startswith("RSS ")][-1]
-    return wall, int(rss.split()[1]) / 1e6
+    return wall, int(rss.split()[1]) * 1024 / 1e9
 
 
 def main() -> None:
