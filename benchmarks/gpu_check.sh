@@ -12,7 +12,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET MERGEFAST_BACKEND
 S="$OUT/summary.txt"
 if ls .gpu_wheels/*.whl >/dev/null 2>&1; then
-  pip install -q --no-deps --no-index .gpu_wheels/*.whl > "$OUT/pip.log" 2>&1
+  python -m pip install -q --no-deps --no-index .gpu_wheels/*.whl > "$OUT/pip.log" 2>&1
 fi
 {
   echo "# mergefast gpu_check $(date -u +%FT%TZ)"
