@@ -28,8 +28,8 @@ class InputModel:
         self.reader.close()
 
 
-def referenced_models(config: MergeConfig) -> list[str]:
-    """Every model reference in config order (models/sources first, then base models)."""
+def merged_models(config: MergeConfig) -> list[str]:
+    """The models whose tensors are merged (not a tokenizer-only source), in config order."""
     refs: list[str] = []
     for entry in config.models or []:
         refs.append(entry.model)
@@ -39,6 +39,12 @@ def referenced_models(config: MergeConfig) -> list[str]:
             refs.append(sl.base_model)
     if config.base_model:
         refs.append(config.base_model)
+    return list(dict.fromkeys(refs))
+
+
+def referenced_models(config: MergeConfig) -> list[str]:
+    """Every model reference in config order: the merged models, then a tokenizer source."""
+    refs = merged_models(config)
     if config.tokenizer_source and config.tokenizer_source not in ("base", "union"):
         refs.append(config.tokenizer_source)
     return list(dict.fromkeys(refs))

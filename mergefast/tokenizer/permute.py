@@ -27,6 +27,7 @@ import torch
 
 from ..architecture import TIED_HEADS
 from ..errors import ConfigError
+from ..inputs import merged_models
 
 log = logging.getLogger(__name__)
 
@@ -225,20 +226,6 @@ class VocabPlanner:
         return VocabMap(built.rows, real, own, present, kind, src, row), (built.rows, *rest)
 
 
-def merge_refs(config) -> list[str]:
-    """The models whose tensors are merged (not a tokenizer-only source), config order."""
-    refs: list[str] = []
-    for entry in config.models or []:
-        refs.append(entry.model)
-    for sl in config.slices or []:
-        refs.extend(src.model for src in sl.sources)
-        if sl.base_model:
-            refs.append(sl.base_model)
-    if config.base_model:
-        refs.append(config.base_model)
-    return list(dict.fromkeys(refs))
-
-
 def _same_vocabularies(models: dict, refs: list[str], extra: str | None) -> bool:
     """Every merged model (and the tokenizer source) has the same vocabulary size and, where
     tokenizer.json can be read, the same token -> id table: the tokenizer can simply be copied."""
@@ -256,7 +243,7 @@ def _same_vocabularies(models: dict, refs: list[str], extra: str | None) -> bool
 
 def plan_vocab(config, models: dict, options, source: str, cache_dir: str | None = None) -> VocabPlanner:
     """The plan's VocabPlanner; builds the output tokenizer when one is needed."""
-    refs = merge_refs(config)
+    refs = merged_models(config)
     enabled = config.tokenizer is not None or config.tokenizer_source is not None
     if not enabled:
         mode = "truncate" if getattr(options, "unsafe_truncate_embeddings", False) else "none"
