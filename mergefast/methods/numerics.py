@@ -47,3 +47,14 @@ def keep_count(density: float, numel: int) -> int:
     if density <= 0 or numel == 0:
         return 0
     return max(1, int(density * numel))
+
+
+def task_vectors(base: torch.Tensor, tensors: Sequence[torch.Tensor], what: str,
+                 out_dtype: torch.dtype | None) -> tuple[torch.Tensor, list[torch.Tensor], torch.dtype]:
+    """The shared start of the base-relative methods: (base in the accumulation dtype,
+    the exact task vectors x_i - base, the dtype the result is rounded to)."""
+    all_inputs = [base, *tensors]
+    check_same_shape(all_inputs, what)
+    acc = accumulation_dtype(all_inputs)
+    b = base.to(acc)
+    return b, [x.to(acc) - b for x in tensors], result_dtype(all_inputs, out_dtype)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .numerics import accumulation_dtype, check_same_shape, result_dtype
+from .numerics import task_vectors
 
 DEFAULT_EPSILON = 1e-5
 DEFAULT_R = 0.1
@@ -40,20 +40,16 @@ def ram(
     tau; inactive elements keep the base. Float32 arithmetic, rounded once to `out_dtype`
     (default: promoted inputs).
     """
-    all_inputs = [base, *tensors]
-    check_same_shape(all_inputs, "ram")
-    out = result_dtype(all_inputs, out_dtype)
-    if not tensors:
+    b, deltas, out = task_vectors(base, tensors, "ram", out_dtype)
+    if not deltas:
         return base.to(out)
-    acc = accumulation_dtype(all_inputs)
-    b = base.to(acc)
-    deltas = torch.stack([x.to(acc) - b for x in tensors])
+    deltas = torch.stack(deltas)
     active = deltas.abs() > epsilon
     count = active.sum(0)
     kept = torch.where(active, deltas, 0.0)
     unique = torch.where(count == 1, kept, 0.0)
     if plus:
-        boost = unique_boost(active, count, r, alpha, epsilon).to(acc)
+        boost = unique_boost(active, count, r, alpha, epsilon).to(b.dtype)
         unique = unique * boost.view(-1, *([1] * base.dim()))
     shared = torch.where(count > 1, kept.sum(0) / count.clamp(min=1), 0.0)
     return (b + unique.sum(0) + shared).to(out)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .numerics import accumulation_dtype, check_same_shape, result_dtype
+from .numerics import task_vectors
 
 # Below WEIGHT_SUM_MIN the matrix weights are uniform; the divisor is clamped to DIVISOR_MIN.
 WEIGHT_SUM_MIN = 1e-6
@@ -51,18 +51,14 @@ def sce(
     (zeros never agree). Result base + sum tau_i omega_i mask_i / max(sum omega_i mask_i,
     1e-6). Float32 arithmetic, rounded once to `out_dtype` (default: promoted inputs).
     """
-    all_inputs = [base, *tensors]
-    check_same_shape(all_inputs, "sce")
-    out = result_dtype(all_inputs, out_dtype)
-    if not tensors:
+    b, deltas, out = task_vectors(base, tensors, "sce", out_dtype)
+    if not deltas:
         return base.to(out)
-    acc = accumulation_dtype(all_inputs)
-    b = base.to(acc)
-    deltas = torch.stack([x.to(acc) - b for x in tensors])
+    deltas = torch.stack(deltas)
     deltas = deltas * variance_mask(deltas, select_topk)
     omega = energy_weights(deltas).view(-1, *([1] * base.dim()))
-    elected = torch.where(deltas.sum(0) >= 0, 1.0, -1.0).to(acc)
-    agree = (torch.sign(deltas) == elected).to(acc)
+    elected = torch.where(deltas.sum(0) >= 0, 1.0, -1.0).to(b.dtype)
+    agree = (torch.sign(deltas) == elected).to(b.dtype)
     mixed = (deltas * omega * agree).sum(0)
     divisor = (omega * agree).sum(0).clamp(min=DIVISOR_MIN)
     return (b + mixed / divisor).to(out)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from .linear import ZERO_WEIGHT_SUM
-from .numerics import accumulation_dtype, check_same_shape, keep_count, result_dtype
+from .numerics import keep_count, task_vectors
 from .random import uniform_like
 
 SPARSIFY_METHODS = ("none", "magnitude", "magnitude_outliers", "random", "della")
@@ -218,19 +218,14 @@ def task_arithmetic(
         raise ValueError(f"consensus must be one of {CONSENSUS_METHODS}, got {consensus!r}")
     if len(tensors) != len(weights):
         raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(weights)} weights")
-    all_inputs = [base, *tensors]
-    check_same_shape(all_inputs, "task arithmetic")
-    out = result_dtype(all_inputs, out_dtype)
-    if not tensors:
+    b, deltas, out = task_vectors(base, tensors, "task arithmetic", out_dtype)
+    if not deltas:
         return base.to(out)
-    acc_dtype = accumulation_dtype(all_inputs)
-    b = base.to(acc_dtype)
     densities = densities if densities is not None else [1.0] * len(tensors)
     gammas = gammas if gammas is not None else [DEFAULT_GAMMA] * len(tensors)
     epsilons = epsilons if epsilons is not None else [DEFAULT_EPSILON] * len(tensors)
     weighted = []
-    for i, (x, w, d) in enumerate(zip(tensors, weights, densities)):
-        delta = x.to(acc_dtype) - b
+    for i, (delta, w, d) in enumerate(zip(deltas, weights, densities)):
         if sparsify != "none":
             delta = sparsify_delta(delta, sparsify, d, gamma=gammas[i], epsilon=epsilons[i],
                                    rescale=rescale, seed=seed, tensor_name=tensor_name, model_index=i)
@@ -238,7 +233,7 @@ def task_arithmetic(
     if consensus == "sum":
         mixed, divisor = _sign_consensus(weighted, weights)
     else:
-        mixed, divisor = _plain_sum(weighted, weights, acc_dtype)
+        mixed, divisor = _plain_sum(weighted, weights, b.dtype)
     if normalize:
         mixed = mixed / divisor
     if lambda_ != 1:
