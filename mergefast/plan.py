@@ -22,6 +22,7 @@ from .io.reader import TensorInfo
 from .methods.registry import MethodSpec
 from .options import MergeOptions
 from .parameters import method_spec, resolve
+from .slices import PlanSlice, SliceSource, check_slice_inputs, normalise_slices
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
                 "float64": torch.float64, "int64": torch.int64}
@@ -56,32 +57,6 @@ class TensorJob:
         return sum(s.info.nbytes for s in self.sources)
 
 
-@dataclass(frozen=True)
-class SliceSource:
-    """A source of a normalised slice: model, end-exclusive layer range, parameters."""
-
-    model: str
-    start: int
-    end: int
-    parameters: dict | None
-    where: str
-
-
-@dataclass(frozen=True)
-class PlanSlice:
-    """A normalised output slice."""
-
-    sources: tuple[SliceSource, ...]
-    base: str | None
-    parameters: dict | None
-    where: str
-
-    @property
-    def length(self) -> int:
-        """Number of output layers the slice produces."""
-        return self.sources[0].end - self.sources[0].start
-
-
 @dataclass
 class MergePlan:
     """Everything a merge will do, known before any tensor is read."""
@@ -104,48 +79,6 @@ class MergePlan:
     def close(self) -> None:
         """Close the input readers."""
         close_models(self.models)
-
-
-def normalise_slices(config: MergeConfig, models: dict[str, InputModel], source: str) -> list[PlanSlice]:
-    """`models:` -> one slice over all layers; `slices:` validated against layer counts."""
-    if config.models is not None:
-        entries = [(e.model, e.parameters, f"models[{i}]") for i, e in enumerate(config.models)]
-        if config.base_model and config.base_model not in [e[0] for e in entries]:
-            entries.append((config.base_model, None, "base_model"))
-        counts = {models[m].arch.num_layers for m, _, _ in entries}
-        if len(counts) > 1:
-            detail = ", ".join(f"{m}: {models[m].arch.num_layers}" for m, _, _ in entries)
-            raise ConfigError(f"{source}: models have different layer counts ({detail}); use `slices:`")
-        n = counts.pop()
-        srcs = tuple(SliceSource(m, 0, n, p, w) for m, p, w in entries)
-        return [PlanSlice(srcs, config.base_model, None, "models")]
-    slices = []
-    for i, sl in enumerate(config.slices):
-        srcs = []
-        for j, s in enumerate(sl.sources):
-            where = f"slices[{i}].sources[{j}]"
-            start, end = s.layer_range
-            available = models[s.model].arch.num_layers
-            if end > available:
-                raise ConfigError(f"{source}: {where}.layer_range: [{start}, {end}] goes past the end of "
-                                  f"{s.model}, which has {available} layers (end is exclusive)")
-            srcs.append(SliceSource(s.model, start, end, s.parameters, where))
-        slices.append(PlanSlice(tuple(srcs), sl.base_model or config.base_model, sl.parameters, f"slices[{i}]"))
-    return slices
-
-
-def _check_slice_inputs(spec: MethodSpec, sl: PlanSlice, source: str) -> int | None:
-    """Check the slice has the inputs the method needs; return the base's source index."""
-    refs = [s.model for s in sl.sources]
-    base_index = refs.index(sl.base) if sl.base in refs else None
-    if spec.needs_base and sl.base is None:
-        raise ConfigError(f"{source}: {spec.name} needs a base_model")
-    if spec.needs_base and base_index is None:
-        raise ConfigError(f"{source}: {sl.where}: base_model {sl.base} must be one of the slice's sources")
-    problem = spec.input_error(len(refs), base_index is not None)
-    if problem:
-        raise ConfigError(f"{source}: {sl.where}: {problem}")
-    return base_index
 
 
 class _JobBuilder:
@@ -244,7 +177,7 @@ def _loose_jobs(builder: _JobBuilder, sl: PlanSlice, names, base_index) -> list[
 
 def build_jobs(builder: _JobBuilder, slices: list[PlanSlice]) -> list[TensorJob]:
     """All jobs in output order: pre-weights, layers slice by slice, post-weights."""
-    bases = [_check_slice_inputs(builder.spec, sl, builder.source) for sl in slices]
+    bases = [check_slice_inputs(builder.spec, sl, builder.source) for sl in slices]
     first, last = slices[0], slices[-1]
     jobs = []
     jobs += _loose_jobs(builder, first, builder.models[first.sources[0].model].arch.pre_weights, bases[0])

@@ -22,15 +22,13 @@ Dispatch, per call, by the device of the inputs:
 - anything else, float64 inputs, or `MERGEFAST_BACKEND=torch` -> the torch reference.
 `MERGEFAST_BACKEND=cpu-ext|triton|torch` forces a backend: if it cannot run, the call raises.
 An automatically chosen backend that fails falls back to the reference with a one-time
-warning. Importing this module neither initialises CUDA nor imports triton.
+warning (the selection is `kernels/dispatch.py`). Importing this module neither initialises
+CUDA nor imports triton.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -41,164 +39,20 @@ from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
+from .dispatch import BACKENDS, _choose, _dispatch, _impl, backend, describe_backends  # noqa: F401 - _impl: tests
 
 __all__ = [
     "BACKENDS", "backend", "describe_backends", "linear", "passthrough", "slerp",
     "task_arithmetic", "ties",
 ]
 
-BACKENDS = ("triton", "cpu-ext", "torch")
-# dtypes the fused kernels read and write; anything else (float64 included) uses the reference
-_KERNEL_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
-_KERNEL_OUTPUTS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # sparsifiers the kernels will take with the method-breadth issue (template / constexpr slots)
 _NOT_YET = ("magnitude_outliers", "random", "della")
 _SPARSIFY = ("none", "magnitude")
 
+# Run-time failure records, read and written by `dispatch` through this package (tests reset them here).
 _broken: dict[str, str] = {}   # backend -> why it failed at run time (auto mode falls back)
 _warned: set[str] = set()
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-def _requested() -> str | None:
-    """The backend forced by MERGEFAST_BACKEND, or None for automatic choice."""
-    value = os.environ.get("MERGEFAST_BACKEND", "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    if value not in BACKENDS:
-        raise ValueError(f"MERGEFAST_BACKEND must be one of {BACKENDS} or 'auto', got {value!r}")
-    return value
-
-
-def _triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
-def _triton_missing() -> str | None:
-    """Why Triton cannot be used (None when it can), without importing it."""
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    return _broken.get("triton")
-
-
-def _cpu_ext_missing() -> str | None:
-    """Why mergefast._C cannot be used (None when it can)."""
-    from . import cpu
-
-    if cpu.ERROR is not None:
-        return cpu.ERROR
-    return _broken.get("cpu-ext")
-
-
-def backend(device: str | torch.device) -> str:
-    """The backend that float32/float16/bfloat16 tensors on `device` use: "triton",
-    "cpu-ext" or "torch" (float64 inputs always use the torch reference)."""
-    device = torch.device(device)
-    forced = _requested()
-    if forced is not None:
-        return forced
-    if device.type == "cuda":
-        return "torch" if _triton_missing() else "triton"
-    if device.type == "cpu":
-        return "torch" if _cpu_ext_missing() else "cpu-ext"
-    return "torch"
-
-
-def describe_backends() -> list[str]:
-    """Human-readable lines for `mergefast env`: which backend each op uses, and why."""
-    lines = []
-    forced = _requested()
-    if forced is not None:
-        lines.append(f"MERGEFAST_BACKEND={forced}: every op is forced to the {forced} backend")
-    ops = "linear, task_arithmetic, ties, slerp"
-    cpu_why = _cpu_ext_missing()
-    if cpu_why is None:
-        from . import cpu
-
-        lines.append(f"cpu:  {ops} -> cpu-ext (mergefast._C, OpenMP, {cpu.threads()} threads)")
-    else:
-        lines.append(f"cpu:  {ops} -> torch (cpu-ext not built: {cpu_why}; rebuild with "
-                     "`pip install --no-build-isolation -e .` with torch and a C++ compiler)")
-    tri_why = _triton_missing()
-    if tri_why is None:
-        lines.append(f"cuda: {ops} -> triton ({_triton_version()})")
-    else:
-        lines.append(f"cuda: {ops} -> torch ({tri_why})")
-    lines.append("any:  passthrough -> torch (a copy and one scale; no kernel needed); "
-                 "float64 inputs -> torch reference")
-    return lines
-
-
-def _triton_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"triton {version('triton')}"
-    except Exception:  # pragma: no cover - metadata missing
-        return "triton"
-
-
-def _choose(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype) -> str:
-    """The backend for one call: "torch", "cpu-ext" or "triton" (raises when forced and
-    impossible)."""
-    device = inputs[0].device
-    reference_only = (
-        any(t.dtype not in _KERNEL_INPUTS for t in inputs)
-        or out_dtype not in _KERNEL_OUTPUTS
-        or any(t.device != device for t in inputs)
-    )
-    forced = _requested()
-    if forced == "torch" or (reference_only and forced is None):
-        return "torch"
-    if forced == "cpu-ext":
-        if device.type != "cpu":
-            raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but the tensors are on {device}")
-        if reference_only:
-            return "torch"  # float64 and other dtypes are the reference's by contract
-        why = _cpu_ext_missing()
-        if why is not None:
-            raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but mergefast._C is unusable: {why}")
-        return "cpu-ext"
-    if forced == "triton":
-        if device.type != "cuda" and not (device.type == "cpu" and _triton_interpret()):
-            raise RuntimeError(f"MERGEFAST_BACKEND=triton but the tensors are on {device} "
-                               "(CPU tensors need TRITON_INTERPRET=1)")
-        if reference_only:
-            return "torch"
-        why = _triton_missing()
-        if why is not None:
-            raise RuntimeError(f"MERGEFAST_BACKEND=triton but triton is unusable: {why}")
-        return "triton"
-    return backend(device)
-
-
-def _impl(name: str):
-    if name == "cpu-ext":
-        from . import cpu
-
-        return cpu
-    from .triton import ops
-
-    return ops
-
-
-def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
-              reference: Callable[[], torch.Tensor], run: Callable[[object], torch.Tensor]):
-    name = _choose(inputs, out_dtype)
-    if name == "torch":
-        return reference()
-    try:
-        return run(_impl(name))
-    except Exception as exc:
-        if _requested() is not None:
-            raise
-        _broken[name] = f"{type(exc).__name__}: {exc}"
-        if name not in _warned:
-            _warned.add(name)
-            warnings.warn(f"mergefast: the {name} kernels failed ({exc}); using the torch "
-                          "reference from now on", RuntimeWarning, stacklevel=3)
-        return reference()
 
 
 def _contiguous(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,14 +122,7 @@ def task_arithmetic(
     Magnitude selection keeps exactly keep_count(density, numel) elements per model (ties at
     the threshold lowest flat index first), found by an exact two-level histogram.
     """
-    if sparsify in _NOT_YET:
-        raise NotImplementedError(
-            f"mergefast.kernels.task_arithmetic: sparsify={sparsify!r} is not implemented in the "
-            "fused kernels yet; use mergefast.methods.task_arithmetic for it")
-    if sparsify not in _SPARSIFY:
-        raise ValueError(f"sparsify must be one of {_SPARSIFY}, got {sparsify!r}")
-    if consensus not in (None, "sum"):
-        raise ValueError(f"consensus must be one of (None, 'sum'), got {consensus!r}")
+    _check_task_arithmetic_modes(sparsify, consensus)
     tensors, weights = list(tensors), [float(w) for w in weights]
     if len(tensors) != len(weights):
         raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(weights)} weights")
@@ -306,6 +153,18 @@ def task_arithmetic(
     b, xs = base.contiguous(), _contiguous(tensors)
     return _dispatch(all_inputs, out, reference, lambda impl: impl.task_arithmetic(
         b, xs, weights, keep, consensus == "sum", normalize, divisor, float(lambda_), out))
+
+
+def _check_task_arithmetic_modes(sparsify: str, consensus: str | None) -> None:
+    """Raise for a sparsifier or consensus the fused kernels do not (yet) implement."""
+    if sparsify in _NOT_YET:
+        raise NotImplementedError(
+            f"mergefast.kernels.task_arithmetic: sparsify={sparsify!r} is not implemented in the "
+            "fused kernels yet; use mergefast.methods.task_arithmetic for it")
+    if sparsify not in _SPARSIFY:
+        raise ValueError(f"sparsify must be one of {_SPARSIFY}, got {sparsify!r}")
+    if consensus not in (None, "sum"):
+        raise ValueError(f"consensus must be one of (None, 'sum'), got {consensus!r}")
 
 
 def ties(

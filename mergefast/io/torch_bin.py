@@ -1,0 +1,29 @@
+"""Opening a PyTorch `.bin` checkpoint lazily: the pickle is read, tensor data is memory-mapped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+
+
+def load_bin_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Memory-map a .bin checkpoint: the pickle is read, tensor data is not touched."""
+    try:
+        sd = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad pickles/zips
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(
+            f"{path}: cannot load as a PyTorch checkpoint with weights_only=True, mmap=True ({msg}); "
+            "re-save it with torch.save (zip format) or convert it to safetensors"
+        ) from e
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelError(f"{path}: holds a {type(sd).__name__}, not a dict of tensors; convert it to safetensors")
+    bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ModelError(f"{path}: entry {bad!r} is a {type(sd[bad]).__name__}, not a tensor; convert the checkpoint")
+    return sd
