@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .checks import check_output_finite, warn_nonfinite_inputs
+from .checks import all_finite, check_output_finite, warn_nonfinite_inputs
 from .errors import ConfigError, MergeError
 from .io.output import copy_tokenizer, output_model_config, write_json, write_tokenizer
 from .io.writer import OutputTensor, ShardedWriter
@@ -29,6 +29,7 @@ from .staging import staging_for
 from .summary import RunSummary, peak_rss_bytes, write_stats_json
 
 PARTIAL_MARK = ".mergefast-partial-"
+NONFINITE_REACHES_OUTPUT = frozenset({"linear", "slerp"})
 
 
 def merge_job(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor], seed: int | None = None) -> torch.Tensor:
@@ -39,13 +40,20 @@ def merge_job(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor], seed
         tensors = job.vocab.apply(tensors)
     if job.copy:
         return check_output_finite(job.name, tensors[0], job.sources)
-    warn_nonfinite_inputs(job.name, job.sources, tensors)
     try:
         out = merge_group(plan.spec, tensors, job.base_index, job.global_params, job.model_params, job.dtype,
                           seed=seed, tensor_name=job.name)
     except ZeroWeightSumError as exc:
         raise MergeError(f"{plan.source}: tensor {job.name}: {exc}") from None
-    return check_output_finite(job.name, out, job.sources, tensors)
+    output_finite = all_finite(out)
+    # A NaN/inf input of linear or slerp always reaches the output, so a finite output proves
+    # finite inputs and saves a pass over every input (0.3 s of a 1.6 GB linear merge here).
+    # TIES drops NaN deltas in the sign election, so other methods always scan their inputs.
+    if not output_finite or plan.spec.name not in NONFINITE_REACHES_OUTPUT:
+        warn_nonfinite_inputs(job.name, job.sources, tensors)
+    if not output_finite:
+        check_output_finite(job.name, out, job.sources, tensors)
+    return out
 
 
 def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:

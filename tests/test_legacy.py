@@ -378,3 +378,13 @@ def test_bakllama_shape_mismatch_is_an_error(tmp_path):
     config.write_text(yaml.safe_dump({"layer_slices": [{"model": str(small["ft-a"]), "start": 0, "end": 2}],
                                       "lm_head_source": str(tmp_path / "wide")}))
     assert "lm_head_source" in one_line_error(invoke(bakllama_command, config, tmp_path / "out2", "--quiet"))
+
+
+def test_legacy_commands_import_on_their_own():
+    """The console scripts import mergefast.legacy first (no import cycle with mergefast.cli)."""
+    import subprocess
+    import sys
+
+    for module in ("mergefast.legacy", "mergefast.cli"):
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr

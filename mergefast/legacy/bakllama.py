@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import click
 import yaml
 
-from ..cli import merge_options, reports_errors
+from ..cli_support import DRY_RUN, merge_options, reports_errors
 from ..errors import ConfigError
 from .loose_weights import take_loose_weights
-from .run import DRY_RUN, run_merge
+from .run import run_merge
 
 _BAKLLAMA_KEYS = ("layer_slices", "embedding_source", "lm_head_source")
 _SLICE_KEYS = ("model", "start", "end", "scale")

@@ -26,9 +26,9 @@ from typing import Any, Sequence
 import click
 import yaml
 
-from ..cli import merge_options, reports_errors
+from ..cli_support import DRY_RUN, merge_options, reports_errors
 from ..errors import ConfigError
-from .run import DRY_RUN, log, run_merge
+from .run import log, run_merge
 
 LEGACY_SOURCE = "mergefast-legacy"
 

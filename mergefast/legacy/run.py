@@ -11,10 +11,6 @@ from ..errors import ConfigError
 
 log = logging.getLogger("mergefast")
 
-DRY_RUN = click.option("--dry-run", is_flag=True, default=False,
-                       help="Validate and plan (headers only), print the plan, write nothing.")
-
-
 def run_merge(config_text: str, source: str, out_path: str, options: dict, dry_run: bool,
               adjust=None, explain=None) -> None:
     """Parse `config_text`, plan, optionally `adjust(plan, opts)`, then merge (or print the plan).
