@@ -41,7 +41,8 @@ MERGE_OPTIONS = [
     click.option("--unsafe-truncate-embeddings/--no-unsafe-truncate-embeddings", default=False,
                  help="Inputs with different vocabulary sizes: keep only the rows all of them have."),
     click.option("--max-memory", default=None,
-                 help="Bytes read ahead but not yet written: 25% of RAM by default; '4g', '500m' or '10%'."),
+                 help="Bytes read ahead but not yet written, e.g. 4g, 500m or 10% (default: twice the "
+                 "largest tensor group, at most 25% of RAM)."),
     click.option("--stats-json", type=click.Path(dir_okay=False), default=None,
                  help="Also write the run summary's figures as JSON to this file."),
 ]

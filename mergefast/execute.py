@@ -101,7 +101,8 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
                 _processing_order(plan.jobs), staging.read,
                 lambda job, staged: staging.to_host(merge_job(plan, job, staging.inputs(job, staged), options.random_seed)),
                 write, cost=lambda job: job.read_bytes + out_bytes[job.name],
-                budget=options.max_memory_bytes, progress=done)
+                budget=options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs)),
+                progress=done)
         writer.finish()
     except BaseException:
         writer.abort()

@@ -7,7 +7,8 @@ from dataclasses import dataclass, fields
 from .errors import ConfigError
 
 DEFAULT_SHARD_SIZE = 5_000_000_000
-DEFAULT_MEMORY = "25%"
+AUTO_MEMORY_MIN = 256_000_000
+_MEMORY_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "b": 1000**3, "t": 1000**4}
 
 
 def physical_memory() -> int:
@@ -15,6 +16,29 @@ def physical_memory() -> int:
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_memory(value: str | int) -> int:
+    """`--max-memory`: bytes as an integer, with a k/m/g suffix (x1000; b = g as in
+    --out-shard-size, an optional trailing 'b' after k/m/g), or a percentage of RAM."""
+    if isinstance(value, int) and value > 0:
+        return value
+    text = str(value).strip().lower()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if 0 < share <= 100:
+                return int(physical_memory() * share / 100)
+        else:
+            if len(text) > 2 and text.endswith("b") and text[-2] in "kmgt":
+                text = text[:-1]
+            unit = text[-1] if text and text[-1] in _MEMORY_UNITS else ""
+            number = float(text[: len(text) - len(unit)])
+            if number > 0:
+                return int(number * _MEMORY_UNITS[unit])
+    except ValueError:
+        pass
+    raise ConfigError(f"--max-memory {value!r}: give bytes (e.g. 4000000000, 4g, 500m) or a share of RAM (e.g. 25%)")
 
 
 @dataclass
@@ -33,23 +57,20 @@ class MergeOptions:
     trust_remote_code: bool = False  # config.json is read as JSON: no model code ever runs
     verbose: int = 0
     quiet: bool = False
-    max_memory: str | int | None = None  # bytes in flight: "25%" of RAM by default, "4g", 4000000000
+    max_memory: str | int | None = None  # bytes in flight; None: see pipeline_budget
     stats_json: str | None = None
     unsafe_truncate_embeddings: bool = False  # differing vocab sizes: keep the rows all inputs have
 
-    @property
-    def max_memory_bytes(self) -> int:
-        """The pipeline's byte budget (inputs read ahead + results not yet written)."""
-        value = DEFAULT_MEMORY if self.max_memory is None else self.max_memory
-        if isinstance(value, str) and value.strip().endswith("%"):
-            try:
-                share = float(value.strip()[:-1]) / 100
-            except ValueError:
-                raise ConfigError(f"--max-memory {value!r}: expected a percentage like 25%") from None
-            return int(physical_memory() * share)
-        from .io.writer import parse_size
+    def pipeline_budget(self, largest_job_bytes: int) -> int:
+        """Bytes the pipeline may hold (inputs read ahead + results not yet written).
 
-        return parse_size(value)
+        `--max-memory` when given; else twice the largest job (inputs + output), at least
+        256 MB, at most 25% of RAM. More read-ahead than that does not speed a merge up and
+        costs page faults: TIES of a 0.3B family on the 2-core box took 6.2 s and 1.7 GB
+        RSS with a 25%-of-RAM budget, 5.7 s and 1.0 GB with 600 MB."""
+        if self.max_memory is None:
+            return min(physical_memory() // 4, max(2 * largest_job_bytes, AUTO_MEMORY_MIN))
+        return parse_memory(self.max_memory)
 
     @property
     def math_device(self) -> str:
@@ -78,4 +99,6 @@ class MergeOptions:
             from .io.writer import parse_size
 
             kwargs["out_shard_size"] = parse_size(kwargs["out_shard_size"])
+        if kwargs.get("max_memory") is not None:
+            parse_memory(kwargs["max_memory"])  # a typo fails now, before any model is opened
         return cls(**kwargs)

@@ -54,23 +54,22 @@ def peak_memory(plan, buffer_bytes: int = 0) -> tuple[int, str | None]:
     return best + buffer_bytes, name
 
 
-def pipeline_buffer_bytes(options) -> int:
+def pipeline_buffer_bytes(options, largest_job_bytes: int) -> int:
     """The byte budget of the read/merge/write pipeline (`--max-memory`), 0 when unknown."""
-    try:
-        return int(getattr(options, "max_memory_bytes", 0) or 0)
-    except (TypeError, ValueError):
-        return 0
+    budget = getattr(options, "pipeline_budget", None)
+    return int(budget(largest_job_bytes)) if budget else 0
 
 
 def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffer_bytes: int | None = None) -> dict:
     """The plan's numbers: outputs, per-model sources, bytes, shards, peak memory, samples.
 
     `buffer_bytes`: bytes the pipeline may hold in flight besides the largest job; by default
-    its budget from `options` (`max_memory_bytes`), capped by what the other jobs move."""
+    its budget from `options` (`pipeline_budget`), capped by what the other jobs move."""
     jobs = plan.jobs
     if buffer_bytes is None:  # the other jobs' bytes the pipeline may hold besides the largest job
         total = sum(j.read_bytes + _output_nbytes(j) for j in jobs)
-        buffer_bytes = max(0, min(pipeline_buffer_bytes(options), total - peak_memory(plan)[0]))
+        largest = peak_memory(plan)[0]
+        buffer_bytes = max(0, min(pipeline_buffer_bytes(options, largest), total - largest))
     per_model: dict[str, dict] = {ref: {"tensors": 0, "bytes": 0} for ref in plan.models}
     for job in jobs:
         for s in job.sources:

@@ -90,3 +90,32 @@ def test_keyboard_interrupt_in_merge_stops_threads():
         run(list(range(1000)), merge=merge)
     time.sleep(0.3)
     assert not [t for t in threading.enumerate() if t.name.startswith("mergefast-")]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("4g", 4_000_000_000), ("500m", 500_000_000), ("500MB", 500_000_000), ("2.5g", 2_500_000_000),
+    ("1000", 1000), (4096, 4096), ("4B", 4_000_000_000),
+])
+def test_parse_memory(text, expected):
+    from mergefast.options import parse_memory
+
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "abc", "-5", "200%", "1.5x"])
+def test_parse_memory_errors(text):
+    from mergefast.errors import ConfigError
+    from mergefast.options import MergeOptions
+
+    with pytest.raises(ConfigError, match="--max-memory"):
+        MergeOptions.from_kwargs(max_memory=text)
+
+
+def test_automatic_budget_is_twice_the_largest_job_within_bounds():
+    from mergefast.options import AUTO_MEMORY_MIN, MergeOptions, physical_memory
+
+    opts = MergeOptions()
+    assert opts.pipeline_budget(10) == AUTO_MEMORY_MIN
+    assert opts.pipeline_budget(400_000_000) == min(800_000_000, physical_memory() // 4)
+    assert opts.pipeline_budget(physical_memory()) == physical_memory() // 4
+    assert MergeOptions(max_memory="25%").pipeline_budget(1) == int(physical_memory() * 0.25)
