@@ -92,15 +92,18 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
             def write(job, pending):
                 writer.write(job.name, staging.result(pending))
 
+            def merge(job, staged):
+                out = merge_job(plan, job, staging.inputs(job, staged), options.random_seed)
+                staging.recycle(staged, out)
+                return staging.to_host(out)
+
             def done(job):
                 stats.tensors += 1
                 stats.read_bytes += job.read_bytes
                 bar.update(job.read_bytes)
 
             stages = run_pipeline(
-                _processing_order(plan.jobs), staging.read,
-                lambda job, staged: staging.to_host(merge_job(plan, job, staging.inputs(job, staged), options.random_seed)),
-                write, cost=lambda job: job.read_bytes + out_bytes[job.name],
+                _processing_order(plan.jobs), staging.read, merge, write, cost=lambda job: job.read_bytes + out_bytes[job.name],
                 budget=options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs)),
                 progress=done)
         writer.finish()

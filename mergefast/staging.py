@@ -10,6 +10,7 @@ job i-1 overlap. Inputs never go through `safe_open(device="cuda")`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,19 +19,53 @@ import torch
 from .plan import MergePlan, TensorJob
 
 
+@dataclass
+class _HostBatch:
+    tensors: list[torch.Tensor]
+    buffers: list[torch.Tensor]  # pooled byte buffers behind `tensors`; empty when not pooled
+
+
 class HostStaging:
-    """CPU merges: inputs are read into ordinary CPU tensors."""
+    """CPU merges: inputs are read into recycled CPU byte buffers.
+
+    Layers repeat the same tensor sizes, so buffers are pooled by exact size: a fresh
+    allocation per tensor costs its page faults every time (reading 2.2 GB of TIES inputs:
+    0.55 s into fresh tensors, 0.29 s into reused ones, on the 2-core box). The pool never
+    holds more than the pipeline once had in flight, which its budget bounds."""
 
     def __init__(self, plan: MergePlan, device: str = "cpu"):
         self.plan, self.device = plan, device
+        self._free: dict[int, list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
 
-    def read(self, job: TensorJob) -> list[torch.Tensor]:
+    def _buffer(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                return free.pop()
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def read(self, job: TensorJob) -> _HostBatch:
         """Read a job's source tensors (runs in the reader thread)."""
-        return [self.plan.models[s.model].reader.read(s.tensor) for s in job.sources]
+        if job.copy:  # the input is the output: it leaves with the writer, not pooled
+            return _HostBatch([self.plan.models[s.model].reader.read(s.tensor) for s in job.sources], [])
+        buffers = [self._buffer(s.info.nbytes) for s in job.sources]
+        tensors = [self.plan.models[s.model].reader.read(s.tensor, out=b) for s, b in zip(job.sources, buffers)]
+        return _HostBatch(tensors, buffers)
 
     def inputs(self, job: TensorJob, staged: Any) -> list[torch.Tensor]:
         """The job's inputs on the math device, ready to merge (runs in the merge thread)."""
-        return staged
+        return staged.tensors
+
+    def recycle(self, staged: Any, out: torch.Tensor) -> None:
+        """The job is merged: its input buffers go back to the pool, unless the result is
+        one of the inputs itself (methods may return an input unchanged)."""
+        pointers = {buf.data_ptr() for buf in staged.buffers}
+        if out.device.type == "cpu" and out.untyped_storage().data_ptr() in pointers:
+            return
+        with self._lock:
+            for buf in staged.buffers:
+                self._free.setdefault(buf.numel(), []).append(buf)
 
     def to_host(self, out: torch.Tensor) -> Any:
         """Start moving a result to the host (merge thread)."""
@@ -107,6 +142,9 @@ class CudaStaging(HostStaging):
             done.synchronize()
             return host
         return pending
+
+    def recycle(self, staged: Any, out: torch.Tensor) -> None:
+        """Pinned buffers are recycled by torch's caching host allocator."""
 
     def copy_seconds(self) -> tuple[float, float]:
         torch.cuda.synchronize(self.device)

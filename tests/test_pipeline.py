@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from mergefast.io.pipeline import run_pipeline
 
@@ -119,3 +120,30 @@ def test_automatic_budget_is_twice_the_largest_job_within_bounds():
     assert opts.pipeline_budget(400_000_000) == min(800_000_000, physical_memory() // 4)
     assert opts.pipeline_budget(physical_memory()) == physical_memory() // 4
     assert MergeOptions(max_memory="25%").pipeline_budget(1) == int(physical_memory() * 0.25)
+
+
+def test_host_staging_recycles_buffers_but_never_an_output(tmp_path):
+    from checkpoints import write_checkpoint
+
+    from mergefast.io.reader import CheckpointReader
+    from mergefast.staging import HostStaging
+
+    folder = write_checkpoint(tmp_path / "m", {"a": torch.arange(6.0), "b": torch.ones(6)})
+
+    class Source:
+        def __init__(self, name, reader):
+            self.model, self.tensor, self.info = "m", name, reader.info(name)
+
+    with CheckpointReader(folder) as reader:
+        plan = type("Plan", (), {"models": {"m": type("M", (), {"reader": reader})}})()
+        job = type("Job", (), {"copy": False, "sources": [Source("a", reader)]})()
+        staging = HostStaging(plan)
+        first = staging.read(job)
+        assert torch.equal(staging.inputs(job, first)[0], torch.arange(6.0))
+        staging.recycle(first, torch.zeros(6))
+        second = staging.read(job)  # the same buffer, filled again
+        assert second.buffers[0].data_ptr() == first.buffers[0].data_ptr()
+        staging.recycle(second, second.tensors[0])  # the output IS the input: keep it out of the pool
+        third = staging.read(job)
+        assert third.buffers[0].data_ptr() != second.buffers[0].data_ptr()
+        assert torch.equal(second.tensors[0], torch.arange(6.0))
