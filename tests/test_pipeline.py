@@ -147,3 +147,19 @@ def test_host_staging_recycles_buffers_but_never_an_output(tmp_path):
         third = staging.read(job)
         assert third.buffers[0].data_ptr() != second.buffers[0].data_ptr()
         assert torch.equal(second.tensors[0], torch.arange(6.0))
+
+
+def test_ctrl_c_during_a_long_merge_stops_within_two_seconds():
+    import os
+    import signal
+
+    def slow_merge(j, d):
+        time.sleep(20)  # a long kernel call: releases the GIL, cannot be interrupted itself
+        return d
+
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(list(range(5)), merge=slow_merge)
+    assert time.perf_counter() - start < 3

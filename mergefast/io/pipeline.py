@@ -1,7 +1,7 @@
 """An overlapped read -> merge -> write pipeline with a memory budget.
 
 Three stages run at once: a reader thread loads the inputs of the next jobs (as far ahead as
-the byte budget allows), the calling thread merges, and a writer thread streams finished
+the byte budget allows), a merge thread merges, and a writer thread streams finished
 tensors to their final offsets. Torch ops, the C++ kernels and file IO release the GIL, so
 on 2 cores reading job i+1, merging job i and writing job i-1 overlap.
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 _POLL = 0.1  # seconds between checks of the stop flag while blocked
+_STOP_WAIT = 1.5  # seconds the stages get to stop after a failure or Ctrl-C
 _DONE = object()
 
 
@@ -89,9 +90,9 @@ def run_pipeline(
 ) -> StageTimes:
     """Run read -> merge -> write over `jobs` with at most `budget` bytes in flight.
 
-    `cost(job)` is the bytes a job holds from its read until its write finishes. `read`
-    runs in the reader thread, `merge` in the calling thread, `write` in the writer thread.
-    Raises the first error of any stage after stopping the others.
+    `cost(job)` is the bytes a job holds from its read until its write finishes. `read`,
+    `merge` and `write` each run in their own thread. Raises the first error of any stage
+    (or Ctrl-C) after stopping the others.
     """
     stop, errors = threading.Event(), []
     times = StageTimes()
@@ -133,11 +134,8 @@ def run_pipeline(
             limiter.release(cost(job))
             progress(job)
 
-    threads = [threading.Thread(target=t, name=f"mergefast-{t.__name__}", daemon=True) for t in (reader, writer)]
-    wall = time.perf_counter()
-    for t in threads:
-        t.start()
-    try:
+    @guarded
+    def merger():
         while True:
             item = _get(to_merge, stop, errors)
             if item is _DONE:
@@ -148,15 +146,29 @@ def run_pipeline(
             times.merge_s += time.perf_counter() - start
             del data
             if not _put(to_write, (job, out), stop):
-                break
+                return
         _put(to_write, _DONE, stop)
-        threads[1].join()
+
+    # Every stage runs in a daemon thread; the calling thread only waits, so Ctrl-C reaches
+    # it within _POLL seconds even while a long kernel runs, and the run stops without
+    # waiting for that kernel to finish.
+    threads = [threading.Thread(target=t, name=f"mergefast-{t.__name__}", daemon=True)
+               for t in (reader, merger, writer)]
+    wall = time.perf_counter()
+    for t in threads:
+        t.start()
+    try:
+        while threads[2].is_alive():
+            threads[2].join(_POLL)
+            if errors:
+                raise errors[0]
         if errors:
             raise errors[0]
     except BaseException:
         stop.set()
+        deadline = time.monotonic() + _STOP_WAIT
         for t in threads:
-            t.join(timeout=5)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         raise
     times.wall_s = time.perf_counter() - wall
     return times
