@@ -20,7 +20,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -127,6 +132,79 @@ inline const float* stage(const Src& s, int64_t off, int64_t n, float* buf) {
   return buf;
 }
 
+// Element i of a source of dtype D as float32, for loops that convert as they compute
+// (instead of staging a whole block first). D is a template parameter: pick it once per
+// block with visit_dtype().
+template <DType D>
+inline float load_f32(const void* p, int64_t i) {
+  if constexpr (D == DType::F32) {
+    return static_cast<const float*>(p)[i];
+  } else if constexpr (D == DType::BF16) {
+    return bits_to_f32(static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16);
+  } else if constexpr (D == DType::F16) {
+    return half_to_f32(static_cast<const uint16_t*>(p)[i]);
+  } else {
+    return static_cast<float>(static_cast<const double*>(p)[i]);
+  }
+}
+
+// Stores float32 v as element i of an output of dtype D (rounded once, as store()).
+template <DType D>
+inline void store_f32(void* p, int64_t i, float v) {
+  if constexpr (D == DType::F32) {
+    static_cast<float*>(p)[i] = v;
+  } else if constexpr (D == DType::BF16) {
+    static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
+  } else if constexpr (D == DType::F16) {
+    static_cast<uint16_t*>(p)[i] = f32_to_half(v);
+  } else {
+    static_cast<double*>(p)[i] = static_cast<double>(v);
+  }
+}
+
+template <DType D>
+using DTypeTag = std::integral_constant<DType, D>;
+
+// Calls f(DTypeTag<dt>{}) for an input dtype (F32 / F16 / BF16).
+template <class F>
+inline void visit_input_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::F32: f(DTypeTag<DType::F32>{}); break;
+    case DType::BF16: f(DTypeTag<DType::BF16>{}); break;
+    case DType::F16: f(DTypeTag<DType::F16>{}); break;
+    default: TORCH_CHECK(false, "mergefast._C: unsupported input dtype");
+  }
+}
+
+// Calls f(DTypeTag<dt>{}) for an output dtype (F32 / F16 / BF16 / F64).
+template <class F>
+inline void visit_output_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::F32: f(DTypeTag<DType::F32>{}); break;
+    case DType::BF16: f(DTypeTag<DType::BF16>{}); break;
+    case DType::F16: f(DTypeTag<DType::F16>{}); break;
+    case DType::F64: f(DTypeTag<DType::F64>{}); break;
+  }
+}
+
+// Asks Linux to back the 2 MiB-aligned interior of a large, freshly allocated output with
+// transparent huge pages (THP "madvise" mode, the common default). A fresh 90 MB output
+// otherwise takes ~22k page faults on first write: measured on the 2-core box, filling a
+// new 11008x4096 bf16 tensor took 60 ms of CPU with 4 KiB pages and 10 ms with this hint.
+// Values are unaffected; a no-op where THP is off, on pages already present, or elsewhere.
+inline void advise_huge_pages(void* ptr, size_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (nbytes < 4 * kHuge) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(ptr) + nbytes) & ~(kHuge - 1);
+  if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)nbytes;
+#endif
+}
+
 // A contiguous CPU output; store() rounds float32 values once to its dtype.
 struct Dst {
   void* ptr;
@@ -163,6 +241,21 @@ inline void store(const Dst& d, int64_t off, int64_t n, const float* v) {
 
 inline int num_threads() {
   return std::max(1, at::get_num_threads());
+}
+
+// Threads for a pass over n elements: one below kParallelMin (an OpenMP team and per-thread
+// scratch cost more than the work there).
+constexpr int64_t kParallelMin = 1 << 15;
+inline int num_threads(int64_t n) {
+  return n < kParallelMin ? 1 : num_threads();
+}
+
+inline size_t dtype_size(DType dt) {
+  switch (dt) {
+    case DType::F32: return 4;
+    case DType::F64: return 8;
+    default: return 2;
+  }
 }
 
 inline int64_t num_blocks(int64_t n) {

@@ -169,13 +169,17 @@ std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& 
         blk_thread[blk] = tid;
         const float* b = stage(base, off, len, scratch.buf(0));
         for (int a : windowed) {
-          const float* x = stage(xs[active[a]], off, len, scratch.buf(1));
           const uint32_t bk = win_lo[a];
           int64_t above_bk = 0;
-          for (int64_t j = 0; j < len; ++j) {
-            kb[j] = mag_key(x[j] - b[j]);
-            above_bk += (kb[j] >> 16) > bk;
-          }
+          visit_input_dtype(xs[active[a]].dt, [&](auto tag) {
+            constexpr DType D = decltype(tag)::value;
+            const void* xp = xs[active[a]].ptr;
+            for (int64_t j = 0; j < len; ++j) {  // x converted as read, no staging
+              const uint32_t key = mag_key(load_f32<D>(xp, off + j) - b[j]);
+              kb[j] = key;
+              above_bk += (key >> 16) > bk;
+            }
+          });
           gt[a] += above_bk;
           if (over[a]) continue;
           Candidates& list = cand[tid * A + a];
@@ -407,74 +411,156 @@ inline void apply_keep(const KeepRule& r, int64_t blk, int64_t len, float* d) {
   }
 }
 
+// One model's pass over a block of the apply: wd = keep(x - b) * wi (zeroed where dropped),
+// stored to `wd` when the consensus needs it, and added to the running sum `mixed` (which
+// starts from 0.0f + wd for the first model, as the reference's sum() does). x is converted
+// as it is read: no staging buffer.
+template <DType D, bool Mag, bool Consensus, bool First>
+inline void weigh_block(const void* xp, int64_t off, const float* b, int64_t len,
+                        uint32_t teff, float wi, float* wd, float* mixed) {
+  for (int64_t j = 0; j < len; ++j) {
+    float d = load_f32<D>(xp, off + j) - b[j];
+    if constexpr (Mag) d = mag_key(d) >= teff ? d : 0.0f;
+    const float v = d * wi;
+    if constexpr (Consensus) wd[j] = v;
+    mixed[j] = (First ? 0.0f : mixed[j]) + v;
+  }
+}
+
+// The TIES result of a block for KK models (KK > 0: unrolled; KK == 0: any K, looping over
+// the models with accumulators in `acc` / `dacc`): mixed holds sum_i wd_i, whose sign is
+// elected (0 counts as +); then the agreeing weighted deltas and their weights are summed
+// (zero deltas never agree; sign * wd is exact, NaN never agrees), divided, scaled, added
+// to base and rounded once to the output dtype. Branch free (the signs are random).
+template <int KK>
+inline void consensus_block(const float* const* wd, const float* w, int K,
+                            const float* __restrict b, const float* __restrict mixed,
+                            bool normalize, bool scale, float lambda, float* __restrict out,
+                            int64_t len, float* __restrict acc, float* __restrict dacc) {
+  if constexpr (KK > 0) {
+    const float* __restrict p[KK];
+    float wl[KK];
+    for (int i = 0; i < KK; ++i) {
+      p[i] = wd[i];
+      wl[i] = w[i];
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      const float sgn = mixed[j] >= 0.0f ? 1.0f : -1.0f;
+      float a = 0.0f, da = 0.0f;
+      for (int i = 0; i < KK; ++i) {
+        const float v = p[i][j];
+        const bool agree = sgn * v > 0.0f;
+        a = a + (agree ? v : 0.0f);
+        da = da + (agree ? wl[i] : 0.0f);
+      }
+      float r = a;
+      if (normalize) r = r / (da == 0.0f ? 1.0f : da);
+      if (scale) r = r * lambda;
+      out[j] = b[j] + r;
+    }
+  } else {
+    for (int64_t j = 0; j < len; ++j) {
+      acc[j] = 0.0f;
+      dacc[j] = 0.0f;
+    }
+    for (int i = 0; i < K; ++i) {
+      const float* wdi = wd[i];
+      const float wi = w[i];
+      for (int64_t j = 0; j < len; ++j) {
+        const bool agree = (mixed[j] >= 0.0f ? 1.0f : -1.0f) * wdi[j] > 0.0f;
+        acc[j] = acc[j] + (agree ? wdi[j] : 0.0f);
+        dacc[j] = dacc[j] + (agree ? wi : 0.0f);
+      }
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      float r = acc[j];
+      if (normalize) r = r / (dacc[j] == 0.0f ? 1.0f : dacc[j]);
+      if (scale) r = r * lambda;
+      out[j] = b[j] + r;
+    }
+  }
+}
+
 template <Sparsify S, bool Consensus>
 void apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
            const std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
            const Dst& dst, int64_t n) {
   static_assert(S == Sparsify::None || S == Sparsify::Magnitude,
                 "magnitude_outliers and random sparsification are not implemented yet");
+  constexpr bool Mag = S == Sparsify::Magnitude;
   const int K = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
   const bool scale = lambda != 1.0f;
-#pragma omp parallel num_threads(num_threads())
+  advise_huge_pages(dst.ptr, static_cast<size_t>(n) * dtype_size(dst.dt));
+#pragma omp parallel num_threads(num_threads(n))
   {
-    // buffers: 0 base, 1 staged x, 2 mixed, 3 divisor, 4.. weighted deltas (consensus)
-    Scratch scratch(4 + (Consensus ? K : 1));
-    float* mixed = scratch.buf(2);
-    float* div = scratch.buf(3);
+    // buffers: 0 base, 1 mixed, 2 delta (tie-cut block), 3 acc, 4 dacc, 5.. weighted deltas
+    Scratch scratch(5 + (Consensus ? K : 0));
+    float* mixed = scratch.buf(1);
+    std::vector<float*> wd(K, nullptr);
+    if constexpr (Consensus) {
+      for (int i = 0; i < K; ++i) wd[i] = scratch.buf(5 + i);
+    }
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < nb; ++blk) {
       const int64_t off = blk * kBlock;
       const int64_t len = std::min(kBlock, n - off);
       const float* b = stage(base, off, len, scratch.buf(0));
-      for (int64_t j = 0; j < len; ++j) mixed[j] = 0.0f;
       for (int i = 0; i < K; ++i) {
-        const float* x = stage(xs[i], off, len, scratch.buf(1));
-        float* wd = scratch.buf(4 + (Consensus ? i : 0));
-        deltas(x, b, len, wd);
-        if constexpr (S == Sparsify::Magnitude) apply_keep(rules[i], blk, len, wd);
+        uint32_t teff = 0;
+        int64_t rem = 0;
+        bool whole = true;  // the block's rule is key >= teff
+        if constexpr (Mag) whole = rules[i].block_rule(blk, teff, rem);
         const float wi = w[i];
-        for (int64_t j = 0; j < len; ++j) wd[j] = wd[j] * wi;
-        // the running sum: the elected sign (consensus) or the mixed delta (no consensus)
-        for (int64_t j = 0; j < len; ++j) mixed[j] = mixed[j] + wd[j];
-      }
-      if constexpr (Consensus) {
-        // mixed holds sum_i wd_i: elect its sign (0 counts as +), then sum the agreeing
-        // weighted deltas and their weights. Zero deltas never agree.
-        float* sum = div;  // reuse: sign in `sum`, then div accumulates in `mixed`'s place
-        for (int64_t j = 0; j < len; ++j) sum[j] = mixed[j] >= 0.0f ? 1.0f : -1.0f;
-        float* acc = mixed;
-        float* dacc = scratch.buf(1);  // x staging buffer is free now
-        for (int64_t j = 0; j < len; ++j) {
-          acc[j] = 0.0f;
-          dacc[j] = 0.0f;
-        }
-        for (int i = 0; i < K; ++i) {
-          const float* wd = scratch.buf(4 + i);
-          const float wi = w[i];
-          // branch free (the signs are random: a nested ?: here compiled to branches that
-          // mispredict half the time, 8x slower); sign * wd is exact, NaN never agrees
+        float* wdi = wd[i];
+        if (whole) {
+          visit_input_dtype(xs[i].dt, [&](auto tag) {
+            constexpr DType D = decltype(tag)::value;
+            if (i == 0) {
+              weigh_block<D, Mag, Consensus, true>(xs[i].ptr, off, b, len, teff, wi, wdi, mixed);
+            } else {
+              weigh_block<D, Mag, Consensus, false>(xs[i].ptr, off, b, len, teff, wi, wdi, mixed);
+            }
+          });
+        } else {  // the one block where model i's tie quota runs out: walk it in flat order
+          float* d = scratch.buf(2);
+          const float* x = stage(xs[i], off, len, d);
+          deltas(x, b, len, d);
+          const KeepRule& r = rules[i];
           for (int64_t j = 0; j < len; ++j) {
-            const bool agree = sum[j] * wd[j] > 0.0f;
-            acc[j] = acc[j] + (agree ? wd[j] : 0.0f);
-            dacc[j] = dacc[j] + (agree ? wi : 0.0f);
+            const uint32_t key = mag_key(d[j]);
+            bool kept = key > r.thr;
+            if (key == r.thr) kept = rem-- > 0;
+            d[j] = kept ? d[j] : 0.0f;
+          }
+          for (int64_t j = 0; j < len; ++j) {
+            const float v = d[j] * wi;
+            if constexpr (Consensus) wdi[j] = v;
+            mixed[j] = (i == 0 ? 0.0f : mixed[j]) + v;
           }
         }
-        for (int64_t j = 0; j < len; ++j) {
-          float r = acc[j];
-          if (normalize) r = r / (dacc[j] == 0.0f ? 1.0f : dacc[j]);
-          if (scale) r = r * lambda;
-          mixed[j] = b[j] + r;
+      }
+      float* res = scratch.buf(2);
+      if constexpr (Consensus) {
+        const float* const* wp = wd.data();
+        float* acc = scratch.buf(3);
+        float* dacc = scratch.buf(4);
+        switch (K) {
+          case 1: consensus_block<1>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+          case 2: consensus_block<2>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+          case 3: consensus_block<3>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+          case 4: consensus_block<4>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+          default: consensus_block<0>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc);
         }
       } else {
         for (int64_t j = 0; j < len; ++j) {
           float r = mixed[j];
           if (normalize) r = r / divisor;
           if (scale) r = r * lambda;
-          mixed[j] = b[j] + r;
+          res[j] = b[j] + r;
         }
       }
-      store(dst, off, len, mixed);
+      store(dst, off, len, res);
     }
   }
 }
