@@ -20,8 +20,8 @@ def _linear_kernel(xs, ws, out_ptr, n, total, DIVIDE: tl.constexpr, BLOCK: tl.co
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for i in tl.static_range(len(xs)):
         acc = acc + ws[i] * load_f32(xs[i], offs, mask)
-    if DIVIDE:
-        acc = acc / total
+    if DIVIDE:  # IEEE-rounded division (`/` is approximate on NVIDIA GPUs): matches the CPU
+        acc = tl.math.div_rn(acc, total)
     store_f32(out_ptr, offs, acc, mask)
 
 
