@@ -89,6 +89,9 @@ struct Candidates {
 };
 constexpr int64_t kCandidateShare = 4;
 
+// At most this many elements: the single-threaded selection by nth_element.
+constexpr int64_t kSmallSelect = 1 << 16;
+
 std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
                                        const std::vector<int64_t>& keep, int64_t n) {
   const int K = static_cast<int>(xs.size());
@@ -107,6 +110,52 @@ std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& 
   }
   if (active.empty()) return rules;
   const int A = static_cast<int>(active.size());
+
+  // ---- small tensors (layer norms, biases): one thread, the keys in a vector and
+  // nth_element; the histograms below cost ~0.35 ms per call to set up (measured: TIES of
+  // 3 x 1024 bf16 elements took 364 us in the kernel, 17 us with this path).
+  if (n <= kSmallSelect) {
+    std::vector<uint32_t> keys(n), tmp(n);
+    Scratch scratch(1);
+    for (int a = 0; a < A; ++a) {
+      const Src& x = xs[active[a]];
+      for (int64_t off = 0; off < n; off += kBlock) {
+        const int64_t len = std::min(kBlock, n - off);
+        const float* b = stage(base, off, len, scratch.buf(0));
+        visit_input_dtype(x.dt, [&](auto tag) {
+          constexpr DType D = decltype(tag)::value;
+          for (int64_t j = 0; j < len; ++j) keys[off + j] = mag_key(load_f32<D>(x.ptr, off + j) - b[j]);
+        });
+      }
+      const int64_t k = keep[active[a]];
+      tmp = keys;
+      std::nth_element(tmp.begin(), tmp.begin() + (n - k), tmp.end());
+      const uint32_t t = tmp[n - k];
+      int64_t gt = 0, eq = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        gt += keys[j] > t;
+        eq += keys[j] == t;
+      }
+      KeepRule& r = rules[active[a]];
+      r.thr = t;
+      r.quota = k - gt;
+      r.cut = r.quota < eq;
+      if (r.cut) {
+        r.eq_in.assign(nb, 0);
+        r.eq_before.assign(nb, 0);
+        int64_t run = 0;
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t off = blk * kBlock, len = std::min(kBlock, n - off);
+          int64_t c = 0;
+          for (int64_t j = 0; j < len; ++j) c += keys[off + j] == t;
+          r.eq_in[blk] = c;
+          r.eq_before[blk] = run;
+          run += c;
+        }
+      }
+    }
+    return rules;
+  }
 
   // ---- predicted buckets (a window [win_lo, win_hi] of one bucket; empty: lo > hi)
   std::vector<uint32_t> win_lo(A, 1), win_hi(A, 0);
