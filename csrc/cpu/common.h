@@ -33,6 +33,29 @@
 
 namespace mergefast {
 
+// Helpers called from the hot loops are always inlined, so that a caller compiled for
+// another instruction set (the AVX2 clones of the TIES kernel) vectorises them with its own.
+#if defined(__GNUC__)
+#define MF_INLINE inline __attribute__((always_inline))
+#else
+#define MF_INLINE inline
+#endif
+
+// x86-64: hot block functions get an AVX2 clone, picked at run time (the build itself must
+// run on any x86-64, so no -march flags). Same IEEE float32 results (no FMA: the clone
+// enables avx2 only, and -ffp-contract=off), wider vectors.
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MF_AVX2_CLONES 1
+#define MF_TARGET_AVX2 __attribute__((target("avx2")))
+inline bool cpu_has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#else
+#define MF_AVX2_CLONES 0
+inline bool cpu_has_avx2() { return false; }
+#endif
+
 // Elements per block. 2048 floats = 8 KiB per staged input, so base + 3 models + 3 weighted
 // deltas stay in L2 on a 2-core EPYC (measured: 1024 / 2048 / 4096 / 8192 gave TIES 7B-layer
 // times within 5 % of each other; 2048 was the best).
@@ -65,13 +88,13 @@ inline Src make_src(const at::Tensor& t, const char* op) {
   return Src{t.data_ptr(), dt};
 }
 
-inline float bits_to_f32(uint32_t u) {
+MF_INLINE float bits_to_f32(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
 }
 
-inline uint32_t f32_to_bits(float f) {
+MF_INLINE uint32_t f32_to_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
@@ -79,7 +102,7 @@ inline uint32_t f32_to_bits(float f) {
 
 // IEEE half -> float, branch free (the classic exponent-rebias trick; exact for every input,
 // subnormals included).
-inline float half_to_f32(uint16_t h) {
+MF_INLINE float half_to_f32(uint16_t h) {
   const uint32_t w = static_cast<uint32_t>(h) << 16;
   const uint32_t sign = w & 0x80000000u;
   const uint32_t two_w = w + w;
@@ -90,7 +113,7 @@ inline float half_to_f32(uint16_t h) {
 }
 
 // float -> IEEE half, round to nearest even (same result as torch's .to(torch.float16)).
-inline uint16_t f32_to_half(float f) {
+MF_INLINE uint16_t f32_to_half(float f) {
   float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
   const uint32_t w = f32_to_bits(f);
   const uint32_t shl1_w = w + w;
@@ -104,7 +127,7 @@ inline uint16_t f32_to_half(float f) {
 }
 
 // float -> bfloat16, round to nearest even, NaN -> canonical quiet NaN (as c10::BFloat16).
-inline uint16_t f32_to_bf16(float f) {
+MF_INLINE uint16_t f32_to_bf16(float f) {
   const uint32_t u = f32_to_bits(f);
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
   return static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
@@ -112,7 +135,7 @@ inline uint16_t f32_to_bf16(float f) {
 
 // Returns a pointer to n float32 values of `s` starting at element `off`: the input itself
 // for float32 inputs, else `buf` after conversion.
-inline const float* stage(const Src& s, int64_t off, int64_t n, float* buf) {
+MF_INLINE const float* stage(const Src& s, int64_t off, int64_t n, float* buf) {
   switch (s.dt) {
     case DType::F32:
       return static_cast<const float*>(s.ptr) + off;
@@ -136,7 +159,7 @@ inline const float* stage(const Src& s, int64_t off, int64_t n, float* buf) {
 // (instead of staging a whole block first). D is a template parameter: pick it once per
 // block with visit_dtype().
 template <DType D>
-inline float load_f32(const void* p, int64_t i) {
+MF_INLINE float load_f32(const void* p, int64_t i) {
   if constexpr (D == DType::F32) {
     return static_cast<const float*>(p)[i];
   } else if constexpr (D == DType::BF16) {
@@ -150,7 +173,7 @@ inline float load_f32(const void* p, int64_t i) {
 
 // Stores float32 v as element i of an output of dtype D (rounded once, as store()).
 template <DType D>
-inline void store_f32(void* p, int64_t i, float v) {
+MF_INLINE void store_f32(void* p, int64_t i, float v) {
   if constexpr (D == DType::F32) {
     static_cast<float*>(p)[i] = v;
   } else if constexpr (D == DType::BF16) {
@@ -216,7 +239,7 @@ inline Dst make_dst(const at::Tensor& t, const char* op) {
   return Dst{t.data_ptr(), dtype_of(t, op)};
 }
 
-inline void store(const Dst& d, int64_t off, int64_t n, const float* v) {
+MF_INLINE void store(const Dst& d, int64_t off, int64_t n, const float* v) {
   switch (d.dt) {
     case DType::F32:
       std::memcpy(static_cast<float*>(d.ptr) + off, v, n * sizeof(float));

@@ -25,7 +25,7 @@ namespace {
 constexpr int kHiBins = 1 << 15;  // top 15 bits of the 31-bit key
 constexpr int kLoBins = 1 << 16;  // low 16 bits
 
-inline uint32_t mag_key(float d) {
+MF_INLINE uint32_t mag_key(float d) {
   return f32_to_bits(d) & 0x7FFFFFFFu;
 }
 
@@ -55,7 +55,7 @@ struct KeepRule {
 };
 
 // Deltas of model `x` against staged base `b` into `d`.
-inline void deltas(const float* x, const float* b, int64_t len, float* d) {
+MF_INLINE void deltas(const float* x, const float* b, int64_t len, float* d) {
   for (int64_t j = 0; j < len; ++j) d[j] = x[j] - b[j];
 }
 
@@ -465,7 +465,7 @@ inline void apply_keep(const KeepRule& r, int64_t blk, int64_t len, float* d) {
 // starts from 0.0f + wd for the first model, as the reference's sum() does). x is converted
 // as it is read: no staging buffer.
 template <DType D, bool Mag, bool Consensus, bool First>
-inline void weigh_block(const void* xp, int64_t off, const float* b, int64_t len,
+MF_INLINE void weigh_block(const void* xp, int64_t off, const float* b, int64_t len,
                         uint32_t teff, float wi, float* wd, float* mixed) {
   for (int64_t j = 0; j < len; ++j) {
     float d = load_f32<D>(xp, off + j) - b[j];
@@ -482,7 +482,7 @@ inline void weigh_block(const void* xp, int64_t off, const float* b, int64_t len
 // (zero deltas never agree; sign * wd is exact, NaN never agrees), divided, scaled, added
 // to base and rounded once to the output dtype. Branch free (the signs are random).
 template <int KK>
-inline void consensus_block(const float* const* wd, const float* w, int K,
+MF_INLINE void consensus_block(const float* const* wd, const float* w, int K,
                             const float* __restrict b, const float* __restrict mixed,
                             bool normalize, bool scale, float lambda, float* __restrict out,
                             int64_t len, float* __restrict acc, float* __restrict dacc) {
@@ -530,87 +530,142 @@ inline void consensus_block(const float* const* wd, const float* w, int K,
   }
 }
 
+// Everything the apply does to one block (the loop body of apply()).
+struct ApplyArgs {
+  const Src* base;
+  const std::vector<Src>* xs;
+  const float* w;
+  const KeepRule* rules;
+  bool normalize, scale;
+  float divisor, lambda;
+  Dst dst;
+  int64_t n;
+  int K;
+};
+
+template <DType D, bool Mag, bool Consensus>
+MF_INLINE void weigh_block_first_or_not(bool first, const void* xp, int64_t off, const float* b,
+                                        int64_t len, uint32_t teff, float wi, float* wd,
+                                        float* mixed) {
+  if (first) {
+    weigh_block<D, Mag, Consensus, true>(xp, off, b, len, teff, wi, wd, mixed);
+  } else {
+    weigh_block<D, Mag, Consensus, false>(xp, off, b, len, teff, wi, wd, mixed);
+  }
+}
+
+template <Sparsify S, bool Consensus>
+MF_INLINE void apply_block_impl(const ApplyArgs& a, float* const* bufs, float* const* wd,
+                                int64_t blk) {
+  constexpr bool Mag = S == Sparsify::Magnitude;
+  const int K = a.K;
+  const int64_t off = blk * kBlock;
+  const int64_t len = std::min(kBlock, a.n - off);
+  const float* b = stage(*a.base, off, len, bufs[0]);
+  float* mixed = bufs[1];
+  for (int i = 0; i < K; ++i) {
+    const Src& x = (*a.xs)[i];
+    uint32_t teff = 0;
+    int64_t rem = 0;
+    bool whole = true;  // the block's rule is key >= teff
+    if constexpr (Mag) whole = a.rules[i].block_rule(blk, teff, rem);
+    const float wi = a.w[i];
+    float* wdi = wd[i];
+    if (whole) {
+      switch (x.dt) {
+        case DType::BF16:
+          weigh_block_first_or_not<DType::BF16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
+          break;
+        case DType::F16:
+          weigh_block_first_or_not<DType::F16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
+          break;
+        default:
+          weigh_block_first_or_not<DType::F32, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
+      }
+    } else {  // the one block where model i's tie quota runs out: walk it in flat order
+      float* d = bufs[2];
+      const float* xv = stage(x, off, len, d);
+      deltas(xv, b, len, d);
+      const KeepRule& r = a.rules[i];
+      for (int64_t j = 0; j < len; ++j) {
+        const uint32_t key = mag_key(d[j]);
+        bool kept = key > r.thr;
+        if (key == r.thr) kept = rem-- > 0;
+        d[j] = kept ? d[j] : 0.0f;
+      }
+      for (int64_t j = 0; j < len; ++j) {
+        const float v = d[j] * wi;
+        if constexpr (Consensus) wdi[j] = v;
+        mixed[j] = (i == 0 ? 0.0f : mixed[j]) + v;
+      }
+    }
+  }
+  float* res = bufs[2];
+  const bool normalize = a.normalize, scale = a.scale;
+  const float lambda = a.lambda;
+  if constexpr (Consensus) {
+    float* acc = bufs[3];
+    float* dacc = bufs[4];
+    switch (K) {
+      case 1: consensus_block<1>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+      case 2: consensus_block<2>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+      case 3: consensus_block<3>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+      case 4: consensus_block<4>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
+      default: consensus_block<0>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc);
+    }
+  } else {
+    const float divisor = a.divisor;
+    for (int64_t j = 0; j < len; ++j) {
+      float r = mixed[j];
+      if (normalize) r = r / divisor;
+      if (scale) r = r * lambda;
+      res[j] = b[j] + r;
+    }
+  }
+  store(a.dst, off, len, res);
+}
+
+template <Sparsify S, bool Consensus>
+void apply_block_default(const ApplyArgs& a, float* const* bufs, float* const* wd, int64_t blk) {
+  apply_block_impl<S, Consensus>(a, bufs, wd, blk);
+}
+
+#if MF_AVX2_CLONES
+template <Sparsify S, bool Consensus>
+MF_TARGET_AVX2 void apply_block_avx2(const ApplyArgs& a, float* const* bufs, float* const* wd,
+                                     int64_t blk) {
+  apply_block_impl<S, Consensus>(a, bufs, wd, blk);
+}
+#endif
+
 template <Sparsify S, bool Consensus>
 void apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
            const std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
            const Dst& dst, int64_t n) {
   static_assert(S == Sparsify::None || S == Sparsify::Magnitude,
                 "magnitude_outliers and random sparsification are not implemented yet");
-  constexpr bool Mag = S == Sparsify::Magnitude;
   const int K = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
-  const bool scale = lambda != 1.0f;
+  const ApplyArgs args{&base, &xs, w.data(), rules.empty() ? nullptr : rules.data(),
+                       normalize, lambda != 1.0f, divisor, lambda, dst, n, K};
+  auto block = &apply_block_default<S, Consensus>;
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) block = &apply_block_avx2<S, Consensus>;
+#endif
   advise_huge_pages(dst.ptr, static_cast<size_t>(n) * dtype_size(dst.dt));
 #pragma omp parallel num_threads(num_threads(n))
   {
-    // buffers: 0 base, 1 mixed, 2 delta (tie-cut block), 3 acc, 4 dacc, 5.. weighted deltas
+    // buffers: 0 base, 1 mixed, 2 delta (tie-cut block) / result, 3 acc, 4 dacc,
+    // 5.. weighted deltas (consensus)
     Scratch scratch(5 + (Consensus ? K : 0));
-    float* mixed = scratch.buf(1);
+    float* bufs[5];
+    for (int q = 0; q < 5; ++q) bufs[q] = scratch.buf(q);
     std::vector<float*> wd(K, nullptr);
     if constexpr (Consensus) {
       for (int i = 0; i < K; ++i) wd[i] = scratch.buf(5 + i);
     }
 #pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const int64_t off = blk * kBlock;
-      const int64_t len = std::min(kBlock, n - off);
-      const float* b = stage(base, off, len, scratch.buf(0));
-      for (int i = 0; i < K; ++i) {
-        uint32_t teff = 0;
-        int64_t rem = 0;
-        bool whole = true;  // the block's rule is key >= teff
-        if constexpr (Mag) whole = rules[i].block_rule(blk, teff, rem);
-        const float wi = w[i];
-        float* wdi = wd[i];
-        if (whole) {
-          visit_input_dtype(xs[i].dt, [&](auto tag) {
-            constexpr DType D = decltype(tag)::value;
-            if (i == 0) {
-              weigh_block<D, Mag, Consensus, true>(xs[i].ptr, off, b, len, teff, wi, wdi, mixed);
-            } else {
-              weigh_block<D, Mag, Consensus, false>(xs[i].ptr, off, b, len, teff, wi, wdi, mixed);
-            }
-          });
-        } else {  // the one block where model i's tie quota runs out: walk it in flat order
-          float* d = scratch.buf(2);
-          const float* x = stage(xs[i], off, len, d);
-          deltas(x, b, len, d);
-          const KeepRule& r = rules[i];
-          for (int64_t j = 0; j < len; ++j) {
-            const uint32_t key = mag_key(d[j]);
-            bool kept = key > r.thr;
-            if (key == r.thr) kept = rem-- > 0;
-            d[j] = kept ? d[j] : 0.0f;
-          }
-          for (int64_t j = 0; j < len; ++j) {
-            const float v = d[j] * wi;
-            if constexpr (Consensus) wdi[j] = v;
-            mixed[j] = (i == 0 ? 0.0f : mixed[j]) + v;
-          }
-        }
-      }
-      float* res = scratch.buf(2);
-      if constexpr (Consensus) {
-        const float* const* wp = wd.data();
-        float* acc = scratch.buf(3);
-        float* dacc = scratch.buf(4);
-        switch (K) {
-          case 1: consensus_block<1>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-          case 2: consensus_block<2>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-          case 3: consensus_block<3>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-          case 4: consensus_block<4>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-          default: consensus_block<0>(wp, w.data(), K, b, mixed, normalize, scale, lambda, res, len, acc, dacc);
-        }
-      } else {
-        for (int64_t j = 0; j < len; ++j) {
-          float r = mixed[j];
-          if (normalize) r = r / divisor;
-          if (scale) r = r * lambda;
-          res[j] = b[j] + r;
-        }
-      }
-      store(dst, off, len, res);
-    }
+    for (int64_t blk = 0; blk < nb; ++blk) block(args, bufs, wd.data(), blk);
   }
 }
 
