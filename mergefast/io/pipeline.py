@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 _POLL = 0.1  # seconds between checks of the stop flag while blocked
@@ -24,15 +24,12 @@ _DONE = object()
 
 @dataclass
 class StageTimes:
-    """Busy seconds per stage and bytes moved, for the end-of-run summary."""
+    """Busy seconds per stage and the wall time of the run, for the end-of-run summary."""
 
     read_s: float = 0.0
     merge_s: float = 0.0
     write_s: float = 0.0
-    read_bytes: int = 0
-    written_bytes: int = 0
     wall_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class _Budget:
