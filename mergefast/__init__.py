@@ -28,7 +28,8 @@ def merge(config_or_path, out_path: str | Path, **options):
     """Run a merge from a config (path, YAML text or MergeConfig) into the folder `out_path`.
 
     `options` are named like the `mergefast yaml` flags with underscores (`cuda=True`,
-    `out_shard_size="1B"`, `copy_tokenizer=False`, ...). Returns the run's RunSummary (bytes, per-stage seconds, peak RSS, backends).
+    `out_shard_size="1B"`, `copy_tokenizer=False`, ...). Returns the run's RunSummary
+    (bytes moved, busy seconds per stage, wall time, peak RSS, kernel backends).
     """
     from .config import load_config as _load
     from .execute import execute
