@@ -11,7 +11,6 @@ bf16 facts used below: bf16 keeps 8 significant bits, so in [1, 2) the spacing i
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -150,7 +150,7 @@ def test_tokenizer_block_defaults_to_union_and_mean_rule(zoo, tmp_path):
     out = tmp_path / "out"
     merge(text, str(out), quiet=True)
     vocab = out_vocab(out)
-    c, b, a, m = weights(zoo["chatml"]), weights(zoo["big"]), weights(zoo["base"]), weights(out)
+    c, b, m = weights(zoo["chatml"]), weights(zoo["big"]), weights(out)
     assert len(vocab) == 38  # chatml's 34 (base of the union: first model), w28..w31
     assert vocab["<|im_start|>"] == 32 and vocab["w28"] == 34
     # weight 1 on chatml: rows are chatml's own where it has the token, else the default,

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 _POLL = 0.1  # seconds between checks of the stop flag while blocked
 _STOP_WAIT = 1.5  # seconds the stages get to stop after a failure or Ctrl-C
