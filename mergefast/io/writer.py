@@ -97,11 +97,18 @@ def _encode_header(shard: list[OutputTensor], metadata: dict[str, str]) -> tuple
     return len(raw).to_bytes(8, "little") + raw, offsets
 
 
+# Bytes written to a shard between two fdatasync calls. Flushing as the merge goes keeps the
+# final fsync short instead of writing the whole shard back at the very end (TIES of the
+# 0.3B family on the 2-core box, side by side: 1.65x -> 1.58x the IO floor).
+FLUSH_EVERY = 64 << 20
+
+
 class _Shard:
     def __init__(self, path: Path, count: int):
         self.path = path
         self.remaining = count
         self.fd: int | None = None
+        self.unflushed = 0
         self.lock = threading.Lock()
 
 
@@ -178,6 +185,13 @@ class ShardedWriter:
                         shard.fd = os.open(shard.path, os.O_WRONLY)
                     fd = shard.fd
                 _pwrite_all(fd, memoryview(data.numpy()), offset, shard.path)
+                with shard.lock:
+                    shard.unflushed += planned.nbytes
+                    flush = shard.unflushed >= FLUSH_EVERY and shard.fd is not None
+                    if flush:
+                        shard.unflushed = 0
+                if flush:
+                    os.fdatasync(fd)
         except BaseException:
             with self._lock:
                 self._written.discard(name)
