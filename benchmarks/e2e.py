@@ -25,7 +25,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples"))
-from make_models import _config_dict, write_tokenizer  # noqa: E402
+from make_models import _config_dict, llama_tensor_shapes, write_tokenizer  # noqa: E402
 
 from mergefast.io.writer import OutputTensor, ShardedWriter  # noqa: E402
 
@@ -41,20 +41,6 @@ CONFIGS = {
     "passthrough": "merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {ft1}, layer_range: [0, {half}]}}\n"
                    "  - sources:\n      - {{model: {ft2}, layer_range: [{half}, {layers}]}}\ndtype: bfloat16\n",
 }
-
-
-def llama_shapes(layers, hidden, inter, heads, kv, vocab):
-    """Tensor name -> shape of an untied Llama."""
-    head = hidden // heads
-    shapes = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes |= {p + "input_layernorm.weight": (hidden,), p + "self_attn.q_proj.weight": (hidden, hidden),
-                   p + "self_attn.k_proj.weight": (kv * head, hidden), p + "self_attn.v_proj.weight": (kv * head, hidden),
-                   p + "self_attn.o_proj.weight": (hidden, hidden), p + "post_attention_layernorm.weight": (hidden,),
-                   p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-                   p + "mlp.down_proj.weight": (hidden, inter)}
-    return shapes | {"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
 
 
 def make_model(folder: Path, shapes: dict, seed: int, size: tuple, base_seed: int | None) -> None:
@@ -79,7 +65,9 @@ def make_model(folder: Path, shapes: dict, seed: int, size: tuple, base_seed: in
 def make_family(root: Path, size_name: str) -> dict[str, Path]:
     """base, ft1, ft2, ft3 under root/size_name (made once, reused)."""
     size = SIZES[size_name]
-    shapes = llama_shapes(*size)
+    layers, hidden, inter, heads, kv, vocab = size
+    shapes = llama_tensor_shapes(layers=layers, vocab=vocab, hidden=hidden, intermediate=inter,
+                                 heads=heads, kv_heads=kv, tie_word_embeddings=False)
     folders = {n: root / size_name / n for n in ("base", "ft1", "ft2", "ft3")}
     for seed, (name, folder) in enumerate(folders.items()):
         if not (folder / "config.json").exists():

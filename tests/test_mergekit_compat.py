@@ -418,7 +418,11 @@ def compare_outputs(expected: dict[str, torch.Tensor], actual: dict[str, torch.T
 
 def _input_scale(case: str, models) -> dict[str, float]:
     """Per output tensor name: the largest |value| over all inputs' tensors of that shape kind."""
-    cfg = CASES[case](models)
+    return input_scale_of(CASES[case](models), models)
+
+
+def input_scale_of(cfg: dict, models) -> dict[str, float]:
+    """The same for a config dict: every model it reads (models, slice sources, base)."""
     paths = []
     if cfg.get("base_model"):
         paths.append(cfg["base_model"])

@@ -38,6 +38,7 @@ from test_mergekit_compat import (  # noqa: E402  (shared helpers; read-only)
     MERGEKIT_YAML,
     _env,
     _scale_for,
+    input_scale_of,
     compare_outputs,
     load_folder,
     make_models,
@@ -384,17 +385,7 @@ def _run_mergefast(case: str, workdir: Path) -> Path:
 
 def _input_scale(case: str, models) -> dict[str, float]:
     """Per tensor name (layer index stripped): the largest |value| over the case's inputs."""
-    cfg = CASES[case](models)
-    paths = [m["model"] for m in cfg["models"]]
-    if cfg.get("base_model"):
-        paths.append(cfg["base_model"])
-    by_path = {str(folder): t for folder, t in models.values()}
-    scale: dict[str, float] = {}
-    for p in paths:
-        for name, t in by_path[p].items():
-            key = ".".join(x for x in name.split(".") if not x.isdigit())
-            scale[key] = max(scale.get(key, 0.0), float(t.abs().max()))
-    return scale
+    return input_scale_of(CASES[case](models), models)
 
 
 # ---------------------------------------------------------------------------------------------
