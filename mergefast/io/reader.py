@@ -25,10 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from .safetensors_header import (  # noqa: F401 - re-exported: the writer, hub and tests import them from here
-    MAX_HEADER_BYTES,
-    SAFETENSORS_DTYPES,
-    TORCH_TO_SAFETENSORS,
+from .safetensors_header import (  # noqa: F401 - TensorInfo and the header parser are re-exported
     TensorInfo,
     read_safetensors_header,
 )

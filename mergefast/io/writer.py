@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from .reader import TORCH_TO_SAFETENSORS
+from .safetensors_header import TORCH_TO_SAFETENSORS
 
 INDEX_NAME = "model.safetensors.index.json"
 

@@ -20,7 +20,7 @@ from .nearswap import nearswap
 from .nuslerp import nuslerp
 from .ram import ram
 from .sce import sce
-from .spec import REQUIRED, MergeContext, MethodSpec, Param  # noqa: F401 - re-exported for importers
+from .spec import MergeContext, MethodSpec, Param  # noqa: F401 - re-exported for importers
 from .task_arithmetic import DellaRangeError, check_della_range
 from .task_arithmetic import task_arithmetic as task_arithmetic_reference
 
