@@ -20,11 +20,9 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .errors import ConfigError, MergeError
+from .methods.linear import ZERO_WEIGHT_SUM
 
 log = logging.getLogger("mergefast")
-
-# Below this |sum of weights| a normalised linear merge has no result (as methods.linear).
-ZERO_WEIGHT_SUM = 1e-8
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
