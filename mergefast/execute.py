@@ -82,19 +82,18 @@ def _processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
 
 def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary) -> None:
     outputs = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
-    staging = staging_for(plan, options.math_device)
+    out_bytes = {o.name: o.nbytes for o in outputs}
+    budget = options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs))
+    staging = staging_for(plan, options.math_device, budget)
     total = sum(j.read_bytes for j in plan.jobs)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
-    out_bytes = {o.name: o.nbytes for o in outputs}
     try:
         with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=options.quiet) as bar:
             def write(job, pending):
-                writer.write(job.name, staging.result(pending))
+                staging.write(pending, lambda tensor: writer.write(job.name, tensor))
 
             def merge(job, staged):
-                out = merge_job(plan, job, staging.inputs(job, staged), options.random_seed)
-                staging.recycle(staged, out)
-                return staging.to_host(out)
+                return staging.merge(job, staged, lambda j, tensors: merge_job(plan, j, tensors, options.random_seed))
 
             def done(job):
                 stats.tensors += 1
@@ -103,12 +102,13 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
 
             stages = run_pipeline(
                 _processing_order(plan.jobs), staging.read, merge, write, cost=lambda job: job.read_bytes + out_bytes[job.name],
-                budget=options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs)),
-                progress=done)
+                budget=budget, progress=done)
         writer.finish()
     except BaseException:
         writer.abort()
         raise
+    finally:
+        staging.close()  # a stage still waiting for a pinned slot stops now
     stats.written_bytes = sum(out_bytes.values())
     stats.read_s, stats.merge_s, stats.write_s = stages.read_s, stages.merge_s, stages.write_s
     stats.h2d_s, stats.d2h_s = staging.copy_seconds()

@@ -1,18 +1,18 @@
 """Moving job data between the input files, the math device and the writer.
 
-`HostStaging` (CPU merges) reads straight into CPU tensors. `CudaStaging` reads into pinned
-host buffers, copies them to the GPU on a separate copy stream (an event tells the compute
-stream when they have landed), and copies results back into pinned buffers without
-blocking the compute stream; the writer thread waits for that copy only when it writes.
-So the reads and H2D copies of job i+1, the merge of job i and the D2H copy and write of
-job i-1 overlap. Inputs never go through `safe_open(device="cuda")`.
+A staging object serves the three pipeline stages (execute.py): `read(job)` in the reader
+thread, `merge(job, staged, merge_fn)` in the merge thread, `write(pending, sink)` in the
+writer thread. `HostStaging` (CPU merges) reads straight into pooled CPU buffers;
+`CudaStaging` (cuda_staging.py) moves data through a small ring of pinned buffers on two
+CUDA streams, so reads and H2D copies of job i+1, the merge of job i and the D2H copy and
+write of job i-1 overlap. Inputs never go through `safe_open(device="cuda")`.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -63,9 +63,23 @@ class HostStaging:
         pointers = {buf.data_ptr() for buf in staged.buffers}
         if out.device.type == "cpu" and out.untyped_storage().data_ptr() in pointers:
             return
+        self._give_back(staged.buffers)
+
+    def _give_back(self, buffers: list[torch.Tensor]) -> None:
         with self._lock:
-            for buf in staged.buffers:
+            for buf in buffers:
                 self._free.setdefault(buf.numel(), []).append(buf)
+
+    def merge(self, job: TensorJob, staged: Any, merge_fn: Callable[[TensorJob, list], torch.Tensor]) -> Any:
+        """Merge a job (merge thread): `merge_fn(job, inputs on the math device)` returns the
+        result there; what comes back is handed to `write`."""
+        out = merge_fn(job, self.inputs(job, staged))
+        self.recycle(staged, out)
+        return self.to_host(out)
+
+    def write(self, pending: Any, sink: Callable[[torch.Tensor], None]) -> None:
+        """Hand a merged result, on the host, to `sink` (writer thread)."""
+        sink(self.result(pending))
 
     def to_host(self, out: torch.Tensor) -> Any:
         """Start moving a result to the host (merge thread)."""
@@ -79,82 +93,19 @@ class HostStaging:
         """(H2D, D2H) seconds spent copying; none on the CPU path."""
         return 0.0, 0.0
 
-
-@dataclass
-class _Staged:
-    host: list[torch.Tensor]
-    device: list[torch.Tensor] | None
-    ready: Any
+    def close(self) -> None:
+        """The run is over (finished or failed): drop the pooled buffers."""
+        with self._lock:
+            self._free.clear()
 
 
-class CudaStaging(HostStaging):
-    """GPU merges: pinned host buffers, H2D on a copy stream, D2H without blocking compute."""
-
-    def __init__(self, plan: MergePlan, device: str):
-        super().__init__(plan, device)
-        self.copy_stream = torch.cuda.Stream(device=device)
-        self.compute_stream = torch.cuda.current_stream(device=device)
-        self.h2d_events: list[tuple] = []
-        self.d2h_events: list[tuple] = []
-
-    def _timed_event(self, stream) -> torch.cuda.Event:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(stream)
-        return event
-
-    def _pinned(self, nbytes: int) -> torch.Tensor:
-        # torch's caching host allocator recycles freed pinned blocks, so this is cheap after warm-up
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-
-    def read(self, job: TensorJob) -> _Staged:
-        host = [self.plan.models[s.model].reader.read(s.tensor, out=self._pinned(s.info.nbytes))
-                for s in job.sources]
-        if job.copy:
-            return _Staged(host, None, None)
-        with torch.cuda.stream(self.copy_stream):
-            start = self._timed_event(self.copy_stream)
-            device = [t.to(self.device, non_blocking=True) for t in host]
-            ready = self._timed_event(self.copy_stream)
-        self.h2d_events.append((start, ready))
-        return _Staged(host, device, ready)
-
-    def inputs(self, job: TensorJob, staged: _Staged) -> list[torch.Tensor]:
-        if staged.device is None:
-            return staged.host
-        self.compute_stream.wait_event(staged.ready)
-        for t in staged.device:
-            t.record_stream(self.compute_stream)  # allocated on the copy stream, freed after compute
-        return staged.device
-
-    def to_host(self, out: torch.Tensor) -> Any:
-        if out.device.type != "cuda":
-            return out
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-        start = self._timed_event(self.compute_stream)
-        host.copy_(out, non_blocking=True)
-        done = self._timed_event(self.compute_stream)
-        self.d2h_events.append((start, done))
-        return host, done
-
-    def result(self, pending: Any) -> torch.Tensor:
-        if isinstance(pending, tuple):
-            host, done = pending
-            done.synchronize()
-            return host
-        return pending
-
-    def recycle(self, staged: Any, out: torch.Tensor) -> None:
-        """Pinned buffers are recycled by torch's caching host allocator."""
-
-    def copy_seconds(self) -> tuple[float, float]:
-        torch.cuda.synchronize(self.device)
-        def total(events):
-            return sum(a.elapsed_time(b) for a, b in events) / 1000
-        return total(self.h2d_events), total(self.d2h_events)
-
-
-def staging_for(plan: MergePlan, device: str) -> HostStaging:
-    """The staging strategy for a math device."""
+def staging_for(plan: MergePlan, device: str, budget: int) -> HostStaging:
+    """The staging strategy for a math device; `budget` is the pipeline's bytes in flight."""
     if torch.device(device).type == "cuda":
-        return CudaStaging(plan, device)
+        from .cuda_staging import CudaStaging
+        from .device_queue import CudaQueue
+
+        return CudaStaging(plan, CudaQueue(device), budget)
     return HostStaging(plan, device)
+
+
