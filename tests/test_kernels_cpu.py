@@ -116,12 +116,24 @@ def test_import_is_lean():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def _sampled_positions(n: int) -> torch.Tensor:
+    """The elements csrc/cpu/select_window.cpp samples to predict its window: one per
+    stratum of n // m, at offset splitmix64(GOLDEN * (q + 1)) % stride."""
+    from mergefast.methods.random import GOLDEN, MASK64, mix64_int
+
+    m = min(1 << 13, n // 16)
+    stride = n // m
+    return torch.tensor([q * stride + mix64_int((GOLDEN * (q + 1)) & MASK64) % stride for q in range(m)])
+
+
 @needs_ext
-@pytest.mark.parametrize("case", ["fp32", "bf16-finetune", "few-magnitudes", "misleading-sample"])
+@pytest.mark.parametrize("case", ["fp32", "bf16-finetune", "few-magnitudes", "mostly-zero", "misleading-sample",
+                                  "overflowing-window"])
 def test_large_selection_paths(monkeypatch, case):
-    """Tensors above 2**20 elements take the sampled candidate-bucket path of the C++
-    selection (or fall back to the full passes when the bucket overflows or the sample
-    misleads): the kept set must still be the reference's."""
+    """Tensors above 2**16 elements take the sampled-window path of the C++ selection (the
+    threshold is the window's upper end, its lower end or one of the candidates inside) or,
+    when the sample misleads, the full histogram passes: the kept set must always be the
+    reference's."""
     from mergefast.kernels import cpu
     from mergefast.methods.numerics import keep_count
 
@@ -129,19 +141,28 @@ def test_large_selection_paths(monkeypatch, case):
     n = (1 << 20) + 4099
     g = torch.Generator().manual_seed(1)
     base = torch.randn(n, generator=g).bfloat16()
-    if case == "fp32":  # continuous deltas: the predicted bucket holds few candidates
+    if case == "fp32":  # continuous deltas: every key distinct, the threshold is a candidate
         x = base.float() + 0.01 * torch.randn(n, generator=g)
-    elif case == "bf16-finetune":  # like a real fine-tune: ~2 % of the deltas in one bucket
+    elif case == "bf16-finetune":  # like a real fine-tune: a few delta values hold most keys
         base = (0.02 * torch.randn(n, generator=g)).bfloat16()
         x = (base.float() + 0.002 * torch.randn(n, generator=g)).bfloat16()
-    elif case == "few-magnitudes":
+    elif case == "few-magnitudes":  # 4 magnitudes: the threshold is an end of the window
         x = (base.float() + torch.randint(-3, 4, (n,), generator=g) * 0.25).bfloat16()
-    else:  # the sampled positions (multiples of n // 65536) carry the largest deltas
+    elif case == "mostly-zero":  # 90 % unchanged weights: the window collapses onto 0
+        x = base.clone()
+        changed = torch.rand(n, generator=g) < 0.1
+        x[changed] = (base[changed].float() + 0.5 * torch.randn(int(changed.sum()), generator=g)).bfloat16()
+    elif case == "overflowing-window":  # half the deltas are one value the sample never sees
+        base = torch.zeros(n)
+        x = torch.where(torch.rand(n, generator=g) < 0.5, 0.5, torch.rand(n, generator=g))
+        idx = _sampled_positions(n)
+        x[idx] = torch.rand(len(idx), generator=g)
+    else:  # the sampled positions carry the largest deltas: the window misses
         x = (base.float() + 0.001 * torch.randn(n, generator=g)).bfloat16()
-        idx = torch.arange(0, n, n // 65536)
+        idx = _sampled_positions(n)
         x[idx] = (base[idx].float() + 100.0).bfloat16()
     delta = x.float() - base.float()
-    for density in (0.3, 0.5, 0.93):
+    for density in (0.03, 0.105, 0.3, 0.5, 0.93):  # 0.105, "mostly-zero": the lower end
         want = methods.magnitude_mask(delta, density)
         got = cpu.magnitude_keep(base, x, keep_count(density, n))
         assert torch.equal(got, want), (case, density)

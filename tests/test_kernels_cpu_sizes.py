@@ -1,5 +1,6 @@
 """The C++ selection paths by tensor size: single-threaded nth_element (<= 65536 elements),
-full histograms (mid-size), sampled bucket prediction (>= 2^20): all equal the reference."""
+the sampled window above that (with fewer than 8192 samples below 131072 elements): all
+equal the reference."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from mergefast import kernels, methods
 
 
-@pytest.mark.parametrize("n", [65_536, 65_537, 300_001, (1 << 20) + 4099])
+@pytest.mark.parametrize("n", [65_536, 65_537, 131_071, 300_001, (1 << 20) + 4099])
 @pytest.mark.parametrize("density", [0.05, 0.5, 0.97])
 def test_ties_selection_paths_equal_the_reference(n, density):
     if kernels.backend("cpu") != "cpu-ext":

@@ -61,6 +61,11 @@ inline bool cpu_has_avx2() { return false; }
 // times within 5 % of each other; 2048 was the best).
 constexpr int64_t kBlock = 2048;
 
+// Blocks per chunk of the dynamic OpenMP schedules of the elementwise and counting passes.
+// A static split makes a pass as slow as its most preempted thread, and during a merge the
+// pipeline's reader and writer threads share the cores with the kernel's team.
+constexpr int64_t kChunkBlocks = 8;
+
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 
 inline DType dtype_of(const at::Tensor& t, const char* op) {

@@ -27,7 +27,7 @@ void linear_cpu(const std::vector<at::Tensor>& xs, const std::vector<double>& we
     Scratch scratch(2);
     float* acc = scratch.buf(0);
     float* xbuf = scratch.buf(1);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, kChunkBlocks)
     for (int64_t blk = 0; blk < nb; ++blk) {
       const int64_t off = blk * kBlock;
       const int64_t len = std::min(kBlock, n - off);

@@ -62,7 +62,7 @@ void slerp_apply_cpu(const at::Tensor& a, const at::Tensor& b, double c0, double
   {
     Scratch scratch(3);
     float* r = scratch.buf(2);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, kChunkBlocks)
     for (int64_t blk = 0; blk < nb; ++blk) {
       const int64_t off = blk * kBlock;
       const int64_t len = std::min(kBlock, n - off);

@@ -1,0 +1,62 @@
+// Exact magnitude selection for the task-arithmetic family: which elements of each task
+// vector (x - base) are among its k largest |delta|, ties at the threshold kept lowest flat
+// index first. Implemented in select.cpp; the apply passes in task_arithmetic.cpp use the
+// KeepRule of each model block by block.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+
+namespace mergefast {
+
+// The ordering key of a delta: its float32 bit pattern with the sign cleared (31 bits;
+// integer order == magnitude order, NaNs above +inf).
+MF_INLINE uint32_t mag_key(float d) {
+  return f32_to_bits(d) & 0x7FFFFFFFu;
+}
+
+// Which elements of one model survive: key > thr, plus the first `quota` elements with
+// key == thr in flat order. keep-all is (thr 0, no cut); keep-none is (thr 0xFFFFFFFF).
+struct KeepRule {
+  uint32_t thr = 0;
+  int64_t quota = LLONG_MAX;
+  bool cut = false;                 // quota < count(key == thr): ties are split
+  std::vector<int64_t> eq_before;   // per block (only when cut)
+  std::vector<int64_t> eq_in;       // per block (only when cut)
+
+  // For block `blk`: returns true and sets `teff` when the block's rule is "key >= teff";
+  // returns false and sets `rem` (ties still to keep) when the block straddles the cut.
+  bool block_rule(int64_t blk, uint32_t& teff, int64_t& rem) const {
+    teff = thr;
+    if (!cut) return true;
+    const int64_t eb = eq_before[blk];
+    if (eb + eq_in[blk] <= quota) return true;
+    if (eb >= quota) {
+      teff = thr + 1;
+      return true;
+    }
+    rem = quota - eb;
+    return false;
+  }
+};
+
+// One KeepRule per model of `xs`: model i keeps its keep[i] largest |x_i - base| of n.
+std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
+                                       const std::vector<int64_t>& keep, int64_t n);
+
+// For the one block `blk` where a rule splits its ties (block_rule returned false with
+// `rem`): calls kept(j, bool) for each delta d[j], walking the block in flat order.
+template <class F>
+inline void walk_tie_block(const KeepRule& r, int64_t rem, int64_t len, const float* d, F&& kept) {
+  for (int64_t j = 0; j < len; ++j) {
+    const uint32_t key = mag_key(d[j]);
+    bool keep = key > r.thr;
+    if (key == r.thr) keep = rem-- > 0;
+    kept(j, keep);
+  }
+}
+
+}  // namespace mergefast

@@ -1,0 +1,88 @@
+// Internals of the magnitude selection shared by select.cpp (orchestration, small tensors,
+// resolving, fallback histograms) and select_window.cpp (the sampled window and pass A).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "select.h"
+
+namespace mergefast {
+
+// Keys of model x against the float32 base block b (elements off .. off+len of x).
+void keys_of_block(const Src& x, int64_t off, const float* b, int64_t len, uint32_t* kb);
+
+// Runs body(tid, blk, off, len, b, spare) over all blocks of n elements on nthreads
+// threads; b is the base block in float32, spare a free kBlock-float buffer.
+template <class Body>
+void for_each_block(const Src& base, int64_t n, int nthreads, Body&& body) {
+  const int64_t nb = num_blocks(n);
+#pragma omp parallel num_threads(nthreads)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    Scratch scratch(2);
+#pragma omp for schedule(dynamic, kChunkBlocks)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t off = blk * kBlock;
+      const int64_t len = std::min(kBlock, n - off);
+      body(tid, blk, off, len, stage(base, off, len, scratch.buf(0)), scratch.buf(1));
+    }
+  }
+}
+
+// Where one model's k-th largest key is predicted to lie: keys strictly inside (lo, hi)
+// are stored as candidates by pass A, keys equal to lo or hi and above hi are counted.
+struct Window {
+  uint32_t lo = 0;
+  uint32_t hi = 0x7FFFFFFFu;  // keys never exceed 31 bits: signed compares are exact
+};
+
+// A candidate list borrowed from a process-wide pool and given back when destroyed: fresh
+// lists were fresh pages, and their page faults cost ~10 % of the selection's time.
+class CandidateList {
+ public:
+  explicit CandidateList(int64_t capacity);  // room for at least `capacity` keys
+  ~CandidateList();
+  CandidateList(CandidateList&& other) noexcept = default;
+  CandidateList& operator=(CandidateList&&) = delete;
+  uint32_t* data() const { return buf_.get(); }
+
+ private:
+  std::unique_ptr<uint32_t[]> buf_;
+  int64_t capacity_ = 0;
+};
+
+// What pass A learns about one model.
+struct WindowScan {
+  Window w;
+  std::vector<uint32_t> above_blk;      // per block: keys > hi
+  std::vector<uint32_t> eq_hi, eq_lo;   // per block: keys == hi; keys == lo (when lo < hi)
+  std::vector<int64_t> cand_off;        // per block: its first candidate in its thread's list
+  std::vector<uint32_t> cand_cnt;       // per block: its candidates
+  std::vector<int> owner;               // per block: the thread whose list holds them
+  std::vector<CandidateList> lists;     // per thread: candidate keys, flat order
+  std::vector<int64_t> size;            // per thread
+  int64_t capacity = 0;                 // per thread
+  bool overflow = false;                // some list ran full: the candidates are incomplete
+
+  int64_t above() const;
+  int64_t eq_hi_total() const;
+  int64_t eq_lo_total() const;
+  int64_t candidates() const;
+
+  // The candidates of block blk, in flat order.
+  const uint32_t* block_candidates(int64_t blk) const {
+    return lists[owner[blk]].data() + cand_off[blk];
+  }
+};
+
+// Predicts a window per model from a sample (n >= 16 * 4096) and runs pass A over all of
+// them: one read of base and every model.
+std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
+                                     const std::vector<int64_t>& keep, int64_t n);
+
+}  // namespace mergefast
