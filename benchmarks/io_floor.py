@@ -11,14 +11,21 @@ in file-offset order, adjacent ranges merged, in 16 MiB preads; the output is wr
 
 from __future__ import annotations
 
+import gc
 import os
-import sys
-import threading
-from pathlib import Path
 
-from mergefast.config import load_config
-from mergefast.options import MergeOptions
-from mergefast.plan import build_plan
+# The floor must not pay start-up costs mergefast's CLI avoids (mergefast/cli.py): it plans
+# without the garbage collector and without OpenBLAS's spinning thread pool.
+gc.disable()
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import sys  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from mergefast.config import load_config  # noqa: E402
+from mergefast.options import MergeOptions  # noqa: E402
+from mergefast.plan import build_plan  # noqa: E402
 
 CHUNK = 16 << 20
 

@@ -8,10 +8,35 @@ SIGTERM. Every failure is one line on stderr; `-v` adds the traceback.
 
 from __future__ import annotations
 
+import gc
+import os
+from contextlib import contextmanager
+
 import click
+
+# numpy (imported by torch) starts an OpenBLAS thread pool whose threads spin for a while;
+# no merge uses BLAS, and on 2 cores the spinning costs the reader and writer ~0.1 s of CPU.
+# Set here, before torch is imported, and only for the command line.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .cli_support import DRY_RUN, merge_options, reports_errors
 from .legacy import bakllama_command, legacy_command
+
+
+@contextmanager
+def _planning_without_gc():
+    """Plan with the garbage collector off, then freeze what planning built for the run.
+
+    Start-up (torch, pydantic, planning) creates ~10^6 long-lived objects and no garbage
+    cycles worth collecting; the full collections it triggers took 0.3-0.5 s of a 2 s start
+    on the 2-core box. Frozen objects are not scanned again; the command unfreezes them at its
+    end so that interpreter shutdown still frees them."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _plan(config_file: str, out_path: str | None, options: dict):
@@ -47,7 +72,8 @@ def yaml_command(config_file, out_path, dry_run=False, **options):
     """Merge the models described by mergekit YAML CONFIG_FILE into the folder OUT_PATH."""
     from .execute import execute
 
-    plan, opts = _plan(config_file, out_path, options)
+    with _planning_without_gc():
+        plan, opts = _plan(config_file, out_path, options)
     try:
         if dry_run:
             _print_plan(plan, opts, out_path)
@@ -55,6 +81,7 @@ def yaml_command(config_file, out_path, dry_run=False, **options):
         stats = execute(plan, out_path, opts)
     finally:
         plan.close()
+        gc.unfreeze()
     if not options["quiet"]:
         from .summary import format_summary
 
@@ -68,11 +95,13 @@ def yaml_command(config_file, out_path, dry_run=False, **options):
 @reports_errors
 def plan_command(config_file, out_path=None, **options):
     """Validate CONFIG_FILE and print what a merge would do (same as `yaml --dry-run`)."""
-    plan, opts = _plan(config_file, out_path, options)
+    with _planning_without_gc():
+        plan, opts = _plan(config_file, out_path, options)
     try:
         _print_plan(plan, opts, out_path)
     finally:
         plan.close()
+        gc.unfreeze()
 
 
 @click.command("env")

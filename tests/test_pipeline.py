@@ -134,7 +134,7 @@ def test_host_staging_recycles_buffers_but_never_an_output(tmp_path):
     from checkpoints import write_checkpoint
 
     from mergefast.io.reader import CheckpointReader
-    from mergefast.staging import HostStaging
+    from mergefast.staging.host import HostStaging
 
     folder = write_checkpoint(tmp_path / "m", {"a": torch.arange(6.0), "b": torch.ones(6)})
 

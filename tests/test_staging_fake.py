@@ -17,7 +17,7 @@ from collections import deque
 import pytest
 import torch
 
-from mergefast.pinned_ring import MIN_SLOT, RING_SLOTS, SLOT_CAP, PinnedRing, RingClosed, ring_shape
+from mergefast.staging.pinned_ring import MIN_SLOT, RING_SLOTS, SLOT_CAP, PinnedRing, RingClosed, ring_shape
 
 
 class FakeStream:

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from test_staging_fake import FakeQueue
 
 import mergefast
-from mergefast import cuda_staging, execute, pinned_ring
-from mergefast.cuda_staging import CudaStaging
+from mergefast import execute
+from mergefast.staging import cuda as cuda_staging, pinned_ring
+from mergefast.staging.cuda import CudaStaging
 
 METHODS = ["linear.yml", "ties.yml", "slerp-gradient.yml", "passthrough-stack.yml"]
 TINY_RING = {"slot_bytes": 200, "slots": 2}  # most tiny-model tensors are larger: chunks everywhere

@@ -25,8 +25,8 @@ from typing import Any, Callable
 import torch
 
 from .pinned_ring import RING_SLOTS, PinnedRing, ring_shape
-from .plan import MergePlan, TensorJob
-from .staging import HostStaging, _HostBatch
+from ..plan import MergePlan, TensorJob
+from .host import HostStaging, _HostBatch
 
 CHUNKED_METHODS = frozenset({"linear"})
 

@@ -4,7 +4,7 @@ A slot is taken with `acquire()` and comes back either with `release()` (a D2H r
 the writer has written it) or with `release_after(event)` (an H2D source: reusable once the
 copy out of it has completed). Slots are allocated lazily, at most `slots` of them, so pinned
 memory is bounded whatever the model size; anything larger than a slot goes through it in
-chunks (staging.py).
+chunks (cuda.py).
 
 Liveness: a thread waiting in `acquire` must hold at most one slot itself, and the ring has at
 least two. Then a slot always comes free: H2D copies complete on their own (the oldest one is

@@ -1,6 +1,6 @@
 """The CUDA calls the GPU staging makes, behind one small interface.
 
-`CudaStaging` (staging.py) talks to the GPU only through an object with these methods, so the
+`CudaStaging` (cuda.py) talks to the GPU only through an object with these methods, so the
 pipeline logic (ring slots, events, chunking) runs in tests on the CPU against a fake whose
 copies are delayed (tests/test_staging_fake.py). `CudaQueue` is the real one: one torch call
 per method and no logic, because nothing without a GPU can test it.

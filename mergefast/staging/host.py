@@ -1,12 +1,6 @@
-"""Moving job data between the input files, the math device and the writer.
+"""CPU merges: the inputs of a job are read into pooled CPU buffers and merged in place.
 
-A staging object serves the three pipeline stages (execute.py): `read(job)` in the reader
-thread, `merge(job, staged, merge_fn)` in the merge thread, `write(pending, sink)` in the
-writer thread. `HostStaging` (CPU merges) reads straight into pooled CPU buffers;
-`CudaStaging` (cuda_staging.py) moves data through a small ring of pinned buffers on two
-CUDA streams, so reads and H2D copies of job i+1, the merge of job i and the D2H copy and
-write of job i-1 overlap. Inputs never go through `safe_open(device="cuda")`.
-"""
+`HostStaging` is also the base of `CudaStaging` (cuda.py), which adds the device copies."""
 
 from __future__ import annotations
 
@@ -16,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from .plan import MergePlan, TensorJob
+from ..plan import MergePlan, TensorJob
 
 
 @dataclass
@@ -97,15 +91,3 @@ class HostStaging:
         """The run is over (finished or failed): drop the pooled buffers."""
         with self._lock:
             self._free.clear()
-
-
-def staging_for(plan: MergePlan, device: str, budget: int) -> HostStaging:
-    """The staging strategy for a math device; `budget` is the pipeline's bytes in flight."""
-    if torch.device(device).type == "cuda":
-        from .cuda_staging import CudaStaging
-        from .device_queue import CudaQueue
-
-        return CudaStaging(plan, CudaQueue(device), budget)
-    return HostStaging(plan, device)
-
-
