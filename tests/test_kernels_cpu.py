@@ -169,3 +169,28 @@ def test_large_selection_paths(monkeypatch, case):
     out = kernels.ties(base, [x, base, x], [0.5, 0.3, 0.2], [0.5, 0.5, 0.1])
     ref = methods.ties(base, [x, base, x], [0.5, 0.3, 0.2], [0.5, 0.5, 0.1])
     assert torch.equal(out, ref)
+
+
+@needs_ext
+def test_many_models_select_without_room_in_the_output(monkeypatch):
+    """The selection keeps its candidate lists in the output tensor; with 9 bf16 models the
+    output is too small for them and the selection allocates its own: same result."""
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    n, g = 200_003, torch.Generator().manual_seed(3)
+    base = torch.randn(n, generator=g).bfloat16()
+    xs = [(base.float() + 0.05 * torch.randn(n, generator=g)).bfloat16() for _ in range(9)]
+    weights, densities = [0.1 * (i + 1) for i in range(9)], [0.2 + 0.07 * i for i in range(9)]
+    assert torch.equal(kernels.ties(base, xs, weights, densities), methods.ties(base, xs, weights, densities))
+
+
+@needs_ext
+def test_an_output_overlapping_an_input_is_refused():
+    """The C++ selection uses the output as scratch: an output aliasing an input would
+    corrupt the merge, so the binding refuses it."""
+    from mergefast import _C
+
+    base, x = torch.randn(100_000), torch.randn(100_000)
+    with pytest.raises(RuntimeError, match="overlaps an input"):
+        _C.task_arithmetic(base, [x], [1.0], [50_000], _C.SPARSIFY_MAGNITUDE, True, True, 1.0, 1.0, base)
+    with pytest.raises(RuntimeError, match="overlaps an input"):
+        _C.magnitude_keep(base, x, 50_000, x.view(torch.bool)[:100_000])

@@ -267,6 +267,13 @@ MF_INLINE void store(const Dst& d, int64_t off, int64_t n, const float* v) {
   }
 }
 
+// Whether the bytes of two contiguous tensors overlap.
+inline bool overlaps(const at::Tensor& a, const at::Tensor& b) {
+  const auto* pa = static_cast<const char*>(a.data_ptr());
+  const auto* pb = static_cast<const char*>(b.data_ptr());
+  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
 inline int num_threads() {
   return std::max(1, at::get_num_threads());
 }

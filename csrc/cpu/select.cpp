@@ -19,6 +19,7 @@
 #include "select.h"
 
 #include <algorithm>
+#include <memory>
 
 #include "select_window.h"
 
@@ -97,7 +98,7 @@ std::vector<int64_t> candidate_histogram(const WindowScan& s, size_t bins, const
   std::vector<uint32_t> part(kWays * stride, 0);
   uint32_t* h = part.data();
   for (size_t t = 0; t < s.lists.size(); ++t) {
-    const uint32_t* list = s.lists[t].data();
+    const uint32_t* list = s.lists[t];
     const int64_t size = s.size[t];
     int64_t j = 0;
     for (; j + kWays <= size; j += kWays) {
@@ -248,7 +249,8 @@ void select_by_histograms(const Src& base, const std::vector<Src>& xs,
 }  // namespace
 
 std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
-                                       const std::vector<int64_t>& keep, int64_t n) {
+                                       const std::vector<int64_t>& keep, int64_t n,
+                                       void* space, size_t space_bytes) {
   std::vector<KeepRule> rules(xs.size());
   std::vector<int> active;  // models that need a threshold
   for (size_t i = 0; i < xs.size(); ++i) {
@@ -270,9 +272,15 @@ std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& 
     selected.push_back(&xs[i]);
     selected_keep.push_back(keep[i]);
   }
-  const std::vector<WindowScan> scans = scan_windows(base, selected, selected_keep, n);
-  // One parallel region for all models (waking OpenMP's passive workers costs ~20 us).
+  std::unique_ptr<uint32_t[]> own;  // when `space` is too small (many models, small dtype)
   const int A = static_cast<int>(active.size());
+  if (space_bytes < candidate_bytes_min(A, n)) {
+    space_bytes = candidate_bytes(A, n);
+    own.reset(new uint32_t[space_bytes / sizeof(uint32_t)]);  // uninitialised: touched as used
+    space = own.get();
+  }
+  const std::vector<WindowScan> scans = scan_windows(base, selected, selected_keep, n, space, space_bytes);
+  // One parallel region for all models (waking OpenMP's passive workers costs ~20 us).
   std::vector<char> resolved(A, 0);
 #pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)
   for (int a = 0; a < A; ++a) {

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 
 #if MF_AVX2_CLONES
 #include <immintrin.h>
@@ -161,7 +160,7 @@ MF_INLINE void scan_block(const Src& x, WindowScan& s, int tid, int64_t blk, int
   s.eq_lo[blk] = counts[2];
   int64_t& size = s.size[tid];
   if (size > s.capacity) return;  // overflowed: the full passes will decide
-  uint32_t* out = s.lists[tid].data() + size;
+  uint32_t* out = s.lists[tid] + size;
   int64_t got;
   if constexpr (Avx2) {
 #if MF_AVX2_CLONES
@@ -207,40 +206,19 @@ int64_t sum(const std::vector<uint32_t>& counts) {
   return total;
 }
 
-// Lists given back, for reuse by the next calls (at most kPoolSize are kept).
-constexpr size_t kPoolSize = 16;
-std::mutex pool_mutex;
-std::vector<std::pair<int64_t, std::unique_ptr<uint32_t[]>>> pool;
+// Keys a list needs beyond its capacity: a block's worth, + 8 for the packed stores.
+constexpr int64_t kListSlack = kBlock + 8;
 
 }  // namespace
 
-CandidateList::CandidateList(int64_t capacity) {
-  {
-    std::lock_guard<std::mutex> lock(pool_mutex);
-    auto best = pool.end();
-    for (auto it = pool.begin(); it != pool.end(); ++it) {
-      if (it->first >= capacity && (best == pool.end() || it->first < best->first)) best = it;
-    }
-    if (best != pool.end()) {
-      capacity_ = best->first;
-      buf_ = std::move(best->second);
-      pool.erase(best);
-      return;
-    }
-  }
-  capacity_ = capacity;
-  buf_.reset(new uint32_t[capacity]);  // uninitialised: pages are touched only as used
+size_t candidate_bytes(int models, int64_t n) {
+  const int nthreads = num_threads(n);
+  return sizeof(uint32_t) * models * nthreads * (n / kCandidateShare / nthreads + 1 + kListSlack);
 }
 
-CandidateList::~CandidateList() {
-  if (!buf_) return;
-  std::lock_guard<std::mutex> lock(pool_mutex);
-  pool.emplace_back(capacity_, std::move(buf_));
-  if (pool.size() > kPoolSize) {  // drop the smallest
-    auto smallest = std::min_element(pool.begin(), pool.end(),
-                                     [](const auto& a, const auto& b) { return a.first < b.first; });
-    pool.erase(smallest);
-  }
+size_t candidate_bytes_min(int models, int64_t n) {
+  const int nthreads = num_threads(n);
+  return sizeof(uint32_t) * models * nthreads * (n / (2 * kCandidateShare) / nthreads + 1 + kListSlack);
 }
 
 int64_t WindowScan::above() const { return sum(above_blk); }
@@ -254,22 +232,24 @@ int64_t WindowScan::candidates() const {
 }
 
 std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
-                                     const std::vector<int64_t>& keep, int64_t n) {
+                                     const std::vector<int64_t>& keep, int64_t n,
+                                     void* space, size_t space_bytes) {
   const std::vector<Window> windows = predict_windows(base, xs, keep, n);
-  const int nthreads = num_threads(n);
+  const int nthreads = num_threads(n), A = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
-  const int64_t cap = n / kCandidateShare / nthreads + 1;
-  std::vector<WindowScan> scans;
-  scans.reserve(xs.size());
-  for (const Window& w : windows) {
-    WindowScan& s = scans.emplace_back();
-    s.w = w;
+  const int64_t room = static_cast<int64_t>(space_bytes / sizeof(uint32_t)) / (A * nthreads);
+  const int64_t cap = std::min(n / kCandidateShare / nthreads + 1, room - kListSlack);
+  uint32_t* next = static_cast<uint32_t*>(space);
+  std::vector<WindowScan> scans(A);
+  for (int a = 0; a < A; ++a) {
+    WindowScan& s = scans[a];
+    s.w = windows[a];
     for (auto* v : {&s.above_blk, &s.eq_hi, &s.eq_lo, &s.cand_cnt}) v->assign(nb, 0);
     s.cand_off.assign(nb, 0);
     s.owner.assign(nb, 0);
     s.size.assign(nthreads, 0);
     s.capacity = cap;
-    for (int t = 0; t < nthreads; ++t) s.lists.emplace_back(cap + kBlock + 8);  // + 8: packed stores
+    for (int t = 0; t < nthreads; ++t, next += cap + kListSlack) s.lists.push_back(next);
   }
   ScanFn scan = &scan_block_default;
 #if MF_AVX2_CLONES

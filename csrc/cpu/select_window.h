@@ -41,21 +41,6 @@ struct Window {
   uint32_t hi = 0x7FFFFFFFu;  // keys never exceed 31 bits: signed compares are exact
 };
 
-// A candidate list borrowed from a process-wide pool and given back when destroyed: fresh
-// lists were fresh pages, and their page faults cost ~10 % of the selection's time.
-class CandidateList {
- public:
-  explicit CandidateList(int64_t capacity);  // room for at least `capacity` keys
-  ~CandidateList();
-  CandidateList(CandidateList&& other) noexcept = default;
-  CandidateList& operator=(CandidateList&&) = delete;
-  uint32_t* data() const { return buf_.get(); }
-
- private:
-  std::unique_ptr<uint32_t[]> buf_;
-  int64_t capacity_ = 0;
-};
-
 // What pass A learns about one model.
 struct WindowScan {
   Window w;
@@ -64,7 +49,7 @@ struct WindowScan {
   std::vector<int64_t> cand_off;        // per block: its first candidate in its thread's list
   std::vector<uint32_t> cand_cnt;       // per block: its candidates
   std::vector<int> owner;               // per block: the thread whose list holds them
-  std::vector<CandidateList> lists;     // per thread: candidate keys, flat order
+  std::vector<uint32_t*> lists;         // per thread: candidate keys, flat order
   std::vector<int64_t> size;            // per thread
   int64_t capacity = 0;                 // per thread
   bool overflow = false;                // some list ran full: the candidates are incomplete
@@ -76,13 +61,21 @@ struct WindowScan {
 
   // The candidates of block blk, in flat order.
   const uint32_t* block_candidates(int64_t blk) const {
-    return lists[owner[blk]].data() + cand_off[blk];
+    return lists[owner[blk]] + cand_off[blk];
   }
 };
 
+// Bytes the candidate lists of `models` models of n elements may use (at most n / 8 keys
+// per model), and the least they need (n / 16 keys per model: the window holds ~3 % of the
+// keys, and a list that runs full only costs the full passes).
+size_t candidate_bytes(int models, int64_t n);
+size_t candidate_bytes_min(int models, int64_t n);
+
 // Predicts a window per model from a sample (n >= 16 * 4096) and runs pass A over all of
-// them: one read of base and every model.
+// them: one read of base and every model. The candidate lists live in `space` (at least
+// candidate_bytes_min bytes, 4-byte aligned), which must stay valid while the scans are used.
 std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
-                                     const std::vector<int64_t>& keep, int64_t n);
+                                     const std::vector<int64_t>& keep, int64_t n,
+                                     void* space, size_t space_bytes);
 
 }  // namespace mergefast

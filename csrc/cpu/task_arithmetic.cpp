@@ -240,6 +240,9 @@ void task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& 
     w.push_back(static_cast<float>(weights[i]));
   }
   const Dst dst = make_dst(out, op);
+  // The selection uses `out` as scratch, and the apply writes it while it reads the inputs.
+  TORCH_CHECK(!overlaps(out, base), op, ": the output overlaps an input");
+  for (const at::Tensor& x : xs) TORCH_CHECK(!overlaps(out, x), op, ": the output overlaps an input");
   const float dv = static_cast<float>(divisor), lam = static_cast<float>(lambda);
   if (sparsify == static_cast<int64_t>(Sparsify::None)) {
     std::vector<KeepRule> none;
@@ -250,7 +253,8 @@ void task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& 
     }
   } else if (sparsify == static_cast<int64_t>(Sparsify::Magnitude)) {
     TORCH_CHECK(keep.size() == xs.size(), op, ": one keep count per model expected");
-    const std::vector<KeepRule> rules = select_magnitude(sb, src, keep, n);
+    const std::vector<KeepRule> rules =
+        select_magnitude(sb, src, keep, n, out.data_ptr(), static_cast<size_t>(out.nbytes()));
     if (consensus) {
       apply<Sparsify::Magnitude, true>(sb, src, w, rules, normalize, dv, lam, dst, n);
     } else {
@@ -266,9 +270,11 @@ void magnitude_keep_cpu(const at::Tensor& base, const at::Tensor& x, int64_t kee
   TORCH_CHECK(base.numel() == x.numel(), op, ": inputs have different sizes");
   const int64_t n = x.numel();
   const Src sb = make_src(base, op), sx = make_src(x, op);
-  const std::vector<KeepRule> rules = select_magnitude(sb, {sx}, {keep}, n);
   TORCH_CHECK(mask.numel() == n && mask.scalar_type() == at::kBool && mask.is_contiguous(), op,
               ": bad mask tensor");
+  TORCH_CHECK(!overlaps(mask, base) && !overlaps(mask, x), op, ": the mask overlaps an input");
+  const std::vector<KeepRule> rules =
+      select_magnitude(sb, {sx}, {keep}, n, mask.data_ptr(), static_cast<size_t>(mask.nbytes()));
   bool* m = mask.data_ptr<bool>();
   const int64_t nb = num_blocks(n);
 #pragma omp parallel num_threads(num_threads())
