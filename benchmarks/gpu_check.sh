@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check, one run on a lent CUDA machine, from the repository root:
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
-# 1. the kernel tests with real Triton, 2. end-to-end merges (--cuda) against the IO floor on a
-# ~1.2B Llama family, 3. the kernel benchmarks. Each step is time-boxed so that a slow step
+# 1. the kernel tests with real Triton, 2. --cuda merges of the examples equal the CPU ones,
+# 3. end-to-end merges (--cuda) against the IO floor on a ~1.2B Llama family, 4. the kernel
+# benchmarks. Each step is time-boxed so that a slow step
 # still leaves the others' figures in $OUT/summary.txt. Uses the preinstalled torch/triton;
 # wheels for the pure-Python dependencies may be carried in .gpu_wheels/ (no network there).
 set -u
@@ -26,6 +27,11 @@ timeout "${TEST_S:-80}" python -m pytest -q -x -p no:cacheprovider tests/test_ke
   > "$OUT/tests.log" 2>&1
 echo "tests exit code $?" >> "$S"
 tail -n 8 "$OUT/tests.log" >> "$S"
+
+echo "## --cuda equals CPU (examples)" >> "$S"
+timeout "${EQUAL_S:-120}" bash benchmarks/gpu_equal_check.sh > "$OUT/equal.txt" 2>&1
+echo "equal exit code $?" >> "$S"
+tail -n 8 "$OUT/equal.txt" >> "$S"
 
 echo "## end to end (--cuda, ${E2E_SIZE:-1.2b} family, warm page cache)" >> "$S"
 timeout "${E2E_S:-200}" python benchmarks/e2e.py --size "${E2E_SIZE:-1.2b}" --repeats 1 --cuda \

@@ -175,67 +175,64 @@ bool resolve_window(const WindowScan& s, int64_t k, int64_t nb, KeepRule& r) {
 }
 
 // ---- fallback: full histogram passes for the models in `models` (indices into xs)
-// Histogram of the top 15 bits of every key: the bucket of each model's k-th key.
-std::vector<std::pair<int64_t, int64_t>> hi_buckets(const Src& base, const std::vector<Src>& xs,
-                                                    const std::vector<int>& models,
-                                                    const std::vector<int64_t>& keep, int64_t n) {
-  const int nthreads = num_threads(n), H = static_cast<int>(models.size());
-  std::vector<std::vector<uint32_t>> part(nthreads, std::vector<uint32_t>(size_t(H) * kHiBins, 0));
+// Per model, a histogram of bin(q, key) over all its keys, a bin in [0, bins] where `bins`
+// means "skip" (a spare bin, no branch). Private histograms per thread, merged.
+template <class Bin>
+std::vector<std::vector<int64_t>> key_histograms(const Src& base, const std::vector<Src>& xs,
+                                                 const std::vector<int>& models, int64_t n,
+                                                 size_t bins, const Bin& bin) {
+  const int nthreads = num_threads(n), M = static_cast<int>(models.size());
+  const size_t stride = bins + 1;
+  std::vector<std::vector<uint32_t>> part(nthreads, std::vector<uint32_t>(M * stride, 0));
   for_each_block(base, n, nthreads, [&](int tid, int64_t, int64_t off, int64_t len,
                                         const float* b, float* spare) {
     uint32_t* kb = reinterpret_cast<uint32_t*>(spare);
-    for (int q = 0; q < H; ++q) {
+    for (int q = 0; q < M; ++q) {
       keys_of_block(xs[models[q]], off, b, len, kb);
-      uint32_t* h = part[tid].data() + size_t(q) * kHiBins;
-      for (int64_t j = 0; j < len; ++j) h[kb[j] >> 16]++;
+      uint32_t* h = part[tid].data() + q * stride;
+      for (int64_t j = 0; j < len; ++j) h[bin(q, kb[j])]++;
     }
   });
-  std::vector<std::pair<int64_t, int64_t>> buckets;
-  for (int q = 0; q < H; ++q) {
-    std::vector<int64_t> h(kHiBins, 0);
-    for (const auto& p : part) {
-      for (int i = 0; i < kHiBins; ++i) h[i] += p[size_t(q) * kHiBins + i];
+  std::vector<std::vector<int64_t>> hist(M, std::vector<int64_t>(bins, 0));
+  for (const auto& p : part) {
+    for (int q = 0; q < M; ++q) {
+      for (size_t i = 0; i < bins; ++i) hist[q][i] += p[q * stride + i];
     }
-    buckets.push_back(bin_from_top(h, keep[models[q]]));
   }
-  return buckets;
+  return hist;
 }
 
-// The exact threshold inside each model's bucket (a histogram of the low 16 bits), then the
-// per-block counts of it when the ties are split.
+// The bucket (top 15 bits) of each model's k-th key from one histogram pass, the exact key
+// inside it from a second (low 16 bits), then per-block counts of it when ties are split.
 void select_by_histograms(const Src& base, const std::vector<Src>& xs,
                           const std::vector<int>& models, const std::vector<int64_t>& keep,
                           int64_t n, std::vector<KeepRule>& rules) {
-  const auto buckets = hi_buckets(base, xs, models, keep, n);
-  const int nthreads = num_threads(n), B = static_cast<int>(models.size());
+  const int B = static_cast<int>(models.size());
   const int64_t nb = num_blocks(n);
-  std::vector<std::vector<uint32_t>> part(nthreads, std::vector<uint32_t>(size_t(B) * kLoBins, 0));
-  for_each_block(base, n, nthreads, [&](int tid, int64_t, int64_t off, int64_t len,
-                                        const float* b, float* spare) {
-    uint32_t* kb = reinterpret_cast<uint32_t*>(spare);
-    for (int q = 0; q < B; ++q) {
-      keys_of_block(xs[models[q]], off, b, len, kb);
-      const uint32_t bucket = static_cast<uint32_t>(buckets[q].first);
-      uint32_t* h = part[tid].data() + size_t(q) * kLoBins;
-      for (int64_t j = 0; j < len; ++j) {
-        if ((kb[j] >> 16) == bucket) h[kb[j] & 0xFFFFu]++;
-      }
-    }
+  const auto top = key_histograms(base, xs, models, n, kHiBins, [](int, uint32_t key) {
+    return key >> 16;
+  });
+  std::vector<std::pair<int64_t, int64_t>> buckets;  // (bucket, keys above it)
+  std::vector<uint32_t> bucket;
+  for (int q = 0; q < B; ++q) {
+    buckets.push_back(bin_from_top(top[q], keep[models[q]]));
+    bucket.push_back(static_cast<uint32_t>(buckets[q].first));
+  }
+  const auto low = key_histograms(base, xs, models, n, kLoBins, [&bucket](int q, uint32_t key) {
+    return (key >> 16) == bucket[q] ? key & 0xFFFFu : static_cast<uint32_t>(kLoBins);
   });
   std::vector<int> split;  // indices into models
   for (int q = 0; q < B; ++q) {
-    std::vector<int64_t> h(kLoBins, 0);
-    for (const auto& p : part) {
-      for (int i = 0; i < kLoBins; ++i) h[i] += p[size_t(q) * kLoBins + i];
-    }
     const int64_t k = keep[models[q]];
-    const auto [lo, above] = bin_from_top(h, k - buckets[q].second);
-    const uint32_t thr = (static_cast<uint32_t>(buckets[q].first) << 16) | static_cast<uint32_t>(lo);
-    if (set_threshold(rules[models[q]], thr, k, buckets[q].second + above, h[lo], nb)) split.push_back(q);
+    const auto [lo, above] = bin_from_top(low[q], k - buckets[q].second);
+    const uint32_t thr = (bucket[q] << 16) | static_cast<uint32_t>(lo);
+    if (set_threshold(rules[models[q]], thr, k, buckets[q].second + above, low[q][lo], nb)) {
+      split.push_back(q);
+    }
   }
   if (split.empty()) return;
-  for_each_block(base, n, nthreads, [&](int, int64_t blk, int64_t off, int64_t len,
-                                        const float* b, float* spare) {
+  for_each_block(base, n, num_threads(n), [&](int, int64_t blk, int64_t off, int64_t len,
+                                              const float* b, float* spare) {
     uint32_t* kb = reinterpret_cast<uint32_t*>(spare);
     for (int q : split) {
       KeepRule& r = rules[models[q]];
