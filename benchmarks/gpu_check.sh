@@ -3,7 +3,7 @@
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
 # 1. the kernel tests with real Triton, 2. --cuda merges of the examples equal the CPU ones,
 # 3. end-to-end merges (--cuda) against the IO floor on a ~1.2B Llama family, 4. the kernel
-# benchmarks. Each step is time-boxed so that a slow step
+# benchmarks, 5. a profile of one Triton TIES call (which selection pass or sync is slow). Each step is time-boxed so that a slow step
 # still leaves the others' figures in $OUT/summary.txt. Uses the preinstalled torch/triton;
 # wheels for the pure-Python dependencies may be carried in .gpu_wheels/ (no network there).
 set -u
@@ -44,4 +44,9 @@ timeout "${BENCH_S:-50}" python -m pytest -q -p no:cacheprovider benchmarks/benc
   --benchmark-only --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
 echo "bench exit code $?" >> "$S"
 sed -n '/mergefast kernel benchmarks/,$p' "$OUT/bench.log" | head -20 >> "$S"
+echo "## TIES profile (7B layer)" >> "$S"
+timeout "${PROFILE_S:-60}" python benchmarks/profile_ties.py --out "$OUT/profile_ties.txt" \
+  > "$OUT/profile.log" 2>&1
+echo "profile exit code $?" >> "$S"
+head -n 22 "$OUT/profile_ties.txt" >> "$S" 2>/dev/null
 cat "$S"
