@@ -34,9 +34,11 @@ def _planning_without_gc():
     gc.disable()
     try:
         yield
-    finally:
-        gc.freeze()
+    except BaseException:  # nothing was planned: nothing to freeze
         gc.enable()
+        raise
+    gc.freeze()
+    gc.enable()
 
 
 def _plan(config_file: str, out_path: str | None, options: dict):
@@ -70,9 +72,9 @@ def _print_plan(plan, opts, out_path) -> None:
 @reports_errors
 def yaml_command(config_file, out_path, dry_run=False, **options):
     """Merge the models described by mergekit YAML CONFIG_FILE into the folder OUT_PATH."""
-    from .execute import execute
-
     with _planning_without_gc():
+        from .execute import execute
+
         plan, opts = _plan(config_file, out_path, options)
     try:
         if dry_run:
