@@ -25,3 +25,31 @@ def test_ties_selection_paths_equal_the_reference(n, dtype, density):
     assert torch.equal(kernels.ties(*args), methods.ties(*args))
     assert torch.equal(kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=args[3], sparsify="magnitude"),
                        methods.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=args[3], sparsify="magnitude"))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_window_selection_on_random_tensors(seed):
+    """Random sizes just above the small-tensor path, random densities, dtypes and delta
+    shapes (continuous, coarse, mostly unchanged): the kept set is the reference's."""
+    from mergefast.kernels import cpu
+    from mergefast.methods.numerics import keep_count
+
+    if kernels.backend("cpu") != "cpu-ext":
+        pytest.skip("the C++ extension is not built")
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(65_537, 400_000, (1,), generator=g))
+    dtype = (torch.bfloat16, torch.float16, torch.float32)[seed % 3]
+    base = (0.02 * torch.randn(n, generator=g)).to(dtype)
+    kind = seed % 4
+    if kind == 0:  # continuous small deltas
+        x = base.float() + 0.002 * torch.randn(n, generator=g)
+    elif kind == 1:  # a handful of delta values
+        x = base.float() + torch.randint(-2, 3, (n,), generator=g) * 0.001
+    elif kind == 2:  # most weights unchanged
+        x = base.float() + (torch.rand(n, generator=g) < 0.2) * 0.01 * torch.randn(n, generator=g)
+    else:  # heavy tails
+        x = base.float() + 0.001 * torch.randn(n, generator=g) ** 3
+    x = x.to(dtype)
+    density = float(torch.rand(1, generator=g))
+    want = methods.magnitude_mask(x.float() - base.float(), density)
+    assert torch.equal(cpu.magnitude_keep(base, x, keep_count(density, n)), want), (n, dtype, kind, density)
