@@ -127,20 +127,27 @@ def main() -> None:
             for name, cmd in cmds.items():
                 shutil.rmtree(out, ignore_errors=True)
                 results[name].append(timed(cmd))
-        rows[method] = {k: (statistics.median(w for w, _ in v), max(r for _, r in v)) for k, v in results.items()}
+        rows[method] = {k: (statistics.median(w for w, _ in v), max(r for _, r in v), [w for w, _ in v])
+                        for k, v in results.items()}
         print_row(method, rows[method])
     if args.json:
         args.json.write_text(json.dumps({"size": args.size, "cuda": args.cuda, "rows": rows}, indent=2))
 
 
 def print_row(method: str, row: dict) -> None:
-    """One line per method: medians, ratios to the floor and peak RSS."""
-    floor = row["floor"][0]
+    """One line per method: medians, ratios to the floor and peak RSS; with several repeats
+    also the range of the per-repeat ratios (each command against the floor run just before
+    it), which shows how much of a ratio is this machine's noise."""
+    floor, _, floors = row["floor"]
     parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB)"]
     for name in ("mergefast", "mergekit"):
         if name in row:
-            wall, rss = row[name]
-            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor, RSS {rss:.2f} GB")
+            wall, rss, walls = row[name]
+            spread = ""
+            if len(walls) > 1:
+                ratios = [w / f for w, f in zip(walls, floors)]
+                spread = f" (runs {min(ratios):.2f}-{max(ratios):.2f}x)"
+            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{spread}, RSS {rss:.2f} GB")
     print(" | ".join(parts), flush=True)
 
 
