@@ -271,12 +271,16 @@ std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& 
   }
   std::unique_ptr<uint32_t[]> own;  // when `space` is too small (many models, small dtype)
   const int A = static_cast<int>(active.size());
-  if (space_bytes < candidate_bytes_min(A, n)) {
-    space_bytes = candidate_bytes(A, n);
+  // One thread count for sizing the lists and for the pass (OpenMP never gives a region
+  // more threads than asked for, so every thread id has its lists).
+  const int nthreads = num_threads(n);
+  if (space_bytes < candidate_bytes_min(A, n, nthreads)) {
+    space_bytes = candidate_bytes(A, n, nthreads);
     own.reset(new uint32_t[space_bytes / sizeof(uint32_t)]);  // uninitialised: touched as used
     space = own.get();
   }
-  const std::vector<WindowScan> scans = scan_windows(base, selected, selected_keep, n, space, space_bytes);
+  const std::vector<WindowScan> scans =
+      scan_windows(base, selected, selected_keep, n, nthreads, space, space_bytes);
   // One parallel region for all models (waking OpenMP's passive workers costs ~20 us).
   std::vector<char> resolved(A, 0);
 #pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)

@@ -214,13 +214,11 @@ constexpr int64_t kListSlack = kBlock + 8;
 
 }  // namespace
 
-size_t candidate_bytes(int models, int64_t n) {
-  const int nthreads = num_threads(n);
+size_t candidate_bytes(int models, int64_t n, int nthreads) {
   return sizeof(uint32_t) * models * nthreads * (n / kCandidateShare / nthreads + 1 + kListSlack);
 }
 
-size_t candidate_bytes_min(int models, int64_t n) {
-  const int nthreads = num_threads(n);
+size_t candidate_bytes_min(int models, int64_t n, int nthreads) {
   return sizeof(uint32_t) * models * nthreads * (n / (2 * kCandidateShare) / nthreads + 1 + kListSlack);
 }
 
@@ -235,10 +233,10 @@ int64_t WindowScan::candidates() const {
 }
 
 std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
-                                     const std::vector<int64_t>& keep, int64_t n,
+                                     const std::vector<int64_t>& keep, int64_t n, int nthreads,
                                      void* space, size_t space_bytes) {
   const std::vector<Window> windows = predict_windows(base, xs, keep, n);
-  const int nthreads = num_threads(n), A = static_cast<int>(xs.size());
+  const int A = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
   const int64_t room = static_cast<int64_t>(space_bytes / sizeof(uint32_t)) / (A * nthreads);
   const int64_t cap = std::min(n / kCandidateShare / nthreads + 1, room - kListSlack);

@@ -65,17 +65,18 @@ struct WindowScan {
   }
 };
 
-// Bytes the candidate lists of `models` models of n elements may use (at most n / 8 keys
-// per model), and the least they need (n / 16 keys per model: the window holds ~3 % of the
-// keys, and a list that runs full only costs the full passes).
-size_t candidate_bytes(int models, int64_t n);
-size_t candidate_bytes_min(int models, int64_t n);
+// Bytes the candidate lists of `models` models of n elements, on nthreads threads, may use
+// (at most n / 8 keys per model), and the least they need (n / 16 keys per model: the window
+// holds ~3 % of the keys, and a list that runs full only costs the full passes).
+size_t candidate_bytes(int models, int64_t n, int nthreads);
+size_t candidate_bytes_min(int models, int64_t n, int nthreads);
 
 // Predicts a window per model from a sample (n >= 16 * 4096) and runs pass A over all of
-// them: one read of base and every model. The candidate lists live in `space` (at least
-// candidate_bytes_min bytes, 4-byte aligned), which must stay valid while the scans are used.
+// them on at most nthreads threads: one read of base and every model. The candidate lists
+// live in `space` (at least candidate_bytes_min bytes for the same nthreads, 4-byte aligned),
+// which must stay valid while the scans are used.
 std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
-                                     const std::vector<int64_t>& keep, int64_t n,
+                                     const std::vector<int64_t>& keep, int64_t n, int nthreads,
                                      void* space, size_t space_bytes);
 
 }  // namespace mergefast
