@@ -308,4 +308,26 @@ struct Scratch {
   }
 };
 
+// Runs body(tid, blk, off, len, scratch) over the blocks of n elements on nthreads threads
+// (dynamic schedule: see kChunkBlocks); scratch holds `buffers` kBlock-float buffers of the
+// calling thread. The OpenMP skeleton of every elementwise and counting pass.
+template <class Body>
+void for_each_block_raw(int64_t n, int nthreads, int buffers, Body&& body) {
+  const int64_t nb = num_blocks(n);
+#pragma omp parallel num_threads(nthreads)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    Scratch scratch(buffers);
+#pragma omp for schedule(dynamic, kChunkBlocks)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t off = blk * kBlock;
+      body(tid, blk, off, std::min(kBlock, n - off), scratch);
+    }
+  }
+}
+
 }  // namespace mergefast

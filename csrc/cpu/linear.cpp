@@ -19,30 +19,21 @@ void linear_cpu(const std::vector<at::Tensor>& xs, const std::vector<double>& we
   }
   const Dst dst = make_dst(out, "linear");
   const float tot = static_cast<float>(total);
-  const int64_t nb = num_blocks(n);
   const int K = static_cast<int>(src.size());
-
-#pragma omp parallel num_threads(num_threads())
-  {
-    Scratch scratch(2);
-    float* acc = scratch.buf(0);
-    float* xbuf = scratch.buf(1);
-#pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const int64_t off = blk * kBlock;
-      const int64_t len = std::min(kBlock, n - off);
-      for (int64_t j = 0; j < len; ++j) acc[j] = 0.0f;
-      for (int i = 0; i < K; ++i) {
-        const float* x = stage(src[i], off, len, xbuf);
-        const float wi = w[i];
-        for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] + wi * x[j];
-      }
-      if (divide) {
-        for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] / tot;
-      }
-      store(dst, off, len, acc);
+  for_each_block_raw(n, num_threads(), 2, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
+    float* acc = s.buf(0);
+    float* xbuf = s.buf(1);
+    for (int64_t j = 0; j < len; ++j) acc[j] = 0.0f;
+    for (int i = 0; i < K; ++i) {
+      const float* x = stage(src[i], off, len, xbuf);
+      const float wi = w[i];
+      for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] + wi * x[j];
     }
-  }
+    if (divide) {
+      for (int64_t j = 0; j < len; ++j) acc[j] = acc[j] / tot;
+    }
+    store(dst, off, len, acc);
+  });
 }
 
 }  // namespace mergefast

@@ -12,26 +12,13 @@ namespace mergefast {
 // Keys of model x against the float32 base block b (elements off .. off+len of x).
 void keys_of_block(const Src& x, int64_t off, const float* b, int64_t len, uint32_t* kb);
 
-// Runs body(tid, blk, off, len, b, spare) over all blocks of n elements on nthreads
-// threads; b is the base block in float32, spare a free kBlock-float buffer.
+// for_each_block_raw with the base block staged: body(tid, blk, off, len, b, spare), b the
+// base block in float32, spare a free kBlock-float buffer.
 template <class Body>
 void for_each_block(const Src& base, int64_t n, int nthreads, Body&& body) {
-  const int64_t nb = num_blocks(n);
-#pragma omp parallel num_threads(nthreads)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
-    Scratch scratch(2);
-#pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const int64_t off = blk * kBlock;
-      const int64_t len = std::min(kBlock, n - off);
-      body(tid, blk, off, len, stage(base, off, len, scratch.buf(0)), scratch.buf(1));
-    }
-  }
+  for_each_block_raw(n, nthreads, 2, [&](int tid, int64_t blk, int64_t off, int64_t len, Scratch& s) {
+    body(tid, blk, off, len, stage(base, off, len, s.buf(0)), s.buf(1));
+  });
 }
 
 // Where one model's k-th largest key is predicted to lie: keys strictly inside (lo, hi)

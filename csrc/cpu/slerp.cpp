@@ -56,22 +56,14 @@ void slerp_apply_cpu(const at::Tensor& a, const at::Tensor& b, double c0, double
   const Src sa = make_src(a, "slerp"), sb = make_src(b, "slerp");
   const Dst dst = make_dst(out, "slerp");
   const int64_t n = out.numel();
-  const int64_t nb = num_blocks(n);
   const float f0 = static_cast<float>(c0), f1 = static_cast<float>(c1);
-#pragma omp parallel num_threads(num_threads())
-  {
-    Scratch scratch(3);
-    float* r = scratch.buf(2);
-#pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const int64_t off = blk * kBlock;
-      const int64_t len = std::min(kBlock, n - off);
-      const float* x = stage(sa, off, len, scratch.buf(0));
-      const float* y = stage(sb, off, len, scratch.buf(1));
-      for (int64_t j = 0; j < len; ++j) r[j] = f0 * x[j] + f1 * y[j];
-      store(dst, off, len, r);
-    }
-  }
+  for_each_block_raw(n, num_threads(), 3, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
+    const float* x = stage(sa, off, len, s.buf(0));
+    const float* y = stage(sb, off, len, s.buf(1));
+    float* r = s.buf(2);
+    for (int64_t j = 0; j < len; ++j) r[j] = f0 * x[j] + f1 * y[j];
+    store(dst, off, len, r);
+  });
 }
 
 }  // namespace mergefast

@@ -276,28 +276,20 @@ void magnitude_keep_cpu(const at::Tensor& base, const at::Tensor& x, int64_t kee
   const std::vector<KeepRule> rules =
       select_magnitude(sb, {sx}, {keep}, n, mask.data_ptr(), static_cast<size_t>(mask.nbytes()));
   bool* m = mask.data_ptr<bool>();
-  const int64_t nb = num_blocks(n);
-#pragma omp parallel num_threads(num_threads())
-  {
-    Scratch scratch(3);
-    float* d = scratch.buf(2);
-#pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      const int64_t off = blk * kBlock;
-      const int64_t len = std::min(kBlock, n - off);
-      const float* b = stage(sb, off, len, scratch.buf(0));
-      const float* xx = stage(sx, off, len, scratch.buf(1));
-      for (int64_t j = 0; j < len; ++j) d[j] = xx[j] - b[j];
-      uint32_t teff;
-      int64_t rem = 0;
-      const KeepRule& r = rules[0];
-      if (r.block_rule(blk, teff, rem)) {
-        for (int64_t j = 0; j < len; ++j) m[off + j] = mag_key(d[j]) >= teff;
-      } else {
-        walk_tie_block(r, rem, len, d, [m, off](int64_t j, bool kept) { m[off + j] = kept; });
-      }
+  const KeepRule& r = rules[0];
+  for_each_block_raw(n, num_threads(), 3, [&](int, int64_t blk, int64_t off, int64_t len, Scratch& s) {
+    const float* b = stage(sb, off, len, s.buf(0));
+    const float* xx = stage(sx, off, len, s.buf(1));
+    float* d = s.buf(2);
+    for (int64_t j = 0; j < len; ++j) d[j] = xx[j] - b[j];
+    uint32_t teff;
+    int64_t rem = 0;
+    if (r.block_rule(blk, teff, rem)) {
+      for (int64_t j = 0; j < len; ++j) m[off + j] = mag_key(d[j]) >= teff;
+    } else {
+      walk_tie_block(r, rem, len, d, [m, off](int64_t j, bool kept) { m[off + j] = kept; });
     }
-  }
+  });
 }
 
 }  // namespace mergefast
