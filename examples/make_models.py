@@ -228,15 +228,9 @@ def make_tiny_llama(
         raise ValueError(f"unsupported dtype {dtype}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    shapes = llama_tensor_shapes(
-        layers=layers,
-        vocab=vocab,
-        hidden=hidden,
-        intermediate=intermediate,
-        heads=heads,
-        kv_heads=kv_heads,
-        tie_word_embeddings=tie_word_embeddings,
-    )
+    arch = dict(layers=layers, vocab=vocab, hidden=hidden, intermediate=intermediate, heads=heads,
+                kv_heads=kv_heads, tie_word_embeddings=tie_word_embeddings)
+    shapes = llama_tensor_shapes(**arch)
     gen = torch.Generator().manual_seed(int(seed))
     tensors: dict[str, torch.Tensor] = {}
     for name, shape in shapes.items():
@@ -249,16 +243,7 @@ def make_tiny_llama(
             value = _init_tensor(name, shape, gen)
         tensors[name] = value.to(dtype).contiguous()
     _write_tensors(folder, tensors, fmt)
-    config = _config_dict(
-        layers=layers,
-        vocab=vocab,
-        hidden=hidden,
-        intermediate=intermediate,
-        heads=heads,
-        kv_heads=kv_heads,
-        dtype=dtype,
-        tie_word_embeddings=tie_word_embeddings,
-    )
+    config = _config_dict(**arch, dtype=dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_tokenizer(folder, vocab)
     return tensors
