@@ -416,11 +416,6 @@ def compare_outputs(expected: dict[str, torch.Tensor], actual: dict[str, torch.T
     return problems
 
 
-def _input_scale(case: str, models) -> dict[str, float]:
-    """Per output tensor name: the largest |value| over all inputs' tensors of that shape kind."""
-    return input_scale_of(CASES[case](models), models)
-
-
 def input_scale_of(cfg: dict, models) -> dict[str, float]:
     """The same for a config dict: every model it reads (models, slice sources, base)."""
     paths = []
@@ -438,6 +433,25 @@ def input_scale_of(cfg: dict, models) -> dict[str, float]:
             key = ".".join(x for x in name.split(".") if not x.isdigit())
             scale[key] = max(scale.get(key, 0.0), float(t.abs().max()))
     return scale
+
+
+def assert_outputs_match(case: str, cfg: dict, models, mk_out: Path, mf_out: Path):
+    """mergefast's output folder agrees with mergekit's: tensor values within a few ulps of the
+    inputs' magnitudes (compare_outputs) and the same layer count in config.json. Returns
+    mergefast's tensors and both configs (mergekit's, mergefast's) for further checks."""
+    expected, actual = load_folder(mk_out), load_folder(mf_out)
+    scale = _scale_for(expected, input_scale_of(cfg, models))
+    problems = compare_outputs(expected, actual, scale=scale)
+    assert not problems, f"{case}: mergefast differs from mergekit:\n" + "\n".join(problems)
+    mk_cfg = json.loads((mk_out / "config.json").read_text())
+    mf_cfg = json.loads((mf_out / "config.json").read_text())
+    assert mf_cfg["num_hidden_layers"] == mk_cfg["num_hidden_layers"]
+    return actual, mk_cfg, mf_cfg
+
+
+def config_dtype(cfg: dict) -> str | None:
+    """The dtype a config.json names (newer transformers write `dtype`, older ones `torch_dtype`)."""
+    return cfg.get("dtype", cfg.get("torch_dtype"))
 
 
 def _scale_for(names, key_scale) -> dict[str, float]:
@@ -559,15 +573,7 @@ def test_ties_inputs_have_no_ties_at_threshold(models):
 def test_mergefast_matches_mergekit(case, models, workdir, mergekit_outputs):
     mk_out = mergekit_outputs(case)
     mf_out = _run_mergefast(case, models, workdir)
-    expected = load_folder(mk_out)
-    actual = load_folder(mf_out)
-    scale = _scale_for(expected, _input_scale(case, models))
-    problems = compare_outputs(expected, actual, scale=scale)
-    assert not problems, f"{case}: mergefast differs from mergekit:\n" + "\n".join(problems)
-
-    mk_cfg = json.loads((mk_out / "config.json").read_text())
-    mf_cfg = json.loads((mf_out / "config.json").read_text())
-    assert mf_cfg["num_hidden_layers"] == mk_cfg["num_hidden_layers"]
+    actual, mk_cfg, mf_cfg = assert_outputs_match(case, CASES[case](models), models, mk_out, mf_out)
     if case in DONOR_AMBIGUOUS:
         # mergekit takes config.json from an arbitrary input here (a set, hash-seed order):
         # with PYTHONHASHSEED 0..5 it wrote tie_word_embeddings True, False, True, True, True,
@@ -580,9 +586,7 @@ def test_mergefast_matches_mergekit(case, models, workdir, mergekit_outputs):
     if mf_cfg.get("tie_word_embeddings"):
         # a tied config would make transformers ignore a written lm_head.weight
         assert "lm_head.weight" not in actual
-    mk_dtype = mk_cfg.get("dtype", mk_cfg.get("torch_dtype"))
-    mf_dtype = mf_cfg.get("dtype", mf_cfg.get("torch_dtype"))
-    assert mf_dtype == mk_dtype
+    assert config_dtype(mf_cfg) == config_dtype(mk_cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,10 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_mergekit_compat import (  # noqa: E402  (shared helpers; read-only)
     MERGEKIT_YAML,
     _env,
-    _scale_for,
-    input_scale_of,
-    compare_outputs,
-    load_folder,
+    assert_outputs_match,
+    config_dtype,
     make_models,
 )
 
@@ -383,11 +381,6 @@ def _run_mergefast(case: str, workdir: Path) -> Path:
     return out
 
 
-def _input_scale(case: str, models) -> dict[str, float]:
-    """Per tensor name (layer index stripped): the largest |value| over the case's inputs."""
-    return input_scale_of(CASES[case](models), models)
-
-
 # ---------------------------------------------------------------------------------------------
 # Preconditions: no ties where a ranking decides (mergefast breaks ties by index on purpose)
 
@@ -435,15 +428,6 @@ def test_mergefast_matches_mergekit(case, models, workdir, mergekit_outputs):
     mk_out = mergekit_outputs[case]
     assert isinstance(mk_out, Path), f"mergekit failed for {case}:\n{mk_out}"
     mf_out = _run_mergefast(case, workdir)
-    expected, actual = load_folder(mk_out), load_folder(mf_out)
-    scale = _scale_for(expected, _input_scale(case, models))
-    problems = compare_outputs(expected, actual, scale=scale)
-    assert not problems, f"{case}: mergefast differs from mergekit:\n" + "\n".join(problems)
-
-    mk_cfg = json.loads((mk_out / "config.json").read_text())
-    mf_cfg = json.loads((mf_out / "config.json").read_text())
-    assert mf_cfg["num_hidden_layers"] == mk_cfg["num_hidden_layers"]
+    _, mk_cfg, mf_cfg = assert_outputs_match(case, CASES[case](models), models, mk_out, mf_out)
     assert mf_cfg.get("tie_word_embeddings") == mk_cfg.get("tie_word_embeddings")
-    mk_dtype = mk_cfg.get("dtype", mk_cfg.get("torch_dtype"))
-    mf_dtype = mf_cfg.get("dtype", mf_cfg.get("torch_dtype"))
-    assert mf_dtype == mk_dtype == "float32"
+    assert config_dtype(mf_cfg) == config_dtype(mk_cfg) == "float32"
