@@ -3,8 +3,9 @@
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
 # 1. the kernel tests with real Triton, 2. --cuda merges of the examples equal the CPU ones,
 # 3. end-to-end merges (--cuda) against the IO floor on a ~1.2B Llama family, 4. the kernel
-# benchmarks, 5. a profile of one Triton TIES call (which selection pass or sync is slow). Each step is time-boxed so that a slow step
-# still leaves the others' figures in $OUT/summary.txt. Uses the preinstalled torch/triton;
+# benchmarks, 5. a profile of one Triton TIES call (which selection pass or sync is slow),
+# 6. the block-size / histogram-grid sweep (bench_kernels.py script mode). Each step is
+# time-boxed so that a slow step still leaves the others' figures in $OUT/summary.txt. Uses the preinstalled torch/triton;
 # wheels for the pure-Python dependencies may be carried in .gpu_wheels/ (no network there).
 set -u
 OUT=${OUT:-/tmp/mergefast-gpu}
@@ -49,4 +50,8 @@ timeout "${PROFILE_S:-60}" python benchmarks/profile_ties.py --out "$OUT/profile
   > "$OUT/profile.log" 2>&1
 echo "profile exit code $?" >> "$S"
 head -n 22 "$OUT/profile_ties.txt" >> "$S" 2>/dev/null
+echo "## sweep: BLOCK x warps, histogram programs per SM" >> "$S"
+timeout "${SWEEP_S:-90}" python benchmarks/bench_kernels.py > "$OUT/sweep.txt" 2>&1
+echo "sweep exit code $?" >> "$S"
+cat "$OUT/sweep.txt" >> "$S"
 cat "$S"

@@ -6,7 +6,7 @@
 Runs `kernels.ties` on one 7B layer (base + 3 bf16 fine-tunes, benchmarks/conftest.py) a few
 times to warm up, then once under torch.profiler, and prints the table of the ops and kernels
 sorted by device time (CPU time on the CPU). On a GPU this shows which selection pass (the
-radix digits, the low-bits histogram, the tie counts) or which host sync (`.tolist()`,
+radix digit passes, the tie counts) or which host sync (`.tolist()`,
 `aten::item`) makes Triton TIES slow: the numbers the next change to
 `mergefast/kernels/triton/task_arithmetic.py` needs. `benchmarks/gpu_check.sh` runs it.
 """

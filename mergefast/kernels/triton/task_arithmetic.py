@@ -1,20 +1,20 @@
 """Task arithmetic / TIES on the GPU: exact magnitude selection by histogram, then one fused
 apply pass.
 
-Selection, per model i with 0 < k_i < n, on the 31-bit key of |f32(x_i) - f32(base)|
-(a radix select on 8 + 8 + 15 bits; measured on an H200, 7B layer, K = 3: one pass of global
-atomics on the top 15 bits took 11 ms, because fine-tune deltas crowd a few hundred bins and
-same-address atomics serialise; per-CTA `tl.histogram`s of 8-bit digits flushed with 256
-atomics per CTA do not contend):
-  pass A  `_digit_hist_kernel`: 256-bin histogram of key >> 23 -> the bucket of the k-th
-          largest key and the count above it (a few torch ops on the device);
-  pass B  the same kernel, digit (key >> 15) & 255 of the keys inside that bucket;
-  pass C  `_hist_lo_kernel`: 32768-bin histogram (global atomics: few elements) of key & 0x7FFF
-          inside the 16-bit prefix -> the exact threshold key T and the quota r of T-valued
-          elements to keep;
-  pass D  `_eq_count_kernel`, only when r < count(key == T): per-block counts of key == T and
-          an exclusive scan (torch.cumsum over nblocks values), so that the apply pass keeps
-          ties lowest flat index first (an in-block tl.cumsum).
+Selection, per model i with 0 < k_i < n, on the 31-bit key of |f32(x_i) - f32(base)|: a
+radix select on 8 + 8 + 8 + 7 bits (`RADIX_DIGITS`), one `_digit_hist_kernel` pass per digit
+over the keys that share the prefix found so far -> the bucket of the k-th largest key and the
+count above it (a few torch ops on the device, one sync a pass); after the last digit the exact
+threshold key T and the quota r of T-valued elements to keep. Every pass counts in per-program
+`tl.histogram`s, never with per-element global atomics: same-address atomics serialise, and
+fine-tune deltas crowd few keys. Measured on an H200, 7B layer, K = 3: global atomics on the
+top 15 bits took 11 ms; the earlier last pass (global atomics on the low 15 bits) had 845,861
+elements of each model on ONE bin (bf16 deltas are multiples of the weights' ulp; count by
+`torch` on the benchmark layer); with that pass the whole TIES call took 3.6 ms, the apply
+pass alone 0.23 ms. The 8 + 8 + 8 + 7 scheme has not yet run on a GPU.
+Then `_eq_count_kernel`, only when r < count(key == T): per-block counts of key == T and an
+exclusive scan (torch.cumsum over nblocks values), so that the apply pass keeps ties lowest
+flat index first (an in-block tl.cumsum).
 A pass is skipped when a whole bucket is kept.
 Apply `_task_arithmetic_kernel`: reads base and the K models, and per element, in registers:
 deltas, keep masks, weighted deltas, the elected sign, the agreeing sum and divisor, the
@@ -33,47 +33,46 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import as_arg, block_size, launch_options, load_f32, magnitude_key, store_f32
+from .utils import (as_arg, block_size, hist_programs, launch_options, load_f32, magnitude_key,
+                    store_f32)
 
-HI_BINS = 1 << 15
-LO_BINS = 1 << 16
 KEEP_NONE = 1 << 31   # threshold above every 31-bit key
 NO_QUOTA = 1 << 62    # quota of a model whose ties are not split
+# (shift, width) of the radix digits of the 31-bit key, most significant first
+RADIX_DIGITS = ((23, 8), (15, 8), (7, 8), (0, 7))
 
 
 @triton.jit
-def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, SHIFT: tl.constexpr,
-                       PREFIX_SHIFT: tl.constexpr, BLOCK: tl.constexpr):
-    """256-bin histogram of the digit (key >> SHIFT) & 255 over the keys whose
-    key >> PREFIX_SHIFT equals model i's prefix (all keys when PREFIX_SHIFT == 31)."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    b = load_f32(base_ptr, offs, mask)
-    bins = tl.arange(0, 256)
-    for i in tl.static_range(len(xs)):
-        key = magnitude_key(load_f32(xs[i], offs, mask) - b)
-        sel = mask
-        if PREFIX_SHIFT < 31:
-            sel = sel & ((key >> PREFIX_SHIFT) == tl.load(prefix_ptr + i))
-        digit = tl.where(sel, (key >> SHIFT) & 255, 0)
-        counts = tl.histogram(digit, 256)
-        # the unselected lanes were counted in bin 0: take them out again
-        counts = counts - tl.where(bins == 0, tl.sum((~sel).to(tl.int32), axis=0), 0)
-        tl.atomic_add(hist_ptr + i * 256 + bins, counts, mask=counts > 0)
+def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, SHIFT: tl.constexpr,
+                       BINS: tl.constexpr, PREFIX_SHIFT: tl.constexpr, KB: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """BINS-bin histogram of the digit (key >> SHIFT) & (BINS - 1) over the keys whose
+    key >> PREFIX_SHIFT equals model i's prefix (all keys when PREFIX_SHIFT == 31).
 
-
-@triton.jit
-def _hist_lo_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, BLOCK: tl.constexpr):
-    """32768-bin histogram of key & 0x7FFF over the keys whose key >> 15 is model i's prefix."""
+    Each program walks blocks pid, pid + nprog, ... and sums its per-block `tl.histogram`s in
+    registers ([KB, BINS], one row per model), then adds them to `hist` once: flushing every
+    block sent one atomic per block to each hot bin (~22K per bin on a 7B layer)."""
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    b = load_f32(base_ptr, offs, mask)
-    for i in tl.static_range(len(xs)):
-        key = magnitude_key(load_f32(xs[i], offs, mask) - b)
-        sel = mask & ((key >> 15) == tl.load(prefix_ptr + i))
-        tl.atomic_add(hist_ptr + i * 32768 + (key & 0x7FFF), 1, mask=sel)
+    nprog = tl.num_programs(0)
+    bins = tl.arange(0, BINS)
+    rows = tl.arange(0, KB)
+    acc = tl.zeros([KB, BINS], dtype=tl.int32)
+    for blk in range(pid, nblocks, nprog):
+        offs = tl.cast(blk, tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        b = load_f32(base_ptr, offs, mask)
+        for i in tl.static_range(len(xs)):
+            key = magnitude_key(load_f32(xs[i], offs, mask) - b)
+            sel = mask
+            if PREFIX_SHIFT < 31:
+                sel = sel & ((key >> PREFIX_SHIFT) == tl.load(prefix_ptr + i))
+            digit = tl.where(sel, (key >> SHIFT) & (BINS - 1), 0)
+            counts = tl.histogram(digit, BINS)
+            # the unselected lanes were counted in bin 0: take them out again
+            counts = counts - tl.where(bins == 0, tl.sum((~sel).to(tl.int32), axis=0), 0)
+            acc = acc + tl.where(rows[:, None] == i, counts[None, :], 0)
+    live = (acc > 0) & (rows[:, None] < len(xs))
+    tl.atomic_add(hist_ptr + rows[:, None] * BINS + bins[None, :], acc, mask=live)
 
 
 @triton.jit
@@ -184,33 +183,29 @@ def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Seque
     eqb = None
     opts = launch_options()
     b = as_arg(base)
-    grid = (nblocks,)
-    # (model, prefix so far, prefix bits, still needed below the prefix); the radix digits:
-    # 8 bits (exponent), 8 bits, then the last 15 bits by global atomics
-    todo = [(i, 0, 0, keep[i]) for i in active]
-    for shift, width in ((23, 8), (15, 8), (0, 15)):
+    hist_grid = (hist_programs(base.device, nblocks),)
+    # (model, prefix so far, still needed below the prefix), refined one radix digit a pass
+    todo = [(i, 0, keep[i]) for i in active]
+    for shift, width in RADIX_DIGITS:
         if not todo:
             break
         bins = 1 << width
         hist = torch.zeros((len(todo), bins), dtype=torch.int32, device=dev)
-        prefixes = torch.tensor([p for _, p, _, _ in todo], dtype=torch.int32, device=dev)
-        models = tuple(as_arg(xs[i]) for i, _, _, _ in todo)
-        if width == 8:
-            _digit_hist_kernel[grid](b, models, prefixes, hist, n, SHIFT=shift,
-                                     PREFIX_SHIFT=shift + 8 if shift < 23 else 31,
-                                     BLOCK=block, **opts)
-        else:
-            _hist_lo_kernel[grid](b, models, prefixes, hist, n, BLOCK=block, **opts)
-        need = torch.tensor([r for _, _, _, r in todo], dtype=torch.int64, device=dev)
+        prefixes = torch.tensor([p for _, p, _ in todo], dtype=torch.int32, device=dev)
+        models = tuple(as_arg(xs[i]) for i, _, _ in todo)
+        _digit_hist_kernel[hist_grid](b, models, prefixes, hist, n, nblocks, SHIFT=shift,
+                                      BINS=bins, PREFIX_SHIFT=shift + width,
+                                      KB=triton.next_power_of_2(len(todo)), BLOCK=block, **opts)
+        need = torch.tensor([r for _, _, r in todo], dtype=torch.int64, device=dev)
         digit, above, count = _first_reaching(hist, need)
         nxt = []
-        for q, (i, prefix, _, r) in enumerate(todo):
+        for q, (i, prefix, r) in enumerate(todo):
             p = (prefix << width) | digit[q]
             rest = r - above[q]            # still needed among keys with this prefix
             if rest == count[q]:           # the whole bucket is kept
                 thr[i] = p << shift
             elif shift > 0:
-                nxt.append((i, p, 0, rest))
+                nxt.append((i, p, rest))
             else:                          # p is the exact threshold key
                 thr[i] = p
                 quota[i] = rest
@@ -219,7 +214,7 @@ def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Seque
     if cut:
         counts = torch.empty((len(cut), nblocks), dtype=torch.int32, device=dev)
         thr_cut = torch.tensor([thr[i] for i in cut], dtype=torch.int32, device=dev)
-        _eq_count_kernel[grid](b, tuple(as_arg(xs[i]) for i in cut), thr_cut, counts, n,
+        _eq_count_kernel[(nblocks,)](b, tuple(as_arg(xs[i]) for i in cut), thr_cut, counts, n,
                                nblocks, BLOCK=block, **opts)
         counts = counts.to(torch.int64)
         eqb = torch.zeros((K, nblocks), dtype=torch.int64, device=dev)

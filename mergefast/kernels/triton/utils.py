@@ -25,12 +25,28 @@ NUM_WARPS = 8
 INTERPRET_BLOCK = 256
 
 
+# Programs per SM of the histogram passes, each looping over blocks (a persistent grid): 4 x 8
+# warps fill an SM's 64 warp slots at two programs in flight. Not yet swept on a GPU
+# (`benchmarks/bench_kernels.py` script mode prints the sweep).
+HIST_PROGRAMS_PER_SM = 4
+# Under the interpreter: few programs, so that every program loops over several blocks.
+INTERPRET_HIST_PROGRAMS = 3
+
+
 def interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
 def block_size() -> int:
     return INTERPRET_BLOCK if interpret() else BLOCK
+
+
+def hist_programs(device: torch.device, nblocks: int) -> int:
+    """Grid size of the histogram passes: enough programs to fill the GPU, at most one a block."""
+    if interpret():
+        return max(1, min(nblocks, INTERPRET_HIST_PROGRAMS))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(nblocks, sms * HIST_PROGRAMS_PER_SM))
 
 
 def launch_options() -> dict:
