@@ -157,6 +157,52 @@ def test_host_staging_recycles_buffers_but_never_an_output(tmp_path):
         assert torch.equal(second.tensors[0], torch.arange(6.0))
 
 
+def test_host_staging_merges_into_pooled_buffers_given_back_after_the_write(tmp_path):
+    from checkpoints import write_checkpoint
+
+    from mergefast import kernels
+    from mergefast.io.reader import CheckpointReader
+    from mergefast.staging.host import HostStaging
+
+    assert kernels.backend("cpu") == "cpu-ext"
+    folder = write_checkpoint(tmp_path / "m", {"a": torch.arange(6.0)})
+
+    class Source:
+        def __init__(self, name, reader):
+            self.model, self.tensor, self.info = "m", name, reader.info(name)
+
+    def doubled_twice(job, tensors):  # a kernel output used as an intermediate, then the result
+        once = kernels.linear([tensors[0], tensors[0]], [1.0, 1.0], normalize=False)
+        return kernels.linear([once, once], [1.0, 1.0], normalize=False)
+
+    with CheckpointReader(folder) as reader:
+        plan = type("Plan", (), {"models": {"m": type("M", (), {"reader": reader})}})()
+        job = type("Job", (), {"copy": False, "sources": [Source("a", reader)]})()
+        staging = HostStaging(plan)
+
+        def pooled():
+            return [b.data_ptr() for bufs in staging._free.values() for b in bufs]
+
+        staged = staging.read(job)
+        first = staging.merge(job, staged, doubled_twice)
+        assert torch.equal(first.tensor, torch.arange(6.0) * 4)
+        assert first.tensor.untyped_storage().data_ptr() == first.buffer.data_ptr()
+        assert pooled() == [staged.buffers[0].data_ptr()]  # the input is back; the result is not
+        written = []
+        staging.write(first, lambda t: written.append(t.clone()))
+        assert torch.equal(written[0], torch.arange(6.0) * 4)
+        # the result's buffer is back too; the intermediate's never is
+        assert sorted(pooled()) == sorted([staged.buffers[0].data_ptr(), first.buffer.data_ptr()])
+        recycled = set(pooled())
+        again = staging.read(job)  # the input and the intermediate take the two pooled buffers
+        assert again.buffers[0].data_ptr() in recycled
+        result = staging.merge(job, again, doubled_twice)
+        assert torch.equal(result.tensor, torch.arange(6.0) * 4)
+        assert pooled() == [again.buffers[0].data_ptr()]
+        outside = kernels.linear([torch.ones(6), torch.ones(6)], [1.0, 1.0])  # no merge: fresh
+        assert outside.untyped_storage().data_ptr() not in recycled | set(pooled())
+
+
 def test_ctrl_c_during_a_long_merge_does_not_wait_for_it():
     import os
     import signal

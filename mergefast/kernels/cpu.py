@@ -7,7 +7,9 @@ computed as the references compute them (see `mergefast/kernels/__init__.py`).
 
 from __future__ import annotations
 
-from typing import Sequence
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -28,8 +30,32 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
+_outputs = threading.local()
+
+
+@contextmanager
+def output_buffers(take: Callable[[int], torch.Tensor]) -> Iterator[None]:
+    """In this block, this thread's kernel outputs live in `take(nbytes)`, a uint8 CPU tensor
+    of at least `nbytes` bytes, instead of fresh memory.
+
+    Fresh memory costs its page faults on every tensor: filling a fresh 65 MB tensor took
+    23 ms (16,000 faults) on the 2-core box, a recycled one 2 ms. The pipeline hands out
+    recycled buffers here (staging/host.py): TIES of the 0.3B family, 5 runs alternated,
+    45,000 fewer faults and 5.20 -> 5.03 s of CPU per run."""
+    previous = getattr(_outputs, "take", None)
+    _outputs.take = take
+    try:
+        yield
+    finally:
+        _outputs.take = previous
+
+
 def _empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(like.shape, dtype=dtype, device=like.device)
+    take = getattr(_outputs, "take", None)
+    if take is None or like.device.type != "cpu":
+        return torch.empty(like.shape, dtype=dtype, device=like.device)
+    nbytes = like.numel() * dtype.itemsize
+    return take(nbytes)[:nbytes].view(dtype).view(like.shape)
 
 
 def linear(xs: Sequence[torch.Tensor], weights: Sequence[float], divide: bool, total: float,

@@ -26,7 +26,7 @@ import torch
 
 from .pinned_ring import RING_SLOTS, PinnedRing, ring_shape
 from ..plan import MergePlan, TensorJob
-from .host import HostStaging, _HostBatch
+from .host import HostStaging, _HostBatch, _HostResult
 
 CHUNKED_METHODS = frozenset({"linear"})
 
@@ -215,8 +215,8 @@ class CudaStaging(HostStaging):
 
     def write(self, pending: Any, sink: Callable[[torch.Tensor], None]) -> None:
         """Wait for a result's D2H copy, hand it to `sink`, free its slots (writer thread)."""
-        if isinstance(pending, torch.Tensor):  # a passthrough copy: never left the host
-            sink(pending)
+        if isinstance(pending, _HostResult):  # a passthrough copy: never left the host
+            super().write(pending, sink)
         else:
             pending.write(sink)
 
