@@ -25,10 +25,11 @@ NUM_WARPS = 8
 INTERPRET_BLOCK = 256
 
 
-# Programs per SM of the histogram passes, each looping over blocks (a persistent grid): 4 x 8
-# warps fill an SM's 64 warp slots at two programs in flight. Not yet swept on a GPU
-# (`benchmarks/bench_kernels.py` script mode prints the sweep).
-HIST_PROGRAMS_PER_SM = 4
+# Programs per SM of the histogram passes, each looping over blocks (a persistent grid). The
+# sm_90 cubins of those passes use 62-79 registers a thread (cuobjdump, Triton 3.9, K = 3 and
+# 9), so 3 programs of 8 warps fit an SM at once; a 4th per SM would run as a second wave and
+# double the pass. Not yet swept on a GPU (`benchmarks/bench_kernels.py` script mode does).
+HIST_PROGRAMS_PER_SM = 3
 # Under the interpreter: few programs, so that every program loops over several blocks.
 INTERPRET_HIST_PROGRAMS = 3
 
