@@ -71,6 +71,23 @@ def test_missing_extension_falls_back_and_says_why(monkeypatch):
     assert torch.equal(kernels.linear(x, [0.5, 0.5]), methods.linear(x, [0.5, 0.5]))
 
 
+def test_kernels_launch_on_the_inputs_device(monkeypatch):
+    """Triton launches on the thread's current CUDA device: the dispatch makes it the inputs'
+    (the merge thread would otherwise launch `--device cuda:1` work on cuda:0)."""
+    from contextlib import nullcontext
+
+    from mergefast.kernels import dispatch
+
+    guard = dispatch.device_guard(torch.device("cuda", 1))  # built without touching CUDA
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(dispatch.device_guard(torch.device("cpu")), nullcontext)
+    seen = []
+    monkeypatch.setattr(dispatch, "device_guard", lambda device: seen.append(device) or nullcontext())
+    monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
+    kernels.linear([torch.randn(4), torch.randn(4)], [0.5, 0.5])
+    assert seen == ([] if kernels.backend("cpu") == "torch" else [torch.device("cpu")])
+
+
 @needs_ext
 def test_auto_backend_failure_falls_back_once_with_warning(monkeypatch):
     from mergefast.kernels import cpu

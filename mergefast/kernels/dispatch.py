@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable, Sequence
 
 import torch
@@ -165,6 +166,15 @@ def _impl(name: str):
     return ops
 
 
+def device_guard(device: torch.device) -> AbstractContextManager:
+    """Make `device` the current CUDA device for a kernel launch (nothing for other devices).
+
+    Triton launches on the calling thread's current device, not on the tensors' one, and the
+    merge thread starts on cuda:0: with `--device cuda:1` its kernels would get pointers into
+    another GPU's memory."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
 def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
               reference: Callable[[], torch.Tensor], run: Callable[[object], torch.Tensor]):
     """`run(impl)` on the chosen backend, or `reference()`; an automatically chosen backend
@@ -173,7 +183,8 @@ def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
     if name == "torch":
         return reference()
     try:
-        return run(_impl(name))
+        with device_guard(inputs[0].device):
+            return run(_impl(name))
     except Exception as exc:
         if _requested() is not None:
             raise
