@@ -5,8 +5,9 @@
 # 3. end-to-end merges (--cuda) against the IO floor on a ~1.2B Llama family, 4. the kernel
 # benchmarks, 5. a profile of one Triton TIES call (which selection pass or sync is slow),
 # 6. the block-size / histogram-grid sweep (bench_kernels.py script mode). Each step is
-# time-boxed so that a slow step still leaves the others' figures in $OUT/summary.txt. Uses the preinstalled torch/triton;
-# wheels for the pure-Python dependencies may be carried in .gpu_wheels/ (no network there).
+# time-boxed so that a slow step still leaves the others' figures in $OUT/summary.txt. Uses
+# the preinstalled torch/triton; wheels for the pure-Python dependencies may be carried in
+# .gpu_wheels/ (no network there).
 set -u
 OUT=${OUT:-/tmp/mergefast-gpu}
 mkdir -p "$OUT"

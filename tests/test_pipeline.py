@@ -164,7 +164,8 @@ def test_host_staging_merges_into_pooled_buffers_given_back_after_the_write(tmp_
     from mergefast.io.reader import CheckpointReader
     from mergefast.staging.host import HostStaging
 
-    assert kernels.backend("cpu") == "cpu-ext"
+    if kernels.backend("cpu") != "cpu-ext":
+        pytest.skip("the pooled outputs are the C++ kernels' (mergefast._C is not built)")
     folder = write_checkpoint(tmp_path / "m", {"a": torch.arange(6.0)})
 
     class Source:
