@@ -227,8 +227,9 @@ print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.eleme
 # ------------------------------------------------------------------ script mode (GPU sweep)
 
 def _gpu_sweep() -> None:
-    """Times the Triton kernels over block sizes / warps (used by gpu_check.sh to choose
-    BLOCK and NUM_WARPS in mergefast/kernels/triton/utils.py)."""
+    """Times Triton TIES over the histogram passes' programs per SM, then the kernels over
+    block sizes / warps (gpu_check.sh runs it to choose HIST_PROGRAMS_PER_SM, BLOCK and
+    NUM_WARPS in mergefast/kernels/triton/utils.py)."""
     from triton.testing import do_bench
 
     from conftest import _layer
@@ -245,7 +246,12 @@ def _gpu_sweep() -> None:
         "ties-d1": (lambda: kernels.ties(base, xs, WEIGHTS, [1.0] * 3), 5 * 2 * n),
         "slerp": (lambda: kernels.slerp(base, xs[0], T), 3 * 2 * n),
     }
-    default = utils.BLOCK, utils.NUM_WARPS
+    chosen = utils.HIST_PROGRAMS_PER_SM
+    for per_sm in (1, 2, 3, 4, 8, 16):   # the grid of the selection's histogram passes first
+        utils.HIST_PROGRAMS_PER_SM = per_sm
+        ms = do_bench(ops["ties"][0], warmup=5, rep=50, return_mode="median")
+        print(f"HIST_PROGRAMS_PER_SM={per_sm:2d} ties {ms:7.3f} ms", flush=True)
+    utils.HIST_PROGRAMS_PER_SM = chosen
     for block in (1024, 2048, 4096):
         for warps in (4, 8):
             utils.BLOCK, utils.NUM_WARPS = block, warps
@@ -255,12 +261,6 @@ def _gpu_sweep() -> None:
                 frac = f" {nbytes / (ms * 1e-3) / peak * 100:4.0f}%" if peak else ""
                 line.append(f"{op} {ms:7.3f} ms {nbytes / (ms * 1e-3) / 1e9:7.0f} GB/s{frac}")
             print(" | ".join(line), flush=True)
-    utils.BLOCK, utils.NUM_WARPS = default
-    ties = ops["ties"][0]
-    for per_sm in (1, 2, 4, 8, 16):   # the grid of the selection's histogram passes
-        utils.HIST_PROGRAMS_PER_SM = per_sm
-        ms = do_bench(ties, warmup=5, rep=50, return_mode="median")
-        print(f"HIST_PROGRAMS_PER_SM={per_sm:2d} ties {ms:7.3f} ms", flush=True)
 
 
 if __name__ == "__main__":
