@@ -227,13 +227,13 @@ print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.eleme
 # ------------------------------------------------------------------ script mode (GPU sweep)
 
 def _gpu_sweep() -> None:
-    """Times Triton TIES over the histogram passes' programs per SM, then the kernels over
-    block sizes / warps (gpu_check.sh runs it to choose HIST_PROGRAMS_PER_SM, BLOCK and
-    NUM_WARPS in mergefast/kernels/triton/utils.py)."""
+    """Times Triton TIES with each selection scheme and over the radix passes' programs per
+    SM, then the kernels over block sizes / warps (gpu_check.sh runs it to choose
+    select.SELECTION, and HIST_PROGRAMS_PER_SM, BLOCK and NUM_WARPS in utils.py)."""
     from triton.testing import do_bench
 
     from conftest import _layer
-    from mergefast.kernels.triton import utils
+    from mergefast.kernels.triton import select, utils
 
     base, xs = _layer("cuda")
     n = base.numel()
@@ -246,12 +246,16 @@ def _gpu_sweep() -> None:
         "ties-d1": (lambda: kernels.ties(base, xs, WEIGHTS, [1.0] * 3), 5 * 2 * n),
         "slerp": (lambda: kernels.slerp(base, xs[0], T), 3 * 2 * n),
     }
-    chosen = utils.HIST_PROGRAMS_PER_SM
-    for per_sm in (1, 2, 3, 4, 8, 16):   # the grid of the selection's histogram passes first
+    for scheme in ("window", "radix"):   # the selection schemes first (select.SELECTION)
+        select.SELECTION = scheme
+        ms = do_bench(ops["ties"][0], warmup=5, rep=50, return_mode="median")
+        print(f"SELECTION={scheme:6s} ties {ms:7.3f} ms", flush=True)
+    chosen = utils.HIST_PROGRAMS_PER_SM   # then the radix passes' grid
+    for per_sm in (1, 2, 3, 4, 8, 16):
         utils.HIST_PROGRAMS_PER_SM = per_sm
         ms = do_bench(ops["ties"][0], warmup=5, rep=50, return_mode="median")
-        print(f"HIST_PROGRAMS_PER_SM={per_sm:2d} ties {ms:7.3f} ms", flush=True)
-    utils.HIST_PROGRAMS_PER_SM = chosen
+        print(f"HIST_PROGRAMS_PER_SM={per_sm:2d} ties (radix) {ms:7.3f} ms", flush=True)
+    utils.HIST_PROGRAMS_PER_SM, select.SELECTION = chosen, "window"
     for block in (1024, 2048, 4096):
         for warps in (4, 8):
             utils.BLOCK, utils.NUM_WARPS = block, warps

@@ -54,6 +54,43 @@ class _Interpreted(KernelSuite):
     TIES_CASES = KernelSuite.TIES_CASES[:4]
     TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
 
+    def test_window_finds_the_threshold_without_radix(self):
+        """Continuous and tied deltas: the sampled window holds T (no radix fallback)."""
+        from mergefast.kernels.triton import select_window as sw
+        from mergefast.kernels.triton.task_arithmetic import magnitude_keep
+        from mergefast.kernels.triton.utils import block_size
+
+        for dtype in (torch.float32, torch.bfloat16):
+            base, x, k, want = _tied_layer(dtype, spread=0.01 if dtype == torch.float32 else None)
+            assert sw.select(base, [x], [k], [0], block_size(), [None]) == []
+            assert torch.equal(magnitude_keep(base, x, k), want)
+
+    @pytest.mark.parametrize("case", ["inside", "only T inside", "T at hi", "T at lo",
+                                      "hi below T", "lo above T", "slots overflow"])
+    def test_window_outcomes_keep_the_reference_set(self, monkeypatch, case):
+        """Every way the window can fall (planted): T a candidate, T at hi or lo with its ties
+        split there, windows that miss (the radix select takes over), overflowing slots."""
+        from mergefast.kernels.triton import select_window as sw
+        from mergefast.kernels.triton.task_arithmetic import magnitude_keep
+        from mergefast.kernels.triton.utils import block_size
+
+        base, x, k, want = _tied_layer(torch.bfloat16)
+        key = (x.float() - base.float()).view(torch.int32) & 0x7FFFFFFF
+        t = int(key.flatten().sort(descending=True).values[k - 1])
+        keys = key.unique()
+        lower, higher = keys[keys < t], keys[keys > t]
+        windows = {"inside": (lower[-3], higher[2]), "only T inside": (lower[-1], higher[0]),
+                   "T at hi": (lower[-2], t), "T at lo": (t, higher[1]),
+                   "hi below T": (0, lower[-1]), "lo above T": (higher[0], sw.NO_HI),
+                   "slots overflow": (0, sw.NO_HI)}
+        lo, hi = (torch.tensor([int(v)], dtype=torch.int32) for v in windows[case])
+        monkeypatch.setattr(sw, "predict_windows", lambda *a: (lo, hi))
+        if case == "slots overflow":
+            monkeypatch.setattr(sw, "slots_per_block", lambda *a: 16)
+        missed = sw.select(base, [x], [k], [0], block_size(), [None])
+        assert missed == ([0] if case in ("hi below T", "lo above T", "slots overflow") else [])
+        assert torch.equal(magnitude_keep(base, x, k), want)
+
 
 class _Cuda(KernelSuite):
     """Real Triton on the GPU, larger sizes."""
@@ -69,6 +106,23 @@ class _Cuda(KernelSuite):
 
         monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
         assert kernels.backend("cuda") == "triton"
+
+
+def _tied_layer(dtype, spread=None):
+    """base and one fine-tune (5000 elements; bf16 deltas on a coarse grid: many ties), the
+    number kept at density 0.4 and the reference's kept set."""
+    from mergefast import methods
+    from mergefast.methods.numerics import keep_count
+
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(5000, generator=g) * 0.02).to(dtype)
+    if spread is None:
+        step = torch.randint(-40, 41, (5000,), generator=g).float() * 1e-4
+    else:
+        step = torch.randn(5000, generator=g) * spread
+    x = (base.float() + step).to(dtype)
+    want = methods.magnitude_mask(x.float() - base.float(), 0.4)
+    return base, x, keep_count(0.4, 5000), want
 
 
 if INTERPRET:

@@ -52,10 +52,10 @@ def _models(k: int, ptr: str = "*i16") -> tuple:
 def test_selection_histogram_pass(models, digit):
     import triton
 
-    from mergefast.kernels.triton import task_arithmetic as ta
+    from mergefast.kernels.triton import select
 
-    shift, width = ta.RADIX_DIGITS[digit]
-    _compile(ta._digit_hist_kernel,
+    shift, width = select.RADIX_DIGITS[digit]
+    _compile(select._digit_hist_kernel,
              {"base_ptr": "*i16", "xs": _models(models), "prefix_ptr": "*i32",
               "hist_ptr": "*i32", "n": "i64", "nblocks": "i32"},
              {"SHIFT": shift, "BINS": 1 << width, "PREFIX_SHIFT": shift + width,
@@ -63,11 +63,21 @@ def test_selection_histogram_pass(models, digit):
 
 
 def test_tie_count_pass():
-    from mergefast.kernels.triton import task_arithmetic as ta
+    from mergefast.kernels.triton import select
 
-    _compile(ta._eq_count_kernel,
+    _compile(select._eq_count_kernel,
              {"base_ptr": "*fp32", "xs": _models(3, "*fp32"), "thr_ptr": "*i32",
               "count_ptr": "*i32", "n": "i64", "nblocks": "i32"}, {"BLOCK": BLOCK})
+
+
+@pytest.mark.parametrize("models,cap", [(1, 16), (3, 128), (9, 256)])
+def test_window_scan_pass(models, cap):
+    from mergefast.kernels.triton import select_window
+
+    _compile(select_window._window_scan_kernel,
+             {"base_ptr": "*i16", "xs": _models(models), "lo_ptr": "*i32", "hi_ptr": "*i32",
+              "count_ptr": "*i32", "slot_ptr": "*i32", "n": "i64", "nblocks": "i32"},
+             {"CAP": cap, "BLOCK": BLOCK})
 
 
 @pytest.mark.parametrize("sparsify,tie_cut,consensus,normalize,scale,ptr", [

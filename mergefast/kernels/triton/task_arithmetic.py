@@ -1,25 +1,8 @@
-"""Task arithmetic / TIES on the GPU: exact magnitude selection by histogram, then one fused
-apply pass.
-
-Selection, per model i with 0 < k_i < n, on the 31-bit key of |f32(x_i) - f32(base)|: a
-radix select on 8 + 8 + 8 + 7 bits (`RADIX_DIGITS`), one `_digit_hist_kernel` pass per digit
-over the keys that share the prefix found so far -> the bucket of the k-th largest key and the
-count above it (a few torch ops on the device, one sync a pass); after the last digit the exact
-threshold key T and the quota r of T-valued elements to keep. Every pass counts in per-program
-`tl.histogram`s, never with per-element global atomics: same-address atomics serialise, and
-fine-tune deltas crowd few keys. Measured on an H200, 7B layer, K = 3: global atomics on the
-top 15 bits took 11 ms; the earlier last pass (global atomics on the low 15 bits) had 845,861
-elements of each model on ONE bin (bf16 deltas are multiples of the weights' ulp; count by
-`torch` on the benchmark layer); with that pass the whole TIES call took 3.6 ms, the apply
-pass alone 0.23 ms. The 8 + 8 + 8 + 7 scheme has not yet run on a GPU.
-Then `_eq_count_kernel`, only when r < count(key == T): per-block counts of key == T and an
-exclusive scan (torch.cumsum over nblocks values), so that the apply pass keeps ties lowest
-flat index first (an in-block tl.cumsum).
-A pass is skipped when a whole bucket is kept.
-Apply `_task_arithmetic_kernel`: reads base and the K models, and per element, in registers:
+"""Task arithmetic / TIES on the GPU: the exact magnitude selection (select.py) gives each
+model a threshold key, a tie quota and per-block tie counts; then one fused apply pass
+`_task_arithmetic_kernel` reads base and the K models, and per element, in registers:
 deltas, keep masks, weighted deltas, the elected sign, the agreeing sum and divisor, the
-result; stored once. The selection passes read base and the selected models together.
-No K x N temporaries, no sorts, no int64 index tensors.
+result; stored once. No K x N temporaries, no sorts, no int64 index tensors.
 
 SPARSIFY is a tl.constexpr: 0 none, 1 magnitude; 2 (magnitude_outliers) and 3 (random) are
 reserved for breadcrumbs and DARE/DELLA.
@@ -33,59 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import (as_arg, block_size, hist_programs, launch_options, load_f32, magnitude_key,
-                    store_f32)
-
-KEEP_NONE = 1 << 31   # threshold above every 31-bit key
-NO_QUOTA = 1 << 62    # quota of a model whose ties are not split
-# (shift, width) of the radix digits of the 31-bit key, most significant first
-RADIX_DIGITS = ((23, 8), (15, 8), (7, 8), (0, 7))
-
-
-@triton.jit
-def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, SHIFT: tl.constexpr,
-                       BINS: tl.constexpr, PREFIX_SHIFT: tl.constexpr, KB: tl.constexpr,
-                       BLOCK: tl.constexpr):
-    """BINS-bin histogram of the digit (key >> SHIFT) & (BINS - 1) over the keys whose
-    key >> PREFIX_SHIFT equals model i's prefix (all keys when PREFIX_SHIFT == 31).
-
-    Each program walks blocks pid, pid + nprog, ... and sums its per-block `tl.histogram`s in
-    registers ([KB, BINS], one row per model), then adds them to `hist` once: flushing every
-    block sent one atomic per block to each hot bin (~22K per bin on a 7B layer)."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    bins = tl.arange(0, BINS)
-    rows = tl.arange(0, KB)
-    acc = tl.zeros([KB, BINS], dtype=tl.int32)
-    for blk in range(pid, nblocks, nprog):
-        offs = tl.cast(blk, tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        b = load_f32(base_ptr, offs, mask)
-        for i in tl.static_range(len(xs)):
-            key = magnitude_key(load_f32(xs[i], offs, mask) - b)
-            sel = mask
-            if PREFIX_SHIFT < 31:
-                sel = sel & ((key >> PREFIX_SHIFT) == tl.load(prefix_ptr + i))
-            digit = tl.where(sel, (key >> SHIFT) & (BINS - 1), 0)
-            counts = tl.histogram(digit, BINS)
-            # the unselected lanes were counted in bin 0: take them out again
-            counts = counts - tl.where(bins == 0, tl.sum((~sel).to(tl.int32), axis=0), 0)
-            acc = acc + tl.where(rows[:, None] == i, counts[None, :], 0)
-    live = (acc > 0) & (rows[:, None] < len(xs))
-    tl.atomic_add(hist_ptr + rows[:, None] * BINS + bins[None, :], acc, mask=live)
-
-
-@triton.jit
-def _eq_count_kernel(base_ptr, xs, thr_ptr, count_ptr, n, nblocks, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    b = load_f32(base_ptr, offs, mask)
-    for i in tl.static_range(len(xs)):
-        key = magnitude_key(load_f32(xs[i], offs, mask) - b)
-        thr = tl.load(thr_ptr + i)
-        eq = ((key == thr) & mask).to(tl.int32)
-        tl.store(count_ptr + i * nblocks + pid, tl.sum(eq, axis=0))
+from .select import select_magnitude
+from .utils import as_arg, block_size, launch_options, load_f32, magnitude_key, store_f32
 
 
 @triton.jit
@@ -152,76 +84,6 @@ def _task_arithmetic_kernel(base_ptr, xs, ws, thr_ptr, quota_ptr, eqb_ptr, out_p
     if SCALE:
         r = r * lam
     store_f32(out_ptr, offs, b + r, mask)
-
-
-def _first_reaching(hist: torch.Tensor, need: torch.Tensor):
-    """Per row of `hist` (counts per bin, low bin first): the highest bin at which the count
-    from the top reaches `need`, the count strictly above that bin, and that bin's count."""
-    bins = hist.shape[1]
-    h = hist.to(torch.int64)
-    from_top = h.flip(1).cumsum(1)
-    idx = (from_top < need[:, None]).sum(1).clamp(max=bins - 1)
-    above = torch.where(idx > 0, from_top.gather(1, (idx - 1).clamp(min=0)[:, None])[:, 0], 0)
-    chosen = bins - 1 - idx
-    count = h.gather(1, chosen[:, None])[:, 0]
-    return torch.stack([chosen, above, count]).tolist()   # one device sync
-
-
-def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                     block: int):
-    """Thresholds (int64 [K]), tie quotas (int64 [K]) and, when some model's ties are split,
-    per-block counts of threshold-equal elements before each block (int64 [K, nblocks])."""
-    n, K, dev = base.numel(), len(xs), base.device
-    nblocks = triton.cdiv(n, block)
-    thr, quota = [0] * K, [NO_QUOTA] * K
-    active, cut = [], []
-    for i, k in enumerate(keep):
-        if k <= 0:
-            thr[i], quota[i] = KEEP_NONE, 0
-        elif k < n:
-            active.append(i)
-    eqb = None
-    opts = launch_options()
-    b = as_arg(base)
-    hist_grid = (hist_programs(base.device, nblocks),)
-    # (model, prefix so far, still needed below the prefix), refined one radix digit a pass
-    todo = [(i, 0, keep[i]) for i in active]
-    for shift, width in RADIX_DIGITS:
-        if not todo:
-            break
-        bins = 1 << width
-        hist = torch.zeros((len(todo), bins), dtype=torch.int32, device=dev)
-        prefixes = torch.tensor([p for _, p, _ in todo], dtype=torch.int32, device=dev)
-        models = tuple(as_arg(xs[i]) for i, _, _ in todo)
-        _digit_hist_kernel[hist_grid](b, models, prefixes, hist, n, nblocks, SHIFT=shift,
-                                      BINS=bins, PREFIX_SHIFT=shift + width,
-                                      KB=triton.next_power_of_2(len(todo)), BLOCK=block, **opts)
-        need = torch.tensor([r for _, _, r in todo], dtype=torch.int64, device=dev)
-        digit, above, count = _first_reaching(hist, need)
-        nxt = []
-        for q, (i, prefix, r) in enumerate(todo):
-            p = (prefix << width) | digit[q]
-            rest = r - above[q]            # still needed among keys with this prefix
-            if rest == count[q]:           # the whole bucket is kept
-                thr[i] = p << shift
-            elif shift > 0:
-                nxt.append((i, p, rest))
-            else:                          # p is the exact threshold key
-                thr[i] = p
-                quota[i] = rest
-                cut.append(i)
-        todo = nxt
-    if cut:
-        counts = torch.empty((len(cut), nblocks), dtype=torch.int32, device=dev)
-        thr_cut = torch.tensor([thr[i] for i in cut], dtype=torch.int32, device=dev)
-        _eq_count_kernel[(nblocks,)](b, tuple(as_arg(xs[i]) for i in cut), thr_cut, counts, n,
-                               nblocks, BLOCK=block, **opts)
-        counts = counts.to(torch.int64)
-        eqb = torch.zeros((K, nblocks), dtype=torch.int64, device=dev)
-        eqb[cut] = counts.cumsum(1) - counts
-    thr_t = torch.tensor(thr, dtype=torch.int64, device=dev)
-    quota_t = torch.tensor(quota, dtype=torch.int64, device=dev)
-    return thr_t, quota_t, eqb
 
 
 def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],

@@ -1,0 +1,173 @@
+"""Exact magnitude selection on the GPU: per model i with 0 < k_i < n, the threshold key T of
+the k_i-th largest 31-bit key |f32(x_i) - f32(base)|, the quota r of T-valued keys to keep,
+and per block the count of T-valued keys (the apply pass keeps ties lowest flat index first
+from their exclusive scan and an in-block tl.cumsum).
+
+Two schemes, both exact:
+- the sampled window (select_window.py, tried first): one counting pass, the candidates of a
+  narrow window around T, torch ops on the device; a model whose window misses T, or whose
+  candidates overflow their slots, falls back to
+- the radix select here: 8 + 8 + 8 + 7 bits (`RADIX_DIGITS`), one `_digit_hist_kernel` pass
+  per digit over the keys that share the prefix found so far -> the bucket of the k-th largest
+  key and the count above it (one sync a pass); after the last digit T and r; then
+  `_eq_count_kernel` counts T per block when r < count(key == T). A pass is skipped when a
+  whole bucket is kept. Every pass counts in per-program `tl.histogram`s, never with
+  per-element global atomics: same-address atomics serialise, and fine-tune deltas crowd few
+  keys. Measured on an H200, 7B layer, K = 3: global atomics on the top 15 bits took 11 ms; an
+  earlier last pass (global atomics on the low 15 bits) had 845,861 elements of each model on
+  ONE bin (bf16 deltas are multiples of the weights' ulp; counted with torch on the benchmark
+  layer); with that pass the whole TIES call took 3.6 ms, the apply pass alone 0.23 ms. The
+  schemes in this file and select_window.py have not yet run on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from . import select_window
+from .utils import as_arg, hist_programs, launch_options, load_f32, magnitude_key
+
+KEEP_NONE = 1 << 31   # threshold above every 31-bit key
+NO_QUOTA = 1 << 62    # quota of a model whose ties are not split
+# (shift, width) of the radix digits of the 31-bit key, most significant first
+RADIX_DIGITS = ((23, 8), (15, 8), (7, 8), (0, 7))
+# "window": the sampled window first, the radix passes for the models it misses; "radix":
+# the radix passes only (benchmarks/bench_kernels.py script mode times both on a GPU).
+SELECTION = "window"
+
+
+@triton.jit
+def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, SHIFT: tl.constexpr,
+                       BINS: tl.constexpr, PREFIX_SHIFT: tl.constexpr, KB: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """BINS-bin histogram of the digit (key >> SHIFT) & (BINS - 1) over the keys whose
+    key >> PREFIX_SHIFT equals model i's prefix (all keys when PREFIX_SHIFT == 31).
+
+    Each program walks blocks pid, pid + nprog, ... and sums its per-block `tl.histogram`s in
+    registers ([KB, BINS], one row per model), then adds them to `hist` once: flushing every
+    block sent one atomic per block to each hot bin (~22K per bin on a 7B layer)."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    bins = tl.arange(0, BINS)
+    rows = tl.arange(0, KB)
+    acc = tl.zeros([KB, BINS], dtype=tl.int32)
+    for blk in range(pid, nblocks, nprog):
+        offs = tl.cast(blk, tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        b = load_f32(base_ptr, offs, mask)
+        for i in tl.static_range(len(xs)):
+            key = magnitude_key(load_f32(xs[i], offs, mask) - b)
+            sel = mask
+            if PREFIX_SHIFT < 31:
+                sel = sel & ((key >> PREFIX_SHIFT) == tl.load(prefix_ptr + i))
+            digit = tl.where(sel, (key >> SHIFT) & (BINS - 1), 0)
+            counts = tl.histogram(digit, BINS)
+            # the unselected lanes were counted in bin 0: take them out again
+            counts = counts - tl.where(bins == 0, tl.sum((~sel).to(tl.int32), axis=0), 0)
+            acc = acc + tl.where(rows[:, None] == i, counts[None, :], 0)
+    live = (acc > 0) & (rows[:, None] < len(xs))
+    tl.atomic_add(hist_ptr + rows[:, None] * BINS + bins[None, :], acc, mask=live)
+
+
+@triton.jit
+def _eq_count_kernel(base_ptr, xs, thr_ptr, count_ptr, n, nblocks, BLOCK: tl.constexpr):
+    """count_ptr[i, block] = keys of model i equal to its threshold thr_ptr[i]."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    b = load_f32(base_ptr, offs, mask)
+    for i in tl.static_range(len(xs)):
+        key = magnitude_key(load_f32(xs[i], offs, mask) - b)
+        thr = tl.load(thr_ptr + i)
+        eq = ((key == thr) & mask).to(tl.int32)
+        tl.store(count_ptr + i * nblocks + pid, tl.sum(eq, axis=0))
+
+
+def _first_reaching(hist: torch.Tensor, need: torch.Tensor):
+    """Per row of `hist` (counts per bin, low bin first): the highest bin at which the count
+    from the top reaches `need`, the count strictly above that bin, and that bin's count."""
+    bins = hist.shape[1]
+    h = hist.to(torch.int64)
+    from_top = h.flip(1).cumsum(1)
+    idx = (from_top < need[:, None]).sum(1).clamp(max=bins - 1)
+    above = torch.where(idx > 0, from_top.gather(1, (idx - 1).clamp(min=0)[:, None])[:, 0], 0)
+    chosen = bins - 1 - idx
+    count = h.gather(1, chosen[:, None])[:, 0]
+    return torch.stack([chosen, above, count]).tolist()   # one device sync
+
+
+def select_radix(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
+                 models: Sequence[int], block: int, sel: list) -> None:
+    """The radix select for `models`: sets sel[i] = (T, quota, per-block T counts or None)."""
+    n, dev = base.numel(), base.device
+    nblocks = triton.cdiv(n, block)
+    opts = launch_options()
+    b = as_arg(base)
+    hist_grid = (hist_programs(dev, nblocks),)
+    cut = []
+    # (model, prefix so far, still needed below the prefix), refined one radix digit a pass
+    todo = [(i, 0, keep[i]) for i in models]
+    for shift, width in RADIX_DIGITS:
+        if not todo:
+            break
+        bins = 1 << width
+        hist = torch.zeros((len(todo), bins), dtype=torch.int32, device=dev)
+        prefixes = torch.tensor([p for _, p, _ in todo], dtype=torch.int32, device=dev)
+        _digit_hist_kernel[hist_grid](b, tuple(as_arg(xs[i]) for i, _, _ in todo), prefixes,
+                                      hist, n, nblocks, SHIFT=shift, BINS=bins,
+                                      PREFIX_SHIFT=shift + width,
+                                      KB=triton.next_power_of_2(len(todo)), BLOCK=block, **opts)
+        need = torch.tensor([r for _, _, r in todo], dtype=torch.int64, device=dev)
+        digit, above, count = _first_reaching(hist, need)
+        nxt = []
+        for q, (i, prefix, r) in enumerate(todo):
+            p = (prefix << width) | digit[q]
+            rest = r - above[q]            # still needed among keys with this prefix
+            if rest == count[q]:           # the whole bucket is kept
+                sel[i] = (p << shift, NO_QUOTA, None)
+            elif shift > 0:
+                nxt.append((i, p, rest))
+            else:                          # p is the exact threshold key
+                sel[i] = (p, rest, None)
+                cut.append(i)
+        todo = nxt
+    if cut:
+        counts = torch.empty((len(cut), nblocks), dtype=torch.int32, device=dev)
+        thr_cut = torch.tensor([sel[i][0] for i in cut], dtype=torch.int32, device=dev)
+        _eq_count_kernel[(nblocks,)](b, tuple(as_arg(xs[i]) for i in cut), thr_cut, counts, n,
+                                     nblocks, BLOCK=block, **opts)
+        for q, i in enumerate(cut):
+            sel[i] = (sel[i][0], sel[i][1], counts[q])
+
+
+def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
+                     block: int):
+    """Thresholds (int64 [K]), tie quotas (int64 [K]) and, when some model's ties are split,
+    per-block counts of threshold-equal elements before each block (int64 [K, nblocks])."""
+    n, K, dev = base.numel(), len(xs), base.device
+    sel: list = [(0, NO_QUOTA, None)] * K          # k >= n: every key is >= 0
+    active = []
+    for i, k in enumerate(keep):
+        if k <= 0:
+            sel[i] = (KEEP_NONE, 0, None)
+        elif k < n:
+            active.append(i)
+    missed = active
+    if SELECTION == "window" and active:
+        missed = select_window.select(base, xs, keep, active, block, sel)
+    if missed:
+        select_radix(base, xs, keep, missed, block, sel)
+    thr = torch.stack([torch.as_tensor(t, dtype=torch.int64, device=dev) for t, _, _ in sel])
+    quota = torch.stack([torch.as_tensor(q, dtype=torch.int64, device=dev) for _, q, _ in sel])
+    eqb = None
+    if any(ties is not None for _, _, ties in sel):
+        eqb = torch.zeros((K, triton.cdiv(n, block)), dtype=torch.int64, device=dev)
+        for i, (_, _, ties) in enumerate(sel):
+            if ties is not None:
+                ties = ties.to(torch.int64)
+                eqb[i] = ties.cumsum(0) - ties
+    return thr, quota, eqb

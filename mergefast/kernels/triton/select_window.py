@@ -1,0 +1,150 @@
+"""The sampled-window magnitude selection on the GPU: the CPU's scheme
+(csrc/cpu/select_window.cpp) with one counting pass and no atomics.
+
+1. A stratified sample of up to `SAMPLE_MAX` keys per model (a gather on the device) predicts
+   an interval (lo, hi) that should hold the threshold key T: the sample's keys
+   `WINDOW_SIGMAS` standard deviations of rank above and below the rank where T is expected.
+2. `_window_scan_kernel`, one pass over base and the models, writes per block the counts of
+   keys above hi, equal to hi, equal to lo (when lo < hi) and strictly inside (lo, hi), and
+   packs the inside keys, in flat order, into the block's own `cap` slots (empty slots hold
+   0, below every candidate). A block's candidates have a fixed place: no atomics.
+3. One sync for the totals. Then T is hi, lo or a candidate (the smallest of the slots'
+   top `rank`, by torch.topk: multi-block on CUDA, and its indices are `rank` int64s, where a
+   sort's would be every slot's), and the per-block counts of T come from the pass or from
+   the slots: device ops only.
+
+A model whose T lies outside its window, or whose candidates overflow a block's slots, is
+left to the radix select (select.py). Not yet run on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from .utils import as_arg, launch_options, load_f32, magnitude_key
+
+SAMPLE_MAX = 1 << 13   # sampled keys per model, as on the CPU
+WINDOW_SIGMAS = 3.0    # half-width of the window in standard deviations of the sample's rank
+MIN_SAMPLE = 64        # fewer sampled keys (n < 1024) predict nothing: radix only
+SLOT_SLACK = 1.5       # slots per block: this times the window's expected share, rounded up
+NO_HI = 0x7FFFFFFF     # hi when the window is open above (no key is greater)
+
+
+@triton.jit
+def _window_scan_kernel(base_ptr, xs, lo_ptr, hi_ptr, count_ptr, slot_ptr, n, nblocks,
+                        CAP: tl.constexpr, BLOCK: tl.constexpr):
+    """Per block and model i: count_ptr[i, 0..3, block] = keys > hi, == hi, == lo (lo < hi),
+    inside (lo, hi); slot_ptr[i, block, :] = the inside keys in flat order, then zeros."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    b = load_f32(base_ptr, offs, mask)
+    slots = tl.arange(0, CAP)
+    for i in tl.static_range(len(xs)):
+        key = magnitude_key(load_f32(xs[i], offs, mask) - b)
+        lo = tl.load(lo_ptr + i)
+        hi = tl.load(hi_ptr + i)
+        counts = count_ptr + i * 4 * nblocks + pid
+        tl.store(counts, tl.sum((mask & (key > hi)).to(tl.int32), axis=0))
+        tl.store(counts + nblocks, tl.sum((mask & (key == hi)).to(tl.int32), axis=0))
+        tl.store(counts + 2 * nblocks,
+                 tl.sum((mask & (key == lo) & (lo < hi)).to(tl.int32), axis=0))
+        inside = (mask & (key > lo) & (key < hi)).to(tl.int32)
+        got = tl.sum(inside, axis=0)
+        tl.store(counts + 3 * nblocks, got)
+        pos = tl.cumsum(inside, axis=0) - 1
+        own = slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP
+        tl.store(own + pos, key, mask=(inside > 0) & (pos < CAP))
+        tl.store(own + slots, 0, mask=slots >= got)
+
+
+@functools.lru_cache(maxsize=64)
+def sample_positions(n: int, m: int) -> torch.Tensor:
+    """Sample q: the element of stratum q (n // m elements) that splitmix64 of q picks, as on
+    the CPU (a plain stride samples the same columns of every row). A CPU int64 tensor."""
+    stride = n // m
+    q = np.arange(m, dtype=np.uint64)
+    z = (q + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    offset = (z % np.uint64(stride)).astype(np.int64)
+    return torch.from_numpy(np.arange(m, dtype=np.int64) * stride + offset)
+
+
+def _margin(m: int, keep: int, n: int) -> float:
+    p = keep / n
+    return WINDOW_SIGMAS * math.sqrt(m * p * (1.0 - p)) + 2.0
+
+
+def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
+                    models: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi): int32 device tensors, one entry per model of `models`."""
+    n, dev = base.numel(), base.device
+    m = min(SAMPLE_MAX, n // 16)
+    pos = sample_positions(n, m).to(dev)
+    b = base.reshape(-1)[pos].float()
+    keys = torch.stack([(xs[i].reshape(-1)[pos].float() - b).view(torch.int32) & 0x7FFFFFFF
+                        for i in models])
+    ranked = keys.sort(dim=1, descending=True).values
+    top_hi = [math.floor(keep[i] / n * m - _margin(m, keep[i], n)) for i in models]
+    top_lo = [math.ceil(keep[i] / n * m + _margin(m, keep[i], n)) for i in models]
+
+    def at(ranks, valid, default):
+        idx = torch.tensor([min(max(r, 0), m - 1) for r in ranks], device=dev)
+        ok = torch.tensor([valid(r) for r in ranks], device=dev)
+        return torch.where(ok, ranked.gather(1, idx[:, None])[:, 0], default)
+
+    return at(top_lo, lambda r: r < m, 0), at(top_hi, lambda r: r >= 0, NO_HI)
+
+
+def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int) -> int:
+    """Candidate slots of a block: SLOT_SLACK times the widest window's expected share of a
+    block, a power of two (the kernel's tile) between 16 and the block."""
+    m = min(SAMPLE_MAX, n // 16)
+    share = max(2 * _margin(m, keep[i], n) / m for i in models)
+    return max(16, min(block, triton.next_power_of_2(math.ceil(SLOT_SLACK * share * block))))
+
+
+def select(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
+           models: Sequence[int], block: int, sel: list) -> list[int]:
+    """Sets sel[i] = (T, quota, per-block T counts) for the models of `models` whose window
+    holds T; returns the others (for the radix select)."""
+    n, dev = base.numel(), base.device
+    if min(SAMPLE_MAX, n // 16) < MIN_SAMPLE:
+        return list(models)
+    nblocks = triton.cdiv(n, block)
+    lo, hi = predict_windows(base, xs, keep, models)
+    cap = slots_per_block(n, keep, models, block)
+    counts = torch.empty((len(models), 4, nblocks), dtype=torch.int32, device=dev)
+    slots = torch.empty((len(models), nblocks, cap), dtype=torch.int32, device=dev)
+    _window_scan_kernel[(nblocks,)](as_arg(base), tuple(as_arg(xs[i]) for i in models), lo, hi,
+                                    counts, slots, n, nblocks, CAP=cap, BLOCK=block,
+                                    **launch_options())
+    totals = counts.sum(2, dtype=torch.int64)
+    fullest = counts[:, 3].amax(1).to(torch.int64)
+    stats = torch.cat([totals, fullest[:, None]], 1).tolist()   # the one sync
+    missed = []
+    for a, i in enumerate(models):
+        above, eq_hi, eq_lo, inside, most = stats[a]
+        r = keep[i] - above                    # still needed at or below hi
+        if most > cap or r <= 0:
+            missed.append(i)
+        elif r <= eq_hi:
+            sel[i] = (hi[a], r, counts[a, 1])
+        elif r - eq_hi <= inside:
+            rank = r - eq_hi                   # T is the rank-th largest candidate
+            t = torch.topk(slots[a].reshape(-1), rank, sorted=False).values.min()
+            sel[i] = (t, rank - (slots[a] > t).sum(), (slots[a] == t).sum(1))
+        elif r - eq_hi - inside <= eq_lo:
+            sel[i] = (lo[a], r - eq_hi - inside, counts[a, 2])
+        else:
+            missed.append(i)
+    return missed
