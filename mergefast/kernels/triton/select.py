@@ -144,6 +144,14 @@ def select_radix(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[
             sel[i] = (sel[i][0], sel[i][1], counts[q])
 
 
+def _on_device(value, device: torch.device) -> torch.Tensor:
+    """An int64 0-d device tensor: a fill for a Python int (a tensor built from host data is
+    a copy that waits for the GPU), a conversion for a device scalar."""
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.int64)
+    return torch.full((), value, dtype=torch.int64, device=device)
+
+
 def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
                      block: int):
     """Thresholds (int64 [K]), tie quotas (int64 [K]) and, when some model's ties are split,
@@ -161,8 +169,8 @@ def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Seque
         missed = select_window.select(base, xs, keep, active, block, sel)
     if missed:
         select_radix(base, xs, keep, missed, block, sel)
-    thr = torch.stack([torch.as_tensor(t, dtype=torch.int64, device=dev) for t, _, _ in sel])
-    quota = torch.stack([torch.as_tensor(q, dtype=torch.int64, device=dev) for _, q, _ in sel])
+    thr = torch.stack([_on_device(t, dev) for t, _, _ in sel])
+    quota = torch.stack([_on_device(q, dev) for _, q, _ in sel])
     eqb = None
     if any(ties is not None for _, _, ties in sel):
         eqb = torch.zeros((K, triton.cdiv(n, block)), dtype=torch.int64, device=dev)

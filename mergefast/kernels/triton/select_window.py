@@ -66,9 +66,10 @@ def _window_scan_kernel(base_ptr, xs, lo_ptr, hi_ptr, count_ptr, slot_ptr, n, nb
 
 
 @functools.lru_cache(maxsize=64)
-def sample_positions(n: int, m: int) -> torch.Tensor:
+def sample_positions(n: int, m: int, device: torch.device) -> torch.Tensor:
     """Sample q: the element of stratum q (n // m elements) that splitmix64 of q picks, as on
-    the CPU (a plain stride samples the same columns of every row). A CPU int64 tensor."""
+    the CPU (a plain stride samples the same columns of every row). An int64 tensor on
+    `device`, cached: a copy from pageable memory per call would wait for the GPU."""
     stride = n // m
     q = np.arange(m, dtype=np.uint64)
     z = (q + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
@@ -76,7 +77,7 @@ def sample_positions(n: int, m: int) -> torch.Tensor:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z ^= z >> np.uint64(31)
     offset = (z % np.uint64(stride)).astype(np.int64)
-    return torch.from_numpy(np.arange(m, dtype=np.int64) * stride + offset)
+    return torch.from_numpy(np.arange(m, dtype=np.int64) * stride + offset).to(device)
 
 
 def _margin(m: int, keep: int, n: int) -> float:
@@ -89,20 +90,23 @@ def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequen
     """(lo, hi): int32 device tensors, one entry per model of `models`."""
     n, dev = base.numel(), base.device
     m = min(SAMPLE_MAX, n // 16)
-    pos = sample_positions(n, m).to(dev)
+    pos = sample_positions(n, m, dev)
     b = base.reshape(-1)[pos].float()
     keys = torch.stack([(xs[i].reshape(-1)[pos].float() - b).view(torch.int32) & 0x7FFFFFFF
                         for i in models])
     ranked = keys.sort(dim=1, descending=True).values
-    top_hi = [math.floor(keep[i] / n * m - _margin(m, keep[i], n)) for i in models]
-    top_lo = [math.ceil(keep[i] / n * m + _margin(m, keep[i], n)) for i in models]
+    lo, hi = [], []
+    # Views and fills only: a tensor built from a Python list is a copy that waits for the GPU.
+    for a, i in enumerate(models):
+        top_hi = math.floor(keep[i] / n * m - _margin(m, keep[i], n))
+        top_lo = math.ceil(keep[i] / n * m + _margin(m, keep[i], n))
+        hi.append(ranked[a, top_hi] if top_hi >= 0 else _full(NO_HI, dev))
+        lo.append(ranked[a, top_lo] if top_lo < m else _full(0, dev))
+    return torch.stack(lo), torch.stack(hi)
 
-    def at(ranks, valid, default):
-        idx = torch.tensor([min(max(r, 0), m - 1) for r in ranks], device=dev)
-        ok = torch.tensor([valid(r) for r in ranks], device=dev)
-        return torch.where(ok, ranked.gather(1, idx[:, None])[:, 0], default)
 
-    return at(top_lo, lambda r: r < m, 0), at(top_hi, lambda r: r >= 0, NO_HI)
+def _full(value: int, device: torch.device) -> torch.Tensor:
+    return torch.full((), value, dtype=torch.int32, device=device)
 
 
 def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int) -> int:
