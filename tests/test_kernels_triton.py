@@ -26,8 +26,17 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAVE_CUDA = HAVE_TRITON and not INTERPRET and torch.cuda.is_available()
 
 
+def _triton_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("triton").split(".")[:2] if p.isdigit())
+
+
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(INTERPRET, reason="already interpreted")
+@pytest.mark.skipif(HAVE_TRITON and _triton_version() < (3, 7),
+                    reason="Triton < 3.7's interpreter cannot loop to a runtime bound (the "
+                           "selection's histogram passes do); the compiled kernels are fine")
 def test_triton_interpreted():
     """Runs TestTritonInterpret in a fresh interpreter with TRITON_INTERPRET=1."""
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -57,7 +57,7 @@ def test_selection_histogram_pass(models, digit):
     shift, width = select.RADIX_DIGITS[digit]
     _compile(select._digit_hist_kernel,
              {"base_ptr": "*i16", "xs": _models(models), "prefix_ptr": "*i32",
-              "hist_ptr": "*i32", "n": "i64", "nblocks": "i32"},
+              "hist_ptr": "*i32", "n": "i64", "nblocks": "i32", "nprog": "i32"},
              {"SHIFT": shift, "BINS": 1 << width, "PREFIX_SHIFT": shift + width,
               "KB": triton.next_power_of_2(models), "BLOCK": BLOCK})
 

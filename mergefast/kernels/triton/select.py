@@ -41,22 +41,23 @@ SELECTION = "window"
 
 
 @triton.jit
-def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, SHIFT: tl.constexpr,
-                       BINS: tl.constexpr, PREFIX_SHIFT: tl.constexpr, KB: tl.constexpr,
-                       BLOCK: tl.constexpr):
+def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, nprog,
+                       SHIFT: tl.constexpr, BINS: tl.constexpr, PREFIX_SHIFT: tl.constexpr,
+                       KB: tl.constexpr, BLOCK: tl.constexpr):
     """BINS-bin histogram of the digit (key >> SHIFT) & (BINS - 1) over the keys whose
     key >> PREFIX_SHIFT equals model i's prefix (all keys when PREFIX_SHIFT == 31).
 
-    Each program walks blocks pid, pid + nprog, ... and sums its per-block `tl.histogram`s in
-    registers ([KB, BINS], one row per model), then adds them to `hist` once: flushing every
-    block sent one atomic per block to each hot bin (~22K per bin on a 7B layer)."""
+    Each of the `nprog` programs walks blocks pid, pid + nprog, ... and sums its per-block
+    `tl.histogram`s in registers ([KB, BINS], one row per model), then adds them to `hist`
+    once: flushing every block sent one atomic per block to each hot bin (~22K per bin on a
+    7B layer). The loop runs over plain integers (Triton 3.6's interpreter cannot iterate from
+    a program id); a block past the end is all masked."""
     pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
     bins = tl.arange(0, BINS)
     rows = tl.arange(0, KB)
     acc = tl.zeros([KB, BINS], dtype=tl.int32)
-    for blk in range(pid, nblocks, nprog):
-        offs = tl.cast(blk, tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    for first in range(0, nblocks, nprog):
+        offs = (pid + first).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         b = load_f32(base_ptr, offs, mask)
         for i in tl.static_range(len(xs)):
@@ -118,7 +119,7 @@ def select_radix(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[
         hist = torch.zeros((len(todo), bins), dtype=torch.int32, device=dev)
         prefixes = torch.tensor([p for _, p, _ in todo], dtype=torch.int32, device=dev)
         _digit_hist_kernel[hist_grid](b, tuple(as_arg(xs[i]) for i, _, _ in todo), prefixes,
-                                      hist, n, nblocks, SHIFT=shift, BINS=bins,
+                                      hist, n, nblocks, hist_grid[0], SHIFT=shift, BINS=bins,
                                       PREFIX_SHIFT=shift + width,
                                       KB=triton.next_power_of_2(len(todo)), BLOCK=block, **opts)
         need = torch.tensor([r for _, _, r in todo], dtype=torch.int64, device=dev)
