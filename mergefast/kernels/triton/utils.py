@@ -25,10 +25,11 @@ NUM_WARPS = 8
 INTERPRET_BLOCK = 256
 
 
-# Programs per SM of the histogram passes, each looping over blocks (a persistent grid). The
-# sm_90 cubins of those passes use 62-79 registers a thread (cuobjdump, Triton 3.9, K = 3 and
-# 9), so 3 programs of 8 warps fit an SM at once; a 4th per SM would run as a second wave and
-# double the pass. Not yet swept on a GPU (`benchmarks/bench_kernels.py` script mode does).
+# Programs per SM of the radix selection's histogram passes, each looping over blocks (a
+# persistent grid). Their sm_90 cubins use 74-80 registers a thread with K = 3 models
+# (cuobjdump; Triton 3.9 and 3.6), so 3 programs of 8 warps fit an SM at once; a 4th per SM
+# would start as a second, one-third-full wave. (K = 9 under Triton 3.6: 148 registers, one
+# program at a time.) Not yet swept on a GPU (`benchmarks/bench_kernels.py` script mode does).
 HIST_PROGRAMS_PER_SM = 3
 # Under the interpreter: few programs, so that every program loops over several blocks.
 INTERPRET_HIST_PROGRAMS = 3
