@@ -8,15 +8,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import as_arg, block_size, launch_options, load_f32, store_f32
+from .utils import as_arg, block_size, block_span, launch_options, load_f32, store_f32
 
 
 @triton.jit
 def _linear_kernel(xs, ws, out_ptr, n, total, DIVIDE: tl.constexpr, BLOCK: tl.constexpr):
     """out = sum_i(w_i * x_i) [/ total]; the reference's order: acc = acc + w_i * x_i."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    pid, offs, mask = block_span(n, BLOCK)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for i in tl.static_range(len(xs)):
         acc = acc + ws[i] * load_f32(xs[i], offs, mask)

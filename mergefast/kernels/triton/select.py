@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from . import select_window
-from .utils import as_arg, hist_programs, launch_options, load_f32, magnitude_key
+from .utils import as_arg, block_span, hist_programs, launch_options, load_f32, magnitude_key
 
 KEEP_NONE = 1 << 31   # threshold above every 31-bit key
 NO_QUOTA = 1 << 62    # quota of a model whose ties are not split
@@ -77,9 +77,7 @@ def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, nprog,
 @triton.jit
 def _eq_count_kernel(base_ptr, xs, thr_ptr, count_ptr, n, nblocks, BLOCK: tl.constexpr):
     """count_ptr[i, block] = keys of model i equal to its threshold thr_ptr[i]."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     for i in tl.static_range(len(xs)):
         key = magnitude_key(load_f32(xs[i], offs, mask) - b)

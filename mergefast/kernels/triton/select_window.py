@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import as_arg, launch_options, load_f32, magnitude_key
+from .utils import as_arg, block_span, launch_options, load_f32, magnitude_key
 
 SAMPLE_MAX = 1 << 13   # sampled keys per model, as on the CPU
 WINDOW_SIGMAS = 3.0    # half-width of the window in standard deviations of the sample's rank
@@ -42,9 +42,7 @@ def _window_scan_kernel(base_ptr, xs, lo_ptr, hi_ptr, count_ptr, slot_ptr, n, nb
                         CAP: tl.constexpr, BLOCK: tl.constexpr):
     """Per block and model i: count_ptr[i, 0..3, block] = keys > hi, == hi, == lo (lo < hi),
     inside (lo, hi); slot_ptr[i, block, :] = the inside keys in flat order, then zeros."""
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     slots = tl.arange(0, CAP)
     for i in tl.static_range(len(xs)):

@@ -7,14 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import as_arg, block_size, launch_options, load_f32, store_f32
+from .utils import as_arg, block_size, block_span, launch_options, load_f32, store_f32
 
 
 @triton.jit
 def _slerp_dots_kernel(a_ptr, b_ptr, part_ptr, n, nblocks, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    pid, offs, mask = block_span(n, BLOCK)
     a = load_f32(a_ptr, offs, mask)
     b = load_f32(b_ptr, offs, mask)
     tl.store(part_ptr + pid, tl.sum(a * a, axis=0))
@@ -24,9 +22,7 @@ def _slerp_dots_kernel(a_ptr, b_ptr, part_ptr, n, nblocks, BLOCK: tl.constexpr):
 
 @triton.jit
 def _slerp_apply_kernel(a_ptr, b_ptr, out_ptr, n, c0, c1, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    pid, offs, mask = block_span(n, BLOCK)
     a = load_f32(a_ptr, offs, mask)
     b = load_f32(b_ptr, offs, mask)
     store_f32(out_ptr, offs, c0 * a + c1 * b, mask)

@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 
 from .select import select_magnitude
-from .utils import as_arg, block_size, launch_options, load_f32, magnitude_key, store_f32
+from .utils import (as_arg, block_size, block_span, launch_options, load_f32, magnitude_key,
+                    store_f32)
 
 
 @triton.jit
@@ -54,9 +55,7 @@ def _task_arithmetic_kernel(base_ptr, xs, ws, thr_ptr, quota_ptr, eqb_ptr, out_p
                             divisor, lam, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr,
                             CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr,
                             SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for i in tl.static_range(len(xs)):
@@ -115,9 +114,7 @@ def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],
 @triton.jit
 def _keep_mask_kernel(base_ptr, x_ptr, thr_ptr, quota_ptr, eqb_ptr, mask_ptr, n, nblocks,
                       TIE_CUT: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     d = load_f32(x_ptr, offs, mask) - b
     kept = _keep(d, mask, 0, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT)

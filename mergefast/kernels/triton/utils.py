@@ -64,6 +64,15 @@ def as_arg(t: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
+def block_span(n, BLOCK: tl.constexpr):
+    """This program's block of a flat tensor of n elements: the program id, the elements'
+    offsets (int64: tensors may pass 2^31 elements) and which of them are < n."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return pid, offs, offs < n
+
+
+@triton.jit
 def load_f32(ptr, offs, mask):
     """Load and convert to float32 in registers; int16 pointers carry bf16 bit patterns."""
     if ptr.dtype.element_ty == tl.int16:
