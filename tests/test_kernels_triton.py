@@ -75,10 +75,12 @@ class _Interpreted(KernelSuite):
             assert torch.equal(magnitude_keep(base, x, k), want)
 
     @pytest.mark.parametrize("case", ["inside", "only T inside", "T at hi", "T at lo",
-                                      "hi below T", "lo above T", "slots overflow"])
+                                      "T at hi, all ties", "T at lo, all ties", "hi below T",
+                                      "lo above T", "slots overflow"])
     def test_window_outcomes_keep_the_reference_set(self, monkeypatch, case):
         """Every way the window can fall (planted): T a candidate, T at hi or lo with its ties
-        split there, windows that miss (the radix select takes over), overflowing slots."""
+        split there or all kept, windows that miss (the radix select takes over), overflowing
+        slots."""
         from mergefast.kernels.triton import select_window as sw
         from mergefast.kernels.triton.task_arithmetic import magnitude_keep
         from mergefast.kernels.triton.utils import block_size
@@ -88,8 +90,11 @@ class _Interpreted(KernelSuite):
         t = int(key.flatten().sort(descending=True).values[k - 1])
         keys = key.unique()
         lower, higher = keys[keys < t], keys[keys > t]
+        if case.endswith("all ties"):          # keep exactly the keys >= T
+            k, want = int((key >= t).sum()), key >= t
         windows = {"inside": (lower[-3], higher[2]), "only T inside": (lower[-1], higher[0]),
                    "T at hi": (lower[-2], t), "T at lo": (t, higher[1]),
+                   "T at hi, all ties": (lower[-2], t), "T at lo, all ties": (t, higher[1]),
                    "hi below T": (0, lower[-1]), "lo above T": (higher[0], sw.NO_HI),
                    "slots overflow": (0, sw.NO_HI)}
         lo, hi = (torch.tensor([int(v)], dtype=torch.int32) for v in windows[case])

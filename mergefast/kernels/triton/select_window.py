@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import as_arg, block_span, launch_options, load_f32, magnitude_key
+from .utils import NO_QUOTA, as_arg, block_span, launch_options, load_f32, magnitude_key
 
 SAMPLE_MAX = 1 << 13   # sampled keys per model, as on the CPU
 WINDOW_SIGMAS = 3.0    # half-width of the window in standard deviations of the sample's rank
@@ -139,14 +139,15 @@ def select(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
         r = keep[i] - above                    # still needed at or below hi
         if most > cap or r <= 0:
             missed.append(i)
-        elif r <= eq_hi:
-            sel[i] = (hi[a], r, counts[a, 1])
+        elif r <= eq_hi:                       # (every tie kept: no cut, as in the radix)
+            sel[i] = (hi[a], r, counts[a, 1]) if r < eq_hi else (hi[a], NO_QUOTA, None)
         elif r - eq_hi <= inside:
             rank = r - eq_hi                   # T is the rank-th largest candidate
             t = torch.topk(slots[a].reshape(-1), rank, sorted=False).values.min()
             sel[i] = (t, rank - (slots[a] > t).sum(), (slots[a] == t).sum(1))
         elif r - eq_hi - inside <= eq_lo:
-            sel[i] = (lo[a], r - eq_hi - inside, counts[a, 2])
+            rest = r - eq_hi - inside
+            sel[i] = (lo[a], rest, counts[a, 2]) if rest < eq_lo else (lo[a], NO_QUOTA, None)
         else:
             missed.append(i)
     return missed

@@ -33,6 +33,8 @@ INTERPRET_BLOCK = 256
 HIST_PROGRAMS_PER_SM = 3
 # Under the interpreter: few programs, so that every program loops over several blocks.
 INTERPRET_HIST_PROGRAMS = 3
+# Tie quota of a model whose threshold-equal keys are all kept (no per-block tie counts).
+NO_QUOTA = 1 << 62
 
 
 def interpret() -> bool:
