@@ -50,18 +50,8 @@ def test_triton_interpreted():
     assert " passed" in tail, tail
 
 
-# The suites are defined only where they can run (no screens of skips elsewhere).
-class _Interpreted(KernelSuite):
-    """Interpreted Triton on CPU tensors: small sizes (the interpreter runs numpy per
-    program); the kernels use 256-element blocks there, so these still span several blocks."""
-
-    DEVICE = "cpu"
-    BACKEND = "triton"
-    EXACT = True
-    SHAPES = [(1,), (3,), (0,), (13, 61)]
-    TIE_N = 1100
-    TIES_CASES = KernelSuite.TIES_CASES[:4]
-    TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
+class _WindowCases:
+    """The GPU selection's sampled window (select_window.py), on the suite's DEVICE."""
 
     def test_window_finds_the_threshold_without_radix(self):
         """Continuous and tied deltas: the sampled window holds T (no radix fallback)."""
@@ -70,9 +60,10 @@ class _Interpreted(KernelSuite):
         from mergefast.kernels.triton.utils import block_size
 
         for dtype in (torch.float32, torch.bfloat16):
-            base, x, k, want = _tied_layer(dtype, spread=0.01 if dtype == torch.float32 else None)
+            base, x, k, want = _tied_layer(dtype, 0.01 if dtype == torch.float32 else None,
+                                           self.DEVICE)
             assert sw.select(base, [x], [k], [0], block_size(), [None]) == []
-            assert torch.equal(magnitude_keep(base, x, k), want)
+            assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
 
     @pytest.mark.parametrize("case", ["inside", "only T inside", "T at hi", "T at lo",
                                       "T at hi, all ties", "T at lo, all ties", "hi below T",
@@ -85,8 +76,8 @@ class _Interpreted(KernelSuite):
         from mergefast.kernels.triton.task_arithmetic import magnitude_keep
         from mergefast.kernels.triton.utils import block_size
 
-        base, x, k, want = _tied_layer(torch.bfloat16)
-        key = (x.float() - base.float()).view(torch.int32) & 0x7FFFFFFF
+        base, x, k, want = _tied_layer(torch.bfloat16, None, self.DEVICE)
+        key = (x.float() - base.float()).cpu().view(torch.int32) & 0x7FFFFFFF
         t = int(key.flatten().sort(descending=True).values[k - 1])
         keys = key.unique()
         lower, higher = keys[keys < t], keys[keys > t]
@@ -97,16 +88,31 @@ class _Interpreted(KernelSuite):
                    "T at hi, all ties": (lower[-2], t), "T at lo, all ties": (t, higher[1]),
                    "hi below T": (0, lower[-1]), "lo above T": (higher[0], sw.NO_HI),
                    "slots overflow": (0, sw.NO_HI)}
-        lo, hi = (torch.tensor([int(v)], dtype=torch.int32) for v in windows[case])
+        lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE)
+                  for v in windows[case])
         monkeypatch.setattr(sw, "predict_windows", lambda *a: (lo, hi))
         if case == "slots overflow":
             monkeypatch.setattr(sw, "slots_per_block", lambda *a: 16)
         missed = sw.select(base, [x], [k], [0], block_size(), [None])
         assert missed == ([0] if case in ("hi below T", "lo above T", "slots overflow") else [])
-        assert torch.equal(magnitude_keep(base, x, k), want)
+        assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
 
 
-class _Cuda(KernelSuite):
+# The suites are defined only where they can run (no screens of skips elsewhere).
+class _Interpreted(_WindowCases, KernelSuite):
+    """Interpreted Triton on CPU tensors: small sizes (the interpreter runs numpy per
+    program); the kernels use 256-element blocks there, so these still span several blocks."""
+
+    DEVICE = "cpu"
+    BACKEND = "triton"
+    EXACT = True
+    SHAPES = [(1,), (3,), (0,), (13, 61)]
+    TIE_N = 1100
+    TIES_CASES = KernelSuite.TIES_CASES[:4]
+    TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
+
+
+class _Cuda(_WindowCases, KernelSuite):
     """Real Triton on the GPU, larger sizes."""
 
     DEVICE = "cuda"
@@ -122,9 +128,9 @@ class _Cuda(KernelSuite):
         assert kernels.backend("cuda") == "triton"
 
 
-def _tied_layer(dtype, spread=None):
-    """base and one fine-tune (5000 elements; bf16 deltas on a coarse grid: many ties), the
-    number kept at density 0.4 and the reference's kept set."""
+def _tied_layer(dtype, spread=None, device="cpu"):
+    """base and one fine-tune on `device` (5000 elements; without `spread`, deltas on a coarse
+    grid: many ties), the number kept at density 0.4 and the reference's kept set (CPU)."""
     from mergefast import methods
     from mergefast.methods.numerics import keep_count
 
@@ -136,7 +142,7 @@ def _tied_layer(dtype, spread=None):
         step = torch.randn(5000, generator=g) * spread
     x = (base.float() + step).to(dtype)
     want = methods.magnitude_mask(x.float() - base.float(), 0.4)
-    return base, x, keep_count(0.4, 5000), want
+    return base.to(device), x.to(device), keep_count(0.4, 5000), want
 
 
 if INTERPRET:
