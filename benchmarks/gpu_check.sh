@@ -25,7 +25,7 @@ fi
 } > "$S" 2>&1
 
 echo "## kernel tests (real Triton)" >> "$S"
-timeout "${TEST_S:-80}" python -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py -k Cuda \
+timeout "${TEST_S:-100}" python -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py -k Cuda \
   > "$OUT/tests.log" 2>&1
 echo "tests exit code $?" >> "$S"
 tail -n 8 "$OUT/tests.log" >> "$S"
