@@ -15,7 +15,7 @@ Measured on 45M bf16 elements, 2 cores: sum 14 ms, `isfinite(x).all()` 500 ms.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Container, Iterable, Sequence
 
 import torch
 
@@ -78,11 +78,13 @@ def check_output_finite(job_name: str, tensor: torch.Tensor,
                      "refusing to write a broken model")
 
 
-def warn_nonfinite_inputs(job_name: str, sources: Sequence[Any], tensors: Iterable[torch.Tensor]) -> int:
-    """Log one warning per input tensor holding NaN or inf; return how many did."""
+def warn_nonfinite_inputs(job_name: str, sources: Sequence[Any], tensors: Iterable[torch.Tensor],
+                          known_finite: Container[int] = ()) -> int:
+    """Log one warning per input tensor holding NaN or inf; return how many did. Tensors
+    whose data pointer is in `known_finite` (proven by a kernel) are not scanned again."""
     count = 0
     for source, tensor in zip(sources, tensors):
-        if not all_finite(tensor):
+        if tensor.data_ptr() not in known_finite and not all_finite(tensor):
             model, name = _source_label(source)
             log.warning("model %s: input tensor %s (for output %s) has %s", model, name, job_name,
                         _describe(tensor))

@@ -228,6 +228,33 @@ def test_nonfinite_input_warns_per_tensor(tmp_path):
     assert not out.exists()
 
 
+def test_ties_warns_for_a_nan_input_and_merges(tmp_path, monkeypatch):
+    """TIES drops NaN deltas in its sign election, so the merge succeeds with one warning
+    for the NaN input; the inputs the C++ kernel proved finite are not scanned again."""
+    import mergefast.checks as checks
+    import mergefast.execute  # noqa: F401 - binds the real all_finite for the output checks
+
+    folder = _copy_model("ft-b", tmp_path / "nan")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.weight"][0, :3] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    scanned = []
+    all_finite = checks.all_finite
+    monkeypatch.setattr(checks, "all_finite", lambda t: scanned.append(t.numel()) or all_finite(t))
+    config = tmp_path / "config.yml"
+    config.write_text(f"merge_method: ties\nbase_model: {MODELS / 'base'}\nmodels:\n"
+                      f"  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1, density: 0.5}}\n"
+                      f"  - model: {folder}\n    parameters: {{weight: 1, density: 0.5}}\n")
+    code, stdout, stderr, exc = run_cli(["yaml", config, tmp_path / "out", "--quiet"])
+    warnings = [line for line in stderr.splitlines() if line.startswith("mergefast: warning:")]
+    assert code == 0 and len(warnings) == 1, stderr
+    assert str(folder) in warnings[0] and "3 NaN" in warnings[0]
+    from mergefast import kernels
+
+    if kernels.backend("cpu") == "cpu-ext":  # only the NaN job's 3 inputs are scanned
+        assert len(scanned) == 3
+
+
 def test_warn_nonfinite_inputs_does_not_raise(caplog):
     from mergefast.checks import warn_nonfinite_inputs
 

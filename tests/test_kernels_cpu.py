@@ -89,6 +89,35 @@ def test_kernels_launch_on_the_inputs_device(monkeypatch):
 
 
 @needs_ext
+@pytest.mark.parametrize("case", ["finite", "nan in base", "inf in a model",
+                                  "nan in a density-0 model", "nan in the tie block",
+                                  "no sparsification"])
+def test_task_arithmetic_proves_its_inputs_finite(monkeypatch, case):
+    """The C++ apply pass reports whether every delta was finite; only then are base and the
+    models recorded as proven finite (execute.merge_job then skips scanning them)."""
+    from mergefast.kernels import cpu
+
+    monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
+    n = 3 * cpu._C.BLOCK + 77
+    base = torch.zeros(n, dtype=torch.bfloat16)
+    signs = torch.randint(0, 2, (3, n), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    xs = [(base.float() + 0.5 * s).bfloat16() for s in signs]  # |delta| all equal: ties
+    densities = [0.5, 0.5, 0.0 if "density-0" in case else 0.5]
+    bad = {"nan in base": (base, 5), "inf in a model": (xs[1], n - 1),
+           "nan in a density-0 model": (xs[2], 7), "nan in the tie block": (xs[0], n // 2)}
+    if case in bad:
+        tensor, at = bad[case]
+        tensor[at] = float("nan") if "nan" in case else float("inf")
+    with cpu.finite_inputs() as proven:
+        if case == "no sparsification":
+            kernels.task_arithmetic(base, xs, [0.3, 0.3, 0.3])
+        else:
+            kernels.ties(base, xs, [1.0, 1.0, 1.0], densities)
+    finite = case in ("finite", "no sparsification")
+    assert proven == ({t.data_ptr() for t in (base, *xs)} if finite else set())
+
+
+@needs_ext
 def test_auto_backend_failure_falls_back_once_with_warning(monkeypatch):
     from mergefast.kernels import cpu
 

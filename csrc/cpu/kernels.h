@@ -16,7 +16,8 @@ enum class Sparsify : int { None = 0, Magnitude = 1, MagnitudeOutliers = 2, Rand
 void linear_cpu(const std::vector<at::Tensor>& xs, const std::vector<double>& weights,
                 bool divide, double total, at::Tensor out);
 
-void task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
+// Returns true when every delta x_i - base was finite (so base and every x_i are).
+bool task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
                          const std::vector<double>& weights, const std::vector<int64_t>& keep,
                          int64_t sparsify, bool consensus, bool normalize, double divisor,
                          double lambda, at::Tensor out);

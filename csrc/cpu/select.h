@@ -18,6 +18,9 @@ MF_INLINE uint32_t mag_key(float d) {
   return f32_to_bits(d) & 0x7FFFFFFFu;
 }
 
+// Keys at or above this are +-inf and NaN.
+constexpr uint32_t kNonFiniteKey = 0x7F800000u;
+
 // Which elements of one model survive: key > thr, plus the first `quota` elements with
 // key == thr in flat order. keep-all is (thr 0, no cut); keep-none is (thr 0xFFFFFFFF).
 struct KeepRule {

@@ -20,16 +20,20 @@ MF_INLINE void deltas(const float* x, const float* b, int64_t len, float* d) {
 // stored to `wd` when the consensus needs it, and added to the running sum `mixed` (which
 // starts from 0.0f + wd for the first model, as the reference's sum() does). x is converted
 // as it is read: no staging buffer.
+// Returns nonzero when a delta of the block is NaN or infinite (then x or base is).
 template <DType D, bool Mag, bool Consensus, bool First>
-MF_INLINE void weigh_block(const void* xp, int64_t off, const float* b, int64_t len,
-                        uint32_t teff, float wi, float* wd, float* mixed) {
+MF_INLINE uint32_t weigh_block(const void* xp, int64_t off, const float* b, int64_t len,
+                               uint32_t teff, float wi, float* wd, float* mixed) {
+  uint32_t nonfinite = 0;
   for (int64_t j = 0; j < len; ++j) {
     float d = load_f32<D>(xp, off + j) - b[j];
+    nonfinite |= mag_key(d) >= kNonFiniteKey;
     if constexpr (Mag) d = mag_key(d) >= teff ? d : 0.0f;
     const float v = d * wi;
     if constexpr (Consensus) wd[j] = v;
     mixed[j] = (First ? 0.0f : mixed[j]) + v;
   }
+  return nonfinite;
 }
 
 // The TIES result of a block for KK models (KK > 0: unrolled; KK == 0: any K, looping over
@@ -100,25 +104,24 @@ struct ApplyArgs {
 };
 
 template <DType D, bool Mag, bool Consensus>
-MF_INLINE void weigh_block_first_or_not(bool first, const void* xp, int64_t off, const float* b,
-                                        int64_t len, uint32_t teff, float wi, float* wd,
-                                        float* mixed) {
-  if (first) {
-    weigh_block<D, Mag, Consensus, true>(xp, off, b, len, teff, wi, wd, mixed);
-  } else {
-    weigh_block<D, Mag, Consensus, false>(xp, off, b, len, teff, wi, wd, mixed);
-  }
+MF_INLINE uint32_t weigh_block_first_or_not(bool first, const void* xp, int64_t off,
+                                            const float* b, int64_t len, uint32_t teff, float wi,
+                                            float* wd, float* mixed) {
+  if (first) return weigh_block<D, Mag, Consensus, true>(xp, off, b, len, teff, wi, wd, mixed);
+  return weigh_block<D, Mag, Consensus, false>(xp, off, b, len, teff, wi, wd, mixed);
 }
 
+// Returns nonzero when a delta of the block is NaN or infinite.
 template <Sparsify S, bool Consensus>
-MF_INLINE void apply_block_impl(const ApplyArgs& a, float* const* bufs, float* const* wd,
-                                int64_t blk) {
+MF_INLINE uint32_t apply_block_impl(const ApplyArgs& a, float* const* bufs, float* const* wd,
+                                    int64_t blk) {
   constexpr bool Mag = S == Sparsify::Magnitude;
   const int K = a.K;
   const int64_t off = blk * kBlock;
   const int64_t len = std::min(kBlock, a.n - off);
   const float* b = stage(*a.base, off, len, bufs[0]);
   float* mixed = bufs[1];
+  uint32_t nonfinite = 0;
   for (int i = 0; i < K; ++i) {
     const Src& x = (*a.xs)[i];
     uint32_t teff = 0;
@@ -130,18 +133,19 @@ MF_INLINE void apply_block_impl(const ApplyArgs& a, float* const* bufs, float* c
     if (whole) {
       switch (x.dt) {
         case DType::BF16:
-          weigh_block_first_or_not<DType::BF16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
+          nonfinite |= weigh_block_first_or_not<DType::BF16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
           break;
         case DType::F16:
-          weigh_block_first_or_not<DType::F16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
+          nonfinite |= weigh_block_first_or_not<DType::F16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
           break;
         default:
-          weigh_block_first_or_not<DType::F32, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
+          nonfinite |= weigh_block_first_or_not<DType::F32, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
       }
     } else {  // the one block where model i's tie quota runs out: walk it in flat order
       float* d = bufs[2];
       const float* xv = stage(x, off, len, d);
       deltas(xv, b, len, d);
+      for (int64_t j = 0; j < len; ++j) nonfinite |= mag_key(d[j]) >= kNonFiniteKey;
       walk_tie_block(a.rules[i], rem, len, d, [d](int64_t j, bool kept) {
         if (!kept) d[j] = 0.0f;
       });
@@ -175,23 +179,26 @@ MF_INLINE void apply_block_impl(const ApplyArgs& a, float* const* bufs, float* c
     }
   }
   store(a.dst, off, len, res);
+  return nonfinite;
 }
 
 template <Sparsify S, bool Consensus>
-void apply_block_default(const ApplyArgs& a, float* const* bufs, float* const* wd, int64_t blk) {
-  apply_block_impl<S, Consensus>(a, bufs, wd, blk);
+uint32_t apply_block_default(const ApplyArgs& a, float* const* bufs, float* const* wd,
+                             int64_t blk) {
+  return apply_block_impl<S, Consensus>(a, bufs, wd, blk);
 }
 
 #if MF_AVX2_CLONES
 template <Sparsify S, bool Consensus>
-MF_TARGET_AVX2 void apply_block_avx2(const ApplyArgs& a, float* const* bufs, float* const* wd,
-                                     int64_t blk) {
-  apply_block_impl<S, Consensus>(a, bufs, wd, blk);
+MF_TARGET_AVX2 uint32_t apply_block_avx2(const ApplyArgs& a, float* const* bufs,
+                                         float* const* wd, int64_t blk) {
+  return apply_block_impl<S, Consensus>(a, bufs, wd, blk);
 }
 #endif
 
+// Returns true when every delta was finite, i.e. base and every model are.
 template <Sparsify S, bool Consensus>
-void apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
            const std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
            const Dst& dst, int64_t n) {
   static_assert(S == Sparsify::None || S == Sparsify::Magnitude,
@@ -205,7 +212,8 @@ void apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
   if (cpu_has_avx2()) block = &apply_block_avx2<S, Consensus>;
 #endif
   advise_huge_pages(dst.ptr, static_cast<size_t>(n) * dtype_size(dst.dt));
-#pragma omp parallel num_threads(num_threads(n))
+  uint32_t nonfinite = 0;
+#pragma omp parallel num_threads(num_threads(n)) reduction(| : nonfinite)
   {
     // buffers: 0 base, 1 mixed, 2 delta (tie-cut block) / result, 3 acc, 4 dacc,
     // 5.. weighted deltas (consensus)
@@ -217,13 +225,14 @@ void apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
       for (int i = 0; i < K; ++i) wd[i] = scratch.buf(5 + i);
     }
 #pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) block(args, bufs, wd.data(), blk);
+    for (int64_t blk = 0; blk < nb; ++blk) nonfinite |= block(args, bufs, wd.data(), blk);
   }
+  return nonfinite == 0;
 }
 
 }  // namespace
 
-void task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
+bool task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
                          const std::vector<double>& weights, const std::vector<int64_t>& keep,
                          int64_t sparsify, bool consensus, bool normalize, double divisor,
                          double lambda, at::Tensor out) {
@@ -246,23 +255,16 @@ void task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& 
   const float dv = static_cast<float>(divisor), lam = static_cast<float>(lambda);
   if (sparsify == static_cast<int64_t>(Sparsify::None)) {
     std::vector<KeepRule> none;
-    if (consensus) {
-      apply<Sparsify::None, true>(sb, src, w, none, normalize, dv, lam, dst, n);
-    } else {
-      apply<Sparsify::None, false>(sb, src, w, none, normalize, dv, lam, dst, n);
-    }
-  } else if (sparsify == static_cast<int64_t>(Sparsify::Magnitude)) {
-    TORCH_CHECK(keep.size() == xs.size(), op, ": one keep count per model expected");
-    const std::vector<KeepRule> rules =
-        select_magnitude(sb, src, keep, n, out.data_ptr(), static_cast<size_t>(out.nbytes()));
-    if (consensus) {
-      apply<Sparsify::Magnitude, true>(sb, src, w, rules, normalize, dv, lam, dst, n);
-    } else {
-      apply<Sparsify::Magnitude, false>(sb, src, w, rules, normalize, dv, lam, dst, n);
-    }
-  } else {
-    TORCH_CHECK(false, op, ": sparsify mode ", sparsify, " is not implemented in mergefast._C");
+    if (consensus) return apply<Sparsify::None, true>(sb, src, w, none, normalize, dv, lam, dst, n);
+    return apply<Sparsify::None, false>(sb, src, w, none, normalize, dv, lam, dst, n);
   }
+  TORCH_CHECK(sparsify == static_cast<int64_t>(Sparsify::Magnitude), op, ": sparsify mode ",
+              sparsify, " is not implemented in mergefast._C");
+  TORCH_CHECK(keep.size() == xs.size(), op, ": one keep count per model expected");
+  const std::vector<KeepRule> rules =
+      select_magnitude(sb, src, keep, n, out.data_ptr(), static_cast<size_t>(out.nbytes()));
+  if (consensus) return apply<Sparsify::Magnitude, true>(sb, src, w, rules, normalize, dv, lam, dst, n);
+  return apply<Sparsify::Magnitude, false>(sb, src, w, rules, normalize, dv, lam, dst, n);
 }
 
 void magnitude_keep_cpu(const at::Tensor& base, const at::Tensor& x, int64_t keep, at::Tensor mask) {

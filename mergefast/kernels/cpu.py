@@ -30,7 +30,7 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
-_outputs = threading.local()
+_thread = threading.local()  # per merge thread: the output allocator, the proven-finite set
 
 
 @contextmanager
@@ -42,16 +42,34 @@ def output_buffers(take: Callable[[int], torch.Tensor]) -> Iterator[None]:
     23 ms (16,000 faults) on the 2-core box, a recycled one 2 ms. The pipeline hands out
     recycled buffers here (staging/host.py): TIES of the 0.3B family, 5 runs alternated,
     45,000 fewer faults and 5.20 -> 5.03 s of CPU per run."""
-    previous = getattr(_outputs, "take", None)
-    _outputs.take = take
+    previous = getattr(_thread, "take", None)
+    _thread.take = take
     try:
         yield
     finally:
-        _outputs.take = previous
+        _thread.take = previous
+
+
+@contextmanager
+def finite_inputs() -> Iterator[set[int]]:
+    """In this block, the data pointers of the inputs that this thread's kernels proved
+    finite collect in the yielded set.
+
+    The task-arithmetic kernel computes every delta x_i - base anyway, and a finite delta
+    means finite operands: a TIES merge then needs no separate NaN/inf scan of its inputs.
+    Measured on the 2-core box: the scan took 0.13 s of a 4.3 s TIES merge of the 0.3B family
+    (12 runs alternated); the check in the apply pass costs it 2-3% (47 -> 48-49 ms on a 7B
+    layer)."""
+    previous = getattr(_thread, "finite", None)
+    _thread.finite = proven = set()
+    try:
+        yield proven
+    finally:
+        _thread.finite = previous
 
 
 def _empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    take = getattr(_outputs, "take", None)
+    take = getattr(_thread, "take", None)
     if take is None or like.device.type != "cpu":
         return torch.empty(like.shape, dtype=dtype, device=like.device)
     nbytes = like.numel() * dtype.itemsize
@@ -70,8 +88,11 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
                     divisor: float, lambda_: float, out_dtype: torch.dtype) -> torch.Tensor:
     out = _empty(base, out_dtype)
     mode = SPARSIFY_NONE if keep is None else SPARSIFY_MAGNITUDE
-    _C.task_arithmetic(base, list(xs), list(weights), list(keep or []), mode, consensus,
-                       normalize, divisor, lambda_, out)
+    finite = _C.task_arithmetic(base, list(xs), list(weights), list(keep or []), mode,
+                                consensus, normalize, divisor, lambda_, out)
+    proven = getattr(_thread, "finite", None)
+    if finite and proven is not None:
+        proven.update(t.data_ptr() for t in (base, *xs))
     return out
 
 
