@@ -130,6 +130,17 @@ def test_automatic_budget_is_twice_the_largest_job_within_bounds():
     assert MergeOptions(max_memory="25%").pipeline_budget(1) == int(physical_memory() * 0.25)
 
 
+def _one_tensor_job(reader, name):
+    """A stand-in plan with one model "m" read by `reader`, and a job merging its tensor."""
+
+    class Source:
+        def __init__(self):
+            self.model, self.tensor, self.info = "m", name, reader.info(name)
+
+    plan = type("Plan", (), {"models": {"m": type("M", (), {"reader": reader})}})()
+    return plan, type("Job", (), {"copy": False, "sources": [Source()]})()
+
+
 def test_host_staging_recycles_buffers_but_never_an_output(tmp_path):
     from checkpoints import write_checkpoint
 
@@ -137,14 +148,8 @@ def test_host_staging_recycles_buffers_but_never_an_output(tmp_path):
     from mergefast.staging.host import HostStaging
 
     folder = write_checkpoint(tmp_path / "m", {"a": torch.arange(6.0), "b": torch.ones(6)})
-
-    class Source:
-        def __init__(self, name, reader):
-            self.model, self.tensor, self.info = "m", name, reader.info(name)
-
     with CheckpointReader(folder) as reader:
-        plan = type("Plan", (), {"models": {"m": type("M", (), {"reader": reader})}})()
-        job = type("Job", (), {"copy": False, "sources": [Source("a", reader)]})()
+        plan, job = _one_tensor_job(reader, "a")
         staging = HostStaging(plan)
         first = staging.read(job)
         assert torch.equal(staging.inputs(job, first)[0], torch.arange(6.0))
@@ -168,17 +173,12 @@ def test_host_staging_merges_into_pooled_buffers_given_back_after_the_write(tmp_
         pytest.skip("the pooled outputs are the C++ kernels' (mergefast._C is not built)")
     folder = write_checkpoint(tmp_path / "m", {"a": torch.arange(6.0)})
 
-    class Source:
-        def __init__(self, name, reader):
-            self.model, self.tensor, self.info = "m", name, reader.info(name)
-
     def doubled_twice(job, tensors):  # a kernel output used as an intermediate, then the result
         once = kernels.linear([tensors[0], tensors[0]], [1.0, 1.0], normalize=False)
         return kernels.linear([once, once], [1.0, 1.0], normalize=False)
 
     with CheckpointReader(folder) as reader:
-        plan = type("Plan", (), {"models": {"m": type("M", (), {"reader": reader})}})()
-        job = type("Job", (), {"copy": False, "sources": [Source("a", reader)]})()
+        plan, job = _one_tensor_job(reader, "a")
         staging = HostStaging(plan)
 
         def pooled():

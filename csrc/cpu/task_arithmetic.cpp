@@ -11,9 +11,14 @@
 namespace mergefast {
 namespace {
 
-// Deltas of model `x` against staged base `b` into `d`.
-MF_INLINE void deltas(const float* x, const float* b, int64_t len, float* d) {
-  for (int64_t j = 0; j < len; ++j) d[j] = x[j] - b[j];
+// Deltas of model `x` against staged base `b` into `d`; nonzero when one is NaN or infinite.
+MF_INLINE uint32_t deltas(const float* x, const float* b, int64_t len, float* d) {
+  uint32_t nonfinite = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    d[j] = x[j] - b[j];
+    nonfinite |= mag_key(d[j]) >= kNonFiniteKey;
+  }
+  return nonfinite;
 }
 
 // One model's pass over a block of the apply: wd = keep(x - b) * wi (zeroed where dropped),
@@ -144,8 +149,7 @@ MF_INLINE uint32_t apply_block_impl(const ApplyArgs& a, float* const* bufs, floa
     } else {  // the one block where model i's tie quota runs out: walk it in flat order
       float* d = bufs[2];
       const float* xv = stage(x, off, len, d);
-      deltas(xv, b, len, d);
-      for (int64_t j = 0; j < len; ++j) nonfinite |= mag_key(d[j]) >= kNonFiniteKey;
+      nonfinite |= deltas(xv, b, len, d);
       walk_tie_block(a.rules[i], rem, len, d, [d](int64_t j, bool kept) {
         if (!kept) d[j] = 0.0f;
       });

@@ -26,12 +26,13 @@ class _HostResult:
     buffer: torch.Tensor | None  # the pooled buffer behind `tensor`: back to the pool once written
 
 
-def _backing(out: torch.Tensor, lent: list[torch.Tensor]) -> torch.Tensor | None:
-    """The lent buffer `out` lives in, if any (a kernel output a method returned as is)."""
+def _backing(out: torch.Tensor, buffers: list[torch.Tensor]) -> torch.Tensor | None:
+    """The buffer of `buffers` that `out` lives in, if any (an input a method returned
+    unchanged, or a kernel output it returned as is)."""
     if out.device.type != "cpu":
         return None
     pointer = out.untyped_storage().data_ptr()
-    return next((buf for buf in lent if buf.data_ptr() == pointer), None)
+    return next((buf for buf in buffers if buf.data_ptr() == pointer), None)
 
 
 class HostStaging:
@@ -71,10 +72,8 @@ class HostStaging:
     def recycle(self, staged: Any, out: torch.Tensor) -> None:
         """The job is merged: its input buffers go back to the pool, unless the result is
         one of the inputs itself (methods may return an input unchanged)."""
-        pointers = {buf.data_ptr() for buf in staged.buffers}
-        if out.device.type == "cpu" and out.untyped_storage().data_ptr() in pointers:
-            return
-        self._give_back(staged.buffers)
+        if _backing(out, staged.buffers) is None:
+            self._give_back(staged.buffers)
 
     def _give_back(self, buffers: list[torch.Tensor]) -> None:
         with self._lock:

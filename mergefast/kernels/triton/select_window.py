@@ -78,6 +78,11 @@ def sample_positions(n: int, m: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.arange(m, dtype=np.int64) * stride + offset).to(device)
 
 
+def sample_size(n: int) -> int:
+    """Keys sampled per model from n: one per 16 elements, at most SAMPLE_MAX."""
+    return min(SAMPLE_MAX, n // 16)
+
+
 def _margin(m: int, keep: int, n: int) -> float:
     p = keep / n
     return WINDOW_SIGMAS * math.sqrt(m * p * (1.0 - p)) + 2.0
@@ -87,7 +92,7 @@ def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequen
                     models: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi): int32 device tensors, one entry per model of `models`."""
     n, dev = base.numel(), base.device
-    m = min(SAMPLE_MAX, n // 16)
+    m = sample_size(n)
     pos = sample_positions(n, m, dev)
     b = base.reshape(-1)[pos].float()
     keys = torch.stack([(xs[i].reshape(-1)[pos].float() - b).view(torch.int32) & 0x7FFFFFFF
@@ -110,7 +115,7 @@ def _full(value: int, device: torch.device) -> torch.Tensor:
 def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int) -> int:
     """Candidate slots of a block: SLOT_SLACK times the widest window's expected share of a
     block, a power of two (the kernel's tile) between 16 and the block."""
-    m = min(SAMPLE_MAX, n // 16)
+    m = sample_size(n)
     share = max(2 * _margin(m, keep[i], n) / m for i in models)
     return max(16, min(block, triton.next_power_of_2(math.ceil(SLOT_SLACK * share * block))))
 
@@ -120,7 +125,7 @@ def select(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
     """Sets sel[i] = (T, quota, per-block T counts) for the models of `models` whose window
     holds T; returns the others (for the radix select)."""
     n, dev = base.numel(), base.device
-    if min(SAMPLE_MAX, n // 16) < MIN_SAMPLE:
+    if sample_size(n) < MIN_SAMPLE:
         return list(models)
     nblocks = triton.cdiv(n, block)
     lo, hi = predict_windows(base, xs, keep, models)
