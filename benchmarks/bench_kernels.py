@@ -136,12 +136,26 @@ def _inputs(request, device):
     return request.getfixturevalue("layer_cuda" if device == "cuda" else "layer_cpu")
 
 
-TIES_PROVIDERS = ["reference", "mergekit", "torch", "cpu-ext", "triton"]
+TIES_PROVIDERS = ["reference", "mergekit", "torch", "cpu-ext", "cpu-ext-two-pass", "triton",
+                  "triton-two-pass"]
+
+
+def _two_pass_ties(base, xs, device):
+    """kernels.ties with the one-read scheme off (SPECULATE = False in the backend's module)."""
+    if device == "cuda":
+        from mergefast.kernels.triton import task_arithmetic as module
+    else:
+        from mergefast.kernels import cpu as module
+    module.SPECULATE = False
+    try:
+        return kernels.ties(base, xs, WEIGHTS, DENSITIES)
+    finally:
+        module.SPECULATE = True
 
 
 @pytest.mark.parametrize("provider", TIES_PROVIDERS)
 def test_ties(benchmark, request, provider):
-    device = "cuda" if provider == "triton" else "cpu"
+    device = "cuda" if provider.startswith("triton") else "cpu"
     base, xs = _inputs(request, device)
     benchmark.group = "ties"
     fns = {
@@ -149,7 +163,9 @@ def test_ties(benchmark, request, provider):
         "mergekit": lambda: mergekit_style_ties(base, xs, WEIGHTS, DENSITIES),
         "torch": lambda: torch_ties(base, xs, WEIGHTS, DENSITIES),
         "cpu-ext": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
+        "cpu-ext-two-pass": lambda: _two_pass_ties(base, xs, device),
         "triton": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
+        "triton-two-pass": lambda: _two_pass_ties(base, xs, device),
     }
     slow = provider in ("reference", "mergekit") and device == "cpu"
     # minimal traffic: base + 3 models read once, output written once (bf16)
@@ -227,13 +243,15 @@ print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.eleme
 # ------------------------------------------------------------------ script mode (GPU sweep)
 
 def _gpu_sweep() -> None:
-    """Times Triton TIES with each selection scheme and over the radix passes' programs per
-    SM, then the kernels over block sizes / warps (gpu_check.sh runs it to choose
-    select.SELECTION, and HIST_PROGRAMS_PER_SM, BLOCK and NUM_WARPS in utils.py)."""
+    """Times Triton TIES in one read over its block size, in two passes with each selection
+    scheme and over the radix passes' programs per SM, then the kernels over block sizes /
+    warps (gpu_check.sh runs it to choose speculative.SPEC_BLOCK, select.SELECTION, and
+    HIST_PROGRAMS_PER_SM, BLOCK and NUM_WARPS in utils.py)."""
     from triton.testing import do_bench
 
     from conftest import _layer
-    from mergefast.kernels.triton import select, utils
+    from mergefast.kernels.triton import select, speculative, utils
+    from mergefast.kernels.triton import task_arithmetic as ta
 
     base, xs = _layer("cuda")
     n = base.numel()
@@ -246,16 +264,28 @@ def _gpu_sweep() -> None:
         "ties-d1": (lambda: kernels.ties(base, xs, WEIGHTS, [1.0] * 3), 5 * 2 * n),
         "slerp": (lambda: kernels.slerp(base, xs[0], T), 3 * 2 * n),
     }
-    for scheme in ("window", "radix"):   # the selection schemes first (select.SELECTION)
+
+    def ties_ms():
+        return do_bench(ops["ties"][0], warmup=5, rep=50, return_mode="median")
+
+    def report(label, ms):
+        frac = f" {5 * 2 * n / (ms * 1e-3) / peak * 100:4.0f}% of HBM" if peak else ""
+        print(f"{label:40s} ties {ms:7.3f} ms{frac}", flush=True)
+
+    chosen = speculative.SPEC_BLOCK   # the one-read scheme over its block size
+    for block in (512, 1024, 2048):
+        speculative.SPEC_BLOCK = block
+        report(f"one read, SPEC_BLOCK={block}", ties_ms())
+    speculative.SPEC_BLOCK = chosen
+    ta.SPECULATE = False
+    for scheme in ("window", "radix"):   # the two passes' selection schemes (select.SELECTION)
         select.SELECTION = scheme
-        ms = do_bench(ops["ties"][0], warmup=5, rep=50, return_mode="median")
-        print(f"SELECTION={scheme:6s} ties {ms:7.3f} ms", flush=True)
+        report(f"two passes, SELECTION={scheme}", ties_ms())
     chosen = utils.HIST_PROGRAMS_PER_SM   # then the radix passes' grid
     for per_sm in (1, 2, 3, 4, 8, 16):
         utils.HIST_PROGRAMS_PER_SM = per_sm
-        ms = do_bench(ops["ties"][0], warmup=5, rep=50, return_mode="median")
-        print(f"HIST_PROGRAMS_PER_SM={per_sm:2d} ties (radix) {ms:7.3f} ms", flush=True)
-    utils.HIST_PROGRAMS_PER_SM, select.SELECTION = chosen, "window"
+        report(f"two passes, radix, HIST_PROGRAMS_PER_SM={per_sm}", ties_ms())
+    utils.HIST_PROGRAMS_PER_SM, select.SELECTION, ta.SPECULATE = chosen, "window", True
     for block in (1024, 2048, 4096):
         for warps in (4, 8):
             utils.BLOCK, utils.NUM_WARPS = block, warps

@@ -51,7 +51,7 @@ timeout "${PROFILE_S:-60}" python benchmarks/profile_ties.py --out "$OUT/profile
   > "$OUT/profile.log" 2>&1
 echo "profile exit code $?" >> "$S"
 head -n 22 "$OUT/profile_ties.txt" >> "$S" 2>/dev/null
-echo "## sweep: BLOCK x warps, histogram programs per SM" >> "$S"
+echo "## sweep: TIES in one read vs two passes, BLOCK x warps, histogram programs per SM" >> "$S"
 timeout "${SWEEP_S:-60}" python benchmarks/bench_kernels.py > "$OUT/sweep.txt" 2>&1
 echo "sweep exit code $?" >> "$S"
 cat "$OUT/sweep.txt" >> "$S"

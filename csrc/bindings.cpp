@@ -4,6 +4,7 @@
 
 #include "cpu/common.h"
 #include "cpu/kernels.h"
+#include "cpu/speculative.h"
 
 namespace py = pybind11;
 
@@ -14,7 +15,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("task_arithmetic", &mergefast::task_arithmetic_cpu, py::arg("base"), py::arg("xs"),
         py::arg("weights"), py::arg("keep"), py::arg("sparsify"), py::arg("consensus"),
         py::arg("normalize"), py::arg("divisor"), py::arg("lambda_"), py::arg("out"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("speculate") = true, py::call_guard<py::gil_scoped_release>());
+  m.def("speculation_counts", &mergefast::speculation_counts);
   m.def("magnitude_keep", &mergefast::magnitude_keep_cpu, py::arg("base"), py::arg("x"),
         py::arg("keep"), py::arg("mask"), py::call_guard<py::gil_scoped_release>());
   m.def("slerp_dots", &mergefast::slerp_dots_cpu, py::arg("a"), py::arg("b"),

@@ -98,8 +98,80 @@ class _WindowCases:
         assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
 
 
+class _SpeculativeCases:
+    """The one-read scheme (speculative.py), on the suite's DEVICE: bit-equal to the two
+    passes whether it finishes or falls back."""
+
+    def _paths(self, monkeypatch, fn):
+        """fn() with the one-read scheme, then with the two passes; and whether the first
+        call's one-read scheme finished."""
+        from mergefast.kernels.triton import speculative, task_arithmetic
+
+        finished = []
+        run = speculative.task_arithmetic
+        monkeypatch.setattr(speculative, "task_arithmetic",
+                            lambda *a, **k: finished.append(run(*a, **k)) or finished[-1])
+        fast = fn().cpu()
+        monkeypatch.setattr(task_arithmetic, "SPECULATE", False)
+        slow = fn().cpu()
+        monkeypatch.setattr(task_arithmetic, "SPECULATE", True)
+        return fast, slow, finished == [True]
+
+    @pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float32])
+    @pytest.mark.parametrize("coarse", [False, True])
+    def test_speculative_pass_equals_two_passes(self, monkeypatch, input_dtype, coarse):
+        from mergefast import kernels
+
+        g = torch.Generator().manual_seed(int(coarse))
+        n = 5003
+        dtype = input_dtype
+        base = (0.02 * torch.randn(n, generator=g)).to(dtype)
+        step = (lambda: torch.randint(-25, 26, (n,), generator=g) / 512) if coarse else \
+            (lambda: 0.002 * torch.randn(n, generator=g))
+        xs = [(base.float() + step()).to(dtype).to(self.DEVICE) for _ in range(3)]
+        base = base.to(self.DEVICE)
+        for densities in ([0.5, 0.2, 0.93], [0.1, 1.0, 0.0]):
+            fast, slow, finished = self._paths(
+                monkeypatch, lambda: kernels.ties(base, xs, [0.5, -0.3, 0.9], densities))
+            assert finished and torch.equal(fast, slow), densities
+            fast, slow, finished = self._paths(monkeypatch, lambda: kernels.task_arithmetic(
+                base, xs, [0.5, 0.3, 0.2], densities=densities, sparsify="magnitude",
+                normalize=True, lambda_=0.7))
+            assert finished and torch.equal(fast, slow), densities
+
+    @pytest.mark.parametrize("case", ["T at hi", "T at lo", "T at hi, all ties", "hi below T",
+                                      "records overflow"])
+    def test_speculative_outcomes(self, monkeypatch, case):
+        """Planted windows: T at either end with its ties cut along the records or all kept
+        (finishes), a window that misses or records past their memory (falls back)."""
+        from mergefast import kernels, methods
+        from mergefast.kernels.triton import select_window as sw, speculative
+
+        base, x, k, _ = _tied_layer(torch.bfloat16, None, self.DEVICE)
+        key = (x.float() - base.float()).cpu().view(torch.int32) & 0x7FFFFFFF
+        t = int(key.flatten().sort(descending=True).values[k - 1])
+        keys = key.unique()
+        lower, higher = keys[keys < t], keys[keys > t]
+        density = 0.4
+        if case.endswith("all ties"):          # keep exactly the keys >= T
+            density = float((key >= t).sum()) / key.numel()
+        windows = {"T at hi": (lower[-2], t), "T at lo": (t, higher[1]),
+                   "T at hi, all ties": (lower[-2], t), "hi below T": (0, lower[-1]),
+                   "records overflow": (lower[-12], higher[11])}
+        lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE)
+                  for v in windows[case])
+        monkeypatch.setattr(sw, "predict_windows", lambda *a: (lo, hi))
+        if case == "records overflow":
+            monkeypatch.setattr(speculative, "RECORD_SLACK", 0.01)
+        fast, slow, finished = self._paths(monkeypatch,
+                                           lambda: kernels.ties(base, [x], [1.0], [density]))
+        assert finished == (case.startswith("T at")), case
+        assert torch.equal(fast, slow)
+        assert torch.equal(fast, methods.ties(base.cpu(), [x.cpu()], [1.0], [density]))
+
+
 # The suites are defined only where they can run (no screens of skips elsewhere).
-class _Interpreted(_WindowCases, KernelSuite):
+class _Interpreted(_WindowCases, _SpeculativeCases, KernelSuite):
     """Interpreted Triton on CPU tensors: small sizes (the interpreter runs numpy per
     program); the kernels use 256-element blocks there, so these still span several blocks."""
 
@@ -112,7 +184,7 @@ class _Interpreted(_WindowCases, KernelSuite):
     TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
 
 
-class _Cuda(_WindowCases, KernelSuite):
+class _Cuda(_WindowCases, _SpeculativeCases, KernelSuite):
     """Real Triton on the GPU, larger sizes."""
 
     DEVICE = "cuda"

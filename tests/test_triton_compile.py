@@ -124,3 +124,35 @@ def test_slerp():
     _compile(slerp._slerp_apply_kernel,
              {"a_ptr": "*i16", "b_ptr": "*i16", "out_ptr": "*i16", "n": "i64", "c0": "fp32",
               "c1": "fp32"}, {"BLOCK": BLOCK})
+
+
+@pytest.mark.parametrize("models,cap,consensus,ptr", [
+    (3, 64, True, "*i16"),     # TIES, bf16
+    (1, 16, False, "*fp32"),   # task arithmetic with magnitude, fp32
+    (9, 128, True, "*fp16"),   # many models, fp16
+])
+def test_speculative_pass(models, cap, consensus, ptr):
+    from mergefast.kernels.triton import speculative
+
+    _compile(speculative._speculative_kernel,
+             {"base_ptr": ptr, "xs": _models(models, ptr), "ws": ("fp32",) * models,
+              "lo_ptr": "*i32", "hi_ptr": "*i32", "thr_ptr": "*i64", "count_ptr": "*i32",
+              "slot_ptr": "*i32", "used_ptr": "*i32", "first_ptr": "*i32", "rcount_ptr": "*i32",
+              "roff_ptr": "*i16", "rbase_ptr": ptr, "rxs": _models(models, ptr), "rcap": "i64",
+              "out_ptr": ptr, "n": "i64", "nblocks": "i32", "divisor": "fp32", "lam": "fp32"},
+             {"CAP": cap, "CONSENSUS": consensus, "NORMALIZE": True, "SCALE": not consensus,
+              "BLOCK": BLOCK})
+
+
+@pytest.mark.parametrize("tie_cut,consensus,tile", [(True, True, 256), (False, False, 16),
+                                                    (True, True, 2048)])
+def test_speculative_fix_up(tie_cut, consensus, tile):
+    from mergefast.kernels.triton import speculative
+
+    _compile(speculative._fix_up_kernel,
+             {"roff_ptr": "*i16", "rbase_ptr": "*i16", "rxs": _models(3), "first_ptr": "*i32",
+              "rcount_ptr": "*i32", "ws": ("fp32",) * 3, "thr_ptr": "*i64", "quota_ptr": "*i64",
+              "eqb_ptr": "*i64", "out_ptr": "*i16", "nblocks": "i32", "divisor": "fp32",
+              "lam": "fp32"},
+             {"TIE_CUT": tie_cut, "CONSENSUS": consensus, "NORMALIZE": True, "SCALE": False,
+              "TILE": tile, "BLOCK": BLOCK})

@@ -31,6 +31,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>  // the AVX2 clones (MF_AVX2_CLONES below)
+#endif
+
 namespace mergefast {
 
 // Helpers called from the hot loops are always inlined, so that a caller compiled for
@@ -54,6 +58,22 @@ inline bool cpu_has_avx2() {
 #else
 #define MF_AVX2_CLONES 0
 inline bool cpu_has_avx2() { return false; }
+#endif
+
+#if MF_AVX2_CLONES
+// Lane indices of the set bits of every 8-bit mask, for a permute that packs the lanes.
+struct PackTable {
+  alignas(32) uint32_t lanes[256][8];
+  constexpr PackTable() : lanes{} {
+    for (int mask = 0; mask < 256; ++mask) {
+      int n = 0;
+      for (int lane = 0; lane < 8; ++lane) {
+        if (mask & (1 << lane)) lanes[mask][n++] = static_cast<uint32_t>(lane);
+      }
+    }
+  }
+};
+inline constexpr PackTable kPack;
 #endif
 
 // Elements per block. 2048 floats = 8 KiB per staged input, so base + 3 models + 3 weighted

@@ -17,10 +17,12 @@ void linear_cpu(const std::vector<at::Tensor>& xs, const std::vector<double>& we
                 bool divide, double total, at::Tensor out);
 
 // Returns true when every delta x_i - base was finite (so base and every x_i are).
+// speculate: magnitude selection in one read of the inputs where it can (speculative.h);
+// false forces the two-pass scheme (for tests and benchmarks).
 bool task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
                          const std::vector<double>& weights, const std::vector<int64_t>& keep,
                          int64_t sparsify, bool consensus, bool normalize, double divisor,
-                         double lambda, at::Tensor out);
+                         double lambda, at::Tensor out, bool speculate);
 
 void magnitude_keep_cpu(const at::Tensor& base, const at::Tensor& x, int64_t keep, at::Tensor mask);
 

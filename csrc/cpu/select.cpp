@@ -1,4 +1,6 @@
-// Exact magnitude selection (see select.h): for each model, the threshold key T, the quota
+// Exact magnitude selection (see select.h), for the two-pass scheme (large tensors of task
+// arithmetic / TIES first try speculative.cpp, which reuses the window and resolve_window
+// below without a separate selection pass): for each model, the threshold key T, the quota
 // of T-valued elements to keep and, when that quota splits the ties, per-block counts of T
 // so that the apply pass keeps the lowest flat indices first. Nothing of size n is
 // allocated: the candidate lists (a few % of the keys) live in the output tensor.
@@ -26,7 +28,6 @@
 namespace mergefast {
 namespace {
 
-constexpr int64_t kSmallSelect = 1 << 16;  // at most this many elements: nth_element
 constexpr int kHiBins = 1 << 15;           // fallback: top 15 bits of the 31-bit key
 constexpr int kLoBins = 1 << 16;           // fallback: low 16 bits
 
@@ -146,6 +147,8 @@ Pick pick_candidate(const WindowScan& s, int64_t k) {
   }
 }
 
+}  // namespace
+
 // The rule of a model from its window scan; false when its k-th key is outside the window
 // or the candidates are incomplete (the full passes then decide).
 bool resolve_window(const WindowScan& s, int64_t k, int64_t nb, KeepRule& r) {
@@ -173,6 +176,8 @@ bool resolve_window(const WindowScan& s, int64_t k, int64_t nb, KeepRule& r) {
   if (r.cut) scan_eq(r);
   return true;
 }
+
+namespace {
 
 // ---- fallback: full histogram passes for the models in `models` (indices into xs)
 // Per model, a histogram of bin(q, key) over all its keys, a bin in [0, bins] where `bins`

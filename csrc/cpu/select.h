@@ -21,6 +21,10 @@ MF_INLINE uint32_t mag_key(float d) {
 // Keys at or above this are +-inf and NaN.
 constexpr uint32_t kNonFiniteKey = 0x7F800000u;
 
+// Tensors of at most this many elements select with one thread and nth_element; larger
+// ones with a sampled window (select_window.h).
+constexpr int64_t kSmallSelect = 1 << 16;
+
 // Which elements of one model survive: key > thr, plus the first `quota` elements with
 // key == thr in flat order. keep-all is (thr 0, no cut); keep-none is (thr 0xFFFFFFFF).
 struct KeepRule {

@@ -8,10 +8,6 @@
 #include <algorithm>
 #include <cmath>
 
-#if MF_AVX2_CLONES
-#include <immintrin.h>
-#endif
-
 namespace mergefast {
 namespace {
 
@@ -46,11 +42,12 @@ int64_t sample_position(int64_t q, int64_t stride) {
   return q * stride + static_cast<int64_t>(z % static_cast<uint64_t>(stride));
 }
 
-// The window of each model: the sample's keys at kWindowSigmas standard deviations of rank
-// above and below the rank where the k-th largest key is expected.
+}  // namespace
+
 std::vector<Window> predict_windows(const Src& base, const std::vector<const Src*>& xs,
-                                    const std::vector<int64_t>& keep, int64_t n) {
-  const int64_t m = std::min(kSampleMax, n / 16), stride = n / m;
+                                    const std::vector<int64_t>& keep, int64_t n,
+                                    int64_t sample_max) {
+  const int64_t m = std::min(sample_max, n / 16), stride = n / m;
   std::vector<int64_t> pos(m);
   for (int64_t q = 0; q < m; ++q) pos[q] = sample_position(q, stride);
   std::vector<float> b(m);
@@ -79,9 +76,16 @@ std::vector<Window> predict_windows(const Src& base, const std::vector<const Src
       std::nth_element(keys.begin(), keys.begin() + at, keys.begin() + end);
       windows[a].lo = keys[at];
     }
+    const Window w = windows[a];
+    const int64_t inside = std::count_if(keys.begin(), keys.end(), [w](uint32_t key) {
+      return key >= w.lo && key <= w.hi;
+    });
+    windows[a].share = static_cast<double>(inside) / static_cast<double>(m);
   }
   return windows;
 }
+
+namespace {
 
 // Appends the keys of kb inside (lo, hi) to out, in order; returns how many. Branch free:
 // which keys are inside is random.
@@ -95,20 +99,6 @@ MF_INLINE int64_t compact_scalar(const uint32_t* kb, int64_t len, Window w, uint
 }
 
 #if MF_AVX2_CLONES
-// Lane indices of the set bits of every 8-bit mask, for a permute that packs the lanes.
-struct PackTable {
-  alignas(32) uint32_t lanes[256][8];
-  constexpr PackTable() : lanes{} {
-    for (int mask = 0; mask < 256; ++mask) {
-      int n = 0;
-      for (int lane = 0; lane < 8; ++lane) {
-        if (mask & (1 << lane)) lanes[mask][n++] = static_cast<uint32_t>(lane);
-      }
-    }
-  }
-};
-constexpr PackTable kPack;
-
 // compact_scalar with AVX2: 8 keys per compare, movemask and permute (the scalar loop was
 // 60 % of pass A's time). Writes up to 7 keys past the returned count.
 MF_TARGET_AVX2 int64_t compact_avx2(const uint32_t* kb, int64_t len, Window w, uint32_t* out) {
@@ -195,6 +185,13 @@ MF_TARGET_AVX2 void scan_block_avx2(const Src& x, WindowScan& s, int tid, int64_
 
 }  // namespace
 
+int64_t compact_window(const uint32_t* kb, int64_t len, Window w, uint32_t* out) {
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) return compact_avx2(kb, len, w, out);
+#endif
+  return compact_scalar(kb, len, w, out);
+}
+
 void keys_of_block(const Src& x, int64_t off, const float* b, int64_t len, uint32_t* kb) {
   visit_input_dtype(x.dt, [&](auto tag) {
     block_keys<decltype(tag)::value>(x.ptr, off, b, len, kb);
@@ -235,7 +232,7 @@ int64_t WindowScan::candidates() const {
 std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
                                      const std::vector<int64_t>& keep, int64_t n, int nthreads,
                                      void* space, size_t space_bytes) {
-  const std::vector<Window> windows = predict_windows(base, xs, keep, n);
+  const std::vector<Window> windows = predict_windows(base, xs, keep, n, kSampleMax);
   const int A = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
   const int64_t room = static_cast<int64_t>(space_bytes / sizeof(uint32_t)) / (A * nthreads);

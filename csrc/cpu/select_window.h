@@ -26,6 +26,7 @@ void for_each_block(const Src& base, int64_t n, int nthreads, Body&& body) {
 struct Window {
   uint32_t lo = 0;
   uint32_t hi = 0x7FFFFFFFu;  // keys never exceed 31 bits: signed compares are exact
+  double share = 1.0;         // the fraction of the sample's keys in [lo, hi]
 };
 
 // What pass A learns about one model.
@@ -51,6 +52,22 @@ struct WindowScan {
     return lists[owner[blk]] + cand_off[blk];
   }
 };
+
+// The window of each model of xs (model a keeps its keep[a] largest keys of n), from a
+// stratified sample of min(sample_max, n / 16) elements: the sample's keys kWindowSigmas
+// standard deviations of rank above and below where the k-th largest is expected; and the
+// share of the sample inside each window.
+std::vector<Window> predict_windows(const Src& base, const std::vector<const Src*>& xs,
+                                    const std::vector<int64_t>& keep, int64_t n,
+                                    int64_t sample_max);
+
+// Appends the keys of kb strictly inside (w.lo, w.hi) to out, in order; returns how many.
+// Writes up to 7 keys past the returned count.
+int64_t compact_window(const uint32_t* kb, int64_t len, Window w, uint32_t* out);
+
+// The rule of a model from its window scan; false when its k-th largest key is outside the
+// window or the candidates are incomplete (then full histogram passes must decide).
+bool resolve_window(const WindowScan& s, int64_t k, int64_t nb, KeepRule& r);
 
 // Bytes the candidate lists of `models` models of n elements, on nthreads threads, may use
 // (at most n / 8 keys per model), and the least they need (n / 16 keys per model: the window

@@ -2,11 +2,15 @@
 // model a KeepRule, then one fused apply pass reads base and every model once more and, per
 // element, in registers: deltas, keep masks, weighted deltas, the elected sign, the agreeing
 // sum and divisor, the result, stored once. Nothing of size n is allocated but the output.
+// With magnitude selection, tensors of at least 2^21 elements first try the one-read scheme
+// of speculative.cpp (the same results; the two passes here when it cannot finish).
 #include <algorithm>
 
+#include "apply.h"
 #include "common.h"
 #include "kernels.h"
 #include "select.h"
+#include "speculative.h"
 
 namespace mergefast {
 namespace {
@@ -40,73 +44,6 @@ MF_INLINE uint32_t weigh_block(const void* xp, int64_t off, const float* b, int6
   }
   return nonfinite;
 }
-
-// The TIES result of a block for KK models (KK > 0: unrolled; KK == 0: any K, looping over
-// the models with accumulators in `acc` / `dacc`): mixed holds sum_i wd_i, whose sign is
-// elected (0 counts as +); then the agreeing weighted deltas and their weights are summed
-// (zero deltas never agree; sign * wd is exact, NaN never agrees), divided, scaled, added
-// to base and rounded once to the output dtype. Branch free (the signs are random).
-template <int KK>
-MF_INLINE void consensus_block(const float* const* wd, const float* w, int K,
-                            const float* __restrict b, const float* __restrict mixed,
-                            bool normalize, bool scale, float lambda, float* __restrict out,
-                            int64_t len, float* __restrict acc, float* __restrict dacc) {
-  if constexpr (KK > 0) {
-    const float* __restrict p[KK];
-    float wl[KK];
-    for (int i = 0; i < KK; ++i) {
-      p[i] = wd[i];
-      wl[i] = w[i];
-    }
-    for (int64_t j = 0; j < len; ++j) {
-      const float sgn = mixed[j] >= 0.0f ? 1.0f : -1.0f;
-      float a = 0.0f, da = 0.0f;
-      for (int i = 0; i < KK; ++i) {
-        const float v = p[i][j];
-        const bool agree = sgn * v > 0.0f;
-        a = a + (agree ? v : 0.0f);
-        da = da + (agree ? wl[i] : 0.0f);
-      }
-      float r = a;
-      if (normalize) r = r / (da == 0.0f ? 1.0f : da);
-      if (scale) r = r * lambda;
-      out[j] = b[j] + r;
-    }
-  } else {
-    for (int64_t j = 0; j < len; ++j) {
-      acc[j] = 0.0f;
-      dacc[j] = 0.0f;
-    }
-    for (int i = 0; i < K; ++i) {
-      const float* wdi = wd[i];
-      const float wi = w[i];
-      for (int64_t j = 0; j < len; ++j) {
-        const bool agree = (mixed[j] >= 0.0f ? 1.0f : -1.0f) * wdi[j] > 0.0f;
-        acc[j] = acc[j] + (agree ? wdi[j] : 0.0f);
-        dacc[j] = dacc[j] + (agree ? wi : 0.0f);
-      }
-    }
-    for (int64_t j = 0; j < len; ++j) {
-      float r = acc[j];
-      if (normalize) r = r / (dacc[j] == 0.0f ? 1.0f : dacc[j]);
-      if (scale) r = r * lambda;
-      out[j] = b[j] + r;
-    }
-  }
-}
-
-// Everything the apply does to one block (the loop body of apply()).
-struct ApplyArgs {
-  const Src* base;
-  const std::vector<Src>* xs;
-  const float* w;
-  const KeepRule* rules;
-  bool normalize, scale;
-  float divisor, lambda;
-  Dst dst;
-  int64_t n;
-  int K;
-};
 
 template <DType D, bool Mag, bool Consensus>
 MF_INLINE uint32_t weigh_block_first_or_not(bool first, const void* xp, int64_t off,
@@ -161,27 +98,7 @@ MF_INLINE uint32_t apply_block_impl(const ApplyArgs& a, float* const* bufs, floa
     }
   }
   float* res = bufs[2];
-  const bool normalize = a.normalize, scale = a.scale;
-  const float lambda = a.lambda;
-  if constexpr (Consensus) {
-    float* acc = bufs[3];
-    float* dacc = bufs[4];
-    switch (K) {
-      case 1: consensus_block<1>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-      case 2: consensus_block<2>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-      case 3: consensus_block<3>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-      case 4: consensus_block<4>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc); break;
-      default: consensus_block<0>(wd, a.w, K, b, mixed, normalize, scale, lambda, res, len, acc, dacc);
-    }
-  } else {
-    const float divisor = a.divisor;
-    for (int64_t j = 0; j < len; ++j) {
-      float r = mixed[j];
-      if (normalize) r = r / divisor;
-      if (scale) r = r * lambda;
-      res[j] = b[j] + r;
-    }
-  }
+  combine_block<Consensus>(a, wd, b, mixed, res, len, bufs[3], bufs[4]);
   store(a.dst, off, len, res);
   return nonfinite;
 }
@@ -239,7 +156,7 @@ bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
 bool task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
                          const std::vector<double>& weights, const std::vector<int64_t>& keep,
                          int64_t sparsify, bool consensus, bool normalize, double divisor,
-                         double lambda, at::Tensor out) {
+                         double lambda, at::Tensor out, bool speculate) {
   const char* op = "task_arithmetic";
   TORCH_CHECK(!xs.empty() && xs.size() == weights.size(), op, ": tensors/weights mismatch");
   const int64_t n = out.numel();
@@ -265,6 +182,11 @@ bool task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& 
   TORCH_CHECK(sparsify == static_cast<int64_t>(Sparsify::Magnitude), op, ": sparsify mode ",
               sparsify, " is not implemented in mergefast._C");
   TORCH_CHECK(keep.size() == xs.size(), op, ": one keep count per model expected");
+  bool finite = true;
+  if (speculate && speculative_task_arithmetic(consensus, sb, src, w, keep, normalize, dv, lam,
+                                               dst, n, finite)) {
+    return finite;
+  }
   const std::vector<KeepRule> rules =
       select_magnitude(sb, src, keep, n, out.data_ptr(), static_cast<size_t>(out.nbytes()));
   if (consensus) return apply<Sparsify::Magnitude, true>(sb, src, w, rules, normalize, dv, lam, dst, n);

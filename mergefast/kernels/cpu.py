@@ -24,6 +24,10 @@ else:
 SPARSIFY_NONE = 0
 SPARSIFY_MAGNITUDE = 1
 
+# Magnitude selection in one read of the inputs where it can (csrc/cpu/speculative.cpp);
+# False forces the two-pass scheme (select.cpp, then the apply), for tests and benchmarks.
+SPECULATE = True
+
 
 def threads() -> int:
     """OpenMP threads the kernels use (torch's intra-op thread count)."""
@@ -89,7 +93,7 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
     out = _empty(base, out_dtype)
     mode = SPARSIFY_NONE if keep is None else SPARSIFY_MAGNITUDE
     finite = _C.task_arithmetic(base, list(xs), list(weights), list(keep or []), mode,
-                                consensus, normalize, divisor, lambda_, out)
+                                consensus, normalize, divisor, lambda_, out, SPECULATE)
     proven = getattr(_thread, "finite", None)
     if finite and proven is not None:
         proven.update(t.data_ptr() for t in (base, *xs))

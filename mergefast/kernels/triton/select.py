@@ -155,24 +155,31 @@ def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Seque
                      block: int):
     """Thresholds (int64 [K]), tie quotas (int64 [K]) and, when some model's ties are split,
     per-block counts of threshold-equal elements before each block (int64 [K, nblocks])."""
-    n, K, dev = base.numel(), len(xs), base.device
-    sel: list = [(0, NO_QUOTA, None)] * K          # k >= n: every key is >= 0
-    active = []
-    for i, k in enumerate(keep):
-        if k <= 0:
-            sel[i] = (KEEP_NONE, 0, None)
-        elif k < n:
-            active.append(i)
+    n = base.numel()
+    sel: list = [None] * len(keep)
+    active = [i for i, k in enumerate(keep) if 0 < k < n]
     missed = active
     if SELECTION == "window" and active:
         missed = select_window.select(base, xs, keep, active, block, sel)
     if missed:
         select_radix(base, xs, keep, missed, block, sel)
-    thr = torch.stack([_on_device(t, dev) for t, _, _ in sel])
-    quota = torch.stack([_on_device(q, dev) for _, q, _ in sel])
+    return rules(sel, keep, n, block, base.device)
+
+
+def rules(sel: list, keep: Sequence[int], n: int, block: int, device: torch.device):
+    """select_magnitude's result from sel[i] = (T, quota, per-block T counts or None) of the
+    models with 0 < keep[i] < n (the others keep all or none)."""
+    K = len(keep)
+    for i, k in enumerate(keep):
+        if k <= 0:
+            sel[i] = (KEEP_NONE, 0, None)
+        elif k >= n:
+            sel[i] = (0, NO_QUOTA, None)      # every key is >= 0
+    thr = torch.stack([_on_device(t, device) for t, _, _ in sel])
+    quota = torch.stack([_on_device(q, device) for _, q, _ in sel])
     eqb = None
     if any(ties is not None for _, _, ties in sel):
-        eqb = torch.zeros((K, triton.cdiv(n, block)), dtype=torch.int64, device=dev)
+        eqb = torch.zeros((K, triton.cdiv(n, block)), dtype=torch.int64, device=device)
         for i, (_, _, ties) in enumerate(sel):
             if ties is not None:
                 ties = ties.to(torch.int64)

@@ -38,29 +38,34 @@ NO_HI = 0x7FFFFFFF     # hi when the window is open above (no key is greater)
 
 
 @triton.jit
+def window_counts(key, mask, lo, hi, counts, nblocks, own, CAP: tl.constexpr):
+    """For one block of one model's keys: counts[0, 1, 2, 3 x nblocks] = keys > hi, == hi,
+    == lo (when lo < hi), inside (lo, hi); own[0:CAP] = the inside keys in flat order, then
+    zeros (those past CAP are dropped: the count tells)."""
+    tl.store(counts, tl.sum((mask & (key > hi)).to(tl.int32), axis=0))
+    tl.store(counts + nblocks, tl.sum((mask & (key == hi)).to(tl.int32), axis=0))
+    tl.store(counts + 2 * nblocks, tl.sum((mask & (key == lo) & (lo < hi)).to(tl.int32), axis=0))
+    inside = (mask & (key > lo) & (key < hi)).to(tl.int32)
+    got = tl.sum(inside, axis=0)
+    tl.store(counts + 3 * nblocks, got)
+    pos = tl.cumsum(inside, axis=0) - 1
+    tl.store(own + pos, key, mask=(inside > 0) & (pos < CAP))
+    slots = tl.arange(0, CAP)
+    tl.store(own + slots, 0, mask=slots >= got)
+
+
+@triton.jit
 def _window_scan_kernel(base_ptr, xs, lo_ptr, hi_ptr, count_ptr, slot_ptr, n, nblocks,
                         CAP: tl.constexpr, BLOCK: tl.constexpr):
-    """Per block and model i: count_ptr[i, 0..3, block] = keys > hi, == hi, == lo (lo < hi),
-    inside (lo, hi); slot_ptr[i, block, :] = the inside keys in flat order, then zeros."""
+    """Per block and model i: window_counts into count_ptr[i, 0..3, block] and
+    slot_ptr[i, block, :]."""
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
-    slots = tl.arange(0, CAP)
     for i in tl.static_range(len(xs)):
         key = magnitude_key(load_f32(xs[i], offs, mask) - b)
-        lo = tl.load(lo_ptr + i)
-        hi = tl.load(hi_ptr + i)
-        counts = count_ptr + i * 4 * nblocks + pid
-        tl.store(counts, tl.sum((mask & (key > hi)).to(tl.int32), axis=0))
-        tl.store(counts + nblocks, tl.sum((mask & (key == hi)).to(tl.int32), axis=0))
-        tl.store(counts + 2 * nblocks,
-                 tl.sum((mask & (key == lo) & (lo < hi)).to(tl.int32), axis=0))
-        inside = (mask & (key > lo) & (key < hi)).to(tl.int32)
-        got = tl.sum(inside, axis=0)
-        tl.store(counts + 3 * nblocks, got)
-        pos = tl.cumsum(inside, axis=0) - 1
-        own = slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP
-        tl.store(own + pos, key, mask=(inside > 0) & (pos < CAP))
-        tl.store(own + slots, 0, mask=slots >= got)
+        window_counts(key, mask, tl.load(lo_ptr + i), tl.load(hi_ptr + i),
+                      count_ptr + i * 4 * nblocks + pid, nblocks,
+                      slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP, CAP)
 
 
 @functools.lru_cache(maxsize=64)
@@ -78,9 +83,9 @@ def sample_positions(n: int, m: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.arange(m, dtype=np.int64) * stride + offset).to(device)
 
 
-def sample_size(n: int) -> int:
-    """Keys sampled per model from n: one per 16 elements, at most SAMPLE_MAX."""
-    return min(SAMPLE_MAX, n // 16)
+def sample_size(n: int, most: int = SAMPLE_MAX) -> int:
+    """Keys sampled per model from n: one per 16 elements, at most `most`."""
+    return min(most, n // 16)
 
 
 def _margin(m: int, keep: int, n: int) -> float:
@@ -88,11 +93,18 @@ def _margin(m: int, keep: int, n: int) -> float:
     return WINDOW_SIGMAS * math.sqrt(m * p * (1.0 - p)) + 2.0
 
 
+def expected_share(n: int, keep: int, m: int) -> float:
+    """The share of n keys a window predicted from m sampled keys is expected to hold
+    (without ties at its ends)."""
+    return min(1.0, 2 * _margin(m, keep, n) / m)
+
+
 def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                    models: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lo, hi): int32 device tensors, one entry per model of `models`."""
+                    models: Sequence[int], m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi): int32 device tensors, one entry per model of `models`, from m sampled keys
+    (default sample_size(n))."""
     n, dev = base.numel(), base.device
-    m = sample_size(n)
+    m = m or sample_size(n)
     pos = sample_positions(n, m, dev)
     b = base.reshape(-1)[pos].float()
     keys = torch.stack([(xs[i].reshape(-1)[pos].float() - b).view(torch.int32) & 0x7FFFFFFF
@@ -103,20 +115,22 @@ def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequen
     for a, i in enumerate(models):
         top_hi = math.floor(keep[i] / n * m - _margin(m, keep[i], n))
         top_lo = math.ceil(keep[i] / n * m + _margin(m, keep[i], n))
-        hi.append(ranked[a, top_hi] if top_hi >= 0 else _full(NO_HI, dev))
-        lo.append(ranked[a, top_lo] if top_lo < m else _full(0, dev))
+        hi.append(ranked[a, top_hi] if top_hi >= 0 else full(NO_HI, dev))
+        lo.append(ranked[a, top_lo] if top_lo < m else full(0, dev))
     return torch.stack(lo), torch.stack(hi)
 
 
-def _full(value: int, device: torch.device) -> torch.Tensor:
+def full(value: int, device: torch.device) -> torch.Tensor:
+    """An int32 0-d device tensor holding value (a fill: no copy from the host)."""
     return torch.full((), value, dtype=torch.int32, device=device)
 
 
-def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int) -> int:
+def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int,
+                    m: int | None = None) -> int:
     """Candidate slots of a block: SLOT_SLACK times the widest window's expected share of a
     block, a power of two (the kernel's tile) between 16 and the block."""
-    m = sample_size(n)
-    share = max(2 * _margin(m, keep[i], n) / m for i in models)
+    m = m or sample_size(n)
+    share = max(expected_share(n, keep[i], m) for i in models)
     return max(16, min(block, triton.next_power_of_2(math.ceil(SLOT_SLACK * share * block))))
 
 
@@ -135,24 +149,36 @@ def select(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
     _window_scan_kernel[(nblocks,)](as_arg(base), tuple(as_arg(xs[i]) for i in models), lo, hi,
                                     counts, slots, n, nblocks, CAP=cap, BLOCK=block,
                                     **launch_options())
+    stats = window_stats(counts).tolist()   # the one sync
+    return [i for a, i in enumerate(models)
+            if not resolve(i, keep[i], stats[a], counts[a], slots[a], lo[a], hi[a], cap, sel)]
+
+
+def window_stats(counts: torch.Tensor) -> torch.Tensor:
+    """Per model row of counts [models, 4, nblocks]: the four totals and the fullest block's
+    candidates (int64 [models, 5], on the device)."""
     totals = counts.sum(2, dtype=torch.int64)
-    fullest = counts[:, 3].amax(1).to(torch.int64)
-    stats = torch.cat([totals, fullest[:, None]], 1).tolist()   # the one sync
-    missed = []
-    for a, i in enumerate(models):
-        above, eq_hi, eq_lo, inside, most = stats[a]
-        r = keep[i] - above                    # still needed at or below hi
-        if most > cap or r <= 0:
-            missed.append(i)
-        elif r <= eq_hi:                       # (every tie kept: no cut, as in the radix)
-            sel[i] = (hi[a], r, counts[a, 1]) if r < eq_hi else (hi[a], NO_QUOTA, None)
-        elif r - eq_hi <= inside:
-            rank = r - eq_hi                   # T is the rank-th largest candidate
-            t = torch.topk(slots[a].reshape(-1), rank, sorted=False).values.min()
-            sel[i] = (t, rank - (slots[a] > t).sum(), (slots[a] == t).sum(1))
-        elif r - eq_hi - inside <= eq_lo:
-            rest = r - eq_hi - inside
-            sel[i] = (lo[a], rest, counts[a, 2]) if rest < eq_lo else (lo[a], NO_QUOTA, None)
-        else:
-            missed.append(i)
-    return missed
+    return torch.cat([totals, counts[:, 3].amax(1).to(torch.int64)[:, None]], 1)
+
+
+def resolve(i: int, k: int, stats: Sequence[int], counts: torch.Tensor, slots: torch.Tensor,
+            lo: torch.Tensor, hi: torch.Tensor, cap: int, sel: list) -> bool:
+    """Sets sel[i] = (T, quota, per-block T counts or None) for model i from its window scan
+    (stats: window_stats' row; counts [4, nblocks], slots [nblocks, cap]: its rows); False
+    when T is outside the window or the slots overflowed."""
+    above, eq_hi, eq_lo, inside, most = stats
+    r = k - above                          # still needed at or below hi
+    if most > cap or r <= 0:
+        return False
+    if r <= eq_hi:                         # (every tie kept: no cut, as in the radix)
+        sel[i] = (hi, r, counts[1]) if r < eq_hi else (hi, NO_QUOTA, None)
+    elif r - eq_hi <= inside:
+        rank = r - eq_hi                   # T is the rank-th largest candidate
+        t = torch.topk(slots.reshape(-1), rank, sorted=False).values.min()
+        sel[i] = (t, rank - (slots > t).sum(), (slots == t).sum(1))
+    elif r - eq_hi - inside <= eq_lo:
+        rest = r - eq_hi - inside
+        sel[i] = (lo, rest, counts[2]) if rest < eq_lo else (lo, NO_QUOTA, None)
+    else:
+        return False
+    return True

@@ -4,6 +4,9 @@ model a threshold key, a tie quota and per-block tie counts; then one fused appl
 deltas, keep masks, weighted deltas, the elected sign, the agreeing sum and divisor, the
 result; stored once. No K x N temporaries, no sorts, no int64 index tensors.
 
+With magnitude selection, tensors of at least speculative.SPEC_MIN elements first try the
+one-read scheme of speculative.py (SPECULATE = False: always the two passes).
+
 SPARSIFY is a tl.constexpr: 0 none, 1 magnitude; 2 (magnitude_outliers) and 3 (random) are
 reserved for breadcrumbs and DARE/DELLA.
 """
@@ -16,38 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
+from . import speculative
+from .apply import _keep, _result, _sum_weighted
 from .select import select_magnitude
-from .utils import (as_arg, block_size, block_span, launch_options, load_f32, magnitude_key,
-                    store_f32)
+from .utils import as_arg, block_size, block_span, launch_options, load_f32, store_f32
 
-
-@triton.jit
-def _keep(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl.constexpr):
-    """Magnitude keep-mask of model i's deltas `d` in this block: key > T, plus key == T
-    while the model's tie quota lasts, in flat order."""
-    key = magnitude_key(d).to(tl.int64)
-    thr = tl.load(thr_ptr + i)
-    if TIE_CUT:
-        quota = tl.load(quota_ptr + i)
-        before = tl.load(eqb_ptr + i * nblocks + pid)
-        is_eq = (key == thr) & mask
-        eq32 = is_eq.to(tl.int32)
-        rank = before + (tl.cumsum(eq32, axis=0) - eq32).to(tl.int64)
-        keep = (key > thr) | (is_eq & (rank < quota))
-    else:
-        keep = key >= thr
-    return keep
-
-
-@triton.jit
-def _weighted_delta(x_ptr, b, offs, mask, w, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                    SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr):
-    """w_i * (kept) delta_i for one block, in registers."""
-    d = load_f32(x_ptr, offs, mask) - b
-    if SPARSIFY == 1:
-        d = tl.where(_keep(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT),
-                     d, 0.0)
-    return d * w
+# Magnitude selection in one read of the inputs where it can (speculative.py); False forces
+# the two passes (benchmarks/bench_kernels.py script mode times both).
+SPECULATE = True
 
 
 @triton.jit
@@ -57,32 +36,11 @@ def _task_arithmetic_kernel(base_ptr, xs, ws, thr_ptr, quota_ptr, eqb_ptr, out_p
                             SCALE: tl.constexpr, BLOCK: tl.constexpr):
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
-    total = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in tl.static_range(len(xs)):
-        total = total + _weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr,
-                                        eqb_ptr, pid, nblocks, SPARSIFY, TIE_CUT)
-    if CONSENSUS:
-        # elect the sign of the sum (0 counts as +); zero deltas never agree. The second
-        # loop reloads the block (an L1/L2 hit) rather than keeping K blocks in registers.
-        pos = total >= 0.0
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        dacc = tl.zeros([BLOCK], dtype=tl.float32)
-        for i in tl.static_range(len(xs)):
-            wd = _weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr, eqb_ptr,
-                                 pid, nblocks, SPARSIFY, TIE_CUT)
-            agree = tl.where(pos, wd > 0.0, wd < 0.0)
-            acc = acc + tl.where(agree, wd, 0.0)
-            dacc = dacc + tl.where(agree, ws[i], 0.0)
-        r = acc
-        if NORMALIZE:  # IEEE-rounded division (`/` is approximate on NVIDIA GPUs): matches the CPU
-            r = tl.math.div_rn(r, tl.where(dacc == 0.0, 1.0, dacc))
-    else:
-        r = total
-        if NORMALIZE:
-            r = tl.math.div_rn(r, divisor)
-    if SCALE:
-        r = r * lam
-    store_f32(out_ptr, offs, b + r, mask)
+    total = _sum_weighted(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                          SPARSIFY, TIE_CUT)
+    out = _result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                  divisor, lam, SPARSIFY, TIE_CUT, CONSENSUS, NORMALIZE, SCALE)
+    store_f32(out_ptr, offs, out, mask)
 
 
 def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],
@@ -99,6 +57,9 @@ def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],
         eqb = None
     else:
         sparsify = 1
+        if SPECULATE and speculative.task_arithmetic(base, xs, weights, keep, consensus, normalize,
+                                                     divisor, lambda_, out):
+            return out
         thr, quota, eqb = select_magnitude(base, xs, keep, block)
     tie_cut = eqb is not None
     if eqb is None:

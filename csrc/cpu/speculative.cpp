@@ -1,0 +1,256 @@
+// Magnitude-sparsified task arithmetic / TIES in one read of the inputs.
+//
+// The two-pass scheme (select.cpp, then the apply of task_arithmetic.cpp) reads base and
+// every model twice: once to find each model's threshold, once to apply it. But the sampled
+// window [lo, hi] of select_window.cpp decides almost every element before any threshold is
+// known: whatever the exact threshold in [lo, hi], a key above hi is kept and one below lo
+// dropped. So, in one pass over the inputs:
+//   1. the windows are predicted from a sample (sample_size(n) keys per model);
+//   2. per block, the apply pass runs with "keep key > hi" for every model, counts the keys
+//      above hi and *records* every element where some model's key lies in [lo, hi]: its
+//      offset and the base's and every model's values there (records.h; ~7 % of the
+//      elements of a 7B layer with 3 models);
+//   3. each model's exact threshold comes from its count above hi and the records' keys
+//      (resolve_window, as in the two-pass scheme: every key equal to lo or hi is recorded);
+//   4. the fix-up (fix_up.cpp) recomputes the records alone with the exact rules (every key
+//      equal to a threshold is recorded, so ties are still ranked in flat order) and stores
+//      them over the speculative results. It does the block pass's float operations in the
+//      same order: the output is bit-identical to the two-pass scheme's.
+// When the sample predicts more records than fit in an output's worth of memory the two
+// passes run instead; a window that misses or records that overflow make the caller run them
+// too (rewriting the whole output).
+#include "speculative.h"
+
+#include <atomic>
+#include <cmath>
+
+#include "apply.h"
+#include "records.h"
+#include "select.h"
+#include "select_window.h"
+
+namespace mergefast {
+namespace {
+
+// Smaller tensors take the two passes: their second read hits the cache. See the README
+// for the measurements behind this and sample_size.
+constexpr int64_t kSpecMin = 1 << 21;
+
+// Sampled keys per model: n / 128 in [16384, 32768]. A larger sample narrows the windows and
+// so the records (7B layer, 3 models: 12.4 % of the elements recorded with 8192 samples,
+// 6.9 % with 32768, 5.5 % with 65536), but gathering and ordering it costs ~0.07 ms per 1000
+// keys; 65536 was no faster than 32768 on the 7B layer.
+int64_t sample_size(int64_t n) { return std::clamp<int64_t>(n / 128, 1 << 14, 1 << 15); }
+
+// The share of the records' memory (an output's worth) the sample may predict them to fill.
+constexpr double kRecordFill = 0.7;
+
+std::atomic<int64_t> g_finished{0}, g_fell_back{0};
+
+// A window no key is inside: for models whose rule is known (keep all or none).
+constexpr Window kNoWindow{0x7FFFFFFFu, 0u, 0.0};
+
+// One model's share of a block of the pass: "keep key >= teff" weighted into wd (for the
+// consensus) and summed into mixed (as weigh_block in task_arithmetic.cpp), "key in
+// [lo, hi]" or-ed into the block's uncertain flags unc, the keys above hi into *above.
+// Returns nonzero when a delta is NaN or infinite.
+template <DType D, bool Consensus, bool First>
+MF_INLINE uint32_t spec_weigh(const void* xp, int64_t off, const float* b, int64_t len,
+                              uint32_t teff, float wi, Window win, float* wd, float* mixed,
+                              uint32_t* unc, uint32_t* above) {
+  const int32_t lo = static_cast<int32_t>(win.lo), hi = static_cast<int32_t>(win.hi);
+  uint32_t nonfinite = 0, count = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const float d = load_f32<D>(xp, off + j) - b[j];
+    const uint32_t key = mag_key(d);
+    nonfinite |= key >= kNonFiniteKey;
+    const int32_t k = static_cast<int32_t>(key);  // keys are < 2^31: signed compares vectorise
+    const uint32_t over = k > hi;
+    count += over;
+    const uint32_t in = static_cast<uint32_t>(k >= lo) & (over ^ 1u);
+    unc[j] = First ? in : (unc[j] | in);
+    const float v = (key >= teff ? d : 0.0f) * wi;
+    if constexpr (Consensus) wd[j] = v;
+    mixed[j] = (First ? 0.0f : mixed[j]) + v;
+  }
+  *above = count;
+  return nonfinite;
+}
+
+template <DType D, bool Consensus>
+MF_INLINE uint32_t spec_weigh_any(bool first, const void* xp, int64_t off, const float* b,
+                                  int64_t len, uint32_t teff, float wi, Window win, float* wd,
+                                  float* mixed, uint32_t* unc, uint32_t* above) {
+  if (first) return spec_weigh<D, Consensus, true>(xp, off, b, len, teff, wi, win, wd, mixed, unc, above);
+  return spec_weigh<D, Consensus, false>(xp, off, b, len, teff, wi, win, wd, mixed, unc, above);
+}
+
+// What the pass needs besides the apply's arguments.
+struct SpecPass {
+  ApplyArgs apply;            // its rules: keep key > hi (or all / none)
+  const Window* windows;      // per model (kNoWindow when its rule is known)
+  uint32_t* const* above;     // per model: keys above hi per block (null when its rule is known)
+  Records* records;
+};
+
+// One block of the pass. bufs: 0 base, 1 mixed, 2 uncertain flags, 3 result, 4-5 scratch
+// (contiguous: record_block's offsets in 4 may run 8 past it).
+template <bool Consensus>
+MF_INLINE uint32_t spec_block_impl(const SpecPass& p, float* const* bufs,
+                                   float* const* wd, int64_t blk) {
+  const ApplyArgs& a = p.apply;
+  const int64_t off = blk * kBlock, len = std::min(kBlock, a.n - off);
+  const float* b = stage(*a.base, off, len, bufs[0]);
+  float* mixed = bufs[1];
+  uint32_t* unc = reinterpret_cast<uint32_t*>(bufs[2]);
+  uint32_t nonfinite = 0;
+  for (int i = 0; i < a.K; ++i) {
+    const Src& x = (*a.xs)[i];
+    const uint32_t teff = a.rules[i].thr;
+    const Window win = p.windows[i];
+    uint32_t above;
+    switch (x.dt) {
+      case DType::BF16:
+        nonfinite |= spec_weigh_any<DType::BF16, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
+        break;
+      case DType::F16:
+        nonfinite |= spec_weigh_any<DType::F16, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
+        break;
+      default:
+        nonfinite |= spec_weigh_any<DType::F32, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
+    }
+    if (p.above[i] != nullptr) p.above[i][blk] = above;
+  }
+  combine_block<Consensus>(a, wd, b, mixed, bufs[3], len, bufs[4], bufs[5]);
+  store(a.dst, off, len, bufs[3]);
+  record_block(*p.records, blk, off, unc, len, reinterpret_cast<uint32_t*>(bufs[4]));
+  return nonfinite;
+}
+
+template <bool Consensus>
+uint32_t spec_block_default(const SpecPass& p, float* const* bufs, float* const* wd,
+                            int64_t blk) {
+  return spec_block_impl<Consensus>(p, bufs, wd, blk);
+}
+
+#if MF_AVX2_CLONES
+template <bool Consensus>
+MF_TARGET_AVX2 uint32_t spec_block_avx2(const SpecPass& p, float* const* bufs,
+                                        float* const* wd, int64_t blk) {
+  return spec_block_impl<Consensus>(p, bufs, wd, blk);
+}
+#endif
+
+// The pass over every block on nthreads threads; returns nonzero when a delta was not finite.
+template <bool Consensus>
+uint32_t run_pass(const SpecPass& p, int nthreads) {
+  auto block = &spec_block_default<Consensus>;
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) block = &spec_block_avx2<Consensus>;
+#endif
+  const int K = p.apply.K;
+  const int64_t nb = num_blocks(p.apply.n);
+  uint32_t nonfinite = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : nonfinite)
+  {
+    Scratch scratch(6 + K);
+    float* bufs[6];
+    for (int q = 0; q < 6; ++q) bufs[q] = scratch.buf(q);
+    std::vector<float*> wd(K);
+    for (int i = 0; i < K; ++i) wd[i] = scratch.buf(6 + i);
+#pragma omp for schedule(dynamic, kChunkBlocks)
+    for (int64_t blk = 0; blk < nb; ++blk) nonfinite |= block(p, bufs, wd.data(), blk);
+  }
+  return nonfinite;
+}
+
+// The rules of the pass: model i keeps its keys above its window (keep all or none when
+// keep[i] >= n or <= 0).
+std::vector<KeepRule> speculative_rules(const std::vector<int64_t>& keep,
+                                        const std::vector<Window>& windows, int64_t n) {
+  std::vector<KeepRule> rules(keep.size());
+  for (size_t i = 0; i < keep.size(); ++i) {
+    if (keep[i] <= 0) {
+      rules[i].thr = 0xFFFFFFFFu;
+      rules[i].quota = 0;
+    } else if (keep[i] < n) {
+      rules[i].thr = windows[i].hi + 1;  // hi <= 0x7FFFFFFF: no wrap-around
+    }
+  }
+  return rules;
+}
+
+template <bool Consensus>
+bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+               const std::vector<int64_t>& keep, const std::vector<int>& active, bool normalize,
+               float divisor, float lambda, const Dst& dst, int64_t n, bool& finite) {
+  const int K = static_cast<int>(xs.size()), A = static_cast<int>(active.size());
+  const int64_t nb = num_blocks(n);
+  std::vector<const Src*> selected;
+  std::vector<int64_t> selected_keep;
+  for (int i : active) {
+    selected.push_back(&xs[i]);
+    selected_keep.push_back(keep[i]);
+  }
+  const auto predicted = predict_windows(base, selected, selected_keep, n, sample_size(n));
+  std::vector<Window> windows(K, kNoWindow);
+  std::vector<WindowScan> scans(A);
+  std::vector<uint32_t*> above(K, nullptr);
+  double share = 0.0;  // of the elements that will be recorded (an upper bound)
+  for (int q = 0; q < A; ++q) {
+    windows[active[q]] = scans[q].w = predicted[q];
+    share += predicted[q].share;
+    for (auto* v : {&scans[q].above_blk, &scans[q].eq_hi, &scans[q].eq_lo}) v->assign(nb, 0);
+    above[active[q]] = scans[q].above_blk.data();
+  }
+  // The records get an output's worth of memory. Predicted to need over kRecordFill of it
+  // (`share` bounds the union of the windows from above), they would risk an overflow,
+  // which costs a third read: the two passes are cheaper.
+  const int64_t out_bytes = n * static_cast<int64_t>(dtype_size(dst.dt));
+  Records rec = make_records(base, xs, n, out_bytes);
+  if (share * static_cast<double>(n * rec.record_bytes()) > kRecordFill * static_cast<double>(out_bytes)) {
+    return false;
+  }
+  std::vector<KeepRule> rules = speculative_rules(keep, windows, n);
+  ApplyArgs args{&base, &xs, w.data(), rules.data(), normalize, lambda != 1.0f, divisor, lambda, dst, n, K};
+  advise_huge_pages(dst.ptr, static_cast<size_t>(out_bytes));
+  const uint32_t nonfinite = run_pass<Consensus>(SpecPass{args, windows.data(), above.data(), &rec}, num_threads(n));
+  if (rec.overflow) return false;
+  std::vector<std::unique_ptr<uint32_t[]>> lists(A);
+  std::vector<char> resolved(A, 0);
+#pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)
+  for (int q = 0; q < A; ++q) {
+    const int i = active[q];
+    rules[i] = KeepRule();
+    resolved[q] = resolve_from_records(rec, i, keep[i], nb, scans[q], lists[q], rules[i]);
+  }
+  if (std::find(resolved.begin(), resolved.end(), 0) != resolved.end()) return false;
+  fix_up(args, rec, Consensus);
+  finite = nonfinite == 0;
+  return true;
+}
+
+}  // namespace
+
+bool speculative_task_arithmetic(bool consensus, const Src& base, const std::vector<Src>& xs,
+                                 const std::vector<float>& w, const std::vector<int64_t>& keep,
+                                 bool normalize, float divisor, float lambda, const Dst& dst,
+                                 int64_t n, bool& finite) {
+  if (n < kSpecMin) return false;
+  std::vector<int> active;  // models that need a threshold
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (keep[i] > 0 && keep[i] < n) active.push_back(static_cast<int>(i));
+  }
+  if (active.empty()) return false;
+  const bool done =
+      consensus ? speculate<true>(base, xs, w, keep, active, normalize, divisor, lambda, dst, n, finite)
+                : speculate<false>(base, xs, w, keep, active, normalize, divisor, lambda, dst, n, finite);
+  (done ? g_finished : g_fell_back).fetch_add(1);
+  return done;
+}
+
+std::pair<int64_t, int64_t> speculation_counts() {
+  return {g_finished.load(), g_fell_back.load()};
+}
+
+}  // namespace mergefast
