@@ -57,12 +57,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for prov, info in provs.items():
             ms = info.get("ms")
             ratio = ""
-            if prov not in ("cpu-ext", "triton") and provs.get("cpu-ext", {}).get("ms"):
+            if prov != "cpu-ext" and "gpu" not in info and provs.get("cpu-ext", {}).get("ms"):
                 ratio = f"cpu-ext is {ms / provs['cpu-ext']['ms']:.1f}x faster"
             extra = ""
             if "hbm_fraction" in info:
                 extra = f" HBM {info['hbm_fraction'] * 100:.0f}% ({info.get('gpu')})"
             if "two_pass_GB/s" in info:
                 extra += f" two-pass traffic {info['two_pass_GB/s']} GB/s"
-            tr.write_line(f"{group:<7} {prov:<10} {ms:>10} ms {info.get('GB/s'):>8} GB/s  "
+            tr.write_line(f"{group:<7} {prov:<16} {ms:>10} ms {info.get('GB/s'):>8} GB/s  "
                           f"{ratio}{extra}")
