@@ -180,12 +180,18 @@ std::vector<KeepRule> speculative_rules(const std::vector<int64_t>& keep,
   return rules;
 }
 
-template <bool Consensus>
-bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
-               const std::vector<int64_t>& keep, const std::vector<int>& active, bool normalize,
-               float divisor, float lambda, const Dst& dst, int64_t n, bool& finite) {
-  const int K = static_cast<int>(xs.size()), A = static_cast<int>(active.size());
-  const int64_t nb = num_blocks(n);
+// The windows of the models (kNoWindow for those whose rule is known), the scans of the active
+// ones (window set, per-block counts sized) and an upper bound of the share of the elements
+// that will be recorded.
+struct Prediction {
+  std::vector<Window> windows;
+  std::vector<WindowScan> scans;     // per active model
+  std::vector<uint32_t*> above;      // per model: its scan's above_blk, or null
+  double share = 0.0;
+};
+
+Prediction predict(const Src& base, const std::vector<Src>& xs, const std::vector<int64_t>& keep,
+                   const std::vector<int>& active, int64_t n) {
   std::vector<const Src*> selected;
   std::vector<int64_t> selected_keep;
   for (int i : active) {
@@ -193,38 +199,54 @@ bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<fl
     selected_keep.push_back(keep[i]);
   }
   const auto predicted = predict_windows(base, selected, selected_keep, n, sample_size(n));
-  std::vector<Window> windows(K, kNoWindow);
-  std::vector<WindowScan> scans(A);
-  std::vector<uint32_t*> above(K, nullptr);
-  double share = 0.0;  // of the elements that will be recorded (an upper bound)
-  for (int q = 0; q < A; ++q) {
-    windows[active[q]] = scans[q].w = predicted[q];
-    share += predicted[q].share;
-    for (auto* v : {&scans[q].above_blk, &scans[q].eq_hi, &scans[q].eq_lo}) v->assign(nb, 0);
-    above[active[q]] = scans[q].above_blk.data();
+  Prediction p{std::vector<Window>(xs.size(), kNoWindow), std::vector<WindowScan>(active.size()),
+               std::vector<uint32_t*>(xs.size(), nullptr), 0.0};
+  for (size_t q = 0; q < active.size(); ++q) {
+    WindowScan& s = p.scans[q];
+    p.windows[active[q]] = s.w = predicted[q];
+    p.share += predicted[q].share;
+    for (auto* v : {&s.above_blk, &s.eq_hi, &s.eq_lo}) v->assign(num_blocks(n), 0);
+    p.above[active[q]] = s.above_blk.data();
   }
-  // The records get an output's worth of memory. Predicted to need over kRecordFill of it
-  // (`share` bounds the union of the windows from above), they would risk an overflow,
-  // which costs a third read: the two passes are cheaper.
-  const int64_t out_bytes = n * static_cast<int64_t>(dtype_size(dst.dt));
-  Records rec = make_records(base, xs, n, out_bytes);
-  if (share * static_cast<double>(n * rec.record_bytes()) > kRecordFill * static_cast<double>(out_bytes)) {
-    return false;
-  }
-  std::vector<KeepRule> rules = speculative_rules(keep, windows, n);
-  ApplyArgs args{&base, &xs, w.data(), rules.data(), normalize, lambda != 1.0f, divisor, lambda, dst, n, K};
-  advise_huge_pages(dst.ptr, static_cast<size_t>(out_bytes));
-  const uint32_t nonfinite = run_pass<Consensus>(SpecPass{args, windows.data(), above.data(), &rec}, num_threads(n));
-  if (rec.overflow) return false;
-  std::vector<std::unique_ptr<uint32_t[]>> lists(A);
+  return p;
+}
+
+// The exact rules of the active models from their scans and the records; false when a
+// threshold lies outside its window.
+bool resolve_all(const Records& rec, const std::vector<int64_t>& keep,
+                 const std::vector<int>& active, int64_t n, std::vector<WindowScan>& scans,
+                 std::vector<KeepRule>& rules) {
+  const int A = static_cast<int>(active.size());
+  std::vector<std::unique_ptr<uint32_t[]>> lists(A);  // the candidates, alive while resolving
   std::vector<char> resolved(A, 0);
 #pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)
   for (int q = 0; q < A; ++q) {
     const int i = active[q];
     rules[i] = KeepRule();
-    resolved[q] = resolve_from_records(rec, i, keep[i], nb, scans[q], lists[q], rules[i]);
+    resolved[q] = resolve_from_records(rec, i, keep[i], num_blocks(n), scans[q], lists[q], rules[i]);
   }
-  if (std::find(resolved.begin(), resolved.end(), 0) != resolved.end()) return false;
+  return std::find(resolved.begin(), resolved.end(), 0) == resolved.end();
+}
+
+template <bool Consensus>
+bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+               const std::vector<int64_t>& keep, const std::vector<int>& active, bool normalize,
+               float divisor, float lambda, const Dst& dst, int64_t n, bool& finite) {
+  Prediction p = predict(base, xs, keep, active, n);
+  // The records get an output's worth of memory. Predicted to need over kRecordFill of it,
+  // they would risk an overflow, which costs a third read: the two passes are cheaper.
+  const int64_t out_bytes = n * static_cast<int64_t>(dtype_size(dst.dt));
+  Records rec = make_records(base, xs, n, out_bytes);
+  if (p.share * static_cast<double>(n * rec.record_bytes()) > kRecordFill * static_cast<double>(out_bytes)) {
+    return false;
+  }
+  std::vector<KeepRule> rules = speculative_rules(keep, p.windows, n);
+  ApplyArgs args{&base, &xs, w.data(), rules.data(), normalize, lambda != 1.0f, divisor, lambda,
+                 dst, n, static_cast<int>(xs.size())};
+  advise_huge_pages(dst.ptr, static_cast<size_t>(out_bytes));
+  const uint32_t nonfinite =
+      run_pass<Consensus>(SpecPass{args, p.windows.data(), p.above.data(), &rec}, num_threads(n));
+  if (rec.overflow || !resolve_all(rec, keep, active, n, p.scans, rules)) return false;
   fix_up(args, rec, Consensus);
   finite = nonfinite == 0;
   return true;
