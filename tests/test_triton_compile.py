@@ -156,3 +156,23 @@ def test_speculative_fix_up(tie_cut, consensus, tile):
               "lam": "fp32"},
              {"TIE_CUT": tie_cut, "CONSENSUS": consensus, "NORMALIZE": True, "SCALE": False,
               "TILE": tile, "BLOCK": BLOCK})
+
+
+def test_speculative_selection_kernels():
+    from mergefast.kernels.triton import spec_select
+
+    _compile(spec_select._sample_keys_kernel,
+             {"base_ptr": "*i16", "xs": _models(3), "pos_ptr": "*i64", "keys_ptr": "*i32",
+              "m": "i32"}, {"BLOCK": spec_select.SAMPLE_BLOCK})
+    _compile(spec_select._ends_kernel,
+             {"ranked_ptr": "*i32", "m": "i32", "rows": ("fp32",) * 3, "tops_hi": ("fp32",) * 3,
+              "tops_lo": ("fp32",) * 3, "lo_ptr": "*i32", "hi_ptr": "*i32", "thr_ptr": "*i64"}, {})
+    tvals = ("*i32",) * 3
+    _compile(spec_select._rules_kernel,
+             {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tvals": tvals,
+              "count_ptr": "*i32", "slot_ptr": "*i32", "eqgt_ptr": "*i64", "nblocks": "i32"},
+             {"CAP": 64})
+    _compile(spec_select._finalize_kernel,
+             {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tvals": tvals,
+              "eqgt_ptr": "*i64", "cum_ptr": "*i64", "thr_ptr": "*i64", "quota_ptr": "*i64",
+              "eqb_ptr": "*i64", "nblocks": "i32"}, {"BLOCKS": spec_select.FINALIZE_BLOCKS})

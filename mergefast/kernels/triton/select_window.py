@@ -99,6 +99,14 @@ def expected_share(n: int, keep: int, m: int) -> float:
     return min(1.0, 2 * _margin(m, keep, n) / m)
 
 
+def window_ranks(keep: int, n: int, m: int) -> tuple[int, int]:
+    """Where hi and lo sit among m sampled keys sorted from the largest (0-based): WINDOW_SIGMAS
+    standard deviations of rank above and below where the keep-th largest of n is expected;
+    hi is open (NO_HI) when its rank is < 0, lo is 0 when its rank is >= m."""
+    return (math.floor(keep / n * m - _margin(m, keep, n)),
+            math.ceil(keep / n * m + _margin(m, keep, n)))
+
+
 def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
                     models: Sequence[int], m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi): int32 device tensors, one entry per model of `models`, from m sampled keys
@@ -113,8 +121,7 @@ def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequen
     lo, hi = [], []
     # Views and fills only: a tensor built from a Python list is a copy that waits for the GPU.
     for a, i in enumerate(models):
-        top_hi = math.floor(keep[i] / n * m - _margin(m, keep[i], n))
-        top_lo = math.ceil(keep[i] / n * m + _margin(m, keep[i], n))
+        top_hi, top_lo = window_ranks(keep[i], n, m)
         hi.append(ranked[a, top_hi] if top_hi >= 0 else full(NO_HI, dev))
         lo.append(ranked[a, top_lo] if top_lo < m else full(0, dev))
     return torch.stack(lo), torch.stack(hi)
@@ -161,24 +168,43 @@ def window_stats(counts: torch.Tensor) -> torch.Tensor:
     return torch.cat([totals, counts[:, 3].amax(1).to(torch.int64)[:, None]], 1)
 
 
+# Where a model's threshold T lies after a window scan (spec_select.py also uses
+# KEEP_ALL / KEEP_NOTHING for the models that need no threshold).
+KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
+
+
+def window_case(k: int, stats: Sequence[int], cap: int):
+    """(case, aux, ties cut) for a model keeping 0 < k < n keys, from its window_stats row:
+    AT_HI / AT_LO with aux its quota of T-valued keys (NO_QUOTA when all are kept, then no
+    cut), or CANDIDATE with aux the rank of T among the candidates; None when T is outside
+    the window or the slots overflowed."""
+    above, eq_hi, eq_lo, inside, most = stats
+    r = k - above                          # still needed at or below hi
+    if most > cap or r <= 0:
+        return None
+    if r <= eq_hi:
+        return (AT_HI, r, True) if r < eq_hi else (AT_HI, NO_QUOTA, False)
+    if r - eq_hi <= inside:
+        return CANDIDATE, r - eq_hi, True
+    rest = r - eq_hi - inside
+    if rest <= eq_lo:
+        return (AT_LO, rest, True) if rest < eq_lo else (AT_LO, NO_QUOTA, False)
+    return None
+
+
 def resolve(i: int, k: int, stats: Sequence[int], counts: torch.Tensor, slots: torch.Tensor,
             lo: torch.Tensor, hi: torch.Tensor, cap: int, sel: list) -> bool:
     """Sets sel[i] = (T, quota, per-block T counts or None) for model i from its window scan
     (stats: window_stats' row; counts [4, nblocks], slots [nblocks, cap]: its rows); False
     when T is outside the window or the slots overflowed."""
-    above, eq_hi, eq_lo, inside, most = stats
-    r = k - above                          # still needed at or below hi
-    if most > cap or r <= 0:
+    case = window_case(k, stats, cap)
+    if case is None:
         return False
-    if r <= eq_hi:                         # (every tie kept: no cut, as in the radix)
-        sel[i] = (hi, r, counts[1]) if r < eq_hi else (hi, NO_QUOTA, None)
-    elif r - eq_hi <= inside:
-        rank = r - eq_hi                   # T is the rank-th largest candidate
-        t = torch.topk(slots.reshape(-1), rank, sorted=False).values.min()
-        sel[i] = (t, rank - (slots > t).sum(), (slots == t).sum(1))
-    elif r - eq_hi - inside <= eq_lo:
-        rest = r - eq_hi - inside
-        sel[i] = (lo, rest, counts[2]) if rest < eq_lo else (lo, NO_QUOTA, None)
+    kind, aux, cut = case
+    if kind == CANDIDATE:                  # T is the aux-th largest candidate
+        t = torch.topk(slots.reshape(-1), aux, sorted=False).values.min()
+        sel[i] = (t, aux - (slots > t).sum(), (slots == t).sum(1))
     else:
-        return False
+        end, ties = (hi, counts[1]) if kind == AT_HI else (lo, counts[2])
+        sel[i] = (end, aux, ties if cut else None)
     return True

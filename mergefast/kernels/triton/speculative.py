@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from . import select_window as sw
-from .select import KEEP_NONE, rules
+from . import spec_select
 from .apply import _result, _sum_weighted
 from .utils import (INTERPRET_BLOCK, as_arg, block_span, interpret, launch_options, load_f32,
                     magnitude_key, store_f32)
@@ -113,26 +113,6 @@ def _sizes() -> tuple[int, int]:
     return (INTERPRET_SPEC_MIN, INTERPRET_BLOCK) if interpret() else (SPEC_MIN, SPEC_BLOCK)
 
 
-def _windows(base, xs, keep, active, m):
-    """lo, hi and this pass's thresholds for all K models (int32, int32, int64 on the
-    device): the predicted windows for `active`; for the others a window nothing is in and
-    keep-all (0) or keep-none thresholds."""
-    dev = base.device
-    lo_a, hi_a = sw.predict_windows(base, xs, keep, active, m)
-    lo, hi, thr = [], [], []
-    for i, k in enumerate(keep):
-        if i in active:
-            a = active.index(i)
-            lo.append(lo_a[a])
-            hi.append(hi_a[a])
-            thr.append(hi_a[a].to(torch.int64) + 1)
-        else:
-            lo.append(sw.full(sw.NO_HI, dev))
-            hi.append(sw.full(0, dev))
-            thr.append(torch.full((), KEEP_NONE if k <= 0 else 0, dtype=torch.int64, device=dev))
-    return torch.stack(lo), torch.stack(hi), torch.stack(thr)
-
-
 def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
                     keep: Sequence[int], consensus: bool, normalize: bool, divisor: float,
                     lambda_: float, out: torch.Tensor) -> bool:
@@ -145,7 +125,7 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
     if n < smallest or not active or m < sw.MIN_SAMPLE:
         return False
     nblocks = triton.cdiv(n, block)
-    lo, hi, thr = _windows(base, xs, keep, active, m)
+    lo, hi, thr = spec_select.windows(base, xs, keep, active, m)
     cap = sw.slots_per_block(n, keep, active, block, m)
     share = sum(sw.expected_share(n, keep[i], m) for i in active)
     rcap = min(n, math.ceil(RECORD_SLACK * share * n) + block)
@@ -168,14 +148,12 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
     total, fullest = stats[-2:]
     if total > rcap:
         return False
-    sel: list = [None] * K
-    for i in active:
-        row = stats[5 * i:5 * i + 5]
-        if not sw.resolve(i, keep[i], row, counts[i], slots[i], lo[i], hi[i], cap, sel):
-            return False
+    cases = [spec_select.case_of(k, n, stats[5 * i:5 * i + 5], cap) for i, k in enumerate(keep)]
+    if None in cases:
+        return False
     if fullest == 0:
         return True
-    thr, quota, eqb = rules(sel, keep, n, block, dev)
+    thr, quota, eqb = spec_select.rules(cases, lo, hi, counts, slots, block, n)
     _fix_up_kernel[(nblocks,)](
         roff, as_arg(rbase), tuple(as_arg(r) for r in rxs), first, rcount, *args, thr, quota,
         eqb if eqb is not None else thr, as_arg(out), nblocks, float(divisor), float(lambda_),
