@@ -25,7 +25,7 @@ fi
 } > "$S" 2>&1
 
 echo "## kernel tests (real Triton)" >> "$S"
-timeout "${TEST_S:-100}" python -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py -k Cuda \
+timeout "${TEST_S:-130}" python -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py -k Cuda \
   > "$OUT/tests.log" 2>&1
 echo "tests exit code $?" >> "$S"
 tail -n 8 "$OUT/tests.log" >> "$S"
@@ -36,7 +36,7 @@ echo "equal exit code $?" >> "$S"
 tail -n 8 "$OUT/equal.txt" >> "$S"
 
 echo "## end to end (--cuda, ${E2E_SIZE:-1.2b} family, warm page cache)" >> "$S"
-timeout "${E2E_S:-200}" python benchmarks/e2e.py --size "${E2E_SIZE:-1.2b}" --repeats 1 --cuda \
+timeout "${E2E_S:-170}" python benchmarks/e2e.py --size "${E2E_SIZE:-1.2b}" --repeats 1 --cuda \
   --dir /tmp/mergefast-e2e --json "$OUT/e2e.json" > "$OUT/e2e.log" 2>&1
 echo "e2e exit code $?" >> "$S"
 grep -v "^writing" "$OUT/e2e.log" | tail -n 8 >> "$S"
