@@ -12,7 +12,7 @@ from .utils import load_f32, magnitude_key
 
 
 @triton.jit
-def _keep(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl.constexpr):
+def keep_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl.constexpr):
     """Magnitude keep-mask of model i's deltas `d` in this block: key > T, plus key == T
     while the model's tie quota lasts, in flat order."""
     key = magnitude_key(d).to(tl.int64)
@@ -30,32 +30,32 @@ def _keep(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl.con
 
 
 @triton.jit
-def _weighted_delta(x_ptr, b, offs, mask, w, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                    SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr):
+def weighted_delta(x_ptr, b, offs, mask, w, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                   SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr):
     """w_i * (kept) delta_i for one block, in registers."""
     d = load_f32(x_ptr, offs, mask) - b
     if SPARSIFY == 1:
-        d = tl.where(_keep(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT),
+        d = tl.where(keep_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT),
                      d, 0.0)
     return d * w
 
 
 @triton.jit
-def _sum_weighted(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                  SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr):
+def weighted_sum(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                 SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr):
     """sum_i w_i * (kept) delta_i, from 0.0 in model order."""
     total = tl.zeros_like(b)
     for i in tl.static_range(len(xs)):
-        total = total + _weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr,
-                                        eqb_ptr, pid, nblocks, SPARSIFY, TIE_CUT)
+        total = total + weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr,
+                                       eqb_ptr, pid, nblocks, SPARSIFY, TIE_CUT)
     return total
 
 
 @triton.jit
-def _result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, divisor,
-            lam, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr, CONSENSUS: tl.constexpr,
-            NORMALIZE: tl.constexpr, SCALE: tl.constexpr):
-    """base + the merged deltas (total: _sum_weighted's), in float32."""
+def merge_result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                 divisor, lam, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr,
+                 CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr, SCALE: tl.constexpr):
+    """base + the merged deltas (total: weighted_sum's), in float32."""
     if CONSENSUS:
         # elect the sign of the sum (0 counts as +); zero deltas never agree. The second
         # loop reloads the block (an L1/L2 hit) rather than keeping K blocks in registers.
@@ -63,8 +63,8 @@ def _result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblo
         acc = tl.zeros_like(b)
         dacc = tl.zeros_like(b)
         for i in tl.static_range(len(xs)):
-            wd = _weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr, eqb_ptr,
-                                 pid, nblocks, SPARSIFY, TIE_CUT)
+            wd = weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr, eqb_ptr,
+                                pid, nblocks, SPARSIFY, TIE_CUT)
             agree = tl.where(pos, wd > 0.0, wd < 0.0)
             acc = acc + tl.where(agree, wd, 0.0)
             dacc = dacc + tl.where(agree, ws[i], 0.0)

@@ -35,6 +35,9 @@ WINDOW_SIGMAS = 3.0    # half-width of the window in standard deviations of the 
 MIN_SAMPLE = 64        # fewer sampled keys (n < 1024) predict nothing: radix only
 SLOT_SLACK = 1.5       # slots per block: this times the window's expected share, rounded up
 NO_HI = 0x7FFFFFFF     # hi when the window is open above (no key is greater)
+# Where a model's threshold T lies after a window scan (window_case; spec_select.py also uses
+# KEEP_ALL / KEEP_NOTHING for the models that need no threshold).
+KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
 
 
 @triton.jit
@@ -166,11 +169,6 @@ def window_stats(counts: torch.Tensor) -> torch.Tensor:
     candidates (int64 [models, 5], on the device)."""
     totals = counts.sum(2, dtype=torch.int64)
     return torch.cat([totals, counts[:, 3].amax(1).to(torch.int64)[:, None]], 1)
-
-
-# Where a model's threshold T lies after a window scan (spec_select.py also uses
-# KEEP_ALL / KEEP_NOTHING for the models that need no threshold).
-KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
 
 
 def window_case(k: int, stats: Sequence[int], cap: int):

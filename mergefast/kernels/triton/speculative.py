@@ -8,15 +8,16 @@ short of the 60 % goal. But the sampled window [lo, hi] of select_window.py deci
 every element before any threshold is known: a key above hi is kept, one below lo dropped,
 whatever the exact threshold in [lo, hi]. So:
 
-1. `predict_windows` from a larger sample (SAMPLE_MAX keys per model).
+1. The windows from a larger sample (SAMPLE_MAX keys per model; spec_select.windows).
 2. `_speculative_kernel`, one pass: per block the apply with "keep key > hi", the window's
    counts and candidate slots (select_window.window_counts), and the *records*: every element
    where some model's key lies in [lo, hi], its offset in the block and the base's and every
    model's values there in their own dtype (~7 % of a 7B layer's elements with 3 models,
    10 bytes each in bf16). A block claims its records' place with one atomic on a counter.
-3. One sync: the window totals (the exact thresholds then come from select_window.resolve,
-   as in the two-pass scheme), the records' total and the fullest block.
-4. `_fix_up_kernel`: the apply's own arithmetic (task_arithmetic._sum_weighted / _result) on
+3. One sync: the window totals (where each exact threshold lies then comes from
+   select_window.window_case, as in the two-pass scheme), the records' total and the
+   fullest block; spec_select.rules makes the thresholds, quotas and tie counts.
+4. `_fix_up_kernel`: the apply's own arithmetic (apply.weighted_sum / merge_result) on
    the records with the exact rules, stored over the speculative results. Every key equal to a
    threshold is a record, so ties are ranked in flat order along the records as along the
    block; the output is the two-pass scheme's, bit for bit.
@@ -38,7 +39,7 @@ import triton.language as tl
 
 from . import select_window as sw
 from . import spec_select
-from .apply import _result, _sum_weighted
+from .apply import merge_result, weighted_sum
 from .utils import (INTERPRET_BLOCK, as_arg, block_span, interpret, launch_options, load_f32,
                     magnitude_key, store_f32)
 
@@ -70,10 +71,10 @@ def _speculative_kernel(base_ptr, xs, ws, lo_ptr, hi_ptr, thr_ptr, count_ptr, sl
                          slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP, CAP)
         uncertain = uncertain | (mask & (key >= lo) & (key <= hi)).to(tl.int32)
     # the apply with this pass's rules (key >= hi + 1): no tie cuts
-    total = _sum_weighted(b, xs, ws, offs, mask, thr_ptr, thr_ptr, thr_ptr, pid, nblocks, 1,
-                          False)
-    out = _result(b, total, xs, ws, offs, mask, thr_ptr, thr_ptr, thr_ptr, pid, nblocks,
-                  divisor, lam, 1, False, CONSENSUS, NORMALIZE, SCALE)
+    total = weighted_sum(b, xs, ws, offs, mask, thr_ptr, thr_ptr, thr_ptr, pid, nblocks, 1,
+                         False)
+    out = merge_result(b, total, xs, ws, offs, mask, thr_ptr, thr_ptr, thr_ptr, pid, nblocks,
+                       divisor, lam, 1, False, CONSENSUS, NORMALIZE, SCALE)
     store_f32(out_ptr, offs, out, mask)
     # the records: their place in the record columns, then offset, base and every model
     got = tl.sum(uncertain, axis=0)
@@ -100,10 +101,10 @@ def _fix_up_kernel(roff_ptr, rbase_ptr, rxs, first_ptr, rcount_ptr, ws, thr_ptr,
     valid = q < got
     at = tl.load(first_ptr + pid).to(tl.int64) + q
     b = load_f32(rbase_ptr, at, valid)
-    total = _sum_weighted(b, rxs, ws, at, valid, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, 1,
-                          TIE_CUT)
-    out = _result(b, total, rxs, ws, at, valid, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                  divisor, lam, 1, TIE_CUT, CONSENSUS, NORMALIZE, SCALE)
+    total = weighted_sum(b, rxs, ws, at, valid, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, 1,
+                         TIE_CUT)
+    out = merge_result(b, total, rxs, ws, at, valid, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                       divisor, lam, 1, TIE_CUT, CONSENSUS, NORMALIZE, SCALE)
     offs = pid.to(tl.int64) * BLOCK + tl.load(roff_ptr + at, mask=valid, other=0).to(tl.int64)
     store_f32(out_ptr, offs, out, valid)
 

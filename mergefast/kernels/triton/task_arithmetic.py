@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from . import speculative
-from .apply import _keep, _result, _sum_weighted
+from .apply import keep_mask, merge_result, weighted_sum
 from .select import select_magnitude
 from .utils import as_arg, block_size, block_span, launch_options, load_f32, store_f32
 
@@ -36,10 +36,10 @@ def _task_arithmetic_kernel(base_ptr, xs, ws, thr_ptr, quota_ptr, eqb_ptr, out_p
                             SCALE: tl.constexpr, BLOCK: tl.constexpr):
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
-    total = _sum_weighted(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                          SPARSIFY, TIE_CUT)
-    out = _result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                  divisor, lam, SPARSIFY, TIE_CUT, CONSENSUS, NORMALIZE, SCALE)
+    total = weighted_sum(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                         SPARSIFY, TIE_CUT)
+    out = merge_result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
+                       divisor, lam, SPARSIFY, TIE_CUT, CONSENSUS, NORMALIZE, SCALE)
     store_f32(out_ptr, offs, out, mask)
 
 
@@ -78,7 +78,7 @@ def _keep_mask_kernel(base_ptr, x_ptr, thr_ptr, quota_ptr, eqb_ptr, mask_ptr, n,
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     d = load_f32(x_ptr, offs, mask) - b
-    kept = _keep(d, mask, 0, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT)
+    kept = keep_mask(d, mask, 0, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT)
     tl.store(mask_ptr + offs, kept.to(tl.int8), mask=mask)
 
 
