@@ -22,8 +22,9 @@ MF_INLINE int64_t flagged_scalar(const uint32_t* unc, int64_t j, int64_t len, ui
 }
 
 #if MF_AVX2_CLONES
-// flagged_scalar with AVX2: 8 flags per compare, movemask and permute (the scalar loop took
-// ~25 ms of a 7B layer's pass). Writes up to 7 offsets past the count.
+// flagged_scalar with AVX2: 8 flags per compare, movemask and permute, as compact_avx2 packs
+// keys (not timed apart: the pass's time is too noisy here to see it). Writes up to 7
+// offsets past the count.
 MF_TARGET_AVX2 int64_t flagged_avx2(const uint32_t* unc, int64_t len, uint32_t* idx) {
   const __m256i zero = _mm256_setzero_si256();
   int64_t cnt = 0, j = 0;
@@ -111,6 +112,7 @@ void record_block(Records& r, int64_t blk, int64_t off, const uint32_t* unc, int
   r.first[blk] = at;
   r.count[blk] = static_cast<uint32_t>(cnt);
   if (at + bytes > r.capacity) {
+#pragma omp atomic write
     r.overflow = 1;
     r.count[blk] = 0;
     return;

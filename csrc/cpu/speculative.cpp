@@ -16,8 +16,8 @@
 //      equal to a threshold is recorded, so ties are still ranked in flat order) and stores
 //      them over the speculative results. It does the block pass's float operations in the
 //      same order: the output is bit-identical to the two-pass scheme's.
-// When the sample predicts more records than fit in an output's worth of memory the two
-// passes run instead; a window that misses or records that overflow make the caller run them
+// When the sample predicts records filling more than kRecordFill of an output's worth of
+// memory the two passes run instead; a window that misses or records that overflow make the caller run them
 // too (rewriting the whole output).
 #include "speculative.h"
 
@@ -32,8 +32,8 @@
 namespace mergefast {
 namespace {
 
-// Smaller tensors take the two passes: their second read hits the cache. See the README
-// for the measurements behind this and sample_size.
+// Smaller tensors take the two passes: their second read hits the cache (1M bf16 elements,
+// base + 3: 1.84 ms in one read, 1.82 in two; 2.1M: 4.4 vs 4.6 ms; 16.8M: 34 vs 47 ms).
 constexpr int64_t kSpecMin = 1 << 21;
 
 // Sampled keys per model: n / 128 in [16384, 32768]. A larger sample narrows the windows and

@@ -11,8 +11,9 @@
 namespace mergefast {
 
 // Computes the merge into dst and returns true, or returns false when it cannot decide
-// every element (a window missed, the records overflowed, the tensor is small or no model
-// needs a threshold): the caller then runs the two-pass scheme, which rewrites all of dst.
+// every element (a window missed, the records overflowed or would not fit, the tensor is
+// small or no model needs a threshold): the caller then runs the two-pass scheme, which
+// rewrites all of dst.
 // On true, `finite` says whether every delta x_i - base was finite.
 bool speculative_task_arithmetic(bool consensus, const Src& base, const std::vector<Src>& xs,
                                  const std::vector<float>& w, const std::vector<int64_t>& keep,
