@@ -130,39 +130,50 @@ void record_block(Records& r, int64_t blk, int64_t off, const uint32_t* unc, int
   }
 }
 
-bool resolve_from_records(const Records& rec, int i, int64_t k, int64_t nb, WindowScan& s,
-                          std::unique_ptr<uint32_t[]>& list, KeepRule& rule) {
+void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
+                  std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory) {
+  const int A = static_cast<int>(active.size()), nthreads = num_threads(n);
+  const int64_t nb = num_blocks(n);
   int64_t total = 0;
   for (int64_t blk = 0; blk < nb; ++blk) total += rec.count[blk];
-  list.reset(new uint32_t[total + 8]);  // + 8: compact_window writes past its count
-  Scratch scratch(3);
-  uint32_t* keys = reinterpret_cast<uint32_t*>(scratch.buf(2));
-  int64_t pos = 0;
-  s.cand_off.assign(nb, 0);
-  s.cand_cnt.assign(nb, 0);
-  for (int64_t blk = 0; blk < nb; ++blk) {
-    const int64_t cnt = rec.count[blk];
-    const float* b = rec.column_f32(blk, 1, scratch.buf(0));
-    const float* x = rec.column_f32(blk, 2 + i, scratch.buf(1));
-    uint32_t eq_hi = 0, eq_lo = 0;
-    for (int64_t q = 0; q < cnt; ++q) {
-      keys[q] = mag_key(x[q] - b[q]);
-      eq_hi += keys[q] == s.w.hi;
-      eq_lo += keys[q] == s.w.lo;
-    }
-    s.eq_hi[blk] = eq_hi;
-    s.eq_lo[blk] = s.w.lo < s.w.hi ? eq_lo : 0;
-    const int64_t got = compact_window(keys, cnt, s.w, list.get() + pos);
-    s.cand_off[blk] = pos;
-    s.cand_cnt[blk] = static_cast<uint32_t>(got);
-    pos += got;
+  const int64_t room = total + 8;  // a thread's list may hold every record; + 8: compact_window
+  memory.reset(new uint32_t[A * nthreads * room]);  // uninitialised: touched as used
+  for (int q = 0; q < A; ++q) {
+    WindowScan& s = scans[q];
+    s.cand_off.assign(nb, 0);
+    s.cand_cnt.assign(nb, 0);
+    s.owner.assign(nb, 0);
+    s.size.assign(nthreads, 0);
+    s.lists.clear();
+    for (int t = 0; t < nthreads; ++t) s.lists.push_back(memory.get() + (q * nthreads + t) * room);
+    s.capacity = room;
+    s.overflow = false;
   }
-  s.lists.assign(1, list.get());
-  s.size.assign(1, pos);
-  s.owner.assign(nb, 0);
-  s.capacity = pos;
-  s.overflow = false;
-  return resolve_window(s, k, nb, rule);
+  // The base column staged once per block for every model (resolving model by model staged
+  // it per model, and ran 3 models on 2 cores in two rounds: 10.1-10.4 -> 7.5-7.7 ms on the
+  // 7B layer).
+  for_each_block_raw(n, nthreads, 3, [&](int tid, int64_t blk, int64_t, int64_t, Scratch& sc) {
+    const int64_t cnt = rec.count[blk];
+    const float* b = rec.column_f32(blk, 1, sc.buf(0));
+    uint32_t* keys = reinterpret_cast<uint32_t*>(sc.buf(2));
+    for (int q = 0; q < A; ++q) {
+      WindowScan& s = scans[q];
+      const float* x = rec.column_f32(blk, 2 + active[q], sc.buf(1));
+      uint32_t eq_hi = 0, eq_lo = 0;
+      for (int64_t j = 0; j < cnt; ++j) {
+        keys[j] = mag_key(x[j] - b[j]);
+        eq_hi += keys[j] == s.w.hi;
+        eq_lo += keys[j] == s.w.lo;
+      }
+      s.eq_hi[blk] = eq_hi;
+      s.eq_lo[blk] = s.w.lo < s.w.hi ? eq_lo : 0;
+      int64_t& size = s.size[tid];
+      s.owner[blk] = tid;
+      s.cand_off[blk] = size;
+      s.cand_cnt[blk] = static_cast<uint32_t>(compact_window(keys, cnt, s.w, s.lists[tid] + size));
+      size += s.cand_cnt[blk];
+    }
+  });
 }
 
 }  // namespace mergefast

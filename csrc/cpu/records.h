@@ -54,11 +54,12 @@ Records make_records(const Src& base, const std::vector<Src>& xs, int64_t n, int
 void record_block(Records& r, int64_t blk, int64_t off, const uint32_t* unc, int64_t len,
                   uint32_t* idx);
 
-// Model i's keys equal to hi and lo per block, and its candidates (keys strictly inside its
-// window), from the records into s (its window already set, list: the candidates' memory);
-// then its rule, or false when its threshold is outside the window.
-bool resolve_from_records(const Records& rec, int i, int64_t k, int64_t nb, WindowScan& s,
-                          std::unique_ptr<uint32_t[]>& list, KeepRule& rule);
+// One parallel pass over the records: for each model active[q], its keys equal to hi and lo
+// per block and its candidates (keys strictly inside its window) into scans[q] (its window
+// already set), in per-thread lists like pass A's (select_window.h), so that resolve_window
+// can take it from there. memory: the lists' memory, to keep while the scans are used.
+void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
+                  std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory);
 
 // Recomputes every recorded element with the exact rules in `a` and stores it to a.dst.
 void fix_up(const ApplyArgs& a, const Records& rec, bool consensus);

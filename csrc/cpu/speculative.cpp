@@ -216,14 +216,15 @@ Prediction predict(const Src& base, const std::vector<Src>& xs, const std::vecto
 bool resolve_all(const Records& rec, const std::vector<int64_t>& keep,
                  const std::vector<int>& active, int64_t n, std::vector<WindowScan>& scans,
                  std::vector<KeepRule>& rules) {
+  std::unique_ptr<uint32_t[]> lists;  // the candidates, alive while resolving
+  scan_records(rec, active, n, scans, lists);
   const int A = static_cast<int>(active.size());
-  std::vector<std::unique_ptr<uint32_t[]>> lists(A);  // the candidates, alive while resolving
   std::vector<char> resolved(A, 0);
 #pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)
   for (int q = 0; q < A; ++q) {
     const int i = active[q];
     rules[i] = KeepRule();
-    resolved[q] = resolve_from_records(rec, i, keep[i], num_blocks(n), scans[q], lists[q], rules[i]);
+    resolved[q] = resolve_window(scans[q], keep[i], num_blocks(n), rules[i]);
   }
   return std::find(resolved.begin(), resolved.end(), 0) == resolved.end();
 }
