@@ -9,51 +9,24 @@
 namespace mergefast {
 namespace {
 
-// Model i's weighted deltas d of one block's records with its exact rule, summed into mixed.
-template <bool First>
-MF_INLINE void fix_weigh(const KeepRule& rule, int64_t blk, const float* d, int64_t cnt,
-                         float wi, float* wd, float* mixed) {
-  uint32_t teff;
-  int64_t rem = 0;
-  if (rule.block_rule(blk, teff, rem)) {
-    for (int64_t q = 0; q < cnt; ++q) {
-      const float v = (mag_key(d[q]) >= teff ? d[q] : 0.0f) * wi;
-      wd[q] = v;
-      mixed[q] = (First ? 0.0f : mixed[q]) + v;
-    }
-    return;
-  }
-  // The block where the model's ties are cut: every key equal to the threshold is in a
-  // record, so ranking them along the records ranks them in flat order.
-  walk_tie_block(rule, rem, cnt, d, [&](int64_t q, bool kept) {
-    const float v = (kept ? d[q] : 0.0f) * wi;
-    wd[q] = v;
-    mixed[q] = (First ? 0.0f : mixed[q]) + v;
-  });
-}
-
-// One block's records into a.dst (dtype O). bufs: 0 base, 1 a model's values, 2 its deltas,
-// 3 mixed, 4 result, 5-6 scratch, 7.. the K weighted deltas.
+// One block's records into a.dst (dtype O), through the apply's own weigh_model and
+// combine_block: every key equal to a threshold is in a record, so ranking the ties along
+// the records ranks them in flat order. bufs: 0 base, 1 mixed, 2 scratch for the tie walk,
+// 3 result, 4-5 scratch, 6.. the K weighted deltas.
 template <bool Consensus, DType O>
 MF_INLINE void fix_block_impl(const ApplyArgs& a, const Records& rec, int64_t blk,
                               float* const* bufs) {
   const int64_t cnt = rec.count[blk];
   if (cnt == 0) return;
   const float* b = rec.column_f32(blk, 1, bufs[0]);
-  float* d = bufs[2];
-  float* mixed = bufs[3];
-  float* const* wd = bufs + 7;
+  float* mixed = bufs[1];
+  float* const* wd = bufs + 6;
   for (int i = 0; i < a.K; ++i) {
-    const float* x = rec.column_f32(blk, 2 + i, bufs[1]);
-    for (int64_t q = 0; q < cnt; ++q) d[q] = x[q] - b[q];
-    if (i == 0) {
-      fix_weigh<true>(a.rules[i], blk, d, cnt, a.w[i], wd[i], mixed);
-    } else {
-      fix_weigh<false>(a.rules[i], blk, d, cnt, a.w[i], wd[i], mixed);
-    }
+    const Src x{rec.column(blk, 2 + i), rec.sources[2 + i].dt};
+    weigh_model<true, Consensus>(a, i, x, 0, blk, b, cnt, bufs[2], wd[i], mixed);
   }
-  float* res = bufs[4];
-  combine_block<Consensus>(a, wd, b, mixed, res, cnt, bufs[5], bufs[6]);
+  float* res = bufs[3];
+  combine_block<Consensus>(a, wd, b, mixed, res, cnt, bufs[4], bufs[5]);
   const uint16_t* at = rec.offsets(blk);
   const int64_t off = blk * kBlock;
   for (int64_t q = 0; q < cnt; ++q) store_f32<O>(a.dst.ptr, off + at[q], res[q]);
@@ -92,9 +65,9 @@ void fix_up_all(const ApplyArgs& a, const Records& rec) {
   const int64_t nb = num_blocks(a.n);
 #pragma omp parallel num_threads(num_threads(a.n))
   {
-    Scratch scratch(7 + a.K);
-    std::vector<float*> bufs(7 + a.K);
-    for (int q = 0; q < 7 + a.K; ++q) bufs[q] = scratch.buf(q);
+    Scratch scratch(6 + a.K);
+    std::vector<float*> bufs(6 + a.K);
+    for (int q = 0; q < 6 + a.K; ++q) bufs[q] = scratch.buf(q);
 #pragma omp for schedule(dynamic, kChunkBlocks)
     for (int64_t blk = 0; blk < nb; ++blk) block(a, rec, blk, bufs.data());
   }

@@ -56,9 +56,9 @@ void copy_at(const void* from, const uint32_t* idx, int64_t cnt, void* to) {
 
 }  // namespace
 
-int64_t Records::record_bytes() const {
-  int64_t bytes = sizeof(uint16_t);
-  for (size_t c = 1; c < sources.size(); ++c) bytes += dtype_size(sources[c].dt);
+int64_t record_bytes(const Src& base, const std::vector<Src>& xs) {
+  int64_t bytes = sizeof(uint16_t) + dtype_size(base.dt);
+  for (const Src& x : xs) bytes += dtype_size(x.dt);
   return bytes;
 }
 

@@ -29,8 +29,6 @@ struct Records {
   std::vector<int64_t> first;        // per block: its byte offset in memory
   std::vector<uint32_t> count;       // per block: its records
 
-  // Bytes of one record (without the padding).
-  int64_t record_bytes() const;
   // Bytes of a block's records when it has cnt of them.
   int64_t segment_bytes(int64_t cnt) const;
   // Column c of block blk's records.
@@ -44,6 +42,9 @@ struct Records {
     return static_cast<const uint16_t*>(column(blk, 0));
   }
 };
+
+// Bytes of one record of base and models xs (without the padding).
+int64_t record_bytes(const Src& base, const std::vector<Src>& xs);
 
 // Records of at most `bytes` for the blocks of n elements of base and models xs. The memory
 // belongs to the calling thread and is kept between calls.

@@ -250,12 +250,10 @@ void select_by_histograms(const Src& base, const std::vector<Src>& xs,
 
 }  // namespace
 
-std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
-                                       const std::vector<int64_t>& keep, int64_t n,
-                                       void* space, size_t space_bytes) {
-  std::vector<KeepRule> rules(xs.size());
-  std::vector<int> active;  // models that need a threshold
-  for (size_t i = 0; i < xs.size(); ++i) {
+std::vector<int> known_rules(const std::vector<int64_t>& keep, int64_t n,
+                             std::vector<KeepRule>& rules) {
+  std::vector<int> active;
+  for (size_t i = 0; i < keep.size(); ++i) {
     if (keep[i] <= 0) {
       rules[i].thr = 0xFFFFFFFFu;  // keep none
       rules[i].quota = 0;
@@ -263,6 +261,14 @@ std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& 
       active.push_back(static_cast<int>(i));
     }  // else keep all: the default rule
   }
+  return active;
+}
+
+std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
+                                       const std::vector<int64_t>& keep, int64_t n,
+                                       void* space, size_t space_bytes) {
+  std::vector<KeepRule> rules(xs.size());
+  const std::vector<int> active = known_rules(keep, n, rules);
   if (active.empty()) return rules;
   if (n <= kSmallSelect) {
     for (int i : active) select_small(base, xs[i], keep[i], n, rules[i]);

@@ -50,6 +50,12 @@ struct KeepRule {
   }
 };
 
+// The rules of the models whose keep count decides them alone (keep none at keep[i] <= 0,
+// keep all at keep[i] >= n) into rules (one per model, default-constructed); returns the
+// others, the models that need a threshold.
+std::vector<int> known_rules(const std::vector<int64_t>& keep, int64_t n,
+                             std::vector<KeepRule>& rules);
+
 // One KeepRule per model of `xs`: model i keeps its keep[i] largest |x_i - base| of n.
 // `space` (space_bytes, 4-byte aligned) is memory the selection may use until it returns:
 // the output tensor, which only the apply pass after it writes. The candidate lists then

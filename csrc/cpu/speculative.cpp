@@ -51,7 +51,7 @@ std::atomic<int64_t> g_finished{0}, g_fell_back{0};
 constexpr Window kNoWindow{0x7FFFFFFFu, 0u, 0.0};
 
 // One model's share of a block of the pass: "keep key >= teff" weighted into wd (for the
-// consensus) and summed into mixed (as weigh_block in task_arithmetic.cpp), "key in
+// consensus) and summed into mixed (as weigh_block in apply.h), "key in
 // [lo, hi]" or-ed into the block's uncertain flags unc, the keys above hi into *above.
 // Returns nonzero when a delta is NaN or infinite.
 template <DType D, bool Consensus, bool First>
@@ -164,22 +164,6 @@ uint32_t run_pass(const SpecPass& p, int nthreads) {
   return nonfinite;
 }
 
-// The rules of the pass: model i keeps its keys above its window (keep all or none when
-// keep[i] >= n or <= 0).
-std::vector<KeepRule> speculative_rules(const std::vector<int64_t>& keep,
-                                        const std::vector<Window>& windows, int64_t n) {
-  std::vector<KeepRule> rules(keep.size());
-  for (size_t i = 0; i < keep.size(); ++i) {
-    if (keep[i] <= 0) {
-      rules[i].thr = 0xFFFFFFFFu;
-      rules[i].quota = 0;
-    } else if (keep[i] < n) {
-      rules[i].thr = windows[i].hi + 1;  // hi <= 0x7FFFFFFF: no wrap-around
-    }
-  }
-  return rules;
-}
-
 // The windows of the models (kNoWindow for those whose rule is known), the scans of the active
 // ones (window set, per-block counts sized) and an upper bound of the share of the elements
 // that will be recorded.
@@ -231,17 +215,18 @@ bool resolve_all(const Records& rec, const std::vector<int64_t>& keep,
 
 template <bool Consensus>
 bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
-               const std::vector<int64_t>& keep, const std::vector<int>& active, bool normalize,
-               float divisor, float lambda, const Dst& dst, int64_t n, bool& finite) {
+               const std::vector<int64_t>& keep, const std::vector<int>& active,
+               std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
+               const Dst& dst, int64_t n, bool& finite) {
   Prediction p = predict(base, xs, keep, active, n);
   // The records get an output's worth of memory. Predicted to need over kRecordFill of it,
   // they would risk an overflow, which costs a third read: the two passes are cheaper.
   const int64_t out_bytes = n * static_cast<int64_t>(dtype_size(dst.dt));
+  const double predicted = p.share * static_cast<double>(n * record_bytes(base, xs));
+  if (predicted > kRecordFill * static_cast<double>(out_bytes)) return false;
   Records rec = make_records(base, xs, n, out_bytes);
-  if (p.share * static_cast<double>(n * rec.record_bytes()) > kRecordFill * static_cast<double>(out_bytes)) {
-    return false;
-  }
-  std::vector<KeepRule> rules = speculative_rules(keep, p.windows, n);
+  // The pass's rules: keep the keys above the window (the others' rules are known already).
+  for (int i : active) rules[i].thr = p.windows[i].hi + 1;  // hi <= 0x7FFFFFFF: no wrap-around
   ApplyArgs args{&base, &xs, w.data(), rules.data(), normalize, lambda != 1.0f, divisor, lambda,
                  dst, n, static_cast<int>(xs.size())};
   advise_huge_pages(dst.ptr, static_cast<size_t>(out_bytes));
@@ -260,14 +245,12 @@ bool speculative_task_arithmetic(bool consensus, const Src& base, const std::vec
                                  bool normalize, float divisor, float lambda, const Dst& dst,
                                  int64_t n, bool& finite) {
   if (n < kSpecMin) return false;
-  std::vector<int> active;  // models that need a threshold
-  for (size_t i = 0; i < xs.size(); ++i) {
-    if (keep[i] > 0 && keep[i] < n) active.push_back(static_cast<int>(i));
-  }
+  std::vector<KeepRule> rules(xs.size());
+  const std::vector<int> active = known_rules(keep, n, rules);
   if (active.empty()) return false;
   const bool done =
-      consensus ? speculate<true>(base, xs, w, keep, active, normalize, divisor, lambda, dst, n, finite)
-                : speculate<false>(base, xs, w, keep, active, normalize, divisor, lambda, dst, n, finite);
+      consensus ? speculate<true>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, finite)
+                : speculate<false>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, finite);
   (done ? g_finished : g_fell_back).fetch_add(1);
   return done;
 }

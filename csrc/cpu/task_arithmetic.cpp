@@ -15,44 +15,6 @@
 namespace mergefast {
 namespace {
 
-// Deltas of model `x` against staged base `b` into `d`; nonzero when one is NaN or infinite.
-MF_INLINE uint32_t deltas(const float* x, const float* b, int64_t len, float* d) {
-  uint32_t nonfinite = 0;
-  for (int64_t j = 0; j < len; ++j) {
-    d[j] = x[j] - b[j];
-    nonfinite |= mag_key(d[j]) >= kNonFiniteKey;
-  }
-  return nonfinite;
-}
-
-// One model's pass over a block of the apply: wd = keep(x - b) * wi (zeroed where dropped),
-// stored to `wd` when the consensus needs it, and added to the running sum `mixed` (which
-// starts from 0.0f + wd for the first model, as the reference's sum() does). x is converted
-// as it is read: no staging buffer.
-// Returns nonzero when a delta of the block is NaN or infinite (then x or base is).
-template <DType D, bool Mag, bool Consensus, bool First>
-MF_INLINE uint32_t weigh_block(const void* xp, int64_t off, const float* b, int64_t len,
-                               uint32_t teff, float wi, float* wd, float* mixed) {
-  uint32_t nonfinite = 0;
-  for (int64_t j = 0; j < len; ++j) {
-    float d = load_f32<D>(xp, off + j) - b[j];
-    nonfinite |= mag_key(d) >= kNonFiniteKey;
-    if constexpr (Mag) d = mag_key(d) >= teff ? d : 0.0f;
-    const float v = d * wi;
-    if constexpr (Consensus) wd[j] = v;
-    mixed[j] = (First ? 0.0f : mixed[j]) + v;
-  }
-  return nonfinite;
-}
-
-template <DType D, bool Mag, bool Consensus>
-MF_INLINE uint32_t weigh_block_first_or_not(bool first, const void* xp, int64_t off,
-                                            const float* b, int64_t len, uint32_t teff, float wi,
-                                            float* wd, float* mixed) {
-  if (first) return weigh_block<D, Mag, Consensus, true>(xp, off, b, len, teff, wi, wd, mixed);
-  return weigh_block<D, Mag, Consensus, false>(xp, off, b, len, teff, wi, wd, mixed);
-}
-
 // Returns nonzero when a delta of the block is NaN or infinite.
 template <Sparsify S, bool Consensus>
 MF_INLINE uint32_t apply_block_impl(const ApplyArgs& a, float* const* bufs, float* const* wd,
@@ -65,37 +27,7 @@ MF_INLINE uint32_t apply_block_impl(const ApplyArgs& a, float* const* bufs, floa
   float* mixed = bufs[1];
   uint32_t nonfinite = 0;
   for (int i = 0; i < K; ++i) {
-    const Src& x = (*a.xs)[i];
-    uint32_t teff = 0;
-    int64_t rem = 0;
-    bool whole = true;  // the block's rule is key >= teff
-    if constexpr (Mag) whole = a.rules[i].block_rule(blk, teff, rem);
-    const float wi = a.w[i];
-    float* wdi = wd[i];
-    if (whole) {
-      switch (x.dt) {
-        case DType::BF16:
-          nonfinite |= weigh_block_first_or_not<DType::BF16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
-          break;
-        case DType::F16:
-          nonfinite |= weigh_block_first_or_not<DType::F16, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
-          break;
-        default:
-          nonfinite |= weigh_block_first_or_not<DType::F32, Mag, Consensus>(i == 0, x.ptr, off, b, len, teff, wi, wdi, mixed);
-      }
-    } else {  // the one block where model i's tie quota runs out: walk it in flat order
-      float* d = bufs[2];
-      const float* xv = stage(x, off, len, d);
-      nonfinite |= deltas(xv, b, len, d);
-      walk_tie_block(a.rules[i], rem, len, d, [d](int64_t j, bool kept) {
-        if (!kept) d[j] = 0.0f;
-      });
-      for (int64_t j = 0; j < len; ++j) {
-        const float v = d[j] * wi;
-        if constexpr (Consensus) wdi[j] = v;
-        mixed[j] = (i == 0 ? 0.0f : mixed[j]) + v;
-      }
-    }
+    nonfinite |= weigh_model<Mag, Consensus>(a, i, (*a.xs)[i], off, blk, b, len, bufs[2], wd[i], mixed);
   }
   float* res = bufs[2];
   combine_block<Consensus>(a, wd, b, mixed, res, len, bufs[3], bufs[4]);
