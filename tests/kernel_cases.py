@@ -83,6 +83,16 @@ def make_inputs(shape, dtype, k=3, *, seed=0, scale=0.05, device="cpu"):
     return base.to(dtype).to(device), [x.to(dtype).to(device) for x in xs]
 
 
+def sampled_positions(n: int, m: int) -> torch.Tensor:
+    """The elements the C++ selection samples from n to predict its windows
+    (csrc/cpu/select_window.cpp): m strata of n // m elements, the one at offset
+    splitmix64(GOLDEN * (q + 1)) % stride in stratum q."""
+    from mergefast.methods.random import GOLDEN, MASK64, mix64_int
+
+    stride = n // m
+    return torch.tensor([q * stride + mix64_int((GOLDEN * (q + 1)) & MASK64) % stride for q in range(m)])
+
+
 def tied_inputs(n, dtype, *, seed=0, levels=4, device="cpu"):
     """bf16/fp16-representable inputs whose deltas take only a few magnitudes: many ties at
     any threshold."""

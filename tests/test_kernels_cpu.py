@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from kernel_cases import KernelSuite, generate
+from kernel_cases import KernelSuite, generate, sampled_positions
 from mergefast import kernels, methods
 
 pytest_generate_tests = generate
@@ -163,13 +163,8 @@ def test_import_is_lean():
 
 
 def _sampled_positions(n: int) -> torch.Tensor:
-    """The elements csrc/cpu/select_window.cpp samples to predict its window: one per
-    stratum of n // m, at offset splitmix64(GOLDEN * (q + 1)) % stride."""
-    from mergefast.methods.random import GOLDEN, MASK64, mix64_int
-
-    m = min(1 << 13, n // 16)
-    stride = n // m
-    return torch.tensor([q * stride + mix64_int((GOLDEN * (q + 1)) & MASK64) % stride for q in range(m)])
+    """The elements the two-pass selection samples: min(2**13, n // 16) of them."""
+    return sampled_positions(n, min(1 << 13, n // 16))
 
 
 @needs_ext

@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
+from kernel_cases import sampled_positions
 from mergefast import kernels, methods
-from mergefast.methods.random import GOLDEN, MASK64, mix64_int
 
 pytestmark = pytest.mark.skipif(os.environ.get("MERGEFAST_BUILD_EXT", "1") == "0",
                                 reason="MERGEFAST_BUILD_EXT=0: no mergefast._C")
@@ -46,11 +46,8 @@ def _both_paths(monkeypatch, fn):
 
 
 def _spec_sample_positions(n: int) -> torch.Tensor:
-    """The elements speculative.cpp samples: min(clamp(n // 128, 2**14, 2**15), n // 16)
-    strata, one splitmix64-chosen element in each (as select_window.cpp's sample_position)."""
-    m = min(max(1 << 14, min(n // 128, 1 << 15)), n // 16)
-    stride = n // m
-    return torch.tensor([q * stride + mix64_int((GOLDEN * (q + 1)) & MASK64) % stride for q in range(m)])
+    """The elements speculative.cpp samples: min(clamp(n // 128, 2**14, 2**15), n // 16)."""
+    return sampled_positions(n, min(max(1 << 14, min(n // 128, 1 << 15)), n // 16))
 
 
 def _deltas(kind: str, n: int, g: torch.Generator, base: torch.Tensor) -> torch.Tensor:

@@ -139,21 +139,28 @@ class _SpeculativeCases:
                 normalize=True, lambda_=0.7))
             assert finished and torch.equal(fast, slow), densities
 
-    def test_speculative_windows_are_the_predicted_ones(self):
-        """The one-read scheme's window kernels give select_window.predict_windows' windows, and
-        models keeping all or nothing a window nothing is in."""
-        from mergefast.kernels.triton import select_window as sw, spec_select
+    def test_windows_are_the_sample_ranks(self):
+        """select_window.windows: per model, its keys at the sampled elements sorted from the
+        largest, taken at window_ranks (open ends: NO_HI and 0), and the pass's threshold
+        hi + 1; a model keeping all or nothing gets a window nothing is in."""
+        from mergefast.kernels.triton import select_window as sw
 
         g = torch.Generator().manual_seed(4)
         n, m = 9000, 512
         base = (0.02 * torch.randn(n, generator=g)).bfloat16()
-        xs = [(base.float() + 0.002 * torch.randn(n, generator=g)).bfloat16().to(self.DEVICE)
-              for _ in range(4)]
-        base, keep = base.to(self.DEVICE), [4000, n, 0, 17]
-        lo, hi, thr = (t.cpu() for t in spec_select.windows(base, xs, keep, [0, 3], m))
-        want_lo, want_hi = (t.cpu() for t in sw.predict_windows(base, xs, keep, [0, 3], m))
-        assert lo[[0, 3]].tolist() == want_lo.tolist() and hi[[0, 3]].tolist() == want_hi.tolist()
-        assert thr.tolist() == [int(hi[0]) + 1, 0, 1 << 31, int(hi[3]) + 1]
+        xs = [(base.float() + 0.002 * torch.randn(n, generator=g)).bfloat16() for _ in range(4)]
+        keep = [4000, n, 0, 17]
+        lo, hi, thr = (t.cpu() for t in sw.windows(base.to(self.DEVICE), [x.to(self.DEVICE) for x in xs],
+                                                   keep, [0, 3], m))
+        pos = sw.sample_positions(n, m, torch.device("cpu"))
+        for i in (0, 3):
+            keys = ((xs[i][pos].float() - base[pos].float()).view(torch.int32) & 0x7FFFFFFF)
+            ranked = keys.sort(descending=True).values
+            top_hi, top_lo = sw.window_ranks(keep[i], n, m)
+            assert int(hi[i]) == (int(ranked[top_hi]) if top_hi >= 0 else sw.NO_HI)
+            assert int(lo[i]) == (int(ranked[top_lo]) if top_lo < m else 0)
+            assert int(thr[i]) == int(hi[i]) + 1
+        assert thr[[1, 2]].tolist() == [0, 1 << 31]
         assert lo[[1, 2]].tolist() == [sw.NO_HI] * 2 and hi[[1, 2]].tolist() == [0, 0]
 
     @pytest.mark.parametrize("case", ["T at hi", "T at lo", "T at hi, all ties", "hi below T",
@@ -162,7 +169,7 @@ class _SpeculativeCases:
         """Planted windows: T at either end with its ties cut along the records or all kept
         (finishes), a window that misses or records past their memory (falls back)."""
         from mergefast import kernels, methods
-        from mergefast.kernels.triton import select_window as sw, spec_select, speculative
+        from mergefast.kernels.triton import select_window as sw, speculative
 
         base, x, k, _ = _tied_layer(torch.bfloat16, None, self.DEVICE)
         key = (x.float() - base.float()).cpu().view(torch.int32) & 0x7FFFFFFF
@@ -177,7 +184,7 @@ class _SpeculativeCases:
                    "records overflow": (lower[-12], higher[11])}
         lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE)
                   for v in windows[case])
-        monkeypatch.setattr(spec_select, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
+        monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
         if case == "records overflow":
             monkeypatch.setattr(speculative, "RECORD_SLACK", 0.01)
         fast, slow, finished = self._paths(monkeypatch,

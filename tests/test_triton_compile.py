@@ -159,12 +159,12 @@ def test_speculative_fix_up(tie_cut, consensus, tile):
 
 
 def test_speculative_selection_kernels():
-    from mergefast.kernels.triton import spec_select
+    from mergefast.kernels.triton import select_window, spec_select
 
-    _compile(spec_select._sample_keys_kernel,
+    _compile(select_window._sample_keys_kernel,
              {"base_ptr": "*i16", "xs": _models(3), "pos_ptr": "*i64", "keys_ptr": "*i32",
-              "m": "i32"}, {"BLOCK": spec_select.SAMPLE_BLOCK})
-    _compile(spec_select._ends_kernel,
+              "m": "i32"}, {"BLOCK": select_window.SAMPLE_BLOCK})
+    _compile(select_window._ends_kernel,
              {"ranked_ptr": "*i32", "m": "i32", "rows": ("fp32",) * 3, "tops_hi": ("fp32",) * 3,
               "tops_lo": ("fp32",) * 3, "lo_ptr": "*i32", "hi_ptr": "*i32", "thr_ptr": "*i64"}, {})
     tvals = ("*i32",) * 3

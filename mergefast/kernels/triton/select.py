@@ -29,10 +29,9 @@ import triton
 import triton.language as tl
 
 from . import select_window
-from .utils import (NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
+from .utils import (KEEP_NONE, NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
                     magnitude_key)
 
-KEEP_NONE = 1 << 31   # threshold above every 31-bit key
 # (shift, width) of the radix digits of the 31-bit key, most significant first
 RADIX_DIGITS = ((23, 8), (15, 8), (7, 8), (0, 7))
 # "window": the sampled window first, the radix passes for the models it misses; "radix":

@@ -28,13 +28,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import NO_QUOTA, as_arg, block_span, launch_options, load_f32, magnitude_key
+from .utils import KEEP_NONE, NO_QUOTA, as_arg, block_span, launch_options, load_f32, magnitude_key
 
 SAMPLE_MAX = 1 << 13   # sampled keys per model, as on the CPU
 WINDOW_SIGMAS = 3.0    # half-width of the window in standard deviations of the sample's rank
 MIN_SAMPLE = 64        # fewer sampled keys (n < 1024) predict nothing: radix only
 SLOT_SLACK = 1.5       # slots per block: this times the window's expected share, rounded up
 NO_HI = 0x7FFFFFFF     # hi when the window is open above (no key is greater)
+SAMPLE_BLOCK = 1024    # sampled keys per program of _sample_keys_kernel
+_NO_HI = tl.constexpr(NO_HI)
+_KEEP_NONE = tl.constexpr(KEEP_NONE)
 # Where a model's threshold T lies after a window scan (window_case; spec_select.py also uses
 # KEEP_ALL / KEEP_NOTHING for the models that need no threshold).
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
@@ -114,25 +117,66 @@ def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequen
                     models: Sequence[int], m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi): int32 device tensors, one entry per model of `models`, from m sampled keys
     (default sample_size(n))."""
-    n, dev = base.numel(), base.device
-    m = m or sample_size(n)
+    m = m or sample_size(base.numel())
+    lo, hi, _ = windows(base, [xs[i] for i in models], [keep[i] for i in models],
+                        list(range(len(models))), m)
+    return lo, hi
+
+
+@triton.jit
+def _sample_keys_kernel(base_ptr, xs, pos_ptr, keys_ptr, m, BLOCK: tl.constexpr):
+    """keys_ptr[a, q] = the key of model a at the sampled element pos_ptr[q]."""
+    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = q < m
+    pos = tl.load(pos_ptr + q, mask=mask, other=0)
+    b = load_f32(base_ptr, pos, mask)
+    for a in tl.static_range(len(xs)):
+        tl.store(keys_ptr + a * m + q, magnitude_key(load_f32(xs[a], pos, mask) - b), mask=mask)
+
+
+@triton.jit
+def _ends_kernel(ranked_ptr, m, rows, tops_hi, tops_lo, lo_ptr, hi_ptr, thr_ptr):
+    """Per model i: lo, hi of its window and the pass's threshold (hi + 1). rows[i]: its row
+    in `ranked` (the sample sorted from the largest key), or -1 keep all, -2 keep none (a
+    window nothing is in); tops_hi/lo[i]: the ranks of hi and lo (window_ranks). Floats:
+    exact below 2^24, and Triton does not specialise float arguments."""
+    for i in tl.static_range(len(rows)):
+        row = tl.cast(rows[i], tl.int32)
+        top_hi = tl.cast(tops_hi[i], tl.int32)
+        top_lo = tl.cast(tops_lo[i], tl.int32)
+        at = tl.maximum(row, 0) * m
+        hi = tl.load(ranked_ptr + at + tl.minimum(tl.maximum(top_hi, 0), m - 1))
+        lo = tl.load(ranked_ptr + at + tl.minimum(tl.maximum(top_lo, 0), m - 1))
+        hi = tl.where(top_hi >= 0, hi, _NO_HI)
+        lo = tl.where(top_lo < m, lo, 0)
+        thr = tl.where(row == -1, 0, tl.where(row == -2, _KEEP_NONE, hi.to(tl.int64) + 1))
+        tl.store(lo_ptr + i, tl.where(row >= 0, lo, _NO_HI))
+        tl.store(hi_ptr + i, tl.where(row >= 0, hi, 0))
+        tl.store(thr_ptr + i, thr)
+
+
+def windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
+            active: Sequence[int], m: int):
+    """lo, hi (int32 [K]) of every model's window on the device, and the one-read pass's
+    thresholds (int64 [K]: hi + 1): for the models of `active` predicted from m sampled keys
+    (window_ranks) in three launches; for the others a window nothing is in and keep-all or
+    keep-none."""
+    n, K, dev = base.numel(), len(xs), base.device
     pos = sample_positions(n, m, dev)
-    b = base.reshape(-1)[pos].float()
-    keys = torch.stack([(xs[i].reshape(-1)[pos].float() - b).view(torch.int32) & 0x7FFFFFFF
-                        for i in models])
+    keys = torch.empty((len(active), m), dtype=torch.int32, device=dev)
+    _sample_keys_kernel[(triton.cdiv(m, SAMPLE_BLOCK),)](
+        as_arg(base), tuple(as_arg(xs[i]) for i in active), pos, keys, m, BLOCK=SAMPLE_BLOCK)
     ranked = keys.sort(dim=1, descending=True).values
-    lo, hi = [], []
-    # Views and fills only: a tensor built from a Python list is a copy that waits for the GPU.
-    for a, i in enumerate(models):
-        top_hi, top_lo = window_ranks(keep[i], n, m)
-        hi.append(ranked[a, top_hi] if top_hi >= 0 else full(NO_HI, dev))
-        lo.append(ranked[a, top_lo] if top_lo < m else full(0, dev))
-    return torch.stack(lo), torch.stack(hi)
-
-
-def full(value: int, device: torch.device) -> torch.Tensor:
-    """An int32 0-d device tensor holding value (a fill: no copy from the host)."""
-    return torch.full((), value, dtype=torch.int32, device=device)
+    rows, tops_hi, tops_lo = [], [], []
+    for i, k in enumerate(keep):
+        top_hi, top_lo = window_ranks(k, n, m) if i in active else (0, 0)
+        rows.append(float(active.index(i)) if i in active else -1.0 if k >= n else -2.0)
+        tops_hi.append(float(top_hi))
+        tops_lo.append(float(top_lo))
+    lo, hi = (torch.empty(K, dtype=torch.int32, device=dev) for _ in range(2))
+    thr = torch.empty(K, dtype=torch.int64, device=dev)
+    _ends_kernel[(1,)](ranked, m, tuple(rows), tuple(tops_hi), tuple(tops_lo), lo, hi, thr)
+    return lo, hi, thr
 
 
 def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int,

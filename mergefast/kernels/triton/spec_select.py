@@ -3,10 +3,10 @@ before the pass, the exact rules after it.
 
 Every launch between the start of a TIES call and its pass, and between its one sync and its
 fix-up, leaves the GPU idle while the host issues it (a few microseconds each, against ~0.15
-ms for the pass of a 7B layer). The two-pass scheme's torch compositions take ~30 launches
-before its scan and ~40 after its sync for 3 models (counted with a TorchDispatchMode); here:
-- before the pass: `_sample_keys_kernel`, one sort, `_ends_kernel` (lo, hi and the pass's
-  thresholds of every model);
+ms for the pass of a 7B layer). The two-pass scheme's torch compositions take ~40 launches
+after its sync for 3 models (counted with a TorchDispatchMode); here:
+- before the pass: select_window.windows (a sampling kernel, one sort, an ends kernel: lo,
+  hi and the pass's thresholds of every model);
 - after the sync: one host-to-device copy of the per-model cases, one topk per model whose
   threshold is a candidate, `_rules_kernel` (per-block tie counts), one cumsum,
   `_finalize_kernel` (thresholds, quotas, ties before each block).
@@ -21,73 +21,15 @@ import triton
 import triton.language as tl
 
 from . import select_window as sw
-from .select import KEEP_NONE
-from .utils import NO_QUOTA, as_arg, load_f32, magnitude_key
+from .utils import KEEP_NONE, NO_QUOTA
 
-SAMPLE_BLOCK = 1024
 FINALIZE_BLOCKS = 1024
 # The case of a model after the sync (select_window.window_case; column 0 of `cases`, column
 # 1 its aux). constexpr copies: the kernels read them.
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = (
     tl.constexpr(v) for v in (sw.KEEP_ALL, sw.KEEP_NOTHING, sw.AT_HI, sw.AT_LO, sw.CANDIDATE))
-_NO_HI = tl.constexpr(sw.NO_HI)
 _KEEP_NONE = tl.constexpr(KEEP_NONE)
 _NO_QUOTA = tl.constexpr(NO_QUOTA)
-
-
-@triton.jit
-def _sample_keys_kernel(base_ptr, xs, pos_ptr, keys_ptr, m, BLOCK: tl.constexpr):
-    """keys_ptr[a, q] = the key of model a at the sampled element pos_ptr[q]."""
-    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = q < m
-    pos = tl.load(pos_ptr + q, mask=mask, other=0)
-    b = load_f32(base_ptr, pos, mask)
-    for a in tl.static_range(len(xs)):
-        tl.store(keys_ptr + a * m + q, magnitude_key(load_f32(xs[a], pos, mask) - b), mask=mask)
-
-
-@triton.jit
-def _ends_kernel(ranked_ptr, m, rows, tops_hi, tops_lo, lo_ptr, hi_ptr, thr_ptr):
-    """Per model i: lo, hi of its window and the pass's threshold (hi + 1). rows[i]: its row
-    in `ranked` (the sample sorted from the largest key), or -1 keep all, -2 keep none (a
-    window nothing is in); tops_hi/lo[i]: the ranks of hi and lo (window_ranks). Floats:
-    exact below 2^24, and Triton does not specialise float arguments."""
-    for i in tl.static_range(len(rows)):
-        row = tl.cast(rows[i], tl.int32)
-        top_hi = tl.cast(tops_hi[i], tl.int32)
-        top_lo = tl.cast(tops_lo[i], tl.int32)
-        at = tl.maximum(row, 0) * m
-        hi = tl.load(ranked_ptr + at + tl.minimum(tl.maximum(top_hi, 0), m - 1))
-        lo = tl.load(ranked_ptr + at + tl.minimum(tl.maximum(top_lo, 0), m - 1))
-        hi = tl.where(top_hi >= 0, hi, _NO_HI)
-        lo = tl.where(top_lo < m, lo, 0)
-        thr = tl.where(row == -1, 0, tl.where(row == -2, _KEEP_NONE, hi.to(tl.int64) + 1))
-        tl.store(lo_ptr + i, tl.where(row >= 0, lo, _NO_HI))
-        tl.store(hi_ptr + i, tl.where(row >= 0, hi, 0))
-        tl.store(thr_ptr + i, thr)
-
-
-def windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-            active: Sequence[int], m: int):
-    """lo, hi (int32 [K]) and the pass's thresholds (int64 [K]) on the device: the windows
-    select_window.predict_windows would predict for `active` from m samples; for the others
-    a window nothing is in and keep-all or keep-none."""
-    n, K, dev = base.numel(), len(xs), base.device
-    pos = sw.sample_positions(n, m, dev)
-    keys = torch.empty((len(active), m), dtype=torch.int32, device=dev)
-    _sample_keys_kernel[(triton.cdiv(m, SAMPLE_BLOCK),)](
-        as_arg(base), tuple(as_arg(xs[i]) for i in active), pos, keys, m, BLOCK=SAMPLE_BLOCK)
-    ranked = keys.sort(dim=1, descending=True).values
-    rows, tops_hi, tops_lo = [], [], []
-    for i, k in enumerate(keep):
-        top_hi, top_lo = sw.window_ranks(k, n, m) if i in active else (0, 0)
-        rows.append(float(active.index(i)) if i in active else -1.0 if k >= n else -2.0)
-        tops_hi.append(float(top_hi))
-        tops_lo.append(float(top_lo))
-    lo, hi = (torch.empty(K, dtype=torch.int32, device=dev) for _ in range(2))
-    thr = torch.empty(K, dtype=torch.int64, device=dev)
-    _ends_kernel[(1,)](ranked, m, tuple(rows), tuple(tops_hi), tuple(tops_lo), lo, hi, thr)
-    return lo, hi, thr
 
 
 @triton.jit

@@ -8,7 +8,7 @@ short of the 60 % goal. But the sampled window [lo, hi] of select_window.py deci
 every element before any threshold is known: a key above hi is kept, one below lo dropped,
 whatever the exact threshold in [lo, hi]. So:
 
-1. The windows from a larger sample (SAMPLE_MAX keys per model; spec_select.windows).
+1. The windows from a larger sample (SAMPLE_MAX keys per model; select_window.windows).
 2. `_speculative_kernel`, one pass: per block the apply with "keep key > hi", the window's
    counts and candidate slots (select_window.window_counts), and the *records*: every element
    where some model's key lies in [lo, hi], its offset in the block and the base's and every
@@ -126,7 +126,7 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
     if n < smallest or not active or m < sw.MIN_SAMPLE:
         return False
     nblocks = triton.cdiv(n, block)
-    lo, hi, thr = spec_select.windows(base, xs, keep, active, m)
+    lo, hi, thr = sw.windows(base, xs, keep, active, m)
     cap = sw.slots_per_block(n, keep, active, block, m)
     share = sum(sw.expected_share(n, keep[i], m) for i in active)
     rcap = min(n, math.ceil(RECORD_SLACK * share * n) + block)
@@ -138,9 +138,9 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
     rbase = torch.empty(rcap, dtype=base.dtype, device=dev)
     rxs = [torch.empty(rcap, dtype=x.dtype, device=dev) for x in xs]
     flags = dict(CONSENSUS=bool(consensus), NORMALIZE=bool(normalize), SCALE=float(lambda_) != 1.0)
-    args = (tuple(float(w) for w in weights),)
+    ws = tuple(float(w) for w in weights)
     _speculative_kernel[(nblocks,)](
-        as_arg(base), tuple(as_arg(x) for x in xs), *args, lo, hi, thr, counts, slots, used,
+        as_arg(base), tuple(as_arg(x) for x in xs), ws, lo, hi, thr, counts, slots, used,
         first, rcount, roff, as_arg(rbase), tuple(as_arg(r) for r in rxs), rcap, as_arg(out), n,
         nblocks, float(divisor), float(lambda_), CAP=cap, BLOCK=block, **flags,
         **launch_options())
@@ -156,7 +156,7 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
         return True
     thr, quota, eqb = spec_select.rules(cases, lo, hi, counts, slots, block, n)
     _fix_up_kernel[(nblocks,)](
-        roff, as_arg(rbase), tuple(as_arg(r) for r in rxs), first, rcount, *args, thr, quota,
+        roff, as_arg(rbase), tuple(as_arg(r) for r in rxs), first, rcount, ws, thr, quota,
         eqb if eqb is not None else thr, as_arg(out), nblocks, float(divisor), float(lambda_),
         TIE_CUT=eqb is not None, TILE=max(16, triton.next_power_of_2(fullest)), BLOCK=block,
         **flags, **launch_options())

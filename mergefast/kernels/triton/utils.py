@@ -35,6 +35,8 @@ HIST_PROGRAMS_PER_SM = 3
 INTERPRET_HIST_PROGRAMS = 3
 # Tie quota of a model whose threshold-equal keys are all kept (no per-block tie counts).
 NO_QUOTA = 1 << 62
+# Threshold of a model that keeps nothing: above every 31-bit key.
+KEEP_NONE = 1 << 31
 
 
 def interpret() -> bool:
