@@ -62,7 +62,7 @@ class _WindowCases:
         for dtype in (torch.float32, torch.bfloat16):
             base, x, k, want = _tied_layer(dtype, 0.01 if dtype == torch.float32 else None,
                                            self.DEVICE)
-            assert sw.select(base, [x], [k], [0], block_size(), [None]) == []
+            assert sw.scan(base, [x], [k], [0], block_size()).cases[0] is not None
             assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
 
     @pytest.mark.parametrize("case", ["inside", "only T inside", "T at hi", "T at lo",
@@ -90,12 +90,39 @@ class _WindowCases:
                    "slots overflow": (0, sw.NO_HI)}
         lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE)
                   for v in windows[case])
-        monkeypatch.setattr(sw, "predict_windows", lambda *a: (lo, hi))
+        monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
         if case == "slots overflow":
             monkeypatch.setattr(sw, "slots_per_block", lambda *a: 16)
-        missed = sw.select(base, [x], [k], [0], block_size(), [None])
-        assert missed == ([0] if case in ("hi below T", "lo above T", "slots overflow") else [])
+        found = sw.scan(base, [x], [k], [0], block_size()).cases[0]
+        assert (found is None) == (case in ("hi below T", "lo above T", "slots overflow"))
         assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
+
+    @pytest.mark.parametrize("selection", ["window", "radix"])
+    def test_window_and_radix_models_share_the_rules(self, monkeypatch, selection):
+        """Two passes with one model's ties cut at its window's hi, one whose window misses
+        (the radix select cuts its ties), one keeping all, and with the radix select alone:
+        the reference's TIES."""
+        from mergefast import kernels, methods
+        from mergefast.kernels.triton import select, select_window as sw, task_arithmetic
+        from mergefast.kernels.triton.utils import block_size
+
+        base, x, k, _ = _tied_layer(torch.bfloat16, None, self.DEVICE)
+        key = (x.float() - base.float()).cpu().view(torch.int32) & 0x7FFFFFFF
+        t = int(key.flatten().sort(descending=True).values[k - 1])
+        keys = key.unique()
+        lower = keys[keys < t]
+        lo, hi = (torch.tensor(v, dtype=torch.int32, device=self.DEVICE)
+                  for v in ([int(lower[-2]), 0, 0], [t, int(lower[-1]), 0]))
+        monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
+        monkeypatch.setattr(task_arithmetic, "SPECULATE", False)
+        monkeypatch.setattr(select, "SELECTION", selection)
+        xs, weights, densities = [x, x, x], [0.5, 0.3, 0.9], [0.4, 0.4, 1.0]
+        assert sw.scan(base, xs, [k, k, 5000], [0, 1], block_size()).cases[:2] == \
+            [(sw.AT_HI, k - int((key > t).sum()), True), None]
+        # not normalised: a tie kept or dropped in any model changes the sum
+        got = kernels.ties(base, xs, weights, densities, normalize=False).cpu()
+        want = methods.ties(base.cpu(), [x.cpu()] * 3, weights, densities, normalize=False)
+        assert torch.equal(got, want)
 
 
 class _SpeculativeCases:

@@ -70,14 +70,14 @@ def test_tie_count_pass():
               "count_ptr": "*i32", "n": "i64", "nblocks": "i32"}, {"BLOCK": BLOCK})
 
 
-@pytest.mark.parametrize("models,cap", [(1, 16), (3, 128), (9, 256)])
-def test_window_scan_pass(models, cap):
+@pytest.mark.parametrize("models,active,cap", [(1, 1, 16), (3, 0b101, 128), (9, 0x1FF, 256)])
+def test_window_scan_pass(models, active, cap):
     from mergefast.kernels.triton import select_window
 
     _compile(select_window._window_scan_kernel,
              {"base_ptr": "*i16", "xs": _models(models), "lo_ptr": "*i32", "hi_ptr": "*i32",
               "count_ptr": "*i32", "slot_ptr": "*i32", "n": "i64", "nblocks": "i32"},
-             {"CAP": cap, "BLOCK": BLOCK})
+             {"ACTIVE": active, "CAP": cap, "BLOCK": BLOCK})
 
 
 @pytest.mark.parametrize("sparsify,tie_cut,consensus,normalize,scale,ptr", [
@@ -159,7 +159,7 @@ def test_speculative_fix_up(tie_cut, consensus, tile):
 
 
 def test_speculative_selection_kernels():
-    from mergefast.kernels.triton import select_window, spec_select
+    from mergefast.kernels.triton import select_rules, select_window
 
     _compile(select_window._sample_keys_kernel,
              {"base_ptr": "*i16", "xs": _models(3), "pos_ptr": "*i64", "keys_ptr": "*i32",
@@ -168,11 +168,11 @@ def test_speculative_selection_kernels():
              {"ranked_ptr": "*i32", "m": "i32", "rows": ("fp32",) * 3, "tops_hi": ("fp32",) * 3,
               "tops_lo": ("fp32",) * 3, "lo_ptr": "*i32", "hi_ptr": "*i32", "thr_ptr": "*i64"}, {})
     tvals = ("*i32",) * 3
-    _compile(spec_select._rules_kernel,
+    _compile(select_rules._rules_kernel,
              {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tvals": tvals,
               "count_ptr": "*i32", "slot_ptr": "*i32", "eqgt_ptr": "*i64", "nblocks": "i32"},
              {"CAP": 64})
-    _compile(spec_select._finalize_kernel,
+    _compile(select_rules._finalize_kernel,
              {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tvals": tvals,
               "eqgt_ptr": "*i64", "cum_ptr": "*i64", "thr_ptr": "*i64", "quota_ptr": "*i64",
-              "eqb_ptr": "*i64", "nblocks": "i32"}, {"BLOCKS": spec_select.FINALIZE_BLOCKS})
+              "eqb_ptr": "*i64", "nblocks": "i32"}, {"BLOCKS": select_rules.FINALIZE_BLOCKS})

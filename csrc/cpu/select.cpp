@@ -264,6 +264,16 @@ std::vector<int> known_rules(const std::vector<int64_t>& keep, int64_t n,
   return active;
 }
 
+ActiveModels active_models(const std::vector<Src>& xs, const std::vector<int64_t>& keep,
+                           const std::vector<int>& active) {
+  ActiveModels m;
+  for (int i : active) {
+    m.xs.push_back(&xs[i]);
+    m.keep.push_back(keep[i]);
+  }
+  return m;
+}
+
 std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
                                        const std::vector<int64_t>& keep, int64_t n,
                                        void* space, size_t space_bytes) {
@@ -274,12 +284,7 @@ std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& 
     for (int i : active) select_small(base, xs[i], keep[i], n, rules[i]);
     return rules;
   }
-  std::vector<const Src*> selected;
-  std::vector<int64_t> selected_keep;
-  for (int i : active) {
-    selected.push_back(&xs[i]);
-    selected_keep.push_back(keep[i]);
-  }
+  const ActiveModels selected = active_models(xs, keep, active);
   std::unique_ptr<uint32_t[]> own;  // when `space` is too small (many models, small dtype)
   const int A = static_cast<int>(active.size());
   // One thread count for sizing the lists and for the pass (OpenMP never gives a region
@@ -291,7 +296,7 @@ std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& 
     space = own.get();
   }
   const std::vector<WindowScan> scans =
-      scan_windows(base, selected, selected_keep, n, nthreads, space, space_bytes);
+      scan_windows(base, selected.xs, selected.keep, n, nthreads, space, space_bytes);
   // One parallel region for all models (waking OpenMP's passive workers costs ~20 us).
   std::vector<char> resolved(A, 0);
 #pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)

@@ -56,6 +56,14 @@ struct KeepRule {
 std::vector<int> known_rules(const std::vector<int64_t>& keep, int64_t n,
                              std::vector<KeepRule>& rules);
 
+// The models of `active` (pointers into xs) and their keep counts: what the window scans take.
+struct ActiveModels {
+  std::vector<const Src*> xs;
+  std::vector<int64_t> keep;
+};
+ActiveModels active_models(const std::vector<Src>& xs, const std::vector<int64_t>& keep,
+                           const std::vector<int>& active);
+
 // One KeepRule per model of `xs`: model i keeps its keep[i] largest |x_i - base| of n.
 // `space` (space_bytes, 4-byte aligned) is memory the selection may use until it returns:
 // the output tensor, which only the apply pass after it writes. The candidate lists then

@@ -176,13 +176,8 @@ struct Prediction {
 
 Prediction predict(const Src& base, const std::vector<Src>& xs, const std::vector<int64_t>& keep,
                    const std::vector<int>& active, int64_t n) {
-  std::vector<const Src*> selected;
-  std::vector<int64_t> selected_keep;
-  for (int i : active) {
-    selected.push_back(&xs[i]);
-    selected_keep.push_back(keep[i]);
-  }
-  const auto predicted = predict_windows(base, selected, selected_keep, n, sample_size(n));
+  const ActiveModels selected = active_models(xs, keep, active);
+  const auto predicted = predict_windows(base, selected.xs, selected.keep, n, sample_size(n));
   Prediction p{std::vector<Window>(xs.size(), kNoWindow), std::vector<WindowScan>(active.size()),
                std::vector<uint32_t*>(xs.size(), nullptr), 0.0};
   for (size_t q = 0; q < active.size(); ++q) {

@@ -3,15 +3,16 @@ the k_i-th largest 31-bit key |f32(x_i) - f32(base)|, the quota r of T-valued ke
 and per block the count of T-valued keys (the apply pass keeps ties lowest flat index first
 from their exclusive scan and an in-block tl.cumsum).
 
-Two schemes, both exact:
+Two schemes, both exact, ending in the same rules (select_rules.py):
 - the sampled window (select_window.py, tried first): one counting pass, the candidates of a
-  narrow window around T, torch ops on the device; a model whose window misses T, or whose
-  candidates overflow their slots, falls back to
+  narrow window around T; a model whose window misses T, or whose candidates overflow their
+  slots, falls back to
 - the radix select here: 8 + 8 + 8 + 7 bits (`RADIX_DIGITS`), one `_digit_hist_kernel` pass
   per digit over the keys that share the prefix found so far -> the bucket of the k-th largest
   key and the count above it (one sync a pass); after the last digit T and r; then
-  `_eq_count_kernel` counts T per block when r < count(key == T). A pass is skipped when a
-  whole bucket is kept. Every pass counts in per-program `tl.histogram`s, never with
+  `_eq_count_kernel` counts T per block when r < count(key == T); the result is stated as the
+  window case "T at hi" with hi = T (`_settle`). A pass is skipped when a whole bucket is
+  kept. Every pass counts in per-program `tl.histogram`s, never with
   per-element global atomics: same-address atomics serialise, and fine-tune deltas crowd few
   keys. Measured on an H200, 7B layer, K = 3: global atomics on the top 15 bits took 11 ms; an
   earlier last pass (global atomics on the low 15 bits) had 845,861 elements of each model on
@@ -28,8 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import select_window
-from .utils import (KEEP_NONE, NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
+from . import select_rules, select_window
+from .select_window import AT_HI, WindowScan
+from .utils import (NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
                     magnitude_key)
 
 # (shift, width) of the radix digits of the 31-bit key, most significant first
@@ -99,8 +101,8 @@ def _first_reaching(hist: torch.Tensor, need: torch.Tensor):
 
 
 def select_radix(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                 models: Sequence[int], block: int, sel: list) -> None:
-    """The radix select for `models`: sets sel[i] = (T, quota, per-block T counts or None)."""
+                 models: Sequence[int], block: int, state: WindowScan) -> None:
+    """The radix select for `models`: settles each one's exact T in `state` (_settle)."""
     n, dev = base.numel(), base.device
     nblocks = triton.cdiv(n, block)
     opts = launch_options()
@@ -126,61 +128,44 @@ def select_radix(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[
             p = (prefix << width) | digit[q]
             rest = r - above[q]            # still needed among keys with this prefix
             if rest == count[q]:           # the whole bucket is kept
-                sel[i] = (p << shift, NO_QUOTA, None)
+                _settle(state, i, p << shift, NO_QUOTA, None)
             elif shift > 0:
                 nxt.append((i, p, rest))
             else:                          # p is the exact threshold key
-                sel[i] = (p, rest, None)
-                cut.append(i)
+                cut.append((i, p, rest))
         todo = nxt
     if cut:
         counts = torch.empty((len(cut), nblocks), dtype=torch.int32, device=dev)
-        thr_cut = torch.tensor([sel[i][0] for i in cut], dtype=torch.int32, device=dev)
-        _eq_count_kernel[(nblocks,)](b, tuple(as_arg(xs[i]) for i in cut), thr_cut, counts, n,
-                                     nblocks, BLOCK=block, **opts)
-        for q, i in enumerate(cut):
-            sel[i] = (sel[i][0], sel[i][1], counts[q])
+        thr_cut = torch.tensor([t for _, t, _ in cut], dtype=torch.int32, device=dev)
+        _eq_count_kernel[(nblocks,)](b, tuple(as_arg(xs[i]) for i, _, _ in cut), thr_cut, counts,
+                                     n, nblocks, BLOCK=block, **opts)
+        for q, (i, t, rest) in enumerate(cut):
+            _settle(state, i, t, rest, counts[q])
 
 
-def _on_device(value, device: torch.device) -> torch.Tensor:
-    """An int64 0-d device tensor: a fill for a Python int (a tensor built from host data is
-    a copy that waits for the GPU), a conversion for a device scalar."""
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.int64)
-    return torch.full((), value, dtype=torch.int64, device=device)
+def _settle(state: WindowScan, i: int, t: int, quota: int, ties: torch.Tensor | None) -> None:
+    """Model i's exact threshold key t as the window case "T at hi": hi = t, its quota of
+    t-valued keys (NO_QUOTA: all) and their per-block counts (`ties`, needed only when the
+    quota cuts them)."""
+    state.hi[i] = t
+    if ties is None:
+        state.counts[i, 1].zero_()
+    else:
+        state.counts[i, 1].copy_(ties)
+    state.cases[i] = (AT_HI, quota, ties is not None)
 
 
 def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
                      block: int):
     """Thresholds (int64 [K]), tie quotas (int64 [K]) and, when some model's ties are split,
-    per-block counts of threshold-equal elements before each block (int64 [K, nblocks])."""
+    the count of its threshold-equal elements before each block (int64 [K, nblocks])."""
     n = base.numel()
-    sel: list = [None] * len(keep)
     active = [i for i, k in enumerate(keep) if 0 < k < n]
-    missed = active
-    if SELECTION == "window" and active:
-        missed = select_window.select(base, xs, keep, active, block, sel)
+    if SELECTION == "window":
+        state = select_window.scan(base, xs, keep, active, block)
+    else:
+        state = select_window.unscanned(n, keep, block, base.device)
+    missed = [i for i in active if state.cases[i] is None]
     if missed:
-        select_radix(base, xs, keep, missed, block, sel)
-    return rules(sel, keep, n, block, base.device)
-
-
-def rules(sel: list, keep: Sequence[int], n: int, block: int, device: torch.device):
-    """select_magnitude's result from sel[i] = (T, quota, per-block T counts or None) of the
-    models with 0 < keep[i] < n (the others keep all or none)."""
-    K = len(keep)
-    for i, k in enumerate(keep):
-        if k <= 0:
-            sel[i] = (KEEP_NONE, 0, None)
-        elif k >= n:
-            sel[i] = (0, NO_QUOTA, None)      # every key is >= 0
-    thr = torch.stack([_on_device(t, device) for t, _, _ in sel])
-    quota = torch.stack([_on_device(q, device) for _, q, _ in sel])
-    eqb = None
-    if any(ties is not None for _, _, ties in sel):
-        eqb = torch.zeros((K, triton.cdiv(n, block)), dtype=torch.int64, device=device)
-        for i, (_, _, ties) in enumerate(sel):
-            if ties is not None:
-                ties = ties.to(torch.int64)
-                eqb[i] = ties.cumsum(0) - ties
-    return thr, quota, eqb
+        select_radix(base, xs, keep, missed, block, state)
+    return select_rules.rules(state.cases, state.lo, state.hi, state.counts, state.slots, block, n)

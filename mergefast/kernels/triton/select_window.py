@@ -1,17 +1,17 @@
 """The sampled-window magnitude selection on the GPU: the CPU's scheme
 (csrc/cpu/select_window.cpp) with one counting pass and no atomics.
 
-1. A stratified sample of up to `SAMPLE_MAX` keys per model (a gather on the device) predicts
-   an interval (lo, hi) that should hold the threshold key T: the sample's keys
-   `WINDOW_SIGMAS` standard deviations of rank above and below the rank where T is expected.
+1. A stratified sample of up to `SAMPLE_MAX` keys per model (`windows`: a gather kernel, a
+   sort, an ends kernel) predicts an interval (lo, hi) that should hold the threshold key T:
+   the sample's keys `WINDOW_SIGMAS` standard deviations of rank above and below the rank
+   where T is expected.
 2. `_window_scan_kernel`, one pass over base and the models, writes per block the counts of
    keys above hi, equal to hi, equal to lo (when lo < hi) and strictly inside (lo, hi), and
    packs the inside keys, in flat order, into the block's own `cap` slots (empty slots hold
    0, below every candidate). A block's candidates have a fixed place: no atomics.
-3. One sync for the totals. Then T is hi, lo or a candidate (the smallest of the slots'
-   top `rank`, by torch.topk: multi-block on CUDA, and its indices are `rank` int64s, where a
-   sort's would be every slot's), and the per-block counts of T come from the pass or from
-   the slots: device ops only.
+3. One sync for the totals: where T lies (`case_of`: at hi, at lo or the rank-th largest
+   candidate). select_rules.rules turns the cases into thresholds, quotas and tie counts on
+   the device.
 
 A model whose T lies outside its window, or whose candidates overflow a block's slots, is
 left to the radix select (select.py). Not yet run on a GPU.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -38,8 +38,7 @@ NO_HI = 0x7FFFFFFF     # hi when the window is open above (no key is greater)
 SAMPLE_BLOCK = 1024    # sampled keys per program of _sample_keys_kernel
 _NO_HI = tl.constexpr(NO_HI)
 _KEEP_NONE = tl.constexpr(KEEP_NONE)
-# Where a model's threshold T lies after a window scan (window_case; spec_select.py also uses
-# KEEP_ALL / KEEP_NOTHING for the models that need no threshold).
+# Where a model's threshold T lies after a window scan (case_of; select_rules.py reads them).
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
 
 
@@ -62,16 +61,17 @@ def window_counts(key, mask, lo, hi, counts, nblocks, own, CAP: tl.constexpr):
 
 @triton.jit
 def _window_scan_kernel(base_ptr, xs, lo_ptr, hi_ptr, count_ptr, slot_ptr, n, nblocks,
-                        CAP: tl.constexpr, BLOCK: tl.constexpr):
-    """Per block and model i: window_counts into count_ptr[i, 0..3, block] and
-    slot_ptr[i, block, :]."""
+                        ACTIVE: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    """Per block and model i with bit i of ACTIVE set: window_counts into
+    count_ptr[i, 0..3, block] and slot_ptr[i, block, :] (the others are not read)."""
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     for i in tl.static_range(len(xs)):
-        key = magnitude_key(load_f32(xs[i], offs, mask) - b)
-        window_counts(key, mask, tl.load(lo_ptr + i), tl.load(hi_ptr + i),
-                      count_ptr + i * 4 * nblocks + pid, nblocks,
-                      slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP, CAP)
+        if (ACTIVE >> i) & 1:
+            key = magnitude_key(load_f32(xs[i], offs, mask) - b)
+            window_counts(key, mask, tl.load(lo_ptr + i), tl.load(hi_ptr + i),
+                          count_ptr + i * 4 * nblocks + pid, nblocks,
+                          slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP, CAP)
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,16 +111,6 @@ def window_ranks(keep: int, n: int, m: int) -> tuple[int, int]:
     hi is open (NO_HI) when its rank is < 0, lo is 0 when its rank is >= m."""
     return (math.floor(keep / n * m - _margin(m, keep, n)),
             math.ceil(keep / n * m + _margin(m, keep, n)))
-
-
-def predict_windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                    models: Sequence[int], m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lo, hi): int32 device tensors, one entry per model of `models`, from m sampled keys
-    (default sample_size(n))."""
-    m = m or sample_size(base.numel())
-    lo, hi, _ = windows(base, [xs[i] for i in models], [keep[i] for i in models],
-                        list(range(len(models))), m)
-    return lo, hi
 
 
 @triton.jit
@@ -188,24 +178,46 @@ def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: i
     return max(16, min(block, triton.next_power_of_2(math.ceil(SLOT_SLACK * share * block))))
 
 
-def select(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-           models: Sequence[int], block: int, sel: list) -> list[int]:
-    """Sets sel[i] = (T, quota, per-block T counts) for the models of `models` whose window
-    holds T; returns the others (for the radix select)."""
-    n, dev = base.numel(), base.device
-    if sample_size(n) < MIN_SAMPLE:
-        return list(models)
+class WindowScan(NamedTuple):
+    """A selection's state after its one sync, every model's row (select_rules.rules' input):
+    lo, hi int32 [K]; counts int32 [K, 4, nblocks]; slots int32 [K, nblocks, cap]; cases[i]
+    model i's case_of, None while its T is unknown (its window missed, its slots overflowed,
+    or it was not scanned)."""
+    lo: torch.Tensor
+    hi: torch.Tensor
+    counts: torch.Tensor
+    slots: torch.Tensor
+    cases: list
+
+
+def scan(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
+         active: Sequence[int], block: int) -> WindowScan:
+    """The window scan of the models of `active` (those with 0 < keep < n); unscanned()
+    when the tensor is too small to sample."""
+    n, K, dev = base.numel(), len(xs), base.device
+    m = sample_size(n)
+    if m < MIN_SAMPLE or not active:
+        return unscanned(n, keep, block, dev)
     nblocks = triton.cdiv(n, block)
-    lo, hi = predict_windows(base, xs, keep, models)
-    cap = slots_per_block(n, keep, models, block)
-    counts = torch.empty((len(models), 4, nblocks), dtype=torch.int32, device=dev)
-    slots = torch.empty((len(models), nblocks, cap), dtype=torch.int32, device=dev)
-    _window_scan_kernel[(nblocks,)](as_arg(base), tuple(as_arg(xs[i]) for i in models), lo, hi,
-                                    counts, slots, n, nblocks, CAP=cap, BLOCK=block,
-                                    **launch_options())
+    lo, hi, _ = windows(base, xs, keep, active, m)
+    cap = slots_per_block(n, keep, active, block, m)
+    counts = torch.empty((K, 4, nblocks), dtype=torch.int32, device=dev)
+    slots = torch.empty((K, nblocks, cap), dtype=torch.int32, device=dev)
+    _window_scan_kernel[(nblocks,)](as_arg(base), tuple(as_arg(x) for x in xs), lo, hi, counts,
+                                    slots, n, nblocks, ACTIVE=sum(1 << i for i in active),
+                                    CAP=cap, BLOCK=block, **launch_options())
     stats = window_stats(counts).tolist()   # the one sync
-    return [i for a, i in enumerate(models)
-            if not resolve(i, keep[i], stats[a], counts[a], slots[a], lo[a], hi[a], cap, sel)]
+    return WindowScan(lo, hi, counts, slots, cases_of(keep, n, stats, cap))
+
+
+def unscanned(n: int, keep: Sequence[int], block: int, device: torch.device) -> WindowScan:
+    """The state without a window scan: zero windows and counts, no slots; cases only for
+    the models keeping all or nothing."""
+    K, nblocks = len(keep), triton.cdiv(n, block)
+    lo, hi = (torch.zeros(K, dtype=torch.int32, device=device) for _ in range(2))
+    counts = torch.zeros((K, 4, nblocks), dtype=torch.int32, device=device)
+    slots = torch.empty((K, 1, 16), dtype=torch.int32, device=device)   # read by no case
+    return WindowScan(lo, hi, counts, slots, [case_of(k, n, None, 16) for k in keep])
 
 
 def window_stats(counts: torch.Tensor) -> torch.Tensor:
@@ -234,19 +246,16 @@ def window_case(k: int, stats: Sequence[int], cap: int):
     return None
 
 
-def resolve(i: int, k: int, stats: Sequence[int], counts: torch.Tensor, slots: torch.Tensor,
-            lo: torch.Tensor, hi: torch.Tensor, cap: int, sel: list) -> bool:
-    """Sets sel[i] = (T, quota, per-block T counts or None) for model i from its window scan
-    (stats: window_stats' row; counts [4, nblocks], slots [nblocks, cap]: its rows); False
-    when T is outside the window or the slots overflowed."""
-    case = window_case(k, stats, cap)
-    if case is None:
-        return False
-    kind, aux, cut = case
-    if kind == CANDIDATE:                  # T is the aux-th largest candidate
-        t = torch.topk(slots.reshape(-1), aux, sorted=False).values.min()
-        sel[i] = (t, aux - (slots > t).sum(), (slots == t).sum(1))
-    else:
-        end, ties = (hi, counts[1]) if kind == AT_HI else (lo, counts[2])
-        sel[i] = (end, aux, ties if cut else None)
-    return True
+def case_of(k: int, n: int, stats: Sequence[int] | None, cap: int):
+    """window_case, and KEEP_ALL / KEEP_NOTHING for a model keeping all or nothing (None:
+    T is unknown, also when there are no stats)."""
+    if k <= 0:
+        return KEEP_NOTHING, 0, False
+    if k >= n:
+        return KEEP_ALL, 0, False
+    return window_case(k, stats, cap) if stats is not None else None
+
+
+def cases_of(keep: Sequence[int], n: int, stats: Sequence[Sequence[int]], cap: int) -> list:
+    """case_of for every model, from its row of window_stats."""
+    return [case_of(k, n, stats[i], cap) for i, k in enumerate(keep)]

@@ -16,7 +16,7 @@ whatever the exact threshold in [lo, hi]. So:
    10 bytes each in bf16). A block claims its records' place with one atomic on a counter.
 3. One sync: the window totals (where each exact threshold lies then comes from
    select_window.window_case, as in the two-pass scheme), the records' total and the
-   fullest block; spec_select.rules makes the thresholds, quotas and tie counts.
+   fullest block; select_rules.rules makes the thresholds, quotas and tie counts.
 4. `_fix_up_kernel`: the apply's own arithmetic (apply.weighted_sum / merge_result) on
    the records with the exact rules, stored over the speculative results. Every key equal to a
    threshold is a record, so ties are ranked in flat order along the records as along the
@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from . import select_window as sw
-from . import spec_select
+from . import select_rules
 from .apply import merge_result, weighted_sum
 from .utils import (INTERPRET_BLOCK, as_arg, block_span, interpret, launch_options, load_f32,
                     magnitude_key, store_f32)
@@ -149,12 +149,12 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
     total, fullest = stats[-2:]
     if total > rcap:
         return False
-    cases = [spec_select.case_of(k, n, stats[5 * i:5 * i + 5], cap) for i, k in enumerate(keep)]
+    cases = sw.cases_of(keep, n, [stats[5 * i:5 * i + 5] for i in range(K)], cap)
     if None in cases:
         return False
     if fullest == 0:
         return True
-    thr, quota, eqb = spec_select.rules(cases, lo, hi, counts, slots, block, n)
+    thr, quota, eqb = select_rules.rules(cases, lo, hi, counts, slots, block, n)
     _fix_up_kernel[(nblocks,)](
         roff, as_arg(rbase), tuple(as_arg(r) for r in rxs), first, rcount, ws, thr, quota,
         eqb if eqb is not None else thr, as_arg(out), nblocks, float(divisor), float(lambda_),

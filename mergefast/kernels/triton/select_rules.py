@@ -1,20 +1,22 @@
-"""The selection side of the one-read scheme (speculative.py) in few launches: the windows
-before the pass, the exact rules after it.
+"""The exact rules of a magnitude selection, from where each model's threshold T lies, in few
+launches: the thresholds, the tie quotas and the ties before each block that the apply pass
+(apply.keep_mask) and the one-read fix-up read. Both schemes end here (select.py's two passes
+and speculative.py's one read), so there is one implementation of them.
 
-Every launch between the start of a TIES call and its pass, and between its one sync and its
-fix-up, leaves the GPU idle while the host issues it (a few microseconds each, against ~0.15
-ms for the pass of a 7B layer). The two-pass scheme's torch compositions take ~40 launches
-after its sync for 3 models (counted with a TorchDispatchMode); here:
-- before the pass: select_window.windows (a sampling kernel, one sort, an ends kernel: lo,
-  hi and the pass's thresholds of every model);
-- after the sync: one host-to-device copy of the per-model cases, one topk per model whose
-  threshold is a candidate, `_rules_kernel` (per-block tie counts), one cumsum,
-  `_finalize_kernel` (thresholds, quotas, ties before each block).
+A model's case (select_window.case_of): KEEP_ALL / KEEP_NOTHING; AT_HI / AT_LO, T is its
+window's hi / lo with aux its quota of T-valued keys (counted per block in the window's
+counts); CANDIDATE, T is the aux-th largest of its candidate slots. The radix select states
+its exact T as AT_HI with hi = T and its own per-block counts of T (select.py).
+
+Every launch between the one sync and the apply or the fix-up leaves the GPU idle while the
+host issues it (a few microseconds each, against ~0.15 ms for the one-read pass of a 7B
+layer); the torch compositions this replaced took ~40 launches for 3 models (counted with a
+TorchDispatchMode). Here: one host-to-device copy of the cases, one topk per CANDIDATE model,
+`_rules_kernel` (per-block tie counts), one cumsum, `_finalize_kernel` (thresholds, quotas,
+ties before each block).
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 import triton
@@ -24,8 +26,8 @@ from . import select_window as sw
 from .utils import KEEP_NONE, NO_QUOTA
 
 FINALIZE_BLOCKS = 1024
-# The case of a model after the sync (select_window.window_case; column 0 of `cases`, column
-# 1 its aux). constexpr copies: the kernels read them.
+# constexpr copies of select_window's cases (column 0 of `cases`, column 1 its aux): the
+# kernels read them.
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = (
     tl.constexpr(v) for v in (sw.KEEP_ALL, sw.KEEP_NOTHING, sw.AT_HI, sw.AT_LO, sw.CANDIDATE))
 _KEEP_NONE = tl.constexpr(KEEP_NONE)
@@ -51,11 +53,15 @@ def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tvals, count_ptr, slot_ptr, eqgt_pt
     for i in tl.static_range(len(tvals)):
         case = tl.load(cases_ptr + 2 * i)
         t = _threshold(case, tl.load(cases_ptr + 2 * i + 1), i, lo_ptr, hi_ptr, tvals[i])
-        slots = tl.load(slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP + tl.arange(0, CAP))
+        # masked by the case: only a CANDIDATE model has slots, only AT_HI / AT_LO counts
+        # (tl.where: the interpreter rejects a vector & a loaded scalar as a mask)
+        cap = tl.arange(0, CAP)
+        slots = tl.load(slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP + cap,
+                        mask=tl.where(case == CANDIDATE, cap < CAP, False), other=0)
         eq = tl.sum((slots == t).to(tl.int64), axis=0)
-        eq = tl.where(case == AT_HI, tl.load(count_ptr + (4 * i + 1) * nblocks + pid), eq)
-        eq = tl.where(case == AT_LO, tl.load(count_ptr + (4 * i + 2) * nblocks + pid), eq)
-        eq = tl.where(case >= AT_HI, eq, 0)
+        at_end = tl.load(count_ptr + (4 * i + 1 + (case == AT_LO).to(tl.int64)) * nblocks + pid,
+                         mask=(case == AT_HI) | (case == AT_LO), other=0)
+        eq = tl.where(case == CANDIDATE, eq, at_end)
         gt = tl.where(case == CANDIDATE, tl.sum((slots > t).to(tl.int64), axis=0), 0)
         tl.store(eqgt_ptr + i * nblocks + pid, eq)
         tl.store(eqgt_ptr + (len(tvals) + i) * nblocks + pid, gt)
@@ -81,18 +87,11 @@ def _finalize_kernel(cases_ptr, lo_ptr, hi_ptr, tvals, eqgt_ptr, cum_ptr, thr_pt
             tl.store(quota_ptr + i, tl.where(case == KEEP_ALL, _NO_QUOTA, quota))
 
 
-def case_of(k: int, n: int, stats: Sequence[int], cap: int):
-    """select_window.window_case, and for a model keeping all or nothing its case."""
-    if k <= 0:
-        return sw.KEEP_NOTHING, 0, False
-    if k >= n:
-        return sw.KEEP_ALL, 0, False
-    return sw.window_case(k, stats, cap)
-
-
 def rules(cases: list, lo, hi, counts, slots, block: int, n: int):
     """thr, quota (int64 [K]) and eqb (int64 [K, nblocks], or None when no model's ties are
-    cut) on the device, from each model's case_of (no sync)."""
+    cut) on the device (no sync), from each model's (case, aux, ties cut) (select_window.case_of)
+    and its rows of lo, hi (int32 [K]), counts (int32 [K, 4, nblocks]) and slots (int32
+    [K, nblocks, cap]) as select_window.window_counts wrote them."""
     K, dev, nblocks = len(cases), lo.device, triton.cdiv(n, block)
     flat = [v for case, aux, _ in cases for v in (case, aux)]
     host = torch.tensor(flat, dtype=torch.int64)
