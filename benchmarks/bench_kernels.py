@@ -245,14 +245,15 @@ print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.eleme
 # ------------------------------------------------------------------ script mode (GPU sweep)
 
 def _gpu_sweep() -> None:
-    """Times Triton TIES in one read over its block size, in two passes with each selection
-    scheme and over the radix passes' programs per SM, then the kernels over block sizes /
-    warps (gpu_check.sh runs it to choose speculative.SPEC_BLOCK, select.SELECTION, and
-    HIST_PROGRAMS_PER_SM, BLOCK and NUM_WARPS in utils.py)."""
+    """Times Triton TIES in one read over its block size and with each way to a candidate's
+    threshold, in two passes with each selection scheme and over the radix passes' programs
+    per SM, then the kernels over block sizes / warps (gpu_check.sh runs it to choose
+    speculative.SPEC_BLOCK, candidates.SELECT, select.SELECTION, and HIST_PROGRAMS_PER_SM,
+    BLOCK and NUM_WARPS in utils.py)."""
     from triton.testing import do_bench
 
     from conftest import _layer
-    from mergefast.kernels.triton import select, speculative, utils
+    from mergefast.kernels.triton import candidates, select, speculative, utils
     from mergefast.kernels.triton import task_arithmetic as ta
 
     base, xs = _layer("cuda")
@@ -279,6 +280,9 @@ def _gpu_sweep() -> None:
         speculative.SPEC_BLOCK = block
         report(f"one read, SPEC_BLOCK={block}", ties_ms())
     speculative.SPEC_BLOCK = chosen
+    for way in ("topk", "histogram"):   # a CANDIDATE model's threshold (candidates.SELECT)
+        candidates.SELECT = way
+        report(f"one read, candidates' T by {way}", ties_ms())
     ta.SPECULATE = False
     for scheme in ("window", "radix"):   # the two passes' selection schemes (select.SELECTION)
         select.SELECTION = scheme

@@ -97,6 +97,43 @@ class _WindowCases:
         assert (found is None) == (case in ("hi below T", "lo above T", "slots overflow"))
         assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
 
+    @pytest.mark.parametrize("select", ["histogram", "topk"])
+    def test_candidate_thresholds_are_the_ranked_slots(self, monkeypatch, select):
+        """candidates.thresholds: per CANDIDATE model the aux-th largest key among its slots
+        above lo, whether the offsets from lo take one radix pass (11 bits), three (up to
+        2^31) or crowd on few values (ties); other models are left alone."""
+        from mergefast.kernels.triton import candidates, select_window as sw
+
+        monkeypatch.setattr(candidates, "SELECT", select)
+        g = torch.Generator().manual_seed(5)
+        nblocks, cap = 7, 64
+        los, his = [1000, 5, 0, 77], [1900, 0x7FFFFFF0, 0, 2077]
+        slots = torch.zeros((4, nblocks, cap), dtype=torch.int32)
+        for i in (0, 1, 3):
+            keys = los[i] + 1 + torch.randint(0, his[i] - los[i] - 1, (nblocks, cap), generator=g)
+            if i == 3:                     # ties: four distinct keys
+                keys = los[i] + 1 + 500 * torch.randint(0, 4, (nblocks, cap), generator=g)
+            filled = torch.rand((nblocks, cap), generator=g) < 0.7
+            slots[i] = torch.where(filled, keys, 0).to(torch.int32)
+        inside = [slots[i][slots[i] > los[i]] for i in range(4)]
+        aux = [1, len(inside[1]) // 2, 0, len(inside[3]) - 3]
+        stats = [[0] * 5 + [lo, hi] for lo, hi in zip(los, his)]
+        dev = self.DEVICE
+        for candidate, bits in (((0, 1, 3), 31), ((0, 3), 11)):
+            cases = [(sw.CANDIDATE, aux[i], True) if i in candidate else (sw.KEEP_ALL, 0, False)
+                     for i in range(4)]
+            state = sw.WindowScan(torch.tensor(los, dtype=torch.int32, device=dev),
+                                  torch.tensor(his, dtype=torch.int32, device=dev),
+                                  torch.zeros((4, 4, nblocks), dtype=torch.int32, device=dev),
+                                  slots.to(dev), cases, sw.candidate_bits(cases, stats))
+            assert state.bits == bits
+            case_t = torch.tensor([v for c, a, _ in cases for v in (c, a)] + [0] * 4 + aux,
+                                  dtype=torch.int64, device=dev)
+            tval = candidates.thresholds(case_t, state).cpu()
+            for i in candidate:
+                want = inside[i].sort(descending=True).values[aux[i] - 1]
+                assert int(tval[i]) == int(want), (candidate, i)
+
     @pytest.mark.parametrize("selection", ["window", "radix"])
     def test_window_and_radix_models_share_the_rules(self, monkeypatch, selection):
         """Two passes with one model's ties cut at its window's hi, one whose window misses

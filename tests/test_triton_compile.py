@@ -167,12 +167,26 @@ def test_speculative_selection_kernels():
     _compile(select_window._ends_kernel,
              {"ranked_ptr": "*i32", "m": "i32", "rows": ("fp32",) * 3, "tops_hi": ("fp32",) * 3,
               "tops_lo": ("fp32",) * 3, "lo_ptr": "*i32", "hi_ptr": "*i32", "thr_ptr": "*i64"}, {})
-    tvals = ("*i32",) * 3
     _compile(select_rules._rules_kernel,
-             {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tvals": tvals,
+             {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tval_ptr": "*i64",
               "count_ptr": "*i32", "slot_ptr": "*i32", "eqgt_ptr": "*i64", "nblocks": "i32"},
-             {"CAP": 64})
+             {"K": 3, "CAP": 64})
     _compile(select_rules._finalize_kernel,
-             {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tvals": tvals,
+             {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tval_ptr": "*i64",
               "eqgt_ptr": "*i64", "cum_ptr": "*i64", "thr_ptr": "*i64", "quota_ptr": "*i64",
-              "eqb_ptr": "*i64", "nblocks": "i32"}, {"BLOCKS": select_rules.FINALIZE_BLOCKS})
+              "eqb_ptr": "*i64", "nblocks": "i32"}, {"K": 3, "BLOCKS": select_rules.FINALIZE_BLOCKS})
+
+
+@pytest.mark.parametrize("shift", [22, 0])
+def test_candidate_select_kernels(shift):
+    from mergefast.kernels.triton import candidates
+
+    bits = candidates.DIGIT_BITS
+    _compile(candidates._slot_hist_kernel,
+             {"cases_ptr": "*i64", "lo_ptr": "*i32", "prefix_ptr": "*i64", "slot_ptr": "*i32",
+              "hist_ptr": "*i32", "nslots": "i64", "ntiles": "i32", "nprog": "i32"},
+             {"SHIFT": shift, "PREFIX_SHIFT": shift + bits, "BINS": 1 << bits,
+              "TILE": candidates.SLOT_TILE})
+    _compile(candidates._slot_pick_kernel,
+             {"cases_ptr": "*i64", "lo_ptr": "*i32", "prefix_ptr": "*i64", "need_ptr": "*i64",
+              "hist_ptr": "*i32", "tval_ptr": "*i64"}, {"BITS": bits, "LAST": shift == 0})

@@ -32,7 +32,7 @@ import triton.language as tl
 from . import select_rules, select_window
 from .select_window import AT_HI, WindowScan
 from .utils import (NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
-                    magnitude_key)
+                    magnitude_key, masked_histogram)
 
 # (shift, width) of the radix digits of the 31-bit key, most significant first
 RADIX_DIGITS = ((23, 8), (15, 8), (7, 8), (0, 7))
@@ -66,10 +66,7 @@ def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, nprog,
             sel = mask
             if PREFIX_SHIFT < 31:
                 sel = sel & ((key >> PREFIX_SHIFT) == tl.load(prefix_ptr + i))
-            digit = tl.where(sel, (key >> SHIFT) & (BINS - 1), 0)
-            counts = tl.histogram(digit, BINS)
-            # the unselected lanes were counted in bin 0: take them out again
-            counts = counts - tl.where(bins == 0, tl.sum((~sel).to(tl.int32), axis=0), 0)
+            counts = masked_histogram((key >> SHIFT) & (BINS - 1), sel, BINS)
             acc = acc + tl.where(rows[:, None] == i, counts[None, :], 0)
     live = (acc > 0) & (rows[:, None] < len(xs))
     tl.atomic_add(hist_ptr + rows[:, None] * BINS + bins[None, :], acc, mask=live)
@@ -168,4 +165,4 @@ def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Seque
     missed = [i for i in active if state.cases[i] is None]
     if missed:
         select_radix(base, xs, keep, missed, block, state)
-    return select_rules.rules(state.cases, state.lo, state.hi, state.counts, state.slots, block, n)
+    return select_rules.rules(state, block, n)

@@ -5,15 +5,15 @@ and speculative.py's one read), so there is one implementation of them.
 
 A model's case (select_window.case_of): KEEP_ALL / KEEP_NOTHING; AT_HI / AT_LO, T is its
 window's hi / lo with aux its quota of T-valued keys (counted per block in the window's
-counts); CANDIDATE, T is the aux-th largest of its candidate slots. The radix select states
-its exact T as AT_HI with hi = T and its own per-block counts of T (select.py).
+counts); CANDIDATE, T is the aux-th largest of its candidate slots (candidates.py). The radix
+select states its exact T as AT_HI with hi = T and its own per-block counts of T (select.py).
 
 Every launch between the one sync and the apply or the fix-up leaves the GPU idle while the
 host issues it (a few microseconds each, against ~0.15 ms for the one-read pass of a 7B
 layer); the torch compositions this replaced took ~40 launches for 3 models (counted with a
-TorchDispatchMode). Here: one host-to-device copy of the cases, one topk per CANDIDATE model,
-`_rules_kernel` (per-block tie counts), one cumsum, `_finalize_kernel` (thresholds, quotas,
-ties before each block).
+TorchDispatchMode). Here: one host-to-device copy of the cases, the candidates' thresholds
+(two launches a radix pass, for all CANDIDATE models together), `_rules_kernel` (per-block tie
+counts), one cumsum, `_finalize_kernel` (thresholds, quotas, ties before each block).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import candidates
 from . import select_window as sw
 from .utils import KEEP_NONE, NO_QUOTA
 
@@ -35,24 +36,23 @@ _NO_QUOTA = tl.constexpr(NO_QUOTA)
 
 
 @triton.jit
-def _threshold(case, aux, i, lo_ptr, hi_ptr, tval_ptr):
-    """Model i's exact threshold key for its case (aux: the rank of T among the candidates,
-    whose topk values, largest first, tval_ptr holds)."""
-    t = tl.load(tval_ptr + tl.maximum(aux - 1, 0), mask=case == CANDIDATE, other=0).to(tl.int64)
+def _threshold(case, i, lo_ptr, hi_ptr, tval_ptr):
+    """Model i's exact threshold key for its case (a CANDIDATE's is tval[i])."""
+    t = tl.load(tval_ptr + i, mask=case == CANDIDATE, other=0)
     t = tl.where(case == AT_HI, tl.load(hi_ptr + i).to(tl.int64), t)
     t = tl.where(case == AT_LO, tl.load(lo_ptr + i).to(tl.int64), t)
     return tl.where(case == KEEP_NOTHING, _KEEP_NONE, t)   # KEEP_ALL: 0
 
 
 @triton.jit
-def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tvals, count_ptr, slot_ptr, eqgt_ptr, nblocks,
-                  CAP: tl.constexpr):
+def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, count_ptr, slot_ptr, eqgt_ptr, nblocks,
+                  K: tl.constexpr, CAP: tl.constexpr):
     """Per block and model i: eqgt[0, i, block] = its keys equal to T, eqgt[1, i, block] =
     its candidates above T (CANDIDATE only)."""
     pid = tl.program_id(0)
-    for i in tl.static_range(len(tvals)):
+    for i in tl.static_range(K):
         case = tl.load(cases_ptr + 2 * i)
-        t = _threshold(case, tl.load(cases_ptr + 2 * i + 1), i, lo_ptr, hi_ptr, tvals[i])
+        t = _threshold(case, i, lo_ptr, hi_ptr, tval_ptr)
         # masked by the case: only a CANDIDATE model has slots, only AT_HI / AT_LO counts
         # (tl.where: the interpreter rejects a vector & a loaded scalar as a mask)
         cap = tl.arange(0, CAP)
@@ -64,47 +64,48 @@ def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tvals, count_ptr, slot_ptr, eqgt_pt
         eq = tl.where(case == CANDIDATE, eq, at_end)
         gt = tl.where(case == CANDIDATE, tl.sum((slots > t).to(tl.int64), axis=0), 0)
         tl.store(eqgt_ptr + i * nblocks + pid, eq)
-        tl.store(eqgt_ptr + (len(tvals) + i) * nblocks + pid, gt)
+        tl.store(eqgt_ptr + (K + i) * nblocks + pid, gt)
 
 
 @triton.jit
-def _finalize_kernel(cases_ptr, lo_ptr, hi_ptr, tvals, eqgt_ptr, cum_ptr, thr_ptr, quota_ptr,
-                     eqb_ptr, nblocks, BLOCKS: tl.constexpr):
+def _finalize_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, eqgt_ptr, cum_ptr, thr_ptr, quota_ptr,
+                     eqb_ptr, nblocks, K: tl.constexpr, BLOCKS: tl.constexpr):
     """thr and quota per model (program 0) and eqb[i, block] = its ties before the block."""
     pid = tl.program_id(0)
     blocks = pid * BLOCKS + tl.arange(0, BLOCKS)
     mask = blocks < nblocks
-    for i in tl.static_range(len(tvals)):
+    for i in tl.static_range(K):
         row = i * nblocks + blocks
-        before = tl.load(cum_ptr + row, mask=mask, other=0) - tl.load(eqgt_ptr + row, mask=mask, other=0)
+        before = tl.load(cum_ptr + row, mask=mask, other=0) - tl.load(eqgt_ptr + row, mask=mask,
+                                                                        other=0)
         tl.store(eqb_ptr + row, before, mask=mask)
         if pid == 0:
             case = tl.load(cases_ptr + 2 * i)
             aux = tl.load(cases_ptr + 2 * i + 1)
-            tl.store(thr_ptr + i, _threshold(case, aux, i, lo_ptr, hi_ptr, tvals[i]))
-            above = tl.load(cum_ptr + (len(tvals) + i) * nblocks + nblocks - 1)
+            tl.store(thr_ptr + i, _threshold(case, i, lo_ptr, hi_ptr, tval_ptr))
+            above = tl.load(cum_ptr + (K + i) * nblocks + nblocks - 1)
             quota = tl.where(case == CANDIDATE, aux - above, aux)
             tl.store(quota_ptr + i, tl.where(case == KEEP_ALL, _NO_QUOTA, quota))
 
 
-def rules(cases: list, lo, hi, counts, slots, block: int, n: int):
+def rules(state: sw.WindowScan, block: int, n: int):
     """thr, quota (int64 [K]) and eqb (int64 [K, nblocks], or None when no model's ties are
-    cut) on the device (no sync), from each model's (case, aux, ties cut) (select_window.case_of)
-    and its rows of lo, hi (int32 [K]), counts (int32 [K, 4, nblocks]) and slots (int32
-    [K, nblocks, cap]) as select_window.window_counts wrote them."""
+    cut) on the device (no sync), from a selection's state after its sync: every model's
+    case (select_window.case_of) and its rows of the window scan."""
+    cases, lo = state.cases, state.lo
     K, dev, nblocks = len(cases), lo.device, triton.cdiv(n, block)
-    flat = [v for case, aux, _ in cases for v in (case, aux)]
+    # [case, aux] per model, then the candidate select's prefixes (0) and ranks (aux)
+    flat = [v for case, aux, _ in cases for v in (case, aux)] + [0] * K + [a for _, a, _ in cases]
     host = torch.tensor(flat, dtype=torch.int64)
     case_t = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host
-    # the candidates' topk, largest first: T is the rank-th (rank = aux)
-    tvals = tuple(torch.topk(slots[i].reshape(-1), aux, sorted=True).values
-                  if case == sw.CANDIDATE else slots for i, (case, aux, _) in enumerate(cases))
+    tval = candidates.thresholds(case_t, state)
     eqgt = torch.empty((2, K, nblocks), dtype=torch.int64, device=dev)
-    _rules_kernel[(nblocks,)](case_t, lo, hi, tvals, counts, slots, eqgt, nblocks,
-                              CAP=slots.shape[2])
+    _rules_kernel[(nblocks,)](case_t, lo, state.hi, tval, state.counts, state.slots, eqgt, nblocks,
+                              K=K, CAP=state.slots.shape[2])
     cum = eqgt.cumsum(2)
     thr, quota = (torch.empty(K, dtype=torch.int64, device=dev) for _ in range(2))
     eqb = torch.empty((K, nblocks), dtype=torch.int64, device=dev)
     _finalize_kernel[(triton.cdiv(nblocks, FINALIZE_BLOCKS),)](
-        case_t, lo, hi, tvals, eqgt, cum, thr, quota, eqb, nblocks, BLOCKS=FINALIZE_BLOCKS)
+        case_t, lo, state.hi, tval, eqgt, cum, thr, quota, eqb, nblocks, K=K,
+        BLOCKS=FINALIZE_BLOCKS)
     return thr, quota, (eqb if any(cut for _, _, cut in cases) else None)

@@ -40,6 +40,7 @@ _NO_HI = tl.constexpr(NO_HI)
 _KEEP_NONE = tl.constexpr(KEEP_NONE)
 # Where a model's threshold T lies after a window scan (case_of; select_rules.py reads them).
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
+STATS = 7              # window_stats' columns
 
 
 @triton.jit
@@ -182,12 +183,13 @@ class WindowScan(NamedTuple):
     """A selection's state after its one sync, every model's row (select_rules.rules' input):
     lo, hi int32 [K]; counts int32 [K, 4, nblocks]; slots int32 [K, nblocks, cap]; cases[i]
     model i's case_of, None while its T is unknown (its window missed, its slots overflowed,
-    or it was not scanned)."""
+    or it was not scanned); bits: candidate_bits."""
     lo: torch.Tensor
     hi: torch.Tensor
     counts: torch.Tensor
     slots: torch.Tensor
     cases: list
+    bits: int
 
 
 def scan(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
@@ -206,8 +208,9 @@ def scan(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
     _window_scan_kernel[(nblocks,)](as_arg(base), tuple(as_arg(x) for x in xs), lo, hi, counts,
                                     slots, n, nblocks, ACTIVE=sum(1 << i for i in active),
                                     CAP=cap, BLOCK=block, **launch_options())
-    stats = window_stats(counts).tolist()   # the one sync
-    return WindowScan(lo, hi, counts, slots, cases_of(keep, n, stats, cap))
+    stats = window_stats(counts, lo, hi).tolist()   # the one sync
+    cases = cases_of(keep, n, stats, cap)
+    return WindowScan(lo, hi, counts, slots, cases, candidate_bits(cases, stats))
 
 
 def unscanned(n: int, keep: Sequence[int], block: int, device: torch.device) -> WindowScan:
@@ -217,14 +220,15 @@ def unscanned(n: int, keep: Sequence[int], block: int, device: torch.device) -> 
     lo, hi = (torch.zeros(K, dtype=torch.int32, device=device) for _ in range(2))
     counts = torch.zeros((K, 4, nblocks), dtype=torch.int32, device=device)
     slots = torch.empty((K, 1, 16), dtype=torch.int32, device=device)   # read by no case
-    return WindowScan(lo, hi, counts, slots, [case_of(k, n, None, 16) for k in keep])
+    return WindowScan(lo, hi, counts, slots, [case_of(k, n, None, 16) for k in keep], 0)
 
 
-def window_stats(counts: torch.Tensor) -> torch.Tensor:
-    """Per model row of counts [models, 4, nblocks]: the four totals and the fullest block's
-    candidates (int64 [models, 5], on the device)."""
+def window_stats(counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Per model row of counts [models, 4, nblocks]: the four totals, the fullest block's
+    candidates, lo and hi (int64 [models, STATS], on the device)."""
     totals = counts.sum(2, dtype=torch.int64)
-    return torch.cat([totals, counts[:, 3].amax(1).to(torch.int64)[:, None]], 1)
+    ends = torch.stack([lo, hi], 1).to(torch.int64)
+    return torch.cat([totals, counts[:, 3].amax(1).to(torch.int64)[:, None], ends], 1)
 
 
 def window_case(k: int, stats: Sequence[int], cap: int):
@@ -232,7 +236,7 @@ def window_case(k: int, stats: Sequence[int], cap: int):
     AT_HI / AT_LO with aux its quota of T-valued keys (NO_QUOTA when all are kept, then no
     cut), or CANDIDATE with aux the rank of T among the candidates; None when T is outside
     the window or the slots overflowed."""
-    above, eq_hi, eq_lo, inside, most = stats
+    above, eq_hi, eq_lo, inside, most = stats[:5]
     r = k - above                          # still needed at or below hi
     if most > cap or r <= 0:
         return None
@@ -254,6 +258,14 @@ def case_of(k: int, n: int, stats: Sequence[int] | None, cap: int):
     if k >= n:
         return KEEP_ALL, 0, False
     return window_case(k, stats, cap) if stats is not None else None
+
+
+def candidate_bits(cases: list, stats: Sequence[Sequence[int]]) -> int:
+    """The widest offset key - lo - 1 of the CANDIDATE models' candidates, in bits (each
+    lies strictly between lo and hi, the last two columns of its window_stats row)."""
+    spans = [stats[i][6] - stats[i][5] - 2 for i, c in enumerate(cases)
+             if c is not None and c[0] == CANDIDATE]
+    return max((max(1, span.bit_length()) for span in spans), default=0)
 
 
 def cases_of(keep: Sequence[int], n: int, stats: Sequence[Sequence[int]], cap: int) -> list:

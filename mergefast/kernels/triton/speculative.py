@@ -145,16 +145,18 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
         nblocks, float(divisor), float(lambda_), CAP=cap, BLOCK=block, **flags,
         **launch_options())
     records = torch.stack([used[0].to(torch.int64), rcount.amax().to(torch.int64)])
-    stats = torch.cat([sw.window_stats(counts).reshape(-1), records]).tolist()   # the one sync
-    total, fullest = stats[-2:]
+    synced = torch.cat([sw.window_stats(counts, lo, hi).reshape(-1), records]).tolist()   # sync
+    total, fullest = synced[-2:]
     if total > rcap:
         return False
-    cases = sw.cases_of(keep, n, [stats[5 * i:5 * i + 5] for i in range(K)], cap)
+    stats = [synced[sw.STATS * i:sw.STATS * (i + 1)] for i in range(K)]
+    cases = sw.cases_of(keep, n, stats, cap)
     if None in cases:
         return False
     if fullest == 0:
         return True
-    thr, quota, eqb = select_rules.rules(cases, lo, hi, counts, slots, block, n)
+    state = sw.WindowScan(lo, hi, counts, slots, cases, sw.candidate_bits(cases, stats))
+    thr, quota, eqb = select_rules.rules(state, block, n)
     _fix_up_kernel[(nblocks,)](
         roff, as_arg(rbase), tuple(as_arg(r) for r in rxs), first, rcount, ws, thr, quota,
         eqb if eqb is not None else thr, as_arg(out), nblocks, float(divisor), float(lambda_),

@@ -102,3 +102,11 @@ def store_f32(ptr, offs, value, mask):
 def magnitude_key(d):
     """31-bit key of |d| whose integer order is the order of magnitudes (sign bit cleared)."""
     return d.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+
+
+@triton.jit
+def masked_histogram(values, sel, BINS: tl.constexpr):
+    """tl.histogram of `values` (in [0, BINS)) over the lanes where `sel` holds."""
+    counts = tl.histogram(tl.where(sel, values, 0), BINS)
+    # the unselected lanes were counted in bin 0: take them out again
+    return counts - tl.where(tl.arange(0, BINS) == 0, tl.sum((~sel).to(tl.int32), axis=0), 0)
