@@ -2,7 +2,7 @@
 in its candidate slots (select_window.window_counts), found on the device without a sync.
 
 A radix select over the slots: the keys' offsets u = key - lo - 1 (the candidates lie
-strictly between lo and hi, so u < hi - lo - 1: ~20 bits for the windows of a 7B layer),
+strictly between lo and hi, so u < hi - lo - 1: 20 bits for the benchmark 7B layer's),
 `DIGIT_BITS` bits a pass from the top. `_slot_hist_kernel` counts the digit of the slots
 whose higher digits equal the prefix found so far, in per-program `tl.histogram`s (flushed
 once per program: bf16 deltas crowd few keys, and same-address atomics serialise);
@@ -10,9 +10,12 @@ once per program: bf16 deltas crowd few keys, and same-address atomics serialise
 needed, on the device, so that the next pass needs no sync. All CANDIDATE models go through
 the same launches: 2 a pass.
 
-Why not torch.topk(slots, aux): aux is about half of the candidates (the window is centred
-on T), ~375K keys per model on a 7B layer at density 0.5, and a CUDA topk of that size is a
-multi-kernel radix select of its own per model, then a sort when asked for sorted values.
+Why not torch.topk(slots, aux): aux is large. On the benchmark 7B layer (3 bf16 models,
+density 0.5) the two passes' windows (8192 sampled keys) hold 1.1-1.45M candidates per model
+and T is the 524K-871K-th of them (counted with torch on the CPU); a CUDA topk of that size is
+a multi-kernel radix select of its own per model, then a sort when asked for sorted values.
+(The one read's narrower windows put T at hi or lo there: it is one key shared by 845,861
+elements.)
 `SELECT = "topk"` keeps that way for benchmarks/bench_kernels.py's GPU sweep to compare;
 neither has run on a GPU yet.
 """
@@ -26,7 +29,7 @@ import triton.language as tl
 from . import select_window as sw
 from .utils import hist_programs, masked_histogram
 
-DIGIT_BITS = 11        # 2048 bins: two passes cover the ~20-bit offsets of a 7B layer's windows
+DIGIT_BITS = 11        # 2048 bins: two passes cover the 20-bit offsets of the 7B layer's windows
 SLOT_TILE = 1024       # slots per step of a histogram program
 SELECT = "histogram"   # or "topk": torch.topk per model (for the GPU sweep's comparison)
 _CANDIDATE = tl.constexpr(sw.CANDIDATE)
