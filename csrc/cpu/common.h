@@ -259,8 +259,12 @@ struct Dst {
   DType dt;
 };
 
+// Every kernel's output, usually fresh memory: the huge-page hint before any write. Measured
+// on the 2-core box, 7B layer, when only task arithmetic had it: linear 77 -> 48 ms, SLERP
+// 82 -> 55 ms (TIES at density 1, which reads one tensor more, took 49 ms).
 inline Dst make_dst(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), op, ": bad output tensor");
+  advise_huge_pages(t.data_ptr(), t.nbytes());
   return Dst{t.data_ptr(), dtype_of(t, op)};
 }
 

@@ -224,7 +224,6 @@ bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<fl
   for (int i : active) rules[i].thr = p.windows[i].hi + 1;  // hi <= 0x7FFFFFFF: no wrap-around
   ApplyArgs args{&base, &xs, w.data(), rules.data(), normalize, lambda != 1.0f, divisor, lambda,
                  dst, n, static_cast<int>(xs.size())};
-  advise_huge_pages(dst.ptr, static_cast<size_t>(out_bytes));
   const uint32_t nonfinite =
       run_pass<Consensus>(SpecPass{args, p.windows.data(), p.above.data(), &rec}, num_threads(n));
   if (rec.overflow || !resolve_all(rec, keep, active, n, p.scans, rules)) return false;

@@ -64,7 +64,6 @@ bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &apply_block_avx2<S, Consensus>;
 #endif
-  advise_huge_pages(dst.ptr, static_cast<size_t>(n) * dtype_size(dst.dt));
   uint32_t nonfinite = 0;
 #pragma omp parallel num_threads(num_threads(n)) reduction(| : nonfinite)
   {
