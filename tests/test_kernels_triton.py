@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernel_cases import KernelSuite, generate
+from kernel_cases import KernelSuite, assert_same, generate
 
 pytest_generate_tests = generate
 
@@ -99,23 +99,29 @@ class _WindowCases:
 
     @pytest.mark.parametrize("select", ["histogram", "topk"])
     def test_candidate_thresholds_are_the_ranked_slots(self, monkeypatch, select):
-        """candidates.thresholds: per CANDIDATE model the aux-th largest key among its slots
-        above lo, whether the offsets from lo take one radix pass (11 bits), three (up to
-        2^31) or crowd on few values (ties); other models are left alone."""
+        """candidates.thresholds: per CANDIDATE model the aux-th largest key among its used
+        slots (garbage past each block's count), whether the offsets from lo take one radix
+        pass (11 bits), three (up to 2^31) or crowd on few values (ties); other models are
+        left alone."""
         from mergefast.kernels.triton import candidates, select_window as sw
 
         monkeypatch.setattr(candidates, "SELECT", select)
         g = torch.Generator().manual_seed(5)
         nblocks, cap = 7, 64
         los, his = [1000, 5, 0, 77], [1900, 0x7FFFFFF0, 0, 2077]
-        slots = torch.zeros((4, nblocks, cap), dtype=torch.int32)
-        for i in (0, 1, 3):
-            keys = los[i] + 1 + torch.randint(0, his[i] - los[i] - 1, (nblocks, cap), generator=g)
+        # per block its first counts[i, 3, block] slots, then garbage above every key
+        slots = torch.full((4, nblocks, cap), 0x7FFFFFFF, dtype=torch.int32)
+        counts = torch.zeros((4, 4, nblocks), dtype=torch.int32)
+        counts[:, 3] = torch.randint(0, cap + 1, (4, nblocks), generator=g)
+        inside = []
+        for i in range(4):
+            keys = los[i] + 1 + torch.randint(0, max(1, his[i] - los[i] - 1), (nblocks, cap),
+                                              generator=g)
             if i == 3:                     # ties: four distinct keys
                 keys = los[i] + 1 + 500 * torch.randint(0, 4, (nblocks, cap), generator=g)
-            filled = torch.rand((nblocks, cap), generator=g) < 0.7
-            slots[i] = torch.where(filled, keys, 0).to(torch.int32)
-        inside = [slots[i][slots[i] > los[i]] for i in range(4)]
+            used = torch.arange(cap) < counts[i, 3, :, None]
+            slots[i][used] = keys[used].to(torch.int32)
+            inside.append(keys[used])
         aux = [1, len(inside[1]) // 2, 0, len(inside[3]) - 3]
         stats = [[0] * 5 + [lo, hi] for lo, hi in zip(los, his)]
         dev = self.DEVICE
@@ -124,8 +130,8 @@ class _WindowCases:
                      for i in range(4)]
             state = sw.WindowScan(torch.tensor(los, dtype=torch.int32, device=dev),
                                   torch.tensor(his, dtype=torch.int32, device=dev),
-                                  torch.zeros((4, 4, nblocks), dtype=torch.int32, device=dev),
-                                  slots.to(dev), cases, sw.candidate_bits(cases, stats))
+                                  counts.to(dev), slots.to(dev), cases,
+                                  sw.candidate_bits(cases, stats))
             assert state.bits == bits
             case_t = torch.tensor([v for c, a, _ in cases for v in (c, a)] + [0] * 4 + aux,
                                   dtype=torch.int64, device=dev)
@@ -159,7 +165,7 @@ class _WindowCases:
         # not normalised: a tie kept or dropped in any model changes the sum
         got = kernels.ties(base, xs, weights, densities, normalize=False).cpu()
         want = methods.ties(base.cpu(), [x.cpu()] * 3, weights, densities, normalize=False)
-        assert torch.equal(got, want)
+        assert_same(got, want, exact=self.EXACT)
 
 
 class _SpeculativeCases:
@@ -202,6 +208,40 @@ class _SpeculativeCases:
                 base, xs, [0.5, 0.3, 0.2], densities=densities, sparsify="magnitude",
                 normalize=True, lambda_=0.7))
             assert finished and torch.equal(fast, slow), densities
+
+    def test_slots_past_the_counts_are_never_read(self, monkeypatch):
+        """The window counts leave a block's slots past its count as they were: with every
+        fresh int32 buffer of the window scan and of the one-read pass holding the largest
+        key, both schemes still find thresholds among the candidates and give the
+        reference's TIES."""
+        from mergefast import kernels, methods
+        from mergefast.kernels.triton import candidates, select_window as sw, speculative
+
+        class GarbageTorch:
+            def __getattr__(self, name):
+                return getattr(torch, name)
+
+            @staticmethod
+            def empty(*args, **kwargs):
+                t = torch.empty(*args, **kwargs)
+                return t.fill_(0x7FFFFFFF) if t.dtype == torch.int32 else t
+
+        for module in (sw, speculative):
+            monkeypatch.setattr(module, "torch", GarbageTorch())
+        bits = []
+        run = candidates.thresholds
+        monkeypatch.setattr(candidates, "thresholds", lambda c, s: bits.append(s.bits) or run(c, s))
+        g = torch.Generator().manual_seed(7)
+        n = 6007
+        base = (0.02 * torch.randn(n, generator=g)).to(self.DEVICE)
+        xs = [base + 0.002 * torch.randn(n, generator=g).to(self.DEVICE) for _ in range(3)]
+        weights, densities = [0.5, -0.3, 0.9], [0.5, 0.2, 0.7]
+        want = methods.ties(base.cpu(), [x.cpu() for x in xs], weights, densities)
+        fast, slow, finished = self._paths(monkeypatch,
+                                           lambda: kernels.ties(base, xs, weights, densities))
+        assert finished and len(bits) == 2 and min(bits) > 0, bits
+        assert torch.equal(fast, slow)
+        assert_same(fast, want, exact=self.EXACT)
 
     def test_windows_are_the_sample_ranks(self):
         """select_window.windows: per model, its keys at the sampled elements sorted from the

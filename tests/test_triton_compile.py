@@ -183,9 +183,10 @@ def test_candidate_select_kernels(shift):
 
     bits = candidates.DIGIT_BITS
     _compile(candidates._slot_hist_kernel,
-             {"cases_ptr": "*i64", "lo_ptr": "*i32", "prefix_ptr": "*i64", "slot_ptr": "*i32",
-              "hist_ptr": "*i32", "nslots": "i64", "ntiles": "i32", "nprog": "i32"},
-             {"SHIFT": shift, "PREFIX_SHIFT": shift + bits, "BINS": 1 << bits,
+             {"cases_ptr": "*i64", "lo_ptr": "*i32", "prefix_ptr": "*i64", "count_ptr": "*i32",
+              "slot_ptr": "*i32", "hist_ptr": "*i32", "nblocks": "i32", "ntiles": "i32",
+              "nprog": "i32"},
+             {"SHIFT": shift, "PREFIX_SHIFT": shift + bits, "BINS": 1 << bits, "CAP": 64,
               "TILE": candidates.SLOT_TILE})
     _compile(candidates._slot_pick_kernel,
              {"cases_ptr": "*i64", "lo_ptr": "*i32", "prefix_ptr": "*i64", "need_ptr": "*i64",

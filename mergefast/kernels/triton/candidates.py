@@ -1,5 +1,6 @@
 """The threshold of a model whose T is one of its window's candidates: the aux-th largest key
-in its candidate slots (select_window.window_counts), found on the device without a sync.
+in its candidate slots (select_window.window_counts: per block its first counts[i, 3, block]),
+found on the device without a sync.
 
 A radix select over the slots: the keys' offsets u = key - lo - 1 (the candidates lie
 strictly between lo and hi, so u < hi - lo - 1: 20 bits for the benchmark 7B layer's),
@@ -39,24 +40,27 @@ _CANDIDATE = tl.constexpr(sw.CANDIDATE)
 
 
 @triton.jit
-def _slot_hist_kernel(cases_ptr, lo_ptr, prefix_ptr, slot_ptr, hist_ptr, nslots, ntiles, nprog,
-                      SHIFT: tl.constexpr, PREFIX_SHIFT: tl.constexpr, BINS: tl.constexpr,
-                      TILE: tl.constexpr):
+def _slot_hist_kernel(cases_ptr, lo_ptr, prefix_ptr, count_ptr, slot_ptr, hist_ptr, nblocks,
+                      ntiles, nprog, SHIFT: tl.constexpr, PREFIX_SHIFT: tl.constexpr,
+                      BINS: tl.constexpr, CAP: tl.constexpr, TILE: tl.constexpr):
     """hist[i, :] += the histogram of the digit (u >> SHIFT) & (BINS - 1) over the candidate
-    slots of model i = program_id(1) whose u >> PREFIX_SHIFT is its prefix (all of them when
-    PREFIX_SHIFT >= 31); nothing for a model that is not a CANDIDATE."""
+    slots of model i = program_id(1) (a block's first counts[i, 3, block]) whose
+    u >> PREFIX_SHIFT is its prefix (all of them when PREFIX_SHIFT >= 31); nothing for a
+    model that is not a CANDIDATE."""
     pid = tl.program_id(0)
     i = tl.program_id(1)
     on = tl.load(cases_ptr + 2 * i) == _CANDIDATE
     lo = tl.load(lo_ptr + i)
     prefix = tl.load(prefix_ptr + i)
     acc = tl.zeros([BINS], dtype=tl.int32)
+    nslots = nblocks.to(tl.int64) * CAP
     row = slot_ptr + i.to(tl.int64) * nslots
     for first in range(0, ntiles, nprog):   # plain bounds: Triton 3.6's interpreter
         offs = (pid + first).to(tl.int64) * TILE + tl.arange(0, TILE)
         live = tl.where(on, offs < nslots, False)
-        key = tl.load(row + offs, mask=live, other=0)
-        sel = live & (key > lo)             # empty slots hold 0 <= lo
+        got = tl.load(count_ptr + (4 * i + 3) * nblocks + offs // CAP, mask=live, other=0)
+        sel = live & (offs % CAP < got)     # past a block's count: garbage
+        key = tl.load(row + offs, mask=sel, other=0)
         u = key - lo - 1
         if PREFIX_SHIFT < 31:
             sel = sel & ((u >> PREFIX_SHIFT) == prefix)
@@ -92,22 +96,27 @@ def thresholds(case_t: torch.Tensor, state: sw.WindowScan) -> torch.Tensor:
     K prefixes (0) and K ranks still needed (aux), which the passes update."""
     K, dev = len(state.cases), state.lo.device
     tval = torch.empty(K, dtype=torch.int64, device=dev)
+    nblocks, cap = state.slots.shape[1:]
     if SELECT == "topk":
         for i, (case, aux, _) in enumerate(state.cases):
-            if case == sw.CANDIDATE:
-                tval[i] = torch.topk(state.slots[i].reshape(-1), aux, sorted=False).values.min()
+            if case == sw.CANDIDATE:   # the slots past each block's count as 0, below all
+                used = torch.arange(cap, device=dev) < state.counts[i, 3, :, None]
+                kept = torch.where(used, state.slots[i], 0).reshape(-1)
+                tval[i] = torch.topk(kept, aux, sorted=False).values.min()
         return tval
-    passes = triton.cdiv(state.bits, DIGIT_BITS)
-    nslots = state.slots[0].numel()
-    ntiles = triton.cdiv(nslots, SLOT_TILE)
+    passes = triton.cdiv(state.bits, DIGIT_BITS)   # 0: no CANDIDATE model
+    if passes == 0:
+        return tval
+    ntiles = triton.cdiv(nblocks * cap, SLOT_TILE)
     nprog = hist_programs(dev, ntiles)
     hist = torch.zeros((passes, K, 1 << DIGIT_BITS), dtype=torch.int32, device=dev)
     prefix, need = case_t[2 * K:3 * K], case_t[3 * K:]
     for p in range(passes):
         shift = DIGIT_BITS * (passes - 1 - p)
-        _slot_hist_kernel[(nprog, K)](case_t, state.lo, prefix, state.slots, hist[p], nslots,
-                                      ntiles, nprog, SHIFT=shift, PREFIX_SHIFT=shift + DIGIT_BITS,
-                                      BINS=1 << DIGIT_BITS, TILE=SLOT_TILE)
+        _slot_hist_kernel[(nprog, K)](case_t, state.lo, prefix, state.counts, state.slots,
+                                      hist[p], nblocks, ntiles, nprog, SHIFT=shift,
+                                      PREFIX_SHIFT=shift + DIGIT_BITS, BINS=1 << DIGIT_BITS,
+                                      CAP=cap, TILE=SLOT_TILE)
         _slot_pick_kernel[(K,)](case_t, state.lo, prefix, need, hist[p], tval, BITS=DIGIT_BITS,
                                 LAST=p == passes - 1)
     return tval

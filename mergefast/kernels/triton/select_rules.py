@@ -53,11 +53,12 @@ def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, count_ptr, slot_ptr, eqgt
     for i in tl.static_range(K):
         case = tl.load(cases_ptr + 2 * i)
         t = _threshold(case, i, lo_ptr, hi_ptr, tval_ptr)
-        # masked by the case: only a CANDIDATE model has slots, only AT_HI / AT_LO counts
-        # (tl.where: the interpreter rejects a vector & a loaded scalar as a mask)
+        # masked by the case: only a CANDIDATE model's slots (its block's first `got`: the
+        # rest is garbage), only AT_HI / AT_LO counts
+        got = tl.load(count_ptr + (4 * i + 3) * nblocks + pid, mask=case == CANDIDATE, other=0)
         cap = tl.arange(0, CAP)
-        slots = tl.load(slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP + cap,
-                        mask=tl.where(case == CANDIDATE, cap < CAP, False), other=0)
+        slots = tl.load(slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP + cap, mask=cap < got,
+                        other=0)
         eq = tl.sum((slots == t).to(tl.int64), axis=0)
         at_end = tl.load(count_ptr + (4 * i + 1 + (case == AT_LO).to(tl.int64)) * nblocks + pid,
                          mask=(case == AT_HI) | (case == AT_LO), other=0)
