@@ -1,7 +1,8 @@
 """The Triton kernels against the references.
 
 On a machine with a CUDA GPU and triton, the suite runs for real on the GPU (TestTritonCuda).
-Everywhere else it runs under TRITON_INTERPRET=1 on small CPU tensors (TestTritonInterpret):
+Everywhere else it runs under TRITON_INTERPRET=1 on small CPU tensors (TestTritonInterpret,
+and TestTritonInterpretGpuBlocks with the GPU's block sizes):
 the variable must be set before triton is imported, so `test_triton_interpreted` re-runs this
 module in a subprocess with it set, unless this process already has it.
 """
@@ -38,12 +39,14 @@ def _triton_version() -> tuple[int, ...]:
                     reason="Triton < 3.7's interpreter cannot loop to a runtime bound (the "
                            "selection's histogram passes do); the compiled kernels are fine")
 def test_triton_interpreted():
-    """Runs TestTritonInterpret in a fresh interpreter with TRITON_INTERPRET=1."""
+    """Runs TestTritonInterpret and TestTritonInterpretGpuBlocks in a fresh interpreter with
+    TRITON_INTERPRET=1."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("MERGEFAST_BACKEND", None)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "-p", "no:randomly", f"{Path(__file__).name}::TestTritonInterpret"],
+         "-p", "no:randomly", f"{Path(__file__).name}::TestTritonInterpret",
+         f"{Path(__file__).name}::TestTritonInterpretGpuBlocks"],
         cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
@@ -320,6 +323,19 @@ class _Interpreted(_WindowCases, _SpeculativeCases, KernelSuite):
     TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
 
 
+class _InterpretedGpuBlocks(_Interpreted):
+    """The interpreted suite again with the GPU's block sizes (utils.BLOCK for the two
+    passes, speculative.SPEC_BLOCK for the one read): what holds only with the interpreter's
+    256-element blocks fails here, not first on a lent GPU (two one-read cases did)."""
+
+    @pytest.fixture(autouse=True)
+    def _gpu_blocks(self, monkeypatch):
+        from mergefast.kernels.triton import speculative, utils
+
+        monkeypatch.setattr(utils, "INTERPRET_BLOCK", utils.BLOCK)
+        monkeypatch.setattr(speculative, "INTERPRET_BLOCK", speculative.SPEC_BLOCK)
+
+
 class _Cuda(_WindowCases, _SpeculativeCases, KernelSuite):
     """Real Triton on the GPU, larger sizes."""
 
@@ -355,5 +371,6 @@ def _tied_layer(dtype, spread=None, device="cpu"):
 
 if INTERPRET:
     TestTritonInterpret = _Interpreted
+    TestTritonInterpretGpuBlocks = _InterpretedGpuBlocks
 if HAVE_CUDA:
     TestTritonCuda = _Cuda
