@@ -175,19 +175,15 @@ class _SpeculativeCases:
     """The one-read scheme (speculative.py), on the suite's DEVICE: bit-equal to the two
     passes whether it finishes or falls back."""
 
-    @pytest.fixture(autouse=True)
-    def _small_tensors_speculate(self, monkeypatch):
-        """These tensors are small: the scheme takes them on a GPU too (from 2^20 elements
-        there, from 2^12 interpreted)."""
-        from mergefast.kernels.triton import speculative
-
-        monkeypatch.setattr(speculative, "SPEC_MIN", speculative.INTERPRET_SPEC_MIN)
-
     def _paths(self, monkeypatch, fn):
         """fn() with the one-read scheme, then with the two passes; and whether the first
-        call's one-read scheme finished."""
+        call's one-read scheme finished. The tensors here are small: the scheme takes them on
+        a GPU too (from 2^20 elements there, from 2^12 interpreted); only here, so that the
+        GPU suite's other tests compile no more kernel variants than before."""
         from mergefast.kernels.triton import speculative, task_arithmetic
 
+        for name in ("SPEC_MIN", "INTERPRET_SPEC_MIN"):
+            monkeypatch.setattr(speculative, name, 1 << 12)
         finished = []
         run = speculative.task_arithmetic
         monkeypatch.setattr(speculative, "task_arithmetic",
@@ -324,16 +320,18 @@ class _Interpreted(_WindowCases, _SpeculativeCases, KernelSuite):
 
 
 class _InterpretedGpuBlocks(_Interpreted):
-    """The interpreted suite again with the GPU's block sizes (utils.BLOCK for the two
-    passes, speculative.SPEC_BLOCK for the one read): what holds only with the interpreter's
-    256-element blocks fails here, not first on a lent GPU (two one-read cases did)."""
+    """The interpreted suite again with the GPU's sizes (utils.BLOCK for the two passes, and
+    speculative's SPEC_BLOCK and SPEC_MIN for the one read): what holds only with the
+    interpreter's 256-element blocks fails here, not first on a lent GPU (two one-read cases
+    did)."""
 
     @pytest.fixture(autouse=True)
-    def _gpu_blocks(self, monkeypatch):
+    def _gpu_sizes(self, monkeypatch):
         from mergefast.kernels.triton import speculative, utils
 
         monkeypatch.setattr(utils, "INTERPRET_BLOCK", utils.BLOCK)
-        monkeypatch.setattr(speculative, "INTERPRET_BLOCK", speculative.SPEC_BLOCK)
+        monkeypatch.setattr(speculative, "_sizes",
+                            lambda: (speculative.SPEC_MIN, speculative.SPEC_BLOCK))
 
 
 class _Cuda(_WindowCases, _SpeculativeCases, KernelSuite):
