@@ -280,9 +280,11 @@ def _gpu_sweep() -> None:
         speculative.SPEC_BLOCK = block
         report(f"one read, SPEC_BLOCK={block}", ties_ms())
     speculative.SPEC_BLOCK = chosen
-    for way in ("topk", "histogram"):   # a CANDIDATE model's threshold (candidates.SELECT)
+    chosen = candidates.SELECT   # then a CANDIDATE model's threshold
+    for way in ("topk", "histogram"):
         candidates.SELECT = way
         report(f"one read, candidates' T by {way}", ties_ms())
+    candidates.SELECT = chosen
     ta.SPECULATE = False
     for scheme in ("window", "radix"):   # the two passes' selection schemes (select.SELECTION)
         select.SELECTION = scheme

@@ -1,8 +1,8 @@
-// The combining half of the task-arithmetic / TIES apply, shared by the apply pass
-// (task_arithmetic.cpp) and the speculative pass with its fix-up (speculative.cpp): from the
-// weighted deltas of a block (or of one element) to the result. The block and the element
-// versions do the same float32 operations in the same order (-ffp-contract=off), so an
-// element fixed up afterwards is bit-identical to what the block pass would have computed.
+// The per-element arithmetic of the task-arithmetic / TIES apply, shared by the apply pass
+// (task_arithmetic.cpp) and the speculative pass with its fix-up (speculative.cpp,
+// fix_up.cpp): from a block's inputs (or a block's records) to the result. The same float32
+// operations in the same order (-ffp-contract=off) wherever an element is computed, so an
+// element fixed up afterwards is bit-identical to what the apply pass would have computed.
 #pragma once
 
 #include <vector>
@@ -179,28 +179,6 @@ MF_INLINE void combine_block(const ApplyArgs& a, const float* const* wd, const f
       res[j] = b[j] + r;
     }
   }
-}
-
-// combine_block for one element: wd holds its K weighted deltas, mixed their sum (summed
-// from 0.0f in model order, as the block pass does).
-template <bool Consensus>
-MF_INLINE float combine_element(const ApplyArgs& a, const float* wd, float b, float mixed) {
-  float r = mixed;
-  if constexpr (Consensus) {
-    const float sgn = mixed >= 0.0f ? 1.0f : -1.0f;
-    float acc = 0.0f, dacc = 0.0f;
-    for (int i = 0; i < a.K; ++i) {
-      const bool agree = sgn * wd[i] > 0.0f;
-      acc = acc + (agree ? wd[i] : 0.0f);
-      dacc = dacc + (agree ? a.w[i] : 0.0f);
-    }
-    r = acc;
-    if (a.normalize) r = r / (dacc == 0.0f ? 1.0f : dacc);
-  } else if (a.normalize) {
-    r = r / a.divisor;
-  }
-  if (a.scale) r = r * a.lambda;
-  return b + r;
 }
 
 }  // namespace mergefast
