@@ -116,6 +116,8 @@ def _run(benchmark, fn, device, nbytes, rounds=ROUNDS):
 
     call()  # warm-up (Triton compile, page faults)
     benchmark.pedantic(call, rounds=rounds, iterations=1)
+    if benchmark.stats is None:   # --benchmark-disable: one call, nothing timed
+        return
     median = benchmark.stats.stats.median
     benchmark.extra_info["ms"] = round(median * 1e3, 2)
     benchmark.extra_info["GB/s"] = round(nbytes / median / 1e9, 2)

@@ -1,0 +1,31 @@
+"""The kernel benchmarks still run: every provider once, on a tiny shape, nothing timed.
+
+Benchmarks are measured by hand and on a GPU host, never in CI; without this check a change
+to a kernel's signature or to the harness would first show on the next GPU run (a
+`--benchmark-disable` run once failed in the harness itself, on stats it does not collect).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_kernel_benchmarks_run_on_a_tiny_shape():
+    env = dict(os.environ, MERGEFAST_BENCH_SHAPE="64x96")
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+         str(ROOT / "benchmarks" / "bench_kernels.py")],
+        cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=300)
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", summary)
+    # linear, TIES, SLERP x the CPU providers, and the extra-memory check
+    assert passed and int(passed.group(1)) >= 10, summary
+    assert "failed" not in summary and "error" not in summary, summary
