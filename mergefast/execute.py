@@ -37,7 +37,7 @@ def merge_job(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor], seed
 
     `seed` is `--random-seed` (None means 0): with the output name it keys DARE/DELLA masks."""
     if job.vocab is not None:  # embeddings / lm_head: align rows to the output vocabulary first
-        tensors = job.vocab.apply(tensors)
+        tensors = job.vocab.apply(tensors, job.dtype)
     if job.copy:
         return check_output_finite(job.name, tensors[0], job.sources)
     try:

@@ -107,6 +107,37 @@ def tied_inputs(n, dtype, *, seed=0, levels=4, device="cpu"):
     return base.to(dtype).to(device), [x.to(dtype).to(device) for x in xs]
 
 
+# NaNs of several payloads and signs, quiet and signalling, per dtype (bit patterns)
+NAN_BITS = {torch.float32: (0x7FC00000, 0x7FC00001, 0x7FFFFFFF, 0xFFC00000, 0x7F800001),
+            torch.float16: (0x7E00, 0x7E01, 0x7FFF, 0xFE00, 0x7C01),
+            torch.bfloat16: (0x7FC0, 0x7FC1, 0x7FFF, 0xFFC0, 0x7F81)}
+_INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def plant_nans(base, xs, *, share=0.2, seed=1):
+    """Set a `share` of every model's elements (and a few of the base's) to NaNs of mixed
+    payloads, and some to +-inf, in place (CPU tensors)."""
+    g = torch.Generator().manual_seed(seed)
+    n, dtype = base.numel(), base.dtype
+    bits = NAN_BITS[dtype]
+    width = torch.iinfo(_INT_VIEW[dtype]).bits
+    signed = [b - (1 << width) if b >= 1 << (width - 1) else b for b in bits]
+    for t, part in [(x, share) for x in xs] + [(base, share / 20)]:
+        at = (torch.rand(n, generator=g) < part).nonzero().flatten()
+        pattern = torch.tensor(signed, dtype=_INT_VIEW[dtype])[torch.arange(len(at)) % len(bits)]
+        t.view(-1).view(_INT_VIEW[dtype])[at] = pattern
+        t.view(-1)[torch.randint(0, n, (8,), generator=g)] = float("inf")
+
+
+def nan_inputs(n, dtype, *, device="cpu"):
+    """tied_inputs with 20 % of every model's elements NaNs of mixed payloads (plant_nans):
+    the thresholds of the lower densities fall among the NaNs, which rank equal (lowest flat
+    index first) whatever their bits."""
+    base, xs = tied_inputs(n, dtype)
+    plant_nans(base, xs)
+    return base.to(device), [x.to(device) for x in xs]
+
+
 def _cpu(ts):
     return [t.cpu() for t in ts]
 
@@ -206,6 +237,20 @@ class KernelSuite:
         ref = methods.ties(base.cpu(), _cpu(xs), [0.3, 0.5, 0.2],
                            [density, density / 2, 1 - density])
         assert_same(out, ref, exact=self.EXACT)
+
+    def test_nan_payloads_rank_equal(self, dtype):
+        base, xs = nan_inputs(self.TIE_N, dtype, device=self.DEVICE)
+        impl = kernels._impl(self.BACKEND)
+        for density in (0.05, 0.15, 0.3, 0.6):
+            for x in xs:
+                delta = x.cpu().float() - base.cpu().float()
+                got = impl.magnitude_keep(base, x, keep_count(density, delta.numel()))
+                assert torch.equal(got.cpu(), methods.magnitude_mask(delta, density)), density
+            # without consensus a kept NaN reaches the output: its place must be the reference's
+            kw = dict(densities=[density, density / 2, 1 - density], sparsify="magnitude")
+            out = kernels.task_arithmetic(base, xs, [0.3, 0.5, 0.2], **kw)
+            ref = methods.task_arithmetic(base.cpu(), _cpu(xs), [0.3, 0.5, 0.2], **kw)
+            assert_same(out, ref, exact=self.EXACT)
 
     def test_kept_set_random(self, dtype):
         base, xs = self.inputs((37, 129), dtype)

@@ -120,6 +120,27 @@ def test_source_base_with_different_vocab(zoo, tmp_path):
     assert config_of(out)["vocab_size"] == 32
 
 
+def test_source_base_without_base_model_is_the_first_models(zoo, tmp_path):
+    """mergekit takes an arbitrary model's tokenizer there; mergefast the first model's, as
+    without a tokenizer config (it once rejected the config)."""
+    def merged(first, second, name):
+        text = (f"merge_method: linear\nmodels:\n  - model: {zoo[first]}\n    parameters: {{weight: 0.5}}\n"
+                f"  - model: {zoo[second]}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+                "tokenizer_source: base\n")
+        merge(text, str(tmp_path / name), quiet=True)
+        return tmp_path / name
+
+    out = merged("ft", "base", "copy")
+    assert (out / "tokenizer.json").read_bytes() == (zoo["ft"] / "tokenizer.json").read_bytes()
+    out = merged("chatml", "base", "built")
+    vocab = out_vocab(out)
+    assert len(vocab) == 34 and vocab["<|im_start|>"] == 32
+    a, c, m = weights(zoo["base"]), weights(zoo["chatml"]), weights(out)
+    torch.testing.assert_close(m[EMBED][:32], 0.5 * a[EMBED] + 0.5 * c[EMBED][:32])
+    torch.testing.assert_close(m[EMBED][32:], c[EMBED][32:])   # only chatml has them
+    assert config_of(out)["vocab_size"] == 34
+
+
 def test_union_adds_tokens_and_picks_rows(zoo, tmp_path):
     out = run(zoo, tmp_path, "tokenizer_source: union\n", models=("base", "chatml", "big"),
               weights_=[0.25, 0.5, 0.25])
@@ -201,6 +222,28 @@ def test_pad_to_multiple_of(zoo, tmp_path):
         assert m[name].shape == (48, 16)
         expected = m[name][:34].mean(dim=0)  # linear merge of per-model means = mean of the merge
         torch.testing.assert_close(m[name][34:], expected.expand(14, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_padding_rows_of_a_bf16_model_are_float32_means(zoo, tmp_path):
+    """With dtype: float32 a bf16 model's padding rows are the float32 mean of its rows, as
+    mergekit (which casts inputs to dtype first) makes them; they were rounded to bf16."""
+    chat16 = tmp_path / "chat16"
+    make_tiny_llama(chat16, seed=2, vocab=34, **{**SIZES, "dtype": torch.bfloat16})
+    write_tokenizer(chat16, 32)
+    add_special_tokens(chat16, ["<|im_start|>", "<|im_end|>"], 32)
+    text = (f"merge_method: linear\nmodels:\n  - model: {zoo['base']}\n    parameters: {{weight: 0.5}}\n"
+            f"  - model: {chat16}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+            "tokenizer:\n  source: union\n  pad_to_multiple_of: 16\n")
+    merge(text, str(tmp_path / "out"), quiet=True)
+    a, c, m = weights(zoo["base"]), weights(chat16), weights(tmp_path / "out")
+    for name in (EMBED, HEAD):
+        c32 = c[name].float()
+        aligned = torch.cat([a[name], c32[32:]])   # base lacks the two chat tokens: chat16's rows
+        pad_a, pad_c = aligned.mean(dim=0), c32.mean(dim=0)
+        assert m[name].dtype == torch.float32 and m[name].shape == (48, 16)
+        torch.testing.assert_close(m[name][34:], (0.5 * pad_a + 0.5 * pad_c).expand(14, 16),
+                                   rtol=1e-6, atol=1e-7)
+        assert not torch.equal(pad_c, pad_c.bfloat16().float())   # the rounding would show
 
 
 def test_output_loads_in_transformers(zoo, tmp_path):

@@ -12,14 +12,19 @@
 
 namespace mergefast {
 
-// The ordering key of a delta: its float32 bit pattern with the sign cleared (31 bits;
-// integer order == magnitude order, NaNs above +inf).
-MF_INLINE uint32_t mag_key(float d) {
-  return f32_to_bits(d) & 0x7FFFFFFFu;
-}
-
 // Keys at or above this are +-inf and NaN.
 constexpr uint32_t kNonFiniteKey = 0x7F800000u;
+// Every NaN's key: one value just above +inf. The reference's stable sort ranks all NaNs
+// equal, above inf, lowest index first; their payloads (0x7FC00000 vs 0x7FFF0000 in bf16)
+// must not order them.
+constexpr uint32_t kNaNKey = kNonFiniteKey + 1;
+
+// The ordering key of a delta: its float32 bit pattern with the sign cleared (31 bits;
+// integer order == magnitude order), every NaN folded onto kNaNKey (a min: vectorises).
+MF_INLINE uint32_t mag_key(float d) {
+  const uint32_t key = f32_to_bits(d) & 0x7FFFFFFFu;
+  return key < kNaNKey ? key : kNaNKey;
+}
 
 // Tensors of at most this many elements select with one thread and nth_element; larger
 // ones with a sampled window (select_window.h).

@@ -28,6 +28,7 @@ CUDA nor imports triton.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -59,6 +60,16 @@ def _contiguous(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t.contiguous() for t in tensors]
 
 
+def _numbers(values, what: str) -> list[float]:
+    """Weights, lambda, t as floats. The kernels (and the references' divisors) read numbers:
+    a tensor that wants a gradient would silently lose it, so it is an error."""
+    if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad
+                                       for v in values):
+        raise TypeError(f"{what} must be numbers: a tensor that requires grad would get no "
+                        "gradient; pass float(value), or tensors that require grad as inputs")
+    return [float(v) for v in values]
+
+
 def _f32_sum(weights: Sequence[float]) -> float:
     """sum(weights) exactly as the references compute it (float32 tensor sum)."""
     return torch.tensor([float(w) for w in weights], dtype=torch.float32).sum().item()
@@ -78,7 +89,7 @@ def linear(
     Same semantics as `mergefast.methods.linear` (raises ZeroWeightSumError when `normalize`
     is on and the weights sum to zero).
     """
-    tensors, weights = list(tensors), [float(w) for w in weights]
+    tensors, weights = list(tensors), _numbers(weights, "linear weights")
     if len(tensors) != len(weights) or not tensors:
         raise ValueError(f"linear: got {len(tensors)} tensors and {len(weights)} weights")
     check_same_shape(tensors, "linear")
@@ -123,7 +134,8 @@ def task_arithmetic(
     the threshold lowest flat index first), found by an exact two-level histogram.
     """
     _check_task_arithmetic_modes(sparsify, consensus)
-    tensors, weights = list(tensors), [float(w) for w in weights]
+    tensors, weights = list(tensors), _numbers(weights, "task arithmetic weights")
+    (lambda_,) = _numbers([lambda_], "lambda_")
     if len(tensors) != len(weights):
         raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(weights)} weights")
     if densities is not None and len(densities) != len(tensors):
@@ -133,7 +145,7 @@ def task_arithmetic(
     check_same_shape(all_inputs, "task arithmetic")
     out = result_dtype(all_inputs, out_dtype)
     if not tensors:
-        return base.to(out)
+        return base.to(out, copy=True)
 
     def reference():
         return _ta_ref(base, tensors, weights, densities=densities, sparsify=sparsify,
@@ -152,7 +164,7 @@ def task_arithmetic(
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
     return _dispatch(all_inputs, out, reference, lambda impl: impl.task_arithmetic(
-        b, xs, weights, keep, consensus == "sum", normalize, divisor, float(lambda_), out))
+        b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out))
 
 
 def _check_task_arithmetic_modes(sparsify: str, consensus: str | None) -> None:
@@ -196,6 +208,7 @@ def slerp(
     `mergefast.methods.slerp` (1e-8 norm rule, lerp above |cos| 0.9995)."""
     check_same_shape([a, b], "slerp")
     out = result_dtype([a, b], out_dtype)
+    (t,) = _numbers([t], "slerp t")   # here: a bad t must not mark the backend broken
 
     def reference():
         return _slerp_ref(a, b, t, out_dtype=out_dtype)
@@ -208,9 +221,13 @@ def slerp(
 
     def run(impl):
         aa, bb, ab = impl.slerp_dots(x, y)
+        if not all(math.isfinite(v) for v in (aa, bb, ab)):
+            # float32 sums overflow past |x| ~ 1e19 (and NaN/inf inputs): the reference
+            # normalises before its dot, so its cosine stays right there
+            return reference()
         n0, n1 = aa ** 0.5, bb ** 0.5
         dot = ab / ((n0 if n0 > NORM_EPS else 1.0) * (n1 if n1 > NORM_EPS else 1.0))
-        c0, c1 = slerp_coefficients(dot, float(t))
+        c0, c1 = slerp_coefficients(dot, t)
         return impl.slerp_apply(x, y, c0, c1, out)
 
     return _dispatch([a, b], out, reference, run)
@@ -222,5 +239,7 @@ def passthrough(
     *,
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """A copy of `tensor` (times `scale`) in `out_dtype`: the reference (no kernel needed)."""
-    return _passthrough_ref(tensor, scale, out_dtype=out_dtype)
+    """A copy of `tensor` (times `scale`) in `out_dtype`: the reference (no kernel needed),
+    never `tensor` itself (the reference returns it when there is nothing to change)."""
+    out = _passthrough_ref(tensor, scale, out_dtype=out_dtype)
+    return out.clone() if out is tensor else out

@@ -1,7 +1,8 @@
 """Backend selection for the kernel API: which of triton / cpu-ext / torch runs a call.
 
 Per call, by the device of the inputs: CUDA tensors -> Triton, CPU tensors -> mergefast._C,
-anything else (float64 inputs, other devices, mixed devices) -> the torch reference.
+anything else (float64 inputs, other devices, mixed devices, tensors that need autograd) ->
+the torch reference.
 `MERGEFAST_BACKEND` forces one (raising when it cannot run). An automatically chosen backend
 that fails is recorded in `mergefast.kernels._broken` and the call falls back to the reference
 with a one-time warning (`mergefast.kernels._warned`). Those two records live on the package,
@@ -24,6 +25,7 @@ BACKENDS = ("triton", "cpu-ext", "torch")
 # dtypes the fused kernels read and write; anything else (float64 included) uses the reference
 _KERNEL_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 _KERNEL_OUTPUTS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
 
 def _package():
@@ -117,6 +119,7 @@ def _choose(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype) -> str:
         any(t.dtype not in _KERNEL_INPUTS for t in inputs)
         or out_dtype not in _KERNEL_OUTPUTS
         or any(t.device != device for t in inputs)
+        or _needs_autograd(inputs)
     )
     forced = _requested()
     if forced == "torch" or (reference_only and forced is None):
@@ -128,13 +131,19 @@ def _choose(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype) -> str:
     return backend(device)
 
 
+def _needs_autograd(inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether the result must carry a graph: the kernels compute without one, the reference
+    with torch ops (gradients reach the tensors, not the float weights)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+
+
 def _forced_cpu_ext(device: torch.device, reference_only: bool) -> str:
     """MERGEFAST_BACKEND=cpu-ext: "cpu-ext", or "torch" for reference-only inputs; raises when
     the tensors are not on the CPU or mergefast._C is unusable."""
     if device.type != "cpu":
         raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but the tensors are on {device}")
     if reference_only:
-        return "torch"  # float64 and other dtypes are the reference's by contract
+        return "torch"  # float64, autograd and the like are the reference's by contract
     why = _cpu_ext_missing()
     if why is not None:
         raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but mergefast._C is unusable: {why}")
@@ -185,6 +194,8 @@ def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
     try:
         with device_guard(inputs[0].device):
             return run(_impl(name))
+    except _OUT_OF_MEMORY:
+        raise   # not a broken backend, and the reference needs more memory still
     except Exception as exc:
         if _requested() is not None:
             raise

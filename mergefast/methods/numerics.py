@@ -29,7 +29,11 @@ def result_dtype(tensors: Sequence[torch.Tensor], out_dtype: torch.dtype | None)
 
 
 def check_same_shape(tensors: Sequence[torch.Tensor], what: str) -> None:
-    """Raise ValueError unless every tensor has the shape of the first."""
+    """Raise ValueError unless every tensor has the shape of the first; TypeError for a
+    sparse (or other non-strided) tensor, which no merge method takes."""
+    for t in tensors:
+        if t.layout != torch.strided:
+            raise TypeError(f"{what}: {t.layout} tensors are not supported; pass tensor.to_dense()")
     shape = tensors[0].shape
     for t in tensors[1:]:
         if t.shape != shape:

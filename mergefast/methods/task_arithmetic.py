@@ -218,9 +218,12 @@ def task_arithmetic(
         raise ValueError(f"consensus must be one of {CONSENSUS_METHODS}, got {consensus!r}")
     if len(tensors) != len(weights):
         raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(weights)} weights")
+    for name, values in (("densities", densities), ("gammas", gammas), ("epsilons", epsilons)):
+        if values is not None and len(values) != len(tensors):
+            raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(values)} {name}")
     b, deltas, out = task_vectors(base, tensors, "task arithmetic", out_dtype)
     if not deltas:
-        return base.to(out)
+        return base.to(out, copy=True)
     densities = densities if densities is not None else [1.0] * len(tensors)
     gammas = gammas if gammas is not None else [DEFAULT_GAMMA] * len(tensors)
     epsilons = epsilons if epsilons is not None else [DEFAULT_EPSILON] * len(tensors)

@@ -51,40 +51,49 @@ class VocabMap:
     default_src: torch.Tensor | None = None
     default_row: torch.Tensor | None = None
 
-    def apply(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The inputs re-indexed to the output vocabulary (each keeps its dtype and device)."""
+    def apply(self, tensors: list[torch.Tensor],
+              out_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """The inputs re-indexed to the output vocabulary, on their device.
+
+        Rows taken from elsewhere (defaults, means, padding) are computed in float32 (float64
+        for a float64 output) and each input is stored in the wider of its dtype and
+        `out_dtype`: mergekit casts its inputs to the merge's `dtype` before it computes them,
+        so with `dtype: float32` a bf16 model's padding row is the float32 mean, not that mean
+        rounded to bf16."""
         if self.own is None:
             return [t[: self.rows] for t in tensors]
         dev = tensors[0].device
-        default = self._defaults(tensors, dev)
+        acc = torch.promote_types(torch.float32, out_dtype or torch.float32)
+        default = self._defaults(tensors, dev, acc)
         out = []
         for own, t in zip(self.own, tensors):
+            dtype = torch.promote_types(t.dtype, out_dtype) if out_dtype else t.dtype
             own = own.to(dev)
             has = (own >= 0).view(-1, *([1] * (t.dim() - 1)))
-            real = torch.where(has, t[own.clamp(min=0)].float(), default)
-            new = torch.empty((self.rows, *t.shape[1:]), dtype=t.dtype, device=dev)
-            new[: self.real] = real.to(t.dtype)
+            real = torch.where(has, t[own.clamp(min=0)].to(acc), default)
+            new = torch.empty((self.rows, *t.shape[1:]), dtype=dtype, device=dev)
+            new[: self.real] = real.to(dtype)
             if self.rows > self.real:
-                new[self.real:] = real.mean(dim=0).to(t.dtype)
+                new[self.real:] = real.mean(dim=0).to(dtype)
             out.append(new)
         return out
 
-    def _defaults(self, tensors: list[torch.Tensor], dev) -> torch.Tensor:
+    def _defaults(self, tensors: list[torch.Tensor], dev, acc: torch.dtype) -> torch.Tensor:
         kind = self.default_kind.to(dev)
-        default = torch.zeros((self.real, *tensors[0].shape[1:]), dtype=torch.float32, device=dev)
+        default = torch.zeros((self.real, *tensors[0].shape[1:]), dtype=acc, device=dev)
         src, row = self.default_src.to(dev), self.default_row.to(dev)
         for j, t in enumerate(tensors):
             ids = ((kind == ROW) & (src == j)).nonzero().squeeze(1)
             if ids.numel():
-                default[ids] = t[row[ids]].float()
+                default[ids] = t[row[ids]].to(acc)
         ids = (kind == MEAN).nonzero().squeeze(1)
         if ids.numel():
-            total = torch.zeros((ids.numel(), *tensors[0].shape[1:]), dtype=torch.float32, device=dev)
-            count = torch.zeros(ids.numel(), dtype=torch.float32, device=dev)
+            total = torch.zeros((ids.numel(), *tensors[0].shape[1:]), dtype=acc, device=dev)
+            count = torch.zeros(ids.numel(), dtype=acc, device=dev)
             for present, t in zip(self.present, tensors):
                 p = present.to(dev)[ids]
                 ok = p >= 0
-                total[ok] += t[p[ok]].float()
+                total[ok] += t[p[ok]].to(acc)
                 count += ok
             default[ids] = total / count.clamp(min=1).view(-1, *([1] * (total.dim() - 1)))
         return default
@@ -250,8 +259,8 @@ def plan_vocab(config, models: dict, options, source: str, cache_dir: str | None
         return VocabPlanner(mode, models, refs, source)
     src = config.tokenizer_source
     if config.tokenizer is None and src != "union":
-        if src == "base" and not config.base_model:
-            raise ConfigError(f"{source}: tokenizer_source: base needs a base_model")
+        # "base" without a base_model is the first merged model's tokenizer (mergekit's
+        # choice there is arbitrary), as without any tokenizer config
         if _same_vocabularies(models, refs, None if src == "base" else src):
             return VocabPlanner("copy", models, refs, source)
     from .build import build_tokenizer

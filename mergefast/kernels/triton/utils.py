@@ -37,6 +37,9 @@ INTERPRET_HIST_PROGRAMS = 3
 NO_QUOTA = 1 << 62
 # Threshold of a model that keeps nothing: above every 31-bit key.
 KEEP_NONE = 1 << 31
+# The key of every NaN (magnitude_key): just above +inf's 0x7F800000.
+NAN_KEY = 0x7F800001
+_NAN_KEY = tl.constexpr(NAN_KEY)
 
 
 def interpret() -> bool:
@@ -100,8 +103,10 @@ def store_f32(ptr, offs, value, mask):
 
 @triton.jit
 def magnitude_key(d):
-    """31-bit key of |d| whose integer order is the order of magnitudes (sign bit cleared)."""
-    return d.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    """31-bit key of |d| whose integer order is the order of magnitudes (sign bit cleared),
+    every NaN folded onto NAN_KEY, just above +inf: the reference's stable sort ranks NaNs
+    equal (lowest index first), whatever their payloads."""
+    return tl.minimum(d.to(tl.int32, bitcast=True) & 0x7FFFFFFF, _NAN_KEY)
 
 
 @triton.jit
