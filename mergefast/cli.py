@@ -43,19 +43,27 @@ def _planning_without_gc():
 
 def _plan(config_file: str, out_path: str | None, options: dict):
     """Validate the config, OUT and the models, and build the plan (headers only)."""
-    from pathlib import Path
-
     from .config import load_config
-    from .execute import check_out_path
+    from .execute import plan_inputs
+    from .io.out_path import check_out_path, check_replaceable, check_stats_path, output_folder
     from .options import MergeOptions
     from .plan import build_plan
 
     opts = MergeOptions.from_kwargs(**options)
     config, text, source = load_config(config_file)
-    if out_path is not None:
-        check_out_path(Path(out_path).absolute())
+    out = None if out_path is None else output_folder(out_path)
+    if out is not None:
+        check_out_path(out)
+        check_stats_path(opts.stats_json, out)
     opts.math_device  # noqa: B018 - --cuda without a GPU is a usage error, found before planning
-    return build_plan(config, text, source, opts), opts
+    plan = build_plan(config, text, source, opts)
+    if out is not None:
+        try:
+            check_replaceable(out, plan_inputs(plan))
+        except BaseException:
+            plan.close()
+            raise
+    return plan, opts
 
 
 def _print_plan(plan, opts, out_path) -> None:

@@ -14,12 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .yaml_text import load_yaml
 
 Scalar = Union[bool, int, float, str]
 # A parameter setting: scalar, gradient list, {filter, value} conditional, or a list of those.
 Setting = Any
 
-DTYPES = ("bfloat16", "float16", "float32", "float64", "int64")
+DTYPES = ("bfloat16", "float16", "float32", "float64")
 NOT_SUPPORTED_YET = {
     "modules": "the multi-module `modules:` syntax is not supported yet; use `models:` or `slices:`",
 }
@@ -189,6 +190,9 @@ class MergeConfig(_Strict):
         if value is None:
             return None
         name = value.removeprefix("torch.")
+        if name == "int64":   # a name mergekit takes; every weight would be truncated
+            raise ValueError(f"'{value}' would truncate every weight to an integer (an "
+                             f"all-zero model); use one of {', '.join(DTYPES)}")
         if name not in DTYPES:
             hint = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
                     "float": "float32"}.get(name)
@@ -242,7 +246,7 @@ def _describe(error: ValidationError, source: str) -> str:
 def parse_config(text: str, source: str = "<config>") -> MergeConfig:
     """Parse and validate YAML text; raise ConfigError naming `source` and the key."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

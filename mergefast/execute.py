@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .checks import all_finite, check_output_finite, warn_nonfinite_inputs
-from .errors import ConfigError, MergeError
+from .errors import MergeError
+from .io.out_path import check_out_path, check_replaceable, check_stats_path, output_folder
 from .io.output import output_model_config, write_json, write_tokenizer
 from .io.writer import OutputTensor, ShardedWriter
 from .methods.linear import ZeroWeightSumError
@@ -64,12 +68,6 @@ def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
     if not job.copy:
         tensors = [t.to(device) for t in tensors]
     return merge_job(plan, job, tensors).cpu()
-
-
-def check_out_path(out: Path) -> None:
-    """OUT may be missing or a folder (replaced at the very end), never a file."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output path {out} is a file; give a folder path")
 
 
 def _processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
@@ -143,19 +141,48 @@ def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_
 
 def replace_folder(tmp: Path, out: Path) -> None:
     """Move the finished `tmp` to `out`, replacing an existing `out` only at this moment."""
-    if out.exists():
-        old = out.parent / f".{out.name}.mergefast-old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
+    with _signals_held():
+        if out.exists():
+            old = out.parent / f".{out.name}.mergefast-old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait while OUT is swapped in: between the two renames neither the old
+    nor the new OUT is in place, and after them the merge is done. A signal that came is
+    dropped: the swap finishes and the command ends as it would have a moment later."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    held = {sig: signal.signal(sig, lambda signum, frame: came.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+
+
+def plan_inputs(plan: MergePlan) -> list[Path]:
+    """The folders of the plan's input models and its config file: what OUT must not hold."""
+    paths = [m.folder for m in plan.models.values()]
+    if plan.source and Path(plan.source).is_file():
+        paths.append(Path(plan.source))
+    return paths
 
 
 def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> RunSummary:
     """Run every job of `plan` and write the finished model folder at `out_path`."""
-    out = Path(out_path).absolute()
+    out = output_folder(out_path)
     check_out_path(out)
+    check_replaceable(out, plan_inputs(plan))
+    check_stats_path(options.stats_json, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

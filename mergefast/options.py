@@ -34,11 +34,28 @@ def parse_memory(value: str | int) -> int:
                 text = text[:-1]
             unit = text[-1] if text and text[-1] in _MEMORY_UNITS else ""
             number = float(text[: len(text) - len(unit)])
-            if number > 0:
+            if 0 < number < float("inf"):
                 return int(number * _MEMORY_UNITS[unit])
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     raise ConfigError(f"--max-memory {value!r}: give bytes (e.g. 4000000000, 4g, 500m) or a share of RAM (e.g. 25%)")
+
+
+def _checked_device(name: str) -> str:
+    """--device NAME when torch knows it and, for CUDA, has that GPU; else a usage error."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r}: not a device name; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"--device {name}: torch sees {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name}: mergefast merges on cpu or cuda devices")
+    return name
 
 
 @dataclass
@@ -76,7 +93,7 @@ class MergeOptions:
     def math_device(self) -> str:
         """The device merges run on: --device, else cuda with --cuda, else cpu."""
         if self.device and self.device != "auto":
-            return self.device
+            return _checked_device(self.device)
         if self.device == "auto" or self.cuda:
             import torch
 

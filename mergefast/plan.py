@@ -25,7 +25,7 @@ from .parameters import method_spec, resolve
 from .slices import PlanSlice, SliceSource, check_slice_inputs, normalise_slices
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-                "float64": torch.float64, "int64": torch.int64}
+                "float64": torch.float64}
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,13 @@ def test_errors_name_the_key(text, message):
 def test_yaml_syntax_error_has_line_and_column():
     with pytest.raises(ConfigError, match=r"cfg.yml: invalid YAML at line 2, column 9: mapping values are not allowed"):
         parse_config("merge_method: linear\nmodels: : x\n", "cfg.yml")
+
+
+def test_yaml_merge_keys_may_be_overridden_but_keys_not_repeated():
+    from mergefast.config import parse_config
+
+    text = ("merge_method: linear\nmodels:\n  - model: a\n    parameters:\n"
+            "      <<: {weight: 1}\n      weight: 2\n")
+    assert parse_config(text).models[0].parameters["weight"] == 2
+    with pytest.raises(ConfigError, match="line 6.*'weight' appears twice"):
+        parse_config(text.replace("<<: {weight: 1}", "weight: 1"))

@@ -148,7 +148,8 @@ def test_out_path_that_is_a_file(family, tmp_path):
 
 
 def test_existing_out_is_replaced(family, tmp_path):
-    (tmp_path / "out").mkdir()
+    (tmp_path / "out").mkdir()   # a previous output: it has a config.json
+    (tmp_path / "out" / "config.json").write_text("{}")
     (tmp_path / "out" / "stale.txt").write_text("x")
     out = merge_example("linear.yml", family, tmp_path)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()

@@ -214,8 +214,10 @@ def test_online_errors(tmp_path, online, monkeypatch, error, match):
         raise hfe.LocalEntryNotFoundError("not cached")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
-    with pytest.raises(ModelError, match=match):
+    with pytest.raises(ModelError, match=match) as err:
         resolve_model(ModelRef("org/name", "main"), cache_dir=str(tmp_path))
+    # `org/name` may have been meant as a relative folder: the message says none was found
+    assert "nor is there a local folder org/name in" in str(err.value)
 
 
 def test_online_network_down_uses_cache(tmp_path, online, monkeypatch):

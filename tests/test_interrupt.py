@@ -85,8 +85,8 @@ def merges(deep_model, tmp_path_factory):
         work = tmp_path_factory.mktemp(name)
         out = work / "out"
         if name == "sigterm":  # an existing OUT is replaced only at the final rename
-            out.mkdir()
-            (out / "keep.txt").write_text("previous model")
+            out.mkdir()   # a previous model (config.json): OUT may be replaced
+            (out / "config.json").write_text("previous model")
         running[name] = (_start(deep_model, out, delay=0.05), out)
     yield running
     for proc, _ in running.values():
@@ -111,8 +111,8 @@ def test_signal_stops_the_merge_and_cleans_up(merges, name, sig, code):
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith(("mergefast: interrupted", "mergefast: terminated"))
     if name == "sigterm":
-        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-        assert (out / "keep.txt").read_text() == "previous model"
+        assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+        assert (out / "config.json").read_text() == "previous model"
     else:
         assert not out.exists()
     assert not _partials(out)

@@ -307,3 +307,11 @@ def test_bad_bin(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not a zip")
     with pytest.raises(ModelError, match="pytorch_model.bin"):
         CheckpointReader(tmp_path).names()
+
+
+@pytest.mark.parametrize("entries, why", [({3: torch.zeros(2)}, "not a tensor name"),
+                                          ({"w": [1, 2]}, "not a tensor")])
+def test_bin_entries_must_be_named_tensors(tmp_path, entries, why):
+    torch.save(entries, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelError, match=why):
+        CheckpointReader(tmp_path).names()

@@ -111,13 +111,28 @@ def test_parse_memory(text, expected):
     assert parse_memory(text) == expected
 
 
-@pytest.mark.parametrize("text", ["0", "abc", "-5", "200%", "1.5x"])
+@pytest.mark.parametrize("text", ["0", "abc", "-5", "200%", "1.5x", "inf", "nan", "1e400g"])
 def test_parse_memory_errors(text):
     from mergefast.errors import ConfigError
     from mergefast.options import MergeOptions
 
     with pytest.raises(ConfigError, match="--max-memory"):
         MergeOptions.from_kwargs(max_memory=text)
+
+
+@pytest.mark.parametrize("device, why", [("bogus", "not a device name"), ("cuda:7", "CUDA device"),
+                                         ("meta", "cpu or cuda")])
+def test_bad_device_is_a_usage_error(device, why, monkeypatch):
+    """--device was an internal error (exit 1), found only after planning."""
+    import torch
+
+    from mergefast.errors import ConfigError
+    from mergefast.options import MergeOptions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=why):
+        MergeOptions.from_kwargs(device=device).math_device
+    assert MergeOptions.from_kwargs(device="cpu").math_device == "cpu"
 
 
 def test_automatic_budget_is_twice_the_largest_job_within_bounds():

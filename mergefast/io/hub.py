@@ -85,7 +85,12 @@ def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
         raise ModelError(
             f"model folder {ref.path} does not exist; check the path (a Hugging Face repo id looks like org/name)"
         )
-    return _resolve_repo(ref.path, ref.revision, cache_dir)
+    try:
+        return _resolve_repo(ref.path, ref.revision, cache_dir)
+    except ModelError as exc:
+        # `models/ft-a` reads as a repo id too: say that no such local folder was found either
+        raise ModelError(f"{exc} (nor is there a local folder {ref.path} in {Path.cwd()}: "
+                         "relative model paths are read from the current folder)") from exc.__cause__
 
 
 def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Path:

@@ -19,6 +19,7 @@ import yaml
 
 from ..cli_support import DRY_RUN, merge_options, reports_errors
 from ..errors import ConfigError
+from ..yaml_text import load_yaml
 from .loose_weights import take_loose_weights
 from .run import run_merge
 
@@ -47,7 +48,7 @@ def _model(value: Any, where: str) -> str:
 def read_bakllama(text: str, source: str) -> dict:
     """Validate a bakllama YAML config; returns {layer_slices: [...], embedding_source, lm_head_source}."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

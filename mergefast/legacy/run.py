@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 
@@ -39,17 +38,20 @@ def run_merge(config_text: str, source: str, out_path: str, options: dict, dry_r
 def _checked_plan(config_text: str, source: str, out_path: str, opts, adjust, explain):
     """The plan of `config_text`, adjusted; closes it again when planning or adjusting fails."""
     from ..config import parse_config
-    from ..execute import check_out_path
+    from ..execute import plan_inputs
+    from ..io.out_path import check_out_path, check_replaceable, output_folder
     from ..plan import build_plan
 
     config = parse_config(config_text, source)
-    check_out_path(Path(out_path).absolute())
+    out = output_folder(out_path)
+    check_out_path(out)
     opts.math_device  # noqa: B018 - --cuda without a GPU is a usage error, found before planning
     try:
         plan = build_plan(config, config_text, source, opts)
         try:
             if adjust is not None:
                 adjust(plan, opts)
+            check_replaceable(out, plan_inputs(plan))
         except BaseException:
             plan.close()
             raise
