@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .architecture import Architecture, infer_architecture
+from .architecture import TIED_HEADS, Architecture, infer_architecture
 from .config import MergeConfig
 from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref, resolve_model
@@ -97,6 +97,46 @@ def _check_same_architecture(models: dict[str, InputModel]) -> None:
         close_models(models)
         raise ConfigError(f"models have different architectures: {ra} is {'/'.join(a)} but {rb} is "
                           f"{'/'.join(b)}; pass --allow-crimes to merge them anyway")
+
+
+def check_model_folders(models: dict[str, InputModel], refs: list[str], source: str) -> None:
+    """Plan-time checks of the merged models `refs`: each has a config.json, and none that
+    declares an untied head (tie_word_embeddings: false) lacks the head tensor."""
+    for ref in refs:
+        model = models[ref]
+        if not (model.folder / "config.json").is_file():
+            # The config gives the layer count and architecture, and the donor's becomes the
+            # output's config.json: without it the output would not load (mergekit needs it too).
+            raise ConfigError(f"{source}: model {ref}: no config.json in {model.folder}; every merged model "
+                              "needs its Hugging Face config.json (the donor's becomes the output's): copy it "
+                              "into the folder")
+        _check_untied_head(model, ref, source)
+
+
+def declared_tie(config: dict) -> bool | None:
+    """tie_word_embeddings as config.json states it (top level, else text_config), or None
+    when it is not stated (the architecture's default then applies)."""
+    for holder in (config, config.get("text_config")):
+        if isinstance(holder, dict) and isinstance(holder.get("tie_word_embeddings"), bool):
+            return holder["tie_word_embeddings"]
+    return None
+
+
+def _check_untied_head(model: InputModel, ref: str, source: str) -> None:
+    """A model stating tie_word_embeddings: false must hold its head: planning would otherwise
+    treat it as tied and merge its embedding matrix into the output's head."""
+    if declared_tie(model.config) is not False:
+        return
+    reader = model.reader
+    for head, embedding in TIED_HEADS.items():
+        if head in reader or embedding not in reader:
+            continue  # the head is there, or the model does not use these names at all
+        weights = reader.index_file or model.folder / ("model.safetensors" if reader.format == "safetensors"
+                                                       else "pytorch_model.bin")
+        raise ConfigError(f"{source}: model {ref}: tensor {head} is missing from {weights} but "
+                          f"{model.folder / 'config.json'} sets tie_word_embeddings: false; the checkpoint "
+                          "is incomplete: re-download or re-save it (or set tie_word_embeddings: true if "
+                          "its head really is the embedding)")
 
 
 def close_models(models: dict[str, InputModel]) -> None:

@@ -17,7 +17,7 @@ from .architecture import TIED_HEADS
 from .checks import check_plan
 from .config import MergeConfig
 from .errors import ConfigError
-from .inputs import InputModel, close_models, open_models, referenced_models
+from .inputs import InputModel, check_model_folders, close_models, merged_models, open_models, referenced_models
 from .io.reader import TensorInfo
 from .methods.registry import MethodSpec
 from .options import MergeOptions
@@ -204,8 +204,16 @@ def build_plan(config: MergeConfig, config_text: str, source: str, options: Merg
     refs = referenced_models(config)
     models = open_models(refs, options.transformers_cache, options.allow_crimes)
     try:
+        check_model_folders(models, merged_models(config), source)
         slices = normalise_slices(config, models, source)
         donor = config.base_model or refs[0]
+        if config.slices is not None:
+            from .io.output import layer_count_key
+
+            # The output config.json gets the sliced layer count: check the donor's has the key
+            # now, not after every tensor is written.
+            layer_count_key(models[donor].config,
+                            f"{source}: slices: the donor's config {models[donor].folder / 'config.json'}")
         plan = MergePlan(config, config_text, source, spec, models, donor)
         from .tokenizer import plan_vocab
 

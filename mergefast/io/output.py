@@ -43,13 +43,23 @@ def output_model_config(donor_config: dict, dtype_name: str | None, num_layers: 
         for key in keys:
             config[key] = dtype_name
     if num_layers is not None:
-        found = num_layers_key(config)
-        if found is None:
-            raise ConfigError("cannot set the layer count of the output: the donor config.json has no "
-                              "num_hidden_layers (or n_layer/num_layers) key")
-        holder, key = found
+        holder, key = layer_count_key(config, "the donor's config.json")
         holder[key] = num_layers
     return config
+
+
+def layer_count_key(config: dict, where: str) -> tuple[dict, str]:
+    """(the dict holding it, the key) of the layer count in donor config `config`; ConfigError
+    naming `where` (the donor's config.json) when it has none.
+
+    Planning calls this for `slices:` configs, so the error comes before any tensor is written;
+    `output_model_config` calls it again as a backstop."""
+    found = num_layers_key(config)
+    if found is None:
+        raise ConfigError(f"{where} has no num_hidden_layers (or n_layer/num_layers/n_layers) key, so the "
+                          "sliced layer count cannot be written into the output config.json; add the key "
+                          "(the donor's layer count) or make a model with a complete config.json the base_model")
+    return found
 
 
 def write_json(path: Path, data: dict) -> None:

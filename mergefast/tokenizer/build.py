@@ -57,11 +57,37 @@ def _transformers():
     return AutoTokenizer, AddedToken
 
 
+def _auto_map_file(folder: Path) -> str | None:
+    """The first of tokenizer_config.json / config.json in `folder` whose `auto_map` points
+    transformers at Python files (custom code), or None. Read as JSON: nothing is imported."""
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return name
+    return None
+
+
 def _load(folder: Path, what: str):
+    """The tokenizer of model `what` (folder `folder`), loaded without running any code from it.
+
+    trust_remote_code=False is always passed: with the default (None) transformers asks
+    "Do you wish to run the custom code? [y/N]" on stdin and imports the folder's Python files
+    on "y", and mergefast promises never to run code from a model folder."""
     AutoTokenizer, _ = _transformers()
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loading failure is a config problem here
+        custom = _auto_map_file(folder)
+        if custom is not None:
+            # transformers' own message says to pass trust_remote_code=True: not an option here.
+            raise ConfigError(
+                f"cannot load the tokenizer of {what} ({folder}): it needs custom code (auto_map in its "
+                f"{custom}), which mergefast never runs; take the tokenizer from another model with "
+                "tokenizer_source, or give the folder a tokenizer.json with a standard tokenizer_class "
+                "(e.g. PreTrainedTokenizerFast) in tokenizer_config.json") from None
         raise ConfigError(f"cannot load the tokenizer of {what} ({folder}): {str(exc).splitlines()[0]}") from None
 
 

@@ -1,0 +1,116 @@
+"""Nothing from a model folder ever runs: a tokenizer (or config) that needs custom code via
+`auto_map` is refused with one ConfigError line, even with "y" on stdin for transformers'
+"Do you wish to run the custom code? [y/N]" prompt and with --trust-remote-code.
+
+Each merge runs in a subprocess fed "y\\n", as a user at a terminal would answer the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from make_models import make_tiny_llama
+
+pytest.importorskip("transformers")
+
+SIZES = dict(hidden=16, intermediate=32, heads=2, kv_heads=1, layers=2, vocab=32, dtype=torch.float32)
+
+
+def _side_effect(marker: Path) -> str:
+    """Python source that leaves `marker` behind when it is imported."""
+    return f"open({str(marker)!r}, 'w').write('pwned')\n"
+
+
+def make_evil_tokenizer(folder: Path, marker: Path) -> None:
+    """tokenizer_config.json names a tokenizer class only `tokenization_evil.py` defines."""
+    path = folder / "tokenizer_config.json"
+    tc = json.loads(path.read_text())
+    tc["tokenizer_class"] = "EvilTokenizer"
+    tc["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    path.write_text(json.dumps(tc))
+    (folder / "tokenization_evil.py").write_text(
+        _side_effect(marker) + "from transformers import PreTrainedTokenizerFast\n\n\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+
+
+def make_evil_config(folder: Path, marker: Path) -> None:
+    """config.json's model type exists only in `configuration_evil.py`, and the tokenizer
+    config names no class, so transformers would load the config (and its code) to find one."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["model_type"] = "evil"
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig"}
+    path.write_text(json.dumps(config))
+    tc_path = folder / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text())
+    del tc["tokenizer_class"]
+    tc_path.write_text(json.dumps(tc))
+    (folder / "configuration_evil.py").write_text(
+        _side_effect(marker) + "from transformers import PretrainedConfig\n\n\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+
+
+def merge_in_subprocess(tmp_path: Path, good: Path, evil: Path, tokenizer: str, *extra: str):
+    """`mergefast yaml` of good + evil with "y" on stdin; the finished process."""
+    config = tmp_path / "config.yml"
+    config.write_text(f"merge_method: linear\nbase_model: {good}\nmodels:\n  - model: {good}\n"
+                      f"  - model: {evil}\nparameters: {{weight: 0.5}}\ndtype: float32\n{tokenizer}")
+    return subprocess.run([sys.executable, "-m", "mergefast", "yaml", str(config), str(tmp_path / "out"),
+                           "--quiet", *extra], input="y\n", capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def models(tmp_path) -> tuple[Path, Path, Path]:
+    """(good model, evil model, marker path the evil code would write)."""
+    base = make_tiny_llama(tmp_path / "good", seed=0, **SIZES)
+    make_tiny_llama(tmp_path / "evil", seed=1, base=base, **SIZES)
+    return tmp_path / "good", tmp_path / "evil", tmp_path / "PWNED"
+
+
+# (`tokenizer_source: <model>` with equal vocabularies copies files and loads no tokenizer.)
+TOKENIZER_BLOCKS = ["tokenizer_source: union\n", "tokenizer:\n  source: base\n",
+                    "tokenizer:\n  source: {evil}\n"]
+
+
+def assert_refused(proc, tmp_path: Path, evil: Path) -> None:
+    """The merge failed with exactly one ConfigError line naming the model and the way out."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "[y/N]" not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mergefast: error:"), proc.stderr
+    assert str(evil) in lines[0] and "custom code" in lines[0] and "tokenizer_source" in lines[0]
+    assert "trust_remote_code=True" not in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# each case is a subprocess merge (~4 s): the flag is tried with one block
+@pytest.mark.parametrize("block, extra", [(TOKENIZER_BLOCKS[0], ()),
+                                          (TOKENIZER_BLOCKS[0], ("--trust-remote-code",)),
+                                          (TOKENIZER_BLOCKS[1], ()), (TOKENIZER_BLOCKS[2], ())],
+                         ids=["union", "union-trust-flag", "block", "source-model"])
+def test_custom_tokenizer_code_never_runs(models, tmp_path, block, extra):
+    good, evil, marker = models
+    make_evil_tokenizer(evil, marker)
+    proc = merge_in_subprocess(tmp_path, good, evil, block.format(evil=evil), *extra)
+    assert not marker.exists(), "code from a model folder ran"
+    assert_refused(proc, tmp_path, evil)
+
+
+@pytest.mark.parametrize("block", TOKENIZER_BLOCKS, ids=["union", "block", "source-model"])
+def test_custom_config_code_never_runs(models, tmp_path, block):
+    """Whether transformers can then load the tokenizer from tokenizer.json alone depends on
+    its version: either the merge succeeds or it is refused cleanly; the code never runs."""
+    good, evil, marker = models
+    make_evil_config(evil, marker)
+    proc = merge_in_subprocess(tmp_path, good, evil, block.format(evil=evil), "--trust-remote-code")
+    assert not marker.exists(), "code from a model folder ran"
+    if proc.returncode == 0:
+        assert (tmp_path / "out" / "tokenizer.json").is_file()
+    else:
+        assert_refused(proc, tmp_path, evil)
