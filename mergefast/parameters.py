@@ -140,13 +140,14 @@ def coerce(param: Param, value: Any, where: str) -> Any:
 
 
 def resolve(param: Param, levels: Sequence[Mapping[str, Any] | None], tensor_name: str,
-            t: float, where: str) -> Any:
-    """First non-None value over precedence `levels` (highest first), else the default."""
-    for block in levels:
+            t: float, where: str, names: Sequence[str] | None = None) -> Any:
+    """First non-None value over precedence `levels` (highest first), else the default.
+    `names`: the YAML place of each level, named in a bad value's error."""
+    for k, block in enumerate(levels):
         if block and param.name in block:
             value = evaluate_setting(block[param.name], tensor_name, t)
             if value is not None:
-                return coerce(param, value, where)
+                return coerce(param, value, f"{where}, from {names[k]}" if names else where)
     if param.required:
         raise ConfigError(f"{where}: missing required parameter '{param.name}'")
     return param.default

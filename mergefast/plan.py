@@ -123,12 +123,14 @@ class _JobBuilder:
             return {}
         where = f"{self.source}: {s.where} ({s.model}), tensor {tensor}"
         levels = [s.parameters, sl.parameters, self.config.parameters]
-        return {p.name: resolve(p, levels, tensor, t, where) for p in self.spec.model_params}
+        names = [f"{s.where}.parameters", f"{sl.where}.parameters", "parameters"]
+        return {p.name: resolve(p, levels, tensor, t, where, names) for p in self.spec.model_params}
 
     def _global_params(self, sl: PlanSlice, out_name: str, t: float) -> dict:
         where = f"{self.source}: {sl.where}, tensor {out_name}"
         levels = [sl.parameters, self.config.parameters]
-        return {p.name: resolve(p, levels, out_name, t, where) for p in self.spec.global_params}
+        names = [f"{sl.where}.parameters", "parameters"]
+        return {p.name: resolve(p, levels, out_name, t, where, names) for p in self.spec.global_params}
 
     def _check_shapes(self, out_name: str, sources: tuple[TensorSource, ...]) -> None:
         first = sources[0]

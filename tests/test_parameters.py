@@ -73,3 +73,10 @@ def test_coercion():
         resolve(NORMALIZE, [{"normalize": "yes"}], "t", 0, "w")
     with pytest.raises(ConfigError, match="'weight' must be a number"):
         resolve(WEIGHT, [{"weight": "heavy"}], "t", 0, "w")
+
+
+def test_a_bad_value_names_the_block_it_came_from():
+    """It named the first tensor's model or slice even when the value was a global one."""
+    with pytest.raises(ConfigError, match="tensor t, from parameters: 'normalize' must be"):
+        resolve(NORMALIZE, [None, {"normalize": "yes"}], "t", 0, "cfg.yml: models, tensor t",
+                ["models.parameters", "parameters"])
