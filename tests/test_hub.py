@@ -232,3 +232,11 @@ def test_online_network_down_uses_cache(tmp_path, online, monkeypatch):
 def test_invalid_repo_id(no_hub):
     with pytest.raises(ModelError, match="not a valid Hugging Face repo id"):
         resolve_model(ModelRef("bad name!"))
+
+
+@pytest.mark.parametrize("target", ["missing", "loop"])
+def test_a_link_that_leads_nowhere_is_named(tmp_path, target):
+    link = tmp_path / "model"
+    link.symlink_to(tmp_path / "missing" if target == "missing" else link)
+    with pytest.raises(ModelError, match="symbolic link that leads nowhere"):
+        resolve_model(ModelRef(str(link)))

@@ -289,6 +289,9 @@ def test_index_missing_shard_and_inconsistent(tmp_path):
     _index(folder, {"a": "model-00001-of-00002.safetensors", "b": "model-00003-of-00003.safetensors"})
     with pytest.raises(ModelError, match="does not exist"):
         CheckpointReader(folder)
+    _index(folder, {"a": "model-00001-of-00002.safetensors", "b": "."})
+    with pytest.raises(ModelError, match="is a folder, not a weights file"):
+        CheckpointReader(folder)
     _index(folder, {"a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors"})
     with CheckpointReader(folder) as r:
         with pytest.raises(ModelError, match="not in this file"):

@@ -81,6 +81,9 @@ def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
         return local.absolute()
     if local.exists():
         raise ModelError(f"model path {local} is a file; point the config at the folder holding config.json and the weights")
+    if local.is_symlink():
+        raise ModelError(f"model path {local} is a symbolic link that leads nowhere (a missing target or a "
+                         "loop); point it at the model folder")
     if _looks_like_path(ref.path):
         raise ModelError(
             f"model folder {ref.path} does not exist; check the path (a Hugging Face repo id looks like org/name)"

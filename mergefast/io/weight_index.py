@@ -44,7 +44,8 @@ def _check_shard_path(folder: Path, index: Path, root: Path, blobs: Path | None,
         )
     path = folder / p
     if not path.is_file():
-        raise ModelError(f"{index}: weight_map names {rel!r} but {path} does not exist; re-download the model")
+        what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
+        raise ModelError(f"{index}: weight_map names {rel!r} but {path} {what}; re-download the model")
     real = path.resolve()
     # huggingface_hub snapshots are symlinks into the repo's blobs/ folder: allowed.
     if not (_is_within(real, root) or (blobs is not None and _is_within(real, blobs))):
