@@ -24,22 +24,32 @@ def load_config(path_or_text):
     return _load(path_or_text)[0]
 
 
-def merge(config_or_path, out_path: str | Path, **options):
-    """Run a merge from a config (path, YAML text or MergeConfig) into the folder `out_path`.
+def merge(config_or_path, out_path: str | Path, *, dry_run: bool = False, **options):
+    """Run a merge from a config (path, YAML text, a dict of it or MergeConfig) into the
+    folder `out_path`.
 
     `options` are named like the `mergefast yaml` flags with underscores (`cuda=True`,
     `out_shard_size="1B"`, `copy_tokenizer=False`, ...). Returns the run's RunSummary
-    (bytes moved, busy seconds per stage, wall time, peak RSS, kernel backends).
+    (bytes moved, busy seconds per stage, wall time, peak RSS, kernel backends); with
+    `dry_run=True` nothing is read but headers and nothing is written, and the plan's text
+    (what `mergefast plan` prints) is returned instead.
     """
     from .config import load_config as _load
-    from .execute import execute
+    from .execute import execute, plan_inputs
+    from .io.out_path import check_out_path, check_replaceable, output_folder
     from .options import MergeOptions
     from .plan import build_plan
+    from .report import format_plan
 
     opts = MergeOptions.from_kwargs(**options)
     config, text, source = _load(config_or_path)
     plan = build_plan(config, text, source, opts)
     try:
+        if dry_run:   # the checks execute() makes before it reads a tensor
+            out = output_folder(out_path)
+            check_out_path(out)
+            check_replaceable(out, plan_inputs(plan))
+            return format_plan(plan, opts, str(out_path))
         return execute(plan, out_path, opts)
     finally:
         plan.close()

@@ -265,10 +265,17 @@ def parse_config(text: str, source: str = "<config>") -> MergeConfig:
 
 
 def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, str, str]:
-    """Return (config, its YAML text, where it came from) from a path, YAML text or config."""
+    """Return (config, its YAML text, where it came from) from a path, YAML text, its data as
+    a dict, or a MergeConfig."""
     if isinstance(path_or_text, MergeConfig):
         text = yaml.safe_dump(path_or_text.model_dump(exclude_none=True), sort_keys=False)
         return path_or_text, text, "<config>"
+    if isinstance(path_or_text, dict):   # the YAML's data, e.g. from yaml.safe_load
+        text = yaml.safe_dump(path_or_text, sort_keys=False)
+        return parse_config(text), text, "<config>"
+    if not isinstance(path_or_text, (str, Path)):
+        raise ConfigError(f"config must be a path, YAML text, a dict or a MergeConfig, got "
+                          f"{type(path_or_text).__name__}")
     if isinstance(path_or_text, Path) or "\n" not in str(path_or_text):
         path = Path(path_or_text)
         if not path.is_file():

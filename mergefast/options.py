@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 from .errors import ConfigError
@@ -56,6 +57,31 @@ def _checked_device(name: str) -> str:
     elif device.type != "cpu":
         raise ConfigError(f"--device {name}: mergefast merges on cpu or cuda devices")
     return name
+
+
+_BOOL_OPTIONS = ("cuda", "copy_tokenizer", "write_model_card", "allow_crimes", "lazy_unpickle",
+                 "trust_remote_code", "quiet", "unsafe_truncate_embeddings")
+_INT_OPTIONS = ("out_shard_size", "random_seed", "verbose")
+_PATH_OPTIONS = ("device", "transformers_cache", "stats_json")
+
+
+def _checked_types(kwargs: dict) -> dict:
+    """Options of the Python API checked as the CLI's parser checks flags: any string passed
+    as `cuda` was true (`cuda="no"` asked for a GPU), a list as `out_shard_size` failed deep
+    inside the writer."""
+    checked = dict(kwargs)
+    for name, value in kwargs.items():
+        if name in _BOOL_OPTIONS and not isinstance(value, bool):
+            raise ConfigError(f"merge option {name}={value!r}: give True or False")
+        if name in _INT_OPTIONS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"merge option {name}={value!r}: give a whole number")
+        if name in _PATH_OPTIONS and value is not None:
+            if not isinstance(value, (str, os.PathLike)):
+                raise ConfigError(f"merge option {name}={value!r}: give a string")
+            checked[name] = os.fspath(value)
+    if checked.get("out_shard_size", 1) <= 0:
+        raise ConfigError(f"merge option out_shard_size={checked['out_shard_size']!r}: give a positive size")
+    return checked
 
 
 @dataclass
@@ -118,4 +144,4 @@ class MergeOptions:
             kwargs["out_shard_size"] = parse_size(kwargs["out_shard_size"])
         if kwargs.get("max_memory") is not None:
             parse_memory(kwargs["max_memory"])  # a typo fails now, before any model is opened
-        return cls(**kwargs)
+        return cls(**_checked_types(kwargs))

@@ -185,6 +185,32 @@ def test_python_api(family, tmp_path):
         mergefast.merge(example_config("slerp-gradient.yml", family), tmp_path / "out2", cudaa=True)
 
 
+@pytest.mark.parametrize("option, value", [("cuda", "no"), ("copy_tokenizer", None),
+                                           ("out_shard_size", [1]), ("random_seed", "abc"),
+                                           ("stats_json", 5)])
+def test_python_api_option_types_are_config_errors(family, tmp_path, option, value):
+    """They escaped as TypeError/ValueError from deep inside, or (cuda="no") asked for a GPU."""
+    import mergefast
+    from mergefast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"merge option {option}="):
+        mergefast.merge(example_config("linear.yml", family), tmp_path / "out", **{option: value})
+
+
+def test_python_api_dry_run_and_config_forms(family, tmp_path):
+    import yaml
+
+    import mergefast
+    from mergefast.errors import ConfigError
+
+    text = example_config("linear.yml", family)
+    shown = mergefast.merge(yaml.safe_load(text), tmp_path / "out", dry_run=True)
+    assert shown.startswith("plan for <config> (dry run") and not (tmp_path / "out").exists()
+    for wrong in (text.encode(), None):
+        with pytest.raises(ConfigError, match="config must be a path, YAML text"):
+            mergefast.merge(wrong, tmp_path / "out")
+
+
 def test_console_script_help():
     code, output = run_cli("yaml", "--help")
     assert code == 0
