@@ -35,8 +35,8 @@ def merge(config_or_path, out_path: str | Path, *, dry_run: bool = False, **opti
     (what `mergefast plan` prints) is returned instead.
     """
     from .config import load_config as _load
-    from .execute import execute, plan_inputs
-    from .io.out_path import check_out_path, check_replaceable, output_folder
+    from .execute import check_output_folder, execute
+    from .io.out_path import output_folder
     from .options import MergeOptions
     from .plan import build_plan
     from .report import format_plan
@@ -46,9 +46,7 @@ def merge(config_or_path, out_path: str | Path, *, dry_run: bool = False, **opti
     plan = build_plan(config, text, source, opts)
     try:
         if dry_run:   # the checks execute() makes before it reads a tensor
-            out = output_folder(out_path)
-            check_out_path(out)
-            check_replaceable(out, plan_inputs(plan))
+            check_output_folder(output_folder(out_path), plan)
             return format_plan(plan, opts, str(out_path))
         return execute(plan, out_path, opts)
     finally:

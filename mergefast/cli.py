@@ -44,8 +44,8 @@ def _planning_without_gc():
 def _plan(config_file: str, out_path: str | None, options: dict):
     """Validate the config, OUT and the models, and build the plan (headers only)."""
     from .config import load_config
-    from .execute import plan_inputs
-    from .io.out_path import check_out_path, check_replaceable, check_stats_path, output_folder
+    from .execute import check_output_folder
+    from .io.out_path import check_out_path, check_stats_path, output_folder
     from .options import MergeOptions
     from .plan import build_plan
 
@@ -59,7 +59,7 @@ def _plan(config_file: str, out_path: str | None, options: dict):
     plan = build_plan(config, text, source, opts)
     if out is not None:
         try:
-            check_replaceable(out, plan_inputs(plan))
+            check_output_folder(out, plan)
         except BaseException:
             plan.close()
             raise

@@ -154,14 +154,12 @@ def replace_folder(tmp: Path, out: Path) -> None:
 @contextmanager
 def _signals_held():
     """Ctrl-C and SIGTERM wait while OUT is swapped in: between the two renames neither the old
-    nor the new OUT is in place, and after them the merge is done. A signal that came is
-    dropped: the swap finishes and the command ends as it would have a moment later."""
+    nor the new OUT is in place, and after them the merge is done. A signal that comes is
+    ignored: the swap finishes and the command ends as it would have a moment later."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    came: list[int] = []
-    held = {sig: signal.signal(sig, lambda signum, frame: came.append(signum))
-            for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -169,19 +167,20 @@ def _signals_held():
             signal.signal(sig, handler)
 
 
-def plan_inputs(plan: MergePlan) -> list[Path]:
-    """The folders of the plan's input models and its config file: what OUT must not hold."""
-    paths = [m.folder for m in plan.models.values()]
+def check_output_folder(out: Path, plan: MergePlan) -> None:
+    """Every check on OUT (io/out_path.py), the plan's inputs among them: the model folders
+    and the config file, which OUT must not hold."""
+    inputs = [m.folder for m in plan.models.values()]
     if plan.source and Path(plan.source).is_file():
-        paths.append(Path(plan.source))
-    return paths
+        inputs.append(Path(plan.source))
+    check_out_path(out)
+    check_replaceable(out, inputs)
 
 
 def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> RunSummary:
     """Run every job of `plan` and write the finished model folder at `out_path`."""
     out = output_folder(out_path)
-    check_out_path(out)
-    check_replaceable(out, plan_inputs(plan))
+    check_output_folder(out, plan)
     check_stats_path(options.stats_json, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"

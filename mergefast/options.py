@@ -62,7 +62,7 @@ def _checked_device(name: str) -> str:
 _BOOL_OPTIONS = ("cuda", "copy_tokenizer", "write_model_card", "allow_crimes", "lazy_unpickle",
                  "trust_remote_code", "quiet", "unsafe_truncate_embeddings")
 _INT_OPTIONS = ("out_shard_size", "random_seed", "verbose")
-_PATH_OPTIONS = ("device", "transformers_cache", "stats_json")
+_TEXT_OPTIONS = ("device", "transformers_cache", "stats_json")
 
 
 def _checked_types(kwargs: dict) -> dict:
@@ -75,7 +75,7 @@ def _checked_types(kwargs: dict) -> dict:
             raise ConfigError(f"merge option {name}={value!r}: give True or False")
         if name in _INT_OPTIONS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"merge option {name}={value!r}: give a whole number")
-        if name in _PATH_OPTIONS and value is not None:
+        if name in _TEXT_OPTIONS and value is not None:
             if not isinstance(value, (str, os.PathLike)):
                 raise ConfigError(f"merge option {name}={value!r}: give a string")
             checked[name] = os.fspath(value)

@@ -64,7 +64,7 @@ def check_stats_path(stats_json: str | None, out: Path) -> None:
     folder nor inside OUT (which is replaced)."""
     if not stats_json:
         return
-    path = output_folder(stats_json)
+    path = Path(stats_json).absolute()   # as summary.write_stats_json will write it
     if path.is_dir():
         raise ConfigError(f"--stats-json {stats_json} is a folder; give a file path")
     if _is_within(path.resolve(), out.resolve()):

@@ -38,8 +38,8 @@ def run_merge(config_text: str, source: str, out_path: str, options: dict, dry_r
 def _checked_plan(config_text: str, source: str, out_path: str, opts, adjust, explain):
     """The plan of `config_text`, adjusted; closes it again when planning or adjusting fails."""
     from ..config import parse_config
-    from ..execute import plan_inputs
-    from ..io.out_path import check_out_path, check_replaceable, output_folder
+    from ..execute import check_output_folder
+    from ..io.out_path import check_out_path, output_folder
     from ..plan import build_plan
 
     config = parse_config(config_text, source)
@@ -51,7 +51,7 @@ def _checked_plan(config_text: str, source: str, out_path: str, opts, adjust, ex
         try:
             if adjust is not None:
                 adjust(plan, opts)
-            check_replaceable(out, plan_inputs(plan))
+            check_output_folder(out, plan)
         except BaseException:
             plan.close()
             raise
