@@ -7,6 +7,7 @@ because a typo such as `densiy:` otherwise costs a whole merge.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -21,15 +22,18 @@ Scalar = Union[bool, int, float, str]
 Setting = Any
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
-NOT_SUPPORTED_YET = {
-    "modules": "the multi-module `modules:` syntax is not supported yet; use `models:` or `slices:`",
-}
+NOT_SUPPORTED_YET: dict[str, str] = {}
 
 
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean X?)' for the closest of `choices`, or ''."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    choices = list(choices)
+    scores = {c: difflib.SequenceMatcher(None, str(word), c).ratio() for c in choices}
+    best = max(scores.values(), default=0.0)
+    if best < 0.6:
+        return ""
+    # Near-ties go to the earlier choice ('modles' -> 'models', not 'modules').
+    return f" (did you mean '{next(c for c in choices if scores[c] >= best - 0.1)}'?)"
 
 
 class _Strict(BaseModel):
@@ -83,7 +87,8 @@ class InputSlice(_Strict):
     @field_validator("layer_range")
     @classmethod
     def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] < 0 or value[1] <= value[0]:
+        # [0, 0] is the range of a module without layers (a projector), as mergekit writes it.
+        if value[0] < 0 or (value[1] <= value[0] and tuple(value) != (0, 0)):
             raise ValueError(f"layer_range {list(value)} must be [start, end) with 0 <= start < end")
         return value
 
@@ -106,6 +111,32 @@ class OutputSlice(_Strict):
         if len(lengths) > 1:
             raise ValueError(f"all sources of a slice must have the same number of layers, got {sorted(lengths)}")
         return self
+
+
+class ModuleConfig(_Strict):
+    """One entry of `modules:` (mergekit 0.1.5): a module's own `models:` or `slices:`, and
+    parameters that rank between the slice's and the top-level ones."""
+
+    models: Optional[list[ModelEntry]] = None
+    slices: Optional[list[OutputSlice]] = None
+    parameters: Optional[dict[str, Setting]] = None
+
+    @model_validator(mode="after")
+    def _models_xor_slices(self) -> "ModuleConfig":
+        if (self.models is None) == (self.slices is None) or not (self.models or self.slices):
+            raise ValueError("a module needs exactly one of `models` or `slices`, not empty")
+        return self
+
+
+@dataclass(frozen=True)
+class Block:
+    """A `models:`/`slices:` block: the top level, or one module of `modules:`."""
+
+    module: str | None  # None: the top level
+    where: str  # YAML path prefix: "" or "modules.vision_tower."
+    models: Optional[list[ModelEntry]]
+    slices: Optional[list[OutputSlice]]
+    parameters: Optional[dict[str, Setting]]  # the module's parameters (None at the top level)
 
 
 class ModelTokenSource(_Strict):
@@ -173,6 +204,7 @@ class MergeConfig(_Strict):
     merge_method: str
     models: Optional[list[ModelEntry]] = None
     slices: Optional[list[OutputSlice]] = None
+    modules: Optional[dict[str, ModuleConfig]] = None
     base_model: Optional[str] = None
     parameters: Optional[dict[str, Setting]] = None
     dtype: Optional[str] = None
@@ -214,12 +246,18 @@ class MergeConfig(_Strict):
 
         return None if value is None else check_chat_template(value)
 
+    def blocks(self) -> list[Block]:
+        """The config's `models:`/`slices:` blocks: the top level's, or each module's."""
+        if self.modules is None:
+            return [Block(None, "", self.models, self.slices, None)]
+        return [Block(name, f"modules.{name}.", m.models, m.slices, m.parameters) for name, m in self.modules.items()]
+
     @model_validator(mode="after")
     def _models_xor_slices(self) -> "MergeConfig":
-        if (self.models is None) == (self.slices is None):
-            raise ValueError("exactly one of `models` or `slices` must be given")
-        if not (self.models or self.slices):
-            raise ValueError("`models`/`slices` must not be empty")
+        if [self.models, self.slices, self.modules].count(None) != 2:
+            raise ValueError("exactly one of `models`, `slices` or `modules` must be given")
+        if not (self.models or self.slices or self.modules):
+            raise ValueError("`models`/`slices`/`modules` must not be empty")
         if self.tokenizer_source is not None and self.tokenizer is not None:
             raise ValueError("give either `tokenizer_source` or a `tokenizer:` block, not both")
         return self

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .checks import all_finite, check_output_finite, warn_nonfinite_inputs
 from .errors import MergeError
 from .io.out_path import check_out_path, check_replaceable, check_stats_path, output_folder
-from .io.output import output_model_config, write_json, write_tokenizer
+from .io.output import write_json, write_tokenizer
 from .io.writer import OutputTensor, ShardedWriter
 from .methods.linear import ZeroWeightSumError
 from .io.pipeline import run_pipeline
@@ -118,13 +118,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
 
 def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_name: str) -> None:
     config = plan.config
-    donor = plan.models[plan.donor]
-    dtype_name = config.out_dtype or config.dtype
-    vocab = plan.vocab
-    model_config = output_model_config(donor.config, dtype_name, plan.num_layers,
-                                       vocab_size=vocab.output_vocab_size if vocab else None,
-                                       tensor_names=[j.name for j in plan.jobs])
-    write_json(folder / "config.json", model_config)
+    write_json(folder / "config.json", plan.model_config)
     write_tokenizer(plan, folder, options)
     if options.write_model_card:
         from .io.card import model_card

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .architecture import TIED_HEADS, Architecture, infer_architecture
+from .architecture import Architecture, resolve_architecture
 from .config import MergeConfig
 from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref, resolve_model
@@ -31,12 +31,13 @@ class InputModel:
 def merged_models(config: MergeConfig) -> list[str]:
     """The models whose tensors are merged (not a tokenizer-only source), in config order."""
     refs: list[str] = []
-    for entry in config.models or []:
-        refs.append(entry.model)
-    for sl in config.slices or []:
-        refs.extend(src.model for src in sl.sources)
-        if sl.base_model:
-            refs.append(sl.base_model)
+    for block in config.blocks():
+        for entry in block.models or []:
+            refs.append(entry.model)
+        for sl in block.slices or []:
+            refs.extend(src.model for src in sl.sources)
+            if sl.base_model:
+                refs.append(sl.base_model)
     if config.base_model:
         refs.append(config.base_model)
     return list(dict.fromkeys(refs))
@@ -69,7 +70,12 @@ def open_model(ref: str, cache_dir: str | None) -> InputModel:
     folder = resolve_model(parse_model_ref(ref), cache_dir=cache_dir)
     reader = CheckpointReader(folder)
     config = read_model_config(folder)
-    return InputModel(ref, folder, reader, config, infer_architecture(reader.names(), config))
+    try:
+        arch = resolve_architecture(reader.names(), config, str(folder / "config.json"))
+    except BaseException:
+        reader.close()
+        raise
+    return InputModel(ref, folder, reader, config, arch)
 
 
 def open_models(refs: list[str], cache_dir: str | None, allow_crimes: bool) -> dict[str, InputModel]:
@@ -128,7 +134,7 @@ def _check_untied_head(model: InputModel, ref: str, source: str) -> None:
     if declared_tie(model.config) is not False:
         return
     reader = model.reader
-    for head, embedding in TIED_HEADS.items():
+    for head, embedding in model.arch.tied_heads.items():
         if head in reader or embedding not in reader:
             continue  # the head is there, or the model does not use these names at all
         weights = reader.index_file or model.folder / ("model.safetensors" if reader.format == "safetensors"

@@ -50,15 +50,19 @@ def _parameter_blocks(config: MergeConfig) -> Iterator[tuple[str, Mapping[str, A
     """(YAML location, parameters dict, is a per-model block) for every block in the config."""
     if config.parameters:
         yield "parameters", config.parameters, False
-    for i, entry in enumerate(config.models or []):
-        if entry.parameters:
-            yield f"models[{i}].parameters", entry.parameters, True
-    for i, sl in enumerate(config.slices or []):
-        if sl.parameters:
-            yield f"slices[{i}].parameters", sl.parameters, False
-        for j, src in enumerate(sl.sources):
-            if src.parameters:
-                yield f"slices[{i}].sources[{j}].parameters", src.parameters, True
+    for block in config.blocks():
+        w = block.where
+        if block.parameters:
+            yield f"{w}parameters", block.parameters, False
+        for i, entry in enumerate(block.models or []):
+            if entry.parameters:
+                yield f"{w}models[{i}].parameters", entry.parameters, True
+        for i, sl in enumerate(block.slices or []):
+            if sl.parameters:
+                yield f"{w}slices[{i}].parameters", sl.parameters, False
+            for j, src in enumerate(sl.sources):
+                if src.parameters:
+                    yield f"{w}slices[{i}].sources[{j}].parameters", src.parameters, True
 
 
 def method_spec(config: MergeConfig, source: str) -> MethodSpec:

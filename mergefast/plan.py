@@ -1,9 +1,9 @@
 """Config + headers -> the list of output tensors to produce (no tensor data is read).
 
-`models:` becomes one output slice over every layer (the base appended when not listed),
-`slices:` are taken as given. Pre-weights (embeddings) use the first slice's sources,
-post-weights (final norm, lm_head) the last slice's, both at gradient position 0; layer
-tensors get t = i/(n-1) within their slice (1 for a one-layer slice).
+The config becomes one ModulePlan per module of the lead model (slices.py). Within a module,
+pre-weights (embeddings) use its first slice's sources, post-weights (final norm, lm_head) its
+last slice's, both at gradient position 0; layer tensors get t = i/(n-1) within their slice
+(1 for a one-layer slice). Every input tensor is accounted for (accounting.py).
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from typing import Any
 
 import torch
 
-from .architecture import TIED_HEADS
+from .accounting import account_for_inputs
 from .checks import check_plan
 from .config import MergeConfig
 from .errors import ConfigError
+from .io.output import plan_output_config
 from .inputs import InputModel, check_model_folders, close_models, merged_models, open_models, referenced_models
 from .io.reader import TensorInfo
 from .methods.registry import MethodSpec
 from .options import MergeOptions
 from .parameters import method_spec, resolve
-from .slices import PlanSlice, SliceSource, check_slice_inputs, normalise_slices
+from .slices import ModulePlan, PlanSlice, SliceSource, check_slice_inputs, normalise_modules
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
                 "float64": torch.float64}
@@ -68,8 +69,11 @@ class MergePlan:
     models: dict[str, InputModel]
     donor: str
     jobs: list[TensorJob] = field(default_factory=list)
-    num_layers: int | None = None  # output layer count for `slices:` configs
+    modules: list[ModulePlan] = field(default_factory=list)
+    num_layers: int | None = None  # output text layer count when the text module is sliced
     vocab: Any = None  # tokenizer.VocabPlanner: output tokenizer and vocabulary alignment
+    dropped: list[str] = field(default_factory=list)  # input tensors left out, and by which rule
+    model_config: dict = field(default_factory=dict)  # the output's config.json
 
     @property
     def base_model(self) -> str | None:
@@ -96,7 +100,7 @@ class _JobBuilder:
         reader = self.models[ref].reader
         if name in reader:
             return name
-        tied = TIED_HEADS.get(name)
+        tied = self.models[ref].arch.tied_heads.get(name)
         return tied if tied and tied in reader else None
 
     def job(self, out_name: str, sl: PlanSlice, names: list[str], t: float, base_index) -> TensorJob | None:
@@ -122,14 +126,14 @@ class _JobBuilder:
         if is_base and not self.spec.base_params:
             return {}
         where = f"{self.source}: {s.where} ({s.model}), tensor {tensor}"
-        levels = [s.parameters, sl.parameters, self.config.parameters]
-        names = [f"{s.where}.parameters", f"{sl.where}.parameters", "parameters"]
+        levels = [s.parameters, sl.parameters, sl.module_parameters, self.config.parameters]
+        names = [f"{s.where}.parameters", f"{sl.where}.parameters", _module_where(sl), "parameters"]
         return {p.name: resolve(p, levels, tensor, t, where, names) for p in self.spec.model_params}
 
     def _global_params(self, sl: PlanSlice, out_name: str, t: float) -> dict:
         where = f"{self.source}: {sl.where}, tensor {out_name}"
-        levels = [sl.parameters, self.config.parameters]
-        names = [f"{sl.where}.parameters", "parameters"]
+        levels = [sl.parameters, sl.module_parameters, self.config.parameters]
+        names = [f"{sl.where}.parameters", _module_where(sl), "parameters"]
         return {p.name: resolve(p, levels, out_name, t, where, names) for p in self.spec.global_params}
 
     def _check_shapes(self, out_name: str, sources: tuple[TensorSource, ...]) -> None:
@@ -156,16 +160,23 @@ class _JobBuilder:
         return TensorJob(name, sources, base_index, g, m, dtype, shape, copy=copy)
 
 
-def _slice_jobs(builder: _JobBuilder, sl: PlanSlice, base_index, first_layer: int) -> list[TensorJob]:
+def _module_where(sl: PlanSlice) -> str:
+    """The YAML path of the module parameters of slice `sl` (`modules.<name>.parameters`)."""
+    head = sl.where.split(".slices[")[0].split(".models")[0]
+    return f"{head}.parameters" if head.startswith("modules.") else "parameters"
+
+
+def _slice_jobs(builder: _JobBuilder, module: str, sl: PlanSlice, base_index, first_layer: int,
+                out_prefix: str) -> list[TensorJob]:
     """Jobs for every layer tensor of one slice; output layers start at `first_layer`."""
-    lead = builder.models[sl.sources[0].model].arch
-    prefixes = [builder.models[s.model].arch.layer_prefix for s in sl.sources]
+    lead = builder.models[sl.sources[0].model].arch.module(module).stack
+    prefixes = [builder.models[s.model].arch.module(module).layer_prefix for s in sl.sources]
     jobs = []
     for i in range(sl.length):
         t = i / (sl.length - 1) if sl.length > 1 else 1.0
         for suffix in lead.layer_suffixes.get(sl.sources[0].start + i, ()):
             names = [f"{p}{s.start + i}.{suffix}" for p, s in zip(prefixes, sl.sources)]
-            job = builder.job(f"{lead.layer_prefix}{first_layer + i}.{suffix}", sl, names, t, base_index)
+            job = builder.job(f"{out_prefix}{first_layer + i}.{suffix}", sl, names, t, base_index)
             if job:
                 jobs.append(job)
     return jobs
@@ -177,27 +188,33 @@ def _loose_jobs(builder: _JobBuilder, sl: PlanSlice, names, base_index) -> list[
     return [j for j in jobs if j]
 
 
-def build_jobs(builder: _JobBuilder, slices: list[PlanSlice]) -> list[TensorJob]:
-    """All jobs in output order: pre-weights, layers slice by slice, post-weights."""
-    bases = [check_slice_inputs(builder.spec, sl, builder.source) for sl in slices]
-    first, last = slices[0], slices[-1]
-    jobs = []
-    jobs += _loose_jobs(builder, first, builder.models[first.sources[0].model].arch.pre_weights, bases[0])
+def _module_jobs(builder: _JobBuilder, plan: ModulePlan) -> list[TensorJob]:
+    """A module's jobs in output order: pre-weights, layers slice by slice, post-weights."""
+    bases = [check_slice_inputs(builder.spec, sl, builder.source) for sl in plan.slices]
+    first, last = plan.slices[0], plan.slices[-1]
+    lead = builder.models[first.sources[0].model].arch.module(plan.name)
+    jobs = _loose_jobs(builder, first, lead.pre_weights, bases[0])
     offset = 0
-    for sl, base_index in zip(slices, bases):
-        jobs += _slice_jobs(builder, sl, base_index, offset)
+    for sl, base_index in zip(plan.slices, bases):
+        jobs += _slice_jobs(builder, plan.name, sl, base_index, offset, lead.layer_prefix)
         offset += sl.length
-    jobs += _loose_jobs(builder, last, _post_weights(builder, last), bases[-1])
-    return jobs
+    return jobs + _loose_jobs(builder, last, _post_weights(builder, plan.name, last), bases[-1])
 
 
-def _post_weights(builder: _JobBuilder, sl: PlanSlice) -> tuple[str, ...]:
-    """The lead model's post-weights, plus an untied head (lm_head) that only other sources have:
-    tied-embedding models then contribute their embedding to it."""
-    lead = builder.models[sl.sources[0].model].arch.post_weights
-    heads = [h for h in TIED_HEADS if h not in lead
-             and any(h in builder.models[s.model].arch.post_weights for s in sl.sources)]
-    return (*lead, *heads)
+def build_jobs(builder: _JobBuilder, modules: list[ModulePlan]) -> list[TensorJob]:
+    """All jobs in output order, module by module."""
+    return [job for plan in modules for job in _module_jobs(builder, plan)]
+
+
+def _post_weights(builder: _JobBuilder, module: str, sl: PlanSlice) -> tuple[str, ...]:
+    """The lead model's post-weights of `module`, plus a tied head (lm_head) that only other
+    sources have: tied-embedding models then contribute their embedding to it."""
+    arch = builder.models[sl.sources[0].model].arch
+    lead = arch.module(module)
+    heads = [h for h, embedding in arch.tied_heads.items()
+             if embedding in lead.pre_weights and h not in lead.post_weights
+             and any(h in builder.models[s.model].reader for s in sl.sources)]
+    return (*lead.post_weights, *heads)
 
 
 def build_plan(config: MergeConfig, config_text: str, source: str, options: MergeOptions) -> MergePlan:
@@ -207,22 +224,17 @@ def build_plan(config: MergeConfig, config_text: str, source: str, options: Merg
     models = open_models(refs, options.transformers_cache, options.allow_crimes)
     try:
         check_model_folders(models, merged_models(config), source)
-        slices = normalise_slices(config, models, source)
         donor = config.base_model or refs[0]
-        if config.slices is not None:
-            from .io.output import layer_count_key
-
-            # The output config.json gets the sliced layer count: check the donor's has the key
-            # now, not after every tensor is written.
-            layer_count_key(models[donor].config,
-                            f"{source}: slices: the donor's config {models[donor].folder / 'config.json'}")
         plan = MergePlan(config, config_text, source, spec, models, donor)
+        plan.modules = normalise_modules(config, models, donor, source)
         from .tokenizer import plan_vocab
 
         plan.vocab = plan_vocab(config, models, options, source, options.transformers_cache)
-        plan.jobs = build_jobs(_JobBuilder(config, spec, models, source, plan.vocab), slices)
-        if config.slices is not None:
-            plan.num_layers = sum(sl.length for sl in slices)
+        plan.jobs = build_jobs(_JobBuilder(config, spec, models, source, plan.vocab), plan.modules)
+        text = models[donor].arch.text
+        plan.num_layers = next((m.num_layers for m in plan.modules if m.name == text and m.how == "slices"), None)
+        plan.dropped = account_for_inputs(plan)
+        plan.model_config = plan_output_config(plan)
         check_plan(plan)
         return plan
     except BaseException:

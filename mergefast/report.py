@@ -101,6 +101,8 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
         "output_tensors": len(jobs),
         "copied_tensors": sum(1 for j in jobs if j.copy),
         "output_layers": plan.num_layers,
+        "modules": summarize_modules(plan),
+        "dropped": list(plan.dropped),
         "models": per_model,
         "read_bytes": sum(j.read_bytes for j in jobs),
         "write_bytes": sum(o.nbytes for o in outputs),
@@ -110,6 +112,41 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
         "buffer_bytes": buffer_bytes,
         "samples": samples,
     }
+
+
+def _slice_text(sl) -> str:
+    """'slices[1]: ft-a [1, 3)' for the plan's module lines."""
+    ranges = ", ".join(f"{s.model} [{s.start}, {s.end})" if s.end else s.model for s in sl.sources)
+    return f"{sl.where}: {ranges}"
+
+
+def summarize_modules(plan) -> list[dict]:
+    """Per output module: its stack, input and output layer counts, and how it is made."""
+    lead = plan.models[plan.donor].arch
+    out = []
+    for module_plan in plan.modules:
+        module = lead.module(module_plan.name)
+        first = module_plan.slices[0]
+        out.append({
+            "name": module_plan.name, "stack": module.layer_prefix if module else None,
+            "input_layers": module.num_layers if module else None, "output_layers": module_plan.num_layers,
+            "how": module_plan.how, "slices": [_slice_text(sl) for sl in module_plan.slices],
+            "from": first.where,
+        })
+    return out
+
+
+def _module_line(m: dict, method: str) -> str:
+    stack = f" ({m['stack']}N)" if m["stack"] else ""
+    layers = (f"{m['input_layers']} -> {m['output_layers']} layers" if m["input_layers"] != m["output_layers"]
+              else f"{m['output_layers']} layers") if m["stack"] else "no layers"
+    if m["how"] == "carried":
+        how = f"carried through {method} from the models of {m['from']}"
+    elif m["how"] == "slices":
+        how = "sliced: " + "; ".join(m["slices"])
+    else:
+        how = f"{method} over {m['slices'][0]}"
+    return f"  {m['name']}{stack}: {layers}, {how}"
 
 
 def _params(params: dict) -> str:
@@ -134,6 +171,9 @@ def format_plan(plan, options=None, out_path: str | Path | None = None, buffer_b
     layers = f", {s['output_layers']} layers" if s["output_layers"] is not None else ""
     lines.append(f"output: {s['output_tensors']} tensors{layers} ({s['copied_tensors']} copied unchanged) in "
                  f"{len(s['shards'])} shard(s)" + (f" -> {s['out']}" if s["out"] else ""))
+    lines.append(f"modules ({len(s['modules'])}):")
+    lines += [_module_line(m, s["method"]) for m in s["modules"]]
+    lines += [f"  left out: {line}" for line in s["dropped"]]
     lines.append(f"bytes: read {human_bytes(s['read_bytes'])} ({s['read_bytes']}), "
                  f"write {human_bytes(s['write_bytes'])} ({s['write_bytes']})")
     buffers = f" + pipeline buffers up to {human_bytes(s['buffer_bytes'])}" if s["buffer_bytes"] else ""

@@ -55,9 +55,9 @@ def test_slices_and_bare_conditional():
     ("merge_method: linear\n" + MODELS + "dtype: bf16\n", "unknown dtype 'bf16' (did you mean 'bfloat16'?)"),
     ("merge_method: linear\n" + MODELS + "tokenizer_source: union\ntokenizer: {source: base}\n",
      "not both"),
-    ("merge_method: linear\n", "exactly one of `models` or `slices`"),
-    ("merge_method: linear\n" + MODELS + "slices: []\n", "exactly one of `models` or `slices`"),
-    ("merge_method: linear\n" + MODELS + "modules: {}\n", "`modules:` syntax is not supported yet"),
+    ("merge_method: linear\n", "exactly one of `models`, `slices` or `modules`"),
+    ("merge_method: linear\n" + MODELS + "slices: []\n", "exactly one of `models`, `slices` or `modules`"),
+    ("merge_method: linear\n" + MODELS + "modules: {}\n", "exactly one of `models`, `slices` or `modules`"),
     ("merge_method: passthrough\nslices:\n  - sources:\n      - {model: a, layer_range: [3, 1]}\n",
      "slices[0].sources[0].layer_range: layer_range [3, 1] must be [start, end)"),
     ("merge_method: passthrough\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 2]}\n"

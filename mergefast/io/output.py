@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..architecture import TIED_HEADS, num_layers_key
+from ..architecture.rewrite import rewrite_module_layers, with_layer_types
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -20,19 +20,21 @@ TOKENIZER_FILES = (
 )
 
 
-def output_model_config(donor_config: dict, dtype_name: str | None, num_layers: int | None,
-                        vocab_size: int | None = None, tensor_names=None) -> dict:
-    """The donor's config.json with the output dtype and (for slices) the layer count set.
+def output_model_config(donor_config: dict, dtype_name: str | None, vocab_size: int | None = None,
+                        untie: bool = False, rewrites=()) -> dict:
+    """The donor's config.json with the output dtype set and each sliced module's layers rewritten.
 
     `vocab_size`: the output vocabulary (padded), when a tokenizer was built or rows truncated.
-    `tensor_names`: the output's tensors; an untied head among them sets tie_word_embeddings
-    false (inputs mixing tied and untied models: the head is merged with tied models' embeddings)."""
+    `untie`: the output holds a head that is tied in the donor (inputs mixing tied and untied
+    models: the head is merged with tied models' embeddings), so tie_word_embeddings is false.
+    `rewrites`: (Module, per-output-layer sources, where) of each sliced module
+    (architecture.rewrite)."""
     config = json.loads(json.dumps(donor_config))
     if vocab_size is not None:
         text = config.get("text_config")
         holder = text if isinstance(text, dict) and "vocab_size" in text and "vocab_size" not in config else config
         holder["vocab_size"] = vocab_size
-    if tensor_names is not None and any(n in TIED_HEADS for n in tensor_names):
+    if untie:
         if config.get("tie_word_embeddings") is not False:
             config["tie_word_embeddings"] = False
         text = config.get("text_config")
@@ -42,24 +44,31 @@ def output_model_config(donor_config: dict, dtype_name: str | None, num_layers: 
         keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
         for key in keys:
             config[key] = dtype_name
-    if num_layers is not None:
-        holder, key = layer_count_key(config, "the donor's config.json")
-        holder[key] = num_layers
+    for module, layers, where in rewrites:
+        rewrite_module_layers(config, module, layers, where)
     return config
 
 
-def layer_count_key(config: dict, where: str) -> tuple[dict, str]:
-    """(the dict holding it, the key) of the layer count in donor config `config`; ConfigError
-    naming `where` (the donor's config.json) when it has none.
-
-    Planning calls this for `slices:` configs, so the error comes before any tensor is written;
-    `output_model_config` calls it again as a backstop."""
-    found = num_layers_key(config)
-    if found is None:
-        raise ConfigError(f"{where} has no num_hidden_layers (or n_layer/num_layers/n_layers) key, so the "
-                          "sliced layer count cannot be written into the output config.json; add the key "
-                          "(the donor's layer count) or make a model with a complete config.json the base_model")
-    return found
+def plan_output_config(plan) -> dict:
+    """The output config.json of `plan`, built at plan time so that a config that cannot be
+    written (no layer count key, a per-layer list a source lacks) fails before any tensor is read."""
+    donor = plan.models[plan.donor]
+    where = f"{plan.source}: the donor's config {donor.folder / 'config.json'}"
+    rewrites = []
+    for module_plan in plan.modules:
+        if module_plan.how != "slices" or module_plan.num_layers == 0:
+            continue  # the same layers as the donor's, or a module without layers (a projector)
+        module = donor.arch.module(module_plan.name)
+        if module is None:
+            raise ConfigError(f"{where}: the donor {plan.donor} has no {module_plan.name} module to describe "
+                              "the sliced one; make a model that has it the base_model")
+        layers = [(with_layer_types(plan.models[ref].config), plan.models[ref].arch.module(module_plan.name), layer)
+                  for ref, layer in module_plan.layer_sources()]
+        rewrites.append((module, layers, where))
+    untie = any(job.name in donor.arch.tied_heads for job in plan.jobs)
+    vocab = plan.vocab.output_vocab_size if plan.vocab is not None else None
+    config = with_layer_types(donor.config) if rewrites else donor.config
+    return output_model_config(config, plan.config.out_dtype or plan.config.dtype, vocab, untie, rewrites)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -18,13 +18,12 @@ def _is_layer(name: str, prefix: str | None) -> bool:
 def _copy_jobs(plan, ref: str, names: Sequence[str], replaced: dict, what: str, out_dtype) -> list:
     """Jobs that copy tensors `names` of model `ref` unchanged (an untied head falls back to the
     tied embedding); each must have the shape of the job it replaces."""
-    from ..architecture import TIED_HEADS
     from ..plan import TensorJob, TensorSource
 
     reader = plan.models[ref].reader
     jobs = []
     for name in names:
-        found = name if name in reader else TIED_HEADS.get(name)
+        found = name if name in reader else plan.models[ref].arch.tied_heads.get(name)
         if found is None or found not in reader:
             continue
         info = reader.info(found)
@@ -59,6 +58,9 @@ def take_loose_weights(plan, options, *, pre: str | None = None, post: str | Non
     post = None if post == last else post
     if pre is None and post is None:
         return
+    if len(plan.modules) > 1:
+        raise ConfigError(f"{plan.source}: embedding_source / lm_head_source work on single-module models only; "
+                          f"{first} has {plan.models[first].arch.describe()}")
     _open_new_models(plan, options, [pre, post])
     head, middle, end = _split_at_layers(plan.jobs, plan.models[first].arch.layer_prefix)
     name = plan.config.out_dtype or plan.config.dtype

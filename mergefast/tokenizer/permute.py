@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from ..architecture import TIED_HEADS
 from ..errors import ConfigError
 from ..inputs import merged_models
 
@@ -158,7 +157,7 @@ class VocabPlanner:
     def is_vocab_tensor(self, ref: str, tensor: str, shape: tuple[int, ...]) -> bool:
         """A pre/post weight whose first dimension is the model's vocabulary."""
         model = self.models[ref]
-        loose = tensor in model.arch.pre_weights or tensor in model.arch.post_weights or tensor in TIED_HEADS.values()
+        loose = tensor in model.arch.pre_weights or tensor in model.arch.post_weights or tensor in model.arch.tied_heads.values()
         return loose and len(shape) >= 1 and shape[0] == model_vocab_size(model)
 
     def for_job(self, out_name: str, sources) -> tuple[VocabMap, tuple[int, ...]] | None:
