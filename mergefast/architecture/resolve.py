@@ -20,8 +20,9 @@ from .layout import Architecture, Module, Stack, split_layer_name
 
 # Loose weights that come after the layers: final norms and output heads.
 POST_PATTERN = re.compile(
-    r"(^|\.)(lm_head|embed_out|output|score|classifier|proj_out)(\.|$)"
+    r"(^|\.)(lm_head|embed_out|output|score|classifier|proj_out|cls)(\.|$)"
     r"|(^|\.)(norm|final_layernorm|final_layer_norm|ln_f|final_norm|norm_f)\.")
+HEAD_PATTERN = re.compile(r"(^|\.)(lm_head|embed_out)\.weight$")
 EMBEDDING_PATTERN = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|embeddings|shared)\.weight$")
 
 
@@ -66,10 +67,13 @@ def _tied_heads(modules: tuple[Module, ...], text: str | None) -> dict[str, str]
     """head -> embedding for the input embedding of the text module (else the first module
     holding one: T5's `shared`)."""
     ordered = sorted(modules, key=lambda m: m.name != text)
-    for name in (n for m in ordered for n in m.pre_weights):
-        if EMBEDDING_PATTERN.search(name):
-            root = "language_model." if name.startswith("language_model.") else ""
-            return {f"{root}lm_head.weight": name}
+    for module in ordered:
+        embedding = next((n for n in module.pre_weights if EMBEDDING_PATTERN.search(n)), None)
+        if embedding is None:
+            continue
+        head = next((n for n in module.post_weights if HEAD_PATTERN.search(n)), None)  # GPT-NeoX: embed_out
+        root = "language_model." if embedding.startswith("language_model.") else ""
+        return {head or f"{root}lm_head.weight": embedding}
     return {}
 
 
@@ -119,6 +123,8 @@ def _from_family(model_type: str, family: tuple[ModuleSpec, ...], names, numbere
         counts = present_counts(config, spec.counts, stack.num_layers if stack else 0, prefix, where)
         indexes = tuple(p for p in spec.index_lists if isinstance(get_path(config, p), list))
         pre, post = parts[spec.name]
+        if stack is None:  # no layers between them: every loose weight comes from the first slice
+            pre, post = pre + post, []
         if stack or pre or post:
             modules.append(Module(spec.name, stack, tuple(pre), tuple(post), counts, indexes))
     modules = tuple(modules)
