@@ -10,6 +10,7 @@ from .architecture import Architecture, resolve_architecture
 from .config import MergeConfig
 from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref, resolve_model
+from .io.quantized import Fp8Reader, block_size, check_quantization
 from .io.reader import CheckpointReader
 
 
@@ -19,7 +20,7 @@ class InputModel:
 
     ref: str
     folder: Path
-    reader: CheckpointReader
+    reader: CheckpointReader  # an io.quantized.Fp8Reader for block-scaled FP8 checkpoints
     config: dict
     arch: Architecture
 
@@ -71,6 +72,9 @@ def open_model(ref: str, cache_dir: str | None) -> InputModel:
     reader = CheckpointReader(folder)
     config = read_model_config(folder)
     try:
+        scaled = check_quantization(ref, reader, config, str(folder))
+        if scaled:
+            reader = Fp8Reader(reader, scaled, block_size(config))
         arch = resolve_architecture(reader.names(), config, str(folder / "config.json"))
     except BaseException:
         reader.close()

@@ -18,6 +18,7 @@ from .checks import check_plan
 from .config import MergeConfig
 from .errors import ConfigError
 from .io.output import plan_output_config
+from .io.quantized import check_fp8_dtype
 from .inputs import InputModel, check_model_folders, close_models, merged_models, open_models, referenced_models
 from .io.reader import TensorInfo
 from .methods.registry import MethodSpec
@@ -224,6 +225,7 @@ def build_plan(config: MergeConfig, config_text: str, source: str, options: Merg
     models = open_models(refs, options.transformers_cache, options.allow_crimes)
     try:
         check_model_folders(models, merged_models(config), source)
+        check_fp8_dtype(config, models, merged_models(config), source)
         donor = config.base_model or refs[0]
         plan = MergePlan(config, config_text, source, spec, models, donor)
         plan.modules = normalise_modules(config, models, donor, source)

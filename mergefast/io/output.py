@@ -30,6 +30,7 @@ def output_model_config(donor_config: dict, dtype_name: str | None, vocab_size: 
     `rewrites`: (Module, per-output-layer sources, where) of each sliced module
     (architecture.rewrite)."""
     config = json.loads(json.dumps(donor_config))
+    config.pop("quantization_config", None)  # the output is never quantized (FP8 inputs are dequantized)
     if vocab_size is not None:
         text = config.get("text_config")
         holder = text if isinstance(text, dict) and "vocab_size" in text and "vocab_size" not in config else config
