@@ -259,7 +259,9 @@ def test_linear_keeps_every_tensor(model_type, families, merges):
 @pytest.mark.parametrize("method", ["linear", "ties"])
 @pytest.mark.parametrize("model_type", TYPES)
 def test_matches_mergekit(model_type, method, families, merges, tmp_path):
-    """Same tensor names and values (within 1e-5) as mergekit, where mergekit merges the type."""
+    """Same tensor names and values (within 1e-5) as mergekit, where mergekit merges the type
+    into the inputs' layout. Skipped where mergekit fails, drops input tensors (LLaVA under
+    transformers 5: the whole language model) or renames them (MoE experts written fused)."""
     actual = load_folder(merged(merges, model_type, method))
     config = tmp_path / "config.yml"
     config.write_text(yaml.safe_dump(merge_config(method, model_type, families[model_type])))
@@ -269,4 +271,9 @@ def test_matches_mergekit(model_type, method, families, merges, tmp_path):
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         pytest.skip(f"mergekit-yaml cannot merge {model_type}: {last}")
-    assert_same_tensors(load_folder(tmp_path / "out"), actual, atol=1e-5)
+    expected = load_folder(tmp_path / "out")
+    inputs = set(read_tensors(families[model_type]["base"]))
+    if set(expected) != inputs:
+        pytest.skip(f"mergekit-yaml writes another layout for {model_type}: {len(inputs - set(expected))} input "
+                    f"tensor(s) missing, {len(set(expected) - inputs)} name(s) not in the inputs")
+    assert_same_tensors(expected, actual, atol=1e-5)
