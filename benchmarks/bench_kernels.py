@@ -8,7 +8,7 @@ Providers per op:
                 argsort selection (what mergekit 0.1.5 does, not its code)
   torch         the best plain-torch composition we could write: kthvalue threshold,
                 in-place float32 ops, no stacking
-  cpu-ext       mergefast.kernels on CPU tensors (mergefast._C)
+  cpu-ext       mergefast.kernels on CPU tensors (the C++ library libmergefast_cpu)
   triton        mergefast.kernels on CUDA tensors (skipped without a GPU)
 extra_info: ms (median), GB/s over the minimal traffic (every input read once, the output
 written once, bf16), and for Triton the fraction of HBM peak.
@@ -23,6 +23,7 @@ import torch
 
 from conftest import SHAPE, sync
 from mergefast import kernels, methods
+from mergefast.kernels import SelectionOptions
 from mergefast.methods.numerics import keep_count
 from mergefast.methods.slerp import slerp_coefficients
 
@@ -142,17 +143,7 @@ TIES_PROVIDERS = ["reference", "mergekit", "torch", "cpu-ext", "cpu-ext-two-pass
                   "triton-two-pass"]
 
 
-def _two_pass_ties(base, xs, device):
-    """kernels.ties with the one-read scheme off (SPECULATE = False in the backend's module)."""
-    if device == "cuda":
-        from mergefast.kernels.triton import task_arithmetic as module
-    else:
-        from mergefast.kernels import cpu as module
-    module.SPECULATE = False
-    try:
-        return kernels.ties(base, xs, WEIGHTS, DENSITIES)
-    finally:
-        module.SPECULATE = True
+TWO_PASSES = SelectionOptions(one_read=False)   # the one-read scheme off
 
 
 @pytest.mark.parametrize("provider", TIES_PROVIDERS)
@@ -165,9 +156,11 @@ def test_ties(benchmark, request, provider):
         "mergekit": lambda: mergekit_style_ties(base, xs, WEIGHTS, DENSITIES),
         "torch": lambda: torch_ties(base, xs, WEIGHTS, DENSITIES),
         "cpu-ext": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
-        "cpu-ext-two-pass": lambda: _two_pass_ties(base, xs, device),
+        "cpu-ext-two-pass": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES,
+                                                 selection=TWO_PASSES),
         "triton": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
-        "triton-two-pass": lambda: _two_pass_ties(base, xs, device),
+        "triton-two-pass": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES,
+                                                selection=TWO_PASSES),
     }
     slow = provider in ("reference", "mergekit") and device == "cpu"
     # minimal traffic: base + 3 models read once, output written once (bf16)
@@ -247,16 +240,15 @@ print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.eleme
 # ------------------------------------------------------------------ script mode (GPU sweep)
 
 def _gpu_sweep() -> None:
-    """Times Triton TIES in one read over its block size and with each way to a candidate's
-    threshold, in two passes with each selection scheme and over the radix passes' programs
-    per SM, then the kernels over block sizes / warps (gpu_check.sh runs it to choose
-    speculative.SPEC_BLOCK, candidates.SELECT, select.SELECTION, and HIST_PROGRAMS_PER_SM,
-    BLOCK and NUM_WARPS in utils.py)."""
+    """Times Triton TIES with each SelectionOptions choice (the one read over its block size
+    and with each way to a candidate's threshold; the two passes with each selection scheme
+    and over the histogram passes' programs per SM), then the kernels over block sizes / warps
+    (gpu_check.sh runs it to choose SelectionOptions' GPU defaults, and BLOCK and NUM_WARPS in
+    kernels/triton/utils.py)."""
     from triton.testing import do_bench
 
     from conftest import _layer
-    from mergefast.kernels.triton import candidates, select, speculative, utils
-    from mergefast.kernels.triton import task_arithmetic as ta
+    from mergefast.kernels.triton import utils
 
     base, xs = _layer("cuda")
     n = base.numel()
@@ -270,32 +262,22 @@ def _gpu_sweep() -> None:
         "slerp": (lambda: kernels.slerp(base, xs[0], T), 3 * 2 * n),
     }
 
-    def ties_ms():
-        return do_bench(ops["ties"][0], warmup=5, rep=50, return_mode="median")
-
-    def report(label, ms):
+    def report(label, selection):
+        ms = do_bench(lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES, selection=selection),
+                      warmup=5, rep=50, return_mode="median")
         frac = f" {5 * 2 * n / (ms * 1e-3) / peak * 100:4.0f}% of HBM" if peak else ""
         print(f"{label:40s} ties {ms:7.3f} ms{frac}", flush=True)
 
-    chosen = speculative.SPEC_BLOCK   # the one-read scheme over its block size
     for block in (512, 1024, 2048):
-        speculative.SPEC_BLOCK = block
-        report(f"one read, SPEC_BLOCK={block}", ties_ms())
-    speculative.SPEC_BLOCK = chosen
-    chosen = candidates.SELECT   # then a CANDIDATE model's threshold
+        report(f"one read, one_read_block={block}", SelectionOptions(one_read_block=block))
     for way in ("topk", "histogram"):
-        candidates.SELECT = way
-        report(f"one read, candidates' T by {way}", ties_ms())
-    candidates.SELECT = chosen
-    ta.SPECULATE = False
-    for scheme in ("window", "radix"):   # the two passes' selection schemes (select.SELECTION)
-        select.SELECTION = scheme
-        report(f"two passes, SELECTION={scheme}", ties_ms())
-    chosen = utils.HIST_PROGRAMS_PER_SM   # then the radix passes' grid
+        report(f"one read, candidates={way}", SelectionOptions(candidates=way))
+    for scheme in ("window", "histogram"):
+        report(f"two passes, two_pass={scheme}", SelectionOptions(one_read=False, two_pass=scheme))
     for per_sm in (1, 2, 3, 4, 8, 16):
-        utils.HIST_PROGRAMS_PER_SM = per_sm
-        report(f"two passes, radix, HIST_PROGRAMS_PER_SM={per_sm}", ties_ms())
-    utils.HIST_PROGRAMS_PER_SM, select.SELECTION, ta.SPECULATE = chosen, "window", True
+        report(f"two passes, histogram, hist_programs_per_sm={per_sm}",
+               SelectionOptions(one_read=False, two_pass="histogram", hist_programs_per_sm=per_sm))
+    chosen = utils.BLOCK, utils.NUM_WARPS   # the launch sizes of every kernel
     for block in (1024, 2048, 4096):
         for warps in (4, 8):
             utils.BLOCK, utils.NUM_WARPS = block, warps
@@ -305,6 +287,7 @@ def _gpu_sweep() -> None:
                 frac = f" {nbytes / (ms * 1e-3) / peak * 100:4.0f}%" if peak else ""
                 line.append(f"{op} {ms:7.3f} ms {nbytes / (ms * 1e-3) / 1e9:7.0f} GB/s{frac}")
             print(" | ".join(line), flush=True)
+    utils.BLOCK, utils.NUM_WARPS = chosen
 
 
 if __name__ == "__main__":

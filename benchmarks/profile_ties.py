@@ -8,7 +8,7 @@ times to warm up, then once under torch.profiler, and prints the table of the op
 sorted by device time (CPU time on the CPU). On a GPU this shows which selection pass (the
 radix digit passes, the tie counts) or which host sync (`.tolist()`,
 `aten::item`) makes Triton TIES slow: the numbers the next change to
-`mergefast/kernels/triton/task_arithmetic.py` needs. `benchmarks/gpu_check.sh` runs it.
+`mergefast/kernels/triton/select/` needs. `benchmarks/gpu_check.sh` runs it.
 """
 
 from __future__ import annotations

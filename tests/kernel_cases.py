@@ -85,7 +85,7 @@ def make_inputs(shape, dtype, k=3, *, seed=0, scale=0.05, device="cpu"):
 
 def sampled_positions(n: int, m: int) -> torch.Tensor:
     """The elements the C++ selection samples from n to predict its windows
-    (csrc/cpu/select_window.cpp): m strata of n // m elements, the one at offset
+    (csrc/cpu/select/window.cpp): m strata of n // m elements, the one at offset
     splitmix64(GOLDEN * (q + 1)) % stride in stratum q."""
     from mergefast.methods.random import GOLDEN, MASK64, mix64_int
 

@@ -37,7 +37,7 @@ def test_a_bad_argument_does_not_switch_the_backend_off(auto):
 
 def test_out_of_memory_raises_and_does_not_switch_the_backend_off(auto, monkeypatch):
     if auto != "cpu-ext":
-        pytest.skip("needs mergefast._C")
+        pytest.skip("needs the C++ CPU kernels")
     from mergefast.kernels import cpu
 
     def no_memory(*args, **kwargs):
@@ -116,3 +116,32 @@ def test_slerp_of_huge_values_keeps_its_angle(auto):
     a, b = torch.tensor([3e19, 3e19]), torch.tensor([3e19, -1e19])
     assert torch.equal(kernels.slerp(a, b, 0.5), methods.slerp(a, b, 0.5))
     assert not torch.allclose(kernels.slerp(a, b, 0.5), 0.5 * a + 0.5 * b)
+
+
+def test_selection_options_are_checked_and_frozen():
+    """SelectionOptions picks how the magnitude selection runs, never what it selects: bad
+    values are refused when built, and it cannot be changed afterwards."""
+    import dataclasses
+
+    from mergefast.kernels import SelectionOptions
+
+    for bad in (dict(two_pass="radix"), dict(candidates="sort"), dict(one_read_min=0),
+                dict(one_read_block=1000), dict(hist_programs_per_sm=0)):
+        with pytest.raises(ValueError):
+            SelectionOptions(**bad)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SelectionOptions().one_read = False
+    base, xs = _inputs()
+    with pytest.raises(TypeError, match="SelectionOptions"):
+        kernels.ties(base, xs, [0.5, 0.5], [0.5, 0.5], selection={"one_read": False})
+
+
+def test_every_selection_gives_the_same_merge(auto):
+    from mergefast.kernels import SelectionOptions
+
+    base, xs = _inputs(n=70_001, k=3)
+    want = methods.ties(base, xs, [0.5, -0.3, 0.9], [0.5, 0.2, 0.7])
+    for options in (SelectionOptions(), SelectionOptions(one_read=False),
+                    SelectionOptions(one_read_min=1 << 16)):
+        assert torch.equal(kernels.ties(base, xs, [0.5, -0.3, 0.9], [0.5, 0.2, 0.7],
+                                        selection=options), want)

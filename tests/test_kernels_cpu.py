@@ -1,4 +1,5 @@
-"""The C++ CPU kernels (mergefast._C) against the references, and the kernel dispatch."""
+"""The C++ CPU kernels (libmergefast_cpu, loaded by mergefast/kernels/cpu.py) against the
+references, and the kernel dispatch."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from mergefast import kernels, methods
 
 pytest_generate_tests = generate
 
-# CI installs with the extension built; only a deliberate MERGEFAST_BUILD_EXT=0 may skip it.
+# Every install builds the library; only a deliberate MERGEFAST_BUILD_EXT=0 may skip it.
 EXT_SKIPPED = os.environ.get("MERGEFAST_BUILD_EXT", "1") == "0"
-needs_ext = pytest.mark.skipif(EXT_SKIPPED, reason="MERGEFAST_BUILD_EXT=0: no mergefast._C")
+needs_ext = pytest.mark.skipif(EXT_SKIPPED, reason="MERGEFAST_BUILD_EXT=0: no CPU kernel library")
 
 
 @needs_ext
@@ -59,16 +60,40 @@ def test_forced_backend_failure_raises(monkeypatch):
         kernels.linear([torch.randn(4)], [1.0])
 
 
-def test_missing_extension_falls_back_and_says_why(monkeypatch):
+def test_missing_extension_falls_back_and_says_why(monkeypatch, caplog):
+    """Without the library, CPU merges run on the reference; `mergefast env` and the one
+    warning line of every merge say why and how to fix it."""
     from mergefast.kernels import cpu
 
     monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
-    monkeypatch.setattr(cpu, "ERROR", "ImportError: pretend it was not built")
+    monkeypatch.setattr(cpu, "ERROR", "pretend it was not built")
     assert kernels.backend("cpu") == "torch"
-    assert any("cpu-ext not built: ImportError: pretend" in line
-               for line in kernels.describe_backends())
+    env = [line for line in kernels.describe_backends() if line.startswith("cpu:")]
+    assert len(env) == 1 and "cpu-ext unavailable: pretend it was not built" in env[0]
+    assert cpu.FIX in env[0]
+    line = kernels.missing_kernels("cpu")
+    assert "\n" not in line and "pretend it was not built" in line and cpu.FIX in line
+    assert "torch reference path" in line
+    with caplog.at_level("WARNING", logger="mergefast"):
+        assert kernels.warn_missing_kernels("cpu") == line
+    assert [r.getMessage() for r in caplog.records] == [line]
+    assert kernels.missing_kernels("cuda") is None   # the CPU library's line only
+    monkeypatch.setenv("MERGEFAST_BACKEND", "torch")
+    assert kernels.missing_kernels("cpu") is None    # asked for: nothing to warn about
+    monkeypatch.delenv("MERGEFAST_BACKEND")
     x = [torch.randn(10), torch.randn(10)]
     assert torch.equal(kernels.linear(x, [0.5, 0.5]), methods.linear(x, [0.5, 0.5]))
+    monkeypatch.setattr(cpu, "_LIB", None)
+    with pytest.raises(RuntimeError, match="pretend"):   # called anyway: the reason and the fix
+        cpu.linear(x, [0.5, 0.5], False, 1.0, torch.float32)
+
+
+@needs_ext
+def test_no_warning_with_the_kernels(monkeypatch, caplog):
+    monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
+    with caplog.at_level("WARNING", logger="mergefast"):
+        assert kernels.warn_missing_kernels("cpu") is None
+    assert not caplog.records
 
 
 def test_kernels_launch_on_the_inputs_device(monkeypatch):
@@ -98,7 +123,7 @@ def test_task_arithmetic_proves_its_inputs_finite(monkeypatch, case):
     from mergefast.kernels import cpu
 
     monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
-    n = 3 * cpu._C.BLOCK + 77
+    n = 3 * cpu.BLOCK + 77
     base = torch.zeros(n, dtype=torch.bfloat16)
     signs = torch.randint(0, 2, (3, n), generator=torch.Generator().manual_seed(1)) * 2 - 1
     xs = [(base.float() + 0.5 * s).bfloat16() for s in signs]  # |delta| all equal: ties
@@ -163,7 +188,8 @@ def test_import_is_lean():
 
 
 def _sampled_positions(n: int) -> torch.Tensor:
-    """The elements the two-pass selection samples: min(2**13, n // 16) of them."""
+    """The elements the two-pass selection samples (csrc/cpu/select/window.cpp): min(2**13,
+    n // 16) of them."""
     return sampled_positions(n, min(1 << 13, n // 16))
 
 
@@ -173,8 +199,8 @@ def _sampled_positions(n: int) -> torch.Tensor:
 def test_large_selection_paths(monkeypatch, case):
     """Tensors above 2**16 elements take the sampled-window path of the C++ selection (the
     threshold is the window's upper end, its lower end or one of the candidates inside) or,
-    when the sample misleads, the full histogram passes: the kept set must always be the
-    reference's."""
+    when the sample misleads, the full histogram passes (csrc/cpu/select/): the kept set must
+    always be the reference's."""
     from mergefast.kernels import cpu
     from mergefast.methods.numerics import keep_count
 
@@ -227,11 +253,32 @@ def test_many_models_select_without_room_in_the_output(monkeypatch):
 @needs_ext
 def test_an_output_overlapping_an_input_is_refused():
     """The C++ selection uses the output as scratch: an output aliasing an input would
-    corrupt the merge, so the binding refuses it."""
-    from mergefast import _C
+    corrupt the merge, so the library refuses it."""
+    from mergefast.kernels import cpu
 
     base, x = torch.randn(100_000), torch.randn(100_000)
     with pytest.raises(RuntimeError, match="overlaps an input"):
-        _C.task_arithmetic(base, [x], [1.0], [50_000], _C.SPARSIFY_MAGNITUDE, True, True, 1.0, 1.0, base)
+        cpu.task_arithmetic_into(base, [x], [1.0], [50_000], True, True, 1.0, 1.0, base)
     with pytest.raises(RuntimeError, match="overlaps an input"):
-        _C.magnitude_keep(base, x, 50_000, x.view(torch.bool)[:100_000])
+        cpu.magnitude_keep_into(base, x, 50_000, x.view(torch.bool)[:100_000])
+
+
+@needs_ext
+def test_library_errors_become_python_errors():
+    """A call the library refuses raises RuntimeError with the library's message; tensors it
+    cannot take (not CPU, not contiguous, other sizes) are refused before the call."""
+    from mergefast.kernels import cpu
+
+    a, b = torch.randn(100), torch.randn(100)
+    with pytest.raises(RuntimeError, match="inputs have different sizes"):
+        cpu.slerp_dots(a, torch.randn(99))
+    with pytest.raises(RuntimeError, match="contiguous CPU"):
+        cpu.slerp_dots(a, torch.randn(200)[::2])
+    with pytest.raises(RuntimeError, match="unsupported dtype code 3"):
+        cpu.slerp_dots(a.double(), b)
+    out = torch.empty(100)
+    with pytest.raises(RuntimeError, match="sparsify mode 2 is not implemented"):
+        cpu._check(cpu._lib().mf_task_arithmetic(
+            a.data_ptr(), 0, (cpu.ctypes.c_void_p * 1)(b.data_ptr()), (cpu.ctypes.c_int32 * 1)(0), 1,
+            100, (cpu.ctypes.c_double * 1)(1.0), None, 2, 1, 1, 1.0, 1.0, out.data_ptr(), 0, -1, 1,
+            cpu.ctypes.byref(cpu.ctypes.c_int32())))

@@ -54,11 +54,11 @@ def test_triton_interpreted():
 
 
 class _WindowCases:
-    """The GPU selection's sampled window (select_window.py), on the suite's DEVICE."""
+    """The GPU selection's sampled window (select/window.py), on the suite's DEVICE."""
 
     def test_window_finds_the_threshold_without_radix(self):
         """Continuous and tied deltas: the sampled window holds T (no radix fallback)."""
-        from mergefast.kernels.triton import select_window as sw
+        from mergefast.kernels.triton.select import window as sw
         from mergefast.kernels.triton.task_arithmetic import magnitude_keep
         from mergefast.kernels.triton.utils import block_size
 
@@ -73,9 +73,9 @@ class _WindowCases:
                                       "lo above T", "slots overflow"])
     def test_window_outcomes_keep_the_reference_set(self, monkeypatch, case):
         """Every way the window can fall (planted): T a candidate, T at hi or lo with its ties
-        split there or all kept, windows that miss (the radix select takes over), overflowing
+        split there or all kept, windows that miss (the histogram passes take over), overflowing
         slots."""
-        from mergefast.kernels.triton import select_window as sw
+        from mergefast.kernels.triton.select import window as sw
         from mergefast.kernels.triton.task_arithmetic import magnitude_keep
         from mergefast.kernels.triton.utils import block_size
 
@@ -100,15 +100,17 @@ class _WindowCases:
         assert (found is None) == (case in ("hi below T", "lo above T", "slots overflow"))
         assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
 
-    @pytest.mark.parametrize("select", ["histogram", "topk"])
-    def test_candidate_thresholds_are_the_ranked_slots(self, monkeypatch, select):
+    @pytest.mark.parametrize("way", ["histogram", "topk"])
+    def test_candidate_thresholds_are_the_ranked_slots(self, way):
         """candidates.thresholds: per CANDIDATE model the aux-th largest key among its used
         slots (garbage past each block's count), whether the offsets from lo take one radix
         pass (11 bits), three (up to 2^31) or crowd on few values (ties); other models are
         left alone."""
-        from mergefast.kernels.triton import candidates, select_window as sw
+        from mergefast.kernels import SelectionOptions
+        from mergefast.kernels.triton.select import candidates
+        from mergefast.kernels.triton.select import window as sw
 
-        monkeypatch.setattr(candidates, "SELECT", select)
+        options = SelectionOptions(candidates=way)
         g = torch.Generator().manual_seed(5)
         nblocks, cap = 7, 64
         los, his = [1000, 5, 0, 77], [1900, 0x7FFFFFF0, 0, 2077]
@@ -138,18 +140,19 @@ class _WindowCases:
             assert state.bits == bits
             case_t = torch.tensor([v for c, a, _ in cases for v in (c, a)] + [0] * 4 + aux,
                                   dtype=torch.int64, device=dev)
-            tval = candidates.thresholds(case_t, state).cpu()
+            tval = candidates.thresholds(case_t, state, options).cpu()
             for i in candidate:
                 want = inside[i].sort(descending=True).values[aux[i] - 1]
                 assert int(tval[i]) == int(want), (candidate, i)
 
-    @pytest.mark.parametrize("selection", ["window", "radix"])
-    def test_window_and_radix_models_share_the_rules(self, monkeypatch, selection):
+    @pytest.mark.parametrize("two_pass", ["window", "histogram"])
+    def test_window_and_histogram_models_share_the_rules(self, monkeypatch, two_pass):
         """Two passes with one model's ties cut at its window's hi, one whose window misses
-        (the radix select cuts its ties), one keeping all, and with the radix select alone:
-        the reference's TIES."""
+        (the histogram passes cut its ties), one keeping all, and with the histogram passes
+        alone: the reference's TIES."""
         from mergefast import kernels, methods
-        from mergefast.kernels.triton import select, select_window as sw, task_arithmetic
+        from mergefast.kernels import SelectionOptions
+        from mergefast.kernels.triton.select import window as sw
         from mergefast.kernels.triton.utils import block_size
 
         base, x, k, _ = _tied_layer(torch.bfloat16, None, self.DEVICE)
@@ -160,43 +163,39 @@ class _WindowCases:
         lo, hi = (torch.tensor(v, dtype=torch.int32, device=self.DEVICE)
                   for v in ([int(lower[-2]), 0, 0], [t, int(lower[-1]), 0]))
         monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
-        monkeypatch.setattr(task_arithmetic, "SPECULATE", False)
-        monkeypatch.setattr(select, "SELECTION", selection)
+        selection = SelectionOptions(one_read=False, two_pass=two_pass)
         xs, weights, densities = [x, x, x], [0.5, 0.3, 0.9], [0.4, 0.4, 1.0]
         assert sw.scan(base, xs, [k, k, 5000], [0, 1], block_size()).cases[:2] == \
             [(sw.AT_HI, k - int((key > t).sum()), True), None]
         # not normalised: a tie kept or dropped in any model changes the sum
-        got = kernels.ties(base, xs, weights, densities, normalize=False).cpu()
+        got = kernels.ties(base, xs, weights, densities, normalize=False, selection=selection).cpu()
         want = methods.ties(base.cpu(), [x.cpu()] * 3, weights, densities, normalize=False)
         assert_same(got, want, exact=self.EXACT)
 
 
-class _SpeculativeCases:
-    """The one-read scheme (speculative.py), on the suite's DEVICE: bit-equal to the two
+class _OneReadCases:
+    """The one-read scheme (select/one_read.py), on the suite's DEVICE: bit-equal to the two
     passes whether it finishes or falls back."""
 
     def _paths(self, monkeypatch, fn):
-        """fn() with the one-read scheme, then with the two passes; and whether the first
-        call's one-read scheme finished. The tensors here are small: the scheme takes them on
-        a GPU too (from 2^20 elements there, from 2^12 interpreted); only here, so that the
-        GPU suite's other tests compile no more kernel variants than before."""
-        from mergefast.kernels.triton import speculative, task_arithmetic
+        """fn(selection) with the one-read scheme, then with the two passes; and whether the
+        first call's one-read scheme finished. The tensors here are small: the one read takes
+        them from 2^12 elements (one_read_min; 2^20 on a GPU by default, 2^12 interpreted),
+        only here, so that the GPU suite's other tests compile no more kernel variants."""
+        from mergefast.kernels import SelectionOptions
+        from mergefast.kernels.triton.select import one_read
 
-        for name in ("SPEC_MIN", "INTERPRET_SPEC_MIN"):
-            monkeypatch.setattr(speculative, name, 1 << 12)
         finished = []
-        run = speculative.task_arithmetic
-        monkeypatch.setattr(speculative, "task_arithmetic",
+        run = one_read.task_arithmetic
+        monkeypatch.setattr(one_read, "task_arithmetic",
                             lambda *a, **k: finished.append(run(*a, **k)) or finished[-1])
-        fast = fn().cpu()
-        monkeypatch.setattr(task_arithmetic, "SPECULATE", False)
-        slow = fn().cpu()
-        monkeypatch.setattr(task_arithmetic, "SPECULATE", True)
+        fast = fn(SelectionOptions(one_read_min=1 << 12)).cpu()
+        slow = fn(SelectionOptions(one_read=False)).cpu()
         return fast, slow, finished == [True]
 
     @pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float32])
     @pytest.mark.parametrize("coarse", [False, True])
-    def test_speculative_pass_equals_two_passes(self, monkeypatch, input_dtype, coarse):
+    def test_one_read_equals_two_passes(self, monkeypatch, input_dtype, coarse):
         from mergefast import kernels
 
         g = torch.Generator().manual_seed(int(coarse))
@@ -208,12 +207,12 @@ class _SpeculativeCases:
         xs = [(base.float() + step()).to(dtype).to(self.DEVICE) for _ in range(3)]
         base = base.to(self.DEVICE)
         for densities in ([0.5, 0.2, 0.93], [0.1, 1.0, 0.0]):
-            fast, slow, finished = self._paths(
-                monkeypatch, lambda: kernels.ties(base, xs, [0.5, -0.3, 0.9], densities))
+            fast, slow, finished = self._paths(monkeypatch, lambda sel: kernels.ties(
+                base, xs, [0.5, -0.3, 0.9], densities, selection=sel))
             assert finished and torch.equal(fast, slow), densities
-            fast, slow, finished = self._paths(monkeypatch, lambda: kernels.task_arithmetic(
+            fast, slow, finished = self._paths(monkeypatch, lambda sel: kernels.task_arithmetic(
                 base, xs, [0.5, 0.3, 0.2], densities=densities, sparsify="magnitude",
-                normalize=True, lambda_=0.7))
+                normalize=True, lambda_=0.7, selection=sel))
             assert finished and torch.equal(fast, slow), densities
 
     def test_slots_past_the_counts_are_never_read(self, monkeypatch):
@@ -222,7 +221,8 @@ class _SpeculativeCases:
         key, both schemes still find thresholds among the candidates and give the
         reference's TIES."""
         from mergefast import kernels, methods
-        from mergefast.kernels.triton import candidates, select_window as sw, speculative
+        from mergefast.kernels.triton.select import candidates, one_read, records
+        from mergefast.kernels.triton.select import window as sw
 
         class GarbageTorch:
             def __getattr__(self, name):
@@ -233,28 +233,29 @@ class _SpeculativeCases:
                 t = torch.empty(*args, **kwargs)
                 return t.fill_(0x7FFFFFFF) if t.dtype == torch.int32 else t
 
-        for module in (sw, speculative):
+        for module in (sw, one_read, records):
             monkeypatch.setattr(module, "torch", GarbageTorch())
         bits = []
         run = candidates.thresholds
-        monkeypatch.setattr(candidates, "thresholds", lambda c, s: bits.append(s.bits) or run(c, s))
+        monkeypatch.setattr(candidates, "thresholds",
+                            lambda c, s, o: bits.append(s.bits) or run(c, s, o))
         g = torch.Generator().manual_seed(7)
         n = 6007
         base = (0.02 * torch.randn(n, generator=g)).to(self.DEVICE)
         xs = [base + 0.002 * torch.randn(n, generator=g).to(self.DEVICE) for _ in range(3)]
         weights, densities = [0.5, -0.3, 0.9], [0.5, 0.2, 0.7]
         want = methods.ties(base.cpu(), [x.cpu() for x in xs], weights, densities)
-        fast, slow, finished = self._paths(monkeypatch,
-                                           lambda: kernels.ties(base, xs, weights, densities))
+        fast, slow, finished = self._paths(
+            monkeypatch, lambda sel: kernels.ties(base, xs, weights, densities, selection=sel))
         assert finished and len(bits) == 2 and min(bits) > 0, bits
         assert torch.equal(fast, slow)
         assert_same(fast, want, exact=self.EXACT)
 
     def test_windows_are_the_sample_ranks(self):
-        """select_window.windows: per model, its keys at the sampled elements sorted from the
+        """window.windows: per model, its keys at the sampled elements sorted from the
         largest, taken at window_ranks (open ends: NO_HI and 0), and the pass's threshold
         hi + 1; a model keeping all or nothing gets a window nothing is in."""
-        from mergefast.kernels.triton import select_window as sw
+        from mergefast.kernels.triton.select import window as sw
 
         g = torch.Generator().manual_seed(4)
         n, m = 9000, 512
@@ -276,11 +277,12 @@ class _SpeculativeCases:
 
     @pytest.mark.parametrize("case", ["T at hi", "T at lo", "T at hi, all ties", "hi below T",
                                       "records overflow"])
-    def test_speculative_outcomes(self, monkeypatch, case):
+    def test_one_read_outcomes(self, monkeypatch, case):
         """Planted windows: T at either end with its ties cut along the records or all kept
         (finishes), a window that misses or records past their memory (falls back)."""
         from mergefast import kernels, methods
-        from mergefast.kernels.triton import select_window as sw, speculative
+        from mergefast.kernels.triton.select import records
+        from mergefast.kernels.triton.select import window as sw
 
         base, x, k, _ = _tied_layer(torch.bfloat16, None, self.DEVICE)
         key = (x.float() - base.float()).cpu().view(torch.int32) & 0x7FFFFFFF
@@ -297,16 +299,16 @@ class _SpeculativeCases:
                   for v in windows[case])
         monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
         if case == "records overflow":
-            monkeypatch.setattr(speculative, "RECORD_SLACK", 0.01)
-        fast, slow, finished = self._paths(monkeypatch,
-                                           lambda: kernels.ties(base, [x], [1.0], [density]))
+            monkeypatch.setattr(records, "RECORD_SLACK", 0.01)
+        fast, slow, finished = self._paths(
+            monkeypatch, lambda sel: kernels.ties(base, [x], [1.0], [density], selection=sel))
         assert finished == (case.startswith("T at")), case
         assert torch.equal(fast, slow)
         assert_same(fast, methods.ties(base.cpu(), [x.cpu()], [1.0], [density]), exact=self.EXACT)
 
 
 # The suites are defined only where they can run (no screens of skips elsewhere).
-class _Interpreted(_WindowCases, _SpeculativeCases, KernelSuite):
+class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     """Interpreted Triton on CPU tensors: small sizes (the interpreter runs numpy per
     program); the kernels use 256-element blocks there, so these still span several blocks."""
 
@@ -321,20 +323,20 @@ class _Interpreted(_WindowCases, _SpeculativeCases, KernelSuite):
 
 class _InterpretedGpuBlocks(_Interpreted):
     """The interpreted suite again with the GPU's sizes (utils.BLOCK for the two passes, and
-    speculative's SPEC_BLOCK and SPEC_MIN for the one read): what holds only with the
-    interpreter's 256-element blocks fails here, not first on a lent GPU (two one-read cases
-    did)."""
+    SelectionOptions.one_read_block with one_read.ONE_READ_MIN for the one read): what holds
+    only with the interpreter's 256-element blocks fails here, not first on a GPU."""
 
     @pytest.fixture(autouse=True)
     def _gpu_sizes(self, monkeypatch):
-        from mergefast.kernels.triton import speculative, utils
+        from mergefast.kernels.triton import utils
+        from mergefast.kernels.triton.select import one_read
 
         monkeypatch.setattr(utils, "INTERPRET_BLOCK", utils.BLOCK)
-        monkeypatch.setattr(speculative, "_sizes",
-                            lambda: (speculative.SPEC_MIN, speculative.SPEC_BLOCK))
+        monkeypatch.setattr(one_read, "_sizes", lambda options: (
+            options.one_read_min or one_read.ONE_READ_MIN, options.one_read_block))
 
 
-class _Cuda(_WindowCases, _SpeculativeCases, KernelSuite):
+class _Cuda(_WindowCases, _OneReadCases, KernelSuite):
     """Real Triton on the GPU, larger sizes."""
 
     DEVICE = "cuda"

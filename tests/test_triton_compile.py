@@ -52,10 +52,10 @@ def _models(k: int, ptr: str = "*i16") -> tuple:
 def test_selection_histogram_pass(models, digit):
     import triton
 
-    from mergefast.kernels.triton import select
+    from mergefast.kernels.triton.select import histogram
 
-    shift, width = select.RADIX_DIGITS[digit]
-    _compile(select._digit_hist_kernel,
+    shift, width = histogram.RADIX_DIGITS[digit]
+    _compile(histogram._digit_hist_kernel,
              {"base_ptr": "*i16", "xs": _models(models), "prefix_ptr": "*i32",
               "hist_ptr": "*i32", "n": "i64", "nblocks": "i32", "nprog": "i32"},
              {"SHIFT": shift, "BINS": 1 << width, "PREFIX_SHIFT": shift + width,
@@ -63,18 +63,18 @@ def test_selection_histogram_pass(models, digit):
 
 
 def test_tie_count_pass():
-    from mergefast.kernels.triton import select
+    from mergefast.kernels.triton.select import histogram
 
-    _compile(select._eq_count_kernel,
+    _compile(histogram._eq_count_kernel,
              {"base_ptr": "*fp32", "xs": _models(3, "*fp32"), "thr_ptr": "*i32",
               "count_ptr": "*i32", "n": "i64", "nblocks": "i32"}, {"BLOCK": BLOCK})
 
 
 @pytest.mark.parametrize("models,active,cap", [(1, 1, 16), (3, 0b101, 128), (9, 0x1FF, 256)])
 def test_window_scan_pass(models, active, cap):
-    from mergefast.kernels.triton import select_window
+    from mergefast.kernels.triton.select import window
 
-    _compile(select_window._window_scan_kernel,
+    _compile(window._window_scan_kernel,
              {"base_ptr": "*i16", "xs": _models(models), "lo_ptr": "*i32", "hi_ptr": "*i32",
               "count_ptr": "*i32", "slot_ptr": "*i32", "n": "i64", "nblocks": "i32"},
              {"ACTIVE": active, "CAP": cap, "BLOCK": BLOCK})
@@ -131,10 +131,10 @@ def test_slerp():
     (1, 16, False, "*fp32"),   # task arithmetic with magnitude, fp32
     (9, 128, True, "*fp16"),   # many models, fp16
 ])
-def test_speculative_pass(models, cap, consensus, ptr):
-    from mergefast.kernels.triton import speculative
+def test_one_read_pass(models, cap, consensus, ptr):
+    from mergefast.kernels.triton.select import one_read
 
-    _compile(speculative._speculative_kernel,
+    _compile(one_read._one_read_kernel,
              {"base_ptr": ptr, "xs": _models(models, ptr), "ws": ("fp32",) * models,
               "lo_ptr": "*i32", "hi_ptr": "*i32", "thr_ptr": "*i64", "count_ptr": "*i32",
               "slot_ptr": "*i32", "used_ptr": "*i32", "first_ptr": "*i32", "rcount_ptr": "*i32",
@@ -146,10 +146,10 @@ def test_speculative_pass(models, cap, consensus, ptr):
 
 @pytest.mark.parametrize("tie_cut,consensus,tile", [(True, True, 256), (False, False, 16),
                                                     (True, True, 2048)])
-def test_speculative_fix_up(tie_cut, consensus, tile):
-    from mergefast.kernels.triton import speculative
+def test_one_read_fix_up(tie_cut, consensus, tile):
+    from mergefast.kernels.triton.select import fix_up
 
-    _compile(speculative._fix_up_kernel,
+    _compile(fix_up._fix_up_kernel,
              {"roff_ptr": "*i16", "rbase_ptr": "*i16", "rxs": _models(3), "first_ptr": "*i32",
               "rcount_ptr": "*i32", "ws": ("fp32",) * 3, "thr_ptr": "*i64", "quota_ptr": "*i64",
               "eqb_ptr": "*i64", "out_ptr": "*i16", "nblocks": "i32", "divisor": "fp32",
@@ -158,28 +158,28 @@ def test_speculative_fix_up(tie_cut, consensus, tile):
               "TILE": tile, "BLOCK": BLOCK})
 
 
-def test_speculative_selection_kernels():
-    from mergefast.kernels.triton import select_rules, select_window
+def test_window_and_rules_kernels():
+    from mergefast.kernels.triton.select import rules, window
 
-    _compile(select_window._sample_keys_kernel,
+    _compile(window._sample_keys_kernel,
              {"base_ptr": "*i16", "xs": _models(3), "pos_ptr": "*i64", "keys_ptr": "*i32",
-              "m": "i32"}, {"BLOCK": select_window.SAMPLE_BLOCK})
-    _compile(select_window._ends_kernel,
+              "m": "i32"}, {"BLOCK": window.SAMPLE_BLOCK})
+    _compile(window._ends_kernel,
              {"ranked_ptr": "*i32", "m": "i32", "rows": ("fp32",) * 3, "tops_hi": ("fp32",) * 3,
               "tops_lo": ("fp32",) * 3, "lo_ptr": "*i32", "hi_ptr": "*i32", "thr_ptr": "*i64"}, {})
-    _compile(select_rules._rules_kernel,
+    _compile(rules._rules_kernel,
              {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tval_ptr": "*i64",
               "count_ptr": "*i32", "slot_ptr": "*i32", "eqgt_ptr": "*i64", "nblocks": "i32"},
              {"K": 3, "CAP": 64})
-    _compile(select_rules._finalize_kernel,
+    _compile(rules._finalize_kernel,
              {"cases_ptr": "*i64", "lo_ptr": "*i32", "hi_ptr": "*i32", "tval_ptr": "*i64",
               "eqgt_ptr": "*i64", "cum_ptr": "*i64", "thr_ptr": "*i64", "quota_ptr": "*i64",
-              "eqb_ptr": "*i64", "nblocks": "i32"}, {"K": 3, "BLOCKS": select_rules.FINALIZE_BLOCKS})
+              "eqb_ptr": "*i64", "nblocks": "i32"}, {"K": 3, "BLOCKS": rules.FINALIZE_BLOCKS})
 
 
 @pytest.mark.parametrize("shift", [22, 0])
 def test_candidate_select_kernels(shift):
-    from mergefast.kernels.triton import candidates
+    from mergefast.kernels.triton.select import candidates
 
     bits = candidates.DIGIT_BITS
     _compile(candidates._slot_hist_kernel,

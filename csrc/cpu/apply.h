@@ -1,6 +1,6 @@
 // The per-element arithmetic of the task-arithmetic / TIES apply, shared by the apply pass
-// (task_arithmetic.cpp) and the speculative pass with its fix-up (speculative.cpp,
-// fix_up.cpp): from a block's inputs (or a block's records) to the result. The same float32
+// (task_arithmetic.cpp) and the one-read pass with its fix-up (select/one_read.cpp,
+// select/fix_up.cpp): from a block's inputs (or a block's records) to the result. The same float32
 // operations in the same order (-ffp-contract=off) wherever an element is computed, so an
 // element fixed up afterwards is bit-identical to what the apply pass would have computed.
 #pragma once
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common.h"
-#include "select.h"
+#include "select/rules.h"
 
 namespace mergefast {
 
@@ -77,6 +77,7 @@ struct ApplyArgs {
   Dst dst;
   int64_t n;
   int K;
+  int threads;  // the caller's team size (team_size(n, threads) for a pass over n elements)
 };
 
 // Deltas of model `x` against staged base `b` into `d`; nonzero when one is NaN or infinite.

@@ -9,17 +9,17 @@
 //
 // Numerics: built with -ffp-contract=off so that a*b+c is two roundings, as in the torch
 // references (bit-exact results where the order of operations is the same).
+//
+// Plain C++17 + OpenMP: no torch headers. The entry points (../api.cpp) get raw pointers,
+// dtype codes, element counts and the thread count from mergefast/kernels/cpu.py.
 #pragma once
-
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
-
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -36,6 +36,17 @@
 #endif
 
 namespace mergefast {
+
+// An argument the kernels cannot take. Thrown on the calling thread only (never inside an
+// OpenMP region); the entry points turn it into MF_ERR_ARGUMENT and its message.
+struct ArgumentError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Throws ArgumentError("<op>: <what>") unless `ok`.
+inline void check(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw ArgumentError(std::string(op) + ": " + what);
+}
 
 // Helpers called from the hot loops are always inlined, so that a caller compiled for
 // another instruction set (the AVX2 clones of the TIES kernel) vectorises them with its own.
@@ -77,8 +88,8 @@ inline constexpr PackTable kPack;
 #endif
 
 // Elements per block. 2048 floats = 8 KiB per staged input, so base + 3 models + 3 weighted
-// deltas stay in L2 on a 2-core EPYC (measured: 1024 / 2048 / 4096 / 8192 gave TIES 7B-layer
-// times within 5 % of each other; 2048 was the best).
+// deltas stay in L2 (measured on a 2-vCPU AMD EPYC VM: 1024 / 2048 / 4096 / 8192 gave TIES
+// 7B-layer times within 5 % of each other; 2048 is the best).
 constexpr int64_t kBlock = 2048;
 
 // Blocks per chunk of the dynamic OpenMP schedules of the elementwise and counting passes.
@@ -86,31 +97,25 @@ constexpr int64_t kBlock = 2048;
 // pipeline's reader and writer threads share the cores with the kernel's team.
 constexpr int64_t kChunkBlocks = 8;
 
+// Element types; the values are the dtype codes of the C API (../mergefast.h, MF_F32...).
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
 
-inline DType dtype_of(const at::Tensor& t, const char* op) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::F32;
-    case at::kHalf: return DType::F16;
-    case at::kBFloat16: return DType::BF16;
-    case at::kDouble: return DType::F64;
-    default: TORCH_CHECK(false, op, ": unsupported dtype ", t.scalar_type());
-  }
-  return DType::F32;
+// The DType of a dtype code; F64 only where `f64_ok` (outputs: float64 inputs take the torch
+// reference).
+inline DType dtype_of(int32_t code, const char* op, bool f64_ok) {
+  check(code >= 0 && code <= 3 && (f64_ok || code != 3), op,
+        "unsupported dtype code " + std::to_string(code));
+  return static_cast<DType>(code);
 }
 
-// A contiguous CPU input, read-only.
+// A contiguous input, read-only.
 struct Src {
   const void* ptr;
   DType dt;
 };
 
-inline Src make_src(const at::Tensor& t, const char* op) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors");
-  TORCH_CHECK(t.is_contiguous(), op, ": expected contiguous tensors");
-  DType dt = dtype_of(t, op);
-  TORCH_CHECK(dt != DType::F64, op, ": float64 inputs use the torch reference");
-  return Src{t.data_ptr(), dt};
+inline Src make_src(const void* ptr, int32_t dtype, const char* op) {
+  return Src{ptr, dtype_of(dtype, op, false)};
 }
 
 MF_INLINE float bits_to_f32(uint32_t u) {
@@ -174,8 +179,8 @@ MF_INLINE const float* stage(const Src& s, int64_t off, int64_t n, float* buf) {
       for (int64_t j = 0; j < n; ++j) buf[j] = half_to_f32(p[j]);
       return buf;
     }
-    default:
-      TORCH_CHECK(false, "mergefast._C: unsupported input dtype");
+    default:  // F64: refused by make_src
+      throw ArgumentError("stage: unsupported input dtype");
   }
   return buf;
 }
@@ -220,7 +225,7 @@ inline void visit_input_dtype(DType dt, F&& f) {
     case DType::F32: f(DTypeTag<DType::F32>{}); break;
     case DType::BF16: f(DTypeTag<DType::BF16>{}); break;
     case DType::F16: f(DTypeTag<DType::F16>{}); break;
-    default: TORCH_CHECK(false, "mergefast._C: unsupported input dtype");
+    default: throw ArgumentError("visit_input_dtype: unsupported input dtype");
   }
 }
 
@@ -235,10 +240,18 @@ inline void visit_output_dtype(DType dt, F&& f) {
   }
 }
 
+inline size_t dtype_size(DType dt) {
+  switch (dt) {
+    case DType::F32: return 4;
+    case DType::F64: return 8;
+    default: return 2;
+  }
+}
+
 // Asks Linux to back the 2 MiB-aligned interior of a large, freshly allocated output with
 // transparent huge pages (THP "madvise" mode, the common default). A fresh 90 MB output
-// otherwise takes ~22k page faults on first write: measured on the 2-core box, filling a
-// new 11008x4096 bf16 tensor took 60 ms of CPU with 4 KiB pages and 10 ms with this hint.
+// otherwise takes ~22k page faults on first write: measured on a 2-vCPU AMD EPYC VM, filling
+// a new 11008x4096 bf16 tensor takes 60 ms of CPU with 4 KiB pages and 10 ms with this hint.
 // Values are unaffected; a no-op where THP is off, on pages already present, or elsewhere.
 inline void advise_huge_pages(void* ptr, size_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -253,19 +266,18 @@ inline void advise_huge_pages(void* ptr, size_t nbytes) {
 #endif
 }
 
-// A contiguous CPU output; store() rounds float32 values once to its dtype.
+// A contiguous output; store() rounds float32 values once to its dtype.
 struct Dst {
   void* ptr;
   DType dt;
 };
 
-// Every kernel's output, usually fresh memory: the huge-page hint before any write. Measured
-// on the 2-core box, 7B layer, when only task arithmetic had it: linear 77 -> 48 ms, SLERP
-// 82 -> 55 ms (TIES at density 1, which reads one tensor more, took 49 ms).
-inline Dst make_dst(const at::Tensor& t, const char* op) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), op, ": bad output tensor");
-  advise_huge_pages(t.data_ptr(), t.nbytes());
-  return Dst{t.data_ptr(), dtype_of(t, op)};
+// Every kernel's output, usually fresh memory: the huge-page hint before any write (measured
+// on a 2-vCPU AMD EPYC VM, 7B layer: linear 48 ms with it, 77 ms without; SLERP 55 vs 82 ms).
+inline Dst make_dst(void* ptr, int32_t dtype, int64_t n, const char* op) {
+  const DType dt = dtype_of(dtype, op, true);
+  advise_huge_pages(ptr, static_cast<size_t>(n) * dtype_size(dt));
+  return Dst{ptr, dt};
 }
 
 MF_INLINE void store(const Dst& d, int64_t off, int64_t n, const float* v) {
@@ -291,30 +303,19 @@ MF_INLINE void store(const Dst& d, int64_t off, int64_t n, const float* v) {
   }
 }
 
-// Whether the bytes of two contiguous tensors overlap.
-inline bool overlaps(const at::Tensor& a, const at::Tensor& b) {
-  const auto* pa = static_cast<const char*>(a.data_ptr());
-  const auto* pb = static_cast<const char*>(b.data_ptr());
-  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+// Whether the byte ranges [a, a + na) and [b, b + nb) overlap.
+inline bool overlaps(const void* a, size_t na, const void* b, size_t nb) {
+  const auto* pa = static_cast<const char*>(a);
+  const auto* pb = static_cast<const char*>(b);
+  return na > 0 && nb > 0 && pa < pb + nb && pb < pa + na;
 }
 
-inline int num_threads() {
-  return std::max(1, at::get_num_threads());
-}
-
-// Threads for a pass over n elements: one below kParallelMin (an OpenMP team and per-thread
-// scratch cost more than the work there).
+// Threads for a pass over n elements: `threads` (the caller's team size, torch's intra-op
+// thread count, passed by mergefast/kernels/cpu.py), but one below kParallelMin (an OpenMP
+// team and per-thread scratch cost more than the work there).
 constexpr int64_t kParallelMin = 1 << 15;
-inline int num_threads(int64_t n) {
-  return n < kParallelMin ? 1 : num_threads();
-}
-
-inline size_t dtype_size(DType dt) {
-  switch (dt) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    default: return 2;
-  }
+inline int team_size(int64_t n, int threads) {
+  return n < kParallelMin ? 1 : std::max(1, threads);
 }
 
 inline int64_t num_blocks(int64_t n) {

@@ -1,34 +1,45 @@
-// Declarations of the CPU merge kernels bound in ../bindings.cpp as mergefast._C.
-// Python (mergefast/kernels/cpu.py) validates arguments, computes the scalar constants the
-// way the torch references do, allocates `out`, and calls these.
+// The CPU merge kernels behind the C entry points of ../api.cpp (declared in ../mergefast.h).
+// The entry points check the arguments they can see (dtype codes, counts, overlaps) and
+// build the Src / Dst views; mergefast/kernels/cpu.py checks what only the tensors know
+// (device, layout) and computes the scalar constants the way the torch references do.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
+#include <cstdint>
 #include <vector>
+
+#include "common.h"
 
 namespace mergefast {
 
-// Sparsification of each task vector. Only None and Magnitude are implemented; the other
-// values are reserved for breadcrumbs and DARE/DELLA (template parameter of the apply pass).
+// Sparsification of each task vector (the dtype-code-like values of the C API's
+// MF_SPARSIFY_*). Only None and Magnitude are implemented; the other values are reserved for
+// breadcrumbs and DARE/DELLA (template parameter of the apply pass).
 enum class Sparsify : int { None = 0, Magnitude = 1, MagnitudeOutliers = 2, Random = 3 };
 
-void linear_cpu(const std::vector<at::Tensor>& xs, const std::vector<double>& weights,
-                bool divide, double total, at::Tensor out);
+// out = sum_i(w_i * x_i) [/ total] over n elements.
+void linear(const std::vector<Src>& xs, const std::vector<float>& w, bool divide, float total,
+            const Dst& dst, int64_t n, int threads);
 
-// Returns true when every delta x_i - base was finite (so base and every x_i are).
-// speculate: magnitude selection in one read of the inputs where it can (speculative.h);
-// false forces the two-pass scheme (for tests and benchmarks).
-bool task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
-                         const std::vector<double>& weights, const std::vector<int64_t>& keep,
-                         int64_t sparsify, bool consensus, bool normalize, double divisor,
-                         double lambda, at::Tensor out, bool speculate);
+// Task arithmetic / TIES into dst (n elements). keep: one count per model with magnitude
+// sparsification, empty without. one_read_min: tensors of at least this many elements try the
+// one-read scheme first (select/one_read.h); 0: never. Returns true when every delta
+// x_i - base was finite (so base and every x_i are). dst must not overlap an input (the
+// selection uses it as scratch).
+bool task_arithmetic(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+                     const std::vector<int64_t>& keep, bool consensus, bool normalize,
+                     float divisor, float lambda, const Dst& dst, int64_t n,
+                     int64_t one_read_min, int threads);
 
-void magnitude_keep_cpu(const at::Tensor& base, const at::Tensor& x, int64_t keep, at::Tensor mask);
+// mask[j] = whether element j of x - base is among the keep largest |x - base| (ties lowest
+// index first), as the kernels select it. mask must not overlap an input.
+void magnitude_keep(const Src& base, const Src& x, int64_t n, int64_t keep, bool* mask,
+                    int threads);
 
-std::vector<double> slerp_dots_cpu(const at::Tensor& a, const at::Tensor& b);
+// <a,a>, <b,b>, <a,b> into dots[0..2].
+void slerp_dots(const Src& a, const Src& b, int64_t n, int threads, double dots[3]);
 
-void slerp_apply_cpu(const at::Tensor& a, const at::Tensor& b, double c0, double c1,
-                     at::Tensor out);
+// out = c0 * a + c1 * b.
+void slerp_apply(const Src& a, const Src& b, float c0, float c1, const Dst& dst, int64_t n,
+                 int threads);
 
 }  // namespace mergefast

@@ -6,13 +6,10 @@
 
 namespace mergefast {
 
-std::vector<double> slerp_dots_cpu(const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(a.numel() == b.numel(), "slerp: inputs have different sizes");
-  const Src sa = make_src(a, "slerp"), sb = make_src(b, "slerp");
-  const int64_t n = a.numel();
+void slerp_dots(const Src& sa, const Src& sb, int64_t n, int threads, double dots[3]) {
   const int64_t nb = num_blocks(n);
   double aa = 0.0, bb = 0.0, ab = 0.0;
-#pragma omp parallel num_threads(num_threads()) reduction(+ : aa, bb, ab)
+#pragma omp parallel num_threads(std::max(1, threads)) reduction(+ : aa, bb, ab)
   {
     Scratch scratch(2);
 #pragma omp for schedule(static)
@@ -48,16 +45,14 @@ std::vector<double> slerp_dots_cpu(const at::Tensor& a, const at::Tensor& b) {
       ab += s_ab;
     }
   }
-  return {aa, bb, ab};
+  dots[0] = aa;
+  dots[1] = bb;
+  dots[2] = ab;
 }
 
-void slerp_apply_cpu(const at::Tensor& a, const at::Tensor& b, double c0, double c1,
-                     at::Tensor out) {
-  const Src sa = make_src(a, "slerp"), sb = make_src(b, "slerp");
-  const Dst dst = make_dst(out, "slerp");
-  const int64_t n = out.numel();
-  const float f0 = static_cast<float>(c0), f1 = static_cast<float>(c1);
-  for_each_block_raw(n, num_threads(), 3, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
+void slerp_apply(const Src& sa, const Src& sb, float f0, float f1, const Dst& dst, int64_t n,
+                 int threads) {
+  for_each_block_raw(n, std::max(1, threads), 3, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
     const float* x = stage(sa, off, len, s.buf(0));
     const float* y = stage(sb, off, len, s.buf(1));
     float* r = s.buf(2);

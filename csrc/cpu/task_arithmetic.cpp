@@ -1,16 +1,17 @@
-// Task arithmetic / TIES on the CPU: the exact magnitude selection (select.cpp) gives each
-// model a KeepRule, then one fused apply pass reads base and every model once more and, per
-// element, in registers: deltas, keep masks, weighted deltas, the elected sign, the agreeing
-// sum and divisor, the result, stored once. Nothing of size n is allocated but the output.
-// With magnitude selection, tensors of at least 2^21 elements first try the one-read scheme
-// of speculative.cpp (the same results; the two passes here when it cannot finish).
+// Task arithmetic / TIES on the CPU: the exact magnitude selection (select/two_pass.cpp)
+// gives each model a KeepRule, then one fused apply pass reads base and every model once more
+// and, per element, in registers: deltas, keep masks, weighted deltas, the elected sign, the
+// agreeing sum and divisor, the result, stored once. Nothing of size n is allocated but the
+// output. With magnitude selection, tensors of at least one_read_min elements (2^21 by
+// default) first try the one-read scheme of select/one_read.cpp (the same results; the two
+// passes here when it cannot finish).
 #include <algorithm>
 
 #include "apply.h"
 #include "common.h"
 #include "kernels.h"
-#include "select.h"
-#include "speculative.h"
+#include "select/one_read.h"
+#include "select/two_pass.h"
 
 namespace mergefast {
 namespace {
@@ -53,19 +54,19 @@ MF_TARGET_AVX2 uint32_t apply_block_avx2(const ApplyArgs& a, float* const* bufs,
 template <Sparsify S, bool Consensus>
 bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
            const std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
-           const Dst& dst, int64_t n) {
+           const Dst& dst, int64_t n, int threads) {
   static_assert(S == Sparsify::None || S == Sparsify::Magnitude,
                 "magnitude_outliers and random sparsification are not implemented yet");
   const int K = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
   const ApplyArgs args{&base, &xs, w.data(), rules.empty() ? nullptr : rules.data(),
-                       normalize, lambda != 1.0f, divisor, lambda, dst, n, K};
+                       normalize, lambda != 1.0f, divisor, lambda, dst, n, K, threads};
   auto block = &apply_block_default<S, Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &apply_block_avx2<S, Consensus>;
 #endif
   uint32_t nonfinite = 0;
-#pragma omp parallel num_threads(num_threads(n)) reduction(| : nonfinite)
+#pragma omp parallel num_threads(team_size(n, threads)) reduction(| : nonfinite)
   {
     // buffers: 0 base, 1 mixed, 2 delta (tie-cut block) / result, 3 acc, 4 dacc,
     // 5.. weighted deltas (consensus)
@@ -84,59 +85,33 @@ bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
 
 }  // namespace
 
-bool task_arithmetic_cpu(const at::Tensor& base, const std::vector<at::Tensor>& xs,
-                         const std::vector<double>& weights, const std::vector<int64_t>& keep,
-                         int64_t sparsify, bool consensus, bool normalize, double divisor,
-                         double lambda, at::Tensor out, bool speculate) {
-  const char* op = "task_arithmetic";
-  TORCH_CHECK(!xs.empty() && xs.size() == weights.size(), op, ": tensors/weights mismatch");
-  const int64_t n = out.numel();
-  const Src sb = make_src(base, op);
-  TORCH_CHECK(base.numel() == n, op, ": base and output sizes differ");
-  std::vector<Src> src;
-  std::vector<float> w;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    TORCH_CHECK(xs[i].numel() == n, op, ": inputs have different sizes");
-    src.push_back(make_src(xs[i], op));
-    w.push_back(static_cast<float>(weights[i]));
-  }
-  const Dst dst = make_dst(out, op);
-  // The selection uses `out` as scratch, and the apply writes it while it reads the inputs.
-  TORCH_CHECK(!overlaps(out, base), op, ": the output overlaps an input");
-  for (const at::Tensor& x : xs) TORCH_CHECK(!overlaps(out, x), op, ": the output overlaps an input");
-  const float dv = static_cast<float>(divisor), lam = static_cast<float>(lambda);
-  if (sparsify == static_cast<int64_t>(Sparsify::None)) {
+bool task_arithmetic(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+                     const std::vector<int64_t>& keep, bool consensus, bool normalize,
+                     float divisor, float lambda, const Dst& dst, int64_t n,
+                     int64_t one_read_min, int threads) {
+  if (keep.empty()) {
     std::vector<KeepRule> none;
-    if (consensus) return apply<Sparsify::None, true>(sb, src, w, none, normalize, dv, lam, dst, n);
-    return apply<Sparsify::None, false>(sb, src, w, none, normalize, dv, lam, dst, n);
+    if (consensus) return apply<Sparsify::None, true>(base, xs, w, none, normalize, divisor, lambda, dst, n, threads);
+    return apply<Sparsify::None, false>(base, xs, w, none, normalize, divisor, lambda, dst, n, threads);
   }
-  TORCH_CHECK(sparsify == static_cast<int64_t>(Sparsify::Magnitude), op, ": sparsify mode ",
-              sparsify, " is not implemented in mergefast._C");
-  TORCH_CHECK(keep.size() == xs.size(), op, ": one keep count per model expected");
   bool finite = true;
-  if (speculate && speculative_task_arithmetic(consensus, sb, src, w, keep, normalize, dv, lam,
-                                               dst, n, finite)) {
+  if (one_read_min > 0 && n >= one_read_min &&
+      one_read_task_arithmetic(consensus, base, xs, w, keep, normalize, divisor, lambda, dst, n,
+                               threads, finite)) {
     return finite;
   }
-  const std::vector<KeepRule> rules =
-      select_magnitude(sb, src, keep, n, out.data_ptr(), static_cast<size_t>(out.nbytes()));
-  if (consensus) return apply<Sparsify::Magnitude, true>(sb, src, w, rules, normalize, dv, lam, dst, n);
-  return apply<Sparsify::Magnitude, false>(sb, src, w, rules, normalize, dv, lam, dst, n);
+  // The selection uses the output as scratch: the apply pass rewrites all of it.
+  const std::vector<KeepRule> rules = select_magnitude(
+      base, xs, keep, n, dst.ptr, static_cast<size_t>(n) * dtype_size(dst.dt), threads);
+  if (consensus) return apply<Sparsify::Magnitude, true>(base, xs, w, rules, normalize, divisor, lambda, dst, n, threads);
+  return apply<Sparsify::Magnitude, false>(base, xs, w, rules, normalize, divisor, lambda, dst, n, threads);
 }
 
-void magnitude_keep_cpu(const at::Tensor& base, const at::Tensor& x, int64_t keep, at::Tensor mask) {
-  const char* op = "magnitude_keep";
-  TORCH_CHECK(base.numel() == x.numel(), op, ": inputs have different sizes");
-  const int64_t n = x.numel();
-  const Src sb = make_src(base, op), sx = make_src(x, op);
-  TORCH_CHECK(mask.numel() == n && mask.scalar_type() == at::kBool && mask.is_contiguous(), op,
-              ": bad mask tensor");
-  TORCH_CHECK(!overlaps(mask, base) && !overlaps(mask, x), op, ": the mask overlaps an input");
-  const std::vector<KeepRule> rules =
-      select_magnitude(sb, {sx}, {keep}, n, mask.data_ptr(), static_cast<size_t>(mask.nbytes()));
-  bool* m = mask.data_ptr<bool>();
+void magnitude_keep(const Src& sb, const Src& sx, int64_t n, int64_t keep, bool* m,
+                    int threads) {
+  const std::vector<KeepRule> rules = select_magnitude(sb, {sx}, {keep}, n, m, static_cast<size_t>(n), threads);
   const KeepRule& r = rules[0];
-  for_each_block_raw(n, num_threads(), 3, [&](int, int64_t blk, int64_t off, int64_t len, Scratch& s) {
+  for_each_block_raw(n, std::max(1, threads), 3, [&](int, int64_t blk, int64_t off, int64_t len, Scratch& s) {
     const float* b = stage(sb, off, len, s.buf(0));
     const float* xx = stage(sx, off, len, s.buf(1));
     float* d = s.buf(2);

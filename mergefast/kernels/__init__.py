@@ -4,13 +4,20 @@
 from mergefast import kernels
 kernels.linear(tensors, weights, *, normalize=True, out_dtype=None)
 kernels.task_arithmetic(base, tensors, weights, *, densities=None, sparsify="none",
-                        consensus=None, normalize=False, lambda_=1.0, out_dtype=None)
-kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, out_dtype=None)
+                        consensus=None, normalize=False, lambda_=1.0, out_dtype=None,
+                        selection=None)
+kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, out_dtype=None,
+             selection=None)
 kernels.slerp(a, b, t, *, out_dtype=None)
 kernels.passthrough(tensor, scale=None, *, out_dtype=None)
 kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
 kernels.describe_backends()      # lines for `mergefast env`
+kernels.missing_kernels(device)  # one line when `device`'s merges lose their kernels, else None
+kernels.warn_missing_kernels(device)   # logs that line (a merge calls it at its start)
 ```
+
+`selection` (a `SelectionOptions`, kernels/selection.py) picks how the magnitude selection
+finds its thresholds, for benchmarks and tests; every choice selects the same elements.
 
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
@@ -18,12 +25,15 @@ but SLERP's reduction; magnitude selection keeps exactly the same elements).
 
 Dispatch, per call, by the device of the inputs:
 - CUDA tensors -> the Triton kernels (`kernels/triton/`);
-- CPU tensors -> the compiled C++ extension `mergefast._C` (`csrc/`, via `kernels/cpu.py`);
+- CPU tensors -> the C++/OpenMP library `libmergefast_cpu` (`csrc/`, loaded with ctypes by
+  `kernels/cpu.py`);
 - anything else, float64 inputs, or `MERGEFAST_BACKEND=torch` -> the torch reference.
 `MERGEFAST_BACKEND=cpu-ext|triton|torch` forces a backend: if it cannot run, the call raises.
 An automatically chosen backend that fails falls back to the reference with a one-time
-warning (the selection is `kernels/dispatch.py`). Importing this module neither initialises
-CUDA nor imports triton.
+warning (the backend choice is `kernels/dispatch.py`). Where the CPU kernels are missing (no
+compiler when mergefast was installed), `warn_missing_kernels` says so in one line at the
+start of a merge, with the reason and the fix. Importing this module neither initialises CUDA
+nor imports triton.
 """
 
 from __future__ import annotations
@@ -40,11 +50,14 @@ from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
-from .dispatch import BACKENDS, _choose, _dispatch, _impl, backend, describe_backends  # noqa: F401 - _impl: tests
+from .dispatch import (BACKENDS, _choose, _dispatch, _impl, backend,  # noqa: F401 - _impl: tests
+                       describe_backends, missing_kernels, warn_missing_kernels)
+from .selection import DEFAULT as _DEFAULT_SELECTION
+from .selection import SelectionOptions
 
 __all__ = [
-    "BACKENDS", "backend", "describe_backends", "linear", "passthrough", "slerp",
-    "task_arithmetic", "ties",
+    "BACKENDS", "SelectionOptions", "backend", "describe_backends", "linear",
+    "missing_kernels", "passthrough", "slerp", "task_arithmetic", "ties", "warn_missing_kernels",
 ]
 
 # sparsifiers the kernels will take with the method-breadth issue (template / constexpr slots)
@@ -125,15 +138,22 @@ def task_arithmetic(
     normalize: bool = False,
     lambda_: float = 1.0,
     out_dtype: torch.dtype | None = None,
+    selection: SelectionOptions | None = None,
 ) -> torch.Tensor:
     """Task arithmetic over task vectors `tensors[i] - base`: the semantics of
     `mergefast.methods.task_arithmetic` for sparsify "none" / "magnitude" and consensus
     None / "sum" (TIES), fused: no K x N temporaries, no sorts.
 
     Magnitude selection keeps exactly keep_count(density, numel) elements per model (ties at
-    the threshold lowest flat index first), found by an exact two-level histogram.
+    the threshold lowest flat index first), found by an exact histogram top-k around a
+    sampled window; `selection` (SelectionOptions, production defaults when None) picks the
+    way, never the result.
     """
     _check_task_arithmetic_modes(sparsify, consensus)
+    if selection is None:
+        selection = _DEFAULT_SELECTION
+    elif not isinstance(selection, SelectionOptions):
+        raise TypeError(f"selection must be a SelectionOptions, got {type(selection).__name__}")
     tensors, weights = list(tensors), _numbers(weights, "task arithmetic weights")
     (lambda_,) = _numbers([lambda_], "lambda_")
     if len(tensors) != len(weights):
@@ -164,7 +184,7 @@ def task_arithmetic(
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
     return _dispatch(all_inputs, out, reference, lambda impl: impl.task_arithmetic(
-        b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out))
+        b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out, selection))
 
 
 def _check_task_arithmetic_modes(sparsify: str, consensus: str | None) -> None:
@@ -188,11 +208,13 @@ def ties(
     normalize: bool = True,
     lambda_: float = 1.0,
     out_dtype: torch.dtype | None = None,
+    selection: SelectionOptions | None = None,
 ) -> torch.Tensor:
     """TIES: magnitude trim to each model's density, sum sign election, disjoint mean."""
     return task_arithmetic(
         base, tensors, weights, densities=densities, sparsify="magnitude",
         consensus="sum", normalize=normalize, lambda_=lambda_, out_dtype=out_dtype,
+        selection=selection,
     )
 
 

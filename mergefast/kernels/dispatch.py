@@ -1,8 +1,8 @@
 """Backend selection for the kernel API: which of triton / cpu-ext / torch runs a call.
 
-Per call, by the device of the inputs: CUDA tensors -> Triton, CPU tensors -> mergefast._C,
-anything else (float64 inputs, other devices, mixed devices, tensors that need autograd) ->
-the torch reference.
+Per call, by the device of the inputs: CUDA tensors -> Triton, CPU tensors -> the C++ library
+(kernels/cpu.py), anything else (float64 inputs, other devices, mixed devices, tensors that
+need autograd) -> the torch reference.
 `MERGEFAST_BACKEND` forces one (raising when it cannot run). An automatically chosen backend
 that fails is recorded in `mergefast.kernels._broken` and the call falls back to the reference
 with a one-time warning (`mergefast.kernels._warned`). Those two records live on the package,
@@ -13,6 +13,7 @@ Importing this module neither initialises CUDA nor imports triton.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import warnings
@@ -55,7 +56,7 @@ def _triton_missing() -> str | None:
 
 
 def _cpu_ext_missing() -> str | None:
-    """Why mergefast._C cannot be used (None when it can)."""
+    """Why the C++ CPU kernels cannot be used (None when they can)."""
     from . import cpu
 
     if cpu.ERROR is not None:
@@ -85,13 +86,14 @@ def describe_backends() -> list[str]:
         lines.append(f"MERGEFAST_BACKEND={forced}: every op is forced to the {forced} backend")
     ops = "linear, task_arithmetic, ties, slerp"
     cpu_why = _cpu_ext_missing()
-    if cpu_why is None:
-        from . import cpu
+    from . import cpu
 
-        lines.append(f"cpu:  {ops} -> cpu-ext (mergefast._C, OpenMP, {cpu.threads()} threads)")
+    if cpu_why is None:
+        lines.append(f"cpu:  {ops} -> cpu-ext ({cpu.LIBRARY.name}, OpenMP, "
+                     f"{cpu.threads()} threads)")
     else:
-        lines.append(f"cpu:  {ops} -> torch (cpu-ext not built: {cpu_why}; rebuild with "
-                     "`pip install --no-build-isolation -e .` with torch and a C++ compiler)")
+        fix = f". Fix: {cpu.FIX}" if cpu.ERROR is not None else ""
+        lines.append(f"cpu:  {ops} -> torch (cpu-ext unavailable: {cpu_why}{fix})")
     tri_why = _triton_missing()
     if tri_why is None:
         lines.append(f"cuda: {ops} -> triton ({_triton_version()})")
@@ -100,6 +102,32 @@ def describe_backends() -> list[str]:
     lines.append("any:  passthrough -> torch (a copy and one scale; no kernel needed); "
                  "float64 inputs -> torch reference")
     return lines
+
+
+def missing_kernels(device: str | torch.device) -> str | None:
+    """One line saying that merges on `device` run on the torch reference path because its
+    fused kernels are unavailable, with the reason and the fix; None when they are there,
+    when MERGEFAST_BACKEND picks the backend, and for devices other than the CPU."""
+    device = torch.device(device)
+    if device.type != "cpu" or _requested() is not None:
+        return None
+    why = _cpu_ext_missing()
+    if why is None:
+        return None
+    from . import cpu
+
+    fix = f" Fix: {cpu.FIX}." if cpu.ERROR is not None else ""
+    return (f"this merge runs on the torch reference path (TIES ~50x slower): the C++ CPU "
+            f"kernels are unavailable: {why}.{fix}")
+
+
+def warn_missing_kernels(device: str | torch.device) -> str | None:
+    """Log missing_kernels(device) as a warning of the "mergefast" logger (the CLI prints it
+    as one `mergefast: warning:` line) and return it; nothing when the kernels are there."""
+    line = missing_kernels(device)
+    if line is not None:
+        logging.getLogger("mergefast").warning(line)
+    return line
 
 
 def _triton_version() -> str:
@@ -139,14 +167,14 @@ def _needs_autograd(inputs: Sequence[torch.Tensor]) -> bool:
 
 def _forced_cpu_ext(device: torch.device, reference_only: bool) -> str:
     """MERGEFAST_BACKEND=cpu-ext: "cpu-ext", or "torch" for reference-only inputs; raises when
-    the tensors are not on the CPU or mergefast._C is unusable."""
+    the tensors are not on the CPU or the C++ kernels are unusable."""
     if device.type != "cpu":
         raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but the tensors are on {device}")
     if reference_only:
         return "torch"  # float64, autograd and the like are the reference's by contract
     why = _cpu_ext_missing()
     if why is not None:
-        raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but mergefast._C is unusable: {why}")
+        raise RuntimeError(f"MERGEFAST_BACKEND=cpu-ext but the C++ CPU kernels are unusable: {why}")
     return "cpu-ext"
 
 

@@ -1,5 +1,6 @@
 """The per-element arithmetic of task arithmetic / TIES on the GPU, shared by the apply pass
-(task_arithmetic.py) and the one-read scheme's pass and fix-up (speculative.py), as
+(task_arithmetic.py) and the one-read scheme's pass and fix-up (select/one_read.py,
+select/fix_up.py), as
 csrc/cpu/apply.h is on the CPU: the same float32 operations in the same order wherever an
 element is computed."""
 

@@ -1,11 +1,11 @@
-"""Task arithmetic / TIES on the GPU: the exact magnitude selection (select.py) gives each
-model a threshold key, a tie quota and per-block tie counts; then one fused apply pass
+"""Task arithmetic / TIES on the GPU: the exact magnitude selection (select/two_pass.py) gives
+each model a threshold key, a tie quota and per-block tie counts; then one fused apply pass
 `_task_arithmetic_kernel` reads base and the K models, and per element, in registers:
 deltas, keep masks, weighted deltas, the elected sign, the agreeing sum and divisor, the
 result; stored once. No K x N temporaries, no sorts, no int64 index tensors.
 
-With magnitude selection, tensors of at least speculative.SPEC_MIN elements first try the
-one-read scheme of speculative.py (SPECULATE = False: always the two passes).
+With magnitude selection, large tensors first try the one-read scheme of select/one_read.py
+(`SelectionOptions(one_read=False)`: always the two passes).
 
 SPARSIFY is a tl.constexpr: 0 none, 1 magnitude; 2 (magnitude_outliers) and 3 (random) are
 reserved for breadcrumbs and DARE/DELLA.
@@ -19,14 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-from . import speculative
+from ..selection import DEFAULT, SelectionOptions
 from .apply import keep_mask, merge_result, weighted_sum
-from .select import select_magnitude
+from .select import one_read
+from .select.two_pass import select_magnitude
 from .utils import as_arg, block_size, block_span, launch_options, load_f32, store_f32
-
-# Magnitude selection in one read of the inputs where it can (speculative.py); False forces
-# the two passes (benchmarks/bench_kernels.py script mode times both).
-SPECULATE = True
 
 
 @triton.jit
@@ -46,7 +43,8 @@ def _task_arithmetic_kernel(base_ptr, xs, ws, thr_ptr, quota_ptr, eqb_ptr, out_p
 def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],
                             weights: Sequence[float], keep: Sequence[int] | None,
                             consensus: bool, normalize: bool, divisor: float, lambda_: float,
-                            out_dtype: torch.dtype) -> torch.Tensor:
+                            out_dtype: torch.dtype,
+                            selection: SelectionOptions = DEFAULT) -> torch.Tensor:
     n, dev = base.numel(), base.device
     block = block_size()
     nblocks = triton.cdiv(n, block)
@@ -57,10 +55,10 @@ def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],
         eqb = None
     else:
         sparsify = 1
-        if SPECULATE and speculative.task_arithmetic(base, xs, weights, keep, consensus, normalize,
-                                                     divisor, lambda_, out):
+        if selection.one_read and one_read.task_arithmetic(
+                base, xs, weights, keep, consensus, normalize, divisor, lambda_, out, selection):
             return out
-        thr, quota, eqb = select_magnitude(base, xs, keep, block)
+        thr, quota, eqb = select_magnitude(base, xs, keep, block, selection)
     tie_cut = eqb is not None
     if eqb is None:
         eqb = torch.zeros(1, dtype=torch.int64, device=dev)
@@ -82,12 +80,13 @@ def _keep_mask_kernel(base_ptr, x_ptr, thr_ptr, quota_ptr, eqb_ptr, mask_ptr, n,
     tl.store(mask_ptr + offs, kept.to(tl.int8), mask=mask)
 
 
-def magnitude_keep(base: torch.Tensor, x: torch.Tensor, keep: int) -> torch.Tensor:
-    """Keep-mask of x - base as the kernels select it (for tests)."""
+def magnitude_keep(base: torch.Tensor, x: torch.Tensor, keep: int,
+                   selection: SelectionOptions = DEFAULT) -> torch.Tensor:
+    """Keep-mask of x - base as the two passes select it (for tests)."""
     n = base.numel()
     block = block_size()
     nblocks = triton.cdiv(n, block)
-    thr, quota, eqb = select_magnitude(base, [x], [keep], block)
+    thr, quota, eqb = select_magnitude(base, [x], [keep], block, selection)
     tie_cut = eqb is not None
     if eqb is None:
         eqb = torch.zeros(1, dtype=torch.int64, device=base.device)

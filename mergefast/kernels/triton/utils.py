@@ -25,13 +25,8 @@ NUM_WARPS = 8
 INTERPRET_BLOCK = 256
 
 
-# Programs per SM of the radix selection's histogram passes, each looping over blocks (a
-# persistent grid). Their sm_90 cubins use 74-80 registers a thread with K = 3 models
-# (cuobjdump; Triton 3.9 and 3.6), so 3 programs of 8 warps fit an SM at once; a 4th per SM
-# would start as a second, one-third-full wave. (K = 9 under Triton 3.6: 148 registers, one
-# program at a time.) Not yet swept on a GPU (`benchmarks/bench_kernels.py` script mode does).
-HIST_PROGRAMS_PER_SM = 3
-# Under the interpreter: few programs, so that every program loops over several blocks.
+# Under the interpreter, the histogram passes' programs: few, so that every program loops
+# over several blocks.
 INTERPRET_HIST_PROGRAMS = 3
 # Tie quota of a model whose threshold-equal keys are all kept (no per-block tie counts).
 NO_QUOTA = 1 << 62
@@ -50,12 +45,14 @@ def block_size() -> int:
     return INTERPRET_BLOCK if interpret() else BLOCK
 
 
-def hist_programs(device: torch.device, nblocks: int) -> int:
-    """Grid size of the histogram passes: enough programs to fill the GPU, at most one a block."""
+def hist_programs(device: torch.device, nblocks: int, per_sm: int) -> int:
+    """Grid size of the histogram passes (a persistent grid, each program looping over
+    blocks): `per_sm` programs per SM (SelectionOptions.hist_programs_per_sm), at most one a
+    block."""
     if interpret():
         return max(1, min(nblocks, INTERPRET_HIST_PROGRAMS))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(nblocks, sms * HIST_PROGRAMS_PER_SM))
+    return max(1, min(nblocks, sms * per_sm))
 
 
 def launch_options() -> dict:

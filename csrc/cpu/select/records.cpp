@@ -1,4 +1,4 @@
-// The records of the speculative TIES pass (see records.h and speculative.cpp).
+// The records of the one-read pass (see records.h and one_read.cpp).
 #include "records.h"
 
 #include <algorithm>
@@ -22,9 +22,8 @@ MF_INLINE int64_t flagged_scalar(const uint32_t* unc, int64_t j, int64_t len, ui
 }
 
 #if MF_AVX2_CLONES
-// flagged_scalar with AVX2: 8 flags per compare, movemask and permute, as compact_avx2 packs
-// keys (not timed apart: the pass's time is too noisy here to see it). Writes up to 7
-// offsets past the count.
+// flagged_scalar with AVX2: 8 flags per compare, movemask and permute, as compact_avx2
+// (window.cpp) packs keys. Writes up to 7 offsets past the count.
 MF_TARGET_AVX2 int64_t flagged_avx2(const uint32_t* unc, int64_t len, uint32_t* idx) {
   const __m256i zero = _mm256_setzero_si256();
   int64_t cnt = 0, j = 0;
@@ -78,8 +77,9 @@ const void* Records::column(int64_t blk, int c) const {
 }
 
 Records make_records(const Src& base, const std::vector<Src>& xs, int64_t n, int64_t bytes) {
-  // Kept between calls: fresh memory costs a page fault per 4 KiB on every tensor (see
-  // output_buffers in mergefast/kernels/cpu.py). Uninitialised: pages are touched as used.
+  // Kept between calls by the calling thread: fresh memory costs a page fault per 4 KiB on
+  // every tensor (see output_buffers in mergefast/kernels/cpu.py). Uninitialised: pages are
+  // touched as used.
   thread_local std::unique_ptr<char[]> memory;
   thread_local int64_t have = 0;
   Records r;
@@ -131,8 +131,9 @@ void record_block(Records& r, int64_t blk, int64_t off, const uint32_t* unc, int
 }
 
 void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
-                  std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory) {
-  const int A = static_cast<int>(active.size()), nthreads = num_threads(n);
+                  std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory,
+                  int threads) {
+  const int A = static_cast<int>(active.size()), nthreads = team_size(n, threads);
   const int64_t nb = num_blocks(n);
   int64_t total = 0;
   for (int64_t blk = 0; blk < nb; ++blk) total += rec.count[blk];
@@ -149,9 +150,9 @@ void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
     s.capacity = room;
     s.overflow = false;
   }
-  // The base column staged once per block for every model (resolving model by model staged
-  // it per model, and ran 3 models on 2 cores in two rounds: 10.1-10.4 -> 7.5-7.7 ms on the
-  // 7B layer).
+  // One pass over the blocks for all models, the base column staged once per block (7.5-7.7
+  // ms on the 7B layer on a 2-vCPU AMD EPYC VM; a pass per model, each staging the base,
+  // takes 10.1-10.4 ms).
   for_each_block_raw(n, nthreads, 3, [&](int tid, int64_t blk, int64_t, int64_t, Scratch& sc) {
     const int64_t cnt = rec.count[blk];
     const float* b = rec.column_f32(blk, 1, sc.buf(0));

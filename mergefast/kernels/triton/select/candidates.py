@@ -1,6 +1,6 @@
 """The threshold of a model whose T is one of its window's candidates: the aux-th largest key
-in its candidate slots (select_window.window_counts: per block its first counts[i, 3, block]),
-found on the device without a sync.
+in its candidate slots (window.window_counts: per block its first counts[i, 3, block]),
+found on the device without a sync (the CPU's counterpart: csrc/cpu/select/candidates.cpp).
 
 A radix select over the slots: the keys' offsets u = key - lo - 1 (the candidates lie
 strictly between lo and hi, so u < hi - lo - 1: 20 bits for the benchmark 7B layer's),
@@ -16,9 +16,8 @@ density 0.5) the two passes' windows (8192 sampled keys) hold 1.1-1.45M candidat
 and T is the 524K-871K-th of them (counted with torch on the CPU); a CUDA topk of that size is
 a multi-kernel radix select of its own per model, then a sort when asked for sorted values.
 (The one read's narrower windows put T at hi or lo there: it is one key shared by 845,861
-elements.)
-`SELECT = "topk"` keeps that way for benchmarks/bench_kernels.py's GPU sweep to compare;
-neither has run on a GPU yet.
+elements.) `SelectionOptions(candidates="topk")` takes that way, for the GPU sweep of
+benchmarks/bench_kernels.py to compare.
 """
 
 from __future__ import annotations
@@ -27,15 +26,15 @@ import torch
 import triton
 import triton.language as tl
 
-from . import select_window as sw
-from .utils import hist_programs, masked_histogram
+from ...selection import SelectionOptions
+from ..utils import hist_programs, masked_histogram
+from . import window as sw
 
-# Not measured yet (no GPU so far): 2048 bins, so that two passes cover the 20-bit offsets of
-# the benchmark layer's windows (the pass's cubin: 32 registers a thread, no spills, Triton
-# 3.9); 1024 slots per step of a histogram program.
+# 2048 bins, so that two passes cover the 20-bit offsets of the benchmark layer's windows
+# (the pass's sm_90 cubin: 32 registers a thread, no spills, Triton 3.9); 1024 slots per step
+# of a histogram program.
 DIGIT_BITS = 11
 SLOT_TILE = 1024
-SELECT = "histogram"   # or "topk": torch.topk per model (for the GPU sweep's comparison)
 _CANDIDATE = tl.constexpr(sw.CANDIDATE)
 
 
@@ -90,14 +89,16 @@ def _slot_pick_kernel(cases_ptr, lo_ptr, prefix_ptr, need_ptr, hist_ptr, tval_pt
         tl.store(tval_ptr + i, tl.load(lo_ptr + i).to(tl.int64) + 1 + prefix, mask=on)
 
 
-def thresholds(case_t: torch.Tensor, state: sw.WindowScan) -> torch.Tensor:
+def thresholds(case_t: torch.Tensor, state: sw.WindowScan,
+               options: SelectionOptions) -> torch.Tensor:
     """tval (int64 [K] on the device): each CANDIDATE model's threshold key (the others'
-    entries are undefined). case_t: select_rules' device copy, [case, aux] per model, then
-    K prefixes (0) and K ranks still needed (aux), which the passes update."""
+    entries are undefined). case_t: rules.py's device copy, [case, aux] per model, then
+    K prefixes (0) and K ranks still needed (aux), which the passes update. options.candidates
+    picks the way: the radix select here, or torch.topk."""
     K, dev = len(state.cases), state.lo.device
     tval = torch.empty(K, dtype=torch.int64, device=dev)
     nblocks, cap = state.slots.shape[1:]
-    if SELECT == "topk":
+    if options.candidates == "topk":
         for i, (case, aux, _) in enumerate(state.cases):
             if case == sw.CANDIDATE:   # the slots past each block's count as 0, below all
                 used = torch.arange(cap, device=dev) < state.counts[i, 3, :, None]
@@ -108,7 +109,7 @@ def thresholds(case_t: torch.Tensor, state: sw.WindowScan) -> torch.Tensor:
     if passes == 0:
         return tval
     ntiles = triton.cdiv(nblocks * cap, SLOT_TILE)
-    nprog = hist_programs(dev, ntiles)
+    nprog = hist_programs(dev, ntiles, options.hist_programs_per_sm)
     hist = torch.zeros((passes, K, 1 << DIGIT_BITS), dtype=torch.int32, device=dev)
     prefix, need = case_t[2 * K:3 * K], case_t[3 * K:]
     for p in range(passes):

@@ -1,5 +1,5 @@
-"""The sampled-window magnitude selection on the GPU: the CPU's scheme
-(csrc/cpu/select_window.cpp) with one counting pass and no atomics.
+"""The sampled window of the selection on the GPU: the CPU's scheme (csrc/cpu/select/window.cpp)
+with one counting pass and no atomics.
 
 1. A stratified sample of up to `SAMPLE_MAX` keys per model (`windows`: a gather kernel, a
    sort, an ends kernel) predicts an interval (lo, hi) that should hold the threshold key T:
@@ -10,11 +10,12 @@
    packs the inside keys, in flat order, into the block's own `cap` slots (the slots past
    the block's count hold garbage). A block's candidates have a fixed place: no atomics.
 3. One sync for the totals: where T lies (`case_of`: at hi, at lo or the rank-th largest
-   candidate). select_rules.rules turns the cases into thresholds, quotas and tie counts on
-   the device.
+   candidate). rules.rules turns the cases into thresholds, quotas and tie counts on the
+   device.
 
 A model whose T lies outside its window, or whose candidates overflow a block's slots, is
-left to the radix select (select.py). Not yet run on a GPU.
+left to the histogram passes (histogram.py). The one-read pass (one_read.py) calls
+`window_counts` in its own kernel.
 """
 
 from __future__ import annotations
@@ -28,17 +29,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import KEEP_NONE, NO_QUOTA, as_arg, block_span, launch_options, load_f32, magnitude_key
+from ..utils import KEEP_NONE, NO_QUOTA, as_arg, block_span, launch_options, load_f32, magnitude_key
 
 SAMPLE_MAX = 1 << 13   # sampled keys per model, as on the CPU
 WINDOW_SIGMAS = 3.0    # half-width of the window in standard deviations of the sample's rank
-MIN_SAMPLE = 64        # fewer sampled keys (n < 1024) predict nothing: radix only
+MIN_SAMPLE = 64        # fewer sampled keys (n < 1024) predict nothing: histogram passes only
 SLOT_SLACK = 1.5       # slots per block: this times the window's expected share, rounded up
 NO_HI = 0x7FFFFFFF     # hi when the window is open above (no key is greater)
 SAMPLE_BLOCK = 1024    # sampled keys per program of _sample_keys_kernel
 _NO_HI = tl.constexpr(NO_HI)
 _KEEP_NONE = tl.constexpr(KEEP_NONE)
-# Where a model's threshold T lies after a window scan (case_of; select_rules.py reads them).
+# Where a model's threshold T lies after a window scan (case_of; rules.py reads them).
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
 STATS = 7              # window_stats' columns
 
@@ -48,8 +49,8 @@ def window_counts(key, mask, lo, hi, counts, nblocks, own, CAP: tl.constexpr):
     """For one block of one model's keys: counts[0, 1, 2, 3 x nblocks] = keys > hi, == hi,
     == lo (when lo < hi), inside (lo, hi); own[0:CAP] = the inside keys in flat order (those
     past CAP are dropped: the count tells). The slots past the count are left as they were:
-    their readers mask them with the count (filling them was ~16 MB of writes on the
-    benchmark layer's one-read pass, where most slots stay empty)."""
+    their readers mask them with the count (filling them would be ~16 MB of writes on the
+    benchmark 7B layer's one-read pass, where most slots stay empty)."""
     tl.store(counts, tl.sum((mask & (key > hi)).to(tl.int32), axis=0))
     tl.store(counts + nblocks, tl.sum((mask & (key == hi)).to(tl.int32), axis=0))
     tl.store(counts + 2 * nblocks, tl.sum((mask & (key == lo) & (lo < hi)).to(tl.int32), axis=0))
@@ -180,7 +181,7 @@ def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: i
 
 
 class WindowScan(NamedTuple):
-    """A selection's state after its one sync, every model's row (select_rules.rules' input):
+    """A selection's state after its one sync, every model's row (rules.rules' input):
     lo, hi int32 [K]; counts int32 [K, 4, nblocks]; slots int32 [K, nblocks, cap]; cases[i]
     model i's case_of, None while its T is unknown (its window missed, its slots overflowed,
     or it was not scanned); bits: candidate_bits."""

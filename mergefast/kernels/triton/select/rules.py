@@ -1,19 +1,20 @@
 """The exact rules of a magnitude selection, from where each model's threshold T lies, in few
 launches: the thresholds, the tie quotas and the ties before each block that the apply pass
-(apply.keep_mask) and the one-read fix-up read. Both schemes end here (select.py's two passes
-and speculative.py's one read), so there is one implementation of them.
+(apply.keep_mask) and the one-read fix-up read. Both schemes end here (two_pass.py and
+one_read.py), so there is one implementation of them (the CPU's KeepRule:
+csrc/cpu/select/rules.h).
 
-A model's case (select_window.case_of): KEEP_ALL / KEEP_NOTHING; AT_HI / AT_LO, T is its
-window's hi / lo with aux its quota of T-valued keys (counted per block in the window's
-counts); CANDIDATE, T is the aux-th largest of its candidate slots (candidates.py). The radix
-select states its exact T as AT_HI with hi = T and its own per-block counts of T (select.py).
+A model's case (window.case_of): KEEP_ALL / KEEP_NOTHING; AT_HI / AT_LO, T is its window's hi
+/ lo with aux its quota of T-valued keys (counted per block in the window's counts);
+CANDIDATE, T is the aux-th largest of its candidate slots (candidates.py). The histogram
+passes state their exact T as AT_HI with hi = T and their own per-block counts of T
+(histogram.py).
 
 Every launch between the one sync and the apply or the fix-up leaves the GPU idle while the
 host issues it (a few microseconds each, against ~0.15 ms for the one-read pass of a 7B
-layer); the torch compositions this replaced took ~40 launches for 3 models (counted with a
-TorchDispatchMode). Here: one host-to-device copy of the cases, the candidates' thresholds
-(two launches a radix pass, for all CANDIDATE models together), `_rules_kernel` (per-block tie
-counts), one cumsum, `_finalize_kernel` (thresholds, quotas, ties before each block).
+layer), so: one host-to-device copy of the cases, the candidates' thresholds (two launches a
+radix pass, for all CANDIDATE models together), `_rules_kernel` (per-block tie counts), one
+cumsum, `_finalize_kernel` (thresholds, quotas, ties before each block).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ...selection import SelectionOptions
+from ..utils import KEEP_NONE, NO_QUOTA
 from . import candidates
-from . import select_window as sw
-from .utils import KEEP_NONE, NO_QUOTA
+from . import window as sw
 
 FINALIZE_BLOCKS = 1024
-# constexpr copies of select_window's cases (column 0 of `cases`, column 1 its aux): the
+# constexpr copies of window.py's cases (column 0 of `cases`, column 1 its aux): the
 # kernels read them.
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = (
     tl.constexpr(v) for v in (sw.KEEP_ALL, sw.KEEP_NOTHING, sw.AT_HI, sw.AT_LO, sw.CANDIDATE))
@@ -89,17 +91,17 @@ def _finalize_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, eqgt_ptr, cum_ptr, thr
             tl.store(quota_ptr + i, tl.where(case == KEEP_ALL, _NO_QUOTA, quota))
 
 
-def rules(state: sw.WindowScan, block: int, n: int):
+def rules(state: sw.WindowScan, block: int, n: int, options: SelectionOptions):
     """thr, quota (int64 [K]) and eqb (int64 [K, nblocks], or None when no model's ties are
     cut) on the device (no sync), from a selection's state after its sync: every model's
-    case (select_window.case_of) and its rows of the window scan."""
+    case (window.case_of) and its rows of the window scan."""
     cases, lo = state.cases, state.lo
     K, dev, nblocks = len(cases), lo.device, triton.cdiv(n, block)
     # [case, aux] per model, then the candidate select's prefixes (0) and ranks (aux)
     flat = [v for case, aux, _ in cases for v in (case, aux)] + [0] * K + [a for _, a, _ in cases]
     host = torch.tensor(flat, dtype=torch.int64)
     case_t = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host
-    tval = candidates.thresholds(case_t, state)
+    tval = candidates.thresholds(case_t, state, options)
     eqgt = torch.empty((2, K, nblocks), dtype=torch.int64, device=dev)
     _rules_kernel[(nblocks,)](case_t, lo, state.hi, tval, state.counts, state.slots, eqgt, nblocks,
                               K=K, CAP=state.slots.shape[2])

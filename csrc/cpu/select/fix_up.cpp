@@ -1,10 +1,9 @@
-// The fix-up of the speculative TIES pass (see speculative.cpp): every recorded element
+// The fix-up of the one-read pass (see fix_up.h and one_read.cpp): every recorded element
 // recomputed with the exact thresholds, block by block, with the block pass's vectorised
-// loops over the records' columns, and stored over the speculative result.
-#include <algorithm>
+// loops over the records' columns, and stored over the pass's result.
+#include "fix_up.h"
 
-#include "apply.h"
-#include "records.h"
+#include <algorithm>
 
 namespace mergefast {
 namespace {
@@ -63,7 +62,7 @@ void fix_up_all(const ApplyArgs& a, const Records& rec) {
   if (cpu_has_avx2()) block = &fix_block_avx2<Consensus>;
 #endif
   const int64_t nb = num_blocks(a.n);
-#pragma omp parallel num_threads(num_threads(a.n))
+#pragma omp parallel num_threads(team_size(a.n, a.threads))
   {
     Scratch scratch(6 + a.K);
     std::vector<float*> bufs(6 + a.K);

@@ -1,24 +1,21 @@
-"""Exact magnitude selection on the GPU: per model i with 0 < k_i < n, the threshold key T of
-the k_i-th largest 31-bit key |f32(x_i) - f32(base)|, the quota r of T-valued keys to keep,
-and per block the count of T-valued keys (the apply pass keeps ties lowest flat index first
-from their exclusive scan and an in-block tl.cumsum).
+"""Exact selection by histogram passes over all the keys on the GPU: what decides the models
+whose sampled window missed their threshold T or whose candidates overflowed their slots (and
+every model with `SelectionOptions(two_pass="histogram")`). The CPU's counterpart:
+csrc/cpu/select/histogram.cpp.
 
-Two schemes, both exact, ending in the same rules (select_rules.py):
-- the sampled window (select_window.py, tried first): one counting pass, the candidates of a
-  narrow window around T; a model whose window misses T, or whose candidates overflow their
-  slots, falls back to
-- the radix select here: 8 + 8 + 8 + 7 bits (`RADIX_DIGITS`), one `_digit_hist_kernel` pass
-  per digit over the keys that share the prefix found so far -> the bucket of the k-th largest
-  key and the count above it (one sync a pass); after the last digit T and r; then
-  `_eq_count_kernel` counts T per block when r < count(key == T); the result is stated as the
-  window case "T at hi" with hi = T (`_settle`). A pass is skipped when a whole bucket is
-  kept. Every pass counts in per-program `tl.histogram`s, never with
-  per-element global atomics: same-address atomics serialise, and fine-tune deltas crowd few
-  keys. Measured on an H200, 7B layer, K = 3: global atomics on the top 15 bits took 11 ms; an
-  earlier last pass (global atomics on the low 15 bits) had 845,861 elements of each model on
-  ONE bin (bf16 deltas are multiples of the weights' ulp; counted with torch on the benchmark
-  layer); with that pass the whole TIES call took 3.6 ms, the apply pass alone 0.23 ms. The
-  schemes in this file and select_window.py have not yet run on a GPU.
+A radix select over the 31-bit keys, 8 + 8 + 8 + 7 bits (`RADIX_DIGITS`): one
+`_digit_hist_kernel` pass per digit over the keys that share the prefix found so far -> the
+bucket of the k-th largest key and the count above it (one sync a pass); after the last digit
+T and its quota r; then `_eq_count_kernel` counts T per block when r < count(key == T). The
+result is stated as the window case "T at hi" with hi = T (`_settle`), for rules.py. A pass is
+skipped when a whole bucket is kept.
+
+Every pass counts in per-program `tl.histogram`s, never with per-element global atomics:
+same-address atomics serialise, and fine-tune deltas crowd few keys. Measured on an H200, 7B
+layer, K = 3: global atomics on the top 15 bits take 11 ms; with global atomics on the low 15
+bits, 845,861 elements of each model land on ONE bin (bf16 deltas are multiples of the
+weights' ulp; counted with torch on the benchmark layer) and the whole TIES call takes 3.6 ms,
+against 0.23 ms for the apply pass alone.
 """
 
 from __future__ import annotations
@@ -29,16 +26,13 @@ import torch
 import triton
 import triton.language as tl
 
-from . import select_rules, select_window
-from .select_window import AT_HI, WindowScan
-from .utils import (NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
-                    magnitude_key, masked_histogram)
+from ...selection import SelectionOptions
+from ..utils import (NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
+                     magnitude_key, masked_histogram)
+from .window import AT_HI, WindowScan
 
 # (shift, width) of the radix digits of the 31-bit key, most significant first
 RADIX_DIGITS = ((23, 8), (15, 8), (7, 8), (0, 7))
-# "window": the sampled window first, the radix passes for the models it misses; "radix":
-# the radix passes only (benchmarks/bench_kernels.py script mode times both on a GPU).
-SELECTION = "window"
 
 
 @triton.jit
@@ -50,8 +44,8 @@ def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, nprog,
 
     Each of the `nprog` programs walks blocks pid, pid + nprog, ... and sums its per-block
     `tl.histogram`s in registers ([KB, BINS], one row per model), then adds them to `hist`
-    once: flushing every block sent one atomic per block to each hot bin (~22K per bin on a
-    7B layer). The loop runs over plain integers (Triton 3.6's interpreter cannot iterate from
+    once (a flush per block would send one atomic per block to each hot bin, ~22K per bin on
+    a 7B layer). The loop runs over plain integers (Triton 3.6's interpreter cannot iterate from
     a program id); a block past the end is all masked."""
     pid = tl.program_id(0)
     bins = tl.arange(0, BINS)
@@ -97,14 +91,15 @@ def _first_reaching(hist: torch.Tensor, need: torch.Tensor):
     return torch.stack([chosen, above, count]).tolist()   # one device sync
 
 
-def select_radix(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                 models: Sequence[int], block: int, state: WindowScan) -> None:
-    """The radix select for `models`: settles each one's exact T in `state` (_settle)."""
+def select_by_histograms(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
+                         models: Sequence[int], block: int, state: WindowScan,
+                         options: SelectionOptions) -> None:
+    """The histogram passes for `models`: settles each one's exact T in `state` (_settle)."""
     n, dev = base.numel(), base.device
     nblocks = triton.cdiv(n, block)
     opts = launch_options()
     b = as_arg(base)
-    hist_grid = (hist_programs(dev, nblocks),)
+    hist_grid = (hist_programs(dev, nblocks, options.hist_programs_per_sm),)
     cut = []
     # (model, prefix so far, still needed below the prefix), refined one radix digit a pass
     todo = [(i, 0, keep[i]) for i in models]
@@ -150,19 +145,3 @@ def _settle(state: WindowScan, i: int, t: int, quota: int, ties: torch.Tensor | 
     else:
         state.counts[i, 1].copy_(ties)
     state.cases[i] = (AT_HI, quota, ties is not None)
-
-
-def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                     block: int):
-    """Thresholds (int64 [K]), tie quotas (int64 [K]) and, when some model's ties are split,
-    the count of its threshold-equal elements before each block (int64 [K, nblocks])."""
-    n = base.numel()
-    active = [i for i, k in enumerate(keep) if 0 < k < n]
-    if SELECTION == "window":
-        state = select_window.scan(base, xs, keep, active, block)
-    else:
-        state = select_window.unscanned(n, keep, block, base.device)
-    missed = [i for i in active if state.cases[i] is None]
-    if missed:
-        select_radix(base, xs, keep, missed, block, state)
-    return select_rules.rules(state, block, n)

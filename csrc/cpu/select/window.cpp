@@ -1,9 +1,9 @@
-// The sampled window and pass A of the magnitude selection (see select.cpp for the whole
-// scheme): a sample of kSampleMax keys per model predicts an interval (lo, hi) holding the
-// k-th largest key; one pass over base and every model then counts the keys above hi and,
-// per block, the keys equal to hi and lo, and appends the keys strictly inside (lo, hi) to a
-// per-thread candidate list in flat order (~3 % of the keys at density 0.5).
-#include "select_window.h"
+// The sampled window and its scan (see window.h; README.md for the whole scheme): a sample
+// of kSampleMax keys per model predicts an interval (lo, hi) holding the k-th largest key;
+// one pass over base and every model then counts the keys above hi and, per block, the keys
+// equal to hi and lo, and appends the keys strictly inside (lo, hi) to a per-thread candidate
+// list in flat order (~3 % of the keys at density 0.5).
+#include "window.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,9 +12,9 @@ namespace mergefast {
 namespace {
 
 constexpr int64_t kSampleMax = 1 << 13;    // sampled keys per model
-// Half-width of the window in standard deviations of the sample's rank. 4 -> 3 took the
-// candidates' radix select of a 1M-element, 3-model tensor from 0.66 to 0.24 ms; a miss
-// (p ~ 0.3 %) costs the full histogram passes.
+// Half-width of the window in standard deviations of the sample's rank: 3 (the candidates'
+// radix select of a 1M-element, 3-model tensor takes 0.24 ms at 3 and 0.66 ms at 4, on a
+// 2-vCPU AMD EPYC VM); a miss (p ~ 0.3 %) costs the histogram passes.
 constexpr double kWindowSigmas = 3.0;
 constexpr int64_t kCandidateShare = 8;     // a list holds at most n / 8 keys (else overflow)
 
@@ -46,7 +46,7 @@ int64_t sample_position(int64_t q, int64_t stride) {
 
 std::vector<Window> predict_windows(const Src& base, const std::vector<const Src*>& xs,
                                     const std::vector<int64_t>& keep, int64_t n,
-                                    int64_t sample_max) {
+                                    int64_t sample_max, int threads) {
   const int64_t m = std::min(sample_max, n / 16), stride = n / m;
   std::vector<int64_t> pos(m);
   for (int64_t q = 0; q < m; ++q) pos[q] = sample_position(q, stride);
@@ -55,7 +55,7 @@ std::vector<Window> predict_windows(const Src& base, const std::vector<const Src
   const int A = static_cast<int>(xs.size());
   std::vector<Window> windows(A);
   // The models in parallel: nth_element over the sample is most of this function's time.
-#pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(std::min(A, std::max(1, threads))) schedule(dynamic, 1)
   for (int a = 0; a < A; ++a) {
     std::vector<float> x(m);
     std::vector<uint32_t> keys(m);
@@ -99,8 +99,8 @@ MF_INLINE int64_t compact_scalar(const uint32_t* kb, int64_t len, Window w, uint
 }
 
 #if MF_AVX2_CLONES
-// compact_scalar with AVX2: 8 keys per compare, movemask and permute (the scalar loop was
-// 60 % of pass A's time). Writes up to 7 keys past the returned count.
+// compact_scalar with AVX2: 8 keys per compare, movemask and permute (the scalar loop takes
+// 60 % of the window scan's time). Writes up to 7 keys past the returned count.
 MF_TARGET_AVX2 int64_t compact_avx2(const uint32_t* kb, int64_t len, Window w, uint32_t* out) {
   const __m256i lo = _mm256_set1_epi32(static_cast<int32_t>(w.lo));
   const __m256i hi = _mm256_set1_epi32(static_cast<int32_t>(w.hi));
@@ -137,7 +137,7 @@ MF_INLINE void count_keys(const void* xp, int64_t off, const float* b, int64_t l
   counts[2] = lo < hi ? el : 0;
 }
 
-// Pass A over one block of one model: keys, counts and candidates. (A switch rather than
+// The window scan of one block of one model: keys, counts and candidates. (A switch rather than
 // visit_input_dtype: a lambda would not be compiled for AVX2 in the AVX2 clone.)
 template <bool Avx2>
 MF_INLINE void scan_block(const Src& x, WindowScan& s, int tid, int64_t blk, int64_t off,
@@ -152,7 +152,7 @@ MF_INLINE void scan_block(const Src& x, WindowScan& s, int tid, int64_t blk, int
   s.eq_hi[blk] = counts[1];
   s.eq_lo[blk] = counts[2];
   int64_t& size = s.size[tid];
-  if (size > s.capacity) return;  // overflowed: the full passes will decide
+  if (size > s.capacity) return;  // overflowed: the histogram passes will decide
   uint32_t* out = s.lists[tid] + size;
   int64_t got;
   if constexpr (Avx2) {
@@ -181,7 +181,6 @@ MF_TARGET_AVX2 void scan_block_avx2(const Src& x, WindowScan& s, int tid, int64_
   scan_block<true>(x, s, tid, blk, off, b, len, kb);
 }
 #endif
-
 
 }  // namespace
 
@@ -219,6 +218,16 @@ size_t candidate_bytes_min(int models, int64_t n, int nthreads) {
   return sizeof(uint32_t) * models * nthreads * (n / (2 * kCandidateShare) / nthreads + 1 + kListSlack);
 }
 
+ActiveModels active_models(const std::vector<Src>& xs, const std::vector<int64_t>& keep,
+                           const std::vector<int>& active) {
+  ActiveModels m;
+  for (int i : active) {
+    m.xs.push_back(&xs[i]);
+    m.keep.push_back(keep[i]);
+  }
+  return m;
+}
+
 int64_t WindowScan::above() const { return sum(above_blk); }
 int64_t WindowScan::eq_hi_total() const { return sum(eq_hi); }
 int64_t WindowScan::eq_lo_total() const { return sum(eq_lo); }
@@ -232,7 +241,7 @@ int64_t WindowScan::candidates() const {
 std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
                                      const std::vector<int64_t>& keep, int64_t n, int nthreads,
                                      void* space, size_t space_bytes) {
-  const std::vector<Window> windows = predict_windows(base, xs, keep, n, kSampleMax);
+  const std::vector<Window> windows = predict_windows(base, xs, keep, n, kSampleMax, nthreads);
   const int A = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
   const int64_t room = static_cast<int64_t>(space_bytes / sizeof(uint32_t)) / (A * nthreads);

@@ -1,50 +1,50 @@
-// Magnitude-sparsified task arithmetic / TIES in one read of the inputs.
+// Magnitude-sparsified task arithmetic / TIES in one read of the inputs (see one_read.h and
+// README.md).
 //
-// The two-pass scheme (select.cpp, then the apply of task_arithmetic.cpp) reads base and
+// The two-pass scheme (two_pass.cpp, then the apply of ../task_arithmetic.cpp) reads base and
 // every model twice: once to find each model's threshold, once to apply it. But the sampled
-// window [lo, hi] of select_window.cpp decides almost every element before any threshold is
-// known: whatever the exact threshold in [lo, hi], a key above hi is kept and one below lo
-// dropped. So, in one pass over the inputs:
+// window [lo, hi] of window.cpp decides almost every element before any threshold is known:
+// whatever the exact threshold in [lo, hi], a key above hi is kept and one below lo dropped.
+// So, in one pass over the inputs:
 //   1. the windows are predicted from a sample (sample_size(n) keys per model);
 //   2. per block, the apply pass runs with "keep key > hi" for every model, counts the keys
 //      above hi and *records* every element where some model's key lies in [lo, hi]: its
 //      offset and the base's and every model's values there (records.h; ~7 % of the
 //      elements of a 7B layer with 3 models);
 //   3. each model's exact threshold comes from its count above hi and the records' keys
-//      (resolve_window, as in the two-pass scheme: every key equal to lo or hi is recorded);
+//      (scan_records, then resolve_window as in the two-pass scheme: every key equal to lo
+//      or hi is recorded);
 //   4. the fix-up (fix_up.cpp) recomputes the records alone with the exact rules (every key
 //      equal to a threshold is recorded, so ties are still ranked in flat order) and stores
-//      them over the speculative results. It does the block pass's float operations in the
-//      same order: the output is bit-identical to the two-pass scheme's.
+//      them over the pass's results. It does the block pass's float operations in the same
+//      order: the output is bit-identical to the two-pass scheme's.
 // When the sample predicts records filling more than kRecordFill of an output's worth of
-// memory the two passes run instead; a window that misses or records that overflow make the caller run them
-// too (rewriting the whole output).
-#include "speculative.h"
+// memory the two passes run instead; a window that misses or records that overflow make the
+// caller run them too (rewriting the whole output).
+#include "one_read.h"
 
 #include <atomic>
 #include <cmath>
 
-#include "apply.h"
+#include "../apply.h"
+#include "candidates.h"
+#include "fix_up.h"
 #include "records.h"
-#include "select.h"
-#include "select_window.h"
+#include "window.h"
 
 namespace mergefast {
 namespace {
 
-// Smaller tensors take the two passes: their second read hits the cache (1M bf16 elements,
-// base + 3: 1.84 ms in one read, 1.82 in two; 2.1M: 4.4 vs 4.6 ms; 16.8M: 34 vs 47 ms).
-constexpr int64_t kSpecMin = 1 << 21;
-
 // Sampled keys per model: n / 128 in [16384, 32768]. A larger sample narrows the windows and
 // so the records (7B layer, 3 models: 12.4 % of the elements recorded with 8192 samples,
 // 6.9 % with 32768, 5.5 % with 65536), but gathering and ordering it costs ~0.07 ms per 1000
-// keys; 65536 was no faster than 32768 on the 7B layer.
+// keys; 65536 is no faster than 32768 on the 7B layer (2-vCPU AMD EPYC VM).
 int64_t sample_size(int64_t n) { return std::clamp<int64_t>(n / 128, 1 << 14, 1 << 15); }
 
 // The share of the records' memory (an output's worth) the sample may predict them to fill.
 constexpr double kRecordFill = 0.7;
 
+// Calls that the one-read pass finished, and that fell back to two passes (one_read_counts).
 std::atomic<int64_t> g_finished{0}, g_fell_back{0};
 
 // A window no key is inside: for models whose rule is known (keep all or none).
@@ -55,9 +55,9 @@ constexpr Window kNoWindow{0x7FFFFFFFu, 0u, 0.0};
 // [lo, hi]" or-ed into the block's uncertain flags unc, the keys above hi into *above.
 // Returns nonzero when a delta is NaN or infinite.
 template <DType D, bool Consensus, bool First>
-MF_INLINE uint32_t spec_weigh(const void* xp, int64_t off, const float* b, int64_t len,
-                              uint32_t teff, float wi, Window win, float* wd, float* mixed,
-                              uint32_t* unc, uint32_t* above) {
+MF_INLINE uint32_t one_read_weigh(const void* xp, int64_t off, const float* b, int64_t len,
+                                  uint32_t teff, float wi, Window win, float* wd, float* mixed,
+                                  uint32_t* unc, uint32_t* above) {
   const int32_t lo = static_cast<int32_t>(win.lo), hi = static_cast<int32_t>(win.hi);
   uint32_t nonfinite = 0, count = 0;
   for (int64_t j = 0; j < len; ++j) {
@@ -78,15 +78,15 @@ MF_INLINE uint32_t spec_weigh(const void* xp, int64_t off, const float* b, int64
 }
 
 template <DType D, bool Consensus>
-MF_INLINE uint32_t spec_weigh_any(bool first, const void* xp, int64_t off, const float* b,
-                                  int64_t len, uint32_t teff, float wi, Window win, float* wd,
-                                  float* mixed, uint32_t* unc, uint32_t* above) {
-  if (first) return spec_weigh<D, Consensus, true>(xp, off, b, len, teff, wi, win, wd, mixed, unc, above);
-  return spec_weigh<D, Consensus, false>(xp, off, b, len, teff, wi, win, wd, mixed, unc, above);
+MF_INLINE uint32_t one_read_weigh_any(bool first, const void* xp, int64_t off, const float* b,
+                                      int64_t len, uint32_t teff, float wi, Window win, float* wd,
+                                      float* mixed, uint32_t* unc, uint32_t* above) {
+  if (first) return one_read_weigh<D, Consensus, true>(xp, off, b, len, teff, wi, win, wd, mixed, unc, above);
+  return one_read_weigh<D, Consensus, false>(xp, off, b, len, teff, wi, win, wd, mixed, unc, above);
 }
 
 // What the pass needs besides the apply's arguments.
-struct SpecPass {
+struct OneReadPass {
   ApplyArgs apply;            // its rules: keep key > hi (or all / none)
   const Window* windows;      // per model (kNoWindow when its rule is known)
   uint32_t* const* above;     // per model: keys above hi per block (null when its rule is known)
@@ -96,7 +96,7 @@ struct SpecPass {
 // One block of the pass. bufs: 0 base, 1 mixed, 2 uncertain flags, 3 result, 4-5 scratch
 // (contiguous: record_block's offsets in 4 may run 8 past it).
 template <bool Consensus>
-MF_INLINE uint32_t spec_block_impl(const SpecPass& p, float* const* bufs,
+MF_INLINE uint32_t pass_block_impl(const OneReadPass& p, float* const* bufs,
                                    float* const* wd, int64_t blk) {
   const ApplyArgs& a = p.apply;
   const int64_t off = blk * kBlock, len = std::min(kBlock, a.n - off);
@@ -111,13 +111,13 @@ MF_INLINE uint32_t spec_block_impl(const SpecPass& p, float* const* bufs,
     uint32_t above;
     switch (x.dt) {
       case DType::BF16:
-        nonfinite |= spec_weigh_any<DType::BF16, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
+        nonfinite |= one_read_weigh_any<DType::BF16, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
         break;
       case DType::F16:
-        nonfinite |= spec_weigh_any<DType::F16, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
+        nonfinite |= one_read_weigh_any<DType::F16, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
         break;
       default:
-        nonfinite |= spec_weigh_any<DType::F32, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
+        nonfinite |= one_read_weigh_any<DType::F32, Consensus>(i == 0, x.ptr, off, b, len, teff, a.w[i], win, wd[i], mixed, unc, &above);
     }
     if (p.above[i] != nullptr) p.above[i][blk] = above;
   }
@@ -128,25 +128,25 @@ MF_INLINE uint32_t spec_block_impl(const SpecPass& p, float* const* bufs,
 }
 
 template <bool Consensus>
-uint32_t spec_block_default(const SpecPass& p, float* const* bufs, float* const* wd,
+uint32_t pass_block_default(const OneReadPass& p, float* const* bufs, float* const* wd,
                             int64_t blk) {
-  return spec_block_impl<Consensus>(p, bufs, wd, blk);
+  return pass_block_impl<Consensus>(p, bufs, wd, blk);
 }
 
 #if MF_AVX2_CLONES
 template <bool Consensus>
-MF_TARGET_AVX2 uint32_t spec_block_avx2(const SpecPass& p, float* const* bufs,
+MF_TARGET_AVX2 uint32_t pass_block_avx2(const OneReadPass& p, float* const* bufs,
                                         float* const* wd, int64_t blk) {
-  return spec_block_impl<Consensus>(p, bufs, wd, blk);
+  return pass_block_impl<Consensus>(p, bufs, wd, blk);
 }
 #endif
 
 // The pass over every block on nthreads threads; returns nonzero when a delta was not finite.
 template <bool Consensus>
-uint32_t run_pass(const SpecPass& p, int nthreads) {
-  auto block = &spec_block_default<Consensus>;
+uint32_t run_pass(const OneReadPass& p, int nthreads) {
+  auto block = &pass_block_default<Consensus>;
 #if MF_AVX2_CLONES
-  if (cpu_has_avx2()) block = &spec_block_avx2<Consensus>;
+  if (cpu_has_avx2()) block = &pass_block_avx2<Consensus>;
 #endif
   const int K = p.apply.K;
   const int64_t nb = num_blocks(p.apply.n);
@@ -175,9 +175,9 @@ struct Prediction {
 };
 
 Prediction predict(const Src& base, const std::vector<Src>& xs, const std::vector<int64_t>& keep,
-                   const std::vector<int>& active, int64_t n) {
+                   const std::vector<int>& active, int64_t n, int threads) {
   const ActiveModels selected = active_models(xs, keep, active);
-  const auto predicted = predict_windows(base, selected.xs, selected.keep, n, sample_size(n));
+  const auto predicted = predict_windows(base, selected.xs, selected.keep, n, sample_size(n), threads);
   Prediction p{std::vector<Window>(xs.size(), kNoWindow), std::vector<WindowScan>(active.size()),
                std::vector<uint32_t*>(xs.size(), nullptr), 0.0};
   for (size_t q = 0; q < active.size(); ++q) {
@@ -194,12 +194,12 @@ Prediction predict(const Src& base, const std::vector<Src>& xs, const std::vecto
 // threshold lies outside its window.
 bool resolve_all(const Records& rec, const std::vector<int64_t>& keep,
                  const std::vector<int>& active, int64_t n, std::vector<WindowScan>& scans,
-                 std::vector<KeepRule>& rules) {
+                 std::vector<KeepRule>& rules, int threads) {
   std::unique_ptr<uint32_t[]> lists;  // the candidates, alive while resolving
-  scan_records(rec, active, n, scans, lists);
+  scan_records(rec, active, n, scans, lists, threads);
   const int A = static_cast<int>(active.size());
   std::vector<char> resolved(A, 0);
-#pragma omp parallel for num_threads(std::min(A, num_threads())) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(std::min(A, std::max(1, threads))) schedule(dynamic, 1)
   for (int q = 0; q < A; ++q) {
     const int i = active[q];
     rules[i] = KeepRule();
@@ -209,11 +209,11 @@ bool resolve_all(const Records& rec, const std::vector<int64_t>& keep,
 }
 
 template <bool Consensus>
-bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
-               const std::vector<int64_t>& keep, const std::vector<int>& active,
-               std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
-               const Dst& dst, int64_t n, bool& finite) {
-  Prediction p = predict(base, xs, keep, active, n);
+bool one_read(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+              const std::vector<int64_t>& keep, const std::vector<int>& active,
+              std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
+              const Dst& dst, int64_t n, int threads, bool& finite) {
+  Prediction p = predict(base, xs, keep, active, n, threads);
   // The records get an output's worth of memory. Predicted to need over kRecordFill of it,
   // they would risk an overflow, which costs a third read: the two passes are cheaper.
   const int64_t out_bytes = n * static_cast<int64_t>(dtype_size(dst.dt));
@@ -223,10 +223,10 @@ bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<fl
   // The pass's rules: keep the keys above the window (the others' rules are known already).
   for (int i : active) rules[i].thr = p.windows[i].hi + 1;  // hi <= 0x7FFFFFFF: no wrap-around
   ApplyArgs args{&base, &xs, w.data(), rules.data(), normalize, lambda != 1.0f, divisor, lambda,
-                 dst, n, static_cast<int>(xs.size())};
-  const uint32_t nonfinite =
-      run_pass<Consensus>(SpecPass{args, p.windows.data(), p.above.data(), &rec}, num_threads(n));
-  if (rec.overflow || !resolve_all(rec, keep, active, n, p.scans, rules)) return false;
+                 dst, n, static_cast<int>(xs.size()), threads};
+  const uint32_t nonfinite = run_pass<Consensus>(
+      OneReadPass{args, p.windows.data(), p.above.data(), &rec}, team_size(n, threads));
+  if (rec.overflow || !resolve_all(rec, keep, active, n, p.scans, rules, threads)) return false;
   fix_up(args, rec, Consensus);
   finite = nonfinite == 0;
   return true;
@@ -234,22 +234,21 @@ bool speculate(const Src& base, const std::vector<Src>& xs, const std::vector<fl
 
 }  // namespace
 
-bool speculative_task_arithmetic(bool consensus, const Src& base, const std::vector<Src>& xs,
-                                 const std::vector<float>& w, const std::vector<int64_t>& keep,
-                                 bool normalize, float divisor, float lambda, const Dst& dst,
-                                 int64_t n, bool& finite) {
-  if (n < kSpecMin) return false;
+bool one_read_task_arithmetic(bool consensus, const Src& base, const std::vector<Src>& xs,
+                              const std::vector<float>& w, const std::vector<int64_t>& keep,
+                              bool normalize, float divisor, float lambda, const Dst& dst,
+                              int64_t n, int threads, bool& finite) {
   std::vector<KeepRule> rules(xs.size());
   const std::vector<int> active = known_rules(keep, n, rules);
   if (active.empty()) return false;
   const bool done =
-      consensus ? speculate<true>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, finite)
-                : speculate<false>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, finite);
+      consensus ? one_read<true>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, threads, finite)
+                : one_read<false>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, threads, finite);
   (done ? g_finished : g_fell_back).fetch_add(1);
   return done;
 }
 
-std::pair<int64_t, int64_t> speculation_counts() {
+std::pair<int64_t, int64_t> one_read_counts() {
   return {g_finished.load(), g_fell_back.load()};
 }
 

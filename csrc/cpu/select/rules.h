@@ -1,14 +1,15 @@
-// Exact magnitude selection for the task-arithmetic family: which elements of each task
-// vector (x - base) are among its k largest |delta|, ties at the threshold kept lowest flat
-// index first. Implemented in select.cpp; the apply passes in task_arithmetic.cpp use the
-// KeepRule of each model block by block.
+// The keep rule of one model (which elements of its task vector x - base survive a magnitude
+// selection) and the ordering key it is stated in. Every path of the selection ends in
+// KeepRules (two_pass.cpp, one_read.cpp); the apply pass (../apply.h) and the fix-up read
+// them block by block.
 #pragma once
 
 #include <climits>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
-#include "common.h"
+#include "../common.h"
 
 namespace mergefast {
 
@@ -25,10 +26,6 @@ MF_INLINE uint32_t mag_key(float d) {
   const uint32_t key = f32_to_bits(d) & 0x7FFFFFFFu;
   return key < kNaNKey ? key : kNaNKey;
 }
-
-// Tensors of at most this many elements select with one thread and nth_element; larger
-// ones with a sampled window (select_window.h).
-constexpr int64_t kSmallSelect = 1 << 16;
 
 // Which elements of one model survive: key > thr, plus the first `quota` elements with
 // key == thr in flat order. keep-all is (thr 0, no cut); keep-none is (thr 0xFFFFFFFF).
@@ -55,27 +52,24 @@ struct KeepRule {
   }
 };
 
+// Sets thr / quota / cut for a threshold key with `above` keys above it and `equal` keys
+// equal to it (k kept of nb blocks). Returns r.cut: the caller then fills r.eq_in per block
+// and calls scan_eq.
+bool set_threshold(KeepRule& r, uint32_t thr, int64_t k, int64_t above, int64_t equal,
+                   int64_t nb);
+
+// eq_before = exclusive prefix sum of eq_in.
+void scan_eq(KeepRule& r);
+
+// The bin holding the k-th largest value counted by a histogram (low bin first), and the
+// count above it.
+std::pair<int64_t, int64_t> bin_from_top(const std::vector<int64_t>& h, int64_t k);
+
 // The rules of the models whose keep count decides them alone (keep none at keep[i] <= 0,
 // keep all at keep[i] >= n) into rules (one per model, default-constructed); returns the
 // others, the models that need a threshold.
 std::vector<int> known_rules(const std::vector<int64_t>& keep, int64_t n,
                              std::vector<KeepRule>& rules);
-
-// The models of `active` (pointers into xs) and their keep counts: what the window scans take.
-struct ActiveModels {
-  std::vector<const Src*> xs;
-  std::vector<int64_t> keep;
-};
-ActiveModels active_models(const std::vector<Src>& xs, const std::vector<int64_t>& keep,
-                           const std::vector<int>& active);
-
-// One KeepRule per model of `xs`: model i keeps its keep[i] largest |x_i - base| of n.
-// `space` (space_bytes, 4-byte aligned) is memory the selection may use until it returns:
-// the output tensor, which only the apply pass after it writes. The candidate lists then
-// need no memory of their own (they took 18 MB on a 7B layer: the output and 20 % more).
-std::vector<KeepRule> select_magnitude(const Src& base, const std::vector<Src>& xs,
-                                       const std::vector<int64_t>& keep, int64_t n,
-                                       void* space, size_t space_bytes);
 
 // For the one block `blk` where a rule splits its ties (block_rule returned false with
 // `rem`): calls kept(j, bool) for each delta d[j], walking the block in flat order.

@@ -1,11 +1,15 @@
-// Internals of the magnitude selection shared by select.cpp (orchestration, small tensors,
-// resolving, fallback histograms) and select_window.cpp (the sampled window and pass A).
+// The sampled window of the selection (window.cpp): a sample of each model's keys predicts an
+// interval (lo, hi) around its threshold key T; one pass over base and every model (the window
+// scan) then counts the keys above hi and, per block, the keys equal to hi and lo, and keeps
+// the keys strictly inside (lo, hi), the candidates, in per-thread lists in flat order.
+// candidates.cpp finds T from a scan; the one-read pass (one_read.cpp) computes the same counts
+// while it applies, and keeps its candidates in its records instead.
 #pragma once
 
 #include <memory>
 #include <vector>
 
-#include "select.h"
+#include "rules.h"
 
 namespace mergefast {
 
@@ -21,15 +25,24 @@ void for_each_block(const Src& base, int64_t n, int nthreads, Body&& body) {
   });
 }
 
+// The models that need a threshold (pointers into xs) and their keep counts: what the window
+// takes.
+struct ActiveModels {
+  std::vector<const Src*> xs;
+  std::vector<int64_t> keep;
+};
+ActiveModels active_models(const std::vector<Src>& xs, const std::vector<int64_t>& keep,
+                           const std::vector<int>& active);
+
 // Where one model's k-th largest key is predicted to lie: keys strictly inside (lo, hi)
-// are stored as candidates by pass A, keys equal to lo or hi and above hi are counted.
+// are candidates, keys equal to lo or hi and above hi are counted.
 struct Window {
   uint32_t lo = 0;
   uint32_t hi = 0x7FFFFFFFu;  // keys never exceed 31 bits: signed compares are exact
   double share = 1.0;         // the fraction of the sample's keys in [lo, hi]
 };
 
-// What pass A learns about one model.
+// What the window scan learns about one model.
 struct WindowScan {
   Window w;
   std::vector<uint32_t> above_blk;      // per block: keys > hi
@@ -56,29 +69,25 @@ struct WindowScan {
 // The window of each model of xs (model a keeps its keep[a] largest keys of n), from a
 // stratified sample of min(sample_max, n / 16) elements: the sample's keys kWindowSigmas
 // standard deviations of rank above and below where the k-th largest is expected; and the
-// share of the sample inside each window.
+// share of the sample inside each window. The models in parallel on up to `threads` threads.
 std::vector<Window> predict_windows(const Src& base, const std::vector<const Src*>& xs,
                                     const std::vector<int64_t>& keep, int64_t n,
-                                    int64_t sample_max);
+                                    int64_t sample_max, int threads);
 
 // Appends the keys of kb strictly inside (w.lo, w.hi) to out, in order; returns how many.
 // Writes up to 7 keys past the returned count.
 int64_t compact_window(const uint32_t* kb, int64_t len, Window w, uint32_t* out);
 
-// The rule of a model from its window scan; false when its k-th largest key is outside the
-// window or the candidates are incomplete (then full histogram passes must decide).
-bool resolve_window(const WindowScan& s, int64_t k, int64_t nb, KeepRule& r);
-
 // Bytes the candidate lists of `models` models of n elements, on nthreads threads, may use
 // (at most n / 8 keys per model), and the least they need (n / 16 keys per model: the window
-// holds ~3 % of the keys, and a list that runs full only costs the full passes).
+// holds ~3 % of the keys, and a list that runs full only costs the histogram passes).
 size_t candidate_bytes(int models, int64_t n, int nthreads);
 size_t candidate_bytes_min(int models, int64_t n, int nthreads);
 
-// Predicts a window per model from a sample (n >= 16 * 4096) and runs pass A over all of
-// them on at most nthreads threads: one read of base and every model. The candidate lists
-// live in `space` (at least candidate_bytes_min bytes for the same nthreads, 4-byte aligned),
-// which must stay valid while the scans are used.
+// Predicts a window per model from a sample (n >= 16 * 4096) and runs the window scan over all
+// of them on nthreads threads: one read of base and every model. The candidate lists live in
+// `space` (at least candidate_bytes_min bytes for the same nthreads, 4-byte aligned), which
+// must stay valid while the scans are used.
 std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Src*>& xs,
                                      const std::vector<int64_t>& keep, int64_t n, int nthreads,
                                      void* space, size_t space_bytes);

@@ -1,16 +1,14 @@
-// The records of the speculative TIES pass (speculative.cpp): the elements whose keep
-// decision waits for the exact thresholds, with the inputs they need, and what reads them
-// once the thresholds are known (resolving the thresholds, the fix-up).
+// The records of the one-read pass (one_read.cpp): the elements whose keep decision waits for
+// the exact thresholds, with the inputs they need, and the scan that finds the thresholds
+// from them (the fix-up, fix_up.h, recomputes them).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
-#include "apply.h"
-#include "common.h"
-#include "select.h"
-#include "select_window.h"
+#include "../common.h"
+#include "window.h"
 
 namespace mergefast {
 
@@ -18,7 +16,7 @@ namespace mergefast {
 // whatever order the threads finish their blocks). A block's records are stored as columns
 // (struct of arrays, so that the fix-up runs vectorised loops over them): the offsets in the
 // block (uint16), then the base's and each model's values at those offsets, copied in their
-// own dtype (10 bytes per record for base + 3 bf16 models; float32 deltas took twice that).
+// own dtype (10 bytes per record for base + 3 bf16 models; float32 deltas would take twice that).
 // Each column starts 8-byte aligned.
 struct Records {
   std::vector<Src> sources;          // column c >= 1: 1 the base, 2 + i model i
@@ -57,12 +55,11 @@ void record_block(Records& r, int64_t blk, int64_t off, const uint32_t* unc, int
 
 // One parallel pass over the records: for each model active[q], its keys equal to hi and lo
 // per block and its candidates (keys strictly inside its window) into scans[q] (its window
-// already set), in per-thread lists like pass A's (select_window.h), so that resolve_window
-// can take it from there. memory: the lists' memory, to keep while the scans are used.
+// already set), in per-thread lists like the window scan's (window.h), so that
+// resolve_window (candidates.h) can take it from there. memory: the lists' memory, to keep
+// while the scans are used.
 void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
-                  std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory);
-
-// Recomputes every recorded element with the exact rules in `a` and stores it to a.dst.
-void fix_up(const ApplyArgs& a, const Records& rec, bool consensus);
+                  std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory,
+                  int threads);
 
 }  // namespace mergefast

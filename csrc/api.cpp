@@ -1,0 +1,163 @@
+// The C entry points of libmergefast_cpu (declared in mergefast.h): argument checks on what
+// a C caller can get wrong (counts, dtype codes, modes, overlaps), the conversion of the
+// scalars to float32 (as the torch references round them), and the translation of C++
+// exceptions into status codes and mf_last_error().
+#include "mergefast.h"
+
+#include <new>
+#include <string>
+#include <vector>
+
+#include "cpu/common.h"
+#include "cpu/kernels.h"
+#include "cpu/select/one_read.h"
+
+namespace mergefast {
+namespace {
+
+thread_local std::string g_error;
+
+// Runs f(), returning MF_OK, or the status of the exception it threw (its message kept for
+// mf_last_error). Exceptions come only from the calling thread: nothing throws inside an
+// OpenMP region.
+template <class F>
+int32_t guarded(F&& f) {
+  try {
+    f();
+    g_error.clear();
+    return MF_OK;
+  } catch (const ArgumentError& e) {
+    g_error = e.what();
+    return MF_ERR_ARGUMENT;
+  } catch (const std::bad_alloc&) {
+    g_error = "out of memory";
+    return MF_ERR_MEMORY;
+  } catch (const std::exception& e) {
+    g_error = e.what();
+    return MF_ERR_INTERNAL;
+  } catch (...) {
+    g_error = "unknown C++ exception";
+    return MF_ERR_INTERNAL;
+  }
+}
+
+size_t bytes(const Src& s, int64_t n) { return static_cast<size_t>(n) * dtype_size(s.dt); }
+
+// The k inputs of an op as Srcs, after checking their count.
+std::vector<Src> inputs(const void* const* xs, const int32_t* dtypes, int32_t k, const char* op) {
+  check(k >= 1 && xs != nullptr && dtypes != nullptr, op, "expected at least one input");
+  std::vector<Src> src;
+  for (int32_t i = 0; i < k; ++i) src.push_back(make_src(xs[i], dtypes[i], op));
+  return src;
+}
+
+std::vector<float> as_f32(const double* values, int32_t k) {
+  std::vector<float> w;
+  for (int32_t i = 0; i < k; ++i) w.push_back(static_cast<float>(values[i]));
+  return w;
+}
+
+}  // namespace
+}  // namespace mergefast
+
+using namespace mergefast;
+
+extern "C" {
+
+int32_t mf_abi_version(void) { return MF_ABI_VERSION; }
+
+int64_t mf_block(void) { return kBlock; }
+
+const char* mf_last_error(void) { return g_error.c_str(); }
+
+int32_t mf_linear(const void* const* xs, const int32_t* x_dtypes, int32_t k, int64_t n,
+                  const double* weights, int32_t divide, double total, void* out,
+                  int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "linear";
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && weights != nullptr, op, "bad sizes or weights");
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    linear(src, as_f32(weights, k), divide != 0, static_cast<float>(total), dst, n, threads);
+  });
+}
+
+int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* const* xs,
+                           const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
+                           const int64_t* keep, int32_t sparsify, int32_t consensus,
+                           int32_t normalize, double divisor, double lambda, void* out,
+                           int32_t out_dtype, int64_t one_read_min, int32_t threads,
+                           int32_t* finite) {
+  return guarded([&] {
+    const char* op = "task_arithmetic";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && weights != nullptr && finite != nullptr, op, "bad sizes or weights");
+    check(sparsify == MF_SPARSIFY_NONE || sparsify == MF_SPARSIFY_MAGNITUDE, op,
+          "sparsify mode " + std::to_string(sparsify) + " is not implemented in the CPU kernels");
+    check(sparsify == MF_SPARSIFY_NONE || keep != nullptr, op, "one keep count per model expected");
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    // The selection uses the output as scratch, and the apply writes it while it reads the
+    // inputs.
+    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
+    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
+    for (const Src& x : src) {
+      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
+    }
+    std::vector<int64_t> counts;
+    if (sparsify == MF_SPARSIFY_MAGNITUDE) counts.assign(keep, keep + k);
+    const int64_t min_n = one_read_min < 0 ? kOneReadMin : one_read_min;
+    *finite = task_arithmetic(sb, src, as_f32(weights, k), counts, consensus != 0, normalize != 0,
+                              static_cast<float>(divisor), static_cast<float>(lambda), dst, n,
+                              min_n, threads)
+                  ? 1
+                  : 0;
+  });
+}
+
+int32_t mf_magnitude_keep(const void* base, int32_t base_dtype, const void* x, int32_t x_dtype,
+                          int64_t n, int64_t keep, uint8_t* mask, int32_t threads) {
+  return guarded([&] {
+    const char* op = "magnitude_keep";
+    const Src sb = make_src(base, base_dtype, op), sx = make_src(x, x_dtype, op);
+    check(n >= 0 && mask != nullptr, op, "bad mask");
+    check(!overlaps(mask, static_cast<size_t>(n), base, bytes(sb, n)) &&
+              !overlaps(mask, static_cast<size_t>(n), x, bytes(sx, n)),
+          op, "the mask overlaps an input");
+    magnitude_keep(sb, sx, n, keep, reinterpret_cast<bool*>(mask), threads);
+  });
+}
+
+int32_t mf_slerp_dots(const void* a, int32_t a_dtype, const void* b, int32_t b_dtype, int64_t n,
+                      int32_t threads, double* dots) {
+  return guarded([&] {
+    const char* op = "slerp";
+    const Src sa = make_src(a, a_dtype, op), sb = make_src(b, b_dtype, op);
+    check(n >= 0 && dots != nullptr, op, "bad sizes");
+    slerp_dots(sa, sb, n, threads, dots);
+  });
+}
+
+int32_t mf_slerp_apply(const void* a, int32_t a_dtype, const void* b, int32_t b_dtype, int64_t n,
+                       double c0, double c1, void* out, int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "slerp";
+    const Src sa = make_src(a, a_dtype, op), sb = make_src(b, b_dtype, op);
+    check(n >= 0, op, "bad sizes");
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    slerp_apply(sa, sb, static_cast<float>(c0), static_cast<float>(c1), dst, n, threads);
+  });
+}
+
+void mf_one_read_counts(int64_t* finished, int64_t* fell_back) {
+  const auto counts = one_read_counts();
+  *finished = counts.first;
+  *fell_back = counts.second;
+}
+
+// setuptools builds this library as an extension module (its Extension needs no torch and no
+// CMake), and on Windows exports PyInit_<name>. It is loaded with ctypes, never imported:
+// importing it fails.
+MF_API void* PyInit_libmergefast_cpu(void) { return nullptr; }
+
+}  // extern "C"

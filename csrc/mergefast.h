@@ -1,0 +1,93 @@
+/* The C ABI of the mergefast CPU kernels (libmergefast_cpu), loaded with ctypes by
+ * mergefast/kernels/cpu.py. Plain C types only: raw data pointers, dtype codes, element
+ * counts and the thread count, so the library depends on no Python or torch ABI and keeps
+ * working across torch upgrades.
+ *
+ * Every kernel entry point returns MF_OK, or an error status with this thread's
+ * mf_last_error() saying why. Inputs are contiguous arrays of n elements of their dtype
+ * code; outputs are contiguous and must not overlap an input. `threads` is the OpenMP team
+ * size (mergefast passes torch.get_num_threads()). Bump MF_ABI_VERSION on any change below:
+ * the binding refuses a library of another version.
+ */
+#ifndef MERGEFAST_H_
+#define MERGEFAST_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MF_ABI_VERSION 1
+
+/* status codes */
+#define MF_OK 0
+#define MF_ERR_ARGUMENT 1  /* an argument the kernels cannot take (Python: RuntimeError) */
+#define MF_ERR_MEMORY 2    /* an allocation failed (Python: MemoryError) */
+#define MF_ERR_INTERNAL 3  /* anything else (Python: RuntimeError) */
+
+/* dtype codes */
+#define MF_F32 0
+#define MF_F16 1
+#define MF_BF16 2
+#define MF_F64 3 /* outputs only */
+
+/* sparsification modes of mf_task_arithmetic */
+#define MF_SPARSIFY_NONE 0
+#define MF_SPARSIFY_MAGNITUDE 1
+
+#if defined(_WIN32)
+#define MF_API __declspec(dllexport)
+#else
+#define MF_API __attribute__((visibility("default")))
+#endif
+
+MF_API int32_t mf_abi_version(void);
+
+/* Elements per block of every kernel (the tests size tensors from it). */
+MF_API int64_t mf_block(void);
+
+/* Why this thread's last call failed ("" when none did). */
+MF_API const char* mf_last_error(void);
+
+/* out = sum_i(weights[i] * xs[i]) [/ total when divide], k >= 1 inputs. */
+MF_API int32_t mf_linear(const void* const* xs, const int32_t* x_dtypes, int32_t k, int64_t n,
+                         const double* weights, int32_t divide, double total, void* out,
+                         int32_t out_dtype, int32_t threads);
+
+/* Task arithmetic / TIES over the task vectors xs[i] - base (k >= 1 models). keep: one count
+ * per model with MF_SPARSIFY_MAGNITUDE (ignored, may be NULL, with MF_SPARSIFY_NONE).
+ * one_read_min: tensors of at least this many elements try the one-read scheme first; 0:
+ * never, -1: the library's default (2^21). *finite = 1 when every delta was finite (so base
+ * and every model are), else 0. */
+MF_API int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* const* xs,
+                                  const int32_t* x_dtypes, int32_t k, int64_t n,
+                                  const double* weights, const int64_t* keep, int32_t sparsify,
+                                  int32_t consensus, int32_t normalize, double divisor,
+                                  double lambda, void* out, int32_t out_dtype,
+                                  int64_t one_read_min, int32_t threads, int32_t* finite);
+
+/* mask[j] = 1 when element j of x - base is among its keep largest magnitudes (ties lowest
+ * index first), else 0: the selection the kernels apply. */
+MF_API int32_t mf_magnitude_keep(const void* base, int32_t base_dtype, const void* x,
+                                 int32_t x_dtype, int64_t n, int64_t keep, uint8_t* mask,
+                                 int32_t threads);
+
+/* dots[0..2] = <a,a>, <b,b>, <a,b> (float32 per block, float64 across blocks). */
+MF_API int32_t mf_slerp_dots(const void* a, int32_t a_dtype, const void* b, int32_t b_dtype,
+                             int64_t n, int32_t threads, double* dots);
+
+/* out = c0 * a + c1 * b. */
+MF_API int32_t mf_slerp_apply(const void* a, int32_t a_dtype, const void* b, int32_t b_dtype,
+                              int64_t n, double c0, double c1, void* out, int32_t out_dtype,
+                              int32_t threads);
+
+/* Calls since the library was loaded that the one-read scheme finished, and that fell back
+ * to the two passes. */
+MF_API void mf_one_read_counts(int64_t* finished, int64_t* fell_back);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MERGEFAST_H_ */
