@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 # The merge thread's OpenMP workers share the cores with the reader and writer threads; with
-# the default spin-waiting they burn the cores those threads need. Measured on the 2-core box
+# the default spin-waiting they burn the cores those threads need. Measured on a 2-vCPU AMD EPYC VM
 # (0.3B Llama family, linear of 3): 8.4 s with spinning, 4.7 s passive; TIES 9.1 s passive.
 # Only effective when set before torch (and its OpenMP runtime) is loaded, as the CLI does.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

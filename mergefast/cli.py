@@ -29,7 +29,7 @@ def _planning_without_gc():
 
     Start-up (torch, pydantic, planning) creates ~10^6 long-lived objects and no garbage
     cycles worth collecting; the full collections it triggers took 0.3-0.5 s of a 2 s start
-    on the 2-core box. Frozen objects are not scanned again; the command unfreezes them at its
+    on a 2-vCPU AMD EPYC VM. Frozen objects are not scanned again; the command unfreezes them at its
     end so that interpreter shutdown still frees them."""
     gc.disable()
     try:

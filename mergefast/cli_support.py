@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,17 @@ import traceback
 import click
 
 from .errors import MergefastError
+from .options import MAX_SEED
+
+
+def _check_seed(ctx, param, value: int | None) -> int | None:
+    """--random-seed checked as the command line is parsed: outside 0..2**64 - 1 it is a
+    usage error naming the flag (torch.manual_seed raised an "internal error" past 2**64)."""
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise click.BadParameter(f"{value} is outside the seeds mergefast supports: give a whole number "
+                                 f"from 0 to {MAX_SEED} (2**64 - 1)")
+    return value
+
 
 MERGE_OPTIONS = [
     click.option("--cuda/--no-cuda", default=False, help="Run the merge arithmetic on the GPU."),
@@ -30,7 +42,8 @@ MERGE_OPTIONS = [
                  help="Write README.md and mergekit_config.yml."),
     click.option("--allow-crimes/--no-allow-crimes", default=False,
                  help="Allow merging models whose architectures differ."),
-    click.option("--random-seed", type=int, default=None, help="Seed for random merge methods."),
+    click.option("--random-seed", type=int, default=None, callback=_check_seed,
+                 help="Seed for random merge methods (DARE, DELLA): 0 to 2**64 - 1."),
     click.option("--transformers-cache", default=None, help="Hugging Face download cache folder."),
     click.option("--lazy-unpickle/--no-lazy-unpickle", default=False,
                  help="Accepted for mergekit compatibility: .bin files are always read lazily."),
@@ -87,6 +100,24 @@ def _fail(message: str, code: int, verbose: int) -> None:
     sys.exit(code)
 
 
+def _interrupted(message: str, code: int, verbose: int) -> None:
+    """Ctrl-C (130) or SIGTERM (143), once the temporary output is gone: one line, the code.
+
+    A merge stage may still be finishing a step that outlasted the pipeline's stop wait (a
+    torch op or kernel call over 1.5 s, a read from a hung disk). Python would wait for it
+    before exiting; the command ends now instead, with os._exit, which skips interpreter
+    teardown, so no stage can resume into it (see io/pipeline.py for the abort that caused)."""
+    pipeline = sys.modules.get("mergefast.io.pipeline")
+    if pipeline is None or not pipeline.stages_running():
+        _fail(message, code, verbose)
+    if verbose:
+        traceback.print_exc()
+    click.echo(f"mergefast: {one_line(message)}", err=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def reports_errors(func):
     """Turn every failure into one line on stderr and an exit code; `-v` adds the traceback.
 
@@ -110,9 +141,9 @@ def reports_errors(func):
         except MergefastError as exc:
             _fail(f"error: {exc}", exc.exit_code, verbose)
         except Terminated:
-            _fail("terminated (SIGTERM); no output was written", 143, verbose)
+            _interrupted("terminated (SIGTERM); no output was written", 143, verbose)
         except KeyboardInterrupt:
-            _fail("interrupted; no output was written", 130, verbose)
+            _interrupted("interrupted; no output was written", 130, verbose)
         except MemoryError:
             _fail("error: out of memory; free memory or merge on a machine with more", 1, verbose)
         except OSError as exc:

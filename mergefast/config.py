@@ -7,6 +7,8 @@ because a typo such as `densiy:` otherwise costs a whole merge.
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -302,14 +304,40 @@ def parse_config(text: str, source: str = "<config>") -> MergeConfig:
     return config
 
 
+def _plain(value: Any) -> Any:
+    """What Python callers put in a config dict, as YAML data: paths as strings, numpy
+    numbers, bools and arrays as Python ones (`np.linspace` gives np.float64, which
+    yaml.safe_dump cannot represent), tuples as lists."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(value)
+    numpy = sys.modules.get("numpy")  # never imported here: a numpy value means it is loaded
+    if numpy is not None and isinstance(value, (numpy.generic, numpy.ndarray)):
+        return value.tolist()
+    return value
+
+
+def _dict_to_yaml(data: dict) -> str:
+    """The YAML text of a config dict; a value YAML cannot hold is a ConfigError naming it."""
+    try:
+        return yaml.safe_dump(_plain(data), sort_keys=False)
+    except yaml.representer.RepresenterError as exc:
+        bad = exc.args[1] if len(exc.args) > 1 else exc
+        raise ConfigError(f"<config>: {bad!r} ({type(bad).__name__}) is not YAML data; give strings, "
+                          "numbers, booleans, lists and dicts") from None
+
+
 def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, str, str]:
     """Return (config, its YAML text, where it came from) from a path, YAML text, its data as
     a dict, or a MergeConfig."""
     if isinstance(path_or_text, MergeConfig):
-        text = yaml.safe_dump(path_or_text.model_dump(exclude_none=True), sort_keys=False)
+        text = _dict_to_yaml(path_or_text.model_dump(exclude_none=True))
         return path_or_text, text, "<config>"
     if isinstance(path_or_text, dict):   # the YAML's data, e.g. from yaml.safe_load
-        text = yaml.safe_dump(path_or_text, sort_keys=False)
+        text = _dict_to_yaml(path_or_text)
         return parse_config(text), text, "<config>"
     if not isinstance(path_or_text, (str, Path)):
         raise ConfigError(f"config must be a path, YAML text, a dict or a MergeConfig, got "

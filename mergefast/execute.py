@@ -103,7 +103,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
 
             stages = run_pipeline(
                 _processing_order(plan.jobs), staging.read, merge, write, cost=lambda job: job.read_bytes + out_bytes[job.name],
-                budget=budget, progress=done)
+                budget=budget, progress=done, on_stop=staging.close)
         writer.finish()
     except BaseException:
         writer.abort()
@@ -133,32 +133,54 @@ def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_
         (folder / "mergekit_config.yml").write_text(plan.config_text, encoding="utf-8")
 
 
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`, replacing an existing `out` only at this moment."""
-    with _signals_held():
-        if out.exists():
-            old = out.parent / f".{out.name}.mergefast-old-{os.getpid()}"
+def replace_folder(tmp: Path, out: Path, *, undo_on_signal: bool = False) -> None:
+    """Move the finished `tmp` to `out`, replacing an existing `out` only at this moment.
+
+    Ctrl-C and SIGTERM wait for the two renames (between them neither OUT is in place). Then,
+    with `undo_on_signal` (execute's way), a signal that came undoes them (the new model back
+    in `tmp`, the old OUT back in place) and is raised: the merge stops with 130/143 and OUT
+    as it was, as at any earlier moment. Without it, the signal is dropped."""
+    old = out.parent / f".{out.name}.mergefast-old-{os.getpid()}"
+    with _signals_held(redeliver=undo_on_signal) as came:
+        replaced = out.exists()
+        if replaced:
             os.rename(out, old)
+        try:
             os.rename(tmp, out)
+        except BaseException:
+            if replaced:
+                os.rename(old, out)
+            raise
+        if came and undo_on_signal:
+            os.rename(out, tmp)
+            if replaced:
+                os.rename(old, out)
+            return
+    if replaced:
+        with _signals_held(redeliver=False):  # the merge is done: a signal now is dropped
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
 
 
 @contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait while OUT is swapped in: between the two renames neither the old
-    nor the new OUT is in place, and after them the merge is done. A signal that comes is
-    ignored: the swap finishes and the command ends as it would have a moment later."""
+def _signals_held(redeliver: bool = True):
+    """Ctrl-C and SIGTERM wait until the block is done; it gets the list of those that came.
+    Then the first one is raised (its own handler runs), or dropped with redeliver=False. A
+    signal the process ignores stays ignored."""
+    came: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield came
         return
-    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # None: set outside Python
+            held[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
     try:
-        yield
+        yield came
     finally:
         for sig, handler in held.items():
             signal.signal(sig, handler)
+    if came and redeliver:
+        signal.raise_signal(came[0])
 
 
 def check_output_folder(out: Path, plan: MergePlan) -> None:
@@ -176,6 +198,10 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Run
     out = output_folder(out_path)
     check_output_folder(out, plan)
     check_stats_path(options.stats_json, out)
+    if not all(job.copy for job in plan.jobs):
+        from . import kernels
+
+        kernels.warn_missing_kernels(options.math_device)  # one line: why, and how to fix it
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -186,15 +212,16 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Run
             torch.manual_seed(options.random_seed)
         _write_tensors(plan, tmp, options, stats)
         _write_side_files(plan, tmp, options, out.name)
-        replace_folder(tmp, out)
+        replace_folder(tmp, out, undo_on_signal=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with _signals_held(redeliver=False):  # a second Ctrl-C must not leave half of tmp
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     stats.wall_s = time.perf_counter() - start
     stats.peak_rss_bytes = peak_rss_bytes()
     stats.backends = _backends(plan, options)
     if options.stats_json:
-        write_stats_json(options.stats_json, stats)
+        write_stats_json(options.stats_json, stats, out)  # OUT is complete: a failure here says so
     return stats
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,11 @@ from .config import MergeConfig
 from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref, resolve_model
 from .io.quantized import Fp8Reader, block_size, check_quantization
+from .io.model_files import check_side_files, read_model_json
 from .io.reader import CheckpointReader
+
+# Nested configs of multimodal models (transformers' sub_configs), read as mappings.
+SUB_CONFIGS = ("text_config", "vision_config", "audio_config")
 
 
 @dataclass
@@ -53,16 +56,22 @@ def referenced_models(config: MergeConfig) -> list[str]:
 
 
 def read_model_config(folder: Path) -> dict:
-    """config.json of a model folder as a dict ({} when absent); never runs model code."""
-    path = folder / "config.json"
-    if not path.is_file():
+    """config.json of a model folder as a dict ({} when absent); never runs model code. It must
+    stay inside the folder (io/model_files.py), and its sub-configs must be objects. The
+    folder's other side files (tokenizer, chat template, generation config) are checked to stay
+    inside it now too, before any tensor is read, rather than when OUT is written."""
+    check_side_files(folder)
+    data = read_model_json(folder, "config.json")
+    if data is None:
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read config.json: {exc}") from None
+    path = folder / "config.json"
     if not isinstance(data, dict):
         raise ModelError(f"{path}: config.json is not a JSON object")
+    for key in SUB_CONFIGS:  # read as mappings everywhere (layer counts, vocab size, tying)
+        if key in data and data[key] is not None and not isinstance(data[key], dict):
+            kind = {str: "a string", list: "a list", bool: "true/false"}.get(type(data[key]), "a number")
+            raise ModelError(f"{path}: {key} is {kind}, not an object of settings; "
+                             "fix config.json or re-download the model")
     return data
 
 

@@ -20,12 +20,16 @@ def _is_conditional(value: Any) -> bool:
 
 
 def _check_value(value: Any, where: str) -> None:
-    """A conditional's `value`: a scalar or a gradient."""
+    """A conditional's `value`: a scalar or a gradient, of finite numbers."""
     if isinstance(value, list):
         if not value or any(isinstance(v, (list, dict)) or v is None for v in value):
             raise ConfigError(f"{where}: a gradient must be a non-empty list of numbers")
     elif isinstance(value, dict) or value is None:
         raise ConfigError(f"{where}: expected a number, a gradient list or a list of {{filter, value}}")
+    for number in value if isinstance(value, list) else [value]:
+        # YAML's .nan/.inf, or float('nan') from the Python API: found before any file is read
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{where}: must be a finite number, got {number}")
 
 
 def check_setting(setting: Any, where: str) -> None:

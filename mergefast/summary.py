@@ -7,6 +7,8 @@ import resource
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import MergefastError
+
 
 @dataclass
 class RunSummary:
@@ -61,6 +63,18 @@ def format_summary(s: RunSummary) -> str:
             + f"wall {s.wall_s:.2f} s · peak RSS {_gb(s.peak_rss_bytes)} · {s.tensors} tensors · backend {backends}")
 
 
-def write_stats_json(path: str | Path, s: RunSummary) -> None:
-    """Write the summary's figures as JSON."""
-    Path(path).write_text(json.dumps(asdict(s), indent=2) + "\n", encoding="utf-8")
+def write_stats_json(path: str | Path, s: RunSummary, out: str | Path | None = None) -> None:
+    """Write the summary's figures as JSON to `path` (`--stats-json`).
+
+    This runs after the merge, once OUT (`out`) is in place: a file that cannot be written is
+    a MergefastError naming the flag and the file and saying that OUT is complete (it was
+    reported as OUT's error, which sent users to redo a finished merge)."""
+    target = Path(path)
+    try:
+        target.write_text(json.dumps(asdict(s), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        if target.is_file() and not target.is_symlink():
+            target.unlink(missing_ok=True)  # no empty or half-written stats file left behind
+        done = f"; the merge itself finished: {out} is complete" if out is not None else ""
+        raise MergefastError(f"--stats-json {path}: cannot write the run summary ({exc.strerror or exc})"
+                             f"{done}; give a writable file path") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 from make_models import make_tiny_llama  # noqa: E402
+
+# A suite started in the background by a non-interactive shell (`pytest &`) inherits SIGINT
+# ignored; the interruption tests need Ctrl-C to raise KeyboardInterrupt as it does at a prompt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def write_family(root: Path, *, dtype=torch.bfloat16, tie=False, fmt="safetensors", layers=4) -> dict[str, Path]:

@@ -91,6 +91,177 @@ def setup_evil_bin(tmp: Path) -> None:
         pickle.dump({"model.embed_tokens.weight": _Evil()}, f)
 
 
+# -- hostile inputs, round two: files leading out of a model folder; headers the safetensors
+# library refuses; config.json sub-configs that are not objects ------------------------------
+
+def _model_with_link_out(tmp: Path, name: str, text: str | None = None, relative: bool = False) -> Path:
+    """A copy of ft-b as @TMP@/model whose file `name` is a symlink to a file outside the folder
+    holding `text` (else the file's own content): without the rule it is read, or copied to OUT."""
+    folder = _copy_model("ft-b", tmp / "model")
+    outside = tmp / "elsewhere"
+    outside.mkdir(exist_ok=True)
+    link = folder / name
+    (outside / name).write_text(text if text is not None else link.read_text())
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path("..") / "elsewhere" / name if relative else outside / name)
+    return folder
+
+
+def setup_tokenizer_json_link_out(tmp: Path) -> None:
+    _model_with_link_out(tmp, "tokenizer.json")
+
+
+def setup_tokenizer_config_relative_link_out(tmp: Path) -> None:
+    _model_with_link_out(tmp, "tokenizer_config.json", relative=True)
+
+
+def setup_config_json_link_out(tmp: Path) -> None:
+    _model_with_link_out(tmp, "config.json")
+
+
+def setup_chat_template_link_out(tmp: Path) -> None:
+    _model_with_link_out(tmp, "chat_template.jinja", "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+
+def setup_generation_config_link_out(tmp: Path) -> None:
+    _model_with_link_out(tmp, "generation_config.json", '{"bos_token_id": 1, "eos_token_id": 2}')
+
+
+def setup_tokenizer_side_file_link_out(tmp: Path) -> None:
+    """A file only a tokenizer library picks (a sentencepiece model), linked in from elsewhere."""
+    _model_with_link_out(tmp, "spiece.model", "not really a sentencepiece model")
+
+
+def setup_index_link_out(tmp: Path) -> None:
+    """A sharded model whose index file itself is a symlink to a file outside the folder."""
+    folder = _copy_model("ft-b", tmp / "model")
+    names = list(load_file(folder / "model.safetensors"))
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (tmp / "elsewhere").mkdir()
+    index = tmp / "elsewhere" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}))
+    (folder / "model.safetensors.index.json").symlink_to(index)
+
+
+def _ft_b_header() -> tuple[dict, bytes]:
+    """ft-b's safetensors header (parsed) and its data bytes."""
+    raw = (MODELS / "ft-b" / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _model_with_header(tmp: Path, header: dict | str | bytes, data: bytes) -> None:
+    """A copy of ft-b as @TMP@/model whose model.safetensors has this header and data."""
+    folder = _copy_model("ft-b", tmp / "model")
+    if isinstance(header, dict):
+        header = json.dumps(header)
+    if isinstance(header, str):
+        header = header.encode()
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+def setup_duplicate_tensor_name(tmp: Path) -> None:
+    """model.norm.weight listed twice: Python's json keeps the last one silently."""
+    header, data = _ft_b_header()
+    text = json.dumps(header)
+    _model_with_header(tmp, text[:-1] + f', "model.norm.weight": {json.dumps(header["model.norm.weight"])}}}', data)
+
+
+def setup_duplicate_entry_field(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    _model_with_header(tmp, json.dumps(header).replace('"dtype": ', '"dtype": "U8", "dtype": ', 1), data)
+
+
+def setup_header_deep_nesting(tmp: Path) -> None:
+    _model_with_header(tmp, b"[" * 100_000 + b"]" * 100_000, b"")
+
+
+def setup_header_deep_nesting_in_entry(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    nested: list = []
+    for _ in range(200):
+        nested = [nested]
+    header["model.norm.weight"]["extra"] = nested
+    _model_with_header(tmp, header, data)
+
+
+def setup_header_without_tensors(tmp: Path) -> None:
+    _model_with_header(tmp, {"__metadata__": {"format": "pt"}}, b"")
+
+
+def setup_metadata_not_strings(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    header["__metadata__"] = {"format": "pt", "step": 1000}
+    _model_with_header(tmp, header, data)
+
+
+def setup_metadata_not_an_object(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    header["__metadata__"] = ["format", "pt"]
+    _model_with_header(tmp, header, data)
+
+
+def setup_data_offsets_gap(tmp: Path) -> None:
+    """Every tensor 8 bytes later than the data region starts (8 unused bytes first)."""
+    header, data = _ft_b_header()
+    for name, entry in header.items():
+        if name != "__metadata__":
+            entry["data_offsets"] = [o + 8 for o in entry["data_offsets"]]
+    _model_with_header(tmp, header, b"\0" * 8 + data)
+
+
+def setup_data_not_covered(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    _model_with_header(tmp, header, data + b"\0" * 16)
+
+
+def setup_header_nan(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    header["model.norm.weight"]["scale"] = float("nan")  # json.dumps writes NaN, which is not JSON
+    _model_with_header(tmp, header, data)
+
+
+def setup_tensor_name_lone_surrogate(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    _model_with_header(tmp, json.dumps(header).replace('"model.norm.weight"', '"model.norm.weight\\ud800"'), data)
+
+
+def setup_header_not_utf8(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    _model_with_header(tmp, json.dumps(header).encode().replace(b'"model.norm.weight"', b'"model.norm.weight\xff"'), data)
+
+
+def setup_shape_overflow(tmp: Path) -> None:
+    header, data = _ft_b_header()
+    header["model.norm.weight"]["shape"] = [2**40] * 4
+    _model_with_header(tmp, header, data)
+
+
+def _model_with_config(tmp: Path, **changes) -> None:
+    """A copy of ft-b as @TMP@/model with these config.json keys set."""
+    folder = _copy_model("ft-b", tmp / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def setup_text_config_list(tmp: Path) -> None:
+    _model_with_config(tmp, text_config=[{"num_hidden_layers": 4}])
+
+
+def setup_text_config_string(tmp: Path) -> None:
+    _model_with_config(tmp, text_config="llama")
+
+
+def setup_vision_config_number(tmp: Path) -> None:
+    _model_with_config(tmp, vision_config=3)
+
+
+def setup_config_json_deep_nesting(tmp: Path) -> None:
+    folder = _copy_model("ft-b", tmp / "model")
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
 SETUPS = {name.removeprefix("setup_"): fn for name, fn in globals().items() if name.startswith("setup_")}
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -159,10 +160,14 @@ def test_repo_id_resolved_offline_from_hub_cache(family, tmp_path, monkeypatch):
     cache = tmp_path / "hub"
     commit = "f" * 40
     for key in ("base", "ft-a"):
-        snapshot = cache / f"models--org--{key}" / "snapshots" / commit
+        repo = cache / f"models--org--{key}"
+        snapshot = repo / "snapshots" / commit
         snapshot.mkdir(parents=True)
-        for f in family[key].iterdir():
-            (snapshot / f.name).symlink_to(f)
+        (repo / "blobs").mkdir()
+        for i, f in enumerate(sorted(family[key].iterdir())):  # laid out as huggingface_hub does
+            blob = repo / "blobs" / f"{i:064x}"
+            shutil.copyfile(f, blob)
+            (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
         (cache / f"models--org--{key}" / "refs").mkdir()
         (cache / f"models--org--{key}" / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -1,5 +1,10 @@
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
@@ -55,7 +60,7 @@ def no_hub(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the Hugging Face Hub must not be called")
 
-    for name in ("snapshot_download", "list_repo_files", "hf_hub_download", "repo_info"):
+    for name in ("snapshot_download", "list_repo_files", "hf_hub_download", "repo_info", "model_info"):
         monkeypatch.setattr(huggingface_hub, name, boom)
 
 
@@ -173,10 +178,18 @@ def online(monkeypatch):
     return calls
 
 
+def _listing(monkeypatch, files):
+    """The Hub lists `files` for any repo (model_info's siblings, the one listing request)."""
+    def model_info(repo, *, revision=None, timeout=None):
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files])
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+
+
 def test_online_downloads_only_the_used_weights(tmp_path, online, monkeypatch):
     listing = ["config.json", "tokenizer.json", "consolidated.safetensors", "model.safetensors.index.json",
                "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "pytorch_model.bin"]
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo, revision=None: listing)
+    _listing(monkeypatch, listing)
     folder = resolve_model(ModelRef("org/name", "v2"), cache_dir=str(tmp_path))
     assert folder == tmp_path / "snap"
     assert all(c["revision"] == "v2" and not c["local_files_only"] for c in online)
@@ -187,10 +200,10 @@ def test_online_downloads_only_the_used_weights(tmp_path, online, monkeypatch):
 
 
 def test_online_single_file_and_bin_fallback(tmp_path, online, monkeypatch):
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo, revision=None: ["config.json", "model.safetensors"])
+    _listing(monkeypatch, ["config.json", "model.safetensors"])
     resolve_model(ModelRef("org/name"), cache_dir=str(tmp_path))
     assert "model.safetensors" in online[-1]["allow_patterns"] and len(online) == 1
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo, revision=None: ["config.json", "weights.bin"])
+    _listing(monkeypatch, ["config.json", "weights.bin"])
     resolve_model(ModelRef("org/name"), cache_dir=str(tmp_path))
     assert "*.bin" in online[-1]["allow_patterns"]
 
@@ -205,10 +218,10 @@ def test_online_single_file_and_bin_fallback(tmp_path, online, monkeypatch):
     ],
 )
 def test_online_errors(tmp_path, online, monkeypatch, error, match):
-    def fail(repo, revision=None):
+    def fail(repo, *, revision=None, timeout=None):
         raise error()
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", fail)
+    monkeypatch.setattr(huggingface_hub, "model_info", fail)
 
     def not_cached(*a, **k):
         raise hfe.LocalEntryNotFoundError("not cached")
@@ -221,10 +234,10 @@ def test_online_errors(tmp_path, online, monkeypatch, error, match):
 
 
 def test_online_network_down_uses_cache(tmp_path, online, monkeypatch):
-    def fail(repo, revision=None):
+    def fail(repo, *, revision=None, timeout=None):
         raise ConnectionError("no route to host")
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", fail)
+    monkeypatch.setattr(huggingface_hub, "model_info", fail)
     assert resolve_model(ModelRef("org/name"), cache_dir=str(tmp_path)) == tmp_path / "snap"
     assert online[-1]["local_files_only"] is True
 
@@ -240,3 +253,49 @@ def test_a_link_that_leads_nowhere_is_named(tmp_path, target):
     link.symlink_to(tmp_path / "missing" if target == "missing" else link)
     with pytest.raises(ModelError, match="symbolic link that leads nowhere"):
         resolve_model(ModelRef(str(link)))
+
+
+def test_listing_is_one_request_without_retries(tmp_path, online, monkeypatch):
+    """The listing that finds out whether the Hub can be reached is model_info (one request,
+    a timeout), never list_repo_files, whose retries took ~25 s without network."""
+    calls = []
+
+    def model_info(repo, *, revision=None, timeout=None):
+        calls.append(timeout)
+        raise ConnectionError("connection refused")
+
+    def list_repo_files(*a, **k):
+        raise AssertionError("list_repo_files retries for ~25 s without network")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: (_ for _ in ()).throw(hfe.LocalEntryNotFoundError("not cached")))
+    with pytest.raises(ModelError, match="cannot reach the Hugging Face Hub for org/name"):
+        resolve_model(ModelRef("org/name"), cache_dir=str(tmp_path))
+    assert len(calls) == 1 and calls[0] is not None and calls[0] <= 30
+
+
+def test_hub_without_network_fails_fast_in_one_line(tmp_path):
+    """A repo id with the Hub unreachable (HF_ENDPOINT at a local port that refuses: no real
+    host is contacted) fails within seconds, with mergefast's one line and nothing from
+    huggingface_hub's retries."""
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        config = tmp_path / "config.yml"
+        config.write_text("merge_method: linear\nmodels:\n  - model: org/name\n    parameters: {weight: 1}\n")
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "*", "no_proxy": "*"}
+        env.pop("HF_HUB_CACHE", None)
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "mergefast", "yaml", str(config), str(tmp_path / "out"),
+                               "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        seconds = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mergefast: error: cannot reach the Hugging Face Hub"), lines
+    # huggingface_hub's backoff prints "Retrying in 1s [Retry 1/5]" before each of its ~25 s of
+    # retries: none may run (time is not asserted: imports alone take seconds on a slow runner)
+    assert "org/name" in lines[0] and "Retry" not in proc.stderr, f"{seconds:.1f} s: {proc.stderr}"
+    assert not (tmp_path / "out").exists()

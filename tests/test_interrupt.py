@@ -54,10 +54,29 @@ def _partials(out: Path) -> list[Path]:
     return list(out.parent.glob(f".{out.name}.mergefast-partial-*"))
 
 
+def popen_with_default_sigint(args: list[str], **kwargs) -> subprocess.Popen:
+    """Popen, the child starting with SIGINT at its default disposition, as from a terminal.
+
+    A shell starts a background job (`pytest ... &` in a script) with SIGINT ignored, and an
+    ignored signal stays ignored across fork and exec: the merge would then ignore the test's
+    SIGINT (Python installs no KeyboardInterrupt handler). A signal with a handler is reset
+    to the default by exec, so Python's handler is installed here for the spawn, and the
+    disposition found before is put back."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        if before is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, before)
+
+
 def _start(config: Path, out: Path, delay: float) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(delay), "yaml", str(config), str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent)
+    return popen_with_default_sigint(
+        [sys.executable, "-c", DRIVER, str(delay), "yaml", str(config), str(out), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent)
 
 
 def _wait_for_first_output(proc: subprocess.Popen, out: Path, timeout: float = 90) -> None:
@@ -147,3 +166,19 @@ def test_disk_full_is_one_line_and_leaves_nothing(deep_model, tmp_path, monkeypa
     assert lines[0].startswith("mergefast: error:") and "No space left on device" in lines[0]
     assert str(out) in lines[0]
     assert not out.exists() and not _partials(out)
+
+
+def test_children_get_the_default_sigint_however_the_suite_started():
+    """Started as `pytest &` from a script, this process ignores SIGINT; the merges it starts
+    must not (they would ignore the interruption tests' SIGINT), and its own disposition is
+    what it was before."""
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    before = signal.getsignal(signal.SIGINT)
+    for disposition in (signal.SIG_IGN, before):
+        signal.signal(signal.SIGINT, disposition)
+        try:
+            proc = popen_with_default_sigint([sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True)
+            assert proc.communicate(timeout=60)[0].strip() == "True"
+            assert signal.getsignal(signal.SIGINT) is disposition
+        finally:
+            signal.signal(signal.SIGINT, before)

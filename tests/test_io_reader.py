@@ -318,3 +318,178 @@ def test_bin_entries_must_be_named_tensors(tmp_path, entries, why):
     torch.save(entries, tmp_path / "pytorch_model.bin")
     with pytest.raises(ModelError, match=why):
         CheckpointReader(tmp_path).names()
+
+
+# -- headers: at least as strict as the safetensors library ------------------------------------
+
+_OK = b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+_ENTRY_A = b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+_B_AT_4 = b'"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}'
+# (case, header JSON bytes, data bytes, a part of mergefast's message); None: accepted
+HEADERS = [
+    ("valid", _OK, b"\0" * 4, None),
+    ("metadata-null", b'{"__metadata__":null,' + _ENTRY_A + b"}", b"\0" * 4, None),
+    ("extra-field", b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[1]}}', b"\0" * 4, None),
+    ("whitespace-padding", b"  " + _OK + b"    ", b"\0" * 4, None),
+    ("zero-size-tensors", b'{"z":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},' + _ENTRY_A + b"}", b"\0" * 4, None),
+    ("duplicate-name", b"{" + _ENTRY_A + b"," + _ENTRY_A.replace(b"[0,4]", b"[4,8]") + b"}", b"\0" * 8,
+     "tensor 'a' is listed twice"),
+    ("duplicate-name-same-entry", b"{" + _ENTRY_A + b"," + _ENTRY_A + b"}", b"\0" * 4, "tensor 'a' is listed twice"),
+    ("duplicate-field", b'{"a":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4,
+     "key 'dtype' appears twice"),
+    ("duplicate-metadata-key", b'{"__metadata__":{"k":"1","k":"2"},' + _ENTRY_A + b"}", b"\0" * 4, "key 'k' appears twice"),
+    ("deep-arrays", b"[" * 100_000 + b"]" * 100_000, b"", "nested deeper than 128 levels"),
+    ("deep-objects", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, b"", "nested deeper than 128 levels"),
+    ("deep-extra-field", b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + b"[" * 300 + b"]" * 300
+     + b"}}", b"\0" * 4, "field 'x' is nested deeper than 128 levels"),
+    ("no-tensors", b"{}", b"", "lists no tensors"),
+    ("only-metadata", b'{"__metadata__":{"format":"pt"}}', b"", "lists no tensors"),
+    ("metadata-number", b'{"__metadata__":{"x":1},' + _ENTRY_A + b"}", b"\0" * 4, "entry 'x' is 1, not a string"),
+    ("metadata-list", b'{"__metadata__":[],' + _ENTRY_A + b"}", b"\0" * 4, "__metadata__ is list"),
+    ("unknown-dtype", _OK.replace(b"F32", b"F128"), b"\0" * 4, "unsupported dtype 'F128'"),
+    ("lowercase-dtype", _OK.replace(b"F32", b"f32"), b"\0" * 4, "unsupported dtype 'f32'"),
+    ("gap-at-start", _OK.replace(b"[0,4]", b"[4,8]"), b"\0" * 8, "leaving 4 unused bytes at the start"),
+    ("gap-between", b"{" + _ENTRY_A + b"," + _B_AT_4.replace(b"[4,8]", b"[8,12]") + b"}", b"\0" * 12,
+     "leaving 4 unused bytes after tensor 'a'"),
+    ("trailing-data", _OK, b"\0" * 12, "8 bytes after the end of the last tensor 'a'"),
+    ("overlap", b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' + _B_AT_4.replace(b"[4,8]", b"[4,12]")
+     .replace(b"[1]", b"[2]") + b"}", b"\0" * 12, "overlap"),
+    ("trailing-nul", _OK + b"\0\0", b"\0" * 4, "invalid JSON"),
+    ("not-an-object", b"[]", b"", "not an object"),
+    ("float-dimension", _OK.replace(b"[1]", b"[1.0]"), b"\0" * 4, "corrupt safetensors header entry"),
+    ("negative-dimension", _OK.replace(b"[1]", b"[-1]"), b"\0" * 4, "negative dimension"),
+    ("three-offsets", _OK.replace(b"[0,4]", b"[0,4,8]"), b"\0" * 4, "corrupt safetensors header entry"),
+    ("nan", b"{" + _ENTRY_A + b',"b":NaN}', b"\0" * 4, "NaN is not valid JSON"),
+    ("size-overflow", _OK.replace(b"[1]", b"[4294967296,4294967296,4294967296]"), b"\0" * 4, "too large to exist"),
+    ("not-utf8", _OK.replace(b'"a"', b'"a\xff"'), b"\0" * 4, "invalid JSON"),
+    ("utf16", _OK.decode().encode("utf-16"), b"\0" * 4, "invalid JSON"),
+    ("lone-surrogate", _OK.replace(b'"a"', b'"a\\ud800"'), b"\0" * 4, "tensor name is not valid UTF-8"),
+]
+# What mergefast refuses although the safetensors library (0.8) reads it: a tensor listed twice
+# with the same entry, a metadata key given twice (the library keeps the last of each), and a
+# file without tensors (a weights file that holds no weights).
+STRICTER = {"duplicate-name-same-entry", "duplicate-metadata-key", "no-tensors", "only-metadata"}
+
+
+def _header_file(path, header: bytes, data: bytes):
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+@pytest.mark.parametrize("case, header, data, message", HEADERS, ids=[c[0] for c in HEADERS])
+def test_header_rules(tmp_path, case, header, data, message):
+    path = _header_file(tmp_path / "model.safetensors", header, data)
+    if message is None:
+        infos, _ = read_safetensors_header(path)
+        assert "a" in infos
+        return
+    with pytest.raises(ModelError, match=message) as e:
+        read_safetensors_header(path)
+    text = str(e.value)
+    assert str(path) in text and "\n" not in text and len(text) < 600
+
+
+@pytest.mark.parametrize("case, header, data, message", HEADERS, ids=[c[0] for c in HEADERS])
+def test_header_rules_are_at_least_the_librarys(tmp_path, case, header, data, message):
+    """Every file the safetensors library refuses, mergefast refuses; it accepts what the
+    library accepts, except the few it refuses on purpose (STRICTER)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = _header_file(tmp_path / "model.safetensors", header, data)
+    try:
+        with safe_open(str(path), "pt") as f:
+            list(f.keys())
+        library_refuses = False
+    except SafetensorError:
+        library_refuses = True
+    assert (message is not None) == (library_refuses or case in STRICTER), case
+
+
+def test_duplicate_name_is_not_silently_the_last(tmp_path):
+    """Python's json keeps the last of two equal keys: the second entry (another tensor's bytes)
+    would have been merged as `a` without a word."""
+    header = b"{" + _ENTRY_A + b"," + _ENTRY_A.replace(b"[0,4]", b"[4,8]") + b"}"
+    path = _header_file(tmp_path / "model.safetensors", header, b"\0" * 8)
+    with pytest.raises(ModelError, match="listed twice"):
+        CheckpointReader(tmp_path).names()
+    assert path.is_file()
+
+
+# -- model files: nothing from outside the folder is read or copied -----------------------------
+
+
+def _snapshot(root, repo="models--org--name"):
+    snap = root / repo / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    (root / repo / "blobs").mkdir()
+    return snap
+
+
+def test_model_file_rules(tmp_path):
+    from mergefast.io.model_files import model_file
+
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "real.json").write_text("{}")
+    (tmp_path / "secret.json").write_text("{}")
+    (folder / "inside.json").symlink_to("real.json")
+    (folder / "outside.json").symlink_to(tmp_path / "secret.json")
+    (folder / "dangling.json").symlink_to(tmp_path / "missing.json")
+    (folder / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
+    assert model_file(folder, "real.json") == folder / "real.json"
+    assert model_file(folder, "inside.json") == folder / "inside.json"
+    assert model_file(folder, "missing.json") is None and model_file(folder, "dangling.json") is None
+    assert model_file(folder, "sub") is None  # a folder is no file
+    for name in ("outside.json", "linked_dir/secret.json"):
+        with pytest.raises(ModelError, match="outside the model folder") as e:
+            model_file(folder, name)
+        assert str(folder / name) in str(e.value) and str(tmp_path / "secret.json") in str(e.value)
+    for name in ("../secret.json", str(tmp_path / "secret.json"), ""):
+        with pytest.raises(ModelError, match="outside the model folder"):
+            model_file(folder, name)
+
+
+def test_model_file_in_a_hub_snapshot(tmp_path):
+    """Snapshot files link into their own repo's blobs/ (allowed), not into another repo's."""
+    from mergefast.io.model_files import model_file
+
+    snap = _snapshot(tmp_path)
+    other = _snapshot(tmp_path, "models--evil--repo")
+    (tmp_path / "models--org--name" / "blobs" / "abc").write_text("{}")
+    (tmp_path / "models--evil--repo" / "blobs" / "def").write_text("{}")
+    (snap / "tokenizer.json").symlink_to("../../blobs/abc")
+    (snap / "config.json").symlink_to(os.path.relpath(tmp_path / "models--evil--repo" / "blobs" / "def", snap))
+    assert model_file(snap, "tokenizer.json") == snap / "tokenizer.json"
+    with pytest.raises(ModelError, match="outside the model folder"):
+        model_file(snap, "config.json")
+    assert other.is_dir()
+
+
+def test_tokenizer_folder_check_skips_weights(tmp_path):
+    """A tokenizer library picks files by itself: every non-weight entry must stay inside; weights
+    linked from another disk are the reader's business."""
+    from mergefast.io.model_files import check_tokenizer_folder
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    (tmp_path / "vocab.txt").write_text("a")
+    (folder / "model.safetensors").symlink_to(tmp_path / "w.safetensors")
+    check_tokenizer_folder(folder)
+    (folder / "spiece.model").symlink_to(tmp_path / "vocab.txt")
+    with pytest.raises(ModelError, match="spiece.model"):
+        check_tokenizer_folder(folder)
+
+
+def test_copy_tokenizer_refuses_before_copying(tmp_path):
+    from mergefast.io.output import copy_tokenizer
+
+    donor, out = tmp_path / "donor", tmp_path / "out"
+    donor.mkdir()
+    out.mkdir()
+    (donor / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "id_ed25519").write_text("PRIVATE KEY")
+    (donor / "tokenizer.json").symlink_to(tmp_path / "id_ed25519")
+    with pytest.raises(ModelError, match="tokenizer.json"):
+        copy_tokenizer(donor, out)
+    assert not list(out.iterdir())

@@ -18,7 +18,7 @@ from mergefast.legacy import bakllama_command, drop_unread_keys, dump_yaml, lega
 
 from conftest import write_family
 
-MERGEKIT_LEGACY = Path("/work/venvs/mergekit/bin/mergekit-legacy")
+MERGEKIT_LEGACY = Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/mergekit-legacy"
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """Compare mergefast against an installed mergekit 0.1.5, tensor by tensor.
 
 Skipped unless a ``mergekit-yaml`` executable is found: ``$MERGEKIT_YAML``, else
-``mergekit-yaml`` on PATH, else ``/work/venvs/mergekit/bin/mergekit-yaml``. Install mergekit
+``mergekit-yaml`` on PATH, else ``.venvs/mergekit/bin/mergekit-yaml`` in the repository. Install mergekit
 in its own virtual environment so it cannot disturb this one::
 
-    python3 -m venv /work/venvs/mergekit
-    /work/venvs/mergekit/bin/pip install torch==2.13.0 mergekit==0.1.5
+    bash benchmarks/mergekit_env.sh        # makes .venvs/mergekit
 
 Run with ``pytest -m mergekit tests/test_mergekit_compat.py``. Everything is offline
 (``HF_HUB_OFFLINE=1``): the models are tiny Llamas written into a temporary folder by
@@ -43,7 +42,7 @@ def _find_mergekit_yaml() -> str | None:
     found = shutil.which("mergekit-yaml")
     if found:
         return found
-    default = Path("/work/venvs/mergekit/bin/mergekit-yaml")
+    default = Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/mergekit-yaml"
     return str(default) if default.exists() else None
 
 

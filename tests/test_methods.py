@@ -2,7 +2,7 @@
 
 Every expected value is a literal worked out by hand (derivation in the comment next to
 it); none is computed with the function under test or a re-implementation of it.
-Semantics: /work/shared/DESIGN.md "Numerics (the contract)" and mergekit-semantics.md
+Semantics: docs/design.md "Numerics contract" and mergekit 0.1.5's documented behaviour
 sections 2.0, 2.1, 2.2, 2.6 and 2.7.
 
 bf16 facts used below: bf16 keeps 8 significant bits, so in [1, 2) the spacing is

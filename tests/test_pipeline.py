@@ -185,7 +185,7 @@ def test_host_staging_merges_into_pooled_buffers_given_back_after_the_write(tmp_
     from mergefast.staging.host import HostStaging
 
     if kernels.backend("cpu") != "cpu-ext":
-        pytest.skip("the pooled outputs are the C++ kernels' (mergefast._C is not built)")
+        pytest.skip("the pooled outputs are the C++ kernels' (libmergefast_cpu is not built)")
     folder = write_checkpoint(tmp_path / "m", {"a": torch.arange(6.0)})
 
     def doubled_twice(job, tensors):  # a kernel output used as an intermediate, then the result

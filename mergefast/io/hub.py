@@ -9,13 +9,13 @@ so a repo that also ships e.g. `consolidated.safetensors` is not downloaded twic
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
+from .model_files import read_model_json
 from .reader import WEIGHT_FILES
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Pat
         if _offline():
             return cached()
         try:
-            files = hf.list_repo_files(repo, revision=revision)
+            files = _repo_files(repo, revision)
         except Exception as e:
             if not _is_network_error(e):
                 raise
@@ -179,6 +179,22 @@ def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Pat
         raise
 
 
+def _repo_files(repo: str, revision: str | None) -> list[str]:
+    """The repo's file names, from one metadata request that is not retried.
+
+    This is the first request of a run, the one that finds out whether the Hub can be
+    reached: huggingface_hub's list_repo_files retries a refused connection 5 times with
+    backoff (~25 s, each retry a warning line on stderr) before it fails. Downloads, which
+    start once this succeeded, keep huggingface_hub's retries."""
+    import huggingface_hub as hf
+    from huggingface_hub import constants
+
+    info = hf.model_info(repo, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    if info.siblings is None:  # not listed by this Hub (a mirror?): ask for the tree instead
+        return hf.list_repo_files(repo, revision=revision)
+    return [s.rfilename for s in info.siblings]
+
+
 def _weight_files(files: list[str]) -> list[str] | None:
     """The first of the reader's weight files present at the repo root."""
     root = {f for f in files if "/" not in f}
@@ -186,8 +202,9 @@ def _weight_files(files: list[str]) -> list[str] | None:
 
 
 def _shards_of(index: Path) -> list[str]:
+    """The shard names of a downloaded index (read under the model-folder rules)."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_model_json(index.parent, index.name)["weight_map"]
         return sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelError(f"{index}: cannot read the weight_map of the downloaded index ({e}); the repo is broken") from e

@@ -9,15 +9,10 @@ from pathlib import Path
 
 from ..architecture.rewrite import rewrite_module_layers, with_layer_types
 from ..errors import ConfigError
+from .model_files import TOKENIZER_FILES, model_file  # noqa: F401 - TOKENIZER_FILES re-exported
 
 log = logging.getLogger(__name__)
 
-# Tokenizer and generation files copied from the donor, as mergekit 0.1.5 copies them.
-TOKENIZER_FILES = (
-    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
-    "added_tokens.json", "merges.txt", "vocab.json", "vocab.txt", "chat_template.jinja",
-    "chat_template.json", "generation_config.json",
-)
 
 
 def output_model_config(donor_config: dict, dtype_name: str | None, vocab_size: int | None = None,
@@ -78,11 +73,13 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def copy_tokenizer(donor: Path, out: Path) -> list[str]:
-    """Copy the donor's tokenizer files into `out`; return the names copied."""
+    """Copy the donor's tokenizer files into `out`; return the names copied. Each must stay
+    inside the donor's folder (model_files.model_file): a link to a file elsewhere would put
+    that file into OUT, to be uploaded with the model."""
+    sources = {name: model_file(donor, name) for name in TOKENIZER_FILES}  # all checked before any copy
     copied = []
-    for name in TOKENIZER_FILES:
-        src = donor / name
-        if src.is_file():
+    for name, src in sources.items():
+        if src is not None:
             shutil.copyfile(src, out / name)
             copied.append(name)
     if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")):

@@ -29,6 +29,7 @@ from .safetensors_header import (  # noqa: F401 - TensorInfo and the header pars
     TensorInfo,
     read_safetensors_header,
 )
+from .model_files import model_file
 from .torch_bin import load_bin_state_dict
 from .weight_index import read_weight_map
 
@@ -61,7 +62,8 @@ class CheckpointReader:
         if not self.folder.is_dir():
             what = "is not a folder" if self.folder.exists() else "does not exist"
             raise ModelError(f"model folder {self.folder} {what}; check the model path in the config")
-        found = next((f for f in WEIGHT_FILES if (self.folder / f).is_file()), None)
+        # a weight file that is a symlink out of the folder is refused (io/model_files.py)
+        found = next((f for f in WEIGHT_FILES if model_file(self.folder, f) is not None), None)
         if found is None:
             raise ModelError(
                 f"no weights in model folder {self.folder}: looked for {', '.join(WEIGHT_FILES)}; "

@@ -99,7 +99,7 @@ def _encode_header(shard: list[OutputTensor], metadata: dict[str, str]) -> tuple
 
 # Bytes written to a shard between two fdatasync calls. Flushing as the merge goes keeps the
 # final fsync short instead of writing the whole shard back at the very end (TIES of the
-# 0.3B family on the 2-core box, side by side: 1.65x -> 1.58x the IO floor).
+# 0.3B family on a 2-vCPU AMD EPYC VM, side by side: 1.65x -> 1.58x the IO floor).
 FLUSH_EVERY = 64 << 20
 
 

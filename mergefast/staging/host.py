@@ -41,7 +41,7 @@ class HostStaging:
 
     Layers repeat the same tensor sizes, so buffers are pooled by exact size: a fresh
     allocation per tensor costs its page faults every time (reading 2.2 GB of TIES inputs:
-    0.55 s into fresh tensors, 0.29 s into reused ones, on the 2-core box). The pool never
+    0.55 s into fresh tensors, 0.29 s into reused ones, on a 2-vCPU AMD EPYC VM). The pool never
     holds more than the pipeline once had in flight, which its budget bounds: a kernel output
     that a method used only as an intermediate is not given back, just freed."""
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..io.model_files import check_tokenizer_folder, load_json, model_file
 from .permute import ROW, ZERO, VocabPlanner, model_vocab_size
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def _auto_map_file(folder: Path) -> str | None:
     transformers at Python files (custom code), or None. Read as JSON: nothing is imported."""
     for name in ("tokenizer_config.json", "config.json"):
         try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
+            path = model_file(folder, name)
+            data = load_json(path) if path is not None else None
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and data.get("auto_map"):
@@ -77,6 +79,7 @@ def _load(folder: Path, what: str):
     "Do you wish to run the custom code? [y/N]" on stdin and imports the folder's Python files
     on "y", and mergefast promises never to run code from a model folder."""
     AutoTokenizer, _ = _transformers()
+    check_tokenizer_folder(folder)  # transformers picks its files itself: none may lead outside
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loading failure is a config problem here

@@ -17,7 +17,6 @@ Without a tokenizer config, inputs with different vocabulary sizes are an error,
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..io.model_files import load_json, model_file
 from ..inputs import merged_models
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,11 @@ def model_vocab_size(model) -> int | None:
 
 def _vocab_json(folder: Path) -> dict[str, int] | None:
     """token -> id from a folder's tokenizer.json, read as plain JSON (None when unreadable)."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
+    path = model_file(folder, "tokenizer.json")  # a file leading outside the folder: ModelError
+    if path is None:
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path)
         vocab = data["model"]["vocab"]
         if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
             vocab = {piece[0]: i for i, piece in enumerate(vocab)}

@@ -6,10 +6,11 @@ format; they take the usual `messages` list and `add_generation_prompt`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
+
+from ..io.model_files import load_json, model_file
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,15 @@ def check_chat_template(value: str) -> str:
 
 def _folder_template(folder: Path) -> str | None:
     """The chat template a model folder's tokenizer declares, or None (dict templates: `default`)."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
+    jinja = model_file(folder, "chat_template.jinja")  # files leading outside the folder: ModelError
+    if jinja is not None:
         return jinja.read_text(encoding="utf-8")
     for name in ("chat_template.json", "tokenizer_config.json"):
-        path = folder / name
-        if not path.is_file():
+        path = model_file(folder, name)
+        if path is None:
             continue
         try:
-            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+            template = load_json(path).get("chat_template")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(template, list):  # [{name, template}, ...]
