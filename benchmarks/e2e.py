@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="linear,ties,slerp,passthrough")
     ap.add_argument("--cuda", action="store_true")
-    ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "/work/venvs/mergekit/bin/mergekit-yaml")
+    ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or str(Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/mergekit-yaml"))
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
     fam = make_family(args.dir, args.size)

@@ -3,11 +3,11 @@
 # tests/test_mergekit_compat.py and the benchmarks compare against. It never touches the
 # project's own environment.
 #
-#   benchmarks/mergekit_env.sh [VENV_DIR]      (default /work/venvs/mergekit)
+#   benchmarks/mergekit_env.sh [VENV_DIR]      (default .venvs/mergekit in the repository)
 #   export MERGEKIT_YAML=VENV_DIR/bin/mergekit-yaml
 set -euo pipefail
 
-VENV="${1:-/work/venvs/mergekit}"
+VENV="${1:-$(cd "$(dirname "$0")/.." && pwd)/.venvs/mergekit}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 MERGEKIT_VERSION="${MERGEKIT_VERSION:-0.1.5}"
 
