@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check, one run on a lent CUDA machine, from the repository root:
+# GPU check, one run on a CUDA machine, from the repository root:
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
 # 1. the kernel tests with real Triton, 2. --cuda merges of the examples equal the CPU ones,
 # 3. end-to-end merges (--cuda) against the IO floor on a ~1.2B Llama family, 4. the kernel

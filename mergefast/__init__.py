@@ -32,22 +32,9 @@ def merge(config_or_path, out_path: str | Path, *, dry_run: bool = False, **opti
     `out_shard_size="1B"`, `copy_tokenizer=False`, ...). Returns the run's RunSummary
     (bytes moved, busy seconds per stage, wall time, peak RSS, kernel backends); with
     `dry_run=True` nothing is read but headers and nothing is written, and the plan's text
-    (what `mergefast plan` prints) is returned instead.
+    (what `mergefast plan` prints) is returned instead. Options, OUT and the device are
+    checked, as the command line checks them, before any model is opened.
     """
-    from .config import load_config as _load
-    from .execute import check_output_folder, execute
-    from .io.out_path import output_folder
-    from .options import MergeOptions
-    from .plan import build_plan
-    from .report import format_plan
+    from .run import run
 
-    opts = MergeOptions.from_kwargs(**options)
-    config, text, source = _load(config_or_path)
-    plan = build_plan(config, text, source, opts)
-    try:
-        if dry_run:   # the checks execute() makes before it reads a tensor
-            check_output_folder(output_folder(out_path), plan)
-            return format_plan(plan, opts, str(out_path))
-        return execute(plan, out_path, opts)
-    finally:
-        plan.close()
+    return run(config_or_path, out_path, options, dry_run=dry_run)

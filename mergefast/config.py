@@ -6,17 +6,17 @@ because a typo such as `densiy:` otherwise costs a whole merge.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .suggest import did_you_mean  # also imported from here by options and legacy
 from .yaml_text import load_yaml
 
 Scalar = Union[bool, int, float, str]
@@ -25,17 +25,6 @@ Setting = Any
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
 NOT_SUPPORTED_YET: dict[str, str] = {}
-
-
-def did_you_mean(word: str, choices) -> str:
-    """' (did you mean X?)' for the closest of `choices`, or ''."""
-    choices = list(choices)
-    scores = {c: difflib.SequenceMatcher(None, str(word), c).ratio() for c in choices}
-    best = max(scores.values(), default=0.0)
-    if best < 0.6:
-        return ""
-    # Near-ties go to the earlier choice ('modles' -> 'models', not 'modules').
-    return f" (did you mean '{next(c for c in choices if scores[c] >= best - 0.1)}'?)"
 
 
 class _Strict(BaseModel):
@@ -254,6 +243,24 @@ class MergeConfig(_Strict):
             return [Block(None, "", self.models, self.slices, None)]
         return [Block(name, f"modules.{name}.", m.models, m.slices, m.parameters) for name, m in self.modules.items()]
 
+    def parameter_blocks(self) -> Iterator[tuple[str, dict[str, Setting], bool]]:
+        """(YAML location, parameters dict, is a per-model block) for every block in the config."""
+        if self.parameters:
+            yield "parameters", self.parameters, False
+        for block in self.blocks():
+            w = block.where
+            if block.parameters:
+                yield f"{w}parameters", block.parameters, False
+            for i, entry in enumerate(block.models or []):
+                if entry.parameters:
+                    yield f"{w}models[{i}].parameters", entry.parameters, True
+            for i, sl in enumerate(block.slices or []):
+                if sl.parameters:
+                    yield f"{w}slices[{i}].parameters", sl.parameters, False
+                for j, src in enumerate(sl.sources):
+                    if src.parameters:
+                        yield f"{w}slices[{i}].sources[{j}].parameters", src.parameters, True
+
     @model_validator(mode="after")
     def _models_xor_slices(self) -> "MergeConfig":
         if [self.models, self.slices, self.modules].count(None) != 2:
@@ -298,9 +305,11 @@ def parse_config(text: str, source: str = "<config>") -> MergeConfig:
         config = MergeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    # parameters.py sits below this module (it knows methods, not the schema); imported here,
+    # not at the top, so that importing the schema does not import torch with the methods
     from .parameters import check_parameters
 
-    check_parameters(config, source)
+    check_parameters(config.merge_method, config.parameter_blocks(), source)
     return config
 
 

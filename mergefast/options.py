@@ -1,9 +1,17 @@
-"""Options of a merge run (the `mergefast yaml` flags), shared by the CLI and `merge()`."""
+"""Options of a merge run: one schema (`OPTIONS`) from which the `mergefast yaml` flags
+(cli_support.py), the `MergeOptions` fields and the Python API's checks all come.
+
+An option's kind says how both sides take it: bool (--x/--no-x; True or False), int (a whole
+number or None), count (-v -v; a whole number), text and path (a string or os.PathLike),
+memory (`parse_memory`'s spellings) and size (`io.writer.parse_size`'s, or bytes).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .errors import ConfigError
 
@@ -15,10 +23,72 @@ MAX_SEED = 2**64 - 1
 _MEMORY_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "b": 1000**3, "t": 1000**4}
 
 
+@dataclass(frozen=True)
+class Option:
+    """One merge option: its Python name, kind, default and help, and how the CLI spells it.
+
+    `valid` is a range check on a value of the right type; `api_error` (formatted with name,
+    value, flag) is the Python API's message when it fails, `cli_error` (with value) the
+    command line's, checked as flags are parsed (None: the API's check runs for the CLI too)."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    cli_default: Any = None
+    show_default: bool = False
+    short: str | None = None
+    valid: Callable[[Any], bool] | None = None
+    api_error: str = ""
+    cli_error: str | None = None
+
+    @property
+    def flag(self) -> str:
+        """The long command-line flag, e.g. `--out-shard-size`."""
+        return "--" + self.name.replace("_", "-")
+
+
+def _flag(name: str, default: bool, help: str, show_default: bool = False) -> Option:
+    return Option(name, "bool", default, help, cli_default=default, show_default=show_default)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _flag("cuda", False, "Run the merge arithmetic on the GPU."),
+    Option("device", "text", None, "Math device (cpu, cuda, cuda:N, auto); overrides --cuda."),
+    Option("out_shard_size", "size", DEFAULT_SHARD_SIZE,
+           "Maximum bytes per output shard; an integer or with k/m/b suffix (x1000).",
+           cli_default="5B", show_default=True, valid=lambda size: size > 0,
+           api_error="merge option {name}={value!r}: give a positive size"),
+    _flag("copy_tokenizer", True, "Copy the donor model's tokenizer files into the output.", show_default=True),
+    _flag("write_model_card", True, "Write README.md and mergekit_config.yml.", show_default=True),
+    _flag("allow_crimes", False, "Allow merging models whose architectures differ."),
+    Option("random_seed", "int", None, "Seed for random merge methods (DARE, DELLA): 0 to 2**64 - 1.",
+           valid=lambda seed: 0 <= seed <= MAX_SEED,
+           api_error=f"merge option {{name}}={{value!r}} ({{flag}}): give a whole number from 0 to {MAX_SEED}",
+           cli_error=(f"{{value}} is outside the seeds mergefast supports: give a whole number from 0 to "
+                      f"{MAX_SEED} (2**64 - 1)")),
+    Option("transformers_cache", "text", None, "Hugging Face download cache folder."),
+    _flag("stream_inputs", False, "Hub inputs: read the tensors with HTTP range requests, writing no "
+          "weight file to the cache (each run reads them again)."),
+    _flag("lazy_unpickle", False, "Accepted for mergekit compatibility: .bin files are always read lazily."),
+    _flag("trust_remote_code", False,
+          "Accepted for compatibility; mergefast never runs code from a model folder."),
+    Option("verbose", "count", 0, "More logging; -v also shows tracebacks.", short="-v"),
+    _flag("quiet", False, "No progress bar and no summary."),
+    _flag("unsafe_truncate_embeddings", False,
+          "Inputs with different vocabulary sizes: keep only the rows all of them have."),
+    # bytes in flight; None lets MergeOptions.pipeline_budget choose
+    Option("max_memory", "memory", None, "Bytes read ahead but not yet written, e.g. 4g, 500m or 10% "
+           "(default: twice the largest tensor group, at most 25% of RAM)."),
+    Option("stats_json", "path", None, "Also write the run summary's figures as JSON to this file."),
+)
+OPTION_BY_NAME = {option.name: option for option in OPTIONS}
+_ANNOTATIONS = {"bool": "bool", "int": "int | None", "count": "int", "text": "str | None",
+                "path": "str | None", "memory": "str | int | None", "size": "int"}
+
+
 def physical_memory() -> int:
     """Bytes of RAM on this machine."""
-    import os
-
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -62,54 +132,57 @@ def _checked_device(name: str) -> str:
     return name
 
 
-_BOOL_OPTIONS = ("cuda", "copy_tokenizer", "write_model_card", "allow_crimes", "lazy_unpickle",
-                 "trust_remote_code", "quiet", "unsafe_truncate_embeddings")
-_INT_OPTIONS = ("out_shard_size", "random_seed", "verbose")
-_TEXT_OPTIONS = ("device", "transformers_cache", "stats_json")
+def _checked_type(option: Option, value: Any) -> Any:
+    """`value` for `option` as the CLI's parser would take it, or a ConfigError: a string
+    passed as `cuda` was true (`cuda="no"` asked for a GPU), a list as `out_shard_size` failed
+    deep inside the writer."""
+    name, kind = option.name, option.kind
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"merge option {name}={value!r}: give True or False")
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if kind in ("int", "count", "size") and not whole and (value is not None or kind == "size"):
+        raise ConfigError(f"merge option {name}={value!r}: give a whole number")
+    if kind in ("text", "path") and value is not None:
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"merge option {name}={value!r}: give a string")
+        return os.fspath(value)
+    return value
 
 
-def _checked_types(kwargs: dict) -> dict:
-    """Options of the Python API checked as the CLI's parser checks flags: any string passed
-    as `cuda` was true (`cuda="no"` asked for a GPU), a list as `out_shard_size` failed deep
-    inside the writer."""
+def _checked(kwargs: dict) -> dict:
+    """Options of the Python API checked as the CLI checks flags: spellings parsed first (a
+    typo fails before any model is opened), then each value's type, then its range."""
     checked = dict(kwargs)
     for name, value in kwargs.items():
-        if name in _BOOL_OPTIONS and not isinstance(value, bool):
-            raise ConfigError(f"merge option {name}={value!r}: give True or False")
-        if name in _INT_OPTIONS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"merge option {name}={value!r}: give a whole number")
-        if name in _TEXT_OPTIONS and value is not None:
-            if not isinstance(value, (str, os.PathLike)):
-                raise ConfigError(f"merge option {name}={value!r}: give a string")
-            checked[name] = os.fspath(value)
-    seed = checked.get("random_seed")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"merge option random_seed={seed!r} (--random-seed): give a whole number from 0 to "
-                          f"{MAX_SEED}")
-    if checked.get("out_shard_size", 1) <= 0:
-        raise ConfigError(f"merge option out_shard_size={checked['out_shard_size']!r}: give a positive size")
+        kind = OPTION_BY_NAME[name].kind
+        if kind == "size" and isinstance(value, str):
+            from .io.writer import parse_size
+
+            checked[name] = parse_size(value)
+        elif kind == "memory" and value is not None:
+            parse_memory(value)
+    for name, value in checked.items():
+        checked[name] = _checked_type(OPTION_BY_NAME[name], value)
+    for name, value in checked.items():
+        option = OPTION_BY_NAME[name]
+        if option.valid is not None and value is not None and not option.valid(value):
+            raise ConfigError(option.api_error.format(name=name, value=value, flag=option.flag))
     return checked
 
 
-@dataclass
-class MergeOptions:
-    """Everything that changes how a merge runs, not what it computes."""
+def _schema_fields(cls):
+    """Give `cls` one field per schema option (annotation and default), before @dataclass."""
+    cls.__annotations__ = {option.name: _ANNOTATIONS[option.kind] for option in OPTIONS}
+    for option in OPTIONS:
+        setattr(cls, option.name, option.default)
+    return cls
 
-    cuda: bool = False
-    device: str | None = None
-    out_shard_size: int = DEFAULT_SHARD_SIZE
-    copy_tokenizer: bool = True
-    write_model_card: bool = True
-    allow_crimes: bool = False
-    random_seed: int | None = None
-    transformers_cache: str | None = None
-    lazy_unpickle: bool = False  # accepted for compatibility: .bin files are always read lazily
-    trust_remote_code: bool = False  # config.json is read as JSON: no model code ever runs
-    verbose: int = 0
-    quiet: bool = False
-    max_memory: str | int | None = None  # bytes in flight; None: see pipeline_budget
-    stats_json: str | None = None
-    unsafe_truncate_embeddings: bool = False  # differing vocab sizes: keep the rows all inputs have
+
+@dataclass
+@_schema_fields
+class MergeOptions:
+    """Everything that changes how a merge runs, not what it computes: one field per `OPTIONS`
+    entry, in its order, with its default."""
 
     def pipeline_budget(self, largest_job_bytes: int) -> int:
         """Bytes the pipeline may hold (inputs read ahead + results not yet written).
@@ -137,7 +210,7 @@ class MergeOptions:
         return "cpu"
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> "MergeOptions":
+    def from_kwargs(cls, **kwargs) -> MergeOptions:
         """Build options from keyword arguments named like the CLI flags (underscores)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
@@ -145,10 +218,4 @@ class MergeOptions:
             from .config import did_you_mean
 
             raise ConfigError(f"unknown merge option '{unknown[0]}'{did_you_mean(unknown[0], known)}")
-        if isinstance(kwargs.get("out_shard_size"), str):
-            from .io.writer import parse_size
-
-            kwargs["out_shard_size"] = parse_size(kwargs["out_shard_size"])
-        if kwargs.get("max_memory") is not None:
-            parse_memory(kwargs["max_memory"])  # a typo fails now, before any model is opened
-        return cls(**_checked_types(kwargs))
+        return cls(**_checked(kwargs))

@@ -8,11 +8,11 @@ first match wins. Gradients are interpolated piecewise-linearly at the layer pos
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from .config import MergeConfig, did_you_mean
 from .errors import ConfigError
 from .methods.registry import MERGEKIT_METHODS, METHODS, MethodSpec, Param
+from .suggest import did_you_mean
 
 
 def _is_conditional(value: Any) -> bool:
@@ -50,28 +50,8 @@ def check_setting(setting: Any, where: str) -> None:
         _check_value(setting, where)
 
 
-def _parameter_blocks(config: MergeConfig) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
-    """(YAML location, parameters dict, is a per-model block) for every block in the config."""
-    if config.parameters:
-        yield "parameters", config.parameters, False
-    for block in config.blocks():
-        w = block.where
-        if block.parameters:
-            yield f"{w}parameters", block.parameters, False
-        for i, entry in enumerate(block.models or []):
-            if entry.parameters:
-                yield f"{w}models[{i}].parameters", entry.parameters, True
-        for i, sl in enumerate(block.slices or []):
-            if sl.parameters:
-                yield f"{w}slices[{i}].parameters", sl.parameters, False
-            for j, src in enumerate(sl.sources):
-                if src.parameters:
-                    yield f"{w}slices[{i}].sources[{j}].parameters", src.parameters, True
-
-
-def method_spec(config: MergeConfig, source: str) -> MethodSpec:
-    """The method spec for `merge_method`, or a ConfigError with a suggestion."""
-    name = config.merge_method
+def method_spec(name: str, source: str) -> MethodSpec:
+    """The method spec for the config's `merge_method` `name`, or a ConfigError with a suggestion."""
     if name in METHODS:
         return METHODS[name]
     if name in MERGEKIT_METHODS:
@@ -79,10 +59,15 @@ def method_spec(config: MergeConfig, source: str) -> MethodSpec:
     raise ConfigError(f"{source}: merge_method: unknown method '{name}'{did_you_mean(name, MERGEKIT_METHODS)}")
 
 
-def check_parameters(config: MergeConfig, source: str) -> None:
-    """Validate method name, parameter names and setting shapes before any IO."""
-    spec = method_spec(config, source)
-    for where, block, per_model in _parameter_blocks(config):
+def check_parameters(merge_method: str, blocks: Iterable[tuple[str, Mapping[str, Any], bool]],
+                     source: str) -> None:
+    """Validate method name, parameter names and setting shapes before any IO.
+
+    `blocks`: (YAML location, parameters dict, is a per-model block) for every parameters
+    block of the config (`MergeConfig.parameter_blocks()`), so that this module needs no schema.
+    """
+    spec = method_spec(merge_method, source)
+    for where, block, per_model in blocks:
         for name, setting in block.items():
             loc = f"{source}: {where}.{name}"
             param = spec.param(name)

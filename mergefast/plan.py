@@ -220,7 +220,7 @@ def _post_weights(builder: _JobBuilder, module: str, sl: PlanSlice) -> tuple[str
 
 def build_plan(config: MergeConfig, config_text: str, source: str, options: MergeOptions) -> MergePlan:
     """Resolve models, read headers and build every job; raises before any tensor is read."""
-    spec = method_spec(config, source)
+    spec = method_spec(config.merge_method, source)
     refs = referenced_models(config)
     models = open_models(refs, options.transformers_cache, options.allow_crimes)
     try:

@@ -1,18 +1,27 @@
-"""Shared fixtures: tiny Llama-shaped model families written by the tests themselves."""
+"""Shared fixtures: tiny Llama-shaped model families written by the tests themselves.
+
+The helpers they are built from (and the CLI runner) are in tests/helpers.py.
+
+Without a CUDA device the Triton kernels run under the interpreter: TRITON_INTERPRET=1 must
+be set before triton is imported (it decides at `@triton.jit` time whether a kernel is compiled
+or interpreted), so it is set here, before any test module is imported, unless it is set
+already. tests/test_kernels_triton.py then runs its interpreted suites in this process, and
+tests/test_triton_compile.py imports compiled copies of the kernels for itself.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
-from make_models import make_tiny_llama  # noqa: E402
+from helpers import write_family  # noqa: E402
 
 # A suite started in the background by a non-interactive shell (`pytest &`) inherits SIGINT
 # ignored; the interruption tests need Ctrl-C to raise KeyboardInterrupt as it does at a prompt.
@@ -20,15 +29,17 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def write_family(root: Path, *, dtype=torch.bfloat16, tie=False, fmt="safetensors", layers=4) -> dict[str, Path]:
-    """base + three fine-tunes (ft-a, ft-b, ft-c) under `root`; returns name -> folder."""
-    base = make_tiny_llama(root / "base", seed=0, dtype=dtype, tie_word_embeddings=tie, fmt=fmt, layers=layers)
-    folders = {"base": root / "base"}
-    for seed, name in enumerate(("ft-a", "ft-b", "ft-c"), start=1):
-        make_tiny_llama(root / name, seed=seed, base=base, dtype=dtype, tie_word_embeddings=tie,
-                        fmt=fmt, layers=layers)
-        folders[name] = root / name
-    return folders
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """A test class may name its slow tests in SLOW_TESTS, or set SLOW_TESTS = "all" and name
+    the exceptions in FAST_TESTS: they get the `slow` mark. (The tests its suite shares with
+    other classes, tests/kernel_cases.py, cannot carry the mark themselves: it would mark every
+    suite's.)"""
+    for item in items:
+        cls, name = getattr(item, "cls", None), getattr(item, "originalname", None)
+        slow = getattr(cls, "SLOW_TESTS", ())
+        if name in slow or (slow == "all" and name not in getattr(cls, "FAST_TESTS", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +52,3 @@ def family(tmp_path_factory) -> dict[str, Path]:
 def tied_family(tmp_path_factory) -> dict[str, Path]:
     """A float32 family with tied embeddings (no lm_head.weight in the checkpoints)."""
     return write_family(tmp_path_factory.mktemp("tied"), dtype=torch.float32, tie=True)
-
-
-def example_config(name: str, family: dict[str, Path]) -> str:
-    """The text of examples/<name>, its model paths pointed at `family`."""
-    text = (ROOT / "examples" / name).read_text()
-    for key, folder in family.items():
-        text = text.replace(f"examples/models/{key}", str(folder))
-    return text

@@ -1,4 +1,4 @@
-"""Values Python callers put in a config dict (issue 15): pathlib paths, numpy numbers (a
+"""Values Python callers put in a config dict: pathlib paths, numpy numbers (a
 weight sweep with np.linspace gives np.float64), numpy ints and bools, 0-d and 1-d arrays,
 tuples. They merge exactly as the plain Python values do. NaN and infinite parameters, values
 YAML cannot hold and seeds outside 0..2**64 - 1 are ConfigErrors naming what is wrong."""
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import run_cli
 from safetensors.torch import load_file
 
 import mergefast
-from mergefast.cli import main
 from mergefast.errors import ConfigError
 
 
@@ -113,7 +112,7 @@ def test_a_nan_in_yaml_is_a_usage_error_naming_it(family, tmp_path):
             f"base_model: {family['base']}\n"
             f"models:\n  - model: {family['ft-a']}\n    parameters: {{weight: 1.0, density: .nan}}\n")
     (tmp_path / "c.yml").write_text(text)
-    result = CliRunner().invoke(main, ["yaml", str(tmp_path / "c.yml"), str(tmp_path / "out")])
+    result = run_cli("yaml", tmp_path / "c.yml", tmp_path / "out")
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.stderr
     assert "models[0].parameters.density: must be a finite number, got nan" in lines[0]

@@ -26,12 +26,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from arch_zoo import (LAYOUTS, TYPES, build_family, config_get, load_output, logits,
-                      read_config, read_tensors)
-from click.testing import CliRunner
+from arch_zoo import LAYOUTS, TYPES, build_family, config_get, load_output, logits, read_config, read_tensors
+from helpers import describe, run_cli
 from test_mergekit_compat import MERGEKIT_YAML, _env, load_folder
 
 METHODS = ["linear", "ties", "slerp", "passthrough"]
+# a decoder, an encoder-decoder and a vision-language model run in `pytest -m "not slow"`;
+# every other type is `slow`
+FAST_TYPES = {"llama", "t5", "qwen2_vl"}
+TYPE_PARAMS = [pytest.param(t, marks=[] if t in FAST_TYPES else [pytest.mark.slow]) for t in TYPES]
 LINEAR_WEIGHTS = {"base": 0.5, "ft-a": 0.3, "ft-b": 0.2}
 # config.json lists that are not per layer even when their length is the text layer count
 NOT_PER_LAYER = {"architectures", "mrope_section"}
@@ -100,22 +103,24 @@ def families(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def base_missing(families):
+def loaded():
+    """(model type, folder) -> load_output's (model, loading info), each folder loaded once
+    (the tests only run the models, never change them)."""
+    return LazyDict(lambda key: load_output(*key))
+
+
+@pytest.fixture(scope="session")
+def base_missing(families, loaded):
     """model type -> the keys transformers reports missing when loading the base itself."""
-    return LazyDict(lambda t: set(load_output(t, families[t]["base"])[1]["missing_keys"]))
+    return LazyDict(lambda t: set(loaded[t, families[t]["base"]][1]["missing_keys"]))
 
 
 def _run_merge(config: dict, folder: Path) -> tuple[int, str]:
     """Run `mergefast yaml CONFIG OUT --quiet` in-process; (exit code, output)."""
-    from mergefast.cli import main
-
     config_path = folder.with_suffix(".yml")
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = CliRunner().invoke(main, ["yaml", str(config_path), str(folder), "--quiet"])
-    output = result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        output += f"\n{type(result.exception).__name__}: {result.exception}"
-    return result.exit_code, output
+    result = run_cli("yaml", config_path, folder, "--quiet")
+    return result.exit_code, describe(result)
 
 
 @pytest.fixture(scope="session")
@@ -143,9 +148,9 @@ def merged(merges, model_type: str, method: str) -> Path:
 # Checks
 
 
-def assert_loads_cleanly(model_type: str, folder: Path, known_missing: set[str]):
+def assert_loads_cleanly(model_type: str, folder: Path, known_missing: set[str], loaded):
     """Load `folder`; no key may be missing (beyond the base's own), unexpected or mismatched."""
-    model, info = load_output(model_type, folder)
+    model, info = loaded[model_type, folder]
     problems = {"missing_keys": sorted(set(info["missing_keys"]) - known_missing),
                 "unexpected_keys": sorted(info["unexpected_keys"]),
                 "mismatched_keys": sorted(map(str, info["mismatched_keys"]))}
@@ -215,28 +220,28 @@ def assert_same_tensors(expected: dict, actual: dict, atol: float = 0.0) -> None
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("model_type", TYPES)
-def test_merge_loads_and_runs(model_type, method, families, base_missing, merges):
+@pytest.mark.parametrize("model_type", TYPE_PARAMS)
+def test_merge_loads_and_runs(model_type, method, families, base_missing, merges, loaded):
     """Exit 0; loads with no key problems; finite logits; the right layer counts."""
     out = merged(merges, model_type, method)
-    model = assert_loads_cleanly(model_type, out, base_missing[model_type])
+    model = assert_loads_cleanly(model_type, out, base_missing[model_type], loaded)
     assert torch.isfinite(logits(model, model_type)).all()
     base_cfg, out_cfg = read_config(families[model_type]["base"]), read_config(out)
     assert out_cfg["architectures"] == base_cfg["architectures"]
     assert_layer_counts(model_type, method, base_cfg, out_cfg)
 
 
-@pytest.mark.parametrize("model_type", TYPES)
-def test_linear_logits_match_reference(model_type, families, merges):
+@pytest.mark.parametrize("model_type", TYPE_PARAMS)
+def test_linear_logits_match_reference(model_type, families, merges, loaded):
     """The linear merge runs like the weighted sum of the three state dicts."""
-    model, _ = load_output(model_type, merged(merges, model_type, "linear"))
-    inputs = [load_output(model_type, families[model_type][n])[0] for n in LINEAR_WEIGHTS]
+    model, _ = loaded[model_type, merged(merges, model_type, "linear")]
+    inputs = [loaded[model_type, families[model_type][n]][0] for n in LINEAR_WEIGHTS]
     reference = linear_reference(inputs, list(LINEAR_WEIGHTS.values()))
     torch.testing.assert_close(logits(model, model_type), logits(reference, model_type),
                                rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", TYPE_PARAMS)
 def test_passthrough_tensors_come_from_their_sources(model_type, families, merges):
     """Output layer k is its source layer exactly; other tensors are base's (or ft-a's, after
     the layers)."""
@@ -244,7 +249,7 @@ def test_passthrough_tensors_come_from_their_sources(model_type, families, merge
     assert_same_tensors(passthrough_expected(model_type, families[model_type]), out)
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", TYPE_PARAMS)
 def test_linear_keeps_every_tensor(model_type, families, merges):
     """No tensor lost or added: the linear output has the base's tensor names, in float32."""
     out = read_tensors(merged(merges, model_type, "linear"))
@@ -255,6 +260,7 @@ def test_linear_keeps_every_tensor(model_type, families, merges):
 
 
 @pytest.mark.mergekit
+@pytest.mark.slow
 @pytest.mark.skipif(MERGEKIT_YAML is None, reason="mergekit-yaml not found (set MERGEKIT_YAML)")
 @pytest.mark.parametrize("method", ["linear", "ties"])
 @pytest.mark.parametrize("model_type", TYPES)

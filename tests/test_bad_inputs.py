@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run_cli
 from safetensors.torch import load_file, save_file
-
-from mergefast.cli import main
 
 TESTS = Path(__file__).resolve().parent
 CORPUS = TESTS / "bad_inputs"
@@ -267,18 +265,13 @@ SETUPS = {name.removeprefix("setup_"): fn for name, fn in globals().items() if n
 
 # -- the runner ----------------------------------------------------------------------------
 
-def run_cli(args: list, env: dict | None = None):
-    """(exit code, stdout, stderr, exception) of `mergefast ARGS` run in-process."""
-    result = CliRunner(env=env).invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr, result.exception
-
-
-def assert_clean_failure(code, stdout, stderr, exception, expect: dict, out: Path) -> None:
-    assert exception is None or isinstance(exception, SystemExit), repr(exception)
-    assert code == expect["exit"], stderr
-    assert "Traceback" not in stderr + stdout
-    errors = [line for line in stderr.splitlines() if line.startswith("mergefast: error:")]
-    assert len(errors) == 1, stderr
+def assert_clean_failure(result, expect: dict, out: Path) -> None:
+    """`result` (of helpers.run_cli) exited with the case's code and one error line."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == expect["exit"], result.stderr
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mergefast: error:")]
+    assert len(errors) == 1, result.stderr
     for part in expect["message"]:
         assert part in errors[0], f"{part!r} not in {errors[0]!r}"
     if expect.get("out") != "file":
@@ -309,8 +302,8 @@ def test_bad_input(case, tmp_path):
     if expect.get("out") == "file":
         out.write_text("not a folder")
     marker = tmp_path / "code-ran"
-    code, stdout, stderr, exc = run_cli(["yaml", config, out, "--quiet"], env={MARKER_ENV: str(marker)})
-    assert_clean_failure(code, stdout, stderr, exc, expect, out)
+    result = run_cli("yaml", config, out, "--quiet", env={MARKER_ENV: str(marker)})
+    assert_clean_failure(result, expect, out)
     assert not marker.exists(), "code from a model folder ran"
     if expect.get("out") == "file":
         assert out.read_text() == "not a folder"
@@ -321,13 +314,13 @@ def test_dry_run_fails_the_same_way(case, tmp_path):
     config, expect = prepare(case, tmp_path)
     out = tmp_path / "out"
     for args in (["plan", config], ["yaml", config, out, "--dry-run"]):
-        assert_clean_failure(*run_cli(args), expect, out)
+        assert_clean_failure(run_cli(*args), expect, out)
 
 
 def test_verbose_adds_the_traceback(tmp_path):
     config, expect = prepare("unknown-parameter", tmp_path)
-    code, stdout, stderr, exc = run_cli(["yaml", config, tmp_path / "out", "-v"])
-    assert code == 2 and "Traceback" in stderr and "densty" in stderr.splitlines()[-1]
+    result = run_cli("yaml", config, tmp_path / "out", "-v")
+    assert result.exit_code == 2 and "Traceback" in result.stderr and "densty" in result.stderr.splitlines()[-1]
 
 
 def test_corpus_is_big_and_small():
@@ -337,8 +330,8 @@ def test_corpus_is_big_and_small():
 
 
 def test_usage_error_exits_2(tmp_path):
-    code, _, stderr, _ = run_cli(["yaml", "--no-such-flag", tmp_path / "c.yml", tmp_path / "out"])
-    assert code == 2 and "No such option" in stderr
+    result = run_cli("yaml", "--no-such-flag", tmp_path / "c.yml", tmp_path / "out")
+    assert result.exit_code == 2 and "No such option" in result.stderr
 
 
 def test_internal_error_is_one_line(tmp_path, monkeypatch):
@@ -349,9 +342,9 @@ def test_internal_error_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mergefast.plan, "build_plan", boom)
     config, _ = prepare("zero-sum-linear-weights", tmp_path)
-    code, stdout, stderr, exc = run_cli(["yaml", config, tmp_path / "out"])
-    assert code == 1 and "Traceback" not in stderr
-    assert stderr.strip() == ("mergefast: internal error: ZeroDivisionError: a bug "
+    result = run_cli("yaml", config, tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("mergefast: internal error: ZeroDivisionError: a bug "
                               "(run with -v for the traceback)")
 
 
@@ -375,8 +368,8 @@ def test_trust_remote_code_never_runs_model_code(tmp_path):
                       f"  - sources:\n      - {{model: {folders[0]}, layer_range: [0, 2]}}\n"
                       f"  - sources:\n      - {{model: {folders[1]}, layer_range: [2, 4]}}\n")
     out = tmp_path / "out"
-    code, stdout, stderr, exc = run_cli(["yaml", config, out, "--trust-remote-code", "--quiet"])
-    assert code == 0, stderr
+    result = run_cli("yaml", config, out, "--trust-remote-code", "--quiet")
+    assert result.exit_code == 0, result.stderr
     assert not marker.exists()
     assert (out / "model.safetensors").is_file()
     assert not (out / "modeling_x.py").exists()
@@ -390,10 +383,10 @@ def test_nonfinite_input_warns_per_tensor(tmp_path):
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1}}\n"
                       f"  - model: {tmp_path / 'inf'}\n    parameters: {{weight: 1}}\n")
     out = tmp_path / "out"
-    code, stdout, stderr, exc = run_cli(["yaml", config, out, "--quiet"])
-    warnings = [line for line in stderr.splitlines() if line.startswith("mergefast: warning:")]
-    errors = [line for line in stderr.splitlines() if line.startswith("mergefast: error:")]
-    assert code == 1 and len(warnings) == 1 and len(errors) == 1, stderr
+    result = run_cli("yaml", config, out, "--quiet")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("mergefast: warning:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mergefast: error:")]
+    assert result.exit_code == 1 and len(warnings) == 1 and len(errors) == 1, result.stderr
     assert str(tmp_path / "inf") in warnings[0] and "model.layers.0.self_attn.q_proj.weight" in warnings[0]
     assert "4 inf" in warnings[0] and str(tmp_path / "inf") in errors[0]
     assert not out.exists()
@@ -416,9 +409,9 @@ def test_ties_warns_for_a_nan_input_and_merges(tmp_path, monkeypatch):
     config.write_text(f"merge_method: ties\nbase_model: {MODELS / 'base'}\nmodels:\n"
                       f"  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1, density: 0.5}}\n"
                       f"  - model: {folder}\n    parameters: {{weight: 1, density: 0.5}}\n")
-    code, stdout, stderr, exc = run_cli(["yaml", config, tmp_path / "out", "--quiet"])
-    warnings = [line for line in stderr.splitlines() if line.startswith("mergefast: warning:")]
-    assert code == 0 and len(warnings) == 1, stderr
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("mergefast: warning:")]
+    assert result.exit_code == 0 and len(warnings) == 1, result.stderr
     assert str(folder) in warnings[0] and "3 NaN" in warnings[0]
     from mergefast import kernels
 

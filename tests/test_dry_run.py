@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import example_config
+from helpers import example_config, run_cli
 
-from mergefast.cli import main
 from mergefast.config import load_config
 from mergefast.options import MergeOptions
 from mergefast.plan import build_plan
@@ -23,25 +21,20 @@ def _config(name, family, tmp_path) -> Path:
     return path
 
 
-def _invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_plan_and_dry_run_print_the_same_and_write_nothing(name, family, tmp_path):
     config = _config(name, family, tmp_path)
     out = tmp_path / "deep" / "out"
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, planned, stderr = _invoke("plan", config)
-    assert code == 0, stderr
-    code, dry, stderr = _invoke("yaml", config, out, "--dry-run")
-    assert code == 0, stderr
+    planned = run_cli("plan", config)
+    assert planned.exit_code == 0, planned.stderr
+    dry = run_cli("yaml", config, out, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # not even OUT's parent
     same = lambda text: [line for line in text.splitlines()[1:] if not line.startswith("output:")]  # noqa: E731
-    assert same(planned) == same(dry)
+    assert same(planned.stdout) == same(dry.stdout)
     for text in ("output:", "bytes: read", "estimated peak memory:", "[first]", "[middle]", "[last]"):
-        assert text in dry
+        assert text in dry.stdout
 
 
 def test_summary_numbers(family, tmp_path):
@@ -92,5 +85,5 @@ def test_dry_run_still_validates_out(family, tmp_path):
     config = _config("linear.yml", family, tmp_path)
     out = tmp_path / "out"
     out.write_text("a file")
-    code, stdout, stderr = _invoke("yaml", config, out, "--dry-run")
-    assert code == 2 and "is a file" in stderr and stdout == ""
+    result = run_cli("yaml", config, out, "--dry-run")
+    assert result.exit_code == 2 and "is a file" in result.stderr and result.stdout == ""

@@ -7,28 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import example_config, write_family
+from helpers import example_config, run_cli, write_family
 from safetensors.torch import load_file
 
 from mergefast import methods
-from mergefast.cli import main
 from mergefast.io.reader import CheckpointReader
 
 EXAMPLES = ["linear.yml", "ties.yml", "task-arithmetic.yml", "slerp-gradient.yml", "passthrough-stack.yml"]
-
-
-def run_cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def merge_example(name, family, tmp_path, *extra):
     config = tmp_path / name
     config.write_text(example_config(name, family))
     out = tmp_path / "out"
-    code, output = run_cli("yaml", config, out, "--quiet", *extra)
-    assert code == 0, output
+    result = run_cli("yaml", config, out, "--quiet", *extra)
+    assert result.exit_code == 0, result.output
     return out
 
 
@@ -98,10 +91,10 @@ def test_tied_family_has_no_lm_head(tied_family, tmp_path):
 def test_config_error_exit_2_one_line_no_output(family, tmp_path):
     config = tmp_path / "bad.yml"
     config.write_text(example_config("ties.yml", family).replace("density:", "densty:", 1))
-    code, output = run_cli("yaml", config, tmp_path / "out")
-    assert code == 2
-    assert "unknown parameter 'densty' for ties (did you mean 'density'?)" in output
-    assert "Traceback" not in output and len(output.strip().splitlines()) == 1
+    result = run_cli("yaml", config, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "unknown parameter 'densty' for ties (did you mean 'density'?)" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
@@ -109,9 +102,9 @@ def test_zero_weight_sum_is_an_error_naming_the_tensor(family, tmp_path):
     config = tmp_path / "zero.yml"
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n    parameters: {{weight: 1}}\n"
                       f"  - model: {family['ft-b']}\n    parameters: {{weight: -1}}\n")
-    code, output = run_cli("yaml", config, tmp_path / "out", "--quiet")
-    assert code == 2  # found while planning, before any tensor is read
-    assert "tensor model.embed_tokens.weight" in output and "sum to zero" in output
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet")
+    assert result.exit_code == 2  # found while planning, before any tensor is read
+    assert "tensor model.embed_tokens.weight" in result.output and "sum to zero" in result.output
     assert not (tmp_path / "out").exists()
     assert not any(".mergefast-" in p.name for p in tmp_path.iterdir())
 
@@ -134,8 +127,8 @@ def test_failure_mid_merge_keeps_existing_out(family, tmp_path, monkeypatch):
     monkeypatch.setattr(execute, "merge_job", failing)
     config = tmp_path / "linear.yml"
     config.write_text(example_config("linear.yml", family))
-    code, _ = run_cli("yaml", config, out, "--quiet")
-    assert code != 0
+    result = run_cli("yaml", config, out, "--quiet")
+    assert result.exit_code != 0
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
     assert [p.name for p in tmp_path.iterdir() if ".mergefast-" in p.name] == []
 
@@ -144,8 +137,8 @@ def test_out_path_that_is_a_file(family, tmp_path):
     (tmp_path / "out").write_text("x")
     config = tmp_path / "linear.yml"
     config.write_text(example_config("linear.yml", family))
-    code, output = run_cli("yaml", config, tmp_path / "out")
-    assert code == 2 and "is a file" in output
+    result = run_cli("yaml", config, tmp_path / "out")
+    assert result.exit_code == 2 and "is a file" in result.output
 
 
 def test_existing_out_is_replaced(family, tmp_path):
@@ -174,8 +167,8 @@ def test_repo_id_resolved_offline_from_hub_cache(family, tmp_path, monkeypatch):
     config = tmp_path / "slerp.yml"
     config.write_text("merge_method: slerp\nbase_model: org/base\nmodels:\n  - model: org/base\n"
                       "  - model: org/ft-a\nparameters: {t: 0.3}\n")
-    code, output = run_cli("yaml", config, tmp_path / "out", "--quiet", "--transformers-cache", cache)
-    assert code == 0, output
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet", "--transformers-cache", cache)
+    assert result.exit_code == 0, result.output
     card = (tmp_path / "out" / "README.md").read_text()
     assert "org/base" in card and "https://huggingface.co/org/ft-a" in card
     load_and_run(tmp_path / "out")
@@ -217,12 +210,12 @@ def test_python_api_dry_run_and_config_forms(family, tmp_path):
 
 
 def test_console_script_help():
-    code, output = run_cli("yaml", "--help")
-    assert code == 0
+    result = run_cli("yaml", "--help")
+    assert result.exit_code == 0
     for flag in ("--cuda", "--device", "--out-shard-size", "--copy-tokenizer", "--write-model-card",
                  "--allow-crimes", "--random-seed", "--transformers-cache", "--lazy-unpickle",
                  "--trust-remote-code", "--quiet"):
-        assert flag in output
+        assert flag in result.output
     assert os.environ.get("MERGEFAST_BACKEND") in (None, "", "torch", "cpu-ext")
 
 
@@ -234,9 +227,9 @@ def test_unsafe_truncate_embeddings_flag(tmp_path):
     config = tmp_path / "linear.yml"
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'small'}\n"
                       f"  - model: {tmp_path / 'big'}\nparameters: {{weight: 1}}\n")
-    code, output = run_cli("yaml", config, tmp_path / "out", "--quiet")
-    assert code == 2 and "--unsafe-truncate-embeddings" in output
-    code, output = run_cli("yaml", config, tmp_path / "out", "--quiet", "--unsafe-truncate-embeddings")
-    assert code == 0, output
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet")
+    assert result.exit_code == 2 and "--unsafe-truncate-embeddings" in result.output
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet", "--unsafe-truncate-embeddings")
+    assert result.exit_code == 0, result.output
     merged = load_file(tmp_path / "out" / "model.safetensors")
     assert merged["model.embed_tokens.weight"].shape == base["model.embed_tokens.weight"].shape

@@ -8,6 +8,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from mergefast.config import parse_config
 from mergefast.errors import MergefastError
 from mergefast.io.reader import CheckpointReader, read_safetensors_header
+
+pytestmark = pytest.mark.slow  # hypothesis runs each test on many examples
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yml"))
 EXAMPLE_DATA = [yaml.safe_load(p.read_text()) for p in EXAMPLES]

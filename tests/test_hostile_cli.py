@@ -1,4 +1,4 @@
-"""Errors that must blame the right thing (issue 15, item 4): a `--stats-json` file that cannot
+"""Errors that must blame the right thing: a `--stats-json` file that cannot
 be written after a finished merge, and a `--random-seed` outside the supported range. (Bad
 model files are in the bad-input corpus, tests/bad_inputs.)"""
 
@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from helpers import run_cli
 
 import mergefast
-from mergefast.cli import main
 from mergefast.errors import ConfigError, MergefastError
 from mergefast.options import MAX_SEED
 
@@ -29,11 +28,6 @@ def dare_config(tmp_path) -> Path:
     return config
 
 
-def _run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.stderr
-
-
 def _assert_out_complete(out: Path) -> None:
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert not list(out.parent.glob(f".{out.name}.mergefast-partial-*"))
@@ -43,9 +37,9 @@ def _assert_out_complete(out: Path) -> None:
 def test_stats_json_that_cannot_be_written_keeps_out(dare_config, tmp_path):
     """It was reported as OUT's error ('OUT: No space left on device') though OUT was complete."""
     out = tmp_path / "out"
-    code, stderr = _run("yaml", dare_config, out, "--quiet", "--stats-json", "/dev/full")
-    lines = stderr.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    result = run_cli("yaml", dare_config, out, "--quiet", "--stats-json", "/dev/full")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("mergefast: error: --stats-json /dev/full: cannot write")
     assert "No space left on device" in lines[0] and f"{out} is complete" in lines[0]
     _assert_out_complete(out)
@@ -67,26 +61,27 @@ def test_stats_json_permission_denied_keeps_out(dare_config, tmp_path, monkeypat
 
     monkeypatch.setattr(summary.Path, "write_text", write_text)
     out = tmp_path / "out"
-    code, stderr = _run("yaml", dare_config, out, "--quiet", "--stats-json", stats)
-    assert code == 1 and len(stderr.strip().splitlines()) == 1, stderr
-    assert f"--stats-json {stats}: cannot write the run summary (Permission denied)" in stderr
-    assert "is complete" in stderr and not stats.exists()
+    result = run_cli("yaml", dare_config, out, "--quiet", "--stats-json", stats)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"--stats-json {stats}: cannot write the run summary (Permission denied)" in result.stderr
+    assert "is complete" in result.stderr and not stats.exists()
     _assert_out_complete(out)
 
 
 @pytest.mark.parametrize("seed", [str(MAX_SEED + 1), "-1", str(10**30)])
 def test_random_seed_out_of_range_is_a_usage_error(dare_config, tmp_path, seed):
     out = tmp_path / "out"
-    code, stderr = _run("yaml", dare_config, out, "--quiet", "--random-seed", seed)
-    assert code == 2 and "Traceback" not in stderr and "internal error" not in stderr, stderr
-    assert "Invalid value for '--random-seed'" in stderr and f"from 0 to {MAX_SEED}" in stderr
+    result = run_cli("yaml", dare_config, out, "--quiet", "--random-seed", seed)
+    stderr = result.stderr
+    assert result.exit_code == 2 and "Traceback" not in stderr and "internal error" not in stderr, stderr
+    assert "Invalid value for '--random-seed'" in result.stderr and f"from 0 to {MAX_SEED}" in result.stderr
     assert not out.exists()
 
 
 def test_largest_seed_merges(dare_config, tmp_path):
     out = tmp_path / "out"
-    code, stderr = _run("yaml", dare_config, out, "--quiet", "--random-seed", MAX_SEED)
-    assert code == 0, stderr
+    result = run_cli("yaml", dare_config, out, "--quiet", "--random-seed", MAX_SEED)
+    assert result.exit_code == 0, result.stderr
     _assert_out_complete(out)
 
 

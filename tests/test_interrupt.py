@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from mergefast.cli import main
+from helpers import popen_with_default_sigint, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -52,24 +50,6 @@ def deep_model(tmp_path_factory) -> Path:
 
 def _partials(out: Path) -> list[Path]:
     return list(out.parent.glob(f".{out.name}.mergefast-partial-*"))
-
-
-def popen_with_default_sigint(args: list[str], **kwargs) -> subprocess.Popen:
-    """Popen, the child starting with SIGINT at its default disposition, as from a terminal.
-
-    A shell starts a background job (`pytest ... &` in a script) with SIGINT ignored, and an
-    ignored signal stays ignored across fork and exec: the merge would then ignore the test's
-    SIGINT (Python installs no KeyboardInterrupt handler). A signal with a handler is reset
-    to the default by exec, so Python's handler is installed here for the spawn, and the
-    disposition found before is put back."""
-    before = signal.getsignal(signal.SIGINT)
-    if before is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return subprocess.Popen(args, **kwargs)
-    finally:
-        if before is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, before)
 
 
 def _start(config: Path, out: Path, delay: float) -> subprocess.Popen:
@@ -114,6 +94,7 @@ def merges(deep_model, tmp_path_factory):
             proc.communicate()
 
 
+@pytest.mark.slow  # merges in subprocesses
 @pytest.mark.parametrize("name, sig, code", [("sigint", signal.SIGINT, 130), ("sigterm", signal.SIGTERM, 143)])
 def test_signal_stops_the_merge_and_cleans_up(merges, name, sig, code):
     proc, out = merges[name]
@@ -137,6 +118,7 @@ def test_signal_stops_the_merge_and_cleans_up(merges, name, sig, code):
     assert not _partials(out)
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_only_a_named_temporary_folder(merges):
     proc, out = merges["sigkill"]
     _wait_for_first_output(proc, out)
@@ -159,7 +141,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(deep_model, tmp_path, monkeypa
 
     monkeypatch.setattr(writer.os, "pwrite", pwrite)
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["yaml", str(deep_model), str(out), "--quiet"])
+    result = run_cli("yaml", deep_model, out, "--quiet")
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr

@@ -3,7 +3,7 @@
 A driver process patches one function of the stage under test so that the process signals
 itself at a known moment (the signal reaches the main thread exactly as one from a terminal
 would). Every run must exit 130 (SIGINT) or 143 (SIGTERM) with one line on stderr, no
-traceback, no "terminate called" (the abort, exit 134, of issue 15), and nothing at OUT or
+traceback, no "terminate called" (an abort, exit 134, when a stage thread dies inside a torch op), and nothing at OUT or
 beside it (a previous OUT is left as it was).
 
 Paths: `ties` runs the compiled CPU kernel, `della` the torch reference. The "wide" family
@@ -151,6 +151,7 @@ CASES = [  # (stage, method, signal, family)
 ]
 
 
+@pytest.mark.slow  # a fresh interpreter per case
 @pytest.mark.parametrize("stage, method, sig, family", CASES,
                          ids=[f"{c[0]}-{c[1]}-{c[2].name}" for c in CASES])
 def test_a_signal_stops_the_merge_and_leaves_nothing(families, tmp_path, stage, method, sig, family):
@@ -175,6 +176,7 @@ def test_a_signal_stops_the_merge_and_leaves_nothing(families, tmp_path, stage, 
         assert (out / "config.json").read_text() == "previous model"
 
 
+@pytest.mark.slow  # the wide family takes seconds to write
 def test_the_python_api_stops_within_a_torch_op(families, tmp_path, monkeypatch):
     """mergefast.merge() interrupted in a DELLA merge: KeyboardInterrupt, nothing written, and
     no stage thread left running (the merge thread stops at its next torch call instead of

@@ -32,6 +32,7 @@ class TestCpuExt(KernelSuite):
     DEVICE = "cpu"
     BACKEND = "cpu-ext"
     EXACT = True
+    SLOW_TESTS = {"test_dare_same_on_any_thread_count"}  # `slow` (tests/conftest.py)
 
 
 def test_forced_torch_backend(monkeypatch):
@@ -178,6 +179,7 @@ def test_passthrough_is_the_reference():
     assert torch.equal(kernels.passthrough(x, out_dtype=torch.float32), x.float())
 
 
+@pytest.mark.slow  # a subprocess
 def test_import_is_lean():
     """Importing mergefast.kernels neither imports triton nor initialises CUDA."""
     code = ("import sys, torch, mergefast.kernels as k; k.backend('cpu'); k.describe_backends(); "
@@ -194,6 +196,7 @@ def _sampled_positions(n: int) -> torch.Tensor:
 
 
 @needs_ext
+@pytest.mark.slow  # 2**20-element tensors and the reference's sorts
 @pytest.mark.parametrize("case", ["fp32", "bf16-finetune", "few-magnitudes", "mostly-zero", "misleading-sample",
                                   "overflowing-window"])
 def test_large_selection_paths(monkeypatch, case):
@@ -239,6 +242,7 @@ def test_large_selection_paths(monkeypatch, case):
 
 
 @needs_ext
+@pytest.mark.slow
 def test_many_models_select_without_room_in_the_output(monkeypatch):
     """The selection keeps its candidate lists in the output tensor; with 9 bf16 models the
     output is too small for them and the selection allocates its own: same result."""

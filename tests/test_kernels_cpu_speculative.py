@@ -14,8 +14,9 @@ from kernel_cases import plant_nans, sampled_positions
 from mergefast import kernels, methods
 from mergefast.kernels import SelectionOptions
 
-pytestmark = pytest.mark.skipif(os.environ.get("MERGEFAST_BUILD_EXT", "1") == "0",
-                                reason="MERGEFAST_BUILD_EXT=0: no CPU kernel library")
+pytestmark = [pytest.mark.skipif(os.environ.get("MERGEFAST_BUILD_EXT", "1") == "0",
+                                 reason="MERGEFAST_BUILD_EXT=0: no CPU kernel library"),
+              pytest.mark.slow]  # 2M-element tensors and their reference merges
 
 N = (1 << 21) + 4099  # just above the one-read path's minimum, not a multiple of the block
 TWO_PASSES = SelectionOptions(one_read=False)

@@ -2,9 +2,9 @@
 
 On a machine with a CUDA GPU and triton, the suite runs for real on the GPU (TestTritonCuda).
 Everywhere else it runs under TRITON_INTERPRET=1 on small CPU tensors (TestTritonInterpret,
-and TestTritonInterpretGpuBlocks with the GPU's block sizes):
-the variable must be set before triton is imported, so `test_triton_interpreted` re-runs this
-module in a subprocess with it set, unless this process already has it.
+and TestTritonInterpretGpuBlocks with the GPU's block sizes), in this process: the variable
+must be set before triton is imported, which tests/conftest.py does when there is no GPU.
+On a GPU machine `test_triton_interpreted` runs the interpreted suites in a subprocess too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from kernel_cases import KernelSuite, assert_same, generate
 
 pytest_generate_tests = generate
@@ -33,14 +32,20 @@ def _triton_version() -> tuple[int, ...]:
     return tuple(int(p) for p in version("triton").split(".")[:2] if p.isdigit())
 
 
+# Triton < 3.7's interpreter cannot loop to a runtime bound (the selection's histogram
+# passes do); the compiled kernels are fine
+OLD_INTERPRETER = HAVE_TRITON and _triton_version() < (3, 7)
+needs_new_interpreter = pytest.mark.skipif(
+    OLD_INTERPRETER, reason="Triton < 3.7's interpreter cannot loop to a runtime bound")
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-@pytest.mark.skipif(INTERPRET, reason="already interpreted")
-@pytest.mark.skipif(HAVE_TRITON and _triton_version() < (3, 7),
-                    reason="Triton < 3.7's interpreter cannot loop to a runtime bound (the "
-                           "selection's histogram passes do); the compiled kernels are fine")
+@pytest.mark.skipif(INTERPRET, reason="this process runs the interpreted suites itself")
+@needs_new_interpreter
 def test_triton_interpreted():
     """Runs TestTritonInterpret and TestTritonInterpretGpuBlocks in a fresh interpreter with
-    TRITON_INTERPRET=1."""
+    TRITON_INTERPRET=1 (where this process compiles the kernels: on a GPU machine)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("MERGEFAST_BACKEND", None)
     proc = subprocess.run(
@@ -177,11 +182,15 @@ class _OneReadCases:
     """The one-read scheme (select/one_read.py), on the suite's DEVICE: bit-equal to the two
     passes whether it finishes or falls back."""
 
-    def _paths(self, monkeypatch, fn):
+    def _paths(self, monkeypatch, fn, reference=None):
         """fn(selection) with the one-read scheme, then with the two passes; and whether the
         first call's one-read scheme finished. The tensors here are small: the one read takes
         them from 2^12 elements (one_read_min; 2^20 on a GPU by default, 2^12 interpreted),
-        only here, so that the GPU suite's other tests compile no more kernel variants."""
+        only here, so that the GPU suite's other tests compile no more kernel variants.
+
+        With `reference` (a function of no arguments: the CPU reference's result) in an EXACT
+        suite, that stands in for the two passes, which equal it bit for bit there (the
+        KernelSuite tests): the interpreter takes seconds to run them."""
         from mergefast.kernels import SelectionOptions
         from mergefast.kernels.triton.select import one_read
 
@@ -190,13 +199,16 @@ class _OneReadCases:
         monkeypatch.setattr(one_read, "task_arithmetic",
                             lambda *a, **k: finished.append(run(*a, **k)) or finished[-1])
         fast = fn(SelectionOptions(one_read_min=1 << 12)).cpu()
-        slow = fn(SelectionOptions(one_read=False)).cpu()
+        if reference is not None and self.EXACT:
+            slow = reference()
+        else:
+            slow = fn(SelectionOptions(one_read=False)).cpu()
         return fast, slow, finished == [True]
 
     @pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float32])
     @pytest.mark.parametrize("coarse", [False, True])
     def test_one_read_equals_two_passes(self, monkeypatch, input_dtype, coarse):
-        from mergefast import kernels
+        from mergefast import kernels, methods
 
         g = torch.Generator().manual_seed(int(coarse))
         n = 5003
@@ -204,16 +216,22 @@ class _OneReadCases:
         base = (0.02 * torch.randn(n, generator=g)).to(dtype)
         step = (lambda: torch.randint(-25, 26, (n,), generator=g) / 512) if coarse else \
             (lambda: 0.002 * torch.randn(n, generator=g))
-        xs = [(base.float() + step()).to(dtype).to(self.DEVICE) for _ in range(3)]
-        base = base.to(self.DEVICE)
-        for densities in ([0.5, 0.2, 0.93], [0.1, 1.0, 0.0]):
-            fast, slow, finished = self._paths(monkeypatch, lambda sel: kernels.ties(
-                base, xs, [0.5, -0.3, 0.9], densities, selection=sel))
-            assert finished and torch.equal(fast, slow), densities
-            fast, slow, finished = self._paths(monkeypatch, lambda sel: kernels.task_arithmetic(
-                base, xs, [0.5, 0.3, 0.2], densities=densities, sparsify="magnitude",
-                normalize=True, lambda_=0.7, selection=sel))
-            assert finished and torch.equal(fast, slow), densities
+        cpu_xs = [(base.float() + step()).to(dtype) for _ in range(3)]
+        xs = [x.to(self.DEVICE) for x in cpu_xs]
+        cpu_base, base = base, base.to(self.DEVICE)
+        ta = dict(sparsify="magnitude", normalize=True, lambda_=0.7)
+        for d in ([0.5, 0.2, 0.93], [0.1, 1.0, 0.0]):
+            fast, slow, finished = self._paths(
+                monkeypatch,
+                lambda sel, d=d: kernels.ties(base, xs, [0.5, -0.3, 0.9], d, selection=sel),
+                lambda d=d: methods.ties(cpu_base, cpu_xs, [0.5, -0.3, 0.9], d))
+            assert finished and torch.equal(fast, slow), d
+            fast, slow, finished = self._paths(
+                monkeypatch,
+                lambda sel, d=d: kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=d, **ta,
+                                                         selection=sel),
+                lambda d=d: methods.task_arithmetic(cpu_base, cpu_xs, [0.5, 0.3, 0.2], densities=d, **ta))
+            assert finished and torch.equal(fast, slow), d
 
     def test_slots_past_the_counts_are_never_read(self, monkeypatch):
         """The window counts leave a block's slots past its count as they were: with every
@@ -319,6 +337,11 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     TIE_N = 1100
     TIES_CASES = KernelSuite.TIES_CASES[:4]
     TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
+    # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
+    SLOW_TESTS = "all"
+    FAST_TESTS = {"test_linear", "test_linear_mixed_dtypes_and_out_dtype", "test_linear_zero_weight_sum",
+                  "test_slerp", "test_slerp_out_dtype", "test_task_arithmetic",
+                  "test_candidate_thresholds_are_the_ranked_slots", "test_windows_are_the_sample_ranks"}
 
 
 class _InterpretedGpuBlocks(_Interpreted):
@@ -369,8 +392,8 @@ def _tied_layer(dtype, spread=None, device="cpu"):
     return base.to(device), x.to(device), keep_count(0.4, 5000), want
 
 
-if INTERPRET:
-    TestTritonInterpret = _Interpreted
-    TestTritonInterpretGpuBlocks = _InterpretedGpuBlocks
+if HAVE_TRITON and INTERPRET:
+    TestTritonInterpret = needs_new_interpreter(_Interpreted)
+    TestTritonInterpretGpuBlocks = needs_new_interpreter(_InterpretedGpuBlocks)
 if HAVE_CUDA:
-    TestTritonCuda = _Cuda
+    TestTritonCuda = pytest.mark.gpu(_Cuda)

@@ -1,4 +1,4 @@
-"""`mergefast-legacy` (mergekit-legacy's flags) and `bakllama` (layer stacking), via CliRunner."""
+"""`mergefast-legacy` (mergekit-legacy's flags) and `bakllama` (layer stacking), in-process (helpers.run_cli)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from helpers import run_cli, write_family
 from safetensors.torch import load_file
 
 import mergefast
 from mergefast.config import parse_config
 from mergefast.legacy import bakllama_command, drop_unread_keys, dump_yaml, legacy_command, legacy_config
-
-from conftest import write_family
 
 MERGEKIT_LEGACY = Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/mergekit-legacy"
 
@@ -25,10 +23,6 @@ MERGEKIT_LEGACY = Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/
 def fam(tmp_path_factory) -> dict[str, Path]:
     """A float32 family (mergekit computes in float32 too: outputs comparable exactly)."""
     return write_family(tmp_path_factory.mktemp("legacy-family"), dtype=torch.float32)
-
-
-def invoke(command, *args):
-    return CliRunner().invoke(command, [str(a) for a in args])
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -144,8 +138,8 @@ EXPECTED = {"ties_all": TIES_ALL, "per_model": PER_MODEL, "slerp": SLERP, "base_
 
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_print_yaml_is_mergekit_legacy_shape(fam, tmp_path, case):
-    result = invoke(legacy_command, tmp_path / "out", *legacy_flags(fam, case), "--print-yaml", "--quiet",
-                    "--dry-run")
+    result = run_cli(tmp_path / "out", *legacy_flags(fam, case), "--print-yaml", "--quiet",
+                     "--dry-run", command=legacy_command)
     assert result.exit_code == 0, result.output
     assert paths(yaml_of(result.stdout), fam) == EXPECTED[case]
     assert result.stdout.startswith(yaml_of(result.stdout) + "\n")  # print()'s blank line, as mergekit
@@ -181,9 +175,9 @@ def test_slerp_weight_becomes_t():
 
 
 def test_unread_keys_are_dropped_with_a_warning(fam, tmp_path):
-    result = invoke(legacy_command, tmp_path / "out", "--merge", fam["ft-a"], "--merge", fam["ft-b"],
-                    "--weight", 0.5, "--density", 0.5, "--method", "linear", "--naive-count", "--print-yaml",
-                    "--dry-run", "--quiet")
+    result = run_cli(tmp_path / "out", "--merge", fam["ft-a"], "--merge", fam["ft-b"],
+                     "--weight", 0.5, "--density", 0.5, "--method", "linear", "--naive-count", "--print-yaml",
+                     "--dry-run", "--quiet", command=legacy_command)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 2
@@ -205,8 +199,8 @@ def test_every_flag_set_parses():
 
 
 def test_legacy_merge_equals_merge_of_printed_yaml(fam, tmp_path):
-    result = invoke(legacy_command, tmp_path / "legacy", *legacy_flags(fam, "per_model"), "--print-yaml",
-                    "--quiet", "--no-write-model-card")
+    result = run_cli(tmp_path / "legacy", *legacy_flags(fam, "per_model"), "--print-yaml",
+                     "--quiet", "--no-write-model-card", command=legacy_command)
     assert result.exit_code == 0, result.output
     mergefast.merge(yaml_of(result.stdout), tmp_path / "api", quiet=True, write_model_card=False)
     got, want = tensors(tmp_path / "legacy"), tensors(tmp_path / "api")
@@ -224,14 +218,14 @@ def test_legacy_merge_equals_merge_of_printed_yaml(fam, tmp_path):
     (["--weight", 1, "--density", 1.5], "density 1.5"),
 ])
 def test_legacy_errors_are_one_line_exit_2(fam, tmp_path, flags, message):
-    result = invoke(legacy_command, tmp_path / "out", "--merge", fam["ft-a"], "--base-model", fam["base"],
-                    *flags, "--print-yaml")
+    result = run_cli(tmp_path / "out", "--merge", fam["ft-a"], "--base-model", fam["base"],
+                     *flags, "--print-yaml", command=legacy_command)
     assert message in one_line_error(result)
     assert not (tmp_path / "out").exists()
 
 
 def test_legacy_needs_models(tmp_path):
-    assert "no models" in one_line_error(invoke(legacy_command, tmp_path / "out", "--weight", 1))
+    assert "no models" in one_line_error(run_cli(tmp_path / "out", "--weight", 1, command=legacy_command))
 
 
 # --- mergefast-legacy against mergekit-legacy 0.1.5 ----------------------------------------------
@@ -243,6 +237,7 @@ def mergekit_legacy(out: Path, flags: list) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.mergekit
+@pytest.mark.slow
 @pytest.mark.skipif(not MERGEKIT_LEGACY.exists(), reason="mergekit-legacy not installed")
 @pytest.mark.parametrize("case", ["ties_all", "slerp"])
 def test_against_mergekit_legacy(fam, tmp_path, case):
@@ -250,8 +245,8 @@ def test_against_mergekit_legacy(fam, tmp_path, case):
     proc = mergekit_legacy(tmp_path / "mk", flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = yaml.safe_load(yaml_of(proc.stdout))
-    result = invoke(legacy_command, tmp_path / "mf", *flags, "--print-yaml", "--quiet",
-                    "--no-write-model-card", "--no-copy-tokenizer")
+    result = run_cli(tmp_path / "mf", *flags, "--print-yaml", "--quiet",
+                     "--no-write-model-card", "--no-copy-tokenizer", command=legacy_command)
     assert result.exit_code == 0, result.output
     # the printed text is mergekit's, less the keys mergekit ignores (slerp's `normalize`)
     assert yaml_of(result.stdout) == dump_yaml(drop_unread_keys(theirs)[0])
@@ -281,7 +276,7 @@ def bakllama_file(tmp_path: Path, fam, *, embedding=None, lm_head=None, end=4) -
 
 def test_bakllama_layers_scale_and_default_sources(fam, tmp_path):
     config = bakllama_file(tmp_path, fam)
-    result = invoke(bakllama_command, config, tmp_path / "out", "--quiet", "--clone-tensors")
+    result = run_cli(config, tmp_path / "out", "--quiet", "--clone-tensors", command=bakllama_command)
     assert result.exit_code == 0, result.output
     out = tensors(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 5
@@ -303,7 +298,7 @@ def test_bakllama_layers_scale_and_default_sources(fam, tmp_path):
 
 def test_bakllama_embedding_and_lm_head_sources(fam, tmp_path):
     config = bakllama_file(tmp_path, fam, embedding="ft-c", lm_head="base")
-    result = invoke(bakllama_command, config, tmp_path / "out", "--quiet", "--fp16")
+    result = run_cli(config, tmp_path / "out", "--quiet", "--fp16", command=bakllama_command)
     assert result.exit_code == 0, result.output
     out = tensors(tmp_path / "out")
     c, base, b = tensors(fam["ft-c"]), tensors(fam["base"]), tensors(fam["ft-b"])
@@ -321,7 +316,7 @@ def test_bakllama_embedding_and_lm_head_sources(fam, tmp_path):
 
 def test_bakllama_print_yaml(fam, tmp_path):
     config = bakllama_file(tmp_path, fam)
-    result = invoke(bakllama_command, config, tmp_path / "out", "--print-yaml", "--dry-run", "--fp16")
+    result = run_cli(config, tmp_path / "out", "--print-yaml", "--dry-run", "--fp16", command=bakllama_command)
     assert result.exit_code == 0, result.output
     assert paths(result.stdout, fam).startswith("""\
 # bakllama config bakllama.yml as passthrough slices (mergefast bakllama)
@@ -357,7 +352,7 @@ def test_bakllama_errors_are_one_line_exit_2(fam, tmp_path, edit, message):
     elif "start" in edit:
         data["layer_slices"][0]["start"] = 3
     config.write_text(yaml.safe_dump(data))
-    result = invoke(bakllama_command, config, tmp_path / "out")
+    result = run_cli(config, tmp_path / "out", command=bakllama_command)
     assert message in one_line_error(result)
     assert not (tmp_path / "out").exists()
 
@@ -367,7 +362,7 @@ def test_bakllama_shape_mismatch_is_an_error(tmp_path):
     config = tmp_path / "bak.yml"
     config.write_text(yaml.safe_dump({"layer_slices": [{"model": str(small["ft-a"]), "start": 0, "end": 2}],
                                       "embedding_source": str(small["ft-b"])}))
-    result = invoke(bakllama_command, config, tmp_path / "out", "--quiet")
+    result = run_cli(config, tmp_path / "out", "--quiet", command=bakllama_command)
     assert result.exit_code == 0, result.output  # same shapes: fine
     import sys
 
@@ -377,7 +372,7 @@ def test_bakllama_shape_mismatch_is_an_error(tmp_path):
     make_tiny_llama(tmp_path / "wide", seed=5, dtype=torch.float32, layers=2, vocab=48)
     config.write_text(yaml.safe_dump({"layer_slices": [{"model": str(small["ft-a"]), "start": 0, "end": 2}],
                                       "lm_head_source": str(tmp_path / "wide")}))
-    assert "lm_head_source" in one_line_error(invoke(bakllama_command, config, tmp_path / "out2", "--quiet"))
+    assert "lm_head_source" in one_line_error(run_cli(config, tmp_path / "out2", "--quiet", command=bakllama_command))
 
 
 def test_legacy_commands_import_on_their_own():

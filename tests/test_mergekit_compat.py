@@ -50,6 +50,7 @@ MERGEKIT_YAML = _find_mergekit_yaml()
 
 pytestmark = [
     pytest.mark.mergekit,
+    pytest.mark.slow,  # mergekit-yaml runs in subprocesses
     pytest.mark.skipif(MERGEKIT_YAML is None, reason="mergekit-yaml not found (set MERGEKIT_YAML)"),
 ]
 

@@ -44,6 +44,7 @@ from test_mergekit_compat import (  # noqa: E402  (shared helpers; read-only)
 
 pytestmark = [
     pytest.mark.mergekit,
+    pytest.mark.slow,  # mergekit-yaml runs in subprocesses
     pytest.mark.skipif(MERGEKIT_YAML is None, reason="mergekit-yaml not found (set MERGEKIT_YAML)"),
 ]
 

@@ -11,11 +11,12 @@ import math
 
 import pytest
 import torch
-from conftest import write_family
+from helpers import write_family
 from safetensors.torch import load_file
 
 import mergefast
 from mergefast.errors import ConfigError, MergeError
+from mergefast.kernels.fused import merge_group
 from mergefast.methods import random as rng
 from mergefast.methods.arcee_fusion import arcee_fusion
 from mergefast.methods.karcher import karcher
@@ -24,7 +25,7 @@ from mergefast.methods.multislerp import AntipodalError, multislerp
 from mergefast.methods.nearswap import nearswap
 from mergefast.methods.nuslerp import nuslerp, nuslerp_t
 from mergefast.methods.ram import ram, ramplus_tl
-from mergefast.methods.registry import MERGEKIT_METHODS, METHODS, merge_group
+from mergefast.methods.registry import MERGEKIT_METHODS, METHODS
 from mergefast.methods.sce import sce
 from mergefast.methods.task_arithmetic import (
     DellaRangeError, della_keep_probability, della_mask, l1_rescale, outlier_mask, random_mask,
@@ -168,6 +169,7 @@ def test_uniform_independent_of_thread_count():
     assert torch.equal(one, rng.uniform(5, "w", 0, 200_000))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 def test_uniform_same_on_cuda():
     assert torch.equal(rng.uniform(5, "w", 0, 100_000, device="cuda").cpu(), rng.uniform(5, "w", 0, 100_000))

@@ -15,29 +15,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
-
+from helpers import describe, run_cli
 from make_models import make_tiny_llama
-from mergefast.cli import main
+from safetensors.torch import load_file, save_file
 
 SIZES = dict(hidden=16, intermediate=32, heads=2, kv_heads=1, layers=2, vocab=32, dtype=torch.float32)
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 
 
-def run_cli(*args) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `mergefast ARGS` run in-process."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def error_line(code: int, stdout: str, stderr: str) -> str:
-    """The one `mergefast: error:` line of a config error (exit 2), without a traceback."""
-    assert code == 2, stdout + stderr
-    assert "Traceback" not in stdout + stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("mergefast: error:")]
-    assert len(lines) == 1, stderr
+def error_line(result) -> str:
+    """The one `mergefast: error:` line of a config error (exit 2; `result` of
+    helpers.run_cli), without a traceback."""
+    assert result.exit_code == 2, describe(result)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mergefast: error:")]
+    assert len(lines) == 1, result.stderr
     return lines[0]
 
 
@@ -80,7 +72,7 @@ def test_untied_model_without_lm_head_in_its_index(tmp_path, good):
     del index["weight_map"][HEAD]  # the shard still holds it: only the index leaves it out
     index_path.write_text(json.dumps(index))
     out = tmp_path / "out"
-    line = error_line(*run_cli("yaml", write_config(tmp_path, linear(good, broken)), out, "--quiet"))
+    line = error_line(run_cli("yaml", write_config(tmp_path, linear(good, broken)), out, "--quiet"))
     assert str(broken) in line and HEAD in line and "tie_word_embeddings: false" in line
     assert "model.safetensors.index.json" in line
     assert not out.exists()
@@ -93,14 +85,14 @@ def test_untied_single_file_model_without_lm_head(tmp_path, good):
     del tensors[HEAD]
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
     config = write_config(tmp_path, linear(good, broken))
-    line = error_line(*run_cli("plan", config))  # found by `mergefast plan`: no tensor is read
+    line = error_line(run_cli("plan", config))  # found by `mergefast plan`: no tensor is read
     assert str(broken) in line and HEAD in line and "model.safetensors" in line
     # Without the key the architecture's default applies, as before: the model counts as tied
     # and its embedding stands in for the head (what tied-by-default models such as Gemma need).
     edit_config(broken, tie_word_embeddings=None)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli("yaml", config, out, "--quiet")
-    assert code == 0, stderr
+    result = run_cli("yaml", config, out, "--quiet")
+    assert result.exit_code == 0, result.stderr
     merged, a = load_file(out / "model.safetensors"), load_file(good / "model.safetensors")
     assert torch.allclose(merged[HEAD], 0.5 * a[HEAD] + 0.5 * tensors[EMBED])
 
@@ -114,7 +106,7 @@ def test_model_without_config_json(tmp_path, good, which):
     bare = good if which == "donor" else other
     (bare / "config.json").unlink()
     out = tmp_path / "out"
-    line = error_line(*run_cli("yaml", write_config(tmp_path, linear(good, other)), out, "--quiet"))
+    line = error_line(run_cli("yaml", write_config(tmp_path, linear(good, other)), out, "--quiet"))
     assert str(bare) in line and "config.json" in line
     assert not out.exists()
 
@@ -128,9 +120,9 @@ def test_slices_donor_config_without_layer_count(tmp_path, good):
     config = write_config(tmp_path, (
         f"merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {good}, layer_range: [0, 2]}}\n"
         f"  - sources:\n      - {{model: {other}, layer_range: [1, 2]}}\ndtype: float32\n"))
-    plan_line = error_line(*run_cli("plan", config))
+    plan_line = error_line(run_cli("plan", config))
     out = tmp_path / "out"
-    line = error_line(*run_cli("yaml", config, out, "--quiet"))
+    line = error_line(run_cli("yaml", config, out, "--quiet"))
     assert line == plan_line
     assert str(good / "config.json") in line and "num_hidden_layers" in line and "slices" in line
     assert not out.exists()

@@ -6,15 +6,11 @@ import json
 import pytest
 import torch
 from checkpoints import random_tensors, write_checkpoint
-from click.testing import CliRunner
+from helpers import plan_of, run_cli
 from safetensors.torch import load_file
 
 from mergefast import methods
-from mergefast.cli import main
-from mergefast.config import parse_config
 from mergefast.errors import ConfigError, ModelError
-from mergefast.options import MergeOptions
-from mergefast.plan import build_plan
 from mergefast.report import format_plan
 
 VL_CONFIG = {
@@ -42,16 +38,10 @@ def vl(tmp_path_factory):
             for seed, name in enumerate(("base", "ft-a", "ft-b"))}
 
 
-def plan_of(text, **options):
-    plan = build_plan(parse_config(text, "cfg.yml"), text, "cfg.yml", MergeOptions(**options))
-    plan.close()
-    return plan
-
-
 def merge(text, tmp_path):
     config = tmp_path / "cfg.yml"
     config.write_text(text)
-    result = CliRunner().invoke(main, ["yaml", str(config), str(tmp_path / "out"), "--quiet"])
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
     return tmp_path / "out"
 

@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import example_config
+from helpers import example_config, run_cli
 
-from mergefast.cli import main
 from mergefast.execute import replace_folder
-
-
-def _run(*args, cwd: Path | None = None):
-    old = os.getcwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.output
 
 
 @pytest.fixture
@@ -47,9 +33,9 @@ def test_folders_that_would_be_lost_are_refused(work, out):
         (root / "elsewhere").mkdir()
         (root / "elsewhere" / "keep").write_text("mine")
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    code, output = _run("yaml", work["config"], out, "--quiet", cwd=root)
-    assert code == 2, output
-    assert "output path" in output and len(output.strip().splitlines()) == 1, output
+    result = run_cli("yaml", work["config"], out, "--quiet", cwd=root)
+    assert result.exit_code == 2, result.output
+    assert "output path" in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
@@ -58,16 +44,16 @@ def test_out_holding_the_config_file_is_refused(work, tmp_path):
     sub.mkdir()
     config = sub / "c.yml"
     config.write_text(work["config"].read_text())
-    code, output = _run("yaml", config, sub, "--quiet")
-    assert code == 2 and "an input of this merge" in output and config.exists()
+    result = run_cli("yaml", config, sub, "--quiet")
+    assert result.exit_code == 2 and "an input of this merge" in result.output and config.exists()
 
 
 def test_a_previous_output_is_replaced_and_tilde_expands(work, monkeypatch):
     root = work["root"]
     monkeypatch.setenv("HOME", str(root))
     for _ in range(2):   # the second run replaces the first one's output
-        code, output = _run("yaml", work["config"], "~/merged", "--quiet", cwd=root)
-        assert code == 0, output
+        result = run_cli("yaml", work["config"], "~/merged", "--quiet", cwd=root)
+        assert result.exit_code == 0, result.output
     assert (root / "merged" / "model.safetensors").exists() and not (root / "~").exists()
 
 
@@ -75,18 +61,18 @@ def test_stats_json_is_checked_before_the_merge(work):
     root = work["root"]
     for stats, why in ((root / "nope" / "s.json", "does not exist"), (root, "is a directory"),
                        (root / "out" / "s.json", "inside the output folder")):
-        code, output = _run("yaml", work["config"], root / "out", "--quiet", "--stats-json", stats)
-        assert code == 2 and why in output, output
+        result = run_cli("yaml", work["config"], root / "out", "--quiet", "--stats-json", stats)
+        assert result.exit_code == 2 and why in result.output, result.output
         assert not (root / "out").exists()
 
 
 def test_out_below_a_file_or_a_dangling_link(work):
     root = work["root"]
-    code, output = _run("plan", work["config"], root / "thesis.txt" / "sub")
-    assert code == 2 and "which is a file" in output, output
+    result = run_cli("plan", work["config"], root / "thesis.txt" / "sub")
+    assert result.exit_code == 2 and "which is a file" in result.output, result.output
     (root / "link").symlink_to(root / "missing")
-    code, output = _run("yaml", work["config"], root / "link", "--quiet")
-    assert code == 2 and "dangling" in output, output
+    result = run_cli("yaml", work["config"], root / "link", "--quiet")
+    assert result.exit_code == 2 and "dangling" in result.output, result.output
 
 
 @pytest.mark.parametrize("existing", [False, True])

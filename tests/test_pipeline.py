@@ -219,10 +219,13 @@ def test_host_staging_merges_into_pooled_buffers_given_back_after_the_write(tmp_
         assert outside.untyped_storage().data_ptr() not in recycled | set(pooled())
 
 
-def test_ctrl_c_during_a_long_merge_does_not_wait_for_it():
+def test_ctrl_c_during_a_long_merge_does_not_wait_for_it(monkeypatch):
     import os
     import signal
 
+    from mergefast.io import pipeline
+
+    monkeypatch.setattr(pipeline, "_STOP_WAIT", 0.2)  # the stages' grace period (1.5 s)
     entered, finished = threading.Event(), threading.Event()
 
     def slow_merge(j, d):

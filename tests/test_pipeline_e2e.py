@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import example_config
+from helpers import example_config, run_cli
 from safetensors.torch import load_file
 
 import mergefast
-from mergefast.cli import main
 from mergefast.config import load_config
 from mergefast.execute import run_job
 from mergefast.options import MergeOptions
@@ -53,7 +51,7 @@ def test_reader_failure_mid_run_stops_cleanly(family, tmp_path, monkeypatch):
     monkeypatch.setattr(CheckpointReader, "read", flaky)
     config = tmp_path / "ties.yml"
     config.write_text(example_config("ties.yml", family))
-    result = CliRunner().invoke(main, ["yaml", str(config), str(tmp_path / "out"), "--quiet"])
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet")
     assert result.exit_code == 1
     assert "file removed while merging" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
@@ -74,7 +72,7 @@ def test_writer_failure_mid_run_stops_cleanly(family, tmp_path, monkeypatch):
     monkeypatch.setattr(ShardedWriter, "write", failing)
     config = tmp_path / "linear.yml"
     config.write_text(example_config("linear.yml", family))
-    result = CliRunner().invoke(main, ["yaml", str(config), str(tmp_path / "out"), "--quiet"])
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet")
     assert result.exit_code == 1 and "Input/output error" in result.output
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if ".mergefast-" in p.name]
@@ -85,8 +83,7 @@ def test_stats_json_and_summary(family, tmp_path):
 
     config = tmp_path / "ties.yml"
     config.write_text(example_config("ties.yml", family))
-    result = CliRunner().invoke(main, ["yaml", str(config), str(tmp_path / "out"), "--stats-json",
-                                       str(tmp_path / "stats.json")])
+    result = run_cli("yaml", config, tmp_path / "out", "--stats-json", tmp_path / "stats.json")
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["tensors"] == 39 and stats["read_bytes"] > stats["written_bytes"] > 0

@@ -2,18 +2,9 @@
 
 import pytest
 import torch
-from conftest import write_family
+from helpers import plan_of, write_family
 
-from mergefast.config import parse_config
 from mergefast.errors import ConfigError
-from mergefast.options import MergeOptions
-from mergefast.plan import build_plan
-
-
-def plan_of(text: str, **options):
-    plan = build_plan(parse_config(text, "cfg.yml"), text, "cfg.yml", MergeOptions(**options))
-    plan.close()
-    return plan
 
 
 def jobs_by_name(plan):

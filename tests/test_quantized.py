@@ -6,10 +6,9 @@ import json
 import pytest
 import torch
 from checkpoints import write_checkpoint
-from click.testing import CliRunner
+from helpers import run_cli
 from safetensors.torch import load_file
 
-from mergefast.cli import main
 from mergefast.config import parse_config
 from mergefast.errors import ConfigError, ModelError
 from mergefast.options import MergeOptions
@@ -73,7 +72,7 @@ def ties_config(folders, suffix="", dtype="float32"):
 def merge(text, out):
     config = out.parent / f"{out.name}.yml"
     config.write_text(text)
-    result = CliRunner().invoke(main, ["yaml", str(config), str(out), "--quiet"])
+    result = run_cli("yaml", config, out, "--quiet")
     assert result.exit_code == 0, result.output
     return out
 

@@ -2,19 +2,18 @@
 `auto_map` is refused with one ConfigError line, even with "y" on stdin for transformers'
 "Do you wish to run the custom code? [y/N]" prompt and with --trust-remote-code.
 
-Each merge runs in a subprocess fed "y\\n", as a user at a terminal would answer the prompt.
+Each merge is fed "y\\n" on stdin, as a user at a terminal would answer the prompt: in this
+process (helpers.run_cli), and one case in a fresh `python -m mergefast` process as well.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
+from helpers import run_cli, run_cli_process
 from make_models import make_tiny_llama
 
 pytest.importorskip("transformers")
@@ -56,13 +55,18 @@ def make_evil_config(folder: Path, marker: Path) -> None:
         "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
 
 
-def merge_in_subprocess(tmp_path: Path, good: Path, evil: Path, tokenizer: str, *extra: str):
-    """`mergefast yaml` of good + evil with "y" on stdin; the finished process."""
+def merge(tmp_path: Path, good: Path, evil: Path, tokenizer: str, *extra: str, process=False):
+    """`mergefast yaml` of good + evil with "y" on stdin, in this process or (`process`) in a
+    fresh one; (exit code, stdout, stderr)."""
     config = tmp_path / "config.yml"
     config.write_text(f"merge_method: linear\nbase_model: {good}\nmodels:\n  - model: {good}\n"
                       f"  - model: {evil}\nparameters: {{weight: 0.5}}\ndtype: float32\n{tokenizer}")
-    return subprocess.run([sys.executable, "-m", "mergefast", "yaml", str(config), str(tmp_path / "out"),
-                           "--quiet", *extra], input="y\n", capture_output=True, text=True, timeout=300)
+    args = ("yaml", config, tmp_path / "out", "--quiet", *extra)
+    if process:
+        proc = run_cli_process(*args, input="y\n")
+        return proc.returncode, proc.stdout, proc.stderr
+    result = run_cli(*args, input="y\n")
+    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture()
@@ -78,18 +82,20 @@ TOKENIZER_BLOCKS = ["tokenizer_source: union\n", "tokenizer:\n  source: base\n",
                     "tokenizer:\n  source: {evil}\n"]
 
 
-def assert_refused(proc, tmp_path: Path, evil: Path) -> None:
-    """The merge failed with exactly one ConfigError line naming the model and the way out."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and "[y/N]" not in proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mergefast: error:"), proc.stderr
+def assert_refused(ran, tmp_path: Path, evil: Path) -> None:
+    """The merge (exit code, stdout, stderr) failed with exactly one ConfigError line naming
+    the model and the way out."""
+    code, stdout, stderr = ran
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and "[y/N]" not in stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mergefast: error:"), stderr
     assert str(evil) in lines[0] and "custom code" in lines[0] and "tokenizer_source" in lines[0]
     assert "trust_remote_code=True" not in lines[0]
     assert not (tmp_path / "out").exists()
 
 
-# each case is a subprocess merge (~4 s): the flag is tried with one block
+# the flag is tried with one block; that case runs in a fresh process too (~4 s)
 @pytest.mark.parametrize("block, extra", [(TOKENIZER_BLOCKS[0], ()),
                                           (TOKENIZER_BLOCKS[0], ("--trust-remote-code",)),
                                           (TOKENIZER_BLOCKS[1], ()), (TOKENIZER_BLOCKS[2], ())],
@@ -97,9 +103,19 @@ def assert_refused(proc, tmp_path: Path, evil: Path) -> None:
 def test_custom_tokenizer_code_never_runs(models, tmp_path, block, extra):
     good, evil, marker = models
     make_evil_tokenizer(evil, marker)
-    proc = merge_in_subprocess(tmp_path, good, evil, block.format(evil=evil), *extra)
+    ran = merge(tmp_path, good, evil, block.format(evil=evil), *extra)
     assert not marker.exists(), "code from a model folder ran"
-    assert_refused(proc, tmp_path, evil)
+    assert_refused(ran, tmp_path, evil)
+
+
+@pytest.mark.slow
+def test_custom_tokenizer_code_never_runs_in_a_fresh_process(models, tmp_path):
+    """As a user at a terminal: `python -m mergefast` answered "y" with --trust-remote-code."""
+    good, evil, marker = models
+    make_evil_tokenizer(evil, marker)
+    ran = merge(tmp_path, good, evil, TOKENIZER_BLOCKS[0], "--trust-remote-code", process=True)
+    assert not marker.exists(), "code from a model folder ran"
+    assert_refused(ran, tmp_path, evil)
 
 
 @pytest.mark.parametrize("block", TOKENIZER_BLOCKS, ids=["union", "block", "source-model"])
@@ -108,9 +124,9 @@ def test_custom_config_code_never_runs(models, tmp_path, block):
     its version: either the merge succeeds or it is refused cleanly; the code never runs."""
     good, evil, marker = models
     make_evil_config(evil, marker)
-    proc = merge_in_subprocess(tmp_path, good, evil, block.format(evil=evil), "--trust-remote-code")
+    ran = merge(tmp_path, good, evil, block.format(evil=evil), "--trust-remote-code")
     assert not marker.exists(), "code from a model folder ran"
-    if proc.returncode == 0:
+    if ran[0] == 0:
         assert (tmp_path / "out" / "tokenizer.json").is_file()
     else:
-        assert_refused(proc, tmp_path, evil)
+        assert_refused(ran, tmp_path, evil)

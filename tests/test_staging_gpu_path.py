@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from conftest import example_config
+from helpers import example_config
 from safetensors.torch import load_file
 from test_staging_fake import FakeQueue
 
@@ -83,6 +83,7 @@ def test_fake_gpu_merge_is_bit_identical_to_the_cpu_path(name, ring, family, tmp
         assert staging.queue.d2h_calls == len(computed)
 
 
+@pytest.mark.slow
 def test_linear_merged_in_chunks_equals_merged_whole(tied_family, tmp_path, fake_gpu, monkeypatch):
     text = example_config("linear.yml", tied_family)  # float32 inputs, bfloat16 output
     fake_gpu(slot_bytes=1 << 20)

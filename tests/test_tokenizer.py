@@ -323,6 +323,7 @@ def test_mixed_tied_and_untied_heads(zoo, tmp_path):
 
 # -- more paths ---------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a subprocess
 def test_copy_path_needs_no_transformers(zoo, tmp_path):
     import subprocess
     import sys
@@ -362,6 +363,7 @@ def test_slices_with_union(zoo, tmp_path):
     assert config_of(tmp_path / "out")["vocab_size"] == 34
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_union_on_cuda_matches_cpu(zoo, tmp_path):
     body = ("tokenizer:\n  pad_to_multiple_of: 16\n  tokens:\n"

@@ -9,18 +9,60 @@ launches.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import os
+import pkgutil
+import sys
 from pathlib import Path
 
 import pytest
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
-pytestmark = [
-    pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
-                       reason="kernels are interpreted functions in this process"),
-]
+pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+
+PACKAGE = "mergefast.kernels.triton"
+
+
+def compiled(name: str):
+    """`mergefast.kernels.triton.<name>` with its kernels as compiled (JIT) functions."""
+    return _compiled_modules()[f"{PACKAGE}.{name}"]
+
+
+@functools.cache
+def _compiled_modules() -> dict:
+    """The modules of mergefast.kernels.triton, their kernels compiled (JIT) functions.
+
+    Triton decides at `@triton.jit` time whether a kernel is compiled or interpreted, and this
+    process may run the interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU).
+    Then the package is imported afresh with the variable unset, for these tests alone, and
+    the interpreted modules are put back for every other test."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    ours = lambda key: key == PACKAGE or key.startswith(PACKAGE + ".")  # noqa: E731
+    saved = {key: module for key, module in sys.modules.items() if ours(key)}
+    parent = importlib.import_module("mergefast.kernels")
+    saved_attr = parent.__dict__.get("triton")
+    if interpreted:
+        for key in saved:
+            del sys.modules[key]
+        del os.environ["TRITON_INTERPRET"]
+    try:
+        package = importlib.import_module(PACKAGE)
+        for info in pkgutil.walk_packages(package.__path__, PACKAGE + "."):
+            importlib.import_module(info.name)
+        return {key: module for key, module in sys.modules.items() if ours(key)}
+    finally:
+        if interpreted:
+            os.environ["TRITON_INTERPRET"] = "1"
+            for key in [key for key in sys.modules if ours(key)]:
+                del sys.modules[key]
+            sys.modules.update(saved)
+            if saved_attr is None:
+                parent.__dict__.pop("triton", None)
+            else:
+                parent.triton = saved_attr
+
 
 BLOCK = 2048
 
@@ -52,7 +94,7 @@ def _models(k: int, ptr: str = "*i16") -> tuple:
 def test_selection_histogram_pass(models, digit):
     import triton
 
-    from mergefast.kernels.triton.select import histogram
+    histogram = compiled("select.histogram")
 
     shift, width = histogram.RADIX_DIGITS[digit]
     _compile(histogram._digit_hist_kernel,
@@ -63,7 +105,7 @@ def test_selection_histogram_pass(models, digit):
 
 
 def test_tie_count_pass():
-    from mergefast.kernels.triton.select import histogram
+    histogram = compiled("select.histogram")
 
     _compile(histogram._eq_count_kernel,
              {"base_ptr": "*fp32", "xs": _models(3, "*fp32"), "thr_ptr": "*i32",
@@ -72,7 +114,7 @@ def test_tie_count_pass():
 
 @pytest.mark.parametrize("models,active,cap", [(1, 1, 16), (3, 0b101, 128), (9, 0x1FF, 256)])
 def test_window_scan_pass(models, active, cap):
-    from mergefast.kernels.triton.select import window
+    window = compiled("select.window")
 
     _compile(window._window_scan_kernel,
              {"base_ptr": "*i16", "xs": _models(models), "lo_ptr": "*i32", "hi_ptr": "*i32",
@@ -86,7 +128,7 @@ def test_window_scan_pass(models, active, cap):
     (0, False, False, True, True, "*fp32"),  # task arithmetic, fp32
 ])
 def test_task_arithmetic_apply(sparsify, tie_cut, consensus, normalize, scale, ptr):
-    from mergefast.kernels.triton import task_arithmetic as ta
+    ta = compiled("task_arithmetic")
 
     _compile(ta._task_arithmetic_kernel,
              {"base_ptr": ptr, "xs": _models(3, ptr), "ws": ("fp32",) * 3, "thr_ptr": "*i64",
@@ -98,7 +140,7 @@ def test_task_arithmetic_apply(sparsify, tie_cut, consensus, normalize, scale, p
 
 @pytest.mark.parametrize("tie_cut", [False, True])
 def test_keep_mask(tie_cut):
-    from mergefast.kernels.triton import task_arithmetic as ta
+    ta = compiled("task_arithmetic")
 
     _compile(ta._keep_mask_kernel,
              {"base_ptr": "*i16", "x_ptr": "*i16", "thr_ptr": "*i64", "quota_ptr": "*i64",
@@ -108,7 +150,7 @@ def test_keep_mask(tie_cut):
 
 @pytest.mark.parametrize("divide,ptr,out", [(True, "*i16", "*i16"), (False, "*fp32", "*fp16")])
 def test_linear(divide, ptr, out):
-    from mergefast.kernels.triton import linear
+    linear = compiled("linear")
 
     _compile(linear._linear_kernel,
              {"xs": _models(3, ptr), "ws": ("fp32",) * 3, "out_ptr": out, "n": "i64",
@@ -116,7 +158,7 @@ def test_linear(divide, ptr, out):
 
 
 def test_slerp():
-    from mergefast.kernels.triton import slerp
+    slerp = compiled("slerp")
 
     _compile(slerp._slerp_dots_kernel,
              {"a_ptr": "*i16", "b_ptr": "*i16", "part_ptr": "*fp32", "n": "i64",
@@ -132,7 +174,7 @@ def test_slerp():
     (9, 128, True, "*fp16"),   # many models, fp16
 ])
 def test_one_read_pass(models, cap, consensus, ptr):
-    from mergefast.kernels.triton.select import one_read
+    one_read = compiled("select.one_read")
 
     _compile(one_read._one_read_kernel,
              {"base_ptr": ptr, "xs": _models(models, ptr), "ws": ("fp32",) * models,
@@ -147,7 +189,7 @@ def test_one_read_pass(models, cap, consensus, ptr):
 @pytest.mark.parametrize("tie_cut,consensus,tile", [(True, True, 256), (False, False, 16),
                                                     (True, True, 2048)])
 def test_one_read_fix_up(tie_cut, consensus, tile):
-    from mergefast.kernels.triton.select import fix_up
+    fix_up = compiled("select.fix_up")
 
     _compile(fix_up._fix_up_kernel,
              {"roff_ptr": "*i16", "rbase_ptr": "*i16", "rxs": _models(3), "first_ptr": "*i32",
@@ -159,7 +201,7 @@ def test_one_read_fix_up(tie_cut, consensus, tile):
 
 
 def test_window_and_rules_kernels():
-    from mergefast.kernels.triton.select import rules, window
+    rules, window = compiled("select.rules"), compiled("select.window")
 
     _compile(window._sample_keys_kernel,
              {"base_ptr": "*i16", "xs": _models(3), "pos_ptr": "*i64", "keys_ptr": "*i32",
@@ -179,7 +221,7 @@ def test_window_and_rules_kernels():
 
 @pytest.mark.parametrize("shift", [22, 0])
 def test_candidate_select_kernels(shift):
-    from mergefast.kernels.triton.select import candidates
+    candidates = compiled("select.candidates")
 
     bits = candidates.DIGIT_BITS
     _compile(candidates._slot_hist_kernel,
@@ -191,3 +233,20 @@ def test_candidate_select_kernels(shift):
     _compile(candidates._slot_pick_kernel,
              {"cases_ptr": "*i64", "lo_ptr": "*i32", "prefix_ptr": "*i64", "need_ptr": "*i64",
               "hist_ptr": "*i32", "tval_ptr": "*i64"}, {"BITS": bits, "LAST": shift == 0})
+
+
+@pytest.mark.parametrize("consensus,normalize,scale,ptr", [
+    (True, True, False, "*i16"),     # dare_ties, bf16
+    (False, False, True, "*fp16"),   # dare_linear, lambda, fp16
+])
+def test_dare_passes(consensus, normalize, scale, ptr):
+    dare = compiled("dare")
+
+    _compile(dare._dare_kernel,
+             {"base_ptr": ptr, "xs": _models(3, ptr), "ws": ("fp32",) * 3, "ps": ("fp32",) * 3,
+              "ss": ("fp32",) * 3, "key_ptr": "*i64", "out_ptr": ptr, "n": "i64",
+              "divisor": "fp32", "lam": "fp32"},
+             {"CONSENSUS": consensus, "NORMALIZE": normalize, "SCALE": scale, "BLOCK": BLOCK})
+    _compile(dare._dare_norms_kernel,
+             {"base_ptr": ptr, "xs": _models(3, ptr), "ps": ("fp32",) * 3, "key_ptr": "*i64",
+              "part_ptr": "*fp64", "n": "i64"}, {"BLOCK": BLOCK})

@@ -5,7 +5,8 @@ from mergefast import kernels
 kernels.linear(tensors, weights, *, normalize=True, out_dtype=None)
 kernels.task_arithmetic(base, tensors, weights, *, densities=None, sparsify="none",
                         consensus=None, normalize=False, lambda_=1.0, out_dtype=None,
-                        selection=None)
+                        selection=None, rescale=False, seed=0, tensor_name="")
+                                 # sparsify "none" | "magnitude" (TIES) | "random" (DARE)
 kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, out_dtype=None,
              selection=None)
 kernels.slerp(a, b, t, *, out_dtype=None)
@@ -21,7 +22,8 @@ finds its thresholds, for benchmarks and tests; every choice selects the same el
 
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
-but SLERP's reduction; magnitude selection keeps exactly the same elements).
+but SLERP's reduction and DARE's L1 rescale norms (kernels/dare.py); magnitude selection keeps
+exactly the same elements, DARE draws exactly the same masks).
 
 Dispatch, per call, by the device of the inputs:
 - CUDA tensors -> the Triton kernels (`kernels/triton/`);
@@ -50,6 +52,7 @@ from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
+from . import dare as _dare
 from .dispatch import (BACKENDS, _choose, _dispatch, _impl, backend,  # noqa: F401 - _impl: tests
                        describe_backends, missing_kernels, warn_missing_kernels)
 from .selection import DEFAULT as _DEFAULT_SELECTION
@@ -60,9 +63,10 @@ __all__ = [
     "missing_kernels", "passthrough", "slerp", "task_arithmetic", "ties", "warn_missing_kernels",
 ]
 
-# sparsifiers the kernels will take with the method-breadth issue (template / constexpr slots)
-_NOT_YET = ("magnitude_outliers", "random", "della")
-_SPARSIFY = ("none", "magnitude")
+# sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
+# constexpr slot in the kernels' selection step
+_NOT_YET = ("magnitude_outliers", "della")
+_SPARSIFY = ("none", "magnitude", "random")
 
 # Run-time failure records, read and written by `dispatch` through this package (tests reset them here).
 _broken: dict[str, str] = {}   # backend -> why it failed at run time (auto mode falls back)
@@ -139,10 +143,14 @@ def task_arithmetic(
     lambda_: float = 1.0,
     out_dtype: torch.dtype | None = None,
     selection: SelectionOptions | None = None,
+    rescale: bool = False,
+    seed: int = 0,
+    tensor_name: str = "",
 ) -> torch.Tensor:
     """Task arithmetic over task vectors `tensors[i] - base`: the semantics of
-    `mergefast.methods.task_arithmetic` for sparsify "none" / "magnitude" and consensus
-    None / "sum" (TIES), fused: no K x N temporaries, no sorts.
+    `mergefast.methods.task_arithmetic` for sparsify "none" / "magnitude" / "random" (DARE,
+    with `rescale`, `seed`, `tensor_name`: kernels/dare.py) and consensus None / "sum"
+    (TIES), fused: no K x N temporaries, no sorts.
 
     Magnitude selection keeps exactly keep_count(density, numel) elements per model (ties at
     the threshold lowest flat index first), found by an exact histogram top-k around a
@@ -170,7 +178,7 @@ def task_arithmetic(
     def reference():
         return _ta_ref(base, tensors, weights, densities=densities, sparsify=sparsify,
                        consensus=consensus, normalize=normalize, lambda_=lambda_,
-                       out_dtype=out_dtype)
+                       out_dtype=out_dtype, rescale=rescale, seed=seed, tensor_name=tensor_name)
 
     if _choose(all_inputs, out) == "torch":
         return reference()
@@ -183,6 +191,10 @@ def task_arithmetic(
     if abs(divisor) < ZERO_WEIGHT_SUM:
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
+    if sparsify == "random":
+        return _dispatch(all_inputs, out, reference, lambda impl: _dare.run(
+            impl, b, xs, weights, dens, consensus == "sum", normalize, divisor, lambda_,
+            rescale, seed, tensor_name, out))
     return _dispatch(all_inputs, out, reference, lambda impl: impl.task_arithmetic(
         b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out, selection))
 

@@ -4,8 +4,8 @@ Both turn their input into an ordinary mergefast config and merge it like `merge
 - `legacy/mergekit_legacy.py`: `mergefast-legacy OUT --merge M ... --base-model B`, the
   `models:` config mergekit-legacy 0.1.5 builds from those flags;
 - `legacy/bakllama.py`: `bakllama CONFIG OUT`, layer stacking as `passthrough` `slices:`;
-- `legacy/loose_weights.py`: bakllama's embedding/lm_head sources (`take_loose_weights`);
-- `legacy/run.py`: the parse-plan-merge run both commands end in.
+- `legacy/loose_weights.py`: bakllama's embedding/lm_head sources (`take_loose_weights`).
+Both end in `cli_support.run_command`, the run of every merge command.
 This package re-exports their public names.
 """
 

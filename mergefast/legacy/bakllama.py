@@ -17,11 +17,10 @@ from typing import Any, Sequence
 import click
 import yaml
 
-from ..cli_support import DRY_RUN, merge_options, reports_errors
+from ..cli_support import DRY_RUN, merge_options, reports_errors, run_command
 from ..errors import ConfigError
 from ..yaml_text import load_yaml
 from .loose_weights import take_loose_weights
-from .run import run_merge
 
 _BAKLLAMA_KEYS = ("layer_slices", "embedding_source", "lm_head_source")
 _SLICE_KEYS = ("model", "start", "end", "scale")
@@ -158,6 +157,6 @@ def bakllama_command(config_file, out_path, clone_tensors=False, fp16=False, pri
     if print_yaml:
         click.echo(config_text)
     embed, head = _edge_sources(bak)
-    run_merge(config_text, str(path), out_path, options, dry_run,
-              adjust=lambda plan, opts: take_loose_weights(plan, opts, pre=embed, post=head),
-              explain=_bakllama_words)
+    run_command(config_text, out_path, options, dry_run, source=str(path),
+                adjust=lambda plan, opts: take_loose_weights(plan, opts, pre=embed, post=head),
+                explain=_bakllama_words)

@@ -21,16 +21,17 @@ flag the user gave caused them; the printed YAML is exactly the config that is m
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import click
 import yaml
 
-from ..cli_support import DRY_RUN, merge_options, reports_errors
+from ..cli_support import DRY_RUN, merge_options, reports_errors, run_command
 from ..errors import ConfigError
-from .run import log, run_merge
 
 LEGACY_SOURCE = "mergefast-legacy"
+log = logging.getLogger("mergefast")
 
 
 def _spread(flag: str, values: Sequence[float], models: list[dict], key: str) -> None:
@@ -182,4 +183,4 @@ def legacy_command(ctx, out_path, merge, density, weight, method, base_model, no
     parse_config(text, LEGACY_SOURCE)  # before printing: an unknown method prints nothing
     if print_yaml:
         click.echo(text)
-    run_merge(text, LEGACY_SOURCE, out_path, options, dry_run, explain=_legacy_words)
+    run_command(text, out_path, options, dry_run, source=LEGACY_SOURCE, explain=_legacy_words)

@@ -1,7 +1,9 @@
 """YAML method names -> their parameters, input rules and merge function (`METHODS`).
 
 Each method is a `MethodSpec` (see `methods/spec.py` for parameter scopes and input rules)
-whose merge function adapts resolved parameters to a fused kernel or a torch reference.
+whose merge function adapts resolved parameters to the method's torch reference. This package
+is the spec and imports no kernel: where a fused kernel exists, the executor runs it instead
+(the table in kernels/fused.py).
 """
 
 from __future__ import annotations
@@ -14,55 +16,61 @@ from mergefast.errors import ConfigError, MergeError
 
 from .arcee_fusion import arcee_fusion
 from .karcher import karcher
+from .linear import linear
 from .model_stock import model_stock
 from .multislerp import AntipodalError, multislerp
 from .nearswap import nearswap
 from .nuslerp import nuslerp
+from .passthrough import passthrough
 from .ram import ram
 from .sce import sce
+from .slerp import slerp
 from .spec import MergeContext, MethodSpec, Param  # noqa: F401 - re-exported for importers
 from .task_arithmetic import DellaRangeError, check_della_range
 from .task_arithmetic import task_arithmetic as task_arithmetic_reference
 
 
-def _ops():
-    """The kernel API (fused backends), imported lazily so `import mergefast` stays light."""
-    from mergefast import kernels
-
-    return kernels
-
-
-def _non_base(tensors, base_index, model_params):
+def split_base(tensors, base_index, model_params):
     """Split a tensor group into the base and the other inputs with their parameters."""
     others = [i for i in range(len(tensors)) if i != base_index]
     return tensors[base_index], [tensors[i] for i in others], [model_params[i] for i in others]
 
 
 def _optional_base(tensors, base_index, model_params):
-    """Like `_non_base`, with base None when the group has no base."""
+    """Like `split_base`, with base None when the group has no base."""
     if base_index is None:
         return None, list(tensors), list(model_params)
-    return _non_base(tensors, base_index, model_params)
+    return split_base(tensors, base_index, model_params)
 
 
-# --- methods with fused kernels (mergefast.kernels) ------------------------------------------
+# --- linear, passthrough, slerp (fused kernels in kernels/fused.py) ------------------------------
 
 def _merge_linear(tensors, base_index, g, m, out_dtype, ctx):
-    return _ops().linear(tensors, [p["weight"] for p in m], normalize=g["normalize"], out_dtype=out_dtype)
+    return linear(tensors, [p["weight"] for p in m], normalize=g["normalize"], out_dtype=out_dtype)
 
 
 def _merge_passthrough(tensors, base_index, g, m, out_dtype, ctx):
-    return _ops().passthrough(tensors[0], m[0]["scale"], out_dtype=out_dtype)
+    return passthrough(tensors[0], m[0]["scale"], out_dtype=out_dtype)
 
 
 def _merge_slerp(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = _non_base(tensors, base_index, m)
-    return _ops().slerp(base, others[0], g["t"], out_dtype=out_dtype)
+    base, others, _ = split_base(tensors, base_index, m)
+    return slerp(base, others[0], g["t"], out_dtype=out_dtype)
 
 
 # --- the task-arithmetic family ----------------------------------------------------------------
 
-FUSED_SPARSIFY = ("none", "magnitude")  # what the fused task-arithmetic kernels implement
+# name -> (sparsify, consensus, normalize default, rescale default), mergekit 0.1.5's family
+TASK_ARITHMETIC_FAMILY: dict[str, tuple[str, str | None, bool, bool]] = {
+    "task_arithmetic": ("none", None, False, False),
+    "ties": ("magnitude", "sum", True, False),
+    "dare_ties": ("random", "sum", False, True),
+    "dare_linear": ("random", None, False, True),
+    "breadcrumbs": ("magnitude_outliers", None, False, False),
+    "breadcrumbs_ties": ("magnitude_outliers", "sum", False, False),
+    "della": ("della", "sum", True, True),
+    "della_linear": ("della", None, False, True),
+}
 
 
 def _check_della(params, g, ctx):
@@ -77,14 +85,12 @@ def _check_della(params, g, ctx):
 
 def _task_arithmetic_merger(sparsify: str, consensus: str | None):
     def merge(tensors, base_index, g, m, out_dtype, ctx):
-        base, others, params = _non_base(tensors, base_index, m)
+        base, others, params = split_base(tensors, base_index, m)
         common = dict(
             densities=[p["density"] for p in params], sparsify=sparsify, consensus=consensus,
             normalize=g["normalize"], lambda_=g["lambda"], out_dtype=out_dtype,
         )
         weights = [p["weight"] for p in params]
-        if sparsify in FUSED_SPARSIFY and not g["rescale"]:
-            return _ops().task_arithmetic(base, others, weights, **common)
         if sparsify == "della":
             _check_della(params, g, ctx)
         return task_arithmetic_reference(
@@ -106,14 +112,13 @@ def _task_arithmetic_spec(name: str, sparsify: str, consensus: str | None, norma
         model_params=(Param("weight"), Param("density", "float", 1.0), *extra),
         needs_base=True, base_params=False, min_inputs=1, max_inputs=None,
         merge=_task_arithmetic_merger(sparsify, consensus),
-        reference_only=sparsify not in FUSED_SPARSIFY,
     )
 
 
 # --- reference-only methods ------------------------------------------------------------------
 
 def _merge_model_stock(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = _non_base(tensors, base_index, m)
+    base, others, _ = split_base(tensors, base_index, m)
     return model_stock(base, others, filter_wise=g["filter_wise"], out_dtype=out_dtype)
 
 
@@ -137,25 +142,25 @@ def _merge_karcher(tensors, base_index, g, m, out_dtype, ctx):
 
 
 def _merge_sce(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = _non_base(tensors, base_index, m)
+    base, others, _ = split_base(tensors, base_index, m)
     return sce(base, others, select_topk=g["select_topk"], out_dtype=out_dtype)
 
 
 def _merge_nearswap(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = _non_base(tensors, base_index, m)
+    base, others, _ = split_base(tensors, base_index, m)
     return nearswap(base, others[0], g["t"], out_dtype=out_dtype)
 
 
 def _ram_merger(plus: bool):
     def merge(tensors, base_index, g, m, out_dtype, ctx):
-        base, others, _ = _non_base(tensors, base_index, m)
+        base, others, _ = split_base(tensors, base_index, m)
         extra = {"r": g["r"], "alpha": g["alpha"]} if plus else {}
         return ram(base, others, epsilon=g["epsilon"], plus=plus, out_dtype=out_dtype, **extra)
     return merge
 
 
 def _merge_arcee_fusion(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = _non_base(tensors, base_index, m)
+    base, others, _ = split_base(tensors, base_index, m)
     return arcee_fusion(base, others[0], out_dtype=out_dtype)
 
 
@@ -170,24 +175,14 @@ def _spec(name, merge, global_params=(), model_params=(), *, needs_base, base_pa
 METHODS: dict[str, MethodSpec] = {
     "linear": MethodSpec(
         "linear", (Param("normalize", "bool", True),), (Param("weight"),),
-        needs_base=False, base_params=True, min_inputs=1, max_inputs=None, merge=_merge_linear,
-        reference_only=False),
+        needs_base=False, base_params=True, min_inputs=1, max_inputs=None, merge=_merge_linear),
     "passthrough": MethodSpec(
         "passthrough", (), (Param("scale", "float", None),),
-        needs_base=False, base_params=True, min_inputs=1, max_inputs=1, merge=_merge_passthrough,
-        reference_only=False),
+        needs_base=False, base_params=True, min_inputs=1, max_inputs=1, merge=_merge_passthrough),
     "slerp": MethodSpec(
         "slerp", (Param("t"),), (),
-        needs_base=True, base_params=False, min_inputs=2, max_inputs=2, merge=_merge_slerp,
-        reference_only=False),
-    "task_arithmetic": _task_arithmetic_spec("task_arithmetic", "none", None, False),
-    "ties": _task_arithmetic_spec("ties", "magnitude", "sum", True),
-    "dare_ties": _task_arithmetic_spec("dare_ties", "random", "sum", False, rescale=True),
-    "dare_linear": _task_arithmetic_spec("dare_linear", "random", None, False, rescale=True),
-    "breadcrumbs": _task_arithmetic_spec("breadcrumbs", "magnitude_outliers", None, False),
-    "breadcrumbs_ties": _task_arithmetic_spec("breadcrumbs_ties", "magnitude_outliers", "sum", False),
-    "della": _task_arithmetic_spec("della", "della", "sum", True, rescale=True),
-    "della_linear": _task_arithmetic_spec("della_linear", "della", None, False, rescale=True),
+        needs_base=True, base_params=False, min_inputs=2, max_inputs=2, merge=_merge_slerp),
+    **{name: _task_arithmetic_spec(name, *modes) for name, modes in TASK_ARITHMETIC_FAMILY.items()},
     # a base plus at least 2 others; the base is not an ordinary input
     "model_stock": _spec("model_stock", _merge_model_stock, (Param("filter_wise", "bool", False),),
                          needs_base=True, min_inputs=3),
@@ -224,15 +219,23 @@ MERGEKIT_METHODS = (
 
 def merge_group(spec: MethodSpec, tensors: Sequence[torch.Tensor], base_index: int | None,
                 global_params: dict, model_params: Sequence[dict], out_dtype, *,
-                seed: int | None = 0, tensor_name: str = "") -> torch.Tensor:
+                seed: int | None = 0, tensor_name: str = "", fast=None) -> torch.Tensor:
     """Run `spec`'s merge on one tensor group with resolved parameters.
 
     `seed` (`--random-seed`; None means 0) and `tensor_name` (the output tensor) key the
     counter-based masks of the random methods (DARE, DELLA), see `methods/random.py`.
+    `fast`: a merge function with `spec.merge`'s signature (the executor passes the fused
+    kernel's, kernels/fused.py) that returns None where it does not cover the parameters;
+    the torch reference `spec.merge` runs then, and when `fast` is None.
     Raises ConfigError naming the tensor when the group breaks the method's input rules.
     """
     problem = spec.input_error(len(tensors), base_index is not None)
     if problem:
         raise ConfigError(f"tensor {tensor_name}: {problem}")
     ctx = MergeContext(0 if seed is None else int(seed), tensor_name)
-    return spec.merge(list(tensors), base_index, global_params, list(model_params), out_dtype, ctx)
+    tensors, model_params = list(tensors), list(model_params)
+    if fast is not None:
+        out = fast(tensors, base_index, global_params, model_params, out_dtype, ctx)
+        if out is not None:
+            return out
+    return spec.merge(tensors, base_index, global_params, model_params, out_dtype, ctx)

@@ -60,7 +60,6 @@ class MethodSpec:
     merge: Callable[..., torch.Tensor]
     min_non_base: int = 0
     max_non_base: int | None = None
-    reference_only: bool = True  # False where a fused kernel (mergefast.kernels) runs it
 
     def param(self, name: str) -> Param | None:
         """The parameter called `name`, or None."""

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
-from ..io.model_files import load_json, model_file
-from ..inputs import merged_models
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +108,6 @@ def model_vocab_size(model) -> int | None:
             if len(shape) == 2:
                 return shape[0]
     return None
-
-
-def _vocab_json(folder: Path) -> dict[str, int] | None:
-    """token -> id from a folder's tokenizer.json, read as plain JSON (None when unreadable)."""
-    path = model_file(folder, "tokenizer.json")  # a file leading outside the folder: ModelError
-    if path is None:
-        return None
-    try:
-        data = load_json(path)
-        vocab = data["model"]["vocab"]
-        if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-            vocab = {piece[0]: i for i, piece in enumerate(vocab)}
-        vocab = dict(vocab)
-        vocab.update({a["content"]: a["id"] for a in data.get("added_tokens") or []})
-        return vocab
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
 
 
 @dataclass
@@ -232,38 +212,3 @@ class VocabPlanner:
         if identity:
             return None
         return VocabMap(built.rows, real, own, present, kind, src, row), (built.rows, *rest)
-
-
-def _same_vocabularies(models: dict, refs: list[str], extra: str | None) -> bool:
-    """Every merged model (and the tokenizer source) has the same vocabulary size and, where
-    tokenizer.json can be read, the same token -> id table: the tokenizer can simply be copied."""
-    names = list(dict.fromkeys([*refs, *([extra] if extra else [])]))
-    sizes = {model_vocab_size(models[r]) for r in names}
-    if len(sizes) != 1 or None in sizes:
-        return False
-    size = sizes.pop()
-    vocabs = [_vocab_json(models[r].folder) for r in names]
-    if any(v is None for v in vocabs):
-        return True  # sizes agree and there is nothing cheap to compare: assume aligned
-    trimmed = [{k: i for k, i in v.items() if i < size} for v in vocabs]
-    return all(v == trimmed[0] for v in trimmed[1:])
-
-
-def plan_vocab(config, models: dict, options, source: str, cache_dir: str | None = None) -> VocabPlanner:
-    """The plan's VocabPlanner; builds the output tokenizer when one is needed."""
-    refs = merged_models(config)
-    enabled = config.tokenizer is not None or config.tokenizer_source is not None
-    if not enabled:
-        mode = "truncate" if getattr(options, "unsafe_truncate_embeddings", False) else "none"
-        return VocabPlanner(mode, models, refs, source)
-    src = config.tokenizer_source
-    if config.tokenizer is None and src != "union":
-        # "base" without a base_model is the first merged model's tokenizer (mergekit's
-        # choice there is arbitrary), as without any tokenizer config
-        if _same_vocabularies(models, refs, None if src == "base" else src):
-            return VocabPlanner("copy", models, refs, source)
-    from .build import build_tokenizer
-
-    planner = VocabPlanner("permute", models, refs, source)
-    build_tokenizer(planner, config, cache_dir)
-    return planner

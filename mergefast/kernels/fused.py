@@ -1,0 +1,73 @@
+"""The YAML methods that run on a fused kernel: the one table the executor consults.
+
+`mergefast.methods` is the spec: every `MethodSpec.merge` runs the method's torch reference,
+and that package imports no kernel. A method listed in `FUSED` runs its kernel op from the
+kernel API instead (which still picks the backend per call and falls back to the reference,
+kernels/dispatch.py). An entry may decline a tensor group by returning None, where the kernel
+does not cover the parameters (the rescale of methods other than DARE): the reference runs then.
+
+Giving another method a fused kernel is one entry in `FUSED`: an adapter from the resolved
+YAML parameters to the kernel op, with `MethodSpec.merge`'s signature.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .. import kernels
+from ..methods import registry
+from ..methods.registry import TASK_ARITHMETIC_FAMILY, MethodSpec, split_base
+
+
+def _linear(tensors, base_index, g, m, out_dtype, ctx):
+    return kernels.linear(tensors, [p["weight"] for p in m], normalize=g["normalize"], out_dtype=out_dtype)
+
+
+def _passthrough(tensors, base_index, g, m, out_dtype, ctx):
+    return kernels.passthrough(tensors[0], m[0]["scale"], out_dtype=out_dtype)
+
+
+def _slerp(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = split_base(tensors, base_index, m)
+    return kernels.slerp(base, others[0], g["t"], out_dtype=out_dtype)
+
+
+def _task_arithmetic(method: str):
+    """The kernel adapter of one task-arithmetic method (its sparsify/consensus from the spec)."""
+    sparsify, consensus = TASK_ARITHMETIC_FAMILY[method][:2]
+
+    def merge(tensors, base_index, g, m, out_dtype, ctx):
+        if g["rescale"] and sparsify != "random":
+            return None  # only the DARE kernels rescale (kernels/dare.py): the reference runs
+        base, others, params = split_base(tensors, base_index, m)
+        extra = (dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name)
+                 if sparsify == "random" else {})
+        return kernels.task_arithmetic(
+            base, others, [p["weight"] for p in params], densities=[p["density"] for p in params],
+            sparsify=sparsify, consensus=consensus, normalize=g["normalize"], lambda_=g["lambda"],
+            out_dtype=out_dtype, **extra,
+        )
+    return merge
+
+
+# method name -> kernel adapter; a method not here runs its torch reference (spec.merge)
+FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
+    "linear": _linear,
+    "passthrough": _passthrough,
+    "slerp": _slerp,
+    "task_arithmetic": _task_arithmetic("task_arithmetic"),
+    "ties": _task_arithmetic("ties"),
+    "dare_ties": _task_arithmetic("dare_ties"),
+    "dare_linear": _task_arithmetic("dare_linear"),
+}
+
+
+def merge_group(spec: MethodSpec, tensors: Sequence[torch.Tensor], base_index: int | None,
+                global_params: dict, model_params: Sequence[dict], out_dtype, *,
+                seed: int | None = 0, tensor_name: str = "") -> torch.Tensor:
+    """`methods.registry.merge_group` with the method's fused kernel where `FUSED` has one:
+    what the executor runs for every tensor group."""
+    return registry.merge_group(spec, tensors, base_index, global_params, model_params, out_dtype,
+                                seed=seed, tensor_name=tensor_name, fast=FUSED.get(spec.name))
