@@ -107,7 +107,7 @@ def torch_slerp(a, b, t):
     return af.mul_(c0).add_(bf, alpha=c1).view_as(a).to(a.dtype)
 
 
-# ------------------------------------------------------------------ harness
+# ------------------------------------------------------------------ timing runner
 
 def _run(benchmark, fn, device, nbytes, rounds=ROUNDS):
     def call():
@@ -198,6 +198,23 @@ def test_slerp(benchmark, request, provider):
     }
     # the kernel reads a and b twice (reduction, then apply); minimal traffic counts once
     _run(benchmark, fns[provider], device, 3 * 2 * _numel())
+
+
+DARE_METHODS = {"dare_ties": "sum", "dare_linear": None}   # method -> consensus
+
+
+@pytest.mark.parametrize("method", sorted(DARE_METHODS))
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_dare(benchmark, request, method, provider):
+    """DARE with mergekit's defaults (L1 rescale on): the norms pass, then the apply."""
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = method
+    kw = dict(densities=DENSITIES, sparsify="random", consensus=DARE_METHODS[method],
+              rescale=True, seed=0, tensor_name="model.layers.0.mlp.up_proj.weight")
+    op = methods.task_arithmetic if provider == "reference" else kernels.task_arithmetic
+    _run(benchmark, lambda: op(base, xs, WEIGHTS, **kw), device, 5 * 2 * _numel(),
+         rounds=SLOW_ROUNDS if provider == "reference" else ROUNDS)
 
 
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])

@@ -36,6 +36,8 @@ CONFIGS = {
     "linear": "merge_method: linear\nmodels:\n{models3}\nparameters: {{weight: 1.0}}\ndtype: bfloat16\n",
     "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n{models3}\n"
             "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
+    "dare_ties": "merge_method: dare_ties\nbase_model: {base}\nmodels:\n{models3}\n"
+                 "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
     "slerp": "merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
              "parameters: {{t: 0.4}}\ndtype: bfloat16\n",
     "passthrough": "merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {ft1}, layer_range: [0, {half}]}}\n"

@@ -115,6 +115,46 @@ int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* con
   });
 }
 
+int32_t mf_dare_norms(const void* base, int32_t base_dtype, const void* const* xs,
+                      const int32_t* x_dtypes, int32_t k, int64_t n, const uint64_t* keys,
+                      const double* densities, int32_t threads, double* sums) {
+  return guarded([&] {
+    const char* op = "dare_norms";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && keys != nullptr && densities != nullptr && sums != nullptr, op,
+          "bad sizes, keys, densities or sums");
+    dare_norms(sb, src, std::vector<uint64_t>(keys, keys + k), as_f32(densities, k), n, threads,
+               sums);
+  });
+}
+
+int32_t mf_dare(const void* base, int32_t base_dtype, const void* const* xs,
+                const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
+                const uint64_t* keys, const double* densities, const double* scales,
+                int32_t consensus, int32_t normalize, double divisor, double lambda, void* out,
+                int32_t out_dtype, int32_t threads, int32_t* finite) {
+  return guarded([&] {
+    const char* op = "dare";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && weights != nullptr && keys != nullptr && densities != nullptr &&
+              scales != nullptr && finite != nullptr,
+          op, "bad sizes, weights, keys, densities or scales");
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
+    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
+    for (const Src& x : src) {
+      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
+    }
+    *finite = dare(sb, src, as_f32(weights, k), std::vector<uint64_t>(keys, keys + k),
+                   as_f32(densities, k), as_f32(scales, k), consensus != 0, normalize != 0,
+                   static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
+                  ? 1
+                  : 0;
+  });
+}
+
 int32_t mf_magnitude_keep(const void* base, int32_t base_dtype, const void* x, int32_t x_dtype,
                           int64_t n, int64_t keep, uint8_t* mask, int32_t threads) {
   return guarded([&] {

@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 1
+#define MF_ABI_VERSION 2
 
 /* status codes */
 #define MF_OK 0
@@ -72,6 +72,23 @@ MF_API int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const vo
 MF_API int32_t mf_magnitude_keep(const void* base, int32_t base_dtype, const void* x,
                                  int32_t x_dtype, int64_t n, int64_t keep, uint8_t* mask,
                                  int32_t threads);
+
+/* DARE's L1 norms: sums[2i] = sum |xs[i] - base|, sums[2i + 1] = the same over the elements
+ * model i keeps (u < (float)densities[i], u of the counter-based stream keys[i]: see
+ * mergefast/methods/random.py). Float64, the same on any thread count. */
+MF_API int32_t mf_dare_norms(const void* base, int32_t base_dtype, const void* const* xs,
+                             const int32_t* x_dtypes, int32_t k, int64_t n, const uint64_t* keys,
+                             const double* densities, int32_t threads, double* sums);
+
+/* DARE (dare_linear, dare_ties): each delta xs[i] - base kept where u < (float)densities[i],
+ * times (float)scales[i] (the L1 rescale, 1: none), times weights[i]; then the TIES sign
+ * election and disjoint mean (consensus) or the plain sum, as mf_task_arithmetic. *finite as
+ * there. */
+MF_API int32_t mf_dare(const void* base, int32_t base_dtype, const void* const* xs,
+                       const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
+                       const uint64_t* keys, const double* densities, const double* scales,
+                       int32_t consensus, int32_t normalize, double divisor, double lambda,
+                       void* out, int32_t out_dtype, int32_t threads, int32_t* finite);
 
 /* dots[0..2] = <a,a>, <b,b>, <a,b> (float32 per block, float64 across blocks). */
 MF_API int32_t mf_slerp_dots(const void* a, int32_t a_dtype, const void* b, int32_t b_dtype,

@@ -13,6 +13,8 @@ Magnitude selection must keep exactly the reference's set, always.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -136,6 +138,22 @@ def nan_inputs(n, dtype, *, device="cpu"):
     base, xs = tied_inputs(n, dtype)
     plant_nans(base, xs)
     return base.to(device), [x.to(device) for x in xs]
+
+
+# the module (mergefast.methods.task_arithmetic is also the name of its function)
+_TA_MODULE = importlib.import_module("mergefast.methods.task_arithmetic")
+
+
+def _l1_rescale_f64(sparse: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """methods.task_arithmetic.l1_rescale with its two norms summed in float64 and rounded to
+    float32 (the kernels' sums; torch's float32 sum may differ from them in the last bit)."""
+    from mergefast.methods.task_arithmetic import RESCALE_MIN_NORM
+
+    before = original.abs().double().sum().float().item()
+    after = sparse.abs().double().sum().float().item()
+    if before < RESCALE_MIN_NORM or after < RESCALE_MIN_NORM:
+        return sparse
+    return sparse * (before / after)
 
 
 def _cpu(ts):
@@ -272,13 +290,91 @@ class KernelSuite:
     def test_no_models_and_errors(self):
         base, xs = self.inputs((3,), torch.float32)
         assert torch.equal(kernels.task_arithmetic(base, [], []).cpu(), base.cpu())
-        for mode in ("magnitude_outliers", "random"):
+        for mode in ("magnitude_outliers", "della"):
             with pytest.raises(NotImplementedError, match=mode):
                 kernels.task_arithmetic(base, xs, [1, 1, 1], densities=[0.5] * 3, sparsify=mode)
         with pytest.raises(ValueError):
             kernels.task_arithmetic(base, xs, [1, 1], densities=[0.5] * 3)
         with pytest.raises(ValueError):
             kernels.linear(xs, [1.0])
+
+    # ------------------------------------------------------------------ DARE
+    DARE_CASES = [  # (weights, densities, normalize, lambda)
+        ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], True, 1.0),
+        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], False, 0.5),   # density 0 and 1, negative weight
+        ([1.0, -1.0, 0.0], [0.7, 0.7, 0.7], True, 1.0),    # weights sum to zero
+    ]
+
+    def _dare(self, base, xs, weights, densities, *, consensus, rescale, normalize=False,
+              lambda_=1.0, seed=5, out_dtype=None):
+        """(kernel, reference) of one DARE call (dare_ties with consensus "sum")."""
+        kw = dict(densities=densities, sparsify="random", consensus=consensus,
+                  normalize=normalize, lambda_=lambda_, rescale=rescale, seed=seed,
+                  tensor_name="model.layers.0.mlp.up_proj.weight", out_dtype=out_dtype)
+        out = kernels.task_arithmetic(base, xs, weights, **kw)
+        return out, methods.task_arithmetic(base.cpu(), _cpu(xs), weights, **kw)
+
+    def test_dare(self, shape, dtype):
+        """Without the rescale, the same float32 operations: bit-identical."""
+        base, xs = self.inputs(shape, dtype)
+        for consensus in (None, "sum"):
+            for weights, densities, normalize, lam in self.DARE_CASES:
+                out, ref = self._dare(base, xs, weights, densities, consensus=consensus,
+                                      rescale=False, normalize=normalize, lambda_=lam)
+                assert_same(out, ref, exact=self.EXACT)
+
+    def test_dare_rescale(self, shape, dtype, monkeypatch):
+        """With the L1 rescale: the reference's masks and arithmetic, its norms summed in
+        float64 (bit-identical to a reference doing so; within the tolerance rule of the
+        reference's float32 sums)."""
+        base, xs = self.inputs(shape, dtype)
+        for consensus in (None, "sum"):
+            for weights, densities, normalize, lam in self.DARE_CASES:
+                call = dict(consensus=consensus, rescale=True, normalize=normalize, lambda_=lam)
+                out, ref = self._dare(base, xs, weights, densities, **call)
+                ref64 = methods.task_arithmetic(
+                    base.cpu().double(), [x.cpu().double() for x in xs], weights,
+                    densities=densities, sparsify="random", consensus=consensus,
+                    normalize=normalize, lambda_=lam, rescale=True, seed=5,
+                    tensor_name="model.layers.0.mlp.up_proj.weight").to(out.dtype)
+                assert_same(out, ref, exact=False, ref64=ref64)
+                with monkeypatch.context() as m:
+                    m.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
+                    _, ref_f64_norms = self._dare(base, xs, weights, densities, **call)
+                assert_same(out, ref_f64_norms, exact=self.EXACT)
+
+    def test_dare_edge_cases(self, dtype, monkeypatch):
+        """All-zero deltas, NaN/inf inputs, mixed input dtypes and out_dtype."""
+        monkeypatch.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
+        base, _ = self.inputs((37, 129), dtype)
+        zeros = [base.clone() for _ in range(3)]
+        nan_base, nan_xs = nan_inputs(self.TIE_N, dtype, device=self.DEVICE)
+        mixed = [x.to(t) for x, t in zip(self.inputs((37, 129), dtype)[1],
+                                          (torch.bfloat16, torch.float32, torch.float16))]
+        for b, xs, od in ((base, zeros, None), (nan_base, nan_xs, None),
+                          (base, mixed, torch.float32), (base, mixed, torch.bfloat16)):
+            for consensus in (None, "sum"):
+                for rescale in (False, True):
+                    out, ref = self._dare(b, xs, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1],
+                                          consensus=consensus, rescale=rescale, out_dtype=od)
+                    assert_same(out, ref, exact=self.EXACT)
+
+    def test_dare_same_on_any_thread_count(self, dtype):
+        """The masks and the norms do not depend on the thread count (nor on the seed's
+        absence of effect: another seed or tensor name draws other masks)."""
+        base, xs = self.inputs((self.TIE_N * 5,), dtype)
+        args = (base, xs, [0.5, 0.3, 0.2], [0.4, 0.6, 0.1])
+        before = torch.get_num_threads()
+        outs = []
+        try:
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs.append(self._dare(*args, consensus="sum", rescale=True)[0].cpu())
+        finally:
+            torch.set_num_threads(before)
+        assert all(torch.equal(outs[0], o) for o in outs[1:])
+        other = self._dare(*args, consensus="sum", rescale=True, seed=6)[0].cpu()
+        assert not torch.equal(outs[0], other)
 
     # ------------------------------------------------------------------ slerp
     def test_slerp(self, shape, dtype):

@@ -12,8 +12,8 @@
 namespace mergefast {
 
 // Sparsification of each task vector (the dtype-code-like values of the C API's
-// MF_SPARSIFY_*). Only None and Magnitude are implemented; the other values are reserved for
-// breadcrumbs and DARE/DELLA (template parameter of the apply pass).
+// MF_SPARSIFY_*). Only None and Magnitude are implemented here; Random (DARE) has its own
+// passes (dare.cpp), MagnitudeOutliers is reserved for breadcrumbs.
 enum class Sparsify : int { None = 0, Magnitude = 1, MagnitudeOutliers = 2, Random = 3 };
 
 // out = sum_i(w_i * x_i) [/ total] over n elements.
@@ -34,6 +34,20 @@ bool task_arithmetic(const Src& base, const std::vector<Src>& xs, const std::vec
 // index first), as the kernels select it. mask must not overlap an input.
 void magnitude_keep(const Src& base, const Src& x, int64_t n, int64_t keep, bool* mask,
                     int threads);
+
+// DARE's L1 norms (dare.cpp): sums[2i] = sum |x_i - base|, sums[2i + 1] = the same over the
+// elements model i keeps (u < dens[i], u from the stream keys[i], random.h); float64, the
+// same on any thread count.
+void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<uint64_t>& keys,
+                const std::vector<float>& dens, int64_t n, int threads, double* sums);
+
+// DARE into dst: each delta kept where u < dens[i], times scales[i] (the L1 rescale, 1: none),
+// times w[i]; then as task_arithmetic (TIES consensus or the plain sum). Returns true when
+// every delta was finite. dst must not overlap an input.
+bool dare(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+          const std::vector<uint64_t>& keys, const std::vector<float>& dens,
+          const std::vector<float>& scales, bool consensus, bool normalize, float divisor,
+          float lambda, const Dst& dst, int64_t n, int threads);
 
 // <a,a>, <b,b>, <a,b> into dots[0..2].
 void slerp_dots(const Src& a, const Src& b, int64_t n, int threads, double dots[3]);

@@ -56,7 +56,7 @@ bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
            const std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
            const Dst& dst, int64_t n, int threads) {
   static_assert(S == Sparsify::None || S == Sparsify::Magnitude,
-                "magnitude_outliers and random sparsification are not implemented yet");
+                "magnitude_outliers is not implemented yet; random (DARE) is dare.cpp");
   const int K = static_cast<int>(xs.size());
   const int64_t nb = num_blocks(n);
   const ApplyArgs args{&base, &xs, w.data(), rules.empty() ? nullptr : rules.data(),

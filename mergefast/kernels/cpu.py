@@ -21,7 +21,7 @@ import torch
 
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 1   # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 2   # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).with_name(
     "libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = ("install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -41,6 +41,9 @@ _SIGNATURES = {
     "mf_linear": (_i32, [_p, _p, _i32, _i64, _p, _i32, _f64, _p, _i32, _i32]),
     "mf_task_arithmetic": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _i32, _f64,
                                   _f64, _p, _i32, _i64, _i32, _p]),
+    "mf_dare_norms": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _p]),
+    "mf_dare": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _p, _i32, _i32, _f64, _f64, _p,
+                       _i32, _i32, _p]),
     "mf_magnitude_keep": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32]),
     "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
     "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
@@ -210,6 +213,42 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
                                   lambda_, out, selection)
     proven = getattr(_thread, "finite", None)
     if finite and proven is not None:
+        proven.update(t.data_ptr() for t in (base, *xs))
+    return out
+
+
+def _keys(keys: Sequence[int]):
+    return (ctypes.c_uint64 * len(keys))(*keys)
+
+
+def dare_norms(base: torch.Tensor, xs: Sequence[torch.Tensor], keys: Sequence[int],
+               densities: Sequence[float]) -> list[float]:
+    """DARE's L1 norms: [sum |d_0|, sum |kept d_0|, sum |d_1|, ...] (float64, fixed order)."""
+    n, op = base.numel(), "dare_norms"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    sums = (ctypes.c_double * (2 * len(xs)))()
+    _check(_lib().mf_dare_norms(bptr, bcode, ptrs, codes, len(xs), n, _keys(keys),
+                                _doubles(densities), threads(), sums))
+    return list(sums)
+
+
+def dare(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
+         keys: Sequence[int], densities: Sequence[float], scales: Sequence[float],
+         consensus: bool, normalize: bool, divisor: float, lambda_: float,
+         out_dtype: torch.dtype) -> torch.Tensor:
+    """DARE's apply pass (dare_linear / dare_ties with consensus) into a new tensor."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "dare"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    finite = ctypes.c_int32()
+    _check(_lib().mf_dare(bptr, bcode, ptrs, codes, len(xs), n, _doubles(weights), _keys(keys),
+                          _doubles(densities), _doubles(scales), consensus, normalize, divisor,
+                          lambda_, optr, ocode, threads(), ctypes.byref(finite)))
+    proven = getattr(_thread, "finite", None)
+    if finite.value and proven is not None:
         proven.update(t.data_ptr() for t in (base, *xs))
     return out
 

@@ -1,0 +1,62 @@
+"""DARE (`dare_linear`, `dare_ties`) on the fused kernels: the host side of one call.
+
+The kernels (csrc/cpu/dare.cpp, kernels/triton/dare.py) draw each element's Bernoulli keep
+from the counter-based generator of `methods/random.py`, evaluated in registers: this module
+gives them each model's stream key (seed, tensor name, model index), its keep probability
+and, with `rescale`, its L1 scale.
+
+The L1 rescale (`methods.task_arithmetic.l1_rescale`) multiplies a model's kept deltas by
+sum|delta| / sum|kept delta|. The reference takes both sums with torch's float32 `sum()`,
+whose order depends on the device, the CPU's vector width and the thread count; the kernels
+sum in float64 in a fixed order (the same on any thread count) and round to float32, so the
+scale equals the reference's except where torch's float32 sum differs from the correctly
+rounded one, in its last bit. The masks are the reference's exactly, and without rescale
+(or at density 0 and 1) the results are bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..methods.random import stream_key
+from ..methods.task_arithmetic import RESCALE_MIN_NORM
+
+
+def stream_keys(seed: int, tensor_name: str, k: int) -> list[int]:
+    """The splitmix64 stream start of each of the k models (unsigned 64-bit ints)."""
+    return [stream_key(int(seed), tensor_name, i) for i in range(k)]
+
+
+def _f32(value: float) -> float:
+    """`value` rounded to float32 (as a float32 `sum().item()` is), overflow to inf."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+def l1_scales(sums: Sequence[float]) -> list[float]:
+    """Each model's L1 rescale from the kernels' (sum |delta|, sum |kept delta|) pairs
+    `sums[2i], sums[2i + 1]`, as `l1_rescale` computes it: 1.0 (no change) when either norm is
+    below 1e-7, else before / after in float64 (NaN when a norm is: NaN compares false)."""
+    scales = []
+    for before, after in zip(sums[0::2], sums[1::2]):
+        before, after = _f32(before), _f32(after)
+        if before < RESCALE_MIN_NORM or after < RESCALE_MIN_NORM:
+            scales.append(1.0)
+        else:
+            scales.append(before / after)
+    return scales
+
+
+def run(impl, base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
+        densities: Sequence[float], consensus: bool, normalize: bool, divisor: float,
+        lambda_: float, rescale: bool, seed: int, tensor_name: str,
+        out_dtype: torch.dtype) -> torch.Tensor:
+    """DARE on backend `impl` (kernels.cpu or kernels.triton.ops): the norms pass when
+    `rescale`, then the apply pass. Inputs contiguous, validated by the kernel API."""
+    keys = stream_keys(seed, tensor_name, len(xs))
+    scales = [1.0] * len(xs)
+    if rescale:
+        scales = l1_scales(impl.dare_norms(base, xs, keys, densities))
+    return impl.dare(base, xs, weights, keys, densities, scales, consensus, normalize, divisor,
+                     lambda_, out_dtype)
