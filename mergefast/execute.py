@@ -26,7 +26,7 @@ from .io.writer import OutputTensor, ShardedWriter
 from .methods.linear import ZeroWeightSumError
 from .io.pipeline import run_pipeline
 from .kernels.cpu import finite_inputs
-from .methods.registry import merge_group
+from .kernels.fused import merge_group
 from .options import MergeOptions
 from .plan import MergePlan, TensorJob
 from .staging import staging_for
@@ -81,7 +81,8 @@ def _processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
     return sorted(jobs, key=key)
 
 
-def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary) -> None:
+def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary,
+                   downloads=None) -> None:
     outputs = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
     budget = options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs))
@@ -103,7 +104,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
 
             stages = run_pipeline(
                 _processing_order(plan.jobs), staging.read, merge, write, cost=lambda job: job.read_bytes + out_bytes[job.name],
-                budget=budget, progress=done, on_stop=staging.close)
+                budget=budget, progress=done, on_stop=lambda: _stop(staging, downloads))
         writer.finish()
     except BaseException:
         writer.abort()
@@ -114,6 +115,19 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
     stats.read_s, stats.merge_s, stats.write_s = stages.read_s, stages.merge_s, stages.write_s
     stats.h2d_s, stats.d2h_s = staging.copy_seconds()
     stats.device = str(options.math_device)
+    if downloads is not None:  # the reader's waits for shards are download time, not read time
+        stats.read_s = max(0.0, stats.read_s - downloads.waited_s)
+        stats.download_wait_s = downloads.waited_s
+        if downloads.fresh_bytes:
+            stats.set_download(downloads.fresh_bytes, downloads.seconds)
+
+
+def _stop(staging, downloads) -> None:
+    """The pipeline stops: wake a stage waiting for a pinned slot, and stop the Hub downloads
+    (a reader waiting for a shard then stops too)."""
+    staging.close()
+    if downloads is not None:
+        downloads.cancel()
 
 
 def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_name: str) -> None:
@@ -202,6 +216,23 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Run
         from . import kernels
 
         kernels.warn_missing_kernels(options.math_device)  # one line: why, and how to fix it
+    from .io.hub_fetch import start_downloads
+
+    # The weights of Hub inputs, now that the plan has passed: they download while the merge
+    # runs, each job waiting for its own files only (io/hub_arrivals.py).
+    downloads = start_downloads(plan, out, _processing_order(plan.jobs), quiet=options.quiet,
+                                stream=options.stream_inputs)
+    try:
+        stats = _merge_into(plan, out, options, downloads)
+    finally:
+        downloads.cancel()  # after a failure or Ctrl-C none goes on (the cache keeps partial files)
+    if options.stats_json:
+        write_stats_json(options.stats_json, stats, out)  # OUT is complete: a failure here says so
+    return stats
+
+
+def _merge_into(plan: MergePlan, out: Path, options: MergeOptions, downloads) -> RunSummary:
+    """Merge into a temporary folder beside `out`, then move it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -210,7 +241,7 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Run
     try:
         if options.random_seed is not None:
             torch.manual_seed(options.random_seed)
-        _write_tensors(plan, tmp, options, stats)
+        _write_tensors(plan, tmp, options, stats, downloads)
         _write_side_files(plan, tmp, options, out.name)
         replace_folder(tmp, out, undo_on_signal=True)
     except BaseException:
@@ -220,8 +251,6 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Run
     stats.wall_s = time.perf_counter() - start
     stats.peak_rss_bytes = peak_rss_bytes()
     stats.backends = _backends(plan, options)
-    if options.stats_json:
-        write_stats_json(options.stats_json, stats, out)  # OUT is complete: a failure here says so
     return stats
 
 

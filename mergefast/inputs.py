@@ -8,7 +8,9 @@ from pathlib import Path
 from .architecture import Architecture, resolve_architecture
 from .config import MergeConfig
 from .errors import ConfigError, ModelError
-from .io.hub import parse_model_ref, resolve_model
+from .io.hub import parse_model_ref
+from .io.hub_headers import RemoteCheckpointReader
+from .io.hub_remote import RemoteRepo, locate_model
 from .io.quantized import Fp8Reader, block_size, check_quantization
 from .io.model_files import check_side_files, read_model_json
 from .io.reader import CheckpointReader
@@ -76,9 +78,13 @@ def read_model_config(folder: Path) -> dict:
 
 
 def open_model(ref: str, cache_dir: str | None) -> InputModel:
-    """Resolve `ref` (local folder or hub repo id) and read its headers and config."""
-    folder = resolve_model(parse_model_ref(ref), cache_dir=cache_dir)
-    reader = CheckpointReader(folder)
+    """Resolve `ref` (local folder or hub repo id) and read its headers and config; a hub
+    repo's weights are not downloaded (io/hub_remote.py), only its headers read."""
+    found = locate_model(parse_model_ref(ref), cache_dir)
+    if isinstance(found, RemoteRepo):
+        folder, reader = found.folder, RemoteCheckpointReader(found)
+    else:
+        folder, reader = found, CheckpointReader(found)
     config = read_model_config(folder)
     try:
         scaled = check_quantization(ref, reader, config, str(folder))

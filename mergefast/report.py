@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .io.hub_fetch import download_summary
 from .io.writer import OutputTensor, plan_shards, shard_file_names
 
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -111,6 +112,7 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
         "peak_memory_job": peak_job,
         "buffer_bytes": buffer_bytes,
         "samples": samples,
+        "hub": download_summary(plan, None if out_path is None else Path(out_path)),
     }
 
 
@@ -149,6 +151,17 @@ def _module_line(m: dict, method: str) -> str:
     return f"  {m['name']}{stack}: {layers}, {how}"
 
 
+def _hub_lines(hub: dict) -> list[str]:
+    """Per Hub input: what the merge will download and what is cached; the disks' needs."""
+    lines = [f"  {ref} ({m['repo']}, commit {m['commit'][:12]}): download {m['files']} file(s), "
+             f"{human_bytes(m['download_bytes'])}; cached {m['cached_files']} file(s), {human_bytes(m['cached_bytes'])}"
+             for ref, m in hub["models"].items()]
+    lines += [f"  disk of {d['path']}: {d['what']} need {human_bytes(d['need'])}, {human_bytes(d['free'])} free"
+              + ("" if d["need"] <= d["free"] else " (NOT ENOUGH: the merge will stop before downloading)")
+              for d in hub["disks"]]
+    return ["from the Hugging Face Hub (only headers read so far):", *lines] if lines else []
+
+
 def _params(params: dict) -> str:
     if not params:
         return "-"
@@ -177,6 +190,7 @@ def format_plan(plan, options=None, out_path: str | Path | None = None, buffer_b
     lines.append(f"bytes: read {human_bytes(s['read_bytes'])} ({s['read_bytes']}), "
                  f"write {human_bytes(s['write_bytes'])} ({s['write_bytes']})")
     buffers = f" + pipeline buffers up to {human_bytes(s['buffer_bytes'])}" if s["buffer_bytes"] else ""
+    lines += _hub_lines(s["hub"])
     lines.append(f"estimated peak memory: {human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_bytes']}): "
                  f"largest job {s['peak_memory_job']} (inputs + output){buffers}")
     lines.append("sample jobs (resolved parameters):")

@@ -26,6 +26,18 @@ class RunSummary:
     peak_rss_bytes: int = 0
     device: str = "cpu"
     backends: dict[str, str] = field(default_factory=dict)
+    downloaded_bytes: int = 0  # Hub weight files fetched during the run (0: none, all local or cached)
+    download_s: float = 0.0  # from the first download's start to the last one's end (overlaps the merge)
+    download_bytes_per_s: float = 0.0
+    download_wait_s: float = 0.0  # how long the merge waited for shards still downloading
+
+    def __post_init__(self) -> None:
+        self.set_download(self.downloaded_bytes, self.download_s)
+
+    def set_download(self, nbytes: int, seconds: float) -> None:
+        """Record the Hub downloads: bytes, seconds and their rate."""
+        self.downloaded_bytes, self.download_s = nbytes, seconds
+        self.download_bytes_per_s = nbytes / seconds if nbytes and seconds > 0 else 0.0
 
     @property
     def seconds(self) -> float:
@@ -50,8 +62,12 @@ def _rate(n: int, s: float) -> str:
 
 
 def format_summary(s: RunSummary) -> str:
-    """Two lines: bytes and busy time per stage, then wall time, peak RSS and backends."""
+    """Two lines: bytes and busy time per stage (Hub downloads first, when any), then wall
+    time, peak RSS and backends."""
     stages = [f"read {_gb(s.read_bytes)} in {s.read_s:.2f} s ({_rate(s.read_bytes, s.read_s)})"]
+    if s.downloaded_bytes:
+        stages.insert(0, f"downloaded {_gb(s.downloaded_bytes)} in {s.download_s:.2f} s "
+                         f"({_gb(int(s.download_bytes_per_s))}/s, the merge waited {s.download_wait_s:.2f} s)")
     if s.device.startswith("cuda"):
         stages.append(f"H2D {s.h2d_s:.2f} s")
     stages.append(f"merge {s.merge_s:.2f} s")

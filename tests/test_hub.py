@@ -1,7 +1,5 @@
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +8,7 @@ import huggingface_hub
 import pytest
 import torch
 from checkpoints import write_checkpoint
+from helpers import run_cli_process
 from huggingface_hub import errors as hfe
 
 from mergefast.errors import ConfigError, ModelError
@@ -276,6 +275,7 @@ def test_listing_is_one_request_without_retries(tmp_path, online, monkeypatch):
     assert len(calls) == 1 and calls[0] is not None and calls[0] <= 30
 
 
+@pytest.mark.slow  # a subprocess
 def test_hub_without_network_fails_fast_in_one_line(tmp_path):
     """A repo id with the Hub unreachable (HF_ENDPOINT at a local port that refuses: no real
     host is contacted) fails within seconds, with mergefast's one line and nothing from
@@ -289,8 +289,7 @@ def test_hub_without_network_fails_fast_in_one_line(tmp_path):
                "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "*", "no_proxy": "*"}
         env.pop("HF_HUB_CACHE", None)
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "mergefast", "yaml", str(config), str(tmp_path / "out"),
-                               "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        proc = run_cli_process("yaml", config, tmp_path / "out", "--quiet", env=env, cwd=tmp_path, timeout=120)
         seconds = time.monotonic() - start
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,20 @@ def _offline() -> bool:
 def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
     """The local folder holding `ref`: an existing directory as is, else a Hugging Face repo
     found in (offline, HF_HUB_OFFLINE=1) or downloaded into the hub cache (`cache_dir`, else
-    HF_HUB_CACHE / HF_HOME). Only config, tokenizer and weight files are downloaded."""
+    HF_HUB_CACHE / HF_HOME). Only config, tokenizer and weight files are downloaded.
+    (Planning opens repos from their headers instead: io/hub_remote.py.)"""
     if isinstance(ref, str):
         ref = parse_model_ref(ref)
+    local = local_folder(ref)
+    if local is not None:
+        return local
+    with no_local_folder_either(ref):
+        return _resolve_repo(ref.path, ref.revision, cache_dir)
+
+
+def local_folder(ref: ModelRef) -> Path | None:
+    """The existing local folder `ref` names, or None when it reads as a Hugging Face repo id;
+    ModelError/ConfigError for a file, a dangling link, a missing path or a folder@revision."""
     local = Path(ref.path).expanduser()
     if local.is_dir():
         if ref.revision is not None:
@@ -88,22 +100,25 @@ def resolve_model(ref: ModelRef, cache_dir: str | None = None) -> Path:
         raise ModelError(
             f"model folder {ref.path} does not exist; check the path (a Hugging Face repo id looks like org/name)"
         )
+    return None
+
+
+@contextmanager
+def no_local_folder_either(ref: ModelRef):
+    """A repo error also says that no local folder of that name was found."""
     try:
-        return _resolve_repo(ref.path, ref.revision, cache_dir)
+        yield
     except ModelError as exc:
         # `models/ft-a` reads as a repo id too: say that no such local folder was found either
         raise ModelError(f"{exc} (nor is there a local folder {ref.path} in {Path.cwd()}: "
                          "relative model paths are read from the current folder)") from exc.__cause__
 
 
-def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Path:
-    import huggingface_hub as hf
-    from huggingface_hub import constants
+def check_repo_id(repo: str, what: str) -> None:
+    """ModelError when `repo` is not a valid Hugging Face repo id."""
     from huggingface_hub import errors as hfe
     from huggingface_hub.utils import validate_repo_id
 
-    what = repo if revision is None else f"{repo}@{revision}"
-    cache = cache_dir or constants.HF_HUB_CACHE
     try:
         validate_repo_id(repo)
     except hfe.HFValidationError as e:
@@ -111,37 +126,69 @@ def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Pat
             f"model {what}: not a local folder and not a valid Hugging Face repo id ({e}); check the path"
         ) from e
 
-    def cached() -> Path:
-        return Path(
-            hf.snapshot_download(
-                repo, revision=revision, cache_dir=cache_dir, local_files_only=True, allow_patterns=META_PATTERNS
-            )
-        )
 
+def cached_snapshot(repo: str, revision: str | None, cache_dir: str | None) -> Path:
+    """The repo's snapshot folder in the local cache (no network; LocalEntryNotFoundError)."""
+    import huggingface_hub as hf
+
+    return Path(hf.snapshot_download(repo, revision=revision, cache_dir=cache_dir, local_files_only=True,
+                                     allow_patterns=META_PATTERNS))
+
+
+def cache_when_unreachable(error: Exception, repo: str, revision: str | None, cache_dir: str | None) -> Path:
+    """After the listing request failed with `error`: the cached snapshot when the Hub cannot
+    be reached and the repo is cached (a warning says so); else `error` is raised again."""
+    from huggingface_hub import errors as hfe
+
+    if not _is_network_error(error):
+        raise error
     try:
+        folder = cached_snapshot(repo, revision, cache_dir)
+    except hfe.LocalEntryNotFoundError:
+        raise error from None
+    what = repo if revision is None else f"{repo}@{revision}"
+    log.warning("cannot reach the Hugging Face Hub (%s); using the cached %s in %s", error, what, folder)
+    return folder
+
+
+def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Path:
+    what = repo if revision is None else f"{repo}@{revision}"
+    check_repo_id(repo, what)
+    with hub_errors(repo, revision, cache_dir):
         if _offline():
-            return cached()
+            return cached_snapshot(repo, revision, cache_dir)
         try:
             files = _repo_files(repo, revision)
-        except Exception as e:
-            if not _is_network_error(e):
-                raise
-            try:
-                folder = cached()
-            except hfe.LocalEntryNotFoundError:
-                raise e from None
-            log.warning("cannot reach the Hugging Face Hub (%s); using the cached %s in %s", e, what, folder)
-            return folder
-        weights = _weight_files(files)
-        if weights is None:  # no standard weight file: mergekit's patterns, the reader will complain
-            weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
-        elif weights[0].endswith(".index.json"):
-            meta = hf.snapshot_download(repo, revision=revision, cache_dir=cache_dir, allow_patterns=META_PATTERNS)
-            weights = _shards_of(Path(meta) / weights[0])
-        folder = hf.snapshot_download(
-            repo, revision=revision, cache_dir=cache_dir, allow_patterns=META_PATTERNS + weights
-        )
-        return Path(folder)
+        except Exception as e:  # noqa: BLE001 - re-raised unless the Hub is unreachable
+            return cache_when_unreachable(e, repo, revision, cache_dir)
+        return download_repo(repo, revision, cache_dir, files)
+
+
+def download_repo(repo: str, revision: str | None, cache_dir: str | None, files: list[str]) -> Path:
+    """Download the config, tokenizer and weight files of a repo listing `files` (the weights
+    of one format only, see the module docstring); the snapshot folder."""
+    import huggingface_hub as hf
+
+    weights = _weight_files(files)
+    if weights is None:  # no standard weight file: mergekit's patterns, the reader will complain
+        weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
+    elif weights[0].endswith(".index.json"):
+        meta = hf.snapshot_download(repo, revision=revision, cache_dir=cache_dir, allow_patterns=META_PATTERNS)
+        weights = _shards_of(Path(meta) / weights[0])
+    folder = hf.snapshot_download(repo, revision=revision, cache_dir=cache_dir, allow_patterns=META_PATTERNS + weights)
+    return Path(folder)
+
+
+@contextmanager
+def hub_errors(repo: str, revision: str | None, cache_dir: str | None, file: str | None = None):
+    """huggingface_hub's exceptions as one-line ModelErrors naming the repo and what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hfe
+
+    what = repo if revision is None else f"{repo}@{revision}"
+    cache = cache_dir or constants.HF_HUB_CACHE
+    try:
+        yield
     except ModelError:
         raise
     except hfe.GatedRepoError as e:
@@ -156,6 +203,11 @@ def _resolve_repo(repo: str, revision: str | None, cache_dir: str | None) -> Pat
         ) from e
     except hfe.RevisionNotFoundError as e:
         raise ModelError(f"revision {revision!r} not found in Hugging Face repo {repo}; check the @revision in the config") from e
+    except hfe.RemoteEntryNotFoundError as e:
+        raise ModelError(
+            f"file {file or '?'} not found in Hugging Face repo {what}, though the repo lists it (or its index "
+            "names it); the repo is incomplete or changing: retry later, or pin a working @revision"
+        ) from e
     except hfe.IncompleteSnapshotError as e:
         raise ModelError(
             f"the cached copy of {what} in {cache} is incomplete and the Hub cannot be used; "

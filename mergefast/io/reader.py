@@ -77,6 +77,10 @@ class CheckpointReader:
         else:
             self._weight_map = None  # single file: names come from its header / pickle
             self._single = self.folder / found
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        """The per-file caches and the lock (io/hub_headers.py's reader shares them)."""
         self._lock = threading.Lock()
         self._headers: dict[Path, dict[str, TensorInfo]] = {}
         self._state_dicts: dict[Path, dict[str, torch.Tensor]] = {}

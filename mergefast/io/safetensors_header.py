@@ -67,7 +67,14 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     with no tensors at all.
     """
     path = Path(path).absolute()
-    raw, header_len, size = _read_header_bytes(path)
+    raw, _, size = _read_header_bytes(path)
+    return parse_safetensors_header(path, raw, size)
+
+
+def parse_safetensors_header(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """`read_safetensors_header` of header JSON bytes `raw` already read (e.g. over HTTP range
+    requests, io/hub_headers.py) from file `path` of `size` bytes: the same checks, one parser."""
+    header_len = len(raw)
     header = _parse_header_json(path, raw)
     metadata = _metadata(path, header.pop("__metadata__", None))
     if not header:
@@ -91,15 +98,25 @@ def _read_header_bytes(path: Path) -> tuple[bytes, int, int]:
                 raise ModelError(
                     f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length); re-download it"
                 )
-            n = int.from_bytes(head, "little")
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise ModelError(
-                    f"{path}: corrupt safetensors header (declared header length {n} bytes, file is {size} bytes); "
-                    "the file is truncated or not safetensors: re-download it"
-                )
-            return f.read(n), n, size
+            n = header_length(path, head, size)
+            raw = f.read(n)
+            if len(raw) < n:
+                raise ModelError(f"{path}: the file shrank while its header was read; re-download it")
+            return raw, n, size
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror or e}); check the file exists and is readable") from e
+
+
+def header_length(path: Path, head: bytes, size: int) -> int:
+    """The JSON length declared by a safetensors file's first 8 bytes `head`, checked against
+    the library's limit and the file's `size` (ModelError for a bad length)."""
+    n = int.from_bytes(head[:8], "little")
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise ModelError(
+            f"{path}: corrupt safetensors header (declared header length {n} bytes, file is {size} bytes); "
+            "the file is truncated or not safetensors: re-download it"
+        )
+    return n
 
 
 class _DuplicateKey(ValueError):

@@ -8,15 +8,17 @@ read from a model folder; the index file itself obeys it too.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from ..errors import ModelError
 from .model_files import model_file, read_model_json
 
 
-def read_weight_map(folder: Path, index: Path) -> dict[str, Path]:
+def read_weight_map(folder: Path, index: Path, remote: Collection[str] = ()) -> dict[str, Path]:
     """Tensor name -> shard path from `index` (a file in model folder `folder`), every shard
-    checked to exist and to lie inside the folder."""
+    checked to exist and to lie inside the folder; a shard named in `remote` (the files of a
+    Hugging Face repo planned before its weights are downloaded) need not exist yet."""
     data = read_model_json(folder, index.name)
     if data is None:
         raise ModelError(f"{index}: the index is missing or not a file; re-download the model")
@@ -27,14 +29,17 @@ def read_weight_map(folder: Path, index: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for name, rel in weight_map.items():
         if rel not in files:
-            files[rel] = _shard_path(folder, index, rel)
+            files[rel] = _shard_path(folder, index, rel, remote)
         out[name] = files[rel]
     return out
 
 
-def _shard_path(folder: Path, index: Path, rel: str) -> Path:
-    """`folder / rel`, after checking it exists and neither it nor its symlink target leaves the folder."""
+def _shard_path(folder: Path, index: Path, rel: str, remote: Collection[str]) -> Path:
+    """`folder / rel`, after checking it exists (or is a `remote` file) and neither it nor its
+    symlink target leaves the folder."""
     path = model_file(folder, rel, listed_in=index)
+    if path is None and rel in remote and not (folder / rel).is_dir():
+        return folder / rel  # downloaded after planning, by io/hub_fetch.py
     if path is None:
         missing = folder / rel
         what = "is a folder, not a weights file" if missing.is_dir() else "does not exist"

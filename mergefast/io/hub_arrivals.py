@@ -1,0 +1,155 @@
+"""Hub weight files downloaded while the merge runs: the reader waits for each file's arrival.
+
+io/hub_fetch.py `start_downloads` hands the files the plan reads, in the order the pipeline
+first reads them, to `Arrivals`, which downloads them several at once into the standard
+huggingface_hub cache (hf_hub_download: its locking, resuming and blob sharing). The merge
+starts at once: io/hub_headers.py's reader calls `wait(path)` before it first opens a weight
+file, so a tensor job runs as soon as its inputs' files are in the snapshot folder, while the
+later shards still download. A file already in the snapshot folder is never waited for.
+
+A failed download stops the rest and is raised, one line, by the next `wait` (the pipeline
+then stops as on any read error). `cancel()` (the merge failed or was interrupted) stops the
+downloads at their next chunk; the partial files stay in the cache, and huggingface_hub
+resumes them on the next run. The download threads are daemons, so that a download the
+cancel cannot reach (an hf_xet transfer) never holds up the exit after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError
+from .hub_remote import RemoteRepo
+from .pipeline import PipelineStopped
+
+_POLL = 0.1  # seconds between checks of the stop flag while the reader waits for a file
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One weight file of a Hub input that the plan reads."""
+
+    ref: str  # the model reference of the config
+    remote: RemoteRepo
+    name: str
+
+    @property
+    def size(self) -> int:
+        return self.remote.sizes[self.name]
+
+    @property
+    def path(self) -> Path:
+        """Where the file is (or will be) in the snapshot folder: the path the plan reads."""
+        return self.remote.folder / self.name
+
+
+class DownloadCancelled(Exception):
+    """Raised inside huggingface_hub's download loop (by the progress bar) once cancelled."""
+
+
+class Arrivals:
+    """Downloads `files` in order with `threads` daemon threads; `wait(path)` blocks until one is in.
+
+    `fresh_bytes`: the bytes of the files not cached in any form (what the Hub sends)."""
+
+    def __init__(self, files: list[HubFile], fresh_bytes: int, threads: int, quiet: bool = False):
+        self.fresh_bytes, self.quiet = fresh_bytes, quiet
+        self._queue = deque(files)
+        self._events = {f.path: threading.Event() for f in files}
+        self._arrived: set[Path] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._threads = [threading.Thread(target=self._work, name=f"hub-download-{i}", daemon=True)
+                         for i in range(min(max(1, threads), len(files)))]
+        self._started = self._finished = 0.0
+        self.waited_s = 0.0  # seconds the reader spent waiting for files (not reading them)
+
+    def start(self) -> Arrivals:
+        """Start the download threads (none when every file is in place)."""
+        self._started = time.perf_counter()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def wait(self, path: Path) -> None:
+        """Return once `path` has arrived (at once when it was never pending); raise the first
+        download error, or PipelineStopped once cancelled."""
+        event = self._events.get(path)
+        if event is None:
+            return
+        start = time.perf_counter()
+        while not event.wait(_POLL):
+            if self._error is not None or self._stop.is_set():
+                break
+        self.waited_s += time.perf_counter() - start
+        if self._error is not None:
+            raise self._error
+        if path not in self._arrived:
+            raise PipelineStopped("the downloads have stopped")
+
+    def cancel(self) -> None:
+        """Stop the downloads: none starts any more, and those running stop at their next chunk
+        (huggingface_hub's DOWNLOAD_CHUNK_SIZE, 10 MB)."""
+        self._stop.set()
+
+    @property
+    def seconds(self) -> float:
+        """From the start of the downloads to the end of the last one (0 when none ran)."""
+        return max(0.0, self._finished - self._started) if self._threads else 0.0
+
+    def _work(self) -> None:
+        bar = _bar_class(self._stop, self.quiet)
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._queue:
+                    return
+                f = self._queue.popleft()
+            try:
+                check_download(f, f.remote.download(f.name, tqdm_class=bar))
+                self._arrived.add(f.path)
+            except BaseException as exc:  # handed to the reader by wait()
+                if not self._stop.is_set():
+                    self._error = self._error or exc
+                self._stop.set()
+            finally:
+                self._finished = time.perf_counter()
+                self._events[f.path].set()
+
+
+def _bar_class(stop: threading.Event, quiet: bool):
+    """huggingface_hub's progress bar class, silent with --quiet, and raising
+    DownloadCancelled in a plain HTTP download once `stop` is set: hf_hub_download has no
+    other way to stop. An hf_xet transfer (its bar fed from Rust) is not interrupted."""
+    from huggingface_hub.utils import tqdm
+
+    class _Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            self._http = kwargs.get("name") == "huggingface_hub.http_get"
+            if quiet:
+                kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            if self._http and stop.is_set():
+                raise DownloadCancelled("the merge has stopped")
+            return super().update(n)
+
+    return _Bar
+
+
+def check_download(f: HubFile, path: Path) -> None:
+    """The downloaded file is the one planned: its size, and its header byte for byte."""
+    size = path.stat().st_size
+    raw = f.remote.raw_headers.get(f.name)
+    same = size == f.size
+    if same and raw is not None:
+        with open(path, "rb") as fh:
+            same = fh.read(8 + len(raw))[8:] == raw
+    if not same:
+        raise ModelError(f"{path}: downloaded {f.name} of Hugging Face repo {f.remote.what} differs from the file "
+                         f"planned (commit {f.remote.commit[:12]}); delete it from the cache and retry")

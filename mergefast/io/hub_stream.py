@@ -1,0 +1,88 @@
+"""--stream-inputs: Hub weights read with HTTP range requests straight into the pipeline's
+buffers; no weight file is written to the cache.
+
+io/hub_headers.py's reader hands a tensor whose file is not on disk to `Streams.read`, which
+asks the Hub for exactly its bytes, in pieces of PIECE bytes, STREAMS at once (one HTTP
+stream is slower than the link; a tensor of a 7B model is up to 500 MB), into the buffer the
+pipeline reads into: the memory is the pipeline's, within --max-memory. A file already in the
+cache is read from disk as before. Every byte of each tensor the plan reads crosses the network
+once per run (nothing is kept): a second run streams again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import ModelError
+from .hub import hub_errors
+from .hub_remote import RemoteRepo
+from .pipeline import PipelineStopped
+
+# Bytes per range request. TIES of the 0.3B family from the fake Hub at 200 MB/s (2-core VM,
+# benchmarks/hub.py's server): 104 MB/s with 16 MB pieces, 109 with 4 MB, 116 with 2 MB (one
+# run each; the download mode got 182). Smaller pieces spread a tensor over more streams, but
+# each costs a round trip, tens of ms to a real CDN rather than ~1 ms here.
+PIECE = 4 * 2**20
+STREAMS = 8  # range requests at once for one tensor (as hub_fetch's DOWNLOAD_THREADS)
+# Bytes received between checks of the stop flag: Ctrl-C waits for at most one such chunk per
+# stream (the range reads run in non-daemon threads that Python waits for at exit).
+CHUNK = 1 << 16
+
+
+class Streams:
+    """The range reads of one run: bytes received, seconds spent, and a stop flag (`cancel`).
+    It has hub_arrivals.Arrivals' interface, which execute.py uses."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.fresh_bytes, self.seconds, self.waited_s = 0, 0.0, 0.0
+
+    def cancel(self) -> None:
+        """Stop: every range read in progress raises PipelineStopped at its next CHUNK."""
+        self._stop.set()
+
+    def read(self, remote: RemoteRepo, name: str, start: int, out: memoryview) -> None:
+        """Fill `out` with bytes [start, start + len(out)) of file `name` of `remote`."""
+        began = time.perf_counter()
+        pieces = [(at, min(len(out), at + PIECE)) for at in range(0, len(out), PIECE)]
+        if len(pieces) == 1:
+            self._get(remote, name, start, out)
+        else:
+            with ThreadPoolExecutor(min(STREAMS, len(pieces))) as pool:
+                list(pool.map(lambda p: self._get(remote, name, start + p[0], out[p[0]:p[1]]), pieces))
+        with self._lock:
+            self.fresh_bytes += len(out)
+            self.seconds += time.perf_counter() - began
+
+    def _get(self, remote: RemoteRepo, name: str, start: int, out: memoryview) -> None:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        url = hf_hub_url(remote.repo, name, revision=remote.commit)
+        headers = {**build_hf_headers(), "Range": f"bytes={start}-{start + len(out) - 1}",
+                   "Accept-Encoding": "identity"}
+        where = f"{name} of Hugging Face repo {remote.what} (commit {remote.commit[:12]})"
+        got = 0
+        with hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name), get_session().stream(
+                "GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                follow_redirects=True) as response:
+            if response.status_code >= 400:
+                response.read()
+                hf_raise_for_status(response)
+            if response.status_code != 206:
+                raise ModelError(f"{where}: the Hub answered a range request with HTTP {response.status_code}; "
+                                 "rerun without --stream-inputs")
+            for chunk in response.iter_bytes(CHUNK):
+                if self._stop.is_set():
+                    raise PipelineStopped("the merge has stopped")
+                if got + len(chunk) > len(out):
+                    break
+                out[got:got + len(chunk)] = chunk
+                got += len(chunk)
+        if got != len(out):
+            raise ModelError(f"{where}: the Hub sent {got} of the {len(out)} bytes asked for at offset {start}; "
+                             "retry, or rerun without --stream-inputs")
