@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-LIBRARY = "mergefast.kernels.libmergefast_cpu"   # -> mergefast/kernels/libmergefast_cpu.so
+LIBRARY = "mergefast.kernels.libmergefast_cpu"  # -> mergefast/kernels/libmergefast_cpu.so
 
 
 def _note(msg: str) -> None:
@@ -64,7 +64,7 @@ class BuildCpuKernels(build_ext):
     def build_extension(self, ext: Extension) -> None:
         compile_one = self.compiler.compile
 
-        def compile_all(sources, *args, **kwargs):   # one source per job, all cores
+        def compile_all(sources, *args, **kwargs):  # one source per job, all cores
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 parts = pool.map(lambda src: compile_one([src], *args, **kwargs), sources)
                 return [obj for part in parts for obj in part]
@@ -72,10 +72,12 @@ class BuildCpuKernels(build_ext):
         self.compiler.compile = compile_all
         try:
             super().build_extension(ext)
-        except Exception as exc:   # no compiler, no OpenMP, ...: the torch path still works
-            _note(f"building the CPU kernels failed ({type(exc).__name__}: {exc}); mergefast "
-                  "will merge on the CPU with its torch reference path. Install a C++17 "
-                  "compiler with OpenMP (e.g. g++) and reinstall to get them.")
+        except Exception as exc:  # no compiler, no OpenMP, ...: the torch path still works
+            _note(
+                f"building the CPU kernels failed ({type(exc).__name__}: {exc}); mergefast "
+                "will merge on the CPU with its torch reference path. Install a C++17 "
+                "compiler with OpenMP (e.g. g++) and reinstall to get them."
+            )
         finally:
             self.compiler.compile = compile_one
 
@@ -87,16 +89,17 @@ def _extensions() -> list[Extension]:
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     sources = ["csrc/api.cpp", *sorted(glob.glob("csrc/cpu/**/*.cpp", recursive=True))]
     headers = sorted(glob.glob("csrc/**/*.h", recursive=True))
-    return [Extension(
-        LIBRARY,
-        sources=sources,
-        depends=headers,
-        include_dirs=["csrc"],
-        language="c++",
-        extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fno-trapping-math",
-                            *openmp],
-        extra_link_args=openmp,
-    )]
+    return [
+        Extension(
+            LIBRARY,
+            sources=sources,
+            depends=headers,
+            include_dirs=["csrc"],
+            language="c++",
+            extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fno-trapping-math", *openmp],
+            extra_link_args=openmp,
+        )
+    ]
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildCpuKernels})

@@ -20,8 +20,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import SHAPE, sync
+
 from mergefast import kernels, methods
 from mergefast.kernels import SelectionOptions
 from mergefast.methods.numerics import keep_count
@@ -31,20 +31,21 @@ WEIGHTS = [0.5, 0.3, 0.2]
 DENSITIES = [0.5, 0.5, 0.5]
 T = 0.4
 ROUNDS = int(os.environ.get("MERGEFAST_BENCH_ROUNDS", "3"))
-SLOW_ROUNDS = 1   # argsort compositions take tens of seconds on 2 cores
+SLOW_ROUNDS = 1  # argsort compositions take tens of seconds on 2 cores
 # HBM peak (bytes/s) by GPU name, for the fraction-of-peak figure
 HBM_PEAK = {"H100 80GB HBM3": 3.35e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 
 
 # ------------------------------------------------------------------ baselines (written here)
 
+
 def mergekit_style_ties(base, xs, weights, densities):
     """TIES as mergekit 0.1.5 composes it: stacked deltas, argsort per model, stacked masks."""
-    deltas = torch.stack([x - base for x in xs])                      # K x |T| in bf16
+    deltas = torch.stack([x - base for x in xs])  # K x |T| in bf16
     for i, d in enumerate(densities):
         flat = deltas[i].view(-1)
         k = int(d * flat.numel())
-        order = torch.argsort(flat.abs().float(), descending=True)     # int64 |T|
+        order = torch.argsort(flat.abs().float(), descending=True)  # int64 |T|
         mask = torch.zeros_like(flat, dtype=torch.bool)
         mask[order[:k]] = True
         deltas[i] = (flat * mask).view_as(deltas[i])
@@ -109,6 +110,7 @@ def torch_slerp(a, b, t):
 
 # ------------------------------------------------------------------ timing runner
 
+
 def _run(benchmark, fn, device, nbytes, rounds=ROUNDS):
     def call():
         out = fn()
@@ -117,7 +119,7 @@ def _run(benchmark, fn, device, nbytes, rounds=ROUNDS):
 
     call()  # warm-up (Triton compile, page faults)
     benchmark.pedantic(call, rounds=rounds, iterations=1)
-    if benchmark.stats is None:   # --benchmark-disable: one call, nothing timed
+    if benchmark.stats is None:  # --benchmark-disable: one call, nothing timed
         return
     median = benchmark.stats.stats.median
     benchmark.extra_info["ms"] = round(median * 1e3, 2)
@@ -139,11 +141,10 @@ def _inputs(request, device):
     return request.getfixturevalue("layer_cuda" if device == "cuda" else "layer_cpu")
 
 
-TIES_PROVIDERS = ["reference", "mergekit", "torch", "cpu-ext", "cpu-ext-two-pass", "triton",
-                  "triton-two-pass"]
+TIES_PROVIDERS = ["reference", "mergekit", "torch", "cpu-ext", "cpu-ext-two-pass", "triton", "triton-two-pass"]
 
 
-TWO_PASSES = SelectionOptions(one_read=False)   # the one-read scheme off
+TWO_PASSES = SelectionOptions(one_read=False)  # the one-read scheme off
 
 
 @pytest.mark.parametrize("provider", TIES_PROVIDERS)
@@ -156,11 +157,9 @@ def test_ties(benchmark, request, provider):
         "mergekit": lambda: mergekit_style_ties(base, xs, WEIGHTS, DENSITIES),
         "torch": lambda: torch_ties(base, xs, WEIGHTS, DENSITIES),
         "cpu-ext": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
-        "cpu-ext-two-pass": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES,
-                                                 selection=TWO_PASSES),
+        "cpu-ext-two-pass": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES, selection=TWO_PASSES),
         "triton": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES),
-        "triton-two-pass": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES,
-                                                selection=TWO_PASSES),
+        "triton-two-pass": lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES, selection=TWO_PASSES),
     }
     slow = provider in ("reference", "mergekit") and device == "cpu"
     # minimal traffic: base + 3 models read once, output written once (bf16)
@@ -200,7 +199,7 @@ def test_slerp(benchmark, request, provider):
     _run(benchmark, fns[provider], device, 3 * 2 * _numel())
 
 
-DARE_METHODS = {"dare_ties": "sum", "dare_linear": None}   # method -> consensus
+DARE_METHODS = {"dare_ties": "sum", "dare_linear": None}  # method -> consensus
 
 
 @pytest.mark.parametrize("method", sorted(DARE_METHODS))
@@ -210,11 +209,22 @@ def test_dare(benchmark, request, method, provider):
     device = "cuda" if provider == "triton" else "cpu"
     base, xs = _inputs(request, device)
     benchmark.group = method
-    kw = dict(densities=DENSITIES, sparsify="random", consensus=DARE_METHODS[method],
-              rescale=True, seed=0, tensor_name="model.layers.0.mlp.up_proj.weight")
+    kw = dict(
+        densities=DENSITIES,
+        sparsify="random",
+        consensus=DARE_METHODS[method],
+        rescale=True,
+        seed=0,
+        tensor_name="model.layers.0.mlp.up_proj.weight",
+    )
     op = methods.task_arithmetic if provider == "reference" else kernels.task_arithmetic
-    _run(benchmark, lambda: op(base, xs, WEIGHTS, **kw), device, 5 * 2 * _numel(),
-         rounds=SLOW_ROUNDS if provider == "reference" else ROUNDS)
+    _run(
+        benchmark,
+        lambda: op(base, xs, WEIGHTS, **kw),
+        device,
+        5 * 2 * _numel(),
+        rounds=SLOW_ROUNDS if provider == "reference" else ROUNDS,
+    )
 
 
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
@@ -246,8 +256,11 @@ else: out = kernels.slerp(base, xs[0], {T!r})
 after = rss("VmHWM:")
 print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.element_size() / 2**20}}))
 """
-    res = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                    text=True, env=dict(os.environ)).stdout.strip().splitlines()[-1])
+    res = json.loads(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=dict(os.environ))
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     benchmark.group = "memory"
     benchmark.extra_info.update({k: round(v, 1) for k, v in res.items()})
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
@@ -256,15 +269,16 @@ print(json.dumps({{"extra_mb": after - before, "out_mb": out.numel() * out.eleme
 
 # ------------------------------------------------------------------ script mode (GPU sweep)
 
+
 def _gpu_sweep() -> None:
     """Times Triton TIES with each SelectionOptions choice (the one read over its block size
     and with each way to a candidate's threshold; the two passes with each selection scheme
     and over the histogram passes' programs per SM), then the kernels over block sizes / warps
     (gpu_check.sh runs it to choose SelectionOptions' GPU defaults, and BLOCK and NUM_WARPS in
     kernels/triton/utils.py)."""
+    from conftest import _layer
     from triton.testing import do_bench
 
-    from conftest import _layer
     from mergefast.kernels.triton import utils
 
     base, xs = _layer("cuda")
@@ -280,8 +294,12 @@ def _gpu_sweep() -> None:
     }
 
     def report(label, selection):
-        ms = do_bench(lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES, selection=selection),
-                      warmup=5, rep=50, return_mode="median")
+        ms = do_bench(
+            lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES, selection=selection),
+            warmup=5,
+            rep=50,
+            return_mode="median",
+        )
         frac = f" {5 * 2 * n / (ms * 1e-3) / peak * 100:4.0f}% of HBM" if peak else ""
         print(f"{label:40s} ties {ms:7.3f} ms{frac}", flush=True)
 
@@ -292,9 +310,11 @@ def _gpu_sweep() -> None:
     for scheme in ("window", "histogram"):
         report(f"two passes, two_pass={scheme}", SelectionOptions(one_read=False, two_pass=scheme))
     for per_sm in (1, 2, 3, 4, 8, 16):
-        report(f"two passes, histogram, hist_programs_per_sm={per_sm}",
-               SelectionOptions(one_read=False, two_pass="histogram", hist_programs_per_sm=per_sm))
-    chosen = utils.BLOCK, utils.NUM_WARPS   # the launch sizes of every kernel
+        report(
+            f"two passes, histogram, hist_programs_per_sm={per_sm}",
+            SelectionOptions(one_read=False, two_pass="histogram", hist_programs_per_sm=per_sm),
+        )
+    chosen = utils.BLOCK, utils.NUM_WARPS  # the launch sizes of every kernel
     for block in (1024, 2048, 4096):
         for warps in (4, 8):
             utils.BLOCK, utils.NUM_WARPS = block, warps

@@ -51,8 +51,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for group, provs in rows.items():
         if group == "memory":
             for op, info in provs.items():
-                tr.write_line(f"memory  {op:<10} extra peak RSS {info.get('extra_mb')} MB "
-                              f"(output {info.get('out_mb')} MB)")
+                tr.write_line(
+                    f"memory  {op:<10} extra peak RSS {info.get('extra_mb')} MB (output {info.get('out_mb')} MB)"
+                )
             continue
         for prov, info in provs.items():
             ms = info.get("ms")
@@ -64,5 +65,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 extra = f" HBM {info['hbm_fraction'] * 100:.0f}% ({info.get('gpu')})"
             if "two_pass_GB/s" in info:
                 extra += f" two-pass traffic {info['two_pass_GB/s']} GB/s"
-            tr.write_line(f"{group:<7} {prov:<16} {ms:>10} ms {info.get('GB/s'):>8} GB/s  "
-                          f"{ratio}{extra}")
+            tr.write_line(f"{group:<7} {prov:<16} {ms:>10} ms {info.get('GB/s'):>8} GB/s  {ratio}{extra}")

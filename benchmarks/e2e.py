@@ -30,18 +30,22 @@ from make_models import _config_dict, llama_tensor_shapes, write_tokenizer  # no
 from mergefast.io.writer import OutputTensor, ShardedWriter  # noqa: E402
 
 # (layers, hidden, intermediate, heads, kv_heads, vocab): ~0.3B, TinyLlama ~1.1B, Llama-2 7B.
-SIZES = {"0.3b": (16, 1024, 2816, 16, 16, 32000), "1.2b": (22, 2048, 5632, 32, 4, 32000),
-         "7b": (32, 4096, 11008, 32, 32, 32000)}
+SIZES = {
+    "0.3b": (16, 1024, 2816, 16, 16, 32000),
+    "1.2b": (22, 2048, 5632, 32, 4, 32000),
+    "7b": (32, 4096, 11008, 32, 32, 32000),
+}
 CONFIGS = {
     "linear": "merge_method: linear\nmodels:\n{models3}\nparameters: {{weight: 1.0}}\ndtype: bfloat16\n",
     "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n{models3}\n"
-            "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
+    "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
     "dare_ties": "merge_method: dare_ties\nbase_model: {base}\nmodels:\n{models3}\n"
-                 "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
+    "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
     "slerp": "merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
-             "parameters: {{t: 0.4}}\ndtype: bfloat16\n",
-    "passthrough": "merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {ft1}, layer_range: [0, {half}]}}\n"
-                   "  - sources:\n      - {{model: {ft2}, layer_range: [{half}, {layers}]}}\ndtype: bfloat16\n",
+    "parameters: {{t: 0.4}}\ndtype: bfloat16\n",
+    "passthrough": "merge_method: passthrough\nslices:\n"
+    "  - sources:\n      - {{model: {ft1}, layer_range: [0, {half}]}}\n"
+    "  - sources:\n      - {{model: {ft2}, layer_range: [{half}, {layers}]}}\ndtype: bfloat16\n",
 }
 
 
@@ -58,8 +62,16 @@ def make_model(folder: Path, shapes: dict, seed: int, size: tuple, base_seed: in
             t += torch.randn(shape, generator=torch.Generator().manual_seed(seed * 100_003 + i)) * 0.002
         writer.write(name, t.to(torch.bfloat16))
     writer.finish()
-    config = _config_dict(layers=layers, vocab=vocab, hidden=hidden, intermediate=inter, heads=heads,
-                          kv_heads=kv, dtype=torch.bfloat16, tie_word_embeddings=False)
+    config = _config_dict(
+        layers=layers,
+        vocab=vocab,
+        hidden=hidden,
+        intermediate=inter,
+        heads=heads,
+        kv_heads=kv,
+        dtype=torch.bfloat16,
+        tie_word_embeddings=False,
+    )
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer(folder, vocab)
 
@@ -68,8 +80,15 @@ def make_family(root: Path, size_name: str) -> dict[str, Path]:
     """base, ft1, ft2, ft3 under root/size_name (made once, reused)."""
     size = SIZES[size_name]
     layers, hidden, inter, heads, kv, vocab = size
-    shapes = llama_tensor_shapes(layers=layers, vocab=vocab, hidden=hidden, intermediate=inter,
-                                 heads=heads, kv_heads=kv, tie_word_embeddings=False)
+    shapes = llama_tensor_shapes(
+        layers=layers,
+        vocab=vocab,
+        hidden=hidden,
+        intermediate=inter,
+        heads=heads,
+        kv_heads=kv,
+        tie_word_embeddings=False,
+    )
     folders = {n: root / size_name / n for n in ("base", "ft1", "ft2", "ft3")}
     for seed, (name, folder) in enumerate(folders.items()):
         if not (folder / "config.json").exists():
@@ -80,9 +99,11 @@ def make_family(root: Path, size_name: str) -> dict[str, Path]:
 
 # Runs one command in a fresh interpreter and reports its peak RSS (the only child, so
 # RUSAGE_CHILDREN's maximum is that command's own); no /usr/bin/time needed.
-_RSS_WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-                "print('RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-                "sys.exit(r.returncode)")
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print('RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(r.returncode)"
+)
 
 
 def timed(cmd: list[str], env=None) -> tuple[float, float]:
@@ -104,7 +125,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="linear,ties,slerp,passthrough")
     ap.add_argument("--cuda", action="store_true")
-    ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or str(Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/mergekit-yaml"))
+    ap.add_argument(
+        "--mergekit",
+        default=shutil.which("mergekit-yaml")
+        or str(Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/mergekit-yaml"),
+    )
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
     fam = make_family(args.dir, args.size)
@@ -117,11 +142,16 @@ def main() -> None:
     rows = {}
     for method in args.methods.split(","):
         cfg = cfg_dir / f"{method}.yml"
-        cfg.write_text(CONFIGS[method].format(models3=models3, base=fam["base"], ft1=fam["ft1"], ft2=fam["ft2"],
-                                              half=layers // 2, layers=layers))
+        cfg.write_text(
+            CONFIGS[method].format(
+                models3=models3, base=fam["base"], ft1=fam["ft1"], ft2=fam["ft2"], half=layers // 2, layers=layers
+            )
+        )
         cuda = ["--cuda"] if args.cuda else []
-        cmds = {"floor": [sys.executable, str(HERE / "io_floor.py"), str(cfg), str(out)],
-                "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), str(out), "--quiet", *cuda]}
+        cmds = {
+            "floor": [sys.executable, str(HERE / "io_floor.py"), str(cfg), str(out)],
+            "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), str(out), "--quiet", *cuda],
+        }
         if mergekit:
             cmds["mergekit"] = [mergekit, str(cfg), str(out), "--no-copy-tokenizer", "--no-write-model-card", *cuda]
         results = {k: [] for k in cmds}
@@ -129,8 +159,9 @@ def main() -> None:
             for name, cmd in cmds.items():
                 shutil.rmtree(out, ignore_errors=True)
                 results[name].append(timed(cmd))
-        rows[method] = {k: (statistics.median(w for w, _ in v), max(r for _, r in v), [w for w, _ in v])
-                        for k, v in results.items()}
+        rows[method] = {
+            k: (statistics.median(w for w, _ in v), max(r for _, r in v), [w for w, _ in v]) for k, v in results.items()
+        }
         print_row(method, rows[method])
     if args.json:
         args.json.write_text(json.dumps({"size": args.size, "cuda": args.cuda, "rows": rows}, indent=2))

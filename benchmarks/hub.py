@@ -41,12 +41,16 @@ from fake_hub import FakeHub  # noqa: E402
 
 e2e.SIZES.setdefault("tiny", (2, 64, 128, 4, 4, 256))  # the smoke test's size: seconds, not minutes
 REPOS = {"base": "org/base", "ft1": "org/ft1", "ft2": "org/ft2", "ft3": "org/ft3"}
-BAD = ("merge_method: passthrough\nslices:\n  - sources:\n      - {{model: org/ft1, layer_range: [0, {past}]}}\n"
-       "dtype: bfloat16\n")
+BAD = (
+    "merge_method: passthrough\nslices:\n  - sources:\n      - {{model: org/ft1, layer_range: [0, {past}]}}\n"
+    "dtype: bfloat16\n"
+)
 # The floor: every repo at once, each with snapshot_download's own parallel file downloads.
-FLOOR = ("import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
-         "from huggingface_hub import snapshot_download\n"
-         "with ThreadPoolExecutor(len(sys.argv) - 1) as pool:\n    list(pool.map(snapshot_download, sys.argv[1:]))\n")
+FLOOR = (
+    "import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+    "from huggingface_hub import snapshot_download\n"
+    "with ThreadPoolExecutor(len(sys.argv) - 1) as pool:\n    list(pool.map(snapshot_download, sys.argv[1:]))\n"
+)
 
 
 class PacedHub(FakeHub):
@@ -106,8 +110,16 @@ def reshard(family: dict[str, Path], root: Path, shard_mb: int) -> dict[str, Pat
 def hub_env(hub: FakeHub, home: Path) -> dict[str, str]:
     """The environment that points a process's huggingface_hub at `hub`, cache under `home`."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_ENABLE_HF_TRANSFER")}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"), HF_HUB_OFFLINE="0",
-               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="*", no_proxy="*")
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(home),
+        HF_HUB_CACHE=str(home / "hub"),
+        HF_HUB_OFFLINE="0",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        NO_PROXY="*",
+        no_proxy="*",
+    )
     return env
 
 
@@ -118,8 +130,9 @@ def run_once(hub: FakeHub, cmd: list[str], work: Path) -> tuple[float, int, int,
         shutil.rmtree(path, ignore_errors=True)
     hub.reset_counts()
     start = time.perf_counter()
-    proc = subprocess.run([c.replace("{out}", str(out)) for c in cmd], env=hub_env(hub, home),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [c.replace("{out}", str(out)) for c in cmd], env=hub_env(hub, home), capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     for path in (home, out):
         shutil.rmtree(path, ignore_errors=True)
@@ -133,14 +146,18 @@ def measure(hub: FakeHub, config: str, cmds: dict[str, list[str]], work: Path, r
         for name, cmd in cmds.items():
             runs[name].append(run_once(hub, cmd, work))
             print(f"  {config:8s} {name:10s} {runs[name][-1][0]:7.2f} s  exit {runs[name][-1][2]}", file=sys.stderr)
-    return [Row(config, name, statistics.median(r[0] for r in rs), rs[-1][1], rs[-1][2], " ".join(rs[-1][3]))
-            for name, rs in runs.items()]
+    return [
+        Row(config, name, statistics.median(r[0] for r in rs), rs[-1][1], rs[-1][2], " ".join(rs[-1][3]))
+        for name, rs in runs.items()
+    ]
 
 
 def commands(cfg: Path, repos: list[str], mergekit: str | None, stream: bool = True) -> dict[str, list[str]]:
     """The floor, mergefast (also with --stream-inputs) and (when found) mergekit on config file `cfg`."""
-    cmds = {"floor": [sys.executable, "-c", FLOOR, *repos],
-            "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), "{out}", "--quiet"]}
+    cmds = {
+        "floor": [sys.executable, "-c", FLOOR, *repos],
+        "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), "{out}", "--quiet"],
+    }
     if stream:
         cmds["mergefast --stream-inputs"] = [*cmds["mergefast"], "--stream-inputs"]
     if mergekit:
@@ -154,8 +171,10 @@ def table(rows: list[Row], repo_bytes: dict[str, int]) -> str:
     lines = ["| config | command | time (s) | x floor | bytes served | exit |", "|---|---|---:|---:|---:|---|"]
     for r in rows:
         served = f"{r.served / 1e6:.1f} MB ({100 * r.served / repo_bytes[r.config]:.1f}%)"
-        lines.append(f"| {r.config} | {r.command} | {r.seconds:.2f} | {r.seconds / floors[r.config]:.2f} | "
-                     f"{served} | {r.code}{' (refused)' if r.config == 'bad' and r.code else ''} |")
+        lines.append(
+            f"| {r.config} | {r.command} | {r.seconds:.2f} | {r.seconds / floors[r.config]:.2f} | "
+            f"{served} | {r.code}{' (refused)' if r.config == 'bad' and r.code else ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -185,8 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows, repo_bytes = [], {}
     models3 = "\n".join(f"  - model: {REPOS[k]}" for k in ("ft1", "ft2", "ft3"))
-    texts = {m: e2e.CONFIGS[m].format(models3=models3, base=REPOS["base"], ft1=REPOS["ft1"], ft2=REPOS["ft2"],
-                                      half=layers // 2, layers=layers) for m in args.methods.split(",")}
+    texts = {
+        m: e2e.CONFIGS[m].format(
+            models3=models3, base=REPOS["base"], ft1=REPOS["ft1"], ft2=REPOS["ft2"], half=layers // 2, layers=layers
+        )
+        for m in args.methods.split(",")
+    }
     texts["bad"] = BAD.format(past=layers + 8)
     try:
         for config, text in texts.items():
@@ -198,8 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         hub.stop()
     shards = f"{args.shard_mb} MB shards" if args.shard_mb else "e2e.py's shards"
-    print(f"\n{args.size} family ({shards}), fake Hub at {args.mbps:g} MB/s total, {os.cpu_count()} CPUs, "
-          f"mergekit: {'yes' if mergekit else 'not found (MERGEKIT_YAML unset)'}\n")
+    print(
+        f"\n{args.size} family ({shards}), fake Hub at {args.mbps:g} MB/s total, {os.cpu_count()} CPUs, "
+        f"mergekit: {'yes' if mergekit else 'not found (MERGEKIT_YAML unset)'}\n"
+    )
     print(table(rows, repo_bytes))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))

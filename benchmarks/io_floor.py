@@ -88,8 +88,11 @@ def main(config_path: str, out: str) -> None:
     # Reading and writing run at once (two threads; preadv/write release the GIL), as a
     # merge that overlaps its IO does: the floor is max(read, write), not their sum.
     result: list[int] = []
-    reader = threading.Thread(target=lambda: result.append(
-        sum(read_ranges(f, spans, bytearray(CHUNK)) for f, spans in sorted(ranges.items()))))
+    reader = threading.Thread(
+        target=lambda: result.append(
+            sum(read_ranges(f, spans, bytearray(CHUNK)) for f, spans in sorted(ranges.items()))
+        )
+    )
     reader.start()
     write_bytes(Path(out), out_bytes, bytearray(CHUNK))
     reader.join()

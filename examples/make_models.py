@@ -171,9 +171,7 @@ def write_tokenizer(folder: str | os.PathLike, vocab: int) -> None:
         "pad_token": "<pad>",
         "model_max_length": 256,
         "clean_up_tokenization_spaces": False,
-        "added_tokens_decoder": {
-            str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added
-        },
+        "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added},
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     special_map = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
@@ -228,8 +226,15 @@ def make_tiny_llama(
         raise ValueError(f"unsupported dtype {dtype}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    arch = dict(layers=layers, vocab=vocab, hidden=hidden, intermediate=intermediate, heads=heads,
-                kv_heads=kv_heads, tie_word_embeddings=tie_word_embeddings)
+    arch = dict(
+        layers=layers,
+        vocab=vocab,
+        hidden=hidden,
+        intermediate=intermediate,
+        heads=heads,
+        kv_heads=kv_heads,
+        tie_word_embeddings=tie_word_embeddings,
+    )
     shapes = llama_tensor_shapes(**arch)
     gen = torch.Generator().manual_seed(int(seed))
     tensors: dict[str, torch.Tensor] = {}

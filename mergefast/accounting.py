@@ -68,8 +68,10 @@ def account_for_inputs(plan) -> list[str]:
     if lost:
         shown = ", ".join(f"{name} ({ref})" for ref, name in lost[:SHOWN])
         more = f" and {len(lost) - SHOWN} more" if len(lost) > SHOWN else ""
-        raise ConfigError(f"{plan.source}: {len(lost)} input tensor(s) would not reach the output: {shown}{more}; "
-                          f"the output's layout comes from {plan.donor} ({plan.models[plan.donor].arch.describe()}), "
-                          "which has no place for them: merge models with the same tensors, or make the model "
-                          "that has them the base_model")
+        raise ConfigError(
+            f"{plan.source}: {len(lost)} input tensor(s) would not reach the output: {shown}{more}; "
+            f"the output's layout comes from {plan.donor} ({plan.models[plan.donor].arch.describe()}), "
+            "which has no place for them: merge models with the same tensors, or make the model "
+            "that has them the base_model"
+        )
     return [f"{ref}: {count} tensor(s) left out: {rule}" for (ref, rule), count in dropped.items()]

@@ -15,7 +15,8 @@ Measured on 45M bf16 elements, 2 cores: sum 14 ms, `isfinite(x).all()` 500 ms.
 from __future__ import annotations
 
 import logging
-from typing import Any, Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -57,8 +58,9 @@ def _source_label(source: Any) -> tuple[str, str]:
     return str(source.model), str(source.tensor)
 
 
-def check_output_finite(job_name: str, tensor: torch.Tensor,
-                        sources: Sequence[Any] = (), inputs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+def check_output_finite(
+    job_name: str, tensor: torch.Tensor, sources: Sequence[Any] = (), inputs: Sequence[torch.Tensor] = ()
+) -> torch.Tensor:
     """Return `tensor`; raise MergeError naming `job_name` if it holds NaN or inf.
 
     `sources` (TensorSource or (model, tensor name) pairs) are named in the message; when
@@ -70,24 +72,26 @@ def check_output_finite(job_name: str, tensor: torch.Tensor,
     if sources:
         if inputs:
             bad = [f"{m} ({n})" for (m, n), t in zip(map(_source_label, sources), inputs) if not all_finite(t)]
-            detail = (f"; non-finite inputs: {', '.join(bad)}" if bad
-                      else "; all inputs are finite: check the merge parameters")
+            detail = (
+                f"; non-finite inputs: {', '.join(bad)}"
+                if bad
+                else "; all inputs are finite: check the merge parameters"
+            )
         else:
             detail = f"; inputs: {', '.join(f'{m} ({n})' for m, n in map(_source_label, sources))}"
-    raise MergeError(f"tensor {job_name}: the output has {_describe(tensor)}{detail}; "
-                     "refusing to write a broken model")
+    raise MergeError(f"tensor {job_name}: the output has {_describe(tensor)}{detail}; refusing to write a broken model")
 
 
-def warn_nonfinite_inputs(job_name: str, sources: Sequence[Any], tensors: Iterable[torch.Tensor],
-                          known_finite: Container[int] = ()) -> int:
+def warn_nonfinite_inputs(
+    job_name: str, sources: Sequence[Any], tensors: Iterable[torch.Tensor], known_finite: Container[int] = ()
+) -> int:
     """Log one warning per input tensor holding NaN or inf; return how many did. Tensors
     whose data pointer is in `known_finite` (proven by a kernel) are not scanned again."""
     count = 0
     for source, tensor in zip(sources, tensors):
         if tensor.data_ptr() not in known_finite and not all_finite(tensor):
             model, name = _source_label(source)
-            log.warning("model %s: input tensor %s (for output %s) has %s", model, name, job_name,
-                        _describe(tensor))
+            log.warning("model %s: input tensor %s (for output %s) has %s", model, name, job_name, _describe(tensor))
             count += 1
     return count
 
@@ -102,11 +106,15 @@ def check_plan(plan: Any) -> None:
         for model, params in zip(models, job.model_params):
             density = params.get("density")
             if density is not None and not 0.0 <= density <= 1.0:
-                raise ConfigError(f"{plan.source}: model {model}, tensor {job.name}: density {density:g} "
-                                  "must be between 0 and 1 (the fraction of the task vector kept)")
+                raise ConfigError(
+                    f"{plan.source}: model {model}, tensor {job.name}: density {density:g} "
+                    "must be between 0 and 1 (the fraction of the task vector kept)"
+                )
         if spec_name == "linear" and job.global_params.get("normalize"):
             weights = [p.get("weight") for p in job.model_params]
             if all(isinstance(w, (int, float)) for w in weights) and abs(sum(weights)) < ZERO_WEIGHT_SUM:
                 pairs = ", ".join(f"{m}: {w:g}" for m, w in zip(models, weights))
-                raise ConfigError(f"{plan.source}: tensor {job.name}: linear weights ({pairs}) sum to zero "
-                                  "with normalize: true; change the weights or set normalize: false")
+                raise ConfigError(
+                    f"{plan.source}: tensor {job.name}: linear weights ({pairs}) sum to zero "
+                    "with normalize: true; change the weights or set normalize: false"
+                )

@@ -28,10 +28,12 @@ from .options import OPTIONS, Option
 def _range_check(option: Option):
     """A click callback: `option`'s range checked as the command line is parsed, so a value out
     of range is a usage error naming the flag, before any model is opened."""
+
     def check(ctx, param, value):
         if value is not None and not option.valid(value):
             raise click.BadParameter(option.cli_error.format(value=value))
         return value
+
     return check
 
 
@@ -119,6 +121,7 @@ def reports_errors(func):
     (the temporary output is removed on the way out). OSError (disk full, permissions): 1,
     naming the path. Anything else is a bug: "internal error", exit 1.
     """
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", 0) or 0
@@ -154,11 +157,13 @@ def reports_errors(func):
             logger.removeHandler(handler)
             logger.setLevel(saved_level)
             logger.propagate = saved_propagate
+
     return wrapper
 
 
-DRY_RUN = click.option("--dry-run", is_flag=True, default=False,
-                       help="Validate and plan (headers only), print the plan, write nothing.")
+DRY_RUN = click.option(
+    "--dry-run", is_flag=True, default=False, help="Validate and plan (headers only), print the plan, write nothing."
+)
 
 
 @contextmanager

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -19,7 +20,7 @@ from .errors import ConfigError
 from .suggest import did_you_mean  # also imported from here by options and legacy
 from .yaml_text import load_yaml
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 # A parameter setting: scalar, gradient list, {filter, value} conditional, or a list of those.
 Setting = Any
 
@@ -63,7 +64,7 @@ class ModelEntry(_Strict):
     """One entry of `models:`."""
 
     model: str
-    parameters: Optional[dict[str, Setting]] = None
+    parameters: dict[str, Setting] | None = None
     _model = field_validator("model", mode="before")(_model_string)
 
 
@@ -72,7 +73,7 @@ class InputSlice(_Strict):
 
     model: str
     layer_range: tuple[int, int]
-    parameters: Optional[dict[str, Setting]] = None
+    parameters: dict[str, Setting] | None = None
     _model = field_validator("model", mode="before")(_model_string)
 
     @field_validator("layer_range")
@@ -88,14 +89,13 @@ class OutputSlice(_Strict):
     """One entry of `slices:`."""
 
     sources: list[InputSlice]
-    base_model: Optional[str] = None
-    parameters: Optional[dict[str, Setting]] = None
-    residual_weight: Optional[float] = None  # in mergekit's schema, never used
-    _base = field_validator("base_model", mode="before")(
-        lambda v: None if v is None else _model_string(v))
+    base_model: str | None = None
+    parameters: dict[str, Setting] | None = None
+    residual_weight: float | None = None  # in mergekit's schema, never used
+    _base = field_validator("base_model", mode="before")(lambda v: None if v is None else _model_string(v))
 
     @model_validator(mode="after")
-    def _same_lengths(self) -> "OutputSlice":
+    def _same_lengths(self) -> OutputSlice:
         if not self.sources:
             raise ValueError("a slice needs at least one source")
         lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
@@ -108,12 +108,12 @@ class ModuleConfig(_Strict):
     """One entry of `modules:` (mergekit 0.1.5): a module's own `models:` or `slices:`, and
     parameters that rank between the slice's and the top-level ones."""
 
-    models: Optional[list[ModelEntry]] = None
-    slices: Optional[list[OutputSlice]] = None
-    parameters: Optional[dict[str, Setting]] = None
+    models: list[ModelEntry] | None = None
+    slices: list[OutputSlice] | None = None
+    parameters: dict[str, Setting] | None = None
 
     @model_validator(mode="after")
-    def _models_xor_slices(self) -> "ModuleConfig":
+    def _models_xor_slices(self) -> ModuleConfig:
         if (self.models is None) == (self.slices is None) or not (self.models or self.slices):
             raise ValueError("a module needs exactly one of `models` or `slices`, not empty")
         return self
@@ -125,9 +125,9 @@ class Block:
 
     module: str | None  # None: the top level
     where: str  # YAML path prefix: "" or "modules.vision_tower."
-    models: Optional[list[ModelEntry]]
-    slices: Optional[list[OutputSlice]]
-    parameters: Optional[dict[str, Setting]]  # the module's parameters (None at the top level)
+    models: list[ModelEntry] | None
+    slices: list[OutputSlice] | None
+    parameters: dict[str, Setting] | None  # the module's parameters (None at the top level)
 
 
 class ModelTokenSource(_Strict):
@@ -135,12 +135,12 @@ class ModelTokenSource(_Strict):
 
     kind: Literal["model_token"]
     model: str
-    token_id: Optional[int] = None
-    token: Optional[str] = None
+    token_id: int | None = None
+    token: str | None = None
     _model = field_validator("model", mode="before")(_model_string)
 
     @model_validator(mode="after")
-    def _one_of(self) -> "ModelTokenSource":
+    def _one_of(self) -> ModelTokenSource:
         if (self.token_id is None) == (self.token is None):
             raise ValueError("a model_token source needs exactly one of `token_id` or `token`")
         return self
@@ -167,7 +167,7 @@ def _token_source(value: Any) -> Any:
 class TokenEmbedding(_Strict):
     """One entry of `tokenizer.tokens`: where the token's embedding comes from."""
 
-    source: Optional[Union[ModelTokenSource, ZeroSource, str]] = None
+    source: ModelTokenSource | ZeroSource | str | None = None
     force: bool = False
     _source = field_validator("source", mode="before")(lambda v: None if v is None else _token_source(v))
 
@@ -176,14 +176,13 @@ class TokenizerConfig(_Strict):
     """The `tokenizer:` block (mergekit 0.1.5)."""
 
     source: str = "union"
-    tokens: Optional[dict[str, TokenEmbedding]] = None
-    pad_to_multiple_of: Optional[int] = None
-    _source = field_validator("source", mode="before")(
-        lambda v: v if v in ("union", "base") else _model_string(v))
+    tokens: dict[str, TokenEmbedding] | None = None
+    pad_to_multiple_of: int | None = None
+    _source = field_validator("source", mode="before")(lambda v: v if v in ("union", "base") else _model_string(v))
 
     @field_validator("pad_to_multiple_of")
     @classmethod
-    def _pad(cls, value: Optional[int]) -> Optional[int]:
+    def _pad(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
             raise ValueError(f"pad_to_multiple_of must be a positive integer, got {value}")
         return value
@@ -193,32 +192,38 @@ class MergeConfig(_Strict):
     """A whole mergekit configuration file."""
 
     merge_method: str
-    models: Optional[list[ModelEntry]] = None
-    slices: Optional[list[OutputSlice]] = None
-    modules: Optional[dict[str, ModuleConfig]] = None
-    base_model: Optional[str] = None
-    parameters: Optional[dict[str, Setting]] = None
-    dtype: Optional[str] = None
-    out_dtype: Optional[str] = None
-    tokenizer_source: Optional[str] = None
-    tokenizer: Optional[TokenizerConfig] = None
-    chat_template: Optional[str] = None
-    name: Optional[str] = None  # mergekit-multi document name; accepted, unused
-    _base = field_validator("base_model", mode="before")(
-        lambda v: None if v is None else _model_string(v))
+    models: list[ModelEntry] | None = None
+    slices: list[OutputSlice] | None = None
+    modules: dict[str, ModuleConfig] | None = None
+    base_model: str | None = None
+    parameters: dict[str, Setting] | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    tokenizer: TokenizerConfig | None = None
+    chat_template: str | None = None
+    name: str | None = None  # mergekit-multi document name; accepted, unused
+    _base = field_validator("base_model", mode="before")(lambda v: None if v is None else _model_string(v))
 
     @field_validator("dtype", "out_dtype")
     @classmethod
-    def _dtype(cls, value: Optional[str]) -> Optional[str]:
+    def _dtype(cls, value: str | None) -> str | None:
         if value is None:
             return None
         name = value.removeprefix("torch.")
-        if name == "int64":   # a name mergekit takes; every weight would be truncated
-            raise ValueError(f"'{value}' would truncate every weight to an integer (an "
-                             f"all-zero model); use one of {', '.join(DTYPES)}")
+        if name == "int64":  # a name mergekit takes; every weight would be truncated
+            raise ValueError(
+                f"'{value}' would truncate every weight to an integer (an "
+                f"all-zero model); use one of {', '.join(DTYPES)}"
+            )
         if name not in DTYPES:
-            hint = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
-                    "float": "float32"}.get(name)
+            hint = {
+                "bf16": "bfloat16",
+                "fp16": "float16",
+                "half": "float16",
+                "fp32": "float32",
+                "float": "float32",
+            }.get(name)
             suggestion = f" (did you mean '{hint}'?)" if hint else did_you_mean(name, DTYPES)
             raise ValueError(f"unknown dtype '{value}'{suggestion}; use one of {', '.join(DTYPES)}")
         return name
@@ -232,7 +237,7 @@ class MergeConfig(_Strict):
 
     @field_validator("chat_template")
     @classmethod
-    def _chat_template(cls, value: Optional[str]) -> Optional[str]:
+    def _chat_template(cls, value: str | None) -> str | None:
         from .tokenizer.templates import check_chat_template
 
         return None if value is None else check_chat_template(value)
@@ -262,7 +267,7 @@ class MergeConfig(_Strict):
                         yield f"{w}slices[{i}].sources[{j}].parameters", src.parameters, True
 
     @model_validator(mode="after")
-    def _models_xor_slices(self) -> "MergeConfig":
+    def _models_xor_slices(self) -> MergeConfig:
         if [self.models, self.slices, self.modules].count(None) != 2:
             raise ValueError("exactly one of `models`, `slices` or `modules` must be given")
         if not (self.models or self.slices or self.modules):
@@ -335,8 +340,10 @@ def _dict_to_yaml(data: dict) -> str:
         return yaml.safe_dump(_plain(data), sort_keys=False)
     except yaml.representer.RepresenterError as exc:
         bad = exc.args[1] if len(exc.args) > 1 else exc
-        raise ConfigError(f"<config>: {bad!r} ({type(bad).__name__}) is not YAML data; give strings, "
-                          "numbers, booleans, lists and dicts") from None
+        raise ConfigError(
+            f"<config>: {bad!r} ({type(bad).__name__}) is not YAML data; give strings, "
+            "numbers, booleans, lists and dicts"
+        ) from None
 
 
 def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, str, str]:
@@ -345,12 +352,13 @@ def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, st
     if isinstance(path_or_text, MergeConfig):
         text = _dict_to_yaml(path_or_text.model_dump(exclude_none=True))
         return path_or_text, text, "<config>"
-    if isinstance(path_or_text, dict):   # the YAML's data, e.g. from yaml.safe_load
+    if isinstance(path_or_text, dict):  # the YAML's data, e.g. from yaml.safe_load
         text = _dict_to_yaml(path_or_text)
         return parse_config(text), text, "<config>"
     if not isinstance(path_or_text, (str, Path)):
-        raise ConfigError(f"config must be a path, YAML text, a dict or a MergeConfig, got "
-                          f"{type(path_or_text).__name__}")
+        raise ConfigError(
+            f"config must be a path, YAML text, a dict or a MergeConfig, got {type(path_or_text).__name__}"
+        )
     if isinstance(path_or_text, Path) or "\n" not in str(path_or_text):
         path = Path(path_or_text)
         if not path.is_file():

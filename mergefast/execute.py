@@ -22,11 +22,11 @@ from .checks import all_finite, check_output_finite, warn_nonfinite_inputs
 from .errors import MergeError
 from .io.out_path import check_out_path, check_replaceable, check_stats_path, output_folder
 from .io.output import write_json, write_tokenizer
-from .io.writer import OutputTensor, ShardedWriter
-from .methods.linear import ZeroWeightSumError
 from .io.pipeline import run_pipeline
+from .io.writer import OutputTensor, ShardedWriter
 from .kernels.cpu import finite_inputs
 from .kernels.fused import merge_group
+from .methods.linear import ZeroWeightSumError
 from .options import MergeOptions
 from .plan import MergePlan, TensorJob
 from .staging import staging_for
@@ -46,8 +46,16 @@ def merge_job(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor], seed
         return check_output_finite(job.name, tensors[0], job.sources)
     try:
         with finite_inputs() as proven:
-            out = merge_group(plan.spec, tensors, job.base_index, job.global_params, job.model_params,
-                              job.dtype, seed=seed, tensor_name=job.name)
+            out = merge_group(
+                plan.spec,
+                tensors,
+                job.base_index,
+                job.global_params,
+                job.model_params,
+                job.dtype,
+                seed=seed,
+                tensor_name=job.name,
+            )
     except ZeroWeightSumError as exc:
         raise MergeError(f"{plan.source}: tensor {job.name}: {exc}") from None
     output_finite = all_finite(out)
@@ -75,14 +83,15 @@ def _processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
 
     The writer puts each tensor at its planned offset, so the output layout does not depend
     on this order."""
+
     def key(job: TensorJob):
         info = job.sources[0].info
         return str(info.file), info.data_offsets[0] if info.data_offsets else 0
+
     return sorted(jobs, key=key)
 
 
-def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary,
-                   downloads=None) -> None:
+def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary, downloads=None) -> None:
     outputs = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
     budget = options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs))
@@ -91,6 +100,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
     try:
         with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=options.quiet) as bar:
+
             def write(job, pending):
                 staging.write(pending, lambda tensor: writer.write(job.name, tensor))
 
@@ -103,8 +113,15 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
                 bar.update(job.read_bytes)
 
             stages = run_pipeline(
-                _processing_order(plan.jobs), staging.read, merge, write, cost=lambda job: job.read_bytes + out_bytes[job.name],
-                budget=budget, progress=done, on_stop=lambda: _stop(staging, downloads))
+                _processing_order(plan.jobs),
+                staging.read,
+                merge,
+                write,
+                cost=lambda job: job.read_bytes + out_bytes[job.name],
+                budget=budget,
+                progress=done,
+                on_stop=lambda: _stop(staging, downloads),
+            )
         writer.finish()
     except BaseException:
         writer.abort()
@@ -141,8 +158,9 @@ def _write_side_files(plan: MergePlan, folder: Path, options: MergeOptions, out_
         base = None if config.merge_method == "slerp" else config.base_model
         if base is None and config.base_model:
             others = [config.base_model, *others]
-        card = model_card(plan.config_text, method=config.merge_method, base_model=base,
-                          models=others, out_name=out_name)
+        card = model_card(
+            plan.config_text, method=config.merge_method, base_model=base, models=others, out_name=out_name
+        )
         (folder / "README.md").write_text(card, encoding="utf-8")
         (folder / "mergekit_config.yml").write_text(plan.config_text, encoding="utf-8")
 
@@ -220,8 +238,9 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Run
 
     # The weights of Hub inputs, now that the plan has passed: they download while the merge
     # runs, each job waiting for its own files only (io/hub_arrivals.py).
-    downloads = start_downloads(plan, out, _processing_order(plan.jobs), quiet=options.quiet,
-                                stream=options.stream_inputs)
+    downloads = start_downloads(
+        plan, out, _processing_order(plan.jobs), quiet=options.quiet, stream=options.stream_inputs
+    )
     try:
         stats = _merge_into(plan, out, options, downloads)
     finally:

@@ -11,8 +11,8 @@ from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref
 from .io.hub_headers import RemoteCheckpointReader
 from .io.hub_remote import RemoteRepo, locate_model
-from .io.quantized import Fp8Reader, block_size, check_quantization
 from .io.model_files import check_side_files, read_model_json
+from .io.quantized import Fp8Reader, block_size, check_quantization
 from .io.reader import CheckpointReader
 
 # Nested configs of multimodal models (transformers' sub_configs), read as mappings.
@@ -72,8 +72,9 @@ def read_model_config(folder: Path) -> dict:
     for key in SUB_CONFIGS:  # read as mappings everywhere (layer counts, vocab size, tying)
         if key in data and data[key] is not None and not isinstance(data[key], dict):
             kind = {str: "a string", list: "a list", bool: "true/false"}.get(type(data[key]), "a number")
-            raise ModelError(f"{path}: {key} is {kind}, not an object of settings; "
-                             "fix config.json or re-download the model")
+            raise ModelError(
+                f"{path}: {key} is {kind}, not an object of settings; fix config.json or re-download the model"
+            )
     return data
 
 
@@ -120,8 +121,10 @@ def _check_same_architecture(models: dict[str, InputModel]) -> None:
     if len(seen) > 1:
         (a, ra), (b, rb) = list(seen.items())[:2]
         close_models(models)
-        raise ConfigError(f"models have different architectures: {ra} is {'/'.join(a)} but {rb} is "
-                          f"{'/'.join(b)}; pass --allow-crimes to merge them anyway")
+        raise ConfigError(
+            f"models have different architectures: {ra} is {'/'.join(a)} but {rb} is "
+            f"{'/'.join(b)}; pass --allow-crimes to merge them anyway"
+        )
 
 
 def check_model_folders(models: dict[str, InputModel], refs: list[str], source: str) -> None:
@@ -132,9 +135,11 @@ def check_model_folders(models: dict[str, InputModel], refs: list[str], source: 
         if not (model.folder / "config.json").is_file():
             # The config gives the layer count and architecture, and the donor's becomes the
             # output's config.json: without it the output would not load (mergekit needs it too).
-            raise ConfigError(f"{source}: model {ref}: no config.json in {model.folder}; every merged model "
-                              "needs its Hugging Face config.json (the donor's becomes the output's): copy it "
-                              "into the folder")
+            raise ConfigError(
+                f"{source}: model {ref}: no config.json in {model.folder}; every merged model "
+                "needs its Hugging Face config.json (the donor's becomes the output's): copy it "
+                "into the folder"
+            )
         _check_untied_head(model, ref, source)
 
 
@@ -156,12 +161,15 @@ def _check_untied_head(model: InputModel, ref: str, source: str) -> None:
     for head, embedding in model.arch.tied_heads.items():
         if head in reader or embedding not in reader:
             continue  # the head is there, or the model does not use these names at all
-        weights = reader.index_file or model.folder / ("model.safetensors" if reader.format == "safetensors"
-                                                       else "pytorch_model.bin")
-        raise ConfigError(f"{source}: model {ref}: tensor {head} is missing from {weights} but "
-                          f"{model.folder / 'config.json'} sets tie_word_embeddings: false; the checkpoint "
-                          "is incomplete: re-download or re-save it (or set tie_word_embeddings: true if "
-                          "its head really is the embedding)")
+        weights = reader.index_file or model.folder / (
+            "model.safetensors" if reader.format == "safetensors" else "pytorch_model.bin"
+        )
+        raise ConfigError(
+            f"{source}: model {ref}: tensor {head} is missing from {weights} but "
+            f"{model.folder / 'config.json'} sets tie_word_embeddings: false; the checkpoint "
+            "is incomplete: re-download or re-save it (or set tie_word_embeddings: true if "
+            "its head really is the embedding)"
+        )
 
 
 def close_models(models: dict[str, InputModel]) -> None:

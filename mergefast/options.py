@@ -55,36 +55,66 @@ def _flag(name: str, default: bool, help: str, show_default: bool = False) -> Op
 OPTIONS: tuple[Option, ...] = (
     _flag("cuda", False, "Run the merge arithmetic on the GPU."),
     Option("device", "text", None, "Math device (cpu, cuda, cuda:N, auto); overrides --cuda."),
-    Option("out_shard_size", "size", DEFAULT_SHARD_SIZE,
-           "Maximum bytes per output shard; an integer or with k/m/b suffix (x1000).",
-           cli_default="5B", show_default=True, valid=lambda size: size > 0,
-           api_error="merge option {name}={value!r}: give a positive size"),
+    Option(
+        "out_shard_size",
+        "size",
+        DEFAULT_SHARD_SIZE,
+        "Maximum bytes per output shard; an integer or with k/m/b suffix (x1000).",
+        cli_default="5B",
+        show_default=True,
+        valid=lambda size: size > 0,
+        api_error="merge option {name}={value!r}: give a positive size",
+    ),
     _flag("copy_tokenizer", True, "Copy the donor model's tokenizer files into the output.", show_default=True),
     _flag("write_model_card", True, "Write README.md and mergekit_config.yml.", show_default=True),
     _flag("allow_crimes", False, "Allow merging models whose architectures differ."),
-    Option("random_seed", "int", None, "Seed for random merge methods (DARE, DELLA): 0 to 2**64 - 1.",
-           valid=lambda seed: 0 <= seed <= MAX_SEED,
-           api_error=f"merge option {{name}}={{value!r}} ({{flag}}): give a whole number from 0 to {MAX_SEED}",
-           cli_error=(f"{{value}} is outside the seeds mergefast supports: give a whole number from 0 to "
-                      f"{MAX_SEED} (2**64 - 1)")),
+    Option(
+        "random_seed",
+        "int",
+        None,
+        "Seed for random merge methods (DARE, DELLA): 0 to 2**64 - 1.",
+        valid=lambda seed: 0 <= seed <= MAX_SEED,
+        api_error=f"merge option {{name}}={{value!r}} ({{flag}}): give a whole number from 0 to {MAX_SEED}",
+        cli_error=(
+            f"{{value}} is outside the seeds mergefast supports: give a whole number from 0 to {MAX_SEED} (2**64 - 1)"
+        ),
+    ),
     Option("transformers_cache", "text", None, "Hugging Face download cache folder."),
-    _flag("stream_inputs", False, "Hub inputs: read the tensors with HTTP range requests, writing no "
-          "weight file to the cache (each run reads them again)."),
+    _flag(
+        "stream_inputs",
+        False,
+        "Hub inputs: read the tensors with HTTP range requests, writing no "
+        "weight file to the cache (each run reads them again).",
+    ),
     _flag("lazy_unpickle", False, "Accepted for mergekit compatibility: .bin files are always read lazily."),
-    _flag("trust_remote_code", False,
-          "Accepted for compatibility; mergefast never runs code from a model folder."),
+    _flag("trust_remote_code", False, "Accepted for compatibility; mergefast never runs code from a model folder."),
     Option("verbose", "count", 0, "More logging; -v also shows tracebacks.", short="-v"),
     _flag("quiet", False, "No progress bar and no summary."),
-    _flag("unsafe_truncate_embeddings", False,
-          "Inputs with different vocabulary sizes: keep only the rows all of them have."),
+    _flag(
+        "unsafe_truncate_embeddings",
+        False,
+        "Inputs with different vocabulary sizes: keep only the rows all of them have.",
+    ),
     # bytes in flight; None lets MergeOptions.pipeline_budget choose
-    Option("max_memory", "memory", None, "Bytes read ahead but not yet written, e.g. 4g, 500m or 10% "
-           "(default: twice the largest tensor group, at most 25% of RAM)."),
+    Option(
+        "max_memory",
+        "memory",
+        None,
+        "Bytes read ahead but not yet written, e.g. 4g, 500m or 10% "
+        "(default: twice the largest tensor group, at most 25% of RAM).",
+    ),
     Option("stats_json", "path", None, "Also write the run summary's figures as JSON to this file."),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
-_ANNOTATIONS = {"bool": "bool", "int": "int | None", "count": "int", "text": "str | None",
-                "path": "str | None", "memory": "str | int | None", "size": "int"}
+_ANNOTATIONS = {
+    "bool": "bool",
+    "int": "int | None",
+    "count": "int",
+    "text": "str | None",
+    "path": "str | None",
+    "memory": "str | int | None",
+    "size": "int",
+}
 
 
 def physical_memory() -> int:

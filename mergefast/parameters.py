@@ -8,7 +8,8 @@ first match wins. Gradients are interpolated piecewise-linearly at the layer pos
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .errors import ConfigError
 from .methods.registry import MERGEKIT_METHODS, METHODS, MethodSpec, Param
@@ -42,7 +43,9 @@ def check_setting(setting: Any, where: str) -> None:
         if _is_conditional(item):
             unknown = set(item) - {"filter", "value"}
             if unknown or "value" not in item:
-                raise ConfigError(f"{where}: a conditional needs exactly `value` and an optional `filter`, got {sorted(item)}")
+                raise ConfigError(
+                    f"{where}: a conditional needs exactly `value` and an optional `filter`, got {sorted(item)}"
+                )
             _check_value(item["value"], where)
         elif not isinstance(setting, list):
             _check_value(item, where)
@@ -59,8 +62,7 @@ def method_spec(name: str, source: str) -> MethodSpec:
     raise ConfigError(f"{source}: merge_method: unknown method '{name}'{did_you_mean(name, MERGEKIT_METHODS)}")
 
 
-def check_parameters(merge_method: str, blocks: Iterable[tuple[str, Mapping[str, Any], bool]],
-                     source: str) -> None:
+def check_parameters(merge_method: str, blocks: Iterable[tuple[str, Mapping[str, Any], bool]], source: str) -> None:
     """Validate method name, parameter names and setting shapes before any IO.
 
     `blocks`: (YAML location, parameters dict, is a per-model block) for every parameters
@@ -72,12 +74,16 @@ def check_parameters(merge_method: str, blocks: Iterable[tuple[str, Mapping[str,
             loc = f"{source}: {where}.{name}"
             param = spec.param(name)
             if param is None:
-                raise ConfigError(f"{loc}: unknown parameter '{name}' for {spec.name}"
-                                  f"{did_you_mean(name, spec.param_names)}; "
-                                  f"{spec.name} takes {', '.join(spec.param_names) or 'no parameters'}")
+                raise ConfigError(
+                    f"{loc}: unknown parameter '{name}' for {spec.name}"
+                    f"{did_you_mean(name, spec.param_names)}; "
+                    f"{spec.name} takes {', '.join(spec.param_names) or 'no parameters'}"
+                )
             if per_model and param in spec.global_params:
-                raise ConfigError(f"{loc}: '{name}' applies to the whole merge, not to one model; "
-                                  "move it to the top-level or slice `parameters`")
+                raise ConfigError(
+                    f"{loc}: '{name}' applies to the whole merge, not to one model; "
+                    "move it to the top-level or slice `parameters`"
+                )
             check_setting(setting, loc)
 
 
@@ -132,8 +138,14 @@ def coerce(param: Param, value: Any, where: str) -> Any:
     return number
 
 
-def resolve(param: Param, levels: Sequence[Mapping[str, Any] | None], tensor_name: str,
-            t: float, where: str, names: Sequence[str] | None = None) -> Any:
+def resolve(
+    param: Param,
+    levels: Sequence[Mapping[str, Any] | None],
+    tensor_name: str,
+    t: float,
+    where: str,
+    names: Sequence[str] | None = None,
+) -> Any:
     """First non-None value over precedence `levels` (highest first), else the default.
     `names`: the YAML place of each level, named in a bad value's error."""
     for k, block in enumerate(levels):

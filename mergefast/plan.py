@@ -17,17 +17,21 @@ from .accounting import account_for_inputs
 from .checks import check_plan
 from .config import MergeConfig
 from .errors import ConfigError
+from .inputs import InputModel, check_model_folders, close_models, merged_models, open_models, referenced_models
 from .io.output import plan_output_config
 from .io.quantized import check_fp8_dtype
-from .inputs import InputModel, check_model_folders, close_models, merged_models, open_models, referenced_models
 from .io.reader import TensorInfo
 from .methods.registry import MethodSpec
 from .options import MergeOptions
 from .parameters import method_spec, resolve
 from .slices import ModulePlan, PlanSlice, SliceSource, check_slice_inputs, normalise_modules
 
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-                "float64": torch.float64}
+TORCH_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,7 @@ class MergePlan:
 class _JobBuilder:
     """Builds TensorJobs for one plan: source lookup, parameters, shapes and dtypes."""
 
-    def __init__(self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str,
-                 vocab=None):
+    def __init__(self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str, vocab=None):
         self.config, self.spec, self.models, self.source = config, spec, models, source
         self.vocab = vocab  # tokenizer.VocabPlanner, or None
         name = config.out_dtype or config.dtype
@@ -111,15 +114,20 @@ class _JobBuilder:
             return None  # absent from every input (e.g. lm_head of tied-embedding models)
         for s, n, f in zip(sl.sources, names, found):
             if f is None:
-                raise ConfigError(f"{self.source}: tensor {n} is missing from model {s.model} "
-                                  f"({self.models[s.model].folder}) but other inputs of {sl.where} have it")
-        sources = tuple(TensorSource(s.model, f, self.models[s.model].reader.info(f))
-                        for s, f in zip(sl.sources, found))
+                raise ConfigError(
+                    f"{self.source}: tensor {n} is missing from model {s.model} "
+                    f"({self.models[s.model].folder}) but other inputs of {sl.where} have it"
+                )
+        sources = tuple(
+            TensorSource(s.model, f, self.models[s.model].reader.info(f)) for s, f in zip(sl.sources, found)
+        )
         vocab = self.vocab.for_job(out_name, sources) if self.vocab is not None else None
         if vocab is None:
             self._check_shapes(out_name, sources)
-        params = tuple(self._model_params(sl, s, src.tensor, t, i == base_index)
-                       for i, (s, src) in enumerate(zip(sl.sources, sources)))
+        params = tuple(
+            self._model_params(sl, s, src.tensor, t, i == base_index)
+            for i, (s, src) in enumerate(zip(sl.sources, sources))
+        )
         job = self._finish(out_name, sources, base_index, self._global_params(sl, out_name, t), params)
         return replace(job, vocab=vocab[0], shape=vocab[1]) if vocab is not None else job
 
@@ -144,7 +152,8 @@ class _JobBuilder:
                 raise ConfigError(
                     f"{self.source}: tensor {out_name}: shape {list(first.info.shape)} in {first.model} but "
                     f"{list(other.info.shape)} in {other.model}; models with different hidden sizes "
-                    "cannot be merged")
+                    "cannot be merged"
+                )
 
     def _finish(self, name, sources, base_index, g, m) -> TensorJob:
         dtypes = [s.info.dtype for s in sources]
@@ -167,8 +176,9 @@ def _module_where(sl: PlanSlice) -> str:
     return f"{head}.parameters" if head.startswith("modules.") else "parameters"
 
 
-def _slice_jobs(builder: _JobBuilder, module: str, sl: PlanSlice, base_index, first_layer: int,
-                out_prefix: str) -> list[TensorJob]:
+def _slice_jobs(
+    builder: _JobBuilder, module: str, sl: PlanSlice, base_index, first_layer: int, out_prefix: str
+) -> list[TensorJob]:
     """Jobs for every layer tensor of one slice; output layers start at `first_layer`."""
     lead = builder.models[sl.sources[0].model].arch.module(module).stack
     prefixes = [builder.models[s.model].arch.module(module).layer_prefix for s in sl.sources]
@@ -212,9 +222,13 @@ def _post_weights(builder: _JobBuilder, module: str, sl: PlanSlice) -> tuple[str
     sources have: tied-embedding models then contribute their embedding to it."""
     arch = builder.models[sl.sources[0].model].arch
     lead = arch.module(module)
-    heads = [h for h, embedding in arch.tied_heads.items()
-             if embedding in lead.pre_weights and h not in lead.post_weights
-             and any(h in builder.models[s.model].reader for s in sl.sources)]
+    heads = [
+        h
+        for h, embedding in arch.tied_heads.items()
+        if embedding in lead.pre_weights
+        and h not in lead.post_weights
+        and any(h in builder.models[s.model].reader for s in sl.sources)
+    ]
     return (*lead.post_weights, *heads)
 
 

@@ -77,20 +77,27 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
             per_model[s.model]["tensors"] += 1
             per_model[s.model]["bytes"] += s.info.nbytes
     for ref, model in plan.models.items():
-        per_model[ref].update(folder=str(model.folder), format=model.reader.format,
-                              layers=model.arch.num_layers)
+        per_model[ref].update(folder=str(model.folder), format=model.reader.format, layers=model.arch.num_layers)
     outputs = [OutputTensor(j.name, j.dtype, tuple(j.shape)) for j in jobs]
     shard_size = getattr(options, "out_shard_size", 0) or 0
     shards = plan_shards(outputs, shard_size) if outputs else []
     peak, peak_job = peak_memory(plan, buffer_bytes)
     samples = []
     for label, job in sample_jobs(jobs):
-        samples.append({
-            "label": label, "name": job.name, "dtype": str(job.dtype).removeprefix("torch."),
-            "shape": list(job.shape), "copy": job.copy, "global": dict(job.global_params),
-            "sources": [{"model": s.model, "tensor": s.tensor, "base": i == job.base_index,
-                         "params": dict(p)} for i, (s, p) in enumerate(zip(job.sources, job.model_params))],
-        })
+        samples.append(
+            {
+                "label": label,
+                "name": job.name,
+                "dtype": str(job.dtype).removeprefix("torch."),
+                "shape": list(job.shape),
+                "copy": job.copy,
+                "global": dict(job.global_params),
+                "sources": [
+                    {"model": s.model, "tensor": s.tensor, "base": i == job.base_index, "params": dict(p)}
+                    for i, (s, p) in enumerate(zip(job.sources, job.model_params))
+                ],
+            }
+        )
     config = plan.config
     return {
         "config": plan.source,
@@ -129,19 +136,31 @@ def summarize_modules(plan) -> list[dict]:
     for module_plan in plan.modules:
         module = lead.module(module_plan.name)
         first = module_plan.slices[0]
-        out.append({
-            "name": module_plan.name, "stack": module.layer_prefix if module else None,
-            "input_layers": module.num_layers if module else None, "output_layers": module_plan.num_layers,
-            "how": module_plan.how, "slices": [_slice_text(sl) for sl in module_plan.slices],
-            "from": first.where,
-        })
+        out.append(
+            {
+                "name": module_plan.name,
+                "stack": module.layer_prefix if module else None,
+                "input_layers": module.num_layers if module else None,
+                "output_layers": module_plan.num_layers,
+                "how": module_plan.how,
+                "slices": [_slice_text(sl) for sl in module_plan.slices],
+                "from": first.where,
+            }
+        )
     return out
 
 
 def _module_line(m: dict, method: str) -> str:
     stack = f" ({m['stack']}N)" if m["stack"] else ""
-    layers = (f"{m['input_layers']} -> {m['output_layers']} layers" if m["input_layers"] != m["output_layers"]
-              else f"{m['output_layers']} layers") if m["stack"] else "no layers"
+    layers = (
+        (
+            f"{m['input_layers']} -> {m['output_layers']} layers"
+            if m["input_layers"] != m["output_layers"]
+            else f"{m['output_layers']} layers"
+        )
+        if m["stack"]
+        else "no layers"
+    )
     if m["how"] == "carried":
         how = f"carried through {method} from the models of {m['from']}"
     elif m["how"] == "slices":
@@ -153,12 +172,16 @@ def _module_line(m: dict, method: str) -> str:
 
 def _hub_lines(hub: dict) -> list[str]:
     """Per Hub input: what the merge will download and what is cached; the disks' needs."""
-    lines = [f"  {ref} ({m['repo']}, commit {m['commit'][:12]}): download {m['files']} file(s), "
-             f"{human_bytes(m['download_bytes'])}; cached {m['cached_files']} file(s), {human_bytes(m['cached_bytes'])}"
-             for ref, m in hub["models"].items()]
-    lines += [f"  disk of {d['path']}: {d['what']} need {human_bytes(d['need'])}, {human_bytes(d['free'])} free"
-              + ("" if d["need"] <= d["free"] else " (NOT ENOUGH: the merge will stop before downloading)")
-              for d in hub["disks"]]
+    lines = [
+        f"  {ref} ({m['repo']}, commit {m['commit'][:12]}): download {m['files']} file(s), "
+        f"{human_bytes(m['download_bytes'])}; cached {m['cached_files']} file(s), {human_bytes(m['cached_bytes'])}"
+        for ref, m in hub["models"].items()
+    ]
+    lines += [
+        f"  disk of {d['path']}: {d['what']} need {human_bytes(d['need'])}, {human_bytes(d['free'])} free"
+        + ("" if d["need"] <= d["free"] else " (NOT ENOUGH: the merge will stop before downloading)")
+        for d in hub["disks"]
+    ]
     return ["from the Hugging Face Hub (only headers read so far):", *lines] if lines else []
 
 
@@ -174,30 +197,40 @@ def format_plan(plan, options=None, out_path: str | Path | None = None, buffer_b
     dtype = s["dtype"] or "input dtype"
     lines = [
         f"plan for {s['config']} (dry run: only headers were read, nothing was written)",
-        f"method: {s['method']}, dtype: {dtype}" + (f", out_dtype: {s['out_dtype']}" if s["out_dtype"] else "")
+        f"method: {s['method']}, dtype: {dtype}"
+        + (f", out_dtype: {s['out_dtype']}" if s["out_dtype"] else "")
         + (f", math device: {s['device']}" if s["device"] else ""),
         f"models ({len(s['models'])}):",
     ]
     for ref, m in s["models"].items():
-        lines.append(f"  {ref}: {m['folder']} ({m['format']}, {m['layers']} layers): "
-                     f"{m['tensors']} tensors read, {human_bytes(m['bytes'])}")
+        lines.append(
+            f"  {ref}: {m['folder']} ({m['format']}, {m['layers']} layers): "
+            f"{m['tensors']} tensors read, {human_bytes(m['bytes'])}"
+        )
     layers = f", {s['output_layers']} layers" if s["output_layers"] is not None else ""
-    lines.append(f"output: {s['output_tensors']} tensors{layers} ({s['copied_tensors']} copied unchanged) in "
-                 f"{len(s['shards'])} shard(s)" + (f" -> {s['out']}" if s["out"] else ""))
+    lines.append(
+        f"output: {s['output_tensors']} tensors{layers} ({s['copied_tensors']} copied unchanged) in "
+        f"{len(s['shards'])} shard(s)" + (f" -> {s['out']}" if s["out"] else "")
+    )
     lines.append(f"modules ({len(s['modules'])}):")
     lines += [_module_line(m, s["method"]) for m in s["modules"]]
     lines += [f"  left out: {line}" for line in s["dropped"]]
-    lines.append(f"bytes: read {human_bytes(s['read_bytes'])} ({s['read_bytes']}), "
-                 f"write {human_bytes(s['write_bytes'])} ({s['write_bytes']})")
+    lines.append(
+        f"bytes: read {human_bytes(s['read_bytes'])} ({s['read_bytes']}), "
+        f"write {human_bytes(s['write_bytes'])} ({s['write_bytes']})"
+    )
     buffers = f" + pipeline buffers up to {human_bytes(s['buffer_bytes'])}" if s["buffer_bytes"] else ""
     lines += _hub_lines(s["hub"])
-    lines.append(f"estimated peak memory: {human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_bytes']}): "
-                 f"largest job {s['peak_memory_job']} (inputs + output){buffers}")
+    lines.append(
+        f"estimated peak memory: {human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_bytes']}): "
+        f"largest job {s['peak_memory_job']} (inputs + output){buffers}"
+    )
     lines.append("sample jobs (resolved parameters):")
     for job in s["samples"]:
         kind = "copy" if job["copy"] else s["method"]
-        lines.append(f"  [{job['label']}] {job['name']}  {job['dtype']}{job['shape']}  {kind}; "
-                     f"global: {_params(job['global'])}")
+        lines.append(
+            f"  [{job['label']}] {job['name']}  {job['dtype']}{job['shape']}  {kind}; global: {_params(job['global'])}"
+        )
         for src in job["sources"]:
             base = " (base)" if src["base"] else ""
             lines.append(f"      {src['model']}{base}: {src['tensor']}: {_params(src['params'])}")

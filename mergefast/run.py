@@ -15,9 +15,17 @@ from typing import Any
 from .errors import ConfigError
 
 
-def run(config: Any, out_path: str | os.PathLike | None, options: dict, *, source: str | None = None,
-        dry_run: bool = False, adjust: Callable | None = None, explain: Callable[[str], str] | None = None,
-        planning: Callable = nullcontext):
+def run(
+    config: Any,
+    out_path: str | os.PathLike | None,
+    options: dict,
+    *,
+    source: str | None = None,
+    dry_run: bool = False,
+    adjust: Callable | None = None,
+    explain: Callable[[str], str] | None = None,
+    planning: Callable = nullcontext,
+):
     """Merge `config` into the folder `out_path`; returns the RunSummary, or with `dry_run` the
     plan's text (what `mergefast plan` prints; `out_path` may then be None).
 

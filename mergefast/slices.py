@@ -77,8 +77,10 @@ class _Normaliser:
         """Layer count of `module` in model `ref`; ConfigError when the model lacks it."""
         found = self.models[ref].arch.module(module)
         if found is None:
-            raise ConfigError(f"{self.source}: {where}: model {ref} has no {module} module (it has: "
-                              f"{self.models[ref].arch.describe()}); use models of the same architecture")
+            raise ConfigError(
+                f"{self.source}: {where}: model {ref} has no {module} module (it has: "
+                f"{self.models[ref].arch.describe()}); use models of the same architecture"
+            )
         return found.num_layers
 
     def models_slice(self, block: Block, module: str) -> PlanSlice:
@@ -90,8 +92,10 @@ class _Normaliser:
         if len(set(counts.values())) > 1:
             detail = ", ".join(f"{m}: {n}" for m, n in counts.items())
             which = "" if module == "default" else f" of {module}"
-            raise ConfigError(f"{self.source}: {block.where}models: models have different layer counts{which} "
-                              f"({detail}); use `slices:` to pick layer ranges")
+            raise ConfigError(
+                f"{self.source}: {block.where}models: models have different layer counts{which} "
+                f"({detail}); use `slices:` to pick layer ranges"
+            )
         n = next(iter(counts.values()))
         srcs = tuple(SliceSource(m, 0, n, p, w) for m, p, w in entries)
         return PlanSlice(srcs, self.config.base_model, None, f"{block.where}models", block.parameters)
@@ -104,14 +108,23 @@ class _Normaliser:
             start, end = s.layer_range
             available = self.layers(s.model, module, where)
             if end > available:
-                raise ConfigError(f"{self.source}: {where}.layer_range: [{start}, {end}] goes past the end of "
-                                  f"{s.model}'s {module}, which has {available} layers (end is exclusive)")
+                raise ConfigError(
+                    f"{self.source}: {where}.layer_range: [{start}, {end}] goes past the end of "
+                    f"{s.model}'s {module}, which has {available} layers (end is exclusive)"
+                )
             if end == start and available:
-                raise ConfigError(f"{self.source}: {where}.layer_range: [0, 0] selects no layer of {module}, "
-                                  f"which has {available}; give the range to take")
+                raise ConfigError(
+                    f"{self.source}: {where}.layer_range: [0, 0] selects no layer of {module}, "
+                    f"which has {available}; give the range to take"
+                )
             srcs.append(SliceSource(s.model, start, end, s.parameters, where))
-        return PlanSlice(tuple(srcs), sl.base_model or self.config.base_model, sl.parameters,
-                         f"{block.where}slices[{i}]", block.parameters)
+        return PlanSlice(
+            tuple(srcs),
+            sl.base_model or self.config.base_model,
+            sl.parameters,
+            f"{block.where}slices[{i}]",
+            block.parameters,
+        )
 
     def block_plan(self, block: Block, module: str) -> ModulePlan:
         """The ModulePlan of `module` from a `models:` or `slices:` block."""
@@ -127,8 +140,10 @@ class _Normaliser:
             srcs.append(replace(s, start=0, end=self.layers(s.model, module, lead.where)))
         if len({s.end for s in srcs}) > 1:
             detail = ", ".join(f"{s.model}: {s.end}" for s in srcs)
-            raise ConfigError(f"{self.source}: {lead.where}: its models carry {module} into the output but have "
-                              f"different {module} layer counts ({detail}); give {module} its own entry in `modules:`")
+            raise ConfigError(
+                f"{self.source}: {lead.where}: its models carry {module} into the output but have "
+                f"different {module} layer counts ({detail}); give {module} its own entry in `modules:`"
+            )
         return ModulePlan(module, (replace(lead, sources=tuple(srcs)),), "carried")
 
 
@@ -153,16 +168,20 @@ def _named_blocks(config: MergeConfig, arch, lead: str, source: str) -> dict[str
         if block.models is not None:
             return {m.name: block for m in arch.modules}
         if arch.text is None:
-            raise ConfigError(f"{source}: slices: {lead} has several layer stacks ({arch.describe()}) and none of "
-                              "them is a text decoder, so a plain `slices:` is ambiguous; slice each with `modules:`")
+            raise ConfigError(
+                f"{source}: slices: {lead} has several layer stacks ({arch.describe()}) and none of "
+                "them is a text decoder, so a plain `slices:` is ambiguous; slice each with `modules:`"
+            )
         return {arch.text: block}
     named: dict[str, Block] = {}
     for block in blocks:
         module = arch.module(block.module)
         if module is None:
             names = [m.name for m in arch.modules]
-            raise ConfigError(f"{source}: modules.{block.module}: {lead} has no such module{did_you_mean(block.module, names)}; "
-                              f"its modules are {', '.join(names)}")
+            raise ConfigError(
+                f"{source}: modules.{block.module}: {lead} has no such module{did_you_mean(block.module, names)}; "
+                f"its modules are {', '.join(names)}"
+            )
         if module.name in named:
             raise ConfigError(f"{source}: modules.{block.module}: {module.name} is configured twice")
         named[module.name] = block

@@ -66,8 +66,11 @@ def format_summary(s: RunSummary) -> str:
     time, peak RSS and backends."""
     stages = [f"read {_gb(s.read_bytes)} in {s.read_s:.2f} s ({_rate(s.read_bytes, s.read_s)})"]
     if s.downloaded_bytes:
-        stages.insert(0, f"downloaded {_gb(s.downloaded_bytes)} in {s.download_s:.2f} s "
-                         f"({_gb(int(s.download_bytes_per_s))}/s, the merge waited {s.download_wait_s:.2f} s)")
+        stages.insert(
+            0,
+            f"downloaded {_gb(s.downloaded_bytes)} in {s.download_s:.2f} s "
+            f"({_gb(int(s.download_bytes_per_s))}/s, the merge waited {s.download_wait_s:.2f} s)",
+        )
     if s.device.startswith("cuda"):
         stages.append(f"H2D {s.h2d_s:.2f} s")
     stages.append(f"merge {s.merge_s:.2f} s")
@@ -75,8 +78,11 @@ def format_summary(s: RunSummary) -> str:
         stages.append(f"D2H {s.d2h_s:.2f} s")
     stages.append(f"write {_gb(s.written_bytes)} in {s.write_s:.2f} s")
     backends = ", ".join(f"{b} ({m})" for m, b in s.backends.items()) or "-"
-    return (" · ".join(stages) + "\n"
-            + f"wall {s.wall_s:.2f} s · peak RSS {_gb(s.peak_rss_bytes)} · {s.tensors} tensors · backend {backends}")
+    return (
+        " · ".join(stages)
+        + "\n"
+        + f"wall {s.wall_s:.2f} s · peak RSS {_gb(s.peak_rss_bytes)} · {s.tensors} tensors · backend {backends}"
+    )
 
 
 def write_stats_json(path: str | Path, s: RunSummary, out: str | Path | None = None) -> None:
@@ -92,5 +98,7 @@ def write_stats_json(path: str | Path, s: RunSummary, out: str | Path | None = N
         if target.is_file() and not target.is_symlink():
             target.unlink(missing_ok=True)  # no empty or half-written stats file left behind
         done = f"; the merge itself finished: {out} is complete" if out is not None else ""
-        raise MergefastError(f"--stats-json {path}: cannot write the run summary ({exc.strerror or exc})"
-                             f"{done}; give a writable file path") from exc
+        raise MergefastError(
+            f"--stats-json {path}: cannot write the run summary ({exc.strerror or exc})"
+            f"{done}; give a writable file path"
+        ) from exc

@@ -20,12 +20,15 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             try:
                 first = seen.setdefault(key, key_node)
-            except TypeError:   # an unhashable key: SafeLoader reports it
+            except TypeError:  # an unhashable key: SafeLoader reports it
                 continue
             if first is not key_node:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (first at line "
-                    f"{first.start_mark.line + 1}); keep one", key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} appears twice (first at line {first.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
         return super().construct_mapping(node, deep=deep)
 
 

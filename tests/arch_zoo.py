@@ -28,36 +28,92 @@ from safetensors.torch import load_file, save_file
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 TYPES = [
-    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi",
-    "phi3", "gpt2", "gpt_neox", "gpt_bigcode", "falcon", "stablelm", "starcoder2", "olmo2",
-    "cohere", "cohere2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "mamba", "t5", "bert",
-    "qwen2_vl", "qwen2_5_vl", "llava", "mistral3", "exaone4",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "phi",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "gpt_bigcode",
+    "falcon",
+    "stablelm",
+    "starcoder2",
+    "olmo2",
+    "cohere",
+    "cohere2",
+    "granite",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "mamba",
+    "t5",
+    "bert",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "llava",
+    "mistral3",
+    "exaone4",
 ]
 
 # model type -> the transformers class that builds (and loads) it
 CLASSES = {
-    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-    "gemma3_text": "Gemma3ForCausalLM", "gemma3": "Gemma3ForConditionalGeneration",
-    "phi": "PhiForCausalLM", "phi3": "Phi3ForCausalLM", "gpt2": "GPT2LMHeadModel",
-    "gpt_neox": "GPTNeoXForCausalLM", "gpt_bigcode": "GPTBigCodeForCausalLM",
-    "falcon": "FalconForCausalLM", "stablelm": "StableLmForCausalLM",
-    "starcoder2": "Starcoder2ForCausalLM", "olmo2": "Olmo2ForCausalLM",
-    "cohere": "CohereForCausalLM", "cohere2": "Cohere2ForCausalLM",
-    "granite": "GraniteForCausalLM", "mixtral": "MixtralForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-    "mamba": "MambaForCausalLM", "t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",
+    "phi": "PhiForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "gpt_bigcode": "GPTBigCodeForCausalLM",
+    "falcon": "FalconForCausalLM",
+    "stablelm": "StableLmForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "cohere": "CohereForCausalLM",
+    "cohere2": "Cohere2ForCausalLM",
+    "granite": "GraniteForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mamba": "MambaForCausalLM",
+    "t5": "T5ForConditionalGeneration",
+    "bert": "BertForMaskedLM",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "llava": "LlavaForConditionalGeneration", "mistral3": "Mistral3ForConditionalGeneration",
+    "llava": "LlavaForConditionalGeneration",
+    "mistral3": "Mistral3ForConditionalGeneration",
     "exaone4": "Exaone4ForCausalLM",
 }
 
 TEXT_LAYERS, VISION_LAYERS = 3, 2
-TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=TEXT_LAYERS,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=VISION_LAYERS,
-              num_attention_heads=4, image_size=16, patch_size=4)
+TEXT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=TEXT_LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=VISION_LAYERS,
+    num_attention_heads=4,
+    image_size=16,
+    patch_size=4,
+)
 NOISE = 0.02
 SEEDS = {"base": 0, "ft-a": 1, "ft-b": 2}
 INPUT_IDS = [[1, 5, 9, 12, 3, 7]]
@@ -70,48 +126,78 @@ DECODER_INPUT_IDS = [[0, 4, 8]]
 
 def _qwen_vl_config(model_type: str, config_class):
     """Qwen2-VL / Qwen2.5-VL: a 3-layer text stack with mrope, a 2-block vision tower."""
-    vision = dict(depth=VISION_LAYERS, embed_dim=32, hidden_size=32, num_heads=4,
-                  intermediate_size=64, mlp_ratio=2, patch_size=4, spatial_merge_size=2,
-                  temporal_patch_size=2, out_hidden_size=32)
+    vision = dict(
+        depth=VISION_LAYERS,
+        embed_dim=32,
+        hidden_size=32,
+        num_heads=4,
+        intermediate_size=64,
+        mlp_ratio=2,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=32,
+    )
     if model_type == "qwen2_5_vl":
         vision["fullatt_block_indexes"] = [1]
-    text = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
-                bos_token_id=1, eos_token_id=2)
+    text = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, bos_token_id=1, eos_token_id=2)
     return config_class(text_config=text, vision_config=vision)
 
 
 def _vlm_config(model_type: str, config_class):
     """Gemma3, LLaVA (Llama + CLIP) and Mistral3 (Mistral + Pixtral)."""
     if model_type == "gemma3":
-        return config_class(text_config=dict(TEXT, head_dim=8), vision_config=VISION,
-                            mm_tokens_per_image=4)
+        return config_class(text_config=dict(TEXT, head_dim=8), vision_config=VISION, mm_tokens_per_image=4)
     if model_type == "llava":
         vision = dict(VISION, model_type="clip_vision_model", projection_dim=32)
-        return config_class(text_config=dict(TEXT, model_type="llama"), vision_config=vision,
-                            image_token_index=127)
+        return config_class(text_config=dict(TEXT, model_type="llama"), vision_config=vision, image_token_index=127)
     vision = dict(VISION, model_type="pixtral", head_dim=8)
-    return config_class(text_config=dict(TEXT, model_type="mistral", head_dim=8),
-                        vision_config=vision, image_token_index=127, spatial_merge_size=2)
+    return config_class(
+        text_config=dict(TEXT, model_type="mistral", head_dim=8),
+        vision_config=vision,
+        image_token_index=127,
+        spatial_merge_size=2,
+    )
 
 
 def _special_config(model_type: str, config_class):
     """Types whose config does not take the common Llama-style keywords, or None."""
     if model_type in ("gpt2", "gpt_bigcode"):
-        return config_class(vocab_size=128, n_embd=32, n_layer=TEXT_LAYERS, n_head=4,
-                            n_positions=64, bos_token_id=0, eos_token_id=0)
+        return config_class(
+            vocab_size=128, n_embd=32, n_layer=TEXT_LAYERS, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
     if model_type == "mamba":
-        return config_class(vocab_size=128, hidden_size=32, num_hidden_layers=TEXT_LAYERS,
-                            state_size=4, expand=2, conv_kernel=4, time_step_rank=4)
+        return config_class(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=TEXT_LAYERS,
+            state_size=4,
+            expand=2,
+            conv_kernel=4,
+            time_step_rank=4,
+        )
     if model_type == "t5":
-        return config_class(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=3,
-                            num_decoder_layers=2, num_heads=4, decoder_start_token_id=0)
+        return config_class(
+            vocab_size=128,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=3,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+        )
     if model_type == "bert":
-        return config_class(vocab_size=128, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=TEXT_LAYERS, num_attention_heads=4,
-                            max_position_embeddings=64)
+        return config_class(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=TEXT_LAYERS,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        )
     if model_type == "falcon":
-        return config_class(vocab_size=128, hidden_size=32, num_hidden_layers=TEXT_LAYERS,
-                            num_attention_heads=4)
+        return config_class(vocab_size=128, hidden_size=32, num_hidden_layers=TEXT_LAYERS, num_attention_heads=4)
     return None
 
 
@@ -121,8 +207,7 @@ def _text_config(model_type: str, config_class):
     if model_type == "mixtral":
         kw.update(num_local_experts=4, num_experts_per_tok=2)
     if model_type in ("qwen2_moe", "qwen3_moe"):
-        kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                  shared_expert_intermediate_size=32)
+        kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
     if model_type in ("gemma", "gemma2", "gemma3_text"):
         kw["head_dim"] = 8
     if model_type in ("phi3", "olmo2", "cohere", "cohere2", "starcoder2"):  # ids < vocab
@@ -170,8 +255,9 @@ TEXT_SOURCES = (("base", 0), ("base", 1), ("ft-a", 1), ("ft-a", 2))
 DECODER_SOURCES = (("base", 0), ("base", 1), ("ft-a", 1))  # [0, 2] + [1, 2]
 
 
-def _text_layout(prefix: str, post: tuple[str, ...], count_key="num_hidden_layers",
-                 vision_key: str | None = None) -> Layout:
+def _text_layout(
+    prefix: str, post: tuple[str, ...], count_key="num_hidden_layers", vision_key: str | None = None
+) -> Layout:
     """A model with one re-stacked text stack (3 -> 4 layers), maybe beside a vision tower."""
     counts = {count_key: len(TEXT_SOURCES)}
     if vision_key:
@@ -185,8 +271,19 @@ def _llama_like(norm="model.norm.", head=("lm_head.weight",), bias=False) -> Lay
     return _text_layout("model.layers.", post)
 
 
-_UNTIED = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "granite", "mixtral",
-           "qwen2_moe", "qwen3_moe", "exaone4")
+_UNTIED = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "olmo2",
+    "granite",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "exaone4",
+)
 _TIED = ("gemma", "gemma2", "gemma3_text", "cohere", "cohere2")
 _LN_F = ("transformer.ln_f.weight", "transformer.ln_f.bias")
 _LM_NORM = "language_model.model.norm.weight"
@@ -196,32 +293,53 @@ LAYOUTS: dict[str, Layout] = {
     **{t: _llama_like(head=()) for t in _TIED},
     "stablelm": _llama_like(bias=True),
     "starcoder2": _llama_like(head=(), bias=True),
-    "phi": _llama_like(norm="model.final_layernorm.", head=("lm_head.weight", "lm_head.bias"),
-                       bias=True),
+    "phi": _llama_like(norm="model.final_layernorm.", head=("lm_head.weight", "lm_head.bias"), bias=True),
     "gpt2": _text_layout("transformer.h.", _LN_F, "n_layer"),
     "gpt_bigcode": _text_layout("transformer.h.", _LN_F, "n_layer"),
     "falcon": _text_layout("transformer.h.", _LN_F),
-    "gpt_neox": _text_layout("gpt_neox.layers.", ("gpt_neox.final_layer_norm.weight",
-                                                  "gpt_neox.final_layer_norm.bias",
-                                                  "embed_out.weight")),
+    "gpt_neox": _text_layout(
+        "gpt_neox.layers.", ("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "embed_out.weight")
+    ),
     "mamba": _text_layout("backbone.layers.", ("backbone.norm_f.weight",)),
-    "bert": _text_layout("bert.encoder.layer.", tuple(
-        f"cls.predictions.{n}" for n in ("bias", "transform.dense.weight", "transform.dense.bias",
-                                         "transform.LayerNorm.weight",
-                                         "transform.LayerNorm.bias"))),
-    "gemma3": _text_layout("language_model.model.layers.", (_LM_NORM,),
-                           "text_config.num_hidden_layers", "vision_config.num_hidden_layers"),
-    "llava": _text_layout("language_model.model.layers.",
-                          (_LM_NORM, "language_model.lm_head.weight"),
-                          "text_config.num_hidden_layers", "vision_config.num_hidden_layers"),
-    "mistral3": _text_layout("language_model.model.layers.", (_LM_NORM,),
-                             "text_config.num_hidden_layers", "vision_config.num_hidden_layers"),
-    **{t: _text_layout("model.layers.", ("model.norm.weight", "lm_head.weight"),
-                       "text_config.num_hidden_layers", "vision_config.depth")
-       for t in ("qwen2_vl", "qwen2_5_vl")},
-    "t5": Layout({"encoder.block.": (3, TEXT_SOURCES), "decoder.block.": (2, DECODER_SOURCES)},
-                 ("encoder.final_layer_norm.weight", "decoder.final_layer_norm.weight"),
-                 {"num_layers": 4, "num_decoder_layers": 3}),
+    "bert": _text_layout(
+        "bert.encoder.layer.",
+        tuple(
+            f"cls.predictions.{n}"
+            for n in (
+                "bias",
+                "transform.dense.weight",
+                "transform.dense.bias",
+                "transform.LayerNorm.weight",
+                "transform.LayerNorm.bias",
+            )
+        ),
+    ),
+    "gemma3": _text_layout(
+        "language_model.model.layers.", (_LM_NORM,), "text_config.num_hidden_layers", "vision_config.num_hidden_layers"
+    ),
+    "llava": _text_layout(
+        "language_model.model.layers.",
+        (_LM_NORM, "language_model.lm_head.weight"),
+        "text_config.num_hidden_layers",
+        "vision_config.num_hidden_layers",
+    ),
+    "mistral3": _text_layout(
+        "language_model.model.layers.", (_LM_NORM,), "text_config.num_hidden_layers", "vision_config.num_hidden_layers"
+    ),
+    **{
+        t: _text_layout(
+            "model.layers.",
+            ("model.norm.weight", "lm_head.weight"),
+            "text_config.num_hidden_layers",
+            "vision_config.depth",
+        )
+        for t in ("qwen2_vl", "qwen2_5_vl")
+    },
+    "t5": Layout(
+        {"encoder.block.": (3, TEXT_SOURCES), "decoder.block.": (2, DECODER_SOURCES)},
+        ("encoder.final_layer_norm.weight", "decoder.final_layer_norm.weight"),
+        {"num_layers": 4, "num_decoder_layers": 3},
+    ),
 }
 
 
@@ -267,7 +385,7 @@ def _check_layout(model_type: str, folder: Path) -> None:
     missing = [n for n in layout.post if n not in names]
     assert not missing, f"{model_type}: post weights {missing} not in the checkpoint"
     for prefix, (layers, _) in layout.stacks.items():
-        found = {int(n[len(prefix):].split(".")[0]) for n in names if n.startswith(prefix)}
+        found = {int(n[len(prefix) :].split(".")[0]) for n in names if n.startswith(prefix)}
         assert found == set(range(layers)), f"{model_type}: {prefix} has layers {sorted(found)}"
     for path in layout.counts:
         config_get(config, path)  # KeyError: a count path that is not there

@@ -1,7 +1,7 @@
 """Tiny checkpoints for tests, written with safetensors / torch.save (not with mergefast's writer).
 
-    from checkpoints import write_checkpoint, random_tensors
-    folder = write_checkpoint(tmp_path / "m", random_tensors({"a.weight": (4, 8)}), fmt="sharded")
+from checkpoints import write_checkpoint, random_tensors
+folder = write_checkpoint(tmp_path / "m", random_tensors({"a.weight": (4, 8)}), fmt="sharded")
 """
 
 from __future__ import annotations

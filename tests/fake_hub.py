@@ -28,8 +28,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
-_API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree|paths-info)/(?P<rev>[^/]+)"
-                  r"(?:/(?P<path>.*))?)?$")
+_API = re.compile(
+    r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree|paths-info)/(?P<rev>[^/]+)"
+    r"(?:/(?P<path>.*))?)?$"
+)
 
 
 @dataclass
@@ -56,7 +58,6 @@ class FakeRepo:
             out["lfs"] = {"oid": _sha256(data), "size": len(data), "pointerSize": 134}
         self._entries[path] = (data, out)
         return out
-
 
     def sibling(self, path: str, blobs: bool) -> dict:
         """The file's entry in repo info (sizes only with `blobs=True`, as the Hub does)."""
@@ -86,8 +87,9 @@ class FakeHub:
 
     def add_repo(self, repo: str, folder: Path, *, revisions=("main",), gated=False) -> FakeRepo:
         """Serve every file under `folder` as model repo `repo` (all revisions at one commit)."""
-        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
-                 if p.is_file()}
+        files = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()
+        }
         commit = hashlib.sha1(repo.encode() + b"".join(_sha256(d).encode() for d in files.values())).hexdigest()
         self.repos[repo] = FakeRepo(files, commit, set(revisions) | {commit}, gated)
         return self.repos[repo]
@@ -133,13 +135,21 @@ def use_fake_hub(monkeypatch, hub: FakeHub, home: Path) -> None:
     from huggingface_hub import constants, hf_api
 
     cache = home / "hub"
-    for name, value in {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home), "HF_HUB_CACHE": str(cache),
-                        "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "*",
-                        "no_proxy": "*"}.items():
+    for name, value in {
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "*",
+        "no_proxy": "*",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("HF_TOKEN", raising=False)  # no token of the machine reaches the fake hub
     monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(constants, "HF_HOME", str(home))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -200,13 +210,26 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in (None, "revision"):
             blobs = query.get("blobs", ["false"])[0].lower() == "true"
             siblings = [repo.sibling(path, blobs) for path in repo.files]
-            info = {"id": name, "modelId": name, "sha": repo.commit, "private": False, "gated": repo.gated and "auto",
-                    "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}
+            info = {
+                "id": name,
+                "modelId": name,
+                "sha": repo.commit,
+                "private": False,
+                "gated": repo.gated and "auto",
+                "siblings": siblings,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+            }
             return self._json(info, repo)
         if kind == "tree":
             prefix = sub.strip("/")
-            entries = [repo.entry(p) for p in repo.files if p.startswith(prefix)
-                       and ("/" not in p[len(prefix):].strip("/") or query.get("recursive", ["False"])[0] == "True")]
+            entries = [
+                repo.entry(p)
+                for p in repo.files
+                if p.startswith(prefix)
+                and ("/" not in p[len(prefix) :].strip("/") or query.get("recursive", ["False"])[0] == "True")
+            ]
             return self._json(entries, repo)
         wanted = getattr(self, "_form", {}).get("paths", [])
         self._json([repo.entry(p) for p in wanted if p in repo.files], repo)

@@ -1,9 +1,9 @@
 """Helpers shared by the test modules (the fixtures built from them are in conftest.py).
 
-    from helpers import example_config, run_cli, write_family
+from helpers import example_config, run_cli, write_family
 
-    result = run_cli("yaml", config, out, "--quiet")        # mergefast, in this process
-    assert result.exit_code == 0, describe(result)
+result = run_cli("yaml", config, out, "--quiet")        # mergefast, in this process
+assert result.exit_code == 0, describe(result)
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ def write_family(root: Path, *, dtype=torch.bfloat16, tie=False, fmt="safetensor
     base = make_tiny_llama(root / "base", seed=0, dtype=dtype, tie_word_embeddings=tie, fmt=fmt, layers=layers)
     folders = {"base": root / "base"}
     for seed, name in enumerate(("ft-a", "ft-b", "ft-c"), start=1):
-        make_tiny_llama(root / name, seed=seed, base=base, dtype=dtype, tie_word_embeddings=tie,
-                        fmt=fmt, layers=layers)
+        make_tiny_llama(root / name, seed=seed, base=base, dtype=dtype, tie_word_embeddings=tie, fmt=fmt, layers=layers)
         folders[name] = root / name
     return folders
 
@@ -61,8 +60,7 @@ def plan_of(text: str, **options):
 # The command line
 
 
-def run_cli(*args, command=None, env: dict | None = None, cwd: Path | None = None,
-            input: str | None = None) -> Result:
+def run_cli(*args, command=None, env: dict | None = None, cwd: Path | None = None, input: str | None = None) -> Result:
     """Run `mergefast ARGS` (or another click `command`: mergefast-legacy, bakllama) in this
     process with click's CliRunner; arguments are str()-ed. The result has exit_code, stdout,
     stderr, output (both, interleaved) and exception (None, the SystemExit of the exit code,
@@ -87,13 +85,21 @@ def describe(result: Result) -> str:
     return text
 
 
-def run_cli_process(*args, env: dict | None = None, cwd: Path | None = None, input: str | None = None,
-                    timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli_process(
+    *args, env: dict | None = None, cwd: Path | None = None, input: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `python -m mergefast ARGS` in a fresh interpreter (for what only a real process
     shows: imports, stdin, exit status, time to fail); text output captured. `env` replaces
     the environment."""
-    return subprocess.run([sys.executable, "-m", "mergefast", *map(str, args)], env=env, cwd=cwd,
-                          input=input, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mergefast", *map(str, args)],
+        env=env,
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def popen_with_default_sigint(args: list[str], **kwargs) -> subprocess.Popen:

@@ -45,8 +45,9 @@ def _ulp(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
-def assert_same(kernel_out: torch.Tensor, ref_out: torch.Tensor, *, exact: bool,
-                ref64: torch.Tensor | None = None) -> None:
+def assert_same(
+    kernel_out: torch.Tensor, ref_out: torch.Tensor, *, exact: bool, ref64: torch.Tensor | None = None
+) -> None:
     """Kernel result against the same-dtype reference (see the module docstring)."""
     k = kernel_out.cpu()
     r = ref_out.cpu()
@@ -60,7 +61,8 @@ def assert_same(kernel_out: torch.Tensor, ref_out: torch.Tensor, *, exact: bool,
             bad = (~same).nonzero()[:5].tolist()
             raise AssertionError(
                 f"{int((~same).sum())} of {k.numel()} elements differ; first {bad}: "
-                f"kernel {k[~same][:5].tolist()} vs reference {r[~same][:5].tolist()}")
+                f"kernel {k[~same][:5].tolist()} vs reference {r[~same][:5].tolist()}"
+            )
         return
     kd, rd = k.double(), r.double()
     # one unit in the last place, at the element's and at the tensor's scale (an output
@@ -74,8 +76,10 @@ def assert_same(kernel_out: torch.Tensor, ref_out: torch.Tensor, *, exact: bool,
     else:
         ok = (kd - rd).abs() <= 2 * unit
     if not bool(ok.all()):
-        raise AssertionError(f"{int((~ok).sum())} of {k.numel()} elements out of tolerance; "
-                             f"max |kernel - reference| = {(kd - rd).abs().max().item()}")
+        raise AssertionError(
+            f"{int((~ok).sum())} of {k.numel()} elements out of tolerance; "
+            f"max |kernel - reference| = {(kd - rd).abs().max().item()}"
+        )
 
 
 def make_inputs(shape, dtype, k=3, *, seed=0, scale=0.05, device="cpu"):
@@ -100,7 +104,7 @@ def tied_inputs(n, dtype, *, seed=0, levels=4, device="cpu"):
     any threshold."""
     g = torch.Generator().manual_seed(seed)
     base = torch.zeros(n)
-    steps = torch.tensor([0.0, 0.25, 0.5, 1.0, 2.0][:levels + 1])
+    steps = torch.tensor([0.0, 0.25, 0.5, 1.0, 2.0][: levels + 1])
     xs = []
     for _ in range(3):
         idx = torch.randint(0, len(steps), (n,), generator=g)
@@ -110,9 +114,11 @@ def tied_inputs(n, dtype, *, seed=0, levels=4, device="cpu"):
 
 
 # NaNs of several payloads and signs, quiet and signalling, per dtype (bit patterns)
-NAN_BITS = {torch.float32: (0x7FC00000, 0x7FC00001, 0x7FFFFFFF, 0xFFC00000, 0x7F800001),
-            torch.float16: (0x7E00, 0x7E01, 0x7FFF, 0xFE00, 0x7C01),
-            torch.bfloat16: (0x7FC0, 0x7FC1, 0x7FFF, 0xFFC0, 0x7F81)}
+NAN_BITS = {
+    torch.float32: (0x7FC00000, 0x7FC00001, 0x7FFFFFFF, 0xFFC00000, 0x7F800001),
+    torch.float16: (0x7E00, 0x7E01, 0x7FFF, 0xFE00, 0x7C01),
+    torch.bfloat16: (0x7FC0, 0x7FC1, 0x7FFF, 0xFFC0, 0x7F81),
+}
 _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
@@ -167,7 +173,7 @@ class KernelSuite:
     BACKEND = "cpu-ext"
     EXACT = True
     SHAPES = [(1,), (2,), (3,), (0,), (5000,), (37, 129)]
-    TIE_N = 9000   # size of the many-ties cases (several blocks)
+    TIE_N = 9000  # size of the many-ties cases (several blocks)
 
     @pytest.fixture(autouse=True)
     def _force_backend(self, monkeypatch):
@@ -179,8 +185,7 @@ class KernelSuite:
     # ------------------------------------------------------------------ linear
     def test_linear(self, shape, dtype):
         _, xs = self.inputs(shape, dtype)
-        for weights, normalize in (([0.5, 0.3, 0.2], True), ([1.0, -0.5, 2.0], False),
-                                   ([0.7, 0.7, 0.6], True)):
+        for weights, normalize in (([0.5, 0.3, 0.2], True), ([1.0, -0.5, 2.0], False), ([0.7, 0.7, 0.6], True)):
             out = kernels.linear(xs, weights, normalize=normalize)
             ref = methods.linear(_cpu(xs), weights, normalize=normalize)
             assert_same(out, ref, exact=self.EXACT)
@@ -190,8 +195,7 @@ class KernelSuite:
         with pytest.raises(ZeroWeightSumError):
             kernels.linear(xs, [1.0, -1.0, 0.0])
         out = kernels.linear(xs, [1.0, -1.0, 0.0], normalize=False)
-        assert_same(out, methods.linear(_cpu(xs), [1.0, -1.0, 0.0], normalize=False),
-                    exact=self.EXACT)
+        assert_same(out, methods.linear(_cpu(xs), [1.0, -1.0, 0.0], normalize=False), exact=self.EXACT)
 
     def test_linear_mixed_dtypes_and_out_dtype(self):
         _, xs = self.inputs((37, 129), torch.float32)
@@ -207,18 +211,19 @@ class KernelSuite:
     # ------------------------------------------------------------------ task arithmetic
     def test_task_arithmetic(self, shape, dtype):
         base, xs = self.inputs(shape, dtype)
-        for weights, normalize, lam in (([0.5, 0.3, 0.2], False, 1.0),
-                                        ([1.0, -0.5, 2.0], True, 0.7),
-                                        ([1.0, -1.0, 0.0], True, 1.0)):  # sum 0 -> divisor 1
+        for weights, normalize, lam in (
+            ([0.5, 0.3, 0.2], False, 1.0),
+            ([1.0, -0.5, 2.0], True, 0.7),
+            ([1.0, -1.0, 0.0], True, 1.0),
+        ):  # sum 0 -> divisor 1
             out = kernels.task_arithmetic(base, xs, weights, normalize=normalize, lambda_=lam)
-            ref = methods.task_arithmetic(base.cpu(), _cpu(xs), weights, normalize=normalize,
-                                          lambda_=lam)
+            ref = methods.task_arithmetic(base.cpu(), _cpu(xs), weights, normalize=normalize, lambda_=lam)
             assert_same(out, ref, exact=self.EXACT)
 
     TIES_CASES = [  # (weights, densities, normalize, lambda)
         ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], True, 1.0),
-        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], False, 0.5),   # density 0 and 1, negative weight
-        ([1.0, -1.0, 0.0], [0.7, 0.7, 0.7], True, 1.0),    # weights sum to zero
+        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], False, 0.5),  # density 0 and 1, negative weight
+        ([1.0, -1.0, 0.0], [0.7, 0.7, 0.7], True, 1.0),  # weights sum to zero
         ([-1.0, -2.0, -0.5], [0.1, 0.01, 1.0], True, 0.7),
         ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], False, 1.0),
     ]
@@ -228,8 +233,7 @@ class KernelSuite:
         base, xs = self.inputs(shape, dtype)
         for weights, densities, normalize, lam in self.TIES_CASES:
             out = kernels.ties(base, xs, weights, densities, normalize=normalize, lambda_=lam)
-            ref = methods.ties(base.cpu(), _cpu(xs), weights, densities, normalize=normalize,
-                               lambda_=lam)
+            ref = methods.ties(base.cpu(), _cpu(xs), weights, densities, normalize=normalize, lambda_=lam)
             assert_same(out, ref, exact=self.EXACT)
 
     def test_magnitude_without_consensus(self, dtype):
@@ -252,8 +256,7 @@ class KernelSuite:
             got = impl.magnitude_keep(base, x, keep_count(density, delta.numel()))
             assert torch.equal(got.cpu(), want), f"kept sets differ at density {density}"
         out = kernels.ties(base, xs, [0.3, 0.5, 0.2], [density, density / 2, 1 - density])
-        ref = methods.ties(base.cpu(), _cpu(xs), [0.3, 0.5, 0.2],
-                           [density, density / 2, 1 - density])
+        ref = methods.ties(base.cpu(), _cpu(xs), [0.3, 0.5, 0.2], [density, density / 2, 1 - density])
         assert_same(out, ref, exact=self.EXACT)
 
     def test_nan_payloads_rank_equal(self, dtype):
@@ -283,8 +286,7 @@ class KernelSuite:
         base, _ = self.inputs((37, 129), dtype)
         xs = [base.clone() for _ in range(3)]
         out = kernels.ties(base, xs, [0.5, 0.3, 0.2], [0.5, 0.5, 0.5])
-        assert_same(out, methods.ties(base.cpu(), _cpu(xs), [0.5, 0.3, 0.2], [0.5] * 3),
-                    exact=self.EXACT)
+        assert_same(out, methods.ties(base.cpu(), _cpu(xs), [0.5, 0.3, 0.2], [0.5] * 3), exact=self.EXACT)
         assert torch.equal(out.cpu(), base.cpu())
 
     def test_no_models_and_errors(self):
@@ -301,16 +303,25 @@ class KernelSuite:
     # ------------------------------------------------------------------ DARE
     DARE_CASES = [  # (weights, densities, normalize, lambda)
         ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], True, 1.0),
-        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], False, 0.5),   # density 0 and 1, negative weight
-        ([1.0, -1.0, 0.0], [0.7, 0.7, 0.7], True, 1.0),    # weights sum to zero
+        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], False, 0.5),  # density 0 and 1, negative weight
+        ([1.0, -1.0, 0.0], [0.7, 0.7, 0.7], True, 1.0),  # weights sum to zero
     ]
 
-    def _dare(self, base, xs, weights, densities, *, consensus, rescale, normalize=False,
-              lambda_=1.0, seed=5, out_dtype=None):
+    def _dare(
+        self, base, xs, weights, densities, *, consensus, rescale, normalize=False, lambda_=1.0, seed=5, out_dtype=None
+    ):
         """(kernel, reference) of one DARE call (dare_ties with consensus "sum")."""
-        kw = dict(densities=densities, sparsify="random", consensus=consensus,
-                  normalize=normalize, lambda_=lambda_, rescale=rescale, seed=seed,
-                  tensor_name="model.layers.0.mlp.up_proj.weight", out_dtype=out_dtype)
+        kw = dict(
+            densities=densities,
+            sparsify="random",
+            consensus=consensus,
+            normalize=normalize,
+            lambda_=lambda_,
+            rescale=rescale,
+            seed=seed,
+            tensor_name="model.layers.0.mlp.up_proj.weight",
+            out_dtype=out_dtype,
+        )
         out = kernels.task_arithmetic(base, xs, weights, **kw)
         return out, methods.task_arithmetic(base.cpu(), _cpu(xs), weights, **kw)
 
@@ -319,8 +330,9 @@ class KernelSuite:
         base, xs = self.inputs(shape, dtype)
         for consensus in (None, "sum"):
             for weights, densities, normalize, lam in self.DARE_CASES:
-                out, ref = self._dare(base, xs, weights, densities, consensus=consensus,
-                                      rescale=False, normalize=normalize, lambda_=lam)
+                out, ref = self._dare(
+                    base, xs, weights, densities, consensus=consensus, rescale=False, normalize=normalize, lambda_=lam
+                )
                 assert_same(out, ref, exact=self.EXACT)
 
     def test_dare_rescale(self, shape, dtype, monkeypatch):
@@ -333,10 +345,18 @@ class KernelSuite:
                 call = dict(consensus=consensus, rescale=True, normalize=normalize, lambda_=lam)
                 out, ref = self._dare(base, xs, weights, densities, **call)
                 ref64 = methods.task_arithmetic(
-                    base.cpu().double(), [x.cpu().double() for x in xs], weights,
-                    densities=densities, sparsify="random", consensus=consensus,
-                    normalize=normalize, lambda_=lam, rescale=True, seed=5,
-                    tensor_name="model.layers.0.mlp.up_proj.weight").to(out.dtype)
+                    base.cpu().double(),
+                    [x.cpu().double() for x in xs],
+                    weights,
+                    densities=densities,
+                    sparsify="random",
+                    consensus=consensus,
+                    normalize=normalize,
+                    lambda_=lam,
+                    rescale=True,
+                    seed=5,
+                    tensor_name="model.layers.0.mlp.up_proj.weight",
+                ).to(out.dtype)
                 assert_same(out, ref, exact=False, ref64=ref64)
                 with monkeypatch.context() as m:
                     m.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
@@ -349,14 +369,20 @@ class KernelSuite:
         base, _ = self.inputs((37, 129), dtype)
         zeros = [base.clone() for _ in range(3)]
         nan_base, nan_xs = nan_inputs(self.TIE_N, dtype, device=self.DEVICE)
-        mixed = [x.to(t) for x, t in zip(self.inputs((37, 129), dtype)[1],
-                                          (torch.bfloat16, torch.float32, torch.float16))]
-        for b, xs, od in ((base, zeros, None), (nan_base, nan_xs, None),
-                          (base, mixed, torch.float32), (base, mixed, torch.bfloat16)):
+        mixed = [
+            x.to(t) for x, t in zip(self.inputs((37, 129), dtype)[1], (torch.bfloat16, torch.float32, torch.float16))
+        ]
+        for b, xs, od in (
+            (base, zeros, None),
+            (nan_base, nan_xs, None),
+            (base, mixed, torch.float32),
+            (base, mixed, torch.bfloat16),
+        ):
             for consensus in (None, "sum"):
                 for rescale in (False, True):
-                    out, ref = self._dare(b, xs, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1],
-                                          consensus=consensus, rescale=rescale, out_dtype=od)
+                    out, ref = self._dare(
+                        b, xs, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1], consensus=consensus, rescale=rescale, out_dtype=od
+                    )
                     assert_same(out, ref, exact=self.EXACT)
 
     def test_dare_same_on_any_thread_count(self, dtype):

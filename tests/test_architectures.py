@@ -58,36 +58,55 @@ class LazyDict(dict):
 
 def _slices(first: Path, second: Path, second_range: list[int]) -> list[dict]:
     """Two slices: layers [0, 2) of `first`, then `second_range` of `second`."""
-    return [{"sources": [{"model": str(first), "layer_range": [0, 2]}]},
-            {"sources": [{"model": str(second), "layer_range": second_range}]}]
+    return [
+        {"sources": [{"model": str(first), "layer_range": [0, 2]}]},
+        {"sources": [{"model": str(second), "layer_range": second_range}]},
+    ]
 
 
 def _passthrough(model_type: str, family: dict[str, Path]) -> dict:
     """The layer-stacking config; T5 (two stacks) in the `modules:` syntax."""
     base, ft_a = family["base"], family["ft-a"]
     if model_type != "t5":
-        return {"merge_method": "passthrough", "slices": _slices(base, ft_a, [1, 3]),
-                "dtype": "float32"}
-    return {"merge_method": "passthrough", "dtype": "float32", "modules": {
-        "encoder": {"slices": _slices(base, ft_a, [1, 3])},
-        "decoder": {"slices": _slices(base, ft_a, [1, 2])},
-        "shared": {"models": [{"model": str(base)}]},
-    }}
+        return {"merge_method": "passthrough", "slices": _slices(base, ft_a, [1, 3]), "dtype": "float32"}
+    return {
+        "merge_method": "passthrough",
+        "dtype": "float32",
+        "modules": {
+            "encoder": {"slices": _slices(base, ft_a, [1, 3])},
+            "decoder": {"slices": _slices(base, ft_a, [1, 2])},
+            "shared": {"models": [{"model": str(base)}]},
+        },
+    }
 
 
 def merge_config(method: str, model_type: str, family: dict[str, Path]) -> dict:
     """The mergekit-style config of `method` over `family`, as a dict."""
     p = {name: str(folder) for name, folder in family.items()}
     if method == "linear":
-        return {"merge_method": "linear", "dtype": "float32", "models": [
-            {"model": p[n], "parameters": {"weight": w}} for n, w in LINEAR_WEIGHTS.items()]}
+        return {
+            "merge_method": "linear",
+            "dtype": "float32",
+            "models": [{"model": p[n], "parameters": {"weight": w}} for n, w in LINEAR_WEIGHTS.items()],
+        }
     if method == "ties":
-        return {"merge_method": "ties", "base_model": p["base"], "dtype": "float32", "models": [
-            {"model": p["ft-a"], "parameters": {"density": 0.5, "weight": 0.6}},
-            {"model": p["ft-b"], "parameters": {"density": 0.7, "weight": 0.4}}]}
+        return {
+            "merge_method": "ties",
+            "base_model": p["base"],
+            "dtype": "float32",
+            "models": [
+                {"model": p["ft-a"], "parameters": {"density": 0.5, "weight": 0.6}},
+                {"model": p["ft-b"], "parameters": {"density": 0.7, "weight": 0.4}},
+            ],
+        }
     if method == "slerp":
-        return {"merge_method": "slerp", "base_model": p["base"], "parameters": {"t": 0.3},
-                "models": [{"model": p["base"]}, {"model": p["ft-a"]}], "dtype": "float32"}
+        return {
+            "merge_method": "slerp",
+            "base_model": p["base"],
+            "parameters": {"t": 0.3},
+            "models": [{"model": p["base"]}, {"model": p["ft-a"]}],
+            "dtype": "float32",
+        }
     return _passthrough(model_type, family)
 
 
@@ -131,8 +150,7 @@ def merges(families, tmp_path_factory):
     def run(key):
         model_type, method = key
         folder = root / f"{model_type}-{method}"
-        return (*_run_merge(merge_config(method, model_type, families[model_type]), folder),
-                folder)
+        return (*_run_merge(merge_config(method, model_type, families[model_type]), folder), folder)
 
     return LazyDict(run)
 
@@ -151,9 +169,11 @@ def merged(merges, model_type: str, method: str) -> Path:
 def assert_loads_cleanly(model_type: str, folder: Path, known_missing: set[str], loaded):
     """Load `folder`; no key may be missing (beyond the base's own), unexpected or mismatched."""
     model, info = loaded[model_type, folder]
-    problems = {"missing_keys": sorted(set(info["missing_keys"]) - known_missing),
-                "unexpected_keys": sorted(info["unexpected_keys"]),
-                "mismatched_keys": sorted(map(str, info["mismatched_keys"]))}
+    problems = {
+        "missing_keys": sorted(set(info["missing_keys"]) - known_missing),
+        "unexpected_keys": sorted(info["unexpected_keys"]),
+        "mismatched_keys": sorted(map(str, info["mismatched_keys"])),
+    }
     assert not any(problems.values()), f"loading {folder.name}: {problems}"
     return model
 
@@ -184,8 +204,9 @@ def assert_layer_counts(model_type: str, method: str, base_cfg: dict, out_cfg: d
 def linear_reference(models: list, weights: list[float]):
     """A copy of models[0] whose state dict is the weighted sum of the models' state dicts."""
     dicts = [m.state_dict() for m in models]
-    combined = {k: sum(w * d[k] for w, d in zip(weights, dicts)) if v.is_floating_point() else v
-                for k, v in dicts[0].items()}
+    combined = {
+        k: sum(w * d[k] for w, d in zip(weights, dicts)) if v.is_floating_point() else v for k, v in dicts[0].items()
+    }
     reference = copy.deepcopy(models[0])
     reference.load_state_dict(combined)
     return reference
@@ -196,22 +217,30 @@ def passthrough_expected(model_type: str, family: dict[str, Path]) -> dict[str, 
     ft-a (the last slice's model), everything else from base."""
     layout = LAYOUTS[model_type]
     tensors = {name: read_tensors(family[name]) for name in ("base", "ft-a")}
-    out = {n: tensors["ft-a" if n in layout.post else "base"][n]
-           for n in tensors["base"] if not n.startswith(tuple(layout.stacks))}
+    out = {
+        n: tensors["ft-a" if n in layout.post else "base"][n]
+        for n in tensors["base"]
+        if not n.startswith(tuple(layout.stacks))
+    }
     for prefix, (_, sources) in layout.stacks.items():
         for k, (model, i) in enumerate(sources):
             src = f"{prefix}{i}."
-            out.update({f"{prefix}{k}.{n[len(src):]}": t
-                        for n, t in tensors[model].items() if n.startswith(src)})
+            out.update({f"{prefix}{k}.{n[len(src) :]}": t for n, t in tensors[model].items() if n.startswith(src)})
     return out
 
 
 def assert_same_tensors(expected: dict, actual: dict, atol: float = 0.0) -> None:
     """Same names, and each tensor's dtype, shape and values (within `atol`)."""
-    assert set(actual) == set(expected), (f"only expected: {sorted(set(expected) - set(actual))}; "
-                                          f"only in output: {sorted(set(actual) - set(expected))}")
-    bad = [n for n, e in sorted(expected.items()) if actual[n].dtype != e.dtype
-           or actual[n].shape != e.shape or not torch.allclose(actual[n], e, rtol=0, atol=atol)]
+    assert set(actual) == set(expected), (
+        f"only expected: {sorted(set(expected) - set(actual))}; only in output: {sorted(set(actual) - set(expected))}"
+    )
+    bad = [
+        n
+        for n, e in sorted(expected.items())
+        if actual[n].dtype != e.dtype
+        or actual[n].shape != e.shape
+        or not torch.allclose(actual[n], e, rtol=0, atol=atol)
+    ]
     assert not bad, f"{len(bad)} tensors differ: {bad[:10]}"
 
 
@@ -237,8 +266,7 @@ def test_linear_logits_match_reference(model_type, families, merges, loaded):
     model, _ = loaded[model_type, merged(merges, model_type, "linear")]
     inputs = [loaded[model_type, families[model_type][n]][0] for n in LINEAR_WEIGHTS]
     reference = linear_reference(inputs, list(LINEAR_WEIGHTS.values()))
-    torch.testing.assert_close(logits(model, model_type), logits(reference, model_type),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits(model, model_type), logits(reference, model_type), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("model_type", TYPE_PARAMS)
@@ -254,8 +282,7 @@ def test_linear_keeps_every_tensor(model_type, families, merges):
     """No tensor lost or added: the linear output has the base's tensor names, in float32."""
     out = read_tensors(merged(merges, model_type, "linear"))
     base = read_tensors(families[model_type]["base"])
-    assert set(out) == set(base), (f"lost: {sorted(set(base) - set(out))}; "
-                                   f"added: {sorted(set(out) - set(base))}")
+    assert set(out) == set(base), f"lost: {sorted(set(base) - set(out))}; added: {sorted(set(out) - set(base))}"
     assert {t.dtype for t in out.values()} == {torch.float32}
 
 
@@ -271,8 +298,7 @@ def test_matches_mergekit(model_type, method, families, merges, tmp_path):
     actual = load_folder(merged(merges, model_type, method))
     config = tmp_path / "config.yml"
     config.write_text(yaml.safe_dump(merge_config(method, model_type, families[model_type])))
-    cmd = [MERGEKIT_YAML, str(config), str(tmp_path / "out"), "--no-copy-tokenizer",
-           "--no-write-model-card", "--quiet"]
+    cmd = [MERGEKIT_YAML, str(config), str(tmp_path / "out"), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -280,6 +306,8 @@ def test_matches_mergekit(model_type, method, families, merges, tmp_path):
     expected = load_folder(tmp_path / "out")
     inputs = set(read_tensors(families[model_type]["base"]))
     if set(expected) != inputs:
-        pytest.skip(f"mergekit-yaml writes another layout for {model_type}: {len(inputs - set(expected))} input "
-                    f"tensor(s) missing, {len(set(expected) - inputs)} name(s) not in the inputs")
+        pytest.skip(
+            f"mergekit-yaml writes another layout for {model_type}: {len(inputs - set(expected))} input "
+            f"tensor(s) missing, {len(set(expected) - inputs)} name(s) not in the inputs"
+        )
     assert_same_tensors(expected, actual, atol=1e-5)

@@ -27,6 +27,7 @@ MARKER_ENV = "MERGEFAST_TEST_MARKER"
 
 # -- setup functions: model folders a case needs, written under @TMP@ -------------------------
 
+
 def _copy_model(name: str, dest: Path) -> Path:
     shutil.copytree(MODELS / name, dest)
     return dest
@@ -41,8 +42,9 @@ def setup_symlink_out(tmp: Path) -> None:
     model.mkdir()
     (model / "model-00001-of-00001.safetensors").symlink_to(outside / "shard.safetensors")
     names = list(load_file(outside / "shard.safetensors"))
-    (model / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}))
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}})
+    )
 
 
 def _make(tmp: Path, name: str, **kwargs) -> Path:
@@ -91,6 +93,7 @@ def setup_evil_bin(tmp: Path) -> None:
 
 # -- hostile inputs, round two: files leading out of a model folder; headers the safetensors
 # library refuses; config.json sub-configs that are not objects ------------------------------
+
 
 def _model_with_link_out(tmp: Path, name: str, text: str | None = None, relative: bool = False) -> Path:
     """A copy of ft-b as @TMP@/model whose file `name` is a symlink to a file outside the folder
@@ -145,7 +148,7 @@ def _ft_b_header() -> tuple[dict, bytes]:
     """ft-b's safetensors header (parsed) and its data bytes."""
     raw = (MODELS / "ft-b" / "model.safetensors").read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def _model_with_header(tmp: Path, header: dict | str | bytes, data: bytes) -> None:
@@ -226,7 +229,9 @@ def setup_tensor_name_lone_surrogate(tmp: Path) -> None:
 
 def setup_header_not_utf8(tmp: Path) -> None:
     header, data = _ft_b_header()
-    _model_with_header(tmp, json.dumps(header).encode().replace(b'"model.norm.weight"', b'"model.norm.weight\xff"'), data)
+    _model_with_header(
+        tmp, json.dumps(header).encode().replace(b'"model.norm.weight"', b'"model.norm.weight\xff"'), data
+    )
 
 
 def setup_shape_overflow(tmp: Path) -> None:
@@ -264,6 +269,7 @@ SETUPS = {name.removeprefix("setup_"): fn for name, fn in globals().items() if n
 
 
 # -- the runner ----------------------------------------------------------------------------
+
 
 def assert_clean_failure(result, expect: dict, out: Path) -> None:
     """`result` (of helpers.run_cli) exited with the case's code and one error line."""
@@ -344,8 +350,9 @@ def test_internal_error_is_one_line(tmp_path, monkeypatch):
     config, _ = prepare("zero-sum-linear-weights", tmp_path)
     result = run_cli("yaml", config, tmp_path / "out")
     assert result.exit_code == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("mergefast: internal error: ZeroDivisionError: a bug "
-                              "(run with -v for the traceback)")
+    assert result.stderr.strip() == (
+        "mergefast: internal error: ZeroDivisionError: a bug (run with -v for the traceback)"
+    )
 
 
 def test_trust_remote_code_never_runs_model_code(tmp_path):
@@ -356,17 +363,21 @@ def test_trust_remote_code_never_runs_model_code(tmp_path):
     for name in ("ft-a", "ft-b"):
         folder = _copy_model(name, tmp_path / name)
         config = json.loads((folder / "config.json").read_text())
-        config["auto_map"] = {"AutoConfig": "configuration_x.XConfig",
-                              "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+        config["auto_map"] = {
+            "AutoConfig": "configuration_x.XConfig",
+            "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+        }
         (folder / "config.json").write_text(json.dumps(config))
         side_effect = f"open({str(marker)!r}, 'w').write('ran')\n"
         (folder / "modeling_x.py").write_text(side_effect + "class XForCausalLM: pass\n")
         (folder / "configuration_x.py").write_text(side_effect + "class XConfig: pass\n")
         folders.append(folder)
     config = tmp_path / "config.yml"
-    config.write_text("merge_method: passthrough\nslices:\n"
-                      f"  - sources:\n      - {{model: {folders[0]}, layer_range: [0, 2]}}\n"
-                      f"  - sources:\n      - {{model: {folders[1]}, layer_range: [2, 4]}}\n")
+    config.write_text(
+        "merge_method: passthrough\nslices:\n"
+        f"  - sources:\n      - {{model: {folders[0]}, layer_range: [0, 2]}}\n"
+        f"  - sources:\n      - {{model: {folders[1]}, layer_range: [2, 4]}}\n"
+    )
     out = tmp_path / "out"
     result = run_cli("yaml", config, out, "--trust-remote-code", "--quiet")
     assert result.exit_code == 0, result.stderr
@@ -380,8 +391,10 @@ def test_nonfinite_input_warns_per_tensor(tmp_path):
     causes is then the one error line."""
     setup_inf_model(tmp_path)
     config = tmp_path / "config.yml"
-    config.write_text(f"merge_method: linear\nmodels:\n  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1}}\n"
-                      f"  - model: {tmp_path / 'inf'}\n    parameters: {{weight: 1}}\n")
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1}}\n"
+        f"  - model: {tmp_path / 'inf'}\n    parameters: {{weight: 1}}\n"
+    )
     out = tmp_path / "out"
     result = run_cli("yaml", config, out, "--quiet")
     warnings = [line for line in result.stderr.splitlines() if line.startswith("mergefast: warning:")]
@@ -406,9 +419,11 @@ def test_ties_warns_for_a_nan_input_and_merges(tmp_path, monkeypatch):
     all_finite = checks.all_finite
     monkeypatch.setattr(checks, "all_finite", lambda t: scanned.append(t.numel()) or all_finite(t))
     config = tmp_path / "config.yml"
-    config.write_text(f"merge_method: ties\nbase_model: {MODELS / 'base'}\nmodels:\n"
-                      f"  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1, density: 0.5}}\n"
-                      f"  - model: {folder}\n    parameters: {{weight: 1, density: 0.5}}\n")
+    config.write_text(
+        f"merge_method: ties\nbase_model: {MODELS / 'base'}\nmodels:\n"
+        f"  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1, density: 0.5}}\n"
+        f"  - model: {folder}\n    parameters: {{weight: 1, density: 0.5}}\n"
+    )
     result = run_cli("yaml", config, tmp_path / "out", "--quiet")
     warnings = [line for line in result.stderr.splitlines() if line.startswith("mergefast: warning:")]
     assert result.exit_code == 0 and len(warnings) == 1, result.stderr

@@ -23,9 +23,22 @@ def test_kernel_benchmarks_run_on_a_tiny_shape():
     env = dict(os.environ, MERGEFAST_BENCH_SHAPE="64x96")
     env.pop("TRITON_INTERPRET", None)
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
-         str(ROOT / "benchmarks" / "bench_kernels.py")],
-        cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-disable",
+            str(ROOT / "benchmarks" / "bench_kernels.py"),
+        ],
+        cwd=ROOT / "benchmarks",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     passed = re.search(r"(\d+) passed", summary)

@@ -28,9 +28,26 @@ dtype: bfloat16
 """
 
 ALL_MERGEKIT_METHODS = [
-    "linear", "slerp", "nuslerp", "multislerp", "karcher", "passthrough", "task_arithmetic",
-    "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
-    "della_linear", "sce", "ram", "ramplus_tl", "nearswap", "model_stock", "arcee_fusion",
+    "linear",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "passthrough",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "ram",
+    "ramplus_tl",
+    "nearswap",
+    "model_stock",
+    "arcee_fusion",
 ]
 
 
@@ -43,7 +60,7 @@ def front_matter(text: str) -> dict:
 def section(text: str, title: str) -> str:
     start = text.index(title + "\n") + len(title) + 1
     nxt = text.find("\n#", start)
-    return text[start: nxt if nxt >= 0 else len(text)]
+    return text[start : nxt if nxt >= 0 else len(text)]
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +102,7 @@ def test_ties_card_structure(in_tmp):
         "tags": ["merge", "mergefast"],
     }
     # keys are written sorted
-    raw = text[4: text.index("\n---\n", 4)]
+    raw = text[4 : text.index("\n---\n", 4)]
     keys = [line.split(":")[0] for line in raw.splitlines() if line and not line.startswith(("-", " "))]
     assert keys == sorted(keys)
 
@@ -153,9 +170,7 @@ def test_no_base_and_local_paths_only(in_tmp):
 
 
 def test_base_not_repeated_in_models_merged():
-    text = model_card(
-        "x\n", method="task_arithmetic", base_model="o/base", models=["o/base", "o/ft"], out_name="t"
-    )
+    text = model_card("x\n", method="task_arithmetic", base_model="o/base", models=["o/base", "o/ft"], out_name="t")
     bullets = [line for line in section(text, "### Models Merged").splitlines() if line.startswith("* ")]
     assert bullets == ["* [o/ft](https://huggingface.co/o/ft)"]
     assert "[Task Arithmetic](https://arxiv.org/abs/2212.04089)" in text

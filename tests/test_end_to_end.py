@@ -59,8 +59,14 @@ def test_ties_output_equals_reference(family, tmp_path):
     merged = load_file(out / "model.safetensors")
     name = "model.layers.0.self_attn.q_proj.weight"
     load = lambda k: load_file(family[k] / "model.safetensors")[name]  # noqa: E731
-    expected = methods.ties(load("base"), [load("ft-a"), load("ft-b"), load("ft-c")], [0.5, 0.3, 0.2],
-                            [0.5, 0.7, 0.3], normalize=True, out_dtype=torch.bfloat16)
+    expected = methods.ties(
+        load("base"),
+        [load("ft-a"), load("ft-b"), load("ft-c")],
+        [0.5, 0.3, 0.2],
+        [0.5, 0.7, 0.3],
+        normalize=True,
+        out_dtype=torch.bfloat16,
+    )
     assert torch.equal(merged[name], expected)
 
 
@@ -100,8 +106,10 @@ def test_config_error_exit_2_one_line_no_output(family, tmp_path):
 
 def test_zero_weight_sum_is_an_error_naming_the_tensor(family, tmp_path):
     config = tmp_path / "zero.yml"
-    config.write_text(f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n    parameters: {{weight: 1}}\n"
-                      f"  - model: {family['ft-b']}\n    parameters: {{weight: -1}}\n")
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n    parameters: {{weight: 1}}\n"
+        f"  - model: {family['ft-b']}\n    parameters: {{weight: -1}}\n"
+    )
     result = run_cli("yaml", config, tmp_path / "out", "--quiet")
     assert result.exit_code == 2  # found while planning, before any tensor is read
     assert "tensor model.embed_tokens.weight" in result.output and "sum to zero" in result.output
@@ -142,7 +150,7 @@ def test_out_path_that_is_a_file(family, tmp_path):
 
 
 def test_existing_out_is_replaced(family, tmp_path):
-    (tmp_path / "out").mkdir()   # a previous output: it has a config.json
+    (tmp_path / "out").mkdir()  # a previous output: it has a config.json
     (tmp_path / "out" / "config.json").write_text("{}")
     (tmp_path / "out" / "stale.txt").write_text("x")
     out = merge_example("linear.yml", family, tmp_path)
@@ -165,8 +173,10 @@ def test_repo_id_resolved_offline_from_hub_cache(family, tmp_path, monkeypatch):
         (cache / f"models--org--{key}" / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = tmp_path / "slerp.yml"
-    config.write_text("merge_method: slerp\nbase_model: org/base\nmodels:\n  - model: org/base\n"
-                      "  - model: org/ft-a\nparameters: {t: 0.3}\n")
+    config.write_text(
+        "merge_method: slerp\nbase_model: org/base\nmodels:\n  - model: org/base\n"
+        "  - model: org/ft-a\nparameters: {t: 0.3}\n"
+    )
     result = run_cli("yaml", config, tmp_path / "out", "--quiet", "--transformers-cache", cache)
     assert result.exit_code == 0, result.output
     card = (tmp_path / "out" / "README.md").read_text()
@@ -183,9 +193,10 @@ def test_python_api(family, tmp_path):
         mergefast.merge(example_config("slerp-gradient.yml", family), tmp_path / "out2", cudaa=True)
 
 
-@pytest.mark.parametrize("option, value", [("cuda", "no"), ("copy_tokenizer", None),
-                                           ("out_shard_size", [1]), ("random_seed", "abc"),
-                                           ("stats_json", 5)])
+@pytest.mark.parametrize(
+    "option, value",
+    [("cuda", "no"), ("copy_tokenizer", None), ("out_shard_size", [1]), ("random_seed", "abc"), ("stats_json", 5)],
+)
 def test_python_api_option_types_are_config_errors(family, tmp_path, option, value):
     """They escaped as TypeError/ValueError from deep inside, or (cuda="no") asked for a GPU."""
     import mergefast
@@ -212,9 +223,19 @@ def test_python_api_dry_run_and_config_forms(family, tmp_path):
 def test_console_script_help():
     result = run_cli("yaml", "--help")
     assert result.exit_code == 0
-    for flag in ("--cuda", "--device", "--out-shard-size", "--copy-tokenizer", "--write-model-card",
-                 "--allow-crimes", "--random-seed", "--transformers-cache", "--lazy-unpickle",
-                 "--trust-remote-code", "--quiet"):
+    for flag in (
+        "--cuda",
+        "--device",
+        "--out-shard-size",
+        "--copy-tokenizer",
+        "--write-model-card",
+        "--allow-crimes",
+        "--random-seed",
+        "--transformers-cache",
+        "--lazy-unpickle",
+        "--trust-remote-code",
+        "--quiet",
+    ):
         assert flag in result.output
     assert os.environ.get("MERGEFAST_BACKEND") in (None, "", "torch", "cpu-ext")
 
@@ -225,8 +246,10 @@ def test_unsafe_truncate_embeddings_flag(tmp_path):
     base = make_tiny_llama(tmp_path / "small", seed=0, vocab=32, layers=2, dtype=torch.float32)
     make_tiny_llama(tmp_path / "big", seed=1, vocab=34, layers=2, dtype=torch.float32)
     config = tmp_path / "linear.yml"
-    config.write_text(f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'small'}\n"
-                      f"  - model: {tmp_path / 'big'}\nparameters: {{weight: 1}}\n")
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'small'}\n"
+        f"  - model: {tmp_path / 'big'}\nparameters: {{weight: 1}}\n"
+    )
     result = run_cli("yaml", config, tmp_path / "out", "--quiet")
     assert result.exit_code == 2 and "--unsafe-truncate-embeddings" in result.output
     result = run_cli("yaml", config, tmp_path / "out", "--quiet", "--unsafe-truncate-embeddings")

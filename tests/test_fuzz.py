@@ -23,14 +23,51 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 EXAMPLE_DATA = [yaml.safe_load(p.read_text()) for p in EXAMPLES]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
-KEYS = ["merge_method", "models", "slices", "sources", "model", "parameters", "layer_range", "base_model",
-        "dtype", "out_dtype", "weight", "density", "t", "filter", "value", "normalize", "lambda", "scale",
-        "tokenizer_source", "path", "revision", "name", "int8_mask", "rescale", "residual_weight", "epsilon"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10), st.floats(allow_nan=True, allow_infinity=True),
-                    st.text(max_size=8), st.sampled_from(KEYS), st.sampled_from(["ties", "linear", "slerp", "bf16"]))
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=6)), inner, max_size=4)),
-    max_leaves=12)
+KEYS = [
+    "merge_method",
+    "models",
+    "slices",
+    "sources",
+    "model",
+    "parameters",
+    "layer_range",
+    "base_model",
+    "dtype",
+    "out_dtype",
+    "weight",
+    "density",
+    "t",
+    "filter",
+    "value",
+    "normalize",
+    "lambda",
+    "scale",
+    "tokenizer_source",
+    "path",
+    "revision",
+    "name",
+    "int8_mask",
+    "rescale",
+    "residual_weight",
+    "epsilon",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(KEYS),
+    st.sampled_from(["ties", "linear", "slerp", "bf16"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=6)), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
 
 
 def _paths(node, prefix=()):
@@ -111,6 +148,7 @@ def test_random_configs(data):
 
 # -- safetensors headers and index files ---------------------------------------------------
 
+
 @st.composite
 def header_entries(draw):
     """A valid-looking entry (dtype, shape, offsets that fit) with up to two fields mutated."""
@@ -126,8 +164,9 @@ def header_entries(draw):
         if choice == 0:
             entry.pop(key, None)
         elif key == "shape":
-            entry[key] = draw(st.lists(st.one_of(st.integers(-2, 2**40), st.floats(), st.booleans(), st.text(max_size=2)),
-                                       max_size=3))
+            entry[key] = draw(
+                st.lists(st.one_of(st.integers(-2, 2**40), st.floats(), st.booleans(), st.text(max_size=2)), max_size=3)
+            )
         elif key == "data_offsets":
             entry[key] = draw(st.lists(st.one_of(st.integers(-8, 2**63), st.floats(), st.booleans()), max_size=3))
         elif key == "dtype":
@@ -137,8 +176,11 @@ def header_entries(draw):
     return entry
 
 
-headers = st.dictionaries(st.one_of(st.text(max_size=8), st.just("__metadata__")),
-                          st.one_of(header_entries(), header_entries(), values), max_size=4)
+headers = st.dictionaries(
+    st.one_of(st.text(max_size=8), st.just("__metadata__")),
+    st.one_of(header_entries(), header_entries(), values),
+    max_size=4,
+)
 
 
 @st.composite
@@ -172,11 +214,35 @@ def test_safetensors_headers(blob):
 
 
 @FUZZ
-@given(st.one_of(
-    st.fixed_dictionaries({"weight_map": st.dictionaries(st.text(max_size=6), st.one_of(
-        st.sampled_from(["model-00001-of-00001.safetensors", "../x.safetensors", "/etc/passwd", "", ".", "sub/",
-                         "model.safetensors.index.json", "\x00"]), st.text(max_size=10), values), max_size=4)}),
-    values))
+@given(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "weight_map": st.dictionaries(
+                    st.text(max_size=6),
+                    st.one_of(
+                        st.sampled_from(
+                            [
+                                "model-00001-of-00001.safetensors",
+                                "../x.safetensors",
+                                "/etc/passwd",
+                                "",
+                                ".",
+                                "sub/",
+                                "model.safetensors.index.json",
+                                "\x00",
+                            ]
+                        ),
+                        st.text(max_size=10),
+                        values,
+                    ),
+                    max_size=4,
+                )
+            }
+        ),
+        values,
+    )
+)
 def test_index_files(index):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "m"

@@ -22,9 +22,11 @@ MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 def dare_config(tmp_path) -> Path:
     """A DARE-TIES merge of the committed tiny models (a random method: the seed is used)."""
     config = tmp_path / "config.yml"
-    config.write_text(f"merge_method: dare_ties\nbase_model: {MODELS / 'base'}\nmodels:\n"
-                      f"  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1, density: 0.5}}\n"
-                      f"  - model: {MODELS / 'ft-b'}\n    parameters: {{weight: 1, density: 0.5}}\n")
+    config.write_text(
+        f"merge_method: dare_ties\nbase_model: {MODELS / 'base'}\nmodels:\n"
+        f"  - model: {MODELS / 'ft-a'}\n    parameters: {{weight: 1, density: 0.5}}\n"
+        f"  - model: {MODELS / 'ft-b'}\n    parameters: {{weight: 1, density: 0.5}}\n"
+    )
     return config
 
 

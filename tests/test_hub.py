@@ -99,8 +99,12 @@ def test_local_file(tmp_path, no_hub):
 def _hub_cache(root: Path, repo="org/name", refs=("main",), sharded=False) -> Path:
     """models--org--name/{refs/<ref>, blobs/<hash>, snapshots/<commit>/<file> -> ../../blobs/<hash>}"""
     repo_dir = root / ("models--" + repo.replace("/", "--"))
-    src = write_checkpoint(root / "src", {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)},
-                           fmt="sharded" if sharded else "safetensors", config={"model_type": "llama"})
+    src = write_checkpoint(
+        root / "src",
+        {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)},
+        fmt="sharded" if sharded else "safetensors",
+        config={"model_type": "llama"},
+    )
     snap = repo_dir / "snapshots" / COMMIT
     (repo_dir / "blobs").mkdir(parents=True)
     snap.mkdir(parents=True)
@@ -165,7 +169,9 @@ def online(monkeypatch):
     calls = []
 
     def snapshot_download(repo, *, revision=None, cache_dir=None, allow_patterns=None, local_files_only=False):
-        calls.append(dict(repo=repo, revision=revision, allow_patterns=allow_patterns, local_files_only=local_files_only))
+        calls.append(
+            dict(repo=repo, revision=revision, allow_patterns=allow_patterns, local_files_only=local_files_only)
+        )
         folder = Path(cache_dir) / "snap"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.safetensors.index.json").write_text(
@@ -179,6 +185,7 @@ def online(monkeypatch):
 
 def _listing(monkeypatch, files):
     """The Hub lists `files` for any repo (model_info's siblings, the one listing request)."""
+
     def model_info(repo, *, revision=None, timeout=None):
         return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files])
 
@@ -186,8 +193,15 @@ def _listing(monkeypatch, files):
 
 
 def test_online_downloads_only_the_used_weights(tmp_path, online, monkeypatch):
-    listing = ["config.json", "tokenizer.json", "consolidated.safetensors", "model.safetensors.index.json",
-               "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "pytorch_model.bin"]
+    listing = [
+        "config.json",
+        "tokenizer.json",
+        "consolidated.safetensors",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "pytorch_model.bin",
+    ]
     _listing(monkeypatch, listing)
     folder = resolve_model(ModelRef("org/name", "v2"), cache_dir=str(tmp_path))
     assert folder == tmp_path / "snap"
@@ -212,7 +226,10 @@ def test_online_single_file_and_bin_fallback(tmp_path, online, monkeypatch):
     [
         (lambda: _http_error(hfe.RepositoryNotFoundError, 404), "repo org/name not found.*hf auth login"),
         (lambda: _http_error(hfe.GatedRepoError, 403), "gated: accept its terms on https://huggingface.co/org/name"),
-        (lambda: _http_error(hfe.RevisionNotFoundError, 404), "revision 'main' not found in Hugging Face repo org/name"),
+        (
+            lambda: _http_error(hfe.RevisionNotFoundError, 404),
+            "revision 'main' not found in Hugging Face repo org/name",
+        ),
         (lambda: ConnectionError("no route to host"), "cannot reach the Hugging Face Hub for org/name@main"),
     ],
 )
@@ -268,8 +285,11 @@ def test_listing_is_one_request_without_retries(tmp_path, online, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "model_info", model_info)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda *a, **k: (_ for _ in ()).throw(hfe.LocalEntryNotFoundError("not cached")))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "snapshot_download",
+        lambda *a, **k: (_ for _ in ()).throw(hfe.LocalEntryNotFoundError("not cached")),
+    )
     with pytest.raises(ModelError, match="cannot reach the Hugging Face Hub for org/name"):
         resolve_model(ModelRef("org/name"), cache_dir=str(tmp_path))
     assert len(calls) == 1 and calls[0] is not None and calls[0] <= 30
@@ -285,8 +305,15 @@ def test_hub_without_network_fails_fast_in_one_line(tmp_path):
         endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
         config = tmp_path / "config.yml"
         config.write_text("merge_method: linear\nmodels:\n  - model: org/name\n    parameters: {weight: 1}\n")
-        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "*", "no_proxy": "*"}
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": endpoint,
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "NO_PROXY": "*",
+            "no_proxy": "*",
+        }
         env.pop("HF_HUB_CACHE", None)
         start = time.monotonic()
         proc = run_cli_process("yaml", config, tmp_path / "out", "--quiet", env=env, cwd=tmp_path, timeout=120)

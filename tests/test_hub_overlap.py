@@ -33,8 +33,12 @@ hub, models = test_hub_stream.hub, test_hub_stream.models  # its fixtures, share
 
 ALL_LAYERS = "merge_method: passthrough\nslices:\n  - sources: [{model: org/base4, layer_range: [0, 4]}]\n"
 SHARDS = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
-PARTS = {1: ("model.embed_tokens.", "model.layers.0."), 2: ("model.layers.1.",),
-         3: ("model.layers.2.", "model.layers.3."), 4: ("model.norm.", "lm_head.")}
+PARTS = {
+    1: ("model.embed_tokens.", "model.layers.0."),
+    2: ("model.layers.1.",),
+    3: ("model.layers.2.", "model.layers.3."),
+    4: ("model.norm.", "lm_head."),
+}
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +125,10 @@ def test_the_summary_counts_the_download(hub, base4, tmp_path):
 
 
 def test_one_file_of_two_references_is_downloaded_once(hub, tmp_path, models):
-    text = ("merge_method: linear\nmodels:\n  - model: org/ft-b\n    parameters: {weight: 0.5}\n"
-            "  - model: org/ft-b@v1\n    parameters: {weight: 0.5}\n")
+    text = (
+        "merge_method: linear\nmodels:\n  - model: org/ft-b\n    parameters: {weight: 0.5}\n"
+        "  - model: org/ft-b@v1\n    parameters: {weight: 0.5}\n"
+    )
     summary = mergefast.merge(text, tmp_path / "out")
     assert hub.downloads.count("org/ft-b/model.safetensors") == 1
     assert summary.downloaded_bytes == (models["ft-b"] / "model.safetensors").stat().st_size
@@ -144,8 +150,13 @@ def test_a_signal_while_downloading_stops_at_once(base4, tmp_path, monkeypatch, 
     use_fake_hub(monkeypatch, slow, tmp_path / "hf")  # the environment reaches the subprocess
     config, out = tmp_path / "config.yml", tmp_path / "out"
     config.write_text(ALL_LAYERS)
-    proc = popen_with_default_sigint([sys.executable, "-m", "mergefast", "yaml", str(config), str(out), "--quiet"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    proc = popen_with_default_sigint(
+        [sys.executable, "-m", "mergefast", "yaml", str(config), str(out), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob(".out.mergefast-partial-*")):

@@ -95,8 +95,9 @@ def test_plan_reads_headers_only(hub, tmp_path, models):
     assert code == 0, err
     assert hub.served["tensor"] == 0 and hub.served["header"] > 0
     assert "from the Hugging Face Hub" in text and "org/ft-b (org/ft-b, commit" in text
-    local = mergefast.merge(_config(TIES, **{n: str(models[n]) for n in ("base", "ft-a", "ft-b")}),
-                            tmp_path / "unused", dry_run=True)
+    local = mergefast.merge(
+        _config(TIES, **{n: str(models[n]) for n in ("base", "ft-a", "ft-b")}), tmp_path / "unused", dry_run=True
+    )
     same = ("output:", "bytes:", "estimated peak memory:", "  [")  # jobs, bytes and samples as planned locally
     pick = lambda t: [line.split(" -> ")[0] for line in t.splitlines() if line.startswith(same)]
     assert pick(text) == pick(local) and pick(text)
@@ -117,8 +118,12 @@ def test_merge_from_the_hub_equals_the_local_merge(hub, tmp_path, models):
     mergefast.merge(_config(TIES), tmp_path / "hub")
     a, b = _tensors(tmp_path / "local"), _tensors(tmp_path / "hub")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
-    weights = sum(len(d) for n in ("base", "ft-a", "ft-b") for p, d in hub.repos[f"org/{n}"].files.items()
-                  if p.endswith(".safetensors"))
+    weights = sum(
+        len(d)
+        for n in ("base", "ft-a", "ft-b")
+        for p, d in hub.repos[f"org/{n}"].files.items()
+        if p.endswith(".safetensors")
+    )
     assert hub.served["tensor"] + hub.served["header"] <= 2 * weights  # each header twice at most
 
     # a second run fetches nothing again: one listing request per repo
@@ -128,7 +133,10 @@ def test_merge_from_the_hub_equals_the_local_merge(hub, tmp_path, models):
     mergefast.merge(_config(TIES), tmp_path / "again")
     assert hub.served == {"tensor": 0, "header": 0, "other": 0}
     assert sorted(p for _, p in hub.requests if p.startswith("/api/models")) == [
-        "/api/models/org/base", "/api/models/org/ft-a", "/api/models/org/ft-b"]
+        "/api/models/org/base",
+        "/api/models/org/ft-a",
+        "/api/models/org/ft-b",
+    ]
     assert all(not p.startswith("/org/") for _, p in hub.requests)
 
 
@@ -152,8 +160,12 @@ def test_only_the_shards_a_slice_reads_are_downloaded(hub, tmp_path, models, mon
         tensors = {name: reader.read(name) for name in reader.names()}
     folder = tmp_path / "base4"
     shutil.copytree(models["base"], folder, ignore=shutil.ignore_patterns("model*"))
-    parts = {1: ("model.embed_tokens.", "model.layers.0."), 2: ("model.layers.1.",),
-             3: ("model.layers.2.", "model.layers.3."), 4: ("model.norm.", "lm_head.")}
+    parts = {
+        1: ("model.embed_tokens.", "model.layers.0."),
+        2: ("model.layers.1.",),
+        3: ("model.layers.2.", "model.layers.3."),
+        4: ("model.norm.", "lm_head."),
+    }
     weight_map = {}
     for i, prefixes in parts.items():
         shard = f"model-0000{i}-of-00004.safetensors"
@@ -176,10 +188,16 @@ ERRORS = [
     Case({"ft-a": "org/nope"}, None, "Hugging Face repo org/nope not found"),
     Case({"ft-a": "org/ft-a@v9"}, None, "revision 'v9' not found in Hugging Face repo org/ft-a"),
     Case({}, lambda hub: setattr(hub.repos["org/ft-a"], "gated", True), "Hugging Face repo org/ft-a is gated"),
-    Case({}, lambda hub: hub.repos["org/ft-b"].hidden.add("model.safetensors"),
-         "file model.safetensors not found in Hugging Face repo org/ft-b"),
-    Case({}, lambda hub: hub.repos["org/ft-a"].files.pop("model-00002-of-00002.safetensors"),
-         "names 'model-00002-of-00002.safetensors', which Hugging Face repo org/ft-a"),
+    Case(
+        {},
+        lambda hub: hub.repos["org/ft-b"].hidden.add("model.safetensors"),
+        "file model.safetensors not found in Hugging Face repo org/ft-b",
+    ),
+    Case(
+        {},
+        lambda hub: hub.repos["org/ft-a"].files.pop("model-00002-of-00002.safetensors"),
+        "names 'model-00002-of-00002.safetensors', which Hugging Face repo org/ft-a",
+    ),
 ]
 
 

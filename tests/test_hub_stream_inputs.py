@@ -24,8 +24,11 @@ hub, models = test_hub_stream.hub, test_hub_stream.models  # its fixtures, share
 
 def _weights_in_cache(tmp_path) -> list:
     """Weight files (or their blobs: the side files are a few kB) in the fake Hub's cache."""
-    return [p for p in (tmp_path / "hf").rglob("*")
-            if p.name.endswith(".safetensors") or (p.is_file() and p.stat().st_size > 100_000)]
+    return [
+        p
+        for p in (tmp_path / "hf").rglob("*")
+        if p.name.endswith(".safetensors") or (p.is_file() and p.stat().st_size > 100_000)
+    ]
 
 
 @pytest.mark.parametrize("piece", [hub_stream.PIECE, 65_537], ids=["one-piece", "many-pieces"])
@@ -72,9 +75,13 @@ def test_ctrl_c_while_streaming_stops_at_once(models, tmp_path, monkeypatch):
     use_fake_hub(monkeypatch, slow, tmp_path / "hf")  # the environment reaches the subprocess
     config, out = tmp_path / "config.yml", tmp_path / "out"
     config.write_text("merge_method: linear\nmodels:\n  - model: org/ft-b\n    parameters: {weight: 1.0}\n")
-    proc = popen_with_default_sigint([sys.executable, "-m", "mergefast", "yaml", str(config), str(out), "--quiet",
-                                      "--stream-inputs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ))
+    proc = popen_with_default_sigint(
+        [sys.executable, "-m", "mergefast", "yaml", str(config), str(out), "--quiet", "--stream-inputs"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         deadline = time.monotonic() + 60
         while not slow.served["tensor"]:

@@ -43,8 +43,10 @@ def deep_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("deep")
     make_tiny_llama(root / "m", seed=0, layers=LAYERS)
     config = root / "config.yml"
-    config.write_text(f"merge_method: passthrough\nslices:\n  - sources:\n"
-                      f"      - {{model: {root / 'm'}, layer_range: [0, {LAYERS}]}}\n")
+    config.write_text(
+        f"merge_method: passthrough\nslices:\n  - sources:\n"
+        f"      - {{model: {root / 'm'}, layer_range: [0, {LAYERS}]}}\n"
+    )
     return config
 
 
@@ -56,7 +58,12 @@ def _start(config: Path, out: Path, delay: float) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return popen_with_default_sigint(
         [sys.executable, "-c", DRIVER, str(delay), "yaml", str(config), str(out), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=out.parent,
+    )
 
 
 def _wait_for_first_output(proc: subprocess.Popen, out: Path, timeout: float = 90) -> None:
@@ -84,7 +91,7 @@ def merges(deep_model, tmp_path_factory):
         work = tmp_path_factory.mktemp(name)
         out = work / "out"
         if name == "sigterm":  # an existing OUT is replaced only at the final rename
-            out.mkdir()   # a previous model (config.json): OUT may be replaced
+            out.mkdir()  # a previous model (config.json): OUT may be replaced
             (out / "config.json").write_text("previous model")
         running[name] = (_start(deep_model, out, delay=0.05), out)
     yield running

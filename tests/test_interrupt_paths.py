@@ -103,14 +103,14 @@ def _family(root: Path, **shape) -> Path:
 @pytest.fixture(scope="module")
 def families(tmp_path_factory) -> dict[str, Path]:
     """A wide family (long DELLA merges) and a tiny one (a whole merge in well under a second)."""
-    return {"wide": _family(tmp_path_factory.mktemp("wide"), **WIDE),
-            "tiny": _family(tmp_path_factory.mktemp("tiny"))}
+    return {"wide": _family(tmp_path_factory.mktemp("wide"), **WIDE), "tiny": _family(tmp_path_factory.mktemp("tiny"))}
 
 
 def _config(folder: Path, family: Path, method: str) -> Path:
     extra = ", epsilon: 0.1" if method == "della" else ""
-    models = "".join(f"  - model: {family / f'ft{i}'}\n    parameters: {{weight: 0.5, density: 0.5{extra}}}\n"
-                     for i in (1, 2))
+    models = "".join(
+        f"  - model: {family / f'ft{i}'}\n    parameters: {{weight: 0.5, density: 0.5{extra}}}\n" for i in (1, 2)
+    )
     path = folder / f"{method}.yml"
     path.write_text(f"merge_method: {method}\nbase_model: {family / 'base'}\nmodels:\n{models}dtype: bfloat16\n")
     return path
@@ -125,9 +125,15 @@ def _default_sigint():
 def _run(stage: str, sig: signal.Signals, config: Path, out: Path) -> tuple[subprocess.CompletedProcess, float]:
     """Run the driver; returns the finished process and the seconds from its signal to its exit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, stage, sig.name, "yaml", str(config), str(out), "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=out.parent, timeout=120,
-                          preexec_fn=_default_sigint)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, stage, sig.name, "yaml", str(config), str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=out.parent,
+        timeout=120,
+        preexec_fn=_default_sigint,
+    )
     ended = time.time()
     sent = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SENT ")]
     assert len(sent) == 1, (proc.returncode, proc.stdout, proc.stderr)
@@ -152,8 +158,7 @@ CASES = [  # (stage, method, signal, family)
 
 
 @pytest.mark.slow  # a fresh interpreter per case
-@pytest.mark.parametrize("stage, method, sig, family", CASES,
-                         ids=[f"{c[0]}-{c[1]}-{c[2].name}" for c in CASES])
+@pytest.mark.parametrize("stage, method, sig, family", CASES, ids=[f"{c[0]}-{c[1]}-{c[2].name}" for c in CASES])
 def test_a_signal_stops_the_merge_and_leaves_nothing(families, tmp_path, stage, method, sig, family):
     config = _config(tmp_path, families[family], method)
     work = tmp_path / "work"

@@ -312,8 +312,7 @@ def test_bad_bin(tmp_path):
         CheckpointReader(tmp_path).names()
 
 
-@pytest.mark.parametrize("entries, why", [({3: torch.zeros(2)}, "not a tensor name"),
-                                          ({"w": [1, 2]}, "not a tensor")])
+@pytest.mark.parametrize("entries, why", [({3: torch.zeros(2)}, "not a tensor name"), ({"w": [1, 2]}, "not a tensor")])
 def test_bin_entries_must_be_named_tensors(tmp_path, entries, why):
     torch.save(entries, tmp_path / "pytorch_model.bin")
     with pytest.raises(ModelError, match=why):
@@ -332,16 +331,33 @@ HEADERS = [
     ("extra-field", b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[1]}}', b"\0" * 4, None),
     ("whitespace-padding", b"  " + _OK + b"    ", b"\0" * 4, None),
     ("zero-size-tensors", b'{"z":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},' + _ENTRY_A + b"}", b"\0" * 4, None),
-    ("duplicate-name", b"{" + _ENTRY_A + b"," + _ENTRY_A.replace(b"[0,4]", b"[4,8]") + b"}", b"\0" * 8,
-     "tensor 'a' is listed twice"),
+    (
+        "duplicate-name",
+        b"{" + _ENTRY_A + b"," + _ENTRY_A.replace(b"[0,4]", b"[4,8]") + b"}",
+        b"\0" * 8,
+        "tensor 'a' is listed twice",
+    ),
     ("duplicate-name-same-entry", b"{" + _ENTRY_A + b"," + _ENTRY_A + b"}", b"\0" * 4, "tensor 'a' is listed twice"),
-    ("duplicate-field", b'{"a":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4,
-     "key 'dtype' appears twice"),
-    ("duplicate-metadata-key", b'{"__metadata__":{"k":"1","k":"2"},' + _ENTRY_A + b"}", b"\0" * 4, "key 'k' appears twice"),
+    (
+        "duplicate-field",
+        b'{"a":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}}',
+        b"\0" * 4,
+        "key 'dtype' appears twice",
+    ),
+    (
+        "duplicate-metadata-key",
+        b'{"__metadata__":{"k":"1","k":"2"},' + _ENTRY_A + b"}",
+        b"\0" * 4,
+        "key 'k' appears twice",
+    ),
     ("deep-arrays", b"[" * 100_000 + b"]" * 100_000, b"", "nested deeper than 128 levels"),
     ("deep-objects", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, b"", "nested deeper than 128 levels"),
-    ("deep-extra-field", b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + b"[" * 300 + b"]" * 300
-     + b"}}", b"\0" * 4, "field 'x' is nested deeper than 128 levels"),
+    (
+        "deep-extra-field",
+        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + b"[" * 300 + b"]" * 300 + b"}}",
+        b"\0" * 4,
+        "field 'x' is nested deeper than 128 levels",
+    ),
     ("no-tensors", b"{}", b"", "lists no tensors"),
     ("only-metadata", b'{"__metadata__":{"format":"pt"}}', b"", "lists no tensors"),
     ("metadata-number", b'{"__metadata__":{"x":1},' + _ENTRY_A + b"}", b"\0" * 4, "entry 'x' is 1, not a string"),
@@ -349,11 +365,21 @@ HEADERS = [
     ("unknown-dtype", _OK.replace(b"F32", b"F128"), b"\0" * 4, "unsupported dtype 'F128'"),
     ("lowercase-dtype", _OK.replace(b"F32", b"f32"), b"\0" * 4, "unsupported dtype 'f32'"),
     ("gap-at-start", _OK.replace(b"[0,4]", b"[4,8]"), b"\0" * 8, "leaving 4 unused bytes at the start"),
-    ("gap-between", b"{" + _ENTRY_A + b"," + _B_AT_4.replace(b"[4,8]", b"[8,12]") + b"}", b"\0" * 12,
-     "leaving 4 unused bytes after tensor 'a'"),
+    (
+        "gap-between",
+        b"{" + _ENTRY_A + b"," + _B_AT_4.replace(b"[4,8]", b"[8,12]") + b"}",
+        b"\0" * 12,
+        "leaving 4 unused bytes after tensor 'a'",
+    ),
     ("trailing-data", _OK, b"\0" * 12, "8 bytes after the end of the last tensor 'a'"),
-    ("overlap", b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},' + _B_AT_4.replace(b"[4,8]", b"[4,12]")
-     .replace(b"[1]", b"[2]") + b"}", b"\0" * 12, "overlap"),
+    (
+        "overlap",
+        b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+        + _B_AT_4.replace(b"[4,8]", b"[4,12]").replace(b"[1]", b"[2]")
+        + b"}",
+        b"\0" * 12,
+        "overlap",
+    ),
     ("trailing-nul", _OK + b"\0\0", b"\0" * 4, "invalid JSON"),
     ("not-an-object", b"[]", b"", "not an object"),
     ("float-dimension", _OK.replace(b"[1]", b"[1.0]"), b"\0" * 4, "corrupt safetensors header entry"),

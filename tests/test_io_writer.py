@@ -63,7 +63,9 @@ def test_several_shards_out_of_order_threads(tmp_path):
     w = ShardedWriter(tmp_path, plan, max_shard_size=1200)  # 512-byte tensors: 2 per shard
     order = list(tensors)
     random.Random(0).shuffle(order)
-    threads = [threading.Thread(target=lambda ns: [w.write(n, tensors[n]) for n in ns], args=(order[i::3],)) for i in range(3)]
+    threads = [
+        threading.Thread(target=lambda ns: [w.write(n, tensors[n]) for n in ns], args=(order[i::3],)) for i in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -137,8 +139,13 @@ def test_files_have_final_size_up_front(tmp_path):
 def test_loads_with_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
@@ -156,8 +163,17 @@ def test_loads_with_transformers(tmp_path):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("0", 0), ("123", 123), ("5B", 5_000_000_000), ("5b", 5_000_000_000), ("500M", 500_000_000),
-     ("500m", 500_000_000), ("64k", 64_000), (" 2K ", 2000), (7, 7)],
+    [
+        ("0", 0),
+        ("123", 123),
+        ("5B", 5_000_000_000),
+        ("5b", 5_000_000_000),
+        ("500M", 500_000_000),
+        ("500m", 500_000_000),
+        ("64k", 64_000),
+        (" 2K ", 2000),
+        (7, 7),
+    ],
 )
 def test_parse_size(text, value):
     assert parse_size(text) == value
@@ -170,8 +186,20 @@ def test_parse_size_bad(text):
 
 
 def test_round_trip_through_own_reader_all_dtypes(tmp_path):
-    dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
-              torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2]
+    dtypes = [
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+    ]
     tensors = {str(d): (torch.arange(-6, 6, dtype=torch.float32).reshape(3, 4) / 2).to(d) for d in dtypes}
     w = ShardedWriter(tmp_path, _out(tensors), 40)
     for k, v in tensors.items():

@@ -68,7 +68,7 @@ def test_inputs_that_need_gradients_get_them(auto, op):
     for got, want in zip(*grads):
         assert torch.equal(got, want)
     with torch.no_grad():
-        assert calls[op](kernels).grad_fn is None   # no graph wanted: the kernels run
+        assert calls[op](kernels).grad_fn is None  # no graph wanted: the kernels run
 
 
 def test_a_weight_that_wants_a_gradient_is_an_error(auto):
@@ -76,10 +76,12 @@ def test_a_weight_that_wants_a_gradient_is_an_error(auto):
     get none."""
     base, xs = _inputs()
     w = torch.tensor(0.7, requires_grad=True)
-    for call in (lambda: kernels.task_arithmetic(base, xs[:1], [w]),
-                 lambda: kernels.ties(base, xs[:1], [1.0], [0.5], lambda_=w),
-                 lambda: kernels.linear(xs[:1], [w]),
-                 lambda: kernels.slerp(xs[0], xs[1], w)):
+    for call in (
+        lambda: kernels.task_arithmetic(base, xs[:1], [w]),
+        lambda: kernels.ties(base, xs[:1], [1.0], [0.5], lambda_=w),
+        lambda: kernels.linear(xs[:1], [w]),
+        lambda: kernels.slerp(xs[0], xs[1], w),
+    ):
         with pytest.raises(TypeError, match="requires grad"):
             call()
     with torch.no_grad():
@@ -89,8 +91,7 @@ def test_a_weight_that_wants_a_gradient_is_an_error(auto):
 
 def test_results_never_alias_the_inputs(auto):
     x = torch.zeros(4)
-    for out in (kernels.passthrough(x), kernels.passthrough(x, 1.0),
-                kernels.task_arithmetic(x, [], [])):
+    for out in (kernels.passthrough(x), kernels.passthrough(x, 1.0), kernels.task_arithmetic(x, [], [])):
         out += 1
         assert torch.equal(x, torch.zeros(4))
 
@@ -125,8 +126,13 @@ def test_selection_options_are_checked_and_frozen():
 
     from mergefast.kernels import SelectionOptions
 
-    for bad in (dict(two_pass="radix"), dict(candidates="sort"), dict(one_read_min=0),
-                dict(one_read_block=1000), dict(hist_programs_per_sm=0)):
+    for bad in (
+        dict(two_pass="radix"),
+        dict(candidates="sort"),
+        dict(one_read_min=0),
+        dict(one_read_block=1000),
+        dict(hist_programs_per_sm=0),
+    ):
         with pytest.raises(ValueError):
             SelectionOptions(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -141,7 +147,5 @@ def test_every_selection_gives_the_same_merge(auto):
 
     base, xs = _inputs(n=70_001, k=3)
     want = methods.ties(base, xs, [0.5, -0.3, 0.9], [0.5, 0.2, 0.7])
-    for options in (SelectionOptions(), SelectionOptions(one_read=False),
-                    SelectionOptions(one_read_min=1 << 16)):
-        assert torch.equal(kernels.ties(base, xs, [0.5, -0.3, 0.9], [0.5, 0.2, 0.7],
-                                        selection=options), want)
+    for options in (SelectionOptions(), SelectionOptions(one_read=False), SelectionOptions(one_read_min=1 << 16)):
+        assert torch.equal(kernels.ties(base, xs, [0.5, -0.3, 0.9], [0.5, 0.2, 0.7], selection=options), want)

@@ -10,8 +10,8 @@ import warnings
 
 import pytest
 import torch
-
 from kernel_cases import KernelSuite, generate, sampled_positions
+
 from mergefast import kernels, methods
 
 pytest_generate_tests = generate
@@ -78,14 +78,14 @@ def test_missing_extension_falls_back_and_says_why(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="mergefast"):
         assert kernels.warn_missing_kernels("cpu") == line
     assert [r.getMessage() for r in caplog.records] == [line]
-    assert kernels.missing_kernels("cuda") is None   # the CPU library's line only
+    assert kernels.missing_kernels("cuda") is None  # the CPU library's line only
     monkeypatch.setenv("MERGEFAST_BACKEND", "torch")
-    assert kernels.missing_kernels("cpu") is None    # asked for: nothing to warn about
+    assert kernels.missing_kernels("cpu") is None  # asked for: nothing to warn about
     monkeypatch.delenv("MERGEFAST_BACKEND")
     x = [torch.randn(10), torch.randn(10)]
     assert torch.equal(kernels.linear(x, [0.5, 0.5]), methods.linear(x, [0.5, 0.5]))
     monkeypatch.setattr(cpu, "_LIB", None)
-    with pytest.raises(RuntimeError, match="pretend"):   # called anyway: the reason and the fix
+    with pytest.raises(RuntimeError, match="pretend"):  # called anyway: the reason and the fix
         cpu.linear(x, [0.5, 0.5], False, 1.0, torch.float32)
 
 
@@ -115,9 +115,17 @@ def test_kernels_launch_on_the_inputs_device(monkeypatch):
 
 
 @needs_ext
-@pytest.mark.parametrize("case", ["finite", "nan in base", "inf in a model",
-                                  "nan in a density-0 model", "nan in the tie block",
-                                  "no sparsification"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "finite",
+        "nan in base",
+        "inf in a model",
+        "nan in a density-0 model",
+        "nan in the tie block",
+        "no sparsification",
+    ],
+)
 def test_task_arithmetic_proves_its_inputs_finite(monkeypatch, case):
     """The C++ apply pass reports whether every delta was finite; only then are base and the
     models recorded as proven finite (execute.merge_job then skips scanning them)."""
@@ -129,8 +137,12 @@ def test_task_arithmetic_proves_its_inputs_finite(monkeypatch, case):
     signs = torch.randint(0, 2, (3, n), generator=torch.Generator().manual_seed(1)) * 2 - 1
     xs = [(base.float() + 0.5 * s).bfloat16() for s in signs]  # |delta| all equal: ties
     densities = [0.5, 0.5, 0.0 if "density-0" in case else 0.5]
-    bad = {"nan in base": (base, 5), "inf in a model": (xs[1], n - 1),
-           "nan in a density-0 model": (xs[2], 7), "nan in the tie block": (xs[0], n // 2)}
+    bad = {
+        "nan in base": (base, 5),
+        "inf in a model": (xs[1], n - 1),
+        "nan in a density-0 model": (xs[2], 7),
+        "nan in the tie block": (xs[0], n // 2),
+    }
     if case in bad:
         tensor, at = bad[case]
         tensor[at] = float("nan") if "nan" in case else float("inf")
@@ -182,9 +194,11 @@ def test_passthrough_is_the_reference():
 @pytest.mark.slow  # a subprocess
 def test_import_is_lean():
     """Importing mergefast.kernels neither imports triton nor initialises CUDA."""
-    code = ("import sys, torch, mergefast.kernels as k; k.backend('cpu'); k.describe_backends(); "
-            "assert 'triton' not in sys.modules, 'triton imported'; "
-            "assert not torch.cuda.is_initialized(), 'cuda initialised'")
+    code = (
+        "import sys, torch, mergefast.kernels as k; k.backend('cpu'); k.describe_backends(); "
+        "assert 'triton' not in sys.modules, 'triton imported'; "
+        "assert not torch.cuda.is_initialized(), 'cuda initialised'"
+    )
     env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -197,8 +211,9 @@ def _sampled_positions(n: int) -> torch.Tensor:
 
 @needs_ext
 @pytest.mark.slow  # 2**20-element tensors and the reference's sorts
-@pytest.mark.parametrize("case", ["fp32", "bf16-finetune", "few-magnitudes", "mostly-zero", "misleading-sample",
-                                  "overflowing-window"])
+@pytest.mark.parametrize(
+    "case", ["fp32", "bf16-finetune", "few-magnitudes", "mostly-zero", "misleading-sample", "overflowing-window"]
+)
 def test_large_selection_paths(monkeypatch, case):
     """Tensors above 2**16 elements take the sampled-window path of the C++ selection (the
     threshold is the window's upper end, its lower end or one of the candidates inside) or,
@@ -282,7 +297,25 @@ def test_library_errors_become_python_errors():
         cpu.slerp_dots(a.double(), b)
     out = torch.empty(100)
     with pytest.raises(RuntimeError, match="sparsify mode 2 is not implemented"):
-        cpu._check(cpu._lib().mf_task_arithmetic(
-            a.data_ptr(), 0, (cpu.ctypes.c_void_p * 1)(b.data_ptr()), (cpu.ctypes.c_int32 * 1)(0), 1,
-            100, (cpu.ctypes.c_double * 1)(1.0), None, 2, 1, 1, 1.0, 1.0, out.data_ptr(), 0, -1, 1,
-            cpu.ctypes.byref(cpu.ctypes.c_int32())))
+        cpu._check(
+            cpu._lib().mf_task_arithmetic(
+                a.data_ptr(),
+                0,
+                (cpu.ctypes.c_void_p * 1)(b.data_ptr()),
+                (cpu.ctypes.c_int32 * 1)(0),
+                1,
+                100,
+                (cpu.ctypes.c_double * 1)(1.0),
+                None,
+                2,
+                1,
+                1,
+                1.0,
+                1.0,
+                out.data_ptr(),
+                0,
+                -1,
+                1,
+                cpu.ctypes.byref(cpu.ctypes.c_int32()),
+            )
+        )

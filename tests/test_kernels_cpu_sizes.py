@@ -14,8 +14,9 @@ def _case(n, dtype):
     return pytest.param(n, dtype, marks=[pytest.mark.slow] if n >= 300_001 or dtype != torch.bfloat16 else [])
 
 
-CASES = ([_case(n, torch.bfloat16) for n in (65_536, 65_537, 131_071, 300_001, (1 << 20) + 4099)]
-         + [_case(n, dtype) for n in (131_071, 300_001) for dtype in (torch.float16, torch.float32)])
+CASES = [_case(n, torch.bfloat16) for n in (65_536, 65_537, 131_071, 300_001, (1 << 20) + 4099)] + [
+    _case(n, dtype) for n in (131_071, 300_001) for dtype in (torch.float16, torch.float32)
+]
 
 
 @pytest.mark.parametrize("n,dtype", CASES)
@@ -29,12 +30,13 @@ def test_ties_selection_paths_equal_the_reference(n, dtype, density):
     xs = [(base.float() + torch.randint(-3, 4, (n,), generator=g) / 64).to(dtype) for _ in range(3)]
     args = (base, xs, [0.5, -0.3, 0.9], [density, density / 2, 1 - density / 3])
     assert torch.equal(kernels.ties(*args), methods.ties(*args))
-    assert torch.equal(kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=args[3], sparsify="magnitude"),
-                       methods.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=args[3], sparsify="magnitude"))
+    assert torch.equal(
+        kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=args[3], sparsify="magnitude"),
+        methods.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=args[3], sparsify="magnitude"),
+    )
 
 
-@pytest.mark.parametrize("seed", [pytest.param(s, marks=[pytest.mark.slow] if s >= 8 else [])
-                                  for s in range(24)])
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=[pytest.mark.slow] if s >= 8 else []) for s in range(24)])
 def test_window_selection_on_random_tensors(seed):
     """Random sizes just above the small-tensor path, random densities, dtypes and delta
     shapes (continuous, coarse, mostly unchanged): the kept set is the reference's."""

@@ -9,14 +9,17 @@ import os
 
 import pytest
 import torch
-
 from kernel_cases import plant_nans, sampled_positions
+
 from mergefast import kernels, methods
 from mergefast.kernels import SelectionOptions
 
-pytestmark = [pytest.mark.skipif(os.environ.get("MERGEFAST_BUILD_EXT", "1") == "0",
-                                 reason="MERGEFAST_BUILD_EXT=0: no CPU kernel library"),
-              pytest.mark.slow]  # 2M-element tensors and their reference merges
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("MERGEFAST_BUILD_EXT", "1") == "0", reason="MERGEFAST_BUILD_EXT=0: no CPU kernel library"
+    ),
+    pytest.mark.slow,
+]  # 2M-element tensors and their reference merges
 
 N = (1 << 21) + 4099  # just above the one-read path's minimum, not a multiple of the block
 TWO_PASSES = SelectionOptions(one_read=False)
@@ -59,16 +62,23 @@ def _deltas(kind: str, n: int, g: torch.Generator, base: torch.Tensor) -> torch.
     return base.float() + (torch.rand(n, generator=g) < 0.15) * 0.01 * torch.randn(n, generator=g)
 
 
-@pytest.mark.parametrize("kind,dtype", [("continuous", torch.bfloat16), ("continuous", torch.float16),
-                                        ("continuous", torch.float32), ("coarse", torch.bfloat16),
-                                        ("coarse", torch.float16)])
+@pytest.mark.parametrize(
+    "kind,dtype",
+    [
+        ("continuous", torch.bfloat16),
+        ("continuous", torch.float16),
+        ("continuous", torch.float32),
+        ("coarse", torch.bfloat16),
+        ("coarse", torch.float16),
+    ],
+)
 def test_ties_speculates_and_equals_two_passes(kind, dtype):
     g = torch.Generator().manual_seed(7 if kind == "coarse" else 8)
     base = (0.02 * torch.randn(N, generator=g)).to(dtype)
     xs = [_deltas(kind, N, g, base).to(dtype) for _ in range(3)]
     for densities in ([0.5, 0.2, 0.93], [0.1, 0.7, 0.35]):
         args = (base, xs, [0.5, -0.3, 0.9], densities)
-        fast, slow, path = _both_paths(lambda sel: kernels.ties(*args, selection=sel))
+        fast, slow, path = _both_paths(lambda sel, args=args: kernels.ties(*args, selection=sel))
         assert path == "finished", densities
         assert torch.equal(fast, slow), densities
 
@@ -119,13 +129,25 @@ def test_task_arithmetic_with_magnitude_speculates(normalize, lambda_):
     g = torch.Generator().manual_seed(11)
     base = (0.02 * torch.randn(N, generator=g)).bfloat16()
     xs = [_deltas("coarse", N, g, base).bfloat16() for _ in range(2)]
-    call = lambda sel: kernels.task_arithmetic(base, xs, [0.6, 0.4], densities=[0.3, 0.75], sparsify="magnitude",
-                                               normalize=normalize, lambda_=lambda_, selection=sel)  # noqa: E731
+    call = lambda sel: kernels.task_arithmetic(
+        base,
+        xs,
+        [0.6, 0.4],
+        densities=[0.3, 0.75],
+        sparsify="magnitude",
+        normalize=normalize,
+        lambda_=lambda_,
+        selection=sel,
+    )  # noqa: E731
     fast, slow, path = _both_paths(call)
     assert path == "finished"
     assert torch.equal(fast, slow)
-    assert torch.equal(fast, methods.task_arithmetic(base, xs, [0.6, 0.4], densities=[0.3, 0.75],
-                                                     sparsify="magnitude", normalize=normalize, lambda_=lambda_))
+    assert torch.equal(
+        fast,
+        methods.task_arithmetic(
+            base, xs, [0.6, 0.4], densities=[0.3, 0.75], sparsify="magnitude", normalize=normalize, lambda_=lambda_
+        ),
+    )
 
 
 @pytest.mark.parametrize("densities", [[0.0, 0.5, 1.0], [1.0, 0.4, 0.0, 0.6, 0.05]])
@@ -214,8 +236,7 @@ def test_nan_payloads_rank_equal(density):
     xs = [_deltas("continuous", N, g, base).bfloat16() for _ in range(3)]
     plant_nans(base, xs, share=0.02)
     kw = dict(densities=[density, density / 2, 1 - density], sparsify="magnitude")
-    fast, slow, path = _both_paths(
-        lambda sel: kernels.task_arithmetic(base, xs, [0.3, 0.5, 0.2], selection=sel, **kw))
+    fast, slow, path = _both_paths(lambda sel: kernels.task_arithmetic(base, xs, [0.3, 0.5, 0.2], selection=sel, **kw))
     assert path == "finished"
     want = methods.task_arithmetic(base, xs, [0.3, 0.5, 0.2], **kw)
     torch.testing.assert_close(fast, want, rtol=0, atol=0, equal_nan=True)

@@ -36,7 +36,8 @@ def _triton_version() -> tuple[int, ...]:
 # passes do); the compiled kernels are fine
 OLD_INTERPRETER = HAVE_TRITON and _triton_version() < (3, 7)
 needs_new_interpreter = pytest.mark.skipif(
-    OLD_INTERPRETER, reason="Triton < 3.7's interpreter cannot loop to a runtime bound")
+    OLD_INTERPRETER, reason="Triton < 3.7's interpreter cannot loop to a runtime bound"
+)
 
 
 @pytest.mark.slow
@@ -49,10 +50,25 @@ def test_triton_interpreted():
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("MERGEFAST_BACKEND", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "-p", "no:randomly", f"{Path(__file__).name}::TestTritonInterpret",
-         f"{Path(__file__).name}::TestTritonInterpretGpuBlocks"],
-        cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            f"{Path(__file__).name}::TestTritonInterpret",
+            f"{Path(__file__).name}::TestTritonInterpretGpuBlocks",
+        ],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     assert " passed" in tail, tail
@@ -68,14 +84,24 @@ class _WindowCases:
         from mergefast.kernels.triton.utils import block_size
 
         for dtype in (torch.float32, torch.bfloat16):
-            base, x, k, want = _tied_layer(dtype, 0.01 if dtype == torch.float32 else None,
-                                           self.DEVICE)
+            base, x, k, want = _tied_layer(dtype, 0.01 if dtype == torch.float32 else None, self.DEVICE)
             assert sw.scan(base, [x], [k], [0], block_size()).cases[0] is not None
             assert torch.equal(magnitude_keep(base, x, k).cpu(), want)
 
-    @pytest.mark.parametrize("case", ["inside", "only T inside", "T at hi", "T at lo",
-                                      "T at hi, all ties", "T at lo, all ties", "hi below T",
-                                      "lo above T", "slots overflow"])
+    @pytest.mark.parametrize(
+        "case",
+        [
+            "inside",
+            "only T inside",
+            "T at hi",
+            "T at lo",
+            "T at hi, all ties",
+            "T at lo, all ties",
+            "hi below T",
+            "lo above T",
+            "slots overflow",
+        ],
+    )
     def test_window_outcomes_keep_the_reference_set(self, monkeypatch, case):
         """Every way the window can fall (planted): T a candidate, T at hi or lo with its ties
         split there or all kept, windows that miss (the histogram passes take over), overflowing
@@ -89,15 +115,20 @@ class _WindowCases:
         t = int(key.flatten().sort(descending=True).values[k - 1])
         keys = key.unique()
         lower, higher = keys[keys < t], keys[keys > t]
-        if case.endswith("all ties"):          # keep exactly the keys >= T
+        if case.endswith("all ties"):  # keep exactly the keys >= T
             k, want = int((key >= t).sum()), key >= t
-        windows = {"inside": (lower[-3], higher[2]), "only T inside": (lower[-1], higher[0]),
-                   "T at hi": (lower[-2], t), "T at lo": (t, higher[1]),
-                   "T at hi, all ties": (lower[-2], t), "T at lo, all ties": (t, higher[1]),
-                   "hi below T": (0, lower[-1]), "lo above T": (higher[0], sw.NO_HI),
-                   "slots overflow": (0, sw.NO_HI)}
-        lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE)
-                  for v in windows[case])
+        windows = {
+            "inside": (lower[-3], higher[2]),
+            "only T inside": (lower[-1], higher[0]),
+            "T at hi": (lower[-2], t),
+            "T at lo": (t, higher[1]),
+            "T at hi, all ties": (lower[-2], t),
+            "T at lo, all ties": (t, higher[1]),
+            "hi below T": (0, lower[-1]),
+            "lo above T": (higher[0], sw.NO_HI),
+            "slots overflow": (0, sw.NO_HI),
+        }
+        lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE) for v in windows[case])
         monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
         if case == "slots overflow":
             monkeypatch.setattr(sw, "slots_per_block", lambda *a: 16)
@@ -125,9 +156,8 @@ class _WindowCases:
         counts[:, 3] = torch.randint(0, cap + 1, (4, nblocks), generator=g)
         inside = []
         for i in range(4):
-            keys = los[i] + 1 + torch.randint(0, max(1, his[i] - los[i] - 1), (nblocks, cap),
-                                              generator=g)
-            if i == 3:                     # ties: four distinct keys
+            keys = los[i] + 1 + torch.randint(0, max(1, his[i] - los[i] - 1), (nblocks, cap), generator=g)
+            if i == 3:  # ties: four distinct keys
                 keys = los[i] + 1 + 500 * torch.randint(0, 4, (nblocks, cap), generator=g)
             used = torch.arange(cap) < counts[i, 3, :, None]
             slots[i][used] = keys[used].to(torch.int32)
@@ -136,15 +166,19 @@ class _WindowCases:
         stats = [[0] * 5 + [lo, hi] for lo, hi in zip(los, his)]
         dev = self.DEVICE
         for candidate, bits in (((0, 1, 3), 31), ((0, 3), 11)):
-            cases = [(sw.CANDIDATE, aux[i], True) if i in candidate else (sw.KEEP_ALL, 0, False)
-                     for i in range(4)]
-            state = sw.WindowScan(torch.tensor(los, dtype=torch.int32, device=dev),
-                                  torch.tensor(his, dtype=torch.int32, device=dev),
-                                  counts.to(dev), slots.to(dev), cases,
-                                  sw.candidate_bits(cases, stats))
+            cases = [(sw.CANDIDATE, aux[i], True) if i in candidate else (sw.KEEP_ALL, 0, False) for i in range(4)]
+            state = sw.WindowScan(
+                torch.tensor(los, dtype=torch.int32, device=dev),
+                torch.tensor(his, dtype=torch.int32, device=dev),
+                counts.to(dev),
+                slots.to(dev),
+                cases,
+                sw.candidate_bits(cases, stats),
+            )
             assert state.bits == bits
-            case_t = torch.tensor([v for c, a, _ in cases for v in (c, a)] + [0] * 4 + aux,
-                                  dtype=torch.int64, device=dev)
+            case_t = torch.tensor(
+                [v for c, a, _ in cases for v in (c, a)] + [0] * 4 + aux, dtype=torch.int64, device=dev
+            )
             tval = candidates.thresholds(case_t, state, options).cpu()
             for i in candidate:
                 want = inside[i].sort(descending=True).values[aux[i] - 1]
@@ -165,13 +199,17 @@ class _WindowCases:
         t = int(key.flatten().sort(descending=True).values[k - 1])
         keys = key.unique()
         lower = keys[keys < t]
-        lo, hi = (torch.tensor(v, dtype=torch.int32, device=self.DEVICE)
-                  for v in ([int(lower[-2]), 0, 0], [t, int(lower[-1]), 0]))
+        lo, hi = (
+            torch.tensor(v, dtype=torch.int32, device=self.DEVICE)
+            for v in ([int(lower[-2]), 0, 0], [t, int(lower[-1]), 0])
+        )
         monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
         selection = SelectionOptions(one_read=False, two_pass=two_pass)
         xs, weights, densities = [x, x, x], [0.5, 0.3, 0.9], [0.4, 0.4, 1.0]
-        assert sw.scan(base, xs, [k, k, 5000], [0, 1], block_size()).cases[:2] == \
-            [(sw.AT_HI, k - int((key > t).sum()), True), None]
+        assert sw.scan(base, xs, [k, k, 5000], [0, 1], block_size()).cases[:2] == [
+            (sw.AT_HI, k - int((key > t).sum()), True),
+            None,
+        ]
         # not normalised: a tie kept or dropped in any model changes the sum
         got = kernels.ties(base, xs, weights, densities, normalize=False, selection=selection).cpu()
         want = methods.ties(base.cpu(), [x.cpu()] * 3, weights, densities, normalize=False)
@@ -196,8 +234,7 @@ class _OneReadCases:
 
         finished = []
         run = one_read.task_arithmetic
-        monkeypatch.setattr(one_read, "task_arithmetic",
-                            lambda *a, **k: finished.append(run(*a, **k)) or finished[-1])
+        monkeypatch.setattr(one_read, "task_arithmetic", lambda *a, **k: finished.append(run(*a, **k)) or finished[-1])
         fast = fn(SelectionOptions(one_read_min=1 << 12)).cpu()
         if reference is not None and self.EXACT:
             slow = reference()
@@ -214,8 +251,11 @@ class _OneReadCases:
         n = 5003
         dtype = input_dtype
         base = (0.02 * torch.randn(n, generator=g)).to(dtype)
-        step = (lambda: torch.randint(-25, 26, (n,), generator=g) / 512) if coarse else \
-            (lambda: 0.002 * torch.randn(n, generator=g))
+        step = (
+            (lambda: torch.randint(-25, 26, (n,), generator=g) / 512)
+            if coarse
+            else (lambda: 0.002 * torch.randn(n, generator=g))
+        )
         cpu_xs = [(base.float() + step()).to(dtype) for _ in range(3)]
         xs = [x.to(self.DEVICE) for x in cpu_xs]
         cpu_base, base = base, base.to(self.DEVICE)
@@ -224,13 +264,14 @@ class _OneReadCases:
             fast, slow, finished = self._paths(
                 monkeypatch,
                 lambda sel, d=d: kernels.ties(base, xs, [0.5, -0.3, 0.9], d, selection=sel),
-                lambda d=d: methods.ties(cpu_base, cpu_xs, [0.5, -0.3, 0.9], d))
+                lambda d=d: methods.ties(cpu_base, cpu_xs, [0.5, -0.3, 0.9], d),
+            )
             assert finished and torch.equal(fast, slow), d
             fast, slow, finished = self._paths(
                 monkeypatch,
-                lambda sel, d=d: kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=d, **ta,
-                                                         selection=sel),
-                lambda d=d: methods.task_arithmetic(cpu_base, cpu_xs, [0.5, 0.3, 0.2], densities=d, **ta))
+                lambda sel, d=d: kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], densities=d, **ta, selection=sel),
+                lambda d=d: methods.task_arithmetic(cpu_base, cpu_xs, [0.5, 0.3, 0.2], densities=d, **ta),
+            )
             assert finished and torch.equal(fast, slow), d
 
     def test_slots_past_the_counts_are_never_read(self, monkeypatch):
@@ -255,8 +296,7 @@ class _OneReadCases:
             monkeypatch.setattr(module, "torch", GarbageTorch())
         bits = []
         run = candidates.thresholds
-        monkeypatch.setattr(candidates, "thresholds",
-                            lambda c, s, o: bits.append(s.bits) or run(c, s, o))
+        monkeypatch.setattr(candidates, "thresholds", lambda c, s, o: bits.append(s.bits) or run(c, s, o))
         g = torch.Generator().manual_seed(7)
         n = 6007
         base = (0.02 * torch.randn(n, generator=g)).to(self.DEVICE)
@@ -264,7 +304,8 @@ class _OneReadCases:
         weights, densities = [0.5, -0.3, 0.9], [0.5, 0.2, 0.7]
         want = methods.ties(base.cpu(), [x.cpu() for x in xs], weights, densities)
         fast, slow, finished = self._paths(
-            monkeypatch, lambda sel: kernels.ties(base, xs, weights, densities, selection=sel))
+            monkeypatch, lambda sel: kernels.ties(base, xs, weights, densities, selection=sel)
+        )
         assert finished and len(bits) == 2 and min(bits) > 0, bits
         assert torch.equal(fast, slow)
         assert_same(fast, want, exact=self.EXACT)
@@ -280,11 +321,12 @@ class _OneReadCases:
         base = (0.02 * torch.randn(n, generator=g)).bfloat16()
         xs = [(base.float() + 0.002 * torch.randn(n, generator=g)).bfloat16() for _ in range(4)]
         keep = [4000, n, 0, 17]
-        lo, hi, thr = (t.cpu() for t in sw.windows(base.to(self.DEVICE), [x.to(self.DEVICE) for x in xs],
-                                                   keep, [0, 3], m))
+        lo, hi, thr = (
+            t.cpu() for t in sw.windows(base.to(self.DEVICE), [x.to(self.DEVICE) for x in xs], keep, [0, 3], m)
+        )
         pos = sw.sample_positions(n, m, torch.device("cpu"))
         for i in (0, 3):
-            keys = ((xs[i][pos].float() - base[pos].float()).view(torch.int32) & 0x7FFFFFFF)
+            keys = (xs[i][pos].float() - base[pos].float()).view(torch.int32) & 0x7FFFFFFF
             ranked = keys.sort(descending=True).values
             top_hi, top_lo = sw.window_ranks(keep[i], n, m)
             assert int(hi[i]) == (int(ranked[top_hi]) if top_hi >= 0 else sw.NO_HI)
@@ -293,8 +335,7 @@ class _OneReadCases:
         assert thr[[1, 2]].tolist() == [0, 1 << 31]
         assert lo[[1, 2]].tolist() == [sw.NO_HI] * 2 and hi[[1, 2]].tolist() == [0, 0]
 
-    @pytest.mark.parametrize("case", ["T at hi", "T at lo", "T at hi, all ties", "hi below T",
-                                      "records overflow"])
+    @pytest.mark.parametrize("case", ["T at hi", "T at lo", "T at hi, all ties", "hi below T", "records overflow"])
     def test_one_read_outcomes(self, monkeypatch, case):
         """Planted windows: T at either end with its ties cut along the records or all kept
         (finishes), a window that misses or records past their memory (falls back)."""
@@ -308,18 +349,22 @@ class _OneReadCases:
         keys = key.unique()
         lower, higher = keys[keys < t], keys[keys > t]
         density = 0.4
-        if case.endswith("all ties"):          # keep exactly the keys >= T
+        if case.endswith("all ties"):  # keep exactly the keys >= T
             density = float((key >= t).sum()) / key.numel()
-        windows = {"T at hi": (lower[-2], t), "T at lo": (t, higher[1]),
-                   "T at hi, all ties": (lower[-2], t), "hi below T": (0, lower[-1]),
-                   "records overflow": (0, sw.NO_HI)}   # every element a record
-        lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE)
-                  for v in windows[case])
+        windows = {
+            "T at hi": (lower[-2], t),
+            "T at lo": (t, higher[1]),
+            "T at hi, all ties": (lower[-2], t),
+            "hi below T": (0, lower[-1]),
+            "records overflow": (0, sw.NO_HI),
+        }  # every element a record
+        lo, hi = (torch.tensor([int(v)], dtype=torch.int32, device=self.DEVICE) for v in windows[case])
         monkeypatch.setattr(sw, "windows", lambda *a: (lo, hi, hi.to(torch.int64) + 1))
         if case == "records overflow":
             monkeypatch.setattr(records, "RECORD_SLACK", 0.01)
         fast, slow, finished = self._paths(
-            monkeypatch, lambda sel: kernels.ties(base, [x], [1.0], [density], selection=sel))
+            monkeypatch, lambda sel: kernels.ties(base, [x], [1.0], [density], selection=sel)
+        )
         assert finished == (case.startswith("T at")), case
         assert torch.equal(fast, slow)
         assert_same(fast, methods.ties(base.cpu(), [x.cpu()], [1.0], [density]), exact=self.EXACT)
@@ -339,9 +384,16 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
     SLOW_TESTS = "all"
-    FAST_TESTS = {"test_linear", "test_linear_mixed_dtypes_and_out_dtype", "test_linear_zero_weight_sum",
-                  "test_slerp", "test_slerp_out_dtype", "test_task_arithmetic",
-                  "test_candidate_thresholds_are_the_ranked_slots", "test_windows_are_the_sample_ranks"}
+    FAST_TESTS = {
+        "test_linear",
+        "test_linear_mixed_dtypes_and_out_dtype",
+        "test_linear_zero_weight_sum",
+        "test_slerp",
+        "test_slerp_out_dtype",
+        "test_task_arithmetic",
+        "test_candidate_thresholds_are_the_ranked_slots",
+        "test_windows_are_the_sample_ranks",
+    }
 
 
 class _InterpretedGpuBlocks(_Interpreted):
@@ -355,8 +407,9 @@ class _InterpretedGpuBlocks(_Interpreted):
         from mergefast.kernels.triton.select import one_read
 
         monkeypatch.setattr(utils, "INTERPRET_BLOCK", utils.BLOCK)
-        monkeypatch.setattr(one_read, "_sizes", lambda options: (
-            options.one_read_min or one_read.ONE_READ_MIN, options.one_read_block))
+        monkeypatch.setattr(
+            one_read, "_sizes", lambda options: (options.one_read_min or one_read.ONE_READ_MIN, options.one_read_block)
+        )
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):

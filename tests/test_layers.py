@@ -1,5 +1,5 @@
-"""The import layers of mergefast (issue 16): the contracts in `.importlinter` hold, and the
-module import graph has no cycle, function-level imports counted."""
+"""The import layers of mergefast: the contracts in `.importlinter` hold, and the module
+import graph has no cycle, function-level imports counted."""
 
 from __future__ import annotations
 
@@ -11,54 +11,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / ".importlinter"
-
-
-def _module_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan, iterative)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    cycles: list[list[str]] = []
-    for root in sorted(edges):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(edges[root])))]
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(edges.get(child, ())))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    cycles.append(sorted(component))
-    return cycles
-
-
-def test_module_cycles_finds_a_cycle():
-    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert _module_cycles(edges) == [["a", "b", "c"]]
-    assert _module_cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_import_contracts_are_kept(capsys, monkeypatch):
@@ -76,9 +28,31 @@ def test_import_contracts_are_kept(capsys, monkeypatch):
     assert status == EXIT_STATUS_SUCCESS, capsys.readouterr().out
 
 
+def _import_cycles(graph) -> list[tuple[str, ...]]:
+    """Each direct import a -> b where b also reaches a, as the shortest chain b -> ... -> a."""
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back:
+                cycles.append((importer, *back))
+    return cycles
+
+
+def test_import_cycle_is_found():
+    grimp = pytest.importorskip("grimp", reason="grimp (installed with import-linter) is not installed")
+    graph = grimp.ImportGraph()
+    for a, b in (("p.a", "p.b"), ("p.b", "p.c"), ("p.c", "p.a"), ("p.d", "p.a")):
+        graph.add_import(importer=a, imported=b)
+    assert _import_cycles(graph) == [
+        ("p.a", "p.b", "p.c", "p.a"),
+        ("p.b", "p.c", "p.a", "p.b"),
+        ("p.c", "p.a", "p.b", "p.c"),
+    ]
+
+
 def test_no_import_cycles():
     """No two mergefast modules import each other, even through function-level imports."""
     grimp = pytest.importorskip("grimp", reason="grimp (installed with import-linter) is not installed")
     graph = grimp.build_graph("mergefast", cache_dir=None)
-    edges = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
-    assert _module_cycles(edges) == []
+    assert _import_cycles(graph) == []

@@ -123,13 +123,48 @@ parameters:
 def legacy_flags(fam, case: str) -> list:
     a, b, c, base = fam["ft-a"], fam["ft-b"], fam["ft-c"], fam["base"]
     return {
-        "ties_all": ["--merge", a, "--merge", b, "--weight", 0.7, "--density", 0.5, "--base-model", base,
-                     "--int8-mask"],
-        "per_model": ["--merge", a, "--merge", b, "--weight", 0.3, "--weight", 0.6, "--density", 0.5,
-                      "--base-model", base],
+        "ties_all": [
+            "--merge",
+            a,
+            "--merge",
+            b,
+            "--weight",
+            0.7,
+            "--density",
+            0.5,
+            "--base-model",
+            base,
+            "--int8-mask",
+        ],
+        "per_model": [
+            "--merge",
+            a,
+            "--merge",
+            b,
+            "--weight",
+            0.3,
+            "--weight",
+            0.6,
+            "--density",
+            0.5,
+            "--base-model",
+            base,
+        ],
         "slerp": ["--merge", a, "--weight", 0.25, "--base-model", base, "--method", "slerp"],
-        "base_listed_bf16": ["--merge", base, "--merge", c, "--weight", 1, "--base-model", base,
-                             "--method", "task_arithmetic", "--no-normalize", "--bf16"],
+        "base_listed_bf16": [
+            "--merge",
+            base,
+            "--merge",
+            c,
+            "--weight",
+            1,
+            "--base-model",
+            base,
+            "--method",
+            "task_arithmetic",
+            "--no-normalize",
+            "--bf16",
+        ],
     }[case]
 
 
@@ -138,8 +173,9 @@ EXPECTED = {"ties_all": TIES_ALL, "per_model": PER_MODEL, "slerp": SLERP, "base_
 
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_print_yaml_is_mergekit_legacy_shape(fam, tmp_path, case):
-    result = run_cli(tmp_path / "out", *legacy_flags(fam, case), "--print-yaml", "--quiet",
-                     "--dry-run", command=legacy_command)
+    result = run_cli(
+        tmp_path / "out", *legacy_flags(fam, case), "--print-yaml", "--quiet", "--dry-run", command=legacy_command
+    )
     assert result.exit_code == 0, result.output
     assert paths(yaml_of(result.stdout), fam) == EXPECTED[case]
     assert result.stdout.startswith(yaml_of(result.stdout) + "\n")  # print()'s blank line, as mergekit
@@ -154,7 +190,10 @@ def test_broadcast_and_base_append_rules():
     # several values: in order; models past the last value get none
     data = legacy_config(["a", "b"], weight=[0.1, 0.2], density=[0.3, 0.4, 0.5], base_model="base")
     assert [m["parameters"] for m in data["models"]] == [
-        {"density": 0.3, "weight": 0.1}, {"density": 0.4, "weight": 0.2}, {"density": 0.5}]
+        {"density": 0.3, "weight": 0.1},
+        {"density": 0.4, "weight": 0.2},
+        {"density": 0.5},
+    ]
     # the base is not appended when listed, and no base is fine (linear)
     assert [m["model"] for m in legacy_config(["base", "a"], [1.0], base_model="base")["models"]] == ["base", "a"]
     data = legacy_config(["a", "b"], [1], method="linear")
@@ -175,9 +214,24 @@ def test_slerp_weight_becomes_t():
 
 
 def test_unread_keys_are_dropped_with_a_warning(fam, tmp_path):
-    result = run_cli(tmp_path / "out", "--merge", fam["ft-a"], "--merge", fam["ft-b"],
-                     "--weight", 0.5, "--density", 0.5, "--method", "linear", "--naive-count", "--print-yaml",
-                     "--dry-run", "--quiet", command=legacy_command)
+    result = run_cli(
+        tmp_path / "out",
+        "--merge",
+        fam["ft-a"],
+        "--merge",
+        fam["ft-b"],
+        "--weight",
+        0.5,
+        "--density",
+        0.5,
+        "--method",
+        "linear",
+        "--naive-count",
+        "--print-yaml",
+        "--dry-run",
+        "--quiet",
+        command=legacy_command,
+    )
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 2
@@ -191,16 +245,30 @@ def test_unread_keys_are_dropped_with_a_warning(fam, tmp_path):
 def test_every_flag_set_parses():
     for method in ("ties", "task_arithmetic", "linear", "slerp", "dare_ties", "della", "breadcrumbs"):
         for naive in (False, True):
-            data = legacy_config(["a", "b"], [0.5], [0.5], method, None if method == "linear" else "c",
-                                 int8_mask=True, bf16=True, naive_count=naive)
+            data = legacy_config(
+                ["a", "b"],
+                [0.5],
+                [0.5],
+                method,
+                None if method == "linear" else "c",
+                int8_mask=True,
+                bf16=True,
+                naive_count=naive,
+            )
             if method == "slerp":
                 data = legacy_config(["a"], [0.5], [0.5], method, "c", int8_mask=True, naive_count=naive)
             parse_config(dump_yaml(drop_unread_keys(data)[0]))
 
 
 def test_legacy_merge_equals_merge_of_printed_yaml(fam, tmp_path):
-    result = run_cli(tmp_path / "legacy", *legacy_flags(fam, "per_model"), "--print-yaml",
-                     "--quiet", "--no-write-model-card", command=legacy_command)
+    result = run_cli(
+        tmp_path / "legacy",
+        *legacy_flags(fam, "per_model"),
+        "--print-yaml",
+        "--quiet",
+        "--no-write-model-card",
+        command=legacy_command,
+    )
     assert result.exit_code == 0, result.output
     mergefast.merge(yaml_of(result.stdout), tmp_path / "api", quiet=True, write_model_card=False)
     got, want = tensors(tmp_path / "legacy"), tensors(tmp_path / "api")
@@ -208,18 +276,29 @@ def test_legacy_merge_equals_merge_of_printed_yaml(fam, tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in got)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--weight", 0.2, "--weight", 0.3, "--method", "slerp"], "slerp takes exactly one --weight"),
-    (["--method", "slerp"], "slerp takes exactly one --weight"),
-    (["--weight", 1, "--weight", 2, "--weight", 3], "3 --weight values for 2 models"),
-    (["--weight", 1, "--density", 1, "--density", 1, "--density", 1], "3 --density values for 2 models"),
-    ([], "missing required parameter 'weight'; give --weight"),
-    (["--weight", 1, "--method", "tie"], "unknown method 'tie' (did you mean 'ties'?)"),
-    (["--weight", 1, "--density", 1.5], "density 1.5"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--weight", 0.2, "--weight", 0.3, "--method", "slerp"], "slerp takes exactly one --weight"),
+        (["--method", "slerp"], "slerp takes exactly one --weight"),
+        (["--weight", 1, "--weight", 2, "--weight", 3], "3 --weight values for 2 models"),
+        (["--weight", 1, "--density", 1, "--density", 1, "--density", 1], "3 --density values for 2 models"),
+        ([], "missing required parameter 'weight'; give --weight"),
+        (["--weight", 1, "--method", "tie"], "unknown method 'tie' (did you mean 'ties'?)"),
+        (["--weight", 1, "--density", 1.5], "density 1.5"),
+    ],
+)
 def test_legacy_errors_are_one_line_exit_2(fam, tmp_path, flags, message):
-    result = run_cli(tmp_path / "out", "--merge", fam["ft-a"], "--base-model", fam["base"],
-                     *flags, "--print-yaml", command=legacy_command)
+    result = run_cli(
+        tmp_path / "out",
+        "--merge",
+        fam["ft-a"],
+        "--base-model",
+        fam["base"],
+        *flags,
+        "--print-yaml",
+        command=legacy_command,
+    )
     assert message in one_line_error(result)
     assert not (tmp_path / "out").exists()
 
@@ -230,10 +309,22 @@ def test_legacy_needs_models(tmp_path):
 
 # --- mergefast-legacy against mergekit-legacy 0.1.5 ----------------------------------------------
 
+
 def mergekit_legacy(out: Path, flags: list) -> subprocess.CompletedProcess:
-    return subprocess.run([str(MERGEKIT_LEGACY), str(out), *map(str, flags), "--print-yaml",
-                           "--no-write-model-card", "--no-copy-tokenizer", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            str(MERGEKIT_LEGACY),
+            str(out),
+            *map(str, flags),
+            "--print-yaml",
+            "--no-write-model-card",
+            "--no-copy-tokenizer",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.mergekit
@@ -245,8 +336,15 @@ def test_against_mergekit_legacy(fam, tmp_path, case):
     proc = mergekit_legacy(tmp_path / "mk", flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = yaml.safe_load(yaml_of(proc.stdout))
-    result = run_cli(tmp_path / "mf", *flags, "--print-yaml", "--quiet",
-                     "--no-write-model-card", "--no-copy-tokenizer", command=legacy_command)
+    result = run_cli(
+        tmp_path / "mf",
+        *flags,
+        "--print-yaml",
+        "--quiet",
+        "--no-write-model-card",
+        "--no-copy-tokenizer",
+        command=legacy_command,
+    )
     assert result.exit_code == 0, result.output
     # the printed text is mergekit's, less the keys mergekit ignores (slerp's `normalize`)
     assert yaml_of(result.stdout) == dump_yaml(drop_unread_keys(theirs)[0])
@@ -260,11 +358,14 @@ def test_against_mergekit_legacy(fam, tmp_path, case):
 
 # --- bakllama --------------------------------------------------------------------------------------
 
+
 def bakllama_file(tmp_path: Path, fam, *, embedding=None, lm_head=None, end=4) -> Path:
-    data = {"layer_slices": [
-        {"model": str(fam["ft-a"]), "start": 0, "end": 2, "scale": 0.5},
-        {"model": str(fam["ft-b"]), "start": 1, "end": end},
-    ]}
+    data = {
+        "layer_slices": [
+            {"model": str(fam["ft-a"]), "start": 0, "end": 2, "scale": 0.5},
+            {"model": str(fam["ft-b"]), "start": 1, "end": end},
+        ]
+    }
     if embedding:
         data["embedding_source"] = str(fam[embedding])
     if lm_head:
@@ -335,13 +436,16 @@ slices:
 """)
 
 
-@pytest.mark.parametrize("edit, message", [
-    ({"end": 9}, "layer_slices[1]: start 1, end 9 goes past the end of"),
-    ({"layer_slices": []}, "layer_slices: expected a non-empty list"),
-    ({"stop": 2}, "layer_slices[0]: unknown key 'stop'"),
-    ({"embeding_source": "x"}, "unknown key 'embeding_source' (did you mean 'embedding_source'?)"),
-    ({"start": 3}, "layer_slices[0]: start 3, end 2: need 0 <= start < end"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"end": 9}, "layer_slices[1]: start 1, end 9 goes past the end of"),
+        ({"layer_slices": []}, "layer_slices: expected a non-empty list"),
+        ({"stop": 2}, "layer_slices[0]: unknown key 'stop'"),
+        ({"embeding_source": "x"}, "unknown key 'embeding_source' (did you mean 'embedding_source'?)"),
+        ({"start": 3}, "layer_slices[0]: start 3, end 2: need 0 <= start < end"),
+    ],
+)
 def test_bakllama_errors_are_one_line_exit_2(fam, tmp_path, edit, message):
     config = bakllama_file(tmp_path, fam, end=edit.get("end", 4))
     data = yaml.safe_load(config.read_text())
@@ -360,8 +464,14 @@ def test_bakllama_errors_are_one_line_exit_2(fam, tmp_path, edit, message):
 def test_bakllama_shape_mismatch_is_an_error(tmp_path):
     small = write_family(tmp_path / "small", dtype=torch.float32, layers=2)
     config = tmp_path / "bak.yml"
-    config.write_text(yaml.safe_dump({"layer_slices": [{"model": str(small["ft-a"]), "start": 0, "end": 2}],
-                                      "embedding_source": str(small["ft-b"])}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "layer_slices": [{"model": str(small["ft-a"]), "start": 0, "end": 2}],
+                "embedding_source": str(small["ft-b"]),
+            }
+        )
+    )
     result = run_cli(config, tmp_path / "out", "--quiet", command=bakllama_command)
     assert result.exit_code == 0, result.output  # same shapes: fine
     import sys
@@ -370,8 +480,14 @@ def test_bakllama_shape_mismatch_is_an_error(tmp_path):
     from make_models import make_tiny_llama
 
     make_tiny_llama(tmp_path / "wide", seed=5, dtype=torch.float32, layers=2, vocab=48)
-    config.write_text(yaml.safe_dump({"layer_slices": [{"model": str(small["ft-a"]), "start": 0, "end": 2}],
-                                      "lm_head_source": str(tmp_path / "wide")}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "layer_slices": [{"model": str(small["ft-a"]), "start": 0, "end": 2}],
+                "lm_head_source": str(tmp_path / "wide"),
+            }
+        )
+    )
     assert "lm_head_source" in one_line_error(run_cli(config, tmp_path / "out2", "--quiet", command=bakllama_command))
 
 

@@ -132,8 +132,7 @@ def _linear_unnormalized_filtered(models):
     return {
         "merge_method": "linear",
         "models": [
-            {"model": _p(models, "ft-a"),
-             "parameters": {"weight": [{"filter": "mlp", "value": 0.7}, {"value": 0.25}]}},
+            {"model": _p(models, "ft-a"), "parameters": {"weight": [{"filter": "mlp", "value": 0.7}, {"value": 0.25}]}},
             {"model": _p(models, "ft-b"), "parameters": {"weight": 0.6}},
         ],
         "parameters": {"normalize": False},
@@ -184,8 +183,7 @@ def _ties(models):
         "merge_method": "ties",
         "base_model": _p(models, "base"),
         "models": [
-            {"model": _p(models, n),
-             "parameters": {"density": TIES_DENSITY[n], "weight": TIES_WEIGHT[n]}}
+            {"model": _p(models, n), "parameters": {"density": TIES_DENSITY[n], "weight": TIES_WEIGHT[n]}}
             for n in ["ft-a", "ft-b", "ft-c"]
         ],
         "parameters": {"normalize": True},
@@ -249,10 +247,18 @@ def _slerp_slices(models):
         "merge_method": "slerp",
         "base_model": _p(models, "base"),
         "slices": [
-            {"sources": [{"model": _p(models, "base"), "layer_range": [0, 2]},
-                         {"model": _p(models, "ft-a"), "layer_range": [0, 2]}]},
-            {"sources": [{"model": _p(models, "base"), "layer_range": [1, 4]},
-                         {"model": _p(models, "ft-a"), "layer_range": [1, 4]}]},
+            {
+                "sources": [
+                    {"model": _p(models, "base"), "layer_range": [0, 2]},
+                    {"model": _p(models, "ft-a"), "layer_range": [0, 2]},
+                ]
+            },
+            {
+                "sources": [
+                    {"model": _p(models, "base"), "layer_range": [1, 4]},
+                    {"model": _p(models, "ft-a"), "layer_range": [1, 4]},
+                ]
+            },
         ],
         "parameters": {"t": SLERP_T},
         "dtype": "float32",
@@ -264,9 +270,15 @@ def _passthrough_stack(models):
         "merge_method": "passthrough",
         "slices": [
             {"sources": [{"model": _p(models, "ft-a"), "layer_range": [0, 3]}]},
-            {"sources": [{"model": _p(models, "ft-b"), "layer_range": [1, 4],
-                          "parameters": {"scale": [{"filter": "o_proj", "value": 0.5},
-                                                   {"value": 1.0}]}}]},
+            {
+                "sources": [
+                    {
+                        "model": _p(models, "ft-b"),
+                        "layer_range": [1, 4],
+                        "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"value": 1.0}]},
+                    }
+                ]
+            },
         ],
         "dtype": "float32",
     }
@@ -277,8 +289,10 @@ def _passthrough_tied(models):
         "merge_method": "passthrough",
         "slices": [
             {"sources": [{"model": _p(models, "tied-ft-a"), "layer_range": [0, 4]}]},
-            {"sources": [{"model": _p(models, "tied-ft-b"), "layer_range": [2, 4]}],
-             "parameters": {"scale": [{"filter": "down_proj", "value": 0.25}, {"value": 1.0}]}},
+            {
+                "sources": [{"model": _p(models, "tied-ft-b"), "layer_range": [2, 4]}],
+                "parameters": {"scale": [{"filter": "down_proj", "value": 0.25}, {"value": 1.0}]},
+            },
         ],
         "dtype": "float32",
     }
@@ -312,8 +326,7 @@ CASES = {
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return env
 
 
@@ -332,12 +345,9 @@ def mergekit_outputs(models, workdir):
             cfg_path = workdir / f"{case}.yml"
             cfg_path.write_text(yaml.safe_dump(CASES[case](models), sort_keys=False))
             out = workdir / f"mergekit-{case}"
-            cmd = [MERGEKIT_YAML, str(cfg_path), str(out), "--no-copy-tokenizer",
-                   "--no-write-model-card", "--quiet"]
+            cmd = [MERGEKIT_YAML, str(cfg_path), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"]
             proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, (
-                f"mergekit-yaml failed ({proc.returncode}) for {case}:\n{proc.stderr[-4000:]}"
-            )
+            assert proc.returncode == 0, f"mergekit-yaml failed ({proc.returncode}) for {case}:\n{proc.stderr[-4000:]}"
             cache[case] = out
         return cache[case]
 
@@ -380,9 +390,14 @@ def ulp_diff(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((ia - ib).abs().max()) if ia.numel() else 0
 
 
-def compare_outputs(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor],
-                    *, scale: dict[str, float] | None = None, ulps: float = 4.0,
-                    allow: dict[str, torch.Tensor] | None = None) -> list[str]:
+def compare_outputs(
+    expected: dict[str, torch.Tensor],
+    actual: dict[str, torch.Tensor],
+    *,
+    scale: dict[str, float] | None = None,
+    ulps: float = 4.0,
+    allow: dict[str, torch.Tensor] | None = None,
+) -> list[str]:
     """Problems found comparing two state dicts; empty when they agree.
 
     Values must agree to within ``ulps`` float32 ulps of the larger of |value| and
@@ -391,8 +406,10 @@ def compare_outputs(expected: dict[str, torch.Tensor], actual: dict[str, torch.T
     """
     problems = []
     if set(expected) != set(actual):
-        problems.append(f"names differ: only mergekit {sorted(set(expected) - set(actual))}, "
-                        f"only mergefast {sorted(set(actual) - set(expected))}")
+        problems.append(
+            f"names differ: only mergekit {sorted(set(expected) - set(actual))}, "
+            f"only mergefast {sorted(set(actual) - set(expected))}"
+        )
     for name in sorted(set(expected) & set(actual)):
         e, a = expected[name], actual[name]
         if e.shape != a.shape:
@@ -505,7 +522,7 @@ def _expected_by_hand(case: str, models) -> dict[str, torch.Tensor] | None:
                 pre = f"model.layers.{i}."
                 if k.startswith(pre):
                     scale = 0.5 if (m == "ft-b" and "o_proj" in k) else 1.0
-                    out[f"model.layers.{j}." + k[len(pre):]] = v * scale
+                    out[f"model.layers.{j}." + k[len(pre) :]] = v * scale
         return out
     if case == "slerp_models":
         out = {}
@@ -600,14 +617,18 @@ def test_mergefast_matches_mergekit(case, models, workdir, mergekit_outputs):
 EXAMPLE_VALUE_ULPS = {"passthrough-stack": 0, "slerp-gradient": 0, "linear": 1}
 
 
-@pytest.mark.parametrize("example", ["linear", "passthrough-stack", "slerp-gradient", "ties",
-                                     "task-arithmetic"])
+@pytest.mark.parametrize("example", ["linear", "passthrough-stack", "slerp-gradient", "ties", "task-arithmetic"])
 def test_example_config_matches_mergekit(example, tmp_path, monkeypatch):
     cfg = REPO / "examples" / f"{example}.yml"
     mk_out, mf_out = tmp_path / "mergekit", tmp_path / "mergefast"
-    proc = subprocess.run([MERGEKIT_YAML, str(cfg), str(mk_out), "--no-copy-tokenizer",
-                           "--no-write-model-card", "--quiet"],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [MERGEKIT_YAML, str(cfg), str(mk_out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     from mergefast import merge
 

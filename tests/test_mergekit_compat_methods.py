@@ -63,8 +63,7 @@ def models(tmp_path_factory) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
     base = make_models.make_tiny_llama(root / "base", seed=0, dtype=torch.float32)
     out["base"] = (root / "base", base)
     for i, name in enumerate(FT, start=1):
-        out[name] = (root / name, make_models.make_tiny_llama(root / name, seed=i, base=base,
-                                                               dtype=torch.float32))
+        out[name] = (root / name, make_models.make_tiny_llama(root / name, seed=i, base=base, dtype=torch.float32))
     return out
 
 
@@ -82,14 +81,14 @@ def _nuslerp(flatten: bool, row_wise: bool, with_base: bool):
     def cfg(models):
         c = {
             "merge_method": "nuslerp",
-            "models": [{"model": _p(models, n), "parameters": {"weight": w}}
-                       for n, w in NUSLERP_W.items()],
+            "models": [{"model": _p(models, n), "parameters": {"weight": w}} for n, w in NUSLERP_W.items()],
             "parameters": {"nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise},
             "dtype": "float32",
         }
         if with_base:
             c["base_model"] = _p(models, "base")
         return c
+
     return cfg
 
 
@@ -100,13 +99,13 @@ def _multislerp(with_base: bool):
     def cfg(models):
         c = {
             "merge_method": "multislerp",
-            "models": [{"model": _p(models, n), "parameters": {"weight": w}}
-                       for n, w in MULTISLERP_W.items()],
+            "models": [{"model": _p(models, n), "parameters": {"weight": w}} for n, w in MULTISLERP_W.items()],
             "dtype": "float32",
         }
         if with_base:
             c["base_model"] = _p(models, "base")
         return c
+
     return cfg
 
 
@@ -136,6 +135,7 @@ def _model_stock(filter_wise: bool):
             "parameters": {"filter_wise": filter_wise},
             "dtype": "float32",
         }
+
     return cfg
 
 
@@ -148,6 +148,7 @@ def _sce(select_topk: float):
             "parameters": {"select_topk": select_topk},
             "dtype": "float32",
         }
+
     return cfg
 
 
@@ -211,6 +212,7 @@ def _ram(epsilon: float | None):
         if epsilon is not None:
             c["parameters"] = {"epsilon": epsilon}
         return c
+
     return cfg
 
 
@@ -223,6 +225,7 @@ def _ramplus_tl(params: dict):
             "parameters": dict(params),
             "dtype": "float32",
         }
+
     return cfg
 
 
@@ -245,12 +248,14 @@ def _breadcrumbs(method: str, global_params: dict, table: dict = BREADCRUMBS):
         return {
             "merge_method": method,
             "base_model": _p(models, "base"),
-            "models": [{"model": _p(models, n),
-                        "parameters": {"weight": w, "density": d, "gamma": g}}
-                       for n, (w, d, g) in table.items()],
+            "models": [
+                {"model": _p(models, n), "parameters": {"weight": w, "density": d, "gamma": g}}
+                for n, (w, d, g) in table.items()
+            ],
             "parameters": dict(global_params),
             "dtype": "float32",
         }
+
     return cfg
 
 
@@ -267,36 +272,38 @@ CASES = {}
 for _flat in (True, False):
     for _row in (False, True):
         for _base in (False, True):
-            CASES[f"nuslerp_flatten{int(_flat)}_row{int(_row)}_{'base' if _base else 'nobase'}"] = \
-                _nuslerp(_flat, _row, _base)
-CASES.update({
-    "nuslerp_zero_weight_sum": _nuslerp_zero_weight_sum,
-    "multislerp_nobase": _multislerp(False),
-    "multislerp_base": _multislerp(True),
-    "multislerp_unnormalized": _multislerp_unnormalized,
-    "karcher": _karcher,
-    "karcher_with_base": _karcher_with_base,
-    "karcher_few_iterations": _karcher_few_iterations,
-    "model_stock": _model_stock(False),
-    "model_stock_filter_wise": _model_stock(True),
-    "model_stock_two": _model_stock_two,
-    "sce_topk1": _sce(1.0),
-    "sce_topk0.5": _sce(0.5),
-    "sce_weights_ignored": _sce_weights_ignored,
-    "nearswap": _nearswap,
-    "ram": _ram(None),
-    "ram_eps0.02": _ram(0.02),
-    "ramplus_tl": _ramplus_tl({"epsilon": 0.02}),
-    "ramplus_tl_r0.5_alpha1": _ramplus_tl({"epsilon": 0.02, "r": 0.5, "alpha": 1.0}),
-    "breadcrumbs": _breadcrumbs("breadcrumbs", {}),
-    "breadcrumbs_normalized_lambda": _breadcrumbs("breadcrumbs", {"normalize": True, "lambda": 0.8}),
-    "breadcrumbs_ties": _breadcrumbs("breadcrumbs_ties", {}),
-    "breadcrumbs_ties_normalized": _breadcrumbs("breadcrumbs_ties", {"normalize": True}),
-    "breadcrumbs_overlap": _breadcrumbs("breadcrumbs", {}, BREADCRUMBS_OVERLAP),
-    "breadcrumbs_ties_overlap": _breadcrumbs("breadcrumbs_ties", {"normalize": True},
-                                             BREADCRUMBS_OVERLAP),
-    "arcee_fusion": _arcee_fusion,
-})
+            CASES[f"nuslerp_flatten{int(_flat)}_row{int(_row)}_{'base' if _base else 'nobase'}"] = _nuslerp(
+                _flat, _row, _base
+            )
+CASES.update(
+    {
+        "nuslerp_zero_weight_sum": _nuslerp_zero_weight_sum,
+        "multislerp_nobase": _multislerp(False),
+        "multislerp_base": _multislerp(True),
+        "multislerp_unnormalized": _multislerp_unnormalized,
+        "karcher": _karcher,
+        "karcher_with_base": _karcher_with_base,
+        "karcher_few_iterations": _karcher_few_iterations,
+        "model_stock": _model_stock(False),
+        "model_stock_filter_wise": _model_stock(True),
+        "model_stock_two": _model_stock_two,
+        "sce_topk1": _sce(1.0),
+        "sce_topk0.5": _sce(0.5),
+        "sce_weights_ignored": _sce_weights_ignored,
+        "nearswap": _nearswap,
+        "ram": _ram(None),
+        "ram_eps0.02": _ram(0.02),
+        "ramplus_tl": _ramplus_tl({"epsilon": 0.02}),
+        "ramplus_tl_r0.5_alpha1": _ramplus_tl({"epsilon": 0.02, "r": 0.5, "alpha": 1.0}),
+        "breadcrumbs": _breadcrumbs("breadcrumbs", {}),
+        "breadcrumbs_normalized_lambda": _breadcrumbs("breadcrumbs", {"normalize": True, "lambda": 0.8}),
+        "breadcrumbs_ties": _breadcrumbs("breadcrumbs_ties", {}),
+        "breadcrumbs_ties_normalized": _breadcrumbs("breadcrumbs_ties", {"normalize": True}),
+        "breadcrumbs_overlap": _breadcrumbs("breadcrumbs", {}, BREADCRUMBS_OVERLAP),
+        "breadcrumbs_ties_overlap": _breadcrumbs("breadcrumbs_ties", {"normalize": True}, BREADCRUMBS_OVERLAP),
+        "arcee_fusion": _arcee_fusion,
+    }
+)
 
 # case -> reason: mergefast is known to differ from mergekit 0.1.5 here (see the report)
 XFAIL: dict[str, str] = {}
@@ -359,17 +366,33 @@ def mergekit_outputs(models, workdir) -> dict[str, Path | str]:
     if python is not None:
         jobs = [[case, str(configs[case]), str(outs[case])] for case in CASES]
         status_file = workdir / "mergekit-status.json"
-        proc = subprocess.run([python, "-c", _DRIVER, json.dumps(jobs), str(status_file)],
-                              env=_env(), capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [python, "-c", _DRIVER, json.dumps(jobs), str(status_file)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0 and status_file.exists(), proc.stderr[-4000:]
         status = json.loads(status_file.read_text())
         for case in CASES:
             result[case] = outs[case] if status.get(case) == "ok" else str(status.get(case))
         return result
     for case in CASES:
-        proc = subprocess.run([MERGEKIT_YAML, str(configs[case]), str(outs[case]),
-                               "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
-                              env=_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                MERGEKIT_YAML,
+                str(configs[case]),
+                str(outs[case]),
+                "--no-copy-tokenizer",
+                "--no-write-model-card",
+                "--quiet",
+            ],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         result[case] = outs[case] if proc.returncode == 0 else proc.stderr[-4000:]
     return result
 

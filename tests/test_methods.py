@@ -11,7 +11,6 @@ bf16 facts used below: bf16 keeps 8 significant bits, so in [1, 2) the spacing i
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -339,9 +338,7 @@ TA_X2 = [1.0, 3.0, 0.0, 1.0]  # delta [0, 2, -1, 0]
     ],
 )
 def test_task_arithmetic(weights, normalize, lambda_, expected):
-    out = task_arithmetic(
-        T(TA_BASE), [T(TA_X1), T(TA_X2)], weights, normalize=normalize, lambda_=lambda_
-    )
+    out = task_arithmetic(T(TA_BASE), [T(TA_X1), T(TA_X2)], weights, normalize=normalize, lambda_=lambda_)
     assert_exact(out, expected)
 
 
@@ -420,8 +417,12 @@ TIES_D = [0.5, 0.5, 1.0]
 )
 def test_ties_worked_example(normalize, lambda_, expected):
     out = ties(
-        T(TIES_BASE), [T(x) for x in TIES_XS], TIES_W, TIES_D,
-        normalize=normalize, lambda_=lambda_,
+        T(TIES_BASE),
+        [T(x) for x in TIES_XS],
+        TIES_W,
+        TIES_D,
+        normalize=normalize,
+        lambda_=lambda_,
     )
     assert_exact(out, expected)
 
@@ -434,8 +435,13 @@ def test_ties_default_is_normalize():
 def test_ties_equals_task_arithmetic_with_magnitude_and_sum():
     # Same worked example through the generic entry point (consistency of the wrapper).
     out = task_arithmetic(
-        T(TIES_BASE), [T(x) for x in TIES_XS], TIES_W,
-        densities=TIES_D, sparsify="magnitude", consensus="sum", normalize=True,
+        T(TIES_BASE),
+        [T(x) for x in TIES_XS],
+        TIES_W,
+        densities=TIES_D,
+        sparsify="magnitude",
+        consensus="sum",
+        normalize=True,
     )
     assert_exact(out, [4.0, -1.0, 4.0, 4.0, 9.0, 6.5])
 
@@ -455,8 +461,11 @@ def test_ties_equals_task_arithmetic_with_magnitude_and_sum():
 )
 def test_ties_negative_weights(normalize, expected):
     out = ties(
-        T([0.0, 0.0, 0.0]), [T([2.0, 1.0, -1.0]), T([-3.0, 2.0, -2.0])], [1.0, -1.0],
-        [1.0, 1.0], normalize=normalize,
+        T([0.0, 0.0, 0.0]),
+        [T([2.0, 1.0, -1.0]), T([-3.0, 2.0, -2.0])],
+        [1.0, -1.0],
+        [1.0, 1.0],
+        normalize=normalize,
     )
     assert_exact(out, expected)
 

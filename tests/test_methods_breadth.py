@@ -28,8 +28,14 @@ from mergefast.methods.ram import ram, ramplus_tl
 from mergefast.methods.registry import MERGEKIT_METHODS, METHODS
 from mergefast.methods.sce import sce
 from mergefast.methods.task_arithmetic import (
-    DellaRangeError, della_keep_probability, della_mask, l1_rescale, outlier_mask, random_mask,
-    sparsify_delta, task_arithmetic,
+    DellaRangeError,
+    della_keep_probability,
+    della_mask,
+    l1_rescale,
+    outlier_mask,
+    random_mask,
+    sparsify_delta,
+    task_arithmetic,
 )
 
 F32, F64 = torch.float32, torch.float64
@@ -51,8 +57,7 @@ def run(name, tensors, base_index, g=None, m=None, *, seed=0, tensor_name="t", o
     gp.update(g or {})
     mp = []
     for i in range(len(tensors)):
-        params = {} if (i == base_index and not spec.base_params) else \
-            {p.name: p.default for p in spec.model_params}
+        params = {} if (i == base_index and not spec.base_params) else {p.name: p.default for p in spec.model_params}
         if params and m:
             params.update(m[i])
         mp.append(params)
@@ -61,15 +66,23 @@ def run(name, tensors, base_index, g=None, m=None, *, seed=0, tensor_name="t", o
 
 # ------------------------------------------------------------------ registry
 
+
 def test_every_mergekit_method_is_registered():
     assert len(MERGEKIT_METHODS) == 20
     assert set(MERGEKIT_METHODS) == set(METHODS)
 
 
-@pytest.mark.parametrize("name, normalize, rescale", [
-    ("dare_ties", False, True), ("dare_linear", False, True), ("breadcrumbs", False, False),
-    ("breadcrumbs_ties", False, False), ("della", True, True), ("della_linear", False, True),
-])
+@pytest.mark.parametrize(
+    "name, normalize, rescale",
+    [
+        ("dare_ties", False, True),
+        ("dare_linear", False, True),
+        ("breadcrumbs", False, False),
+        ("breadcrumbs_ties", False, False),
+        ("della", True, True),
+        ("della_linear", False, True),
+    ],
+)
 def test_task_arithmetic_family_defaults(name, normalize, rescale):
     spec = METHODS[name]
     assert spec.needs_base and not spec.base_params
@@ -95,23 +108,34 @@ def test_other_method_parameters():
     assert METHODS["model_stock"].param("filter_wise").default is False
 
 
-@pytest.mark.parametrize("name, n, has_base, ok", [
-    ("nuslerp", 2, False, True), ("nuslerp", 3, True, True), ("nuslerp", 2, True, False),
-    ("nuslerp", 3, False, False), ("model_stock", 2, True, False), ("model_stock", 3, True, True),
-    ("nearswap", 3, True, False), ("arcee_fusion", 2, True, True), ("sce", 2, False, False),
-    ("multislerp", 1, True, False), ("multislerp", 1, False, True), ("karcher", 3, False, True),
-])
+@pytest.mark.parametrize(
+    "name, n, has_base, ok",
+    [
+        ("nuslerp", 2, False, True),
+        ("nuslerp", 3, True, True),
+        ("nuslerp", 2, True, False),
+        ("nuslerp", 3, False, False),
+        ("model_stock", 2, True, False),
+        ("model_stock", 3, True, True),
+        ("nearswap", 3, True, False),
+        ("arcee_fusion", 2, True, True),
+        ("sce", 2, False, False),
+        ("multislerp", 1, True, False),
+        ("multislerp", 1, False, True),
+        ("karcher", 3, False, True),
+    ],
+)
 def test_input_rules(name, n, has_base, ok):
     assert (METHODS[name].input_error(n, has_base) is None) is ok
 
 
 def test_merge_group_enforces_input_rules_naming_the_tensor():
     with pytest.raises(ConfigError, match="tensor model.norm.weight: nuslerp"):
-        run("nuslerp", [T([1.0]), T([2.0]), T([3.0])], None, m=[{"weight": 1}] * 3,
-            tensor_name="model.norm.weight")
+        run("nuslerp", [T([1.0]), T([2.0]), T([3.0])], None, m=[{"weight": 1}] * 3, tensor_name="model.norm.weight")
 
 
 # ------------------------------------------------------------------ counter-based generator
+
 
 def _splitmix64_reference(state: int, count: int) -> list[int]:
     """Textbook splitmix64 (independent of the module): state += golden; mix."""
@@ -186,6 +210,7 @@ def test_random_draws_ignore_torch_global_rng():
 
 # ------------------------------------------------------------------ DARE
 
+
 def test_dare_mask_reproducible_per_seed():
     d = torch.ones(4096)
     a = random_mask(d, 0.5, seed=1, tensor_name="w", model_index=0)
@@ -242,6 +267,7 @@ def test_dare_masks_differ_per_model_tensor_and_seed():
 
 # ------------------------------------------------------------------ rescale
 
+
 def test_l1_rescale_hand_values():
     # magnitude keeps [0, 0, 3, 4] of [1, 2, 3, 4] (density 0.5); L1 10 / 7 -> [0, 0, 30/7, 40/7].
     out = sparsify_delta(T([1.0, 2.0, 3.0, 4.0]), "magnitude", 0.5, rescale=True)
@@ -257,12 +283,18 @@ def test_l1_rescale_skipped_for_tiny_norms():
 def test_ties_with_rescale_true():
     # one model, delta [1,2,3,4], density 0.5 -> [0,0,3,4] -> x 10/7; weight 1, normalize:
     # divisor 1 where kept -> base + [0, 0, 30/7, 40/7].
-    out = run("ties", [torch.zeros(4), T([1.0, 2.0, 3.0, 4.0])], 0, g={"rescale": True},
-              m=[{}, {"weight": 1.0, "density": 0.5}])
+    out = run(
+        "ties",
+        [torch.zeros(4), T([1.0, 2.0, 3.0, 4.0])],
+        0,
+        g={"rescale": True},
+        m=[{}, {"weight": 1.0, "density": 0.5}],
+    )
     close(out, [0.0, 0.0, 30 / 7, 40 / 7])
 
 
 # ------------------------------------------------------------------ breadcrumbs
+
 
 def test_outlier_mask_keeps_middle_band():
     # n=8, density 0.5, gamma 0.125: target 4, n_top 1, n_bot 3. |d| ascending (ties by index):
@@ -302,6 +334,7 @@ def test_breadcrumbs_and_breadcrumbs_ties_values():
 
 
 # ------------------------------------------------------------------ DELLA
+
 
 def test_della_keep_probability_hand_values():
     # |d| = [.1, .4, .2, .3, 0] ranks (0-based) [1, 4, 2, 3, 0]; p = 0.4 + r/4 * 0.2.
@@ -345,8 +378,13 @@ def test_della_range_error(density, epsilon):
     with pytest.raises(DellaRangeError, match="tensor w"):
         della_mask(torch.ones(4, 4), density, epsilon, seed=0, tensor_name="w", model_index=0)
     with pytest.raises(ConfigError, match=rf"tensor model.x.weight: .*density={density}, epsilon={epsilon}"):
-        run("della", [torch.zeros(4), torch.ones(4)], 0, m=[{}, {"weight": 1, "density": density, "epsilon": epsilon}],
-            tensor_name="model.x.weight")
+        run(
+            "della",
+            [torch.zeros(4), torch.ones(4)],
+            0,
+            m=[{}, {"weight": 1, "density": density, "epsilon": epsilon}],
+            tensor_name="model.x.weight",
+        )
 
 
 def test_della_density_one_skips_range_check():
@@ -371,6 +409,7 @@ def test_task_arithmetic_none_and_magnitude_unchanged_by_new_arguments():
 
 
 # ------------------------------------------------------------------ model_stock
+
 
 def test_model_stock_hand_values():
     # o1 = [3,4], o2 = [4,3]: cos = 24/25; t = 2(24/25)/(1 + 24/25) = 48/49.
@@ -400,6 +439,7 @@ def test_model_stock_filter_wise_vs_flat():
 
 # ------------------------------------------------------------------ nuslerp
 
+
 def test_nuslerp_t():
     assert nuslerp_t(1, 3) == 0.75 and nuslerp_t(1, -1) == 0.5 and nuslerp_t(2, 2) == 0.5
 
@@ -427,6 +467,7 @@ def test_nuslerp_rows_and_columns():
 
 # ------------------------------------------------------------------ multislerp
 
+
 def test_multislerp_values():
     # units [1,0], [0,1]; w normalised [.25, .75]; m = [1,3]/sqrt(10); the tangent sum is 0,
     # so the result is m * sum(w n) = m.
@@ -444,11 +485,11 @@ def test_multislerp_single_input_and_antipodal():
     with pytest.raises(AntipodalError):
         multislerp([T([1.0, 0.0]), T([-1.0, 0.0]), T([0.0, 0.0])], [1.0, 1.0, 1.0])
     with pytest.raises(MergeError, match="tensor w"):
-        run("multislerp", [T([1.0, 0.0]), T([-1.0, 0.0]), T([0.0, 0.0])], None, m=[{"weight": 1}] * 3,
-            tensor_name="w")
+        run("multislerp", [T([1.0, 0.0]), T([-1.0, 0.0]), T([0.0, 0.0])], None, m=[{"weight": 1}] * 3, tensor_name="w")
 
 
 # ------------------------------------------------------------------ karcher
+
 
 def test_karcher_values():
     # two orthogonal directions: the mean direction [R2, R2] is already stationary.
@@ -465,6 +506,7 @@ def test_karcher_zero_input_counts_in_the_norm_only():
 
 # ------------------------------------------------------------------ sce
 
+
 def test_sce_values():
     # tau1 = [1,2,-1], tau2 = [3,-2,-1]; energies 2 and 14/3 -> omega [.3, .7];
     # sum [4,0,-2] -> signs [+,+,-]; agree1 all, agree2 [1,0,1]:
@@ -480,6 +522,7 @@ def test_sce_select_topk():
 
 # ------------------------------------------------------------------ nearswap
 
+
 def test_nearswap_values():
     # |diff| [.1, 1, 2, 0 -> 1e-6], t .5: w [1, .5, .25, 1] -> [.1, .5, -.5, 0].
     close(nearswap(torch.zeros(4), T([0.1, 1.0, -2.0, 0.0]), 0.5), [0.1, 0.5, -0.5, 0.0])
@@ -487,6 +530,7 @@ def test_nearswap_values():
 
 
 # ------------------------------------------------------------------ ram / ramplus_tl
+
 
 def test_ram_values():
     # tau1 = [1,2,0,1e-6], tau2 = [3,0,0,0]; active counts [2,1,0,0]:
@@ -504,6 +548,7 @@ def test_ramplus_tl_values():
 
 # ------------------------------------------------------------------ arcee_fusion
 
+
 def test_arcee_fusion_values():
     # One row: KL is one positive scalar, so importance ranks like |delta|.
     # |delta| sorted: .1 .1 .1 .1 .2 .2 .3 5; n=8: Q1 = s[1] = .1, median = s[3] = .1,
@@ -519,6 +564,7 @@ def test_arcee_fusion_identical_is_base():
 
 
 # ------------------------------------------------------------------ end to end
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -562,8 +608,11 @@ E2E = {
 def test_end_to_end(method, tiny, tmp_path):
     out = tmp_path / "out"
     mergefast.merge(_config(method, tiny, **E2E[method]), out, quiet=True, random_seed=3)
-    tensors = load_file(out / "model.safetensors") if (out / "model.safetensors").exists() else \
-        {k: v for f in sorted(out.glob("*.safetensors")) for k, v in load_file(f).items()}
+    tensors = (
+        load_file(out / "model.safetensors")
+        if (out / "model.safetensors").exists()
+        else {k: v for f in sorted(out.glob("*.safetensors")) for k, v in load_file(f).items()}
+    )
     base = load_file(tiny["base"] / "model.safetensors")
     assert set(tensors) == set(base)
     for name, t in tensors.items():

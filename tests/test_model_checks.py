@@ -40,8 +40,10 @@ def write_config(tmp_path: Path, body: str) -> Path:
 
 
 def linear(good: Path, other: Path) -> str:
-    return (f"merge_method: linear\nbase_model: {good}\nmodels:\n  - model: {good}\n  - model: {other}\n"
-            "parameters: {weight: 0.5}\ndtype: float32\n")
+    return (
+        f"merge_method: linear\nbase_model: {good}\nmodels:\n  - model: {good}\n  - model: {other}\n"
+        "parameters: {weight: 0.5}\ndtype: float32\n"
+    )
 
 
 @pytest.fixture()
@@ -63,6 +65,7 @@ def edit_config(folder: Path, **changes) -> None:
 
 
 # -- an untied head missing ---------------------------------------------------------------
+
 
 def test_untied_model_without_lm_head_in_its_index(tmp_path, good):
     broken = tmp_path / "broken"
@@ -99,6 +102,7 @@ def test_untied_single_file_model_without_lm_head(tmp_path, good):
 
 # -- a merged model without config.json ------------------------------------------------
 
+
 @pytest.mark.parametrize("which", ["donor", "other"])
 def test_model_without_config_json(tmp_path, good, which):
     other = tmp_path / "other"
@@ -113,13 +117,18 @@ def test_model_without_config_json(tmp_path, good, which):
 
 # -- slices with a donor config.json without a layer count -----------------------------
 
+
 def test_slices_donor_config_without_layer_count(tmp_path, good):
     other = tmp_path / "other"
     make_tiny_llama(other, seed=1, **SIZES)
     edit_config(good, num_hidden_layers=None)
-    config = write_config(tmp_path, (
-        f"merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {good}, layer_range: [0, 2]}}\n"
-        f"  - sources:\n      - {{model: {other}, layer_range: [1, 2]}}\ndtype: float32\n"))
+    config = write_config(
+        tmp_path,
+        (
+            f"merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {good}, layer_range: [0, 2]}}\n"
+            f"  - sources:\n      - {{model: {other}, layer_range: [1, 2]}}\ndtype: float32\n"
+        ),
+    )
     plan_line = error_line(run_cli("plan", config))
     out = tmp_path / "out"
     line = error_line(run_cli("yaml", config, out, "--quiet"))

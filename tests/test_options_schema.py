@@ -20,8 +20,12 @@ from mergefast.errors import ConfigError
 from mergefast.legacy import bakllama_command, legacy_command
 from mergefast.options import MAX_SEED, OPTIONS, MergeOptions
 
-COMMANDS = {"yaml": main.commands["yaml"], "plan": main.commands["plan"], "legacy": legacy_command,
-            "bakllama": bakllama_command}
+COMMANDS = {
+    "yaml": main.commands["yaml"],
+    "plan": main.commands["plan"],
+    "legacy": legacy_command,
+    "bakllama": bakllama_command,
+}
 # a value of the wrong type for each kind, as a Python caller might pass it
 WRONG = {"bool": "no", "int": "7", "count": 1.5, "text": 3, "path": ["x"], "memory": "lots", "size": [1]}
 
@@ -76,8 +80,11 @@ def test_api_parses_sizes_and_paths():
 
 
 def _config(family) -> dict:
-    return {"merge_method": "linear", "dtype": "float32",
-            "models": [{"model": str(family[n]), "parameters": {"weight": 0.5}} for n in ("ft-a", "ft-b")]}
+    return {
+        "merge_method": "linear",
+        "dtype": "float32",
+        "models": [{"model": str(family[n]), "parameters": {"weight": 0.5}} for n in ("ft-a", "ft-b")],
+    }
 
 
 def test_merge_dry_run_prints_what_plan_prints(family, tmp_path):
@@ -91,8 +98,10 @@ def test_merge_dry_run_prints_what_plan_prints(family, tmp_path):
 
 def test_merge_checks_out_and_device_before_planning(family, tmp_path, monkeypatch):
     """merge() checks what needs no model first, as the commands do: no plan is built."""
+
     def no_planning(*args, **kwargs):
         raise AssertionError("planned")
+
     monkeypatch.setattr(mergefast.plan, "build_plan", no_planning)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):

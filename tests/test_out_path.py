@@ -29,7 +29,7 @@ def work(family, tmp_path) -> dict:
 @pytest.mark.parametrize("out", [".", "", "..", "models", "models/ft-a", "elsewhere"])
 def test_folders_that_would_be_lost_are_refused(work, out):
     root = work["root"]
-    if out == "elsewhere":   # a folder of other files
+    if out == "elsewhere":  # a folder of other files
         (root / "elsewhere").mkdir()
         (root / "elsewhere" / "keep").write_text("mine")
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
@@ -51,7 +51,7 @@ def test_out_holding_the_config_file_is_refused(work, tmp_path):
 def test_a_previous_output_is_replaced_and_tilde_expands(work, monkeypatch):
     root = work["root"]
     monkeypatch.setenv("HOME", str(root))
-    for _ in range(2):   # the second run replaces the first one's output
+    for _ in range(2):  # the second run replaces the first one's output
         result = run_cli("yaml", work["config"], "~/merged", "--quiet", cwd=root)
         assert result.exit_code == 0, result.output
     assert (root / "merged" / "model.safetensors").exists() and not (root / "~").exists()
@@ -59,8 +59,11 @@ def test_a_previous_output_is_replaced_and_tilde_expands(work, monkeypatch):
 
 def test_stats_json_is_checked_before_the_merge(work):
     root = work["root"]
-    for stats, why in ((root / "nope" / "s.json", "does not exist"), (root, "is a directory"),
-                       (root / "out" / "s.json", "inside the output folder")):
+    for stats, why in (
+        (root / "nope" / "s.json", "does not exist"),
+        (root, "is a directory"),
+        (root / "out" / "s.json", "inside the output folder"),
+    ):
         result = run_cli("yaml", work["config"], root / "out", "--quiet", "--stats-json", stats)
         assert result.exit_code == 2 and why in result.output, result.output
         assert not (root / "out").exists()
@@ -91,7 +94,7 @@ def test_a_signal_during_the_swap_waits_for_it(tmp_path, monkeypatch, existing):
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(os, "rename", rename_then_interrupt)
-    replace_folder(tmp, out)   # no KeyboardInterrupt: the signal was held and dropped
+    replace_folder(tmp, out)  # no KeyboardInterrupt: the signal was held and dropped
     assert (out / "config.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

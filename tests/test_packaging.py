@@ -6,8 +6,9 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 # imported only behind a guard that names the package to install (or the torch path runs)
@@ -47,6 +48,7 @@ def test_every_import_is_a_declared_dependency():
 
 
 # ----------------------------------------------------------------------------- the CPU kernels
+
 
 def test_the_cpu_kernels_need_no_torch_to_build():
     """csrc/ includes no torch, ATen, c10, pybind11 or Python header; setup.py imports no

@@ -11,23 +11,25 @@ DENSITY = Param("density", "float", 1.0)
 NORMALIZE = Param("normalize", "bool", True)
 
 
-@pytest.mark.parametrize("gradient, t, expected", [
-    ([0.0, 1.0], 0.5, 0.5),
-    ([0.0, 1.0], 0.0, 0.0),
-    ([0.0, 1.0], 1.0, 1.0),
-    ([0.0, 1.0, 0.5], 0.75, 0.75),   # pos = 1.5: halfway between 1.0 and 0.5
-    ([0.0, 1.0, 0.5], 0.25, 0.5),    # pos = 0.5
-    ([2.0, 4.0, 6.0, 8.0], 1 / 3, 4.0),
-    ([7.0], 0.3, 7.0),
-    (["a", "b", "c"], 0.9, "b"),      # non-numeric: index floor(0.9 * 2) = 1, no interpolation
-])
+@pytest.mark.parametrize(
+    "gradient, t, expected",
+    [
+        ([0.0, 1.0], 0.5, 0.5),
+        ([0.0, 1.0], 0.0, 0.0),
+        ([0.0, 1.0], 1.0, 1.0),
+        ([0.0, 1.0, 0.5], 0.75, 0.75),  # pos = 1.5: halfway between 1.0 and 0.5
+        ([0.0, 1.0, 0.5], 0.25, 0.5),  # pos = 0.5
+        ([2.0, 4.0, 6.0, 8.0], 1 / 3, 4.0),
+        ([7.0], 0.3, 7.0),
+        (["a", "b", "c"], 0.9, "b"),  # non-numeric: index floor(0.9 * 2) = 1, no interpolation
+    ],
+)
 def test_interpolate(gradient, t, expected):
     assert interpolate(gradient, t) == pytest.approx(expected)
 
 
 def test_filters_first_match_wins_and_star():
-    setting = [{"filter": "self_attn", "value": 0.1}, {"filter": "q_proj", "value": 0.2},
-               {"filter": "*", "value": 0.3}]
+    setting = [{"filter": "self_attn", "value": 0.1}, {"filter": "q_proj", "value": 0.2}, {"filter": "*", "value": 0.3}]
     assert evaluate_setting(setting, "model.layers.0.self_attn.q_proj.weight", 0) == 0.1
     assert evaluate_setting(setting, "model.layers.0.mlp.up_proj.weight", 0) == 0.3
 
@@ -78,5 +80,11 @@ def test_coercion():
 def test_a_bad_value_names_the_block_it_came_from():
     """It named the first tensor's model or slice even when the value was a global one."""
     with pytest.raises(ConfigError, match="tensor t, from parameters: 'normalize' must be"):
-        resolve(NORMALIZE, [None, {"normalize": "yes"}], "t", 0, "cfg.yml: models, tensor t",
-                ["models.parameters", "parameters"])
+        resolve(
+            NORMALIZE,
+            [None, {"normalize": "yes"}],
+            "t",
+            0,
+            "cfg.yml: models, tensor t",
+            ["models.parameters", "parameters"],
+        )

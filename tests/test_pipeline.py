@@ -16,7 +16,9 @@ def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 1
         read or (lambda j: f"data{j}"),
         merge or (lambda j, d: str(d).upper()),
         write or (lambda j, out: written.append((j, out))),
-        cost=cost, budget=budget)
+        cost=cost,
+        budget=budget,
+    )
     return written, times
 
 
@@ -101,10 +103,18 @@ def test_keyboard_interrupt_in_merge_stops_threads():
     assert not [t for t in threading.enumerate() if t.name.startswith("mergefast-")]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("4g", 4_000_000_000), ("500m", 500_000_000), ("500MB", 500_000_000), ("2.5g", 2_500_000_000),
-    ("1000", 1000), (4096, 4096), ("4B", 4_000_000_000),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("4g", 4_000_000_000),
+        ("500m", 500_000_000),
+        ("500MB", 500_000_000),
+        ("2.5g", 2_500_000_000),
+        ("1000", 1000),
+        (4096, 4096),
+        ("4B", 4_000_000_000),
+    ],
+)
 def test_parse_memory(text, expected):
     from mergefast.options import parse_memory
 
@@ -120,8 +130,9 @@ def test_parse_memory_errors(text):
         MergeOptions.from_kwargs(max_memory=text)
 
 
-@pytest.mark.parametrize("device, why", [("bogus", "not a device name"), ("cuda:7", "CUDA device"),
-                                         ("meta", "cpu or cuda")])
+@pytest.mark.parametrize(
+    "device, why", [("bogus", "not a device name"), ("cuda:7", "CUDA device"), ("meta", "cpu or cuda")]
+)
 def test_bad_device_is_a_usage_error(device, why, monkeypatch):
     """--device was an internal error (exit 1), found only after planning."""
     import torch
@@ -131,7 +142,7 @@ def test_bad_device_is_a_usage_error(device, why, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=why):
-        MergeOptions.from_kwargs(device=device).math_device
+        _ = MergeOptions.from_kwargs(device=device).math_device
     assert MergeOptions.from_kwargs(device="cpu").math_device == "cpu"
 
 

@@ -14,11 +14,11 @@ def jobs_by_name(plan):
 def test_models_appends_base_and_resolves_per_model_params(family):
     plan = plan_of(f"""
 merge_method: ties
-base_model: {family['base']}
+base_model: {family["base"]}
 models:
-  - model: {family['ft-a']}
+  - model: {family["ft-a"]}
     parameters: {{weight: 0.7, density: [0.2, 0.8]}}
-  - model: {family['ft-b']}
+  - model: {family["ft-b"]}
     parameters: {{weight: 0.3}}
 parameters: {{density: 0.5, normalize: false}}
 """)
@@ -46,10 +46,10 @@ def test_slices_renumber_layers_and_filters_use_the_right_names(family):
 merge_method: passthrough
 slices:
   - sources:
-      - model: {family['ft-a']}
+      - model: {family["ft-a"]}
         layer_range: [0, 2]
   - sources:
-      - model: {family['ft-b']}
+      - model: {family["ft-b"]}
         layer_range: [3, 4]
         parameters:
           scale: [{{filter: layers.3.self_attn.o_proj, value: 0.5}}, {{value: 2.0}}]
@@ -69,14 +69,14 @@ slices:
 def test_global_filters_match_output_names_and_gradient_restarts_per_slice(family):
     plan = plan_of(f"""
 merge_method: slerp
-base_model: {family['base']}
+base_model: {family["base"]}
 slices:
   - sources:
-      - {{model: {family['base']}, layer_range: [0, 2]}}
-      - {{model: {family['ft-a']}, layer_range: [0, 2]}}
+      - {{model: {family["base"]}, layer_range: [0, 2]}}
+      - {{model: {family["ft-a"]}, layer_range: [0, 2]}}
   - sources:
-      - {{model: {family['base']}, layer_range: [3, 4]}}
-      - {{model: {family['ft-a']}, layer_range: [3, 4]}}
+      - {{model: {family["base"]}, layer_range: [3, 4]}}
+      - {{model: {family["ft-a"]}, layer_range: [3, 4]}}
 parameters:
   t: [{{filter: layers.2., value: 0.9}}, {{value: [0.0, 1.0]}}]
 """)
@@ -94,7 +94,7 @@ def test_one_layer_slice_sits_at_t_1(family):
 merge_method: linear
 slices:
   - sources:
-      - {{model: {family['ft-a']}, layer_range: [2, 3]}}
+      - {{model: {family["ft-a"]}, layer_range: [2, 3]}}
 parameters: {{weight: [0.5, 1.0]}}
 """)
     assert jobs_by_name(plan)["model.layers.0.mlp.up_proj.weight"].model_params[0]["weight"] == 1.0
@@ -109,29 +109,43 @@ def test_dtype_rules(family):
 
 
 def test_tied_embeddings_have_no_lm_head(tied_family):
-    plan = plan_of(f"merge_method: linear\nmodels:\n  - model: {tied_family['ft-a']}\n"
-                   f"  - model: {tied_family['ft-b']}\nparameters: {{weight: 1}}\n")
+    plan = plan_of(
+        f"merge_method: linear\nmodels:\n  - model: {tied_family['ft-a']}\n"
+        f"  - model: {tied_family['ft-b']}\nparameters: {{weight: 1}}\n"
+    )
     assert "lm_head.weight" not in jobs_by_name(plan)
 
 
 def test_mixed_tied_and_untied_heads_use_the_embedding(family, tied_family):
-    plan = plan_of(f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n"
-                   f"  - model: {tied_family['ft-b']}\nparameters: {{weight: 1}}\n")
+    plan = plan_of(
+        f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n"
+        f"  - model: {tied_family['ft-b']}\nparameters: {{weight: 1}}\n"
+    )
     head = jobs_by_name(plan)["lm_head.weight"]
     assert [s.tensor for s in head.sources] == ["lm_head.weight", "model.embed_tokens.weight"]
 
 
-@pytest.mark.parametrize("body, message", [
-    ("merge_method: linear\nmodels:\n  - model: {a}\n", "missing required parameter 'weight'"),
-    ("merge_method: ties\nmodels:\n  - model: {a}\n    parameters: {{weight: 1}}\n", "ties needs a base_model"),
-    ("merge_method: slerp\nbase_model: {b}\nmodels:\n  - model: {a}\n  - model: {c}\nparameters: {{t: 0.5}}\n",
-     "slerp takes exactly 2 model(s)"),
-    ("merge_method: passthrough\nmodels:\n  - model: {a}\n  - model: {c}\n", "passthrough takes exactly 1"),
-    ("merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [2, 5]}}\n",
-     "slices[0].sources[0].layer_range: [2, 5] goes past the end of"),
-    ("merge_method: ties\nbase_model: {b}\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 4]}}\n"
-     "parameters: {{weight: 1}}\n", "base_model {b} must be one of the slice's sources"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("merge_method: linear\nmodels:\n  - model: {a}\n", "missing required parameter 'weight'"),
+        ("merge_method: ties\nmodels:\n  - model: {a}\n    parameters: {{weight: 1}}\n", "ties needs a base_model"),
+        (
+            "merge_method: slerp\nbase_model: {b}\nmodels:\n  - model: {a}\n  - model: {c}\nparameters: {{t: 0.5}}\n",
+            "slerp takes exactly 2 model(s)",
+        ),
+        ("merge_method: passthrough\nmodels:\n  - model: {a}\n  - model: {c}\n", "passthrough takes exactly 1"),
+        (
+            "merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [2, 5]}}\n",
+            "slices[0].sources[0].layer_range: [2, 5] goes past the end of",
+        ),
+        (
+            "merge_method: ties\nbase_model: {b}\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 4]}}\n"
+            "parameters: {{weight: 1}}\n",
+            "base_model {b} must be one of the slice's sources",
+        ),
+    ],
+)
 def test_plan_errors(family, body, message):
     f = {"a": family["ft-a"], "b": family["base"], "c": family["ft-c"]}
     with pytest.raises(ConfigError) as info:
@@ -141,12 +155,16 @@ def test_plan_errors(family, body, message):
 
 def test_shape_mismatch_and_layer_count_mismatch(tmp_path, family):
     other = write_family(tmp_path / "wide", layers=2)
-    text = (f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n  - model: {other['ft-a']}\n"
-            "parameters: {weight: 1}\n")
+    text = (
+        f"merge_method: linear\nmodels:\n  - model: {family['ft-a']}\n  - model: {other['ft-a']}\n"
+        "parameters: {weight: 1}\n"
+    )
     with pytest.raises(ConfigError, match="models have different layer counts"):
         plan_of(text)
-    text = (f"merge_method: linear\nslices:\n  - sources:\n      - {{model: {family['ft-a']}, layer_range: [0, 2]}}\n"
-            f"      - {{model: {other['ft-a']}, layer_range: [0, 2]}}\nparameters: {{weight: 1}}\n")
+    text = (
+        f"merge_method: linear\nslices:\n  - sources:\n      - {{model: {family['ft-a']}, layer_range: [0, 2]}}\n"
+        f"      - {{model: {other['ft-a']}, layer_range: [0, 2]}}\nparameters: {{weight: 1}}\n"
+    )
     assert len(plan_of(text).jobs) == 1 + 2 * 9 + 2
 
 

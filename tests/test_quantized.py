@@ -24,8 +24,10 @@ SHAPES = {"model.layers.0.mlp.down_proj.weight": (256, 200), "model.layers.0.sel
 def fp8_tensors(seed: int) -> dict[str, torch.Tensor]:
     """An FP8 checkpoint's tensors: e4m3 weights with one float32 scale per 128x128 block."""
     g = torch.Generator().manual_seed(seed)
-    tensors = {"model.embed_tokens.weight": torch.randn(16, 8, generator=g).to(torch.bfloat16),
-               "model.layers.0.input_layernorm.weight": torch.rand(8, generator=g).to(torch.bfloat16)}
+    tensors = {
+        "model.embed_tokens.weight": torch.randn(16, 8, generator=g).to(torch.bfloat16),
+        "model.layers.0.input_layernorm.weight": torch.rand(8, generator=g).to(torch.bfloat16),
+    }
     for name, (rows, cols) in SHAPES.items():
         tensors[name] = (torch.randn(rows, cols, generator=g) * 50).to(FP8)
         blocks = (-(-rows // BLOCK), -(-cols // BLOCK))
@@ -45,7 +47,7 @@ def dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         w, scale = t.to(torch.float32), tensors[name + "_scale_inv"]
         for i in range(scale.shape[0]):
             for j in range(scale.shape[1]):
-                w[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK] *= scale[i, j]
+                w[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK] *= scale[i, j]
         out[name] = w
     return out
 
@@ -63,10 +65,12 @@ def fp8_family(tmp_path_factory):
 
 
 def ties_config(folders, suffix="", dtype="float32"):
-    return (f"merge_method: ties\nbase_model: {folders['base' + suffix]}\nmodels:\n"
-            f"  - model: {folders['ft-a' + suffix]}\n    parameters: {{weight: 0.6, density: 0.5}}\n"
-            f"  - model: {folders['ft-b' + suffix]}\n    parameters: {{weight: 0.4, density: 0.7}}\n"
-            + (f"dtype: {dtype}\n" if dtype else ""))
+    return (
+        f"merge_method: ties\nbase_model: {folders['base' + suffix]}\nmodels:\n"
+        f"  - model: {folders['ft-a' + suffix]}\n    parameters: {{weight: 0.6, density: 0.5}}\n"
+        f"  - model: {folders['ft-b' + suffix]}\n    parameters: {{weight: 0.4, density: 0.7}}\n"
+        + (f"dtype: {dtype}\n" if dtype else "")
+    )
 
 
 def merge(text, out):
@@ -102,16 +106,31 @@ def test_fp8_scale_of_the_wrong_shape(tmp_path):
         build_plan(parse_config(text, "cfg.yml"), text, "cfg.yml", MergeOptions())
 
 
-@pytest.mark.parametrize("extra, fmt", [
-    ({"model.layers.0.mlp.qweight": torch.zeros(4, 8, dtype=torch.int32),
-      "model.layers.0.mlp.scales": torch.ones(1, 8)}, "GPTQ/AWQ"),
-    ({"model.layers.0.mlp.weight": torch.zeros(16, dtype=torch.uint8),
-      "model.layers.0.mlp.weight.absmax": torch.ones(1)}, "bitsandbytes 4-bit"),
-    ({"model.layers.0.mlp.weight": torch.zeros(8, 8, dtype=torch.int8)}, "8-bit"),
-    ({"model.layers.0.mlp.weight": torch.zeros(8, 8).to(FP8),
-      "model.layers.0.mlp.weight_scale": torch.ones(1)}, "FP8"),
-    ({"model.layers.0.mlp.weight": torch.zeros(8, 8).to(FP8)}, "without a _scale_inv"),
-])
+@pytest.mark.parametrize(
+    "extra, fmt",
+    [
+        (
+            {
+                "model.layers.0.mlp.qweight": torch.zeros(4, 8, dtype=torch.int32),
+                "model.layers.0.mlp.scales": torch.ones(1, 8),
+            },
+            "GPTQ/AWQ",
+        ),
+        (
+            {
+                "model.layers.0.mlp.weight": torch.zeros(16, dtype=torch.uint8),
+                "model.layers.0.mlp.weight.absmax": torch.ones(1),
+            },
+            "bitsandbytes 4-bit",
+        ),
+        ({"model.layers.0.mlp.weight": torch.zeros(8, 8, dtype=torch.int8)}, "8-bit"),
+        (
+            {"model.layers.0.mlp.weight": torch.zeros(8, 8).to(FP8), "model.layers.0.mlp.weight_scale": torch.ones(1)},
+            "FP8",
+        ),
+        ({"model.layers.0.mlp.weight": torch.zeros(8, 8).to(FP8)}, "without a _scale_inv"),
+    ],
+)
 def test_other_quantized_formats_are_refused_naming_the_tensor(tmp_path, extra, fmt):
     """The message names one of the format's tensors and the format."""
     tensors = {"model.embed_tokens.weight": torch.zeros(16, 8), **extra}

@@ -35,7 +35,8 @@ def make_evil_tokenizer(folder: Path, marker: Path) -> None:
     path.write_text(json.dumps(tc))
     (folder / "tokenization_evil.py").write_text(
         _side_effect(marker) + "from transformers import PreTrainedTokenizerFast\n\n\n"
-        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
 
 
 def make_evil_config(folder: Path, marker: Path) -> None:
@@ -52,15 +53,18 @@ def make_evil_config(folder: Path, marker: Path) -> None:
     tc_path.write_text(json.dumps(tc))
     (folder / "configuration_evil.py").write_text(
         _side_effect(marker) + "from transformers import PretrainedConfig\n\n\n"
-        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
 
 
 def merge(tmp_path: Path, good: Path, evil: Path, tokenizer: str, *extra: str, process=False):
     """`mergefast yaml` of good + evil with "y" on stdin, in this process or (`process`) in a
     fresh one; (exit code, stdout, stderr)."""
     config = tmp_path / "config.yml"
-    config.write_text(f"merge_method: linear\nbase_model: {good}\nmodels:\n  - model: {good}\n"
-                      f"  - model: {evil}\nparameters: {{weight: 0.5}}\ndtype: float32\n{tokenizer}")
+    config.write_text(
+        f"merge_method: linear\nbase_model: {good}\nmodels:\n  - model: {good}\n"
+        f"  - model: {evil}\nparameters: {{weight: 0.5}}\ndtype: float32\n{tokenizer}"
+    )
     args = ("yaml", config, tmp_path / "out", "--quiet", *extra)
     if process:
         proc = run_cli_process(*args, input="y\n")
@@ -78,8 +82,7 @@ def models(tmp_path) -> tuple[Path, Path, Path]:
 
 
 # (`tokenizer_source: <model>` with equal vocabularies copies files and loads no tokenizer.)
-TOKENIZER_BLOCKS = ["tokenizer_source: union\n", "tokenizer:\n  source: base\n",
-                    "tokenizer:\n  source: {evil}\n"]
+TOKENIZER_BLOCKS = ["tokenizer_source: union\n", "tokenizer:\n  source: base\n", "tokenizer:\n  source: {evil}\n"]
 
 
 def assert_refused(ran, tmp_path: Path, evil: Path) -> None:
@@ -96,10 +99,16 @@ def assert_refused(ran, tmp_path: Path, evil: Path) -> None:
 
 
 # the flag is tried with one block; that case runs in a fresh process too (~4 s)
-@pytest.mark.parametrize("block, extra", [(TOKENIZER_BLOCKS[0], ()),
-                                          (TOKENIZER_BLOCKS[0], ("--trust-remote-code",)),
-                                          (TOKENIZER_BLOCKS[1], ()), (TOKENIZER_BLOCKS[2], ())],
-                         ids=["union", "union-trust-flag", "block", "source-model"])
+@pytest.mark.parametrize(
+    "block, extra",
+    [
+        (TOKENIZER_BLOCKS[0], ()),
+        (TOKENIZER_BLOCKS[0], ("--trust-remote-code",)),
+        (TOKENIZER_BLOCKS[1], ()),
+        (TOKENIZER_BLOCKS[2], ()),
+    ],
+    ids=["union", "union-trust-flag", "block", "source-model"],
+)
 def test_custom_tokenizer_code_never_runs(models, tmp_path, block, extra):
     good, evil, marker = models
     make_evil_tokenizer(evil, marker)

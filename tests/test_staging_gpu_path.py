@@ -12,7 +12,8 @@ from test_staging_fake import FakeQueue
 
 import mergefast
 from mergefast import execute
-from mergefast.staging import cuda as cuda_staging, pinned_ring
+from mergefast.staging import cuda as cuda_staging
+from mergefast.staging import pinned_ring
 from mergefast.staging.cuda import CudaStaging
 
 METHODS = ["linear.yml", "ties.yml", "slerp-gradient.yml", "passthrough-stack.yml"]
@@ -122,6 +123,7 @@ def test_the_fake_catches_a_slot_reused_before_its_copy(family, tmp_path, tmp_pa
 
 def test_the_fake_catches_a_result_read_before_its_copy(family, tmp_path, tmp_path_factory, fake_gpu, monkeypatch):
     expected = cpu_outputs("ties.yml", family, tmp_path_factory)
+
     def write_without_waiting(result, sink):
         sink(result.host)
         result.ring.release(result.slot)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from make_models import make_tiny_llama, write_tokenizer
 from safetensors.torch import load_file
 
-from make_models import make_tiny_llama, write_tokenizer
 from mergefast import merge
 from mergefast.errors import ConfigError
 
@@ -30,8 +30,15 @@ def add_special_tokens(folder: Path, tokens: list[str], first_id: int) -> None:
     tj = json.loads((folder / "tokenizer.json").read_text())
     tc = json.loads((folder / "tokenizer_config.json").read_text())
     for i, tok in enumerate(tokens, start=first_id):
-        entry = {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-                 "normalized": False, "special": True}
+        entry = {
+            "id": i,
+            "content": tok,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         tj["added_tokens"].append(entry)
         tc["added_tokens_decoder"][str(i)] = {k: v for k, v in entry.items() if k != "id"}
     (folder / "tokenizer.json").write_text(json.dumps(tj))
@@ -77,6 +84,7 @@ def config_of(out: Path) -> dict:
 
 # -- no tokenizer config / plain copies ---------------------------------------------------
 
+
 def test_no_tokenizer_config_copies_base_tokenizer(zoo, tmp_path):
     out = run(zoo, tmp_path, "", models=("base", "ft"))
     assert (out / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
@@ -111,6 +119,7 @@ def test_unsafe_truncate_embeddings(zoo, tmp_path):
 
 # -- built tokenizers -----------------------------------------------------------------------
 
+
 def test_source_base_with_different_vocab(zoo, tmp_path):
     out = run(zoo, tmp_path, "tokenizer_source: base\n")
     vocab = out_vocab(out)
@@ -123,10 +132,13 @@ def test_source_base_with_different_vocab(zoo, tmp_path):
 def test_source_base_without_base_model_is_the_first_models(zoo, tmp_path):
     """mergekit takes an arbitrary model's tokenizer there; mergefast the first model's, as
     without a tokenizer config (it once rejected the config)."""
+
     def merged(first, second, name):
-        text = (f"merge_method: linear\nmodels:\n  - model: {zoo[first]}\n    parameters: {{weight: 0.5}}\n"
-                f"  - model: {zoo[second]}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
-                "tokenizer_source: base\n")
+        text = (
+            f"merge_method: linear\nmodels:\n  - model: {zoo[first]}\n    parameters: {{weight: 0.5}}\n"
+            f"  - model: {zoo[second]}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+            "tokenizer_source: base\n"
+        )
         merge(text, str(tmp_path / name), quiet=True)
         return tmp_path / name
 
@@ -137,13 +149,12 @@ def test_source_base_without_base_model_is_the_first_models(zoo, tmp_path):
     assert len(vocab) == 34 and vocab["<|im_start|>"] == 32
     a, c, m = weights(zoo["base"]), weights(zoo["chatml"]), weights(out)
     torch.testing.assert_close(m[EMBED][:32], 0.5 * a[EMBED] + 0.5 * c[EMBED][:32])
-    torch.testing.assert_close(m[EMBED][32:], c[EMBED][32:])   # only chatml has them
+    torch.testing.assert_close(m[EMBED][32:], c[EMBED][32:])  # only chatml has them
     assert config_of(out)["vocab_size"] == 34
 
 
 def test_union_adds_tokens_and_picks_rows(zoo, tmp_path):
-    out = run(zoo, tmp_path, "tokenizer_source: union\n", models=("base", "chatml", "big"),
-              weights_=[0.25, 0.5, 0.25])
+    out = run(zoo, tmp_path, "tokenizer_source: union\n", models=("base", "chatml", "big"), weights_=[0.25, 0.5, 0.25])
     vocab = out_vocab(out)
     # base's 32, the ordinary words only `big` has, then chatml's specials
     assert len(vocab) == 38
@@ -164,10 +175,12 @@ def test_union_adds_tokens_and_picks_rows(zoo, tmp_path):
 
 def test_tokenizer_block_defaults_to_union_and_mean_rule(zoo, tmp_path):
     # no base among the models: tokens in two models (not the base) get the mean of their rows
-    text = (f"merge_method: linear\nmodels:\n  - model: {zoo['chatml']}\n    parameters: {{weight: 1.0}}\n"
-            f"  - model: {zoo['big']}\n    parameters: {{weight: 0.0}}\n"
-            f"  - model: {zoo['base']}\n    parameters: {{weight: 0.0}}\n"
-            "dtype: float32\ntokenizer: {}\n")
+    text = (
+        f"merge_method: linear\nmodels:\n  - model: {zoo['chatml']}\n    parameters: {{weight: 1.0}}\n"
+        f"  - model: {zoo['big']}\n    parameters: {{weight: 0.0}}\n"
+        f"  - model: {zoo['base']}\n    parameters: {{weight: 0.0}}\n"
+        "dtype: float32\ntokenizer: {}\n"
+    )
     out = tmp_path / "out"
     merge(text, str(out), quiet=True)
     vocab = out_vocab(out)
@@ -191,13 +204,15 @@ def test_source_model(zoo, tmp_path):
 
 
 def test_tokens_force_model_token_and_zero(zoo, tmp_path):
-    body = ("tokenizer:\n  source: union\n  tokens:\n"
-            f"    w3: {{source: {zoo['chatml']}, force: true}}\n"
-            f"    w4: {{source: {{kind: model_token, model: {zoo['base']}, token_id: 10}}}}\n"
-            f"    w5: {{source: {{kind: model_token, model: {zoo['chatml']}, token: '<|im_end|>'}}, force: true}}\n"
-            "    w6: {source: {kind: zero}, force: true}\n"
-            "    <|im_start|>: {source: {kind: zero}}\n"
-            "    brand_new: {}\n")
+    body = (
+        "tokenizer:\n  source: union\n  tokens:\n"
+        f"    w3: {{source: {zoo['chatml']}, force: true}}\n"
+        f"    w4: {{source: {{kind: model_token, model: {zoo['base']}, token_id: 10}}}}\n"
+        f"    w5: {{source: {{kind: model_token, model: {zoo['chatml']}, token: '<|im_end|>'}}, force: true}}\n"
+        "    w6: {source: {kind: zero}, force: true}\n"
+        "    <|im_start|>: {source: {kind: zero}}\n"
+        "    brand_new: {}\n"
+    )
     out = run(zoo, tmp_path, body)
     vocab = out_vocab(out)
     assert vocab["brand_new"] == 34 and len(vocab) == 35
@@ -231,19 +246,20 @@ def test_padding_rows_of_a_bf16_model_are_float32_means(zoo, tmp_path):
     make_tiny_llama(chat16, seed=2, vocab=34, **{**SIZES, "dtype": torch.bfloat16})
     write_tokenizer(chat16, 32)
     add_special_tokens(chat16, ["<|im_start|>", "<|im_end|>"], 32)
-    text = (f"merge_method: linear\nmodels:\n  - model: {zoo['base']}\n    parameters: {{weight: 0.5}}\n"
-            f"  - model: {chat16}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
-            "tokenizer:\n  source: union\n  pad_to_multiple_of: 16\n")
+    text = (
+        f"merge_method: linear\nmodels:\n  - model: {zoo['base']}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {chat16}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+        "tokenizer:\n  source: union\n  pad_to_multiple_of: 16\n"
+    )
     merge(text, str(tmp_path / "out"), quiet=True)
     a, c, m = weights(zoo["base"]), weights(chat16), weights(tmp_path / "out")
     for name in (EMBED, HEAD):
         c32 = c[name].float()
-        aligned = torch.cat([a[name], c32[32:]])   # base lacks the two chat tokens: chat16's rows
+        aligned = torch.cat([a[name], c32[32:]])  # base lacks the two chat tokens: chat16's rows
         pad_a, pad_c = aligned.mean(dim=0), c32.mean(dim=0)
         assert m[name].dtype == torch.float32 and m[name].shape == (48, 16)
-        torch.testing.assert_close(m[name][34:], (0.5 * pad_a + 0.5 * pad_c).expand(14, 16),
-                                   rtol=1e-6, atol=1e-7)
-        assert not torch.equal(pad_c, pad_c.bfloat16().float())   # the rounding would show
+        torch.testing.assert_close(m[name][34:], (0.5 * pad_a + 0.5 * pad_c).expand(14, 16), rtol=1e-6, atol=1e-7)
+        assert not torch.equal(pad_c, pad_c.bfloat16().float())  # the rounding would show
 
 
 def test_output_loads_in_transformers(zoo, tmp_path):
@@ -261,6 +277,7 @@ def test_output_loads_in_transformers(zoo, tmp_path):
 
 
 # -- chat templates -------------------------------------------------------------------------
+
 
 def test_chat_template_literal_on_copied_tokenizer(zoo, tmp_path):
     from transformers import AutoTokenizer
@@ -294,11 +311,15 @@ def test_config_errors(zoo, tmp_path):
     with pytest.raises(ConfigError, match="not one of the merged models"):
         run(zoo, tmp_path, f"tokenizer:\n  tokens:\n    w1: {{source: {zoo['big']}}}\n")
     with pytest.raises(ConfigError, match="has no token"):
-        run(zoo, tmp_path, f"tokenizer:\n  tokens:\n    w1: {{source: {{kind: model_token, model: {zoo['base']}, "
-                           "token: nope}}\n")
+        run(
+            zoo,
+            tmp_path,
+            f"tokenizer:\n  tokens:\n    w1: {{source: {{kind: model_token, model: {zoo['base']}, token: nope}}}}\n",
+        )
 
 
 # -- tied embeddings --------------------------------------------------------------------------
+
 
 def test_tied_models_get_no_lm_head(zoo, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -323,16 +344,21 @@ def test_mixed_tied_and_untied_heads(zoo, tmp_path):
 
 # -- more paths ---------------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # a subprocess
 def test_copy_path_needs_no_transformers(zoo, tmp_path):
     import subprocess
     import sys
 
-    config = (f"merge_method: linear\nbase_model: {zoo['base']}\nmodels:\n  - model: {zoo['base']}\n"
-              f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ntokenizer_source: base\n")
-    code = ("import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None\n"
-            "from mergefast import merge\n"
-            f"merge({config!r}, {str(tmp_path / 'out')!r}, quiet=True)\n")
+    config = (
+        f"merge_method: linear\nbase_model: {zoo['base']}\nmodels:\n  - model: {zoo['base']}\n"
+        f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ntokenizer_source: base\n"
+    )
+    code = (
+        "import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None\n"
+        "from mergefast import merge\n"
+        f"merge({config!r}, {str(tmp_path / 'out')!r}, quiet=True)\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
 
@@ -343,8 +369,10 @@ def test_base_tokenizer_is_stripped_to_its_model_vocab(zoo, tmp_path):
     surplus = tmp_path / "surplus"
     shutil.copytree(zoo["base"], surplus)
     add_special_tokens(surplus, ["<extra_0>", "<extra_1>"], 32)  # ids past the 32 embedding rows
-    text = (f"merge_method: linear\nbase_model: {surplus}\nmodels:\n  - model: {surplus}\n"
-            f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ndtype: float32\ntokenizer: {{source: base}}\n")
+    text = (
+        f"merge_method: linear\nbase_model: {surplus}\nmodels:\n  - model: {surplus}\n"
+        f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ndtype: float32\ntokenizer: {{source: base}}\n"
+    )
     merge(text, str(tmp_path / "out"), quiet=True)
     vocab = out_vocab(tmp_path / "out")
     assert len(vocab) == 32 and "<extra_0>" not in vocab
@@ -352,8 +380,10 @@ def test_base_tokenizer_is_stripped_to_its_model_vocab(zoo, tmp_path):
 
 
 def test_slices_with_union(zoo, tmp_path):
-    text = (f"merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {zoo['chatml']}, layer_range: [0, 1]}}\n"
-            f"  - sources:\n      - {{model: {zoo['base']}, layer_range: [1, 2]}}\ntokenizer_source: union\n")
+    text = (
+        f"merge_method: passthrough\nslices:\n  - sources:\n      - {{model: {zoo['chatml']}, layer_range: [0, 1]}}\n"
+        f"  - sources:\n      - {{model: {zoo['base']}, layer_range: [1, 2]}}\ntokenizer_source: union\n"
+    )
     merge(text, str(tmp_path / "out"), quiet=True)
     c, a, m = weights(zoo["chatml"]), weights(zoo["base"]), weights(tmp_path / "out")
     torch.testing.assert_close(m[EMBED], c[EMBED])  # first slice: chatml, 34 rows, union = 34 tokens
@@ -366,8 +396,7 @@ def test_slices_with_union(zoo, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_union_on_cuda_matches_cpu(zoo, tmp_path):
-    body = ("tokenizer:\n  pad_to_multiple_of: 16\n  tokens:\n"
-            f"    w3: {{source: {zoo['chatml']}, force: true}}\n")
+    body = f"tokenizer:\n  pad_to_multiple_of: 16\n  tokens:\n    w3: {{source: {zoo['chatml']}, force: true}}\n"
     cpu = weights(run(zoo, tmp_path, body, models=("base", "chatml", "big"), name="cpu"))
     gpu = weights(run(zoo, tmp_path, body, models=("base", "chatml", "big"), name="gpu", device="cuda"))
     for name in (EMBED, HEAD):

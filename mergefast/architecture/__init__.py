@@ -6,5 +6,15 @@ from .families import FAMILIES, ModuleSpec
 from .layout import Architecture, LayerName, Module, Stack, split_layer_name
 from .resolve import resolve_architecture
 
-__all__ = ["FAMILIES", "Architecture", "LayerName", "Module", "ModuleSpec", "Stack", "get_path", "holder_of",
-           "resolve_architecture", "split_layer_name"]
+__all__ = [
+    "FAMILIES",
+    "Architecture",
+    "LayerName",
+    "Module",
+    "ModuleSpec",
+    "Stack",
+    "get_path",
+    "holder_of",
+    "resolve_architecture",
+    "split_layer_name",
+]

@@ -41,7 +41,9 @@ def present_counts(config: dict, paths, tensors: int, stack: str | None, where: 
             raise ModelError(f"{where}: {path} is {value!r}, not a layer count; fix config.json")
         if value != tensors:
             what = f"{tensors} layers of {stack}N" if stack else "no layer stack"
-            raise ModelError(f"{where}: {path} is {value} but the weights have {what}; config.json and the "
-                             "weights disagree: fix config.json or re-download the model")
+            raise ModelError(
+                f"{where}: {path} is {value} but the weights have {what}; config.json and the "
+                "weights disagree: fix config.json or re-download the model"
+            )
         found.append(path)
     return tuple(found)

@@ -35,22 +35,70 @@ def decoder(stack: str = "model.layers.", count: str = "num_hidden_layers", *mor
 
 
 DECODERS = (
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
-    "gemma3_text", "phi", "phi3", "phi3small", "baichuan", "internlm2", "cohere", "cohere2", "stablelm",
-    "stablelm_epoch", "starcoder2", "solar", "granite", "granitemoe", "granitemoehybrid", "olmo", "olmo2",
-    "olmoe", "glm", "glm4", "glm4_moe", "lfm2", "apertus", "arcee", "exaone4", "deepseek_v2", "deepseek_v3",
-    "minicpm", "smollm3", "ernie4_5", "ernie4_5_moe", "gpt_oss", "seed_oss", "afmoe", "hunyuan_v1_dense",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "phi3small",
+    "baichuan",
+    "internlm2",
+    "cohere",
+    "cohere2",
+    "stablelm",
+    "stablelm_epoch",
+    "starcoder2",
+    "solar",
+    "granite",
+    "granitemoe",
+    "granitemoehybrid",
+    "olmo",
+    "olmo2",
+    "olmoe",
+    "glm",
+    "glm4",
+    "glm4_moe",
+    "lfm2",
+    "apertus",
+    "arcee",
+    "exaone4",
+    "deepseek_v2",
+    "deepseek_v3",
+    "minicpm",
+    "smollm3",
+    "ernie4_5",
+    "ernie4_5_moe",
+    "gpt_oss",
+    "seed_oss",
+    "afmoe",
+    "hunyuan_v1_dense",
 )
 
 # Vision-language models: the text decoder owns every name the other modules do not.
 TEXT_DECODER = ModuleSpec(
-    "text_decoder", ("model.layers.", "model.language_model.layers.", "language_model.model.layers."), ("",),
-    ("text_config.num_hidden_layers", "num_hidden_layers"))
-_TOWER = ("vision_tower.vision_model.encoder.layers.", "vision_tower.encoder.layers.",
-          "vision_tower.transformer.layers.")
+    "text_decoder",
+    ("model.layers.", "model.language_model.layers.", "language_model.model.layers."),
+    ("",),
+    ("text_config.num_hidden_layers", "num_hidden_layers"),
+)
+_TOWER = (
+    "vision_tower.vision_model.encoder.layers.",
+    "vision_tower.encoder.layers.",
+    "vision_tower.transformer.layers.",
+)
 VISION_TOWER = ModuleSpec(
-    "vision_tower", (*_TOWER, *(f"model.{s}" for s in _TOWER)), ("vision_tower.", "model.vision_tower."),
-    ("vision_config.num_hidden_layers",))
+    "vision_tower",
+    (*_TOWER, *(f"model.{s}" for s in _TOWER)),
+    ("vision_tower.", "model.vision_tower."),
+    ("vision_config.num_hidden_layers",),
+)
 PROJECTOR = ModuleSpec("multi_modal_projector", (), ("multi_modal_projector.", "model.multi_modal_projector."))
 
 
@@ -59,10 +107,23 @@ def qwen_vl(index_list: str) -> tuple[ModuleSpec, ...]:
     merger (with Qwen3-VL's deepstack mergers) as the projector."""
     return (
         TEXT_DECODER,
-        ModuleSpec("vision_tower", ("visual.blocks.", "model.visual.blocks."), ("visual.", "model.visual."),
-                   ("vision_config.depth",), (f"vision_config.{index_list}",)),
-        ModuleSpec("multi_modal_projector", (), ("visual.merger.", "model.visual.merger.",
-                                                 "visual.deepstack_merger_list.", "model.visual.deepstack_merger_list.")),
+        ModuleSpec(
+            "vision_tower",
+            ("visual.blocks.", "model.visual.blocks."),
+            ("visual.", "model.visual."),
+            ("vision_config.depth",),
+            (f"vision_config.{index_list}",),
+        ),
+        ModuleSpec(
+            "multi_modal_projector",
+            (),
+            (
+                "visual.merger.",
+                "model.visual.merger.",
+                "visual.deepstack_merger_list.",
+                "model.visual.deepstack_merger_list.",
+            ),
+        ),
     )
 
 
@@ -95,12 +156,18 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
     "qwen2_5_vl": qwen_vl("fullatt_block_indexes"),
     "qwen3_vl": qwen_vl("deepstack_visual_indexes"),
     "qwen3_vl_moe": qwen_vl("deepstack_visual_indexes"),
-    **{name: (TEXT_DECODER, VISION_TOWER, PROJECTOR)
-       for name in ("gemma3", "llava", "llava_next", "llava_onevision", "mistral3", "paligemma", "aya_vision")},
+    **{
+        name: (TEXT_DECODER, VISION_TOWER, PROJECTOR)
+        for name in ("gemma3", "llava", "llava_next", "llava_onevision", "mistral3", "paligemma", "aya_vision")
+    },
     "llama4": (
         TEXT_DECODER,
-        ModuleSpec("vision_tower", ("vision_model.model.layers.", "model.vision_model.model.layers."),
-                   ("vision_model.", "model.vision_model."), ("vision_config.num_hidden_layers",)),
+        ModuleSpec(
+            "vision_tower",
+            ("vision_model.model.layers.", "model.vision_model.model.layers."),
+            ("vision_model.", "model.vision_model."),
+            ("vision_config.num_hidden_layers",),
+        ),
         PROJECTOR,
     ),
 }
@@ -108,8 +175,12 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
 # Config keys that give layers a kind by position (a rule, not a per-layer list): a slice
 # stack that moves layers would change which layers they describe. Value: the setting under
 # which every layer is alike, so slicing is safe.
-POSITIONAL_KEYS = {"first_k_dense_replace": 0, "decoder_sparse_step": 1, "moe_layer_freq": 1,
-                   "interleave_moe_layer_step": 1}
+POSITIONAL_KEYS = {
+    "first_k_dense_replace": 0,
+    "decoder_sparse_step": 1,
+    "moe_layer_freq": 1,
+    "interleave_moe_layer_step": 1,
+}
 # Families whose transformers config derives `layer_types` from the layer's position when
 # config.json has none (files written before transformers 4.53): model_type -> (path of the
 # text layer count, path of the pattern key or None, default pattern). Layer i is full

@@ -11,7 +11,7 @@ checked against the tensors, never used instead of them.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import ModelError
 from .config_paths import TEXT_COUNT_PATHS, get_path, present_counts
@@ -21,7 +21,8 @@ from .layout import Architecture, Module, Stack, split_layer_name
 # Loose weights that come after the layers: final norms and output heads.
 POST_PATTERN = re.compile(
     r"(^|\.)(lm_head|embed_out|output|score|classifier|proj_out|cls)(\.|$)"
-    r"|(^|\.)(norm|final_layernorm|final_layer_norm|ln_f|final_norm|norm_f)\.")
+    r"|(^|\.)(norm|final_layernorm|final_layer_norm|ln_f|final_norm|norm_f)\."
+)
 HEAD_PATTERN = re.compile(r"(^|\.)(lm_head|embed_out)\.weight$")
 EMBEDDING_PATTERN = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|embeddings|shared)\.weight$")
 
@@ -96,8 +97,7 @@ def _family_stacks(family, numbered, config) -> dict[str, str | None] | None:
     chosen = {}
     for spec in family:
         present = [p for p in spec.stacks if p in numbered]
-        if len(present) > 1 or (spec.stacks and not present
-                                and any(get_path(config, c) for c in spec.counts)):
+        if len(present) > 1 or (spec.stacks and not present and any(get_path(config, c) for c in spec.counts)):
             return None
         chosen[spec.name] = present[0] if present else None
     return chosen
@@ -111,8 +111,10 @@ def _from_family(model_type: str, family: tuple[ModuleSpec, ...], names, numbere
     for prefix in stacks:
         if not _contiguous(numbered[prefix]):
             missing = sorted(set(range(max(numbered[prefix]) + 1)) - set(numbered[prefix]))
-            raise ModelError(f"{where}: the weights have no tensors for layer(s) {missing[:5]} of {prefix}N; "
-                             "the checkpoint is incomplete: re-download it")
+            raise ModelError(
+                f"{where}: the weights have no tensors for layer(s) {missing[:5]} of {prefix}N; "
+                "the checkpoint is incomplete: re-download it"
+            )
     loose = [n for n in names if not (split_layer_name(n) and split_layer_name(n).prefix in stacks)]
     owns = {spec.name: spec.owns for spec in family}
     parts = _split_loose(loose, lambda n: _owner(n, owns), owns)

@@ -22,9 +22,11 @@ NOT_PER_LAYER = frozenset({"architectures"})
 def rewrite_module_layers(config: dict, module: Module, layers: list[tuple[dict, Module, int]], where: str) -> None:
     """Update `config` (the output's, a copy of the donor's) for `module`'s new `layers`."""
     if not module.count_keys:
-        raise ConfigError(f"{where} has no layer count for {module.name} (e.g. num_hidden_layers), so the "
-                          "sliced layer count cannot be written into the output config.json; add the key or "
-                          "make a model with a complete config.json the base_model")
+        raise ConfigError(
+            f"{where} has no layer count for {module.name} (e.g. num_hidden_layers), so the "
+            "sliced layer count cannot be written into the output config.json; add the key or "
+            "make a model with a complete config.json the base_model"
+        )
     holders = []
     for path in module.count_keys:
         holder, key = holder_of(config, path)
@@ -40,12 +42,15 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[tuple[dict,
             if path in index_keys and isinstance(holder[key], list):
                 holder[key] = _reindexed(path, layers)
             elif key in POSITIONAL_KEYS and moved and holder[key] not in (None, POSITIONAL_KEYS[key]):
-                raise ConfigError(f"{where}: {path} is {holder[key]}: it gives layers a kind by position, and "
-                                  f"this slice stack moves {module.name}'s layers; keep the layer order or merge "
-                                  "models without it")
+                raise ConfigError(
+                    f"{where}: {path} is {holder[key]}: it gives layers a kind by position, and "
+                    f"this slice stack moves {module.name}'s layers; keep the layer order or merge "
+                    "models without it"
+                )
             elif _per_layer(holder[key], module.num_layers) and key not in NOT_PER_LAYER:
-                holder[key] = [_entry(path, layer_config, source, layer, where)
-                               for layer_config, source, layer in layers]
+                holder[key] = [
+                    _entry(path, layer_config, source, layer, where) for layer_config, source, layer in layers
+                ]
 
 
 def with_layer_types(config: dict) -> dict:
@@ -79,8 +84,10 @@ def _entry(path: str, config: dict, module: Module, layer: int, where: str):
     """Entry `layer` of the per-layer list at `path` in a source model's config."""
     values = get_path(config, path)
     if not _per_layer(values, module.num_layers):
-        raise ConfigError(f"{where}: {path} is a per-layer list of the output, but a source model's config.json "
-                          f"has no {module.num_layers}-entry {path} to take layer {layer}'s entry from")
+        raise ConfigError(
+            f"{where}: {path} is a per-layer list of the output, but a source model's config.json "
+            f"has no {module.num_layers}-entry {path} to take layer {layer}'s entry from"
+        )
     return values[layer]
 
 

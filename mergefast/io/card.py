@@ -148,8 +148,7 @@ def model_card(
         "---",
         f"# {out_name}",
         "",
-        "This model is a merge of pre-trained language models, made with "
-        f"[mergefast]({MERGEFAST_URL}).",
+        f"This model is a merge of pre-trained language models, made with [mergefast]({MERGEFAST_URL}).",
         "",
         "## Merge Details",
         "### Merge Method",

@@ -92,10 +92,14 @@ def local_folder(ref: ModelRef) -> Path | None:
             )
         return local.absolute()
     if local.exists():
-        raise ModelError(f"model path {local} is a file; point the config at the folder holding config.json and the weights")
+        raise ModelError(
+            f"model path {local} is a file; point the config at the folder holding config.json and the weights"
+        )
     if local.is_symlink():
-        raise ModelError(f"model path {local} is a symbolic link that leads nowhere (a missing target or a "
-                         "loop); point it at the model folder")
+        raise ModelError(
+            f"model path {local} is a symbolic link that leads nowhere (a missing target or a "
+            "loop); point it at the model folder"
+        )
     if _looks_like_path(ref.path):
         raise ModelError(
             f"model folder {ref.path} does not exist; check the path (a Hugging Face repo id looks like org/name)"
@@ -110,8 +114,10 @@ def no_local_folder_either(ref: ModelRef):
         yield
     except ModelError as exc:
         # `models/ft-a` reads as a repo id too: say that no such local folder was found either
-        raise ModelError(f"{exc} (nor is there a local folder {ref.path} in {Path.cwd()}: "
-                         "relative model paths are read from the current folder)") from exc.__cause__
+        raise ModelError(
+            f"{exc} (nor is there a local folder {ref.path} in {Path.cwd()}: "
+            "relative model paths are read from the current folder)"
+        ) from exc.__cause__
 
 
 def check_repo_id(repo: str, what: str) -> None:
@@ -131,8 +137,11 @@ def cached_snapshot(repo: str, revision: str | None, cache_dir: str | None) -> P
     """The repo's snapshot folder in the local cache (no network; LocalEntryNotFoundError)."""
     import huggingface_hub as hf
 
-    return Path(hf.snapshot_download(repo, revision=revision, cache_dir=cache_dir, local_files_only=True,
-                                     allow_patterns=META_PATTERNS))
+    return Path(
+        hf.snapshot_download(
+            repo, revision=revision, cache_dir=cache_dir, local_files_only=True, allow_patterns=META_PATTERNS
+        )
+    )
 
 
 def cache_when_unreachable(error: Exception, repo: str, revision: str | None, cache_dir: str | None) -> Path:
@@ -202,7 +211,9 @@ def hub_errors(repo: str, revision: str | None, cache_dir: str | None, file: str
             "check the model name in the config"
         ) from e
     except hfe.RevisionNotFoundError as e:
-        raise ModelError(f"revision {revision!r} not found in Hugging Face repo {repo}; check the @revision in the config") from e
+        raise ModelError(
+            f"revision {revision!r} not found in Hugging Face repo {repo}; check the @revision in the config"
+        ) from e
     except hfe.RemoteEntryNotFoundError as e:
         raise ModelError(
             f"file {file or '?'} not found in Hugging Face repo {what}, though the repo lists it (or its index "
@@ -259,7 +270,9 @@ def _shards_of(index: Path) -> list[str]:
         weight_map = read_model_json(index.parent, index.name)["weight_map"]
         return sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(f"{index}: cannot read the weight_map of the downloaded index ({e}); the repo is broken") from e
+        raise ModelError(
+            f"{index}: cannot read the weight_map of the downloaded index ({e}); the repo is broken"
+        ) from e
 
 
 def _is_network_error(e: BaseException) -> bool:

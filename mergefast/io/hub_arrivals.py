@@ -64,8 +64,10 @@ class Arrivals:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._threads = [threading.Thread(target=self._work, name=f"hub-download-{i}", daemon=True)
-                         for i in range(min(max(1, threads), len(files)))]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"hub-download-{i}", daemon=True)
+            for i in range(min(max(1, threads), len(files)))
+        ]
         self._started = self._finished = 0.0
         self.waited_s = 0.0  # seconds the reader spent waiting for files (not reading them)
 
@@ -151,5 +153,7 @@ def check_download(f: HubFile, path: Path) -> None:
         with open(path, "rb") as fh:
             same = fh.read(8 + len(raw))[8:] == raw
     if not same:
-        raise ModelError(f"{path}: downloaded {f.name} of Hugging Face repo {f.remote.what} differs from the file "
-                         f"planned (commit {f.remote.commit[:12]}); delete it from the cache and retry")
+        raise ModelError(
+            f"{path}: downloaded {f.name} of Hugging Face repo {f.remote.what} differs from the file "
+            f"planned (commit {f.remote.commit[:12]}); delete it from the cache and retry"
+        )

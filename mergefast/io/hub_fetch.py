@@ -61,8 +61,17 @@ def download_summary(plan, out: Path | None = None) -> dict:
     """Per Hub input: files and bytes to download and already cached; the disks' needs."""
     per_model: dict[str, dict] = {}
     for f in hub_files(plan):
-        entry = per_model.setdefault(f.ref, {"repo": f.remote.what, "commit": f.remote.commit, "files": 0,
-                                             "download_bytes": 0, "cached_files": 0, "cached_bytes": 0})
+        entry = per_model.setdefault(
+            f.ref,
+            {
+                "repo": f.remote.what,
+                "commit": f.remote.commit,
+                "files": 0,
+                "download_bytes": 0,
+                "cached_files": 0,
+                "cached_bytes": 0,
+            },
+        )
         cached = f.remote.is_cached(f.name)
         entry["cached_files" if cached else "files"] += 1
         entry["cached_bytes" if cached else "download_bytes"] += f.size
@@ -77,8 +86,9 @@ def _disk_needs(plan, out: Path | None, downloads: bool = True) -> list[dict]:
 
     def add(path: Path, nbytes: int, what: str) -> None:
         where = _existing(path)
-        entry = needs.setdefault(os.stat(where).st_dev, {"path": str(where), "need": 0, "free": free_bytes(where),
-                                                          "what": []})
+        entry = needs.setdefault(
+            os.stat(where).st_dev, {"path": str(where), "need": 0, "free": free_bytes(where), "what": []}
+        )
         entry["need"] += nbytes
         entry["what"].append(what)
 
@@ -111,9 +121,11 @@ def check_disk_space(plan, out: Path | None, downloads: bool = True) -> None:
     disks = download_summary(plan, out)["disks"] if downloads else _disk_needs(plan, out, downloads=False)
     for disk in disks:
         if disk["need"] > disk["free"]:
-            raise ModelError(f"not enough free disk space: the {disk['what']} need {_gb(disk['need'])} on "
-                             f"the disk of {disk['path']}, which has {_gb(disk['free'])} free; free some "
-                             "space, or point HF_HUB_CACHE (or --transformers-cache) or OUT at a larger disk")
+            raise ModelError(
+                f"not enough free disk space: the {disk['what']} need {_gb(disk['need'])} on "
+                f"the disk of {disk['path']}, which has {_gb(disk['free'])} free; free some "
+                "space, or point HF_HUB_CACHE (or --transformers-cache) or OUT at a larger disk"
+            )
 
 
 def _gb(n: int) -> str:
@@ -121,8 +133,9 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n} bytes"
 
 
-def start_downloads(plan, out: Path | None = None, jobs=None, *, quiet: bool = False,
-                    threads: int | None = None, stream: bool = False) -> Arrivals | Streams:
+def start_downloads(
+    plan, out: Path | None = None, jobs=None, *, quiet: bool = False, threads: int | None = None, stream: bool = False
+) -> Arrivals | Streams:
     """Check the disks, then start downloading the Hub weight files that `jobs` (by default
     the plan's) read, in their order; the plan's readers wait for each file (io/hub_arrivals.py).
     With `stream` (--stream-inputs) nothing is downloaded: the readers read each tensor's bytes
@@ -155,4 +168,3 @@ def _remote_readers(plan) -> list:
     """The readers of the plan's Hub inputs planned from headers (io/hub_headers.py)."""
     readers = (_inner(model.reader) for model in plan.models.values())
     return [r for r in readers if getattr(r, "remote", None) is not None]
-

@@ -33,8 +33,10 @@ def fetch_header(remote: RemoteRepo, name: str) -> bytes:
     size = remote.sizes[name]
     where = _display(remote, name)
     if size < 8:
-        raise ModelError(f"{where}: not a safetensors file ({size} bytes, shorter than the 8-byte header length); "
-                         "the repo is broken: pin another @revision")
+        raise ModelError(
+            f"{where}: not a safetensors file ({size} bytes, shorter than the 8-byte header length); "
+            "the repo is broken: pin another @revision"
+        )
     with hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name):
         head = _get_range(remote, name, 0, min(FIRST_RANGE, size))
         n = header_length(where, head, size)
@@ -69,8 +71,9 @@ def _get_range(remote: RemoteRepo, name: str, start: int, end: int) -> bytes:
 
     url = hf_hub_url(remote.repo, name, revision=remote.commit)
     headers = {**build_hf_headers(), "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-    with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                              follow_redirects=True) as response:
+    with get_session().stream(
+        "GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, follow_redirects=True
+    ) as response:
         if response.status_code >= 400:
             response.read()
             hf_raise_for_status(response)

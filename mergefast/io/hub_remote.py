@@ -74,8 +74,11 @@ class RemoteRepo:
         import huggingface_hub as hf
 
         with hub_errors(self.repo, self.revision, self.cache_dir, file=name):
-            return Path(hf.hf_hub_download(self.repo, name, revision=self.commit, cache_dir=self.cache_dir,
-                                           tqdm_class=tqdm_class))
+            return Path(
+                hf.hf_hub_download(
+                    self.repo, name, revision=self.commit, cache_dir=self.cache_dir, tqdm_class=tqdm_class
+                )
+            )
 
 
 def locate_model(ref: ModelRef, cache_dir: str | None) -> Path | RemoteRepo:
@@ -113,10 +116,12 @@ def _check_cached_weights(folder: Path, ref: ModelRef) -> None:
         shards = sorted({v for v in weight_map.values() if isinstance(v, str)}) if isinstance(weight_map, dict) else []
         missing = [name for name in shards if not (folder / name).is_file()]
     if missing:
-        raise ModelError(f"Hugging Face repo {ref}: the cached copy in {folder} lacks its weights ({missing[0]}"
-                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; `mergefast plan` reads "
-                         "only their headers) and HF_HUB_OFFLINE is set: unset it to download them, or run "
-                         f"`hf download {ref.path}` first")
+        raise ModelError(
+            f"Hugging Face repo {ref}: the cached copy in {folder} lacks its weights ({missing[0]}"
+            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; `mergefast plan` reads "
+            "only their headers) and HF_HUB_OFFLINE is set: unset it to download them, or run "
+            f"`hf download {ref.path}` first"
+        )
 
 
 def _listing(ref: ModelRef):
@@ -124,8 +129,7 @@ def _listing(ref: ModelRef):
     import huggingface_hub as hf
     from huggingface_hub import constants
 
-    return hf.model_info(ref.path, revision=ref.revision, timeout=constants.HF_HUB_ETAG_TIMEOUT,
-                         files_metadata=True)
+    return hf.model_info(ref.path, revision=ref.revision, timeout=constants.HF_HUB_ETAG_TIMEOUT, files_metadata=True)
 
 
 def _remote_repo(ref: ModelRef, info, cache_dir: str | None) -> RemoteRepo | None:
@@ -140,9 +144,16 @@ def _remote_repo(ref: ModelRef, info, cache_dir: str | None) -> RemoteRepo | Non
     if any(s.size is None for s in siblings):
         return None
     storage = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.path, repo_type="model")
-    return RemoteRepo(ref.path, ref.revision, info.sha, {s.rfilename: s.size for s in siblings},
-                      {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs is not None}, weights[0],
-                      cache_dir, storage)
+    return RemoteRepo(
+        ref.path,
+        ref.revision,
+        info.sha,
+        {s.rfilename: s.size for s in siblings},
+        {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs is not None},
+        weights[0],
+        cache_dir,
+        storage,
+    )
 
 
 def _fetch_side_files(remote: RemoteRepo) -> None:
@@ -166,6 +177,8 @@ def check_listed(remote: RemoteRepo, shards: set[str], index: Path) -> None:
     """ModelError when the index names a shard the repo does not have."""
     missing = sorted(name for name in shards if name not in remote.sizes)
     if missing:
-        raise ModelError(f"{index}: weight_map names {missing[0]!r}, which Hugging Face repo {remote.what} "
-                         f"(commit {remote.commit[:12]}) does not have; the repo is incomplete: "
-                         "pin another @revision or tell its owners")
+        raise ModelError(
+            f"{index}: weight_map names {missing[0]!r}, which Hugging Face repo {remote.what} "
+            f"(commit {remote.commit[:12]}) does not have; the repo is incomplete: "
+            "pin another @revision or tell its owners"
+        )

@@ -52,7 +52,7 @@ class Streams:
             self._get(remote, name, start, out)
         else:
             with ThreadPoolExecutor(min(STREAMS, len(pieces))) as pool:
-                list(pool.map(lambda p: self._get(remote, name, start + p[0], out[p[0]:p[1]]), pieces))
+                list(pool.map(lambda p: self._get(remote, name, start + p[0], out[p[0] : p[1]]), pieces))
         with self._lock:
             self.fresh_bytes += len(out)
             self.seconds += time.perf_counter() - began
@@ -63,26 +63,36 @@ class Streams:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         url = hf_hub_url(remote.repo, name, revision=remote.commit)
-        headers = {**build_hf_headers(), "Range": f"bytes={start}-{start + len(out) - 1}",
-                   "Accept-Encoding": "identity"}
+        headers = {
+            **build_hf_headers(),
+            "Range": f"bytes={start}-{start + len(out) - 1}",
+            "Accept-Encoding": "identity",
+        }
         where = f"{name} of Hugging Face repo {remote.what} (commit {remote.commit[:12]})"
         got = 0
-        with hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name), get_session().stream(
-                "GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                follow_redirects=True) as response:
+        with (
+            hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name),
+            get_session().stream(
+                "GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, follow_redirects=True
+            ) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 hf_raise_for_status(response)
             if response.status_code != 206:
-                raise ModelError(f"{where}: the Hub answered a range request with HTTP {response.status_code}; "
-                                 "rerun without --stream-inputs")
+                raise ModelError(
+                    f"{where}: the Hub answered a range request with HTTP {response.status_code}; "
+                    "rerun without --stream-inputs"
+                )
             for chunk in response.iter_bytes(CHUNK):
                 if self._stop.is_set():
                     raise PipelineStopped("the merge has stopped")
                 if got + len(chunk) > len(out):
                     break
-                out[got:got + len(chunk)] = chunk
+                out[got : got + len(chunk)] = chunk
                 got += len(chunk)
         if got != len(out):
-            raise ModelError(f"{where}: the Hub sent {got} of the {len(out)} bytes asked for at offset {start}; "
-                             "retry, or rerun without --stream-inputs")
+            raise ModelError(
+                f"{where}: the Hub sent {got} of the {len(out)} bytes asked for at offset {start}; "
+                "retry, or rerun without --stream-inputs"
+            )

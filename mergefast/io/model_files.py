@@ -19,9 +19,17 @@ from ..errors import ModelError
 
 # Tokenizer and generation files copied from the donor, as mergekit 0.1.5 copies them.
 TOKENIZER_FILES = (
-    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
-    "added_tokens.json", "merges.txt", "vocab.json", "vocab.txt", "chat_template.jinja",
-    "chat_template.json", "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "merges.txt",
+    "vocab.json",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
 )
 # Every file besides the weights that mergefast reads or copies from a model folder.
 SIDE_FILES = ("config.json", *TOKENIZER_FILES)
@@ -42,8 +50,10 @@ def model_file(folder: Path, name: str, listed_in: Path | None = None) -> Path |
     rel = Path(name)
     if not name or rel.is_absolute() or ".." in rel.parts:
         where = f"{listed_in}: names file" if listed_in else f"{folder}: file"
-        raise ModelError(f"{where} {name!r}, outside the model folder {folder}; the file is corrupt or "
-                         "malicious: only files inside the folder are read")
+        raise ModelError(
+            f"{where} {name!r}, outside the model folder {folder}; the file is corrupt or "
+            "malicious: only files inside the folder are read"
+        )
     path = folder / rel
     if not path.is_file():
         return None
@@ -62,9 +72,11 @@ def check_inside(folder: Path, path: Path, listed_in: Path | None = None) -> Non
         return  # huggingface_hub snapshots link every file into ../../blobs
     listed = f" (listed in {listed_in})" if listed_in else ""
     how = "a symlink to" if path.is_symlink() else "under a symlinked folder, is"
-    raise ModelError(f"{path}: {how} {real}, outside the model folder{listed}; mergefast reads and "
-                     "copies only files inside a model folder, so that no file from elsewhere reaches OUT: "
-                     "copy the file into the folder instead")
+    raise ModelError(
+        f"{path}: {how} {real}, outside the model folder{listed}; mergefast reads and "
+        "copies only files inside a model folder, so that no file from elsewhere reaches OUT: "
+        "copy the file into the folder instead"
+    )
 
 
 def check_side_files(folder: Path) -> None:

@@ -11,8 +11,8 @@ config file's folder, or a folder of other files.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import ConfigError
 
@@ -37,8 +37,10 @@ def check_out_path(out: Path) -> None:
             raise ConfigError(f"output path {out} lies under {parent}, which is a file")
     cwd = Path.cwd().resolve()
     if _is_within(cwd, out.resolve()):
-        raise ConfigError(f"output path {out} is the current folder or holds it; mergefast "
-                          "replaces OUT whole: give a new folder, e.g. ./merged")
+        raise ConfigError(
+            f"output path {out} is the current folder or holds it; mergefast "
+            "replaces OUT whole: give a new folder, e.g. ./merged"
+        )
 
 
 def check_replaceable(out: Path, protected: Iterable[Path]) -> None:
@@ -47,8 +49,10 @@ def check_replaceable(out: Path, protected: Iterable[Path]) -> None:
     target = out.resolve()
     for path in protected:
         if _is_within(Path(path).resolve(), target):
-            raise ConfigError(f"output path {out} holds {path}, an input of this merge; mergefast "
-                              "replaces OUT whole, which would delete it: give another folder")
+            raise ConfigError(
+                f"output path {out} holds {path}, an input of this merge; mergefast "
+                "replaces OUT whole, which would delete it: give another folder"
+            )
     if not out.is_dir():
         return
     entries = sorted(p.name for p in out.iterdir())
@@ -56,7 +60,8 @@ def check_replaceable(out: Path, protected: Iterable[Path]) -> None:
         raise ConfigError(
             f"output path {out} already holds files that are not a model ({', '.join(entries[:3])}"
             f"{', ...' if len(entries) > 3 else ''}); mergefast replaces OUT whole: give a new or "
-            "empty folder, or remove it first")
+            "empty folder, or remove it first"
+        )
 
 
 def check_stats_path(stats_json: str | None, out: Path) -> None:
@@ -64,12 +69,14 @@ def check_stats_path(stats_json: str | None, out: Path) -> None:
     folder nor inside OUT (which is replaced)."""
     if not stats_json:
         return
-    path = Path(stats_json).absolute()   # as summary.write_stats_json will write it
+    path = Path(stats_json).absolute()  # as summary.write_stats_json will write it
     if path.is_dir():
         raise ConfigError(f"--stats-json {stats_json} is a folder; give a file path")
     if _is_within(path.resolve(), out.resolve()):
-        raise ConfigError(f"--stats-json {stats_json} lies inside the output folder {out}, which "
-                          "is replaced at the end of the merge; write it elsewhere")
+        raise ConfigError(
+            f"--stats-json {stats_json} lies inside the output folder {out}, which "
+            "is replaced at the end of the merge; write it elsewhere"
+        )
     if not path.parent.is_dir():
         raise ConfigError(f"--stats-json {stats_json}: folder {path.parent} does not exist")
 

@@ -14,9 +14,9 @@ from .model_files import TOKENIZER_FILES, model_file  # noqa: F401 - TOKENIZER_F
 log = logging.getLogger(__name__)
 
 
-
-def output_model_config(donor_config: dict, dtype_name: str | None, vocab_size: int | None = None,
-                        untie: bool = False, rewrites=()) -> dict:
+def output_model_config(
+    donor_config: dict, dtype_name: str | None, vocab_size: int | None = None, untie: bool = False, rewrites=()
+) -> dict:
     """The donor's config.json with the output dtype set and each sliced module's layers rewritten.
 
     `vocab_size`: the output vocabulary (padded), when a tokenizer was built or rows truncated.
@@ -56,10 +56,14 @@ def plan_output_config(plan) -> dict:
             continue  # the same layers as the donor's, or a module without layers (a projector)
         module = donor.arch.module(module_plan.name)
         if module is None:
-            raise ConfigError(f"{where}: the donor {plan.donor} has no {module_plan.name} module to describe "
-                              "the sliced one; make a model that has it the base_model")
-        layers = [(with_layer_types(plan.models[ref].config), plan.models[ref].arch.module(module_plan.name), layer)
-                  for ref, layer in module_plan.layer_sources()]
+            raise ConfigError(
+                f"{where}: the donor {plan.donor} has no {module_plan.name} module to describe "
+                "the sliced one; make a model that has it the base_model"
+            )
+        layers = [
+            (with_layer_types(plan.models[ref].config), plan.models[ref].arch.module(module_plan.name), layer)
+            for ref, layer in module_plan.layer_sources()
+        ]
         rewrites.append((module, layers, where))
     untie = any(job.name in donor.arch.tied_heads for job in plan.jobs)
     vocab = plan.vocab.output_vocab_size if plan.vocab is not None else None

@@ -16,8 +16,9 @@ import functools
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from torch.overrides import TorchFunctionMode
 
@@ -108,8 +109,9 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
     raise PipelineStopped("the merge has stopped")
 
 
-def _run_stages(threads: list[threading.Thread], stop: threading.Event, errors: list,
-                on_stop: Callable[[], None]) -> None:
+def _run_stages(
+    threads: list[threading.Thread], stop: threading.Event, errors: list, on_stop: Callable[[], None]
+) -> None:
     """Start the stages and wait for the last one. On any failure, or Ctrl-C (even while they
     start: a signal there once left the stages running with no stop), stop every stage,
     call `on_stop` and give them _STOP_WAIT seconds to finish their step; then raise."""
@@ -165,6 +167,7 @@ def run_pipeline(
             except BaseException as exc:  # handed to the calling thread
                 errors.append(exc)
                 stop.set()
+
         return run
 
     @guarded
@@ -215,8 +218,7 @@ def run_pipeline(
     # without an active exception", exit 134 (DELLA, Ctrl-C; seen in a core dump). Python
     # waits for non-daemon threads before it finalizes; a stopped stage ends at its next
     # torch call (_StopAtNextTorchCall) or its next step.
-    threads = [threading.Thread(target=t, name=f"{_THREAD_PREFIX}{t.__name__}")
-               for t in (reader, merger, writer)]
+    threads = [threading.Thread(target=t, name=f"{_THREAD_PREFIX}{t.__name__}") for t in (reader, merger, writer)]
     wall = time.perf_counter()
     _run_stages(threads, stop, errors, on_stop)
     times.wall_s = time.perf_counter() - wall

@@ -23,11 +23,20 @@ SCALE_SUFFIX = "_scale_inv"
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 # Name endings of quantized formats mergefast does not merge -> the format, for the message.
 REFUSED_SUFFIXES = {
-    ".qweight": "GPTQ/AWQ packed", ".qzeros": "GPTQ/AWQ packed", ".g_idx": "GPTQ", ".scales": "GPTQ/AWQ",
-    ".absmax": "bitsandbytes 4-bit", ".quant_map": "bitsandbytes 4-bit", ".nested_absmax": "bitsandbytes 4-bit",
-    ".SCB": "bitsandbytes int8", ".weight_format": "bitsandbytes int8", ".weight_scale": "per-tensor/channel FP8 or INT8",
-    ".input_scale": "FP8 activation-scaled", ".weight_packed": "compressed-tensors packed",
-    ".weight_zero_point": "compressed-tensors", ".weight_global_scale": "NVFP4",
+    ".qweight": "GPTQ/AWQ packed",
+    ".qzeros": "GPTQ/AWQ packed",
+    ".g_idx": "GPTQ",
+    ".scales": "GPTQ/AWQ",
+    ".absmax": "bitsandbytes 4-bit",
+    ".quant_map": "bitsandbytes 4-bit",
+    ".nested_absmax": "bitsandbytes 4-bit",
+    ".SCB": "bitsandbytes int8",
+    ".weight_format": "bitsandbytes int8",
+    ".weight_scale": "per-tensor/channel FP8 or INT8",
+    ".input_scale": "FP8 activation-scaled",
+    ".weight_packed": "compressed-tensors packed",
+    ".weight_zero_point": "compressed-tensors",
+    ".weight_global_scale": "NVFP4",
 }
 
 
@@ -49,23 +58,30 @@ def check_quantization(ref: str, reader: CheckpointReader, config: dict, where: 
     """weight -> its scale tensor for a block-scaled FP8 checkpoint ({} for an unquantized
     one); ConfigError naming the first tensor of any other quantized format."""
     names = set(reader.names())
-    method = (config.get("quantization_config") or {}).get("quant_method") if isinstance(
-        config.get("quantization_config"), dict) else None
+    method = (
+        (config.get("quantization_config") or {}).get("quant_method")
+        if isinstance(config.get("quantization_config"), dict)
+        else None
+    )
     scaled = {}
     for name in reader.names():
         info = reader.info(name)
         fmt = _refusal(name, info, names)
         if fmt is not None:
-            raise ConfigError(f"{where}: model {ref}: tensor {name} ({str(info.dtype).removeprefix('torch.')}) is "
-                              f"a {fmt} quantized weight{f' (quant_method: {method})' if method else ''}; mergefast "
-                              "merges unquantized and block-scaled FP8 checkpoints only: use the model's "
-                              "unquantized release")
+            raise ConfigError(
+                f"{where}: model {ref}: tensor {name} ({str(info.dtype).removeprefix('torch.')}) is "
+                f"a {fmt} quantized weight{f' (quant_method: {method})' if method else ''}; mergefast "
+                "merges unquantized and block-scaled FP8 checkpoints only: use the model's "
+                "unquantized release"
+            )
         if info.dtype in FP8_DTYPES:
             scaled[name] = name + SCALE_SUFFIX
             _check_scale(reader, name, info, block_size(config), where)
     if method and method != "fp8" and not scaled:
-        raise ConfigError(f"{where}: model {ref}: config.json says quant_method: {method}; mergefast merges "
-                          "unquantized and block-scaled FP8 checkpoints only: use the model's unquantized release")
+        raise ConfigError(
+            f"{where}: model {ref}: config.json says quant_method: {method}; mergefast merges "
+            "unquantized and block-scaled FP8 checkpoints only: use the model's unquantized release"
+        )
     return scaled
 
 
@@ -74,17 +90,21 @@ def _check_scale(reader, name: str, info: TensorInfo, block: tuple[int, int], wh
     scale = reader.info(name + SCALE_SUFFIX).shape
     expected = tuple(-(-d // b) for d, b in zip(info.shape, block))
     if len(info.shape) != 2 or tuple(scale) != expected:
-        raise ModelError(f"{where}: {name + SCALE_SUFFIX} has shape {list(scale)}, but {name} {list(info.shape)} in "
-                         f"{list(block)} blocks needs {list(expected)}; the FP8 checkpoint is inconsistent "
-                         "(check quantization_config.weight_block_size)")
+        raise ModelError(
+            f"{where}: {name + SCALE_SUFFIX} has shape {list(scale)}, but {name} {list(info.shape)} in "
+            f"{list(block)} blocks needs {list(expected)}; the FP8 checkpoint is inconsistent "
+            "(check quantization_config.weight_block_size)"
+        )
 
 
 def check_fp8_dtype(config, models: dict, refs: list[str], source: str) -> None:
     """FP8 inputs are merged in float32: the config must say which dtype to write."""
     fp8 = [r for r in refs if isinstance(models[r].reader, Fp8Reader)]
     if fp8 and not (config.out_dtype or config.dtype):
-        raise ConfigError(f"{source}: model {fp8[0]} is a block-scaled FP8 checkpoint, dequantized to float32 for "
-                          "the merge; set `dtype:` (e.g. bfloat16) to say what the output is written in")
+        raise ConfigError(
+            f"{source}: model {fp8[0]} is a block-scaled FP8 checkpoint, dequantized to float32 for "
+            "the merge; set `dtype:` (e.g. bfloat16) to say what the output is written in"
+        )
 
 
 def block_size(config: dict) -> tuple[int, int]:

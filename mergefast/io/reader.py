@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .model_files import model_file
 from .safetensors_header import (  # noqa: F401 - TensorInfo and the header parser are re-exported
     TensorInfo,
     read_safetensors_header,
 )
-from .model_files import model_file
 from .torch_bin import load_bin_state_dict
 from .weight_index import read_weight_map
 
@@ -40,6 +40,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+
 
 class MissingTensorError(ModelError, KeyError):
     """A tensor name is not in the checkpoint (a ModelError that `except KeyError` also catches)."""
@@ -181,7 +182,11 @@ class CheckpointReader:
             i = self._header(path).get(name)
         else:
             t = self._state_dict(path).get(name)
-            i = None if t is None else TensorInfo(name, t.dtype, tuple(t.shape), path, t.numel() * t.element_size(), None)
+            i = (
+                None
+                if t is None
+                else TensorInfo(name, t.dtype, tuple(t.shape), path, t.numel() * t.element_size(), None)
+            )
         if i is None:
             raise self._not_in_shard(path, name) if self._weight_map is not None else self._missing(name)
         return i
@@ -218,7 +223,8 @@ class CheckpointReader:
                 raise ModelError(f"{i.file}: reading tensor {i.name!r} failed ({e.strerror}); check the disk") from e
             if k == 0:
                 raise ModelError(
-                    f"{i.file}: tensor {i.name!r} ends past the end of the file (truncated while reading?); re-download it"
+                    f"{i.file}: tensor {i.name!r} ends past the end of the file (truncated while reading?); "
+                    "re-download it"
                 )
             got += k
 

@@ -78,8 +78,10 @@ def parse_safetensors_header(path: Path, raw: bytes, size: int) -> tuple[dict[st
     header = _parse_header_json(path, raw)
     metadata = _metadata(path, header.pop("__metadata__", None))
     if not header:
-        raise ModelError(f"{path}: the safetensors header lists no tensors, so the file holds no weights; "
-                         "re-download it, or remove it if it does not belong to the model")
+        raise ModelError(
+            f"{path}: the safetensors header lists no tensors, so the file holds no weights; "
+            "re-download it, or remove it if it does not belong to the model"
+        )
     data_start = 8 + header_len
     infos = [_tensor_info(path, name, entry, data_start, size) for name, entry in header.items()]
     ordered = sorted(infos, key=lambda i: i.data_offsets)
@@ -96,7 +98,8 @@ def _read_header_bytes(path: Path) -> tuple[bytes, int, int]:
             head = f.read(8)
             if len(head) < 8:
                 raise ModelError(
-                    f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length); re-download it"
+                    f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length); "
+                    "re-download it"
                 )
             n = header_length(path, head, size)
             raw = f.read(n)
@@ -153,12 +156,15 @@ def _parse_header_json(path: Path, raw: bytes) -> dict:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except _DuplicateKey as e:
         if e.top_level:
-            raise ModelError(f"{path}: tensor {e.key!r} is listed twice in the safetensors header (Python would "
-                             "keep one silently, the safetensors library refuses the file); re-download it") from None
+            raise ModelError(
+                f"{path}: tensor {e.key!r} is listed twice in the safetensors header (Python would "
+                "keep one silently, the safetensors library refuses the file); re-download it"
+            ) from None
         raise ModelError(f"{bad} (key {e.key!r} appears twice in one object); re-download the file") from None
     except RecursionError:
-        raise ModelError(f"{bad} (JSON nested deeper than {MAX_JSON_DEPTH} levels); the file is corrupt or "
-                         "malicious: re-download it") from None
+        raise ModelError(
+            f"{bad} (JSON nested deeper than {MAX_JSON_DEPTH} levels); the file is corrupt or malicious: re-download it"
+        ) from None
     except ValueError as e:  # invalid UTF-8, invalid JSON, NaN, a number too long to convert
         raise ModelError(f"{bad} (invalid JSON: {_first_line(e)}); re-download the file") from None
     if not isinstance(header, dict):
@@ -171,12 +177,16 @@ def _metadata(path: Path, metadata) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
-        raise ModelError(f"{path}: corrupt safetensors header (__metadata__ is {type(metadata).__name__}, not an "
-                         "object of strings); re-download the file")
+        raise ModelError(
+            f"{path}: corrupt safetensors header (__metadata__ is {type(metadata).__name__}, not an "
+            "object of strings); re-download the file"
+        )
     for key, value in metadata.items():
         if not isinstance(value, str):
-            raise ModelError(f"{path}: corrupt safetensors header (__metadata__ entry {_short(key)} is "
-                             f"{_short(value)}, not a string); re-download the file")
+            raise ModelError(
+                f"{path}: corrupt safetensors header (__metadata__ entry {_short(key)} is "
+                f"{_short(value)}, not a string); re-download the file"
+            )
         _check_text(path, f"__metadata__ entry {_short(key)}", key, value)
     return metadata
 
@@ -188,8 +198,9 @@ def _check_text(path: Path, what: str, *texts: str) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise ModelError(f"{path}: corrupt safetensors header ({what} is not valid UTF-8: "
-                             f"{_short(text)}); re-download the file") from None
+            raise ModelError(
+                f"{path}: corrupt safetensors header ({what} is not valid UTF-8: {_short(text)}); re-download the file"
+            ) from None
 
 
 def _tensor_info(path: Path, name: str, entry, data_start: int, size: int) -> TensorInfo:
@@ -223,12 +234,15 @@ def _nbytes(where: str, shape: tuple[int, ...], itemsize: int) -> int:
     n = itemsize
     for d in shape:
         if d < 0:
-            raise ModelError(f"{where}: negative dimension in shape {_short(list(shape))}; the file is corrupt, "
-                             "re-download it")
+            raise ModelError(
+                f"{where}: negative dimension in shape {_short(list(shape))}; the file is corrupt, re-download it"
+            )
         n *= d
         if n > _MAX_BYTES:
-            raise ModelError(f"{where}: shape {_short(list(shape))} is too large to exist (over 2**64 bytes); the "
-                             "file is corrupt, re-download it")
+            raise ModelError(
+                f"{where}: shape {_short(list(shape))} is too large to exist (over 2**64 bytes); the "
+                "file is corrupt, re-download it"
+            )
     return n
 
 
@@ -248,8 +262,10 @@ def _entry_fields(where: str, entry) -> tuple[str, tuple[int, ...], tuple[int, i
     extra = [key for key in entry if key not in _ENTRY_FIELDS] if len(entry) > len(_ENTRY_FIELDS) else ()
     for key in extra:  # the library ignores other fields, unless nested past its parser's limit
         if _depth(entry[key]) + 2 > MAX_JSON_DEPTH:
-            raise ModelError(f"{where}: corrupt safetensors header (field {_short(key)} is nested deeper than "
-                             f"{MAX_JSON_DEPTH} levels); the file is corrupt or malicious: re-download it")
+            raise ModelError(
+                f"{where}: corrupt safetensors header (field {_short(key)} is nested deeper than "
+                f"{MAX_JSON_DEPTH} levels); the file is corrupt or malicious: re-download it"
+            )
     return dtype_name, shape, (begin, end)
 
 
@@ -267,14 +283,18 @@ def _check_layout(path: Path, ordered: list[TensorInfo], data_start: int, size: 
             )
         if begin > pos:
             after = f"after tensor {previous!r}" if previous else "at the start of the data"
-            raise ModelError(f"{path}: tensor {info.name!r} starts at byte {begin}, leaving {begin - pos} unused "
-                             f"bytes {after} (from byte {pos}); the safetensors library refuses such gaps: the "
-                             "file is corrupt, re-download it")
+            raise ModelError(
+                f"{path}: tensor {info.name!r} starts at byte {begin}, leaving {begin - pos} unused "
+                f"bytes {after} (from byte {pos}); the safetensors library refuses such gaps: the "
+                "file is corrupt, re-download it"
+            )
         pos, previous = end, info.name
     if pos != size:
-        raise ModelError(f"{path}: {size - pos} bytes after the end of the last tensor {previous!r} (byte {pos}, "
-                         f"file size {size}); the safetensors library refuses a file its tensors do not cover: "
-                         "it is corrupt or not safetensors, re-download it")
+        raise ModelError(
+            f"{path}: {size - pos} bytes after the end of the last tensor {previous!r} (byte {pos}, "
+            f"file size {size}); the safetensors library refuses a file its tensors do not cover: "
+            "it is corrupt or not safetensors, re-download it"
+        )
 
 
 def _json_list(value) -> list:

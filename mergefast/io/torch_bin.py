@@ -25,8 +25,9 @@ def load_bin_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path}: holds a {type(sd).__name__}, not a dict of tensors; convert it to safetensors")
     named = next((k for k in sd if not isinstance(k, str)), None)
     if named is not None:
-        raise ModelError(f"{path}: key {named!r} is a {type(named).__name__}, not a tensor name; "
-                         "convert the checkpoint")
+        raise ModelError(
+            f"{path}: key {named!r} is a {type(named).__name__}, not a tensor name; convert the checkpoint"
+        )
     bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise ModelError(f"{path}: entry {bad!r} is a {type(sd[bad]).__name__}, not a tensor; convert the checkpoint")

@@ -41,7 +41,7 @@ nor imports triton.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -53,14 +53,31 @@ from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
 from . import dare as _dare
-from .dispatch import (BACKENDS, _choose, _dispatch, _impl, backend,  # noqa: F401 - _impl: tests
-                       describe_backends, missing_kernels, warn_missing_kernels)
+from .dispatch import (  # noqa: F401 - _impl: tests
+    BACKENDS,
+    _choose,
+    _dispatch,
+    _impl,
+    backend,
+    describe_backends,
+    missing_kernels,
+    warn_missing_kernels,
+)
 from .selection import DEFAULT as _DEFAULT_SELECTION
 from .selection import SelectionOptions
 
 __all__ = [
-    "BACKENDS", "SelectionOptions", "backend", "describe_backends", "linear",
-    "missing_kernels", "passthrough", "slerp", "task_arithmetic", "ties", "warn_missing_kernels",
+    "BACKENDS",
+    "SelectionOptions",
+    "backend",
+    "describe_backends",
+    "linear",
+    "missing_kernels",
+    "passthrough",
+    "slerp",
+    "task_arithmetic",
+    "ties",
+    "warn_missing_kernels",
 ]
 
 # sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
@@ -69,7 +86,7 @@ _NOT_YET = ("magnitude_outliers", "della")
 _SPARSIFY = ("none", "magnitude", "random")
 
 # Run-time failure records, read and written by `dispatch` through this package (tests reset them here).
-_broken: dict[str, str] = {}   # backend -> why it failed at run time (auto mode falls back)
+_broken: dict[str, str] = {}  # backend -> why it failed at run time (auto mode falls back)
 _warned: set[str] = set()
 
 
@@ -80,10 +97,11 @@ def _contiguous(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 def _numbers(values, what: str) -> list[float]:
     """Weights, lambda, t as floats. The kernels (and the references' divisors) read numbers:
     a tensor that wants a gradient would silently lose it, so it is an error."""
-    if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad
-                                       for v in values):
-        raise TypeError(f"{what} must be numbers: a tensor that requires grad would get no "
-                        "gradient; pass float(value), or tensors that require grad as inputs")
+    if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in values):
+        raise TypeError(
+            f"{what} must be numbers: a tensor that requires grad would get no "
+            "gradient; pass float(value), or tensors that require grad as inputs"
+        )
     return [float(v) for v in values]
 
 
@@ -93,6 +111,7 @@ def _f32_sum(weights: Sequence[float]) -> float:
 
 
 # ----------------------------------------------------------------------------- ops
+
 
 def linear(
     tensors: Sequence[torch.Tensor],
@@ -121,14 +140,12 @@ def linear(
     total = _f32_sum(weights)
     if normalize and abs(total) < ZERO_WEIGHT_SUM:
         raise ZeroWeightSumError(
-            f"linear weights {weights} sum to zero with normalize: true; "
-            "change the weights or set normalize: false"
+            f"linear weights {weights} sum to zero with normalize: true; change the weights or set normalize: false"
         )
     if tensors[0].numel() == 0:
         return torch.empty(tensors[0].shape, dtype=out, device=tensors[0].device)
     xs = _contiguous(tensors)
-    return _dispatch(tensors, out, reference,
-                     lambda impl: impl.linear(xs, weights, normalize, total, out))
+    return _dispatch(tensors, out, reference, lambda impl: impl.linear(xs, weights, normalize, total, out))
 
 
 def task_arithmetic(
@@ -167,8 +184,7 @@ def task_arithmetic(
     if len(tensors) != len(weights):
         raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(weights)} weights")
     if densities is not None and len(densities) != len(tensors):
-        raise ValueError(f"task arithmetic: got {len(tensors)} tensors and "
-                         f"{len(densities)} densities")
+        raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(densities)} densities")
     all_inputs = [base, *tensors]
     check_same_shape(all_inputs, "task arithmetic")
     out = result_dtype(all_inputs, out_dtype)
@@ -176,9 +192,20 @@ def task_arithmetic(
         return base.to(out, copy=True)
 
     def reference():
-        return _ta_ref(base, tensors, weights, densities=densities, sparsify=sparsify,
-                       consensus=consensus, normalize=normalize, lambda_=lambda_,
-                       out_dtype=out_dtype, rescale=rescale, seed=seed, tensor_name=tensor_name)
+        return _ta_ref(
+            base,
+            tensors,
+            weights,
+            densities=densities,
+            sparsify=sparsify,
+            consensus=consensus,
+            normalize=normalize,
+            lambda_=lambda_,
+            out_dtype=out_dtype,
+            rescale=rescale,
+            seed=seed,
+            tensor_name=tensor_name,
+        )
 
     if _choose(all_inputs, out) == "torch":
         return reference()
@@ -192,11 +219,34 @@ def task_arithmetic(
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
     if sparsify == "random":
-        return _dispatch(all_inputs, out, reference, lambda impl: _dare.run(
-            impl, b, xs, weights, dens, consensus == "sum", normalize, divisor, lambda_,
-            rescale, seed, tensor_name, out))
-    return _dispatch(all_inputs, out, reference, lambda impl: impl.task_arithmetic(
-        b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out, selection))
+        return _dispatch(
+            all_inputs,
+            out,
+            reference,
+            lambda impl: _dare.run(
+                impl,
+                b,
+                xs,
+                weights,
+                dens,
+                consensus == "sum",
+                normalize,
+                divisor,
+                lambda_,
+                rescale,
+                seed,
+                tensor_name,
+                out,
+            ),
+        )
+    return _dispatch(
+        all_inputs,
+        out,
+        reference,
+        lambda impl: impl.task_arithmetic(
+            b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out, selection
+        ),
+    )
 
 
 def _check_task_arithmetic_modes(sparsify: str, consensus: str | None) -> None:
@@ -204,7 +254,8 @@ def _check_task_arithmetic_modes(sparsify: str, consensus: str | None) -> None:
     if sparsify in _NOT_YET:
         raise NotImplementedError(
             f"mergefast.kernels.task_arithmetic: sparsify={sparsify!r} is not implemented in the "
-            "fused kernels yet; use mergefast.methods.task_arithmetic for it")
+            "fused kernels yet; use mergefast.methods.task_arithmetic for it"
+        )
     if sparsify not in _SPARSIFY:
         raise ValueError(f"sparsify must be one of {_SPARSIFY}, got {sparsify!r}")
     if consensus not in (None, "sum"):
@@ -224,8 +275,15 @@ def ties(
 ) -> torch.Tensor:
     """TIES: magnitude trim to each model's density, sum sign election, disjoint mean."""
     return task_arithmetic(
-        base, tensors, weights, densities=densities, sparsify="magnitude",
-        consensus="sum", normalize=normalize, lambda_=lambda_, out_dtype=out_dtype,
+        base,
+        tensors,
+        weights,
+        densities=densities,
+        sparsify="magnitude",
+        consensus="sum",
+        normalize=normalize,
+        lambda_=lambda_,
+        out_dtype=out_dtype,
         selection=selection,
     )
 
@@ -242,7 +300,7 @@ def slerp(
     `mergefast.methods.slerp` (1e-8 norm rule, lerp above |cos| 0.9995)."""
     check_same_shape([a, b], "slerp")
     out = result_dtype([a, b], out_dtype)
-    (t,) = _numbers([t], "slerp t")   # here: a bad t must not mark the backend broken
+    (t,) = _numbers([t], "slerp t")  # here: a bad t must not mark the backend broken
 
     def reference():
         return _slerp_ref(a, b, t, out_dtype=out_dtype)
@@ -259,7 +317,7 @@ def slerp(
             # float32 sums overflow past |x| ~ 1e19 (and NaN/inf inputs): the reference
             # normalises before its dot, so its cosine stays right there
             return reference()
-        n0, n1 = aa ** 0.5, bb ** 0.5
+        n0, n1 = aa**0.5, bb**0.5
         dot = ab / ((n0 if n0 > NORM_EPS else 1.0) * (n1 if n1 > NORM_EPS else 1.0))
         c0, c1 = slerp_coefficients(dot, t)
         return impl.slerp_apply(x, y, c0, c1, out)

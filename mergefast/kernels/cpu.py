@@ -13,19 +13,20 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 2   # MF_ABI_VERSION of csrc/mergefast.h
-LIBRARY = Path(__file__).with_name(
-    "libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
-FIX = ("install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
-       "`pip install -e .` in a checkout, else `pip install --force-reinstall --no-deps mergefast`")
+ABI_VERSION = 2  # MF_ABI_VERSION of csrc/mergefast.h
+LIBRARY = Path(__file__).with_name("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
+FIX = (
+    "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
+    "`pip install -e .` in a checkout, else `pip install --force-reinstall --no-deps mergefast`"
+)
 
 # status codes and constants of csrc/mergefast.h
 _OK, _ERR_MEMORY = 0, 2
@@ -39,11 +40,12 @@ _SIGNATURES = {
     "mf_block": (_i64, []),
     "mf_last_error": (ctypes.c_char_p, []),
     "mf_linear": (_i32, [_p, _p, _i32, _i64, _p, _i32, _f64, _p, _i32, _i32]),
-    "mf_task_arithmetic": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _i32, _f64,
-                                  _f64, _p, _i32, _i64, _i32, _p]),
+    "mf_task_arithmetic": (
+        _i32,
+        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
+    ),
     "mf_dare_norms": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _p]),
-    "mf_dare": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _p, _i32, _i32, _f64, _f64, _p,
-                       _i32, _i32, _p]),
+    "mf_dare": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
     "mf_magnitude_keep": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32]),
     "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
     "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
@@ -54,18 +56,21 @@ _SIGNATURES = {
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """The library with its signatures declared, or None and why it is unusable."""
     if not LIBRARY.exists():
-        return None, (f"{LIBRARY.name} was not built when mergefast was installed (no C++ "
-                      "compiler with OpenMP was found, or MERGEFAST_BUILD_EXT=0)")
+        return None, (
+            f"{LIBRARY.name} was not built when mergefast was installed (no C++ "
+            "compiler with OpenMP was found, or MERGEFAST_BUILD_EXT=0)"
+        )
     try:
-        lib = ctypes.CDLL(str(LIBRARY))   # torch is imported: its OpenMP runtime is shared
+        lib = ctypes.CDLL(str(LIBRARY))  # torch is imported: its OpenMP runtime is shared
         for name, (restype, argtypes) in _SIGNATURES.items():
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = restype, argtypes
     except (OSError, AttributeError) as exc:
         return None, f"{LIBRARY} does not load ({exc})"
     if lib.mf_abi_version() != ABI_VERSION:
-        return None, (f"{LIBRARY} is from another mergefast version (C ABI "
-                      f"{lib.mf_abi_version()}, this one needs {ABI_VERSION})")
+        return None, (
+            f"{LIBRARY} is from another mergefast version (C ABI {lib.mf_abi_version()}, this one needs {ABI_VERSION})"
+        )
     return lib, None
 
 
@@ -136,6 +141,7 @@ def _empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- calls
 
+
 def _lib() -> ctypes.CDLL:
     if _LIB is None:
         raise RuntimeError(f"the mergefast CPU kernels are unavailable: {ERROR}; {FIX}")
@@ -164,29 +170,39 @@ def _view(t: torch.Tensor, n: int, op: str) -> tuple[int, int]:
 def _views(ts: Sequence[torch.Tensor], n: int, op: str):
     """The C arrays of the data pointers and dtype codes of inputs `ts`."""
     views = [_view(t, n, op) for t in ts]
-    return ((ctypes.c_void_p * len(views))(*(p for p, _ in views)),
-            (ctypes.c_int32 * len(views))(*(c for _, c in views)))
+    return (
+        (ctypes.c_void_p * len(views))(*(p for p, _ in views)),
+        (ctypes.c_int32 * len(views))(*(c for _, c in views)),
+    )
 
 
 def _doubles(values: Sequence[float]):
     return (ctypes.c_double * len(values))(*values)
 
 
-def linear(xs: Sequence[torch.Tensor], weights: Sequence[float], divide: bool, total: float,
-           out_dtype: torch.dtype) -> torch.Tensor:
+def linear(
+    xs: Sequence[torch.Tensor], weights: Sequence[float], divide: bool, total: float, out_dtype: torch.dtype
+) -> torch.Tensor:
     out = _empty(xs[0], out_dtype)
     n = out.numel()
     ptrs, codes = _views(xs, n, "linear")
     optr, ocode = _view(out, n, "linear")
-    _check(_lib().mf_linear(ptrs, codes, len(xs), n, _doubles(weights), divide, total, optr,
-                            ocode, threads()))
+    _check(_lib().mf_linear(ptrs, codes, len(xs), n, _doubles(weights), divide, total, optr, ocode, threads()))
     return out
 
 
-def task_arithmetic_into(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
-                         keep: Sequence[int] | None, consensus: bool, normalize: bool,
-                         divisor: float, lambda_: float, out: torch.Tensor,
-                         selection: SelectionOptions = DEFAULT) -> bool:
+def task_arithmetic_into(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    keep: Sequence[int] | None,
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out: torch.Tensor,
+    selection: SelectionOptions = DEFAULT,
+) -> bool:
     """task_arithmetic into `out` (which must not overlap an input: the selection uses it as
     scratch); returns whether every delta x_i - base was finite."""
     n, op = out.numel(), "task_arithmetic"
@@ -194,23 +210,47 @@ def task_arithmetic_into(base: torch.Tensor, xs: Sequence[torch.Tensor], weights
     ptrs, codes = _views(xs, n, op)
     optr, ocode = _view(out, n, op)
     counts = None if keep is None else (ctypes.c_int64 * len(keep))(*keep)
-    one_read_min = (0 if not selection.one_read else
-                    -1 if selection.one_read_min is None else selection.one_read_min)
+    one_read_min = 0 if not selection.one_read else -1 if selection.one_read_min is None else selection.one_read_min
     finite = ctypes.c_int32()
-    _check(_lib().mf_task_arithmetic(
-        bptr, bcode, ptrs, codes, len(xs), n, _doubles(weights), counts,
-        SPARSIFY_NONE if keep is None else SPARSIFY_MAGNITUDE, consensus, normalize, divisor,
-        lambda_, optr, ocode, one_read_min, threads(), ctypes.byref(finite)))
+    _check(
+        _lib().mf_task_arithmetic(
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            _doubles(weights),
+            counts,
+            SPARSIFY_NONE if keep is None else SPARSIFY_MAGNITUDE,
+            consensus,
+            normalize,
+            divisor,
+            lambda_,
+            optr,
+            ocode,
+            one_read_min,
+            threads(),
+            ctypes.byref(finite),
+        )
+    )
     return bool(finite.value)
 
 
-def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
-                    keep: Sequence[int] | None, consensus: bool, normalize: bool,
-                    divisor: float, lambda_: float, out_dtype: torch.dtype,
-                    selection: SelectionOptions = DEFAULT) -> torch.Tensor:
+def task_arithmetic(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    keep: Sequence[int] | None,
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out_dtype: torch.dtype,
+    selection: SelectionOptions = DEFAULT,
+) -> torch.Tensor:
     out = _empty(base, out_dtype)
-    finite = task_arithmetic_into(base, xs, weights, keep, consensus, normalize, divisor,
-                                  lambda_, out, selection)
+    finite = task_arithmetic_into(base, xs, weights, keep, consensus, normalize, divisor, lambda_, out, selection)
     proven = getattr(_thread, "finite", None)
     if finite and proven is not None:
         proven.update(t.data_ptr() for t in (base, *xs))
@@ -221,22 +261,33 @@ def _keys(keys: Sequence[int]):
     return (ctypes.c_uint64 * len(keys))(*keys)
 
 
-def dare_norms(base: torch.Tensor, xs: Sequence[torch.Tensor], keys: Sequence[int],
-               densities: Sequence[float]) -> list[float]:
+def dare_norms(
+    base: torch.Tensor, xs: Sequence[torch.Tensor], keys: Sequence[int], densities: Sequence[float]
+) -> list[float]:
     """DARE's L1 norms: [sum |d_0|, sum |kept d_0|, sum |d_1|, ...] (float64, fixed order)."""
     n, op = base.numel(), "dare_norms"
     bptr, bcode = _view(base, n, op)
     ptrs, codes = _views(xs, n, op)
     sums = (ctypes.c_double * (2 * len(xs)))()
-    _check(_lib().mf_dare_norms(bptr, bcode, ptrs, codes, len(xs), n, _keys(keys),
-                                _doubles(densities), threads(), sums))
+    _check(
+        _lib().mf_dare_norms(bptr, bcode, ptrs, codes, len(xs), n, _keys(keys), _doubles(densities), threads(), sums)
+    )
     return list(sums)
 
 
-def dare(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
-         keys: Sequence[int], densities: Sequence[float], scales: Sequence[float],
-         consensus: bool, normalize: bool, divisor: float, lambda_: float,
-         out_dtype: torch.dtype) -> torch.Tensor:
+def dare(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    keys: Sequence[int],
+    densities: Sequence[float],
+    scales: Sequence[float],
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """DARE's apply pass (dare_linear / dare_ties with consensus) into a new tensor."""
     out = _empty(base, out_dtype)
     n, op = out.numel(), "dare"
@@ -244,9 +295,28 @@ def dare(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float
     ptrs, codes = _views(xs, n, op)
     optr, ocode = _view(out, n, op)
     finite = ctypes.c_int32()
-    _check(_lib().mf_dare(bptr, bcode, ptrs, codes, len(xs), n, _doubles(weights), _keys(keys),
-                          _doubles(densities), _doubles(scales), consensus, normalize, divisor,
-                          lambda_, optr, ocode, threads(), ctypes.byref(finite)))
+    _check(
+        _lib().mf_dare(
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            _doubles(weights),
+            _keys(keys),
+            _doubles(densities),
+            _doubles(scales),
+            consensus,
+            normalize,
+            divisor,
+            lambda_,
+            optr,
+            ocode,
+            threads(),
+            ctypes.byref(finite),
+        )
+    )
     proven = getattr(_thread, "finite", None)
     if finite.value and proven is not None:
         proven.update(t.data_ptr() for t in (base, *xs))
@@ -279,8 +349,7 @@ def slerp_dots(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     return dots[0], dots[1], dots[2]
 
 
-def slerp_apply(a: torch.Tensor, b: torch.Tensor, c0: float, c1: float,
-                out_dtype: torch.dtype) -> torch.Tensor:
+def slerp_apply(a: torch.Tensor, b: torch.Tensor, c0: float, c1: float, out_dtype: torch.dtype) -> torch.Tensor:
     out = _empty(a, out_dtype)
     n = out.numel()
     aptr, acode = _view(a, n, "slerp")

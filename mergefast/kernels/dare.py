@@ -16,7 +16,7 @@ rounded one, in its last bit. The masks are the reference's exactly, and without
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -48,15 +48,25 @@ def l1_scales(sums: Sequence[float]) -> list[float]:
     return scales
 
 
-def run(impl, base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
-        densities: Sequence[float], consensus: bool, normalize: bool, divisor: float,
-        lambda_: float, rescale: bool, seed: int, tensor_name: str,
-        out_dtype: torch.dtype) -> torch.Tensor:
+def run(
+    impl,
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    rescale: bool,
+    seed: int,
+    tensor_name: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """DARE on backend `impl` (kernels.cpu or kernels.triton.ops): the norms pass when
     `rescale`, then the apply pass. Inputs contiguous, validated by the kernel API."""
     keys = stream_keys(seed, tensor_name, len(xs))
     scales = [1.0] * len(xs)
     if rescale:
         scales = l1_scales(impl.dare_norms(base, xs, keys, densities))
-    return impl.dare(base, xs, weights, keys, densities, scales, consensus, normalize, divisor,
-                     lambda_, out_dtype)
+    return impl.dare(base, xs, weights, keys, densities, scales, consensus, normalize, divisor, lambda_, out_dtype)

@@ -17,8 +17,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable, Sequence
 
 import torch
 
@@ -89,8 +89,7 @@ def describe_backends() -> list[str]:
     from . import cpu
 
     if cpu_why is None:
-        lines.append(f"cpu:  {ops} -> cpu-ext ({cpu.LIBRARY.name}, OpenMP, "
-                     f"{cpu.threads()} threads)")
+        lines.append(f"cpu:  {ops} -> cpu-ext ({cpu.LIBRARY.name}, OpenMP, {cpu.threads()} threads)")
     else:
         fix = f". Fix: {cpu.FIX}" if cpu.ERROR is not None else ""
         lines.append(f"cpu:  {ops} -> torch (cpu-ext unavailable: {cpu_why}{fix})")
@@ -99,8 +98,9 @@ def describe_backends() -> list[str]:
         lines.append(f"cuda: {ops} -> triton ({_triton_version()})")
     else:
         lines.append(f"cuda: {ops} -> torch ({tri_why})")
-    lines.append("any:  passthrough -> torch (a copy and one scale; no kernel needed); "
-                 "float64 inputs -> torch reference")
+    lines.append(
+        "any:  passthrough -> torch (a copy and one scale; no kernel needed); float64 inputs -> torch reference"
+    )
     return lines
 
 
@@ -117,8 +117,10 @@ def missing_kernels(device: str | torch.device) -> str | None:
     from . import cpu
 
     fix = f" Fix: {cpu.FIX}." if cpu.ERROR is not None else ""
-    return (f"this merge runs on the torch reference path (TIES ~50x slower): the C++ CPU "
-            f"kernels are unavailable: {why}.{fix}")
+    return (
+        f"this merge runs on the torch reference path (TIES ~50x slower): the C++ CPU "
+        f"kernels are unavailable: {why}.{fix}"
+    )
 
 
 def warn_missing_kernels(device: str | torch.device) -> str | None:
@@ -182,8 +184,9 @@ def _forced_triton(device: torch.device, reference_only: bool) -> str:
     """MERGEFAST_BACKEND=triton: "triton", or "torch" for reference-only inputs; raises when
     the tensors are not on CUDA (or CPU under TRITON_INTERPRET=1) or triton is unusable."""
     if device.type != "cuda" and not (device.type == "cpu" and _triton_interpret()):
-        raise RuntimeError(f"MERGEFAST_BACKEND=triton but the tensors are on {device} "
-                           "(CPU tensors need TRITON_INTERPRET=1)")
+        raise RuntimeError(
+            f"MERGEFAST_BACKEND=triton but the tensors are on {device} (CPU tensors need TRITON_INTERPRET=1)"
+        )
     if reference_only:
         return "torch"
     why = _triton_missing()
@@ -212,8 +215,12 @@ def device_guard(device: torch.device) -> AbstractContextManager:
     return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
-def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
-              reference: Callable[[], torch.Tensor], run: Callable[[object], torch.Tensor]):
+def _dispatch(
+    inputs: Sequence[torch.Tensor],
+    out_dtype: torch.dtype,
+    reference: Callable[[], torch.Tensor],
+    run: Callable[[object], torch.Tensor],
+):
     """`run(impl)` on the chosen backend, or `reference()`; an automatically chosen backend
     that raises is marked broken and the call (and later ones) use the reference."""
     name = _choose(inputs, out_dtype)
@@ -223,7 +230,7 @@ def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
         with device_guard(inputs[0].device):
             return run(_impl(name))
     except _OUT_OF_MEMORY:
-        raise   # not a broken backend, and the reference needs more memory still
+        raise  # not a broken backend, and the reference needs more memory still
     except Exception as exc:
         if _requested() is not None:
             raise
@@ -231,6 +238,9 @@ def _dispatch(inputs: Sequence[torch.Tensor], out_dtype: torch.dtype,
         package._broken[name] = f"{type(exc).__name__}: {exc}"
         if name not in package._warned:
             package._warned.add(name)
-            warnings.warn(f"mergefast: the {name} kernels failed ({exc}); using the torch "
-                          "reference from now on", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"mergefast: the {name} kernels failed ({exc}); using the torch reference from now on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return reference()

@@ -12,7 +12,7 @@ YAML parameters to the kernel op, with `MethodSpec.merge`'s signature.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -42,13 +42,20 @@ def _task_arithmetic(method: str):
         if g["rescale"] and sparsify != "random":
             return None  # only the DARE kernels rescale (kernels/dare.py): the reference runs
         base, others, params = split_base(tensors, base_index, m)
-        extra = (dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name)
-                 if sparsify == "random" else {})
+        extra = dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name) if sparsify == "random" else {}
         return kernels.task_arithmetic(
-            base, others, [p["weight"] for p in params], densities=[p["density"] for p in params],
-            sparsify=sparsify, consensus=consensus, normalize=g["normalize"], lambda_=g["lambda"],
-            out_dtype=out_dtype, **extra,
+            base,
+            others,
+            [p["weight"] for p in params],
+            densities=[p["density"] for p in params],
+            sparsify=sparsify,
+            consensus=consensus,
+            normalize=g["normalize"],
+            lambda_=g["lambda"],
+            out_dtype=out_dtype,
+            **extra,
         )
+
     return merge
 
 
@@ -64,10 +71,27 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
 }
 
 
-def merge_group(spec: MethodSpec, tensors: Sequence[torch.Tensor], base_index: int | None,
-                global_params: dict, model_params: Sequence[dict], out_dtype, *,
-                seed: int | None = 0, tensor_name: str = "") -> torch.Tensor:
+def merge_group(
+    spec: MethodSpec,
+    tensors: Sequence[torch.Tensor],
+    base_index: int | None,
+    global_params: dict,
+    model_params: Sequence[dict],
+    out_dtype,
+    *,
+    seed: int | None = 0,
+    tensor_name: str = "",
+) -> torch.Tensor:
     """`methods.registry.merge_group` with the method's fused kernel where `FUSED` has one:
     what the executor runs for every tensor group."""
-    return registry.merge_group(spec, tensors, base_index, global_params, model_params, out_dtype,
-                                seed=seed, tensor_name=tensor_name, fast=FUSED.get(spec.name))
+    return registry.merge_group(
+        spec,
+        tensors,
+        base_index,
+        global_params,
+        model_params,
+        out_dtype,
+        seed=seed,
+        tensor_name=tensor_name,
+        fast=FUSED.get(spec.name),
+    )

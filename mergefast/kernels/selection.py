@@ -53,13 +53,11 @@ class SelectionOptions:
         if self.two_pass not in TWO_PASS_SCHEMES:
             raise ValueError(f"two_pass must be one of {TWO_PASS_SCHEMES}, got {self.two_pass!r}")
         if self.candidates not in CANDIDATE_SCHEMES:
-            raise ValueError(f"candidates must be one of {CANDIDATE_SCHEMES}, "
-                             f"got {self.candidates!r}")
+            raise ValueError(f"candidates must be one of {CANDIDATE_SCHEMES}, got {self.candidates!r}")
         if self.one_read_min is not None and self.one_read_min < 1:
             raise ValueError(f"one_read_min must be None or >= 1, got {self.one_read_min}")
         if self.one_read_block < 16 or self.one_read_block & (self.one_read_block - 1):
-            raise ValueError(f"one_read_block must be a power of two >= 16, "
-                             f"got {self.one_read_block}")
+            raise ValueError(f"one_read_block must be a power of two >= 16, got {self.one_read_block}")
         if self.hist_programs_per_sm < 1:
             raise ValueError(f"hist_programs_per_sm must be >= 1, got {self.hist_programs_per_sm}")
 

@@ -14,6 +14,13 @@ from .loose_weights import take_loose_weights
 from .mergekit_legacy import LEGACY_SOURCE, drop_unread_keys, dump_yaml, legacy_command, legacy_config
 
 __all__ = [
-    "LEGACY_SOURCE", "bakllama_command", "bakllama_yaml", "drop_unread_keys", "dump_yaml",
-    "legacy_command", "legacy_config", "read_bakllama", "take_loose_weights",
+    "LEGACY_SOURCE",
+    "bakllama_command",
+    "bakllama_yaml",
+    "drop_unread_keys",
+    "dump_yaml",
+    "legacy_command",
+    "legacy_config",
+    "read_bakllama",
+    "take_loose_weights",
 ]

@@ -11,8 +11,9 @@ first/last slice's model the plan's pre-/post-weight jobs are replaced by copies
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import yaml
@@ -84,8 +85,12 @@ def _layer_slice(item: Any, where: str) -> dict:
     scale = item.get("scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise ConfigError(f"{where}.scale: expected a number, got {scale!r}")
-    return {"model": _model(item["model"], f"{where}.model"), "start": start, "end": end,
-            "scale": None if scale is None else float(scale)}
+    return {
+        "model": _model(item["model"], f"{where}.model"),
+        "start": start,
+        "end": end,
+        "scale": None if scale is None else float(scale),
+    }
 
 
 def bakllama_yaml(bak: dict, fp16: bool = False, origin: str | None = None) -> str:
@@ -115,8 +120,10 @@ def bakllama_yaml(bak: dict, fp16: bool = False, origin: str | None = None) -> s
 
 def _edge_sources(bak: dict) -> tuple[str, str]:
     """(embedding source, lm_head source) with bakllama's defaults applied."""
-    return (bak["embedding_source"] or bak["layer_slices"][0]["model"],
-            bak["lm_head_source"] or bak["layer_slices"][-1]["model"])
+    return (
+        bak["embedding_source"] or bak["layer_slices"][0]["model"],
+        bak["lm_head_source"] or bak["layer_slices"][-1]["model"],
+    )
 
 
 _SLICE_WHERE = re.compile(r"slices\[(\d+)\]\.sources\[0\](?:\.layer_range: \[(\d+), (\d+)\])?")
@@ -125,25 +132,32 @@ _SLICE_WHERE = re.compile(r"slices\[(\d+)\]\.sources\[0\](?:\.layer_range: \[(\d
 def _bakllama_words(message: str) -> str:
     """Planner messages name `slices[i].sources[0].layer_range: [a, b]`: say `layer_slices[i]:
     start a, end b` instead."""
+
     def words(m: re.Match) -> str:
         where = f"layer_slices[{m.group(1)}]"
         return f"{where}: start {m.group(2)}, end {m.group(3)}" if m.group(2) else where
+
     return _SLICE_WHERE.sub(words, message)
 
 
 @click.command("bakllama")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=True))
-@click.option("--clone-tensors/--no-clone-tensors", default=False,
-              help="Accepted for compatibility: repeated layers always work in mergefast.")
+@click.option(
+    "--clone-tensors/--no-clone-tensors",
+    default=False,
+    help="Accepted for compatibility: repeated layers always work in mergefast.",
+)
 @click.option("--fp16/--no-fp16", default=False, help="dtype: float16.")
-@click.option("--print-yaml/--no-print-yaml", default=False,
-              help="Print the equivalent passthrough config, then merge.")
+@click.option(
+    "--print-yaml/--no-print-yaml", default=False, help="Print the equivalent passthrough config, then merge."
+)
 @DRY_RUN
 @merge_options
 @reports_errors
-def bakllama_command(config_file, out_path, clone_tensors=False, fp16=False, print_yaml=False, dry_run=False,
-                     **options):
+def bakllama_command(
+    config_file, out_path, clone_tensors=False, fp16=False, print_yaml=False, dry_run=False, **options
+):
     """Stack layer ranges of models (a bakllama CONFIG_FILE) into the folder OUT_PATH."""
     path = Path(config_file)
     if not path.is_file():
@@ -157,6 +171,12 @@ def bakllama_command(config_file, out_path, clone_tensors=False, fp16=False, pri
     if print_yaml:
         click.echo(config_text)
     embed, head = _edge_sources(bak)
-    run_command(config_text, out_path, options, dry_run, source=str(path),
-                adjust=lambda plan, opts: take_loose_weights(plan, opts, pre=embed, post=head),
-                explain=_bakllama_words)
+    run_command(
+        config_text,
+        out_path,
+        options,
+        dry_run,
+        source=str(path),
+        adjust=lambda plan, opts: take_loose_weights(plan, opts, pre=embed, post=head),
+        explain=_bakllama_words,
+    )

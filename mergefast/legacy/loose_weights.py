@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import ConfigError
 
@@ -29,13 +29,24 @@ def _copy_jobs(plan, ref: str, names: Sequence[str], replaced: dict, what: str, 
         info = reader.info(found)
         old = replaced.get(name)
         if old is not None and tuple(old.shape) != tuple(info.shape):
-            raise ConfigError(f"{plan.source}: {what} {ref}: {found} has shape {list(info.shape)} but the "
-                              f"layers' model has {list(old.shape)} for {name}; the models must have the same "
-                              "vocabulary and hidden sizes")
+            raise ConfigError(
+                f"{plan.source}: {what} {ref}: {found} has shape {list(info.shape)} but the "
+                f"layers' model has {list(old.shape)} for {name}; the models must have the same "
+                "vocabulary and hidden sizes"
+            )
         dtype = out_dtype if out_dtype is not None and info.dtype.is_floating_point else info.dtype
-        jobs.append(TensorJob(name=name, sources=(TensorSource(ref, found, info),), base_index=None,
-                              global_params={}, model_params=({"scale": None},), dtype=dtype,
-                              shape=tuple(info.shape), copy=dtype == info.dtype))
+        jobs.append(
+            TensorJob(
+                name=name,
+                sources=(TensorSource(ref, found, info),),
+                base_index=None,
+                global_params={},
+                model_params=({"scale": None},),
+                dtype=dtype,
+                shape=tuple(info.shape),
+                copy=dtype == info.dtype,
+            )
+        )
     return jobs
 
 
@@ -59,15 +70,18 @@ def take_loose_weights(plan, options, *, pre: str | None = None, post: str | Non
     if pre is None and post is None:
         return
     if len(plan.modules) > 1:
-        raise ConfigError(f"{plan.source}: embedding_source / lm_head_source work on single-module models only; "
-                          f"{first} has {plan.models[first].arch.describe()}")
+        raise ConfigError(
+            f"{plan.source}: embedding_source / lm_head_source work on single-module models only; "
+            f"{first} has {plan.models[first].arch.describe()}"
+        )
     _open_new_models(plan, options, [pre, post])
     head, middle, end = _split_at_layers(plan.jobs, plan.models[first].arch.layer_prefix)
     name = plan.config.out_dtype or plan.config.dtype
     out_dtype = TORCH_DTYPES[name] if name else None
     if pre is not None:
-        head = _copy_jobs(plan, pre, plan.models[pre].arch.pre_weights, {j.name: j for j in head},
-                          "embedding_source", out_dtype)
+        head = _copy_jobs(
+            plan, pre, plan.models[pre].arch.pre_weights, {j.name: j for j in head}, "embedding_source", out_dtype
+        )
     if post is not None:
         names = list(plan.models[post].arch.post_weights)
         names += [j.name for j in end if j.name not in names]  # e.g. lm_head from a tied source
@@ -97,6 +111,7 @@ def _split_at_layers(jobs: list, prefix: str | None) -> tuple[list, list, list]:
 
 def _check_architecture(plan, new: Sequence[str]) -> None:
     """ConfigError when a newly opened model's architecture differs from the plan's models'."""
+
     def arch(ref):
         return tuple(plan.models[ref].config.get("architectures") or ())
 
@@ -104,5 +119,7 @@ def _check_architecture(plan, new: Sequence[str]) -> None:
     for ref in new:
         if arch(ref) and known and arch(ref) not in known:
             other, kind = next(iter(known.values())), next(iter(known))
-            raise ConfigError(f"models have different architectures: {other} is {'/'.join(kind)} but {ref} is "
-                              f"{'/'.join(arch(ref))}; pass --allow-crimes to merge them anyway")
+            raise ConfigError(
+                f"models have different architectures: {other} is {'/'.join(kind)} but {ref} is "
+                f"{'/'.join(arch(ref))}; pass --allow-crimes to merge them anyway"
+            )

@@ -22,7 +22,8 @@ flag the user gave caused them; the printed YAML is exactly the config that is m
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import click
 import yaml
@@ -42,15 +43,25 @@ def _spread(flag: str, values: Sequence[float], models: list[dict], key: str) ->
         values = list(values) * len(models)
     if len(values) > len(models):
         names = ", ".join(m["model"] for m in models)
-        raise ConfigError(f"{LEGACY_SOURCE}: {len(values)} {flag} values for {len(models)} models ({names}); "
-                          f"give one value for every model or at most one per model")
+        raise ConfigError(
+            f"{LEGACY_SOURCE}: {len(values)} {flag} values for {len(models)} models ({names}); "
+            f"give one value for every model or at most one per model"
+        )
     for model, value in zip(models, values):
         model["parameters"][key] = float(value)
 
 
-def legacy_config(merge: Sequence[str], weight: Sequence[float] = (), density: Sequence[float] = (),
-                  method: str = "ties", base_model: str | None = None, normalize: bool = True,
-                  int8_mask: bool = False, bf16: bool = False, naive_count: bool = False) -> dict:
+def legacy_config(
+    merge: Sequence[str],
+    weight: Sequence[float] = (),
+    density: Sequence[float] = (),
+    method: str = "ties",
+    base_model: str | None = None,
+    normalize: bool = True,
+    int8_mask: bool = False,
+    bf16: bool = False,
+    naive_count: bool = False,
+) -> dict:
     """The config mergekit-legacy 0.1.5 builds from these flags, as a plain dict (its keys and
     values exactly; `drop_unread_keys` then removes what mergefast's schema rejects)."""
     if not merge and not base_model:
@@ -62,8 +73,10 @@ def legacy_config(merge: Sequence[str], weight: Sequence[float] = (), density: S
     _spread("--density", density, models, "density")
     if method == "slerp":
         if len(weight) != 1:
-            raise ConfigError(f"{LEGACY_SOURCE}: --method slerp takes exactly one --weight (it becomes the "
-                              f"interpolation factor t), got {len(weight)}")
+            raise ConfigError(
+                f"{LEGACY_SOURCE}: --method slerp takes exactly one --weight (it becomes the "
+                f"interpolation factor t), got {len(weight)}"
+            )
         parameters["t"] = float(weight[0])
     else:
         _spread("--weight", weight, models, "weight")
@@ -81,8 +94,14 @@ def legacy_config(merge: Sequence[str], weight: Sequence[float] = (), density: S
 
 
 # the flag that writes each parameter mergekit-legacy may generate
-_FLAGS = {"consensus_method": "--naive-count", "int8_mask": "--int8-mask", "normalize": "--normalize",
-          "density": "--density", "weight": "--weight", "t": "--weight"}
+_FLAGS = {
+    "consensus_method": "--naive-count",
+    "int8_mask": "--int8-mask",
+    "normalize": "--normalize",
+    "density": "--density",
+    "weight": "--weight",
+    "t": "--weight",
+}
 
 
 def drop_unread_keys(data: dict, given: Sequence[str] = ()) -> tuple[dict, list[str]]:
@@ -103,8 +122,7 @@ def drop_unread_keys(data: dict, given: Sequence[str] = ()) -> tuple[dict, list[
 
     model_names = {p.name for p in spec.model_params}
     parameters = keep(data["parameters"], lambda k: spec.param(k) is not None)
-    models = [{**entry, "parameters": keep(entry["parameters"], model_names.__contains__)}
-              for entry in data["models"]]
+    models = [{**entry, "parameters": keep(entry["parameters"], model_names.__contains__)} for entry in data["models"]]
     warnings = _drop_warnings(dropped, method, given)
     return {**data, "models": models, "parameters": parameters}, warnings
 
@@ -116,11 +134,14 @@ def _drop_warnings(dropped: Sequence[str], method: str, given: Sequence[str]) ->
     for key in dict.fromkeys(dropped):
         flag = _FLAGS.get(key, key)
         if key == "consensus_method":
-            warnings.append("--naive-count writes `consensus_method: count`, which mergekit 0.1.5 never reads "
-                            "(a no-op); it is left out of the config")
+            warnings.append(
+                "--naive-count writes `consensus_method: count`, which mergekit 0.1.5 never reads "
+                "(a no-op); it is left out of the config"
+            )
         elif flag in given:
-            warnings.append(f"{flag}: {method} takes no '{key}' parameter (mergekit ignores it); "
-                            "it is left out of the config")
+            warnings.append(
+                f"{flag}: {method} takes no '{key}' parameter (mergekit ignores it); it is left out of the config"
+            )
         else:
             log.info("%s takes no '%s' parameter; left out of the config", method, key)
     return warnings
@@ -134,8 +155,12 @@ def dump_yaml(data: dict) -> str:
 def _given_flags(ctx: click.Context) -> set[str]:
     """The legacy flags that came from the command line (not defaults)."""
     given = set()
-    for name, flag in (("normalize", "--normalize"), ("int8_mask", "--int8-mask"),
-                       ("density", "--density"), ("weight", "--weight")):
+    for name, flag in (
+        ("normalize", "--normalize"),
+        ("int8_mask", "--int8-mask"),
+        ("density", "--density"),
+        ("weight", "--weight"),
+    ):
         source = ctx.get_parameter_source(name)
         if source is not None and source.name == "COMMANDLINE":
             given.add(flag)
@@ -145,33 +170,64 @@ def _given_flags(ctx: click.Context) -> set[str]:
 def _legacy_words(message: str) -> str:
     """A missing weight comes from missing --weight flags: say which flag to give."""
     if "missing required parameter 'weight'" in message:
-        return (message + "; give --weight once (for every model) or once per model in order, the appended "
-                "--base-model last")
+        return (
+            message + "; give --weight once (for every model) or once per model in order, the appended "
+            "--base-model last"
+        )
     return message
 
 
 @click.command("legacy")
 @click.argument("out_path", type=click.Path(file_okay=True))
 @click.option("--merge", "merge", multiple=True, help="Add a model to the merge (repeat).")
-@click.option("--density", type=float, multiple=True,
-              help="Fraction of weights to keep: once for every model, or once per model in order.")
-@click.option("--weight", type=float, multiple=True,
-              help="Model weight: once for every model, or once per model; with --method slerp, t.")
+@click.option(
+    "--density",
+    type=float,
+    multiple=True,
+    help="Fraction of weights to keep: once for every model, or once per model in order.",
+)
+@click.option(
+    "--weight",
+    type=float,
+    multiple=True,
+    help="Model weight: once for every model, or once per model; with --method slerp, t.",
+)
 @click.option("--method", default="ties", show_default=True, help="Merge method.")
 @click.option("--base-model", default=None, help="Base model (added to the models when not a --merge).")
-@click.option("--normalize/--no-normalize", default=True, show_default=True,
-              help="Divide merged parameters by the sum of weights.")
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="Divide merged parameters by the sum of weights.",
+)
 @click.option("--int8-mask/--no-int8-mask", default=False, help="Accepted (writes int8_mask: true).")
 @click.option("--bf16/--no-bf16", default=False, help="dtype: bfloat16.")
-@click.option("--naive-count/--no-naive-count", default=False,
-              help="Accepted; mergekit writes consensus_method: count, which nothing reads (dropped here).")
+@click.option(
+    "--naive-count/--no-naive-count",
+    default=False,
+    help="Accepted; mergekit writes consensus_method: count, which nothing reads (dropped here).",
+)
 @click.option("--print-yaml/--no-print-yaml", default=False, help="Print the generated config, then merge.")
 @DRY_RUN
 @merge_options
 @click.pass_context
 @reports_errors
-def legacy_command(ctx, out_path, merge, density, weight, method, base_model, normalize, int8_mask, bf16,
-                   naive_count, print_yaml, dry_run=False, **options):
+def legacy_command(
+    ctx,
+    out_path,
+    merge,
+    density,
+    weight,
+    method,
+    base_model,
+    normalize,
+    int8_mask,
+    bf16,
+    naive_count,
+    print_yaml,
+    dry_run=False,
+    **options,
+):
     """Merge with mergekit-legacy's flags into the folder OUT_PATH (mergekit-legacy compatible)."""
     from ..config import parse_config
 

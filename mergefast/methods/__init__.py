@@ -14,7 +14,20 @@ from .slerp import slerp
 from .task_arithmetic import magnitude_mask, task_arithmetic, ties
 
 __all__ = [
-    "ZeroWeightSumError", "arcee_fusion", "karcher", "linear", "magnitude_mask", "model_stock",
-    "multislerp", "nearswap", "nuslerp", "passthrough", "ram", "ramplus_tl", "sce", "slerp",
-    "task_arithmetic", "ties",
+    "ZeroWeightSumError",
+    "arcee_fusion",
+    "karcher",
+    "linear",
+    "magnitude_mask",
+    "model_stock",
+    "multislerp",
+    "nearswap",
+    "nuslerp",
+    "passthrough",
+    "ram",
+    "ramplus_tl",
+    "sce",
+    "slerp",
+    "task_arithmetic",
+    "ties",
 ]

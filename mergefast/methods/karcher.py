@@ -3,7 +3,7 @@ scaled by their mean norm. Every input counts equally; there is no base."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -3,7 +3,7 @@ computed from the angle between their task vectors (Jang et al., 2024)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -3,7 +3,7 @@ vectors against a base): one exponential-map step from the normalised weighted m
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,8 +31,10 @@ def multislerp_vectors(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Te
     if mean_norm < eps:
         if x.shape[0] == 2:
             return w[0] * x[0] + w[1] * x[1]
-        raise AntipodalError("multislerp: the inputs are antipodal (their weighted mean direction "
-                             "vanishes); change the weights or the models")
+        raise AntipodalError(
+            "multislerp: the inputs are antipodal (their weighted mean direction "
+            "vanishes); change the weights or the models"
+        )
     mean = mean / mean_norm
     tangents = units - (units * mean).sum(-1, keepdim=True) * mean
     tangent = (tangents * w[:, None]).sum(0)

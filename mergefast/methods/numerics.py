@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -53,8 +53,9 @@ def keep_count(density: float, numel: int) -> int:
     return max(1, int(density * numel))
 
 
-def task_vectors(base: torch.Tensor, tensors: Sequence[torch.Tensor], what: str,
-                 out_dtype: torch.dtype | None) -> tuple[torch.Tensor, list[torch.Tensor], torch.dtype]:
+def task_vectors(
+    base: torch.Tensor, tensors: Sequence[torch.Tensor], what: str, out_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.dtype]:
     """The shared start of the base-relative methods: (base in the accumulation dtype,
     the exact task vectors x_i - base, the dtype the result is rounded to)."""
     all_inputs = [base, *tensors]

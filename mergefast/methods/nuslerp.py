@@ -38,8 +38,9 @@ def slerp_rows(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     return torch.where(collinear, (1 - t) * v0 + t * v1, spherical)
 
 
-def nuslerp_vectors(t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool = True,
-                    row_wise: bool = False) -> torch.Tensor:
+def nuslerp_vectors(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool = True, row_wise: bool = False
+) -> torch.Tensor:
     """Slerp of whole tensors (`flatten`), of slices along the last axis (default), or of
     slices along axis 0 (`row_wise`: transpose, slerp, transpose back)."""
     if flatten or v0.dim() <= 1:

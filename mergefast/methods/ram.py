@@ -3,7 +3,7 @@ changed it, average the updates where several did (RAM+ boosts the unique update
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

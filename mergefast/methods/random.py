@@ -73,8 +73,15 @@ def mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def uniform(seed: int, tensor_name: str, model_index: int, numel: int, *, start: int = 0,
-            device: torch.device | str | None = None) -> torch.Tensor:
+def uniform(
+    seed: int,
+    tensor_name: str,
+    model_index: int,
+    numel: int,
+    *,
+    start: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Uniform float32 draws in [0, 1) for flat element indices [start, start + numel).
 
     Pure function of its arguments (see the module docstring), so `uniform(..., n, start=0)`

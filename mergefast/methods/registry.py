@@ -8,7 +8,7 @@ is the spec and imports no kernel: where a fused kernel exists, the executor run
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -44,6 +44,7 @@ def _optional_base(tensors, base_index, model_params):
 
 
 # --- linear, passthrough, slerp (fused kernels in kernels/fused.py) ------------------------------
+
 
 def _merge_linear(tensors, base_index, g, m, out_dtype, ctx):
     return linear(tensors, [p["weight"] for p in m], normalize=g["normalize"], out_dtype=out_dtype)
@@ -87,35 +88,56 @@ def _task_arithmetic_merger(sparsify: str, consensus: str | None):
     def merge(tensors, base_index, g, m, out_dtype, ctx):
         base, others, params = split_base(tensors, base_index, m)
         common = dict(
-            densities=[p["density"] for p in params], sparsify=sparsify, consensus=consensus,
-            normalize=g["normalize"], lambda_=g["lambda"], out_dtype=out_dtype,
+            densities=[p["density"] for p in params],
+            sparsify=sparsify,
+            consensus=consensus,
+            normalize=g["normalize"],
+            lambda_=g["lambda"],
+            out_dtype=out_dtype,
         )
         weights = [p["weight"] for p in params]
         if sparsify == "della":
             _check_della(params, g, ctx)
         return task_arithmetic_reference(
-            base, others, weights, **common, rescale=g["rescale"], seed=ctx.seed,
-            tensor_name=ctx.tensor_name, gammas=[p.get("gamma", 0.01) for p in params],
+            base,
+            others,
+            weights,
+            **common,
+            rescale=g["rescale"],
+            seed=ctx.seed,
+            tensor_name=ctx.tensor_name,
+            gammas=[p.get("gamma", 0.01) for p in params],
             epsilons=[p.get("epsilon", 0.15) for p in params],
         )
+
     return merge
 
 
-def _task_arithmetic_spec(name: str, sparsify: str, consensus: str | None, normalize: bool,
-                          rescale: bool = False) -> MethodSpec:
-    extra = {"magnitude_outliers": (Param("gamma", "float", 0.01),),
-             "della": (Param("epsilon", "float", 0.15),)}.get(sparsify, ())
+def _task_arithmetic_spec(
+    name: str, sparsify: str, consensus: str | None, normalize: bool, rescale: bool = False
+) -> MethodSpec:
+    extra = {"magnitude_outliers": (Param("gamma", "float", 0.01),), "della": (Param("epsilon", "float", 0.15),)}.get(
+        sparsify, ()
+    )
     return MethodSpec(
         name=name,
-        global_params=(Param("normalize", "bool", normalize), Param("lambda", "float", 1.0),
-                       Param("int8_mask", "bool", False), Param("rescale", "bool", rescale)),
+        global_params=(
+            Param("normalize", "bool", normalize),
+            Param("lambda", "float", 1.0),
+            Param("int8_mask", "bool", False),
+            Param("rescale", "bool", rescale),
+        ),
         model_params=(Param("weight"), Param("density", "float", 1.0), *extra),
-        needs_base=True, base_params=False, min_inputs=1, max_inputs=None,
+        needs_base=True,
+        base_params=False,
+        min_inputs=1,
+        max_inputs=None,
         merge=_task_arithmetic_merger(sparsify, consensus),
     )
 
 
 # --- reference-only methods ------------------------------------------------------------------
+
 
 def _merge_model_stock(tensors, base_index, g, m, out_dtype, ctx):
     base, others, _ = split_base(tensors, base_index, m)
@@ -124,15 +146,27 @@ def _merge_model_stock(tensors, base_index, g, m, out_dtype, ctx):
 
 def _merge_nuslerp(tensors, base_index, g, m, out_dtype, ctx):
     base, others, params = _optional_base(tensors, base_index, m)
-    return nuslerp(others, [p["weight"] for p in params], base, flatten=g["nuslerp_flatten"],
-                   row_wise=g["nuslerp_row_wise"], out_dtype=out_dtype)
+    return nuslerp(
+        others,
+        [p["weight"] for p in params],
+        base,
+        flatten=g["nuslerp_flatten"],
+        row_wise=g["nuslerp_row_wise"],
+        out_dtype=out_dtype,
+    )
 
 
 def _merge_multislerp(tensors, base_index, g, m, out_dtype, ctx):
     base, others, params = _optional_base(tensors, base_index, m)
     try:
-        return multislerp(others, [p["weight"] for p in params], base,
-                          normalize_weights=g["normalize_weights"], eps=g["eps"], out_dtype=out_dtype)
+        return multislerp(
+            others,
+            [p["weight"] for p in params],
+            base,
+            normalize_weights=g["normalize_weights"],
+            eps=g["eps"],
+            out_dtype=out_dtype,
+        )
     except AntipodalError as exc:
         raise MergeError(f"tensor {ctx.tensor_name}: {exc}") from None
 
@@ -156,6 +190,7 @@ def _ram_merger(plus: bool):
         base, others, _ = split_base(tensors, base_index, m)
         extra = {"r": g["r"], "alpha": g["alpha"]} if plus else {}
         return ram(base, others, epsilon=g["epsilon"], plus=plus, out_dtype=out_dtype, **extra)
+
     return merge
 
 
@@ -164,62 +199,147 @@ def _merge_arcee_fusion(tensors, base_index, g, m, out_dtype, ctx):
     return arcee_fusion(base, others[0], out_dtype=out_dtype)
 
 
-def _spec(name, merge, global_params=(), model_params=(), *, needs_base, base_params=False,
-          min_inputs=1, max_inputs=None, min_non_base=0, max_non_base=None) -> MethodSpec:
+def _spec(
+    name,
+    merge,
+    global_params=(),
+    model_params=(),
+    *,
+    needs_base,
+    base_params=False,
+    min_inputs=1,
+    max_inputs=None,
+    min_non_base=0,
+    max_non_base=None,
+) -> MethodSpec:
     """A reference-only MethodSpec (keyword-only rules, defaults for the common case)."""
-    return MethodSpec(name, tuple(global_params), tuple(model_params), needs_base=needs_base,
-                      base_params=base_params, min_inputs=min_inputs, max_inputs=max_inputs,
-                      merge=merge, min_non_base=min_non_base, max_non_base=max_non_base)
+    return MethodSpec(
+        name,
+        tuple(global_params),
+        tuple(model_params),
+        needs_base=needs_base,
+        base_params=base_params,
+        min_inputs=min_inputs,
+        max_inputs=max_inputs,
+        merge=merge,
+        min_non_base=min_non_base,
+        max_non_base=max_non_base,
+    )
 
 
 METHODS: dict[str, MethodSpec] = {
     "linear": MethodSpec(
-        "linear", (Param("normalize", "bool", True),), (Param("weight"),),
-        needs_base=False, base_params=True, min_inputs=1, max_inputs=None, merge=_merge_linear),
+        "linear",
+        (Param("normalize", "bool", True),),
+        (Param("weight"),),
+        needs_base=False,
+        base_params=True,
+        min_inputs=1,
+        max_inputs=None,
+        merge=_merge_linear,
+    ),
     "passthrough": MethodSpec(
-        "passthrough", (), (Param("scale", "float", None),),
-        needs_base=False, base_params=True, min_inputs=1, max_inputs=1, merge=_merge_passthrough),
+        "passthrough",
+        (),
+        (Param("scale", "float", None),),
+        needs_base=False,
+        base_params=True,
+        min_inputs=1,
+        max_inputs=1,
+        merge=_merge_passthrough,
+    ),
     "slerp": MethodSpec(
-        "slerp", (Param("t"),), (),
-        needs_base=True, base_params=False, min_inputs=2, max_inputs=2, merge=_merge_slerp),
+        "slerp", (Param("t"),), (), needs_base=True, base_params=False, min_inputs=2, max_inputs=2, merge=_merge_slerp
+    ),
     **{name: _task_arithmetic_spec(name, *modes) for name, modes in TASK_ARITHMETIC_FAMILY.items()},
     # a base plus at least 2 others; the base is not an ordinary input
-    "model_stock": _spec("model_stock", _merge_model_stock, (Param("filter_wise", "bool", False),),
-                         needs_base=True, min_inputs=3),
+    "model_stock": _spec(
+        "model_stock", _merge_model_stock, (Param("filter_wise", "bool", False),), needs_base=True, min_inputs=3
+    ),
     # exactly 2 non-base models; an optional base (a third model) turns them into task vectors
-    "nuslerp": _spec("nuslerp", _merge_nuslerp,
-                     (Param("nuslerp_flatten", "bool", True), Param("nuslerp_row_wise", "bool", False)),
-                     (Param("weight"),), needs_base=False, min_inputs=2, max_inputs=3,
-                     min_non_base=2, max_non_base=2),
-    "multislerp": _spec("multislerp", _merge_multislerp,
-                        (Param("normalize_weights", "bool", True), Param("eps", "float", 1e-8)),
-                        (Param("weight"),), needs_base=False, min_non_base=1),
+    "nuslerp": _spec(
+        "nuslerp",
+        _merge_nuslerp,
+        (Param("nuslerp_flatten", "bool", True), Param("nuslerp_row_wise", "bool", False)),
+        (Param("weight"),),
+        needs_base=False,
+        min_inputs=2,
+        max_inputs=3,
+        min_non_base=2,
+        max_non_base=2,
+    ),
+    "multislerp": _spec(
+        "multislerp",
+        _merge_multislerp,
+        (Param("normalize_weights", "bool", True), Param("eps", "float", 1e-8)),
+        (Param("weight"),),
+        needs_base=False,
+        min_non_base=1,
+    ),
     # no base handling at all: a base_model is one more input with equal weight
-    "karcher": _spec("karcher", _merge_karcher,
-                     (Param("max_iter", "float", 10), Param("tol", "float", 1e-5)),
-                     needs_base=False, base_params=True),
+    "karcher": _spec(
+        "karcher",
+        _merge_karcher,
+        (Param("max_iter", "float", 10), Param("tol", "float", 1e-5)),
+        needs_base=False,
+        base_params=True,
+    ),
     # `weight` is accepted and ignored (mergekit's sce does not use it)
-    "sce": _spec("sce", _merge_sce, (Param("select_topk", "float", 1.0), Param("int8_mask", "bool", False)),
-                 (Param("weight", "float", None),), needs_base=True),
+    "sce": _spec(
+        "sce",
+        _merge_sce,
+        (Param("select_topk", "float", 1.0), Param("int8_mask", "bool", False)),
+        (Param("weight", "float", None),),
+        needs_base=True,
+    ),
     "ram": _spec("ram", _ram_merger(False), (Param("epsilon", "float", 1e-5),), needs_base=True),
-    "ramplus_tl": _spec("ramplus_tl", _ram_merger(True),
-                        (Param("epsilon", "float", 1e-5), Param("r", "float", 0.1), Param("alpha", "float", 0.2)),
-                        needs_base=True),
+    "ramplus_tl": _spec(
+        "ramplus_tl",
+        _ram_merger(True),
+        (Param("epsilon", "float", 1e-5), Param("r", "float", 0.1), Param("alpha", "float", 0.2)),
+        needs_base=True,
+    ),
     "nearswap": _spec("nearswap", _merge_nearswap, (Param("t"),), needs_base=True, min_inputs=2, max_inputs=2),
     "arcee_fusion": _spec("arcee_fusion", _merge_arcee_fusion, needs_base=True, min_inputs=2, max_inputs=2),
 }
 
 # Every method name mergekit 0.1.5 registers (all of them are in METHODS).
 MERGEKIT_METHODS = (
-    "linear", "slerp", "nuslerp", "multislerp", "karcher", "passthrough", "task_arithmetic",
-    "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
-    "della_linear", "sce", "ram", "ramplus_tl", "nearswap", "model_stock", "arcee_fusion",
+    "linear",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "passthrough",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "ram",
+    "ramplus_tl",
+    "nearswap",
+    "model_stock",
+    "arcee_fusion",
 )
 
 
-def merge_group(spec: MethodSpec, tensors: Sequence[torch.Tensor], base_index: int | None,
-                global_params: dict, model_params: Sequence[dict], out_dtype, *,
-                seed: int | None = 0, tensor_name: str = "", fast=None) -> torch.Tensor:
+def merge_group(
+    spec: MethodSpec,
+    tensors: Sequence[torch.Tensor],
+    base_index: int | None,
+    global_params: dict,
+    model_params: Sequence[dict],
+    out_dtype,
+    *,
+    seed: int | None = 0,
+    tensor_name: str = "",
+    fast=None,
+) -> torch.Tensor:
     """Run `spec`'s merge on one tensor group with resolved parameters.
 
     `seed` (`--random-seed`; None means 0) and `tensor_name` (the output tensor) key the

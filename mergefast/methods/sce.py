@@ -3,7 +3,7 @@ weight each model by its task vector's energy, erase minority signs."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,8 +9,9 @@ parameters are also resolved for the base model (true where the base is an ordin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -79,12 +80,16 @@ class MethodSpec:
         if self.needs_base and not has_base:
             return f"{self.name} needs a base_model among the inputs"
         if n_inputs < self.min_inputs or (self.max_inputs is not None and n_inputs > self.max_inputs):
-            return f"{self.name} takes {_count_text(self.min_inputs, self.max_inputs)} model(s) " \
-                   f"including the base, got {n_inputs}"
+            return (
+                f"{self.name} takes {_count_text(self.min_inputs, self.max_inputs)} model(s) "
+                f"including the base, got {n_inputs}"
+            )
         others = n_inputs - (1 if has_base else 0)
         if others < self.min_non_base or (self.max_non_base is not None and others > self.max_non_base):
-            return f"{self.name} takes {_count_text(self.min_non_base, self.max_non_base)} model(s) " \
-                   f"besides the base, got {others}"
+            return (
+                f"{self.name} takes {_count_text(self.min_non_base, self.max_non_base)} model(s) "
+                f"besides the base, got {others}"
+            )
         return None
 
 

@@ -14,7 +14,7 @@ index): results never depend on device, thread count or torch's global RNG.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,6 +32,8 @@ RESCALE_MIN_NORM = 1e-7
 
 class DellaRangeError(ValueError):
     """DELLA needs density - epsilon > 0 and density + epsilon < 1."""
+
+
 CONSENSUS_METHODS = (None, "sum")
 
 
@@ -68,12 +70,11 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float = DEFAULT_GAM
     mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
     if target > 0:
         order = torch.sort(delta.abs().flatten(), stable=True).indices
-        mask[order[n_bot:n_bot + target]] = True
+        mask[order[n_bot : n_bot + target]] = True
     return mask.view(delta.shape)
 
 
-def random_mask(delta: torch.Tensor, density: float, *, seed: int, tensor_name: str,
-                model_index: int) -> torch.Tensor:
+def random_mask(delta: torch.Tensor, density: float, *, seed: int, tensor_name: str, model_index: int) -> torch.Tensor:
     """DARE: keep each element independently with probability `density` (u < density).
 
     u comes from the counter-based generator (`random.uniform_like`); density >= 1 keeps
@@ -93,7 +94,8 @@ def check_della_range(density: float, epsilon: float, tensor_name: str = "") -> 
         raise DellaRangeError(
             f"{where}della needs density - epsilon > 0 and density + epsilon < 1, got "
             f"density={density}, epsilon={epsilon} (keep probabilities would span "
-            f"[{density - epsilon:g}, {density + epsilon:g}])")
+            f"[{density - epsilon:g}, {density + epsilon:g}])"
+        )
 
 
 def della_keep_probability(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -117,8 +119,15 @@ def della_keep_probability(delta: torch.Tensor, density: float, epsilon: float) 
     return p.view(delta.shape)
 
 
-def della_mask(delta: torch.Tensor, density: float, epsilon: float = DEFAULT_EPSILON, *,
-               seed: int, tensor_name: str, model_index: int) -> torch.Tensor:
+def della_mask(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float = DEFAULT_EPSILON,
+    *,
+    seed: int,
+    tensor_name: str,
+    model_index: int,
+) -> torch.Tensor:
     """DELLA magprune: keep each element with `della_keep_probability` (u < p, float32).
 
     density >= 1 keeps everything, density <= 0 nothing; otherwise raises DellaRangeError
@@ -142,9 +151,18 @@ def l1_rescale(sparse: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return sparse * (before / after)
 
 
-def sparsify_delta(delta: torch.Tensor, sparsify: str, density: float, *, gamma: float = DEFAULT_GAMMA,
-                   epsilon: float = DEFAULT_EPSILON, rescale: bool = False, seed: int = 0,
-                   tensor_name: str = "", model_index: int = 0) -> torch.Tensor:
+def sparsify_delta(
+    delta: torch.Tensor,
+    sparsify: str,
+    density: float,
+    *,
+    gamma: float = DEFAULT_GAMMA,
+    epsilon: float = DEFAULT_EPSILON,
+    rescale: bool = False,
+    seed: int = 0,
+    tensor_name: str = "",
+    model_index: int = 0,
+) -> torch.Tensor:
     """One model's delta after `sparsify` (and the L1 `rescale` when asked; never for "none")."""
     if sparsify == "none":
         return delta
@@ -155,8 +173,7 @@ def sparsify_delta(delta: torch.Tensor, sparsify: str, density: float, *, gamma:
     elif sparsify == "random":
         mask = random_mask(delta, density, seed=seed, tensor_name=tensor_name, model_index=model_index)
     else:
-        mask = della_mask(delta, density, epsilon, seed=seed, tensor_name=tensor_name,
-                          model_index=model_index)
+        mask = della_mask(delta, density, epsilon, seed=seed, tensor_name=tensor_name, model_index=model_index)
     sparse = torch.where(mask, delta, 0.0)
     return l1_rescale(sparse, delta) if rescale else sparse
 
@@ -230,8 +247,17 @@ def task_arithmetic(
     weighted = []
     for i, (delta, w, d) in enumerate(zip(deltas, weights, densities)):
         if sparsify != "none":
-            delta = sparsify_delta(delta, sparsify, d, gamma=gammas[i], epsilon=epsilons[i],
-                                   rescale=rescale, seed=seed, tensor_name=tensor_name, model_index=i)
+            delta = sparsify_delta(
+                delta,
+                sparsify,
+                d,
+                gamma=gammas[i],
+                epsilon=epsilons[i],
+                rescale=rescale,
+                seed=seed,
+                tensor_name=tensor_name,
+                model_index=i,
+            )
         weighted.append(delta * w)
     if consensus == "sum":
         mixed, divisor = _sign_consensus(weighted, weights)
@@ -256,6 +282,13 @@ def ties(
 ) -> torch.Tensor:
     """TIES: magnitude trim to each model's density, sum sign election, disjoint mean."""
     return task_arithmetic(
-        base, tensors, weights, densities=densities, sparsify="magnitude",
-        consensus="sum", normalize=normalize, lambda_=lambda_, out_dtype=out_dtype,
+        base,
+        tensors,
+        weights,
+        densities=densities,
+        sparsify="magnitude",
+        consensus="sum",
+        normalize=normalize,
+        lambda_=lambda_,
+        out_dtype=out_dtype,
     )

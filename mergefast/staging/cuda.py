@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from .pinned_ring import RING_SLOTS, PinnedRing, ring_shape
 from ..plan import MergePlan, TensorJob
 from .host import HostStaging, _HostBatch, _HostResult
+from .pinned_ring import RING_SLOTS, PinnedRing, ring_shape
 
 CHUNKED_METHODS = frozenset({"linear"})
 
@@ -90,7 +91,7 @@ class _ChunkedResult:
         while len(self._chunks) > keep:
             slot, data, offset, done = self._chunks.popleft()
             done.synchronize()
-            self.buffer[offset:offset + data.numel()].copy_(data)
+            self.buffer[offset : offset + data.numel()].copy_(data)
             self.staging.ring.release(slot)
 
     def add(self, src: torch.Tensor, offset: int) -> None:
@@ -111,8 +112,7 @@ class CudaStaging(HostStaging):
     """GPU merges through `queue` (device_queue.CudaQueue, or a fake in tests) and a pinned
     ring sized by `ring_shape` from the pipeline `budget` unless `slot_bytes` is given."""
 
-    def __init__(self, plan: MergePlan, queue, budget: int, *, slot_bytes: int | None = None,
-                 slots: int = RING_SLOTS):
+    def __init__(self, plan: MergePlan, queue, budget: int, *, slot_bytes: int | None = None, slots: int = RING_SLOTS):
         super().__init__(plan, str(queue.device))
         self.queue = queue
         if slot_bytes is None:
@@ -156,10 +156,10 @@ class CudaStaging(HostStaging):
         src, step = _bytes(host), self.ring.slot_bytes
         dev = self.queue.empty(src.numel())
         for start in range(0, src.numel(), step):
-            part = src[start:start + step]
+            part = src[start : start + step]
             slot = self.ring.acquire()
             slot[: part.numel()].copy_(part)
-            self._h2d(dev[start:start + part.numel()], slot[: part.numel()], slot)
+            self._h2d(dev[start : start + part.numel()], slot[: part.numel()], slot)
         return dev.view(host.dtype).reshape(host.shape)
 
     def _h2d(self, dst: torch.Tensor, src: torch.Tensor, slot: torch.Tensor) -> None:
@@ -195,7 +195,7 @@ class CudaStaging(HostStaging):
             return _SlotResult(self.ring, slot, host, self._d2h(host, out))
         result, src = _ChunkedResult(self, out.dtype, tuple(out.shape)), _bytes(out)
         for start in range(0, nbytes, self.ring.slot_bytes):
-            result.add(src[start:start + self.ring.slot_bytes], start)
+            result.add(src[start : start + self.ring.slot_bytes], start)
         return result
 
     def _merge_chunks(self, job: TensorJob, staged: _Chunked, merge_fn) -> _ChunkedResult:

@@ -11,7 +11,7 @@ Events returned by `record` are torch.cuda.Event objects; staging calls `query()
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

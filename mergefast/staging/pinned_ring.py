@@ -14,6 +14,7 @@ waited for), and results are released by the writer, which waits on nobody.
 from __future__ import annotations
 
 import threading
+
 import torch
 
 # 8 slots: the reader double-buffers its H2D copies (2), up to 4 results wait for or in the

@@ -51,8 +51,9 @@ def _transformers():
         import transformers  # noqa: F401
         from tokenizers import AddedToken
     except ImportError as exc:
-        raise ConfigError(f"merging tokenizers needs the `transformers` and `tokenizers` packages ({exc}); "
-                          "pip install transformers") from None
+        raise ConfigError(
+            f"merging tokenizers needs the `transformers` and `tokenizers` packages ({exc}); pip install transformers"
+        ) from None
     from transformers import AutoTokenizer
 
     return AutoTokenizer, AddedToken
@@ -90,7 +91,8 @@ def _load(folder: Path, what: str):
                 f"cannot load the tokenizer of {what} ({folder}): it needs custom code (auto_map in its "
                 f"{custom}), which mergefast never runs; take the tokenizer from another model with "
                 "tokenizer_source, or give the folder a tokenizer.json with a standard tokenizer_class "
-                "(e.g. PreTrainedTokenizerFast) in tokenizer_config.json") from None
+                "(e.g. PreTrainedTokenizerFast) in tokenizer_config.json"
+            ) from None
         raise ConfigError(f"cannot load the tokenizer of {what} ({folder}): {str(exc).splitlines()[0]}") from None
 
 
@@ -99,8 +101,10 @@ def _strip(tok, size: int, folder: Path, what: str):
     if len(tok) <= size:
         return tok
     if not (folder / "tokenizer.json").is_file():
-        raise ConfigError(f"the tokenizer of {what} has {len(tok)} tokens but the model only {size} rows, "
-                          "and only fast (tokenizer.json) tokenizers can be stripped")
+        raise ConfigError(
+            f"the tokenizer of {what} has {len(tok)} tokens but the model only {size} rows, "
+            "and only fast (tokenizer.json) tokenizers can be stripped"
+        )
     with tempfile.TemporaryDirectory(prefix="mergefast-tok-") as tmp:
         tmp = Path(tmp)
         tok.save_pretrained(str(tmp))
@@ -109,8 +113,10 @@ def _strip(tok, size: int, folder: Path, what: str):
         if model.get("type") not in ("BPE", "WordLevel", "WordPiece") or not isinstance(model.get("vocab"), dict):
             surplus = [a for a in data.get("added_tokens", []) if a["id"] >= size]
             if len(tok) - len(surplus) > size:
-                raise ConfigError(f"the tokenizer of {what} has {len(tok)} tokens but the model only {size} rows; "
-                                  f"only BPE/WordLevel/WordPiece tokenizers can be stripped, not {model.get('type')}")
+                raise ConfigError(
+                    f"the tokenizer of {what} has {len(tok)} tokens but the model only {size} rows; "
+                    f"only BPE/WordLevel/WordPiece tokenizers can be stripped, not {model.get('type')}"
+                )
         else:
             model["vocab"] = {k: i for k, i in model["vocab"].items() if i < size}
             if model.get("type") == "BPE" and model.get("merges"):
@@ -119,6 +125,7 @@ def _strip(tok, size: int, folder: Path, what: str):
                 def ok(merge):
                     a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
                     return a in keep and b in keep and a + b in keep
+
                 model["merges"] = [m for m in model["merges"] if ok(m)]
         data["added_tokens"] = [a for a in data.get("added_tokens", []) if a["id"] < size]
         (tmp / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
@@ -156,8 +163,10 @@ def build_tokenizer(planner: VocabPlanner, config, cache_dir: str | None = None)
     for ref in refs:
         size = model_vocab_size(models[ref])
         if size is None:
-            raise ConfigError(f"{where}: cannot tell the vocabulary size of {ref}: its config.json has no "
-                              "vocab_size and no embedding tensor was found")
+            raise ConfigError(
+                f"{where}: cannot tell the vocabulary size of {ref}: its config.json has no "
+                "vocab_size and no embedding tensor was found"
+            )
         sizes[ref] = size
     toks = {ref: _load(models[ref].folder, ref) for ref in refs}
     vocabs = {ref: _vocab(toks[ref], sizes[ref]) for ref in refs}
@@ -233,8 +242,9 @@ def _union(out, toks, vocabs, sizes, refs, base_ref, AddedToken) -> None:
         out.add_tokens([token], special_tokens=bool(getattr(token, "special", False)))
 
 
-def _plan_rows(planner: VocabPlanner, tokens_cfg: dict, vocabs: dict, sizes: dict, base_ref: str,
-               base_model: str | None) -> None:
+def _plan_rows(
+    planner: VocabPlanner, tokens_cfg: dict, vocabs: dict, sizes: dict, base_ref: str, base_model: str | None
+) -> None:
     """Per model: output id -> own row or -1; per output id: the default row (§5 rules)."""
     from ..config import ModelTokenSource, ZeroSource
 
@@ -270,8 +280,10 @@ def _plan_rows(planner: VocabPlanner, tokens_cfg: dict, vocabs: dict, sizes: dic
             if src.token_id is not None:
                 r = src.token_id
                 if not 0 <= r < sizes[ref]:
-                    raise ConfigError(f"{where}: tokenizer.tokens.{token}.source: token_id {r} is outside "
-                                      f"{ref}'s vocabulary of {sizes[ref]}")
+                    raise ConfigError(
+                        f"{where}: tokenizer.tokens.{token}.source: token_id {r} is outside "
+                        f"{ref}'s vocabulary of {sizes[ref]}"
+                    )
             else:
                 r = vocabs[ref].get(src.token, -1)
                 if r < 0:
@@ -279,14 +291,20 @@ def _plan_rows(planner: VocabPlanner, tokens_cfg: dict, vocabs: dict, sizes: dic
         else:
             r = int(present[ref][t])
             if r < 0:
-                raise ConfigError(f"{where}: tokenizer.tokens.{token}.source: {ref} has no token {token!r}; "
-                                  "use {kind: model_token, model, token} to take another token's row")
+                raise ConfigError(
+                    f"{where}: tokenizer.tokens.{token}.source: {ref} has no token {token!r}; "
+                    "use {kind: model_token, model, token} to take another token's row"
+                )
         kind[t], model[t], row[t] = ROW, refs.index(ref), r
     zero = none & ~explicit
     if zero.any():
         names = [built.id_to_token[int(t)] for t in zero.nonzero().squeeze(1)[:5]]
-        log.warning("%s: %d output token(s) are in no merged model and get zero embeddings (e.g. %s)",
-                    where, int(zero.sum()), ", ".join(repr(n) for n in names))
+        log.warning(
+            "%s: %d output token(s) are in no merged model and get zero embeddings (e.g. %s)",
+            where,
+            int(zero.sum()),
+            ", ".join(repr(n) for n in names),
+        )
     own = {}
     for ref in refs:
         mine = present[ref].clone()

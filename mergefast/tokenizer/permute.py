@@ -47,8 +47,7 @@ class VocabMap:
     default_src: torch.Tensor | None = None
     default_row: torch.Tensor | None = None
 
-    def apply(self, tensors: list[torch.Tensor],
-              out_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    def apply(self, tensors: list[torch.Tensor], out_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """The inputs re-indexed to the output vocabulary, on their device.
 
         Rows taken from elsewhere (defaults, means, padding) are computed in float32 (float64
@@ -70,7 +69,7 @@ class VocabMap:
             new = torch.empty((self.rows, *t.shape[1:]), dtype=dtype, device=dev)
             new[: self.real] = real.to(dtype)
             if self.rows > self.real:
-                new[self.real:] = real.mean(dim=0).to(dtype)
+                new[self.real :] = real.mean(dim=0).to(dtype)
             out.append(new)
         return out
 
@@ -137,7 +136,11 @@ class VocabPlanner:
     def is_vocab_tensor(self, ref: str, tensor: str, shape: tuple[int, ...]) -> bool:
         """A pre/post weight whose first dimension is the model's vocabulary."""
         model = self.models[ref]
-        loose = tensor in model.arch.pre_weights or tensor in model.arch.post_weights or tensor in model.arch.tied_heads.values()
+        loose = (
+            tensor in model.arch.pre_weights
+            or tensor in model.arch.post_weights
+            or tensor in model.arch.tied_heads.values()
+        )
         return loose and len(shape) >= 1 and shape[0] == model_vocab_size(model)
 
     def for_job(self, out_name: str, sources) -> tuple[VocabMap, tuple[int, ...]] | None:
@@ -154,15 +157,21 @@ class VocabPlanner:
             return None
         if self.mode == "truncate":
             rows = min(sizes)
-            log.warning("%s: --unsafe-truncate-embeddings: %s cut to its first %d rows (inputs have %s)",
-                        self.source, out_name, rows, sorted(set(sizes)))
+            log.warning(
+                "%s: --unsafe-truncate-embeddings: %s cut to its first %d rows (inputs have %s)",
+                self.source,
+                out_name,
+                rows,
+                sorted(set(sizes)),
+            )
             self.truncated_rows = rows
             return VocabMap(rows, rows), (rows, *shapes[0][1:])
         detail = ", ".join(f"{s.model}: {n}" for s, n in zip(sources, sizes))
         raise ConfigError(
             f"{self.source}: tensor {out_name}: the models have different vocabulary sizes ({detail}); add a "
             "tokenizer config (`tokenizer_source: union`, `base` or a model, or a `tokenizer:` block) to merge "
-            "the vocabularies, or pass --unsafe-truncate-embeddings to keep only the rows they have in common")
+            "the vocabularies, or pass --unsafe-truncate-embeddings to keep only the rows they have in common"
+        )
 
     def _permute(self, out_name: str, sources, rest: tuple[int, ...]):
         """The map of one vocabulary job; the implicit defaults (only one model has the token,
@@ -174,8 +183,10 @@ class VocabPlanner:
                 raise ConfigError(f"{self.source}: tensor {out_name}: {s.model} has no vocabulary plan")
             index.setdefault(s.model, i)
         real = built.real
-        present = tuple(self.present[s.model] if index[s.model] == i else torch.full((real,), -1, dtype=torch.long)
-                        for i, s in enumerate(sources))  # a model listed twice counts once in means
+        present = tuple(
+            self.present[s.model] if index[s.model] == i else torch.full((real,), -1, dtype=torch.long)
+            for i, s in enumerate(sources)
+        )  # a model listed twice counts once in means
         have = torch.stack([p >= 0 for p in present])
         count = have.sum(0)
         kind = torch.full((real,), MEAN, dtype=torch.int8)
@@ -194,8 +205,13 @@ class VocabPlanner:
         explicit = self.explicit_kind >= 0
         zero = (count == 0) & ~explicit
         if zero.any():
-            log.warning("%s: tensor %s: %d output token(s) are in none of its input models and get zero rows "
-                        "(e.g. %r)", self.source, out_name, int(zero.sum()), built.id_to_token[int(zero.nonzero()[0])])
+            log.warning(
+                "%s: tensor %s: %d output token(s) are in none of its input models and get zero rows (e.g. %r)",
+                self.source,
+                out_name,
+                int(zero.sum()),
+                built.id_to_token[int(zero.nonzero()[0])],
+            )
         kind[explicit] = self.explicit_kind[explicit]
         lookup = torch.tensor([index.get(ref, -1) for ref in self.refs], dtype=torch.long)
         ex_src = lookup[self.explicit_model.clamp(min=0)]
@@ -203,12 +219,15 @@ class VocabPlanner:
         if (ex_src[sel] < 0).any():
             t = int((sel & (ex_src < 0)).nonzero()[0])
             ref = self.refs[int(self.explicit_model[t])]
-            raise ConfigError(f"{self.source}: tensor {out_name}: the embedding of token {built.id_to_token[t]!r} "
-                              f"comes from {ref}, which is not an input of this tensor")
+            raise ConfigError(
+                f"{self.source}: tensor {out_name}: the embedding of token {built.id_to_token[t]!r} "
+                f"comes from {ref}, which is not an input of this tensor"
+            )
         src[sel], row[sel] = ex_src[sel], self.explicit_row[sel]
         own = tuple(self.own[s.model] for s in sources)
         identity = built.rows == built.real and all(
-            len(o) == s.info.shape[0] and bool((o == torch.arange(len(o))).all()) for o, s in zip(own, sources))
+            len(o) == s.info.shape[0] and bool((o == torch.arange(len(o))).all()) for o, s in zip(own, sources)
+        )
         if identity:
             return None
         return VocabMap(built.rows, real, own, present, kind, src, row), (built.rows, *rest)

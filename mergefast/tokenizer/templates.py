@@ -34,7 +34,8 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     "llama3": (
         "{{ bos_token }}"
         "{% for message in messages %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+        "+ message['content'] | trim + '<|eot_id|>' }}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
     ),
@@ -67,8 +68,10 @@ def check_chat_template(value: str) -> str:
         return value
     if len(value) < 20 or "{" not in value:
         names = ", ".join(BUILTIN_TEMPLATES)
-        raise ValueError(f"chat_template {value!r} is neither `auto`, a built-in name ({names}) nor a Jinja "
-                         "template (a literal template has at least 20 characters and a `{`)")
+        raise ValueError(
+            f"chat_template {value!r} is neither `auto`, a built-in name ({names}) nor a Jinja "
+            "template (a literal template has at least 20 characters and a `{`)"
+        )
     return value
 
 

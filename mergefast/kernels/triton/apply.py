@@ -31,31 +31,50 @@ def keep_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl
 
 
 @triton.jit
-def weighted_delta(x_ptr, b, offs, mask, w, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                   SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr):
+def weighted_delta(
+    x_ptr, b, offs, mask, w, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr
+):
     """w_i * (kept) delta_i for one block, in registers."""
     d = load_f32(x_ptr, offs, mask) - b
     if SPARSIFY == 1:
-        d = tl.where(keep_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT),
-                     d, 0.0)
+        d = tl.where(keep_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT), d, 0.0)
     return d * w
 
 
 @triton.jit
-def weighted_sum(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                 SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr):
+def weighted_sum(
+    b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr
+):
     """sum_i w_i * (kept) delta_i, from 0.0 in model order."""
     total = tl.zeros_like(b)
     for i in tl.static_range(len(xs)):
-        total = total + weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr,
-                                       eqb_ptr, pid, nblocks, SPARSIFY, TIE_CUT)
+        total = total + weighted_delta(
+            xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, SPARSIFY, TIE_CUT
+        )
     return total
 
 
 @triton.jit
-def merge_result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                 divisor, lam, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr,
-                 CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr, SCALE: tl.constexpr):
+def merge_result(
+    b,
+    total,
+    xs,
+    ws,
+    offs,
+    mask,
+    thr_ptr,
+    quota_ptr,
+    eqb_ptr,
+    pid,
+    nblocks,
+    divisor,
+    lam,
+    SPARSIFY: tl.constexpr,
+    TIE_CUT: tl.constexpr,
+    CONSENSUS: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    SCALE: tl.constexpr,
+):
     """base + the merged deltas (total: weighted_sum's), in float32."""
     if CONSENSUS:
         # elect the sign of the sum (0 counts as +); zero deltas never agree. The second
@@ -64,8 +83,9 @@ def merge_result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid,
         acc = tl.zeros_like(b)
         dacc = tl.zeros_like(b)
         for i in tl.static_range(len(xs)):
-            wd = weighted_delta(xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr, eqb_ptr,
-                                pid, nblocks, SPARSIFY, TIE_CUT)
+            wd = weighted_delta(
+                xs[i], b, offs, mask, ws[i], i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, SPARSIFY, TIE_CUT
+            )
             agree = tl.where(pos, wd > 0.0, wd < 0.0)
             acc = acc + tl.where(agree, wd, 0.0)
             dacc = dacc + tl.where(agree, ws[i], 0.0)

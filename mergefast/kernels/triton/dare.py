@@ -12,7 +12,7 @@ No K x N temporaries, no sorts.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -58,9 +58,22 @@ def _dare_norms_kernel(base_ptr, xs, ps, key_ptr, part_ptr, n, BLOCK: tl.constex
 
 
 @triton.jit
-def _dare_kernel(base_ptr, xs, ws, ps, ss, key_ptr, out_ptr, n, divisor, lam,
-                 CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr, SCALE: tl.constexpr,
-                 BLOCK: tl.constexpr):
+def _dare_kernel(
+    base_ptr,
+    xs,
+    ws,
+    ps,
+    ss,
+    key_ptr,
+    out_ptr,
+    n,
+    divisor,
+    lam,
+    CONSENSUS: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    SCALE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     total = tl.zeros_like(b)
@@ -95,29 +108,57 @@ def _keys(keys: Sequence[int], device) -> torch.Tensor:
     return torch.tensor(signed, dtype=torch.int64, device=device)
 
 
-def dare_norms(base: torch.Tensor, xs: Sequence[torch.Tensor], keys: Sequence[int],
-               densities: Sequence[float]) -> list[float]:
+def dare_norms(
+    base: torch.Tensor, xs: Sequence[torch.Tensor], keys: Sequence[int], densities: Sequence[float]
+) -> list[float]:
     """[sum |d_0|, sum |kept d_0|, sum |d_1|, ...] in float64 (blocks summed on the device)."""
     n, block = base.numel(), block_size()
     nblocks = triton.cdiv(n, block)
     part = torch.empty((nblocks, len(xs), 2), dtype=torch.float64, device=base.device)
     _dare_norms_kernel[(nblocks,)](
-        as_arg(base), tuple(as_arg(x) for x in xs), tuple(float(p) for p in densities),
-        _keys(keys, base.device), part, n, BLOCK=block, **launch_options())
+        as_arg(base),
+        tuple(as_arg(x) for x in xs),
+        tuple(float(p) for p in densities),
+        _keys(keys, base.device),
+        part,
+        n,
+        BLOCK=block,
+        **launch_options(),
+    )
     return part.sum(dim=0).flatten().tolist()
 
 
-def dare_forward(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
-                 keys: Sequence[int], densities: Sequence[float], scales: Sequence[float],
-                 consensus: bool, normalize: bool, divisor: float, lambda_: float,
-                 out_dtype: torch.dtype) -> torch.Tensor:
+def dare_forward(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    keys: Sequence[int],
+    densities: Sequence[float],
+    scales: Sequence[float],
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     """DARE's apply pass into a new tensor (one program per block)."""
     n, block = base.numel(), block_size()
     out = torch.empty(base.shape, dtype=out_dtype, device=base.device)
     _dare_kernel[(triton.cdiv(n, block),)](
-        as_arg(base), tuple(as_arg(x) for x in xs), tuple(float(w) for w in weights),
-        tuple(float(p) for p in densities), tuple(float(s) for s in scales),
-        _keys(keys, base.device), as_arg(out), n, float(divisor), float(lambda_),
-        CONSENSUS=bool(consensus), NORMALIZE=bool(normalize), SCALE=float(lambda_) != 1.0,
-        BLOCK=block, **launch_options())
+        as_arg(base),
+        tuple(as_arg(x) for x in xs),
+        tuple(float(w) for w in weights),
+        tuple(float(p) for p in densities),
+        tuple(float(s) for s in scales),
+        _keys(keys, base.device),
+        as_arg(out),
+        n,
+        float(divisor),
+        float(lambda_),
+        CONSENSUS=bool(consensus),
+        NORMALIZE=bool(normalize),
+        SCALE=float(lambda_) != 1.0,
+        BLOCK=block,
+        **launch_options(),
+    )
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -23,13 +23,21 @@ def _linear_kernel(xs, ws, out_ptr, n, total, DIVIDE: tl.constexpr, BLOCK: tl.co
     store_f32(out_ptr, offs, acc, mask)
 
 
-def linear_forward(xs: Sequence[torch.Tensor], weights: Sequence[float], divide: bool,
-                   total: float, out_dtype: torch.dtype) -> torch.Tensor:
+def linear_forward(
+    xs: Sequence[torch.Tensor], weights: Sequence[float], divide: bool, total: float, out_dtype: torch.dtype
+) -> torch.Tensor:
     out = torch.empty(xs[0].shape, dtype=out_dtype, device=xs[0].device)
     n = out.numel()
     block = block_size()
     grid = (triton.cdiv(n, block),)
-    _linear_kernel[grid](tuple(as_arg(x) for x in xs), tuple(float(w) for w in weights),
-                         as_arg(out), n, float(total), DIVIDE=bool(divide), BLOCK=block,
-                         **launch_options())
+    _linear_kernel[grid](
+        tuple(as_arg(x) for x in xs),
+        tuple(float(w) for w in weights),
+        as_arg(out),
+        n,
+        float(total),
+        DIVIDE=bool(divide),
+        BLOCK=block,
+        **launch_options(),
+    )
     return out

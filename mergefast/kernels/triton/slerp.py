@@ -33,18 +33,16 @@ def slerp_dots(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     block = block_size()
     nblocks = triton.cdiv(n, block)
     part = torch.empty((3, nblocks), dtype=torch.float32, device=a.device)
-    _slerp_dots_kernel[(nblocks,)](as_arg(a), as_arg(b), part, n, nblocks, BLOCK=block,
-                                   **launch_options())
+    _slerp_dots_kernel[(nblocks,)](as_arg(a), as_arg(b), part, n, nblocks, BLOCK=block, **launch_options())
     aa, bb, ab = part.double().sum(dim=1).tolist()
     return aa, bb, ab
 
 
-def slerp_apply(a: torch.Tensor, b: torch.Tensor, c0: float, c1: float,
-                out_dtype: torch.dtype) -> torch.Tensor:
+def slerp_apply(a: torch.Tensor, b: torch.Tensor, c0: float, c1: float, out_dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(a.shape, dtype=out_dtype, device=a.device)
     n = out.numel()
     block = block_size()
-    _slerp_apply_kernel[(triton.cdiv(n, block),)](as_arg(a), as_arg(b), as_arg(out), n,
-                                                  float(c0), float(c1), BLOCK=block,
-                                                  **launch_options())
+    _slerp_apply_kernel[(triton.cdiv(n, block),)](
+        as_arg(a), as_arg(b), as_arg(out), n, float(c0), float(c1), BLOCK=block, **launch_options()
+    )
     return out

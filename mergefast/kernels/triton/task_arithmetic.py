@@ -13,7 +13,7 @@ breadcrumbs. DARE (random) has its own kernels in dare.py.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -27,24 +27,63 @@ from .utils import as_arg, block_size, block_span, launch_options, load_f32, sto
 
 
 @triton.jit
-def _task_arithmetic_kernel(base_ptr, xs, ws, thr_ptr, quota_ptr, eqb_ptr, out_ptr, n, nblocks,
-                            divisor, lam, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr,
-                            CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr,
-                            SCALE: tl.constexpr, BLOCK: tl.constexpr):
+def _task_arithmetic_kernel(
+    base_ptr,
+    xs,
+    ws,
+    thr_ptr,
+    quota_ptr,
+    eqb_ptr,
+    out_ptr,
+    n,
+    nblocks,
+    divisor,
+    lam,
+    SPARSIFY: tl.constexpr,
+    TIE_CUT: tl.constexpr,
+    CONSENSUS: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    SCALE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
-    total = weighted_sum(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                         SPARSIFY, TIE_CUT)
-    out = merge_result(b, total, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks,
-                       divisor, lam, SPARSIFY, TIE_CUT, CONSENSUS, NORMALIZE, SCALE)
+    total = weighted_sum(b, xs, ws, offs, mask, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, SPARSIFY, TIE_CUT)
+    out = merge_result(
+        b,
+        total,
+        xs,
+        ws,
+        offs,
+        mask,
+        thr_ptr,
+        quota_ptr,
+        eqb_ptr,
+        pid,
+        nblocks,
+        divisor,
+        lam,
+        SPARSIFY,
+        TIE_CUT,
+        CONSENSUS,
+        NORMALIZE,
+        SCALE,
+    )
     store_f32(out_ptr, offs, out, mask)
 
 
-def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],
-                            weights: Sequence[float], keep: Sequence[int] | None,
-                            consensus: bool, normalize: bool, divisor: float, lambda_: float,
-                            out_dtype: torch.dtype,
-                            selection: SelectionOptions = DEFAULT) -> torch.Tensor:
+def task_arithmetic_forward(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    keep: Sequence[int] | None,
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out_dtype: torch.dtype,
+    selection: SelectionOptions = DEFAULT,
+) -> torch.Tensor:
     n, dev = base.numel(), base.device
     block = block_size()
     nblocks = triton.cdiv(n, block)
@@ -56,23 +95,40 @@ def task_arithmetic_forward(base: torch.Tensor, xs: Sequence[torch.Tensor],
     else:
         sparsify = 1
         if selection.one_read and one_read.task_arithmetic(
-                base, xs, weights, keep, consensus, normalize, divisor, lambda_, out, selection):
+            base, xs, weights, keep, consensus, normalize, divisor, lambda_, out, selection
+        ):
             return out
         thr, quota, eqb = select_magnitude(base, xs, keep, block, selection)
     tie_cut = eqb is not None
     if eqb is None:
         eqb = torch.zeros(1, dtype=torch.int64, device=dev)
     _task_arithmetic_kernel[(nblocks,)](
-        as_arg(base), tuple(as_arg(x) for x in xs), tuple(float(w) for w in weights), thr, quota,
-        eqb, as_arg(out), n, nblocks, float(divisor), float(lambda_),
-        SPARSIFY=sparsify, TIE_CUT=tie_cut, CONSENSUS=bool(consensus),
-        NORMALIZE=bool(normalize), SCALE=float(lambda_) != 1.0, BLOCK=block, **launch_options())
+        as_arg(base),
+        tuple(as_arg(x) for x in xs),
+        tuple(float(w) for w in weights),
+        thr,
+        quota,
+        eqb,
+        as_arg(out),
+        n,
+        nblocks,
+        float(divisor),
+        float(lambda_),
+        SPARSIFY=sparsify,
+        TIE_CUT=tie_cut,
+        CONSENSUS=bool(consensus),
+        NORMALIZE=bool(normalize),
+        SCALE=float(lambda_) != 1.0,
+        BLOCK=block,
+        **launch_options(),
+    )
     return out
 
 
 @triton.jit
-def _keep_mask_kernel(base_ptr, x_ptr, thr_ptr, quota_ptr, eqb_ptr, mask_ptr, n, nblocks,
-                      TIE_CUT: tl.constexpr, BLOCK: tl.constexpr):
+def _keep_mask_kernel(
+    base_ptr, x_ptr, thr_ptr, quota_ptr, eqb_ptr, mask_ptr, n, nblocks, TIE_CUT: tl.constexpr, BLOCK: tl.constexpr
+):
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     d = load_f32(x_ptr, offs, mask) - b
@@ -80,8 +136,9 @@ def _keep_mask_kernel(base_ptr, x_ptr, thr_ptr, quota_ptr, eqb_ptr, mask_ptr, n,
     tl.store(mask_ptr + offs, kept.to(tl.int8), mask=mask)
 
 
-def magnitude_keep(base: torch.Tensor, x: torch.Tensor, keep: int,
-                   selection: SelectionOptions = DEFAULT) -> torch.Tensor:
+def magnitude_keep(
+    base: torch.Tensor, x: torch.Tensor, keep: int, selection: SelectionOptions = DEFAULT
+) -> torch.Tensor:
     """Keep-mask of x - base as the two passes select it (for tests)."""
     n = base.numel()
     block = block_size()
@@ -91,6 +148,7 @@ def magnitude_keep(base: torch.Tensor, x: torch.Tensor, keep: int,
     if eqb is None:
         eqb = torch.zeros(1, dtype=torch.int64, device=base.device)
     out = torch.empty(n, dtype=torch.int8, device=base.device)
-    _keep_mask_kernel[(nblocks,)](as_arg(base), as_arg(x), thr, quota, eqb, out, n, nblocks,
-                                  TIE_CUT=tie_cut, BLOCK=block, **launch_options())
+    _keep_mask_kernel[(nblocks,)](
+        as_arg(base), as_arg(x), thr, quota, eqb, out, n, nblocks, TIE_CUT=tie_cut, BLOCK=block, **launch_options()
+    )
     return out.view(x.shape).bool()

@@ -39,9 +39,22 @@ _CANDIDATE = tl.constexpr(sw.CANDIDATE)
 
 
 @triton.jit
-def _slot_hist_kernel(cases_ptr, lo_ptr, prefix_ptr, count_ptr, slot_ptr, hist_ptr, nblocks,
-                      ntiles, nprog, SHIFT: tl.constexpr, PREFIX_SHIFT: tl.constexpr,
-                      BINS: tl.constexpr, CAP: tl.constexpr, TILE: tl.constexpr):
+def _slot_hist_kernel(
+    cases_ptr,
+    lo_ptr,
+    prefix_ptr,
+    count_ptr,
+    slot_ptr,
+    hist_ptr,
+    nblocks,
+    ntiles,
+    nprog,
+    SHIFT: tl.constexpr,
+    PREFIX_SHIFT: tl.constexpr,
+    BINS: tl.constexpr,
+    CAP: tl.constexpr,
+    TILE: tl.constexpr,
+):
     """hist[i, :] += the histogram of the digit (u >> SHIFT) & (BINS - 1) over the candidate
     slots of model i = program_id(1) (a block's first counts[i, 3, block]) whose
     u >> PREFIX_SHIFT is its prefix (all of them when PREFIX_SHIFT >= 31); nothing for a
@@ -54,11 +67,11 @@ def _slot_hist_kernel(cases_ptr, lo_ptr, prefix_ptr, count_ptr, slot_ptr, hist_p
     acc = tl.zeros([BINS], dtype=tl.int32)
     nslots = nblocks.to(tl.int64) * CAP
     row = slot_ptr + i.to(tl.int64) * nslots
-    for first in range(0, ntiles, nprog):   # plain bounds: Triton 3.6's interpreter
+    for first in range(0, ntiles, nprog):  # plain bounds: Triton 3.6's interpreter
         offs = (pid + first).to(tl.int64) * TILE + tl.arange(0, TILE)
         live = tl.where(on, offs < nslots, False)
         got = tl.load(count_ptr + (4 * i + 3) * nblocks + offs // CAP, mask=live, other=0)
-        sel = live & (offs % CAP < got)     # past a block's count: garbage
+        sel = live & (offs % CAP < got)  # past a block's count: garbage
         key = tl.load(row + offs, mask=sel, other=0)
         u = key - lo - 1
         if PREFIX_SHIFT < 31:
@@ -69,15 +82,16 @@ def _slot_hist_kernel(cases_ptr, lo_ptr, prefix_ptr, count_ptr, slot_ptr, hist_p
 
 
 @triton.jit
-def _slot_pick_kernel(cases_ptr, lo_ptr, prefix_ptr, need_ptr, hist_ptr, tval_ptr,
-                      BITS: tl.constexpr, LAST: tl.constexpr):
+def _slot_pick_kernel(
+    cases_ptr, lo_ptr, prefix_ptr, need_ptr, hist_ptr, tval_ptr, BITS: tl.constexpr, LAST: tl.constexpr
+):
     """For a CANDIDATE model i = program_id(0): the bin of hist[i] where the count from the
     top reaches need[i] becomes prefix[i]'s next digit and need[i] loses the count above it;
     after the last pass tval[i] = lo + 1 + prefix, its threshold key."""
     i = tl.program_id(0)
     on = tl.load(cases_ptr + 2 * i) == _CANDIDATE
     BINS: tl.constexpr = 1 << BITS
-    down = tl.arange(0, BINS)               # bins from the top
+    down = tl.arange(0, BINS)  # bins from the top
     h = tl.load(hist_ptr + i * BINS + (BINS - 1 - down)).to(tl.int64)
     need = tl.load(need_ptr + i)
     at = tl.minimum(tl.sum((tl.cumsum(h, axis=0) < need).to(tl.int32), axis=0), BINS - 1)
@@ -89,8 +103,7 @@ def _slot_pick_kernel(cases_ptr, lo_ptr, prefix_ptr, need_ptr, hist_ptr, tval_pt
         tl.store(tval_ptr + i, tl.load(lo_ptr + i).to(tl.int64) + 1 + prefix, mask=on)
 
 
-def thresholds(case_t: torch.Tensor, state: sw.WindowScan,
-               options: SelectionOptions) -> torch.Tensor:
+def thresholds(case_t: torch.Tensor, state: sw.WindowScan, options: SelectionOptions) -> torch.Tensor:
     """tval (int64 [K] on the device): each CANDIDATE model's threshold key (the others'
     entries are undefined). case_t: rules.py's device copy, [case, aux] per model, then
     K prefixes (0) and K ranks still needed (aux), which the passes update. options.candidates
@@ -100,24 +113,35 @@ def thresholds(case_t: torch.Tensor, state: sw.WindowScan,
     nblocks, cap = state.slots.shape[1:]
     if options.candidates == "topk":
         for i, (case, aux, _) in enumerate(state.cases):
-            if case == sw.CANDIDATE:   # the slots past each block's count as 0, below all
+            if case == sw.CANDIDATE:  # the slots past each block's count as 0, below all
                 used = torch.arange(cap, device=dev) < state.counts[i, 3, :, None]
                 kept = torch.where(used, state.slots[i], 0).reshape(-1)
                 tval[i] = torch.topk(kept, aux, sorted=False).values.min()
         return tval
-    passes = triton.cdiv(state.bits, DIGIT_BITS)   # 0: no CANDIDATE model
+    passes = triton.cdiv(state.bits, DIGIT_BITS)  # 0: no CANDIDATE model
     if passes == 0:
         return tval
     ntiles = triton.cdiv(nblocks * cap, SLOT_TILE)
     nprog = hist_programs(dev, ntiles, options.hist_programs_per_sm)
     hist = torch.zeros((passes, K, 1 << DIGIT_BITS), dtype=torch.int32, device=dev)
-    prefix, need = case_t[2 * K:3 * K], case_t[3 * K:]
+    prefix, need = case_t[2 * K : 3 * K], case_t[3 * K :]
     for p in range(passes):
         shift = DIGIT_BITS * (passes - 1 - p)
-        _slot_hist_kernel[(nprog, K)](case_t, state.lo, prefix, state.counts, state.slots,
-                                      hist[p], nblocks, ntiles, nprog, SHIFT=shift,
-                                      PREFIX_SHIFT=shift + DIGIT_BITS, BINS=1 << DIGIT_BITS,
-                                      CAP=cap, TILE=SLOT_TILE)
-        _slot_pick_kernel[(K,)](case_t, state.lo, prefix, need, hist[p], tval, BITS=DIGIT_BITS,
-                                LAST=p == passes - 1)
+        _slot_hist_kernel[(nprog, K)](
+            case_t,
+            state.lo,
+            prefix,
+            state.counts,
+            state.slots,
+            hist[p],
+            nblocks,
+            ntiles,
+            nprog,
+            SHIFT=shift,
+            PREFIX_SHIFT=shift + DIGIT_BITS,
+            BINS=1 << DIGIT_BITS,
+            CAP=cap,
+            TILE=SLOT_TILE,
+        )
+        _slot_pick_kernel[(K,)](case_t, state.lo, prefix, need, hist[p], tval, BITS=DIGIT_BITS, LAST=p == passes - 1)
     return tval

@@ -20,15 +20,23 @@ against 0.23 ms for the apply pass alone.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
 from ...selection import SelectionOptions
-from ..utils import (NO_QUOTA, as_arg, block_span, hist_programs, launch_options, load_f32,
-                     magnitude_key, masked_histogram)
+from ..utils import (
+    NO_QUOTA,
+    as_arg,
+    block_span,
+    hist_programs,
+    launch_options,
+    load_f32,
+    magnitude_key,
+    masked_histogram,
+)
 from .window import AT_HI, WindowScan
 
 # (shift, width) of the radix digits of the 31-bit key, most significant first
@@ -36,9 +44,20 @@ RADIX_DIGITS = ((23, 8), (15, 8), (7, 8), (0, 7))
 
 
 @triton.jit
-def _digit_hist_kernel(base_ptr, xs, prefix_ptr, hist_ptr, n, nblocks, nprog,
-                       SHIFT: tl.constexpr, BINS: tl.constexpr, PREFIX_SHIFT: tl.constexpr,
-                       KB: tl.constexpr, BLOCK: tl.constexpr):
+def _digit_hist_kernel(
+    base_ptr,
+    xs,
+    prefix_ptr,
+    hist_ptr,
+    n,
+    nblocks,
+    nprog,
+    SHIFT: tl.constexpr,
+    BINS: tl.constexpr,
+    PREFIX_SHIFT: tl.constexpr,
+    KB: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """BINS-bin histogram of the digit (key >> SHIFT) & (BINS - 1) over the keys whose
     key >> PREFIX_SHIFT equals model i's prefix (all keys when PREFIX_SHIFT == 31).
 
@@ -88,12 +107,18 @@ def _first_reaching(hist: torch.Tensor, need: torch.Tensor):
     above = torch.where(idx > 0, from_top.gather(1, (idx - 1).clamp(min=0)[:, None])[:, 0], 0)
     chosen = bins - 1 - idx
     count = h.gather(1, chosen[:, None])[:, 0]
-    return torch.stack([chosen, above, count]).tolist()   # one device sync
+    return torch.stack([chosen, above, count]).tolist()  # one device sync
 
 
-def select_by_histograms(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                         models: Sequence[int], block: int, state: WindowScan,
-                         options: SelectionOptions) -> None:
+def select_by_histograms(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    keep: Sequence[int],
+    models: Sequence[int],
+    block: int,
+    state: WindowScan,
+    options: SelectionOptions,
+) -> None:
     """The histogram passes for `models`: settles each one's exact T in `state` (_settle)."""
     n, dev = base.numel(), base.device
     nblocks = triton.cdiv(n, block)
@@ -109,28 +134,40 @@ def select_by_histograms(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: S
         bins = 1 << width
         hist = torch.zeros((len(todo), bins), dtype=torch.int32, device=dev)
         prefixes = torch.tensor([p for _, p, _ in todo], dtype=torch.int32, device=dev)
-        _digit_hist_kernel[hist_grid](b, tuple(as_arg(xs[i]) for i, _, _ in todo), prefixes,
-                                      hist, n, nblocks, hist_grid[0], SHIFT=shift, BINS=bins,
-                                      PREFIX_SHIFT=shift + width,
-                                      KB=triton.next_power_of_2(len(todo)), BLOCK=block, **opts)
+        _digit_hist_kernel[hist_grid](
+            b,
+            tuple(as_arg(xs[i]) for i, _, _ in todo),
+            prefixes,
+            hist,
+            n,
+            nblocks,
+            hist_grid[0],
+            SHIFT=shift,
+            BINS=bins,
+            PREFIX_SHIFT=shift + width,
+            KB=triton.next_power_of_2(len(todo)),
+            BLOCK=block,
+            **opts,
+        )
         need = torch.tensor([r for _, _, r in todo], dtype=torch.int64, device=dev)
         digit, above, count = _first_reaching(hist, need)
         nxt = []
         for q, (i, prefix, r) in enumerate(todo):
             p = (prefix << width) | digit[q]
-            rest = r - above[q]            # still needed among keys with this prefix
-            if rest == count[q]:           # the whole bucket is kept
+            rest = r - above[q]  # still needed among keys with this prefix
+            if rest == count[q]:  # the whole bucket is kept
                 _settle(state, i, p << shift, NO_QUOTA, None)
             elif shift > 0:
                 nxt.append((i, p, rest))
-            else:                          # p is the exact threshold key
+            else:  # p is the exact threshold key
                 cut.append((i, p, rest))
         todo = nxt
     if cut:
         counts = torch.empty((len(cut), nblocks), dtype=torch.int32, device=dev)
         thr_cut = torch.tensor([t for _, t, _ in cut], dtype=torch.int32, device=dev)
-        _eq_count_kernel[(nblocks,)](b, tuple(as_arg(xs[i]) for i, _, _ in cut), thr_cut, counts,
-                                     n, nblocks, BLOCK=block, **opts)
+        _eq_count_kernel[(nblocks,)](
+            b, tuple(as_arg(xs[i]) for i, _, _ in cut), thr_cut, counts, n, nblocks, BLOCK=block, **opts
+        )
         for q, (i, t, rest) in enumerate(cut):
             _settle(state, i, t, rest, counts[q])
 

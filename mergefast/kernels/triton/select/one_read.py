@@ -26,7 +26,7 @@ windows' expected share) or too small a tensor: the caller runs the two passes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -34,21 +34,43 @@ import triton.language as tl
 
 from ...selection import SelectionOptions
 from ..apply import merge_result, weighted_sum
-from ..utils import (INTERPRET_BLOCK, as_arg, block_span, interpret, launch_options, load_f32,
-                     magnitude_key, store_f32)
+from ..utils import INTERPRET_BLOCK, as_arg, block_span, interpret, launch_options, load_f32, magnitude_key, store_f32
 from . import fix_up, records, rules
 from . import window as sw
 
-SAMPLE_MAX = 1 << 15   # 4x the two-pass scheme's sample: 2x narrower windows, as on the CPU
-ONE_READ_MIN = 1 << 20   # fewer elements: the two passes (their second read hits the L2)
+SAMPLE_MAX = 1 << 15  # 4x the two-pass scheme's sample: 2x narrower windows, as on the CPU
+ONE_READ_MIN = 1 << 20  # fewer elements: the two passes (their second read hits the L2)
 INTERPRET_ONE_READ_MIN = 1 << 12
 
 
 @triton.jit
-def _one_read_kernel(base_ptr, xs, ws, lo_ptr, hi_ptr, thr_ptr, count_ptr, slot_ptr, used_ptr,
-                     first_ptr, rcount_ptr, roff_ptr, rbase_ptr, rxs, rcap, out_ptr, n, nblocks,
-                     divisor, lam, CAP: tl.constexpr, CONSENSUS: tl.constexpr,
-                     NORMALIZE: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr):
+def _one_read_kernel(
+    base_ptr,
+    xs,
+    ws,
+    lo_ptr,
+    hi_ptr,
+    thr_ptr,
+    count_ptr,
+    slot_ptr,
+    used_ptr,
+    first_ptr,
+    rcount_ptr,
+    roff_ptr,
+    rbase_ptr,
+    rxs,
+    rcap,
+    out_ptr,
+    n,
+    nblocks,
+    divisor,
+    lam,
+    CAP: tl.constexpr,
+    CONSENSUS: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    SCALE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid, offs, mask = block_span(n, BLOCK)
     b = load_f32(base_ptr, offs, mask)
     uncertain = tl.zeros([BLOCK], dtype=tl.int32)
@@ -56,17 +78,43 @@ def _one_read_kernel(base_ptr, xs, ws, lo_ptr, hi_ptr, thr_ptr, count_ptr, slot_
         key = magnitude_key(load_f32(xs[i], offs, mask) - b)
         lo = tl.load(lo_ptr + i)
         hi = tl.load(hi_ptr + i)
-        sw.window_counts(key, mask, lo, hi, count_ptr + i * 4 * nblocks + pid, nblocks,
-                         slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP, CAP)
+        sw.window_counts(
+            key,
+            mask,
+            lo,
+            hi,
+            count_ptr + i * 4 * nblocks + pid,
+            nblocks,
+            slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP,
+            CAP,
+        )
         uncertain = uncertain | (mask & (key >= lo) & (key <= hi)).to(tl.int32)
     # the apply with this pass's rules (key >= hi + 1): no tie cuts
-    total = weighted_sum(b, xs, ws, offs, mask, thr_ptr, thr_ptr, thr_ptr, pid, nblocks, 1,
-                         False)
-    out = merge_result(b, total, xs, ws, offs, mask, thr_ptr, thr_ptr, thr_ptr, pid, nblocks,
-                       divisor, lam, 1, False, CONSENSUS, NORMALIZE, SCALE)
+    total = weighted_sum(b, xs, ws, offs, mask, thr_ptr, thr_ptr, thr_ptr, pid, nblocks, 1, False)
+    out = merge_result(
+        b,
+        total,
+        xs,
+        ws,
+        offs,
+        mask,
+        thr_ptr,
+        thr_ptr,
+        thr_ptr,
+        pid,
+        nblocks,
+        divisor,
+        lam,
+        1,
+        False,
+        CONSENSUS,
+        NORMALIZE,
+        SCALE,
+    )
     store_f32(out_ptr, offs, out, mask)
-    records.store_records(uncertain, b, xs, offs, mask, pid, used_ptr, first_ptr, rcount_ptr,
-                          roff_ptr, rbase_ptr, rxs, rcap, BLOCK)
+    records.store_records(
+        uncertain, b, xs, offs, mask, pid, used_ptr, first_ptr, rcount_ptr, roff_ptr, rbase_ptr, rxs, rcap, BLOCK
+    )
 
 
 def _sizes(options: SelectionOptions) -> tuple[int, int]:
@@ -76,9 +124,18 @@ def _sizes(options: SelectionOptions) -> tuple[int, int]:
     return options.one_read_min or ONE_READ_MIN, options.one_read_block
 
 
-def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Sequence[float],
-                    keep: Sequence[int], consensus: bool, normalize: bool, divisor: float,
-                    lambda_: float, out: torch.Tensor, options: SelectionOptions) -> bool:
+def task_arithmetic(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    keep: Sequence[int],
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out: torch.Tensor,
+    options: SelectionOptions,
+) -> bool:
     """The merge into `out` in one read of the inputs; False (out then undefined) when the
     caller must run the two passes."""
     n, K, dev = base.numel(), len(xs), base.device
@@ -96,16 +153,37 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
     rec = records.allocate(base, xs, share, nblocks, block)
     flags = dict(CONSENSUS=bool(consensus), NORMALIZE=bool(normalize), SCALE=float(lambda_) != 1.0)
     _one_read_kernel[(nblocks,)](
-        as_arg(base), tuple(as_arg(x) for x in xs), tuple(float(w) for w in weights), lo, hi, thr,
-        counts, slots, rec.used, rec.first, rec.count, rec.offsets, as_arg(rec.base),
-        tuple(as_arg(r) for r in rec.xs), rec.cap, as_arg(out), n, nblocks, float(divisor),
-        float(lambda_), CAP=cap, BLOCK=block, **flags, **launch_options())
+        as_arg(base),
+        tuple(as_arg(x) for x in xs),
+        tuple(float(w) for w in weights),
+        lo,
+        hi,
+        thr,
+        counts,
+        slots,
+        rec.used,
+        rec.first,
+        rec.count,
+        rec.offsets,
+        as_arg(rec.base),
+        tuple(as_arg(r) for r in rec.xs),
+        rec.cap,
+        as_arg(out),
+        n,
+        nblocks,
+        float(divisor),
+        float(lambda_),
+        CAP=cap,
+        BLOCK=block,
+        **flags,
+        **launch_options(),
+    )
     totals = torch.stack([rec.used[0].to(torch.int64), rec.count.amax().to(torch.int64)])
-    synced = torch.cat([sw.window_stats(counts, lo, hi).reshape(-1), totals]).tolist()   # sync
+    synced = torch.cat([sw.window_stats(counts, lo, hi).reshape(-1), totals]).tolist()  # sync
     total, fullest = synced[-2:]
     if total > rec.cap:
         return False
-    stats = [synced[sw.STATS * i:sw.STATS * (i + 1)] for i in range(K)]
+    stats = [synced[sw.STATS * i : sw.STATS * (i + 1)] for i in range(K)]
     cases = sw.cases_of(keep, n, stats, cap)
     if None in cases:
         return False
@@ -113,6 +191,5 @@ def task_arithmetic(base: torch.Tensor, xs: Sequence[torch.Tensor], weights: Seq
         return True
     state = sw.WindowScan(lo, hi, counts, slots, cases, sw.candidate_bits(cases, stats))
     thr, quota, eqb = rules.rules(state, block, n, options)
-    fix_up.fix_up(rec, fullest, weights, thr, quota, eqb, out, nblocks, divisor, lambda_, flags,
-                  block)
+    fix_up.fix_up(rec, fullest, weights, thr, quota, eqb, out, nblocks, divisor, lambda_, flags, block)
     return True

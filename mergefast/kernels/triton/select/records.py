@@ -9,7 +9,8 @@ fix-up (fix_up.py) reads them back. The CPU's counterpart: csrc/cpu/select/recor
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import triton
@@ -24,31 +25,50 @@ RECORD_SLACK = 2.0
 
 class Records(NamedTuple):
     """The record columns (rcap records each) and, per block, its first record and count."""
-    offsets: torch.Tensor      # int16: the element's offset in its block
-    base: torch.Tensor         # base's dtype
-    xs: list                   # each model's dtype
-    used: torch.Tensor         # int32 [1]: records claimed so far (may exceed rcap)
-    first: torch.Tensor        # int32 [nblocks]
-    count: torch.Tensor        # int32 [nblocks]
-    cap: int                   # rcap
+
+    offsets: torch.Tensor  # int16: the element's offset in its block
+    base: torch.Tensor  # base's dtype
+    xs: list  # each model's dtype
+    used: torch.Tensor  # int32 [1]: records claimed so far (may exceed rcap)
+    first: torch.Tensor  # int32 [nblocks]
+    count: torch.Tensor  # int32 [nblocks]
+    cap: int  # rcap
 
 
-def allocate(base: torch.Tensor, xs: Sequence[torch.Tensor], share: float, nblocks: int,
-             block: int) -> Records:
+def allocate(base: torch.Tensor, xs: Sequence[torch.Tensor], share: float, nblocks: int, block: int) -> Records:
     """Record columns for `share` of base's elements (the windows' expected share), with
     RECORD_SLACK times that room and a block more."""
     n, dev = base.numel(), base.device
     rcap = min(n, math.ceil(RECORD_SLACK * share * n) + block)
     first, count = (torch.empty(nblocks, dtype=torch.int32, device=dev) for _ in range(2))
-    return Records(torch.empty(rcap, dtype=torch.int16, device=dev),
-                   torch.empty(rcap, dtype=base.dtype, device=dev),
-                   [torch.empty(rcap, dtype=x.dtype, device=dev) for x in xs],
-                   torch.zeros(1, dtype=torch.int32, device=dev), first, count, rcap)
+    return Records(
+        torch.empty(rcap, dtype=torch.int16, device=dev),
+        torch.empty(rcap, dtype=base.dtype, device=dev),
+        [torch.empty(rcap, dtype=x.dtype, device=dev) for x in xs],
+        torch.zeros(1, dtype=torch.int32, device=dev),
+        first,
+        count,
+        rcap,
+    )
 
 
 @triton.jit
-def store_records(uncertain, b, xs, offs, mask, pid, used_ptr, first_ptr, rcount_ptr, roff_ptr,
-                  rbase_ptr, rxs, rcap, BLOCK: tl.constexpr):
+def store_records(
+    uncertain,
+    b,
+    xs,
+    offs,
+    mask,
+    pid,
+    used_ptr,
+    first_ptr,
+    rcount_ptr,
+    roff_ptr,
+    rbase_ptr,
+    rxs,
+    rcap,
+    BLOCK: tl.constexpr,
+):
     """Block pid's records: the elements whose `uncertain` flag is set, their place in the
     record columns claimed with one atomic, then offset, base (`b`, in float32 registers,
     stored back in its dtype: exact) and every model's value. Records past rcap are dropped:

@@ -32,7 +32,8 @@ FINALIZE_BLOCKS = 1024
 # constexpr copies of window.py's cases (column 0 of `cases`, column 1 its aux): the
 # kernels read them.
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = (
-    tl.constexpr(v) for v in (sw.KEEP_ALL, sw.KEEP_NOTHING, sw.AT_HI, sw.AT_LO, sw.CANDIDATE))
+    tl.constexpr(v) for v in (sw.KEEP_ALL, sw.KEEP_NOTHING, sw.AT_HI, sw.AT_LO, sw.CANDIDATE)
+)
 _KEEP_NONE = tl.constexpr(KEEP_NONE)
 _NO_QUOTA = tl.constexpr(NO_QUOTA)
 
@@ -43,12 +44,13 @@ def _threshold(case, i, lo_ptr, hi_ptr, tval_ptr):
     t = tl.load(tval_ptr + i, mask=case == CANDIDATE, other=0)
     t = tl.where(case == AT_HI, tl.load(hi_ptr + i).to(tl.int64), t)
     t = tl.where(case == AT_LO, tl.load(lo_ptr + i).to(tl.int64), t)
-    return tl.where(case == KEEP_NOTHING, _KEEP_NONE, t)   # KEEP_ALL: 0
+    return tl.where(case == KEEP_NOTHING, _KEEP_NONE, t)  # KEEP_ALL: 0
 
 
 @triton.jit
-def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, count_ptr, slot_ptr, eqgt_ptr, nblocks,
-                  K: tl.constexpr, CAP: tl.constexpr):
+def _rules_kernel(
+    cases_ptr, lo_ptr, hi_ptr, tval_ptr, count_ptr, slot_ptr, eqgt_ptr, nblocks, K: tl.constexpr, CAP: tl.constexpr
+):
     """Per block and model i: eqgt[0, i, block] = its keys equal to T, eqgt[1, i, block] =
     its candidates above T (CANDIDATE only)."""
     pid = tl.program_id(0)
@@ -59,11 +61,13 @@ def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, count_ptr, slot_ptr, eqgt
         # rest is garbage), only AT_HI / AT_LO counts
         got = tl.load(count_ptr + (4 * i + 3) * nblocks + pid, mask=case == CANDIDATE, other=0)
         cap = tl.arange(0, CAP)
-        slots = tl.load(slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP + cap, mask=cap < got,
-                        other=0)
+        slots = tl.load(slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP + cap, mask=cap < got, other=0)
         eq = tl.sum((slots == t).to(tl.int64), axis=0)
-        at_end = tl.load(count_ptr + (4 * i + 1 + (case == AT_LO).to(tl.int64)) * nblocks + pid,
-                         mask=(case == AT_HI) | (case == AT_LO), other=0)
+        at_end = tl.load(
+            count_ptr + (4 * i + 1 + (case == AT_LO).to(tl.int64)) * nblocks + pid,
+            mask=(case == AT_HI) | (case == AT_LO),
+            other=0,
+        )
         eq = tl.where(case == CANDIDATE, eq, at_end)
         gt = tl.where(case == CANDIDATE, tl.sum((slots > t).to(tl.int64), axis=0), 0)
         tl.store(eqgt_ptr + i * nblocks + pid, eq)
@@ -71,16 +75,27 @@ def _rules_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, count_ptr, slot_ptr, eqgt
 
 
 @triton.jit
-def _finalize_kernel(cases_ptr, lo_ptr, hi_ptr, tval_ptr, eqgt_ptr, cum_ptr, thr_ptr, quota_ptr,
-                     eqb_ptr, nblocks, K: tl.constexpr, BLOCKS: tl.constexpr):
+def _finalize_kernel(
+    cases_ptr,
+    lo_ptr,
+    hi_ptr,
+    tval_ptr,
+    eqgt_ptr,
+    cum_ptr,
+    thr_ptr,
+    quota_ptr,
+    eqb_ptr,
+    nblocks,
+    K: tl.constexpr,
+    BLOCKS: tl.constexpr,
+):
     """thr and quota per model (program 0) and eqb[i, block] = its ties before the block."""
     pid = tl.program_id(0)
     blocks = pid * BLOCKS + tl.arange(0, BLOCKS)
     mask = blocks < nblocks
     for i in tl.static_range(K):
         row = i * nblocks + blocks
-        before = tl.load(cum_ptr + row, mask=mask, other=0) - tl.load(eqgt_ptr + row, mask=mask,
-                                                                        other=0)
+        before = tl.load(cum_ptr + row, mask=mask, other=0) - tl.load(eqgt_ptr + row, mask=mask, other=0)
         tl.store(eqb_ptr + row, before, mask=mask)
         if pid == 0:
             case = tl.load(cases_ptr + 2 * i)
@@ -103,12 +118,13 @@ def rules(state: sw.WindowScan, block: int, n: int, options: SelectionOptions):
     case_t = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host
     tval = candidates.thresholds(case_t, state, options)
     eqgt = torch.empty((2, K, nblocks), dtype=torch.int64, device=dev)
-    _rules_kernel[(nblocks,)](case_t, lo, state.hi, tval, state.counts, state.slots, eqgt, nblocks,
-                              K=K, CAP=state.slots.shape[2])
+    _rules_kernel[(nblocks,)](
+        case_t, lo, state.hi, tval, state.counts, state.slots, eqgt, nblocks, K=K, CAP=state.slots.shape[2]
+    )
     cum = eqgt.cumsum(2)
     thr, quota = (torch.empty(K, dtype=torch.int64, device=dev) for _ in range(2))
     eqb = torch.empty((K, nblocks), dtype=torch.int64, device=dev)
     _finalize_kernel[(triton.cdiv(nblocks, FINALIZE_BLOCKS),)](
-        case_t, lo, state.hi, tval, eqgt, cum, thr, quota, eqb, nblocks, K=K,
-        BLOCKS=FINALIZE_BLOCKS)
+        case_t, lo, state.hi, tval, eqgt, cum, thr, quota, eqb, nblocks, K=K, BLOCKS=FINALIZE_BLOCKS
+    )
     return thr, quota, (eqb if any(cut for _, _, cut in cases) else None)

@@ -5,7 +5,7 @@ second read of the inputs. The CPU's counterpart: csrc/cpu/select/two_pass.cpp.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -13,8 +13,9 @@ from ...selection import SelectionOptions
 from . import histogram, rules, window
 
 
-def select_magnitude(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-                     block: int, options: SelectionOptions):
+def select_magnitude(
+    base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int], block: int, options: SelectionOptions
+):
     """Thresholds (int64 [K]), tie quotas (int64 [K]) and, when some model's ties are split,
     the count of its threshold-equal elements before each block (int64 [K, nblocks]).
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,17 +32,17 @@ import triton.language as tl
 
 from ..utils import KEEP_NONE, NO_QUOTA, as_arg, block_span, launch_options, load_f32, magnitude_key
 
-SAMPLE_MAX = 1 << 13   # sampled keys per model, as on the CPU
-WINDOW_SIGMAS = 3.0    # half-width of the window in standard deviations of the sample's rank
-MIN_SAMPLE = 64        # fewer sampled keys (n < 1024) predict nothing: histogram passes only
-SLOT_SLACK = 1.5       # slots per block: this times the window's expected share, rounded up
-NO_HI = 0x7FFFFFFF     # hi when the window is open above (no key is greater)
-SAMPLE_BLOCK = 1024    # sampled keys per program of _sample_keys_kernel
+SAMPLE_MAX = 1 << 13  # sampled keys per model, as on the CPU
+WINDOW_SIGMAS = 3.0  # half-width of the window in standard deviations of the sample's rank
+MIN_SAMPLE = 64  # fewer sampled keys (n < 1024) predict nothing: histogram passes only
+SLOT_SLACK = 1.5  # slots per block: this times the window's expected share, rounded up
+NO_HI = 0x7FFFFFFF  # hi when the window is open above (no key is greater)
+SAMPLE_BLOCK = 1024  # sampled keys per program of _sample_keys_kernel
 _NO_HI = tl.constexpr(NO_HI)
 _KEEP_NONE = tl.constexpr(KEEP_NONE)
 # Where a model's threshold T lies after a window scan (case_of; rules.py reads them).
 KEEP_ALL, KEEP_NOTHING, AT_HI, AT_LO, CANDIDATE = range(5)
-STATS = 7              # window_stats' columns
+STATS = 7  # window_stats' columns
 
 
 @triton.jit
@@ -62,8 +63,19 @@ def window_counts(key, mask, lo, hi, counts, nblocks, own, CAP: tl.constexpr):
 
 
 @triton.jit
-def _window_scan_kernel(base_ptr, xs, lo_ptr, hi_ptr, count_ptr, slot_ptr, n, nblocks,
-                        ACTIVE: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+def _window_scan_kernel(
+    base_ptr,
+    xs,
+    lo_ptr,
+    hi_ptr,
+    count_ptr,
+    slot_ptr,
+    n,
+    nblocks,
+    ACTIVE: tl.constexpr,
+    CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Per block and model i with bit i of ACTIVE set: window_counts into
     count_ptr[i, 0..3, block] and slot_ptr[i, block, :] (the others are not read)."""
     pid, offs, mask = block_span(n, BLOCK)
@@ -71,9 +83,16 @@ def _window_scan_kernel(base_ptr, xs, lo_ptr, hi_ptr, count_ptr, slot_ptr, n, nb
     for i in tl.static_range(len(xs)):
         if (ACTIVE >> i) & 1:
             key = magnitude_key(load_f32(xs[i], offs, mask) - b)
-            window_counts(key, mask, tl.load(lo_ptr + i), tl.load(hi_ptr + i),
-                          count_ptr + i * 4 * nblocks + pid, nblocks,
-                          slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP, CAP)
+            window_counts(
+                key,
+                mask,
+                tl.load(lo_ptr + i),
+                tl.load(hi_ptr + i),
+                count_ptr + i * 4 * nblocks + pid,
+                nblocks,
+                slot_ptr + (i * nblocks + pid).to(tl.int64) * CAP,
+                CAP,
+            )
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,8 +130,7 @@ def window_ranks(keep: int, n: int, m: int) -> tuple[int, int]:
     """Where hi and lo sit among m sampled keys sorted from the largest (0-based): WINDOW_SIGMAS
     standard deviations of rank above and below where the keep-th largest of n is expected;
     hi is open (NO_HI) when its rank is < 0, lo is 0 when its rank is >= m."""
-    return (math.floor(keep / n * m - _margin(m, keep, n)),
-            math.ceil(keep / n * m + _margin(m, keep, n)))
+    return (math.floor(keep / n * m - _margin(m, keep, n)), math.ceil(keep / n * m + _margin(m, keep, n)))
 
 
 @triton.jit
@@ -147,8 +165,7 @@ def _ends_kernel(ranked_ptr, m, rows, tops_hi, tops_lo, lo_ptr, hi_ptr, thr_ptr)
         tl.store(thr_ptr + i, thr)
 
 
-def windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-            active: Sequence[int], m: int):
+def windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int], active: Sequence[int], m: int):
     """lo, hi (int32 [K]) of every model's window on the device, and the one-read pass's
     thresholds (int64 [K]: hi + 1): for the models of `active` predicted from m sampled keys
     (window_ranks) in three launches; for the others a window nothing is in and keep-all or
@@ -157,7 +174,8 @@ def windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
     pos = sample_positions(n, m, dev)
     keys = torch.empty((len(active), m), dtype=torch.int32, device=dev)
     _sample_keys_kernel[(triton.cdiv(m, SAMPLE_BLOCK),)](
-        as_arg(base), tuple(as_arg(xs[i]) for i in active), pos, keys, m, BLOCK=SAMPLE_BLOCK)
+        as_arg(base), tuple(as_arg(xs[i]) for i in active), pos, keys, m, BLOCK=SAMPLE_BLOCK
+    )
     ranked = keys.sort(dim=1, descending=True).values
     rows, tops_hi, tops_lo = [], [], []
     for i, k in enumerate(keep):
@@ -171,8 +189,7 @@ def windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
     return lo, hi, thr
 
 
-def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int,
-                    m: int | None = None) -> int:
+def slots_per_block(n: int, keep: Sequence[int], models: Sequence[int], block: int, m: int | None = None) -> int:
     """Candidate slots of a block: SLOT_SLACK times the widest window's expected share of a
     block, a power of two (the kernel's tile) between 16 and the block."""
     m = m or sample_size(n)
@@ -185,6 +202,7 @@ class WindowScan(NamedTuple):
     lo, hi int32 [K]; counts int32 [K, 4, nblocks]; slots int32 [K, nblocks, cap]; cases[i]
     model i's case_of, None while its T is unknown (its window missed, its slots overflowed,
     or it was not scanned); bits: candidate_bits."""
+
     lo: torch.Tensor
     hi: torch.Tensor
     counts: torch.Tensor
@@ -193,8 +211,9 @@ class WindowScan(NamedTuple):
     bits: int
 
 
-def scan(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
-         active: Sequence[int], block: int) -> WindowScan:
+def scan(
+    base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int], active: Sequence[int], block: int
+) -> WindowScan:
     """The window scan of the models of `active` (those with 0 < keep < n); unscanned()
     when the tensor is too small to sample."""
     n, K, dev = base.numel(), len(xs), base.device
@@ -206,10 +225,21 @@ def scan(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
     cap = slots_per_block(n, keep, active, block, m)
     counts = torch.empty((K, 4, nblocks), dtype=torch.int32, device=dev)
     slots = torch.empty((K, nblocks, cap), dtype=torch.int32, device=dev)
-    _window_scan_kernel[(nblocks,)](as_arg(base), tuple(as_arg(x) for x in xs), lo, hi, counts,
-                                    slots, n, nblocks, ACTIVE=sum(1 << i for i in active),
-                                    CAP=cap, BLOCK=block, **launch_options())
-    stats = window_stats(counts, lo, hi).tolist()   # the one sync
+    _window_scan_kernel[(nblocks,)](
+        as_arg(base),
+        tuple(as_arg(x) for x in xs),
+        lo,
+        hi,
+        counts,
+        slots,
+        n,
+        nblocks,
+        ACTIVE=sum(1 << i for i in active),
+        CAP=cap,
+        BLOCK=block,
+        **launch_options(),
+    )
+    stats = window_stats(counts, lo, hi).tolist()  # the one sync
     cases = cases_of(keep, n, stats, cap)
     return WindowScan(lo, hi, counts, slots, cases, candidate_bits(cases, stats))
 
@@ -220,7 +250,7 @@ def unscanned(n: int, keep: Sequence[int], block: int, device: torch.device) -> 
     K, nblocks = len(keep), triton.cdiv(n, block)
     lo, hi = (torch.zeros(K, dtype=torch.int32, device=device) for _ in range(2))
     counts = torch.zeros((K, 4, nblocks), dtype=torch.int32, device=device)
-    slots = torch.empty((K, 1, 16), dtype=torch.int32, device=device)   # read by no case
+    slots = torch.empty((K, 1, 16), dtype=torch.int32, device=device)  # read by no case
     return WindowScan(lo, hi, counts, slots, [case_of(k, n, None, 16) for k in keep], 0)
 
 
@@ -238,7 +268,7 @@ def window_case(k: int, stats: Sequence[int], cap: int):
     cut), or CANDIDATE with aux the rank of T among the candidates; None when T is outside
     the window or the slots overflowed."""
     above, eq_hi, eq_lo, inside, most = stats[:5]
-    r = k - above                          # still needed at or below hi
+    r = k - above  # still needed at or below hi
     if most > cap or r <= 0:
         return None
     if r <= eq_hi:
@@ -264,8 +294,7 @@ def case_of(k: int, n: int, stats: Sequence[int] | None, cap: int):
 def candidate_bits(cases: list, stats: Sequence[Sequence[int]]) -> int:
     """The widest offset key - lo - 1 of the CANDIDATE models' candidates, in bits (each
     lies strictly between lo and hi, the last two columns of its window_stats row)."""
-    spans = [stats[i][6] - stats[i][5] - 2 for i, c in enumerate(cases)
-             if c is not None and c[0] == CANDIDATE]
+    spans = [stats[i][6] - stats[i][5] - 2 for i, c in enumerate(cases) if c is not None and c[0] == CANDIDATE]
     return max((max(1, span.bit_length()) for span in spans), default=0)
 
 
