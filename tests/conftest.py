@@ -6,7 +6,7 @@ Without a CUDA device the Triton kernels run under the interpreter: TRITON_INTER
 be set before triton is imported (it decides at `@triton.jit` time whether a kernel is compiled
 or interpreted), so it is set here, before any test module is imported, unless it is set
 already. tests/test_kernels_triton.py then runs its interpreted suites in this process, and
-tests/test_triton_compile.py imports compiled copies of the kernels for itself.
+tests/test_triton_compile.py compiles the kernels in a child process without the interpreter.
 """
 
 from __future__ import annotations

@@ -77,6 +77,9 @@ class FakeHub:
         self.served = {"tensor": 0, "header": 0, "other": 0}
         self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
         self.downloads: list[str] = []  # "repo/path" of each whole-file GET, in arrival order
+        # "repo/path" -> byte offset: the next body that crosses it is cut there, the connection
+        # closed mid-response (once per entry), as a dropped connection would
+        self.drop_at: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -260,7 +263,17 @@ class _Handler(BaseHTTPRequestHandler):
             if "Range" not in self.headers:
                 with self.hub._lock:
                     self.hub.downloads.append(f"{name}/{path}")
-            self._send_body(repo, path, data, start, end)
+            self._send_body(repo, path, data, start, self._cut(f"{name}/{path}", start, end))
+
+    def _cut(self, key: str, start: int, end: int) -> int:
+        """Where this body ends: `end`, or the drop point of `key` once when it lies inside."""
+        with self.hub._lock:
+            at = self.hub.drop_at.get(key)
+            if at is None or not start < at < end:
+                return end
+            del self.hub.drop_at[key]
+        self.close_connection = True  # the client sees fewer bytes than Content-Length, then EOF
+        return at
 
     def _send_body(self, repo: FakeRepo, path: str, data: bytes, start: int, end: int) -> None:
         """Write bytes [start, end) in chunks, at most `bytes_per_second`, counting what left."""

@@ -140,6 +140,44 @@ def test_merge_from_the_hub_equals_the_local_merge(hub, tmp_path, models):
     assert all(not p.startswith("/org/") for _, p in hub.requests)
 
 
+def _drop_mid_data(hub: FakeHub, repo: str) -> tuple[str, int]:
+    """Cut the connection once in the middle of the tensor data of `repo`'s first weight file."""
+    name = min(p for p in hub.repos[repo].files if p.endswith(".safetensors"))
+    data = hub.repos[repo].files[name]
+    data_start = 8 + int.from_bytes(data[:8], "little")
+    hub.drop_at[f"{repo}/{name}"] = (data_start + len(data)) // 2
+    return f"{repo}/{name}", len(data) - data_start
+
+
+@pytest.mark.slow  # huggingface_hub waits 1 s before it resumes
+def test_a_dropped_download_is_resumed(hub, tmp_path, models, monkeypatch):
+    """A shard whose connection drops mid-body is resumed (huggingface_hub's retry) from its
+    last whole chunk (DOWNLOAD_CHUNK_SIZE: 10 MB by default, 64 kB here): the merge equals the
+    local one and at most one chunk is sent twice."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)
+    local = {k: str(models[k]) for k in ("base", "ft-a", "ft-b")}
+    mergefast.merge(_config(TIES, **local), tmp_path / "local")
+    key, _ = _drop_mid_data(hub, "org/ft-a")
+    summary = mergefast.merge(_config(TIES), tmp_path / "hub")
+    assert key not in hub.drop_at  # the connection was cut
+    a, b = _tensors(tmp_path / "local"), _tensors(tmp_path / "hub")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sent_twice = hub.served["tensor"] - (summary.downloaded_bytes - _header_bytes(hub))
+    assert 0 <= sent_twice < 1 << 16
+
+
+def _header_bytes(hub: FakeHub) -> int:
+    """The header bytes (length prefix included) of every weight file of the fake Hub."""
+    return sum(
+        8 + int.from_bytes(d[:8], "little")
+        for n in ("base", "ft-a", "ft-b")
+        for p, d in hub.repos[f"org/{n}"].files.items()
+        if p.endswith(".safetensors")
+    )
+
+
 def test_offline_from_the_cache(hub, tmp_path, monkeypatch):
     from huggingface_hub import constants
 

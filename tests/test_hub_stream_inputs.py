@@ -14,9 +14,10 @@ import test_hub_stream
 import torch
 from fake_hub import FakeHub, use_fake_hub
 from helpers import popen_with_default_sigint, run_cli
-from test_hub_stream import TIES, _config, _tensors
+from test_hub_stream import TIES, _config, _drop_mid_data, _tensors
 
 import mergefast
+from mergefast.errors import ModelError
 from mergefast.io import hub_stream
 
 hub, models = test_hub_stream.hub, test_hub_stream.models  # its fixtures, shared
@@ -40,6 +41,26 @@ def test_streamed_merge_equals_the_local_merge(hub, tmp_path, models, monkeypatc
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _weights_in_cache(tmp_path) == [] and not [p for p in hub.downloads if p.endswith(".safetensors")]
     assert hub.served["tensor"] == summary.read_bytes == summary.downloaded_bytes  # each byte once
+
+
+def test_a_dropped_range_read_is_resumed(hub, tmp_path, models):
+    """A range read whose connection drops mid-body asks for the rest only (what arrived of
+    the last CHUNK is lost with the connection)."""
+    mergefast.merge(_config(TIES, **{k: str(models[k]) for k in ("base", "ft-a", "ft-b")}), tmp_path / "local")
+    key, _ = _drop_mid_data(hub, "org/ft-a")
+    summary = mergefast.merge(_config(TIES), tmp_path / "hub", stream_inputs=True)
+    assert key not in hub.drop_at  # the connection was cut
+    a, b = _tensors(tmp_path / "local"), _tensors(tmp_path / "hub")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert 0 <= hub.served["tensor"] - summary.read_bytes < hub_stream.CHUNK
+
+
+def test_a_range_read_dropped_too_often_is_one_line(hub, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub_stream, "RETRIES", 0)
+    _drop_mid_data(hub, "org/ft-a")
+    with pytest.raises(ModelError, match=r"org/ft-a .*connection dropped 1 times in a row") as e:
+        mergefast.merge(_config(TIES), tmp_path / "hub", stream_inputs=True)
+    assert "\n" not in str(e.value) and not (tmp_path / "hub").exists()
 
 
 def test_cached_files_are_read_from_disk(hub, tmp_path):

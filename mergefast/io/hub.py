@@ -149,7 +149,7 @@ def cache_when_unreachable(error: Exception, repo: str, revision: str | None, ca
     be reached and the repo is cached (a warning says so); else `error` is raised again."""
     from huggingface_hub import errors as hfe
 
-    if not _is_network_error(error):
+    if not is_network_error(error):
         raise error
     try:
         folder = cached_snapshot(repo, revision, cache_dir)
@@ -230,7 +230,7 @@ def hub_errors(repo: str, revision: str | None, cache_dir: str | None, file: str
             f"download it first (`hf download {repo}`) or unset HF_HUB_OFFLINE"
         ) from e
     except Exception as e:
-        if _is_network_error(e):
+        if is_network_error(e):
             raise ModelError(
                 f"cannot reach the Hugging Face Hub for {what} ({type(e).__name__}: {_first_line(e)}) and it is not "
                 f"cached in {cache}; check the network or proxy, or download it elsewhere and set HF_HUB_OFFLINE=1"
@@ -275,7 +275,8 @@ def _shards_of(index: Path) -> list[str]:
         ) from e
 
 
-def _is_network_error(e: BaseException) -> bool:
+def is_network_error(e: BaseException) -> bool:
+    """Whether `e` is a failure to reach or keep talking to a server (not an HTTP error status)."""
     from huggingface_hub import errors as hfe
 
     if isinstance(e, hfe.HfHubHTTPError):

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ModelError
-from .hub import hub_errors
+from .hub import hub_errors, is_network_error
 from .hub_remote import RemoteRepo
 from .pipeline import PipelineStopped
 
@@ -29,6 +29,7 @@ STREAMS = 8  # range requests at once for one tensor (as hub_fetch's DOWNLOAD_TH
 # Bytes received between checks of the stop flag: Ctrl-C waits for at most one such chunk per
 # stream (the range reads run in non-daemon threads that Python waits for at exit).
 CHUNK = 1 << 16
+RETRIES = 5  # attempts in a row without a byte received before a read fails (huggingface_hub's)
 
 
 class Streams:
@@ -58,6 +59,27 @@ class Streams:
             self.seconds += time.perf_counter() - began
 
     def _get(self, remote: RemoteRepo, name: str, start: int, out: memoryview) -> None:
+        """Fill `out` from offset `start`; a connection dropped mid-body is resumed from the
+        byte it stopped at, up to RETRIES times in a row (as huggingface_hub's downloads)."""
+        where = f"{name} of Hugging Face repo {remote.what} (commit {remote.commit[:12]})"
+        got, retries = 0, RETRIES
+        while got < len(out):
+            try:
+                more = self._get_once(remote, name, start + got, out[got:], where)
+            except _ShortBody as e:
+                more = e.got
+                if self._stop.is_set():
+                    raise PipelineStopped("the merge has stopped") from None
+                if retries == 0:
+                    raise ModelError(
+                        f"{where}: the connection dropped {RETRIES + 1} times in a row while reading bytes "
+                        f"{start}..{start + len(out)} ({e}); retry, or rerun without --stream-inputs"
+                    ) from None
+                retries = retries - 1 if more == 0 else RETRIES  # progress resets the count
+            got += more
+
+    def _get_once(self, remote: RemoteRepo, name: str, start: int, out: memoryview, where: str) -> int:
+        """One range request for `out`; the bytes it filled (_ShortBody when the body ended early)."""
         from huggingface_hub import constants
         from huggingface_hub.file_download import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
@@ -68,7 +90,6 @@ class Streams:
             "Range": f"bytes={start}-{start + len(out) - 1}",
             "Accept-Encoding": "identity",
         }
-        where = f"{name} of Hugging Face repo {remote.what} (commit {remote.commit[:12]})"
         got = 0
         with (
             hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name),
@@ -84,15 +105,26 @@ class Streams:
                     f"{where}: the Hub answered a range request with HTTP {response.status_code}; "
                     "rerun without --stream-inputs"
                 )
-            for chunk in response.iter_bytes(CHUNK):
-                if self._stop.is_set():
-                    raise PipelineStopped("the merge has stopped")
-                if got + len(chunk) > len(out):
-                    break
-                out[got : got + len(chunk)] = chunk
-                got += len(chunk)
+            try:
+                for chunk in response.iter_bytes(CHUNK):
+                    if self._stop.is_set():
+                        raise PipelineStopped("the merge has stopped")
+                    if got + len(chunk) > len(out):
+                        break
+                    out[got : got + len(chunk)] = chunk
+                    got += len(chunk)
+            except Exception as e:
+                if not is_network_error(e):
+                    raise
+                raise _ShortBody(f"{type(e).__name__}: {e}", got) from None  # _get resumes from `got`
         if got != len(out):
-            raise ModelError(
-                f"{where}: the Hub sent {got} of the {len(out)} bytes asked for at offset {start}; "
-                "retry, or rerun without --stream-inputs"
-            )
+            raise _ShortBody(f"the Hub sent {got} of the {len(out)} bytes asked for at offset {start}", got)
+        return got
+
+
+class _ShortBody(Exception):
+    """A range response that ended before its last byte (`got`: the bytes it did fill)."""
+
+    def __init__(self, message: str, got: int):
+        super().__init__(message)
+        self.got = got
