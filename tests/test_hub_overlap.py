@@ -117,6 +117,9 @@ def test_the_summary_counts_the_download(hub, base4, tmp_path):
     assert stats["downloaded_bytes"] == weights and stats["download_s"] > 0
     assert stats["download_bytes_per_s"] == pytest.approx(weights / stats["download_s"])
     assert result.stderr.count("downloaded ") == 1 and f"downloaded {weights / 1e6:.2f} MB in" in result.stderr
+    # one progress display: the download bar and the merge bar, no bar per file
+    bars = {line.split(":")[0] for line in result.stderr.replace("\r", "\n").splitlines() if "%|" in line}
+    assert bars == {"downloading", "merging"}, bars
 
     shutil.rmtree(tmp_path / "out")  # again, from the cache: nothing downloaded, nothing said
     result = _cli(tmp_path, "--stats-json", str(tmp_path / "stats.json"))

@@ -7,6 +7,9 @@ starts at once: io/hub_headers.py's reader calls `wait(path)` before it first op
 file, so a tensor job runs as soon as its inputs' files are in the snapshot folder, while the
 later shards still download. A file already in the snapshot folder is never waited for.
 
+Progress: one "downloading" bar counts the bytes of every download (huggingface_hub's bar per
+file is silenced and feeds it), beside the pipeline's "merging" bar.
+
 A failed download stops the rest and is raised, one line, by the next `wait` (the pipeline
 then stops as on any read error). `cancel()` (the merge failed or was interrupted) stops the
 downloads at their next chunk; the partial files stay in the cache, and huggingface_hub
@@ -70,10 +73,14 @@ class Arrivals:
         ]
         self._started = self._finished = 0.0
         self.waited_s = 0.0  # seconds the reader spent waiting for files (not reading them)
+        self._running = len(self._threads)
+        self._bar = None  # the one download bar, made by start()
 
     def start(self) -> Arrivals:
         """Start the download threads (none when every file is in place)."""
         self._started = time.perf_counter()
+        if self._threads:
+            self._bar = _total_bar(self.fresh_bytes, self.quiet)
         for t in self._threads:
             t.start()
         return self
@@ -105,7 +112,21 @@ class Arrivals:
         return max(0.0, self._finished - self._started) if self._threads else 0.0
 
     def _work(self) -> None:
-        bar = _bar_class(self._stop, self.quiet)
+        try:
+            self._download_queued(_bar_class(self._stop, self._count))
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self._bar.close()
+
+    def _count(self, n: int) -> None:
+        """Add `n` downloaded bytes to the download bar (from any download thread)."""
+        with self._lock:
+            self._bar.update(n)
+
+    def _download_queued(self, bar) -> None:
+        """Download queued files until none is left or the downloads stop."""
         while not self._stop.is_set():
             with self._lock:
                 if not self._queue:
@@ -123,22 +144,29 @@ class Arrivals:
                 self._events[f.path].set()
 
 
-def _bar_class(stop: threading.Event, quiet: bool):
-    """huggingface_hub's progress bar class, silent with --quiet, and raising
-    DownloadCancelled in a plain HTTP download once `stop` is set: hf_hub_download has no
-    other way to stop. An hf_xet transfer (its bar fed from Rust) is not interrupted."""
+def _total_bar(total: int, quiet: bool):
+    """The one "downloading" bar: bytes of every download (disabled with --quiet)."""
+    from huggingface_hub.utils import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="downloading", disable=quiet or total == 0)
+
+
+def _bar_class(stop: threading.Event, count):
+    """huggingface_hub's progress bar class for one file: not shown, its bytes handed to
+    `count` (the download bar), and raising DownloadCancelled in a plain HTTP download once
+    `stop` is set: hf_hub_download has no other way to stop. An hf_xet transfer (its bar fed
+    from Rust) is not interrupted."""
     from huggingface_hub.utils import tqdm
 
     class _Bar(tqdm):
         def __init__(self, *args, **kwargs):
             self._http = kwargs.get("name") == "huggingface_hub.http_get"
-            if quiet:
-                kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **{**kwargs, "disable": True})
 
         def update(self, n=1):
             if self._http and stop.is_set():
                 raise DownloadCancelled("the merge has stopped")
+            count(n or 0)
             return super().update(n)
 
     return _Bar
