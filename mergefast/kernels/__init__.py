@@ -11,6 +11,9 @@ kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, 
              selection=None)
 kernels.slerp(a, b, t, *, out_dtype=None)
 kernels.passthrough(tensor, scale=None, *, out_dtype=None)
+kernels.nuslerp(tensors, weights, base=None, *, flatten=True, row_wise=False, out_dtype=None)
+kernels.model_stock(base, tensors, *, filter_wise=False, out_dtype=None)
+kernels.nearswap(base, other, t, *, out_dtype=None)    # SLERP family: kernels/slerp_family.py
 kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
 kernels.describe_backends()      # lines for `mergefast env`
 kernels.missing_kernels(device)  # one line when `device`'s merges lose their kernels, else None
@@ -65,6 +68,7 @@ from .dispatch import (  # noqa: F401 - _impl: tests
 )
 from .selection import DEFAULT as _DEFAULT_SELECTION
 from .selection import SelectionOptions
+from .slerp_family import model_stock, nearswap, nuslerp
 
 __all__ = [
     "BACKENDS",
@@ -78,6 +82,9 @@ __all__ = [
     "task_arithmetic",
     "ties",
     "warn_missing_kernels",
+    "nuslerp",
+    "model_stock",
+    "nearswap",
 ]
 
 # sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
