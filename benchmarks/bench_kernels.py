@@ -227,6 +227,30 @@ def test_dare(benchmark, request, method, provider):
     )
 
 
+# SLERP family: op -> (call with (base, xs, module), inputs read); module is methods or kernels
+SLERP_FAMILY = {
+    "nuslerp": (lambda b, xs, m: m.nuslerp(xs[:2], [0.4, 0.6], b), 3),
+    "nuslerp-rows": (lambda b, xs, m: m.nuslerp(xs[:2], [0.4, 0.6], b, flatten=False), 3),
+    "model_stock": (lambda b, xs, m: m.model_stock(b, xs), 4),
+    "model_stock-rows": (lambda b, xs, m: m.model_stock(b, xs, filter_wise=True), 4),
+    "nearswap": (lambda b, xs, m: m.nearswap(b, xs[0], 1e-3), 2),
+}
+
+
+@pytest.mark.parametrize("op", list(SLERP_FAMILY))
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_slerp_family(benchmark, request, op, provider):
+    """nuslerp (base + 2, task vectors), model_stock (base + 3), nearswap (base + 1): the
+    kernels read their inputs twice (reduction, then apply; nearswap once); the minimal
+    traffic counts them once."""
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = op
+    fn, inputs = SLERP_FAMILY[op]
+    module = methods if provider == "reference" else kernels
+    _run(benchmark, lambda: fn(base, xs, module), device, (inputs + 1) * 2 * _numel())
+
+
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
 def test_cpu_extra_memory(benchmark, op):
     """Peak RSS growth of one cpu-ext call in a fresh process (the output included), against
@@ -291,6 +315,7 @@ def _gpu_sweep() -> None:
         "ties": (lambda: kernels.ties(base, xs, WEIGHTS, DENSITIES), 5 * 2 * n),
         "ties-d1": (lambda: kernels.ties(base, xs, WEIGHTS, [1.0] * 3), 5 * 2 * n),
         "slerp": (lambda: kernels.slerp(base, xs[0], T), 3 * 2 * n),
+        **{op: (lambda fn=fn: fn(base, xs, kernels), (k + 1) * 2 * n) for op, (fn, k) in SLERP_FAMILY.items()},
     }
 
     def report(label, selection):

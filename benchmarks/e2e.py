@@ -46,6 +46,11 @@ CONFIGS = {
     "passthrough": "merge_method: passthrough\nslices:\n"
     "  - sources:\n      - {{model: {ft1}, layer_range: [0, {half}]}}\n"
     "  - sources:\n      - {{model: {ft2}, layer_range: [{half}, {layers}]}}\ndtype: bfloat16\n",
+    "nuslerp": "merge_method: nuslerp\nbase_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.4}}\n"
+    "  - model: {ft2}\n    parameters: {{weight: 0.6}}\ndtype: bfloat16\n",
+    "model_stock": "merge_method: model_stock\nbase_model: {base}\nmodels:\n{models3}\ndtype: bfloat16\n",
+    "nearswap": "merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
+    "parameters: {{t: 0.001}}\ndtype: bfloat16\n",
 }
 
 

@@ -195,6 +195,58 @@ void mf_one_read_counts(int64_t* finished, int64_t* fell_back) {
   *fell_back = counts.second;
 }
 
+int32_t mf_slerpfam_gram(const void* base, int32_t base_dtype, const void* const* xs,
+                         const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
+                         int32_t threads, double* gram_out) {
+  return guarded([&] {
+    const char* op = "gram";
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(rows >= 0 && cols >= 0 && gram_out != nullptr, op, "bad sizes");
+    Src sb{};
+    if (base != nullptr) sb = make_src(base, base_dtype, op);
+    gram(base != nullptr ? &sb : nullptr, src, rows, cols, threads, gram_out);
+  });
+}
+
+int32_t mf_nuslerp_apply(const void* base, int32_t base_dtype, const void* x0, int32_t x0_dtype,
+                         const void* x1, int32_t x1_dtype, int64_t rows, int64_t cols,
+                         const float* factors, void* out, int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "nuslerp";
+    const Src s0 = make_src(x0, x0_dtype, op), s1 = make_src(x1, x1_dtype, op);
+    check(rows >= 0 && cols >= 0 && factors != nullptr, op, "bad sizes or factors");
+    Src sb{};
+    if (base != nullptr) sb = make_src(base, base_dtype, op);
+    const Dst dst = make_dst(out, out_dtype, rows * cols, op);
+    nuslerp_apply(base != nullptr ? &sb : nullptr, s0, s1, cols, factors, dst, rows * cols,
+                  threads);
+  });
+}
+
+int32_t mf_model_stock_apply(const void* base, int32_t base_dtype, const void* const* xs,
+                             const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
+                             const float* t, void* out, int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "model_stock";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(rows >= 0 && cols >= 0 && t != nullptr, op, "bad sizes or ratios");
+    const Dst dst = make_dst(out, out_dtype, rows * cols, op);
+    model_stock_apply(sb, src, cols, t, dst, rows * cols, threads);
+  });
+}
+
+int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, int32_t x_dtype,
+                    int64_t n, double t, void* out, int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "nearswap";
+    const Src sb = make_src(base, base_dtype, op), sx = make_src(x, x_dtype, op);
+    check(n >= 0, op, "bad sizes");
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    nearswap(sb, sx, static_cast<float>(t), dst, n, threads);
+  });
+}
+
 // setuptools builds this library as an extension module (its Extension needs no torch and no
 // CMake), and on Windows exports PyInit_<name>. It is loaded with ctypes, never imported:
 // importing it fails.

@@ -103,6 +103,31 @@ MF_API int32_t mf_slerp_apply(const void* a, int32_t a_dtype, const void* b, int
  * to the two passes. */
 MF_API void mf_one_read_counts(int64_t* finished, int64_t* fell_back);
 
+/* The SLERP family's reduction: per row of cols elements (rows * cols in all), gram[row * P +
+ * q] = <d_i, d_j> for the pairs i <= j in order (0,0), (0,1) .. (0,k-1), (1,1) .., P = k (k +
+ * 1) / 2, d_i = xs[i] - base (xs[i] when base is NULL); 1 <= k <= 64. Float64 (exact
+ * products, fixed order: the same on any thread count). */
+MF_API int32_t mf_slerpfam_gram(const void* base, int32_t base_dtype, const void* const* xs,
+                                const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
+                                int32_t threads, double* gram);
+
+/* nuslerp's elementwise pass: per row, factors[3 row .. 3 row + 2] = (c0, c1, dv) and out = base
+ * + (c0 (x0 - base) + c1 (x1 - base)) / dv in float32 (without base: of x0, x1). */
+MF_API int32_t mf_nuslerp_apply(const void* base, int32_t base_dtype, const void* x0,
+                                int32_t x0_dtype, const void* x1, int32_t x1_dtype, int64_t rows,
+                                int64_t cols, const float* factors, void* out, int32_t out_dtype,
+                                int32_t threads);
+
+/* model_stock's elementwise pass: out = t[row] m + (1 - t[row]) base, m = (sum of xs) / k. */
+MF_API int32_t mf_model_stock_apply(const void* base, int32_t base_dtype, const void* const* xs,
+                                    const int32_t* x_dtypes, int32_t k, int64_t rows,
+                                    int64_t cols, const float* t, void* out, int32_t out_dtype,
+                                    int32_t threads);
+
+/* nearswap: w = clamp((1 / max(|base - x|, 1e-6)) (float)t, 0, 1); out = w x + (1 - w) base. */
+MF_API int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, int32_t x_dtype,
+                           int64_t n, double t, void* out, int32_t out_dtype, int32_t threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -426,3 +426,148 @@ class KernelSuite:
         ref = methods.slerp(a.cpu(), xs[0].cpu().float(), 0.4, out_dtype=torch.float16)
         ref64 = methods.slerp(a.cpu().double(), xs[0].cpu().double(), 0.4).half()
         assert_same(out, ref, exact=False, ref64=ref64)
+
+    # ------------------------------------------------------------------ SLERP family
+    # nuslerp and model_stock reduce in float64 in another order than torch's float32 sums
+    # (kernels/slerp_family.py): DESIGN's tolerance rule against the float64 reference, NaN
+    # where the reference has NaN. nearswap does the reference's operations: EXACT.
+    NUSLERP_WEIGHTS = ([0.3, 0.7], [1.0, 0.0], [0.0, 2.0], [1.0, -1.0])  # t = 0.7, 0, 1, 0.5
+    EDGE_SHAPE = (37, 129)  # the edge cases' tensors: rows and several blocks
+
+    def _nuslerp_check(self, xs, base, weights, **kw):
+        out = kernels.nuslerp(xs, weights, base, **kw)
+        ref = methods.nuslerp(_cpu(xs), weights, None if base is None else base.cpu(), **kw)
+        b64 = None if base is None else base.cpu().double()
+        ref64 = methods.nuslerp([x.cpu().double() for x in xs], weights, b64, **kw).to(out.dtype)
+        assert_close_or_nan(out, ref, ref64)
+
+    def test_nuslerp(self, shape, dtype):
+        base, xs = self.inputs(shape, dtype, scale=0.5)
+        for with_base in (False, True):
+            for flatten in (True, False):
+                for weights in self.NUSLERP_WEIGHTS:
+                    self._nuslerp_check(xs[:2], base if with_base else None, weights, flatten=flatten)
+
+    def test_nuslerp_parallel_zero_nan(self, dtype):
+        """Parallel, equal and zero vectors (the lerp branch and the 1e-7 norm clamp), per row
+        and whole; NaN inputs give NaN rows as the reference."""
+        base, xs = self.inputs(self.EDGE_SHAPE, dtype)
+        zero = torch.zeros_like(base)
+        nan = xs[1].clone()
+        nan[3, 7 % self.EDGE_SHAPE[1]] = float("nan")
+        for b, x0, x1 in (
+            (None, xs[0], xs[0] * 2),
+            (base, xs[0], xs[0].clone()),
+            (base, base.clone(), xs[1]),
+            (None, zero, zero.clone()),
+            (None, xs[0], nan),
+            (base, xs[0], nan),
+        ):
+            for flatten in (True, False):
+                self._nuslerp_check([x0, x1], b, [0.4, 0.6], flatten=flatten)
+
+    def test_nuslerp_antiparallel(self, dtype):
+        """Antiparallel slices: slerp is ill-posed there (any great circle), so the float32
+        and float64 references disagree by O(1) unless the cosine is exactly -1. With +-0.5
+        entries in rows of 64 every sum is exact: both take the lerp branch, bit-identical."""
+        g = torch.Generator().manual_seed(2)
+        x0 = (torch.randint(0, 2, (5, 64), generator=g) * 1.0 - 0.5).to(dtype).to(self.DEVICE)
+        for flatten in (True, False):
+            out = kernels.nuslerp([x0, -x0], [0.3, 0.7], flatten=flatten)
+            assert_same(out, methods.nuslerp([x0.cpu(), -x0.cpu()], [0.3, 0.7], flatten=flatten), exact=self.EXACT)
+
+    def test_nuslerp_row_wise_and_out_dtype(self):
+        base, xs = self.inputs((13, 61), torch.bfloat16, scale=0.5)
+        out = kernels.nuslerp(xs[:2], [0.3, 0.7], base, flatten=False, row_wise=True)  # the reference runs
+        ref = methods.nuslerp(_cpu(xs[:2]), [0.3, 0.7], base.cpu(), flatten=False, row_wise=True)
+        assert_same(out, ref, exact=self.EXACT)
+        mixed = [xs[0].float(), xs[1].half()]
+        for od in (None, torch.bfloat16, torch.float64):
+            self._nuslerp_check(mixed, base, [0.5, 0.5], out_dtype=od)
+
+    def _model_stock_check(self, base, xs, **kw):
+        out = kernels.model_stock(base, xs, **kw)
+        ref = methods.model_stock(base.cpu(), _cpu(xs), **kw)
+        ref64 = methods.model_stock(base.cpu().double(), [x.cpu().double() for x in xs], **kw).to(out.dtype)
+        assert_close_or_nan(out, ref, ref64)
+        return out, ref
+
+    def test_model_stock(self, shape, dtype):
+        base, xs = self.inputs(shape, dtype)
+        for filter_wise, k in ((False, 3), (True, 2), (True, 3)):
+            self._model_stock_check(base, xs[:k], filter_wise=filter_wise)
+
+    def test_model_stock_edges(self, dtype):
+        """Zero task vectors (cos 0, t 0: exactly the base), equal and opposite ones, a NaN
+        row, mixed input dtypes and out_dtype."""
+        base, xs = self.inputs(self.EDGE_SHAPE, dtype)
+        nan = xs[2].clone()
+        nan[4, 0] = float("nan")
+        for filter_wise in (False, True):
+            out, ref = self._model_stock_check(base, [base.clone(), base.clone()], filter_wise=filter_wise)
+            assert_same(out, ref, exact=self.EXACT)
+            assert torch.equal(out.cpu(), base.cpu())
+            self._model_stock_check(base, [xs[0], xs[0].clone(), xs[0].clone()], filter_wise=filter_wise)
+            self._model_stock_check(base, [xs[0], xs[1], nan], filter_wise=filter_wise)
+        mixed = [xs[0].float(), xs[1].half(), xs[2].bfloat16()]
+        for od in (None, torch.float64):
+            self._model_stock_check(base, mixed, filter_wise=True, out_dtype=od)
+
+    def test_model_stock_opposite(self, dtype):
+        """Two opposite task vectors: cos -1, so 1 + (N-1) cos = 0 and t = 0 (the base). The
+        ratio is ill-conditioned near there (t ~ 1 / (1 + cos)), so the sums are made exact:
+        +-0.5 deltas in rows of 64, 256 elements: both take the guard, bit-identical."""
+        g = torch.Generator().manual_seed(2)
+        base = torch.ones(4, 64, dtype=dtype, device=self.DEVICE)
+        d = (torch.randint(0, 2, (4, 64), generator=g) * 1.0 - 0.5).to(dtype).to(self.DEVICE)
+        for filter_wise in (False, True):
+            out = kernels.model_stock(base, [base + d, base - d], filter_wise=filter_wise)
+            ref = methods.model_stock(base.cpu(), [(base + d).cpu(), (base - d).cpu()], filter_wise=filter_wise)
+            assert_same(out, ref, exact=self.EXACT)
+            assert torch.equal(out.cpu(), base.cpu())
+
+    def test_slerp_family_long_rows(self, dtype):
+        """Rows of two blocks and a part (the kernels' block: the C++ library's, or Triton's
+        here), per-row reductions summed over blocks."""
+        block = kernels._impl(self.BACKEND).BLOCK if self.BACKEND == "cpu-ext" else _triton_block()
+        base, xs = self.inputs((3, 2 * block + 5), dtype, scale=0.5)
+        self._nuslerp_check(xs[:2], base, [0.3, 0.7], flatten=False)
+        self._model_stock_check(base, xs, filter_wise=True)
+
+    def test_nearswap(self, shape, dtype):
+        base, xs = self.inputs(shape, dtype)
+        for t in (0.0, 1e-3, 0.05, 1.0, -0.5):
+            assert_same(
+                kernels.nearswap(base, xs[0], t), methods.nearswap(base.cpu(), xs[0].cpu(), t), exact=self.EXACT
+            )
+
+    def test_nearswap_edges(self, dtype):
+        """Equal values (distance clamped to 1e-6), NaN and inf inputs, out_dtype."""
+        base, xs = self.inputs(self.EDGE_SHAPE, dtype)
+        x = xs[0].clone()
+        x[0] = base[0]
+        x[1, :5] = float("nan")
+        x[2, :5] = float("inf")
+        b = base.clone()
+        b[3, :5] = float("nan")
+        for od in (None, torch.float32, torch.float16):
+            out = kernels.nearswap(b, x, 0.02, out_dtype=od)
+            assert_same(out, methods.nearswap(b.cpu(), x.cpu(), 0.02, out_dtype=od), exact=self.EXACT)
+
+
+def _triton_block() -> int:
+    from mergefast.kernels.triton.utils import block_size
+
+    return block_size()
+
+
+def assert_close_or_nan(kernel_out, ref_out, ref64):
+    """DESIGN's tolerance rule (assert_same with ref64), NaN exactly where the reference has
+    NaN (a NaN input makes its whole row NaN in the SLERP family). A float64 output of float32
+    work (exact in float32) is compared in float32: the rule's unit is the working precision's."""
+    k, r, r64 = kernel_out.cpu(), ref_out.cpu(), ref64.cpu()
+    if k.dtype == torch.float64:
+        k, r, r64 = k.float(), r.float(), r64.float()
+    nan = torch.isnan(r)
+    assert torch.equal(torch.isnan(k), nan), "NaN in other places than the reference's"
+    assert_same(k.masked_fill(nan, 0), r.masked_fill(nan, 0), exact=False, ref64=r64.masked_fill(nan, 0))

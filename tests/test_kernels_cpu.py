@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from kernel_cases import KernelSuite, generate, sampled_positions
+from kernel_cases import KernelSuite, generate, make_inputs, sampled_positions
 
 from mergefast import kernels, methods
 
@@ -319,3 +319,21 @@ def test_library_errors_become_python_errors():
                 cpu.ctypes.byref(cpu.ctypes.c_int32()),
             )
         )
+
+
+@needs_ext
+def test_gram_same_on_any_thread_count():
+    """The SLERP family's reductions sum in a fixed order: the same on 1, 2 and 3 threads."""
+    from mergefast.kernels import cpu
+
+    base, xs = make_inputs((45_000,), torch.bfloat16)
+    before = torch.get_num_threads()
+    try:
+        sums = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            sums.append(cpu.gram(base, xs, 1, base.numel()))
+            sums.append(cpu.gram(base, xs, 9, base.numel() // 9))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(sums[i], sums[i + 2]) for i in range(4))

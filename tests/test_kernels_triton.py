@@ -382,6 +382,8 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     TIE_N = 1100
     TIES_CASES = KernelSuite.TIES_CASES[:4]
     TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
+    NUSLERP_WEIGHTS = ([0.3, 0.7],)
+    EDGE_SHAPE = (5, 33)
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
     SLOW_TESTS = "all"
     FAST_TESTS = {
@@ -393,6 +395,12 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
         "test_task_arithmetic",
         "test_candidate_thresholds_are_the_ranked_slots",
         "test_windows_are_the_sample_ranks",
+        "test_nuslerp_row_wise_and_out_dtype",
+        "test_nuslerp_antiparallel",
+        "test_model_stock",
+        "test_model_stock_opposite",
+        "test_nearswap",
+        "test_nearswap_edges",
     }
 
 
@@ -410,6 +418,10 @@ class _InterpretedGpuBlocks(_Interpreted):
         monkeypatch.setattr(
             one_read, "_sizes", lambda options: (options.one_read_min or one_read.ONE_READ_MIN, options.one_read_block)
         )
+
+    # The SLERP family's only block-size-dependent logic is a row's split into blocks:
+    # test_slerp_family_long_rows covers it here; the rest runs in the suite above.
+    test_nuslerp = test_nuslerp_parallel_zero_nan = test_model_stock = test_model_stock_edges = None
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):

@@ -422,3 +422,29 @@ def test_dare_passes(consensus, normalize, scale, ptr):
         },
         {"BLOCK": BLOCK},
     )
+
+
+@pytest.mark.parametrize("has_base,per_row,ptr", [(True, False, "*i16"), (False, True, "*fp16")])
+def test_slerp_family(has_base, per_row, ptr):
+    fam = compiled("slerp_family")
+
+    _compile(
+        fam._gram_kernel,
+        {"base_ptr": ptr, "xs": _models(3, ptr), "part_ptr": "*fp64", "cols": "i64", "per_row": "i64"},
+        {"HAS_BASE": has_base, "BLOCK": BLOCK},
+    )
+    _compile(
+        fam._nuslerp_kernel,
+        {"base_ptr": ptr, "x0_ptr": ptr, "x1_ptr": ptr, "f_ptr": "*fp32", "out_ptr": ptr, "n": "i64", "cols": "i64"},
+        {"HAS_BASE": has_base, "PER_ROW": per_row, "BLOCK": BLOCK},
+    )
+    _compile(
+        fam._model_stock_kernel,
+        {"base_ptr": ptr, "xs": _models(3, ptr), "t_ptr": "*fp32", "out_ptr": ptr, "n": "i64", "cols": "i64"},
+        {"PER_ROW": per_row, "BLOCK": BLOCK},
+    )
+    _compile(
+        fam._nearswap_kernel,
+        {"base_ptr": ptr, "x_ptr": ptr, "out_ptr": ptr, "n": "i64", "t": "fp32"},
+        {"BLOCK": BLOCK},
+    )

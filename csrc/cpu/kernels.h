@@ -56,4 +56,24 @@ void slerp_dots(const Src& a, const Src& b, int64_t n, int threads, double dots[
 void slerp_apply(const Src& a, const Src& b, float c0, float c1, const Dst& dst, int64_t n,
                  int threads);
 
+// The SLERP family's reduction (gram.cpp): per row of `cols` elements (rows * cols in all),
+// out[row * P + q] = <d_i, d_j> for the pairs i <= j in order (0,0), (0,1) .. (0,K-1), (1,1)
+// .., P = K (K + 1) / 2, with d_i = x_i - *base (x_i when base is nullptr). Float64, the
+// same on any thread count. At most kGramMaxInputs inputs.
+constexpr int kGramMaxInputs = 64;
+void gram(const Src* base, const std::vector<Src>& xs, int64_t rows, int64_t cols, int threads,
+          double* out);
+
+// nuslerp's elementwise pass (slerp_family.cpp): per row of `cols` elements, with factors
+// (c0, c1, dv) of the row, out = b + (c0 (x0 - b) + c1 (x1 - b)) / dv (no b: of x0, x1).
+void nuslerp_apply(const Src* base, const Src& x0, const Src& x1, int64_t cols,
+                   const float* factors, const Dst& dst, int64_t n, int threads);
+
+// model_stock's elementwise pass: out = t m + (1 - t) base, m the mean of the xs, t per row.
+void model_stock_apply(const Src& base, const std::vector<Src>& xs, int64_t cols, const float* t,
+                       const Dst& dst, int64_t n, int threads);
+
+// nearswap: w = clamp(t / max(|base - x|, 1e-6), 0, 1); out = w x + (1 - w) base.
+void nearswap(const Src& base, const Src& x, float t, const Dst& dst, int64_t n, int threads);
+
 }  // namespace mergefast

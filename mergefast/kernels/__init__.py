@@ -11,6 +11,9 @@ kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, 
              selection=None)
 kernels.slerp(a, b, t, *, out_dtype=None)
 kernels.passthrough(tensor, scale=None, *, out_dtype=None)
+kernels.nuslerp(tensors, weights, base=None, *, flatten=True, row_wise=False, out_dtype=None)
+kernels.model_stock(base, tensors, *, filter_wise=False, out_dtype=None)
+kernels.nearswap(base, other, t, *, out_dtype=None)    # SLERP family: kernels/slerp_family.py
 kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
 kernels.describe_backends()      # lines for `mergefast env`
 kernels.missing_kernels(device)  # one line when `device`'s merges lose their kernels, else None
@@ -22,7 +25,8 @@ finds its thresholds, for benchmarks and tests; every choice selects the same el
 
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
-but SLERP's reduction and DARE's L1 rescale norms (kernels/dare.py); magnitude selection keeps
+but SLERP's reduction, DARE's L1 rescale norms (kernels/dare.py) and the float64 reductions of
+nuslerp and model_stock (kernels/slerp_family.py); magnitude selection keeps
 exactly the same elements, DARE draws exactly the same masks).
 
 Dispatch, per call, by the device of the inputs:
@@ -65,6 +69,7 @@ from .dispatch import (  # noqa: F401 - _impl: tests
 )
 from .selection import DEFAULT as _DEFAULT_SELECTION
 from .selection import SelectionOptions
+from .slerp_family import model_stock, nearswap, nuslerp
 
 __all__ = [
     "BACKENDS",
@@ -78,6 +83,9 @@ __all__ = [
     "task_arithmetic",
     "ties",
     "warn_missing_kernels",
+    "nuslerp",
+    "model_stock",
+    "nearswap",
 ]
 
 # sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /

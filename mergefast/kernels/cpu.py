@@ -50,6 +50,10 @@ _SIGNATURES = {
     "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
     "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
     "mf_one_read_counts": (None, [_p, _p]),
+    "mf_slerpfam_gram": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _i32, _p]),
+    "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
+    "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
+    "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
 }
 
 
@@ -356,4 +360,76 @@ def slerp_apply(a: torch.Tensor, b: torch.Tensor, c0: float, c1: float, out_dtyp
     bptr, bcode = _view(b, n, "slerp")
     optr, ocode = _view(out, n, "slerp")
     _check(_lib().mf_slerp_apply(aptr, acode, bptr, bcode, n, c0, c1, optr, ocode, threads()))
+    return out
+
+
+# ----------------------------------------------------------------------------- SLERP family
+
+
+def _optional(base: torch.Tensor | None, n: int, op: str) -> tuple[int | None, int]:
+    """(data pointer, dtype code) of an optional input; (None, 0) without one."""
+    return (None, 0) if base is None else _view(base, n, op)
+
+
+def _f32_array(values: torch.Tensor, count: int, op: str) -> int:
+    """Data pointer of `count` contiguous float32 values on the CPU."""
+    if values.dtype != torch.float32 or values.device.type != "cpu" or not values.is_contiguous():
+        raise RuntimeError(f"{op}: expected contiguous float32 CPU scalars")
+    if values.numel() != count:
+        raise RuntimeError(f"{op}: expected {count} scalars, got {values.numel()}")
+    return values.data_ptr()
+
+
+def gram(base: torch.Tensor | None, xs: Sequence[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
+    """Per row, <d_i, d_j> for i <= j in float64 (d_i = x_i - base, or x_i): (rows, P)."""
+    n, op, k = rows * cols, "gram", len(xs)
+    bptr, bcode = _optional(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    out = torch.empty((rows, k * (k + 1) // 2), dtype=torch.float64)
+    _check(_lib().mf_slerpfam_gram(bptr, bcode, ptrs, codes, k, rows, cols, threads(), out.data_ptr()))
+    return out
+
+
+def nuslerp_apply(
+    base: torch.Tensor | None,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    rows: int,
+    cols: int,
+    factors: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """out = base + (c0 (x0 - base) + c1 (x1 - base)) / dv per row (factors: rows x 3 float32)."""
+    out = _empty(x0, out_dtype)
+    n, op = out.numel(), "nuslerp"
+    bptr, bcode = _optional(base, n, op)
+    (p0, c0), (p1, c1) = _view(x0, n, op), _view(x1, n, op)
+    optr, ocode = _view(out, n, op)
+    fptr = _f32_array(factors, 3 * rows, op)
+    _check(_lib().mf_nuslerp_apply(bptr, bcode, p0, c0, p1, c1, rows, cols, fptr, optr, ocode, threads()))
+    return out
+
+
+def model_stock_apply(
+    base: torch.Tensor, xs: Sequence[torch.Tensor], rows: int, cols: int, t: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """out = t m + (1 - t) base per row (t: rows float32), m the mean of xs."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "model_stock"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    tptr = _f32_array(t, rows, op)
+    _check(_lib().mf_model_stock_apply(bptr, bcode, ptrs, codes, len(xs), rows, cols, tptr, optr, ocode, threads()))
+    return out
+
+
+def nearswap(base: torch.Tensor, x: torch.Tensor, t: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """w = clamp(t / max(|base - x|, 1e-6), 0, 1); out = w x + (1 - w) base."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "nearswap"
+    bptr, bcode = _view(base, n, op)
+    xptr, xcode = _view(x, n, op)
+    optr, ocode = _view(out, n, op)
+    _check(_lib().mf_nearswap(bptr, bcode, xptr, xcode, n, t, optr, ocode, threads()))
     return out

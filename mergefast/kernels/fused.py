@@ -59,6 +59,25 @@ def _task_arithmetic(method: str):
     return merge
 
 
+def _nuslerp(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, params = (
+        split_base(tensors, base_index, m) if base_index is not None else (None, list(tensors), list(m))
+    )
+    flatten, row_wise = g["nuslerp_flatten"], g["nuslerp_row_wise"]
+    weights = [p["weight"] for p in params]
+    return kernels.nuslerp(others, weights, base, flatten=flatten, row_wise=row_wise, out_dtype=out_dtype)
+
+
+def _model_stock(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = split_base(tensors, base_index, m)
+    return kernels.model_stock(base, others, filter_wise=g["filter_wise"], out_dtype=out_dtype)
+
+
+def _nearswap(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = split_base(tensors, base_index, m)
+    return kernels.nearswap(base, others[0], g["t"], out_dtype=out_dtype)
+
+
 # method name -> kernel adapter; a method not here runs its torch reference (spec.merge)
 FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "linear": _linear,
@@ -68,6 +87,9 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "ties": _task_arithmetic("ties"),
     "dare_ties": _task_arithmetic("dare_ties"),
     "dare_linear": _task_arithmetic("dare_linear"),
+    "nuslerp": _nuslerp,
+    "model_stock": _model_stock,
+    "nearswap": _nearswap,
 }
 
 

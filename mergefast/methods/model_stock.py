@@ -16,7 +16,7 @@ DENOMINATOR_MIN = 1e-6
 
 def _vectors(x: torch.Tensor, filter_wise: bool) -> torch.Tensor:
     """The tensor as rows of vectors: one flat vector, or rows along the last axis."""
-    if not filter_wise or x.dim() == 0:
+    if not filter_wise or x.dim() == 0 or x.numel() == 0:
         return x.reshape(1, -1)
     return x.reshape(-1, x.shape[-1])
 
@@ -25,14 +25,25 @@ def mean_pairwise_cosine(offsets: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean over pairs i < j of cos(o_i, o_j) per row (product of norms clamped to >= 1e-6,
     each cosine clamped to [-1, 1]); shape (rows, 1)."""
     norms = [torch.linalg.vector_norm(o, dim=-1, keepdim=True) for o in offsets]
-    total = torch.zeros_like(norms[0])
-    pairs = 0
+    cosines = []
     for i in range(len(offsets)):
         for j in range(i + 1, len(offsets)):
             dot = (offsets[i] * offsets[j]).sum(dim=-1, keepdim=True)
-            total += (dot / (norms[i] * norms[j]).clamp(min=NORM_PRODUCT_MIN)).clamp(-1, 1)
-            pairs += 1
-    return total / pairs
+            cosines.append(pair_cosine(dot, norms[i], norms[j]))
+    return mean_of(cosines)
+
+
+def pair_cosine(dot: torch.Tensor, norm_i: torch.Tensor, norm_j: torch.Tensor) -> torch.Tensor:
+    """dot / max(norm_i * norm_j, 1e-6), clamped to [-1, 1]."""
+    return (dot / (norm_i * norm_j).clamp(min=NORM_PRODUCT_MIN)).clamp(-1, 1)
+
+
+def mean_of(cosines: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The pairs' cosines summed in order from zero, divided by their count."""
+    total = torch.zeros_like(cosines[0])
+    for c in cosines:
+        total += c
+    return total / len(cosines)
 
 
 def stock_ratio(cos: torch.Tensor, n: int) -> torch.Tensor:

@@ -30,12 +30,19 @@ def slerp_rows(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     u0 = v0 / torch.linalg.vector_norm(v0, dim=-1, keepdim=True).clamp(min=NORM_MIN)
     u1 = v1 / torch.linalg.vector_norm(v1, dim=-1, keepdim=True).clamp(min=NORM_MIN)
     cos = (u0 * u1).sum(dim=-1, keepdim=True).clamp(-1, 1)
+    s0, s1, safe_sin, collinear = slerp_factors(t, cos)
+    spherical = (s0 * v0 + s1 * v1) / safe_sin
+    return torch.where(collinear, (1 - t) * v0 + t * v1, spherical)
+
+
+def slerp_factors(t: float, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sin((1-t) theta), sin(t theta), sin(theta) or 1 where collinear, collinear) of the
+    clamped cosines `cos`: the per-slice factors of `slerp_rows`."""
     theta = torch.acos(cos)
     sin_theta = torch.sin(theta)
     collinear = (1 - cos * cos) <= COLLINEAR
     safe_sin = torch.where(collinear, 1.0, sin_theta)
-    spherical = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / safe_sin
-    return torch.where(collinear, (1 - t) * v0 + t * v1, spherical)
+    return torch.sin((1 - t) * theta), torch.sin(t * theta), safe_sin, collinear
 
 
 def nuslerp_vectors(

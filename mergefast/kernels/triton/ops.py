@@ -6,7 +6,20 @@ from .dare import dare_forward as dare
 from .dare import dare_norms
 from .linear import linear_forward as linear
 from .slerp import slerp_apply, slerp_dots
+from .slerp_family import gram, model_stock_apply, nearswap, nuslerp_apply
 from .task_arithmetic import magnitude_keep
 from .task_arithmetic import task_arithmetic_forward as task_arithmetic
 
-__all__ = ["dare", "dare_norms", "linear", "magnitude_keep", "slerp_apply", "slerp_dots", "task_arithmetic"]
+__all__ = [
+    "dare",
+    "dare_norms",
+    "linear",
+    "magnitude_keep",
+    "slerp_apply",
+    "slerp_dots",
+    "task_arithmetic",
+    "gram",
+    "nuslerp_apply",
+    "model_stock_apply",
+    "nearswap",
+]

@@ -1,0 +1,106 @@
+// The reduction pass of the SLERP family (nuslerp, model_stock, multislerp, karcher): one read
+// of the optional base and the K inputs gives, per row, every dot product <d_i, d_j> (i <= j)
+// of the vectors d_i = x_i - base (x_i without a base). Everything those methods need before
+// their elementwise pass (norms, cosines, the Karcher iteration's Gram matrix) comes from it.
+//
+// Numerics: d_i is the reference's float32 subtraction; each product is exact in float64 (24
+// by 24 significant bits), summed in float64 over 8 fixed lanes per block, lanes pairwise,
+// then the blocks of a row in order: the same sums on any thread count. torch's float32
+// sums take another order (and round every partial sum to float32), so the callers' scalars
+// differ from the reference's in their last bits: the tests apply DESIGN's tolerance rule.
+#include <algorithm>
+
+#include "common.h"
+#include "kernels.h"
+
+namespace mergefast {
+namespace {
+
+struct GramArgs {
+  const Src* base;  // nullptr: the inputs themselves
+  const std::vector<Src>* xs;
+  int64_t rows, cols;
+  int64_t per_row;  // blocks per row
+  int K, P;         // inputs, pairs (K (K + 1) / 2)
+};
+
+// sum_j x[j] * y[j] in float64: 8 lanes, then the lanes pairwise.
+MF_INLINE double dot_f64(const float* x, const float* y, int64_t len) {
+  constexpr int L = 8;
+  double acc[L] = {};
+  int64_t j = 0;
+  for (; j + L <= len; j += L) {
+    for (int l = 0; l < L; ++l) {
+      acc[l] += static_cast<double>(x[j + l]) * static_cast<double>(y[j + l]);
+    }
+  }
+  for (int l = 0; j < len; ++j, ++l) acc[l] += static_cast<double>(x[j]) * static_cast<double>(y[j]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// The P dot products of one block of one row (segment `seg`) into part[0..P).
+MF_INLINE void segment_impl(const GramArgs& a, int64_t seg, Scratch& s, double* part) {
+  const int64_t row = seg / a.per_row, blk = seg % a.per_row;
+  const int64_t off = row * a.cols + blk * kBlock;
+  const int64_t len = std::min(kBlock, a.cols - blk * kBlock);
+  const float* b = a.base != nullptr ? stage(*a.base, off, len, s.buf(a.K)) : nullptr;
+  const float* d[64];
+  for (int i = 0; i < a.K; ++i) {
+    float* buf = s.buf(i);
+    const float* x = stage((*a.xs)[i], off, len, buf);
+    if (b != nullptr) {
+      for (int64_t j = 0; j < len; ++j) buf[j] = x[j] - b[j];
+      x = buf;
+    }
+    d[i] = x;
+  }
+  int q = 0;
+  for (int i = 0; i < a.K; ++i) {
+    for (int j = i; j < a.K; ++j) part[q++] = dot_f64(d[i], d[j], len);
+  }
+}
+
+void segment_default(const GramArgs& a, int64_t seg, Scratch& s, double* part) {
+  segment_impl(a, seg, s, part);
+}
+
+#if MF_AVX2_CLONES
+MF_TARGET_AVX2 void segment_avx2(const GramArgs& a, int64_t seg, Scratch& s, double* part) {
+  segment_impl(a, seg, s, part);
+}
+#endif
+
+}  // namespace
+
+void gram(const Src* base, const std::vector<Src>& xs, int64_t rows, int64_t cols, int threads,
+          double* out) {
+  const int K = static_cast<int>(xs.size());
+  check(K >= 1 && K <= kGramMaxInputs, "gram", "between 1 and 64 inputs expected");
+  GramArgs a{base, &xs, rows, cols, std::max<int64_t>(1, num_blocks(cols)), K, K * (K + 1) / 2};
+  std::fill(out, out + rows * a.P, 0.0);
+  if (rows == 0 || cols == 0) return;
+  auto segment = &segment_default;
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) segment = &segment_avx2;
+#endif
+  const int64_t segs = rows * a.per_row;
+  // One block per row: the segment's sums are the row's. Else partial sums per block, added
+  // in block order below.
+  std::vector<double> part(a.per_row == 1 ? 0 : static_cast<size_t>(segs) * a.P);
+  double* dest = a.per_row == 1 ? out : part.data();
+#pragma omp parallel num_threads(team_size(rows * cols, threads))
+  {
+    Scratch scratch(K + 1);
+#pragma omp for schedule(dynamic, kChunkBlocks)
+    for (int64_t seg = 0; seg < segs; ++seg) segment(a, seg, scratch, dest + seg * a.P);
+  }
+  if (a.per_row == 1) return;
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t blk = 0; blk < a.per_row; ++blk) {
+      const double* p = dest + (row * a.per_row + blk) * a.P;
+      for (int q = 0; q < a.P; ++q) out[row * a.P + q] += p[q];
+    }
+  }
+}
+
+}  // namespace mergefast

@@ -1,0 +1,159 @@
+// The elementwise passes of the SLERP family, after the reduction pass (gram.cpp) and the
+// per-row scalars the caller derives from it with the reference's own float32 formulas
+// (mergefast/kernels/slerp_family.py). Each reads its inputs once and writes the output once,
+// in the reference's order of float32 operations, so they are bit-exact given its scalars:
+//   nuslerp      v_i = x_i - b (x_i without base); r = (c0 v0 + c1 v1) / dv; out = b + r
+//                (collinear rows: c0 = 1 - t, c1 = t, dv = 1, and x / 1 is exact)
+//   model_stock  m = ((0 + x_0) + x_1 ...) / K (python's sum); out = t m + (1 - t) b
+//   nearswap     w = clamp((1 / max(|b - x|, 1e-6)) t, 0, 1) (torch's t / tensor is a
+//                reciprocal times t); out = w x + (1 - w) b
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "kernels.h"
+
+namespace mergefast {
+namespace {
+
+// Calls f(j0, j1, row) for the runs of the block [off, off + len) that lie within one row of
+// `cols` elements: per-row scalars stay out of the inner loops.
+template <class F>
+MF_INLINE void row_runs(int64_t off, int64_t len, int64_t cols, F&& f) {
+  for (int64_t j = 0; j < len;) {
+    const int64_t row = (off + j) / cols;
+    const int64_t end = std::min(len, (row + 1) * cols - off);
+    f(j, end, row);
+    j = end;
+  }
+}
+
+struct NuslerpArgs {
+  const Src* base;  // nullptr: slerp of the inputs themselves
+  Src x0, x1;
+  int64_t cols;
+  const float* factors;  // c0, c1, dv per row
+};
+
+template <bool Base>
+MF_INLINE void nuslerp_run(const float* x, const float* y, const float* b, float* r, int64_t j0,
+                           int64_t j1, const float* f) {
+  const float c0 = f[0], c1 = f[1], dv = f[2];
+  for (int64_t j = j0; j < j1; ++j) {
+    const float v0 = Base ? x[j] - b[j] : x[j];
+    const float v1 = Base ? y[j] - b[j] : y[j];
+    const float m = (c0 * v0 + c1 * v1) / dv;
+    r[j] = Base ? b[j] + m : m;
+  }
+}
+
+MF_INLINE void nuslerp_impl(const NuslerpArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  const float* x = stage(a.x0, off, len, s.buf(0));
+  const float* y = stage(a.x1, off, len, s.buf(1));
+  const float* b = a.base != nullptr ? stage(*a.base, off, len, s.buf(2)) : nullptr;
+  row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) {
+    if (b != nullptr) {
+      nuslerp_run<true>(x, y, b, r, j0, j1, a.factors + 3 * row);
+    } else {
+      nuslerp_run<false>(x, y, b, r, j0, j1, a.factors + 3 * row);
+    }
+  });
+}
+
+struct StockArgs {
+  Src base;
+  const std::vector<Src>* xs;
+  int64_t cols;
+  const float* t;  // per row
+};
+
+MF_INLINE void stock_impl(const StockArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  const int K = static_cast<int>(a.xs->size());
+  for (int64_t j = 0; j < len; ++j) r[j] = 0.0f;
+  for (int i = 0; i < K; ++i) {
+    const float* x = stage((*a.xs)[i], off, len, s.buf(1));
+    for (int64_t j = 0; j < len; ++j) r[j] = r[j] + x[j];
+  }
+  const float* b = stage(a.base, off, len, s.buf(0));
+  const float k = static_cast<float>(K);
+  row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) {
+    const float t = a.t[row], u = 1.0f - t;
+    for (int64_t j = j0; j < j1; ++j) r[j] = t * (r[j] / k) + u * b[j];
+  });
+}
+
+struct NearswapArgs {
+  Src base, x;
+  float t;
+};
+
+MF_INLINE void nearswap_impl(const NearswapArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  const float* b = stage(a.base, off, len, s.buf(0));
+  const float* x = stage(a.x, off, len, s.buf(1));
+  const float t = a.t;
+  for (int64_t j = 0; j < len; ++j) {
+    const float dist = std::fabs(b[j] - x[j]);
+    const float c = dist < 1e-6f ? 1e-6f : dist;  // NaN stays NaN, as torch's clamp
+    float w = (1.0f / c) * t;
+    w = w < 0.0f ? 0.0f : (w > 1.0f ? 1.0f : w);
+    r[j] = w * x[j] + (1.0f - w) * b[j];
+  }
+}
+
+// Each pass as a default build and an AVX2 clone, picked at run time (common.h).
+#define MF_CLONED(NAME, ARGS)                                                                   \
+  void NAME##_default(const ARGS& a, int64_t off, int64_t len, Scratch& s, float* r) {          \
+    NAME##_impl(a, off, len, s, r);                                                             \
+  }                                                                                             \
+  MF_AVX2_VARIANT(NAME, ARGS)                                                                   \
+  using NAME##_fn = void (*)(const ARGS&, int64_t, int64_t, Scratch&, float*);                  \
+  NAME##_fn NAME##_pick() { return MF_AVX2_PICK(NAME); }
+
+#if MF_AVX2_CLONES
+#define MF_AVX2_VARIANT(NAME, ARGS)                                                      \
+  MF_TARGET_AVX2 void NAME##_avx2(const ARGS& a, int64_t off, int64_t len, Scratch& s,   \
+                                  float* r) {                                            \
+    NAME##_impl(a, off, len, s, r);                                                      \
+  }
+#define MF_AVX2_PICK(NAME) cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
+#else
+#define MF_AVX2_VARIANT(NAME, ARGS)
+#define MF_AVX2_PICK(NAME) &NAME##_default
+#endif
+
+MF_CLONED(nuslerp, NuslerpArgs)
+MF_CLONED(stock, StockArgs)
+MF_CLONED(nearswap, NearswapArgs)
+
+// Runs `block` over the n elements (buffers 0..buffers-1 for staging, one more for the
+// result) and stores each block once.
+template <class Args, class Fn>
+void elementwise(const Args& a, Fn block, int buffers, const Dst& dst, int64_t n, int threads) {
+  for_each_block_raw(n, team_size(n, threads), buffers + 1,
+                     [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
+                       float* r = s.buf(buffers);
+                       block(a, off, len, s, r);
+                       store(dst, off, len, r);
+                     });
+}
+
+}  // namespace
+
+void nuslerp_apply(const Src* base, const Src& x0, const Src& x1, int64_t cols,
+                   const float* factors, const Dst& dst, int64_t n, int threads) {
+  const NuslerpArgs a{base, x0, x1, std::max<int64_t>(1, cols), factors};
+  elementwise(a, nuslerp_pick(), 3, dst, n, threads);
+}
+
+void model_stock_apply(const Src& base, const std::vector<Src>& xs, int64_t cols, const float* t,
+                       const Dst& dst, int64_t n, int threads) {
+  const StockArgs a{base, &xs, std::max<int64_t>(1, cols), t};
+  elementwise(a, stock_pick(), 2, dst, n, threads);
+}
+
+void nearswap(const Src& base, const Src& x, float t, const Dst& dst, int64_t n, int threads) {
+  const NearswapArgs a{base, x, t};
+  elementwise(a, nearswap_pick(), 2, dst, n, threads);
+}
+
+}  // namespace mergefast

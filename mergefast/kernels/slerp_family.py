@@ -1,0 +1,155 @@
+"""The SLERP family on the fused kernels (nuslerp, model_stock, nearswap): the host side.
+
+nuslerp and model_stock need reductions over the whole tensor (or each row) before any output
+element: one pass (`impl.gram`, csrc/cpu/gram.cpp, kernels/triton/slerp_family.py) reads
+every input once and returns, per row, all the dot products <d_i, d_j> of the vectors d_i =
+x_i - base in float64. The per-row scalars come from them with the reference's own float32
+formulas (`slerp_factors`, `pair_cosine`, `mean_of`, `stock_ratio`), and one elementwise pass
+writes the output in the reference's order of operations. nearswap has no reduction: one pass.
+
+Numerics: the reductions are float64 sums of exact products rounded once to float32 (the
+reference's cosine of nuslerp once, from the dot and the norms), where the reference sums
+float32 products in torch's float32 order: their scalars differ in the last bits, and so
+may every output element (the tests apply DESIGN's tolerance rule). Given the same scalars,
+the elementwise passes are bit-identical, and nearswap always is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..methods import model_stock as _model_stock_ref
+from ..methods import nearswap as _nearswap_ref
+from ..methods import nuslerp as _nuslerp_ref
+from ..methods.model_stock import mean_of, pair_cosine, stock_ratio
+from ..methods.numerics import check_same_shape, result_dtype
+from ..methods.nuslerp import NORM_MIN, nuslerp_t, slerp_factors
+from .dispatch import _choose, _dispatch
+
+
+def pair_index(i: int, j: int, k: int) -> int:
+    """Column of <d_i, d_j> (i <= j) in a Gram row of k inputs: (0,0), (0,1) .. (1,1) .."""
+    return i * k - i * (i - 1) // 2 + (j - i)
+
+
+def _rows(x: torch.Tensor, per_row: bool) -> tuple[int, int]:
+    """(rows, cols) of the tensor as one flat vector, or as rows along its last axis."""
+    if not per_row or x.dim() == 0:
+        return 1, x.numel()
+    return x.numel() // x.shape[-1], x.shape[-1]
+
+
+def nuslerp_factors(gram: torch.Tensor, t: float) -> torch.Tensor:
+    """Per row (c0, c1, dv) of nuslerp's elementwise pass, float32 (rows, 3): the reference's
+    `slerp_factors` of cos = <v0,v1> / (max(|v0|, 1e-7) max(|v1|, 1e-7)) (float64, rounded
+    once); collinear rows (1 - t, t, 1)."""
+    n0 = gram[:, 0].sqrt().clamp(min=NORM_MIN)
+    n1 = gram[:, 2].sqrt().clamp(min=NORM_MIN)
+    cos = (gram[:, 1] / (n0 * n1)).clamp(-1, 1).float().unsqueeze(-1)
+    s0, s1, safe_sin, collinear = slerp_factors(t, cos)
+    lerp = torch.tensor([1 - t, t, 1.0], dtype=torch.float32, device=gram.device)
+    spherical = torch.cat([s0, s1, safe_sin], dim=-1)
+    return torch.where(collinear, lerp, spherical).contiguous()
+
+
+def stock_ratios(gram: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row t = stock_ratio(mean pairwise cosine), float32 (rows,), from the Gram rows of the
+    k task vectors: norms and dots rounded once to float32, then the reference's formulas."""
+    norms = [gram[:, pair_index(i, i, k)].sqrt().float().unsqueeze(-1) for i in range(k)]
+    cosines = [
+        pair_cosine(gram[:, pair_index(i, j, k)].float().unsqueeze(-1), norms[i], norms[j])
+        for i in range(k)
+        for j in range(i + 1, k)
+    ]
+    return stock_ratio(mean_of(cosines), k).flatten().contiguous()
+
+
+def nuslerp(
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    base: torch.Tensor | None = None,
+    *,
+    flatten: bool = True,
+    row_wise: bool = False,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """`mergefast.methods.nuslerp` on the fused kernels: one reduction pass, one elementwise
+    pass. Slices along axis 0 (`row_wise` without `flatten`, 2+ dims) run the reference."""
+    tensors = list(tensors)
+    weights = [float(w) for w in weights]
+
+    def reference():
+        return _nuslerp_ref(tensors, weights, base, flatten=flatten, row_wise=row_wise, out_dtype=out_dtype)
+
+    if len(tensors) != 2 or len(weights) != 2:
+        return reference()  # raises the reference's error
+    all_inputs = [*tensors, *([base] if base is not None else [])]
+    check_same_shape(all_inputs, "nuslerp")
+    out = result_dtype(all_inputs, out_dtype)
+    per_row = not flatten and tensors[0].dim() > 1
+    if _choose(all_inputs, out) == "torch" or (per_row and row_wise):
+        return reference()
+    if tensors[0].numel() == 0:
+        return torch.empty(tensors[0].shape, dtype=out, device=tensors[0].device)
+    rows, cols = _rows(tensors[0], per_row)
+    x0, x1 = tensors[0].contiguous(), tensors[1].contiguous()
+    b = base.contiguous() if base is not None else None
+    t = nuslerp_t(weights[0], weights[1])
+
+    def run(impl):
+        factors = nuslerp_factors(impl.gram(b, [x0, x1], rows, cols), t)
+        return impl.nuslerp_apply(b, x0, x1, rows, cols, factors, out)
+
+    return _dispatch(all_inputs, out, reference, run)
+
+
+def model_stock(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    filter_wise: bool = False,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """`mergefast.methods.model_stock` on the fused kernels: one reduction pass (every norm and
+    pairwise dot of the task vectors, per row with `filter_wise`), one elementwise pass."""
+    tensors = list(tensors)
+
+    def reference():
+        return _model_stock_ref(base, tensors, filter_wise=filter_wise, out_dtype=out_dtype)
+
+    all_inputs = [base, *tensors]
+    if len(tensors) < 2 or len(tensors) > 64:
+        return reference()  # fewer: the reference's error; more: past the kernels' Gram size
+    check_same_shape(all_inputs, "model_stock")
+    out = result_dtype(all_inputs, out_dtype)
+    if _choose(all_inputs, out) == "torch":
+        return reference()
+    if base.numel() == 0:
+        return torch.empty(base.shape, dtype=out, device=base.device)
+    rows, cols = _rows(base, filter_wise)
+    b, xs = base.contiguous(), [x.contiguous() for x in tensors]
+
+    def run(impl):
+        t = stock_ratios(impl.gram(b, xs, rows, cols), len(xs))
+        return impl.model_stock_apply(b, xs, rows, cols, t, out)
+
+    return _dispatch(all_inputs, out, reference, run)
+
+
+def nearswap(base: torch.Tensor, other: torch.Tensor, t: float, *, out_dtype: torch.dtype | None = None):
+    """`mergefast.methods.nearswap` on the fused kernels: one elementwise pass, bit-identical."""
+    t = float(t)
+
+    def reference():
+        return _nearswap_ref(base, other, t, out_dtype=out_dtype)
+
+    check_same_shape([base, other], "nearswap")
+    out = result_dtype([base, other], out_dtype)
+    if _choose([base, other], out) == "torch":
+        return reference()
+    if base.numel() == 0:
+        return torch.empty(base.shape, dtype=out, device=base.device)
+    b, x = base.contiguous(), other.contiguous()
+    return _dispatch([base, other], out, reference, lambda impl: impl.nearswap(b, x, t, out))
