@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.h"
+#include "select/rules.h"
 
 namespace mergefast {
 
@@ -55,5 +56,16 @@ void slerp_dots(const Src& a, const Src& b, int64_t n, int threads, double dots[
 // out = c0 * a + c1 * b.
 void slerp_apply(const Src& a, const Src& b, float c0, float c1, const Dst& dst, int64_t n,
                  int threads);
+
+// SCE's selection and energies (sce.cpp): the rule keeping the k = int(count_nonzero(var) *
+// topk) positions of largest variance across the models (topk >= 1: all), and each model's
+// sum of squared kept deltas (float64) into energies[0..K).
+KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n,
+                    int threads, double* energies);
+
+// SCE's apply (sce.cpp): the kept deltas, TIES sign election, weights w, divisor clamped to
+// 1e-6, base + result rounded once into dst.
+void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule,
+               const std::vector<float>& w, const Dst& dst, int64_t n, int threads);
 
 }  // namespace mergefast

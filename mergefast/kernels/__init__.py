@@ -11,6 +11,7 @@ kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, 
              selection=None)
 kernels.slerp(a, b, t, *, out_dtype=None)
 kernels.passthrough(tensor, scale=None, *, out_dtype=None)
+kernels.sce(base, tensors, *, select_topk=1.0, out_dtype=None)
 kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
 kernels.describe_backends()      # lines for `mergefast env`
 kernels.missing_kernels(device)  # one line when `device`'s merges lose their kernels, else None
@@ -47,12 +48,14 @@ import torch
 
 from ..methods import linear as _linear_ref
 from ..methods import passthrough as _passthrough_ref
+from ..methods import sce as _sce_ref
 from ..methods import slerp as _slerp_ref
 from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
 from . import dare as _dare
+from . import sce as _sce
 from .dispatch import (  # noqa: F401 - _impl: tests
     BACKENDS,
     _choose,
@@ -78,6 +81,7 @@ __all__ = [
     "task_arithmetic",
     "ties",
     "warn_missing_kernels",
+    "sce",
 ]
 
 # sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
@@ -335,3 +339,37 @@ def passthrough(
     never `tensor` itself (the reference returns it when there is nothing to change)."""
     out = _passthrough_ref(tensor, scale, out_dtype=out_dtype)
     return out.clone() if out is tensor else out
+
+
+def sce(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    select_topk: float = 1.0,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """SCE over task vectors `tensors[i] - base` (`mergefast.methods.sce`): the positions of
+    largest variance across the models by an exact histogram top-k (ties lowest flat index
+    first), energy weights, TIES sign election, weighted disjoint merge; no K x N
+    temporaries, no sort. The weights' energies are float64 sums (kernels/sce.py)."""
+    (select_topk,) = _numbers([select_topk], "select_topk")
+    tensors = list(tensors)
+    all_inputs = [base, *tensors]
+    check_same_shape(all_inputs, "sce")
+    out = result_dtype(all_inputs, out_dtype)
+
+    def reference():
+        return _sce_ref(base, tensors, select_topk=select_topk, out_dtype=out_dtype)
+
+    if not tensors or _choose(all_inputs, out) == "torch":
+        return reference()
+    if base.numel() == 0:
+        return torch.empty(base.shape, dtype=out, device=base.device)
+    b, xs = base.contiguous(), _contiguous(tensors)
+
+    def run(impl):
+        if not hasattr(impl, "sce_select"):  # a backend without SCE kernels
+            return reference()
+        return _sce.run(impl, b, xs, select_topk, out)
+
+    return _dispatch(all_inputs, out, reference, run)

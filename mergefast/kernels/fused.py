@@ -59,6 +59,11 @@ def _task_arithmetic(method: str):
     return merge
 
 
+def _sce(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = split_base(tensors, base_index, m)
+    return kernels.sce(base, others, select_topk=g["select_topk"], out_dtype=out_dtype)
+
+
 # method name -> kernel adapter; a method not here runs its torch reference (spec.merge)
 FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "linear": _linear,
@@ -68,6 +73,7 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "ties": _task_arithmetic("ties"),
     "dare_ties": _task_arithmetic("dare_ties"),
     "dare_linear": _task_arithmetic("dare_linear"),
+    "sce": _sce,
 }
 
 
