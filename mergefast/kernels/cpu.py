@@ -372,8 +372,19 @@ def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: floa
     energies = (ctypes.c_double * len(xs))()
     _check(
         _lib().mf_sce_select(
-            bptr, bcode, ptrs, codes, len(xs), n, float(select_topk), threads(), ctypes.byref(thr),
-            ctypes.byref(quota), ctypes.byref(cut), eq_prefix, energies,
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            float(select_topk),
+            threads(),
+            ctypes.byref(thr),
+            ctypes.byref(quota),
+            ctypes.byref(cut),
+            eq_prefix,
+            energies,
         )
     )
     rule = (thr.value, quota.value, eq_prefix if cut.value else None)
@@ -393,7 +404,19 @@ def sce_apply(
     cut = eq_prefix is not None
     _check(
         _lib().mf_sce_apply(
-            bptr, bcode, ptrs, codes, len(xs), n, thr, quota, cut, eq_prefix, _doubles(omega), optr, ocode,
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            thr,
+            quota,
+            cut,
+            eq_prefix,
+            _doubles(omega),
+            optr,
+            ocode,
             threads(),
         )
     )
