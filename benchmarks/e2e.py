@@ -46,6 +46,8 @@ CONFIGS = {
     "passthrough": "merge_method: passthrough\nslices:\n"
     "  - sources:\n      - {{model: {ft1}, layer_range: [0, {half}]}}\n"
     "  - sources:\n      - {{model: {ft2}, layer_range: [{half}, {layers}]}}\ndtype: bfloat16\n",
+    "sce": "merge_method: sce\nbase_model: {base}\nmodels:\n{models3}\n"
+    "parameters: {{select_topk: 0.1}}\ndtype: bfloat16\n",
 }
 
 
