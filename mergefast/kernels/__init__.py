@@ -23,8 +23,9 @@ finds its thresholds, for benchmarks and tests; every choice selects the same el
 
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
-but SLERP's reduction and DARE's L1 rescale norms (kernels/dare.py); magnitude selection keeps
-exactly the same elements, DARE draws exactly the same masks).
+but SLERP's reduction, DARE's L1 rescale norms (kernels/dare.py) and SCE's energies
+(kernels/sce.py); magnitude and variance selection keep exactly the same elements, DARE draws
+exactly the same masks).
 
 Dispatch, per call, by the device of the inputs:
 - CUDA tensors -> the Triton kernels (`kernels/triton/`);
