@@ -251,6 +251,26 @@ def test_slerp_family(benchmark, request, op, provider):
     _run(benchmark, lambda: fn(base, xs, module), device, (inputs + 1) * 2 * _numel())
 
 
+SCE_TOPK = 0.1  # mergekit's documented example value
+
+
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_sce(benchmark, request, provider):
+    """SCE with select_topk 0.1: the variance selection (the reference sorts every
+    variance), the energies, then the election and merge."""
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = "sce"
+    op = methods.sce if provider == "reference" else kernels.sce
+    _run(
+        benchmark,
+        lambda: op(base, xs, select_topk=SCE_TOPK),
+        device,
+        5 * 2 * _numel(),
+        rounds=SLOW_ROUNDS if provider == "reference" else ROUNDS,
+    )
+
+
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
 def test_cpu_extra_memory(benchmark, op):
     """Peak RSS growth of one cpu-ext call in a fresh process (the output included), against

@@ -4,6 +4,7 @@
 // exceptions into status codes and mf_last_error().
 #include "mergefast.h"
 
+#include <algorithm>
 #include <new>
 #include <string>
 #include <vector>
@@ -244,6 +245,57 @@ int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, int32_t
     check(n >= 0, op, "bad sizes");
     const Dst dst = make_dst(out, out_dtype, n, op);
     nearswap(sb, sx, static_cast<float>(t), dst, n, threads);
+  });
+}
+
+int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* xs,
+                      const int32_t* x_dtypes, int32_t k, int64_t n, double select_topk,
+                      int32_t threads, uint32_t* thr, int64_t* quota, int32_t* cut,
+                      int64_t* eq_prefix, double* energies) {
+  return guarded([&] {
+    const char* op = "sce_select";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && thr != nullptr && quota != nullptr && cut != nullptr &&
+              eq_prefix != nullptr && energies != nullptr,
+          op, "bad sizes or outputs");
+    const KeepRule r = sce_select(sb, src, select_topk, n, threads, energies);
+    *thr = r.thr;
+    *quota = r.quota;
+    *cut = r.cut ? 1 : 0;
+    if (r.cut) {
+      std::copy(r.eq_before.begin(), r.eq_before.end(), eq_prefix);
+      eq_prefix[r.eq_before.size()] = r.eq_before.back() + r.eq_in.back();
+    }
+  });
+}
+
+int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs,
+                     const int32_t* x_dtypes, int32_t k, int64_t n, uint32_t thr, int64_t quota,
+                     int32_t cut, const int64_t* eq_prefix, const double* omega, void* out,
+                     int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "sce_apply";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && omega != nullptr && (cut == 0 || eq_prefix != nullptr), op,
+          "bad sizes, weights or tie counts");
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
+    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
+    for (const Src& x : src) {
+      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
+    }
+    KeepRule r;
+    r.thr = thr;
+    r.quota = quota;
+    r.cut = cut != 0;
+    if (r.cut) {
+      const int64_t nb = num_blocks(n);
+      r.eq_before.assign(eq_prefix, eq_prefix + nb);
+      for (int64_t blk = 0; blk < nb; ++blk) r.eq_in.push_back(eq_prefix[blk + 1] - eq_prefix[blk]);
+    }
+    sce_apply(sb, src, r, as_f32(omega, k), dst, n, threads);
   });
 }
 

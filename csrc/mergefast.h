@@ -128,6 +128,26 @@ MF_API int32_t mf_model_stock_apply(const void* base, int32_t base_dtype, const 
 MF_API int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, int32_t x_dtype,
                            int64_t n, double t, void* out, int32_t out_dtype, int32_t threads);
 
+/* SCE's selection and energies: the positions of the k = int(count_nonzero(var) *
+ * select_topk) largest population variances across the task vectors xs[i] - base (all at
+ * select_topk >= 1; ties lowest flat index first) as a rule: keys (float32 variance bits)
+ * above *thr kept, and the first *quota equal to it; when *cut, eq_prefix (nb + 1 entries,
+ * nb = ceil(n / mf_block())) gets the running count of keys equal to *thr before each block.
+ * energies[i] = sum of the squared kept deltas of model i (float64, the same on any thread
+ * count). */
+MF_API int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* xs,
+                             const int32_t* x_dtypes, int32_t k, int64_t n, double select_topk,
+                             int32_t threads, uint32_t* thr, int64_t* quota, int32_t* cut,
+                             int64_t* eq_prefix, double* energies);
+
+/* SCE's apply with mf_sce_select's rule and the weights omega (rounded to float32): the TIES
+ * "sum" election on the kept deltas, base + sum(d * omega * agree) / max(sum(omega * agree),
+ * 1e-6), rounded once to out_dtype. */
+MF_API int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs,
+                            const int32_t* x_dtypes, int32_t k, int64_t n, uint32_t thr,
+                            int64_t quota, int32_t cut, const int64_t* eq_prefix,
+                            const double* omega, void* out, int32_t out_dtype, int32_t threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -148,6 +148,7 @@ def nan_inputs(n, dtype, *, device="cpu"):
 
 # the module (mergefast.methods.task_arithmetic is also the name of its function)
 _TA_MODULE = importlib.import_module("mergefast.methods.task_arithmetic")
+_SCE_MODULE = importlib.import_module("mergefast.methods.sce")
 
 
 def _l1_rescale_f64(sparse: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -160,6 +161,13 @@ def _l1_rescale_f64(sparse: torch.Tensor, original: torch.Tensor) -> torch.Tenso
     if before < RESCALE_MIN_NORM or after < RESCALE_MIN_NORM:
         return sparse
     return sparse * (before / after)
+
+
+def _energy_weights_f64(deltas: torch.Tensor) -> torch.Tensor:
+    """methods.sce.energy_weights with each mean(tau_i^2) summed in float64 and rounded to
+    float32 before / n (the kernels' sums; torch's float32 mean may differ in the last bit)."""
+    energy = (deltas * deltas).flatten(1).double().sum(dim=1).float() / deltas[0].numel()
+    return _SCE_MODULE.weights_of_energies(energy)
 
 
 def _cpu(ts):
@@ -571,3 +579,47 @@ def assert_close_or_nan(kernel_out, ref_out, ref64):
     nan = torch.isnan(r)
     assert torch.equal(torch.isnan(k), nan), "NaN in other places than the reference's"
     assert_same(k.masked_fill(nan, 0), r.masked_fill(nan, 0), exact=False, ref64=r64.masked_fill(nan, 0))
+
+    # ------------------------------------------------------------------ SCE
+    def _sce(self, base, xs, topk, monkeypatch, out_dtype=None):
+        """Kernel against the reference with float64 energies (bit-identical) and against the
+        plain reference (tolerance rule: its energies are torch's float32 means)."""
+        if not hasattr(kernels._impl(self.BACKEND), "sce_select"):
+            pytest.skip(f"no SCE kernel on {self.BACKEND}")
+        out = kernels.sce(base, xs, select_topk=topk, out_dtype=out_dtype)
+        b, others = base.cpu(), _cpu(xs)
+        ref = methods.sce(b, others, select_topk=topk, out_dtype=out_dtype)
+        nan = torch.isnan(ref)
+        assert torch.equal(torch.isnan(out.cpu()), nan)
+        assert_same(out.cpu()[~nan], ref[~nan], exact=False)
+        with monkeypatch.context() as m:
+            m.setattr(_SCE_MODULE, "energy_weights", _energy_weights_f64)
+            ref_f64 = methods.sce(b, others, select_topk=topk, out_dtype=out_dtype)
+        assert_same(out, ref_f64, exact=self.EXACT)
+
+    def test_sce(self, shape, dtype, monkeypatch):
+        """select_topk 0, between and 1 (>= 1 keeps every position)."""
+        base, xs = self.inputs(shape, dtype)
+        for topk in (0.0, 0.3, 0.75, 1.0):
+            self._sce(base, xs, topk, monkeypatch)
+
+    def test_sce_ties_and_edge_cases(self, dtype, monkeypatch):
+        """Many tied variances split at the threshold (kept lowest flat index first), NaN and
+        inf inputs, all-zero deltas, one model, two models, mixed dtypes with out_dtype."""
+        tied = tied_inputs(self.TIE_N, dtype, device=self.DEVICE)
+        many = tied_inputs(self.TIE_N * 5, dtype, seed=3, device=self.DEVICE)  # several threads
+        nans = nan_inputs(self.TIE_N, dtype, device=self.DEVICE)
+        base, xs = self.inputs((37, 129), dtype)
+        mixed = [x.to(t) for x, t in zip(xs, (torch.bfloat16, torch.float32, torch.float16))]
+        for b, models, od in (
+            (*tied, None),
+            (*many, None),
+            (*nans, None),
+            (base, [base.clone() for _ in range(3)], None),
+            (base, xs[:1], None),
+            (tied[0], tied[1][:2], None),
+            (base, mixed, torch.float32),
+            (base, mixed, torch.bfloat16),
+        ):
+            for topk in (0.0, 0.1, 0.5, 0.77, 1.0):
+                self._sce(b, models, topk, monkeypatch, out_dtype=od)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.h"
+#include "select/rules.h"
 
 namespace mergefast {
 
@@ -75,5 +76,16 @@ void model_stock_apply(const Src& base, const std::vector<Src>& xs, int64_t cols
 
 // nearswap: w = clamp(t / max(|base - x|, 1e-6), 0, 1); out = w x + (1 - w) base.
 void nearswap(const Src& base, const Src& x, float t, const Dst& dst, int64_t n, int threads);
+
+// SCE's selection and energies (sce.cpp): the rule keeping the k = int(count_nonzero(var) *
+// topk) positions of largest variance across the models (topk >= 1: all), and each model's
+// sum of squared kept deltas (float64) into energies[0..K).
+KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n,
+                    int threads, double* energies);
+
+// SCE's apply (sce.cpp): the kept deltas, TIES sign election, weights w, divisor clamped to
+// 1e-6, base + result rounded once into dst.
+void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule,
+               const std::vector<float>& w, const Dst& dst, int64_t n, int threads);
 
 }  // namespace mergefast

@@ -14,6 +14,7 @@ kernels.passthrough(tensor, scale=None, *, out_dtype=None)
 kernels.nuslerp(tensors, weights, base=None, *, flatten=True, row_wise=False, out_dtype=None)
 kernels.model_stock(base, tensors, *, filter_wise=False, out_dtype=None)
 kernels.nearswap(base, other, t, *, out_dtype=None)    # SLERP family: kernels/slerp_family.py
+kernels.sce(base, tensors, *, select_topk=1.0, out_dtype=None)
 kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
 kernels.describe_backends()      # lines for `mergefast env`
 kernels.missing_kernels(device)  # one line when `device`'s merges lose their kernels, else None
@@ -25,9 +26,10 @@ finds its thresholds, for benchmarks and tests; every choice selects the same el
 
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
-but SLERP's reduction, DARE's L1 rescale norms (kernels/dare.py) and the float64 reductions of
-nuslerp and model_stock (kernels/slerp_family.py); magnitude selection keeps
-exactly the same elements, DARE draws exactly the same masks).
+but SLERP's reduction, DARE's L1 rescale norms (kernels/dare.py), the float64 reductions of
+nuslerp and model_stock (kernels/slerp_family.py) and SCE's energies (kernels/sce.py);
+magnitude and variance selection keep exactly the same elements, DARE draws exactly the same
+masks).
 
 Dispatch, per call, by the device of the inputs:
 - CUDA tensors -> the Triton kernels (`kernels/triton/`);
@@ -51,12 +53,14 @@ import torch
 
 from ..methods import linear as _linear_ref
 from ..methods import passthrough as _passthrough_ref
+from ..methods import sce as _sce_ref
 from ..methods import slerp as _slerp_ref
 from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
 from . import dare as _dare
+from . import sce as _sce
 from .dispatch import (  # noqa: F401 - _impl: tests
     BACKENDS,
     _choose,
@@ -86,6 +90,7 @@ __all__ = [
     "nuslerp",
     "model_stock",
     "nearswap",
+    "sce",
 ]
 
 # sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
@@ -343,3 +348,37 @@ def passthrough(
     never `tensor` itself (the reference returns it when there is nothing to change)."""
     out = _passthrough_ref(tensor, scale, out_dtype=out_dtype)
     return out.clone() if out is tensor else out
+
+
+def sce(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    *,
+    select_topk: float = 1.0,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """SCE over task vectors `tensors[i] - base` (`mergefast.methods.sce`): the positions of
+    largest variance across the models by an exact histogram top-k (ties lowest flat index
+    first), energy weights, TIES sign election, weighted disjoint merge; no K x N
+    temporaries, no sort. The weights' energies are float64 sums (kernels/sce.py)."""
+    (select_topk,) = _numbers([select_topk], "select_topk")
+    tensors = list(tensors)
+    all_inputs = [base, *tensors]
+    check_same_shape(all_inputs, "sce")
+    out = result_dtype(all_inputs, out_dtype)
+
+    def reference():
+        return _sce_ref(base, tensors, select_topk=select_topk, out_dtype=out_dtype)
+
+    if not tensors or _choose(all_inputs, out) == "torch":
+        return reference()
+    if base.numel() == 0:
+        return torch.empty(base.shape, dtype=out, device=base.device)
+    b, xs = base.contiguous(), _contiguous(tensors)
+
+    def run(impl):
+        if not hasattr(impl, "sce_select"):  # a backend without SCE kernels
+            return reference()
+        return _sce.run(impl, b, xs, select_topk, out)
+
+    return _dispatch(all_inputs, out, reference, run)

@@ -54,6 +54,8 @@ _SIGNATURES = {
     "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
+    "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p]),
+    "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
 }
 
 
@@ -432,4 +434,66 @@ def nearswap(base: torch.Tensor, x: torch.Tensor, t: float, out_dtype: torch.dty
     xptr, xcode = _view(x, n, op)
     optr, ocode = _view(out, n, op)
     _check(_lib().mf_nearswap(bptr, bcode, xptr, xcode, n, t, optr, ocode, threads()))
+    return out
+
+
+def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float):
+    """SCE's variance selection and energies: (rule, [sum of squared kept deltas per model]),
+    the rule (threshold key, tie quota, running tie counts per block or None) for `sce_apply`."""
+    n, op = base.numel(), "sce_select"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    thr, quota, cut = ctypes.c_uint32(), ctypes.c_int64(), ctypes.c_int32()
+    eq_prefix = (ctypes.c_int64 * (-(-n // BLOCK) + 1))()
+    energies = (ctypes.c_double * len(xs))()
+    _check(
+        _lib().mf_sce_select(
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            float(select_topk),
+            threads(),
+            ctypes.byref(thr),
+            ctypes.byref(quota),
+            ctypes.byref(cut),
+            eq_prefix,
+            energies,
+        )
+    )
+    rule = (thr.value, quota.value, eq_prefix if cut.value else None)
+    return rule, list(energies)
+
+
+def sce_apply(
+    base: torch.Tensor, xs: Sequence[torch.Tensor], rule, omega: Sequence[float], out_dtype: torch.dtype
+) -> torch.Tensor:
+    """SCE's apply pass with `sce_select`'s rule and the weights omega, into a new tensor."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "sce_apply"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    thr, quota, eq_prefix = rule
+    cut = eq_prefix is not None
+    _check(
+        _lib().mf_sce_apply(
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            thr,
+            quota,
+            cut,
+            eq_prefix,
+            _doubles(omega),
+            optr,
+            ocode,
+            threads(),
+        )
+    )
     return out

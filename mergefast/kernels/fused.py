@@ -78,6 +78,11 @@ def _nearswap(tensors, base_index, g, m, out_dtype, ctx):
     return kernels.nearswap(base, others[0], g["t"], out_dtype=out_dtype)
 
 
+def _sce(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = split_base(tensors, base_index, m)
+    return kernels.sce(base, others, select_topk=g["select_topk"], out_dtype=out_dtype)
+
+
 # method name -> kernel adapter; a method not here runs its torch reference (spec.merge)
 FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "linear": _linear,
@@ -90,6 +95,7 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "nuslerp": _nuslerp,
     "model_stock": _model_stock,
     "nearswap": _nearswap,
+    "sce": _sce,
 }
 
 

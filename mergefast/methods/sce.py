@@ -30,7 +30,12 @@ def variance_mask(deltas: torch.Tensor, select_topk: float) -> torch.Tensor:
 
 def energy_weights(deltas: torch.Tensor) -> torch.Tensor:
     """omega_i = mean(tau_i^2) / sum_j mean(tau_j^2); uniform when the sum is < 1e-6."""
-    energy = (deltas * deltas).flatten(1).mean(dim=1)
+    return weights_of_energies((deltas * deltas).flatten(1).mean(dim=1))
+
+
+def weights_of_energies(energy: torch.Tensor) -> torch.Tensor:
+    """omega_i = energy_i / sum_j energy_j from the energies mean(tau_i^2) (a 1-D tensor);
+    uniform when the sum is < 1e-6."""
     total = energy.sum()
     if total < WEIGHT_SUM_MIN:
         return torch.full_like(energy, 1.0 / energy.numel())
