@@ -562,24 +562,6 @@ class KernelSuite:
             out = kernels.nearswap(b, x, 0.02, out_dtype=od)
             assert_same(out, methods.nearswap(b.cpu(), x.cpu(), 0.02, out_dtype=od), exact=self.EXACT)
 
-
-def _triton_block() -> int:
-    from mergefast.kernels.triton.utils import block_size
-
-    return block_size()
-
-
-def assert_close_or_nan(kernel_out, ref_out, ref64):
-    """DESIGN's tolerance rule (assert_same with ref64), NaN exactly where the reference has
-    NaN (a NaN input makes its whole row NaN in the SLERP family). A float64 output of float32
-    work (exact in float32) is compared in float32: the rule's unit is the working precision's."""
-    k, r, r64 = kernel_out.cpu(), ref_out.cpu(), ref64.cpu()
-    if k.dtype == torch.float64:
-        k, r, r64 = k.float(), r.float(), r64.float()
-    nan = torch.isnan(r)
-    assert torch.equal(torch.isnan(k), nan), "NaN in other places than the reference's"
-    assert_same(k.masked_fill(nan, 0), r.masked_fill(nan, 0), exact=False, ref64=r64.masked_fill(nan, 0))
-
     # ------------------------------------------------------------------ SCE
     def _sce(self, base, xs, topk, monkeypatch, out_dtype=None):
         """Kernel against the reference with float64 energies (bit-identical) and against the
@@ -623,3 +605,21 @@ def assert_close_or_nan(kernel_out, ref_out, ref64):
         ):
             for topk in (0.0, 0.1, 0.5, 0.77, 1.0):
                 self._sce(b, models, topk, monkeypatch, out_dtype=od)
+
+
+def _triton_block() -> int:
+    from mergefast.kernels.triton.utils import block_size
+
+    return block_size()
+
+
+def assert_close_or_nan(kernel_out, ref_out, ref64):
+    """DESIGN's tolerance rule (assert_same with ref64), NaN exactly where the reference has
+    NaN (a NaN input makes its whole row NaN in the SLERP family). A float64 output of float32
+    work (exact in float32) is compared in float32: the rule's unit is the working precision's."""
+    k, r, r64 = kernel_out.cpu(), ref_out.cpu(), ref64.cpu()
+    if k.dtype == torch.float64:
+        k, r, r64 = k.float(), r.float(), r64.float()
+    nan = torch.isnan(r)
+    assert torch.equal(torch.isnan(k), nan), "NaN in other places than the reference's"
+    assert_same(k.masked_fill(nan, 0), r.masked_fill(nan, 0), exact=False, ref64=r64.masked_fill(nan, 0))
