@@ -103,6 +103,17 @@ MF_API int32_t mf_slerp_apply(const void* a, int32_t a_dtype, const void* b, int
  * to the two passes. */
 MF_API void mf_one_read_counts(int64_t* finished, int64_t* fell_back);
 
+/* Breadcrumbs (breadcrumbs, breadcrumbs_ties): model i keeps its deltas xs[i] - base at
+ * positions lo[i] .. hi[i] - 1 of their ascending magnitude order (ties lowest flat index
+ * first: the reference's stable sort), times weights[i]; then the TIES sign election and
+ * disjoint mean (consensus) or the plain sum, as mf_task_arithmetic. 0 <= lo[i], hi[i] <= n.
+ * *finite as there. */
+MF_API int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* xs,
+                              const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
+                              const int64_t* lo, const int64_t* hi, int32_t consensus,
+                              int32_t normalize, double divisor, double lambda, void* out,
+                              int32_t out_dtype, int32_t threads, int32_t* finite);
+
 #ifdef __cplusplus
 }
 #endif

@@ -56,4 +56,12 @@ void slerp_dots(const Src& a, const Src& b, int64_t n, int threads, double dots[
 void slerp_apply(const Src& a, const Src& b, float c0, float c1, const Dst& dst, int64_t n,
                  int threads);
 
+// Breadcrumbs into dst (breadcrumbs.cpp): model i keeps its deltas at positions lo[i] ..
+// hi[i] - 1 of the ascending |x_i - base| order (ties lowest flat index first), times w[i];
+// then as task_arithmetic (TIES consensus or the plain sum). Returns true when every delta
+// was finite. dst must not overlap an input (the selection uses it as scratch).
+bool breadcrumbs(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+                 const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, bool consensus,
+                 bool normalize, float divisor, float lambda, const Dst& dst, int64_t n, int threads);
+
 }  // namespace mergefast
