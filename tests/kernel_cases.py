@@ -436,6 +436,8 @@ class KernelSuite:
     # (density, gamma) of the first model; the others take (density / 2, gamma / 3) and
     # (1 - density, 1 - gamma)
     BREADCRUMBS_CUTS = [(0.0, 0.0), (0.37, 0.0), (0.37, 0.13), (0.9, 0.2), (0.9999, 0.0001), (1.0, 0.3)]
+    BREADCRUMBS_DTYPES = DTYPES  # of the ties and edge-case tests
+    BREADCRUMBS_EDGE_SHAPE = (37, 129)
 
     def _breadcrumbs(self, base, xs, weights, densities, gammas, *, consensus, normalize=False, out_dtype=None, **kw):
         """(kernel, reference) of one breadcrumbs call (breadcrumbs_ties with consensus "sum")."""
@@ -460,31 +462,44 @@ class KernelSuite:
                 )
                 assert_same(out, ref, exact=self.EXACT)
 
-    def test_breadcrumbs_ties_and_nans_at_the_cuts(self, dtype):
+    def test_breadcrumbs_ties_and_nans_at_the_cuts(self):
         """Many ties at both cut points: the reference's stable ascending sort keeps the ties
         of the lower cut highest index first and those of the upper cut lowest index first;
         NaNs rank equal, above inf, so the top cut drops them first."""
-        for base, xs in (
-            tied_inputs(self.TIE_N, dtype, device=self.DEVICE),
-            nan_inputs(self.TIE_N, dtype, device=self.DEVICE),
-        ):
+        for base, xs in [
+            make(self.TIE_N, dtype, device=self.DEVICE)
+            for dtype in self.BREADCRUMBS_DTYPES
+            for make in (tied_inputs, nan_inputs)
+        ]:
             for density, gamma in self.BREADCRUMBS_CUTS:
                 densities, gammas = [density, density / 2, 1 - density], [gamma, gamma / 3, 1 - gamma]
                 for consensus in (None, "sum"):
                     out, ref = self._breadcrumbs(base, xs, [0.3, 0.5, 0.2], densities, gammas, consensus=consensus)
                     assert_same(out, ref, exact=self.EXACT)
 
-    def test_breadcrumbs_edge_cases(self, dtype):
+    def test_breadcrumbs_edge_cases(self):
         """All-zero deltas, mixed input dtypes with out_dtype, the default gamma, and the
         rescale (not fused: the reference runs)."""
-        base, xs = self.inputs((37, 129), dtype)
+        for dtype in self.BREADCRUMBS_DTYPES:
+            self._breadcrumbs_edge_cases(dtype)
+
+    def _breadcrumbs_edge_cases(self, dtype):
+        base, xs = self.inputs(self.BREADCRUMBS_EDGE_SHAPE, dtype)
         zeros = [base.clone() for _ in range(3)]
         mixed = [x.to(t) for x, t in zip(xs, (torch.bfloat16, torch.float32, torch.float16))]
-        for b, models, od in ((base, zeros, None), (base, mixed, torch.float32), (base, mixed, torch.bfloat16)):
-            for consensus in (None, "sum"):
-                out, ref = self._breadcrumbs(b, models, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1], None, consensus=consensus)
-                assert_same(out, ref, exact=self.EXACT)
-                if models is zeros:
-                    assert torch.equal(out.cpu(), base.cpu())
-        out, ref = self._breadcrumbs(base, xs, [0.5, 0.3, 0.2], [0.4, 0.5, 0.1], [0.1] * 3, consensus="sum", rescale=True)
+        for models, od, consensus in (
+            (zeros, None, None),
+            (zeros, None, "sum"),
+            (mixed, torch.float32, None),
+            (mixed, torch.bfloat16, "sum"),
+        ):
+            out, ref = self._breadcrumbs(
+                base, models, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1], None, consensus=consensus, out_dtype=od
+            )
+            assert_same(out, ref, exact=self.EXACT)
+            if models is zeros:
+                assert torch.equal(out.cpu(), base.cpu())
+        out, ref = self._breadcrumbs(
+            base, xs, [0.5, 0.3, 0.2], [0.4, 0.5, 0.1], [0.1] * 3, consensus="sum", rescale=True
+        )
         assert_same(out, ref, exact=self.EXACT)
