@@ -84,7 +84,7 @@ def describe_backends() -> list[str]:
     forced = _requested()
     if forced is not None:
         lines.append(f"MERGEFAST_BACKEND={forced}: every op is forced to the {forced} backend")
-    ops = "linear, task_arithmetic, ties, dare_ties, dare_linear, slerp"
+    ops = "linear, task_arithmetic, ties, dare_ties, dare_linear, slerp, breadcrumbs, breadcrumbs_ties"
     cpu_why = _cpu_ext_missing()
     from . import cpu
 
