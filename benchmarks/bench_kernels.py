@@ -271,6 +271,29 @@ def test_sce(benchmark, request, provider):
     )
 
 
+BREADCRUMBS_METHODS = {"breadcrumbs_ties": "sum", "breadcrumbs": None}  # method -> consensus
+GAMMAS = [0.01, 0.01, 0.01]  # mergekit's default
+
+
+@pytest.mark.parametrize("method", sorted(BREADCRUMBS_METHODS))
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_breadcrumbs(benchmark, request, method, provider):
+    """Breadcrumbs with mergekit's default gamma: two cuts per model from the exact
+    selection, then the apply (the kernels read the inputs twice; minimal traffic once)."""
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = method
+    kw = dict(densities=DENSITIES, gammas=GAMMAS, sparsify="magnitude_outliers", consensus=BREADCRUMBS_METHODS[method])
+    op = methods.task_arithmetic if provider == "reference" else kernels.task_arithmetic
+    _run(
+        benchmark,
+        lambda: op(base, xs, WEIGHTS, **kw),
+        device,
+        5 * 2 * _numel(),
+        rounds=SLOW_ROUNDS if provider == "reference" else ROUNDS,
+    )
+
+
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
 def test_cpu_extra_memory(benchmark, op):
     """Peak RSS growth of one cpu-ext call in a fresh process (the output included), against

@@ -41,6 +41,8 @@ CONFIGS = {
     "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
     "dare_ties": "merge_method: dare_ties\nbase_model: {base}\nmodels:\n{models3}\n"
     "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
+    "breadcrumbs_ties": "merge_method: breadcrumbs_ties\nbase_model: {base}\nmodels:\n{models3}\n"
+    "parameters: {{weight: 0.5, density: 0.5, gamma: 0.01}}\ndtype: bfloat16\n",
     "slerp": "merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
     "parameters: {{t: 0.4}}\ndtype: bfloat16\n",
     "passthrough": "merge_method: passthrough\nslices:\n"

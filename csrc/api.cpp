@@ -299,6 +299,36 @@ int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs
   });
 }
 
+int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* xs,
+                       const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
+                       const int64_t* lo, const int64_t* hi, int32_t consensus, int32_t normalize,
+                       double divisor, double lambda, void* out, int32_t out_dtype, int32_t threads,
+                       int32_t* finite) {
+  return guarded([&] {
+    const char* op = "breadcrumbs";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && weights != nullptr && lo != nullptr && hi != nullptr && finite != nullptr, op,
+          "bad sizes, weights or bounds");
+    for (int32_t i = 0; i < k; ++i) {
+      check(lo[i] >= 0 && hi[i] >= 0 && lo[i] <= n && hi[i] <= n, op, "bounds outside [0, n]");
+    }
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    // The selection uses the output as scratch, and the apply writes it while it reads the
+    // inputs.
+    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
+    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
+    for (const Src& x : src) {
+      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
+    }
+    *finite = breadcrumbs(sb, src, as_f32(weights, k), std::vector<int64_t>(lo, lo + k),
+                          std::vector<int64_t>(hi, hi + k), consensus != 0, normalize != 0,
+                          static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
+                  ? 1
+                  : 0;
+  });
+}
+
 // setuptools builds this library as an extension module (its Extension needs no torch and no
 // CMake), and on Windows exports PyInit_<name>. It is loaded with ctypes, never imported:
 // importing it fails.

@@ -148,6 +148,17 @@ MF_API int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* co
                             int64_t quota, int32_t cut, const int64_t* eq_prefix,
                             const double* omega, void* out, int32_t out_dtype, int32_t threads);
 
+/* Breadcrumbs (breadcrumbs, breadcrumbs_ties): model i keeps its deltas xs[i] - base at
+ * positions lo[i] .. hi[i] - 1 of their ascending magnitude order (ties lowest flat index
+ * first: the reference's stable sort), times weights[i]; then the TIES sign election and
+ * disjoint mean (consensus) or the plain sum, as mf_task_arithmetic. 0 <= lo[i], hi[i] <= n.
+ * *finite as there. */
+MF_API int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* xs,
+                              const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
+                              const int64_t* lo, const int64_t* hi, int32_t consensus,
+                              int32_t normalize, double divisor, double lambda, void* out,
+                              int32_t out_dtype, int32_t threads, int32_t* finite);
+
 #ifdef __cplusplus
 }
 #endif

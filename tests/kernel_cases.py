@@ -300,7 +300,7 @@ class KernelSuite:
     def test_no_models_and_errors(self):
         base, xs = self.inputs((3,), torch.float32)
         assert torch.equal(kernels.task_arithmetic(base, [], []).cpu(), base.cpu())
-        for mode in ("magnitude_outliers", "della"):
+        for mode in ("della",):
             with pytest.raises(NotImplementedError, match=mode):
                 kernels.task_arithmetic(base, xs, [1, 1, 1], densities=[0.5] * 3, sparsify=mode)
         with pytest.raises(ValueError):
@@ -434,6 +434,83 @@ class KernelSuite:
         ref = methods.slerp(a.cpu(), xs[0].cpu().float(), 0.4, out_dtype=torch.float16)
         ref64 = methods.slerp(a.cpu().double(), xs[0].cpu().double(), 0.4).half()
         assert_same(out, ref, exact=False, ref64=ref64)
+
+    # ------------------------------------------------------------------ breadcrumbs
+    BREADCRUMBS_CASES = [  # (weights, densities, gammas, normalize, lambda)
+        ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], [0.01, 0.1, 0.05], False, 1.0),
+        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], [0.1, 0.3, 0.0], True, 0.5),  # density 0 and 1, gamma 0
+        ([1.0, -1.0, 0.0], [0.9, 0.95, 0.7], [0.2, 0.1, 0.5], True, 1.0),  # density + gamma > 1
+    ]
+    # (density, gamma) of the first model; the others take (density / 2, gamma / 3) and
+    # (1 - density, 1 - gamma)
+    BREADCRUMBS_CUTS = [(0.0, 0.0), (0.37, 0.0), (0.37, 0.13), (0.9, 0.2), (0.9999, 0.0001), (1.0, 0.3)]
+    BREADCRUMBS_DTYPES = DTYPES  # of the ties and edge-case tests
+    BREADCRUMBS_EDGE_SHAPE = (37, 129)
+
+    def _breadcrumbs(self, base, xs, weights, densities, gammas, *, consensus, normalize=False, out_dtype=None, **kw):
+        """(kernel, reference) of one breadcrumbs call (breadcrumbs_ties with consensus "sum")."""
+        kw.update(
+            densities=densities,
+            gammas=gammas,
+            sparsify="magnitude_outliers",
+            consensus=consensus,
+            normalize=normalize,
+            out_dtype=out_dtype,
+        )
+        out = kernels.task_arithmetic(base, xs, weights, **kw)
+        return out, methods.task_arithmetic(base.cpu(), _cpu(xs), weights, **kw)
+
+    def test_breadcrumbs(self, shape, dtype):
+        """breadcrumbs and breadcrumbs_ties: the reference's kept sets, the same arithmetic."""
+        base, xs = self.inputs(shape, dtype)
+        for consensus in (None, "sum"):
+            for weights, densities, gammas, normalize, lam in self.BREADCRUMBS_CASES:
+                out, ref = self._breadcrumbs(
+                    base, xs, weights, densities, gammas, consensus=consensus, normalize=normalize, lambda_=lam
+                )
+                assert_same(out, ref, exact=self.EXACT)
+
+    def test_breadcrumbs_ties_and_nans_at_the_cuts(self):
+        """Many ties at both cut points: the reference's stable ascending sort keeps the ties
+        of the lower cut highest index first and those of the upper cut lowest index first;
+        NaNs rank equal, above inf, so the top cut drops them first."""
+        for base, xs in [
+            make(self.TIE_N, dtype, device=self.DEVICE)
+            for dtype in self.BREADCRUMBS_DTYPES
+            for make in (tied_inputs, nan_inputs)
+        ]:
+            for density, gamma in self.BREADCRUMBS_CUTS:
+                densities, gammas = [density, density / 2, 1 - density], [gamma, gamma / 3, 1 - gamma]
+                for consensus in (None, "sum"):
+                    out, ref = self._breadcrumbs(base, xs, [0.3, 0.5, 0.2], densities, gammas, consensus=consensus)
+                    assert_same(out, ref, exact=self.EXACT)
+
+    def test_breadcrumbs_edge_cases(self):
+        """All-zero deltas, mixed input dtypes with out_dtype, the default gamma, and the
+        rescale (not fused: the reference runs)."""
+        for dtype in self.BREADCRUMBS_DTYPES:
+            self._breadcrumbs_edge_cases(dtype)
+
+    def _breadcrumbs_edge_cases(self, dtype):
+        base, xs = self.inputs(self.BREADCRUMBS_EDGE_SHAPE, dtype)
+        zeros = [base.clone() for _ in range(3)]
+        mixed = [x.to(t) for x, t in zip(xs, (torch.bfloat16, torch.float32, torch.float16))]
+        for models, od, consensus in (
+            (zeros, None, None),
+            (zeros, None, "sum"),
+            (mixed, torch.float32, None),
+            (mixed, torch.bfloat16, "sum"),
+        ):
+            out, ref = self._breadcrumbs(
+                base, models, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1], None, consensus=consensus, out_dtype=od
+            )
+            assert_same(out, ref, exact=self.EXACT)
+            if models is zeros:
+                assert torch.equal(out.cpu(), base.cpu())
+        out, ref = self._breadcrumbs(
+            base, xs, [0.5, 0.3, 0.2], [0.4, 0.5, 0.1], [0.1] * 3, consensus="sum", rescale=True
+        )
+        assert_same(out, ref, exact=self.EXACT)
 
     # ------------------------------------------------------------------ SLERP family
     # nuslerp and model_stock reduce in float64 in another order than torch's float32 sums

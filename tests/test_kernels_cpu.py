@@ -322,6 +322,33 @@ def test_library_errors_become_python_errors():
 
 
 @needs_ext
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+def test_breadcrumbs_fused_entries(method, monkeypatch):
+    """The executor's table runs the breadcrumbs kernel with each model's gamma (equal to the
+    method's reference), and declines `rescale`: the reference runs then."""
+    from mergefast.kernels import cpu
+    from mergefast.kernels.fused import FUSED, merge_group
+    from mergefast.methods.registry import METHODS, MergeContext
+
+    monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
+    calls = []
+    kernel = cpu.breadcrumbs
+    monkeypatch.setattr(cpu, "breadcrumbs", lambda *a: calls.append(a[3:5]) or kernel(*a))
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(40, 50, generator=g).bfloat16() for _ in range(3)]
+    models = [{}, {"weight": 0.6, "density": 0.5, "gamma": 0.1}, {"weight": 0.4, "density": 0.3, "gamma": 0.2}]
+    spec = METHODS[method]
+    for rescale in (False, True):
+        params = {"normalize": True, "lambda": 0.9, "int8_mask": False, "rescale": rescale}
+        args = (tensors, 0, params, models, torch.bfloat16)
+        out = merge_group(spec, *args, tensor_name="t")
+        ref = spec.merge(*args, MergeContext(seed=0, tensor_name="t"))
+        assert torch.equal(out, ref), rescale
+    assert method in FUSED
+    assert calls == [([2000 - 1000 - 200, 2000 - 600 - 400], [2000 - 200, 2000 - 400])]
+
+
+@needs_ext
 def test_gram_same_on_any_thread_count():
     """The SLERP family's reductions sum in a fixed order: the same on 1, 2 and 3 threads."""
     from mergefast.kernels import cpu

@@ -62,3 +62,24 @@ def test_window_selection_on_random_tensors(seed):
     density = float(torch.rand(1, generator=g))
     want = methods.magnitude_mask(x.float() - base.float(), density)
     assert torch.equal(cpu.magnitude_keep(base, x, keep_count(density, n)), want), (n, dtype, kind, density)
+
+
+@pytest.mark.parametrize("n", [65_537])
+@pytest.mark.parametrize("density,gamma", [(0.05, 0.01), (0.5, 0.3), (0.9, 0.2)])
+def test_breadcrumbs_selection_paths_equal_the_reference(n, density, gamma):
+    """Both cut points through the sampled window (above the small-tensor path), with many ties
+    at each: breadcrumbs and breadcrumbs_ties equal the reference."""
+    if kernels.backend("cpu") != "cpu-ext":
+        pytest.skip("the C++ extension is not built")
+    g = torch.Generator().manual_seed(n)
+    base = torch.randn(n, generator=g).to(torch.bfloat16)
+    xs = [(base.float() + torch.randint(-3, 4, (n,), generator=g) / 64).to(torch.bfloat16) for _ in range(3)]
+    for consensus in (None, "sum"):
+        kw = dict(
+            densities=[density, density / 2, 1 - density / 3],
+            gammas=[gamma, 0.0, gamma / 2],
+            sparsify="magnitude_outliers",
+            consensus=consensus,
+        )
+        args = (base, xs, [0.5, -0.3, 0.9])
+        assert torch.equal(kernels.task_arithmetic(*args, **kw), methods.task_arithmetic(*args, **kw))

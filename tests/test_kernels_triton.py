@@ -382,6 +382,10 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     TIE_N = 1100
     TIES_CASES = KernelSuite.TIES_CASES[:4]
     TIE_DENSITIES = [0.0, 0.37, 0.9999, 1.0]
+    BREADCRUMBS_CASES = KernelSuite.BREADCRUMBS_CASES[1:2]
+    BREADCRUMBS_CUTS = [(0.37, 0.13)]
+    BREADCRUMBS_DTYPES = [torch.bfloat16]
+    BREADCRUMBS_EDGE_SHAPE = (13, 61)
     NUSLERP_WEIGHTS = ([0.3, 0.7],)
     EDGE_SHAPE = (5, 33)
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here

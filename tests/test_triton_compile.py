@@ -448,3 +448,53 @@ def test_slerp_family(has_base, per_row, ptr):
         {"base_ptr": ptr, "x_ptr": ptr, "out_ptr": ptr, "n": "i64", "t": "fp32"},
         {"BLOCK": BLOCK},
     )
+
+
+@pytest.mark.parametrize(
+    "tie_cut,consensus,normalize,scale,ptr",
+    [
+        (True, True, False, False, "*i16"),  # breadcrumbs_ties, ties split at a cut, bf16
+        (False, False, True, True, "*fp16"),  # breadcrumbs, normalize, lambda, fp16
+    ],
+)
+def test_breadcrumbs_passes(tie_cut, consensus, normalize, scale, ptr):
+    ta, breadcrumbs = compiled("task_arithmetic"), compiled("breadcrumbs")
+
+    _compile(
+        ta._task_arithmetic_kernel,
+        {
+            "base_ptr": ptr,
+            "xs": _models(3, ptr),
+            "ws": ("fp32",) * 3,
+            "thr_ptr": "*i64",
+            "quota_ptr": "*i64",
+            "eqb_ptr": "*i64",
+            "out_ptr": ptr,
+            "n": "i64",
+            "nblocks": "i32",
+            "divisor": "fp32",
+            "lam": "fp32",
+        },
+        {
+            "SPARSIFY": 2,
+            "TIE_CUT": tie_cut,
+            "CONSENSUS": consensus,
+            "NORMALIZE": normalize,
+            "SCALE": scale,
+            "BLOCK": BLOCK,
+        },
+    )
+    _compile(
+        breadcrumbs._skip_kernel,
+        {
+            "base_ptr": ptr,
+            "xs": _models(3, ptr),
+            "thr_ptr": "*i64",
+            "quota_ptr": "*i64",
+            "eqb_ptr": "*i64",
+            "skip_ptr": "*i64",
+            "n": "i64",
+            "nblocks": "i32",
+        },
+        {"BLOCK": BLOCK},
+    )

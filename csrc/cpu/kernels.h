@@ -88,4 +88,12 @@ KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, in
 void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule,
                const std::vector<float>& w, const Dst& dst, int64_t n, int threads);
 
+// Breadcrumbs into dst (breadcrumbs.cpp): model i keeps its deltas at positions lo[i] ..
+// hi[i] - 1 of the ascending |x_i - base| order (ties lowest flat index first), times w[i];
+// then as task_arithmetic (TIES consensus or the plain sum). Returns true when every delta
+// was finite. dst must not overlap an input (the selection uses it as scratch).
+bool breadcrumbs(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+                 const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, bool consensus,
+                 bool normalize, float divisor, float lambda, const Dst& dst, int64_t n, int threads);
+
 }  // namespace mergefast

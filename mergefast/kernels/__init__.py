@@ -5,8 +5,9 @@ from mergefast import kernels
 kernels.linear(tensors, weights, *, normalize=True, out_dtype=None)
 kernels.task_arithmetic(base, tensors, weights, *, densities=None, sparsify="none",
                         consensus=None, normalize=False, lambda_=1.0, out_dtype=None,
-                        selection=None, rescale=False, seed=0, tensor_name="")
+                        selection=None, rescale=False, seed=0, tensor_name="", gammas=None)
                                  # sparsify "none" | "magnitude" (TIES) | "random" (DARE)
+                                 # | "magnitude_outliers" (breadcrumbs, per-model gammas)
 kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, out_dtype=None,
              selection=None)
 kernels.slerp(a, b, t, *, out_dtype=None)
@@ -59,6 +60,7 @@ from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
+from . import breadcrumbs as _breadcrumbs
 from . import dare as _dare
 from . import sce as _sce
 from .dispatch import (  # noqa: F401 - _impl: tests
@@ -95,8 +97,8 @@ __all__ = [
 
 # sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
 # constexpr slot in the kernels' selection step
-_NOT_YET = ("magnitude_outliers", "della")
-_SPARSIFY = ("none", "magnitude", "random")
+_NOT_YET = ("della",)
+_SPARSIFY = ("none", "magnitude", "random", "magnitude_outliers")
 
 # Run-time failure records, read and written by `dispatch` through this package (tests reset them here).
 _broken: dict[str, str] = {}  # backend -> why it failed at run time (auto mode falls back)
@@ -176,11 +178,14 @@ def task_arithmetic(
     rescale: bool = False,
     seed: int = 0,
     tensor_name: str = "",
+    gammas: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Task arithmetic over task vectors `tensors[i] - base`: the semantics of
     `mergefast.methods.task_arithmetic` for sparsify "none" / "magnitude" / "random" (DARE,
-    with `rescale`, `seed`, `tensor_name`: kernels/dare.py) and consensus None / "sum"
-    (TIES), fused: no K x N temporaries, no sorts.
+    with `rescale`, `seed`, `tensor_name`: kernels/dare.py) / "magnitude_outliers"
+    (breadcrumbs, with per-model `gammas`, default 0.01: kernels/breadcrumbs.py) and consensus
+    None / "sum" (TIES), fused: no K x N temporaries, no sorts. `rescale` is only fused for
+    "random": with another sparsifier it runs the reference.
 
     Magnitude selection keeps exactly keep_count(density, numel) elements per model (ties at
     the threshold lowest flat index first), found by an exact histogram top-k around a
@@ -196,8 +201,9 @@ def task_arithmetic(
     (lambda_,) = _numbers([lambda_], "lambda_")
     if len(tensors) != len(weights):
         raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(weights)} weights")
-    if densities is not None and len(densities) != len(tensors):
-        raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(densities)} densities")
+    for name, values in (("densities", densities), ("gammas", gammas)):
+        if values is not None and len(values) != len(tensors):
+            raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(values)} {name}")
     all_inputs = [base, *tensors]
     check_same_shape(all_inputs, "task arithmetic")
     out = result_dtype(all_inputs, out_dtype)
@@ -218,9 +224,10 @@ def task_arithmetic(
             rescale=rescale,
             seed=seed,
             tensor_name=tensor_name,
+            gammas=gammas,
         )
 
-    if _choose(all_inputs, out) == "torch":
+    if _choose(all_inputs, out) == "torch" or (rescale and sparsify not in ("none", "random")):
         return reference()
     n = base.numel()
     if n == 0:
@@ -231,6 +238,15 @@ def task_arithmetic(
     if abs(divisor) < ZERO_WEIGHT_SUM:
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
+    if sparsify == "magnitude_outliers":
+        return _dispatch(
+            all_inputs,
+            out,
+            reference,
+            lambda impl: _breadcrumbs.run(
+                impl, b, xs, weights, dens, gammas, consensus == "sum", normalize, divisor, lambda_, out
+            ),
+        )
     if sparsify == "random":
         return _dispatch(
             all_inputs,

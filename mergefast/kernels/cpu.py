@@ -50,6 +50,10 @@ _SIGNATURES = {
     "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
     "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
     "mf_one_read_counts": (None, [_p, _p]),
+    "mf_breadcrumbs": (
+        _i32,
+        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p],
+    ),
     "mf_slerpfam_gram": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _i32, _p]),
     "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
@@ -496,4 +500,51 @@ def sce_apply(
             threads(),
         )
     )
+    return out
+
+
+def breadcrumbs(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    lo: Sequence[int],
+    hi: Sequence[int],
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Breadcrumbs (breadcrumbs / breadcrumbs_ties with consensus) into a new tensor: model i
+    keeps the deltas at positions [lo[i], hi[i]) of its ascending stable |delta| order."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "breadcrumbs"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    finite = ctypes.c_int32()
+    _check(
+        _lib().mf_breadcrumbs(
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            _doubles(weights),
+            (ctypes.c_int64 * len(lo))(*lo),
+            (ctypes.c_int64 * len(hi))(*hi),
+            consensus,
+            normalize,
+            divisor,
+            lambda_,
+            optr,
+            ocode,
+            threads(),
+            ctypes.byref(finite),
+        )
+    )
+    proven = getattr(_thread, "finite", None)
+    if finite.value and proven is not None:
+        proven.update(t.data_ptr() for t in (base, *xs))
     return out

@@ -78,22 +78,37 @@ def backend(device: str | torch.device) -> str:
     return "torch"
 
 
+# The YAML methods each backend runs on a fused kernel (kernels/fused.py picks the kernel per
+# method; a method a backend lacks runs its torch reference there).
+KERNEL_METHODS = {
+    "cpu-ext": (
+        "linear, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
+        "slerp, nuslerp, model_stock, nearswap, sce"
+    ),
+    "triton": (
+        "linear, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
+        "slerp, nuslerp, model_stock, nearswap"
+    ),
+}
+
+
 def describe_backends() -> list[str]:
-    """Human-readable lines for `mergefast env`: which backend each op uses, and why."""
+    """Human-readable lines for `mergefast env`: which backend each method uses, and why."""
     lines = []
     forced = _requested()
     if forced is not None:
         lines.append(f"MERGEFAST_BACKEND={forced}: every op is forced to the {forced} backend")
-    ops = "linear, task_arithmetic, ties, dare_ties, dare_linear, slerp, nuslerp, model_stock, nearswap"
     cpu_why = _cpu_ext_missing()
     from . import cpu
 
+    ops = KERNEL_METHODS["cpu-ext"]
     if cpu_why is None:
         lines.append(f"cpu:  {ops} -> cpu-ext ({cpu.LIBRARY.name}, OpenMP, {cpu.threads()} threads)")
     else:
         fix = f". Fix: {cpu.FIX}" if cpu.ERROR is not None else ""
         lines.append(f"cpu:  {ops} -> torch (cpu-ext unavailable: {cpu_why}{fix})")
     tri_why = _triton_missing()
+    ops = KERNEL_METHODS["triton"]
     if tri_why is None:
         lines.append(f"cuda: {ops} -> triton ({_triton_version()})")
     else:
@@ -101,7 +116,16 @@ def describe_backends() -> list[str]:
     lines.append(
         "any:  passthrough -> torch (a copy and one scale; no kernel needed); float64 inputs -> torch reference"
     )
+    lines.append(f"any:  {', '.join(_reference_only())} -> torch reference (no fused kernel)")
     return lines
+
+
+def _reference_only() -> list[str]:
+    """The mergekit methods that no backend runs on a fused kernel."""
+    from ..methods.registry import MERGEKIT_METHODS
+
+    fused = {m.strip() for ops in KERNEL_METHODS.values() for m in ops.split(",")} | {"passthrough"}
+    return [m for m in MERGEKIT_METHODS if m not in fused]
 
 
 def missing_kernels(device: str | torch.device) -> str | None:

@@ -4,7 +4,7 @@
 and that package imports no kernel. A method listed in `FUSED` runs its kernel op from the
 kernel API instead (which still picks the backend per call and falls back to the reference,
 kernels/dispatch.py). An entry may decline a tensor group by returning None, where the kernel
-does not cover the parameters (the rescale of methods other than DARE): the reference runs then.
+does not cover the parameters (the rescale of methods other than DARE, breadcrumbs' included): the reference runs then.
 
 Giving another method a fused kernel is one entry in `FUSED`: an adapter from the resolved
 YAML parameters to the kernel op, with `MethodSpec.merge`'s signature.
@@ -43,6 +43,8 @@ def _task_arithmetic(method: str):
             return None  # only the DARE kernels rescale (kernels/dare.py): the reference runs
         base, others, params = split_base(tensors, base_index, m)
         extra = dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name) if sparsify == "random" else {}
+        if sparsify == "magnitude_outliers":
+            extra = dict(gammas=[p["gamma"] for p in params])
         return kernels.task_arithmetic(
             base,
             others,
@@ -96,6 +98,8 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "model_stock": _model_stock,
     "nearswap": _nearswap,
     "sce": _sce,
+    "breadcrumbs": _task_arithmetic("breadcrumbs"),
+    "breadcrumbs_ties": _task_arithmetic("breadcrumbs_ties"),
 }
 
 

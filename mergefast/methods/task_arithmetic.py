@@ -54,23 +54,36 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     return mask.view(delta.shape)
 
 
+def outlier_bounds(density: float, gamma: float, n: int) -> tuple[int, int]:
+    """The positions [lo, hi) of the ascending |delta| order that `outlier_mask` keeps.
+
+    target = int(density * n), n_top = int(gamma * n), lo = n - target - n_top (0 when
+    negative: the top cut shrinks), hi = lo + target, both clipped to n; density >= 1 is
+    (0, n), everything.
+    """
+    if density >= 1:
+        return 0, n
+    target = max(0, int(density * n))
+    n_bot = max(0, n - target - int(gamma * n))
+    return min(n_bot, n), min(n_bot + target, n)
+
+
 def outlier_mask(delta: torch.Tensor, density: float, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:
     """Breadcrumbs (mergekit 0.1.5 `magnitude_outliers`): drop the largest and smallest |delta|.
 
     n = numel, target = int(density * n), n_top = int(gamma * n), n_bot = n - target - n_top
     (when negative, n_top shrinks by that much and n_bot = 0). Sorting |delta| ascending
     (ties: lowest flat index first), the kept positions are [n_bot, n_bot + target): exactly
-    `target` elements. density >= 1 keeps everything.
+    `target` elements (`outlier_bounds`). density >= 1 keeps everything.
     """
     n = delta.numel()
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
-    target = max(0, int(density * n))
-    n_bot = max(0, n - target - int(gamma * n))
+    lo, hi = outlier_bounds(density, gamma, n)
     mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    if target > 0:
+    if hi > lo:
         order = torch.sort(delta.abs().flatten(), stable=True).indices
-        mask[order[n_bot : n_bot + target]] = True
+        mask[order[lo:hi]] = True
     return mask.view(delta.shape)
 
 

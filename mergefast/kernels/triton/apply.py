@@ -31,6 +31,33 @@ def keep_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl
 
 
 @triton.jit
+def _at_or_above(key, mask, r, thr_ptr, skip_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl.constexpr):
+    """Whether each key is at or above cut r of the ascending stable order (ties lowest flat
+    index first): key > T, plus T's ties but the first skip[r] of them in flat order."""
+    thr = tl.load(thr_ptr + r)
+    if TIE_CUT:
+        skip = tl.load(skip_ptr + r)
+        before = tl.load(eqb_ptr + r * nblocks + pid)
+        is_eq = (key == thr) & mask
+        eq32 = is_eq.to(tl.int32)
+        rank = before + (tl.cumsum(eq32, axis=0) - eq32).to(tl.int64)
+        above = (key > thr) | (is_eq & (rank >= skip))
+    else:
+        above = key >= thr
+    return above
+
+
+@triton.jit
+def band_mask(d, mask, i, thr_ptr, skip_ptr, eqb_ptr, pid, nblocks, TIE_CUT: tl.constexpr):
+    """Breadcrumbs keep-mask of model i's deltas `d` in this block: at or above its lower cut
+    (rule 2i) and not at or above its upper cut (rule 2i + 1)."""
+    key = magnitude_key(d).to(tl.int64)
+    lo = _at_or_above(key, mask, 2 * i, thr_ptr, skip_ptr, eqb_ptr, pid, nblocks, TIE_CUT)
+    hi = _at_or_above(key, mask, 2 * i + 1, thr_ptr, skip_ptr, eqb_ptr, pid, nblocks, TIE_CUT)
+    return lo & ~hi
+
+
+@triton.jit
 def weighted_delta(
     x_ptr, b, offs, mask, w, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, SPARSIFY: tl.constexpr, TIE_CUT: tl.constexpr
 ):
@@ -38,6 +65,8 @@ def weighted_delta(
     d = load_f32(x_ptr, offs, mask) - b
     if SPARSIFY == 1:
         d = tl.where(keep_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT), d, 0.0)
+    elif SPARSIFY == 2:  # breadcrumbs: quota_ptr holds each cut's skipped ties (breadcrumbs.py)
+        d = tl.where(band_mask(d, mask, i, thr_ptr, quota_ptr, eqb_ptr, pid, nblocks, TIE_CUT), d, 0.0)
     return d * w
 
 

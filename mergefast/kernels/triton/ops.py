@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .breadcrumbs import breadcrumbs_forward as breadcrumbs
 from .dare import dare_forward as dare
 from .dare import dare_norms
 from .linear import linear_forward as linear
@@ -11,6 +12,7 @@ from .task_arithmetic import magnitude_keep
 from .task_arithmetic import task_arithmetic_forward as task_arithmetic
 
 __all__ = [
+    "breadcrumbs",
     "dare",
     "dare_norms",
     "linear",

@@ -7,8 +7,8 @@ result; stored once. No K x N temporaries, no sorts, no int64 index tensors.
 With magnitude selection, large tensors first try the one-read scheme of select/one_read.py
 (`SelectionOptions(one_read=False)`: always the two passes).
 
-SPARSIFY is a tl.constexpr: 0 none, 1 magnitude; 2 (magnitude_outliers) is reserved for
-breadcrumbs. DARE (random) has its own kernels in dare.py.
+SPARSIFY is a tl.constexpr: 0 none, 1 magnitude, 2 magnitude_outliers (breadcrumbs: two
+cuts per model, launched by breadcrumbs.py). DARE (random) has its own kernels in dare.py.
 """
 
 from __future__ import annotations
