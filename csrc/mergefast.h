@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 2
+#define MF_ABI_VERSION 3
 
 /* status codes */
 #define MF_OK 0
