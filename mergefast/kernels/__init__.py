@@ -7,6 +7,7 @@ kernels.task_arithmetic(base, tensors, weights, *, densities=None, sparsify="non
                         consensus=None, normalize=False, lambda_=1.0, out_dtype=None,
                         selection=None, rescale=False, seed=0, tensor_name="")
                                  # sparsify "none" | "magnitude" (TIES) | "random" (DARE)
+                                 # | "della" (with epsilons=None)
 kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, out_dtype=None,
              selection=None)
 kernels.slerp(a, b, t, *, out_dtype=None)
@@ -22,8 +23,8 @@ finds its thresholds, for benchmarks and tests; every choice selects the same el
 
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
-but SLERP's reduction and DARE's L1 rescale norms (kernels/dare.py); magnitude selection keeps
-exactly the same elements, DARE draws exactly the same masks).
+but SLERP's reduction and the L1 rescale norms of DARE and DELLA (kernels/dare.py); magnitude
+selection keeps exactly the same elements, DARE and DELLA draw exactly the same masks).
 
 Dispatch, per call, by the device of the inputs:
 - CUDA tensors -> the Triton kernels (`kernels/triton/`);
@@ -52,7 +53,9 @@ from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
+from ..methods.task_arithmetic import DEFAULT_EPSILON, check_della_range
 from . import dare as _dare
+from . import della as _della
 from .dispatch import (  # noqa: F401 - _impl: tests
     BACKENDS,
     _choose,
@@ -82,8 +85,8 @@ __all__ = [
 
 # sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
 # constexpr slot in the kernels' selection step
-_NOT_YET = ("magnitude_outliers", "della")
-_SPARSIFY = ("none", "magnitude", "random")
+_NOT_YET = ("magnitude_outliers",)
+_SPARSIFY = ("none", "magnitude", "random", "della")
 
 # Run-time failure records, read and written by `dispatch` through this package (tests reset them here).
 _broken: dict[str, str] = {}  # backend -> why it failed at run time (auto mode falls back)
@@ -163,11 +166,13 @@ def task_arithmetic(
     rescale: bool = False,
     seed: int = 0,
     tensor_name: str = "",
+    epsilons: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Task arithmetic over task vectors `tensors[i] - base`: the semantics of
     `mergefast.methods.task_arithmetic` for sparsify "none" / "magnitude" / "random" (DARE,
-    with `rescale`, `seed`, `tensor_name`: kernels/dare.py) and consensus None / "sum"
-    (TIES), fused: no K x N temporaries, no sorts.
+    with `rescale`, `seed`, `tensor_name`: kernels/dare.py) / "della" (also `epsilons`:
+    kernels/della.py; more than 16 models run the reference) and consensus None / "sum"
+    (TIES), fused: no K x N temporaries, no sorts over whole tensors.
 
     Magnitude selection keeps exactly keep_count(density, numel) elements per model (ties at
     the threshold lowest flat index first), found by an exact histogram top-k around a
@@ -205,8 +210,13 @@ def task_arithmetic(
             rescale=rescale,
             seed=seed,
             tensor_name=tensor_name,
+            epsilons=epsilons,
         )
 
+    if sparsify == "della":
+        epsilons = _della_epsilons(tensors, densities, epsilons)
+        if len(tensors) > _della.MAX_MODELS:
+            return reference()
     if _choose(all_inputs, out) == "torch":
         return reference()
     n = base.numel()
@@ -218,6 +228,28 @@ def task_arithmetic(
     if abs(divisor) < ZERO_WEIGHT_SUM:
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
+    if sparsify == "della":
+        return _dispatch(
+            all_inputs,
+            out,
+            reference,
+            lambda impl: _della.run(
+                impl,
+                b,
+                xs,
+                weights,
+                dens,
+                epsilons,
+                consensus == "sum",
+                normalize,
+                divisor,
+                lambda_,
+                rescale,
+                seed,
+                tensor_name,
+                out,
+            ),
+        )
     if sparsify == "random":
         return _dispatch(
             all_inputs,
@@ -247,6 +279,20 @@ def task_arithmetic(
             b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out, selection
         ),
     )
+
+
+def _della_epsilons(tensors, densities, epsilons) -> list[float]:
+    """DELLA's epsilons (default 0.15 each), checked as the reference checks them: one per
+    model, density +- epsilon inside (0, 1) where 0 < density < 1 (DellaRangeError)."""
+    if epsilons is None:
+        epsilons = [DEFAULT_EPSILON] * len(tensors)
+    if len(epsilons) != len(tensors):
+        raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(epsilons)} epsilons")
+    epsilons = [float(e) for e in epsilons]
+    for d, e in zip(densities if densities is not None else [1.0] * len(tensors), epsilons):
+        if 0 < d < 1:
+            check_della_range(d, e)
+    return epsilons
 
 
 def _check_task_arithmetic_modes(sparsify: str, consensus: str | None) -> None:
