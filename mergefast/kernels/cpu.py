@@ -380,8 +380,20 @@ def della_masks(
     sums = (ctypes.c_double * (2 * len(xs)))()
     _check(
         _lib().mf_della_masks(
-            bptr, bcode, ptrs, codes, len(xs), n, cols, _keys(keys), _doubles(pmin), _doubles(span), optr, ocode,
-            threads(), sums,
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            cols,
+            _keys(keys),
+            _doubles(pmin),
+            _doubles(span),
+            optr,
+            ocode,
+            threads(),
+            sums,
         )
     )
     return out, list(sums)
@@ -406,8 +418,22 @@ def della_apply(
     finite = ctypes.c_int32()
     _check(
         _lib().mf_della_apply(
-            bptr, bcode, ptrs, codes, len(xs), n, _doubles(weights), _doubles(scales), consensus, normalize,
-            divisor, lambda_, optr, ocode, threads(), ctypes.byref(finite),
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            _doubles(weights),
+            _doubles(scales),
+            consensus,
+            normalize,
+            divisor,
+            lambda_,
+            optr,
+            ocode,
+            threads(),
+            ctypes.byref(finite),
         )
     )
     proven = getattr(_thread, "finite", None)

@@ -4,7 +4,8 @@
 and that package imports no kernel. A method listed in `FUSED` runs its kernel op from the
 kernel API instead (which still picks the backend per call and falls back to the reference,
 kernels/dispatch.py). An entry may decline a tensor group by returning None, where the kernel
-does not cover the parameters (the rescale of methods other than DARE): the reference runs then.
+does not cover the parameters (the rescale of methods other than DARE and DELLA): the reference
+runs then.
 
 Giving another method a fused kernel is one entry in `FUSED`: an adapter from the resolved
 YAML parameters to the kernel op, with `MethodSpec.merge`'s signature.
@@ -34,15 +35,22 @@ def _slerp(tensors, base_index, g, m, out_dtype, ctx):
     return kernels.slerp(base, others[0], g["t"], out_dtype=out_dtype)
 
 
+# the sparsifiers whose kernels take the L1 rescale, the seed and the tensor name
+_RANDOM = ("random", "della")
+
+
 def _task_arithmetic(method: str):
     """The kernel adapter of one task-arithmetic method (its sparsify/consensus from the spec)."""
     sparsify, consensus = TASK_ARITHMETIC_FAMILY[method][:2]
 
     def merge(tensors, base_index, g, m, out_dtype, ctx):
-        if g["rescale"] and sparsify != "random":
-            return None  # only the DARE kernels rescale (kernels/dare.py): the reference runs
+        if g["rescale"] and sparsify not in _RANDOM:
+            return None  # only the DARE and DELLA kernels rescale (kernels/dare.py): the reference runs
         base, others, params = split_base(tensors, base_index, m)
-        extra = dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name) if sparsify == "random" else {}
+        extra = dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name) if sparsify in _RANDOM else {}
+        if sparsify == "della":
+            registry._check_della(params, g, ctx)  # the reference's ConfigError, naming the model
+            extra["epsilons"] = [p["epsilon"] for p in params]
         return kernels.task_arithmetic(
             base,
             others,
@@ -68,6 +76,8 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "ties": _task_arithmetic("ties"),
     "dare_ties": _task_arithmetic("dare_ties"),
     "dare_linear": _task_arithmetic("dare_linear"),
+    "della": _task_arithmetic("della"),
+    "della_linear": _task_arithmetic("della_linear"),
 }
 
 
