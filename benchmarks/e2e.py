@@ -46,6 +46,8 @@ CONFIGS = {
     "passthrough": "merge_method: passthrough\nslices:\n"
     "  - sources:\n      - {{model: {ft1}, layer_range: [0, {half}]}}\n"
     "  - sources:\n      - {{model: {ft2}, layer_range: [{half}, {layers}]}}\ndtype: bfloat16\n",
+    "della": "merge_method: della\nbase_model: {base}\nmodels:\n{models3}\n"
+    "parameters: {{weight: 0.5, density: 0.5, epsilon: 0.15}}\ndtype: bfloat16\n",
 }
 
 

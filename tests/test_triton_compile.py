@@ -67,7 +67,7 @@ def _compiled_modules() -> dict:
 BLOCK = 2048
 
 
-def _compile(kernel, signature: dict, constants: dict):
+def _compile(kernel, signature: dict, constants: dict, num_warps: int | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -80,7 +80,9 @@ def _compile(kernel, signature: dict, constants: dict):
     signature = {**signature, **{name: "constexpr" for name in constants}}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants)
     compiled = triton.compile(
-        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+        source,
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": num_warps or NUM_WARPS, "enable_fp_fusion": False},
     )
     assert compiled.asm["cubin"], "no cubin"
     return compiled
@@ -428,4 +430,59 @@ def test_dare_passes(consensus, normalize, scale, ptr):
             "n": "i64",
         },
         {"BLOCK": BLOCK},
+    )
+
+
+@pytest.mark.parametrize(
+    "ptr, row_block",
+    [
+        ("*i16", 4096),  # bf16, a 7B model's 4096-column rows
+        ("*fp16", 128),
+    ],
+)
+def test_della_masks_pass(ptr, row_block):
+    della = compiled("della")
+
+    _compile(
+        della._della_masks_kernel,
+        {
+            "base_ptr": ptr,
+            "xs": _models(3, ptr),
+            "pmins": ("fp32",) * 3,
+            "spans": ("fp32",) * 3,
+            "key_ptr": "*i64",
+            "word_ptr": "*i16",
+            "part_ptr": "*fp64",
+            "cols": "i32",
+            "denom": "fp32",
+        },
+        {"STRIDE": 1, "ROW_BLOCK": row_block, "PAIRWISE": False},
+        num_warps=della.row_warps(row_block),
+    )
+
+
+@pytest.mark.parametrize(
+    "consensus, normalize, scale, ptr, stride",
+    [
+        (True, True, False, "*i16", 1),  # della, bf16
+        (False, False, True, "*fp32", 2),  # della_linear, lambda, fp32
+    ],
+)
+def test_della_apply_pass(consensus, normalize, scale, ptr, stride):
+    della = compiled("della")
+
+    _compile(
+        della._della_apply_kernel,
+        {
+            "base_ptr": ptr,
+            "xs": _models(3, ptr),
+            "ws": ("fp32",) * 3,
+            "ss": ("fp32",) * 3,
+            "word_ptr": "*i16",
+            "out_ptr": ptr,
+            "n": "i64",
+            "divisor": "fp32",
+            "lam": "fp32",
+        },
+        {"STRIDE": stride, "CONSENSUS": consensus, "NORMALIZE": normalize, "SCALE": scale, "BLOCK": BLOCK},
     )

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from .dare import dare_forward as dare
 from .dare import dare_norms
+from .della import della_apply, della_masks
 from .linear import linear_forward as linear
 from .slerp import slerp_apply, slerp_dots
 from .task_arithmetic import magnitude_keep
 from .task_arithmetic import task_arithmetic_forward as task_arithmetic
 
-__all__ = ["dare", "dare_norms", "linear", "magnitude_keep", "slerp_apply", "slerp_dots", "task_arithmetic"]
+__all__ = [
+    "dare",
+    "dare_norms",
+    "linear",
+    "magnitude_keep",
+    "slerp_apply",
+    "slerp_dots",
+    "task_arithmetic",
+    "della_apply",
+    "della_masks",
+]
