@@ -54,7 +54,11 @@ struct TileScratch {
 // sum of |v[j]| over 8 fixed lanes (j % 8) in float64, then the lanes in order.
 MF_INLINE double lane_sum(const float* v, int64_t len) {
   double lanes[8] = {};
-  for (int64_t j = 0; j < len; ++j) lanes[j % 8] += static_cast<double>(v[j]);
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += static_cast<double>(v[j + l]);
+  }
+  for (; j < len; ++j) lanes[j % 8] += static_cast<double>(v[j]);
   double t = 0.0;
   for (int l = 0; l < 8; ++l) t += lanes[l];
   return t;
@@ -73,9 +77,13 @@ MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, Til
   if (ranked) {
     for (int64_t r = 0; r < len; r += a.cols) row_ranks(d + r, a.cols, s.rs, rank + r);
   }
+  // p into x first (a loop of its own: vectorised), then the draws
+  for (int64_t j = 0; j < len; ++j) {
+    x[j] = ranked ? pmin + (static_cast<float>(static_cast<int32_t>(rank[j])) / denom) * span : pmin;
+  }
   const uint16_t bit = static_cast<uint16_t>(1u << i);
   for (int64_t j = 0; j < len; ++j) {
-    const float p = ranked ? pmin + (static_cast<float>(static_cast<int32_t>(rank[j])) / denom) * span : pmin;
+    const float p = x[j];
     const uint64_t draw = mix64(z0 + kGolden * static_cast<uint64_t>(j));
     const float u = static_cast<float>(static_cast<int32_t>(draw >> 40)) * 0x1.0p-24f;
     const bool kept = u < p;
@@ -109,6 +117,7 @@ void mask_tile_default(const MaskArgs& a, int64_t t, TileScratch& s, double* par
 MF_TARGET_AVX2 void mask_tile_avx2(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
   mask_tile(a, t, s, part);
 }
+
 #endif
 
 // Model i's weighted kept deltas for one block (bit i of the keep words w16), as DARE's
