@@ -294,6 +294,37 @@ def test_breadcrumbs(benchmark, request, method, provider):
     )
 
 
+DELLA_METHODS = {"della": "sum", "della_linear": None}  # method -> consensus
+
+
+@pytest.mark.parametrize("method", sorted(DELLA_METHODS))
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_della(benchmark, request, method, provider):
+    """DELLA with mergekit's defaults (epsilon 0.15, L1 rescale on): the masks pass (row
+    ranks, keep bits), then the apply."""
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = method
+    kw = dict(
+        densities=DENSITIES,
+        epsilons=[0.15] * 3,
+        sparsify="della",
+        consensus=DELLA_METHODS[method],
+        normalize=method == "della",
+        rescale=True,
+        seed=0,
+        tensor_name="model.layers.0.mlp.up_proj.weight",
+    )
+    op = methods.task_arithmetic if provider == "reference" else kernels.task_arithmetic
+    _run(
+        benchmark,
+        lambda: op(base, xs, WEIGHTS, **kw),
+        device,
+        5 * 2 * _numel(),
+        rounds=SLOW_ROUNDS if provider == "reference" else ROUNDS,
+    )
+
+
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
 def test_cpu_extra_memory(benchmark, op):
     """Peak RSS growth of one cpu-ext call in a fresh process (the output included), against

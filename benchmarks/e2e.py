@@ -53,6 +53,8 @@ CONFIGS = {
     "model_stock": "merge_method: model_stock\nbase_model: {base}\nmodels:\n{models3}\ndtype: bfloat16\n",
     "nearswap": "merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
     "parameters: {{t: 0.001}}\ndtype: bfloat16\n",
+    "della": "merge_method: della\nbase_model: {base}\nmodels:\n{models3}\n"
+    "parameters: {{weight: 0.5, density: 0.5, epsilon: 0.15}}\ndtype: bfloat16\n",
     "sce": "merge_method: sce\nbase_model: {base}\nmodels:\n{models3}\n"
     "parameters: {{select_topk: 0.1}}\ndtype: bfloat16\n",
 }

@@ -58,6 +58,18 @@ std::vector<float> as_f32(const double* values, int32_t k) {
   return w;
 }
 
+// The output checks of the DELLA passes: dst holds the keep words between them.
+Dst della_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std::vector<Src>& src, const char* op) {
+  check(src.size() <= 16, op, "at most 16 models (one keep bit each in a 16-bit word per element)");
+  const Dst dst = make_dst(out, out_dtype, n, op);
+  const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
+  check(!overlaps(out, out_bytes, sb.ptr, bytes(sb, n)), op, "the output overlaps an input");
+  for (const Src& x : src) {
+    check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
+  }
+  return dst;
+}
+
 }  // namespace
 }  // namespace mergefast
 
@@ -333,5 +345,40 @@ int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* 
 // CMake), and on Windows exports PyInit_<name>. It is loaded with ctypes, never imported:
 // importing it fails.
 MF_API void* PyInit_libmergefast_cpu(void) { return nullptr; }
+
+int32_t mf_della_masks(const void* base, int32_t base_dtype, const void* const* xs,
+                       const int32_t* x_dtypes, int32_t k, int64_t n, int64_t cols,
+                       const uint64_t* keys, const double* pmin, const double* span, void* out,
+                       int32_t out_dtype, int32_t threads, double* sums) {
+  return guarded([&] {
+    const char* op = "della_masks";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && keys != nullptr && pmin != nullptr && span != nullptr && sums != nullptr, op,
+          "bad sizes, keys, probabilities or sums");
+    check(cols >= 1 && n % cols == 0 && cols <= INT32_MAX, op, "bad row length");
+    const Dst dst = della_dst(out, out_dtype, n, sb, src, op);
+    della_masks(sb, src, std::vector<uint64_t>(keys, keys + k), as_f32(pmin, k), as_f32(span, k), cols, dst, n,
+                threads, sums);
+  });
+}
+
+int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* const* xs,
+                       const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
+                       const double* scales, int32_t consensus, int32_t normalize, double divisor,
+                       double lambda, void* out, int32_t out_dtype, int32_t threads, int32_t* finite) {
+  return guarded([&] {
+    const char* op = "della_apply";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && weights != nullptr && scales != nullptr && finite != nullptr, op,
+          "bad sizes, weights or scales");
+    const Dst dst = della_dst(out, out_dtype, n, sb, src, op);
+    *finite = della_apply(sb, src, as_f32(weights, k), as_f32(scales, k), consensus != 0, normalize != 0,
+                          static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
+                  ? 1
+                  : 0;
+  });
+}
 
 }  // extern "C"

@@ -159,6 +159,25 @@ MF_API int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* 
                               int32_t normalize, double divisor, double lambda, void* out,
                               int32_t out_dtype, int32_t threads, int32_t* finite);
 
+/* DELLA, first pass: per row of `cols` elements (the last axis; n % cols == 0), model i keeps
+ * element j where u < p, p = (float)pmin[i] + (rank / (cols - 1)) * (float)span[i] in float32
+ * (rank: the position of |xs[i] - base| in its row's ascending order, ties lowest index first,
+ * NaN above inf; span 0: p = pmin[i]), u of the counter-based stream keys[i]. At most 16
+ * models: their keep bits are left in a 16-bit word inside each element's slot of out, for
+ * mf_della_apply. sums as mf_dare_norms (over the kept elements of this rule). */
+MF_API int32_t mf_della_masks(const void* base, int32_t base_dtype, const void* const* xs,
+                              const int32_t* x_dtypes, int32_t k, int64_t n, int64_t cols,
+                              const uint64_t* keys, const double* pmin, const double* span,
+                              void* out, int32_t out_dtype, int32_t threads, double* sums);
+
+/* DELLA, second pass: the keep bits mf_della_masks left in out, then as mf_dare (kept deltas
+ * times scales[i] times weights[i], consensus or the plain sum) into out. *finite as there. */
+MF_API int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* const* xs,
+                              const int32_t* x_dtypes, int32_t k, int64_t n,
+                              const double* weights, const double* scales, int32_t consensus,
+                              int32_t normalize, double divisor, double lambda, void* out,
+                              int32_t out_dtype, int32_t threads, int32_t* finite);
+
 #ifdef __cplusplus
 }
 #endif

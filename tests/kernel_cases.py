@@ -300,9 +300,8 @@ class KernelSuite:
     def test_no_models_and_errors(self):
         base, xs = self.inputs((3,), torch.float32)
         assert torch.equal(kernels.task_arithmetic(base, [], []).cpu(), base.cpu())
-        for mode in ("della",):
-            with pytest.raises(NotImplementedError, match=mode):
-                kernels.task_arithmetic(base, xs, [1, 1, 1], densities=[0.5] * 3, sparsify=mode)
+        with pytest.raises(ValueError, match="sparsify"):
+            kernels.task_arithmetic(base, xs, [1, 1, 1], densities=[0.5] * 3, sparsify="outliers")
         with pytest.raises(ValueError):
             kernels.task_arithmetic(base, xs, [1, 1], densities=[0.5] * 3)
         with pytest.raises(ValueError):
@@ -426,6 +425,7 @@ class KernelSuite:
                 out = kernels.slerp(a, b, t)
                 ref = methods.slerp(a.cpu(), b.cpu(), t)
                 # lerp branch (or zero vector): the same elementwise arithmetic
+
                 assert_same(out, ref, exact=self.EXACT)
 
     def test_slerp_out_dtype(self):
@@ -682,6 +682,121 @@ class KernelSuite:
         ):
             for topk in (0.0, 0.1, 0.5, 0.77, 1.0):
                 self._sce(b, models, topk, monkeypatch, out_dtype=od)
+
+    # ------------------------------------------------------------------ DELLA
+    DELLA_CASES = [  # (weights, densities, epsilons, normalize, lambda)
+        ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], [0.15, 0.1, 0.05], True, 1.0),
+        ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], [0.15, 0.15, 0.0], False, 0.5),  # density 0 and 1, epsilon 0
+        ([1.0, -1.0, 0.0], [0.7, 0.5, 0.6], [0.29, -0.2, 0.3], True, 1.0),  # weights sum to 0, epsilon < 0
+    ]
+
+    def _della(self, base, xs, weights, densities, epsilons, *, consensus, rescale, seed=5, **kw):
+        """(kernel, reference) of one DELLA call (della with consensus "sum", else della_linear)."""
+        kw = dict(
+            densities=densities,
+            epsilons=epsilons,
+            sparsify="della",
+            consensus=consensus,
+            rescale=rescale,
+            seed=seed,
+            tensor_name="model.layers.0.mlp.down_proj.weight",
+            **kw,
+        )
+        out = kernels.task_arithmetic(base, xs, weights, **kw)
+        return out, methods.task_arithmetic(base.cpu(), _cpu(xs), weights, **kw)
+
+    def test_della(self, shape, dtype):
+        """Without the rescale, the same float32 operations and masks: bit-identical."""
+        base, xs = self.inputs(shape, dtype)
+        for consensus in (None, "sum"):
+            for weights, densities, epsilons, normalize, lam in self.DELLA_CASES:
+                call = dict(consensus=consensus, rescale=False, normalize=normalize, lambda_=lam)
+                out, ref = self._della(base, xs, weights, densities, epsilons, **call)
+                assert_same(out, ref, exact=self.EXACT)
+
+    def test_della_rescale(self, shape, dtype, monkeypatch):
+        """With the L1 rescale: within the tolerance rule of the reference's float32 norms, and
+        bit-identical to a reference summing its norms in float64 (as the kernels do)."""
+        base, xs = self.inputs(shape, dtype)
+        for consensus in (None, "sum"):
+            for weights, densities, epsilons, normalize, lam in self.DELLA_CASES:
+                call = dict(consensus=consensus, rescale=True, normalize=normalize, lambda_=lam)
+                out, ref = self._della(base, xs, weights, densities, epsilons, **call)
+                _, ref64 = self._della(
+                    base.cpu().double(), [x.cpu().double() for x in xs], weights, densities, epsilons, **call
+                )
+                assert_same(out, ref, exact=False, ref64=ref64.to(out.dtype))
+                with monkeypatch.context() as m:
+                    m.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
+                    _, ref_f64_norms = self._della(base, xs, weights, densities, epsilons, **call)
+                assert_same(out, ref_f64_norms, exact=self.EXACT)
+
+    def test_della_masks_are_the_references(self, dtype):
+        """The keep bits of the masks pass are della_mask's: row ranks with many ties in |delta|
+        (lowest index first) and NaNs of mixed payloads (above inf, equal among themselves)."""
+        from mergefast.kernels.della import keep_rule, stream_keys
+
+        impl = kernels._impl(self.BACKEND)
+        cols = self.TIE_N // 9
+        tied = tied_inputs(9 * cols, dtype, device=self.DEVICE)
+        nans = nan_inputs(9 * cols, dtype, device=self.DEVICE)
+        zeros = (tied[0], [tied[0].clone() for _ in range(3)])  # one key per row: index order
+        for base, xs in (tied, nans, zeros):
+            base, xs = base.view(9, cols), [x.view(9, cols) for x in xs]
+            for density, epsilon in ((0.5, 0.45), (0.2, 0.1), (0.9, 0.0), (1.0, 0.3), (0.0, 0.1)):
+                rules = [keep_rule(density, epsilon, cols)] * 3
+                keys = stream_keys(7, "t", 3)
+                out, _ = impl.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, dtype)
+                words = out.cpu().view(-1).view(torch.int16)[:: out.element_size() // 2]
+                for i, x in enumerate(xs):
+                    delta = x.cpu().float() - base.cpu().float()
+                    want = _TA_MODULE.della_mask(delta, density, epsilon, seed=7, tensor_name="t", model_index=i)
+                    got = ((words.view(9, cols) >> i) & 1).bool()
+                    assert torch.equal(got, want), (density, epsilon, i)
+
+    def test_della_edge_cases(self, dtype, monkeypatch):
+        """All-zero deltas, NaN/inf inputs, 0-d and 1-element tensors, mixed input dtypes and
+        out_dtype; a density +- epsilon outside (0, 1) raises the reference's error."""
+        monkeypatch.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
+        base, _ = self.inputs((37, 129), dtype)
+        zeros = [base.clone() for _ in range(3)]
+        nan_base, nan_xs = nan_inputs(self.TIE_N, dtype, device=self.DEVICE)
+        nan_base, nan_xs = nan_base.view(-1, 100), [x.view(-1, 100) for x in nan_xs]
+        mixed = [
+            x.to(t) for x, t in zip(self.inputs((37, 129), dtype)[1], (torch.bfloat16, torch.float32, torch.float16))
+        ]
+        scalar_base, scalar_xs = self.inputs((), dtype)
+        for b, xs, od in (
+            (base, zeros, None),
+            (nan_base, nan_xs, None),
+            (scalar_base, scalar_xs, None),
+            (base, mixed, torch.float32),
+            (base, mixed, torch.bfloat16),
+        ):
+            for consensus in (None, "sum"):
+                for rescale in (False, True):
+                    args = (b, xs, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1], [0.3, 0.1, 0.05])
+                    out, ref = self._della(*args, consensus=consensus, rescale=rescale, out_dtype=od)
+                    assert_same(out, ref, exact=self.EXACT)
+        with pytest.raises(_TA_MODULE.DellaRangeError, match="density - epsilon"):
+            kernels.task_arithmetic(base, zeros, [1.0] * 3, densities=[0.5] * 3, epsilons=[0.5] * 3, sparsify="della")
+
+    def test_della_same_on_any_thread_count(self, dtype):
+        """The masks and the norms do not depend on the thread count (another seed draws other
+        masks)."""
+        base, xs = self.inputs((self.TIE_N // 200, 1000), dtype)
+        args = (base, xs, [0.5, 0.3, 0.2], [0.4, 0.6, 0.1], [0.15, 0.3, 0.05])
+        before = torch.get_num_threads()
+        outs = []
+        try:
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs.append(self._della(*args, consensus="sum", rescale=True)[0].cpu())
+        finally:
+            torch.set_num_threads(before)
+        assert all(torch.equal(outs[0], o) for o in outs[1:])
+        other = self._della(*args, consensus="sum", rescale=True, seed=6)[0].cpu()
+        assert not torch.equal(outs[0], other)
 
 
 def _triton_block() -> int:

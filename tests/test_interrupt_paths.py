@@ -6,7 +6,8 @@ would). Every run must exit 130 (SIGINT) or 143 (SIGTERM) with one line on stder
 traceback, no "terminate called" (an abort, exit 134, when a stage thread dies inside a torch op), and nothing at OUT or
 beside it (a previous OUT is left as it was).
 
-Paths: `ties` runs the compiled CPU kernel, `della` the torch reference. The "wide" family
+Paths: `ties` runs the compiled CPU kernel, `della` the torch reference (MERGEFAST_BACKEND=torch:
+DELLA has a kernel too). The "wide" family
 has one large tensor pair (the embeddings, 12288 x 512): DELLA spends ~3 s merging each on
 a 2-vCPU AMD EPYC VM, so the merge thread is inside torch ops when the signal comes, which is what
 aborted the interpreter at exit (3 of these cases did so before the fix). "stuck" is a
@@ -125,6 +126,8 @@ def _default_sigint():
 def _run(stage: str, sig: signal.Signals, config: Path, out: Path) -> tuple[subprocess.CompletedProcess, float]:
     """Run the driver; returns the finished process and the seconds from its signal to its exit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if config.stem == "della":
+        env["MERGEFAST_BACKEND"] = "torch"  # the reference path: seconds inside torch ops
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, stage, sig.name, "yaml", str(config), str(out), "--quiet"],
         capture_output=True,
@@ -199,6 +202,7 @@ def test_the_python_api_stops_within_a_torch_op(families, tmp_path, monkeypatch)
         return real(plan, job, tensors, seed)
 
     monkeypatch.setattr(execute, "merge_job", merge_job)
+    monkeypatch.setenv("MERGEFAST_BACKEND", "torch")  # the reference path: seconds inside torch ops
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even under `pytest &`
     out = tmp_path / "out"
     try:

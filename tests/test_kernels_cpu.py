@@ -322,6 +322,37 @@ def test_library_errors_become_python_errors():
 
 
 @needs_ext
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_della_runs_fused_from_the_method_table(monkeypatch, method):
+    """The executor's table sends della / della_linear to the kernel with the YAML's epsilons,
+    seed and tensor name (the reference's masks: bit-identical without the rescale); a density
+    +- epsilon outside (0, 1) is the reference's ConfigError naming the model."""
+    from mergefast.errors import ConfigError
+    from mergefast.kernels import fused
+    from mergefast.methods.registry import METHODS
+
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    calls = []
+    real = kernels.task_arithmetic
+    monkeypatch.setattr(kernels, "task_arithmetic", lambda *a, **k: calls.append(k) or real(*a, **k))
+    g = torch.Generator().manual_seed(2)
+    tensors = [torch.randn(33, 300, generator=g).bfloat16() for _ in range(3)]
+    spec = METHODS[method]
+    gp = {p.name: p.default for p in spec.global_params} | {"rescale": False}
+    mp = [{}, {"weight": 0.6, "density": 0.4, "epsilon": 0.2}, {"weight": 0.5, "density": 0.7, "epsilon": 0.1}]
+    args = (spec, tensors, 0, gp, mp, torch.bfloat16)
+    out = fused.merge_group(*args, seed=9, tensor_name="model.layers.1.mlp.up_proj.weight")
+    ref = spec.merge(
+        tensors, 0, gp, mp, torch.bfloat16, methods.registry.MergeContext(9, "model.layers.1.mlp.up_proj.weight")
+    )
+    assert torch.equal(out, ref)
+    assert calls and calls[0]["epsilons"] == [0.2, 0.1] and calls[0]["seed"] == 9
+    mp[2]["epsilon"] = 0.3
+    with pytest.raises(ConfigError, match="non-base model 1"):
+        fused.merge_group(*args, seed=9, tensor_name="t")
+
+
+@needs_ext
 @pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
 def test_breadcrumbs_fused_entries(method, monkeypatch):
     """The executor's table runs the breadcrumbs kernel with each model's gamma (equal to the

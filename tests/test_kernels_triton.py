@@ -466,3 +466,25 @@ if HAVE_TRITON and INTERPRET:
     TestTritonInterpretGpuBlocks = needs_new_interpreter(_InterpretedGpuBlocks)
 if HAVE_CUDA:
     TestTritonCuda = pytest.mark.gpu(_Cuda)
+
+
+@pytest.mark.slow  # the interpreter runs tl.sort's network op by op: ~5 s
+@pytest.mark.skipif(not (HAVE_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
+def test_della_sorted_ranks_interpreted(monkeypatch):
+    """The GPU's way to DELLA's row ranks (tl.sort of key and index, then of index and keep
+    bit), interpreted: the reference's masks with many ties and NaNs. The interpreted suites
+    otherwise rank by pairwise compares (kernels/triton/della.py, INTERPRET_PAIRWISE)."""
+    from kernel_cases import _TA_MODULE, nan_inputs, tied_inputs
+
+    from mergefast.kernels.della import keep_rule, stream_keys
+    from mergefast.kernels.triton import della
+
+    monkeypatch.setattr(della, "INTERPRET_PAIRWISE", False)
+    for base, xs in (tied_inputs(122, torch.bfloat16), nan_inputs(122, torch.float32)):
+        base, xs = base.view(2, 61), [x.view(2, 61) for x in xs]
+        rule = keep_rule(0.5, 0.4, 61)
+        out, _ = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, 61, base.dtype)
+        words = out.view(-1).view(torch.int16)[:: out.element_size() // 2].view(2, 61)
+        for i, x in enumerate(xs):
+            want = _TA_MODULE.della_mask(x.float() - base.float(), 0.5, 0.4, seed=3, tensor_name="t", model_index=i)
+            assert torch.equal(((words >> i) & 1).bool(), want), i

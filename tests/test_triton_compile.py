@@ -60,7 +60,7 @@ def compiled(name: str):
 BLOCK = 2048
 
 
-def _compile(kernel, signature: dict, constants: dict):
+def _compile(kernel, signature: dict, constants: dict, num_warps: int | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -73,7 +73,9 @@ def _compile(kernel, signature: dict, constants: dict):
     signature = {**signature, **{name: "constexpr" for name in constants}}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants)
     compiled = triton.compile(
-        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+        source,
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": num_warps or NUM_WARPS, "enable_fp_fusion": False},
     )
     assert compiled.asm["cubin"], "no cubin"
     return compiled
@@ -497,4 +499,60 @@ def test_breadcrumbs_passes(tie_cut, consensus, normalize, scale, ptr):
             "nblocks": "i32",
         },
         {"BLOCK": BLOCK},
+    )
+
+
+@pytest.mark.parametrize(
+    "ptr, row_block",
+    [
+        # bf16; a 7B model's 4096-column rows compile too, in ~2 min on a shared 2-vCPU VM
+        ("*i16", 512),
+        ("*fp16", 128),
+    ],
+)
+def test_della_masks_pass(ptr, row_block):
+    della = compiled("della")
+
+    _compile(
+        della._della_masks_kernel,
+        {
+            "base_ptr": ptr,
+            "xs": _models(3, ptr),
+            "pmins": ("fp32",) * 3,
+            "spans": ("fp32",) * 3,
+            "key_ptr": "*i64",
+            "word_ptr": "*i16",
+            "part_ptr": "*fp64",
+            "cols": "i32",
+            "denom": "fp32",
+        },
+        {"STRIDE": 1, "ROW_BLOCK": row_block, "PAIRWISE": False},
+        num_warps=della.row_warps(row_block),
+    )
+
+
+@pytest.mark.parametrize(
+    "consensus, normalize, scale, ptr, stride",
+    [
+        (True, True, False, "*i16", 1),  # della, bf16
+        (False, False, True, "*fp32", 2),  # della_linear, lambda, fp32
+    ],
+)
+def test_della_apply_pass(consensus, normalize, scale, ptr, stride):
+    della = compiled("della")
+
+    _compile(
+        della._della_apply_kernel,
+        {
+            "base_ptr": ptr,
+            "xs": _models(3, ptr),
+            "ws": ("fp32",) * 3,
+            "ss": ("fp32",) * 3,
+            "word_ptr": "*i16",
+            "out_ptr": ptr,
+            "n": "i64",
+            "divisor": "fp32",
+            "lam": "fp32",
+        },
+        {"STRIDE": stride, "CONSENSUS": consensus, "NORMALIZE": normalize, "SCALE": scale, "BLOCK": BLOCK},
     )

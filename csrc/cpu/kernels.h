@@ -96,4 +96,20 @@ bool breadcrumbs(const Src& base, const std::vector<Src>& xs, const std::vector<
                  const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, bool consensus,
                  bool normalize, float divisor, float lambda, const Dst& dst, int64_t n, int threads);
 
+// DELLA's first pass (della.cpp): per row of `cols` elements (the last axis), model i keeps
+// element j where u < p, p = pmin[i] + (rank / (cols - 1)) * span[i] (rank: |d|'s position in
+// its row, ties lowest index first; span 0: p = pmin[i]), u from the stream keys[i]. The keep
+// bits (bit i: model i, at most 16 models) go to a 16-bit word in each element's own slot of
+// dst; sums[2i] = sum |d_i|, sums[2i + 1] = sum |kept d_i| (float64, any thread count).
+void della_masks(const Src& base, const std::vector<Src>& xs, const std::vector<uint64_t>& keys,
+                 const std::vector<float>& pmin, const std::vector<float>& span, int64_t cols,
+                 const Dst& dst, int64_t n, int threads, double* sums);
+
+// DELLA's second pass: the keep words della_masks left in dst, then as dare() (kept deltas
+// times scales[i] times w[i], consensus or the plain sum) into dst. Returns true when every
+// delta was finite.
+bool della_apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+                 const std::vector<float>& scales, bool consensus, bool normalize, float divisor,
+                 float lambda, const Dst& dst, int64_t n, int threads);
+
 }  // namespace mergefast

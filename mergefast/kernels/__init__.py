@@ -5,8 +5,10 @@ from mergefast import kernels
 kernels.linear(tensors, weights, *, normalize=True, out_dtype=None)
 kernels.task_arithmetic(base, tensors, weights, *, densities=None, sparsify="none",
                         consensus=None, normalize=False, lambda_=1.0, out_dtype=None,
-                        selection=None, rescale=False, seed=0, tensor_name="", gammas=None)
+                        selection=None, rescale=False, seed=0, tensor_name="", gammas=None,
+                        epsilons=None)
                                  # sparsify "none" | "magnitude" (TIES) | "random" (DARE)
+                                 # | "della" (DELLA, per-model epsilons)
                                  # | "magnitude_outliers" (breadcrumbs, per-model gammas)
 kernels.ties(base, tensors, weights, densities, *, normalize=True, lambda_=1.0, out_dtype=None,
              selection=None)
@@ -27,10 +29,10 @@ finds its thresholds, for benchmarks and tests; every choice selects the same el
 
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
-but SLERP's reduction, DARE's L1 rescale norms (kernels/dare.py), the float64 reductions of
+but SLERP's reduction, the L1 rescale norms of DARE and DELLA (kernels/dare.py), the float64 reductions of
 nuslerp and model_stock (kernels/slerp_family.py) and SCE's energies (kernels/sce.py);
-magnitude and variance selection keep exactly the same elements, DARE draws exactly the same
-masks).
+magnitude and variance selection keep exactly the same elements, DARE and DELLA draw exactly
+the same masks).
 
 Dispatch, per call, by the device of the inputs:
 - CUDA tensors -> the Triton kernels (`kernels/triton/`);
@@ -60,8 +62,10 @@ from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
 from ..methods.slerp import NORM_EPS, slerp_coefficients
+from ..methods.task_arithmetic import DEFAULT_EPSILON, check_della_range
 from . import breadcrumbs as _breadcrumbs
 from . import dare as _dare
+from . import della as _della
 from . import sce as _sce
 from .dispatch import (  # noqa: F401 - _impl: tests
     BACKENDS,
@@ -95,10 +99,8 @@ __all__ = [
     "sce",
 ]
 
-# sparsifiers the fused kernels do not take (the torch reference runs them); each is a template /
-# constexpr slot in the kernels' selection step
-_NOT_YET = ("della",)
-_SPARSIFY = ("none", "magnitude", "random", "magnitude_outliers")
+# task arithmetic's sparsifiers, all fused: each a template / constexpr slot in the kernels
+_SPARSIFY = ("none", "magnitude", "random", "magnitude_outliers", "della")
 
 # Run-time failure records, read and written by `dispatch` through this package (tests reset them here).
 _broken: dict[str, str] = {}  # backend -> why it failed at run time (auto mode falls back)
@@ -179,13 +181,16 @@ def task_arithmetic(
     seed: int = 0,
     tensor_name: str = "",
     gammas: Sequence[float] | None = None,
+    epsilons: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Task arithmetic over task vectors `tensors[i] - base`: the semantics of
     `mergefast.methods.task_arithmetic` for sparsify "none" / "magnitude" / "random" (DARE,
     with `rescale`, `seed`, `tensor_name`: kernels/dare.py) / "magnitude_outliers"
-    (breadcrumbs, with per-model `gammas`, default 0.01: kernels/breadcrumbs.py) and consensus
-    None / "sum" (TIES), fused: no K x N temporaries, no sorts. `rescale` is only fused for
-    "random": with another sparsifier it runs the reference.
+    (breadcrumbs, with per-model `gammas`, default 0.01: kernels/breadcrumbs.py) / "della"
+    (also `epsilons`, default 0.15: kernels/della.py; more than 16 models run the reference)
+    and consensus None / "sum" (TIES), fused: no K x N temporaries, no sorts over whole
+    tensors. `rescale` is fused for "random" and "della": with another sparsifier it runs the
+    reference.
 
     Magnitude selection keeps exactly keep_count(density, numel) elements per model (ties at
     the threshold lowest flat index first), found by an exact histogram top-k around a
@@ -225,9 +230,14 @@ def task_arithmetic(
             seed=seed,
             tensor_name=tensor_name,
             gammas=gammas,
+            epsilons=epsilons,
         )
 
-    if _choose(all_inputs, out) == "torch" or (rescale and sparsify not in ("none", "random")):
+    if sparsify == "della":
+        epsilons = _della_epsilons(tensors, densities, epsilons)
+        if len(tensors) > _della.MAX_MODELS:
+            return reference()
+    if _choose(all_inputs, out) == "torch" or (rescale and sparsify not in ("none", "random", "della")):
         return reference()
     n = base.numel()
     if n == 0:
@@ -238,6 +248,28 @@ def task_arithmetic(
     if abs(divisor) < ZERO_WEIGHT_SUM:
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
+    if sparsify == "della":
+        return _dispatch(
+            all_inputs,
+            out,
+            reference,
+            lambda impl: _della.run(
+                impl,
+                b,
+                xs,
+                weights,
+                dens,
+                epsilons,
+                consensus == "sum",
+                normalize,
+                divisor,
+                lambda_,
+                rescale,
+                seed,
+                tensor_name,
+                out,
+            ),
+        )
     if sparsify == "magnitude_outliers":
         return _dispatch(
             all_inputs,
@@ -278,13 +310,22 @@ def task_arithmetic(
     )
 
 
+def _della_epsilons(tensors, densities, epsilons) -> list[float]:
+    """DELLA's epsilons (default 0.15 each), checked as the reference checks them: one per
+    model, density +- epsilon inside (0, 1) where 0 < density < 1 (DellaRangeError)."""
+    if epsilons is None:
+        epsilons = [DEFAULT_EPSILON] * len(tensors)
+    if len(epsilons) != len(tensors):
+        raise ValueError(f"task arithmetic: got {len(tensors)} tensors and {len(epsilons)} epsilons")
+    epsilons = [float(e) for e in epsilons]
+    for d, e in zip(densities if densities is not None else [1.0] * len(tensors), epsilons):
+        if 0 < d < 1:
+            check_della_range(d, e)
+    return epsilons
+
+
 def _check_task_arithmetic_modes(sparsify: str, consensus: str | None) -> None:
-    """Raise for a sparsifier or consensus the fused kernels do not (yet) implement."""
-    if sparsify in _NOT_YET:
-        raise NotImplementedError(
-            f"mergefast.kernels.task_arithmetic: sparsify={sparsify!r} is not implemented in the "
-            "fused kernels yet; use mergefast.methods.task_arithmetic for it"
-        )
+    """Raise for a sparsifier or consensus that task arithmetic does not have."""
     if sparsify not in _SPARSIFY:
         raise ValueError(f"sparsify must be one of {_SPARSIFY}, got {sparsify!r}")
     if consensus not in (None, "sum"):

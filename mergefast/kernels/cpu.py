@@ -50,6 +50,8 @@ _SIGNATURES = {
     "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
     "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
     "mf_one_read_counts": (None, [_p, _p]),
+    "mf_della_masks": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _p, _p, _i32, _i32, _p]),
+    "mf_della_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
     "mf_breadcrumbs": (
         _i32,
         [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p],
@@ -534,6 +536,87 @@ def breadcrumbs(
             _doubles(weights),
             (ctypes.c_int64 * len(lo))(*lo),
             (ctypes.c_int64 * len(hi))(*hi),
+            consensus,
+            normalize,
+            divisor,
+            lambda_,
+            optr,
+            ocode,
+            threads(),
+            ctypes.byref(finite),
+        )
+    )
+    proven = getattr(_thread, "finite", None)
+    if finite.value and proven is not None:
+        proven.update(t.data_ptr() for t in (base, *xs))
+    return out
+
+
+def della_masks(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    keys: Sequence[int],
+    pmin: Sequence[float],
+    span: Sequence[float],
+    cols: int,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, list[float]]:
+    """DELLA's first pass: a new output holding each element's keep bits (for
+    `della_apply`), and [sum |d_0|, sum |kept d_0|, sum |d_1|, ...] (float64, fixed order)."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "della_masks"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    sums = (ctypes.c_double * (2 * len(xs)))()
+    _check(
+        _lib().mf_della_masks(
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            cols,
+            _keys(keys),
+            _doubles(pmin),
+            _doubles(span),
+            optr,
+            ocode,
+            threads(),
+            sums,
+        )
+    )
+    return out, list(sums)
+
+
+def della_apply(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    scales: Sequence[float],
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """DELLA's apply pass into `out` (which holds della_masks' keep bits); returns `out`."""
+    n, op = out.numel(), "della_apply"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    finite = ctypes.c_int32()
+    _check(
+        _lib().mf_della_apply(
+            bptr,
+            bcode,
+            ptrs,
+            codes,
+            len(xs),
+            n,
+            _doubles(weights),
+            _doubles(scales),
             consensus,
             normalize,
             divisor,

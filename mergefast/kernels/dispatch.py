@@ -83,11 +83,11 @@ def backend(device: str | torch.device) -> str:
 KERNEL_METHODS = {
     "cpu-ext": (
         "linear, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
-        "slerp, nuslerp, model_stock, nearswap, sce"
+        "della, della_linear, slerp, nuslerp, model_stock, nearswap, sce"
     ),
     "triton": (
         "linear, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
-        "slerp, nuslerp, model_stock, nearswap"
+        "della, della_linear, slerp, nuslerp, model_stock, nearswap"
     ),
 }
 

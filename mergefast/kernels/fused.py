@@ -34,15 +34,22 @@ def _slerp(tensors, base_index, g, m, out_dtype, ctx):
     return kernels.slerp(base, others[0], g["t"], out_dtype=out_dtype)
 
 
+# the sparsifiers whose kernels take the L1 rescale, the seed and the tensor name
+_RANDOM = ("random", "della")
+
+
 def _task_arithmetic(method: str):
     """The kernel adapter of one task-arithmetic method (its sparsify/consensus from the spec)."""
     sparsify, consensus = TASK_ARITHMETIC_FAMILY[method][:2]
 
     def merge(tensors, base_index, g, m, out_dtype, ctx):
-        if g["rescale"] and sparsify != "random":
-            return None  # only the DARE kernels rescale (kernels/dare.py): the reference runs
+        if g["rescale"] and sparsify not in _RANDOM:
+            return None  # only the DARE and DELLA kernels rescale (kernels/dare.py): the reference runs
         base, others, params = split_base(tensors, base_index, m)
-        extra = dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name) if sparsify == "random" else {}
+        extra = dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name) if sparsify in _RANDOM else {}
+        if sparsify == "della":
+            registry._check_della(params, g, ctx)  # the reference's ConfigError, naming the model
+            extra["epsilons"] = [p["epsilon"] for p in params]
         if sparsify == "magnitude_outliers":
             extra = dict(gammas=[p["gamma"] for p in params])
         return kernels.task_arithmetic(
@@ -100,6 +107,8 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "sce": _sce,
     "breadcrumbs": _task_arithmetic("breadcrumbs"),
     "breadcrumbs_ties": _task_arithmetic("breadcrumbs_ties"),
+    "della": _task_arithmetic("della"),
+    "della_linear": _task_arithmetic("della_linear"),
 }
 
 

@@ -87,7 +87,12 @@ def uniform(
     Pure function of its arguments (see the module docstring), so `uniform(..., n, start=0)`
     equals the concatenation of any split of [0, n) into chunks.
     """
-    key = stream_key(seed, tensor_name, model_index)
+    return uniform_from_key(stream_key(seed, tensor_name, model_index), numel, start=start, device=device)
+
+
+def uniform_from_key(key: int, numel: int, *, start: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
+    """`uniform` of the stream started at `key` (a `stream_key`), for flat element indices
+    [start, start + numel)."""
     idx = torch.arange(start + 1, start + numel + 1, dtype=torch.int64, device=device)
     bits = mix64(idx * _signed(GOLDEN) + _signed(key))
     return _shr(bits, 64 - UNIFORM_BITS).to(torch.float32) * (1.0 / (1 << UNIFORM_BITS))

@@ -119,10 +119,10 @@ def della_keep_probability(delta: torch.Tensor, density: float, epsilon: float) 
     and p = (density - epsilon) + rank_norm * 2 * epsilon. A row of one element gets
     p = density (mergekit divides 0 by 0 there).
     """
-    rows = delta.reshape(-1, delta.shape[-1]) if delta.dim() > 0 else delta.reshape(1, 1)
-    cols = rows.shape[-1]
-    if cols == 1:
+    cols = delta.shape[-1] if delta.dim() > 0 else 1
+    if cols <= 1 or delta.numel() == 0:  # no ranks to take (and an empty tensor has no rows)
         return torch.full(delta.shape, density, dtype=torch.float32, device=delta.device)
+    rows = delta.reshape(-1, cols)
     order = torch.sort(rows.abs(), dim=-1, stable=True).indices
     ranks = torch.empty_like(order)
     positions = torch.arange(cols, device=delta.device).expand_as(order)

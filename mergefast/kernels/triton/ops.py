@@ -5,6 +5,7 @@ from __future__ import annotations
 from .breadcrumbs import breadcrumbs_forward as breadcrumbs
 from .dare import dare_forward as dare
 from .dare import dare_norms
+from .della import della_apply, della_masks
 from .linear import linear_forward as linear
 from .slerp import slerp_apply, slerp_dots
 from .slerp_family import gram, model_stock_apply, nearswap, nuslerp_apply
@@ -24,4 +25,6 @@ __all__ = [
     "nuslerp_apply",
     "model_stock_apply",
     "nearswap",
+    "della_apply",
+    "della_masks",
 ]

@@ -1,0 +1,254 @@
+// DELLA (della, della_linear) on the CPU. Per row (the last axis), |delta|'s ranks give each
+// element a keep probability p = pmin + (rank / (cols - 1)) * span (float32, the reference's
+// operations: pmin = density - epsilon, span = 2 epsilon), kept where the counter-based draw
+// u < p (random.h: the reference's stream on any thread count). Two passes over base + K models:
+//   1. della_masks, per tile of whole rows: deltas, row ranks (della_rank.h), the keep bits of
+//      every model packed into a 16-bit word per element, stored in that element's own slot
+//      of the output (the apply reads it there before overwriting it: no n-sized scratch),
+//      and per tile sum |d| and sum |kept d| per model in float64 (the L1 rescale's norms,
+//      summed in tile order: the same on any thread count);
+//   2. della_apply, per block: v = ((kept ? d : 0) * s) * w (the reference's order), then
+//      TIES' sign election and disjoint mean or the plain sum (apply.h), rounded once.
+#include <algorithm>
+#include <cmath>
+
+#include "apply.h"
+#include "common.h"
+#include "della_rank.h"
+#include "kernels.h"
+#include "random.h"
+
+namespace mergefast {
+namespace {
+
+// Element j's keep word: masks[j * stride] (16 bits of the element's own output slot).
+struct MaskSlots {
+  uint16_t* masks;
+  int64_t stride;
+};
+
+MaskSlots mask_slots(const Dst& dst) {
+  return MaskSlots{static_cast<uint16_t*>(dst.ptr), static_cast<int64_t>(dtype_size(dst.dt) / 2)};
+}
+
+struct MaskArgs {
+  const Src* base;
+  const std::vector<Src>* xs;
+  const uint64_t* keys;
+  const float *pmin, *span;
+  MaskSlots slots;
+  int64_t n, cols, tile_rows;
+  int K;
+};
+
+// Per-thread buffers of the masks pass for tiles of up to `cap` elements.
+struct TileScratch {
+  std::vector<float> b, x, d;
+  std::vector<uint32_t> rank;
+  std::vector<uint16_t> bits;
+  RankScratch rs;
+  TileScratch(int64_t cap, int64_t cols)
+      : b(cap), x(cap), d(cap), rank(cap), bits(cap), rs(cols) {}
+};
+
+// sum of |v[j]| over 8 fixed lanes (j % 8) in float64, then the lanes in order.
+MF_INLINE double lane_sum(const float* v, int64_t len) {
+  double lanes[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += static_cast<double>(v[j + l]);
+  }
+  for (; j < len; ++j) lanes[j % 8] += static_cast<double>(v[j]);
+  double t = 0.0;
+  for (int l = 0; l < 8; ++l) t += lanes[l];
+  return t;
+}
+
+// Model i's keep bits over one tile (off, len) from its deltas d, into bits; |d| into x and
+// |kept d| into d (for the norms).
+MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, TileScratch& s) {
+  float* d = s.d.data();
+  float* x = s.x.data();
+  const float pmin = a.pmin[i], span = a.span[i];
+  const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
+  const bool ranked = span != 0.0f && a.cols > 1;
+  const float denom = static_cast<float>(a.cols - 1);
+  uint32_t* rank = s.rank.data();
+  if (ranked) {
+    for (int64_t r = 0; r < len; r += a.cols) row_ranks(d + r, a.cols, s.rs, rank + r);
+  }
+  // p into x first (a loop of its own: vectorised), then the draws
+  for (int64_t j = 0; j < len; ++j) {
+    x[j] = ranked ? pmin + (static_cast<float>(static_cast<int32_t>(rank[j])) / denom) * span : pmin;
+  }
+  const uint16_t bit = static_cast<uint16_t>(1u << i);
+  for (int64_t j = 0; j < len; ++j) {
+    const float p = x[j];
+    const uint64_t draw = mix64(z0 + kGolden * static_cast<uint64_t>(j));
+    const float u = static_cast<float>(static_cast<int32_t>(draw >> 40)) * 0x1.0p-24f;
+    const bool kept = u < p;
+    s.bits[j] = static_cast<uint16_t>(s.bits[j] | (kept ? bit : 0));
+    x[j] = std::fabs(d[j]);
+    d[j] = kept ? x[j] : 0.0f;
+  }
+}
+
+// Tile t's keep words and its norms part[2i], part[2i + 1].
+MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
+  const int64_t off = t * a.tile_rows * a.cols;
+  const int64_t len = std::min(a.tile_rows * a.cols, a.n - off);
+  const float* b = stage(*a.base, off, len, s.b.data());
+  std::fill(s.bits.begin(), s.bits.begin() + len, uint16_t(0));
+  for (int i = 0; i < a.K; ++i) {
+    const float* x = stage((*a.xs)[i], off, len, s.x.data());
+    for (int64_t j = 0; j < len; ++j) s.d[j] = x[j] - b[j];
+    keep_bits(a, i, off, len, s);
+    part[2 * i] = lane_sum(s.x.data(), len);
+    part[2 * i + 1] = lane_sum(s.d.data(), len);
+  }
+  for (int64_t j = 0; j < len; ++j) a.slots.masks[(off + j) * a.slots.stride] = s.bits[j];
+}
+
+void mask_tile_default(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
+  mask_tile(a, t, s, part);
+}
+
+#if MF_AVX2_CLONES
+MF_TARGET_AVX2 void mask_tile_avx2(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
+  mask_tile(a, t, s, part);
+}
+
+#endif
+
+// Model i's weighted kept deltas for one block (bit i of the keep words w16), as DARE's
+// weigh_random with the draw replaced by the stored bit. Nonzero when a delta is not finite.
+template <DType D, bool Consensus, bool First>
+MF_INLINE uint32_t weigh_kept(const void* xp, int64_t off, const float* b, const uint16_t* w16,
+                              int64_t len, int i, float s, float wi, float* wd, float* mixed) {
+  uint32_t nonfinite = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    float d = load_f32<D>(xp, off + j) - b[j];
+    nonfinite |= mag_key(d) >= kNonFiniteKey;
+    d = (w16[j] >> i) & 1u ? d : 0.0f;
+    const float v = (d * s) * wi;
+    if constexpr (Consensus) wd[j] = v;
+    mixed[j] = (First ? 0.0f : mixed[j]) + v;
+  }
+  return nonfinite;
+}
+
+struct KeptArgs : ApplyArgs {
+  const float* scales;
+  MaskSlots slots;
+};
+
+template <DType D, bool Consensus>
+MF_INLINE uint32_t weigh_kept_dt(const KeptArgs& a, int i, int64_t off, const float* b,
+                                 const uint16_t* w16, int64_t len, float* wd, float* mixed) {
+  const void* xp = (*a.xs)[i].ptr;
+  if (i == 0) return weigh_kept<D, Consensus, true>(xp, off, b, w16, len, i, a.scales[i], a.w[i], wd, mixed);
+  return weigh_kept<D, Consensus, false>(xp, off, b, w16, len, i, a.scales[i], a.w[i], wd, mixed);
+}
+
+// One block of the apply pass; nonzero when a delta of the block is NaN or infinite.
+template <bool Consensus>
+MF_INLINE uint32_t apply_block(const KeptArgs& a, float* const* bufs, float* const* wd,
+                               uint16_t* w16, int64_t blk) {
+  const int64_t off = blk * kBlock;
+  const int64_t len = std::min(kBlock, a.n - off);
+  for (int64_t j = 0; j < len; ++j) w16[j] = a.slots.masks[(off + j) * a.slots.stride];
+  const float* b = stage(*a.base, off, len, bufs[0]);
+  float* mixed = bufs[1];
+  uint32_t nonfinite = 0;
+  for (int i = 0; i < a.K; ++i) {
+    switch ((*a.xs)[i].dt) {
+      case DType::BF16: nonfinite |= weigh_kept_dt<DType::BF16, Consensus>(a, i, off, b, w16, len, wd[i], mixed); break;
+      case DType::F16: nonfinite |= weigh_kept_dt<DType::F16, Consensus>(a, i, off, b, w16, len, wd[i], mixed); break;
+      default: nonfinite |= weigh_kept_dt<DType::F32, Consensus>(a, i, off, b, w16, len, wd[i], mixed);
+    }
+  }
+  combine_block<Consensus>(a, wd, b, mixed, bufs[2], len, bufs[3], bufs[4]);
+  store(a.dst, off, len, bufs[2]);
+  return nonfinite;
+}
+
+template <bool Consensus>
+uint32_t apply_block_default(const KeptArgs& a, float* const* bufs, float* const* wd, uint16_t* w16, int64_t blk) {
+  return apply_block<Consensus>(a, bufs, wd, w16, blk);
+}
+
+#if MF_AVX2_CLONES
+template <bool Consensus>
+MF_TARGET_AVX2 uint32_t apply_block_avx2(const KeptArgs& a, float* const* bufs, float* const* wd, uint16_t* w16,
+                                         int64_t blk) {
+  return apply_block<Consensus>(a, bufs, wd, w16, blk);
+}
+#endif
+
+template <bool Consensus>
+bool della_apply_impl(const KeptArgs& a) {
+  auto block = &apply_block_default<Consensus>;
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) block = &apply_block_avx2<Consensus>;
+#endif
+  const int K = a.K;
+  const int64_t nb = num_blocks(a.n);
+  uint32_t nonfinite = 0;
+#pragma omp parallel num_threads(team_size(a.n, a.threads)) reduction(| : nonfinite)
+  {
+    // buffers: 0 base, 1 mixed, 2 result, 3 acc, 4 dacc, 5.. weighted deltas (consensus)
+    Scratch scratch(5 + (Consensus ? K : 0));
+    float* bufs[5];
+    for (int q = 0; q < 5; ++q) bufs[q] = scratch.buf(q);
+    std::vector<float*> wd(K, nullptr);
+    if constexpr (Consensus) {
+      for (int i = 0; i < K; ++i) wd[i] = scratch.buf(5 + i);
+    }
+    std::vector<uint16_t> w16(kBlock);
+#pragma omp for schedule(dynamic, kChunkBlocks)
+    for (int64_t blk = 0; blk < nb; ++blk) nonfinite |= block(a, bufs, wd.data(), w16.data(), blk);
+  }
+  return nonfinite == 0;
+}
+
+}  // namespace
+
+void della_masks(const Src& base, const std::vector<Src>& xs, const std::vector<uint64_t>& keys,
+                 const std::vector<float>& pmin, const std::vector<float>& span, int64_t cols,
+                 const Dst& dst, int64_t n, int threads, double* sums) {
+  const int K = static_cast<int>(xs.size());
+  const int64_t tile_rows = std::max<int64_t>(1, kBlock / cols);
+  const int64_t cap = tile_rows * cols;
+  const MaskArgs a{&base, &xs, keys.data(), pmin.data(), span.data(), mask_slots(dst), n, cols, tile_rows, K};
+  auto tile = &mask_tile_default;
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) tile = &mask_tile_avx2;
+#endif
+  const int64_t ntiles = (n + cap - 1) / cap;
+  const int64_t chunk = std::max<int64_t>(1, kChunkBlocks * kBlock / cap);
+  std::vector<double> part(static_cast<size_t>(ntiles) * 2 * K);
+#pragma omp parallel num_threads(team_size(n, threads))
+  {
+    TileScratch s(cap, cols);
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t t = 0; t < ntiles; ++t) tile(a, t, s, part.data() + t * 2 * K);
+  }
+  std::fill(sums, sums + 2 * K, 0.0);
+  for (int64_t t = 0; t < ntiles; ++t) {
+    for (int q = 0; q < 2 * K; ++q) sums[q] += part[t * 2 * K + q];
+  }
+}
+
+bool della_apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
+                 const std::vector<float>& scales, bool consensus, bool normalize, float divisor,
+                 float lambda, const Dst& dst, int64_t n, int threads) {
+  KeptArgs a{};
+  static_cast<ApplyArgs&>(a) = ApplyArgs{&base, &xs, w.data(), nullptr, normalize, lambda != 1.0f,
+                                         divisor, lambda, dst, n, static_cast<int>(xs.size()),
+                                         threads};
+  a.scales = scales.data();
+  a.slots = mask_slots(dst);
+  return consensus ? della_apply_impl<true>(a) : della_apply_impl<false>(a);
+}
+
+}  // namespace mergefast

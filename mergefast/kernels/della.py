@@ -1,0 +1,78 @@
+"""DELLA (`della`, `della_linear`) on the fused kernels: the host side of one call.
+
+The reference (`methods.task_arithmetic.della_mask`) ranks |delta| along each row (the last
+axis; ties lowest index first, NaN above inf), turns the rank into a keep probability
+p = (density - epsilon) + (rank / (cols - 1)) * (2 epsilon) in float32 and keeps an element
+where the counter-based draw u < p (`methods/random.py`). The kernels (csrc/cpu/della.cpp,
+kernels/triton/della.py) do exactly that per row, in cache, with the draws evaluated in
+registers, in two passes:
+
+1. `della_masks`: each model's keep bits, packed into a 16-bit word stored in the element's
+   own slot of the output (so no n-sized scratch; at most `MAX_MODELS` models), and the L1
+   norms sum |delta|, sum |kept delta| per model;
+2. `della_apply`: the kept deltas times the L1 scale (`rescale`) and the weight, then the TIES
+   sign election and disjoint mean (`della`) or the plain sum (`della_linear`).
+
+This module gives them each model's stream key and keep rule (pmin, span) as the reference
+computes them. The masks are the reference's exactly; the L1 scales follow kernels/dare.py
+(norms summed in float64: equal to the reference's float32 sums but in their last bit), so
+without `rescale` the results are bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .dare import l1_scales, stream_keys
+
+# Keep bits per element: a 16-bit word in the output slot (the smallest output dtype).
+MAX_MODELS = 16
+# pmin of a model that keeps everything (density >= 1): every draw u < 1 < 2.
+_KEEP_ALL = 2.0
+
+
+def row_length(t: torch.Tensor) -> int:
+    """The reference's row length: the last axis (a 0-d tensor is one row of one)."""
+    return t.shape[-1] if t.dim() > 0 else 1
+
+
+def keep_rule(density: float, epsilon: float, cols: int) -> tuple[float, float]:
+    """(pmin, span) of one model for the kernels: p = pmin + (rank / (cols - 1)) * span, or
+    p = pmin where span is 0, each rounded to float32 as torch rounds the reference's Python
+    scalars. density >= 1 keeps all, <= 0 nothing, rows of one element use p = density."""
+    if density >= 1:
+        return _KEEP_ALL, 0.0
+    if density <= 0:
+        return 0.0, 0.0
+    if cols == 1:
+        return density, 0.0
+    return density - epsilon, 2 * epsilon
+
+
+def run(
+    impl,
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    epsilons: Sequence[float],
+    consensus: bool,
+    normalize: bool,
+    divisor: float,
+    lambda_: float,
+    rescale: bool,
+    seed: int,
+    tensor_name: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """DELLA on backend `impl` (kernels.cpu or kernels.triton.ops): the masks pass, the L1
+    scales when `rescale`, the apply pass. Inputs contiguous, validated by the kernel API
+    (density +- epsilon inside (0, 1), at most MAX_MODELS models)."""
+    cols = row_length(base)
+    rules = [keep_rule(float(d), float(e), cols) for d, e in zip(densities, epsilons)]
+    keys = stream_keys(seed, tensor_name, len(xs))
+    out, sums = impl.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, out_dtype)
+    scales = l1_scales(sums) if rescale else [1.0] * len(xs)
+    return impl.della_apply(base, xs, weights, scales, consensus, normalize, divisor, lambda_, out)
