@@ -684,6 +684,8 @@ class KernelSuite:
                 self._sce(b, models, topk, monkeypatch, out_dtype=od)
 
     # ------------------------------------------------------------------ DELLA
+    # (consensus, rescale) pairs of the edge cases
+    DELLA_EDGE_MODES = [(None, False), (None, True), ("sum", False), ("sum", True)]
     DELLA_CASES = [  # (weights, densities, epsilons, normalize, lambda)
         ([0.5, 0.3, 0.2], [0.5, 0.3, 0.9], [0.15, 0.1, 0.05], True, 1.0),
         ([1.0, -0.5, 2.0], [0.0, 1.0, 0.2], [0.15, 0.15, 0.0], False, 0.5),  # density 0 and 1, epsilon 0
@@ -773,11 +775,10 @@ class KernelSuite:
             (base, mixed, torch.float32),
             (base, mixed, torch.bfloat16),
         ):
-            for consensus in (None, "sum"):
-                for rescale in (False, True):
-                    args = (b, xs, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1], [0.3, 0.1, 0.05])
-                    out, ref = self._della(*args, consensus=consensus, rescale=rescale, out_dtype=od)
-                    assert_same(out, ref, exact=self.EXACT)
+            for consensus, rescale in self.DELLA_EDGE_MODES:
+                args = (b, xs, [0.5, 0.3, 0.2], [0.4, 1.0, 0.1], [0.3, 0.1, 0.05])
+                out, ref = self._della(*args, consensus=consensus, rescale=rescale, out_dtype=od)
+                assert_same(out, ref, exact=self.EXACT)
         with pytest.raises(_TA_MODULE.DellaRangeError, match="density - epsilon"):
             kernels.task_arithmetic(base, zeros, [1.0] * 3, densities=[0.5] * 3, epsilons=[0.5] * 3, sparsify="della")
 
