@@ -182,4 +182,27 @@ MF_INLINE void combine_block(const ApplyArgs& a, const float* const* wd, const f
   }
 }
 
+// The OpenMP loop of the fused applies (task_arithmetic, dare, breadcrumbs, della): each thread
+// gets buffers 0 base, 1 mixed, 2 delta / result, 3 acc, 4 dacc and, with Consensus, K
+// weighted-delta buffers; block(bufs, wd, blk) merges block blk and returns nonzero when one of
+// its deltas was not finite. True when every delta was finite.
+template <bool Consensus, class Block>
+bool apply_blocks(int64_t n, int K, int threads, const Block& block) {
+  const int64_t nb = num_blocks(n);
+  uint32_t nonfinite = 0;
+#pragma omp parallel num_threads(team_size(n, threads)) reduction(| : nonfinite)
+  {
+    Scratch scratch(5 + (Consensus ? K : 0));
+    float* bufs[5];
+    for (int q = 0; q < 5; ++q) bufs[q] = scratch.buf(q);
+    std::vector<float*> wd(K, nullptr);
+    if constexpr (Consensus) {
+      for (int i = 0; i < K; ++i) wd[i] = scratch.buf(5 + i);
+    }
+#pragma omp for schedule(dynamic, kChunkBlocks)
+    for (int64_t blk = 0; blk < nb; ++blk) nonfinite |= block(bufs, wd.data(), blk);
+  }
+  return nonfinite == 0;
+}
+
 }  // namespace mergefast

@@ -155,23 +155,10 @@ bool band_apply(const BandArgs& a) {
   if (cpu_has_avx2()) block = &band_block_avx2<Consensus>;
 #endif
   const int K = a.K;
-  const int64_t nb = num_blocks(a.n);
-  uint32_t nonfinite = 0;
-#pragma omp parallel num_threads(team_size(a.n, a.threads)) reduction(| : nonfinite)
-  {
-    // buffers: 0 base, 1 mixed, 2 delta (tie-cut block) / result, 3 acc, 4 dacc,
-    // 5.. weighted deltas (consensus)
-    Scratch scratch(5 + (Consensus ? K : 0));
-    float* bufs[5];
-    for (int q = 0; q < 5; ++q) bufs[q] = scratch.buf(q);
-    std::vector<float*> wd(K, nullptr);
-    if constexpr (Consensus) {
-      for (int i = 0; i < K; ++i) wd[i] = scratch.buf(5 + i);
-    }
-#pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) nonfinite |= block(a, bufs, wd.data(), blk);
-  }
-  return nonfinite == 0;
+  const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {
+    return block(a, bufs, wd, blk);
+  };
+  return apply_blocks<Consensus>(a.n, K, a.threads, merge);
 }
 
 }  // namespace

@@ -56,31 +56,18 @@ bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
            const std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
            const Dst& dst, int64_t n, int threads) {
   static_assert(S == Sparsify::None || S == Sparsify::Magnitude,
-                "magnitude_outliers is not implemented yet; random (DARE) is dare.cpp");
+                "magnitude_outliers is breadcrumbs.cpp, random (DARE) dare.cpp");
   const int K = static_cast<int>(xs.size());
-  const int64_t nb = num_blocks(n);
   const ApplyArgs args{&base, &xs, w.data(), rules.empty() ? nullptr : rules.data(),
                        normalize, lambda != 1.0f, divisor, lambda, dst, n, K, threads};
   auto block = &apply_block_default<S, Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &apply_block_avx2<S, Consensus>;
 #endif
-  uint32_t nonfinite = 0;
-#pragma omp parallel num_threads(team_size(n, threads)) reduction(| : nonfinite)
-  {
-    // buffers: 0 base, 1 mixed, 2 delta (tie-cut block) / result, 3 acc, 4 dacc,
-    // 5.. weighted deltas (consensus)
-    Scratch scratch(5 + (Consensus ? K : 0));
-    float* bufs[5];
-    for (int q = 0; q < 5; ++q) bufs[q] = scratch.buf(q);
-    std::vector<float*> wd(K, nullptr);
-    if constexpr (Consensus) {
-      for (int i = 0; i < K; ++i) wd[i] = scratch.buf(5 + i);
-    }
-#pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) nonfinite |= block(args, bufs, wd.data(), blk);
-  }
-  return nonfinite == 0;
+  const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {
+    return block(args, bufs, wd, blk);
+  };
+  return apply_blocks<Consensus>(n, K, threads, merge);
 }
 
 }  // namespace
