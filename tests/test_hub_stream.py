@@ -112,6 +112,7 @@ def test_a_bad_hub_config_fails_at_plan_time(hub, tmp_path, text, match):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # three merges
 def test_merge_from_the_hub_equals_the_local_merge(hub, tmp_path, models):
     local = {f"{k}": str(models[k]) for k in ("base", "ft-a", "ft-b")}
     mergefast.merge(_config(TIES, **local), tmp_path / "local")

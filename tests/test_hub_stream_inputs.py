@@ -32,6 +32,7 @@ def _weights_in_cache(tmp_path) -> list:
     ]
 
 
+@pytest.mark.slow  # range reads in 64 kB pieces: 2-3 s
 @pytest.mark.parametrize("piece", [hub_stream.PIECE, 65_537], ids=["one-piece", "many-pieces"])
 def test_streamed_merge_equals_the_local_merge(hub, tmp_path, models, monkeypatch, piece):
     monkeypatch.setattr(hub_stream, "PIECE", piece)
@@ -43,6 +44,7 @@ def test_streamed_merge_equals_the_local_merge(hub, tmp_path, models, monkeypatc
     assert hub.served["tensor"] == summary.read_bytes == summary.downloaded_bytes  # each byte once
 
 
+@pytest.mark.slow  # two merges: 2 s
 def test_a_dropped_range_read_is_resumed(hub, tmp_path, models):
     """A range read whose connection drops mid-body asks for the rest only (what arrived of
     the last CHUNK is lost with the connection)."""

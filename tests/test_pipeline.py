@@ -237,11 +237,11 @@ def test_ctrl_c_during_a_long_merge_does_not_wait_for_it(monkeypatch):
     from mergefast.io import pipeline
 
     monkeypatch.setattr(pipeline, "_STOP_WAIT", 0.2)  # the stages' grace period (1.5 s)
-    entered, finished = threading.Event(), threading.Event()
+    entered, finished, release = threading.Event(), threading.Event(), threading.Event()
 
     def slow_merge(j, d):
         entered.set()
-        time.sleep(20)  # a long kernel call: releases the GIL, cannot be interrupted itself
+        release.wait(20)  # a long kernel call: releases the GIL, cannot be interrupted itself
         finished.set()
         return d
 
@@ -253,3 +253,4 @@ def test_ctrl_c_during_a_long_merge_does_not_wait_for_it(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(list(range(5)), merge=slow_merge)
     assert entered.is_set() and not finished.is_set()  # stopped while the "kernel" still ran
+    release.set()  # the "kernel" returns: its thread must not hold up the interpreter's exit

@@ -37,6 +37,7 @@ def _compile_where_not_interpreted(request):
         pytest.skip(f"compiled in a child process by {RUNNER}")
 
 
+@pytest.mark.slow  # a child pytest compiling every kernel: 5 s warm, ~25 s on an empty Triton cache
 def test_every_kernel_compiles_in_a_process_without_the_interpreter():
     if not INTERPRETED:
         pytest.skip("this process compiles the kernels itself")
