@@ -203,6 +203,26 @@ def linear(
     return out
 
 
+def _fused_apply(entry: str, base, xs, out: torch.Tensor, params: tuple, tail: tuple = ()) -> bool:
+    """Call the C apply `entry`(base, xs, k, n, *params, out, *tail, threads, &finite), the
+    layout every fused merge entry point shares; whether every delta x_i - base was finite."""
+    n, op = out.numel(), entry.removeprefix("mf_")  # the op its errors name
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    finite = ctypes.c_int32()
+    fn = getattr(_lib(), entry)
+    _check(fn(bptr, bcode, ptrs, codes, len(xs), n, *params, optr, ocode, *tail, threads(), ctypes.byref(finite)))
+    return bool(finite.value)
+
+
+def _record_finite(finite: bool, base: torch.Tensor, xs: Sequence[torch.Tensor]) -> None:
+    """Inside `finite_inputs()`: a merge that saw only finite deltas proves its inputs finite."""
+    proven = getattr(_thread, "finite", None)
+    if finite and proven is not None:
+        proven.update(t.data_ptr() for t in (base, *xs))
+
+
 def task_arithmetic_into(
     base: torch.Tensor,
     xs: Sequence[torch.Tensor],
@@ -217,36 +237,11 @@ def task_arithmetic_into(
 ) -> bool:
     """task_arithmetic into `out` (which must not overlap an input: the selection uses it as
     scratch); returns whether every delta x_i - base was finite."""
-    n, op = out.numel(), "task_arithmetic"
-    bptr, bcode = _view(base, n, op)
-    ptrs, codes = _views(xs, n, op)
-    optr, ocode = _view(out, n, op)
     counts = None if keep is None else (ctypes.c_int64 * len(keep))(*keep)
     one_read_min = 0 if not selection.one_read else -1 if selection.one_read_min is None else selection.one_read_min
-    finite = ctypes.c_int32()
-    _check(
-        _lib().mf_task_arithmetic(
-            bptr,
-            bcode,
-            ptrs,
-            codes,
-            len(xs),
-            n,
-            _doubles(weights),
-            counts,
-            SPARSIFY_NONE if keep is None else SPARSIFY_MAGNITUDE,
-            consensus,
-            normalize,
-            divisor,
-            lambda_,
-            optr,
-            ocode,
-            one_read_min,
-            threads(),
-            ctypes.byref(finite),
-        )
-    )
-    return bool(finite.value)
+    sparsify = SPARSIFY_NONE if keep is None else SPARSIFY_MAGNITUDE
+    params = (_doubles(weights), counts, sparsify, consensus, normalize, divisor, lambda_)
+    return _fused_apply("mf_task_arithmetic", base, xs, out, params, tail=(one_read_min,))
 
 
 def task_arithmetic(
@@ -263,9 +258,7 @@ def task_arithmetic(
 ) -> torch.Tensor:
     out = _empty(base, out_dtype)
     finite = task_arithmetic_into(base, xs, weights, keep, consensus, normalize, divisor, lambda_, out, selection)
-    proven = getattr(_thread, "finite", None)
-    if finite and proven is not None:
-        proven.update(t.data_ptr() for t in (base, *xs))
+    _record_finite(finite, base, xs)
     return out
 
 
@@ -302,36 +295,14 @@ def dare(
 ) -> torch.Tensor:
     """DARE's apply pass (dare_linear / dare_ties with consensus) into a new tensor."""
     out = _empty(base, out_dtype)
-    n, op = out.numel(), "dare"
-    bptr, bcode = _view(base, n, op)
-    ptrs, codes = _views(xs, n, op)
-    optr, ocode = _view(out, n, op)
-    finite = ctypes.c_int32()
-    _check(
-        _lib().mf_dare(
-            bptr,
-            bcode,
-            ptrs,
-            codes,
-            len(xs),
-            n,
-            _doubles(weights),
-            _keys(keys),
-            _doubles(densities),
-            _doubles(scales),
-            consensus,
-            normalize,
-            divisor,
-            lambda_,
-            optr,
-            ocode,
-            threads(),
-            ctypes.byref(finite),
-        )
+    finite = _fused_apply(
+        "mf_dare",
+        base,
+        xs,
+        out,
+        (_doubles(weights), _keys(keys), _doubles(densities), _doubles(scales), consensus, normalize, divisor, lambda_),
     )
-    proven = getattr(_thread, "finite", None)
-    if finite.value and proven is not None:
-        proven.update(t.data_ptr() for t in (base, *xs))
+    _record_finite(finite, base, xs)
     return out
 
 
@@ -520,19 +491,12 @@ def breadcrumbs(
     """Breadcrumbs (breadcrumbs / breadcrumbs_ties with consensus) into a new tensor: model i
     keeps the deltas at positions [lo[i], hi[i]) of its ascending stable |delta| order."""
     out = _empty(base, out_dtype)
-    n, op = out.numel(), "breadcrumbs"
-    bptr, bcode = _view(base, n, op)
-    ptrs, codes = _views(xs, n, op)
-    optr, ocode = _view(out, n, op)
-    finite = ctypes.c_int32()
-    _check(
-        _lib().mf_breadcrumbs(
-            bptr,
-            bcode,
-            ptrs,
-            codes,
-            len(xs),
-            n,
+    finite = _fused_apply(
+        "mf_breadcrumbs",
+        base,
+        xs,
+        out,
+        (
             _doubles(weights),
             (ctypes.c_int64 * len(lo))(*lo),
             (ctypes.c_int64 * len(hi))(*hi),
@@ -540,15 +504,9 @@ def breadcrumbs(
             normalize,
             divisor,
             lambda_,
-            optr,
-            ocode,
-            threads(),
-            ctypes.byref(finite),
-        )
+        ),
     )
-    proven = getattr(_thread, "finite", None)
-    if finite.value and proven is not None:
-        proven.update(t.data_ptr() for t in (base, *xs))
+    _record_finite(finite, base, xs)
     return out
 
 
@@ -602,32 +560,8 @@ def della_apply(
     out: torch.Tensor,
 ) -> torch.Tensor:
     """DELLA's apply pass into `out` (which holds della_masks' keep bits); returns `out`."""
-    n, op = out.numel(), "della_apply"
-    bptr, bcode = _view(base, n, op)
-    ptrs, codes = _views(xs, n, op)
-    optr, ocode = _view(out, n, op)
-    finite = ctypes.c_int32()
-    _check(
-        _lib().mf_della_apply(
-            bptr,
-            bcode,
-            ptrs,
-            codes,
-            len(xs),
-            n,
-            _doubles(weights),
-            _doubles(scales),
-            consensus,
-            normalize,
-            divisor,
-            lambda_,
-            optr,
-            ocode,
-            threads(),
-            ctypes.byref(finite),
-        )
+    finite = _fused_apply(
+        "mf_della_apply", base, xs, out, (_doubles(weights), _doubles(scales), consensus, normalize, divisor, lambda_)
     )
-    proven = getattr(_thread, "finite", None)
-    if finite.value and proven is not None:
-        proven.update(t.data_ptr() for t in (base, *xs))
+    _record_finite(finite, base, xs)
     return out
