@@ -248,19 +248,19 @@ def task_arithmetic(
     if abs(divisor) < ZERO_WEIGHT_SUM:
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)
-    if sparsify == "della":
-        return _dispatch(
-            all_inputs,
-            out,
-            reference,
-            lambda impl: _della.run(
+    elect = consensus == "sum"
+
+    def fused(impl):
+        """The sparsifier's kernel on backend `impl`."""
+        if sparsify == "della":
+            return _della.run(
                 impl,
                 b,
                 xs,
                 weights,
                 dens,
                 epsilons,
-                consensus == "sum",
+                elect,
                 normalize,
                 divisor,
                 lambda_,
@@ -268,46 +268,16 @@ def task_arithmetic(
                 seed,
                 tensor_name,
                 out,
-            ),
-        )
-    if sparsify == "magnitude_outliers":
-        return _dispatch(
-            all_inputs,
-            out,
-            reference,
-            lambda impl: _breadcrumbs.run(
-                impl, b, xs, weights, dens, gammas, consensus == "sum", normalize, divisor, lambda_, out
-            ),
-        )
-    if sparsify == "random":
-        return _dispatch(
-            all_inputs,
-            out,
-            reference,
-            lambda impl: _dare.run(
-                impl,
-                b,
-                xs,
-                weights,
-                dens,
-                consensus == "sum",
-                normalize,
-                divisor,
-                lambda_,
-                rescale,
-                seed,
-                tensor_name,
-                out,
-            ),
-        )
-    return _dispatch(
-        all_inputs,
-        out,
-        reference,
-        lambda impl: impl.task_arithmetic(
-            b, xs, weights, keep, consensus == "sum", normalize, divisor, lambda_, out, selection
-        ),
-    )
+            )
+        if sparsify == "magnitude_outliers":
+            return _breadcrumbs.run(impl, b, xs, weights, dens, gammas, elect, normalize, divisor, lambda_, out)
+        if sparsify == "random":
+            return _dare.run(
+                impl, b, xs, weights, dens, elect, normalize, divisor, lambda_, rescale, seed, tensor_name, out
+            )
+        return impl.task_arithmetic(b, xs, weights, keep, elect, normalize, divisor, lambda_, out, selection)
+
+    return _dispatch(all_inputs, out, reference, fused)
 
 
 def _della_epsilons(tensors, densities, epsilons) -> list[float]:
