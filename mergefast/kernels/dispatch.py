@@ -80,16 +80,22 @@ def backend(device: str | torch.device) -> str:
 
 # The YAML methods each backend runs on a fused kernel (kernels/fused.py picks the kernel per
 # method; a method a backend lacks runs its torch reference there).
-KERNEL_METHODS = {
-    "cpu-ext": (
-        "linear, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
-        "della, della_linear, slerp, nuslerp, model_stock, nearswap, sce"
-    ),
-    "triton": (
-        "linear, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, "
-        "della, della_linear, slerp, nuslerp, model_stock, nearswap"
-    ),
-}
+_FUSED_EVERYWHERE = (
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "slerp",
+    "nuslerp",
+    "model_stock",
+    "nearswap",
+)
+KERNEL_METHODS = {"cpu-ext": (*_FUSED_EVERYWHERE, "sce"), "triton": _FUSED_EVERYWHERE}
 
 
 def describe_backends() -> list[str]:
@@ -101,14 +107,14 @@ def describe_backends() -> list[str]:
     cpu_why = _cpu_ext_missing()
     from . import cpu
 
-    ops = KERNEL_METHODS["cpu-ext"]
+    ops = ", ".join(KERNEL_METHODS["cpu-ext"])
     if cpu_why is None:
         lines.append(f"cpu:  {ops} -> cpu-ext ({cpu.LIBRARY.name}, OpenMP, {cpu.threads()} threads)")
     else:
         fix = f". Fix: {cpu.FIX}" if cpu.ERROR is not None else ""
         lines.append(f"cpu:  {ops} -> torch (cpu-ext unavailable: {cpu_why}{fix})")
     tri_why = _triton_missing()
-    ops = KERNEL_METHODS["triton"]
+    ops = ", ".join(KERNEL_METHODS["triton"])
     if tri_why is None:
         lines.append(f"cuda: {ops} -> triton ({_triton_version()})")
     else:
@@ -124,7 +130,7 @@ def _reference_only() -> list[str]:
     """The mergekit methods that no backend runs on a fused kernel."""
     from ..methods.registry import MERGEKIT_METHODS
 
-    fused = {m.strip() for ops in KERNEL_METHODS.values() for m in ops.split(",")} | {"passthrough"}
+    fused = {m for methods in KERNEL_METHODS.values() for m in methods} | {"passthrough"}
     return [m for m in MERGEKIT_METHODS if m not in fused]
 
 
