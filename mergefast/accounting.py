@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .config import merged_models
 from .errors import ConfigError
-from .inputs import merged_models
 
 SHOWN = 5  # tensor names listed in an error
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -295,8 +295,12 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: {where + ': ' if where else ''}{message}"
 
 
-def parse_config(text: str, source: str = "<config>") -> MergeConfig:
-    """Parse and validate YAML text; raise ConfigError naming `source` and the key."""
+def parse_config(
+    text: str, source: str = "<config>", on_valid: Callable[[MergeConfig], Any] | None = None
+) -> MergeConfig:
+    """Parse and validate YAML text; raise ConfigError naming `source` and the key.
+    `on_valid(config)` runs once the structure is valid, before the methods' parameters are
+    checked (which imports torch): the run starts reading Hub metadata there."""
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
@@ -310,6 +314,8 @@ def parse_config(text: str, source: str = "<config>") -> MergeConfig:
         config = MergeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    if on_valid is not None:
+        on_valid(config)
     # parameters.py sits below this module (it knows methods, not the schema); imported here,
     # not at the top, so that importing the schema does not import torch with the methods
     from .parameters import check_parameters
@@ -346,15 +352,19 @@ def _dict_to_yaml(data: dict) -> str:
         ) from None
 
 
-def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, str, str]:
+def load_config(
+    path_or_text: str | Path | MergeConfig, on_valid: Callable[[MergeConfig], Any] | None = None
+) -> tuple[MergeConfig, str, str]:
     """Return (config, its YAML text, where it came from) from a path, YAML text, its data as
-    a dict, or a MergeConfig."""
+    a dict, or a MergeConfig. `on_valid`: as in `parse_config`."""
     if isinstance(path_or_text, MergeConfig):
         text = _dict_to_yaml(path_or_text.model_dump(exclude_none=True))
+        if on_valid is not None:
+            on_valid(path_or_text)
         return path_or_text, text, "<config>"
     if isinstance(path_or_text, dict):  # the YAML's data, e.g. from yaml.safe_load
         text = _dict_to_yaml(path_or_text)
-        return parse_config(text), text, "<config>"
+        return parse_config(text, on_valid=on_valid), text, "<config>"
     if not isinstance(path_or_text, (str, Path)):
         raise ConfigError(
             f"config must be a path, YAML text, a dict or a MergeConfig, got {type(path_or_text).__name__}"
@@ -369,5 +379,28 @@ def load_config(path_or_text: str | Path | MergeConfig) -> tuple[MergeConfig, st
             raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); save the YAML as UTF-8") from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
-        return parse_config(text, str(path)), text, str(path)
-    return parse_config(str(path_or_text)), str(path_or_text), "<config>"
+        return parse_config(text, str(path), on_valid), text, str(path)
+    return parse_config(str(path_or_text), on_valid=on_valid), str(path_or_text), "<config>"
+
+
+def merged_models(config: MergeConfig) -> list[str]:
+    """The models whose tensors are merged (not a tokenizer-only source), in config order."""
+    refs: list[str] = []
+    for block in config.blocks():
+        for entry in block.models or []:
+            refs.append(entry.model)
+        for sl in block.slices or []:
+            refs.extend(src.model for src in sl.sources)
+            if sl.base_model:
+                refs.append(sl.base_model)
+    if config.base_model:
+        refs.append(config.base_model)
+    return list(dict.fromkeys(refs))
+
+
+def referenced_models(config: MergeConfig) -> list[str]:
+    """Every model reference in config order: the merged models, then a tokenizer source."""
+    refs = merged_models(config)
+    if config.tokenizer_source and config.tokenizer_source not in ("base", "union"):
+        refs.append(config.tokenizer_source)
+    return list(dict.fromkeys(refs))

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .architecture import Architecture, resolve_architecture
-from .config import MergeConfig
 from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref
 from .io.hub_headers import RemoteCheckpointReader
+from .io.hub_prefetch import HubPrefetch
 from .io.hub_remote import RemoteRepo, locate_model
 from .io.model_files import check_side_files, read_model_json
 from .io.quantized import Fp8Reader, block_size, check_quantization
@@ -34,29 +34,6 @@ class InputModel:
         self.reader.close()
 
 
-def merged_models(config: MergeConfig) -> list[str]:
-    """The models whose tensors are merged (not a tokenizer-only source), in config order."""
-    refs: list[str] = []
-    for block in config.blocks():
-        for entry in block.models or []:
-            refs.append(entry.model)
-        for sl in block.slices or []:
-            refs.extend(src.model for src in sl.sources)
-            if sl.base_model:
-                refs.append(sl.base_model)
-    if config.base_model:
-        refs.append(config.base_model)
-    return list(dict.fromkeys(refs))
-
-
-def referenced_models(config: MergeConfig) -> list[str]:
-    """Every model reference in config order: the merged models, then a tokenizer source."""
-    refs = merged_models(config)
-    if config.tokenizer_source and config.tokenizer_source not in ("base", "union"):
-        refs.append(config.tokenizer_source)
-    return list(dict.fromkeys(refs))
-
-
 def read_model_config(folder: Path) -> dict:
     """config.json of a model folder as a dict ({} when absent); never runs model code. It must
     stay inside the folder (io/model_files.py), and its sub-configs must be objects. The
@@ -78,10 +55,11 @@ def read_model_config(folder: Path) -> dict:
     return data
 
 
-def open_model(ref: str, cache_dir: str | None) -> InputModel:
+def open_model(ref: str, cache_dir: str | None, prefetch: HubPrefetch | None = None) -> InputModel:
     """Resolve `ref` (local folder or hub repo id) and read its headers and config; a hub
-    repo's weights are not downloaded (io/hub_remote.py), only its headers read."""
-    found = locate_model(parse_model_ref(ref), cache_dir)
+    repo's weights are not downloaded (io/hub_remote.py), only its headers read. `prefetch`:
+    the Hub metadata read in the background since the config was parsed (io/hub_prefetch.py)."""
+    found = prefetch.locate(ref, cache_dir) if prefetch is not None else locate_model(parse_model_ref(ref), cache_dir)
     if isinstance(found, RemoteRepo):
         folder, reader = found.folder, RemoteCheckpointReader(found)
     else:
@@ -98,12 +76,15 @@ def open_model(ref: str, cache_dir: str | None) -> InputModel:
     return InputModel(ref, folder, reader, config, arch)
 
 
-def open_models(refs: list[str], cache_dir: str | None, allow_crimes: bool) -> dict[str, InputModel]:
-    """Open every referenced model; check they share an architecture unless `allow_crimes`."""
+def open_models(
+    refs: list[str], cache_dir: str | None, allow_crimes: bool, prefetch: HubPrefetch | None = None
+) -> dict[str, InputModel]:
+    """Open every referenced model (in order: the first failing one raises); check they share
+    an architecture unless `allow_crimes`."""
     models: dict[str, InputModel] = {}
     try:
         for ref in refs:
-            models[ref] = open_model(ref, cache_dir)
+            models[ref] = open_model(ref, cache_dir, prefetch)
     except BaseException:
         close_models(models)
         raise

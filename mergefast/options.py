@@ -3,12 +3,13 @@
 
 An option's kind says how both sides take it: bool (--x/--no-x; True or False), int (a whole
 number or None), count (-v -v; a whole number), text and path (a string or os.PathLike),
-memory (`parse_memory`'s spellings) and size (`io.writer.parse_size`'s, or bytes).
+memory (`parse_memory`'s spellings) and size (`parse_size`'s, or bytes).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -122,6 +123,24 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmb]?)\s*$", re.IGNORECASE)
+_SUFFIX = {"": 1, "k": 1000, "m": 1000**2, "b": 1000**3}
+
+
+def parse_size(text: str) -> int:
+    """mergekit's `--out-shard-size`: an integer number of bytes, or with a k/m/b suffix
+    (x1000, case-insensitive): "5B" = 5_000_000_000, "500M", "1000k"."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    m = _SIZE_RE.match(str(text))
+    if m is None:
+        raise ConfigError(
+            f"invalid shard size {text!r}: use a whole number of bytes, optionally with a k, m or b suffix "
+            "(x1000 each), e.g. 5B, 500M, 1000000"
+        )
+    return int(m.group(1)) * _SUFFIX[m.group(2).lower()]
+
+
 def parse_memory(value: str | int) -> int:
     """`--max-memory`: bytes as an integer, with a k/m/g suffix (x1000; b = g as in
     --out-shard-size, an optional trailing 'b' after k/m/g), or a percentage of RAM."""
@@ -186,8 +205,6 @@ def _checked(kwargs: dict) -> dict:
     for name, value in kwargs.items():
         kind = OPTION_BY_NAME[name].kind
         if kind == "size" and isinstance(value, str):
-            from .io.writer import parse_size
-
             checked[name] = parse_size(value)
         elif kind == "memory" and value is not None:
             parse_memory(value)

@@ -15,9 +15,10 @@ import torch
 
 from .accounting import account_for_inputs
 from .checks import check_plan
-from .config import MergeConfig
+from .config import MergeConfig, merged_models, referenced_models
 from .errors import ConfigError
-from .inputs import InputModel, check_model_folders, close_models, merged_models, open_models, referenced_models
+from .inputs import InputModel, check_model_folders, close_models, open_models
+from .io.hub_prefetch import HubPrefetch
 from .io.output import plan_output_config
 from .io.quantized import check_fp8_dtype
 from .io.reader import TensorInfo
@@ -232,11 +233,14 @@ def _post_weights(builder: _JobBuilder, module: str, sl: PlanSlice) -> tuple[str
     return (*lead.post_weights, *heads)
 
 
-def build_plan(config: MergeConfig, config_text: str, source: str, options: MergeOptions) -> MergePlan:
-    """Resolve models, read headers and build every job; raises before any tensor is read."""
+def build_plan(
+    config: MergeConfig, config_text: str, source: str, options: MergeOptions, prefetch: HubPrefetch | None = None
+) -> MergePlan:
+    """Resolve models, read headers and build every job; raises before any tensor is read.
+    `prefetch`: the Hub repos' metadata, being read since the config was parsed."""
     spec = method_spec(config.merge_method, source)
     refs = referenced_models(config)
-    models = open_models(refs, options.transformers_cache, options.allow_crimes)
+    models = open_models(refs, options.transformers_cache, options.allow_crimes, prefetch)
     try:
         check_model_folders(models, merged_models(config), source)
         check_fp8_dtype(config, models, merged_models(config), source)

@@ -35,9 +35,8 @@ def run(
     against it; `explain(message)` rewords the planner's ConfigErrors in a command's own terms;
     `planning()` is the context the checks and planning run in (the CLI's gc freezing)."""
     with planning():
-        from .execute import execute
-
         plan, opts = _checked_plan(config, source, out_path, options, adjust, explain)
+        from .execute import execute
     try:
         if dry_run:
             from .report import format_plan
@@ -48,42 +47,48 @@ def run(
         plan.close()
 
 
-def _load(config: Any, source: str | None):
-    """(config, YAML text, source) of what `run` was given."""
+def _load(config: Any, source: str | None, on_valid: Callable):
+    """(config, YAML text, source) of what `run` was given; `on_valid` as in `parse_config`."""
     from .config import load_config, parse_config
 
     if source is None:
-        return load_config(config)
-    return parse_config(config, source), config, source
+        return load_config(config, on_valid)
+    return parse_config(config, source, on_valid), config, source
 
 
 def _checked_plan(config: Any, source: str | None, out_path, options: dict, adjust, explain):
     """The checked options and the plan, adjusted and checked against OUT; the plan is closed
     again when a check after planning fails."""
+    from .config import referenced_models
+    from .io.hub_prefetch import HubPrefetch
     from .io.out_path import check_out_path, check_stats_path, output_folder
     from .options import MergeOptions
 
     opts = MergeOptions.from_kwargs(**options)
-    config, text, source = _load(config, source)
-    out = None if out_path is None else output_folder(out_path)
-    if out is not None:
-        check_out_path(out)
-        check_stats_path(opts.stats_json, out)
-    opts.math_device  # noqa: B018 - --cuda without a GPU is a usage error, found before planning
-    try:
-        return _planned(config, text, source, out, opts, adjust), opts
-    except ConfigError as exc:
-        if explain is None:
-            raise
-        raise ConfigError(explain(str(exc))) from None
+    # The Hub repos' listings, side files and headers are read (io/hub_prefetch.py) from the
+    # moment the config's structure is valid, while the parameter checks and the planner
+    # import torch (1-2.5 s).
+    with HubPrefetch(opts.transformers_cache) as prefetch:
+        config, text, source = _load(config, source, lambda valid: prefetch.start(referenced_models(valid)))
+        out = None if out_path is None else output_folder(out_path)
+        if out is not None:
+            check_out_path(out)
+            check_stats_path(opts.stats_json, out)
+        opts.math_device  # noqa: B018 - --cuda without a GPU is a usage error, found before planning
+        try:
+            return _planned(config, text, source, out, opts, adjust, prefetch), opts
+        except ConfigError as exc:
+            if explain is None:
+                raise
+            raise ConfigError(explain(str(exc))) from None
 
 
-def _planned(config, text: str, source: str, out, opts, adjust):
+def _planned(config, text: str, source: str, out, opts, adjust, prefetch):
     """The plan, adjusted and its inputs checked against OUT (closed again on failure)."""
     from .execute import check_output_folder
     from .plan import build_plan
 
-    plan = build_plan(config, text, source, opts)
+    plan = build_plan(config, text, source, opts, prefetch)
     try:
         if adjust is not None:
             adjust(plan, opts)

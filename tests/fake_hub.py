@@ -104,7 +104,7 @@ class FakeHub:
             self.downloads.clear()
 
     def start(self) -> FakeHub:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         # poll_interval: shutdown() waits up to one interval (0.5 s by default) per test
         threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True).start()
@@ -157,6 +157,12 @@ def use_fake_hub(monkeypatch, hub: FakeHub, home: Path) -> None:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_api.api, "endpoint", hub.endpoint)
+
+
+class _Server(ThreadingHTTPServer):
+    # The listen backlog: http.server's 5 drops connections when a run opens every repo at
+    # once (4 repos x 8 header reads), and a dropped SYN costs the client a 1 s retry.
+    request_queue_size = 128
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import mergefast
 from mergefast.errors import ConfigError, ModelError
-from mergefast.io import hub_fetch, hub_headers
+from mergefast.io import hub_fetch, hub_headers, hub_prefetch
 from mergefast.io.reader import CheckpointReader
 
 # Big enough that tensor data outweighs headers and side files ~300:1 (the 1% test).
@@ -254,7 +257,7 @@ def test_hub_errors_are_one_line_at_plan_time(hub, tmp_path, case):
 def test_headers_near_the_first_range_size(hub, tmp_path, models, monkeypatch, delta):
     """The first range ending just before, at or after the header's end: read whole."""
     header = 8 + int.from_bytes((models["ft-b"] / "model.safetensors").read_bytes()[:8], "little")
-    monkeypatch.setattr(hub_headers, "FIRST_RANGE", max(1, header + delta))
+    monkeypatch.setattr(hub_prefetch, "FIRST_RANGE", max(1, header + delta))
     code, _, err = _plan_cli(_config(TIES), tmp_path)
     assert code == 0, err  # a header cut short would fail the strict JSON parse
 
@@ -305,3 +308,43 @@ def test_offline_after_a_plan_only_says_what_is_missing(hub, tmp_path, monkeypat
     assert code == 1 and len(lines) == 1, err
     assert "lacks its weights (model-00001-of-00002.safetensors and 1 more" in lines[0]
     assert "HF_HUB_OFFLINE is set: unset it" in lines[0]
+
+
+def test_what_runs_before_the_planner_imports_no_torch():
+    """The Hub metadata is read while torch is imported (io/hub_prefetch.py): the modules that
+    run before the parameter checks must not import it themselves."""
+    code = (
+        "import sys, mergefast.run, mergefast.config, mergefast.options, mergefast.io.hub_prefetch, mergefast.cli\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_prefetched_headers_are_not_read_again(hub, tmp_path):
+    with hub_prefetch.HubPrefetch(None) as prefetch:
+        prefetch.start(["org/ft-a", "org/ft-b"])
+        remote = prefetch.locate("org/ft-a", None)
+        assert sorted(remote.raw_headers) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+        before = list(hub.requests)
+        reader = hub_headers.RemoteCheckpointReader(remote)
+        assert hub.requests == before and len(reader.names()) > 0  # every header came from the prefetch
+        reader.close()
+        assert prefetch.locate("org/ft-b", None).raw_headers.keys() == {"model.safetensors"}
+    assert hub.served["tensor"] == 0
+
+
+def test_the_first_bad_repo_in_config_order_is_reported(hub, tmp_path):
+    """Every repo is located at once; the error is the first one in config order, and no
+    prefetch thread outlives the failed plan."""
+    hub.repos["org/ft-b"].gated = True
+    code, _, err = _plan_cli(_config(TIES, **{"ft-a": "org/nope"}), tmp_path)
+    assert code == 1 and "Hugging Face repo org/nope not found" in err, err
+    assert not [t for t in threading.enumerate() if t.name.startswith("mergefast-hub")]
+
+
+def test_offline_starts_no_prefetch(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_prefetch, "_offline", lambda: True)
+    with hub_prefetch.HubPrefetch(None) as prefetch:
+        prefetch.start(["org/ft-a"])
+        assert prefetch._pool is None and hub.requests == []

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from mergefast.errors import ConfigError
 from mergefast.io.reader import CheckpointReader
-from mergefast.io.writer import OutputTensor, ShardedWriter, parse_size, plan_shards
+from mergefast.io.writer import OutputTensor, ShardedWriter, plan_shards
+from mergefast.options import parse_size
 
 
 def _out(tensors):

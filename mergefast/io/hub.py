@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
-from .model_files import read_model_json
-from .reader import WEIGHT_FILES
+from .model_files import WEIGHT_FILES, read_model_json
 
 log = logging.getLogger(__name__)
 

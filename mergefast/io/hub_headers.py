@@ -1,15 +1,6 @@
-"""Safetensors headers of a Hub repo read over HTTP range requests, and the reader built on them.
-
-A header is the file's first 8 + n bytes (n: the little-endian length in its first 8 bytes).
-The first request asks for FIRST_RANGE bytes, the second for exactly the rest of the header,
-so a header of any length (close to FIRST_RANGE or not) is read whole: huggingface_hub versions
-before 0.23 cut headers of 99,993..100,000 bytes short (their first range was 100,000 bytes).
-FIRST_RANGE is 8, not huggingface_hub's 100,000: a planned hub config then downloads not one
-byte of tensor data (100 kB past a 2 kB header is mostly tensor data), for one more round trip
-per file, and the files are read in parallel. A server that ignores Range is read only as far
-as the header, then the connection is dropped.
-
-The bytes then go through the same strict parser as local files (io/safetensors_header.py).
+"""The reader of a Hub repo planned from its safetensors headers (read over HTTP range
+requests by io/hub_prefetch.py, parsed by the same strict parser as local files,
+io/safetensors_header.py).
 """
 
 from __future__ import annotations
@@ -18,34 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ModelError
-from .hub import hub_errors
+from .hub_prefetch import display_name, fetch_header
 from .hub_remote import REQUEST_THREADS, RemoteRepo, check_listed
 from .model_files import read_model_json
 from .reader import CheckpointReader, TensorInfo
-from .safetensors_header import header_length, parse_safetensors_header
+from .safetensors_header import parse_safetensors_header
 from .weight_index import read_weight_map
-
-FIRST_RANGE = 8  # the length prefix alone: see the module docstring
-
-
-def fetch_header(remote: RemoteRepo, name: str) -> bytes:
-    """The JSON header bytes of safetensors file `name` of `remote`, read over HTTP."""
-    size = remote.sizes[name]
-    where = _display(remote, name)
-    if size < 8:
-        raise ModelError(
-            f"{where}: not a safetensors file ({size} bytes, shorter than the 8-byte header length); "
-            "the repo is broken: pin another @revision"
-        )
-    with hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name):
-        head = _get_range(remote, name, 0, min(FIRST_RANGE, size))
-        n = header_length(where, head, size)
-        if len(head) < 8 + n:
-            head += _get_range(remote, name, len(head), 8 + n)
-    if len(head) < 8 + n:
-        raise ModelError(f"{where}: the Hub sent {len(head)} of the header's {8 + n} bytes; retry later")
-    remote.raw_headers[name] = head[8 : 8 + n]
-    return head[8 : 8 + n]
 
 
 def parse_remote_header(remote: RemoteRepo, name: str, raw: bytes) -> dict[str, TensorInfo]:
@@ -55,35 +24,8 @@ def parse_remote_header(remote: RemoteRepo, name: str, raw: bytes) -> dict[str, 
     try:
         infos, _ = parse_safetensors_header(path, raw, remote.sizes[name])
     except ModelError as e:
-        raise ModelError(str(e).replace(str(path), _display(remote, name))) from None
+        raise ModelError(str(e).replace(str(path), display_name(remote, name))) from None
     return infos
-
-
-def _display(remote: RemoteRepo, name: str) -> str:
-    return f"{name} of Hugging Face repo {remote.what} (commit {remote.commit[:12]}, header read over HTTP)"
-
-
-def _get_range(remote: RemoteRepo, name: str, start: int, end: int) -> bytes:
-    """Bytes [start, end) of file `name` (fewer only if the server sends fewer)."""
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    url = hf_hub_url(remote.repo, name, revision=remote.commit)
-    headers = {**build_hf_headers(), "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-    with get_session().stream(
-        "GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, follow_redirects=True
-    ) as response:
-        if response.status_code >= 400:
-            response.read()
-            hf_raise_for_status(response)
-        skip = start if response.status_code == 200 else 0  # Range ignored: the body starts at byte 0
-        out = bytearray()
-        for chunk in response.iter_bytes():
-            out += chunk
-            if len(out) >= skip + end - start:
-                break  # leaving the block closes the connection: no more of the file is sent
-    return bytes(out[skip : skip + end - start])
 
 
 class RemoteCheckpointReader(CheckpointReader):
@@ -111,11 +53,11 @@ class RemoteCheckpointReader(CheckpointReader):
         self._prefetch()
 
     def _prefetch(self) -> None:
-        """Every header not on disk yet, read over HTTP in parallel, parsed strictly."""
+        """Every header not on disk yet, read over HTTP in parallel (unless read already), parsed strictly."""
         pending = [p for p in self._files() if not p.is_file()]
         names = [p.relative_to(self.folder).as_posix() for p in pending]
-        with ThreadPoolExecutor(REQUEST_THREADS) as pool:
-            raws = list(pool.map(lambda n: fetch_header(self.remote, n), names))
+        with ThreadPoolExecutor(REQUEST_THREADS) as pool:  # those io/hub_prefetch.py has read are kept
+            raws = list(pool.map(lambda n: self.remote.raw_headers.get(n) or fetch_header(self.remote, n), names))
         for path, name, raw in zip(pending, names, raws):
             self._headers[path] = parse_remote_header(self.remote, name, raw)
 

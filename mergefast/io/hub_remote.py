@@ -31,8 +31,7 @@ from .hub import (
     no_local_folder_either,
     resolve_model,
 )
-from .model_files import read_model_json
-from .reader import WEIGHT_FILES
+from .model_files import WEIGHT_FILES, read_model_json
 
 # Parallel requests for side files and headers: latency-bound, not bandwidth-bound.
 REQUEST_THREADS = 8

@@ -17,6 +17,17 @@ from pathlib import Path
 
 from ..errors import ModelError
 
+# Detection order, as in mergekit's ShardedTensorIndex.from_disk.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+# The safetensors library's limit on a header: at most 100,000,000 bytes (MAX_HEADER_SIZE).
+MAX_HEADER_BYTES = 100_000_000
+
 # Tokenizer and generation files copied from the donor, as mergekit 0.1.5 copies them.
 TOKENIZER_FILES = (
     "tokenizer_config.json",
@@ -151,3 +162,15 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def header_length(path: Path | str, head: bytes, size: int) -> int:
+    """The JSON length declared by a safetensors file's first 8 bytes `head`, checked against
+    the library's limit and the file's `size` (ModelError for a bad length)."""
+    n = int.from_bytes(head[:8], "little")
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise ModelError(
+            f"{path}: corrupt safetensors header (declared header length {n} bytes, file is {size} bytes); "
+            "the file is truncated or not safetensors: re-download it"
+        )
+    return n

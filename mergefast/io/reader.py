@@ -25,21 +25,13 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from .model_files import model_file
+from .model_files import WEIGHT_FILES, model_file
 from .safetensors_header import (  # noqa: F401 - TensorInfo and the header parser are re-exported
     TensorInfo,
     read_safetensors_header,
 )
 from .torch_bin import load_bin_state_dict
 from .weight_index import read_weight_map
-
-# Detection order, as in mergekit's ShardedTensorIndex.from_disk.
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 
 class MissingTensorError(ModelError, KeyError):

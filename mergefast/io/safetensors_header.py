@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .model_files import header_length
 
 # safetensors dtype names <-> torch dtypes (the writer uses the reverse map).
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
@@ -38,9 +39,8 @@ for _name, _attr in [
         SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
 TORCH_TO_SAFETENSORS: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
-# The safetensors library's limits: a header of at most 100,000,000 bytes (MAX_HEADER_SIZE),
-# parsed by serde_json, which refuses JSON nested deeper than 128 levels.
-MAX_HEADER_BYTES = 100_000_000
+# The safetensors library parses a header (at most MAX_HEADER_BYTES, io/model_files.py) with
+# serde_json, which refuses JSON nested deeper than 128 levels.
 MAX_JSON_DEPTH = 128
 _MAX_BYTES = 2**64 - 1  # a tensor's byte count must fit the library's usize (64-bit)
 _ENTRY_FIELDS = ("dtype", "shape", "data_offsets")
@@ -108,18 +108,6 @@ def _read_header_bytes(path: Path) -> tuple[bytes, int, int]:
             return raw, n, size
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror or e}); check the file exists and is readable") from e
-
-
-def header_length(path: Path, head: bytes, size: int) -> int:
-    """The JSON length declared by a safetensors file's first 8 bytes `head`, checked against
-    the library's limit and the file's `size` (ModelError for a bad length)."""
-    n = int.from_bytes(head[:8], "little")
-    if n > MAX_HEADER_BYTES or 8 + n > size:
-        raise ModelError(
-            f"{path}: corrupt safetensors header (declared header length {n} bytes, file is {size} bytes); "
-            "the file is truncated or not safetensors: re-download it"
-        )
-    return n
 
 
 class _DuplicateKey(ValueError):

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
 from .safetensors_header import TORCH_TO_SAFETENSORS
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -34,24 +32,6 @@ class OutputTensor:
         for d in self.shape:
             n *= d
         return n
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmb]?)\s*$", re.IGNORECASE)
-_SUFFIX = {"": 1, "k": 1000, "m": 1000**2, "b": 1000**3}
-
-
-def parse_size(text: str) -> int:
-    """mergekit's `--out-shard-size`: an integer number of bytes, or with a k/m/b suffix
-    (x1000, case-insensitive): "5B" = 5_000_000_000, "500M", "1000k"."""
-    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
-        return text
-    m = _SIZE_RE.match(str(text))
-    if m is None:
-        raise ConfigError(
-            f"invalid shard size {text!r}: use a whole number of bytes, optionally with a k, m or b suffix "
-            "(x1000 each), e.g. 5B, 500M, 1000000"
-        )
-    return int(m.group(1)) * _SUFFIX[m.group(2).lower()]
 
 
 def plan_shards(tensors: list[OutputTensor], max_shard_size: int) -> list[list[OutputTensor]]:

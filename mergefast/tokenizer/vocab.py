@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..inputs import merged_models
+from ..config import merged_models
 from ..io.model_files import load_json, model_file
 from .build import build_tokenizer
 from .permute import VocabPlanner, model_vocab_size
