@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -118,3 +119,24 @@ def test_ctrl_c_while_streaming_stops_at_once(models, tmp_path, monkeypatch):
         slow.stop()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert not out.exists() and not list(tmp_path.glob(".out.mergefast-partial-*"))
+
+
+def test_a_jobs_streamed_sources_are_read_at_once(hub, tmp_path, monkeypatch):
+    """Each streamed read waits on round trips: the sources of one job are read concurrently."""
+    real, lock, state = hub_stream.Streams.read, threading.Lock(), {"now": 0, "most": 0}
+
+    def read(self, remote, name, start, out):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)  # long enough for the job's other reads to start
+        try:
+            return real(self, remote, name, start, out)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(hub_stream.Streams, "read", read)
+    mergefast.merge(_config(TIES), tmp_path / "hub", stream_inputs=True)
+    assert state["most"] == 3  # base, ft-a and ft-b of a TIES job
+    assert not [t for t in threading.enumerate() if t.name.startswith("stream-read")]  # closed with the run

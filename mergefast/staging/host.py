@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 
 from ..kernels.cpu import output_buffers
 from ..plan import MergePlan, TensorJob
+
+SOURCES_AT_ONCE = 8  # streamed reads of one job at once (a job has up to ~8 sources in practice)
 
 
 @dataclass
@@ -50,6 +53,11 @@ class HostStaging:
         self.plan, self.device = plan, device
         self._free: dict[int, list[torch.Tensor]] = {}
         self._lock = threading.Lock()
+        # With --stream-inputs a read is a few HTTP range requests (io/hub_stream.py), bound by
+        # round trips and per-connection speed, not by this machine: a job's sources are read
+        # at once. (Local and downloaded files are read one after the other: two cores.)
+        streamed = any(getattr(m.reader, "streams", None) is not None for m in plan.models.values())
+        self._sources = ThreadPoolExecutor(SOURCES_AT_ONCE, "stream-read") if streamed else None
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         with self._lock:
@@ -63,8 +71,13 @@ class HostStaging:
         if job.copy:  # the input is the output: it leaves with the writer, not pooled
             return _HostBatch([self.plan.models[s.model].reader.read(s.tensor) for s in job.sources], [])
         buffers = [self._buffer(s.info.nbytes) for s in job.sources]
-        tensors = [self.plan.models[s.model].reader.read(s.tensor, out=b) for s, b in zip(job.sources, buffers)]
-        return _HostBatch(tensors, buffers)
+
+        def read(source, buffer):
+            return self.plan.models[source.model].reader.read(source.tensor, out=buffer)
+
+        if self._sources is not None and len(job.sources) > 1:
+            return _HostBatch(list(self._sources.map(read, job.sources, buffers)), buffers)
+        return _HostBatch([read(s, b) for s, b in zip(job.sources, buffers)], buffers)
 
     def inputs(self, job: TensorJob, staged: Any) -> list[torch.Tensor]:
         """The job's inputs on the math device, ready to merge (runs in the merge thread)."""
@@ -108,5 +121,7 @@ class HostStaging:
 
     def close(self) -> None:
         """The run is over (finished or failed): drop the pooled buffers."""
+        if self._sources is not None:
+            self._sources.shutdown(wait=True, cancel_futures=True)  # a stopped run's reads end at their next chunk
         with self._lock:
             self._free.clear()
