@@ -325,6 +325,23 @@ def test_della(benchmark, request, method, provider):
     )
 
 
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_arcee_fusion(benchmark, request, provider):
+    """arcee_fusion of the base and the first fine-tune: per-row KL and the exact quartiles of
+    the importance (the reference: float32 softmaxes and three kthvalues), then the apply."""
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = "arcee_fusion"
+    op = methods.arcee_fusion if provider == "reference" else kernels.arcee_fusion
+    _run(
+        benchmark,
+        lambda: op(base, xs[0]),
+        device,
+        3 * 2 * _numel(),
+        rounds=SLOW_ROUNDS if provider == "reference" else ROUNDS,
+    )
+
+
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
 def test_cpu_extra_memory(benchmark, op):
     """Peak RSS growth of one cpu-ext call in a fresh process (the output included), against

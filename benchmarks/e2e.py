@@ -57,6 +57,8 @@ CONFIGS = {
     "parameters: {{weight: 0.5, density: 0.5, epsilon: 0.15}}\ndtype: bfloat16\n",
     "sce": "merge_method: sce\nbase_model: {base}\nmodels:\n{models3}\n"
     "parameters: {{select_topk: 0.1}}\ndtype: bfloat16\n",
+    "arcee_fusion": "merge_method: arcee_fusion\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
+    "dtype: bfloat16\n",
 }
 
 

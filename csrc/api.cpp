@@ -381,4 +381,33 @@ int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* const* 
   });
 }
 
+int32_t mf_arcee_select(const void* base, int32_t base_dtype, const void* other, int32_t other_dtype,
+                        int64_t rows, int64_t cols, const int64_t* ranks, int32_t threads, float* kl,
+                        float* values) {
+  return guarded([&] {
+    const char* op = "arcee_select";
+    const Src sb = make_src(base, base_dtype, op), sx = make_src(other, other_dtype, op);
+    check(rows >= 1 && cols >= 1 && ranks != nullptr && kl != nullptr && values != nullptr, op,
+          "bad sizes or outputs");
+    for (int r = 0; r < 3; ++r) check(ranks[r] >= 0 && ranks[r] < rows * cols, op, "rank outside [0, n)");
+    arcee_select(sb, sx, rows, cols, ranks, threads, kl, values);
+  });
+}
+
+int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* other, int32_t other_dtype,
+                       int64_t rows, int64_t cols, const float* kl, double threshold, void* out,
+                       int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "arcee_apply";
+    const Src sb = make_src(base, base_dtype, op), sx = make_src(other, other_dtype, op);
+    check(rows >= 0 && cols >= 1 && kl != nullptr, op, "bad sizes or KL");
+    const int64_t n = rows * cols;
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
+    check(!overlaps(out, out_bytes, base, bytes(sb, n)) && !overlaps(out, out_bytes, other, bytes(sx, n)), op,
+          "the output overlaps an input");
+    arcee_apply(sb, sx, cols, kl, static_cast<float>(threshold), dst, n, threads);
+  });
+}
+
 }  // extern "C"

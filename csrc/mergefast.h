@@ -178,6 +178,21 @@ MF_API int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* 
                               int32_t normalize, double divisor, double lambda, void* out,
                               int32_t out_dtype, int32_t threads, int32_t* finite);
 
+/* arcee_fusion, selection: per row of `cols` elements (rows * cols in all; a 1-D tensor is one
+ * row) kl[row] = KL(softmax(other) + 1e-8 || softmax(base) + 1e-8), computed in float64 and
+ * rounded to float32; values[r] = the ranks[r]-th smallest (0-based, r < 3) of every
+ * importance |other - base| * kl[row] (float32), ordered as torch.kthvalue (every NaN above
+ * +inf; the value of -0 and +0 is +0). */
+MF_API int32_t mf_arcee_select(const void* base, int32_t base_dtype, const void* other,
+                               int32_t other_dtype, int64_t rows, int64_t cols,
+                               const int64_t* ranks, int32_t threads, float* kl, float* values);
+
+/* arcee_fusion, apply: out = base + (|other - base| * kl[row] >= (float)threshold ? other -
+ * base : 0) in float32, rounded once to out_dtype. */
+MF_API int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* other,
+                              int32_t other_dtype, int64_t rows, int64_t cols, const float* kl,
+                              double threshold, void* out, int32_t out_dtype, int32_t threads);
+
 #ifdef __cplusplus
 }
 #endif

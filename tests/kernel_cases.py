@@ -149,6 +149,8 @@ def nan_inputs(n, dtype, *, device="cpu"):
 # the module (mergefast.methods.task_arithmetic is also the name of its function)
 _TA_MODULE = importlib.import_module("mergefast.methods.task_arithmetic")
 _SCE_MODULE = importlib.import_module("mergefast.methods.sce")
+_ARCEE_MODULE = importlib.import_module("mergefast.methods.arcee_fusion")
+_ARCEE_HOST = importlib.import_module("mergefast.kernels.arcee_fusion")
 
 
 def _l1_rescale_f64(sparse: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -798,6 +800,93 @@ class KernelSuite:
         assert all(torch.equal(outs[0], o) for o in outs[1:])
         other = self._della(*args, consensus="sum", rescale=True, seed=6)[0].cpu()
         assert not torch.equal(outs[0], other)
+
+    # ------------------------------------------------------------------ arcee_fusion
+    # The kernels compute each row's KL in float64 and round it to float32; the reference's is
+    # float32 (torch's exp, log and order): DESIGN's tolerance rule on the KL. Importance values
+    # at the threshold may rank differently with the two KLs, so the output is compared with the
+    # reference run on the kernels' own KL: then it is bit-identical (exact quartiles, the same
+    # float32 threshold and apply). NaN ranks above +inf, as torch.kthvalue.
+    ARCEE_LONG_ROW = 70000  # past the C++ kernel's cached row length (recomputed exps)
+    ARCEE_WIDE = (40, 1000)  # past one thread's share on the CPU
+    ARCEE_DTYPES = DTYPES  # of the edge-case test
+
+    def _arcee(self, base, other, monkeypatch, out_dtype=None):
+        impl = kernels._impl(self.BACKEND)
+        if not hasattr(impl, "arcee_select"):
+            pytest.skip(f"no arcee_fusion kernel on {self.BACKEND}")
+        select, kls = impl.arcee_select, []
+
+        def spy(*args):  # the kernels' KL, from the call itself
+            result = select(*args)
+            kls.append(result[0].cpu())
+            return result
+
+        with monkeypatch.context() as m:
+            m.setattr(impl, "arcee_select", spy)
+            out = kernels.arcee_fusion(base, other, out_dtype=out_dtype)
+        assert len(kls) == 1, "the kernels did not run"
+        kl, (rows, cols) = kls[0], _ARCEE_HOST.rows_cols(base)
+        b, x = base.cpu().reshape(rows, cols), other.cpu().reshape(rows, cols)
+        ref_kl = _ARCEE_MODULE.kl_rows(x.float(), b.float())[:, 0]
+        kl64 = _ARCEE_MODULE.kl_rows(x.double(), b.double())[:, 0]
+        nan = torch.isnan(kl64)
+        assert torch.equal(torch.isnan(kl), nan) and torch.equal(torch.isnan(ref_kl), nan)
+        assert_same(kl[~nan], ref_kl[~nan], exact=False, ref64=kl64[~nan])
+        with monkeypatch.context() as m:
+            m.setattr(_ARCEE_MODULE, "kl_rows", lambda xr, br: kl.to(xr.dtype)[:, None].expand_as(xr))
+            ref = methods.arcee_fusion(base.cpu(), other.cpu(), out_dtype=out_dtype)
+        assert_same(out, ref, exact=True)
+        return out
+
+    def test_arcee_fusion(self, shape, dtype, monkeypatch):
+        base, xs = self.inputs(shape, dtype)
+        if base.numel() == 0:  # the reference's error: no row of nothing
+            with pytest.raises(RuntimeError):
+                kernels.arcee_fusion(base, xs[0])
+            return
+        for other in (xs[0], xs[1] * 3 - base * 2):
+            self._arcee(base, other, monkeypatch)
+
+    def test_arcee_fusion_edge_cases(self, monkeypatch):
+        """All-zero deltas and identical rows (KL 0: importance 0), ties, NaN and inf rows (NaN
+        above +inf: a quartile on NaN makes the threshold NaN, which keeps nothing), 0-d, long
+        rows, several threads, mixed dtypes and out_dtype."""
+        for dtype in self.ARCEE_DTYPES:
+            self._arcee_edge_cases(dtype, monkeypatch)
+
+    def _arcee_edge_cases(self, dtype, monkeypatch):
+        base, xs = self.inputs(self.EDGE_SHAPE, dtype)
+        same_rows = xs[0].clone()
+        same_rows[::3] = base[::3]
+        tb, txs = tied_inputs(self.TIE_N, dtype, device=self.DEVICE)
+        few_nan, many_nan = xs[1].clone(), xs[1].clone()
+        few_nan[2, 5], few_nan[3, :] = float("nan"), float("nan")
+        few_nan[4, 3] = float("inf")
+        many_nan[::2, 1] = float("nan")
+        nan_base = base.clone()
+        nan_base[1, 4] = float("-inf")
+        long_b, long_x = self.inputs((self.ARCEE_LONG_ROW,), dtype)
+        wide_b, wide_x = self.inputs(self.ARCEE_WIDE, dtype)
+        mixed = xs[2].to(torch.float32 if dtype != torch.float32 else torch.float16)
+        cases = [
+            (base, base.clone(), None),
+            (base, same_rows, None),
+            (tb.view(10, -1), txs[0].view(10, -1), None),
+            (base, few_nan, None),
+            (base, many_nan, None),
+            (nan_base, xs[0], None),
+            (base[0, 0], xs[0][0, 0], None),
+            (long_b, long_x[0], None),
+            (wide_b, wide_x[0], None),
+            (base, mixed, None),
+            (base, xs[0], torch.float64),
+            (base, xs[0], torch.bfloat16),
+        ]
+        for b, x, od in cases:
+            out = self._arcee(b, x, monkeypatch, out_dtype=od)
+            if x is cases[0][1]:
+                assert torch.equal(out.cpu(), base.cpu())
 
 
 def _triton_block() -> int:

@@ -389,6 +389,9 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     DELLA_EDGE_MODES = [(None, False), ("sum", True)]  # each flag both ways: ~10 s less per dtype
     NUSLERP_WEIGHTS = ([0.3, 0.7],)
     EDGE_SHAPE = (5, 33)
+    ARCEE_LONG_ROW = 600
+    ARCEE_WIDE = (3, 600)
+    ARCEE_DTYPES = [torch.bfloat16]
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
     SLOW_TESTS = "all"
     FAST_TESTS = {
@@ -427,6 +430,9 @@ class _InterpretedGpuBlocks(_Interpreted):
     # The SLERP family's only block-size-dependent logic is a row's split into blocks:
     # test_slerp_family_long_rows covers it here; the rest runs in the suite above.
     test_nuslerp = test_nuslerp_parallel_zero_nan = test_model_stock = test_model_stock_edges = None
+    # arcee_fusion's only block-size-dependent logic is a row's split into blocks (long rows,
+    # in the suite above); its selection's grid does not depend on the block size
+    test_arcee_fusion = test_arcee_fusion_edge_cases = None
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):

@@ -557,3 +557,39 @@ def test_della_apply_pass(consensus, normalize, scale, ptr, stride):
         },
         {"STRIDE": stride, "CONSENSUS": consensus, "NORMALIZE": normalize, "SCALE": scale, "BLOCK": BLOCK},
     )
+
+
+@pytest.mark.parametrize("ptr,index", [("*i16", "i32"), ("*fp16", "i64")])
+def test_arcee_fusion(ptr, index):
+    arcee = compiled("arcee_fusion")
+
+    _compile(arcee._kl_kernel, {"base_ptr": ptr, "x_ptr": ptr, "kl_ptr": "*fp32", "cols": index}, {"BLOCK": BLOCK})
+    for shift, width in arcee.RADIX_DIGITS:
+        _compile(
+            arcee._digit_hist_kernel,
+            {
+                "base_ptr": ptr,
+                "x_ptr": "*fp32",
+                "kl_ptr": "*fp32",
+                "prefix_ptr": "*i64",
+                "hist_ptr": "*i32",
+                "n": "i64",
+                "cols": index,
+                "nblocks": "i32",
+                "nprog": "i32",
+            },
+            {"SHIFT": shift, "PREFIX_SHIFT": shift + width, "BLOCK": BLOCK},
+        )
+    _compile(
+        arcee._apply_kernel,
+        {
+            "base_ptr": ptr,
+            "x_ptr": ptr,
+            "kl_ptr": "*fp32",
+            "thr_ptr": "*fp32",
+            "out_ptr": "*i16",
+            "n": "i64",
+            "cols": index,
+        },
+        {"BLOCK": BLOCK},
+    )

@@ -18,6 +18,7 @@ kernels.nuslerp(tensors, weights, base=None, *, flatten=True, row_wise=False, ou
 kernels.model_stock(base, tensors, *, filter_wise=False, out_dtype=None)
 kernels.nearswap(base, other, t, *, out_dtype=None)    # SLERP family: kernels/slerp_family.py
 kernels.sce(base, tensors, *, select_topk=1.0, out_dtype=None)
+kernels.arcee_fusion(base, other, *, out_dtype=None)   # kernels/arcee_fusion.py
 kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
 kernels.describe_backends()      # lines for `mergefast env`
 kernels.missing_kernels(device)  # one line when `device`'s merges lose their kernels, else None
@@ -67,6 +68,7 @@ from . import breadcrumbs as _breadcrumbs
 from . import dare as _dare
 from . import della as _della
 from . import sce as _sce
+from .arcee_fusion import arcee_fusion
 from .dispatch import (  # noqa: F401 - _impl: tests
     BACKENDS,
     _choose,
@@ -97,6 +99,7 @@ __all__ = [
     "model_stock",
     "nearswap",
     "sce",
+    "arcee_fusion",
 ]
 
 # task arithmetic's sparsifiers, all fused: each a template / constexpr slot in the kernels

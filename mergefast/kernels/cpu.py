@@ -62,6 +62,8 @@ _SIGNATURES = {
     "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
     "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p]),
     "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
+    "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
+    "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32]),
 }
 
 
@@ -564,4 +566,36 @@ def della_apply(
         "mf_della_apply", base, xs, out, (_doubles(weights), _doubles(scales), consensus, normalize, divisor, lambda_)
     )
     _record_finite(finite, base, xs)
+    return out
+
+
+# ----------------------------------------------------------------------------- arcee_fusion
+
+
+def arcee_select(
+    base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, ranks: Sequence[int]
+) -> tuple[torch.Tensor, list[float]]:
+    """arcee_fusion's selection: (the float32 KL of every row, [the values of the three 0-based
+    ascending ranks of the importance |other - base| * KL])."""
+    n, op = rows * cols, "arcee_select"
+    bptr, bcode = _view(base, n, op)
+    xptr, xcode = _view(other, n, op)
+    kl = torch.empty(rows, dtype=torch.float32)
+    values = (ctypes.c_float * 3)()
+    ks = (ctypes.c_int64 * 3)(*ranks)
+    _check(_lib().mf_arcee_select(bptr, bcode, xptr, xcode, rows, cols, ks, threads(), kl.data_ptr(), values))
+    return kl, list(values)
+
+
+def arcee_apply(
+    base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, kl: torch.Tensor, threshold: float, out_dtype
+) -> torch.Tensor:
+    """out = base + (|other - base| * kl[row] >= threshold ? other - base : 0), into a new tensor."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "arcee_apply"
+    bptr, bcode = _view(base, n, op)
+    xptr, xcode = _view(other, n, op)
+    optr, ocode = _view(out, n, op)
+    kptr = _f32_array(kl, rows, op)
+    _check(_lib().mf_arcee_apply(bptr, bcode, xptr, xcode, rows, cols, kptr, threshold, optr, ocode, threads()))
     return out

@@ -95,7 +95,10 @@ _FUSED_EVERYWHERE = (
     "model_stock",
     "nearswap",
 )
-KERNEL_METHODS = {"cpu-ext": (*_FUSED_EVERYWHERE, "sce"), "triton": _FUSED_EVERYWHERE}
+KERNEL_METHODS = {
+    "cpu-ext": (*_FUSED_EVERYWHERE, "sce", "arcee_fusion"),
+    "triton": (*_FUSED_EVERYWHERE, "arcee_fusion"),
+}
 
 
 def describe_backends() -> list[str]:

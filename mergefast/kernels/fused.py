@@ -92,6 +92,11 @@ def _sce(tensors, base_index, g, m, out_dtype, ctx):
     return kernels.sce(base, others, select_topk=g["select_topk"], out_dtype=out_dtype)
 
 
+def _arcee_fusion(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, _ = split_base(tensors, base_index, m)
+    return kernels.arcee_fusion(base, others[0], out_dtype=out_dtype)
+
+
 # method name -> kernel adapter; a method not here runs its torch reference (spec.merge)
 FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "linear": _linear,
@@ -109,6 +114,7 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "breadcrumbs_ties": _task_arithmetic("breadcrumbs_ties"),
     "della": _task_arithmetic("della"),
     "della_linear": _task_arithmetic("della_linear"),
+    "arcee_fusion": _arcee_fusion,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .arcee_fusion import arcee_apply, arcee_select
 from .breadcrumbs import breadcrumbs_forward as breadcrumbs
 from .dare import dare_forward as dare
 from .dare import dare_norms
@@ -27,4 +28,6 @@ __all__ = [
     "nearswap",
     "della_apply",
     "della_masks",
+    "arcee_select",
+    "arcee_apply",
 ]
