@@ -27,14 +27,16 @@ DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16
 
 
 def generate(metafunc):
-    """pytest_generate_tests for suites: `shape` from the class's SHAPES, `dtype` from DTYPES."""
+    """pytest_generate_tests for suites: `shape` from the class's SHAPES, `dtype` from its
+    SUITE_DTYPES (default DTYPES)."""
     cls = metafunc.cls
     if cls is None:
         return
     if "shape" in metafunc.fixturenames:
         metafunc.parametrize("shape", cls.SHAPES, ids=[_shape_id(s) for s in cls.SHAPES])
     if "dtype" in metafunc.fixturenames:
-        metafunc.parametrize("dtype", DTYPES, ids=[DTYPE_IDS[d] for d in DTYPES])
+        dtypes = getattr(cls, "SUITE_DTYPES", DTYPES)
+        metafunc.parametrize("dtype", dtypes, ids=[DTYPE_IDS[d] for d in dtypes])
 
 
 def _shape_id(shape) -> str:
