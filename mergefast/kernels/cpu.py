@@ -62,6 +62,8 @@ _SIGNATURES = {
     "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
     "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p]),
     "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
+    "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
+    "mf_ram_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _p, _p, _i32, _i32]),
 }
 
 
@@ -564,4 +566,35 @@ def della_apply(
         "mf_della_apply", base, xs, out, (_doubles(weights), _doubles(scales), consensus, normalize, divisor, lambda_)
     )
     _record_finite(finite, base, xs)
+    return out
+
+
+# ----------------------------------------------------------------------------- RAM
+
+
+def ram_counts(base: torch.Tensor, xs: Sequence[torch.Tensor], epsilon: float) -> tuple[list[int], list[int]]:
+    """Per model, #(active and count > 1) and #(active and count == 1) (RAM+'s lambda)."""
+    n, op = base.numel(), "ram_counts"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    counts = (ctypes.c_int64 * (2 * len(xs)))()
+    _check(_lib().mf_ram_counts(bptr, bcode, ptrs, codes, len(xs), n, epsilon, threads(), counts))
+    return list(counts[0::2]), list(counts[1::2])
+
+
+def ram_apply(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    epsilon: float,
+    lambdas: Sequence[float] | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """RAM's elementwise pass (RAM+ with per-model `lambdas`) into a new tensor."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "ram_apply"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    lam = None if lambdas is None else _doubles(lambdas)
+    _check(_lib().mf_ram_apply(bptr, bcode, ptrs, codes, len(xs), n, epsilon, lam, optr, ocode, threads()))
     return out
