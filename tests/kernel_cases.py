@@ -859,9 +859,11 @@ class KernelSuite:
         assert_close_or_nan(out, ref, ref64)
         return out, ref
 
+    KARCHER_CASES = ((10, 1e-5), (1, 1e-5), (0, 1e-5), (10, 1e-3))  # (max_iter, tol)
+
     def test_karcher(self, shape, dtype):
         _, xs = self.inputs(shape, dtype, scale=0.5)
-        for max_iter, tol in ((10, 1e-5), (1, 1e-5), (0, 1e-5), (10, 1e-3)):
+        for max_iter, tol in self.KARCHER_CASES:
             self._karcher_check(xs, max_iter=max_iter, tol=tol)
             self._karcher_check(xs[:2], max_iter=max_iter, tol=tol)
 

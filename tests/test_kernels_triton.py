@@ -389,6 +389,8 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     DELLA_EDGE_MODES = [(None, False), ("sum", True)]  # each flag both ways: ~10 s less per dtype
     NUSLERP_WEIGHTS = ([0.3, 0.7],)
     EDGE_SHAPE = (5, 33)
+    MULTISLERP_WEIGHTS = ([0.2, 0.3, 0.6],)
+    KARCHER_CASES = ((10, 1e-5), (1, 1e-3))
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
     SLOW_TESTS = "all"
     FAST_TESTS = {
@@ -406,6 +408,7 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
         "test_model_stock_opposite",
         "test_nearswap",
         "test_nearswap_edges",
+        "test_ram",
     }
 
 
@@ -427,6 +430,9 @@ class _InterpretedGpuBlocks(_Interpreted):
     # The SLERP family's only block-size-dependent logic is a row's split into blocks:
     # test_slerp_family_long_rows covers it here; the rest runs in the suite above.
     test_nuslerp = test_nuslerp_parallel_zero_nan = test_model_stock = test_model_stock_edges = None
+    # multislerp and karcher: the same Gram pass; RAM's passes are elementwise (per-block counts)
+    test_multislerp = test_multislerp_edges = test_karcher = test_karcher_edges = None
+    test_ram = test_ram_counts = test_ram_edges = None
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):
