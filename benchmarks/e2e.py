@@ -57,6 +57,11 @@ CONFIGS = {
     "parameters: {{weight: 0.5, density: 0.5, epsilon: 0.15}}\ndtype: bfloat16\n",
     "sce": "merge_method: sce\nbase_model: {base}\nmodels:\n{models3}\n"
     "parameters: {{select_topk: 0.1}}\ndtype: bfloat16\n",
+    "multislerp": "merge_method: multislerp\nbase_model: {base}\nmodels:\n{models3}\n"
+    "parameters: {{weight: 0.5}}\ndtype: bfloat16\n",
+    "karcher": "merge_method: karcher\nmodels:\n  - model: {base}\n{models3}\ndtype: bfloat16\n",
+    "ram": "merge_method: ram\nbase_model: {base}\nmodels:\n{models3}\ndtype: bfloat16\n",
+    "ramplus_tl": "merge_method: ramplus_tl\nbase_model: {base}\nmodels:\n{models3}\ndtype: bfloat16\n",
 }
 
 
