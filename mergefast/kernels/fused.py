@@ -95,7 +95,9 @@ def _sce(tensors, base_index, g, m, out_dtype, ctx):
 
 
 def _multislerp(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, params = registry._optional_base(tensors, base_index, m)
+    base, others, params = (
+        split_base(tensors, base_index, m) if base_index is not None else (None, list(tensors), list(m))
+    )
     weights = [p["weight"] for p in params]
     try:
         return kernels.multislerp(

@@ -14,6 +14,9 @@ identical, within DESIGN's tolerance rule (the tests). Karcher's stopping test |
 on a float64 |T| that tracks the float64 reference's, where the float32 reference's |T| carries
 ~1e-7 of rounding: an input whose |T| falls within that of tol at some iteration may take one
 step more or fewer there than in the float32 reference (a 1e-5 relative difference).
+Inputs at an angle of pi to the Karcher iterate (opposite directions) make its tangent
+ill-posed (theta / sin theta with sin theta ~ 0): the float32 reference, the float64 one and
+this one then disagree, unless every vector is exact (the references' tangent is exactly 0).
 """
 
 from __future__ import annotations
