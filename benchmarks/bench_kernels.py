@@ -342,6 +342,31 @@ def test_arcee_fusion(benchmark, request, provider):
     )
 
 
+# multislerp and karcher (the Gram pass, then one weighted pass), ram (one pass), ramplus_tl
+# (a counting pass, then the elementwise pass): op -> call with (base, xs, module); karcher
+# takes the base as a fourth input (it has no base)
+SPHERICAL_RAM = {
+    "multislerp": lambda b, xs, m: m.multislerp(xs, WEIGHTS, b),
+    "karcher": lambda b, xs, m: m.karcher([b, *xs]),
+    "ram": lambda b, xs, m: m.ram(b, xs),
+    "ramplus_tl": lambda b, xs, m: m.ramplus_tl(b, xs),
+}
+
+
+@pytest.mark.parametrize("op", list(SPHERICAL_RAM))
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_spherical_ram(benchmark, request, op, provider):
+    """multislerp, karcher, ram, ramplus_tl on base + 3; the minimal traffic reads each input
+    once (multislerp, karcher and ramplus_tl read them twice)."""
+    device = "cuda" if provider == "triton" else "cpu"
+    base, xs = _inputs(request, device)
+    benchmark.group = op
+    module = methods if provider == "reference" else kernels
+    fn = SPHERICAL_RAM[op]
+    rounds = SLOW_ROUNDS if provider == "reference" else ROUNDS
+    _run(benchmark, lambda: fn(base, xs, module), device, 5 * 2 * _numel(), rounds=rounds)
+
+
 @pytest.mark.parametrize("op", ["ties", "linear", "slerp"])
 def test_cpu_extra_memory(benchmark, op):
     """Peak RSS growth of one cpu-ext call in a fresh process (the output included), against

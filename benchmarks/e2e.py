@@ -59,6 +59,11 @@ CONFIGS = {
     "parameters: {{select_topk: 0.1}}\ndtype: bfloat16\n",
     "arcee_fusion": "merge_method: arcee_fusion\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
     "dtype: bfloat16\n",
+    "multislerp": "merge_method: multislerp\nbase_model: {base}\nmodels:\n{models3}\n"
+    "parameters: {{weight: 0.5}}\ndtype: bfloat16\n",
+    "karcher": "merge_method: karcher\nmodels:\n  - model: {base}\n{models3}\ndtype: bfloat16\n",
+    "ram": "merge_method: ram\nbase_model: {base}\nmodels:\n{models3}\ndtype: bfloat16\n",
+    "ramplus_tl": "merge_method: ramplus_tl\nbase_model: {base}\nmodels:\n{models3}\ndtype: bfloat16\n",
 }
 
 

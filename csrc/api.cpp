@@ -410,4 +410,35 @@ int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* other, 
   });
 }
 
+int32_t mf_ram_counts(const void* base, int32_t base_dtype, const void* const* xs,
+                      const int32_t* x_dtypes, int32_t k, int64_t n, double epsilon, int32_t threads,
+                      int64_t* counts) {
+  return guarded([&] {
+    const char* op = "ram_counts";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0 && counts != nullptr, op, "bad sizes or counts");
+    ram_counts(sb, src, static_cast<float>(epsilon), n, threads, counts);
+  });
+}
+
+int32_t mf_ram_apply(const void* base, int32_t base_dtype, const void* const* xs,
+                     const int32_t* x_dtypes, int32_t k, int64_t n, double epsilon,
+                     const double* lambdas, void* out, int32_t out_dtype, int32_t threads) {
+  return guarded([&] {
+    const char* op = "ram_apply";
+    const Src sb = make_src(base, base_dtype, op);
+    const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
+    check(n >= 0, op, "bad sizes");
+    const Dst dst = make_dst(out, out_dtype, n, op);
+    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
+    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
+    for (const Src& x : src) {
+      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
+    }
+    const std::vector<float> lam = lambdas != nullptr ? as_f32(lambdas, k) : std::vector<float>();
+    ram_apply(sb, src, static_cast<float>(epsilon), lambdas != nullptr ? lam.data() : nullptr, dst, n, threads);
+  });
+}
+
 }  // extern "C"

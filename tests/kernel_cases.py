@@ -20,6 +20,7 @@ import torch
 
 from mergefast import kernels, methods
 from mergefast.methods.linear import ZeroWeightSumError
+from mergefast.methods.multislerp import AntipodalError
 from mergefast.methods.numerics import keep_count
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -212,12 +213,12 @@ class KernelSuite:
     def test_linear_mixed_dtypes_and_out_dtype(self):
         _, xs = self.inputs((37, 129), torch.float32)
         mixed = [xs[0].bfloat16(), xs[1], xs[2].half()]
-        out = kernels.linear(mixed, [0.2, 0.3, 0.5])
+        out = kernels.linear(mixed, [0.2, 0.3, 0.6])
         assert out.dtype == torch.float32
-        assert_same(out, methods.linear(_cpu(mixed), [0.2, 0.3, 0.5]), exact=self.EXACT)
+        assert_same(out, methods.linear(_cpu(mixed), [0.2, 0.3, 0.6]), exact=self.EXACT)
         for od in (torch.bfloat16, torch.float16, torch.float64):
-            out = kernels.linear(xs, [0.2, 0.3, 0.5], out_dtype=od)
-            ref = methods.linear(_cpu(xs), [0.2, 0.3, 0.5], out_dtype=od)
+            out = kernels.linear(xs, [0.2, 0.3, 0.6], out_dtype=od)
+            ref = methods.linear(_cpu(xs), [0.2, 0.3, 0.6], out_dtype=od)
             assert_same(out, ref, exact=self.EXACT)
 
     # ------------------------------------------------------------------ task arithmetic
@@ -889,6 +890,161 @@ class KernelSuite:
             out = self._arcee(b, x, monkeypatch, out_dtype=od)
             if x is cases[0][1]:
                 assert torch.equal(out.cpu(), base.cpu())
+
+    # ------------------------------------------------------------------ multislerp, karcher
+    # float64 math on the Gram matrix, then one weighted sum of the inputs (kernels/spherical.py):
+    # DESIGN's tolerance rule against the float64 reference. The inputs are nearly parallel
+    # (make_inputs) or spread task vectors: karcher's |T| stays away from tol at every step.
+    MULTISLERP_WEIGHTS = ([0.2, 0.3, 0.6], [1.0, 2.0, 0.5], [0.3, 0.7])
+
+    def _multislerp_check(self, xs, weights, base=None, **kw):
+        out = kernels.multislerp(xs, weights, base, **kw)
+        b = None if base is None else base.cpu()
+        ref = methods.multislerp(_cpu(xs), weights, b, **kw)
+        b64 = None if base is None else b.double()
+        ref64 = methods.multislerp([x.cpu().double() for x in xs], weights, b64, **kw).to(ref.dtype)
+        assert_close_or_nan(out, ref, ref64)
+        return out, ref
+
+    def test_multislerp(self, shape, dtype):
+        base, xs = self.inputs(shape, dtype, scale=0.5)
+        if base.numel() == 0:  # zero norms: the reference's AntipodalError for 3 inputs
+            with pytest.raises(AntipodalError):
+                kernels.multislerp(xs, [0.2, 0.3, 0.6], base)
+            self._multislerp_check(xs[:2], [0.3, 0.7], base)
+            return
+        for with_base in (False, True):
+            for weights in self.MULTISLERP_WEIGHTS:
+                for normalize in (True, False):
+                    models = xs[: len(weights)]
+                    self._multislerp_check(models, weights, base if with_base else None, normalize_weights=normalize)
+
+    def test_multislerp_edges(self, dtype):
+        """One input (a copy), antipodal pairs (the 2-input fallback, bit-identical), antipodal
+        triples and all-zero deltas (AntipodalError; two zero deltas: the base), a NaN input
+        (NaN everywhere), eps, mixed dtypes and out_dtype."""
+        base, xs = self.inputs(self.EDGE_SHAPE, dtype, scale=0.5)
+        one = kernels.multislerp(xs[:1], [0.5], base)
+        assert torch.equal(one.cpu(), xs[0].cpu()) and one is not xs[0]
+        zero = torch.zeros_like(base)
+        for b in (None, zero):  # exactly opposite deltas: the weighted mean is exactly 0
+            out, ref = self._multislerp_check([xs[0], -xs[0]], [0.5, 0.5], b)
+            assert_same(out, ref, exact=self.EXACT)
+        out, ref = self._multislerp_check([base.clone(), base.clone()], [0.4, 0.6], base)
+        assert_same(out, ref, exact=self.EXACT)
+        for models, b in (([xs[0], -xs[0], zero], zero), ([base.clone()] * 3, base)):
+            with pytest.raises(AntipodalError):
+                kernels.multislerp(models, [0.5, 0.5, 0.5], b)
+        nan = xs[1].clone()
+        nan[2, 3] = float("nan")
+        self._multislerp_check([xs[0], nan, xs[2]], [0.2, 0.3, 0.6], base)
+        self._multislerp_check(xs, [0.2, 0.3, 0.6], base, eps=1e-3)
+        mixed = [xs[0].float(), xs[1].half(), xs[2].bfloat16()]
+        for od in (None, torch.bfloat16, torch.float64):
+            self._multislerp_check(mixed, [0.2, 0.3, 0.6], base, out_dtype=od)
+
+    def _karcher_check(self, xs, **kw):
+        out = kernels.karcher(xs, **kw)
+        ref = methods.karcher(_cpu(xs), **kw)
+        ref64 = methods.karcher([x.cpu().double() for x in xs], **kw).to(ref.dtype)
+        assert_close_or_nan(out, ref, ref64)
+        return out, ref
+
+    KARCHER_CASES = ((10, 1e-5), (1, 1e-5), (0, 1e-5), (10, 1e-3))  # (max_iter, tol)
+
+    def test_karcher(self, shape, dtype):
+        _, xs = self.inputs(shape, dtype, scale=0.5)
+        for max_iter, tol in self.KARCHER_CASES:
+            self._karcher_check(xs, max_iter=max_iter, tol=tol)
+            self._karcher_check(xs[:2], max_iter=max_iter, tol=tol)
+
+    def test_karcher_edges(self, dtype):
+        """One input (a copy); spread directions (several iterations); zero inputs (left out of
+        the mean direction, counted in the mean norm); all norms <= tol (the plain mean,
+        bit-identical); a NaN input; mixed dtypes and out_dtype."""
+        g = torch.Generator().manual_seed(4)
+        spread = [torch.randn(self.EDGE_SHAPE, generator=g).to(dtype).to(self.DEVICE) for _ in range(4)]
+        one = kernels.karcher(spread[:1])
+        assert torch.equal(one.cpu(), spread[0].cpu()) and one is not spread[0]
+        self._karcher_check(spread)
+        zero = torch.zeros_like(spread[0])
+        self._karcher_check([spread[0], zero, spread[1]])
+        tiny = [(x * 1e-8).to(dtype) for x in spread[:3]]
+        out, ref = self._karcher_check(tiny, tol=1.0)
+        assert_same(out, ref, exact=self.EXACT)
+        nan = spread[1].clone()
+        nan[1, 2] = float("nan")
+        self._karcher_check([spread[0], nan, spread[2]])
+        mixed = [spread[0].float(), spread[1].half(), spread[2].bfloat16()]
+        for od in (None, torch.bfloat16, torch.float64):
+            self._karcher_check(mixed, out_dtype=od)
+
+    # ------------------------------------------------------------------ RAM
+    # The reference's float32 operations in its order: bit-identical up to 4 models (torch sums
+    # 5 and more in another order: the tolerance rule there).
+    def _ram_inputs(self, shape, dtype, k=3, seed=0):
+        """Deltas that are zero in about half the elements per model: every count 0 .. k."""
+        g = torch.Generator().manual_seed(seed)
+        base = torch.randn(shape, generator=g)
+        xs = [base + 0.05 * torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < 0.5) for _ in range(k)]
+        return base.to(dtype).to(self.DEVICE), [x.to(dtype).to(self.DEVICE) for x in xs]
+
+    def _ram(self, base, xs, exact=None, **kw):
+        out = kernels.ram(base, xs, **kw)
+        ref = methods.ram(base.cpu(), _cpu(xs), **kw)
+        if exact is False:
+            ref64 = methods.ram(base.cpu().double(), [x.cpu().double() for x in xs], **kw).to(ref.dtype)
+            assert_close_or_nan(out, ref, ref64)
+        else:
+            assert_same(out, ref, exact=self.EXACT)
+        return out
+
+    def test_ram(self, shape, dtype):
+        base, xs = self._ram_inputs(shape, dtype)
+        for plus in (False, True):
+            for eps in (1e-5, 0.03):
+                self._ram(base, xs, epsilon=eps, plus=plus)
+            self._ram(base, xs, plus=True, r=0.5, alpha=2.0)
+
+    def test_ram_counts(self, dtype):
+        """The counting pass's per-model counts are the reference's."""
+        base, xs = self._ram_inputs(self.EDGE_SHAPE, dtype, k=4)
+        for eps in (1e-5, 0.03):
+            shared, unique = kernels._impl(self.BACKEND).ram_counts(base, xs, eps)
+            d = torch.stack([x.cpu().float() - base.cpu().float() for x in xs])
+            active = d.abs() > eps
+            count = active.sum(0)
+            assert shared == (active & (count > 1)).flatten(1).sum(1).tolist()
+            assert unique == (active & (count == 1)).flatten(1).sum(1).tolist()
+
+    def test_ram_edges(self, dtype):
+        """All-zero deltas (the base), NaN and inf inputs, deltas exactly at epsilon (inactive:
+        compared in float32) and one step above, epsilon 0 and negative, one model, 5 models
+        (tolerance), mixed dtypes and out_dtype."""
+        base, xs = self._ram_inputs(self.EDGE_SHAPE, dtype)
+        assert torch.equal(self._ram(base, [base.clone()] * 3, plus=True).cpu(), base.cpu())
+        nans = [x.clone() for x in xs]
+        nans[0][1, :7] = float("nan")
+        nans[1][2, :3] = float("inf")
+        nan_base = base.clone()
+        nan_base[3, :2] = float("nan")
+        self._ram(base, nans, plus=True)
+        self._ram(nan_base, nans)
+        grid = torch.tensor([0.0, 0.1, -0.1, 0.25, 0.5]).to(dtype)
+        step = torch.nextafter(grid.float(), torch.tensor(9.0)).to(dtype)  # above: the dtype's next value
+        edge = [torch.zeros(200, dtype=dtype, device=self.DEVICE) for _ in range(3)]
+        g = torch.Generator().manual_seed(5)
+        for x in edge[1:]:
+            x.copy_(torch.cat([grid, step])[torch.randint(0, 10, (200,), generator=g)])
+        for eps in (float(grid[1]), float(grid[3]), 0.1, 0.0, -1.0):
+            for plus in (False, True):
+                self._ram(edge[0], edge[1:], epsilon=eps, plus=plus)
+        self._ram(base, xs[:1], plus=True)
+        five = self._ram_inputs(self.EDGE_SHAPE, dtype, k=5, seed=1)
+        self._ram(*five, exact=False, plus=True)
+        mixed = [xs[0].float(), xs[1].half(), xs[2].bfloat16()]
+        for od in (None, torch.bfloat16, torch.float64):
+            self._ram(base, mixed, plus=True, out_dtype=od)
 
 
 def _triton_block() -> int:

@@ -395,3 +395,40 @@ def test_gram_same_on_any_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(sums[i], sums[i + 2]) for i in range(4))
+
+
+@needs_ext
+@pytest.mark.parametrize("method", ["ram", "ramplus_tl", "multislerp", "karcher"])
+def test_spherical_and_ram_fused_entries(method, monkeypatch):
+    """The executor's table runs these methods on their kernels (ram, ramplus_tl: equal to the
+    reference; multislerp, karcher: within a few float32 units of it), and multislerp's
+    antipodal inputs raise the reference's MergeError naming the tensor."""
+    from mergefast.errors import MergeError
+    from mergefast.kernels import cpu
+    from mergefast.kernels.fused import FUSED, merge_group
+    from mergefast.methods.registry import METHODS, MergeContext
+
+    monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
+    calls = []
+    for name in ("gram", "ram_apply"):
+        kernel = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(40, 50, generator=g)
+    tensors = [base.bfloat16()] + [(base + 0.1 * torch.randn(40, 50, generator=g)).bfloat16() for _ in range(2)]
+    spec = METHODS[method]
+    params = {p.name: p.default for p in spec.global_params}
+    models = [{"weight": 0.3}, {"weight": 0.6}, {"weight": 0.4}]
+    args = (tensors, 0, params, models, torch.bfloat16)
+    out = merge_group(spec, *args, tensor_name="t")
+    ref = spec.merge(*args, MergeContext(seed=0, tensor_name="t"))
+    assert method in FUSED and calls == (["ram_apply"] if method.startswith("ram") else ["gram"])
+    if method.startswith("ram"):
+        assert torch.equal(out, ref)
+    else:
+        assert (out.float() - ref.float()).abs().max() <= 4 * torch.finfo(torch.bfloat16).eps * ref.abs().max()
+    if method == "multislerp":  # base 0 and x, -x, 0: the weighted mean direction is exactly 0
+        x, zero = tensors[1].float(), torch.zeros(40, 50)
+        weights = [{}, {"weight": 0.5}, {"weight": 0.5}, {"weight": 0.3}]
+        with pytest.raises(MergeError, match="tensor t: multislerp: the inputs are antipodal"):
+            merge_group(spec, [zero, x, -x, zero], 0, params, weights, torch.float32, tensor_name="t")

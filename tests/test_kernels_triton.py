@@ -392,6 +392,8 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     ARCEE_LONG_ROW = 600
     ARCEE_WIDE = (3, 600)
     ARCEE_DTYPES = [torch.bfloat16]
+    MULTISLERP_WEIGHTS = ([0.2, 0.3, 0.6],)
+    KARCHER_CASES = ((10, 1e-5), (1, 1e-3))
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
     SLOW_TESTS = "all"
     FAST_TESTS = {
@@ -409,6 +411,7 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
         "test_model_stock_opposite",
         "test_nearswap",
         "test_nearswap_edges",
+        "test_ram",
     }
 
 
@@ -437,6 +440,9 @@ class _InterpretedGpuBlocks(_Interpreted):
     # arcee_fusion's only block-size-dependent logic is a row's split into blocks (long rows,
     # in the suite above); its selection's grid does not depend on the block size
     test_arcee_fusion = test_arcee_fusion_edge_cases = None
+    # multislerp and karcher: the same Gram pass; RAM's passes are elementwise (per-block counts)
+    test_multislerp = test_multislerp_edges = test_karcher = test_karcher_edges = None
+    test_ram = test_ram_counts = test_ram_edges = None
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):

@@ -593,3 +593,19 @@ def test_arcee_fusion(ptr, index):
         },
         {"BLOCK": BLOCK},
     )
+
+
+@pytest.mark.parametrize("plus,ptr,out", [(False, "*i16", "*i16"), (True, "*fp16", "*fp32")])
+def test_ram_passes(plus, ptr, out):
+    ram = compiled("ram")
+
+    _compile(
+        ram._ram_kernel,
+        {"base_ptr": ptr, "xs": _models(3, ptr), "lambdas": ("fp32",) * 3, "out_ptr": out, "n": "i64", "eps": "fp32"},
+        {"PLUS": plus, "BLOCK": BLOCK},
+    )
+    _compile(
+        ram._count_kernel,
+        {"base_ptr": ptr, "xs": _models(3, ptr), "part_ptr": "*i32", "n": "i64", "eps": "fp32"},
+        {"BLOCK": BLOCK},
+    )

@@ -121,5 +121,17 @@ void arcee_select(const Src& base, const Src& other, int64_t rows, int64_t cols,
 // arcee_fusion's apply: out = base + (|other - base| * kl[row] >= threshold ? other - base : 0).
 void arcee_apply(const Src& base, const Src& other, int64_t cols, const float* kl, float threshold,
                  const Dst& dst, int64_t n, int threads);
+// RAM's counting pass (ram.cpp): per model i, counts[2i] = #(active_i and count > 1),
+// counts[2i + 1] = #(active_i and count == 1), active_i = |x_i - base| > eps, count = #active
+// per element. The same on any thread count. At most kRamMaxInputs models.
+constexpr int kRamMaxInputs = 255;
+void ram_counts(const Src& base, const std::vector<Src>& xs, float eps, int64_t n, int threads,
+                int64_t* counts);
+
+// RAM's elementwise pass: out = (base + unique) + shared, unique the one active delta (times
+// lambda[i], RAM+; lambda nullptr: ram) where count == 1, shared the mean of the active deltas
+// where count > 1.
+void ram_apply(const Src& base, const std::vector<Src>& xs, float eps, const float* lambda,
+               const Dst& dst, int64_t n, int threads);
 
 }  // namespace mergefast

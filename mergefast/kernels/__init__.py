@@ -19,6 +19,10 @@ kernels.model_stock(base, tensors, *, filter_wise=False, out_dtype=None)
 kernels.nearswap(base, other, t, *, out_dtype=None)    # SLERP family: kernels/slerp_family.py
 kernels.sce(base, tensors, *, select_topk=1.0, out_dtype=None)
 kernels.arcee_fusion(base, other, *, out_dtype=None)   # kernels/arcee_fusion.py
+kernels.multislerp(tensors, weights, base=None, *, normalize_weights=True, eps=1e-8, out_dtype=None)
+kernels.karcher(tensors, *, max_iter=10, tol=1e-5, out_dtype=None)   # kernels/spherical.py
+kernels.ram(base, tensors, *, epsilon=1e-5, plus=False, r=0.1, alpha=0.2, out_dtype=None)
+kernels.ramplus_tl(base, tensors, *, epsilon=1e-5, r=0.1, alpha=0.2, out_dtype=None)  # kernels/ram.py
 kernels.backend(device)          # "triton" | "cpu-ext" | "torch"
 kernels.describe_backends()      # lines for `mergefast env`
 kernels.missing_kernels(device)  # one line when `device`'s merges lose their kernels, else None
@@ -31,7 +35,9 @@ finds its thresholds, for benchmarks and tests; every choice selects the same el
 Results follow the numerics contract of DESIGN.md and equal the references in
 `mergefast.methods` (bit-exact where the order of operations is the same, which is every op
 but SLERP's reduction, the L1 rescale norms of DARE and DELLA (kernels/dare.py), the float64 reductions of
-nuslerp and model_stock (kernels/slerp_family.py) and SCE's energies (kernels/sce.py);
+nuslerp and model_stock (kernels/slerp_family.py), SCE's energies (kernels/sce.py), multislerp
+and karcher (float64 math on the Gram matrix, kernels/spherical.py) and RAM's shared mean of
+5 models or more (kernels/ram.py);
 magnitude and variance selection keep exactly the same elements, DARE and DELLA draw exactly
 the same masks).
 
@@ -79,9 +85,11 @@ from .dispatch import (  # noqa: F401 - _impl: tests
     missing_kernels,
     warn_missing_kernels,
 )
+from .ram import ram, ramplus_tl
 from .selection import DEFAULT as _DEFAULT_SELECTION
 from .selection import SelectionOptions
 from .slerp_family import model_stock, nearswap, nuslerp
+from .spherical import karcher, multislerp
 
 __all__ = [
     "BACKENDS",
@@ -100,6 +108,10 @@ __all__ = [
     "nearswap",
     "sce",
     "arcee_fusion",
+    "multislerp",
+    "karcher",
+    "ram",
+    "ramplus_tl",
 ]
 
 # task arithmetic's sparsifiers, all fused: each a template / constexpr slot in the kernels

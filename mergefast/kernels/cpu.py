@@ -64,6 +64,8 @@ _SIGNATURES = {
     "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
     "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
     "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32]),
+    "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
+    "mf_ram_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _p, _p, _i32, _i32]),
 }
 
 
@@ -598,4 +600,35 @@ def arcee_apply(
     optr, ocode = _view(out, n, op)
     kptr = _f32_array(kl, rows, op)
     _check(_lib().mf_arcee_apply(bptr, bcode, xptr, xcode, rows, cols, kptr, threshold, optr, ocode, threads()))
+    return out
+
+
+# ----------------------------------------------------------------------------- RAM
+
+
+def ram_counts(base: torch.Tensor, xs: Sequence[torch.Tensor], epsilon: float) -> tuple[list[int], list[int]]:
+    """Per model, #(active and count > 1) and #(active and count == 1) (RAM+'s lambda)."""
+    n, op = base.numel(), "ram_counts"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    counts = (ctypes.c_int64 * (2 * len(xs)))()
+    _check(_lib().mf_ram_counts(bptr, bcode, ptrs, codes, len(xs), n, epsilon, threads(), counts))
+    return list(counts[0::2]), list(counts[1::2])
+
+
+def ram_apply(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    epsilon: float,
+    lambdas: Sequence[float] | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """RAM's elementwise pass (RAM+ with per-model `lambdas`) into a new tensor."""
+    out = _empty(base, out_dtype)
+    n, op = out.numel(), "ram_apply"
+    bptr, bcode = _view(base, n, op)
+    ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
+    lam = None if lambdas is None else _doubles(lambdas)
+    _check(_lib().mf_ram_apply(bptr, bcode, ptrs, codes, len(xs), n, epsilon, lam, optr, ocode, threads()))
     return out

@@ -94,6 +94,10 @@ _FUSED_EVERYWHERE = (
     "nuslerp",
     "model_stock",
     "nearswap",
+    "multislerp",
+    "karcher",
+    "ram",
+    "ramplus_tl",
 )
 KERNEL_METHODS = {
     "cpu-ext": (*_FUSED_EVERYWHERE, "sce", "arcee_fusion"),

@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .. import kernels
+from ..errors import MergeError
 from ..methods import registry
+from ..methods.multislerp import AntipodalError
 from ..methods.registry import TASK_ARITHMETIC_FAMILY, MethodSpec, split_base
 
 
@@ -97,6 +99,34 @@ def _arcee_fusion(tensors, base_index, g, m, out_dtype, ctx):
     return kernels.arcee_fusion(base, others[0], out_dtype=out_dtype)
 
 
+def _multislerp(tensors, base_index, g, m, out_dtype, ctx):
+    base, others, params = (
+        split_base(tensors, base_index, m) if base_index is not None else (None, list(tensors), list(m))
+    )
+    weights = [p["weight"] for p in params]
+    try:
+        return kernels.multislerp(
+            others, weights, base, normalize_weights=g["normalize_weights"], eps=g["eps"], out_dtype=out_dtype
+        )
+    except AntipodalError as exc:  # the reference's MergeError, naming the tensor
+        raise MergeError(f"tensor {ctx.tensor_name}: {exc}") from None
+
+
+def _karcher(tensors, base_index, g, m, out_dtype, ctx):
+    return kernels.karcher(tensors, max_iter=int(g["max_iter"]), tol=g["tol"], out_dtype=out_dtype)
+
+
+def _ram(plus: bool):
+    """The kernel adapter of ram (ramplus_tl with `plus`)."""
+
+    def merge(tensors, base_index, g, m, out_dtype, ctx):
+        base, others, _ = split_base(tensors, base_index, m)
+        extra = dict(r=g["r"], alpha=g["alpha"]) if plus else {}
+        return kernels.ram(base, others, epsilon=g["epsilon"], plus=plus, out_dtype=out_dtype, **extra)
+
+    return merge
+
+
 # method name -> kernel adapter; a method not here runs its torch reference (spec.merge)
 FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "linear": _linear,
@@ -115,6 +145,10 @@ FUSED: dict[str, Callable[..., torch.Tensor | None]] = {
     "della": _task_arithmetic("della"),
     "della_linear": _task_arithmetic("della_linear"),
     "arcee_fusion": _arcee_fusion,
+    "multislerp": _multislerp,
+    "karcher": _karcher,
+    "ram": _ram(False),
+    "ramplus_tl": _ram(True),
 }
 
 

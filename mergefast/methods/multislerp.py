@@ -10,6 +10,9 @@ import torch
 from .numerics import accumulation_dtype, check_same_shape, result_dtype
 
 DEFAULT_EPS = 1e-8
+ANTIPODAL = (
+    "multislerp: the inputs are antipodal (their weighted mean direction vanishes); change the weights or the models"
+)
 
 
 class AntipodalError(ValueError):
@@ -31,10 +34,7 @@ def multislerp_vectors(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Te
     if mean_norm < eps:
         if x.shape[0] == 2:
             return w[0] * x[0] + w[1] * x[1]
-        raise AntipodalError(
-            "multislerp: the inputs are antipodal (their weighted mean direction "
-            "vanishes); change the weights or the models"
-        )
+        raise AntipodalError(ANTIPODAL)
     mean = mean / mean_norm
     tangents = units - (units * mean).sum(-1, keepdim=True) * mean
     tangent = (tangents * w[:, None]).sum(0)

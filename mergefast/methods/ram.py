@@ -17,9 +17,14 @@ DEFAULT_ALPHA = 0.2
 def unique_boost(active: torch.Tensor, count: torch.Tensor, r: float, alpha: float, eps: float) -> torch.Tensor:
     """RAM+ per-model factors lambda_i = 1 + r * clamp(rho_i, 0, alpha), where
     rho_i = #(active_i and count > 1) / max(#(active_i and count == 1), eps)."""
-    shared = (active & (count > 1)).flatten(1).sum(1).to(torch.float64)
-    unique = (active & (count == 1)).flatten(1).sum(1).to(torch.float64)
-    rho = shared / unique.clamp(min=eps)
+    shared = (active & (count > 1)).flatten(1).sum(1)
+    unique = (active & (count == 1)).flatten(1).sum(1)
+    return boost_of_counts(shared, unique, r, alpha, eps)
+
+
+def boost_of_counts(shared: torch.Tensor, unique: torch.Tensor, r: float, alpha: float, eps: float) -> torch.Tensor:
+    """`unique_boost` from the per-model counts of shared and unique active elements (float64)."""
+    rho = shared.to(torch.float64) / unique.to(torch.float64).clamp(min=eps)
     return 1 + r * rho.clamp(0, alpha)
 
 

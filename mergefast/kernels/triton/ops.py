@@ -8,6 +8,7 @@ from .dare import dare_forward as dare
 from .dare import dare_norms
 from .della import della_apply, della_masks
 from .linear import linear_forward as linear
+from .ram import ram_apply, ram_counts
 from .slerp import slerp_apply, slerp_dots
 from .slerp_family import gram, model_stock_apply, nearswap, nuslerp_apply
 from .task_arithmetic import magnitude_keep
@@ -30,4 +31,6 @@ __all__ = [
     "della_masks",
     "arcee_select",
     "arcee_apply",
+    "ram_counts",
+    "ram_apply",
 ]

@@ -1,0 +1,185 @@
+"""multislerp and karcher on the fused kernels: the host side.
+
+Every vector the references build (the unit vectors, their weighted mean, the tangents, the
+Karcher iterates) is a linear combination of the inputs d_i (x_i - base, or x_i without a
+base). So one reduction pass (`impl.gram`: csrc/cpu/gram.cpp, kernels/triton/slerp_family.py)
+gives the K x K Gram matrix G of the d_i in float64, the references' math runs on K-vectors of
+coefficients with G standing in for every dot product (<sum a_i d_i, sum b_j d_j> = a^T G b),
+and one elementwise pass writes result = base + sum_i c_i d_i (the task-arithmetic kernel
+without sparsification) or sum_i c_i x_i (the linear kernel). Two passes over the inputs.
+
+Numerics: the scalars are float64 where the references compute float32 vectors, and the
+result is one weighted sum of the inputs where the references scale an iterate: not bit-
+identical, within DESIGN's tolerance rule (the tests). Karcher's stopping test |T| < tol runs
+on a float64 |T| that tracks the float64 reference's, where the float32 reference's |T| carries
+~1e-7 of rounding: an input whose |T| falls within that of tol at some iteration may take one
+step more or fewer there than in the float32 reference (a 1e-5 relative difference).
+Inputs at an angle of pi to the Karcher iterate (opposite directions) make its tangent
+ill-posed (theta / sin theta with sin theta ~ 0): the float32 reference, the float64 one and
+this one then disagree, unless every vector is exact (the references' tangent is exactly 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..methods import karcher as _karcher_ref
+from ..methods import multislerp as _multislerp_ref
+from ..methods.karcher import DEFAULT_MAX_ITER, DEFAULT_TOL
+from ..methods.multislerp import ANTIPODAL, DEFAULT_EPS, AntipodalError
+from ..methods.numerics import check_same_shape, result_dtype
+from .dispatch import _choose, _dispatch
+from .slerp_family import pair_index
+
+MAX_INPUTS = 64  # the Gram pass's limit (csrc/cpu/kernels.h kGramMaxInputs)
+
+
+def gram_matrix(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """The symmetric k x k float64 matrix (CPU) of one packed Gram row (pairs i <= j)."""
+    row = packed.reshape(-1).double().cpu()
+    g = torch.empty((k, k), dtype=torch.float64)
+    for i in range(k):
+        for j in range(i, k):
+            g[i, j] = g[j, i] = row[pair_index(i, j, k)]
+    return g
+
+
+def _norm(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """|sum a_i d_i| from the Gram matrix (rounding can make the form slightly negative)."""
+    return (a @ g @ a).clamp(min=0).sqrt()
+
+
+def multislerp_coefficients(g: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """c with multislerp_vectors(d, w, eps) = sum c_i d_i, from the Gram matrix g (float64);
+    None where the weighted mean of the unit vectors vanishes (|m| < eps)."""
+    norms = g.diagonal().clamp(min=0).sqrt()
+    inv = 1 / (norms + eps)  # u_i = inv_i d_i
+    mean = w * inv
+    mean_norm = _norm(g, mean)
+    if bool(mean_norm < eps):
+        return None
+    a = mean / mean_norm  # m
+    dots = inv * (g @ a)  # u_i . m
+    t = w * inv - (w * dots).sum() * a  # sum w_i (u_i - (u_i . m) m)
+    t_norm = _norm(g, t) + eps
+    return (a * torch.cos(t_norm) + t * (torch.sin(t_norm) / t_norm)) * (norms * w).sum()
+
+
+def karcher_coefficients(g: torch.Tensor, *, max_iter: int, tol: float) -> torch.Tensor | None:
+    """c with karcher's result = sum c_i x_i, from the Gram matrix g (float64); None where no
+    input has a norm above tol (the result is the plain mean)."""
+    norms = g.diagonal().clamp(min=0).sqrt()
+    valid = norms > tol
+    if not bool(valid.any()):
+        return None
+    inv = torch.where(valid, 1 / torch.where(valid, norms, 1.0), 0.0)  # u_i = inv_i x_i
+    alpha = 1.0 / int(valid.sum())
+    mean = alpha * inv
+    mean_norm = _norm(g, mean)
+    if bool(mean_norm < tol):  # the first unit vector
+        first = int(valid.nonzero()[0])
+        u = torch.zeros_like(inv)
+        u[first] = inv[first]
+    else:
+        u = mean / mean_norm
+    for _ in range(int(max_iter)):
+        dots = (inv * (g @ u)).clamp(-1, 1)
+        thetas = torch.acos(dots)
+        use = valid & (thetas >= tol)
+        scale = torch.where(use, thetas / torch.where(use, torch.sin(thetas), 1.0), 0.0) * alpha
+        t = scale * inv - (scale * dots).sum() * u  # sum a_i (theta_i / sin theta_i)(u_i - dot_i u)
+        t_norm = _norm(g, t)
+        if bool(t_norm < tol):
+            break
+        u = torch.cos(t_norm) * u + torch.sin(t_norm) * t / t_norm
+        u = u / _norm(g, u)
+    return norms.mean() * u
+
+
+def _combine(impl, b, xs, coefficients: Sequence[float], out: torch.dtype) -> torch.Tensor:
+    """base + sum_i c_i (x_i - base), or sum_i c_i x_i without a base: one elementwise pass."""
+    c = [float(v) for v in coefficients]
+    if b is None:
+        return impl.linear(xs, c, False, 1.0, out)
+    return impl.task_arithmetic(b, xs, c, None, False, False, 1.0, 1.0, out)
+
+
+def _not_the_input(result: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """A single input comes back as it is from the references: a copy, as the kernels give."""
+    return result.clone() if result is tensor else result
+
+
+def multislerp(
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    base: torch.Tensor | None = None,
+    *,
+    normalize_weights: bool = True,
+    eps: float = DEFAULT_EPS,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """`mergefast.methods.multislerp` on the fused kernels: the Gram pass, the reference's
+    math on coefficients (`multislerp_coefficients`), one weighted pass. Raises AntipodalError
+    as the reference does; a single input, or more than 64, run the reference."""
+    tensors, weights, eps = list(tensors), [float(w) for w in weights], float(eps)
+
+    def reference():
+        kw = dict(normalize_weights=normalize_weights, eps=eps, out_dtype=out_dtype)
+        return _multislerp_ref(tensors, weights, base, **kw)
+
+    if len(tensors) < 2 or len(tensors) != len(weights) or len(tensors) > MAX_INPUTS:
+        return _not_the_input(reference(), tensors[0])  # the reference raises for bad arguments
+    all_inputs = [*tensors, *([base] if base is not None else [])]
+    check_same_shape(all_inputs, "multislerp")
+    out = result_dtype(all_inputs, out_dtype)
+    if _choose(all_inputs, out) == "torch" or tensors[0].numel() == 0:
+        return reference()  # empty: the reference's AntipodalError for 3+ inputs
+    b, xs = (base.contiguous() if base is not None else None), [x.contiguous() for x in tensors]
+    w64, w32 = torch.tensor(weights, dtype=torch.float64), torch.tensor(weights, dtype=torch.float32)
+    if normalize_weights:
+        w64, w32 = w64 / w64.sum(), w32 / w32.sum()  # w32: the 2-input fallback's, as the reference's
+
+    def run(impl):
+        c = multislerp_coefficients(gram_matrix(impl.gram(b, xs, 1, xs[0].numel()), len(xs)), w64, eps)
+        if c is None and len(xs) > 2:
+            return None  # antipodal: raised below, outside the backend's failure handling
+        return _combine(impl, b, xs, (w32 if c is None else c).tolist(), out)
+
+    result = _dispatch(all_inputs, out, reference, run)
+    if result is None:
+        raise AntipodalError(ANTIPODAL)
+    return result
+
+
+def karcher(
+    tensors: Sequence[torch.Tensor],
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """`mergefast.methods.karcher` on the fused kernels: the Gram pass, the Karcher iteration
+    on coefficients (`karcher_coefficients`), one weighted pass (the plain mean where every
+    input's norm is <= tol). A single input, or more than 64, run the reference."""
+    tensors, tol = list(tensors), float(tol)
+
+    def reference():
+        return _karcher_ref(tensors, max_iter=max_iter, tol=tol, out_dtype=out_dtype)
+
+    if len(tensors) < 2 or len(tensors) > MAX_INPUTS:
+        return _not_the_input(reference(), tensors[0])  # the reference raises without inputs
+    check_same_shape(tensors, "karcher")
+    out = result_dtype(tensors, out_dtype)
+    if _choose(tensors, out) == "torch" or tensors[0].numel() == 0:
+        return reference()
+    xs, k = [x.contiguous() for x in tensors], len(tensors)
+
+    def run(impl):
+        c = karcher_coefficients(gram_matrix(impl.gram(None, xs, 1, xs[0].numel()), k), max_iter=max_iter, tol=tol)
+        if c is None:
+            return impl.linear(xs, [1.0] * k, True, float(k), out)  # the reference's x.mean(0)
+        return _combine(impl, None, xs, c.tolist(), out)
+
+    return _dispatch(tensors, out, reference, run)
