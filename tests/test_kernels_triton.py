@@ -389,6 +389,10 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     DELLA_EDGE_MODES = [(None, False), ("sum", True)]  # each flag both ways: ~10 s less per dtype
     NUSLERP_WEIGHTS = ([0.3, 0.7],)
     EDGE_SHAPE = (5, 33)
+    # SCE: ~1 s an interpreted call on a shared 2-vCPU VM; the edge cases cover 0 and 0.1
+    SCE_TOPKS = (0.3, 1.0)
+    SCE_EDGE_ONE_TOPK = True
+    SCE_MANY = False
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
     SLOW_TESTS = "all"
     FAST_TESTS = {
@@ -427,6 +431,8 @@ class _InterpretedGpuBlocks(_Interpreted):
     # The SLERP family's only block-size-dependent logic is a row's split into blocks:
     # test_slerp_family_long_rows covers it here; the rest runs in the suite above.
     test_nuslerp = test_nuslerp_parallel_zero_nan = test_model_stock = test_model_stock_edges = None
+    # SCE's only block-size-dependent logic is the selection's (the TIES tests cover it here)
+    test_sce = test_sce_ties_and_edge_cases = None
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):

@@ -95,7 +95,7 @@ _FUSED_EVERYWHERE = (
     "model_stock",
     "nearswap",
 )
-KERNEL_METHODS = {"cpu-ext": (*_FUSED_EVERYWHERE, "sce"), "triton": _FUSED_EVERYWHERE}
+KERNEL_METHODS = {"cpu-ext": (*_FUSED_EVERYWHERE, "sce"), "triton": (*_FUSED_EVERYWHERE, "sce")}
 
 
 def describe_backends() -> list[str]:

@@ -7,6 +7,7 @@ from .dare import dare_forward as dare
 from .dare import dare_norms
 from .della import della_apply, della_masks
 from .linear import linear_forward as linear
+from .sce import sce_apply, sce_select
 from .slerp import slerp_apply, slerp_dots
 from .slerp_family import gram, model_stock_apply, nearswap, nuslerp_apply
 from .task_arithmetic import magnitude_keep
@@ -27,4 +28,6 @@ __all__ = [
     "nearswap",
     "della_apply",
     "della_masks",
+    "sce_select",
+    "sce_apply",
 ]
