@@ -263,15 +263,15 @@ int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, int32_t
 int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* xs,
                       const int32_t* x_dtypes, int32_t k, int64_t n, double select_topk,
                       int32_t threads, uint32_t* thr, int64_t* quota, int32_t* cut,
-                      int64_t* eq_prefix, double* energies) {
+                      int64_t* eq_prefix, double* energies, uint32_t* keys) {
   return guarded([&] {
     const char* op = "sce_select";
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && thr != nullptr && quota != nullptr && cut != nullptr &&
-              eq_prefix != nullptr && energies != nullptr,
+              eq_prefix != nullptr && energies != nullptr && (keys != nullptr || select_topk >= 1.0),
           op, "bad sizes or outputs");
-    const KeepRule r = sce_select(sb, src, select_topk, n, threads, energies);
+    const KeepRule r = sce_select(sb, src, select_topk, n, threads, energies, keys);
     *thr = r.thr;
     *quota = r.quota;
     *cut = r.cut ? 1 : 0;
@@ -284,14 +284,15 @@ int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* x
 
 int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs,
                      const int32_t* x_dtypes, int32_t k, int64_t n, uint32_t thr, int64_t quota,
-                     int32_t cut, const int64_t* eq_prefix, const double* omega, void* out,
-                     int32_t out_dtype, int32_t threads) {
+                     int32_t cut, const int64_t* eq_prefix, const uint32_t* keys,
+                     const double* omega, void* out, int32_t out_dtype, int32_t threads) {
   return guarded([&] {
     const char* op = "sce_apply";
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
-    check(n >= 0 && omega != nullptr && (cut == 0 || eq_prefix != nullptr), op,
-          "bad sizes, weights or tie counts");
+    check(n >= 0 && omega != nullptr && (cut == 0 || eq_prefix != nullptr) &&
+              (keys != nullptr || (thr == 0 && cut == 0)),
+          op, "bad sizes, weights, tie counts or keys");
     const Dst dst = make_dst(out, out_dtype, n, op);
     const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
     check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
@@ -307,7 +308,7 @@ int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs
       r.eq_before.assign(eq_prefix, eq_prefix + nb);
       for (int64_t blk = 0; blk < nb; ++blk) r.eq_in.push_back(eq_prefix[blk + 1] - eq_prefix[blk]);
     }
-    sce_apply(sb, src, r, as_f32(omega, k), dst, n, threads);
+    sce_apply(sb, src, r, keys, as_f32(omega, k), dst, n, threads);
   });
 }
 

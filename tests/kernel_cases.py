@@ -645,6 +645,11 @@ class KernelSuite:
             assert_same(out, methods.nearswap(b.cpu(), x.cpu(), 0.02, out_dtype=od), exact=self.EXACT)
 
     # ------------------------------------------------------------------ SCE
+    SCE_TOPKS = (0.0, 0.3, 0.75, 1.0)  # test_sce's
+    SCE_EDGE_TOPKS = (0.0, 0.1, 0.5, 0.77, 1.0)  # test_sce_ties_and_edge_cases'
+    SCE_EDGE_ONE_TOPK = False  # True: edge case q runs SCE_EDGE_TOPKS[(q + 1) % 5] alone (interpreters)
+    SCE_MANY = True  # the edge case of TIE_N * 5 elements (several CPU threads)
+
     def _sce(self, base, xs, topk, monkeypatch, out_dtype=None):
         """Kernel against the reference with float64 energies (bit-identical) and against the
         plain reference (tolerance rule: its energies are torch's float32 means)."""
@@ -664,28 +669,30 @@ class KernelSuite:
     def test_sce(self, shape, dtype, monkeypatch):
         """select_topk 0, between and 1 (>= 1 keeps every position)."""
         base, xs = self.inputs(shape, dtype)
-        for topk in (0.0, 0.3, 0.75, 1.0):
+        for topk in self.SCE_TOPKS:
             self._sce(base, xs, topk, monkeypatch)
 
     def test_sce_ties_and_edge_cases(self, dtype, monkeypatch):
         """Many tied variances split at the threshold (kept lowest flat index first), NaN and
         inf inputs, all-zero deltas, one model, two models, mixed dtypes with out_dtype."""
         tied = tied_inputs(self.TIE_N, dtype, device=self.DEVICE)
-        many = tied_inputs(self.TIE_N * 5, dtype, seed=3, device=self.DEVICE)  # several threads
+        many = tied_inputs(self.TIE_N * 5, dtype, seed=3, device=self.DEVICE) if self.SCE_MANY else None
         nans = nan_inputs(self.TIE_N, dtype, device=self.DEVICE)
         base, xs = self.inputs((37, 129), dtype)
         mixed = [x.to(t) for x, t in zip(xs, (torch.bfloat16, torch.float32, torch.float16))]
-        for b, models, od in (
+        cases = (
             (*tied, None),
-            (*many, None),
+            *([(*many, None)] if self.SCE_MANY else []),
             (*nans, None),
             (base, [base.clone() for _ in range(3)], None),
             (base, xs[:1], None),
             (tied[0], tied[1][:2], None),
             (base, mixed, torch.float32),
             (base, mixed, torch.bfloat16),
-        ):
-            for topk in (0.0, 0.1, 0.5, 0.77, 1.0):
+        )
+        topks = self.SCE_EDGE_TOPKS
+        for q, (b, models, od) in enumerate(cases):
+            for topk in (topks[(q + 1) % len(topks)],) if self.SCE_EDGE_ONE_TOPK else topks:  # tied: 0.1
                 self._sce(b, models, topk, monkeypatch, out_dtype=od)
 
     # ------------------------------------------------------------------ DELLA

@@ -394,6 +394,10 @@ class _Interpreted(_WindowCases, _OneReadCases, KernelSuite):
     ARCEE_DTYPES = [torch.bfloat16]
     MULTISLERP_WEIGHTS = ([0.2, 0.3, 0.6],)
     KARCHER_CASES = ((10, 1e-5), (1, 1e-3))
+    # SCE: ~1 s an interpreted call on a shared 2-vCPU VM; the edge cases cover 0 and 0.1
+    SCE_TOPKS = (0.3, 1.0)
+    SCE_EDGE_ONE_TOPK = True
+    SCE_MANY = False
     # `slow` (tests/conftest.py) but the elementwise kernels' tests, well under a second here
     SLOW_TESTS = "all"
     FAST_TESTS = {
@@ -443,6 +447,8 @@ class _InterpretedGpuBlocks(_Interpreted):
     # multislerp and karcher: the same Gram pass; RAM's passes are elementwise (per-block counts)
     test_multislerp = test_multislerp_edges = test_karcher = test_karcher_edges = None
     test_ram = test_ram_counts = test_ram_edges = None
+    # SCE's only block-size-dependent logic is the selection's (the TIES tests cover it here)
+    test_sce = test_sce_ties_and_edge_cases = None
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):

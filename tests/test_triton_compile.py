@@ -609,3 +609,70 @@ def test_ram_passes(plus, ptr, out):
         {"base_ptr": ptr, "xs": _models(3, ptr), "part_ptr": "*i32", "n": "i64", "eps": "fp32"},
         {"BLOCK": BLOCK},
     )
+
+
+@pytest.mark.parametrize("ptr", ["*i16", "*fp32"])
+def test_sce_passes(ptr):
+    sce = compiled("sce")
+
+    _compile(
+        sce._sce_var_kernel,
+        {"base_ptr": ptr, "xs": _models(3, ptr), "var_ptr": "*fp32", "nz_ptr": "*i32", "n": "i64"},
+        {"BLOCK": BLOCK},
+    )
+    rule = {"var_ptr": "*fp32", "thr_ptr": "*i64", "quota_ptr": "*i64", "eqb_ptr": "*i64"}
+    for select, tie_cut in ((True, True), (True, False), (False, False)):
+        flags = {"SELECT": select, "TIE_CUT": tie_cut, "BLOCK": BLOCK}
+        _compile(
+            sce._sce_energies_kernel,
+            {"base_ptr": ptr, "xs": _models(3, ptr), **rule, "part_ptr": "*fp64", "n": "i64", "nblocks": "i32"},
+            flags,
+        )
+        _compile(
+            sce._sce_apply_kernel,
+            {
+                "base_ptr": ptr,
+                "xs": _models(3, ptr),
+                "ws": ("fp32",) * 3,
+                **rule,
+                "out_ptr": ptr,
+                "n": "i64",
+                "nblocks": "i32",
+            },
+            flags,
+        )
+
+
+def test_selection_without_a_base():
+    """SCE ranks its float32 variances themselves: the selection's passes with base_ptr None."""
+    window, histogram = compiled("select.window"), compiled("select.histogram")
+    var = ("*fp32",)
+
+    _compile(
+        window._sample_keys_kernel,
+        {"xs": var, "pos_ptr": "*i64", "keys_ptr": "*i32", "m": "i32"},
+        {"base_ptr": None, "BLOCK": window.SAMPLE_BLOCK},
+    )
+    _compile(
+        window._window_scan_kernel,
+        {
+            "xs": var,
+            "lo_ptr": "*i32",
+            "hi_ptr": "*i32",
+            "count_ptr": "*i32",
+            "slot_ptr": "*i32",
+            "n": "i64",
+            "nblocks": "i32",
+        },
+        {"base_ptr": None, "ACTIVE": 1, "CAP": 64, "BLOCK": BLOCK},
+    )
+    _compile(
+        histogram._digit_hist_kernel,
+        {"xs": var, "prefix_ptr": "*i32", "hist_ptr": "*i32", "n": "i64", "nblocks": "i32", "nprog": "i32"},
+        {"base_ptr": None, "SHIFT": 23, "BINS": 256, "PREFIX_SHIFT": 31, "KB": 1, "BLOCK": BLOCK},
+    )
+    _compile(
+        histogram._eq_count_kernel,
+        {"xs": var, "thr_ptr": "*i32", "count_ptr": "*i32", "n": "i64", "nblocks": "i32"},
+        {"base_ptr": None, "BLOCK": BLOCK},
+    )

@@ -1,143 +1,182 @@
-// SCE (mergefast/methods/sce.py) on the CPU: no K x n temporaries and no sort. Every pass
-// reads base + K models block by block and recomputes what it needs per element:
+// SCE (mergefast/methods/sce.py) on the CPU, selection side: no K x n temporaries and no sort.
 //
-//   deltas   d_i = x_i - b (float32), the variance of the K deltas as torch's CPU var() takes
-//            it (Welford in float64, models in order, then m2 / K rounded to float32), and its
-//            key (select/rules.h's mag_key: float32 bits, every NaN one key above inf).
-//   select   the exact top-k of the keys, k = int(count_nonzero(var) * select_topk): a
-//            histogram of the top 15 key bits (and the nonzero count), one of the low 16
-//            bits inside the k-th bucket, then per-block counts of the threshold key when
-//            the quota splits its ties (kept lowest flat index first, as the reference's
-//            stable sort): a KeepRule, as the TIES selection's.
-//   energies sum_j (d_ij * m_j)^2 per model (m_j = 1.0f kept, 0.0f dropped: NaN * 0 stays
-//            NaN, as in the reference's multiply), squares in float32, sums in float64 over
-//            8 fixed lanes per block and the blocks in order (the same on any thread count).
-//   apply    the reference's float32 operations in its order: s = sum_i md_i, elected sign
-//            (0 counts as +), agree_i = sign(md_i) == elected, sum_i (md_i * w_i) * agree_i
-//            over max(sum_i w_i * agree_i, 1e-6), plus base, rounded once.
+//   keys     one pass over base + K models: the variance of the K deltas d_i = x_i - b
+//            (float32) as torch's CPU var() takes it (Welford in float64, models in order, then
+//            m2 / K rounded to float32) and its key (select/rules.h's mag_key: float32 bits,
+//            every NaN one key above inf) into the caller's array of n keys, with the histogram
+//            of the top 15 key bits and the count of nonzero keys in the same pass.
+//   select   the exact top-k of the keys, k = int(count_nonzero(var) * select_topk): the k-th
+//            bucket of the top histogram, a histogram of the low 16 bits inside it, then
+//            per-block counts of the threshold key when the quota splits its ties (kept lowest
+//            flat index first, as the reference's stable sort): a KeepRule, as the TIES
+//            selection's. Both read the key array alone (4 bytes an element).
+//   energies sum_j (d_ij * m_j)^2 per model (m_j = 1.0f kept, 0.0f dropped: NaN * 0 stays NaN,
+//            as in the reference's multiply), squares in float32, sums in float64 over 8 fixed
+//            lanes per block and the blocks in order (the same on any thread count).
 //
-// The caller turns the energies into the weights w_i (mergefast/kernels/sce.py).
+// The variance is computed once: it is the costly part (three float64 Welford updates an
+// element), and recomputing it in each of the four passes that need it took ~370 ms a pass on
+// one 7B layer (base + 3 bf16, 2-vCPU AMD EPYC VM). With the keys computed once, the whole SCE
+// call (select_topk 0.1) takes 254-645 ms (median 352) against 689-858 ms (median 732), calls
+// alternated in one process on that VM, shared; the same results. The apply (sce_apply.cpp)
+// masks by the same keys. The caller turns the energies into the weights w_i
+// (mergefast/kernels/sce.py).
 #include <algorithm>
-#include <climits>
 
-#include "common.h"
 #include "kernels.h"
+#include "sce.h"
 
 namespace mergefast {
 namespace {
 
 constexpr int kHiBins = 1 << 15;  // top 15 bits of the 31-bit key
 constexpr int kLoBins = 1 << 16;  // low 16 bits
-constexpr float kDivisorMin = 1e-6f;
-// Scratch buffers of a block: 0 base, 1 staged x, 2-3 Welford mean (float64), 4-5 Welford
-// m2, 6 keys, 7 mask, 8 sum, 9 mixed, 10 divisor, 11 result, kFirstDelta.. the K deltas.
-constexpr int kFirstDelta = 12;
+// Scratch buffers of the keys pass: 0 base, 1 staged x, 2-3 Welford mean (float64), 4-5 m2
+// (keys_any_k); 0 base, 1..K the staged models (keys_fixed_k, K <= 4).
+constexpr int kKeyBuffers = 6;
 
-struct SceArgs {
-  const Src* base;
-  const std::vector<Src>* xs;
-  int K;
-  int64_t n;
-  int threads;
-};
+// a / d as torch's Welford divides, by a product where 1 / d is exact (d a power of two: the
+// same correctly rounded quotient) and a division otherwise (d = 3 with three models).
+MF_INLINE double divide(double a, double d, double inv, bool exact) { return exact ? a * inv : a / d; }
 
-// The K delta buffers of the calling thread's scratch.
-std::vector<float*> delta_bufs(const SceArgs& a, Scratch& s) {
-  std::vector<float*> d(a.K);
-  for (int i = 0; i < a.K; ++i) d[i] = s.buf(kFirstDelta + i);
-  return d;
+MF_INLINE constexpr bool power_of_two(int v) { return (v & (v - 1)) == 0; }
+
+// One Welford update (torch's WelfordOps::reduce) of the block with model i's deltas x - b.
+template <bool Exact>
+MF_INLINE void welford(const float* x, const float* b, int64_t len, double nf, double* mean, double* m2) {
+  const double inv = 1.0 / nf;
+  for (int64_t j = 0; j < len; ++j) {
+    const double v = static_cast<double>(x[j] - b[j]);
+    const double delta = v - mean[j];
+    mean[j] = mean[j] + divide(delta, nf, inv, Exact);
+    m2[j] = m2[j] + delta * (v - mean[j]);
+  }
 }
 
-// The deltas of block (off, len) into d[i]; with `keys`, the variance key of every element into
-// s.buf(6). Returns the staged base.
-const float* block_deltas(const SceArgs& a, int64_t off, int64_t len, Scratch& s,
-                          float* const* d, bool keys) {
-  const float* b = stage(*a.base, off, len, s.buf(0));
+// The variance keys of block (off, len) into keys + off, any K: one Welford update of the whole
+// block per model, the running mean and m2 in scratch (buffers 2-3 and 4-5).
+MF_INLINE void keys_any_k(const SceArgs& a, const float* b, uint32_t* keys, int64_t off, int64_t len, Scratch& s) {
   double* mean = reinterpret_cast<double*>(s.buf(2));
   double* m2 = reinterpret_cast<double*>(s.buf(4));
-  if (keys) {
-    std::fill(mean, mean + len, 0.0);
-    std::fill(m2, m2 + len, 0.0);
+  std::fill(mean, mean + len, 0.0);
+  std::fill(m2, m2 + len, 0.0);
+  for (int i = 0; i < a.K; ++i) {
+    const float* x = stage((*a.xs)[i], off, len, s.buf(1));
+    if (power_of_two(i + 1)) {
+      welford<true>(x, b, len, i + 1.0, mean, m2);
+    } else {
+      welford<false>(x, b, len, i + 1.0, mean, m2);
+    }
+  }
+  const double count = a.K, inv = 1.0 / count;
+  const bool exact = power_of_two(a.K);
+  uint32_t* kb = keys + off;
+  for (int64_t j = 0; j < len; ++j) kb[j] = mag_key(static_cast<float>(divide(m2[j], count, inv, exact)));
+}
+
+// The same keys for K models known at compile time: the K staged blocks (buffers 1..K) first,
+// then every element's Welford updates in registers. The same operations in the same order as
+// keys_any_k; measured on a 2-vCPU AMD EPYC VM, 8M elements, K = 3, one thread: 19-32 ms
+// against 26-57 ms with the AVX2 clones (the machine shared).
+template <int K>
+MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* keys, int64_t off, int64_t len, Scratch& s) {
+  const float* x[K];
+  for (int i = 0; i < K; ++i) x[i] = stage((*a.xs)[i], off, len, s.buf(1 + i));
+  uint32_t* kb = keys + off;
+  for (int64_t j = 0; j < len; ++j) {
+    double mean = 0.0, m2 = 0.0;
+    for (int i = 0; i < K; ++i) {
+      const double v = static_cast<double>(x[i][j] - b[j]);
+      const double delta = v - mean;
+      mean = mean + divide(delta, i + 1.0, 1.0 / (i + 1.0), power_of_two(i + 1));
+      m2 = m2 + delta * (v - mean);
+    }
+    kb[j] = mag_key(static_cast<float>(divide(m2, K, 1.0 / K, power_of_two(K))));
+  }
+}
+
+// The variance keys of block (off, len) into keys + off.
+MF_INLINE void keys_block_impl(const SceArgs& a, uint32_t* keys, int64_t off, int64_t len, Scratch& s) {
+  const float* b = stage(*a.base, off, len, s.buf(0));
+  switch (a.K) {
+    case 2: return keys_fixed_k<2>(a, b, keys, off, len, s);
+    case 3: return keys_fixed_k<3>(a, b, keys, off, len, s);
+    case 4: return keys_fixed_k<4>(a, b, keys, off, len, s);
+    default: return keys_any_k(a, b, keys, off, len, s);
+  }
+}
+
+// Block blk's sum of squared kept deltas per model into part[0..K): squares (d * d in
+// float32) added to 8 lanes in flat order, then the lanes in order. Buffers: 0 base, 1 staged
+// x, 2 mask.
+MF_INLINE void energies_block_impl(const SceArgs& a, const KeepRule& r, int64_t blk, int64_t len, Scratch& s,
+                                   double* part) {
+  const int64_t off = blk * kBlock;
+  const float* b = stage(*a.base, off, len, s.buf(0));
+  float* m = s.buf(2);
+  if (sce_keeps_all(r)) {
+    std::fill(m, m + len, 1.0f);  // d * 1.0f == d
+  } else {
+    sce_block_mask(r, blk, a.keys + off, len, m);
   }
   for (int i = 0; i < a.K; ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
-    float* di = d[i];
-    for (int64_t j = 0; j < len; ++j) di[j] = x[j] - b[j];
-    if (!keys) continue;
-    const double nf = static_cast<double>(i + 1);
-    for (int64_t j = 0; j < len; ++j) {  // torch's WelfordOps::reduce
-      const double v = di[j];
-      const double delta = v - mean[j];
-      mean[j] = mean[j] + delta / nf;
-      m2[j] = m2[j] + delta * (v - mean[j]);
+    double lanes[8] = {};
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8) {
+      for (int l = 0; l < 8; ++l) {
+        const float d = (x[j + l] - b[j + l]) * m[j + l];
+        lanes[l] += static_cast<double>(d * d);
+      }
     }
-  }
-  if (keys) {
-    uint32_t* kb = reinterpret_cast<uint32_t*>(s.buf(6));
-    const double count = static_cast<double>(a.K);
-    for (int64_t j = 0; j < len; ++j) kb[j] = mag_key(static_cast<float>(m2[j] / count));
-  }
-  return b;
-}
-
-// m[j] = 1.0f where block blk's rule keeps element j (key kb[j]), else 0.0f.
-void block_mask(const KeepRule& r, int64_t blk, const uint32_t* kb, int64_t len, float* m) {
-  uint32_t teff = 0;
-  int64_t rem = 0;
-  if (r.block_rule(blk, teff, rem)) {
-    for (int64_t j = 0; j < len; ++j) m[j] = kb[j] >= teff ? 1.0f : 0.0f;
-    return;
-  }
-  for (int64_t j = 0; j < len; ++j) {
-    bool keep = kb[j] > r.thr;
-    if (kb[j] == r.thr) keep = rem-- > 0;
-    m[j] = keep ? 1.0f : 0.0f;
+    for (; j < len; ++j) {
+      const float d = (x[j] - b[j]) * m[j];
+      lanes[j % 8] += static_cast<double>(d * d);
+    }
+    double t = 0.0;
+    for (int l = 0; l < 8; ++l) t += lanes[l];
+    part[i] = t;
   }
 }
 
-// d[i] *= m over the block, for every model (the reference's deltas * mask).
-void mask_deltas(int K, float* const* d, const float* m, int64_t len) {
-  for (int i = 0; i < K; ++i) {
-    for (int64_t j = 0; j < len; ++j) d[i][j] = d[i][j] * m[j];
-  }
-}
+MF_SCE_CLONED(keys_block, (const SceArgs& a, uint32_t* keys, int64_t off, int64_t len, Scratch& s),
+              (a, keys, off, len, s))
+MF_SCE_CLONED(energies_block,
+              (const SceArgs& a, const KeepRule& r, int64_t blk, int64_t len, Scratch& s, double* part),
+              (a, r, blk, len, s, part))
 
-// Runs body(blk, len, scratch, deltas, base) over the blocks, the keys in s.buf(6) when `keys`.
-template <class Body>
-void for_each_sce_block(const SceArgs& a, bool keys, Body&& body) {
-  for_each_block_raw(a.n, team_size(a.n, a.threads), kFirstDelta + a.K,
-                     [&](int tid, int64_t blk, int64_t off, int64_t len, Scratch& s) {
-                       const std::vector<float*> d = delta_bufs(a, s);
-                       const float* b = block_deltas(a, off, len, s, d.data(), keys);
-                       body(tid, blk, len, s, d.data(), b);
-                     });
-}
-
-// A histogram of bin(key) (a bin in [0, bins], `bins` meaning skip) over every element's
-// variance key; the count of nonzero keys into *nonzero when not null.
-template <class Bin>
-std::vector<int64_t> key_histogram(const SceArgs& a, size_t bins, const Bin& bin,
-                                   int64_t* nonzero) {
+// A histogram (`bins` bins) summed over per-thread parts: count(tid, off, len, scratch, part)
+// adds block (off, len) to its thread's part (bins + 1 counters, the last one "skip") and
+// returns how many of the block's keys are nonzero.
+template <class Count>
+std::vector<int64_t> histogram(const SceArgs& a, int buffers, size_t bins, Count&& count, int64_t* nonzero) {
   const int nthreads = team_size(a.n, a.threads);
   std::vector<std::vector<uint32_t>> part(nthreads, std::vector<uint32_t>(bins + 1, 0));
   std::vector<int64_t> nz(nthreads, 0);
-  for_each_sce_block(a, true, [&](int tid, int64_t, int64_t len, Scratch& s, float* const*,
-                                  const float*) {
-    const uint32_t* kb = reinterpret_cast<const uint32_t*>(s.buf(6));
-    uint32_t* h = part[tid].data();
-    int64_t count = 0;
-    for (int64_t j = 0; j < len; ++j) {
-      h[bin(kb[j])]++;
-      count += kb[j] != 0;
-    }
-    nz[tid] += count;
+  for_each_block_raw(a.n, nthreads, buffers, [&](int tid, int64_t, int64_t off, int64_t len, Scratch& s) {
+    nz[tid] += count(off, len, s, part[tid].data());
   });
   std::vector<int64_t> hist(bins, 0);
   for (int t = 0; t < nthreads; ++t) {
     for (size_t q = 0; q < bins; ++q) hist[q] += part[t][q];
-    if (nonzero != nullptr) *nonzero += nz[t];
+    *nonzero += nz[t];
   }
   return hist;
+}
+
+// The keys pass: every key into keys, the histogram of their top 15 bits, the nonzero count.
+std::vector<int64_t> keys_pass(const SceArgs& a, uint32_t* keys, int64_t* nonzero) {
+  const keys_block_fn block = keys_block_pick();
+  return histogram(a, kKeyBuffers, kHiBins, [&](int64_t off, int64_t len, Scratch& s, uint32_t* h) {
+    block(a, keys, off, len, s);
+    const uint32_t* kb = a.keys + off;
+    int64_t nz = 0;
+    for (int64_t j = 0; j < len; ++j) {
+      h[kb[j] >> 16]++;
+      nz += kb[j] != 0;
+    }
+    return nz;
+  }, nonzero);
 }
 
 // How many positions the selection keeps: int(nonzero * topk), at least 0.
@@ -146,12 +185,12 @@ int64_t keep_of(int64_t nonzero, double topk) {
   return k > 0.0 ? static_cast<int64_t>(k) : 0;
 }
 
-// The keep rule of the variance selection (see the file comment).
-KeepRule variance_rule(const SceArgs& a, double topk) {
+// The keep rule of the variance selection (see the file comment); fills keys unless topk >= 1.
+KeepRule variance_rule(const SceArgs& a, uint32_t* keys, double topk) {
   KeepRule r;  // keep all
   if (topk >= 1.0) return r;
-  int64_t nonzero = 0;
-  const auto top = key_histogram(a, kHiBins, [](uint32_t key) { return key >> 16; }, &nonzero);
+  int64_t nonzero = 0, unused = 0;
+  const auto top = keys_pass(a, keys, &nonzero);
   const int64_t k = keep_of(nonzero, topk);
   if (k <= 0) {
     r.thr = 0xFFFFFFFFu;  // keep none
@@ -160,99 +199,37 @@ KeepRule variance_rule(const SceArgs& a, double topk) {
   }
   const auto [bucket, above_bucket] = bin_from_top(top, k);
   const uint32_t hi = static_cast<uint32_t>(bucket);
-  const auto low = key_histogram(a, kLoBins, [hi](uint32_t key) {
-    return (key >> 16) == hi ? key & 0xFFFFu : static_cast<uint32_t>(kLoBins);
-  }, nullptr);
+  const auto low = histogram(a, 0, kLoBins, [&](int64_t off, int64_t len, Scratch&, uint32_t* h) {
+    const uint32_t* kb = a.keys + off;
+    for (int64_t j = 0; j < len; ++j) h[(kb[j] >> 16) == hi ? kb[j] & 0xFFFFu : kLoBins]++;
+    return int64_t{0};
+  }, &unused);
   const auto [lo, above] = bin_from_top(low, k - above_bucket);
   const uint32_t thr = (hi << 16) | static_cast<uint32_t>(lo);
   if (!set_threshold(r, thr, k, above_bucket + above, low[lo], num_blocks(a.n))) return r;
-  for_each_sce_block(a, true, [&](int, int64_t blk, int64_t len, Scratch& s, float* const*,
-                                  const float*) {
-    const uint32_t* kb = reinterpret_cast<const uint32_t*>(s.buf(6));
-    r.eq_in[blk] = std::count(kb, kb + len, thr);
+  for_each_block_raw(a.n, team_size(a.n, a.threads), 0, [&](int, int64_t blk, int64_t off, int64_t len, Scratch&) {
+    r.eq_in[blk] = std::count(a.keys + off, a.keys + off + len, thr);
   });
   scan_eq(r);
   return r;
 }
 
-bool keeps_all(const KeepRule& r) { return r.thr == 0 && !r.cut; }
-
-// sums[0..7] += v[j], lane j % 8, in flat order (the same sums whatever the vector width).
-void add_lanes(const float* v, int64_t len, double* sums) {
-  int64_t j = 0;
-  for (; j + 8 <= len; j += 8) {
-    for (int l = 0; l < 8; ++l) sums[l] += static_cast<double>(v[j + l]);
-  }
-  for (; j < len; ++j) sums[j % 8] += static_cast<double>(v[j]);
-}
-
-// The deltas of a block with the rule applied (the keys computed unless the rule keeps all).
-template <class Body>
-void for_each_masked_block(const SceArgs& a, const KeepRule& r, Body&& body) {
-  const bool all = keeps_all(r);
-  for_each_sce_block(a, !all, [&](int, int64_t blk, int64_t len, Scratch& s, float* const* d,
-                                  const float* b) {
-    if (!all) {
-      block_mask(r, blk, reinterpret_cast<const uint32_t*>(s.buf(6)), len, s.buf(7));
-      mask_deltas(a.K, d, s.buf(7), len);
-    }
-    body(blk, len, s, d, b);
-  });
-}
-
 }  // namespace
 
-KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n,
-                    int threads, double* energies) {
-  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads};
-  KeepRule r = variance_rule(a, topk);
+KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n, int threads,
+                    double* energies, uint32_t* keys) {
+  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, keys};
+  if (topk < 1.0) advise_huge_pages(keys, static_cast<size_t>(n) * sizeof(uint32_t));  // fresh: see common.h
+  const KeepRule r = variance_rule(a, keys, topk);
   const int K = a.K;
   std::vector<double> part(static_cast<size_t>(num_blocks(n)) * K, 0.0);
-  for_each_masked_block(a, r, [&](int64_t blk, int64_t len, Scratch& s, float* const* d,
-                                  const float*) {
-    float* sq = s.buf(8);
-    for (int i = 0; i < K; ++i) {
-      for (int64_t j = 0; j < len; ++j) sq[j] = d[i][j] * d[i][j];
-      double lanes[8] = {};
-      add_lanes(sq, len, lanes);
-      double t = 0.0;
-      for (int l = 0; l < 8; ++l) t += lanes[l];
-      part[blk * K + i] = t;
-    }
+  const energies_block_fn block = energies_block_pick();
+  for_each_block_raw(n, team_size(n, threads), 3, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
+    block(a, r, blk, len, s, part.data() + blk * K);
   });
   std::fill(energies, energies + K, 0.0);
   for (size_t q = 0; q < part.size(); ++q) energies[q % K] += part[q];
   return r;
-}
-
-void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule,
-               const std::vector<float>& w, const Dst& dst, int64_t n, int threads) {
-  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads};
-  const int K = a.K;
-  for_each_masked_block(a, rule, [&](int64_t blk, int64_t len, Scratch& s, float* const* d,
-                                     const float* b) {
-    float *sum = s.buf(8), *mixed = s.buf(9), *div = s.buf(10), *res = s.buf(11);
-    std::copy(d[0], d[0] + len, sum);
-    for (int i = 1; i < K; ++i) {
-      for (int64_t j = 0; j < len; ++j) sum[j] = sum[j] + d[i][j];
-    }
-    for (int i = 0; i < K; ++i) {
-      const float wi = w[i];
-      const float* di = d[i];
-      for (int64_t j = 0; j < len; ++j) {
-        const float elected = sum[j] >= 0.0f ? 1.0f : -1.0f;
-        const float agree = elected * di[j] > 0.0f ? 1.0f : 0.0f;  // sign(d) == elected
-        const float v = (di[j] * wi) * agree, dw = wi * agree;
-        mixed[j] = i == 0 ? v : mixed[j] + v;
-        div[j] = i == 0 ? dw : div[j] + dw;
-      }
-    }
-    for (int64_t j = 0; j < len; ++j) {
-      const float dv = div[j] < kDivisorMin ? kDivisorMin : div[j];  // NaN stays NaN
-      res[j] = b[j] + mixed[j] / dv;
-    }
-    store(dst, blk * kBlock, len, res);
-  });
 }
 
 }  // namespace mergefast

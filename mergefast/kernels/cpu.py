@@ -21,7 +21,7 @@ import torch
 
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 3  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 4  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).with_name("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -60,8 +60,8 @@ _SIGNATURES = {
     "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
-    "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p]),
-    "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
+    "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p]),
+    "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _p, _i32, _i32]),
     "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
     "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32]),
     "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
@@ -420,13 +420,15 @@ def nearswap(base: torch.Tensor, x: torch.Tensor, t: float, out_dtype: torch.dty
 
 def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float):
     """SCE's variance selection and energies: (rule, [sum of squared kept deltas per model]),
-    the rule (threshold key, tie quota, running tie counts per block or None) for `sce_apply`."""
+    the rule (threshold key, tie quota, running tie counts per block or None, the variance
+    keys or None) for `sce_apply`. The keys take 4 bytes an element (csrc/cpu/sce.cpp)."""
     n, op = base.numel(), "sce_select"
     bptr, bcode = _view(base, n, op)
     ptrs, codes = _views(xs, n, op)
     thr, quota, cut = ctypes.c_uint32(), ctypes.c_int64(), ctypes.c_int32()
     eq_prefix = (ctypes.c_int64 * (-(-n // BLOCK) + 1))()
     energies = (ctypes.c_double * len(xs))()
+    keys = torch.empty(n, dtype=torch.int32) if select_topk < 1 else None
     _check(
         _lib().mf_sce_select(
             bptr,
@@ -442,9 +444,10 @@ def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: floa
             ctypes.byref(cut),
             eq_prefix,
             energies,
+            None if keys is None else keys.data_ptr(),
         )
     )
-    rule = (thr.value, quota.value, eq_prefix if cut.value else None)
+    rule = (thr.value, quota.value, eq_prefix if cut.value else None, keys)
     return rule, list(energies)
 
 
@@ -457,7 +460,7 @@ def sce_apply(
     bptr, bcode = _view(base, n, op)
     ptrs, codes = _views(xs, n, op)
     optr, ocode = _view(out, n, op)
-    thr, quota, eq_prefix = rule
+    thr, quota, eq_prefix, keys = rule
     cut = eq_prefix is not None
     _check(
         _lib().mf_sce_apply(
@@ -471,6 +474,7 @@ def sce_apply(
             quota,
             cut,
             eq_prefix,
+            None if keys is None else keys.data_ptr(),
             _doubles(omega),
             optr,
             ocode,

@@ -98,11 +98,10 @@ _FUSED_EVERYWHERE = (
     "karcher",
     "ram",
     "ramplus_tl",
+    "sce",
+    "arcee_fusion",
 )
-KERNEL_METHODS = {
-    "cpu-ext": (*_FUSED_EVERYWHERE, "sce", "arcee_fusion"),
-    "triton": (*_FUSED_EVERYWHERE, "arcee_fusion"),
-}
+KERNEL_METHODS = {"cpu-ext": _FUSED_EVERYWHERE, "triton": _FUSED_EVERYWHERE}
 
 
 def describe_backends() -> list[str]:
@@ -129,7 +128,8 @@ def describe_backends() -> list[str]:
     lines.append(
         "any:  passthrough -> torch (a copy and one scale; no kernel needed); float64 inputs -> torch reference"
     )
-    lines.append(f"any:  {', '.join(_reference_only())} -> torch reference (no fused kernel)")
+    if _reference_only():
+        lines.append(f"any:  {', '.join(_reference_only())} -> torch reference (no fused kernel)")
     return lines
 
 

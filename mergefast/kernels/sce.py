@@ -1,10 +1,11 @@
 """SCE (`mergefast.methods.sce`) on the fused kernels: the host side of one call.
 
-The kernels (csrc/cpu/sce.cpp) run two calls, each reading base + K models block by block:
-`sce_select` finds the positions of the k largest variances across the task vectors (an
-exact histogram top-k of the float32 variance keys, ties lowest flat index first: the
-reference's stable sort) and sums each model's squared kept deltas; `sce_apply` runs the
-sign election and the weighted disjoint merge with the weights this module computes.
+The kernels (csrc/cpu/sce.cpp and sce_apply.cpp; kernels/triton/sce.py on the GPU) run two
+calls, each reading base + K models block by block: `sce_select` computes every position's
+float32 variance across the task vectors once (kept for the apply: 4 bytes an element), finds
+the k largest (an exact histogram top-k of their bits, ties lowest flat index first: the
+reference's stable sort) and sums each model's squared kept deltas; `sce_apply` runs the sign
+election and the weighted disjoint merge with the weights this module computes.
 
 The weights: the reference takes mean(tau_i^2) as torch's float32 `mean()` (a float32 sum,
 whose order depends on the device, the CPU's vector width and the thread count, then / n).
@@ -32,7 +33,8 @@ def weights(sums: Sequence[float], n: int) -> list[float]:
 
 
 def run(impl, base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float, out_dtype: torch.dtype):
-    """SCE on backend `impl` (kernels.cpu): the selection with the energies, then the apply.
+    """SCE on backend `impl` (kernels.cpu or kernels.triton.ops): the selection with the
+    energies, then the apply.
     Inputs contiguous, n > 0, at least one model, validated by the kernel API."""
     rule, sums = impl.sce_select(base, xs, select_topk)
     return impl.sce_apply(base, xs, rule, weights(sums, base.numel()), out_dtype)

@@ -9,6 +9,7 @@ from .dare import dare_norms
 from .della import della_apply, della_masks
 from .linear import linear_forward as linear
 from .ram import ram_apply, ram_counts
+from .sce import sce_apply, sce_select
 from .slerp import slerp_apply, slerp_dots
 from .slerp_family import gram, model_stock_apply, nearswap, nuslerp_apply
 from .task_arithmetic import magnitude_keep
@@ -33,4 +34,6 @@ __all__ = [
     "arcee_apply",
     "ram_counts",
     "ram_apply",
+    "sce_select",
+    "sce_apply",
 ]

@@ -62,9 +62,10 @@ def launch_options() -> dict:
     return {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
-def as_arg(t: torch.Tensor) -> torch.Tensor:
-    """The tensor as the kernels see it: bf16 viewed as int16 (converted in registers)."""
-    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+def as_arg(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The tensor as the kernels see it: bf16 viewed as int16 (converted in registers); None
+    (a selection without a base: load_f32) stays None."""
+    return t.view(torch.int16) if t is not None and t.dtype == torch.bfloat16 else t
 
 
 @triton.jit
@@ -78,8 +79,11 @@ def block_span(n, BLOCK: tl.constexpr):
 
 @triton.jit
 def load_f32(ptr, offs, mask):
-    """Load and convert to float32 in registers; int16 pointers carry bf16 bit patterns."""
-    if ptr.dtype.element_ty == tl.int16:
+    """Load and convert to float32 in registers; int16 pointers carry bf16 bit patterns; a
+    None pointer (a constexpr: the selection's missing base, select/__init__.py) reads zeros."""
+    if ptr is None:
+        return tl.full(offs.shape, 0.0, tl.float32)
+    elif ptr.dtype.element_ty == tl.int16:
         bits = tl.load(ptr + offs, mask=mask, other=0).to(tl.int32)
         return (bits << 16).to(tl.float32, bitcast=True)
     else:

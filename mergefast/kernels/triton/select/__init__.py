@@ -4,9 +4,10 @@ set), with no sort and no K x N temporaries. The same scheme, file for file, as 
 `csrc/cpu/select/` (its README.md).
 
 Keys. A delta's key is its float32 bits with the sign cleared (integer order = magnitude
-order; every NaN one key above inf: utils.magnitude_key). A model's keep rule is a threshold
-key T, a quota of T-valued keys to keep, and per block the T-valued keys before it, so a block
-keeps its ties in flat order (apply.keep_mask).
+order; every NaN one key above inf: utils.magnitude_key). Without a base (base None: the
+two passes only) the inputs' own values are ranked: SCE's variances (kernels/triton/sce.py).
+A model's keep rule is a threshold key T, a quota of T-valued keys to keep, and per block the
+T-valued keys before it, so a block keeps its ties in flat order (apply.keep_mask).
 
 Exact histogram top-k. T is found by counting, never by sorting: a radix select over the keys,
 one histogram pass per digit (histogram.py).

@@ -120,7 +120,7 @@ def select_by_histograms(
     options: SelectionOptions,
 ) -> None:
     """The histogram passes for `models`: settles each one's exact T in `state` (_settle)."""
-    n, dev = base.numel(), base.device
+    n, dev = xs[0].numel(), xs[0].device
     nblocks = triton.cdiv(n, block)
     opts = launch_options()
     b = as_arg(base)

@@ -170,7 +170,7 @@ def windows(base: torch.Tensor, xs: Sequence[torch.Tensor], keep: Sequence[int],
     thresholds (int64 [K]: hi + 1): for the models of `active` predicted from m sampled keys
     (window_ranks) in three launches; for the others a window nothing is in and keep-all or
     keep-none."""
-    n, K, dev = base.numel(), len(xs), base.device
+    n, K, dev = xs[0].numel(), len(xs), xs[0].device
     pos = sample_positions(n, m, dev)
     keys = torch.empty((len(active), m), dtype=torch.int32, device=dev)
     _sample_keys_kernel[(triton.cdiv(m, SAMPLE_BLOCK),)](
@@ -216,7 +216,7 @@ def scan(
 ) -> WindowScan:
     """The window scan of the models of `active` (those with 0 < keep < n); unscanned()
     when the tensor is too small to sample."""
-    n, K, dev = base.numel(), len(xs), base.device
+    n, K, dev = xs[0].numel(), len(xs), xs[0].device
     m = sample_size(n)
     if m < MIN_SAMPLE or not active:
         return unscanned(n, keep, block, dev)

@@ -1,0 +1,78 @@
+// SCE (mergefast/methods/sce.py) on the CPU, apply side: one read of base + K models and of the
+// variance keys that sce_select left (sce.cpp), one write of the result.
+//
+// The reference's float32 operations in its order: the kept deltas md_i = (x_i - b) * m, their
+// sum s = sum_i md_i (elected sign: s >= 0 counts as +), agree_i = sign(md_i) == elected (zeros
+// and NaNs never agree), sum_i (md_i * w_i) * agree_i over max(sum_i w_i * agree_i, 1e-6) (NaN
+// stays NaN, as torch's clamp), plus base, rounded once. The block function has an AVX2 clone
+// (sce.h): the same IEEE float32 results, eight lanes wide.
+#include <algorithm>
+
+#include "kernels.h"
+#include "sce.h"
+
+namespace mergefast {
+namespace {
+
+constexpr float kDivisorMin = 1e-6f;
+// Scratch buffers of a block: 0 base, 1 staged x, 2 mask, 3 sum, 4 mixed, 5 divisor,
+// kFirstDelta.. the K kept deltas.
+constexpr int kFirstDelta = 6;
+
+// sum_i (d_i * w_i) * agree_i into mixed and sum_i w_i * agree_i into div, model i's term
+// (first: the first model's terms start the sums).
+MF_INLINE void vote(const float* sum, const float* d, float wi, int64_t len, bool first, float* mixed, float* div) {
+  for (int64_t j = 0; j < len; ++j) {
+    const float elected = sum[j] >= 0.0f ? 1.0f : -1.0f;
+    const float agree = elected * d[j] > 0.0f ? 1.0f : 0.0f;  // sign(d) == elected
+    const float v = (d[j] * wi) * agree, dw = wi * agree;
+    mixed[j] = first ? v : mixed[j] + v;
+    div[j] = first ? dw : div[j] + dw;
+  }
+}
+
+// Block blk of the result, stored into dst.
+MF_INLINE void apply_block_impl(const SceArgs& a, const KeepRule& r, const float* w, const Dst& dst, int64_t blk,
+                                int64_t len, Scratch& s) {
+  const int64_t off = blk * kBlock;
+  const float* b = stage(*a.base, off, len, s.buf(0));
+  float* m = nullptr;
+  if (!sce_keeps_all(r)) sce_block_mask(r, blk, a.keys + off, len, m = s.buf(2));
+  float *sum = s.buf(3), *mixed = s.buf(4), *div = s.buf(5);
+  for (int i = 0; i < a.K; ++i) {
+    float* d = s.buf(kFirstDelta + i);
+    sce_kept_deltas((*a.xs)[i], b, m, off, len, s.buf(1), d);
+    if (i == 0) {
+      std::copy(d, d + len, sum);
+    } else {
+      for (int64_t j = 0; j < len; ++j) sum[j] = sum[j] + d[j];
+    }
+  }
+  // the branch outside the loops: each loop vectorises without a select on `first`
+  vote(sum, s.buf(kFirstDelta), w[0], len, true, mixed, div);
+  for (int i = 1; i < a.K; ++i) vote(sum, s.buf(kFirstDelta + i), w[i], len, false, mixed, div);
+  float* res = sum;  // the sums are used up
+  for (int64_t j = 0; j < len; ++j) {
+    const float dv = div[j] < kDivisorMin ? kDivisorMin : div[j];  // NaN stays NaN
+    res[j] = b[j] + mixed[j] / dv;
+  }
+  store(dst, off, len, res);
+}
+
+MF_SCE_CLONED(apply_block,
+              (const SceArgs& a, const KeepRule& r, const float* w, const Dst& dst, int64_t blk, int64_t len,
+               Scratch& s),
+              (a, r, w, dst, blk, len, s))
+
+}  // namespace
+
+void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule, const uint32_t* keys,
+               const std::vector<float>& w, const Dst& dst, int64_t n, int threads) {
+  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, keys};
+  const apply_block_fn block = apply_block_pick();
+  for_each_block_raw(n, team_size(n, threads), kFirstDelta + a.K, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
+    block(a, rule, w.data(), dst, blk, len, s);
+  });
+}
+
+}  // namespace mergefast
