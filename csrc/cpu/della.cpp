@@ -43,12 +43,12 @@ struct MaskArgs {
 
 // Per-thread buffers of the masks pass for tiles of up to `cap` elements.
 struct TileScratch {
-  std::vector<float> b, x, d;
+  std::vector<float> b, x, d, u;
   std::vector<uint32_t> rank;
   std::vector<uint16_t> bits;
   RankScratch rs;
   TileScratch(int64_t cap, int64_t cols)
-      : b(cap), x(cap), d(cap), rank(cap), bits(cap), rs(cols) {}
+      : b(cap), x(cap), d(cap), u(cap), rank(cap), bits(cap), rs(cols) {}
 };
 
 // sum of |v[j]| over 8 fixed lanes (j % 8) in float64, then the lanes in order.
@@ -65,35 +65,43 @@ MF_INLINE double lane_sum(const float* v, int64_t len) {
 }
 
 // Model i's keep bits over one tile (off, len) from its deltas d, into bits; |d| into x and
-// |kept d| into d (for the norms).
+// |kept d| into d (for the norms). The draws first (a loop of their own: AVX2 evaluates eight
+// counters at once), then one branch-free loop for p, u < p, the bits and the norms' terms.
+template <bool Avx2>
 MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, TileScratch& s) {
   float* d = s.d.data();
   float* x = s.x.data();
+  float* u = s.u.data();
+  uint16_t* bits = s.bits.data();
   const float pmin = a.pmin[i], span = a.span[i];
   const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
   const bool ranked = span != 0.0f && a.cols > 1;
-  const float denom = static_cast<float>(a.cols - 1);
+  const float denom = ranked ? static_cast<float>(a.cols - 1) : 1.0f;
   uint32_t* rank = s.rank.data();
   if (ranked) {
-    for (int64_t r = 0; r < len; r += a.cols) row_ranks(d + r, a.cols, s.rs, rank + r);
+    for (int64_t r = 0; r < len; r += a.cols) row_ranks<Avx2>(d + r, a.cols, s.rs, rank + r);
+  } else {
+    std::fill(rank, rank + len, 0u);
   }
-  // p into x first (a loop of its own: vectorised), then the draws
-  for (int64_t j = 0; j < len; ++j) {
-    x[j] = ranked ? pmin + (static_cast<float>(static_cast<int32_t>(rank[j])) / denom) * span : pmin;
-  }
+#if MF_AVX2_CLONES
+  if constexpr (Avx2) uniforms_avx2(z0, len, u);
+#endif
+  if constexpr (!Avx2) uniforms(z0, len, u);
+  const float scale = ranked ? span : 0.0f;
   const uint16_t bit = static_cast<uint16_t>(1u << i);
   for (int64_t j = 0; j < len; ++j) {
-    const float p = x[j];
-    const uint64_t draw = mix64(z0 + kGolden * static_cast<uint64_t>(j));
-    const float u = static_cast<float>(static_cast<int32_t>(draw >> 40)) * 0x1.0p-24f;
-    const bool kept = u < p;
-    s.bits[j] = static_cast<uint16_t>(s.bits[j] | (kept ? bit : 0));
-    x[j] = std::fabs(d[j]);
-    d[j] = kept ? x[j] : 0.0f;
+    // unranked: pmin + (0 / 1) * 0 == pmin, without a branch
+    const float p = pmin + (static_cast<float>(static_cast<int32_t>(rank[j])) / denom) * scale;
+    const uint32_t kept = 0u - static_cast<uint32_t>(u[j] < p);  // all ones where kept
+    bits[j] = static_cast<uint16_t>(bits[j] | (bit & kept));
+    const float m = std::fabs(d[j]);
+    x[j] = m;
+    d[j] = bits_to_f32(f32_to_bits(m) & kept);
   }
 }
 
 // Tile t's keep words and its norms part[2i], part[2i + 1].
+template <bool Avx2>
 MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
   const int64_t off = t * a.tile_rows * a.cols;
   const int64_t len = std::min(a.tile_rows * a.cols, a.n - off);
@@ -102,7 +110,7 @@ MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* p
   for (int i = 0; i < a.K; ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.x.data());
     for (int64_t j = 0; j < len; ++j) s.d[j] = x[j] - b[j];
-    keep_bits(a, i, off, len, s);
+    keep_bits<Avx2>(a, i, off, len, s);
     part[2 * i] = lane_sum(s.x.data(), len);
     part[2 * i + 1] = lane_sum(s.d.data(), len);
   }
@@ -110,12 +118,12 @@ MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* p
 }
 
 void mask_tile_default(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
-  mask_tile(a, t, s, part);
+  mask_tile<false>(a, t, s, part);
 }
 
 #if MF_AVX2_CLONES
 MF_TARGET_AVX2 void mask_tile_avx2(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
-  mask_tile(a, t, s, part);
+  mask_tile<true>(a, t, s, part);
 }
 
 #endif

@@ -4,11 +4,21 @@
 // order of mag_key (select/rules.h: |d|'s bits, every NaN one key above +inf, as torch ranks
 // NaNs above inf and equal to each other), ties lowest index first.
 //
-// Rows are short (a weight matrix's last axis: 4096 or 11008 in a 7B model) and stay in L1/L2:
-// a least-significant-digit radix sort of (key, index) over 11/11/9-bit digits, stable, so
-// equal keys keep index order without comparing indices. A digit that every key of the row
-// shares is skipped (bf16 fine-tunes: deltas of a few magnitudes). Rows below kSortMin
-// elements use std::sort on key << 32 | index instead (the histograms would cost more).
+// Rows are short (a weight matrix's last axis: 4096 or 11008 in a 7B model) and stay in L1/L2.
+// Two methods, both exact:
+// - tie counting (tie_ranks): deltas of bf16 weights have few significant bits (a difference
+//   of two 8-bit significands: about 570 distinct magnitudes in a 4096-element row of a 7B
+//   layer), so the key's top bits (>> kTieShift) name each distinct key of most elements: one
+//   bucket per key. A histogram of the buckets, its prefix sums, then one pass in index order
+//   gives each element rank = (elements of smaller keys) + (equal keys before it): no sort.
+//   The few "odd" keys that share a bucket with other keys (more significant bits, ~1.5 % of
+//   a row) or lie below the bucket window are sorted (key, index) and placed after their
+//   bucket's plain key. Measured on a 2-vCPU AMD EPYC VM (shared), 7B layer bf16 deltas:
+//   2.4-2.8 ns per element against 5-6.7 ns for the radix sort below (about 2x).
+// - otherwise (float32 or float16 deltas: more than 1/8 of the row odd) a least-significant-
+//   digit radix sort of (key, index) over 11/11/9-bit digits, stable, so equal keys keep index
+//   order without comparing indices; a digit every key of the row shares is skipped.
+// Rows below kSortMin elements use std::sort on key << 32 | index (histograms would cost more).
 #pragma once
 
 #include <algorithm>
@@ -17,6 +27,7 @@
 #include <vector>
 
 #include "common.h"
+#include "della_ties.h"
 #include "select/rules.h"
 
 namespace mergefast {
@@ -30,7 +41,8 @@ struct RankScratch {
   std::vector<uint32_t> keys[2], idx[2];
   std::vector<uint64_t> pairs;
   uint32_t hist[3][kRankBins];
-  explicit RankScratch(int64_t cols) : pairs(cols < kSortMin ? cols : 0) {
+  TieScratch ties;
+  explicit RankScratch(int64_t cols) : pairs(cols < kSortMin ? cols : 0), ties(cols < kSortMin ? 0 : cols) {
     if (cols >= kSortMin) {
       for (int q = 0; q < 2; ++q) {
         keys[q].resize(cols);
@@ -72,14 +84,12 @@ MF_INLINE void radix_pass(int q, bool last, int64_t cols, uint32_t* hist, const 
   }
 }
 
-// rank[j] = the position of d[j] in its row's stable ascending order of mag_key (above).
-inline void row_ranks(const float* d, int64_t cols, RankScratch& s, uint32_t* rank) {
-  if (cols < kSortMin) return small_row_ranks(d, cols, s, rank);
+// rank[j] by the radix sort, the row's keys given in s.keys[0].
+inline void radix_ranks(int64_t cols, RankScratch& s, uint32_t* rank) {
   std::memset(s.hist, 0, sizeof(s.hist));
-  uint32_t* k0 = s.keys[0].data();
+  const uint32_t* k0 = s.keys[0].data();
   for (int64_t j = 0; j < cols; ++j) {
-    const uint32_t k = mag_key(d[j]);
-    k0[j] = k;
+    const uint32_t k = k0[j];
     ++s.hist[0][k & (kRankBins - 1)];
     ++s.hist[1][(k >> kRankBits) & (kRankBins - 1)];
     ++s.hist[2][k >> (2 * kRankBits)];
@@ -103,6 +113,25 @@ inline void row_ranks(const float* d, int64_t cols, RankScratch& s, uint32_t* ra
     src_k = dst_k;
     src_i = dst_i;
   }
+}
+
+// rank[j] = the position of d[j] in its row's stable ascending order of mag_key (above): the
+// keys, their extremes and how many have bits below kTieShift (a lower bound of the odd keys:
+// a float32 or float16 row goes to the radix sort without the tie passes), then either method.
+template <bool Avx2>
+MF_INLINE void row_ranks(const float* d, int64_t cols, RankScratch& s, uint32_t* rank) {
+  if (cols < kSortMin) return small_row_ranks(d, cols, s, rank);
+  uint32_t* k0 = s.keys[0].data();
+  uint32_t kmax = 0, kmin1 = 0xFFFFFFFFu, low = 0;  // kmin1: the least nonzero key - 1
+  for (int64_t j = 0; j < cols; ++j) {
+    const uint32_t k = mag_key(d[j]);
+    k0[j] = k;
+    kmax = std::max(kmax, k);
+    kmin1 = std::min(kmin1, k - 1u);
+    low += (k & kTieLow) != 0;
+  }
+  if (low <= cols / 8 && tie_ranks<Avx2>(k0, cols, kmax, kmin1 + 1u, s.ties, rank)) return;
+  radix_ranks(cols, s, rank);
 }
 
 }  // namespace mergefast
