@@ -22,11 +22,18 @@
 namespace mergefast {
 namespace {
 
+// The row sweeps' lambdas are inlined into each clone too (a lambda compiled on its own gets
+// the default instruction set: the AVX2 clone would call SSE code).
+#if defined(__GNUC__)
+#define MF_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define MF_LAMBDA_INLINE
+#endif
+
 constexpr int kBins = 1 << 16;
-constexpr double kSoftmaxEps = 1e-8;
-// Scratch buffers: 0 staged base, 1 staged other, 2 keys, 3-4 and 5-6 float64 exps.
-constexpr int kExpB = 3, kExpX = 5, kBuffers = 7;
-// Rows up to this many columns keep their exps (2 x 8 bytes an element, per thread).
+constexpr float kSoftmaxEps = 1e-8f;
+// Rows up to this many columns are staged once into a per-thread row buffer (2 x 4 bytes an
+// element: 88 KiB for 11008 columns, L2-resident) for the four sweeps; longer rows restage.
 constexpr int64_t kCacheCols = 1 << 16;
 
 struct ArceeArgs {
@@ -45,26 +52,38 @@ MF_INLINE void row_runs(int64_t off, int64_t len, int64_t cols, F&& f) {
   }
 }
 
-// Calls f(j, b, x, len) for the blocks of kBlock of the row starting at `start`: j the column,
-// b and x staged as float32.
-template <class F>
-MF_INLINE void row_blocks(const ArceeArgs& a, int64_t start, Scratch& s, F&& f) {
-  for (int64_t j = 0; j < a.cols; j += kBlock) {
-    const int64_t len = std::min(kBlock, a.cols - j);
-    f(j, stage(a.base, start + j, len, s.buf(0)), stage(a.other, start + j, len, s.buf(1)), len);
-  }
-}
+// One row's float32 values, block by block: from the row buffer (`cache`: base then other,
+// filled by the first sweep) or staged again per block (rows past kCacheCols).
+struct RowSource {
+  const ArceeArgs& a;
+  int64_t start;
+  Scratch& s;
+  float* cache;  // 2 x cols floats, or nullptr
 
-// sum of v[0..len) over 4 fixed lanes (vectorises; the same sum on every machine).
-MF_INLINE double lane_sum(const double* v, int64_t len) {
-  double acc[4] = {0.0, 0.0, 0.0, 0.0};
-  int64_t j = 0;
-  for (; j + 4 <= len; j += 4) {
-    for (int l = 0; l < 4; ++l) acc[l] += v[j + l];
+  // Calls f(j, b, x, len) for the blocks of kBlock of the row; `fill` stages into the cache.
+  template <class F>
+  MF_INLINE void blocks(bool fill, F&& f) {
+    for (int64_t j = 0; j < a.cols; j += kBlock) {
+      const int64_t len = std::min(kBlock, a.cols - j);
+      if (cache != nullptr && !fill) {
+        f(j, cache + j, cache + a.cols + j, len);
+        continue;
+      }
+      float* bb = cache != nullptr ? cache + j : s.buf(0);
+      float* bx = cache != nullptr ? cache + a.cols + j : s.buf(1);
+      const float* b = stage(a.base, start + j, len, bb);
+      const float* x = stage(a.other, start + j, len, bx);
+      if (cache != nullptr && b != bb) std::memcpy(bb, b, len * sizeof(float));
+      if (cache != nullptr && x != bx) std::memcpy(bx, x, len * sizeof(float));
+      f(j, b, x, len);
+    }
   }
-  for (; j < len; ++j) acc[j % 4] += v[j];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
+
+  // Where the exps of the block at column j go: base (which 0) or other (1).
+  MF_INLINE float* exps(int64_t j, int which) {
+    return cache != nullptr ? cache + (2 + which) * a.cols + j : s.buf(3 + which);
+  }
+};
 
 // max(m, v[0..len)) over 8 lanes (vectorises). NaN never wins: it reaches the sums instead.
 MF_INLINE float lane_max(const float* v, int64_t len, float m) {
@@ -78,47 +97,77 @@ MF_INLINE float lane_max(const float* v, int64_t len, float m) {
   return acc[0];
 }
 
-// e[j] = e^(v[j] - m) in float64.
-MF_INLINE void exps(const float* v, float m, int64_t len, double* e) {
-  for (int64_t j = 0; j < len; ++j) e[j] = exp_nonpositive(static_cast<double>(v[j]) - m);
+// sum of v[0..len) into the float64 lanes acc (vectorises; the same sum on every machine).
+MF_INLINE void lane_sum(const float* v, int64_t len, double* acc) {
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += static_cast<double>(v[j + l]);
+  }
+  for (; j < len; ++j) acc[j % 8] += static_cast<double>(v[j]);
 }
 
-// The KL of the row starting at element `start` (see the file comment), float64: three
-// sweeps over the row (in cache), block by block. `cache` (2 cols doubles, or nullptr for rows
-// past kCacheCols) keeps the second sweep's exps for the third: 2 of its 4 exps an element.
-MF_INLINE double kl_row(const ArceeArgs& a, int64_t start, Scratch& s, double* cache) {
-  double* eb = reinterpret_cast<double*>(s.buf(kExpB));
-  double* ex = reinterpret_cast<double*>(s.buf(kExpX));
-  float mb = -std::numeric_limits<float>::infinity(), mx = mb;
-  row_blocks(a, start, s, [&](int64_t, const float* b, const float* x, int64_t len) {
-    mb = lane_max(b, len, mb);
-    mx = lane_max(x, len, mx);
+// e[j] = e^(v[j] - m), float32.
+MF_INLINE void exps(const float* __restrict v, float m, int64_t len, float* __restrict e) {
+  for (int64_t j = 0; j < len; ++j) e[j] = exp32_nonpositive(v[j] - m);
+}
+
+// The row constants of the KL terms: the maxima, 1 / the sums of the exps, and
+// c = (mx - mb) + log(sx / sb), so that p / q = e^((x - b) - c) up to the 1e-8s.
+struct RowConsts {
+  float mb, mx, ib, ix, c;
+};
+
+// q f(p / q) of one element (see arcee_math.h): p - q = q0 expm1(d) while |d| <= 1/2 (no
+// cancellation), else p0 - q0 (which then cancels by less than a factor of 2.6).
+MF_INLINE float kl_term(float b, float x, float eb, float ex, const RowConsts& k) {
+  const float q0 = eb * k.ib, p0 = ex * k.ix;
+  const float d = (x - b) - k.c;
+  const float diff = std::fabs(d) <= 0.5f ? q0 * expm1_small(d) : p0 - q0;
+  const float q = q0 + kSoftmaxEps;
+  return q * kl_f(diff / q);
+}
+
+// t[j] = the KL term of element j (eb, ex: its exps).
+MF_INLINE void kl_terms(const float* __restrict b, const float* __restrict x, const float* __restrict eb,
+                        const float* __restrict ex, const RowConsts& k, int64_t len, float* __restrict t) {
+  for (int64_t j = 0; j < len; ++j) t[j] = kl_term(b[j], x[j], eb[j], ex[j], k);
+}
+
+MF_INLINE double lanes_total(const double* v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+// The KL of one row (see the file comment): three sweeps, the first filling the row buffer.
+MF_INLINE double kl_row(RowSource& row) {
+  RowConsts k{-std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), 0, 0, 0};
+  row.blocks(true, [&](int64_t, const float* b, const float* x, int64_t len) MF_LAMBDA_INLINE {
+    k.mb = lane_max(b, len, k.mb);
+    k.mx = lane_max(x, len, k.mx);
   });
-  double sb = 0.0, sx = 0.0;
-  row_blocks(a, start, s, [&](int64_t j, const float* b, const float* x, int64_t len) {
-    double* cb = cache != nullptr ? cache + j : eb;
-    double* cx = cache != nullptr ? cache + a.cols + j : ex;
-    exps(b, mb, len, cb);
-    exps(x, mx, len, cx);
-    sb += lane_sum(cb, len);
-    sx += lane_sum(cx, len);
+  double sb[8] = {}, sx[8] = {};
+  row.blocks(false, [&](int64_t j, const float* b, const float* x, int64_t len) MF_LAMBDA_INLINE {
+    float *eb = row.exps(j, 0), *ex = row.exps(j, 1);
+    exps(b, k.mb, len, eb);
+    exps(x, k.mx, len, ex);
+    lane_sum(eb, len, sb);
+    lane_sum(ex, len, sx);
   });
-  const double ib = 1.0 / sb, ix = 1.0 / sx;
-  double kl = 0.0;
-  row_blocks(a, start, s, [&](int64_t j, const float* b, const float* x, int64_t len) {
-    const double* cb = cache != nullptr ? cache + j : eb;
-    const double* cx = cache != nullptr ? cache + a.cols + j : ex;
-    if (cache == nullptr) {
-      exps(b, mb, len, eb);
-      exps(x, mx, len, ex);
+  const double tb = lanes_total(sb), tx = lanes_total(sx);
+  k.ib = static_cast<float>(1.0 / tb);
+  k.ix = static_cast<float>(1.0 / tx);
+  k.c = static_cast<float>((static_cast<double>(k.mx) - k.mb) + log_positive(tx / tb));
+  double acc[8] = {};
+  float* t = row.s.buf(5);
+  row.blocks(false, [&](int64_t j, const float* b, const float* x, int64_t len) MF_LAMBDA_INLINE {
+    float *eb = row.exps(j, 0), *ex = row.exps(j, 1);
+    if (row.cache == nullptr) {
+      exps(b, k.mb, len, eb);
+      exps(x, k.mx, len, ex);
     }
-    for (int64_t i = 0; i < len; ++i) {
-      const double p = cx[i] * ix + kSoftmaxEps, q = cb[i] * ib + kSoftmaxEps;
-      eb[i] = p * log_positive(p / q);
-    }
-    kl += lane_sum(eb, len);
+    kl_terms(b, x, eb, ex, k, len, t);
+    lane_sum(t, len, acc);
   });
-  return kl;
+  return lanes_total(acc);
 }
 
 // The order keys of the importance |x - b| * kl of `len` elements into `keys`.
@@ -128,13 +177,14 @@ MF_INLINE void importance_keys(const float* b, const float* x, float kl, int64_t
 
 // Pass 1 for rows [r0, r1): their KL into kl, the top-16-bit histogram of their keys into h.
 #define MF_ARCEE_ROWS(NAME, TARGET)                                                                   \
-  TARGET void NAME(const ArceeArgs& a, int64_t r0, int64_t r1, Scratch& s, double* cache, float* kl, \
+  TARGET void NAME(const ArceeArgs& a, int64_t r0, int64_t r1, Scratch& s, float* cache, float* kl,  \
                    uint32_t* h) {                                                                     \
     uint32_t* keys = reinterpret_cast<uint32_t*>(s.buf(2));                                          \
-    for (int64_t row = r0; row < r1; ++row) {                                                         \
-      const float k = static_cast<float>(kl_row(a, row * a.cols, s, cache));                          \
-      kl[row] = k;                                                                                    \
-      row_blocks(a, row * a.cols, s, [&](int64_t, const float* b, const float* x, int64_t len) {      \
+    for (int64_t r = r0; r < r1; ++r) {                                                               \
+      RowSource row{a, r * a.cols, s, cache};                                                         \
+      const float k = static_cast<float>(kl_row(row));                                                \
+      kl[r] = k;                                                                                      \
+      row.blocks(false, [&](int64_t, const float* b, const float* x, int64_t len) MF_LAMBDA_INLINE {                  \
         importance_keys(b, x, k, len, keys);                                                          \
         for (int64_t j = 0; j < len; ++j) h[keys[j] >> 16]++;                                         \
       });                                                                                             \
@@ -179,9 +229,9 @@ std::vector<int64_t> pass_rows(const ArceeArgs& a, int threads, float* kl) {
 #else
     const int tid = 0;
 #endif
-    Scratch scratch(kBuffers);
-    std::vector<double> cache(a.cols <= kCacheCols ? 2 * a.cols : 0);
-    double* c = cache.empty() ? nullptr : cache.data();
+    Scratch scratch(6);
+    std::vector<float> cache(a.cols <= kCacheCols ? 4 * a.cols : 0);
+    float* c = cache.empty() ? nullptr : cache.data();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r0 = 0; r0 < a.rows; r0 += chunk) {
       body(a, r0, std::min(a.rows, r0 + chunk), scratch, c, kl, part.data() + tid * kBins);
