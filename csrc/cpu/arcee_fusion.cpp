@@ -240,26 +240,51 @@ std::vector<int64_t> pass_rows(const ArceeArgs& a, int threads, float* kl) {
   return merged(part, nthreads, kBins);
 }
 
+// The codes of the keys of a block for pass 2: q * kBins + the low 16 bits for a key in bucket
+// top[q] (top: 3 entries, unused ones ~0u), kMissCode for the others. Vectorises (the AVX2
+// clone: 8 lanes), leaving pass 2 no per-element branch.
+constexpr uint32_t kMissCode = 0xFFFFFFFFu;
+#define MF_ARCEE_CODES(NAME, TARGET)                                                                  \
+  TARGET void NAME(const ArceeArgs& a, const float* kl, const uint32_t* top, int64_t off, int64_t len, \
+                   Scratch& s, uint32_t* codes) {                                                     \
+    const float* b = stage(a.base, off, len, s.buf(0));                                              \
+    const float* x = stage(a.other, off, len, s.buf(1));                                             \
+    row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) MF_LAMBDA_INLINE {            \
+      importance_keys(b + j0, x + j0, kl[row], j1 - j0, codes + j0);                                 \
+    });                                                                                               \
+    for (int64_t j = 0; j < len; ++j) {                                                               \
+      const uint32_t hi = codes[j] >> 16, lo = codes[j] & 0xFFFFu;                                    \
+      codes[j] = hi == top[0] ? lo : hi == top[1] ? kBins + lo : hi == top[2] ? 2 * kBins + lo : kMissCode; \
+    }                                                                                                 \
+  }
+MF_ARCEE_CODES(block_codes, )
+#if MF_AVX2_CLONES
+MF_ARCEE_CODES(block_codes_avx2, MF_TARGET_AVX2)
+#endif
+
 // Pass 2: the low-16-bit histograms of the keys in each of the buckets `top` (distinct).
 std::vector<int64_t> pass_low(const ArceeArgs& a, const float* kl, const std::vector<uint32_t>& top, int threads) {
   const int64_t n = a.rows * a.cols;
   const int nthreads = team_size(n, threads), B = static_cast<int>(top.size());
   const size_t bins = static_cast<size_t>(B) * kBins;
   std::vector<uint32_t> part(nthreads * bins, 0);
-  for_each_block_raw(n, nthreads, 3, [&](int tid, int64_t, int64_t off, int64_t len, Scratch& s) {
-    const float* b = stage(a.base, off, len, s.buf(0));
-    const float* x = stage(a.other, off, len, s.buf(1));
-    uint32_t* keys = reinterpret_cast<uint32_t*>(s.buf(2));
-    row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) {
-      importance_keys(b + j0, x + j0, kl[row], j1 - j0, keys + j0);
-    });
-    uint32_t* h = part.data() + tid * bins;
+  uint32_t top3[3] = {~0u, ~0u, ~0u};
+  std::copy(top.begin(), top.end(), top3);
+  auto codes_of = &block_codes;
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) codes_of = &block_codes_avx2;
+#endif
+  for_each_block_raw(n, nthreads, 4, [&](int tid, int64_t, int64_t off, int64_t len, Scratch& s) {
+    uint32_t* codes = reinterpret_cast<uint32_t*>(s.buf(2));
+    uint32_t* hits = reinterpret_cast<uint32_t*>(s.buf(3));
+    codes_of(a, kl, top3, off, len, s, codes);
+    int64_t count = 0;  // packed without a branch: the buckets hold a few % of the keys
     for (int64_t j = 0; j < len; ++j) {
-      const uint32_t hi = keys[j] >> 16;
-      for (int q = 0; q < B; ++q) {
-        if (hi == top[q]) h[q * kBins + (keys[j] & 0xFFFFu)]++;
-      }
+      hits[count] = codes[j];
+      count += codes[j] != kMissCode;
     }
+    uint32_t* h = part.data() + tid * bins;
+    for (int64_t i = 0; i < count; ++i) h[hits[i]]++;
   });
   return merged(part, nthreads, bins);
 }
