@@ -127,9 +127,32 @@ MF_INLINE float kl_term(float b, float x, float eb, float ex, const RowConsts& k
   return q * kl_f(diff / q);
 }
 
-// t[j] = the KL term of element j (eb, ex: its exps).
+// kl_term where |d| <= 0.1: then |u| <= 0.106, and f is a polynomial (no second division).
+MF_INLINE float kl_term_small(float b, float x, float eb, const RowConsts& k) {
+  const float q0 = eb * k.ib, q = q0 + kSoftmaxEps;
+  return q * kl_f_small(q0 * expm1_tiny((x - b) - k.c) / q);
+}
+
+// max |x - b| of a block (NaN: a NaN), as the unsigned maximum of the bits of |x - b|, which
+// orders them as their values (a loop reduction GCC vectorises; a float max reduction it does
+// not without -ffast-math).
+MF_INLINE float max_delta(const float* __restrict b, const float* __restrict x, int64_t len) {
+  uint32_t m = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const uint32_t d = f32_to_bits(x[j] - b[j]) & 0x7FFFFFFFu;
+    m = d > m ? d : m;
+  }
+  return bits_to_f32(m);
+}
+
+// t[j] = the KL term of element j (eb, ex: its exps). A block of small deltas (fine-tunes':
+// |d| <= 0.1) takes kl_term_small.
 MF_INLINE void kl_terms(const float* __restrict b, const float* __restrict x, const float* __restrict eb,
                         const float* __restrict ex, const RowConsts& k, int64_t len, float* __restrict t) {
+  if (max_delta(b, x, len) + std::fabs(k.c) <= 0.1f) {
+    for (int64_t j = 0; j < len; ++j) t[j] = kl_term_small(b[j], x[j], eb[j], k);
+    return;
+  }
   for (int64_t j = 0; j < len; ++j) t[j] = kl_term(b[j], x[j], eb[j], ex[j], k);
 }
 
