@@ -285,6 +285,40 @@ MF_ARCEE_CODES(block_codes, )
 MF_ARCEE_CODES(block_codes_avx2, MF_TARGET_AVX2)
 #endif
 
+// Copies the codes other than kMissCode to hits (in order), without a branch (the buckets hold
+// a few % of the keys); returns their count.
+MF_INLINE int64_t pack_hits_scalar(const uint32_t* codes, int64_t j, int64_t len, uint32_t* hits, int64_t count) {
+  for (; j < len; ++j) {
+    hits[count] = codes[j];
+    count += codes[j] != kMissCode;
+  }
+  return count;
+}
+
+#if MF_AVX2_CLONES
+// pack_hits_scalar with AVX2: 8 codes per compare, movemask and permute (kPack). Writes up to
+// 7 codes past the count.
+MF_TARGET_AVX2 int64_t pack_hits_avx2(const uint32_t* codes, int64_t len, uint32_t* hits) {
+  const __m256i miss = _mm256_set1_epi32(static_cast<int32_t>(kMissCode));
+  int64_t count = 0, j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j));
+    const int mask = ~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(c, miss))) & 0xFF;
+    const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hits + count), _mm256_permutevar8x32_epi32(c, lanes));
+    count += __builtin_popcount(static_cast<unsigned>(mask));
+  }
+  return pack_hits_scalar(codes, j, len, hits, count);
+}
+#endif
+
+int64_t pack_hits(const uint32_t* codes, int64_t len, uint32_t* hits) {
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) return pack_hits_avx2(codes, len, hits);
+#endif
+  return pack_hits_scalar(codes, 0, len, hits, 0);
+}
+
 // Pass 2: the low-16-bit histograms of the keys in each of the buckets `top` (distinct).
 std::vector<int64_t> pass_low(const ArceeArgs& a, const float* kl, const std::vector<uint32_t>& top, int threads) {
   const int64_t n = a.rows * a.cols;
@@ -297,20 +331,37 @@ std::vector<int64_t> pass_low(const ArceeArgs& a, const float* kl, const std::ve
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) codes_of = &block_codes_avx2;
 #endif
-  for_each_block_raw(n, nthreads, 4, [&](int tid, int64_t, int64_t off, int64_t len, Scratch& s) {
+  for_each_block_raw(n, nthreads, 5, [&](int tid, int64_t, int64_t off, int64_t len, Scratch& s) {
     uint32_t* codes = reinterpret_cast<uint32_t*>(s.buf(2));
-    uint32_t* hits = reinterpret_cast<uint32_t*>(s.buf(3));
+    uint32_t* hits = reinterpret_cast<uint32_t*>(s.buf(3));  // buffer 4: pack_hits' overrun
     codes_of(a, kl, top3, off, len, s, codes);
-    int64_t count = 0;  // packed without a branch: the buckets hold a few % of the keys
-    for (int64_t j = 0; j < len; ++j) {
-      hits[count] = codes[j];
-      count += codes[j] != kMissCode;
-    }
+    const int64_t count = pack_hits(codes, len, hits);
     uint32_t* h = part.data() + tid * bins;
     for (int64_t i = 0; i < count; ++i) h[hits[i]]++;
   });
   return merged(part, nthreads, bins);
 }
+
+// out = b + (|x - b| * kl[row] >= threshold ? x - b : 0) for the block [off, off + len).
+#define MF_ARCEE_APPLY(NAME, TARGET)                                                                  \
+  TARGET void NAME(const Src& base, const Src& other, int64_t cols, const float* kl, float threshold, \
+                   const Dst& dst, int64_t off, int64_t len, Scratch& s) {                            \
+    const float* b = stage(base, off, len, s.buf(0));                                                \
+    const float* x = stage(other, off, len, s.buf(1));                                               \
+    float* r = s.buf(2);                                                                              \
+    row_runs(off, len, cols, [&](int64_t j0, int64_t j1, int64_t row) MF_LAMBDA_INLINE {              \
+      const float k = kl[row];                                                                        \
+      for (int64_t j = j0; j < j1; ++j) {                                                             \
+        const float d = x[j] - b[j];                                                                  \
+        r[j] = b[j] + (std::fabs(d) * k >= threshold ? d : 0.0f);                                     \
+      }                                                                                               \
+    });                                                                                               \
+    store(dst, off, len, r);                                                                          \
+  }
+MF_ARCEE_APPLY(apply_block, )
+#if MF_AVX2_CLONES
+MF_ARCEE_APPLY(apply_block_avx2, MF_TARGET_AVX2)
+#endif
 
 }  // namespace
 
@@ -337,18 +388,12 @@ void arcee_select(const Src& base, const Src& other, int64_t rows, int64_t cols,
 
 void arcee_apply(const Src& base, const Src& other, int64_t cols, const float* kl, float threshold,
                  const Dst& dst, int64_t n, int threads) {
+  auto body = &apply_block;
+#if MF_AVX2_CLONES
+  if (cpu_has_avx2()) body = &apply_block_avx2;
+#endif
   for_each_block_raw(n, team_size(n, threads), 3, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
-    const float* b = stage(base, off, len, s.buf(0));
-    const float* x = stage(other, off, len, s.buf(1));
-    float* r = s.buf(2);
-    row_runs(off, len, cols, [&](int64_t j0, int64_t j1, int64_t row) {
-      const float k = kl[row];
-      for (int64_t j = j0; j < j1; ++j) {
-        const float d = x[j] - b[j];
-        r[j] = b[j] + (std::fabs(d) * k >= threshold ? d : 0.0f);
-      }
-    });
-    store(dst, off, len, r);
+    body(base, other, cols, kl, threshold, dst, off, len, s);
   });
 }
 
