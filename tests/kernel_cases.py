@@ -812,8 +812,9 @@ class KernelSuite:
         assert not torch.equal(outs[0], other)
 
     # ------------------------------------------------------------------ arcee_fusion
-    # The kernels compute each row's KL in float64 and round it to float32; the reference's is
-    # float32 (torch's exp, log and order): DESIGN's tolerance rule on the KL. Importance values
+    # The kernels' KL is within ~1e-7 relative of the float64 reference (Triton: float64; CPU:
+    # a sum of nonnegative float32 terms in float64); the reference's is float32 (torch's exp,
+    # log and order, which cancel): DESIGN's tolerance rule on the KL. Importance values
     # at the threshold may rank differently with the two KLs, so the output is compared with the
     # reference run on the kernels' own KL: then it is bit-identical (exact quartiles, the same
     # float32 threshold and apply). NaN ranks above +inf, as torch.kthvalue.
@@ -879,6 +880,12 @@ class KernelSuite:
         long_b, long_x = self.inputs((self.ARCEE_LONG_ROW,), dtype)
         wide_b, wide_x = self.inputs(self.ARCEE_WIDE, dtype)
         mixed = xs[2].to(torch.float32 if dtype != torch.float32 else torch.float16)
+        # fine-tune-like deltas (|x - b| <= 0.1: the CPU kernel's series), and a long row whose
+        # blocks mix them with large ones
+        tune_b, tune_x = base * 0.02, base * 0.02 + (xs[0] - base) * 0.02
+        mix_x = long_b + (long_x[0] - long_b) * 0.02
+        mid = slice(self.ARCEE_LONG_ROW // 2, self.ARCEE_LONG_ROW // 2 + 100)
+        mix_x[mid] = long_x[0][mid]
         cases = [
             (base, base.clone(), None),
             (base, same_rows, None),
@@ -892,6 +899,8 @@ class KernelSuite:
             (base, mixed, None),
             (base, xs[0], torch.float64),
             (base, xs[0], torch.bfloat16),
+            (tune_b, tune_x, None),
+            (long_b, mix_x, None),
         ]
         for b, x, od in cases:
             out = self._arcee(b, x, monkeypatch, out_dtype=od)
