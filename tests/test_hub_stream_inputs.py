@@ -124,12 +124,18 @@ def test_ctrl_c_while_streaming_stops_at_once(models, tmp_path, monkeypatch):
 def test_a_jobs_streamed_sources_are_read_at_once(hub, tmp_path, monkeypatch):
     """Each streamed read waits on round trips: the sources of one job are read concurrently."""
     real, lock, state = hub_stream.Streams.read, threading.Lock(), {"now": 0, "most": 0}
+    first_job, met = threading.Barrier(3, timeout=5), threading.Event()
 
     def read(self, remote, name, start, out):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
-        time.sleep(0.02)  # long enough for the job's other reads to start
+        if not met.is_set():  # the first job's three reads meet here (read one by one, it times out)
+            try:
+                first_job.wait()
+            except threading.BrokenBarrierError:
+                pass
+            met.set()
         try:
             return real(self, remote, name, start, out)
         finally:
