@@ -29,7 +29,8 @@ from pathlib import Path
 from ..errors import ModelError
 from .hub import _offline, hub_errors, local_folder, parse_model_ref
 from .hub_remote import REQUEST_THREADS, RemoteRepo, locate_model
-from .model_files import header_length, read_model_json
+from .model_files import header_length
+from .weight_index import read_weight_map
 
 # Repos located at once. Each also reads its side files and headers REQUEST_THREADS at a time.
 REPO_THREADS = 4
@@ -106,15 +107,15 @@ def _try_header(remote: RemoteRepo, name: str, closed: threading.Event) -> None:
 
 
 def _weight_files(remote: RemoteRepo) -> list[str]:
-    """The safetensors files the repo's weights name (those of its index), as listed."""
+    """The weight files of the repo, as the planner's reader finds them (its index read by
+    io/weight_index.py's `read_weight_map`, with the same checks)."""
     if not remote.weights.endswith(".index.json"):
         return [remote.weights]
     try:
-        weight_map = read_model_json(remote.folder, remote.weights)["weight_map"]
-        names = {v for v in weight_map.values() if isinstance(v, str)}
+        shards = read_weight_map(remote.folder, remote.folder / remote.weights, remote=remote.sizes).values()
     except Exception:  # noqa: BLE001 - a bad index is the reader's to report
         return []
-    return sorted(n for n in names if n in remote.sizes and n.endswith(".safetensors"))
+    return sorted({p.relative_to(remote.folder).as_posix() for p in shards})
 
 
 def _headers_to_read(remote: RemoteRepo) -> list[str]:
