@@ -19,18 +19,6 @@
 
 namespace mergefast {
 
-MF_INLINE uint64_t f64_to_bits(double d) {
-  uint64_t u;
-  std::memcpy(&u, &d, 8);
-  return u;
-}
-
-MF_INLINE double bits_to_f64(uint64_t u) {
-  double d;
-  std::memcpy(&d, &u, 8);
-  return d;
-}
-
 // e^x for x <= 0 (x - row max), float32; 0 below -87 (e^x < 2^-125: against the softmax's
 // 1e-8 it is nothing), NaN for NaN. x = n ln2 + r, |r| <= ln2 / 2, then the Taylor series of
 // e^r to r^7 (remainder < 4e-9 relative).

@@ -39,17 +39,6 @@ struct ArceeArgs {
   int64_t rows, cols;
 };
 
-// Calls f(j0, j1, row) for the runs of the block [off, off + len) within one row.
-template <class F>
-MF_INLINE void row_runs(int64_t off, int64_t len, int64_t cols, F&& f) {
-  for (int64_t j = 0; j < len;) {
-    const int64_t row = (off + j) / cols;
-    const int64_t end = std::min(len, (row + 1) * cols - off);
-    f(j, end, row);
-    j = end;
-  }
-}
-
 // One row's float32 values, block by block: from the row buffer (`cache`: base, other, then
 // their exps; filled by the first two sweeps) or staged again per block (rows past kCacheCols).
 struct RowSource {

@@ -130,6 +130,18 @@ MF_INLINE uint32_t f32_to_bits(float f) {
   return u;
 }
 
+MF_INLINE uint64_t f64_to_bits(double d) {
+  uint64_t u;
+  std::memcpy(&u, &d, 8);
+  return u;
+}
+
+MF_INLINE double bits_to_f64(uint64_t u) {
+  double d;
+  std::memcpy(&d, &u, 8);
+  return d;
+}
+
 // IEEE half -> float, branch free (the classic exponent-rebias trick; exact for every input,
 // subnormals included).
 MF_INLINE float half_to_f32(uint16_t h) {
@@ -332,6 +344,18 @@ struct Scratch {
     return aligned + static_cast<int64_t>(i) * kBlock;
   }
 };
+
+// Calls f(j0, j1, row) for the runs of the block [off, off + len) that lie within one row of
+// `cols` elements: per-row scalars stay out of the inner loops.
+template <class F>
+MF_INLINE void row_runs(int64_t off, int64_t len, int64_t cols, F&& f) {
+  for (int64_t j = 0; j < len;) {
+    const int64_t row = (off + j) / cols;
+    const int64_t end = std::min(len, (row + 1) * cols - off);
+    f(j, end, row);
+    j = end;
+  }
+}
 
 // Runs body(tid, blk, off, len, scratch) over the blocks of n elements on nthreads threads
 // (dynamic schedule: see kChunkBlocks); scratch holds `buffers` kBlock-float buffers of the

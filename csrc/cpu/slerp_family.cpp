@@ -16,18 +16,6 @@
 namespace mergefast {
 namespace {
 
-// Calls f(j0, j1, row) for the runs of the block [off, off + len) that lie within one row of
-// `cols` elements: per-row scalars stay out of the inner loops.
-template <class F>
-MF_INLINE void row_runs(int64_t off, int64_t len, int64_t cols, F&& f) {
-  for (int64_t j = 0; j < len;) {
-    const int64_t row = (off + j) / cols;
-    const int64_t end = std::min(len, (row + 1) * cols - off);
-    f(j, end, row);
-    j = end;
-  }
-}
-
 struct NuslerpArgs {
   const Src* base;  // nullptr: slerp of the inputs themselves
   Src x0, x1;
