@@ -122,6 +122,8 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
                 progress=done,
                 on_stop=lambda: _stop(staging, downloads),
             )
+        if downloads is not None:
+            downloads.finish()  # a job may read a file's bytes before its download has ended
         writer.finish()
     except BaseException:
         writer.abort()
@@ -244,7 +246,7 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> Run
     try:
         stats = _merge_into(plan, out, options, downloads)
     finally:
-        downloads.cancel()  # after a failure or Ctrl-C none goes on (the cache keeps partial files)
+        downloads.close()  # after a failure or Ctrl-C none goes on (the cache keeps partial files)
     if options.stats_json:
         write_stats_json(options.stats_json, stats, out)  # OUT is complete: a failure here says so
     return stats

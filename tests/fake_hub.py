@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+HOLD_S = 30  # the longest a held body waits (a test that never releases it then fails, not hangs)
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _API = re.compile(
     r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree|paths-info)/(?P<rev>[^/]+)"
@@ -80,6 +81,10 @@ class FakeHub:
         # "repo/path" -> byte offset: the next body that crosses it is cut there, the connection
         # closed mid-response (once per entry), as a dropped connection would
         self.drop_at: dict[str, int] = {}
+        # "repo/path" -> (byte offset, event): a body that reaches the offset pauses there until
+        # the event is set (at most HOLD_S seconds), as a slow link would
+        self.hold_at: dict[str, tuple[int, threading.Event]] = {}
+        self.holds: list[bool] = []  # per hold: whether its event came (False: it timed out)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -269,7 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
             if "Range" not in self.headers:
                 with self.hub._lock:
                     self.hub.downloads.append(f"{name}/{path}")
-            self._send_body(repo, path, data, start, self._cut(f"{name}/{path}", start, end))
+            key = f"{name}/{path}"
+            self._send_body(repo, path, data, start, self._cut(key, start, end), key)
 
     def _cut(self, key: str, start: int, end: int) -> int:
         """Where this body ends: `end`, or the drop point of `key` once when it lies inside."""
@@ -281,11 +287,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # the client sees fewer bytes than Content-Length, then EOF
         return at
 
-    def _send_body(self, repo: FakeRepo, path: str, data: bytes, start: int, end: int) -> None:
-        """Write bytes [start, end) in chunks, at most `bytes_per_second`, counting what left."""
-        chunk = 1 << 16
-        for pos in range(start, end, chunk):
-            stop = min(end, pos + chunk)
+    def _send_body(self, repo: FakeRepo, path: str, data: bytes, start: int, end: int, key: str = "") -> None:
+        """Write bytes [start, end) in chunks, at most `bytes_per_second`, counting what left;
+        paused at `hold_at[key]`'s offset until its event is set."""
+        hold, released = self.hub.hold_at.get(key, (end, None))
+        pos = start
+        while pos < end:
+            if pos == hold and released is not None:
+                self.wfile.flush()
+                self.hub.holds.append(released.wait(HOLD_S))
+            stop = min(end, pos + (1 << 16), hold if pos < hold else end)
             try:
                 self.wfile.write(data[pos:stop])
             except (BrokenPipeError, ConnectionResetError):
@@ -293,6 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.count(repo, path, pos, stop)
             if self.hub.bytes_per_second:
                 time.sleep((stop - pos) / self.hub.bytes_per_second)
+            pos = stop
 
     def _json(self, value, repo: FakeRepo | None = None) -> None:
         data = json.dumps(value).encode()

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import test_hub_stream
 import torch
@@ -93,6 +94,38 @@ def test_the_merge_starts_before_the_last_shard_arrives(hub, base4, tmp_path, mo
     assert summary.download_wait_s > 0  # the held shard at least: waiting, not reading
 
 
+def test_a_job_reads_its_tensors_while_their_shard_still_downloads(hub, base4, tmp_path, monkeypatch):
+    """The first shard's body stops just past its first tensor until that tensor's job has
+    merged: a merge that waited for the whole shard would never let it go."""
+    hub.add_repo("org/base4", base4)
+    # huggingface_hub writes the file in chunks of this size (10 MB by default); above the 8 kB
+    # buffer of the file object, so that each chunk reaches the file at once
+    chunk = 16384
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", chunk)
+    with CheckpointReader(base4) as reader:
+        first = min((reader.info(n) for n in reader.names()), key=lambda i: (i.file.name, i.data_offsets[0]))
+    assert first.file.name == SHARDS[0]
+    hold = -(-first.data_offsets[1] // chunk) * chunk
+    assert hold < (base4 / SHARDS[0]).stat().st_size
+    merged = threading.Event()
+    hub.hold_at[f"org/base4/{SHARDS[0]}"] = (hold, merged)
+    real_merge = execute.merge_job
+    monkeypatch.setattr(
+        execute,
+        "merge_job",
+        lambda plan, job, *a: (job.name == first.name and merged.set(), real_merge(plan, job, *a))[1],
+    )
+    monkeypatch.setattr(hub_fetch, "DOWNLOAD_THREADS", 1)
+    summary = mergefast.merge(ALL_LAYERS, tmp_path / "out")
+    assert hub.holds == [True]
+    out, local = _tensors(tmp_path / "out"), _tensors(base4)
+    assert out.keys() == local.keys() and all(torch.equal(out[k], local[k]) for k in out)
+    assert summary.downloaded_bytes == sum((base4 / s).stat().st_size for s in SHARDS)
+    cached = [p for p in (tmp_path / "hf").rglob(SHARDS[0]) if "snapshots" in p.parts]
+    assert len(cached) == 1 and cached[0].read_bytes() == (base4 / SHARDS[0]).read_bytes()
+    assert not list((tmp_path / "hf").rglob("*.incomplete"))
+
+
 def test_a_failed_download_stops_the_merge_in_one_line(hub, base4, tmp_path, monkeypatch):
     """Shard 3 vanishes from the repo between the plan and its download: shard 4's download
     never starts."""
@@ -106,6 +139,34 @@ def test_a_failed_download_stops_the_merge_in_one_line(hub, base4, tmp_path, mon
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.mergefast-partial-*"))
     time.sleep(0.3)  # a download thread that went on would have asked for shard 4 by now
     assert [p.rsplit("/", 1)[1] for p in hub.downloads if p.endswith(".safetensors")] == SHARDS[:2]
+
+
+@pytest.mark.parametrize("chunk", [16384, None], ids=["read-while-downloading", "read-once-downloaded"])
+def test_a_shard_unlike_its_planned_header_fails_in_one_line(hub, base4, tmp_path, monkeypatch, chunk):
+    """The Hub sends shard 1 with another header than the one planned (same size, same
+    advertised sha256): refused whether its tensors are read while it downloads or after."""
+    repo = hub.add_repo("org/base4", base4)
+    released = threading.Event()
+    if chunk:  # the rest of the shard is held back: the error must come from its first tensor
+        monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", chunk)
+        hub.hold_at[f"org/base4/{SHARDS[0]}"] = (2 * chunk, released)
+
+    def swap(name: str) -> None:
+        if name == SHARDS[0]:
+            data, entry = repo.files[name], repo.entry(name)
+            n = int.from_bytes(data[:8], "little")
+            repo.files[name] = data[:8] + data[8 : 8 + n].replace(b"embed_tokens", b"embed_tokenZ") + data[8 + n :]
+            repo._entries[name] = (repo.files[name], entry)
+
+    _hooked_download(monkeypatch, swap)
+    monkeypatch.setattr(hub_fetch, "DOWNLOAD_THREADS", 1)
+    result = _cli(tmp_path, "--quiet")
+    assert hub.holds == []  # still held
+    released.set()
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.stderr
+    assert f"downloaded {SHARDS[0]} of Hugging Face repo org/base4 differs from the file planned" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_summary_counts_the_download(hub, base4, tmp_path):

@@ -3,9 +3,11 @@
 io/hub_fetch.py `start_downloads` hands the files the plan reads, in the order the pipeline
 first reads them, to `Arrivals`, which downloads them several at once into the standard
 huggingface_hub cache (hf_hub_download: its locking, resuming and blob sharing). The merge
-starts at once: io/hub_headers.py's reader calls `wait(path)` before it first opens a weight
-file, so a tensor job runs as soon as its inputs' files are in the snapshot folder, while the
-later shards still download. A file already in the snapshot folder is never waited for.
+starts at once: io/hub_headers.py's reader first tries `read_early`, which reads a tensor from
+a file still downloading as soon as the tensor's bytes are in (io/hub_partial.py), then calls
+`wait(path)` before it opens a weight file whole; so a tensor job runs as soon as its inputs'
+bytes are in, while the later shards still download. A file already in the snapshot folder is
+never waited for. `finish` waits for the downloads a job no longer needed to end.
 
 Progress: one "downloading" bar counts the bytes of every download (huggingface_hub's bar per
 file is silenced and feeds it), beside the pipeline's "merging" bar.
@@ -25,11 +27,14 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError
+from .hub_partial import PartialFiles, differs_error
 from .hub_remote import RemoteRepo
 from .pipeline import PipelineStopped
 
 _POLL = 0.1  # seconds between checks of the stop flag while the reader waits for a file
+# Seconds between looks at a downloading file's size: huggingface_hub writes 10 MB chunks,
+# 0.05-0.4 s apart per stream at 25-200 MB/s.
+_EARLY_POLL = 0.02
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,9 @@ class Arrivals:
     def __init__(self, files: list[HubFile], fresh_bytes: int, threads: int, quiet: bool = False):
         self.fresh_bytes, self.quiet = fresh_bytes, quiet
         self._queue = deque(files)
+        self._files = {f.path: f for f in files}
         self._events = {f.path: threading.Event() for f in files}
+        self._partial = PartialFiles()
         self._arrived: set[Path] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -101,10 +108,42 @@ class Arrivals:
         if path not in self._arrived:
             raise PipelineStopped("the downloads have stopped")
 
+    def read_early(self, path: Path, start: int, out: memoryview) -> bool:
+        """Fill `out` with bytes [start, start + len(out)) of `path` as soon as they are in while
+        the file still downloads; False once it is complete (or was never pending, or cannot be
+        read early, or the downloads stopped): then read it whole after `wait`."""
+        f, event = self._files.get(path), self._events.get(path)
+        if f is None:
+            return False
+        start_wait = time.perf_counter()
+        try:
+            while not event.is_set() and self._error is None and not self._stop.is_set():
+                if self._partial.read(f, start, out):
+                    return True
+                event.wait(_EARLY_POLL)
+            return False
+        finally:
+            self.waited_s += time.perf_counter() - start_wait
+
+    def finish(self) -> None:
+        """Once every job has read its bytes: wait for the downloads still finishing their last
+        bytes, and raise the first download error (a file not in the cache as planned fails
+        the run, even when its tensors were read in time)."""
+        for t in self._threads:
+            t.join()
+        self.close()
+        if self._error is not None:
+            raise self._error
+
     def cancel(self) -> None:
         """Stop the downloads: none starts any more, and those running stop at their next chunk
         (huggingface_hub's DOWNLOAD_CHUNK_SIZE, 10 MB)."""
         self._stop.set()
+
+    def close(self) -> None:
+        """Stop the downloads and close the downloading files (no reader may use them now)."""
+        self._stop.set()
+        self._partial.close()
 
     @property
     def seconds(self) -> float:
@@ -113,7 +152,7 @@ class Arrivals:
 
     def _work(self) -> None:
         try:
-            self._download_queued(_bar_class(self._stop, self._count))
+            self._download_queued()
         finally:
             with self._lock:
                 self._running -= 1
@@ -125,7 +164,7 @@ class Arrivals:
         with self._lock:
             self._bar.update(n)
 
-    def _download_queued(self, bar) -> None:
+    def _download_queued(self) -> None:
         """Download queued files until none is left or the downloads stop."""
         while not self._stop.is_set():
             with self._lock:
@@ -133,6 +172,7 @@ class Arrivals:
                     return
                 f = self._queue.popleft()
             try:
+                bar = _bar_class(self._stop, self._count, lambda f=f: self._began(f))
                 check_download(f, f.remote.download(f.name, tqdm_class=bar))
                 self._arrived.add(f.path)
             except BaseException as exc:  # handed to the reader by wait()
@@ -143,6 +183,13 @@ class Arrivals:
                 self._finished = time.perf_counter()
                 self._events[f.path].set()
 
+    def _began(self, f: HubFile) -> None:
+        """The HTTP download of `f` has begun: find its temporary file (an LFS file's blob is
+        named by its sha256; other files are read once complete)."""
+        sha = f.remote.lfs.get(f.name)
+        if sha is not None:
+            self._partial.found(f.path, f.remote.storage / "blobs" / sha)
+
 
 def _total_bar(total: int, quiet: bool):
     """The one "downloading" bar: bytes of every download (disabled with --quiet)."""
@@ -151,21 +198,26 @@ def _total_bar(total: int, quiet: bool):
     return tqdm(total=total, unit="B", unit_scale=True, desc="downloading", disable=quiet or total == 0)
 
 
-def _bar_class(stop: threading.Event, count):
+def _bar_class(stop: threading.Event, count, began):
     """huggingface_hub's progress bar class for one file: not shown, its bytes handed to
-    `count` (the download bar), and raising DownloadCancelled in a plain HTTP download once
-    `stop` is set: hf_hub_download has no other way to stop. An hf_xet transfer (its bar fed
-    from Rust) is not interrupted."""
+    `count` (the download bar), `began()` called at its first plain HTTP chunk (the file is
+    open then), and raising DownloadCancelled in a plain HTTP download once `stop` is set:
+    hf_hub_download has no other way to stop. An hf_xet transfer (its bar fed from Rust) is
+    not interrupted."""
     from huggingface_hub.utils import tqdm
 
     class _Bar(tqdm):
         def __init__(self, *args, **kwargs):
             self._http = kwargs.get("name") == "huggingface_hub.http_get"
+            self._began = False
             super().__init__(*args, **{**kwargs, "disable": True})
 
         def update(self, n=1):
             if self._http and stop.is_set():
                 raise DownloadCancelled("the merge has stopped")
+            if self._http and not self._began:
+                self._began = True
+                began()
             count(n or 0)
             return super().update(n)
 
@@ -181,7 +233,4 @@ def check_download(f: HubFile, path: Path) -> None:
         with open(path, "rb") as fh:
             same = fh.read(8 + len(raw))[8:] == raw
     if not same:
-        raise ModelError(
-            f"{path}: downloaded {f.name} of Hugging Face repo {f.remote.what} differs from the file "
-            f"planned (commit {f.remote.commit[:12]}); delete it from the cache and retry"
-        )
+        raise differs_error(f, path)

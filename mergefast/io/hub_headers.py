@@ -67,10 +67,14 @@ class RemoteCheckpointReader(CheckpointReader):
         return super()._fd(path)
 
     def _pread(self, i: TensorInfo, buf) -> None:
-        if self.streams is None or i.file.is_file():
-            return super()._pread(i, buf)
-        name = i.file.relative_to(self.folder).as_posix()
-        self.streams.read(self.remote, name, i.data_offsets[0], memoryview(buf.numpy()).cast("B")[: i.nbytes])
+        out = memoryview(buf.numpy()).cast("B")[: i.nbytes]
+        if self.streams is not None and not i.file.is_file():
+            self.streams.read(self.remote, i.file.relative_to(self.folder).as_posix(), i.data_offsets[0], out)
+            return
+        # a file still downloading is read as far as it has come (io/hub_partial.py)
+        early = self.arrivals is not None and i.file not in self._fds
+        if not (early and self.arrivals.read_early(i.file, i.data_offsets[0], out)):
+            super()._pread(i, buf)
 
     def weight_files(self) -> list[str]:
         """The weight files' names in the repo."""

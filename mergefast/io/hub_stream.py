@@ -45,6 +45,13 @@ class Streams:
         """Stop: every range read in progress raises PipelineStopped at its next CHUNK."""
         self._stop.set()
 
+    def finish(self) -> None:
+        """Nothing to wait for once the jobs have read their bytes: a range read ends with its tensor."""
+
+    def close(self) -> None:
+        """Stop (as `cancel`): no file is held open."""
+        self._stop.set()
+
     def read(self, remote: RemoteRepo, name: str, start: int, out: memoryview) -> None:
         """Fill `out` with bytes [start, start + len(out)) of file `name` of `remote`."""
         began = time.perf_counter()
