@@ -24,6 +24,7 @@ interpreter cannot be found from the script's ``#!`` line, each case runs ``merg
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -306,7 +307,12 @@ CASES.update(
 )
 
 # case -> reason: mergefast is known to differ from mergekit 0.1.5 here (see the report)
-XFAIL: dict[str, str] = {}
+XFAIL: dict[str, str] = {
+    "arcee_fusion": (  # on the fused kernels only
+        "the kernels' float64 KL (mergekit's float32 KL is off by ~1e-4 relative) moves the element "
+        "at the importance threshold in 6 of 39 tensors (docs/methods.md); MERGEFAST_BACKEND=torch matches"
+    ),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +449,8 @@ def test_sce_inputs_have_no_ties_at_threshold(models):
 
 def _params():
     for case in CASES:
-        marks = [pytest.mark.xfail(strict=True, reason=XFAIL[case])] if case in XFAIL else []
+        kernels = os.environ.get("MERGEFAST_BACKEND", "auto").strip().lower() != "torch"
+        marks = [pytest.mark.xfail(strict=True, reason=XFAIL[case])] if case in XFAIL and kernels else []
         yield pytest.param(case, marks=marks, id=case)
 
 
