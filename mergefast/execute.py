@@ -121,6 +121,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
                 budget=budget,
                 progress=done,
                 on_stop=lambda: _stop(staging, downloads),
+                readers=staging.readers,
             )
         if downloads is not None:
             downloads.finish()  # a job may read a file's bytes before its download has ended

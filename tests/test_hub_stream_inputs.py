@@ -20,6 +20,7 @@ from test_hub_stream import TIES, _config, _drop_mid_data, _tensors
 import mergefast
 from mergefast.errors import ModelError
 from mergefast.io import hub_stream
+from mergefast.staging import host
 
 hub, models = test_hub_stream.hub, test_hub_stream.models  # its fixtures, shared
 
@@ -121,21 +122,24 @@ def test_ctrl_c_while_streaming_stops_at_once(models, tmp_path, monkeypatch):
     assert not out.exists() and not list(tmp_path.glob(".out.mergefast-partial-*"))
 
 
-def test_a_jobs_streamed_sources_are_read_at_once(hub, tmp_path, monkeypatch):
-    """Each streamed read waits on round trips: the sources of one job are read concurrently."""
-    real, lock, state = hub_stream.Streams.read, threading.Lock(), {"now": 0, "most": 0}
-    first_job, met = threading.Barrier(3, timeout=5), threading.Event()
+def _count_streamed_reads(monkeypatch, meet: int) -> dict:
+    """Streams.read counted (the most at once), its first `meet` calls held until they all
+    run at once (state["met"]: whether they did, within 5 s)."""
+    real, lock, state = hub_stream.Streams.read, threading.Lock(), {"now": 0, "most": 0, "met": False}
+    first, calls = threading.Barrier(meet, timeout=5), [0]
 
     def read(self, remote, name, start, out):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
-        if not met.is_set():  # the first job's three reads meet here (read one by one, it times out)
+            calls[0] += 1
+            held = calls[0] <= meet
+        if held:
             try:
-                first_job.wait()
+                first.wait()
+                state["met"] = True
             except threading.BrokenBarrierError:
                 pass
-            met.set()
         try:
             return real(self, remote, name, start, out)
         finally:
@@ -143,6 +147,20 @@ def test_a_jobs_streamed_sources_are_read_at_once(hub, tmp_path, monkeypatch):
                 state["now"] -= 1
 
     monkeypatch.setattr(hub_stream.Streams, "read", read)
+    return state
+
+
+def test_a_jobs_streamed_sources_are_read_at_once(hub, tmp_path, monkeypatch):
+    """Each streamed read waits on round trips: the sources of one job are read concurrently."""
+    monkeypatch.setattr(host, "JOBS_AT_ONCE", 1)
+    state = _count_streamed_reads(monkeypatch, 3)
     mergefast.merge(_config(TIES), tmp_path / "hub", stream_inputs=True)
-    assert state["most"] == 3  # base, ft-a and ft-b of a TIES job
+    assert state["met"] and state["most"] == 3  # base, ft-a and ft-b of a TIES job
     assert not [t for t in threading.enumerate() if t.name.startswith("stream-read")]  # closed with the run
+
+
+def test_streamed_jobs_are_read_several_at_once(hub, tmp_path, monkeypatch):
+    """The pipeline reads JOBS_AT_ONCE streamed jobs at once: two jobs' three sources meet."""
+    state = _count_streamed_reads(monkeypatch, 6)
+    mergefast.merge(_config(TIES), tmp_path / "hub", stream_inputs=True)
+    assert state["met"] and 6 <= state["most"] <= 3 * host.JOBS_AT_ONCE

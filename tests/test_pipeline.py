@@ -9,7 +9,7 @@ import torch
 from mergefast.io.pipeline import run_pipeline
 
 
-def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 10):
+def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 10, readers=1):
     written = []
     times = run_pipeline(
         jobs,
@@ -18,6 +18,7 @@ def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 1
         write or (lambda j, out: written.append((j, out))),
         cost=cost,
         budget=budget,
+        readers=readers,
     )
     return written, times
 
@@ -66,8 +67,35 @@ def test_budget_allows_read_ahead():
     assert started == list(range(5))
 
 
+def test_several_readers_read_jobs_at_once_within_the_budget():
+    """readers=3: three reads overlap (each waits for the others to start), every job is
+    merged and written once, and the budget still bounds what is in flight."""
+    lock, peak, in_flight = threading.Lock(), [0], [0]
+    three = threading.Barrier(3)
+
+    def read(j):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        if j < 3:
+            three.wait(5)  # raises BrokenBarrierError unless three reads run at once
+        return j
+
+    written = []
+
+    def write(j, out):
+        with lock:
+            in_flight[0] -= 1
+            written.append(j)
+
+    run(list(range(40)), read=read, write=write, budget=40, cost=lambda j: 10, readers=3)
+    assert sorted(written) == list(range(40))
+    assert 3 <= peak[0] <= 4
+
+
+@pytest.mark.parametrize("readers", [1, 3])
 @pytest.mark.parametrize("stage", ["read", "merge", "write"])
-def test_failure_in_any_stage_is_raised_without_hanging(stage):
+def test_failure_in_any_stage_is_raised_without_hanging(stage, readers):
     def boom(*args):
         if args[0] == 7:
             raise OSError(28, f"{stage} failed")
@@ -77,7 +105,7 @@ def test_failure_in_any_stage_is_raised_without_hanging(stage):
 
     def attempt():
         try:
-            run(list(range(100)), **{stage: boom})
+            run(list(range(100)), **{stage: boom}, readers=readers)
         except OSError as exc:
             raised.append(exc)
 

@@ -144,11 +144,14 @@ def run_pipeline(
     budget: int,
     progress: Callable[[Any], None] = lambda job: None,
     on_stop: Callable[[], None] = lambda: None,
+    readers: int = 1,
 ) -> StageTimes:
     """Run read -> merge -> write over `jobs` with at most `budget` bytes in flight.
 
     `cost(job)` is the bytes a job holds from its read until its write finishes. `read`,
-    `merge` and `write` each run in their own thread. Raises the first error of any stage
+    `merge` and `write` each run in their own thread; `readers` > 1 reads that many jobs at
+    once (latency-bound reads: --stream-inputs), handed to the merge as they complete, not
+    in job order. Raises the first error of any stage
     (or Ctrl-C) after stopping the others; `on_stop()` is called as the run stops, to wake
     stages blocked outside the pipeline's waits (a pinned-ring slot, staging/pinned_ring.py).
     """
@@ -170,17 +173,28 @@ def run_pipeline(
 
         return run
 
+    readers = max(1, readers)
+    next_job, lock = iter(jobs), threading.Lock()
+    running = [readers]
+
     @guarded
     def reader():
-        for job in jobs:
-            if not limiter.acquire(cost(job)):
-                return
+        while True:
+            with lock:  # the budget in job order: a later job never takes an earlier one's place
+                job = next(next_job, _DONE)
+                if job is _DONE or not limiter.acquire(cost(job)):
+                    break
             start = time.perf_counter()
             data = read(job)
-            times.read_s += time.perf_counter() - start
+            with lock:
+                times.read_s += time.perf_counter() - start
             if not _put(to_merge, (job, data), stop):
                 return
-        _put(to_merge, _DONE, stop)
+        with lock:
+            running[0] -= 1
+            last = running[0] == 0
+        if last and job is _DONE:
+            _put(to_merge, _DONE, stop)
 
     @guarded
     def writer():
@@ -218,7 +232,8 @@ def run_pipeline(
     # without an active exception", exit 134 (DELLA, Ctrl-C; seen in a core dump). Python
     # waits for non-daemon threads before it finalizes; a stopped stage ends at its next
     # torch call (_StopAtNextTorchCall) or its next step.
-    threads = [threading.Thread(target=t, name=f"{_THREAD_PREFIX}{t.__name__}") for t in (reader, merger, writer)]
+    stages = [*[reader] * readers, merger, writer]
+    threads = [threading.Thread(target=t, name=f"{_THREAD_PREFIX}{t.__name__}") for t in stages]
     wall = time.perf_counter()
     _run_stages(threads, stop, errors, on_stop)
     times.wall_s = time.perf_counter() - wall

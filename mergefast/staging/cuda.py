@@ -118,6 +118,7 @@ class CudaStaging(HostStaging):
         if slot_bytes is None:
             slot_bytes, slots = ring_shape(_largest_tensor(plan), budget)
         self.ring = PinnedRing(queue, slot_bytes, slots)
+        self.readers = 1  # the ring's slots are taken in job order by one reader
         self.h2d_events: list[tuple] = []
         self.d2h_events: list[tuple] = []
 

@@ -16,6 +16,7 @@ from ..kernels.cpu import output_buffers
 from ..plan import MergePlan, TensorJob
 
 SOURCES_AT_ONCE = 8  # streamed reads of one job at once (a job has up to ~8 sources in practice)
+JOBS_AT_ONCE = 3  # streamed jobs read at once (see HostStaging.readers)
 
 
 @dataclass
@@ -58,6 +59,9 @@ class HostStaging:
         # at once. (Local and downloaded files are read one after the other: two cores.)
         streamed = any(getattr(m.reader, "streams", None) is not None for m in plan.models.values())
         self._sources = ThreadPoolExecutor(SOURCES_AT_ONCE, "stream-read") if streamed else None
+        # jobs the pipeline reads at once (io/pipeline.py's readers): streamed jobs overlap their
+        # round trips too
+        self.readers = JOBS_AT_ONCE if streamed else 1
 
     def _buffer(self, nbytes: int) -> torch.Tensor:
         with self._lock:
