@@ -10,14 +10,73 @@
 
 namespace mergefast {
 
+// The selection's keys in the output's own storage (a 16-bit word at the start of each
+// element's slot, as DELLA's keep bits: no n-sized scratch): the top 15 bits of every variance
+// key (key >> 16), written by sce.cpp's keys pass and read by every later pass before the
+// apply overwrites the slot with the result.
+struct KeySlots {
+  uint16_t* p;
+  int64_t stride;  // in 16-bit words: the output dtype's size / 2
+};
+
+inline KeySlots key_slots(const Dst& dst) {
+  return KeySlots{static_cast<uint16_t*>(dst.ptr), static_cast<int64_t>(dtype_size(dst.dt) / 2)};
+}
+
+// No coarse key equals it (they are at most kNaNKey >> 16).
+constexpr uint32_t kNoBucket = 0xFFFFFFFFu;
+
 struct SceArgs {
   const Src* base;
   const std::vector<Src>* xs;
   int K;
   int64_t n;
   int threads;
-  const uint32_t* keys;  // the n variance keys (sce.cpp's keys pass writes them)
+  KeySlots slots;
+  uint32_t hi;  // the coarse key whose elements get their exact key recomputed (kNoBucket: none)
 };
+
+// a / d as torch's Welford divides, by a product where 1 / d is exact (d a power of two: the
+// same correctly rounded quotient) and a division otherwise (d = 3 with three models).
+MF_INLINE double sce_divide(double a, double d, double inv, bool exact) { return exact ? a * inv : a / d; }
+
+MF_INLINE constexpr bool sce_power_of_two(int v) { return (v & (v - 1)) == 0; }
+
+// Element j of a source as float32 (any input dtype; for the few elements read one by one).
+MF_INLINE float sce_load(const Src& s, int64_t j) {
+  switch (s.dt) {
+    case DType::BF16: return load_f32<DType::BF16>(s.ptr, j);
+    case DType::F16: return load_f32<DType::F16>(s.ptr, j);
+    default: return load_f32<DType::F32>(s.ptr, j);
+  }
+}
+
+// The variance key of element j from the inputs: sce.cpp's keys pass for one element (the same
+// Welford updates in the same order, the same rounding), for the elements of bucket a.hi.
+MF_INLINE uint32_t sce_key_at(const SceArgs& a, int64_t j) {
+  const float b = sce_load(*a.base, j);
+  double mean = 0.0, m2 = 0.0;
+  for (int i = 0; i < a.K; ++i) {
+    const double v = static_cast<double>(sce_load((*a.xs)[i], j) - b);
+    const double delta = v - mean;
+    mean = mean + sce_divide(delta, i + 1.0, 1.0 / (i + 1.0), sce_power_of_two(i + 1));
+    m2 = m2 + delta * (v - mean);
+  }
+  return mag_key(static_cast<float>(sce_divide(m2, a.K, 1.0 / a.K, sce_power_of_two(a.K))));
+}
+
+// Keys of block (off, len) that order exactly like the variance keys against any threshold in
+// bucket a.hi: the exact key there, slot << 16 elsewhere (above or below the whole bucket).
+MF_INLINE void sce_block_keys(const SceArgs& a, int64_t off, int64_t len, uint32_t* kb) {
+  const uint16_t* sl = a.slots.p + off * a.slots.stride;
+  const int64_t st = a.slots.stride;
+  for (int64_t j = 0; j < len; ++j) kb[j] = static_cast<uint32_t>(sl[j * st]) << 16;
+  if (a.hi == kNoBucket) return;
+  const uint32_t hk = a.hi << 16;
+  for (int64_t j = 0; j < len; ++j) {
+    if (kb[j] == hk) kb[j] = sce_key_at(a, off + j);
+  }
+}
 
 // Whether a rule keeps every position (select_topk >= 1): no keys are needed then.
 inline bool sce_keeps_all(const KeepRule& r) { return r.thr == 0 && !r.cut; }
