@@ -1,26 +1,29 @@
-// SCE (mergefast/methods/sce.py) on the CPU, selection side: no K x n temporaries and no sort.
+// SCE (mergefast/methods/sce.py) on the CPU, selection side: no K x n temporaries, no sort and
+// nothing of size n but the output.
 //
 //   keys     one pass over base + K models: the variance of the K deltas d_i = x_i - b
 //            (float32) as torch's CPU var() takes it (Welford in float64, models in order, then
 //            m2 / K rounded to float32) and its key (select/rules.h's mag_key: float32 bits,
-//            every NaN one key above inf) into the caller's array of n keys, with the histogram
-//            of the top 15 key bits and the count of nonzero keys in the same pass.
+//            every NaN one key above inf); the key's top 15 bits into the element's slot of
+//            the output (sce.h, KeySlots), their histogram and the count of nonzero keys.
 //   select   the exact top-k of the keys, k = int(count_nonzero(var) * select_topk): the k-th
-//            bucket of the top histogram, a histogram of the low 16 bits inside it, then
-//            per-block counts of the threshold key when the quota splits its ties (kept lowest
-//            flat index first, as the reference's stable sort): a KeepRule, as the TIES
-//            selection's. Both read the key array alone (4 bytes an element).
+//            bucket `hi` of the top histogram, a histogram of the low 16 bits of the keys in
+//            it, then per-block counts of the threshold key when the quota splits its ties
+//            (kept lowest flat index first, as the reference's stable sort): a KeepRule, as the
+//            TIES selection's. Both read the slots, and the exact key of the elements in
+//            bucket hi alone, recomputed from the inputs (sce.h, sce_key_at: the same
+//            operations): ~0.1 % of the elements of a 7B layer (base + 3 bf16, topk 0.1).
 //   energies sum_j (d_ij * m_j)^2 per model (m_j = 1.0f kept, 0.0f dropped: NaN * 0 stays NaN,
 //            as in the reference's multiply), squares in float32, sums in float64 over 8 fixed
 //            lanes per block and the blocks in order (the same on any thread count).
 //
-// The variance is computed once: it is the costly part (three float64 Welford updates an
-// element), and recomputing it in each of the four passes that need it took ~370 ms a pass on
-// one 7B layer (base + 3 bf16, 2-vCPU AMD EPYC VM). With the keys computed once, the whole SCE
-// call (select_topk 0.1) takes 254-645 ms (median 352) against 689-858 ms (median 732), calls
-// alternated in one process on that VM, shared; the same results. The apply (sce_apply.cpp)
-// masks by the same keys. The caller turns the energies into the weights w_i
-// (mergefast/kernels/sce.py).
+// The variance is computed once for every element: it is the costly part (three float64
+// Welford updates an element), and recomputing it in each of the four passes that need it
+// took ~370 ms a pass on one 7B layer (2-vCPU AMD EPYC VM). Keeping the top bits in the
+// output's slots instead of a 4-byte key array takes n * 4 bytes less memory (131 MB for a
+// 32000 x 1024 embedding) at the same speed (7B layer: 315-361 ms against 271-389 ms for the
+// key array, alternated processes on that VM, shared). The apply (sce_apply.cpp) masks by
+// the same keys. The caller turns the energies into the weights w_i (mergefast/kernels/sce.py).
 #include <algorithm>
 
 #include "kernels.h"

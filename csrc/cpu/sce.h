@@ -1,6 +1,7 @@
 // What SCE's two calls share (sce.cpp: the variance keys, the selection and the energies;
-// sce_apply.cpp: the election and merge): the arguments, the keep-mask of a block from its
-// variance keys, and the AVX2 clone picking of their block functions.
+// sce_apply.cpp: the election and merge): the arguments, the keys kept in the output's slots
+// (and the exact key of one element), the keep-mask of a block from its variance keys, and the
+// AVX2 clone picking of their block functions.
 #pragma once
 
 #include <vector>
