@@ -21,8 +21,9 @@
 // Welford updates an element), and recomputing it in each of the four passes that need it
 // took ~370 ms a pass on one 7B layer (2-vCPU AMD EPYC VM). Keeping the top bits in the
 // output's slots instead of a 4-byte key array takes n * 4 bytes less memory (131 MB for a
-// 32000 x 1024 embedding) at the same speed (7B layer: 315-361 ms against 271-389 ms for the
-// key array, alternated processes on that VM, shared). The apply (sce_apply.cpp) masks by
+// 32000 x 1024 embedding) at about the same speed: 7B layer, one thread, CPU time 484-549 ms
+// against 463-523 ms with the key array (alternated processes on that VM, shared), and none
+// of the key array's page faults. The apply (sce_apply.cpp) masks by
 // the same keys. The caller turns the energies into the weights w_i (mergefast/kernels/sce.py).
 #include <algorithm>
 
@@ -111,9 +112,7 @@ MF_INLINE void energies_block_impl(const SceArgs& a, const KeepRule& r, int64_t 
   if (sce_keeps_all(r)) {
     std::fill(m, m + len, 1.0f);  // d * 1.0f == d
   } else {
-    uint32_t* kb = reinterpret_cast<uint32_t*>(s.buf(3));
-    sce_block_keys(a, off, len, kb);  // before staging: its few reads warm the block's lines
-    sce_block_mask(r, blk, kb, len, m);
+    sce_slot_mask(a, r, blk, len, reinterpret_cast<uint32_t*>(s.buf(3)), m);
   }
   const float* b = stage(*a.base, off, len, s.buf(0));
   for (int i = 0; i < a.K; ++i) {
@@ -184,17 +183,6 @@ int64_t keep_of(int64_t nonzero, double topk) {
   return k > 0.0 ? static_cast<int64_t>(k) : 0;
 }
 
-// Calls f(j, key) for the elements j of block (off, len) in bucket a.hi, in flat order, with
-// their exact variance key (sce.h: sce_key_at).
-template <class F>
-MF_INLINE void for_bucket(const SceArgs& a, int64_t off, int64_t len, F&& f) {
-  const uint16_t* sl = a.slots.p + off * a.slots.stride;
-  const uint16_t hi = static_cast<uint16_t>(a.hi);
-  for (int64_t j = 0; j < len; ++j) {
-    if (sl[j * a.slots.stride] == hi) f(j, sce_key_at(a, off + j));
-  }
-}
-
 // The keep rule of the variance selection (see the file comment); writes the slots unless
 // topk >= 1, and a.hi: the threshold's bucket.
 KeepRule variance_rule(SceArgs& a, double topk) {
@@ -211,7 +199,7 @@ KeepRule variance_rule(SceArgs& a, double topk) {
   const auto [bucket, above_bucket] = bin_from_top(top, k);
   a.hi = static_cast<uint32_t>(bucket);
   const auto low = histogram(a, 0, kLoBins, [&](int64_t off, int64_t len, Scratch&, uint32_t* h) {
-    for_bucket(a, off, len, [h](int64_t, uint32_t key) { h[key & 0xFFFFu]++; });
+    sce_for_bucket(a, off, len, [h](int64_t, uint32_t key) { h[key & 0xFFFFu]++; });
     return int64_t{0};
   }, &unused);
   const auto [lo, above] = bin_from_top(low, k - above_bucket);
@@ -219,7 +207,7 @@ KeepRule variance_rule(SceArgs& a, double topk) {
   if (!set_threshold(r, thr, k, above_bucket + above, low[lo], num_blocks(a.n))) return r;
   for_each_block_raw(a.n, team_size(a.n, a.threads), 0, [&](int, int64_t blk, int64_t off, int64_t len, Scratch&) {
     int64_t eq = 0;
-    for_bucket(a, off, len, [&eq, thr](int64_t, uint32_t key) { eq += key == thr; });
+    sce_for_bucket(a, off, len, [&eq, thr](int64_t, uint32_t key) { eq += key == thr; });
     r.eq_in[blk] = eq;
   });
   scan_eq(r);

@@ -38,9 +38,7 @@ MF_INLINE void apply_block_impl(const SceArgs& a, const KeepRule& r, const float
   const int64_t off = blk * kBlock;
   float* m = nullptr;
   if (!sce_keeps_all(r)) {  // the keys in the block's output slots: read before the store
-    uint32_t* kb = reinterpret_cast<uint32_t*>(s.buf(6));
-    sce_block_keys(a, off, len, kb);
-    sce_block_mask(r, blk, kb, len, m = s.buf(2));
+    sce_slot_mask(a, r, blk, len, reinterpret_cast<uint32_t*>(s.buf(6)), m = s.buf(2));
   }
   const float* b = stage(*a.base, off, len, s.buf(0));
   float *sum = s.buf(3), *mixed = s.buf(4), *div = s.buf(5);
