@@ -58,9 +58,10 @@ std::vector<float> as_f32(const double* values, int32_t k) {
   return w;
 }
 
-// The output checks of the DELLA passes: dst holds the keep words between them.
-Dst della_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std::vector<Src>& src, const char* op) {
-  check(src.size() <= 16, op, "at most 16 models (one keep bit each in a 16-bit word per element)");
+// An output that overlaps neither base nor a model: the passes that keep their per-element
+// state in it (DELLA's keep words, SCE's keys) write it while reading them.
+Dst separate_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std::vector<Src>& src,
+                 const char* op) {
   const Dst dst = make_dst(out, out_dtype, n, op);
   const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
   check(!overlaps(out, out_bytes, sb.ptr, bytes(sb, n)), op, "the output overlaps an input");
@@ -68,6 +69,12 @@ Dst della_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std:
     check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
   }
   return dst;
+}
+
+// The output checks of the DELLA passes: dst holds the keep words between them.
+Dst della_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std::vector<Src>& src, const char* op) {
+  check(src.size() <= 16, op, "at most 16 models (one keep bit each in a 16-bit word per element)");
+  return separate_dst(out, out_dtype, n, sb, src, op);
 }
 
 }  // namespace
@@ -263,15 +270,16 @@ int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, int32_t
 int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* xs,
                       const int32_t* x_dtypes, int32_t k, int64_t n, double select_topk,
                       int32_t threads, uint32_t* thr, int64_t* quota, int32_t* cut,
-                      int64_t* eq_prefix, double* energies, uint32_t* keys) {
+                      int64_t* eq_prefix, double* energies, void* out, int32_t out_dtype) {
   return guarded([&] {
     const char* op = "sce_select";
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && thr != nullptr && quota != nullptr && cut != nullptr &&
-              eq_prefix != nullptr && energies != nullptr && (keys != nullptr || select_topk >= 1.0),
+              eq_prefix != nullptr && energies != nullptr && (out != nullptr || n == 0),
           op, "bad sizes or outputs");
-    const KeepRule r = sce_select(sb, src, select_topk, n, threads, energies, keys);
+    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    const KeepRule r = sce_select(sb, src, select_topk, n, threads, energies, dst);
     *thr = r.thr;
     *quota = r.quota;
     *cut = r.cut ? 1 : 0;
@@ -284,21 +292,15 @@ int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* x
 
 int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs,
                      const int32_t* x_dtypes, int32_t k, int64_t n, uint32_t thr, int64_t quota,
-                     int32_t cut, const int64_t* eq_prefix, const uint32_t* keys,
-                     const double* omega, void* out, int32_t out_dtype, int32_t threads) {
+                     int32_t cut, const int64_t* eq_prefix, const double* omega, void* out,
+                     int32_t out_dtype, int32_t threads) {
   return guarded([&] {
     const char* op = "sce_apply";
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
-    check(n >= 0 && omega != nullptr && (cut == 0 || eq_prefix != nullptr) &&
-              (keys != nullptr || (thr == 0 && cut == 0)),
-          op, "bad sizes, weights, tie counts or keys");
-    const Dst dst = make_dst(out, out_dtype, n, op);
-    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
-    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
-    for (const Src& x : src) {
-      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
-    }
+    check(n >= 0 && omega != nullptr && (cut == 0 || eq_prefix != nullptr), op,
+          "bad sizes, weights or tie counts");
+    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
     KeepRule r;
     r.thr = thr;
     r.quota = quota;
@@ -308,7 +310,7 @@ int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs
       r.eq_before.assign(eq_prefix, eq_prefix + nb);
       for (int64_t blk = 0; blk < nb; ++blk) r.eq_in.push_back(eq_prefix[blk + 1] - eq_prefix[blk]);
     }
-    sce_apply(sb, src, r, keys, as_f32(omega, k), dst, n, threads);
+    sce_apply(sb, src, r, as_f32(omega, k), dst, n, threads);
   });
 }
 

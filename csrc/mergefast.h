@@ -134,22 +134,21 @@ MF_API int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, 
  * above *thr kept, and the first *quota equal to it; when *cut, eq_prefix (nb + 1 entries,
  * nb = ceil(n / mf_block())) gets the running count of keys equal to *thr before each block.
  * energies[i] = sum of the squared kept deltas of model i (float64, the same on any thread
- * count). keys (n entries; may be NULL when select_topk >= 1, and is not written then) gets
- * every position's variance key, for mf_sce_apply. */
+ * count). out (n elements of out_dtype, not overlapping the inputs) is the output that
+ * mf_sce_apply will write: unless select_topk >= 1, each element's slot holds the top bits of
+ * its variance key until then (no other n-sized memory). */
 MF_API int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* xs,
                              const int32_t* x_dtypes, int32_t k, int64_t n, double select_topk,
                              int32_t threads, uint32_t* thr, int64_t* quota, int32_t* cut,
-                             int64_t* eq_prefix, double* energies, uint32_t* keys);
+                             int64_t* eq_prefix, double* energies, void* out, int32_t out_dtype);
 
-/* SCE's apply with mf_sce_select's rule, its keys (may be NULL when the rule keeps all: *thr
- * 0, no cut) and the weights omega (rounded to float32): the TIES "sum" election on the kept
- * deltas, base + sum(d * omega * agree) / max(sum(omega * agree), 1e-6), rounded once to
- * out_dtype. */
+/* SCE's apply with mf_sce_select's rule, into the same out (and out_dtype) that call filled,
+ * and the weights omega (rounded to float32): the TIES "sum" election on the kept deltas,
+ * base + sum(d * omega * agree) / max(sum(omega * agree), 1e-6), rounded once to out_dtype. */
 MF_API int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs,
                             const int32_t* x_dtypes, int32_t k, int64_t n, uint32_t thr,
                             int64_t quota, int32_t cut, const int64_t* eq_prefix,
-                            const uint32_t* keys, const double* omega, void* out,
-                            int32_t out_dtype, int32_t threads);
+                            const double* omega, void* out, int32_t out_dtype, int32_t threads);
 
 /* Breadcrumbs (breadcrumbs, breadcrumbs_ties): model i keeps its deltas xs[i] - base at
  * positions lo[i] .. hi[i] - 1 of their ascending magnitude order (ties lowest flat index

@@ -79,16 +79,16 @@ void nearswap(const Src& base, const Src& x, float t, const Dst& dst, int64_t n,
 
 // SCE's selection and energies (sce.cpp): the rule keeping the k = int(count_nonzero(var) *
 // topk) positions of largest variance across the models (topk >= 1: all), and each model's
-// sum of squared kept deltas (float64) into energies[0..K). keys: n elements, the variance
-// keys the rule is stated in (not written when topk >= 1), for sce_apply.
+// sum of squared kept deltas (float64) into energies[0..K). dst: the output sce_apply will
+// write; unless topk >= 1, each element's slot holds the top bits of its variance key until then.
 KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n,
-                    int threads, double* energies, uint32_t* keys);
+                    int threads, double* energies, const Dst& dst);
 
-// SCE's apply (sce_apply.cpp): the deltas kept by rule over sce_select's keys (not read when
-// the rule keeps all), TIES sign election, weights w, divisor clamped to 1e-6, base + result
-// rounded once into dst.
-void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule, const uint32_t* keys,
-               const std::vector<float>& w, const Dst& dst, int64_t n, int threads);
+// SCE's apply (sce_apply.cpp): the deltas kept by rule over the keys sce_select left in dst
+// (not read when the rule keeps all), TIES sign election, weights w, divisor clamped to 1e-6,
+// base + result rounded once into dst.
+void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule, const std::vector<float>& w,
+               const Dst& dst, int64_t n, int threads);
 
 // Breadcrumbs into dst (breadcrumbs.cpp): model i keeps its deltas at positions lo[i] ..
 // hi[i] - 1 of the ascending |x_i - base| order (ties lowest flat index first), times w[i];

@@ -1,26 +1,30 @@
-// SCE (mergefast/methods/sce.py) on the CPU, selection side: no K x n temporaries and no sort.
+// SCE (mergefast/methods/sce.py) on the CPU, selection side: no K x n temporaries, no sort and
+// nothing of size n but the output.
 //
 //   keys     one pass over base + K models: the variance of the K deltas d_i = x_i - b
 //            (float32) as torch's CPU var() takes it (Welford in float64, models in order, then
 //            m2 / K rounded to float32) and its key (select/rules.h's mag_key: float32 bits,
-//            every NaN one key above inf) into the caller's array of n keys, with the histogram
-//            of the top 15 key bits and the count of nonzero keys in the same pass.
+//            every NaN one key above inf); the key's top 15 bits into the element's slot of
+//            the output (sce.h, KeySlots), their histogram and the count of nonzero keys.
 //   select   the exact top-k of the keys, k = int(count_nonzero(var) * select_topk): the k-th
-//            bucket of the top histogram, a histogram of the low 16 bits inside it, then
-//            per-block counts of the threshold key when the quota splits its ties (kept lowest
-//            flat index first, as the reference's stable sort): a KeepRule, as the TIES
-//            selection's. Both read the key array alone (4 bytes an element).
+//            bucket `hi` of the top histogram, a histogram of the low 16 bits of the keys in
+//            it, then per-block counts of the threshold key when the quota splits its ties
+//            (kept lowest flat index first, as the reference's stable sort): a KeepRule, as the
+//            TIES selection's. Both read the slots, and the exact key of the elements in
+//            bucket hi alone, recomputed from the inputs (sce.h, sce_key_at: the same
+//            operations): ~0.1 % of the elements of a 7B layer (base + 3 bf16, topk 0.1).
 //   energies sum_j (d_ij * m_j)^2 per model (m_j = 1.0f kept, 0.0f dropped: NaN * 0 stays NaN,
 //            as in the reference's multiply), squares in float32, sums in float64 over 8 fixed
 //            lanes per block and the blocks in order (the same on any thread count).
 //
-// The variance is computed once: it is the costly part (three float64 Welford updates an
-// element), and recomputing it in each of the four passes that need it took ~370 ms a pass on
-// one 7B layer (base + 3 bf16, 2-vCPU AMD EPYC VM). With the keys computed once, the whole SCE
-// call (select_topk 0.1) takes 254-645 ms (median 352) against 689-858 ms (median 732), calls
-// alternated in one process on that VM, shared; the same results. The apply (sce_apply.cpp)
-// masks by the same keys. The caller turns the energies into the weights w_i
-// (mergefast/kernels/sce.py).
+// The variance is computed once for every element: it is the costly part (three float64
+// Welford updates an element), and recomputing it in each of the four passes that need it
+// took ~370 ms a pass on one 7B layer (2-vCPU AMD EPYC VM). Keeping the top bits in the
+// output's slots instead of a 4-byte key array takes n * 4 bytes less memory (131 MB for a
+// 32000 x 1024 embedding) at about the same speed: 7B layer, one thread, CPU time 484-549 ms
+// against 463-523 ms with the key array (alternated processes on that VM, shared), and none
+// of the key array's page faults. The apply (sce_apply.cpp) masks by
+// the same keys. The caller turns the energies into the weights w_i (mergefast/kernels/sce.py).
 #include <algorithm>
 
 #include "kernels.h"
@@ -35,12 +39,6 @@ constexpr int kLoBins = 1 << 16;  // low 16 bits
 // (keys_any_k); 0 base, 1..K the staged models (keys_fixed_k, K <= 4).
 constexpr int kKeyBuffers = 6;
 
-// a / d as torch's Welford divides, by a product where 1 / d is exact (d a power of two: the
-// same correctly rounded quotient) and a division otherwise (d = 3 with three models).
-MF_INLINE double divide(double a, double d, double inv, bool exact) { return exact ? a * inv : a / d; }
-
-MF_INLINE constexpr bool power_of_two(int v) { return (v & (v - 1)) == 0; }
-
 // One Welford update (torch's WelfordOps::reduce) of the block with model i's deltas x - b.
 template <bool Exact>
 MF_INLINE void welford(const float* x, const float* b, int64_t len, double nf, double* mean, double* m2) {
@@ -48,30 +46,29 @@ MF_INLINE void welford(const float* x, const float* b, int64_t len, double nf, d
   for (int64_t j = 0; j < len; ++j) {
     const double v = static_cast<double>(x[j] - b[j]);
     const double delta = v - mean[j];
-    mean[j] = mean[j] + divide(delta, nf, inv, Exact);
+    mean[j] = mean[j] + sce_divide(delta, nf, inv, Exact);
     m2[j] = m2[j] + delta * (v - mean[j]);
   }
 }
 
 // The variance keys of block (off, len) into keys + off, any K: one Welford update of the whole
 // block per model, the running mean and m2 in scratch (buffers 2-3 and 4-5).
-MF_INLINE void keys_any_k(const SceArgs& a, const float* b, uint32_t* keys, int64_t off, int64_t len, Scratch& s) {
+MF_INLINE void keys_any_k(const SceArgs& a, const float* b, uint32_t* kb, int64_t off, int64_t len, Scratch& s) {
   double* mean = reinterpret_cast<double*>(s.buf(2));
   double* m2 = reinterpret_cast<double*>(s.buf(4));
   std::fill(mean, mean + len, 0.0);
   std::fill(m2, m2 + len, 0.0);
   for (int i = 0; i < a.K; ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
-    if (power_of_two(i + 1)) {
+    if (sce_power_of_two(i + 1)) {
       welford<true>(x, b, len, i + 1.0, mean, m2);
     } else {
       welford<false>(x, b, len, i + 1.0, mean, m2);
     }
   }
   const double count = a.K, inv = 1.0 / count;
-  const bool exact = power_of_two(a.K);
-  uint32_t* kb = keys + off;
-  for (int64_t j = 0; j < len; ++j) kb[j] = mag_key(static_cast<float>(divide(m2[j], count, inv, exact)));
+  const bool exact = sce_power_of_two(a.K);
+  for (int64_t j = 0; j < len; ++j) kb[j] = mag_key(static_cast<float>(sce_divide(m2[j], count, inv, exact)));
 }
 
 // The same keys for K models known at compile time: the K staged blocks (buffers 1..K) first,
@@ -79,46 +76,45 @@ MF_INLINE void keys_any_k(const SceArgs& a, const float* b, uint32_t* keys, int6
 // keys_any_k; measured on a 2-vCPU AMD EPYC VM, 8M elements, K = 3, one thread: 19-32 ms
 // against 26-57 ms with the AVX2 clones (the machine shared).
 template <int K>
-MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* keys, int64_t off, int64_t len, Scratch& s) {
+MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* kb, int64_t off, int64_t len, Scratch& s) {
   const float* x[K];
   for (int i = 0; i < K; ++i) x[i] = stage((*a.xs)[i], off, len, s.buf(1 + i));
-  uint32_t* kb = keys + off;
   for (int64_t j = 0; j < len; ++j) {
     double mean = 0.0, m2 = 0.0;
     for (int i = 0; i < K; ++i) {
       const double v = static_cast<double>(x[i][j] - b[j]);
       const double delta = v - mean;
-      mean = mean + divide(delta, i + 1.0, 1.0 / (i + 1.0), power_of_two(i + 1));
+      mean = mean + sce_divide(delta, i + 1.0, 1.0 / (i + 1.0), sce_power_of_two(i + 1));
       m2 = m2 + delta * (v - mean);
     }
-    kb[j] = mag_key(static_cast<float>(divide(m2, K, 1.0 / K, power_of_two(K))));
+    kb[j] = mag_key(static_cast<float>(sce_divide(m2, K, 1.0 / K, sce_power_of_two(K))));
   }
 }
 
-// The variance keys of block (off, len) into keys + off.
-MF_INLINE void keys_block_impl(const SceArgs& a, uint32_t* keys, int64_t off, int64_t len, Scratch& s) {
+// The variance keys of block (off, len) into kb (block-local).
+MF_INLINE void keys_block_impl(const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s) {
   const float* b = stage(*a.base, off, len, s.buf(0));
   switch (a.K) {
-    case 2: return keys_fixed_k<2>(a, b, keys, off, len, s);
-    case 3: return keys_fixed_k<3>(a, b, keys, off, len, s);
-    case 4: return keys_fixed_k<4>(a, b, keys, off, len, s);
-    default: return keys_any_k(a, b, keys, off, len, s);
+    case 2: return keys_fixed_k<2>(a, b, kb, off, len, s);
+    case 3: return keys_fixed_k<3>(a, b, kb, off, len, s);
+    case 4: return keys_fixed_k<4>(a, b, kb, off, len, s);
+    default: return keys_any_k(a, b, kb, off, len, s);
   }
 }
 
 // Block blk's sum of squared kept deltas per model into part[0..K): squares (d * d in
 // float32) added to 8 lanes in flat order, then the lanes in order. Buffers: 0 base, 1 staged
-// x, 2 mask.
+// x, 2 mask, 3 the block's keys.
 MF_INLINE void energies_block_impl(const SceArgs& a, const KeepRule& r, int64_t blk, int64_t len, Scratch& s,
                                    double* part) {
   const int64_t off = blk * kBlock;
-  const float* b = stage(*a.base, off, len, s.buf(0));
   float* m = s.buf(2);
   if (sce_keeps_all(r)) {
     std::fill(m, m + len, 1.0f);  // d * 1.0f == d
   } else {
-    sce_block_mask(r, blk, a.keys + off, len, m);
+    sce_slot_mask(a, r, blk, len, reinterpret_cast<uint32_t*>(s.buf(3)), m);
   }
+  const float* b = stage(*a.base, off, len, s.buf(0));
   for (int i = 0; i < a.K; ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
     double lanes[8] = {};
@@ -139,8 +135,8 @@ MF_INLINE void energies_block_impl(const SceArgs& a, const KeepRule& r, int64_t 
   }
 }
 
-MF_SCE_CLONED(keys_block, (const SceArgs& a, uint32_t* keys, int64_t off, int64_t len, Scratch& s),
-              (a, keys, off, len, s))
+MF_SCE_CLONED(keys_block, (const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s),
+              (a, kb, off, len, s))
 MF_SCE_CLONED(energies_block,
               (const SceArgs& a, const KeepRule& r, int64_t blk, int64_t len, Scratch& s, double* part),
               (a, r, blk, len, s, part))
@@ -164,15 +160,17 @@ std::vector<int64_t> histogram(const SceArgs& a, int buffers, size_t bins, Count
   return hist;
 }
 
-// The keys pass: every key into keys, the histogram of their top 15 bits, the nonzero count.
-std::vector<int64_t> keys_pass(const SceArgs& a, uint32_t* keys, int64_t* nonzero) {
+// The keys pass: every key's top 15 bits into its slot and their histogram, the nonzero count.
+std::vector<int64_t> keys_pass(const SceArgs& a, int64_t* nonzero) {
   const keys_block_fn block = keys_block_pick();
-  return histogram(a, kKeyBuffers, kHiBins, [&](int64_t off, int64_t len, Scratch& s, uint32_t* h) {
-    block(a, keys, off, len, s);
-    const uint32_t* kb = a.keys + off;
+  return histogram(a, kKeyBuffers + 1, kHiBins, [&](int64_t off, int64_t len, Scratch& s, uint32_t* h) {
+    uint32_t* kb = reinterpret_cast<uint32_t*>(s.buf(kKeyBuffers));
+    block(a, kb, off, len, s);
+    uint16_t* sl = a.slots.p + off * a.slots.stride;
     int64_t nz = 0;
     for (int64_t j = 0; j < len; ++j) {
       h[kb[j] >> 16]++;
+      sl[j * a.slots.stride] = static_cast<uint16_t>(kb[j] >> 16);
       nz += kb[j] != 0;
     }
     return nz;
@@ -185,12 +183,13 @@ int64_t keep_of(int64_t nonzero, double topk) {
   return k > 0.0 ? static_cast<int64_t>(k) : 0;
 }
 
-// The keep rule of the variance selection (see the file comment); fills keys unless topk >= 1.
-KeepRule variance_rule(const SceArgs& a, uint32_t* keys, double topk) {
+// The keep rule of the variance selection (see the file comment); writes the slots unless
+// topk >= 1, and a.hi: the threshold's bucket.
+KeepRule variance_rule(SceArgs& a, double topk) {
   KeepRule r;  // keep all
   if (topk >= 1.0) return r;
   int64_t nonzero = 0, unused = 0;
-  const auto top = keys_pass(a, keys, &nonzero);
+  const auto top = keys_pass(a, &nonzero);
   const int64_t k = keep_of(nonzero, topk);
   if (k <= 0) {
     r.thr = 0xFFFFFFFFu;  // keep none
@@ -198,17 +197,18 @@ KeepRule variance_rule(const SceArgs& a, uint32_t* keys, double topk) {
     return r;
   }
   const auto [bucket, above_bucket] = bin_from_top(top, k);
-  const uint32_t hi = static_cast<uint32_t>(bucket);
+  a.hi = static_cast<uint32_t>(bucket);
   const auto low = histogram(a, 0, kLoBins, [&](int64_t off, int64_t len, Scratch&, uint32_t* h) {
-    const uint32_t* kb = a.keys + off;
-    for (int64_t j = 0; j < len; ++j) h[(kb[j] >> 16) == hi ? kb[j] & 0xFFFFu : kLoBins]++;
+    sce_for_bucket(a, off, len, [h](int64_t, uint32_t key) { h[key & 0xFFFFu]++; });
     return int64_t{0};
   }, &unused);
   const auto [lo, above] = bin_from_top(low, k - above_bucket);
-  const uint32_t thr = (hi << 16) | static_cast<uint32_t>(lo);
+  const uint32_t thr = (a.hi << 16) | static_cast<uint32_t>(lo);
   if (!set_threshold(r, thr, k, above_bucket + above, low[lo], num_blocks(a.n))) return r;
   for_each_block_raw(a.n, team_size(a.n, a.threads), 0, [&](int, int64_t blk, int64_t off, int64_t len, Scratch&) {
-    r.eq_in[blk] = std::count(a.keys + off, a.keys + off + len, thr);
+    int64_t eq = 0;
+    sce_for_bucket(a, off, len, [&eq, thr](int64_t, uint32_t key) { eq += key == thr; });
+    r.eq_in[blk] = eq;
   });
   scan_eq(r);
   return r;
@@ -217,14 +217,13 @@ KeepRule variance_rule(const SceArgs& a, uint32_t* keys, double topk) {
 }  // namespace
 
 KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n, int threads,
-                    double* energies, uint32_t* keys) {
-  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, keys};
-  if (topk < 1.0) advise_huge_pages(keys, static_cast<size_t>(n) * sizeof(uint32_t));  // fresh: see common.h
-  const KeepRule r = variance_rule(a, keys, topk);
+                    double* energies, const Dst& dst) {
+  SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, key_slots(dst), kNoBucket};
+  const KeepRule r = variance_rule(a, topk);
   const int K = a.K;
   std::vector<double> part(static_cast<size_t>(num_blocks(n)) * K, 0.0);
   const energies_block_fn block = energies_block_pick();
-  for_each_block_raw(n, team_size(n, threads), 3, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
+  for_each_block_raw(n, team_size(n, threads), 4, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
     block(a, r, blk, len, s, part.data() + blk * K);
   });
   std::fill(energies, energies + K, 0.0);

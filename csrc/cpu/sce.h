@@ -1,8 +1,10 @@
 // What SCE's two calls share (sce.cpp: the variance keys, the selection and the energies;
-// sce_apply.cpp: the election and merge): the arguments, the keep-mask of a block from its
-// variance keys, and the AVX2 clone picking of their block functions.
+// sce_apply.cpp: the election and merge): the arguments, the keys kept in the output's slots
+// (and the exact key of one element), the keep-mask of a block from its variance keys, and the
+// AVX2 clone picking of their block functions.
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "common.h"
@@ -10,14 +12,77 @@
 
 namespace mergefast {
 
+// The selection's keys in the output's own storage (a 16-bit word at the start of each
+// element's slot, as DELLA's keep bits: no n-sized scratch): the top 15 bits of every variance
+// key (key >> 16), written by sce.cpp's keys pass and read by every later pass before the
+// apply overwrites the slot with the result.
+struct KeySlots {
+  uint16_t* p;
+  int64_t stride;  // in 16-bit words: the output dtype's size / 2
+};
+
+inline KeySlots key_slots(const Dst& dst) {
+  return KeySlots{static_cast<uint16_t*>(dst.ptr), static_cast<int64_t>(dtype_size(dst.dt) / 2)};
+}
+
+// No coarse key equals it (they are at most kNaNKey >> 16).
+constexpr uint32_t kNoBucket = 0xFFFFFFFFu;
+
 struct SceArgs {
   const Src* base;
   const std::vector<Src>* xs;
   int K;
   int64_t n;
   int threads;
-  const uint32_t* keys;  // the n variance keys (sce.cpp's keys pass writes them)
+  KeySlots slots;
+  uint32_t hi;  // the coarse key whose elements get their exact key recomputed (kNoBucket: none)
 };
+
+// a / d as torch's Welford divides, by a product where 1 / d is exact (d a power of two: the
+// same correctly rounded quotient) and a division otherwise (d = 3 with three models).
+MF_INLINE double sce_divide(double a, double d, double inv, bool exact) { return exact ? a * inv : a / d; }
+
+MF_INLINE constexpr bool sce_power_of_two(int v) { return (v & (v - 1)) == 0; }
+
+// Element j of a source as float32 (any input dtype; for the few elements read one by one).
+MF_INLINE float sce_load(const Src& s, int64_t j) {
+  switch (s.dt) {
+    case DType::BF16: return load_f32<DType::BF16>(s.ptr, j);
+    case DType::F16: return load_f32<DType::F16>(s.ptr, j);
+    default: return load_f32<DType::F32>(s.ptr, j);
+  }
+}
+
+// The variance key of element j from the inputs: sce.cpp's keys pass for one element (the same
+// Welford updates in the same order, the same rounding), for the elements of bucket a.hi.
+MF_INLINE uint32_t sce_key_at(const SceArgs& a, int64_t j) {
+  const float b = sce_load(*a.base, j);
+  double mean = 0.0, m2 = 0.0;
+  for (int i = 0; i < a.K; ++i) {
+    const double v = static_cast<double>(sce_load((*a.xs)[i], j) - b);
+    const double delta = v - mean;
+    mean = mean + sce_divide(delta, i + 1.0, 1.0 / (i + 1.0), sce_power_of_two(i + 1));
+    m2 = m2 + delta * (v - mean);
+  }
+  return mag_key(static_cast<float>(sce_divide(m2, a.K, 1.0 / a.K, sce_power_of_two(a.K))));
+}
+
+// Keys of block (off, len) that order exactly like the variance keys against any threshold in
+// bucket a.hi: the exact key there, slot << 16 elsewhere (above or below the whole bucket).
+MF_INLINE void sce_block_keys(const SceArgs& a, int64_t off, int64_t len, uint32_t* kb) {
+  const uint16_t* sl = a.slots.p + off * a.slots.stride;
+  const int64_t st = a.slots.stride;
+  if (st == 1) {  // 16-bit outputs: a contiguous loop (vectorised)
+    for (int64_t j = 0; j < len; ++j) kb[j] = static_cast<uint32_t>(sl[j]) << 16;
+  } else {
+    for (int64_t j = 0; j < len; ++j) kb[j] = static_cast<uint32_t>(sl[j * st]) << 16;
+  }
+  if (a.hi == kNoBucket) return;
+  const uint32_t hk = a.hi << 16;
+  for (int64_t j = 0; j < len; ++j) {
+    if (kb[j] == hk) kb[j] = sce_key_at(a, off + j);
+  }
+}
 
 // Whether a rule keeps every position (select_topk >= 1): no keys are needed then.
 inline bool sce_keeps_all(const KeepRule& r) { return r.thr == 0 && !r.cut; }
@@ -37,6 +102,53 @@ MF_INLINE void sce_block_mask(const KeepRule& r, int64_t blk, const uint32_t* kb
     if (kb[j] == r.thr) keep = rem-- > 0;
     m[j] = keep ? 1.0f : 0.0f;
   }
+}
+
+// Calls f(j, key) for the elements j of block (off, len) in bucket a.hi, in flat order, with
+// their exact variance key (sce_key_at). The slots are compared 16 at a time (vectorised for
+// 16-bit outputs) and only a group holding a match is walked: ~0.1 % of the elements match.
+template <class F>
+MF_INLINE void sce_for_bucket(const SceArgs& a, int64_t off, int64_t len, F&& f) {
+  if (a.hi == kNoBucket) return;
+  const uint16_t* p = a.slots.p + off * a.slots.stride;
+  const int64_t st = a.slots.stride;
+  const uint16_t h = static_cast<uint16_t>(a.hi);
+  for (int64_t g = 0; g < len; g += 16) {
+    const int64_t end = std::min(len, g + 16);
+    uint32_t any = 0;
+    if (st == 1) {
+      for (int64_t j = g; j < end; ++j) any |= p[j] == h;
+    } else {
+      for (int64_t j = g; j < end; ++j) any |= p[j * st] == h;
+    }
+    if (any == 0) continue;
+    for (int64_t j = g; j < end; ++j) {
+      if (p[j * st] == h) f(j, sce_key_at(a, off + j));
+    }
+  }
+}
+
+// sce_block_mask of block blk from the slots: where the block's rule is "key >= teff" (every
+// block but the one where the tie quota runs out) slot << 16 decides each element outside
+// bucket a.hi alone, and the few inside get their exact key; kb (kBlock keys of scratch) for
+// the other block.
+MF_INLINE void sce_slot_mask(const SceArgs& a, const KeepRule& r, int64_t blk, int64_t len, uint32_t* kb,
+                             float* m) {
+  const int64_t off = blk * kBlock;
+  uint32_t teff = 0;
+  int64_t rem = 0;
+  if (!r.block_rule(blk, teff, rem)) {
+    sce_block_keys(a, off, len, kb);
+    return sce_block_mask(r, blk, kb, len, m);
+  }
+  const uint16_t* p = a.slots.p + off * a.slots.stride;
+  const int64_t st = a.slots.stride;
+  if (st == 1) {
+    for (int64_t j = 0; j < len; ++j) m[j] = (static_cast<uint32_t>(p[j]) << 16) >= teff ? 1.0f : 0.0f;
+  } else {
+    for (int64_t j = 0; j < len; ++j) m[j] = (static_cast<uint32_t>(p[j * st]) << 16) >= teff ? 1.0f : 0.0f;
+  }
+  sce_for_bucket(a, off, len, [m, teff](int64_t j, uint32_t key) { m[j] = key >= teff ? 1.0f : 0.0f; });
 }
 
 // The kept deltas of block (off, len) of model i: d[j] = (x[j] - b[j]) * m[j] (m null: every

@@ -1,5 +1,6 @@
 // SCE (mergefast/methods/sce.py) on the CPU, apply side: one read of base + K models and of the
-// variance keys that sce_select left (sce.cpp), one write of the result.
+// coarse variance keys that sce_select left in the output's slots (sce.cpp, sce.h), one write
+// of the result over them.
 //
 // The reference's float32 operations in its order: the kept deltas md_i = (x_i - b) * m, their
 // sum s = sum_i md_i (elected sign: s >= 0 counts as +), agree_i = sign(md_i) == elected (zeros
@@ -15,9 +16,9 @@ namespace mergefast {
 namespace {
 
 constexpr float kDivisorMin = 1e-6f;
-// Scratch buffers of a block: 0 base, 1 staged x, 2 mask, 3 sum, 4 mixed, 5 divisor,
-// kFirstDelta.. the K kept deltas.
-constexpr int kFirstDelta = 6;
+// Scratch buffers of a block: 0 base, 1 staged x, 2 mask, 3 sum, 4 mixed, 5 divisor, 6 the
+// block's keys, kFirstDelta.. the K kept deltas.
+constexpr int kFirstDelta = 7;
 
 // sum_i (d_i * w_i) * agree_i into mixed and sum_i w_i * agree_i into div, model i's term
 // (first: the first model's terms start the sums).
@@ -35,9 +36,11 @@ MF_INLINE void vote(const float* sum, const float* d, float wi, int64_t len, boo
 MF_INLINE void apply_block_impl(const SceArgs& a, const KeepRule& r, const float* w, const Dst& dst, int64_t blk,
                                 int64_t len, Scratch& s) {
   const int64_t off = blk * kBlock;
-  const float* b = stage(*a.base, off, len, s.buf(0));
   float* m = nullptr;
-  if (!sce_keeps_all(r)) sce_block_mask(r, blk, a.keys + off, len, m = s.buf(2));
+  if (!sce_keeps_all(r)) {  // the keys in the block's output slots: read before the store
+    sce_slot_mask(a, r, blk, len, reinterpret_cast<uint32_t*>(s.buf(6)), m = s.buf(2));
+  }
+  const float* b = stage(*a.base, off, len, s.buf(0));
   float *sum = s.buf(3), *mixed = s.buf(4), *div = s.buf(5);
   for (int i = 0; i < a.K; ++i) {
     float* d = s.buf(kFirstDelta + i);
@@ -66,9 +69,11 @@ MF_SCE_CLONED(apply_block,
 
 }  // namespace
 
-void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule, const uint32_t* keys,
-               const std::vector<float>& w, const Dst& dst, int64_t n, int threads) {
-  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, keys};
+void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule, const std::vector<float>& w,
+               const Dst& dst, int64_t n, int threads) {
+  // the threshold's bucket: its elements' exact keys are recomputed (sce.h); none when keep-none
+  const uint32_t hi = rule.thr == 0xFFFFFFFFu ? kNoBucket : rule.thr >> 16;
+  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, key_slots(dst), hi};
   const apply_block_fn block = apply_block_pick();
   for_each_block_raw(n, team_size(n, threads), kFirstDelta + a.K, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
     block(a, rule, w.data(), dst, blk, len, s);

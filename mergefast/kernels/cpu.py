@@ -60,8 +60,8 @@ _SIGNATURES = {
     "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
-    "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p]),
-    "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _p, _i32, _i32]),
+    "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p, _i32]),
+    "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
     "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
     "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32]),
     "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
@@ -418,17 +418,19 @@ def nearswap(base: torch.Tensor, x: torch.Tensor, t: float, out_dtype: torch.dty
     return out
 
 
-def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float):
+def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float, out_dtype: torch.dtype):
     """SCE's variance selection and energies: (rule, [sum of squared kept deltas per model]),
-    the rule (threshold key, tie quota, running tie counts per block or None, the variance
-    keys or None) for `sce_apply`. The keys take 4 bytes an element (csrc/cpu/sce.cpp)."""
+    the rule (threshold key, tie quota, running tie counts per block or None, the output) for
+    `sce_apply`. The output is allocated here: until the apply fills it, its slots hold the
+    top bits of every variance key (csrc/cpu/sce.h), so no other n-sized memory is taken."""
+    out = _empty(base, out_dtype)
     n, op = base.numel(), "sce_select"
     bptr, bcode = _view(base, n, op)
     ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op)
     thr, quota, cut = ctypes.c_uint32(), ctypes.c_int64(), ctypes.c_int32()
     eq_prefix = (ctypes.c_int64 * (-(-n // BLOCK) + 1))()
     energies = (ctypes.c_double * len(xs))()
-    keys = torch.empty(n, dtype=torch.int32) if select_topk < 1 else None
     _check(
         _lib().mf_sce_select(
             bptr,
@@ -444,23 +446,24 @@ def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: floa
             ctypes.byref(cut),
             eq_prefix,
             energies,
-            None if keys is None else keys.data_ptr(),
+            optr,
+            ocode,
         )
     )
-    rule = (thr.value, quota.value, eq_prefix if cut.value else None, keys)
+    rule = (thr.value, quota.value, eq_prefix if cut.value else None, out)
     return rule, list(energies)
 
 
 def sce_apply(
     base: torch.Tensor, xs: Sequence[torch.Tensor], rule, omega: Sequence[float], out_dtype: torch.dtype
 ) -> torch.Tensor:
-    """SCE's apply pass with `sce_select`'s rule and the weights omega, into a new tensor."""
-    out = _empty(base, out_dtype)
+    """SCE's apply pass with `sce_select`'s rule and the weights omega, into the output that
+    `sce_select` allocated (of dtype out_dtype)."""
+    thr, quota, eq_prefix, out = rule
     n, op = out.numel(), "sce_apply"
     bptr, bcode = _view(base, n, op)
     ptrs, codes = _views(xs, n, op)
     optr, ocode = _view(out, n, op)
-    thr, quota, eq_prefix, keys = rule
     cut = eq_prefix is not None
     _check(
         _lib().mf_sce_apply(
@@ -474,7 +477,6 @@ def sce_apply(
             quota,
             cut,
             eq_prefix,
-            None if keys is None else keys.data_ptr(),
             _doubles(omega),
             optr,
             ocode,

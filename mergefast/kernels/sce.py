@@ -2,7 +2,8 @@
 
 The kernels (csrc/cpu/sce.cpp and sce_apply.cpp; kernels/triton/sce.py on the GPU) run two
 calls, each reading base + K models block by block: `sce_select` computes every position's
-float32 variance across the task vectors once (kept for the apply: 4 bytes an element), finds
+float32 variance across the task vectors once (on the CPU its top bits are kept for the apply
+in the output's own slots, the exact value recomputed for the few near the threshold), finds
 the k largest (an exact histogram top-k of their bits, ties lowest flat index first: the
 reference's stable sort) and sums each model's squared kept deltas; `sce_apply` runs the sign
 election and the weighted disjoint merge with the weights this module computes.
@@ -36,5 +37,5 @@ def run(impl, base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float
     """SCE on backend `impl` (kernels.cpu or kernels.triton.ops): the selection with the
     energies, then the apply.
     Inputs contiguous, n > 0, at least one model, validated by the kernel API."""
-    rule, sums = impl.sce_select(base, xs, select_topk)
+    rule, sums = impl.sce_select(base, xs, select_topk, out_dtype)
     return impl.sce_apply(base, xs, rule, weights(sums, base.numel()), out_dtype)

@@ -163,10 +163,12 @@ def _variance_rule(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: 
     return var, thr, quota, eqb
 
 
-def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float):
+def sce_select(base: torch.Tensor, xs: Sequence[torch.Tensor], select_topk: float, out_dtype: torch.dtype):
     """SCE's variance selection and energies, as kernels/cpu.py's: (rule, [sum of squared kept
     deltas per model]); the rule (variances, thr, quota, per-block ties or None; None when
-    select_topk >= 1: every position kept) for `sce_apply`."""
+    select_topk >= 1: every position kept) for `sce_apply`. out_dtype is the CPU kernels' (they
+    keep the keys in the output, allocated here); on the GPU the variances have their own
+    buffer and `sce_apply` allocates the output."""
     n, block = base.numel(), block_size()
     nblocks = triton.cdiv(n, block)
     rule = None if select_topk >= 1 else _variance_rule(base, xs, select_topk, block)
