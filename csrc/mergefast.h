@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 4
+#define MF_ABI_VERSION 5
 
 /* status codes */
 #define MF_OK 0

@@ -21,7 +21,7 @@ import torch
 
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 4  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 5  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).with_name("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
