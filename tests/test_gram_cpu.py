@@ -81,3 +81,33 @@ def test_gram_mixed_dtypes_and_specials():
     want = expected_gram(base, xs, 1, n)
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+@pytest.mark.parametrize(
+    "bad, with_base",
+    [(bad, True) for bad in (None, "nan in base", "inf in a model", "inf - inf", "-inf in a row")]
+    + [(bad, False) for bad in (None, "inf in a model", "inf - inf", "-inf in a row")],
+)
+def test_gram_proves_its_inputs_finite(bad, with_base):
+    """Finite norms of every d_i (every row) record base and inputs as proven finite (the
+    executor then skips scanning them); one NaN or inf anywhere records nothing."""
+    from mergefast.kernels import cpu
+
+    g = torch.Generator().manual_seed(3)
+    rows, cols = 4, 700
+    base = torch.randn(rows * cols, generator=g).bfloat16() if with_base else None
+    xs = [torch.randn(rows * cols, generator=g).bfloat16() for _ in range(3)]
+    if bad == "nan in base":
+        base[9] = float("nan")
+    elif bad == "inf in a model":
+        xs[2][rows * cols - 1] = float("inf")
+    elif bad == "inf - inf":
+        xs[1][100] = float("inf")
+        if base is not None:
+            base[100] = float("inf")
+    elif bad == "-inf in a row":
+        xs[0][cols + 3] = float("-inf")
+    with cpu.finite_inputs() as proven:
+        cpu.gram(base, xs, rows, cols)
+    everything = {t.data_ptr() for t in (*xs, *([base] if base is not None else []))}
+    assert proven == (everything if bad is None else set())
