@@ -55,19 +55,36 @@ struct StockArgs {
   const float* t;  // per row
 };
 
-MF_INLINE void stock_impl(const StockArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  const int K = static_cast<int>(a.xs->size());
-  for (int64_t j = 0; j < len; ++j) r[j] = 0.0f;
-  for (int i = 0; i < K; ++i) {
-    const float* x = stage((*a.xs)[i], off, len, s.buf(1));
-    for (int64_t j = 0; j < len; ++j) r[j] = r[j] + x[j];
-  }
-  const float* b = stage(a.base, off, len, s.buf(0));
-  const float k = static_cast<float>(K);
+// r = (0 or r) + x over the block, x converted as it is read (no staging buffer).
+template <DType D, bool First>
+MF_INLINE void stock_add(const void* xp, int64_t off, int64_t len, float* r) {
+  for (int64_t j = 0; j < len; ++j) r[j] = (First ? 0.0f : r[j]) + load_f32<D>(xp, off + j);
+}
+
+// r = t (r / k) + (1 - t) b per row run, b converted as it is read.
+template <DType D>
+MF_INLINE void stock_mix(const StockArgs& a, int64_t off, int64_t len, float k, float* r) {
   row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) {
     const float t = a.t[row], u = 1.0f - t;
-    for (int64_t j = j0; j < j1; ++j) r[j] = t * (r[j] / k) + u * b[j];
+    for (int64_t j = j0; j < j1; ++j) r[j] = t * (r[j] / k) + u * load_f32<D>(a.base.ptr, off + j);
   });
+}
+
+MF_INLINE void stock_impl(const StockArgs& a, int64_t off, int64_t len, Scratch&, float* r) {
+  const int K = static_cast<int>(a.xs->size());
+  for (int i = 0; i < K; ++i) {
+    const Src& x = (*a.xs)[i];
+    visit_input_dtype(x.dt, [&](auto tag) {
+      constexpr DType D = decltype(tag)::value;
+      if (i == 0) {
+        stock_add<D, true>(x.ptr, off, len, r);
+      } else {
+        stock_add<D, false>(x.ptr, off, len, r);
+      }
+    });
+  }
+  const float k = static_cast<float>(K);
+  visit_input_dtype(a.base.dt, [&](auto tag) { stock_mix<decltype(tag)::value>(a, off, len, k, r); });
 }
 
 struct NearswapArgs {
@@ -136,7 +153,7 @@ void nuslerp_apply(const Src* base, const Src& x0, const Src& x1, int64_t cols,
 void model_stock_apply(const Src& base, const std::vector<Src>& xs, int64_t cols, const float* t,
                        const Dst& dst, int64_t n, int threads) {
   const StockArgs a{base, &xs, std::max<int64_t>(1, cols), t};
-  elementwise(a, stock_pick(), 2, dst, n, threads);
+  elementwise(a, stock_pick(), 0, dst, n, threads);
 }
 
 void nearswap(const Src& base, const Src& x, float t, const Dst& dst, int64_t n, int threads) {
