@@ -105,20 +105,24 @@ MF_INLINE void nearswap_impl(const NearswapArgs& a, int64_t off, int64_t len, Sc
   }
 }
 
-// Each pass as a default build and an AVX2 clone, picked at run time (common.h).
+// Each pass as a default build and an AVX2 clone, picked at run time (common.h); the clone
+// also rounds and stores the block (the output dtype's conversion, vectorised with AVX2).
 #define MF_CLONED(NAME, ARGS)                                                                   \
-  void NAME##_default(const ARGS& a, int64_t off, int64_t len, Scratch& s, float* r) {          \
+  void NAME##_default(const ARGS& a, const Dst& d, int64_t off, int64_t len, Scratch& s,        \
+                      float* r) {                                                               \
     NAME##_impl(a, off, len, s, r);                                                             \
+    store(d, off, len, r);                                                                      \
   }                                                                                             \
   MF_AVX2_VARIANT(NAME, ARGS)                                                                   \
-  using NAME##_fn = void (*)(const ARGS&, int64_t, int64_t, Scratch&, float*);                  \
+  using NAME##_fn = void (*)(const ARGS&, const Dst&, int64_t, int64_t, Scratch&, float*);      \
   NAME##_fn NAME##_pick() { return MF_AVX2_PICK(NAME); }
 
 #if MF_AVX2_CLONES
-#define MF_AVX2_VARIANT(NAME, ARGS)                                                      \
-  MF_TARGET_AVX2 void NAME##_avx2(const ARGS& a, int64_t off, int64_t len, Scratch& s,   \
-                                  float* r) {                                            \
-    NAME##_impl(a, off, len, s, r);                                                      \
+#define MF_AVX2_VARIANT(NAME, ARGS)                                                            \
+  MF_TARGET_AVX2 void NAME##_avx2(const ARGS& a, const Dst& d, int64_t off, int64_t len,       \
+                                  Scratch& s, float* r) {                                      \
+    NAME##_impl(a, off, len, s, r);                                                            \
+    store(d, off, len, r);                                                                     \
   }
 #define MF_AVX2_PICK(NAME) cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
 #else
@@ -131,14 +135,12 @@ MF_CLONED(stock, StockArgs)
 MF_CLONED(nearswap, NearswapArgs)
 
 // Runs `block` over the n elements (buffers 0..buffers-1 for staging, one more for the
-// result) and stores each block once.
+// result), which stores each block once.
 template <class Args, class Fn>
 void elementwise(const Args& a, Fn block, int buffers, const Dst& dst, int64_t n, int threads) {
   for_each_block_raw(n, team_size(n, threads), buffers + 1,
                      [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
-                       float* r = s.buf(buffers);
-                       block(a, off, len, s, r);
-                       store(dst, off, len, r);
+                       block(a, dst, off, len, s, s.buf(buffers));
                      });
 }
 
