@@ -55,19 +55,36 @@ struct StockArgs {
   const float* t;  // per row
 };
 
-MF_INLINE void stock_impl(const StockArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  const int K = static_cast<int>(a.xs->size());
-  for (int64_t j = 0; j < len; ++j) r[j] = 0.0f;
-  for (int i = 0; i < K; ++i) {
-    const float* x = stage((*a.xs)[i], off, len, s.buf(1));
-    for (int64_t j = 0; j < len; ++j) r[j] = r[j] + x[j];
-  }
-  const float* b = stage(a.base, off, len, s.buf(0));
-  const float k = static_cast<float>(K);
+// r = (0 or r) + x over the block, x converted as it is read (no staging buffer).
+template <DType D, bool First>
+MF_INLINE void stock_add(const void* xp, int64_t off, int64_t len, float* r) {
+  for (int64_t j = 0; j < len; ++j) r[j] = (First ? 0.0f : r[j]) + load_f32<D>(xp, off + j);
+}
+
+// r = t (r / k) + (1 - t) b per row run, b converted as it is read.
+template <DType D>
+MF_INLINE void stock_mix(const StockArgs& a, int64_t off, int64_t len, float k, float* r) {
   row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) {
     const float t = a.t[row], u = 1.0f - t;
-    for (int64_t j = j0; j < j1; ++j) r[j] = t * (r[j] / k) + u * b[j];
+    for (int64_t j = j0; j < j1; ++j) r[j] = t * (r[j] / k) + u * load_f32<D>(a.base.ptr, off + j);
   });
+}
+
+MF_INLINE void stock_impl(const StockArgs& a, int64_t off, int64_t len, Scratch&, float* r) {
+  const int K = static_cast<int>(a.xs->size());
+  for (int i = 0; i < K; ++i) {
+    const Src& x = (*a.xs)[i];
+    visit_input_dtype(x.dt, [&](auto tag) {
+      constexpr DType D = decltype(tag)::value;
+      if (i == 0) {
+        stock_add<D, true>(x.ptr, off, len, r);
+      } else {
+        stock_add<D, false>(x.ptr, off, len, r);
+      }
+    });
+  }
+  const float k = static_cast<float>(K);
+  visit_input_dtype(a.base.dt, [&](auto tag) { stock_mix<decltype(tag)::value>(a, off, len, k, r); });
 }
 
 struct NearswapArgs {
@@ -88,20 +105,24 @@ MF_INLINE void nearswap_impl(const NearswapArgs& a, int64_t off, int64_t len, Sc
   }
 }
 
-// Each pass as a default build and an AVX2 clone, picked at run time (common.h).
+// Each pass as a default build and an AVX2 clone, picked at run time (common.h); the clone
+// also rounds and stores the block (the output dtype's conversion, vectorised with AVX2).
 #define MF_CLONED(NAME, ARGS)                                                                   \
-  void NAME##_default(const ARGS& a, int64_t off, int64_t len, Scratch& s, float* r) {          \
+  void NAME##_default(const ARGS& a, const Dst& d, int64_t off, int64_t len, Scratch& s,        \
+                      float* r) {                                                               \
     NAME##_impl(a, off, len, s, r);                                                             \
+    store(d, off, len, r);                                                                      \
   }                                                                                             \
   MF_AVX2_VARIANT(NAME, ARGS)                                                                   \
-  using NAME##_fn = void (*)(const ARGS&, int64_t, int64_t, Scratch&, float*);                  \
+  using NAME##_fn = void (*)(const ARGS&, const Dst&, int64_t, int64_t, Scratch&, float*);      \
   NAME##_fn NAME##_pick() { return MF_AVX2_PICK(NAME); }
 
 #if MF_AVX2_CLONES
-#define MF_AVX2_VARIANT(NAME, ARGS)                                                      \
-  MF_TARGET_AVX2 void NAME##_avx2(const ARGS& a, int64_t off, int64_t len, Scratch& s,   \
-                                  float* r) {                                            \
-    NAME##_impl(a, off, len, s, r);                                                      \
+#define MF_AVX2_VARIANT(NAME, ARGS)                                                            \
+  MF_TARGET_AVX2 void NAME##_avx2(const ARGS& a, const Dst& d, int64_t off, int64_t len,       \
+                                  Scratch& s, float* r) {                                      \
+    NAME##_impl(a, off, len, s, r);                                                            \
+    store(d, off, len, r);                                                                     \
   }
 #define MF_AVX2_PICK(NAME) cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
 #else
@@ -114,14 +135,12 @@ MF_CLONED(stock, StockArgs)
 MF_CLONED(nearswap, NearswapArgs)
 
 // Runs `block` over the n elements (buffers 0..buffers-1 for staging, one more for the
-// result) and stores each block once.
+// result), which stores each block once.
 template <class Args, class Fn>
 void elementwise(const Args& a, Fn block, int buffers, const Dst& dst, int64_t n, int threads) {
   for_each_block_raw(n, team_size(n, threads), buffers + 1,
                      [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
-                       float* r = s.buf(buffers);
-                       block(a, off, len, s, r);
-                       store(dst, off, len, r);
+                       block(a, dst, off, len, s, s.buf(buffers));
                      });
 }
 
@@ -136,7 +155,7 @@ void nuslerp_apply(const Src* base, const Src& x0, const Src& x1, int64_t cols,
 void model_stock_apply(const Src& base, const std::vector<Src>& xs, int64_t cols, const float* t,
                        const Dst& dst, int64_t n, int threads) {
   const StockArgs a{base, &xs, std::max<int64_t>(1, cols), t};
-  elementwise(a, stock_pick(), 2, dst, n, threads);
+  elementwise(a, stock_pick(), 0, dst, n, threads);
 }
 
 void nearswap(const Src& base, const Src& x, float t, const Dst& dst, int64_t n, int threads) {

@@ -370,7 +370,24 @@ def gram(base: torch.Tensor | None, xs: Sequence[torch.Tensor], rows: int, cols:
     ptrs, codes = _views(xs, n, op)
     out = torch.empty((rows, k * (k + 1) // 2), dtype=torch.float64)
     _check(_lib().mf_slerpfam_gram(bptr, bcode, ptrs, codes, k, rows, cols, threads(), out.data_ptr()))
+    _record_gram_finite(out, base, xs)
     return out
+
+
+def _record_gram_finite(gram: torch.Tensor, base: torch.Tensor | None, xs: Sequence[torch.Tensor]) -> None:
+    """Inside `finite_inputs()`: finite norms |d_i|^2 (float64 sums of squares, which no NaN or
+    inf leaves finite) prove every d_i = x_i - base, hence x_i and the base, finite; the
+    executor then skips its NaN/inf scan of them (model_stock and karcher, whose elementwise
+    passes do not check: ~14 ms per 45M bf16 elements per input on a 2-vCPU AMD EPYC VM)."""
+    if getattr(_thread, "finite", None) is None:
+        return
+    k = len(xs)
+    diagonal = [i * k - i * (i - 1) // 2 for i in range(k)]  # columns of <d_i, d_i>
+    if bool(torch.isfinite(gram[:, diagonal]).all()):
+        proven = _thread.finite
+        proven.update(t.data_ptr() for t in xs)
+        if base is not None:
+            proven.add(base.data_ptr())
 
 
 def nuslerp_apply(
