@@ -14,8 +14,9 @@ from __future__ import annotations
 import gc
 import os
 
-# The floor must not pay start-up costs mergefast's CLI avoids (mergefast/cli.py): it plans
-# without the garbage collector and without OpenBLAS's spinning thread pool.
+# The floor must not pay start-up or exit costs mergefast's CLI avoids (mergefast/cli.py): it
+# plans without the garbage collector and without OpenBLAS's spinning thread pool, and ends
+# without the interpreter's teardown.
 gc.disable()
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -109,3 +110,5 @@ def _numel(shape) -> int:
 
 if __name__ == "__main__":
     main(*sys.argv[1:3])
+    sys.stderr.flush()
+    os._exit(0)  # without the interpreter's teardown, as mergefast's CLI ends (cli.exit_now)
