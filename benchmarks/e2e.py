@@ -115,24 +115,26 @@ def make_family(root: Path, size_name: str) -> dict[str, Path]:
     return folders
 
 
-# Runs one command in a fresh interpreter and reports its peak RSS (the only child, so
-# RUSAGE_CHILDREN's maximum is that command's own); no /usr/bin/time needed.
+# Runs one command in a fresh interpreter and reports its peak RSS and CPU seconds (the only
+# child, so RUSAGE_CHILDREN is that command's own); no /usr/bin/time needed.
 _RSS_WRAPPER = (
     "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-    "print('RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "print('RSS', u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr); "
     "sys.exit(r.returncode)"
 )
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of one whole process."""
+def timed(cmd: list[str], env=None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in GB, CPU seconds: user + system) of one whole process. On a
+    shared VM the CPU seconds vary far less than the wall time (the disk's fsync, neighbours)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    rss = [line for line in proc.stderr.splitlines() if line.startswith("RSS ")][-1]
-    return wall, int(rss.split()[1]) * 1024 / 1e9
+    _, rss, cpu = [line for line in proc.stderr.splitlines() if line.startswith("RSS ")][-1].split()
+    return wall, int(rss) * 1024 / 1e9, float(cpu)
 
 
 def main() -> None:
@@ -178,7 +180,9 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 results[name].append(timed(cmd))
         rows[method] = {
-            k: (statistics.median(w for w, _ in v), max(r for _, r in v), [w for w, _ in v]) for k, v in results.items()
+            k: (statistics.median(w for w, _, _ in v), max(r for _, r, _ in v), [w for w, _, _ in v])
+            + (statistics.median(c for _, _, c in v),)
+            for k, v in results.items()
         }
         print_row(method, rows[method])
     if args.json:
@@ -186,19 +190,19 @@ def main() -> None:
 
 
 def print_row(method: str, row: dict) -> None:
-    """One line per method: medians, ratios to the floor and peak RSS; with several repeats
-    also the range of the per-repeat ratios (each command against the floor run just before
-    it), which shows how much of a ratio is this machine's noise."""
-    floor, _, floors = row["floor"]
-    parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB)"]
+    """One line per method: medians, ratios to the floor, peak RSS and median CPU seconds; with
+    several repeats also the range of the per-repeat ratios (each command against the floor run
+    just before it), which shows how much of a ratio is this machine's noise."""
+    floor, _, floors, floor_cpu = row["floor"]
+    parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB, CPU {floor_cpu:.2f}s)"]
     for name in ("mergefast", "mergekit"):
         if name in row:
-            wall, rss, walls = row[name]
+            wall, rss, walls, cpu = row[name]
             spread = ""
             if len(walls) > 1:
                 ratios = [w / f for w, f in zip(walls, floors)]
                 spread = f" (runs {min(ratios):.2f}-{max(ratios):.2f}x)"
-            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{spread}, RSS {rss:.2f} GB")
+            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{spread}, RSS {rss:.2f} GB, CPU {cpu:.2f}s")
     print(" | ".join(parts), flush=True)
 
 
