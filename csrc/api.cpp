@@ -58,8 +58,8 @@ std::vector<float> as_f32(const double* values, int32_t k) {
   return w;
 }
 
-// An output that overlaps neither base nor a model: the passes that keep their per-element
-// state in it (DELLA's keep words, SCE's keys) write it while reading them.
+// An output that overlaps neither base nor a model: the kernels write it while they still read
+// the inputs (the selections use it as scratch; DELLA's keep words, SCE's keys live in it).
 Dst separate_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std::vector<Src>& src,
                  const char* op) {
   const Dst dst = make_dst(out, out_dtype, n, op);
@@ -116,14 +116,9 @@ int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* con
     check(sparsify == MF_SPARSIFY_NONE || sparsify == MF_SPARSIFY_MAGNITUDE, op,
           "sparsify mode " + std::to_string(sparsify) + " is not implemented in the CPU kernels");
     check(sparsify == MF_SPARSIFY_NONE || keep != nullptr, op, "one keep count per model expected");
-    const Dst dst = make_dst(out, out_dtype, n, op);
     // The selection uses the output as scratch, and the apply writes it while it reads the
     // inputs.
-    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
-    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
-    for (const Src& x : src) {
-      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
-    }
+    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
     std::vector<int64_t> counts;
     if (sparsify == MF_SPARSIFY_MAGNITUDE) counts.assign(keep, keep + k);
     const int64_t min_n = one_read_min < 0 ? kOneReadMin : one_read_min;
@@ -161,12 +156,7 @@ int32_t mf_dare(const void* base, int32_t base_dtype, const void* const* xs,
     check(n >= 0 && weights != nullptr && keys != nullptr && densities != nullptr &&
               scales != nullptr && finite != nullptr,
           op, "bad sizes, weights, keys, densities or scales");
-    const Dst dst = make_dst(out, out_dtype, n, op);
-    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
-    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
-    for (const Src& x : src) {
-      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
-    }
+    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
     *finite = dare(sb, src, as_f32(weights, k), std::vector<uint64_t>(keys, keys + k),
                    as_f32(densities, k), as_f32(scales, k), consensus != 0, normalize != 0,
                    static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
@@ -328,14 +318,9 @@ int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* 
     for (int32_t i = 0; i < k; ++i) {
       check(lo[i] >= 0 && hi[i] >= 0 && lo[i] <= n && hi[i] <= n, op, "bounds outside [0, n]");
     }
-    const Dst dst = make_dst(out, out_dtype, n, op);
     // The selection uses the output as scratch, and the apply writes it while it reads the
     // inputs.
-    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
-    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
-    for (const Src& x : src) {
-      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
-    }
+    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
     *finite = breadcrumbs(sb, src, as_f32(weights, k), std::vector<int64_t>(lo, lo + k),
                           std::vector<int64_t>(hi, hi + k), consensus != 0, normalize != 0,
                           static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
@@ -405,10 +390,7 @@ int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* other, 
     const Src sb = make_src(base, base_dtype, op), sx = make_src(other, other_dtype, op);
     check(rows >= 0 && cols >= 1 && kl != nullptr, op, "bad sizes or KL");
     const int64_t n = rows * cols;
-    const Dst dst = make_dst(out, out_dtype, n, op);
-    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
-    check(!overlaps(out, out_bytes, base, bytes(sb, n)) && !overlaps(out, out_bytes, other, bytes(sx, n)), op,
-          "the output overlaps an input");
+    const Dst dst = separate_dst(out, out_dtype, n, sb, {sx}, op);
     arcee_apply(sb, sx, cols, kl, static_cast<float>(threshold), dst, n, threads);
   });
 }
@@ -433,12 +415,7 @@ int32_t mf_ram_apply(const void* base, int32_t base_dtype, const void* const* xs
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0, op, "bad sizes");
-    const Dst dst = make_dst(out, out_dtype, n, op);
-    const size_t out_bytes = static_cast<size_t>(n) * dtype_size(dst.dt);
-    check(!overlaps(out, out_bytes, base, bytes(sb, n)), op, "the output overlaps an input");
-    for (const Src& x : src) {
-      check(!overlaps(out, out_bytes, x.ptr, bytes(x, n)), op, "the output overlaps an input");
-    }
+    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
     const std::vector<float> lam = lambdas != nullptr ? as_f32(lambdas, k) : std::vector<float>();
     ram_apply(sb, src, static_cast<float>(epsilon), lambdas != nullptr ? lam.data() : nullptr, dst, n, threads);
   });
