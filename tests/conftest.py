@@ -22,6 +22,10 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from helpers import write_family  # noqa: E402
+from triton_interpreter import patch_once_per_launch  # noqa: E402
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    patch_once_per_launch()
 
 # A suite started in the background by a non-interactive shell (`pytest &`) inherits SIGINT
 # ignored; the interruption tests need Ctrl-C to raise KeyboardInterrupt as it does at a prompt.
