@@ -436,8 +436,9 @@ def test_spherical_and_ram_fused_entries(method, monkeypatch):
 
 def _della_rank_rows(cols: int, g: torch.Generator) -> torch.Tensor:
     """Rows of deltas for both row-rank methods (csrc/cpu/della_rank.h): bf16 magnitudes (one
-    bucket per key), a fraction of float32 ones on both sides of the 1/8 cut, zeros, keys far
-    below the bucket window, an outlier, NaN / inf."""
+    bucket per key), a fraction of float32 ones on both sides of the 1/8 cut, zeros (in a
+    row of mostly zeros too, with keys far below the bucket window), keys far below the bucket
+    window, an outlier, NaN / inf."""
 
     def bf16(t):
         return t.bfloat16().float()
@@ -451,6 +452,8 @@ def _della_rank_rows(cols: int, g: torch.Generator) -> torch.Tensor:
     r = bf16(torch.randn(cols, generator=g) * 2e-3)
     rows.append(torch.where(torch.rand(cols, generator=g) < 0.4, 0.0, r))
     rows.append(torch.where(torch.rand(cols, generator=g) < 0.05, bf16(r * 1e-30), r))
+    tiny = torch.where(torch.rand(cols, generator=g) < 0.05, bf16(r * 1e-30), r)
+    rows.append(torch.where(torch.rand(cols, generator=g) < 0.6, 0.0, tiny))
     rows.append(torch.cat([r[:-1], torch.tensor([1e30])]))
     rows.append(
         torch.where(torch.rand(cols, generator=g) < 0.05, float("nan"), torch.where(r > 3e-3, -float("inf"), r))
@@ -469,13 +472,13 @@ def test_della_masks_on_both_row_rank_methods(cols):
     from mergefast.methods.task_arithmetic import della_mask
 
     g = torch.Generator().manual_seed(3)
-    base = torch.zeros(9, cols)
     xs = [_della_rank_rows(cols, g) for _ in range(3)]
+    base = torch.zeros_like(xs[0])
     for density, epsilon in ((0.5, 0.45), (0.2, 0.1)):
         rules = [keep_rule(density, epsilon, cols)] * 3
         keys = stream_keys(4, "t", 3)
         out, _ = cpu.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, torch.float32)
-        words = out.view(-1).view(torch.int16)[::2].view(9, cols)
+        words = out.view(-1).view(torch.int16)[::2].view(base.shape)
         for i, x in enumerate(xs):
             want = della_mask(x - base, density, epsilon, seed=4, tensor_name="t", model_index=i)
             assert torch.equal(((words >> i) & 1).bool(), want), (density, epsilon, i)

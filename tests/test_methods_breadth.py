@@ -72,6 +72,18 @@ def test_every_mergekit_method_is_registered():
     assert set(MERGEKIT_METHODS) == set(METHODS)
 
 
+def test_every_method_but_passthrough_runs_on_a_kernel_and_mergefast_env_says_so():
+    """The kernel adapters (kernels/fused.py) and what `mergefast env` lists per backend
+    (kernels/dispatch.py) name the same methods: every method but passthrough, a plain copy."""
+    from mergefast.kernels.dispatch import KERNEL_METHODS
+    from mergefast.kernels.fused import FUSED
+
+    kernel_methods = set(MERGEKIT_METHODS) - {"passthrough"}
+    assert set(FUSED) - {"passthrough"} == kernel_methods
+    for backend in ("cpu-ext", "triton"):
+        assert set(KERNEL_METHODS[backend]) == kernel_methods, backend
+
+
 @pytest.mark.parametrize(
     "name, normalize, rescale",
     [
