@@ -95,10 +95,22 @@ MF_INLINE uint32_t odd_pairs(const uint32_t* keys, int64_t cols, uint32_t lo, Ti
   return m;
 }
 
-// h[b] = the count of buckets before b, for b < nb.
+// h[b] = the count of buckets before b, for every nonempty b < nb (an empty bucket's entry is
+// never read, so runs of eight empty ones are skipped: a row has ~600 distinct keys in up to
+// 8192 buckets).
 MF_INLINE void prefix_counts(uint32_t* h, uint32_t nb) {
-  uint32_t sum = 0;
-  for (uint32_t b = 0; b < nb; ++b) {
+  uint32_t sum = 0, b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    uint64_t w[4];
+    std::memcpy(w, h + b, sizeof(w));
+    if ((w[0] | w[1] | w[2] | w[3]) == 0) continue;
+    for (uint32_t e = b; e < b + 8; ++e) {
+      const uint32_t c = h[e];
+      h[e] = sum;
+      sum += c;
+    }
+  }
+  for (; b < nb; ++b) {
     const uint32_t c = h[b];
     h[b] = sum;
     sum += c;
