@@ -27,10 +27,9 @@ constexpr uint32_t kTieOdd = kTieBins;  // the bucket of every odd key in the co
 
 // One thread's buffers for rows of up to `cols` elements.
 struct TieScratch {
-  std::vector<uint32_t> bucket, hist, odd, nonzero;
+  std::vector<uint32_t> bucket, hist, odd;
   std::vector<uint64_t> pairs;
-  explicit TieScratch(int64_t cols)
-      : bucket(cols), hist(kTieBins + 1), odd(cols + 8), nonzero(cols), pairs(cols) {}
+  explicit TieScratch(int64_t cols) : bucket(cols), hist(kTieBins + 1), odd(cols + 8), pairs(cols) {}
 };
 
 // Bucket 0 holds key 0 (a plain key) and the keys below the window (odd); bucket b >= 1 holds
@@ -95,69 +94,6 @@ MF_INLINE uint32_t odd_pairs(const uint32_t* keys, int64_t cols, uint32_t lo, Ti
   return m;
 }
 
-// h[b] = the count of buckets before b, for every nonempty b < nb (an empty bucket's entry is
-// never read, so runs of eight empty ones are skipped: a row has ~600 distinct keys in up to
-// 8192 buckets).
-MF_INLINE void prefix_counts(uint32_t* h, uint32_t nb) {
-  uint32_t sum = 0, b = 0;
-  for (; b + 8 <= nb; b += 8) {
-    uint64_t w[4];
-    std::memcpy(w, h + b, sizeof(w));
-    if ((w[0] | w[1] | w[2] | w[3]) == 0) continue;
-    for (uint32_t e = b; e < b + 8; ++e) {
-      const uint32_t c = h[e];
-      h[e] = sum;
-      sum += c;
-    }
-  }
-  for (; b < nb; ++b) {
-    const uint32_t c = h[b];
-    h[b] = sum;
-    sum += c;
-  }
-}
-
-// The m sorted odd keys (odd_pairs) take the ranks after their bucket's plain key.
-MF_INLINE void odd_ranks(TieScratch& s, uint32_t m, uint32_t lo, uint32_t* rank) {
-  uint32_t* h = s.hist.data();
-  const uint64_t* p = s.pairs.data();
-  for (uint32_t t = 0; t < m; ++t) rank[static_cast<uint32_t>(p[t])] = h[tie_bucket(uint32_t(p[t] >> 32), lo)]++;
-}
-
-// Rows where more than 1 / kTieZeroShare of the keys are 0 (zero deltas: weights a fine-tune
-// left unchanged) count and rank only their other keys through memory: a run of zeros would
-// chain increments of one counter (bucket 0's). The zeros take ranks 0, 1, ... in index order
-// (key 0 is bucket 0's plain key, the least key), counted in a register. Measured on a 2-vCPU
-// AMD EPYC VM (shared), one 7B layer bf16, base + 3, the whole DELLA call, best of 5, old and
-// new alternated: 70% zero deltas 445-463 -> 352-381 ms, 60% 463-469 -> 366-372 ms; at 40%
-// the compaction did not pay (no gain beyond the noise), hence a half; 2% unchanged.
-constexpr uint32_t kTieZeroShare = 2;
-
-// tie_ranks' counting and ranking for such a row; bucket[] and the bucket window lo are set,
-// h[0, nb) zeroed.
-template <bool Avx2>
-MF_INLINE void zero_heavy_ranks(const uint32_t* keys, int64_t cols, uint32_t nzero, uint32_t nb, uint32_t lo,
-                                uint32_t nodd, TieScratch& s, uint32_t* rank) {
-  const uint32_t* bucket = s.bucket.data();
-  uint32_t* h = s.hist.data();
-  uint32_t* nz = s.nonzero.data();
-  uint32_t n = 0, zc = 0;
-  for (int64_t j = 0; j < cols; ++j) {  // the nonzero keys' indices; every element's zero rank
-    const uint32_t zero = keys[j] == 0;
-    nz[n] = static_cast<uint32_t>(j);
-    n += zero ^ 1u;
-    rank[j] = zc;
-    zc += zero;
-  }
-  for (uint32_t t = 0; t < n; ++t) ++h[bucket[nz[t]]];
-  const uint32_t m = nodd ? odd_pairs<Avx2>(keys, cols, lo, s) : 0;
-  h[0] += nzero;
-  prefix_counts(h, nb);
-  h[0] = nzero;  // bucket 0's odd keys come after the zeros
-  for (uint32_t t = 0; t < n; ++t) rank[nz[t]] = h[bucket[nz[t]]]++;  // odd ones: junk, set below
-  odd_ranks(s, m, lo, rank);
-}
-
 // rank[j] of a row whose keys (mag_key) are given, kmax the largest and kmin the least nonzero
 // (0: none); false (rank untouched) where more than 1/8 of the row is odd.
 template <bool Avx2>
@@ -166,27 +102,28 @@ MF_INLINE bool tie_ranks(const uint32_t* keys, int64_t cols, uint32_t kmax, uint
   const uint32_t qmax = kmax >> kTieShift;
   const uint32_t lo = std::max({kmin >> kTieShift, qmax > kTieBins - 2 ? qmax - (kTieBins - 2) : 1u, 1u});
   uint32_t* bucket = s.bucket.data();
-  uint32_t nodd = 0, nzero = 0;
+  uint32_t nodd = 0;
   for (int64_t j = 0; j < cols; ++j) {
     const uint32_t odd = tie_odd(keys[j], lo);
     bucket[j] = odd ? kTieOdd : tie_bucket(keys[j], lo);
     nodd += odd;
-    nzero += keys[j] == 0;
   }
   if (nodd > cols / 8) return false;
   uint32_t* h = s.hist.data();
   const uint32_t nb = tie_bucket(kmax, lo) + 1;
   std::memset(h, 0, nb * sizeof(uint32_t));
-  if (nzero > cols / kTieZeroShare) {
-    zero_heavy_ranks<Avx2>(keys, cols, nzero, nb, lo, nodd, s, rank);
-    return true;
-  }
   for (int64_t j = 0; j < cols; ++j) ++h[bucket[j]];
   const uint32_t m = nodd ? odd_pairs<Avx2>(keys, cols, lo, s) : 0;
-  prefix_counts(h, nb);
+  uint32_t sum = 0;
+  for (uint32_t b = 0; b < nb; ++b) {
+    const uint32_t c = h[b];
+    h[b] = sum;
+    sum += c;
+  }
   // plain keys in index order; the odd ones count in kTieOdd (junk), ranked below
   for (int64_t j = 0; j < cols; ++j) rank[j] = h[bucket[j]]++;
-  odd_ranks(s, m, lo, rank);
+  const uint64_t* p = s.pairs.data();
+  for (uint32_t t = 0; t < m; ++t) rank[static_cast<uint32_t>(p[t])] = h[tie_bucket(uint32_t(p[t] >> 32), lo)]++;
   return true;
 }
 
