@@ -45,3 +45,23 @@ def test_kernel_benchmarks_run_on_a_tiny_shape():
     # linear, TIES, SLERP x the CPU providers, and the extra-memory check
     assert passed and int(passed.group(1)) >= 10, summary
     assert "failed" not in summary and "error" not in summary, summary
+
+
+def test_ab_libs_compares_two_builds_call_by_call(capsys):
+    """benchmarks/ab_libs.py runs every method it knows with two copies of the built library,
+    and finds their outputs the same bits."""
+    import importlib.util
+
+    from mergefast.kernels import cpu
+
+    if cpu.ERROR is not None:
+        pytest.skip(f"the CPU kernels are unavailable: {cpu.ERROR}")
+    spec = importlib.util.spec_from_file_location("ab_libs", ROOT / "benchmarks" / "ab_libs.py")
+    ab_libs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab_libs)
+    methods = ",".join(ab_libs.METHODS)
+    ab_libs.main([str(cpu.LIBRARY), str(cpu.LIBRARY), "--methods", methods, "--shape", "40x300", "--rounds", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("shape 40x300"), lines
+    assert [line.split()[0] for line in lines[1:]] == list(ab_libs.METHODS), lines
+    assert all(line.endswith("same bits") for line in lines[1:]), lines

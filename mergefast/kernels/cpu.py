@@ -69,23 +69,23 @@ _SIGNATURES = {
 }
 
 
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    """The library with its signatures declared, or None and why it is unusable."""
-    if not LIBRARY.exists():
+def _load(path: Path = LIBRARY) -> tuple[ctypes.CDLL | None, str | None]:
+    """The library at `path` with its signatures declared, or None and why it is unusable."""
+    if not path.exists():
         return None, (
-            f"{LIBRARY.name} was not built when mergefast was installed (no C++ "
+            f"{path.name} was not built when mergefast was installed (no C++ "
             "compiler with OpenMP was found, or MERGEFAST_BUILD_EXT=0)"
         )
     try:
-        lib = ctypes.CDLL(str(LIBRARY))  # torch is imported: its OpenMP runtime is shared
+        lib = ctypes.CDLL(str(path))  # torch is imported: its OpenMP runtime is shared
         for name, (restype, argtypes) in _SIGNATURES.items():
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = restype, argtypes
     except (OSError, AttributeError) as exc:
-        return None, f"{LIBRARY} does not load ({exc})"
+        return None, f"{path} does not load ({exc})"
     if lib.mf_abi_version() != ABI_VERSION:
         return None, (
-            f"{LIBRARY} is from another mergefast version (C ABI {lib.mf_abi_version()}, this one needs {ABI_VERSION})"
+            f"{path} is from another mergefast version (C ABI {lib.mf_abi_version()}, this one needs {ABI_VERSION})"
         )
     return lib, None
 
@@ -156,6 +156,23 @@ def _empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- calls
+
+
+@contextmanager
+def library_build(path: Path) -> Iterator[None]:
+    """In this block the kernels call the build of the library at `path` (another build of
+    this ABI: benchmarks/ab_libs.py compares two builds call by call in one process, where
+    runs of separate processes drown a 10% change in this VM's noise). Not thread-safe: for
+    benchmarks only. The file is loaded once per path; copy a build to a new path to reload it."""
+    global _LIB
+    lib, error = _load(Path(path))
+    if lib is None:
+        raise RuntimeError(error)
+    previous, _LIB = _LIB, lib
+    try:
+        yield
+    finally:
+        _LIB = previous
 
 
 def _lib() -> ctypes.CDLL:
