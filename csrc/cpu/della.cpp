@@ -100,21 +100,6 @@ MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, Til
   }
 }
 
-// d[j] = x[off + j] - b[j], x converted as it is read: no staging pass (one thread, 2048 x 4096
-// bf16, base + 3, 2-vCPU AMD EPYC VM shared: masks pass 118-130 ms against 131-142 ms staged).
-template <DType D>
-MF_INLINE void tile_deltas_dt(const void* x, int64_t off, int64_t len, const float* b, float* d) {
-  for (int64_t j = 0; j < len; ++j) d[j] = load_f32<D>(x, off + j) - b[j];
-}
-
-MF_INLINE void tile_deltas(const Src& x, int64_t off, int64_t len, const float* b, float* d) {
-  switch (x.dt) {
-    case DType::BF16: return tile_deltas_dt<DType::BF16>(x.ptr, off, len, b, d);
-    case DType::F16: return tile_deltas_dt<DType::F16>(x.ptr, off, len, b, d);
-    default: return tile_deltas_dt<DType::F32>(x.ptr, off, len, b, d);
-  }
-}
-
 // Tile t's keep words and its norms part[2i], part[2i + 1].
 template <bool Avx2>
 MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
@@ -123,7 +108,7 @@ MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* p
   const float* b = stage(*a.base, off, len, s.b.data());
   std::fill(s.bits.begin(), s.bits.begin() + len, uint16_t(0));
   for (int i = 0; i < a.K; ++i) {
-    tile_deltas((*a.xs)[i], off, len, b, s.d.data());
+    stage_deltas((*a.xs)[i], b, off, len, s.d.data());
     keep_bits<Avx2>(a, i, off, len, s);
     part[2 * i] = lane_sum(s.x.data(), len);
     part[2 * i + 1] = lane_sum(s.d.data(), len);

@@ -32,12 +32,6 @@ struct GramArgs {
   int K, P;         // inputs, pairs (K (K + 1) / 2)
 };
 
-// buf = x - b over [off, off + len) (float32, the reference's subtraction), converting as it goes.
-template <DType D>
-MF_INLINE void stage_delta(const void* x, const float* b, int64_t off, int64_t len, float* buf) {
-  for (int64_t j = 0; j < len; ++j) buf[j] = load_f32<D>(x, off + j) - b[j];
-}
-
 // The staged d_i of one block of one row (segment `seg`) into d[0..K); returns the block length.
 MF_INLINE int64_t stage_segment(const GramArgs& a, int64_t seg, Scratch& s, const float** d) {
   const int64_t row = seg / a.per_row, blk = seg % a.per_row;
@@ -50,9 +44,8 @@ MF_INLINE int64_t stage_segment(const GramArgs& a, int64_t seg, Scratch& s, cons
       d[i] = stage(x, off, len, s.buf(i));
       continue;
     }
-    float* buf = s.buf(i);
-    visit_input_dtype(x.dt, [&](auto tag) { stage_delta<decltype(tag)::value>(x.ptr, b, off, len, buf); });
-    d[i] = buf;
+    stage_deltas(x, b, off, len, s.buf(i));
+    d[i] = s.buf(i);
   }
   return len;
 }
