@@ -115,15 +115,13 @@ class Arrivals:
         f, event = self._files.get(path), self._events.get(path)
         if f is None:
             return False
-        start_wait = time.perf_counter()
-        try:
-            while not event.is_set() and self._error is None and not self._stop.is_set():
-                if self._partial.read(f, start, out):
-                    return True
-                event.wait(_EARLY_POLL)
-            return False
-        finally:
+        while not event.is_set() and self._error is None and not self._stop.is_set():
+            if self._partial.read(f, start, out):
+                return True
+            start_wait = time.perf_counter()  # waited_s counts the waits, not the reads
+            event.wait(_EARLY_POLL)
             self.waited_s += time.perf_counter() - start_wait
+        return False
 
     def finish(self) -> None:
         """Once every job has read its bytes: wait for the downloads still finishing their last
@@ -142,7 +140,7 @@ class Arrivals:
 
     def close(self) -> None:
         """Stop the downloads and close the downloading files (no reader may use them now)."""
-        self._stop.set()
+        self.cancel()
         self._partial.close()
 
     @property

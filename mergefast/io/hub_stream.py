@@ -50,7 +50,7 @@ class Streams:
 
     def close(self) -> None:
         """Stop (as `cancel`): no file is held open."""
-        self._stop.set()
+        self.cancel()
 
     def read(self, remote: RemoteRepo, name: str, start: int, out: memoryview) -> None:
         """Fill `out` with bytes [start, start + len(out)) of file `name` of `remote`."""

@@ -158,6 +158,9 @@ def _empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # ----------------------------------------------------------------------------- calls
 
 
+_BUILDS: dict[Path, ctypes.CDLL] = {}  # library_build's loaded builds, by path
+
+
 @contextmanager
 def library_build(path: Path) -> Iterator[None]:
     """In this block the kernels call the build of the library at `path` (another build of
@@ -165,10 +168,13 @@ def library_build(path: Path) -> Iterator[None]:
     runs of separate processes drown a 10% change in this VM's noise). Not thread-safe: for
     benchmarks only. The file is loaded once per path; copy a build to a new path to reload it."""
     global _LIB
-    lib, error = _load(Path(path))
-    if lib is None:
-        raise RuntimeError(error)
-    previous, _LIB = _LIB, lib
+    path = Path(path)
+    if path not in _BUILDS:
+        lib, error = _load(path)
+        if lib is None:
+            raise RuntimeError(error)
+        _BUILDS[path] = lib
+    previous, _LIB = _LIB, _BUILDS[path]
     try:
         yield
     finally:
