@@ -94,6 +94,64 @@ MF_INLINE uint32_t odd_pairs(const uint32_t* keys, int64_t cols, uint32_t lo, Ti
   return m;
 }
 
+// h[b] = the count of the buckets before b, for every nonempty bucket b < nb; h is zero from
+// nb to the next multiple of 8. An empty bucket's entry is never read (no key maps to it), so
+// the sums visit only the nonempty buckets, found through a bitmap (one bit per bucket, built
+// eight buckets at a time without a branch): a 1024-wide row fills ~260 of ~5000 buckets, and
+// summing all of them took a third of DELLA's masks pass on such rows (perf, 2-vCPU AMD EPYC
+// VM); skipping empty groups of eight by a branch instead was 5-10% slower than no skip.
+constexpr uint32_t kTieWords = kTieBins / 64;
+
+// Bit t of word q: h[64 q + t] != 0, for the buckets below groups * 8; the count of words.
+MF_INLINE uint32_t nonempty_buckets(const uint32_t* h, uint32_t groups, uint64_t* nonempty) {
+  const uint32_t words = (groups + 7) / 8;
+  for (uint32_t q = 0; q < words; ++q) {
+    const uint32_t n = 8 * std::min<uint32_t>(8, groups - 8 * q);
+    uint64_t bits = 0;
+    for (uint32_t t = 0; t < n; ++t) bits |= static_cast<uint64_t>(h[64 * q + t] != 0) << t;
+    nonempty[q] = bits;
+  }
+  return words;
+}
+
+#if MF_AVX2_CLONES
+// nonempty_buckets, eight buckets per compare.
+MF_TARGET_AVX2 inline uint32_t nonempty_buckets_avx2(const uint32_t* h, uint32_t groups, uint64_t* nonempty) {
+  const uint32_t words = (groups + 7) / 8;
+  const __m256i zero = _mm256_setzero_si256();
+  for (uint32_t q = 0; q < words; ++q) {
+    const uint32_t n = std::min<uint32_t>(8, groups - 8 * q);
+    uint64_t bits = 0;
+    for (uint32_t t = 0; t < n; ++t) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + 64 * q + 8 * t));
+      const int empty = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero)));
+      bits |= static_cast<uint64_t>(~empty & 0xFF) << (8 * t);
+    }
+    nonempty[q] = bits;
+  }
+  return words;
+}
+#endif
+
+template <bool Avx2>
+MF_INLINE void prefix_counts(uint32_t* h, uint32_t nb) {
+  uint64_t nonempty[kTieWords];
+  uint32_t words;
+#if MF_AVX2_CLONES
+  if constexpr (Avx2) words = nonempty_buckets_avx2(h, (nb + 7) / 8, nonempty);
+#endif
+  if constexpr (!Avx2) words = nonempty_buckets(h, (nb + 7) / 8, nonempty);
+  uint32_t sum = 0;
+  for (uint32_t q = 0; q < words; ++q) {
+    for (uint64_t bits = nonempty[q]; bits; bits &= bits - 1) {
+      uint32_t* e = h + 64 * q + static_cast<uint32_t>(__builtin_ctzll(bits));
+      const uint32_t c = *e;
+      *e = sum;
+      sum += c;
+    }
+  }
+}
+
 // rank[j] of a row whose keys (mag_key) are given, kmax the largest and kmin the least nonzero
 // (0: none); false (rank untouched) where more than 1/8 of the row is odd.
 template <bool Avx2>
@@ -111,15 +169,10 @@ MF_INLINE bool tie_ranks(const uint32_t* keys, int64_t cols, uint32_t kmax, uint
   if (nodd > cols / 8) return false;
   uint32_t* h = s.hist.data();
   const uint32_t nb = tie_bucket(kmax, lo) + 1;
-  std::memset(h, 0, nb * sizeof(uint32_t));
+  std::memset(h, 0, (nb + 7) / 8 * 8 * sizeof(uint32_t));  // whole groups (prefix_counts)
   for (int64_t j = 0; j < cols; ++j) ++h[bucket[j]];
   const uint32_t m = nodd ? odd_pairs<Avx2>(keys, cols, lo, s) : 0;
-  uint32_t sum = 0;
-  for (uint32_t b = 0; b < nb; ++b) {
-    const uint32_t c = h[b];
-    h[b] = sum;
-    sum += c;
-  }
+  prefix_counts<Avx2>(h, nb);
   // plain keys in index order; the odd ones count in kTieOdd (junk), ranked below
   for (int64_t j = 0; j < cols; ++j) rank[j] = h[bucket[j]]++;
   const uint64_t* p = s.pairs.data();
