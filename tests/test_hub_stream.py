@@ -287,15 +287,6 @@ def test_hub_down_uses_the_cache(hub, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bin_repos_are_downloaded_to_plan(hub, tmp_path, models):
-    """.bin weights cannot be read in part: such a repo is downloaded at plan time, as before."""
-    make_tiny_llama(tmp_path / "binmodel", seed=5, fmt="bin", **SIZES)
-    hub.add_repo("org/bin", tmp_path / "binmodel")
-    text = "merge_method: passthrough\nslices:\n  - sources: [{model: org/bin, layer_range: [0, 4]}]\n"
-    assert "org/bin" in mergefast.merge(text, tmp_path / "out", dry_run=True)
-    assert "org/bin/pytorch_model.bin" in hub.downloads
-
-
 def test_offline_after_a_plan_only_says_what_is_missing(hub, tmp_path, monkeypatch):
     """`plan` cached the side files only: offline, the merge names the missing weights."""
     from huggingface_hub import constants

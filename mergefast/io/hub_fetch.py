@@ -142,6 +142,7 @@ def start_downloads(
     with range requests (io/hub_stream.py)."""
     if stream:
         streams, readers = Streams(), _remote_readers(plan)
+        _check_streamable(plan)
         if readers:
             check_disk_space(plan, out, downloads=False)
         for reader in readers:
@@ -162,6 +163,18 @@ def start_downloads(
     for reader in _remote_readers(plan):
         reader.arrivals = arrivals
     return arrivals.start()
+
+
+def _check_streamable(plan) -> None:
+    """ModelError, before any byte is read, for a .bin file to read under --stream-inputs that
+    is not cached: a pickled checkpoint is loaded whole (torch.load), not read in ranges."""
+    binary = next((f for f in hub_files(plan) if f.name.endswith(".bin") and not f.path.is_file()), None)
+    if binary is not None:
+        raise ModelError(
+            f"--stream-inputs reads safetensors weights only, and Hugging Face repo {binary.remote.what} "
+            f"has PyTorch .bin weights ({binary.name}); drop --stream-inputs to download them into "
+            "the cache, or merge a safetensors copy of the repo"
+        )
 
 
 def _remote_readers(plan) -> list:

@@ -1,6 +1,7 @@
-"""The reader of a Hub repo planned from its safetensors headers (read over HTTP range
-requests by io/hub_prefetch.py, parsed by the same strict parser as local files,
-io/safetensors_header.py).
+"""The reader of a Hub repo planned from its weight files' headers (read over HTTP range
+requests by io/hub_prefetch.py): safetensors headers parsed by the same strict parser as local
+files (io/safetensors_header.py), `.bin` files' pickles loaded onto the meta device
+(io/hub_bin.py, io/torch_bin.py).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ModelError
-from .hub_prefetch import display_name, fetch_header
+from .hub_prefetch import display_name, fetch_metadata
 from .hub_remote import REQUEST_THREADS, RemoteRepo, check_listed
 from .model_files import read_model_json
 from .reader import CheckpointReader, TensorInfo
 from .safetensors_header import parse_safetensors_header
+from .torch_bin import load_bin_metadata
 from .weight_index import read_weight_map
 
 
@@ -35,7 +37,9 @@ class RemoteCheckpointReader(CheckpointReader):
     def __init__(self, remote: RemoteRepo):
         self.remote = remote
         self.folder = remote.folder
-        self.format = "safetensors"
+        self.format = "safetensors" if remote.weights.startswith("model.safetensors") else "bin"
+        self._planned: dict[Path, dict] = {}  # .bin file -> its meta tensors, read over HTTP
+        self._verified: set[Path] = set()  # .bin files loaded and found as planned
         self.index_file: Path | None = None
         if remote.weights.endswith(".index.json"):
             self.index_file = self.folder / remote.weights
@@ -57,9 +61,27 @@ class RemoteCheckpointReader(CheckpointReader):
         pending = [p for p in self._files() if not p.is_file()]
         names = [p.relative_to(self.folder).as_posix() for p in pending]
         with ThreadPoolExecutor(REQUEST_THREADS) as pool:  # those io/hub_prefetch.py has read are kept
-            raws = list(pool.map(lambda n: self.remote.raw_headers.get(n) or fetch_header(self.remote, n), names))
+            raws = list(pool.map(lambda n: self.remote.raw_headers.get(n) or fetch_metadata(self.remote, n), names))
         for path, name, raw in zip(pending, names, raws):
-            self._headers[path] = parse_remote_header(self.remote, name, raw)
+            if self.format == "safetensors":
+                self._headers[path] = parse_remote_header(self.remote, name, raw)
+            else:
+                self._planned[path] = load_bin_metadata(raw, display_name(self.remote, name))
+
+    def _bin_tensors(self, path: Path) -> dict:
+        planned = self._planned.get(path)
+        return planned if planned is not None else super()._bin_tensors(path)
+
+    def _state_dict(self, path: Path) -> dict:
+        """A .bin file's tensors, once it is downloaded, checked against the plan's."""
+        if self.arrivals is not None and path not in self._state_dicts:
+            self.arrivals.wait(path)
+        sd = super()._state_dict(path)
+        planned = self._planned.get(path)
+        if planned is not None and path not in self._verified:
+            check_as_planned(path, sd, planned)
+            self._verified.add(path)
+        return sd
 
     def _fd(self, path: Path) -> int:
         if self.arrivals is not None and path not in self._fds:
@@ -82,3 +104,19 @@ class RemoteCheckpointReader(CheckpointReader):
 
     def __repr__(self) -> str:
         return f"RemoteCheckpointReader({self.remote.what!r}, commit={self.remote.commit[:12]!r})"
+
+
+def check_as_planned(path: Path, loaded: dict, planned: dict) -> None:
+    """ModelError when a downloaded .bin file's tensors are not those its metadata read over
+    HTTP promised (names, dtypes, shapes)."""
+
+    def kind(tensors: dict, name: str):
+        t = tensors.get(name)
+        return None if t is None else (t.dtype, tuple(t.shape))
+
+    differs = sorted(k for k in planned.keys() | loaded.keys() if kind(loaded, k) != kind(planned, k))
+    if differs:
+        raise ModelError(
+            f"{path}: tensor {differs[0]!r} is not as the file's metadata read over HTTP said; the Hub "
+            "served two different files: run the merge again"
+        )

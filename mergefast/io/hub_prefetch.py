@@ -1,4 +1,4 @@
-"""Hub inputs' metadata, read while the rest of mergefast starts; the safetensors headers over HTTP.
+"""Hub inputs' metadata, read while the rest of mergefast starts; the weight files' headers over HTTP.
 
 A merge or plan of Hub repos spends its first seconds on two things that do not depend on each
 other: importing torch (1-2.5 s on the 2-vCPU box) and asking the Hub for each repo's listing,
@@ -17,7 +17,9 @@ FIRST_RANGE is 8, not huggingface_hub's 100,000: a planned hub config then downl
 byte of tensor data (100 kB past a 2 kB header is mostly tensor data), for one more round trip
 per file, and the files are read in parallel. A server that ignores Range is read only as far
 as the header, then the connection is dropped. The bytes then go through the same strict
-parser as local files (io/hub_headers.py, io/safetensors_header.py).
+parser as local files (io/hub_headers.py, io/safetensors_header.py). A `.bin` file's metadata
+(its zip directory and pickle, no storage) is read by io/hub_bin.py through the same range
+requests.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from .hub import _offline, hub_errors, local_folder, parse_model_ref
+from .hub_bin import bin_metadata
 from .hub_remote import REQUEST_THREADS, RemoteRepo, locate_model
 from .model_files import header_length
 from .weight_index import read_weight_map
@@ -101,7 +104,7 @@ def _try_header(remote: RemoteRepo, name: str, closed: threading.Event) -> None:
     if closed.is_set():
         return
     try:
-        fetch_header(remote, name)
+        fetch_metadata(remote, name)
     except Exception:  # noqa: BLE001 - see _locate_and_read
         pass
 
@@ -127,6 +130,19 @@ def _headers_to_read(remote: RemoteRepo) -> list[str]:
 FIRST_RANGE = 8  # the length prefix alone: see the module docstring
 
 
+def fetch_metadata(remote: RemoteRepo, name: str) -> bytes:
+    """What the planner's reader needs of weight file `name`, read over HTTP into
+    remote.raw_headers: a safetensors file's JSON header, or a .bin file's records without its
+    storages (io/hub_bin.py)."""
+    if not name.endswith(".bin"):
+        return fetch_header(remote, name)
+    where = display_name(remote, name)
+    with hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name):
+        raw = bin_metadata(lambda start, end: _get_range(remote, name, start, end), remote.sizes[name], where)
+    remote.raw_headers[name] = raw
+    return raw
+
+
 def fetch_header(remote: RemoteRepo, name: str) -> bytes:
     """The JSON header bytes of safetensors file `name` of `remote`, read over HTTP."""
     size = remote.sizes[name]
@@ -149,7 +165,7 @@ def fetch_header(remote: RemoteRepo, name: str) -> bytes:
 
 def display_name(remote: RemoteRepo, name: str) -> str:
     """How errors name file `name` of `remote` (its future local path would mislead)."""
-    return f"{name} of Hugging Face repo {remote.what} (commit {remote.commit[:12]}, header read over HTTP)"
+    return f"{name} of Hugging Face repo {remote.what} (commit {remote.commit[:12]}, read over HTTP)"
 
 
 def _get_range(remote: RemoteRepo, name: str, start: int, end: int) -> bytes:

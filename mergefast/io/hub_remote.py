@@ -3,12 +3,13 @@
 `locate_model` returns a local folder as before, or, for a repo id that can be planned from
 headers, a `RemoteRepo`: one listing request (file names and sizes, pinned to the commit it
 reports), the small side files (config, tokenizer, the weight index) downloaded into the
-standard huggingface_hub cache, and each safetensors header read with HTTP range requests
-(io/hub_headers.py). The weights themselves are downloaded only after the plan has passed
-(io/hub_fetch.py), into the same snapshot folder, so the plan's file paths stay valid.
+standard huggingface_hub cache, and each safetensors header (or `.bin` file's zip directory and
+pickle, io/hub_bin.py) read with HTTP range requests (io/hub_headers.py). The weights
+themselves are downloaded only after the plan has passed (io/hub_fetch.py), into the same
+snapshot folder, so the plan's file paths stay valid.
 
-Repos whose weights are not safetensors (.bin pickles cannot be read in part), HF_HUB_OFFLINE,
-and an unreachable Hub with a cached copy keep the old path: io/hub.py's `resolve_model`.
+HF_HUB_OFFLINE, a listing without file sizes, and an unreachable Hub with a cached copy keep the
+old path: io/hub.py's `resolve_model`.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ class RemoteRepo:
     commit: str
     sizes: dict[str, int]  # every file of the repo -> its size in bytes
     lfs: dict[str, str]  # LFS file -> sha256 (its blob name in the cache)
-    weights: str  # model.safetensors or model.safetensors.index.json
+    weights: str  # model.safetensors or pytorch_model.bin, or the index of either
     cache_dir: str | None
     storage: Path  # <cache>/models--org--name
-    raw_headers: dict[str, bytes] = field(default_factory=dict)  # file -> header JSON read over HTTP
+    # weight file -> what was read of it over HTTP: a safetensors header's JSON, or a .bin's
+    # records without storages (io/hub_bin.py)
+    raw_headers: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def what(self) -> str:
@@ -98,7 +101,7 @@ def locate_model(ref: ModelRef, cache_dir: str | None) -> Path | RemoteRepo:
             except Exception as e:  # noqa: BLE001 - re-raised unless the Hub is unreachable
                 return cache_when_unreachable(e, ref.path, ref.revision, cache_dir)
             remote = _remote_repo(ref, info, cache_dir)
-            if remote is None:  # .bin weights, or a Hub that lists no sizes: download as before
+            if remote is None:  # no weights, or a Hub that lists no sizes: download as before
                 return download_repo(ref.path, ref.revision, cache_dir, [s.rfilename for s in info.siblings or []])
         _fetch_side_files(remote)
         return remote
@@ -138,7 +141,7 @@ def _remote_repo(ref: ModelRef, info, cache_dir: str | None) -> RemoteRepo | Non
 
     siblings = info.siblings or []
     weights = _weight_files([s.rfilename for s in siblings])
-    if info.sha is None or weights is None or not weights[0].startswith("model.safetensors"):
+    if info.sha is None or weights is None:
         return None
     if any(s.size is None for s in siblings):
         return None

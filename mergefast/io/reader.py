@@ -111,6 +111,11 @@ class CheckpointReader:
                 self._state_dicts[path] = sd
         return sd
 
+    def _bin_tensors(self, path: Path) -> dict[str, torch.Tensor]:
+        """A .bin file's tensors for their names, dtypes and shapes (io/hub_headers.py's
+        reader plans from meta tensors read over HTTP)."""
+        return self._state_dict(path)
+
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
         if fd is None:
@@ -135,7 +140,7 @@ class CheckpointReader:
             if self.format == "safetensors":
                 keys = self._header(path).keys()  # already sorted by offset
             else:
-                keys = self._state_dict(path).keys()
+                keys = self._bin_tensors(path).keys()
             if self._weight_map is None:
                 out.extend(keys)
             else:
@@ -151,7 +156,7 @@ class CheckpointReader:
             return name in self._weight_map
         if self.format == "safetensors":
             return name in self._header(self._single)
-        return name in self._state_dict(self._single)
+        return name in self._bin_tensors(self._single)
 
     def _missing(self, name: str) -> MissingTensorError:
         return MissingTensorError(
@@ -173,7 +178,7 @@ class CheckpointReader:
         if self.format == "safetensors":
             i = self._header(path).get(name)
         else:
-            t = self._state_dict(path).get(name)
+            t = self._bin_tensors(path).get(name)
             i = (
                 None
                 if t is None

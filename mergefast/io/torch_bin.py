@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -19,16 +20,37 @@ def load_bin_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: cannot load as a PyTorch checkpoint with weights_only=True, mmap=True ({msg}); "
             "re-save it with torch.save (zip format) or convert it to safetensors"
         ) from e
+    return _state_dict_of(sd, path)
+
+
+def load_bin_metadata(raw: bytes, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a .bin checkpoint as meta tensors (names, dtypes, shapes; no data), from
+    the zip of its records without their storages that io/hub_bin.py reads over HTTP. `where`
+    names the file in errors."""
+    try:
+        sd = torch.load(io.BytesIO(raw), weights_only=True, map_location="meta")
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad pickles/zips
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(
+            f"{where}: cannot load as a PyTorch checkpoint with weights_only=True ({msg}); "
+            "convert the repo to safetensors"
+        ) from e
+    return _state_dict_of(sd, where)
+
+
+def _state_dict_of(sd, where) -> dict[str, torch.Tensor]:
+    """The dict of tensors a loaded checkpoint holds (a {"state_dict": ...} wrapper unwrapped);
+    ModelError naming `where` when it holds anything else."""
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise ModelError(f"{path}: holds a {type(sd).__name__}, not a dict of tensors; convert it to safetensors")
+        raise ModelError(f"{where}: holds a {type(sd).__name__}, not a dict of tensors; convert it to safetensors")
     named = next((k for k in sd if not isinstance(k, str)), None)
     if named is not None:
         raise ModelError(
-            f"{path}: key {named!r} is a {type(named).__name__}, not a tensor name; convert the checkpoint"
+            f"{where}: key {named!r} is a {type(named).__name__}, not a tensor name; convert the checkpoint"
         )
     bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
-        raise ModelError(f"{path}: entry {bad!r} is a {type(sd[bad]).__name__}, not a tensor; convert the checkpoint")
+        raise ModelError(f"{where}: entry {bad!r} is a {type(sd[bad]).__name__}, not a tensor; convert the checkpoint")
     return sd
