@@ -155,3 +155,20 @@ def test_bin_metadata_reads_no_storage_and_loads_as_meta_tensors(tmp_path, monke
     monkeypatch.setattr(hub_bin, "MAX_METADATA", hub_bin.BLOCK)
     with pytest.raises(ModelError, match="records besides the tensors pass"):
         hub_bin.bin_metadata(fetch, len(data), "w.bin")
+
+
+def test_a_downloaded_bin_unlike_its_metadata_fails_in_one_line(tmp_path):
+    """What the merge reads of a downloaded .bin must be what was planned: a tensor of
+    another shape, dtype or name is one line naming it (io/hub_headers.py)."""
+    from mergefast.io.hub_headers import check_as_planned
+
+    planned = {"a": torch.empty(3, 4, device="meta"), "b": torch.empty(2, dtype=torch.bfloat16, device="meta")}
+    check_as_planned(tmp_path / "w.bin", {"a": torch.zeros(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16)}, planned)
+    for loaded, name in (
+        ({"a": torch.zeros(4, 3), "b": torch.zeros(2, dtype=torch.bfloat16)}, "'a'"),
+        ({"a": torch.zeros(3, 4), "b": torch.zeros(2)}, "'b'"),
+        ({"a": torch.zeros(3, 4)}, "'b'"),
+        ({"a": torch.zeros(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16), "c": torch.zeros(1)}, "'c'"),
+    ):
+        with pytest.raises(ModelError, match=f"w.bin: tensor {name} is not as the file's metadata"):
+            check_as_planned(tmp_path / "w.bin", loaded, planned)

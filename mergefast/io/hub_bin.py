@@ -8,8 +8,9 @@ and every record but the storages (data.pkl comes first, so one range request ho
 the small records beside it) through a file object whose reads are HTTP range requests, and
 writes them into a small zip of the same names whose storage records are empty.
 io/torch_bin.py's `load_bin_metadata` loads that zip with weights_only=True onto the meta
-device: the tensors' names, dtypes and shapes, no storage read. A 7B model's two shards cost
-four or five requests and ~100 kB each. Torch-free: it runs in io/hub_prefetch.py's threads.
+device: the tensors' names, dtypes and shapes, no storage read. The 291 tensors of a 7B Llama
+make a 35 kB pickle and an 18 kB zip directory: a few requests and under 100 kB a file, however
+large. Torch-free: it runs in io/hub_prefetch.py's threads.
 """
 
 from __future__ import annotations
