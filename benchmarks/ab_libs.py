@@ -1,11 +1,11 @@
 """Two builds of the CPU kernel library compared call by call, in one process.
 
     python benchmarks/ab_libs.py OLD.so NEW.so [--methods della,ties] [--shape 11008x4096]
-                                 [--zeros 0.02] [--rounds 10]
+                                 [--zeros 0.02] [--dtype bfloat16] [--rounds 10]
 
 Build the old library, copy `mergefast/kernels/libmergefast_cpu.so` aside, rebuild, and pass
 both paths. Each round calls every method once with each build, in turn, on the same inputs
-(base + 3 bf16 fine-tunes: base 0.02 randn, fine-tune noise 0.002 randn, a fraction `--zeros`
+(base + 3 fine-tunes in `--dtype`: base 0.02 randn, fine-tune noise 0.002 randn, a fraction `--zeros`
 of the deltas exactly zero, as in fine-tunes that left weights unchanged). It prints each
 build's best and median time, their ratio, and whether the outputs are the same bits.
 
@@ -46,15 +46,17 @@ METHODS = {
 }
 
 
-def make_inputs(shape: tuple[int, ...], zeros: float, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """base and three bf16 fine-tunes of it, a fraction `zeros` of each one's deltas zero."""
+def make_inputs(
+    shape: tuple[int, ...], zeros: float, seed: int = 0, dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """base and three fine-tunes of it in `dtype`, a fraction `zeros` of each one's deltas zero."""
     g = torch.Generator().manual_seed(seed)
-    base = (0.02 * torch.randn(shape, generator=g)).to(torch.bfloat16)
+    base = (0.02 * torch.randn(shape, generator=g)).to(dtype)
     xs = []
     for _ in range(3):
         noise = 0.002 * torch.randn(shape, generator=g)
         noise[torch.rand(shape, generator=g) < zeros] = 0
-        xs.append((base.float() + noise).to(torch.bfloat16))
+        xs.append((base.float() + noise).to(dtype))
     return base, xs
 
 
@@ -96,16 +98,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default="ties,della,sce")
     ap.add_argument("--shape", default="11008x4096")
     ap.add_argument("--zeros", type=float, default=0.02, help="fraction of zero deltas per fine-tune")
+    ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split("x"))
-    base, xs = make_inputs(shape, args.zeros)
+    base, xs = make_inputs(shape, args.zeros, dtype=getattr(torch, args.dtype))
     with tempfile.TemporaryDirectory() as tmp:
         builds = {}  # a private copy each: one path is loaded only once per process
         for name, src in (("old", args.old), ("new", args.new)):
             builds[name] = Path(tmp) / f"{name}_{src.name}"
             shutil.copy(src, builds[name])
-        print(f"shape {args.shape}, {args.zeros:.0%} zero deltas, {args.rounds} rounds, {cpu.threads()} threads")
+        print(
+            f"shape {args.shape} {args.dtype}, {args.zeros:.0%} zero deltas, {args.rounds} rounds, "
+            f"{cpu.threads()} threads"
+        )
         for method in args.methods.split(","):
             print(row(method, compare(builds, method, base, xs, args.rounds)), flush=True)
 
