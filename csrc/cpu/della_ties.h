@@ -125,11 +125,12 @@ MF_INLINE uint32_t odd_pairs(const uint32_t* keys, int64_t cols, uint32_t lo, Ti
 }
 
 // h[b] = the count of the buckets before b, for every nonempty bucket b < nb; h is zero from
-// nb to the next multiple of 8. An empty bucket's entry is never read (no key maps to it), so
-// the sums visit only the nonempty buckets, found through a bitmap (one bit per bucket, built
-// eight buckets at a time without a branch): a 1024-wide row fills ~260 of ~5000 buckets, and
-// summing all of them took a third of DELLA's masks pass on such rows (perf, 2-vCPU AMD EPYC
-// VM); skipping empty groups of eight by a branch instead was 5-10% slower than no skip.
+// nb to the next multiple of 8 (nb <= kTieBins). An empty bucket's entry is never read (no key
+// maps to it), so the sums visit only the nonempty buckets, found through a bitmap (one bit per
+// bucket, built eight buckets at a time without a branch): a 1024-wide row fills ~260 of
+// ~5000 tie buckets, and summing all of them took a third of DELLA's masks pass on such rows
+// (perf, 2-vCPU AMD EPYC VM); skipping empty groups of eight by a branch instead was 5-10%
+// slower than no skip. The radix sort's digits (della_rank.h) use it too.
 constexpr uint32_t kTieWords = kTieBins / 64;
 
 // Bit t of word q: h[64 q + t] != 0, for the buckets below groups * 8; the count of words.
