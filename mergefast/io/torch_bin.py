@@ -12,29 +12,25 @@ from ..errors import ModelError
 
 def load_bin_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Memory-map a .bin checkpoint: the pickle is read, tensor data is not touched."""
-    try:
-        sd = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad pickles/zips
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(
-            f"{path}: cannot load as a PyTorch checkpoint with weights_only=True, mmap=True ({msg}); "
-            "re-save it with torch.save (zip format) or convert it to safetensors"
-        ) from e
-    return _state_dict_of(sd, path)
+    advice = "re-save it with torch.save (zip format) or convert it to safetensors"
+    return _load(path, path, "weights_only=True, mmap=True", advice, mmap=True, map_location="cpu")
 
 
 def load_bin_metadata(raw: bytes, where: str) -> dict[str, torch.Tensor]:
     """The tensors of a .bin checkpoint as meta tensors (names, dtypes, shapes; no data), from
     the zip of its records without their storages that io/hub_bin.py reads over HTTP. `where`
     names the file in errors."""
+    return _load(io.BytesIO(raw), where, "weights_only=True", "convert the repo to safetensors", map_location="meta")
+
+
+def _load(source, where, how: str, advice: str, **options) -> dict[str, torch.Tensor]:
+    """torch.load(source, weights_only=True, **options) as a dict of tensors; a failure is one
+    ModelError line naming `where`, `how` it was loaded and the `advice`."""
     try:
-        sd = torch.load(io.BytesIO(raw), weights_only=True, map_location="meta")
+        sd = torch.load(source, weights_only=True, **options)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad pickles/zips
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(
-            f"{where}: cannot load as a PyTorch checkpoint with weights_only=True ({msg}); "
-            "convert the repo to safetensors"
-        ) from e
+        raise ModelError(f"{where}: cannot load as a PyTorch checkpoint with {how} ({msg}); {advice}") from e
     return _state_dict_of(sd, where)
 
 
