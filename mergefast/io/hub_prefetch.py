@@ -41,7 +41,7 @@ REPO_THREADS = 4
 
 class HubPrefetch:
     """The Hub repos among the refs given to `start` located (io/hub_remote.py's
-    `locate_model`) and their safetensors headers read, in background threads; `locate` hands
+    `locate_model`) and their weight files' headers read, in background threads; `locate` hands
     each result over. A context manager: leaving it drops what was not asked for."""
 
     def __init__(self, cache_dir: str | None):
