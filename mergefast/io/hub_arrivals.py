@@ -223,12 +223,12 @@ def _bar_class(stop: threading.Event, count, began):
 
 
 def check_download(f: HubFile, path: Path) -> None:
-    """The downloaded file is the one planned: its size, and a safetensors header byte for byte
-    (a .bin's tensors are checked once loaded: io/hub_headers.py's check_as_planned)."""
+    """The downloaded file is the one planned: its size, and its header byte for byte (a
+    .bin's tensors are checked once loaded: io/hub_headers.py's check_as_planned)."""
     size = path.stat().st_size
     raw = f.remote.raw_headers.get(f.name)
     same = size == f.size
-    if same and raw is not None and f.name.endswith(".safetensors"):
+    if same and raw is not None:
         with open(path, "rb") as fh:
             same = fh.read(8 + len(raw))[8:] == raw
     if not same:

@@ -61,7 +61,8 @@ class RemoteCheckpointReader(CheckpointReader):
         pending = [p for p in self._files() if not p.is_file()]
         names = [p.relative_to(self.folder).as_posix() for p in pending]
         with ThreadPoolExecutor(REQUEST_THREADS) as pool:  # those io/hub_prefetch.py has read are kept
-            raws = list(pool.map(lambda n: self.remote.raw_headers.get(n) or fetch_metadata(self.remote, n), names))
+            read = self.remote.raw_headers if self.format == "safetensors" else self.remote.raw_bins
+            raws = list(pool.map(lambda n: read.get(n) or fetch_metadata(self.remote, n), names))
         for path, name, raw in zip(pending, names, raws):
             if self.format == "safetensors":
                 self._headers[path] = parse_remote_header(self.remote, name, raw)

@@ -131,15 +131,15 @@ FIRST_RANGE = 8  # the length prefix alone: see the module docstring
 
 
 def fetch_metadata(remote: RemoteRepo, name: str) -> bytes:
-    """What the planner's reader needs of weight file `name`, read over HTTP into
-    remote.raw_headers: a safetensors file's JSON header, or a .bin file's records without its
-    storages (io/hub_bin.py)."""
+    """What the planner's reader needs of weight file `name`, read over HTTP: a safetensors
+    file's JSON header (into remote.raw_headers), or a .bin file's records without its
+    storages (io/hub_bin.py; into remote.raw_bins)."""
     if not name.endswith(".bin"):
         return fetch_header(remote, name)
     where = display_name(remote, name)
     with hub_errors(remote.repo, remote.revision, remote.cache_dir, file=name):
         raw = bin_metadata(lambda start, end: _get_range(remote, name, start, end), remote.sizes[name], where)
-    remote.raw_headers[name] = raw
+    remote.raw_bins[name] = raw
     return raw
 
 

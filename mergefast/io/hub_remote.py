@@ -50,9 +50,9 @@ class RemoteRepo:
     weights: str  # model.safetensors or pytorch_model.bin, or the index of either
     cache_dir: str | None
     storage: Path  # <cache>/models--org--name
-    # weight file -> what was read of it over HTTP: a safetensors header's JSON, or a .bin's
-    # records without storages (io/hub_bin.py)
-    raw_headers: dict[str, bytes] = field(default_factory=dict)
+    raw_headers: dict[str, bytes] = field(default_factory=dict)  # file -> header JSON read over HTTP
+    # .bin file -> its records without storages, read over HTTP (io/hub_bin.py)
+    raw_bins: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def what(self) -> str:
