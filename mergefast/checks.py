@@ -1,11 +1,11 @@
-"""Checks on values: non-finite inputs and outputs, and plan-level parameter sanity.
+"""Checks on tensor values: non-finite inputs and outputs.
 
 - `check_output_finite`: a merged tensor with NaN or inf is an error naming the tensor (and
   which inputs were already non-finite), never a silently broken model.
 - `warn_nonfinite_inputs`: an input tensor with NaN or inf is a warning per tensor (TIES may
   drop those entries, so the output can still be fine).
-- `check_plan`: per-job parameter checks that need resolved values (density in [0, 1],
-  normalised linear weights that sum to zero), done before any tensor is read.
+
+The plan's parameter checks, before any tensor is read, are in plan_checks.py.
 
 The finiteness test is one reduction (`sum`): the sum of finite values is finite unless it
 overflows, so only a non-finite sum pays for the exact (much slower) elementwise check.
@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, MergeError
-from .methods.linear import ZERO_WEIGHT_SUM
+from .errors import MergeError
 
 log = logging.getLogger("mergefast")
 
@@ -94,27 +93,3 @@ def warn_nonfinite_inputs(
             log.warning("model %s: input tensor %s (for output %s) has %s", model, name, job_name, _describe(tensor))
             count += 1
     return count
-
-
-def check_plan(plan: Any) -> None:
-    """Checks on resolved per-job parameters, before any tensor is read (ConfigError)."""
-    spec_name = plan.spec.name
-    for job in plan.jobs:
-        if job.copy:
-            continue
-        models = [s.model for s in job.sources]
-        for model, params in zip(models, job.model_params):
-            density = params.get("density")
-            if density is not None and not 0.0 <= density <= 1.0:
-                raise ConfigError(
-                    f"{plan.source}: model {model}, tensor {job.name}: density {density:g} "
-                    "must be between 0 and 1 (the fraction of the task vector kept)"
-                )
-        if spec_name == "linear" and job.global_params.get("normalize"):
-            weights = [p.get("weight") for p in job.model_params]
-            if all(isinstance(w, (int, float)) for w in weights) and abs(sum(weights)) < ZERO_WEIGHT_SUM:
-                pairs = ", ".join(f"{m}: {w:g}" for m, w in zip(models, weights))
-                raise ConfigError(
-                    f"{plan.source}: tensor {job.name}: linear weights ({pairs}) sum to zero "
-                    "with normalize: true; change the weights or set normalize: false"
-                )

@@ -24,3 +24,11 @@ class ModelError(MergefastError):
 
 class MergeError(MergefastError):
     """The arithmetic cannot produce a sensible result for a tensor (exit code 1)."""
+
+
+class PipelineStopped(BaseException):
+    """Not a user's error: raised in a pipeline stage (io/pipeline.py) by its next torch call,
+    or by a wait for a download, once the run has stopped. A BaseException, like
+    KeyboardInterrupt: `except Exception` fallbacks (kernels/dispatch.py turns a failed C++
+    kernel into the torch reference for the rest of the run) must not catch it. Here because
+    the downloads (io/hub_arrivals.py) start before torch is imported (mergefast/dtypes.py)."""

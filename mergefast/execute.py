@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .checks import all_finite, check_output_finite, warn_nonfinite_inputs
 from .errors import MergeError
-from .io.out_path import check_out_path, check_replaceable, check_stats_path, output_folder
+from .io.out_path import check_output_folder, check_stats_path, output_folder
 from .io.output import write_json, write_tokenizer
 from .io.pipeline import run_pipeline
 from .io.writer import OutputTensor, ShardedWriter
@@ -28,7 +28,7 @@ from .kernels.cpu import finite_inputs
 from .kernels.fused import merge_group
 from .methods.linear import ZeroWeightSumError
 from .options import MergeOptions
-from .plan import MergePlan, TensorJob
+from .plan import MergePlan, TensorJob, processing_order, start_hub_inputs
 from .staging import staging_for
 from .summary import RunSummary, peak_rss_bytes, write_stats_json
 
@@ -78,21 +78,8 @@ def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
     return merge_job(plan, job, tensors).cpu()
 
 
-def _processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
-    """Jobs sorted by where their first input lies (file, offset): reads stream through files.
-
-    The writer puts each tensor at its planned offset, so the output layout does not depend
-    on this order."""
-
-    def key(job: TensorJob):
-        info = job.sources[0].info
-        return str(info.file), info.data_offsets[0] if info.data_offsets else 0
-
-    return sorted(jobs, key=key)
-
-
 def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary, downloads=None) -> None:
-    outputs = [OutputTensor(j.name, j.dtype, j.shape) for j in plan.jobs]
+    outputs = [OutputTensor(j.name, j.dtype_name, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
     budget = options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs))
     staging = staging_for(plan, options.math_device, budget)
@@ -113,7 +100,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
                 bar.update(job.read_bytes)
 
             stages = run_pipeline(
-                _processing_order(plan.jobs),
+                processing_order(plan.jobs),
                 staging.read,
                 merge,
                 write,
@@ -218,36 +205,24 @@ def _signals_held(redeliver: bool = True):
         signal.raise_signal(came[0])
 
 
-def check_output_folder(out: Path, plan: MergePlan) -> None:
-    """Every check on OUT (io/out_path.py), the plan's inputs among them: the model folders
-    and the config file, which OUT must not hold."""
-    inputs = [m.folder for m in plan.models.values()]
-    if plan.source and Path(plan.source).is_file():
-        inputs.append(Path(plan.source))
-    check_out_path(out)
-    check_replaceable(out, inputs)
-
-
-def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions) -> RunSummary:
-    """Run every job of `plan` and write the finished model folder at `out_path`."""
+def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions, downloads=None) -> RunSummary:
+    """Run every job of `plan` and write the finished model folder at `out_path`.
+    `downloads`: the plan's Hub downloads when started already (`start_hub_inputs`); they
+    are closed at the end either way."""
     out = output_folder(out_path)
-    check_output_folder(out, plan)
-    check_stats_path(options.stats_json, out)
-    if not all(job.copy for job in plan.jobs):
-        from . import kernels
-
-        kernels.warn_missing_kernels(options.math_device)  # one line: why, and how to fix it
-    from .io.hub_fetch import start_downloads
-
-    # The weights of Hub inputs, now that the plan has passed: they download while the merge
-    # runs, each job waiting for its own files only (io/hub_arrivals.py).
-    downloads = start_downloads(
-        plan, out, _processing_order(plan.jobs), quiet=options.quiet, stream=options.stream_inputs
-    )
     try:
+        check_output_folder(out, plan)
+        check_stats_path(options.stats_json, out)
+        if not all(job.copy for job in plan.jobs):
+            from . import kernels
+
+            kernels.warn_missing_kernels(options.math_device)  # one line: why, and how to fix it
+        if downloads is None:
+            downloads = start_hub_inputs(plan, out, options)
         stats = _merge_into(plan, out, options, downloads)
     finally:
-        downloads.close()  # after a failure or Ctrl-C none goes on (the cache keeps partial files)
+        if downloads is not None:
+            downloads.close()  # after a failure or Ctrl-C none goes on (the cache keeps partial files)
     if options.stats_json:
         write_stats_json(options.stats_json, stats, out)  # OUT is complete: a failure here says so
     return stats

@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-
 from .accounting import account_for_inputs
-from .checks import check_plan
 from .config import MergeConfig, merged_models, referenced_models
+from .dtypes import FLOATS, ITEMSIZE, promote, torch_dtype
 from .errors import ConfigError
 from .inputs import InputModel, check_model_folders, close_models, open_models
 from .io.hub_prefetch import HubPrefetch
@@ -25,14 +23,8 @@ from .io.reader import TensorInfo
 from .methods.registry import MethodSpec
 from .options import MergeOptions
 from .parameters import method_spec, resolve
+from .plan_checks import check_plan
 from .slices import ModulePlan, PlanSlice, SliceSource, check_slice_inputs, normalise_modules
-
-TORCH_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
 
 
 @dataclass(frozen=True)
@@ -53,15 +45,28 @@ class TensorJob:
     base_index: int | None
     global_params: dict[str, Any]
     model_params: tuple[dict[str, Any], ...]
-    dtype: torch.dtype
+    dtype_name: str  # the output's dtype (mergefast/dtypes.py)
     shape: tuple[int, ...]
     copy: bool = False  # the output is sources[0] unchanged: no arithmetic
     vocab: Any = None  # tokenizer.VocabMap: re-index vocabulary rows before the merge (shape is the output's)
 
     @property
+    def dtype(self):
+        """The output's torch dtype (imports torch; the planner uses `dtype_name`)."""
+        return torch_dtype(self.dtype_name)
+
+    @property
     def read_bytes(self) -> int:
         """Bytes read from the inputs for this job."""
         return sum(s.info.nbytes for s in self.sources)
+
+    @property
+    def out_bytes(self) -> int:
+        """Bytes of the output tensor."""
+        n = ITEMSIZE[self.dtype_name]
+        for d in self.shape:
+            n *= d
+        return n
 
 
 @dataclass
@@ -97,8 +102,7 @@ class _JobBuilder:
     def __init__(self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str, vocab=None):
         self.config, self.spec, self.models, self.source = config, spec, models, source
         self.vocab = vocab  # tokenizer.VocabPlanner, or None
-        name = config.out_dtype or config.dtype
-        self.out_dtype = TORCH_DTYPES[name] if name else None
+        self.out_dtype = config.out_dtype or config.dtype  # a float dtype's name, or None
 
     def input_name(self, ref: str, name: str) -> str | None:
         """`name` in model `ref`, falling back from an untied head to the tied embedding."""
@@ -157,16 +161,16 @@ class _JobBuilder:
                 )
 
     def _finish(self, name, sources, base_index, g, m) -> TensorJob:
-        dtypes = [s.info.dtype for s in sources]
+        dtypes = [s.info.dtype_name for s in sources]
         shape = sources[0].info.shape
-        if not all(d.is_floating_point for d in dtypes):
+        if not all(d in FLOATS for d in dtypes):
             keep = base_index or 0  # integer buffers are copied, never merged
             return TensorJob(name, (sources[keep],), None, g, (m[keep],), dtypes[keep], shape, copy=True)
         dtype = self.out_dtype
         if dtype is None:
             dtype = dtypes[0]
             for d in dtypes[1:]:
-                dtype = torch.promote_types(dtype, d)
+                dtype = promote(dtype, d)
         copy = self.spec.name == "passthrough" and m[0].get("scale") in (None, 1) and dtype == dtypes[0]
         return TensorJob(name, sources, base_index, g, m, dtype, shape, copy=copy)
 
@@ -233,6 +237,19 @@ def _post_weights(builder: _JobBuilder, module: str, sl: PlanSlice) -> tuple[str
     return (*lead.post_weights, *heads)
 
 
+def processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
+    """Jobs sorted by where their first input lies (file, offset): reads stream through files.
+
+    The writer puts each tensor at its planned offset, so the output layout does not depend
+    on this order."""
+
+    def key(job: TensorJob):
+        info = job.sources[0].info
+        return str(info.file), info.data_offsets[0] if info.data_offsets else 0
+
+    return sorted(jobs, key=key)
+
+
 def build_plan(
     config: MergeConfig, config_text: str, source: str, options: MergeOptions, prefetch: HubPrefetch | None = None
 ) -> MergePlan:
@@ -260,3 +277,12 @@ def build_plan(
     except BaseException:
         close_models(models)
         raise
+
+
+def start_hub_inputs(plan: MergePlan, out, options: MergeOptions):
+    """Start reading the plan's Hub inputs (io/hub_fetch.py): their weights download, in the
+    order the pipeline reads them, while the merge runs, each job waiting for its own files
+    only. Needs no torch, so `run` starts them while torch still imports."""
+    from .io.hub_fetch import start_downloads
+
+    return start_downloads(plan, out, processing_order(plan.jobs), quiet=options.quiet, stream=options.stream_inputs)

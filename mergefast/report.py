@@ -24,10 +24,6 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _output_nbytes(job) -> int:
-    return OutputTensor(job.name, job.dtype, tuple(job.shape)).nbytes
-
-
 def sample_jobs(jobs: list) -> list[tuple[str, Any]]:
     """(label, job) for the first job, one in the middle layer, and the last job."""
     if not jobs:
@@ -49,7 +45,7 @@ def peak_memory(plan, buffer_bytes: int = 0) -> tuple[int, str | None]:
     """Estimated peak bytes: the largest job's inputs + its output, + pipeline buffers."""
     best, name = 0, None
     for job in plan.jobs:
-        size = job.read_bytes + _output_nbytes(job)
+        size = job.read_bytes + job.out_bytes
         if size > best:
             best, name = size, job.name
     return best + buffer_bytes, name
@@ -68,7 +64,7 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
     its budget from `options` (`pipeline_budget`), capped by what the other jobs move."""
     jobs = plan.jobs
     if buffer_bytes is None:  # the other jobs' bytes the pipeline may hold besides the largest job
-        total = sum(j.read_bytes + _output_nbytes(j) for j in jobs)
+        total = sum(j.read_bytes + j.out_bytes for j in jobs)
         largest = peak_memory(plan)[0]
         buffer_bytes = max(0, min(pipeline_buffer_bytes(options, largest), total - largest))
     per_model: dict[str, dict] = {ref: {"tensors": 0, "bytes": 0} for ref in plan.models}
@@ -78,7 +74,7 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
             per_model[s.model]["bytes"] += s.info.nbytes
     for ref, model in plan.models.items():
         per_model[ref].update(folder=str(model.folder), format=model.reader.format, layers=model.arch.num_layers)
-    outputs = [OutputTensor(j.name, j.dtype, tuple(j.shape)) for j in jobs]
+    outputs = [OutputTensor(j.name, j.dtype_name, tuple(j.shape)) for j in jobs]
     shard_size = getattr(options, "out_shard_size", 0) or 0
     shards = plan_shards(outputs, shard_size) if outputs else []
     peak, peak_job = peak_memory(plan, buffer_bytes)
@@ -88,7 +84,7 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
             {
                 "label": label,
                 "name": job.name,
-                "dtype": str(job.dtype).removeprefix("torch."),
+                "dtype": job.dtype_name,
                 "shape": list(job.shape),
                 "copy": job.copy,
                 "global": dict(job.global_params),

@@ -27,9 +27,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import PipelineStopped
 from .hub_partial import PartialFiles, differs_error
 from .hub_remote import RemoteRepo
-from .pipeline import PipelineStopped
 
 _POLL = 0.1  # seconds between checks of the stop flag while the reader waits for a file
 # Seconds between looks at a downloading file's size: huggingface_hub writes 10 MB chunks,

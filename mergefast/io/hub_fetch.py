@@ -19,7 +19,6 @@ from pathlib import Path
 from ..errors import ModelError
 from .hub_arrivals import Arrivals, HubFile
 from .hub_stream import Streams
-from .writer import OutputTensor
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def _disk_needs(plan, out: Path | None, downloads: bool = True) -> list[dict]:
         if not f.remote.is_cached(f.name):
             add(f.remote.storage.parent, f.size, "downloads")
     if out is not None:
-        add(Path(out).parent, sum(OutputTensor(j.name, j.dtype, tuple(j.shape)).nbytes for j in plan.jobs), "output")
+        add(Path(out).parent, sum(j.out_bytes for j in plan.jobs), "output")
     for entry in needs.values():
         entry["what"] = " + ".join(dict.fromkeys(entry["what"]))
     return list(needs.values())

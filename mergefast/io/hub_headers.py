@@ -15,7 +15,6 @@ from .hub_remote import REQUEST_THREADS, RemoteRepo, check_listed
 from .model_files import read_model_json
 from .reader import CheckpointReader, TensorInfo
 from .safetensors_header import parse_safetensors_header
-from .torch_bin import load_bin_metadata
 from .weight_index import read_weight_map
 
 
@@ -67,6 +66,8 @@ class RemoteCheckpointReader(CheckpointReader):
             if self.format == "safetensors":
                 self._headers[path] = parse_remote_header(self.remote, name, raw)
             else:
+                from .torch_bin import load_bin_metadata  # a .bin's pickle needs torch.load
+
                 self._planned[path] = load_bin_metadata(raw, display_name(self.remote, name))
 
     def _bin_tensors(self, path: Path) -> dict:

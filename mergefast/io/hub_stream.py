@@ -15,10 +15,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import ModelError
+from ..errors import ModelError, PipelineStopped
 from .hub import hub_errors, is_network_error
 from .hub_remote import RemoteRepo
-from .pipeline import PipelineStopped
 
 # Bytes per range request. TIES of the 0.3B family from the fake Hub at 200 MB/s (2-core VM,
 # benchmarks/hub.py's server): 104 MB/s with 16 MB pieces, 109 with 4 MB, 116 with 2 MB (one

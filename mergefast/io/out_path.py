@@ -81,6 +81,16 @@ def check_stats_path(stats_json: str | None, out: Path) -> None:
         raise ConfigError(f"--stats-json {stats_json}: folder {path.parent} does not exist")
 
 
+def check_output_folder(out: Path, plan) -> None:
+    """Every check on OUT, the plan's inputs among them: the model folders and the config
+    file (plan.MergePlan's), which OUT must not hold."""
+    inputs = [m.folder for m in plan.models.values()]
+    if plan.source and Path(plan.source).is_file():
+        inputs.append(Path(plan.source))
+    check_out_path(out)
+    check_replaceable(out, inputs)
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies below it (both resolved)."""
     return path == folder or folder in path.parents

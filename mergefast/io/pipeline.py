@@ -22,16 +22,12 @@ from typing import Any
 
 from torch.overrides import TorchFunctionMode
 
+from ..errors import PipelineStopped  # noqa: F401 - also imported from here
+
 _POLL = 0.1  # seconds between checks of the stop flag while blocked
 _STOP_WAIT = 1.5  # seconds the stages get to stop after a failure or Ctrl-C
 _DONE = object()
 _THREAD_PREFIX = "mergefast-"
-
-
-class PipelineStopped(BaseException):
-    """Raised in a stage by its next torch call once the run has stopped. A BaseException,
-    like KeyboardInterrupt: `except Exception` fallbacks (kernels/dispatch.py turns a failed
-    C++ kernel into the torch reference for the rest of the run) must not catch it."""
 
 
 class _StopAtNextTorchCall(TorchFunctionMode):

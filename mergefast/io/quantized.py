@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import torch
-
+from ..dtypes import FP8
 from ..errors import ConfigError, ModelError
 from .reader import CheckpointReader
 from .safetensors_header import TensorInfo
 
+if TYPE_CHECKING:
+    import torch
+
 SCALE_SUFFIX = "_scale_inv"
-FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 # Name endings of quantized formats mergefast does not merge -> the format, for the message.
 REFUSED_SUFFIXES = {
     ".qweight": "GPTQ/AWQ packed",
@@ -47,9 +49,9 @@ def _refusal(name: str, info: TensorInfo, names: set[str]) -> str | None:
     fmt = next((f for suffix, f in REFUSED_SUFFIXES.items() if name.endswith(suffix)), None)
     if fmt is not None:
         return fmt
-    if info.dtype in FP8_DTYPES and name + SCALE_SUFFIX not in names:
-        return f"{info.dtype} without a {SCALE_SUFFIX} block scale"
-    if name.endswith(".weight") and info.dtype in (torch.int8, torch.uint8) and len(info.shape) == 2:
+    if info.dtype_name in FP8 and name + SCALE_SUFFIX not in names:
+        return f"torch.{info.dtype_name} without a {SCALE_SUFFIX} block scale"
+    if name.endswith(".weight") and info.dtype_name in ("int8", "uint8") and len(info.shape) == 2:
         return "8-bit or packed 4-bit integer"
     return None
 
@@ -69,12 +71,12 @@ def check_quantization(ref: str, reader: CheckpointReader, config: dict, where: 
         fmt = _refusal(name, info, names)
         if fmt is not None:
             raise ConfigError(
-                f"{where}: model {ref}: tensor {name} ({str(info.dtype).removeprefix('torch.')}) is "
+                f"{where}: model {ref}: tensor {name} ({info.dtype_name}) is "
                 f"a {fmt} quantized weight{f' (quant_method: {method})' if method else ''}; mergefast "
                 "merges unquantized and block-scaled FP8 checkpoints only: use the model's "
                 "unquantized release"
             )
-        if info.dtype in FP8_DTYPES:
+        if info.dtype_name in FP8:
             scaled[name] = name + SCALE_SUFFIX
             _check_scale(reader, name, info, block_size(config), where)
     if method and method != "fp8" and not scaled:
@@ -118,6 +120,8 @@ def block_size(config: dict) -> tuple[int, int]:
 
 def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """float32 `weight * scale`, one scale per `block` of a 2-D weight (edge blocks may be short)."""
+    import torch  # planning runs without torch (mergefast/dtypes.py)
+
     rows, cols = weight.shape
     w = weight.to(torch.float32)
     if rows % block[0] == 0 and cols % block[1] == 0:
@@ -150,12 +154,14 @@ class Fp8Reader:
         info = self._reader.info(name)
         if name not in self._scaled:
             return info
-        return replace(info, dtype=torch.float32, nbytes=math.prod(info.shape) * 4)
+        return replace(info, dtype_name="float32", nbytes=math.prod(info.shape) * 4)
 
     def read(self, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor; a scaled FP8 weight dequantized to float32 (into `out` when given)."""
         if name not in self._scaled:
             return self._reader.read(name, out=out)
+        import torch
+
         value = dequantize_fp8(self._reader.read(name), self._reader.read(self._scaled[name]), self._block)
         if out is None:
             return value

@@ -21,17 +21,19 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from ..dtypes import name_of
 from ..errors import ModelError
 from .model_files import WEIGHT_FILES, model_file
 from .safetensors_header import (  # noqa: F401 - TensorInfo and the header parser are re-exported
     TensorInfo,
     read_safetensors_header,
 )
-from .torch_bin import load_bin_state_dict
 from .weight_index import read_weight_map
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MissingTensorError(ModelError, KeyError):
@@ -107,6 +109,8 @@ class CheckpointReader:
         with self._lock:
             sd = self._state_dicts.get(path)
             if sd is None:
+                from .torch_bin import load_bin_state_dict  # a .bin is read by torch.load
+
                 sd = load_bin_state_dict(path)
                 self._state_dicts[path] = sd
         return sd
@@ -182,7 +186,7 @@ class CheckpointReader:
             i = (
                 None
                 if t is None
-                else TensorInfo(name, t.dtype, tuple(t.shape), path, t.numel() * t.element_size(), None)
+                else TensorInfo(name, name_of(t.dtype), tuple(t.shape), path, t.numel() * t.element_size(), None)
             )
         if i is None:
             raise self._not_in_shard(path, name) if self._weight_map is not None else self._missing(name)
@@ -194,6 +198,8 @@ class CheckpointReader:
         `out` (optional): a contiguous CPU tensor of at least `info(name).nbytes` bytes, e.g.
         a slot of a pinned ring; the data is read straight into it and a view of it returned.
         """
+        import torch  # here, not at the top: planning runs without torch (mergefast/dtypes.py)
+
         i = self.info(name)
         if self.format == "bin":
             src = self._state_dict(i.file)[name]
@@ -245,6 +251,8 @@ class CheckpointReader:
 
 
 def _bytes_of(out: torch.Tensor, i: TensorInfo) -> torch.Tensor:
+    import torch
+
     if out.device.type != "cpu" or not out.is_contiguous():
         raise ValueError(f"read({i.name!r}, out=...): out must be a contiguous CPU tensor")
     flat = out.reshape(-1).view(torch.uint8)

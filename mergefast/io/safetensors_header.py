@@ -10,34 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from ..dtypes import ITEMSIZE, SAFETENSORS_NAMES, torch_dtype
 from ..errors import ModelError
 from .model_files import header_length
-
-# safetensors dtype names <-> torch dtypes (the writer uses the reverse map).
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "I32": torch.int32,
-    "I64": torch.int64,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-}
-for _name, _attr in [
-    ("U16", "uint16"),
-    ("U32", "uint32"),
-    ("U64", "uint64"),
-    ("F8_E4M3", "float8_e4m3fn"),
-    ("F8_E5M2", "float8_e5m2"),
-]:
-    if hasattr(torch, _attr):
-        SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
-TORCH_TO_SAFETENSORS: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 # The safetensors library parses a header (at most MAX_HEADER_BYTES, io/model_files.py) with
 # serde_json, which refuses JSON nested deeper than 128 levels.
@@ -48,12 +23,19 @@ _ENTRY_FIELDS = ("dtype", "shape", "data_offsets")
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """One stored tensor: name, dtype (by name, mergefast/dtypes.py), shape and where its bytes are."""
+
     name: str
-    dtype: torch.dtype
+    dtype_name: str
     shape: tuple[int, ...]
     file: Path  # absolute path of the file holding it
     nbytes: int
     data_offsets: tuple[int, int] | None  # absolute byte range in `file`; None for .bin
+
+    @property
+    def dtype(self):
+        """The torch dtype (imports torch; the planner uses `dtype_name`)."""
+        return torch_dtype(self.dtype_name)
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -196,13 +178,13 @@ def _tensor_info(path: Path, name: str, entry, data_start: int, size: int) -> Te
     _check_text(path, "a tensor name", name)
     where = f"{path}: tensor {name!r}"
     dtype_name, shape, (begin, end) = _entry_fields(where, entry)
-    dtype = SAFETENSORS_DTYPES.get(dtype_name)
-    if dtype is None:
+    name_of_dtype = SAFETENSORS_NAMES.get(dtype_name)
+    if name_of_dtype is None:
         raise ModelError(
-            f"{where}: unsupported dtype {_short(dtype_name)} (supported: {', '.join(SAFETENSORS_DTYPES)}); "
+            f"{where}: unsupported dtype {_short(dtype_name)} (supported: {', '.join(SAFETENSORS_NAMES)}); "
             "convert the checkpoint"
         )
-    nbytes = _nbytes(where, shape, dtype.itemsize)
+    nbytes = _nbytes(where, shape, ITEMSIZE[name_of_dtype])
     if begin < 0 or end - begin != nbytes:
         raise ModelError(
             f"{where}: byte range [{begin}, {end}) does not hold {dtype_name}{list(shape)} ({nbytes} bytes); "
@@ -213,7 +195,7 @@ def _tensor_info(path: Path, name: str, entry, data_start: int, size: int) -> Te
             f"{where}: data ends at byte {data_start + end} but the file has {size} bytes; "
             "the file is truncated (interrupted download?): re-download it"
         )
-    return TensorInfo(name, dtype, shape, path, nbytes, (data_start + begin, data_start + end))
+    return TensorInfo(name, name_of_dtype, shape, path, nbytes, (data_start + begin, data_start + end))
 
 
 def _nbytes(where: str, shape: tuple[int, ...], itemsize: int) -> int:

@@ -12,23 +12,34 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ..dtypes import ITEMSIZE, SAFETENSORS_CODES, name_of
 
-from .safetensors_header import TORCH_TO_SAFETENSORS
+if TYPE_CHECKING:
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
 class OutputTensor:
+    """One tensor of the output: name, dtype (a torch dtype or its name; kept as the name,
+    mergefast/dtypes.py) and shape."""
+
     name: str
-    dtype: torch.dtype
+    dtype: str
     shape: tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", name_of(self.dtype))
+        if self.dtype not in SAFETENSORS_CODES:
+            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype} cannot be stored in safetensors")
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
+        """Bytes of the tensor's data."""
+        n = ITEMSIZE[self.dtype]
         for d in self.shape:
             n *= d
         return n
@@ -65,11 +76,11 @@ def _encode_header(shard: list[OutputTensor], metadata: dict[str, str]) -> tuple
     offsets = []
     pos = 0
     for t in shard:
-        try:
-            dtype = TORCH_TO_SAFETENSORS[t.dtype]
-        except KeyError:
-            raise ValueError(f"tensor {t.name!r}: dtype {t.dtype} cannot be stored in safetensors") from None
-        header[t.name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [pos, pos + t.nbytes]}
+        header[t.name] = {
+            "dtype": SAFETENSORS_CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [pos, pos + t.nbytes],
+        }
         offsets.append(pos)
         pos += t.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -145,10 +156,10 @@ class ShardedWriter:
         if slot is None:
             raise ValueError(f"tensor {name!r} is not in the output plan")
         k, offset, planned = slot
-        if tensor.dtype != planned.dtype or tuple(tensor.shape) != planned.shape:
+        if name_of(tensor.dtype) != planned.dtype or tuple(tensor.shape) != planned.shape:
             raise ValueError(
                 f"tensor {name!r}: got {tensor.dtype}{list(tensor.shape)}, "
-                f"the output plan expects {planned.dtype}{list(planned.shape)}"
+                f"the output plan expects torch.{planned.dtype}{list(planned.shape)}"
             )
         with self._lock:
             if self._finished:
@@ -159,6 +170,8 @@ class ShardedWriter:
         shard = self._files[k]
         try:
             if planned.nbytes:
+                import torch  # planning imports no torch (dtypes.py); here it is loaded already
+
                 data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
                 with shard.lock:
                     if shard.fd is None:

@@ -18,9 +18,10 @@ import torch
 
 from .. import kernels
 from ..errors import MergeError
-from ..methods import registry
+from ..methods import adapters, registry
+from ..methods.adapters import split_base
 from ..methods.multislerp import AntipodalError
-from ..methods.registry import TASK_ARITHMETIC_FAMILY, MethodSpec, split_base
+from ..methods.registry import TASK_ARITHMETIC_FAMILY, MethodSpec
 
 
 def _linear(tensors, base_index, g, m, out_dtype, ctx):
@@ -50,7 +51,7 @@ def _task_arithmetic(method: str):
         base, others, params = split_base(tensors, base_index, m)
         extra = dict(rescale=g["rescale"], seed=ctx.seed, tensor_name=ctx.tensor_name) if sparsify in _RANDOM else {}
         if sparsify == "della":
-            registry._check_della(params, g, ctx)  # the reference's ConfigError, naming the model
+            adapters.check_della(params, g, ctx)  # the reference's ConfigError, naming the model
             extra["epsilons"] = [p["epsilon"] for p in params]
         if sparsify == "magnitude_outliers":
             extra = dict(gammas=[p["gamma"] for p in params])

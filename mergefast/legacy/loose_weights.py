@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..dtypes import FLOATS
 from ..errors import ConfigError
 
 
@@ -34,7 +35,7 @@ def _copy_jobs(plan, ref: str, names: Sequence[str], replaced: dict, what: str, 
                 f"layers' model has {list(old.shape)} for {name}; the models must have the same "
                 "vocabulary and hidden sizes"
             )
-        dtype = out_dtype if out_dtype is not None and info.dtype.is_floating_point else info.dtype
+        dtype = out_dtype if out_dtype is not None and info.dtype_name in FLOATS else info.dtype_name
         jobs.append(
             TensorJob(
                 name=name,
@@ -42,9 +43,9 @@ def _copy_jobs(plan, ref: str, names: Sequence[str], replaced: dict, what: str, 
                 base_index=None,
                 global_params={},
                 model_params=({"scale": None},),
-                dtype=dtype,
+                dtype_name=dtype,
                 shape=tuple(info.shape),
-                copy=dtype == info.dtype,
+                copy=dtype == info.dtype_name,
             )
         )
     return jobs
@@ -59,8 +60,6 @@ def take_loose_weights(plan, options, *, pre: str | None = None, post: str | Non
     are opened (and must share its architecture unless --allow-crimes); each replacement must
     have the shape of the tensor it replaces, so config.json (from the first slice's model)
     stays true."""
-    from ..plan import TORCH_DTYPES
-
     if plan.spec.name != "passthrough":
         raise ValueError("take_loose_weights works on passthrough plans only")
     slices = plan.config.slices
@@ -76,8 +75,7 @@ def take_loose_weights(plan, options, *, pre: str | None = None, post: str | Non
         )
     _open_new_models(plan, options, [pre, post])
     head, middle, end = _split_at_layers(plan.jobs, plan.models[first].arch.layer_prefix)
-    name = plan.config.out_dtype or plan.config.dtype
-    out_dtype = TORCH_DTYPES[name] if name else None
+    out_dtype = plan.config.out_dtype or plan.config.dtype
     if pre is not None:
         head = _copy_jobs(
             plan, pre, plan.models[pre].arch.pre_weights, {j.name: j for j in head}, "embedding_source", out_dtype

@@ -7,10 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .numerics import accumulation_dtype, check_same_shape, result_dtype
-
-# Below this |sum of weights| a normalised linear merge has no sensible result (mergekit
-# 0.1.5 returns inf/NaN there); the same threshold guards task arithmetic's divisor.
-ZERO_WEIGHT_SUM = 1e-8
+from .spec import ZERO_WEIGHT_SUM  # noqa: F401 - re-exported: the references and kernels use it here
 
 
 class ZeroWeightSumError(ValueError):

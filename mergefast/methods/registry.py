@@ -1,62 +1,38 @@
 """YAML method names -> their parameters, input rules and merge function (`METHODS`).
 
 Each method is a `MethodSpec` (see `methods/spec.py` for parameter scopes and input rules)
-whose merge function adapts resolved parameters to the method's torch reference. This package
-is the spec and imports no kernel: where a fused kernel exists, the executor runs it instead
-(the table in kernels/fused.py).
+whose merge function (methods/adapters.py, named here by an `Adapter`) adapts resolved
+parameters to the method's torch reference. This module imports neither torch nor a
+reference, so planning runs without torch (mergefast/dtypes.py); nor any kernel: where a fused
+kernel exists, the executor runs it instead (the table in kernels/fused.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+from mergefast.errors import ConfigError
 
-from mergefast.errors import ConfigError, MergeError
-
-from .arcee_fusion import arcee_fusion
-from .karcher import karcher
-from .linear import linear
-from .model_stock import model_stock
-from .multislerp import AntipodalError, multislerp
-from .nearswap import nearswap
-from .nuslerp import nuslerp
-from .passthrough import passthrough
-from .ram import ram
-from .sce import sce
-from .slerp import slerp
 from .spec import MergeContext, MethodSpec, Param  # noqa: F401 - re-exported for importers
-from .task_arithmetic import DellaRangeError, check_della_range
-from .task_arithmetic import task_arithmetic as task_arithmetic_reference
+
+if TYPE_CHECKING:
+    import torch
 
 
-def split_base(tensors, base_index, model_params):
-    """Split a tensor group into the base and the other inputs with their parameters."""
-    others = [i for i in range(len(tensors)) if i != base_index]
-    return tensors[base_index], [tensors[i] for i in others], [model_params[i] for i in others]
+@dataclass(frozen=True)
+class Adapter:
+    """`MethodSpec.merge`: the function `name` of methods/adapters.py, imported on the first
+    call, with the keyword arguments `options` ((name, value) pairs) after the six of a merge."""
 
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
 
-def _optional_base(tensors, base_index, model_params):
-    """Like `split_base`, with base None when the group has no base."""
-    if base_index is None:
-        return None, list(tensors), list(model_params)
-    return split_base(tensors, base_index, model_params)
+    def __call__(self, tensors, base_index, g, m, out_dtype, ctx):
+        from . import adapters
 
-
-# --- linear, passthrough, slerp (fused kernels in kernels/fused.py) ------------------------------
-
-
-def _merge_linear(tensors, base_index, g, m, out_dtype, ctx):
-    return linear(tensors, [p["weight"] for p in m], normalize=g["normalize"], out_dtype=out_dtype)
-
-
-def _merge_passthrough(tensors, base_index, g, m, out_dtype, ctx):
-    return passthrough(tensors[0], m[0]["scale"], out_dtype=out_dtype)
-
-
-def _merge_slerp(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = split_base(tensors, base_index, m)
-    return slerp(base, others[0], g["t"], out_dtype=out_dtype)
+        return getattr(adapters, self.name)(tensors, base_index, g, m, out_dtype, ctx, **dict(self.options))
 
 
 # --- the task-arithmetic family ----------------------------------------------------------------
@@ -72,45 +48,6 @@ TASK_ARITHMETIC_FAMILY: dict[str, tuple[str, str | None, bool, bool]] = {
     "della": ("della", "sum", True, True),
     "della_linear": ("della", None, False, True),
 }
-
-
-def _check_della(params, g, ctx):
-    """ConfigError naming the tensor when a model's density +- epsilon leaves (0, 1)."""
-    for i, p in enumerate(params):
-        if 0 < p["density"] < 1:
-            try:
-                check_della_range(p["density"], p["epsilon"], ctx.tensor_name)
-            except DellaRangeError as exc:
-                raise ConfigError(f"{exc} (non-base model {i})") from None
-
-
-def _task_arithmetic_merger(sparsify: str, consensus: str | None):
-    def merge(tensors, base_index, g, m, out_dtype, ctx):
-        base, others, params = split_base(tensors, base_index, m)
-        common = dict(
-            densities=[p["density"] for p in params],
-            sparsify=sparsify,
-            consensus=consensus,
-            normalize=g["normalize"],
-            lambda_=g["lambda"],
-            out_dtype=out_dtype,
-        )
-        weights = [p["weight"] for p in params]
-        if sparsify == "della":
-            _check_della(params, g, ctx)
-        return task_arithmetic_reference(
-            base,
-            others,
-            weights,
-            **common,
-            rescale=g["rescale"],
-            seed=ctx.seed,
-            tensor_name=ctx.tensor_name,
-            gammas=[p.get("gamma", 0.01) for p in params],
-            epsilons=[p.get("epsilon", 0.15) for p in params],
-        )
-
-    return merge
 
 
 def _task_arithmetic_spec(
@@ -132,71 +69,11 @@ def _task_arithmetic_spec(
         base_params=False,
         min_inputs=1,
         max_inputs=None,
-        merge=_task_arithmetic_merger(sparsify, consensus),
+        merge=Adapter("merge_task_arithmetic", (("sparsify", sparsify), ("consensus", consensus))),
     )
 
 
 # --- reference-only methods ------------------------------------------------------------------
-
-
-def _merge_model_stock(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = split_base(tensors, base_index, m)
-    return model_stock(base, others, filter_wise=g["filter_wise"], out_dtype=out_dtype)
-
-
-def _merge_nuslerp(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, params = _optional_base(tensors, base_index, m)
-    return nuslerp(
-        others,
-        [p["weight"] for p in params],
-        base,
-        flatten=g["nuslerp_flatten"],
-        row_wise=g["nuslerp_row_wise"],
-        out_dtype=out_dtype,
-    )
-
-
-def _merge_multislerp(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, params = _optional_base(tensors, base_index, m)
-    try:
-        return multislerp(
-            others,
-            [p["weight"] for p in params],
-            base,
-            normalize_weights=g["normalize_weights"],
-            eps=g["eps"],
-            out_dtype=out_dtype,
-        )
-    except AntipodalError as exc:
-        raise MergeError(f"tensor {ctx.tensor_name}: {exc}") from None
-
-
-def _merge_karcher(tensors, base_index, g, m, out_dtype, ctx):
-    return karcher(tensors, max_iter=int(g["max_iter"]), tol=g["tol"], out_dtype=out_dtype)
-
-
-def _merge_sce(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = split_base(tensors, base_index, m)
-    return sce(base, others, select_topk=g["select_topk"], out_dtype=out_dtype)
-
-
-def _merge_nearswap(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = split_base(tensors, base_index, m)
-    return nearswap(base, others[0], g["t"], out_dtype=out_dtype)
-
-
-def _ram_merger(plus: bool):
-    def merge(tensors, base_index, g, m, out_dtype, ctx):
-        base, others, _ = split_base(tensors, base_index, m)
-        extra = {"r": g["r"], "alpha": g["alpha"]} if plus else {}
-        return ram(base, others, epsilon=g["epsilon"], plus=plus, out_dtype=out_dtype, **extra)
-
-    return merge
-
-
-def _merge_arcee_fusion(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, _ = split_base(tensors, base_index, m)
-    return arcee_fusion(base, others[0], out_dtype=out_dtype)
 
 
 def _spec(
@@ -236,7 +113,7 @@ METHODS: dict[str, MethodSpec] = {
         base_params=True,
         min_inputs=1,
         max_inputs=None,
-        merge=_merge_linear,
+        merge=Adapter("merge_linear"),
     ),
     "passthrough": MethodSpec(
         "passthrough",
@@ -246,20 +123,31 @@ METHODS: dict[str, MethodSpec] = {
         base_params=True,
         min_inputs=1,
         max_inputs=1,
-        merge=_merge_passthrough,
+        merge=Adapter("merge_passthrough"),
     ),
     "slerp": MethodSpec(
-        "slerp", (Param("t"),), (), needs_base=True, base_params=False, min_inputs=2, max_inputs=2, merge=_merge_slerp
+        "slerp",
+        (Param("t"),),
+        (),
+        needs_base=True,
+        base_params=False,
+        min_inputs=2,
+        max_inputs=2,
+        merge=Adapter("merge_slerp"),
     ),
     **{name: _task_arithmetic_spec(name, *modes) for name, modes in TASK_ARITHMETIC_FAMILY.items()},
     # a base plus at least 2 others; the base is not an ordinary input
     "model_stock": _spec(
-        "model_stock", _merge_model_stock, (Param("filter_wise", "bool", False),), needs_base=True, min_inputs=3
+        "model_stock",
+        Adapter("merge_model_stock"),
+        (Param("filter_wise", "bool", False),),
+        needs_base=True,
+        min_inputs=3,
     ),
     # exactly 2 non-base models; an optional base (a third model) turns them into task vectors
     "nuslerp": _spec(
         "nuslerp",
-        _merge_nuslerp,
+        Adapter("merge_nuslerp"),
         (Param("nuslerp_flatten", "bool", True), Param("nuslerp_row_wise", "bool", False)),
         (Param("weight"),),
         needs_base=False,
@@ -270,7 +158,7 @@ METHODS: dict[str, MethodSpec] = {
     ),
     "multislerp": _spec(
         "multislerp",
-        _merge_multislerp,
+        Adapter("merge_multislerp"),
         (Param("normalize_weights", "bool", True), Param("eps", "float", 1e-8)),
         (Param("weight"),),
         needs_base=False,
@@ -279,7 +167,7 @@ METHODS: dict[str, MethodSpec] = {
     # no base handling at all: a base_model is one more input with equal weight
     "karcher": _spec(
         "karcher",
-        _merge_karcher,
+        Adapter("merge_karcher"),
         (Param("max_iter", "float", 10), Param("tol", "float", 1e-5)),
         needs_base=False,
         base_params=True,
@@ -287,20 +175,22 @@ METHODS: dict[str, MethodSpec] = {
     # `weight` is accepted and ignored (mergekit's sce does not use it)
     "sce": _spec(
         "sce",
-        _merge_sce,
+        Adapter("merge_sce"),
         (Param("select_topk", "float", 1.0), Param("int8_mask", "bool", False)),
         (Param("weight", "float", None),),
         needs_base=True,
     ),
-    "ram": _spec("ram", _ram_merger(False), (Param("epsilon", "float", 1e-5),), needs_base=True),
+    "ram": _spec("ram", Adapter("merge_ram", (("plus", False),)), (Param("epsilon", "float", 1e-5),), needs_base=True),
     "ramplus_tl": _spec(
         "ramplus_tl",
-        _ram_merger(True),
+        Adapter("merge_ram", (("plus", True),)),
         (Param("epsilon", "float", 1e-5), Param("r", "float", 0.1), Param("alpha", "float", 0.2)),
         needs_base=True,
     ),
-    "nearswap": _spec("nearswap", _merge_nearswap, (Param("t"),), needs_base=True, min_inputs=2, max_inputs=2),
-    "arcee_fusion": _spec("arcee_fusion", _merge_arcee_fusion, needs_base=True, min_inputs=2, max_inputs=2),
+    "nearswap": _spec(
+        "nearswap", Adapter("merge_nearswap"), (Param("t"),), needs_base=True, min_inputs=2, max_inputs=2
+    ),
+    "arcee_fusion": _spec("arcee_fusion", Adapter("merge_arcee_fusion"), needs_base=True, min_inputs=2, max_inputs=2),
 }
 
 # Every method name mergekit 0.1.5 registers (all of them are in METHODS).

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 REQUIRED = object()
+
+# Below this |sum of weights| a normalised linear merge has no sensible result (mergekit
+# 0.1.5 returns inf/NaN there); the same threshold guards task arithmetic's divisor. Here,
+# not in methods/linear.py, because the plan checks it without torch (plan_checks.py).
+ZERO_WEIGHT_SUM = 1e-8
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError
 from ..io.model_files import check_tokenizer_folder, load_json, model_file
 from .permute import ROW, ZERO, VocabPlanner, model_vocab_size
@@ -246,6 +244,8 @@ def _plan_rows(
     planner: VocabPlanner, tokens_cfg: dict, vocabs: dict, sizes: dict, base_ref: str, base_model: str | None
 ) -> None:
     """Per model: output id -> own row or -1; per output id: the default row (§5 rules)."""
+    import torch  # not at the top: planning imports no torch (mergefast/dtypes.py)
+
     from ..config import ModelTokenSource, ZeroSource
 
     built, refs, where = planner.built, planner.refs, planner.source

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class VocabMap:
         `out_dtype`: mergekit casts its inputs to the merge's `dtype` before it computes them,
         so with `dtype: float32` a bf16 model's padding row is the float32 mean, not that mean
         rounded to bf16."""
+        import torch  # not at the top: planning imports no torch (mergefast/dtypes.py)
+
         if self.own is None:
             return [t[: self.rows] for t in tensors]
         dev = tensors[0].device
@@ -74,6 +77,8 @@ class VocabMap:
         return out
 
     def _defaults(self, tensors: list[torch.Tensor], dev, acc: torch.dtype) -> torch.Tensor:
+        import torch
+
         kind = self.default_kind.to(dev)
         default = torch.zeros((self.real, *tensors[0].shape[1:]), dtype=acc, device=dev)
         src, row = self.default_src.to(dev), self.default_row.to(dev)
@@ -176,6 +181,8 @@ class VocabPlanner:
     def _permute(self, out_name: str, sources, rest: tuple[int, ...]):
         """The map of one vocabulary job; the implicit defaults (only one model has the token,
         no model has it, the base has it, mean) count the models that are inputs of this job."""
+        import torch
+
         built = self.built
         index: dict[str, int] = {}
         for i, s in enumerate(sources):

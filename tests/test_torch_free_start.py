@@ -1,0 +1,96 @@
+"""Planning imports no torch (mergefast/dtypes.py): `mergefast plan` runs without it, and a
+Hub merge starts its downloads before torch's import begins. In subprocesses, whose first
+import of torch a meta path finder watches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import test_hub_stream
+from fake_hub import FakeHub, use_fake_hub
+from test_hub_overlap import ALL_LAYERS, base4  # noqa: F401 - base4 is a fixture
+
+models = test_hub_stream.models  # its fixture, shared
+
+# Runs `python -m mergefast ARGS`; at the first import of torch it says whether the Hub
+# downloads had started, then exits 3, or with WATCH=refuse fails that import instead.
+WATCHED = """
+import importlib.abc, os, runpy, sys, threading
+
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "torch":
+            return None
+        if os.environ["WATCH"] == "refuse":
+            raise ImportError("torch was imported")
+        started = any(t.name.startswith("hub-download") for t in threading.enumerate())
+        print(f"downloading when torch was imported: {started}", flush=True)
+        os._exit(3)
+
+sys.meta_path.insert(0, Watch())
+sys.argv = ["mergefast", *sys.argv[1:]]
+runpy.run_module("mergefast", run_name="__main__", alter_sys=True)
+"""
+
+
+def _watched(args, watch: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WATCH": watch}
+    return subprocess.run(
+        [sys.executable, "-c", WATCHED, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.slow  # a subprocess
+def test_plan_of_a_local_config_imports_no_torch(models, tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"merge_method: ties\nbase_model: {models['base']}\nmodels:\n"
+        f"  - model: {models['ft-a']}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
+        f"  - model: {models['ft-b']}\n    parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n"
+    )
+    proc = _watched(["plan", config], "refuse", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("plan for ") and "model.norm.weight" in proc.stdout
+
+
+@pytest.mark.slow  # subprocesses
+def test_a_hub_merge_downloads_before_torch_is_imported(base4, tmp_path, monkeypatch):  # noqa: F811
+    """100 kB/s: the shards take seconds, so the download threads are still running when the
+    planner's work is done; `plan` of the same config needs no torch at all."""
+    slow = FakeHub(bytes_per_second=100_000).start()
+    slow.add_repo("org/base4", base4)
+    use_fake_hub(monkeypatch, slow, tmp_path / "hf")  # the environment reaches the subprocesses
+    config = tmp_path / "config.yml"
+    config.write_text(ALL_LAYERS)
+    try:
+        planned = _watched(["plan", config], "refuse", tmp_path)
+        merged = _watched(["yaml", config, tmp_path / "out", "--quiet"], "report", tmp_path)
+    finally:
+        slow.stop()
+    assert planned.returncode == 0, planned.stderr
+    assert "org/base4" in planned.stdout
+    assert merged.returncode == 3, merged.stderr
+    assert merged.stdout.strip() == "downloading when torch was imported: True"
+
+
+def test_dtype_names_agree_with_torch():
+    """mergefast/dtypes.py's table against torch and the safetensors library: every name is
+    torch's, with its size and float-ness, under the safetensors code the library uses."""
+    import torch
+    from safetensors.torch import _TYPES
+
+    from mergefast import dtypes
+
+    for code, name in dtypes.SAFETENSORS_NAMES.items():
+        dtype = dtypes.torch_dtype(name)
+        assert _TYPES[code] == dtype and dtypes.name_of(dtype) == name
+        assert dtypes.ITEMSIZE[name] == dtype.itemsize
+        assert (name in dtypes.FLOATS) == dtype.is_floating_point
+    computed = ("bfloat16", "float16", "float32", "float64", "int8", "int64", "bool")
+    for a in computed:
+        for b in computed:
+            want = torch.promote_types(dtypes.torch_dtype(a), dtypes.torch_dtype(b))
+            assert dtypes.promote(a, b) == dtypes.name_of(want), (a, b)
