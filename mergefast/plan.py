@@ -13,13 +13,14 @@ from typing import Any
 
 from .accounting import account_for_inputs
 from .config import MergeConfig, merged_models, referenced_models
-from .dtypes import FLOATS, ITEMSIZE, promote, torch_dtype
+from .dtypes import FLOATS, promote, torch_dtype
 from .errors import ConfigError
 from .inputs import InputModel, check_model_folders, close_models, open_models
 from .io.hub_prefetch import HubPrefetch
 from .io.output import plan_output_config
 from .io.quantized import check_fp8_dtype
 from .io.reader import TensorInfo
+from .io.writer import OutputTensor
 from .methods.registry import MethodSpec
 from .options import MergeOptions
 from .parameters import method_spec, resolve
@@ -63,10 +64,7 @@ class TensorJob:
     @property
     def out_bytes(self) -> int:
         """Bytes of the output tensor."""
-        n = ITEMSIZE[self.dtype_name]
-        for d in self.shape:
-            n *= d
-        return n
+        return OutputTensor(self.name, self.dtype_name, self.shape).nbytes
 
 
 @dataclass
