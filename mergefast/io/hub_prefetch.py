@@ -96,11 +96,13 @@ def _locate_and_read(ref: str, cache_dir: str | None, closed: threading.Event) -
     found = locate_model(parse_model_ref(ref), cache_dir)
     if isinstance(found, RemoteRepo):
         with ThreadPoolExecutor(REQUEST_THREADS) as pool:
-            list(pool.map(lambda name: _try_header(found, name, closed), _headers_to_read(found)))
+            list(pool.map(lambda name: _try_metadata(found, name, closed), _headers_to_read(found)))
     return found
 
 
-def _try_header(remote: RemoteRepo, name: str, closed: threading.Event) -> None:
+def _try_metadata(remote: RemoteRepo, name: str, closed: threading.Event) -> None:
+    """Read weight file `name`'s metadata (safetensors header, or a .bin's zip directory and
+    pickle) into `remote`'s cache; an error is left for the planner to raise."""
     if closed.is_set():
         return
     try:
