@@ -482,3 +482,26 @@ def test_della_masks_on_both_row_rank_methods(cols):
         for i, x in enumerate(xs):
             want = della_mask(x - base, density, epsilon, seed=4, tensor_name="t", model_index=i)
             assert torch.equal(((words >> i) & 1).bool(), want), (density, epsilon, i)
+
+
+@needs_ext
+@pytest.mark.parametrize("ties", ["few", "past-the-cap"])
+def test_sce_tie_counts_from_recorded_keys_or_a_rescan(monkeypatch, ties):
+    """The tie counts per block of SCE's selection come from the exact keys the low histogram
+    recorded (csrc/cpu/sce.cpp, BucketKeys), or from a rescan when more than ~n / 32 of the keys
+    fall in the threshold's bucket: 500 elements tied at the cut, and a quarter of them."""
+    import kernel_cases
+
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    n, g = 70_000, torch.Generator().manual_seed(5)
+    a = torch.rand(n, generator=g)
+    if ties == "few":
+        at_cut = a.sort(descending=True).values[6_800]
+        a[torch.randperm(n, generator=g)[:500]] = at_cut
+    else:
+        a = torch.randint(1, 5, (n,), generator=g) * 0.25
+    base = torch.zeros(n)
+    xs = [a, -a, torch.zeros(n)]  # variance 2 a^2 / 3: the ties of a are ties of the keys
+    out = kernels.sce(base, xs, select_topk=0.1)
+    monkeypatch.setattr(kernel_cases._SCE_MODULE, "energy_weights", kernel_cases._energy_weights_f64)
+    assert torch.equal(out, methods.sce(base, xs, select_topk=0.1))
