@@ -10,9 +10,10 @@
 //            bucket `hi` of the top histogram, a histogram of the low 16 bits of the keys in
 //            it, then per-block counts of the threshold key when the quota splits its ties
 //            (kept lowest flat index first, as the reference's stable sort): a KeepRule, as the
-//            TIES selection's. Both read the slots, and the exact key of the elements in
-//            bucket hi alone, recomputed from the inputs (sce.h, sce_key_at: the same
-//            operations): ~0.1 % of the elements of a 7B layer (base + 3 bf16, topk 0.1).
+//            TIES selection's. The low histogram reads the slots, and the exact key of the
+//            elements in bucket hi alone, recomputed from the inputs (sce.h, sce_key_at: the
+//            same operations): ~0.1 % of the elements of a 7B layer (base + 3 bf16, topk
+//            0.1); it records those keys, and the tie counts come from them (BucketKeys).
 //   energies sum_j (d_ij * m_j)^2 per model (m_j = 1.0f kept, 0.0f dropped: NaN * 0 stays NaN,
 //            as in the reference's multiply), squares in float32, sums in float64 over 8 fixed
 //            lanes per block and the blocks in order (the same on any thread count).
