@@ -19,7 +19,7 @@ import torch
 from .. import kernels
 from ..errors import MergeError
 from ..methods import adapters, registry
-from ..methods.adapters import split_base
+from ..methods.adapters import optional_base, split_base
 from ..methods.multislerp import AntipodalError
 from ..methods.registry import TASK_ARITHMETIC_FAMILY, MethodSpec
 
@@ -72,9 +72,7 @@ def _task_arithmetic(method: str):
 
 
 def _nuslerp(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, params = (
-        split_base(tensors, base_index, m) if base_index is not None else (None, list(tensors), list(m))
-    )
+    base, others, params = optional_base(tensors, base_index, m)
     flatten, row_wise = g["nuslerp_flatten"], g["nuslerp_row_wise"]
     weights = [p["weight"] for p in params]
     return kernels.nuslerp(others, weights, base, flatten=flatten, row_wise=row_wise, out_dtype=out_dtype)
@@ -101,9 +99,7 @@ def _arcee_fusion(tensors, base_index, g, m, out_dtype, ctx):
 
 
 def _multislerp(tensors, base_index, g, m, out_dtype, ctx):
-    base, others, params = (
-        split_base(tensors, base_index, m) if base_index is not None else (None, list(tensors), list(m))
-    )
+    base, others, params = optional_base(tensors, base_index, m)
     weights = [p["weight"] for p in params]
     try:
         return kernels.multislerp(
