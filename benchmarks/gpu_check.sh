@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU check, one run on a CUDA machine, from the repository root:
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
-# 1. the kernel tests with real Triton, 2. --cuda merges of the examples equal the CPU ones,
-# 3. end-to-end merges (--cuda) against the IO floor on a ~1.2B Llama family, 4. the kernel
-# benchmarks, 5. a profile of one Triton TIES call (which selection pass or sync is slow),
-# 6. the block-size / histogram-grid sweep (bench_kernels.py script mode). Each step is
+# 1. the tests marked gpu (the kernel suite with real Triton), 2. the kernel benchmarks of every
+# method, 3. --cuda merges of the examples equal the CPU ones, 4. end-to-end merges (--cuda)
+# against the IO floor on a ~1.2B Llama family (E2E_SIZE, E2E_METHODS), 5. a profile of one
+# Triton TIES call (which selection pass or sync is slow), 6. the block-size / histogram-grid sweep (bench_kernels.py script mode). Each step is
 # time-boxed so that a slow step still leaves the others' figures in $OUT/summary.txt. Uses
 # the preinstalled torch/triton; wheels for the pure-Python dependencies may be carried in
 # .gpu_wheels/ (no network there).
@@ -24,28 +24,31 @@ fi
   nproc; free -g | head -2
 } > "$S" 2>&1
 
-echo "## kernel tests (real Triton)" >> "$S"
-timeout "${TEST_S:-130}" python -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py -k Cuda \
+echo "## GPU tests (real Triton: the kernel suite and every test marked gpu)" >> "$S"
+# pytest-xdist, where installed, spreads the Triton compiles over the host's cores
+XDIST=$(python -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-6}")
+timeout "${TEST_S:-150}" python -m pytest -q --maxfail=30 -p no:cacheprovider $XDIST -m gpu tests \
   > "$OUT/tests.log" 2>&1
 echo "tests exit code $?" >> "$S"
-tail -n 8 "$OUT/tests.log" >> "$S"
+grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -n 30 >> "$S"
+tail -n 3 "$OUT/tests.log" >> "$S"
 
+echo "## kernel benchmarks (7B layer, base + 3 x 11008x4096 bf16)" >> "$S"
+timeout "${BENCH_S:-120}" python -m pytest -q -p no:cacheprovider benchmarks/bench_kernels.py -k triton \
+  --benchmark-only --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "bench exit code $?" >> "$S"
+sed -n '/mergefast kernel benchmarks/,$p' "$OUT/bench.log" | head -40 >> "$S"
 echo "## --cuda equals CPU (examples)" >> "$S"
 timeout "${EQUAL_S:-120}" bash benchmarks/gpu_equal_check.sh > "$OUT/equal.txt" 2>&1
 echo "equal exit code $?" >> "$S"
 tail -n 8 "$OUT/equal.txt" >> "$S"
 
 echo "## end to end (--cuda, ${E2E_SIZE:-1.2b} family, warm page cache)" >> "$S"
-timeout "${E2E_S:-170}" python benchmarks/e2e.py --size "${E2E_SIZE:-1.2b}" --repeats 1 --cuda \
+timeout "${E2E_S:-170}" python benchmarks/e2e.py --size "${E2E_SIZE:-1.2b}" --repeats 1 --cuda --methods "${E2E_METHODS:-linear,ties,slerp,passthrough}" \
   --dir /tmp/mergefast-e2e --json "$OUT/e2e.json" > "$OUT/e2e.log" 2>&1
 echo "e2e exit code $?" >> "$S"
-grep -v "^writing" "$OUT/e2e.log" | tail -n 8 >> "$S"
+grep -v "^writing" "$OUT/e2e.log" | tail -n 16 >> "$S"
 
-echo "## kernel benchmarks (7B layer, base + 3 x 11008x4096 bf16)" >> "$S"
-timeout "${BENCH_S:-50}" python -m pytest -q -p no:cacheprovider benchmarks/bench_kernels.py -k triton \
-  --benchmark-only --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
-echo "bench exit code $?" >> "$S"
-sed -n '/mergefast kernel benchmarks/,$p' "$OUT/bench.log" | head -20 >> "$S"
 echo "## TIES profile (7B layer)" >> "$S"
 timeout "${PROFILE_S:-60}" python benchmarks/profile_ties.py --out "$OUT/profile_ties.txt" \
   > "$OUT/profile.log" 2>&1

@@ -71,14 +71,16 @@ def _compile(kernel, signature: dict, constants: dict, num_warps: int | None = N
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
         pytest.skip("this triton build ships no ptxas")
-    signature = {**signature, **{name: "constexpr" for name in constants}}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constants)
-    compiled = triton.compile(
-        source,
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": num_warps or NUM_WARPS, "enable_fp_fusion": False},
-    )
-    assert compiled.asm["cubin"], "no cubin"
+    options = {"num_warps": num_warps or NUM_WARPS, "enable_fp_fusion": False}
+    # A launch specialises an integer argument equal to 1 into a constant (a Python int, with
+    # no .to()): every kernel also compiles with its integer arguments at 1 (a single block).
+    ones = {name: 1 for name, kind in signature.items() if kind in ("i32", "i64")}
+    for consts in (constants, {**constants, **ones}):
+        source = ASTSource(
+            fn=kernel, signature={**signature, **{name: "constexpr" for name in consts}}, constexprs=consts
+        )
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        assert compiled.asm["cubin"], "no cubin"
     return compiled
 
 

@@ -31,7 +31,7 @@ from .utils import as_arg, block_size, launch_options, load_f32, magnitude_key
 def _skip_kernel(base_ptr, xs, thr_ptr, quota_ptr, eqb_ptr, skip_ptr, n, nblocks, BLOCK: tl.constexpr):
     """skip[r] = (keys equal to rule r's threshold) - its quota: eqb's count before the last
     block plus the last block's own (one program)."""
-    offs = (nblocks - 1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.cast(nblocks - 1, tl.int64) * BLOCK + tl.arange(0, BLOCK)  # nblocks is an int when it is 1
     mask = offs < n
     b = load_f32(base_ptr, offs, mask)
     for r in tl.static_range(2 * len(xs)):

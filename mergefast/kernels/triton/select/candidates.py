@@ -65,7 +65,7 @@ def _slot_hist_kernel(
     lo = tl.load(lo_ptr + i)
     prefix = tl.load(prefix_ptr + i)
     acc = tl.zeros([BINS], dtype=tl.int32)
-    nslots = nblocks.to(tl.int64) * CAP
+    nslots = tl.cast(nblocks, tl.int64) * CAP  # an int, not a tensor, when a launch specialises it to 1
     row = slot_ptr + i.to(tl.int64) * nslots
     for first in range(0, ntiles, nprog):  # plain bounds: Triton 3.6's interpreter
         offs = (pid + first).to(tl.int64) * TILE + tl.arange(0, TILE)
