@@ -4,7 +4,8 @@ The interpreted suite (test_kernels_triton.py) checks the kernels' values, but i
 numpy code, so it cannot see what only the compiler rejects (a type a loop may not carry, an
 op with no GPU lowering). Triton's wheel ships ptxas, so the whole pipeline down to a cubin
 runs on the CPU: these tests compile each kernel with the constexpr variants the host code
-launches.
+launches, and again with every integer argument at 1 (a launch turns such an argument into a
+constant: a one-block tensor).
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ def _compile(kernel, signature: dict, constants: dict, num_warps: int | None = N
     # A launch specialises an integer argument equal to 1 into a constant (a Python int, with
     # no .to()): every kernel also compiles with its integer arguments at 1 (a single block).
     ones = {name: 1 for name, kind in signature.items() if kind in ("i32", "i64")}
+    variants = []
     for consts in (constants, {**constants, **ones}):
         source = ASTSource(
             fn=kernel, signature={**signature, **{name: "constexpr" for name in consts}}, constexprs=consts
         )
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-        assert compiled.asm["cubin"], "no cubin"
-    return compiled
+        variants.append(triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options))
+        assert variants[-1].asm["cubin"], "no cubin"
+    return variants[0]  # as declared
 
 
 def _models(k: int, ptr: str = "*i16") -> tuple:
