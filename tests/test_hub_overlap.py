@@ -98,14 +98,12 @@ def test_a_job_reads_its_tensors_while_their_shard_still_downloads(hub, base4, t
     """The first shard's body stops just past its first tensor until that tensor's job has
     merged: a merge that waited for the whole shard would never let it go."""
     hub.add_repo("org/base4", base4)
-    # huggingface_hub writes the file in chunks of this size (10 MB by default); above the 8 kB
-    # buffer of the file object, so that each chunk reaches the file at once
-    chunk = 16384
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", chunk)
     with CheckpointReader(base4) as reader:
         first = min((reader.info(n) for n in reader.names()), key=lambda i: (i.file.name, i.data_offsets[0]))
     assert first.file.name == SHARDS[0]
-    hold = -(-first.data_offsets[1] // chunk) * chunk
+    # the body stops at a 16 kB boundary past the tensor (the file object's buffer is 8 kB;
+    # huggingface_hub writes each network read as it comes: hub_arrivals._CHUNK)
+    hold = -(-first.data_offsets[1] // 16384) * 16384
     assert hold < (base4 / SHARDS[0]).stat().st_size
     merged = threading.Event()
     hub.hold_at[f"org/base4/{SHARDS[0]}"] = (hold, merged)
@@ -124,6 +122,19 @@ def test_a_job_reads_its_tensors_while_their_shard_still_downloads(hub, base4, t
     cached = [p for p in (tmp_path / "hf").rglob(SHARDS[0]) if "snapshots" in p.parts]
     assert len(cached) == 1 and cached[0].read_bytes() == (base4 / SHARDS[0]).read_bytes()
     assert not list((tmp_path / "hf").rglob("*.incomplete"))
+
+
+def test_downloads_take_the_network_reads_and_leave_huggingface_hub_as_it_was(hub, base4, tmp_path, monkeypatch):
+    """huggingface_hub's 10 MB chunks are assembled in Python with the GIL held (hub_arrivals._CHUNK):
+    while the downloads run its chunk size is None; afterwards it is what it was."""
+    hub.add_repo("org/base4", base4)
+    before = huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE
+    seen: list = []
+    _hooked_download(monkeypatch, lambda name: seen.append(huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE))
+    summary = mergefast.merge(ALL_LAYERS, tmp_path / "out")
+    assert summary.downloaded_bytes == sum((base4 / s).stat().st_size for s in SHARDS)
+    assert seen == [None] * len(SHARDS)
+    assert huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE == before
 
 
 def test_a_failed_download_stops_the_merge_in_one_line(hub, base4, tmp_path, monkeypatch):

@@ -32,8 +32,16 @@ from .hub_partial import PartialFiles, differs_error
 from .hub_remote import RemoteRepo
 
 _POLL = 0.1  # seconds between checks of the stop flag while the reader waits for a file
-# Seconds between looks at a downloading file's size: huggingface_hub writes 10 MB chunks,
-# 0.05-0.4 s apart per stream at 25-200 MB/s.
+# huggingface_hub's download loop asks httpx for 10 MB chunks (constants.DOWNLOAD_CHUNK_SIZE),
+# which httpx assembles in Python, copying each byte about three times with the GIL held, and
+# the merge shares this process's GIL. None hands the loop the network's own reads (64 kB). On
+# the 2-vCPU Intel VM, fake Hub at 200 MB/s, 0.3B linear merge (py-spy: those copies were the
+# largest GIL holder), three alternated runs: the last byte came at 9.70-9.84 s against
+# 10.23-10.75 s and the merge ended at 10.16-10.35 s against 10.63-11.17 s (download floor
+# 9.11-9.27 s). Set while the downloads run, then restored.
+_CHUNK = None
+# Seconds between looks at a downloading file's size: a stream writes each network read as it
+# comes (_CHUNK), 0.5-4 MB in 20 ms at 25-200 MB/s.
 _EARLY_POLL = 0.02
 
 
@@ -82,12 +90,16 @@ class Arrivals:
         self.waited_s = 0.0  # seconds the reader spent waiting for files (not reading them)
         self._running = len(self._threads)
         self._bar = None  # the one download bar, made by start()
+        self._chunk_size = None  # huggingface_hub's own, while the downloads run (_CHUNK above)
 
     def start(self) -> Arrivals:
         """Start the download threads (none when every file is in place)."""
         self._started = time.perf_counter()
         if self._threads:
+            from huggingface_hub import constants
+
             self._bar = _total_bar(self.fresh_bytes, self.quiet)
+            self._chunk_size, constants.DOWNLOAD_CHUNK_SIZE = constants.DOWNLOAD_CHUNK_SIZE, _CHUNK
         for t in self._threads:
             t.start()
         return self
@@ -135,13 +147,17 @@ class Arrivals:
 
     def cancel(self) -> None:
         """Stop the downloads: none starts any more, and those running stop at their next chunk
-        (huggingface_hub's DOWNLOAD_CHUNK_SIZE, 10 MB)."""
+        (a network read, _CHUNK)."""
         self._stop.set()
 
     def close(self) -> None:
         """Stop the downloads and close the downloading files (no reader may use them now)."""
         self.cancel()
         self._partial.close()
+        if self._chunk_size is not None:
+            from huggingface_hub import constants
+
+            constants.DOWNLOAD_CHUNK_SIZE, self._chunk_size = self._chunk_size, None
 
     @property
     def seconds(self) -> float:
