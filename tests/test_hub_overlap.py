@@ -25,7 +25,7 @@ from test_hub_stream import _tensors
 
 import mergefast
 from mergefast import execute
-from mergefast.io import hub_fetch
+from mergefast.io import hub_arrivals, hub_fetch
 from mergefast.io.hub_remote import RemoteRepo
 from mergefast.io.reader import CheckpointReader
 from mergefast.summary import RunSummary, format_summary
@@ -134,6 +134,14 @@ def test_downloads_take_the_network_reads_and_leave_huggingface_hub_as_it_was(hu
     summary = mergefast.merge(ALL_LAYERS, tmp_path / "out")
     assert summary.downloaded_bytes == sum((base4 / s).stat().st_size for s in SHARDS)
     assert seen == [None] * len(SHARDS)
+    assert huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE == before
+
+
+def test_hf_transfer_keeps_its_chunk_size(monkeypatch):
+    """huggingface_hub versions that use hf_transfer pass it the chunk size as an int: left alone there."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ENABLE_HF_TRANSFER", True, raising=False)
+    before = huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE
+    assert hub_arrivals.network_reads() is None
     assert huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE == before
 
 

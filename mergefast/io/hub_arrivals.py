@@ -96,10 +96,8 @@ class Arrivals:
         """Start the download threads (none when every file is in place)."""
         self._started = time.perf_counter()
         if self._threads:
-            from huggingface_hub import constants
-
             self._bar = _total_bar(self.fresh_bytes, self.quiet)
-            self._chunk_size, constants.DOWNLOAD_CHUNK_SIZE = constants.DOWNLOAD_CHUNK_SIZE, _CHUNK
+            self._chunk_size = network_reads()
         for t in self._threads:
             t.start()
         return self
@@ -203,6 +201,19 @@ class Arrivals:
         sha = f.remote.lfs.get(f.name)
         if sha is not None:
             self._partial.found(f.path, f.remote.storage / "blobs" / sha)
+
+
+def network_reads() -> int | None:
+    """Set huggingface_hub's download chunk size to _CHUNK (above); the size it replaced, or
+    None where it was left alone: the huggingface_hub versions that still use hf_transfer hand
+    it to hf_transfer, as an int, when HF_HUB_ENABLE_HF_TRANSFER is set (and those Rust
+    downloads hold no GIL)."""
+    from huggingface_hub import constants
+
+    if getattr(constants, "HF_HUB_ENABLE_HF_TRANSFER", False):
+        return None
+    before, constants.DOWNLOAD_CHUNK_SIZE = constants.DOWNLOAD_CHUNK_SIZE, _CHUNK
+    return before
 
 
 def _total_bar(total: int, quiet: bool):
