@@ -9,7 +9,7 @@
 # PROFILE_S, SWEEP_S; ~9 minutes in all) so that a slow step still leaves the others' figures in
 # $OUT/summary.txt. Uses
 # the preinstalled torch/triton; wheels for the pure-Python dependencies may be carried in
-# .gpu_wheels/ (no network there). $OUT gets eight files, the step logs a copy-back may need:
+# .gpu_wheels/ (no network there). $OUT holds eight files (the other logs go to /tmp):
 # summary.txt, tests.log, bench.json, bench.log, e2e.json, e2e.log, profile_ties.txt, sweep.txt.
 set -u
 OUT=${OUT:-/tmp/mergefast-gpu}

@@ -167,7 +167,6 @@ def test_a_shard_unlike_its_planned_header_fails_in_one_line(hub, base4, tmp_pat
     repo = hub.add_repo("org/base4", base4)
     released = threading.Event()
     if chunk:  # the rest of the shard is held back: the error must come from its first tensor
-        monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", chunk)
         hub.hold_at[f"org/base4/{SHARDS[0]}"] = (2 * chunk, released)
 
     def swap(name: str) -> None:
