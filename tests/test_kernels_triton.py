@@ -459,6 +459,9 @@ class _Cuda(_WindowCases, _OneReadCases, KernelSuite):
     EXACT = False  # no FMA contraction, but GPU division may differ in the last bit
     SHAPES = [(1,), (2,), (3,), (0,), (4097,), (37, 129), (1000, 1003)]
     TIE_N = 200_000
+    # Triton compiles DELLA's masks pass once per row block (and dtype): 4096 (a 7B model's
+    # rows) in ~1 min; test_della_masks_of_long_rows_on_the_gpu compiles one long row once
+    DELLA_MASK_COLS = 4096
 
     def test_backend_is_triton(self, monkeypatch):
         from mergefast import kernels
@@ -491,12 +494,36 @@ if HAVE_CUDA:
     TestTritonCuda = pytest.mark.gpu(_Cuda)
 
 
+@pytest.mark.gpu
+@pytest.mark.slow  # compiles the masks pass for 16384-element row blocks: ~3 min
+@pytest.mark.skipif(not HAVE_CUDA, reason="needs CUDA")
+def test_della_masks_of_long_rows_on_the_gpu():
+    """Rows of 14336 columns (an 8B model's down_proj), sorted in one program: the reference's
+    keep bits with many ties and NaNs."""
+    from kernel_cases import _TA_MODULE, nan_inputs
+
+    from mergefast.kernels.della import keep_rule, stream_keys
+    from mergefast.kernels.triton import della
+
+    cols = 14336
+    base, xs = nan_inputs(3 * cols, torch.bfloat16, device="cuda")
+    base, xs = base.view(3, cols), [x.view(3, cols) for x in xs]
+    rule = keep_rule(0.5, 0.3, cols)
+    out, _ = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, cols, base.dtype)
+    words = out.cpu().view(-1).view(torch.int16).view(3, cols)
+    for i, x in enumerate(xs):
+        delta = x.cpu().float() - base.cpu().float()
+        want = _TA_MODULE.della_mask(delta, 0.5, 0.3, seed=3, tensor_name="t", model_index=i)
+        assert torch.equal(((words >> i) & 1).bool(), want), i
+
+
 @pytest.mark.slow  # the interpreter runs tl.sort's network op by op: ~5 s
 @pytest.mark.skipif(not (HAVE_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
 def test_della_sorted_ranks_interpreted(monkeypatch):
-    """The GPU's way to DELLA's row ranks (tl.sort of key and index, then of index and keep
-    bit), interpreted: the reference's masks with many ties and NaNs. The interpreted suites
-    otherwise rank by pairwise compares (kernels/triton/della.py, INTERPRET_PAIRWISE)."""
+    """The GPU's way to DELLA's row ranks (tl.sort of key and index, the keep bits stored at
+    the sorted indices), interpreted: the reference's masks and L1 norms with many ties and
+    NaNs. The interpreted suites otherwise rank by pairwise compares (kernels/triton/della.py,
+    INTERPRET_PAIRWISE)."""
     from kernel_cases import _TA_MODULE, nan_inputs, tied_inputs
 
     from mergefast.kernels.della import keep_rule, stream_keys
@@ -506,8 +533,41 @@ def test_della_sorted_ranks_interpreted(monkeypatch):
     for base, xs in (tied_inputs(122, torch.bfloat16), nan_inputs(122, torch.float32)):
         base, xs = base.view(2, 61), [x.view(2, 61) for x in xs]
         rule = keep_rule(0.5, 0.4, 61)
-        out, _ = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, 61, base.dtype)
+        out, sums = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, 61, base.dtype)
         words = out.view(-1).view(torch.int16)[:: out.element_size() // 2].view(2, 61)
         for i, x in enumerate(xs):
-            want = _TA_MODULE.della_mask(x.float() - base.float(), 0.5, 0.4, seed=3, tensor_name="t", model_index=i)
+            delta = x.float() - base.float()
+            want = _TA_MODULE.della_mask(delta, 0.5, 0.4, seed=3, tensor_name="t", model_index=i)
             assert torch.equal(((words >> i) & 1).bool(), want), i
+            norms = [delta.abs().double().sum().item(), torch.where(want, delta.abs(), 0.0).double().sum().item()]
+            assert sums[2 * i : 2 * i + 2] == pytest.approx(norms, rel=1e-12, nan_ok=True), i
+
+
+@pytest.mark.skipif(not (HAVE_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
+def test_della_masks_of_rows_past_one_program(monkeypatch):
+    """Rows longer than MAX_ROW (more than one program holds) take the masks pass in torch ops
+    (kernels/triton/della.py, _masks_torch): the reference's keep bits with many ties, NaNs,
+    a keep-all and a keep-none model, and its L1 norms."""
+    from kernel_cases import _TA_MODULE, nan_inputs, tied_inputs
+
+    from mergefast.kernels.della import keep_rule, stream_keys
+    from mergefast.kernels.triton import della
+
+    monkeypatch.setattr(della, "MAX_ROW", 64)
+    rules = [(0.5, 0.4), (1.0, 0.1), (0.0, 0.1)]  # (density, epsilon) of each model
+    for base, xs, out_dtype in (
+        (*tied_inputs(900, torch.bfloat16), torch.bfloat16),
+        (*nan_inputs(900, torch.float16), torch.float32),
+    ):
+        base, xs = base.view(9, 100), [x.view(9, 100) for x in xs]
+        kept = [keep_rule(density, epsilon, 100) for density, epsilon in rules]
+        out, sums = della.della_masks(
+            base, xs, stream_keys(3, "t", 3), [k[0] for k in kept], [k[1] for k in kept], 100, out_dtype
+        )
+        words = out.view(-1).view(torch.int16)[:: out.element_size() // 2].view(9, 100)
+        for i, (x, (density, epsilon)) in enumerate(zip(xs, rules)):
+            delta = x.float() - base.float()
+            want = _TA_MODULE.della_mask(delta, density, epsilon, seed=3, tensor_name="t", model_index=i)
+            assert torch.equal(((words >> i) & 1).bool(), want), i
+            norms = [delta.abs().double().sum().item(), torch.where(want, delta.abs(), 0.0).double().sum().item()]
+            assert sums[2 * i : 2 * i + 2] == pytest.approx(norms, rel=1e-12, nan_ok=True), i

@@ -520,20 +520,26 @@ def test_della_masks_pass(ptr, row_block):
 
     _compile(
         della._della_masks_kernel,
-        {
-            "base_ptr": ptr,
-            "xs": _models(3, ptr),
-            "pmins": ("fp32",) * 3,
-            "spans": ("fp32",) * 3,
-            "key_ptr": "*i64",
-            "word_ptr": "*i16",
-            "part_ptr": "*fp64",
-            "cols": "i32",
-            "denom": "fp32",
-        },
+        della_masks_signature(ptr),
         {"STRIDE": 1, "ROW_BLOCK": row_block, "PAIRWISE": False},
         num_warps=della.row_warps(row_block),
     )
+
+
+def della_masks_signature(ptr: str) -> dict:
+    """The argument types of DELLA's masks pass for base + 3 models of pointer type `ptr`
+    (also benchmarks/della_compile_times.py's)."""
+    return {
+        "base_ptr": ptr,
+        "xs": _models(3, ptr),
+        "pmins": ("fp32",) * 3,
+        "spans": ("fp32",) * 3,
+        "key_ptr": "*i64",
+        "word_ptr": "*i16",
+        "part_ptr": "*fp64",
+        "cols": "i32",
+        "denom": "fp32",
+    }
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ Two passes over base + K models (kernels/della.py is the host side):
      (tl.sort; the keys are distinct, so the order is the reference's stable one: ties lowest
      index first, NaN above inf); at sorted position r the keep probability is
      p = pmin + (r / (cols - 1)) * span (IEEE division, as the CPU reference) and the draw u of
-     the element's flat index (dare.uniform) keeps it where u < p; a second sort, on
-     index * 2 + kept, brings the keep bits back to index order. The K bits are stored as a
-     16-bit word in each element's own output slot, and per row sum |d| and sum |kept d| per
-     model (float64) for the L1 rescale.
+     the element's flat index (dare.uniform) keeps it where u < p; the keep bit goes straight
+     to the element's own output slot (a 16-bit word holding the K bits), the sorted index
+     giving its place: one sort per model. Per row sum |d| and sum |kept d| per model (float64)
+     for the L1 rescale.
   2. `_della_apply_kernel`, per block: the words, then as dare's apply pass.
 Rows longer than MAX_ROW (beyond what one program holds in registers) take the same rule in
 torch ops on the device (`_masks_torch`: per-row sorts, K x cols temporaries at a time).
@@ -27,7 +27,9 @@ from ...methods.random import uniform_from_key
 from .dare import _keys, uniform
 from .utils import as_arg, block_size, block_span, interpret, launch_options, load_f32, magnitude_key, store_f32
 
-# The longest row one program sorts in registers (32 warps: 32 int64 keys per thread).
+# The longest row one program sorts in registers (32 warps: 32 int64 keys per thread). Triton
+# compiles the masks pass per row block; for sm_90 on a 2-vCPU Intel VM: 12 s at 1024, 62 s
+# at 4096, 105 s at 16384, ~6 min at this one (benchmarks/RESULTS.md, 2026-12-04).
 MAX_ROW = 1 << 15
 # Under TRITON_INTERPRET=1 the ranks come from pairwise compares (one numpy op per row) unless
 # this is False: the interpreter runs tl.sort's bitonic network op by op, ~0.15 s per 128-element
@@ -38,23 +40,40 @@ _PAD_KEY = tl.constexpr(0x7FFFFFFF)
 
 
 @triton.jit
-def _keep_bits(x_ptr, b, offs, cols_idx, valid, row_start, key, pmin, span, denom, PAIRWISE: tl.constexpr):
-    """One model's deltas of this row and their keep bits (int32 0/1), both in index order."""
-    d = load_f32(x_ptr, offs, valid) - b
+def _pairwise_keep(d, valid, offs, cols_idx, key, pmin, span, denom):
+    """The interpreter's ranks: how many elements order before each (ROW_BLOCK^2 compares, one
+    numpy op); its keep bits (int32 0/1) in index order."""
     mkey = tl.where(valid, magnitude_key(d), _PAD_KEY)
-    if PAIRWISE:  # rank = how many elements order before: ROW_BLOCK^2 compares, one numpy op
-        before = (mkey[None, :] < mkey[:, None]) | (
-            (mkey[None, :] == mkey[:, None]) & (cols_idx[None, :] < cols_idx[:, None])
-        )
-        rank = tl.sum(before.to(tl.int32), axis=1)
-        p = pmin + tl.math.div_rn(rank.to(tl.float32), denom) * span
-        return d, (uniform(key, offs) < p).to(tl.int32)
+    before = (mkey[None, :] < mkey[:, None]) | (
+        (mkey[None, :] == mkey[:, None]) & (cols_idx[None, :] < cols_idx[:, None])
+    )
+    rank = tl.sum(before.to(tl.int32), axis=1)
+    p = pmin + tl.math.div_rn(rank.to(tl.float32), denom) * span
+    return (uniform(key, offs) < p).to(tl.int32)
+
+
+@triton.jit
+def _sorted_keep(
+    d, valid, cols_idx, cols, row_start, key, pmin, span, denom, word_ptr, STRIDE: tl.constexpr, MODEL: tl.constexpr
+):
+    """Model MODEL's keep bits by one sort of (key, index): at sorted position r the element's
+    p = pmin + (r / (cols - 1)) * span; bit MODEL is or-ed into the element's word where it lies
+    (the positions of one model are a permutation: no two threads store to one word; a barrier
+    orders the models). Returns |kept d| (float64) in sorted order, |d| read off the key."""
+    mkey = tl.where(valid, magnitude_key(d), _PAD_KEY)
     ranked = tl.sort((mkey.to(tl.int64) << 32) | cols_idx.to(tl.int64))
-    idx = (ranked & 0xFFFFFFFF).to(tl.int32)
+    idx = (ranked & 0xFFFFFFFF).to(tl.int64)
+    live = cols_idx < cols  # the padding sorts last
     p = pmin + tl.math.div_rn(cols_idx.to(tl.float32), denom) * span
-    kept = (uniform(key, row_start + idx.to(tl.int64)) < p).to(tl.int32)
-    back = tl.sort(idx * 2 + kept)  # idx is a permutation of 0 .. ROW_BLOCK - 1
-    return d, back & 1
+    kept = (uniform(key, row_start + idx) < p) & live
+    at = word_ptr + (row_start + idx) * STRIDE
+    word = kept.to(tl.int32) << MODEL
+    if MODEL > 0:
+        tl.debug_barrier()  # the previous model's words, stored by other threads
+        word = word | tl.load(at, mask=live, other=0).to(tl.int32)
+    tl.store(at, word.to(tl.int16), mask=live)
+    magnitude = (ranked >> 32).to(tl.int32).to(tl.float32, bitcast=True)  # |d|; NaN keys are NaNs
+    return tl.where(kept, magnitude, 0.0).to(tl.float64)
 
 
 @triton.jit
@@ -82,13 +101,21 @@ def _della_masks_kernel(
     bits = tl.zeros_like(cols_idx)
     for i in tl.static_range(len(xs)):
         key = tl.load(key_ptr + i).to(tl.uint64, bitcast=True)
-        d, kept = _keep_bits(xs[i], b, offs, cols_idx, valid, row_start, key, pmins[i], spans[i], denom, PAIRWISE)
-        bits = bits | (kept << i)
+        d = load_f32(xs[i], offs, valid) - b
         ad = tl.where(valid, tl.abs(d), 0.0).to(tl.float64)
+        if PAIRWISE:
+            kept = _pairwise_keep(d, valid, offs, cols_idx, key, pmins[i], spans[i], denom)
+            bits = bits | (kept << i)
+            kept_ad = tl.where(kept != 0, ad, 0.0)
+        else:
+            kept_ad = _sorted_keep(
+                d, valid, cols_idx, cols, row_start, key, pmins[i], spans[i], denom, word_ptr, STRIDE, i
+            )
         at = part_ptr + (row * len(xs) + i) * 2
         tl.store(at, tl.sum(ad, axis=0))
-        tl.store(at + 1, tl.sum(tl.where(kept != 0, ad, 0.0), axis=0))
-    tl.store(word_ptr + offs * STRIDE, bits.to(tl.int16), mask=valid)
+        tl.store(at + 1, tl.sum(kept_ad, axis=0))
+    if PAIRWISE:
+        tl.store(word_ptr + offs * STRIDE, bits.to(tl.int16), mask=valid)
 
 
 @triton.jit
