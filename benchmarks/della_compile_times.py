@@ -18,25 +18,14 @@ os.environ["TRITON_INTERPRET"] = "0"
 
 def compile_seconds(row_block: int) -> float:
     """Seconds to compile the masks pass for bf16 base + 3 models and `row_block`."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from mergefast.kernels.triton import della
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from test_triton_compile import della_masks_signature
+    from test_triton_compile import compile_for_sm90, della_masks_signature
 
-    signature = della_masks_signature("*i16")
     constants = {"STRIDE": 1, "ROW_BLOCK": row_block, "PAIRWISE": False}
-    source = ASTSource(
-        fn=della._della_masks_kernel,
-        signature={**signature, **{name: "constexpr" for name in constants}},
-        constexprs=constants,
-    )
-    options = {"num_warps": della.row_warps(row_block), "enable_fp_fusion": False}
     start = time.perf_counter()
-    triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    compile_for_sm90(della._della_masks_kernel, della_masks_signature("*i16"), constants, della.row_warps(row_block))
     return time.perf_counter() - start
 
 

@@ -494,13 +494,28 @@ if HAVE_CUDA:
     TestTritonCuda = pytest.mark.gpu(_Cuda)
 
 
+def _assert_della_masks(out, sums, base, xs, rules, seed, norms=True):
+    """The keep bits in `out`'s words (and, with `norms`, the L1 norms `sums`) are della_mask's
+    for each model's (density, epsilon) in `rules`, stream seed `seed`, tensor "t"."""
+    from kernel_cases import _TA_MODULE
+
+    words = out.cpu().view(-1).view(torch.int16)[:: out.element_size() // 2].view(base.shape)
+    for i, (x, (density, epsilon)) in enumerate(zip(xs, rules)):
+        delta = x.cpu().float() - base.cpu().float()
+        want = _TA_MODULE.della_mask(delta, density, epsilon, seed=seed, tensor_name="t", model_index=i)
+        assert torch.equal(((words >> i) & 1).bool(), want), i
+        if norms:
+            wanted = [delta.abs().double().sum().item(), torch.where(want, delta.abs(), 0.0).double().sum().item()]
+            assert sums[2 * i : 2 * i + 2] == pytest.approx(wanted, rel=1e-12, nan_ok=True), i
+
+
 @pytest.mark.gpu
 @pytest.mark.slow  # compiles the masks pass for 16384-element row blocks: ~3 min
 @pytest.mark.skipif(not HAVE_CUDA, reason="needs CUDA")
 def test_della_masks_of_long_rows_on_the_gpu():
     """Rows of 14336 columns (an 8B model's down_proj), sorted in one program: the reference's
     keep bits with many ties and NaNs."""
-    from kernel_cases import _TA_MODULE, nan_inputs
+    from kernel_cases import nan_inputs
 
     from mergefast.kernels.della import keep_rule, stream_keys
     from mergefast.kernels.triton import della
@@ -509,12 +524,8 @@ def test_della_masks_of_long_rows_on_the_gpu():
     base, xs = nan_inputs(3 * cols, torch.bfloat16, device="cuda")
     base, xs = base.view(3, cols), [x.view(3, cols) for x in xs]
     rule = keep_rule(0.5, 0.3, cols)
-    out, _ = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, cols, base.dtype)
-    words = out.cpu().view(-1).view(torch.int16).view(3, cols)
-    for i, x in enumerate(xs):
-        delta = x.cpu().float() - base.cpu().float()
-        want = _TA_MODULE.della_mask(delta, 0.5, 0.3, seed=3, tensor_name="t", model_index=i)
-        assert torch.equal(((words >> i) & 1).bool(), want), i
+    out, sums = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, cols, base.dtype)
+    _assert_della_masks(out, sums, base, xs, [(0.5, 0.3)] * 3, seed=3, norms=False)
 
 
 @pytest.mark.slow  # the interpreter runs tl.sort's network op by op: ~5 s
@@ -524,7 +535,7 @@ def test_della_sorted_ranks_interpreted(monkeypatch):
     the sorted indices), interpreted: the reference's masks and L1 norms with many ties and
     NaNs. The interpreted suites otherwise rank by pairwise compares (kernels/triton/della.py,
     INTERPRET_PAIRWISE)."""
-    from kernel_cases import _TA_MODULE, nan_inputs, tied_inputs
+    from kernel_cases import nan_inputs, tied_inputs
 
     from mergefast.kernels.della import keep_rule, stream_keys
     from mergefast.kernels.triton import della
@@ -534,13 +545,7 @@ def test_della_sorted_ranks_interpreted(monkeypatch):
         base, xs = base.view(2, 61), [x.view(2, 61) for x in xs]
         rule = keep_rule(0.5, 0.4, 61)
         out, sums = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, 61, base.dtype)
-        words = out.view(-1).view(torch.int16)[:: out.element_size() // 2].view(2, 61)
-        for i, x in enumerate(xs):
-            delta = x.float() - base.float()
-            want = _TA_MODULE.della_mask(delta, 0.5, 0.4, seed=3, tensor_name="t", model_index=i)
-            assert torch.equal(((words >> i) & 1).bool(), want), i
-            norms = [delta.abs().double().sum().item(), torch.where(want, delta.abs(), 0.0).double().sum().item()]
-            assert sums[2 * i : 2 * i + 2] == pytest.approx(norms, rel=1e-12, nan_ok=True), i
+        _assert_della_masks(out, sums, base, xs, [(0.5, 0.4)] * 3, seed=3)
 
 
 @pytest.mark.skipif(not (HAVE_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
@@ -548,7 +553,7 @@ def test_della_masks_of_rows_past_one_program(monkeypatch):
     """Rows longer than MAX_ROW (more than one program holds) take the masks pass in torch ops
     (kernels/triton/della.py, _masks_torch): the reference's keep bits with many ties, NaNs,
     a keep-all and a keep-none model, and its L1 norms."""
-    from kernel_cases import _TA_MODULE, nan_inputs, tied_inputs
+    from kernel_cases import nan_inputs, tied_inputs
 
     from mergefast.kernels.della import keep_rule, stream_keys
     from mergefast.kernels.triton import della
@@ -564,10 +569,4 @@ def test_della_masks_of_rows_past_one_program(monkeypatch):
         out, sums = della.della_masks(
             base, xs, stream_keys(3, "t", 3), [k[0] for k in kept], [k[1] for k in kept], 100, out_dtype
         )
-        words = out.view(-1).view(torch.int16)[:: out.element_size() // 2].view(9, 100)
-        for i, (x, (density, epsilon)) in enumerate(zip(xs, rules)):
-            delta = x.float() - base.float()
-            want = _TA_MODULE.della_mask(delta, density, epsilon, seed=3, tensor_name="t", model_index=i)
-            assert torch.equal(((words >> i) & 1).bool(), want), i
-            norms = [delta.abs().double().sum().item(), torch.where(want, delta.abs(), 0.0).double().sum().item()]
-            assert sums[2 * i : 2 * i + 2] == pytest.approx(norms, rel=1e-12, nan_ok=True), i
+        _assert_della_masks(out, sums, base, xs, rules, seed=3)

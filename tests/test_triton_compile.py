@@ -64,26 +64,33 @@ BLOCK = 2048
 
 def _compile(kernel, signature: dict, constants: dict, num_warps: int | None = None):
     import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("this triton build ships no ptxas")
+    # A launch specialises an integer argument equal to 1 into a constant (a Python int, with
+    # no .to()): every kernel also compiles with its integer arguments at 1 (a single block).
+    ones = {name: 1 for name, kind in signature.items() if kind in ("i32", "i64")}
+    variants = [compile_for_sm90(kernel, signature, consts, num_warps) for consts in (constants, {**constants, **ones})]
+    for variant in variants:
+        assert variant.asm["cubin"], "no cubin"
+    return variants[0]  # as declared
+
+
+def compile_for_sm90(kernel, signature: dict, constants: dict, num_warps: int | None = None):
+    """`kernel` compiled for sm_90 with these argument types and constexprs, no FMA contraction
+    (also benchmarks/della_compile_times.py's)."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from mergefast.kernels.triton.utils import NUM_WARPS
 
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip("this triton build ships no ptxas")
+    source = ASTSource(
+        fn=kernel, signature={**signature, **{name: "constexpr" for name in constants}}, constexprs=constants
+    )
     options = {"num_warps": num_warps or NUM_WARPS, "enable_fp_fusion": False}
-    # A launch specialises an integer argument equal to 1 into a constant (a Python int, with
-    # no .to()): every kernel also compiles with its integer arguments at 1 (a single block).
-    ones = {name: 1 for name, kind in signature.items() if kind in ("i32", "i64")}
-    variants = []
-    for consts in (constants, {**constants, **ones}):
-        source = ASTSource(
-            fn=kernel, signature={**signature, **{name: "constexpr" for name in consts}}, constexprs=consts
-        )
-        variants.append(triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options))
-        assert variants[-1].asm["cubin"], "no cubin"
-    return variants[0]  # as declared
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def _models(k: int, ptr: str = "*i16") -> tuple:

@@ -40,10 +40,9 @@ _PAD_KEY = tl.constexpr(0x7FFFFFFF)
 
 
 @triton.jit
-def _pairwise_keep(d, valid, offs, cols_idx, key, pmin, span, denom):
+def _pairwise_keep(mkey, offs, cols_idx, key, pmin, span, denom):
     """The interpreter's ranks: how many elements order before each (ROW_BLOCK^2 compares, one
     numpy op); its keep bits (int32 0/1) in index order."""
-    mkey = tl.where(valid, magnitude_key(d), _PAD_KEY)
     before = (mkey[None, :] < mkey[:, None]) | (
         (mkey[None, :] == mkey[:, None]) & (cols_idx[None, :] < cols_idx[:, None])
     )
@@ -54,13 +53,12 @@ def _pairwise_keep(d, valid, offs, cols_idx, key, pmin, span, denom):
 
 @triton.jit
 def _sorted_keep(
-    d, valid, cols_idx, cols, row_start, key, pmin, span, denom, word_ptr, STRIDE: tl.constexpr, MODEL: tl.constexpr
+    mkey, cols_idx, cols, row_start, key, pmin, span, denom, word_ptr, STRIDE: tl.constexpr, MODEL: tl.constexpr
 ):
     """Model MODEL's keep bits by one sort of (key, index): at sorted position r the element's
     p = pmin + (r / (cols - 1)) * span; bit MODEL is or-ed into the element's word where it lies
     (the positions of one model are a permutation: no two threads store to one word; a barrier
     orders the models). Returns |kept d| (float64) in sorted order, |d| read off the key."""
-    mkey = tl.where(valid, magnitude_key(d), _PAD_KEY)
     ranked = tl.sort((mkey.to(tl.int64) << 32) | cols_idx.to(tl.int64))
     idx = (ranked & 0xFFFFFFFF).to(tl.int64)
     live = cols_idx < cols  # the padding sorts last
@@ -103,14 +101,13 @@ def _della_masks_kernel(
         key = tl.load(key_ptr + i).to(tl.uint64, bitcast=True)
         d = load_f32(xs[i], offs, valid) - b
         ad = tl.where(valid, tl.abs(d), 0.0).to(tl.float64)
+        mkey = tl.where(valid, magnitude_key(d), _PAD_KEY)
         if PAIRWISE:
-            kept = _pairwise_keep(d, valid, offs, cols_idx, key, pmins[i], spans[i], denom)
+            kept = _pairwise_keep(mkey, offs, cols_idx, key, pmins[i], spans[i], denom)
             bits = bits | (kept << i)
             kept_ad = tl.where(kept != 0, ad, 0.0)
         else:
-            kept_ad = _sorted_keep(
-                d, valid, cols_idx, cols, row_start, key, pmins[i], spans[i], denom, word_ptr, STRIDE, i
-            )
+            kept_ad = _sorted_keep(mkey, cols_idx, cols, row_start, key, pmins[i], spans[i], denom, word_ptr, STRIDE, i)
         at = part_ptr + (row * len(xs) + i) * 2
         tl.store(at, tl.sum(ad, axis=0))
         tl.store(at + 1, tl.sum(kept_ad, axis=0))
