@@ -32,7 +32,7 @@ echo "## GPU tests (real Triton: the kernel suite and every test marked gpu)" >>
 # each failure as it happens, so a step cut by its time box still says which tests failed
 # (on an H200 with 16 host cores and 12 workers, 200 s ran ~60 % of the ~330 tests)
 XDIST=$(python -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-12}")
-timeout "${TEST_S:-240}" python -m pytest -v --tb=short --maxfail=40 -p no:cacheprovider $XDIST -m gpu tests \
+timeout "${TEST_S:-240}" python -m pytest -v --tb=short --maxfail=40 --durations=15 -p no:cacheprovider $XDIST -m gpu tests \
   > "$OUT/tests.log" 2>&1
 echo "tests exit code $?" >> "$S"
 grep -E "(FAILED|ERROR) tests/" "$OUT/tests.log" | sed -e 's/^.*\(FAILED\|ERROR\) /\1 /' -e 's/ - .*//' -e 's/ *$//' | sort -u | head -n 40 >> "$S"
