@@ -8,7 +8,8 @@ Comparison rule (DESIGN.md): where the kernel does the reference's operations in
 order (every op but SLERP's reduction; C++ and interpreted Triton) the results must be
 bit-identical (EXACT). Otherwise the error against a float64 reference may be at most twice
 the error of the same-dtype torch reference plus one unit in the last place of the output.
-Magnitude selection must keep exactly the reference's set, always.
+In both modes a NaN output must be NaN in the reference (any payload) and an infinity the same
+infinity. Magnitude selection must keep exactly the reference's set, always.
 """
 
 from __future__ import annotations
