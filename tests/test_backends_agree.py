@@ -1,0 +1,96 @@
+"""Whole merges on the C++ kernels equal whole merges on the torch references, for every method.
+
+The kernel suite (tests/kernel_cases.py) checks each kernel call against its reference on the
+arguments it chooses; this runs every call of a real merge on both backends: each tensor's own
+parameters (gradients over the layers, filters), 1-D norms beside matrices, the random methods'
+stream keys from the seed and tensor names, float32 in and out. A mistake in the kernels' host
+code (kernels/*.py) would move whole deltas (~1e-2 here); the backends' legitimate differences
+are rounding (float64 norms and dot products in the kernels: ~1e-7 relative). Both backends
+get the executor's arguments alike, so the executor itself is checked elsewhere (the
+end-to-end and mergekit comparison tests). One CLI run per backend and method, tiny Llamas.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import run_cli, write_family
+from safetensors.torch import load_file
+
+from mergefast import kernels
+
+pytestmark = pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library")
+
+FT = ("ft-a", "ft-b", "ft-c")
+# per-model parameters: a gradient over the layers and a filter, so tensors get different values
+WEIGHT = "weight: [{filter: mlp, value: 0.6}, {value: 0.4}]"
+DENSITY = "density: [0.3, 0.8]"
+# method -> (uses base_model, fine-tunes, per-model parameters, global parameters)
+CASES = {
+    "linear": (False, FT, WEIGHT, "normalize: true"),
+    "task_arithmetic": (True, FT, WEIGHT, "lambda: 0.8"),
+    "ties": (True, FT, f"{WEIGHT}, {DENSITY}", ""),
+    "dare_ties": (True, FT, f"{WEIGHT}, {DENSITY}", ""),
+    "dare_linear": (True, FT, f"{WEIGHT}, {DENSITY}", ""),
+    "breadcrumbs": (True, FT, f"{WEIGHT}, {DENSITY}, gamma: 0.05", ""),
+    "breadcrumbs_ties": (True, FT, f"{WEIGHT}, {DENSITY}, gamma: 0.05", ""),
+    "della": (True, FT, f"{WEIGHT}, {DENSITY}, epsilon: 0.1", ""),
+    "della_linear": (True, FT, f"{WEIGHT}, {DENSITY}, epsilon: [0.05, 0.15]", ""),
+    "sce": (True, FT, "", "select_topk: [0.2, 0.6]"),
+    "slerp": (True, FT[:1], "", "t: [0.2, 0.7]"),
+    "nearswap": (True, FT[:1], "", "t: 0.01"),
+    "nuslerp": (True, FT[:2], WEIGHT, ""),
+    "multislerp": (True, FT, WEIGHT, ""),
+    "karcher": (False, FT, "", "max_iter: 5"),
+    "model_stock": (True, FT, "", ""),
+    "ram": (True, FT, "", ""),
+    "ramplus_tl": (True, FT, "", "r: 0.2"),
+    "arcee_fusion": (True, FT[:1], "", ""),
+}
+# arcee_fusion: the kernels' float64 KL and the reference's float32 KL may keep or drop a
+# different element at a row's importance threshold (docs/methods.md): a whole delta, rarely
+THRESHOLD_FLIPS = {"arcee_fusion": 2}
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return write_family(tmp_path_factory.mktemp("f32"), dtype=torch.float32)
+
+
+def config(method: str, family) -> str:
+    """The YAML of CASES[method] over `family`, float32 throughout."""
+    uses_base, models, per_model, global_params = CASES[method]
+    lines = [f"merge_method: {method}", "dtype: float32"]
+    if uses_base:
+        lines.append(f"base_model: {family['base']}")
+    lines.append("models:")
+    for name in models:
+        lines.append(f"  - model: {family[name]}")
+        if per_model:
+            lines.append(f"    parameters: {{{per_model}}}")
+    if global_params:
+        lines.append(f"parameters: {{{global_params}}}")
+    return "\n".join(lines) + "\n"
+
+
+def merged(method: str, family, tmp_path, backend: str) -> dict[str, torch.Tensor]:
+    path = tmp_path / f"{method}.yml"
+    path.write_text(config(method, family))
+    out = tmp_path / backend
+    result = run_cli("yaml", path, out, "--quiet", env={"MERGEFAST_BACKEND": backend})
+    assert result.exit_code == 0, result.output
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_kernels_merge_as_the_references(method, family, tmp_path):
+    fused = merged(method, family, tmp_path, "cpu-ext")
+    reference = merged(method, family, tmp_path, "torch")
+    assert fused.keys() == reference.keys()
+    for name, ref in reference.items():
+        got = fused[name]
+        assert got.dtype == ref.dtype == torch.float32, name
+        off = ~torch.isclose(got, ref, rtol=1e-5, atol=1e-7, equal_nan=True)
+        assert int(off.sum()) <= THRESHOLD_FLIPS.get(method, 0), (
+            f"{name}: {int(off.sum())} of {ref.numel()} elements differ, max {(got - ref).abs().max().item():.3g}"
+        )
