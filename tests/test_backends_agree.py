@@ -7,10 +7,13 @@ stream keys from the seed and tensor names, float32 in and out. A mistake in the
 code (kernels/*.py) would move whole deltas (~1e-2 here); the backends' legitimate differences
 are rounding (float64 norms and dot products in the kernels: ~1e-7 relative). Both backends
 get the executor's arguments alike, so the executor itself is checked elsewhere (the
-end-to-end and mergekit comparison tests). One CLI run per backend and method, tiny Llamas.
+end-to-end and mergekit comparison tests). One CLI run per backend and method, tiny Llamas; the
+Triton kernels under the interpreter without a GPU (tests/conftest.py), on the GPU with one.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
@@ -18,8 +21,6 @@ from helpers import run_cli, write_family
 from safetensors.torch import load_file
 
 from mergefast import kernels
-
-pytestmark = pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library")
 
 FT = ("ft-a", "ft-b", "ft-c")
 # per-model parameters: a gradient over the layers and a filter, so tensors get different values
@@ -50,11 +51,16 @@ CASES = {
 # arcee_fusion: the kernels' float64 KL and the reference's float32 KL may keep or drop a
 # different element at a row's importance threshold (docs/methods.md): a whole delta, rarely
 THRESHOLD_FLIPS = {"arcee_fusion": 2}
+# Triton (interpreted without a GPU: ~3 s a merge) for one method of each host module of kernels/
+TRITON = ("dare_ties", "della", "ties", "breadcrumbs_ties", "sce", "arcee_fusion", "model_stock", "multislerp")
+TRITON += ("ramplus_tl", "slerp")
+NEEDS_EXT = pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library")
+NEEDS_TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    return write_family(tmp_path_factory.mktemp("f32"), dtype=torch.float32)
+    return write_family(tmp_path_factory.mktemp("f32"), dtype=torch.float32, layers=2)
 
 
 def config(method: str, family) -> str:
@@ -77,14 +83,19 @@ def merged(method: str, family, tmp_path, backend: str) -> dict[str, torch.Tenso
     path = tmp_path / f"{method}.yml"
     path.write_text(config(method, family))
     out = tmp_path / backend
-    result = run_cli("yaml", path, out, "--quiet", env={"MERGEFAST_BACKEND": backend})
+    device = ("--cuda",) if backend == "triton" and torch.cuda.is_available() else ()
+    result = run_cli("yaml", path, out, "--quiet", *device, env={"MERGEFAST_BACKEND": backend})
     assert result.exit_code == 0, result.output
     return load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("method", sorted(CASES))
-def test_kernels_merge_as_the_references(method, family, tmp_path):
-    fused = merged(method, family, tmp_path, "cpu-ext")
+@pytest.mark.parametrize(
+    "backend, method",
+    [pytest.param("cpu-ext", m, marks=NEEDS_EXT) for m in sorted(CASES)]
+    + [pytest.param("triton", m, marks=NEEDS_TRITON) for m in TRITON],
+)
+def test_kernels_merge_as_the_references(backend, method, family, tmp_path):
+    fused = merged(method, family, tmp_path, backend)
     reference = merged(method, family, tmp_path, "torch")
     assert fused.keys() == reference.keys()
     for name, ref in reference.items():
