@@ -95,8 +95,19 @@ def merged(method: str, family, tmp_path, backend: str) -> dict[str, torch.Tenso
     + [pytest.param("triton", m, marks=NEEDS_TRITON) for m in TRITON],
 )
 def test_kernels_merge_as_the_references(backend, method, family, tmp_path):
-    fused = merged(method, family, tmp_path, backend)
-    reference = merged(method, family, tmp_path, "torch")
+    assert_agree(method, merged(method, family, tmp_path, backend), merged(method, family, tmp_path, "torch"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_cuda_merges_as_the_references(method, family, tmp_path):
+    """Every method with --cuda (the Triton kernels) against the references on the CPU."""
+    assert_agree(method, merged(method, family, tmp_path, "triton"), merged(method, family, tmp_path, "torch"))
+
+
+def assert_agree(method: str, fused: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    """Every tensor within rounding of the reference's (THRESHOLD_FLIPS whole elements apart)."""
     assert fused.keys() == reference.keys()
     for name, ref in reference.items():
         got = fused[name]
