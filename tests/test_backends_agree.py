@@ -48,6 +48,20 @@ CASES = {
     "ramplus_tl": (True, FT, "", "r: 0.2"),
     "arcee_fusion": (True, FT[:1], "", ""),
 }
+# more of each method's options (C++ only): case -> (method, then as CASES)
+VARIANTS = {
+    "ties-lambda-no-normalize": ("ties", True, FT, f"{WEIGHT}, {DENSITY}", "normalize: false, lambda: 0.5"),
+    "dare_ties-no-rescale": ("dare_ties", True, FT, f"{WEIGHT}, {DENSITY}", "rescale: false"),
+    "della-no-rescale-normalize": ("della_linear", True, FT, f"{WEIGHT}, {DENSITY}", "rescale: false, normalize: true"),
+    "breadcrumbs-gamma-0": ("breadcrumbs_ties", True, FT, f"{WEIGHT}, {DENSITY}, gamma: 0.0", "int8_mask: true"),
+    "sce-weights-ignored": ("sce", True, FT, WEIGHT, "select_topk: 0.3"),
+    "nuslerp-no-base": ("nuslerp", False, FT[:2], WEIGHT, "nuslerp_flatten: false"),
+    "multislerp-no-base": ("multislerp", False, FT, WEIGHT, "normalize_weights: false"),
+    "karcher-base-as-input": ("karcher", True, FT[:2], "", ""),
+    "model_stock-filter-wise": ("model_stock", True, FT, "", "filter_wise: true"),
+    "ram-epsilon": ("ram", True, FT, "", "epsilon: 0.01"),
+    "slerp-filtered-t": ("slerp", True, FT[:1], "", "t: [{filter: self_attn, value: 0.9}, {value: [0.1, 0.5]}]"),
+}
 # arcee_fusion: the kernels' float64 KL and the reference's float32 KL may keep or drop a
 # different element at a row's importance threshold (docs/methods.md): a whole delta, rarely
 THRESHOLD_FLIPS = {"arcee_fusion": 2}
@@ -63,9 +77,9 @@ def family(tmp_path_factory):
     return write_family(tmp_path_factory.mktemp("f32"), dtype=torch.float32, layers=2)
 
 
-def config(method: str, family) -> str:
-    """The YAML of CASES[method] over `family`, float32 throughout."""
-    uses_base, models, per_model, global_params = CASES[method]
+def config(case: str, family) -> str:
+    """The YAML of a case of CASES or VARIANTS over `family`, float32 throughout."""
+    method, uses_base, models, per_model, global_params = VARIANTS.get(case) or (case, *CASES[case])
     lines = [f"merge_method: {method}", "dtype: float32"]
     if uses_base:
         lines.append(f"base_model: {family['base']}")
@@ -79,9 +93,10 @@ def config(method: str, family) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merged(method: str, family, tmp_path, backend: str) -> dict[str, torch.Tensor]:
-    path = tmp_path / f"{method}.yml"
-    path.write_text(config(method, family))
+def merged(case: str, family, tmp_path, backend: str) -> dict[str, torch.Tensor]:
+    """The output tensors of one CLI merge of `case` with MERGEFAST_BACKEND=`backend`."""
+    path = tmp_path / f"{case}.yml"
+    path.write_text(config(case, family))
     out = tmp_path / backend
     device = ("--cuda",) if backend == "triton" and torch.cuda.is_available() else ()
     result = run_cli("yaml", path, out, "--quiet", *device, env={"MERGEFAST_BACKEND": backend})
@@ -90,12 +105,12 @@ def merged(method: str, family, tmp_path, backend: str) -> dict[str, torch.Tenso
 
 
 @pytest.mark.parametrize(
-    "backend, method",
-    [pytest.param("cpu-ext", m, marks=NEEDS_EXT) for m in sorted(CASES)]
+    "backend, case",
+    [pytest.param("cpu-ext", m, marks=NEEDS_EXT) for m in sorted(CASES) + sorted(VARIANTS)]
     + [pytest.param("triton", m, marks=NEEDS_TRITON) for m in TRITON],
 )
-def test_kernels_merge_as_the_references(backend, method, family, tmp_path):
-    assert_agree(method, merged(method, family, tmp_path, backend), merged(method, family, tmp_path, "torch"))
+def test_kernels_merge_as_the_references(backend, case, family, tmp_path):
+    assert_agree(case, merged(case, family, tmp_path, backend), merged(case, family, tmp_path, "torch"))
 
 
 @pytest.mark.gpu
@@ -106,8 +121,9 @@ def test_cuda_merges_as_the_references(method, family, tmp_path):
     assert_agree(method, merged(method, family, tmp_path, "triton"), merged(method, family, tmp_path, "torch"))
 
 
-def assert_agree(method: str, fused: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+def assert_agree(case: str, fused: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
     """Every tensor within rounding of the reference's (THRESHOLD_FLIPS whole elements apart)."""
+    method = VARIANTS.get(case, (case,))[0]
     assert fused.keys() == reference.keys()
     for name, ref in reference.items():
         got = fused[name]
