@@ -49,13 +49,13 @@ echo "equal exit code $?" >> "$S"
 tail -n 12 /tmp/mergefast-gpu-equal.txt >> "$S"
 
 echo "## end to end (--cuda, ${E2E_SIZE:-1.2b} family, warm page cache)" >> "$S"
-timeout "${E2E_S:-100}" python benchmarks/e2e.py --size "${E2E_SIZE:-1.2b}" --repeats 1 --cuda --methods "${E2E_METHODS:-linear,ties,slerp,passthrough}" \
+timeout "${E2E_S:-80}" python benchmarks/e2e.py --size "${E2E_SIZE:-1.2b}" --repeats 1 --cuda --methods "${E2E_METHODS:-linear,ties,slerp,passthrough}" \
   --dir /tmp/mergefast-e2e --json "$OUT/e2e.json" > "$OUT/e2e.log" 2>&1
 echo "e2e exit code $?" >> "$S"
 grep -v "^writing" "$OUT/e2e.log" | tail -n 16 >> "$S"
 
 echo "## TIES profile (7B layer)" >> "$S"
-timeout "${PROFILE_S:-20}" python benchmarks/profile_ties.py --out "$OUT/profile_ties.txt" \
+timeout "${PROFILE_S:-40}" python benchmarks/profile_ties.py --out "$OUT/profile_ties.txt" \
   > /tmp/mergefast-gpu-profile.log 2>&1
 echo "profile exit code $?" >> "$S"
 head -n 22 "$OUT/profile_ties.txt" >> "$S" 2>/dev/null
