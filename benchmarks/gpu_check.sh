@@ -58,7 +58,7 @@ echo "## TIES profile (7B layer)" >> "$S"
 timeout "${PROFILE_S:-40}" python benchmarks/profile_ties.py --out "$OUT/profile_ties.txt" \
   > /tmp/mergefast-gpu-profile.log 2>&1
 echo "profile exit code $?" >> "$S"
-head -n 22 "$OUT/profile_ties.txt" >> "$S" 2>/dev/null
+head -n 22 "$OUT/profile_ties.txt" >> "$S" 2>/dev/null || tail -n 4 /tmp/mergefast-gpu-profile.log >> "$S"
 echo "## sweep: TIES in one read vs two passes, BLOCK x warps, histogram programs per SM" >> "$S"
 timeout "${SWEEP_S:-40}" python benchmarks/bench_kernels.py > "$OUT/sweep.txt" 2>&1
 echo "sweep exit code $?" >> "$S"
