@@ -1008,6 +1008,12 @@ class KernelSuite:
         mixed = [spread[0].float(), spread[1].half(), spread[2].bfloat16()]
         for od in (None, torch.bfloat16, torch.float64):
             self._karcher_check(mixed, out_dtype=od)
+        # opposite directions (any two one-element tensors of opposite signs): no tangent, the
+        # first direction scaled by the mean norm, not NaN (found by tests/test_fuzz_kernels.py)
+        for pair in ((0.0770498, -0.2163791), (0.0043, -0.0007), (-3.0, 5.0)):
+            opposite = [torch.tensor([v]).to(dtype).to(self.DEVICE) for v in pair]
+            self._karcher_check(opposite)
+            self._karcher_check([opposite[0], opposite[1], opposite[0]])
 
     # ------------------------------------------------------------------ RAM
     # The reference's float32 operations in its order: bit-identical up to 4 models (torch sums

@@ -558,6 +558,13 @@ def test_ramplus_tl_values():
     close(ramplus_tl(torch.zeros(4), xs, r=0.5, alpha=1.0), [2.0, 2.5, 5.0, 0.0])
 
 
+def test_ramplus_tl_epsilon_zero_with_an_unchanged_model():
+    # model 2 left the tensor unchanged: no shared and no unique active element, so 0 / 0
+    # (mergekit: NaN everywhere); its factor is 1 and model 1's unique updates stay as they are
+    xs = [T([1.0, 2.0, 0.0]), T([0.0, 0.0, 0.0])]
+    close(ramplus_tl(torch.zeros(3), xs, epsilon=0.0), [1.0, 2.0, 0.0])
+
+
 # ------------------------------------------------------------------ arcee_fusion
 
 

@@ -15,8 +15,9 @@ on a float64 |T| that tracks the float64 reference's, where the float32 referenc
 ~1e-7 of rounding: an input whose |T| falls within that of tol at some iteration may take one
 step more or fewer there than in the float32 reference (a 1e-5 relative difference).
 Inputs at an angle of pi to the Karcher iterate (opposite directions) make its tangent
-ill-posed (theta / sin theta with sin theta ~ 0): the float32 reference, the float64 one and
-this one then disagree, unless every vector is exact (the references' tangent is exactly 0).
+ill-posed (theta / sin theta with sin theta ~ 0). Exactly opposite inputs add no tangent, as in
+the references (their u_i - dot_i u is exactly 0); within ~1e-6 rad of pi this one drops the
+term too, where the float32 reference, the float64 one and this one disagree anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .dispatch import _choose, _dispatch
 from .slerp_family import pair_index
 
 MAX_INPUTS = 64  # the Gram pass's limit (csrc/cpu/kernels.h kGramMaxInputs)
+OPPOSITE = -1 + 1e-12  # karcher: a dot product at or below this is an opposite direction
 
 
 def gram_matrix(packed: torch.Tensor, k: int) -> torch.Tensor:
@@ -87,7 +89,10 @@ def karcher_coefficients(g: torch.Tensor, *, max_iter: int, tol: float) -> torch
     for _ in range(int(max_iter)):
         dots = (inv * (g @ u)).clamp(-1, 1)
         thetas = torch.acos(dots)
-        use = valid & (thetas >= tol)
+        # an input opposite the iterate adds nothing: its u_i - dot_i u is 0 in the references
+        # (exactly opposite vectors, e.g. any two of one element), while here its coefficients,
+        # times theta / sin theta (~1e16), would not cancel; 1e-12 covers the rounding of dot_i
+        use = valid & (thetas >= tol) & (dots > OPPOSITE)
         scale = torch.where(use, thetas / torch.where(use, torch.sin(thetas), 1.0), 0.0) * alpha
         t = scale * inv - (scale * dots).sum() * u  # sum a_i (theta_i / sin theta_i)(u_i - dot_i u)
         t_norm = _norm(g, t)

@@ -23,9 +23,11 @@ def unique_boost(active: torch.Tensor, count: torch.Tensor, r: float, alpha: flo
 
 
 def boost_of_counts(shared: torch.Tensor, unique: torch.Tensor, r: float, alpha: float, eps: float) -> torch.Tensor:
-    """`unique_boost` from the per-model counts of shared and unique active elements (float64)."""
+    """`unique_boost` from the per-model counts of shared and unique active elements (float64).
+    A model with no shared active element has rho = 0: with `epsilon: 0` and no unique one
+    either, mergekit divides 0 by 0, and the NaN factor turns every output element NaN."""
     rho = shared.to(torch.float64) / unique.to(torch.float64).clamp(min=eps)
-    return 1 + r * rho.clamp(0, alpha)
+    return 1 + r * torch.where(shared == 0, 0.0, rho).clamp(0, alpha)
 
 
 def ram(

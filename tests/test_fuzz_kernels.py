@@ -1,0 +1,196 @@
+"""Fuzzing the C++ kernels against the references: random shapes, dtypes, model counts,
+parameters and special values (NaN, inf, zero deltas, ties), for the methods whose kernels do
+the reference's float32 operations in its order. Each case is bit-identical to the reference
+(tests/kernel_cases.py's rule), or both raise the same error type."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kernel_cases import _SCE_MODULE, _TA_MODULE, _energy_weights_f64, _l1_rescale_f64, assert_same
+
+from mergefast import kernels, methods
+
+pytestmark = [
+    pytest.mark.slow,  # hypothesis runs the test on many examples
+    pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
+]
+
+# MERGEFAST_FUZZ_EXAMPLES=5000 for a longer hunt
+FUZZ = settings(
+    max_examples=int(os.environ.get("MERGEFAST_FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0]
+FRACTIONS = st.sampled_from([0.0, 1.0, 0.5, 0.3, 0.999, 0.01])
+WEIGHTS = st.sampled_from([1.0, 0.5, -0.7, 0.0, 2.0])
+SPARSIFY = {"magnitude": "magnitude", "breadcrumbs": "magnitude_outliers", "dare": "random", "della": "della"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_ext():
+    """The C++ kernels for every call (a kernel failure raises instead of falling back), and
+    the references' norms and energies summed in float64 as the kernels sum them (the kernel
+    suite's bit-identical variants of the references)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MERGEFAST_BACKEND", "cpu-ext")
+        m.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
+        m.setattr(_SCE_MODULE, "energy_weights", _energy_weights_f64)
+        yield
+
+
+@st.composite
+def inputs(draw, shared: bool = False):
+    """base and k fine-tunes: deltas at one of several scales, on a grid (many ties) or not,
+    some equal to the base and some special values; with `shared`, every delta has a common
+    part as well (fine-tunes of one base: positive cosines)."""
+    shape = draw(st.sampled_from(SHAPES))
+    dtype = draw(st.sampled_from(DTYPES))
+    k = draw(st.integers(1, 4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    scale = draw(st.sampled_from([1e-4, 0.02, 1.0]))
+    base = torch.randn(shape, generator=g) * 0.05
+    common = torch.randn(shape, generator=g) * scale if shared else torch.zeros(shape)
+    xs = []
+    for _ in range(k):
+        delta = torch.randn(shape, generator=g) * scale + common
+        if draw(st.booleans()):
+            delta = torch.round(delta / scale * 4) * scale / 4  # a coarse grid: many ties
+        delta[torch.rand(shape, generator=g) < draw(st.sampled_from([0.0, 0.3]))] = 0.0
+        xs.append(base + delta)
+    tensors = [base] + xs
+    for _ in range(draw(st.integers(0, 3))):
+        which = draw(st.integers(0, k))
+        flat = tensors[which].view(-1)
+        flat[draw(st.integers(0, flat.numel() - 1))] = draw(st.sampled_from(SPECIALS))
+    return tensors[0].to(dtype), [x.to(dtype) for x in tensors[1:]]
+
+
+@st.composite
+def calls(draw):
+    """(method name, keyword arguments) of one task-arithmetic-family call."""
+    family = draw(st.sampled_from(["ties", "magnitude", "breadcrumbs", "dare", "della"]))
+    n = 4  # at most this many models; the call takes the first k entries
+    kw = dict(
+        densities=[draw(FRACTIONS) for _ in range(n)],
+        normalize=draw(st.booleans()),
+        lambda_=draw(st.sampled_from([1.0, 0.5])),
+    )
+    if family == "ties":
+        return "ties", kw
+    kw["consensus"] = draw(st.sampled_from([None, "sum"]))
+    kw["rescale"] = draw(st.booleans())
+    kw["sparsify"] = SPARSIFY[family]
+    if family == "breadcrumbs":
+        kw["gammas"] = [draw(st.sampled_from([0.0, 0.01, 0.2])) for _ in range(n)]
+    if family in ("dare", "della"):
+        kw["seed"] = draw(st.integers(0, 5))
+        kw["tensor_name"] = "model.layers.0.mlp.up_proj.weight"
+    if family == "della":
+        kw["epsilons"] = [draw(st.sampled_from([0.0, 0.05, 0.2])) for _ in range(n)]
+    return "task_arithmetic", kw
+
+
+def outcome(fn):
+    """fn()'s result, or the type of the exception it raised."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the types are compared below
+        return type(e)
+
+
+def assert_same_outcome(got, want):
+    if isinstance(want, type) or isinstance(got, type):
+        assert got is want, (got, want)
+    else:
+        assert_same(got, want, exact=True)
+
+
+def _k(kw: dict, k: int) -> dict:
+    return {key: (value[:k] if isinstance(value, list) else value) for key, value in kw.items()}
+
+
+@FUZZ
+@given(data=inputs(), call=calls(), weights=st.lists(WEIGHTS, min_size=4, max_size=4))
+def test_task_arithmetic_family(data, call, weights):
+    base, xs = data
+    name, kw = call
+    kw, w = _k(kw, len(xs)), weights[: len(xs)]
+    if name == "ties":
+        kw = {key: kw[key] for key in ("normalize", "lambda_")} | {"densities": kw["densities"]}
+        got = outcome(lambda: kernels.ties(base, xs, w, **kw))
+        want = outcome(lambda: methods.ties(base, xs, w, **kw))
+    else:
+        got = outcome(lambda: kernels.task_arithmetic(base, xs, w, **kw))
+        want = outcome(lambda: methods.task_arithmetic(base, xs, w, **kw))
+    assert_same_outcome(got, want)
+
+
+@FUZZ
+@given(
+    data=inputs(),
+    weights=st.lists(WEIGHTS, min_size=4, max_size=4),
+    normalize=st.booleans(),
+    ram=st.tuples(st.booleans(), st.sampled_from([1e-5, 0.01, 0.0])),
+    t=st.sampled_from([0.0, 0.01, 0.5, 1.0]),
+)
+def test_elementwise_methods(data, weights, normalize, ram, t):
+    base, xs = data
+    w = weights[: len(xs)]
+    assert_same_outcome(
+        outcome(lambda: kernels.linear(xs, w, normalize=normalize)),
+        outcome(lambda: methods.linear(xs, w, normalize=normalize)),
+    )
+    topk = t  # one more fraction: SCE's select_topk
+    assert_same_outcome(
+        outcome(lambda: kernels.sce(base, xs, select_topk=topk)),
+        outcome(lambda: methods.sce(base, xs, select_topk=topk)),
+    )
+    plus, epsilon = ram
+    assert_same_outcome(
+        outcome(lambda: kernels.ram(base, xs, plus=plus, epsilon=epsilon)),
+        outcome(lambda: methods.ram(base, xs, plus=plus, epsilon=epsilon)),
+    )
+    assert_same_outcome(
+        outcome(lambda: kernels.nearswap(base, xs[0], t)), outcome(lambda: methods.nearswap(base, xs[0], t))
+    )
+
+
+def assert_close_outcome(got, want, want64):
+    """The tolerance rule against the float64 reference (the kernels reduce in another order)."""
+    if isinstance(want, type) or isinstance(got, type):
+        assert got is want, (got, want)
+    else:
+        assert_same(got, want, exact=False, ref64=None if isinstance(want64, type) else want64.to(want.dtype))
+
+
+@FUZZ
+@given(data=inputs(shared=True), weights=st.lists(WEIGHTS, min_size=4, max_size=4), filter_wise=st.booleans())
+def test_spherical_methods(data, weights, filter_wise):
+    """Model Stock, karcher and nuslerp: the tolerance rule against the float64 reference. The
+    deltas share a part: with a negative mean cosine Model Stock's t leaves [0, 1] (t = -2.7 at
+    cos -0.22, 4 models), and t * mean + (1 - t) * base cancels, so the float32 reference's own
+    error varies by ulps from case to case and the rule's bound with it."""
+    base, xs = data
+    w = weights[: len(xs)]
+    b64, xs64 = base.double(), [x.double() for x in xs]
+    # multislerp is left out: where its task vectors' weighted mean direction nearly vanishes
+    # (two opposite one-element deltas), the kernels' coefficients grow as 1 / |mean| and their
+    # float32 weighted sum cancels to a few ulps more than the tolerance rule allows
+    checks = {
+        "model_stock": lambda m, b, x: m.model_stock(b, x, filter_wise=filter_wise),
+        "karcher": lambda m, b, x: m.karcher([b, *x]),
+        "nuslerp": lambda m, b, x: m.nuslerp(x[:2], w[:2], b) if len(x) >= 2 else m.nuslerp([b, x[0]], [0.3, 0.7]),
+    }
+    for call in checks.values():
+        got = outcome(lambda call=call: call(kernels, base, xs))
+        want = outcome(lambda call=call: call(methods, base, xs))
+        want64 = outcome(lambda call=call: call(methods, b64, xs64))
+        assert_close_outcome(got, want, want64)
