@@ -20,11 +20,15 @@ pytestmark = [
     pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
 ]
 
-# MERGEFAST_FUZZ_EXAMPLES=5000 for a longer hunt
+# The same examples on every run (CI must not flake); MERGEFAST_FUZZ_EXAMPLES=5000 hunts with
+# fresh random ones.
+HUNT = int(os.environ.get("MERGEFAST_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
-    max_examples=int(os.environ.get("MERGEFAST_FUZZ_EXAMPLES", "200")),
+    max_examples=HUNT or 200,
+    derandomize=not HUNT,
     deadline=None,
     suppress_health_check=list(HealthCheck),
+    database=None,
 )
 SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -164,11 +168,24 @@ def test_elementwise_methods(data, weights, normalize, ram, t):
 
 
 def assert_close_outcome(got, want, want64):
-    """The tolerance rule against the float64 reference (the kernels reduce in another order)."""
+    """NaN and inf where the reference has them, and the other elements within a few units of
+    the float32 reference's own error against the float64 one (the kernels reduce in another
+    order). The kernel suite holds designed cases to one unit (tests/kernel_cases.py); random
+    ones near a degenerate configuration (a near-vanishing mean direction, Model Stock's t far
+    outside [0, 1]) move both float32 results by ulps, and this test looks for what is wrong by
+    more than that: NaN, a wrong branch, a wrong coefficient."""
     if isinstance(want, type) or isinstance(got, type):
         assert got is want, (got, want)
-    else:
-        assert_same(got, want, exact=False, ref64=None if isinstance(want64, type) else want64.to(want.dtype))
+        return
+    k, r = got.double(), want.double()
+    r64 = r if isinstance(want64, type) else want64.double()  # float64 alone raised: no bound from it
+    finite = torch.isfinite(r)
+    assert_same(got[~finite], want[~finite], exact=True)
+    k, r, r64 = k[finite], r[finite], r64[finite]
+    if k.numel():
+        unit = torch.finfo(want.dtype).eps * (r.abs() + r.abs().max())
+        bad = (k - r64).abs() > 2 * (r - r64).abs() + 4 * unit
+        assert not bool(bad.any()), f"{int(bad.sum())} of {k.numel()}: max |kernel - ref64| {(k - r64).abs().max():.3g}"
 
 
 @FUZZ
@@ -183,7 +200,8 @@ def test_spherical_methods(data, weights, filter_wise):
     b64, xs64 = base.double(), [x.double() for x in xs]
     # multislerp is left out: where its task vectors' weighted mean direction nearly vanishes
     # (two opposite one-element deltas), the kernels' coefficients grow as 1 / |mean| and their
-    # float32 weighted sum cancels to a few ulps more than the tolerance rule allows
+    # float32 weighted sum cancels (2e-6 off at 0.02), while the float32 reference's mean
+    # direction of one element is exactly +-1; in more dimensions both cancel alike
     checks = {
         "model_stock": lambda m, b, x: m.model_stock(b, x, filter_wise=filter_wise),
         "karcher": lambda m, b, x: m.karcher([b, *x]),
