@@ -32,6 +32,7 @@ FUZZ = settings(
 )
 SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+OUT_DTYPES = [None, None, torch.float32, torch.bfloat16, torch.float16, torch.float64]
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0]
 FRACTIONS = st.sampled_from([0.0, 1.0, 0.5, 0.3, 0.999, 0.01])
 WEIGHTS = st.sampled_from([1.0, 0.5, -0.7, 0.0, 2.0])
@@ -74,7 +75,11 @@ def inputs(draw, shared: bool = False):
         which = draw(st.integers(0, k))
         flat = tensors[which].view(-1)
         flat[draw(st.integers(0, flat.numel() - 1))] = draw(st.sampled_from(SPECIALS))
-    return tensors[0].to(dtype), [x.to(dtype) for x in tensors[1:]]
+    mixed = draw(st.booleans()) and draw(st.integers(0, 3)) == 0  # a quarter: one model in another dtype
+    dtypes = [dtype] * (k + 1)
+    if mixed:
+        dtypes[draw(st.integers(0, k))] = draw(st.sampled_from(DTYPES))
+    return tensors[0].to(dtypes[0]), [x.to(t) for x, t in zip(tensors[1:], dtypes[1:])]
 
 
 @st.composite
@@ -86,6 +91,7 @@ def calls(draw):
         densities=[draw(FRACTIONS) for _ in range(n)],
         normalize=draw(st.booleans()),
         lambda_=draw(st.sampled_from([1.0, 0.5])),
+        out_dtype=draw(st.sampled_from(OUT_DTYPES)),
     )
     if family == "ties":
         return "ties", kw
@@ -128,7 +134,7 @@ def test_task_arithmetic_family(data, call, weights):
     name, kw = call
     kw, w = _k(kw, len(xs)), weights[: len(xs)]
     if name == "ties":
-        kw = {key: kw[key] for key in ("normalize", "lambda_")} | {"densities": kw["densities"]}
+        kw = {key: kw[key] for key in ("normalize", "lambda_", "densities", "out_dtype")}
         got = outcome(lambda: kernels.ties(base, xs, w, **kw))
         want = outcome(lambda: methods.ties(base, xs, w, **kw))
     else:
