@@ -15,9 +15,12 @@ from kernel_cases import _SCE_MODULE, _TA_MODULE, _energy_weights_f64, _l1_resca
 
 from mergefast import kernels, methods
 
+# MERGEFAST_FUZZ_BACKEND=triton fuzzes the Triton kernels instead (interpreted on the CPU: about
+# a second an example, for a hunt of a few dozen)
+BACKEND = os.environ.get("MERGEFAST_FUZZ_BACKEND", "cpu-ext")
 pytestmark = [
     pytest.mark.slow,  # hypothesis runs the test on many examples
-    pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
+    pytest.mark.skipif(BACKEND == "cpu-ext" and kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
 ]
 
 # The same examples on every run (CI must not flake); MERGEFAST_FUZZ_EXAMPLES=5000 hunts with
@@ -40,12 +43,12 @@ SPARSIFY = {"magnitude": "magnitude", "breadcrumbs": "magnitude_outliers", "dare
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cpu_ext():
+def _backend():
     """The C++ kernels for every call (a kernel failure raises instead of falling back), and
     the references' norms and energies summed in float64 as the kernels sum them (the kernel
     suite's bit-identical variants of the references)."""
     with pytest.MonkeyPatch.context() as m:
-        m.setenv("MERGEFAST_BACKEND", "cpu-ext")
+        m.setenv("MERGEFAST_BACKEND", BACKEND)
         m.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
         m.setattr(_SCE_MODULE, "energy_weights", _energy_weights_f64)
         yield
