@@ -15,8 +15,9 @@ from kernel_cases import _SCE_MODULE, _TA_MODULE, _energy_weights_f64, _l1_resca
 
 from mergefast import kernels, methods
 
-# MERGEFAST_FUZZ_BACKEND=triton fuzzes the Triton kernels instead (interpreted on the CPU: about
-# a second an example, for a hunt of a few dozen)
+# MERGEFAST_FUZZ_BACKEND=triton fuzzes the Triton kernels instead, interpreted (the inputs are
+# CPU tensors: TRITON_INTERPRET=1, which tests/conftest.py sets without a GPU); about 0.05 s an
+# example, for a hunt of a thousand
 BACKEND = os.environ.get("MERGEFAST_FUZZ_BACKEND", "cpu-ext")
 pytestmark = [
     pytest.mark.slow,  # hypothesis runs the test on many examples
