@@ -34,7 +34,8 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
     database=None,
 )
-SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1)]
+# the last two span several 2048-element blocks (and both threads)
+SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1), (3, 2500), (9001,)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 OUT_DTYPES = [None, None, torch.float32, torch.bfloat16, torch.float16, torch.float64]
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0]
