@@ -53,6 +53,12 @@ def family(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def f32_family(tmp_path_factory) -> dict[str, Path]:
+    """A float32 family of four 2-layer tiny Llamas (untied): the methods' end-to-end merges."""
+    return write_family(tmp_path_factory.mktemp("f32"), dtype=torch.float32, layers=2)
+
+
+@pytest.fixture(scope="session")
 def tied_family(tmp_path_factory) -> dict[str, Path]:
     """A float32 family with tied embeddings (no lm_head.weight in the checkpoints)."""
     return write_family(tmp_path_factory.mktemp("tied"), dtype=torch.float32, tie=True)

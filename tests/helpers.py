@@ -45,6 +45,24 @@ def example_config(name: str, family: dict[str, Path]) -> str:
     return text
 
 
+def method_yaml(
+    method: str, family: dict[str, Path], *, base=True, models=("ft-a", "ft-b"), model_params="", params=""
+) -> str:
+    """A float32 config of `method` over `family`: its base (when `base`), `models` with the
+    per-model `model_params` each, and the global `params` (YAML flow-mapping bodies)."""
+    lines = [f"merge_method: {method}", "dtype: float32"]
+    if base:
+        lines.append(f"base_model: {family['base']}")
+    lines.append("models:")
+    for name in models:
+        lines.append(f"  - model: {family[name]}")
+        if model_params:
+            lines.append(f"    parameters: {{{model_params}}}")
+    if params:
+        lines.append(f"parameters: {{{params}}}")
+    return "\n".join(lines) + "\n"
+
+
 def plan_of(text: str, **options):
     """The (closed) plan of the YAML `text`, built with MergeOptions(**options)."""
     from mergefast.config import parse_config

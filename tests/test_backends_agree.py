@@ -17,7 +17,7 @@ import importlib.util
 
 import pytest
 import torch
-from helpers import run_cli, write_family
+from helpers import method_yaml, run_cli
 from safetensors.torch import load_file
 
 from mergefast import kernels
@@ -72,25 +72,10 @@ NEEDS_EXT = pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C
 NEEDS_TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    return write_family(tmp_path_factory.mktemp("f32"), dtype=torch.float32, layers=2)
-
-
 def config(case: str, family) -> str:
     """The YAML of a case of CASES or VARIANTS over `family`, float32 throughout."""
     method, uses_base, models, per_model, global_params = VARIANTS.get(case) or (case, *CASES[case])
-    lines = [f"merge_method: {method}", "dtype: float32"]
-    if uses_base:
-        lines.append(f"base_model: {family['base']}")
-    lines.append("models:")
-    for name in models:
-        lines.append(f"  - model: {family[name]}")
-        if per_model:
-            lines.append(f"    parameters: {{{per_model}}}")
-    if global_params:
-        lines.append(f"parameters: {{{global_params}}}")
-    return "\n".join(lines) + "\n"
+    return method_yaml(method, family, base=uses_base, models=models, model_params=per_model, params=global_params)
 
 
 def merged(case: str, family, tmp_path, backend: str) -> dict[str, torch.Tensor]:
@@ -109,16 +94,16 @@ def merged(case: str, family, tmp_path, backend: str) -> dict[str, torch.Tensor]
     [pytest.param("cpu-ext", m, marks=NEEDS_EXT) for m in sorted(CASES) + sorted(VARIANTS)]
     + [pytest.param("triton", m, marks=NEEDS_TRITON) for m in TRITON],
 )
-def test_kernels_merge_as_the_references(backend, case, family, tmp_path):
-    assert_agree(case, merged(case, family, tmp_path, backend), merged(case, family, tmp_path, "torch"))
+def test_kernels_merge_as_the_references(backend, case, f32_family, tmp_path):
+    assert_agree(case, merged(case, f32_family, tmp_path, backend), merged(case, f32_family, tmp_path, "torch"))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", sorted(CASES))
-def test_cuda_merges_as_the_references(method, family, tmp_path):
+def test_cuda_merges_as_the_references(method, f32_family, tmp_path):
     """Every method with --cuda (the Triton kernels) against the references on the CPU."""
-    assert_agree(method, merged(method, family, tmp_path, "triton"), merged(method, family, tmp_path, "torch"))
+    assert_agree(method, merged(method, f32_family, tmp_path, "triton"), merged(method, f32_family, tmp_path, "torch"))
 
 
 def assert_agree(case: str, fused: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:

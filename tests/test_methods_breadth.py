@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from helpers import write_family
+from helpers import method_yaml
 from safetensors.torch import load_file
 
 import mergefast
@@ -585,25 +585,6 @@ def test_arcee_fusion_identical_is_base():
 # ------------------------------------------------------------------ end to end
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_family(tmp_path_factory.mktemp("breadth"), dtype=torch.float32, layers=2)
-
-
-def _config(method, tiny, *, base=True, models=("ft-a", "ft-b"), model_params="", params=""):
-    lines = [f"merge_method: {method}", "dtype: float32"]
-    if base:
-        lines.append(f"base_model: {tiny['base']}")
-    lines.append("models:")
-    for m in models:
-        lines.append(f"  - model: {tiny[m]}")
-        if model_params:
-            lines.append(f"    parameters: {{{model_params}}}")
-    if params:
-        lines.append(f"parameters: {{{params}}}")
-    return "\n".join(lines) + "\n"
-
-
 E2E = {
     "dare_ties": dict(model_params="weight: 0.5, density: 0.5"),
     "dare_linear": dict(model_params="weight: 0.5, density: 0.5"),
@@ -624,22 +605,22 @@ E2E = {
 
 
 @pytest.mark.parametrize("method", sorted(E2E))
-def test_end_to_end(method, tiny, tmp_path):
+def test_end_to_end(method, f32_family, tmp_path):
     out = tmp_path / "out"
-    mergefast.merge(_config(method, tiny, **E2E[method]), out, quiet=True, random_seed=3)
+    mergefast.merge(method_yaml(method, f32_family, **E2E[method]), out, quiet=True, random_seed=3)
     tensors = (
         load_file(out / "model.safetensors")
         if (out / "model.safetensors").exists()
         else {k: v for f in sorted(out.glob("*.safetensors")) for k, v in load_file(f).items()}
     )
-    base = load_file(tiny["base"] / "model.safetensors")
+    base = load_file(f32_family["base"] / "model.safetensors")
     assert set(tensors) == set(base)
     for name, t in tensors.items():
         assert t.shape == base[name].shape and torch.isfinite(t).all(), name
 
 
-def test_end_to_end_dare_reproducible_per_seed(tiny, tmp_path):
-    config = _config("dare_ties", tiny, **E2E["dare_ties"])
+def test_end_to_end_dare_reproducible_per_seed(f32_family, tmp_path):
+    config = method_yaml("dare_ties", f32_family, **E2E["dare_ties"])
     runs = {}
     for tag, seed in (("a", 1), ("b", 1), ("c", 2)):
         mergefast.merge(config, tmp_path / tag, quiet=True, random_seed=seed)
@@ -649,20 +630,20 @@ def test_end_to_end_dare_reproducible_per_seed(tiny, tmp_path):
     assert not torch.equal(runs["a"][name], runs["c"][name])
 
 
-def test_end_to_end_della_range_error(tiny, tmp_path):
-    config = _config("della", tiny, model_params="weight: 0.5, density: 0.1, epsilon: 0.15")
+def test_end_to_end_della_range_error(f32_family, tmp_path):
+    config = method_yaml("della", f32_family, model_params="weight: 0.5, density: 0.1, epsilon: 0.15")
     with pytest.raises(ConfigError, match=r"density=0.1, epsilon=0.15"):
         mergefast.merge(config, tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
 
 
-def test_end_to_end_nuslerp_needs_two_non_base_models(tiny, tmp_path):
-    config = _config("nuslerp", tiny, base=False, models=("ft-a", "ft-b", "ft-c"), model_params="weight: 1")
+def test_end_to_end_nuslerp_needs_two_non_base_models(f32_family, tmp_path):
+    config = method_yaml("nuslerp", f32_family, base=False, models=("ft-a", "ft-b", "ft-c"), model_params="weight: 1")
     with pytest.raises(ConfigError, match="nuslerp takes exactly 2 model"):
         mergefast.merge(config, tmp_path / "out", quiet=True)
 
 
-def test_end_to_end_rescale_true_is_accepted(tiny, tmp_path):
-    config = _config("ties", tiny, model_params="weight: 0.5, density: 0.5", params="rescale: true")
+def test_end_to_end_rescale_true_is_accepted(f32_family, tmp_path):
+    config = method_yaml("ties", f32_family, model_params="weight: 0.5, density: 0.5", params="rescale: true")
     mergefast.merge(config, tmp_path / "out", quiet=True)
     assert (tmp_path / "out").exists()
