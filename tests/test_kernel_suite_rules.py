@@ -11,9 +11,9 @@ MERGEFAST_BACKEND=triton refuses CPU tensors). The tests below pin `assert_same`
 from __future__ import annotations
 
 import pytest
+import test_kernels_cpu
 import torch
-from kernel_cases import KernelSuite, assert_same, generate
-from test_kernels_cpu import needs_ext
+from kernel_cases import assert_same, generate
 
 from mergefast.kernels import dispatch
 
@@ -22,14 +22,10 @@ pytest_generate_tests = generate
 NAN, INF = float("nan"), float("inf")
 
 
-@needs_ext
-class TestCpuExtToleranceMode(KernelSuite):
+class TestCpuExtToleranceMode(test_kernels_cpu.TestCpuExt):
     """Every suite case on the C++ kernels, compared as on the GPU."""
 
-    DEVICE = "cpu"
-    BACKEND = "cpu-ext"
     EXACT = False
-    SLOW_TESTS = {"test_dare_same_on_any_thread_count"}
 
     @pytest.fixture(autouse=True)
     def _kernel_inputs_only(self, monkeypatch):
