@@ -435,10 +435,12 @@ def test_spherical_and_ram_fused_entries(method, monkeypatch):
 
 
 def _della_rank_rows(cols: int, g: torch.Generator) -> torch.Tensor:
-    """Rows of deltas for both row-rank methods (csrc/cpu/della_rank.h): bf16 magnitudes (one
-    bucket per key), a fraction of float32 ones on both sides of the 1/8 cut, zeros (in a
-    row of mostly zeros too, with keys far below the bucket window), keys far below the bucket
-    window, an outlier, NaN / inf."""
+    """Rows of deltas for every way the CPU kernel decides a keep bit: both row-rank methods
+    (csrc/cpu/della_rank.h) and the three of the rank bounds (csrc/cpu/della_keep.h: a scan
+    per open element, the bucket members, all ranks). bf16 magnitudes (one bucket per key), a
+    fraction of float32 ones on both sides of the 1/8 cut, zeros (in a row of mostly zeros
+    too, with keys far below the bucket window), keys far below the bucket window, 40 distinct
+    magnitudes (many open elements), an outlier, NaN / inf."""
 
     def bf16(t):
         return t.bfloat16().float()
@@ -455,6 +457,7 @@ def _della_rank_rows(cols: int, g: torch.Generator) -> torch.Tensor:
     tiny = torch.where(torch.rand(cols, generator=g) < 0.05, bf16(r * 1e-30), r)
     rows.append(torch.where(torch.rand(cols, generator=g) < 0.6, 0.0, tiny))
     rows.append(torch.cat([r[:-1], torch.tensor([1e30])]))
+    rows.append(torch.randint(-40, 41, (cols,), generator=g) * 2.0**-10)
     rows.append(
         torch.where(torch.rand(cols, generator=g) < 0.05, float("nan"), torch.where(r > 3e-3, -float("inf"), r))
     )
@@ -462,11 +465,12 @@ def _della_rank_rows(cols: int, g: torch.Generator) -> torch.Tensor:
 
 
 @needs_ext
-@pytest.mark.parametrize("cols", [1003, 4096])
-def test_della_masks_on_both_row_rank_methods(cols):
-    """The keep bits are della_mask's on rows of either rank method (tie counting, radix sort):
-    row lengths not a multiple of 8, odd keys below and above the 1/8 cut, keys below the
-    window, zeros, NaN and inf."""
+@pytest.mark.parametrize("cols", [300, 1003, 4096])
+def test_della_masks_on_every_keep_method(cols):
+    """The keep bits are della_mask's on rows of every keep method: rank bounds (rows of 256 to
+    3072) and the full ranks (tie counting, radix sort), with an epsilon < 0 (p falls with the
+    rank): row lengths not a multiple of 8, odd keys below and above the 1/8 cut, keys below the
+    window, zeros, many ties, NaN and inf."""
     from mergefast.kernels import cpu
     from mergefast.kernels.della import keep_rule, stream_keys
     from mergefast.methods.task_arithmetic import della_mask
@@ -474,7 +478,7 @@ def test_della_masks_on_both_row_rank_methods(cols):
     g = torch.Generator().manual_seed(3)
     xs = [_della_rank_rows(cols, g) for _ in range(3)]
     base = torch.zeros_like(xs[0])
-    for density, epsilon in ((0.5, 0.45), (0.2, 0.1)):
+    for density, epsilon in ((0.5, 0.45), (0.2, 0.1), (0.5, -0.3)):
         rules = [keep_rule(density, epsilon, cols)] * 3
         keys = stream_keys(4, "t", 3)
         out, _ = cpu.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, torch.float32)

@@ -2,11 +2,12 @@
 // element a keep probability p = pmin + (rank / (cols - 1)) * span (float32, the reference's
 // operations: pmin = density - epsilon, span = 2 epsilon), kept where the counter-based draw
 // u < p (random.h: the reference's stream on any thread count). Two passes over base + K models:
-//   1. della_masks, per tile of whole rows: deltas, row ranks (della_rank.h), the keep bits of
-//      every model packed into a 16-bit word per element, stored in that element's own slot
-//      of the output (the apply reads it there before overwriting it: no n-sized scratch),
-//      and per tile sum |d| and sum |kept d| per model in float64 (the L1 rescale's norms,
-//      summed in tile order: the same on any thread count);
+//   1. della_masks, per tile of whole rows: deltas, draws, each row's keep decisions (rank
+//      bounds, della_keep.h, or every rank, della_rank.h), the keep bits of every model
+//      packed into a 16-bit word per element, stored in that element's own slot of the output
+//      (the apply reads it there before overwriting it: no n-sized scratch), and per tile
+//      sum |d| and sum |kept d| per model in float64 (the L1 rescale's norms, summed in tile
+//      order: the same on any thread count);
 //   2. della_apply, per block: v = ((kept ? d : 0) * s) * w (the reference's order), then
 //      TIES' sign election and disjoint mean or the plain sum (apply.h), rounded once.
 #include <algorithm>
@@ -14,7 +15,7 @@
 
 #include "apply.h"
 #include "common.h"
-#include "della_rank.h"
+#include "della_keep.h"
 #include "kernels.h"
 #include "random.h"
 
@@ -44,11 +45,11 @@ struct MaskArgs {
 // Per-thread buffers of the masks pass for tiles of up to `cap` elements.
 struct TileScratch {
   std::vector<float> b, x, d, u;
-  std::vector<uint32_t> rank;
+  std::vector<uint32_t> kept;
   std::vector<uint16_t> bits;
-  RankScratch rs;
+  BoundScratch bounds;
   TileScratch(int64_t cap, int64_t cols)
-      : b(cap), x(cap), d(cap), u(cap), rank(cap), bits(cap), rs(cols) {}
+      : b(cap), x(cap), d(cap), u(cap), kept(cap), bits(cap), bounds(cols) {}
 };
 
 // sum of |v[j]| over 8 fixed lanes (j % 8) in float64, then the lanes in order.
@@ -66,37 +67,32 @@ MF_INLINE double lane_sum(const float* v, int64_t len) {
 
 // Model i's keep bits over one tile (off, len) from its deltas d, into bits; |d| into x and
 // |kept d| into d (for the norms). The draws first (a loop of their own: AVX2 evaluates eight
-// counters at once), then one branch-free loop for p, u < p, the bits and the norms' terms.
+// counters at once), then each row's keep decisions (della_keep.h), then one branch-free loop
+// for the bits and the norms' terms.
 template <bool Avx2>
 MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, TileScratch& s) {
   float* d = s.d.data();
   float* x = s.x.data();
   float* u = s.u.data();
+  uint32_t* kept = s.kept.data();
   uint16_t* bits = s.bits.data();
-  const float pmin = a.pmin[i], span = a.span[i];
   const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
-  const bool ranked = span != 0.0f && a.cols > 1;
-  const float denom = ranked ? static_cast<float>(a.cols - 1) : 1.0f;
-  uint32_t* rank = s.rank.data();
-  if (ranked) {
-    for (int64_t r = 0; r < len; r += a.cols) row_ranks<Avx2>(d + r, a.cols, s.rs, rank + r);
-  } else {
-    std::fill(rank, rank + len, 0u);
-  }
 #if MF_AVX2_CLONES
   if constexpr (Avx2) uniforms_avx2(z0, len, u);
 #endif
   if constexpr (!Avx2) uniforms(z0, len, u);
-  const float scale = ranked ? span : 0.0f;
+  if (a.span[i] != 0.0f && a.cols > 1) {
+    const DellaRule rule{a.pmin[i], static_cast<float>(a.cols - 1), a.span[i]};
+    for (int64_t r = 0; r < len; r += a.cols) row_keep<Avx2>(d + r, u + r, a.cols, rule, s.bounds, kept + r);
+  } else {  // unranked: the reference's pmin + (0 / 1) * 0 == pmin
+    for (int64_t j = 0; j < len; ++j) kept[j] = 0u - static_cast<uint32_t>(u[j] < a.pmin[i]);
+  }
   const uint16_t bit = static_cast<uint16_t>(1u << i);
   for (int64_t j = 0; j < len; ++j) {
-    // unranked: pmin + (0 / 1) * 0 == pmin, without a branch
-    const float p = pmin + (static_cast<float>(static_cast<int32_t>(rank[j])) / denom) * scale;
-    const uint32_t kept = 0u - static_cast<uint32_t>(u[j] < p);  // all ones where kept
-    bits[j] = static_cast<uint16_t>(bits[j] | (bit & kept));
+    bits[j] = static_cast<uint16_t>(bits[j] | (bit & kept[j]));
     const float m = std::fabs(d[j]);
     x[j] = m;
-    d[j] = bits_to_f32(f32_to_bits(m) & kept);
+    d[j] = bits_to_f32(f32_to_bits(m) & kept[j]);
   }
 }
 

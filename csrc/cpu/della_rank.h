@@ -1,4 +1,5 @@
-// DELLA's per-row magnitude ranks (della.cpp): the 0-based position of every element of a
+// DELLA's per-row magnitude ranks (della_keep.h: rows outside its rank bounds' range, and rows
+// with too many elements those bounds leave open): the 0-based position of every element of a
 // row in the reference's order, torch.sort(|delta|, stable=True) ascending
 // (mergefast/methods/task_arithmetic.py, della_keep_probability). That order is the integer
 // order of mag_key (select/rules.h: |d|'s bits, every NaN one key above +inf, as torch ranks

@@ -44,27 +44,27 @@ MF_INLINE uint32_t tie_odd(uint32_t k, uint32_t lo) {
   return k < (lo << kTieShift) ? k != 0 : (k & kTieLow) != 0;
 }
 
-// The indices j in [from, cols) of bucket[j] == kTieOdd into out (ascending); their count.
-MF_INLINE uint32_t odd_indices(const uint32_t* bucket, int64_t from, int64_t cols, uint32_t* out) {
+// The indices j in [from, cols) of v[j] == value into out (ascending); their count.
+MF_INLINE uint32_t indices_of(const uint32_t* v, uint32_t value, int64_t from, int64_t cols, uint32_t* out) {
   uint32_t m = 0;
   for (int64_t j = from; j < cols; ++j) {
-    if (bucket[j] == kTieOdd) out[m++] = static_cast<uint32_t>(j);
+    if (v[j] == value) out[m++] = static_cast<uint32_t>(j);
   }
   return m;
 }
 
 #if MF_AVX2_CLONES
-// odd_indices, eight at a time: a compare, and where a lane matched, the matching indices
+// indices_of, eight at a time: a compare, and where a lane matched, the matching indices
 // packed by one permute (common.h, kPack). out has room for 8 past the count.
-MF_TARGET_AVX2 inline uint32_t odd_indices_avx2(const uint32_t* bucket, int64_t cols, uint32_t* out) {
-  const __m256i odd = _mm256_set1_epi32(static_cast<int>(kTieOdd));
+MF_TARGET_AVX2 inline uint32_t indices_of_avx2(const uint32_t* v, uint32_t value, int64_t cols, uint32_t* out) {
+  const __m256i want = _mm256_set1_epi32(static_cast<int>(value));
   const __m256i eight = _mm256_set1_epi32(8);
   __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   uint32_t m = 0;
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bucket + j));
-    const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b, odd)));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j));
+    const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b, want)));
     if (mask) {
       const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m), _mm256_permutevar8x32_epi32(idx, lanes));
@@ -72,9 +72,18 @@ MF_TARGET_AVX2 inline uint32_t odd_indices_avx2(const uint32_t* bucket, int64_t 
     }
     idx = _mm256_add_epi32(idx, eight);
   }
-  return m + odd_indices(bucket, j, cols, out + m);
+  return m + indices_of(v, value, j, cols, out + m);
 }
 #endif
+
+// The indices j of v[j] == value (ascending) into out (room for cols + 8); their count.
+template <bool Avx2>
+MF_INLINE uint32_t matching_indices(const uint32_t* v, uint32_t value, int64_t cols, uint32_t* out) {
+#if MF_AVX2_CLONES
+  if constexpr (Avx2) return indices_of_avx2(v, value, cols, out);
+#endif
+  return indices_of(v, value, 0, cols, out);
+}
 
 // Pairs key << 32 | index, in index order, sorted by key, stably: (key, index) order. Past
 // kOddSortMin pairs, a least-significant-digit radix sort over the key's bytes (a byte every key
@@ -110,11 +119,7 @@ MF_INLINE void sort_pairs(uint64_t* p, uint32_t m, uint64_t* tmp) {
 template <bool Avx2>
 MF_INLINE uint32_t odd_pairs(const uint32_t* keys, int64_t cols, uint32_t lo, TieScratch& s) {
   uint32_t* oj = s.odd.data();
-  uint32_t m;
-#if MF_AVX2_CLONES
-  if constexpr (Avx2) m = odd_indices_avx2(s.bucket.data(), cols, oj);
-#endif
-  if constexpr (!Avx2) m = odd_indices(s.bucket.data(), 0, cols, oj);
+  const uint32_t m = matching_indices<Avx2>(s.bucket.data(), kTieOdd, cols, oj);
   uint64_t* p = s.pairs.data();
   for (uint32_t t = 0; t < m; ++t) {
     const uint32_t k = keys[oj[t]];

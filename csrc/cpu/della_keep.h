@@ -1,0 +1,181 @@
+// DELLA's keep decisions from rank bounds (della.cpp), for rows of kSortMin to kBoundMaxCols
+// elements. An element is kept where its draw u < p(rank), p(r) = pmin + (r / (cols - 1)) * span
+// in float32 (the reference's operations). Each of those operations rounds monotonically, so p
+// moves one way as r grows (down where epsilon < 0): an element whose rank lies in [lo, hi] is
+// kept where u < min(p(lo), p(hi)) and dropped where u >= max(p(lo), p(hi)), whatever its exact
+// rank. So per row:
+//   1. a histogram of the keys (mag_key) in buckets of their top bits (a monotone map; keys
+//      below the window share bucket 0) and its prefix counts: each bucket's rank range, and p
+//      at every bucket's edges;
+//   2. per element, u against p at its bucket's two edges: kept, dropped, or open (u within the
+//      bucket's p range: a bucket of s elements leaves ~s * 2 |epsilon| / cols of them open,
+//      ~5 of a 1024-wide row of bf16 deltas at epsilon 0.15: its ties make the buckets large);
+//   3. each open element's exact rank (smaller keys, then equal keys before it): up to
+//      kScanMax open elements by counting over the row's keys (two compare-and-count loops in
+//      L1), more through the members of their buckets, listed by one counting scatter; where
+//      those members exceed kMemberBudget * cols (few distinct keys: zeros, a grid of values),
+//      every rank from della_rank.h, so the worst case is that path's.
+// No per-row sort, no tie counting over every element, no prefix sums over thousands of
+// buckets. Measured on a 2-vCPU Intel Xeon VM (AVX-512), base + 3 bf16, deltas N(0, 2e-3) on
+// N(0, 2e-2), 2% unchanged, DELLA with rescale, old / new time of the whole kernel call:
+// 16384 x 1024 0.83x, 5958 x 2816 0.97x, 4096 x 4096 1.05x, 1024 x 11008 1.13x. Long rows'
+// open elements grow with the row (each costing a pass over it), while della_rank.h's tie
+// counting spreads its per-row cost (the bucket window's prefix sums) over more elements: so
+// rows past kBoundMaxCols keep the full ranks.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "della_rank.h"
+#include "select/rules.h"
+
+namespace mergefast {
+
+// key >> 18: the exponent and 5 significand bits, 32 buckets a binade; 256 buckets cover 8
+// binades below the row's largest key. 64 a binade over 8 or 16 binades, or 16 over 12, were no
+// faster (within the VM's noise) on 1024-wide rows.
+constexpr int kBoundShift = 18;
+constexpr uint32_t kBoundBins = 256;
+// Open elements resolved by a scan of the row each, at most; 0, 4 and 16 measured, 16 fastest
+// on 1024- and 2816-wide rows (the scatter costs about as much as 16 scans of a 1024 row).
+constexpr uint32_t kScanMax = 16;
+constexpr int64_t kBoundMaxCols = 3072;
+constexpr uint64_t kMemberBudget = 8;
+
+// DELLA's keep probability of rank r (the reference's float32 operations, in its order).
+MF_INLINE float keep_probability(uint32_t r, float pmin, float denom, float span) {
+  return pmin + (static_cast<float>(static_cast<int32_t>(r)) / denom) * span;
+}
+
+struct DellaRule {
+  float pmin, denom, span;
+};
+
+// One thread's buffers for rows of up to `cols` elements.
+struct BoundScratch {
+  std::vector<uint32_t> keys, flag, open, rank, mkey, midx;
+  std::vector<uint16_t> bucket;
+  uint32_t start[kBoundBins + 8], pos[kBoundBins];
+  float plo[kBoundBins + 1];
+  uint32_t nb = 0;  // the row's buckets
+  RankScratch rs;
+  explicit BoundScratch(int64_t cols)
+      : keys(bounded(cols)), flag(bounded(cols)), open(bounded(cols) + 8), rank(cols), mkey(bounded(cols)),
+        midx(bounded(cols)), bucket(bounded(cols)), rs(cols) {}
+  // the row length for the rank bounds' buffers: 0 where rows take the full ranks
+  static int64_t bounded(int64_t cols) { return cols >= kSortMin && cols <= kBoundMaxCols ? cols : 0; }
+};
+
+// The first rank of each of nb buckets and of the next (s.start) and p at each (s.plo), the
+// row's elements already bucketed.
+MF_INLINE void bucket_bounds(const uint16_t* bucket, int64_t cols, uint32_t nb, const DellaRule& r,
+                             BoundScratch& s) {
+  uint32_t* start = s.start;
+  std::memset(start, 0, (nb + 1) * sizeof(uint32_t));
+  for (int64_t j = 0; j < cols; ++j) ++start[bucket[j] + 1];
+  uint32_t sum = 0;  // in a register: start[b] += start[b - 1] waits on each store
+  for (uint32_t b = 0; b <= nb; ++b) start[b] = sum += start[b];
+  for (uint32_t b = 0; b <= nb; ++b) s.plo[b] = keep_probability(start[b], r.pmin, r.denom, r.span);
+}
+
+// The exact rank of element j among the row's keys: smaller keys, then equal keys before j.
+MF_INLINE uint32_t exact_rank(const uint32_t* keys, int64_t cols, int64_t j) {
+  const uint32_t kj = keys[j];
+  uint32_t r = 0;
+  for (int64_t t = 0; t < j; ++t) r += keys[t] <= kj;
+  for (int64_t t = j + 1; t < cols; ++t) r += keys[t] < kj;
+  return r;
+}
+
+// The row's keys and indices listed bucket by bucket (index order within a bucket): a counting
+// scatter through s.pos, from the buckets' first ranks.
+MF_INLINE void list_members(const uint32_t* keys, const uint16_t* bucket, int64_t cols, uint32_t nb,
+                            BoundScratch& s) {
+  uint32_t* pos = s.pos;
+  std::memcpy(pos, s.start, nb * sizeof(uint32_t));
+  for (int64_t t = 0; t < cols; ++t) {
+    const uint32_t at = pos[bucket[t]]++;
+    s.mkey[at] = keys[t];
+    s.midx[at] = static_cast<uint32_t>(t);
+  }
+}
+
+// The exact rank of the element (key k, index j) whose bucket's members lie in [from, to):
+// the ranks before the bucket, then its members of smaller keys and its equal keys before j.
+MF_INLINE uint32_t member_rank(uint32_t k, uint32_t j, uint32_t from, uint32_t to, const BoundScratch& s) {
+  uint32_t r = from;
+  for (uint32_t a = from; a < to; ++a) r += (s.mkey[a] < k) | ((s.mkey[a] == k) & (s.midx[a] < j));
+  return r;
+}
+
+// kept[j] (all ones where kept, else 0) for a row taken from its full ranks (della_rank.h).
+template <bool Avx2>
+MF_INLINE void keep_by_ranks(const float* d, const float* u, int64_t cols, const DellaRule& r, BoundScratch& s,
+                             uint32_t* kept) {
+  uint32_t* rank = s.rank.data();
+  row_ranks<Avx2>(d, cols, s.rs, rank);
+  for (int64_t j = 0; j < cols; ++j) kept[j] = 0u - static_cast<uint32_t>(u[j] < keep_probability(rank[j], r.pmin, r.denom, r.span));
+}
+
+// Steps 1 and 2 (above) for one row: the keys, buckets and p at the bucket edges into s, kept[j]
+// all ones where the bounds keep element j, and s.flag[j] = 1 where they leave it open; the
+// count of open elements.
+MF_INLINE uint32_t bound_decisions(const float* d, const float* u, int64_t cols, const DellaRule& r,
+                                   BoundScratch& s, uint32_t* kept) {
+  uint32_t* keys = s.keys.data();
+  uint32_t kmax = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    keys[j] = mag_key(d[j]);
+    kmax = std::max(kmax, keys[j]);
+  }
+  const uint32_t top = kmax >> kBoundShift;
+  const uint32_t lo = top >= kBoundBins ? top - (kBoundBins - 1) : 0u;
+  uint16_t* bucket = s.bucket.data();
+  for (int64_t j = 0; j < cols; ++j) {
+    const uint32_t q = keys[j] >> kBoundShift;
+    bucket[j] = static_cast<uint16_t>(q > lo ? q - lo : 0u);
+  }
+  s.nb = top - lo + 1;
+  bucket_bounds(bucket, cols, s.nb, r, s);
+  uint32_t m = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    const float p0 = s.plo[bucket[j]], p1 = s.plo[bucket[j] + 1];
+    const uint32_t keep = u[j] < std::min(p0, p1);
+    const uint32_t open = (keep ^ 1u) & static_cast<uint32_t>(u[j] < std::max(p0, p1));
+    kept[j] = 0u - keep;
+    s.flag[j] = open;
+    m += open;
+  }
+  return m;
+}
+
+// kept[j] (all ones where u[j] < p(rank of d[j]), else 0) for one row of cols >= 2 elements.
+template <bool Avx2>
+MF_INLINE void row_keep(const float* d, const float* u, int64_t cols, const DellaRule& r, BoundScratch& s,
+                        uint32_t* kept) {
+  if (BoundScratch::bounded(cols) == 0) return keep_by_ranks<Avx2>(d, u, cols, r, s, kept);
+  if (bound_decisions(d, u, cols, r, s, kept) == 0) return;
+  uint32_t* open = s.open.data();
+  const uint32_t m = matching_indices<Avx2>(s.flag.data(), 1u, cols, open);
+  const uint32_t* keys = s.keys.data();
+  const uint16_t* bucket = s.bucket.data();
+  if (m > kScanMax) {
+    uint64_t work = 0;  // the members the open elements count
+    for (uint32_t t = 0; t < m; ++t) work += s.start[bucket[open[t]] + 1] - s.start[bucket[open[t]]];
+    if (work > kMemberBudget * static_cast<uint64_t>(cols)) return keep_by_ranks<Avx2>(d, u, cols, r, s, kept);
+    list_members(keys, bucket, cols, s.nb, s);
+  }
+  for (uint32_t t = 0; t < m; ++t) {
+    const uint32_t j = open[t];
+    const uint32_t rank = m <= kScanMax ? exact_rank(keys, cols, j)
+                                        : member_rank(keys[j], j, s.start[bucket[j]], s.start[bucket[j] + 1], s);
+    kept[j] = 0u - static_cast<uint32_t>(u[j] < keep_probability(rank, r.pmin, r.denom, r.span));
+  }
+}
+
+}  // namespace mergefast
