@@ -223,3 +223,53 @@ def test_spherical_methods(data, weights, filter_wise):
         want = outcome(lambda call=call: call(methods, base, xs))
         want64 = outcome(lambda call=call: call(methods, b64, xs64))
         assert_close_outcome(got, want, want64)
+
+
+@st.composite
+def della_rows(draw):
+    """Rows of deltas for DELLA's keep decisions (csrc/cpu/della_keep.h, della_rank.h): lengths
+    around the rank bounds' range (256-3072), magnitudes with many ties (bf16, a grid, a few
+    distinct values, zeros), without (float32) or over a wide dynamic range, and special values."""
+    cols = draw(st.one_of(st.sampled_from([256, 300, 1003, 1024, 2816, 3072, 3073]), st.integers(2, 3100)))
+    if BACKEND == "triton":  # the interpreter's pairwise ranks: cols^2 compares, Triton's limit 2^20
+        cols = min(cols, 1024)
+    rows = draw(st.integers(1, 3))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(rows, cols, generator=g) * draw(st.sampled_from([1e-4, 2e-3, 1.0]))
+    kind = draw(st.sampled_from(["bf16", "float32", "grid", "few", "zeros", "wide"]))
+    if kind == "bf16":
+        x = x.bfloat16().float()
+    elif kind == "grid":
+        x = torch.round(x / x.abs().max() * draw(st.sampled_from([4, 30, 300])))
+    elif kind == "few":
+        x = torch.randint(-draw(st.integers(1, 60)), 61, (rows, cols), generator=g).float()
+    elif kind == "zeros":
+        x = torch.where(torch.rand(rows, cols, generator=g) < draw(st.sampled_from([0.1, 0.5, 0.95])), 0.0, x)
+    elif kind == "wide":
+        x = x * torch.exp(torch.randn(rows, cols, generator=g) * 10)
+    for _ in range(draw(st.integers(0, 3))):
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(st.sampled_from(SPECIALS + [1e30, 1e-40]))
+    return x
+
+
+@FUZZ
+@given(
+    x=della_rows(),
+    density=st.floats(0.05, 0.95),
+    share=st.sampled_from([0.0, 0.3, 0.999, -0.5, -0.999]),
+    seed=st.integers(0, 5),
+)
+def test_della_keep_bits(x, density, share, seed):
+    """The masks pass's keep bits are della_mask's: epsilon = share * the widest allowed (< 0:
+    p falls with the rank)."""
+    from mergefast.kernels.della import keep_rule, stream_keys
+
+    epsilon = share * min(density, 1 - density)
+    cols = x.shape[-1]
+    base = torch.zeros_like(x)
+    pmin, span = keep_rule(density, epsilon, cols)
+    impl = kernels._impl(BACKEND)
+    out, _ = impl.della_masks(base, [x], stream_keys(seed, "t", 1), [pmin], [span], cols, torch.float32)
+    got = (out.cpu().view(-1).view(torch.int16)[::2].view(x.shape) & 1).bool()
+    want = _TA_MODULE.della_mask(x, density, epsilon, seed=seed, tensor_name="t", model_index=0)
+    assert torch.equal(got, want)
