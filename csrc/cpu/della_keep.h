@@ -41,10 +41,14 @@ namespace mergefast {
 // faster (within the VM's noise) on 1024-wide rows.
 constexpr int kBoundShift = 18;
 constexpr uint32_t kBoundBins = 256;
-// Open elements resolved by a scan of the row each, at most; 0, 4 and 16 measured, 16 fastest
-// on 1024- and 2816-wide rows (the scatter costs about as much as 16 scans of a 1024 row).
+// At most this many open elements are resolved by a scan of the row each, more through their
+// buckets' members: 0, 4 and 16 measured, 16 fastest on 1024- and 2816-wide rows.
 constexpr uint32_t kScanMax = 16;
+// The longest row decided by rank bounds: the crossover with della_rank.h's full ranks lies
+// between 2816 (0.97x the time) and 4096 (1.05x) on the VM above.
 constexpr int64_t kBoundMaxCols = 3072;
+// The members the open elements may count, in row lengths: past it the row takes the full ranks
+// (a few passes over the row). Not tuned: rows this tied (zeros, a grid) are rare in deltas.
 constexpr uint64_t kMemberBudget = 8;
 
 // DELLA's keep probability of rank r (the reference's float32 operations, in its order).
