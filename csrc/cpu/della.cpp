@@ -65,35 +65,51 @@ MF_INLINE double lane_sum(const float* v, int64_t len) {
   return t;
 }
 
+// The keep bits (bit) of one tile into bits, |d| into x and |kept d| into d (the norms'
+// terms), from kept (all ones where kept) or, FromRanks, from the ranks held in kept: p and
+// u < p here, in the same loop (rows of the full ranks: ~2.5% less time on 4096-wide rows than
+// a loop of their own).
+template <bool FromRanks>
+MF_INLINE void tile_bits(const uint32_t* kept, const float* u, float pmin, float denom, float span, uint16_t bit,
+                         int64_t len, uint16_t* bits, float* x, float* d) {
+  for (int64_t j = 0; j < len; ++j) {
+    const uint32_t k = FromRanks ? 0u - static_cast<uint32_t>(u[j] < keep_probability(kept[j], pmin, denom, span))
+                                 : kept[j];
+    bits[j] = static_cast<uint16_t>(bits[j] | (bit & k));
+    const float m = std::fabs(d[j]);
+    x[j] = m;
+    d[j] = bits_to_f32(f32_to_bits(m) & k);
+  }
+}
+
 // Model i's keep bits over one tile (off, len) from its deltas d, into bits; |d| into x and
 // |kept d| into d (for the norms). The draws first (a loop of their own: AVX2 evaluates eight
-// counters at once), then each row's keep decisions (della_keep.h), then one branch-free loop
-// for the bits and the norms' terms.
+// counters at once), then each row's keep decisions (rank bounds, della_keep.h) or ranks
+// (della_rank.h), then one branch-free loop for the bits and the norms' terms.
 template <bool Avx2>
 MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, TileScratch& s) {
   float* d = s.d.data();
-  float* x = s.x.data();
   float* u = s.u.data();
-  uint32_t* kept = s.kept.data();
-  uint16_t* bits = s.bits.data();
+  uint32_t* kept = s.kept.data();  // keep masks, or ranks
   const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
 #if MF_AVX2_CLONES
   if constexpr (Avx2) uniforms_avx2(z0, len, u);
 #endif
   if constexpr (!Avx2) uniforms(z0, len, u);
-  if (a.span[i] != 0.0f && a.cols > 1) {
-    const DellaRule rule{a.pmin[i], static_cast<float>(a.cols - 1), a.span[i]};
-    for (int64_t r = 0; r < len; r += a.cols) row_keep<Avx2>(d + r, u + r, a.cols, rule, s.bounds, kept + r);
-  } else {  // unranked: the reference's pmin + (0 / 1) * 0 == pmin
-    for (int64_t j = 0; j < len; ++j) kept[j] = 0u - static_cast<uint32_t>(u[j] < a.pmin[i]);
-  }
   const uint16_t bit = static_cast<uint16_t>(1u << i);
-  for (int64_t j = 0; j < len; ++j) {
-    bits[j] = static_cast<uint16_t>(bits[j] | (bit & kept[j]));
-    const float m = std::fabs(d[j]);
-    x[j] = m;
-    d[j] = bits_to_f32(f32_to_bits(m) & kept[j]);
+  const bool ranked = a.span[i] != 0.0f && a.cols > 1;
+  // unranked: the reference's pmin + (0 / 1) * 0 == pmin
+  const DellaRule rule{a.pmin[i], ranked ? static_cast<float>(a.cols - 1) : 1.0f, ranked ? a.span[i] : 0.0f};
+  if (ranked && BoundScratch::bounded(a.cols) != 0) {
+    for (int64_t r = 0; r < len; r += a.cols) row_keep<Avx2>(d + r, u + r, a.cols, rule, s.bounds, kept + r);
+    return tile_bits<false>(kept, u, rule.pmin, rule.denom, rule.span, bit, len, s.bits.data(), s.x.data(), d);
   }
+  if (ranked) {
+    for (int64_t r = 0; r < len; r += a.cols) row_ranks<Avx2>(d + r, a.cols, s.bounds.rs, kept + r);
+  } else {
+    std::fill(kept, kept + len, 0u);
+  }
+  tile_bits<true>(kept, u, rule.pmin, rule.denom, rule.span, bit, len, s.bits.data(), s.x.data(), d);
 }
 
 // Tile t's keep words and its norms part[2i], part[2i + 1].

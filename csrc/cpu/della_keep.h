@@ -158,11 +158,11 @@ MF_INLINE uint32_t bound_decisions(const float* d, const float* u, int64_t cols,
   return m;
 }
 
-// kept[j] (all ones where u[j] < p(rank of d[j]), else 0) for one row of cols >= 2 elements.
+// kept[j] (all ones where u[j] < p(rank of d[j]), else 0) for one row of kSortMin to
+// kBoundMaxCols elements.
 template <bool Avx2>
 MF_INLINE void row_keep(const float* d, const float* u, int64_t cols, const DellaRule& r, BoundScratch& s,
                         uint32_t* kept) {
-  if (BoundScratch::bounded(cols) == 0) return keep_by_ranks<Avx2>(d, u, cols, r, s, kept);
   if (bound_decisions(d, u, cols, r, s, kept) == 0) return;
   uint32_t* open = s.open.data();
   const uint32_t m = matching_indices<Avx2>(s.flag.data(), 1u, cols, open);
