@@ -17,11 +17,12 @@
 //      every rank from della_rank.h, so the worst case is that path's.
 // No per-row sort, no tie counting over every element, no prefix sums over thousands of
 // buckets. Measured on a 2-vCPU Intel Xeon VM (AVX-512), base + 3 bf16, deltas N(0, 2e-3) on
-// N(0, 2e-2), 2% unchanged, DELLA with rescale, old / new time of the whole kernel call:
-// 16384 x 1024 0.83x, 5958 x 2816 0.97x, 4096 x 4096 1.05x, 1024 x 11008 1.13x. Long rows'
-// open elements grow with the row (each costing a pass over it), while della_rank.h's tie
-// counting spreads its per-row cost (the bucket window's prefix sums) over more elements: so
-// rows past kBoundMaxCols keep the full ranks.
+// N(0, 2e-2), 2% unchanged, DELLA with rescale, the whole kernel call's time with the bounds
+// over that with the full ranks (benchmarks/ab_libs.py): 16384 x 1024 0.80-0.83x, 5958 x 2816
+// 0.955x, 4096 x 4096 1.05x, 1024 x 11008 1.13x. Long rows' open elements grow with the row
+// (each costing a pass over it), while della_rank.h's tie counting spreads its per-row cost
+// (the bucket window's prefix sums) over more elements: so rows past kBoundMaxCols keep the
+// full ranks.
 #pragma once
 
 #include <algorithm>
@@ -123,7 +124,9 @@ MF_INLINE void keep_by_ranks(const float* d, const float* u, int64_t cols, const
                              uint32_t* kept) {
   uint32_t* rank = s.rank.data();
   row_ranks<Avx2>(d, cols, s.rs, rank);
-  for (int64_t j = 0; j < cols; ++j) kept[j] = 0u - static_cast<uint32_t>(u[j] < keep_probability(rank[j], r.pmin, r.denom, r.span));
+  for (int64_t j = 0; j < cols; ++j) {
+    kept[j] = 0u - static_cast<uint32_t>(u[j] < keep_probability(rank[j], r.pmin, r.denom, r.span));
+  }
 }
 
 // Steps 1 and 2 (above) for one row: the keys, buckets and p at the bucket edges into s, kept[j]
