@@ -70,9 +70,10 @@ struct BoundScratch {
   uint32_t nb = 0;  // the row's buckets
   RankScratch rs;
   explicit BoundScratch(int64_t cols)
-      : keys(bounded(cols)), flag(bounded(cols)), open(bounded(cols) + 8), rank(cols), mkey(bounded(cols)),
-        midx(bounded(cols)), bucket(bounded(cols)), rs(cols) {}
-  // the row length for the rank bounds' buffers: 0 where rows take the full ranks
+      : keys(bounded(cols)), flag(bounded(cols)), open(bounded(cols) + 8), rank(bounded(cols)),
+        mkey(bounded(cols)), midx(bounded(cols)), bucket(bounded(cols)), rs(cols) {}
+  // the row length for the rank bounds' buffers: 0 where rows take the full ranks (della.cpp
+  // then keeps them in its tile buffer: no second row-sized rank array)
   static int64_t bounded(int64_t cols) { return cols >= kSortMin && cols <= kBoundMaxCols ? cols : 0; }
 };
 
