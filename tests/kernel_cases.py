@@ -163,6 +163,13 @@ _ARCEE_MODULE = importlib.import_module("mergefast.methods.arcee_fusion")
 _ARCEE_HOST = importlib.import_module("mergefast.kernels.arcee_fusion")
 
 
+def della_keep_bits(out: torch.Tensor, shape, model: int) -> torch.Tensor:
+    """Model `model`'s keep bits (bool, `shape`) from the 16-bit keep words that a DELLA masks
+    pass leaves in the first 16 bits of each element of its output `out`."""
+    words = out.cpu().view(-1).view(torch.int16)[:: out.element_size() // 2].view(shape)
+    return ((words >> model) & 1).bool()
+
+
 def _della_call(densities, epsilons, consensus, rescale, seed, **kw) -> dict:
     """task_arithmetic's keywords for one DELLA call of the suite."""
     return dict(
@@ -775,12 +782,10 @@ class KernelSuite:
                 rules = [keep_rule(density, epsilon, cols)] * 3
                 keys = stream_keys(7, "t", 3)
                 out, _ = impl.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, dtype)
-                words = out.cpu().view(-1).view(torch.int16)[:: out.element_size() // 2]
                 for i, x in enumerate(xs):
                     delta = x.cpu().float() - base.cpu().float()
                     want = _TA_MODULE.della_mask(delta, density, epsilon, seed=7, tensor_name="t", model_index=i)
-                    got = ((words.view(9, cols) >> i) & 1).bool()
-                    assert torch.equal(got, want), (density, epsilon, i)
+                    assert torch.equal(della_keep_bits(out, (9, cols), i), want), (density, epsilon, i)
 
     def test_della_edge_cases(self, dtype, monkeypatch):
         """All-zero deltas, NaN/inf inputs, 0-d and 1-element tensors, mixed input dtypes and

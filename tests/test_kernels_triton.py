@@ -497,13 +497,12 @@ if HAVE_CUDA:
 def _assert_della_masks(out, sums, base, xs, rules, seed, norms=True):
     """The keep bits in `out`'s words (and, with `norms`, the L1 norms `sums`) are della_mask's
     for each model's (density, epsilon) in `rules`, stream seed `seed`, tensor "t"."""
-    from kernel_cases import _TA_MODULE
+    from kernel_cases import _TA_MODULE, della_keep_bits
 
-    words = out.cpu().view(-1).view(torch.int16)[:: out.element_size() // 2].view(base.shape)
     for i, (x, (density, epsilon)) in enumerate(zip(xs, rules)):
         delta = x.cpu().float() - base.cpu().float()
         want = _TA_MODULE.della_mask(delta, density, epsilon, seed=seed, tensor_name="t", model_index=i)
-        assert torch.equal(((words >> i) & 1).bool(), want), i
+        assert torch.equal(della_keep_bits(out, base.shape, i), want), i
         if norms:
             wanted = [delta.abs().double().sum().item(), torch.where(want, delta.abs(), 0.0).double().sum().item()]
             assert sums[2 * i : 2 * i + 2] == pytest.approx(wanted, rel=1e-12, nan_ok=True), i
