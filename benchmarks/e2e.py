@@ -115,26 +115,30 @@ def make_family(root: Path, size_name: str) -> dict[str, Path]:
     return folders
 
 
-# Runs one command in a fresh interpreter and reports its peak RSS and CPU seconds (the only
-# child, so RUSAGE_CHILDREN is that command's own); no /usr/bin/time needed.
+# Runs one command in a fresh interpreter and reports its peak RSS and its user and system CPU
+# seconds (the only child, so RUSAGE_CHILDREN is that command's own); no /usr/bin/time needed.
 _RSS_WRAPPER = (
     "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
     "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
-    "print('RSS', u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr); "
+    "print('RSS', u.ru_maxrss, u.ru_utime, u.ru_stime, file=sys.stderr); "
     "sys.exit(r.returncode)"
 )
 
 
-def timed(cmd: list[str], env=None) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS in GB, CPU seconds: user + system) of one whole process. On a
-    shared VM the CPU seconds vary far less than the wall time (the disk's fsync, neighbours)."""
+def timed(cmd: list[str], env=None) -> tuple[float, float, float, float]:
+    """(wall seconds, peak RSS in GB, user CPU seconds, system CPU seconds) of one whole process.
+    On a shared VM the user seconds vary far less than the wall time: the disk's fsync,
+    neighbours, and on a VM whose freed memory goes back to the host (virtio-balloon free page
+    reporting) the first write into each new page of the output's page cache, which lands in
+    the system seconds (writing 640 MB into a new file with dd: 1.9-4.8 s of system time, into
+    pages just freed by truncating the same file: 0.24-0.31 s, on the 2-vCPU Firecracker VM)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    _, rss, cpu = [line for line in proc.stderr.splitlines() if line.startswith("RSS ")][-1].split()
-    return wall, int(rss) * 1024 / 1e9, float(cpu)
+    _, rss, user, system = [line for line in proc.stderr.splitlines() if line.startswith("RSS ")][-1].split()
+    return wall, int(rss) * 1024 / 1e9, float(user), float(system)
 
 
 def main() -> None:
@@ -151,6 +155,12 @@ def main() -> None:
         or str(Path(__file__).resolve().parent.parent / ".venvs/mergekit/bin/mergekit-yaml"),
     )
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait after removing the previous output, before each command (see benchmarks/README.md)",
+    )
     args = ap.parse_args()
     fam = make_family(args.dir, args.size)
     layers = SIZES[args.size][0]
@@ -178,10 +188,16 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, cmd in cmds.items():
                 shutil.rmtree(out, ignore_errors=True)
+                time.sleep(args.settle)
                 results[name].append(timed(cmd))
         rows[method] = {
-            k: (statistics.median(w for w, _, _ in v), max(r for _, r, _ in v), [w for w, _, _ in v])
-            + (statistics.median(c for _, _, c in v),)
+            k: (
+                statistics.median(w for w, _, _, _ in v),
+                max(r for _, r, _, _ in v),
+                [w for w, _, _, _ in v],
+                statistics.median(u for _, _, u, _ in v),
+                statistics.median(s for _, _, _, s in v),
+            )
             for k, v in results.items()
         }
         print_row(method, rows[method])
@@ -190,19 +206,20 @@ def main() -> None:
 
 
 def print_row(method: str, row: dict) -> None:
-    """One line per method: medians, ratios to the floor, peak RSS and median CPU seconds; with
-    several repeats also the range of the per-repeat ratios (each command against the floor run
-    just before it), which shows how much of a ratio is this machine's noise."""
-    floor, _, floors, floor_cpu = row["floor"]
-    parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB, CPU {floor_cpu:.2f}s)"]
+    """One line per method: medians, ratios to the floor, peak RSS and median CPU seconds (user +
+    system); with several repeats also the range of the per-repeat ratios (each command against
+    the floor run just before it), which shows how much of a ratio is this machine's noise."""
+    floor, _, floors, floor_user, floor_sys = row["floor"]
+    parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB, CPU {floor_user:.2f}+{floor_sys:.2f}s)"]
     for name in ("mergefast", "mergekit"):
         if name in row:
-            wall, rss, walls, cpu = row[name]
+            wall, rss, walls, user, system = row[name]
             spread = ""
             if len(walls) > 1:
                 ratios = [w / f for w, f in zip(walls, floors)]
                 spread = f" (runs {min(ratios):.2f}-{max(ratios):.2f}x)"
-            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{spread}, RSS {rss:.2f} GB, CPU {cpu:.2f}s")
+            cpu = f"CPU {user:.2f}+{system:.2f}s"
+            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{spread}, RSS {rss:.2f} GB, {cpu}")
     print(" | ".join(parts), flush=True)
 
 

@@ -6,7 +6,8 @@
 No arithmetic: the time this takes is what any merge of CONFIG must at least spend on IO.
 The byte ranges of the input tensors the plan reads (from the safetensors headers) are read
 in file-offset order, adjacent ranges merged, in 16 MiB preads; the output is written in
-16 MiB chunks and fsynced, as mergefast's writer does.
+16 MiB chunks, flushed (fdatasync) every FLUSH_EVERY bytes and fsynced at the end, as
+mergefast's writer does (mergefast/io/writer.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mergefast.config import load_config  # noqa: E402
+from mergefast.io.writer import FLUSH_EVERY  # noqa: E402
 from mergefast.options import MergeOptions  # noqa: E402
 from mergefast.plan import build_plan  # noqa: E402
 
@@ -68,12 +70,19 @@ def read_ranges(path: Path, spans: list[tuple[int, int]], buf: bytearray) -> int
 
 
 def write_bytes(out: Path, n: int, buf: bytearray) -> None:
-    """Write `n` bytes into OUT/floor.bin in 16 MiB chunks and fsync it."""
+    """Write `n` bytes into OUT/floor.bin in 16 MiB chunks, flushed every FLUSH_EVERY bytes,
+    and fsync it."""
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / "floor.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        unflushed = 0
         while n > 0:
-            n -= os.write(fd, memoryview(buf)[: min(n, CHUNK)])
+            done = os.write(fd, memoryview(buf)[: min(n, CHUNK)])
+            n -= done
+            unflushed += done
+            if unflushed >= FLUSH_EVERY:
+                os.fdatasync(fd)
+                unflushed = 0
         os.fsync(fd)
     finally:
         os.close(fd)
