@@ -6,7 +6,8 @@
 Makes a family of random Llama-shaped checkpoints (base + 3 fine-tunes, sharded safetensors,
 bf16) under --dir, then times whole processes, alternated --repeats times: the IO floor
 (benchmarks/io_floor.py), `mergefast yaml` per method and `mergekit-yaml` per method. Prints
-medians, the ratio to the IO floor and peak RSS per command.
+medians, the ratio to the IO floor, peak RSS and user + system CPU seconds per command
+(`--settle S` waits S seconds before each command: benchmarks/README.md says when that matters).
 """
 
 from __future__ import annotations
