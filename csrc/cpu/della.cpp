@@ -70,11 +70,10 @@ MF_INLINE double lane_sum(const float* v, int64_t len) {
 // u < p here, in the same loop (rows of the full ranks: ~2.5% less time on 4096-wide rows than
 // a loop of their own).
 template <bool FromRanks>
-MF_INLINE void tile_bits(const uint32_t* kept, const float* u, float pmin, float denom, float span, uint16_t bit,
-                         int64_t len, uint16_t* bits, float* x, float* d) {
+MF_INLINE void tile_bits(const uint32_t* kept, const float* u, const DellaRule& rule, uint16_t bit, int64_t len,
+                         uint16_t* bits, float* x, float* d) {
   for (int64_t j = 0; j < len; ++j) {
-    const uint32_t k = FromRanks ? 0u - static_cast<uint32_t>(u[j] < keep_probability(kept[j], pmin, denom, span))
-                                 : kept[j];
+    const uint32_t k = FromRanks ? rule.keep_mask(u[j], kept[j]) : kept[j];
     bits[j] = static_cast<uint16_t>(bits[j] | (bit & k));
     const float m = std::fabs(d[j]);
     x[j] = m;
@@ -102,14 +101,14 @@ MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, Til
   const DellaRule rule{a.pmin[i], ranked ? static_cast<float>(a.cols - 1) : 1.0f, ranked ? a.span[i] : 0.0f};
   if (ranked && BoundScratch::bounded(a.cols) != 0) {
     for (int64_t r = 0; r < len; r += a.cols) row_keep<Avx2>(d + r, u + r, a.cols, rule, s.bounds, kept + r);
-    return tile_bits<false>(kept, u, rule.pmin, rule.denom, rule.span, bit, len, s.bits.data(), s.x.data(), d);
+    return tile_bits<false>(kept, u, rule, bit, len, s.bits.data(), s.x.data(), d);
   }
   if (ranked) {
     for (int64_t r = 0; r < len; r += a.cols) row_ranks<Avx2>(d + r, a.cols, s.bounds.rs, kept + r);
   } else {
     std::fill(kept, kept + len, 0u);
   }
-  tile_bits<true>(kept, u, rule.pmin, rule.denom, rule.span, bit, len, s.bits.data(), s.x.data(), d);
+  tile_bits<true>(kept, u, rule, bit, len, s.bits.data(), s.x.data(), d);
 }
 
 // Tile t's keep words and its norms part[2i], part[2i + 1].

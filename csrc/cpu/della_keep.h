@@ -52,13 +52,15 @@ constexpr int64_t kBoundMaxCols = 3072;
 // (a few passes over the row). Not tuned: rows this tied (zeros, a grid) are rare in deltas.
 constexpr uint64_t kMemberBudget = 8;
 
-// DELLA's keep probability of rank r (the reference's float32 operations, in its order).
-MF_INLINE float keep_probability(uint32_t r, float pmin, float denom, float span) {
-  return pmin + (static_cast<float>(static_cast<int32_t>(r)) / denom) * span;
-}
-
+// One model's keep rule: p(r) = pmin + (r / denom) * span.
 struct DellaRule {
   float pmin, denom, span;
+
+  // The keep probability of rank r (the reference's float32 operations, in its order).
+  MF_INLINE float p(uint32_t r) const { return pmin + (static_cast<float>(static_cast<int32_t>(r)) / denom) * span; }
+
+  // All ones where the draw u keeps an element of rank r (u < p(r)), else 0.
+  MF_INLINE uint32_t keep_mask(float u, uint32_t r) const { return 0u - static_cast<uint32_t>(u < p(r)); }
 };
 
 // One thread's buffers for rows of up to `cols` elements.
@@ -86,7 +88,7 @@ MF_INLINE void bucket_bounds(const uint16_t* bucket, int64_t cols, uint32_t nb, 
   for (int64_t j = 0; j < cols; ++j) ++start[bucket[j] + 1];
   uint32_t sum = 0;  // in a register: start[b] += start[b - 1] waits on each store
   for (uint32_t b = 0; b <= nb; ++b) start[b] = sum += start[b];
-  for (uint32_t b = 0; b <= nb; ++b) s.plo[b] = keep_probability(start[b], r.pmin, r.denom, r.span);
+  for (uint32_t b = 0; b <= nb; ++b) s.plo[b] = r.p(start[b]);
 }
 
 // The exact rank of element j among the row's keys: smaller keys, then equal keys before j.
@@ -126,7 +128,7 @@ MF_INLINE void keep_by_ranks(const float* d, const float* u, int64_t cols, const
   uint32_t* rank = s.rank.data();
   row_ranks<Avx2>(d, cols, s.rs, rank);
   for (int64_t j = 0; j < cols; ++j) {
-    kept[j] = 0u - static_cast<uint32_t>(u[j] < keep_probability(rank[j], r.pmin, r.denom, r.span));
+    kept[j] = r.keep_mask(u[j], rank[j]);
   }
 }
 
@@ -182,7 +184,7 @@ MF_INLINE void row_keep(const float* d, const float* u, int64_t cols, const Dell
     const uint32_t j = open[t];
     const uint32_t rank = m <= kScanMax ? exact_rank(keys, cols, j)
                                         : member_rank(keys[j], j, s.start[bucket[j]], s.start[bucket[j] + 1], s);
-    kept[j] = 0u - static_cast<uint32_t>(u[j] < keep_probability(rank, r.pmin, r.denom, r.span));
+    kept[j] = r.keep_mask(u[j], rank);
   }
 }
 
