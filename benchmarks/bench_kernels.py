@@ -316,18 +316,13 @@ DELLA_METHODS = {"della": "sum", "della_linear": None}  # method -> consensus
 
 
 @pytest.mark.parametrize("method", sorted(DELLA_METHODS))
-@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton", "triton-torch-masks"])
-def test_della(benchmark, request, monkeypatch, method, provider):
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+def test_della(benchmark, request, method, provider):
     """DELLA with mergekit's defaults (epsilon 0.15, L1 rescale on): the masks pass (row
-    ranks, keep bits), then the apply. `triton-torch-masks` takes the masks pass that rows
-    longer than della.MAX_ROW take (torch's segmented sorts on the GPU, no Triton compile)."""
-    device = "cuda" if provider.startswith("triton") else "cpu"
+    ranks, keep bits), then the apply."""
+    device = "cuda" if provider == "triton" else "cpu"
     base, xs = _inputs(request, device)
     benchmark.group = method
-    if provider == "triton-torch-masks":
-        from mergefast.kernels.triton import della
-
-        monkeypatch.setattr(della, "MAX_ROW", 0)
     kw = dict(
         densities=DENSITIES,
         epsilons=[0.15] * 3,

@@ -459,9 +459,6 @@ class _Cuda(_WindowCases, _OneReadCases, KernelSuite):
     EXACT = False  # no FMA contraction, but GPU division may differ in the last bit
     SHAPES = [(1,), (2,), (3,), (0,), (4097,), (37, 129), (1000, 1003)]
     TIE_N = 200_000
-    # Triton compiles DELLA's masks pass once per row block (and dtype): 4096 (a 7B model's
-    # rows) in ~1 min; test_della_masks_of_long_rows_on_the_gpu compiles one long row once
-    DELLA_MASK_COLS = 4096
 
     def test_backend_is_triton(self, monkeypatch):
         from mergefast import kernels
@@ -509,11 +506,10 @@ def _assert_della_masks(out, sums, base, xs, rules, seed, norms=True):
 
 
 @pytest.mark.gpu
-@pytest.mark.slow  # compiles the masks pass for 16384-element row blocks: ~3 min
 @pytest.mark.skipif(not HAVE_CUDA, reason="needs CUDA")
 def test_della_masks_of_long_rows_on_the_gpu():
-    """Rows of 14336 columns (an 8B model's down_proj), sorted in one program: the reference's
-    keep bits with many ties and NaNs."""
+    """Rows of 14336 columns (an 8B model's down_proj), 14 steps of the masks pass each: the
+    reference's keep bits with many ties and NaNs."""
     from kernel_cases import nan_inputs
 
     from mergefast.kernels.della import keep_rule, stream_keys
@@ -527,45 +523,47 @@ def test_della_masks_of_long_rows_on_the_gpu():
     _assert_della_masks(out, sums, base, xs, [(0.5, 0.3)] * 3, seed=3, norms=False)
 
 
-@pytest.mark.slow  # the interpreter runs tl.sort's network op by op: ~5 s
-@pytest.mark.skipif(not (HAVE_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
-def test_della_sorted_ranks_interpreted(monkeypatch):
-    """The GPU's way to DELLA's row ranks (tl.sort of key and index, the keep bits stored at
-    the sorted indices), interpreted: the reference's masks and L1 norms with many ties and
-    NaNs. The interpreted suites otherwise rank by pairwise compares (kernels/triton/della.py,
-    INTERPRET_PAIRWISE)."""
+def _della_step_inputs():
+    """(base, models, output dtype) of 4 x 50: random float32 deltas (few ties), many ties,
+    NaNs, and half the deltas zero (a frozen part: zeros rank lowest, in column order)."""
     from kernel_cases import nan_inputs, tied_inputs
 
-    from mergefast.kernels.della import keep_rule, stream_keys
-    from mergefast.kernels.triton import della
-
-    monkeypatch.setattr(della, "INTERPRET_PAIRWISE", False)
-    for base, xs in (tied_inputs(122, torch.bfloat16), nan_inputs(122, torch.float32)):
-        base, xs = base.view(2, 61), [x.view(2, 61) for x in xs]
-        rule = keep_rule(0.5, 0.4, 61)
-        out, sums = della.della_masks(base, xs, stream_keys(3, "t", 3), [rule[0]] * 3, [rule[1]] * 3, 61, base.dtype)
-        _assert_della_masks(out, sums, base, xs, [(0.5, 0.4)] * 3, seed=3)
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(200, generator=g) * 0.02
+    noise = [torch.randn(200, generator=g) * 2e-3 for _ in range(3)]
+    frozen = [torch.where(torch.rand(200, generator=g) < 0.5, 0.0, v) for v in noise]
+    return [
+        (base, [base + v for v in noise], torch.float32),
+        (*tied_inputs(200, torch.bfloat16), torch.bfloat16),
+        (*nan_inputs(200, torch.float16), torch.float32),
+        (base, [base + v for v in frozen], torch.bfloat16),
+    ]
 
 
 @pytest.mark.skipif(not (HAVE_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
-def test_della_masks_of_rows_past_one_program(monkeypatch):
-    """Rows longer than MAX_ROW (more than one program holds) take the masks pass in torch ops
-    (kernels/triton/della.py, _masks_torch): the reference's keep bits with many ties, NaNs,
-    a keep-all and a keep-none model, and its L1 norms."""
-    from kernel_cases import nan_inputs, tied_inputs
+@pytest.mark.parametrize("shift, open_cap", [(16, 256), (22, 256), (22, 2)])
+def test_della_masks_in_steps(monkeypatch, shift, open_cap):
+    """The masks pass over rows of several steps (16 columns a step; the suites' rows take
+    one): with the GPU's buckets, with one bucket a binade (many elements left open, ranked by
+    compares), and with rows of more than OPEN_CAP open ones (flagged, ranked by masks_torch).
+    The reference's keep bits and L1 norms, with a keep-all model and a negative epsilon."""
+    import triton.language as tl
 
     from mergefast.kernels.della import keep_rule, stream_keys
-    from mergefast.kernels.triton import della
+    from mergefast.kernels.triton import della, della_masks
 
-    monkeypatch.setattr(della, "MAX_ROW", 64)
-    rules = [(0.5, 0.4), (1.0, 0.1), (0.0, 0.1)]  # (density, epsilon) of each model
-    for base, xs, out_dtype in (
-        (*tied_inputs(900, torch.bfloat16), torch.bfloat16),
-        (*nan_inputs(900, torch.float16), torch.float32),
-    ):
-        base, xs = base.view(9, 100), [x.view(9, 100) for x in xs]
-        kept = [keep_rule(density, epsilon, 100) for density, epsilon in rules]
+    monkeypatch.setattr(della, "CHUNK", 16)
+    monkeypatch.setattr(della, "OPEN_CAP", open_cap)
+    monkeypatch.setattr(della_masks, "SHIFT", tl.constexpr(shift))
+    flagged = []
+    ranked_by_sort = della.masks_torch
+    monkeypatch.setattr(della, "masks_torch", lambda *a: flagged.append(len(a[-1])) or ranked_by_sort(*a))
+    rules = [(0.5, 0.4), (1.0, 0.1), (0.3, -0.2)]  # (density, epsilon) of each model
+    for base, xs, out_dtype in _della_step_inputs():
+        base, xs = base.view(4, 50), [x.view(4, 50) for x in xs]
+        kept = [keep_rule(density, epsilon, 50) for density, epsilon in rules]
         out, sums = della.della_masks(
-            base, xs, stream_keys(3, "t", 3), [k[0] for k in kept], [k[1] for k in kept], 100, out_dtype
+            base, xs, stream_keys(3, "t", 3), [k[0] for k in kept], [k[1] for k in kept], 50, out_dtype
         )
         _assert_della_masks(out, sums, base, xs, rules, seed=3)
+    assert bool(flagged) == (open_cap == 2), flagged

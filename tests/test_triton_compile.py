@@ -514,23 +514,10 @@ def test_breadcrumbs_passes(tie_cut, consensus, normalize, scale, ptr):
     )
 
 
-@pytest.mark.parametrize(
-    "ptr, row_block",
-    [
-        # bf16; a 7B model's 4096-column rows compile too, in ~2 min on a shared 2-vCPU VM
-        ("*i16", 512),
-        ("*fp16", 128),
-    ],
-)
-def test_della_masks_pass(ptr, row_block):
+@pytest.mark.parametrize("ptr, chunk, stride", [("*i16", 1024, 1), ("*fp16", 16, 1), ("*fp32", 256, 2)])
+def test_della_masks_pass(ptr, chunk, stride):
     della = compiled("della")
-
-    _compile(
-        della._della_masks_kernel,
-        della_masks_signature(ptr),
-        {"STRIDE": 1, "ROW_BLOCK": row_block, "PAIRWISE": False},
-        num_warps=della.row_warps(row_block),
-    )
+    _compile(della._della_masks_kernel, della_masks_signature(ptr), della_masks_constants(chunk, stride))
 
 
 def della_masks_signature(ptr: str) -> dict:
@@ -544,9 +531,19 @@ def della_masks_signature(ptr: str) -> dict:
         "key_ptr": "*i64",
         "word_ptr": "*i16",
         "part_ptr": "*fp64",
+        "open_ptr": "*i32",
+        "flag_ptr": "*i32",
+        "rows": "i32",
         "cols": "i32",
         "denom": "fp32",
     }
+
+
+def della_masks_constants(chunk: int, stride: int = 1) -> dict:
+    """The constexprs of DELLA's masks pass for `chunk` columns a step."""
+    from mergefast.kernels.triton import della
+
+    return {"STRIDE": stride, "CHUNK": chunk, "OPEN_CAP": della.OPEN_CAP}
 
 
 @pytest.mark.parametrize(

@@ -93,8 +93,13 @@ def uniform(
 def uniform_from_key(key: int, numel: int, *, start: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
     """`uniform` of the stream started at `key` (a `stream_key`), for flat element indices
     [start, start + numel)."""
-    idx = torch.arange(start + 1, start + numel + 1, dtype=torch.int64, device=device)
-    bits = mix64(idx * _signed(GOLDEN) + _signed(key))
+    return uniform_at(key, torch.arange(start, start + numel, dtype=torch.int64, device=device))
+
+
+def uniform_at(key: int, index: torch.Tensor) -> torch.Tensor:
+    """`uniform` of the stream started at `key` for the flat element indices `index` (int64,
+    any shape and order), on index's device."""
+    bits = mix64((index + 1) * _signed(GOLDEN) + _signed(key))
     return _shr(bits, 64 - UNIFORM_BITS).to(torch.float32) * (1.0 / (1 << UNIFORM_BITS))
 
 
