@@ -433,7 +433,7 @@ def _gpu_sweep() -> None:
     and with each way to a candidate's threshold; the two passes with each selection scheme
     and over the histogram passes' programs per SM), then the kernels over block sizes / warps
     (gpu_check.sh runs it to choose SelectionOptions' GPU defaults, and BLOCK and NUM_WARPS in
-    kernels/triton/utils.py)."""
+    kernels/triton/utils.py), then DELLA's masks pass (_della_masks_sweep)."""
     from conftest import _layer
     from triton.testing import do_bench
 
@@ -484,6 +484,31 @@ def _gpu_sweep() -> None:
                 line.append(f"{op} {ms:7.3f} ms {nbytes / (ms * 1e-3) / 1e9:7.0f} GB/s{frac}")
             print(" | ".join(line), flush=True)
     utils.BLOCK, utils.NUM_WARPS = chosen
+    _della_masks_sweep(base, xs, peak)
+
+
+def _della_masks_sweep(base, xs, peak) -> None:
+    """DELLA's masks pass (della_masks.py) over its step size and programs per SM, with
+    mergekit's default epsilon (gpu_check.sh runs it to choose della.CHUNK and
+    della.PROGRAMS_PER_SM)."""
+    from triton.testing import do_bench
+
+    from mergefast.kernels.della import keep_rule, stream_keys
+    from mergefast.kernels.triton import della
+
+    cols, nbytes = base.shape[-1], 5 * 2 * base.numel()  # base + 3 read, the words written
+    rules = [keep_rule(d, 0.15, cols) for d in DENSITIES]
+    pmin, span = [r[0] for r in rules], [r[1] for r in rules]
+    keys = stream_keys(0, "model.layers.0.mlp.up_proj.weight", len(xs))
+    chosen = della.CHUNK, della.PROGRAMS_PER_SM
+    for chunk in (512, 1024):
+        for per_sm in (2, 8, 32):
+            della.CHUNK, della.PROGRAMS_PER_SM = chunk, per_sm
+            masks = lambda: della.della_masks(base, xs, keys, pmin, span, cols, base.dtype)  # noqa: E731
+            ms = do_bench(masks, warmup=3, rep=30, return_mode="median")
+            frac = f" {nbytes / (ms * 1e-3) / peak * 100:4.0f}% of HBM" if peak else ""
+            print(f"della masks CHUNK={chunk:5d} programs/SM={per_sm:3d} {ms:7.3f} ms{frac}", flush=True)
+    della.CHUNK, della.PROGRAMS_PER_SM = chosen
 
 
 if __name__ == "__main__":

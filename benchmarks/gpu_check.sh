@@ -5,7 +5,7 @@
 # method, 3. --cuda merges of the examples equal the CPU ones, 4. end-to-end merges (--cuda)
 # against the IO floor on a ~1.2B Llama family (E2E_SIZE, E2E_METHODS), 5. a profile of one
 # Triton TIES call (which selection pass or sync is slow), 6. the block-size / histogram-grid
-# sweep (bench_kernels.py script mode). Each step is time-boxed (TEST_S, BENCH_S, EQUAL_S, E2E_S,
+# sweep and DELLA's masks pass over its step and grid (bench_kernels.py script mode). Each step is time-boxed (TEST_S, BENCH_S, EQUAL_S, E2E_S,
 # PROFILE_S, SWEEP_S; ~9 minutes in all) so that a slow step still leaves the others' figures in
 # $OUT/summary.txt. Uses
 # the preinstalled torch/triton; wheels for the pure-Python dependencies may be carried in
@@ -59,8 +59,8 @@ timeout "${PROFILE_S:-40}" python benchmarks/profile_ties.py --out "$OUT/profile
   > /tmp/mergefast-gpu-profile.log 2>&1
 echo "profile exit code $?" >> "$S"
 head -n 22 "$OUT/profile_ties.txt" >> "$S" 2>/dev/null || tail -n 4 /tmp/mergefast-gpu-profile.log >> "$S"
-echo "## sweep: TIES in one read vs two passes, BLOCK x warps, histogram programs per SM" >> "$S"
-timeout "${SWEEP_S:-40}" python benchmarks/bench_kernels.py > "$OUT/sweep.txt" 2>&1
+echo "## sweep: TIES in one read vs two passes, BLOCK x warps, histogram programs per SM, DELLA masks" >> "$S"
+timeout "${SWEEP_S:-70}" python benchmarks/bench_kernels.py > "$OUT/sweep.txt" 2>&1
 echo "sweep exit code $?" >> "$S"
 cat "$OUT/sweep.txt" >> "$S"
 cat "$S"
