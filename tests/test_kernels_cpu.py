@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from kernel_cases import KernelSuite, della_keep_bits, generate, make_inputs, sampled_positions
+from kernel_cases import KernelSuite, assert_della_keeps, generate, make_inputs, sampled_positions
 
 from mergefast import kernels, methods
 
@@ -484,7 +484,7 @@ def test_della_masks_on_every_keep_method(cols):
         out, _ = cpu.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, torch.float32)
         for i, x in enumerate(xs):
             want = della_mask(x - base, density, epsilon, seed=4, tensor_name="t", model_index=i)
-            assert torch.equal(della_keep_bits(out, base.shape, i), want), (density, epsilon, i)
+            assert_della_keeps(out, i, x - base, want, density, epsilon, i)
 
 
 @needs_ext

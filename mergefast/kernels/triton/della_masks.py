@@ -12,12 +12,12 @@ program takes whole rows, per model, in chunks of CHUNK columns:
   2. a histogram of the keys' buckets: bucket 0 holds the zeros, buckets 1.. the keys' top
      bits (128 a binade, SHIFT) over the binades below the row's largest key, smaller keys in
      bucket 1; its prefix sums give each bucket's rank range;
-  3. per element: a zero's exact rank is the zeros before it (zeros rank lowest: a frozen
-     tensor's rows need no more); any other's draw against p at its bucket's two ends decides
-     it, or leaves it open (a bucket of s elements leaves ~s * s * 2 |epsilon| / cols open);
-     the keep bit is or-ed into the element's 16-bit word (its own output slot), the open
-     elements' columns are listed in the program's scratch; sum |d| (float64, for the L1
-     rescale);
+  3. per element: a zero delta is dropped (kept or not, it adds nothing to the output, the
+     sign election or the norms: so a frozen tensor's rows need no ranks); any other's draw
+     against p at its bucket's two ends decides it, or leaves it open (a bucket of s elements
+     leaves ~s * s * 2 |epsilon| / cols open); the keep bit is or-ed into the element's
+     16-bit word (its own output slot), the open elements' columns are listed in the
+     program's scratch; sum |d| (float64, for the L1 rescale);
   4. each open element's exact rank by compares over the row's chunks, G at a time.
 A row with more than OPEN_CAP open elements (keys on a coarse grid: buckets of many ties) is
 flagged; the host ranks those rows by sorting (della.py, masks_torch). Triton compiles this
@@ -76,7 +76,7 @@ def _row_max(base_ptr, x_ptr, row_start, cols, CHUNK: tl.constexpr):
 @triton.jit
 def _bucket_p(base_ptr, x_ptr, row_start, cols, pmin, span, denom, CHUNK: tl.constexpr):
     """The bucket window's start (lo) and min and max of p over each bucket's rank range
-    [first, first + count] (both ends)."""
+    [first, first + count] (both ends); -1 for bucket 0 (the zeros)."""
     lo = tl.maximum((_row_max(base_ptr, x_ptr, row_start, cols, CHUNK) >> SHIFT) - (NB - 2), 0)
     hist = tl.zeros([NB], tl.int32)
     for c0 in range(0, cols, CHUNK):
@@ -85,7 +85,8 @@ def _bucket_p(base_ptr, x_ptr, row_start, cols, pmin, span, denom, CHUNK: tl.con
     first = tl.cumsum(hist, axis=0) - hist
     p_first = _keep_p(first, pmin, span, denom)
     p_next = _keep_p(first + hist, pmin, span, denom)
-    return lo, tl.minimum(p_first, p_next), tl.maximum(p_first, p_next)
+    zeros = tl.arange(0, NB) == 0  # never kept nor open: every draw u >= 0
+    return lo, tl.where(zeros, -1.0, tl.minimum(p_first, p_next)), tl.where(zeros, -1.0, tl.maximum(p_first, p_next))
 
 
 @triton.jit
@@ -96,19 +97,14 @@ def _decide(
     """Step 3: the decided keep bits or-ed into the words, the open columns listed at open_ptr
     (up to OPEN_CAP); returns how many are open, sum |d| and the decided sum |kept d| (float64)."""
     total = tl.full([], 0.0, tl.float64)
-    zeros = tl.full([], 0, tl.int32)
     m = tl.full([], 0, tl.int32)
     kept_sum = tl.full([], 0.0, tl.float64)
     for c0 in range(0, cols, CHUNK):
         cidx, valid, offs, d, k = _chunk(base_ptr, x_ptr, row_start, c0, cols, CHUNK)
         b = _bucket(k, lo, SHIFT, NB)
         u = uniform(key, offs)
-        zero = (b == 0) & valid
-        z32 = zero.to(tl.int32)
-        zero_p = _keep_p(zeros + tl.cumsum(z32, axis=0) - z32, pmin, span, denom)
-        zeros += tl.sum(z32, axis=0)
-        keep = tl.where(zero, u < zero_p, u < tl.gather(p_low, b, 0)) & valid
-        is_open = valid & ~zero & ~keep & (u < tl.gather(p_high, b, 0))
+        keep = (u < tl.gather(p_low, b, 0)) & valid
+        is_open = valid & ~keep & (u < tl.gather(p_high, b, 0))
         o32 = is_open.to(tl.int32)
         at = m + tl.cumsum(o32, axis=0) - 1
         tl.store(open_ptr + at, cidx, mask=is_open & (at < OPEN_CAP))
@@ -164,7 +160,7 @@ def _della_masks_kernel(
             key = tl.load(key_ptr + i).to(tl.uint64, bitcast=True)
             # a model without ranks (span 0: p = pmin) decides every element by its draw
             lo = tl.full([], 0, tl.int32)
-            p_low = tl.full([NB], pmins[i], tl.float32)
+            p_low = tl.where(tl.arange(0, NB) == 0, -1.0, pmins[i])  # zeros: never kept
             p_high = p_low
             if spans[i] != 0.0:
                 lo, p_low, p_high = _bucket_p(base_ptr, xs[i], row_start, cols, pmins[i], spans[i], denom, CHUNK)
