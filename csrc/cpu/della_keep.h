@@ -6,8 +6,8 @@
 // rank. So per row:
 //   1. a histogram of the keys (mag_key) in buckets (a monotone map: bucket 0 the zeros,
 //      bucket 1 the keys below the window, then the keys' top bits) and its prefix counts: each
-//      bucket's rank range, and p at every bucket's edges;
-//   2. per element, u against p at its bucket's two edges: kept, dropped, or open (u within the
+//      bucket's rank range, and p's min and max over it (p at its two edges);
+//   2. per element, u against its bucket's min and max: kept, dropped, or open (u within the
 //      bucket's p range: a bucket of s elements leaves ~s * 2 |epsilon| / cols of them open,
 //      ~5 of a 1024-wide row of bf16 deltas at epsilon 0.15: its ties make the buckets large);
 //      a zero delta is dropped, never open: kept or not, it adds nothing to the output, the
