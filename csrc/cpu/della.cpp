@@ -81,12 +81,76 @@ MF_INLINE void tile_bits(const uint32_t* kept, const float* u, const DellaRule& 
   }
 }
 
-// Model i's keep bits over one tile (off, len) from its deltas d, into bits; |d| into x and
-// |kept d| into d (for the norms). The draws first (a loop of their own: AVX2 evaluates eight
-// counters at once), then each row's keep decisions (rank bounds, della_keep.h) or ranks
-// (della_rank.h), then one branch-free loop for the bits and the norms' terms.
+#if MF_AVX2_CLONES
+// tile_bits and the two lane_sums of its terms in one pass, eight elements a step (lanes j % 8:
+// the two halves of the step's float64 accumulators), the same bits and sums without storing
+// the terms. norms[0] = sum |d|, norms[1] = sum |kept d|. DELLA's masks pass alone, one thread,
+// base + 3 bf16 (2-vCPU Intel Xeon VM, builds alternated): 0.94x the time of the three loops
+// on 1024-wide rows, 0.92x on 2816-wide ones.
+template <bool FromRanks>
+MF_TARGET_AVX2 inline void tile_bits_norms_avx2(const uint32_t* kept, const float* u, const float* d,
+                                                const DellaRule& rule, uint16_t bit, int64_t len, uint16_t* bits,
+                                                double* norms) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m128i bit16 = _mm_set1_epi16(static_cast<int16_t>(bit));
+  const __m256 pmin = _mm256_set1_ps(rule.pmin), denom = _mm256_set1_ps(rule.denom);
+  const __m256 span = _mm256_set1_ps(rule.span);
+  __m256d all[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, on[2] = {all[0], all[1]};
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kept + j));
+    if constexpr (FromRanks) {  // rule.p(rank) > u, the same float32 operations
+      const __m256 p = _mm256_add_ps(pmin, _mm256_mul_ps(_mm256_div_ps(_mm256_cvtepi32_ps(k), denom), span));
+      k = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(u + j), p, _CMP_LT_OQ));
+    }
+    const __m256 m = _mm256_and_ps(_mm256_loadu_ps(d + j), abs_mask);
+    const __m256 km = _mm256_and_ps(m, _mm256_castsi256_ps(k));
+    all[0] = _mm256_add_pd(all[0], _mm256_cvtps_pd(_mm256_castps256_ps128(m)));
+    all[1] = _mm256_add_pd(all[1], _mm256_cvtps_pd(_mm256_extractf128_ps(m, 1)));
+    on[0] = _mm256_add_pd(on[0], _mm256_cvtps_pd(_mm256_castps256_ps128(km)));
+    on[1] = _mm256_add_pd(on[1], _mm256_cvtps_pd(_mm256_extractf128_ps(km, 1)));
+    const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+    __m128i* w = reinterpret_cast<__m128i*>(bits + j);
+    _mm_storeu_si128(w, _mm_or_si128(_mm_loadu_si128(w), _mm_and_si128(k16, bit16)));
+  }
+  alignas(32) double lanes[2][8];
+  for (int h = 0; h < 2; ++h) {
+    _mm256_store_pd(lanes[0] + 4 * h, all[h]);
+    _mm256_store_pd(lanes[1] + 4 * h, on[h]);
+  }
+  for (; j < len; ++j) {
+    const uint32_t k = FromRanks ? rule.keep_mask(u[j], kept[j]) : kept[j];
+    bits[j] = static_cast<uint16_t>(bits[j] | (bit & k));
+    const float m = std::fabs(d[j]);
+    lanes[0][j % 8] += static_cast<double>(m);
+    lanes[1][j % 8] += static_cast<double>(bits_to_f32(f32_to_bits(m) & k));
+  }
+  for (int q = 0; q < 2; ++q) {
+    norms[q] = 0.0;
+    for (int l = 0; l < 8; ++l) norms[q] += lanes[q][l];
+  }
+}
+#endif
+
+// The tile's keep bits (tile_bits) and norms: norms[0] = sum |d|, norms[1] = sum |kept d|.
+template <bool Avx2, bool FromRanks>
+MF_INLINE void bits_and_norms(const uint32_t* kept, const float* u, const DellaRule& rule, uint16_t bit, int64_t len,
+                              TileScratch& s, double* norms) {
+  float* d = s.d.data();
+#if MF_AVX2_CLONES
+  if constexpr (Avx2) return tile_bits_norms_avx2<FromRanks>(kept, u, d, rule, bit, len, s.bits.data(), norms);
+#endif
+  tile_bits<FromRanks>(kept, u, rule, bit, len, s.bits.data(), s.x.data(), d);
+  norms[0] = lane_sum(s.x.data(), len);
+  norms[1] = lane_sum(d, len);
+}
+
+// Model i's keep bits over one tile (off, len) from its deltas d, into bits; sum |d| and
+// sum |kept d| into norms. The draws first (a loop of their own: AVX2 evaluates eight counters
+// at once), then each row's keep decisions (rank bounds, della_keep.h) or ranks
+// (della_rank.h), then one branch-free pass for the bits and the norms.
 template <bool Avx2>
-MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, TileScratch& s) {
+MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, TileScratch& s, double* norms) {
   float* d = s.d.data();
   float* u = s.u.data();
   uint32_t* kept = s.kept.data();  // keep masks, or ranks
@@ -101,14 +165,14 @@ MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, Til
   const DellaRule rule{a.pmin[i], ranked ? static_cast<float>(a.cols - 1) : 1.0f, ranked ? a.span[i] : 0.0f};
   if (ranked && BoundScratch::bounded(a.cols) != 0) {
     for (int64_t r = 0; r < len; r += a.cols) row_keep<Avx2>(d + r, u + r, a.cols, rule, s.bounds, kept + r);
-    return tile_bits<false>(kept, u, rule, bit, len, s.bits.data(), s.x.data(), d);
+    return bits_and_norms<Avx2, false>(kept, u, rule, bit, len, s, norms);
   }
   if (ranked) {
     for (int64_t r = 0; r < len; r += a.cols) row_ranks<Avx2>(d + r, a.cols, s.bounds.rs, kept + r);
   } else {
     std::fill(kept, kept + len, 0u);
   }
-  tile_bits<true>(kept, u, rule, bit, len, s.bits.data(), s.x.data(), d);
+  bits_and_norms<Avx2, true>(kept, u, rule, bit, len, s, norms);
 }
 
 // Tile t's keep words and its norms part[2i], part[2i + 1].
@@ -120,9 +184,7 @@ MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* p
   std::fill(s.bits.begin(), s.bits.begin() + len, uint16_t(0));
   for (int i = 0; i < a.K; ++i) {
     stage_deltas((*a.xs)[i], b, off, len, s.d.data());
-    keep_bits<Avx2>(a, i, off, len, s);
-    part[2 * i] = lane_sum(s.x.data(), len);
-    part[2 * i + 1] = lane_sum(s.d.data(), len);
+    keep_bits<Avx2>(a, i, off, len, s, part + 2 * i);
   }
   for (int64_t j = 0; j < len; ++j) a.slots.masks[(off + j) * a.slots.stride] = s.bits[j];
 }
