@@ -71,8 +71,10 @@ Dst separate_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const s
   return dst;
 }
 
-// The output checks of the DELLA passes: dst holds the keep words between them.
-Dst della_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std::vector<Src>& src, const char* op) {
+// The output checks of the passes that leave keep words in dst for della_apply (DELLA's masks,
+// DARE's norms) and of della_apply.
+Dst keep_words_dst(void* out, int32_t out_dtype, int64_t n, const Src& sb, const std::vector<Src>& src,
+                   const char* op) {
   check(src.size() <= 16, op, "at most 16 models (one keep bit each in a 16-bit word per element)");
   return separate_dst(out, out_dtype, n, sb, src, op);
 }
@@ -132,15 +134,15 @@ int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* con
 
 int32_t mf_dare_norms(const void* base, int32_t base_dtype, const void* const* xs,
                       const int32_t* x_dtypes, int32_t k, int64_t n, const uint64_t* keys,
-                      const double* densities, int32_t threads, double* sums) {
+                      const double* densities, void* out, int32_t out_dtype, int32_t threads, double* sums) {
   return guarded([&] {
     const char* op = "dare_norms";
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && keys != nullptr && densities != nullptr && sums != nullptr, op,
           "bad sizes, keys, densities or sums");
-    dare_norms(sb, src, std::vector<uint64_t>(keys, keys + k), as_f32(densities, k), n, threads,
-               sums);
+    const Dst words = out == nullptr ? Dst{nullptr, DType::F32} : keep_words_dst(out, out_dtype, n, sb, src, op);
+    dare_norms(sb, src, std::vector<uint64_t>(keys, keys + k), as_f32(densities, k), words, n, threads, sums);
   });
 }
 
@@ -345,7 +347,7 @@ int32_t mf_della_masks(const void* base, int32_t base_dtype, const void* const* 
     check(n >= 0 && keys != nullptr && pmin != nullptr && span != nullptr && sums != nullptr, op,
           "bad sizes, keys, probabilities or sums");
     check(cols >= 1 && n % cols == 0 && cols <= INT32_MAX, op, "bad row length");
-    const Dst dst = della_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = keep_words_dst(out, out_dtype, n, sb, src, op);
     della_masks(sb, src, std::vector<uint64_t>(keys, keys + k), as_f32(pmin, k), as_f32(span, k), cols, dst, n,
                 threads, sums);
   });
@@ -361,7 +363,7 @@ int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* const* 
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && weights != nullptr && scales != nullptr && finite != nullptr, op,
           "bad sizes, weights or scales");
-    const Dst dst = della_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = keep_words_dst(out, out_dtype, n, sb, src, op);
     *finite = della_apply(sb, src, as_f32(weights, k), as_f32(scales, k), consensus != 0, normalize != 0,
                           static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
                   ? 1

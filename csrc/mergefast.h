@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 5
+#define MF_ABI_VERSION 6
 
 /* status codes */
 #define MF_OK 0
@@ -75,10 +75,13 @@ MF_API int32_t mf_magnitude_keep(const void* base, int32_t base_dtype, const voi
 
 /* DARE's L1 norms: sums[2i] = sum |xs[i] - base|, sums[2i + 1] = the same over the elements
  * model i keeps (u < (float)densities[i], u of the counter-based stream keys[i]: see
- * mergefast/methods/random.py). Float64, the same on any thread count. */
+ * mergefast/methods/random.py). Float64, the same on any thread count. Where out is not null
+ * (at most 16 models), each element's keep bits (bit i: model i keeps it) are left in a
+ * 16-bit word inside its slot of out, as mf_della_masks leaves them, for mf_della_apply. */
 MF_API int32_t mf_dare_norms(const void* base, int32_t base_dtype, const void* const* xs,
                              const int32_t* x_dtypes, int32_t k, int64_t n, const uint64_t* keys,
-                             const double* densities, int32_t threads, double* sums);
+                             const double* densities, void* out, int32_t out_dtype, int32_t threads,
+                             double* sums);
 
 /* DARE (dare_linear, dare_ties): each delta xs[i] - base kept where u < (float)densities[i],
  * times (float)scales[i] (the L1 rescale, 1: none), times weights[i]; then the TIES sign
@@ -172,7 +175,7 @@ MF_API int32_t mf_della_masks(const void* base, int32_t base_dtype, const void* 
                               const uint64_t* keys, const double* pmin, const double* span,
                               void* out, int32_t out_dtype, int32_t threads, double* sums);
 
-/* DELLA, second pass: the keep bits mf_della_masks left in out, then as mf_dare (kept deltas
+/* DELLA, second pass: the keep bits mf_della_masks (or mf_dare_norms) left in out, then as mf_dare (kept deltas
  * times scales[i] times weights[i], consensus or the plain sum) into out. *finite as there. */
 MF_API int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* const* xs,
                               const int32_t* x_dtypes, int32_t k, int64_t n,

@@ -353,6 +353,39 @@ def test_della_runs_fused_from_the_method_table(monkeypatch, method):
 
 
 @needs_ext
+@pytest.mark.parametrize("k", [1, 3, 16, 17])
+def test_dare_rescale_keeps_its_draws_in_the_output(monkeypatch, k):
+    """With the L1 rescale, DARE's norms pass leaves the keep bits in the output's slots and
+    DELLA's apply reads them (up to 16 models; past that the apply draws again): the same
+    masks, the reference's output, the same bits as drawing twice, any output dtype."""
+    from mergefast.kernels import cpu
+
+    g = torch.Generator().manual_seed(k)
+    base = torch.randn(19, 67, generator=g).bfloat16()
+    xs = [(base.float() + 0.05 * torch.randn(19, 67, generator=g)).bfloat16() for _ in range(k)]
+    xs[0][3, 5] = base[3, 5]  # a zero delta
+    weights, dens = [0.2 + 0.05 * i for i in range(k)], [0.3 + 0.6 * i / k for i in range(k)]
+    calls = []
+    real = cpu.dare_masks
+    monkeypatch.setattr(cpu, "dare_masks", lambda *a: calls.append(len(a[1])) or real(*a))
+
+    def run(dtype=None):
+        return kernels.task_arithmetic(
+            base, xs, weights, densities=dens, sparsify="random", consensus="sum", rescale=True, out_dtype=dtype
+        )
+
+    for dtype in (None, torch.float32, torch.float16):
+        want = methods.task_arithmetic(
+            base, xs, weights, densities=dens, sparsify="random", consensus="sum", rescale=True, out_dtype=dtype
+        )
+        torch.testing.assert_close(run(dtype), want)  # the L1 scale's last bit: kernels/dare.py
+    assert calls == ([k] * 3 if k <= 16 else [])
+    kept_words = run()
+    monkeypatch.delattr(cpu, "dare_masks")  # the norms pass, then the apply draws again
+    assert torch.equal(run(), kept_words)
+
+
+@needs_ext
 @pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
 def test_breadcrumbs_fused_entries(method, monkeypatch):
     """The executor's table runs the breadcrumbs kernel with each model's gamma (equal to the

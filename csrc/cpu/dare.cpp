@@ -6,6 +6,10 @@
 //   1. (only with the L1 rescale) dare_norms: per block, sum |d| and sum |kept d| per model
 //      in float64 over 8 fixed lanes, then the blocks in order: a thread-count independent
 //      sum. The caller turns them into one float32 scale per model, as the reference does.
+//      Given an output (at most 16 models), it also leaves each element's keep bits in the
+//      element's slot there, and DELLA's apply (della.cpp) reads them instead of pass 2
+//      drawing again: 0.81x the time of dare_ties with AVX2 draws, 0.91x with AVX-512 ones
+//      (16384 x 1024 bf16, base + 3, 2-vCPU Intel Xeon VM).
 //   2. the apply: per element and model, d = x - b, kept = u < p, v = ((kept ? d : 0) * s) * w
 //      (the reference's order), then TIES' sign election and disjoint mean or the plain sum
 //      (apply.h's combine_block), base + result, rounded once.
@@ -39,6 +43,7 @@ struct DareArgs : ApplyArgs {
   const uint64_t* keys;
   const float* dens;
   const float* scales;
+  MaskSlots words;  // the norms pass's keep-word output (dare_masks), else null
 };
 
 // Model i's weighted kept deltas for one block (x converted as it is read), stored to `wd`
@@ -144,13 +149,17 @@ MF_INLINE void add_lanes(const float* v, int64_t len, double* sums) {
   for (; j < len; ++j) sums[j % 8] += static_cast<double>(v[j]);
 }
 
-// Block blk's sum |d| and sum |kept d| of every model into part[2i], part[2i + 1].
+// Block blk's sum |d| and sum |kept d| of every model into part[2i], part[2i + 1]; with a
+// keep-word output (a.words.masks), the block's keep bits (bit i: model i keeps the element)
+// into it, for della_apply.
 MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
   const int64_t off = blk * kBlock;
   const int64_t len = std::min(kBlock, a.n - off);
   const float* b = stage(*a.base, off, len, s.buf(0));
   float* all = s.buf(2);
   float* kept = s.buf(3);
+  uint16_t* words = reinterpret_cast<uint16_t*>(s.buf(4));
+  if (a.words.masks != nullptr) std::fill(words, words + len, uint16_t(0));
   for (int i = 0; i < a.K; ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
     const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
@@ -161,6 +170,7 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
       const float u = static_cast<float>(static_cast<int32_t>(bits >> 40)) * 0x1.0p-24f;
       all[j] = d;
       kept[j] = u < p ? d : 0.0f;
+      if (a.words.masks != nullptr) words[j] = static_cast<uint16_t>(words[j] | (static_cast<uint32_t>(u < p) << i));
     }
     double lanes[2][8] = {};
     add_lanes(all, len, lanes[0]);
@@ -171,6 +181,8 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
       part[2 * i + q] = t;
     }
   }
+  if (a.words.masks == nullptr) return;
+  for (int64_t j = 0; j < len; ++j) a.words.masks[(off + j) * a.words.stride] = words[j];
 }
 
 void norms_block_default(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
@@ -205,9 +217,10 @@ DareArgs dare_args(const Src& base, const std::vector<Src>& xs, const float* w,
 }  // namespace
 
 void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<uint64_t>& keys,
-                const std::vector<float>& dens, int64_t n, int threads, double* sums) {
-  const DareArgs a = dare_args(base, xs, nullptr, keys, dens, nullptr, false, 1.0f, 1.0f,
-                               Dst{nullptr, DType::F32}, n, threads);
+                const std::vector<float>& dens, const Dst& words, int64_t n, int threads, double* sums) {
+  DareArgs a = dare_args(base, xs, nullptr, keys, dens, nullptr, false, 1.0f, 1.0f, Dst{nullptr, DType::F32}, n,
+                         threads);
+  a.words = words.ptr == nullptr ? MaskSlots{nullptr, 0} : mask_slots(words);
   auto block = &norms_block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &norms_block_avx2;
@@ -215,7 +228,7 @@ void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<u
 #endif
   const int K = a.K;
   std::vector<double> part(static_cast<size_t>(num_blocks(a.n)) * 2 * K);
-  for_each_block_raw(a.n, team_size(a.n, a.threads), 4,
+  for_each_block_raw(a.n, team_size(a.n, a.threads), 5,
                      [&](int, int64_t blk, int64_t, int64_t, Scratch& s) {
                        block(a, blk, s, part.data() + blk * 2 * K);
                      });

@@ -22,16 +22,6 @@
 namespace mergefast {
 namespace {
 
-// Element j's keep word: masks[j * stride] (16 bits of the element's own output slot).
-struct MaskSlots {
-  uint16_t* masks;
-  int64_t stride;
-};
-
-MaskSlots mask_slots(const Dst& dst) {
-  return MaskSlots{static_cast<uint16_t*>(dst.ptr), static_cast<int64_t>(dtype_size(dst.dt) / 2)};
-}
-
 struct MaskArgs {
   const Src* base;
   const std::vector<Src>* xs;

@@ -38,9 +38,10 @@ void magnitude_keep(const Src& base, const Src& x, int64_t n, int64_t keep, bool
 
 // DARE's L1 norms (dare.cpp): sums[2i] = sum |x_i - base|, sums[2i + 1] = the same over the
 // elements model i keeps (u < dens[i], u from the stream keys[i], random.h); float64, the
-// same on any thread count.
+// same on any thread count. Where words.ptr is not null (at most 16 models), each element's
+// keep bits into its slot of words (apply.h's MaskSlots), for della_apply.
 void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<uint64_t>& keys,
-                const std::vector<float>& dens, int64_t n, int threads, double* sums);
+                const std::vector<float>& dens, const Dst& words, int64_t n, int threads, double* sums);
 
 // DARE into dst: each delta kept where u < dens[i], times scales[i] (the L1 rescale, 1: none),
 // times w[i]; then as task_arithmetic (TIES consensus or the plain sum). Returns true when
@@ -107,9 +108,9 @@ void della_masks(const Src& base, const std::vector<Src>& xs, const std::vector<
                  const std::vector<float>& pmin, const std::vector<float>& span, int64_t cols,
                  const Dst& dst, int64_t n, int threads, double* sums);
 
-// DELLA's second pass: the keep words della_masks left in dst, then as dare() (kept deltas
-// times scales[i] times w[i], consensus or the plain sum) into dst. Returns true when every
-// delta was finite.
+// DELLA's second pass: the keep words della_masks (or dare_norms) left in dst, then as dare()
+// (kept deltas times scales[i] times w[i], consensus or the plain sum) into dst. Returns true
+// when every delta was finite.
 bool della_apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
                  const std::vector<float>& scales, bool consensus, bool normalize, float divisor,
                  float lambda, const Dst& dst, int64_t n, int threads);

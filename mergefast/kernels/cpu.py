@@ -21,7 +21,7 @@ import torch
 
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 5  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 6  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).with_name("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -44,7 +44,7 @@ _SIGNATURES = {
         _i32,
         [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
     ),
-    "mf_dare_norms": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _p]),
+    "mf_dare_norms": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _p]),
     "mf_dare": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
     "mf_magnitude_keep": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32]),
     "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
@@ -297,13 +297,30 @@ def dare_norms(
     base: torch.Tensor, xs: Sequence[torch.Tensor], keys: Sequence[int], densities: Sequence[float]
 ) -> list[float]:
     """DARE's L1 norms: [sum |d_0|, sum |kept d_0|, sum |d_1|, ...] (float64, fixed order)."""
+    return _dare_norms(base, xs, keys, densities, None)
+
+
+def dare_masks(
+    base: torch.Tensor,
+    xs: Sequence[torch.Tensor],
+    keys: Sequence[int],
+    densities: Sequence[float],
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, list[float]]:
+    """DARE's norms pass that also leaves each element's keep bits in a new output (at most 16
+    models), for `della_apply`: (that output, the norms of `dare_norms`)."""
+    out = _empty(base, out_dtype)
+    return out, _dare_norms(base, xs, keys, densities, out)
+
+
+def _dare_norms(base, xs, keys, densities, out: torch.Tensor | None) -> list[float]:
     n, op = base.numel(), "dare_norms"
     bptr, bcode = _view(base, n, op)
     ptrs, codes = _views(xs, n, op)
+    optr, ocode = _view(out, n, op) if out is not None else (None, 0)
     sums = (ctypes.c_double * (2 * len(xs)))()
-    _check(
-        _lib().mf_dare_norms(bptr, bcode, ptrs, codes, len(xs), n, _keys(keys), _doubles(densities), threads(), sums)
-    )
+    keys_, dens = _keys(keys), _doubles(densities)
+    _check(_lib().mf_dare_norms(bptr, bcode, ptrs, codes, len(xs), n, keys_, dens, optr, ocode, threads(), sums))
     return list(sums)
 
 

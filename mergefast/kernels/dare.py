@@ -23,6 +23,9 @@ import torch
 from ..methods.random import stream_key
 from ..methods.task_arithmetic import RESCALE_MIN_NORM
 
+# The most models whose keep bits fit the 16-bit word della_apply reads from each output slot.
+MASK_WORD_MODELS = 16
+
 
 def stream_keys(seed: int, tensor_name: str, k: int) -> list[int]:
     """The splitmix64 stream start of each of the k models (unsigned 64-bit ints)."""
@@ -64,9 +67,15 @@ def run(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """DARE on backend `impl` (kernels.cpu or kernels.triton.ops): the norms pass when
-    `rescale`, then the apply pass. Inputs contiguous, validated by the kernel API."""
+    `rescale`, then the apply pass. Inputs contiguous, validated by the kernel API. On the CPU
+    with at most MASK_WORD_MODELS models the norms pass leaves the keep bits in the output and
+    DELLA's apply reads them there instead of drawing every element again (csrc/cpu/dare.cpp:
+    0.81-0.91x the time)."""
     keys = stream_keys(seed, tensor_name, len(xs))
     scales = [1.0] * len(xs)
+    if rescale and hasattr(impl, "dare_masks") and len(xs) <= MASK_WORD_MODELS:
+        out, sums = impl.dare_masks(base, xs, keys, densities, out_dtype)
+        return impl.della_apply(base, xs, weights, l1_scales(sums), consensus, normalize, divisor, lambda_, out)
     if rescale:
         scales = l1_scales(impl.dare_norms(base, xs, keys, densities))
     return impl.dare(base, xs, weights, keys, densities, scales, consensus, normalize, divisor, lambda_, out_dtype)

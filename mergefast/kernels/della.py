@@ -25,10 +25,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .dare import l1_scales, stream_keys
+from .dare import MASK_WORD_MODELS, l1_scales, stream_keys
 
 # Keep bits per element: a 16-bit word in the output slot (the smallest output dtype).
-MAX_MODELS = 16
+MAX_MODELS = MASK_WORD_MODELS
 # pmin of a model that keeps everything (density >= 1): every draw u < 1 < 2.
 _KEEP_ALL = 2.0
 
