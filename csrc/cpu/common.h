@@ -66,9 +66,18 @@ inline bool cpu_has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes;
 }
+// The AVX-512 clones (the random methods' 64-bit multiplies, vpmullq: dare.cpp, random.h) need
+// AVX-512 F, DQ and VL.
+#define MF_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512dq,avx512vl")))
+inline bool cpu_has_avx512dq() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vl");
+  return yes;
+}
 #else
 #define MF_AVX2_CLONES 0
 inline bool cpu_has_avx2() { return false; }
+inline bool cpu_has_avx512dq() { return false; }
 #endif
 
 #if MF_AVX2_CLONES

@@ -24,18 +24,11 @@
 namespace mergefast {
 namespace {
 
-#if MF_AVX2_CLONES
 // The draws' two 64-bit multiplies per element are one instruction with AVX-512DQ (vpmullq)
-// and three 32-bit ones plus shifts with AVX2: an AVX-512 clone where the CPU has it. Measured
-// on a 2-vCPU AMD EPYC VM (AVX-512), one 7B layer (base + 3 bf16 11008 x 4096, density 0.5),
-// best of 5, the two builds alternated: norms pass 102 -> 58-61 ms, dare_ties apply 93 ->
-// 66-81 ms (a bf16 linear merge of the 3 models: 33-37 ms).
-#define MF_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512dq,avx512vl")))
-inline bool cpu_has_avx512dq() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  return yes;
-}
-#endif
+// and three 32-bit ones plus shifts with AVX2: an AVX-512 clone (MF_TARGET_AVX512, common.h)
+// where the CPU has it. Measured on a 2-vCPU AMD EPYC VM (AVX-512), one 7B layer (base + 3
+// bf16 11008 x 4096, density 0.5), best of 5, the two builds alternated: norms pass 102 -> 58-61
+// ms, dare_ties apply 93 -> 66-81 ms (a bf16 linear merge of the 3 models: 33-37 ms).
 
 // The apply's arguments (apply.h) plus each model's stream key, keep probability (float32:
 // the reference compares u < density in float32) and L1 scale (1.0f: none).

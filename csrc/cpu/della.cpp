@@ -146,7 +146,7 @@ MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, Til
   uint32_t* kept = s.kept.data();  // keep masks, or ranks
   const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
 #if MF_AVX2_CLONES
-  if constexpr (Avx2) uniforms_avx2(z0, len, u);
+  if constexpr (Avx2) uniforms_wide(z0, len, u);
 #endif
   if constexpr (!Avx2) uniforms(z0, len, u);
   const uint16_t bit = static_cast<uint16_t>(1u << i);
