@@ -24,11 +24,11 @@
 namespace mergefast {
 namespace {
 
-// The draws' two 64-bit multiplies per element are one instruction with AVX-512DQ (vpmullq)
-// and three 32-bit ones plus shifts with AVX2: an AVX-512 clone (MF_TARGET_AVX512, common.h)
-// where the CPU has it. Measured on a 2-vCPU AMD EPYC VM (AVX-512), one 7B layer (base + 3
-// bf16 11008 x 4096, density 0.5), best of 5, the two builds alternated: norms pass 102 -> 58-61
-// ms, dare_ties apply 93 -> 66-81 ms (a bf16 linear merge of the 3 models: 33-37 ms).
+// The AVX2 clones take each block's draws from uniforms_wide (random.h), eight at a time, with
+// AVX-512DQ's 64-bit multiply (vpmullq) on 256-bit vectors where the CPU has it. On a 2-vCPU
+// Intel Xeon VM (AVX-512), against an AVX-512 clone of these passes whose compiler-vectorised
+// draws used 512-bit vectors, dare_ties with rescale took 0.84-0.91x the time (16384 x 1024 and
+// 2048 x 11008 bf16, base + 3).
 
 // The apply's arguments (apply.h) plus each model's stream key, keep probability (float32:
 // the reference compares u < density in float32) and L1 scale (1.0f: none).
@@ -39,21 +39,39 @@ struct DareArgs : ApplyArgs {
   MaskSlots words;  // the norms pass's keep-word output (dare_masks), else null
 };
 
+// The draws of elements 0 .. len-1 of the stream at z0 into ub when Wide (the AVX2 clones:
+// uniforms_wide, eight at a time, with AVX-512DQ's 64-bit multiply where the CPU has it), for
+// draw_at. Without: each draw is evaluated in the loop that uses it.
+template <bool Wide>
+MF_INLINE void fill_draws(uint64_t z0, int64_t len, float* ub) {
+#if MF_AVX2_CLONES
+  if constexpr (Wide) uniforms_wide(z0, len, ub);
+#endif
+}
+
+// Draw j of the stream at z0 (uniforms()): from ub when Wide (fill_draws), else evaluated here.
+template <bool Wide>
+MF_INLINE float draw_at(uint64_t z0, int64_t j, const float* ub) {
+  if constexpr (Wide) return ub[j];
+  const uint64_t bits = mix64(z0 + kGolden * static_cast<uint64_t>(j));
+  return static_cast<float>(static_cast<int32_t>(bits >> 40)) * 0x1.0p-24f;
+}
+
 // Model i's weighted kept deltas for one block (x converted as it is read), stored to `wd`
 // when the consensus needs them and added to the running sum `mixed` (from 0.0f for model 0,
-// as the reference's sum() does). Returns nonzero when a delta is NaN or infinite.
-template <DType D, bool Consensus, bool First>
+// as the reference's sum() does); ub: scratch for the draws. Returns nonzero when a delta is
+// NaN or infinite.
+template <DType D, bool Consensus, bool First, bool Wide>
 MF_INLINE uint32_t weigh_random(const void* xp, int64_t off, const float* b, int64_t len,
                                 uint64_t key, float p, float s, float wi, float* wd,
-                                float* mixed) {
+                                float* mixed, float* ub) {
   uint32_t nonfinite = 0;
   const uint64_t z0 = key + kGolden * static_cast<uint64_t>(off + 1);
+  fill_draws<Wide>(z0, len, ub);
   for (int64_t j = 0; j < len; ++j) {
     float d = load_f32<D>(xp, off + j) - b[j];
     nonfinite |= mag_key(d) >= kNonFiniteKey;
-    const uint64_t bits = mix64(z0 + kGolden * static_cast<uint64_t>(j));
-    const float u = static_cast<float>(static_cast<int32_t>(bits >> 40)) * 0x1.0p-24f;
-    d = u < p ? d : 0.0f;
+    d = draw_at<Wide>(z0, j, ub) < p ? d : 0.0f;
     const float v = (d * s) * wi;
     if constexpr (Consensus) wd[j] = v;
     mixed[j] = (First ? 0.0f : mixed[j]) + v;
@@ -61,37 +79,38 @@ MF_INLINE uint32_t weigh_random(const void* xp, int64_t off, const float* b, int
   return nonfinite;
 }
 
-template <DType D, bool Consensus>
+template <DType D, bool Consensus, bool Wide>
 MF_INLINE uint32_t weigh_random_dt(const DareArgs& a, int i, int64_t off, const float* b,
-                                   int64_t len, float* wd, float* mixed) {
+                                   int64_t len, float* wd, float* mixed, float* ub) {
   const void* xp = (*a.xs)[i].ptr;
   if (i == 0) {
-    return weigh_random<D, Consensus, true>(xp, off, b, len, a.keys[i], a.dens[i], a.scales[i],
-                                            a.w[i], wd, mixed);
+    return weigh_random<D, Consensus, true, Wide>(xp, off, b, len, a.keys[i], a.dens[i], a.scales[i], a.w[i], wd,
+                                                  mixed, ub);
   }
-  return weigh_random<D, Consensus, false>(xp, off, b, len, a.keys[i], a.dens[i], a.scales[i],
-                                           a.w[i], wd, mixed);
+  return weigh_random<D, Consensus, false, Wide>(xp, off, b, len, a.keys[i], a.dens[i], a.scales[i], a.w[i], wd,
+                                                 mixed, ub);
 }
 
 // One block of the apply pass. Returns nonzero when a delta of the block is NaN or infinite.
-template <bool Consensus>
+template <bool Consensus, bool Wide>
 MF_INLINE uint32_t dare_block_impl(const DareArgs& a, float* const* bufs, float* const* wd,
                                    int64_t blk) {
   const int64_t off = blk * kBlock;
   const int64_t len = std::min(kBlock, a.n - off);
   const float* b = stage(*a.base, off, len, bufs[0]);
   float* mixed = bufs[1];
+  float* ub = bufs[2];  // the draws; combine_block's result afterwards
   uint32_t nonfinite = 0;
   for (int i = 0; i < a.K; ++i) {
     switch ((*a.xs)[i].dt) {
       case DType::BF16:
-        nonfinite |= weigh_random_dt<DType::BF16, Consensus>(a, i, off, b, len, wd[i], mixed);
+        nonfinite |= weigh_random_dt<DType::BF16, Consensus, Wide>(a, i, off, b, len, wd[i], mixed, ub);
         break;
       case DType::F16:
-        nonfinite |= weigh_random_dt<DType::F16, Consensus>(a, i, off, b, len, wd[i], mixed);
+        nonfinite |= weigh_random_dt<DType::F16, Consensus, Wide>(a, i, off, b, len, wd[i], mixed, ub);
         break;
       default:
-        nonfinite |= weigh_random_dt<DType::F32, Consensus>(a, i, off, b, len, wd[i], mixed);
+        nonfinite |= weigh_random_dt<DType::F32, Consensus, Wide>(a, i, off, b, len, wd[i], mixed, ub);
     }
   }
   combine_block<Consensus>(a, wd, b, mixed, bufs[2], len, bufs[3], bufs[4]);
@@ -101,20 +120,14 @@ MF_INLINE uint32_t dare_block_impl(const DareArgs& a, float* const* bufs, float*
 
 template <bool Consensus>
 uint32_t dare_block_default(const DareArgs& a, float* const* bufs, float* const* wd, int64_t blk) {
-  return dare_block_impl<Consensus>(a, bufs, wd, blk);
+  return dare_block_impl<Consensus, false>(a, bufs, wd, blk);
 }
 
 #if MF_AVX2_CLONES
 template <bool Consensus>
 MF_TARGET_AVX2 uint32_t dare_block_avx2(const DareArgs& a, float* const* bufs, float* const* wd,
                                         int64_t blk) {
-  return dare_block_impl<Consensus>(a, bufs, wd, blk);
-}
-
-template <bool Consensus>
-MF_TARGET_AVX512 uint32_t dare_block_avx512(const DareArgs& a, float* const* bufs,
-                                            float* const* wd, int64_t blk) {
-  return dare_block_impl<Consensus>(a, bufs, wd, blk);
+  return dare_block_impl<Consensus, true>(a, bufs, wd, blk);
 }
 #endif
 
@@ -123,7 +136,6 @@ bool dare_apply(const DareArgs& a) {
   auto block = &dare_block_default<Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &dare_block_avx2<Consensus>;
-  if (cpu_has_avx512dq()) block = &dare_block_avx512<Consensus>;
 #endif
   const int K = a.K;
   const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {
@@ -145,6 +157,7 @@ MF_INLINE void add_lanes(const float* v, int64_t len, double* sums) {
 // Block blk's sum |d| and sum |kept d| of every model into part[2i], part[2i + 1]; with a
 // keep-word output (a.words.masks), the block's keep bits (bit i: model i keeps the element)
 // into it, for della_apply.
+template <bool Wide>
 MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
   const int64_t off = blk * kBlock;
   const int64_t len = std::min(kBlock, a.n - off);
@@ -157,10 +170,11 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
     const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
     const float p = a.dens[i];
+    float* ub = s.buf(5);
+    fill_draws<Wide>(z0, len, ub);
     for (int64_t j = 0; j < len; ++j) {
       const float d = std::fabs(x[j] - b[j]);
-      const uint64_t bits = mix64(z0 + kGolden * static_cast<uint64_t>(j));
-      const float u = static_cast<float>(static_cast<int32_t>(bits >> 40)) * 0x1.0p-24f;
+      const float u = draw_at<Wide>(z0, j, ub);
       all[j] = d;
       kept[j] = u < p ? d : 0.0f;
       if (a.words.masks != nullptr) words[j] = static_cast<uint16_t>(words[j] | (static_cast<uint32_t>(u < p) << i));
@@ -179,18 +193,14 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
 }
 
 void norms_block_default(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
-  norms_block_impl(a, blk, s, part);
+  norms_block_impl<false>(a, blk, s, part);
 }
 
 #if MF_AVX2_CLONES
 MF_TARGET_AVX2 void norms_block_avx2(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
-  norms_block_impl(a, blk, s, part);
+  norms_block_impl<true>(a, blk, s, part);
 }
 
-MF_TARGET_AVX512 void norms_block_avx512(const DareArgs& a, int64_t blk, Scratch& s,
-                                         double* part) {
-  norms_block_impl(a, blk, s, part);
-}
 #endif
 
 DareArgs dare_args(const Src& base, const std::vector<Src>& xs, const float* w,
@@ -217,11 +227,10 @@ void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<u
   auto block = &norms_block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &norms_block_avx2;
-  if (cpu_has_avx512dq()) block = &norms_block_avx512;
 #endif
   const int K = a.K;
   std::vector<double> part(static_cast<size_t>(num_blocks(a.n)) * 2 * K);
-  for_each_block_raw(a.n, team_size(a.n, a.threads), 5,
+  for_each_block_raw(a.n, team_size(a.n, a.threads), 6,
                      [&](int, int64_t blk, int64_t, int64_t, Scratch& s) {
                        block(a, blk, s, part.data() + blk * 2 * K);
                      });
