@@ -8,8 +8,8 @@
 //      sum. The caller turns them into one float32 scale per model, as the reference does.
 //      Given an output (at most 16 models), it also leaves each element's keep bits in the
 //      element's slot there, and DELLA's apply (della.cpp) reads them instead of pass 2
-//      drawing again: 0.81x the time of dare_ties with AVX2 draws, 0.91x with AVX-512 ones
-//      (16384 x 1024 bf16, base + 3, 2-vCPU Intel Xeon VM).
+//      drawing again: 0.83-0.85x the time of dare_ties with AVX2 draws, 0.92-0.96x with
+//      AVX-512VL ones (16384 x 1024 bf16, base + 3, 2-vCPU Intel Xeon VM).
 //   2. the apply: per element and model, d = x - b, kept = u < p, v = ((kept ? d : 0) * s) * w
 //      (the reference's order), then TIES' sign election and disjoint mean or the plain sum
 //      (apply.h's combine_block), base + result, rounded once.

@@ -70,7 +70,7 @@ def run(
     `rescale`, then the apply pass. Inputs contiguous, validated by the kernel API. On the CPU
     with at most MASK_WORD_MODELS models the norms pass leaves the keep bits in the output and
     DELLA's apply reads them there instead of drawing every element again (csrc/cpu/dare.cpp:
-    0.81-0.91x the time)."""
+    0.83-0.96x the time)."""
     keys = stream_keys(seed, tensor_name, len(xs))
     scales = [1.0] * len(xs)
     if rescale and hasattr(impl, "dare_masks") and len(xs) <= MASK_WORD_MODELS:
