@@ -498,12 +498,13 @@ def _della_rank_rows(cols: int, g: torch.Generator) -> torch.Tensor:
 
 
 @needs_ext
-@pytest.mark.parametrize("cols", [300, 1003, 4096])
+@pytest.mark.parametrize("cols", [300, 1003, 4096, 7000])
 def test_della_masks_on_every_keep_method(cols):
-    """The keep bits are della_mask's on rows of every keep method: rank bounds (rows of 256 to
-    3072) and the full ranks (tie counting, radix sort), with an epsilon < 0 (p falls with the
-    rank): row lengths not a multiple of 8, odd keys below and above the 1/8 cut, keys below the
-    window, zeros, many ties, NaN and inf."""
+    """The keep bits are della_mask's on rows of every keep method: rank bounds (float32 rows
+    of 256 or more, the 7000-wide rows' models too) and the full ranks (7000-wide rows of bf16
+    deltas: tie counting, and its radix sort where a row's base lies binades below its deltas),
+    with an epsilon < 0 (p falls with the rank): row lengths not a multiple of 8, odd keys below
+    and above the 1/8 cut, keys below the window, zeros, many ties, NaN and inf."""
     from mergefast.kernels import cpu
     from mergefast.kernels.della import keep_rule, stream_keys
     from mergefast.methods.task_arithmetic import della_mask
@@ -511,13 +512,18 @@ def test_della_masks_on_every_keep_method(cols):
     g = torch.Generator().manual_seed(3)
     xs = [_della_rank_rows(cols, g) for _ in range(3)]
     base = torch.zeros_like(xs[0])
+    if cols > 6144:  # della_keep.h's kBoundMaxCols: past it bf16 deltas take the full ranks
+        scale = 2.0 ** -(2.0 * torch.arange(base.shape[0]))[:, None]  # base 0 to 20 binades below 1
+        base = (torch.randn(base.shape, generator=g) * scale).bfloat16()
+        xs = [(base.float() + x).bfloat16() for x in xs[:2]] + [xs[2]]
     for density, epsilon in ((0.5, 0.45), (0.2, 0.1), (0.5, -0.3)):
         rules = [keep_rule(density, epsilon, cols)] * 3
         keys = stream_keys(4, "t", 3)
         out, _ = cpu.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, torch.float32)
         for i, x in enumerate(xs):
-            want = della_mask(x - base, density, epsilon, seed=4, tensor_name="t", model_index=i)
-            assert_della_keeps(out, i, x - base, want, density, epsilon, i)
+            delta = x.float() - base.float()  # as the kernel and the method take it
+            want = della_mask(delta, density, epsilon, seed=4, tensor_name="t", model_index=i)
+            assert_della_keeps(out, i, delta, want, density, epsilon, i)
 
 
 @needs_ext

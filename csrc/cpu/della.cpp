@@ -153,7 +153,8 @@ MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, Til
   const bool ranked = a.span[i] != 0.0f && a.cols > 1;
   // unranked: the reference's pmin + (0 / 1) * 0 == pmin
   const DellaRule rule{a.pmin[i], ranked ? static_cast<float>(a.cols - 1) : 1.0f, ranked ? a.span[i] : 0.0f};
-  if (ranked && BoundScratch::bounded(a.cols) != 0) {
+  const bool bf16_deltas = a.base->dt == DType::BF16 && (*a.xs)[i].dt == DType::BF16;
+  if (ranked && takes_bounds(a.cols, bf16_deltas)) {
     for (int64_t r = 0; r < len; r += a.cols) row_keep<Avx2>(d + r, u + r, a.cols, rule, s.bounds, kept + r);
     return bits_and_norms<Avx2, false>(kept, u, rule, bit, len, s, norms);
   }

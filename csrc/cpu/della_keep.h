@@ -1,7 +1,7 @@
-// DELLA's keep decisions from rank bounds (della.cpp), for rows of kSortMin to kBoundMaxCols
-// elements. An element is kept where its draw u < p(rank), p(r) = pmin + (r / (cols - 1)) * span
-// in float32 (the reference's operations). Each of those operations rounds monotonically, so p
-// moves one way as r grows (down where epsilon < 0): an element whose rank lies in [lo, hi] is
+// DELLA's keep decisions from rank bounds (della.cpp), for rows of kSortMin elements or more
+// (takes_bounds: bf16 rows up to kBoundMaxCols). An element is kept where its draw u < p(rank),
+// p(r) = pmin + (r / (cols - 1)) * span in float32 (the reference's operations). Each of those
+// operations rounds monotonically, so p moves one way as r grows (down where epsilon < 0): an element whose rank lies in [lo, hi] is
 // kept where u < min(p(lo), p(hi)) and dropped where u >= max(p(lo), p(hi)), whatever its exact
 // rank. So per row:
 //   1. a histogram of the keys (mag_key) in buckets (a monotone map: bucket 0 the zeros,
@@ -24,10 +24,11 @@
 // buckets. Measured on a 2-vCPU Intel Xeon VM (AVX-512), base + 3 bf16, deltas N(0, 2e-3) on
 // N(0, 2e-2), 2% unchanged, DELLA with rescale, the whole kernel call's time with the bounds
 // over that with the full ranks (benchmarks/ab_libs.py): 16384 x 1024 0.80-0.83x, 5958 x 2816
-// 0.955x, 4096 x 4096 1.05x, 1024 x 11008 1.13x. Long rows' open elements grow with the row
-// (each costing a pass over it), while della_rank.h's tie counting spreads its per-row cost
-// (the bucket window's prefix sums) over more elements: so rows past kBoundMaxCols keep the
-// full ranks.
+// 0.955x. Long rows' open elements grow with the row (each costing a pass over it), while
+// della_rank.h's tie counting spreads its per-row cost (the bucket window's prefix sums) over
+// more elements: so long rows of bf16 deltas keep the full ranks (kBoundMaxCols). Deltas of
+// float16 or float32 inputs have too many distinct keys for the tie counting (its radix-sort
+// fallback ranks them), and every row length takes the bounds.
 #pragma once
 
 #include <algorithm>
@@ -51,9 +52,11 @@ constexpr uint32_t kBoundBins = 256;
 // At most this many open elements are resolved by a scan of the row each, more through their
 // buckets' members: 0, 4 and 16 measured, 16 fastest on 1024- and 2816-wide rows.
 constexpr uint32_t kScanMax = 16;
-// The longest row decided by rank bounds: the crossover with della_rank.h's full ranks lies
-// between 2816 (0.97x the time) and 4096 (1.05x) on the VM above.
-constexpr int64_t kBoundMaxCols = 3072;
+// The longest row of bf16 deltas (base and model bf16) decided by rank bounds. DELLA's masks
+// pass alone, one thread, bounds over full ranks, 2-vCPU Intel Xeon VM (AVX-512): bf16 rows of
+// 3584 0.80x, 4096 0.96x, 6144 0.93x, 7168 1.05x, 8192 1.03x, 11008 1.07x, 14336 1.10x; float16
+// rows of 4096 / 7168 / 11008 0.60x / 0.75x / 0.70x, float32 0.48x / 0.52x / 0.53x.
+constexpr int64_t kBoundMaxCols = 6144;
 // The members the open elements may count, in row lengths: past it the row takes the full ranks
 // (a few passes over the row). Not tuned: rows this tied (zeros, a grid) are rare in deltas.
 constexpr uint64_t kMemberBudget = 8;
@@ -81,10 +84,16 @@ struct BoundScratch {
   explicit BoundScratch(int64_t cols)
       : keys(bounded(cols)), flag(bounded(cols)), open(bounded(cols) + 8), rank(bounded(cols)),
         mkey(bounded(cols)), midx(bounded(cols)), bucket(bounded(cols)), rs(cols) {}
-  // the row length for the rank bounds' buffers: 0 where rows take the full ranks (della.cpp
-  // then keeps them in its tile buffer: no second row-sized rank array)
-  static int64_t bounded(int64_t cols) { return cols >= kSortMin && cols <= kBoundMaxCols ? cols : 0; }
+  // the row length for the rank bounds' buffers: 0 where no row takes them (della.cpp then
+  // keeps the full ranks in its tile buffer: no second row-sized rank array)
+  static int64_t bounded(int64_t cols) { return cols >= kSortMin ? cols : 0; }
 };
+
+// Whether a row of `cols` elements takes the rank bounds (else the full ranks, della_rank.h);
+// bf16_deltas: base and model both bf16 (deltas of few significant bits, many ties).
+MF_INLINE bool takes_bounds(int64_t cols, bool bf16_deltas) {
+  return cols >= kSortMin && (cols <= kBoundMaxCols || !bf16_deltas);
+}
 
 // The first rank of each of nb buckets and of the next (s.start), and each bucket's thresholds
 // for its elements' draws: kept below min(p(first), p(next first)), open below the max; bucket 0
@@ -227,8 +236,7 @@ MF_INLINE uint32_t bound_decisions(const float* d, const float* u, int64_t cols,
   return decide<Avx2>(u, bucket, cols, s, kept);
 }
 
-// kept[j] (all ones where u[j] < p(rank of d[j]), else 0) for one row of kSortMin to
-// kBoundMaxCols elements.
+// kept[j] (all ones where u[j] < p(rank of d[j]), else 0) for one row that takes_bounds.
 template <bool Avx2>
 MF_INLINE void row_keep(const float* d, const float* u, int64_t cols, const DellaRule& r, BoundScratch& s,
                         uint32_t* kept) {
