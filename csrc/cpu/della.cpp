@@ -32,14 +32,19 @@ struct MaskArgs {
   int K;
 };
 
+// Whether model i's deltas are of two bf16 tensors (della_keep.h's takes_bounds).
+MF_INLINE bool bf16_deltas(const MaskArgs& a, int i) {
+  return a.base->dt == DType::BF16 && (*a.xs)[i].dt == DType::BF16;
+}
+
 // Per-thread buffers of the masks pass for tiles of up to `cap` elements.
 struct TileScratch {
   std::vector<float> b, x, d, u;
   std::vector<uint32_t> kept;
   std::vector<uint16_t> bits;
   BoundScratch bounds;
-  TileScratch(int64_t cap, int64_t cols)
-      : b(cap), x(cap), d(cap), u(cap), kept(cap), bits(cap), bounds(cols) {}
+  TileScratch(int64_t cap, int64_t cols, bool bounds)
+      : b(cap), x(cap), d(cap), u(cap), kept(cap), bits(cap), bounds(cols, bounds) {}
 };
 
 // sum of |v[j]| over 8 fixed lanes (j % 8) in float64, then the lanes in order.
@@ -153,8 +158,7 @@ MF_INLINE void keep_bits(const MaskArgs& a, int i, int64_t off, int64_t len, Til
   const bool ranked = a.span[i] != 0.0f && a.cols > 1;
   // unranked: the reference's pmin + (0 / 1) * 0 == pmin
   const DellaRule rule{a.pmin[i], ranked ? static_cast<float>(a.cols - 1) : 1.0f, ranked ? a.span[i] : 0.0f};
-  const bool bf16_deltas = a.base->dt == DType::BF16 && (*a.xs)[i].dt == DType::BF16;
-  if (ranked && takes_bounds(a.cols, bf16_deltas)) {
+  if (ranked && takes_bounds(a.cols, bf16_deltas(a, i))) {
     for (int64_t r = 0; r < len; r += a.cols) row_keep<Avx2>(d + r, u + r, a.cols, rule, s.bounds, kept + r);
     return bits_and_norms<Avx2, false>(kept, u, rule, bit, len, s, norms);
   }
@@ -283,12 +287,14 @@ void della_masks(const Src& base, const std::vector<Src>& xs, const std::vector<
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) tile = &mask_tile_avx2;
 #endif
+  bool any_bounds = false;  // some model's rows take the rank bounds
+  for (int i = 0; i < K; ++i) any_bounds |= takes_bounds(cols, bf16_deltas(a, i));
   const int64_t ntiles = (n + cap - 1) / cap;
   const int64_t chunk = std::max<int64_t>(1, kChunkBlocks * kBlock / cap);
   std::vector<double> part(static_cast<size_t>(ntiles) * 2 * K);
 #pragma omp parallel num_threads(team_size(n, threads))
   {
-    TileScratch s(cap, cols);
+    TileScratch s(cap, cols, any_bounds);
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t t = 0; t < ntiles; ++t) tile(a, t, s, part.data() + t * 2 * K);
   }

@@ -72,7 +72,15 @@ struct DellaRule {
   MF_INLINE uint32_t keep_mask(float u, uint32_t r) const { return 0u - static_cast<uint32_t>(u < p(r)); }
 };
 
-// One thread's buffers for rows of up to `cols` elements.
+// Whether a row of `cols` elements takes the rank bounds (else the full ranks, della_rank.h);
+// bf16_deltas: base and model both bf16 (deltas of few significant bits, many ties).
+MF_INLINE bool takes_bounds(int64_t cols, bool bf16_deltas) {
+  return cols >= kSortMin && (cols <= kBoundMaxCols || !bf16_deltas);
+}
+
+// One thread's buffers for rows of up to `cols` elements; the rank bounds' row-sized ones only
+// where some row takes them (`bounds`: else della.cpp keeps the full ranks in its tile buffer,
+// and no second row-sized rank array is made).
 struct BoundScratch {
   std::vector<uint32_t> keys, flag, open, rank, mkey, midx;
   std::vector<uint16_t> bucket;
@@ -81,19 +89,10 @@ struct BoundScratch {
   float keep_below[kBoundBins], open_below[kBoundBins], p_edge[kBoundBins + 8];
   uint32_t nb = 0;  // the row's buckets
   RankScratch rs;
-  explicit BoundScratch(int64_t cols)
-      : keys(bounded(cols)), flag(bounded(cols)), open(bounded(cols) + 8), rank(bounded(cols)),
-        mkey(bounded(cols)), midx(bounded(cols)), bucket(bounded(cols)), rs(cols) {}
-  // the row length for the rank bounds' buffers: 0 where no row takes them (della.cpp then
-  // keeps the full ranks in its tile buffer: no second row-sized rank array)
-  static int64_t bounded(int64_t cols) { return cols >= kSortMin ? cols : 0; }
+  BoundScratch(int64_t cols, bool bounds)
+      : keys(bounds ? cols : 0), flag(keys.size()), open(keys.size() + 8), rank(keys.size()), mkey(keys.size()),
+        midx(keys.size()), bucket(keys.size()), rs(cols) {}
 };
-
-// Whether a row of `cols` elements takes the rank bounds (else the full ranks, della_rank.h);
-// bf16_deltas: base and model both bf16 (deltas of few significant bits, many ties).
-MF_INLINE bool takes_bounds(int64_t cols, bool bf16_deltas) {
-  return cols >= kSortMin && (cols <= kBoundMaxCols || !bf16_deltas);
-}
 
 // The first rank of each of nb buckets and of the next (s.start), and each bucket's thresholds
 // for its elements' draws: kept below min(p(first), p(next first)), open below the max; bucket 0
