@@ -1,9 +1,9 @@
 // DELLA's keep decisions from rank bounds (della.cpp), for rows of kSortMin elements or more
 // (takes_bounds: bf16 rows up to kBoundMaxCols). An element is kept where its draw u < p(rank),
 // p(r) = pmin + (r / (cols - 1)) * span in float32 (the reference's operations). Each of those
-// operations rounds monotonically, so p moves one way as r grows (down where epsilon < 0): an element whose rank lies in [lo, hi] is
-// kept where u < min(p(lo), p(hi)) and dropped where u >= max(p(lo), p(hi)), whatever its exact
-// rank. So per row:
+// operations rounds monotonically, so p moves one way as r grows (down where epsilon < 0): an
+// element whose rank lies in [lo, hi] is kept where u < min(p(lo), p(hi)) and dropped where
+// u >= max(p(lo), p(hi)), whatever its exact rank. So per row:
 //   1. a histogram of the keys (mag_key) in buckets (a monotone map: bucket 0 the zeros,
 //      bucket 1 the keys below the window, then the keys' top bits) and its prefix counts: each
 //      bucket's rank range, and p's min and max over it (p at its two edges);
