@@ -84,15 +84,6 @@ MF_INLINE float lane_max(const float* v, int64_t len, float m) {
   return acc[0];
 }
 
-// sum of v[0..len) into the float64 lanes acc (vectorises; the same sum on every machine).
-MF_INLINE void lane_sum(const float* v, int64_t len, double* acc) {
-  int64_t j = 0;
-  for (; j + 8 <= len; j += 8) {
-    for (int l = 0; l < 8; ++l) acc[l] += static_cast<double>(v[j + l]);
-  }
-  for (; j < len; ++j) acc[j % 8] += static_cast<double>(v[j]);
-}
-
 // e[j] = e^(v[j] - m), float32.
 MF_INLINE void exps(const float* __restrict v, float m, int64_t len, float* __restrict e) {
   for (int64_t j = 0; j < len; ++j) e[j] = exp32_nonpositive(v[j] - m);
@@ -159,8 +150,8 @@ MF_INLINE double kl_row(RowSource& row) {
     float *eb = row.exps(j, 0), *ex = row.exps(j, 1);
     exps(b, k.mb, len, eb);
     exps(x, k.mx, len, ex);
-    lane_sum(eb, len, sb);
-    lane_sum(ex, len, sx);
+    add_lanes(eb, len, sb);
+    add_lanes(ex, len, sx);
   });
   const double tb = lanes_total(sb), tx = lanes_total(sx);
   k.ib = static_cast<float>(1.0 / tb);
@@ -175,7 +166,7 @@ MF_INLINE double kl_row(RowSource& row) {
       exps(x, k.mx, len, ex);
     }
     kl_terms(b, x, eb, ex, k, len, t);
-    lane_sum(t, len, acc);
+    add_lanes(t, len, acc);
   });
   return lanes_total(acc);
 }

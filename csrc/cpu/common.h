@@ -267,6 +267,30 @@ MF_INLINE void stage_deltas(const Src& x, const float* b, int64_t off, int64_t n
   }
 }
 
+// sums[j % 8] += v[j] in flat order (vectorises): the same partial sums whatever the vector
+// width, so sums built from them do not depend on the machine.
+MF_INLINE void add_lanes(const float* v, int64_t len, double* sums) {
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    for (int l = 0; l < 8; ++l) sums[l] += static_cast<double>(v[j + l]);
+  }
+  for (; j < len; ++j) sums[j % 8] += static_cast<double>(v[j]);
+}
+
+// The 8 lanes' total, added in lane order from 0.0.
+MF_INLINE double lanes_in_order(const double* lanes) {
+  double t = 0.0;
+  for (int l = 0; l < 8; ++l) t += lanes[l];
+  return t;
+}
+
+// sum of v[0..len) in float64: add_lanes from zero, then the lanes in order.
+MF_INLINE double lane_sum(const float* v, int64_t len) {
+  double lanes[8] = {};
+  add_lanes(v, len, lanes);
+  return lanes_in_order(lanes);
+}
+
 // Calls f(DTypeTag<dt>{}) for an output dtype (F32 / F16 / BF16 / F64).
 template <class F>
 inline void visit_output_dtype(DType dt, F&& f) {

@@ -144,16 +144,6 @@ bool dare_apply(const DareArgs& a) {
   return apply_blocks<Consensus>(a.n, K, a.threads, merge);
 }
 
-// sums[0..7] += v[j], lane j % 8, in flat order: the same partial sums whatever the vector
-// width, so the block sums do not depend on the machine.
-MF_INLINE void add_lanes(const float* v, int64_t len, double* sums) {
-  int64_t j = 0;
-  for (; j + 8 <= len; j += 8) {
-    for (int l = 0; l < 8; ++l) sums[l] += static_cast<double>(v[j + l]);
-  }
-  for (; j < len; ++j) sums[j % 8] += static_cast<double>(v[j]);
-}
-
 // Block blk's sum |d| and sum |kept d| of every model into part[2i], part[2i + 1]; with a
 // keep-word output (a.words.masks), the block's keep bits (bit i: model i keeps the element)
 // into it, for della_apply.
@@ -179,14 +169,8 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
       kept[j] = u < p ? d : 0.0f;
       if (a.words.masks != nullptr) words[j] = static_cast<uint16_t>(words[j] | (static_cast<uint32_t>(u < p) << i));
     }
-    double lanes[2][8] = {};
-    add_lanes(all, len, lanes[0]);
-    add_lanes(kept, len, lanes[1]);
-    for (int q = 0; q < 2; ++q) {
-      double t = 0.0;
-      for (int l = 0; l < 8; ++l) t += lanes[q][l];
-      part[2 * i + q] = t;
-    }
+    part[2 * i] = lane_sum(all, len);
+    part[2 * i + 1] = lane_sum(kept, len);
   }
   if (a.words.masks == nullptr) return;
   for (int64_t j = 0; j < len; ++j) a.words.masks[(off + j) * a.words.stride] = words[j];
