@@ -235,9 +235,10 @@ def test_spherical_methods(data, weights, filter_wise):
 @st.composite
 def della_rows(draw):
     """Rows of deltas for DELLA's keep decisions (csrc/cpu/della_keep.h, della_rank.h): lengths
-    around the rank bounds' range (256-3072), magnitudes with many ties (bf16, a grid, a few
-    distinct values, zeros), without (float32) or over a wide dynamic range, and special values."""
-    cols = draw(st.one_of(st.sampled_from([256, 300, 1003, 1024, 2816, 3072, 3073]), st.integers(2, 3100)))
+    around the rank bounds' limits (256; 6144 for bf16 deltas), magnitudes with many ties (bf16,
+    a grid, a few distinct values, zeros), without (float32) or over a wide dynamic range, and
+    special values."""
+    cols = draw(st.one_of(st.sampled_from([256, 300, 1003, 1024, 2816, 6144, 6145, 7000]), st.integers(2, 3100)))
     rows = draw(st.integers(1, 3))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     x = torch.randn(rows, cols, generator=g) * draw(st.sampled_from([1e-4, 2e-3, 1.0]))
@@ -263,17 +264,25 @@ def della_rows(draw):
     density=st.floats(0.05, 0.95),
     share=st.sampled_from([0.0, 0.3, 0.999, -0.5, -0.999]),
     seed=st.integers(0, 5),
+    bf16_base=st.sampled_from([None, 0, 8, 20]),
 )
-def test_della_keep_bits(x, density, share, seed):
+def test_della_keep_bits(x, density, share, seed, bf16_base):
     """The masks pass's keep bits are della_mask's: epsilon = share * the widest allowed (< 0:
-    p falls with the rank)."""
+    p falls with the rank). With bf16_base (a scale), base and model are bf16 tensors, as the
+    CPU kernel takes the full ranks for long rows of such deltas; the base 2^-scale below 1
+    gives them many significant bits (della_rank.h's radix sort) or few (its tie counting)."""
     from mergefast.kernels.della import keep_rule, stream_keys
 
     epsilon = share * min(density, 1 - density)
     cols = x.shape[-1]
     base = torch.zeros_like(x)
+    if bf16_base is not None:
+        g = torch.Generator().manual_seed(seed)
+        base = (torch.randn(x.shape, generator=g) * 2.0**-bf16_base).bfloat16()
+        x = (base.float() + x).bfloat16()
+    delta = x.float() - base.float()
     pmin, span = keep_rule(density, epsilon, cols)
     impl = kernels._impl(BACKEND)
     out, _ = impl.della_masks(base, [x], stream_keys(seed, "t", 1), [pmin], [span], cols, torch.float32)
-    want = _TA_MODULE.della_mask(x, density, epsilon, seed=seed, tensor_name="t", model_index=0)
-    assert_della_keeps(out, 0, x, want)
+    want = _TA_MODULE.della_mask(delta, density, epsilon, seed=seed, tensor_name="t", model_index=0)
+    assert_della_keeps(out, 0, delta, want)
