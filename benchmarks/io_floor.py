@@ -6,8 +6,9 @@
 No arithmetic: the time this takes is what any merge of CONFIG must at least spend on IO.
 The byte ranges of the input tensors the plan reads (from the safetensors headers) are read
 in file-offset order, adjacent ranges merged, in 16 MiB preads; the output is written in
-16 MiB chunks, flushed (fdatasync) every FLUSH_EVERY bytes and fsynced at the end, as
-mergefast's writer does (mergefast/io/writer.py).
+16 MiB chunks as mergefast's writer writes it (mergefast/io/writer.py): with O_DIRECT where
+the filesystem allows, else through the page cache with an fdatasync every FLUSH_EVERY bytes;
+fsynced at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mergefast.config import load_config  # noqa: E402
+from mergefast.io.direct import DirectFile, direct_io_works  # noqa: E402
 from mergefast.io.writer import FLUSH_EVERY  # noqa: E402
 from mergefast.options import MergeOptions  # noqa: E402
 from mergefast.plan import build_plan  # noqa: E402
@@ -70,10 +72,20 @@ def read_ranges(path: Path, spans: list[tuple[int, int]], buf: bytearray) -> int
 
 
 def write_bytes(out: Path, n: int, buf: bytearray) -> None:
-    """Write `n` bytes into OUT/floor.bin in 16 MiB chunks, flushed every FLUSH_EVERY bytes,
-    and fsync it."""
+    """Write `n` bytes into OUT/floor.bin as mergefast's writer would: with O_DIRECT through
+    its aligned staging buffer where the filesystem allows (io/direct.py), else through the
+    page cache, flushed every FLUSH_EVERY bytes; in 16 MiB pieces, fsynced at the end."""
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / "floor.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    path = out / "floor.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    if direct_io_works(out):
+        os.ftruncate(fd, n)
+        os.close(fd)
+        direct = DirectFile(path, n)
+        for start in range(0, n, CHUNK):
+            direct.write(memoryview(buf)[: min(CHUNK, n - start)], start)
+        direct.close()
+        return
     try:
         unflushed = 0
         while n > 0:

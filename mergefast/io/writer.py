@@ -1,5 +1,6 @@
 """Streaming safetensors output: the whole shard layout is fixed up front, tensors land at
 their final byte offsets in any order (os.pwrite), and no shard is ever held in memory.
+Where the filesystem allows it the shards are written with O_DIRECT (io/direct.py says why).
 
 Naming follows mergekit: one shard -> `model.safetensors` and no index; several ->
 `model-00001-of-0000N.safetensors` plus `model.safetensors.index.json`.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..dtypes import ITEMSIZE, SAFETENSORS_CODES, name_of
+from .direct import DirectFile, direct_io_works
 
 if TYPE_CHECKING:
     import torch
@@ -95,12 +97,25 @@ FLUSH_EVERY = 64 << 20
 
 
 class _Shard:
-    def __init__(self, path: Path, count: int):
+    def __init__(self, path: Path, count: int, direct: DirectFile | None):
         self.path = path
         self.remaining = count
-        self.fd: int | None = None
+        self.fd: int | None = None  # through the page cache (`direct` is None)
+        self.direct = direct
         self.unflushed = 0
         self.lock = threading.Lock()
+
+    def close(self, sync: bool) -> None:
+        """Close the open file, fsynced when `sync` (the shard's last tensor is in)."""
+        if self.direct is not None:
+            self.direct.close(sync)
+        elif self.fd is not None:
+            try:
+                if sync:
+                    os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = None
 
 
 class ShardedWriter:
@@ -135,17 +150,23 @@ class ShardedWriter:
         self._lock = threading.Lock()
         self._finished = False
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.direct_io = direct_io_works(self.folder)  # else through the page cache
         for k, (shard, fname) in enumerate(zip(self.shards, names)):
             header, offsets = _encode_header(shard, meta)
             path = self.folder / fname
-            data = sum(t.nbytes for t in shard)
+            size = len(header) + sum(t.nbytes for t in shard)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                _pwrite_all(fd, memoryview(header), 0, path)
-                os.ftruncate(fd, len(header) + data)
+                if not self.direct_io:
+                    _pwrite_all(fd, memoryview(header), 0, path)
+                os.ftruncate(fd, size)
             finally:
                 os.close(fd)
-            self._files.append(_Shard(path, len(shard)))
+            direct = DirectFile(path, size) if self.direct_io else None
+            if direct is not None:  # the header's whole blocks go out now, the rest waits
+                direct.write(header, 0)
+                direct.close(sync=False)  # at most one open file per shard being written
+            self._files.append(_Shard(path, len(shard), direct))
             for t, off in zip(shard, offsets):
                 self._slots[t.name] = (k, len(header) + off, t)
 
@@ -173,28 +194,34 @@ class ShardedWriter:
                 import torch  # planning imports no torch (dtypes.py); here it is loaded already
 
                 data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-                with shard.lock:
-                    if shard.fd is None:
-                        shard.fd = os.open(shard.path, os.O_WRONLY)
-                    fd = shard.fd
-                _pwrite_all(fd, memoryview(data.numpy()), offset, shard.path)
-                with shard.lock:
-                    shard.unflushed += planned.nbytes
-                    flush = shard.unflushed >= FLUSH_EVERY and shard.fd is not None
-                    if flush:
-                        shard.unflushed = 0
-                if flush:
-                    os.fdatasync(fd)
+                if shard.direct is not None:
+                    shard.direct.write(data.numpy(), offset)
+                else:
+                    self._write_cached(shard, data, offset, planned.nbytes)
         except BaseException:
             with self._lock:
                 self._written.discard(name)
             raise
         with shard.lock:
             shard.remaining -= 1
-            if shard.remaining == 0 and shard.fd is not None:
-                os.fsync(shard.fd)
-                os.close(shard.fd)
-                shard.fd = None
+            if shard.remaining == 0:
+                shard.close(sync=True)
+
+    @staticmethod
+    def _write_cached(shard: _Shard, data: torch.Tensor, offset: int, nbytes: int) -> None:
+        """Write through the page cache, flushed every FLUSH_EVERY bytes (no O_DIRECT here)."""
+        with shard.lock:
+            if shard.fd is None:
+                shard.fd = os.open(shard.path, os.O_WRONLY)
+            fd = shard.fd
+        _pwrite_all(fd, memoryview(data.numpy()), offset, shard.path)
+        with shard.lock:
+            shard.unflushed += nbytes
+            flush = shard.unflushed >= FLUSH_EVERY and shard.fd is not None
+            if flush:
+                shard.unflushed = 0
+        if flush:
+            os.fdatasync(fd)
 
     def finish(self) -> list[Path]:
         """Check every tensor was written, fsync, write the index when there are several
@@ -208,11 +235,8 @@ class ShardedWriter:
         with self._lock:
             self._finished = True
         for shard in self._files:
-            with shard.lock:
-                if shard.fd is not None:  # pragma: no cover - closed by the last write
-                    os.fsync(shard.fd)
-                    os.close(shard.fd)
-                    shard.fd = None
+            with shard.lock:  # each closed by its last write already
+                shard.close(sync=True)
         files = [s.path for s in self._files]
         if len(self._files) > 1:
             index = {
@@ -241,9 +265,7 @@ class ShardedWriter:
             self._finished = True
         for shard in self._files:
             with shard.lock:
-                if shard.fd is not None:
-                    os.close(shard.fd)
-                    shard.fd = None
+                shard.close(sync=False)
 
     def __enter__(self) -> ShardedWriter:
         return self

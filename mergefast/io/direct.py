@@ -1,0 +1,168 @@
+"""Output files written with O_DIRECT: the merged bytes go from our buffers to the disk
+without passing through the page cache.
+
+The writer fsyncs every shard before the output is renamed into place, so the bytes must
+reach the disk before the merge ends whichever way they are written. Through the page cache
+that costs a page-cache page per 4 KB, allocated and filled by the kernel: writing 540 MB
+(8 MiB writes, fdatasync every 64 MB) took 1.4-1.8 s of system time on the 2-vCPU Xeon VM
+(free page reporting makes every fresh page slow), against 0.03 s and 0.45 s of wall time
+with O_DIRECT from an aligned buffer. That system time is taken from the merge's two cores.
+
+O_DIRECT needs the file offset, the length and the buffer address aligned to the disk's
+logical block size (512 or 4096 on Linux; BLOCK covers both). Tensors start anywhere, so a
+write is split into the aligned blocks it covers whole, copied through an aligned staging
+buffer, and the partial blocks at its two ends, which wait in memory until the neighbouring
+writes (or the header) complete them. Filesystems without O_DIRECT (tmpfs, some FUSE) are
+detected once per output folder (`direct_io_works`); the writer then writes through the page
+cache as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import threading
+from pathlib import Path
+
+BLOCK = 4096  # alignment of offsets, lengths and buffers: a multiple of every logical block size
+STAGE_BYTES = 8 << 20  # aligned bytes copied and written per call (a multiple of BLOCK)
+_PROBE_NAME = ".mergefast-direct-io-probe"
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0 where the platform has none (macOS, Windows)
+
+
+def direct_io_works(folder: Path) -> bool:
+    """Whether files in `folder` can be written with O_DIRECT: one aligned block is written
+    into a probe file, which is then removed."""
+    if not _O_DIRECT:
+        return False
+    path = Path(folder) / _PROBE_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o600)
+    except OSError:  # EINVAL: the filesystem refuses O_DIRECT
+        return False
+    block = mmap.mmap(-1, BLOCK)
+    try:
+        return os.pwrite(fd, block, 0) == BLOCK
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        block.close()
+        path.unlink(missing_ok=True)
+
+
+class _StagingBuffers:
+    """Page-aligned buffers (anonymous mmaps) for the aligned middle of each write, reused so
+    their pages are faulted in once; one per writer thread at a time."""
+
+    def __init__(self):
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            return self._free.pop() if self._free else mmap.mmap(-1, STAGE_BYTES)
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
+_STAGING = _StagingBuffers()
+
+
+def _address(buf: mmap.mmap) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+class DirectFile:
+    """One output file of `size` bytes written with O_DIRECT, in pieces at any offsets, in any
+    order, from several threads. Every byte in [0, size) must be written exactly once; a block
+    is written to the disk once all of its bytes are in. The file must already exist."""
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = Path(path), size
+        self.fd: int | None = None
+        self._partial: dict[int, list] = {}  # block start -> [bytearray(BLOCK), bytes filled]
+        self._block: mmap.mmap | None = None  # aligned copy of a completed partial block
+        self._lock = threading.Lock()  # the partial blocks
+        self._open_lock = threading.Lock()
+
+    def write(self, data, offset: int) -> None:
+        """Write `data` (a C-contiguous buffer) at `offset`. The aligned middle goes to the disk
+        now; the end blocks it shares with other writes once their other bytes are in."""
+        data = memoryview(data).cast("B")
+        if data.readonly:  # bytes: the aligned copy below needs a writable buffer's address
+            data = memoryview(bytearray(data))
+        end = offset + len(data)
+        head_end = min(-(-offset // BLOCK) * BLOCK, end)
+        tail_start = max(end // BLOCK * BLOCK, head_end)
+        self._add_partial(data[: head_end - offset], offset)
+        self._write_aligned(data[head_end - offset : tail_start - offset], head_end)
+        self._add_partial(data[tail_start - offset :], tail_start)
+
+    def _write_aligned(self, data: memoryview, offset: int) -> None:
+        if not len(data):
+            return
+        source = ctypes.addressof(ctypes.c_char.from_buffer(data))
+        stage = _STAGING.take()
+        try:
+            with memoryview(stage) as view:
+                for start in range(0, len(data), STAGE_BYTES):
+                    n = min(STAGE_BYTES, len(data) - start)
+                    ctypes.memmove(_address(stage), source + start, n)  # without the GIL
+                    self._pwrite(view[:n], offset + start)
+        finally:
+            _STAGING.give(stage)
+
+    def _add_partial(self, data: memoryview, offset: int) -> None:
+        if not len(data):
+            return
+        block_start = offset // BLOCK * BLOCK
+        with self._lock:
+            entry = self._partial.setdefault(block_start, [bytearray(BLOCK), 0])
+            entry[0][offset - block_start : offset - block_start + len(data)] = data
+            entry[1] += len(data)
+            if entry[1] < min(BLOCK, self.size - block_start):
+                return
+            del self._partial[block_start]
+            if self._block is None:
+                self._block = mmap.mmap(-1, BLOCK)
+            self._block[:] = entry[0]
+            self._pwrite(memoryview(self._block), block_start)
+            if block_start + BLOCK > self.size:  # the file's last block went out whole
+                os.ftruncate(self.fd, self.size)
+
+    def _open(self) -> int:
+        with self._open_lock:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_WRONLY | _O_DIRECT)
+            return self.fd
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        fd, done = self._open(), 0
+        while done < len(data):  # pwrite may write less than asked
+            done += os.pwrite(fd, data[done:], offset + done)
+
+    def pending_bytes(self) -> int:
+        """Bytes received but not yet on the disk (in partial blocks)."""
+        with self._lock:
+            return sum(filled for _, filled in self._partial.values())
+
+    def close(self, sync: bool = True) -> None:
+        """fsync (when `sync`) and close the file. With `sync`, raises RuntimeError if some
+        bytes never reached the disk because a neighbouring write is missing."""
+        pending = self.pending_bytes()
+        if sync and pending:
+            raise RuntimeError(f"{self.path}: {pending} bytes left in partially written blocks")
+        if self.fd is not None:
+            try:
+                if sync:
+                    os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+        if self._block is not None:
+            self._block.close()
+            self._block = None
