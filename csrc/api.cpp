@@ -386,14 +386,14 @@ int32_t mf_arcee_select(const void* base, int32_t base_dtype, const void* other,
 
 int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* other, int32_t other_dtype,
                        int64_t rows, int64_t cols, const float* kl, double threshold, void* out,
-                       int32_t out_dtype, int32_t threads) {
+                       int32_t out_dtype, int32_t threads, int32_t* finite) {
   return guarded([&] {
     const char* op = "arcee_apply";
     const Src sb = make_src(base, base_dtype, op), sx = make_src(other, other_dtype, op);
-    check(rows >= 0 && cols >= 1 && kl != nullptr, op, "bad sizes or KL");
+    check(rows >= 0 && cols >= 1 && kl != nullptr && finite != nullptr, op, "bad sizes, KL or outputs");
     const int64_t n = rows * cols;
     const Dst dst = separate_dst(out, out_dtype, n, sb, {sx}, op);
-    arcee_apply(sb, sx, cols, kl, static_cast<float>(threshold), dst, n, threads);
+    *finite = arcee_apply(sb, sx, cols, kl, static_cast<float>(threshold), dst, n, threads) ? 1 : 0;
   });
 }
 
@@ -411,15 +411,16 @@ int32_t mf_ram_counts(const void* base, int32_t base_dtype, const void* const* x
 
 int32_t mf_ram_apply(const void* base, int32_t base_dtype, const void* const* xs,
                      const int32_t* x_dtypes, int32_t k, int64_t n, double epsilon,
-                     const double* lambdas, void* out, int32_t out_dtype, int32_t threads) {
+                     const double* lambdas, void* out, int32_t out_dtype, int32_t threads, int32_t* finite) {
   return guarded([&] {
     const char* op = "ram_apply";
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
-    check(n >= 0, op, "bad sizes");
+    check(n >= 0 && finite != nullptr, op, "bad sizes or outputs");
     const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
     const std::vector<float> lam = lambdas != nullptr ? as_f32(lambdas, k) : std::vector<float>();
-    ram_apply(sb, src, static_cast<float>(epsilon), lambdas != nullptr ? lam.data() : nullptr, dst, n, threads);
+    const float* per_model = lambdas != nullptr ? lam.data() : nullptr;
+    *finite = ram_apply(sb, src, static_cast<float>(epsilon), per_model, dst, n, threads) ? 1 : 0;
   });
 }
 

@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 6
+#define MF_ABI_VERSION 7
 
 /* status codes */
 #define MF_OK 0
@@ -193,10 +193,12 @@ MF_API int32_t mf_arcee_select(const void* base, int32_t base_dtype, const void*
                                const int64_t* ranks, int32_t threads, float* kl, float* values);
 
 /* arcee_fusion, apply: out = base + (|other - base| * kl[row] >= (float)threshold ? other -
- * base : 0) in float32, rounded once to out_dtype. */
+ * base : 0) in float32, rounded once to out_dtype. *finite = 1 when every delta other - base
+ * was finite, else 0. */
 MF_API int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* other,
                               int32_t other_dtype, int64_t rows, int64_t cols, const float* kl,
-                              double threshold, void* out, int32_t out_dtype, int32_t threads);
+                              double threshold, void* out, int32_t out_dtype, int32_t threads,
+                              int32_t* finite);
 /* RAM's counting pass (ramplus_tl): per model i, counts[2i] = #(active_i and count > 1) and
  * counts[2i + 1] = #(active_i and count == 1), active_i = |xs[i] - base| > (float)epsilon,
  * count = #active per element. 1 <= k <= 255. */
@@ -207,10 +209,12 @@ MF_API int32_t mf_ram_counts(const void* base, int32_t base_dtype, const void* c
 /* RAM (ram, ramplus_tl) in one elementwise pass: out = (base + unique) + shared, unique the
  * one active delta where count == 1 (times (float)lambdas[i] of its model when lambdas is not
  * NULL: RAM+), shared the mean of the active deltas where count > 1; float32 arithmetic,
- * rounded once to out_dtype. out must not overlap an input. */
+ * rounded once to out_dtype. out must not overlap an input. *finite = 1 when every delta
+ * xs[i] - base was finite, else 0. */
 MF_API int32_t mf_ram_apply(const void* base, int32_t base_dtype, const void* const* xs,
                             const int32_t* x_dtypes, int32_t k, int64_t n, double epsilon,
-                            const double* lambdas, void* out, int32_t out_dtype, int32_t threads);
+                            const double* lambdas, void* out, int32_t out_dtype, int32_t threads,
+                            int32_t* finite);
 
 #ifdef __cplusplus
 }

@@ -156,6 +156,34 @@ def test_task_arithmetic_proves_its_inputs_finite(monkeypatch, case):
 
 
 @needs_ext
+@pytest.mark.parametrize("method", ["ram", "ramplus_tl", "arcee_fusion"])
+@pytest.mark.parametrize("case", ["finite", "nan in base", "inf in a model", "-inf in the last model"])
+def test_ram_and_arcee_prove_their_inputs_finite(monkeypatch, method, case):
+    """RAM's and arcee_fusion's apply passes report whether every delta was finite, so a
+    finite merge's inputs are not scanned again (execute.merge_job); one NaN or inf anywhere,
+    though inactive in the merge, leaves them unproven and scanned."""
+    from mergefast.kernels import cpu
+
+    monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
+    g = torch.Generator().manual_seed(2)
+    rows, cols = 3, cpu.BLOCK + 13
+    base, *xs = [(torch.randn(rows, cols, generator=g) * 0.05).bfloat16() for _ in range(4)]
+    if method == "arcee_fusion":
+        xs = xs[:1]
+    bad = {"nan in base": (base, float("nan")), "inf in a model": (xs[0], float("inf"))}
+    bad["-inf in the last model"] = (xs[-1], float("-inf"))
+    if case in bad:
+        tensor, value = bad[case]
+        tensor.view(-1)[rows * cols - 5] = value
+    with cpu.finite_inputs() as proven:
+        if method == "arcee_fusion":
+            kernels.arcee_fusion(base, xs[0])
+        else:
+            getattr(kernels, method)(base, xs)
+    assert proven == ({t.data_ptr() for t in (base, *xs)} if case == "finite" else set())
+
+
+@needs_ext
 def test_auto_backend_failure_falls_back_once_with_warning(monkeypatch):
     from mergefast.kernels import cpu
 

@@ -122,7 +122,8 @@ void arcee_select(const Src& base, const Src& other, int64_t rows, int64_t cols,
                   int threads, float* kl, float* values);
 
 // arcee_fusion's apply: out = base + (|other - base| * kl[row] >= threshold ? other - base : 0).
-void arcee_apply(const Src& base, const Src& other, int64_t cols, const float* kl, float threshold,
+// True when every delta other - base was finite.
+bool arcee_apply(const Src& base, const Src& other, int64_t cols, const float* kl, float threshold,
                  const Dst& dst, int64_t n, int threads);
 // RAM's counting pass (ram.cpp): per model i, counts[2i] = #(active_i and count > 1),
 // counts[2i + 1] = #(active_i and count == 1), active_i = |x_i - base| > eps, count = #active
@@ -133,8 +134,8 @@ void ram_counts(const Src& base, const std::vector<Src>& xs, float eps, int64_t 
 
 // RAM's elementwise pass: out = (base + unique) + shared, unique the one active delta (times
 // lambda[i], RAM+; lambda nullptr: ram) where count == 1, shared the mean of the active deltas
-// where count > 1.
-void ram_apply(const Src& base, const std::vector<Src>& xs, float eps, const float* lambda,
+// where count > 1. True when every delta x_i - base was finite.
+bool ram_apply(const Src& base, const std::vector<Src>& xs, float eps, const float* lambda,
                const Dst& dst, int64_t n, int threads);
 
 }  // namespace mergefast

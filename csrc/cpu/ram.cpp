@@ -13,6 +13,7 @@
 // (it sums 5 and more in another order, then the mean may differ in the last bit). unique is
 // the one active tau (times lambda_i, one rounding); a NaN tau is never active.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "common.h"
@@ -28,20 +29,23 @@ struct RamArgs {
   const float* lambda;  // per model (RAM+); nullptr: ram
 };
 
-// buffers: 0 base, 1 model, 2 count, 3 shared sum, 4 boosted unique sum (Plus).
+// buffers: 0 base, 1 model, 2 count, 3 shared sum, 4 boosted unique sum (Plus). Returns
+// nonzero when a delta is NaN or infinite (then a model or the base is).
 template <bool Plus>
-MF_INLINE void ram_impl(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+MF_INLINE uint32_t ram_impl(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
   const float* b = stage(a.base, off, len, s.buf(0));
   float* cnt = s.buf(2);
   float* sum = s.buf(3);
   float* uni = s.buf(4);
   for (int64_t j = 0; j < len; ++j) cnt[j] = sum[j] = uni[j] = 0.0f;
   const float eps = a.eps;
+  uint32_t nonfinite = 0;
   for (size_t i = 0; i < a.xs->size(); ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
     const float lam = Plus ? a.lambda[i] : 1.0f;
     for (int64_t j = 0; j < len; ++j) {
       const float d = x[j] - b[j];
+      nonfinite |= mag_key(d) >= kNonFiniteKey;
       const bool act = std::fabs(d) > eps;
       cnt[j] = cnt[j] + (act ? 1.0f : 0.0f);
       sum[j] = sum[j] + (act ? d : 0.0f);
@@ -54,20 +58,25 @@ MF_INLINE void ram_impl(const RamArgs& a, int64_t off, int64_t len, Scratch& s, 
     const float m = c > 1.0f ? sum[j] / c : 0.0f;
     r[j] = (b[j] + u) + m;
   }
+  return nonfinite;
 }
 
-void ram_default(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) { ram_impl<false>(a, off, len, s, r); }
-void plus_default(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) { ram_impl<true>(a, off, len, s, r); }
-#if MF_AVX2_CLONES
-MF_TARGET_AVX2 void ram_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  ram_impl<false>(a, off, len, s, r);
+uint32_t ram_default(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  return ram_impl<false>(a, off, len, s, r);
 }
-MF_TARGET_AVX2 void plus_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  ram_impl<true>(a, off, len, s, r);
+uint32_t plus_default(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  return ram_impl<true>(a, off, len, s, r);
+}
+#if MF_AVX2_CLONES
+MF_TARGET_AVX2 uint32_t ram_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  return ram_impl<false>(a, off, len, s, r);
+}
+MF_TARGET_AVX2 uint32_t plus_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  return ram_impl<true>(a, off, len, s, r);
 }
 #endif
 
-using BlockFn = void (*)(const RamArgs&, int64_t, int64_t, Scratch&, float*);
+using BlockFn = uint32_t (*)(const RamArgs&, int64_t, int64_t, Scratch&, float*);
 
 BlockFn pick(bool plus) {
 #if MF_AVX2_CLONES
@@ -149,15 +158,17 @@ void ram_counts(const Src& base, const std::vector<Src>& xs, float eps, int64_t 
   }
 }
 
-void ram_apply(const Src& base, const std::vector<Src>& xs, float eps, const float* lambda,
+bool ram_apply(const Src& base, const std::vector<Src>& xs, float eps, const float* lambda,
                const Dst& dst, int64_t n, int threads) {
   const RamArgs a{base, &xs, eps, lambda};
   const BlockFn block = pick(lambda != nullptr);
+  std::atomic<uint32_t> nonfinite{0};
   for_each_block_raw(n, team_size(n, threads), 6, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
     float* r = s.buf(5);
-    block(a, off, len, s, r);
+    if (block(a, off, len, s, r)) nonfinite.store(1, std::memory_order_relaxed);
     store(dst, off, len, r);
   });
+  return nonfinite.load() == 0;
 }
 
 }  // namespace mergefast

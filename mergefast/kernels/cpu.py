@@ -21,7 +21,7 @@ import torch
 
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 6  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 7  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).with_name("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -63,9 +63,9 @@ _SIGNATURES = {
     "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p, _i32]),
     "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
     "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
-    "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32]),
+    "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32, _p]),
     "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
-    "mf_ram_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _p, _p, _i32, _i32]),
+    "mf_ram_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _p, _p, _i32, _i32, _p]),
 }
 
 
@@ -655,14 +655,22 @@ def arcee_select(
 def arcee_apply(
     base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, kl: torch.Tensor, threshold: float, out_dtype
 ) -> torch.Tensor:
-    """out = base + (|other - base| * kl[row] >= threshold ? other - base : 0), into a new tensor."""
+    """out = base + (|other - base| * kl[row] >= threshold ? other - base : 0), into a new tensor;
+    inside `finite_inputs()`, base and other are proven finite when every delta was."""
     out = _empty(base, out_dtype)
     n, op = out.numel(), "arcee_apply"
     bptr, bcode = _view(base, n, op)
     xptr, xcode = _view(other, n, op)
     optr, ocode = _view(out, n, op)
     kptr = _f32_array(kl, rows, op)
-    _check(_lib().mf_arcee_apply(bptr, bcode, xptr, xcode, rows, cols, kptr, threshold, optr, ocode, threads()))
+    finite = ctypes.c_int32()
+    lib = _lib()
+    _check(
+        lib.mf_arcee_apply(
+            bptr, bcode, xptr, xcode, rows, cols, kptr, threshold, optr, ocode, threads(), ctypes.byref(finite)
+        )
+    )
+    _record_finite(bool(finite.value), base, [other])
     return out
 
 
@@ -686,12 +694,19 @@ def ram_apply(
     lambdas: Sequence[float] | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """RAM's elementwise pass (RAM+ with per-model `lambdas`) into a new tensor."""
+    """RAM's elementwise pass (RAM+ with per-model `lambdas`) into a new tensor; inside
+    `finite_inputs()`, the inputs are proven finite when every delta was."""
     out = _empty(base, out_dtype)
     n, op = out.numel(), "ram_apply"
     bptr, bcode = _view(base, n, op)
     ptrs, codes = _views(xs, n, op)
     optr, ocode = _view(out, n, op)
     lam = None if lambdas is None else _doubles(lambdas)
-    _check(_lib().mf_ram_apply(bptr, bcode, ptrs, codes, len(xs), n, epsilon, lam, optr, ocode, threads()))
+    finite = ctypes.c_int32()
+    _check(
+        _lib().mf_ram_apply(
+            bptr, bcode, ptrs, codes, len(xs), n, epsilon, lam, optr, ocode, threads(), ctypes.byref(finite)
+        )
+    )
+    _record_finite(bool(finite.value), base, xs)
     return out
