@@ -12,7 +12,7 @@ O_DIRECT needs the file offset, the length and the buffer address aligned to the
 logical block size (512 or 4096 on Linux; BLOCK covers both). Tensors start anywhere, so a
 write is split into the aligned blocks it covers whole, copied through an aligned staging
 buffer, and the partial blocks at its two ends, which wait in memory until the neighbouring
-writes (or the header) complete them. Filesystems without O_DIRECT (tmpfs, some FUSE) are
+writes (or the header) complete them. Filesystems without O_DIRECT (tmpfs on older kernels, some FUSE filesystems) are
 detected once per output folder (`direct_io_works`); the writer then writes through the page
 cache as before.
 """
