@@ -12,9 +12,9 @@ O_DIRECT needs the file offset, the length and the buffer address aligned to the
 logical block size (512 or 4096 on Linux; BLOCK covers both). Tensors start anywhere, so a
 write is split into the aligned blocks it covers whole, copied through an aligned staging
 buffer, and the partial blocks at its two ends, which wait in memory until the neighbouring
-writes (or the header) complete them. Filesystems without O_DIRECT (tmpfs on older kernels, some FUSE filesystems) are
-detected once per output folder (`direct_io_works`); the writer then writes through the page
-cache as before.
+writes (or the header) complete them. Filesystems without O_DIRECT (tmpfs on older kernels,
+some FUSE filesystems) are detected once per output folder (`direct_io_works`); the writer then
+writes through the page cache.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class _StagingBuffers:
 _STAGING = _StagingBuffers()
 
 
-def _address(buf: mmap.mmap) -> int:
+def _address(buf) -> int:
+    """The address of a writable buffer's first byte."""
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
@@ -105,13 +106,14 @@ class DirectFile:
     def _write_aligned(self, data: memoryview, offset: int) -> None:
         if not len(data):
             return
-        source = ctypes.addressof(ctypes.c_char.from_buffer(data))
+        source = _address(data)
         stage = _STAGING.take()
         try:
+            target = _address(stage)
             with memoryview(stage) as view:
                 for start in range(0, len(data), STAGE_BYTES):
                     n = min(STAGE_BYTES, len(data) - start)
-                    ctypes.memmove(_address(stage), source + start, n)  # without the GIL
+                    ctypes.memmove(target, source + start, n)  # ctypes lets go of the GIL
                     self._pwrite(view[:n], offset + start)
         finally:
             _STAGING.give(stage)
