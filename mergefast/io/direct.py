@@ -72,6 +72,15 @@ class _StagingBuffers:
 _STAGING = _StagingBuffers()
 
 
+def close_fd(fd: int, sync: bool) -> None:
+    """fsync `fd` when `sync`, then close it (closed even when the fsync fails)."""
+    try:
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _address(buf) -> int:
     """The address of a writable buffer's first byte."""
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
@@ -159,12 +168,8 @@ class DirectFile:
         if sync and pending:
             raise RuntimeError(f"{self.path}: {pending} bytes left in partially written blocks")
         if self.fd is not None:
-            try:
-                if sync:
-                    os.fsync(self.fd)
-            finally:
-                os.close(self.fd)
-                self.fd = None
+            fd, self.fd = self.fd, None
+            close_fd(fd, sync)
         if self._block is not None:
             self._block.close()
             self._block = None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..dtypes import ITEMSIZE, SAFETENSORS_CODES, name_of
-from .direct import DirectFile, direct_io_works
+from .direct import DirectFile, close_fd, direct_io_works
 
 if TYPE_CHECKING:
     import torch
@@ -110,12 +110,8 @@ class _Shard:
         if self.direct is not None:
             self.direct.close(sync)
         elif self.fd is not None:
-            try:
-                if sync:
-                    os.fsync(self.fd)
-            finally:
-                os.close(self.fd)
-                self.fd = None
+            fd, self.fd = self.fd, None
+            close_fd(fd, sync)
 
 
 class ShardedWriter:

@@ -664,9 +664,8 @@ def arcee_apply(
     optr, ocode = _view(out, n, op)
     kptr = _f32_array(kl, rows, op)
     finite = ctypes.c_int32()
-    lib = _lib()
     _check(
-        lib.mf_arcee_apply(
+        _lib().mf_arcee_apply(
             bptr, bcode, xptr, xcode, rows, cols, kptr, threshold, optr, ocode, threads(), ctypes.byref(finite)
         )
     )
