@@ -294,14 +294,17 @@ GAMMAS = [0.01, 0.01, 0.01]  # mergekit's default
 
 
 @pytest.mark.parametrize("method", sorted(BREADCRUMBS_METHODS))
-@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "triton"])
+@pytest.mark.parametrize("provider", ["reference", "cpu-ext", "cpu-ext-two-pass", "triton"])
 def test_breadcrumbs(benchmark, request, method, provider):
     """Breadcrumbs with mergekit's default gamma: two cuts per model from the exact
-    selection, then the apply (the kernels read the inputs twice; minimal traffic once)."""
+    selection, then the apply. The CPU reads the inputs once (csrc/cpu/select/one_read_band.cpp;
+    "cpu-ext-two-pass": twice), the GPU twice; minimal traffic is once."""
     device = "cuda" if provider == "triton" else "cpu"
     base, xs = _inputs(request, device)
     benchmark.group = method
     kw = dict(densities=DENSITIES, gammas=GAMMAS, sparsify="magnitude_outliers", consensus=BREADCRUMBS_METHODS[method])
+    if provider == "cpu-ext-two-pass":
+        kw["selection"] = TWO_PASSES
     op = methods.task_arithmetic if provider == "reference" else kernels.task_arithmetic
     _run(
         benchmark,

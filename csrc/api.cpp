@@ -309,8 +309,8 @@ int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs
 int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* xs,
                        const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
                        const int64_t* lo, const int64_t* hi, int32_t consensus, int32_t normalize,
-                       double divisor, double lambda, void* out, int32_t out_dtype, int32_t threads,
-                       int32_t* finite) {
+                       double divisor, double lambda, void* out, int32_t out_dtype,
+                       int64_t one_read_min, int32_t threads, int32_t* finite) {
   return guarded([&] {
     const char* op = "breadcrumbs";
     const Src sb = make_src(base, base_dtype, op);
@@ -323,9 +323,11 @@ int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* 
     // The selection uses the output as scratch, and the apply writes it while it reads the
     // inputs.
     const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    const int64_t min_n = one_read_min < 0 ? kOneReadMin : one_read_min;
     *finite = breadcrumbs(sb, src, as_f32(weights, k), std::vector<int64_t>(lo, lo + k),
                           std::vector<int64_t>(hi, hi + k), consensus != 0, normalize != 0,
-                          static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
+                          static_cast<float>(divisor), static_cast<float>(lambda), dst, n, min_n,
+                          threads)
                   ? 1
                   : 0;
   });

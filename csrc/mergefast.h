@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 7
+#define MF_ABI_VERSION 8
 
 /* status codes */
 #define MF_OK 0
@@ -157,12 +157,13 @@ MF_API int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* co
  * positions lo[i] .. hi[i] - 1 of their ascending magnitude order (ties lowest flat index
  * first: the reference's stable sort), times weights[i]; then the TIES sign election and
  * disjoint mean (consensus) or the plain sum, as mf_task_arithmetic. 0 <= lo[i], hi[i] <= n.
- * *finite as there. */
+ * one_read_min and *finite as there. */
 MF_API int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* xs,
                               const int32_t* x_dtypes, int32_t k, int64_t n, const double* weights,
                               const int64_t* lo, const int64_t* hi, int32_t consensus,
                               int32_t normalize, double divisor, double lambda, void* out,
-                              int32_t out_dtype, int32_t threads, int32_t* finite);
+                              int32_t out_dtype, int64_t one_read_min, int32_t threads,
+                              int32_t* finite);
 
 /* DELLA, first pass: per row of `cols` elements (the last axis; n % cols == 0), model i keeps
  * element j where u < p, p = (float)pmin[i] + (rank / (cols - 1)) * (float)span[i] in float32

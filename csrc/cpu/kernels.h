@@ -93,11 +93,14 @@ void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule
 
 // Breadcrumbs into dst (breadcrumbs.cpp): model i keeps its deltas at positions lo[i] ..
 // hi[i] - 1 of the ascending |x_i - base| order (ties lowest flat index first), times w[i];
-// then as task_arithmetic (TIES consensus or the plain sum). Returns true when every delta
-// was finite. dst must not overlap an input (the selection uses it as scratch).
+// then as task_arithmetic (TIES consensus or the plain sum). one_read_min: tensors of at least
+// this many elements try the one-read scheme first (select/one_read_band.h); 0: never.
+// Returns true when every delta was finite. dst must not overlap an input (the selection uses
+// it as scratch).
 bool breadcrumbs(const Src& base, const std::vector<Src>& xs, const std::vector<float>& w,
                  const std::vector<int64_t>& lo, const std::vector<int64_t>& hi, bool consensus,
-                 bool normalize, float divisor, float lambda, const Dst& dst, int64_t n, int threads);
+                 bool normalize, float divisor, float lambda, const Dst& dst, int64_t n,
+                 int64_t one_read_min, int threads);
 
 // DELLA's first pass (della.cpp): per row of `cols` elements (the last axis), model i keeps
 // element j where u < p, p = pmin[i] + (rank / (cols - 1)) * span[i] (rank: |d|'s position in

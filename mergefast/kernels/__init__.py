@@ -285,7 +285,9 @@ def task_arithmetic(
                 out,
             )
         if sparsify == "magnitude_outliers":
-            return _breadcrumbs.run(impl, b, xs, weights, dens, gammas, elect, normalize, divisor, lambda_, out)
+            return _breadcrumbs.run(
+                impl, b, xs, weights, dens, gammas, elect, normalize, divisor, lambda_, out, selection
+            )
         if sparsify == "random":
             return _dare.run(
                 impl, b, xs, weights, dens, elect, normalize, divisor, lambda_, rescale, seed, tensor_name, out

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from ..methods.task_arithmetic import DEFAULT_GAMMA, outlier_bounds
+from .selection import SelectionOptions
 
 
 def bounds(densities: Sequence[float], gammas: Sequence[float] | None, n: int) -> tuple[list[int], list[int]]:
@@ -39,8 +40,9 @@ def run(
     divisor: float,
     lambda_: float,
     out_dtype: torch.dtype,
+    selection: SelectionOptions,
 ) -> torch.Tensor:
     """Breadcrumbs on backend `impl` (kernels.cpu or kernels.triton.ops). Inputs contiguous,
-    validated by the kernel API."""
+    validated by the kernel API; `selection` picks how the cuts are found, never the result."""
     lo, hi = bounds(densities, gammas, base.numel())
-    return impl.breadcrumbs(base, xs, weights, lo, hi, consensus, normalize, divisor, lambda_, out_dtype)
+    return impl.breadcrumbs(base, xs, weights, lo, hi, consensus, normalize, divisor, lambda_, out_dtype, selection)

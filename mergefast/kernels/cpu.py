@@ -21,7 +21,7 @@ import torch
 
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 7  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 8  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).with_name("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -54,7 +54,7 @@ _SIGNATURES = {
     "mf_della_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
     "mf_breadcrumbs": (
         _i32,
-        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p],
+        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
     ),
     "mf_slerpfam_gram": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _i32, _p]),
     "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
@@ -265,10 +265,16 @@ def task_arithmetic_into(
     """task_arithmetic into `out` (which must not overlap an input: the selection uses it as
     scratch); returns whether every delta x_i - base was finite."""
     counts = None if keep is None else (ctypes.c_int64 * len(keep))(*keep)
-    one_read_min = 0 if not selection.one_read else -1 if selection.one_read_min is None else selection.one_read_min
     sparsify = SPARSIFY_NONE if keep is None else SPARSIFY_MAGNITUDE
     params = (_doubles(weights), counts, sparsify, consensus, normalize, divisor, lambda_)
-    return _fused_apply("mf_task_arithmetic", base, xs, out, params, tail=(one_read_min,))
+    return _fused_apply("mf_task_arithmetic", base, xs, out, params, tail=(_one_read_min(selection),))
+
+
+def _one_read_min(selection: SelectionOptions) -> int:
+    """The C API's one_read_min for `selection`: 0 never, -1 the library's default."""
+    if not selection.one_read:
+        return 0
+    return -1 if selection.one_read_min is None else selection.one_read_min
 
 
 def task_arithmetic(
@@ -554,9 +560,11 @@ def breadcrumbs(
     divisor: float,
     lambda_: float,
     out_dtype: torch.dtype,
+    selection: SelectionOptions = DEFAULT,
 ) -> torch.Tensor:
     """Breadcrumbs (breadcrumbs / breadcrumbs_ties with consensus) into a new tensor: model i
-    keeps the deltas at positions [lo[i], hi[i]) of its ascending stable |delta| order."""
+    keeps the deltas at positions [lo[i], hi[i]) of its ascending stable |delta| order. The
+    cuts are found as task_arithmetic's selection, the one read included (`selection`)."""
     out = _empty(base, out_dtype)
     finite = _fused_apply(
         "mf_breadcrumbs",
@@ -572,6 +580,7 @@ def breadcrumbs(
             divisor,
             lambda_,
         ),
+        tail=(_one_read_min(selection),),
     )
     _record_finite(finite, base, xs)
     return out

@@ -18,7 +18,8 @@ CANDIDATE_SCHEMES = ("histogram", "topk")
 
 @dataclass(frozen=True)
 class SelectionOptions:
-    """Options of the magnitude selection of task arithmetic / TIES.
+    """Options of the magnitude selection of task arithmetic / TIES and of breadcrumbs' cuts
+    (whose one read is the CPU's only: the GPU runs its two passes).
 
     Attributes:
         one_read: try the one-read scheme first (each element read once; the two passes run

@@ -8,12 +8,26 @@
 namespace mergefast {
 namespace {
 
-// One block's records into a.dst (dtype O), through the apply's own weigh_model and
+// How a fix-up weighs model i over a block's records (x: its column): the magnitude rules of
+// task arithmetic / TIES (apply.h), or breadcrumbs' two cuts (band.h).
+template <bool Consensus>
+MF_INLINE uint32_t weigh_records(const ApplyArgs& a, int i, const Src& x, int64_t blk,
+                                 const float* b, int64_t len, float* d, float* wd, float* mixed) {
+  return weigh_model<true, Consensus>(a, i, x, 0, blk, b, len, d, wd, mixed);
+}
+
+template <bool Consensus>
+MF_INLINE uint32_t weigh_records(const BandArgs& a, int i, const Src& x, int64_t blk,
+                                 const float* b, int64_t len, float* d, float* wd, float* mixed) {
+  return weigh_band_model<Consensus>(a, i, x, 0, blk, b, len, d, wd, mixed);
+}
+
+// One block's records into a.dst (dtype O), through the apply's own weighing and
 // combine_block: every key equal to a threshold is in a record, so ranking the ties along
 // the records ranks them in flat order. bufs: 0 base, 1 mixed, 2 scratch for the tie walk,
 // 3 result, 4-5 scratch, 6.. the K weighted deltas.
-template <bool Consensus, DType O>
-MF_INLINE void fix_block_impl(const ApplyArgs& a, const Records& rec, int64_t blk,
+template <bool Consensus, DType O, class Args>
+MF_INLINE void fix_block_impl(const Args& a, const Records& rec, int64_t blk,
                               float* const* bufs) {
   const int64_t cnt = rec.count[blk];
   if (cnt == 0) return;
@@ -22,7 +36,7 @@ MF_INLINE void fix_block_impl(const ApplyArgs& a, const Records& rec, int64_t bl
   float* const* wd = bufs + 6;
   for (int i = 0; i < a.K; ++i) {
     const Src x{rec.column(blk, 2 + i), rec.sources[2 + i].dt};
-    weigh_model<true, Consensus>(a, i, x, 0, blk, b, cnt, bufs[2], wd[i], mixed);
+    weigh_records<Consensus>(a, i, x, blk, b, cnt, bufs[2], wd[i], mixed);
   }
   float* res = bufs[3];
   combine_block<Consensus>(a, wd, b, mixed, res, cnt, bufs[4], bufs[5]);
@@ -31,8 +45,8 @@ MF_INLINE void fix_block_impl(const ApplyArgs& a, const Records& rec, int64_t bl
   for (int64_t q = 0; q < cnt; ++q) store_f32<O>(a.dst.ptr, off + at[q], res[q]);
 }
 
-template <bool Consensus>
-MF_INLINE void fix_block_any(const ApplyArgs& a, const Records& rec, int64_t blk,
+template <bool Consensus, class Args>
+MF_INLINE void fix_block_any(const Args& a, const Records& rec, int64_t blk,
                              float* const* bufs) {
   switch (a.dst.dt) {  // (not visit_output_dtype: a lambda would not get the AVX2 target)
     case DType::BF16: fix_block_impl<Consensus, DType::BF16>(a, rec, blk, bufs); break;
@@ -42,24 +56,24 @@ MF_INLINE void fix_block_any(const ApplyArgs& a, const Records& rec, int64_t blk
   }
 }
 
-template <bool Consensus>
-void fix_block_default(const ApplyArgs& a, const Records& rec, int64_t blk, float* const* bufs) {
+template <bool Consensus, class Args>
+void fix_block_default(const Args& a, const Records& rec, int64_t blk, float* const* bufs) {
   fix_block_any<Consensus>(a, rec, blk, bufs);
 }
 
 #if MF_AVX2_CLONES
-template <bool Consensus>
-MF_TARGET_AVX2 void fix_block_avx2(const ApplyArgs& a, const Records& rec, int64_t blk,
+template <bool Consensus, class Args>
+MF_TARGET_AVX2 void fix_block_avx2(const Args& a, const Records& rec, int64_t blk,
                                    float* const* bufs) {
   fix_block_any<Consensus>(a, rec, blk, bufs);
 }
 #endif
 
-template <bool Consensus>
-void fix_up_all(const ApplyArgs& a, const Records& rec) {
-  auto block = &fix_block_default<Consensus>;
+template <bool Consensus, class Args>
+void fix_up_all(const Args& a, const Records& rec) {
+  auto block = &fix_block_default<Consensus, Args>;
 #if MF_AVX2_CLONES
-  if (cpu_has_avx2()) block = &fix_block_avx2<Consensus>;
+  if (cpu_has_avx2()) block = &fix_block_avx2<Consensus, Args>;
 #endif
   const int64_t nb = num_blocks(a.n);
 #pragma omp parallel num_threads(team_size(a.n, a.threads))
@@ -75,11 +89,11 @@ void fix_up_all(const ApplyArgs& a, const Records& rec) {
 }  // namespace
 
 void fix_up(const ApplyArgs& a, const Records& rec, bool consensus) {
-  if (consensus) {
-    fix_up_all<true>(a, rec);
-  } else {
-    fix_up_all<false>(a, rec);
-  }
+  consensus ? fix_up_all<true>(a, rec) : fix_up_all<false>(a, rec);
+}
+
+void fix_up(const BandArgs& a, const Records& rec, bool consensus) {
+  consensus ? fix_up_all<true>(a, rec) : fix_up_all<false>(a, rec);
 }
 
 }  // namespace mergefast

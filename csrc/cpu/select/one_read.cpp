@@ -23,32 +23,12 @@
 // caller run them too (rewriting the whole output).
 #include "one_read.h"
 
-#include <atomic>
-#include <cmath>
-
 #include "../apply.h"
-#include "candidates.h"
 #include "fix_up.h"
-#include "records.h"
-#include "window.h"
+#include "one_read_parts.h"
 
 namespace mergefast {
 namespace {
-
-// Sampled keys per model: n / 128 in [16384, 32768]. A larger sample narrows the windows and
-// so the records (7B layer, 3 models: 12.4 % of the elements recorded with 8192 samples,
-// 6.9 % with 32768, 5.5 % with 65536), but gathering and ordering it costs ~0.07 ms per 1000
-// keys; 65536 is no faster than 32768 on the 7B layer (2-vCPU AMD EPYC VM).
-int64_t sample_size(int64_t n) { return std::clamp<int64_t>(n / 128, 1 << 14, 1 << 15); }
-
-// The share of the records' memory (an output's worth) the sample may predict them to fill.
-constexpr double kRecordFill = 0.7;
-
-// Calls that the one-read pass finished, and that fell back to two passes (one_read_counts).
-std::atomic<int64_t> g_finished{0}, g_fell_back{0};
-
-// A window no key is inside: for models whose rule is known (keep all or none).
-constexpr Window kNoWindow{0x7FFFFFFFu, 0u, 0.0};
 
 // One model's share of a block of the pass: "keep key >= teff" weighted into wd (for the
 // consensus) and summed into mixed (as weigh_block in apply.h), "key in
@@ -148,64 +128,9 @@ uint32_t run_pass(const OneReadPass& p, int nthreads) {
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &pass_block_avx2<Consensus>;
 #endif
-  const int K = p.apply.K;
-  const int64_t nb = num_blocks(p.apply.n);
-  uint32_t nonfinite = 0;
-#pragma omp parallel num_threads(nthreads) reduction(| : nonfinite)
-  {
-    Scratch scratch(6 + K);
-    float* bufs[6];
-    for (int q = 0; q < 6; ++q) bufs[q] = scratch.buf(q);
-    std::vector<float*> wd(K);
-    for (int i = 0; i < K; ++i) wd[i] = scratch.buf(6 + i);
-#pragma omp for schedule(dynamic, kChunkBlocks)
-    for (int64_t blk = 0; blk < nb; ++blk) nonfinite |= block(p, bufs, wd.data(), blk);
-  }
-  return nonfinite;
-}
-
-// The windows of the models (kNoWindow for those whose rule is known), the scans of the active
-// ones (window set, per-block counts sized) and an upper bound of the share of the elements
-// that will be recorded.
-struct Prediction {
-  std::vector<Window> windows;
-  std::vector<WindowScan> scans;     // per active model
-  std::vector<uint32_t*> above;      // per model: its scan's above_blk, or null
-  double share = 0.0;
-};
-
-Prediction predict(const Src& base, const std::vector<Src>& xs, const std::vector<int64_t>& keep,
-                   const std::vector<int>& active, int64_t n, int threads) {
-  const ActiveModels selected = active_models(xs, keep, active);
-  const auto predicted = predict_windows(base, selected.xs, selected.keep, n, sample_size(n), threads);
-  Prediction p{std::vector<Window>(xs.size(), kNoWindow), std::vector<WindowScan>(active.size()),
-               std::vector<uint32_t*>(xs.size(), nullptr), 0.0};
-  for (size_t q = 0; q < active.size(); ++q) {
-    WindowScan& s = p.scans[q];
-    p.windows[active[q]] = s.w = predicted[q];
-    p.share += predicted[q].share;
-    for (auto* v : {&s.above_blk, &s.eq_hi, &s.eq_lo}) v->assign(num_blocks(n), 0);
-    p.above[active[q]] = s.above_blk.data();
-  }
-  return p;
-}
-
-// The exact rules of the active models from their scans and the records; false when a
-// threshold lies outside its window.
-bool resolve_all(const Records& rec, const std::vector<int64_t>& keep,
-                 const std::vector<int>& active, int64_t n, std::vector<WindowScan>& scans,
-                 std::vector<KeepRule>& rules, int threads) {
-  std::unique_ptr<uint32_t[]> lists;  // the candidates, alive while resolving
-  scan_records(rec, active, n, scans, lists, threads);
-  const int A = static_cast<int>(active.size());
-  std::vector<char> resolved(A, 0);
-#pragma omp parallel for num_threads(std::min(A, std::max(1, threads))) schedule(dynamic, 1)
-  for (int q = 0; q < A; ++q) {
-    const int i = active[q];
-    rules[i] = KeepRule();
-    resolved[q] = resolve_window(scans[q], keep[i], num_blocks(n), rules[i]);
-  }
-  return std::find(resolved.begin(), resolved.end(), 0) == resolved.end();
+  return run_pass_blocks(p.apply.n, p.apply.K, nthreads, [&](float* const* bufs, float* const* wd, int64_t blk) {
+    return block(p, bufs, wd, blk);
+  });
 }
 
 template <bool Consensus>
@@ -214,19 +139,16 @@ bool one_read(const Src& base, const std::vector<Src>& xs, const std::vector<flo
               std::vector<KeepRule>& rules, bool normalize, float divisor, float lambda,
               const Dst& dst, int64_t n, int threads, bool& finite) {
   Prediction p = predict(base, xs, keep, active, n, threads);
-  // The records get an output's worth of memory. Predicted to need over kRecordFill of it,
-  // they would risk an overflow, which costs a third read: the two passes are cheaper.
-  const int64_t out_bytes = n * static_cast<int64_t>(dtype_size(dst.dt));
-  const double predicted = p.share * static_cast<double>(n * record_bytes(base, xs));
-  if (predicted > kRecordFill * static_cast<double>(out_bytes)) return false;
-  Records rec = make_records(base, xs, n, out_bytes);
+  const int64_t capacity = output_bytes(dst, n);
+  if (!records_fit(p, base, xs, n, capacity)) return false;
+  Records rec = make_records(base, xs, n, capacity);
   // The pass's rules: keep the keys above the window (the others' rules are known already).
   for (int i : active) rules[i].thr = p.windows[i].hi + 1;  // hi <= 0x7FFFFFFF: no wrap-around
   ApplyArgs args{&base, &xs, w.data(), rules.data(), normalize, lambda != 1.0f, divisor, lambda,
                  dst, n, static_cast<int>(xs.size()), threads};
   const uint32_t nonfinite = run_pass<Consensus>(
       OneReadPass{args, p.windows.data(), p.above.data(), &rec}, team_size(n, threads));
-  if (rec.overflow || !resolve_all(rec, keep, active, n, p.scans, rules, threads)) return false;
+  if (rec.overflow || !resolve_all(rec, keep, active, 1, n, p.scans, rules, threads)) return false;
   fix_up(args, rec, Consensus);
   finite = nonfinite == 0;
   return true;
@@ -244,12 +166,7 @@ bool one_read_task_arithmetic(bool consensus, const Src& base, const std::vector
   const bool done =
       consensus ? one_read<true>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, threads, finite)
                 : one_read<false>(base, xs, w, keep, active, rules, normalize, divisor, lambda, dst, n, threads, finite);
-  (done ? g_finished : g_fell_back).fetch_add(1);
-  return done;
-}
-
-std::pair<int64_t, int64_t> one_read_counts() {
-  return {g_finished.load(), g_fell_back.load()};
+  return count_one_read(done);
 }
 
 }  // namespace mergefast

@@ -130,7 +130,7 @@ void record_block(Records& r, int64_t blk, int64_t off, const uint32_t* unc, int
   }
 }
 
-void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
+void scan_records(const Records& rec, const std::vector<int>& active, int sides, int64_t n,
                   std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory,
                   int threads) {
   const int A = static_cast<int>(active.size()), nthreads = team_size(n, threads);
@@ -157,12 +157,17 @@ void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
     const int64_t cnt = rec.count[blk];
     const float* b = rec.column_f32(blk, 1, sc.buf(0));
     uint32_t* keys = reinterpret_cast<uint32_t*>(sc.buf(2));
+    int keyed = -1;  // the model whose keys `keys` holds (a model's cuts are adjacent)
     for (int q = 0; q < A; ++q) {
       WindowScan& s = scans[q];
-      const float* x = rec.column_f32(blk, 2 + active[q], sc.buf(1));
+      const int model = active[q] / sides;
+      if (model != keyed) {
+        const float* x = rec.column_f32(blk, 2 + model, sc.buf(1));
+        for (int64_t j = 0; j < cnt; ++j) keys[j] = mag_key(x[j] - b[j]);
+        keyed = model;
+      }
       uint32_t eq_hi = 0, eq_lo = 0;
       for (int64_t j = 0; j < cnt; ++j) {
-        keys[j] = mag_key(x[j] - b[j]);
         eq_hi += keys[j] == s.w.hi;
         eq_lo += keys[j] == s.w.lo;
       }

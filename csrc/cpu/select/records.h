@@ -53,12 +53,13 @@ Records make_records(const Src& base, const std::vector<Src>& xs, int64_t n, int
 void record_block(Records& r, int64_t blk, int64_t off, const uint32_t* unc, int64_t len,
                   uint32_t* idx);
 
-// One parallel pass over the records: for each model active[q], its keys equal to hi and lo
-// per block and its candidates (keys strictly inside its window) into scans[q] (its window
+// One parallel pass over the records: for each selection active[q], its keys equal to hi and
+// lo per block and its candidates (keys strictly inside its window) into scans[q] (its window
 // already set), in per-thread lists like the window scan's (window.h), so that
-// resolve_window (candidates.h) can take it from there. memory: the lists' memory, to keep
-// while the scans are used.
-void scan_records(const Records& rec, const std::vector<int>& active, int64_t n,
+// resolve_window (candidates.h) can take it from there. Selection s is of model s / sides
+// (sides: 1 for TIES, one selection per model; 2 for breadcrumbs, two cuts per model).
+// memory: the lists' memory, to keep while the scans are used.
+void scan_records(const Records& rec, const std::vector<int>& active, int sides, int64_t n,
                   std::vector<WindowScan>& scans, std::unique_ptr<uint32_t[]>& memory,
                   int threads);
 
