@@ -28,7 +28,7 @@ from .kernels.cpu import finite_inputs
 from .kernels.fused import merge_group
 from .methods.linear import ZeroWeightSumError
 from .options import MergeOptions
-from .plan import MergePlan, TensorJob, processing_order, start_hub_inputs
+from .plan import MergePlan, TensorJob, pooled_order, processing_order, start_hub_inputs
 from .staging import staging_for
 from .summary import RunSummary, peak_rss_bytes, write_stats_json
 
@@ -101,7 +101,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
                 bar.update(job.read_bytes)
 
             stages = run_pipeline(
-                processing_order(plan.jobs),
+                pooled_order(processing_order(plan.jobs)),
                 staging.read,
                 merge,
                 write,

@@ -248,6 +248,46 @@ def processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
     return sorted(jobs, key=key)
 
 
+# Jobs of one size regrouped by `pooled_order`: the few largest ones (embeddings, lm_head)
+# of at least this many bytes each (inputs + output).
+REGROUP_MIN_BYTES = 16 << 20
+REGROUP_MAX_JOBS = 4
+
+
+def pooled_order(jobs: list[TensorJob]) -> list[TensorJob]:
+    """`jobs` (in processing order) with the later jobs of a rare large size moved up right
+    behind the first one, when their files are on disk already (a Hub shard still
+    downloading keeps its place). A model's embeddings and its lm_head lie first and last
+    in its files; back to back they share the CPU pool's largest buffers, which then retire
+    and are carved into the smaller sizes (staging/host.py) instead of idling through the
+    run while the other sizes fault fresh pages."""
+
+    def size(job: TensorJob):
+        return tuple(s.info.nbytes for s in job.sources), job.out_bytes
+
+    groups: dict[tuple, list[TensorJob]] = {}
+    for job in jobs:
+        if not job.copy:
+            groups.setdefault(size(job), []).append(job)
+    ordered, moved = [], set()
+    for job in jobs:
+        if id(job) in moved:
+            continue
+        ordered.append(job)
+        group = groups.get(size(job), []) if not job.copy else []
+        if group and group[0] is job and _regrouped(group):
+            later = [j for j in group[1:] if all(s.info.file.is_file() for s in j.sources)]
+            ordered += later
+            moved.update(id(j) for j in later)
+    return ordered
+
+
+def _regrouped(group: list[TensorJob]) -> bool:
+    """Whether `pooled_order` brings the jobs of one size together."""
+    job = group[0]
+    return 1 < len(group) <= REGROUP_MAX_JOBS and job.read_bytes + job.out_bytes >= REGROUP_MIN_BYTES
+
+
 def build_plan(
     config: MergeConfig, config_text: str, source: str, options: MergeOptions, prefetch: HubPrefetch | None = None
 ) -> MergePlan:

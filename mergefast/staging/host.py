@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from ..plan import MergePlan, TensorJob
 
 SOURCES_AT_ONCE = 8  # streamed reads of one job at once (a job has up to ~8 sources in practice)
 JOBS_AT_ONCE = 3  # streamed jobs read at once (see HostStaging.readers)
+CARVE_ALIGN = 4096  # slices of a retired buffer start this many bytes apart (any dtype's view)
+CARVE_MIN = 1 << 20  # smaller retired buffers are freed, not carved
 
 
 @dataclass
@@ -33,11 +36,12 @@ class _HostResult:
 
 def _backing(out: torch.Tensor, buffers: list[torch.Tensor]) -> torch.Tensor | None:
     """The buffer of `buffers` that `out` lives in, if any (an input a method returned
-    unchanged, or a kernel output it returned as is)."""
-    if out.device.type != "cpu":
+    unchanged, or a kernel output it returned as is). By address range: a buffer may be a
+    slice of a larger one (`HostStaging._carve`), so storages do not tell them apart."""
+    if out.device.type != "cpu" or out.numel() == 0:
         return None
-    pointer = out.untyped_storage().data_ptr()
-    return next((buf for buf in buffers if buf.data_ptr() == pointer), None)
+    pointer = out.data_ptr()
+    return next((buf for buf in buffers if buf.data_ptr() <= pointer < buf.data_ptr() + buf.numel()), None)
 
 
 class HostStaging:
@@ -48,12 +52,23 @@ class HostStaging:
     allocation per tensor costs its page faults every time (reading 2.2 GB of TIES inputs:
     0.55 s into fresh tensors, 0.29 s into reused ones, on a 2-vCPU AMD EPYC VM). The pool never
     holds more than the pipeline once had in flight, which its budget bounds: a kernel output
-    that a method used only as an intermediate is not given back, just freed."""
+    that a method used only as an intermediate is not given back, just freed. A size no
+    later job asks for (the embeddings', read first) is not kept idle: its buffers are
+    carved into the sizes still to come (`_carve`), which then fault no fresh pages."""
 
     def __init__(self, plan: MergePlan, device: str = "cpu"):
         self.plan, self.device = plan, device
         self._free: dict[int, list[torch.Tensor]] = {}
         self._lock = threading.Lock()
+        # buffer size -> times a job not yet read (its inputs) or merged (its output) asks for
+        # it; kept for CPU merges (the GPU's host buffers are its pinned ring's chunks)
+        self._uses: Counter[int] = Counter()
+        for job in getattr(plan, "jobs", ()) if device == "cpu" else ():
+            if not job.copy:
+                self._uses.update(s.info.nbytes for s in job.sources)
+                self._uses[job.out_bytes] += 1
+        self._planned = bool(self._uses)  # else every buffer stays pooled by its size
+        self._spare: list[list] = []  # [buffer, bytes carved off]: retired sizes' buffers
         # With --stream-inputs a read is a few HTTP range requests (io/hub_stream.py), bound by
         # round trips and per-connection speed, not by this machine: a job's sources are read
         # at once. (Local and downloaded files are read one after the other: two cores.)
@@ -68,13 +83,40 @@ class HostStaging:
             free = self._free.get(nbytes)
             if free:
                 return free.pop()
-        return torch.empty(nbytes, dtype=torch.uint8)
+            carved = self._carve(nbytes)
+        return carved if carved is not None else torch.empty(nbytes, dtype=torch.uint8)
+
+    def _carve(self, nbytes: int) -> torch.Tensor | None:
+        """A slice of a retired buffer with room for `nbytes`, a multiple of CARVE_ALIGN bytes
+        into it (lock held)."""
+        for spare in self._spare:
+            buf, used = spare
+            if used + nbytes <= buf.numel():
+                spare[1] = used + -(-nbytes // CARVE_ALIGN) * CARVE_ALIGN
+                return buf[used : used + nbytes]
+        return None
+
+    def _asked(self, sizes) -> None:
+        """A job took buffers of `sizes`: a size no later job asks for retires its pooled
+        buffers to the spare ones (`_carve`)."""
+        if not self._planned:
+            return
+        with self._lock:
+            for size in sizes:
+                self._uses[size] -= 1
+                if self._uses[size] <= 0:
+                    self._retire(self._free.pop(size, []))
+
+    def _retire(self, buffers: list[torch.Tensor]) -> None:
+        """Make `buffers` spare (lock held); ones too small to carve are just freed."""
+        self._spare.extend([buf, 0] for buf in buffers if buf.numel() >= CARVE_MIN)
 
     def read(self, job: TensorJob) -> _HostBatch:
         """Read a job's source tensors (runs in the reader thread)."""
         if job.copy:  # the input is the output: it leaves with the writer, not pooled
             return _HostBatch([self.plan.models[s.model].reader.read(s.tensor) for s in job.sources], [])
         buffers = [self._buffer(s.info.nbytes) for s in job.sources]
+        self._asked(s.info.nbytes for s in job.sources)
 
         def read(source, buffer):
             return self.plan.models[source.model].reader.read(source.tensor, out=buffer)
@@ -96,7 +138,10 @@ class HostStaging:
     def _give_back(self, buffers: list[torch.Tensor]) -> None:
         with self._lock:
             for buf in buffers:
-                self._free.setdefault(buf.numel(), []).append(buf)
+                if not self._planned or self._uses[buf.numel()] > 0:
+                    self._free.setdefault(buf.numel(), []).append(buf)
+                else:
+                    self._retire([buf])
 
     def merge(self, job: TensorJob, staged: Any, merge_fn: Callable[[TensorJob, list], torch.Tensor]) -> Any:
         """Merge a job (merge thread): `merge_fn(job, inputs on the math device)` returns the
@@ -109,6 +154,8 @@ class HostStaging:
 
         with output_buffers(take):
             out = merge_fn(job, self.inputs(job, staged))
+        if hasattr(job, "out_bytes"):
+            self._asked([job.out_bytes])
         self.recycle(staged, out)
         return _HostResult(out, _backing(out, lent))
 
@@ -129,3 +176,4 @@ class HostStaging:
             self._sources.shutdown(wait=True, cancel_futures=True)  # a stopped run's reads end at their next chunk
         with self._lock:
             self._free.clear()
+            self._spare.clear()
