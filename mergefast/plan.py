@@ -269,16 +269,16 @@ def pooled_order(jobs: list[TensorJob]) -> list[TensorJob]:
     for job in jobs:
         if not job.copy:
             groups.setdefault(size(job), []).append(job)
-    ordered, moved = [], set()
+    followers = {  # a group's first job -> the later ones moved up behind it
+        id(group[0]): [j for j in group[1:] if all(s.info.file.is_file() for s in j.sources)]
+        for group in groups.values()
+        if _regrouped(group)
+    }
+    moved = {id(j) for later in followers.values() for j in later}
+    ordered = []
     for job in jobs:
-        if id(job) in moved:
-            continue
-        ordered.append(job)
-        group = groups.get(size(job), []) if not job.copy else []
-        if group and group[0] is job and _regrouped(group):
-            later = [j for j in group[1:] if all(s.info.file.is_file() for s in j.sources)]
-            ordered += later
-            moved.update(id(j) for j in later)
+        if id(job) not in moved:
+            ordered += [job, *followers.get(id(job), ())]
     return ordered
 
 

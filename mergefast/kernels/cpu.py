@@ -705,16 +705,6 @@ def ram_apply(
     """RAM's elementwise pass (RAM+ with per-model `lambdas`) into a new tensor; inside
     `finite_inputs()`, the inputs are proven finite when every delta was."""
     out = _empty(base, out_dtype)
-    n, op = out.numel(), "ram_apply"
-    bptr, bcode = _view(base, n, op)
-    ptrs, codes = _views(xs, n, op)
-    optr, ocode = _view(out, n, op)
     lam = None if lambdas is None else _doubles(lambdas)
-    finite = ctypes.c_int32()
-    _check(
-        _lib().mf_ram_apply(
-            bptr, bcode, ptrs, codes, len(xs), n, epsilon, lam, optr, ocode, threads(), ctypes.byref(finite)
-        )
-    )
-    _record_finite(bool(finite.value), base, xs)
+    _record_finite(_fused_apply("mf_ram_apply", base, xs, out, (epsilon, lam)), base, xs)
     return out

@@ -154,7 +154,7 @@ class HostStaging:
 
         with output_buffers(take):
             out = merge_fn(job, self.inputs(job, staged))
-        if hasattr(job, "out_bytes"):
+        if self._planned:  # (then `job` is one of the plan's)
             self._asked([job.out_bytes])
         self.recycle(staged, out)
         return _HostResult(out, _backing(out, lent))
