@@ -459,6 +459,27 @@ def test_gram_same_on_any_thread_count():
 
 
 @needs_ext
+def test_slerp_dots_same_on_any_thread_count():
+    """SLERP's three dots add their blocks in order: the same float64 sums on 1, 2, 3 and 5
+    threads, also where blocks' magnitudes lie 2^60 apart (the float64 additions round)."""
+    from mergefast.kernels import cpu
+
+    gen = torch.Generator().manual_seed(3)
+    scales = torch.exp2(torch.randint(-30, 30, (200, 1), generator=gen).float())
+    a = (torch.randn(200, cpu.BLOCK, generator=gen) * scales).reshape(-1)
+    b = (torch.randn(200, cpu.BLOCK, generator=gen) * scales).reshape(-1)
+    before = torch.get_num_threads()
+    try:
+        dots = []
+        for t in (1, 2, 3, 5):
+            torch.set_num_threads(t)
+            dots.append(cpu.slerp_dots(a, b))
+    finally:
+        torch.set_num_threads(before)
+    assert dots[1:] == dots[:1] * 3
+
+
+@needs_ext
 @pytest.mark.parametrize("method", ["ram", "ramplus_tl", "multislerp", "karcher"])
 def test_spherical_and_ram_fused_entries(method, monkeypatch):
     """The executor's table runs these methods on their kernels (ram, ramplus_tl: equal to the
