@@ -5,9 +5,10 @@
 
 Makes a family of random Llama-shaped checkpoints (base + 3 fine-tunes, sharded safetensors,
 bf16) under --dir, then times whole processes, alternated --repeats times: the IO floor
-(benchmarks/io_floor.py), `mergefast yaml` per method and `mergekit-yaml` per method. Prints
-medians, the ratio to the IO floor, peak RSS and user + system CPU seconds per command
-(`--settle S` waits S seconds before each command: benchmarks/README.md says when that matters).
+(benchmarks/io_floor.py), torch's import alone, `mergefast yaml` per method and `mergekit-yaml`
+per method. Prints medians, the ratio to the IO floor, peak RSS and user + system CPU seconds
+per command (`--settle S` waits S seconds before each command: benchmarks/README.md says when
+that matters).
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ def main() -> None:
         cuda = ["--cuda"] if args.cuda else []
         cmds = {
             "floor": [sys.executable, str(HERE / "io_floor.py"), str(cfg), str(out)],
+            # torch's import alone, a whole process ended as mergefast's CLI ends (os._exit: no
+            # teardown): the fixed cost a merge pays beyond the floor
+            "import": [sys.executable, "-c", "import os, torch; os._exit(0)"],
             "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), str(out), "--quiet", *cuda],
         }
         if mergekit:
@@ -212,6 +216,8 @@ def print_row(method: str, row: dict) -> None:
     the floor run just before it), which shows how much of a ratio is this machine's noise."""
     floor, _, floors, floor_user, floor_sys = row["floor"]
     parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB, CPU {floor_user:.2f}+{floor_sys:.2f}s)"]
+    if "import" in row:
+        parts.append(f"import torch {row['import'][0]:.2f}s")
     for name in ("mergefast", "mergekit"):
         if name in row:
             wall, rss, walls, user, system = row[name]

@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from mergefast.config import load_config  # noqa: E402
 from mergefast.io.direct import DirectFile, direct_io_works  # noqa: E402
-from mergefast.io.writer import FLUSH_EVERY  # noqa: E402
+from mergefast.io.writer import FLUSH_EVERY, OutputTensor  # noqa: E402
 from mergefast.options import MergeOptions  # noqa: E402
 from mergefast.plan import build_plan  # noqa: E402
 
@@ -105,8 +105,12 @@ def main(config_path: str, out: str) -> None:
     config, text, source = load_config(config_path)
     plan = build_plan(config, text, source, MergeOptions(quiet=True))
     ranges = input_ranges(plan)
-    out_bytes = sum(_numel(j.shape) * j.dtype.itemsize for j in plan.jobs)
+    # by the dtype's name: `job.dtype` is a torch dtype, and importing torch (~1 s of one core)
+    # is not IO
+    out_bytes = sum(OutputTensor(j.name, j.dtype_name, j.shape).nbytes for j in plan.jobs)
     plan.close()
+    if "torch" in sys.modules:
+        raise SystemExit("io_floor.py imported torch: its time is not IO; find the import and remove it")
     # Reading and writing run at once (two threads; preadv/write release the GIL), as a
     # merge that overlaps its IO does: the floor is max(read, write), not their sum.
     result: list[int] = []
@@ -120,13 +124,6 @@ def main(config_path: str, out: str) -> None:
     reader.join()
     read = result[0]
     print(f"floor: read {read / 1e9:.3f} GB, wrote {out_bytes / 1e9:.3f} GB", file=sys.stderr)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":
