@@ -23,6 +23,7 @@ from .errors import MergeError
 from .io.out_path import check_output_folder, check_stats_path, output_folder
 from .io.output import write_json, write_tokenizer
 from .io.pipeline import run_pipeline
+from .io.resident import inputs_resident
 from .io.writer import OutputTensor, ShardedWriter
 from .kernels.cpu import finite_inputs
 from .kernels.fused import merge_group
@@ -82,7 +83,7 @@ def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
 def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary, downloads=None) -> None:
     outputs = [OutputTensor(j.name, j.dtype_name, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
-    budget = options.pipeline_budget(max(out_bytes[j.name] + j.read_bytes for j in plan.jobs))
+    budget = _budget(plan, out_bytes, options)
     staging = staging_for(plan, options.math_device, budget)
     total = sum(j.read_bytes for j in plan.jobs)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
@@ -128,6 +129,24 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
         stats.download_wait_s = downloads.waited_s
         if downloads.fresh_bytes:
             stats.set_download(downloads.fresh_bytes, downloads.seconds)
+
+
+def _budget(plan: MergePlan, out_bytes: dict[str, int], options: MergeOptions) -> int:
+    """The pipeline's byte budget (options.pipeline_budget): smaller when every input is in
+    the page cache, where reading ahead gains nothing."""
+    costs = sorted(out_bytes[j.name] + j.read_bytes for j in plan.jobs)
+    typical = None
+    if options.max_memory is None and inputs_resident(_input_spans(plan)):
+        typical = costs[len(costs) // 2]
+    return options.pipeline_budget(costs[-1], typical)
+
+
+def _input_spans(plan: MergePlan):
+    """(file, start, end) of every input tensor the plan reads (end None: a .bin file, all of it)."""
+    for job in plan.jobs:
+        for s in job.sources:
+            start, end = s.info.data_offsets or (0, None)
+            yield s.info.file, start, end
 
 
 def _stop(staging, downloads) -> None:

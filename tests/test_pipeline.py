@@ -184,6 +184,43 @@ def test_automatic_budget_is_twice_the_largest_job_within_bounds():
     assert MergeOptions(max_memory="25%").pipeline_budget(1) == int(physical_memory() * 0.25)
 
 
+def test_budget_of_resident_inputs_is_the_largest_job_and_two_typical_ones():
+    from mergefast.options import AUTO_MEMORY_MIN, MergeOptions, physical_memory
+
+    opts = MergeOptions()
+    assert opts.pipeline_budget(400_000_000, 30_000_000) == min(460_000_000, physical_memory() // 4)
+    assert opts.pipeline_budget(400_000_000, 300_000_000) == opts.pipeline_budget(400_000_000)  # never above 2x
+    assert opts.pipeline_budget(100_000_000, 1_000) == AUTO_MEMORY_MIN
+    assert MergeOptions(max_memory="1GB").pipeline_budget(400_000_000, 30_000_000) == 1_000_000_000
+
+
+def test_merge_budget_follows_the_page_cache(tmp_path, monkeypatch):
+    """execute's budget: the largest job plus two median ones while the inputs are resident,
+    twice the largest job when they are not, --max-memory whatever they are."""
+    from mergefast import execute
+    from mergefast.options import MergeOptions, physical_memory
+
+    class Info:
+        def __init__(self, n):
+            self.file, self.data_offsets, self.nbytes = tmp_path / "w", (8, 8 + n), n
+
+    class Job:
+        def __init__(self, name, n):
+            self.name, self.sources, self.read_bytes = name, [type("S", (), {"info": Info(n)})()], n
+
+    mb = 1_000_000
+    plan = type("Plan", (), {"jobs": [Job("a", 200 * mb), Job("b", 10 * mb), Job("c", 20 * mb), Job("d", 30 * mb)]})
+    out_bytes = {"a": 200 * mb, "b": 10 * mb, "c": 20 * mb, "d": 30 * mb}
+    spans = []
+    monkeypatch.setattr(execute, "inputs_resident", lambda s: spans.extend(s) or True)
+    cap = physical_memory() // 4
+    assert execute._budget(plan, out_bytes, MergeOptions()) == min(400 * mb + 2 * 60 * mb, cap)
+    assert spans == [(tmp_path / "w", 8, 8 + n * mb) for n in (200, 10, 20, 30)]
+    monkeypatch.setattr(execute, "inputs_resident", lambda s: False)
+    assert execute._budget(plan, out_bytes, MergeOptions()) == min(800 * mb, cap)
+    assert execute._budget(plan, out_bytes, MergeOptions(max_memory="300MB")) == 300 * mb
+
+
 def _one_tensor_job(reader, name):
     """A stand-in plan with one model "m" read by `reader`, and a job merging its tensor."""
 
