@@ -132,11 +132,13 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
 
 
 def _budget(plan: MergePlan, out_bytes: dict[str, int], options: MergeOptions) -> int:
-    """The pipeline's byte budget (options.pipeline_budget): smaller when every input is in
-    the page cache, where reading ahead gains nothing."""
+    """The pipeline's byte budget (options.pipeline_budget): on the CPU, smaller when every
+    input is in the page cache, where reading ahead gains nothing. A CUDA merge keeps its
+    budget: its pinned ring is shaped from it (staging/cuda.py), untimed with less."""
     costs = sorted(out_bytes[j.name] + j.read_bytes for j in plan.jobs)
     typical = None
-    if options.max_memory is None and inputs_resident(_input_spans(plan)):
+    cpu = options.math_device == "cpu"
+    if options.max_memory is None and cpu and inputs_resident(_input_spans(plan)):
         typical = costs[len(costs) // 2]
     return options.pipeline_budget(costs[-1], typical)
 

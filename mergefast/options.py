@@ -102,8 +102,8 @@ OPTIONS: tuple[Option, ...] = (
         "memory",
         None,
         "Bytes read ahead but not yet written, e.g. 4g, 500m or 10% "
-        "(default: twice the largest tensor group, less when the inputs are in the page cache, "
-        "at most 25% of RAM).",
+        "(default: twice the largest tensor group, less on the CPU with inputs in the page "
+        "cache, at most 25% of RAM).",
     ),
     Option("stats_json", "path", None, "Also write the run summary's figures as JSON to this file."),
 )
@@ -239,7 +239,7 @@ class MergeOptions:
         256 MB, at most 25% of RAM. More read-ahead than that does not speed a merge up and
         costs page faults: TIES of a 0.3B family on a 2-vCPU AMD EPYC VM took 6.2 s and 1.7 GB
         RSS with a 25%-of-RAM budget, 5.7 s and 1.0 GB with 600 MB. `resident_job_bytes` (a
-        typical job's bytes, given when the inputs are in the page cache: io/resident.py) caps
+        typical job's bytes, given by a CPU merge whose inputs are in the page cache) caps
         it at the largest job plus two typical ones: there reading ahead is a memory copy that
         needs no head start. 0.3B family, 2-vCPU Intel Xeon VM, 3 runs each: TIES in the same
         2.0 s with 0.60-0.66 GB peak RSS instead of 0.94 GB; with a cold cache the 2x budget

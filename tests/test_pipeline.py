@@ -196,7 +196,8 @@ def test_budget_of_resident_inputs_is_the_largest_job_and_two_typical_ones():
 
 def test_merge_budget_follows_the_page_cache(tmp_path, monkeypatch):
     """execute's budget: the largest job plus two median ones while the inputs are resident,
-    twice the largest job when they are not, --max-memory whatever they are."""
+    twice the largest job when they are not or the merge runs on CUDA, --max-memory whatever
+    they are."""
     from mergefast import execute
     from mergefast.options import MergeOptions, physical_memory
 
@@ -219,6 +220,9 @@ def test_merge_budget_follows_the_page_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(execute, "inputs_resident", lambda s: False)
     assert execute._budget(plan, out_bytes, MergeOptions()) == min(800 * mb, cap)
     assert execute._budget(plan, out_bytes, MergeOptions(max_memory="300MB")) == 300 * mb
+    monkeypatch.setattr(execute, "inputs_resident", lambda s: True)
+    monkeypatch.setattr(MergeOptions, "math_device", property(lambda self: "cuda"))
+    assert execute._budget(plan, out_bytes, MergeOptions()) == min(800 * mb, cap)  # the pinned ring's
 
 
 def _one_tensor_job(reader, name):
