@@ -16,6 +16,7 @@ def test_probes_spread_evenly_over_the_spans_page_aligned():
     # the middles of four equal parts of the 32 pages the two spans hold
     assert offsets == [(100 + 4 * PAGE) // PAGE * PAGE, (100 + 12 * PAGE) // PAGE * PAGE, 54 * PAGE, 62 * PAGE]
     assert probe_offsets([(0, 100)], probes=8) == [0]  # a span under a page: one probe
+    assert probe_offsets([(0, 3 * PAGE)], probes=8) == [0, PAGE, 2 * PAGE]  # one a page, spread
     assert probe_offsets([], probes=8) == [] and probe_offsets([(5, 5)]) == []
 
 

@@ -21,9 +21,9 @@ def probe_offsets(spans: list[tuple[int, int]], probes: int = PROBES_PER_FILE) -
     total = sum(end - start for start, end in spans)
     if total <= 0:
         return []
-    offsets = []
-    for i in range(min(probes, max(1, total // PAGE))):
-        at = (2 * i + 1) * total // (2 * probes)  # the middle of the i-th of `probes` equal parts
+    offsets, count = [], min(probes, max(1, total // PAGE))
+    for i in range(count):
+        at = (2 * i + 1) * total // (2 * count)  # the middle of the i-th of `count` equal parts
         for start, end in spans:
             if at < end - start:
                 offsets.append((start + at) // PAGE * PAGE)
