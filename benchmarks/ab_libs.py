@@ -44,6 +44,7 @@ METHODS = {
     "sce": lambda base, xs: kernels.sce(base, xs, select_topk=0.1),
     "linear": lambda base, xs: kernels.linear(xs, W3),
     "slerp": lambda base, xs: kernels.slerp(base, xs[0], 0.4),
+    "ramplus_tl": lambda base, xs: kernels.ramplus_tl(base, xs),
 }
 
 
