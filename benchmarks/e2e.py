@@ -211,9 +211,10 @@ def main() -> None:
 
 
 def print_row(method: str, row: dict) -> None:
-    """One line per method: medians, ratios to the floor, peak RSS and median CPU seconds (user +
-    system); with several repeats also the range of the per-repeat ratios (each command against
-    the floor run just before it), which shows how much of a ratio is this machine's noise."""
+    """One line per method: medians, ratios to the floor (mergefast's also less torch's import),
+    peak RSS and median CPU seconds (user + system); with several repeats also the range of the
+    per-repeat ratios (each command against the floor run just before it), which shows how much
+    of a ratio is this machine's noise."""
     floor, _, floors, floor_user, floor_sys = row["floor"]
     parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB, CPU {floor_user:.2f}+{floor_sys:.2f}s)"]
     if "import" in row:
@@ -226,7 +227,11 @@ def print_row(method: str, row: dict) -> None:
                 ratios = [w / f for w, f in zip(walls, floors)]
                 spread = f" (runs {min(ratios):.2f}-{max(ratios):.2f}x)"
             cpu = f"CPU {user:.2f}+{system:.2f}s"
-            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{spread}, RSS {rss:.2f} GB, {cpu}")
+            # mergefast beyond torch's import: what a merge that never imported torch would take
+            less = ""
+            if name == "mergefast" and "import" in row:
+                less = f" ({(wall - row['import'][0]) / floor:.2f}x less import)"
+            parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{less}{spread}, RSS {rss:.2f} GB, {cpu}")
     print(" | ".join(parts), flush=True)
 
 
