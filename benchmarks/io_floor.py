@@ -28,9 +28,9 @@ from pathlib import Path  # noqa: E402
 
 from mergefast.config import load_config  # noqa: E402
 from mergefast.io.direct import DirectFile, direct_io_works  # noqa: E402
-from mergefast.io.writer import FLUSH_EVERY, OutputTensor  # noqa: E402
+from mergefast.io.writer import FLUSH_EVERY  # noqa: E402
 from mergefast.options import MergeOptions  # noqa: E402
-from mergefast.plan import build_plan  # noqa: E402
+from mergefast.plan import build_plan, input_spans  # noqa: E402
 
 CHUNK = 16 << 20
 
@@ -38,10 +38,8 @@ CHUNK = 16 << 20
 def input_ranges(plan) -> dict[Path, list[tuple[int, int]]]:
     """Per input file, the merged byte ranges of the tensors the plan reads."""
     ranges: dict[Path, list[tuple[int, int]]] = {}
-    for job in plan.jobs:
-        for s in job.sources:
-            start, end = s.info.data_offsets or (0, s.info.file.stat().st_size)
-            ranges.setdefault(s.info.file, []).append((start, end))
+    for path, start, end in input_spans(plan.jobs):
+        ranges.setdefault(path, []).append((start, path.stat().st_size if end is None else end))
     merged = {}
     for path, spans in ranges.items():
         out: list[tuple[int, int]] = []
@@ -105,9 +103,9 @@ def main(config_path: str, out: str) -> None:
     config, text, source = load_config(config_path)
     plan = build_plan(config, text, source, MergeOptions(quiet=True))
     ranges = input_ranges(plan)
-    # by the dtype's name: `job.dtype` is a torch dtype, and importing torch (~1 s of one core)
-    # is not IO
-    out_bytes = sum(OutputTensor(j.name, j.dtype_name, j.shape).nbytes for j in plan.jobs)
+    # `job.out_bytes` goes by the dtype's name: `job.dtype` is a torch dtype, and importing
+    # torch (~1 s of one core) is not IO
+    out_bytes = sum(j.out_bytes for j in plan.jobs)
     plan.close()
     if "torch" in sys.modules:
         raise SystemExit("io_floor.py imported torch: its time is not IO; find the import and remove it")

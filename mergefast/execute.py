@@ -29,7 +29,7 @@ from .kernels.cpu import finite_inputs
 from .kernels.fused import merge_group
 from .methods.linear import ZeroWeightSumError
 from .options import MergeOptions
-from .plan import MergePlan, TensorJob, pooled_order, processing_order, start_hub_inputs
+from .plan import MergePlan, TensorJob, input_spans, pooled_order, processing_order, start_hub_inputs
 from .staging import staging_for
 from .summary import RunSummary, peak_rss_bytes, write_stats_json
 
@@ -83,8 +83,9 @@ def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
 def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary, downloads=None) -> None:
     outputs = [OutputTensor(j.name, j.dtype_name, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
-    budget = _budget(plan, out_bytes, options)
-    staging = staging_for(plan, options.math_device, budget)
+    device = options.math_device
+    budget = _budget(plan, options, device)
+    staging = staging_for(plan, device, budget)
     total = sum(j.read_bytes for j in plan.jobs)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
     try:
@@ -131,24 +132,15 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
             stats.set_download(downloads.fresh_bytes, downloads.seconds)
 
 
-def _budget(plan: MergePlan, out_bytes: dict[str, int], options: MergeOptions) -> int:
+def _budget(plan: MergePlan, options: MergeOptions, device: str) -> int:
     """The pipeline's byte budget (options.pipeline_budget): on the CPU, smaller when every
     input is in the page cache, where reading ahead gains nothing. A CUDA merge keeps its
     budget: its pinned ring is shaped from it (staging/cuda.py), untimed with less."""
-    costs = sorted(out_bytes[j.name] + j.read_bytes for j in plan.jobs)
+    costs = sorted(j.read_bytes + j.out_bytes for j in plan.jobs)
     typical = None
-    cpu = options.math_device == "cpu"
-    if options.max_memory is None and cpu and inputs_resident(_input_spans(plan)):
+    if options.max_memory is None and device == "cpu" and inputs_resident(input_spans(plan.jobs)):
         typical = costs[len(costs) // 2]
     return options.pipeline_budget(costs[-1], typical)
-
-
-def _input_spans(plan: MergePlan):
-    """(file, start, end) of every input tensor the plan reads (end None: a .bin file, all of it)."""
-    for job in plan.jobs:
-        for s in job.sources:
-            start, end = s.info.data_offsets or (0, None)
-            yield s.info.file, start, end
 
 
 def _stop(staging, downloads) -> None:

@@ -248,6 +248,14 @@ def processing_order(jobs: list[TensorJob]) -> list[TensorJob]:
     return sorted(jobs, key=key)
 
 
+def input_spans(jobs: list[TensorJob]):
+    """(file, start, end) of every input tensor `jobs` read (end None: a .bin file, all of it)."""
+    for job in jobs:
+        for s in job.sources:
+            start, end = s.info.data_offsets or (0, None)
+            yield s.info.file, start, end
+
+
 # Jobs of one size regrouped by `pooled_order`: the few largest ones (embeddings, lm_head)
 # of at least this many bytes each (inputs + output).
 REGROUP_MIN_BYTES = 16 << 20

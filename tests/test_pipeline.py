@@ -206,23 +206,21 @@ def test_merge_budget_follows_the_page_cache(tmp_path, monkeypatch):
             self.file, self.data_offsets, self.nbytes = tmp_path / "w", (8, 8 + n), n
 
     class Job:
-        def __init__(self, name, n):
-            self.name, self.sources, self.read_bytes = name, [type("S", (), {"info": Info(n)})()], n
+        def __init__(self, n):  # its output as large as its input
+            self.sources, self.read_bytes, self.out_bytes = [type("S", (), {"info": Info(n)})()], n, n
 
     mb = 1_000_000
-    plan = type("Plan", (), {"jobs": [Job("a", 200 * mb), Job("b", 10 * mb), Job("c", 20 * mb), Job("d", 30 * mb)]})
-    out_bytes = {"a": 200 * mb, "b": 10 * mb, "c": 20 * mb, "d": 30 * mb}
+    plan = type("Plan", (), {"jobs": [Job(200 * mb), Job(10 * mb), Job(20 * mb), Job(30 * mb)]})
     spans = []
     monkeypatch.setattr(execute, "inputs_resident", lambda s: spans.extend(s) or True)
     cap = physical_memory() // 4
-    assert execute._budget(plan, out_bytes, MergeOptions()) == min(400 * mb + 2 * 60 * mb, cap)
+    assert execute._budget(plan, MergeOptions(), "cpu") == min(400 * mb + 2 * 60 * mb, cap)
     assert spans == [(tmp_path / "w", 8, 8 + n * mb) for n in (200, 10, 20, 30)]
     monkeypatch.setattr(execute, "inputs_resident", lambda s: False)
-    assert execute._budget(plan, out_bytes, MergeOptions()) == min(800 * mb, cap)
-    assert execute._budget(plan, out_bytes, MergeOptions(max_memory="300MB")) == 300 * mb
+    assert execute._budget(plan, MergeOptions(), "cpu") == min(800 * mb, cap)
+    assert execute._budget(plan, MergeOptions(max_memory="300MB"), "cpu") == 300 * mb
     monkeypatch.setattr(execute, "inputs_resident", lambda s: True)
-    monkeypatch.setattr(MergeOptions, "math_device", property(lambda self: "cuda"))
-    assert execute._budget(plan, out_bytes, MergeOptions()) == min(800 * mb, cap)  # the pinned ring's
+    assert execute._budget(plan, MergeOptions(), "cuda") == min(800 * mb, cap)  # the pinned ring's
 
 
 def _one_tensor_job(reader, name):
