@@ -14,6 +14,11 @@
 #include "cpu/select/one_read.h"
 
 namespace mergefast {
+
+// all_finite (cpu/finite.cpp): true when none of the n elements of x is NaN or +-inf (any
+// dtype, F64 included), tested on the bits; the same on any thread count.
+bool all_finite(const Src& x, int64_t n, int threads);
+
 namespace {
 
 thread_local std::string g_error;
@@ -91,6 +96,16 @@ int32_t mf_abi_version(void) { return MF_ABI_VERSION; }
 int64_t mf_block(void) { return kBlock; }
 
 const char* mf_last_error(void) { return g_error.c_str(); }
+
+int32_t mf_all_finite(const void* x, int32_t dtype, int64_t n, int32_t threads, int32_t* finite) {
+  return guarded([&] {
+    const char* op = "all_finite";
+    // float64 is an input here (make_src refuses it: the merge kernels take it as an output only).
+    const Src sx{x, dtype_of(dtype, op, true)};
+    check(n >= 0 && finite != nullptr && (x != nullptr || n == 0), op, "bad sizes or outputs");
+    *finite = all_finite(sx, n, threads) ? 1 : 0;
+  });
+}
 
 int32_t mf_linear(const void* const* xs, const int32_t* x_dtypes, int32_t k, int64_t n,
                   const double* weights, int32_t divide, double total, void* out,

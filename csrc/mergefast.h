@@ -18,7 +18,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 8
+#define MF_ABI_VERSION 9
 
 /* status codes */
 #define MF_OK 0
@@ -49,6 +49,12 @@ MF_API int64_t mf_block(void);
 
 /* Why this thread's last call failed ("" when none did). */
 MF_API const char* mf_last_error(void);
+
+/* *finite = 1 when none of the n elements of x (dtype code MF_F32, MF_F16, MF_BF16 or MF_F64)
+ * is NaN or +-inf, else 0. Exact (a test of the bits: exponent bits all ones), the same on any
+ * thread count; reads all n elements (no early exit). n = 0: 1. */
+MF_API int32_t mf_all_finite(const void* x, int32_t dtype, int64_t n, int32_t threads,
+                             int32_t* finite);
 
 /* out = sum_i(weights[i] * xs[i]) [/ total when divide], k >= 1 inputs. */
 MF_API int32_t mf_linear(const void* const* xs, const int32_t* x_dtypes, int32_t k, int64_t n,

@@ -58,6 +58,9 @@ def env_command():
     click.echo(f"cuda available: {torch.cuda.is_available()}")
     for line in kernels.describe_backends():
         click.echo(line)
+    from .host import torch_free_line
+
+    click.echo(torch_free_line())
 
 
 @click.group()

@@ -10,37 +10,43 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm import tqdm
 
-from .checks import all_finite, check_output_finite, warn_nonfinite_inputs
 from .errors import MergeError
 from .io.out_path import check_output_folder, check_stats_path, output_folder
 from .io.output import write_json, write_tokenizer
 from .io.pipeline import run_pipeline
 from .io.resident import inputs_resident
 from .io.writer import OutputTensor, ShardedWriter
-from .kernels.cpu import finite_inputs
-from .kernels.fused import merge_group
-from .methods.linear import ZeroWeightSumError
+from .methods.spec import NONFINITE_REACHES_OUTPUT  # noqa: F401 - re-exported for tests
 from .options import MergeOptions
 from .plan import MergePlan, TensorJob, input_spans, pooled_order, processing_order, start_hub_inputs
 from .staging import staging_for
 from .summary import RunSummary, peak_rss_bytes, write_stats_json
 
+if TYPE_CHECKING:
+    import torch
+
 PARTIAL_MARK = ".mergefast-partial-"
-NONFINITE_REACHES_OUTPUT = frozenset({"linear", "slerp", "nearswap", "sce"})
 
 
 def merge_job(plan: MergePlan, job: TensorJob, tensors: list[torch.Tensor], seed: int | None = None) -> torch.Tensor:
     """Merge a job's input tensors (already on the math device); the result stays there.
 
-    `seed` is `--random-seed` (None means 0): with the output name it keys DARE/DELLA masks."""
+    `seed` is `--random-seed` (None means 0): with the output name it keys DARE/DELLA masks.
+    (The torch engine's imports are here: the torch-free engine, host/, never loads them.)"""
+    from .checks import all_finite, check_output_finite, warn_nonfinite_inputs
+    from .kernels.cpu import finite_inputs
+    from .kernels.fused import merge_group
+    from .methods.linear import ZeroWeightSumError
+
     if job.vocab is not None:  # embeddings / lm_head: align rows to the output vocabulary first
         tensors = job.vocab.apply(tensors, job.dtype)
     if job.copy:
@@ -80,12 +86,41 @@ def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
     return merge_job(plan, job, tensors).cpu()
 
 
-def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary, downloads=None) -> None:
+def torch_free(plan: MergePlan, options: MergeOptions) -> bool:
+    """Whether the merge runs on the torch-free CPU engine (host/): where it covers the plan
+    and torch is not loaded yet (a process that has torch gains nothing from it)."""
+    if "torch" in sys.modules:
+        return False
+    from .host import refusal
+
+    return refusal(plan, options) is None
+
+
+def _engine(plan: MergePlan, options: MergeOptions, budget: int, host: bool):
+    """(staging, merge function of (job, staged)) of the torch-free engine or the torch one."""
+    seed = options.random_seed
+    if host:
+        from .host.merge import merge_host_job
+        from .host.staging import HostArrayStaging
+
+        staging = HostArrayStaging(plan)
+        return staging, lambda job, staged: staging.merge(job, staged, lambda *a: merge_host_job(plan, *a, seed))
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    staging = staging_for(plan, options.math_device, budget)
+    return staging, lambda job, staged: staging.merge(job, staged, lambda j, ts: merge_job(plan, j, ts, seed))
+
+
+def _write_tensors(
+    plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary, downloads=None, host: bool = False
+) -> None:
     outputs = [OutputTensor(j.name, j.dtype_name, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
-    device = options.math_device
+    device = "cpu" if host else options.math_device
     budget = _budget(plan, options, device)
-    staging = staging_for(plan, device, budget)
+    staging, merge = _engine(plan, options, budget, host)
     total = sum(j.read_bytes for j in plan.jobs)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
     try:
@@ -93,9 +128,6 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
 
             def write(job, pending):
                 staging.write(pending, lambda tensor: writer.write(job.name, tensor))
-
-            def merge(job, staged):
-                return staging.merge(job, staged, lambda j, tensors: merge_job(plan, j, tensors, options.random_seed))
 
             def done(job):
                 stats.tensors += 1
@@ -124,7 +156,7 @@ def _write_tensors(plan: MergePlan, folder: Path, options: MergeOptions, stats: 
     stats.written_bytes = sum(out_bytes.values())
     stats.read_s, stats.merge_s, stats.write_s = stages.read_s, stages.merge_s, stages.write_s
     stats.h2d_s, stats.d2h_s = staging.copy_seconds()
-    stats.device = str(options.math_device)
+    stats.device = device
     if downloads is not None:  # the reader's waits for shards are download time, not read time
         stats.read_s = max(0.0, stats.read_s - downloads.waited_s)
         stats.download_wait_s = downloads.waited_s
@@ -227,13 +259,14 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions, downlo
     try:
         check_output_folder(out, plan)
         check_stats_path(options.stats_json, out)
-        if not all(job.copy for job in plan.jobs):
+        host = torch_free(plan, options)
+        if not host and not all(job.copy for job in plan.jobs):
             from . import kernels
 
             kernels.warn_missing_kernels(options.math_device)  # one line: why, and how to fix it
         if downloads is None:
             downloads = start_hub_inputs(plan, out, options)
-        stats = _merge_into(plan, out, options, downloads)
+        stats = _merge_into(plan, out, options, downloads, host)
     finally:
         if downloads is not None:
             downloads.close()  # after a failure or Ctrl-C none goes on (the cache keeps partial files)
@@ -242,17 +275,16 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions, downlo
     return stats
 
 
-def _merge_into(plan: MergePlan, out: Path, options: MergeOptions, downloads) -> RunSummary:
-    """Merge into a temporary folder beside `out`, then move it into place."""
+def _merge_into(plan: MergePlan, out: Path, options: MergeOptions, downloads, host: bool = False) -> RunSummary:
+    """Merge into a temporary folder beside `out`, then move it into place; `host`: on the
+    torch-free engine (`torch_free`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     stats, start = RunSummary(), time.perf_counter()
     try:
-        if options.random_seed is not None:
-            torch.manual_seed(options.random_seed)
-        _write_tensors(plan, tmp, options, stats, downloads)
+        _write_tensors(plan, tmp, options, stats, downloads, host)
         _write_side_files(plan, tmp, options, out.name)
         replace_folder(tmp, out, undo_on_signal=True)
     except BaseException:
@@ -261,14 +293,18 @@ def _merge_into(plan: MergePlan, out: Path, options: MergeOptions, downloads) ->
         raise
     stats.wall_s = time.perf_counter() - start
     stats.peak_rss_bytes = peak_rss_bytes()
-    stats.backends = _backends(plan, options)
+    stats.backends = _backends(plan, options, host)
     return stats
 
 
-def _backends(plan: MergePlan, options: MergeOptions) -> dict[str, str]:
-    """Which kernel backend ran the method (passthrough copies need none)."""
+def _backends(plan: MergePlan, options: MergeOptions, host: bool) -> dict[str, str]:
+    """Which kernel backend ran the method (passthrough copies need none), and whether
+    without torch (the torch-free engine, host/)."""
+    free = " without torch" if host else ""
     if all(job.copy for job in plan.jobs):
-        return {plan.spec.name: "copy"}
+        return {plan.spec.name: "copy" + free}
+    if host:
+        return {plan.spec.name: "cpu-ext" + free}
     from . import kernels
 
     return {plan.spec.name: kernels.backend(options.math_device)}

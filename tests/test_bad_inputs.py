@@ -409,15 +409,20 @@ def test_ties_warns_for_a_nan_input_and_merges(tmp_path, monkeypatch):
     """TIES drops NaN deltas in its sign election, so the merge succeeds with one warning
     for the NaN input; the inputs the C++ kernel proved finite are not scanned again."""
     import mergefast.checks as checks
-    import mergefast.execute  # noqa: F401 - binds the real all_finite for the output checks
 
     folder = _copy_model("ft-b", tmp_path / "nan")
     tensors = load_file(folder / "model.safetensors")
     tensors["model.layers.0.self_attn.q_proj.weight"][0, :3] = float("nan")
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     scanned = []
-    all_finite = checks.all_finite
-    monkeypatch.setattr(checks, "all_finite", lambda t: scanned.append(t.numel()) or all_finite(t))
+    warn = checks.warn_nonfinite_inputs
+
+    def counting(job_name, sources, tensors, known_finite=()):  # the inputs it scans
+        tensors = list(tensors)
+        scanned.extend(t.numel() for t in tensors if t.data_ptr() not in known_finite)
+        return warn(job_name, sources, tensors, known_finite)
+
+    monkeypatch.setattr(checks, "warn_nonfinite_inputs", counting)
     config = tmp_path / "config.yml"
     config.write_text(
         f"merge_method: ties\nbase_model: {MODELS / 'base'}\nmodels:\n"

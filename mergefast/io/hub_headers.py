@@ -90,15 +90,15 @@ class RemoteCheckpointReader(CheckpointReader):
             self.arrivals.wait(path)  # the merge runs while the shards download (io/hub_arrivals.py)
         return super()._fd(path)
 
-    def _pread(self, i: TensorInfo, buf) -> None:
-        out = memoryview(buf.numpy()).cast("B")[: i.nbytes]
+    def _pread(self, i: TensorInfo, mv: memoryview) -> None:
+        out = mv[: i.nbytes]
         if self.streams is not None and not i.file.is_file():
             self.streams.read(self.remote, i.file.relative_to(self.folder).as_posix(), i.data_offsets[0], out)
             return
         # a file still downloading is read as far as it has come (io/hub_partial.py)
         early = self.arrivals is not None and i.file not in self._fds
         if not (early and self.arrivals.read_early(i.file, i.data_offsets[0], out)):
-            super()._pread(i, buf)
+            super()._pread(i, mv)
 
     def weight_files(self) -> list[str]:
         """The weight files' names in the repo."""

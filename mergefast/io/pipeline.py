@@ -12,15 +12,15 @@ once the run has stopped).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from torch.overrides import TorchFunctionMode
 
 from ..errors import PipelineStopped  # noqa: F401 - also imported from here
 
@@ -30,20 +30,24 @@ _DONE = object()
 _THREAD_PREFIX = "mergefast-"
 
 
-class _StopAtNextTorchCall(TorchFunctionMode):
-    """Ends a stage at its next torch call once `stop` is set, so a stopped run waits for one
-    torch op, not a whole tensor: on a 2-vCPU AMD EPYC VM DELLA merges an 8192 x 1024 embedding in
-    4.2 s of 164 torch calls, the longest a 0.44 s sort. It costs ~2 us per torch call
-    (measured), and the kernel path makes ~50 calls per tensor (TIES), DELLA ~160."""
+def _stop_at_next_torch_call(stop: threading.Event):
+    """A torch function mode that ends a stage at its next torch call once `stop` is set, so a
+    stopped run waits for one torch op, not a whole tensor: on a 2-vCPU AMD EPYC VM DELLA
+    merges an 8192 x 1024 embedding in 4.2 s of 164 torch calls, the longest a 0.44 s sort. It
+    costs ~2 us per torch call (measured), and the kernel path makes ~50 calls per tensor
+    (TIES), DELLA ~160. A run of the torch-free engine (host/), with torch not loaded, makes no
+    torch call and gets no mode: its stages stop at their next step."""
+    if "torch" not in sys.modules:
+        return contextlib.nullcontext()
+    from torch.overrides import TorchFunctionMode
 
-    def __init__(self, stop: threading.Event):
-        super().__init__()
-        self.stop = stop
+    class StopAtNextTorchCall(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if stop.is_set():
+                raise PipelineStopped("the merge has stopped")
+            return func(*args, **(kwargs or {}))
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.stop.is_set():
-            raise PipelineStopped("the merge has stopped")
-        return func(*args, **(kwargs or {}))
+    return StopAtNextTorchCall()
 
 
 def stages_running() -> bool:
@@ -161,7 +165,7 @@ def run_pipeline(
         @functools.wraps(fn)  # the thread's name: mergefast-reader, -merger, -writer
         def run():
             try:
-                with _StopAtNextTorchCall(stop):  # torch function modes are per thread
+                with _stop_at_next_torch_call(stop):  # torch function modes are per thread
                     fn()
             except BaseException as exc:  # handed to the calling thread
                 errors.append(exc)
@@ -227,7 +231,7 @@ def run_pipeline(
     # pybind11's noexcept ~gil_scoped_release, and that is std::terminate: "terminate called
     # without an active exception", exit 134 (DELLA, Ctrl-C; seen in a core dump). Python
     # waits for non-daemon threads before it finalizes; a stopped stage ends at its next
-    # torch call (_StopAtNextTorchCall) or its next step.
+    # torch call (_stop_at_next_torch_call) or its next step.
     stages = [*[reader] * readers, merger, writer]
     threads = [threading.Thread(target=t, name=f"{_THREAD_PREFIX}{t.__name__}") for t in stages]
     wall = time.perf_counter()

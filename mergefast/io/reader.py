@@ -23,8 +23,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..dtypes import name_of
 from ..errors import ModelError
+from .host_array import HostArray, host_array
 from .model_files import WEIGHT_FILES, model_file
 from .safetensors_header import (  # noqa: F401 - TensorInfo and the header parser are re-exported
     TensorInfo,
@@ -211,12 +214,24 @@ class CheckpointReader:
         if i.nbytes == 0:
             return torch.empty(i.shape, dtype=i.dtype)
         buf = torch.empty(i.nbytes, dtype=torch.uint8) if out is None else _bytes_of(out, i)
-        self._pread(i, buf)
+        self._pread(i, memoryview(buf.numpy()).cast("B"))
         return buf.view(i.dtype).reshape(i.shape)
 
-    def _pread(self, i: TensorInfo, buf: torch.Tensor) -> None:
+    def read_into(self, name: str, buffer: np.ndarray) -> HostArray:
+        """A safetensors tensor read into the first bytes of `buffer` (a 1-D uint8 numpy
+        array), without torch: the torch-free CPU engine's read (host/)."""
+        i = self.info(name)
+        if self.format != "safetensors":
+            raise ValueError(f"read_into({name!r}): {self.folder} holds .bin weights, which need torch")
+        if buffer.nbytes < i.nbytes:
+            raise ValueError(f"read_into({name!r}): the buffer has {buffer.nbytes} bytes, the tensor needs {i.nbytes}")
+        if i.nbytes:
+            self._pread(i, memoryview(buffer).cast("B"))
+        return host_array(buffer, i.dtype_name, i.shape)
+
+    def _pread(self, i: TensorInfo, mv: memoryview) -> None:
+        """Read tensor `i`'s bytes into the start of the byte memoryview `mv`."""
         fd = self._fd(i.file)
-        mv = memoryview(buf.numpy()).cast("B")
         start = i.data_offsets[0]
         got = 0
         while got < i.nbytes:

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..dtypes import ITEMSIZE, SAFETENSORS_CODES, name_of
 from .direct import DirectFile, close_fd, direct_io_works
+from .host_array import HostArray
 
 if TYPE_CHECKING:
     import torch
@@ -166,9 +169,10 @@ class ShardedWriter:
             for t, off in zip(shard, offsets):
                 self._slots[t.name] = (k, len(header) + off, t)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write one planned tensor (any order, thread-safe). Its dtype and shape must match
-        the plan exactly (ValueError otherwise); a GPU tensor is copied to the CPU first."""
+    def write(self, name: str, tensor: torch.Tensor | HostArray) -> None:
+        """Write one planned tensor (any order, thread-safe): a torch tensor or a HostArray
+        (io/host_array.py). Its dtype and shape must match the plan exactly (ValueError
+        otherwise); a GPU tensor is copied to the CPU first."""
         slot = self._slots.get(name)
         if slot is None:
             raise ValueError(f"tensor {name!r} is not in the output plan")
@@ -187,11 +191,9 @@ class ShardedWriter:
         shard = self._files[k]
         try:
             if planned.nbytes:
-                import torch  # planning imports no torch (dtypes.py); here it is loaded already
-
-                data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+                data = _bytes(tensor)
                 if shard.direct is not None:
-                    shard.direct.write(data.numpy(), offset)
+                    shard.direct.write(data, offset)
                 else:
                     self._write_cached(shard, data, offset, planned.nbytes)
         except BaseException:
@@ -204,13 +206,13 @@ class ShardedWriter:
                 shard.close(sync=True)
 
     @staticmethod
-    def _write_cached(shard: _Shard, data: torch.Tensor, offset: int, nbytes: int) -> None:
+    def _write_cached(shard: _Shard, data: np.ndarray, offset: int, nbytes: int) -> None:
         """Write through the page cache, flushed every FLUSH_EVERY bytes (no O_DIRECT here)."""
         with shard.lock:
             if shard.fd is None:
                 shard.fd = os.open(shard.path, os.O_WRONLY)
             fd = shard.fd
-        _pwrite_all(fd, memoryview(data.numpy()), offset, shard.path)
+        _pwrite_all(fd, memoryview(data), offset, shard.path)
         with shard.lock:
             shard.unflushed += nbytes
             flush = shard.unflushed >= FLUSH_EVERY and shard.fd is not None
@@ -269,6 +271,15 @@ class ShardedWriter:
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _bytes(tensor) -> np.ndarray:
+    """The bytes of a HostArray or a torch tensor, as a 1-D uint8 numpy array."""
+    if isinstance(tensor, HostArray):
+        return tensor.data
+    import torch  # a torch tensor: torch is loaded already (planning imports none, dtypes.py)
+
+    return tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int, path: Path) -> None:

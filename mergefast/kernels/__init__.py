@@ -56,7 +56,6 @@ nor imports triton.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -68,7 +67,7 @@ from ..methods import slerp as _slerp_ref
 from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
-from ..methods.slerp import NORM_EPS, slerp_coefficients
+from ..methods.scalars import slerp_coefficients_from_dots
 from ..methods.task_arithmetic import DEFAULT_EPSILON, check_della_range
 from . import breadcrumbs as _breadcrumbs
 from . import dare as _dare
@@ -369,15 +368,10 @@ def slerp(
     x, y = a.contiguous(), b.contiguous()
 
     def run(impl):
-        aa, bb, ab = impl.slerp_dots(x, y)
-        if not all(math.isfinite(v) for v in (aa, bb, ab)):
-            # float32 sums overflow past |x| ~ 1e19 (and NaN/inf inputs): the reference
-            # normalises before its dot, so its cosine stays right there
+        coefficients = slerp_coefficients_from_dots(*impl.slerp_dots(x, y), t)
+        if coefficients is None:
             return reference()
-        n0, n1 = aa**0.5, bb**0.5
-        dot = ab / ((n0 if n0 > NORM_EPS else 1.0) * (n1 if n1 > NORM_EPS else 1.0))
-        c0, c1 = slerp_coefficients(dot, t)
-        return impl.slerp_apply(x, y, c0, c1, out)
+        return impl.slerp_apply(x, y, *coefficients, out)
 
     return _dispatch([a, b], out, reference, run)
 

@@ -11,7 +11,6 @@ codes, element counts and `torch.get_num_threads()`.
 from __future__ import annotations
 
 import ctypes
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,76 +18,20 @@ from pathlib import Path
 
 import torch
 
+from ..native import (  # noqa: F401 - the library's constants, re-exported for tests and benchmarks
+    _ERR_MEMORY,
+    _OK,
+    ABI_VERSION,
+    DTYPE_CODES,
+    FIX,
+    LIBRARY,
+    SPARSIFY_MAGNITUDE,
+    SPARSIFY_NONE,
+)
+from ..native import load as _load
 from .selection import DEFAULT, SelectionOptions
 
-ABI_VERSION = 8  # MF_ABI_VERSION of csrc/mergefast.h
-LIBRARY = Path(__file__).with_name("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
-FIX = (
-    "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
-    "`pip install -e .` in a checkout, else `pip install --force-reinstall --no-deps mergefast`"
-)
-
-# status codes and constants of csrc/mergefast.h
-_OK, _ERR_MEMORY = 0, 2
-SPARSIFY_NONE = 0
-SPARSIFY_MAGNITUDE = 1
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
-
-_p, _i32, _i64, _f64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_double
-_SIGNATURES = {
-    "mf_abi_version": (_i32, []),
-    "mf_block": (_i64, []),
-    "mf_last_error": (ctypes.c_char_p, []),
-    "mf_linear": (_i32, [_p, _p, _i32, _i64, _p, _i32, _f64, _p, _i32, _i32]),
-    "mf_task_arithmetic": (
-        _i32,
-        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
-    ),
-    "mf_dare_norms": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _p]),
-    "mf_dare": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
-    "mf_magnitude_keep": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32]),
-    "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
-    "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
-    "mf_one_read_counts": (None, [_p, _p]),
-    "mf_della_masks": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _p, _p, _i32, _i32, _p]),
-    "mf_della_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
-    "mf_breadcrumbs": (
-        _i32,
-        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
-    ),
-    "mf_slerpfam_gram": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _i32, _p]),
-    "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
-    "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
-    "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
-    "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p, _i32]),
-    "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
-    "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
-    "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32, _p]),
-    "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
-    "mf_ram_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _p, _p, _i32, _i32, _p]),
-}
-
-
-def _load(path: Path = LIBRARY) -> tuple[ctypes.CDLL | None, str | None]:
-    """The library at `path` with its signatures declared, or None and why it is unusable."""
-    if not path.exists():
-        return None, (
-            f"{path.name} was not built when mergefast was installed (no C++ "
-            "compiler with OpenMP was found, or MERGEFAST_BUILD_EXT=0)"
-        )
-    try:
-        lib = ctypes.CDLL(str(path))  # torch is imported: its OpenMP runtime is shared
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = restype, argtypes
-    except (OSError, AttributeError) as exc:
-        return None, f"{path} does not load ({exc})"
-    if lib.mf_abi_version() != ABI_VERSION:
-        return None, (
-            f"{path} is from another mergefast version (C ABI {lib.mf_abi_version()}, this one needs {ABI_VERSION})"
-        )
-    return lib, None
-
+_DTYPES = {getattr(torch, name): code for name, code in DTYPE_CODES.items()}
 
 _LIB, ERROR = _load()
 BLOCK = _LIB.mf_block() if _LIB is not None else 2048

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..methods.random import stream_key
-from ..methods.task_arithmetic import RESCALE_MIN_NORM
+from ..methods.random_keys import stream_key
+from ..methods.scalars import l1_scales
 
 # The most models whose keep bits fit the 16-bit word della_apply reads from each output slot.
 MASK_WORD_MODELS = 16
@@ -30,25 +30,6 @@ MASK_WORD_MODELS = 16
 def stream_keys(seed: int, tensor_name: str, k: int) -> list[int]:
     """The splitmix64 stream start of each of the k models (unsigned 64-bit ints)."""
     return [stream_key(int(seed), tensor_name, i) for i in range(k)]
-
-
-def _f32(value: float) -> float:
-    """`value` rounded to float32 (as a float32 `sum().item()` is), overflow to inf."""
-    return torch.tensor(value, dtype=torch.float32).item()
-
-
-def l1_scales(sums: Sequence[float]) -> list[float]:
-    """Each model's L1 rescale from the kernels' (sum |delta|, sum |kept delta|) pairs
-    `sums[2i], sums[2i + 1]`, as `l1_rescale` computes it: 1.0 (no change) when either norm is
-    below 1e-7, else before / after in float64 (NaN when a norm is: NaN compares false)."""
-    scales = []
-    for before, after in zip(sums[0::2], sums[1::2]):
-        before, after = _f32(before), _f32(after)
-        if before < RESCALE_MIN_NORM or after < RESCALE_MIN_NORM:
-            scales.append(1.0)
-        else:
-            scales.append(before / after)
-    return scales
 
 
 def run(

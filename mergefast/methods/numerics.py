@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .spec import keep_count  # noqa: F401 - here for the references; spec.py has no torch
+
 
 def accumulation_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     """float64 when any input is float64, else float32 (bf16/fp16 are never used for math)."""
@@ -38,19 +40,6 @@ def check_same_shape(tensors: Sequence[torch.Tensor], what: str) -> None:
     for t in tensors[1:]:
         if t.shape != shape:
             raise ValueError(f"{what}: inputs have different shapes {tuple(shape)} and {tuple(t.shape)}")
-
-
-def keep_count(density: float, numel: int) -> int:
-    """How many elements magnitude selection keeps: mergekit 0.1.5's rule.
-
-    density >= 1 keeps everything, density <= 0 keeps nothing, otherwise
-    max(1, int(density * numel)) (0.1.5 never zeroes a whole tensor for a positive density).
-    """
-    if density >= 1:
-        return numel
-    if density <= 0 or numel == 0:
-        return 0
-    return max(1, int(density * numel))
 
 
 def task_vectors(

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .numerics import accumulation_dtype, check_same_shape, result_dtype
-
-# mergekit's constants: vectors are only normalised when their norm exceeds NORM_EPS, and
-# |cos| above PARALLEL_DOT (parallel or antiparallel) falls back to linear interpolation.
-NORM_EPS = 1e-8
-PARALLEL_DOT = 0.9995
-
-
-def slerp_coefficients(dot: float, t: float) -> tuple[float, float]:
-    """(c0, c1) such that the result is c0 * a + c1 * b, given cos(angle) = `dot`."""
-    dot = min(1.0, max(-1.0, dot))
-    if abs(dot) > PARALLEL_DOT:
-        return 1.0 - t, t
-    theta = math.acos(dot)
-    sin_theta = math.sin(theta)
-    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+from .scalars import NORM_EPS, PARALLEL_DOT, slerp_coefficients  # noqa: F401 - the spec's constants
 
 
 def slerp(

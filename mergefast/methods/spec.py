@@ -23,6 +23,23 @@ REQUIRED = object()
 # not in methods/linear.py, because the plan checks it without torch (plan_checks.py).
 ZERO_WEIGHT_SUM = 1e-8
 
+# The methods whose NaN/inf input always reaches the output (tests/test_nonfinite_reaches_output.py):
+# a finite output proves their inputs finite, and the executors skip scanning them.
+NONFINITE_REACHES_OUTPUT = frozenset({"linear", "slerp", "nearswap", "sce"})
+
+
+def keep_count(density: float, numel: int) -> int:
+    """How many elements magnitude selection keeps: mergekit 0.1.5's rule.
+
+    density >= 1 keeps everything, density <= 0 keeps nothing, otherwise
+    max(1, int(density * numel)) (0.1.5 never zeroes a whole tensor for a positive density).
+    """
+    if density >= 1:
+        return numel
+    if density <= 0 or numel == 0:
+        return 0
+    return max(1, int(density * numel))
+
 
 @dataclass(frozen=True)
 class Param:

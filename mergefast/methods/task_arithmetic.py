@@ -21,13 +21,12 @@ import torch
 from .linear import ZERO_WEIGHT_SUM
 from .numerics import keep_count, task_vectors
 from .random import uniform_like
+from .scalars import RESCALE_MIN_NORM, outlier_bounds
 
 SPARSIFY_METHODS = ("none", "magnitude", "magnitude_outliers", "random", "della")
 # mergekit's defaults for the breadcrumbs and DELLA extra parameters.
 DEFAULT_GAMMA = 0.01
 DEFAULT_EPSILON = 0.15
-# The L1 rescale is skipped when either norm is below this.
-RESCALE_MIN_NORM = 1e-7
 
 
 class DellaRangeError(ValueError):
@@ -52,20 +51,6 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
         order = torch.sort(delta.abs().flatten(), descending=True, stable=True).indices
         mask[order[:k]] = True
     return mask.view(delta.shape)
-
-
-def outlier_bounds(density: float, gamma: float, n: int) -> tuple[int, int]:
-    """The positions [lo, hi) of the ascending |delta| order that `outlier_mask` keeps.
-
-    target = int(density * n), n_top = int(gamma * n), lo = n - target - n_top (0 when
-    negative: the top cut shrinks), hi = lo + target, both clipped to n; density >= 1 is
-    (0, n), everything.
-    """
-    if density >= 1:
-        return 0, n
-    target = max(0, int(density * n))
-    n_bot = max(0, n - target - int(gamma * n))
-    return min(n_bot, n), min(n_bot + target, n)
 
 
 def outlier_mask(delta: torch.Tensor, density: float, gamma: float = DEFAULT_GAMMA) -> torch.Tensor:

@@ -14,14 +14,21 @@ writer thread.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..plan import MergePlan
-from .host import HostStaging
+
+if TYPE_CHECKING:
+    from .host import HostStaging
 
 
 def staging_for(plan: MergePlan, device: str, budget: int) -> HostStaging:
-    """The staging strategy for a math device; `budget` is the pipeline's bytes in flight."""
+    """The staging strategy for a math device; `budget` is the pipeline's bytes in flight.
+    (Imported here, not at the top: both import torch, which the torch-free engine skips.)"""
+    import torch
+
+    from .host import HostStaging
+
     if torch.device(device).type == "cuda":
         from .cuda import CudaStaging
         from .device_queue import CudaQueue

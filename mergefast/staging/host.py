@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,11 +13,10 @@ import torch
 
 from ..kernels.cpu import output_buffers
 from ..plan import MergePlan, TensorJob
+from .pool import CARVE_ALIGN, BufferPool  # noqa: F401 - CARVE_ALIGN: tests
 
 SOURCES_AT_ONCE = 8  # streamed reads of one job at once (a job has up to ~8 sources in practice)
 JOBS_AT_ONCE = 3  # streamed jobs read at once (see HostStaging.readers)
-CARVE_ALIGN = 4096  # slices of a retired buffer start this many bytes apart (any dtype's view)
-CARVE_MIN = 1 << 20  # smaller retired buffers are freed, not carved
 
 
 @dataclass
@@ -34,6 +31,10 @@ class _HostResult:
     buffer: torch.Tensor | None  # the pooled buffer behind `tensor`: back to the pool once written
 
 
+def _empty_bytes(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8)
+
+
 def _backing(out: torch.Tensor, buffers: list[torch.Tensor]) -> torch.Tensor | None:
     """The buffer of `buffers` that `out` lives in, if any (an input a method returned
     unchanged, or a kernel output it returned as is). By address range: a buffer may be a
@@ -44,31 +45,17 @@ def _backing(out: torch.Tensor, buffers: list[torch.Tensor]) -> torch.Tensor | N
     return next((buf for buf in buffers if buf.data_ptr() <= pointer < buf.data_ptr() + buf.numel()), None)
 
 
-class HostStaging:
+class HostStaging(BufferPool):
     """CPU merges: inputs are read into recycled CPU byte buffers, and the kernels write
-    their outputs into recycled buffers too (given back once the writer has written them).
-
-    Layers repeat the same tensor sizes, so buffers are pooled by exact size: a fresh
-    allocation per tensor costs its page faults every time (reading 2.2 GB of TIES inputs:
-    0.55 s into fresh tensors, 0.29 s into reused ones, on a 2-vCPU AMD EPYC VM). The pool never
-    holds more than the pipeline once had in flight, which its budget bounds: a kernel output
-    that a method used only as an intermediate is not given back, just freed. A size no
-    later job asks for (the embeddings', read first) is not kept idle: its buffers are
-    carved into the sizes still to come (`_carve`), which then fault no fresh pages."""
+    their outputs into recycled buffers too (given back once the writer has written them),
+    pooled by size (staging/pool.py). The pool never holds more than the pipeline once had
+    in flight, which its budget bounds: a kernel output that a method used only as an
+    intermediate is not given back, just freed."""
 
     def __init__(self, plan: MergePlan, device: str = "cpu"):
         self.plan, self.device = plan, device
-        self._free: dict[int, list[torch.Tensor]] = {}
-        self._lock = threading.Lock()
-        # buffer size -> times a job not yet read (its inputs) or merged (its output) asks for
-        # it; kept for CPU merges (the GPU's host buffers are its pinned ring's chunks)
-        self._uses: Counter[int] = Counter()
-        for job in getattr(plan, "jobs", ()) if device == "cpu" else ():
-            if not job.copy:
-                self._uses.update(s.info.nbytes for s in job.sources)
-                self._uses[job.out_bytes] += 1
-        self._planned = bool(self._uses)  # else every buffer stays pooled by its size
-        self._spare: list[list] = []  # [buffer, bytes carved off]: retired sizes' buffers
+        # sizes are kept for CPU merges (the GPU's host buffers are its pinned ring's chunks)
+        super().__init__(_empty_bytes, getattr(plan, "jobs", ()) if device == "cpu" else ())
         # With --stream-inputs a read is a few HTTP range requests (io/hub_stream.py), bound by
         # round trips and per-connection speed, not by this machine: a job's sources are read
         # at once. (Local and downloaded files are read one after the other: two cores.)
@@ -77,39 +64,6 @@ class HostStaging:
         # jobs the pipeline reads at once (io/pipeline.py's readers): streamed jobs overlap their
         # round trips too
         self.readers = JOBS_AT_ONCE if streamed else 1
-
-    def _buffer(self, nbytes: int) -> torch.Tensor:
-        with self._lock:
-            free = self._free.get(nbytes)
-            if free:
-                return free.pop()
-            carved = self._carve(nbytes)
-        return carved if carved is not None else torch.empty(nbytes, dtype=torch.uint8)
-
-    def _carve(self, nbytes: int) -> torch.Tensor | None:
-        """A slice of a retired buffer with room for `nbytes`, a multiple of CARVE_ALIGN bytes
-        into it (lock held)."""
-        for spare in self._spare:
-            buf, used = spare
-            if used + nbytes <= buf.numel():
-                spare[1] = used + -(-nbytes // CARVE_ALIGN) * CARVE_ALIGN
-                return buf[used : used + nbytes]
-        return None
-
-    def _asked(self, sizes) -> None:
-        """A job took buffers of `sizes`: a size no later job asks for retires its pooled
-        buffers to the spare ones (`_carve`)."""
-        if not self._planned:
-            return
-        with self._lock:
-            for size in sizes:
-                self._uses[size] -= 1
-                if self._uses[size] <= 0:
-                    self._retire(self._free.pop(size, []))
-
-    def _retire(self, buffers: list[torch.Tensor]) -> None:
-        """Make `buffers` spare (lock held); ones too small to carve are just freed."""
-        self._spare.extend([buf, 0] for buf in buffers if buf.numel() >= CARVE_MIN)
 
     def read(self, job: TensorJob) -> _HostBatch:
         """Read a job's source tensors (runs in the reader thread)."""
@@ -134,14 +88,6 @@ class HostStaging:
         one of the inputs itself (methods may return an input unchanged)."""
         if _backing(out, staged.buffers) is None:
             self._give_back(staged.buffers)
-
-    def _give_back(self, buffers: list[torch.Tensor]) -> None:
-        with self._lock:
-            for buf in buffers:
-                if not self._planned or self._uses[buf.numel()] > 0:
-                    self._free.setdefault(buf.numel(), []).append(buf)
-                else:
-                    self._retire([buf])
 
     def merge(self, job: TensorJob, staged: Any, merge_fn: Callable[[TensorJob, list], torch.Tensor]) -> Any:
         """Merge a job (merge thread): `merge_fn(job, inputs on the math device)` returns the
@@ -174,6 +120,4 @@ class HostStaging:
         """The run is over (finished or failed): drop the pooled buffers."""
         if self._sources is not None:
             self._sources.shutdown(wait=True, cancel_futures=True)  # a stopped run's reads end at their next chunk
-        with self._lock:
-            self._free.clear()
-            self._spare.clear()
+        self.drop_buffers()

@@ -1,0 +1,88 @@
+"""The torch-free CPU engine: linear, SLERP, task_arithmetic, TIES, DARE (dare_ties,
+dare_linear), breadcrumbs (and _ties) and passthrough copies on the C kernels, without
+importing torch.
+
+torch's import alone takes 0.8-1.3 s on the 2-vCPU dev VM, more than reading and writing the
+whole 0.3B example family (0.45-0.63 s). This engine reads inputs into pooled numpy byte
+buffers (io/host_array.py), calls the same C entry points with the same scalars as the
+kernels' torch binding (kernels/cpu.py), checks values with the library's exact NaN/inf scan
+and hands the bytes to the same writer: the output files are byte-identical to the torch
+engine's (tests/test_host_engine.py).
+
+execute.py runs it when `refusal(plan, options)` is None and torch is not loaded yet (a
+process that has torch gains nothing). It refuses, and the torch engine runs, for anything it
+does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
+alignment, float64 or integer merges, more than 4 weighted models (the weights' float32 sum
+is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE, a passthrough
+scale. A NaN or inf found while merging imports torch for the message (checks.py), as the
+torch engine reports it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import native
+from ..io.reader import CheckpointReader
+from ..methods.registry import TASK_ARITHMETIC_FAMILY
+
+METHODS = (
+    "linear",
+    "slerp",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "passthrough",
+)
+MERGE_DTYPES = frozenset({"float16", "bfloat16", "float32"})  # inputs and outputs the engine merges
+MAX_WEIGHTS = 4  # weights per merge whose float32 sum is sequential in torch (host/merge.py)
+
+
+def torch_free_line() -> str:
+    """The line `mergefast env` prints about this engine."""
+    lib, error = native.library()
+    where = "local safetensors inputs, up to 4 weighted models, no GPU"
+    if lib is None:
+        return f"cpu without torch: unavailable ({error})"
+    merged = ", ".join(m for m in METHODS if m != "passthrough")
+    return f"cpu without torch: {merged} -> cpu-ext, passthrough copies; when torch is not loaded ({where})"
+
+
+def refusal(plan, options) -> str | None:
+    """Why the torch-free engine cannot run `plan` with `options`, or None when it can."""
+    if options.cuda or options.device not in (None, "cpu"):
+        return "a GPU or --device merge"
+    if os.environ.get("MERGEFAST_BACKEND"):
+        return "MERGEFAST_BACKEND is set"
+    if plan.spec.name not in METHODS:
+        return f"{plan.spec.name} has no torch-free path"
+    if native.library()[0] is None:
+        return "the CPU kernels are not built"
+    for ref, model in plan.models.items():
+        if type(model.reader) is not CheckpointReader or model.reader.format != "safetensors":
+            return f"{ref} is not a local safetensors model"
+    return next(filter(None, (_job_refusal(plan.spec.name, job) for job in plan.jobs)), None)
+
+
+def _job_refusal(method: str, job) -> str | None:
+    """Why one job needs the torch engine, or None."""
+    if job.vocab is not None:
+        return f"tensor {job.name}: vocabulary alignment"
+    if job.copy:
+        return None
+    if method == "passthrough":
+        return f"tensor {job.name}: a passthrough scale or dtype change"
+    dtypes = {job.dtype_name, *(s.info.dtype_name for s in job.sources)}
+    if not dtypes <= MERGE_DTYPES:
+        return f"tensor {job.name}: dtype {sorted(dtypes - MERGE_DTYPES)[0]}"
+    weighted = len(job.sources) - (0 if method == "linear" else 1)
+    if not 1 <= weighted <= MAX_WEIGHTS:
+        return f"tensor {job.name}: {weighted} weighted models"
+    if method in TASK_ARITHMETIC_FAMILY and job.base_index is None:
+        return f"tensor {job.name}: no base model"
+    if job.global_params.get("rescale") and not method.startswith("dare"):
+        return f"tensor {job.name}: rescale outside DARE"
+    return None

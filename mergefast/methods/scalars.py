@@ -1,0 +1,85 @@
+"""Scalars the kernels' host side computes as the torch references compute them, without
+torch: the torch-free engine (host/) and the kernels' torch binding share them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+# The L1 rescale (DARE, DELLA) is skipped when either norm is below this.
+RESCALE_MIN_NORM = 1e-7
+
+
+def f32(value: float) -> float:
+    """`value` rounded to float32 (as a float32 `sum().item()` is), overflow to inf."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+def f32_sum(values: Sequence[float]) -> float:
+    """The float32 sum of `values` in order, rounding after each addition: torch's float32
+    `sum()` of up to 4 values (tests/test_host_engine.py), not of more (it splits them into
+    lanes then)."""
+    total = np.float32(0.0)
+    with np.errstate(over="ignore"):
+        for value in values:
+            total = np.float32(total + np.float32(value))
+    return float(total)
+
+
+def l1_scales(sums: Sequence[float]) -> list[float]:
+    """Each model's L1 rescale from the kernels' (sum |delta|, sum |kept delta|) pairs
+    `sums[2i], sums[2i + 1]`, as `l1_rescale` computes it: 1.0 (no change) when either norm is
+    below 1e-7, else before / after in float64 (NaN when a norm is: NaN compares false)."""
+    scales = []
+    for before, after in zip(sums[0::2], sums[1::2]):
+        before, after = f32(before), f32(after)
+        if before < RESCALE_MIN_NORM or after < RESCALE_MIN_NORM:
+            scales.append(1.0)
+        else:
+            scales.append(before / after)
+    return scales
+
+
+# mergekit's constants: vectors are only normalised when their norm exceeds NORM_EPS, and
+# |cos| above PARALLEL_DOT (parallel or antiparallel) falls back to linear interpolation.
+NORM_EPS = 1e-8
+PARALLEL_DOT = 0.9995
+
+
+def slerp_coefficients(dot: float, t: float) -> tuple[float, float]:
+    """(c0, c1) such that the result is c0 * a + c1 * b, given cos(angle) = `dot`."""
+    dot = min(1.0, max(-1.0, dot))
+    if abs(dot) > PARALLEL_DOT:
+        return 1.0 - t, t
+    theta = math.acos(dot)
+    sin_theta = math.sin(theta)
+    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+
+
+def slerp_coefficients_from_dots(aa: float, bb: float, ab: float, t: float) -> tuple[float, float] | None:
+    """SLERP's (c0, c1) from the kernels' float64 <a,a>, <b,b>, <a,b> (the reference's norm
+    rule), or None where a dot is not finite: float32 sums overflow past |x| ~ 1e19 (and
+    NaN/inf inputs), where the reference, which normalises before its dot, must run."""
+    if not all(math.isfinite(v) for v in (aa, bb, ab)):
+        return None
+    n0, n1 = aa**0.5, bb**0.5
+    dot = ab / ((n0 if n0 > NORM_EPS else 1.0) * (n1 if n1 > NORM_EPS else 1.0))
+    return slerp_coefficients(dot, t)
+
+
+def outlier_bounds(density: float, gamma: float, n: int) -> tuple[int, int]:
+    """The positions [lo, hi) of the ascending |delta| order that `outlier_mask` keeps.
+
+    target = int(density * n), n_top = int(gamma * n), lo = n - target - n_top (0 when
+    negative: the top cut shrinks), hi = lo + target, both clipped to n; density >= 1 is
+    (0, n), everything.
+    """
+    if density >= 1:
+        return 0, n
+    target = max(0, int(density * n))
+    n_bot = max(0, n - target - int(gamma * n))
+    return min(n_bot, n), min(n_bot + target, n)

@@ -1,0 +1,127 @@
+"""The C library of the CPU kernels, `libmergefast_cpu` next to mergefast/kernels/ (sources
+in `csrc/`, its C ABI in `csrc/mergefast.h`): its path, its ABI version and the ctypes
+signatures of its entry points. Imports no torch: the torch-free CPU engine (host/) calls the
+library through this module, and kernels/cpu.py binds it to torch tensors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+ABI_VERSION = 9  # MF_ABI_VERSION of csrc/mergefast.h
+LIBRARY = Path(__file__).parent / "kernels" / ("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
+FIX = (
+    "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
+    "`pip install -e .` in a checkout, else `pip install --force-reinstall --no-deps mergefast`"
+)
+
+# status codes and constants of csrc/mergefast.h
+_OK, _ERR_MEMORY = 0, 2
+SPARSIFY_NONE = 0
+SPARSIFY_MAGNITUDE = 1
+DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}  # by mergefast/dtypes.py name
+
+_p, _i32, _i64, _f64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_double
+_SIGNATURES = {
+    "mf_abi_version": (_i32, []),
+    "mf_block": (_i64, []),
+    "mf_last_error": (ctypes.c_char_p, []),
+    "mf_all_finite": (_i32, [_p, _i32, _i64, _i32, _p]),
+    "mf_linear": (_i32, [_p, _p, _i32, _i64, _p, _i32, _f64, _p, _i32, _i32]),
+    "mf_task_arithmetic": (
+        _i32,
+        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
+    ),
+    "mf_dare_norms": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _p]),
+    "mf_dare": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
+    "mf_magnitude_keep": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32]),
+    "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
+    "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
+    "mf_one_read_counts": (None, [_p, _p]),
+    "mf_della_masks": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _p, _p, _i32, _i32, _p]),
+    "mf_della_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
+    "mf_breadcrumbs": (
+        _i32,
+        [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
+    ),
+    "mf_slerpfam_gram": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _i32, _p]),
+    "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
+    "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
+    "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
+    "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p, _i32]),
+    "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
+    "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
+    "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32, _p]),
+    "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
+    "mf_ram_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _p, _p, _i32, _i32, _p]),
+}
+
+
+def load(path: Path = LIBRARY) -> tuple[ctypes.CDLL | None, str | None]:
+    """The library at `path` with its signatures declared, or None and why it is unusable."""
+    if not path.exists():
+        return None, (
+            f"{path.name} was not built when mergefast was installed (no C++ "
+            "compiler with OpenMP was found, or MERGEFAST_BUILD_EXT=0)"
+        )
+    try:
+        lib = ctypes.CDLL(str(path))  # with torch loaded first, its OpenMP runtime is shared
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+    except (OSError, AttributeError) as exc:
+        return None, f"{path} does not load ({exc})"
+    if lib.mf_abi_version() != ABI_VERSION:
+        return None, (
+            f"{path} is from another mergefast version (C ABI {lib.mf_abi_version()}, this one needs {ABI_VERSION})"
+        )
+    return lib, None
+
+
+_LOADED: tuple[ctypes.CDLL | None, str | None] | None = None
+
+
+def library() -> tuple[ctypes.CDLL | None, str | None]:
+    """The library at LIBRARY, loaded once per process (`load`): (library, None) or (None, why)."""
+    global _LOADED
+    if _LOADED is None:
+        _LOADED = load()
+    return _LOADED
+
+
+def check(lib: ctypes.CDLL, status: int) -> None:
+    """Raise for a failed call: MemoryError when an allocation failed, else RuntimeError."""
+    if status != _OK:
+        message = lib.mf_last_error().decode(errors="replace")
+        raise (MemoryError if status == _ERR_MEMORY else RuntimeError)(message)
+
+
+def default_threads() -> int:
+    """The OpenMP team size without torch: OMP_NUM_THREADS when set, else the CPUs this process
+    may run on (torch's own default counts the same CPUs on a machine without SMT)."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def all_finite(address: int, dtype: str, count: int, threads: int | None = None) -> bool:
+    """Whether none of the `count` contiguous elements at `address` is NaN or +-inf.
+
+    `dtype` is a name of DTYPE_CODES ("float32", "float16", "bfloat16", "float64"); the test is
+    exact (on the bits) and the answer the same on any thread count (`threads`: the OpenMP team
+    size, default_threads() when None). Raises ValueError for another dtype name, and RuntimeError
+    when the library is unavailable (with FIX) or the call fails.
+    """
+    lib, error = library()
+    if lib is None:
+        raise RuntimeError(f"the CPU kernel library is unavailable: {error}; {FIX}")
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"all_finite: unsupported dtype {dtype!r} (expected one of {sorted(DTYPE_CODES)})")
+    finite = ctypes.c_int32(0)
+    nthreads = default_threads() if threads is None else threads
+    check(lib, lib.mf_all_finite(address, DTYPE_CODES[dtype], count, nthreads, ctypes.byref(finite)))
+    return finite.value == 1

@@ -1,0 +1,228 @@
+"""The torch-free CPU engine (mergefast/host/): byte-identical model folders to the torch
+engine's, the same errors and warnings, its refusals, and a whole merge in a process that
+never imports torch."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import example_config, plan_of, run_cli
+from test_torch_free_start import _watched
+
+from mergefast import execute, host
+from mergefast.methods.scalars import f32_sum
+from mergefast.options import MergeOptions
+
+
+@pytest.fixture
+def engines(monkeypatch):
+    """Runs a CLI merge on the engine asked for; records which one ran."""
+    ran: list[bool] = []
+
+    def merge(config, out, *extra, torch_free: bool, env=None):
+        def choose(plan, options):
+            ran.append(torch_free and host.refusal(plan, options) is None)
+            return ran[-1]
+
+        monkeypatch.setattr(execute, "torch_free", choose)
+        result = run_cli("yaml", config, out, "--quiet", *extra, env=env)
+        assert ran[-1] is torch_free, "the engine asked for did not run"
+        return result
+
+    return merge
+
+
+def _same_folders(a, b) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def _warnings(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("mergefast: warning:")]
+
+
+def _both(engines, config, tmp_path, *extra):
+    """Merge `config` on both engines; the output folders and the warnings must be the same."""
+    outs, warned = [], []
+    for torch_free in (True, False):
+        out = tmp_path / ("free" if torch_free else "torch") / "out"  # the card names the folder
+        result = engines(config, out, *extra, torch_free=torch_free)
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+        warned.append(_warnings(result))
+    _same_folders(*outs)
+    assert warned[0] == warned[1]
+    return outs[0], warned[0]
+
+
+@pytest.mark.parametrize("name", ["linear.yml", "ties.yml", "task-arithmetic.yml", "slerp-gradient.yml"])
+def test_examples_are_byte_identical_on_both_engines(name, family, tmp_path, engines):
+    config = tmp_path / name
+    config.write_text(example_config(name, family))
+    _both(engines, config, tmp_path)
+
+
+PASSTHROUGH = """merge_method: passthrough
+slices:
+  - sources: [{{model: {a}, layer_range: [0, 3]}}]
+  - sources: [{{model: {b}, layer_range: [1, 4]}}]
+"""
+
+
+def test_a_layer_stack_copies_byte_identical(family, tmp_path, engines):
+    config = tmp_path / "stack.yml"
+    config.write_text(PASSTHROUGH.format(a=family["ft-a"], b=family["ft-b"]))
+    _both(engines, config, tmp_path)
+
+
+TIES_F32 = """merge_method: ties
+base_model: {base}
+models:
+  - {{model: {a}, parameters: {{weight: 0.7, density: 0.3}}}}
+  - {{model: {b}, parameters: {{weight: 0.6, density: 0.9}}}}
+  - {{model: {c}, parameters: {{weight: -0.2, density: 0.5}}}}
+dtype: {dtype}
+"""
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_float32_inputs_to_each_output_dtype(dtype, f32_family, tmp_path, engines):
+    config = tmp_path / "ties.yml"
+    f = f32_family
+    config.write_text(TIES_F32.format(base=f["base"], a=f["ft-a"], b=f["ft-b"], c=f["ft-c"], dtype=dtype))
+    _both(engines, config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("breadcrumbs_ties", "gamma: 0.02"),
+        ("breadcrumbs", "normalize: true"),
+        ("dare_ties", "normalize: false"),
+        ("dare_ties", "rescale: false"),
+        ("dare_linear", "normalize: true"),
+    ],
+)
+def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_path, engines):
+    """Breadcrumbs and DARE (whose masks come from (seed, tensor name, model), with and
+    without the L1 rescale): same bytes on both engines; another --random-seed gives DARE
+    another model."""
+    config = tmp_path / "c.yml"
+    text = example_config("ties.yml", family).replace("merge_method: ties", f"merge_method: {method}")
+    config.write_text(text.replace("normalize: true", params))
+    first, _ = _both(engines, config, tmp_path / "seed0")
+    other, _ = _both(engines, config, tmp_path / "seed7", "--random-seed", "7")
+    same = (first / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()
+    assert same is method.startswith("breadcrumbs")
+
+
+def _nan_model(family, tmp_path):
+    """ft-b with three NaN in one tensor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nan"
+    shutil.copytree(family["ft-b"], folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"][0, :3] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_nan_input_same_warning_and_output(family, tmp_path, engines):
+    """TIES drops NaN deltas: the merge succeeds with one warning naming the model, on both."""
+    config = tmp_path / "ties.yml"
+    config.write_text(
+        example_config("ties.yml", family).replace(str(family["ft-b"]), str(_nan_model(family, tmp_path)))
+    )
+    _, warned = _both(engines, config, tmp_path)
+    assert len(warned) == 1 and "3 NaN" in warned[0] and "nan" in warned[0]
+
+
+def test_nan_input_of_linear_is_the_same_error(family, tmp_path, engines):
+    config = tmp_path / "linear.yml"
+    config.write_text(
+        example_config("linear.yml", family).replace(str(family["ft-b"]), str(_nan_model(family, tmp_path)))
+    )
+    errors = []
+    for torch_free in (True, False):
+        out = tmp_path / f"out-{torch_free}"
+        result = engines(config, out, torch_free=torch_free)
+        assert result.exit_code != 0
+        errors.append(result.stderr)
+        assert not out.exists()
+    assert errors[0] == errors[1] and "3 NaN" in errors[0] and "refusing to write a broken model" in errors[0]
+
+
+def test_refusals(family, tmp_path, monkeypatch):
+    """What the torch-free engine leaves to the torch engine, each with its reason."""
+    monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
+    linear = plan_of(example_config("linear.yml", family))
+    assert host.refusal(linear, MergeOptions()) is None
+    assert host.refusal(linear, MergeOptions(cuda=True)) == "a GPU or --device merge"
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    assert host.refusal(linear, MergeOptions()) == "MERGEFAST_BACKEND is set"
+    monkeypatch.delenv("MERGEFAST_BACKEND")
+    della = plan_of(example_config("ties.yml", family).replace("merge_method: ties", "merge_method: della"))
+    assert host.refusal(della, MergeOptions()) == "della has no torch-free path"
+    five = "merge_method: linear\nmodels:\n" + "".join(
+        f"  - {{model: {family[k]}, parameters: {{weight: 1}}}}\n" for k in ("base", "ft-a", "ft-b", "ft-c", "ft-a")
+    )
+    assert "5 weighted models" in host.refusal(plan_of(five), MergeOptions())
+    rescale = example_config("ties.yml", family).replace("normalize: true", "normalize: true\n  rescale: true")
+    assert "rescale" in host.refusal(plan_of(rescale), MergeOptions())
+    scaled = example_config("passthrough-stack.yml", family)
+    assert "passthrough scale" in host.refusal(plan_of(scaled), MergeOptions())
+
+
+def test_f32_sum_is_torchs_float32_sum():
+    """Up to 4 terms (host.MAX_WEIGHTS) torch sums float32 values in order."""
+    rng = random.Random(0)
+    for _ in range(3000):
+        k = rng.randint(1, host.MAX_WEIGHTS)
+        values = [rng.choice([rng.uniform(-1, 1), rng.uniform(-1e4, 1e4), rng.uniform(0, 1e-3)]) for _ in range(k)]
+        assert f32_sum(values) == torch.tensor(values, dtype=torch.float32).sum().item(), values
+
+
+@pytest.mark.slow  # subprocesses
+@pytest.mark.parametrize("name", ["linear.yml", "ties.yml"])
+def test_a_cli_merge_never_imports_torch(name, family, tmp_path, engines):
+    """In a fresh process whose first `import torch` fails, the merge runs and writes the
+    torch engine's bytes."""
+    config = tmp_path / name
+    config.write_text(example_config(name, family))
+    proc = _watched(["yaml", config, tmp_path / "free" / "out"], "refuse", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "cpu-ext without torch" in proc.stderr + proc.stdout
+    assert engines(config, tmp_path / "torch" / "out", torch_free=False).exit_code == 0
+    _same_folders(tmp_path / "free" / "out", tmp_path / "torch" / "out")
+
+
+def test_env_names_the_torch_free_engine():
+    result = run_cli("env")
+    assert result.exit_code == 0
+    line = [line for line in result.output.splitlines() if line.startswith("cpu without torch:")]
+    assert line == [host.torch_free_line()] and "dare_ties" in line[0]
+
+
+def test_slerp_past_float32_dots_runs_the_reference():
+    """Past |x| ~ 1e19 the kernels' float32 dots overflow: the reference writes the output,
+    as kernels.slerp does."""
+    from types import SimpleNamespace
+
+    from mergefast import kernels
+    from mergefast.host.merge import _slerp
+    from mergefast.io.host_array import host_array
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(5, 7, generator=gen) * 3e20 for _ in range(2))
+    arrays = [host_array(t.view(torch.uint8).reshape(-1).numpy(), "float32", (5, 7)) for t in (a, b)]
+    out = host_array(torch.empty(5 * 7 * 2, dtype=torch.uint8).numpy(), "bfloat16", (5, 7))
+    _slerp(SimpleNamespace(base_index=0, global_params={"t": 0.3}), arrays, out)
+    expected = kernels.slerp(a, b, 0.3, out_dtype=torch.bfloat16)
+    assert torch.isfinite(expected).all() and torch.equal(out.to_torch(), expected)
