@@ -5,10 +5,11 @@
 
 Makes a family of random Llama-shaped checkpoints (base + 3 fine-tunes, sharded safetensors,
 bf16) under --dir, then times whole processes, alternated --repeats times: the IO floor
-(benchmarks/io_floor.py), torch's import alone, `mergefast yaml` per method and `mergekit-yaml`
-per method. Prints medians, the ratio to the IO floor, peak RSS and user + system CPU seconds
-per command (`--settle S` waits S seconds before each command: benchmarks/README.md says when
-that matters).
+(benchmarks/io_floor.py), torch's import alone, `mergefast yaml` per method (and, where it ran
+on the torch-free engine, mergefast/host/, the same merge on the torch engine, which
+MERGEFAST_BACKEND=cpu-ext selects) and `mergekit-yaml` per method. Prints medians, the ratio to
+the IO floor, peak RSS and user + system CPU seconds per command (`--settle S` waits S seconds
+before each command: benchmarks/README.md says when that matters).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ CONFIGS = {
     "parameters: {{weight: 0.5, density: 0.5}}\ndtype: bfloat16\n",
     "breadcrumbs_ties": "merge_method: breadcrumbs_ties\nbase_model: {base}\nmodels:\n{models3}\n"
     "parameters: {{weight: 0.5, density: 0.5, gamma: 0.01}}\ndtype: bfloat16\n",
+    "task_arithmetic": "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n{models3}\n"
+    "parameters: {{weight: 0.5, lambda: 0.8}}\ndtype: bfloat16\n",
     "slerp": "merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
     "parameters: {{t: 0.4}}\ndtype: bfloat16\n",
     "passthrough": "merge_method: passthrough\nslices:\n"
@@ -143,6 +146,14 @@ def timed(cmd: list[str], env=None) -> tuple[float, float, float, float]:
     return wall, int(rss) * 1024 / 1e9, float(user), float(system)
 
 
+def _torch_free(cmd: list[str], folder: Path, method: str) -> bool:
+    """Whether `mergefast yaml` (cmd) runs `method` without importing torch: one run, whose
+    --stats-json names the backend ("cpu-ext without torch": mergefast/execute.py)."""
+    stats = folder / "stats.json"
+    subprocess.run([*cmd, "--stats-json", str(stats)], check=True, capture_output=True)
+    return "without torch" in json.loads(stats.read_text())["backends"].get(method, "")
+
+
 def main() -> None:
     """Parse flags, make the family, time every command and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,6 +198,9 @@ def main() -> None:
             "import": [sys.executable, "-c", "import os, torch; os._exit(0)"],
             "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), str(out), "--quiet", *cuda],
         }
+        if _torch_free(cmds["mergefast"], args.dir, method):
+            # the same merge on the torch engine, side by side
+            cmds["mergefast-torch"] = (cmds["mergefast"], {**os.environ, "MERGEFAST_BACKEND": "cpu-ext"})
         if mergekit:
             cmds["mergekit"] = [mergekit, str(cfg), str(out), "--no-copy-tokenizer", "--no-write-model-card", *cuda]
         results = {k: [] for k in cmds}
@@ -194,7 +208,7 @@ def main() -> None:
             for name, cmd in cmds.items():
                 shutil.rmtree(out, ignore_errors=True)
                 time.sleep(args.settle)
-                results[name].append(timed(cmd))
+                results[name].append(timed(*cmd) if isinstance(cmd, tuple) else timed(cmd))
         rows[method] = {
             k: (
                 statistics.median(w for w, _, _, _ in v),
@@ -211,7 +225,8 @@ def main() -> None:
 
 
 def print_row(method: str, row: dict) -> None:
-    """One line per method: medians, ratios to the floor (mergefast's also less torch's import),
+    """One line per method: medians, ratios to the floor (a run that imports torch also less
+    torch's import; `mergefast-torch` is the torch engine where mergefast ran without torch),
     peak RSS and median CPU seconds (user + system); with several repeats also the range of the
     per-repeat ratios (each command against the floor run just before it), which shows how much
     of a ratio is this machine's noise."""
@@ -219,7 +234,8 @@ def print_row(method: str, row: dict) -> None:
     parts = [f"{method:12s} floor {floor:6.2f}s ({row['floor'][1]:.2f} GB, CPU {floor_user:.2f}+{floor_sys:.2f}s)"]
     if "import" in row:
         parts.append(f"import torch {row['import'][0]:.2f}s")
-    for name in ("mergefast", "mergekit"):
+    torch_free = "mergefast-torch" in row  # then mergefast ran without torch
+    for name in ("mergefast", "mergefast-torch", "mergekit"):
         if name in row:
             wall, rss, walls, user, system = row[name]
             spread = ""
@@ -229,7 +245,7 @@ def print_row(method: str, row: dict) -> None:
             cpu = f"CPU {user:.2f}+{system:.2f}s"
             # mergefast beyond torch's import: what a merge that never imported torch would take
             less = ""
-            if name == "mergefast" and "import" in row:
+            if name == ("mergefast-torch" if torch_free else "mergefast") and "import" in row:
                 less = f" ({(wall - row['import'][0]) / floor:.2f}x less import)"
             parts.append(f"{name} {wall:6.2f}s = {wall / floor:5.2f}x floor{less}{spread}, RSS {rss:.2f} GB, {cpu}")
     print(" | ".join(parts), flush=True)
