@@ -1,13 +1,14 @@
 /* The C ABI of the mergefast CPU kernels (libmergefast_cpu), loaded with ctypes by
- * mergefast/kernels/cpu.py. Plain C types only: raw data pointers, dtype codes, element
- * counts and the thread count, so the library depends on no Python or torch ABI and keeps
- * working across torch upgrades.
+ * mergefast/native.py and bound to torch tensors by mergefast/kernels/cpu.py. Plain C types
+ * only: raw data pointers, dtype codes, element counts and the thread count, so the library
+ * depends on no Python or torch ABI and keeps working across torch upgrades.
  *
  * Every kernel entry point returns MF_OK, or an error status with this thread's
  * mf_last_error() saying why. Inputs are contiguous arrays of n elements of their dtype
  * code; outputs are contiguous and must not overlap an input. `threads` is the OpenMP team
- * size (mergefast passes torch.get_num_threads()). Bump MF_ABI_VERSION on any change below:
- * the binding refuses a library of another version.
+ * size (mergefast passes torch.get_num_threads(), or without torch OMP_NUM_THREADS or the
+ * CPUs it may run on). Bump MF_ABI_VERSION on any change below: the binding refuses a
+ * library of another version.
  */
 #ifndef MERGEFAST_H_
 #define MERGEFAST_H_

@@ -105,12 +105,14 @@ def test_float32_inputs_to_each_output_dtype(dtype, f32_family, tmp_path, engine
         ("dare_ties", "normalize: false"),
         ("dare_ties", "rescale: false"),
         ("dare_linear", "normalize: true"),
+        ("della", "normalize: true"),
+        ("della_linear", "rescale: false\n  epsilon: 0.1"),
     ],
 )
 def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_path, engines):
-    """Breadcrumbs and DARE (whose masks come from (seed, tensor name, model), with and
-    without the L1 rescale): same bytes on both engines; another --random-seed gives DARE
-    another model."""
+    """Breadcrumbs, DARE and DELLA (whose masks come from (seed, tensor name, model), with and
+    without the L1 rescale): same bytes on both engines; another --random-seed gives DARE and
+    DELLA another model."""
     config = tmp_path / "c.yml"
     text = example_config("ties.yml", family).replace("merge_method: ties", f"merge_method: {method}")
     config.write_text(text.replace("normalize: true", params))
@@ -168,8 +170,12 @@ def test_refusals(family, tmp_path, monkeypatch):
     monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
     assert host.refusal(linear, MergeOptions()) == "MERGEFAST_BACKEND is set"
     monkeypatch.delenv("MERGEFAST_BACKEND")
-    della = plan_of(example_config("ties.yml", family).replace("merge_method: ties", "merge_method: della"))
-    assert host.refusal(della, MergeOptions()) == "della has no torch-free path"
+    ties = example_config("ties.yml", family)
+    models = "".join(f"  - model: {family[k]}\n" for k in ("ft-a", "ft-b"))
+    stock = plan_of(f"merge_method: model_stock\nbase_model: {family['base']}\nmodels:\n{models}")
+    assert host.refusal(stock, MergeOptions()) == "model_stock has no torch-free path"
+    wide = ties.replace("merge_method: ties", "merge_method: della").replace("density: 0.7", "density: 0.9")
+    assert "DELLA density +- epsilon outside (0, 1)" in host.refusal(plan_of(wide), MergeOptions())
     five = "merge_method: linear\nmodels:\n" + "".join(
         f"  - {{model: {family[k]}, parameters: {{weight: 1}}}}\n" for k in ("base", "ft-a", "ft-b", "ft-c", "ft-a")
     )

@@ -33,8 +33,8 @@ import os, signal, sys, time
 stage, sig = sys.argv[1], getattr(signal, sys.argv[2])
 calls = []
 
-def send():
-    print(f"SENT {time.time()}", flush=True)
+def send(engine=""):
+    print(f"SENT {time.time()} {engine}", flush=True)
     os.kill(os.getpid(), sig)
 
 if stage == "planning":
@@ -45,29 +45,32 @@ if stage == "planning":
         return real_plan(*args, **kwargs)
     plan.build_plan = build_plan
 elif stage == "reading":
-    from mergefast.staging.host import HostStaging
-    real_read = HostStaging.read
+    if os.environ.get("MERGEFAST_BACKEND"):  # della: the torch engine's staging
+        from mergefast.staging.host import HostStaging as staging
+    else:  # ties: the torch-free engine's (host/; importing staging.host would load torch)
+        from mergefast.host.staging import HostArrayStaging as staging
+    real_read = staging.read
     def read(self, job):
         calls.append(job)
         if len(calls) == 2:  # the merge thread has the first job by now
             send()
         return real_read(self, job)
-    HostStaging.read = read
-elif stage == "merging":
+    staging.read = read
+elif stage in ("merging", "stuck"):  # both engines' merge functions; ties runs on host/
     import mergefast.execute as execute
-    real_merge = execute.merge_job
-    def merge_job(plan, job, tensors, seed=None):
-        if not calls and ("embed_tokens" in job.name or "lm_head" in job.name):
-            calls.append(job)
-            send()  # then merge the largest tensor: seconds of torch ops for DELLA
-        return real_merge(plan, job, tensors, seed)
-    execute.merge_job = merge_job
-elif stage == "stuck":  # a kernel call that outlasts the stop wait and ignores the stop
-    import mergefast.execute as execute
-    def merge_job(plan, job, tensors, seed=None):
-        send()
-        time.sleep(30)
-    execute.merge_job = merge_job
+    import mergefast.host.merge as host_merge
+    def wrap(real_merge, engine):
+        def merge_job(plan, job, *args):
+            if stage == "stuck":  # a kernel call that outlasts the stop wait and ignores the stop
+                send(engine)
+                time.sleep(30)
+            if not calls and ("embed_tokens" in job.name or "lm_head" in job.name):
+                calls.append(job)
+                send(engine)  # then merge the largest tensor: seconds of torch ops for DELLA
+            return real_merge(plan, job, *args)
+        return merge_job
+    execute.merge_job = wrap(execute.merge_job, "torch")
+    host_merge.merge_host_job = wrap(host_merge.merge_host_job, "host")
 elif stage == "writing":
     from mergefast.io.writer import ShardedWriter
     real_write = ShardedWriter.write
@@ -138,9 +141,11 @@ def _run(stage: str, sig: signal.Signals, config: Path, out: Path) -> tuple[subp
         preexec_fn=_default_sigint,
     )
     ended = time.time()
-    sent = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SENT ")]
+    sent = [line.split() for line in proc.stdout.splitlines() if line.startswith("SENT ")]
     assert len(sent) == 1, (proc.returncode, proc.stdout, proc.stderr)
-    return proc, ended - sent[0]
+    if len(sent[0]) > 2:  # a merge function sent it: della on the torch engine, ties without torch
+        assert sent[0][2] == ("torch" if config.stem == "della" else "host"), sent
+    return proc, ended - float(sent[0][1])
 
 
 CASES = [  # (stage, method, signal, family)

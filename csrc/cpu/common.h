@@ -11,7 +11,7 @@
 // references (bit-exact results where the order of operations is the same).
 //
 // Plain C++17 + OpenMP: no torch headers. The entry points (../api.cpp) get raw pointers,
-// dtype codes, element counts and the thread count from mergefast/kernels/cpu.py.
+// dtype codes, element counts and the thread count from mergefast/native.py and kernels/cpu.py.
 #pragma once
 
 #include <algorithm>

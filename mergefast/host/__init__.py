@@ -1,6 +1,5 @@
-"""The torch-free CPU engine: linear, SLERP, task_arithmetic, TIES, DARE (dare_ties,
-dare_linear), breadcrumbs (and _ties) and passthrough copies on the C kernels, without
-importing torch.
+"""The torch-free CPU engine: linear, SLERP, the task-arithmetic family (task_arithmetic, TIES,
+DARE, breadcrumbs, DELLA) and passthrough copies on the C kernels, without importing torch.
 
 torch's import alone takes 0.8-1.3 s on the 2-vCPU dev VM, more than reading and writing the
 whole 0.3B example family (0.45-0.63 s). This engine reads inputs into pooled numpy byte
@@ -13,9 +12,10 @@ execute.py runs it when `refusal(plan, options)` is None and torch is not loaded
 process that has torch gains nothing). It refuses, and the torch engine runs, for anything it
 does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
 alignment, float64 or integer merges, more than 4 weighted models (the weights' float32 sum
-is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE, a passthrough
-scale. A NaN or inf found while merging imports torch for the message (checks.py), as the
-torch engine reports it.
+is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE and DELLA, a
+DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough scale. A
+NaN or inf found while merging imports torch for the message (checks.py), as the torch
+engine reports it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ METHODS = (
     "dare_linear",
     "breadcrumbs",
     "breadcrumbs_ties",
+    "della",
+    "della_linear",
     "passthrough",
 )
 MERGE_DTYPES = frozenset({"float16", "bfloat16", "float32"})  # inputs and outputs the engine merges
@@ -83,6 +85,17 @@ def _job_refusal(method: str, job) -> str | None:
         return f"tensor {job.name}: {weighted} weighted models"
     if method in TASK_ARITHMETIC_FAMILY and job.base_index is None:
         return f"tensor {job.name}: no base model"
-    if job.global_params.get("rescale") and not method.startswith("dare"):
-        return f"tensor {job.name}: rescale outside DARE"
+    if job.global_params.get("rescale") and not method.startswith(("dare", "della")):
+        return f"tensor {job.name}: rescale outside DARE and DELLA"
+    if method.startswith("della") and not all(
+        _della_range(p) for i, p in enumerate(job.model_params) if i != job.base_index
+    ):
+        return f"tensor {job.name}: a DELLA density +- epsilon outside (0, 1)"  # the torch engine's error
     return None
+
+
+def _della_range(params: dict) -> bool:
+    """DELLA's parameter rule (methods/task_arithmetic.py `check_della_range`): where 0 <
+    density < 1, density +- epsilon stays inside (0, 1)."""
+    d, e = params["density"], params["epsilon"]
+    return not 0 < d < 1 or (d - e > 0 and d + e < 1)

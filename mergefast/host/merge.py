@@ -19,7 +19,7 @@ from ..errors import ConfigError, MergeError
 from ..io.host_array import HostArray, host_array
 from ..methods.random_keys import stream_key
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
-from ..methods.scalars import f32_sum, l1_scales, outlier_bounds, slerp_coefficients_from_dots
+from ..methods.scalars import f32_sum, keep_rule, l1_scales, outlier_bounds, slerp_coefficients_from_dots
 from ..methods.spec import NONFINITE_REACHES_OUTPUT, ZERO_WEIGHT_SUM, keep_count
 from ..plan import MergePlan, TensorJob
 
@@ -97,8 +97,8 @@ def _slerp(job: TensorJob, inputs: list[HostArray], out: HostArray) -> bool:
 
 
 def _task_arithmetic(method: str, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
-    """task_arithmetic / ties / dare_* / breadcrumbs* into `out`; whether every delta x_i - base
-    was finite."""
+    """The task-arithmetic family (task_arithmetic, ties, dare_*, breadcrumbs*, della*) into
+    `out`; whether every delta x_i - base was finite."""
     sparsify, consensus = TASK_ARITHMETIC_FAMILY[method][:2]
     base = inputs[job.base_index]
     others = [i for i in range(len(inputs)) if i != job.base_index]
@@ -113,9 +113,13 @@ def _task_arithmetic(method: str, job: TensorJob, inputs: list[HostArray], out: 
     g = job.global_params
     tail = (consensus == "sum", bool(g["normalize"]), divisor, float(g["lambda"]))
     densities = [float(p["density"]) for p in params]
+    keys = [stream_key(seed, job.name, i) for i in range(len(xs))]
     if sparsify == "random":
-        keys = [stream_key(seed, job.name, i) for i in range(len(xs))]
         return _dare(base, xs, out, weights, densities, keys, tail, bool(g["rescale"]))
+    if sparsify == "della":
+        cols = base.shape[-1] if base.shape else 1
+        rules = [keep_rule(d, float(p["epsilon"]), cols) for d, p in zip(densities, params)]
+        return _della(base, xs, out, weights, rules, keys, cols, tail, bool(g["rescale"]))
     if sparsify == "magnitude_outliers":
         lo, hi = zip(*(outlier_bounds(d, float(p["gamma"]), n) for d, p in zip(densities, params)))
         cuts = ((ctypes.c_int64 * len(lo))(*lo), (ctypes.c_int64 * len(hi))(*hi))
@@ -150,6 +154,32 @@ def _dare(
     status = lib.mf_dare_norms(bptr, bcode, ptrs, codes, len(xs), n, keys, dens, optr, ocode, _threads(), sums)
     native.check(lib, status)
     return _fused("mf_della_apply", base, xs, out, (_doubles(weights), _doubles(l1_scales(list(sums))), *tail))
+
+
+def _della(
+    base: HostArray,
+    xs: list[HostArray],
+    out: HostArray,
+    weights: list[float],
+    rules: list[tuple[float, float]],
+    stream_keys: list[int],
+    cols: int,
+    tail: tuple,
+    rescale: bool,
+) -> bool:
+    """DELLA's two passes as kernels/della.py runs them: the masks pass leaves each element's
+    keep bits in `out` (and the L1 norms), the apply pass reads them. `rules`: each model's
+    (pmin, span) (`keep_rule`); `tail` as `_dare`'s."""
+    k, n, lib = len(xs), out.numel(), _lib()
+    ptrs, codes = _arrays(xs)
+    sums = (ctypes.c_double * (2 * k))()
+    keys = (ctypes.c_uint64 * k)(*stream_keys)
+    pmins, spans = _doubles([r[0] for r in rules]), _doubles([r[1] for r in rules])
+    bptr, bcode, optr, ocode = base.data_ptr(), _code(base), out.data_ptr(), _code(out)
+    status = lib.mf_della_masks(bptr, bcode, ptrs, codes, k, n, cols, keys, pmins, spans, optr, ocode, _threads(), sums)
+    native.check(lib, status)
+    scales = l1_scales(list(sums)) if rescale else [1.0] * k
+    return _fused("mf_della_apply", base, xs, out, (_doubles(weights), _doubles(scales), *tail))
 
 
 def _fused(entry: str, base: HostArray, xs: list[HostArray], out: HostArray, params: tuple, tail: tuple = ()) -> bool:

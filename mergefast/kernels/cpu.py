@@ -1,5 +1,6 @@
-"""ctypes binding of the CPU kernels: the C library `libmergefast_cpu` next to this file
-(sources in `csrc/`, its C ABI in `csrc/mergefast.h`), built by setup.py without torch.
+"""ctypes binding of the CPU kernels to torch tensors: the C library `libmergefast_cpu` next
+to this file (sources in `csrc/`, its C ABI in `csrc/mergefast.h`), built by setup.py without
+torch and loaded by `mergefast/native.py` (which the torch-free engine, host/, uses directly).
 
 `ERROR` is None when the library loaded, else why it did not; `FIX` then says how to get it.
 Nothing here raises at import. The functions take inputs that `mergefast/kernels/__init__.py`

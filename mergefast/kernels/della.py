@@ -25,30 +25,16 @@ from collections.abc import Sequence
 
 import torch
 
+from ..methods.scalars import keep_rule
 from .dare import MASK_WORD_MODELS, l1_scales, stream_keys
 
 # Keep bits per element: a 16-bit word in the output slot (the smallest output dtype).
 MAX_MODELS = MASK_WORD_MODELS
-# pmin of a model that keeps everything (density >= 1): every draw u < 1 < 2.
-_KEEP_ALL = 2.0
 
 
 def row_length(t: torch.Tensor) -> int:
     """The reference's row length: the last axis (a 0-d tensor is one row of one)."""
     return t.shape[-1] if t.dim() > 0 else 1
-
-
-def keep_rule(density: float, epsilon: float, cols: int) -> tuple[float, float]:
-    """(pmin, span) of one model for the kernels: p = pmin + (rank / (cols - 1)) * span, or
-    p = pmin where span is 0, each rounded to float32 as torch rounds the reference's Python
-    scalars. density >= 1 keeps all, <= 0 nothing, rows of one element use p = density."""
-    if density >= 1:
-        return _KEEP_ALL, 0.0
-    if density <= 0:
-        return 0.0, 0.0
-    if cols == 1:
-        return density, 0.0
-    return density - epsilon, 2 * epsilon
 
 
 def run(

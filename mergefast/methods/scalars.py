@@ -83,3 +83,20 @@ def outlier_bounds(density: float, gamma: float, n: int) -> tuple[int, int]:
     target = max(0, int(density * n))
     n_bot = max(0, n - target - int(gamma * n))
     return min(n_bot, n), min(n_bot + target, n)
+
+
+# DELLA's pmin of a model that keeps everything (density >= 1): every draw u < 1 < 2.
+KEEP_ALL = 2.0
+
+
+def keep_rule(density: float, epsilon: float, cols: int) -> tuple[float, float]:
+    """(pmin, span) of one model for the kernels: p = pmin + (rank / (cols - 1)) * span, or
+    p = pmin where span is 0, each rounded to float32 as torch rounds the reference's Python
+    scalars. density >= 1 keeps all, <= 0 nothing, rows of one element use p = density."""
+    if density >= 1:
+        return KEEP_ALL, 0.0
+    if density <= 0:
+        return 0.0, 0.0
+    if cols == 1:
+        return density, 0.0
+    return density - epsilon, 2 * epsilon
