@@ -122,6 +122,36 @@ def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_pa
     assert same is method.startswith("breadcrumbs")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {a}\n"
+        "parameters: {{t: 0.002}}\n",
+        "merge_method: sce\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
+        "parameters: {{select_topk: 0.3}}\ndtype: float16\n",
+    ],
+    ids=["nearswap", "sce"],
+)
+def test_nearswap_and_sce_are_byte_identical(text, family, tmp_path, engines):
+    config = tmp_path / "c.yml"
+    config.write_text(text.format(base=family["base"], a=family["ft-a"], b=family["ft-b"], c=family["ft-c"]))
+    _both(engines, config, tmp_path)
+
+
+def test_sce_weights_are_the_kernels():
+    """methods/scalars.py's float32 SCE weights against kernels/sce.py's torch ones, up to 4
+    models, near the uniform threshold too."""
+    from mergefast.kernels.sce import weights
+    from mergefast.methods.scalars import sce_weights
+
+    rng = random.Random(1)
+    for _ in range(2000):
+        k, n = rng.randint(1, host.MAX_WEIGHTS), rng.choice([1, 7, 4096, 45_000_017])
+        scale = rng.choice([1e-12, 1e-7 * n, 1.0, 1e6])
+        sums = [rng.uniform(0, scale) for _ in range(k)]
+        assert sce_weights(sums, n) == weights(sums, n), (sums, n)
+
+
 def _nan_model(family, tmp_path):
     """ft-b with three NaN in one tensor."""
     import shutil
@@ -216,19 +246,25 @@ def test_env_names_the_torch_free_engine():
     assert line == [host.torch_free_line()] and "dare_ties" in line[0]
 
 
+def test_every_method_of_the_engine_has_its_calls():
+    from mergefast.host.merge import CALLS
+
+    assert set(host.METHODS) - {"passthrough"} <= set(CALLS)
+
+
 def test_slerp_past_float32_dots_runs_the_reference():
     """Past |x| ~ 1e19 the kernels' float32 dots overflow: the reference writes the output,
     as kernels.slerp does."""
     from types import SimpleNamespace
 
     from mergefast import kernels
-    from mergefast.host.merge import _slerp
+    from mergefast.host.ops import slerp
     from mergefast.io.host_array import host_array
 
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(5, 7, generator=gen) * 3e20 for _ in range(2))
     arrays = [host_array(t.view(torch.uint8).reshape(-1).numpy(), "float32", (5, 7)) for t in (a, b)]
     out = host_array(torch.empty(5 * 7 * 2, dtype=torch.uint8).numpy(), "bfloat16", (5, 7))
-    _slerp(SimpleNamespace(base_index=0, global_params={"t": 0.3}), arrays, out)
+    slerp(None, SimpleNamespace(base_index=0, global_params={"t": 0.3}), arrays, out, 0)
     expected = kernels.slerp(a, b, 0.3, out_dtype=torch.bfloat16)
     assert torch.isfinite(expected).all() and torch.equal(out.to_torch(), expected)

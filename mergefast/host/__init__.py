@@ -1,5 +1,6 @@
-"""The torch-free CPU engine: linear, SLERP, the task-arithmetic family (task_arithmetic, TIES,
-DARE, breadcrumbs, DELLA) and passthrough copies on the C kernels, without importing torch.
+"""The torch-free CPU engine: linear, SLERP, nearswap, SCE, the task-arithmetic family
+(task_arithmetic, TIES, DARE, breadcrumbs, DELLA) and passthrough copies on the C kernels,
+without importing torch.
 
 torch's import alone takes 0.8-1.3 s on the 2-vCPU dev VM, more than reading and writing the
 whole 0.3B example family (0.45-0.63 s). This engine reads inputs into pooled numpy byte
@@ -11,8 +12,8 @@ engine's (tests/test_host_engine.py).
 execute.py runs it when `refusal(plan, options)` is None and torch is not loaded yet (a
 process that has torch gains nothing). It refuses, and the torch engine runs, for anything it
 does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
-alignment, float64 or integer merges, more than 4 weighted models (the weights' float32 sum
-is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE and DELLA, a
+alignment, float64 or integer merges, more than 4 weighted models (a float32 sum of weights
+or SCE's energies is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE and DELLA, a
 DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough scale. A
 NaN or inf found while merging imports torch for the message (checks.py), as the torch
 engine reports it.
@@ -29,6 +30,8 @@ from ..methods.registry import TASK_ARITHMETIC_FAMILY
 METHODS = (
     "linear",
     "slerp",
+    "nearswap",
+    "sce",
     "task_arithmetic",
     "ties",
     "dare_ties",

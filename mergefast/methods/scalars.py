@@ -100,3 +100,20 @@ def keep_rule(density: float, epsilon: float, cols: int) -> tuple[float, float]:
     if cols == 1:
         return density, 0.0
     return density - epsilon, 2 * epsilon
+
+
+# methods/sce.py's WEIGHT_SUM_MIN: below it SCE's weights are uniform.
+SCE_WEIGHT_SUM_MIN = 1e-6
+
+
+def sce_weights(sums: Sequence[float], n: int) -> list[float]:
+    """SCE's omega from the kernels' float64 sums of squared kept deltas over n elements, in
+    float32 as kernels/sce.py's `weights` and methods/sce.py's `weights_of_energies` compute
+    them: energy_i = sum_i / n, omega_i = energy_i / sum_j energy_j, uniform below 1e-6 (the
+    energies' sum in order: torch's own for up to 4 models, host/__init__.py)."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        energy = [np.float32(np.float32(s) / np.float32(n)) for s in sums]
+        total = np.float32(f32_sum(energy))
+        if total < np.float32(SCE_WEIGHT_SUM_MIN):
+            return [float(np.float32(1.0 / len(energy)))] * len(energy)
+        return [float(np.float32(e / total)) for e in energy]

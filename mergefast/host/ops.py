@@ -1,0 +1,143 @@
+"""The torch-free engine's C calls (host/merge.py dispatches to them): the ctypes helpers,
+and linear, SLERP, nearswap and SCE with the scalars their torch binding computes
+(kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py). The task-arithmetic family is
+in host/task_arithmetic.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+from .. import native
+from ..errors import MergeError
+from ..io.host_array import HostArray
+from ..methods.scalars import f32_sum, sce_weights, slerp_coefficients_from_dots
+from ..methods.spec import ZERO_WEIGHT_SUM
+from ..plan import MergePlan, TensorJob
+
+
+def linear(plan: MergePlan, job: TensorJob, xs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """linear into `out`; proves nothing about its inputs (but through a finite output)."""
+    weights = [float(p["weight"]) for p in job.model_params]
+    normalize = bool(job.global_params["normalize"])
+    total = f32_sum(weights)
+    if normalize and abs(total) < ZERO_WEIGHT_SUM:
+        raise MergeError(
+            f"{plan.source}: tensor {job.name}: linear weights {weights} sum to zero with normalize: true; "
+            "change the weights or set normalize: false"
+        )
+    n = out.numel()
+    if n:
+        ptrs, codes = arrays(xs)
+        lib = library()
+        optr, ocode = out.data_ptr(), code(out)
+        status = lib.mf_linear(ptrs, codes, len(xs), n, doubles(weights), normalize, total, optr, ocode, threads())
+        native.check(lib, status)
+    return False
+
+
+def slerp(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """SLERP's dots pass and apply pass, as kernels.slerp runs them; where a dot is not finite,
+    the torch reference (imported then) writes `out`."""
+    a = inputs[job.base_index]
+    b = inputs[1 - job.base_index]
+    t, n, lib = float(job.global_params["t"]), out.numel(), library()
+    if n == 0:
+        return False
+    dots = (ctypes.c_double * 3)()
+    native.check(lib, lib.mf_slerp_dots(a.data_ptr(), code(a), b.data_ptr(), code(b), n, threads(), dots))
+    coefficients = slerp_coefficients_from_dots(*dots, t)
+    if coefficients is None:
+        from ..methods.slerp import slerp as reference
+
+        out.to_torch().copy_(reference(a.to_torch(), b.to_torch(), t, out_dtype=out.to_torch().dtype))
+        return False
+    c0, c1 = coefficients
+    status = lib.mf_slerp_apply(
+        a.data_ptr(), code(a), b.data_ptr(), code(b), n, c0, c1, out.data_ptr(), code(out), threads()
+    )
+    native.check(lib, status)
+    return False  # SLERP proves nothing about its inputs but through a finite output
+
+
+def nearswap(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """nearswap's one elementwise pass (kernels/slerp_family.py)."""
+    b, x = inputs[job.base_index], inputs[1 - job.base_index]
+    n, lib = out.numel(), library()
+    if n:
+        t = float(job.global_params["t"])
+        status = lib.mf_nearswap(
+            b.data_ptr(), code(b), x.data_ptr(), code(x), n, t, out.data_ptr(), code(out), threads()
+        )
+        native.check(lib, status)
+    return False
+
+
+def sce(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """SCE's selection pass (the variance top-k and the energies, its rule left in `out`), the
+    weights from the energies (methods/scalars.py), then the apply pass (kernels/sce.py)."""
+    base = inputs[job.base_index]
+    xs = [x for i, x in enumerate(inputs) if i != job.base_index]
+    k, n, lib = len(xs), out.numel(), library()
+    if n == 0:
+        return False
+    ptrs, codes = arrays(xs)
+    thr, quota, cut = ctypes.c_uint32(), ctypes.c_int64(), ctypes.c_int32()
+    eq_prefix = (ctypes.c_int64 * (-(-n // lib.mf_block()) + 1))()
+    energies = (ctypes.c_double * k)()
+    head = (base.data_ptr(), code(base), ptrs, codes, k, n)
+    topk = float(job.global_params["select_topk"])
+    rule = (ctypes.byref(thr), ctypes.byref(quota), ctypes.byref(cut), eq_prefix, energies)
+    native.check(lib, lib.mf_sce_select(*head, topk, threads(), *rule, out.data_ptr(), code(out)))
+    omega = doubles(sce_weights(list(energies), n))
+    prefix = eq_prefix if cut.value else None
+    tail = (out.data_ptr(), code(out), threads())
+    native.check(lib, lib.mf_sce_apply(*head, thr.value, quota.value, bool(cut.value), prefix, omega, *tail))
+    return False
+
+
+def fused(entry: str, base: HostArray, xs: list[HostArray], out: HostArray, params: tuple, tail: tuple = ()) -> bool:
+    """The C `entry`(base, xs, k, n, *params, out, *tail, threads, &finite) that every fused
+    task-arithmetic entry point shares (kernels/cpu.py's `_fused_apply`); whether every delta
+    was finite."""
+    ptrs, codes = arrays(xs)
+    finite, lib = ctypes.c_int32(), library()
+    fn = getattr(lib, entry)
+    status = fn(
+        base.data_ptr(), code(base), ptrs, codes, len(xs), out.numel(), *params,
+        out.data_ptr(), code(out), *tail, threads(), ctypes.byref(finite),
+    )  # fmt: skip
+    native.check(lib, status)
+    return bool(finite.value)
+
+
+def code(array: HostArray) -> int:
+    """The C dtype code of `array`."""
+    return native.DTYPE_CODES[array.dtype]
+
+
+def library():
+    """The loaded C library (a RuntimeError saying how to build it when it is missing)."""
+    lib, error = native.library()
+    if lib is None:
+        raise RuntimeError(f"the mergefast CPU kernels are unavailable: {error}; {native.FIX}")
+    return lib
+
+
+def threads() -> int:
+    """The OpenMP team size without torch (native.default_threads)."""
+    return native.default_threads()
+
+
+def arrays(xs: Sequence[HostArray]):
+    """The C arrays of the data pointers and dtype codes of `xs`."""
+    return (
+        (ctypes.c_void_p * len(xs))(*(x.data_ptr() for x in xs)),
+        (ctypes.c_int32 * len(xs))(*(code(x) for x in xs)),
+    )
+
+
+def doubles(values: Sequence[float]):
+    """A C array of doubles."""
+    return (ctypes.c_double * len(values))(*values)
