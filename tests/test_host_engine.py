@@ -129,10 +129,12 @@ def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_pa
         "parameters: {{t: 0.002}}\n",
         "merge_method: sce\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
         "parameters: {{select_topk: 0.3}}\ndtype: float16\n",
+        "merge_method: ram\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
+        "parameters: {{epsilon: 0.002}}\n",
     ],
-    ids=["nearswap", "sce"],
+    ids=["nearswap", "sce", "ram"],
 )
-def test_nearswap_and_sce_are_byte_identical(text, family, tmp_path, engines):
+def test_nearswap_sce_and_ram_are_byte_identical(text, family, tmp_path, engines):
     config = tmp_path / "c.yml"
     config.write_text(text.format(base=family["base"], a=family["ft-a"], b=family["ft-b"], c=family["ft-c"]))
     _both(engines, config, tmp_path)

@@ -1,4 +1,4 @@
-"""The torch-free CPU engine: linear, SLERP, nearswap, SCE, the task-arithmetic family
+"""The torch-free CPU engine: linear, SLERP, nearswap, SCE, RAM, the task-arithmetic family
 (task_arithmetic, TIES, DARE, breadcrumbs, DELLA) and passthrough copies on the C kernels,
 without importing torch.
 
@@ -32,6 +32,7 @@ METHODS = (
     "slerp",
     "nearswap",
     "sce",
+    "ram",
     "task_arithmetic",
     "ties",
     "dare_ties",

@@ -1,6 +1,6 @@
 """The torch-free engine's C calls (host/merge.py dispatches to them): the ctypes helpers,
-and linear, SLERP, nearswap and SCE with the scalars their torch binding computes
-(kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py). The task-arithmetic family is
+and linear, SLERP, nearswap, SCE and RAM with the scalars their torch binding computes
+(kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py, kernels/ram.py). The task-arithmetic family is
 in host/task_arithmetic.py.
 """
 
@@ -95,6 +95,16 @@ def sce(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray
     tail = (out.data_ptr(), code(out), threads())
     native.check(lib, lib.mf_sce_apply(*head, thr.value, quota.value, bool(cut.value), prefix, omega, *tail))
     return False
+
+
+def ram(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """RAM's one elementwise pass (kernels/ram.py; ramplus_tl's lambdas need torch); whether
+    every delta was finite."""
+    base = inputs[job.base_index]
+    xs = [x for i, x in enumerate(inputs) if i != job.base_index]
+    if out.numel() == 0:
+        return True
+    return fused("mf_ram_apply", base, xs, out, (float(job.global_params["epsilon"]), None))
 
 
 def fused(entry: str, base: HostArray, xs: list[HostArray], out: HostArray, params: tuple, tail: tuple = ()) -> bool:
