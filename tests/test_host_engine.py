@@ -131,10 +131,13 @@ def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_pa
         "parameters: {{select_topk: 0.3}}\ndtype: float16\n",
         "merge_method: ram\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
         "parameters: {{epsilon: 0.002}}\n",
+        "merge_method: ramplus_tl\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+        "parameters: {{epsilon: 0.002, r: 0.3}}\n",
+        "merge_method: arcee_fusion\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {c}\n",
     ],
-    ids=["nearswap", "sce", "ram"],
+    ids=["nearswap", "sce", "ram", "ramplus_tl", "arcee_fusion"],
 )
-def test_nearswap_sce_and_ram_are_byte_identical(text, family, tmp_path, engines):
+def test_other_methods_are_byte_identical(text, family, tmp_path, engines):
     config = tmp_path / "c.yml"
     config.write_text(text.format(base=family["base"], a=family["ft-a"], b=family["ft-b"], c=family["ft-c"]))
     _both(engines, config, tmp_path)
@@ -152,6 +155,26 @@ def test_sce_weights_are_the_kernels():
         scale = rng.choice([1e-12, 1e-7 * n, 1.0, 1e6])
         sums = [rng.uniform(0, scale) for _ in range(k)]
         assert sce_weights(sums, n) == weights(sums, n), (sums, n)
+
+
+def test_ram_boost_and_arcee_threshold_are_the_kernels():
+    """methods/scalars.py's RAM+ factors and arcee_fusion threshold against the torch formulas
+    of the references (methods/ram.py, methods/arcee_fusion.py)."""
+    from mergefast.methods.arcee_fusion import IQR_FACTOR
+    from mergefast.methods.ram import boost_of_counts
+    from mergefast.methods.scalars import arcee_threshold, ram_boost
+
+    rng = random.Random(2)
+    for _ in range(2000):
+        k = rng.randint(1, 4)
+        shared = [rng.choice([0, 1, rng.randint(0, 10**7)]) for _ in range(k)]
+        unique = [rng.choice([0, 1, rng.randint(0, 10**7)]) for _ in range(k)]
+        r, alpha, eps = rng.uniform(0, 1), rng.uniform(0, 1), rng.choice([0.0, 1e-5, 0.5])
+        boost = boost_of_counts(torch.tensor(shared), torch.tensor(unique), r, alpha, eps)
+        assert ram_boost(shared, unique, r, alpha, eps) == boost.to(torch.float32).tolist()
+        q = sorted(rng.uniform(-1e3, 1e3) * rng.choice([1e-30, 1.0, 1e30]) for _ in range(3))
+        q1, median, q3 = torch.tensor(q, dtype=torch.float32).unbind()
+        assert arcee_threshold(q) == (median + IQR_FACTOR * (q3 - q1)).item()
 
 
 def _nan_model(family, tmp_path):

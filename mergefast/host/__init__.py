@@ -1,6 +1,6 @@
-"""The torch-free CPU engine: linear, SLERP, nearswap, SCE, RAM, the task-arithmetic family
-(task_arithmetic, TIES, DARE, breadcrumbs, DELLA) and passthrough copies on the C kernels,
-without importing torch.
+"""The torch-free CPU engine: linear, SLERP, nearswap, SCE, RAM / RAM+, arcee_fusion, the
+task-arithmetic family (task_arithmetic, TIES, DARE, breadcrumbs, DELLA) and passthrough
+copies on the C kernels, without importing torch.
 
 torch's import alone takes 0.8-1.3 s on the 2-vCPU dev VM, more than reading and writing the
 whole 0.3B example family (0.45-0.63 s). This engine reads inputs into pooled numpy byte
@@ -33,6 +33,8 @@ METHODS = (
     "nearswap",
     "sce",
     "ram",
+    "ramplus_tl",
+    "arcee_fusion",
     "task_arithmetic",
     "ties",
     "dare_ties",

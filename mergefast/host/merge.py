@@ -23,7 +23,15 @@ from . import ops
 from .task_arithmetic import task_arithmetic
 
 # method -> its C calls into `out`, which return whether they proved every input finite
-CALLS = {"linear": ops.linear, "slerp": ops.slerp, "nearswap": ops.nearswap, "sce": ops.sce, "ram": ops.ram}
+CALLS = {
+    "linear": ops.linear,
+    "slerp": ops.slerp,
+    "nearswap": ops.nearswap,
+    "sce": ops.sce,
+    "ram": ops.ram,
+    "ramplus_tl": ops.ram,
+    "arcee_fusion": ops.arcee_fusion,
+}
 CALLS.update((name, task_arithmetic) for name in TASK_ARITHMETIC_FAMILY)
 
 

@@ -1,6 +1,7 @@
 """The torch-free engine's C calls (host/merge.py dispatches to them): the ctypes helpers,
-and linear, SLERP, nearswap, SCE and RAM with the scalars their torch binding computes
-(kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py, kernels/ram.py). The task-arithmetic family is
+and linear, SLERP, nearswap, SCE, RAM / RAM+ and arcee_fusion with the scalars their torch
+binding computes (kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py,
+kernels/ram.py, kernels/arcee_fusion.py). The task-arithmetic family is
 in host/task_arithmetic.py.
 """
 
@@ -9,10 +10,19 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 
+import numpy as np
+
 from .. import native
 from ..errors import MergeError
 from ..io.host_array import HostArray
-from ..methods.scalars import f32_sum, sce_weights, slerp_coefficients_from_dots
+from ..methods.scalars import (
+    arcee_ranks,
+    arcee_threshold,
+    f32_sum,
+    ram_boost,
+    sce_weights,
+    slerp_coefficients_from_dots,
+)
 from ..methods.spec import ZERO_WEIGHT_SUM
 from ..plan import MergePlan, TensorJob
 
@@ -98,13 +108,43 @@ def sce(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray
 
 
 def ram(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
-    """RAM's one elementwise pass (kernels/ram.py; ramplus_tl's lambdas need torch); whether
-    every delta was finite."""
+    """RAM's elementwise pass, after RAM+'s counting pass for ramplus_tl (kernels/ram.py);
+    whether every delta was finite."""
     base = inputs[job.base_index]
     xs = [x for i, x in enumerate(inputs) if i != job.base_index]
-    if out.numel() == 0:
+    k, n, lib, g = len(xs), out.numel(), library(), job.global_params
+    if n == 0:
         return True
-    return fused("mf_ram_apply", base, xs, out, (float(job.global_params["epsilon"]), None))
+    epsilon, lambdas = float(g["epsilon"]), None
+    if plan.spec.name == "ramplus_tl":
+        ptrs, codes = arrays(xs)
+        counts = (ctypes.c_int64 * (2 * k))()
+        native.check(lib, lib.mf_ram_counts(base.data_ptr(), code(base), ptrs, codes, k, n, epsilon, threads(), counts))
+        boost = ram_boost(counts[0::2], counts[1::2], float(g["r"]), float(g["alpha"]), epsilon)
+        lambdas = doubles(boost)
+    return fused("mf_ram_apply", base, xs, out, (epsilon, lambdas))
+
+
+def arcee_fusion(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """arcee_fusion's selection call (per-row KL, the importance's exact quartiles), then its
+    elementwise pass (kernels/arcee_fusion.py); whether every delta was finite. An empty
+    tensor goes to the torch reference, whose error it is (no quantile of nothing)."""
+    b, x = inputs[job.base_index], inputs[1 - job.base_index]
+    n, lib = out.numel(), library()
+    if n == 0:
+        from ..methods.arcee_fusion import arcee_fusion as reference
+
+        reference(b.to_torch(), x.to_torch())
+        return False
+    cols = b.shape[-1] if b.shape else 1
+    rows, kl = n // cols, np.empty(n // cols, dtype=np.float32)
+    values, ranks = (ctypes.c_float * 3)(), (ctypes.c_int64 * 3)(*arcee_ranks(n))
+    head = (b.data_ptr(), code(b), x.data_ptr(), code(x), rows, cols)
+    native.check(lib, lib.mf_arcee_select(*head, ranks, threads(), kl.ctypes.data, values))
+    finite, tail = ctypes.c_int32(), (out.data_ptr(), code(out), threads())
+    threshold = arcee_threshold(list(values))
+    native.check(lib, lib.mf_arcee_apply(*head, kl.ctypes.data, threshold, *tail, ctypes.byref(finite)))
+    return bool(finite.value)
 
 
 def fused(entry: str, base: HostArray, xs: list[HostArray], out: HostArray, params: tuple, tail: tuple = ()) -> bool:

@@ -8,7 +8,7 @@ output (the reference builds the float32 copies, both softmaxes, the importance 
   and the three order statistics of importance = |other - base| * KL at the reference's
   ranks floor(q (n - 1)), q = 0.25, 0.5, 0.75, exactly (histograms of the float32 order keys,
   torch.kthvalue's order: every NaN above +inf);
-- the threshold median + 1.5 (Q3 - Q1) is the reference's float32 formula (`threshold`);
+- the threshold median + 1.5 (Q3 - Q1) is the reference's float32 formula (`methods.scalars.arcee_threshold`);
 - `impl.arcee_apply` writes base + (importance >= threshold ? other - base : 0), rounded once.
 
 Numerics: the reference computes the KL in float32 with torch's exp, log and summation order,
@@ -25,27 +25,12 @@ a row makes its KL and importances NaN, which rank above +inf; a NaN threshold k
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from ..methods import arcee_fusion as _reference
-from ..methods.arcee_fusion import IQR_FACTOR
 from ..methods.numerics import check_same_shape, result_dtype
+from ..methods.scalars import arcee_ranks, arcee_threshold
 from .dispatch import _choose, _dispatch
-
-QUANTILES = (0.25, 0.5, 0.75)
-
-
-def ranks(n: int) -> list[int]:
-    """The 0-based ascending ranks of Q1, the median and Q3 of n values (`sorted_quantile`)."""
-    return [int(q * (n - 1)) for q in QUANTILES]
-
-
-def threshold(values: Sequence[float]) -> float:
-    """median + 1.5 * (Q3 - Q1) in float32, as `importance_threshold` computes it."""
-    q1, median, q3 = torch.tensor(list(values), dtype=torch.float32).unbind()
-    return (median + IQR_FACTOR * (q3 - q1)).item()
 
 
 def rows_cols(x: torch.Tensor) -> tuple[int, int]:
@@ -57,8 +42,8 @@ def rows_cols(x: torch.Tensor) -> tuple[int, int]:
 def run(impl, base: torch.Tensor, other: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """arcee_fusion on backend `impl` (contiguous inputs, at least one element)."""
     rows, cols = rows_cols(base)
-    kl, values = impl.arcee_select(base, other, rows, cols, ranks(base.numel()))
-    return impl.arcee_apply(base, other, rows, cols, kl, threshold(values), out_dtype)
+    kl, values = impl.arcee_select(base, other, rows, cols, arcee_ranks(base.numel()))
+    return impl.arcee_apply(base, other, rows, cols, kl, arcee_threshold(values), out_dtype)
 
 
 def arcee_fusion(base: torch.Tensor, other: torch.Tensor, *, out_dtype: torch.dtype | None = None) -> torch.Tensor:

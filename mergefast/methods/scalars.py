@@ -117,3 +117,33 @@ def sce_weights(sums: Sequence[float], n: int) -> list[float]:
         if total < np.float32(SCE_WEIGHT_SUM_MIN):
             return [float(np.float32(1.0 / len(energy)))] * len(energy)
         return [float(np.float32(e / total)) for e in energy]
+
+
+# arcee_fusion's quartiles and the IQR rule (methods/arcee_fusion.py `importance_threshold`).
+ARCEE_QUANTILES = (0.25, 0.5, 0.75)
+ARCEE_IQR_FACTOR = 1.5
+
+
+def arcee_ranks(n: int) -> list[int]:
+    """The 0-based ascending ranks of Q1, the median and Q3 of n values (`sorted_quantile`)."""
+    return [int(q * (n - 1)) for q in ARCEE_QUANTILES]
+
+
+def arcee_threshold(values: Sequence[float]) -> float:
+    """median + 1.5 * (Q3 - Q1) in float32 from (Q1, median, Q3), as `importance_threshold`
+    computes it on float32 tensors."""
+    q1, median, q3 = (np.float32(v) for v in values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.float32(median + np.float32(np.float32(ARCEE_IQR_FACTOR) * np.float32(q3 - q1))))
+
+
+def ram_boost(shared: Sequence[int], unique: Sequence[int], r: float, alpha: float, eps: float) -> list[float]:
+    """RAM+'s per-model factors lambda_i rounded to float32, as kernels/ram.py's `lambdas`
+    gets them from `boost_of_counts` (methods/ram.py): 1 + r * clamp(rho, 0, alpha) in
+    float64 with rho = shared / max(unique, eps) (0 where shared is 0)."""
+    out = []
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for s, u in zip(shared, unique):
+            rho = np.float64(0.0) if s == 0 else np.float64(s) / np.maximum(np.float64(u), np.float64(eps))
+            out.append(float(np.float32(np.float64(1.0) + np.float64(r) * np.clip(rho, 0.0, np.float64(alpha)))))
+    return out
