@@ -134,8 +134,11 @@ def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_pa
         "merge_method: ramplus_tl\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n"
         "parameters: {{epsilon: 0.002, r: 0.3}}\n",
         "merge_method: arcee_fusion\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {c}\n",
+        "merge_method: model_stock\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {c}\n",
+        "merge_method: model_stock\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+        "parameters: {{filter_wise: true}}\ndtype: float32\n",
     ],
-    ids=["nearswap", "sce", "ram", "ramplus_tl", "arcee_fusion"],
+    ids=["nearswap", "sce", "ram", "ramplus_tl", "arcee_fusion", "model_stock", "model_stock-rows"],
 )
 def test_other_methods_are_byte_identical(text, family, tmp_path, engines):
     config = tmp_path / "c.yml"
@@ -155,6 +158,26 @@ def test_sce_weights_are_the_kernels():
         scale = rng.choice([1e-12, 1e-7 * n, 1.0, 1e6])
         sums = [rng.uniform(0, scale) for _ in range(k)]
         assert sce_weights(sums, n) == weights(sums, n), (sums, n)
+
+
+def test_model_stock_ratios_are_the_kernels():
+    """methods/scalars.py's float32 Model Stock ratios against kernels/slerp_family.py's torch
+    ones, bit for bit: opposite task vectors (a zero denominator) and NaN rows included."""
+    import numpy as np
+
+    from mergefast.kernels.slerp_family import stock_ratios
+    from mergefast.methods.scalars import model_stock_ratios
+
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        k, rows = int(rng.integers(2, 5)), int(rng.integers(1, 40))
+        d = rng.standard_normal((rows, k, 16)) * rng.choice([1e-6, 1e-3, 1.0, 1e3])
+        if trial % 7 == 0:
+            d[:, 1] = -d[:, 0] / (k - 1)
+        gram = np.stack([(d[:, i] * d[:, j]).sum(-1) for i in range(k) for j in range(i, k)], axis=1)
+        gram[0, 0] = np.nan if trial % 11 == 0 else gram[0, 0]
+        expected = stock_ratios(torch.from_numpy(gram), k).numpy()
+        assert model_stock_ratios(gram, k).view(np.uint32).tolist() == expected.view(np.uint32).tolist()
 
 
 def test_ram_boost_and_arcee_threshold_are_the_kernels():
@@ -227,8 +250,8 @@ def test_refusals(family, tmp_path, monkeypatch):
     monkeypatch.delenv("MERGEFAST_BACKEND")
     ties = example_config("ties.yml", family)
     models = "".join(f"  - model: {family[k]}\n" for k in ("ft-a", "ft-b"))
-    stock = plan_of(f"merge_method: model_stock\nbase_model: {family['base']}\nmodels:\n{models}")
-    assert host.refusal(stock, MergeOptions()) == "model_stock has no torch-free path"
+    karcher = plan_of(f"merge_method: karcher\nmodels:\n{models}")
+    assert host.refusal(karcher, MergeOptions()) == "karcher has no torch-free path"
     wide = ties.replace("merge_method: ties", "merge_method: della").replace("density: 0.7", "density: 0.9")
     assert "DELLA density +- epsilon outside (0, 1)" in host.refusal(plan_of(wide), MergeOptions())
     five = "merge_method: linear\nmodels:\n" + "".join(

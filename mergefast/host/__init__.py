@@ -1,5 +1,5 @@
-"""The torch-free CPU engine: linear, SLERP, nearswap, SCE, RAM / RAM+, arcee_fusion, the
-task-arithmetic family (task_arithmetic, TIES, DARE, breadcrumbs, DELLA) and passthrough
+"""The torch-free CPU engine: linear, SLERP, nearswap, Model Stock, SCE, RAM / RAM+,
+arcee_fusion, the task-arithmetic family (task_arithmetic, TIES, DARE, breadcrumbs, DELLA) and passthrough
 copies on the C kernels, without importing torch.
 
 torch's import alone takes 0.8-1.3 s on the 2-vCPU dev VM, more than reading and writing the
@@ -31,6 +31,7 @@ METHODS = (
     "linear",
     "slerp",
     "nearswap",
+    "model_stock",
     "sce",
     "ram",
     "ramplus_tl",

@@ -27,6 +27,7 @@ CALLS = {
     "linear": ops.linear,
     "slerp": ops.slerp,
     "nearswap": ops.nearswap,
+    "model_stock": ops.model_stock,
     "sce": ops.sce,
     "ram": ops.ram,
     "ramplus_tl": ops.ram,

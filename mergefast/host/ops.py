@@ -1,6 +1,6 @@
 """The torch-free engine's C calls (host/merge.py dispatches to them): the ctypes helpers,
-and linear, SLERP, nearswap, SCE, RAM / RAM+ and arcee_fusion with the scalars their torch
-binding computes (kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py,
+and linear, SLERP, nearswap, Model Stock, SCE, RAM / RAM+ and arcee_fusion with the scalars
+their torch binding computes (kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py,
 kernels/ram.py, kernels/arcee_fusion.py). The task-arithmetic family is
 in host/task_arithmetic.py.
 """
@@ -19,6 +19,8 @@ from ..methods.scalars import (
     arcee_ranks,
     arcee_threshold,
     f32_sum,
+    gram_column,
+    model_stock_ratios,
     ram_boost,
     sce_weights,
     slerp_coefficients_from_dots,
@@ -145,6 +147,26 @@ def arcee_fusion(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: 
     threshold = arcee_threshold(list(values))
     native.check(lib, lib.mf_arcee_apply(*head, kl.ctypes.data, threshold, *tail, ctypes.byref(finite)))
     return bool(finite.value)
+
+
+def model_stock(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """Model Stock's Gram pass (every norm and pairwise dot of the task vectors, per row with
+    `filter_wise`), the ratios (methods/scalars.py), the elementwise pass
+    (kernels/slerp_family.py); whether the norms proved every input finite."""
+    base = inputs[job.base_index]
+    xs = [x for i, x in enumerate(inputs) if i != job.base_index]
+    k, n, lib = len(xs), out.numel(), library()
+    if n == 0:
+        return True
+    cols = base.shape[-1] if job.global_params["filter_wise"] and base.shape else n
+    rows = n // cols
+    gram = np.empty((rows, k * (k + 1) // 2), dtype=np.float64)
+    ptrs, codes = arrays(xs)
+    head = (base.data_ptr(), code(base), ptrs, codes, k, rows, cols)
+    native.check(lib, lib.mf_slerpfam_gram(*head, threads(), gram.ctypes.data))
+    ratios = model_stock_ratios(gram, k)
+    native.check(lib, lib.mf_model_stock_apply(*head, ratios.ctypes.data, out.data_ptr(), code(out), threads()))
+    return bool(np.isfinite(gram[:, [gram_column(i, i, k) for i in range(k)]]).all())
 
 
 def fused(entry: str, base: HostArray, xs: list[HostArray], out: HostArray, params: tuple, tail: tuple = ()) -> bool:

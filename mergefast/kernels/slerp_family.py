@@ -26,12 +26,8 @@ from ..methods import nuslerp as _nuslerp_ref
 from ..methods.model_stock import mean_of, pair_cosine, stock_ratio
 from ..methods.numerics import check_same_shape, result_dtype
 from ..methods.nuslerp import NORM_MIN, nuslerp_t, slerp_factors
+from ..methods.scalars import gram_column as pair_index  # the Gram row's layout, shared with host/
 from .dispatch import _choose, _dispatch
-
-
-def pair_index(i: int, j: int, k: int) -> int:
-    """Column of <d_i, d_j> (i <= j) in a Gram row of k inputs: (0,0), (0,1) .. (1,1) .."""
-    return i * k - i * (i - 1) // 2 + (j - i)
 
 
 def _rows(x: torch.Tensor, per_row: bool) -> tuple[int, int]:

@@ -147,3 +147,32 @@ def ram_boost(shared: Sequence[int], unique: Sequence[int], r: float, alpha: flo
             rho = np.float64(0.0) if s == 0 else np.float64(s) / np.maximum(np.float64(u), np.float64(eps))
             out.append(float(np.float32(np.float64(1.0) + np.float64(r) * np.clip(rho, 0.0, np.float64(alpha)))))
     return out
+
+
+# methods/model_stock.py's clamps: the product of norms in a cosine, and t's denominator.
+STOCK_NORM_PRODUCT_MIN = 1e-6
+STOCK_DENOMINATOR_MIN = 1e-6
+
+
+def gram_column(i: int, j: int, k: int) -> int:
+    """Column of <d_i, d_j> (i <= j) in a Gram row of k inputs: (0,0), (0,1) .. (1,1) .."""
+    return i * k - i * (i - 1) // 2 + (j - i)
+
+
+def model_stock_ratios(gram: np.ndarray, k: int) -> np.ndarray:
+    """Per row t = stock_ratio(mean pairwise cosine), float32 (rows,), from the float64 Gram
+    rows of k task vectors, with the float32 formulas of methods/model_stock.py
+    (`pair_cosine`, `mean_of`, `stock_ratio`) as kernels/slerp_family.py's `stock_ratios`
+    applies them."""
+    f32 = np.float32
+    with np.errstate(all="ignore"):
+        norms = [np.sqrt(gram[:, gram_column(i, i, k)]).astype(f32) for i in range(k)]
+        total = np.zeros(gram.shape[0], dtype=f32)
+        pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+        for i, j in pairs:
+            product = np.maximum(norms[i] * norms[j], f32(STOCK_NORM_PRODUCT_MIN))
+            total += np.clip(gram[:, gram_column(i, j, k)].astype(f32) / product, f32(-1), f32(1))
+        cos = total / f32(len(pairs))
+        denominator = f32(1) + f32(k - 1) * cos
+        small = np.abs(denominator) < f32(STOCK_DENOMINATOR_MIN)
+        return np.where(small, f32(0), f32(k) * cos / np.where(small, f32(1), denominator)).astype(f32)
