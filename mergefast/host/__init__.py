@@ -47,7 +47,7 @@ METHODS = (
     "passthrough",
 )
 MERGE_DTYPES = frozenset({"float16", "bfloat16", "float32"})  # inputs and outputs the engine merges
-MAX_WEIGHTS = 4  # weights per merge whose float32 sum is sequential in torch (host/merge.py)
+MAX_WEIGHTS = 4  # weighted models whose float32 sum torch takes in order (methods/scalars.py f32_sum)
 
 
 def torch_free_line() -> str:

@@ -11,8 +11,8 @@ from .. import native
 from ..io.host_array import HostArray
 from ..methods.random_keys import stream_key
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
-from ..methods.scalars import f32_sum, keep_rule, l1_scales, outlier_bounds
-from ..methods.spec import ZERO_WEIGHT_SUM, keep_count
+from ..methods.scalars import f32_sum, keep_count, keep_rule, l1_scales, outlier_bounds
+from ..methods.spec import ZERO_WEIGHT_SUM
 from ..plan import MergePlan, TensorJob
 from .ops import arrays, code, doubles, fused, library, threads
 

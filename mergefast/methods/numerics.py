@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .spec import keep_count  # noqa: F401 - here for the references; spec.py has no torch
+from .scalars import keep_count  # noqa: F401 - here for the references; scalars.py has no torch
 
 
 def accumulation_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:

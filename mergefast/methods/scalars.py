@@ -71,6 +71,19 @@ def slerp_coefficients_from_dots(aa: float, bb: float, ab: float, t: float) -> t
     return slerp_coefficients(dot, t)
 
 
+def keep_count(density: float, numel: int) -> int:
+    """How many elements magnitude selection keeps: mergekit 0.1.5's rule.
+
+    density >= 1 keeps everything, density <= 0 keeps nothing, otherwise
+    max(1, int(density * numel)) (0.1.5 never zeroes a whole tensor for a positive density).
+    """
+    if density >= 1:
+        return numel
+    if density <= 0 or numel == 0:
+        return 0
+    return max(1, int(density * numel))
+
+
 def outlier_bounds(density: float, gamma: float, n: int) -> tuple[int, int]:
     """The positions [lo, hi) of the ascending |delta| order that `outlier_mask` keeps.
 

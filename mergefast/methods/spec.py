@@ -28,19 +28,6 @@ ZERO_WEIGHT_SUM = 1e-8
 NONFINITE_REACHES_OUTPUT = frozenset({"linear", "slerp", "nearswap", "sce"})
 
 
-def keep_count(density: float, numel: int) -> int:
-    """How many elements magnitude selection keeps: mergekit 0.1.5's rule.
-
-    density >= 1 keeps everything, density <= 0 keeps nothing, otherwise
-    max(1, int(density * numel)) (0.1.5 never zeroes a whole tensor for a positive density).
-    """
-    if density >= 1:
-        return numel
-    if density <= 0 or numel == 0:
-        return 0
-    return max(1, int(density * numel))
-
-
 @dataclass(frozen=True)
 class Param:
     """One parameter of a method: its name, type ("float" or "bool") and default."""
