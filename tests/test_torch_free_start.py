@@ -76,6 +76,20 @@ def test_a_hub_merge_downloads_before_torch_is_imported(base4, tmp_path, monkeyp
     assert merged.stdout.strip() == "downloading when torch was imported: True"
 
 
+def test_the_planner_and_executor_import_neither_torch_nor_numpy():
+    """A bad config fails before any heavy import: the modules a `mergefast yaml` run imports
+    before its first read load neither torch nor numpy (the torch-free engine imports numpy
+    when it starts reading, mergefast/io/host_array.py)."""
+    code = (
+        "import sys\n"
+        "import mergefast.cli, mergefast.run, mergefast.config, mergefast.plan, mergefast.execute, mergefast.host\n"
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_dtype_names_agree_with_torch():
     """mergefast/dtypes.py's table against torch and the safetensors library: every name is
     torch's, with its size and float-ness, under the safetensors code the library uses."""

@@ -23,11 +23,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..dtypes import name_of
 from ..errors import ModelError
-from .host_array import HostArray, host_array
 from .model_files import WEIGHT_FILES, model_file
 from .safetensors_header import (  # noqa: F401 - TensorInfo and the header parser are re-exported
     TensorInfo,
@@ -36,7 +33,10 @@ from .safetensors_header import (  # noqa: F401 - TensorInfo and the header pars
 from .weight_index import read_weight_map
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from .host_array import HostArray
 
 
 class MissingTensorError(ModelError, KeyError):
@@ -219,7 +219,10 @@ class CheckpointReader:
 
     def read_into(self, name: str, buffer: np.ndarray) -> HostArray:
         """A safetensors tensor read into the first bytes of `buffer` (a 1-D uint8 numpy
-        array), without torch: the torch-free CPU engine's read (host/)."""
+        array), without torch: the torch-free CPU engine's read (host/). (numpy is imported
+        here, not by the planner: a bad config fails before any heavy import.)"""
+        from .host_array import host_array
+
         i = self.info(name)
         if self.format != "safetensors":
             raise ValueError(f"read_into({name!r}): {self.folder} holds .bin weights, which need torch")

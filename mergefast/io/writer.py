@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..dtypes import ITEMSIZE, SAFETENSORS_CODES, name_of
 from .direct import DirectFile, close_fd, direct_io_works
-from .host_array import HostArray
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from .host_array import HostArray
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -275,6 +275,8 @@ class ShardedWriter:
 
 def _bytes(tensor) -> np.ndarray:
     """The bytes of a HostArray or a torch tensor, as a 1-D uint8 numpy array."""
+    from .host_array import HostArray  # here: the planner imports the writer, and no numpy
+
     if isinstance(tensor, HostArray):
         return tensor.data
     import torch  # a torch tensor: torch is loaded already (planning imports none, dtypes.py)
