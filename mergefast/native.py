@@ -92,11 +92,38 @@ def library() -> tuple[ctypes.CDLL | None, str | None]:
     return _LOADED
 
 
+def unavailable(error: str | None) -> RuntimeError:
+    """The error of a kernel call without the library: why it is missing, and FIX."""
+    return RuntimeError(f"the mergefast CPU kernels are unavailable: {error}; {FIX}")
+
+
+def require() -> ctypes.CDLL:
+    """The loaded library (`library`), or `unavailable`'s RuntimeError."""
+    lib, error = library()
+    if lib is None:
+        raise unavailable(error)
+    return lib
+
+
 def check(lib: ctypes.CDLL, status: int) -> None:
     """Raise for a failed call: MemoryError when an allocation failed, else RuntimeError."""
     if status != _OK:
         message = lib.mf_last_error().decode(errors="replace")
         raise (MemoryError if status == _ERR_MEMORY else RuntimeError)(message)
+
+
+def doubles(values) -> ctypes.Array:
+    """A C array of doubles."""
+    return (ctypes.c_double * len(values))(*values)
+
+
+def fused_call(lib: ctypes.CDLL, entry: str, head: tuple, params: tuple, out: tuple, tail: tuple, threads: int) -> bool:
+    """Call the C `entry`(*head, *params, *out, *tail, threads, &finite), the layout every fused
+    merge entry point shares: head = (base pointer, its dtype code, input pointers, their
+    dtype codes, k, n), out = (output pointer, its dtype code). Whether every delta was finite."""
+    finite = ctypes.c_int32()
+    check(lib, getattr(lib, entry)(*head, *params, *out, *tail, threads, ctypes.byref(finite)))
+    return bool(finite.value)
 
 
 def default_threads() -> int:
@@ -116,9 +143,7 @@ def all_finite(address: int, dtype: str, count: int, threads: int | None = None)
     size, default_threads() when None). Raises ValueError for another dtype name, and RuntimeError
     when the library is unavailable (with FIX) or the call fails.
     """
-    lib, error = library()
-    if lib is None:
-        raise RuntimeError(f"the CPU kernel library is unavailable: {error}; {FIX}")
+    lib = require()
     if dtype not in DTYPE_CODES:
         raise ValueError(f"all_finite: unsupported dtype {dtype!r} (expected one of {sorted(DTYPE_CODES)})")
     finite = ctypes.c_int32(0)

@@ -313,6 +313,6 @@ def test_slerp_past_float32_dots_runs_the_reference():
     a, b = (torch.randn(5, 7, generator=gen) * 3e20 for _ in range(2))
     arrays = [host_array(t.view(torch.uint8).reshape(-1).numpy(), "float32", (5, 7)) for t in (a, b)]
     out = host_array(torch.empty(5 * 7 * 2, dtype=torch.uint8).numpy(), "bfloat16", (5, 7))
-    slerp(None, SimpleNamespace(base_index=0, global_params={"t": 0.3}), arrays, out, 0)
+    slerp(None, SimpleNamespace(base_index=0, global_params={"t": 0.3}, model_params=({}, {})), arrays, out, 0)
     expected = kernels.slerp(a, b, 0.3, out_dtype=torch.bfloat16)
     assert torch.isfinite(expected).all() and torch.equal(out.to_torch(), expected)

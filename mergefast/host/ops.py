@@ -22,10 +22,11 @@ from ..methods.scalars import (
     gram_column,
     model_stock_ratios,
     ram_boost,
+    rows_cols,
     sce_weights,
     slerp_coefficients_from_dots,
 )
-from ..methods.spec import ZERO_WEIGHT_SUM
+from ..methods.spec import ZERO_WEIGHT_SUM, split_base
 from ..plan import MergePlan, TensorJob
 
 
@@ -52,8 +53,7 @@ def linear(plan: MergePlan, job: TensorJob, xs: list[HostArray], out: HostArray,
 def slerp(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
     """SLERP's dots pass and apply pass, as kernels.slerp runs them; where a dot is not finite,
     the torch reference (imported then) writes `out`."""
-    a = inputs[job.base_index]
-    b = inputs[1 - job.base_index]
+    a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
     t, n, lib = float(job.global_params["t"]), out.numel(), library()
     if n == 0:
         return False
@@ -75,7 +75,7 @@ def slerp(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArr
 
 def nearswap(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
     """nearswap's one elementwise pass (kernels/slerp_family.py)."""
-    b, x = inputs[job.base_index], inputs[1 - job.base_index]
+    b, (x,), _ = split_base(inputs, job.base_index, job.model_params)
     n, lib = out.numel(), library()
     if n:
         t = float(job.global_params["t"])
@@ -89,8 +89,7 @@ def nearswap(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: Host
 def sce(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
     """SCE's selection pass (the variance top-k and the energies, its rule left in `out`), the
     weights from the energies (methods/scalars.py), then the apply pass (kernels/sce.py)."""
-    base = inputs[job.base_index]
-    xs = [x for i, x in enumerate(inputs) if i != job.base_index]
+    base, xs, _ = split_base(inputs, job.base_index, job.model_params)
     k, n, lib = len(xs), out.numel(), library()
     if n == 0:
         return False
@@ -112,8 +111,7 @@ def sce(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray
 def ram(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
     """RAM's elementwise pass, after RAM+'s counting pass for ramplus_tl (kernels/ram.py);
     whether every delta was finite."""
-    base = inputs[job.base_index]
-    xs = [x for i, x in enumerate(inputs) if i != job.base_index]
+    base, xs, _ = split_base(inputs, job.base_index, job.model_params)
     k, n, lib, g = len(xs), out.numel(), library(), job.global_params
     if n == 0:
         return True
@@ -131,15 +129,15 @@ def arcee_fusion(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: 
     """arcee_fusion's selection call (per-row KL, the importance's exact quartiles), then its
     elementwise pass (kernels/arcee_fusion.py); whether every delta was finite. An empty
     tensor goes to the torch reference, whose error it is (no quantile of nothing)."""
-    b, x = inputs[job.base_index], inputs[1 - job.base_index]
+    b, (x,), _ = split_base(inputs, job.base_index, job.model_params)
     n, lib = out.numel(), library()
     if n == 0:
         from ..methods.arcee_fusion import arcee_fusion as reference
 
         reference(b.to_torch(), x.to_torch())
         return False
-    cols = b.shape[-1] if b.shape else 1
-    rows, kl = n // cols, np.empty(n // cols, dtype=np.float32)
+    rows, cols = rows_cols(b.shape)
+    kl = np.empty(rows, dtype=np.float32)
     values, ranks = (ctypes.c_float * 3)(), (ctypes.c_int64 * 3)(*arcee_ranks(n))
     head = (b.data_ptr(), code(b), x.data_ptr(), code(x), rows, cols)
     native.check(lib, lib.mf_arcee_select(*head, ranks, threads(), kl.ctypes.data, values))
@@ -153,13 +151,11 @@ def model_stock(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: H
     """Model Stock's Gram pass (every norm and pairwise dot of the task vectors, per row with
     `filter_wise`), the ratios (methods/scalars.py), the elementwise pass
     (kernels/slerp_family.py); whether the norms proved every input finite."""
-    base = inputs[job.base_index]
-    xs = [x for i, x in enumerate(inputs) if i != job.base_index]
+    base, xs, _ = split_base(inputs, job.base_index, job.model_params)
     k, n, lib = len(xs), out.numel(), library()
     if n == 0:
         return True
-    cols = base.shape[-1] if job.global_params["filter_wise"] and base.shape else n
-    rows = n // cols
+    rows, cols = rows_cols(base.shape, job.global_params["filter_wise"])
     gram = np.empty((rows, k * (k + 1) // 2), dtype=np.float64)
     ptrs, codes = arrays(xs)
     head = (base.data_ptr(), code(base), ptrs, codes, k, rows, cols)
@@ -170,18 +166,10 @@ def model_stock(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: H
 
 
 def fused(entry: str, base: HostArray, xs: list[HostArray], out: HostArray, params: tuple, tail: tuple = ()) -> bool:
-    """The C `entry`(base, xs, k, n, *params, out, *tail, threads, &finite) that every fused
-    task-arithmetic entry point shares (kernels/cpu.py's `_fused_apply`); whether every delta
-    was finite."""
-    ptrs, codes = arrays(xs)
-    finite, lib = ctypes.c_int32(), library()
-    fn = getattr(lib, entry)
-    status = fn(
-        base.data_ptr(), code(base), ptrs, codes, len(xs), out.numel(), *params,
-        out.data_ptr(), code(out), *tail, threads(), ctypes.byref(finite),
-    )  # fmt: skip
-    native.check(lib, status)
-    return bool(finite.value)
+    """`native.fused_call` of `entry` on HostArrays (kernels/cpu.py's `_fused_apply` makes the
+    same call on torch tensors); whether every delta was finite."""
+    head = (base.data_ptr(), code(base), *arrays(xs), len(xs), out.numel())
+    return native.fused_call(library(), entry, head, params, (out.data_ptr(), code(out)), tail, threads())
 
 
 def code(array: HostArray) -> int:
@@ -189,12 +177,8 @@ def code(array: HostArray) -> int:
     return native.DTYPE_CODES[array.dtype]
 
 
-def library():
-    """The loaded C library (a RuntimeError saying how to build it when it is missing)."""
-    lib, error = native.library()
-    if lib is None:
-        raise RuntimeError(f"the mergefast CPU kernels are unavailable: {error}; {native.FIX}")
-    return lib
+library = native.require  # the loaded C library, or a RuntimeError saying how to build it
+doubles = native.doubles
 
 
 def threads() -> int:
@@ -208,8 +192,3 @@ def arrays(xs: Sequence[HostArray]):
         (ctypes.c_void_p * len(xs))(*(x.data_ptr() for x in xs)),
         (ctypes.c_int32 * len(xs))(*(code(x) for x in xs)),
     )
-
-
-def doubles(values: Sequence[float]):
-    """A C array of doubles."""
-    return (ctypes.c_double * len(values))(*values)

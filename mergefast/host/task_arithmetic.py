@@ -9,10 +9,10 @@ import ctypes
 
 from .. import native
 from ..io.host_array import HostArray
-from ..methods.random_keys import stream_key
+from ..methods.random_keys import stream_keys
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
-from ..methods.scalars import f32_sum, keep_count, keep_rule, l1_scales, outlier_bounds
-from ..methods.spec import ZERO_WEIGHT_SUM
+from ..methods.scalars import f32_sum, keep_count, keep_rule, l1_scales, outlier_bounds, rows_cols
+from ..methods.spec import ZERO_WEIGHT_SUM, split_base
 from ..plan import MergePlan, TensorJob
 from .ops import arrays, code, doubles, fused, library, threads
 
@@ -23,9 +23,7 @@ def task_arithmetic(plan: MergePlan, job: TensorJob, inputs: list[HostArray], ou
     """The task-arithmetic family (task_arithmetic, ties, dare_*, breadcrumbs*, della*) into
     `out`; whether every delta x_i - base was finite."""
     sparsify, consensus = TASK_ARITHMETIC_FAMILY[plan.spec.name][:2]
-    base = inputs[job.base_index]
-    others = [i for i in range(len(inputs)) if i != job.base_index]
-    xs, params = [inputs[i] for i in others], [job.model_params[i] for i in others]
+    base, xs, params = split_base(inputs, job.base_index, job.model_params)
     weights = [float(p["weight"]) for p in params]
     n = out.numel()
     if n == 0:
@@ -36,11 +34,11 @@ def task_arithmetic(plan: MergePlan, job: TensorJob, inputs: list[HostArray], ou
     g = job.global_params
     tail = (consensus == "sum", bool(g["normalize"]), divisor, float(g["lambda"]))
     densities = [float(p["density"]) for p in params]
-    keys = [stream_key(seed, job.name, i) for i in range(len(xs))]
+    keys = stream_keys(seed, job.name, len(xs))
     if sparsify == "random":
         return _dare(base, xs, out, weights, densities, keys, tail, bool(g["rescale"]))
     if sparsify == "della":
-        cols = base.shape[-1] if base.shape else 1
+        cols = rows_cols(base.shape)[1]  # the reference's rows: the last axis
         rules = [keep_rule(d, float(p["epsilon"]), cols) for d, p in zip(densities, params)]
         return _della(base, xs, out, weights, rules, keys, cols, tail, bool(g["rescale"]))
     if sparsify == "magnitude_outliers":
@@ -60,14 +58,14 @@ def _dare(
     out: HostArray,
     weights: list[float],
     densities: list[float],
-    stream_keys: list[int],
+    model_keys: list[int],
     tail: tuple,
     rescale: bool,
 ) -> bool:
     """DARE's passes as kernels/dare.py runs them on the CPU: with `rescale`, the norms pass
     leaves the keep bits in `out` and DELLA's apply reads them; else one apply pass. `tail`:
     (consensus, normalize, divisor, lambda), the apply passes' last scalars."""
-    keys = (ctypes.c_uint64 * len(xs))(*stream_keys)
+    keys = (ctypes.c_uint64 * len(xs))(*model_keys)
     dens = doubles(densities)
     if not rescale:
         return fused("mf_dare", base, xs, out, (doubles(weights), keys, dens, doubles([1.0] * len(xs)), *tail))
@@ -85,7 +83,7 @@ def _della(
     out: HostArray,
     weights: list[float],
     rules: list[tuple[float, float]],
-    stream_keys: list[int],
+    model_keys: list[int],
     cols: int,
     tail: tuple,
     rescale: bool,
@@ -96,7 +94,7 @@ def _della(
     k, n, lib = len(xs), out.numel(), library()
     ptrs, codes = arrays(xs)
     sums = (ctypes.c_double * (2 * k))()
-    keys = (ctypes.c_uint64 * k)(*stream_keys)
+    keys = (ctypes.c_uint64 * k)(*model_keys)
     pmins, spans = doubles([r[0] for r in rules]), doubles([r[1] for r in rules])
     bptr, bcode, optr, ocode = base.data_ptr(), code(base), out.data_ptr(), code(out)
     status = lib.mf_della_masks(bptr, bcode, ptrs, codes, k, n, cols, keys, pmins, spans, optr, ocode, threads(), sums)

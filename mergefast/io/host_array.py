@@ -9,6 +9,7 @@ rare paths that need torch (messages about NaN/inf values).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +35,7 @@ class HostArray:
 
     def numel(self) -> int:
         """The number of elements."""
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -58,7 +56,4 @@ class HostArray:
 
 def host_array(buffer: np.ndarray, dtype: str, shape: tuple[int, ...]) -> HostArray:
     """A HostArray of `dtype` and `shape` in the first bytes of the uint8 numpy `buffer`."""
-    count = 1
-    for size in shape:
-        count *= size
-    return HostArray(buffer[: count * ITEMSIZE[dtype]], dtype, tuple(shape))
+    return HostArray(buffer[: math.prod(shape) * ITEMSIZE[dtype]], dtype, tuple(shape))

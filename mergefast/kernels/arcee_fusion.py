@@ -30,13 +30,13 @@ import torch
 from ..methods import arcee_fusion as _reference
 from ..methods.numerics import check_same_shape, result_dtype
 from ..methods.scalars import arcee_ranks, arcee_threshold
+from ..methods.scalars import rows_cols as arcee_rows
 from .dispatch import _choose, _dispatch
 
 
 def rows_cols(x: torch.Tensor) -> tuple[int, int]:
     """(rows, cols) of the reference's rows along the last axis (a 0-d tensor: one element)."""
-    cols = x.shape[-1] if x.dim() else 1
-    return x.numel() // cols, cols
+    return arcee_rows(x.shape)
 
 
 def run(impl, base: torch.Tensor, other: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

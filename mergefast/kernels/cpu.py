@@ -28,7 +28,10 @@ from ..native import (  # noqa: F401 - the library's constants, re-exported for 
     LIBRARY,
     SPARSIFY_MAGNITUDE,
     SPARSIFY_NONE,
+    fused_call,
+    unavailable,
 )
+from ..native import doubles as _doubles
 from ..native import load as _load
 from .selection import DEFAULT, SelectionOptions
 
@@ -127,7 +130,7 @@ def library_build(path: Path) -> Iterator[None]:
 
 def _lib() -> ctypes.CDLL:
     if _LIB is None:
-        raise RuntimeError(f"the mergefast CPU kernels are unavailable: {ERROR}; {FIX}")
+        raise unavailable(ERROR)
     return _LIB
 
 
@@ -159,10 +162,6 @@ def _views(ts: Sequence[torch.Tensor], n: int, op: str):
     )
 
 
-def _doubles(values: Sequence[float]):
-    return (ctypes.c_double * len(values))(*values)
-
-
 def linear(
     xs: Sequence[torch.Tensor], weights: Sequence[float], divide: bool, total: float, out_dtype: torch.dtype
 ) -> torch.Tensor:
@@ -178,13 +177,8 @@ def _fused_apply(entry: str, base, xs, out: torch.Tensor, params: tuple, tail: t
     """Call the C apply `entry`(base, xs, k, n, *params, out, *tail, threads, &finite), the
     layout every fused merge entry point shares; whether every delta x_i - base was finite."""
     n, op = out.numel(), entry.removeprefix("mf_")  # the op its errors name
-    bptr, bcode = _view(base, n, op)
-    ptrs, codes = _views(xs, n, op)
-    optr, ocode = _view(out, n, op)
-    finite = ctypes.c_int32()
-    fn = getattr(_lib(), entry)
-    _check(fn(bptr, bcode, ptrs, codes, len(xs), n, *params, optr, ocode, *tail, threads(), ctypes.byref(finite)))
-    return bool(finite.value)
+    head = (*_view(base, n, op), *_views(xs, n, op), len(xs), n)
+    return fused_call(_lib(), entry, head, params, _view(out, n, op), tail, threads())
 
 
 def _record_finite(finite: bool, base: torch.Tensor, xs: Sequence[torch.Tensor]) -> None:

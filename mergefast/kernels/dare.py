@@ -20,16 +20,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..methods.random_keys import stream_key
+from ..methods.random_keys import stream_keys
 from ..methods.scalars import l1_scales
 
 # The most models whose keep bits fit the 16-bit word della_apply reads from each output slot.
 MASK_WORD_MODELS = 16
-
-
-def stream_keys(seed: int, tensor_name: str, k: int) -> list[int]:
-    """The splitmix64 stream start of each of the k models (unsigned 64-bit ints)."""
-    return [stream_key(int(seed), tensor_name, i) for i in range(k)]
 
 
 def run(

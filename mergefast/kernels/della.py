@@ -25,16 +25,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..methods.scalars import keep_rule
+from ..methods.scalars import keep_rule, rows_cols
 from .dare import MASK_WORD_MODELS, l1_scales, stream_keys
 
 # Keep bits per element: a 16-bit word in the output slot (the smallest output dtype).
 MAX_MODELS = MASK_WORD_MODELS
-
-
-def row_length(t: torch.Tensor) -> int:
-    """The reference's row length: the last axis (a 0-d tensor is one row of one)."""
-    return t.shape[-1] if t.dim() > 0 else 1
 
 
 def run(
@@ -56,7 +51,7 @@ def run(
     """DELLA on backend `impl` (kernels.cpu or kernels.triton.ops): the masks pass, the L1
     scales when `rescale`, the apply pass. Inputs contiguous, validated by the kernel API
     (density +- epsilon inside (0, 1), at most MAX_MODELS models)."""
-    cols = row_length(base)
+    cols = rows_cols(base.shape)[1]  # the reference's rows: the last axis
     rules = [keep_rule(float(d), float(e), cols) for d, e in zip(densities, epsilons)]
     keys = stream_keys(seed, tensor_name, len(xs))
     out, sums = impl.della_masks(base, xs, keys, [r[0] for r in rules], [r[1] for r in rules], cols, out_dtype)

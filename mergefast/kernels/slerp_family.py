@@ -27,14 +27,8 @@ from ..methods.model_stock import mean_of, pair_cosine, stock_ratio
 from ..methods.numerics import check_same_shape, result_dtype
 from ..methods.nuslerp import NORM_MIN, nuslerp_t, slerp_factors
 from ..methods.scalars import gram_column as pair_index  # the Gram row's layout, shared with host/
+from ..methods.scalars import rows_cols
 from .dispatch import _choose, _dispatch
-
-
-def _rows(x: torch.Tensor, per_row: bool) -> tuple[int, int]:
-    """(rows, cols) of the tensor as one flat vector, or as rows along its last axis."""
-    if not per_row or x.dim() == 0:
-        return 1, x.numel()
-    return x.numel() // x.shape[-1], x.shape[-1]
 
 
 def nuslerp_factors(gram: torch.Tensor, t: float) -> torch.Tensor:
@@ -89,7 +83,7 @@ def nuslerp(
         return reference()
     if tensors[0].numel() == 0:
         return torch.empty(tensors[0].shape, dtype=out, device=tensors[0].device)
-    rows, cols = _rows(tensors[0], per_row)
+    rows, cols = rows_cols(tensors[0].shape, per_row)
     x0, x1 = tensors[0].contiguous(), tensors[1].contiguous()
     b = base.contiguous() if base is not None else None
     t = nuslerp_t(weights[0], weights[1])
@@ -124,7 +118,7 @@ def model_stock(
         return reference()
     if base.numel() == 0:
         return torch.empty(base.shape, dtype=out, device=base.device)
-    rows, cols = _rows(base, filter_wise)
+    rows, cols = rows_cols(base.shape, filter_wise)
     b, xs = base.contiguous(), [x.contiguous() for x in tensors]
 
     def run(impl):

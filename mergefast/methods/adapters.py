@@ -20,21 +20,9 @@ from .passthrough import passthrough
 from .ram import ram
 from .sce import sce
 from .slerp import slerp
+from .spec import optional_base, split_base  # noqa: F401 - the kernels' adapters use them from here
 from .task_arithmetic import DellaRangeError, check_della_range
 from .task_arithmetic import task_arithmetic as task_arithmetic_reference
-
-
-def split_base(tensors, base_index, model_params):
-    """Split a tensor group into the base and the other inputs with their parameters."""
-    others = [i for i in range(len(tensors)) if i != base_index]
-    return tensors[base_index], [tensors[i] for i in others], [model_params[i] for i in others]
-
-
-def optional_base(tensors, base_index, model_params):
-    """Like `split_base`, with base None when the group has no base."""
-    if base_index is None:
-        return None, list(tensors), list(model_params)
-    return split_base(tensors, base_index, model_params)
 
 
 def merge_linear(tensors, base_index, g, m, out_dtype, ctx):

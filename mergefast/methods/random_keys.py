@@ -38,3 +38,8 @@ def stream_key(seed: int, tensor_name: str, model_index: int) -> int:
     """The splitmix64 stream start for one (seed, tensor name, model index)."""
     k = mix64_int(mix64_int(seed + GOLDEN) ^ name_hash(tensor_name))
     return (k + GOLDEN * (model_index + 1)) & MASK64
+
+
+def stream_keys(seed: int, tensor_name: str, k: int) -> list[int]:
+    """The splitmix64 stream start of each of the k models (unsigned 64-bit ints)."""
+    return [stream_key(int(seed), tensor_name, i) for i in range(k)]

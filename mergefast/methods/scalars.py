@@ -71,6 +71,15 @@ def slerp_coefficients_from_dots(aa: float, bb: float, ab: float, t: float) -> t
     return slerp_coefficients(dot, t)
 
 
+def rows_cols(shape: Sequence[int], per_row: bool = True) -> tuple[int, int]:
+    """(rows, cols) of a tensor of `shape` as the references take its rows: along the last axis
+    (`per_row`), or as one flat vector (not `per_row`, or a 0-d tensor)."""
+    numel = math.prod(shape)
+    if not per_row or not shape:
+        return 1, numel
+    return numel // shape[-1], shape[-1]
+
+
 def keep_count(density: float, numel: int) -> int:
     """How many elements magnitude selection keeps: mergekit 0.1.5's rule.
 

@@ -28,6 +28,19 @@ ZERO_WEIGHT_SUM = 1e-8
 NONFINITE_REACHES_OUTPUT = frozenset({"linear", "slerp", "nearswap", "sce"})
 
 
+def split_base(tensors, base_index, model_params):
+    """Split a tensor group into the base and the other inputs with their parameters."""
+    others = [i for i in range(len(tensors)) if i != base_index]
+    return tensors[base_index], [tensors[i] for i in others], [model_params[i] for i in others]
+
+
+def optional_base(tensors, base_index, model_params):
+    """Like `split_base`, with base None when the group has no base."""
+    if base_index is None:
+        return None, list(tensors), list(model_params)
+    return split_base(tensors, base_index, model_params)
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a method: its name, type ("float" or "bool") and default."""
