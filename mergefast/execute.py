@@ -96,14 +96,15 @@ def torch_free(plan: MergePlan, options: MergeOptions) -> bool:
     return refusal(plan, options) is None
 
 
-def _engine(plan: MergePlan, options: MergeOptions, budget: int, host: bool):
-    """(staging, merge function of (job, staged)) of the torch-free engine or the torch one."""
+def _engine(plan: MergePlan, jobs: list, options: MergeOptions, budget: int, host: bool):
+    """(staging, merge function of (job, staged)) of the torch-free engine or the torch one,
+    for running `jobs` (the plan's, or their parts on the torch-free engine)."""
     seed = options.random_seed
     if host:
         from .host.merge import merge_host_job
         from .host.staging import HostArrayStaging
 
-        staging = HostArrayStaging(plan)
+        staging = HostArrayStaging(plan, jobs)
         return staging, lambda job, staged: staging.merge(job, staged, lambda *a: merge_host_job(plan, *a, seed))
     import torch
 
@@ -119,27 +120,32 @@ def _write_tensors(
     outputs = [OutputTensor(j.name, j.dtype_name, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
     device = "cpu" if host else options.math_device
-    budget = _budget(plan, options, device)
-    staging, merge = _engine(plan, options, budget, host)
+    jobs = pooled_order(processing_order(plan.jobs))
+    if host:
+        from .host.parts import split_jobs
+
+        jobs = split_jobs(plan, jobs)
+    budget = _budget(plan, jobs, options, device)
+    staging, merge = _engine(plan, jobs, options, budget, host)
     total = sum(j.read_bytes for j in plan.jobs)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
     try:
         with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=options.quiet) as bar:
 
             def write(job, pending):
-                staging.write(pending, lambda tensor: writer.write(job.name, tensor))
+                staging.write(pending, lambda tensor: writer.write(job.name, tensor, job.start))
 
             def done(job):
-                stats.tensors += 1
+                stats.tensors += job.ends_tensor
                 stats.read_bytes += job.read_bytes
                 bar.update(job.read_bytes)
 
             stages = run_pipeline(
-                pooled_order(processing_order(plan.jobs)),
+                jobs,
                 staging.read,
                 merge,
                 write,
-                cost=lambda job: job.read_bytes + out_bytes[job.name],
+                cost=lambda job: job.read_bytes + job.out_bytes,
                 budget=budget,
                 progress=done,
                 on_stop=lambda: _stop(staging, downloads),
@@ -164,11 +170,12 @@ def _write_tensors(
             stats.set_download(downloads.fresh_bytes, downloads.seconds)
 
 
-def _budget(plan: MergePlan, options: MergeOptions, device: str) -> int:
-    """The pipeline's byte budget (options.pipeline_budget): on the CPU, smaller when every
-    input is in the page cache, where reading ahead gains nothing. A CUDA merge keeps its
-    budget: its pinned ring is shaped from it (staging/cuda.py), untimed with less."""
-    costs = sorted(j.read_bytes + j.out_bytes for j in plan.jobs)
+def _budget(plan: MergePlan, jobs: list, options: MergeOptions, device: str) -> int:
+    """The pipeline's byte budget for running `jobs` (options.pipeline_budget): on the CPU,
+    smaller when every input is in the page cache, where reading ahead gains nothing. A CUDA
+    merge keeps its budget: its pinned ring is shaped from it (staging/cuda.py), untimed with
+    less."""
+    costs = sorted(j.read_bytes + j.out_bytes for j in jobs)
     typical = None
     if options.max_memory is None and device == "cpu" and inputs_resident(input_spans(plan.jobs)):
         typical = costs[len(costs) // 2]

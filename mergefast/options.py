@@ -240,15 +240,17 @@ class MergeOptions:
         costs page faults: TIES of a 0.3B family on a 2-vCPU AMD EPYC VM took 6.2 s and 1.7 GB
         RSS with a 25%-of-RAM budget, 5.7 s and 1.0 GB with 600 MB. `resident_job_bytes` (a
         typical job's bytes, given by a CPU merge whose inputs are in the page cache) caps
-        it at the largest job plus two typical ones: there reading ahead is a memory copy that
-        needs no head start. 0.3B family, 2-vCPU Intel Xeon VM, 3 runs each: TIES in the same
-        2.0 s with 0.60-0.66 GB peak RSS instead of 0.94 GB; with a cold cache the 2x budget
-        was faster (3.7 s against 4.3-4.4 s)."""
+        it at the largest job plus two typical ones, without the 256 MB floor: there reading
+        ahead is a memory copy that needs no head start. 0.3B family, 2-vCPU Intel Xeon VM, 3
+        runs each: TIES in the same 2.0 s with 0.60-0.66 GB peak RSS instead of 0.94 GB; with
+        a cold cache the 2x budget was faster (3.7 s against 4.3-4.4 s). The torch-free
+        engine's linear in 8 MB parts (host/parts.py), 2-vCPU AMD EPYC VM, 6 runs each: 0.56-0.71 s
+        with 24-48 MB, 0.70-0.79 s and 0.1 s more system time with 256 MB."""
         if self.max_memory is not None:
             return parse_memory(self.max_memory)
         auto = max(2 * largest_job_bytes, AUTO_MEMORY_MIN)
         if resident_job_bytes is not None:
-            auto = min(auto, max(largest_job_bytes + 2 * resident_job_bytes, AUTO_MEMORY_MIN))
+            auto = min(auto, largest_job_bytes + 2 * resident_job_bytes)
         return min(physical_memory() // 4, auto)
 
     @property

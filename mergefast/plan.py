@@ -57,9 +57,25 @@ class TensorJob:
         return torch_dtype(self.dtype_name)
 
     @property
+    def input_bytes(self) -> tuple[int, ...]:
+        """Bytes read from each input."""
+        return tuple(s.info.nbytes for s in self.sources)
+
+    @property
     def read_bytes(self) -> int:
         """Bytes read from the inputs for this job."""
-        return sum(s.info.nbytes for s in self.sources)
+        return sum(self.input_bytes)
+
+    @property
+    def start(self) -> int | None:
+        """The first element this job writes when it merges a part of its tensor (a
+        host/parts.py TensorPart); None: it writes the whole tensor."""
+        return None
+
+    @property
+    def ends_tensor(self) -> bool:
+        """Whether the tensor is complete once this job is written (a TensorPart: its last)."""
+        return True
 
     @property
     def out_bytes(self) -> int:

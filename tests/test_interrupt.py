@@ -26,8 +26,8 @@ DRIVER = """
 import sys, time
 from mergefast.io import writer
 _write = writer.ShardedWriter.write
-def slow_write(self, name, tensor):
-    _write(self, name, tensor)
+def slow_write(self, name, tensor, start=None):
+    _write(self, name, tensor, start)
     time.sleep(float(sys.argv[1]))
 writer.ShardedWriter.write = slow_write
 from mergefast.cli import main

@@ -74,8 +74,8 @@ elif stage in ("merging", "stuck"):  # both engines' merge functions; ties runs 
 elif stage == "writing":
     from mergefast.io.writer import ShardedWriter
     real_write = ShardedWriter.write
-    def write(self, name, tensor):
-        real_write(self, name, tensor)
+    def write(self, name, tensor, start=None):
+        real_write(self, name, tensor, start)
         if not calls:
             calls.append(name)
             send()

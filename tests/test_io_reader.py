@@ -519,3 +519,17 @@ def test_copy_tokenizer_refuses_before_copying(tmp_path):
     with pytest.raises(ModelError, match="tokenizer.json"):
         copy_tokenizer(donor, out)
     assert not list(out.iterdir())
+
+
+def test_read_into_elements_reads_that_range(tmp_path):
+    """`read_into(..., elements=(start, stop))`: those elements of the flattened tensor, as a
+    1-D array, and a range outside the tensor refused."""
+    import numpy as np
+
+    t = torch.arange(60, dtype=torch.bfloat16).reshape(6, 10)
+    save_file({"w": t}, tmp_path / "model.safetensors")
+    with CheckpointReader(tmp_path) as r:
+        part = r.read_into("w", np.zeros(64, dtype=np.uint8), (13, 41))
+        assert part.shape == (28,) and torch.equal(part.to_torch(), t.reshape(-1)[13:41])
+        with pytest.raises(ValueError, match="not in bfloat16"):
+            r.read_into("w", np.zeros(64, dtype=np.uint8), (50, 61))

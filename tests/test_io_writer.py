@@ -210,3 +210,36 @@ def test_round_trip_through_own_reader_all_dtypes(tmp_path):
         for k, v in tensors.items():
             got = r.read(k)
             assert got.dtype == v.dtype and torch.equal(got.view(torch.uint8), v.view(torch.uint8)), k
+
+
+def test_parts_in_any_order_make_the_tensor(tmp_path):
+    """A tensor written as parts (host/parts.py) in shuffled order is the same file as one
+    written whole; a part past the end, a start twice, a whole write after parts, and a
+    tensor whose parts do not cover it are refused."""
+    tensors = random_tensors({"a": (3,), "w": (33, 129), "b": (5,)}, seed=3)  # "w" straddles blocks
+    name = "w"
+    flat = tensors[name].reshape(-1)
+    starts = list(range(0, flat.numel(), 7))
+    random.Random(0).shuffle(starts)
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    for folder in (whole, parted):
+        with ShardedWriter(folder, _out(tensors), 0) as w:
+            for k, t in tensors.items():
+                if k == name and folder == parted:
+                    for s in starts:
+                        w.write(k, flat[s : s + 7], s)
+                else:
+                    w.write(k, t)
+            w.finish()
+    assert (whole / "model.safetensors").read_bytes() == (parted / "model.safetensors").read_bytes()
+
+    w = ShardedWriter(tmp_path / "bad", _out({name: tensors[name]}), 0)
+    with pytest.raises(ValueError, match="at element"):
+        w.write(name, flat[:7], flat.numel() - 3)
+    w.write(name, flat[:7], 0)
+    with pytest.raises(ValueError, match="written twice at 0"):
+        w.write(name, flat[:7], 0)
+    with pytest.raises(ValueError, match="written twice"):
+        w.write(name, tensors[name])
+    with pytest.raises(RuntimeError, match="never written"):
+        w.finish()

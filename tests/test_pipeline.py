@@ -185,12 +185,12 @@ def test_automatic_budget_is_twice_the_largest_job_within_bounds():
 
 
 def test_budget_of_resident_inputs_is_the_largest_job_and_two_typical_ones():
-    from mergefast.options import AUTO_MEMORY_MIN, MergeOptions, physical_memory
+    from mergefast.options import MergeOptions, physical_memory
 
     opts = MergeOptions()
     assert opts.pipeline_budget(400_000_000, 30_000_000) == min(460_000_000, physical_memory() // 4)
     assert opts.pipeline_budget(400_000_000, 300_000_000) == opts.pipeline_budget(400_000_000)  # never above 2x
-    assert opts.pipeline_budget(100_000_000, 1_000) == AUTO_MEMORY_MIN
+    assert opts.pipeline_budget(100_000_000, 1_000) == 100_002_000  # no 256 MB floor: a memory copy
     assert MergeOptions(max_memory="1GB").pipeline_budget(400_000_000, 30_000_000) == 1_000_000_000
 
 
@@ -214,13 +214,13 @@ def test_merge_budget_follows_the_page_cache(tmp_path, monkeypatch):
     spans = []
     monkeypatch.setattr(execute, "inputs_resident", lambda s: spans.extend(s) or True)
     cap = physical_memory() // 4
-    assert execute._budget(plan, MergeOptions(), "cpu") == min(400 * mb + 2 * 60 * mb, cap)
+    assert execute._budget(plan, plan.jobs, MergeOptions(), "cpu") == min(400 * mb + 2 * 60 * mb, cap)
     assert spans == [(tmp_path / "w", 8, 8 + n * mb) for n in (200, 10, 20, 30)]
     monkeypatch.setattr(execute, "inputs_resident", lambda s: False)
-    assert execute._budget(plan, MergeOptions(), "cpu") == min(800 * mb, cap)
-    assert execute._budget(plan, MergeOptions(max_memory="300MB"), "cpu") == 300 * mb
+    assert execute._budget(plan, plan.jobs, MergeOptions(), "cpu") == min(800 * mb, cap)
+    assert execute._budget(plan, plan.jobs, MergeOptions(max_memory="300MB"), "cpu") == 300 * mb
     monkeypatch.setattr(execute, "inputs_resident", lambda s: True)
-    assert execute._budget(plan, MergeOptions(), "cuda") == min(800 * mb, cap)  # the pinned ring's
+    assert execute._budget(plan, plan.jobs, MergeOptions(), "cuda") == min(800 * mb, cap)  # the pinned ring's
 
 
 def _one_tensor_job(reader, name):

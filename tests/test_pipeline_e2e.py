@@ -63,11 +63,11 @@ def test_writer_failure_mid_run_stops_cleanly(family, tmp_path, monkeypatch):
 
     real, calls = ShardedWriter.write, []
 
-    def failing(self, name, tensor):
+    def failing(self, name, tensor, start=None):
         calls.append(name)
         if len(calls) == 7:
             raise OSError(5, "Input/output error", str(self.folder))
-        return real(self, name, tensor)
+        return real(self, name, tensor, start)
 
     monkeypatch.setattr(ShardedWriter, "write", failing)
     config = tmp_path / "linear.yml"

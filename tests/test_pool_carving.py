@@ -21,7 +21,9 @@ def _plan(reader, order):
     for name in order:
         info = reader.info(name)
         source = SimpleNamespace(model="m", tensor=name, info=info)
-        jobs.append(SimpleNamespace(name=name, copy=False, sources=[source], out_bytes=info.nbytes))
+        jobs.append(
+            SimpleNamespace(name=name, copy=False, sources=[source], input_bytes=(info.nbytes,), out_bytes=info.nbytes)
+        )
     models = {"m": SimpleNamespace(reader=reader)}
     return SimpleNamespace(models=models, jobs=jobs), jobs
 

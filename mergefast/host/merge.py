@@ -20,6 +20,8 @@ from ..methods.registry import TASK_ARITHMETIC_FAMILY
 from ..methods.spec import NONFINITE_REACHES_OUTPUT
 from ..plan import MergePlan, TensorJob
 from . import ops
+from .parts import TensorPart
+from .staging import anonymous_bytes
 from .task_arithmetic import task_arithmetic
 
 # method -> its C calls into `out`, which return whether they proved every input finite
@@ -37,24 +39,55 @@ CALLS.update((name, task_arithmetic) for name in TASK_ARITHMETIC_FAMILY)
 
 
 def merge_host_job(
-    plan: MergePlan, job: TensorJob, inputs: list[HostArray], take: Callable[[int], np.ndarray], seed: int | None = None
+    plan: MergePlan,
+    job: TensorJob | TensorPart,
+    inputs: list[HostArray],
+    take: Callable[[int], np.ndarray],
+    seed: int | None = None,
 ):
-    """Merge (or, for a copy job, check) one job's inputs; the output lives in `take(nbytes)`.
-    `seed` is `--random-seed` (None means 0): with the output name it keys DARE's masks."""
+    """Merge (or, for a copy job, check) one job's inputs, or a part's (host/parts.py); the
+    output lives in `take(nbytes)`. `seed` is `--random-seed` (None means 0): with the
+    output name it keys DARE's masks."""
+    if isinstance(job, TensorPart):
+        return _merge_part(plan, job, inputs, take, seed)
     if job.copy:
         if not _finite(inputs[0]):
             _raise_nonfinite(job, inputs[0], ())
         return inputs[0]
-    problem = plan.spec.input_error(len(inputs), job.base_index is not None)
-    if problem:
-        raise ConfigError(f"tensor {job.name}: {problem}")
-    out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
-    proven = CALLS[plan.spec.name](plan, job, inputs, out, 0 if seed is None else int(seed))
+    out, proven = _merged(plan, job, inputs, take, seed)
     output_finite = _finite(out)
     if not output_finite or plan.spec.name not in NONFINITE_REACHES_OUTPUT:
         _warn_nonfinite_inputs(job, inputs, proven)
     if not output_finite:
         _raise_nonfinite(job, out, inputs)
+    return out
+
+
+def _merged(plan: MergePlan, job: TensorJob, inputs: list[HostArray], take: Callable, seed: int | None):
+    """(output, whether the C call proved every input finite) of a job that is no copy."""
+    problem = plan.spec.input_error(len(inputs), job.base_index is not None)
+    if problem:
+        raise ConfigError(f"tensor {job.name}: {problem}")
+    out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
+    return out, CALLS[plan.spec.name](plan, job, inputs, out, 0 if seed is None else int(seed))
+
+
+def _merge_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take: Callable, seed: int | None):
+    """One part of a tensor, checked as its tensor is: where the part holds NaN or inf that
+    the whole tensor's checks would report, the whole tensor is read and merged again, once,
+    for its warnings or its error (a part's messages would count the part's values only)."""
+    job = part.as_job()
+    out, proven = (inputs[0], False) if job.copy else _merged(plan, job, inputs, take, seed)
+    output_finite = _finite(out)
+    inputs_warned = not job.copy and plan.spec.name not in NONFINITE_REACHES_OUTPUT and not proven
+    if not output_finite or (inputs_warned and not all(map(_finite, inputs))):
+        if part.first_to_check():
+            whole = [
+                plan.models[s.model].reader.read_into(s.tensor, anonymous_bytes(s.info.nbytes)) for s in job.sources
+            ]
+            merge_host_job(plan, part.job, whole, anonymous_bytes, seed)  # warns, or raises
+        if not output_finite:  # the whole tensor's output was finite: a part of it cannot be not
+            raise MergeError(f"tensor {job.name}: the output has NaN or inf; refusing to write a broken model")
     return out
 
 

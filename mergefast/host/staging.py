@@ -15,6 +15,7 @@ import numpy as np
 from ..io.host_array import HostArray
 from ..plan import MergePlan, TensorJob
 from ..staging.pool import BufferPool
+from .parts import TensorPart
 
 
 def anonymous_bytes(nbytes: int) -> np.ndarray:
@@ -29,7 +30,7 @@ def anonymous_bytes(nbytes: int) -> np.ndarray:
 @dataclass
 class _Staged:
     arrays: list[HostArray]
-    buffers: list[np.ndarray]  # pooled buffers behind `arrays`; empty for a copy job's
+    buffers: list[np.ndarray]  # pooled buffers behind `arrays`
 
 
 @dataclass
@@ -39,29 +40,29 @@ class _Merged:
 
 
 class HostArrayStaging(BufferPool):
-    """CPU merges without torch: pooled numpy buffers for inputs and outputs."""
+    """CPU merges without torch: pooled numpy buffers for inputs and outputs. `jobs`: what
+    the pipeline runs, the plan's jobs or their parts (host/parts.py)."""
 
     readers = 1  # local files only (host/__init__.py): one reader, two cores
 
-    def __init__(self, plan: MergePlan):
-        super().__init__(anonymous_bytes, plan.jobs)
+    def __init__(self, plan: MergePlan, jobs: list[TensorJob | TensorPart]):
+        super().__init__(anonymous_bytes, jobs, pool_copies=True)
         self.plan = plan
 
-    def read(self, job: TensorJob) -> _Staged:
-        """Read a job's source tensors (reader thread). A copy job's input is its output, in
-        a buffer of its own that leaves with the writer (the pool plans no copy job)."""
-        if job.copy:
-            buffers = [anonymous_bytes(s.info.nbytes) for s in job.sources]
-        else:
-            buffers = [self._buffer(s.info.nbytes) for s in job.sources]
-            self._asked(s.info.nbytes for s in job.sources)
+    def read(self, job: TensorJob | TensorPart) -> _Staged:
+        """Read a job's source tensors, or a part's elements of them (reader thread)."""
+        sizes = job.input_bytes
+        buffers = [self._buffer(n) for n in sizes]
+        self._asked(sizes)
+        elements = None if job.start is None else (job.start, job.stop)
         readers = [self.plan.models[s.model].reader for s in job.sources]
-        arrays = [r.read_into(s.tensor, b) for r, s, b in zip(readers, job.sources, buffers)]
-        return _Staged(arrays, [] if job.copy else buffers)
+        arrays = [r.read_into(s.tensor, b, elements) for r, s, b in zip(readers, job.sources, buffers)]
+        return _Staged(arrays, buffers)
 
-    def merge(self, job: TensorJob, staged: _Staged, merge_fn: Callable) -> _Merged:
+    def merge(self, job: TensorJob | TensorPart, staged: _Staged, merge_fn: Callable) -> _Merged:
         """`merge_fn(job, inputs, take)` (merge thread), its output in a pooled buffer from
-        `take(nbytes)`; the input buffers go back to the pool."""
+        `take(nbytes)`; the input buffers go back to the pool, but a copy's, which is its
+        output and goes back once written."""
         lent: list[np.ndarray] = []
 
         def take(nbytes: int) -> np.ndarray:
@@ -71,9 +72,11 @@ class HostArrayStaging(BufferPool):
         try:
             out = merge_fn(job, staged.arrays, take)
         finally:
-            self._give_back(staged.buffers)
-        if not job.copy:
-            self._asked([job.out_bytes])
+            if not job.copy:
+                self._give_back(staged.buffers)
+        if job.copy:
+            return _Merged(out, staged.buffers + lent)
+        self._asked([job.out_bytes])
         return _Merged(out, lent)
 
     def write(self, pending: _Merged, sink: Callable[[HostArray], None]) -> None:

@@ -18,12 +18,13 @@ buffer, so it is the one used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..dtypes import name_of
+from ..dtypes import ITEMSIZE, name_of
 from ..errors import ModelError
 from .model_files import WEIGHT_FILES, model_file
 from .safetensors_header import (  # noqa: F401 - TensorInfo and the header parser are re-exported
@@ -217,20 +218,25 @@ class CheckpointReader:
         self._pread(i, memoryview(buf.numpy()).cast("B"))
         return buf.view(i.dtype).reshape(i.shape)
 
-    def read_into(self, name: str, buffer: np.ndarray) -> HostArray:
+    def read_into(self, name: str, buffer: np.ndarray, elements: tuple[int, int] | None = None) -> HostArray:
         """A safetensors tensor read into the first bytes of `buffer` (a 1-D uint8 numpy
-        array), without torch: the torch-free CPU engine's read (host/). (numpy is imported
-        here, not by the planner: a bad config fails before any heavy import.)"""
+        array), without torch: the torch-free CPU engine's read (host/). `elements` (start,
+        stop) reads only those elements of the flattened tensor, as a 1-D array (a part,
+        host/parts.py). (numpy is imported here, not by the planner: a bad config fails
+        before any heavy import.)"""
         from .host_array import host_array
 
         i = self.info(name)
         if self.format != "safetensors":
             raise ValueError(f"read_into({name!r}): {self.folder} holds .bin weights, which need torch")
+        shape = i.shape
+        if elements is not None:
+            i, shape = _elements_of(i, *elements), (elements[1] - elements[0],)
         if buffer.nbytes < i.nbytes:
             raise ValueError(f"read_into({name!r}): the buffer has {buffer.nbytes} bytes, the tensor needs {i.nbytes}")
         if i.nbytes:
             self._pread(i, memoryview(buffer).cast("B"))
-        return host_array(buffer, i.dtype_name, i.shape)
+        return host_array(buffer, i.dtype_name, shape)
 
     def _pread(self, i: TensorInfo, mv: memoryview) -> None:
         """Read tensor `i`'s bytes into the start of the byte memoryview `mv`."""
@@ -281,3 +287,14 @@ def _bytes_of(out: torch.Tensor, i: TensorInfo) -> torch.Tensor:
 
 def _view_of(out: torch.Tensor, i: TensorInfo) -> torch.Tensor:
     return _bytes_of(out, i).view(i.dtype).reshape(i.shape)
+
+
+def _elements_of(i: TensorInfo, start: int, stop: int) -> TensorInfo:
+    """The TensorInfo of elements [start, stop) of the flattened tensor `i`."""
+    size = ITEMSIZE[i.dtype_name]
+    if not 0 <= start <= stop <= i.nbytes // size:
+        raise ValueError(f"tensor {i.name!r}: elements {start}..{stop} are not in {i.dtype_name}{list(i.shape)}")
+    first = i.data_offsets[0] + start * size
+    return dataclasses.replace(
+        i, shape=(stop - start,), nbytes=(stop - start) * size, data_offsets=(first, first + (stop - start) * size)
+    )

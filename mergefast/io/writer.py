@@ -9,6 +9,7 @@ Naming follows mergekit: one shard -> `model.safetensors` and no index; several 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -145,7 +146,9 @@ class ShardedWriter:
         self._files: list[_Shard] = []
         # name -> (shard index, absolute offset in the file, planned tensor)
         self._slots: dict[str, tuple[int, int, OutputTensor]] = {}
-        self._written: set[str] = set()
+        self._written: set[str] = set()  # tensors written whole
+        self._parts: dict[str, set[int | None]] = {}  # name -> the starts written (None: whole)
+        self._filled: dict[str, int] = {}  # name -> elements written
         self._lock = threading.Lock()
         self._finished = False
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -169,41 +172,66 @@ class ShardedWriter:
             for t, off in zip(shard, offsets):
                 self._slots[t.name] = (k, len(header) + off, t)
 
-    def write(self, name: str, tensor: torch.Tensor | HostArray) -> None:
+    def write(self, name: str, tensor: torch.Tensor | HostArray, start: int | None = None) -> None:
         """Write one planned tensor (any order, thread-safe): a torch tensor or a HostArray
         (io/host_array.py). Its dtype and shape must match the plan exactly (ValueError
-        otherwise); a GPU tensor is copied to the CPU first."""
+        otherwise); a GPU tensor is copied to the CPU first. With `start`, `tensor` is a part:
+        elements [start, start + its size) of the flattened planned tensor (host/parts.py);
+        the parts of a tensor come in any order, each start once, and the tensor is written
+        once they cover it."""
         slot = self._slots.get(name)
         if slot is None:
             raise ValueError(f"tensor {name!r} is not in the output plan")
         k, offset, planned = slot
-        if name_of(tensor.dtype) != planned.dtype or tuple(tensor.shape) != planned.shape:
-            raise ValueError(
-                f"tensor {name!r}: got {tensor.dtype}{list(tensor.shape)}, "
-                f"the output plan expects torch.{planned.dtype}{list(planned.shape)}"
-            )
+        count = self._check_shape(name, tensor, planned, start)
         with self._lock:
             if self._finished:
                 raise ValueError(f"tensor {name!r}: the writer is already finished or aborted")
-            if name in self._written:
-                raise ValueError(f"tensor {name!r} written twice")
-            self._written.add(name)
+            parts = self._parts.get(name, set())
+            if name in self._written or start in parts or (start is None and parts):
+                raise ValueError(f"tensor {name!r} written twice" + ("" if start is None else f" at {start}"))
+            filled = self._filled.get(name, 0) + count
+            complete = start is None or filled == math.prod(planned.shape)
+            self._parts.setdefault(name, set()).add(start)
+            self._filled[name] = filled
+            if complete:
+                self._written.add(name)
         shard = self._files[k]
         try:
-            if planned.nbytes:
-                data = _bytes(tensor)
-                if shard.direct is not None:
-                    shard.direct.write(data, offset)
-                else:
-                    self._write_cached(shard, data, offset, planned.nbytes)
+            if count and planned.nbytes:
+                self._write_bytes(shard, _bytes(tensor), offset + (start or 0) * ITEMSIZE[planned.dtype])
         except BaseException:
             with self._lock:
                 self._written.discard(name)
+                self._parts[name].discard(start)
+                self._filled[name] -= count
             raise
-        with shard.lock:
-            shard.remaining -= 1
-            if shard.remaining == 0:
-                shard.close(sync=True)
+        if complete:
+            with shard.lock:
+                shard.remaining -= 1
+                if shard.remaining == 0:
+                    shard.close(sync=True)
+
+    @staticmethod
+    def _check_shape(name: str, tensor, planned: OutputTensor, start: int | None) -> int:
+        """The number of elements `tensor` writes; ValueError where its dtype is not the
+        plan's, its shape not the plan's (a whole tensor) or it runs past the tensor's end (a
+        part)."""
+        shape, numel = tuple(tensor.shape), math.prod(planned.shape)
+        fits = shape == planned.shape if start is None else len(shape) == 1 and 0 <= start <= start + shape[0] <= numel
+        if name_of(tensor.dtype) != planned.dtype or not fits:
+            at = "" if start is None else f" at element {start}"
+            raise ValueError(
+                f"tensor {name!r}: got {tensor.dtype}{list(shape)}{at}, "
+                f"the output plan expects torch.{planned.dtype}{list(planned.shape)}"
+            )
+        return numel if start is None else shape[0]
+
+    def _write_bytes(self, shard: _Shard, data: np.ndarray, offset: int) -> None:
+        if shard.direct is not None:
+            shard.direct.write(data, offset)
+        else:
+            self._write_cached(shard, data, offset, data.nbytes)
 
     @staticmethod
     def _write_cached(shard: _Shard, data: np.ndarray, offset: int, nbytes: int) -> None:

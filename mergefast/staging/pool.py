@@ -24,17 +24,20 @@ CARVE_MIN = 1 << 20  # smaller retired buffers are freed, not carved
 class BufferPool:
     """Buffers from `allocate(nbytes)`, pooled by size. With `jobs` (a plan's), the pool
     counts the times a job not yet read (its inputs) or merged (its output) asks for each
-    size, and retires a size once none will: else every buffer stays pooled by its size."""
+    size, and retires a size once none will: else every buffer stays pooled by its size.
+    `pool_copies`: copy jobs' inputs come from the pool too (else they are not counted)."""
 
-    def __init__(self, allocate: Callable[[int], Any], jobs: Iterable = ()):
+    def __init__(self, allocate: Callable[[int], Any], jobs: Iterable = (), pool_copies: bool = False):
         self._allocate = allocate
         self._free: dict[int, list[Any]] = {}
         self._lock = threading.Lock()
         self._uses: Counter[int] = Counter()
         for job in jobs:
             if not job.copy:
-                self._uses.update(s.info.nbytes for s in job.sources)
+                self._uses.update(job.input_bytes)
                 self._uses[job.out_bytes] += 1
+            elif pool_copies:  # a copy's input buffer is its output: one use
+                self._uses.update(job.input_bytes)
         self._planned = bool(self._uses)
         self._spare: list[list] = []  # [buffer, bytes carved off]: retired sizes' buffers
 

@@ -1,0 +1,108 @@
+"""The torch-free engine's large elementwise jobs, cut into parts of PART_ELEMENTS elements.
+
+A method whose C call treats every element alone (linear, nearswap, task_arithmetic, and the
+copies of passthrough) gives the same bytes merged whole or in parts, so its large tensors
+stream through the pipeline in parts: each part's inputs are read into pooled buffers that
+stay small, the merge finds them in the cache, and the first part is written while the next
+is read, as the IO floor (benchmarks/io_floor.py) streams its 16 MiB buffer. Whole, the
+0.3B family's embeddings and lm_head made the pool fault 256 MB of fresh pages, and the
+pipeline wait for 192 MB of reads before its first merge. The methods that need a statistic
+of the whole tensor (a top-k, a norm, a dot product) merge it whole.
+
+A part's checks (execute.merge_job's NaN/inf warnings and errors) are those of its tensor:
+where a part finds a value that is not finite, the whole tensor is read and merged again
+for the message, which then counts the whole tensor's values, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ..dtypes import ITEMSIZE
+from ..methods.registry import TASK_ARITHMETIC_FAMILY
+from ..plan import MergePlan, TensorJob
+
+# Elements per part: every part of every tensor but a tensor's last has this size, so their
+# buffers pool by one size. Linear of the 0.3B family, 2-vCPU AMD EPYC VM, 5 runs each with a
+# 48 MB budget: 2^18 0.77-0.94 s, 2^19 0.66-0.82 s, 2^20 0.64-0.83 s, 2^21 0.67-0.77 s.
+PART_ELEMENTS = 1 << 20
+
+
+def elementwise(plan: MergePlan) -> bool:
+    """Whether the plan's method merges each element from the same element of its inputs
+    alone, with scalars that do not depend on the tensor's values (its merges may be cut)."""
+    name = plan.spec.name
+    return name in ("linear", "nearswap") or TASK_ARITHMETIC_FAMILY.get(name, ("",))[0] == "none"
+
+
+@dataclass(frozen=True)
+class TensorPart:
+    """Elements [start, stop) of the flattened output of `job`, and of each of its inputs."""
+
+    job: TensorJob
+    start: int
+    stop: int
+    # shared by the tensor's parts: whether one of them had its tensor checked whole
+    checked: list[bool] = dataclasses.field(default_factory=lambda: [False], compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The output tensor's name."""
+        return self.job.name
+
+    @property
+    def copy(self) -> bool:
+        """Whether the part is copied unchanged (a passthrough job's)."""
+        return self.job.copy
+
+    @property
+    def sources(self):
+        """The job's sources (their infos are the whole tensors')."""
+        return self.job.sources
+
+    @property
+    def input_bytes(self) -> tuple[int, ...]:
+        """Bytes read from each input."""
+        return tuple(ITEMSIZE[s.info.dtype_name] * (self.stop - self.start) for s in self.job.sources)
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read for this part."""
+        return sum(self.input_bytes)
+
+    @property
+    def out_bytes(self) -> int:
+        """Bytes of this part of the output."""
+        return ITEMSIZE[self.job.dtype_name] * (self.stop - self.start)
+
+    @property
+    def ends_tensor(self) -> bool:
+        """Whether this is the tensor's last part."""
+        return self.stop == math.prod(self.job.shape)
+
+    def first_to_check(self) -> bool:
+        """True once per tensor: for the first of its parts that asks (host/merge.py)."""
+        first, self.checked[0] = not self.checked[0], True
+        return first
+
+    def as_job(self) -> TensorJob:
+        """The job as the method's C call sees this part: its 1-D shape."""
+        return dataclasses.replace(self.job, shape=(self.stop - self.start,))
+
+
+def split_jobs(plan: MergePlan, jobs: list[TensorJob]) -> list[TensorJob | TensorPart]:
+    """`jobs` with each elementwise one of more than PART_ELEMENTS elements replaced by its
+    parts, in order; the others as they are."""
+    cut = elementwise(plan)
+    out: list[TensorJob | TensorPart] = []
+    for job in jobs:
+        n = math.prod(job.shape)
+        same = all(math.prod(s.info.shape) == n for s in job.sources)
+        if n <= PART_ELEMENTS or not (job.copy or cut) or job.vocab is not None or not same:
+            out.append(job)
+        else:
+            checked = [False]
+            out += [TensorPart(job, s, min(s + PART_ELEMENTS, n), checked) for s in range(0, n, PART_ELEMENTS)]
+    return out
