@@ -4,6 +4,7 @@ never imports torch."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -264,6 +265,21 @@ def test_refusals(family, tmp_path, monkeypatch):
     assert "passthrough scale" in host.refusal(plan_of(scaled), MergeOptions())
 
 
+def test_f32_is_numpys_float32():
+    """methods/scalars.py's float32 rounding (ctypes) against numpy's, overflow included."""
+    import numpy as np
+
+    from mergefast.methods.scalars import f32
+
+    rng = random.Random(3)
+    edges = [3.4028235e38, 3.40282356e38, 3.4028236e38, 1e39, 1.4e-45, 7e-46, 1e-46, float("inf"), 0.0, -0.0]
+    values = edges + [-v for v in edges] + [rng.uniform(-1, 1) * 10 ** rng.randint(-50, 50) for _ in range(5000)]
+    with np.errstate(over="ignore"):
+        for v in values:
+            assert str(f32(v)) == str(float(np.float32(v))), v
+    assert math.isnan(f32(float("nan")))
+
+
 def test_f32_sum_is_torchs_float32_sum():
     """Up to 4 terms (host.MAX_WEIGHTS) torch sums float32 values in order."""
     rng = random.Random(0)
@@ -277,10 +293,10 @@ def test_f32_sum_is_torchs_float32_sum():
 @pytest.mark.parametrize("name", ["linear.yml", "ties.yml"])
 def test_a_cli_merge_never_imports_torch(name, family, tmp_path, engines):
     """In a fresh process whose first `import torch` fails, the merge runs and writes the
-    torch engine's bytes."""
+    torch engine's bytes; it imports no numpy either (io/host_array.py)."""
     config = tmp_path / name
     config.write_text(example_config(name, family))
-    proc = _watched(["yaml", config, tmp_path / "free" / "out"], "refuse", tmp_path)
+    proc = _watched(["yaml", config, tmp_path / "free" / "out"], "refuse", tmp_path, "numpy")
     assert proc.returncode == 0, proc.stderr
     assert "cpu-ext without torch" in proc.stderr + proc.stdout
     assert engines(config, tmp_path / "torch" / "out", torch_free=False).exit_code == 0

@@ -93,6 +93,25 @@ def test_several_readers_read_jobs_at_once_within_the_budget():
     assert 3 <= peak[0] <= 4
 
 
+def test_several_readers_with_a_full_budget_do_not_hang():
+    """readers=3 and a budget of two jobs: the third reader waits for the budget while the
+    first two finish their reads, and they must still hand their jobs on (they once waited
+    for the lock that the third held while it waited: a streamed merge hung there)."""
+    done = []
+
+    def read(j):
+        time.sleep(0.05 if j < 2 else 0)  # the third reader is waiting for budget by then
+        return j
+
+    worker = threading.Thread(
+        target=lambda: done.append(run(list(range(6)), read=read, budget=20, cost=lambda j: 10, readers=3)[0]),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(20)
+    assert done and sorted(j for j, _ in done[0]) == list(range(6)), "the pipeline hung"
+
+
 @pytest.mark.parametrize("readers", [1, 3])
 @pytest.mark.parametrize("stage", ["read", "merge", "write"])
 def test_failure_in_any_stage_is_raised_without_hanging(stage, readers):

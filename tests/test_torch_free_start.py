@@ -16,13 +16,14 @@ from test_hub_overlap import ALL_LAYERS, base4  # noqa: F401 - base4 is a fixtur
 models = test_hub_stream.models  # its fixture, shared
 
 # Runs `python -m mergefast ARGS`; at the first import of torch it says whether the Hub
-# downloads had started, then exits 3, or with WATCH=refuse fails that import instead.
+# downloads had started, then exits 3, or with WATCH=refuse fails that import instead (and
+# that of every module in WATCH_NAMES, comma-separated).
 WATCHED = """
 import importlib.abc, os, runpy, sys, threading
 
 class Watch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "torch":
+        if name not in ("torch", *os.environ.get("WATCH_NAMES", "").split(",")):
             return None
         if os.environ["WATCH"] == "refuse":
             raise ImportError("torch was imported")
@@ -36,8 +37,8 @@ runpy.run_module("mergefast", run_name="__main__", alter_sys=True)
 """
 
 
-def _watched(args, watch: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WATCH": watch}
+def _watched(args, watch: str, cwd, names: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "WATCH": watch, "WATCH_NAMES": names}
     return subprocess.run(
         [sys.executable, "-c", WATCHED, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
     )

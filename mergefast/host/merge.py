@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from .. import native
 from ..errors import ConfigError, MergeError
 from ..io.host_array import HostArray, host_array
@@ -42,7 +40,7 @@ def merge_host_job(
     plan: MergePlan,
     job: TensorJob | TensorPart,
     inputs: list[HostArray],
-    take: Callable[[int], np.ndarray],
+    take: Callable[[int], memoryview],
     seed: int | None = None,
 ):
     """Merge (or, for a copy job, check) one job's inputs, or a part's (host/parts.py); the

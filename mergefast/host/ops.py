@@ -10,8 +10,6 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 
-import numpy as np
-
 from .. import native
 from ..errors import MergeError
 from ..io.host_array import HostArray
@@ -137,13 +135,13 @@ def arcee_fusion(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: 
         reference(b.to_torch(), x.to_torch())
         return False
     rows, cols = rows_cols(b.shape)
-    kl = np.empty(rows, dtype=np.float32)
+    kl = (ctypes.c_float * rows)()
     values, ranks = (ctypes.c_float * 3)(), (ctypes.c_int64 * 3)(*arcee_ranks(n))
     head = (b.data_ptr(), code(b), x.data_ptr(), code(x), rows, cols)
-    native.check(lib, lib.mf_arcee_select(*head, ranks, threads(), kl.ctypes.data, values))
+    native.check(lib, lib.mf_arcee_select(*head, ranks, threads(), kl, values))
     finite, tail = ctypes.c_int32(), (out.data_ptr(), code(out), threads())
     threshold = arcee_threshold(list(values))
-    native.check(lib, lib.mf_arcee_apply(*head, kl.ctypes.data, threshold, *tail, ctypes.byref(finite)))
+    native.check(lib, lib.mf_arcee_apply(*head, kl, threshold, *tail, ctypes.byref(finite)))
     return bool(finite.value)
 
 
@@ -155,6 +153,8 @@ def model_stock(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: H
     k, n, lib = len(xs), out.numel(), library()
     if n == 0:
         return True
+    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+
     rows, cols = rows_cols(base.shape, job.global_params["filter_wise"])
     gram = np.empty((rows, k * (k + 1) // 2), dtype=np.float64)
     ptrs, codes = arrays(xs)

@@ -174,23 +174,26 @@ def run_pipeline(
         return run
 
     readers = max(1, readers)
-    next_job, lock = iter(jobs), threading.Lock()
+    # `order` is held while a reader waits for the budget; `tally` counts what readers did,
+    # and must not be `order`: a reader done reading waits for it before handing its job on
+    # (which frees budget), so sharing one lock hung streamed merges once the budget was full.
+    next_job, order, tally = iter(jobs), threading.Lock(), threading.Lock()
     running = [readers]
 
     @guarded
     def reader():
         while True:
-            with lock:  # the budget in job order: a later job never takes an earlier one's place
+            with order:  # the budget in job order: a later job never takes an earlier one's place
                 job = next(next_job, _DONE)
                 if job is _DONE or not limiter.acquire(cost(job)):
                     break
             start = time.perf_counter()
             data = read(job)
-            with lock:
+            with tally:
                 times.read_s += time.perf_counter() - start
             if not _put(to_merge, (job, data), stop):
                 return
-        with lock:
+        with tally:
             running[0] -= 1
             last = running[0] == 0
         if last and job is _DONE:

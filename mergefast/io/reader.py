@@ -34,7 +34,6 @@ from .safetensors_header import (  # noqa: F401 - TensorInfo and the header pars
 from .weight_index import read_weight_map
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from .host_array import HostArray
@@ -218,12 +217,11 @@ class CheckpointReader:
         self._pread(i, memoryview(buf.numpy()).cast("B"))
         return buf.view(i.dtype).reshape(i.shape)
 
-    def read_into(self, name: str, buffer: np.ndarray, elements: tuple[int, int] | None = None) -> HostArray:
-        """A safetensors tensor read into the first bytes of `buffer` (a 1-D uint8 numpy
-        array), without torch: the torch-free CPU engine's read (host/). `elements` (start,
-        stop) reads only those elements of the flattened tensor, as a 1-D array (a part,
-        host/parts.py). (numpy is imported here, not by the planner: a bad config fails
-        before any heavy import.)"""
+    def read_into(self, name: str, buffer, elements: tuple[int, int] | None = None) -> HostArray:
+        """A safetensors tensor read into the first bytes of the writable byte `buffer` (a
+        memoryview, a uint8 numpy array), without torch: the torch-free CPU engine's read
+        (host/). `elements` (start, stop) reads only those elements of the flattened tensor,
+        as a 1-D array (a part, host/parts.py)."""
         from .host_array import host_array
 
         i = self.info(name)

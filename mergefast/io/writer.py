@@ -227,14 +227,14 @@ class ShardedWriter:
             )
         return numel if start is None else shape[0]
 
-    def _write_bytes(self, shard: _Shard, data: np.ndarray, offset: int) -> None:
+    def _write_bytes(self, shard: _Shard, data: memoryview | np.ndarray, offset: int) -> None:
         if shard.direct is not None:
             shard.direct.write(data, offset)
         else:
             self._write_cached(shard, data, offset, data.nbytes)
 
     @staticmethod
-    def _write_cached(shard: _Shard, data: np.ndarray, offset: int, nbytes: int) -> None:
+    def _write_cached(shard: _Shard, data: memoryview | np.ndarray, offset: int, nbytes: int) -> None:
         """Write through the page cache, flushed every FLUSH_EVERY bytes (no O_DIRECT here)."""
         with shard.lock:
             if shard.fd is None:
@@ -301,8 +301,8 @@ class ShardedWriter:
             self.abort()
 
 
-def _bytes(tensor) -> np.ndarray:
-    """The bytes of a HostArray or a torch tensor, as a 1-D uint8 numpy array."""
+def _bytes(tensor) -> memoryview | np.ndarray:
+    """The bytes of a HostArray (its memoryview) or a torch tensor (a 1-D uint8 numpy array)."""
     from .host_array import HostArray  # here: the planner imports the writer, and no numpy
 
     if isinstance(tensor, HostArray):

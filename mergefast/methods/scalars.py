@@ -4,30 +4,33 @@ torch: the torch-free engine (host/) and the kernels' torch binding share them.
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # The L1 rescale (DARE, DELLA) is skipped when either norm is below this.
 RESCALE_MIN_NORM = 1e-7
 
 
 def f32(value: float) -> float:
-    """`value` rounded to float32 (as a float32 `sum().item()` is), overflow to inf."""
-    with np.errstate(over="ignore"):
-        return float(np.float32(value))
+    """`value` rounded to float32 (as a float32 `sum().item()` is), overflow to inf: the C
+    conversion of a double to a float (ctypes), which rounds to nearest."""
+    return ctypes.c_float(value).value
 
 
 def f32_sum(values: Sequence[float]) -> float:
     """The float32 sum of `values` in order, rounding after each addition: torch's float32
     `sum()` of up to 4 values (tests/test_host_engine.py), not of more (it splits them into
-    lanes then)."""
-    total = np.float32(0.0)
-    with np.errstate(over="ignore"):
-        for value in values:
-            total = np.float32(total + np.float32(value))
-    return float(total)
+    lanes then). Each float32 addition is made in float64 and rounded: a float64 sum of two
+    float32 values rounded to float32 is their float32 sum (53 >= 2 * 24 + 2 bits)."""
+    total = 0.0
+    for value in values:
+        total = f32(total + f32(value))
+    return total
 
 
 def l1_scales(sums: Sequence[float]) -> list[float]:
@@ -133,6 +136,8 @@ def sce_weights(sums: Sequence[float], n: int) -> list[float]:
     float32 as kernels/sce.py's `weights` and methods/sce.py's `weights_of_energies` compute
     them: energy_i = sum_i / n, omega_i = energy_i / sum_j energy_j, uniform below 1e-6 (the
     energies' sum in order: torch's own for up to 4 models, host/__init__.py)."""
+    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         energy = [np.float32(np.float32(s) / np.float32(n)) for s in sums]
         total = np.float32(f32_sum(energy))
@@ -154,6 +159,8 @@ def arcee_ranks(n: int) -> list[int]:
 def arcee_threshold(values: Sequence[float]) -> float:
     """median + 1.5 * (Q3 - Q1) in float32 from (Q1, median, Q3), as `importance_threshold`
     computes it on float32 tensors."""
+    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+
     q1, median, q3 = (np.float32(v) for v in values)
     with np.errstate(over="ignore", invalid="ignore"):
         return float(np.float32(median + np.float32(np.float32(ARCEE_IQR_FACTOR) * np.float32(q3 - q1))))
@@ -163,6 +170,8 @@ def ram_boost(shared: Sequence[int], unique: Sequence[int], r: float, alpha: flo
     """RAM+'s per-model factors lambda_i rounded to float32, as kernels/ram.py's `lambdas`
     gets them from `boost_of_counts` (methods/ram.py): 1 + r * clamp(rho, 0, alpha) in
     float64 with rho = shared / max(unique, eps) (0 where shared is 0)."""
+    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+
     out = []
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for s, u in zip(shared, unique):
@@ -186,6 +195,8 @@ def model_stock_ratios(gram: np.ndarray, k: int) -> np.ndarray:
     rows of k task vectors, with the float32 formulas of methods/model_stock.py
     (`pair_cosine`, `mean_of`, `stock_ratio`) as kernels/slerp_family.py's `stock_ratios`
     applies them."""
+    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+
     f32 = np.float32
     with np.errstate(all="ignore"):
         norms = [np.sqrt(gram[:, gram_column(i, i, k)]).astype(f32) for i in range(k)]
