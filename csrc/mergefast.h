@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 9
+#define MF_ABI_VERSION 10
 
 /* status codes */
 #define MF_OK 0
@@ -100,7 +100,9 @@ MF_API int32_t mf_dare(const void* base, int32_t base_dtype, const void* const* 
                        int32_t consensus, int32_t normalize, double divisor, double lambda,
                        void* out, int32_t out_dtype, int32_t threads, int32_t* finite);
 
-/* dots[0..2] = <a,a>, <b,b>, <a,b> (float32 per block, float64 across blocks). */
+/* dots[0..2] += <a,a>, <b,b>, <a,b> (float32 per block, float64 across blocks, added in block
+ * order to what dots holds: zero it first; the parts of a tensor cut at multiples of the block
+ * size, added part after part, give the whole tensor's sums). */
 MF_API int32_t mf_slerp_dots(const void* a, int32_t a_dtype, const void* b, int32_t b_dtype,
                              int64_t n, int32_t threads, double* dots);
 

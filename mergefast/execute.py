@@ -127,7 +127,7 @@ def _write_tensors(
         jobs = split_jobs(plan, jobs)
     budget = _budget(plan, jobs, options, device)
     staging, merge = _engine(plan, jobs, options, budget, host)
-    total = sum(j.read_bytes for j in plan.jobs)
+    total = sum(j.read_bytes for j in jobs)  # a SLERP part is read twice (host/parts.py)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
     try:
         with tqdm(total=total, unit="B", unit_scale=True, desc="merging", disable=options.quiet) as bar:

@@ -37,7 +37,7 @@ NEARSWAP = (
 )
 
 
-@pytest.mark.parametrize("name", ["linear.yml", "task-arithmetic.yml", "nearswap", "passthrough"])
+@pytest.mark.parametrize("name", ["linear.yml", "task-arithmetic.yml", "slerp-gradient.yml", "nearswap", "passthrough"])
 def test_cut_merges_are_byte_identical(name, family, tmp_path, engines, cut):  # noqa: F811
     config = tmp_path / "c.yml"
     f = family
@@ -69,24 +69,43 @@ def test_parts_cover_each_tensor_and_need_elementwise_methods(family, monkeypatc
     assert parts.split_jobs(ties, ties.jobs) == ties.jobs
 
 
-def _nan_model(family, tmp_path):
-    """ft-b with a NaN in the first and in the last element of a tensor that parts cut."""
+def _nan_model(family, tmp_path, name):
+    """Model `name` with a NaN in the first and in the last element of a tensor parts cut."""
+
+    def two_nan(t):
+        t.view(-1)[0] = t.view(-1)[-1] = float("nan")
+
+    return _changed_model(family, tmp_path / "nan", two_nan, name)
+
+
+def _changed_model(family, folder, change, name):
+    """Model `name` with `change` made to its embeddings in place (cut into parts, SLERP's too)."""
     from safetensors.torch import load_file, save_file
 
-    folder = tmp_path / "nan"
-    shutil.copytree(family["ft-b"], folder)
+    shutil.copytree(family[name], folder)
     tensors = load_file(folder / "model.safetensors")
-    up = tensors["model.layers.1.mlp.up_proj.weight"]
-    assert up.numel() > 2 * PART
-    up.view(-1)[0] = up.view(-1)[-1] = float("nan")
+    embed = tensors["model.embed_tokens.weight"]
+    assert embed.numel() >= 2 * max(PART, 2048)  # 2048: the C block, which SLERP's parts hold whole
+    change(embed)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
 
 
-@pytest.mark.parametrize("name", ["linear.yml", "task-arithmetic.yml", "passthrough"])
+def test_slerp_parts_past_float32_dots_are_the_reference(family, tmp_path, engines, cut):  # noqa: F811
+    """Embeddings of ~1e20: their float32 dots overflow, so SLERP takes the reference on the
+    whole tensor, and each part is its slice: the torch engine's bytes."""
+    f = dict(family, **{"ft-a": _changed_model(family, tmp_path / "big", lambda t: t.mul_(1e20), "ft-a")})
+    config = tmp_path / "c.yml"
+    config.write_text(example_config("slerp-gradient.yml", f))
+    _both(engines, config, tmp_path)
+    assert cut[0] > 0
+
+
+@pytest.mark.parametrize("name", ["linear.yml", "task-arithmetic.yml", "slerp-gradient.yml", "passthrough"])
 def test_nan_in_parts_is_the_whole_tensors_error(name, family, tmp_path, engines, cut):  # noqa: F811
     """A NaN in two parts of one tensor: the error counts both, as the torch engine's does."""
-    f = dict(family, **{"ft-b": _nan_model(family, tmp_path)})
+    model = "ft-a" if name.startswith("slerp") else "ft-b"
+    f = dict(family, **{model: _nan_model(family, tmp_path, model)})
     config = tmp_path / "c.yml"
     if name == "passthrough":
         config.write_text(PASSTHROUGH.format(a=f["ft-b"], b=f["ft-a"]))

@@ -80,12 +80,13 @@ void slerp_dots(const Src& sa, const Src& sb, int64_t n, int threads, double dot
 #endif
   // Each block's three sums in its own slot, then the blocks added in order: the same float64
   // totals on any thread count (an OpenMP reduction adds the threads' partials in an order of
-  // its own, and blocks whose magnitudes differ by 2^30 or more then round differently).
+  // its own, and blocks whose magnitudes differ by 2^30 or more then round differently). They
+  // are added to the caller's `dots`: a tensor cut into parts of whole blocks, its parts' dots
+  // added in order, gets the sums of the whole tensor bit for bit.
   std::vector<double> part(static_cast<size_t>(num_blocks(n)) * 3);
   for_each_block_raw(n, team_size(n, threads), 2, [&](int, int64_t blk, int64_t off, int64_t len, Scratch& s) {
     block(sa, sb, off, len, s, part.data() + blk * 3);
   });
-  dots[0] = dots[1] = dots[2] = 0.0;
   for (size_t q = 0; q < part.size(); ++q) dots[q % 3] += part[q];
 }
 

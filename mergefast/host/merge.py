@@ -9,12 +9,15 @@ keys and L1 scales come from the same torch-free functions.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Sequence
 
 from .. import native
+from ..dtypes import ITEMSIZE
 from ..errors import ConfigError, MergeError
 from ..io.host_array import HostArray, host_array
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
+from ..methods.scalars import slerp_coefficients_from_dots
 from ..methods.spec import NONFINITE_REACHES_OUTPUT
 from ..plan import MergePlan, TensorJob
 from . import ops
@@ -73,20 +76,54 @@ def _merged(plan: MergePlan, job: TensorJob, inputs: list[HostArray], take: Call
 def _merge_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take: Callable, seed: int | None):
     """One part of a tensor, checked as its tensor is: where the part holds NaN or inf that
     the whole tensor's checks would report, the whole tensor is read and merged again, once,
-    for its warnings or its error (a part's messages would count the part's values only)."""
+    for its warnings or its error (a part's messages would count the part's values only). A
+    reducing part adds to its tensor's statistic and has no output (None)."""
     job = part.as_job()
-    out, proven = (inputs[0], False) if job.copy else _merged(plan, job, inputs, take, seed)
+    if part.reduces:
+        problem = plan.spec.input_error(len(inputs), job.base_index is not None)
+        if problem:
+            raise ConfigError(f"tensor {job.name}: {problem}")
+        ops.add_slerp_dots(job, inputs, part.state.setdefault("dots", (ctypes.c_double * 3)()))
+        return None
+    if job.copy:
+        out, proven = inputs[0], False
+    elif "dots" in part.state:
+        out, proven = _slerp_part(plan, part, inputs, take, seed), False
+    else:
+        out, proven = _merged(plan, job, inputs, take, seed)
     output_finite = _finite(out)
     inputs_warned = not job.copy and plan.spec.name not in NONFINITE_REACHES_OUTPUT and not proven
     if not output_finite or (inputs_warned and not all(map(_finite, inputs))):
         if part.first_to_check():
-            whole = [
-                plan.models[s.model].reader.read_into(s.tensor, anonymous_bytes(s.info.nbytes)) for s in job.sources
-            ]
-            merge_host_job(plan, part.job, whole, anonymous_bytes, seed)  # warns, or raises
+            _merge_whole(plan, part, seed)  # warns, or raises
         if not output_finite:  # the whole tensor's output was finite: a part of it cannot be not
             raise MergeError(f"tensor {job.name}: the output has NaN or inf; refusing to write a broken model")
     return out
+
+
+def _slerp_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take: Callable, seed: int | None):
+    """A SLERP part's apply pass with its tensor's dots; where they are not finite, the part of
+    the whole tensor's reference merge (made once, by its first part)."""
+    job = part.as_job()
+    out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
+    coefficients = slerp_coefficients_from_dots(*part.state["dots"], float(job.global_params["t"]))
+    if coefficients is not None:
+        ops.slerp_apply(job, inputs, out, coefficients)
+        return out
+    if "whole" not in part.state:
+        part.state["whole"] = _merge_whole(plan, part, seed)
+    size = ITEMSIZE[job.dtype_name]
+    out.data[:] = part.state["whole"].data[part.start * size : part.stop * size]
+    if part.ends_tensor:
+        del part.state["whole"]
+    return out
+
+
+def _merge_whole(plan: MergePlan, part: TensorPart, seed: int | None) -> HostArray:
+    """The part's whole tensor read again and merged, with its checks (warnings, errors)."""
+    job = part.job
+    inputs = [plan.models[s.model].reader.read_into(s.tensor, anonymous_bytes(s.info.nbytes)) for s in job.sources]
+    return merge_host_job(plan, job, inputs, anonymous_bytes, seed)
 
 
 def _finite(array: HostArray) -> bool:

@@ -51,24 +51,40 @@ def linear(plan: MergePlan, job: TensorJob, xs: list[HostArray], out: HostArray,
 def slerp(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
     """SLERP's dots pass and apply pass, as kernels.slerp runs them; where a dot is not finite,
     the torch reference (imported then) writes `out`."""
-    a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
-    t, n, lib = float(job.global_params["t"]), out.numel(), library()
-    if n == 0:
+    if out.numel() == 0:
         return False
     dots = (ctypes.c_double * 3)()
-    native.check(lib, lib.mf_slerp_dots(a.data_ptr(), code(a), b.data_ptr(), code(b), n, threads(), dots))
-    coefficients = slerp_coefficients_from_dots(*dots, t)
+    add_slerp_dots(job, inputs, dots)
+    coefficients = slerp_coefficients_from_dots(*dots, float(job.global_params["t"]))
     if coefficients is None:
         from ..methods.slerp import slerp as reference
 
+        a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
+        t = float(job.global_params["t"])
         out.to_torch().copy_(reference(a.to_torch(), b.to_torch(), t, out_dtype=out.to_torch().dtype))
         return False
-    c0, c1 = coefficients
-    status = lib.mf_slerp_apply(
-        a.data_ptr(), code(a), b.data_ptr(), code(b), n, c0, c1, out.data_ptr(), code(out), threads()
-    )
-    native.check(lib, status)
+    slerp_apply(job, inputs, out, coefficients)
     return False  # SLERP proves nothing about its inputs but through a finite output
+
+
+def add_slerp_dots(job: TensorJob, inputs: list[HostArray], dots) -> None:
+    """Add <a,a>, <b,b>, <a,b> of the job's two inputs (a tensor's, or a part's of whole C
+    blocks: host/parts.py) to `dots` (3 ctypes doubles)."""
+    a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
+    if a.numel():
+        lib = library()
+        native.check(lib, lib.mf_slerp_dots(a.data_ptr(), code(a), b.data_ptr(), code(b), a.numel(), threads(), dots))
+
+
+def slerp_apply(job: TensorJob, inputs: list[HostArray], out: HostArray, coefficients: tuple[float, float]) -> None:
+    """out = c0 * a + c1 * b, elementwise (a tensor, or a part of one)."""
+    a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
+    (c0, c1), n, lib = coefficients, out.numel(), library()
+    if n:
+        status = lib.mf_slerp_apply(
+            a.data_ptr(), code(a), b.data_ptr(), code(b), n, c0, c1, out.data_ptr(), code(out), threads()
+        )
+        native.check(lib, status)
 
 
 def nearswap(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:

@@ -6,8 +6,12 @@ stream through the pipeline in parts: each part's inputs are read into pooled bu
 stay small, the merge finds them in the cache, and the first part is written while the next
 is read, as the IO floor (benchmarks/io_floor.py) streams its 16 MiB buffer. Whole, the
 0.3B family's embeddings and lm_head made the pool fault 256 MB of fresh pages, and the
-pipeline wait for 192 MB of reads before its first merge. The methods that need a statistic
-of the whole tensor (a top-k, a norm, a dot product) merge it whole.
+pipeline wait for 192 MB of reads before its first merge.
+
+SLERP needs one statistic of the whole tensor, its three dot products, which add up part by
+part: its parts are read twice, once for the dots and once for the merge (a second read from
+the page cache costs less than the whole tensors' fresh pages). The other methods that need
+a statistic of the whole tensor (a top-k, per-row ranks, norms) merge it whole.
 
 A part's checks (execute.merge_job's NaN/inf warnings and errors) are those of its tensor:
 where a part finds a value that is not finite, the whole tensor is read and merged again
@@ -20,6 +24,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from .. import native
 from ..dtypes import ITEMSIZE
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
 from ..plan import MergePlan, TensorJob
@@ -28,6 +33,12 @@ from ..plan import MergePlan, TensorJob
 # buffers pool by one size. Linear of the 0.3B family, 2-vCPU AMD EPYC VM, 5 runs each with a
 # 48 MB budget: 2^18 0.77-0.94 s, 2^19 0.66-0.82 s, 2^20 0.64-0.83 s, 2^21 0.67-0.77 s.
 PART_ELEMENTS = 1 << 20
+
+
+# Methods merged elementwise once one statistic of the whole tensor is known, which their C
+# calls add up part by part, in the order a whole tensor's call adds its blocks: SLERP's dots
+# (mf_slerp_dots; parts of whole C blocks, mf_block()).
+REDUCING = frozenset({"slerp"})
 
 
 def elementwise(plan: MergePlan) -> bool:
@@ -44,8 +55,9 @@ class TensorPart:
     job: TensorJob
     start: int
     stop: int
-    # shared by the tensor's parts: whether one of them had its tensor checked whole
-    checked: list[bool] = dataclasses.field(default_factory=lambda: [False], compare=False, repr=False)
+    reduces: bool = False  # a pass that adds the part to its tensor's statistic (SLERP's dots): no output
+    # shared by the tensor's parts: its statistic, whether it was checked whole (host/merge.py)
+    state: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -74,17 +86,17 @@ class TensorPart:
 
     @property
     def out_bytes(self) -> int:
-        """Bytes of this part of the output."""
-        return ITEMSIZE[self.job.dtype_name] * (self.stop - self.start)
+        """Bytes of this part of the output (none for a reducing pass)."""
+        return 0 if self.reduces else ITEMSIZE[self.job.dtype_name] * (self.stop - self.start)
 
     @property
     def ends_tensor(self) -> bool:
         """Whether this is the tensor's last part."""
-        return self.stop == math.prod(self.job.shape)
+        return not self.reduces and self.stop == math.prod(self.job.shape)
 
     def first_to_check(self) -> bool:
         """True once per tensor: for the first of its parts that asks (host/merge.py)."""
-        first, self.checked[0] = not self.checked[0], True
+        first, self.state["checked"] = not self.state.get("checked"), True
         return first
 
     def as_job(self) -> TensorJob:
@@ -93,16 +105,23 @@ class TensorPart:
 
 
 def split_jobs(plan: MergePlan, jobs: list[TensorJob]) -> list[TensorJob | TensorPart]:
-    """`jobs` with each elementwise one of more than PART_ELEMENTS elements replaced by its
-    parts, in order; the others as they are."""
-    cut = elementwise(plan)
+    """`jobs` with each one of more than PART_ELEMENTS elements that an elementwise or a
+    reducing method merges replaced by its parts, in order (a reducing method's: its
+    reducing passes over the parts first, then the merging ones); the others as they are."""
+    reducing = plan.spec.name in REDUCING
+    cut = elementwise(plan) or reducing
+    block = native.require().mf_block() if reducing else 1  # a reducing part holds whole C blocks
+    size = max(PART_ELEMENTS // block, 1) * block
     out: list[TensorJob | TensorPart] = []
     for job in jobs:
         n = math.prod(job.shape)
         same = all(math.prod(s.info.shape) == n for s in job.sources)
-        if n <= PART_ELEMENTS or not (job.copy or cut) or job.vocab is not None or not same:
+        if n <= size or not (job.copy or cut) or job.vocab is not None or not same:
             out.append(job)
-        else:
-            checked = [False]
-            out += [TensorPart(job, s, min(s + PART_ELEMENTS, n), checked) for s in range(0, n, PART_ELEMENTS)]
+            continue
+        state: dict = {}
+        ranges = [(s, min(s + size, n)) for s in range(0, n, size)]
+        if reducing and not job.copy:
+            out += [TensorPart(job, s, e, True, state) for s, e in ranges]
+        out += [TensorPart(job, s, e, False, state) for s, e in ranges]
     return out

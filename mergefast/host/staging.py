@@ -32,7 +32,7 @@ class _Staged:
 
 @dataclass
 class _Merged:
-    array: HostArray
+    array: HostArray | None  # None: a reducing part's
     buffers: list[memoryview]  # back to the pool once `array` is written
 
 
@@ -77,8 +77,10 @@ class HostArrayStaging(BufferPool):
         return _Merged(out, lent)
 
     def write(self, pending: _Merged, sink: Callable[[HostArray], None]) -> None:
-        """Hand a merged array to `sink` (writer thread), then pool its buffer."""
-        sink(pending.array)
+        """Hand a merged array to `sink` (writer thread), then pool its buffer; a reducing
+        part (host/parts.py) has none."""
+        if pending.array is not None:
+            sink(pending.array)
         self._give_back(pending.buffers)
 
     def copy_seconds(self) -> tuple[float, float]:
