@@ -116,9 +116,10 @@ MF_API int32_t mf_slerp_apply(const void* a, int32_t a_dtype, const void* b, int
 MF_API void mf_one_read_counts(int64_t* finished, int64_t* fell_back);
 
 /* The SLERP family's reduction: per row of cols elements (rows * cols in all), gram[row * P +
- * q] = <d_i, d_j> for the pairs i <= j in order (0,0), (0,1) .. (0,k-1), (1,1) .., P = k (k +
+ * q] += <d_i, d_j> for the pairs i <= j in order (0,0), (0,1) .. (0,k-1), (1,1) .., P = k (k +
  * 1) / 2, d_i = xs[i] - base (xs[i] when base is NULL); 1 <= k <= 64. Float64 (exact
- * products, fixed order: the same on any thread count). */
+ * products, fixed order: the same on any thread count), added block by block to what gram
+ * holds: zero it first (one row cut into parts of whole blocks gives the row's sums). */
 MF_API int32_t mf_slerpfam_gram(const void* base, int32_t base_dtype, const void* const* xs,
                                 const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
                                 int32_t threads, double* gram);
@@ -209,9 +210,9 @@ MF_API int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* 
                               int32_t other_dtype, int64_t rows, int64_t cols, const float* kl,
                               double threshold, void* out, int32_t out_dtype, int32_t threads,
                               int32_t* finite);
-/* RAM's counting pass (ramplus_tl): per model i, counts[2i] = #(active_i and count > 1) and
- * counts[2i + 1] = #(active_i and count == 1), active_i = |xs[i] - base| > (float)epsilon,
- * count = #active per element. 1 <= k <= 255. */
+/* RAM's counting pass (ramplus_tl): per model i, counts[2i] += #(active_i and count > 1) and
+ * counts[2i + 1] += #(active_i and count == 1), active_i = |xs[i] - base| > (float)epsilon,
+ * count = #active per element (zero counts first). 1 <= k <= 255. */
 MF_API int32_t mf_ram_counts(const void* base, int32_t base_dtype, const void* const* xs,
                              const int32_t* x_dtypes, int32_t k, int64_t n, double epsilon,
                              int32_t threads, int64_t* counts);

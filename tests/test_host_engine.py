@@ -322,7 +322,7 @@ def test_slerp_past_float32_dots_runs_the_reference():
     from types import SimpleNamespace
 
     from mergefast import kernels
-    from mergefast.host.ops import slerp
+    from mergefast.host.reducing import slerp
     from mergefast.io.host_array import host_array
 
     gen = torch.Generator().manual_seed(0)

@@ -32,23 +32,34 @@ def cut(monkeypatch):
     return counts
 
 
-NEARSWAP = (
-    "merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {a}\nparameters: {{t: 0.002}}\n"
-)
+THREE = "base_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
+CONFIGS = {
+    "nearswap": "merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {a}\n"
+    "parameters: {{t: 0.002}}\n",
+    "ram": "merge_method: ram\n" + THREE + "parameters: {{epsilon: 0.002}}\n",
+    "ramplus_tl": "merge_method: ramplus_tl\n" + THREE + "parameters: {{epsilon: 0.002, r: 0.3}}\n",
+    "model_stock": "merge_method: model_stock\n" + THREE,
+    "model_stock-rows": "merge_method: model_stock\n" + THREE + "parameters: {{filter_wise: true}}\n",
+}
 
 
-@pytest.mark.parametrize("name", ["linear.yml", "task-arithmetic.yml", "slerp-gradient.yml", "nearswap", "passthrough"])
-def test_cut_merges_are_byte_identical(name, family, tmp_path, engines, cut):  # noqa: F811
-    config = tmp_path / "c.yml"
-    f = family
-    if name == "nearswap":
-        config.write_text(NEARSWAP.format(base=f["base"], a=f["ft-a"]))
-    elif name == "passthrough":
-        config.write_text(PASSTHROUGH.format(a=f["ft-a"], b=f["ft-b"]))
+def _config(name, f, path):
+    """`path` holding the config `name`: an example's, a CONFIGS entry or a passthrough stack."""
+    if name == "passthrough":
+        path.write_text(PASSTHROUGH.format(a=f["ft-a"], b=f["ft-b"]))
+    elif name in CONFIGS:
+        path.write_text(CONFIGS[name].format(base=f["base"], a=f["ft-a"], b=f["ft-b"], c=f["ft-c"]))
     else:
-        config.write_text(example_config(name, f))
-    _both(engines, config, tmp_path)
-    assert cut[0] > 0, "no tensor was cut"
+        path.write_text(example_config(name, f))
+    return path
+
+
+@pytest.mark.parametrize("name", ["linear.yml", "task-arithmetic.yml", "slerp-gradient.yml", "passthrough", *CONFIGS])
+def test_cut_merges_are_byte_identical(name, family, tmp_path, engines, cut):  # noqa: F811
+    """Elementwise methods cut into parts of PART elements, reducing ones (SLERP, RAM+, Model
+    Stock) into parts of one C block; Model Stock per row (filter_wise) is not cut."""
+    _both(engines, _config(name, family, tmp_path / "c.yml"), tmp_path)
+    assert (cut[0] > 0) is (name != "model_stock-rows")
 
 
 def test_parts_cover_each_tensor_and_need_elementwise_methods(family, monkeypatch):
@@ -101,20 +112,19 @@ def test_slerp_parts_past_float32_dots_are_the_reference(family, tmp_path, engin
     assert cut[0] > 0
 
 
-@pytest.mark.parametrize("name", ["linear.yml", "task-arithmetic.yml", "slerp-gradient.yml", "passthrough"])
-def test_nan_in_parts_is_the_whole_tensors_error(name, family, tmp_path, engines, cut):  # noqa: F811
-    """A NaN in two parts of one tensor: the error counts both, as the torch engine's does."""
-    model = "ft-a" if name.startswith("slerp") else "ft-b"
+@pytest.mark.parametrize(
+    "name", ["linear.yml", "task-arithmetic.yml", "slerp-gradient.yml", "passthrough", "ramplus_tl", "model_stock"]
+)
+def test_nan_in_parts_is_the_whole_tensors_message(name, family, tmp_path, engines, cut):  # noqa: F811
+    """A NaN in two parts of one tensor: the error (or, for RAM+, which drops NaN deltas, the
+    warning) counts both, as the torch engine's does."""
+    model = "ft-a" if name.startswith(("slerp", "passthrough")) else "ft-b"  # the model with the embeddings
     f = dict(family, **{model: _nan_model(family, tmp_path, model)})
-    config = tmp_path / "c.yml"
-    if name == "passthrough":
-        config.write_text(PASSTHROUGH.format(a=f["ft-b"], b=f["ft-a"]))
-    else:
-        config.write_text(example_config(name, f))
-    errors = []
+    config = _config(name, f, tmp_path / "c.yml")
+    results = []
     for torch_free in (True, False):
         out = tmp_path / f"out-{torch_free}"
         result = engines(config, out, torch_free=torch_free)
-        assert result.exit_code != 0 and not out.exists()
-        errors.append(result.stderr)
-    assert errors[0] == errors[1] and "2 NaN" in errors[0], errors
+        results.append((result.exit_code, result.stderr, out.exists()))
+    assert results[0] == results[1] and "2 NaN" in results[0][1], results
+    assert results[0][0] == (0 if name == "ramplus_tl" else 1)

@@ -110,14 +110,13 @@ void gram(const Src* base, const std::vector<Src>& xs, int64_t rows, int64_t col
   const int K = static_cast<int>(xs.size());
   check(K >= 1 && K <= kGramMaxInputs, "gram", "between 1 and 64 inputs expected");
   GramArgs a{base, &xs, rows, cols, std::max<int64_t>(1, num_blocks(cols)), K, K * (K + 1) / 2};
-  std::fill(out, out + rows * a.P, 0.0);
   if (rows == 0 || cols == 0) return;
   const SegmentFn segment = pick_segment();
   const int64_t segs = rows * a.per_row;
-  // One block per row: the segment's sums are the row's. Else partial sums per block, added
-  // in block order below.
-  std::vector<double> part(a.per_row == 1 ? 0 : static_cast<size_t>(segs) * a.P);
-  double* dest = a.per_row == 1 ? out : part.data();
+  // Partial sums per block, added in block order below to the caller's `out` (zeroed by it:
+  // one row cut into parts of whole blocks, its parts' calls in order, gives the row's sums).
+  std::vector<double> part(static_cast<size_t>(segs) * a.P);
+  double* dest = part.data();
 #pragma omp parallel num_threads(team_size(rows * cols, threads))
   {
     Scratch scratch(K + 1);
@@ -125,7 +124,6 @@ void gram(const Src* base, const std::vector<Src>& xs, int64_t rows, int64_t col
 #pragma omp for schedule(dynamic, kChunkBlocks)
     for (int64_t seg = 0; seg < segs; ++seg) segment(a, seg, scratch, lanes.data(), dest + seg * a.P);
   }
-  if (a.per_row == 1) return;
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t blk = 0; blk < a.per_row; ++blk) {
       const double* p = dest + (row * a.per_row + blk) * a.P;

@@ -6,7 +6,8 @@
 //
 // Passes over the inputs: ram one (ram_apply); ramplus_tl two, as lambda_i depends on counts
 // over the whole tensor: ram_counts (per model, #(active & count > 1) and #(active & count ==
-// 1), int64, the same on any thread count), lambda_i on the host, then ram_apply.
+// 1), int64, the same on any thread count, added to the caller's counts: a tensor's parts
+// counted one after the other give its counts), lambda_i on the host, then ram_apply.
 //
 // Numerics: the shared sum adds the active taus in model order from 0.0f (inactive ones add
 // +0.0f, exact), then divides by the count as a float: torch's kept.sum(0) for up to 4 models
@@ -143,7 +144,6 @@ void ram_counts(const Src& base, const std::vector<Src>& xs, float eps, int64_t 
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &count_avx2;
 #endif
-  std::fill(counts, counts + 2 * K, int64_t(0));
   const int64_t nb = num_blocks(n);
 #pragma omp parallel num_threads(team_size(n, threads))
   {

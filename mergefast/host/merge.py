@@ -9,7 +9,6 @@ keys and L1 scales come from the same torch-free functions.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Sequence
 
 from .. import native
@@ -17,10 +16,9 @@ from ..dtypes import ITEMSIZE
 from ..errors import ConfigError, MergeError
 from ..io.host_array import HostArray, host_array
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
-from ..methods.scalars import slerp_coefficients_from_dots
 from ..methods.spec import NONFINITE_REACHES_OUTPUT
 from ..plan import MergePlan, TensorJob
-from . import ops
+from . import ops, reducing
 from .parts import TensorPart
 from .staging import anonymous_bytes
 from .task_arithmetic import task_arithmetic
@@ -28,12 +26,12 @@ from .task_arithmetic import task_arithmetic
 # method -> its C calls into `out`, which return whether they proved every input finite
 CALLS = {
     "linear": ops.linear,
-    "slerp": ops.slerp,
+    "slerp": reducing.slerp,
     "nearswap": ops.nearswap,
-    "model_stock": ops.model_stock,
+    "model_stock": reducing.model_stock,
     "sce": ops.sce,
     "ram": ops.ram,
-    "ramplus_tl": ops.ram,
+    "ramplus_tl": reducing.ram_plus,
     "arcee_fusion": ops.arcee_fusion,
 }
 CALLS.update((name, task_arithmetic) for name in TASK_ARITHMETIC_FAMILY)
@@ -77,18 +75,18 @@ def _merge_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take
     """One part of a tensor, checked as its tensor is: where the part holds NaN or inf that
     the whole tensor's checks would report, the whole tensor is read and merged again, once,
     for its warnings or its error (a part's messages would count the part's values only). A
-    reducing part adds to its tensor's statistic and has no output (None)."""
-    job = part.as_job()
+    reducing part adds to its tensor's statistic (host/reducing.py) and has no output (None)."""
+    job, reduction = part.as_job(), reducing.REDUCTIONS.get(plan.spec.name)
     if part.reduces:
         problem = plan.spec.input_error(len(inputs), job.base_index is not None)
         if problem:
             raise ConfigError(f"tensor {job.name}: {problem}")
-        ops.add_slerp_dots(job, inputs, part.state.setdefault("dots", (ctypes.c_double * 3)()))
+        reduction.add(job, inputs, part.state.setdefault("stat", reduction.zero(job)))
         return None
     if job.copy:
         out, proven = inputs[0], False
-    elif "dots" in part.state:
-        out, proven = _slerp_part(plan, part, inputs, take, seed), False
+    elif "stat" in part.state:
+        out, proven = _apply_part(plan, part, inputs, take, seed)
     else:
         out, proven = _merged(plan, job, inputs, take, seed)
     output_finite = _finite(out)
@@ -101,22 +99,22 @@ def _merge_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take
     return out
 
 
-def _slerp_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take: Callable, seed: int | None):
-    """A SLERP part's apply pass with its tensor's dots; where they are not finite, the part of
-    the whole tensor's reference merge (made once, by its first part)."""
+def _apply_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take: Callable, seed: int | None):
+    """(output, proven) of a reducing method's part: its elementwise pass with its tensor's
+    statistic; where the statistic leaves the merge to the reference (SLERP's non-finite
+    dots), the part's slice of the whole tensor's merge (made once, by its first part)."""
     job = part.as_job()
     out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
-    coefficients = slerp_coefficients_from_dots(*part.state["dots"], float(job.global_params["t"]))
-    if coefficients is not None:
-        ops.slerp_apply(job, inputs, out, coefficients)
-        return out
+    proven = reducing.REDUCTIONS[plan.spec.name].apply(job, inputs, out, part.state["stat"])
+    if proven is not None:
+        return out, proven
     if "whole" not in part.state:
         part.state["whole"] = _merge_whole(plan, part, seed)
     size = ITEMSIZE[job.dtype_name]
     out.data[:] = part.state["whole"].data[part.start * size : part.stop * size]
     if part.ends_tensor:
         del part.state["whole"]
-    return out
+    return out, False
 
 
 def _merge_whole(plan: MergePlan, part: TensorPart, seed: int | None) -> HostArray:

@@ -1,8 +1,8 @@
 """The torch-free engine's C calls (host/merge.py dispatches to them): the ctypes helpers,
-and linear, SLERP, nearswap, Model Stock, SCE, RAM / RAM+ and arcee_fusion with the scalars
-their torch binding computes (kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py,
-kernels/ram.py, kernels/arcee_fusion.py). The task-arithmetic family is
-in host/task_arithmetic.py.
+and linear, nearswap, SCE, RAM and arcee_fusion with the scalars their torch binding computes
+(kernels/__init__.py, kernels/slerp_family.py, kernels/sce.py, kernels/ram.py,
+kernels/arcee_fusion.py). The task-arithmetic family is in host/task_arithmetic.py; SLERP,
+RAM+ and Model Stock, whose statistic adds up part by part, in host/reducing.py.
 """
 
 from __future__ import annotations
@@ -13,17 +13,7 @@ from collections.abc import Sequence
 from .. import native
 from ..errors import MergeError
 from ..io.host_array import HostArray
-from ..methods.scalars import (
-    arcee_ranks,
-    arcee_threshold,
-    f32_sum,
-    gram_column,
-    model_stock_ratios,
-    ram_boost,
-    rows_cols,
-    sce_weights,
-    slerp_coefficients_from_dots,
-)
+from ..methods.scalars import arcee_ranks, arcee_threshold, f32_sum, rows_cols, sce_weights
 from ..methods.spec import ZERO_WEIGHT_SUM, split_base
 from ..plan import MergePlan, TensorJob
 
@@ -46,45 +36,6 @@ def linear(plan: MergePlan, job: TensorJob, xs: list[HostArray], out: HostArray,
         status = lib.mf_linear(ptrs, codes, len(xs), n, doubles(weights), normalize, total, optr, ocode, threads())
         native.check(lib, status)
     return False
-
-
-def slerp(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
-    """SLERP's dots pass and apply pass, as kernels.slerp runs them; where a dot is not finite,
-    the torch reference (imported then) writes `out`."""
-    if out.numel() == 0:
-        return False
-    dots = (ctypes.c_double * 3)()
-    add_slerp_dots(job, inputs, dots)
-    coefficients = slerp_coefficients_from_dots(*dots, float(job.global_params["t"]))
-    if coefficients is None:
-        from ..methods.slerp import slerp as reference
-
-        a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
-        t = float(job.global_params["t"])
-        out.to_torch().copy_(reference(a.to_torch(), b.to_torch(), t, out_dtype=out.to_torch().dtype))
-        return False
-    slerp_apply(job, inputs, out, coefficients)
-    return False  # SLERP proves nothing about its inputs but through a finite output
-
-
-def add_slerp_dots(job: TensorJob, inputs: list[HostArray], dots) -> None:
-    """Add <a,a>, <b,b>, <a,b> of the job's two inputs (a tensor's, or a part's of whole C
-    blocks: host/parts.py) to `dots` (3 ctypes doubles)."""
-    a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
-    if a.numel():
-        lib = library()
-        native.check(lib, lib.mf_slerp_dots(a.data_ptr(), code(a), b.data_ptr(), code(b), a.numel(), threads(), dots))
-
-
-def slerp_apply(job: TensorJob, inputs: list[HostArray], out: HostArray, coefficients: tuple[float, float]) -> None:
-    """out = c0 * a + c1 * b, elementwise (a tensor, or a part of one)."""
-    a, (b,), _ = split_base(inputs, job.base_index, job.model_params)
-    (c0, c1), n, lib = coefficients, out.numel(), library()
-    if n:
-        status = lib.mf_slerp_apply(
-            a.data_ptr(), code(a), b.data_ptr(), code(b), n, c0, c1, out.data_ptr(), code(out), threads()
-        )
-        native.check(lib, status)
 
 
 def nearswap(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
@@ -123,20 +74,12 @@ def sce(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray
 
 
 def ram(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
-    """RAM's elementwise pass, after RAM+'s counting pass for ramplus_tl (kernels/ram.py);
-    whether every delta was finite."""
+    """RAM's elementwise pass (kernels/ram.py; RAM+ is host/reducing.py's); whether every
+    delta was finite."""
     base, xs, _ = split_base(inputs, job.base_index, job.model_params)
-    k, n, lib, g = len(xs), out.numel(), library(), job.global_params
-    if n == 0:
+    if out.numel() == 0:
         return True
-    epsilon, lambdas = float(g["epsilon"]), None
-    if plan.spec.name == "ramplus_tl":
-        ptrs, codes = arrays(xs)
-        counts = (ctypes.c_int64 * (2 * k))()
-        native.check(lib, lib.mf_ram_counts(base.data_ptr(), code(base), ptrs, codes, k, n, epsilon, threads(), counts))
-        boost = ram_boost(counts[0::2], counts[1::2], float(g["r"]), float(g["alpha"]), epsilon)
-        lambdas = doubles(boost)
-    return fused("mf_ram_apply", base, xs, out, (epsilon, lambdas))
+    return fused("mf_ram_apply", base, xs, out, (float(job.global_params["epsilon"]), None))
 
 
 def arcee_fusion(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
@@ -159,26 +102,6 @@ def arcee_fusion(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: 
     threshold = arcee_threshold(list(values))
     native.check(lib, lib.mf_arcee_apply(*head, kl, threshold, *tail, ctypes.byref(finite)))
     return bool(finite.value)
-
-
-def model_stock(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
-    """Model Stock's Gram pass (every norm and pairwise dot of the task vectors, per row with
-    `filter_wise`), the ratios (methods/scalars.py), the elementwise pass
-    (kernels/slerp_family.py); whether the norms proved every input finite."""
-    base, xs, _ = split_base(inputs, job.base_index, job.model_params)
-    k, n, lib = len(xs), out.numel(), library()
-    if n == 0:
-        return True
-    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
-
-    rows, cols = rows_cols(base.shape, job.global_params["filter_wise"])
-    gram = np.empty((rows, k * (k + 1) // 2), dtype=np.float64)
-    ptrs, codes = arrays(xs)
-    head = (base.data_ptr(), code(base), ptrs, codes, k, rows, cols)
-    native.check(lib, lib.mf_slerpfam_gram(*head, threads(), gram.ctypes.data))
-    ratios = model_stock_ratios(gram, k)
-    native.check(lib, lib.mf_model_stock_apply(*head, ratios.ctypes.data, out.data_ptr(), code(out), threads()))
-    return bool(np.isfinite(gram[:, [gram_column(i, i, k) for i in range(k)]]).all())
 
 
 def fused(entry: str, base: HostArray, xs: list[HostArray], out: HostArray, params: tuple, tail: tuple = ()) -> bool:

@@ -8,10 +8,11 @@ is read, as the IO floor (benchmarks/io_floor.py) streams its 16 MiB buffer. Who
 0.3B family's embeddings and lm_head made the pool fault 256 MB of fresh pages, and the
 pipeline wait for 192 MB of reads before its first merge.
 
-SLERP needs one statistic of the whole tensor, its three dot products, which add up part by
-part: its parts are read twice, once for the dots and once for the merge (a second read from
-the page cache costs less than the whole tensors' fresh pages). The other methods that need
-a statistic of the whole tensor (a top-k, per-row ranks, norms) merge it whole.
+SLERP, RAM+ and Model Stock (not `filter_wise`) need one statistic of the whole tensor
+that adds up part by part (host/reducing.py): their parts are read twice, once for the
+statistic and once for the merge (a second read from the page cache costs less than the
+whole tensors' fresh pages). The methods that need another statistic of the whole tensor (a
+top-k, per-row ranks or quantiles, norms of the kept values) merge it whole.
 
 A part's checks (execute.merge_job's NaN/inf warnings and errors) are those of its tensor:
 where a part finds a value that is not finite, the whole tensor is read and merged again
@@ -28,6 +29,7 @@ from .. import native
 from ..dtypes import ITEMSIZE
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
 from ..plan import MergePlan, TensorJob
+from .reducing import REDUCTIONS
 
 # Elements per part: every part of every tensor but a tensor's last has this size, so their
 # buffers pool by one size. Linear of the 0.3B family, 2-vCPU AMD EPYC VM, 5 runs each with a
@@ -35,17 +37,11 @@ from ..plan import MergePlan, TensorJob
 PART_ELEMENTS = 1 << 20
 
 
-# Methods merged elementwise once one statistic of the whole tensor is known, which their C
-# calls add up part by part, in the order a whole tensor's call adds its blocks: SLERP's dots
-# (mf_slerp_dots; parts of whole C blocks, mf_block()).
-REDUCING = frozenset({"slerp"})
-
-
 def elementwise(plan: MergePlan) -> bool:
     """Whether the plan's method merges each element from the same element of its inputs
     alone, with scalars that do not depend on the tensor's values (its merges may be cut)."""
     name = plan.spec.name
-    return name in ("linear", "nearswap") or TASK_ARITHMETIC_FAMILY.get(name, ("",))[0] == "none"
+    return name in ("linear", "nearswap", "ram") or TASK_ARITHMETIC_FAMILY.get(name, ("",))[0] == "none"
 
 
 @dataclass(frozen=True)
@@ -108,20 +104,21 @@ def split_jobs(plan: MergePlan, jobs: list[TensorJob]) -> list[TensorJob | Tenso
     """`jobs` with each one of more than PART_ELEMENTS elements that an elementwise or a
     reducing method merges replaced by its parts, in order (a reducing method's: its
     reducing passes over the parts first, then the merging ones); the others as they are."""
-    reducing = plan.spec.name in REDUCING
-    cut = elementwise(plan) or reducing
-    block = native.require().mf_block() if reducing else 1  # a reducing part holds whole C blocks
+    reduction = REDUCTIONS.get(plan.spec.name)
+    cut = elementwise(plan)
+    block = native.require().mf_block() if reduction else 1  # a reducing part holds whole C blocks
     size = max(PART_ELEMENTS // block, 1) * block
     out: list[TensorJob | TensorPart] = []
     for job in jobs:
         n = math.prod(job.shape)
         same = all(math.prod(s.info.shape) == n for s in job.sources)
-        if n <= size or not (job.copy or cut) or job.vocab is not None or not same:
+        reducing = reduction is not None and not job.copy and reduction.cuts(job)
+        if n <= size or not (job.copy or cut or reducing) or job.vocab is not None or not same:
             out.append(job)
             continue
         state: dict = {}
         ranges = [(s, min(s + size, n)) for s in range(0, n, size)]
-        if reducing and not job.copy:
+        if reducing:  # a tensor's reducing parts are merged first: one reader, merges in job order
             out += [TensorPart(job, s, e, True, state) for s, e in ranges]
         out += [TensorPart(job, s, e, False, state) for s, e in ranges]
     return out

@@ -352,7 +352,7 @@ def gram(base: torch.Tensor | None, xs: Sequence[torch.Tensor], rows: int, cols:
     n, op, k = rows * cols, "gram", len(xs)
     bptr, bcode = _optional(base, n, op)
     ptrs, codes = _views(xs, n, op)
-    out = torch.empty((rows, k * (k + 1) // 2), dtype=torch.float64)
+    out = torch.zeros((rows, k * (k + 1) // 2), dtype=torch.float64)  # the C call adds to it
     _check(_lib().mf_slerpfam_gram(bptr, bcode, ptrs, codes, k, rows, cols, threads(), out.data_ptr()))
     _record_gram_finite(out, base, xs)
     return out
