@@ -40,6 +40,10 @@ CONFIGS = {
     "ramplus_tl": "merge_method: ramplus_tl\n" + THREE + "parameters: {{epsilon: 0.002, r: 0.3}}\n",
     "model_stock": "merge_method: model_stock\n" + THREE,
     "model_stock-rows": "merge_method: model_stock\n" + THREE + "parameters: {{filter_wise: true}}\n",
+    "nuslerp": "merge_method: nuslerp\nbase_model: {base}\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.3}}}}\n"
+    "  - {{model: {b}, parameters: {{weight: 0.6}}}}\n",
+    "multislerp": "merge_method: multislerp\n" + THREE + "parameters: {{weight: 0.5}}\n",
+    "karcher": "merge_method: karcher\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {c}\n",
 }
 
 
@@ -128,3 +132,23 @@ def test_nan_in_parts_is_the_whole_tensors_message(name, family, tmp_path, engin
         results.append((result.exit_code, result.stderr, out.exists()))
     assert results[0] == results[1] and "2 NaN" in results[0][1], results
     assert results[0][0] == (0 if name == "ramplus_tl" else 1)
+
+
+def test_antipodal_multislerp_is_the_same_error(family, tmp_path, engines, cut):  # noqa: F811
+    """ft-a and its negation, equally weighted (a third model at weight 0): their unit vectors'
+    mean vanishes, and both engines refuse with the same error naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    negated = tmp_path / "neg"
+    shutil.copytree(family["ft-a"], negated)
+    tensors = {k: -v for k, v in load_file(family["ft-a"] / "model.safetensors").items()}
+    save_file(tensors, negated / "model.safetensors", metadata={"format": "pt"})
+    models = [(family["ft-a"], 1), (negated, 1), (family["ft-b"], 0)]
+    listed = "".join(f"  - {{model: {m}, parameters: {{weight: {w}}}}}\n" for m, w in models)
+    config = tmp_path / "c.yml"
+    config.write_text(f"merge_method: multislerp\nmodels:\n{listed}")
+    errors = []
+    for torch_free in (True, False):
+        result = engines(config, tmp_path / f"out-{torch_free}", torch_free=torch_free)
+        errors.append((result.exit_code, result.stderr))
+    assert errors[0] == errors[1] and errors[0][0] == 1 and "antipodal" in errors[0][1], errors

@@ -1,10 +1,10 @@
-"""The torch-free CPU engine: linear, SLERP, nearswap, Model Stock, SCE, RAM / RAM+,
-arcee_fusion, the task-arithmetic family (task_arithmetic, TIES, DARE, breadcrumbs, DELLA) and passthrough
-copies on the C kernels, without importing torch.
+"""The torch-free CPU engine: every method mergekit 0.1.5 registers (linear, SLERP, nuslerp,
+multislerp, karcher, nearswap, Model Stock, SCE, RAM / RAM+, arcee_fusion, the task-arithmetic
+family and passthrough copies) on the C kernels, without importing torch.
 
 torch's import alone takes 0.8-1.3 s on the 2-vCPU dev VM, more than reading and writing the
-whole 0.3B example family (0.45-0.63 s). This engine reads inputs into pooled numpy byte
-buffers (io/host_array.py), calls the same C entry points with the same scalars as the
+whole 0.3B example family (0.45-0.63 s). This engine reads inputs into pooled byte buffers
+(io/host_array.py), calls the same C entry points with the same scalars as the
 kernels' torch binding (kernels/cpu.py), checks values with the library's exact NaN/inf scan
 and hands the bytes to the same writer: the output files are byte-identical to the torch
 engine's (tests/test_host_engine.py).
@@ -13,14 +13,17 @@ execute.py runs it when `refusal(plan, options)` is None and torch is not loaded
 process that has torch gains nothing). It refuses, and the torch engine runs, for anything it
 does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
 alignment, float64 or integer merges, more than 4 weighted models (a float32 sum of weights
-or SCE's energies is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE and DELLA, a
-DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough scale. A
+or SCE's energies is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE
+and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough
+scale, and the cases the fused kernels leave to the torch references (nuslerp row_wise, fewer
+than two models, empty tensors of the spherical methods). A
 NaN or inf found while merging imports torch for the message (checks.py), as the torch
 engine reports it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 from .. import native
@@ -32,6 +35,9 @@ METHODS = (
     "slerp",
     "nearswap",
     "model_stock",
+    "nuslerp",
+    "multislerp",
+    "karcher",
     "sce",
     "ram",
     "ramplus_tl",
@@ -94,10 +100,29 @@ def _job_refusal(method: str, job) -> str | None:
         return f"tensor {job.name}: no base model"
     if job.global_params.get("rescale") and not method.startswith(("dare", "della")):
         return f"tensor {job.name}: rescale outside DARE and DELLA"
+    if method in SPHERICAL and _spherical_refusal(method, job):
+        return f"tensor {job.name}: {_spherical_refusal(method, job)}"
     if method.startswith("della") and not all(
         _della_range(p) for i, p in enumerate(job.model_params) if i != job.base_index
     ):
         return f"tensor {job.name}: a DELLA density +- epsilon outside (0, 1)"  # the torch engine's error
+    return None
+
+
+SPHERICAL = ("nuslerp", "multislerp", "karcher")
+
+
+def _spherical_refusal(method: str, job) -> str | None:
+    """What of a nuslerp, multislerp or karcher job the fused kernels leave to the reference
+    (kernels/slerp_family.py, kernels/spherical.py): its cases and its errors."""
+    models = len(job.sources) - (method != "karcher" and job.base_index is not None)
+    if models != 2 if method == "nuslerp" else models < 2:
+        return f"{method} of {models} models"
+    if math.prod(job.shape) == 0:
+        return "an empty tensor"
+    g = job.global_params
+    if method == "nuslerp" and g["nuslerp_row_wise"] and not g["nuslerp_flatten"] and len(job.shape) > 1:
+        return "nuslerp row_wise"
     return None
 
 

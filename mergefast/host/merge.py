@@ -18,7 +18,7 @@ from ..io.host_array import HostArray, host_array
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
 from ..methods.spec import NONFINITE_REACHES_OUTPUT
 from ..plan import MergePlan, TensorJob
-from . import ops, reducing
+from . import gram_methods, ops, reducing
 from .parts import TensorPart
 from .staging import anonymous_bytes
 from .task_arithmetic import task_arithmetic
@@ -28,12 +28,12 @@ CALLS = {
     "linear": ops.linear,
     "slerp": reducing.slerp,
     "nearswap": ops.nearswap,
-    "model_stock": reducing.model_stock,
     "sce": ops.sce,
     "ram": ops.ram,
     "ramplus_tl": reducing.ram_plus,
     "arcee_fusion": ops.arcee_fusion,
 }
+CALLS.update((name, gram_methods.merge_whole) for name in gram_methods.GRAM_REDUCTIONS)
 CALLS.update((name, task_arithmetic) for name in TASK_ARITHMETIC_FAMILY)
 
 

@@ -4,8 +4,9 @@ nuslerp and model_stock need reductions over the whole tensor (or each row) befo
 element: one pass (`impl.gram`, csrc/cpu/gram.cpp, kernels/triton/slerp_family.py) reads
 every input once and returns, per row, all the dot products <d_i, d_j> of the vectors d_i =
 x_i - base in float64. The per-row scalars come from them with the reference's own float32
-formulas (`slerp_factors`, `pair_cosine`, `mean_of`, `stock_ratio`), and one elementwise pass
-writes the output in the reference's order of operations. nearswap has no reduction: one pass.
+formulas (nuslerp's `slerp_factors` in numpy, methods/gram_scalars.py, which the torch-free
+engine shares; `pair_cosine`, `mean_of`, `stock_ratio`), and one elementwise pass writes the
+output in the reference's order of operations. nearswap has no reduction: one pass.
 
 Numerics: the reductions are float64 sums of exact products rounded once to float32 (the
 reference's cosine of nuslerp once, from the dot and the norms), where the reference sums
@@ -23,25 +24,20 @@ import torch
 from ..methods import model_stock as _model_stock_ref
 from ..methods import nearswap as _nearswap_ref
 from ..methods import nuslerp as _nuslerp_ref
+from ..methods.gram_scalars import nuslerp_factors as gram_factors
 from ..methods.model_stock import mean_of, pair_cosine, stock_ratio
 from ..methods.numerics import check_same_shape, result_dtype
-from ..methods.nuslerp import NORM_MIN, nuslerp_t, slerp_factors
+from ..methods.nuslerp import nuslerp_t
 from ..methods.scalars import gram_column as pair_index  # the Gram row's layout, shared with host/
 from ..methods.scalars import rows_cols
 from .dispatch import _choose, _dispatch
 
 
 def nuslerp_factors(gram: torch.Tensor, t: float) -> torch.Tensor:
-    """Per row (c0, c1, dv) of nuslerp's elementwise pass, float32 (rows, 3): the reference's
-    `slerp_factors` of cos = <v0,v1> / (max(|v0|, 1e-7) max(|v1|, 1e-7)) (float64, rounded
-    once); collinear rows (1 - t, t, 1)."""
-    n0 = gram[:, 0].sqrt().clamp(min=NORM_MIN)
-    n1 = gram[:, 2].sqrt().clamp(min=NORM_MIN)
-    cos = (gram[:, 1] / (n0 * n1)).clamp(-1, 1).float().unsqueeze(-1)
-    s0, s1, safe_sin, collinear = slerp_factors(t, cos)
-    lerp = torch.tensor([1 - t, t, 1.0], dtype=torch.float32, device=gram.device)
-    spherical = torch.cat([s0, s1, safe_sin], dim=-1)
-    return torch.where(collinear, lerp, spherical).contiguous()
+    """Per row (c0, c1, dv) of nuslerp's elementwise pass, float32 (rows, 3), on the Gram
+    rows' device: methods/gram_scalars.py's (numpy, shared with the torch-free engine)."""
+    factors = gram_factors(gram.double().cpu().numpy(), t)
+    return torch.from_numpy(factors).to(gram.device)
 
 
 def stock_ratios(gram: torch.Tensor, k: int) -> torch.Tensor:

@@ -4,9 +4,10 @@ Every vector the references build (the unit vectors, their weighted mean, the ta
 Karcher iterates) is a linear combination of the inputs d_i (x_i - base, or x_i without a
 base). So one reduction pass (`impl.gram`: csrc/cpu/gram.cpp, kernels/triton/slerp_family.py)
 gives the K x K Gram matrix G of the d_i in float64, the references' math runs on K-vectors of
-coefficients with G standing in for every dot product (<sum a_i d_i, sum b_j d_j> = a^T G b),
-and one elementwise pass writes result = base + sum_i c_i d_i (the task-arithmetic kernel
-without sparsification) or sum_i c_i x_i (the linear kernel). Two passes over the inputs.
+coefficients with G standing in for every dot product (<sum a_i d_i, sum b_j d_j> = a^T G b:
+methods/gram_scalars.py, which the torch-free engine shares), and one elementwise pass writes
+result = base + sum_i c_i d_i (the task-arithmetic kernel without sparsification) or sum_i c_i
+x_i (the linear kernel). Two passes over the inputs.
 
 Numerics: the scalars are float64 where the references compute float32 vectors, and the
 result is one weighted sum of the inputs where the references scale an iterate: not bit-
@@ -28,79 +29,18 @@ import torch
 
 from ..methods import karcher as _karcher_ref
 from ..methods import multislerp as _multislerp_ref
+from ..methods.gram_scalars import gram_matrix, karcher_coefficients, multislerp_coefficients, multislerp_weights
 from ..methods.karcher import DEFAULT_MAX_ITER, DEFAULT_TOL
 from ..methods.multislerp import ANTIPODAL, DEFAULT_EPS, AntipodalError
 from ..methods.numerics import check_same_shape, result_dtype
 from .dispatch import _choose, _dispatch
-from .slerp_family import pair_index
 
 MAX_INPUTS = 64  # the Gram pass's limit (csrc/cpu/kernels.h kGramMaxInputs)
-OPPOSITE = -1 + 1e-12  # karcher: a dot product at or below this is an opposite direction
 
 
-def gram_matrix(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """The symmetric k x k float64 matrix (CPU) of one packed Gram row (pairs i <= j)."""
-    row = packed.reshape(-1).double().cpu()
-    g = torch.empty((k, k), dtype=torch.float64)
-    for i in range(k):
-        for j in range(i, k):
-            g[i, j] = g[j, i] = row[pair_index(i, j, k)]
-    return g
-
-
-def _norm(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """|sum a_i d_i| from the Gram matrix (rounding can make the form slightly negative)."""
-    return (a @ g @ a).clamp(min=0).sqrt()
-
-
-def multislerp_coefficients(g: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """c with multislerp_vectors(d, w, eps) = sum c_i d_i, from the Gram matrix g (float64);
-    None where the weighted mean of the unit vectors vanishes (|m| < eps)."""
-    norms = g.diagonal().clamp(min=0).sqrt()
-    inv = 1 / (norms + eps)  # u_i = inv_i d_i
-    mean = w * inv
-    mean_norm = _norm(g, mean)
-    if bool(mean_norm < eps):
-        return None
-    a = mean / mean_norm  # m
-    dots = inv * (g @ a)  # u_i . m
-    t = w * inv - (w * dots).sum() * a  # sum w_i (u_i - (u_i . m) m)
-    t_norm = _norm(g, t) + eps
-    return (a * torch.cos(t_norm) + t * (torch.sin(t_norm) / t_norm)) * (norms * w).sum()
-
-
-def karcher_coefficients(g: torch.Tensor, *, max_iter: int, tol: float) -> torch.Tensor | None:
-    """c with karcher's result = sum c_i x_i, from the Gram matrix g (float64); None where no
-    input has a norm above tol (the result is the plain mean)."""
-    norms = g.diagonal().clamp(min=0).sqrt()
-    valid = norms > tol
-    if not bool(valid.any()):
-        return None
-    inv = torch.where(valid, 1 / torch.where(valid, norms, 1.0), 0.0)  # u_i = inv_i x_i
-    alpha = 1.0 / int(valid.sum())
-    mean = alpha * inv
-    mean_norm = _norm(g, mean)
-    if bool(mean_norm < tol):  # the first unit vector
-        first = int(valid.nonzero()[0])
-        u = torch.zeros_like(inv)
-        u[first] = inv[first]
-    else:
-        u = mean / mean_norm
-    for _ in range(int(max_iter)):
-        dots = (inv * (g @ u)).clamp(-1, 1)
-        thetas = torch.acos(dots)
-        # an input opposite the iterate adds nothing: its u_i - dot_i u is 0 in the references
-        # (exactly opposite vectors, e.g. any two of one element), while here its coefficients,
-        # times theta / sin theta (~1e16), would not cancel; 1e-12 covers the rounding of dot_i
-        use = valid & (thetas >= tol) & (dots > OPPOSITE)
-        scale = torch.where(use, thetas / torch.where(use, torch.sin(thetas), 1.0), 0.0) * alpha
-        t = scale * inv - (scale * dots).sum() * u  # sum a_i (theta_i / sin theta_i)(u_i - dot_i u)
-        t_norm = _norm(g, t)
-        if bool(t_norm < tol):
-            break
-        u = torch.cos(t_norm) * u + torch.sin(t_norm) * t / t_norm
-        u = u / _norm(g, u)
-    return norms.mean() * u
+def _gram(packed: torch.Tensor, k: int) -> list[list[float]]:
+    """The k x k Gram matrix (methods/gram_scalars.py) of one packed float64 Gram row."""
+    return gram_matrix(packed.reshape(-1).double().cpu().tolist(), k)
 
 
 def _combine(impl, b, xs, coefficients: Sequence[float], out: torch.dtype) -> torch.Tensor:
@@ -142,15 +82,13 @@ def multislerp(
     if _choose(all_inputs, out) == "torch" or tensors[0].numel() == 0:
         return reference()  # empty: the reference's AntipodalError for 3+ inputs
     b, xs = (base.contiguous() if base is not None else None), [x.contiguous() for x in tensors]
-    w64, w32 = torch.tensor(weights, dtype=torch.float64), torch.tensor(weights, dtype=torch.float32)
-    if normalize_weights:
-        w64, w32 = w64 / w64.sum(), w32 / w32.sum()  # w32: the 2-input fallback's, as the reference's
+    w64, w32 = multislerp_weights(weights, normalize_weights)  # w32: the 2-input fallback's
 
     def run(impl):
-        c = multislerp_coefficients(gram_matrix(impl.gram(b, xs, 1, xs[0].numel()), len(xs)), w64, eps)
+        c = multislerp_coefficients(_gram(impl.gram(b, xs, 1, xs[0].numel()), len(xs)), w64, eps)
         if c is None and len(xs) > 2:
             return None  # antipodal: raised below, outside the backend's failure handling
-        return _combine(impl, b, xs, (w32 if c is None else c).tolist(), out)
+        return _combine(impl, b, xs, w32 if c is None else c, out)
 
     result = _dispatch(all_inputs, out, reference, run)
     if result is None:
@@ -182,9 +120,9 @@ def karcher(
     xs, k = [x.contiguous() for x in tensors], len(tensors)
 
     def run(impl):
-        c = karcher_coefficients(gram_matrix(impl.gram(None, xs, 1, xs[0].numel()), k), max_iter=max_iter, tol=tol)
+        c = karcher_coefficients(_gram(impl.gram(None, xs, 1, xs[0].numel()), k), max_iter=max_iter, tol=tol)
         if c is None:
             return impl.linear(xs, [1.0] * k, True, float(k), out)  # the reference's x.mean(0)
-        return _combine(impl, None, xs, c.tolist(), out)
+        return _combine(impl, None, xs, c, out)
 
     return _dispatch(tensors, out, reference, run)

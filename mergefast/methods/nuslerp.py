@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import torch
 
+# the constants and `nuslerp_t` live with the kernels' torch-free scalars, which need them too
+from .gram_scalars import COLLINEAR, NORM_MIN, WEIGHT_SUM_MIN, nuslerp_t  # noqa: F401 - re-exported
 from .numerics import accumulation_dtype, check_same_shape, result_dtype
-
-# Norms are clamped to at least NORM_MIN; slices with 1 - cos^2 <= COLLINEAR (0.1.5's test)
-# fall back to linear interpolation; |w0 + w1| < WEIGHT_SUM_MIN gives t = 0.5.
-NORM_MIN = 1e-7
-COLLINEAR = 1e-16
-WEIGHT_SUM_MIN = 1e-6
-
-
-def nuslerp_t(w0: float, w1: float) -> float:
-    """t = w1 / (w0 + w1), or 0.5 when |w0 + w1| < 1e-6."""
-    total = w0 + w1
-    return 0.5 if abs(total) < WEIGHT_SUM_MIN else w1 / total
 
 
 def slerp_rows(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""Model Stock, nuslerp, multislerp and karcher on the torch-free engine, as reducing methods
+(host/reduction.py): the Gram pass (mf_slerpfam_gram: per row, every dot product of the
+vectors d_i = x_i - base, or x_i), the scalars from it (methods/scalars.py,
+methods/gram_scalars.py, which kernels/slerp_family.py and kernels/spherical.py call too),
+then one elementwise pass: Model Stock's and nuslerp's own, multislerp's and karcher's the
+linear or task-arithmetic kernel with their coefficients.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Callable
+
+from .. import native
+from ..errors import MergeError
+from ..io.host_array import HostArray
+from ..methods.gram_scalars import (
+    ANTIPODAL,
+    gram_matrix,
+    karcher_coefficients,
+    multislerp_coefficients,
+    multislerp_weights,
+    nuslerp_factors,
+    nuslerp_t,
+)
+from ..methods.scalars import gram_column, model_stock_ratios, rows_cols
+from ..methods.spec import optional_base, split_base
+from ..plan import MergePlan, TensorJob
+from .ops import arrays, code, doubles, fused, library, threads
+from .reduction import Reduction, whole
+
+NONE = -1  # the task-arithmetic call's "no sparsification" one_read_min (host/task_arithmetic.py)
+
+
+def _inputs(method: str, job: TensorJob, inputs: list[HostArray]) -> tuple[HostArray | None, list[HostArray]]:
+    """(base or None, the Gram pass's other inputs) of `method`'s job."""
+    if method == "karcher":
+        return None, list(inputs)
+    if method == "model_stock":
+        return split_base(inputs, job.base_index, job.model_params)[:2]
+    return optional_base(inputs, job.base_index, job.model_params)[:2]
+
+
+def _rows_cols(method: str, job: TensorJob) -> tuple[int, int]:
+    """The rows of `method`'s Gram sums: per row with Model Stock's filter_wise and nuslerp's
+    flatten: false (over the last axis), else one row of the whole tensor."""
+    g = job.global_params
+    if method == "model_stock":
+        return rows_cols(job.shape, g["filter_wise"])
+    if method == "nuslerp":
+        return rows_cols(job.shape, not g["nuslerp_flatten"] and len(job.shape) > 1)
+    return 1, math.prod(job.shape)
+
+
+def _k(method: str, job: TensorJob) -> int:
+    return len(job.sources) - (method != "karcher" and job.base_index is not None)
+
+
+def _reduction(method: str, apply: Callable) -> Reduction:
+    def zero(job: TensorJob):
+        k = _k(method, job)
+        return (ctypes.c_double * (_rows_cols(method, job)[0] * (k * (k + 1) // 2)))()
+
+    def add(job: TensorJob, inputs: list[HostArray], gram) -> None:
+        base, xs = _inputs(method, job, inputs)
+        rows, cols = _rows_cols(method, job)
+        if rows * cols:
+            lib, (ptrs, codes) = library(), arrays(xs)
+            bptr, bcode = (None, 0) if base is None else (base.data_ptr(), code(base))
+            native.check(lib, lib.mf_slerpfam_gram(bptr, bcode, ptrs, codes, len(xs), rows, cols, threads(), gram))
+
+    def run(job: TensorJob, inputs: list[HostArray], out: HostArray, gram):
+        base, xs = _inputs(method, job, inputs)
+        return apply(job, base, xs, out, gram, _rows_cols(method, job))
+
+    return Reduction(zero, add, run, lambda job: _rows_cols(method, job)[0] == 1)
+
+
+def _norms_finite(gram, k: int) -> bool:
+    """Whether every |d_i|^2 of the Gram rows is finite (which proves every input finite)."""
+    per_row = k * (k + 1) // 2
+    return all(math.isfinite(gram[r + gram_column(i, i, k)]) for r in range(0, len(gram), per_row) for i in range(k))
+
+
+def _model_stock(job, base, xs, out, gram, shape) -> bool:
+    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+
+    (rows, cols), k, lib, (ptrs, codes) = shape, len(xs), library(), arrays(xs)
+    ratios = model_stock_ratios(np.frombuffer(gram, dtype=np.float64).reshape(rows, -1), k)
+    head = (base.data_ptr(), code(base), ptrs, codes, k, rows, cols)
+    native.check(lib, lib.mf_model_stock_apply(*head, ratios.ctypes.data, out.data_ptr(), code(out), threads()))
+    return _norms_finite(gram, k)
+
+
+def _nuslerp(job, base, xs, out, gram, shape) -> bool:
+    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+
+    (rows, cols), (x0, x1), lib = shape, xs, library()
+    weights = [float(p["weight"]) for i, p in enumerate(job.model_params) if i != job.base_index]
+    factors = nuslerp_factors(np.frombuffer(gram, dtype=np.float64).reshape(rows, 3), nuslerp_t(*weights))
+    bptr, bcode = (None, 0) if base is None else (base.data_ptr(), code(base))
+    head = (bptr, bcode, x0.data_ptr(), code(x0), x1.data_ptr(), code(x1), rows, cols)
+    native.check(lib, lib.mf_nuslerp_apply(*head, factors.ctypes.data, out.data_ptr(), code(out), threads()))
+    return _norms_finite(gram, 2)
+
+
+def _combine(base: HostArray | None, xs: list[HostArray], out: HostArray, c: list[float], normalize=False) -> None:
+    """base + sum_i c_i (x_i - base), or sum_i c_i x_i (the mean with `normalize`): the
+    task-arithmetic or linear call kernels/spherical.py's `_combine` makes."""
+    if base is not None:
+        tail = (False, False, 1.0, 1.0)  # no sign consensus, no normalize, divisor, lambda
+        fused("mf_task_arithmetic", base, xs, out, (doubles(c), None, native.SPARSIFY_NONE, *tail), (NONE,))
+        return
+    lib, (ptrs, codes) = library(), arrays(xs)
+    total = float(len(xs)) if normalize else 1.0
+    status = lib.mf_linear(
+        ptrs, codes, len(xs), out.numel(), doubles(c), normalize, total, out.data_ptr(), code(out), threads()
+    )
+    native.check(lib, status)
+
+
+def _multislerp(job, base, xs, out, gram, shape) -> bool:
+    g = job.global_params
+    weights = [float(p["weight"]) for i, p in enumerate(job.model_params) if i != job.base_index]
+    w64, w32 = multislerp_weights(weights, g["normalize_weights"])
+    c = multislerp_coefficients(gram_matrix(list(gram), len(xs)), w64, float(g["eps"]))
+    if c is None and len(xs) > 2:
+        raise MergeError(f"tensor {job.name}: {ANTIPODAL}")
+    _combine(base, xs, out, w32 if c is None else c)
+    return _norms_finite(gram, len(xs))
+
+
+def _karcher(job, base, xs, out, gram, shape) -> bool:
+    g, k = job.global_params, len(xs)
+    c = karcher_coefficients(gram_matrix(list(gram), k), max_iter=int(g["max_iter"]), tol=float(g["tol"]))
+    _combine(None, xs, out, [1.0] * k if c is None else c, normalize=c is None)  # None: the plain mean
+    return _norms_finite(gram, k)
+
+
+GRAM_REDUCTIONS = {
+    "model_stock": _reduction("model_stock", _model_stock),
+    "nuslerp": _reduction("nuslerp", _nuslerp),
+    "multislerp": _reduction("multislerp", _multislerp),
+    "karcher": _reduction("karcher", _karcher),
+}
+
+
+def merge_whole(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
+    """One of these methods over a whole tensor (host/merge.py's CALLS); whether the Gram
+    pass's norms proved every input finite."""
+    return whole(GRAM_REDUCTIONS[plan.spec.name], job, inputs, out) if out.numel() else True
