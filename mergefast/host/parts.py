@@ -8,9 +8,9 @@ is read, as the IO floor (benchmarks/io_floor.py) streams its 16 MiB buffer. Who
 0.3B family's embeddings and lm_head made the pool fault 256 MB of fresh pages, and the
 pipeline wait for 192 MB of reads before its first merge.
 
-SLERP, RAM+ and Model Stock (not `filter_wise`) need one statistic of the whole tensor
-that adds up part by part (host/reducing.py): their parts are read twice, once for the
-statistic and once for the merge (a second read from the page cache costs less than the
+SLERP, nuslerp (flattened), multislerp, karcher, RAM+ and Model Stock (not `filter_wise`)
+need one statistic of the whole tensor that adds up part by part (host/reduction.py): their
+parts are read twice, once for the statistic and once for the merge (a second read from the page cache costs less than the
 whole tensors' fresh pages). The methods that need another statistic of the whole tensor (a
 top-k, per-row ranks or quantiles, norms of the kept values) merge it whole.
 
