@@ -10,9 +10,10 @@ pipeline wait for 192 MB of reads before its first merge.
 
 SLERP, nuslerp (flattened), multislerp, karcher, RAM+ and Model Stock (not `filter_wise`)
 need one statistic of the whole tensor that adds up part by part (host/reduction.py): their
-parts are read twice, once for the statistic and once for the merge (a second read from the page cache costs less than the
-whole tensors' fresh pages). The methods that need another statistic of the whole tensor (a
-top-k, per-row ranks or quantiles, norms of the kept values) merge it whole.
+parts are read twice, once for the statistic and once for the merge (a second read from the
+page cache costs less than the whole tensors' fresh pages). The methods that need another
+statistic of the whole tensor (a top-k, per-row ranks or quantiles, norms of the kept values)
+merge it whole.
 
 A part's checks (execute.merge_job's NaN/inf warnings and errors) are those of its tensor:
 where a part finds a value that is not finite, the whole tensor is read and merged again
