@@ -29,8 +29,7 @@ from ..methods.spec import optional_base, split_base
 from ..plan import MergePlan, TensorJob
 from .ops import arrays, code, doubles, fused, library, threads
 from .reduction import Reduction, whole
-
-NONE = -1  # the task-arithmetic call's "no sparsification" one_read_min (host/task_arithmetic.py)
+from .task_arithmetic import ONE_READ_DEFAULT
 
 
 def _inputs(method: str, job: TensorJob, inputs: list[HostArray]) -> tuple[HostArray | None, list[HostArray]]:
@@ -110,7 +109,7 @@ def _combine(base: HostArray | None, xs: list[HostArray], out: HostArray, c: lis
     task-arithmetic or linear call kernels/spherical.py's `_combine` makes."""
     if base is not None:
         tail = (False, False, 1.0, 1.0)  # no sign consensus, no normalize, divisor, lambda
-        fused("mf_task_arithmetic", base, xs, out, (doubles(c), None, native.SPARSIFY_NONE, *tail), (NONE,))
+        fused("mf_task_arithmetic", base, xs, out, (doubles(c), None, native.SPARSIFY_NONE, *tail), (ONE_READ_DEFAULT,))
         return
     lib, (ptrs, codes) = library(), arrays(xs)
     total = float(len(xs)) if normalize else 1.0
