@@ -16,9 +16,8 @@ alignment, float64 or integer merges, more than 4 weighted models (a float32 sum
 or SCE's energies is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE
 and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough
 scale, and the cases the fused kernels leave to the torch references (nuslerp row_wise, fewer
-than two models, empty tensors of the spherical methods). A
-NaN or inf found while merging imports torch for the message (checks.py), as the torch
-engine reports it.
+than two models, empty tensors of the spherical methods). A NaN or inf found while merging
+imports torch for the message (checks.py), as the torch engine reports it.
 """
 
 from __future__ import annotations
@@ -100,8 +99,9 @@ def _job_refusal(method: str, job) -> str | None:
         return f"tensor {job.name}: no base model"
     if job.global_params.get("rescale") and not method.startswith(("dare", "della")):
         return f"tensor {job.name}: rescale outside DARE and DELLA"
-    if method in SPHERICAL and _spherical_refusal(method, job):
-        return f"tensor {job.name}: {_spherical_refusal(method, job)}"
+    spherical = _spherical_refusal(method, job) if method in SPHERICAL else None
+    if spherical:
+        return f"tensor {job.name}: {spherical}"
     if method.startswith("della") and not all(
         _della_range(p) for i, p in enumerate(job.model_params) if i != job.base_index
     ):
