@@ -140,3 +140,41 @@ def test_a_filesystem_without_o_direct_is_written_through_the_page_cache(tmp_pat
     assert not w.direct_io
     loaded = load_file(str(files[0]))
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_consecutive_pieces_are_gathered_into_whole_stage_writes(tmp_path, aligned_pwrites):
+    """Parts written one after the other (host/parts.py) go out in pwrites of STAGE_BYTES;
+    a piece that does not follow on writes out what was gathered first; `close` writes the
+    rest, and `close(drop=True)` (an aborted run) drops it."""
+    stage, piece = direct.STAGE_BYTES, 2 << 20
+    size = 2 * stage + 3 * BLOCK
+    data = bytes(random.Random(7).getrandbits(8) for _ in range(4096)) * (size // 4096)
+    f = _file(tmp_path, size)
+    for a in range(0, 2 * stage, piece):
+        f.write(data[a : a + piece], a)
+    assert aligned_pwrites == [(0, stage), (stage, stage)]
+    f.write(data[2 * stage + BLOCK :], 2 * stage + BLOCK)  # gathered: nothing written yet
+    f.write(data[2 * stage : 2 * stage + BLOCK], 2 * stage)  # not following on: a flush first
+    assert aligned_pwrites[2] == (2 * stage + BLOCK, 2 * BLOCK)
+    f.close()
+    assert aligned_pwrites[3] == (2 * stage, BLOCK) and f.path.read_bytes() == data
+
+    dropped = _file(tmp_path, size)
+    dropped.write(data[:piece], 0)
+    dropped.close(sync=False, drop=True)
+    assert len(aligned_pwrites) == 4
+
+
+def test_a_failed_gathered_write_raises_its_error_and_the_file_still_closes(tmp_path, monkeypatch):
+    """A disk-full pwrite of gathered bytes raises ENOSPC, and closing the file after it
+    (an aborted run) raises nothing more (a BufferError once hid the real error)."""
+    f = _file(tmp_path, direct.STAGE_BYTES + BLOCK)
+    f.write(bytes(direct.STAGE_BYTES + BLOCK), 0)  # a block gathered, the stage flushed
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(direct.os, "pwrite", full)
+    with pytest.raises(OSError, match="No space left"):
+        f.close()
+    f.close(sync=False, drop=True)

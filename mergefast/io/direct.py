@@ -10,11 +10,12 @@ with O_DIRECT from an aligned buffer. That system time is taken from the merge's
 
 O_DIRECT needs the file offset, the length and the buffer address aligned to the disk's
 logical block size (512 or 4096 on Linux; BLOCK covers both). Tensors start anywhere, so a
-write is split into the aligned blocks it covers whole, copied through an aligned staging
-buffer, and the partial blocks at its two ends, which wait in memory until the neighbouring
-writes (or the header) complete them. Filesystems without O_DIRECT (tmpfs on older kernels,
-some FUSE filesystems) are detected once per output folder (`direct_io_works`); the writer then
-writes through the page cache.
+write is split into the aligned blocks it covers whole, copied into an aligned staging
+buffer (gathered with the writes that follow on, up to STAGE_BYTES), and the partial blocks
+at its two ends, which wait in memory until the neighbouring writes (or the header) complete
+them. Filesystems without O_DIRECT (tmpfs on older kernels, some FUSE filesystems) are
+detected once per output folder (`direct_io_works`); the writer then writes through the page
+cache.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class DirectFile:
         self._block: mmap.mmap | None = None  # aligned copy of a completed partial block
         self._lock = threading.Lock()  # the partial blocks
         self._open_lock = threading.Lock()
+        # aligned bytes gathered for one pwrite: [file offset, staging buffer, bytes in it]
+        self._gathered: list | None = None
+        self._gather_lock = threading.Lock()
 
     def write(self, data, offset: int) -> None:
         """Write `data` (a C-contiguous buffer) at `offset`. The aligned middle goes to the disk
@@ -113,17 +117,38 @@ class DirectFile:
         self._add_partial(data[tail_start - offset :], tail_start)
 
     def _write_aligned(self, data: memoryview, offset: int) -> None:
+        """Gather `data` (whole aligned blocks) into the staging buffer, written out when it is
+        full or the next write does not follow on: parts of 2 MB written one after the other
+        (host/parts.py) go out in pwrites of STAGE_BYTES, as the floor's do. 0.3B family,
+        2-vCPU AMD EPYC VM, 6 alternated runs: linear 0.49-0.51 s against 0.52-0.68 s with a
+        pwrite per part, task_arithmetic 0.55-0.60 against 0.59-0.77 s."""
         if not len(data):
             return
         source = _address(data)
-        stage = _STAGING.take()
-        try:
-            target = _address(stage)
-            with memoryview(stage) as view:
-                for start in range(0, len(data), STAGE_BYTES):
-                    n = min(STAGE_BYTES, len(data) - start)
-                    ctypes.memmove(target, source + start, n)  # ctypes lets go of the GIL
-                    self._pwrite(view[:n], offset + start)
+        with self._gather_lock:
+            done = 0
+            while done < len(data):
+                gathered = self._gathered
+                if gathered is not None and gathered[0] + gathered[2] != offset + done:
+                    self._flush_gathered()
+                    gathered = None
+                if gathered is None:
+                    gathered = self._gathered = [offset + done, _STAGING.take(), 0]
+                n = min(STAGE_BYTES - gathered[2], len(data) - done)
+                ctypes.memmove(_address(gathered[1]) + gathered[2], source + done, n)  # lets go of the GIL
+                gathered[2] += n
+                done += n
+                if gathered[2] == STAGE_BYTES:
+                    self._flush_gathered()
+
+    def _flush_gathered(self) -> None:
+        """Write the gathered bytes out (gather lock held)."""
+        gathered, self._gathered = self._gathered, None
+        if gathered is None:
+            return
+        start, stage, n = gathered
+        try:  # no `with memoryview`: a failed pwrite's traceback holds the slice, and its release would raise
+            self._pwrite(memoryview(stage)[:n], start)
         finally:
             _STAGING.give(stage)
 
@@ -161,15 +186,22 @@ class DirectFile:
         with self._lock:
             return sum(filled for _, filled in self._partial.values())
 
-    def close(self, sync: bool = True) -> None:
-        """fsync (when `sync`) and close the file. With `sync`, raises RuntimeError if some
-        bytes never reached the disk because a neighbouring write is missing."""
+    def close(self, sync: bool = True, drop: bool = False) -> None:
+        """Write out the gathered bytes (`drop`: an aborted file's are dropped), fsync (when
+        `sync`) and close the file. With `sync`, raises RuntimeError if some bytes never
+        reached the disk because a neighbouring write is missing."""
+        with self._gather_lock:
+            if not drop:
+                self._flush_gathered()
+            elif self._gathered is not None:
+                _STAGING.give(self._gathered[1])
+                self._gathered = None
         pending = self.pending_bytes()
         if sync and pending:
             raise RuntimeError(f"{self.path}: {pending} bytes left in partially written blocks")
         if self.fd is not None:
             fd, self.fd = self.fd, None
             close_fd(fd, sync)
-        if self._block is not None:
-            self._block.close()
-            self._block = None
+        # dropped, not closed: after a failed pwrite its traceback may still hold a view of it,
+        # and closing an exported mmap raises BufferError over the real error
+        self._block = None

@@ -109,10 +109,11 @@ class _Shard:
         self.unflushed = 0
         self.lock = threading.Lock()
 
-    def close(self, sync: bool) -> None:
-        """Close the open file, fsynced when `sync` (the shard's last tensor is in)."""
+    def close(self, sync: bool, abort: bool = False) -> None:
+        """Close the open file, fsynced when `sync` (the shard's last tensor is in); `abort`:
+        the run failed, bytes still gathered for an O_DIRECT write are dropped."""
         if self.direct is not None:
-            self.direct.close(sync)
+            self.direct.close(sync, drop=abort)
         elif self.fd is not None:
             fd, self.fd = self.fd, None
             close_fd(fd, sync)
@@ -291,7 +292,7 @@ class ShardedWriter:
             self._finished = True
         for shard in self._files:
             with shard.lock:
-                shard.close(sync=False)
+                shard.close(sync=False, abort=True)
 
     def __enter__(self) -> ShardedWriter:
         return self
