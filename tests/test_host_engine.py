@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,14 +14,21 @@ from helpers import example_config, plan_of, run_cli
 from test_torch_free_start import _watched
 
 from mergefast import execute, host
+from mergefast.io import mapped
 from mergefast.methods.scalars import f32_sum
 from mergefast.options import MergeOptions
 
 
-@pytest.fixture
-def engines(monkeypatch):
-    """Runs a CLI merge on the engine asked for; records which one ran."""
+@pytest.fixture(params=["read", "mapped"])
+def engines(request, monkeypatch):
+    """Runs a CLI merge on the engine asked for; records which one ran. "mapped": the
+    torch-free engine maps every whole input tensor (io/mapped.py), not only the large ones."""
     ran: list[bool] = []
+    maps: list[str] = []
+    if request.param == "mapped":
+        monkeypatch.setattr(mapped, "MAP_MIN_BYTES", 1)
+        real_map = mapped.map_tensor
+        monkeypatch.setattr(mapped, "map_tensor", lambda fd, info: maps.append(info.name) or real_map(fd, info))
 
     def merge(config, out, *extra, torch_free: bool, env=None):
         def choose(plan, options):
@@ -30,6 +38,9 @@ def engines(monkeypatch):
         monkeypatch.setattr(execute, "torch_free", choose)
         result = run_cli("yaml", config, out, "--quiet", *extra, env=env)
         assert ran[-1] is torch_free, "the engine asked for did not run"
+        merges = "passthrough" not in Path(config).read_text()  # a passthrough merge copies: read, not mapped
+        assert bool(maps) is (torch_free and request.param == "mapped" and merges), maps
+        maps.clear()
         return result
 
     return merge

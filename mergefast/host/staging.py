@@ -47,13 +47,18 @@ class HostArrayStaging(BufferPool):
         self.plan = plan
 
     def read(self, job: TensorJob | TensorPart) -> _Staged:
-        """Read a job's source tensors, or a part's elements of them (reader thread)."""
-        sizes = job.input_bytes
-        buffers = [self._buffer(n) for n in sizes]
-        self._asked(sizes)
+        """Read a job's source tensors, or a part's elements of them (reader thread). A whole
+        tensor merged (not copied) is mapped where its reader can (io/mapped.py)."""
         elements = None if job.start is None else (job.start, job.stop)
-        readers = [self.plan.models[s.model].reader for s in job.sources]
-        arrays = [r.read_into(s.tensor, b, elements) for r, s, b in zip(readers, job.sources, buffers)]
+        arrays, buffers = [], []
+        for source, nbytes in zip(job.sources, job.input_bytes):
+            reader = self.plan.models[source.model].reader
+            array = reader.map_whole(source.tensor) if elements is None and not job.copy else None
+            if array is None:
+                buffers.append(self._buffer(nbytes))
+                array = reader.read_into(source.tensor, buffers[-1], elements)
+            arrays.append(array)
+        self._asked(job.input_bytes)
         return _Staged(arrays, buffers)
 
     def merge(self, job: TensorJob | TensorPart, staged: _Staged, merge_fn: Callable) -> _Merged:
@@ -71,6 +76,7 @@ class HostArrayStaging(BufferPool):
         finally:
             if not job.copy:
                 self._give_back(staged.buffers)
+                staged.arrays.clear()  # mapped inputs are unmapped with their last view
         if job.copy:
             return _Merged(out, staged.buffers + lent)
         self._asked([job.out_bytes])

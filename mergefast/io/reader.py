@@ -13,7 +13,8 @@ Why pread and not mmap (measured here on a 100 MB tensor, warm page cache, 2-cor
 The two are equal within noise; what matters is reusing the destination (see `read(out=)`).
 pread needs no mapping lifetime management, is thread-safe without locks (no shared file
 position), cannot SIGBUS when a file shrinks under us, and writes directly into a pinned
-buffer, so it is the one used.
+buffer, so it is the one used; but where no destination is reused (the torch-free engine's
+whole tensors) `map_whole` maps the tensor instead (io/mapped.py).
 """
 
 from __future__ import annotations
@@ -235,6 +236,16 @@ class CheckpointReader:
         if i.nbytes:
             self._pread(i, memoryview(buffer).cast("B"))
         return host_array(buffer, i.dtype_name, shape)
+
+    def map_whole(self, name: str) -> HostArray | None:
+        """A safetensors tensor as a HostArray over a private mapping of its pages (io/mapped.py),
+        or None where it is better read (`read_into`): a small or misaligned tensor, .bin weights."""
+        from . import mapped
+
+        i = self.info(name)
+        if self.format != "safetensors" or not mapped.mappable(i):
+            return None
+        return mapped.map_tensor(self._fd(i.file), i)
 
     def _pread(self, i: TensorInfo, mv: memoryview) -> None:
         """Read tensor `i`'s bytes into the start of the byte memoryview `mv`."""
