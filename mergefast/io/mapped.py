@@ -47,11 +47,14 @@ def map_tensor(fd: int, info: TensorInfo) -> HostArray:
     start = info.data_offsets[0]
     end = start + info.nbytes
     if os.fstat(fd).st_size < end:
-        raise ModelError(f"{info.file}: tensor {info.name!r} ends past the end of the file (truncated?); re-download it")
+        raise ModelError(
+            f"{info.file}: tensor {info.name!r} ends past the end of the file (truncated?); re-download it"
+        )
     first = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
     prot = mmap.PROT_READ | mmap.PROT_WRITE
     m = mmap.mmap(fd, end - first, flags=mmap.MAP_PRIVATE, prot=prot, offset=first)
     try:
+        m.madvise(mmap.MADV_WILLNEED)  # pages not in the page cache: one readahead of the range
         m.madvise(_MADV_POPULATE_READ)
     except OSError as e:  # EINVAL: a kernel before 5.14, whose pages then fault in on use
         if e.errno != errno.EINVAL:
