@@ -1,7 +1,7 @@
-"""The torch-free engine's staging: each job's inputs are read into pooled byte buffers,
-merged into another pooled buffer, and handed to the writer; the three pipeline stages
-(io/pipeline.py) call `read`, `merge` and `write` as they call staging/host.py's, and both pool
-their buffers the same way (staging/pool.py).
+"""The torch-free engine's staging: each job's inputs are read into pooled byte buffers (a
+whole tensor's mapped instead, io/mapped.py), merged into another pooled buffer, and handed
+to the writer; the three pipeline stages (io/pipeline.py) call `read`, `merge` and `write` as
+they call staging/host.py's, and both pool their buffers the same way (staging/pool.py).
 """
 
 from __future__ import annotations
