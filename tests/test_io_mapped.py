@@ -3,6 +3,7 @@ the same bytes as a read, private to the process, and read instead where a map d
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import write_checkpoint
+from helpers import example_config, run_cli
 from safetensors.torch import save_file
 
+from mergefast import host
 from mergefast.errors import ModelError
 from mergefast.io import mapped
 from mergefast.io.reader import CheckpointReader
@@ -76,3 +79,36 @@ def test_a_file_truncated_after_its_header_was_read_is_a_model_error(tmp_path):
         with pytest.raises(ModelError, match="truncated") as e:
             r.map_whole("w")
     assert "model.safetensors" in str(e.value) and "'w'" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["ties.yml", "slerp-gradient.yml"])
+def test_a_merge_from_mapped_inputs_writes_the_bytes_of_one_from_read_inputs(name, family, tmp_path, monkeypatch):
+    """The torch-free engine's output is the same whether its inputs are read or mapped."""
+    from mergefast import execute
+
+    monkeypatch.setattr(execute, "torch_free", lambda plan, options: host.refusal(plan, options) is None)
+    config = tmp_path / "c.yml"
+    config.write_text(example_config(name, family))
+    maps = []
+    real_map = mapped.map_tensor
+    monkeypatch.setattr(mapped, "map_tensor", lambda fd, info: maps.append(info.name) or real_map(fd, info))
+    outs = []
+    for floor in (mapped.MAP_MIN_BYTES, 1):  # the tiny family's tensors: all read, then all mapped
+        monkeypatch.setattr(mapped, "MAP_MIN_BYTES", floor)
+        outs.append(tmp_path / f"out-{floor}" / "out")
+        assert run_cli("yaml", config, outs[-1], "--quiet").exit_code == 0
+        assert bool(maps) is (floor == 1)
+    for f in outs[0].iterdir():
+        assert f.read_bytes() == (outs[1] / f.name).read_bytes(), f.name
+
+
+def test_a_filesystem_that_cannot_map_is_read(tmp_path, monkeypatch):
+    """mmap fails (ENODEV on some FUSE filesystems): the tensor is read instead."""
+    save_file({"w": torch.randn(BIG).bfloat16()}, tmp_path / "model.safetensors")
+
+    def no_map(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(mapped.mmap, "mmap", no_map)
+    with CheckpointReader(tmp_path) as r:
+        assert r.map_whole("w") is None
