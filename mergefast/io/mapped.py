@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import sys
 
 from ..dtypes import ITEMSIZE
 from ..errors import ModelError
@@ -33,7 +34,8 @@ from .host_array import HostArray, host_array
 from .safetensors_header import TensorInfo
 
 MAP_MIN_BYTES = 256 << 10  # smaller tensors: a pooled, cache-hot buffer beats 3 syscalls
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; Python 3.11 lacks the name
+# Linux 5.14 (Python 3.11 lacks the name); elsewhere the pages fault in on use
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
 _MAPS = hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap.mmap, "madvise")
 
 
@@ -61,7 +63,8 @@ def map_tensor(fd: int, info: TensorInfo) -> HostArray | None:
         return None
     try:
         m.madvise(mmap.MADV_WILLNEED)  # pages not in the page cache: one readahead of the range
-        m.madvise(_MADV_POPULATE_READ)
+        if _MADV_POPULATE_READ is not None:
+            m.madvise(_MADV_POPULATE_READ)
     except OSError as e:  # EINVAL: a kernel before 5.14, whose pages then fault in on use
         if e.errno != errno.EINVAL:
             m.close()
