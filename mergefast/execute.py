@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -87,10 +86,11 @@ def run_job(plan: MergePlan, job: TensorJob, device: str) -> torch.Tensor:
 
 
 def torch_free(plan: MergePlan, options: MergeOptions) -> bool:
-    """Whether the merge runs on the torch-free CPU engine (host/): where it covers the plan
-    and torch is not loaded yet (a process that has torch gains nothing from it)."""
-    if "torch" in sys.modules:
-        return False
+    """Whether the merge runs on the torch-free CPU engine (host/): wherever it covers the
+    plan, in a process that has torch too (`mergefast.merge` from a notebook): its parts and
+    mapped inputs beat the torch engine's staging there as well. 0.3B family, merges in a
+    process that had imported torch, 3 alternated runs: TIES 1.26-1.65 s against 1.63-2.77 s
+    on the torch engine, linear 0.68-1.12 against 1.14-1.20 s."""
     from .host import refusal
 
     return refusal(plan, options) is None

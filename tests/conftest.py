@@ -46,6 +46,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def torch_engine_in_process(monkeypatch):
+    """Merges run in this process (CliRunner, `mergefast.merge`) take the torch engine, which
+    most tests exercise (fake GPUs, kernel spies, failure injection); a merge would otherwise
+    take the torch-free engine wherever it covers the plan (execute.torch_free). The tests of
+    that engine (tests/test_host_*.py, tests/test_io_mapped.py) set `execute.torch_free`
+    themselves, and subprocess tests run the real rule."""
+    from mergefast import execute
+
+    monkeypatch.setattr(execute, "torch_free", lambda plan, options: False)
+
+
 @pytest.fixture(scope="session")
 def family(tmp_path_factory) -> dict[str, Path]:
     """A bf16 family of four 4-layer tiny Llamas (untied)."""

@@ -371,3 +371,21 @@ def test_slerp_past_float32_dots_runs_the_reference():
     slerp(None, SimpleNamespace(base_index=0, global_params={"t": 0.3}, model_params=({}, {})), arrays, out, 0)
     expected = kernels.slerp(a, b, 0.3, out_dtype=torch.bfloat16)
     assert torch.isfinite(expected).all() and torch.equal(out.to_torch(), expected)
+
+
+REAL_TORCH_FREE = execute.torch_free  # the conftest pins in-process merges to the torch engine
+
+
+def test_a_process_that_has_torch_takes_the_torch_free_engine(family, monkeypatch):
+    """`mergefast.merge` from a process that imported torch: the torch-free engine where it
+    covers the plan, its OpenMP team torch's intra-op thread count."""
+    import sys
+
+    from mergefast.host import ops
+
+    plan = plan_of(example_config("ties.yml", family))
+    assert "torch" in sys.modules and REAL_TORCH_FREE(plan, MergeOptions())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert ops.threads() == 3
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    assert not REAL_TORCH_FREE(plan, MergeOptions())

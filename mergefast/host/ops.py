@@ -8,6 +8,7 @@ RAM+ and Model Stock, whose statistic adds up part by part, in host/reducing.py.
 from __future__ import annotations
 
 import ctypes
+import sys
 from collections.abc import Sequence
 
 from .. import native
@@ -121,8 +122,10 @@ doubles = native.doubles
 
 
 def threads() -> int:
-    """The OpenMP team size without torch (native.default_threads)."""
-    return native.default_threads()
+    """The OpenMP team size: torch's intra-op thread count in a process that has torch (as
+    the kernel API's), else native.default_threads."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else native.default_threads()
 
 
 def arrays(xs: Sequence[HostArray]):
