@@ -9,8 +9,8 @@ kernels' torch binding (kernels/cpu.py), checks values with the library's exact 
 and hands the bytes to the same writer: the output files are byte-identical to the torch
 engine's (tests/test_host_engine.py).
 
-execute.py runs it when `refusal(plan, options)` is None and torch is not loaded yet (a
-process that has torch gains nothing). It refuses, and the torch engine runs, for anything it
+execute.py runs it when `refusal(plan, options)` is None, in a process that has torch too
+(execute.torch_free says why). It refuses, and the torch engine runs, for anything it
 does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
 alignment, float64 or integer merges, more than 4 weighted models (a float32 sum of weights
 or SCE's energies is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE
@@ -62,7 +62,7 @@ def torch_free_line() -> str:
     if lib is None:
         return f"cpu without torch: unavailable ({error})"
     merged = ", ".join(m for m in METHODS if m != "passthrough")
-    return f"cpu without torch: {merged} -> cpu-ext, passthrough copies; when torch is not loaded ({where})"
+    return f"cpu without torch: {merged} -> cpu-ext, passthrough copies ({where})"
 
 
 def refusal(plan, options) -> str | None:
