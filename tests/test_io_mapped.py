@@ -31,7 +31,7 @@ def test_a_large_tensor_maps_to_its_bytes(tmp_path):
     tensors = {"small": torch.randn(8), "w": torch.randn(BIG).bfloat16(), "v": torch.randn(BIG).bfloat16()}
     save_file(tensors, tmp_path / "model.safetensors")
     with CheckpointReader(tmp_path) as r:
-        for name in ("w", "v"):  # "v" starts past the first page: the map starts on a page boundary before it
+        for name in ("w", "v"):  # both start mid-page, "w" past the first page: each map starts at its page
             array = r.map_whole(name)
             assert array is not None and (array.dtype, array.shape) == ("bfloat16", BIG)
             assert bytes(array.data) == _read(r, name)
@@ -93,11 +93,11 @@ def test_a_merge_from_mapped_inputs_writes_the_bytes_of_one_from_read_inputs(nam
     real_map = mapped.map_tensor
     monkeypatch.setattr(mapped, "map_tensor", lambda fd, info: maps.append(info.name) or real_map(fd, info))
     outs = []
-    for floor in (mapped.MAP_MIN_BYTES, 1):  # the tiny family's tensors: all read, then all mapped
-        monkeypatch.setattr(mapped, "MAP_MIN_BYTES", floor)
-        outs.append(tmp_path / f"out-{floor}" / "out")
+    for smallest in (mapped.MAP_MIN_BYTES, 1):  # the tiny family's tensors: all read, then all mapped
+        monkeypatch.setattr(mapped, "MAP_MIN_BYTES", smallest)
+        outs.append(tmp_path / f"out-{smallest}" / "out")  # the model card names the folder: "out" both times
         assert run_cli("yaml", config, outs[-1], "--quiet").exit_code == 0
-        assert bool(maps) is (floor == 1)
+        assert bool(maps) is (smallest == 1)
     for f in outs[0].iterdir():
         assert f.read_bytes() == (outs[1] / f.name).read_bytes(), f.name
 
