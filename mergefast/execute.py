@@ -137,7 +137,7 @@ def _write_tensors(
 
             def done(job):
                 stats.tensors += job.ends_tensor
-                stats.read_bytes += 0 if getattr(job, "reduces", False) else job.read_bytes  # the plan's bytes, once
+                stats.read_bytes += 0 if job.reduces else job.read_bytes  # the plan's bytes, once
                 bar.update(job.read_bytes)
 
             stages = run_pipeline(

@@ -78,6 +78,11 @@ class TensorJob:
         return True
 
     @property
+    def reduces(self) -> bool:
+        """Whether this job only adds to its tensor's statistic (a reducing TensorPart's pass)."""
+        return False
+
+    @property
     def out_bytes(self) -> int:
         """Bytes of the output tensor."""
         return OutputTensor(self.name, self.dtype_name, self.shape).nbytes

@@ -112,10 +112,16 @@ def _job_refusal(method: str, job) -> str | None:
 SPHERICAL = ("nuslerp", "multislerp", "karcher")
 
 
+def gram_vectors(method: str, job) -> int:
+    """How many vectors the Gram methods' pass takes (host/gram_methods.py): every model but
+    the base, every model for karcher."""
+    return len(job.sources) - (method != "karcher" and job.base_index is not None)
+
+
 def _spherical_refusal(method: str, job) -> str | None:
     """What of a nuslerp, multislerp or karcher job the fused kernels leave to the reference
     (kernels/slerp_family.py, kernels/spherical.py): its cases and its errors."""
-    models = len(job.sources) - (method != "karcher" and job.base_index is not None)
+    models = gram_vectors(method, job)
     if models != 2 if method == "nuslerp" else models < 2:
         return f"{method} of {models} models"
     if math.prod(job.shape) == 0:

@@ -27,6 +27,7 @@ from ..methods.gram_scalars import (
 from ..methods.scalars import gram_column, model_stock_ratios, rows_cols
 from ..methods.spec import optional_base, split_base
 from ..plan import MergePlan, TensorJob
+from . import gram_vectors
 from .ops import arrays, code, doubles, fused, library, threads
 from .reduction import Reduction, whole
 from .task_arithmetic import ONE_READ_DEFAULT
@@ -52,13 +53,14 @@ def _rows_cols(method: str, job: TensorJob) -> tuple[int, int]:
     return 1, math.prod(job.shape)
 
 
-def _k(method: str, job: TensorJob) -> int:
-    return len(job.sources) - (method != "karcher" and job.base_index is not None)
+def _weights(job: TensorJob) -> list[float]:
+    """Every model's `weight` but the base's, in model order."""
+    return [float(p["weight"]) for i, p in enumerate(job.model_params) if i != job.base_index]
 
 
 def _reduction(method: str, apply: Callable) -> Reduction:
     def zero(job: TensorJob):
-        k = _k(method, job)
+        k = gram_vectors(method, job)
         return (ctypes.c_double * (_rows_cols(method, job)[0] * (k * (k + 1) // 2)))()
 
     def add(job: TensorJob, inputs: list[HostArray], gram) -> None:
@@ -96,7 +98,7 @@ def _nuslerp(job, base, xs, out, gram, shape) -> bool:
     import numpy as np  # here: the elementwise methods need none (io/host_array.py)
 
     (rows, cols), (x0, x1), lib = shape, xs, library()
-    weights = [float(p["weight"]) for i, p in enumerate(job.model_params) if i != job.base_index]
+    weights = _weights(job)
     factors = nuslerp_factors(np.frombuffer(gram, dtype=np.float64).reshape(rows, 3), nuslerp_t(*weights))
     bptr, bcode = (None, 0) if base is None else (base.data_ptr(), code(base))
     head = (bptr, bcode, x0.data_ptr(), code(x0), x1.data_ptr(), code(x1), rows, cols)
@@ -121,7 +123,7 @@ def _combine(base: HostArray | None, xs: list[HostArray], out: HostArray, c: lis
 
 def _multislerp(job, base, xs, out, gram, shape) -> bool:
     g = job.global_params
-    weights = [float(p["weight"]) for i, p in enumerate(job.model_params) if i != job.base_index]
+    weights = _weights(job)
     w64, w32 = multislerp_weights(weights, g["normalize_weights"])
     c = multislerp_coefficients(gram_matrix(list(gram), len(xs)), w64, float(g["eps"]))
     if c is None and len(xs) > 2:

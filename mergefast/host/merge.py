@@ -64,11 +64,16 @@ def merge_host_job(
 
 def _merged(plan: MergePlan, job: TensorJob, inputs: list[HostArray], take: Callable, seed: int | None):
     """(output, whether the C call proved every input finite) of a job that is no copy."""
+    _check_inputs(plan, job, inputs)
+    out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
+    return out, CALLS[plan.spec.name](plan, job, inputs, out, 0 if seed is None else int(seed))
+
+
+def _check_inputs(plan: MergePlan, job: TensorJob, inputs: list[HostArray]) -> None:
+    """The method's ConfigError for a job whose inputs it cannot merge (their count, a base)."""
     problem = plan.spec.input_error(len(inputs), job.base_index is not None)
     if problem:
         raise ConfigError(f"tensor {job.name}: {problem}")
-    out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
-    return out, CALLS[plan.spec.name](plan, job, inputs, out, 0 if seed is None else int(seed))
 
 
 def _merge_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take: Callable, seed: int | None):
@@ -78,9 +83,7 @@ def _merge_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take
     reducing part adds to its tensor's statistic (host/reducing.py) and has no output (None)."""
     job, reduction = part.as_job(), reducing.REDUCTIONS.get(plan.spec.name)
     if part.reduces:
-        problem = plan.spec.input_error(len(inputs), job.base_index is not None)
-        if problem:
-            raise ConfigError(f"tensor {job.name}: {problem}")
+        _check_inputs(plan, job, inputs)
         reduction.add(job, inputs, part.state.setdefault("stat", reduction.zero(job)))
         return None
     if job.copy:

@@ -119,8 +119,8 @@ def split_jobs(plan: MergePlan, jobs: list[TensorJob]) -> list[TensorJob | Tenso
     for job in jobs:
         n = math.prod(job.shape)
         same = all(math.prod(s.info.shape) == n for s in job.sources)
-        reducing = reduction is not None and not job.copy and reduction.cuts(job)
-        reducing = reducing and not all(mapped.mappable(s.info) for s in job.sources)
+        mapped_whole = all(mapped.mappable(s.info) for s in job.sources)
+        reducing = reduction is not None and not job.copy and reduction.cuts(job) and not mapped_whole
         if n <= size or not (job.copy or cut or reducing) or job.vocab is not None or not same:
             out.append(job)
             continue
