@@ -106,7 +106,10 @@ def _engine(plan: MergePlan, jobs: list, options: MergeOptions, budget: int, hos
 
         staging = HostArrayStaging(plan, jobs)
         return staging, lambda job, staged: staging.merge(job, staged, lambda *a: merge_host_job(plan, *a, seed))
-    import torch
+    # Ctrl-C or SIGTERM inside torch's import (1-2.5 s, while Hub shards download) would raise
+    # in its C++ initialisation: "terminate called", or a hang. They wait until it is done.
+    with _signals_held():
+        import torch
 
     if seed is not None:
         torch.manual_seed(seed)
