@@ -146,7 +146,8 @@ def test_consecutive_pieces_are_gathered_into_whole_stage_writes(tmp_path, align
     """Parts written one after the other (host/parts.py) go out in pwrites of STAGE_BYTES;
     a piece that does not follow on writes out what was gathered first; `close` writes the
     rest, and `close(drop=True)` (an aborted run) drops it."""
-    stage, piece = direct.STAGE_BYTES, 2 << 20
+    stage = direct.STAGE_BYTES
+    piece = stage // 2
     size = 2 * stage + 3 * BLOCK
     data = bytes(random.Random(7).getrandbits(8) for _ in range(4096)) * (size // 4096)
     f = _file(tmp_path, size)
@@ -163,6 +164,22 @@ def test_consecutive_pieces_are_gathered_into_whole_stage_writes(tmp_path, align
     dropped.write(data[:piece], 0)
     dropped.close(sync=False, drop=True)
     assert len(aligned_pwrites) == 4
+
+
+def test_pieces_that_meet_inside_a_block_are_gathered_with_it(tmp_path, aligned_pwrites):
+    """Tensors and parts whose ends fall inside a block (any offset after a safetensors
+    header): the block their meeting completes joins the gathered bytes, so they go out in
+    pwrites of STAGE_BYTES one after the other, not a 4 KiB pwrite for each such block."""
+    stage = direct.STAGE_BYTES
+    size = 3 * stage + 1000
+    data = bytes(random.Random(3).getrandbits(8) for _ in range(4096)) * (size // 4096 + 1)
+    cuts = [0, 88, *range(88 + 5000, size, 300_001), size]
+    f = _file(tmp_path, size)
+    for a, b in zip(cuts, cuts[1:]):
+        f.write(data[a:b], a)
+    f.close()
+    assert f.path.read_bytes() == data[:size]
+    assert aligned_pwrites == [(k * stage, stage) for k in range(3)] + [(3 * stage, BLOCK)]
 
 
 def test_a_failed_gathered_write_raises_its_error_and_the_file_still_closes(tmp_path, monkeypatch):
