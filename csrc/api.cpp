@@ -222,22 +222,28 @@ void mf_one_read_counts(int64_t* finished, int64_t* fell_back) {
   *fell_back = counts.second;
 }
 
-int32_t mf_slerpfam_gram(const void* base, int32_t base_dtype, const void* const* xs,
-                         const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
-                         int32_t threads, double* gram_out) {
+namespace {
+
+int32_t slerpfam_gram(const void* base, int32_t base_dtype, const void* const* xs, const int32_t* x_dtypes,
+                      int32_t k, int64_t rows, int64_t cols, int32_t threads, double* gram_out, bool columns) {
   return guarded([&] {
     const char* op = "gram";
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(rows >= 0 && cols >= 0 && gram_out != nullptr, op, "bad sizes");
     Src sb{};
     if (base != nullptr) sb = make_src(base, base_dtype, op);
-    gram(base != nullptr ? &sb : nullptr, src, rows, cols, threads, gram_out);
+    const Src* b = base != nullptr ? &sb : nullptr;
+    if (columns) {
+      gram_columns(b, src, rows, cols, threads, gram_out);
+    } else {
+      gram(b, src, rows, cols, threads, gram_out);
+    }
   });
 }
 
-int32_t mf_nuslerp_apply(const void* base, int32_t base_dtype, const void* x0, int32_t x0_dtype,
-                         const void* x1, int32_t x1_dtype, int64_t rows, int64_t cols,
-                         const float* factors, void* out, int32_t out_dtype, int32_t threads) {
+int32_t nuslerp(const void* base, int32_t base_dtype, const void* x0, int32_t x0_dtype, const void* x1,
+                int32_t x1_dtype, int64_t rows, int64_t cols, const float* factors, void* out, int32_t out_dtype,
+                int32_t threads, bool columns) {
   return guarded([&] {
     const char* op = "nuslerp";
     const Src s0 = make_src(x0, x0_dtype, op), s1 = make_src(x1, x1_dtype, op);
@@ -245,9 +251,34 @@ int32_t mf_nuslerp_apply(const void* base, int32_t base_dtype, const void* x0, i
     Src sb{};
     if (base != nullptr) sb = make_src(base, base_dtype, op);
     const Dst dst = make_dst(out, out_dtype, rows * cols, op);
-    nuslerp_apply(base != nullptr ? &sb : nullptr, s0, s1, cols, factors, dst, rows * cols,
-                  threads);
+    nuslerp_apply(base != nullptr ? &sb : nullptr, s0, s1, cols, factors, dst, rows * cols, threads, columns);
   });
+}
+
+}  // namespace
+
+int32_t mf_slerpfam_gram(const void* base, int32_t base_dtype, const void* const* xs,
+                         const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
+                         int32_t threads, double* gram_out) {
+  return slerpfam_gram(base, base_dtype, xs, x_dtypes, k, rows, cols, threads, gram_out, false);
+}
+
+int32_t mf_slerpfam_gram_columns(const void* base, int32_t base_dtype, const void* const* xs,
+                                 const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
+                                 int32_t threads, double* gram_out) {
+  return slerpfam_gram(base, base_dtype, xs, x_dtypes, k, rows, cols, threads, gram_out, true);
+}
+
+int32_t mf_nuslerp_apply(const void* base, int32_t base_dtype, const void* x0, int32_t x0_dtype,
+                         const void* x1, int32_t x1_dtype, int64_t rows, int64_t cols,
+                         const float* factors, void* out, int32_t out_dtype, int32_t threads) {
+  return nuslerp(base, base_dtype, x0, x0_dtype, x1, x1_dtype, rows, cols, factors, out, out_dtype, threads, false);
+}
+
+int32_t mf_nuslerp_apply_columns(const void* base, int32_t base_dtype, const void* x0, int32_t x0_dtype,
+                                 const void* x1, int32_t x1_dtype, int64_t rows, int64_t cols,
+                                 const float* factors, void* out, int32_t out_dtype, int32_t threads) {
+  return nuslerp(base, base_dtype, x0, x0_dtype, x1, x1_dtype, rows, cols, factors, out, out_dtype, threads, true);
 }
 
 int32_t mf_model_stock_apply(const void* base, int32_t base_dtype, const void* const* xs,

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 10
+#define MF_ABI_VERSION 11
 
 /* status codes */
 #define MF_OK 0
@@ -124,12 +124,25 @@ MF_API int32_t mf_slerpfam_gram(const void* base, int32_t base_dtype, const void
                                 const int32_t* x_dtypes, int32_t k, int64_t rows, int64_t cols,
                                 int32_t threads, double* gram);
 
+/* mf_slerpfam_gram per column of the rows x cols view (nuslerp's row_wise): gram[col * P + q]
+ * += <d_i, d_j> down the column, float64 sums of exact products over the rows in order, added
+ * to what gram holds (zero it first). */
+MF_API int32_t mf_slerpfam_gram_columns(const void* base, int32_t base_dtype, const void* const* xs,
+                                        const int32_t* x_dtypes, int32_t k, int64_t rows,
+                                        int64_t cols, int32_t threads, double* gram);
+
 /* nuslerp's elementwise pass: per row, factors[3 row .. 3 row + 2] = (c0, c1, dv) and out = base
  * + (c0 (x0 - base) + c1 (x1 - base)) / dv in float32 (without base: of x0, x1). */
 MF_API int32_t mf_nuslerp_apply(const void* base, int32_t base_dtype, const void* x0,
                                 int32_t x0_dtype, const void* x1, int32_t x1_dtype, int64_t rows,
                                 int64_t cols, const float* factors, void* out, int32_t out_dtype,
                                 int32_t threads);
+
+/* mf_nuslerp_apply with the factors per column: factors[3 col .. 3 col + 2]. */
+MF_API int32_t mf_nuslerp_apply_columns(const void* base, int32_t base_dtype, const void* x0,
+                                        int32_t x0_dtype, const void* x1, int32_t x1_dtype,
+                                        int64_t rows, int64_t cols, const float* factors, void* out,
+                                        int32_t out_dtype, int32_t threads);
 
 /* model_stock's elementwise pass: out = t[row] m + (1 - t[row]) base, m = (sum of xs) / k. */
 MF_API int32_t mf_model_stock_apply(const void* base, int32_t base_dtype, const void* const* xs,

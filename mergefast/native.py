@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-ABI_VERSION = 10  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 11  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).parent / "kernels" / ("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -48,7 +48,9 @@ _SIGNATURES = {
         [_p, _i32, _p, _p, _i32, _i64, _p, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i64, _i32, _p],
     ),
     "mf_slerpfam_gram": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _i32, _p]),
+    "mf_slerpfam_gram_columns": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _i32, _p]),
     "mf_nuslerp_apply": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
+    "mf_nuslerp_apply_columns": (_i32, [_p, _i32, _p, _i32, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_model_stock_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _i32, _i32]),
     "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
     "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p, _i32]),

@@ -567,12 +567,15 @@ class KernelSuite:
         ref64 = methods.nuslerp([x.cpu().double() for x in xs], weights, b64, **kw).to(out.dtype)
         assert_close_or_nan(out, ref, ref64)
 
+    # whole tensors, slices along the last axis, slices along axis 0 (row_wise: per column)
+    NUSLERP_MODES = ({"flatten": True}, {"flatten": False}, {"flatten": False, "row_wise": True})
+
     def test_nuslerp(self, shape, dtype):
         base, xs = self.inputs(shape, dtype, scale=0.5)
         for with_base in (False, True):
-            for flatten in (True, False):
+            for mode in self.NUSLERP_MODES:
                 for weights in self.NUSLERP_WEIGHTS:
-                    self._nuslerp_check(xs[:2], base if with_base else None, weights, flatten=flatten)
+                    self._nuslerp_check(xs[:2], base if with_base else None, weights, **mode)
 
     def test_nuslerp_parallel_zero_nan(self, dtype):
         """Parallel, equal and zero vectors (the lerp branch and the 1e-7 norm clamp), per row
@@ -589,8 +592,8 @@ class KernelSuite:
             (None, xs[0], nan),
             (base, xs[0], nan),
         ):
-            for flatten in (True, False):
-                self._nuslerp_check([x0, x1], b, [0.4, 0.6], flatten=flatten)
+            for mode in self.NUSLERP_MODES:
+                self._nuslerp_check([x0, x1], b, [0.4, 0.6], **mode)
 
     def test_nuslerp_antiparallel(self, dtype):
         """Antiparallel slices: slerp is ill-posed there (any great circle), so the float32
@@ -602,14 +605,20 @@ class KernelSuite:
             out = kernels.nuslerp([x0, -x0], [0.3, 0.7], flatten=flatten)
             assert_same(out, methods.nuslerp([x0.cpu(), -x0.cpu()], [0.3, 0.7], flatten=flatten), exact=self.EXACT)
 
-    def test_nuslerp_row_wise_and_out_dtype(self):
-        base, xs = self.inputs((13, 61), torch.bfloat16, scale=0.5)
-        out = kernels.nuslerp(xs[:2], [0.3, 0.7], base, flatten=False, row_wise=True)  # the reference runs
-        ref = methods.nuslerp(_cpu(xs[:2]), [0.3, 0.7], base.cpu(), flatten=False, row_wise=True)
-        assert_same(out, ref, exact=self.EXACT)
+    def test_nuslerp_row_wise_slices_along_axis_0_and_out_dtype(self):
+        """row_wise slerps the slices along axis 0 (the columns of shape[0] rows, every later
+        axis flattened), in a 3-d tensor too: one slice antiparallel, one zero, one NaN."""
+        base, xs = self.inputs((13, 5, 7), torch.bfloat16, scale=0.5)
+        x1 = xs[1].clone()
+        x1[:, 0, 0] = base[:, 0, 0] - (xs[0][:, 0, 0] - base[:, 0, 0])  # antiparallel deltas
+        x1[:, 1, 2] = base[:, 1, 2]  # a zero delta
+        x1[4, 3, 1] = float("nan")
+        for b in (base, None):
+            self._nuslerp_check([xs[0], x1], b, [0.3, 0.7], flatten=False, row_wise=True)
         mixed = [xs[0].float(), xs[1].half()]
         for od in (None, torch.bfloat16, torch.float64):
             self._nuslerp_check(mixed, base, [0.5, 0.5], out_dtype=od)
+            self._nuslerp_check(mixed, base, [0.5, 0.5], out_dtype=od, flatten=False, row_wise=True)
 
     def _model_stock_check(self, base, xs, **kw):
         out = kernels.model_stock(base, xs, **kw)

@@ -1,6 +1,7 @@
 """The SLERP family's Gram pass (csrc/cpu/gram.cpp) against an exact model of its summation
 order: per block of 2048 elements of a row, 8 float64 lanes (element j in lane j % 8, summed in
-index order), the lanes pairwise, then the blocks of the row in order. Any change to how the
+index order), the lanes pairwise, then the blocks of the row in order; per column
+(csrc/cpu/gram_columns.cpp), the rows in order. Any change to how the
 pass computes (vector width, fused multiply-add, staging) must keep every sum bit-identical."""
 
 from __future__ import annotations
@@ -66,6 +67,32 @@ def test_gram_sums_in_the_documented_order(k, rows, cols, dtype, with_base):
     xs = [(torch.randn(rows * cols, generator=g) * (1 + i)).to(dtype) for i in range(k)]
     got = cpu.gram(base, xs, rows, cols)
     assert torch.equal(got, expected_gram(base, xs, rows, cols))
+
+
+@pytest.mark.parametrize(
+    "k, rows, cols, dtype, with_base",
+    [
+        (2, 7, 1100, torch.bfloat16, True),
+        (2, 33, 5, torch.float16, False),
+        (3, 4, 513, torch.float32, True),
+        (1, 3, 64, torch.bfloat16, False),
+    ],
+)
+def test_column_gram_sums_each_column_down_the_rows_in_order(k, rows, cols, dtype, with_base):
+    """nuslerp's row_wise (gram_columns.cpp): per column of the rows x cols view, every sum the
+    float64 products of the rows added in row order from 0.0, bit for bit; two vectors (one
+    loop) and the pair-by-pair path, runs of 512 columns and a partial one."""
+    from mergefast.kernels import cpu
+
+    g = torch.Generator().manual_seed(k * 100 + cols)
+    base = torch.randn(rows * cols, generator=g).to(dtype) if with_base else None
+    xs = [(torch.randn(rows * cols, generator=g) * (1 + i)).to(dtype) for i in range(k)]
+    d = [x.float().reshape(rows, cols) - (base.float().reshape(rows, cols) if base is not None else 0) for x in xs]
+    prods = torch.stack([d[i].double() * d[j].double() for i in range(k) for j in range(i, k)], dim=-1)
+    want = torch.zeros(cols, k * (k + 1) // 2, dtype=torch.float64)
+    for r in range(rows):
+        want = want + prods[r]
+    assert torch.equal(cpu.gram(base, xs, rows, cols, columns=True), want)
 
 
 def test_gram_mixed_dtypes_and_specials():

@@ -156,6 +156,9 @@ def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_pa
         "  - {{model: {b}, parameters: {{weight: 0.6}}}}\n",
         "merge_method: nuslerp\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.3}}}}\n"
         "  - {{model: {b}, parameters: {{weight: 0.6}}}}\nparameters: {{nuslerp_flatten: false}}\ndtype: float16\n",
+        "merge_method: nuslerp\nbase_model: {base}\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.3}}}}\n"
+        "  - {{model: {b}, parameters: {{weight: 0.6}}}}\n"
+        "parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}\n",
         "merge_method: multislerp\nbase_model: {base}\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.5}}}}\n"
         "  - {{model: {b}, parameters: {{weight: 0.2}}}}\n  - {{model: {c}, parameters: {{weight: 0.3}}}}\n",
         "merge_method: multislerp\nmodels:\n  - {{model: {a}, parameters: {{weight: 1.0}}}}\n"
@@ -172,6 +175,7 @@ def test_task_arithmetic_family_is_byte_identical(method, params, family, tmp_pa
         "model_stock-rows",
         "nuslerp",
         "nuslerp-rows-no-base",
+        "nuslerp-row_wise",
         "multislerp",
         "multislerp-no-base",
         "karcher",
@@ -289,9 +293,6 @@ def test_refusals(family, tmp_path, monkeypatch):
     models = "".join(f"  - model: {family[k]}\n" for k in ("ft-a", "ft-b"))
     karcher = plan_of(f"merge_method: karcher\nmodels:\n{models}")
     assert host.refusal(karcher, MergeOptions()) is None
-    weighted = "".join(f"  - {{model: {family[k]}, parameters: {{weight: 1}}}}\n" for k in ("ft-a", "ft-b"))
-    rows = f"merge_method: nuslerp\nmodels:\n{weighted}parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}\n"
-    assert "nuslerp row_wise" in host.refusal(plan_of(rows), MergeOptions())
     wide = ties.replace("merge_method: ties", "merge_method: della").replace("density: 0.7", "density: 0.9")
     assert "DELLA density +- epsilon outside (0, 1)" in host.refusal(plan_of(wide), MergeOptions())
     five = "merge_method: linear\nmodels:\n" + "".join(

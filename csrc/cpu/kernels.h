@@ -66,10 +66,16 @@ constexpr int kGramMaxInputs = 64;
 void gram(const Src* base, const std::vector<Src>& xs, int64_t rows, int64_t cols, int threads,
           double* out);
 
+// The same sums per column of a rows x cols view (gram_columns.cpp): out[col * P + q] +=
+// <d_i, d_j> down the column, the rows in order.
+void gram_columns(const Src* base, const std::vector<Src>& xs, int64_t rows, int64_t cols, int threads,
+                  double* out);
+
 // nuslerp's elementwise pass (slerp_family.cpp): per row of `cols` elements, with factors
-// (c0, c1, dv) of the row, out = b + (c0 (x0 - b) + c1 (x1 - b)) / dv (no b: of x0, x1).
+// (c0, c1, dv) of the row (`columns`: of the element's column), out = b + (c0 (x0 - b) + c1
+// (x1 - b)) / dv (no b: of x0, x1).
 void nuslerp_apply(const Src* base, const Src& x0, const Src& x1, int64_t cols,
-                   const float* factors, const Dst& dst, int64_t n, int threads);
+                   const float* factors, const Dst& dst, int64_t n, int threads, bool columns);
 
 // model_stock's elementwise pass: out = t m + (1 - t) base, m the mean of the xs, t per row.
 void model_stock_apply(const Src& base, const std::vector<Src>& xs, int64_t cols, const float* t,

@@ -3,7 +3,8 @@
 // (mergefast/kernels/slerp_family.py). Each reads its inputs once and writes the output once,
 // in the reference's order of float32 operations, so they are bit-exact given its scalars:
 //   nuslerp      v_i = x_i - b (x_i without base); r = (c0 v0 + c1 v1) / dv; out = b + r
-//                (collinear rows: c0 = 1 - t, c1 = t, dv = 1, and x / 1 is exact)
+//                (collinear rows: c0 = 1 - t, c1 = t, dv = 1, and x / 1 is exact); the
+//                factors per row, or per column (row_wise: gram_columns.cpp)
 //   model_stock  m = ((0 + x_0) + x_1 ...) / K (python's sum); out = t m + (1 - t) b
 //   nearswap     w = clamp((1 / max(|b - x|, 1e-6)) t, 0, 1) (torch's t / tensor is a
 //                reciprocal times t); out = w x + (1 - w) b
@@ -20,14 +21,17 @@ struct NuslerpArgs {
   const Src* base;  // nullptr: slerp of the inputs themselves
   Src x0, x1;
   int64_t cols;
-  const float* factors;  // c0, c1, dv per row
+  const float* factors;  // c0, c1, dv per row (per column: nuslerp_columns)
 };
 
-template <bool Base>
+// Elements j0 .. j1 - 1 of a row; f: the factors of the row, or (Columns) of element j0's
+// column, the next column's three floats on.
+template <bool Base, bool Columns>
 MF_INLINE void nuslerp_run(const float* x, const float* y, const float* b, float* r, int64_t j0,
                            int64_t j1, const float* f) {
-  const float c0 = f[0], c1 = f[1], dv = f[2];
   for (int64_t j = j0; j < j1; ++j) {
+    const float* fj = Columns ? f + 3 * (j - j0) : f;
+    const float c0 = fj[0], c1 = fj[1], dv = fj[2];
     const float v0 = Base ? x[j] - b[j] : x[j];
     const float v1 = Base ? y[j] - b[j] : y[j];
     const float m = (c0 * v0 + c1 * v1) / dv;
@@ -35,17 +39,27 @@ MF_INLINE void nuslerp_run(const float* x, const float* y, const float* b, float
   }
 }
 
-MF_INLINE void nuslerp_impl(const NuslerpArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+template <bool Columns>
+MF_INLINE void nuslerp_rows_impl(const NuslerpArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
   const float* x = stage(a.x0, off, len, s.buf(0));
   const float* y = stage(a.x1, off, len, s.buf(1));
   const float* b = a.base != nullptr ? stage(*a.base, off, len, s.buf(2)) : nullptr;
   row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) {
+    const float* f = a.factors + 3 * (Columns ? off + j0 - row * a.cols : row);
     if (b != nullptr) {
-      nuslerp_run<true>(x, y, b, r, j0, j1, a.factors + 3 * row);
+      nuslerp_run<true, Columns>(x, y, b, r, j0, j1, f);
     } else {
-      nuslerp_run<false>(x, y, b, r, j0, j1, a.factors + 3 * row);
+      nuslerp_run<false, Columns>(x, y, b, r, j0, j1, f);
     }
   });
+}
+
+MF_INLINE void nuslerp_impl(const NuslerpArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  nuslerp_rows_impl<false>(a, off, len, s, r);
+}
+
+MF_INLINE void nuslerp_columns_impl(const NuslerpArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  nuslerp_rows_impl<true>(a, off, len, s, r);
 }
 
 struct StockArgs {
@@ -131,6 +145,7 @@ MF_INLINE void nearswap_impl(const NearswapArgs& a, int64_t off, int64_t len, Sc
 #endif
 
 MF_CLONED(nuslerp, NuslerpArgs)
+MF_CLONED(nuslerp_columns, NuslerpArgs)
 MF_CLONED(stock, StockArgs)
 MF_CLONED(nearswap, NearswapArgs)
 
@@ -147,9 +162,9 @@ void elementwise(const Args& a, Fn block, int buffers, const Dst& dst, int64_t n
 }  // namespace
 
 void nuslerp_apply(const Src* base, const Src& x0, const Src& x1, int64_t cols,
-                   const float* factors, const Dst& dst, int64_t n, int threads) {
+                   const float* factors, const Dst& dst, int64_t n, int threads, bool columns) {
   const NuslerpArgs a{base, x0, x1, std::max<int64_t>(1, cols), factors};
-  elementwise(a, nuslerp_pick(), 3, dst, n, threads);
+  elementwise(a, columns ? nuslerp_columns_pick() : nuslerp_pick(), 3, dst, n, threads);
 }
 
 void model_stock_apply(const Src& base, const std::vector<Src>& xs, int64_t cols, const float* t,

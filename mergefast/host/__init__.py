@@ -15,8 +15,8 @@ does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 input
 alignment, float64 or integer merges, more than 4 weighted models (a float32 sum of weights
 or SCE's energies is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE
 and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough
-scale, and the cases the fused kernels leave to the torch references (nuslerp row_wise, fewer
-than two models, empty tensors of the spherical methods). A NaN or inf found while merging
+scale, and the cases the fused kernels leave to the torch references (fewer than two models,
+empty tensors of the spherical methods). A NaN or inf found while merging
 imports torch for the message (checks.py), as the torch engine reports it.
 """
 
@@ -126,9 +126,6 @@ def _spherical_refusal(method: str, job) -> str | None:
         return f"{method} of {models} models"
     if math.prod(job.shape) == 0:
         return "an empty tensor"
-    g = job.global_params
-    if method == "nuslerp" and g["nuslerp_row_wise"] and not g["nuslerp_flatten"] and len(job.shape) > 1:
-        return "nuslerp row_wise"
     return None
 
 

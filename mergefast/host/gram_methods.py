@@ -1,9 +1,10 @@
 """Model Stock, nuslerp, multislerp and karcher on the torch-free engine, as reducing methods
 (host/reduction.py): the Gram pass (mf_slerpfam_gram: per row, every dot product of the
-vectors d_i = x_i - base, or x_i), the scalars from it (methods/scalars.py,
-methods/gram_scalars.py, which kernels/slerp_family.py and kernels/spherical.py call too),
-then one elementwise pass: Model Stock's and nuslerp's own, multislerp's and karcher's the
-linear or task-arithmetic kernel with their coefficients.
+vectors d_i = x_i - base, or x_i; mf_slerpfam_gram_columns per column, nuslerp's row_wise),
+the scalars from it (methods/scalars.py, methods/gram_scalars.py, which
+kernels/slerp_family.py and kernels/spherical.py call too), then one elementwise pass: Model
+Stock's and nuslerp's own, multislerp's and karcher's the linear or task-arithmetic kernel
+with their coefficients.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..methods.gram_scalars import (
     nuslerp_factors,
     nuslerp_t,
 )
-from ..methods.scalars import gram_column, model_stock_ratios, rows_cols
+from ..methods.scalars import gram_column, model_stock_ratios, nuslerp_rows_cols, rows_cols
 from ..methods.spec import optional_base, split_base
 from ..plan import MergePlan, TensorJob
 from . import gram_vectors
@@ -44,13 +45,26 @@ def _inputs(method: str, job: TensorJob, inputs: list[HostArray]) -> tuple[HostA
 
 def _rows_cols(method: str, job: TensorJob) -> tuple[int, int]:
     """The rows of `method`'s Gram sums: per row with Model Stock's filter_wise and nuslerp's
-    flatten: false (over the last axis), else one row of the whole tensor."""
+    flatten: false (over the last axis; with row_wise the columns of shape[0] rows, `_columns`),
+    else one row of the whole tensor."""
     g = job.global_params
     if method == "model_stock":
         return rows_cols(job.shape, g["filter_wise"])
     if method == "nuslerp":
-        return rows_cols(job.shape, not g["nuslerp_flatten"] and len(job.shape) > 1)
+        return nuslerp_rows_cols(job.shape, not g["nuslerp_flatten"] and len(job.shape) > 1, _columns(method, job))
     return 1, math.prod(job.shape)
+
+
+def _columns(method: str, job: TensorJob) -> bool:
+    """Whether `method`'s Gram sums are per column: nuslerp's row_wise (slices along axis 0)."""
+    g = job.global_params
+    return method == "nuslerp" and g["nuslerp_row_wise"] and not g["nuslerp_flatten"] and len(job.shape) > 1
+
+
+def _vectors(method: str, job: TensorJob) -> int:
+    """How many vectors `method`'s Gram sums are per: rows, or columns (`_columns`)."""
+    rows, cols = _rows_cols(method, job)
+    return cols if _columns(method, job) else rows
 
 
 def _weights(job: TensorJob) -> list[float]:
@@ -61,7 +75,7 @@ def _weights(job: TensorJob) -> list[float]:
 def _reduction(method: str, apply: Callable) -> Reduction:
     def zero(job: TensorJob):
         k = gram_vectors(method, job)
-        return (ctypes.c_double * (_rows_cols(method, job)[0] * (k * (k + 1) // 2)))()
+        return (ctypes.c_double * (_vectors(method, job) * (k * (k + 1) // 2)))()
 
     def add(job: TensorJob, inputs: list[HostArray], gram) -> None:
         base, xs = _inputs(method, job, inputs)
@@ -69,13 +83,14 @@ def _reduction(method: str, apply: Callable) -> Reduction:
         if rows * cols:
             lib, (ptrs, codes) = library(), arrays(xs)
             bptr, bcode = (None, 0) if base is None else (base.data_ptr(), code(base))
-            native.check(lib, lib.mf_slerpfam_gram(bptr, bcode, ptrs, codes, len(xs), rows, cols, threads(), gram))
+            call = lib.mf_slerpfam_gram_columns if _columns(method, job) else lib.mf_slerpfam_gram
+            native.check(lib, call(bptr, bcode, ptrs, codes, len(xs), rows, cols, threads(), gram))
 
     def run(job: TensorJob, inputs: list[HostArray], out: HostArray, gram):
         base, xs = _inputs(method, job, inputs)
         return apply(job, base, xs, out, gram, _rows_cols(method, job))
 
-    return Reduction(zero, add, run, lambda job: _rows_cols(method, job)[0] == 1)
+    return Reduction(zero, add, run, lambda job: _rows_cols(method, job)[0] == 1 and not _columns(method, job))
 
 
 def _norms_finite(gram, k: int) -> bool:
@@ -98,11 +113,13 @@ def _nuslerp(job, base, xs, out, gram, shape) -> bool:
     import numpy as np  # here: the elementwise methods need none (io/host_array.py)
 
     (rows, cols), (x0, x1), lib = shape, xs, library()
-    weights = _weights(job)
-    factors = nuslerp_factors(np.frombuffer(gram, dtype=np.float64).reshape(rows, 3), nuslerp_t(*weights))
+    weights, columns = _weights(job), _columns("nuslerp", job)
+    gram_rows = np.frombuffer(gram, dtype=np.float64).reshape(cols if columns else rows, 3)
+    factors = nuslerp_factors(gram_rows, nuslerp_t(*weights))
     bptr, bcode = (None, 0) if base is None else (base.data_ptr(), code(base))
     head = (bptr, bcode, x0.data_ptr(), code(x0), x1.data_ptr(), code(x1), rows, cols)
-    native.check(lib, lib.mf_nuslerp_apply(*head, factors.ctypes.data, out.data_ptr(), code(out), threads()))
+    call = lib.mf_nuslerp_apply_columns if columns else lib.mf_nuslerp_apply
+    native.check(lib, call(*head, factors.ctypes.data, out.data_ptr(), code(out), threads()))
     return _norms_finite(gram, 2)
 
 

@@ -347,13 +347,17 @@ def _f32_array(values: torch.Tensor, count: int, op: str) -> int:
     return values.data_ptr()
 
 
-def gram(base: torch.Tensor | None, xs: Sequence[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
-    """Per row, <d_i, d_j> for i <= j in float64 (d_i = x_i - base, or x_i): (rows, P)."""
+def gram(
+    base: torch.Tensor | None, xs: Sequence[torch.Tensor], rows: int, cols: int, *, columns: bool = False
+) -> torch.Tensor:
+    """Per row, <d_i, d_j> for i <= j in float64 (d_i = x_i - base, or x_i): (rows, P); with
+    `columns`, per column of the rows x cols view: (cols, P)."""
     n, op, k = rows * cols, "gram", len(xs)
     bptr, bcode = _optional(base, n, op)
     ptrs, codes = _views(xs, n, op)
-    out = torch.zeros((rows, k * (k + 1) // 2), dtype=torch.float64)  # the C call adds to it
-    _check(_lib().mf_slerpfam_gram(bptr, bcode, ptrs, codes, k, rows, cols, threads(), out.data_ptr()))
+    out = torch.zeros((cols if columns else rows, k * (k + 1) // 2), dtype=torch.float64)  # the C call adds to it
+    call = _lib().mf_slerpfam_gram_columns if columns else _lib().mf_slerpfam_gram
+    _check(call(bptr, bcode, ptrs, codes, k, rows, cols, threads(), out.data_ptr()))
     _record_gram_finite(out, base, xs)
     return out
 
@@ -382,15 +386,19 @@ def nuslerp_apply(
     cols: int,
     factors: torch.Tensor,
     out_dtype: torch.dtype,
+    *,
+    columns: bool = False,
 ) -> torch.Tensor:
-    """out = base + (c0 (x0 - base) + c1 (x1 - base)) / dv per row (factors: rows x 3 float32)."""
+    """out = base + (c0 (x0 - base) + c1 (x1 - base)) / dv per row (factors: rows x 3 float32),
+    or per column of the rows x cols view (`columns`, factors: cols x 3)."""
     out = _empty(x0, out_dtype)
     n, op = out.numel(), "nuslerp"
     bptr, bcode = _optional(base, n, op)
     (p0, c0), (p1, c1) = _view(x0, n, op), _view(x1, n, op)
     optr, ocode = _view(out, n, op)
-    fptr = _f32_array(factors, 3 * rows, op)
-    _check(_lib().mf_nuslerp_apply(bptr, bcode, p0, c0, p1, c1, rows, cols, fptr, optr, ocode, threads()))
+    fptr = _f32_array(factors, 3 * (cols if columns else rows), op)
+    call = _lib().mf_nuslerp_apply_columns if columns else _lib().mf_nuslerp_apply
+    _check(call(bptr, bcode, p0, c0, p1, c1, rows, cols, fptr, optr, ocode, threads()))
     return out
 
 

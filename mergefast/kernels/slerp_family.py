@@ -29,7 +29,7 @@ from ..methods.model_stock import mean_of, pair_cosine, stock_ratio
 from ..methods.numerics import check_same_shape, result_dtype
 from ..methods.nuslerp import nuslerp_t
 from ..methods.scalars import gram_column as pair_index  # the Gram row's layout, shared with host/
-from ..methods.scalars import rows_cols
+from ..methods.scalars import nuslerp_rows_cols, rows_cols
 from .dispatch import _choose, _dispatch
 
 
@@ -62,7 +62,8 @@ def nuslerp(
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`mergefast.methods.nuslerp` on the fused kernels: one reduction pass, one elementwise
-    pass. Slices along axis 0 (`row_wise` without `flatten`, 2+ dims) run the reference."""
+    pass, over the whole tensor, its rows, or (`row_wise` without `flatten`, 2+ dims) the
+    columns of its view as shape[0] rows (the reference's slices along axis 0)."""
     tensors = list(tensors)
     weights = [float(w) for w in weights]
 
@@ -75,18 +76,19 @@ def nuslerp(
     check_same_shape(all_inputs, "nuslerp")
     out = result_dtype(all_inputs, out_dtype)
     per_row = not flatten and tensors[0].dim() > 1
-    if _choose(all_inputs, out) == "torch" or (per_row and row_wise):
+    if _choose(all_inputs, out) == "torch":
         return reference()
     if tensors[0].numel() == 0:
         return torch.empty(tensors[0].shape, dtype=out, device=tensors[0].device)
-    rows, cols = rows_cols(tensors[0].shape, per_row)
+    columns = per_row and row_wise  # slices along axis 0: the columns of a rows x cols view
+    rows, cols = nuslerp_rows_cols(tensors[0].shape, per_row, columns)
     x0, x1 = tensors[0].contiguous(), tensors[1].contiguous()
     b = base.contiguous() if base is not None else None
     t = nuslerp_t(weights[0], weights[1])
 
     def run(impl):
-        factors = nuslerp_factors(impl.gram(b, [x0, x1], rows, cols), t)
-        return impl.nuslerp_apply(b, x0, x1, rows, cols, factors, out)
+        factors = nuslerp_factors(impl.gram(b, [x0, x1], rows, cols, columns=columns), t)
+        return impl.nuslerp_apply(b, x0, x1, rows, cols, factors, out, columns=columns)
 
     return _dispatch(all_inputs, out, reference, run)
 

@@ -83,6 +83,15 @@ def rows_cols(shape: Sequence[int], per_row: bool = True) -> tuple[int, int]:
     return numel // shape[-1], shape[-1]
 
 
+def nuslerp_rows_cols(shape: Sequence[int], per_row: bool, columns: bool) -> tuple[int, int]:
+    """(rows, cols) of nuslerp's view of a tensor of `shape`: `rows_cols`, or with `columns`
+    (row_wise, 2+ dims) shape[0] rows of the other axes' elements, one slice per column: the
+    reference's slices along axis 0 (transpose(0, -1) then its rows)."""
+    if columns and len(shape) > 1:
+        return shape[0], math.prod(shape[1:])
+    return rows_cols(shape, per_row)
+
+
 def keep_count(density: float, numel: int) -> int:
     """How many elements magnitude selection keeps: mergekit 0.1.5's rule.
 
