@@ -249,6 +249,7 @@ def test_dare(benchmark, request, method, provider):
 SLERP_FAMILY = {
     "nuslerp": (lambda b, xs, m: m.nuslerp(xs[:2], [0.4, 0.6], b), 3),
     "nuslerp-rows": (lambda b, xs, m: m.nuslerp(xs[:2], [0.4, 0.6], b, flatten=False), 3),
+    "nuslerp-row_wise": (lambda b, xs, m: m.nuslerp(xs[:2], [0.4, 0.6], b, flatten=False, row_wise=True), 3),
     "model_stock": (lambda b, xs, m: m.model_stock(b, xs), 4),
     "model_stock-rows": (lambda b, xs, m: m.model_stock(b, xs, filter_wise=True), 4),
     "nearswap": (lambda b, xs, m: m.nearswap(b, xs[0], 1e-3), 2),

@@ -113,6 +113,40 @@ def test_float32_inputs_to_each_output_dtype(dtype, f32_family, tmp_path, engine
 
 
 @pytest.mark.parametrize(
+    "method, weights",
+    [("linear", "1.0"), ("ties", "0.5"), ("dare_ties", "1.0"), ("della", "0.25"), ("multislerp", "2.0")],
+)
+def test_more_than_four_models_whose_weights_sum_alike_in_any_order(method, weights, family, tmp_path, engines):
+    """Five or six weighted models: torch's float32 sum of their weights takes another order
+    than 4 or fewer, but of weights such as 1.0 or 0.5 every order gives the same sum, so the
+    torch-free engine merges them, to the same bytes."""
+    names = ("ft-a", "ft-b", "ft-c", "ft-a", "ft-b") + (("base",) if method == "linear" else ())
+    params = f"weight: {weights}" + (", density: 0.6" if method != "linear" and method != "multislerp" else "")
+    models = "".join(f"  - {{model: {family[k]}, parameters: {{{params}}}}}\n" for k in names)
+    base = "" if method == "linear" else f"base_model: {family['base']}\n"
+    config = tmp_path / "c.yml"
+    config.write_text(f"merge_method: {method}\n{base}models:\n{models}")
+    _both(engines, config, tmp_path)
+
+
+def test_order_free_sums_are_torch_sums():
+    """methods/scalars.py `order_free_sum`: where it holds, torch's float32 sum() of any length
+    (its lanes past 4 values) is `f32_sum`'s sequential one."""
+    from mergefast.methods.scalars import f32_sum, order_free_sum
+
+    rng = random.Random(5)
+    for _ in range(3000):
+        n = rng.randint(1, 40)
+        values = [
+            rng.choice([1, -1]) * rng.randint(1, 1 << rng.randint(0, 20)) * 2.0 ** rng.randint(-30, 10)
+            for _ in range(n)
+        ]
+        if order_free_sum(values):
+            assert torch.tensor(values, dtype=torch.float32).sum().item() == f32_sum(values), values
+    assert not order_free_sum([0.2] * 5) and order_free_sum([0.5, 1.0, 0.25, 2.0, 1.0])
+
+
+@pytest.mark.parametrize(
     "method,params",
     [
         ("breadcrumbs_ties", "gamma: 0.02"),
@@ -296,9 +330,13 @@ def test_refusals(family, tmp_path, monkeypatch):
     wide = ties.replace("merge_method: ties", "merge_method: della").replace("density: 0.7", "density: 0.9")
     assert "DELLA density +- epsilon outside (0, 1)" in host.refusal(plan_of(wide), MergeOptions())
     five = "merge_method: linear\nmodels:\n" + "".join(
-        f"  - {{model: {family[k]}, parameters: {{weight: 1}}}}\n" for k in ("base", "ft-a", "ft-b", "ft-c", "ft-a")
+        f"  - {{model: {family[k]}, parameters: {{weight: 0.2}}}}\n" for k in ("base", "ft-a", "ft-b", "ft-c", "ft-a")
     )
     assert "5 weighted models" in host.refusal(plan_of(five), MergeOptions())
+    assert host.refusal(plan_of(five.replace("weight: 0.2", "weight: 0.5")), MergeOptions()) is None
+    sce = five.replace("merge_method: linear", f"merge_method: sce\nbase_model: {family['base']}")
+    sce += f"  - {{model: {family['ft-b']}, parameters: {{weight: 0.2}}}}\n"  # 5 besides the base
+    assert "5 weighted models" in host.refusal(plan_of(sce.replace("weight: 0.2", "weight: 1")), MergeOptions())
     rescale = example_config("ties.yml", family).replace("normalize: true", "normalize: true\n  rescale: true")
     assert "rescale" in host.refusal(plan_of(rescale), MergeOptions())
     scaled = example_config("passthrough-stack.yml", family)

@@ -438,8 +438,11 @@ def test_dare_passes(consensus, normalize, scale, ptr):
     )
 
 
-@pytest.mark.parametrize("has_base,per_row,ptr", [(True, False, "*i16"), (False, True, "*fp16")])
-def test_slerp_family(has_base, per_row, ptr):
+@pytest.mark.parametrize(
+    "has_base,per_row,columns,ptr",
+    [(True, False, False, "*i16"), (False, True, False, "*fp16"), (True, True, True, "*i16")],
+)
+def test_slerp_family(has_base, per_row, columns, ptr):
     fam = compiled("slerp_family")
 
     _compile(
@@ -448,9 +451,14 @@ def test_slerp_family(has_base, per_row, ptr):
         {"HAS_BASE": has_base, "BLOCK": BLOCK},
     )
     _compile(
+        fam._gram_columns_kernel,
+        {"base_ptr": ptr, "a_ptr": ptr, "b_ptr": ptr, "part_ptr": "*fp64", "rows": "i64", "cols": "i64"},
+        {"HAS_BASE": has_base, "ROWS": 64, "BLOCK": BLOCK},
+    )
+    _compile(
         fam._nuslerp_kernel,
         {"base_ptr": ptr, "x0_ptr": ptr, "x1_ptr": ptr, "f_ptr": "*fp32", "out_ptr": ptr, "n": "i64", "cols": "i64"},
-        {"HAS_BASE": has_base, "PER_ROW": per_row, "BLOCK": BLOCK},
+        {"HAS_BASE": has_base, "PER_ROW": per_row, "COLUMNS": columns, "BLOCK": BLOCK},
     )
     _compile(
         fam._model_stock_kernel,

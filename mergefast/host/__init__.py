@@ -13,7 +13,8 @@ execute.py runs it when `refusal(plan, options)` is None, in a process that has 
 (execute.torch_free says why). It refuses, and the torch engine runs, for anything it
 does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
 alignment, float64 or integer merges, more than 4 weighted models (a float32 sum of weights
-or SCE's energies is torch's own only up to 4 terms: methods/scalars.py), rescale outside DARE
+or SCE's energies is torch's own only up to 4 terms, methods/scalars.py; linear, multislerp and
+the task-arithmetic family take more where their weights sum alike in every order), rescale outside DARE
 and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough
 scale, and the cases the fused kernels leave to the torch references (fewer than two models,
 empty tensors of the spherical methods). A NaN or inf found while merging
@@ -28,6 +29,7 @@ import os
 from .. import native
 from ..io.reader import CheckpointReader
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
+from ..methods.scalars import order_free_sum
 
 METHODS = (
     "linear",
@@ -58,7 +60,7 @@ MAX_WEIGHTS = 4  # weighted models whose float32 sum torch takes in order (metho
 def torch_free_line() -> str:
     """The line `mergefast env` prints about this engine."""
     lib, error = native.library()
-    where = "local safetensors inputs, up to 4 weighted models, no GPU"
+    where = "local safetensors inputs, up to 4 weighted models (more with weights such as 1 or 0.5), no GPU"
     if lib is None:
         return f"cpu without torch: unavailable ({error})"
     merged = ", ".join(m for m in METHODS if m != "passthrough")
@@ -93,7 +95,7 @@ def _job_refusal(method: str, job) -> str | None:
     if not dtypes <= MERGE_DTYPES:
         return f"tensor {job.name}: dtype {sorted(dtypes - MERGE_DTYPES)[0]}"
     weighted = len(job.sources) - (0 if method == "linear" else 1)
-    if not 1 <= weighted <= MAX_WEIGHTS:
+    if weighted < 1 or (weighted > MAX_WEIGHTS and not _order_free_weights(method, job)):
         return f"tensor {job.name}: {weighted} weighted models"
     if method in TASK_ARITHMETIC_FAMILY and job.base_index is None:
         return f"tensor {job.name}: no base model"
@@ -110,6 +112,17 @@ def _job_refusal(method: str, job) -> str | None:
 
 
 SPHERICAL = ("nuslerp", "multislerp", "karcher")
+
+
+def _order_free_weights(method: str, job) -> bool:
+    """Whether a job of more than MAX_WEIGHTS models still takes torch's float32 sums: a
+    method whose only such sum is its weights' (linear, multislerp, the task-arithmetic
+    family), with weights every order sums alike (methods/scalars.py `order_free_sum`:
+    1.0, 0.5, 0.25 ...)."""
+    if method not in ("linear", "multislerp") and method not in TASK_ARITHMETIC_FAMILY:
+        return False
+    models = [p for i, p in enumerate(job.model_params) if method == "linear" or i != job.base_index]
+    return order_free_sum([float(p["weight"]) for p in models])
 
 
 def gram_vectors(method: str, job) -> int:

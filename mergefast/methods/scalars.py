@@ -25,12 +25,27 @@ def f32(value: float) -> float:
 def f32_sum(values: Sequence[float]) -> float:
     """The float32 sum of `values` in order, rounding after each addition: torch's float32
     `sum()` of up to 4 values (tests/test_host_engine.py), not of more (it splits them into
-    lanes then). Each float32 addition is made in float64 and rounded: a float64 sum of two
-    float32 values rounded to float32 is their float32 sum (53 >= 2 * 24 + 2 bits)."""
+    lanes then), unless `order_free_sum` holds. Each float32 addition is made in float64 and
+    rounded: a float64 sum of two float32 values rounded to float32 is their float32 sum (53
+    >= 2 * 24 + 2 bits)."""
     total = 0.0
     for value in values:
         total = f32(total + f32(value))
     return total
+
+
+def order_free_sum(values: Sequence[float]) -> bool:
+    """Whether every float32 sum of `values` (rounded to float32), in any order and grouping,
+    is exact, so torch's float32 `sum()` of any length is `f32_sum`'s: true where they are
+    integer multiples n_i of one power of two 2^-k (k <= 149, float32's smallest step) with
+    sum |n_i| < 2^24, so that every partial sum is such a multiple that float32 holds. Weights
+    of 1.0, 0.5 or 0.25 are; 0.2 or 0.3 are not (five f32(0.2) sum to another float32 in
+    another order)."""
+    if not all(math.isfinite(f32(v)) for v in values):
+        return False
+    ratios = [f32(v).as_integer_ratio() for v in values]
+    k = max((q.bit_length() - 1 for _, q in ratios), default=0)  # every q is a power of two
+    return k <= 149 and sum(abs(p) << (k - (q.bit_length() - 1)) for p, q in ratios) < 1 << 24
 
 
 def l1_scales(sums: Sequence[float]) -> list[float]:
