@@ -55,6 +55,9 @@ CONFIGS = {
     "  - sources:\n      - {{model: {ft2}, layer_range: [{half}, {layers}]}}\ndtype: bfloat16\n",
     "nuslerp": "merge_method: nuslerp\nbase_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.4}}\n"
     "  - model: {ft2}\n    parameters: {{weight: 0.6}}\ndtype: bfloat16\n",
+    "nuslerp_row_wise": "merge_method: nuslerp\nbase_model: {base}\nmodels:\n  - model: {ft1}\n"
+    "    parameters: {{weight: 0.4}}\n  - model: {ft2}\n    parameters: {{weight: 0.6}}\n"
+    "parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}\ndtype: bfloat16\n",
     "model_stock": "merge_method: model_stock\nbase_model: {base}\nmodels:\n{models3}\ndtype: bfloat16\n",
     "nearswap": "merge_method: nearswap\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\n"
     "parameters: {{t: 0.001}}\ndtype: bfloat16\n",
@@ -198,7 +201,8 @@ def main() -> None:
             "import": [sys.executable, "-c", "import os, torch; os._exit(0)"],
             "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), str(out), "--quiet", *cuda],
         }
-        if _torch_free(cmds["mergefast"], args.dir, method):
+        merge_method = CONFIGS[method].split("\n", 1)[0].removeprefix("merge_method: ")  # nuslerp_row_wise: nuslerp
+        if _torch_free(cmds["mergefast"], args.dir, merge_method):
             # the same merge on the torch engine, side by side
             cmds["mergefast-torch"] = (cmds["mergefast"], {**os.environ, "MERGEFAST_BACKEND": "cpu-ext"})
         if mergekit:
