@@ -56,6 +56,7 @@ VARIANTS = {
     "breadcrumbs-gamma-0": ("breadcrumbs_ties", True, FT, f"{WEIGHT}, {DENSITY}, gamma: 0.0", "int8_mask: true"),
     "sce-weights-ignored": ("sce", True, FT, WEIGHT, "select_topk: 0.3"),
     "nuslerp-no-base": ("nuslerp", False, FT[:2], WEIGHT, "nuslerp_flatten: false"),
+    "nuslerp-row-wise": ("nuslerp", True, FT[:2], WEIGHT, "nuslerp_flatten: false, nuslerp_row_wise: true"),
     "multislerp-no-base": ("multislerp", False, FT, WEIGHT, "normalize_weights: false"),
     "karcher-base-as-input": ("karcher", True, FT[:2], "", ""),
     "model_stock-filter-wise": ("model_stock", True, FT, "", "filter_wise: true"),
