@@ -1,7 +1,7 @@
 """The SLERP family's Gram pass (csrc/cpu/gram.cpp) against an exact model of its summation
 order: per block of 2048 elements of a row, 8 float64 lanes (element j in lane j % 8, summed in
 index order), the lanes pairwise, then the blocks of the row in order; per column
-(csrc/cpu/gram_columns.cpp), the rows in order. Any change to how the
+(csrc/cpu/gram_columns.cpp), the rows in order within chunks of rows, then the chunks in order. Any change to how the
 pass computes (vector width, fused multiply-add, staging) must keep every sum bit-identical."""
 
 from __future__ import annotations
@@ -69,19 +69,23 @@ def test_gram_sums_in_the_documented_order(k, rows, cols, dtype, with_base):
     assert torch.equal(got, expected_gram(base, xs, rows, cols))
 
 
+COLUMN_ROWS = 256  # gram_columns.cpp's kColumnRows
+
+
 @pytest.mark.parametrize(
     "k, rows, cols, dtype, with_base",
     [
-        (2, 7, 1100, torch.bfloat16, True),
-        (2, 33, 5, torch.float16, False),
-        (3, 4, 513, torch.float32, True),
-        (1, 3, 64, torch.bfloat16, False),
+        (2, 7, 2100, torch.bfloat16, True),
+        (2, 600, 5, torch.float16, False),
+        (3, 4, 1025, torch.float32, True),
+        (1, 300, 64, torch.bfloat16, False),
     ],
 )
-def test_column_gram_sums_each_column_down_the_rows_in_order(k, rows, cols, dtype, with_base):
-    """nuslerp's row_wise (gram_columns.cpp): per column of the rows x cols view, every sum the
-    float64 products of the rows added in row order from 0.0, bit for bit; two vectors (one
-    loop) and the pair-by-pair path, runs of 512 columns and a partial one."""
+def test_column_gram_sums_each_column_in_chunks_of_rows(k, rows, cols, dtype, with_base):
+    """nuslerp's row_wise (gram_columns.cpp): per column of the rows x cols view, the float64
+    products summed in row order from 0.0 within each chunk of 256 rows, then the chunks' sums
+    in order, bit for bit; two vectors (one loop) and the pair-by-pair path, runs of 1024
+    columns and a partial one, several chunks and a partial one."""
     from mergefast.kernels import cpu
 
     g = torch.Generator().manual_seed(k * 100 + cols)
@@ -90,8 +94,11 @@ def test_column_gram_sums_each_column_down_the_rows_in_order(k, rows, cols, dtyp
     d = [x.float().reshape(rows, cols) - (base.float().reshape(rows, cols) if base is not None else 0) for x in xs]
     prods = torch.stack([d[i].double() * d[j].double() for i in range(k) for j in range(i, k)], dim=-1)
     want = torch.zeros(cols, k * (k + 1) // 2, dtype=torch.float64)
-    for r in range(rows):
-        want = want + prods[r]
+    for r0 in range(0, rows, COLUMN_ROWS):
+        chunk = torch.zeros_like(want)
+        for r in range(r0, min(rows, r0 + COLUMN_ROWS)):
+            chunk = chunk + prods[r]
+        want = want + chunk
     assert torch.equal(cpu.gram(base, xs, rows, cols, columns=True), want)
 
 
