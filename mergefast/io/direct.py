@@ -161,7 +161,7 @@ class DirectFile:
     def _add_partial(self, data: memoryview, offset: int) -> None:
         """Add `data` to the block it lies in. A completed block joins the gathered bytes
         (`_write_aligned`), so writes that meet inside a block still go out in one run of
-        pwrites: linear of the 0.3B family wrote 289 such blocks in 4 KiB pwrites of their own,
+        pwrites: in 4 KiB pwrites of their own, linear of the 0.3B family has 289 such blocks,
         0.08-0.12 s of its writer's 0.3-0.5 s in pwrite (2-vCPU AMD EPYC VM). The file's last
         block goes out at once, then the file is cut to its size."""
         if not len(data):
