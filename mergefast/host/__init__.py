@@ -121,8 +121,13 @@ def _order_free_weights(method: str, job) -> bool:
     1.0, 0.5, 0.25 ...)."""
     if method not in ("linear", "multislerp") and method not in TASK_ARITHMETIC_FAMILY:
         return False
-    models = [p for i, p in enumerate(job.model_params) if method == "linear" or i != job.base_index]
-    return order_free_sum([float(p["weight"]) for p in models])
+    return order_free_sum(model_weights(method, job))
+
+
+def model_weights(method: str, job) -> list[float]:
+    """Each weighted model's `weight`, in model order: every model's for linear (a base model
+    is an ordinary input there), every model's but the base's for the others."""
+    return [float(p["weight"]) for i, p in enumerate(job.model_params) if method == "linear" or i != job.base_index]
 
 
 def gram_vectors(method: str, job) -> int:

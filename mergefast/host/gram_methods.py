@@ -25,10 +25,10 @@ from ..methods.gram_scalars import (
     nuslerp_factors,
     nuslerp_t,
 )
-from ..methods.scalars import gram_column, model_stock_ratios, nuslerp_rows_cols, rows_cols
+from ..methods.scalars import gram_column, model_stock_ratios, nuslerp_view, rows_cols
 from ..methods.spec import optional_base, split_base
 from ..plan import MergePlan, TensorJob
-from . import gram_vectors
+from . import gram_vectors, model_weights
 from .ops import arrays, code, doubles, fused, library, threads
 from .reduction import Reduction, whole
 from .task_arithmetic import ONE_READ_DEFAULT
@@ -51,25 +51,25 @@ def _rows_cols(method: str, job: TensorJob) -> tuple[int, int]:
     if method == "model_stock":
         return rows_cols(job.shape, g["filter_wise"])
     if method == "nuslerp":
-        return nuslerp_rows_cols(job.shape, not g["nuslerp_flatten"] and len(job.shape) > 1, _columns(method, job))
+        return _nuslerp_view(job)[:2]
     return 1, math.prod(job.shape)
+
+
+def _nuslerp_view(job: TensorJob) -> tuple[int, int, bool]:
+    """nuslerp's (rows, cols, columns) of the job's tensor (methods/scalars.py)."""
+    g = job.global_params
+    return nuslerp_view(job.shape, g["nuslerp_flatten"], g["nuslerp_row_wise"])
 
 
 def _columns(method: str, job: TensorJob) -> bool:
     """Whether `method`'s Gram sums are per column: nuslerp's row_wise (slices along axis 0)."""
-    g = job.global_params
-    return method == "nuslerp" and g["nuslerp_row_wise"] and not g["nuslerp_flatten"] and len(job.shape) > 1
+    return method == "nuslerp" and _nuslerp_view(job)[2]
 
 
 def _vectors(method: str, job: TensorJob) -> int:
     """How many vectors `method`'s Gram sums are per: rows, or columns (`_columns`)."""
     rows, cols = _rows_cols(method, job)
     return cols if _columns(method, job) else rows
-
-
-def _weights(job: TensorJob) -> list[float]:
-    """Every model's `weight` but the base's, in model order."""
-    return [float(p["weight"]) for i, p in enumerate(job.model_params) if i != job.base_index]
 
 
 def _reduction(method: str, apply: Callable) -> Reduction:
@@ -113,12 +113,12 @@ def _nuslerp(job, base, xs, out, gram, shape) -> bool:
     import numpy as np  # here: the elementwise methods need none (io/host_array.py)
 
     (rows, cols), (x0, x1), lib = shape, xs, library()
-    weights, columns = _weights(job), _columns("nuslerp", job)
-    gram_rows = np.frombuffer(gram, dtype=np.float64).reshape(cols if columns else rows, 3)
+    weights = model_weights("nuslerp", job)
+    gram_rows = np.frombuffer(gram, dtype=np.float64).reshape(_vectors("nuslerp", job), 3)
     factors = nuslerp_factors(gram_rows, nuslerp_t(*weights))
     bptr, bcode = (None, 0) if base is None else (base.data_ptr(), code(base))
     head = (bptr, bcode, x0.data_ptr(), code(x0), x1.data_ptr(), code(x1), rows, cols)
-    call = lib.mf_nuslerp_apply_columns if columns else lib.mf_nuslerp_apply
+    call = lib.mf_nuslerp_apply_columns if _columns("nuslerp", job) else lib.mf_nuslerp_apply
     native.check(lib, call(*head, factors.ctypes.data, out.data_ptr(), code(out), threads()))
     return _norms_finite(gram, 2)
 
@@ -140,7 +140,7 @@ def _combine(base: HostArray | None, xs: list[HostArray], out: HostArray, c: lis
 
 def _multislerp(job, base, xs, out, gram, shape) -> bool:
     g = job.global_params
-    weights = _weights(job)
+    weights = model_weights("multislerp", job)
     w64, w32 = multislerp_weights(weights, g["normalize_weights"])
     c = multislerp_coefficients(gram_matrix(list(gram), len(xs)), w64, float(g["eps"]))
     if c is None and len(xs) > 2:

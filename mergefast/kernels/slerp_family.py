@@ -29,7 +29,7 @@ from ..methods.model_stock import mean_of, pair_cosine, stock_ratio
 from ..methods.numerics import check_same_shape, result_dtype
 from ..methods.nuslerp import nuslerp_t
 from ..methods.scalars import gram_column as pair_index  # the Gram row's layout, shared with host/
-from ..methods.scalars import nuslerp_rows_cols, rows_cols
+from ..methods.scalars import nuslerp_view, rows_cols
 from .dispatch import _choose, _dispatch
 
 
@@ -75,13 +75,11 @@ def nuslerp(
     all_inputs = [*tensors, *([base] if base is not None else [])]
     check_same_shape(all_inputs, "nuslerp")
     out = result_dtype(all_inputs, out_dtype)
-    per_row = not flatten and tensors[0].dim() > 1
     if _choose(all_inputs, out) == "torch":
         return reference()
     if tensors[0].numel() == 0:
         return torch.empty(tensors[0].shape, dtype=out, device=tensors[0].device)
-    columns = per_row and row_wise  # slices along axis 0: the columns of a rows x cols view
-    rows, cols = nuslerp_rows_cols(tensors[0].shape, per_row, columns)
+    rows, cols, columns = nuslerp_view(tensors[0].shape, flatten, row_wise)
     x0, x1 = tensors[0].contiguous(), tensors[1].contiguous()
     b = base.contiguous() if base is not None else None
     t = nuslerp_t(weights[0], weights[1])

@@ -98,13 +98,15 @@ def rows_cols(shape: Sequence[int], per_row: bool = True) -> tuple[int, int]:
     return numel // shape[-1], shape[-1]
 
 
-def nuslerp_rows_cols(shape: Sequence[int], per_row: bool, columns: bool) -> tuple[int, int]:
-    """(rows, cols) of nuslerp's view of a tensor of `shape`: `rows_cols`, or with `columns`
-    (row_wise, 2+ dims) shape[0] rows of the other axes' elements, one slice per column: the
-    reference's slices along axis 0 (transpose(0, -1) then its rows)."""
-    if columns and len(shape) > 1:
-        return shape[0], math.prod(shape[1:])
-    return rows_cols(shape, per_row)
+def nuslerp_view(shape: Sequence[int], flatten: bool, row_wise: bool) -> tuple[int, int, bool]:
+    """(rows, cols, columns) of nuslerp's slices of a tensor of `shape`: the whole tensor
+    (`flatten`, or 0-1 dims), its rows along the last axis, or with `row_wise` (columns true)
+    the columns of shape[0] rows of the other axes' elements: the reference's slices along axis
+    0 (transpose(0, -1) then its rows)."""
+    per_row = not flatten and len(shape) > 1
+    if per_row and row_wise:
+        return shape[0], math.prod(shape[1:]), True
+    return (*rows_cols(shape, per_row), False)
 
 
 def keep_count(density: float, numel: int) -> int:
