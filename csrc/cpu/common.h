@@ -395,6 +395,22 @@ struct Scratch {
   }
 };
 
+// d[i] = elements [off, off + n) of xs[i] - *base in float32 (of xs[i] itself without a base),
+// for every input: staged in s.buf(i), the base in s.buf(xs.size()). The Gram passes' vectors.
+MF_INLINE void stage_vectors(const Src* base, const std::vector<Src>& xs, int64_t off, int64_t n, Scratch& s,
+                             const float** d) {
+  const int K = static_cast<int>(xs.size());
+  const float* b = base != nullptr ? stage(*base, off, n, s.buf(K)) : nullptr;
+  for (int i = 0; i < K; ++i) {
+    if (b == nullptr) {
+      d[i] = stage(xs[i], off, n, s.buf(i));
+      continue;
+    }
+    stage_deltas(xs[i], b, off, n, s.buf(i));
+    d[i] = s.buf(i);
+  }
+}
+
 // Calls f(j0, j1, row) for the runs of the block [off, off + len) that lie within one row of
 // `cols` elements: per-row scalars stay out of the inner loops.
 template <class F>

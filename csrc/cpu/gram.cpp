@@ -37,16 +37,7 @@ MF_INLINE int64_t stage_segment(const GramArgs& a, int64_t seg, Scratch& s, cons
   const int64_t row = seg / a.per_row, blk = seg % a.per_row;
   const int64_t off = row * a.cols + blk * kBlock;
   const int64_t len = std::min(kBlock, a.cols - blk * kBlock);
-  const float* b = a.base != nullptr ? stage(*a.base, off, len, s.buf(a.K)) : nullptr;
-  for (int i = 0; i < a.K; ++i) {
-    const Src& x = (*a.xs)[i];
-    if (b == nullptr) {
-      d[i] = stage(x, off, len, s.buf(i));
-      continue;
-    }
-    stage_deltas(x, b, off, len, s.buf(i));
-    d[i] = s.buf(i);
-  }
+  stage_vectors(a.base, *a.xs, off, len, s, d);
   return len;
 }
 

@@ -68,16 +68,7 @@ MF_INLINE void column_tile_impl(const ColumnArgs& a, int64_t r0, int64_t r1, int
   std::fill(acc, acc + a.P * w, 0.0);
   const float* d[kGramMaxInputs];
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t off = r * a.cols + c0;
-    const float* b = a.base != nullptr ? stage(*a.base, off, w, s.buf(a.K)) : nullptr;
-    for (int i = 0; i < a.K; ++i) {
-      if (b == nullptr) {
-        d[i] = stage((*a.xs)[i], off, w, s.buf(i));
-      } else {
-        stage_deltas((*a.xs)[i], b, off, w, s.buf(i));
-        d[i] = s.buf(i);
-      }
-    }
+    stage_vectors(a.base, *a.xs, r * a.cols + c0, w, s, d);
     add_products(d, a.K, w, acc);
   }
   for (int64_t c = 0; c < w; ++c) {
