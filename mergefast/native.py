@@ -23,6 +23,12 @@ _OK, _ERR_MEMORY = 0, 2
 SPARSIFY_NONE = 0
 SPARSIFY_MAGNITUDE = 1
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}  # by mergefast/dtypes.py name
+# The most models each kind of pass takes (the C library's checks; the Triton kernels share
+# them): past them the kernel API runs the torch references, and the torch-free engine leaves
+# the merge to the torch engine.
+MASK_WORD_MODELS = 16  # keep bits, one per model, in a 16-bit word per element (DARE, DELLA)
+GRAM_MAX_INPUTS = 64  # the Gram pass's vectors (csrc/cpu/kernels.h kGramMaxInputs)
+RAM_MAX_MODELS = 255  # RAM's counting pass keeps each element's count in a byte
 
 _p, _i32, _i64, _f64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {

@@ -112,38 +112,74 @@ def test_float32_inputs_to_each_output_dtype(dtype, f32_family, tmp_path, engine
     _both(engines, config, tmp_path)
 
 
+# Five weights whose float32 sum torch's sum() rounds otherwise past 4 terms (its vector lanes,
+# here 1.0000001 against 1.0 in order), and six for linear, whose base is weighted too.
+FIVE_WEIGHTS = (0.1, 0.1, 0.1, 0.1, 0.6)
+SIX_WEIGHTS = (0.1, 0.1, 0.1, 0.1, 0.1, 0.3)
+
+
 @pytest.mark.parametrize(
-    "method, weights",
-    [("linear", "1.0"), ("ties", "0.5"), ("dare_ties", "1.0"), ("della", "0.25"), ("multislerp", "2.0")],
+    "method, params",
+    [
+        ("linear", ""),
+        ("task_arithmetic", ""),
+        ("ties", ", density: 0.6"),
+        ("dare_ties", ", density: 0.6"),
+        ("dare_linear", ", density: 0.6"),
+        ("breadcrumbs_ties", ", density: 0.6, gamma: 0.05"),
+        ("della", ", density: 0.6, epsilon: 0.1"),
+        ("multislerp", ""),
+        ("sce", None),
+        ("model_stock", None),
+        ("karcher", None),
+        ("ram", None),
+        ("ramplus_tl", None),
+    ],
 )
-def test_more_than_four_models_whose_weights_sum_alike_in_any_order(method, weights, family, tmp_path, engines):
-    """Five or six weighted models: torch's float32 sum of their weights takes another order
-    than 4 or fewer, but of weights such as 1.0 or 0.5 every order gives the same sum, so the
-    torch-free engine merges them, to the same bytes."""
+def test_more_than_four_models_merge_alike_on_both_engines(method, params, family, tmp_path, engines):
+    """Five or six models: every method sums its weights (and SCE its energies) in model
+    order on both engines (methods/numerics.py `ordered_sum`, methods/scalars.py `f32_sum`),
+    so the torch-free engine merges them, to the same bytes. `params` None: the method takes
+    no weights."""
     names = ("ft-a", "ft-b", "ft-c", "ft-a", "ft-b") + (("base",) if method == "linear" else ())
-    params = f"weight: {weights}" + (", density: 0.6" if method != "linear" and method != "multislerp" else "")
-    models = "".join(f"  - {{model: {family[k]}, parameters: {{{params}}}}}\n" for k in names)
-    base = "" if method == "linear" else f"base_model: {family['base']}\n"
+    weights = SIX_WEIGHTS if method == "linear" else FIVE_WEIGHTS
+    assert torch.tensor(weights).sum().item() != f32_sum(weights)  # what the order changes
+    parameters = ["" if params is None else f", parameters: {{weight: {w}{params}}}" for w in weights]
+    models = "".join(f"  - {{model: {family[k]}{p}}}\n" for k, p in zip(names, parameters))
+    base = "" if method in ("linear", "karcher") else f"base_model: {family['base']}\n"
     config = tmp_path / "c.yml"
     config.write_text(f"merge_method: {method}\n{base}models:\n{models}")
+    assert host.refusal(plan_of(config.read_text()), MergeOptions()) is None
     _both(engines, config, tmp_path)
 
 
-def test_order_free_sums_are_torch_sums():
-    """methods/scalars.py `order_free_sum`: where it holds, torch's float32 sum() of any length
-    (its lanes past 4 values) is `f32_sum`'s sequential one."""
-    from mergefast.methods.scalars import f32_sum, order_free_sum
+def test_dare_rescale_past_sixteen_models_draws_again(family, tmp_path, engines):
+    """DARE with rescale keeps its keep bits for the apply in a 16-bit word per element: past
+    16 models both engines draw every element again in DARE's own apply (kernels/dare.py), to
+    the same bytes."""
+    models = "".join(f"  - model: {family[('ft-a', 'ft-b', 'ft-c')[i % 3]]}\n" for i in range(17))
+    config = tmp_path / "c.yml"
+    config.write_text(
+        f"merge_method: dare_ties\nbase_model: {family['base']}\n"
+        f"parameters: {{weight: 0.1, density: 0.5, rescale: true}}\nmodels:\n{models}"
+    )
+    _both(engines, config, tmp_path)
+
+
+def test_ordered_sums_are_f32_sums():
+    """The references' sums of a few values (methods/numerics.py `ordered_sum`) are the
+    torch-free engine's (methods/scalars.py `f32_sum`) on any count of values, and the linear
+    reference divides by that sum, not by torch's own."""
+    from mergefast.methods.linear import linear
+    from mergefast.methods.numerics import ordered_sum
 
     rng = random.Random(5)
-    for _ in range(3000):
-        n = rng.randint(1, 40)
-        values = [
-            rng.choice([1, -1]) * rng.randint(1, 1 << rng.randint(0, 20)) * 2.0 ** rng.randint(-30, 10)
-            for _ in range(n)
-        ]
-        if order_free_sum(values):
-            assert torch.tensor(values, dtype=torch.float32).sum().item() == f32_sum(values), values
-    assert not order_free_sum([0.2] * 5) and order_free_sum([0.5, 1.0, 0.25, 2.0, 1.0])
+    for _ in range(2000):
+        k = rng.randint(1, 40)
+        values = [rng.choice([rng.uniform(-1, 1), rng.uniform(0, 1e4), rng.uniform(0, 1e-3)]) for _ in range(k)]
+        assert ordered_sum(torch.tensor(values, dtype=torch.float32)).item() == f32_sum(values), values
+    xs = [torch.ones(3) for _ in FIVE_WEIGHTS]
+    assert f32_sum(FIVE_WEIGHTS) == 1.0 and linear(xs, FIVE_WEIGHTS).tolist() == [1.0] * 3
 
 
 @pytest.mark.parametrize(
@@ -222,14 +258,14 @@ def test_other_methods_are_byte_identical(text, family, tmp_path, engines):
 
 
 def test_sce_weights_are_the_kernels():
-    """methods/scalars.py's float32 SCE weights against kernels/sce.py's torch ones, up to 4
+    """methods/scalars.py's float32 SCE weights against kernels/sce.py's torch ones, 1 to 8
     models, near the uniform threshold too."""
     from mergefast.kernels.sce import weights
     from mergefast.methods.scalars import sce_weights
 
     rng = random.Random(1)
     for _ in range(2000):
-        k, n = rng.randint(1, host.MAX_WEIGHTS), rng.choice([1, 7, 4096, 45_000_017])
+        k, n = rng.randint(1, 8), rng.choice([1, 7, 4096, 45_000_017])
         scale = rng.choice([1e-12, 1e-7 * n, 1.0, 1e6])
         sums = [rng.uniform(0, scale) for _ in range(k)]
         assert sce_weights(sums, n) == weights(sums, n), (sums, n)
@@ -329,14 +365,11 @@ def test_refusals(family, tmp_path, monkeypatch):
     assert host.refusal(karcher, MergeOptions()) is None
     wide = ties.replace("merge_method: ties", "merge_method: della").replace("density: 0.7", "density: 0.9")
     assert "DELLA density +- epsilon outside (0, 1)" in host.refusal(plan_of(wide), MergeOptions())
-    five = "merge_method: linear\nmodels:\n" + "".join(
-        f"  - {{model: {family[k]}, parameters: {{weight: 0.2}}}}\n" for k in ("base", "ft-a", "ft-b", "ft-c", "ft-a")
-    )
-    assert "5 weighted models" in host.refusal(plan_of(five), MergeOptions())
-    assert host.refusal(plan_of(five.replace("weight: 0.2", "weight: 0.5")), MergeOptions()) is None
-    sce = five.replace("merge_method: linear", f"merge_method: sce\nbase_model: {family['base']}")
-    sce += f"  - {{model: {family['ft-b']}, parameters: {{weight: 0.2}}}}\n"  # 5 besides the base
-    assert "5 weighted models" in host.refusal(plan_of(sce.replace("weight: 0.2", "weight: 1")), MergeOptions())
+    models = "".join(f"  - model: {family[('ft-a', 'ft-b', 'ft-c')[i % 3]]}\n" for i in range(17))
+    della = f"merge_method: della\nbase_model: {family['base']}\nparameters: {{weight: 0.1, density: 0.5}}\n"
+    expected = "17 models, more than della's kernels take"  # one keep bit per model in 16-bit words
+    assert expected in host.refusal(plan_of(f"{della}models:\n{models}"), MergeOptions())
+    assert host.refusal(plan_of(f"{della}models:\n{models[models.index(chr(10)) + 1 :]}"), MergeOptions()) is None
     rescale = example_config("ties.yml", family).replace("normalize: true", "normalize: true\n  rescale: true")
     assert "rescale" in host.refusal(plan_of(rescale), MergeOptions())
     scaled = example_config("passthrough-stack.yml", family)
@@ -359,10 +392,11 @@ def test_f32_is_numpys_float32():
 
 
 def test_f32_sum_is_torchs_float32_sum():
-    """Up to 4 terms (host.MAX_WEIGHTS) torch sums float32 values in order."""
+    """Up to 4 terms torch sums float32 values in order too: so where a merge has at most 4
+    weighted models, the ordered sums of weights are mergekit's (torch's) own."""
     rng = random.Random(0)
     for _ in range(3000):
-        k = rng.randint(1, host.MAX_WEIGHTS)
+        k = rng.randint(1, 4)
         values = [rng.choice([rng.uniform(-1, 1), rng.uniform(-1e4, 1e4), rng.uniform(0, 1e-3)]) for _ in range(k)]
         assert f32_sum(values) == torch.tensor(values, dtype=torch.float32).sum().item(), values
 

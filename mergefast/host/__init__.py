@@ -12,10 +12,9 @@ engine's (tests/test_host_engine.py).
 execute.py runs it when `refusal(plan, options)` is None, in a process that has torch too
 (execute.torch_free says why). It refuses, and the torch engine runs, for anything it
 does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
-alignment, float64 or integer merges, more than 4 weighted models (a float32 sum of weights
-or SCE's energies is torch's own only up to 4 terms, methods/scalars.py; linear, multislerp and
-the task-arithmetic family take more where their weights sum alike in every order), rescale outside DARE
-and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough
+alignment, float64 or integer merges, more models than a method's kernels take (MAX_MODELS:
+DELLA 16, the Gram methods 64, RAM 255; the kernel API runs the references past them), rescale
+outside DARE and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough
 scale, and the cases the fused kernels leave to the torch references (fewer than two models,
 empty tensors of the spherical methods). A NaN or inf found while merging
 imports torch for the message (checks.py), as the torch engine reports it.
@@ -29,7 +28,6 @@ import os
 from .. import native
 from ..io.reader import CheckpointReader
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
-from ..methods.scalars import order_free_sum
 
 METHODS = (
     "linear",
@@ -54,13 +52,24 @@ METHODS = (
     "passthrough",
 )
 MERGE_DTYPES = frozenset({"float16", "bfloat16", "float32"})  # inputs and outputs the engine merges
-MAX_WEIGHTS = 4  # weighted models whose float32 sum torch takes in order (methods/scalars.py f32_sum)
+# The most models (gram_vectors for the Gram methods, else the weighted ones) each method's
+# kernels take, as the kernel API counts them (kernels/della.py, slerp_family.py, spherical.py,
+# ram.py); the other methods take any number.
+MAX_MODELS = {
+    "della": native.MASK_WORD_MODELS,
+    "della_linear": native.MASK_WORD_MODELS,
+    "model_stock": native.GRAM_MAX_INPUTS,
+    "multislerp": native.GRAM_MAX_INPUTS,
+    "karcher": native.GRAM_MAX_INPUTS,
+    "ram": native.RAM_MAX_MODELS,
+    "ramplus_tl": native.RAM_MAX_MODELS,
+}
 
 
 def torch_free_line() -> str:
     """The line `mergefast env` prints about this engine."""
     lib, error = native.library()
-    where = "local safetensors inputs, up to 4 weighted models (more with weights such as 1 or 0.5), no GPU"
+    where = "local safetensors inputs, no GPU"
     if lib is None:
         return f"cpu without torch: unavailable ({error})"
     merged = ", ".join(m for m in METHODS if m != "passthrough")
@@ -95,8 +104,11 @@ def _job_refusal(method: str, job) -> str | None:
     if not dtypes <= MERGE_DTYPES:
         return f"tensor {job.name}: dtype {sorted(dtypes - MERGE_DTYPES)[0]}"
     weighted = len(job.sources) - (0 if method == "linear" else 1)
-    if weighted < 1 or (weighted > MAX_WEIGHTS and not _order_free_weights(method, job)):
-        return f"tensor {job.name}: {weighted} weighted models"
+    if weighted < 1:
+        return f"tensor {job.name}: no weighted model"
+    models = gram_vectors(method, job) if method in GRAM_METHODS else weighted
+    if models > MAX_MODELS.get(method, models):
+        return f"tensor {job.name}: {models} models, more than {method}'s kernels take"
     if method in TASK_ARITHMETIC_FAMILY and job.base_index is None:
         return f"tensor {job.name}: no base model"
     if job.global_params.get("rescale") and not method.startswith(("dare", "della")):
@@ -112,16 +124,7 @@ def _job_refusal(method: str, job) -> str | None:
 
 
 SPHERICAL = ("nuslerp", "multislerp", "karcher")
-
-
-def _order_free_weights(method: str, job) -> bool:
-    """Whether a job of more than MAX_WEIGHTS models still takes torch's float32 sums: a
-    method whose only such sum is its weights' (linear, multislerp, the task-arithmetic
-    family), with weights every order sums alike (methods/scalars.py `order_free_sum`:
-    1.0, 0.5, 0.25 ...)."""
-    if method not in ("linear", "multislerp") and method not in TASK_ARITHMETIC_FAMILY:
-        return False
-    return order_free_sum(model_weights(method, job))
+GRAM_METHODS = ("model_stock", *SPHERICAL)
 
 
 def model_weights(method: str, job) -> list[float]:

@@ -62,19 +62,25 @@ def _dare(
     tail: tuple,
     rescale: bool,
 ) -> bool:
-    """DARE's passes as kernels/dare.py runs them on the CPU: with `rescale`, the norms pass
-    leaves the keep bits in `out` and DELLA's apply reads them; else one apply pass. `tail`:
-    (consensus, normalize, divisor, lambda), the apply passes' last scalars."""
+    """DARE's passes as kernels/dare.py runs them on the CPU: with `rescale`, the norms pass,
+    which leaves the keep bits in `out` for DELLA's apply where they fit its 16-bit words (at
+    most native.MASK_WORD_MODELS models; more draw every element again in DARE's apply);
+    else DARE's apply alone. `tail`: (consensus, normalize, divisor, lambda), the apply
+    passes' last scalars."""
     keys = (ctypes.c_uint64 * len(xs))(*model_keys)
     dens = doubles(densities)
-    if not rescale:
-        return fused("mf_dare", base, xs, out, (doubles(weights), keys, dens, doubles([1.0] * len(xs)), *tail))
-    ptrs, codes = arrays(xs)
-    sums, lib = (ctypes.c_double * (2 * len(xs)))(), library()
-    bptr, bcode, optr, ocode, n = base.data_ptr(), code(base), out.data_ptr(), code(out), out.numel()
-    status = lib.mf_dare_norms(bptr, bcode, ptrs, codes, len(xs), n, keys, dens, optr, ocode, threads(), sums)
-    native.check(lib, status)
-    return fused("mf_della_apply", base, xs, out, (doubles(weights), doubles(l1_scales(list(sums))), *tail))
+    scales = [1.0] * len(xs)
+    if rescale:
+        words = len(xs) <= native.MASK_WORD_MODELS
+        ptrs, codes = arrays(xs)
+        sums, lib = (ctypes.c_double * (2 * len(xs)))(), library()
+        optr = out.data_ptr() if words else None
+        head = (base.data_ptr(), code(base), ptrs, codes, len(xs), out.numel(), keys, dens, optr, code(out))
+        native.check(lib, lib.mf_dare_norms(*head, threads(), sums))
+        scales = l1_scales(list(sums))
+        if words:
+            return fused("mf_della_apply", base, xs, out, (doubles(weights), doubles(scales), *tail))
+    return fused("mf_dare", base, xs, out, (doubles(weights), keys, dens, doubles(scales), *tail))
 
 
 def _della(

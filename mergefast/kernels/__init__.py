@@ -67,7 +67,7 @@ from ..methods import slerp as _slerp_ref
 from ..methods import task_arithmetic as _ta_ref
 from ..methods.linear import ZERO_WEIGHT_SUM, ZeroWeightSumError
 from ..methods.numerics import check_same_shape, keep_count, result_dtype
-from ..methods.scalars import slerp_coefficients_from_dots
+from ..methods.scalars import f32_sum, slerp_coefficients_from_dots
 from ..methods.task_arithmetic import DEFAULT_EPSILON, check_della_range
 from . import breadcrumbs as _breadcrumbs
 from . import dare as _dare
@@ -136,11 +136,6 @@ def _numbers(values, what: str) -> list[float]:
     return [float(v) for v in values]
 
 
-def _f32_sum(weights: Sequence[float]) -> float:
-    """sum(weights) exactly as the references compute it (float32 tensor sum)."""
-    return torch.tensor([float(w) for w in weights], dtype=torch.float32).sum().item()
-
-
 # ----------------------------------------------------------------------------- ops
 
 
@@ -168,7 +163,7 @@ def linear(
     name = _choose(tensors, out)
     if name == "torch":
         return reference()
-    total = _f32_sum(weights)
+    total = f32_sum(weights)
     if normalize and abs(total) < ZERO_WEIGHT_SUM:
         raise ZeroWeightSumError(
             f"linear weights {weights} sum to zero with normalize: true; change the weights or set normalize: false"
@@ -258,7 +253,7 @@ def task_arithmetic(
         return torch.empty(base.shape, dtype=out, device=base.device)
     dens = [1.0] * len(tensors) if densities is None else [float(d) for d in densities]
     keep = [keep_count(d, n) for d in dens] if sparsify == "magnitude" else None
-    divisor = _f32_sum(weights)
+    divisor = f32_sum(weights)
     if abs(divisor) < ZERO_WEIGHT_SUM:
         divisor = 1.0
     b, xs = base.contiguous(), _contiguous(tensors)

@@ -22,9 +22,7 @@ import torch
 
 from ..methods.random_keys import stream_keys
 from ..methods.scalars import l1_scales
-
-# The most models whose keep bits fit the 16-bit word della_apply reads from each output slot.
-MASK_WORD_MODELS = 16
+from ..native import MASK_WORD_MODELS  # keep bits in the 16-bit word della_apply reads
 
 
 def run(

@@ -20,9 +20,8 @@ import torch
 from ..methods import ram as _ram_ref
 from ..methods.numerics import check_same_shape, result_dtype
 from ..methods.ram import DEFAULT_ALPHA, DEFAULT_EPSILON, DEFAULT_R, boost_of_counts
+from ..native import RAM_MAX_MODELS as MAX_MODELS
 from .dispatch import _choose, _dispatch
-
-MAX_MODELS = 255  # the counting pass keeps each element's count in a byte
 
 
 def lambdas(impl, base: torch.Tensor, xs: Sequence[torch.Tensor], epsilon: float, r: float, alpha: float):

@@ -30,6 +30,7 @@ from ..methods.numerics import check_same_shape, result_dtype
 from ..methods.nuslerp import nuslerp_t
 from ..methods.scalars import gram_column as pair_index  # the Gram row's layout, shared with host/
 from ..methods.scalars import nuslerp_view, rows_cols
+from ..native import GRAM_MAX_INPUTS
 from .dispatch import _choose, _dispatch
 
 
@@ -106,7 +107,7 @@ def model_stock(
         return _model_stock_ref(base, tensors, filter_wise=filter_wise, out_dtype=out_dtype)
 
     all_inputs = [base, *tensors]
-    if len(tensors) < 2 or len(tensors) > 64:
+    if len(tensors) < 2 or len(tensors) > GRAM_MAX_INPUTS:
         return reference()  # fewer: the reference's error; more: past the kernels' Gram size
     check_same_shape(all_inputs, "model_stock")
     out = result_dtype(all_inputs, out_dtype)

@@ -33,9 +33,8 @@ from ..methods.gram_scalars import gram_matrix, karcher_coefficients, multislerp
 from ..methods.karcher import DEFAULT_MAX_ITER, DEFAULT_TOL
 from ..methods.multislerp import ANTIPODAL, DEFAULT_EPS, AntipodalError
 from ..methods.numerics import check_same_shape, result_dtype
+from ..native import GRAM_MAX_INPUTS as MAX_INPUTS
 from .dispatch import _choose, _dispatch
-
-MAX_INPUTS = 64  # the Gram pass's limit (csrc/cpu/kernels.h kGramMaxInputs)
 
 
 def _gram(packed: torch.Tensor, k: int) -> list[list[float]]:

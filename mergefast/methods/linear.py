@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .numerics import accumulation_dtype, check_same_shape, result_dtype
+from .numerics import accumulation_dtype, check_same_shape, ordered_sum, result_dtype
 from .spec import ZERO_WEIGHT_SUM  # noqa: F401 - re-exported: the references and kernels use it here
 
 
@@ -36,7 +36,7 @@ def linear(
     for x, wi in zip(tensors, w):
         acc += wi.item() * x.to(acc_dtype)
     if normalize:
-        total = w.sum().item()
+        total = ordered_sum(w).item()
         if abs(total) < ZERO_WEIGHT_SUM:
             raise ZeroWeightSumError(
                 f"linear weights {list(weights)} sum to zero with normalize: true; "

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from .gram_scalars import ANTIPODAL  # noqa: F401 - the message, shared with the kernels' scalars
-from .numerics import accumulation_dtype, check_same_shape, result_dtype
+from .numerics import accumulation_dtype, check_same_shape, ordered_sum, result_dtype
 
 DEFAULT_EPS = 1e-8
 
@@ -70,7 +70,7 @@ def multislerp(
         x = x - base.to(acc).flatten()
     w = torch.tensor(list(weights), dtype=acc, device=x.device)
     if normalize_weights:
-        w = w / w.sum()
+        w = w / ordered_sum(w)
     result = multislerp_vectors(x, w, eps).view(tensors[0].shape)
     if base is not None:
         result = result + base.to(acc)

@@ -16,6 +16,19 @@ def accumulation_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float32
 
 
+def ordered_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum of a 1-D tensor of a few values (weights, per-model energies), added in index
+    order in its own dtype, rounding after each addition: a 0-d tensor. torch's `sum()` splits
+    more than 4 values into vector lanes whose order depends on the count and the CPU's vector
+    width, so a merge of 5 or more models would round its weights' sum differently from
+    machine to machine; this order is the same everywhere, and the torch-free engine's
+    (methods/scalars.py `f32_sum`)."""
+    total = torch.zeros((), dtype=values.dtype, device=values.device)
+    for value in values:
+        total = total + value
+    return total
+
+
 def result_dtype(tensors: Sequence[torch.Tensor], out_dtype: torch.dtype | None) -> torch.dtype:
     """The dtype the result is rounded to: `out_dtype`, else the promoted input dtype.
 

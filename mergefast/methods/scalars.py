@@ -23,29 +23,14 @@ def f32(value: float) -> float:
 
 
 def f32_sum(values: Sequence[float]) -> float:
-    """The float32 sum of `values` in order, rounding after each addition: torch's float32
-    `sum()` of up to 4 values (tests/test_host_engine.py), not of more (it splits them into
-    lanes then), unless `order_free_sum` holds. Each float32 addition is made in float64 and
-    rounded: a float64 sum of two float32 values rounded to float32 is their float32 sum (53
-    >= 2 * 24 + 2 bits)."""
+    """The float32 sum of `values` in order, rounding after each addition: the references' sum
+    of a few values (`methods/numerics.py` `ordered_sum`: weights, SCE's energies) on any
+    count of models. Each float32 addition is made in float64 and rounded: a float64 sum of
+    two float32 values rounded to float32 is their float32 sum (53 >= 2 * 24 + 2 bits)."""
     total = 0.0
     for value in values:
         total = f32(total + f32(value))
     return total
-
-
-def order_free_sum(values: Sequence[float]) -> bool:
-    """Whether every float32 sum of `values` (rounded to float32), in any order and grouping,
-    is exact, so torch's float32 `sum()` of any length is `f32_sum`'s: true where they are
-    integer multiples n_i of one power of two 2^-k (k <= 149, float32's smallest step) with
-    sum |n_i| < 2^24, so that every partial sum is such a multiple that float32 holds. Weights
-    of 1.0, 0.5 or 0.25 are; 0.2 or 0.3 are not (five f32(0.2) sum to another float32 in
-    another order)."""
-    if not all(math.isfinite(f32(v)) for v in values):
-        return False
-    ratios = [f32(v).as_integer_ratio() for v in values]
-    k = max((q.bit_length() - 1 for _, q in ratios), default=0)  # every q is a power of two
-    return k <= 149 and sum(abs(p) << (k - (q.bit_length() - 1)) for p, q in ratios) < 1 << 24
 
 
 def l1_scales(sums: Sequence[float]) -> list[float]:
@@ -160,8 +145,8 @@ SCE_WEIGHT_SUM_MIN = 1e-6
 def sce_weights(sums: Sequence[float], n: int) -> list[float]:
     """SCE's omega from the kernels' float64 sums of squared kept deltas over n elements, in
     float32 as kernels/sce.py's `weights` and methods/sce.py's `weights_of_energies` compute
-    them: energy_i = sum_i / n, omega_i = energy_i / sum_j energy_j, uniform below 1e-6 (the
-    energies' sum in order: torch's own for up to 4 models, host/__init__.py)."""
+    them: energy_i = sum_i / n, omega_i = energy_i / sum_j energy_j (summed in order, as
+    `weights_of_energies`), uniform below 1e-6."""
     import numpy as np  # here: the elementwise methods need none (io/host_array.py)
 
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):

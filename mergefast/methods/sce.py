@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .numerics import task_vectors
+from .numerics import ordered_sum, task_vectors
 
 # Below WEIGHT_SUM_MIN the matrix weights are uniform; the divisor is clamped to DIVISOR_MIN.
 WEIGHT_SUM_MIN = 1e-6
@@ -36,7 +36,7 @@ def energy_weights(deltas: torch.Tensor) -> torch.Tensor:
 def weights_of_energies(energy: torch.Tensor) -> torch.Tensor:
     """omega_i = energy_i / sum_j energy_j from the energies mean(tau_i^2) (a 1-D tensor);
     uniform when the sum is < 1e-6."""
-    total = energy.sum()
+    total = ordered_sum(energy)
     if total < WEIGHT_SUM_MIN:
         return torch.full_like(energy, 1.0 / energy.numel())
     return energy / total

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from .linear import ZERO_WEIGHT_SUM
-from .numerics import keep_count, task_vectors
+from .numerics import keep_count, ordered_sum, task_vectors
 from .random import uniform_like
 from .scalars import RESCALE_MIN_NORM, outlier_bounds
 
@@ -191,7 +191,7 @@ def _sign_consensus(weighted: list[torch.Tensor], weights: Sequence[float]):
 
 def _plain_sum(weighted: list[torch.Tensor], weights: Sequence[float], dtype: torch.dtype):
     """No consensus: sum of weighted deltas; divisor sum(w), |divisor| < 1e-8 -> 1."""
-    divisor = torch.tensor(list(weights), dtype=dtype).sum().item()
+    divisor = ordered_sum(torch.tensor(list(weights), dtype=dtype)).item()
     if abs(divisor) < ZERO_WEIGHT_SUM:
         divisor = 1.0
     return sum(weighted), divisor
