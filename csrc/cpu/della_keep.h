@@ -7,9 +7,10 @@
 //   1. a histogram of the keys (mag_key) in buckets (a monotone map: bucket 0 the zeros,
 //      bucket 1 the keys below the window, then the keys' top bits) and its prefix counts: each
 //      bucket's rank range, and p's min and max over it (p at its two edges);
-//   2. per element, u against its bucket's min and max: kept, dropped, or open (u within the
-//      bucket's p range: a bucket of s elements leaves ~s * 2 |epsilon| / cols of them open,
-//      ~5 of a 1024-wide row of bf16 deltas at epsilon 0.15: its ties make the buckets large);
+//   2. per element, u against its bucket's min and max (a draw outside p's range over the whole
+//      row needs no bucket: decide_avx2): kept, dropped, or open (u within the bucket's p
+//      range: a bucket of s elements leaves ~s * 2 |epsilon| / cols of them open, ~5 of a
+//      1024-wide row of bf16 deltas at epsilon 0.15: its ties make the buckets large);
 //      a zero delta is dropped, never open: kept or not, it adds nothing to the output, the
 //      sign election or the norms. Rows of a frozen or sparse fine-tune no longer leave their
 //      zeros open (one large bucket: the full ranks' fallback): with bucket_bounds' four
@@ -82,15 +83,16 @@ MF_INLINE bool takes_bounds(int64_t cols, bool bf16_deltas) {
 // where some row takes them (`bounds`: else della.cpp keeps the full ranks in its tile buffer,
 // and no second row-sized rank array is made).
 struct BoundScratch {
-  std::vector<uint32_t> keys, flag, open, rank, mkey, midx;
+  std::vector<uint32_t> keys, undecided, open, rank, mkey, midx;
   std::vector<uint16_t> bucket;
   uint32_t start[kBoundBins + 8], pos[kBoundBins];
   uint32_t sub[4][kBoundBins + 8];  // bucket_bounds' four interleaved histograms
   float keep_below[kBoundBins], open_below[kBoundBins], p_edge[kBoundBins + 8];
+  float keep_min = 0.0f, open_max = 0.0f;  // over the nonzero buckets: every draw below keeps, at or above drops
   uint32_t nb = 0;  // the row's buckets
   RankScratch rs;
   BoundScratch(int64_t cols, bool bounds)
-      : keys(bounds ? cols : 0), flag(keys.size()), open(keys.size() + 8), rank(keys.size()), mkey(keys.size()),
+      : keys(bounds ? cols : 0), undecided(keys.size() + 8), open(keys.size()), rank(keys.size()), mkey(keys.size()),
         midx(keys.size()), bucket(keys.size()), rs(cols) {}
 };
 
@@ -121,6 +123,9 @@ MF_INLINE void bucket_bounds(const uint16_t* bucket, int64_t cols, uint32_t nb, 
     s.open_below[b] = std::max(p_edge[b], p_edge[b + 1]);
   }
   s.keep_below[0] = s.open_below[0] = -1.0f;  // every draw u >= 0
+  // p is monotone in the rank: the nonzero buckets' (1 .. nb - 1) extremes are at their ends
+  s.keep_min = std::min(p_edge[1], p_edge[nb]);
+  s.open_max = std::max(p_edge[1], p_edge[nb]);
 }
 
 // The exact rank of element j among the row's keys: smaller keys, then equal keys before j.
@@ -164,42 +169,56 @@ MF_INLINE void keep_by_ranks(const float* d, const float* u, int64_t cols, const
   }
 }
 
-// Elements from..cols-1 of a row decided by their bucket's thresholds: kept[j] all ones where
-// u[j] < keep_below, s.flag[j] = 1 where open (u[j] below open_below only); the count of open.
+// Element j of a row decided by its bucket's thresholds: kept[j] all ones where u[j] <
+// keep_below, else 0; j appended to s.open where open (u[j] below open_below only).
+MF_INLINE void decide_one(const float* u, const uint16_t* bucket, uint32_t j, BoundScratch& s, uint32_t* kept,
+                          uint32_t& m) {
+  const uint32_t keep = u[j] < s.keep_below[bucket[j]];
+  kept[j] = 0u - keep;
+  s.open[m] = j;
+  m += (keep ^ 1u) & static_cast<uint32_t>(u[j] < s.open_below[bucket[j]]);
+}
+
+// Elements from..cols-1 of a row decided by their buckets' thresholds, the open ones listed in
+// s.open (index order) after the m listed already; the count listed.
 MF_INLINE uint32_t decide_scalar(const float* u, const uint16_t* bucket, int64_t from, int64_t cols,
-                                 BoundScratch& s, uint32_t* kept) {
-  uint32_t m = 0;
-  for (int64_t j = from; j < cols; ++j) {
-    const uint32_t keep = u[j] < s.keep_below[bucket[j]];
-    const uint32_t open = (keep ^ 1u) & static_cast<uint32_t>(u[j] < s.open_below[bucket[j]]);
-    kept[j] = 0u - keep;
-    s.flag[j] = open;
-    m += open;
-  }
+                                 BoundScratch& s, uint32_t* kept, uint32_t m) {
+  for (int64_t j = from; j < cols; ++j) decide_one(u, bucket, static_cast<uint32_t>(j), s, kept, m);
   return m;
 }
 
 #if MF_AVX2_CLONES
-// decide_scalar, eight elements at a time, the thresholds fetched by two gathers. DELLA's masks
-// pass alone, one thread, base + 3 bf16 (2-vCPU Intel Xeon VM, builds alternated): 0.95x the
-// time of the scalar loop on 1024-wide rows, 0.98x on 2816-wide ones.
+// decide_scalar, eight elements at a time. A draw below the row's least keep threshold keeps a
+// nonzero delta, one at or above its greatest open threshold drops it: only draws between those
+// (u within pmin + [0, span], ~2 |epsilon| of them) need their bucket's thresholds. Those
+// elements are listed (common.h kPack) and decided one by one. Zen 4's gathers of both
+// thresholds for every element took ~29% of the masks pass; this way, whole DELLA calls
+// (ab_libs, one thread, bf16, epsilon 0.15) take 0.92x the time on 2816 x 1024, 0.91-0.96x on
+// 11008 x 4096 (2-vCPU AMD EPYC VM).
 MF_TARGET_AVX2 inline uint32_t decide_avx2(const float* u, const uint16_t* bucket, int64_t cols, BoundScratch& s,
                                            uint32_t* kept) {
-  const __m256i one = _mm256_set1_epi32(1);
-  uint32_t* flag = s.flag.data();
-  uint32_t m = 0;
+  const __m256 keep_min = _mm256_set1_ps(s.keep_min), open_max = _mm256_set1_ps(s.open_max);
+  const __m256i zero = _mm256_setzero_si256(), eight = _mm256_set1_epi32(8);
+  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  uint32_t* undecided = s.undecided.data();
+  uint32_t n = 0;
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
     const __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bucket + j)));
     const __m256 uj = _mm256_loadu_ps(u + j);
-    const __m256 keep = _mm256_cmp_ps(uj, _mm256_i32gather_ps(s.keep_below, b, 4), _CMP_LT_OQ);
-    const __m256 below = _mm256_cmp_ps(uj, _mm256_i32gather_ps(s.open_below, b, 4), _CMP_LT_OQ);
-    const __m256 open = _mm256_andnot_ps(keep, below);
+    const __m256 zeros = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, zero));  // bucket 0: dropped
+    const __m256 keep = _mm256_andnot_ps(zeros, _mm256_cmp_ps(uj, keep_min, _CMP_LT_OQ));
+    const __m256 drop = _mm256_or_ps(zeros, _mm256_cmp_ps(uj, open_max, _CMP_GE_OQ));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(kept + j), _mm256_castps_si256(keep));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(flag + j), _mm256_and_si256(_mm256_castps_si256(open), one));
-    m += static_cast<uint32_t>(__builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(open))));
+    const int mask = _mm256_movemask_ps(_mm256_or_ps(keep, drop)) ^ 0xFF;
+    const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(undecided + n), _mm256_permutevar8x32_epi32(idx, lanes));
+    n += static_cast<uint32_t>(__builtin_popcount(static_cast<unsigned>(mask)));
+    idx = _mm256_add_epi32(idx, eight);
   }
-  return m + decide_scalar(u, bucket, j, cols, s, kept);
+  uint32_t m = 0;
+  for (uint32_t t = 0; t < n; ++t) decide_one(u, bucket, undecided[t], s, kept, m);
+  return decide_scalar(u, bucket, j, cols, s, kept, m);
 }
 #endif
 
@@ -208,12 +227,12 @@ MF_INLINE uint32_t decide(const float* u, const uint16_t* bucket, int64_t cols, 
 #if MF_AVX2_CLONES
   if constexpr (Avx2) return decide_avx2(u, bucket, cols, s, kept);
 #endif
-  return decide_scalar(u, bucket, 0, cols, s, kept);
+  return decide_scalar(u, bucket, 0, cols, s, kept, 0);
 }
 
 // Steps 1 and 2 (above) for one row: the keys, buckets and p at the bucket edges into s, kept[j]
-// all ones where the bounds keep element j, and s.flag[j] = 1 where they leave it open; the
-// count of open elements.
+// all ones where the bounds keep element j, and the elements they leave open listed in s.open;
+// their count.
 template <bool Avx2>
 MF_INLINE uint32_t bound_decisions(const float* d, const float* u, int64_t cols, const DellaRule& r,
                                    BoundScratch& s, uint32_t* kept) {
@@ -239,9 +258,9 @@ MF_INLINE uint32_t bound_decisions(const float* d, const float* u, int64_t cols,
 template <bool Avx2>
 MF_INLINE void row_keep(const float* d, const float* u, int64_t cols, const DellaRule& r, BoundScratch& s,
                         uint32_t* kept) {
-  if (bound_decisions<Avx2>(d, u, cols, r, s, kept) == 0) return;
-  uint32_t* open = s.open.data();
-  const uint32_t m = matching_indices<Avx2>(s.flag.data(), 1u, cols, open);
+  const uint32_t m = bound_decisions<Avx2>(d, u, cols, r, s, kept);
+  if (m == 0) return;
+  const uint32_t* open = s.open.data();
   const uint32_t* keys = s.keys.data();
   const uint16_t* bucket = s.bucket.data();
   if (m > kScanMax) {
