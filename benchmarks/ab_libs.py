@@ -45,6 +45,7 @@ METHODS = {
     "linear": lambda base, xs: kernels.linear(xs, W3),
     "slerp": lambda base, xs: kernels.slerp(base, xs[0], 0.4),
     "ramplus_tl": lambda base, xs: kernels.ramplus_tl(base, xs),
+    "ram": lambda base, xs: kernels.ram(base, xs),
 }
 
 

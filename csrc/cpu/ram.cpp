@@ -62,18 +62,62 @@ MF_INLINE uint32_t ram_impl(const RamArgs& a, int64_t off, int64_t len, Scratch&
   return nonfinite;
 }
 
+// ram_impl for K models known at compile time: the K staged blocks (buffers 1..K) first, then
+// each element's count and sums in registers, in model order (the same bits), instead of a
+// pass per model over the count and sum buffers. ab_libs, one thread, base + 3 bf16 (2-vCPU
+// AMD EPYC VM): RAM 0.73-0.74x the time, RAM+ 0.77-0.85x. The counting pass done the same way
+// took 1.15x the time: it stays model by model.
+template <int K, bool Plus>
+MF_INLINE uint32_t ram_fixed_k(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  const float* b = stage(a.base, off, len, s.buf(0));
+  const float* x[K];
+  float lam[K];
+  for (int i = 0; i < K; ++i) {
+    x[i] = stage((*a.xs)[i], off, len, s.buf(1 + i));
+    lam[i] = Plus ? a.lambda[i] : 1.0f;
+  }
+  const float eps = a.eps;
+  uint32_t nonfinite = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    float cnt = 0.0f, sum = 0.0f, uni = 0.0f;
+    for (int i = 0; i < K; ++i) {
+      const float d = x[i][j] - b[j];
+      nonfinite |= mag_key(d) >= kNonFiniteKey;
+      const bool act = std::fabs(d) > eps;
+      cnt = cnt + (act ? 1.0f : 0.0f);
+      sum = sum + (act ? d : 0.0f);
+      if constexpr (Plus) uni = uni + (act ? d * lam[i] : 0.0f);
+    }
+    const float u = cnt == 1.0f ? (Plus ? uni : sum) : 0.0f;
+    const float m = cnt > 1.0f ? sum / cnt : 0.0f;
+    r[j] = (b[j] + u) + m;
+  }
+  return nonfinite;
+}
+
+// One block of RAM (RAM+ with Plus) into r: 2-4 models unrolled, any other count model by model.
+template <bool Plus>
+MF_INLINE uint32_t ram_block(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  switch (a.xs->size()) {
+    case 2: return ram_fixed_k<2, Plus>(a, off, len, s, r);
+    case 3: return ram_fixed_k<3, Plus>(a, off, len, s, r);
+    case 4: return ram_fixed_k<4, Plus>(a, off, len, s, r);
+    default: return ram_impl<Plus>(a, off, len, s, r);
+  }
+}
+
 uint32_t ram_default(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  return ram_impl<false>(a, off, len, s, r);
+  return ram_block<false>(a, off, len, s, r);
 }
 uint32_t plus_default(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  return ram_impl<true>(a, off, len, s, r);
+  return ram_block<true>(a, off, len, s, r);
 }
 #if MF_AVX2_CLONES
 MF_TARGET_AVX2 uint32_t ram_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  return ram_impl<false>(a, off, len, s, r);
+  return ram_block<false>(a, off, len, s, r);
 }
 MF_TARGET_AVX2 uint32_t plus_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
-  return ram_impl<true>(a, off, len, s, r);
+  return ram_block<true>(a, off, len, s, r);
 }
 #endif
 
