@@ -10,14 +10,14 @@ and hands the bytes to the same writer: the output files are byte-identical to t
 engine's (tests/test_host_engine.py).
 
 execute.py runs it when `refusal(plan, options)` is None, in a process that has torch too
-(execute.torch_free says why). It refuses, and the torch engine runs, for anything it
-does not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
+(execute.torch_free says why). It refuses, and the torch engine runs, for anything it does
+not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
 alignment, float64 or integer merges, more models than a method's kernels take (MAX_MODELS:
-DELLA 16, the Gram methods 64, RAM 255; the kernel API runs the references past them), rescale
-outside DARE and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine says so), a passthrough
-scale, and the cases the fused kernels leave to the torch references (fewer than two models,
-empty tensors of the spherical methods). A NaN or inf found while merging
-imports torch for the message (checks.py), as the torch engine reports it.
+DELLA 16, the Gram methods 64, RAM 255; the kernel API runs the references past them),
+rescale outside DARE and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine
+says so), a passthrough scale, and the cases the fused kernels leave to the torch references
+(fewer than two models, empty tensors of the spherical methods). A NaN or inf found while
+merging imports torch for the message (checks.py), as the torch engine reports it.
 """
 
 from __future__ import annotations
