@@ -144,6 +144,51 @@ bool dare_apply(const DareArgs& a) {
   return apply_blocks<Consensus>(a.n, K, a.threads, merge);
 }
 
+#if MF_AVX2_CLONES
+// One model's terms of the norms pass, eight elements a step: sum |d| into part[0] and
+// sum |kept d| into part[1] by lane (j % 8, two float64 vectors each, as add_lanes), then the
+// lanes in order; with Words, the keep bits (bit) or-ed into words. The same sums and bits as
+// the scalar loop and its two lane_sums, without storing the terms: dare_ties with rescale
+// 0.87x the time on 2816 x 1024, 0.94x on 11008 x 4096 (ab_libs, base + 3 bf16, 2-vCPU AMD
+// EPYC VM), where the compiler's own fusion of the three loops did not vectorise (4x).
+template <bool Words>
+MF_TARGET_AVX2 inline void norms_model_avx2(const float* x, const float* b, const float* ub, float p, int64_t len,
+                                            uint16_t bit, uint16_t* words, double* part) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), pv = _mm256_set1_ps(p);
+  const __m128i bit16 = _mm_set1_epi16(static_cast<int16_t>(bit));
+  __m256d all[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}, on[2] = {all[0], all[1]};
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(b + j)), abs_mask);
+    const __m256 keep = _mm256_cmp_ps(_mm256_loadu_ps(ub + j), pv, _CMP_LT_OQ);
+    const __m256 kd = _mm256_and_ps(d, keep);
+    all[0] = _mm256_add_pd(all[0], _mm256_cvtps_pd(_mm256_castps256_ps128(d)));
+    all[1] = _mm256_add_pd(all[1], _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1)));
+    on[0] = _mm256_add_pd(on[0], _mm256_cvtps_pd(_mm256_castps256_ps128(kd)));
+    on[1] = _mm256_add_pd(on[1], _mm256_cvtps_pd(_mm256_extractf128_ps(kd, 1)));
+    if constexpr (Words) {
+      const __m256i k = _mm256_castps_si256(keep);
+      const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+      __m128i* w = reinterpret_cast<__m128i*>(words + j);
+      _mm_storeu_si128(w, _mm_or_si128(_mm_loadu_si128(w), _mm_and_si128(k16, bit16)));
+    }
+  }
+  alignas(32) double lanes[2][8];
+  for (int h = 0; h < 2; ++h) {
+    _mm256_store_pd(lanes[0] + 4 * h, all[h]);
+    _mm256_store_pd(lanes[1] + 4 * h, on[h]);
+  }
+  for (; j < len; ++j) {
+    const float d = std::fabs(x[j] - b[j]);
+    lanes[0][j % 8] += static_cast<double>(d);
+    lanes[1][j % 8] += static_cast<double>(ub[j] < p ? d : 0.0f);
+    if constexpr (Words) words[j] = static_cast<uint16_t>(words[j] | (static_cast<uint32_t>(ub[j] < p) * bit));
+  }
+  part[0] = lanes_in_order(lanes[0]);
+  part[1] = lanes_in_order(lanes[1]);
+}
+#endif
+
 // Block blk's sum |d| and sum |kept d| of every model into part[2i], part[2i + 1]; with a
 // keep-word output (a.words.masks), the block's keep bits (bit i: model i keeps the element)
 // into it, for della_apply.
@@ -162,6 +207,17 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
     const float p = a.dens[i];
     float* ub = s.buf(5);
     fill_draws<Wide>(z0, len, ub);
+#if MF_AVX2_CLONES
+    if constexpr (Wide) {
+      const uint16_t bit = static_cast<uint16_t>(1u << i);
+      if (a.words.masks != nullptr) {
+        norms_model_avx2<true>(x, b, ub, p, len, bit, words, part + 2 * i);
+      } else {
+        norms_model_avx2<false>(x, b, ub, p, len, bit, words, part + 2 * i);
+      }
+      continue;
+    }
+#endif
     for (int64_t j = 0; j < len; ++j) {
       const float d = std::fabs(x[j] - b[j]);
       const float u = draw_at<Wide>(z0, j, ub);
