@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -62,8 +63,15 @@ inline void check(bool ok, const char* op, const std::string& what) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MF_AVX2_CLONES 1
 #define MF_TARGET_AVX2 __attribute__((target("avx2")))
+// MERGEFAST_NO_AVX2=1 in the environment (read once) takes the portable paths on any CPU, as a
+// CPU without AVX2 (or a build for another architecture) runs them: tests/test_portable_paths.py
+// checks that they give the clones' bits.
+inline bool portable_paths_asked() {
+  const char* v = std::getenv("MERGEFAST_NO_AVX2");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
 inline bool cpu_has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
+  static const bool yes = __builtin_cpu_supports("avx2") && !portable_paths_asked();
   return yes;
 }
 // The AVX-512 clones (the random methods' 64-bit multiplies, vpmullq: dare.cpp, random.h) need
@@ -71,7 +79,7 @@ inline bool cpu_has_avx2() {
 #define MF_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512dq,avx512vl")))
 inline bool cpu_has_avx512dq() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512vl");
+                          __builtin_cpu_supports("avx512vl") && !portable_paths_asked();
   return yes;
 }
 #else

@@ -1,0 +1,89 @@
+"""The C kernels' portable paths (no AVX2: another architecture, an older x86-64) give the bits
+of their AVX2 clones. `MERGEFAST_NO_AVX2=1` makes the library take the portable paths on
+this machine (csrc/cpu/common.h); a child process computes every method with it, and each
+output must equal this process's, bit for bit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mergefast import kernels, native
+
+pytestmark = pytest.mark.skipif(native.library()[0] is None, reason="the CPU kernels are not built")
+
+W3, D3 = [0.5, 0.3, 0.2], [0.5, 0.6, 0.4]
+# Shapes: rows of 1024 (DELLA's rank bounds, with elements left open), odd lengths (every
+# loop's tail), rows past DELLA's bound length (its full ranks).
+SHAPES = [(48, 1024), (37, 301), (3, 7001)]
+
+
+def _inputs(shape, dtype):
+    """base and three fine-tunes with small deltas, 2% of them exactly zero."""
+    g = torch.Generator().manual_seed(sum(shape))
+    base = 0.02 * torch.randn(shape, generator=g)
+    xs = []
+    for _ in range(3):
+        noise = 0.002 * torch.randn(shape, generator=g)
+        noise[torch.rand(shape, generator=g) < 0.02] = 0
+        xs.append((base + noise).to(dtype))
+    return base.to(dtype), xs
+
+
+def _ta(sparsify, **kw):
+    return lambda b, xs: kernels.task_arithmetic(b, xs, W3, densities=D3, sparsify=sparsify, **kw)
+
+
+METHODS = {
+    "linear": lambda b, xs: kernels.linear([b, *xs], [0.1, *W3]),
+    "ties": lambda b, xs: kernels.ties(b, xs, W3, D3),
+    "dare_ties": _ta("random", consensus="sum", rescale=True, tensor_name="t"),
+    "dare_linear": _ta("random", rescale=True, tensor_name="t"),
+    "breadcrumbs_ties": _ta("magnitude_outliers", consensus="sum", gammas=[0.01] * 3),
+    "della": _ta("della", consensus="sum", normalize=True, epsilons=[0.15] * 3, rescale=True, tensor_name="t"),
+    "sce": lambda b, xs: kernels.sce(b, xs, select_topk=0.3),
+    "slerp": lambda b, xs: kernels.slerp(b, xs[0], 0.4),
+    "nearswap": lambda b, xs: kernels.nearswap(b, xs[0], 0.001),
+    "ram": lambda b, xs: kernels.ram(b, xs),
+    "ramplus_tl": lambda b, xs: kernels.ramplus_tl(b, xs),
+    "model_stock": lambda b, xs: kernels.model_stock(b, xs),
+    "nuslerp_row_wise": lambda b, xs: kernels.nuslerp(xs[:2], [0.3, 0.7], b, flatten=False, row_wise=True),
+    "multislerp": lambda b, xs: kernels.multislerp(xs, W3, b),
+    "karcher": lambda b, xs: kernels.karcher(xs),
+    "arcee_fusion": lambda b, xs: kernels.arcee_fusion(b, xs[0]),
+}
+CASES = [(shape, dtype) for shape in SHAPES for dtype in (torch.bfloat16, torch.float32)]
+
+
+def outputs() -> dict[str, torch.Tensor]:
+    """Every method on every case, keyed `method shape dtype`."""
+    torch.set_num_threads(2)
+    out = {}
+    for shape, dtype in CASES:
+        base, xs = _inputs(shape, dtype)
+        for name, fn in METHODS.items():
+            out[f"{name} {shape} {dtype}"] = fn(base, xs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The outputs of a child process on the portable paths."""
+    path = tmp_path_factory.mktemp("portable") / "out.pt"
+    code = f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    code += f"import test_portable_paths as t; torch.save(t.outputs(), {str(path)!r})"
+    env = {**os.environ, "MERGEFAST_NO_AVX2": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
+    return torch.load(path, weights_only=True)
+
+
+def test_portable_paths_give_the_clones_bits(portable):
+    here = outputs()
+    assert here.keys() == portable.keys()
+    differ = [k for k in here if not torch.equal(here[k].view(torch.uint8), portable[k].view(torch.uint8))]
+    assert not differ, differ
