@@ -128,6 +128,18 @@ def _linear_formats(models):
     return cfg
 
 
+def _linear_five_models(models):
+    """Five weights whose float32 sum torch's sum() (mergekit's) rounds to 1.0000001 on an
+    AVX-512 CPU and mergefast, in model order, to 1.0 (docs/methods.md): within tolerance."""
+    names = ["ft-a", "ft-b", "ft-c", "ft-b-sharded", "base"]
+    weights = [0.1, 0.1, 0.1, 0.1, 0.6]
+    return {
+        "merge_method": "linear",
+        "models": [{"model": _p(models, n), "parameters": {"weight": w}} for n, w in zip(names, weights)],
+        "dtype": "float32",
+    }
+
+
 def _linear_unnormalized_filtered(models):
     return {
         "merge_method": "linear",
@@ -305,6 +317,7 @@ DONOR_AMBIGUOUS = {"linear_tied_and_untied"}
 CASES = {
     "linear": _linear,
     "linear_formats": _linear_formats,
+    "linear_five_models": _linear_five_models,
     "linear_unnormalized_filtered": _linear_unnormalized_filtered,
     "linear_tied": _linear_tied,
     "linear_tied_and_untied": _linear_tied_and_untied,
