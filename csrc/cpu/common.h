@@ -299,6 +299,29 @@ MF_INLINE double lane_sum(const float* v, int64_t len) {
   return lanes_in_order(lanes);
 }
 
+#if MF_AVX2_CLONES
+// add_lanes' step for eight float32 values v[j .. j + 8), j % 8 == 0: acc[0] holds lanes 0-3,
+// acc[1] lanes 4-7.
+MF_TARGET_AVX2 inline void add_lanes_avx2(__m256 v, __m256d* acc) {
+  acc[0] = _mm256_add_pd(acc[0], _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+  acc[1] = _mm256_add_pd(acc[1], _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+// add_lanes_avx2's accumulators as add_lanes' 8 lanes.
+MF_TARGET_AVX2 inline void store_lanes_avx2(const __m256d* acc, double* lanes) {
+  _mm256_storeu_pd(lanes, acc[0]);
+  _mm256_storeu_pd(lanes + 4, acc[1]);
+}
+
+// words[0 .. 8) |= bit16's bit where k's lane is all ones (a keep mask): one model's keep bits
+// into the 16-bit keep words of DARE's and DELLA's masks passes.
+MF_TARGET_AVX2 inline void or_keep_bits_avx2(__m256i k, __m128i bit16, uint16_t* words) {
+  const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+  __m128i* w = reinterpret_cast<__m128i*>(words);
+  _mm_storeu_si128(w, _mm_or_si128(_mm_loadu_si128(w), _mm_and_si128(k16, bit16)));
+}
+#endif
+
 // Calls f(DTypeTag<dt>{}) for an output dtype (F32 / F16 / BF16 / F64).
 template <class F>
 inline void visit_output_dtype(DType dt, F&& f) {

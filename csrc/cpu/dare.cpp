@@ -161,23 +161,13 @@ MF_TARGET_AVX2 inline void norms_model_avx2(const float* x, const float* b, cons
   for (; j + 8 <= len; j += 8) {
     const __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(b + j)), abs_mask);
     const __m256 keep = _mm256_cmp_ps(_mm256_loadu_ps(ub + j), pv, _CMP_LT_OQ);
-    const __m256 kd = _mm256_and_ps(d, keep);
-    all[0] = _mm256_add_pd(all[0], _mm256_cvtps_pd(_mm256_castps256_ps128(d)));
-    all[1] = _mm256_add_pd(all[1], _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1)));
-    on[0] = _mm256_add_pd(on[0], _mm256_cvtps_pd(_mm256_castps256_ps128(kd)));
-    on[1] = _mm256_add_pd(on[1], _mm256_cvtps_pd(_mm256_extractf128_ps(kd, 1)));
-    if constexpr (Words) {
-      const __m256i k = _mm256_castps_si256(keep);
-      const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
-      __m128i* w = reinterpret_cast<__m128i*>(words + j);
-      _mm_storeu_si128(w, _mm_or_si128(_mm_loadu_si128(w), _mm_and_si128(k16, bit16)));
-    }
+    add_lanes_avx2(d, all);
+    add_lanes_avx2(_mm256_and_ps(d, keep), on);
+    if constexpr (Words) or_keep_bits_avx2(_mm256_castps_si256(keep), bit16, words + j);
   }
-  alignas(32) double lanes[2][8];
-  for (int h = 0; h < 2; ++h) {
-    _mm256_store_pd(lanes[0] + 4 * h, all[h]);
-    _mm256_store_pd(lanes[1] + 4 * h, on[h]);
-  }
+  double lanes[2][8];
+  store_lanes_avx2(all, lanes[0]);
+  store_lanes_avx2(on, lanes[1]);
   for (; j < len; ++j) {
     const float d = std::fabs(x[j] - b[j]);
     lanes[0][j % 8] += static_cast<double>(d);

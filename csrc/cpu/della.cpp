@@ -86,20 +86,13 @@ MF_TARGET_AVX2 inline void tile_bits_norms_avx2(const uint32_t* kept, const floa
       k = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(u + j), p, _CMP_LT_OQ));
     }
     const __m256 m = _mm256_and_ps(_mm256_loadu_ps(d + j), abs_mask);
-    const __m256 km = _mm256_and_ps(m, _mm256_castsi256_ps(k));
-    all[0] = _mm256_add_pd(all[0], _mm256_cvtps_pd(_mm256_castps256_ps128(m)));
-    all[1] = _mm256_add_pd(all[1], _mm256_cvtps_pd(_mm256_extractf128_ps(m, 1)));
-    on[0] = _mm256_add_pd(on[0], _mm256_cvtps_pd(_mm256_castps256_ps128(km)));
-    on[1] = _mm256_add_pd(on[1], _mm256_cvtps_pd(_mm256_extractf128_ps(km, 1)));
-    const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
-    __m128i* w = reinterpret_cast<__m128i*>(bits + j);
-    _mm_storeu_si128(w, _mm_or_si128(_mm_loadu_si128(w), _mm_and_si128(k16, bit16)));
+    add_lanes_avx2(m, all);
+    add_lanes_avx2(_mm256_and_ps(m, _mm256_castsi256_ps(k)), on);
+    or_keep_bits_avx2(k, bit16, bits + j);
   }
-  alignas(32) double lanes[2][8];
-  for (int h = 0; h < 2; ++h) {
-    _mm256_store_pd(lanes[0] + 4 * h, all[h]);
-    _mm256_store_pd(lanes[1] + 4 * h, on[h]);
-  }
+  double lanes[2][8];
+  store_lanes_avx2(all, lanes[0]);
+  store_lanes_avx2(on, lanes[1]);
   for (; j < len; ++j) {
     const uint32_t k = FromRanks ? rule.keep_mask(u[j], kept[j]) : kept[j];
     bits[j] = static_cast<uint16_t>(bits[j] | (bit & k));
