@@ -62,7 +62,6 @@ CASES = [(shape, dtype) for shape in SHAPES for dtype in (torch.bfloat16, torch.
 
 def outputs() -> dict[str, torch.Tensor]:
     """Every method on every case, keyed `method shape dtype`."""
-    torch.set_num_threads(2)
     out = {}
     for shape, dtype in CASES:
         base, xs = _inputs(shape, dtype)
