@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/mergefast-hub"))
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
+    e2e.compile_bytecode()
     family = e2e.make_family(args.dir, args.size)
     if args.shard_mb:
         family = reshard(family, args.dir, args.shard_mb)
