@@ -11,8 +11,12 @@ Hugging Face cache:
 
 - floor: huggingface_hub's snapshot_download of the config's repos, concurrently (the
   download alone, nothing merged);
-- `mergefast yaml` (also with --stream-inputs) and `mergekit-yaml` (MERGEKIT_YAML, else on
-  PATH; its rows are skipped when absent) on the hub-id configs (e2e.py's TIES and linear);
+- `mergefast yaml` (also with --stream-inputs, and on the torch engine: MERGEFAST_BACKEND) and
+  `mergekit-yaml` (MERGEKIT_YAML, else on PATH; its rows are skipped when absent) on the
+  hub-id configs (e2e.py's TIES and linear);
+- `mergefast yaml` on both engines again with the repos already in the cache (downloaded
+  untimed first): a merge that reuses its inputs, as when a config is tuned; these rows sit
+  below the download floor;
 - a bad config (a layer range past the end of the model), which must be refused.
 
 Prints a markdown table: seconds, the ratio to that config's floor, and the bytes the Hub sent
@@ -31,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -123,28 +127,42 @@ def hub_env(hub: FakeHub, home: Path) -> dict[str, str]:
     return env
 
 
-def run_once(hub: FakeHub, cmd: list[str], work: Path) -> tuple[float, int, int, str]:
-    """(seconds, bytes served, exit code, stderr's end) of `cmd` from an empty cache."""
+@dataclass
+class Command:
+    """A timed command: its argv ("{out}" stands for the output folder), the variables added
+    to its environment, and whether it runs with the config's repos already in the cache."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cached: bool = False
+
+
+def run_once(hub: FakeHub, cmd: Command, work: Path, repos: list[str]) -> tuple[float, int, int, str]:
+    """(seconds, bytes served, exit code, stderr's end) of `cmd` from an empty cache, or with
+    `repos` in it (downloaded first, untimed) for a cached command."""
     home, out = work / "hf", work / "out"
     for path in (home, out):
         shutil.rmtree(path, ignore_errors=True)
+    env = {**hub_env(hub, home), **cmd.env}
+    if cmd.cached:
+        subprocess.run([sys.executable, "-c", FLOOR, *repos], env=env, check=True, capture_output=True)
     hub.reset_counts()
     start = time.perf_counter()
-    proc = subprocess.run(
-        [c.replace("{out}", str(out)) for c in cmd], env=hub_env(hub, home), capture_output=True, text=True
-    )
+    proc = subprocess.run([c.replace("{out}", str(out)) for c in cmd.argv], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     for path in (home, out):
         shutil.rmtree(path, ignore_errors=True)
     return seconds, sum(hub.served.values()), proc.returncode, proc.stderr.strip().splitlines()[-1:]
 
 
-def measure(hub: FakeHub, config: str, cmds: dict[str, list[str]], work: Path, repeats: int) -> list[Row]:
+def measure(
+    hub: FakeHub, config: str, cmds: dict[str, Command], work: Path, repeats: int, repos: list[str]
+) -> list[Row]:
     """Each command `repeats` times, alternated; a row per command with the median time."""
     runs: dict[str, list] = {name: [] for name in cmds}
     for _ in range(repeats):
         for name, cmd in cmds.items():
-            runs[name].append(run_once(hub, cmd, work))
+            runs[name].append(run_once(hub, cmd, work, repos))
             print(f"  {config:8s} {name:10s} {runs[name][-1][0]:7.2f} s  exit {runs[name][-1][2]}", file=sys.stderr)
     return [
         Row(config, name, statistics.median(r[0] for r in rs), rs[-1][1], rs[-1][2], " ".join(rs[-1][3]))
@@ -152,16 +170,21 @@ def measure(hub: FakeHub, config: str, cmds: dict[str, list[str]], work: Path, r
     ]
 
 
-def commands(cfg: Path, repos: list[str], mergekit: str | None, stream: bool = True) -> dict[str, list[str]]:
-    """The floor, mergefast (also with --stream-inputs) and (when found) mergekit on config file `cfg`."""
-    cmds = {
-        "floor": [sys.executable, "-c", FLOOR, *repos],
-        "mergefast": [sys.executable, "-m", "mergefast", "yaml", str(cfg), "{out}", "--quiet"],
-    }
+TORCH_ENGINE = {"MERGEFAST_BACKEND": "cpu-ext"}  # torch imported, its engine (not mergefast/host/)
+
+
+def commands(cfg: Path, repos: list[str], mergekit: str | None, stream: bool = True) -> dict[str, Command]:
+    """The floor, mergefast (also with --stream-inputs, on the torch engine, and from a filled
+    cache on both engines) and (when found) mergekit on config file `cfg`."""
+    merge = [sys.executable, "-m", "mergefast", "yaml", str(cfg), "{out}", "--quiet"]
+    cmds = {"floor": Command([sys.executable, "-c", FLOOR, *repos]), "mergefast": Command(merge)}
     if stream:
-        cmds["mergefast --stream-inputs"] = [*cmds["mergefast"], "--stream-inputs"]
+        cmds["mergefast --stream-inputs"] = Command([*merge, "--stream-inputs"])
+        cmds["mergefast, torch engine"] = Command(merge, TORCH_ENGINE)
+        cmds["mergefast, cached"] = Command(merge, cached=True)
+        cmds["mergefast, cached, torch engine"] = Command(merge, TORCH_ENGINE, cached=True)
     if mergekit:
-        cmds["mergekit"] = [mergekit, str(cfg), "{out}", "--no-copy-tokenizer", "--no-write-model-card"]
+        cmds["mergekit"] = Command([mergekit, str(cfg), "{out}", "--no-copy-tokenizer", "--no-write-model-card"])
     return cmds
 
 
@@ -218,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg.write_text(text)
             repos = [r for r in REPOS.values() if r in text]
             repo_bytes[config] = sum(size[r] for r in repos)
-            rows += measure(hub, config, commands(cfg, repos, mergekit, config != "bad"), work, args.repeats)
+            rows += measure(hub, config, commands(cfg, repos, mergekit, config != "bad"), work, args.repeats, repos)
     finally:
         hub.stop()
     shards = f"{args.shard_mb} MB shards" if args.shard_mb else "e2e.py's shards"

@@ -48,8 +48,9 @@ def run(
 
 def _merge(plan, out_path, opts, planning: Callable):
     """`execute(plan)`, with the plan's Hub inputs started first: planning needs no torch
-    (mergefast/dtypes.py), so their first shards download while torch imports (2.1-2.4 s on
-    the 2-core VM), in `planning()` as the planner's imports were."""
+    (mergefast/dtypes.py), so their first shards download before any heavy import; a merge on
+    the torch engine imports torch meanwhile (2.1-2.4 s on the 2-core VM), in `planning()` as
+    the planner's imports were."""
     from .io.out_path import output_folder
     from .plan import start_hub_inputs
 

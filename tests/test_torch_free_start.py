@@ -5,12 +5,14 @@ import of torch a meta path finder watches."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import test_hub_stream
 from fake_hub import FakeHub, use_fake_hub
+from helpers import run_cli
 from test_hub_overlap import ALL_LAYERS, base4  # noqa: F401 - base4 is a fixture
 
 models = test_hub_stream.models  # its fixture, shared
@@ -37,8 +39,8 @@ runpy.run_module("mergefast", run_name="__main__", alter_sys=True)
 """
 
 
-def _watched(args, watch: str, cwd, names: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "WATCH": watch, "WATCH_NAMES": names}
+def _watched(args, watch: str, cwd, names: str = "", **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WATCH": watch, "WATCH_NAMES": names, **env_vars}
     return subprocess.run(
         [sys.executable, "-c", WATCHED, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
     )
@@ -60,21 +62,33 @@ def test_plan_of_a_local_config_imports_no_torch(models, tmp_path):
 @pytest.mark.slow  # subprocesses
 def test_a_hub_merge_downloads_before_torch_is_imported(base4, tmp_path, monkeypatch):  # noqa: F811
     """100 kB/s: the shards take seconds, so the download threads are still running when the
-    planner's work is done; `plan` of the same config needs no torch at all."""
+    planner's work is done. `plan` of the same config needs no torch at all, nor does the
+    merge on the torch-free engine, which writes the torch engine's bytes; the torch engine
+    (MERGEFAST_BACKEND) imports it while the shards download."""
     slow = FakeHub(bytes_per_second=100_000).start()
     slow.add_repo("org/base4", base4)
     use_fake_hub(monkeypatch, slow, tmp_path / "hf")  # the environment reaches the subprocesses
     config = tmp_path / "config.yml"
     config.write_text(ALL_LAYERS)
+    torch_engine = {"MERGEFAST_BACKEND": "cpu-ext"}
     try:
         planned = _watched(["plan", config], "refuse", tmp_path)
-        merged = _watched(["yaml", config, tmp_path / "out", "--quiet"], "report", tmp_path)
+        on_torch = _watched(["yaml", config, tmp_path / "torch" / "out", "--quiet"], "report", tmp_path, **torch_engine)
+        shutil.rmtree(tmp_path / "hf" / "hub")  # the torch-free merge downloads again
+        without = _watched(["yaml", config, tmp_path / "free" / "out", "--quiet"], "refuse", tmp_path)
+        cached = run_cli("yaml", config, tmp_path / "torch" / "out", "--quiet", env=torch_engine)  # in this process
     finally:
         slow.stop()
     assert planned.returncode == 0, planned.stderr
     assert "org/base4" in planned.stdout
-    assert merged.returncode == 3, merged.stderr
-    assert merged.stdout.strip() == "downloading when torch was imported: True"
+    assert on_torch.returncode == 3, on_torch.stderr
+    assert on_torch.stdout.strip() == "downloading when torch was imported: True"
+    assert without.returncode == 0 and cached.exit_code == 0, without.stderr + cached.stderr
+    free, torch_out = tmp_path / "free" / "out", tmp_path / "torch" / "out"  # the card names the folder
+    names = sorted(p.name for p in free.iterdir())
+    assert names == sorted(p.name for p in torch_out.iterdir()) and "config.json" in names
+    for name in names:
+        assert (free / name).read_bytes() == (torch_out / name).read_bytes(), name
 
 
 def test_the_planner_and_executor_import_neither_torch_nor_numpy():

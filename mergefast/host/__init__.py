@@ -9,15 +9,19 @@ kernels' torch binding (kernels/cpu.py), checks values with the library's exact 
 and hands the bytes to the same writer: the output files are byte-identical to the torch
 engine's (tests/test_host_engine.py).
 
+Hub inputs are read through their reader as for the torch engine: a tensor whose shard still
+downloads is read as its bytes come, one whose shard is in is mapped (io/hub_headers.py).
+
 execute.py runs it when `refusal(plan, options)` is None, in a process that has torch too
 (execute.torch_free says why). It refuses, and the torch engine runs, for anything it does
-not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / Hub / FP8 inputs, vocabulary
-alignment, float64 or integer merges, more models than a method's kernels take (MAX_MODELS:
-DELLA 16, the Gram methods 64, RAM 255; the kernel API runs the references past them),
-rescale outside DARE and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine
-says so), a passthrough scale, and the cases the fused kernels leave to the torch references
-(fewer than two models, empty tensors of the spherical methods). A NaN or inf found while
-merging imports torch for the message (checks.py), as the torch engine reports it.
+not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / FP8 inputs, Hub inputs read in
+ranges (--stream-inputs), vocabulary alignment, float64 or integer merges, more models than a
+method's kernels take (MAX_MODELS: DELLA 16, the Gram methods 64, RAM 255; the kernel API
+runs the references past them), rescale outside DARE and DELLA, a DELLA density +- epsilon
+outside (0, 1) (the torch engine says so), a passthrough scale, and the cases the fused
+kernels leave to the torch references (fewer than two models, empty tensors of the spherical
+methods). A NaN or inf found while merging imports torch for the message (checks.py), as the
+torch engine reports it.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ MAX_MODELS = {
 def torch_free_line() -> str:
     """The line `mergefast env` prints about this engine."""
     lib, error = native.library()
-    where = "local safetensors inputs, no GPU"
+    where = "safetensors inputs, local or downloaded from the Hub, no GPU"
     if lib is None:
         return f"cpu without torch: unavailable ({error})"
     merged = ", ".join(m for m in METHODS if m != "passthrough")
@@ -87,8 +91,10 @@ def refusal(plan, options) -> str | None:
     if native.library()[0] is None:
         return "the CPU kernels are not built"
     for ref, model in plan.models.items():
-        if type(model.reader) is not CheckpointReader or model.reader.format != "safetensors":
-            return f"{ref} is not a local safetensors model"
+        if not isinstance(model.reader, CheckpointReader) or model.reader.format != "safetensors":
+            return f"{ref} is not a safetensors model"
+        if options.stream_inputs and getattr(model.reader, "remote", None) is not None:
+            return f"{ref} is read in ranges (--stream-inputs: the torch engine reads a job's ranges at once)"
     return next(filter(None, (_job_refusal(plan.spec.name, job) for job in plan.jobs)), None)
 
 

@@ -40,7 +40,7 @@ class HostArrayStaging(BufferPool):
     """CPU merges without torch: pooled byte buffers for inputs and outputs. `jobs`: what
     the pipeline runs, the plan's jobs or their parts (host/parts.py)."""
 
-    readers = 1  # local files only (host/__init__.py): one reader, two cores
+    readers = 1  # local or downloaded files (not --stream-inputs' ranges): one reader, two cores
 
     def __init__(self, plan: MergePlan, jobs: list[TensorJob | TensorPart]):
         super().__init__(anonymous_bytes, jobs, pool_copies=True)

@@ -118,6 +118,10 @@ class Arrivals:
         if path not in self._arrived:
             raise PipelineStopped("the downloads have stopped")
 
+    def complete(self, path: Path) -> bool:
+        """Whether `path` is in, without waiting: downloaded and checked, or never pending."""
+        return path not in self._events or path in self._arrived
+
     def read_early(self, path: Path, start: int, out: memoryview) -> bool:
         """Fill `out` with bytes [start, start + len(out)) of `path` as soon as they are in while
         the file still downloads; False once it is complete (or was never pending, or cannot be

@@ -90,6 +90,17 @@ class RemoteCheckpointReader(CheckpointReader):
             self.arrivals.wait(path)  # the merge runs while the shards download (io/hub_arrivals.py)
         return super()._fd(path)
 
+    def map_whole(self, name: str):
+        """CheckpointReader's mapping where the tensor's file is complete on disk; None while
+        it downloads (then `read_into` reads the tensor's bytes as they come, rather than
+        waiting for the whole file) or when --stream-inputs reads it in ranges."""
+        file = self.info(name).file
+        if self.streams is not None and not file.is_file():
+            return None
+        if self.arrivals is not None and not self.arrivals.complete(file):
+            return None
+        return super().map_whole(name)
+
     def _pread(self, i: TensorInfo, mv: memoryview) -> None:
         out = mv[: i.nbytes]
         if self.streams is not None and not i.file.is_file():
