@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from pathlib import Path
 
 import pytest
@@ -264,11 +265,18 @@ def test_sce_weights_are_the_kernels():
     from mergefast.methods.scalars import sce_weights
 
     rng = random.Random(1)
-    for _ in range(2000):
+    for trial in range(2000):
         k, n = rng.randint(1, 8), rng.choice([1, 7, 4096, 45_000_017])
         scale = rng.choice([1e-12, 1e-7 * n, 1.0, 1e6])
         sums = [rng.uniform(0, scale) for _ in range(k)]
-        assert sce_weights(sums, n) == weights(sums, n), (sums, n)
+        if trial % 5 == 0:  # zeros, sums past float32's range, inf and NaN (NaN inputs)
+            sums[rng.randrange(k)] = rng.choice([0.0, 1e39, math.inf, math.nan])
+        assert _bits(sce_weights(sums, n)) == _bits(weights(sums, n)), (sums, n)
+
+
+def _bits(values) -> list[int]:
+    """The float32 bit patterns of `values` (NaN equal to NaN, -0.0 not equal to 0.0)."""
+    return [struct.unpack("<I", struct.pack("<f", v))[0] for v in values]
 
 
 def test_model_stock_ratios_are_the_kernels():
@@ -303,12 +311,16 @@ def test_ram_boost_and_arcee_threshold_are_the_kernels():
         k = rng.randint(1, 4)
         shared = [rng.choice([0, 1, rng.randint(0, 10**7)]) for _ in range(k)]
         unique = [rng.choice([0, 1, rng.randint(0, 10**7)]) for _ in range(k)]
-        r, alpha, eps = rng.uniform(0, 1), rng.uniform(0, 1), rng.choice([0.0, 1e-5, 0.5])
+        r, alpha = rng.choice([0.0, 1.0, rng.uniform(0, 1)]), rng.choice([0.0, 1e9, rng.uniform(0, 1)])
+        eps = rng.choice([0.0, 1e-5, 0.5, -1.0])
         boost = boost_of_counts(torch.tensor(shared), torch.tensor(unique), r, alpha, eps)
-        assert ram_boost(shared, unique, r, alpha, eps) == boost.to(torch.float32).tolist()
+        assert _bits(ram_boost(shared, unique, r, alpha, eps)) == _bits(boost.to(torch.float32).tolist())
         q = sorted(rng.uniform(-1e3, 1e3) * rng.choice([1e-30, 1.0, 1e30]) for _ in range(3))
+        if rng.random() < 0.2:  # the top order statistics inf or NaN (NaN keys sort last)
+            at = rng.randint(1, 2)
+            q[at:] = [rng.choice([math.inf, math.nan])] * (3 - at)
         q1, median, q3 = torch.tensor(q, dtype=torch.float32).unbind()
-        assert arcee_threshold(q) == (median + IQR_FACTOR * (q3 - q1)).item()
+        assert _bits([arcee_threshold(q)]) == _bits([(median + IQR_FACTOR * (q3 - q1)).item()]), q
 
 
 def _nan_model(family, tmp_path):
@@ -401,13 +413,28 @@ def test_f32_sum_is_torchs_float32_sum():
         assert f32_sum(values) == torch.tensor(values, dtype=torch.float32).sum().item(), values
 
 
+# Methods whose host-side scalars are float32 formulas (methods/scalars.py), without numpy.
+NO_NUMPY = {
+    "sce": "merge_method: sce\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+    "parameters: {{select_topk: 0.3}}\n",
+    "arcee_fusion": "merge_method: arcee_fusion\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {a}\n",
+    "ramplus_tl": "merge_method: ramplus_tl\nbase_model: {base}\nmodels:\n  - model: {a}\n  - model: {b}\n",
+}
+
+
 @pytest.mark.slow  # subprocesses
-@pytest.mark.parametrize("name", ["linear.yml", "ties.yml"])
+@pytest.mark.parametrize("name", ["linear.yml", "ties.yml", *NO_NUMPY])
 def test_a_cli_merge_never_imports_torch(name, family, tmp_path, engines):
     """In a fresh process whose first `import torch` fails, the merge runs and writes the
-    torch engine's bytes; it imports no numpy either (io/host_array.py)."""
-    config = tmp_path / name
-    config.write_text(example_config(name, family))
+    torch engine's bytes; it imports no numpy either (io/host_array.py; only Model Stock's and
+    nuslerp's Gram rows use it)."""
+    config = tmp_path / f"{name.removesuffix('.yml')}.yml"
+    text = NO_NUMPY.get(name)
+    config.write_text(
+        example_config(name, family)
+        if text is None
+        else text.format(base=family["base"], a=family["ft-a"], b=family["ft-b"])
+    )
     proc = _watched(["yaml", config, tmp_path / "free" / "out"], "refuse", tmp_path, "numpy")
     assert proc.returncode == 0, proc.stderr
     assert "cpu-ext without torch" in proc.stderr + proc.stdout

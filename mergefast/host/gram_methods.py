@@ -100,7 +100,7 @@ def _norms_finite(gram, k: int) -> bool:
 
 
 def _model_stock(job, base, xs, out, gram, shape) -> bool:
-    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+    import numpy as np  # here: no other method needs it (io/host_array.py)
 
     (rows, cols), k, lib, (ptrs, codes) = shape, len(xs), library(), arrays(xs)
     ratios = model_stock_ratios(np.frombuffer(gram, dtype=np.float64).reshape(rows, -1), k)
@@ -110,7 +110,7 @@ def _model_stock(job, base, xs, out, gram, shape) -> bool:
 
 
 def _nuslerp(job, base, xs, out, gram, shape) -> bool:
-    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+    import numpy as np  # here: no other method needs it (io/host_array.py)
 
     (rows, cols), (x0, x1), lib = shape, xs, library()
     weights = model_weights("nuslerp", job)

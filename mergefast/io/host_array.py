@@ -3,8 +3,8 @@ reads into, hands to the C kernels and gives to the writer.
 
 A `HostArray` is a flat, writable byte memoryview with the tensor's dtype name
 (mergefast/dtypes.py) and shape. Not a numpy array: numpy's import (~30-50 ms of one core on
-a 2-vCPU AMD EPYC VM) is a tenth of the IO floor of a 0.3B merge, and the engine's elementwise
-methods need nothing of it; the methods whose host-side scalars use numpy import it then.
+a 2-vCPU AMD EPYC VM) is a tenth of the IO floor of a 0.3B merge, and only Model Stock's and
+nuslerp's per-row Gram arithmetic (host/gram_methods.py) imports it.
 `to_torch()` makes a torch view of the same memory, for the rare paths that need torch
 (messages about NaN/inf values).
 """

@@ -136,7 +136,7 @@ def nuslerp_factors(gram, t: float):
     """Per row (c0, c1, dv) of nuslerp's elementwise pass, float32 (rows, 3), from the float64
     Gram rows (rows, 3) of (v0, v1): the reference's `slerp_factors` in float32 of cos =
     <v0,v1> / (max(|v0|, 1e-7) max(|v1|, 1e-7)) (float64, rounded once); collinear rows
-    (1 - t, t, 1). numpy here: the elementwise methods need none (io/host_array.py)."""
+    (1 - t, t, 1). numpy here: no other method needs it (io/host_array.py)."""
     import numpy as np
 
     with np.errstate(all="ignore"):

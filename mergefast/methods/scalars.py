@@ -33,6 +33,29 @@ def f32_sum(values: Sequence[float]) -> float:
     return total
 
 
+def f64_div(a: float, b: float) -> float:
+    """a / b with IEEE's results for b == 0 (+-inf, NaN for 0 / 0), where Python raises."""
+    if b != 0.0:
+        return a / b
+    return math.nan if a == 0.0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def f32_div(a: float, b: float) -> float:
+    """The float32 quotient of two float32 values: their float64 quotient rounded (correctly
+    rounded, 53 >= 2 * 24 + 2 bits), IEEE's at b == 0."""
+    return f32(f64_div(a, b))
+
+
+def nan_max(a: float, b: float) -> float:
+    """max(a, b), NaN when either is: numpy's maximum (a where a >= b or a is NaN, else b)."""
+    return a if a >= b or a != a else b
+
+
+def nan_min(a: float, b: float) -> float:
+    """min(a, b), NaN when either is: numpy's minimum (a where a <= b or a is NaN, else b)."""
+    return a if a <= b or a != a else b
+
+
 def l1_scales(sums: Sequence[float]) -> list[float]:
     """Each model's L1 rescale from the kernels' (sum |delta|, sum |kept delta|) pairs
     `sums[2i], sums[2i + 1]`, as `l1_rescale` computes it: 1.0 (no change) when either norm is
@@ -147,14 +170,11 @@ def sce_weights(sums: Sequence[float], n: int) -> list[float]:
     float32 as kernels/sce.py's `weights` and methods/sce.py's `weights_of_energies` compute
     them: energy_i = sum_i / n, omega_i = energy_i / sum_j energy_j (summed in order, as
     `weights_of_energies`), uniform below 1e-6."""
-    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
-
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        energy = [np.float32(np.float32(s) / np.float32(n)) for s in sums]
-        total = np.float32(f32_sum(energy))
-        if total < np.float32(SCE_WEIGHT_SUM_MIN):
-            return [float(np.float32(1.0 / len(energy)))] * len(energy)
-        return [float(np.float32(e / total)) for e in energy]
+    energy = [f32_div(f32(s), f32(n)) for s in sums]
+    total = f32_sum(energy)
+    if total < f32(SCE_WEIGHT_SUM_MIN):
+        return [f32(1.0 / len(energy))] * len(energy)
+    return [f32_div(e, total) for e in energy]
 
 
 # arcee_fusion's quartiles and the IQR rule (methods/arcee_fusion.py `importance_threshold`).
@@ -170,24 +190,19 @@ def arcee_ranks(n: int) -> list[int]:
 def arcee_threshold(values: Sequence[float]) -> float:
     """median + 1.5 * (Q3 - Q1) in float32 from (Q1, median, Q3), as `importance_threshold`
     computes it on float32 tensors."""
-    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
-
-    q1, median, q3 = (np.float32(v) for v in values)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return float(np.float32(median + np.float32(np.float32(ARCEE_IQR_FACTOR) * np.float32(q3 - q1))))
+    q1, median, q3 = (f32(v) for v in values)
+    return f32(median + f32(f32(ARCEE_IQR_FACTOR) * f32(q3 - q1)))
 
 
 def ram_boost(shared: Sequence[int], unique: Sequence[int], r: float, alpha: float, eps: float) -> list[float]:
     """RAM+'s per-model factors lambda_i rounded to float32, as kernels/ram.py's `lambdas`
     gets them from `boost_of_counts` (methods/ram.py): 1 + r * clamp(rho, 0, alpha) in
-    float64 with rho = shared / max(unique, eps) (0 where shared is 0)."""
-    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
-
+    float64 with rho = shared / max(unique, eps) (0 where shared is 0), NaN where torch's
+    clamps give NaN."""
     out = []
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for s, u in zip(shared, unique):
-            rho = np.float64(0.0) if s == 0 else np.float64(s) / np.maximum(np.float64(u), np.float64(eps))
-            out.append(float(np.float32(np.float64(1.0) + np.float64(r) * np.clip(rho, 0.0, np.float64(alpha)))))
+    for s, u in zip(shared, unique):
+        rho = 0.0 if s == 0 else f64_div(float(s), nan_max(float(u), float(eps)))
+        out.append(f32(1.0 + float(r) * nan_min(nan_max(rho, 0.0), float(alpha))))
     return out
 
 
@@ -206,7 +221,7 @@ def model_stock_ratios(gram: np.ndarray, k: int) -> np.ndarray:
     rows of k task vectors, with the float32 formulas of methods/model_stock.py
     (`pair_cosine`, `mean_of`, `stock_ratio`) as kernels/slerp_family.py's `stock_ratios`
     applies them."""
-    import numpy as np  # here: the elementwise methods need none (io/host_array.py)
+    import numpy as np  # here: no other method needs it (io/host_array.py)
 
     f32 = np.float32
     with np.errstate(all="ignore"):
