@@ -96,16 +96,25 @@ def torch_free(plan: MergePlan, options: MergeOptions) -> bool:
     return refusal(plan, options) is None
 
 
-def _engine(plan: MergePlan, jobs: list, options: MergeOptions, budget: int, host: bool):
+def _engine(
+    plan: MergePlan, jobs: list, options: MergeOptions, budget: int, host: bool, on_torch: frozenset[str] = frozenset()
+):
     """(staging, merge function of (job, staged)) of the torch-free engine or the torch one,
-    for running `jobs` (the plan's, or their parts on the torch-free engine)."""
+    for running `jobs` (the plan's, or their parts on the torch-free engine, which merges
+    those named in `on_torch` with torch, imported here: not on a thread of its own beside the
+    stages, whose torch calls would then import parts of it half made)."""
     seed = options.random_seed
     if host:
         from .host.merge import merge_host_job
         from .host.staging import HostArrayStaging
 
+        if on_torch:
+            with _signals_held():
+                import torch  # noqa: F401
         staging = HostArrayStaging(plan, jobs)
-        return staging, lambda job, staged: staging.merge(job, staged, lambda *a: merge_host_job(plan, *a, seed))
+        return staging, lambda job, staged: staging.merge(
+            job, staged, lambda *a: merge_host_job(plan, *a, seed, on_torch, merge_job)
+        )
     # Ctrl-C or SIGTERM inside torch's import (1-2.5 s, while Hub shards download) would raise
     # in its C++ initialisation: "terminate called", or a hang. They wait until it is done.
     with _signals_held():
@@ -124,12 +133,15 @@ def _write_tensors(
     out_bytes = {o.name: o.nbytes for o in outputs}
     device = "cpu" if host else options.math_device
     jobs = pooled_order(processing_order(plan.jobs))
+    on_torch: frozenset[str] = frozenset()
     if host:
+        from .host import torch_jobs
         from .host.parts import split_jobs
 
-        jobs = split_jobs(plan, jobs)
+        on_torch = frozenset(torch_jobs(plan))
+        jobs = split_jobs(plan, jobs, on_torch)
     budget = _budget(plan, jobs, options, device)
-    staging, merge = _engine(plan, jobs, options, budget, host)
+    staging, merge = _engine(plan, jobs, options, budget, host, on_torch)
     total = sum(j.read_bytes for j in jobs)  # a SLERP part is read twice (host/parts.py)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
     try:
@@ -309,8 +321,13 @@ def _merge_into(plan: MergePlan, out: Path, options: MergeOptions, downloads, ho
 
 def _backends(plan: MergePlan, options: MergeOptions, host: bool) -> dict[str, str]:
     """Which kernel backend ran the method (passthrough copies need none), and whether
-    without torch (the torch-free engine, host/)."""
+    without torch (the torch-free engine, host/) or how many tensors it merged with torch."""
     free = " without torch" if host else ""
+    if host:
+        from .host import torch_jobs
+
+        on_torch = len(torch_jobs(plan))
+        free = f", {on_torch} tensor{'s' * (on_torch > 1)} with torch" if on_torch else free
     if all(job.copy for job in plan.jobs):
         return {plan.spec.name: "copy" + free}
     if host:

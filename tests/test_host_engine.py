@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import example_config, plan_of, run_cli
+from test_tokenizer import zoo  # noqa: F401 - a fixture (used by name)
 from test_torch_free_start import _watched
 
 from mergefast import execute, host
@@ -383,9 +384,33 @@ def test_refusals(family, tmp_path, monkeypatch):
     assert expected in host.refusal(plan_of(f"{della}models:\n{models}"), MergeOptions())
     assert host.refusal(plan_of(f"{della}models:\n{models[models.index(chr(10)) + 1 :]}"), MergeOptions()) is None
     rescale = example_config("ties.yml", family).replace("normalize: true", "normalize: true\n  rescale: true")
+    assert "every tensor needs torch" in host.refusal(plan_of(rescale), MergeOptions())
     assert "rescale" in host.refusal(plan_of(rescale), MergeOptions())
-    scaled = example_config("passthrough-stack.yml", family)
-    assert "passthrough scale" in host.refusal(plan_of(scaled), MergeOptions())
+    scaled = plan_of(example_config("passthrough-stack.yml", family))  # copies, and scaled o_proj
+    assert host.refusal(scaled, MergeOptions()) is None
+    on_torch = host.torch_jobs(scaled)
+    assert on_torch and all(name.endswith("o_proj.weight") for name in on_torch)
+    assert all("passthrough scale" in why for why in on_torch.values())
+
+
+@pytest.mark.parametrize("case", ["vocabulary", "scaled-slice"])
+def test_tensors_that_need_torch_are_merged_with_it_on_the_torch_free_engine(case, engines, family, zoo, tmp_path):  # noqa: F811
+    """A merge aligning two vocabularies (the embedding and the head need torch) and a layer
+    stack with a scaled slice (its scaled tensors): those tensors through the torch engine's
+    merge_job, the others on the C calls; the folder is the torch engine's, byte for byte."""
+    if case == "vocabulary":
+        text = (
+            f"merge_method: linear\nbase_model: {zoo['base']}\nmodels:\n  - model: {zoo['base']}\n"
+            f"    parameters: {{weight: 0.4}}\n  - model: {zoo['chatml']}\n    parameters: {{weight: 0.6}}\n"
+            "dtype: float32\ntokenizer:\n  source: union\n  pad_to_multiple_of: 8\n"
+        )
+    else:
+        text = example_config("passthrough-stack.yml", family)
+    plan = plan_of(text)
+    assert host.refusal(plan, MergeOptions()) is None and 0 < len(host.torch_jobs(plan)) < len(plan.jobs)
+    config = tmp_path / "config.yml"
+    config.write_text(text)
+    _both(engines, config, tmp_path)
 
 
 def test_f32_is_numpys_float32():

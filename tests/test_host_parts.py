@@ -23,8 +23,8 @@ def cut(monkeypatch):
     counts: list[int] = []
     split = parts.split_jobs
 
-    def recorded(plan, jobs):
-        out = split(plan, jobs)
+    def recorded(plan, jobs, whole=frozenset()):
+        out = split(plan, jobs, whole)
         counts.append(sum(isinstance(j, parts.TensorPart) for j in out))
         return out
 
@@ -85,6 +85,8 @@ def test_parts_cover_each_tensor_and_need_elementwise_methods(family, monkeypatc
         assert mine[0].first_to_check() and not mine[-1].first_to_check()  # once per tensor
     ties = plan_of(example_config("ties.yml", family))  # a top-k of each whole tensor
     assert parts.split_jobs(ties, ties.jobs) == ties.jobs
+    big = [job.name for job in linear.jobs if math.prod(job.shape) > PART]
+    assert big and parts.split_jobs(linear, linear.jobs, frozenset(big)) == linear.jobs  # merged with torch
 
 
 def _nan_model(family, tmp_path, name):

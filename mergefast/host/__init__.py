@@ -13,15 +13,17 @@ Hub inputs are read through their reader as for the torch engine: a tensor whose
 downloads is read as its bytes come, one whose shard is in is mapped (io/hub_headers.py).
 
 execute.py runs it when `refusal(plan, options)` is None, in a process that has torch too
-(execute.torch_free says why). It refuses, and the torch engine runs, for anything it does
-not cover: another method, a GPU, MERGEFAST_BACKEND, .bin / FP8 inputs, Hub inputs read in
-ranges (--stream-inputs), vocabulary alignment, float64 or integer merges, more models than a
-method's kernels take (MAX_MODELS: DELLA 16, the Gram methods 64, RAM 255; the kernel API
-runs the references past them), rescale outside DARE and DELLA, a DELLA density +- epsilon
-outside (0, 1) (the torch engine says so), a passthrough scale, and the cases the fused
-kernels leave to the torch references (fewer than two models, empty tensors of the spherical
-methods). A NaN or inf found while merging imports torch for the message (checks.py), as the
-torch engine reports it.
+(execute.torch_free says why). It refuses the plan, and the torch engine runs, for another
+method, a GPU, MERGEFAST_BACKEND, .bin / FP8 inputs and Hub inputs read in ranges
+(--stream-inputs). Single tensors the C calls do not take (`torch_jobs`: vocabulary
+alignment, float64 or integer merges, more models than a method's kernels take (MAX_MODELS:
+DELLA 16, the Gram methods 64, RAM 255; the kernel API runs the references past them),
+rescale outside DARE and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine
+says so), a passthrough scale, and the cases the fused kernels leave to the torch references:
+fewer than two models, empty tensors of the spherical methods) are merged by the torch
+engine's `merge_job` within this engine, torch imported once before the merge; a plan whose
+every tensor needs torch runs on the torch engine. A NaN or inf found while merging
+imports torch for the message (checks.py), as the torch engine reports it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def torch_free_line() -> str:
 
 
 def refusal(plan, options) -> str | None:
-    """Why the torch-free engine cannot run `plan` with `options`, or None when it can."""
+    """Why the torch-free engine cannot run `plan` with `options`, or None when it can (its
+    jobs that need torch then go through torch one by one: `torch_jobs`)."""
     if options.cuda or options.device not in (None, "cpu"):
         return "a GPU or --device merge"
     if os.environ.get("MERGEFAST_BACKEND"):
@@ -95,7 +98,18 @@ def refusal(plan, options) -> str | None:
             return f"{ref} is not a safetensors model"
         if options.stream_inputs and getattr(model.reader, "remote", None) is not None:
             return f"{ref} is read in ranges (--stream-inputs: the torch engine reads a job's ranges at once)"
-    return next(filter(None, (_job_refusal(plan.spec.name, job) for job in plan.jobs)), None)
+    on_torch = torch_jobs(plan)
+    if plan.jobs and len(on_torch) == len(plan.jobs):
+        return f"every tensor needs torch ({on_torch[plan.jobs[0].name]})"
+    return None
+
+
+def torch_jobs(plan) -> dict[str, str]:
+    """The plan's jobs that the C calls do not take, by name, each with why ("tensor X: ..."):
+    the engine merges them with the torch engine's `merge_job` (host/merge.py), so that one
+    vocabulary-aligned embedding or float64 tensor does not put every other tensor of the
+    merge on the torch engine."""
+    return {job.name: why for job in plan.jobs if (why := _job_refusal(plan.spec.name, job))}
 
 
 def _job_refusal(method: str, job) -> str | None:

@@ -2,9 +2,10 @@
 host/task_arithmetic.py), then the value checks of execute.merge_job.
 
 Bit-exact with the torch engine because both call the same entry points with the same
-scalars: the weights' float32 sum is sequential here (methods/scalars.py), as torch's `sum`
-of at most 4 float32 values is (host/__init__.py refuses more); the counts, DARE's stream
-keys and L1 scales come from the same torch-free functions.
+scalars: the weights' float32 sum is sequential here (methods/scalars.py `f32_sum`), as the
+references' (methods/numerics.py `ordered_sum`); the counts, DARE's stream keys and L1 scales
+come from the same torch-free functions. The jobs the C calls do not take go through the
+torch engine's own `merge_job` (host.torch_jobs).
 """
 
 from __future__ import annotations
@@ -43,12 +44,17 @@ def merge_host_job(
     inputs: list[HostArray],
     take: Callable[[int], memoryview],
     seed: int | None = None,
+    on_torch: frozenset[str] = frozenset(),
+    torch_merge: Callable | None = None,
 ):
     """Merge (or, for a copy job, check) one job's inputs, or a part's (host/parts.py); the
     output lives in `take(nbytes)`. `seed` is `--random-seed` (None means 0): with the
-    output name it keys DARE's masks."""
+    output name it keys DARE's masks. The jobs named in `on_torch` (host.torch_jobs, never
+    cut into parts) are merged by `torch_merge` (the torch engine's execute.merge_job)."""
     if isinstance(job, TensorPart):
         return _merge_part(plan, job, inputs, take, seed)
+    if job.name in on_torch:
+        return _merged_on_torch(torch_merge, plan, job, inputs, take, seed)
     if job.copy:
         if not _finite(inputs[0]):
             _raise_nonfinite(job, inputs[0], ())
@@ -67,6 +73,17 @@ def _merged(plan: MergePlan, job: TensorJob, inputs: list[HostArray], take: Call
     _check_inputs(plan, job, inputs)
     out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
     return out, CALLS[plan.spec.name](plan, job, inputs, out, 0 if seed is None else int(seed))
+
+
+def _merged_on_torch(
+    merge_job: Callable, plan: MergePlan, job: TensorJob, inputs: list[HostArray], take: Callable, seed: int | None
+):
+    """A job the C calls do not take: the torch engine's `merge_job`, with its checks, on torch
+    views of the inputs (so the torch engine's bytes), copied into `take(nbytes)`."""
+    result = merge_job(plan, job, [array.to_torch() for array in inputs], seed)
+    out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
+    out.to_torch().copy_(result)
+    return out
 
 
 def _check_inputs(plan: MergePlan, job: TensorJob, inputs: list[HostArray]) -> None:

@@ -106,11 +106,13 @@ class TensorPart:
         return dataclasses.replace(self.job, shape=(self.stop - self.start,))
 
 
-def split_jobs(plan: MergePlan, jobs: list[TensorJob]) -> list[TensorJob | TensorPart]:
+def split_jobs(
+    plan: MergePlan, jobs: list[TensorJob], whole: frozenset[str] = frozenset()
+) -> list[TensorJob | TensorPart]:
     """`jobs` with each one of more than PART_ELEMENTS elements that an elementwise method
     merges, or a reducing one whose inputs cannot be mapped, replaced by its parts, in order
     (a reducing method's: its reducing passes over the parts first, then the merging ones);
-    the others as they are."""
+    the others, and those named in `whole` (merged with torch), as they are."""
     reduction = REDUCTIONS.get(plan.spec.name)
     cut = elementwise(plan)
     block = native.require().mf_block() if reduction else 1  # a reducing part holds whole C blocks
@@ -121,7 +123,7 @@ def split_jobs(plan: MergePlan, jobs: list[TensorJob]) -> list[TensorJob | Tenso
         same = all(math.prod(s.info.shape) == n for s in job.sources)
         mapped_whole = all(mapped.mappable(s.info) for s in job.sources)
         reducing = reduction is not None and not job.copy and reduction.cuts(job) and not mapped_whole
-        if n <= size or not (job.copy or cut or reducing) or job.vocab is not None or not same:
+        if n <= size or not (job.copy or cut or reducing) or job.vocab is not None or not same or job.name in whole:
             out.append(job)
             continue
         state: dict = {}
