@@ -137,9 +137,11 @@ def _write_tensors(
     if host:
         from .host import torch_jobs
         from .host.parts import split_jobs
+        from .host.staging import streamed_inputs
 
         on_torch = frozenset(torch_jobs(plan))
-        jobs = split_jobs(plan, jobs, on_torch)
+        if not streamed_inputs(plan):  # a range request costs a round trip: whole tensors, as the torch engine
+            jobs = split_jobs(plan, jobs, on_torch)
     budget = _budget(plan, jobs, options, device)
     staging, merge = _engine(plan, jobs, options, budget, host, on_torch)
     total = sum(j.read_bytes for j in jobs)  # a SLERP part is read twice (host/parts.py)

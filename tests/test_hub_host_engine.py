@@ -1,6 +1,6 @@
-"""Hub inputs on the torch-free engine (mergefast/host/): merged while their shards download
-and once they are cached, with the torch engine's bytes; --stream-inputs stays on the torch
-engine. Against the fake Hub of tests/fake_hub.py, in this process (the real engine rule)."""
+"""Hub inputs on the torch-free engine (mergefast/host/): merged while their shards download,
+once they are cached and with --stream-inputs, with the torch engine's bytes. Against the fake
+Hub of tests/fake_hub.py, in this process (the real engine rule)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import test_hub_overlap
 import test_hub_stream
-from helpers import plan_of, run_cli
+from helpers import run_cli
 from test_hub_overlap import ALL_LAYERS, SHARDS, base4  # noqa: F401 - base4 is a fixture
 from test_hub_stream import _tensors
 
 from mergefast import execute, host
 from mergefast.host import merge as host_merge
+from mergefast.host import parts
 from mergefast.io import hub_fetch, mapped
 from mergefast.io.reader import CheckpointReader
-from mergefast.options import MergeOptions
 
 hub, models = test_hub_stream.hub, test_hub_stream.models  # its fixtures, shared
 
@@ -130,9 +130,21 @@ def test_a_shard_unlike_its_header_stops_the_torch_free_engine(hub, base4, engin
     assert engine == [True]
 
 
-def test_stream_inputs_stay_on_the_torch_engine(hub):
-    """--stream-inputs reads a job's Hub ranges at once on the torch engine's staging."""
-    text = CONFIGS["ties"]
-    streamed = plan_of(text, stream_inputs=True)
-    assert "--stream-inputs" in host.refusal(streamed, MergeOptions(stream_inputs=True))
-    assert host.refusal(plan_of(text), MergeOptions()) is None
+@pytest.mark.parametrize("method", ["ties", "linear"])
+def test_streamed_hub_merges_run_without_torch(hub, engine, tmp_path, monkeypatch, method):
+    """--stream-inputs on the torch-free engine: a job's sources read at once in range
+    requests, whole tensors (not parts: each range costs a round trip), no file written to the
+    cache; the folder is the torch engine's, byte for byte."""
+    config = tmp_path / "config.yml"
+    config.write_text(CONFIGS[method])
+    cut = []
+    real = parts.split_jobs
+    monkeypatch.setattr(parts, "split_jobs", lambda *a: cut.append(1) or real(*a))
+    outs = {run: tmp_path / run / "out" for run in ("free", "torch")}
+    for run, env in (("free", None), ("torch", {"MERGEFAST_BACKEND": "cpu-ext"})):
+        result = run_cli("yaml", config, outs[run], "--quiet", "--stream-inputs", env=env)
+        assert result.exit_code == 0, result.output
+    assert engine == [True, False] and not cut
+    assert not [p for p in (tmp_path / "hf").rglob("*.safetensors")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("stream-read")]  # closed with the run
+    _same_folders(outs["free"], outs["torch"])

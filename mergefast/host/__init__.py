@@ -10,12 +10,13 @@ and hands the bytes to the same writer: the output files are byte-identical to t
 engine's (tests/test_host_engine.py).
 
 Hub inputs are read through their reader as for the torch engine: a tensor whose shard still
-downloads is read as its bytes come, one whose shard is in is mapped (io/hub_headers.py).
+downloads is read as its bytes come, one whose shard is in is mapped (io/hub_headers.py), and
+with --stream-inputs each is read in range requests (io/hub_stream.py).
 
 execute.py runs it when `refusal(plan, options)` is None, in a process that has torch too
 (execute.torch_free says why). It refuses the plan, and the torch engine runs, for another
-method, a GPU, MERGEFAST_BACKEND, .bin / FP8 inputs and Hub inputs read in ranges
-(--stream-inputs). Single tensors the C calls do not take (`torch_jobs`: vocabulary
+method, a GPU, MERGEFAST_BACKEND and .bin / FP8 inputs (with --stream-inputs its staging reads
+a job's Hub ranges at once, as the torch engine's). Single tensors the C calls do not take (`torch_jobs`: vocabulary
 alignment, float64 or integer merges, more models than a method's kernels take (MAX_MODELS:
 DELLA 16, the Gram methods 64, RAM 255; the kernel API runs the references past them),
 rescale outside DARE and DELLA, a DELLA density +- epsilon outside (0, 1) (the torch engine
@@ -96,8 +97,6 @@ def refusal(plan, options) -> str | None:
     for ref, model in plan.models.items():
         if not isinstance(model.reader, CheckpointReader) or model.reader.format != "safetensors":
             return f"{ref} is not a safetensors model"
-        if options.stream_inputs and getattr(model.reader, "remote", None) is not None:
-            return f"{ref} is read in ranges (--stream-inputs: the torch engine reads a job's ranges at once)"
     on_torch = torch_jobs(plan)
     if plan.jobs and len(on_torch) == len(plan.jobs):
         return f"every tensor needs torch ({on_torch[plan.jobs[0].name]})"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..io.host_array import HostArray
+from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE
 from ..plan import MergePlan, TensorJob
 from ..staging.pool import BufferPool
 from .parts import TensorPart
@@ -40,24 +42,37 @@ class HostArrayStaging(BufferPool):
     """CPU merges without torch: pooled byte buffers for inputs and outputs. `jobs`: what
     the pipeline runs, the plan's jobs or their parts (host/parts.py)."""
 
-    readers = 1  # local or downloaded files (not --stream-inputs' ranges): one reader, two cores
-
     def __init__(self, plan: MergePlan, jobs: list[TensorJob | TensorPart]):
         super().__init__(anonymous_bytes, jobs, pool_copies=True)
         self.plan = plan
+        # Local and downloaded files are read one job, one source after the other (two cores);
+        # --stream-inputs' range requests wait on round trips: a job's sources at once, and
+        # JOBS_AT_ONCE jobs (io/pipeline.py's readers), as the torch engine's staging.
+        streamed = streamed_inputs(plan)
+        self._sources = ThreadPoolExecutor(SOURCES_AT_ONCE, "stream-read") if streamed else None
+        self.readers = JOBS_AT_ONCE if streamed else 1
 
     def read(self, job: TensorJob | TensorPart) -> _Staged:
         """Read a job's source tensors, or a part's elements of them (reader thread). A whole
         tensor merged (not copied) is mapped where its reader can (io/mapped.py)."""
         elements = None if job.start is None else (job.start, job.stop)
-        arrays, buffers = [], []
-        for source, nbytes in zip(job.sources, job.input_bytes):
+        arrays: list[HostArray | None] = []
+        buffers, reads = [], []
+        for i, (source, nbytes) in enumerate(zip(job.sources, job.input_bytes)):
             reader = self.plan.models[source.model].reader
-            array = reader.map_whole(source.tensor) if elements is None and not job.copy else None
-            if array is None:
+            arrays.append(reader.map_whole(source.tensor) if elements is None and not job.copy else None)
+            if arrays[-1] is None:
                 buffers.append(self._buffer(nbytes))
-                array = reader.read_into(source.tensor, buffers[-1], elements)
-            arrays.append(array)
+                reads.append((i, reader, source.tensor, buffers[-1]))
+
+        def read(i, reader, tensor, buffer) -> None:
+            arrays[i] = reader.read_into(tensor, buffer, elements)
+
+        if self._sources is not None and len(reads) > 1:
+            list(self._sources.map(lambda r: read(*r), reads))
+        else:
+            for r in reads:
+                read(*r)
         self._asked(job.input_bytes)
         return _Staged(arrays, buffers)
 
@@ -95,4 +110,11 @@ class HostArrayStaging(BufferPool):
 
     def close(self) -> None:
         """The run is over (finished or failed): drop the pooled buffers."""
+        if self._sources is not None:
+            self._sources.shutdown(wait=True, cancel_futures=True)  # a stopped run's reads end at their next chunk
         self.drop_buffers()
+
+
+def streamed_inputs(plan: MergePlan) -> bool:
+    """Whether some input is read with --stream-inputs' range requests (io/hub_stream.py)."""
+    return any(getattr(model.reader, "streams", None) is not None for model in plan.models.values())

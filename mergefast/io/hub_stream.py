@@ -29,6 +29,10 @@ STREAMS = 8  # range requests at once for one tensor (as hub_fetch's DOWNLOAD_TH
 # stream (the range reads run in non-daemon threads that Python waits for at exit).
 CHUNK = 1 << 16
 RETRIES = 5  # attempts in a row without a byte received before a read fails (huggingface_hub's)
+# A streamed read waits on round trips, not on this machine: both engines' stagings read the
+# sources of a job at once, and the pipeline several jobs at once.
+SOURCES_AT_ONCE = 8  # streamed reads of one job at once (a job has up to ~8 sources in practice)
+JOBS_AT_ONCE = 3  # streamed jobs read at once (io/pipeline.py's readers)
 
 
 class Streams:

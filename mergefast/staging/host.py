@@ -11,12 +11,10 @@ from typing import Any
 
 import torch
 
+from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE
 from ..kernels.cpu import output_buffers
 from ..plan import MergePlan, TensorJob
 from .pool import CARVE_ALIGN, BufferPool  # noqa: F401 - CARVE_ALIGN: tests
-
-SOURCES_AT_ONCE = 8  # streamed reads of one job at once (a job has up to ~8 sources in practice)
-JOBS_AT_ONCE = 3  # streamed jobs read at once (see HostStaging.readers)
 
 
 @dataclass
