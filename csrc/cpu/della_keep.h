@@ -7,8 +7,8 @@
 //   1. a histogram of the keys (mag_key) in buckets (a monotone map: bucket 0 the zeros,
 //      bucket 1 the keys below the window, then the keys' top bits) and its prefix counts: each
 //      bucket's rank range, and p's min and max over it (p at its two edges);
-//   2. per element, u against its bucket's min and max (a draw outside p's range over the whole
-//      row needs no bucket: decide_avx2): kept, dropped, or open (u within the bucket's p
+//   2. per element, u against its bucket's min and max (a draw outside p's range over its
+//      bucket's group of 32 needs no bucket: decide_avx2): kept, dropped, or open (u within the bucket's p
 //      range: a bucket of s elements leaves ~s * 2 |epsilon| / cols of them open, ~5 of a
 //      1024-wide row of bf16 deltas at epsilon 0.15: its ties make the buckets large);
 //      a zero delta is dropped, never open: kept or not, it adds nothing to the output, the
@@ -53,6 +53,10 @@ constexpr uint32_t kBoundBins = 256;
 // At most this many open elements are resolved by a scan of the row each, more through their
 // buckets' members: 0, 4 and 16 measured, 16 fastest on 1024- and 2816-wide rows.
 constexpr uint32_t kScanMax = 16;
+// decide_avx2 first tells draws from the bounds of their bucket's group: 8 groups of 32
+// buckets (one binade each), whose bounds one permute looks up for eight elements.
+constexpr int kGroupShift = 5;
+constexpr int kGroups = kBoundBins >> kGroupShift;
 // The longest row of bf16 deltas (base and model bf16) decided by rank bounds. DELLA's masks
 // pass alone, one thread, bounds over full ranks, 2-vCPU Intel Xeon VM (AVX-512): bf16 rows of
 // 3584 0.80x, 4096 0.96x, 6144 0.93x, 7168 1.05x, 8192 1.03x, 11008 1.07x, 14336 1.10x; float16
@@ -88,7 +92,9 @@ struct BoundScratch {
   uint32_t start[kBoundBins + 8], pos[kBoundBins];
   uint32_t sub[4][kBoundBins + 8];  // bucket_bounds' four interleaved histograms
   float keep_below[kBoundBins], open_below[kBoundBins], p_edge[kBoundBins + 8];
-  float keep_min = 0.0f, open_max = 0.0f;  // over the nonzero buckets: every draw below keeps, at or above drops
+  // Over each group of buckets (bucket >> kGroupShift; the zeros excepted): every draw below
+  // group_keep keeps its element, every draw at or above group_open drops it.
+  alignas(32) float group_keep[kGroups], group_open[kGroups];
   uint32_t nb = 0;  // the row's buckets
   RankScratch rs;
   BoundScratch(int64_t cols, bool bounds)
@@ -123,9 +129,12 @@ MF_INLINE void bucket_bounds(const uint16_t* bucket, int64_t cols, uint32_t nb, 
     s.open_below[b] = std::max(p_edge[b], p_edge[b + 1]);
   }
   s.keep_below[0] = s.open_below[0] = -1.0f;  // every draw u >= 0
-  // p is monotone in the rank: the nonzero buckets' (1 .. nb - 1) extremes are at their ends
-  s.keep_min = std::min(p_edge[1], p_edge[nb]);
-  s.open_max = std::max(p_edge[1], p_edge[nb]);
+  // p is monotone in the rank: a group's extremes are at the ends of its nonzero buckets
+  for (int g = 0; g < kGroups; ++g) {
+    const uint32_t lo = std::max<uint32_t>(1, g << kGroupShift), hi = std::min<uint32_t>(nb, (g + 1) << kGroupShift);
+    s.group_keep[g] = lo < hi ? std::min(p_edge[lo], p_edge[hi]) : -1.0f;  // no bucket: no element
+    s.group_open[g] = lo < hi ? std::max(p_edge[lo], p_edge[hi]) : -1.0f;
+  }
 }
 
 // The exact rank of element j among the row's keys: smaller keys, then equal keys before j.
@@ -188,16 +197,19 @@ MF_INLINE uint32_t decide_scalar(const float* u, const uint16_t* bucket, int64_t
 }
 
 #if MF_AVX2_CLONES
-// decide_scalar, eight elements at a time. A draw below the row's least keep threshold keeps a
-// nonzero delta, one at or above its greatest open threshold drops it: only draws between those
-// (u within pmin + [0, span], ~2 |epsilon| of them) need their bucket's thresholds. Those
-// elements are listed (common.h kPack) and decided one by one. Zen 4's gathers of both
-// thresholds for every element took ~29% of the masks pass; this way, whole DELLA calls
-// (ab_libs, one thread, bf16, epsilon 0.15) take 0.92x the time on 2816 x 1024, 0.91-0.96x on
-// 11008 x 4096 (2-vCPU AMD EPYC VM).
+// decide_scalar, eight elements at a time. A draw below the least keep threshold of its
+// bucket's group (a binade of 32 buckets, one permute for eight elements) keeps a nonzero
+// delta, one at or above the group's greatest open threshold drops it: only draws between those
+// (a group holding a fraction f of the row's ranks leaves ~2 |epsilon| f of its draws; ~2 |epsilon|
+// f^2 summed over the groups) need their bucket's thresholds. Those elements are listed
+// (common.h kPack) and decided one by one (Zen 4's gathers of both thresholds for every element
+// took ~29% of the masks pass). Whole DELLA calls (ab_libs, bf16, epsilon 0.15, same bits, 2-vCPU
+// AMD EPYC VM) against the row's bounds for every group: 0.88x the time on 2816 x 1024 (one
+// thread), 0.925x on 16384 x 1024 (one thread), 0.96x on 11008 x 4096 (two); 16 groups (two
+// permutes and a blend) no faster (0.99-1.00x).
 MF_TARGET_AVX2 inline uint32_t decide_avx2(const float* u, const uint16_t* bucket, int64_t cols, BoundScratch& s,
                                            uint32_t* kept) {
-  const __m256 keep_min = _mm256_set1_ps(s.keep_min), open_max = _mm256_set1_ps(s.open_max);
+  const __m256 group_keep = _mm256_load_ps(s.group_keep), group_open = _mm256_load_ps(s.group_open);
   const __m256i zero = _mm256_setzero_si256(), eight = _mm256_set1_epi32(8);
   __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   uint32_t* undecided = s.undecided.data();
@@ -207,6 +219,9 @@ MF_TARGET_AVX2 inline uint32_t decide_avx2(const float* u, const uint16_t* bucke
     const __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bucket + j)));
     const __m256 uj = _mm256_loadu_ps(u + j);
     const __m256 zeros = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, zero));  // bucket 0: dropped
+    const __m256i group = _mm256_srli_epi32(b, kGroupShift);
+    const __m256 keep_min = _mm256_permutevar8x32_ps(group_keep, group);
+    const __m256 open_max = _mm256_permutevar8x32_ps(group_open, group);
     const __m256 keep = _mm256_andnot_ps(zeros, _mm256_cmp_ps(uj, keep_min, _CMP_LT_OQ));
     const __m256 drop = _mm256_or_ps(zeros, _mm256_cmp_ps(uj, open_max, _CMP_GE_OQ));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(kept + j), _mm256_castps_si256(keep));
