@@ -173,12 +173,12 @@ def measure(
 TORCH_ENGINE = {"MERGEFAST_BACKEND": "cpu-ext"}  # torch imported, its engine (not mergefast/host/)
 
 
-def commands(cfg: Path, repos: list[str], mergekit: str | None, stream: bool = True) -> dict[str, Command]:
-    """The floor, mergefast (also with --stream-inputs, on the torch engine, and from a filled
-    cache on both engines) and (when found) mergekit on config file `cfg`."""
+def commands(cfg: Path, repos: list[str], mergekit: str | None, variants: bool = True) -> dict[str, Command]:
+    """The floor, mergefast (with `variants` also with --stream-inputs, on the torch engine, and
+    from a filled cache on both engines) and (when found) mergekit on config file `cfg`."""
     merge = [sys.executable, "-m", "mergefast", "yaml", str(cfg), "{out}", "--quiet"]
     cmds = {"floor": Command([sys.executable, "-c", FLOOR, *repos]), "mergefast": Command(merge)}
-    if stream:
+    if variants:
         cmds["mergefast --stream-inputs"] = Command([*merge, "--stream-inputs"])
         cmds["mergefast, torch engine"] = Command(merge, TORCH_ENGINE)
         cmds["mergefast, cached"] = Command(merge, cached=True)
