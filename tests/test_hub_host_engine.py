@@ -5,12 +5,12 @@ Hub of tests/fake_hub.py, in this process (the real engine rule)."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import test_hub_overlap
 import test_hub_stream
 from helpers import run_cli
+from test_host_engine import _same_folders
 from test_hub_overlap import ALL_LAYERS, SHARDS, base4  # noqa: F401 - base4 is a fixture
 from test_hub_stream import _tensors
 
@@ -48,13 +48,6 @@ def engine(monkeypatch):
 
     monkeypatch.setattr(execute, "torch_free", torch_free)
     return ran
-
-
-def _same_folders(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for name in names:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("method", CONFIGS)
