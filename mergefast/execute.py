@@ -101,45 +101,47 @@ def _engine(
 ):
     """(staging, merge function of (job, staged)) of the torch-free engine or the torch one,
     for running `jobs` (the plan's, or their parts on the torch-free engine, which merges
-    those named in `on_torch` with torch, imported here: not on a thread of its own beside the
-    stages, whose torch calls would then import parts of it half made)."""
+    those named in `on_torch` with torch)."""
     seed = options.random_seed
+    if not host or on_torch:
+        # Ctrl-C or SIGTERM inside torch's import (1-2.5 s, while Hub shards download) would raise
+        # in its C++ initialisation: "terminate called", or a hang. They wait until it is done.
+        # Here, not on a thread of its own beside the stages: their torch calls would then import
+        # parts of it half made.
+        with _signals_held():
+            import torch
+
+        if seed is not None:
+            torch.manual_seed(seed)
     if host:
         from .host.merge import merge_host_job
         from .host.staging import HostArrayStaging
 
-        if on_torch:
-            with _signals_held():
-                import torch  # noqa: F401
         staging = HostArrayStaging(plan, jobs)
         return staging, lambda job, staged: staging.merge(
             job, staged, lambda *a: merge_host_job(plan, *a, seed, on_torch, merge_job)
         )
-    # Ctrl-C or SIGTERM inside torch's import (1-2.5 s, while Hub shards download) would raise
-    # in its C++ initialisation: "terminate called", or a hang. They wait until it is done.
-    with _signals_held():
-        import torch
-
-    if seed is not None:
-        torch.manual_seed(seed)
     staging = staging_for(plan, options.math_device, budget)
     return staging, lambda job, staged: staging.merge(job, staged, lambda j, ts: merge_job(plan, j, ts, seed))
 
 
 def _write_tensors(
-    plan: MergePlan, folder: Path, options: MergeOptions, stats: RunSummary, downloads=None, host: bool = False
+    plan: MergePlan,
+    folder: Path,
+    options: MergeOptions,
+    stats: RunSummary,
+    downloads=None,
+    host: bool = False,
+    on_torch: frozenset[str] = frozenset(),
 ) -> None:
     outputs = [OutputTensor(j.name, j.dtype_name, j.shape) for j in plan.jobs]
     out_bytes = {o.name: o.nbytes for o in outputs}
     device = "cpu" if host else options.math_device
     jobs = pooled_order(processing_order(plan.jobs))
-    on_torch: frozenset[str] = frozenset()
     if host:
-        from .host import torch_jobs
         from .host.parts import split_jobs
-        from .host.staging import streamed_inputs
+        from .io.hub_stream import streamed_inputs
 
-        on_torch = frozenset(torch_jobs(plan))
         if not streamed_inputs(plan):  # a range request costs a round trip: whole tensors, as the torch engine
             jobs = split_jobs(plan, jobs, on_torch)
     budget = _budget(plan, jobs, options, device)
@@ -307,8 +309,13 @@ def _merge_into(plan: MergePlan, out: Path, options: MergeOptions, downloads, ho
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     stats, start = RunSummary(), time.perf_counter()
+    on_torch: frozenset[str] = frozenset()
+    if host:
+        from .host import torch_jobs
+
+        on_torch = frozenset(torch_jobs(plan))  # merged with torch by the torch-free engine
     try:
-        _write_tensors(plan, tmp, options, stats, downloads, host)
+        _write_tensors(plan, tmp, options, stats, downloads, host, on_torch)
         _write_side_files(plan, tmp, options, out.name)
         replace_folder(tmp, out, undo_on_signal=True)
     except BaseException:
@@ -317,19 +324,16 @@ def _merge_into(plan: MergePlan, out: Path, options: MergeOptions, downloads, ho
         raise
     stats.wall_s = time.perf_counter() - start
     stats.peak_rss_bytes = peak_rss_bytes()
-    stats.backends = _backends(plan, options, host)
+    stats.backends = _backends(plan, options, host, len(on_torch))
     return stats
 
 
-def _backends(plan: MergePlan, options: MergeOptions, host: bool) -> dict[str, str]:
+def _backends(plan: MergePlan, options: MergeOptions, host: bool, on_torch: int = 0) -> dict[str, str]:
     """Which kernel backend ran the method (passthrough copies need none), and whether
     without torch (the torch-free engine, host/) or how many tensors it merged with torch."""
     free = " without torch" if host else ""
-    if host:
-        from .host import torch_jobs
-
-        on_torch = len(torch_jobs(plan))
-        free = f", {on_torch} tensor{'s' * (on_torch > 1)} with torch" if on_torch else free
+    if on_torch:
+        free = f", {on_torch} tensor{'s' * (on_torch > 1)} with torch"
     if all(job.copy for job in plan.jobs):
         return {plan.spec.name: "copy" + free}
     if host:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..io.host_array import HostArray
-from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE
+from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE, streamed_inputs
 from ..plan import MergePlan, TensorJob
 from ..staging.pool import BufferPool
 from .parts import TensorPart
@@ -113,8 +113,3 @@ class HostArrayStaging(BufferPool):
         if self._sources is not None:
             self._sources.shutdown(wait=True, cancel_futures=True)  # a stopped run's reads end at their next chunk
         self.drop_buffers()
-
-
-def streamed_inputs(plan: MergePlan) -> bool:
-    """Whether some input is read with --stream-inputs' range requests (io/hub_stream.py)."""
-    return any(getattr(model.reader, "streams", None) is not None for model in plan.models.values())

@@ -35,6 +35,11 @@ SOURCES_AT_ONCE = 8  # streamed reads of one job at once (a job has up to ~8 sou
 JOBS_AT_ONCE = 3  # streamed jobs read at once (io/pipeline.py's readers)
 
 
+def streamed_inputs(plan) -> bool:
+    """Whether some input of `plan` (a MergePlan) is read in range requests (`Streams`)."""
+    return any(getattr(model.reader, "streams", None) is not None for model in plan.models.values())
+
+
 class Streams:
     """The range reads of one run: bytes received, seconds spent, and a stop flag (`cancel`).
     It has hub_arrivals.Arrivals' interface, which execute.py uses."""

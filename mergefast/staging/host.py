@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE
+from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE, streamed_inputs
 from ..kernels.cpu import output_buffers
 from ..plan import MergePlan, TensorJob
 from .pool import CARVE_ALIGN, BufferPool  # noqa: F401 - CARVE_ALIGN: tests
@@ -57,7 +57,7 @@ class HostStaging(BufferPool):
         # With --stream-inputs a read is a few HTTP range requests (io/hub_stream.py), bound by
         # round trips and per-connection speed, not by this machine: a job's sources are read
         # at once. (Local and downloaded files are read one after the other: two cores.)
-        streamed = any(getattr(m.reader, "streams", None) is not None for m in plan.models.values())
+        streamed = streamed_inputs(plan)
         self._sources = ThreadPoolExecutor(SOURCES_AT_ONCE, "stream-read") if streamed else None
         # jobs the pipeline reads at once (io/pipeline.py's readers): streamed jobs overlap their
         # round trips too
