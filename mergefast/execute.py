@@ -117,7 +117,7 @@ def _engine(
         from .host.merge import merge_host_job
         from .host.staging import HostArrayStaging
 
-        staging = HostArrayStaging(plan, jobs)
+        staging = HostArrayStaging(plan, jobs, on_torch)
         return staging, lambda job, staged: staging.merge(
             job, staged, lambda *a: merge_host_job(plan, *a, seed, on_torch, merge_job)
         )
@@ -169,6 +169,8 @@ def _write_tensors(
                 progress=done,
                 on_stop=lambda: _stop(staging, downloads),
                 readers=staging.readers,
+                mergers=staging.mergers,
+                alone=staging.runs_alone,
             )
         if downloads is not None:
             downloads.finish()  # a job may read a file's bytes before its download has ended

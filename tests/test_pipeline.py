@@ -9,7 +9,7 @@ import torch
 from mergefast.io.pipeline import run_pipeline
 
 
-def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 10, readers=1):
+def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 10, readers=1, mergers=1, alone=None):
     written = []
     times = run_pipeline(
         jobs,
@@ -19,6 +19,8 @@ def run(jobs, *, read=None, merge=None, write=None, budget=100, cost=lambda j: 1
         cost=cost,
         budget=budget,
         readers=readers,
+        mergers=mergers,
+        alone=alone or (lambda j: True),
     )
     return written, times
 
@@ -112,9 +114,9 @@ def test_several_readers_with_a_full_budget_do_not_hang():
     assert done and sorted(j for j, _ in done[0]) == list(range(6)), "the pipeline hung"
 
 
-@pytest.mark.parametrize("readers", [1, 3])
+@pytest.mark.parametrize("readers, mergers", [(1, 1), (3, 1), (1, 2)])
 @pytest.mark.parametrize("stage", ["read", "merge", "write"])
-def test_failure_in_any_stage_is_raised_without_hanging(stage, readers):
+def test_failure_in_any_stage_is_raised_without_hanging(stage, readers, mergers):
     def boom(*args):
         if args[0] == 7:
             raise OSError(28, f"{stage} failed")
@@ -124,7 +126,7 @@ def test_failure_in_any_stage_is_raised_without_hanging(stage, readers):
 
     def attempt():
         try:
-            run(list(range(100)), **{stage: boom}, readers=readers)
+            run(list(range(100)), **{stage: boom}, readers=readers, mergers=mergers, alone=lambda j: j % 5 == 0)
         except OSError as exc:
             raised.append(exc)
 
@@ -138,16 +140,43 @@ def test_failure_in_any_stage_is_raised_without_hanging(stage, readers):
     assert threading.active_count() <= before
 
 
-def test_keyboard_interrupt_in_merge_stops_threads():
+@pytest.mark.parametrize("mergers", [1, 2])
+def test_keyboard_interrupt_in_merge_stops_threads(mergers):
     def merge(j, d):
         if j == 3:
             raise KeyboardInterrupt
         return d
 
     with pytest.raises(KeyboardInterrupt):
-        run(list(range(1000)), merge=merge)
+        run(list(range(1000)), merge=merge, mergers=mergers, alone=lambda j: j % 7 == 0)
     time.sleep(0.3)
     assert not [t for t in threading.enumerate() if t.name.startswith("mergefast-")]
+
+
+def test_two_merge_threads_run_jobs_side_by_side_and_the_ones_that_run_alone_alone_in_order():
+    """Jobs merge two at a time; a job that runs alone starts once every earlier job has ended
+    and ends before any later one starts (io/merge_gate.py)."""
+    lock, running, events, peak = threading.Lock(), set(), [], [0]
+
+    def merge(j, d):
+        with lock:
+            running.add(j)
+            peak[0] = max(peak[0], len(running))
+            events.append(("start", j))
+        time.sleep(0.002)
+        with lock:
+            running.discard(j)
+            events.append(("end", j))
+        return d
+
+    alone = {0, 7, 8, 20, 39}
+    written, _ = run(list(range(40)), merge=merge, mergers=2, alone=alone.__contains__)
+    assert sorted(j for j, _ in written) == list(range(40))
+    assert peak[0] == 2
+    at = {event: i for i, event in enumerate(events)}
+    for j in alone:
+        assert all(at[("end", k)] < at[("start", j)] for k in range(j)), j
+        assert all(at[("start", k)] > at[("end", j)] for k in range(j + 1, 40)), j
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ RAM+ and Model Stock, whose statistic adds up part by part, in host/reducing.py.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
+import threading
 from collections.abc import Sequence
 
 from .. import native
@@ -121,9 +123,27 @@ library = native.require  # the loaded C library, or a RuntimeError saying how t
 doubles = native.doubles
 
 
+_TEAM = threading.local()  # the calling thread's team size, set by `team`
+
+
+@contextlib.contextmanager
+def team(size: int | None):
+    """Within the block, the calling thread's C calls use `size` OpenMP threads (None: the
+    default, `threads`): host/side_by_side.py's merges side by side."""
+    before = getattr(_TEAM, "size", None)
+    _TEAM.size = size
+    try:
+        yield
+    finally:
+        _TEAM.size = before
+
+
 def threads() -> int:
-    """The OpenMP team size: torch's intra-op thread count in a process that has torch (as
-    the kernel API's), else native.default_threads."""
+    """The OpenMP team size: the calling thread's `team`, else torch's intra-op thread count in
+    a process that has torch (as the kernel API's), else native.default_threads."""
+    size = getattr(_TEAM, "size", None)
+    if size:
+        return size
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else native.default_threads()
 

@@ -15,6 +15,8 @@ from ..io.host_array import HostArray
 from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE, streamed_inputs
 from ..plan import MergePlan, TensorJob
 from ..staging.pool import BufferPool
+from . import side_by_side
+from .ops import team, threads
 from .parts import TensorPart
 
 
@@ -42,15 +44,22 @@ class HostArrayStaging(BufferPool):
     """CPU merges without torch: pooled byte buffers for inputs and outputs. `jobs`: what
     the pipeline runs, the plan's jobs or their parts (host/parts.py)."""
 
-    def __init__(self, plan: MergePlan, jobs: list[TensorJob | TensorPart]):
+    def __init__(self, plan: MergePlan, jobs: list[TensorJob | TensorPart], on_torch: frozenset[str] = frozenset()):
         super().__init__(anonymous_bytes, jobs, pool_copies=True)
-        self.plan = plan
+        self.plan, self.on_torch = plan, on_torch
         # Local and downloaded files are read one job, one source after the other (two cores);
         # --stream-inputs' range requests wait on round trips: a job's sources at once, and
         # JOBS_AT_ONCE jobs (io/pipeline.py's readers), as the torch engine's staging.
         streamed = streamed_inputs(plan)
         self._sources = ThreadPoolExecutor(SOURCES_AT_ONCE, "stream-read") if streamed else None
         self.readers = JOBS_AT_ONCE if streamed else 1
+        # merge threads (io/pipeline.py), each job not run alone on its share of the team
+        self.mergers = side_by_side.mergers(plan, threads())
+        self._share = max(1, threads() // self.mergers)
+
+    def runs_alone(self, job: TensorJob | TensorPart) -> bool:
+        """Whether `job` merges alone on the whole team (host/side_by_side.py)."""
+        return side_by_side.runs_alone(job, self.on_torch)
 
     def read(self, job: TensorJob | TensorPart) -> _Staged:
         """Read a job's source tensors, or a part's elements of them (reader thread). A whole
@@ -87,7 +96,8 @@ class HostArrayStaging(BufferPool):
             return lent[-1]
 
         try:
-            out = merge_fn(job, staged.arrays, take)
+            with team(None if self.mergers == 1 or self.runs_alone(job) else self._share):
+                out = merge_fn(job, staged.arrays, take)
         finally:
             if not job.copy:
                 self._give_back(staged.buffers)

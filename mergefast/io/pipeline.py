@@ -1,9 +1,9 @@
 """An overlapped read -> merge -> write pipeline with a memory budget.
 
 Three stages run at once: a reader thread loads the inputs of the next jobs (as far ahead as
-the byte budget allows), a merge thread merges, and a writer thread streams finished
-tensors to their final offsets. Torch ops, the C++ kernels and file IO release the GIL, so
-on 2 cores reading job i+1, merging job i and writing job i-1 overlap.
+the byte budget allows), a merge thread (or two, io/merge_gate.py) merges, and a writer
+thread streams finished tensors to their final offsets. Torch ops, the C++ kernels and file
+IO release the GIL, so on 2 cores reading job i+1, merging job i and writing job i-1 overlap.
 
 Every failure in any stage stops the others and is raised in the calling thread; nothing
 waits forever (all blocking waits poll a stop flag, and a stage's next torch call raises
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PipelineStopped  # noqa: F401 - also imported from here
+from .merge_gate import MergeGate
 
 _POLL = 0.1  # seconds between checks of the stop flag while blocked
 _STOP_WAIT = 1.5  # seconds the stages get to stop after a failure or Ctrl-C
@@ -145,15 +146,18 @@ def run_pipeline(
     progress: Callable[[Any], None] = lambda job: None,
     on_stop: Callable[[], None] = lambda: None,
     readers: int = 1,
+    mergers: int = 1,
+    alone: Callable[[Any], bool] = lambda job: True,
 ) -> StageTimes:
     """Run read -> merge -> write over `jobs` with at most `budget` bytes in flight.
 
     `cost(job)` is the bytes a job holds from its read until its write finishes. `read`,
     `merge` and `write` each run in their own thread; `readers` > 1 reads that many jobs at
     once (latency-bound reads: --stream-inputs), handed to the merge as they complete, not
-    in job order. Raises the first error of any stage
-    (or Ctrl-C) after stopping the others; `on_stop()` is called as the run stops, to wake
-    stages blocked outside the pipeline's waits (a pinned-ring slot, staging/pinned_ring.py).
+    in job order; `mergers` > 1 merges that many jobs at once, but those for which `alone(job)`
+    (io/merge_gate.py), their results written as they complete. Raises the first error of any
+    stage (or Ctrl-C) after stopping the others; `on_stop()` is called as the run stops, to
+    wake stages blocked outside the pipeline's waits (a pinned-ring slot, staging/pinned_ring.py).
     """
     stop, errors = threading.Event(), []
     times = StageTimes()
@@ -173,7 +177,7 @@ def run_pipeline(
 
         return run
 
-    readers = max(1, readers)
+    readers, mergers = max(1, readers), max(1, mergers)
     # `order` is held while a reader waits for the budget; `tally` counts what readers did,
     # and must not be `order`: a reader done reading waits for it before handing its job on
     # (which frees budget), so sharing one lock hung streamed merges once the budget was full.
@@ -212,20 +216,34 @@ def run_pipeline(
             limiter.release(cost(job))
             progress(job)
 
+    gate, taking = MergeGate(alone, stop), threading.Lock()
+    merging = [mergers]
+
     @guarded
     def merger():
         while True:
-            item = _get(to_merge, stop)
-            if item is _DONE:
-                break
-            job, data = item
+            with taking:  # taken and admitted in job order: a job that runs alone keeps its place
+                item = _get(to_merge, stop)
+                if item is _DONE:
+                    to_merge.put(_DONE)  # for the other merge threads: nothing follows it
+                    break
+                job, data = item
+                ran_alone = gate.enter(job)
             start = time.perf_counter()
-            out = merge(job, data)
-            times.merge_s += time.perf_counter() - start
+            try:
+                out = merge(job, data)
+            finally:
+                gate.leave(ran_alone)
+            with tally:
+                times.merge_s += time.perf_counter() - start
             del data
             if not _put(to_write, (job, out), stop):
                 return
-        _put(to_write, _DONE, stop)
+        with tally:
+            merging[0] -= 1
+            last = merging[0] == 0
+        if last:
+            _put(to_write, _DONE, stop)
 
     # The calling thread only waits, so Ctrl-C reaches it within _POLL seconds even while a
     # long kernel runs, and the run stops without waiting for that kernel to finish. The
@@ -235,7 +253,7 @@ def run_pipeline(
     # without an active exception", exit 134 (DELLA, Ctrl-C; seen in a core dump). Python
     # waits for non-daemon threads before it finalizes; a stopped stage ends at its next
     # torch call (_stop_at_next_torch_call) or its next step.
-    stages = [*[reader] * readers, merger, writer]
+    stages = [*[reader] * readers, *[merger] * mergers, writer]
     threads = [threading.Thread(target=t, name=f"{_THREAD_PREFIX}{t.__name__}") for t in stages]
     wall = time.perf_counter()
     _run_stages(threads, stop, errors, on_stop)

@@ -62,6 +62,12 @@ class HostStaging(BufferPool):
         # jobs the pipeline reads at once (io/pipeline.py's readers): streamed jobs overlap their
         # round trips too
         self.readers = JOBS_AT_ONCE if streamed else 1
+        self.mergers = 1  # one merge thread: torch's ops and the kernel API take torch's own threads
+
+    @staticmethod
+    def runs_alone(job) -> bool:
+        """Every job merges alone (one merge thread)."""
+        return True
 
     def read(self, job: TensorJob) -> _HostBatch:
         """Read a job's source tensors (runs in the reader thread)."""
