@@ -421,14 +421,15 @@ int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* const* 
 
 int32_t mf_arcee_select(const void* base, int32_t base_dtype, const void* other, int32_t other_dtype,
                         int64_t rows, int64_t cols, const int64_t* ranks, int32_t threads, float* kl,
-                        float* values) {
+                        float* values, void* out, int32_t out_dtype) {
   return guarded([&] {
     const char* op = "arcee_select";
     const Src sb = make_src(base, base_dtype, op), sx = make_src(other, other_dtype, op);
     check(rows >= 1 && cols >= 1 && ranks != nullptr && kl != nullptr && values != nullptr, op,
           "bad sizes or outputs");
     for (int r = 0; r < 3; ++r) check(ranks[r] >= 0 && ranks[r] < rows * cols, op, "rank outside [0, n)");
-    arcee_select(sb, sx, rows, cols, ranks, threads, kl, values);
+    const Dst slots = separate_dst(out, out_dtype, rows * cols, sb, {sx}, op);
+    arcee_select(sb, sx, rows, cols, ranks, threads, kl, values, slots);
   });
 }
 

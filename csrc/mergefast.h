@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 11
+#define MF_ABI_VERSION 12
 
 /* status codes */
 #define MF_OK 0
@@ -211,10 +211,12 @@ MF_API int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* 
  * row) kl[row] = KL(softmax(other) + 1e-8 || softmax(base) + 1e-8), computed in float64 and
  * rounded to float32; values[r] = the ranks[r]-th smallest (0-based, r < 3) of every
  * importance |other - base| * kl[row] (float32), ordered as torch.kthvalue (every NaN above
- * +inf; the value of -0 and +0 is +0). */
+ * +inf; the value of -0 and +0 is +0). `out` (rows * cols elements of out_dtype, the output
+ * mf_arcee_apply then writes, not an input's memory) is overwritten with scratch. */
 MF_API int32_t mf_arcee_select(const void* base, int32_t base_dtype, const void* other,
                                int32_t other_dtype, int64_t rows, int64_t cols,
-                               const int64_t* ranks, int32_t threads, float* kl, float* values);
+                               const int64_t* ranks, int32_t threads, float* kl, float* values,
+                               void* out, int32_t out_dtype);
 
 /* arcee_fusion, apply: out = base + (|other - base| * kl[row] >= (float)threshold ? other -
  * base : 0) in float32, rounded once to out_dtype. *finite = 1 when every delta other - base

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-ABI_VERSION = 11  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 12  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).parent / "kernels" / ("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -61,7 +61,7 @@ _SIGNATURES = {
     "mf_nearswap": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _p, _i32, _i32]),
     "mf_sce_select": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p, _p, _p, _p, _p, _p, _i32]),
     "mf_sce_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, ctypes.c_uint32, _i64, _i32, _p, _p, _p, _i32, _i32]),
-    "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p]),
+    "mf_arcee_select": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _i32, _p, _p, _p, _i32]),
     "mf_arcee_apply": (_i32, [_p, _i32, _p, _i32, _i64, _i64, _p, _f64, _p, _i32, _i32, _p]),
     "mf_ram_counts": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _i32, _p]),
     "mf_ram_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _f64, _p, _p, _i32, _i32, _p]),

@@ -308,6 +308,13 @@ def test_an_output_overlapping_an_input_is_refused():
         cpu.task_arithmetic_into(base, [x], [1.0], [50_000], True, True, 1.0, 1.0, base)
     with pytest.raises(RuntimeError, match="overlaps an input"):
         cpu.magnitude_keep_into(base, x, 50_000, x.view(torch.bool)[:100_000])
+    kl, values, ranks = torch.empty(100), (cpu.ctypes.c_float * 3)(), (cpu.ctypes.c_int64 * 3)(0, 1, 2)
+    with pytest.raises(RuntimeError, match="overlaps an input"):  # arcee_fusion keeps its keys in the output
+        cpu._check(
+            cpu._lib().mf_arcee_select(
+                base.data_ptr(), 0, x.data_ptr(), 0, 100, 1000, ranks, 1, kl.data_ptr(), values, x.data_ptr(), 0
+            )
+        )
 
 
 @needs_ext

@@ -5,12 +5,16 @@
 //             (arcee_rows.h): KL(softmax(x) + 1e-8 || softmax(b) + 1e-8) as sum q f(p / q),
 //             float32 terms summed in float64, rounded once to float32 (arcee_math.h: ~1e-7
 //             relative, where torch's float32 KL is off by 1e-4 to 1e+1 relative on fine-tune
-//             deltas); then a histogram of the top 16 bits of every importance's order key
-//             (importance = |x - b| * KL, float32, as the reference).
-//   2 (flat)  a histogram of the low 16 bits of the keys in the buckets of the three ranks
-//             (the keys' bucket codes vectorised, the few hits packed without a branch). The
-//             three order statistics (torch.kthvalue's: every NaN above +inf) are exact.
-//   3 (flat)  out = b + (importance >= threshold ? x - b : 0), rounded once (arcee_apply).
+//             deltas); then the top 16 bits of every importance's order key (importance =
+//             |x - b| * KL, float32, as the reference) into the element's slot of the output
+//             (the first 16 bits of its bytes: DELLA's keep words and SCE's keys do the same),
+//             and their histogram.
+//   2 (slots) a histogram of the low 16 bits of the keys in the buckets of the three ranks:
+//             the slots compared 16 at a time, and only the keys found in those buckets
+//             (~1-3% of a fine-tune's) recomputed from the inputs, as pass 1 computed them.
+//             The three order statistics (torch.kthvalue's: every NaN above +inf) are exact.
+//   3 (flat)  out = b + (importance >= threshold ? x - b : 0), rounded once (arcee_apply), over
+//             the slots.
 //
 // The caller turns the three values into the threshold with the reference's float32 formula.
 // One 7B layer (11008 x 4096 bf16, deltas N(0, 1e-3)), a shared 2-vCPU AMD EPYC VM, medians:
@@ -23,6 +27,7 @@
 
 #include "arcee_math.h"
 #include "arcee_rows.h"
+#include "apply.h"
 #include "common.h"
 #include "kernels.h"
 
@@ -32,19 +37,26 @@ namespace {
 using namespace arcee;
 
 constexpr int kBins = 1 << 16;
+// A bucket no slot holds (a key's top 16 bits are at most 0x7F80, a NaN's): top's unused entries.
+constexpr uint32_t kNoSlot = 0xFFFFu;
 
-// Pass 1 for rows [r0, r1): their KL into kl, the top-16-bit histogram of their keys into h.
+// Pass 1 for rows [r0, r1): their KL into kl, their keys' top 16 bits into the slots and
+// their histogram into h.
 #define MF_ARCEE_ROWS(NAME, TARGET)                                                                   \
-  TARGET void NAME(const ArceeArgs& a, int64_t r0, int64_t r1, Scratch& s, float* cache, float* kl,  \
-                   uint32_t* h) {                                                                     \
+  TARGET void NAME(const ArceeArgs& a, const MaskSlots& slots, int64_t r0, int64_t r1, Scratch& s,   \
+                   float* cache, float* kl, uint32_t* h) {                                            \
     uint32_t* keys = reinterpret_cast<uint32_t*>(s.buf(2));                                          \
     for (int64_t r = r0; r < r1; ++r) {                                                               \
       RowSource row{a, r * a.cols, s, cache};                                                         \
       const float k = static_cast<float>(kl_row(row));                                                \
       kl[r] = k;                                                                                      \
-      row.blocks(false, [&](int64_t, const float* b, const float* x, int64_t len) MF_LAMBDA_INLINE { \
+      row.blocks(false, [&](int64_t j0, const float* b, const float* x, int64_t len) MF_LAMBDA_INLINE { \
         importance_keys(b, x, k, len, keys);                                                          \
-        for (int64_t j = 0; j < len; ++j) h[keys[j] >> 16]++;                                         \
+        uint16_t* slot = slots.masks + (r * a.cols + j0) * slots.stride;                              \
+        for (int64_t j = 0; j < len; ++j) {                                                           \
+          slot[j * slots.stride] = static_cast<uint16_t>(keys[j] >> 16);                              \
+          h[keys[j] >> 16]++;                                                                         \
+        }                                                                                             \
       });                                                                                             \
     }                                                                                                 \
   }
@@ -71,8 +83,8 @@ std::pair<uint32_t, int64_t> bin_of_rank(const std::vector<int64_t>& h, size_t l
   return {static_cast<uint32_t>(bins - 1), 0};  // unreachable for k < n
 }
 
-// Pass 1: every row's KL, and the top-16-bit histogram of all the keys.
-std::vector<int64_t> pass_rows(const ArceeArgs& a, int threads, float* kl) {
+// Pass 1: every row's KL, every key's top 16 bits in its slot, and their histogram.
+std::vector<int64_t> pass_rows(const ArceeArgs& a, const MaskSlots& slots, int threads, float* kl) {
   const int nthreads = team_size(a.rows * a.cols, threads);
   std::vector<uint32_t> part(static_cast<size_t>(nthreads) * kBins, 0);
   auto body = &kl_and_top_rows;
@@ -92,87 +104,71 @@ std::vector<int64_t> pass_rows(const ArceeArgs& a, int threads, float* kl) {
     float* c = cache.empty() ? nullptr : cache.data();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r0 = 0; r0 < a.rows; r0 += chunk) {
-      body(a, r0, std::min(a.rows, r0 + chunk), scratch, c, kl, part.data() + tid * kBins);
+      body(a, slots, r0, std::min(a.rows, r0 + chunk), scratch, c, kl, part.data() + tid * kBins);
     }
   }
   return merged(part, nthreads, kBins);
 }
 
-// The codes of the keys of a block for pass 2: q * kBins + the low 16 bits for a key in bucket
-// top[q] (top: 3 entries, unused ones ~0u), kMissCode for the others. Vectorises (the AVX2
-// clone: 8 lanes), leaving pass 2 no per-element branch.
-constexpr uint32_t kMissCode = 0xFFFFFFFFu;
-#define MF_ARCEE_CODES(NAME, TARGET)                                                                  \
-  TARGET void NAME(const ArceeArgs& a, const float* kl, const uint32_t* top, int64_t off, int64_t len, \
-                   Scratch& s, uint32_t* codes) {                                                     \
-    const float* b = stage(a.base, off, len, s.buf(0));                                              \
-    const float* x = stage(a.other, off, len, s.buf(1));                                             \
-    row_runs(off, len, a.cols, [&](int64_t j0, int64_t j1, int64_t row) MF_LAMBDA_INLINE {            \
-      importance_keys(b + j0, x + j0, kl[row], j1 - j0, codes + j0);                                 \
-    });                                                                                               \
-    for (int64_t j = 0; j < len; ++j) {                                                               \
-      const uint32_t hi = codes[j] >> 16, lo = codes[j] & 0xFFFFu;                                    \
-      codes[j] = hi == top[0] ? lo : hi == top[1] ? kBins + lo : hi == top[2] ? 2 * kBins + lo : kMissCode; \
-    }                                                                                                 \
-  }
-MF_ARCEE_CODES(block_codes, )
-#if MF_AVX2_CLONES
-MF_ARCEE_CODES(block_codes_avx2, MF_TARGET_AVX2)
-#endif
+// The key of element i (pass 1's operations): order_key(|x - b| * kl[row]) in float32.
+MF_INLINE uint32_t key_at(const ArceeArgs& a, const float* kl, int64_t i) {
+  const float b = load_at(a.base, i), x = load_at(a.other, i);
+  return order_key(std::fabs(x - b) * kl[i / a.cols]);
+}
 
-// Copies the codes other than kMissCode to hits (in order), without a branch (the buckets hold
-// a few % of the keys); returns their count.
-MF_INLINE int64_t pack_hits_scalar(const uint32_t* codes, int64_t j, int64_t len, uint32_t* hits, int64_t count) {
-  for (; j < len; ++j) {
-    hits[count] = codes[j];
-    count += codes[j] != kMissCode;
+// Adds to h (B x kBins) the low 16 bits of the keys of elements [off, off + len) whose slot
+// holds one of the buckets top[0..3) (unused entries: a value no slot holds), element by element.
+MF_INLINE void low_scalar(const ArceeArgs& a, const MaskSlots& slots, const float* kl, const uint32_t* top,
+                          int64_t off, int64_t len, uint32_t* h) {
+  const uint16_t* slot = slots.masks + off * slots.stride;
+  for (int64_t j = 0; j < len; ++j) {
+    const uint32_t hi = slot[j * slots.stride];
+    if (hi != top[0] && hi != top[1] && hi != top[2]) continue;  // the buckets hold a few % of the keys
+    const uint32_t q = hi == top[0] ? 0 : hi == top[1] ? 1 : 2;
+    h[q * kBins + (key_at(a, kl, off + j) & 0xFFFFu)]++;
   }
-  return count;
 }
 
 #if MF_AVX2_CLONES
-// pack_hits_scalar with AVX2: 8 codes per compare, movemask and permute (kPack). Writes up to
-// 7 codes past the count.
-MF_TARGET_AVX2 int64_t pack_hits_avx2(const uint32_t* codes, int64_t len, uint32_t* hits) {
-  const __m256i miss = _mm256_set1_epi32(static_cast<int32_t>(kMissCode));
-  int64_t count = 0, j = 0;
-  for (; j + 8 <= len; j += 8) {
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j));
-    const int mask = ~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(c, miss))) & 0xFF;
-    const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hits + count), _mm256_permutevar8x32_epi32(c, lanes));
-    count += __builtin_popcount(static_cast<unsigned>(mask));
+// low_scalar for 16-bit slots (bfloat16 and float16 outputs), 16 slots per compare.
+MF_TARGET_AVX2 void low_avx2(const ArceeArgs& a, const MaskSlots& slots, const float* kl, const uint32_t* top,
+                             int64_t off, int64_t len, uint32_t* h) {
+  const uint16_t* slot = slots.masks + off;
+  __m256i want[3];
+  for (int q = 0; q < 3; ++q) want[q] = _mm256_set1_epi16(static_cast<int16_t>(top[q] & 0xFFFFu));
+  int64_t j = 0;
+  for (; j + 16 <= len; j += 16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(slot + j));
+    const __m256i hit = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi16(v, want[0]), _mm256_cmpeq_epi16(v, want[1])),
+                                        _mm256_cmpeq_epi16(v, want[2]));
+    uint32_t bits = static_cast<uint32_t>(_mm256_movemask_epi8(hit));  // two bits per slot
+    while (bits != 0) {
+      const int64_t t = j + (__builtin_ctz(bits) >> 1);
+      bits &= bits - 1;
+      bits &= bits - 1;
+      const uint32_t hi = slot[t], q = hi == top[0] ? 0 : hi == top[1] ? 1 : 2;
+      h[q * kBins + (key_at(a, kl, off + t) & 0xFFFFu)]++;
+    }
   }
-  return pack_hits_scalar(codes, j, len, hits, count);
+  low_scalar(a, slots, kl, top, off + j, len - j, h);
 }
 #endif
-
-int64_t pack_hits(const uint32_t* codes, int64_t len, uint32_t* hits) {
-#if MF_AVX2_CLONES
-  if (cpu_has_avx2()) return pack_hits_avx2(codes, len, hits);
-#endif
-  return pack_hits_scalar(codes, 0, len, hits, 0);
-}
 
 // Pass 2: the low-16-bit histograms of the keys in each of the buckets `top` (distinct).
-std::vector<int64_t> pass_low(const ArceeArgs& a, const float* kl, const std::vector<uint32_t>& top, int threads) {
+std::vector<int64_t> pass_low(const ArceeArgs& a, const MaskSlots& slots, const float* kl,
+                              const std::vector<uint32_t>& top, int threads) {
   const int64_t n = a.rows * a.cols;
   const int nthreads = team_size(n, threads), B = static_cast<int>(top.size());
   const size_t bins = static_cast<size_t>(B) * kBins;
   std::vector<uint32_t> part(nthreads * bins, 0);
-  uint32_t top3[3] = {~0u, ~0u, ~0u};
+  uint32_t top3[3] = {kNoSlot, kNoSlot, kNoSlot};
   std::copy(top.begin(), top.end(), top3);
-  auto codes_of = &block_codes;
+  auto low = &low_scalar;
 #if MF_AVX2_CLONES
-  if (cpu_has_avx2()) codes_of = &block_codes_avx2;
+  if (cpu_has_avx2() && slots.stride == 1) low = &low_avx2;
 #endif
-  for_each_block_raw(n, nthreads, 5, [&](int tid, int64_t, int64_t off, int64_t len, Scratch& s) {
-    uint32_t* codes = reinterpret_cast<uint32_t*>(s.buf(2));
-    uint32_t* hits = reinterpret_cast<uint32_t*>(s.buf(3));  // buffer 4: pack_hits' overrun
-    codes_of(a, kl, top3, off, len, s, codes);
-    const int64_t count = pack_hits(codes, len, hits);
-    uint32_t* h = part.data() + tid * bins;
-    for (int64_t i = 0; i < count; ++i) h[hits[i]]++;
+  for_each_block_raw(n, nthreads, 0, [&](int tid, int64_t, int64_t off, int64_t len, Scratch&) {
+    low(a, slots, kl, top3, off, len, part.data() + tid * bins);
   });
   return merged(part, nthreads, bins);
 }
@@ -205,9 +201,10 @@ MF_ARCEE_APPLY(apply_block_avx2, MF_TARGET_AVX2)
 }  // namespace
 
 void arcee_select(const Src& base, const Src& other, int64_t rows, int64_t cols, const int64_t* ranks,
-                  int threads, float* kl, float* values) {
+                  int threads, float* kl, float* values, const Dst& slots_of) {
   const ArceeArgs a{base, other, rows, cols};
-  const std::vector<int64_t> top = pass_rows(a, threads, kl);
+  const MaskSlots slots = mask_slots(slots_of);
+  const std::vector<int64_t> top = pass_rows(a, slots, threads, kl);
   std::vector<uint32_t> buckets, bucket_of(3);
   std::vector<int64_t> within(3);
   for (int r = 0; r < 3; ++r) {
@@ -217,7 +214,7 @@ void arcee_select(const Src& base, const Src& other, int64_t rows, int64_t cols,
     if (at == buckets.end()) buckets.push_back(bucket);
     within[r] = k;
   }
-  const std::vector<int64_t> low = pass_low(a, kl, buckets, threads);
+  const std::vector<int64_t> low = pass_low(a, slots, kl, buckets, threads);
   for (int r = 0; r < 3; ++r) {
     const uint32_t q = bucket_of[r];
     const uint32_t lo = bin_of_rank(low, static_cast<size_t>(q) * kBins, kBins, within[r]).first;

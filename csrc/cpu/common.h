@@ -230,6 +230,15 @@ MF_INLINE float load_f32(const void* p, int64_t i) {
   }
 }
 
+// Element i of a source as float32 (any input dtype; for the few elements read one by one).
+MF_INLINE float load_at(const Src& s, int64_t i) {
+  switch (s.dt) {
+    case DType::BF16: return load_f32<DType::BF16>(s.ptr, i);
+    case DType::F16: return load_f32<DType::F16>(s.ptr, i);
+    default: return load_f32<DType::F32>(s.ptr, i);
+  }
+}
+
 // Stores float32 v as element i of an output of dtype D (rounded once, as store()).
 template <DType D>
 MF_INLINE void store_f32(void* p, int64_t i, float v) {

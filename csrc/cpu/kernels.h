@@ -127,8 +127,9 @@ bool della_apply(const Src& base, const std::vector<Src>& xs, const std::vector<
 // arcee_fusion's selection (arcee_fusion.cpp): per row of `cols` elements the float32 KL of
 // the two rows' softmaxes (+ 1e-8) into kl[0..rows), computed in float64; the values of the
 // 0-based ascending ranks[0..3) of every importance |other - base| * kl[row] into values[0..3).
+// The output `slots` (rows * cols elements, the apply's) holds the keys' top bits meanwhile.
 void arcee_select(const Src& base, const Src& other, int64_t rows, int64_t cols, const int64_t* ranks,
-                  int threads, float* kl, float* values);
+                  int threads, float* kl, float* values, const Dst& slots);
 
 // arcee_fusion's apply: out = base + (|other - base| * kl[row] >= threshold ? other - base : 0).
 // True when every delta other - base was finite.

@@ -44,22 +44,13 @@ MF_INLINE double sce_divide(double a, double d, double inv, bool exact) { return
 
 MF_INLINE constexpr bool sce_power_of_two(int v) { return (v & (v - 1)) == 0; }
 
-// Element j of a source as float32 (any input dtype; for the few elements read one by one).
-MF_INLINE float sce_load(const Src& s, int64_t j) {
-  switch (s.dt) {
-    case DType::BF16: return load_f32<DType::BF16>(s.ptr, j);
-    case DType::F16: return load_f32<DType::F16>(s.ptr, j);
-    default: return load_f32<DType::F32>(s.ptr, j);
-  }
-}
-
 // The variance key of element j from the inputs: sce.cpp's keys pass for one element (the same
 // Welford updates in the same order, the same rounding), for the elements of bucket a.hi.
 MF_INLINE uint32_t sce_key_at(const SceArgs& a, int64_t j) {
-  const float b = sce_load(*a.base, j);
+  const float b = load_at(*a.base, j);
   double mean = 0.0, m2 = 0.0;
   for (int i = 0; i < a.K; ++i) {
-    const double v = static_cast<double>(sce_load((*a.xs)[i], j) - b);
+    const double v = static_cast<double>(load_at((*a.xs)[i], j) - b);
     const double delta = v - mean;
     mean = mean + sce_divide(delta, i + 1.0, 1.0 / (i + 1.0), sce_power_of_two(i + 1));
     m2 = m2 + delta * (v - mean);

@@ -100,7 +100,7 @@ def arcee_fusion(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: 
     kl = (ctypes.c_float * rows)()
     values, ranks = (ctypes.c_float * 3)(), (ctypes.c_int64 * 3)(*arcee_ranks(n))
     head = (b.data_ptr(), code(b), x.data_ptr(), code(x), rows, cols)
-    native.check(lib, lib.mf_arcee_select(*head, ranks, threads(), kl, values))
+    native.check(lib, lib.mf_arcee_select(*head, ranks, threads(), kl, values, out.data_ptr(), code(out)))
     finite, tail = ctypes.c_int32(), (out.data_ptr(), code(out), threads())
     threshold = arcee_threshold(list(values))
     native.check(lib, lib.mf_arcee_apply(*head, kl, threshold, *tail, ctypes.byref(finite)))

@@ -1,15 +1,16 @@
 """arcee_fusion (`mergefast.methods.arcee_fusion`) on the fused kernels: the host side.
 
-Two kernel calls, three reads of base + other, and no tensor of the inputs' size but the
-output (the reference builds the float32 copies, both softmaxes, the importance and its three
-`kthvalue`s: 3.7 s for a 7B layer on 2 cores):
+Two kernel calls, two or three reads of base + other (the CPU kernel's second pass reads the
+keys it left in the output), and no tensor of the inputs' size but the output (the reference
+builds the float32 copies, both softmaxes, the importance and its three `kthvalue`s: 3.7 s for
+a 7B layer on 2 cores):
 
 - `impl.arcee_select` computes each row's KL(softmax(other) + 1e-8 || softmax(base) + 1e-8)
   and the three order statistics of importance = |other - base| * KL at the reference's
   ranks floor(q (n - 1)), q = 0.25, 0.5, 0.75, exactly (histograms of the float32 order keys,
-  torch.kthvalue's order: every NaN above +inf);
+  torch.kthvalue's order: every NaN above +inf), and makes the output tensor;
 - the threshold median + 1.5 (Q3 - Q1) is the reference's float32 formula (`methods.scalars.arcee_threshold`);
-- `impl.arcee_apply` writes base + (importance >= threshold ? other - base : 0), rounded once.
+- `impl.arcee_apply` writes base + (importance >= threshold ? other - base : 0) into it, rounded once.
 
 Numerics: the reference computes the KL in float32 with torch's exp, log and summation order,
 which cancels on fine-tune deltas (off by 1e-4 to 1e+1 relative); the kernels' KL is within
@@ -42,8 +43,8 @@ def rows_cols(x: torch.Tensor) -> tuple[int, int]:
 def run(impl, base: torch.Tensor, other: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """arcee_fusion on backend `impl` (contiguous inputs, at least one element)."""
     rows, cols = rows_cols(base)
-    kl, values = impl.arcee_select(base, other, rows, cols, arcee_ranks(base.numel()))
-    return impl.arcee_apply(base, other, rows, cols, kl, arcee_threshold(values), out_dtype)
+    kl, values, out = impl.arcee_select(base, other, rows, cols, arcee_ranks(base.numel()), out_dtype)
+    return impl.arcee_apply(base, other, rows, cols, kl, arcee_threshold(values), out)
 
 
 def arcee_fusion(base: torch.Tensor, other: torch.Tensor, *, out_dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -593,26 +593,29 @@ def della_apply(
 
 
 def arcee_select(
-    base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, ranks: Sequence[int]
-) -> tuple[torch.Tensor, list[float]]:
+    base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, ranks: Sequence[int], out_dtype
+) -> tuple[torch.Tensor, list[float], torch.Tensor]:
     """arcee_fusion's selection: (the float32 KL of every row, [the values of the three 0-based
-    ascending ranks of the importance |other - base| * KL])."""
+    ascending ranks of the importance |other - base| * KL], a new output tensor of `out_dtype`
+    for arcee_apply, which holds the keys' top bits meanwhile)."""
     n, op = rows * cols, "arcee_select"
+    out = _empty(base, out_dtype)
     bptr, bcode = _view(base, n, op)
     xptr, xcode = _view(other, n, op)
+    optr, ocode = _view(out, n, op)
     kl = torch.empty(rows, dtype=torch.float32)
     values = (ctypes.c_float * 3)()
     ks = (ctypes.c_int64 * 3)(*ranks)
-    _check(_lib().mf_arcee_select(bptr, bcode, xptr, xcode, rows, cols, ks, threads(), kl.data_ptr(), values))
-    return kl, list(values)
+    head = (bptr, bcode, xptr, xcode, rows, cols)
+    _check(_lib().mf_arcee_select(*head, ks, threads(), kl.data_ptr(), values, optr, ocode))
+    return kl, list(values), out
 
 
 def arcee_apply(
-    base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, kl: torch.Tensor, threshold: float, out_dtype
+    base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, kl: torch.Tensor, threshold: float, out: torch.Tensor
 ) -> torch.Tensor:
-    """out = base + (|other - base| * kl[row] >= threshold ? other - base : 0), into a new tensor;
+    """out = base + (|other - base| * kl[row] >= threshold ? other - base : 0), into `out`;
     inside `finite_inputs()`, base and other are proven finite when every delta was."""
-    out = _empty(base, out_dtype)
     n, op = out.numel(), "arcee_apply"
     bptr, bcode = _view(base, n, op)
     xptr, xcode = _view(other, n, op)

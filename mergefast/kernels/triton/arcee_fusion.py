@@ -143,17 +143,18 @@ def _select(b, x, kl, n: int, cols: int, ranks: Sequence[int]) -> list[float]:
     return [_key_value(k) for k in prefixes]
 
 
-def arcee_select(base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, ranks: Sequence[int]):
-    """(per-row float32 KL, the values of the three ranks of the importance), as kernels/cpu.py."""
+def arcee_select(base: torch.Tensor, other: torch.Tensor, rows: int, cols: int, ranks: Sequence[int], out_dtype):
+    """(per-row float32 KL, the values of the three ranks of the importance, a new output tensor
+    of `out_dtype` for arcee_apply), as kernels/cpu.py."""
     b, x = as_arg(base), as_arg(other)
     kl = torch.empty(rows, dtype=torch.float32, device=base.device)
     _kl_kernel[(rows,)](b, x, kl, cols, BLOCK=block_size(), **launch_options())
-    return kl, _select(b, x, kl, rows * cols, cols, ranks)
-
-
-def arcee_apply(base, other, rows: int, cols: int, kl: torch.Tensor, threshold: float, out_dtype) -> torch.Tensor:
-    """base + (importance >= threshold ? other - base : 0) into a new tensor of out_dtype."""
     out = torch.empty(base.shape, dtype=out_dtype, device=base.device)
+    return kl, _select(b, x, kl, rows * cols, cols, ranks), out
+
+
+def arcee_apply(base, other, rows: int, cols: int, kl: torch.Tensor, threshold: float, out: torch.Tensor):
+    """base + (importance >= threshold ? other - base : 0) into `out`."""
     n, block = out.numel(), block_size()
     thr = torch.tensor([threshold], dtype=torch.float32, device=base.device)
     _apply_kernel[(triton.cdiv(n, block),)](
