@@ -66,18 +66,6 @@ MF_INLINE void consensus_block(const float* const* wd, const float* w, int K,
   }
 }
 
-// Element j's keep word: masks[j * stride], 16 bits of the element's own output slot, where
-// the masks passes of DELLA and DARE (della.cpp, dare.cpp) leave one keep bit per model for
-// della_apply, which reads it before it overwrites the slot.
-struct MaskSlots {
-  uint16_t* masks;
-  int64_t stride;
-};
-
-inline MaskSlots mask_slots(const Dst& dst) {
-  return MaskSlots{static_cast<uint16_t*>(dst.ptr), static_cast<int64_t>(dtype_size(dst.dt) / 2)};
-}
-
 // Everything the apply does to one block (the loop body of apply()).
 struct ApplyArgs {
   const Src* base;

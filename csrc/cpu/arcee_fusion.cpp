@@ -27,7 +27,6 @@
 
 #include "arcee_math.h"
 #include "arcee_rows.h"
-#include "apply.h"
 #include "common.h"
 #include "kernels.h"
 
@@ -43,7 +42,7 @@ constexpr uint32_t kNoSlot = 0xFFFFu;
 // Pass 1 for rows [r0, r1): their KL into kl, their keys' top 16 bits into the slots and
 // their histogram into h.
 #define MF_ARCEE_ROWS(NAME, TARGET)                                                                   \
-  TARGET void NAME(const ArceeArgs& a, const MaskSlots& slots, int64_t r0, int64_t r1, Scratch& s,   \
+  TARGET void NAME(const ArceeArgs& a, const OutputSlots& slots, int64_t r0, int64_t r1, Scratch& s,   \
                    float* cache, float* kl, uint32_t* h) {                                            \
     uint32_t* keys = reinterpret_cast<uint32_t*>(s.buf(2));                                          \
     for (int64_t r = r0; r < r1; ++r) {                                                               \
@@ -52,7 +51,7 @@ constexpr uint32_t kNoSlot = 0xFFFFu;
       kl[r] = k;                                                                                      \
       row.blocks(false, [&](int64_t j0, const float* b, const float* x, int64_t len) MF_LAMBDA_INLINE { \
         importance_keys(b, x, k, len, keys);                                                          \
-        uint16_t* slot = slots.masks + (r * a.cols + j0) * slots.stride;                              \
+        uint16_t* slot = slots.p + (r * a.cols + j0) * slots.stride;                              \
         for (int64_t j = 0; j < len; ++j) {                                                           \
           slot[j * slots.stride] = static_cast<uint16_t>(keys[j] >> 16);                              \
           h[keys[j] >> 16]++;                                                                         \
@@ -84,7 +83,7 @@ std::pair<uint32_t, int64_t> bin_of_rank(const std::vector<int64_t>& h, size_t l
 }
 
 // Pass 1: every row's KL, every key's top 16 bits in its slot, and their histogram.
-std::vector<int64_t> pass_rows(const ArceeArgs& a, const MaskSlots& slots, int threads, float* kl) {
+std::vector<int64_t> pass_rows(const ArceeArgs& a, const OutputSlots& slots, int threads, float* kl) {
   const int nthreads = team_size(a.rows * a.cols, threads);
   std::vector<uint32_t> part(static_cast<size_t>(nthreads) * kBins, 0);
   auto body = &kl_and_top_rows;
@@ -118,9 +117,9 @@ MF_INLINE uint32_t key_at(const ArceeArgs& a, const float* kl, int64_t i) {
 
 // Adds to h (B x kBins) the low 16 bits of the keys of elements [off, off + len) whose slot
 // holds one of the buckets top[0..3) (unused entries: a value no slot holds), element by element.
-MF_INLINE void low_scalar(const ArceeArgs& a, const MaskSlots& slots, const float* kl, const uint32_t* top,
+MF_INLINE void low_scalar(const ArceeArgs& a, const OutputSlots& slots, const float* kl, const uint32_t* top,
                           int64_t off, int64_t len, uint32_t* h) {
-  const uint16_t* slot = slots.masks + off * slots.stride;
+  const uint16_t* slot = slots.p + off * slots.stride;
   for (int64_t j = 0; j < len; ++j) {
     const uint32_t hi = slot[j * slots.stride];
     if (hi != top[0] && hi != top[1] && hi != top[2]) continue;  // the buckets hold a few % of the keys
@@ -131,9 +130,9 @@ MF_INLINE void low_scalar(const ArceeArgs& a, const MaskSlots& slots, const floa
 
 #if MF_AVX2_CLONES
 // low_scalar for 16-bit slots (bfloat16 and float16 outputs), 16 slots per compare.
-MF_TARGET_AVX2 void low_avx2(const ArceeArgs& a, const MaskSlots& slots, const float* kl, const uint32_t* top,
+MF_TARGET_AVX2 void low_avx2(const ArceeArgs& a, const OutputSlots& slots, const float* kl, const uint32_t* top,
                              int64_t off, int64_t len, uint32_t* h) {
-  const uint16_t* slot = slots.masks + off;
+  const uint16_t* slot = slots.p + off;
   __m256i want[3];
   for (int q = 0; q < 3; ++q) want[q] = _mm256_set1_epi16(static_cast<int16_t>(top[q] & 0xFFFFu));
   int64_t j = 0;
@@ -155,7 +154,7 @@ MF_TARGET_AVX2 void low_avx2(const ArceeArgs& a, const MaskSlots& slots, const f
 #endif
 
 // Pass 2: the low-16-bit histograms of the keys in each of the buckets `top` (distinct).
-std::vector<int64_t> pass_low(const ArceeArgs& a, const MaskSlots& slots, const float* kl,
+std::vector<int64_t> pass_low(const ArceeArgs& a, const OutputSlots& slots, const float* kl,
                               const std::vector<uint32_t>& top, int threads) {
   const int64_t n = a.rows * a.cols;
   const int nthreads = team_size(n, threads), B = static_cast<int>(top.size());
@@ -203,7 +202,7 @@ MF_ARCEE_APPLY(apply_block_avx2, MF_TARGET_AVX2)
 void arcee_select(const Src& base, const Src& other, int64_t rows, int64_t cols, const int64_t* ranks,
                   int threads, float* kl, float* values, const Dst& slots_of) {
   const ArceeArgs a{base, other, rows, cols};
-  const MaskSlots slots = mask_slots(slots_of);
+  const OutputSlots slots = output_slots(slots_of);
   const std::vector<int64_t> top = pass_rows(a, slots, threads, kl);
   std::vector<uint32_t> buckets, bucket_of(3);
   std::vector<int64_t> within(3);

@@ -350,6 +350,7 @@ inline size_t dtype_size(DType dt) {
   }
 }
 
+
 // Asks Linux to back the 2 MiB-aligned interior of a large, freshly allocated output with
 // transparent huge pages (THP "madvise" mode, the common default). A fresh 90 MB output
 // otherwise takes ~22k page faults on first write: measured on a 2-vCPU AMD EPYC VM, filling
@@ -373,6 +374,19 @@ struct Dst {
   void* ptr;
   DType dt;
 };
+
+// 16 bits of scratch per element in an output's own storage, where a method keeps what a later
+// pass reads before its apply overwrites the element (no n-sized scratch): element j's word is
+// p[j * stride], the first 16 bits of its bytes. DELLA's and DARE's keep bits (della.cpp,
+// dare.cpp), SCE's variance keys (sce.h) and arcee_fusion's importance keys (arcee_fusion.cpp).
+struct OutputSlots {
+  uint16_t* p;
+  int64_t stride;  // in 16-bit words: the output dtype's size / 2
+};
+
+inline OutputSlots output_slots(const Dst& dst) {
+  return OutputSlots{static_cast<uint16_t*>(dst.ptr), static_cast<int64_t>(dtype_size(dst.dt) / 2)};
+}
 
 // Every kernel's output, usually fresh memory: the huge-page hint before any write (measured
 // on a 2-vCPU AMD EPYC VM, 7B layer: linear 48 ms with it, 77 ms without; SLERP 55 vs 82 ms).

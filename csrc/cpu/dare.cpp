@@ -36,7 +36,7 @@ struct DareArgs : ApplyArgs {
   const uint64_t* keys;
   const float* dens;
   const float* scales;
-  MaskSlots words;  // the norms pass's keep-word output (dare_masks), else null
+  OutputSlots words;  // the norms pass's keep-word output (dare_masks), else null
 };
 
 // The draws of elements 0 .. len-1 of the stream at z0 into ub when Wide (the AVX2 clones:
@@ -180,7 +180,7 @@ MF_TARGET_AVX2 inline void norms_model_avx2(const float* x, const float* b, cons
 #endif
 
 // Block blk's sum |d| and sum |kept d| of every model into part[2i], part[2i + 1]; with a
-// keep-word output (a.words.masks), the block's keep bits (bit i: model i keeps the element)
+// keep-word output (a.words.p), the block's keep bits (bit i: model i keeps the element)
 // into it, for della_apply.
 template <bool Wide>
 MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
@@ -190,7 +190,7 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
   float* all = s.buf(2);
   float* kept = s.buf(3);
   uint16_t* words = reinterpret_cast<uint16_t*>(s.buf(4));
-  if (a.words.masks != nullptr) std::fill(words, words + len, uint16_t(0));
+  if (a.words.p != nullptr) std::fill(words, words + len, uint16_t(0));
   for (int i = 0; i < a.K; ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
     const uint64_t z0 = a.keys[i] + kGolden * static_cast<uint64_t>(off + 1);
@@ -200,7 +200,7 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
 #if MF_AVX2_CLONES
     if constexpr (Wide) {
       const uint16_t bit = static_cast<uint16_t>(1u << i);
-      if (a.words.masks != nullptr) {
+      if (a.words.p != nullptr) {
         norms_model_avx2<true>(x, b, ub, p, len, bit, words, part + 2 * i);
       } else {
         norms_model_avx2<false>(x, b, ub, p, len, bit, words, part + 2 * i);
@@ -213,13 +213,13 @@ MF_INLINE void norms_block_impl(const DareArgs& a, int64_t blk, Scratch& s, doub
       const float u = draw_at<Wide>(z0, j, ub);
       all[j] = d;
       kept[j] = u < p ? d : 0.0f;
-      if (a.words.masks != nullptr) words[j] = static_cast<uint16_t>(words[j] | (static_cast<uint32_t>(u < p) << i));
+      if (a.words.p != nullptr) words[j] = static_cast<uint16_t>(words[j] | (static_cast<uint32_t>(u < p) << i));
     }
     part[2 * i] = lane_sum(all, len);
     part[2 * i + 1] = lane_sum(kept, len);
   }
-  if (a.words.masks == nullptr) return;
-  for (int64_t j = 0; j < len; ++j) a.words.masks[(off + j) * a.words.stride] = words[j];
+  if (a.words.p == nullptr) return;
+  for (int64_t j = 0; j < len; ++j) a.words.p[(off + j) * a.words.stride] = words[j];
 }
 
 void norms_block_default(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
@@ -253,7 +253,7 @@ void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<u
                 const std::vector<float>& dens, const Dst& words, int64_t n, int threads, double* sums) {
   DareArgs a = dare_args(base, xs, nullptr, keys, dens, nullptr, false, 1.0f, 1.0f, Dst{nullptr, DType::F32}, n,
                          threads);
-  a.words = words.ptr == nullptr ? MaskSlots{nullptr, 0} : mask_slots(words);
+  a.words = words.ptr == nullptr ? OutputSlots{nullptr, 0} : output_slots(words);
   auto block = &norms_block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &norms_block_avx2;

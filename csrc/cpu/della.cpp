@@ -27,7 +27,7 @@ struct MaskArgs {
   const std::vector<Src>* xs;
   const uint64_t* keys;
   const float *pmin, *span;
-  MaskSlots slots;
+  OutputSlots slots;
   int64_t n, cols, tile_rows;
   int K;
 };
@@ -159,7 +159,7 @@ MF_INLINE void mask_tile(const MaskArgs& a, int64_t t, TileScratch& s, double* p
     stage_deltas((*a.xs)[i], b, off, len, s.d.data());
     keep_bits<Avx2>(a, i, off, len, s, part + 2 * i);
   }
-  for (int64_t j = 0; j < len; ++j) a.slots.masks[(off + j) * a.slots.stride] = s.bits[j];
+  for (int64_t j = 0; j < len; ++j) a.slots.p[(off + j) * a.slots.stride] = s.bits[j];
 }
 
 void mask_tile_default(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
@@ -192,7 +192,7 @@ MF_INLINE uint32_t weigh_kept(const void* xp, int64_t off, const float* b, const
 
 struct KeptArgs : ApplyArgs {
   const float* scales;
-  MaskSlots slots;
+  OutputSlots slots;
 };
 
 template <DType D, bool Consensus>
@@ -209,7 +209,7 @@ MF_INLINE uint32_t apply_block(const KeptArgs& a, float* const* bufs, float* con
                                uint16_t* w16, int64_t blk) {
   const int64_t off = blk * kBlock;
   const int64_t len = std::min(kBlock, a.n - off);
-  for (int64_t j = 0; j < len; ++j) w16[j] = a.slots.masks[(off + j) * a.slots.stride];
+  for (int64_t j = 0; j < len; ++j) w16[j] = a.slots.p[(off + j) * a.slots.stride];
   const float* b = stage(*a.base, off, len, bufs[0]);
   float* mixed = bufs[1];
   uint32_t nonfinite = 0;
@@ -260,7 +260,7 @@ void della_masks(const Src& base, const std::vector<Src>& xs, const std::vector<
   const int K = static_cast<int>(xs.size());
   const int64_t tile_rows = std::max<int64_t>(1, kBlock / cols);
   const int64_t cap = tile_rows * cols;
-  const MaskArgs a{&base, &xs, keys.data(), pmin.data(), span.data(), mask_slots(dst), n, cols, tile_rows, K};
+  const MaskArgs a{&base, &xs, keys.data(), pmin.data(), span.data(), output_slots(dst), n, cols, tile_rows, K};
   auto tile = &mask_tile_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) tile = &mask_tile_avx2;
@@ -290,7 +290,7 @@ bool della_apply(const Src& base, const std::vector<Src>& xs, const std::vector<
                                          divisor, lambda, dst, n, static_cast<int>(xs.size()),
                                          threads};
   a.scales = scales.data();
-  a.slots = mask_slots(dst);
+  a.slots = output_slots(dst);
   return consensus ? della_apply_impl<true>(a) : della_apply_impl<false>(a);
 }
 

@@ -39,7 +39,7 @@ void magnitude_keep(const Src& base, const Src& x, int64_t n, int64_t keep, bool
 // DARE's L1 norms (dare.cpp): sums[2i] = sum |x_i - base|, sums[2i + 1] = the same over the
 // elements model i keeps (u < dens[i], u from the stream keys[i], random.h); float64, the
 // same on any thread count. Where words.ptr is not null (at most 16 models), each element's
-// keep bits into its slot of words (apply.h's MaskSlots), for della_apply.
+// keep bits into its slot of words (common.h's OutputSlots), for della_apply.
 void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<uint64_t>& keys,
                 const std::vector<float>& dens, const Dst& words, int64_t n, int threads, double* sums);
 

@@ -5,7 +5,7 @@
 //            (float32) as torch's CPU var() takes it (Welford in float64, models in order, then
 //            m2 / K rounded to float32) and its key (select/rules.h's mag_key: float32 bits,
 //            every NaN one key above inf); the key's top 15 bits into the element's slot of
-//            the output (sce.h, KeySlots), their histogram and the count of nonzero keys.
+//            the output (common.h, OutputSlots), their histogram and the count of nonzero keys.
 //   select   the exact top-k of the keys, k = int(count_nonzero(var) * select_topk): the k-th
 //            bucket `hi` of the top histogram, a histogram of the low 16 bits of the keys in
 //            it, then per-block counts of the threshold key when the quota splits its ties
@@ -265,7 +265,7 @@ KeepRule variance_rule(SceArgs& a, double topk) {
 
 KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n, int threads,
                     double* energies, const Dst& dst) {
-  SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, key_slots(dst), kNoBucket};
+  SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, output_slots(dst), kNoBucket};
   const KeepRule r = variance_rule(a, topk);
   const int K = a.K;
   std::vector<double> part(static_cast<size_t>(num_blocks(n)) * K, 0.0);

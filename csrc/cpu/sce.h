@@ -12,19 +12,6 @@
 
 namespace mergefast {
 
-// The selection's keys in the output's own storage (a 16-bit word at the start of each
-// element's slot, as DELLA's keep bits: no n-sized scratch): the top 15 bits of every variance
-// key (key >> 16), written by sce.cpp's keys pass and read by every later pass before the
-// apply overwrites the slot with the result.
-struct KeySlots {
-  uint16_t* p;
-  int64_t stride;  // in 16-bit words: the output dtype's size / 2
-};
-
-inline KeySlots key_slots(const Dst& dst) {
-  return KeySlots{static_cast<uint16_t*>(dst.ptr), static_cast<int64_t>(dtype_size(dst.dt) / 2)};
-}
-
 // No coarse key equals it (they are at most kNaNKey >> 16).
 constexpr uint32_t kNoBucket = 0xFFFFFFFFu;
 
@@ -34,7 +21,7 @@ struct SceArgs {
   int K;
   int64_t n;
   int threads;
-  KeySlots slots;
+  OutputSlots slots;  // the top 15 bits of every variance key (key >> 16), from the keys pass on
   uint32_t hi;  // the coarse key whose elements get their exact key recomputed (kNoBucket: none)
 };
 

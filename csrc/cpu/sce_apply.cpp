@@ -122,7 +122,7 @@ void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule
                const Dst& dst, int64_t n, int threads) {
   // the threshold's bucket: its elements' exact keys are recomputed (sce.h); none when keep-none
   const uint32_t hi = rule.thr == 0xFFFFFFFFu ? kNoBucket : rule.thr >> 16;
-  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, key_slots(dst), hi};
+  const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, output_slots(dst), hi};
   const apply_block_fn block = apply_block_pick();
   for_each_block_raw(n, team_size(n, threads), kFirstDelta + a.K, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
     block(a, rule, w.data(), dst, blk, len, s);
