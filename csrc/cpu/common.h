@@ -350,7 +350,6 @@ inline size_t dtype_size(DType dt) {
   }
 }
 
-
 // Asks Linux to back the 2 MiB-aligned interior of a large, freshly allocated output with
 // transparent huge pages (THP "madvise" mode, the common default). A fresh 90 MB output
 // otherwise takes ~22k page faults on first write: measured on a 2-vCPU AMD EPYC VM, filling

@@ -53,9 +53,11 @@ class HostArrayStaging(BufferPool):
         streamed = streamed_inputs(plan)
         self._sources = ThreadPoolExecutor(SOURCES_AT_ONCE, "stream-read") if streamed else None
         self.readers = JOBS_AT_ONCE if streamed else 1
-        # merge threads (io/pipeline.py), each job not run alone on its share of the team
-        self.mergers = side_by_side.mergers(plan, threads())
-        self._share = max(1, threads() // self.mergers)
+        # merge threads (io/pipeline.py), each job not run alone on its share of the team (None:
+        # one merge thread, every job on the whole team)
+        team_size = threads()
+        self.mergers = side_by_side.mergers(plan, team_size)
+        self._share = team_size // self.mergers if self.mergers > 1 else None
 
     def runs_alone(self, job: TensorJob | TensorPart) -> bool:
         """Whether `job` merges alone on the whole team (host/side_by_side.py)."""
@@ -96,7 +98,7 @@ class HostArrayStaging(BufferPool):
             return lent[-1]
 
         try:
-            with team(None if self.mergers == 1 or self.runs_alone(job) else self._share):
+            with team(None if self.runs_alone(job) else self._share):
                 out = merge_fn(job, staged.arrays, take)
         finally:
             if not job.copy:
