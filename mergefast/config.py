@@ -248,6 +248,11 @@ class MergeConfig(_Strict):
             return [Block(None, "", self.models, self.slices, None)]
         return [Block(name, f"modules.{name}.", m.models, m.slices, m.parameters) for name, m in self.modules.items()]
 
+    def tokenizer_choice(self) -> str | None:
+        """The output tokenizer's source: the `tokenizer:` block's, else `tokenizer_source`
+        ("union", "base" or a model; None: neither key, the donor's files are copied)."""
+        return self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
+
     def parameter_blocks(self) -> Iterator[tuple[str, dict[str, Setting], bool]]:
         """(YAML location, parameters dict, is a per-model block) for every block in the config."""
         if self.parameters:

@@ -73,15 +73,26 @@ def merge(tmp_path: Path, good: Path, evil: Path, tokenizer: str, *extra: str, p
     return result.exit_code, result.stdout, result.stderr
 
 
+def swap_two_tokens(folder: Path) -> None:
+    """Swap the ids of two words in tokenizer.json: the same size, another vocabulary."""
+    path = folder / "tokenizer.json"
+    tj = json.loads(path.read_text())
+    vocab = tj["model"]["vocab"]
+    vocab["w0"], vocab["w1"] = vocab["w1"], vocab["w0"]
+    path.write_text(json.dumps(tj))
+
+
 @pytest.fixture()
 def models(tmp_path) -> tuple[Path, Path, Path]:
-    """(good model, evil model, marker path the evil code would write)."""
+    """(good model, evil model, marker path the evil code would write). Their vocabularies
+    differ: with equal ones a tokenizer config copies the donor's files and loads no tokenizer
+    (tests/test_tokenizer.py), so the evil one would never be looked at."""
     base = make_tiny_llama(tmp_path / "good", seed=0, **SIZES)
     make_tiny_llama(tmp_path / "evil", seed=1, base=base, **SIZES)
+    swap_two_tokens(tmp_path / "evil")
     return tmp_path / "good", tmp_path / "evil", tmp_path / "PWNED"
 
 
-# (`tokenizer_source: <model>` with equal vocabularies copies files and loads no tokenizer.)
 TOKENIZER_BLOCKS = ["tokenizer_source: union\n", "tokenizer:\n  source: base\n", "tokenizer:\n  source: {evil}\n"]
 
 

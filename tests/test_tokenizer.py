@@ -91,11 +91,47 @@ def test_no_tokenizer_config_copies_base_tokenizer(zoo, tmp_path):
     assert config_of(out)["vocab_size"] == 32
 
 
-def test_source_base_same_vocab_is_a_plain_copy(zoo, tmp_path):
-    out = run(zoo, tmp_path, "tokenizer_source: base\n", models=("base", "ft"))
-    assert (out / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
+# every merged model has the same vocabulary: each of these is the base's, whose files are copied
+SAME_VOCAB_SOURCES = [
+    "tokenizer_source: base\n",
+    "tokenizer_source: union\n",
+    "tokenizer: {source: union}\n",
+    "tokenizer: {source: base}\n",
+    "tokenizer: {source: FT}\n",
+]
+
+
+@pytest.mark.parametrize("body", SAME_VOCAB_SOURCES, ids=["base", "union", "block-union", "block-base", "block-model"])
+def test_same_vocab_is_a_plain_copy(zoo, tmp_path, body):
+    out = run(zoo, tmp_path, body.replace("FT", str(zoo["ft"])), models=("base", "ft"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (out / name).read_bytes() == (zoo["base"] / name).read_bytes()
+    assert config_of(out)["vocab_size"] == 32
     a, b, m = weights(zoo["base"]), weights(zoo["ft"]), weights(out)
     torch.testing.assert_close(m[EMBED], 0.5 * a[EMBED] + 0.5 * b[EMBED])
+
+
+def test_union_of_one_size_but_other_ids_is_built(zoo, tmp_path):
+    """Two words swapped in ft's table: the same size, not the same vocabulary, so the union
+    is built and ft's rows follow their tokens."""
+    import shutil
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(zoo["ft"], swapped)
+    tj = json.loads((swapped / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    vocab["w0"], vocab["w1"] = vocab["w1"], vocab["w0"]
+    (swapped / "tokenizer.json").write_text(json.dumps(tj))
+    zoo = {**zoo, "swapped": swapped}
+    out = run(zoo, tmp_path, "tokenizer_source: union\n", models=("base", "swapped"))
+    vocab = out_vocab(out)
+    assert len(vocab) == 32
+    a, b, m = weights(zoo["base"]), weights(swapped), weights(out)
+    w0, w1 = vocab["w0"], vocab["w1"]
+    order = list(range(32))
+    order[w0], order[w1] = w1, w0  # swapped's rows in the output's (the base's) token order
+    for name in (EMBED, HEAD):
+        torch.testing.assert_close(m[name], 0.5 * a[name] + 0.5 * b[name][order])
 
 
 def test_vocab_mismatch_without_tokenizer_config_is_one_line_error(zoo, tmp_path):
@@ -346,13 +382,14 @@ def test_mixed_tied_and_untied_heads(zoo, tmp_path):
 
 
 @pytest.mark.slow  # a subprocess
-def test_copy_path_needs_no_transformers(zoo, tmp_path):
+@pytest.mark.parametrize("source", ["base", "union"])
+def test_copy_path_needs_no_transformers(zoo, tmp_path, source):
     import subprocess
     import sys
 
     config = (
         f"merge_method: linear\nbase_model: {zoo['base']}\nmodels:\n  - model: {zoo['base']}\n"
-        f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ntokenizer_source: base\n"
+        f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ntokenizer_source: {source}\n"
     )
     code = (
         "import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None\n"
@@ -363,7 +400,8 @@ def test_copy_path_needs_no_transformers(zoo, tmp_path):
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (zoo["base"] / "tokenizer.json").read_bytes()
 
 
-def test_base_tokenizer_is_stripped_to_its_model_vocab(zoo, tmp_path):
+@pytest.mark.parametrize("body", ["tokenizer: {source: base}", "tokenizer_source: base", "tokenizer_source: union"])
+def test_base_tokenizer_is_stripped_to_its_model_vocab(zoo, tmp_path, body):
     import shutil
 
     surplus = tmp_path / "surplus"
@@ -371,7 +409,7 @@ def test_base_tokenizer_is_stripped_to_its_model_vocab(zoo, tmp_path):
     add_special_tokens(surplus, ["<extra_0>", "<extra_1>"], 32)  # ids past the 32 embedding rows
     text = (
         f"merge_method: linear\nbase_model: {surplus}\nmodels:\n  - model: {surplus}\n"
-        f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ndtype: float32\ntokenizer: {{source: base}}\n"
+        f"  - model: {zoo['ft']}\nparameters: {{weight: 0.5}}\ndtype: float32\n{body}\n"
     )
     merge(text, str(tmp_path / "out"), quiet=True)
     vocab = out_vocab(tmp_path / "out")

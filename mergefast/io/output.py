@@ -122,7 +122,7 @@ def write_tokenizer(plan, folder: Path, options) -> None:
         if config.chat_template:
             log.warning("chat_template is ignored: no tokenizer is written (--no-copy-tokenizer)")
         return
-    source = config.tokenizer_source
+    source = config.tokenizer_choice()
     ref = plan.donor if source in (None, "base", "union") else source
     copy_tokenizer(plan.models[ref].folder, folder)
     if template is not None:

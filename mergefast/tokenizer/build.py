@@ -153,7 +153,7 @@ def build_tokenizer(planner: VocabPlanner, config, cache_dir: str | None = None)
     _, AddedToken = _transformers()
     models, refs, where = planner.models, planner.refs, planner.source
     block = config.tokenizer
-    source = block.source if block is not None else config.tokenizer_source
+    source = config.tokenizer_choice()
     tokens_cfg = (block.tokens if block is not None else None) or {}
     pad = block.pad_to_multiple_of if block is not None else None
 

@@ -33,9 +33,11 @@ def _vocab_json(folder: Path) -> dict[str, int] | None:
         return None
 
 
-def _same_vocabularies(models: dict, refs: list[str], extra: str | None) -> bool:
+def _same_vocabularies(models: dict, refs: list[str], extra: str | None, *, readable: bool = False) -> bool:
     """Every merged model (and the tokenizer source) has the same vocabulary size and, where
-    tokenizer.json can be read, the same token -> id table: the tokenizer can simply be copied."""
+    tokenizer.json can be read, the same token -> id table with every id below that size
+    (nothing to strip): the tokenizer can simply be copied. `readable`: every tokenizer.json
+    must be read (else sizes that agree are taken as aligned)."""
     names = list(dict.fromkeys([*refs, *([extra] if extra else [])]))
     sizes = {model_vocab_size(models[r]) for r in names}
     if len(sizes) != 1 or None in sizes:
@@ -43,24 +45,38 @@ def _same_vocabularies(models: dict, refs: list[str], extra: str | None) -> bool
     size = sizes.pop()
     vocabs = [_vocab_json(models[r].folder) for r in names]
     if any(v is None for v in vocabs):
-        return True  # sizes agree and there is nothing cheap to compare: assume aligned
-    trimmed = [{k: i for k, i in v.items() if i < size} for v in vocabs]
-    return all(v == trimmed[0] for v in trimmed[1:])
+        return not readable  # nothing cheap to compare
+    if any(i >= size for i in vocabs[0].values()):
+        return False  # tokens past the rows: the built tokenizer strips them
+    return all(v == vocabs[0] for v in vocabs[1:])
+
+
+def _copies_tokenizer(config, models: dict, refs: list[str]) -> bool:
+    """Whether the output vocabulary is the donor's own, so its tokenizer files are copied and
+    transformers is not needed: no `tokens` or padding in a `tokenizer:` block, and every
+    merged model (and a model source) shares one vocabulary. A union of equal vocabularies is
+    that vocabulary (build.py adds nothing), but only tokenizer.json tables can show it."""
+    block = config.tokenizer
+    if block is not None and (block.tokens or block.pad_to_multiple_of is not None):
+        return False
+    src = config.tokenizer_choice()
+    if src == "union":
+        return _same_vocabularies(models, refs, None, readable=True)
+    if src != "base" and src not in models:  # a tokenizer-only source of the block (not read yet)
+        return False
+    # "base" without a base_model is the first merged model's tokenizer (mergekit's choice
+    # there is arbitrary), as without any tokenizer config
+    return _same_vocabularies(models, refs, None if src == "base" else src)
 
 
 def plan_vocab(config, models: dict, options, source: str, cache_dir: str | None = None) -> VocabPlanner:
     """The plan's VocabPlanner; builds the output tokenizer when one is needed."""
     refs = merged_models(config)
-    enabled = config.tokenizer is not None or config.tokenizer_source is not None
-    if not enabled:
+    if config.tokenizer_choice() is None:
         mode = "truncate" if getattr(options, "unsafe_truncate_embeddings", False) else "none"
         return VocabPlanner(mode, models, refs, source)
-    src = config.tokenizer_source
-    if config.tokenizer is None and src != "union":
-        # "base" without a base_model is the first merged model's tokenizer (mergekit's
-        # choice there is arbitrary), as without any tokenizer config
-        if _same_vocabularies(models, refs, None if src == "base" else src):
-            return VocabPlanner("copy", models, refs, source)
+    if _copies_tokenizer(config, models, refs):
+        return VocabPlanner("copy", models, refs, source)
     planner = VocabPlanner("permute", models, refs, source)
     build_tokenizer(planner, config, cache_dir)
     return planner
