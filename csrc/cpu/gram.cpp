@@ -32,28 +32,6 @@ struct GramArgs {
   int K, P;         // inputs, pairs (K (K + 1) / 2)
 };
 
-// Asks for elements [end, end + kBlock) of `s` (fewer at n) into L2: the next segment, while
-// this one is summed. The Gram pass is the first over a job's inputs, whole tensors mapped from
-// the page cache in 4 KiB pages (one block of bf16), and the hardware prefetcher does not cross
-// a page, so each block would otherwise start on lines still in DRAM. One thread, the 0.3B
-// family's 48 MLP tensors (base + 3 bf16), 2-vCPU AMD EPYC VM: mapped, caches flushed, 0.82-0.88x
-// the time; read into buffers just before (parts of inputs that cannot be mapped), 1.05x.
-// Not in passes whose inputs an earlier pass left in L3: Model Stock's apply took 1.4x the
-// time with it (the burst of 320 prefetches a block holds up the loads of the block at hand).
-MF_INLINE void prefetch_after(const Src& s, int64_t end, int64_t n) {
-  if (end >= n) return;
-  const size_t size = dtype_size(s.dt);
-  const char* p = static_cast<const char*>(s.ptr) + static_cast<size_t>(end) * size;
-  const size_t bytes = static_cast<size_t>(std::min(kBlock, n - end)) * size;
-  for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);
-}
-
-// prefetch_after for an optional base and every input.
-MF_INLINE void prefetch_after(const Src* base, const std::vector<Src>& xs, int64_t end, int64_t n) {
-  if (base != nullptr) prefetch_after(*base, end, n);
-  for (const Src& x : xs) prefetch_after(x, end, n);
-}
-
 // The staged d_i of one block of one row (segment `seg`) into d[0..K); returns the block length.
 MF_INLINE int64_t stage_segment(const GramArgs& a, int64_t seg, Scratch& s, const float** d) {
   const int64_t row = seg / a.per_row, blk = seg % a.per_row;

@@ -80,6 +80,7 @@ MF_INLINE uint32_t pass_block_impl(const OneReadPass& p, float* const* bufs,
                                    float* const* wd, int64_t blk) {
   const ApplyArgs& a = p.apply;
   const int64_t off = blk * kBlock, len = std::min(kBlock, a.n - off);
+  prefetch_after(a.base, *a.xs, off + len, a.n);  // common.h: whole TIES jobs 0.97x the time
   const float* b = stage(*a.base, off, len, bufs[0]);
   float* mixed = bufs[1];
   uint32_t* unc = reinterpret_cast<uint32_t*>(bufs[2]);
