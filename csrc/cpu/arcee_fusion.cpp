@@ -46,6 +46,8 @@ constexpr uint32_t kNoSlot = 0xFFFFu;
                    float* cache, float* kl, uint32_t* h) {                                            \
     uint32_t* keys = reinterpret_cast<uint32_t*>(s.buf(2));                                          \
     for (int64_t r = r0; r < r1; ++r) {                                                               \
+      prefetch_after(a.base, (r + 1) * a.cols, a.rows * a.cols); /* common.h */                     \
+      prefetch_after(a.other, (r + 1) * a.cols, a.rows * a.cols);                                     \
       RowSource row{a, r * a.cols, s, cache};                                                         \
       const float k = static_cast<float>(kl_row(row));                                                \
       kl[r] = k;                                                                                      \
