@@ -84,6 +84,7 @@ MF_INLINE uint32_t band_pass_block_impl(const BandPass& p, float* const* bufs, f
                                         int64_t blk) {
   const BandArgs& a = *p.band;
   const int64_t off = blk * kBlock, len = std::min(kBlock, a.n - off);
+  prefetch_after(a.base, *a.xs, off + len, a.n);  // common.h: breadcrumbs_ties' MLP jobs 0.98x
   const float* b = stage(*a.base, off, len, bufs[0]);
   uint32_t* unc = reinterpret_cast<uint32_t*>(bufs[2]);
   uint32_t nonfinite = 0;
