@@ -195,7 +195,7 @@ void ram_counts(const Src& base, const std::vector<Src>& xs, float eps, int64_t 
 #pragma omp for schedule(dynamic, kChunkBlocks)
     for (int64_t blk = 0; blk < nb; ++blk) {
       const int64_t off = blk * kBlock;
-      prefetch_after(&base, xs, std::min(n, off + kBlock), n);  // common.h: 0.86x the time
+      prefetch_after(&base, xs, off + kBlock, n);  // common.h: 0.86x the time
       block(base, xs, eps, off, std::min(kBlock, n - off), st);
     }
 #pragma omp critical(mergefast_ram_counts)

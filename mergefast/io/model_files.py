@@ -124,7 +124,11 @@ def _entries(folder: Path) -> list[Path]:
 def load_json(path: Path):
     """`path` parsed as UTF-8 JSON. Every failure is a ValueError (as json's own errors are),
     a document nested too deeply for the parser (RecursionError) included."""
-    text = Path(path).read_text(encoding="utf-8")
+    return parse_json(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_json(text: str):
+    """`text` parsed as JSON; every failure a ValueError, as `load_json`'s."""
     try:
         return json.loads(text)
     except RecursionError:

@@ -8,11 +8,10 @@ package has no import cycle.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import merged_models
-from ..io.model_files import model_file
+from ..io.model_files import model_file, parse_json
 from .build import build_tokenizer
 from .permute import VocabPlanner, model_vocab_size
 
@@ -36,14 +35,14 @@ def _vocab_json(folder: Path, parsed: dict[bytes, dict[str, int] | None]) -> dic
 def _vocab_table(raw: bytes) -> dict[str, int] | None:
     """token -> id of a tokenizer.json's bytes (None when it is not one)."""
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = parse_json(raw.decode("utf-8"))
         vocab = data["model"]["vocab"]
         if isinstance(vocab, list):  # Unigram: [[piece, score], ...]
             vocab = {piece[0]: i for i, piece in enumerate(vocab)}
         vocab = dict(vocab)
         vocab.update({a["content"]: a["id"] for a in data.get("added_tokens") or []})
         return vocab
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
 
 
