@@ -74,6 +74,12 @@ inline bool cpu_has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && !portable_paths_asked();
   return yes;
 }
+// The FMA clones (the Gram pass's products, SCE's quotients) need AVX2 and FMA.
+#define MF_TARGET_FMA __attribute__((target("avx2,fma")))
+inline bool cpu_has_avx2_fma() {
+  static const bool yes = cpu_has_avx2() && __builtin_cpu_supports("fma");
+  return yes;
+}
 // The AVX-512 clones (the random methods' 64-bit multiplies, vpmullq: dare.cpp, random.h) need
 // AVX-512 F, DQ and VL.
 #define MF_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512dq,avx512vl")))
@@ -85,6 +91,7 @@ inline bool cpu_has_avx512dq() {
 #else
 #define MF_AVX2_CLONES 0
 inline bool cpu_has_avx2() { return false; }
+inline bool cpu_has_avx2_fma() { return false; }
 inline bool cpu_has_avx512dq() { return false; }
 #endif
 

@@ -21,12 +21,6 @@ MF_INLINE double combine_lanes(const double* l) {
 }
 
 #if MF_AVX2_CLONES
-#define MF_TARGET_FMA __attribute__((target("avx2,fma")))
-inline bool cpu_has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-
 // Elements per sweep pair (lanes 0-3, then 4-7): 2 KiB of each input stays in L1 between the
 // two sweeps.
 constexpr int64_t kGramChunk = 512;
