@@ -222,6 +222,12 @@ void mf_one_read_counts(int64_t* finished, int64_t* fell_back) {
   *fell_back = counts.second;
 }
 
+void mf_sce_window_counts(int64_t* taken, int64_t* fell_back) {
+  const auto counts = sce_window_counts();
+  *taken = counts.first;
+  *fell_back = counts.second;
+}
+
 namespace {
 
 int32_t slerpfam_gram(const void* base, int32_t base_dtype, const void* const* xs, const int32_t* x_dtypes,

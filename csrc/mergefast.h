@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 12
+#define MF_ABI_VERSION 13
 
 /* status codes */
 #define MF_OK 0
@@ -114,6 +114,11 @@ MF_API int32_t mf_slerp_apply(const void* a, int32_t a_dtype, const void* b, int
 /* Calls since the library was loaded that the one-read scheme finished, and that fell back
  * to the two passes. */
 MF_API void mf_one_read_counts(int64_t* finished, int64_t* fell_back);
+
+/* SCE selections since the library was loaded whose energies came from the keys pass's window
+ * (taken), and that had a window but took the energies' own pass (fell_back: the threshold's
+ * bucket lay outside it, or its records overflowed). */
+MF_API void mf_sce_window_counts(int64_t* taken, int64_t* fell_back);
 
 /* The SLERP family's reduction: per row of cols elements (rows * cols in all), gram[row * P +
  * q] += <d_i, d_j> for the pairs i <= j in order (0,0), (0,1) .. (0,k-1), (1,1) .., P = k (k +

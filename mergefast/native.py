@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-ABI_VERSION = 12  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 13  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).parent / "kernels" / ("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -47,6 +47,7 @@ _SIGNATURES = {
     "mf_slerp_dots": (_i32, [_p, _i32, _p, _i32, _i64, _i32, _p]),
     "mf_slerp_apply": (_i32, [_p, _i32, _p, _i32, _i64, _f64, _f64, _p, _i32, _i32]),
     "mf_one_read_counts": (None, [_p, _p]),
+    "mf_sce_window_counts": (None, [_p, _p]),
     "mf_della_masks": (_i32, [_p, _i32, _p, _p, _i32, _i64, _i64, _p, _p, _p, _p, _i32, _i32, _p]),
     "mf_della_apply": (_i32, [_p, _i32, _p, _p, _i32, _i64, _p, _p, _i32, _i32, _f64, _f64, _p, _i32, _i32, _p]),
     "mf_breadcrumbs": (

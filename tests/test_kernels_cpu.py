@@ -603,3 +603,114 @@ def test_sce_tie_counts_from_recorded_keys_or_a_rescan(monkeypatch, ties):
     out = kernels.sce(base, xs, select_topk=0.1)
     monkeypatch.setattr(kernel_cases._SCE_MODULE, "energy_weights", kernel_cases._energy_weights_f64)
     assert torch.equal(out, methods.sce(base, xs, select_topk=0.1))
+
+
+def _sce_window_inputs(K, dtype, seed=7):
+    """base + K fine-tunes of 1030 x 1024 (past the 2^20 elements from which SCE's keys pass
+    gathers the energies, csrc/cpu/sce_window.h): rows of different scales, 2% zero deltas."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (1030, 1024)
+    base = 0.02 * torch.randn(shape, generator=g)
+    xs = []
+    for _ in range(K):
+        noise = 0.002 * torch.randn(shape, generator=g) * (1 + torch.rand(shape[0], 1, generator=g))
+        noise[torch.rand(shape, generator=g) < 0.02] = 0
+        xs.append((base + noise).to(dtype))
+    return base.to(dtype), xs
+
+
+def _sce_against_reference(monkeypatch, base, xs, topk):
+    """kernels.sce bit for bit against the reference with float64 energies; returns the
+    selection's window counts (taken, fell back) of the call."""
+    import kernel_cases
+
+    from mergefast.kernels import cpu
+
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    before = cpu.sce_window_counts()
+    out = kernels.sce(base, xs, select_topk=topk)
+    after = cpu.sce_window_counts()
+    with monkeypatch.context() as m:
+        m.setattr(kernel_cases._SCE_MODULE, "energy_weights", kernel_cases._energy_weights_f64)
+        want = methods.sce(base, xs, select_topk=topk)
+    assert torch.equal(torch.isnan(out), torch.isnan(want))
+    assert torch.equal(out[~torch.isnan(out)], want[~torch.isnan(want)])
+    return after[0] - before[0], after[1] - before[1]
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    ("K", "topk", "dtype"),
+    [(2, 0.1, torch.bfloat16), (3, 0.1, torch.bfloat16), (3, 0.5, torch.float32), (4, 0.02, torch.float16)],
+)
+def test_sce_energies_from_the_window(monkeypatch, K, topk, dtype):
+    """Past 2^20 elements SCE's energies come from its keys pass (csrc/cpu/sce_window.h): the
+    output is the reference's bit for bit, the sums the same on one thread and on two, and equal
+    to the energies' own pass (MERGEFAST_SCE_NO_WINDOW=1) to float64 rounding."""
+    from mergefast.kernels import cpu
+
+    base, xs = _sce_window_inputs(K, dtype)
+    assert _sce_against_reference(monkeypatch, base, xs, topk) == (1, 0)
+    before = torch.get_num_threads()
+    sums = {}
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            sums[t] = cpu.sce_select(base, xs, topk, dtype)[1]
+    finally:
+        torch.set_num_threads(before)
+    assert sums[1] == sums[2]
+    monkeypatch.setenv("MERGEFAST_SCE_NO_WINDOW", "1")
+    assert _sce_against_reference(monkeypatch, base, xs, topk) == (0, 0)
+    assert cpu.sce_select(base, xs, topk, dtype)[1] == pytest.approx(sums[2], rel=1e-12)
+
+
+def _sce_sampled_starts(n):
+    """The first elements of the groups of 8 that csrc/cpu/sce_window.cpp samples (its mix and
+    group_starts, in Python)."""
+    mask = (1 << 64) - 1
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    nb = -(-n // 2048)
+    per_block = max(1, -(-2048 // nb))
+    starts = []
+    for blk in range(nb):
+        off, size = blk * 2048, min(2048, n - blk * 2048)
+        if size >= 8:
+            starts += [off + mix(blk * per_block + g) % (size - 7) for g in range(per_block)]
+    return starts
+
+
+@needs_ext
+def test_sce_window_falls_back_where_the_sample_misleads(monkeypatch):
+    """Where the sampled elements are unlike the rest (their deltas 1000x smaller), the window
+    misses the threshold's bucket: the selection and energies take their own passes, and the
+    output is the reference's bit for bit."""
+    n = 1 << 20
+    g = torch.Generator().manual_seed(11)
+    a = 1 + torch.rand(n, generator=g)
+    for s in _sce_sampled_starts(n):
+        a[s : s + 8] *= 1e-3
+    xs = [a, -a, torch.zeros(n)]
+    assert _sce_against_reference(monkeypatch, torch.zeros(n), xs, 0.1) == (0, 1)
+
+
+@needs_ext
+@pytest.mark.parametrize("case", ["four-values", "nan-and-inf"])
+def test_sce_window_ties_and_nonfinite(monkeypatch, case):
+    """Variances of four values only (the sample finds too many keys inside any window: no
+    window), and NaN and inf deltas past 2^20 elements (their variance is NaN, the top key:
+    kept, and their energies NaN / inf as the reference's): the reference's output."""
+    n, g = (1 << 20) + 77, torch.Generator().manual_seed(13)
+    if case == "four-values":
+        a = torch.randint(1, 5, (n,), generator=g) * 0.25
+        assert _sce_against_reference(monkeypatch, torch.zeros(n), [a, -a, torch.zeros(n)], 0.1) == (0, 0)
+        return
+    base, xs = _sce_window_inputs(3, torch.float32, seed=13)
+    xs[1].view(-1)[[5, 70_000, 900_000]] = float("nan")
+    xs[2].view(-1)[[6, 500_000]] = float("inf")
+    assert _sce_against_reference(monkeypatch, base, xs, 0.1) == (1, 0)

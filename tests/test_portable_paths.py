@@ -58,15 +58,19 @@ METHODS = {
     "arcee_fusion": lambda b, xs: kernels.arcee_fusion(b, xs[0]),
 }
 CASES = [(shape, dtype) for shape in SHAPES for dtype in (torch.bfloat16, torch.float32)]
+# Past 2^20 elements SCE's keys pass records the elements of its window (csrc/cpu/sce_window.h).
+SCE_WINDOW_SHAPE = (1030, 1024)
 
 
 def outputs() -> dict[str, torch.Tensor]:
-    """Every method on every case, keyed `method shape dtype`."""
+    """Every method on every case, keyed `method shape dtype`, and SCE past 2^20 elements."""
     out = {}
     for shape, dtype in CASES:
         base, xs = _inputs(shape, dtype)
         for name, fn in METHODS.items():
             out[f"{name} {shape} {dtype}"] = fn(base, xs)
+    base, xs = _inputs(SCE_WINDOW_SHAPE, torch.bfloat16)
+    out[f"sce {SCE_WINDOW_SHAPE}"] = kernels.sce(base, xs, select_topk=0.1)
     return out
 
 

@@ -91,6 +91,10 @@ void nearswap(const Src& base, const Src& x, float t, const Dst& dst, int64_t n,
 KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n,
                     int threads, double* energies, const Dst& dst);
 
+// Calls of sce_select whose energies came from its window, and that had one but fell back
+// (sce_window.h).
+std::pair<int64_t, int64_t> sce_window_counts();
+
 // SCE's apply (sce_apply.cpp): the deltas kept by rule over the keys sce_select left in dst
 // (not read when the rule keeps all), TIES sign election, weights w, divisor clamped to 1e-6,
 // base + result rounded once into dst.

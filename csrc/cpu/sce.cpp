@@ -18,6 +18,12 @@
 //            as in the reference's multiply), squares in float32, sums in float64 over 8 fixed
 //            lanes per block and the blocks in order (the same on any thread count).
 //
+// From 2^20 elements, for 2-4 models, a sample of the keys bounds the threshold's bucket to a
+// window before the keys pass, which then gathers the energies' sums above the window and
+// records the elements inside it (sce_window.h): the low histogram and tie counts come from
+// the records, and the energies need no pass of their own (two reads of the inputs in all;
+// the passes above where the threshold's bucket falls outside the window).
+//
 // The variance is computed once for every element: it is the costly part (three float64
 // Welford updates an element), and recomputing it in each of the four passes that need it
 // took ~370 ms a pass on one 7B layer (2-vCPU AMD EPYC VM). Keeping the top bits in the
@@ -31,6 +37,7 @@
 
 #include "kernels.h"
 #include "sce.h"
+#include "sce_window.h"
 
 namespace mergefast {
 namespace {
@@ -78,8 +85,8 @@ MF_INLINE void keys_any_k(const SceArgs& a, const float* b, uint32_t* kb, int64_
 // keys_any_k; measured on a 2-vCPU AMD EPYC VM, 8M elements, K = 3, one thread: 19-32 ms
 // against 26-57 ms with the AVX2 clones (the machine shared).
 template <int K>
-MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* kb, int64_t off, int64_t len, Scratch& s) {
-  const float* x[K];
+MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* kb, int64_t off, int64_t len, Scratch& s,
+                            const float** x) {
   for (int i = 0; i < K; ++i) x[i] = stage((*a.xs)[i], off, len, s.buf(1 + i));
   for (int64_t j = 0; j < len; ++j) {
     double mean = 0.0, m2 = 0.0;
@@ -93,13 +100,16 @@ MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* kb, int6
   }
 }
 
-// The variance keys of block (off, len) into kb (block-local).
-MF_INLINE void keys_block_impl(const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s) {
+// The variance keys of block (off, len) into kb (block-local); for 2-4 models the staged base
+// and models into staged[0] and staged[1..K].
+MF_INLINE void keys_block_impl(const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s,
+                               const float** staged) {
   const float* b = stage(*a.base, off, len, s.buf(0));
+  staged[0] = b;
   switch (a.K) {
-    case 2: return keys_fixed_k<2>(a, b, kb, off, len, s);
-    case 3: return keys_fixed_k<3>(a, b, kb, off, len, s);
-    case 4: return keys_fixed_k<4>(a, b, kb, off, len, s);
+    case 2: return keys_fixed_k<2>(a, b, kb, off, len, s, staged + 1);
+    case 3: return keys_fixed_k<3>(a, b, kb, off, len, s, staged + 1);
+    case 4: return keys_fixed_k<4>(a, b, kb, off, len, s, staged + 1);
     default: return keys_any_k(a, b, kb, off, len, s);
   }
 }
@@ -137,8 +147,9 @@ MF_INLINE void energies_block_impl(const SceArgs& a, const KeepRule& r, int64_t 
   }
 }
 
-MF_SCE_CLONED(keys_block, (const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s),
-              (a, kb, off, len, s))
+MF_SCE_CLONED(keys_block,
+              (const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s, const float** staged),
+              (a, kb, off, len, s, staged))
 MF_SCE_CLONED(energies_block,
               (const SceArgs& a, const KeepRule& r, int64_t blk, int64_t len, Scratch& s, double* part),
               (a, r, blk, len, s, part))
@@ -162,12 +173,16 @@ std::vector<int64_t> histogram(const SceArgs& a, int buffers, size_t bins, Count
   return hist;
 }
 
-// The keys pass: every key's top 15 bits into its slot and their histogram, the nonzero count.
-std::vector<int64_t> keys_pass(const SceArgs& a, int64_t* nonzero) {
+// The keys pass: every key's top 15 bits into its slot and their histogram, the nonzero count;
+// with a window, what it gathers (sce_window.h).
+std::vector<int64_t> keys_pass(const SceArgs& a, int64_t* nonzero, WindowSums& ws) {
   const keys_block_fn block = keys_block_pick();
-  return histogram(a, kKeyBuffers + 1, kHiBins, [&](int, int64_t off, int64_t len, Scratch& s, uint32_t* h) {
+  const window_block_fn gather = window_block_pick();
+  return histogram(a, kKeyBuffers + 1, kHiBins, [&](int tid, int64_t off, int64_t len, Scratch& s, uint32_t* h) {
     uint32_t* kb = reinterpret_cast<uint32_t*>(s.buf(kKeyBuffers));
-    block(a, kb, off, len, s);
+    const float* staged[5];
+    block(a, kb, off, len, s, staged);
+    if (ws.on()) gather(ws, tid, off, len, kb, staged);
     uint16_t* sl = a.slots.p + off * a.slots.stride;
     int64_t nz = 0;
     for (int64_t j = 0; j < len; ++j) {
@@ -222,21 +237,21 @@ class BucketKeys {
   std::atomic<bool> full_{false};
 };
 
-// The keep rule of the variance selection (see the file comment); writes the slots unless
-// topk >= 1, and a.hi: the threshold's bucket.
-KeepRule variance_rule(SceArgs& a, double topk) {
-  KeepRule r;  // keep all
-  if (topk >= 1.0) return r;
-  int64_t nonzero = 0, unused = 0;
-  const auto top = keys_pass(a, &nonzero);
-  const int64_t k = keep_of(nonzero, topk);
-  if (k <= 0) {
-    r.thr = 0xFFFFFFFFu;  // keep none
-    r.quota = 0;
-    return r;
-  }
-  const auto [bucket, above_bucket] = bin_from_top(top, k);
-  a.hi = static_cast<uint32_t>(bucket);
+// The rule's threshold key within bucket a.hi (k kept, above_bucket of them above the bucket)
+// from the window's records (the low histogram of the bucket's keys, the tie counts).
+void rule_from_window(const SceArgs& a, const WindowSums& ws, int64_t k, int64_t above_bucket, KeepRule& r) {
+  std::vector<int64_t> low(kLoBins, 0);
+  window_low_histogram(ws, a.hi, low);
+  const auto [lo, above] = bin_from_top(low, k - above_bucket);
+  const uint32_t thr = (a.hi << 16) | static_cast<uint32_t>(lo);
+  if (!set_threshold(r, thr, k, above_bucket + above, low[lo], num_blocks(a.n))) return;
+  window_count_equal(ws, thr, r.eq_in);
+  scan_eq(r);
+}
+
+// The same from the slots: the low histogram recomputes the keys of bucket a.hi from the inputs.
+void rule_from_slots(const SceArgs& a, int64_t k, int64_t above_bucket, KeepRule& r) {
+  int64_t unused = 0;
   BucketKeys found(team_size(a.n, a.threads), a.n);
   const auto low = histogram(a, 0, kLoBins, [&](int tid, int64_t off, int64_t len, Scratch&, uint32_t* h) {
     sce_for_bucket(a, off, len, [&, tid, h](int64_t j, uint32_t key) {
@@ -247,7 +262,7 @@ KeepRule variance_rule(SceArgs& a, double topk) {
   }, &unused);
   const auto [lo, above] = bin_from_top(low, k - above_bucket);
   const uint32_t thr = (a.hi << 16) | static_cast<uint32_t>(lo);
-  if (!set_threshold(r, thr, k, above_bucket + above, low[lo], num_blocks(a.n))) return r;
+  if (!set_threshold(r, thr, k, above_bucket + above, low[lo], num_blocks(a.n))) return;
   if (found.complete()) {
     found.count_equal(thr, r.eq_in);
   } else {
@@ -258,6 +273,35 @@ KeepRule variance_rule(SceArgs& a, double topk) {
     });
   }
   scan_eq(r);
+}
+
+// The keep rule of the variance selection (see the file comment); writes the slots unless
+// topk >= 1, and a.hi: the threshold's bucket. Where the window (sce_window.h) holds a.hi,
+// the energies too, and *energies_done.
+KeepRule variance_rule(SceArgs& a, double topk, double* energies, bool* energies_done) {
+  KeepRule r;  // keep all
+  if (topk >= 1.0) return r;
+  WindowSums ws;
+  window_start(a, topk, team_size(a.n, a.threads), ws);
+  int64_t nonzero = 0;
+  const auto top = keys_pass(a, &nonzero, ws);
+  const int64_t k = keep_of(nonzero, topk);
+  if (k <= 0) {
+    count_window(ws, false);
+    r.thr = 0xFFFFFFFFu;  // keep none
+    r.quota = 0;
+    return r;
+  }
+  const auto [bucket, above_bucket] = bin_from_top(top, k);
+  a.hi = static_cast<uint32_t>(bucket);
+  *energies_done = ws.on() && !ws.full.load() && ws.w.holds(a.hi);
+  count_window(ws, *energies_done);
+  if (!*energies_done) {
+    rule_from_slots(a, k, above_bucket, r);
+    return r;
+  }
+  rule_from_window(a, ws, k, above_bucket, r);
+  window_energies(ws, r, energies);
   return r;
 }
 
@@ -266,7 +310,9 @@ KeepRule variance_rule(SceArgs& a, double topk) {
 KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, int64_t n, int threads,
                     double* energies, const Dst& dst) {
   SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, output_slots(dst), kNoBucket};
-  const KeepRule r = variance_rule(a, topk);
+  bool energies_done = false;
+  const KeepRule r = variance_rule(a, topk, energies, &energies_done);
+  if (energies_done) return r;
   const int K = a.K;
   std::vector<double> part(static_cast<size_t>(num_blocks(n)) * K, 0.0);
   const energies_block_fn block = energies_block_pick();

@@ -54,6 +54,14 @@ def one_read_counts() -> tuple[int, int]:
     return finished.value, fell_back.value
 
 
+def sce_window_counts() -> tuple[int, int]:
+    """SCE selections since the library was loaded whose energies came from the keys pass's
+    window (csrc/cpu/sce_window.h), and that had a window but took the energies' own pass."""
+    taken, fell_back = ctypes.c_int64(), ctypes.c_int64()
+    _lib().mf_sce_window_counts(ctypes.byref(taken), ctypes.byref(fell_back))
+    return taken.value, fell_back.value
+
+
 # ----------------------------------------------------------------------------- per-thread state
 
 _thread = threading.local()  # per merge thread: the output allocator, the proven-finite set
