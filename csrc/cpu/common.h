@@ -457,16 +457,16 @@ struct Scratch {
 
 // Asks for elements [end, end + kBlock) of `s` (fewer at n) into L2: the next block of a first pass
 // over a job's inputs whose arithmetic leaves the loads no time to run ahead (the Gram pass, RAM+'s
-// counts, TIES' and breadcrumbs' one read, DARE's norms, arcee_fusion's KL rows). Whole tensors are
-// mapped from the page cache in 4 KiB pages (one block of bf16), and the hardware prefetcher does
-// not cross a page, so each block would otherwise start on lines still in DRAM. One thread, the
-// 0.3B family's 112 attention and MLP tensors (base + 3 bf16), 2-vCPU AMD EPYC VM: mapped, caches
-// flushed, the Gram pass 0.82-0.88x the time (two threads 0.88-0.90x), RAM+'s counts 0.86x; 48 MLP
-// jobs whole, dare_ties 0.94x, TIES 0.97x, breadcrumbs_ties 0.98x, arcee_fusion 0.96x (SCE's and
-// DELLA's 0.98-1.00x, not kept); read into buffers just before (parts of inputs that cannot be
-// mapped), the Gram pass 1.05x. Not in passes that stream faster (SLERP's dots over two inputs took
-// 1.5x the time with it) or whose inputs an earlier pass left in L3 (Model Stock's apply 1.4x): the
-// burst of 64 prefetches an input holds up the block's loads.
+// counts, TIES' and breadcrumbs' one read, DARE's norms, arcee_fusion's KL rows, SCE's keys). Whole
+// tensors are mapped from the page cache in 4 KiB pages (one block of bf16), and the hardware
+// prefetcher does not cross a page, so each block would otherwise start on lines still in DRAM. One
+// thread, the 0.3B family's 112 attention and MLP tensors (base + 3 bf16), 2-vCPU AMD EPYC VM:
+// mapped, caches flushed, the Gram pass 0.82-0.88x the time (two threads 0.88-0.90x), RAM+'s counts
+// 0.86x; 48 MLP jobs whole, dare_ties 0.94x, TIES 0.97x, breadcrumbs_ties 0.98x, arcee_fusion
+// 0.96x, SCE 0.95x (two threads 0.98x; DELLA's 0.98-1.00x, not kept); read into buffers just before
+// (parts of inputs that cannot be mapped), the Gram pass 1.05x. Not in passes that stream faster
+// (SLERP's dots over two inputs took 1.5x the time with it) or whose inputs an earlier pass left in
+// L3 (Model Stock's apply 1.4x): the burst of 64 prefetches an input holds up the block's loads.
 MF_INLINE void prefetch_after(const Src& s, int64_t end, int64_t n) {
   if (end >= n) return;
   const size_t size = dtype_size(s.dt);

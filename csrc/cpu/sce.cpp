@@ -181,6 +181,7 @@ std::vector<int64_t> keys_pass(const SceArgs& a, int64_t* nonzero, WindowSums& w
   return histogram(a, kKeyBuffers + 1, kHiBins, [&](int tid, int64_t off, int64_t len, Scratch& s, uint32_t* h) {
     uint32_t* kb = reinterpret_cast<uint32_t*>(s.buf(kKeyBuffers));
     const float* staged[5];
+    prefetch_after(a.base, *a.xs, off + len, a.n);  // common.h: SCE's MLP jobs 0.95x the time
     block(a, kb, off, len, s, staged);
     if (ws.on()) gather(ws, tid, off, len, kb, staged);
     uint16_t* sl = a.slots.p + off * a.slots.stride;
