@@ -466,7 +466,11 @@ struct Scratch {
 // 0.96x, SCE 0.95x (two threads 0.98x; DELLA's 0.98-1.00x, not kept); read into buffers just before
 // (parts of inputs that cannot be mapped), the Gram pass 1.05x. Not in passes that stream faster
 // (SLERP's dots over two inputs took 1.5x the time with it) or whose inputs an earlier pass left in
-// L3 (Model Stock's apply 1.4x): the burst of 64 prefetches an input holds up the block's loads.
+// L3 (Model Stock's apply 1.4x): the burst of 64 prefetches an input holds up the block's loads. A
+// merge side by side with another (host/side_by_side.py) finds its inputs out of L3 again in its
+// second pass (two jobs' inputs exceed it): there DARE's and DELLA's apply (della.cpp) and SCE's
+// take it too (48 MLP jobs on two merge threads of one kernel thread each: dare_ties 0.93-0.98x,
+// SCE 0.93-0.95x, DELLA 0.99x; RAM+'s and arcee_fusion's apply 0.97-1.00x, not kept).
 MF_INLINE void prefetch_after(const Src& s, int64_t end, int64_t n) {
   if (end >= n) return;
   const size_t size = dtype_size(s.dt);

@@ -247,6 +247,7 @@ bool della_apply_impl(const KeptArgs& a) {
   const int K = a.K;
   const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {
     thread_local std::vector<uint16_t> w16(kBlock);  // the block's keep words
+    prefetch_after(a.base, *a.xs, (blk + 1) * kBlock, a.n);  // common.h: side by side, dare_ties 0.93-0.98x
     return block(a, bufs, wd, w16.data(), blk);
   };
   return apply_blocks<Consensus>(a.n, K, a.threads, merge);

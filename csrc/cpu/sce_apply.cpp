@@ -124,7 +124,8 @@ void sce_apply(const Src& base, const std::vector<Src>& xs, const KeepRule& rule
   const uint32_t hi = rule.thr == 0xFFFFFFFFu ? kNoBucket : rule.thr >> 16;
   const SceArgs a{&base, &xs, static_cast<int>(xs.size()), n, threads, output_slots(dst), hi};
   const apply_block_fn block = apply_block_pick();
-  for_each_block_raw(n, team_size(n, threads), kFirstDelta + a.K, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
+  for_each_block_raw(n, team_size(n, threads), kFirstDelta + a.K, [&](int, int64_t blk, int64_t off, int64_t len, Scratch& s) {
+    prefetch_after(&base, xs, off + len, n);  // common.h: side by side, 0.93-0.95x
     block(a, rule, w.data(), dst, blk, len, s);
   });
 }
