@@ -65,3 +65,25 @@ def test_ab_libs_compares_two_builds_call_by_call(capsys):
     assert lines[0].startswith("shape 40x300"), lines
     assert [line.split()[0] for line in lines[1:]] == list(ab_libs.METHODS), lines
     assert all(line.endswith("same bits") for line in lines[1:]), lines
+
+
+def test_jobs_harness_times_a_configs_jobs(capsys, monkeypatch):
+    """benchmarks/jobs.py plans a config and merges every tensor job, alone (caches flushed) and
+    side by side, printing one line each."""
+    import importlib.util
+
+    from mergefast import native
+
+    if native.library()[0] is None:
+        pytest.skip("the torch-free engine needs the CPU kernels")
+    spec = importlib.util.spec_from_file_location("jobs", ROOT / "benchmarks" / "jobs.py")
+    jobs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jobs)
+    monkeypatch.chdir(ROOT)  # the example config names its models relative to the repository
+    monkeypatch.setattr(jobs, "FLUSH_BYTES", 1 << 20)
+    jobs.main(["examples/ties.yml", "--rounds", "2"])
+    jobs.main(["examples/ties.yml", "--side-by-side", "--only", "mlp"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"alone T=1 ties\.yml \d+ jobs [\d.]+ ms \(best of 2\)", lines[0]), lines
+    assert re.fullmatch(r"side by side ties\.yml \d+ jobs [\d.]+ ms \(best of 1\)", lines[1]), lines
+    assert int(lines[1].split()[4]) > 0, lines
