@@ -714,3 +714,18 @@ def test_sce_window_ties_and_nonfinite(monkeypatch, case):
     xs[1].view(-1)[[5, 70_000, 900_000]] = float("nan")
     xs[2].view(-1)[[6, 500_000]] = float("inf")
     assert _sce_against_reference(monkeypatch, base, xs, 0.1) == (1, 0)
+
+
+@needs_ext
+def test_sce_window_records_a_short_last_block(monkeypatch):
+    """The window's records reach the last elements of a tensor whose last block is not a
+    multiple of 8 long (the AVX2 scan's tail): kept elements just above the threshold, inside
+    the window, whose energies only the records add; and ties at the threshold split by the
+    tie quota elsewhere, as in the reference."""
+    n, g = (1 << 20) + 77, torch.Generator().manual_seed(17)
+    a = 1 + torch.rand(n, generator=g)
+    at_cut = a.sort(descending=True).values[int(n * 0.1)]
+    a[torch.randperm(n - 8, generator=g)[:40]] = at_cut
+    a[-7:] = at_cut * (1 + 2.0**-12 * torch.arange(1, 8))
+    xs = [a, -a, torch.zeros(n)]
+    assert _sce_against_reference(monkeypatch, torch.zeros(n), xs, 0.1) == (1, 0)

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <new>
 
 namespace mergefast {
 namespace {
@@ -140,11 +141,10 @@ MF_INLINE void window_block_impl(WindowSums& ws, int tid, int64_t off, int64_t l
     ws.arenas[tid]->size = 0;
   }
   RecordArena& arena = *ws.arenas[tid];
-  if (arena.size >= ws.cap) {
+  if (arena.size >= ws.cap || !arena.ensure(len)) {
     ws.full.store(true, std::memory_order_relaxed);
     return;
   }
-  arena.ensure(len);
   const int64_t count = record(ws.w, ws.K, kb, len, staged[0], staged + 1, arena.p.get() + arena.size, 0);
   ws.spans[blk] = WindowSums::Span{tid, static_cast<int32_t>(count), arena.size};
   arena.size += count;
@@ -177,7 +177,7 @@ MF_TARGET_AVX2 int64_t record_block_avx2(const SceWindow& w, int K, const uint32
       for (int i = 0; i < K; ++i) r.d[i] = x[i][e] - b[e];
     }
   }
-  return count + record_block(w, K, kb + j, len - j, b, x, out + count, j);
+  return count + record_block(w, K, kb, len, b, x, out + count, j);  // the last len % 8
 }
 
 MF_TARGET_AVX2 void window_block_avx2(WindowSums& ws, int tid, int64_t off, int64_t len, const uint32_t* kb,
@@ -195,13 +195,15 @@ window_block_fn window_block_pick() {
   return &window_block_default;
 }
 
-void RecordArena::ensure(int64_t more) {
-  if (size + more <= capacity) return;
+bool RecordArena::ensure(int64_t more) {
+  if (size + more <= capacity) return true;
   const int64_t grown = std::max(size + more, capacity * 2);
-  std::unique_ptr<WindowRecord[]> q(new WindowRecord[static_cast<size_t>(grown)]);
+  std::unique_ptr<WindowRecord[]> q(new (std::nothrow) WindowRecord[static_cast<size_t>(grown)]);
+  if (q == nullptr) return false;
   if (size > 0) std::memcpy(q.get(), p.get(), static_cast<size_t>(size) * sizeof(WindowRecord));
   p = std::move(q);
   capacity = grown;
+  return true;
 }
 
 SceWindow sce_sample_window(const SceArgs& a, double topk) {

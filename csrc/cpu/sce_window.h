@@ -54,7 +54,9 @@ struct RecordArena {
   std::unique_ptr<WindowRecord[]> p;
   int64_t capacity = 0;
   int64_t size = 0;
-  void ensure(int64_t more);  // capacity >= size + more
+  // capacity >= size + more; false where the memory is not there (no exception: it runs inside
+  // the keys pass's OpenMP region).
+  bool ensure(int64_t more);
 };
 
 // A window and what the keys pass gathers over it: per block and model the squares above it,
