@@ -320,8 +320,7 @@ KeepRule sce_select(const Src& base, const std::vector<Src>& xs, double topk, in
   for_each_block_raw(n, team_size(n, threads), 4, [&](int, int64_t blk, int64_t, int64_t len, Scratch& s) {
     block(a, r, blk, len, s, part.data() + blk * K);
   });
-  std::fill(energies, energies + K, 0.0);
-  for (size_t q = 0; q < part.size(); ++q) energies[q % K] += part[q];
+  sce_sum_parts(part, K, energies);
   return r;
 }
 

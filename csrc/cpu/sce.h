@@ -62,6 +62,12 @@ MF_INLINE void sce_block_keys(const SceArgs& a, int64_t off, int64_t len, uint32
   }
 }
 
+// energies[i] = the sum over the blocks, in order, of part[blk * K + i].
+inline void sce_sum_parts(const std::vector<double>& part, int K, double* energies) {
+  std::fill(energies, energies + K, 0.0);
+  for (size_t q = 0; q < part.size(); ++q) energies[q % K] += part[q];
+}
+
 // Whether a rule keeps every position (select_topk >= 1): no keys are needed then.
 inline bool sce_keeps_all(const KeepRule& r) { return r.thr == 0 && !r.cut; }
 

@@ -1,11 +1,13 @@
 // SCE's window of the threshold's bucket, its sums and its records (sce_window.h).
 #include "sce_window.h"
 
+#include "random.h"
+#include "select/window.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <new>
 
 namespace mergefast {
@@ -36,13 +38,6 @@ bool window_disabled() {
   return v != nullptr && v[0] != '\0' && v[0] != '0';
 }
 
-// A 64-bit mix (splitmix64's finaliser): the group's place in its block.
-uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 // The first elements of the sampled groups.
 std::vector<int64_t> group_starts(int64_t n) {
   const int64_t nb = num_blocks(n);
@@ -52,7 +47,8 @@ std::vector<int64_t> group_starts(int64_t n) {
     const int64_t off = blk * kBlock, len = std::min(kBlock, n - off);
     if (len < kGroup) continue;
     for (int64_t g = 0; g < per_block; ++g) {
-      const uint64_t place = mix(static_cast<uint64_t>(blk * per_block + g)) % static_cast<uint64_t>(len - kGroup + 1);
+      // the group's place in its block: splitmix64's finaliser of its index (random.h)
+      const uint64_t place = mix64(static_cast<uint64_t>(blk * per_block + g)) % static_cast<uint64_t>(len - kGroup + 1);
       starts.push_back(off + static_cast<int64_t>(place));
     }
   }
@@ -76,10 +72,9 @@ std::vector<uint32_t> sample_keys(const SceArgs& a) {
   return keys;
 }
 
-// The key of rank `rank` (0: the largest) of keys (reordered).
-uint32_t key_of_rank(std::vector<uint32_t>& keys, int64_t rank) {
-  std::nth_element(keys.begin(), keys.begin() + rank, keys.end(), std::greater<uint32_t>());
-  return keys[static_cast<size_t>(rank)];
+// The key of rank `rank` from the largest (0) of keys (reordered; select/window.h's key_of_rank).
+uint32_t key_from_top(std::vector<uint32_t>& keys, int64_t rank) {
+  return key_of_rank(keys, static_cast<int64_t>(keys.size()) - 1 - rank);
 }
 
 // The calling thread's arena.
@@ -216,8 +211,8 @@ SceWindow sce_sample_window(const SceArgs& a, double topk) {
   const double margin = kSigmas * std::sqrt(kept) + kSlack;
   const auto top = static_cast<int64_t>(std::max(0.0, kept - margin));
   const auto bottom = static_cast<int64_t>(kept + margin);
-  w.hi = key_of_rank(keys, top) >> 16;
-  w.lo = bottom < nonzero ? key_of_rank(keys, bottom) >> 16 : 0;
+  w.hi = key_from_top(keys, top) >> 16;
+  w.lo = bottom < nonzero ? key_from_top(keys, bottom) >> 16 : 0;
   const auto inside = std::count_if(keys.begin(), keys.end(), [&w](uint32_t key) { return w.holds(key >> 16); });
   w.share = static_cast<double>(inside) / static_cast<double>(keys.size());
   return w.share <= kMaxShare ? w : SceWindow{};
@@ -284,8 +279,7 @@ void window_energies(const WindowSums& ws, const KeepRule& r, double* energies) 
       }
     }
   }
-  std::fill(energies, energies + K, 0.0);
-  for (size_t q = 0; q < part.size(); ++q) energies[q % K] += part[q];
+  sce_sum_parts(part, K, energies);
 }
 
 }  // namespace mergefast

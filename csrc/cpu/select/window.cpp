@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../random.h"
+
 namespace mergefast {
 namespace {
 
@@ -24,11 +26,11 @@ MF_INLINE void block_keys(const void* xp, int64_t off, const float* b, int64_t l
   for (int64_t j = 0; j < len; ++j) kb[j] = mag_key(load_f32<D>(xp, off + j) - b[j]);
 }
 
-// The elements of s at positions pos[0, m) as float32.
 // The samples lie a stratum apart at pseudo-random places, which the hardware prefetcher does
 // not follow: each element's line is asked for kGatherAhead samples before it is read.
 constexpr size_t kGatherAhead = 32;  // samples, ~5.6 KB of a 2816 x 1024 tensor apart
 
+// The elements of s at positions pos[0, m) as float32.
 void gather(const Src& s, const std::vector<int64_t>& pos, float* out) {
   const auto* bytes = static_cast<const char*>(s.ptr);
   const size_t size = dtype_size(s.dt);
@@ -40,8 +42,17 @@ void gather(const Src& s, const std::vector<int64_t>& pos, float* out) {
   });
 }
 
-// The key of rank `at` (0: the smallest) of keys, whose order it changes (not its values). A
-// histogram of the keys' top bits finds its bucket, and std::nth_element runs over that
+// Sample q: one pseudo-random element (splitmix64 of q) of stratum q of n / m elements. A
+// plain stride samples the same few columns of every row when the row length divides it,
+// and weight matrices have outlier columns.
+int64_t sample_position(int64_t q, int64_t stride) {
+  const uint64_t z = mix64(kGolden * static_cast<uint64_t>(q + 1));
+  return q * stride + static_cast<int64_t>(z % static_cast<uint64_t>(stride));
+}
+
+}  // namespace
+
+// A histogram of the keys' top bits finds its bucket, and std::nth_element runs over that
 // bucket's keys alone (a tensor's sample fills a few hundred of the 4096 buckets): breadcrumbs'
 // 48 MLP jobs of the 0.3B family spent ~4 % of their time in nth_element over whole samples.
 uint32_t key_of_rank(std::vector<uint32_t>& keys, int64_t at) {
@@ -58,19 +69,6 @@ uint32_t key_of_rank(std::vector<uint32_t>& keys, int64_t at) {
   std::nth_element(keys.begin(), keys.begin() + (at - below), members);
   return keys[static_cast<size_t>(at - below)];
 }
-
-// Sample q: one pseudo-random element (splitmix64 of q) of stratum q of n / m elements. A
-// plain stride samples the same few columns of every row when the row length divides it,
-// and weight matrices have outlier columns.
-int64_t sample_position(int64_t q, int64_t stride) {
-  uint64_t z = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(q + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return q * stride + static_cast<int64_t>(z % static_cast<uint64_t>(stride));
-}
-
-}  // namespace
 
 std::vector<Window> predict_windows(const Src& base, const std::vector<const Src*>& xs,
                                     const std::vector<int64_t>& keep, int64_t n,
