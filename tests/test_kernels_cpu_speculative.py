@@ -257,3 +257,22 @@ def test_one_read_min_is_the_callers():
     early = kernels.ties(*args, selection=SelectionOptions(one_read_min=1 << 17))
     assert _counts()[0] == before[0] + 1
     assert torch.equal(default, early) and torch.equal(early, methods.ties(*args))
+
+
+@pytest.mark.parametrize("n", [2, 5, 15, 16, 40])
+def test_tensors_too_small_to_sample_fall_back(n):
+    """one_read_min=1 lets tensors of under 16 elements, which leave predict_windows no sample,
+    try the one read: TIES falls back to the two passes (so does breadcrumbs_ties); a sample of
+    one or two elements takes either path. The reference's bytes every time."""
+    g = torch.Generator().manual_seed(n)
+    base = torch.randn(n, generator=g).bfloat16()
+    xs = [(base.float() + torch.randn(n, generator=g)).bfloat16() for _ in range(3)]
+    early = SelectionOptions(one_read_min=1)
+    args = (base, xs, [0.5, 0.3, 0.2], [0.5, 0.7, 0.3])
+    before = _counts()
+    assert torch.equal(kernels.ties(*args, selection=early), methods.ties(*args))
+    assert n >= 16 or _counts()[1] == before[1] + 1
+    crumbs = {"densities": [0.5, 0.7, 0.3], "gammas": [0.1] * 3, "sparsify": "magnitude_outliers", "consensus": "sum"}
+    want = methods.task_arithmetic(base, xs, [0.5, 0.3, 0.2], **crumbs)
+    got = kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], selection=early, **crumbs)
+    assert torch.equal(got, want)

@@ -73,7 +73,9 @@ uint32_t key_of_rank(std::vector<uint32_t>& keys, int64_t at) {
 std::vector<Window> predict_windows(const Src& base, const std::vector<const Src*>& xs,
                                     const std::vector<int64_t>& keep, int64_t n,
                                     int64_t sample_max, int threads) {
-  const int64_t m = std::min(sample_max, n / 16), stride = n / m;
+  const int64_t m = std::min(sample_max, n / 16);
+  if (m == 0) return std::vector<Window>(xs.size());
+  const int64_t stride = n / m;
   std::vector<int64_t> pos(m);
   for (int64_t q = 0; q < m; ++q) pos[q] = sample_position(q, stride);
   std::vector<float> b(m);

@@ -66,14 +66,16 @@ struct WindowScan {
   }
 };
 
-// The window of each model of xs (model a keeps its keep[a] largest keys of n), from a
-// stratified sample of min(sample_max, n / 16) elements: the sample's keys kWindowSigmas
-// standard deviations of rank above and below where the k-th largest is expected; and the
-// share of the sample inside each window. The models in parallel on up to `threads` threads.
 // The key of rank `at` (0: the smallest) of keys, whose order it changes (not its values): the
 // sampled ranks of the windows here and of SCE's (../sce_window.cpp).
 uint32_t key_of_rank(std::vector<uint32_t>& keys, int64_t at);
 
+// The window of each model of xs (model a keeps its keep[a] largest keys of n), from a
+// stratified sample of min(sample_max, n / 16) elements: the sample's keys kWindowSigmas
+// standard deviations of rank above and below where the k-th largest is expected; and the
+// share of the sample inside each window. The models in parallel on up to `threads` threads.
+// Under 16 elements (no sample) every window is the whole key range, share 1: the callers'
+// record and candidate checks then take the two passes.
 std::vector<Window> predict_windows(const Src& base, const std::vector<const Src*>& xs,
                                     const std::vector<int64_t>& keep, int64_t n,
                                     int64_t sample_max, int threads);
