@@ -274,5 +274,7 @@ def test_tensors_too_small_to_sample_fall_back(n):
     assert n >= 16 or _counts()[1] == before[1] + 1
     crumbs = {"densities": [0.5, 0.7, 0.3], "gammas": [0.1] * 3, "sparsify": "magnitude_outliers", "consensus": "sum"}
     want = methods.task_arithmetic(base, xs, [0.5, 0.3, 0.2], **crumbs)
+    before = _counts()
     got = kernels.task_arithmetic(base, xs, [0.5, 0.3, 0.2], selection=early, **crumbs)
+    assert n >= 16 or _counts()[1] == before[1] + 1
     assert torch.equal(got, want)
