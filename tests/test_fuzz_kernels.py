@@ -43,6 +43,13 @@ FUZZ = settings(
 )
 # the last two span several 2048-element blocks (and both threads)
 SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1), (3, 2500), (9001,)]
+# MERGEFAST_FUZZ_LARGE=1 (with a hunt's MERGEFAST_FUZZ_EXAMPLES): shapes that take the paths only
+# large tensors take instead: SCE's window from 2^20 elements, TIES' and breadcrumbs' one read
+# from 2^21, DELLA's rank bounds up to 6144 columns of bf16 and the full ranks past them; each
+# with a short last block. ~1 s an example (the references); the twenty-sixth session's hunt of
+# these paths (benchmarks/RESULTS.md) found no difference.
+if os.environ.get("MERGEFAST_FUZZ_LARGE") == "1":
+    SHAPES = [((1 << 20) + 7,), ((1 << 21) + 4099,), (745, 2816), (3, 6144), (3, 6145), (2, 11008)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 OUT_DTYPES = [None, None, torch.float32, torch.bfloat16, torch.float16, torch.float64]
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0]
