@@ -666,14 +666,9 @@ def test_sce_energies_from_the_window(monkeypatch, K, topk, dtype):
 
 
 def _sce_sampled_starts(n):
-    """The first elements of the groups of 8 that csrc/cpu/sce_window.cpp samples (its mix and
-    group_starts, in Python)."""
-    mask = (1 << 64) - 1
-
-    def mix(z):
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        return z ^ (z >> 31)
+    """The first elements of the groups of 8 that csrc/cpu/sce_window.cpp samples (its
+    group_starts in Python; random.h's mix64 is methods.random's mix64_int)."""
+    from mergefast.methods.random import mix64_int
 
     nb = -(-n // 2048)
     per_block = max(1, -(-2048 // nb))
@@ -681,7 +676,7 @@ def _sce_sampled_starts(n):
     for blk in range(nb):
         off, size = blk * 2048, min(2048, n - blk * 2048)
         if size >= 8:
-            starts += [off + mix(blk * per_block + g) % (size - 7) for g in range(per_block)]
+            starts += [off + mix64_int(blk * per_block + g) % (size - 7) for g in range(per_block)]
     return starts
 
 

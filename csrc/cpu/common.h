@@ -49,6 +49,12 @@ inline void check(bool ok, const char* op, const std::string& what) {
   if (!ok) throw ArgumentError(std::string(op) + ": " + what);
 }
 
+// Whether the environment variable `name` is set to something other than "" or "0".
+inline bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
 // Helpers called from the hot loops are always inlined, so that a caller compiled for
 // another instruction set (the AVX2 clones of the TIES kernel) vectorises them with its own.
 #if defined(__GNUC__)
@@ -66,10 +72,7 @@ inline void check(bool ok, const char* op, const std::string& what) {
 // MERGEFAST_NO_AVX2=1 in the environment (read once) takes the portable paths on any CPU, as a
 // CPU without AVX2 (or a build for another architecture) runs them: tests/test_portable_paths.py
 // checks that they give the clones' bits.
-inline bool portable_paths_asked() {
-  const char* v = std::getenv("MERGEFAST_NO_AVX2");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
+inline bool portable_paths_asked() { return env_flag("MERGEFAST_NO_AVX2"); }
 inline bool cpu_has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && !portable_paths_asked();
   return yes;

@@ -180,7 +180,7 @@ std::vector<int64_t> keys_pass(const SceArgs& a, int64_t* nonzero, WindowSums& w
   const window_block_fn gather = window_block_pick();
   return histogram(a, kKeyBuffers + 1, kHiBins, [&](int tid, int64_t off, int64_t len, Scratch& s, uint32_t* h) {
     uint32_t* kb = reinterpret_cast<uint32_t*>(s.buf(kKeyBuffers));
-    const float* staged[5];
+    const float* staged[1 + kWindowMaxModels];  // the base, then the models
     prefetch_after(a.base, *a.xs, off + len, a.n);  // common.h: SCE's MLP jobs 0.95x the time
     block(a, kb, off, len, s, staged);
     if (ws.on()) gather(ws, tid, off, len, kb, staged);

@@ -81,11 +81,7 @@ MF_INLINE void sce_block_mask(const KeepRule& r, int64_t blk, const uint32_t* kb
     for (int64_t j = 0; j < len; ++j) m[j] = kb[j] >= teff ? 1.0f : 0.0f;
     return;
   }
-  for (int64_t j = 0; j < len; ++j) {
-    bool keep = kb[j] > r.thr;
-    if (kb[j] == r.thr) keep = rem-- > 0;
-    m[j] = keep ? 1.0f : 0.0f;
-  }
+  for (int64_t j = 0; j < len; ++j) m[j] = r.keeps_in_split(kb[j], rem) ? 1.0f : 0.0f;
 }
 
 // Calls f(j, key) for the elements j of block (off, len) in bucket a.hi, in flat order, with

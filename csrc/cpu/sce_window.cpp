@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 
@@ -33,10 +32,7 @@ constexpr double kMaxShare = 0.08;
 
 // MERGEFAST_SCE_NO_WINDOW=1 in the environment (read at each call): the energies take their own
 // pass (tests compare the two).
-bool window_disabled() {
-  const char* v = std::getenv("MERGEFAST_SCE_NO_WINDOW");
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
+bool window_disabled() { return env_flag("MERGEFAST_SCE_NO_WINDOW"); }
 
 // The first elements of the sampled groups.
 std::vector<int64_t> group_starts(int64_t n) {
@@ -203,7 +199,7 @@ bool RecordArena::ensure(int64_t more) {
 
 SceWindow sce_sample_window(const SceArgs& a, double topk) {
   SceWindow w;
-  if (a.K < 2 || a.K > 4 || a.n < kWindowMin || topk >= 1.0 || window_disabled()) return w;
+  if (a.K < 2 || a.K > kWindowMaxModels || a.n < kWindowMin || topk >= 1.0 || window_disabled()) return w;
   std::vector<uint32_t> keys = sample_keys(a);
   const auto nonzero = static_cast<int64_t>(keys.size() - std::count(keys.begin(), keys.end(), 0u));
   const double kept = static_cast<double>(nonzero) * topk;
@@ -270,8 +266,7 @@ void window_energies(const WindowSums& ws, const KeepRule& r, double* energies) 
     const bool whole = r.block_rule(static_cast<int64_t>(blk), teff, rem);  // key >= teff decides
     for (int32_t e = 0; e < ws.spans[blk].count; ++e) {
       const uint32_t key = rec[e].key;
-      bool keep = whole ? key >= teff : key > r.thr;
-      if (!whole && key == r.thr) keep = rem-- > 0;
+      const bool keep = whole ? key >= teff : r.keeps_in_split(key, rem);
       const float m = keep ? 1.0f : 0.0f;
       for (int i = 0; i < K; ++i) {
         const float d = rec[e].d[i] * m;

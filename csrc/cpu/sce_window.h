@@ -25,6 +25,9 @@
 
 namespace mergefast {
 
+// The most models a window takes (its records hold each one's delta).
+constexpr int kWindowMaxModels = 4;
+
 // Coarse keys [lo, hi] (key >> 16) that hold the threshold's bucket; lo > hi: no window.
 struct SceWindow {
   uint32_t lo = 1;
@@ -45,7 +48,7 @@ SceWindow sce_sample_window(const SceArgs& a, double topk);
 struct WindowRecord {
   uint32_t key;
   uint32_t j;
-  float d[4];
+  float d[kWindowMaxModels];
 };
 
 // A thread's records, kept from call to call (the pages stay mapped: no faults after the first

@@ -46,20 +46,23 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
+def _path_counts(fn_name: str) -> tuple[int, int]:
+    """The two counters a C API function fills: calls that took a fast path, and that fell back."""
+    took, fell_back = ctypes.c_int64(), ctypes.c_int64()
+    getattr(_lib(), fn_name)(ctypes.byref(took), ctypes.byref(fell_back))
+    return took.value, fell_back.value
+
+
 def one_read_counts() -> tuple[int, int]:
     """Calls since the library was loaded that the one-read scheme finished, and that fell
     back to the two passes."""
-    finished, fell_back = ctypes.c_int64(), ctypes.c_int64()
-    _lib().mf_one_read_counts(ctypes.byref(finished), ctypes.byref(fell_back))
-    return finished.value, fell_back.value
+    return _path_counts("mf_one_read_counts")
 
 
 def sce_window_counts() -> tuple[int, int]:
     """SCE selections since the library was loaded whose energies came from the keys pass's
     window (csrc/cpu/sce_window.h), and that had a window but took the energies' own pass."""
-    taken, fell_back = ctypes.c_int64(), ctypes.c_int64()
-    _lib().mf_sce_window_counts(ctypes.byref(taken), ctypes.byref(fell_back))
-    return taken.value, fell_back.value
+    return _path_counts("mf_sce_window_counts")
 
 
 # ----------------------------------------------------------------------------- per-thread state

@@ -50,6 +50,10 @@ struct KeepRule {
     rem = quota - eb;
     return false;
   }
+
+  // In the block that splits the ties (block_rule false, rem): whether the element of `key`,
+  // the next in flat order, is kept; a tie takes one of the rem still to keep.
+  bool keeps_in_split(uint32_t key, int64_t& rem) const { return key == thr ? rem-- > 0 : key > thr; }
 };
 
 // Sets thr / quota / cut for a threshold key with `above` keys above it and `equal` keys
@@ -75,12 +79,7 @@ std::vector<int> known_rules(const std::vector<int64_t>& keep, int64_t n,
 // `rem`): calls kept(j, bool) for each delta d[j], walking the block in flat order.
 template <class F>
 inline void walk_tie_block(const KeepRule& r, int64_t rem, int64_t len, const float* d, F&& kept) {
-  for (int64_t j = 0; j < len; ++j) {
-    const uint32_t key = mag_key(d[j]);
-    bool keep = key > r.thr;
-    if (key == r.thr) keep = rem-- > 0;
-    kept(j, keep);
-  }
+  for (int64_t j = 0; j < len; ++j) kept(j, r.keeps_in_split(mag_key(d[j]), rem));
 }
 
 }  // namespace mergefast
