@@ -65,7 +65,7 @@ MF_API int32_t mf_linear(const void* const* xs, const int32_t* x_dtypes, int32_t
 /* Task arithmetic / TIES over the task vectors xs[i] - base (k >= 1 models). keep: one count
  * per model with MF_SPARSIFY_MAGNITUDE (ignored, may be NULL, with MF_SPARSIFY_NONE).
  * one_read_min: tensors of at least this many elements try the one-read scheme first; 0:
- * never, -1: the library's default (2^21). *finite = 1 when every delta was finite (so base
+ * never, -1: the library's default (2^20). *finite = 1 when every delta was finite (so base
  * and every model are), else 0. */
 MF_API int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* const* xs,
                                   const int32_t* x_dtypes, int32_t k, int64_t n,

@@ -45,7 +45,7 @@ FUZZ = settings(
 SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1), (3, 2500), (9001,)]
 # MERGEFAST_FUZZ_LARGE=1 (with a hunt's MERGEFAST_FUZZ_EXAMPLES): shapes that take the paths only
 # large tensors take instead: SCE's window from 2^20 elements, TIES' and breadcrumbs' one read
-# from 2^21, DELLA's rank bounds up to 6144 columns of bf16 and the full ranks past them; each
+# from 2^20, DELLA's rank bounds up to 6144 columns of bf16 and the full ranks past them; each
 # with a short last block. ~1 s an example (the references); the twenty-sixth session's hunt of
 # these paths (benchmarks/RESULTS.md) found no difference.
 if os.environ.get("MERGEFAST_FUZZ_LARGE") == "1":

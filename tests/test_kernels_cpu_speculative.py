@@ -1,5 +1,5 @@
 """The one-read TIES / magnitude task arithmetic of the C++ kernels (csrc/cpu/select/one_read.cpp),
-taken by tensors of at least 2**21 elements: bit-equal to the two-pass scheme
+taken by tensors of at least 2**20 elements: bit-equal to the two-pass scheme
 (csrc/cpu/select/two_pass.cpp + the apply) and to the reference, whether the one read
 finishes or falls back."""
 
@@ -21,7 +21,7 @@ pytestmark = [
     pytest.mark.slow,
 ]  # 2M-element tensors and their reference merges
 
-N = (1 << 21) + 4099  # just above the one-read path's minimum, not a multiple of the block
+N = (1 << 21) + 4099  # above the one-read path's minimum, not a multiple of the block
 TWO_PASSES = SelectionOptions(one_read=False)
 
 
@@ -245,7 +245,7 @@ def test_nan_payloads_rank_equal(density):
 
 def test_one_read_min_is_the_callers():
     """SelectionOptions.one_read_min moves the size from which the one read is tried: a
-    300,001-element tensor takes it with one_read_min=2**17, not with the default 2**21."""
+    300,001-element tensor takes it with one_read_min=2**17, not with the default 2**20."""
     g = torch.Generator().manual_seed(12)
     n = 300_001
     base = (0.02 * torch.randn(n, generator=g)).bfloat16()

@@ -1,5 +1,5 @@
 """The one-read breadcrumbs of the C++ kernels (csrc/cpu/select/one_read_band.cpp), taken by
-tensors of at least 2**21 elements: bit-equal to the two-pass scheme (csrc/cpu/breadcrumbs.cpp)
+tensors of at least 2**20 elements: bit-equal to the two-pass scheme (csrc/cpu/breadcrumbs.cpp)
 and to the reference, whether the one read finishes or falls back."""
 
 from __future__ import annotations

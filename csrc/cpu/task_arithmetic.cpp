@@ -2,7 +2,7 @@
 // gives each model a KeepRule, then one fused apply pass reads base and every model once more
 // and, per element, in registers: deltas, keep masks, weighted deltas, the elected sign, the
 // agreeing sum and divisor, the result, stored once. Nothing of size n is allocated but the
-// output. With magnitude selection, tensors of at least one_read_min elements (2^21 by
+// output. With magnitude selection, tensors of at least one_read_min elements (2^20 by
 // default) first try the one-read scheme of select/one_read.cpp (the same results; the two
 // passes here when it cannot finish).
 #include <algorithm>

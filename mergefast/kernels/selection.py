@@ -25,7 +25,7 @@ class SelectionOptions:
         one_read: try the one-read scheme first (each element read once; the two passes run
             when it cannot decide every element). False: always the two passes. CPU and GPU.
         one_read_min: the smallest tensor (elements) that tries the one-read scheme; None:
-            the backend's own (2^21 on the CPU, 2^20 on a GPU, 2^12 under TRITON_INTERPRET=1,
+            the backend's own (2^20 on the CPU and on a GPU, 2^12 under TRITON_INTERPRET=1,
             where the second read of smaller tensors hits the cache). CPU and GPU.
         two_pass: how the two passes' selection finds a threshold on the GPU: "window" (the
             sampled window, then the histogram passes for the models it misses) or

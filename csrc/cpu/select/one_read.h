@@ -11,9 +11,14 @@
 namespace mergefast {
 
 // Smaller tensors take the two passes: their second read hits the cache (on a 2-vCPU AMD
-// EPYC VM, bf16 base + 3 models: 1M elements 1.84 ms in one read, 1.82 ms in two; 2.1M 4.4
-// vs 4.6 ms; 16.8M 34 vs 47 ms). The default of the C API's one_read_min.
-constexpr int64_t kOneReadMin = 1 << 21;
+// EPYC VM, bf16 base + 3 models, one job at a time: 1M elements 1.84 ms in one read, 1.82 ms
+// in two; 2.1M 4.4 vs 4.6 ms; 16.8M 34 vs 47 ms). From 2^20: two jobs side by side
+// (host/side_by_side.py, as a merge runs TIES) evict each other's inputs between the two
+// passes; the 0.3B family's 147 TIES jobs with its 64 attention tensors of 2^20 elements in
+// one read (benchmarks/jobs.py, 2-vCPU Intel Xeon VM): side by side 0.92-0.94x the time,
+// alone on two threads 0.96-0.99x; breadcrumbs_ties side by side 0.95x. The default of the
+// C API's one_read_min.
+constexpr int64_t kOneReadMin = 1 << 20;
 
 // Computes the merge into dst and returns true, or returns false when it cannot decide
 // every element (a window missed, the records overflowed or would not fit, or no model needs
