@@ -191,6 +191,13 @@ def _named_blocks(config: MergeConfig, arch, lead: str, source: str) -> dict[str
 def check_slice_inputs(spec: MethodSpec, sl: PlanSlice, source: str) -> int | None:
     """Check the slice has the inputs the method needs; return the base's source index."""
     refs = [s.model for s in sl.sources]
+    for j, ref in enumerate(refs):
+        if ref in refs[:j]:
+            first = sl.sources[refs.index(ref)].where
+            raise ConfigError(
+                f"{source}: {sl.where}: model {ref} is listed twice ({first} and {sl.sources[j].where}); "
+                "a model is one input of a merge (mergekit refuses duplicate inputs too): list it once"
+            )
     base_index = refs.index(sl.base) if sl.base in refs else None
     if spec.needs_base and sl.base is None:
         raise ConfigError(f"{source}: {spec.name} needs a base_model")

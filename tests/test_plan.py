@@ -144,6 +144,21 @@ def test_mixed_tied_and_untied_heads_use_the_embedding(family, tied_family):
             "parameters: {{weight: 1}}\n",
             "base_model {b} must be one of the slice's sources",
         ),
+        (  # mergekit refuses duplicate merge inputs; adding the weights silently would differ
+            "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.3}}\n  - model: {c}\n"
+            "    parameters: {{weight: 0.2}}\n  - model: {a}\n    parameters: {{weight: 0.5}}\n",
+            "models: model {a} is listed twice (models[0] and models[2])",
+        ),
+        (
+            "merge_method: ties\nbase_model: {b}\nmodels:\n  - model: {a}\n  - model: {b}\n  - model: {b}\n"
+            "parameters: {{weight: 1, density: 0.5}}\n",
+            "models: model {b} is listed twice (models[1] and models[2])",
+        ),
+        (
+            "merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 2]}}\n"
+            "      - {{model: {a}, layer_range: [2, 4]}}\nparameters: {{weight: 1}}\n",
+            "slices[0]: model {a} is listed twice (slices[0].sources[0] and slices[0].sources[1])",
+        ),
     ],
 )
 def test_plan_errors(family, body, message):
