@@ -60,9 +60,18 @@ class ModulePlan:
         """Output layer count of the module."""
         return sum(sl.length for sl in self.slices)
 
-    def layer_sources(self) -> list[tuple[str, int]]:
-        """(model, input layer) of each output layer: the first source of its slice."""
-        return [(sl.sources[0].model, sl.sources[0].start + i) for sl in self.slices for i in range(sl.length)]
+    def layer_sources(self, donor: str) -> list[tuple[str, int]]:
+        """(model, input layer) of each output layer: from its slice's source that is the
+        config's donor, else the slice's base, else its first source. A merged layer then takes
+        its kind (e.g. its `layer_types` entry) from the model whose config.json the output
+        copies, as a `models:` merge of the same models keeps it."""
+        out = []
+        for sl in self.slices:
+            refs = [s.model for s in sl.sources]
+            pick = next((r for r in (donor, sl.base) if r in refs), refs[0])
+            src = sl.sources[refs.index(pick)]
+            out += [(src.model, src.start + i) for i in range(sl.length)]
+        return out
 
 
 class _Normaliser:

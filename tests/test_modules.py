@@ -237,6 +237,32 @@ def test_per_layer_lists_come_from_each_layers_source_model(tmp_path):
     assert plan.model_config["mlp_only_layers"] == [1, 2]
 
 
+def test_merged_slices_take_per_layer_entries_from_the_donor(tmp_path):
+    """A slice merging several models takes each layer's entries from its source that is the
+    output config's donor (the base_model), else its first source: a whole-model slice merge
+    keeps the donor's layer_types, as the same `models:` merge and mergekit 0.1.5 do."""
+    shapes = {"model.embed_tokens.weight": (16, 8), **{f"model.layers.{i}.w": (8, 8) for i in range(3)}}
+    models = []
+    for name, kinds in (("a", ["x0", "x1", "x2"]), ("b", ["y0", "y1", "y2"]), ("c", ["z0", "z1", "z2"])):
+        config = {"model_type": "qwen2", "num_hidden_layers": 3, "layer_types": kinds}
+        models.append(write_checkpoint(tmp_path / name, random_tensors(shapes, torch.float32), config=config))
+    a, b, c = models
+    whole = "  - sources: [{{model: {0}, layer_range: [0, 3]}}, {{model: {1}, layer_range: [0, 3]}}]\n"
+    slerp = f"merge_method: slerp\nbase_model: {b}\nparameters: {{t: 0.5}}\nslices:\n" + whole.format(a, b)
+    assert plan_of(slerp).model_config["layer_types"] == ["y0", "y1", "y2"]
+    models_form = (
+        f"merge_method: slerp\nbase_model: {b}\nparameters: {{t: 0.5}}\nmodels: [{{model: {a}}}, {{model: {b}}}]\n"
+    )
+    assert plan_of(models_form).model_config["layer_types"] == ["y0", "y1", "y2"]
+    # no base: the donor is the first model named; a slice without it takes its first source
+    linear = (
+        "merge_method: linear\nparameters: {weight: 0.5}\nslices:\n"
+        f"  - sources: [{{model: {b}, layer_range: [0, 1]}}, {{model: {a}, layer_range: [1, 2]}}]\n"
+        f"  - sources: [{{model: {c}, layer_range: [2, 3]}}, {{model: {a}, layer_range: [0, 1]}}]\n"
+    )
+    assert plan_of(linear).model_config["layer_types"] == ["y0", "z2"]
+
+
 def test_fused_expert_tensors_merge_per_stored_tensor(tmp_path):
     """MoE experts stored as one [experts, out, in] tensor: TIES selects over the whole tensor."""
     shapes = {

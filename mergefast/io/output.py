@@ -62,7 +62,7 @@ def plan_output_config(plan) -> dict:
             )
         layers = [
             (with_layer_types(plan.models[ref].config), plan.models[ref].arch.module(module_plan.name), layer)
-            for ref, layer in module_plan.layer_sources()
+            for ref, layer in module_plan.layer_sources(plan.donor)
         ]
         rewrites.append((module, layers, where))
     untie = any(job.name in donor.arch.tied_heads for job in plan.jobs)
