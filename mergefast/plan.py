@@ -118,8 +118,11 @@ class MergePlan:
 class _JobBuilder:
     """Builds TensorJobs for one plan: source lookup, parameters, shapes and dtypes."""
 
-    def __init__(self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str, vocab=None):
+    def __init__(
+        self, config: MergeConfig, spec: MethodSpec, models: dict[str, InputModel], source: str, donor: str, vocab=None
+    ):
         self.config, self.spec, self.models, self.source = config, spec, models, source
+        self.donor = donor  # the model whose config.json the output copies
         self.vocab = vocab  # tokenizer.VocabPlanner, or None
         self.out_dtype = config.out_dtype or config.dtype  # a float dtype's name, or None
 
@@ -243,15 +246,16 @@ def build_jobs(builder: _JobBuilder, modules: list[ModulePlan]) -> list[TensorJo
 
 def _post_weights(builder: _JobBuilder, module: str, sl: PlanSlice) -> tuple[str, ...]:
     """The lead model's post-weights of `module`, plus a tied head (lm_head) that only other
-    sources have: tied-embedding models then contribute their embedding to it."""
+    sources have, or that the config's donor has (its config.json, which the output copies,
+    unties the head: a passthrough whose last slice comes from a tied model): tied-embedding
+    models then contribute their embedding to it."""
     arch = builder.models[sl.sources[0].model].arch
     lead = arch.module(module)
+    holders = [builder.models[s.model].reader for s in sl.sources] + [builder.models[builder.donor].reader]
     heads = [
         h
         for h, embedding in arch.tied_heads.items()
-        if embedding in lead.pre_weights
-        and h not in lead.post_weights
-        and any(h in builder.models[s.model].reader for s in sl.sources)
+        if embedding in lead.pre_weights and h not in lead.post_weights and any(h in r for r in holders)
     ]
     return (*lead.post_weights, *heads)
 
@@ -334,7 +338,7 @@ def build_plan(
         from .tokenizer import plan_vocab
 
         plan.vocab = plan_vocab(config, models, options, source, options.transformers_cache)
-        plan.jobs = build_jobs(_JobBuilder(config, spec, models, source, plan.vocab), plan.modules)
+        plan.jobs = build_jobs(_JobBuilder(config, spec, models, source, donor, plan.vocab), plan.modules)
         text = models[donor].arch.text
         plan.num_layers = next((m.num_layers for m in plan.modules if m.name == text and m.how == "slices"), None)
         plan.dropped = account_for_inputs(plan)

@@ -125,6 +125,19 @@ def test_mixed_tied_and_untied_heads_use_the_embedding(family, tied_family):
     assert [s.tensor for s in head.sources] == ["lm_head.weight", "model.embed_tokens.weight"]
 
 
+def test_a_passthrough_ending_in_a_tied_model_under_an_untied_donor_gets_a_head(family, tied_family):
+    """The output copies the first model's (untied) config.json, so it needs lm_head.weight
+    although the last slice's model is tied: its embedding stands in, as transformers ties it."""
+    plan = plan_of(
+        "merge_method: passthrough\nslices:\n"
+        f"  - sources: [{{model: {family['ft-a']}, layer_range: [0, 2]}}]\n"
+        f"  - sources: [{{model: {tied_family['ft-b']}, layer_range: [2, 4]}}]\n"
+    )
+    head = jobs_by_name(plan)["lm_head.weight"]
+    assert [(s.model, s.tensor) for s in head.sources] == [(str(tied_family["ft-b"]), "model.embed_tokens.weight")]
+    assert plan.model_config.get("tie_word_embeddings") is False
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
