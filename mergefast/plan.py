@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .accounting import account_for_inputs
+from .architecture.mergekit_names import mergekit_name
 from .config import MergeConfig, merged_models, referenced_models
 from .dtypes import FLOATS, promote, torch_dtype
 from .errors import ConfigError
@@ -152,25 +153,34 @@ class _JobBuilder:
         if vocab is None:
             self._check_shapes(out_name, sources)
         params = tuple(
-            self._model_params(sl, s, src.tensor, t, i == base_index)
-            for i, (s, src) in enumerate(zip(sl.sources, sources))
+            self._model_params(sl, s, n, t, i == base_index) for i, (s, n) in enumerate(zip(sl.sources, names))
         )
         job = self._finish(out_name, sources, base_index, self._global_params(sl, out_name, t), params)
         return replace(job, vocab=vocab[0], shape=vocab[1]) if vocab is not None else job
 
+    def filter_name(self, ref: str, name: str) -> str:
+        """The name filters match for tensor `name` of model `ref`: mergekit's name for it
+        (architecture/mergekit_names.py), which for most checkpoints is the stored one."""
+        return mergekit_name(self.models[ref].config.get("model_type"), name)
+
     def _model_params(self, sl: PlanSlice, s: SliceSource, tensor: str, t: float, is_base: bool) -> dict:
+        """Per-model parameters of source `s` for its tensor `tensor` (as the model names it
+        for this job: a tied model's head is lm_head.weight, as mergekit names it)."""
         if is_base and not self.spec.base_params:
             return {}
         where = f"{self.source}: {s.where} ({s.model}), tensor {tensor}"
         levels = [s.parameters, sl.parameters, sl.module_parameters, self.config.parameters]
         names = [f"{s.where}.parameters", f"{sl.where}.parameters", _module_where(sl), "parameters"]
-        return {p.name: resolve(p, levels, tensor, t, where, names) for p in self.spec.model_params}
+        matched = self.filter_name(s.model, tensor)
+        return {p.name: resolve(p, levels, matched, t, where, names) for p in self.spec.model_params}
 
     def _global_params(self, sl: PlanSlice, out_name: str, t: float) -> dict:
+        """Global parameters of the output tensor `out_name`."""
         where = f"{self.source}: {sl.where}, tensor {out_name}"
         levels = [sl.parameters, sl.module_parameters, self.config.parameters]
         names = [f"{sl.where}.parameters", _module_where(sl), "parameters"]
-        return {p.name: resolve(p, levels, out_name, t, where, names) for p in self.spec.global_params}
+        matched = self.filter_name(sl.sources[0].model, out_name)
+        return {p.name: resolve(p, levels, matched, t, where, names) for p in self.spec.global_params}
 
     def _check_shapes(self, out_name: str, sources: tuple[TensorSource, ...]) -> None:
         first = sources[0]
