@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import struct
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def engines(request, monkeypatch):
         return result
 
     return merge
+
+
+@pytest.fixture(scope="module")
+def many_models(family, tmp_path_factory) -> list[Path]:
+    """17 distinct model folders: the family's three fine-tunes, then copies of them in turn (a
+    model may be one input of a merge only once, as in mergekit)."""
+    root = tmp_path_factory.mktemp("many")
+    fine_tunes = [family[k] for k in ("ft-a", "ft-b", "ft-c")]
+    copies = [shutil.copytree(fine_tunes[i % 3], root / f"copy-{i}") for i in range(3, 17)]
+    return fine_tunes + copies
 
 
 def _same_folders(a, b) -> None:
@@ -138,16 +149,16 @@ SIX_WEIGHTS = (0.1, 0.1, 0.1, 0.1, 0.1, 0.3)
         ("ramplus_tl", None),
     ],
 )
-def test_more_than_four_models_merge_alike_on_both_engines(method, params, family, tmp_path, engines):
+def test_more_than_four_models_merge_alike_on_both_engines(method, params, family, many_models, tmp_path, engines):
     """Five or six models: every method sums its weights (and SCE its energies) in model
     order on both engines (methods/numerics.py `ordered_sum`, methods/scalars.py `f32_sum`),
     so the torch-free engine merges them, to the same bytes. `params` None: the method takes
     no weights."""
-    names = ("ft-a", "ft-b", "ft-c", "ft-a", "ft-b") + (("base",) if method == "linear" else ())
+    folders = many_models[:5] + ([family["base"]] if method == "linear" else [])
     weights = SIX_WEIGHTS if method == "linear" else FIVE_WEIGHTS
     assert torch.tensor(weights).sum().item() != f32_sum(weights)  # what the order changes
     parameters = ["" if params is None else f", parameters: {{weight: {w}{params}}}" for w in weights]
-    models = "".join(f"  - {{model: {family[k]}{p}}}\n" for k, p in zip(names, parameters))
+    models = "".join(f"  - {{model: {m}{p}}}\n" for m, p in zip(folders, parameters))
     base = "" if method in ("linear", "karcher") else f"base_model: {family['base']}\n"
     config = tmp_path / "c.yml"
     config.write_text(f"merge_method: {method}\n{base}models:\n{models}")
@@ -155,11 +166,11 @@ def test_more_than_four_models_merge_alike_on_both_engines(method, params, famil
     _both(engines, config, tmp_path)
 
 
-def test_dare_rescale_past_sixteen_models_draws_again(family, tmp_path, engines):
+def test_dare_rescale_past_sixteen_models_draws_again(family, many_models, tmp_path, engines):
     """DARE with rescale keeps its keep bits for the apply in a 16-bit word per element: past
     16 models both engines draw every element again in DARE's own apply (kernels/dare.py), to
     the same bytes."""
-    models = "".join(f"  - model: {family[('ft-a', 'ft-b', 'ft-c')[i % 3]]}\n" for i in range(17))
+    models = "".join(f"  - model: {m}\n" for m in many_models)
     config = tmp_path / "c.yml"
     config.write_text(
         f"merge_method: dare_ties\nbase_model: {family['base']}\n"
@@ -363,7 +374,7 @@ def test_nan_input_of_linear_is_the_same_error(family, tmp_path, engines):
     assert errors[0] == errors[1] and "3 NaN" in errors[0] and "refusing to write a broken model" in errors[0]
 
 
-def test_refusals(family, tmp_path, monkeypatch):
+def test_refusals(family, many_models, tmp_path, monkeypatch):
     """What the torch-free engine leaves to the torch engine, each with its reason."""
     monkeypatch.delenv("MERGEFAST_BACKEND", raising=False)
     linear = plan_of(example_config("linear.yml", family))
@@ -378,7 +389,7 @@ def test_refusals(family, tmp_path, monkeypatch):
     assert host.refusal(karcher, MergeOptions()) is None
     wide = ties.replace("merge_method: ties", "merge_method: della").replace("density: 0.7", "density: 0.9")
     assert "DELLA density +- epsilon outside (0, 1)" in host.refusal(plan_of(wide), MergeOptions())
-    models = "".join(f"  - model: {family[('ft-a', 'ft-b', 'ft-c')[i % 3]]}\n" for i in range(17))
+    models = "".join(f"  - model: {m}\n" for m in many_models)
     della = f"merge_method: della\nbase_model: {family['base']}\nparameters: {{weight: 0.1, density: 0.5}}\n"
     expected = "17 models, more than della's kernels take"  # one keep bit per model in 16-bit words
     assert expected in host.refusal(plan_of(f"{della}models:\n{models}"), MergeOptions())
