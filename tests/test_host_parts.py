@@ -8,9 +8,10 @@ import math
 import shutil
 
 import pytest
-from helpers import example_config, plan_of
+from helpers import example_config, plan_of, run_cli
 from test_host_engine import PASSTHROUGH, _both, engines  # noqa: F401 - engines: a fixture
 
+from mergefast import execute
 from mergefast.host import parts
 from mergefast.io import mapped
 
@@ -67,6 +68,25 @@ def test_cut_merges_are_byte_identical(name, family, tmp_path, engines, cut):  #
     _both(engines, _config(name, family, tmp_path / "c.yml"), tmp_path)
     reducing = name not in ("linear.yml", "task-arithmetic.yml", "passthrough", "nearswap", "ram")
     assert (cut[0] > 0) is (name != "model_stock-rows" and not (reducing and mapped.MAP_MIN_BYTES == 1))
+
+
+def test_parts_slice_one_mapping_of_their_tensor(family, tmp_path, monkeypatch, cut):
+    """With every input mappable, a tensor cut into parts is mapped once per source, not once
+    per part: its parts are slices of that mapping (host/staging.py `_mapped`), dropped after
+    the last one; the output is the torch engine's (test_cut_merges_are_byte_identical)."""
+    monkeypatch.setattr(execute, "torch_free", lambda plan, options: True)  # conftest pins the torch engine
+    monkeypatch.setattr(mapped, "MAP_MIN_BYTES", 1)
+    maps: list[str] = []
+    real_map = mapped.map_tensor
+    monkeypatch.setattr(mapped, "map_tensor", lambda fd, info: maps.append(info.name) or real_map(fd, info))
+    config = _config("linear.yml", family, tmp_path / "c.yml")
+    result = run_cli("yaml", config, tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    plan = plan_of(config.read_text())
+    cut_jobs = [job for job in plan.jobs if math.prod(job.shape) > PART]
+    assert cut_jobs and cut[0] > len(cut_jobs)  # some tensor has several parts
+    for job in plan.jobs:
+        assert maps.count(job.name) == len(job.sources), job.name
 
 
 def test_parts_cover_each_tensor_and_need_elementwise_methods(family, monkeypatch):

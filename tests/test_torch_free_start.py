@@ -95,12 +95,16 @@ def test_a_hub_merge_downloads_before_torch_is_imported(base4, tmp_path, monkeyp
 
 def test_the_planner_and_executor_import_neither_torch_nor_numpy():
     """A bad config fails before any heavy import: the modules a `mergefast yaml` run imports
-    before its first read load neither torch nor numpy (the torch-free engine imports numpy
-    when it starts reading, mergefast/io/host_array.py)."""
+    before its first read load neither torch nor numpy (only Model Stock and nuslerp import
+    numpy, host/gram_methods.py), nor what a `--quiet` merge of most methods never uses: the
+    legacy commands (mergefast/cli.py), tqdm (execute._progress_bar) and hashlib (DARE's and
+    DELLA's stream keys, methods/random_keys.py)."""
     code = (
         "import sys\n"
         "import mergefast.cli, mergefast.run, mergefast.config, mergefast.plan, mergefast.execute, mergefast.host\n"
-        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+        "import mergefast.host.merge, mergefast.host.staging, mergefast.host.parts\n"
+        "unused = ('torch', 'numpy', 'mergefast.legacy', 'tqdm', 'hashlib')\n"
+        "print(sorted(m for m in unused if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

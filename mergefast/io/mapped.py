@@ -1,16 +1,16 @@
 """Whole input tensors mapped from the page cache instead of read into buffers: the torch-free
-engine's whole-tensor jobs (host/staging.py).
+engine's inputs (host/staging.py).
 
 A tensor read with `preadv` is copied into a destination that must be faulted in once: cheap
-for the small pooled buffers of the elementwise parts (host/parts.py), which the pool reuses,
-but not for the whole tensors of TIES, DARE, breadcrumbs, DELLA, SCE and arcee_fusion, whose
-largest (embeddings, lm_head: 4 x 64 MB for the 0.3B family) are asked for once or twice. On
-the 2-vCPU AMD EPYC VM (free page reporting) the first touch of fresh anonymous memory costs
-~1 ms per MB (320 MB: 0.33-0.39 s). A private mapping of the file's pages, populated with
-MADV_POPULATE_READ in the reader thread, copies nothing and faults nothing fresh. TIES of the
-0.3B family, 4 alternated runs: system time 0.37-0.46 s against 0.77-0.98 s, wall 1.65-2.08
-against 2.00-2.39 s. The elementwise parts keep `preadv` (mapped: no gain, 3 runs each), and
-so does the torch engine (staging/host.py; mapped, its TIES took 0.9x the time and 1.4x the
+for small pooled buffers, which the pool reuses, but not for the whole tensors of TIES, DARE,
+breadcrumbs, DELLA, SCE and arcee_fusion, whose largest (embeddings, lm_head: 4 x 64 MB for the
+0.3B family) are asked for once or twice. On the 2-vCPU AMD EPYC VM (free page reporting) the
+first touch of fresh anonymous memory costs ~1 ms per MB (320 MB: 0.33-0.39 s). A private
+mapping of the file's pages, populated with MADV_POPULATE_READ in the reader thread, copies
+nothing and faults nothing fresh. TIES of the 0.3B family, 4 alternated runs: system time
+0.37-0.46 s against 0.77-0.98 s, wall 1.65-2.08 against 2.00-2.39 s. The elementwise methods'
+parts (host/parts.py) are slices of their tensor's mapping (host/staging.py `_mapped`). The
+torch engine keeps `preadv` (staging/host.py; mapped, its TIES took 0.9x the time and 1.4x the
 peak RSS, 0.85 against 0.61 GB, 4 alternated runs).
 
 The mapping is private and writable (a kernel that wrote into an input would get its own

@@ -5,8 +5,6 @@ torch-free engine (host/) computes DARE's keys with it.
 
 from __future__ import annotations
 
-import hashlib
-
 MASK64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
@@ -30,6 +28,8 @@ def mix64_int(z: int) -> int:
 
 def name_hash(tensor_name: str) -> int:
     """A stable 64-bit hash of a tensor name (BLAKE2b, 8-byte digest, little-endian)."""
+    import hashlib  # here: its OpenSSL bindings took ~3 ms of every merge's start, random or not
+
     digest = hashlib.blake2b(tensor_name.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
