@@ -12,7 +12,7 @@ from helpers import example_config, plan_of, run_cli
 from test_host_engine import PASSTHROUGH, _both, engines  # noqa: F401 - engines: a fixture
 
 from mergefast import execute
-from mergefast.host import parts
+from mergefast.host import parts, staging
 from mergefast.io import mapped
 
 PART = 700  # elements: no tensor of the test family is a multiple of it
@@ -70,12 +70,13 @@ def test_cut_merges_are_byte_identical(name, family, tmp_path, engines, cut):  #
     assert (cut[0] > 0) is (name != "model_stock-rows" and not (reducing and mapped.MAP_MIN_BYTES == 1))
 
 
-def test_parts_slice_one_mapping_of_their_tensor(family, tmp_path, monkeypatch, cut):
-    """With every input mappable, a tensor cut into parts is mapped once per source, not once
-    per part: its parts are slices of that mapping (host/staging.py `_mapped`), dropped after
-    the last one; the output is the torch engine's (test_cut_merges_are_byte_identical)."""
+def test_parts_slice_mapped_windows_of_their_tensor(family, tmp_path, monkeypatch, cut):
+    """With every input mappable, a tensor cut into parts is mapped once per source and window
+    of MAP_WINDOW_PARTS parts, not once per part: its parts are slices of those mappings
+    (host/staging.py `_mapped`); the output is the torch engine's (test_cut_merges_are_byte_identical)."""
     monkeypatch.setattr(execute, "torch_free", lambda plan, options: True)  # conftest pins the torch engine
     monkeypatch.setattr(mapped, "MAP_MIN_BYTES", 1)
+    monkeypatch.setattr(staging, "MAP_WINDOW_PARTS", 3)
     maps: list[str] = []
     real_map = mapped.map_tensor
     monkeypatch.setattr(mapped, "map_tensor", lambda fd, info: maps.append(info.name) or real_map(fd, info))
@@ -83,10 +84,10 @@ def test_parts_slice_one_mapping_of_their_tensor(family, tmp_path, monkeypatch, 
     result = run_cli("yaml", config, tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
     plan = plan_of(config.read_text())
-    cut_jobs = [job for job in plan.jobs if math.prod(job.shape) > PART]
-    assert cut_jobs and cut[0] > len(cut_jobs)  # some tensor has several parts
+    windows = {job.name: -(-math.ceil(math.prod(job.shape) / PART) // 3) for job in plan.jobs}
+    assert max(windows.values()) > 1 and cut[0] > len([w for w in windows.values() if w > 1])
     for job in plan.jobs:
-        assert maps.count(job.name) == len(job.sources), job.name
+        assert maps.count(job.name) == windows[job.name] * len(job.sources), job.name
 
 
 def test_parts_cover_each_tensor_and_need_elementwise_methods(family, monkeypatch):

@@ -4,8 +4,8 @@ A method whose C call treats every element alone (linear, nearswap, task_arithme
 copies of passthrough) gives the same bytes merged whole or in parts, so its large tensors
 stream through the pipeline in parts: the first part is written while the next is merged,
 as the IO floor (benchmarks/io_floor.py) streams its 16 MiB buffer. A part's inputs are
-slices of its tensor's mapping (host/staging.py), or where the tensor cannot be mapped
-are read into pooled buffers that stay small. Whole, the 0.3B family's embeddings and
+slices of a mapping of a few parts of its tensor (host/staging.py), or where the tensor
+cannot be mapped are read into pooled buffers that stay small. Whole, the 0.3B family's embeddings and
 lm_head made the pool fault 256 MB of fresh pages, and the pipeline wait for 192 MB of
 reads before its first merge.
 

@@ -7,6 +7,7 @@ same way (staging/pool.py).
 
 from __future__ import annotations
 
+import math
 import mmap
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,13 @@ from ..staging.pool import BufferPool
 from . import side_by_side
 from .ops import team, threads
 from .parts import TensorPart
+
+# Parts mapped at once (host/parts.py: 2 MiB of each bf16 input per part). Linear and
+# task_arithmetic of the 0.3B family, 2-vCPU Intel Xeon VM: parts copied into pooled buffers
+# 0.87 s and 1.01 s (medians of 9-11 alternated runs), each part mapped on its own 0.81 / 0.96
+# s, whole tensors mapped 0.82 / 0.92 s but 0.57 GB peak RSS (the mapped pages counted)
+# against 0.08 GB.
+MAP_WINDOW_PARTS = 8
 
 
 def anonymous_bytes(nbytes: int) -> memoryview:
@@ -37,6 +45,13 @@ class _Staged:
 
 
 @dataclass
+class _Window:
+    start: int  # the elements [start, stop) of a tensor cut into parts, mapped (`_mapped`)
+    stop: int
+    array: HostArray
+
+
+@dataclass
 class _Merged:
     array: HostArray | None  # None: a reducing part's
     buffers: list[memoryview]  # back to the pool once `array` is written
@@ -49,7 +64,7 @@ class HostArrayStaging(BufferPool):
     def __init__(self, plan: MergePlan, jobs: list[TensorJob | TensorPart], on_torch: frozenset[str] = frozenset()):
         super().__init__(anonymous_bytes, jobs, pool_copies=True)
         self.plan, self.on_torch = plan, on_torch
-        self._mapped_tensors: dict[tuple[int, str], HostArray] = {}  # those a part has mapped, until their last part
+        self._windows: dict[tuple[int, str], _Window] = {}  # each cut tensor's mapped window (`_mapped`)
         # Local and downloaded files are read one job, one source after the other (two cores);
         # --stream-inputs' range requests wait on round trips: a job's sources at once, and
         # JOBS_AT_ONCE jobs (io/pipeline.py's readers), as the torch engine's staging.
@@ -92,24 +107,25 @@ class HostArrayStaging(BufferPool):
 
     def _mapped(self, reader, source, job: TensorJob | TensorPart) -> HostArray | None:
         """`job`'s input from `source` over a private mapping of the page cache (io/mapped.py),
-        None where it is to be read. A part's is a slice of its whole tensor's mapping, made by
-        its first part, dropped with its last: the reader thread then copies nothing, and the
-        tensor is mapped and unmapped once. Linear and task_arithmetic of the 0.3B family, 2-vCPU
-        Intel Xeon VM, 9-11 alternated runs: 0.93x and 0.91x the time of parts read into pooled
-        buffers (system time 0.20 against 0.36 s), 0.95x with a mapping of each part's own
-        (its munmaps); peak RSS, the mapped pages counted, 0.30 GB against 0.08."""
+        None where it is to be read. A part's is a slice of a mapping of MAP_WINDOW_PARTS parts
+        of its tensor, made by the window's first part and dropped with its last: the reader
+        thread copies nothing, and the window's mapping costs one munmap."""
         if job.start is None:
             return reader.map_whole(source.tensor)
         key = (source.model, source.tensor)
-        whole = self._mapped_tensors.get(key) or reader.map_whole(source.tensor)
-        if whole is None:  # not mappable, or a Hub shard still downloading: read
-            return None
-        if job.ends_tensor:
-            self._mapped_tensors.pop(key, None)
-        else:
-            self._mapped_tensors[key] = whole
-        size = ITEMSIZE[whole.dtype]
-        return HostArray(whole.data[job.start * size : job.stop * size], whole.dtype, (job.stop - job.start,))
+        window = self._windows.get(key)
+        if window is None or not window.start <= job.start < job.stop <= window.stop:
+            stop = min(job.start + MAP_WINDOW_PARTS * (job.stop - job.start), math.prod(source.info.shape))
+            array = reader.map_whole(source.tensor, (job.start, stop))
+            if array is None:  # not mappable, or a Hub shard still downloading: read
+                self._windows.pop(key, None)
+                return None
+            window = self._windows[key] = _Window(job.start, stop, array)
+        if job.stop == window.stop:
+            del self._windows[key]
+        size = ITEMSIZE[window.array.dtype]
+        data = window.array.data[(job.start - window.start) * size : (job.stop - window.start) * size]
+        return HostArray(data, window.array.dtype, (job.stop - job.start,))
 
     def merge(self, job: TensorJob | TensorPart, staged: _Staged, merge_fn: Callable) -> _Merged:
         """`merge_fn(job, inputs, take)` (merge thread), its output in a pooled buffer from
@@ -148,5 +164,5 @@ class HostArrayStaging(BufferPool):
         """The run is over (finished or failed): drop the pooled buffers."""
         if self._sources is not None:
             self._sources.shutdown(wait=True, cancel_futures=True)  # a stopped run's reads end at their next chunk
-        self._mapped_tensors.clear()
+        self._windows.clear()
         self.drop_buffers()

@@ -90,7 +90,7 @@ class RemoteCheckpointReader(CheckpointReader):
             self.arrivals.wait(path)  # the merge runs while the shards download (io/hub_arrivals.py)
         return super()._fd(path)
 
-    def map_whole(self, name: str):
+    def map_whole(self, name: str, elements: tuple[int, int] | None = None):
         """CheckpointReader's mapping where the tensor's file is complete on disk; None while
         it downloads (then `read_into` reads the tensor's bytes as they come, rather than
         waiting for the whole file) or when --stream-inputs reads it in ranges."""
@@ -99,7 +99,7 @@ class RemoteCheckpointReader(CheckpointReader):
             return None
         if self.arrivals is not None and not self.arrivals.complete(file):
             return None
-        return super().map_whole(name)
+        return super().map_whole(name, elements)
 
     def _pread(self, i: TensorInfo, mv: memoryview) -> None:
         out = mv[: i.nbytes]

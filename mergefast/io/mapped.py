@@ -1,5 +1,5 @@
-"""Whole input tensors mapped from the page cache instead of read into buffers: the torch-free
-engine's inputs (host/staging.py).
+"""Input tensors, or runs of their elements, mapped from the page cache instead of read into
+buffers: the torch-free engine's inputs (host/staging.py).
 
 A tensor read with `preadv` is copied into a destination that must be faulted in once: cheap
 for small pooled buffers, which the pool reuses, but not for the whole tensors of TIES, DARE,
@@ -9,7 +9,7 @@ first touch of fresh anonymous memory costs ~1 ms per MB (320 MB: 0.33-0.39 s). 
 mapping of the file's pages, populated with MADV_POPULATE_READ in the reader thread, copies
 nothing and faults nothing fresh. TIES of the 0.3B family, 4 alternated runs: system time
 0.37-0.46 s against 0.77-0.98 s, wall 1.65-2.08 against 2.00-2.39 s. The elementwise methods'
-parts (host/parts.py) are slices of their tensor's mapping (host/staging.py `_mapped`). The
+parts (host/parts.py) are slices of mappings of a few parts each (host/staging.py `_mapped`). The
 torch engine keeps `preadv` (staging/host.py; mapped, its TIES took 0.9x the time and 1.4x the
 peak RSS, 0.85 against 0.61 GB, 4 alternated runs).
 

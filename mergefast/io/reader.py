@@ -237,15 +237,16 @@ class CheckpointReader:
             self._pread(i, memoryview(buffer).cast("B"))
         return host_array(buffer, i.dtype_name, shape)
 
-    def map_whole(self, name: str) -> HostArray | None:
+    def map_whole(self, name: str, elements: tuple[int, int] | None = None) -> HostArray | None:
         """A safetensors tensor as a HostArray over a private mapping of its pages (io/mapped.py),
-        or None where it is better read (`read_into`): a small or misaligned tensor, .bin weights."""
+        or None where it is better read (`read_into`): a small or misaligned tensor, .bin weights.
+        `elements` (start, stop) maps only those elements of the flattened tensor, as a 1-D array."""
         from . import mapped
 
         i = self.info(name)
         if self.format != "safetensors" or not mapped.mappable(i):
             return None
-        return mapped.map_tensor(self._fd(i.file), i)
+        return mapped.map_tensor(self._fd(i.file), i if elements is None else _elements_of(i, *elements))
 
     def _pread(self, i: TensorInfo, mv: memoryview) -> None:
         """Read tensor `i`'s bytes into the start of the byte memoryview `mv`."""
