@@ -97,6 +97,8 @@ int64_t mf_block(void) { return kBlock; }
 
 const char* mf_last_error(void) { return g_error.c_str(); }
 
+int32_t mf_output_check(void) { return take_output_check(); }
+
 int32_t mf_all_finite(const void* x, int32_t dtype, int64_t n, int32_t threads, int32_t* finite) {
   return guarded([&] {
     const char* op = "all_finite";
@@ -114,7 +116,7 @@ int32_t mf_linear(const void* const* xs, const int32_t* x_dtypes, int32_t k, int
     const char* op = "linear";
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && weights != nullptr, op, "bad sizes or weights");
-    const Dst dst = make_dst(out, out_dtype, n, op);
+    const Dst dst = watch_output(make_dst(out, out_dtype, n, op));
     linear(src, as_f32(weights, k), divide != 0, static_cast<float>(total), dst, n, threads);
   });
 }
@@ -135,7 +137,9 @@ int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* con
     check(sparsify == MF_SPARSIFY_NONE || keep != nullptr, op, "one keep count per model expected");
     // The selection uses the output as scratch, and the apply writes it while it reads the
     // inputs.
-    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    // Without a selection every element goes through store() (task_arithmetic.cpp's apply).
+    Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    if (sparsify == MF_SPARSIFY_NONE) dst = watch_output(dst);
     std::vector<int64_t> counts;
     if (sparsify == MF_SPARSIFY_MAGNITUDE) counts.assign(keep, keep + k);
     const int64_t min_n = one_read_min < 0 ? kOneReadMin : one_read_min;
@@ -211,7 +215,7 @@ int32_t mf_slerp_apply(const void* a, int32_t a_dtype, const void* b, int32_t b_
     const char* op = "slerp";
     const Src sa = make_src(a, a_dtype, op), sb = make_src(b, b_dtype, op);
     check(n >= 0, op, "bad sizes");
-    const Dst dst = make_dst(out, out_dtype, n, op);
+    const Dst dst = watch_output(make_dst(out, out_dtype, n, op));
     slerp_apply(sa, sb, static_cast<float>(c0), static_cast<float>(c1), dst, n, threads);
   });
 }
@@ -256,7 +260,7 @@ int32_t nuslerp(const void* base, int32_t base_dtype, const void* x0, int32_t x0
     check(rows >= 0 && cols >= 0 && factors != nullptr, op, "bad sizes or factors");
     Src sb{};
     if (base != nullptr) sb = make_src(base, base_dtype, op);
-    const Dst dst = make_dst(out, out_dtype, rows * cols, op);
+    const Dst dst = watch_output(make_dst(out, out_dtype, rows * cols, op));
     nuslerp_apply(base != nullptr ? &sb : nullptr, s0, s1, cols, factors, dst, rows * cols, threads, columns);
   });
 }
@@ -295,7 +299,7 @@ int32_t mf_model_stock_apply(const void* base, int32_t base_dtype, const void* c
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(rows >= 0 && cols >= 0 && t != nullptr, op, "bad sizes or ratios");
-    const Dst dst = make_dst(out, out_dtype, rows * cols, op);
+    const Dst dst = watch_output(make_dst(out, out_dtype, rows * cols, op));
     model_stock_apply(sb, src, cols, t, dst, rows * cols, threads);
   });
 }
@@ -306,7 +310,7 @@ int32_t mf_nearswap(const void* base, int32_t base_dtype, const void* x, int32_t
     const char* op = "nearswap";
     const Src sb = make_src(base, base_dtype, op), sx = make_src(x, x_dtype, op);
     check(n >= 0, op, "bad sizes");
-    const Dst dst = make_dst(out, out_dtype, n, op);
+    const Dst dst = watch_output(make_dst(out, out_dtype, n, op));
     nearswap(sb, sx, static_cast<float>(t), dst, n, threads);
   });
 }
@@ -472,7 +476,7 @@ int32_t mf_ram_apply(const void* base, int32_t base_dtype, const void* const* xs
     const Src sb = make_src(base, base_dtype, op);
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && finite != nullptr, op, "bad sizes or outputs");
-    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = watch_output(separate_dst(out, out_dtype, n, sb, src, op));
     const std::vector<float> lam = lambdas != nullptr ? as_f32(lambdas, k) : std::vector<float>();
     const float* per_model = lambdas != nullptr ? lam.data() : nullptr;
     *finite = ram_apply(sb, src, static_cast<float>(epsilon), per_model, dst, n, threads) ? 1 : 0;

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 13
+#define MF_ABI_VERSION 14
 
 /* status codes */
 #define MF_OK 0
@@ -54,6 +54,14 @@ MF_API const char* mf_last_error(void);
 /* *finite = 1 when none of the n elements of x (dtype code MF_F32, MF_F16, MF_BF16 or MF_F64)
  * is NaN or +-inf, else 0. Exact (a test of the bits: exponent bits all ones), the same on any
  * thread count; reads all n elements (no early exit). n = 0: 1. */
+/* The output check of this thread's calls since the last mf_output_check: 0 when each of
+ * them wrote its output through a store that checks the bits it writes (mf_linear, mf_nearswap,
+ * mf_slerp_apply, mf_nuslerp_apply(_columns), mf_model_stock_apply, mf_ram_apply, and
+ * mf_task_arithmetic without sparsification) and every element is finite; 1 when such an
+ * output has a NaN or +-inf; -1 when another call wrote an output, or none did (then scan the
+ * output with mf_all_finite). Resets the state. */
+MF_API int32_t mf_output_check(void);
+
 MF_API int32_t mf_all_finite(const void* x, int32_t dtype, int64_t n, int32_t threads,
                              int32_t* finite);
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-ABI_VERSION = 13  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 14  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).parent / "kernels" / ("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -35,6 +35,7 @@ _SIGNATURES = {
     "mf_abi_version": (_i32, []),
     "mf_block": (_i64, []),
     "mf_last_error": (ctypes.c_char_p, []),
+    "mf_output_check": (_i32, []),
     "mf_all_finite": (_i32, [_p, _i32, _i64, _i32, _p]),
     "mf_linear": (_i32, [_p, _p, _i32, _i64, _p, _i32, _f64, _p, _i32, _i32]),
     "mf_task_arithmetic": (

@@ -12,42 +12,6 @@
 namespace mergefast {
 namespace {
 
-// The unsigned word of each dtype and its exponent bits.
-template <DType D>
-struct FiniteBits;
-template <>
-struct FiniteBits<DType::F32> {
-  using Word = uint32_t;
-  static constexpr Word kExponent = 0x7f800000u;
-};
-template <>
-struct FiniteBits<DType::F16> {
-  using Word = uint16_t;
-  static constexpr Word kExponent = 0x7c00u;
-};
-template <>
-struct FiniteBits<DType::BF16> {
-  using Word = uint16_t;
-  static constexpr Word kExponent = 0x7f80u;
-};
-template <>
-struct FiniteBits<DType::F64> {
-  using Word = uint64_t;
-  static constexpr Word kExponent = 0x7ff0000000000000ull;
-};
-
-// Nonzero when one of the len elements at x + off has all its exponent bits set. The
-// accumulator is a word of the element's width (one vector lane per element, no widening).
-template <DType D>
-MF_INLINE uint32_t block_nonfinite(const void* x, int64_t off, int64_t len) {
-  using Word = typename FiniteBits<D>::Word;
-  constexpr Word kExp = FiniteBits<D>::kExponent;
-  const Word* v = static_cast<const Word*>(x) + off;
-  Word any = 0;
-  for (int64_t j = 0; j < len; ++j) any |= static_cast<Word>((v[j] & kExp) == kExp);
-  return any != 0 ? 1u : 0u;
-}
-
 template <DType D>
 uint32_t block_default(const void* x, int64_t off, int64_t len) {
   return block_nonfinite<D>(x, off, len);
