@@ -137,9 +137,7 @@ int32_t mf_task_arithmetic(const void* base, int32_t base_dtype, const void* con
     check(sparsify == MF_SPARSIFY_NONE || keep != nullptr, op, "one keep count per model expected");
     // The selection uses the output as scratch, and the apply writes it while it reads the
     // inputs.
-    // Without a selection every element goes through store() (task_arithmetic.cpp's apply).
-    Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
-    if (sparsify == MF_SPARSIFY_NONE) dst = watch_output(dst);
+    const Dst dst = watch_output(separate_dst(out, out_dtype, n, sb, src, op));
     std::vector<int64_t> counts;
     if (sparsify == MF_SPARSIFY_MAGNITUDE) counts.assign(keep, keep + k);
     const int64_t min_n = one_read_min < 0 ? kOneReadMin : one_read_min;
@@ -160,7 +158,8 @@ int32_t mf_dare_norms(const void* base, int32_t base_dtype, const void* const* x
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && keys != nullptr && densities != nullptr && sums != nullptr, op,
           "bad sizes, keys, densities or sums");
-    const Dst words = out == nullptr ? Dst{nullptr, DType::F32} : keep_words_dst(out, out_dtype, n, sb, src, op);
+    const Dst words =
+        out == nullptr ? Dst{nullptr, DType::F32} : scratch_output(keep_words_dst(out, out_dtype, n, sb, src, op));
     dare_norms(sb, src, std::vector<uint64_t>(keys, keys + k), as_f32(densities, k), words, n, threads, sums);
   });
 }
@@ -177,7 +176,7 @@ int32_t mf_dare(const void* base, int32_t base_dtype, const void* const* xs,
     check(n >= 0 && weights != nullptr && keys != nullptr && densities != nullptr &&
               scales != nullptr && finite != nullptr,
           op, "bad sizes, weights, keys, densities or scales");
-    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = watch_output(separate_dst(out, out_dtype, n, sb, src, op));
     *finite = dare(sb, src, as_f32(weights, k), std::vector<uint64_t>(keys, keys + k),
                    as_f32(densities, k), as_f32(scales, k), consensus != 0, normalize != 0,
                    static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
@@ -326,7 +325,7 @@ int32_t mf_sce_select(const void* base, int32_t base_dtype, const void* const* x
     check(n >= 0 && thr != nullptr && quota != nullptr && cut != nullptr &&
               eq_prefix != nullptr && energies != nullptr && (out != nullptr || n == 0),
           op, "bad sizes or outputs");
-    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = scratch_output(separate_dst(out, out_dtype, n, sb, src, op));
     const KeepRule r = sce_select(sb, src, select_topk, n, threads, energies, dst);
     *thr = r.thr;
     *quota = r.quota;
@@ -348,7 +347,7 @@ int32_t mf_sce_apply(const void* base, int32_t base_dtype, const void* const* xs
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && omega != nullptr && (cut == 0 || eq_prefix != nullptr), op,
           "bad sizes, weights or tie counts");
-    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = watch_output(separate_dst(out, out_dtype, n, sb, src, op));
     KeepRule r;
     r.thr = thr;
     r.quota = quota;
@@ -378,7 +377,7 @@ int32_t mf_breadcrumbs(const void* base, int32_t base_dtype, const void* const* 
     }
     // The selection uses the output as scratch, and the apply writes it while it reads the
     // inputs.
-    const Dst dst = separate_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = watch_output(separate_dst(out, out_dtype, n, sb, src, op));
     const int64_t min_n = one_read_min < 0 ? kOneReadMin : one_read_min;
     *finite = breadcrumbs(sb, src, as_f32(weights, k), std::vector<int64_t>(lo, lo + k),
                           std::vector<int64_t>(hi, hi + k), consensus != 0, normalize != 0,
@@ -405,7 +404,7 @@ int32_t mf_della_masks(const void* base, int32_t base_dtype, const void* const* 
     check(n >= 0 && keys != nullptr && pmin != nullptr && span != nullptr && sums != nullptr, op,
           "bad sizes, keys, probabilities or sums");
     check(cols >= 1 && n % cols == 0 && cols <= INT32_MAX, op, "bad row length");
-    const Dst dst = keep_words_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = scratch_output(keep_words_dst(out, out_dtype, n, sb, src, op));
     della_masks(sb, src, std::vector<uint64_t>(keys, keys + k), as_f32(pmin, k), as_f32(span, k), cols, dst, n,
                 threads, sums);
   });
@@ -421,7 +420,7 @@ int32_t mf_della_apply(const void* base, int32_t base_dtype, const void* const* 
     const std::vector<Src> src = inputs(xs, x_dtypes, k, op);
     check(n >= 0 && weights != nullptr && scales != nullptr && finite != nullptr, op,
           "bad sizes, weights or scales");
-    const Dst dst = keep_words_dst(out, out_dtype, n, sb, src, op);
+    const Dst dst = watch_output(keep_words_dst(out, out_dtype, n, sb, src, op));
     *finite = della_apply(sb, src, as_f32(weights, k), as_f32(scales, k), consensus != 0, normalize != 0,
                           static_cast<float>(divisor), static_cast<float>(lambda), dst, n, threads)
                   ? 1
@@ -438,7 +437,7 @@ int32_t mf_arcee_select(const void* base, int32_t base_dtype, const void* other,
     check(rows >= 1 && cols >= 1 && ranks != nullptr && kl != nullptr && values != nullptr, op,
           "bad sizes or outputs");
     for (int r = 0; r < 3; ++r) check(ranks[r] >= 0 && ranks[r] < rows * cols, op, "rank outside [0, n)");
-    const Dst slots = separate_dst(out, out_dtype, rows * cols, sb, {sx}, op);
+    const Dst slots = scratch_output(separate_dst(out, out_dtype, rows * cols, sb, {sx}, op));
     arcee_select(sb, sx, rows, cols, ranks, threads, kl, values, slots);
   });
 }
@@ -451,7 +450,7 @@ int32_t mf_arcee_apply(const void* base, int32_t base_dtype, const void* other, 
     const Src sb = make_src(base, base_dtype, op), sx = make_src(other, other_dtype, op);
     check(rows >= 0 && cols >= 1 && kl != nullptr && finite != nullptr, op, "bad sizes, KL or outputs");
     const int64_t n = rows * cols;
-    const Dst dst = separate_dst(out, out_dtype, n, sb, {sx}, op);
+    const Dst dst = watch_output(separate_dst(out, out_dtype, n, sb, {sx}, op));
     *finite = arcee_apply(sb, sx, cols, kl, static_cast<float>(threshold), dst, n, threads) ? 1 : 0;
   });
 }

@@ -51,17 +51,18 @@ MF_API int64_t mf_block(void);
 /* Why this thread's last call failed ("" when none did). */
 MF_API const char* mf_last_error(void);
 
+/* The output check of this thread's calls since the last mf_output_check. Every entry point
+ * with an output writes its final values through stores that test the bits they write; the
+ * first passes of two-call methods (mf_dare_norms, mf_della_masks, mf_sce_select,
+ * mf_arcee_select) write none and do not count. 0: some call wrote an output and every element
+ * written was finite; 1: an element written was NaN or +-inf (it may have been written over
+ * since: a one-read pass that fell back to two passes; scan the output with mf_all_finite to
+ * know); -1: no call wrote an output. Resets the state. */
+MF_API int32_t mf_output_check(void);
+
 /* *finite = 1 when none of the n elements of x (dtype code MF_F32, MF_F16, MF_BF16 or MF_F64)
  * is NaN or +-inf, else 0. Exact (a test of the bits: exponent bits all ones), the same on any
  * thread count; reads all n elements (no early exit). n = 0: 1. */
-/* The output check of this thread's calls since the last mf_output_check: 0 when each of
- * them wrote its output through a store that checks the bits it writes (mf_linear, mf_nearswap,
- * mf_slerp_apply, mf_nuslerp_apply(_columns), mf_model_stock_apply, mf_ram_apply, and
- * mf_task_arithmetic without sparsification) and every element is finite; 1 when such an
- * output has a NaN or +-inf; -1 when another call wrote an output, or none did (then scan the
- * output with mf_all_finite). Resets the state. */
-MF_API int32_t mf_output_check(void);
-
 MF_API int32_t mf_all_finite(const void* x, int32_t dtype, int64_t n, int32_t threads,
                              int32_t* finite);
 

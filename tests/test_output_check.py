@@ -1,7 +1,6 @@
-"""The output check of the C calls (mf_output_check, csrc/cpu/common.h OutputWatch): the
-entry points whose every output element goes through store() report whether what they wrote
-is finite, so the torch-free engine (host/merge.py `_output_finite`) skips its pass over the
-output; every other call leaves the answer to that pass (-1)."""
+"""The output check of the C calls (mf_output_check, csrc/cpu/common.h OutputWatch): every
+entry point with an output reports whether the values it wrote are finite, so the torch-free
+engine (host/merge.py `_output_finite`) skips its pass over the output where they are."""
 
 from __future__ import annotations
 
@@ -11,7 +10,8 @@ import os
 import pytest
 import torch
 
-from mergefast import native
+from mergefast import kernels, native
+from mergefast.kernels import SelectionOptions
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("MERGEFAST_BUILD_EXT", "1") == "0", reason="MERGEFAST_BUILD_EXT=0: no CPU kernel library"
@@ -147,16 +147,94 @@ def test_watched_calls_report_what_they_wrote(name, out_dtype):
             assert not _scan(out)  # 4 x 6e4 rounds to inf in float16
 
 
-def test_other_calls_leave_the_check_to_a_scan():
-    """TIES (its selection's paths do not all go through store()) and a watched call beside
-    an unwatched one: -1; a check resets the state (nothing made since: -1)."""
+KERNELS = {
+    "ties": lambda b, xs, o, sel: kernels.ties(
+        b, xs, [1.0] * 3, [0.5] * 3, normalize=False, out_dtype=o, selection=sel
+    ),
+    "dare_ties": lambda b, xs, o, sel: kernels.task_arithmetic(
+        b, xs, [1.0] * 3, densities=[0.5] * 3, sparsify="random", consensus="sum", rescale=True, out_dtype=o
+    ),
+    "breadcrumbs_ties": lambda b, xs, o, sel: kernels.task_arithmetic(
+        b,
+        xs,
+        [1.0] * 3,
+        densities=[0.5] * 3,
+        gammas=[0.01] * 3,
+        sparsify="magnitude_outliers",
+        consensus="sum",
+        out_dtype=o,
+        selection=sel,
+    ),
+    "della": lambda b, xs, o, sel: kernels.task_arithmetic(
+        b,
+        xs,
+        [1.0] * 3,
+        densities=[0.5] * 3,
+        epsilons=[0.15] * 3,
+        sparsify="della",
+        consensus="sum",
+        rescale=True,
+        out_dtype=o,
+    ),
+    "sce": lambda b, xs, o, sel: kernels.sce(b, xs, select_topk=0.5, out_dtype=o),
+    "arcee_fusion": lambda b, xs, o, sel: kernels.arcee_fusion(b, xs[0], out_dtype=o),
+    "linear": lambda b, xs, o, sel: kernels.linear(xs, [1.0] * 3, normalize=False, out_dtype=o),
+    "model_stock": lambda b, xs, o, sel: kernels.model_stock(b, xs, out_dtype=o),
+    "ramplus_tl": lambda b, xs, o, sel: kernels.ramplus_tl(b, xs, out_dtype=o),
+}
+ONE_READ = SelectionOptions(one_read_min=4096)  # the one read and its fix-up at this size
+
+
+def _family(kind: str):
+    """base + 3 bf16 models of ROWS x COLS: small deltas; `nan`: NaN in the base (every
+    method's output there); `overflow`: deltas of 3.5e4 at one element, past float16's largest
+    value once added (not for arcee_fusion, whose output there is a model's value)."""
+    base, *xs = [x.view(ROWS, COLS) for x in _inputs(torch.bfloat16, seed=3)]
+    if kind == "nan":
+        base[0, 5] = base[2, COLS - 1] = float("nan")
+    elif kind == "overflow":
+        base[1, 9] = 3.0e4
+        for x in xs:
+            x[1, 9] = 6.5e4
+    return base, xs
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("kind", ["finite", "nan", "overflow"])
+def test_every_method_checks_its_output(name, kind, monkeypatch):
+    """Through the kernel API on the C library: finite inputs give 0; an output with NaN or
+    inf gives 1, never 0 (TIES and breadcrumbs also through the one read and its fix-up)."""
+    monkeypatch.setenv("MERGEFAST_BACKEND", "cpu-ext")
+    lib = _lib()
+    base, xs = _family(kind)
+    for selection in (None, ONE_READ):
+        lib.mf_output_check()  # a clean state
+        out = KERNELS[name](base, xs, torch.float16, selection)
+        state, finite = lib.mf_output_check(), bool(torch.isfinite(out).all())
+        assert state == (0 if finite else 1), (name, kind, state, finite)
+        if kind == "finite":
+            assert finite, name
+
+
+def test_a_check_counts_the_calls_since_the_last():
+    """Two outputs: 1 when either had a NaN or inf; a check resets the state (no call since:
+    -1); the first pass of a two-call method (DELLA's masks) counts for nothing on its own."""
     lib, xs = _lib(), _inputs(torch.bfloat16)
-    out = torch.empty(N, dtype=torch.bfloat16)
-    assert _checked(_ties, xs, out, 3) == -1
+    out, bad = torch.empty(N, dtype=torch.bfloat16), [x.clone() for x in xs]
+    bad[0][3] = float("inf")
     lib.mf_output_check()
+    native.check(lib, _linear(bad, out, 3))
     native.check(lib, _linear(xs, out, 3))
-    native.check(lib, _ties(xs, out, 3))
+    assert lib.mf_output_check() == 1
     assert lib.mf_output_check() == -1
     native.check(lib, _linear(xs, out, 3))
     assert lib.mf_output_check() == 0
+    base, models = xs[0], xs[1:]
+    ptrs, codes = _ptrs(models)
+    keys = (ctypes.c_uint64 * 3)(1, 2, 3)
+    p = native.doubles([0.35] * 3)
+    span = native.doubles([0.3] * 3)
+    sums = (ctypes.c_double * 6)()
+    head = (base.data_ptr(), CODES[base.dtype], ptrs, codes, 3, N, COLS, keys, p, span)
+    native.check(lib, lib.mf_della_masks(*head, out.data_ptr(), CODES[out.dtype], 3, sums))
     assert lib.mf_output_check() == -1

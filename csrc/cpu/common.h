@@ -387,11 +387,12 @@ struct Dst {
   std::atomic<uint32_t>* nonfinite = nullptr;
 };
 
-// The calling thread's watch of its last kernel call's output (mf_output_check). The entry
-// points whose kernels write every output element through store() watch it: store() tests the
-// bits it wrote (an exponent of all ones, as all_finite) while they are in L1, and the caller
-// skips its own pass over the output. Linear of the 0.3B family on the torch-free engine,
-// 2-vCPU Intel Xeon VM: that pass (2 MiB parts, run by a merge thread) took ~5% of its time.
+// The calling thread's watch of its kernel calls' outputs (mf_output_check). The entry points
+// watch their outputs: every final value goes through store() (or the one-read fix-up's
+// store_f32, select/fix_up.cpp), which tests the bits it wrote (an exponent of all ones, as
+// all_finite) while they are in L1, so the caller skips its own pass over the output. Linear
+// of the 0.3B family on the torch-free engine, 2-vCPU Intel Xeon VM: that pass (2 MiB parts,
+// run by a merge thread) took ~4% of its time.
 struct OutputWatch {
   int64_t made = 0, watched = 0;  // outputs made (make_dst) and watched since the last check
   std::atomic<uint32_t> nonfinite{0};
@@ -409,9 +410,16 @@ inline Dst watch_output(Dst d) {
   return d;
 }
 
-// mf_output_check: 0 when every output made since the last check was watched and all their
-// elements are finite, 1 when a watched one has an element that is not, -1 when one was not
-// watched or none was made; then a clean state.
+// `d` (just made), an output its call writes no final value into (keep words or keys in the
+// elements' own slots, common.h OutputSlots, for a later call's apply pass): not counted.
+inline Dst scratch_output(Dst d) {
+  --output_watch().made;
+  return d;
+}
+
+// mf_output_check: 0 when every output made since the last check was watched and every
+// element written finite, 1 when one written was not, -1 when one was not watched or none was
+// made; then a clean state.
 inline int32_t take_output_check() {
   OutputWatch& w = output_watch();
   const int32_t state = w.made == 0 || w.made != w.watched ? -1 : static_cast<int32_t>(w.nonfinite.load() != 0);

@@ -147,10 +147,10 @@ def _merge_whole(plan: MergePlan, part: TensorPart, seed: int | None) -> HostArr
 
 
 def _output_finite(out: HostArray) -> bool:
-    """No NaN or inf in `out`, which the job's C calls have just written: their own check where
-    each of them checked what it stored (csrc/cpu/common.h OutputWatch), else `_finite`'s pass."""
-    checked = ops.library().mf_output_check()
-    return checked == 0 if checked >= 0 else _finite(out)
+    """No NaN or inf in `out`, which the job's C calls have just written: their stores' own
+    check (csrc/cpu/common.h OutputWatch) when it found none, else `_finite`'s pass (a value it
+    found may have been written over since, and a job whose calls wrote nothing is scanned)."""
+    return ops.library().mf_output_check() == 0 or _finite(out)
 
 
 def _finite(array: HostArray) -> bool:

@@ -43,6 +43,10 @@ MF_INLINE void fix_block_impl(const Args& a, const Records& rec, int64_t blk,
   const uint16_t* at = rec.offsets(blk);
   const int64_t off = blk * kBlock;
   for (int64_t q = 0; q < cnt; ++q) store_f32<O>(a.dst.ptr, off + at[q], res[q]);
+  if (a.dst.nonfinite == nullptr) return;  // a watched output (common.h OutputWatch): these stores too
+  uint32_t bad = 0;
+  for (int64_t q = 0; q < cnt; ++q) bad |= block_nonfinite<O>(a.dst.ptr, off + at[q], 1);
+  if (bad != 0) a.dst.nonfinite->store(1, std::memory_order_relaxed);
 }
 
 template <bool Consensus, class Args>
