@@ -14,6 +14,7 @@ fsynced at the end.
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 
 # The floor must not pay start-up or exit costs mergefast's CLI avoids (mergefast/cli.py): it
@@ -69,10 +70,11 @@ def read_ranges(path: Path, spans: list[tuple[int, int]], buf: bytearray) -> int
     return total
 
 
-def write_bytes(out: Path, n: int, buf: bytearray) -> None:
-    """Write `n` bytes into OUT/floor.bin as mergefast's writer would: with O_DIRECT through
-    its aligned staging buffer where the filesystem allows (io/direct.py), else through the
-    page cache, flushed every FLUSH_EVERY bytes; in 16 MiB pieces, fsynced at the end."""
+def write_bytes(out: Path, n: int, buf) -> None:
+    """Write `n` bytes into OUT/floor.bin as mergefast's writer would: with O_DIRECT where the
+    filesystem allows (io/direct.py: from the page-aligned `buf` itself, in pwrites of
+    STAGE_BYTES, as the torch-free engine's outputs), else through the page cache, flushed
+    every FLUSH_EVERY bytes; in 16 MiB pieces, fsynced at the end."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "floor.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -118,7 +120,7 @@ def main(config_path: str, out: str) -> None:
         )
     )
     reader.start()
-    write_bytes(Path(out), out_bytes, bytearray(CHUNK))
+    write_bytes(Path(out), out_bytes, mmap.mmap(-1, CHUNK))  # page-aligned
     reader.join()
     read = result[0]
     print(f"floor: read {read / 1e9:.3f} GB, wrote {out_bytes / 1e9:.3f} GB", file=sys.stderr)

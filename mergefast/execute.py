@@ -95,11 +95,18 @@ def torch_free(plan: MergePlan, options: MergeOptions) -> bool:
 
 
 def _engine(
-    plan: MergePlan, jobs: list, options: MergeOptions, budget: int, host: bool, on_torch: frozenset[str] = frozenset()
+    plan: MergePlan,
+    jobs: list,
+    options: MergeOptions,
+    budget: int,
+    host: bool,
+    on_torch: frozenset[str] = frozenset(),
+    writer: ShardedWriter | None = None,
 ):
     """(staging, merge function of (job, staged)) of the torch-free engine or the torch one,
     for running `jobs` (the plan's, or their parts on the torch-free engine, which merges
-    those named in `on_torch` with torch)."""
+    those named in `on_torch` with torch); the torch-free engine places each output where
+    `writer` (its O_DIRECT pwrites) takes it without a copy."""
     seed = options.random_seed
     if not host or on_torch:
         # Ctrl-C or SIGTERM inside torch's import (1-2.5 s, while Hub shards download) would raise
@@ -115,7 +122,10 @@ def _engine(
         from .host.merge import merge_host_job
         from .host.staging import HostArrayStaging
 
-        staging = HostArrayStaging(plan, jobs, on_torch)
+        out_offset = None
+        if writer is not None and writer.direct_io:
+            out_offset = lambda job: writer.offset(job.name, job.start)  # noqa: E731
+        staging = HostArrayStaging(plan, jobs, on_torch, out_offset)
         return staging, lambda job, staged: staging.merge(
             job, staged, lambda *a: merge_host_job(plan, *a, seed, on_torch, merge_job)
         )
@@ -143,9 +153,9 @@ def _write_tensors(
         if not streamed_inputs(plan):  # a range request costs a round trip: whole tensors, as the torch engine
             jobs = split_jobs(plan, jobs, on_torch)
     budget = _budget(plan, jobs, options, device)
-    staging, merge = _engine(plan, jobs, options, budget, host, on_torch)
-    total = sum(j.read_bytes for j in jobs)  # a SLERP part is read twice (host/parts.py)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
+    staging, merge = _engine(plan, jobs, options, budget, host, on_torch, writer)
+    total = sum(j.read_bytes for j in jobs)  # a SLERP part is read twice (host/parts.py)
     try:
         with _progress_bar(total, options.quiet) as bar:
 

@@ -4,6 +4,7 @@ tensor, and the methods that need a whole tensor are never cut."""
 
 from __future__ import annotations
 
+import ctypes
 import math
 import shutil
 
@@ -12,8 +13,12 @@ from helpers import example_config, plan_of, run_cli
 from test_host_engine import PASSTHROUGH, _both, engines  # noqa: F401 - engines: a fixture
 
 from mergefast import execute
+from mergefast.config import parse_config
 from mergefast.host import parts, staging
 from mergefast.io import mapped
+from mergefast.io.direct import BLOCK
+from mergefast.options import MergeOptions
+from mergefast.plan import build_plan
 
 PART = 700  # elements: no tensor of the test family is a multiple of it
 
@@ -88,6 +93,26 @@ def test_parts_slice_mapped_windows_of_their_tensor(family, tmp_path, monkeypatc
     assert max(windows.values()) > 1 and cut[0] > len([w for w in windows.values() if w > 1])
     for job in plan.jobs:
         assert maps.count(job.name) == windows[job.name] * len(job.sources), job.name
+
+
+def test_outputs_are_placed_like_their_file_offsets(family, monkeypatch):
+    """The torch-free engine's staging places each output (a part's, a whole tensor's) at an
+    address congruent to its file offset modulo BLOCK, so the writer's O_DIRECT pwrites take
+    it from where it lies (io/direct.py `_write_in_place`, tests/test_io_direct.py)."""
+    monkeypatch.setattr(parts, "PART_ELEMENTS", PART)
+    text = example_config("linear.yml", family)
+    plan = build_plan(parse_config(text, "c.yml"), text, "c.yml", MergeOptions())  # open: its readers read
+    jobs = parts.split_jobs(plan, plan.jobs)
+    offsets = {(job.name, job.start): 1000 + 7 * i for i, job in enumerate(jobs)}
+    host = staging.HostArrayStaging(plan, jobs, out_offset=lambda job: offsets[job.name, job.start])
+    try:
+        for job in jobs:
+            out = host.merge(job, host.read(job), lambda job, inputs, take: take(job.out_bytes)).array
+            assert (ctypes.addressof(ctypes.c_char.from_buffer(out)) - offsets[job.name, job.start]) % BLOCK == 0
+            assert out.nbytes == job.out_bytes
+    finally:
+        host.close()
+        plan.close()
 
 
 def test_parts_cover_each_tensor_and_need_elementwise_methods(family, monkeypatch):

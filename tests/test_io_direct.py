@@ -4,6 +4,7 @@ logic is tested on any filesystem (where O_DIRECT is refused, without the flag).
 
 import ctypes
 import errno
+import mmap
 import os
 import random
 import threading
@@ -31,7 +32,18 @@ def aligned_pwrites(monkeypatch, tmp_path):
         calls.append((offset, len(view)))
         return real(fd, data, offset)
 
+    def pwritev(fd, pieces, offset):  # one call, each piece aligned
+        views = [memoryview(p) for p in pieces]
+        for view in views:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+            assert len(view) % BLOCK == 0 and address % BLOCK == 0
+        assert offset % BLOCK == 0
+        calls.append((offset, sum(len(v) for v in views)))
+        return real_v(fd, pieces, offset)
+
+    real_v = os.pwritev
     monkeypatch.setattr(direct.os, "pwrite", pwrite)
+    monkeypatch.setattr(direct.os, "pwritev", pwritev)
     return calls
 
 
@@ -180,6 +192,39 @@ def test_pieces_that_meet_inside_a_block_are_gathered_with_it(tmp_path, aligned_
     f.close()
     assert f.path.read_bytes() == data[:size]
     assert aligned_pwrites == [(k * stage, stage) for k in range(3)] + [(3 * stage, BLOCK)]
+
+
+def _placed(data: bytes, offset: int) -> memoryview:
+    """`data` in a fresh buffer at an address congruent to `offset` modulo BLOCK, as the
+    torch-free engine places its outputs (host/staging.py)."""
+    buf = mmap.mmap(-1, len(data) + BLOCK)
+    view = memoryview(buf)[offset % BLOCK : offset % BLOCK + len(data)]
+    view[:] = data
+    return view
+
+
+@pytest.mark.parametrize("order", ["in order", "shuffled"])
+def test_pieces_placed_like_their_offsets_are_written_where_they_lie(tmp_path, aligned_pwrites, monkeypatch, order):
+    """Parts of ~2^20 elements after an unaligned header: each one's aligned middle goes out from
+    its own buffer, in one pwritev with the block where it meets the part before (in order: one
+    call per part); nothing but those meeting blocks is copied into a staging buffer."""
+    copied, real_memmove = [], ctypes.memmove
+    monkeypatch.setattr(direct.ctypes, "memmove", lambda dst, src, n: copied.append(n) or real_memmove(dst, src, n))
+    size = 5 * direct.STAGE_BYTES + 777
+    data = bytes(random.Random(5).getrandbits(8) for _ in range(4096)) * (size // 4096 + 1)
+    cuts = [0, 88, *range(88 + 1000, size, direct.STAGE_BYTES), size]
+    pieces = list(zip(cuts, cuts[1:]))
+    if order == "shuffled":
+        random.Random(1).shuffle(pieces)
+    f = _file(tmp_path, size)
+    for a, b in pieces:
+        f.write(_placed(data[a:b], a), a)
+    f.close()
+    assert f.path.read_bytes() == data[:size]
+    assert sum(copied) <= len(pieces) * BLOCK
+    assert sum(n for _, n in aligned_pwrites) == -(-size // BLOCK) * BLOCK  # every block once
+    if order == "in order":
+        assert len(aligned_pwrites) <= len(pieces) + 1
 
 
 def test_a_failed_gathered_write_raises_its_error_and_the_file_still_closes(tmp_path, monkeypatch):

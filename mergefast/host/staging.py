@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..dtypes import ITEMSIZE
+from ..io.direct import BLOCK
 from ..io.host_array import HostArray
 from ..io.hub_stream import JOBS_AT_ONCE, SOURCES_AT_ONCE, streamed_inputs
 from ..plan import MergePlan, TensorJob
@@ -61,9 +62,16 @@ class HostArrayStaging(BufferPool):
     """CPU merges without torch: pooled byte buffers for inputs and outputs. `jobs`: what
     the pipeline runs, the plan's jobs or their parts (host/parts.py)."""
 
-    def __init__(self, plan: MergePlan, jobs: list[TensorJob | TensorPart], on_torch: frozenset[str] = frozenset()):
-        super().__init__(anonymous_bytes, jobs, pool_copies=True)
+    def __init__(
+        self,
+        plan: MergePlan,
+        jobs: list[TensorJob | TensorPart],
+        on_torch: frozenset[str] = frozenset(),
+        out_offset: Callable[[TensorJob | TensorPart], int] | None = None,
+    ):
+        super().__init__(anonymous_bytes, jobs, pool_copies=True, out_pad=BLOCK)
         self.plan, self.on_torch = plan, on_torch
+        self._out_offset = out_offset  # where a job's output lands in its shard file
         self._windows: dict[tuple[int, str], _Window] = {}  # each cut tensor's mapped window (`_mapped`)
         # Local and downloaded files are read one job, one source after the other (two cores);
         # --stream-inputs' range requests wait on round trips: a job's sources at once, and
@@ -132,10 +140,13 @@ class HostArrayStaging(BufferPool):
         `take(nbytes)`; the input buffers go back to the pool, but a copy's, which is its
         output and goes back once written."""
         lent: list[memoryview] = []
+        # The output at an address congruent to its file offset modulo BLOCK: the writer's
+        # O_DIRECT pwrites take its aligned blocks from where they lie (io/direct.py), no copy.
+        shift = 0 if self._out_offset is None else self._out_offset(job) % BLOCK
 
         def take(nbytes: int) -> memoryview:
-            lent.append(self._buffer(nbytes))
-            return lent[-1]
+            lent.append(self._buffer(nbytes + BLOCK))
+            return lent[-1][shift : shift + nbytes]
 
         try:
             with team(None if self.runs_alone(job) else self._share):
@@ -146,7 +157,7 @@ class HostArrayStaging(BufferPool):
                 staged.arrays.clear()  # mapped inputs are unmapped with their last view
         if job.copy:
             return _Merged(out, staged.buffers + lent)
-        self._asked([job.out_bytes])
+        self._asked([job.out_bytes + BLOCK])
         return _Merged(out, lent)
 
     def write(self, pending: _Merged, sink: Callable[[HostArray], None]) -> None:

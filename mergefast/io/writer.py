@@ -173,6 +173,11 @@ class ShardedWriter:
             for t, off in zip(shard, offsets):
                 self._slots[t.name] = (k, len(header) + off, t)
 
+    def offset(self, name: str, start: int | None = None) -> int:
+        """Where tensor `name` starts in its shard file, or with `start` its element `start`."""
+        _, offset, planned = self._slots[name]
+        return offset + (start or 0) * ITEMSIZE[planned.dtype]
+
     def write(self, name: str, tensor: torch.Tensor | HostArray, start: int | None = None) -> None:
         """Write one planned tensor (any order, thread-safe): a torch tensor or a HostArray
         (io/host_array.py). Its dtype and shape must match the plan exactly (ValueError

@@ -23,11 +23,14 @@ CARVE_MIN = 1 << 20  # smaller retired buffers are freed, not carved
 
 class BufferPool:
     """Buffers from `allocate(nbytes)`, pooled by size. With `jobs` (a plan's), the pool
-    counts the times a job not yet read (its inputs) or merged (its output) asks for each
-    size, and retires a size once none will: else every buffer stays pooled by its size.
-    `pool_copies`: copy jobs' inputs come from the pool too (else they are not counted)."""
+    counts the times a job not yet read (its inputs) or merged (its output: `out_pad` bytes
+    more) asks for each size, and retires a size once none will: else every buffer stays
+    pooled by its size. `pool_copies`: copy jobs' inputs come from the pool too (else they are
+    not counted)."""
 
-    def __init__(self, allocate: Callable[[int], Any], jobs: Iterable = (), pool_copies: bool = False):
+    def __init__(
+        self, allocate: Callable[[int], Any], jobs: Iterable = (), pool_copies: bool = False, out_pad: int = 0
+    ):
         self._allocate = allocate
         self._free: dict[int, list[Any]] = {}
         self._lock = threading.Lock()
@@ -35,7 +38,7 @@ class BufferPool:
         for job in jobs:
             if not job.copy:
                 self._uses.update(job.input_bytes)
-                self._uses[job.out_bytes] += 1
+                self._uses[job.out_bytes + out_pad] += 1  # an output's buffer: `out_pad` bytes more
             elif pool_copies:  # a copy's input buffer is its output: one use
                 self._uses.update(job.input_bytes)
         self._planned = bool(self._uses)
