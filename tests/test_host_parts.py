@@ -95,21 +95,26 @@ def test_parts_slice_mapped_windows_of_their_tensor(family, tmp_path, monkeypatc
         assert maps.count(job.name) == windows[job.name] * len(job.sources), job.name
 
 
-def test_outputs_are_placed_like_their_file_offsets(family, monkeypatch):
-    """The torch-free engine's staging places each output (a part's, a whole tensor's) at an
-    address congruent to its file offset modulo BLOCK, so the writer's O_DIRECT pwrites take
-    it from where it lies (io/direct.py `_write_in_place`, tests/test_io_direct.py)."""
+@pytest.mark.parametrize("name", ["linear.yml", "passthrough"])
+def test_outputs_are_placed_like_their_file_offsets(name, family, tmp_path, monkeypatch):
+    """The torch-free engine's staging places each output (a part's, a whole tensor's, a copy's
+    input) at an address congruent to its file offset modulo BLOCK, so the writer's O_DIRECT
+    pwrites take it from where it lies (io/direct.py `_write_in_place`, tests/test_io_direct.py)."""
     monkeypatch.setattr(parts, "PART_ELEMENTS", PART)
-    text = example_config("linear.yml", family)
+    text = _config(name, family, tmp_path / "c.yml").read_text()
     plan = build_plan(parse_config(text, "c.yml"), text, "c.yml", MergeOptions())  # open: its readers read
     jobs = parts.split_jobs(plan, plan.jobs)
     offsets = {(job.name, job.start): 1000 + 7 * i for i, job in enumerate(jobs)}
     host = staging.HostArrayStaging(plan, jobs, out_offset=lambda job: offsets[job.name, job.start])
     try:
         for job in jobs:
-            out = host.merge(job, host.read(job), lambda job, inputs, take: take(job.out_bytes)).array
+            merged = host.merge(
+                job, host.read(job), lambda job, inputs, take: inputs[0] if job.copy else take(job.out_bytes)
+            )
+            out = merged.array.data if job.copy else merged.array  # a copy's output: its input's HostArray
             assert (ctypes.addressof(ctypes.c_char.from_buffer(out)) - offsets[job.name, job.start]) % BLOCK == 0
             assert out.nbytes == job.out_bytes
+            host.write(merged, lambda array: None)  # its buffers back to the pool
     finally:
         host.close()
         plan.close()

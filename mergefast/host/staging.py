@@ -95,12 +95,13 @@ class HostArrayStaging(BufferPool):
         elements = None if job.start is None else (job.start, job.stop)
         arrays: list[HostArray | None] = []
         buffers, reads = [], []
+        pad, shift = (BLOCK, self._shift(job)) if job.copy else (0, 0)  # a copy's input is its output
         for i, (source, nbytes) in enumerate(zip(job.sources, job.input_bytes)):
             reader = self.plan.models[source.model].reader
             arrays.append(None if job.copy else self._mapped(reader, source, job))
             if arrays[-1] is None:
-                buffers.append(self._buffer(nbytes))
-                reads.append((i, reader, source.tensor, buffers[-1]))
+                buffers.append(self._buffer(nbytes + pad))
+                reads.append((i, reader, source.tensor, buffers[-1][shift : shift + nbytes]))
 
         def read(i, reader, tensor, buffer) -> None:
             arrays[i] = reader.read_into(tensor, buffer, elements)
@@ -110,7 +111,7 @@ class HostArrayStaging(BufferPool):
         else:
             for r in reads:
                 read(*r)
-        self._asked(job.input_bytes)
+        self._asked([nbytes + pad for nbytes in job.input_bytes])
         return _Staged(arrays, buffers)
 
     def _mapped(self, reader, source, job: TensorJob | TensorPart) -> HostArray | None:
@@ -135,14 +136,18 @@ class HostArrayStaging(BufferPool):
         data = window.array.data[(job.start - window.start) * size : (job.stop - window.start) * size]
         return HostArray(data, window.array.dtype, (job.stop - job.start,))
 
+    def _shift(self, job: TensorJob | TensorPart) -> int:
+        """Where `job`'s output starts in its buffer: at an address congruent to its file
+        offset modulo BLOCK, the writer's O_DIRECT pwrites take its aligned blocks from where
+        they lie (io/direct.py), no copy."""
+        return 0 if self._out_offset is None else self._out_offset(job) % BLOCK
+
     def merge(self, job: TensorJob | TensorPart, staged: _Staged, merge_fn: Callable) -> _Merged:
         """`merge_fn(job, inputs, take)` (merge thread), its output in a pooled buffer from
         `take(nbytes)`; the input buffers go back to the pool, but a copy's, which is its
         output and goes back once written."""
         lent: list[memoryview] = []
-        # The output at an address congruent to its file offset modulo BLOCK: the writer's
-        # O_DIRECT pwrites take its aligned blocks from where they lie (io/direct.py), no copy.
-        shift = 0 if self._out_offset is None else self._out_offset(job) % BLOCK
+        shift = self._shift(job)
 
         def take(nbytes: int) -> memoryview:
             lent.append(self._buffer(nbytes + BLOCK))

@@ -23,10 +23,10 @@ CARVE_MIN = 1 << 20  # smaller retired buffers are freed, not carved
 
 class BufferPool:
     """Buffers from `allocate(nbytes)`, pooled by size. With `jobs` (a plan's), the pool
-    counts the times a job not yet read (its inputs) or merged (its output: `out_pad` bytes
-    more) asks for each size, and retires a size once none will: else every buffer stays
-    pooled by its size. `pool_copies`: copy jobs' inputs come from the pool too (else they are
-    not counted)."""
+    counts the times a job not yet read (its inputs) or merged (its output, and a copy's
+    input, which is its output: `out_pad` bytes more) asks for each size, and retires a size
+    once none will: else every buffer stays pooled by its size. `pool_copies`: copy jobs'
+    inputs come from the pool too (else they are not counted)."""
 
     def __init__(
         self, allocate: Callable[[int], Any], jobs: Iterable = (), pool_copies: bool = False, out_pad: int = 0
@@ -39,8 +39,8 @@ class BufferPool:
             if not job.copy:
                 self._uses.update(job.input_bytes)
                 self._uses[job.out_bytes + out_pad] += 1  # an output's buffer: `out_pad` bytes more
-            elif pool_copies:  # a copy's input buffer is its output: one use
-                self._uses.update(job.input_bytes)
+            elif pool_copies:  # a copy's input buffer is its output: one use (padded as one)
+                self._uses.update(nbytes + out_pad for nbytes in job.input_bytes)
         self._planned = bool(self._uses)
         self._spare: list[list] = []  # [buffer, bytes carved off]: retired sizes' buffers
 
