@@ -154,7 +154,11 @@ def _write_tensors(
             jobs = split_jobs(plan, jobs, on_torch)
     budget = _budget(plan, jobs, options, device)
     writer = ShardedWriter(folder, outputs, options.out_shard_size)
-    staging, merge = _engine(plan, jobs, options, budget, host, on_torch, writer)
+    try:
+        staging, merge = _engine(plan, jobs, options, budget, host, on_torch, writer)
+    except BaseException:  # Ctrl-C in torch's import
+        writer.abort()
+        raise
     total = sum(j.read_bytes for j in jobs)  # a SLERP part is read twice (host/parts.py)
     try:
         with _progress_bar(total, options.quiet) as bar:
