@@ -161,30 +161,27 @@ class DirectFile:
         """`data` (whole blocks at an aligned address) out without a copy, in pieces of
         STAGE_BYTES, the first with the bytes gathered just before it in one pwritev (gather
         lock held)."""
-        gathered, self._gathered, done = self._gathered, None, 0
-        if gathered is not None:
-            start, stage, n = gathered
-            try:
-                if start + n == offset:
-                    done = min(STAGE_BYTES, len(data))
-                    self._pwritev([memoryview(stage)[:n], data[:done]], start)
-                else:
-                    self._pwrite(memoryview(stage)[:n], start)
-            finally:
-                _STAGING.give(stage)
+        gathered, done = self._gathered, 0
+        if gathered is not None and gathered[0] + gathered[2] == offset:
+            done = min(STAGE_BYTES, len(data))
+        self._flush_gathered(data[:done])
         while done < len(data):
             n = min(STAGE_BYTES, len(data) - done)
             self._pwrite(data[done : done + n], offset + done)
             done += n
 
-    def _flush_gathered(self) -> None:
-        """Write the gathered bytes out (gather lock held)."""
+    def _flush_gathered(self, then: memoryview | None = None) -> None:
+        """Write the gathered bytes out, and `then` (whole blocks that follow them) in the same
+        pwritev (gather lock held)."""
         gathered, self._gathered = self._gathered, None
         if gathered is None:
             return
         start, stage, n = gathered
         try:  # no `with memoryview`: a failed pwrite's traceback holds the slice, and its release would raise
-            self._pwrite(memoryview(stage)[:n], start)
+            if then:
+                self._pwritev([memoryview(stage)[:n], then], start)
+            else:
+                self._pwrite(memoryview(stage)[:n], start)
         finally:
             _STAGING.give(stage)
 

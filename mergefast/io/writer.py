@@ -188,7 +188,7 @@ class ShardedWriter:
         slot = self._slots.get(name)
         if slot is None:
             raise ValueError(f"tensor {name!r} is not in the output plan")
-        k, offset, planned = slot
+        k, _, planned = slot
         count = self._check_shape(name, tensor, planned, start)
         with self._lock:
             if self._finished:
@@ -205,7 +205,7 @@ class ShardedWriter:
         shard = self._files[k]
         try:
             if count and planned.nbytes:
-                self._write_bytes(shard, _bytes(tensor), offset + (start or 0) * ITEMSIZE[planned.dtype])
+                self._write_bytes(shard, _bytes(tensor), self.offset(name, start))
         except BaseException:
             with self._lock:
                 self._written.discard(name)
