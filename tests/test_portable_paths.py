@@ -1,6 +1,7 @@
-"""The C kernels' portable paths (no AVX2: another architecture, an older x86-64) give the bits
-of their AVX2 clones. `MERGEFAST_NO_AVX2=1` makes the library take the portable paths on
-this machine (csrc/cpu/common.h); a child process computes every method with it, and each
+"""The C kernels' portable paths (no AVX2: another architecture, an older x86-64) and their
+AVX2 clones (no AVX-512) give the bits of the clones this CPU runs. `MERGEFAST_NO_AVX2=1`
+makes the library take the portable paths on this machine, `MERGEFAST_NO_AVX512=1` the AVX2
+clones (csrc/cpu/common.h); a child process computes every method with one of them, and each
 output must equal this process's, bit for bit."""
 
 from __future__ import annotations
@@ -75,18 +76,18 @@ def outputs() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def portable(tmp_path_factory) -> dict[str, torch.Tensor]:
-    """The outputs of a child process on the portable paths."""
-    path = tmp_path_factory.mktemp("portable") / "out.pt"
+def here() -> dict[str, torch.Tensor]:
+    """The outputs of this process, on the widest clones this CPU runs."""
+    return outputs()
+
+
+@pytest.mark.parametrize("flag", ["MERGEFAST_NO_AVX2", "MERGEFAST_NO_AVX512"])
+def test_narrower_paths_give_the_same_bits(here, flag, tmp_path):
+    path = tmp_path / "out.pt"
     code = f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
     code += f"import test_portable_paths as t; torch.save(t.outputs(), {str(path)!r})"
-    env = {**os.environ, "MERGEFAST_NO_AVX2": "1"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
-    return torch.load(path, weights_only=True)
-
-
-def test_portable_paths_give_the_clones_bits(portable):
-    here = outputs()
-    assert here.keys() == portable.keys()
-    differ = [k for k in here if not torch.equal(here[k].view(torch.uint8), portable[k].view(torch.uint8))]
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, flag: "1"}, timeout=600)
+    narrower = torch.load(path, weights_only=True)
+    assert here.keys() == narrower.keys()
+    differ = [k for k in here if not torch.equal(here[k].view(torch.uint8), narrower[k].view(torch.uint8))]
     assert not differ, differ

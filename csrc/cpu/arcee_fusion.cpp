@@ -64,6 +64,7 @@ constexpr uint32_t kNoSlot = 0xFFFFu;
 MF_ARCEE_ROWS(kl_and_top_rows, )
 #if MF_AVX2_CLONES
 MF_ARCEE_ROWS(kl_and_top_rows_avx2, MF_TARGET_AVX2)
+MF_ARCEE_ROWS(kl_and_top_rows_avx512, MF_TARGET_AVX512BW)
 #endif
 
 // Sums per-thread histograms (nthreads x bins) into int64 counts.
@@ -91,6 +92,7 @@ std::vector<int64_t> pass_rows(const ArceeArgs& a, const OutputSlots& slots, int
   auto body = &kl_and_top_rows;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) body = &kl_and_top_rows_avx2;
+  if (cpu_has_avx512bw()) body = &kl_and_top_rows_avx512;
 #endif
   const int64_t chunk = std::max<int64_t>(1, kBlock / std::max<int64_t>(a.cols, 1));
 #pragma omp parallel num_threads(nthreads)
@@ -153,6 +155,7 @@ MF_TARGET_AVX2 void low_avx2(const ArceeArgs& a, const OutputSlots& slots, const
   }
   low_scalar(a, slots, kl, top, off + j, len - j, h);
 }
+
 #endif
 
 // Pass 2: the low-16-bit histograms of the keys in each of the buckets `top` (distinct).
@@ -197,6 +200,7 @@ std::vector<int64_t> pass_low(const ArceeArgs& a, const OutputSlots& slots, cons
 MF_ARCEE_APPLY(apply_block, )
 #if MF_AVX2_CLONES
 MF_ARCEE_APPLY(apply_block_avx2, MF_TARGET_AVX2)
+MF_ARCEE_APPLY(apply_block_avx512, MF_TARGET_AVX512BW)
 #endif
 
 }  // namespace
@@ -228,6 +232,7 @@ bool arcee_apply(const Src& base, const Src& other, int64_t cols, const float* k
   auto body = &apply_block;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) body = &apply_block_avx2;
+  if (cpu_has_avx512bw()) body = &apply_block_avx512;
 #endif
   std::atomic<uint32_t> nonfinite{0};
   for_each_block_raw(n, team_size(n, threads), 3, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {

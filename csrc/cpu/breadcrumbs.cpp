@@ -49,6 +49,12 @@ MF_TARGET_AVX2 uint32_t band_block_avx2(const BandArgs& a, float* const* bufs, f
                                         int64_t blk) {
   return band_block_impl<Consensus>(a, bufs, wd, blk);
 }
+
+template <bool Consensus>
+MF_TARGET_AVX512BW uint32_t band_block_avx512(const BandArgs& a, float* const* bufs, float* const* wd,
+                                              int64_t blk) {
+  return band_block_impl<Consensus>(a, bufs, wd, blk);
+}
 #endif
 
 // Returns true when every delta was finite, i.e. base and every model are.
@@ -57,6 +63,7 @@ bool band_apply(const BandArgs& a) {
   auto block = &band_block_default<Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &band_block_avx2<Consensus>;
+  if (cpu_has_avx512bw()) block = &band_block_avx512<Consensus>;
 #endif
   const int K = a.K;
   const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {

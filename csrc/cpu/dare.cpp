@@ -129,6 +129,12 @@ MF_TARGET_AVX2 uint32_t dare_block_avx2(const DareArgs& a, float* const* bufs, f
                                         int64_t blk) {
   return dare_block_impl<Consensus, true>(a, bufs, wd, blk);
 }
+
+template <bool Consensus>
+MF_TARGET_AVX512BW uint32_t dare_block_avx512(const DareArgs& a, float* const* bufs, float* const* wd,
+                                              int64_t blk) {
+  return dare_block_impl<Consensus, true>(a, bufs, wd, blk);
+}
 #endif
 
 template <bool Consensus>
@@ -136,6 +142,7 @@ bool dare_apply(const DareArgs& a) {
   auto block = &dare_block_default<Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &dare_block_avx2<Consensus>;
+  if (cpu_has_avx512bw()) block = &dare_block_avx512<Consensus>;
 #endif
   const int K = a.K;
   const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {
@@ -232,6 +239,10 @@ MF_TARGET_AVX2 void norms_block_avx2(const DareArgs& a, int64_t blk, Scratch& s,
   norms_block_impl<true>(a, blk, s, part);
 }
 
+MF_TARGET_AVX512BW void norms_block_avx512(const DareArgs& a, int64_t blk, Scratch& s, double* part) {
+  norms_block_impl<true>(a, blk, s, part);
+}
+
 #endif
 
 DareArgs dare_args(const Src& base, const std::vector<Src>& xs, const float* w,
@@ -258,6 +269,7 @@ void dare_norms(const Src& base, const std::vector<Src>& xs, const std::vector<u
   auto block = &norms_block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &norms_block_avx2;
+  if (cpu_has_avx512bw()) block = &norms_block_avx512;
 #endif
   const int K = a.K;
   std::vector<double> part(static_cast<size_t>(num_blocks(a.n)) * 2 * K);

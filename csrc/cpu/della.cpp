@@ -171,6 +171,10 @@ MF_TARGET_AVX2 void mask_tile_avx2(const MaskArgs& a, int64_t t, TileScratch& s,
   mask_tile<true>(a, t, s, part);
 }
 
+MF_TARGET_AVX512BW void mask_tile_avx512(const MaskArgs& a, int64_t t, TileScratch& s, double* part) {
+  mask_tile<true>(a, t, s, part);
+}
+
 #endif
 
 // Model i's weighted kept deltas for one block (bit i of the keep words w16), as DARE's
@@ -236,6 +240,12 @@ MF_TARGET_AVX2 uint32_t apply_block_avx2(const KeptArgs& a, float* const* bufs, 
                                          int64_t blk) {
   return apply_block<Consensus>(a, bufs, wd, w16, blk);
 }
+
+template <bool Consensus>
+MF_TARGET_AVX512BW uint32_t apply_block_avx512(const KeptArgs& a, float* const* bufs, float* const* wd, uint16_t* w16,
+                                               int64_t blk) {
+  return apply_block<Consensus>(a, bufs, wd, w16, blk);
+}
 #endif
 
 template <bool Consensus>
@@ -243,6 +253,7 @@ bool della_apply_impl(const KeptArgs& a) {
   auto block = &apply_block_default<Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &apply_block_avx2<Consensus>;
+  if (cpu_has_avx512bw()) block = &apply_block_avx512<Consensus>;
 #endif
   const int K = a.K;
   const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {
@@ -265,6 +276,7 @@ void della_masks(const Src& base, const std::vector<Src>& xs, const std::vector<
   auto tile = &mask_tile_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) tile = &mask_tile_avx2;
+  if (cpu_has_avx512bw()) tile = &mask_tile_avx512;
 #endif
   bool any_bounds = false;  // some model's rows take the rank bounds
   for (int i = 0; i < K; ++i) any_bounds |= takes_bounds(cols, bf16_deltas(a, i));

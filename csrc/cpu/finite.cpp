@@ -22,6 +22,11 @@ template <DType D>
 MF_TARGET_AVX2 uint32_t block_avx2(const void* x, int64_t off, int64_t len) {
   return block_nonfinite<D>(x, off, len);
 }
+
+template <DType D>
+MF_TARGET_AVX512BW uint32_t block_avx512(const void* x, int64_t off, int64_t len) {
+  return block_nonfinite<D>(x, off, len);
+}
 #endif
 
 using BlockFn = uint32_t (*)(const void*, int64_t, int64_t);
@@ -30,6 +35,7 @@ using BlockFn = uint32_t (*)(const void*, int64_t, int64_t);
 template <DType D>
 BlockFn block_for() {
 #if MF_AVX2_CLONES
+  if (cpu_has_avx512bw()) return &block_avx512<D>;
   if (cpu_has_avx2()) return &block_avx2<D>;
 #endif
   return &block_default<D>;

@@ -86,6 +86,11 @@ MF_TARGET_AVX2 void column_tile_avx2(const ColumnArgs& a, int64_t r0, int64_t r1
                                      Scratch& s, double* acc, double* part) {
   column_tile_impl(a, r0, r1, c0, w, s, acc, part);
 }
+
+MF_TARGET_AVX512BW void column_tile_avx512(const ColumnArgs& a, int64_t r0, int64_t r1, int64_t c0, int64_t w,
+                                           Scratch& s, double* acc, double* part) {
+  column_tile_impl(a, r0, r1, c0, w, s, acc, part);
+}
 #endif
 
 }  // namespace
@@ -99,6 +104,7 @@ void gram_columns(const Src* base, const std::vector<Src>& xs, int64_t rows, int
   auto tile = &column_tile_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) tile = &column_tile_avx2;
+  if (cpu_has_avx512bw()) tile = &column_tile_avx512;
 #endif
   const int64_t runs = (cols + kColumnRun - 1) / kColumnRun;
   const int64_t chunks = (rows + kColumnRows - 1) / kColumnRows;

@@ -51,6 +51,10 @@ void block_default(const LinearArgs& a, int64_t off, int64_t len, Scratch& s) {
 MF_TARGET_AVX2 void block_avx2(const LinearArgs& a, int64_t off, int64_t len, Scratch& s) {
   block_impl(a, off, len, s);
 }
+
+MF_TARGET_AVX512BW void block_avx512(const LinearArgs& a, int64_t off, int64_t len, Scratch& s) {
+  block_impl(a, off, len, s);
+}
 #endif
 
 }  // namespace
@@ -61,6 +65,7 @@ void linear(const std::vector<Src>& xs, const std::vector<float>& w, bool divide
   auto block = &block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &block_avx2;
+  if (cpu_has_avx512bw()) block = &block_avx512;
 #endif
   for_each_block_raw(n, std::max(1, threads), 1,
                      [&](int, int64_t, int64_t off, int64_t len, Scratch& s) { block(a, off, len, s); });

@@ -116,7 +116,13 @@ uint32_t plus_default(const RamArgs& a, int64_t off, int64_t len, Scratch& s, fl
 MF_TARGET_AVX2 uint32_t ram_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
   return ram_block<false>(a, off, len, s, r);
 }
+MF_TARGET_AVX512BW uint32_t ram_avx512(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  return ram_block<false>(a, off, len, s, r);
+}
 MF_TARGET_AVX2 uint32_t plus_avx2(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
+  return ram_block<true>(a, off, len, s, r);
+}
+MF_TARGET_AVX512BW uint32_t plus_avx512(const RamArgs& a, int64_t off, int64_t len, Scratch& s, float* r) {
   return ram_block<true>(a, off, len, s, r);
 }
 #endif
@@ -125,6 +131,7 @@ using BlockFn = uint32_t (*)(const RamArgs&, int64_t, int64_t, Scratch&, float*)
 
 BlockFn pick(bool plus) {
 #if MF_AVX2_CLONES
+  if (cpu_has_avx512bw()) return plus ? &plus_avx512 : &ram_avx512;
   if (cpu_has_avx2()) return plus ? &plus_avx2 : &ram_avx2;
 #endif
   return plus ? &plus_default : &ram_default;
@@ -176,6 +183,11 @@ MF_TARGET_AVX2 void count_avx2(const Src& base, const std::vector<Src>& xs, floa
                                int64_t len, CountState& st) {
   count_impl(base, xs, eps, off, len, st);
 }
+
+MF_TARGET_AVX512BW void count_avx512(const Src& base, const std::vector<Src>& xs, float eps, int64_t off,
+                                     int64_t len, CountState& st) {
+  count_impl(base, xs, eps, off, len, st);
+}
 #endif
 
 }  // namespace
@@ -187,6 +199,7 @@ void ram_counts(const Src& base, const std::vector<Src>& xs, float eps, int64_t 
   auto block = &count_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &count_avx2;
+  if (cpu_has_avx512bw()) block = &count_avx512;
 #endif
   const int64_t nb = num_blocks(n);
 #pragma omp parallel num_threads(team_size(n, threads))

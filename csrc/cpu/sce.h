@@ -152,9 +152,11 @@ MF_INLINE void sce_kept_deltas(const Src& x, const float* b, const float* m, int
   NAME##_fn NAME##_pick() { return MF_SCE_AVX2_PICK(NAME); }
 
 #if MF_AVX2_CLONES
-#define MF_SCE_AVX2_VARIANT(NAME, SIG, ARGS) \
-  MF_TARGET_AVX2 void NAME##_avx2 SIG { NAME##_impl ARGS; }
-#define MF_SCE_AVX2_PICK(NAME) cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
+#define MF_SCE_AVX2_VARIANT(NAME, SIG, ARGS)                 \
+  MF_TARGET_AVX2 void NAME##_avx2 SIG { NAME##_impl ARGS; } \
+  MF_TARGET_AVX512BW void NAME##_avx512 SIG { NAME##_impl ARGS; }
+#define MF_SCE_AVX2_PICK(NAME) \
+  cpu_has_avx512bw() ? &NAME##_avx512 : cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
 #else
 #define MF_SCE_AVX2_VARIANT(NAME, SIG, ARGS)
 #define MF_SCE_AVX2_PICK(NAME) &NAME##_default

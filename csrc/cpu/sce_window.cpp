@@ -175,12 +175,18 @@ MF_TARGET_AVX2 void window_block_avx2(WindowSums& ws, int tid, int64_t off, int6
                                       const float* const* staged) {
   window_block_impl(ws, tid, off, len, kb, staged, &record_block_avx2);
 }
+
+MF_TARGET_AVX512BW void window_block_avx512(WindowSums& ws, int tid, int64_t off, int64_t len, const uint32_t* kb,
+                                            const float* const* staged) {
+  window_block_impl(ws, tid, off, len, kb, staged, &record_block_avx2);
+}
 #endif
 
 }  // namespace
 
 window_block_fn window_block_pick() {
 #if MF_AVX2_CLONES
+  if (cpu_has_avx512bw()) return &window_block_avx512;
   if (cpu_has_avx2()) return &window_block_avx2;
 #endif
   return &window_block_default;

@@ -65,8 +65,18 @@ MF_TARGET_AVX2 void dots_block_avx2(const Src& sa, const Src& sb, int64_t off, i
   dots_block_impl(sa, sb, off, len, s, sums);
 }
 
+MF_TARGET_AVX512BW void dots_block_avx512(const Src& sa, const Src& sb, int64_t off, int64_t len, Scratch& s,
+                                          double* sums) {
+  dots_block_impl(sa, sb, off, len, s, sums);
+}
+
 MF_TARGET_AVX2 void apply_block_avx2(const Src& sa, const Src& sb, float f0, float f1, const Dst& dst, int64_t off,
                                      int64_t len, Scratch& s) {
+  apply_block_impl(sa, sb, f0, f1, dst, off, len, s);
+}
+
+MF_TARGET_AVX512BW void apply_block_avx512(const Src& sa, const Src& sb, float f0, float f1, const Dst& dst, int64_t off,
+                                           int64_t len, Scratch& s) {
   apply_block_impl(sa, sb, f0, f1, dst, off, len, s);
 }
 #endif
@@ -77,6 +87,7 @@ void slerp_dots(const Src& sa, const Src& sb, int64_t n, int threads, double dot
   auto block = &dots_block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &dots_block_avx2;
+  if (cpu_has_avx512bw()) block = &dots_block_avx512;
 #endif
   // Each block's three sums in its own slot, then the blocks added in order: the same float64
   // totals on any thread count (an OpenMP reduction adds the threads' partials in an order of
@@ -95,6 +106,7 @@ void slerp_apply(const Src& sa, const Src& sb, float f0, float f1, const Dst& ds
   auto block = &apply_block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &apply_block_avx2;
+  if (cpu_has_avx512bw()) block = &apply_block_avx512;
 #endif
   for_each_block_raw(n, std::max(1, threads), 3, [&](int, int64_t, int64_t off, int64_t len, Scratch& s) {
     block(sa, sb, f0, f1, dst, off, len, s);

@@ -137,8 +137,14 @@ MF_INLINE void nearswap_impl(const NearswapArgs& a, int64_t off, int64_t len, Sc
                                   Scratch& s, float* r) {                                      \
     NAME##_impl(a, off, len, s, r);                                                            \
     store(d, off, len, r);                                                                     \
+  }                                                                                            \
+  MF_TARGET_AVX512BW void NAME##_avx512(const ARGS& a, const Dst& d, int64_t off, int64_t len, \
+                                        Scratch& s, float* r) {                                \
+    NAME##_impl(a, off, len, s, r);                                                            \
+    store(d, off, len, r);                                                                     \
   }
-#define MF_AVX2_PICK(NAME) cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
+#define MF_AVX2_PICK(NAME) \
+  cpu_has_avx512bw() ? &NAME##_avx512 : cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
 #else
 #define MF_AVX2_VARIANT(NAME, ARGS)
 #define MF_AVX2_PICK(NAME) &NAME##_default

@@ -48,6 +48,12 @@ MF_TARGET_AVX2 uint32_t apply_block_avx2(const ApplyArgs& a, float* const* bufs,
                                          float* const* wd, int64_t blk) {
   return apply_block_impl<S, Consensus>(a, bufs, wd, blk);
 }
+
+template <Sparsify S, bool Consensus>
+MF_TARGET_AVX512BW uint32_t apply_block_avx512(const ApplyArgs& a, float* const* bufs,
+                                               float* const* wd, int64_t blk) {
+  return apply_block_impl<S, Consensus>(a, bufs, wd, blk);
+}
 #endif
 
 // Returns true when every delta was finite, i.e. base and every model are.
@@ -63,6 +69,7 @@ bool apply(const Src& base, const std::vector<Src>& xs, const std::vector<float>
   auto block = &apply_block_default<S, Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &apply_block_avx2<S, Consensus>;
+  if (cpu_has_avx512bw()) block = &apply_block_avx512<S, Consensus>;
 #endif
   const auto merge = [&](float* const* bufs, float* const* wd, int64_t blk) {
     return block(args, bufs, wd, blk);

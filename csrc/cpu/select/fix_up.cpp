@@ -71,6 +71,12 @@ MF_TARGET_AVX2 void fix_block_avx2(const Args& a, const Records& rec, int64_t bl
                                    float* const* bufs) {
   fix_block_any<Consensus>(a, rec, blk, bufs);
 }
+
+template <bool Consensus, class Args>
+MF_TARGET_AVX512BW void fix_block_avx512(const Args& a, const Records& rec, int64_t blk,
+                                         float* const* bufs) {
+  fix_block_any<Consensus>(a, rec, blk, bufs);
+}
 #endif
 
 template <bool Consensus, class Args>
@@ -78,6 +84,7 @@ void fix_up_all(const Args& a, const Records& rec) {
   auto block = &fix_block_default<Consensus, Args>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &fix_block_avx2<Consensus, Args>;
+  if (cpu_has_avx512bw()) block = &fix_block_avx512<Consensus, Args>;
 #endif
   const int64_t nb = num_blocks(a.n);
 #pragma omp parallel num_threads(team_size(a.n, a.threads))

@@ -120,6 +120,12 @@ MF_TARGET_AVX2 uint32_t pass_block_avx2(const OneReadPass& p, float* const* bufs
                                         float* const* wd, int64_t blk) {
   return pass_block_impl<Consensus>(p, bufs, wd, blk);
 }
+
+template <bool Consensus>
+MF_TARGET_AVX512BW uint32_t pass_block_avx512(const OneReadPass& p, float* const* bufs,
+                                              float* const* wd, int64_t blk) {
+  return pass_block_impl<Consensus>(p, bufs, wd, blk);
+}
 #endif
 
 // The pass over every block on nthreads threads; returns nonzero when a delta was not finite.
@@ -128,6 +134,7 @@ uint32_t run_pass(const OneReadPass& p, int nthreads) {
   auto block = &pass_block_default<Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &pass_block_avx2<Consensus>;
+  if (cpu_has_avx512bw()) block = &pass_block_avx512<Consensus>;
 #endif
   return run_pass_blocks(p.apply.n, p.apply.K, nthreads, [&](float* const* bufs, float* const* wd, int64_t blk) {
     return block(p, bufs, wd, blk);

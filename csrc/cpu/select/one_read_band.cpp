@@ -123,6 +123,12 @@ MF_TARGET_AVX2 uint32_t band_pass_block_avx2(const BandPass& p, float* const* bu
                                              int64_t blk) {
   return band_pass_block_impl<Consensus>(p, bufs, wd, blk);
 }
+
+template <bool Consensus>
+MF_TARGET_AVX512BW uint32_t band_pass_block_avx512(const BandPass& p, float* const* bufs, float* const* wd,
+                                                   int64_t blk) {
+  return band_pass_block_impl<Consensus>(p, bufs, wd, blk);
+}
 #endif
 
 // The pass over every block; returns nonzero when a delta was not finite.
@@ -131,6 +137,7 @@ uint32_t run_band_pass(const BandPass& p) {
   auto block = &band_pass_block_default<Consensus>;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) block = &band_pass_block_avx2<Consensus>;
+  if (cpu_has_avx512bw()) block = &band_pass_block_avx512<Consensus>;
 #endif
   const BandArgs& a = *p.band;
   return run_pass_blocks(a.n, a.K, team_size(a.n, a.threads), [&](float* const* bufs, float* const* wd, int64_t blk) {

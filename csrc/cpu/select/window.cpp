@@ -199,6 +199,11 @@ MF_TARGET_AVX2 void scan_block_avx2(const Src& x, WindowScan& s, int tid, int64_
                                     int64_t off, const float* b, int64_t len, uint32_t* kb) {
   scan_block<true>(x, s, tid, blk, off, b, len, kb);
 }
+
+MF_TARGET_AVX512BW void scan_block_avx512(const Src& x, WindowScan& s, int tid, int64_t blk,
+                                          int64_t off, const float* b, int64_t len, uint32_t* kb) {
+  scan_block<true>(x, s, tid, blk, off, b, len, kb);
+}
 #endif
 
 }  // namespace
@@ -280,6 +285,7 @@ std::vector<WindowScan> scan_windows(const Src& base, const std::vector<const Sr
   ScanFn scan = &scan_block_default;
 #if MF_AVX2_CLONES
   if (cpu_has_avx2()) scan = &scan_block_avx2;
+  if (cpu_has_avx512bw()) scan = &scan_block_avx512;
 #endif
   for_each_block(base, n, nthreads, [&](int tid, int64_t blk, int64_t off, int64_t len,
                                         const float* b, float* spare) {
