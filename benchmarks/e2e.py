@@ -193,6 +193,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     compile_bytecode()
+    simd = _simd_paths()
+    print(f"CPU kernels: {simd}", flush=True)
     fam = make_family(args.dir, args.size)
     layers = SIZES[args.size][0]
     models3 = "\n".join(f"  - model: {fam[k]}" for k in ("ft1", "ft2", "ft3"))
@@ -240,7 +242,15 @@ def main() -> None:
         }
         print_row(method, rows[method])
     if args.json:
-        args.json.write_text(json.dumps({"size": args.size, "cuda": args.cuda, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"size": args.size, "cuda": args.cuda, "simd": simd, "rows": rows}, indent=2))
+
+
+def _simd_paths() -> str:
+    """Which clones of the CPU kernels' hot loops the merges run (mergefast env's line), as a
+    child process sees them: timings of different clones do not compare."""
+    code = "from mergefast import native; print(native.simd_paths(native.require()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "unavailable (the CPU kernels are not built)"
 
 
 def print_row(method: str, row: dict) -> None:

@@ -93,6 +93,8 @@ extern "C" {
 
 int32_t mf_abi_version(void) { return MF_ABI_VERSION; }
 
+int32_t mf_simd_level(void) { return cpu_has_avx512bw() ? 2 : cpu_has_avx2() ? 1 : 0; }
+
 int64_t mf_block(void) { return kBlock; }
 
 const char* mf_last_error(void) { return g_error.c_str(); }

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define MF_ABI_VERSION 14
+#define MF_ABI_VERSION 15
 
 /* status codes */
 #define MF_OK 0
@@ -44,6 +44,11 @@ extern "C" {
 #endif
 
 MF_API int32_t mf_abi_version(void);
+
+/* The clones of the hot loops this process runs: 0 the portable loops, 1 AVX2, 2 AVX-512
+ * (F, DQ, VL, BW). The widest the CPU has, narrowed by MERGEFAST_NO_AVX512=1 or
+ * MERGEFAST_NO_AVX2=1 in the environment; every level gives the same bits. */
+MF_API int32_t mf_simd_level(void);
 
 /* Elements per block of every kernel (the tests size tensors from it). */
 MF_API int64_t mf_block(void);

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-ABI_VERSION = 14  # MF_ABI_VERSION of csrc/mergefast.h
+ABI_VERSION = 15  # MF_ABI_VERSION of csrc/mergefast.h
 LIBRARY = Path(__file__).parent / "kernels" / ("libmergefast_cpu" + (".dll" if sys.platform == "win32" else ".so"))
 FIX = (
     "install a C++17 compiler with OpenMP, e.g. `apt install g++`, then reinstall mergefast: "
@@ -33,6 +33,7 @@ RAM_MAX_MODELS = 255  # RAM's counting pass keeps each element's count in a byte
 _p, _i32, _i64, _f64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "mf_abi_version": (_i32, []),
+    "mf_simd_level": (_i32, []),
     "mf_block": (_i64, []),
     "mf_last_error": (ctypes.c_char_p, []),
     "mf_output_check": (_i32, []),
@@ -113,6 +114,14 @@ def require() -> ctypes.CDLL:
     if lib is None:
         raise unavailable(error)
     return lib
+
+
+SIMD_LEVELS = ("portable loops", "AVX2 clones", "AVX-512 clones")  # by mf_simd_level()
+
+
+def simd_paths(lib: ctypes.CDLL) -> str:
+    """Which clones of the hot loops the library runs in this process (csrc/README.md)."""
+    return SIMD_LEVELS[lib.mf_simd_level()]
 
 
 def check(lib: ctypes.CDLL, status: int) -> None:

@@ -91,3 +91,16 @@ def test_narrower_paths_give_the_same_bits(here, flag, tmp_path):
     assert here.keys() == narrower.keys()
     differ = [k for k in here if not torch.equal(here[k].view(torch.uint8), narrower[k].view(torch.uint8))]
     assert not differ, differ
+
+
+@pytest.mark.parametrize(("flag", "most"), [("MERGEFAST_NO_AVX2", 0), ("MERGEFAST_NO_AVX512", 1), (None, 2)])
+def test_env_names_the_paths_the_flags_leave(flag, most):
+    code = "from mergefast import native; lib = native.require(); print(lib.mf_simd_level(), native.simd_paths(lib))"
+    env = {**os.environ, flag: "1"} if flag else os.environ
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True).stdout
+    level, paths = out.split(maxsplit=1)
+    assert 0 <= int(level) <= most and paths.strip() == native.SIMD_LEVELS[int(level)]
+    if flag is None:  # as this process, whose paths `mergefast env` names
+        assert int(level) == native.require().mf_simd_level()
+        line = next(line for line in kernels.describe_backends() if line.startswith("cpu:"))
+        assert line.endswith(f"{native.SIMD_LEVELS[int(level)]})")

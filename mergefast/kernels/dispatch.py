@@ -111,11 +111,13 @@ def describe_backends() -> list[str]:
     if forced is not None:
         lines.append(f"MERGEFAST_BACKEND={forced}: every op is forced to the {forced} backend")
     cpu_why = _cpu_ext_missing()
+    from .. import native
     from . import cpu
 
     ops = ", ".join(KERNEL_METHODS["cpu-ext"])
     if cpu_why is None:
-        lines.append(f"cpu:  {ops} -> cpu-ext ({cpu.LIBRARY.name}, OpenMP, {cpu.threads()} threads)")
+        paths = native.simd_paths(native.require())
+        lines.append(f"cpu:  {ops} -> cpu-ext ({cpu.LIBRARY.name}, OpenMP, {cpu.threads()} threads, {paths})")
     else:
         fix = f". Fix: {cpu.FIX}" if cpu.ERROR is not None else ""
         lines.append(f"cpu:  {ops} -> torch (cpu-ext unavailable: {cpu_why}{fix})")
