@@ -64,9 +64,10 @@ inline bool env_flag(const char* name) {
 #define MF_INLINE inline
 #endif
 
-// x86-64: hot block functions get an AVX2 clone, picked at run time (the build itself must
-// run on any x86-64, so no -march flags). Same IEEE float32 results (no FMA: the clone
-// enables avx2 only, and -ffp-contract=off), wider vectors.
+// x86-64: hot block functions get an AVX2 clone and an AVX-512 one (below), the widest the CPU
+// runs picked at run time (the build itself must run on any x86-64, so no -march flags). Same
+// IEEE float32 results (no FMA: the clones do not enable fma, and -ffp-contract=off), wider
+// vectors.
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MF_AVX2_CLONES 1
 #define MF_TARGET_AVX2 __attribute__((target("avx2")))

@@ -143,23 +143,24 @@ MF_INLINE void sce_kept_deltas(const Src& x, const float* b, const float* m, int
   }
 }
 
-// NAME##_default and, on x86-64, NAME##_avx2 (common.h) of the always-inlined NAME##_impl, and
-// NAME##_pick() choosing one at run time. SIG is the parameter list, ARGS the call's arguments.
+// NAME##_default and, on x86-64, NAME##_avx2 and NAME##_avx512 (common.h) of the always-inlined
+// NAME##_impl, and NAME##_pick() choosing the widest the CPU runs. SIG is the parameter list,
+// ARGS the call's arguments.
 #define MF_SCE_CLONED(NAME, SIG, ARGS)          \
   void NAME##_default SIG { NAME##_impl ARGS; } \
-  MF_SCE_AVX2_VARIANT(NAME, SIG, ARGS)          \
+  MF_SCE_SIMD_VARIANTS(NAME, SIG, ARGS)         \
   using NAME##_fn = decltype(&NAME##_default);  \
-  NAME##_fn NAME##_pick() { return MF_SCE_AVX2_PICK(NAME); }
+  NAME##_fn NAME##_pick() { return MF_SCE_SIMD_PICK(NAME); }
 
 #if MF_AVX2_CLONES
-#define MF_SCE_AVX2_VARIANT(NAME, SIG, ARGS)                 \
+#define MF_SCE_SIMD_VARIANTS(NAME, SIG, ARGS)                 \
   MF_TARGET_AVX2 void NAME##_avx2 SIG { NAME##_impl ARGS; } \
   MF_TARGET_AVX512BW void NAME##_avx512 SIG { NAME##_impl ARGS; }
-#define MF_SCE_AVX2_PICK(NAME) \
+#define MF_SCE_SIMD_PICK(NAME) \
   cpu_has_avx512bw() ? &NAME##_avx512 : cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
 #else
-#define MF_SCE_AVX2_VARIANT(NAME, SIG, ARGS)
-#define MF_SCE_AVX2_PICK(NAME) &NAME##_default
+#define MF_SCE_SIMD_VARIANTS(NAME, SIG, ARGS)
+#define MF_SCE_SIMD_PICK(NAME) &NAME##_default
 #endif
 
 }  // namespace mergefast

@@ -75,8 +75,8 @@ MF_TARGET_AVX2 void apply_block_avx2(const Src& sa, const Src& sb, float f0, flo
   apply_block_impl(sa, sb, f0, f1, dst, off, len, s);
 }
 
-MF_TARGET_AVX512BW void apply_block_avx512(const Src& sa, const Src& sb, float f0, float f1, const Dst& dst, int64_t off,
-                                           int64_t len, Scratch& s) {
+MF_TARGET_AVX512BW void apply_block_avx512(const Src& sa, const Src& sb, float f0, float f1, const Dst& dst,
+                                           int64_t off, int64_t len, Scratch& s) {
   apply_block_impl(sa, sb, f0, f1, dst, off, len, s);
 }
 #endif

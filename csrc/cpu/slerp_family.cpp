@@ -119,20 +119,21 @@ MF_INLINE void nearswap_impl(const NearswapArgs& a, int64_t off, int64_t len, Sc
   }
 }
 
-// Each pass as a default build and an AVX2 clone, picked at run time (common.h); the clone
-// also rounds and stores the block (the output dtype's conversion, vectorised with AVX2).
+// Each pass as a default build and AVX2 and AVX-512 clones, the widest the CPU runs picked at
+// run time (common.h); each also rounds and stores the block (the output dtype's conversion,
+// vectorised with the clone's instructions).
 #define MF_CLONED(NAME, ARGS)                                                                   \
   void NAME##_default(const ARGS& a, const Dst& d, int64_t off, int64_t len, Scratch& s,        \
                       float* r) {                                                               \
     NAME##_impl(a, off, len, s, r);                                                             \
     store(d, off, len, r);                                                                      \
   }                                                                                             \
-  MF_AVX2_VARIANT(NAME, ARGS)                                                                   \
+  MF_SIMD_VARIANTS(NAME, ARGS)                                                                  \
   using NAME##_fn = void (*)(const ARGS&, const Dst&, int64_t, int64_t, Scratch&, float*);      \
-  NAME##_fn NAME##_pick() { return MF_AVX2_PICK(NAME); }
+  NAME##_fn NAME##_pick() { return MF_SIMD_PICK(NAME); }
 
 #if MF_AVX2_CLONES
-#define MF_AVX2_VARIANT(NAME, ARGS)                                                            \
+#define MF_SIMD_VARIANTS(NAME, ARGS)                                                            \
   MF_TARGET_AVX2 void NAME##_avx2(const ARGS& a, const Dst& d, int64_t off, int64_t len,       \
                                   Scratch& s, float* r) {                                      \
     NAME##_impl(a, off, len, s, r);                                                            \
@@ -143,11 +144,11 @@ MF_INLINE void nearswap_impl(const NearswapArgs& a, int64_t off, int64_t len, Sc
     NAME##_impl(a, off, len, s, r);                                                            \
     store(d, off, len, r);                                                                     \
   }
-#define MF_AVX2_PICK(NAME) \
+#define MF_SIMD_PICK(NAME) \
   cpu_has_avx512bw() ? &NAME##_avx512 : cpu_has_avx2() ? &NAME##_avx2 : &NAME##_default
 #else
-#define MF_AVX2_VARIANT(NAME, ARGS)
-#define MF_AVX2_PICK(NAME) &NAME##_default
+#define MF_SIMD_VARIANTS(NAME, ARGS)
+#define MF_SIMD_PICK(NAME) &NAME##_default
 #endif
 
 MF_CLONED(nuslerp, NuslerpArgs)
