@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples"))
 from make_models import _config_dict, llama_tensor_shapes, write_tokenizer  # noqa: E402
 
+from mergefast import native  # noqa: E402
 from mergefast.io.writer import OutputTensor, ShardedWriter  # noqa: E402
 
 # (layers, hidden, intermediate, heads, kv_heads, vocab): ~0.3B, TinyLlama ~1.1B, Llama-2 7B.
@@ -246,11 +247,10 @@ def main() -> None:
 
 
 def _simd_paths() -> str:
-    """Which clones of the CPU kernels' hot loops the merges run (mergefast env's line), as a
-    child process sees them: timings of different clones do not compare."""
-    code = "from mergefast import native; print(native.simd_paths(native.require()))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else "unavailable (the CPU kernels are not built)"
+    """Which clones of the CPU kernels' hot loops the merges run (mergefast env's line; the
+    merge processes inherit this one's environment): timings of different clones do not compare."""
+    lib, error = native.library()
+    return native.simd_paths(lib) if lib is not None else f"unavailable ({error})"
 
 
 def print_row(method: str, row: dict) -> None:

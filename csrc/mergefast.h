@@ -62,7 +62,8 @@ MF_API const char* mf_last_error(void);
  * mf_arcee_select) write none and do not count. 0: some call wrote an output and every element
  * written was finite; 1: an element written was NaN or +-inf (it may have been written over
  * since: a one-read pass that fell back to two passes; scan the output with mf_all_finite to
- * know); -1: no call wrote an output. Resets the state. */
+ * know); -1: no call wrote an output, or one wrote an output it does not watch. Resets the
+ * state. */
 MF_API int32_t mf_output_check(void);
 
 /* *finite = 1 when none of the n elements of x (dtype code MF_F32, MF_F16, MF_BF16 or MF_F64)

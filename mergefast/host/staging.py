@@ -94,7 +94,7 @@ class HostArrayStaging(BufferPool):
         elements = None if job.start is None else (job.start, job.stop)
         arrays: list[HostArray | None] = []
         buffers, reads = [], []
-        pad, shift = (BLOCK, self._shift(job)) if job.copy else (0, 0)  # a copy's input is its output
+        pad, shift = (self.out_pad, self._shift(job)) if job.copy else (0, 0)  # a copy's input is its output
         for i, (source, nbytes) in enumerate(zip(job.sources, job.input_bytes)):
             reader = self.plan.models[source.model].reader
             arrays.append(None if job.copy else self._mapped(reader, source, job))
@@ -149,7 +149,7 @@ class HostArrayStaging(BufferPool):
         shift = self._shift(job)
 
         def take(nbytes: int) -> memoryview:
-            lent.append(self._buffer(nbytes + BLOCK))
+            lent.append(self._buffer(nbytes + self.out_pad))
             return lent[-1][shift : shift + nbytes]
 
         try:
@@ -161,7 +161,7 @@ class HostArrayStaging(BufferPool):
                 staged.arrays.clear()  # mapped inputs are unmapped with their last view
         if job.copy:
             return _Merged(out, staged.buffers + lent)
-        self._asked([job.out_bytes + BLOCK])
+        self._asked([job.out_bytes + self.out_pad])
         return _Merged(out, lent)
 
     def write(self, pending: _Merged, sink: Callable[[HostArray], None]) -> None:

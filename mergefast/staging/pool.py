@@ -32,6 +32,7 @@ class BufferPool:
         self, allocate: Callable[[int], Any], jobs: Iterable = (), pool_copies: bool = False, out_pad: int = 0
     ):
         self._allocate = allocate
+        self.out_pad = out_pad  # bytes an output's buffer holds beyond the output (its users add them)
         self._free: dict[int, list[Any]] = {}
         self._lock = threading.Lock()
         self._uses: Counter[int] = Counter()
