@@ -54,12 +54,16 @@ def expected_gram(base, xs, rows: int, cols: int) -> torch.Tensor:
         (4, 3, BLOCK + 7, torch.float32, False),
         (1, 2, 100, torch.float32, True),
         (5, 2, 1500, torch.bfloat16, True),
+        (6, 2, 1031, torch.bfloat16, True),
+        (7, 1, 999, torch.float16, False),
         (9, 1, BLOCK + 5, torch.bfloat16, False),
+        (17, 1, 203, torch.float32, True),
     ],
 )
 def test_gram_sums_in_the_documented_order(k, rows, cols, dtype, with_base):
     """Every sum bit-identical to the model, for the unrolled input counts (1-4) and the
-    general path (5+), odd row lengths, several rows, every input dtype."""
+    row-by-row path beyond (8 pairs at a time, so 17 inputs take rows of 8, 8 and 1), odd
+    row lengths, several rows, every input dtype."""
     from mergefast.kernels import cpu
 
     g = torch.Generator().manual_seed(k * 1000 + cols)

@@ -79,7 +79,7 @@ inline bool cpu_has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && !portable_paths_asked();
   return yes;
 }
-// The FMA clones (the Gram pass's products) need AVX2 and FMA.
+// The FMA clones (the Gram pass's products, SCE's variance keys: sce.h sce_divide) need AVX2 and FMA.
 #define MF_TARGET_FMA __attribute__((target("avx2,fma")))
 inline bool cpu_has_avx2_fma() {
   static const bool yes = cpu_has_avx2() && __builtin_cpu_supports("fma");

@@ -75,13 +75,31 @@ MF_TARGET_AVX2 void segment_avx2(const GramArgs& a, int64_t seg, Scratch& s, dou
   segment_impl(a, seg, s, lanes, part);
 }
 
+// The staged d_i of segment `seg` and its lanes zeroed (P x 8); the block length.
+MF_INLINE int64_t zeroed_segment(const GramArgs& a, int64_t seg, Scratch& s, const float** d, double* lanes) {
+  std::fill(lanes, lanes + a.P * 8, 0.0);
+  return stage_segment(a, seg, s, d);
+}
+
+// Each pair's sum of its 8 lanes into part[0..P).
+MF_INLINE void combine_pairs(const GramArgs& a, const double* lanes, double* part) {
+  for (int p = 0; p < a.P; ++p) part[p] = combine_lanes(lanes + 8 * p);
+}
+
 // The same sums with every pair's 8 lanes updated from registers (gram_lanes.h).
 MF_TARGET_FMA void segment_fma(const GramArgs& a, int64_t seg, Scratch& s, double* lanes, double* part) {
   const float* d[kGramMaxInputs];
-  const int64_t len = stage_segment(a, seg, s, d);
-  std::fill(lanes, lanes + a.P * 8, 0.0);
+  const int64_t len = zeroed_segment(a, seg, s, d, lanes);
   pair_lanes_fma(d, a.K, len, lanes);
-  for (int p = 0; p < a.P; ++p) part[p] = combine_lanes(lanes + 8 * p);
+  combine_pairs(a, lanes, part);
+}
+
+// The same sums, every pair's 8 lanes in one AVX-512 register (gram_lanes.h).
+MF_TARGET_AVX512BW void segment_avx512(const GramArgs& a, int64_t seg, Scratch& s, double* lanes, double* part) {
+  const float* d[kGramMaxInputs];
+  const int64_t len = zeroed_segment(a, seg, s, d, lanes);
+  pair_lanes_512(d, a.K, len, lanes);
+  combine_pairs(a, lanes, part);
 }
 #endif
 
@@ -89,6 +107,7 @@ using SegmentFn = void (*)(const GramArgs&, int64_t, Scratch&, double*, double*)
 
 SegmentFn pick_segment() {
 #if MF_AVX2_CLONES
+  if (cpu_has_avx512bw()) return &segment_avx512;
   if (cpu_has_avx2_fma()) return &segment_fma;
   if (cpu_has_avx2()) return &segment_avx2;
 #endif

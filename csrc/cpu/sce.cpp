@@ -49,19 +49,20 @@ constexpr int kLoBins = 1 << 16;  // low 16 bits
 constexpr int kKeyBuffers = 6;
 
 // One Welford update (torch's WelfordOps::reduce) of the block with model i's deltas x - b.
-template <bool Exact>
+template <bool Exact, bool Fma>
 MF_INLINE void welford(const float* x, const float* b, int64_t len, double nf, double* mean, double* m2) {
   const double inv = 1.0 / nf;
   for (int64_t j = 0; j < len; ++j) {
     const double v = static_cast<double>(x[j] - b[j]);
     const double delta = v - mean[j];
-    mean[j] = mean[j] + sce_divide(delta, nf, inv, Exact);
+    mean[j] = mean[j] + sce_divide<Fma>(delta, nf, inv, Exact);
     m2[j] = m2[j] + delta * (v - mean[j]);
   }
 }
 
 // The variance keys of block (off, len) into keys + off, any K: one Welford update of the whole
 // block per model, the running mean and m2 in scratch (buffers 2-3 and 4-5).
+template <bool Fma>
 MF_INLINE void keys_any_k(const SceArgs& a, const float* b, uint32_t* kb, int64_t off, int64_t len, Scratch& s) {
   double* mean = reinterpret_cast<double*>(s.buf(2));
   double* m2 = reinterpret_cast<double*>(s.buf(4));
@@ -70,21 +71,21 @@ MF_INLINE void keys_any_k(const SceArgs& a, const float* b, uint32_t* kb, int64_
   for (int i = 0; i < a.K; ++i) {
     const float* x = stage((*a.xs)[i], off, len, s.buf(1));
     if (sce_power_of_two(i + 1)) {
-      welford<true>(x, b, len, i + 1.0, mean, m2);
+      welford<true, Fma>(x, b, len, i + 1.0, mean, m2);
     } else {
-      welford<false>(x, b, len, i + 1.0, mean, m2);
+      welford<false, Fma>(x, b, len, i + 1.0, mean, m2);
     }
   }
   const double count = a.K, inv = 1.0 / count;
   const bool exact = sce_power_of_two(a.K);
-  for (int64_t j = 0; j < len; ++j) kb[j] = mag_key(static_cast<float>(sce_divide(m2[j], count, inv, exact)));
+  for (int64_t j = 0; j < len; ++j) kb[j] = mag_key(static_cast<float>(sce_divide<Fma>(m2[j], count, inv, exact)));
 }
 
 // The same keys for K models known at compile time: the K staged blocks (buffers 1..K) first,
 // then every element's Welford updates in registers. The same operations in the same order as
 // keys_any_k; measured on a 2-vCPU AMD EPYC VM, 8M elements, K = 3, one thread: 19-32 ms
 // against 26-57 ms with the AVX2 clones (the machine shared).
-template <int K>
+template <int K, bool Fma>
 MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* kb, int64_t off, int64_t len, Scratch& s,
                             const float** x) {
   for (int i = 0; i < K; ++i) x[i] = stage((*a.xs)[i], off, len, s.buf(1 + i));
@@ -93,24 +94,25 @@ MF_INLINE void keys_fixed_k(const SceArgs& a, const float* b, uint32_t* kb, int6
     for (int i = 0; i < K; ++i) {
       const double v = static_cast<double>(x[i][j] - b[j]);
       const double delta = v - mean;
-      mean = mean + sce_divide(delta, i + 1.0, 1.0 / (i + 1.0), sce_power_of_two(i + 1));
+      mean = mean + sce_divide<Fma>(delta, i + 1.0, 1.0 / (i + 1.0), sce_power_of_two(i + 1));
       m2 = m2 + delta * (v - mean);
     }
-    kb[j] = mag_key(static_cast<float>(sce_divide(m2, K, 1.0 / K, sce_power_of_two(K))));
+    kb[j] = mag_key(static_cast<float>(sce_divide<Fma>(m2, K, 1.0 / K, sce_power_of_two(K))));
   }
 }
 
 // The variance keys of block (off, len) into kb (block-local); for 2-4 models the staged base
 // and models into staged[0] and staged[1..K].
+template <bool Fma>
 MF_INLINE void keys_block_impl(const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s,
                                const float** staged) {
   const float* b = stage(*a.base, off, len, s.buf(0));
   staged[0] = b;
   switch (a.K) {
-    case 2: return keys_fixed_k<2>(a, b, kb, off, len, s, staged + 1);
-    case 3: return keys_fixed_k<3>(a, b, kb, off, len, s, staged + 1);
-    case 4: return keys_fixed_k<4>(a, b, kb, off, len, s, staged + 1);
-    default: return keys_any_k(a, b, kb, off, len, s);
+    case 2: return keys_fixed_k<2, Fma>(a, b, kb, off, len, s, staged + 1);
+    case 3: return keys_fixed_k<3, Fma>(a, b, kb, off, len, s, staged + 1);
+    case 4: return keys_fixed_k<4, Fma>(a, b, kb, off, len, s, staged + 1);
+    default: return keys_any_k<Fma>(a, b, kb, off, len, s);
   }
 }
 
@@ -147,9 +149,34 @@ MF_INLINE void energies_block_impl(const SceArgs& a, const KeepRule& r, int64_t 
   }
 }
 
-MF_SCE_CLONED(keys_block,
-              (const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s, const float** staged),
-              (a, kb, off, len, s, staged))
+// The keys block by the widest clone the CPU runs; the clones whose CPUs fuse multiply-adds
+// divide as sce_divide<true> (the same bits as a division).
+void keys_block_default(const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s, const float** staged) {
+  keys_block_impl<false>(a, kb, off, len, s, staged);
+}
+
+#if MF_AVX2_CLONES
+MF_TARGET_FMA void keys_block_avx2(const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s,
+                                   const float** staged) {
+  keys_block_impl<true>(a, kb, off, len, s, staged);
+}
+
+MF_TARGET_AVX512BW void keys_block_avx512(const SceArgs& a, uint32_t* kb, int64_t off, int64_t len, Scratch& s,
+                                          const float** staged) {
+  keys_block_impl<true>(a, kb, off, len, s, staged);
+}
+#endif
+
+using keys_block_fn = decltype(&keys_block_default);
+
+keys_block_fn keys_block_pick() {
+#if MF_AVX2_CLONES
+  if (cpu_has_avx512bw()) return &keys_block_avx512;
+  if (cpu_has_avx2_fma()) return &keys_block_avx2;
+#endif
+  return &keys_block_default;
+}
+
 MF_SCE_CLONED(energies_block,
               (const SceArgs& a, const KeepRule& r, int64_t blk, int64_t len, Scratch& s, double* part),
               (a, r, blk, len, s, part))
