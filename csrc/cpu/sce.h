@@ -39,7 +39,7 @@ struct SceArgs {
 // far from double overflow and underflow. 1.5e9 random quotients (d = 3..63, exponents
 // -300..300, significands near 1 and 2 among them) all equal the division's. The 0.3B family's
 // 3-model SCE jobs, kernels alone on one thread (benchmarks/jobs.py, 2-vCPU Intel Xeon VM, 3
-// alternated runs): 0.95x the time with the divisions (vdivpd: ~10% of it).
+// alternated runs): 0.95x the time of the divisions (vdivpd took ~10% of theirs).
 template <bool Fma = false>
 MF_INLINE double sce_divide(double a, double d, double inv, bool exact) {
   if (exact) return a * inv;
