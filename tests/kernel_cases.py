@@ -894,6 +894,20 @@ class KernelSuite:
         for other in (xs[0], xs[1] * 3 - base * 2):
             self._arcee(base, other, monkeypatch)
 
+    def test_arcee_fusion_nan_beside_shared_buckets(self, dtype, monkeypatch):
+        """Three quarters of the rows unchanged (two of the three quartiles in the zeros' bucket)
+        and NaN in every fifth row (a NaN key's top 16 bits are 0xFFFF): the C++ kernel counted
+        the NaN rows' keys past its two histograms, out of bounds (a segmentation fault in a
+        process of its own; here, by the heap's layout, not always). Found by
+        tests/test_fuzz_kernels.py."""
+        g = torch.Generator().manual_seed(0)
+        for rows, cols in ((12, 9), (64, 16)):
+            base = (torch.randn(rows, cols, generator=g) * 0.05).to(dtype).to(self.DEVICE)
+            other = base.clone()
+            other[::4] += (torch.randn(other[::4].shape, generator=g) * 0.01).to(dtype).to(self.DEVICE)
+            other[1::5, 2] = float("nan")
+            self._arcee(base, other, monkeypatch)
+
     def test_arcee_fusion_edge_cases(self, monkeypatch):
         """All-zero deltas and identical rows (KL 0: importance 0), ties, NaN and inf rows (NaN
         above +inf: a quartile on NaN makes the threshold NaN, which keeps nothing), 0-d, long
@@ -1035,6 +1049,37 @@ class KernelSuite:
             opposite = [torch.tensor([v]).to(dtype).to(self.DEVICE) for v in pair]
             self._karcher_check(opposite)
             self._karcher_check([opposite[0], opposite[1], opposite[0]])
+
+    def test_spherical_near_degenerate(self, dtype):
+        """Near a degenerate configuration of the Gram scalars the reference runs (kernels/
+        spherical.py), so its bytes or its AntipodalError: karcher with an input near the
+        antipode of the Karcher mean (its coefficients' float32 sum would cancel, 25 ulps off),
+        multislerp on one element where the mean direction nearly vanishes (the coefficients'
+        sum cancels; 1.3% off) or vanishes on the Gram matrix only (the float32 reference merges:
+        the kernels raised AntipodalError); nuslerp of nearly opposite columns. Found by
+        tests/test_fuzz_kernels.py."""
+
+        def t(*values):
+            return torch.tensor(values).to(dtype).to(self.DEVICE)
+
+        near_antipode = [t(0.0770, -0.0147), t(-3.1863, -0.8448), t(-2.8848, 1.6159), t(-2.6730, 0.7353)]
+        assert_same(kernels.karcher(near_antipode), methods.karcher(_cpu(near_antipode)), exact=True)
+        for xs, base in (([t(0.0276), t(0.0825)], t(0.0770)), ([t(0.2626), t(0.0144), t(-0.2356)], t(0.0144))):
+            weights = [1.0] * len(xs)
+            try:
+                want = methods.multislerp(_cpu(xs), weights, base.cpu())
+            except AntipodalError:
+                with pytest.raises(AntipodalError):
+                    kernels.multislerp(xs, weights, base)
+                continue
+            assert_same(kernels.multislerp(xs, weights, base), want, exact=True)
+        # nuslerp's columns at cos -0.995: its factors move 200 times as fast as cos (float32
+        # factors: 21 float32 ulps from the float64 reference; methods/gram_scalars.py)
+        x0, x1 = t(-2.5, 0.25).reshape(2, 1), t(0.75, 0.0).reshape(2, 1)
+        out = kernels.nuslerp([x0, x1], [1.0, 1.0], flatten=False, row_wise=True)
+        ref = methods.nuslerp(_cpu([x0, x1]), [1.0, 1.0], flatten=False, row_wise=True)
+        ref64 = methods.nuslerp([x0.cpu().double(), x1.cpu().double()], [1.0, 1.0], flatten=False, row_wise=True)
+        assert_same(out, ref, exact=False, ref64=ref64.to(ref.dtype))
 
     # ------------------------------------------------------------------ RAM
     # The reference's float32 operations in its order: bit-identical up to 4 models (torch sums

@@ -270,6 +270,71 @@ def test_other_methods_are_byte_identical(text, family, tmp_path, engines):
     _both(engines, config, tmp_path)
 
 
+# Tensors whose Gram scalars are near a degenerate configuration (tests/kernel_cases.py's
+# test_spherical_near_degenerate), nonzero in their first elements only: karcher's four inputs
+# with one near the antipode of the Karcher mean (in model.norm.weight), multislerp's deltas on
+# one element where the mean direction nearly vanishes (in layer 0's input_layernorm.weight).
+DEGENERATE = {
+    "model.norm.weight": {"base": (0.0770, -0.0147), "ft-a": (-3.1863, -0.8448), "ft-b": (-2.8848, 1.6159)},
+    "model.layers.0.input_layernorm.weight": {"base": (0.0770,), "ft-a": (0.0276,), "ft-b": (0.0825,)},
+}
+DEGENERATE["model.norm.weight"]["ft-c"] = (-2.6730, 0.7353)
+DEGENERATE["model.layers.0.input_layernorm.weight"]["ft-c"] = (0.0770,)
+
+
+@pytest.fixture(scope="module")
+def degenerate_family(family, tmp_path_factory) -> dict[str, Path]:
+    """The bf16 family with the DEGENERATE tensors written into copies of its models."""
+    from safetensors.torch import load_file, save_file
+
+    root, folders = tmp_path_factory.mktemp("degenerate"), {}
+    for name, folder in family.items():
+        folders[name] = shutil.copytree(folder, root / name)
+        weights = folders[name] / "model.safetensors"
+        tensors = load_file(weights)
+        for tensor, values in DEGENERATE.items():
+            tensors[tensor] = torch.zeros_like(tensors[tensor])
+            tensors[tensor][: len(values[name])] = torch.tensor(values[name])
+        save_file(tensors, weights, metadata={"format": "pt"})
+    return folders
+
+
+@pytest.mark.parametrize(
+    "text, tensor",
+    [
+        (
+            "merge_method: karcher\nmodels:\n  - model: {base}\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
+            "dtype: float32\n",
+            "model.norm.weight",
+        ),
+        (
+            "merge_method: multislerp\nbase_model: {base}\nmodels:\n  - {{model: {a}, parameters: {{weight: 1.0}}}}\n"
+            "  - {{model: {b}, parameters: {{weight: 1.0}}}}\ndtype: float32\n",
+            "model.layers.0.input_layernorm.weight",
+        ),
+    ],
+    ids=["karcher", "multislerp"],
+)
+def test_near_degenerate_tensors_take_the_reference(text, tensor, degenerate_family, tmp_path, engines):
+    """Where the Gram scalars are near a degenerate configuration both engines write the
+    reference's bytes (kernels/spherical.py): the float32 outputs of the coefficients' sum were
+    off by 1e-5 (karcher) and 0.25% (multislerp), both engines alike."""
+    from safetensors.torch import load_file
+
+    from mergefast import methods
+
+    f = degenerate_family
+    config = tmp_path / "c.yml"
+    config.write_text(text.format(base=f["base"], a=f["ft-a"], b=f["ft-b"], c=f["ft-c"]))
+    out = _both(engines, config, tmp_path)[0]
+    inputs = {name: load_file(folder / "model.safetensors")[tensor] for name, folder in f.items()}
+    if "karcher" in text:
+        want = methods.karcher([inputs[name] for name in ("base", "ft-a", "ft-b", "ft-c")], out_dtype=torch.float32)
+    else:
+        want = methods.multislerp([inputs["ft-a"], inputs["ft-b"]], [1.0, 1.0], inputs["base"], out_dtype=torch.float32)
+    assert torch.equal(load_file(out / "model.safetensors")[tensor], want)
+
+
 def test_sce_weights_are_the_kernels():
     """methods/scalars.py's float32 SCE weights against kernels/sce.py's torch ones, 1 to 8
     models, near the uniform threshold too."""

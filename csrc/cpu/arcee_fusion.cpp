@@ -36,8 +36,6 @@ namespace {
 using namespace arcee;
 
 constexpr int kBins = 1 << 16;
-// A bucket no slot holds (a key's top 16 bits are at most 0x7F80, a NaN's): top's unused entries.
-constexpr uint32_t kNoSlot = 0xFFFFu;
 
 // Pass 1 for rows [r0, r1): their KL into kl, their keys' top 16 bits into the slots and
 // their histogram into h.
@@ -120,7 +118,8 @@ MF_INLINE uint32_t key_at(const ArceeArgs& a, const float* kl, int64_t i) {
 }
 
 // Adds to h (B x kBins) the low 16 bits of the keys of elements [off, off + len) whose slot
-// holds one of the buckets top[0..3) (unused entries: a value no slot holds), element by element.
+// holds one of the buckets top[0..3) (B distinct; unused entries repeat top[0], so an element
+// counts in the first of its bucket's), element by element.
 MF_INLINE void low_scalar(const ArceeArgs& a, const OutputSlots& slots, const float* kl, const uint32_t* top,
                           int64_t off, int64_t len, uint32_t* h) {
   const uint16_t* slot = slots.p + off * slots.stride;
@@ -165,7 +164,9 @@ std::vector<int64_t> pass_low(const ArceeArgs& a, const OutputSlots& slots, cons
   const int nthreads = team_size(n, threads), B = static_cast<int>(top.size());
   const size_t bins = static_cast<size_t>(B) * kBins;
   std::vector<uint32_t> part(nthreads * bins, 0);
-  uint32_t top3[3] = {kNoSlot, kNoSlot, kNoSlot};
+  // Unused entries repeat the first bucket: every 16-bit value is some key's top bits (a NaN's
+  // 0xFFFF: a sentinel there sent a NaN's slot to a histogram past B, out of bounds)
+  uint32_t top3[3] = {top[0], top[0], top[0]};
   std::copy(top.begin(), top.end(), top3);
   auto low = &low_scalar;
 #if MF_AVX2_CLONES

@@ -47,20 +47,23 @@ MF_TARGET_AVX2 MF_INLINE __m256i mul64_avx2(__m256i a, __m256i b_lo, __m256i b_h
   return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
 }
 
-MF_TARGET_AVX2 MF_INLINE __m256i mix64_avx2(__m256i z) {
+// mix64 of four 64-bit lanes, exact in bits 33-63 only, which are all a draw keeps (bits 40-63):
+// mix64's last step, z ^ (z >> 31), changes no bit above 32, so it is left out. The same draws;
+// the kernel calls of the 0.3B family (benchmarks/jobs.py, one thread, 2-vCPU Intel Xeon VM,
+// AVX-512, 3 alternated runs) took 0.98x the time for DELLA and 0.97x for dare_ties.
+MF_TARGET_AVX2 MF_INLINE __m256i mix64_high_avx2(__m256i z) {
   const __m256i m1_lo = _mm256_set1_epi64x(static_cast<int64_t>(kMix1 & 0xFFFFFFFFu));
   const __m256i m1_hi = _mm256_set1_epi64x(static_cast<int64_t>(kMix1 >> 32));
   const __m256i m2_lo = _mm256_set1_epi64x(static_cast<int64_t>(kMix2 & 0xFFFFFFFFu));
   const __m256i m2_hi = _mm256_set1_epi64x(static_cast<int64_t>(kMix2 >> 32));
   z = mul64_avx2(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), m1_lo, m1_hi);
-  z = mul64_avx2(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), m2_lo, m2_hi);
-  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+  return mul64_avx2(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), m2_lo, m2_hi);
 }
 
 // The loop of uniforms_avx2 and uniforms_vl, eight counters per step, MIX(z) the mix64 of four
-// 64-bit lanes: the same floats as uniforms(). Lanes of `a` hold counters j, j+1, j+4, j+5 and
-// of `b` j+2, j+3, j+6, j+7, so that one shuffle of the high halves puts the eight draws in
-// order.
+// 64-bit lanes in the bits the draws take: the same floats as uniforms(). Lanes of `a` hold
+// counters j, j+1, j+4, j+5 and of `b` j+2, j+3, j+6, j+7, so that one shuffle of the high halves
+// puts the eight draws in order.
 #define MF_UNIFORMS_LOOP(MIX)                                                                                  \
   const auto at = [z0](int64_t j) { return static_cast<int64_t>(z0 + kGolden * static_cast<uint64_t>(j)); }; \
   __m256i a = _mm256_set_epi64x(at(5), at(4), at(1), at(0));                                                  \
@@ -83,22 +86,21 @@ MF_TARGET_AVX2 MF_INLINE __m256i mix64_avx2(__m256i z) {
 // scalar loop branching on u < p; with this and a branch-free compare loop the pass took
 // 7.4-8.6 ns (before its tie-counting ranks). A call of its own (not inlined): its callers are
 // templates compiled for both instruction sets.
-MF_TARGET_AVX2 inline void uniforms_avx2(uint64_t z0, int64_t len, float* u) { MF_UNIFORMS_LOOP(mix64_avx2); }
+MF_TARGET_AVX2 inline void uniforms_avx2(uint64_t z0, int64_t len, float* u) { MF_UNIFORMS_LOOP(mix64_high_avx2); }
 
-// mix64 of four 64-bit lanes with AVX-512DQ's 64-bit multiply on 256-bit vectors (vpmullq ymm).
-MF_TARGET_AVX512 MF_INLINE __m256i mix64_vl(__m256i z) {
+// mix64_high_avx2 with AVX-512DQ's 64-bit multiply on 256-bit vectors (vpmullq ymm).
+MF_TARGET_AVX512 MF_INLINE __m256i mix64_high_vl(__m256i z) {
   const __m256i m1 = _mm256_set1_epi64x(static_cast<int64_t>(kMix1));
   const __m256i m2 = _mm256_set1_epi64x(static_cast<int64_t>(kMix2));
   z = _mm256_mullo_epi64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), m1);
-  z = _mm256_mullo_epi64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), m2);
-  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+  return _mm256_mullo_epi64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), m2);
 }
 
-// uniforms_avx2 with mix64_vl. On a 2-vCPU Intel Xeon VM (AVX-512), DELLA's masks pass alone,
+// uniforms_avx2 with mix64_high_vl. On a 2-vCPU Intel Xeon VM (AVX-512), DELLA's masks pass alone,
 // one thread, 4096 x 1024 and 1024 x 2816 bf16: 0.91-0.92x the time with uniforms_avx2. The same
 // loop on 512-bit vectors drew faster in a loop of its own (0.33 ns a draw against 0.41 here and
 // AVX2's 0.67) but left the pass's time unchanged: the rest of the pass ran slower beside it.
-MF_TARGET_AVX512 inline void uniforms_vl(uint64_t z0, int64_t len, float* u) { MF_UNIFORMS_LOOP(mix64_vl); }
+MF_TARGET_AVX512 inline void uniforms_vl(uint64_t z0, int64_t len, float* u) { MF_UNIFORMS_LOOP(mix64_high_vl); }
 
 #undef MF_UNIFORMS_LOOP
 

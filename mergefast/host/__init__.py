@@ -24,7 +24,9 @@ says so), a passthrough scale, and the cases the fused kernels leave to the torc
 fewer than two models, empty tensors of the spherical methods) are merged by the torch
 engine's `merge_job` within this engine, torch imported once before the merge; a plan whose
 every tensor needs torch runs on the torch engine. A NaN or inf found while merging
-imports torch for the message (checks.py), as the torch engine reports it.
+imports torch for the message (checks.py), as the torch engine reports it; a multislerp or
+karcher tensor whose Gram scalars are near a degenerate configuration imports it for the
+reference (host/gram_methods.py), as the torch engine runs it there (kernels/spherical.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from .. import native
 from ..errors import MergeError
 from ..io.host_array import HostArray
 from ..methods.gram_scalars import (
-    ANTIPODAL,
+    cancels,
     gram_matrix,
     karcher_coefficients,
     multislerp_coefficients,
@@ -138,21 +138,61 @@ def _combine(base: HostArray | None, xs: list[HostArray], out: HostArray, c: lis
     native.check(lib, status)
 
 
+def _by_reference(job: TensorJob, out: HostArray, reference: Callable) -> None:
+    """`out` = reference(views, out_dtype): a method's torch reference (mergefast.methods) on
+    torch views (`views(arrays)`) of the job's inputs, where its Gram scalars are near a
+    degenerate configuration (kernels/spherical.py runs the reference there too). torch is
+    imported for it."""
+    import torch
+
+    from ..methods.multislerp import AntipodalError
+
+    def views(arrays: list[HostArray | None]) -> list:
+        return [None if x is None else x.to_torch() for x in arrays]
+
+    try:
+        result = reference(views, getattr(torch, out.dtype))
+    except AntipodalError as exc:  # the torch engine's MergeError (kernels/fused.py)
+        raise MergeError(f"tensor {job.name}: {exc}") from None
+    out.to_torch().copy_(result.reshape(out.shape))
+
+
 def _multislerp(job, base, xs, out, gram, shape) -> bool:
     g = job.global_params
-    weights = model_weights("multislerp", job)
-    w64, w32 = multislerp_weights(weights, g["normalize_weights"])
-    c = multislerp_coefficients(gram_matrix(list(gram), len(xs)), w64, float(g["eps"]))
-    if c is None and len(xs) > 2:
-        raise MergeError(f"tensor {job.name}: {ANTIPODAL}")
-    _combine(base, xs, out, w32 if c is None else c)
+    weights, normalize, eps = model_weights("multislerp", job), g["normalize_weights"], float(g["eps"])
+    gm = gram_matrix(list(gram), len(xs))
+    c = multislerp_coefficients(gm, multislerp_weights(weights, normalize), eps)
+    if c is not None and not cancels(gm, c):
+        _combine(base, xs, out, c)
+        return _norms_finite(gram, len(xs))
+
+    def reference(views, out_dtype):
+        from ..methods import multislerp  # a torch reference, loaded on first use
+
+        b = views([base])[0]
+        return multislerp(views(xs), weights, b, normalize_weights=normalize, eps=eps, out_dtype=out_dtype)
+
+    _by_reference(job, out, reference)
     return _norms_finite(gram, len(xs))
 
 
 def _karcher(job, base, xs, out, gram, shape) -> bool:
     g, k = job.global_params, len(xs)
-    c = karcher_coefficients(gram_matrix(list(gram), k), max_iter=int(g["max_iter"]), tol=float(g["tol"]))
-    _combine(None, xs, out, [1.0] * k if c is None else c, normalize=c is None)  # None: the plain mean
+    max_iter, tol = int(g["max_iter"]), float(g["tol"])
+    gm = gram_matrix(list(gram), k)
+    c = karcher_coefficients(gm, max_iter=max_iter, tol=tol)
+    if c is None:  # the plain mean
+        _combine(None, xs, out, [1.0] * k, normalize=True)
+    elif not cancels(gm, c):
+        _combine(None, xs, out, c)
+    else:
+
+        def reference(views, out_dtype):
+            from ..methods import karcher  # a torch reference, loaded on first use
+
+            return karcher(views(xs), max_iter=max_iter, tol=tol, out_dtype=out_dtype)
+
+        _by_reference(job, out, reference)
     return _norms_finite(gram, k)
 
 

@@ -15,6 +15,12 @@ identical, within DESIGN's tolerance rule (the tests). Karcher's stopping test |
 on a float64 |T| that tracks the float64 reference's, where the float32 reference's |T| carries
 ~1e-7 of rounding: an input whose |T| falls within that of tol at some iteration may take one
 step more or fewer there than in the float32 reference (a 1e-5 relative difference).
+Near a degenerate configuration the coefficients lose that agreement, and the tensor runs the
+reference: where the weighted sum of the d_i would cancel (an input near the antipode of the
+Karcher mean, a nearly vanishing mean direction: methods/gram_scalars.py's `cancels`; 25 float32
+ulps off in one such case, and 1.3% where the quadratic forms of G cancelled as well), and where
+multislerp's mean direction vanishes (|m| < eps on G: the float32 reference's rounding decides
+whether it does there, hence its AntipodalError or its two-input interpolation).
 Inputs at an angle of pi to the Karcher iterate (opposite directions) make its tangent
 ill-posed (theta / sin theta with sin theta ~ 0). Exactly opposite inputs add no tangent, as in
 the references (their u_i - dot_i u is exactly 0); within ~1e-6 rad of pi this one drops the
@@ -29,9 +35,15 @@ import torch
 
 from ..methods import karcher as _karcher_ref
 from ..methods import multislerp as _multislerp_ref
-from ..methods.gram_scalars import gram_matrix, karcher_coefficients, multislerp_coefficients, multislerp_weights
+from ..methods.gram_scalars import (
+    cancels,
+    gram_matrix,
+    karcher_coefficients,
+    multislerp_coefficients,
+    multislerp_weights,
+)
 from ..methods.karcher import DEFAULT_MAX_ITER, DEFAULT_TOL
-from ..methods.multislerp import ANTIPODAL, DEFAULT_EPS, AntipodalError
+from ..methods.multislerp import DEFAULT_EPS
 from ..methods.numerics import check_same_shape, result_dtype
 from ..native import GRAM_MAX_INPUTS as MAX_INPUTS
 from .dispatch import _choose, _dispatch
@@ -65,8 +77,9 @@ def multislerp(
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`mergefast.methods.multislerp` on the fused kernels: the Gram pass, the reference's
-    math on coefficients (`multislerp_coefficients`), one weighted pass. Raises AntipodalError
-    as the reference does; a single input, or more than 64, run the reference."""
+    math on coefficients (`multislerp_coefficients`), one weighted pass. A single input, more
+    than 64, and the degenerate configurations of the module docstring run the reference
+    (which raises AntipodalError)."""
     tensors, weights, eps = list(tensors), [float(w) for w in weights], float(eps)
 
     def reference():
@@ -81,18 +94,17 @@ def multislerp(
     if _choose(all_inputs, out) == "torch" or tensors[0].numel() == 0:
         return reference()  # empty: the reference's AntipodalError for 3+ inputs
     b, xs = (base.contiguous() if base is not None else None), [x.contiguous() for x in tensors]
-    w64, w32 = multislerp_weights(weights, normalize_weights)  # w32: the 2-input fallback's
+    w64 = multislerp_weights(weights, normalize_weights)
 
     def run(impl):
-        c = multislerp_coefficients(_gram(impl.gram(b, xs, 1, xs[0].numel()), len(xs)), w64, eps)
-        if c is None and len(xs) > 2:
-            return None  # antipodal: raised below, outside the backend's failure handling
-        return _combine(impl, b, xs, w32 if c is None else c, out)
+        g = _gram(impl.gram(b, xs, 1, xs[0].numel()), len(xs))
+        c = multislerp_coefficients(g, w64, eps)
+        if c is None or cancels(g, c):
+            return None  # the reference decides, outside the backend's failure handling
+        return _combine(impl, b, xs, c, out)
 
     result = _dispatch(all_inputs, out, reference, run)
-    if result is None:
-        raise AntipodalError(ANTIPODAL)
-    return result
+    return reference() if result is None else result
 
 
 def karcher(
@@ -104,7 +116,8 @@ def karcher(
 ) -> torch.Tensor:
     """`mergefast.methods.karcher` on the fused kernels: the Gram pass, the Karcher iteration
     on coefficients (`karcher_coefficients`), one weighted pass (the plain mean where every
-    input's norm is <= tol). A single input, or more than 64, run the reference."""
+    input's norm is <= tol). A single input, more than 64, and a sum that would cancel (the
+    module docstring) run the reference."""
     tensors, tol = list(tensors), float(tol)
 
     def reference():
@@ -119,9 +132,11 @@ def karcher(
     xs, k = [x.contiguous() for x in tensors], len(tensors)
 
     def run(impl):
-        c = karcher_coefficients(_gram(impl.gram(None, xs, 1, xs[0].numel()), k), max_iter=max_iter, tol=tol)
+        g = _gram(impl.gram(None, xs, 1, xs[0].numel()), k)
+        c = karcher_coefficients(g, max_iter=max_iter, tol=tol)
         if c is None:
             return impl.linear(xs, [1.0] * k, True, float(k), out)  # the reference's x.mean(0)
-        return _combine(impl, None, xs, c, out)
+        return None if cancels(g, c) else _combine(impl, None, xs, c, out)
 
-    return _dispatch(tensors, out, reference, run)
+    result = _dispatch(tensors, out, reference, run)
+    return reference() if result is None else result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .scalars import f32, f32_sum, gram_column
+from .scalars import gram_column
 
 # nuslerp: norms are clamped to at least NORM_MIN; slices with 1 - cos^2 <= COLLINEAR (0.1.5's
 # test) fall back to linear interpolation; |w0 + w1| < WEIGHT_SUM_MIN gives t = 0.5.
@@ -19,9 +19,14 @@ NORM_MIN = 1e-7
 COLLINEAR = 1e-16
 WEIGHT_SUM_MIN = 1e-6
 OPPOSITE = -1 + 1e-12  # karcher: a dot product at or below this is an opposite direction
-ANTIPODAL = (
-    "multislerp: the inputs are antipodal (their weighted mean direction vanishes); change the weights or the models"
-)
+# multislerp's and karcher's elementwise pass sums c_i v_i in float32 with float32 c_i: each
+# term rounds at 2^-24 of its own size, so the result's error is `cancellation` times that of a
+# sum without cancellation (and the quadratic forms of G that make the c_i cancel too, at its
+# square). Past CANCELLING the tensor runs the reference (kernels/spherical.py). Fine-tunes of
+# one base give ~1 (karcher's unit vectors nearly collinear) to ~sqrt(K) (multislerp's nearly
+# orthogonal deltas); an input near the antipode of the Karcher mean gave 112 and a result 25
+# float32 ulps from the float64 reference's, where the float32 reference's was within one.
+CANCELLING = 8.0
 
 
 def nuslerp_t(w0: float, w1: float) -> float:
@@ -66,14 +71,27 @@ def _clamp(x: float, lo: float, hi: float) -> float:
     return x if x != x else min(max(x, lo), hi)
 
 
-def multislerp_weights(weights: Sequence[float], normalize: bool) -> tuple[list[float], list[float]]:
-    """(float64 weights for the coefficients, float32 ones for the 2-input fallback), each
-    divided by its own sum with `normalize`, as the reference divides its float32 weights."""
-    w64, w32 = [float(w) for w in weights], [f32(w) for w in weights]
+def cancellation(g: list[list[float]], c: Sequence[float]) -> float:
+    """sum_i |c_i| |v_i| / |sum_i c_i v_i| for the vectors v_i of Gram matrix g: how much larger
+    the terms are than their sum (inf where the sum vanishes, 1 where every c_i is 0, NaN where
+    g is not finite)."""
+    terms = sum(abs(c[i]) * math.sqrt(max(g[i][i], 0.0)) for i in range(len(c)))
+    return 1.0 if terms == 0 else _div(terms, _norm(g, c))
+
+
+def cancels(g: list[list[float]], c: Sequence[float]) -> bool:
+    """Whether the float32 sum of c_i v_i would cancel past CANCELLING (run the reference)."""
+    return cancellation(g, c) > CANCELLING
+
+
+def multislerp_weights(weights: Sequence[float], normalize: bool) -> list[float]:
+    """The float64 weights of the coefficients, divided by their sum with `normalize`, as the
+    reference divides its float32 weights."""
+    w64 = [float(w) for w in weights]
     if normalize:
-        total64, total32 = sum(w64), f32_sum(w32)
-        w64, w32 = [_div(w, total64) for w in w64], [f32(_div(w, total32)) for w in w32]
-    return w64, w32
+        total64 = sum(w64)
+        w64 = [_div(w, total64) for w in w64]
+    return w64
 
 
 def multislerp_coefficients(g: list[list[float]], w: Sequence[float], eps: float) -> list[float] | None:
@@ -134,19 +152,23 @@ def karcher_coefficients(g: list[list[float]], *, max_iter: int, tol: float) -> 
 
 def nuslerp_factors(gram, t: float):
     """Per row (c0, c1, dv) of nuslerp's elementwise pass, float32 (rows, 3), from the float64
-    Gram rows (rows, 3) of (v0, v1): the reference's `slerp_factors` in float32 of cos =
-    <v0,v1> / (max(|v0|, 1e-7) max(|v1|, 1e-7)) (float64, rounded once); collinear rows
-    (1 - t, t, 1). numpy here: no other method needs it (io/host_array.py)."""
+    Gram rows (rows, 3) of (v0, v1): the reference's `slerp_factors` of cos = <v0,v1> /
+    (max(|v0|, 1e-7) max(|v1|, 1e-7)), in float64 and each factor rounded once; collinear rows
+    (1 - t, t, 1) where the reference's float32 test finds them, on cos rounded to float32.
+    Near cos = -1 the factors move 1 / (1 + cos) times as fast as cos: float32 cos, arccos and
+    sin (the reference's) left the kernels' result 30 float32 ulps from the float64 reference's
+    at cos -0.995. numpy here: no other method needs it (io/host_array.py)."""
     import numpy as np
 
     with np.errstate(all="ignore"):
         n0 = np.maximum(np.sqrt(gram[:, 0]), NORM_MIN)
         n1 = np.maximum(np.sqrt(gram[:, 2]), NORM_MIN)
-        cos = np.clip(gram[:, 1] / (n0 * n1), -1, 1).astype(np.float32)
+        cos = np.clip(gram[:, 1] / (n0 * n1), -1, 1)
+        cos32 = cos.astype(np.float32)
+        collinear = (np.float32(1) - cos32 * cos32) <= np.float32(COLLINEAR)
         theta = np.arccos(cos)
-        collinear = (np.float32(1) - cos * cos) <= np.float32(COLLINEAR)
-        safe_sin = np.where(collinear, np.float32(1), np.sin(theta))
-        s0, s1 = np.sin(np.float32(1 - t) * theta), np.sin(np.float32(t) * theta)
+        safe_sin = np.where(collinear, 1.0, np.sin(theta))
+        s0, s1 = np.sin((1 - t) * theta), np.sin(t * theta)
         spherical = np.stack([s0, s1, safe_sin], axis=-1)
-        lerp = np.array([1 - t, t, 1.0], dtype=np.float32)
+        lerp = np.array([1 - t, t, 1.0], dtype=np.float32)  # the reference's float32 scalars
         return np.ascontiguousarray(np.where(collinear[:, None], lerp, spherical), dtype=np.float32)

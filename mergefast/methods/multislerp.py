@@ -7,10 +7,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .gram_scalars import ANTIPODAL  # noqa: F401 - the message, shared with the kernels' scalars
 from .numerics import accumulation_dtype, check_same_shape, ordered_sum, result_dtype
 
 DEFAULT_EPS = 1e-8
+ANTIPODAL = (
+    "multislerp: the inputs are antipodal (their weighted mean direction vanishes); change the weights or the models"
+)
 
 
 class AntipodalError(ValueError):
