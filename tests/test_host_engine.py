@@ -271,15 +271,33 @@ def test_other_methods_are_byte_identical(text, family, tmp_path, engines):
 
 
 # Tensors whose Gram scalars are near a degenerate configuration (tests/kernel_cases.py's
-# test_spherical_near_degenerate), nonzero in their first elements only: karcher's four inputs
-# with one near the antipode of the Karcher mean (in model.norm.weight), multislerp's deltas on
-# one element where the mean direction nearly vanishes (in layer 0's input_layernorm.weight).
+# test_spherical_near_degenerate): karcher's four inputs with one near the antipode of the
+# Karcher mean, multislerp's deltas on one element where the mean direction nearly vanishes.
+# In a small tensor, in its first elements (zeros after); in a large one (LARGE: cut into parts
+# where its inputs are read, tests/test_host_parts.py), over its first half, and small values
+# of each model's own after (so a part's mean is not the whole tensor's).
+NEAR_ANTIPODE = {"base": (0.0770, -0.0147), "ft-a": (-3.1863, -0.8448), "ft-b": (-2.8848, 1.6159)}
+NEAR_ANTIPODE["ft-c"] = (-2.6730, 0.7353)
+VANISHING_MEAN = {"base": (0.0770,), "ft-a": (0.0276,), "ft-b": (0.0825,), "ft-c": (0.0770,)}
 DEGENERATE = {
-    "model.norm.weight": {"base": (0.0770, -0.0147), "ft-a": (-3.1863, -0.8448), "ft-b": (-2.8848, 1.6159)},
-    "model.layers.0.input_layernorm.weight": {"base": (0.0770,), "ft-a": (0.0276,), "ft-b": (0.0825,)},
+    "model.norm.weight": NEAR_ANTIPODE,
+    "model.embed_tokens.weight": NEAR_ANTIPODE,
+    "model.layers.0.input_layernorm.weight": VANISHING_MEAN,
+    "lm_head.weight": VANISHING_MEAN,
 }
-DEGENERATE["model.norm.weight"]["ft-c"] = (-2.6730, 0.7353)
-DEGENERATE["model.layers.0.input_layernorm.weight"]["ft-c"] = (0.0770,)
+LARGE = ("model.embed_tokens.weight", "lm_head.weight")
+DEGENERATE_MERGES = {  # id: (config, its degenerate tensors)
+    "karcher": (
+        "merge_method: karcher\nmodels:\n  - model: {base}\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
+        "dtype: float32\n",
+        ("model.norm.weight", "model.embed_tokens.weight"),
+    ),
+    "multislerp": (
+        "merge_method: multislerp\nbase_model: {base}\nmodels:\n  - {{model: {a}, parameters: {{weight: 1.0}}}}\n"
+        "  - {{model: {b}, parameters: {{weight: 1.0}}}}\ndtype: float32\n",
+        ("model.layers.0.input_layernorm.weight", "lm_head.weight"),
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -288,51 +306,50 @@ def degenerate_family(family, tmp_path_factory) -> dict[str, Path]:
     from safetensors.torch import load_file, save_file
 
     root, folders = tmp_path_factory.mktemp("degenerate"), {}
-    for name, folder in family.items():
+    for seed, (name, folder) in enumerate(family.items()):
         folders[name] = shutil.copytree(folder, root / name)
         weights = folders[name] / "model.safetensors"
         tensors = load_file(weights)
         for tensor, values in DEGENERATE.items():
-            tensors[tensor] = torch.zeros_like(tensors[tensor])
-            tensors[tensor][: len(values[name])] = torch.tensor(values[name])
+            flat, pattern = torch.zeros(tensors[tensor].numel()), torch.tensor(values[name])
+            if tensor in LARGE:
+                half = flat.numel() // 2
+                flat[:half] = pattern.repeat(half // len(pattern))
+                noise = torch.randn(flat.numel() - half, generator=torch.Generator().manual_seed(seed))
+                flat[half:] = 1e-3 * (1 + 0.2 * noise)
+            else:
+                flat[: len(pattern)] = pattern
+            tensors[tensor] = flat.to(tensors[tensor].dtype).view(tensors[tensor].shape)
         save_file(tensors, weights, metadata={"format": "pt"})
     return folders
 
 
-@pytest.mark.parametrize(
-    "text, tensor",
-    [
-        (
-            "merge_method: karcher\nmodels:\n  - model: {base}\n  - model: {a}\n  - model: {b}\n  - model: {c}\n"
-            "dtype: float32\n",
-            "model.norm.weight",
-        ),
-        (
-            "merge_method: multislerp\nbase_model: {base}\nmodels:\n  - {{model: {a}, parameters: {{weight: 1.0}}}}\n"
-            "  - {{model: {b}, parameters: {{weight: 1.0}}}}\ndtype: float32\n",
-            "model.layers.0.input_layernorm.weight",
-        ),
-    ],
-    ids=["karcher", "multislerp"],
-)
-def test_near_degenerate_tensors_take_the_reference(text, tensor, degenerate_family, tmp_path, engines):
-    """Where the Gram scalars are near a degenerate configuration both engines write the
-    reference's bytes (kernels/spherical.py): the float32 outputs of the coefficients' sum were
-    off by 1e-5 (karcher) and 0.25% (multislerp), both engines alike."""
+def merge_near_degenerate(merge: str, family: dict[str, Path], tmp_path, engines) -> None:
+    """DEGENERATE_MERGES[merge] on both engines: their bytes, and the reference's for each of
+    its degenerate tensors (kernels/spherical.py and host/gram_methods.py run it there)."""
     from safetensors.torch import load_file
 
     from mergefast import methods
 
-    f = degenerate_family
+    text, degenerate = DEGENERATE_MERGES[merge]
     config = tmp_path / "c.yml"
-    config.write_text(text.format(base=f["base"], a=f["ft-a"], b=f["ft-b"], c=f["ft-c"]))
-    out = _both(engines, config, tmp_path)[0]
-    inputs = {name: load_file(folder / "model.safetensors")[tensor] for name, folder in f.items()}
-    if "karcher" in text:
-        want = methods.karcher([inputs[name] for name in ("base", "ft-a", "ft-b", "ft-c")], out_dtype=torch.float32)
-    else:
-        want = methods.multislerp([inputs["ft-a"], inputs["ft-b"]], [1.0, 1.0], inputs["base"], out_dtype=torch.float32)
-    assert torch.equal(load_file(out / "model.safetensors")[tensor], want)
+    config.write_text(text.format(base=family["base"], a=family["ft-a"], b=family["ft-b"], c=family["ft-c"]))
+    merged = load_file(_both(engines, config, tmp_path)[0] / "model.safetensors")
+    for tensor in degenerate:
+        x = {name: load_file(folder / "model.safetensors")[tensor] for name, folder in family.items()}
+        if merge == "karcher":
+            want = methods.karcher([x["base"], x["ft-a"], x["ft-b"], x["ft-c"]], out_dtype=torch.float32)
+        else:
+            want = methods.multislerp([x["ft-a"], x["ft-b"]], [1.0, 1.0], x["base"], out_dtype=torch.float32)
+        assert torch.equal(merged[tensor], want), tensor
+
+
+@pytest.mark.parametrize("merge", sorted(DEGENERATE_MERGES))
+def test_near_degenerate_tensors_take_the_reference(merge, degenerate_family, tmp_path, engines):
+    """Where the Gram scalars are near a degenerate configuration both engines write the
+    reference's bytes: the float32 outputs of the coefficients' sum were off by 1e-5 (karcher)
+    and 0.25% (multislerp), both engines alike."""
+    merge_near_degenerate(merge, degenerate_family, tmp_path, engines)
 
 
 def test_sce_weights_are_the_kernels():

@@ -10,7 +10,14 @@ import shutil
 
 import pytest
 from helpers import example_config, plan_of, run_cli
-from test_host_engine import PASSTHROUGH, _both, engines  # noqa: F401 - engines: a fixture
+from test_host_engine import (  # noqa: F401 - engines, degenerate_family: fixtures
+    DEGENERATE_MERGES,
+    PASSTHROUGH,
+    _both,
+    degenerate_family,
+    engines,
+    merge_near_degenerate,
+)
 
 from mergefast import execute
 from mergefast.config import parse_config
@@ -208,6 +215,16 @@ def test_antipodal_multislerp_is_the_same_error(family, tmp_path, engines, cut):
         result = engines(config, tmp_path / f"out-{torch_free}", torch_free=torch_free)
         errors.append((result.exit_code, result.stderr))
     assert errors[0] == errors[1] and errors[0][0] == 1 and "antipodal" in errors[0][1], errors
+
+
+@pytest.mark.parametrize("merge", sorted(DEGENERATE_MERGES))
+def test_near_degenerate_parts_take_the_whole_reference(merge, degenerate_family, tmp_path, engines, cut):  # noqa: F811
+    """A large tensor near a degenerate configuration of multislerp's or karcher's Gram
+    scalars, cut into parts where its inputs are read: each part is its slice of the whole
+    tensor's reference, as the torch engine writes it (a reference of the part alone would
+    be another mean)."""
+    merge_near_degenerate(merge, degenerate_family, tmp_path, engines)
+    assert (cut[0] > 0) is (mapped.MAP_MIN_BYTES != 1)  # mapped inputs: whole tensors
 
 
 def test_a_reducing_merge_in_parts_counts_each_input_byte_once(family, tmp_path, cut, monkeypatch):

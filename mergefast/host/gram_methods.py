@@ -138,61 +138,27 @@ def _combine(base: HostArray | None, xs: list[HostArray], out: HostArray, c: lis
     native.check(lib, status)
 
 
-def _by_reference(job: TensorJob, out: HostArray, reference: Callable) -> None:
-    """`out` = reference(views, out_dtype): a method's torch reference (mergefast.methods) on
-    torch views (`views(arrays)`) of the job's inputs, where its Gram scalars are near a
-    degenerate configuration (kernels/spherical.py runs the reference there too). torch is
-    imported for it."""
-    import torch
-
-    from ..methods.multislerp import AntipodalError
-
-    def views(arrays: list[HostArray | None]) -> list:
-        return [None if x is None else x.to_torch() for x in arrays]
-
-    try:
-        result = reference(views, getattr(torch, out.dtype))
-    except AntipodalError as exc:  # the torch engine's MergeError (kernels/fused.py)
-        raise MergeError(f"tensor {job.name}: {exc}") from None
-    out.to_torch().copy_(result.reshape(out.shape))
-
-
-def _multislerp(job, base, xs, out, gram, shape) -> bool:
+def _multislerp(job, base, xs, out, gram, shape) -> bool | None:
     g = job.global_params
-    weights, normalize, eps = model_weights("multislerp", job), g["normalize_weights"], float(g["eps"])
+    w64 = multislerp_weights(model_weights("multislerp", job), g["normalize_weights"])
     gm = gram_matrix(list(gram), len(xs))
-    c = multislerp_coefficients(gm, multislerp_weights(weights, normalize), eps)
-    if c is not None and not cancels(gm, c):
-        _combine(base, xs, out, c)
-        return _norms_finite(gram, len(xs))
-
-    def reference(views, out_dtype):
-        from ..methods import multislerp  # a torch reference, loaded on first use
-
-        b = views([base])[0]
-        return multislerp(views(xs), weights, b, normalize_weights=normalize, eps=eps, out_dtype=out_dtype)
-
-    _by_reference(job, out, reference)
+    c = multislerp_coefficients(gm, w64, float(g["eps"]))
+    if c is None or cancels(gm, c):
+        return None  # the reference decides (`merge_whole`)
+    _combine(base, xs, out, c)
     return _norms_finite(gram, len(xs))
 
 
-def _karcher(job, base, xs, out, gram, shape) -> bool:
+def _karcher(job, base, xs, out, gram, shape) -> bool | None:
     g, k = job.global_params, len(xs)
-    max_iter, tol = int(g["max_iter"]), float(g["tol"])
     gm = gram_matrix(list(gram), k)
-    c = karcher_coefficients(gm, max_iter=max_iter, tol=tol)
+    c = karcher_coefficients(gm, max_iter=int(g["max_iter"]), tol=float(g["tol"]))
     if c is None:  # the plain mean
         _combine(None, xs, out, [1.0] * k, normalize=True)
-    elif not cancels(gm, c):
-        _combine(None, xs, out, c)
+    elif cancels(gm, c):
+        return None  # the reference decides (`merge_whole`)
     else:
-
-        def reference(views, out_dtype):
-            from ..methods import karcher  # a torch reference, loaded on first use
-
-            return karcher(views(xs), max_iter=max_iter, tol=tol, out_dtype=out_dtype)
-
-        _by_reference(job, out, reference)
+        _combine(None, xs, out, c)
     return _norms_finite(gram, k)
 
 
@@ -206,5 +172,38 @@ GRAM_REDUCTIONS = {
 
 def merge_whole(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray, seed: int) -> bool:
     """One of these methods over a whole tensor (host/merge.py's CALLS); whether the Gram
-    pass's norms proved every input finite."""
-    return whole(GRAM_REDUCTIONS[plan.spec.name], job, inputs, out) if out.numel() else True
+    pass's norms proved every input finite. Where multislerp's or karcher's Gram scalars are
+    near a degenerate configuration (their apply gives None; a part's, host/merge.py, has its
+    whole tensor merged here) the torch reference writes `out`, as kernels/spherical.py runs
+    it there, and proves nothing."""
+    if not out.numel():
+        return True
+    proven = whole(GRAM_REDUCTIONS[plan.spec.name], job, inputs, out)
+    if proven is None:
+        _by_reference(plan.spec.name, job, inputs, out)
+        return False
+    return proven
+
+
+def _by_reference(method: str, job: TensorJob, inputs: list[HostArray], out: HostArray) -> None:
+    """`out` = multislerp's or karcher's torch reference (mergefast.methods) on torch views of
+    the job's inputs; torch is imported for it. AntipodalError is the torch engine's MergeError
+    (kernels/fused.py)."""
+    import torch
+
+    from .. import methods
+    from ..methods.multislerp import AntipodalError
+
+    g, out_dtype = job.global_params, getattr(torch, out.dtype)
+    base, xs = _inputs(method, job, inputs)
+    views = [x.to_torch() for x in xs]
+    try:
+        if method == "karcher":
+            result = methods.karcher(views, max_iter=int(g["max_iter"]), tol=float(g["tol"]), out_dtype=out_dtype)
+        else:
+            b, weights = None if base is None else base.to_torch(), model_weights(method, job)
+            kw = dict(normalize_weights=g["normalize_weights"], eps=float(g["eps"]), out_dtype=out_dtype)
+            result = methods.multislerp(views, weights, b, **kw)
+    except AntipodalError as exc:
+        raise MergeError(f"tensor {job.name}: {exc}") from None
+    out.to_torch().copy_(result.reshape(out.shape))

@@ -123,7 +123,8 @@ def _merge_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take
 def _apply_part(plan: MergePlan, part: TensorPart, inputs: list[HostArray], take: Callable, seed: int | None):
     """(output, proven) of a reducing method's part: its elementwise pass with its tensor's
     statistic; where the statistic leaves the merge to the reference (SLERP's non-finite
-    dots), the part's slice of the whole tensor's merge (made once, by its first part)."""
+    dots, multislerp's and karcher's degenerate configurations), the part's slice of the whole
+    tensor's merge (made once, by its first part)."""
     job = part.as_job()
     out = host_array(take(job.out_bytes), job.dtype_name, job.shape)
     ops.library().mf_output_check()  # from here on: this part's C calls (`_output_finite`)

@@ -22,7 +22,8 @@ class Reduction:
     """One method's statistic: `zero(job)` a fresh accumulator, `add(job, inputs, stat)` adds
     a tensor's (or a part's) sums to it, `apply(job, inputs, out, stat)` is the elementwise
     pass with the whole tensor's statistic: whether it proved every input finite, or None when
-    the statistic leaves the merge to the whole tensor's reference (SLERP's non-finite dots).
+    the statistic leaves the merge to the whole tensor's reference (SLERP's non-finite dots,
+    multislerp's and karcher's degenerate configurations: host/gram_methods.py).
     `cuts(job)`: whether the job's statistic is one sum over the whole tensor."""
 
     zero: Callable[[TensorJob], Any]
