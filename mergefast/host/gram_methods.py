@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable
 
 from .. import native
-from ..errors import MergeError
 from ..io.host_array import HostArray
 from ..methods.gram_scalars import (
     cancels,
@@ -180,30 +179,21 @@ def merge_whole(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: H
         return True
     proven = whole(GRAM_REDUCTIONS[plan.spec.name], job, inputs, out)
     if proven is None:
-        _by_reference(plan.spec.name, job, inputs, out)
+        _by_reference(plan, job, inputs, out)
         return False
     return proven
 
 
-def _by_reference(method: str, job: TensorJob, inputs: list[HostArray], out: HostArray) -> None:
-    """`out` = multislerp's or karcher's torch reference (mergefast.methods) on torch views of
-    the job's inputs; torch is imported for it. AntipodalError is the torch engine's MergeError
-    (kernels/fused.py)."""
+def _by_reference(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out: HostArray) -> None:
+    """`out` = the method's torch reference through its merge function (`plan.spec.merge`,
+    methods/adapters.py: antipodal multislerp inputs are its MergeError naming the tensor) on
+    torch views of the job's inputs; torch is imported for it."""
     import torch
 
-    from .. import methods
-    from ..methods.multislerp import AntipodalError
+    from ..methods.spec import MergeContext
 
-    g, out_dtype = job.global_params, getattr(torch, out.dtype)
-    base, xs = _inputs(method, job, inputs)
-    views = [x.to_torch() for x in xs]
-    try:
-        if method == "karcher":
-            result = methods.karcher(views, max_iter=int(g["max_iter"]), tol=float(g["tol"]), out_dtype=out_dtype)
-        else:
-            b, weights = None if base is None else base.to_torch(), model_weights(method, job)
-            kw = dict(normalize_weights=g["normalize_weights"], eps=float(g["eps"]), out_dtype=out_dtype)
-            result = methods.multislerp(views, weights, b, **kw)
-    except AntipodalError as exc:
-        raise MergeError(f"tensor {job.name}: {exc}") from None
+    views, out_dtype = [x.to_torch() for x in inputs], getattr(torch, out.dtype)
+    result = plan.spec.merge(
+        views, job.base_index, job.global_params, job.model_params, out_dtype, MergeContext(tensor_name=job.name)
+    )
     out.to_torch().copy_(result.reshape(out.shape))
