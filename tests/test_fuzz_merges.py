@@ -152,9 +152,10 @@ def _parameters(draw, strategies: dict) -> dict:
 
 
 @st.composite
-def configs(draw, method: str) -> tuple[str, dict]:
-    """(family name, a mergekit YAML config of `method` as a dict with model names for paths)."""
-    family = draw(st.sampled_from(sorted(LAYERS)))
+def configs(draw, method: str, family_names: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """(family name, a mergekit YAML config of `method` as a dict with model names for paths),
+    of one of `family_names` (default: every family of LAYERS)."""
+    family = draw(st.sampled_from(family_names or sorted(LAYERS)))
     global_params, model_params, rule = METHODS[method]
     with_base, fine_tunes = draw(_inputs(rule, family))
     config = {"merge_method": method, "models": []}
@@ -311,13 +312,14 @@ def _tensors(out: Path) -> dict[str, torch.Tensor]:
     return found
 
 
-def _float64_family(family: dict[str, Path], root: Path) -> dict[str, Path]:
-    """`family`'s folders copied under `root` with every floating tensor in float64 (once)."""
+def _float64_family(family: dict[str, Path]) -> dict[str, Path]:
+    """`family`'s folders copied, once, with every floating tensor in float64: into a folder
+    beside the family's (its name + "-float64")."""
     from safetensors.torch import load_file, save_file
 
     copies = {}
     for name, folder in family.items():
-        copies[name] = copy = root / name
+        copies[name] = copy = folder.parent.with_name(folder.parent.name + "-float64") / name
         if not copy.exists():
             shutil.copytree(folder, copy)
             for file in copy.glob("*.safetensors"):
@@ -326,11 +328,10 @@ def _float64_family(family: dict[str, Path], root: Path) -> dict[str, Path]:
     return copies
 
 
-def _float64_merge(config: dict, family: str, families, root: Path) -> dict[str, torch.Tensor]:
+def _float64_merge(config: dict, family: dict[str, Path], root: Path) -> dict[str, torch.Tensor]:
     """The merge of `config` on the float64 references, from float64 copies of `family`."""
     path = root / "float64.yml"
-    copies = _float64_family(families[family], root.parent / f"float64-{family}")
-    path.write_text(_yaml({**config, "dtype": "float64"}, copies))
+    path.write_text(_yaml({**config, "dtype": "float64"}, _float64_family(family)))
     result = run_cli("yaml", path, root / "float64", "--quiet", env={"MERGEFAST_BACKEND": "torch"})
     assert result.exit_code == 0, describe(result)
     return _tensors(root / "float64")
@@ -374,7 +375,7 @@ def _agree_with_the_references(method, families, tmp_path_factory, example):
             return
         got, want = _tensors(root / "fused"), _tensors(root / "reference")
         assert got.keys() == want.keys()
-        exact = functools.cache(lambda: _float64_merge(config, name, families, root))
+        exact = functools.cache(lambda: _float64_merge(config, families[name], root))
         for key, ref in want.items():
             _assert_near(key, got[key], ref, exact, THRESHOLD_FLIPS.get(config["merge_method"], 0))
     finally:
