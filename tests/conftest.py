@@ -71,6 +71,14 @@ def f32_family(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def fuzz_families(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """The model families of the whole-merge fuzz tests (tests/fuzz_configs.py)."""
+    from fuzz_configs import build_families
+
+    return build_families(tmp_path_factory.mktemp("fuzz-families"))
+
+
+@pytest.fixture(scope="session")
 def tied_family(tmp_path_factory) -> dict[str, Path]:
     """A float32 family with tied embeddings (no lm_head.weight in the checkpoints)."""
     return write_family(tmp_path_factory.mktemp("tied"), dtype=torch.float32, tie=True)

@@ -1,6 +1,6 @@
 """Fuzzing mergefast against an installed mergekit 0.1.5: random configs of the deterministic
-methods (tests/test_fuzz_merges.py's strategies: parameters as scalars, gradients and filters,
-slices, with and without a base) over a float32 family, merged by both. The tensors agree
+methods (tests/fuzz_configs.py: parameters as scalars, gradients and filters,
+slices, with and without a base) over the float32 family, merged by both. The tensors agree
 within rounding, or mergefast's are no farther from the float64 result than mergekit's; where
 mergekit merges, mergefast does too, except where it refuses an output mergekit writes as
 NaN (linear weights summing to zero with `normalize: true`, docs/errors.md).
@@ -17,11 +17,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import describe, run_cli, write_family
+from fuzz_checks import THRESHOLD_FLIPS, assert_near, float64_merge
+from fuzz_configs import FUZZ, METHODS, configs, to_yaml
+from helpers import describe, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
-from test_fuzz_merges import FUZZ, METHODS, THRESHOLD_FLIPS, _assert_near, _float64_merge, _yaml, configs
 from test_mergekit_compat import MERGEKIT_YAML, _env, load_folder
 from test_mergekit_compat_methods import _mergekit_python
 
@@ -75,15 +75,9 @@ def mergekit():
     worker.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
-def family(tmp_path_factory) -> dict[str, Path]:
-    """A float32 family of 2-layer tiny Llamas (base + three fine-tunes)."""
-    return write_family(tmp_path_factory.mktemp("mk-fuzz"), dtype=torch.float32, layers=2)
-
-
 @pytest.mark.parametrize("method", DETERMINISTIC)
-def test_random_merges_agree_with_mergekit(method, family, mergekit, tmp_path_factory):
-    _agree_with_mergekit(method, family, mergekit, tmp_path_factory)
+def test_random_merges_agree_with_mergekit(method, fuzz_families, mergekit, tmp_path_factory):
+    _agree_with_mergekit(method, fuzz_families["f32"], mergekit, tmp_path_factory)
 
 
 @FUZZ
@@ -95,7 +89,7 @@ def _agree_with_mergekit(method, family, mergekit, tmp_path_factory, example):
     config.pop("out_dtype", None)
     root = tmp_path_factory.mktemp("mk")
     path = root / "config.yml"
-    path.write_text(_yaml(config, family))
+    path.write_text(to_yaml(config, family))
     theirs = mergekit(path, root / "mergekit")
     ours = run_cli("yaml", path, root / "mergefast", "--quiet", "--no-copy-tokenizer")
     if ours.exit_code != 0:
@@ -104,9 +98,9 @@ def _agree_with_mergekit(method, family, mergekit, tmp_path_factory, example):
     assert theirs == "ok", f"mergekit failed where mergefast merged:\n{theirs}"
     got, want = load_folder(root / "mergefast"), load_folder(root / "mergekit")
     assert got.keys() == want.keys()
-    exact = functools.cache(lambda: _float64_merge(config, family, root))
+    exact = functools.cache(lambda: float64_merge(config, family, root))
     for key, ref in want.items():
-        _assert_near(key, got[key], ref, exact, THRESHOLD_FLIPS.get(method, 0))
+        assert_near(key, got[key], ref, exact, THRESHOLD_FLIPS.get(method, 0))
 
 
 def _not_finite(folder: Path) -> bool:

@@ -1,0 +1,66 @@
+"""Comparisons for the fuzz tests: a merge's tensors against a float32 reference's within
+rounding, with the float64 result as arbiter where they differ by more."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from fuzz_configs import to_yaml
+from helpers import describe, run_cli
+
+# arcee_fusion's kernels sum a row's KL divergence in float64, the reference in float32: an
+# element at the row's importance threshold may be kept by one and dropped by the other
+# (docs/methods.md)
+THRESHOLD_FLIPS = {"arcee_fusion": 2}
+
+
+def tensors(out: Path) -> dict[str, torch.Tensor]:
+    """The merged tensors of a model folder (one or more safetensors files)."""
+    from safetensors.torch import load_file
+
+    found = {}
+    for file in sorted(out.glob("*.safetensors")):
+        found.update(load_file(file))
+    return found
+
+
+def float64_family(family: dict[str, Path]) -> dict[str, Path]:
+    """`family`'s folders copied, once, with every floating tensor in float64: into a folder
+    beside the family's (its name + "-float64")."""
+    from safetensors.torch import load_file, save_file
+
+    copies = {}
+    for name, folder in family.items():
+        copies[name] = copy = folder.parent.with_name(folder.parent.name + "-float64") / name
+        if not copy.exists():
+            shutil.copytree(folder, copy)
+            for file in copy.glob("*.safetensors"):
+                tensors = load_file(file)
+                save_file({k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}, file)
+    return copies
+
+
+def float64_merge(config: dict, family: dict[str, Path], root: Path) -> dict[str, torch.Tensor]:
+    """The merge of `config` on the float64 references, from float64 copies of `family`."""
+    path = root / "float64.yml"
+    path.write_text(to_yaml({**config, "dtype": "float64"}, float64_family(family)))
+    result = run_cli("yaml", path, root / "float64", "--quiet", env={"MERGEFAST_BACKEND": "torch"})
+    assert result.exit_code == 0, describe(result)
+    return tensors(root / "float64")
+
+
+def assert_near(key: str, got: torch.Tensor, ref: torch.Tensor, exact, flips: int) -> None:
+    """`got` within rounding of the float32 reference `ref` (but `flips` elements), or no
+    farther than it from the float64 result (`exact()`, computed when needed): near a
+    method's ill-conditioned points (Model Stock's t on short rows of nearly opposite task
+    vectors) the kernels' float64 sums are the closer (docs/methods.md)."""
+    scale = float(ref.abs().nan_to_num(0, 0, 0).max()) or 1.0
+    off = ~torch.isclose(got, ref, rtol=1e-5, atol=1e-6 * scale, equal_nan=True)
+    if int(off.sum()) <= flips:
+        return
+    truth = exact()[key][off]
+    error, reference_error = (got[off].double() - truth).abs(), (ref[off].double() - truth).abs()
+    farther = error > reference_error * 1.01 + 1e-6 * scale
+    assert int(farther.sum()) <= flips, (key, int(farther.sum()), float(error.max()), float(reference_error.max()))

@@ -1,0 +1,90 @@
+"""Fuzzing Hub inputs: random configs of every method (tests/fuzz_configs.py) merged from
+local folders and from the same models as repos of a fake Hub (tests/fake_hub.py), downloaded
+or streamed (--stream-inputs), on either CPU engine. The model folders are byte-identical
+but for the files that name the inputs (the model card and mergekit_config.yml), or both
+merges refuse with the same exit code."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_hub import FakeHub, use_fake_hub
+from fuzz_configs import ARCHITECTURES, FUZZ, METHODS, NAMED, configs, to_yaml
+from helpers import describe, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mergefast import execute, kernels
+
+pytestmark = [
+    pytest.mark.slow,  # each example is two whole merges, one over HTTP
+    pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
+    pytest.mark.skipif(ARCHITECTURES, reason="the Hub fuzz merges the Llama families only"),
+]
+REAL_RULE = execute.torch_free  # tests/conftest.py puts in-process merges on the torch engine
+NAMES_THE_INPUTS = {"README.md", "mergekit_config.yml"}
+
+
+@pytest.fixture(scope="module")
+def hub(fuzz_families, tmp_path_factory):
+    """A fake Hub serving every model of `fuzz_families` as `org/<family>-<model>`."""
+    fake = FakeHub().start()
+    for family, folders in fuzz_families.items():
+        for name, folder in folders.items():
+            fake.add_repo(f"org/{family}-{name}", folder)
+    with pytest.MonkeyPatch.context() as m:
+        use_fake_hub(m, fake, tmp_path_factory.mktemp("hf"))
+        yield fake
+    fake.stop()
+
+
+def _repos(config: dict, family: str) -> dict:
+    """`config` with its model names turned into the Hub repos of `family`."""
+    if isinstance(config, list):
+        return [_repos(v, family) for v in config]
+    if not isinstance(config, dict):
+        return config
+    named = {k: v for k, v in config.items() if k in NAMED and v in ("base", "ft-a", "ft-b", "ft-c")}
+    return {k: (f"org/{family}-{v}" if k in named else _repos(v, family)) for k, v in config.items()}
+
+
+def _merge(config: dict, root: Path, name: str, engine, *options: str):
+    """Merge `config` into root/name with `engine` (execute.torch_free's rule); (exit code,
+    the output's files but those naming the inputs, by name)."""
+    (root / f"{name}.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(execute, "torch_free", engine)
+        result = run_cli("yaml", root / f"{name}.yml", root / name, "--quiet", *options)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(describe(result))
+    if result.exit_code:
+        return result.exit_code, {}
+    files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.name not in NAMES_THE_INPUTS)
+    return 0, {p.name: p.read_bytes() for p in files}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_hub_merges_are_the_local_ones(method, fuzz_families, hub, tmp_path_factory):
+    _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory)
+
+
+@FUZZ
+@given(example=st.data(), stream=st.booleans(), torch_free=st.booleans())
+def _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory, example, stream, torch_free):
+    """A random config of `method` merges from the Hub as from the local folders."""
+    family, config = example.draw(configs(method))
+    engine = REAL_RULE if torch_free else (lambda plan, options: False)
+    root = tmp_path_factory.mktemp("hub-merge")
+    try:
+        local = _merge(yaml.safe_load(to_yaml(config, fuzz_families[family])), root, "local", engine)
+        options = ("--stream-inputs",) if stream else ()
+        remote = _merge(_repos(config, family), root, "hub", engine, *options)
+        assert remote[0] == local[0], (remote[0], local[0])
+        assert remote[1].keys() == local[1].keys()
+        different = [k for k in local[1] if remote[1][k] != local[1][k]]
+        assert not different, different
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
