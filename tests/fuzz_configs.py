@@ -160,7 +160,10 @@ def configs(draw, method: str, family_names: tuple[str, ...] = ()) -> tuple[str,
             config[key] = dtype
     if family == "vocab":
         _tokenizer(draw, config)
-    if draw(st.integers(0, 3)) == 0:
+    shape = draw(st.integers(0, 3))
+    if shape == 1 and family in MODULES:
+        _as_modules(draw, config, MODULES[family])
+    elif shape == 0:
         _as_slices(draw, config, LAYERS[family])
     return family, config
 
@@ -181,21 +184,46 @@ def _tokenizer(draw, config: dict) -> None:
 
 
 def _as_slices(draw, config: dict, layers: int) -> None:
-    """`config`'s models as `slices:` over all layers, cut in two at a random layer (each slice
-    with every model, perhaps with the global parameters); passthrough stacks a fine-tune's
-    first layers on the base's last one."""
+    """`config`'s models as `slices:` (`_slices`), perhaps with the global parameters per slice."""
+    config["slices"] = _slices(draw, config, layers)
+    if "parameters" in config and config["merge_method"] != "passthrough" and draw(BOOL):
+        for piece in config["slices"]:
+            piece["parameters"] = config["parameters"]
+        del config["parameters"]
+    del config["models"]
+
+
+def _slices(draw, config: dict, layers: int) -> list[dict]:
+    """`config`'s models as slices over `layers` layers, cut in two at a random layer (each
+    slice with every model); passthrough stacks a fine-tune's first layers on the base's last
+    one. A module without layers gets one slice of `layer_range: [0, 0]`."""
     if config["merge_method"] == "passthrough":
-        config["slices"] = [{"sources": [{**config["models"][0], "layer_range": [0, layers]}]}]
-        config["slices"].append({"sources": [{"model": "base", "layer_range": [layers - 1, layers]}]})
-    else:
-        cut = draw(st.integers(0, layers - 1))
-        ranges = [(0, layers)] if cut == 0 else [(0, cut), (cut, layers)]
-        sources = config["models"] + ([{"model": "base"}] if "base_model" in config else [])
-        config["slices"] = [{"sources": [{**m, "layer_range": list(r)} for m in sources]} for r in ranges]
-        if "parameters" in config and draw(BOOL):  # the global parameters given per slice
-            for piece in config["slices"]:
-                piece["parameters"] = config["parameters"]
-            del config["parameters"]
+        first = [{"sources": [{**config["models"][0], "layer_range": [0, layers]}]}]
+        return first + ([{"sources": [{"model": "base", "layer_range": [layers - 1, layers]}]}] if layers else [])
+    cut = draw(st.integers(0, max(layers - 1, 0)))
+    ranges = [(0, layers)] if cut == 0 else [(0, cut), (cut, layers)]
+    sources = config["models"] + ([{"model": "base"}] if "base_model" in config else [])
+    return [{"sources": [{**m, "layer_range": list(r)} for m in sources]} for r in ranges]
+
+
+# MERGEFAST_FUZZ_ARCH's models of several modules: module -> layer count (mergekit's names)
+MODULES = {
+    "t5": {"encoder": 3, "decoder": 2, "shared": 0},
+    "qwen2_vl": {"text_decoder": 3, "vision_tower": 2, "multi_modal_projector": 0},
+    "gemma3": {"text_decoder": 3, "vision_tower": 2, "multi_modal_projector": 0},
+}
+
+
+def _as_modules(draw, config: dict, modules: dict[str, int]) -> None:
+    """`config`'s models as `modules:`: some of the model's modules (the others are carried
+    from the first), each with `models:` or `slices:`, perhaps with the global parameters."""
+    config["modules"] = {}
+    for name in draw(st.lists(st.sampled_from(sorted(modules)), min_size=1, unique=True)):
+        use_models = draw(BOOL)
+        body = {"models": config["models"]} if use_models else {"slices": _slices(draw, config, modules[name])}
+        if "parameters" in config and draw(BOOL):
+            body["parameters"] = config["parameters"]
+        config["modules"][name] = body
     del config["models"]
 
 
