@@ -2,8 +2,8 @@
 tests/test_fuzz_hub.py, tests/test_mergekit_fuzz.py): every method with its parameters as
 scalars, gradients over the layers and filters; models with and without a base; `slices:`
 with parameters per slice; input and output dtypes; vocabularies with `tokenizer_source` or
-`tokenizer:`. The model families they name are built by `build_families` (the session fixture
-`fuzz_families` of tests/conftest.py)."""
+`tokenizer:`; `modules:` for the models of several modules. The model families they name are
+built by `build_families` (the session fixture `fuzz_families` of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -83,10 +83,10 @@ METHODS = {
 
 
 def build_families(root: Path) -> dict[str, dict[str, Path]]:
-    """Under `root`: a bf16 and a float32 family (base + 3), a float16 one with tied embeddings, and one of
-    different vocabularies (tests/test_tokenizer.py's: ft-a shares the base's 32 tokens, ft-b
-    adds two special tokens, ft-c has 36 rows); with ARCHITECTURES, tests/arch_zoo.py's
-    families, each built when first used."""
+    """Under `root`: a bf16 and a float32 family (base + 3), a float16 one with tied
+    embeddings, and one of different vocabularies (tests/test_tokenizer.py's: ft-a shares the
+    base's 32 tokens, ft-b adds two special tokens, ft-c has 36 rows); with ARCHITECTURES,
+    tests/arch_zoo.py's families, each built when first used."""
     if ARCHITECTURES:
         return LazyDict(lambda model_type: build_family(model_type, root / model_type))
     return {
@@ -109,7 +109,7 @@ def _vocabulary_family(root: Path) -> dict[str, Path]:
     return {name: root / name for name in ("base", *FINE_TUNES)}
 
 
-# the families of the `families` fixture and their layer counts; MERGEFAST_FUZZ_ARCH=1 (with
+# the families of `build_families` and their layer counts; MERGEFAST_FUZZ_ARCH=1 (with
 # a hunt's MERGEFAST_FUZZ_EXAMPLES) merges tests/arch_zoo.py's architectures instead (base,
 # ft-a and ft-b of 3 text layers; slices of their other stacks are refused alike)
 ARCHITECTURES = os.environ.get("MERGEFAST_FUZZ_ARCH") == "1"
