@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .architecture import Architecture, resolve_architecture
+from .config_values import check_config_values
 from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref
 from .io.hub_headers import RemoteCheckpointReader
@@ -36,7 +37,8 @@ class InputModel:
 
 def read_model_config(folder: Path) -> dict:
     """config.json of a model folder as a dict ({} when absent); never runs model code. It must
-    stay inside the folder (io/model_files.py), and its sub-configs must be objects. The
+    stay inside the folder (io/model_files.py), its sub-configs must be objects and its values
+    of known types (config_values.py). The
     folder's other side files (tokenizer, chat template, generation config) are checked to stay
     inside it now too, before any tensor is read, rather than when OUT is written."""
     check_side_files(folder)
@@ -52,6 +54,7 @@ def read_model_config(folder: Path) -> dict:
             raise ModelError(
                 f"{path}: {key} is {kind}, not an object of settings; fix config.json or re-download the model"
             )
+    check_config_values(data, str(path), SUB_CONFIGS)
     return data
 
 

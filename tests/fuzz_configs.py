@@ -91,6 +91,9 @@ def build_families(root: Path) -> dict[str, dict[str, Path]]:
         return LazyDict(lambda model_type: build_family(model_type, root / model_type))
     return {
         "bf16": write_family(root / "bf16", layers=3),
+        # the same tensors as "bf16", stored as sharded safetensors and as PyTorch pickles
+        "bf16-sharded": write_family(root / "bf16-sharded", layers=3, fmt="sharded"),
+        "bf16-bin": write_family(root / "bf16-bin", layers=3, fmt="bin"),
         "f32": write_family(root / "f32", dtype=torch.float32, layers=2),
         "f16-tied": write_family(root / "f16", dtype=torch.float16, tie=True, layers=2),
         "vocab": _vocabulary_family(root / "vocab"),
@@ -113,7 +116,7 @@ def _vocabulary_family(root: Path) -> dict[str, Path]:
 # a hunt's MERGEFAST_FUZZ_EXAMPLES) merges tests/arch_zoo.py's architectures instead (base,
 # ft-a and ft-b of 3 text layers; slices of their other stacks are refused alike)
 ARCHITECTURES = os.environ.get("MERGEFAST_FUZZ_ARCH") == "1"
-LAYERS = {"bf16": 3, "f32": 2, "f16-tied": 2, "vocab": 2}
+LAYERS = {"bf16": 3, "bf16-sharded": 3, "bf16-bin": 3, "f32": 2, "f16-tied": 2, "vocab": 2}
 if ARCHITECTURES:
     LAYERS = dict.fromkeys(("mixtral", "qwen3_moe", "t5", "qwen2_vl", "gemma3", "gpt2", "mamba", "bert", "phi"), 3)
 

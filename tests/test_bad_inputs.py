@@ -92,7 +92,7 @@ def setup_evil_bin(tmp: Path) -> None:
 
 
 # -- hostile inputs, round two: files leading out of a model folder; headers the safetensors
-# library refuses; config.json sub-configs that are not objects ------------------------------
+# library refuses; config.json sub-configs that are not objects, and values of the wrong type --
 
 
 def _model_with_link_out(tmp: Path, name: str, text: str | None = None, relative: bool = False) -> Path:
@@ -258,6 +258,38 @@ def setup_text_config_string(tmp: Path) -> None:
 
 def setup_vision_config_number(tmp: Path) -> None:
     _model_with_config(tmp, vision_config=3)
+
+
+def setup_hidden_size_string(tmp: Path) -> None:
+    _model_with_config(tmp, hidden_size="4096")
+
+
+def setup_dtype_unknown(tmp: Path) -> None:
+    _model_with_config(tmp, torch_dtype="bf16")
+
+
+def setup_architectures_string(tmp: Path) -> None:
+    _model_with_config(tmp, architectures="LlamaForCausalLM")
+
+
+def setup_model_type_list(tmp: Path) -> None:
+    _model_with_config(tmp, model_type=["llama"])
+
+
+def setup_layer_types_numbers(tmp: Path) -> None:
+    _model_with_config(tmp, text_config={"layer_types": [0, 0, 0, 0]})
+
+
+def setup_layer_types_short(tmp: Path) -> None:
+    _model_with_config(tmp, layer_types=["full_attention"])
+
+
+def setup_no_model_type(tmp: Path) -> None:
+    """The donor (the first model of a merge without a base) without model_type."""
+    _model_with_config(tmp)
+    config = json.loads((tmp / "model" / "config.json").read_text())
+    del config["model_type"]
+    (tmp / "model" / "config.json").write_text(json.dumps(config))
 
 
 def setup_config_json_deep_nesting(tmp: Path) -> None:

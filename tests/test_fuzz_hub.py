@@ -80,7 +80,9 @@ def _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory, ex
     root = tmp_path_factory.mktemp("hub-merge")
     try:
         local = _merge(yaml.safe_load(to_yaml(config, fuzz_families[family])), root, "local", engine)
-        options = ("--stream-inputs",) if stream else ()
+        # --stream-inputs refuses pickles not in the cache yet (io/hub_fetch.py): the order of
+        # the examples would decide
+        options = ("--stream-inputs",) if stream and family != "bf16-bin" else ()
         remote = _merge(_repos(config, family), root, "hub", engine, *options)
         assert remote[0] == local[0], (remote[0], local[0])
         assert remote[1].keys() == local[1].keys()

@@ -2,7 +2,8 @@
 CPU engines: the torch-free engine (tensors read, mapped, or cut into small parts) and the
 torch engine on the C++ kernels give byte-identical model folders, or both refuse with the
 same one-line message (never another exception); and the kernels' merges are the torch
-references' within rounding, or no farther than they are from the float64 result.
+references' within rounding, or no farther than they are from the float64 result; and inputs
+stored as one safetensors file, as shards or as pickles merge to the same tensors.
 MERGEFAST_FUZZ_EXAMPLES, MERGEFAST_FUZZ_BACKEND and MERGEFAST_FUZZ_ARCH: tests/fuzz_configs.py."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from fuzz_checks import THRESHOLD_FLIPS, assert_near, float64_merge, tensors
 from fuzz_configs import BACKEND, FUZZ, METHODS, configs, to_yaml
 from helpers import describe, run_cli
@@ -22,6 +24,7 @@ from mergefast import execute, host, kernels
 from mergefast.host import parts
 from mergefast.io import mapped
 
+NAMES_THE_INPUTS = {"README.md", "mergekit_config.yml"}
 pytestmark = [
     pytest.mark.slow,  # each example is two to four whole merges
     pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
@@ -118,5 +121,37 @@ def _agree_with_the_references(method, fuzz_families, tmp_path_factory, example)
         exact = functools.cache(lambda: float64_merge(config, fuzz_families[name], root))
         for key, ref in want.items():
             assert_near(key, got[key], ref, exact, THRESHOLD_FLIPS.get(config["merge_method"], 0))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_random_merges_read_every_format_alike(method, fuzz_families, tmp_path_factory):
+    _every_format_alike(method, fuzz_families, tmp_path_factory)
+
+
+@FUZZ
+@given(example=st.data(), stored=st.sampled_from(["bf16-sharded", "bf16-bin"]))
+def _every_format_alike(method, fuzz_families, tmp_path_factory, example, stored):
+    """A random config of `method` merges the same tensors stored as one safetensors file,
+    as shards with an index, or as pickles alike: the same tensors (written in the order the
+    inputs are read) and side files (but those naming the inputs), or the same refusal."""
+    _, config = example.draw(configs(method, ("bf16",)))
+    root = tmp_path_factory.mktemp("formats")
+    try:
+        outs = []
+        for family in ("bf16", stored):
+            path = root / f"{family}.yml"
+            path.write_text(to_yaml(config, fuzz_families[family]))
+            code, files = _merge(path, root / family, "torch")  # error lines name the inputs
+            outs.append((code, {} if code else {k: v for k, v in files.items() if k not in NAMES_THE_INPUTS}))
+            if not code:
+                outs[-1][1]["model.safetensors"] = tensors(root / family)
+        assert outs[0][0] == outs[1][0]
+        if not outs[0][0]:
+            mine, theirs = outs[0][1].pop("model.safetensors"), outs[1][1].pop("model.safetensors")
+            assert mine.keys() == theirs.keys()
+            assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+            assert outs[0][1] == outs[1][1]
     finally:
         shutil.rmtree(root, ignore_errors=True)

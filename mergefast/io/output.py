@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from ..architecture.rewrite import rewrite_module_layers, with_layer_types
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from .model_files import TOKENIZER_FILES, model_file  # noqa: F401 - TOKENIZER_FILES re-exported
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,13 @@ def plan_output_config(plan) -> dict:
     written (no layer count key, a per-layer list a source lacks) fails before any tensor is read."""
     donor = plan.models[plan.donor]
     where = f"{plan.source}: the donor's config {donor.folder / 'config.json'}"
+    if not isinstance(donor.config.get("model_type"), str) or not donor.config["model_type"]:
+        # transformers' AutoConfig finds a config class by model_type only
+        raise ModelError(
+            f"{where} has no model_type, and the donor's config becomes the output's: transformers "
+            "could not load the output; add the model's model_type to config.json (or make another "
+            "model the base_model)"
+        )
     rewrites = []
     for module_plan in plan.modules:
         if module_plan.how != "slices" or module_plan.num_layers == 0:
