@@ -38,9 +38,9 @@ class InputModel:
 def read_model_config(folder: Path) -> dict:
     """config.json of a model folder as a dict ({} when absent); never runs model code. It must
     stay inside the folder (io/model_files.py), its sub-configs must be objects and its values
-    of known types (config_values.py). The
-    folder's other side files (tokenizer, chat template, generation config) are checked to stay
-    inside it now too, before any tensor is read, rather than when OUT is written."""
+    of the types transformers reads (config_values.py). The folder's other side files
+    (tokenizer, chat template, generation config) are checked to stay inside it now too, before
+    any tensor is read, rather than when OUT is written."""
     check_side_files(folder)
     data = read_model_json(folder, "config.json")
     if data is None:
