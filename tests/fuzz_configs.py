@@ -235,10 +235,7 @@ def to_yaml(config: dict, family: dict[str, Path]) -> str:
 
     def paths(node):
         if isinstance(node, dict):
-            return {
-                k: (str(family[v]) if k in NAMED and isinstance(v, str) and v in family else paths(v))
-                for k, v in node.items()
-            }
+            return {k: (str(family[v]) if names_a_model(k, v) and v in family else paths(v)) for k, v in node.items()}
         if isinstance(node, list):
             return [paths(v) for v in node]
         return node
@@ -246,5 +243,9 @@ def to_yaml(config: dict, family: dict[str, Path]) -> str:
     return yaml.safe_dump(paths(config), sort_keys=False)
 
 
-# keys whose values name models ("union", "base" and sections are left as they are)
-NAMED = ("model", "base_model", "tokenizer_source", "source")
+def names_a_model(key: str, value: object) -> bool:
+    """Whether `value` under `key` names a model ("base" as a tokenizer source is the keyword,
+    "union" and sections are no names)."""
+    if key in ("tokenizer_source", "source"):
+        return isinstance(value, str) and value not in ("base", "union")
+    return key in ("model", "base_model") and isinstance(value, str)

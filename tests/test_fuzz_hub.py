@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_hub import FakeHub, use_fake_hub
-from fuzz_configs import ARCHITECTURES, FUZZ, HUNT, METHODS, NAMED, configs, to_yaml
+from fuzz_configs import ARCHITECTURES, FUZZ, HUNT, METHODS, configs, names_a_model, to_yaml
 from helpers import describe, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,7 +47,7 @@ def _repos(config: dict, family: str) -> dict:
         return [_repos(v, family) for v in config]
     if not isinstance(config, dict):
         return config
-    named = {k: v for k, v in config.items() if k in NAMED and v in ("base", "ft-a", "ft-b", "ft-c")}
+    named = {k: v for k, v in config.items() if names_a_model(k, v) and v in ("base", "ft-a", "ft-b", "ft-c")}
     return {k: (f"org/{family}-{v}" if k in named else _repos(v, family)) for k, v in config.items()}
 
 
