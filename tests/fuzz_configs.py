@@ -13,26 +13,18 @@ from pathlib import Path
 import torch
 import yaml
 from arch_zoo import build_family
-from helpers import write_family
-from hypothesis import HealthCheck, settings
+from helpers import fuzz_settings, write_family
 from hypothesis import strategies as st
 from make_models import make_tiny_llama, write_tokenizer
 from test_architectures import LazyDict
 from test_tokenizer import SIZES, add_special_tokens
 
-# The same examples on every run (CI must not flake), 5 per method; MERGEFAST_FUZZ_EXAMPLES=100
-# hunts with that many fresh random ones per method (~0.1 s an example on 2 CPUs)
-HUNT = int(os.environ.get("MERGEFAST_FUZZ_EXAMPLES", "0"))
 # MERGEFAST_FUZZ_BACKEND=triton compares the Triton kernels (interpreted: ~3 s a merge) with the
 # references instead of the C++ kernels
 BACKEND = os.environ.get("MERGEFAST_FUZZ_BACKEND", "cpu-ext")
-FUZZ = settings(
-    max_examples=HUNT or 5,
-    derandomize=not HUNT,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
+# 5 examples per method; MERGEFAST_FUZZ_EXAMPLES=100 hunts with that many fresh random ones
+# per method (~0.1 s an example on 2 CPUs)
+FUZZ = fuzz_settings(5)
 FINE_TUNES = ("ft-a", "ft-b", "ft-c")
 FRACTION = st.sampled_from([0.0, 1.0, 0.5, 0.3, 0.9, 0.05])
 FACTOR = st.sampled_from([1.0, 0.5, -0.7, 0.0, 2.0, 0.3])

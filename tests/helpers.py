@@ -75,6 +75,25 @@ def plan_of(text: str, **options):
 
 
 # ---------------------------------------------------------------------------------------------
+# Fuzz tests
+
+
+def fuzz_settings(examples: int):
+    """hypothesis settings of a fuzz test: the same `examples` examples on every run (CI must
+    not flake), or, with MERGEFAST_FUZZ_EXAMPLES=N set, a hunt with N fresh random ones."""
+    from hypothesis import HealthCheck, settings
+
+    hunt = int(os.environ.get("MERGEFAST_FUZZ_EXAMPLES", "0"))
+    return settings(
+        max_examples=hunt or examples,
+        derandomize=not hunt,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The command line
 
 

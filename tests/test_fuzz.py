@@ -4,14 +4,14 @@ headers either work or raise MergefastError, never another exception."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from helpers import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mergefast.config import parse_config
@@ -22,16 +22,7 @@ pytestmark = pytest.mark.slow  # hypothesis runs each test on many examples
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yml"))
 EXAMPLE_DATA = [yaml.safe_load(p.read_text()) for p in EXAMPLES]
-# The same examples on every run (CI must not flake); MERGEFAST_FUZZ_EXAMPLES=3000 hunts with
-# fresh random ones.
-HUNT = int(os.environ.get("MERGEFAST_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(
-    max_examples=HUNT or 150,
-    derandomize=not HUNT,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
+FUZZ = fuzz_settings(150)  # MERGEFAST_FUZZ_EXAMPLES=3000 hunts
 
 KEYS = [
     "merge_method",

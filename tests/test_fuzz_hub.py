@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_hub import FakeHub, use_fake_hub
-from fuzz_configs import ARCHITECTURES, FUZZ, HUNT, METHODS, configs, names_a_model, to_yaml
-from helpers import describe, run_cli
-from hypothesis import given, settings
+from fuzz_configs import ARCHITECTURES, METHODS, configs, names_a_model, to_yaml
+from helpers import describe, fuzz_settings, run_cli
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mergefast import execute, kernels
@@ -71,7 +71,7 @@ def test_hub_merges_are_the_local_ones(method, fuzz_families, hub, tmp_path_fact
     _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory)
 
 
-@settings(FUZZ, max_examples=HUNT or 3)  # each is a Hub merge: ~0.3 s on 2 CPUs
+@fuzz_settings(3)  # each is a Hub merge: ~0.3 s on 2 CPUs
 @given(example=st.data(), stream=st.booleans(), torch_free=st.booleans())
 def _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory, example, stream, torch_free):
     """A random config of `method` merges from the Hub as from the local folders."""

@@ -9,7 +9,8 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from helpers import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 from kernel_cases import (
     _ARCEE_MODULE,
@@ -32,16 +33,7 @@ pytestmark = [
     pytest.mark.skipif(BACKEND == "cpu-ext" and kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
 ]
 
-# The same examples on every run (CI must not flake); MERGEFAST_FUZZ_EXAMPLES=5000 hunts with
-# fresh random ones.
-HUNT = int(os.environ.get("MERGEFAST_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(
-    max_examples=HUNT or 200,
-    derandomize=not HUNT,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
+FUZZ = fuzz_settings(200)  # MERGEFAST_FUZZ_EXAMPLES=5000 hunts
 # the last two span several 2048-element blocks (and both threads)
 SHAPES = [(1,), (2,), (7,), (33,), (64,), (5, 17), (2, 300), (3, 4, 9), (1, 1), (3, 2500), (9001,)]
 # MERGEFAST_FUZZ_LARGE=1 (with a hunt's MERGEFAST_FUZZ_EXAMPLES): shapes that take the paths only

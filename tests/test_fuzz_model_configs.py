@@ -9,9 +9,8 @@ import json
 import shutil
 
 import pytest
-from fuzz_configs import FUZZ, HUNT
-from helpers import describe, run_cli
-from hypothesis import given, settings
+from helpers import describe, fuzz_settings, run_cli
+from hypothesis import given
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.slow  # whole merges
@@ -81,7 +80,7 @@ def _mutated_family(family: dict, root, changes) -> dict:
     return copies
 
 
-@settings(FUZZ, max_examples=HUNT or 60)
+@fuzz_settings(60)
 @given(changes=mutations(), method=st.sampled_from(sorted(CONFIGS)))
 def test_broken_model_configs_fail_in_one_line_or_merge_loadably(fuzz_families, tmp_path_factory, changes, method):
     from transformers import AutoConfig
