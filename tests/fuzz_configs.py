@@ -15,9 +15,8 @@ import yaml
 from arch_zoo import build_family
 from helpers import fuzz_settings, write_family
 from hypothesis import strategies as st
-from make_models import make_tiny_llama, write_tokenizer
 from test_architectures import LazyDict
-from test_tokenizer import SIZES, add_special_tokens
+from test_tokenizer import write_vocabularies
 
 # MERGEFAST_FUZZ_BACKEND=triton compares the Triton kernels (interpreted: ~3 s a merge) with the
 # references instead of the C++ kernels
@@ -88,20 +87,8 @@ def build_families(root: Path) -> dict[str, dict[str, Path]]:
         "bf16-bin": write_family(root / "bf16-bin", layers=3, fmt="bin"),
         "f32": write_family(root / "f32", dtype=torch.float32, layers=2),
         "f16-tied": write_family(root / "f16", dtype=torch.float16, tie=True, layers=2),
-        "vocab": _vocabulary_family(root / "vocab"),
+        "vocab": write_vocabularies(root / "vocab", ("base", *FINE_TUNES), torch.bfloat16),
     }
-
-
-def _vocabulary_family(root: Path) -> dict[str, Path]:
-    """base + 3 bf16 models of 2 layers with the vocabularies of tests/test_tokenizer.py's zoo."""
-    sizes = {**SIZES, "dtype": torch.bfloat16}
-    base = make_tiny_llama(root / "base", seed=0, vocab=32, **sizes)
-    make_tiny_llama(root / "ft-a", seed=1, base=base, vocab=32, **sizes)
-    make_tiny_llama(root / "ft-b", seed=2, vocab=34, **sizes)
-    write_tokenizer(root / "ft-b", 32)
-    add_special_tokens(root / "ft-b", ["<|im_start|>", "<|im_end|>"], 32)
-    make_tiny_llama(root / "ft-c", seed=3, vocab=36, **sizes)
-    return {name: root / name for name in ("base", *FINE_TUNES)}
 
 
 # the families of `build_families` and their layer counts; MERGEFAST_FUZZ_ARCH=1 (with

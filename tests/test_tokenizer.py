@@ -45,15 +45,24 @@ def add_special_tokens(folder: Path, tokens: list[str], first_id: int) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(tc))
 
 
+def write_vocabularies(root: Path, names=("base", "ft", "chatml", "big"), dtype=torch.float32) -> dict[str, Path]:
+    """The models base, ft, chatml and big of the module docstring under `root`, named `names`
+    (also tests/fuzz_configs.py's vocabulary family); name -> folder."""
+    sizes = {**SIZES, "dtype": dtype}
+    base_name, ft, chatml, big = names
+    base = make_tiny_llama(root / base_name, seed=0, vocab=32, **sizes)
+    make_tiny_llama(root / ft, seed=1, base=base, vocab=32, **sizes)
+    make_tiny_llama(root / chatml, seed=2, vocab=34, **sizes)
+    write_tokenizer(root / chatml, 32)
+    add_special_tokens(root / chatml, ["<|im_start|>", "<|im_end|>"], 32)
+    make_tiny_llama(root / big, seed=3, vocab=36, **sizes)
+    return {name: root / name for name in names}
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tokzoo")
-    base = make_tiny_llama(root / "base", seed=0, vocab=32, **SIZES)
-    make_tiny_llama(root / "ft", seed=1, base=base, vocab=32, **SIZES)
-    make_tiny_llama(root / "chatml", seed=2, vocab=34, **SIZES)
-    write_tokenizer(root / "chatml", 32)
-    add_special_tokens(root / "chatml", ["<|im_start|>", "<|im_end|>"], 32)
-    make_tiny_llama(root / "big", seed=3, vocab=36, **SIZES)
+    write_vocabularies(root)
     tied = make_tiny_llama(root / "tied", seed=4, vocab=32, tie_word_embeddings=True, **SIZES)
     make_tiny_llama(root / "tied2", seed=5, base=tied, vocab=32, tie_word_embeddings=True, **SIZES)
     return {p.name: p for p in root.iterdir()}
