@@ -74,10 +74,11 @@ METHODS = {
 
 
 def build_families(root: Path) -> dict[str, dict[str, Path]]:
-    """Under `root`: a bf16 and a float32 family (base + 3), a float16 one with tied
-    embeddings, and one of different vocabularies (tests/test_tokenizer.py's: ft-a shares the
-    base's 32 tokens, ft-b adds two special tokens, ft-c has 36 rows); with ARCHITECTURES,
-    tests/arch_zoo.py's families, each built when first used."""
+    """Under `root`: a bf16 family (base + 3; also stored as shards and as pickles), a float32
+    one, a float16 one with tied embeddings, and one of different vocabularies
+    (tests/test_tokenizer.py's: ft-a shares the base's 32 tokens, ft-b adds two special tokens,
+    ft-c has 36 rows); with ARCHITECTURES, tests/arch_zoo.py's families, each built when first
+    used."""
     if ARCHITECTURES:
         return LazyDict(lambda model_type: build_family(model_type, root / model_type))
     return {

@@ -8,7 +8,9 @@ assert result.exit_code == 0, describe(result)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +78,17 @@ def plan_of(text: str, **options):
 
 # ---------------------------------------------------------------------------------------------
 # Fuzz tests
+
+
+@contextlib.contextmanager
+def scratch(tmp_path_factory, name: str):
+    """A fresh folder for one hypothesis example, removed after it: a hunt's thousands of
+    merges would otherwise fill the disk."""
+    root = tmp_path_factory.mktemp(name)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def fuzz_settings(examples: int):

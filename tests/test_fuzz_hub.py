@@ -6,14 +6,13 @@ merges refuse with the same exit code."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from fake_hub import FakeHub, use_fake_hub
 from fuzz_configs import ARCHITECTURES, METHODS, configs, names_a_model, to_yaml
-from helpers import describe, fuzz_settings, run_cli
+from helpers import describe, fuzz_settings, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -77,8 +76,7 @@ def _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory, ex
     """A random config of `method` merges from the Hub as from the local folders."""
     family, config = example.draw(configs(method))
     engine = REAL_RULE if torch_free else (lambda plan, options: False)
-    root = tmp_path_factory.mktemp("hub-merge")
-    try:
+    with scratch(tmp_path_factory, "hub-merge") as root:
         local = _merge(yaml.safe_load(to_yaml(config, fuzz_families[family])), root, "local", engine)
         # --stream-inputs refuses pickles not in the cache yet (io/hub_fetch.py): the order of
         # the examples would decide
@@ -88,5 +86,3 @@ def _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory, ex
         assert remote[1].keys() == local[1].keys()
         different = [k for k in local[1] if remote[1][k] != local[1][k]]
         assert not different, different
-    finally:
-        shutil.rmtree(root, ignore_errors=True)

@@ -9,14 +9,13 @@ MERGEFAST_FUZZ_EXAMPLES, MERGEFAST_FUZZ_BACKEND and MERGEFAST_FUZZ_ARCH: tests/f
 from __future__ import annotations
 
 import functools
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from fuzz_checks import THRESHOLD_FLIPS, assert_near, float64_merge, tensors
 from fuzz_configs import BACKEND, FUZZ, METHODS, configs, to_yaml
-from helpers import describe, run_cli
+from helpers import describe, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -77,10 +76,9 @@ def test_random_merges_are_the_same_on_both_engines(method, fuzz_families, tmp_p
 def _same_on_both_engines(method, fuzz_families, tmp_path_factory, example, engine, options):
     """Both engines merge a random config of `method` alike (see the module's docstring)."""
     name, config = example.draw(configs(method))
-    root = tmp_path_factory.mktemp("merge")
-    path = root / "config.yml"
-    path.write_text(to_yaml(config, fuzz_families[name]))
-    try:
+    with scratch(tmp_path_factory, "merge") as root:
+        path = root / "config.yml"
+        path.write_text(to_yaml(config, fuzz_families[name]))
         on_torch = _merge(path, root / "torch" / "out", "torch", tuple(options))
         torch_free = _merge(path, root / engine / "out", engine, tuple(options))
         assert torch_free[0] == on_torch[0], (torch_free, on_torch)
@@ -91,8 +89,6 @@ def _same_on_both_engines(method, fuzz_families, tmp_path_factory, example, engi
         assert sorted(torch_free[1]) == sorted(on_torch[1])
         different = [k for k in on_torch[1] if torch_free[1][k] != on_torch[1][k]]
         assert not different, (different, path.read_text())
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -107,10 +103,9 @@ def _agree_with_the_references(method, fuzz_families, tmp_path_factory, example)
     name, config = example.draw(configs(method))
     config["dtype"] = "float32"
     config.pop("out_dtype", None)
-    root = tmp_path_factory.mktemp("refs")
-    path = root / "config.yml"
-    path.write_text(to_yaml(config, fuzz_families[name]))
-    try:
+    with scratch(tmp_path_factory, "refs") as root:
+        path = root / "config.yml"
+        path.write_text(to_yaml(config, fuzz_families[name]))
         fused = run_cli("yaml", path, root / "fused", "--quiet", env={"MERGEFAST_BACKEND": BACKEND})
         reference = run_cli("yaml", path, root / "reference", "--quiet", env={"MERGEFAST_BACKEND": "torch"})
         assert fused.exit_code == reference.exit_code, (describe(fused), describe(reference))
@@ -121,8 +116,6 @@ def _agree_with_the_references(method, fuzz_families, tmp_path_factory, example)
         exact = functools.cache(lambda: float64_merge(config, fuzz_families[name], root))
         for key, ref in want.items():
             assert_near(key, got[key], ref, exact, THRESHOLD_FLIPS.get(config["merge_method"], 0))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -137,8 +130,7 @@ def _every_format_alike(method, fuzz_families, tmp_path_factory, example, stored
     as shards with an index, or as pickles alike: the same tensors (written in the order the
     inputs are read) and side files (but those naming the inputs), or the same refusal."""
     _, config = example.draw(configs(method, ("bf16",)))
-    root = tmp_path_factory.mktemp("formats")
-    try:
+    with scratch(tmp_path_factory, "formats") as root:
         outs = []
         for family in ("bf16", stored):
             path = root / f"{family}.yml"
@@ -153,5 +145,3 @@ def _every_format_alike(method, fuzz_families, tmp_path_factory, example, stored
             assert mine.keys() == theirs.keys()
             assert all(torch.equal(mine[k], theirs[k]) for k in mine)
             assert outs[0][1] == outs[1][1]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)

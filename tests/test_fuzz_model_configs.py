@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from helpers import describe, fuzz_settings, run_cli
+from helpers import describe, fuzz_settings, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -85,8 +85,7 @@ def _mutated_family(family: dict, root, changes) -> dict:
 def test_broken_model_configs_fail_in_one_line_or_merge_loadably(fuzz_families, tmp_path_factory, changes, method):
     from transformers import AutoConfig
 
-    root = tmp_path_factory.mktemp("model-configs")
-    try:
+    with scratch(tmp_path_factory, "model-configs") as root:
         models = _mutated_family(fuzz_families["bf16"], root, changes)
         (root / "c.yml").write_text(CONFIGS[method].format(base=models["base"], a=models["ft-a"], b=models["ft-b"]))
         result = run_cli("yaml", root / "c.yml", root / "out", "--quiet")
@@ -96,5 +95,3 @@ def test_broken_model_configs_fail_in_one_line_or_merge_loadably(fuzz_families, 
             assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1, result.stderr
             return
         AutoConfig.from_pretrained(root / "out")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)

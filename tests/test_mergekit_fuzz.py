@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from fuzz_checks import THRESHOLD_FLIPS, assert_near, float64_merge
 from fuzz_configs import FUZZ, METHODS, configs, to_yaml
-from helpers import describe, run_cli
+from helpers import describe, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
 from test_mergekit_compat import MERGEKIT_YAML, _env, load_folder
@@ -87,20 +87,20 @@ def _agree_with_mergekit(method, family, mergekit, tmp_path_factory, example):
     _, config = example.draw(configs(method, ("f32",)))
     config["dtype"] = "float32"
     config.pop("out_dtype", None)
-    root = tmp_path_factory.mktemp("mk")
-    path = root / "config.yml"
-    path.write_text(to_yaml(config, family))
-    theirs = mergekit(path, root / "mergekit")
-    ours = run_cli("yaml", path, root / "mergefast", "--quiet", "--no-copy-tokenizer")
-    if ours.exit_code != 0:
-        assert theirs != "ok" or _not_finite(root / "mergekit"), describe(ours)
-        return
-    assert theirs == "ok", f"mergekit failed where mergefast merged:\n{theirs}"
-    got, want = load_folder(root / "mergefast"), load_folder(root / "mergekit")
-    assert got.keys() == want.keys()
-    exact = functools.cache(lambda: float64_merge(config, family, root))
-    for key, ref in want.items():
-        assert_near(key, got[key], ref, exact, THRESHOLD_FLIPS.get(method, 0))
+    with scratch(tmp_path_factory, "mk") as root:
+        path = root / "config.yml"
+        path.write_text(to_yaml(config, family))
+        theirs = mergekit(path, root / "mergekit")
+        ours = run_cli("yaml", path, root / "mergefast", "--quiet", "--no-copy-tokenizer")
+        if ours.exit_code != 0:
+            assert theirs != "ok" or _not_finite(root / "mergekit"), describe(ours)
+            return
+        assert theirs == "ok", f"mergekit failed where mergefast merged:\n{theirs}"
+        got, want = load_folder(root / "mergefast"), load_folder(root / "mergekit")
+        assert got.keys() == want.keys()
+        exact = functools.cache(lambda: float64_merge(config, family, root))
+        for key, ref in want.items():
+            assert_near(key, got[key], ref, exact, THRESHOLD_FLIPS.get(method, 0))
 
 
 def _not_finite(folder: Path) -> bool:
