@@ -1,14 +1,47 @@
-"""Comparisons for the fuzz tests: a merge's tensors against a float32 reference's within
-rounding, with the float64 result as arbiter where they differ by more."""
+"""Merges and comparisons for the fuzz tests: a CLI merge on a chosen engine, and a merge's
+tensors against a float32 reference's within rounding, with the float64 result as arbiter
+where they differ by more."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from fuzz_configs import to_yaml
 from helpers import describe, run_cli
+
+from mergefast import execute, host
+from mergefast.host import parts
+from mergefast.io import mapped
+
+NAMES_THE_INPUTS = {"README.md", "mergekit_config.yml"}  # output files that name the input models
+
+
+def merge_on(config_path: Path, out: Path, engine: str, options: tuple[str, ...] = ()):
+    """One CLI merge on `engine`: "torch", or the torch-free engine with its tensors "read",
+    "mapped" (every whole tensor) or "cut" into parts of 700 elements; (exit code, folder
+    bytes by file name or the error lines)."""
+    with pytest.MonkeyPatch.context() as m:
+        ran = []
+
+        def choose(plan, options):
+            ran.append(engine != "torch" and host.refusal(plan, options) is None)
+            return ran[-1]
+
+        m.setattr(execute, "torch_free", choose)
+        if engine == "mapped":
+            m.setattr(mapped, "MAP_MIN_BYTES", 1)
+        if engine == "cut":
+            m.setattr(parts, "PART_ELEMENTS", 700)
+        result = run_cli("yaml", config_path, out, "--quiet", *options)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{engine}: {describe(result)}")
+    if result.exit_code != 0:
+        return result.exit_code, [line for line in result.stderr.splitlines() if "error" in line]
+    return 0, {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
 
 # arcee_fusion's kernels sum a row's KL divergence in float64, the reference in float32: an
 # element at the row's importance threshold may be kept by one and dropped by the other

@@ -11,20 +11,19 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_hub import FakeHub, use_fake_hub
+from fuzz_checks import NAMES_THE_INPUTS, merge_on
 from fuzz_configs import ARCHITECTURES, METHODS, configs, names_a_model, to_yaml
-from helpers import describe, fuzz_settings, run_cli, scratch
+from helpers import fuzz_settings, scratch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mergefast import execute, kernels
+from mergefast import kernels
 
 pytestmark = [
     pytest.mark.slow,  # each example is two whole merges, one over HTTP
     pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
     pytest.mark.skipif(ARCHITECTURES, reason="the Hub fuzz merges the Llama families only"),
 ]
-REAL_RULE = execute.torch_free  # tests/conftest.py puts in-process merges on the torch engine
-NAMES_THE_INPUTS = {"README.md", "mergekit_config.yml"}
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +49,12 @@ def _repos(config: dict, family: str) -> dict:
     return {k: (f"org/{family}-{v}" if k in named else _repos(v, family)) for k, v in config.items()}
 
 
-def _merge(config: dict, root: Path, name: str, engine, *options: str):
-    """Merge `config` into root/name with `engine` (execute.torch_free's rule); (exit code,
-    the output's files but those naming the inputs, by name)."""
+def _merge(config: dict, root: Path, name: str, engine: str, *options: str):
+    """fuzz_checks.merge_on of `config` into root/name; (exit code, the output's files but
+    those naming the inputs, by name: none for a refusal, whose message names the inputs)."""
     (root / f"{name}.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(execute, "torch_free", engine)
-        result = run_cli("yaml", root / f"{name}.yml", root / name, "--quiet", *options)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(describe(result))
-    if result.exit_code:
-        return result.exit_code, {}
-    files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.name not in NAMES_THE_INPUTS)
-    return 0, {p.name: p.read_bytes() for p in files}
+    code, files = merge_on(root / f"{name}.yml", root / name, engine, options)
+    return code, {} if code else {k: v for k, v in files.items() if k not in NAMES_THE_INPUTS}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -75,7 +67,7 @@ def test_hub_merges_are_the_local_ones(method, fuzz_families, hub, tmp_path_fact
 def _hub_merge_is_the_local_one(method, fuzz_families, hub, tmp_path_factory, example, stream, torch_free):
     """A random config of `method` merges from the Hub as from the local folders."""
     family, config = example.draw(configs(method))
-    engine = REAL_RULE if torch_free else (lambda plan, options: False)
+    engine = "read" if torch_free else "torch"  # "read": the real rule, nothing patched
     with scratch(tmp_path_factory, "hub-merge") as root:
         local = _merge(yaml.safe_load(to_yaml(config, fuzz_families[family])), root, "local", engine)
         # --stream-inputs refuses pickles not in the cache yet (io/hub_fetch.py): the order of

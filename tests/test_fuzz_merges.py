@@ -9,49 +9,21 @@ MERGEFAST_FUZZ_EXAMPLES, MERGEFAST_FUZZ_BACKEND and MERGEFAST_FUZZ_ARCH: tests/f
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 import torch
-from fuzz_checks import THRESHOLD_FLIPS, assert_near, float64_merge, tensors
+from fuzz_checks import NAMES_THE_INPUTS, THRESHOLD_FLIPS, assert_near, float64_merge, merge_on, tensors
 from fuzz_configs import BACKEND, FUZZ, METHODS, configs, to_yaml
 from helpers import describe, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mergefast import execute, host, kernels
-from mergefast.host import parts
-from mergefast.io import mapped
+from mergefast import kernels
 
-NAMES_THE_INPUTS = {"README.md", "mergekit_config.yml"}
 pytestmark = [
     pytest.mark.slow,  # each example is two to four whole merges
     pytest.mark.skipif(kernels.backend("cpu") != "cpu-ext", reason="no C++ kernel library"),
 ]
-
-
-def _merge(config_path: Path, out: Path, engine: str, options: tuple[str, ...] = ()):
-    """One CLI merge on `engine`: "torch", or the torch-free engine with its tensors "read",
-    "mapped" (every whole tensor) or "cut" into parts of 700 elements; (exit code, folder
-    bytes by file name or the error lines)."""
-    with pytest.MonkeyPatch.context() as m:
-        ran = []
-
-        def choose(plan, options):
-            ran.append(engine != "torch" and host.refusal(plan, options) is None)
-            return ran[-1]
-
-        m.setattr(execute, "torch_free", choose)
-        if engine == "mapped":
-            m.setattr(mapped, "MAP_MIN_BYTES", 1)
-        if engine == "cut":
-            m.setattr(parts, "PART_ELEMENTS", 700)
-        result = run_cli("yaml", config_path, out, "--quiet", *options)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{engine}: {describe(result)}")
-    if result.exit_code != 0:
-        return result.exit_code, [line for line in result.stderr.splitlines() if "error" in line]
-    return 0, {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
 # output shards of at most 20 kB or 200 kB (one tensor alone when larger), a small read-ahead
@@ -79,8 +51,8 @@ def _same_on_both_engines(method, fuzz_families, tmp_path_factory, example, engi
     with scratch(tmp_path_factory, "merge") as root:
         path = root / "config.yml"
         path.write_text(to_yaml(config, fuzz_families[name]))
-        on_torch = _merge(path, root / "torch" / "out", "torch", tuple(options))
-        torch_free = _merge(path, root / engine / "out", engine, tuple(options))
+        on_torch = merge_on(path, root / "torch" / "out", "torch", tuple(options))
+        torch_free = merge_on(path, root / engine / "out", engine, tuple(options))
         assert torch_free[0] == on_torch[0], (torch_free, on_torch)
         if on_torch[0]:
             assert torch_free[1] == on_torch[1]
@@ -135,7 +107,7 @@ def _every_format_alike(method, fuzz_families, tmp_path_factory, example, stored
         for family in ("bf16", stored):
             path = root / f"{family}.yml"
             path.write_text(to_yaml(config, fuzz_families[family]))
-            code, files = _merge(path, root / family, "torch")  # error lines name the inputs
+            code, files = merge_on(path, root / family, "torch")  # error lines name the inputs
             outs.append((code, {} if code else {k: v for k, v in files.items() if k not in NAMES_THE_INPUTS}))
             if not code:
                 outs[-1][1]["model.safetensors"] = tensors(root / family)
