@@ -779,7 +779,8 @@ class KernelSuite:
                 assert_same(out, ref, exact=False, ref64=ref64.to(out.dtype))
                 with monkeypatch.context() as m:
                     m.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
-                    _, ref_f64_norms = self._della(base, xs, weights, densities, epsilons, **call)
+                    kw = _della_call(densities, epsilons, seed=5, **call)
+                    ref_f64_norms = methods.task_arithmetic(base.cpu(), _cpu(xs), weights, **kw)
                 assert_same(out, ref_f64_norms, exact=self.EXACT)
 
     def test_della_masks_are_the_references(self, dtype):
@@ -807,13 +808,12 @@ class KernelSuite:
         """All-zero deltas, NaN/inf inputs, 0-d and 1-element tensors, mixed input dtypes and
         out_dtype; a density +- epsilon outside (0, 1) raises the reference's error."""
         monkeypatch.setattr(_TA_MODULE, "l1_rescale", _l1_rescale_f64)
-        base, _ = self.inputs((37, 129), dtype)
+        base, _ = self.inputs(self.EDGE_SHAPE, dtype)
         zeros = [base.clone() for _ in range(3)]
         nan_base, nan_xs = nan_inputs(self.TIE_N, dtype, device=self.DEVICE)
         nan_base, nan_xs = nan_base.view(-1, 100), [x.view(-1, 100) for x in nan_xs]
-        mixed = [
-            x.to(t) for x, t in zip(self.inputs((37, 129), dtype)[1], (torch.bfloat16, torch.float32, torch.float16))
-        ]
+        dtypes = (torch.bfloat16, torch.float32, torch.float16)
+        mixed = [x.to(t) for x, t in zip(self.inputs(self.EDGE_SHAPE, dtype)[1], dtypes)]
         scalar_base, scalar_xs = self.inputs((), dtype)
         for b, xs, od in (
             (base, zeros, None),

@@ -449,6 +449,10 @@ class _InterpretedGpuBlocks(_Interpreted):
     test_ram = test_ram_counts = test_ram_edges = None
     # SCE's only block-size-dependent logic is the selection's (the TIES tests cover it here)
     test_sce = test_sce_ties_and_edge_cases = None
+    # DELLA's masks pass takes rows in CHUNK columns, whatever the block size (~20 s of
+    # interpreted rows here); its apply is elementwise, as the DARE tests' here
+    test_della = test_della_rescale = test_della_masks_are_the_references = None
+    test_della_edge_cases = test_della_same_on_any_thread_count = None
 
 
 class _Cuda(_WindowCases, _OneReadCases, KernelSuite):
