@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 from arch_zoo import build_family
-from helpers import fuzz_settings, write_family
+from helpers import fuzz_settings, make_tiny_llama, write_family
 from hypothesis import strategies as st
 from test_architectures import LazyDict
 from test_tokenizer import write_vocabularies
@@ -75,7 +75,7 @@ METHODS = {
 
 def build_families(root: Path) -> dict[str, dict[str, Path]]:
     """Under `root`: a bf16 family (base + 3; also stored as shards and as pickles), a float32
-    one, a float16 one with tied embeddings, and one of different vocabularies
+    one, a float16 one with tied embeddings, one of mixed dtypes, and one of different vocabularies
     (tests/test_tokenizer.py's: ft-a shares the base's 32 tokens, ft-b adds two special tokens,
     ft-c has 36 rows); with ARCHITECTURES, tests/arch_zoo.py's families, each built when first
     used."""
@@ -88,15 +88,25 @@ def build_families(root: Path) -> dict[str, dict[str, Path]]:
         "bf16-bin": write_family(root / "bf16-bin", layers=3, fmt="bin"),
         "f32": write_family(root / "f32", dtype=torch.float32, layers=2),
         "f16-tied": write_family(root / "f16", dtype=torch.float16, tie=True, layers=2),
+        "mixed": _mixed_dtypes(root / "mixed"),
         "vocab": write_vocabularies(root / "vocab", ("base", *FINE_TUNES), torch.bfloat16),
     }
+
+
+def _mixed_dtypes(root: Path) -> dict[str, Path]:
+    """A bf16 base and fine-tunes stored as float16, float32 and bf16 (fine-tunes published in
+    another dtype than their base), 2 layers."""
+    base = make_tiny_llama(root / "base", seed=0, layers=2)
+    for seed, (name, dtype) in enumerate(zip(FINE_TUNES, (torch.float16, torch.float32, torch.bfloat16)), start=1):
+        make_tiny_llama(root / name, seed=seed, base=base, dtype=dtype, layers=2)
+    return {name: root / name for name in ("base", *FINE_TUNES)}
 
 
 # the families of `build_families` and their layer counts; MERGEFAST_FUZZ_ARCH=1 (with
 # a hunt's MERGEFAST_FUZZ_EXAMPLES) merges tests/arch_zoo.py's architectures instead (base,
 # ft-a and ft-b of 3 text layers; slices of their other stacks are refused alike)
 ARCHITECTURES = os.environ.get("MERGEFAST_FUZZ_ARCH") == "1"
-LAYERS = {"bf16": 3, "bf16-sharded": 3, "bf16-bin": 3, "f32": 2, "f16-tied": 2, "vocab": 2}
+LAYERS = {"bf16": 3, "bf16-sharded": 3, "bf16-bin": 3, "f32": 2, "f16-tied": 2, "mixed": 2, "vocab": 2}
 if ARCHITECTURES:
     LAYERS = dict.fromkeys(("mixtral", "qwen3_moe", "t5", "qwen2_vl", "gemma3", "gpt2", "mamba", "bert", "phi"), 3)
 

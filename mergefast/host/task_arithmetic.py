@@ -34,12 +34,13 @@ def task_arithmetic(plan: MergePlan, job: TensorJob, inputs: list[HostArray], ou
     g = job.global_params
     tail = (consensus == "sum", bool(g["normalize"]), divisor, float(g["lambda"]))
     densities = [float(p["density"]) for p in params]
-    keys = stream_keys(seed, job.name, len(xs))
     if sparsify == "random":
+        keys = stream_keys(seed, job.name, len(xs))
         return _dare(base, xs, out, weights, densities, keys, tail, bool(g["rescale"]))
     if sparsify == "della":
         cols = rows_cols(base.shape)[1]  # the reference's rows: the last axis
         rules = [keep_rule(d, float(p["epsilon"]), cols) for d, p in zip(densities, params)]
+        keys = stream_keys(seed, job.name, len(xs))
         return _della(base, xs, out, weights, rules, keys, cols, tail, bool(g["rescale"]))
     if sparsify == "magnitude_outliers":
         lo, hi = zip(*(outlier_bounds(d, float(p["gamma"]), n) for d, p in zip(densities, params)))
