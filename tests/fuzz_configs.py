@@ -74,14 +74,15 @@ METHODS = {
 
 
 def build_families(root: Path) -> dict[str, dict[str, Path]]:
-    """Under `root`: a bf16 family (base + 3; also stored as shards and as pickles), a float32
-    one, a float16 one with tied embeddings, one of mixed dtypes, and one of different vocabularies
+    """Under `root`: a bf16 family (base + 3; also stored as shards, as pickles, and as both
+    mixed with one safetensors file per model), a float32 one, a float16 one with tied
+    embeddings, one of mixed dtypes, and one of different vocabularies
     (tests/test_tokenizer.py's: ft-a shares the base's 32 tokens, ft-b adds two special tokens,
     ft-c has 36 rows); with ARCHITECTURES, tests/arch_zoo.py's families, each built when first
     used."""
     if ARCHITECTURES:
         return LazyDict(lambda model_type: build_family(model_type, root / model_type))
-    return {
+    families = {
         "bf16": write_family(root / "bf16", layers=3),
         # the same tensors as "bf16", stored as sharded safetensors and as PyTorch pickles
         "bf16-sharded": write_family(root / "bf16-sharded", layers=3, fmt="sharded"),
@@ -91,6 +92,11 @@ def build_families(root: Path) -> dict[str, dict[str, Path]]:
         "mixed": _mixed_dtypes(root / "mixed"),
         "vocab": write_vocabularies(root / "vocab", ("base", *FINE_TUNES), torch.bfloat16),
     }
+    # the same tensors again, each model in another of those formats (a fine-tune published
+    # only as pickles beside safetensors ones)
+    formats = ("bf16-sharded", "bf16-bin", "bf16", "bf16-sharded")
+    families["bf16-formats"] = {name: families[f][name] for name, f in zip(("base", *FINE_TUNES), formats)}
+    return families
 
 
 def _mixed_dtypes(root: Path) -> dict[str, Path]:

@@ -96,11 +96,12 @@ def test_random_merges_read_every_format_alike(method, fuzz_families, tmp_path_f
 
 
 @FUZZ
-@given(example=st.data(), stored=st.sampled_from(["bf16-sharded", "bf16-bin"]))
+@given(example=st.data(), stored=st.sampled_from(["bf16-sharded", "bf16-bin", "bf16-formats"]))
 def _every_format_alike(method, fuzz_families, tmp_path_factory, example, stored):
     """A random config of `method` merges the same tensors stored as one safetensors file,
-    as shards with an index, or as pickles alike: the same tensors (written in the order the
-    inputs are read) and side files (but those naming the inputs), or the same refusal."""
+    as shards with an index, as pickles, or each model in another of those, alike: the same
+    tensors (written in the order the inputs are read) and side files (but those naming the
+    inputs), or the same refusal."""
     _, config = example.draw(configs(method, ("bf16",)))
     with scratch(tmp_path_factory, "formats") as root:
         outs = []
