@@ -1,6 +1,7 @@
 """Fuzzing mergefast against an installed mergekit 0.1.5: random configs of the deterministic
 methods (tests/fuzz_configs.py: parameters as scalars, gradients and filters,
-slices, with and without a base) over the float32 family, merged by both. The tensors agree
+slices, with and without a base) over the float32 family and the one of mixed input dtypes,
+with `dtype: float32`, merged by both. The tensors agree
 within rounding, or mergefast's are no farther from the float64 result than mergekit's; where
 mergekit merges, mergefast does too, except where it refuses an output mergekit writes as
 NaN (linear weights summing to zero with `normalize: true`, docs/errors.md).
@@ -77,14 +78,15 @@ def mergekit():
 
 @pytest.mark.parametrize("method", DETERMINISTIC)
 def test_random_merges_agree_with_mergekit(method, fuzz_families, mergekit, tmp_path_factory):
-    _agree_with_mergekit(method, fuzz_families["f32"], mergekit, tmp_path_factory)
+    _agree_with_mergekit(method, fuzz_families, mergekit, tmp_path_factory)
 
 
 @FUZZ
 @given(example=st.data())
-def _agree_with_mergekit(method, family, mergekit, tmp_path_factory, example):
+def _agree_with_mergekit(method, fuzz_families, mergekit, tmp_path_factory, example):
     """mergefast's merge of a random config of `method` is mergekit's (see the docstring)."""
-    _, config = example.draw(configs(method, ("f32",)))
+    name, config = example.draw(configs(method, ("f32", "mixed")))
+    family = fuzz_families[name]
     config["dtype"] = "float32"
     config.pop("out_dtype", None)
     with scratch(tmp_path_factory, "mk") as root:
