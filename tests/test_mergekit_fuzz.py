@@ -1,10 +1,10 @@
 """Fuzzing mergefast against an installed mergekit 0.1.5: random configs of the deterministic
-methods (tests/fuzz_configs.py: parameters as scalars, gradients and filters,
-slices, with and without a base) over the float32 family and the one of mixed input dtypes,
-with `dtype: float32`, merged by both. The tensors agree
-within rounding, or mergefast's are no farther from the float64 result than mergekit's; where
-mergekit merges, mergefast does too, except where it refuses an output mergekit writes as
-NaN (linear weights summing to zero with `normalize: true`, docs/errors.md).
+methods (tests/fuzz_configs.py: parameters as scalars, gradients and filters, slices, with and
+without a base) over the float32 family and the one of mixed input dtypes, with `dtype:
+float32`, merged by both. The tensors agree within rounding, or mergefast's are no farther from
+the float64 result than mergekit's; where mergekit merges, mergefast does too, except where it
+refuses an output mergekit writes as NaN (linear weights summing to zero with `normalize:
+true`, docs/errors.md).
 
 Skipped unless mergekit-yaml is found (tests/test_mergekit_compat.py). One mergekit process
 serves every example (its interpreter runs mergekit-yaml's entry point per config, read from
