@@ -223,6 +223,7 @@ class KernelSuite:
     EXACT = True
     SHAPES = [(1,), (2,), (3,), (0,), (5000,), (37, 129)]
     TIE_N = 9000  # size of the many-ties cases (several blocks)
+    THREAD_COUNTS = (1, 2, 3)  # of the DARE and DELLA thread-count tests
 
     @pytest.fixture(autouse=True)
     def _force_backend(self, monkeypatch):
@@ -441,7 +442,7 @@ class KernelSuite:
         before = torch.get_num_threads()
         outs = []
         try:
-            for t in (1, 2, 3):
+            for t in self.THREAD_COUNTS:
                 torch.set_num_threads(t)
                 outs.append(self._dare(*args, consensus="sum", rescale=True)[0].cpu())
         finally:
@@ -837,7 +838,7 @@ class KernelSuite:
         before = torch.get_num_threads()
         outs = []
         try:
-            for t in (1, 2, 3):
+            for t in self.THREAD_COUNTS:
                 torch.set_num_threads(t)
                 outs.append(self._della(*args, consensus="sum", rescale=True)[0].cpu())
         finally:
