@@ -11,6 +11,7 @@ import pytest
 import torch
 from fuzz_configs import to_yaml
 from helpers import describe, run_cli
+from test_mergekit_compat import load_folder
 
 from mergefast import execute, host
 from mergefast.host import parts
@@ -43,22 +44,6 @@ def merge_on(config_path: Path, out: Path, engine: str, options: tuple[str, ...]
     return 0, {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
-# arcee_fusion's kernels sum a row's KL divergence in float64, the reference in float32: an
-# element at the row's importance threshold may be kept by one and dropped by the other
-# (docs/methods.md)
-THRESHOLD_FLIPS = {"arcee_fusion": 2}
-
-
-def tensors(out: Path) -> dict[str, torch.Tensor]:
-    """The merged tensors of a model folder (one or more safetensors files)."""
-    from safetensors.torch import load_file
-
-    found = {}
-    for file in sorted(out.glob("*.safetensors")):
-        found.update(load_file(file))
-    return found
-
-
 def float64_family(family: dict[str, Path]) -> dict[str, Path]:
     """`family`'s folders copied, once, with every floating tensor in float64: into a folder
     beside the family's (its name + "-float64")."""
@@ -81,7 +66,7 @@ def float64_merge(config: dict, family: dict[str, Path], root: Path) -> dict[str
     path.write_text(to_yaml({**config, "dtype": "float64"}, float64_family(family)))
     result = run_cli("yaml", path, root / "float64", "--quiet", env={"MERGEFAST_BACKEND": "torch"})
     assert result.exit_code == 0, describe(result)
-    return tensors(root / "float64")
+    return load_folder(root / "float64")
 
 
 def assert_near(key: str, got: torch.Tensor, ref: torch.Tensor, exact, flips: int) -> None:

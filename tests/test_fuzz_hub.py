@@ -12,7 +12,7 @@ import pytest
 import yaml
 from fake_hub import FakeHub, use_fake_hub
 from fuzz_checks import NAMES_THE_INPUTS, merge_on
-from fuzz_configs import ARCHITECTURES, METHODS, configs, names_a_model, to_yaml
+from fuzz_configs import ARCHITECTURES, FINE_TUNES, LAYERS, METHODS, configs, names_a_model, to_yaml
 from helpers import fuzz_settings, scratch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,10 +28,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def hub(fuzz_families, tmp_path_factory):
-    """A fake Hub serving every model of `fuzz_families` as `org/<family>-<model>`."""
+    """A fake Hub serving every model of the families the configs draw (LAYERS) as
+    `org/<family>-<model>`."""
     fake = FakeHub().start()
-    for family, folders in fuzz_families.items():
-        for name, folder in folders.items():
+    for family in LAYERS:
+        for name, folder in fuzz_families[family].items():
             fake.add_repo(f"org/{family}-{name}", folder)
     with pytest.MonkeyPatch.context() as m:
         use_fake_hub(m, fake, tmp_path_factory.mktemp("hf"))
@@ -45,7 +46,7 @@ def _repos(config: dict, family: str) -> dict:
         return [_repos(v, family) for v in config]
     if not isinstance(config, dict):
         return config
-    named = {k: v for k, v in config.items() if names_a_model(k, v) and v in ("base", "ft-a", "ft-b", "ft-c")}
+    named = {k: v for k, v in config.items() if names_a_model(k, v) and v in ("base", *FINE_TUNES)}
     return {k: (f"org/{family}-{v}" if k in named else _repos(v, family)) for k, v in config.items()}
 
 

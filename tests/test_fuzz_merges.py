@@ -12,11 +12,13 @@ import functools
 
 import pytest
 import torch
-from fuzz_checks import NAMES_THE_INPUTS, THRESHOLD_FLIPS, assert_near, float64_merge, merge_on, tensors
+from fuzz_checks import NAMES_THE_INPUTS, assert_near, float64_merge, merge_on
 from fuzz_configs import BACKEND, FUZZ, METHODS, configs, to_yaml
 from helpers import describe, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
+from test_backends_agree import THRESHOLD_FLIPS
+from test_mergekit_compat import load_folder
 
 from mergefast import kernels
 
@@ -83,7 +85,7 @@ def _agree_with_the_references(method, fuzz_families, tmp_path_factory, example)
         assert fused.exit_code == reference.exit_code, (describe(fused), describe(reference))
         if fused.exit_code:
             return
-        got, want = tensors(root / "fused"), tensors(root / "reference")
+        got, want = load_folder(root / "fused"), load_folder(root / "reference")
         assert got.keys() == want.keys()
         exact = functools.cache(lambda: float64_merge(config, fuzz_families[name], root))
         for key, ref in want.items():
@@ -111,7 +113,7 @@ def _every_format_alike(method, fuzz_families, tmp_path_factory, example, stored
             code, files = merge_on(path, root / family, "torch")  # error lines name the inputs
             outs.append((code, {} if code else {k: v for k, v in files.items() if k not in NAMES_THE_INPUTS}))
             if not code:
-                outs[-1][1]["model.safetensors"] = tensors(root / family)
+                outs[-1][1]["model.safetensors"] = load_folder(root / family)
         assert outs[0][0] == outs[1][0]
         if not outs[0][0]:
             mine, theirs = outs[0][1].pop("model.safetensors"), outs[1][1].pop("model.safetensors")

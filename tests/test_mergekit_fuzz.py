@@ -18,11 +18,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fuzz_checks import THRESHOLD_FLIPS, assert_near, float64_merge
+from fuzz_checks import assert_near, float64_merge
 from fuzz_configs import FUZZ, METHODS, configs, to_yaml
 from helpers import describe, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
+from test_backends_agree import THRESHOLD_FLIPS
 from test_mergekit_compat import MERGEKIT_YAML, _env, load_folder
 from test_mergekit_compat_methods import _mergekit_python
 
