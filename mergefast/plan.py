@@ -265,7 +265,9 @@ def _post_weights(builder: _JobBuilder, module: str, sl: PlanSlice) -> tuple[str
     heads = [
         h
         for h, embedding in arch.tied_heads.items()
-        if embedding in lead.pre_weights and h not in lead.post_weights and any(h in r for r in holders)
+        if embedding in lead.pre_weights
+        and h not in (*arch.pre_weights, *arch.post_weights)  # the lead model's own head: in its module
+        and any(h in r for r in holders)
     ]
     return (*lead.post_weights, *heads)
 

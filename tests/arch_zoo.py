@@ -1,10 +1,11 @@
-"""A zoo of tiny random models of 31 architectures, built by transformers itself.
+"""A zoo of tiny random models of 44 architectures, built by transformers itself.
 
 Each model type gets a family of three float32 checkpoints: `base` (transformers' own random
 initialisation, seeded) and two fine-tunes `ft-a` and `ft-b` (base's tensors plus small seeded
 noise, same config). The models are tiny (vocab 128, hidden 32) and their layer stacks have
 distinct depths so that a stack can be told apart by its layer count: every text stack has 3
-layers, every vision stack 2; T5's encoder has 3 and its decoder 2.
+layers, every vision stack 2; the encoders of T5, BART, MBART and Whisper have 3 and their
+decoders 2.
 
 Besides building, this module knows where each architecture keeps its layers (`LAYOUTS`): the
 checkpoint prefix of the stack(s) a passthrough slice config re-stacks, the tensors that come
@@ -59,6 +60,19 @@ TYPES = [
     "llava",
     "mistral3",
     "exaone4",
+    "deepseek_v3",
+    "glm4_moe",
+    "gpt_oss",
+    "llama4_text",
+    "qwen3_next",
+    "bamba",
+    "lfm2_moe",
+    "olmo3",
+    "smollm3",
+    "granitemoehybrid",
+    "bart",
+    "mbart",
+    "whisper",
 ]
 
 # model type -> the transformers class that builds (and loads) it
@@ -94,6 +108,19 @@ CLASSES = {
     "llava": "LlavaForConditionalGeneration",
     "mistral3": "Mistral3ForConditionalGeneration",
     "exaone4": "Exaone4ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "glm4_moe": "Glm4MoeForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
+    "llama4_text": "Llama4ForCausalLM",
+    "qwen3_next": "Qwen3NextForCausalLM",
+    "bamba": "BambaForCausalLM",
+    "lfm2_moe": "Lfm2MoeForCausalLM",
+    "olmo3": "Olmo3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
+    "granitemoehybrid": "GraniteMoeHybridForCausalLM",
+    "bart": "BartForConditionalGeneration",
+    "mbart": "MBartForConditionalGeneration",
+    "whisper": "WhisperForConditionalGeneration",
 }
 
 TEXT_LAYERS, VISION_LAYERS = 3, 2
@@ -160,6 +187,15 @@ def _vlm_config(model_type: str, config_class):
     )
 
 
+def _encoder_decoder_kwargs(model_type: str) -> dict:
+    """BART, MBART and Whisper: a 3-layer encoder and a 2-layer decoder, as T5's."""
+    kw = dict(d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4)
+    kw.update(encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type == "whisper":  # audio in: 8 mel bins, 32 frames (2 x max_source_positions)
+        return dict(kw, num_mel_bins=8, max_source_positions=16, max_target_positions=32, decoder_start_token_id=1)
+    return dict(kw, max_position_embeddings=64, decoder_start_token_id=2)
+
+
 def _special_config(model_type: str, config_class):
     """Types whose config does not take the common Llama-style keywords, or None."""
     if model_type in ("gpt2", "gpt_bigcode"):
@@ -196,14 +232,59 @@ def _special_config(model_type: str, config_class):
             num_attention_heads=4,
             max_position_embeddings=64,
         )
+    if model_type in ("bart", "mbart", "whisper"):
+        return config_class(**_encoder_decoder_kwargs(model_type))
     if model_type == "falcon":
         return config_class(vocab_size=128, hidden_size=32, num_hidden_layers=TEXT_LAYERS, num_attention_heads=4)
     return None
 
 
+_MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
+_DEEPSEEK = dict(_MOE, n_routed_experts=4, n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=1)
+_MAMBA = dict(mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8)
+# Newer families, each with layers of several kinds: by a positional rule (first_k_dense_replace,
+# interleave_moe_layer_step, num_dense_layers), a list of layer indices (moe_layers,
+# attn_layer_indices) or a per-layer list (layer_types, no_rope_layers). The passthrough stack
+# (layers 0, 1, 1, 2) keeps every layer's kind, so each merges and loads.
+_NEWER = {
+    "deepseek_v3": dict(
+        _DEEPSEEK,
+        num_key_value_heads=4,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+    ),
+    "glm4_moe": _DEEPSEEK,
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8),
+    "llama4_text": dict(
+        num_local_experts=4, num_experts_per_tok=2, head_dim=8, interleave_moe_layer_step=2, no_rope_layer_interval=2
+    ),
+    "qwen3_next": dict(
+        _MOE,
+        num_experts=4,
+        shared_expert_intermediate_size=32,
+        head_dim=8,
+        full_attention_interval=2,
+        linear_num_key_heads=2,
+        linear_num_value_heads=2,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+    ),
+    "bamba": dict(_MAMBA, attn_layer_indices=[1]),
+    "lfm2_moe": dict(_MOE, num_experts=4, num_dense_layers=1, layer_types=["conv", "full_attention", "conv"]),
+    "granitemoehybrid": dict(
+        _MAMBA, num_local_experts=4, num_experts_per_tok=2, layer_types=["mamba", "attention", "mamba"]
+    ),
+}
+
+
 def _text_config(model_type: str, config_class):
     """Decoder-only text models, MoE ones included."""
     kw = dict(TEXT)
+    if model_type in _NEWER or model_type in ("olmo3", "smollm3"):
+        kw.update(_NEWER.get(model_type, {}), tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if model_type == "mixtral":
         kw.update(num_local_experts=4, num_experts_per_tok=2)
     if model_type in ("qwen2_moe", "qwen3_moe"):
@@ -283,6 +364,14 @@ _UNTIED = (
     "qwen2_moe",
     "qwen3_moe",
     "exaone4",
+    "deepseek_v3",
+    "glm4_moe",
+    "gpt_oss",
+    "llama4_text",
+    "qwen3_next",
+    "olmo3",
+    "smollm3",
+    "granitemoehybrid",
 )
 _TIED = ("gemma", "gemma2", "gemma3_text", "cohere", "cohere2")
 _LN_F = ("transformer.ln_f.weight", "transformer.ln_f.bias")
@@ -293,6 +382,8 @@ LAYOUTS: dict[str, Layout] = {
     **{t: _llama_like(head=()) for t in _TIED},
     "stablelm": _llama_like(bias=True),
     "starcoder2": _llama_like(head=(), bias=True),
+    "bamba": _llama_like(norm="model.final_layernorm."),
+    "lfm2_moe": _llama_like(norm="model.embedding_norm."),
     "phi": _llama_like(norm="model.final_layernorm.", head=("lm_head.weight", "lm_head.bias"), bias=True),
     "gpt2": _text_layout("transformer.h.", _LN_F, "n_layer"),
     "gpt_bigcode": _text_layout("transformer.h.", _LN_F, "n_layer"),
@@ -335,12 +426,32 @@ LAYOUTS: dict[str, Layout] = {
         )
         for t in ("qwen2_vl", "qwen2_5_vl")
     },
-    "t5": Layout(
-        {"encoder.block.": (3, TEXT_SOURCES), "decoder.block.": (2, DECODER_SOURCES)},
-        ("encoder.final_layer_norm.weight", "decoder.final_layer_norm.weight"),
-        {"num_layers": 4, "num_decoder_layers": 3},
-    ),
 }
+ENCODER_DECODER_COUNTS = ("encoder_layers", "decoder_layers")
+# encoder-decoder models: re-stacked through `modules:` (encoder, decoder; T5 and BART: shared)
+ENCODER_DECODERS = {"t5": True, "bart": True, "mbart": True, "whisper": False}
+
+
+def _encoder_decoder_layout(encoder: str, decoder: str, post: tuple[str, ...], counts: tuple[str, str]) -> Layout:
+    """An encoder re-stacked 3 -> 4 layers and a decoder 2 -> 3, as T5's."""
+    stacks = {encoder: (3, TEXT_SOURCES), decoder: (2, DECODER_SOURCES)}
+    return Layout(stacks, post, {counts[0]: len(TEXT_SOURCES), counts[1]: len(DECODER_SOURCES)})
+
+
+# the final norms of MBART's and Whisper's encoder and decoder
+_LAYER_NORMS = tuple(f"model.{part}.layer_norm.{p}" for part in ("encoder", "decoder") for p in ("weight", "bias"))
+_ENCODER, _DECODER = "model.encoder.layers.", "model.decoder.layers."
+LAYOUTS.update(
+    t5=_encoder_decoder_layout(
+        "encoder.block.",
+        "decoder.block.",
+        ("encoder.final_layer_norm.weight", "decoder.final_layer_norm.weight"),
+        ("num_layers", "num_decoder_layers"),
+    ),
+    bart=_encoder_decoder_layout(_ENCODER, _DECODER, (), ENCODER_DECODER_COUNTS),
+    mbart=_encoder_decoder_layout(_ENCODER, _DECODER, _LAYER_NORMS, ENCODER_DECODER_COUNTS),
+    whisper=_encoder_decoder_layout(_ENCODER, _DECODER, _LAYER_NORMS, ENCODER_DECODER_COUNTS),
+)
 
 
 def config_get(config: dict, path: str):
@@ -429,6 +540,9 @@ def load_output(model_type: str, folder: Path):
 def logits(model, model_type: str) -> torch.Tensor:
     """Logits of a forward pass on a small fixed text-only input (token ids < 100)."""
     kwargs = {"input_ids": torch.tensor(INPUT_IDS)}
-    if model_type == "t5":
+    if model_type == "whisper":  # seeded noise as the audio features
+        shape = (1, model.config.num_mel_bins, 2 * model.config.max_source_positions)
+        kwargs = {"input_features": torch.randn(shape, generator=torch.Generator().manual_seed(0))}
+    if model_type in ENCODER_DECODERS:
         kwargs["decoder_input_ids"] = torch.tensor(DECODER_INPUT_IDS)
     return model.eval()(**kwargs).logits

@@ -2,9 +2,10 @@
 
 For every model type four merges run through the CLI in-process (`mergefast yaml CONFIG OUT
 --quiet`): linear, ties, slerp and a passthrough slice stack that re-uses a layer (text stack
-3 -> 4 layers; T5 uses the `modules:` syntax: encoder 3 -> 4, decoder 2 -> 3). Each output must
-load in transformers with the base's class and no missing/unexpected/mismatched keys, give
-finite logits, and carry the right layer counts in config.json. The linear merge must give
+3 -> 4 layers; the encoder-decoders T5, BART, MBART and Whisper use the `modules:` syntax:
+encoder 3 -> 4, decoder 2 -> 3). Each output must load in transformers with the base's class
+and no missing/unexpected/mismatched keys, give finite logits, and carry the right layer
+counts in config.json. The linear merge must give
 the logits of a model whose state dict is the weighted sum of the inputs', and the
 passthrough merge must copy each layer's tensors from its source layer.
 
@@ -26,7 +27,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from arch_zoo import LAYOUTS, TYPES, build_family, config_get, load_output, logits, read_config, read_tensors
+from arch_zoo import (
+    ENCODER_DECODERS,
+    LAYOUTS,
+    TYPES,
+    build_family,
+    config_get,
+    load_output,
+    logits,
+    read_config,
+    read_tensors,
+)
 from helpers import describe, run_cli
 from test_mergekit_compat import MERGEKIT_YAML, _env, load_folder
 
@@ -67,17 +78,12 @@ def _slices(first: Path, second: Path, second_range: list[int]) -> list[dict]:
 def _passthrough(model_type: str, family: dict[str, Path]) -> dict:
     """The layer-stacking config; T5 (two stacks) in the `modules:` syntax."""
     base, ft_a = family["base"], family["ft-a"]
-    if model_type != "t5":
+    if model_type not in ENCODER_DECODERS:
         return {"merge_method": "passthrough", "slices": _slices(base, ft_a, [1, 3]), "dtype": "float32"}
-    return {
-        "merge_method": "passthrough",
-        "dtype": "float32",
-        "modules": {
-            "encoder": {"slices": _slices(base, ft_a, [1, 3])},
-            "decoder": {"slices": _slices(base, ft_a, [1, 2])},
-            "shared": {"models": [{"model": str(base)}]},
-        },
-    }
+    modules = {"encoder": {"slices": _slices(base, ft_a, [1, 3])}, "decoder": {"slices": _slices(base, ft_a, [1, 2])}}
+    if ENCODER_DECODERS[model_type]:
+        modules["shared"] = {"models": [{"model": str(base)}]}
+    return {"merge_method": "passthrough", "dtype": "float32", "modules": modules}
 
 
 def merge_config(method: str, model_type: str, family: dict[str, Path]) -> dict:

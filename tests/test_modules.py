@@ -2,6 +2,7 @@
 output config's per-layer lists, layer-count checks and the accounting of every input tensor."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from helpers import plan_of, run_cli
 from safetensors.torch import load_file
 
 from mergefast import methods
+from mergefast.architecture import resolve_architecture
 from mergefast.errors import ConfigError, ModelError
 from mergefast.report import format_plan
 
@@ -215,12 +217,55 @@ def test_inference_finds_every_numbered_stack(tmp_path):
     assert "vision.blocks.4.b" in {j.name for j in sliced.jobs}
 
 
-def test_positional_layer_rules_refuse_a_reordering_slice(tmp_path):
+STACKED = ((0, 2), (1, 3))  # layers 0, 1, 1, 2 of a 3-layer model
+REPEATED = ((0, 2), (0, 2))  # layers 0, 1, 0, 1
+
+
+def _sliced_plan(tmp_path, config: dict, ranges):
+    """The plan of a passthrough slice stack of `ranges` over a 3-layer model with `config`."""
     shapes = {"model.embed_tokens.weight": (16, 8), **{f"model.layers.{i}.w": (8, 8) for i in range(3)}}
-    config = {"model_type": "deepseek_v3", "num_hidden_layers": 3, "first_k_dense_replace": 1}
     model = write_checkpoint(tmp_path / "m", random_tensors(shapes, torch.float32), config=config)
-    with pytest.raises(ConfigError, match="first_k_dense_replace is 1: it gives layers a kind by position"):
-        plan_of(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {model}, layer_range: [1, 3]}}]\n")
+    slices = "".join(f"  - sources: [{{model: {model}, layer_range: [{a}, {b}]}}]\n" for a, b in ranges)
+    return plan_of(f"merge_method: passthrough\nslices:\n{slices}")
+
+
+@pytest.mark.parametrize(
+    ("settings", "ranges", "refused"),
+    [
+        ({"model_type": "deepseek_v3", "first_k_dense_replace": 1}, ((1, 3),), "output layer 0 (dense by that rule)"),
+        ({"model_type": "deepseek_v3", "first_k_dense_replace": 1}, STACKED, None),  # dense layer 0 stays at 0
+        ({"model_type": "qwen2_moe", "decoder_sparse_step": 2}, STACKED, "output layer 2 (dense"),
+        ({"model_type": "qwen2_moe", "decoder_sparse_step": 2}, REPEATED, None),
+        # ERNIE 4.5 as transformers writes it (the end index made the last layer's): layer 3 is past it
+        ({"model_type": "ernie4_5_moe", "moe_layer_start_index": 1, "moe_layer_end_index": 2}, STACKED, "layer 3 (den"),
+        ({"model_type": "ernie4_5_moe", "moe_layer_start_index": 1, "moe_layer_end_index": -1}, STACKED, None),
+        ({"model_type": "jamba", "attn_layer_period": 2, "attn_layer_offset": 1}, STACKED, "layer 2 (Mamba"),
+        ({"model_type": "jamba", "attn_layer_period": 2, "attn_layer_offset": 1}, REPEATED, None),
+        ({"model_type": "afmoe", "num_dense_layers": 2}, STACKED, "layer 2 (MoE by that rule) from source layer 1"),
+        # the last layer of a truncated Gemma 3n would reuse KV that its source computed itself
+        ({"model_type": "gemma3n_text", "num_kv_shared_layers": 1}, ((0, 2),), "layer 1 (shared KV"),
+        ({"model_type": "qwen2_moe", "decoder_sparse_step": 0}, STACKED, "decoder_sparse_step is 0: not a layer rule"),
+    ],
+)
+def test_positional_layer_rules_keep_each_layers_kind(tmp_path, settings, ranges, refused):
+    """A slice stack merges where every output layer keeps its source layer's kind under the
+    config's positional rules, and is refused where one would change."""
+    config = {"num_hidden_layers": 3, **settings}
+    if refused is None:
+        assert _sliced_plan(tmp_path, config, ranges).model_config["num_hidden_layers"] == 2 * len(ranges)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            _sliced_plan(tmp_path, config, ranges)
+
+
+def test_llama4_lists_follow_their_layers(tmp_path):
+    """Llama 4's `moe_layers` (layer indices) is re-indexed; `no_rope_layers`, derived from
+    `no_rope_layer_interval` when config.json has it empty, is written out per layer."""
+    config = {"model_type": "llama4_text", "num_hidden_layers": 3, "interleave_moe_layer_step": 2}
+    config.update(moe_layers=[1], no_rope_layers=[], no_rope_layer_interval=2)
+    out = _sliced_plan(tmp_path, config, STACKED).model_config
+    assert out["moe_layers"] == [1, 2]
+    assert out["no_rope_layers"] == [1, 0, 0, 1]  # source layers 0, 1, 1, 2 of [1, 0, 1]
 
 
 def test_per_layer_lists_come_from_each_layers_source_model(tmp_path):
@@ -306,3 +351,100 @@ def test_layer_types_a_config_leaves_to_position_are_written_out(tmp_path):
         "full_attention",
         "sliding_attention",
     ]
+
+
+def _qwen3_vl(tmp_path) -> dict:
+    """base and ft-a of a Qwen3-VL-shaped checkpoint: deepstack mergers 0 and 1 serve vision
+    layers 1 and 3."""
+    config = json.loads(json.dumps(VL_CONFIG))
+    config["model_type"] = "qwen3_vl"
+    config["vision_config"] = {"depth": 4, "deepstack_visual_indexes": [1, 3]}
+    shapes = vl_shapes()
+    shapes.update({f"model.visual.deepstack_merger_list.{i}.weight": (8, 8) for i in range(2)})
+    return {
+        n: write_checkpoint(tmp_path / n, random_tensors(shapes, torch.float32, seed), config=config)
+        for seed, n in enumerate(("base", "ft-a"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("ranges", "listed"),
+    [(((0, 2), (2, 4)), [1, 3]), (((0, 2), (3, 4)), [1, 2]), (((0, 2), (1, 4)), None), (((0, 3),), None)],
+)
+def test_deepstack_layers_keep_their_mergers(tmp_path, ranges, listed):
+    """Qwen3-VL's deepstack_visual_indexes pairs, in order, with the projector's mergers: a
+    vision slice stack may move or drop other layers, not repeat, drop or reorder listed ones."""
+    models = _qwen3_vl(tmp_path)
+    slices = "".join(
+        f"      - sources: [{{model: {models['ft-a' if k else 'base']}, layer_range: [{a}, {b}]}}]\n"
+        for k, (a, b) in enumerate(ranges)
+    )
+    text = f"merge_method: passthrough\nmodules:\n  text_decoder:\n    models: [{{model: {models['base']}}}]\n"
+    text += f"  vision_tower:\n    slices:\n{slices}"
+    if listed is None:
+        with pytest.raises(ConfigError, match="deepstack mergers"):
+            plan_of(text)
+    else:
+        assert plan_of(text).model_config["vision_config"]["deepstack_visual_indexes"] == listed
+
+
+def test_cross_attention_layers_follow_their_layers(tmp_path):
+    """Mllama's text_config.cross_attention_layers lists layer indices: re-indexed."""
+    config = {"model_type": "mllama", "text_config": {"num_hidden_layers": 3, "cross_attention_layers": [1]}}
+    shapes = {f"language_model.model.layers.{i}.w": (8, 8) for i in range(3)}
+    model = write_checkpoint(tmp_path / "m", random_tensors(shapes, torch.float32), config=config)
+    text = "".join(f"  - sources: [{{model: {model}, layer_range: [{a}, {b}]}}]\n" for a, b in STACKED)
+    plan = plan_of(f"merge_method: passthrough\nslices:\n{text}")
+    assert plan.model_config["text_config"]["cross_attention_layers"] == [1, 2]
+
+
+def _linear_plan(tmp_path, shapes: dict, config: dict):
+    """The plan of a linear merge of two random checkpoints of `shapes` and `config`."""
+    a, b = (
+        write_checkpoint(tmp_path / n, random_tensors(shapes, torch.float32, s), config=config)
+        for s, n in [(0, "a"), (1, "b")]
+    )
+    return plan_of(f"merge_method: linear\nparameters: {{weight: 1}}\nmodels: [{{model: {a}}}, {{model: {b}}}]\n")
+
+
+def test_an_unknown_encoder_decoder_merges_without_a_text_count(tmp_path):
+    """Two stacks, no count key mergefast knows (BART writes encoder_layers, decoder_layers): a
+    `models:` merge plans every tensor."""
+    shapes = {"model.shared.weight": (16, 8), "final_logits_bias": (1, 16)}
+    shapes.update({f"model.{part}.layers.{i}.w": (8, 8) for part in ("encoder", "decoder") for i in range(2)})
+    config = {"model_type": "brand_new_encoder_decoder", "encoder_layers": 2, "decoder_layers": 2}
+    plan = _linear_plan(tmp_path, shapes, config)
+    assert {j.name for j in plan.jobs} == set(shapes)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_heads_not_called_lm_head(tmp_path, tied):
+    """Whisper's head is proj_out: an untied checkpoint holds it (merged once), a tied one
+    leaves it out; the final layer norms are post-weights."""
+    shapes = {"model.decoder.embed_tokens.weight": (16, 8), "model.encoder.conv1.weight": (8, 8)}
+    shapes.update({f"model.{part}.layers.{i}.w": (8, 8) for part in ("encoder", "decoder") for i in range(2)})
+    shapes.update({f"model.{part}.layer_norm.weight": (8,) for part in ("encoder", "decoder")})
+    shapes.update({} if tied else {"proj_out.weight": (16, 8)})
+    config = {"model_type": "whisper", "encoder_layers": 2, "decoder_layers": 2, "tie_word_embeddings": tied}
+    plan = _linear_plan(tmp_path, shapes, config)
+    assert sorted(j.name for j in plan.jobs) == sorted(shapes)
+    arch = next(iter(plan.models.values())).arch
+    assert arch.tied_heads == {"proj_out.weight": "model.decoder.embed_tokens.weight"}
+    assert set(arch.post_weights) >= {"model.encoder.layer_norm.weight", "model.decoder.layer_norm.weight"}
+
+
+@pytest.mark.parametrize(
+    ("model_type", "name", "post"),
+    [
+        ("lfm2", "model.embedding_norm.weight", True),  # LFM2 applies it after the layers
+        ("modernbert", "model.embeddings.norm.weight", False),  # an input norm
+        ("modernbert", "head.dense.weight", True),
+        ("distilbert", "vocab_projector.weight", True),
+        ("llama", "model.norm.weight", True),
+    ],
+)
+def test_loose_weights_after_the_layers(model_type, name, post):
+    stack = "distilbert.transformer.layer." if model_type == "distilbert" else "model.layers."
+    names = ["model.embed_tokens.weight", name, *(f"{stack}{i}.w" for i in range(2))]
+    arch = resolve_architecture(names, {"model_type": model_type, "num_hidden_layers": 2, "n_layers": 2})
+    assert (name in arch.post_weights) is post

@@ -102,6 +102,16 @@ VISION_TOWER = ModuleSpec(
 PROJECTOR = ModuleSpec("multi_modal_projector", (), ("multi_modal_projector.", "model.multi_modal_projector."))
 
 
+def encoder_decoder(encoder_counts: tuple[str, ...], decoder_counts: tuple[str, ...]) -> tuple[ModuleSpec, ...]:
+    """Whisper, BART and their kin: `model.encoder.layers.N`, `model.decoder.layers.N`, and the
+    shared embedding and head (`shared`)."""
+    return (
+        ModuleSpec("encoder", ("model.encoder.layers.",), ("model.encoder.",), encoder_counts),
+        ModuleSpec("decoder", ("model.decoder.layers.",), ("model.decoder.",), decoder_counts),
+        ModuleSpec("shared"),
+    )
+
+
 def qwen_vl(index_list: str) -> tuple[ModuleSpec, ...]:
     """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: `visual.blocks.N` (count vision_config.depth) and the
     merger (with Qwen3-VL's deepstack mergers) as the projector."""
@@ -142,16 +152,19 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
     "bert": decoder("bert.encoder.layer.", "num_hidden_layers", "encoder.layer."),
     "roberta": decoder("roberta.encoder.layer.", "num_hidden_layers", "encoder.layer."),
     "distilbert": decoder("distilbert.transformer.layer.", "n_layers", "transformer.layer."),
-    "t5": (
-        ModuleSpec("encoder", ("encoder.block.",), ("encoder.",), ("num_layers",)),
-        ModuleSpec("decoder", ("decoder.block.",), ("decoder.",), ("num_decoder_layers",)),
-        ModuleSpec("shared"),
-    ),
-    "whisper": (
-        ModuleSpec("encoder", ("model.encoder.layers.",), ("model.encoder.",), ("encoder_layers", "num_hidden_layers")),
-        ModuleSpec("decoder", ("model.decoder.layers.",), ("model.decoder.",), ("decoder_layers",)),
-        ModuleSpec("shared"),
-    ),
+    **{
+        name: (
+            ModuleSpec("encoder", ("encoder.block.",), ("encoder.",), ("num_layers",)),
+            ModuleSpec("decoder", ("decoder.block.",), ("decoder.",), ("num_decoder_layers",)),
+            ModuleSpec("shared"),
+        )
+        for name in ("t5", "mt5", "umt5")
+    },
+    **{
+        name: encoder_decoder(("encoder_layers", "num_hidden_layers"), ("decoder_layers",))
+        for name in ("whisper", "bart", "mbart", "pegasus", "marian", "m2m_100", "plbart")
+    },
+    "t5gemma": encoder_decoder(("encoder.num_hidden_layers",), ("decoder.num_hidden_layers",)),
     "qwen2_vl": qwen_vl("fullatt_block_indexes"),
     "qwen2_5_vl": qwen_vl("fullatt_block_indexes"),
     "qwen3_vl": qwen_vl("deepstack_visual_indexes"),
@@ -172,25 +185,47 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
     ),
 }
 
-# Config keys that give layers a kind by position (a rule, not a per-layer list): a slice
-# stack that moves layers would change which layers they describe. Value: the setting under
-# which every layer is alike, so slicing is safe.
-POSITIONAL_KEYS = {
-    "first_k_dense_replace": 0,
-    "decoder_sparse_step": 1,
-    "moe_layer_freq": 1,
-    "interleave_moe_layer_step": 1,
+# Per-layer lists that a family's transformers config derives from the layer's position when
+# config.json has none (files written before the list existed): model_type -> (path of the
+# layer count, the list's key beside it, path of the pattern key or None, default pattern,
+# entry of layer i when (i + 1) % pattern == 0, entry otherwise). A sliced output gets the list
+# written out, so each layer keeps its source layer's kind.
+_SLIDING = ("full_attention", "sliding_attention")
+DERIVED_LISTS = {
+    "gemma2": ("num_hidden_layers", "layer_types", None, 2, *_SLIDING),
+    "gemma3_text": ("num_hidden_layers", "layer_types", "sliding_window_pattern", 6, *_SLIDING),
+    "gemma3": ("text_config.num_hidden_layers", "layer_types", "text_config.sliding_window_pattern", 6, *_SLIDING),
+    "gemma3n_text": ("num_hidden_layers", "layer_types", None, 5, *_SLIDING),
+    "gemma3n": ("text_config.num_hidden_layers", "layer_types", None, 5, *_SLIDING),
+    "cohere2": ("num_hidden_layers", "layer_types", "sliding_window_pattern", 4, *_SLIDING),
+    "gpt_oss": ("num_hidden_layers", "layer_types", None, 2, *_SLIDING),
+    "olmo3": ("num_hidden_layers", "layer_types", None, 4, *_SLIDING),
+    "minimax": ("num_hidden_layers", "layer_types", None, 2, "linear_attention", "full_attention"),
+    # Llama 4: 0 (no RoPE) every interval-th layer; an empty list counts as none
+    "llama4_text": ("num_hidden_layers", "no_rope_layers", "no_rope_layer_interval", 4, 0, 1),
+    "llama4": ("text_config.num_hidden_layers", "no_rope_layers", "text_config.no_rope_layer_interval", 4, 0, 1),
 }
-# Families whose transformers config derives `layer_types` from the layer's position when
-# config.json has none (files written before transformers 4.53): model_type -> (path of the
-# text layer count, path of the pattern key or None, default pattern). Layer i is full
-# attention when (i + 1) % pattern == 0, else sliding. A sliced output gets the list written
-# out, so each layer keeps its source layer's attention kind.
-DERIVED_LAYER_TYPES = {
-    "gemma2": ("num_hidden_layers", None, 2),
-    "gemma3_text": ("num_hidden_layers", "sliding_window_pattern", 6),
-    "gemma3": ("text_config.num_hidden_layers", "text_config.sliding_window_pattern", 6),
-    "cohere2": ("num_hidden_layers", "sliding_window_pattern", 4),
+# Loose weights that families apply after their layers under names resolve.POST_PATTERN does not
+# know (LFM2's final norm is `model.embedding_norm`; Whisper's and MBART's encoder and decoder
+# end in `layer_norm`): model_type -> dotted name parts that make a loose weight a post-weight.
+POST_NAMES = {
+    **{t: ("embedding_norm",) for t in ("lfm2", "lfm2_moe", "lfm2_vl")},
+    **{t: ("layer_norm",) for t in ("whisper", "mbart", "pegasus", "m2m_100")},
+    "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector"),
+    "modernbert": ("head", "decoder"),
+}
+# The output head's name in families that do not call it `lm_head.weight`, for checkpoints that
+# leave it out (tied to the input embedding).
+TIED_HEAD_NAMES = {
+    "whisper": "proj_out.weight",
+    "distilbert": "vocab_projector.weight",
+    "roberta": "lm_head.decoder.weight",
+    "xlm-roberta": "lm_head.decoder.weight",
+    "bert": "cls.predictions.decoder.weight",
 }
 # Lists of layer indices (not per-layer lists): rewritten to the output's indices.
-INDEX_LISTS = ("mlp_only_layers", "full_attn_idxs")
+INDEX_LISTS = ("mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "cross_attention_layers")
+# Index lists whose entries are paired, in order, with tensors outside the layers (Qwen3-VL's
+# `deepstack_merger_list.i` serves the i-th listed vision layer): a slice stack must list the
+# same source layers, once each and in order, or the pairs would change.
+PAIRED_INDEX_LISTS = ("deepstack_visual_indexes",)

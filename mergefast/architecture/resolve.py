@@ -15,15 +15,18 @@ from collections.abc import Iterable
 
 from ..errors import ModelError
 from .config_paths import TEXT_COUNT_PATHS, get_path, present_counts
-from .families import FAMILIES, ModuleSpec
+from .families import FAMILIES, POST_NAMES, TIED_HEAD_NAMES, ModuleSpec
 from .layout import Architecture, Module, Stack, split_layer_name
 
-# Loose weights that come after the layers: final norms and output heads.
+# Loose weights that come after the layers: final norms and output heads (`embeddings.norm` is
+# ModernBERT's input norm).
 POST_PATTERN = re.compile(
     r"(^|\.)(lm_head|embed_out|output|score|classifier|proj_out|cls)(\.|$)"
-    r"|(^|\.)(norm|final_layernorm|final_layer_norm|ln_f|final_norm|norm_f)\."
+    r"|(^|(?<!embeddings)\.)(norm|final_layernorm|final_layer_norm|ln_f|final_norm|norm_f)\."
 )
-HEAD_PATTERN = re.compile(r"(^|\.)(lm_head|embed_out)\.weight$")
+HEAD_PATTERN = re.compile(
+    r"(^|\.)(lm_head|embed_out|proj_out|vocab_projector)\.weight$|(^|\.)(lm_head|predictions)\.decoder\.weight$"
+)
 EMBEDDING_PATTERN = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|embeddings|shared)\.weight$")
 
 
@@ -55,26 +58,30 @@ def _owner(name: str, owns: dict[str, tuple[str, ...]]) -> str:
     return best
 
 
-def _split_loose(loose: list[str], owner_of, module_names) -> dict[str, tuple[list[str], list[str]]]:
+def _split_loose(loose: list[str], owner_of, module_names, config) -> dict[str, tuple[list[str], list[str]]]:
     """module -> (pre-weights, post-weights) of the loose names, in checkpoint order."""
+    family_names = POST_NAMES.get(config.get("model_type"), ())
     parts = {m: ([], []) for m in module_names}
     for name in loose:
         pre, post = parts[owner_of(name)]
-        (post if POST_PATTERN.search(name) else pre).append(name)
+        after = POST_PATTERN.search(name) or any(f".{part}." in f".{name}" for part in family_names)
+        (post if after else pre).append(name)
     return parts
 
 
-def _tied_heads(modules: tuple[Module, ...], text: str | None) -> dict[str, str]:
+def _tied_heads(modules: tuple[Module, ...], text: str | None, model_type) -> dict[str, str]:
     """head -> embedding for the input embedding of the text module (else the first module
-    holding one: T5's `shared`)."""
+    holding one: T5's `shared`); the head is the checkpoint's (any module's post-weight), else
+    the family's name for it (TIED_HEAD_NAMES), else `lm_head.weight`."""
     ordered = sorted(modules, key=lambda m: m.name != text)
     for module in ordered:
         embedding = next((n for n in module.pre_weights if EMBEDDING_PATTERN.search(n)), None)
         if embedding is None:
             continue
-        head = next((n for n in module.post_weights if HEAD_PATTERN.search(n)), None)  # GPT-NeoX: embed_out
+        heads = [n for m in ordered for n in m.post_weights if HEAD_PATTERN.search(n)]  # GPT-NeoX: embed_out
         root = "language_model." if embedding.startswith("language_model.") else ""
-        return {head or f"{root}lm_head.weight": embedding}
+        named = TIED_HEAD_NAMES.get(model_type, f"{root}lm_head.weight")
+        return {heads[0] if heads else named: embedding}
     return {}
 
 
@@ -117,7 +124,7 @@ def _from_family(model_type: str, family: tuple[ModuleSpec, ...], names, numbere
             )
     loose = [n for n in names if not (split_layer_name(n) and split_layer_name(n).prefix in stacks)]
     owns = {spec.name: spec.owns for spec in family}
-    parts = _split_loose(loose, lambda n: _owner(n, owns), owns)
+    parts = _split_loose(loose, lambda n: _owner(n, owns), owns, config)
     modules = []
     for spec in family:
         prefix = chosen[spec.name]
@@ -131,7 +138,7 @@ def _from_family(model_type: str, family: tuple[ModuleSpec, ...], names, numbere
             modules.append(Module(spec.name, stack, tuple(pre), tuple(post), counts, indexes))
     modules = tuple(modules)
     text = next((m.name for m in modules if m.name in ("default", "text_decoder") and m.stack), None)
-    return Architecture(model_type, modules, text, _tied_heads(modules, text))
+    return Architecture(model_type, modules, text, _tied_heads(modules, text, model_type))
 
 
 def _distinct_prefix(prefix: str, others: list[str]) -> str:
@@ -159,15 +166,19 @@ def _inferred(names, numbered, config, where) -> Architecture:
     elif "" not in [o for v in owns.values() for o in v]:
         owns["default"] = ("",)  # loose weights no stack claims (embeddings, heads)
     loose = [n for n in names if not (split_layer_name(n) and split_layer_name(n).prefix in stacks)]
-    parts = _split_loose(loose, lambda n: _owner(n, owns), owns)
+    parts = _split_loose(loose, lambda n: _owner(n, owns), owns, config)
     modules = []
     for name in owns:
         prefix = next((p for p, m in module_of.items() if m == name), None)
         stack = _stack(prefix, stacks[prefix]) if prefix else None
-        counts = present_counts(config, TEXT_COUNT_PATHS, stack.num_layers, prefix, where) if prefix == text else ()
+        counts = (
+            present_counts(config, TEXT_COUNT_PATHS, stack.num_layers, prefix, where)
+            if stack and prefix == text
+            else ()
+        )
         pre, post = parts[name]
         if stack or pre or post:
             modules.append(Module(name, stack, tuple(pre), tuple(post), counts))
     modules = tuple(modules)
     text_name = module_of[text] if text else None
-    return Architecture(None, modules, text_name, _tied_heads(modules, text_name))
+    return Architecture(None, modules, text_name, _tied_heads(modules, text_name, config.get("model_type")))

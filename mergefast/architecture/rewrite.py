@@ -13,8 +13,9 @@ import json
 
 from ..errors import ConfigError
 from .config_paths import get_path, holder_of
-from .families import DERIVED_LAYER_TYPES, INDEX_LISTS, POSITIONAL_KEYS
+from .families import DERIVED_LISTS, INDEX_LISTS, PAIRED_INDEX_LISTS
 from .layout import Module
+from .positional import check_layer_blocks, check_layer_kinds
 
 NOT_PER_LAYER = frozenset({"architectures"})
 
@@ -34,41 +35,36 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[tuple[dict,
         parent = path.rpartition(".")[0]
         if parent not in [h for h, _ in holders]:
             holders.append((parent, holder))
-    moved = [layer for _, _, layer in layers] != list(range(module.num_layers))
     index_keys = set(module.index_keys) | {_join(p, k) for p, _ in holders for k in INDEX_LISTS}
     for parent, holder in holders:
         for key in list(holder):
             path = _join(parent, key)
             if path in index_keys and isinstance(holder[key], list):
-                holder[key] = _reindexed(path, layers)
-            elif key in POSITIONAL_KEYS and moved and holder[key] not in (None, POSITIONAL_KEYS[key]):
-                raise ConfigError(
-                    f"{where}: {path} is {holder[key]}: it gives layers a kind by position, and "
-                    f"this slice stack moves {module.name}'s layers; keep the layer order or merge "
-                    "models without it"
-                )
+                holder[key] = _reindexed(path, holder[key], layers, module.name, where)
             elif _per_layer(holder[key], module.num_layers) and key not in NOT_PER_LAYER:
                 holder[key] = [
                     _entry(path, layer_config, source, layer, where) for layer_config, source, layer in layers
                 ]
+        check_layer_kinds(holder, parent, layers, module.name, where)
+        check_layer_blocks(holder, parent, layers, module, where)
 
 
-def with_layer_types(config: dict) -> dict:
-    """`config` with the `layer_types` list its transformers class would derive from position
-    written out (a copy), for families that derive it and configs that lack it; else `config`."""
-    rule = DERIVED_LAYER_TYPES.get(config.get("model_type"))
+def with_derived_lists(config: dict) -> dict:
+    """`config` with the per-layer list its transformers class would derive from position
+    (`layer_types`, Llama 4's `no_rope_layers`) written out (a copy), for the families of
+    DERIVED_LISTS whose config lacks it (or has it empty); else `config` itself."""
+    rule = DERIVED_LISTS.get(config.get("model_type"))
     if rule is None:
         return config
-    count_path, pattern_path, default = rule
+    count_path, key, pattern_path, default, on_pattern, otherwise = rule
     count, found = get_path(config, count_path), holder_of(config, count_path)
-    parent = count_path.rpartition(".")[0]
-    if not isinstance(count, int) or found is None or get_path(config, _join(parent, "layer_types")) is not None:
+    if not isinstance(count, int) or found is None or found[0].get(key):
         return config
     pattern = get_path(config, pattern_path) if pattern_path else None
-    pattern = pattern if isinstance(pattern, int) and pattern > 0 else default
+    pattern = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0 else default
     config = json.loads(json.dumps(config))
     holder, _ = holder_of(config, count_path)
-    holder["layer_types"] = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(count)]
+    holder[key] = [on_pattern if (i + 1) % pattern == 0 else otherwise for i in range(count)]
     return config
 
 
@@ -91,11 +87,19 @@ def _entry(path: str, config: dict, module: Module, layer: int, where: str):
     return values[layer]
 
 
-def _reindexed(path: str, layers: list[tuple[dict, Module, int]]) -> list[int]:
-    """The output indices of the layers whose source layer is listed at `path` in its config."""
+def _reindexed(path: str, listed: list, layers: list[tuple[dict, Module, int]], module: str, where: str) -> list[int]:
+    """The output indices of the layers whose source layer is listed at `path` in its config
+    (`listed`: the donor's list). A PAIRED_INDEX_LISTS list must keep its source layers."""
     out = []
     for i, (config, _, layer) in enumerate(layers):
-        listed = get_path(config, path)
-        if isinstance(listed, list) and layer in listed:
+        in_source = get_path(config, path)
+        if isinstance(in_source, list) and layer in in_source:
             out.append(i)
+    sources = [layers[i][2] for i in out]
+    if path.rpartition(".")[2] in PAIRED_INDEX_LISTS and sources != listed:
+        raise ConfigError(
+            f"{where}: {path} lists the {module} layers {listed} that tensors outside the layers "
+            f"(deepstack mergers) serve, one each and in order; this slice stack would give them "
+            f"source layers {sources}; keep those layers once each and in order, or slice another module"
+        )
     return out

@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..architecture.rewrite import rewrite_module_layers, with_layer_types
+from ..architecture.rewrite import rewrite_module_layers, with_derived_lists
 from ..errors import ConfigError, ModelError
 from .model_files import TOKENIZER_FILES, model_file  # noqa: F401 - TOKENIZER_FILES re-exported
 
@@ -68,13 +68,13 @@ def plan_output_config(plan) -> dict:
                 "the sliced one; make a model that has it the base_model"
             )
         layers = [
-            (with_layer_types(plan.models[ref].config), plan.models[ref].arch.module(module_plan.name), layer)
+            (with_derived_lists(plan.models[ref].config), plan.models[ref].arch.module(module_plan.name), layer)
             for ref, layer in module_plan.layer_sources(plan.donor)
         ]
         rewrites.append((module, layers, where))
     untie = any(job.name in donor.arch.tied_heads for job in plan.jobs)
     vocab = plan.vocab.output_vocab_size if plan.vocab is not None else None
-    config = with_layer_types(donor.config) if rewrites else donor.config
+    config = with_derived_lists(donor.config) if rewrites else donor.config
     return output_model_config(config, plan.config.out_dtype or plan.config.dtype, vocab, untie, rewrites)
 
 

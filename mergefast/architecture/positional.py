@@ -1,0 +1,158 @@
+"""Config keys that give layers a kind by position: a rule over the layer index, not a list.
+
+transformers reads these keys as rules: `first_k_dense_replace: 3` makes layers 0-2 dense and
+every later layer a mixture of experts. The output config.json keeps the donor's keys, so in a
+sliced model the rule is read at each *output* index and over the *output* layer count: it can
+give a layer another kind than its source layer had (a MoE layer's tensors under a dense layer's
+config: a checkpoint that does not load, or loads with random weights). `check_layer_kinds`
+evaluates each rule for every output layer and for its source layer in the source's own config,
+and refuses the slice stack where any kind differs; a stack that keeps every layer's kind
+(DeepSeek's dense layers 0-2 kept at 0-2) merges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .config_paths import get_path
+
+
+@dataclass(frozen=True)
+class PositionalRule:
+    """`keys` (any of them in a config dict makes the rule apply; transformers' `defaults` for
+    the others), `kind(values, layer, layer count, holder) -> bool`, and the two kinds' names."""
+
+    keys: tuple[str, ...]
+    defaults: tuple[int, ...]
+    kind: Callable[[tuple[int, ...], int, int, dict], bool]
+    names: tuple[str, str]
+    # keys that are divisors (steps, periods): they must be positive
+    divisors: tuple[str, ...] = ()
+
+
+def _ernie_moe(v, i, n, _):
+    start, end, interval = v
+    return start <= i <= (n - 1 if end == -1 else end) and (i + 1) % interval == 0
+
+
+RULES = (
+    # DeepSeek V2/V3, GLM-4 MoE, dots1, Kimi: the first k layers dense
+    PositionalRule(("first_k_dense_replace",), (0,), lambda v, i, n, h: i >= v[0], ("dense", "MoE")),
+    # DeepSeek's own modelling code: every freq-th layer (after the dense ones) MoE
+    PositionalRule(("moe_layer_freq",), (1,), lambda v, i, n, h: i % v[0] == 0, ("dense", "MoE"), ("moe_layer_freq",)),
+    # Qwen2/3 MoE: layer i MoE when (i + 1) % step == 0
+    PositionalRule(
+        ("decoder_sparse_step",),
+        (1,),
+        lambda v, i, n, h: (i + 1) % v[0] == 0,
+        ("dense", "MoE"),
+        ("decoder_sparse_step",),
+    ),
+    # Llama 4: the same, where config.json has no `moe_layers` list (an index list, rewritten)
+    PositionalRule(
+        ("interleave_moe_layer_step",),
+        (1,),
+        lambda v, i, n, h: isinstance(h.get("moe_layers"), list) or (i + 1) % v[0] == 0,
+        ("dense", "MoE"),
+        ("interleave_moe_layer_step",),
+    ),
+    # AFMoE, LFM2-MoE: the first n layers dense
+    PositionalRule(("num_dense_layers",), (0,), lambda v, i, n, h: i >= v[0], ("dense", "MoE")),
+    # ERNIE 4.5 MoE: MoE from start to end (-1: the last layer), every interval-th layer
+    PositionalRule(
+        ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"),
+        (1, -1, 1),
+        _ernie_moe,
+        ("dense", "MoE"),
+        ("moe_layer_interval",),
+    ),
+    # Jamba: attention where i % period == offset, Mamba elsewhere; experts likewise
+    PositionalRule(
+        ("attn_layer_period", "attn_layer_offset"),
+        (8, 4),
+        lambda v, i, n, h: i % v[0] == v[1],
+        ("Mamba", "attention"),
+        ("attn_layer_period",),
+    ),
+    PositionalRule(
+        ("expert_layer_period", "expert_layer_offset"),
+        (2, 1),
+        lambda v, i, n, h: i % v[0] == v[1],
+        ("dense", "MoE"),
+        ("expert_layer_period",),
+    ),
+    # Gemma 3n / Gemma 4: the last s layers reuse earlier layers' keys and values
+    PositionalRule(("num_kv_shared_layers",), (0,), lambda v, i, n, h: i >= n - v[0], ("own KV", "shared KV")),
+)
+KEYS = frozenset(key for rule in RULES for key in rule.keys)
+
+
+def rule_values(rule: PositionalRule, holder: dict, where: str, path: str) -> tuple[int, ...] | None:
+    """The rule's values in `holder` (defaults for absent or null keys), or None when the
+    holder sets none of its keys; a value that is no integer is a ConfigError."""
+    if all(holder.get(key) is None for key in rule.keys):
+        return None
+    values = []
+    for key, default in zip(rule.keys, rule.defaults):
+        value = holder.get(key)
+        value = default if value is None else value
+        bad = isinstance(value, bool) or not isinstance(value, int) or (key in rule.divisors and value <= 0)
+        if bad:
+            raise ConfigError(
+                f"{where}: {path}{key} is {value!r}: not a layer rule transformers could apply "
+                f"({'a positive' if key in rule.divisors else 'an'} integer); fix that config.json"
+            )
+        values.append(value)
+    return tuple(values)
+
+
+def check_layer_kinds(holder: dict, parent: str, layers: list, module_name: str, where: str) -> None:
+    """Refuse (ConfigError) an output stack in which a positional rule of the output config's
+    `holder` (at dotted `parent`) gives output layer k another kind than its source layer has
+    in its own config (transformers' defaults where that config lacks the keys). `layers`: per
+    output layer, (source config, source Module, its index)."""
+    prefix = f"{parent}." if parent else ""
+    for rule in RULES:
+        values = rule_values(rule, holder, where, prefix)
+        if values is None:
+            continue
+        for k, (config, module, layer) in enumerate(layers):
+            source = get_path(config, parent) if parent else config
+            source = source if isinstance(source, dict) else {}
+            source_values = rule_values(rule, source, where, prefix) or rule.defaults
+            out_kind = rule.kind(values, k, len(layers), holder)
+            if out_kind != rule.kind(source_values, layer, module.num_layers, source):
+                setting = ", ".join(f"{prefix}{key}: {holder[key]}" for key in rule.keys if holder.get(key) is not None)
+                raise ConfigError(
+                    f"{where}: {setting} gives the {module_name} module's layers a kind by position: this "
+                    f"slice stack makes output layer {k} ({rule.names[out_kind]} by that rule) from "
+                    f"source layer {layer} ({rule.names[not out_kind]}); keep such layers at their "
+                    "positions (and the layer count), or merge models without the rule"
+                )
+
+
+# Config keys whose tensors outside the layer stack hold one block per layer: Gemma 3n's and
+# Gemma 4's per-layer inputs (embed_tokens_per_layer is vocab x (layers * width)). A slice stack
+# that moves, drops or adds layers would leave those blocks with the donor's layers (a model that
+# does not load, or pairs each layer with another layer's inputs). key -> (families whose
+# transformers default sets it when config.json lacks it, that default).
+LAYER_BLOCK_KEYS = {"hidden_size_per_layer_input": (("gemma3n", "gemma4"), 256)}
+
+
+def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: str) -> None:
+    """Refuse (ConfigError) a slice stack that changes `module`'s layers (anything but its
+    layers 0..n-1 in order) where the output config's `holder` sets a LAYER_BLOCK_KEYS key."""
+    if [layer for _, _, layer in layers] == list(range(module.num_layers)):
+        return
+    family = str(holder.get("model_type", ""))
+    for key, (families, default) in LAYER_BLOCK_KEYS.items():
+        value = holder.get(key, default if family.startswith(families) else None)
+        if value:
+            raise ConfigError(
+                f"{where}: {parent + '.' if parent else ''}{key} is {value}: this model keeps a "
+                f"block of per-layer inputs for each of the {module.name} module's {module.num_layers} "
+                "layers outside the layers (embed_tokens_per_layer), which a slice stack cannot move; "
+                "merge the whole model (layer_range over all its layers, or `models:`)"
+            )
