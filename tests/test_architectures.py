@@ -48,7 +48,7 @@ FAST_TYPES = {"llama", "t5", "qwen2_vl"}
 TYPE_PARAMS = [pytest.param(t, marks=[] if t in FAST_TYPES else [pytest.mark.slow]) for t in TYPES]
 LINEAR_WEIGHTS = {"base": 0.5, "ft-a": 0.3, "ft-b": 0.2}
 # config.json lists that are not per layer even when their length is the text layer count
-NOT_PER_LAYER = {"architectures", "mrope_section"}
+NOT_PER_LAYER = {"architectures", "mrope_section", "image_size", "patch_size", "supported_aspect_ratios"}
 
 
 class LazyDict(dict):

@@ -389,13 +389,16 @@ def test_deepstack_layers_keep_their_mergers(tmp_path, ranges, listed):
 
 
 def test_cross_attention_layers_follow_their_layers(tmp_path):
-    """Mllama's text_config.cross_attention_layers lists layer indices: re-indexed."""
-    config = {"model_type": "mllama", "text_config": {"num_hidden_layers": 3, "cross_attention_layers": [1]}}
+    """Mllama's text_config.cross_attention_layers lists layer indices: re-indexed (a list of
+    the layer count's length that is never per layer, eos_token_id, stays)."""
+    text_config = {"num_hidden_layers": 3, "cross_attention_layers": [1], "eos_token_id": [5, 6, 7]}
+    config = {"model_type": "mllama", "text_config": text_config}
     shapes = {f"language_model.model.layers.{i}.w": (8, 8) for i in range(3)}
     model = write_checkpoint(tmp_path / "m", random_tensors(shapes, torch.float32), config=config)
     text = "".join(f"  - sources: [{{model: {model}, layer_range: [{a}, {b}]}}]\n" for a, b in STACKED)
     plan = plan_of(f"merge_method: passthrough\nslices:\n{text}")
     assert plan.model_config["text_config"]["cross_attention_layers"] == [1, 2]
+    assert plan.model_config["text_config"]["eos_token_id"] == [5, 6, 7]
 
 
 def _linear_plan(tmp_path, shapes: dict, config: dict):
@@ -448,3 +451,24 @@ def test_loose_weights_after_the_layers(model_type, name, post):
     names = ["model.embed_tokens.weight", name, *(f"{stack}{i}.w" for i in range(2))]
     arch = resolve_architecture(names, {"model_type": model_type, "num_hidden_layers": 2, "n_layers": 2})
     assert (name in arch.post_weights) is post
+
+
+@pytest.mark.parametrize(
+    ("model_type", "text", "vision", "projector"),
+    [
+        ("idefics3", "model.text_model.layers.", "model.vision_model.encoder.layers.", "model.connector.proj.weight"),
+        ("internvl", "language_model.model.layers.", "vision_tower.encoder.layer.", "multi_modal_projector.w"),
+        ("glm4v", "model.language_model.layers.", "model.visual.blocks.", "model.visual.merger.proj.weight"),
+    ],
+)
+def test_vision_language_families_have_mergekits_module_names(model_type, text, vision, projector):
+    names = [*(f"{text}{i}.w" for i in range(3)), *(f"{vision}{i}.w" for i in range(2)), projector, "lm_head.weight"]
+    config = {"model_type": model_type, "text_config": {"num_hidden_layers": 3}}
+    config["vision_config"] = {"depth" if model_type == "glm4v" else "num_hidden_layers": 2, "image_size": [16, 16]}
+    arch = resolve_architecture(names, config)
+    assert [(m.name, m.num_layers) for m in arch.modules] == [
+        ("text_decoder", 3),
+        ("vision_tower", 2),
+        ("multi_modal_projector", 0),
+    ]
+    assert arch.module("multi_modal_projector").pre_weights == (projector,)

@@ -91,6 +91,7 @@ TEXT_DECODER = ModuleSpec(
 _TOWER = (
     "vision_tower.vision_model.encoder.layers.",
     "vision_tower.encoder.layers.",
+    "vision_tower.encoder.layer.",  # InternVL
     "vision_tower.transformer.layers.",
 )
 VISION_TOWER = ModuleSpec(
@@ -112,9 +113,24 @@ def encoder_decoder(encoder_counts: tuple[str, ...], decoder_counts: tuple[str, 
     )
 
 
-def qwen_vl(index_list: str) -> tuple[ModuleSpec, ...]:
-    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: `visual.blocks.N` (count vision_config.depth) and the
-    merger (with Qwen3-VL's deepstack mergers) as the projector."""
+def connector_vlm() -> tuple[ModuleSpec, ...]:
+    """Idefics2/3 and SmolVLM: `model.text_model.layers.N`, `model.vision_model.encoder.layers.N`
+    and the connector (Idefics2's perceiver resampler included) as the projector."""
+    return (
+        ModuleSpec("text_decoder", ("model.text_model.layers.",), ("",), ("text_config.num_hidden_layers",)),
+        ModuleSpec(
+            "vision_tower",
+            ("model.vision_model.encoder.layers.",),
+            ("model.vision_model.",),
+            ("vision_config.num_hidden_layers",),
+        ),
+        ModuleSpec("multi_modal_projector", (), ("model.connector.",)),
+    )
+
+
+def qwen_vl(index_list: str | None) -> tuple[ModuleSpec, ...]:
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL / GLM-4V: `visual.blocks.N` (count vision_config.depth)
+    and the merger (with Qwen3-VL's deepstack mergers) as the projector."""
     return (
         TEXT_DECODER,
         ModuleSpec(
@@ -122,7 +138,7 @@ def qwen_vl(index_list: str) -> tuple[ModuleSpec, ...]:
             ("visual.blocks.", "model.visual.blocks."),
             ("visual.", "model.visual."),
             ("vision_config.depth",),
-            (f"vision_config.{index_list}",),
+            (f"vision_config.{index_list}",) if index_list else (),
         ),
         ModuleSpec(
             "multi_modal_projector",
@@ -169,9 +185,21 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
     "qwen2_5_vl": qwen_vl("fullatt_block_indexes"),
     "qwen3_vl": qwen_vl("deepstack_visual_indexes"),
     "qwen3_vl_moe": qwen_vl("deepstack_visual_indexes"),
+    "glm4v": qwen_vl(None),
+    "glm4v_moe": qwen_vl(None),
+    **{name: connector_vlm() for name in ("idefics2", "idefics3", "smolvlm")},
     **{
         name: (TEXT_DECODER, VISION_TOWER, PROJECTOR)
-        for name in ("gemma3", "llava", "llava_next", "llava_onevision", "mistral3", "paligemma", "aya_vision")
+        for name in (
+            "gemma3",
+            "llava",
+            "llava_next",
+            "llava_onevision",
+            "mistral3",
+            "paligemma",
+            "aya_vision",
+            "internvl",
+        )
     },
     "llama4": (
         TEXT_DECODER,

@@ -17,7 +17,22 @@ from .families import DERIVED_LISTS, INDEX_LISTS, PAIRED_INDEX_LISTS
 from .layout import Module
 from .positional import check_layer_blocks, check_layer_kinds
 
-NOT_PER_LAYER = frozenset({"architectures"})
+# Lists that are never per layer, whatever their length (a model with as many layers as its
+# image has sides, or its eos_token_id has ids, keeps them as they are).
+NOT_PER_LAYER = frozenset(
+    {
+        "architectures",
+        "eos_token_id",
+        "image_size",
+        "patch_size",
+        "mrope_section",
+        "supported_aspect_ratios",
+        "image_grid_pinpoints",
+        "out_indices",
+        "out_features",
+        "stage_names",
+    }
+)
 
 
 def rewrite_module_layers(config: dict, module: Module, layers: list[tuple[dict, Module, int]], where: str) -> None:
