@@ -86,7 +86,6 @@ RULES = (
     # Gemma 3n / Gemma 4: the last s layers reuse earlier layers' keys and values
     PositionalRule(("num_kv_shared_layers",), (0,), lambda v, i, n, h: i >= n - v[0], ("own KV", "shared KV")),
 )
-KEYS = frozenset(key for rule in RULES for key in rule.keys)
 
 
 def rule_values(rule: PositionalRule, holder: dict, where: str, path: str) -> tuple[int, ...] | None:
