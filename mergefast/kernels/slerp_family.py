@@ -3,14 +3,15 @@
 nuslerp and model_stock need reductions over the whole tensor (or each row) before any output
 element: one pass (`impl.gram`, csrc/cpu/gram.cpp, kernels/triton/slerp_family.py) reads
 every input once and returns, per row, all the dot products <d_i, d_j> of the vectors d_i =
-x_i - base in float64. The per-row scalars come from them with the reference's own float32
-formulas (nuslerp's `slerp_factors` in numpy, methods/gram_scalars.py, which the torch-free
-engine shares; `pair_cosine`, `mean_of`, `stock_ratio`), and one elementwise pass writes the
-output in the reference's order of operations. nearswap has no reduction: one pass.
+x_i - base in float64. The per-row scalars come from them with the reference's own formulas
+(nuslerp's float32 `slerp_factors` in numpy, methods/gram_scalars.py, which the torch-free
+engine shares; Model Stock's `pair_cosine`, `mean_of`, `stock_ratio` in float64, t rounded
+once), and one elementwise pass writes the output in the reference's order of operations.
+nearswap has no reduction: one pass.
 
-Numerics: the reductions are float64 sums of exact products rounded once to float32 (the
-reference's cosine of nuslerp once, from the dot and the norms), where the reference sums
-float32 products in torch's float32 order: their scalars differ in the last bits, and so
+Numerics: the reductions are float64 sums of exact products rounded once to float32 (nuslerp's
+cosine once, from the dot and the norms; Model Stock's t), where the reference sums float32
+products in torch's float32 order: their scalars differ in the last bits, and so
 may every output element (the tests apply DESIGN's tolerance rule). Given the same scalars,
 the elementwise passes are bit-identical, and nearswap always is.
 """
@@ -42,15 +43,21 @@ def nuslerp_factors(gram: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def stock_ratios(gram: torch.Tensor, k: int) -> torch.Tensor:
-    """Per row t = stock_ratio(mean pairwise cosine), float32 (rows,), from the Gram rows of the
-    k task vectors: norms and dots rounded once to float32, then the reference's formulas."""
-    norms = [gram[:, pair_index(i, i, k)].sqrt().float().unsqueeze(-1) for i in range(k)]
+    """Per row t = stock_ratio(mean pairwise cosine), float32 (rows,), from the float64 Gram
+    rows of the k task vectors: the reference's `pair_cosine`, `mean_of` and `stock_ratio` in
+    float64, t rounded once to float32. t is ill-conditioned on short rows of nearly opposite
+    task vectors (filter_wise over a conv kernel's 3 taps), where this puts the outputs ~3x
+    closer to the float64 result than the float32 reference's (summed error over 213k elements
+    of random 3- to 4096-element rows); the reference's formulas in float32 from the rounded
+    norms and dots were no closer than the reference."""
+    gram = gram.double()
+    norms = [gram[:, pair_index(i, i, k)].sqrt().unsqueeze(-1) for i in range(k)]
     cosines = [
-        pair_cosine(gram[:, pair_index(i, j, k)].float().unsqueeze(-1), norms[i], norms[j])
+        pair_cosine(gram[:, pair_index(i, j, k)].unsqueeze(-1), norms[i], norms[j])
         for i in range(k)
         for j in range(i + 1, k)
     ]
-    return stock_ratio(mean_of(cosines), k).flatten().contiguous()
+    return stock_ratio(mean_of(cosines), k).float().flatten().contiguous()
 
 
 def nuslerp(

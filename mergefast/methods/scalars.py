@@ -218,20 +218,19 @@ def gram_column(i: int, j: int, k: int) -> int:
 
 def model_stock_ratios(gram: np.ndarray, k: int) -> np.ndarray:
     """Per row t = stock_ratio(mean pairwise cosine), float32 (rows,), from the float64 Gram
-    rows of k task vectors, with the float32 formulas of methods/model_stock.py
-    (`pair_cosine`, `mean_of`, `stock_ratio`) as kernels/slerp_family.py's `stock_ratios`
-    applies them."""
+    rows of k task vectors: methods/model_stock.py's `pair_cosine`, `mean_of` and `stock_ratio`
+    in float64, t rounded once to float32, as kernels/slerp_family.py's `stock_ratios` does."""
     import numpy as np  # here: no other method needs it (io/host_array.py)
 
     f32 = np.float32
     with np.errstate(all="ignore"):
-        norms = [np.sqrt(gram[:, gram_column(i, i, k)]).astype(f32) for i in range(k)]
-        total = np.zeros(gram.shape[0], dtype=f32)
+        norms = [np.sqrt(gram[:, gram_column(i, i, k)]) for i in range(k)]
+        total = np.zeros(gram.shape[0], dtype=np.float64)
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
         for i, j in pairs:
-            product = np.maximum(norms[i] * norms[j], f32(STOCK_NORM_PRODUCT_MIN))
-            total += np.clip(gram[:, gram_column(i, j, k)].astype(f32) / product, f32(-1), f32(1))
-        cos = total / f32(len(pairs))
-        denominator = f32(1) + f32(k - 1) * cos
-        small = np.abs(denominator) < f32(STOCK_DENOMINATOR_MIN)
-        return np.where(small, f32(0), f32(k) * cos / np.where(small, f32(1), denominator)).astype(f32)
+            product = np.maximum(norms[i] * norms[j], STOCK_NORM_PRODUCT_MIN)
+            total += np.clip(gram[:, gram_column(i, j, k)] / product, -1.0, 1.0)
+        cos = total / len(pairs)
+        denominator = 1.0 + (k - 1) * cos
+        small = np.abs(denominator) < STOCK_DENOMINATOR_MIN
+        return np.where(small, 0.0, k * cos / np.where(small, 1.0, denominator)).astype(f32)
