@@ -71,14 +71,17 @@ def _split_loose(loose: list[str], owner_of, module_names, config) -> dict[str, 
 
 def _tied_heads(modules: tuple[Module, ...], text: str | None, model_type) -> dict[str, str]:
     """head -> embedding for the input embedding of the text module (else the first module
-    holding one: T5's `shared`); the head is the checkpoint's (any module's post-weight), else
-    the family's name for it (TIED_HEAD_NAMES), else `lm_head.weight`."""
+    holding one: T5's `shared`); the head is the checkpoint's (a post-weight of that module or
+    of one without layers), else the family's name for it (TIED_HEAD_NAMES), else
+    `lm_head.weight`."""
     ordered = sorted(modules, key=lambda m: m.name != text)
     for module in ordered:
         embedding = next((n for n in module.pre_weights if EMBEDDING_PATTERN.search(n)), None)
         if embedding is None:
             continue
-        heads = [n for m in ordered for n in m.post_weights if HEAD_PATTERN.search(n)]  # GPT-NeoX: embed_out
+        # the embedding's module, or one without layers (Whisper's untied proj_out is `shared`'s)
+        holders = [module, *(m for m in ordered if m.stack is None)]
+        heads = [n for m in holders for n in m.post_weights if HEAD_PATTERN.search(n)]  # GPT-NeoX: embed_out
         root = "language_model." if embedding.startswith("language_model.") else ""
         named = TIED_HEAD_NAMES.get(model_type, f"{root}lm_head.weight")
         return {heads[0] if heads else named: embedding}
