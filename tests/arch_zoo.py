@@ -277,14 +277,16 @@ _NEWER = {
     "granitemoehybrid": dict(
         _MAMBA, num_local_experts=4, num_experts_per_tok=2, layer_types=["mamba", "attention", "mamba"]
     ),
+    "olmo3": {},  # layer_types from position
+    "smollm3": {},  # no_rope_layers
 }
 
 
 def _text_config(model_type: str, config_class):
     """Decoder-only text models, MoE ones included."""
     kw = dict(TEXT)
-    if model_type in _NEWER or model_type in ("olmo3", "smollm3"):
-        kw.update(_NEWER.get(model_type, {}), tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type in _NEWER:
+        kw.update(_NEWER[model_type], tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if model_type == "mixtral":
         kw.update(num_local_experts=4, num_experts_per_tok=2)
     if model_type in ("qwen2_moe", "qwen3_moe"):
