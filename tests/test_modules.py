@@ -219,6 +219,7 @@ def test_inference_finds_every_numbered_stack(tmp_path):
 
 STACKED = ((0, 2), (1, 3))  # layers 0, 1, 1, 2 of a 3-layer model
 REPEATED = ((0, 2), (0, 2))  # layers 0, 1, 0, 1
+QWEN_SLIDING = {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 2}
 
 
 def _sliced_plan(tmp_path, config: dict, ranges):
@@ -242,6 +243,10 @@ def _sliced_plan(tmp_path, config: dict, ranges):
         ({"model_type": "jamba", "attn_layer_period": 2, "attn_layer_offset": 1}, STACKED, "layer 2 (Mamba"),
         ({"model_type": "jamba", "attn_layer_period": 2, "attn_layer_offset": 1}, REPEATED, None),
         ({"model_type": "afmoe", "num_dense_layers": 2}, STACKED, "layer 2 (MoE by that rule) from source layer 1"),
+        # Qwen2 without layer_types: layers from max_window_layers on slide, if use_sliding_window
+        ({"model_type": "qwen2", **QWEN_SLIDING}, STACKED, "layer 2 (sliding attention by that rule)"),
+        ({"model_type": "qwen2", **QWEN_SLIDING, "use_sliding_window": False}, STACKED, None),
+        ({"model_type": "qwen2", **QWEN_SLIDING, "layer_types": ["full_attention"] * 3}, STACKED, None),
         # the last layer of a truncated Gemma 3n would reuse KV that its source computed itself
         ({"model_type": "gemma3n_text", "num_kv_shared_layers": 1}, ((0, 2),), "layer 1 (shared KV"),
         ({"model_type": "qwen2_moe", "decoder_sparse_step": 0}, STACKED, "decoder_sparse_step is 0: not a layer rule"),

@@ -37,6 +37,11 @@ def _ernie_moe(v, i, n, _):
     return start <= i <= (n - 1 if end == -1 else end) and (i + 1) % interval == 0
 
 
+def _qwen_sliding(v, i, n, h):
+    sliding = h.get("use_sliding_window") is True and h.get("sliding_window") is not None
+    return sliding and not isinstance(h.get("layer_types"), list) and i >= v[0]
+
+
 RULES = (
     # DeepSeek V2/V3, GLM-4 MoE, dots1, Kimi: the first k layers dense
     PositionalRule(("first_k_dense_replace",), (0,), lambda v, i, n, h: i >= v[0], ("dense", "MoE")),
@@ -83,6 +88,9 @@ RULES = (
         ("dense", "MoE"),
         ("expert_layer_period",),
     ),
+    # Qwen2/3 configs without layer_types: sliding attention from max_window_layers on, where
+    # use_sliding_window is set (Qwen2.5's configs leave it off: every layer full attention)
+    PositionalRule(("max_window_layers",), (28,), _qwen_sliding, ("full attention", "sliding attention")),
     # Gemma 3n / Gemma 4: the last s layers reuse earlier layers' keys and values
     PositionalRule(("num_kv_shared_layers",), (0,), lambda v, i, n, h: i >= n - v[0], ("own KV", "shared KV")),
 )
