@@ -238,7 +238,11 @@ def _sliced_plan(tmp_path, config: dict, ranges):
         ({"model_type": "qwen2_moe", "decoder_sparse_step": 2}, STACKED, "output layer 2 (dense"),
         ({"model_type": "qwen2_moe", "decoder_sparse_step": 2}, REPEATED, None),
         # ERNIE 4.5 as transformers writes it (the end index made the last layer's): layer 3 is past it
-        ({"model_type": "ernie4_5_moe", "moe_layer_start_index": 1, "moe_layer_end_index": 2}, STACKED, "layer 3 (den"),
+        (
+            {"model_type": "ernie4_5_moe", "moe_layer_start_index": 1, "moe_layer_end_index": 2},
+            STACKED,
+            "output layer 3 (dense by that rule) from source layer 2 (MoE)",
+        ),
         ({"model_type": "ernie4_5_moe", "moe_layer_start_index": 1, "moe_layer_end_index": -1}, STACKED, None),
         ({"model_type": "jamba", "attn_layer_period": 2, "attn_layer_offset": 1}, STACKED, "layer 2 (Mamba"),
         ({"model_type": "jamba", "attn_layer_period": 2, "attn_layer_offset": 1}, REPEATED, None),
