@@ -121,13 +121,13 @@ def check_layer_kinds(holder: dict, parent: str, layers: list, module_name: str,
     in its own config (transformers' defaults where that config lacks the keys). `layers`: per
     output layer, (source config, source Module, its index)."""
     prefix = f"{parent}." if parent else ""
+    sources = [get_path(config, parent) if parent else config for config, _, _ in layers]
+    sources = [source if isinstance(source, dict) else {} for source in sources]
     for rule in RULES:
         values = rule_values(rule, holder, where, prefix)
         if values is None:
             continue
-        for k, (config, module, layer) in enumerate(layers):
-            source = get_path(config, parent) if parent else config
-            source = source if isinstance(source, dict) else {}
+        for k, ((_, module, layer), source) in enumerate(zip(layers, sources)):
             source_values = rule_values(rule, source, where, prefix) or rule.defaults
             out_kind = rule.kind(values, k, len(layers), holder)
             if out_kind != rule.kind(source_values, layer, module.num_layers, source):

@@ -57,7 +57,7 @@ def plan_output_config(plan) -> dict:
             "could not load the output; add the model's model_type to config.json (or make another "
             "model the base_model)"
         )
-    rewrites = []
+    rewrites, configs = [], {}  # configs: model -> its config with derived lists, made once
     for module_plan in plan.modules:
         if module_plan.how != "slices" or module_plan.num_layers == 0:
             continue  # the same layers as the donor's, or a module without layers (a projector)
@@ -67,10 +67,11 @@ def plan_output_config(plan) -> dict:
                 f"{where}: the donor {plan.donor} has no {module_plan.name} module to describe "
                 "the sliced one; make a model that has it the base_model"
             )
-        layers = [
-            (with_derived_lists(plan.models[ref].config), plan.models[ref].arch.module(module_plan.name), layer)
-            for ref, layer in module_plan.layer_sources(plan.donor)
-        ]
+        layers = []
+        for ref, layer in module_plan.layer_sources(plan.donor):
+            if ref not in configs:
+                configs[ref] = with_derived_lists(plan.models[ref].config)
+            layers.append((configs[ref], plan.models[ref].arch.module(module_plan.name), layer))
         rewrites.append((module, layers, where))
     untie = any(job.name in donor.arch.tied_heads for job in plan.jobs)
     vocab = plan.vocab.output_vocab_size if plan.vocab is not None else None
