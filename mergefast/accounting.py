@@ -3,6 +3,7 @@ into the output, or left out by a rule the plan states. Anything else is a Confi
 lists the tensors: an exit 0 must never hide a lost tensor.
 
 The rules that leave tensors out:
+- integer buffers (BatchNorm's `num_batches_tracked`) of all models but the one they are copied from;
 - a layer of a sliced module that no slice takes from that model;
 - the pre-weights and carried modules of a model that is not in the first slice of its
   module (they come from that slice's models), the post-weights of one not in the last slice.
@@ -51,6 +52,7 @@ def account_for_inputs(plan) -> list[str]:
     """Check that every tensor of every merged model is used or left out by a rule; return one
     line per (model, rule) for the plan report. ConfigError listing the unaccounted ones."""
     used = {(s.model, s.tensor) for job in plan.jobs for s in job.sources}
+    not_read = {(s.model, s.tensor) for job in plan.jobs for s in job.not_read}
     plan_of = {m.name: m for m in plan.modules}
     dropped: dict[tuple[str, str], int] = defaultdict(int)
     lost: list[tuple[str, str]] = []
@@ -60,7 +62,10 @@ def account_for_inputs(plan) -> list[str]:
         for name in model.reader.names():
             if (ref, name) in used:
                 continue
-            rule = _rule(plan_of, ref, *where[name]) if name in where else None
+            if (ref, name) in not_read:
+                rule = "integer buffers (never merged), copied from the base model's (else the first's)"
+            else:
+                rule = _rule(plan_of, ref, *where[name]) if name in where else None
             if rule is None:
                 lost.append((ref, name))
             else:

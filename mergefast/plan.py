@@ -51,6 +51,8 @@ class TensorJob:
     shape: tuple[int, ...]
     copy: bool = False  # the output is sources[0] unchanged: no arithmetic
     vocab: Any = None  # tokenizer.VocabMap: re-index vocabulary rows before the merge (shape is the output's)
+    # the other models' copies of a copied integer buffer: accounted for, never read
+    not_read: tuple[TensorSource, ...] = ()
 
     @property
     def dtype(self):
@@ -196,8 +198,9 @@ class _JobBuilder:
         dtypes = [s.info.dtype_name for s in sources]
         shape = sources[0].info.shape
         if not all(d in FLOATS for d in dtypes):
-            keep = base_index or 0  # integer buffers are copied, never merged
-            return TensorJob(name, (sources[keep],), None, g, (m[keep],), dtypes[keep], shape, copy=True)
+            keep = base_index or 0  # integer buffers (BatchNorm's step counts) are copied, never merged
+            others = sources[:keep] + sources[keep + 1 :]
+            return TensorJob(name, (sources[keep],), None, g, (m[keep],), dtypes[keep], shape, True, not_read=others)
         dtype = self.out_dtype
         if dtype is None:
             dtype = dtypes[0]

@@ -291,6 +291,36 @@ def test_per_layer_lists_come_from_each_layers_source_model(tmp_path):
     assert plan.model_config["mlp_only_layers"] == [1, 2]
 
 
+def _two_model_stack(tmp_path, donor_config: dict, other_config: dict):
+    """The plan of a passthrough stack of layers 0, 1 of model `a` (the donor) and layer 1 of
+    model `b`, both 2-layer models with the given config.json settings; and b's folder."""
+    shapes = {"model.embed_tokens.weight": (16, 8), **{f"model.layers.{i}.w": (8, 8) for i in range(2)}}
+    models = []
+    for name, settings in (("a", donor_config), ("b", other_config)):
+        config = {"model_type": "qwen2", "num_hidden_layers": 2, **settings}
+        models.append(write_checkpoint(tmp_path / name, random_tensors(shapes, torch.float32), config=config))
+    text = (
+        f"merge_method: passthrough\nslices:\n  - sources: [{{model: {models[0]}, layer_range: [0, 2]}}]\n"
+        f"  - sources: [{{model: {models[1]}, layer_range: [1, 2]}}]\n"
+    )
+    return (lambda: plan_of(text)), models[1]
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ({}, "layer_types is a per-layer list of the output"),  # the donor has it, b has none
+        ({"layer_types": ["x"] * 2, "decoder_sparse_step": "2"}, "decoder_sparse_step is '2': not a layer rule"),
+    ],
+)
+def test_a_sources_bad_layer_setting_is_named_by_its_own_config(tmp_path, other, message):
+    """An error about a source layer's setting names that source's config.json (not the donor's)."""
+    plan, other_folder = _two_model_stack(tmp_path, {"layer_types": ["x"] * 2, "decoder_sparse_step": 1}, other)
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        plan()
+    assert str(other_folder / "config.json") in str(caught.value)
+
+
 def test_merged_slices_take_per_layer_entries_from_the_donor(tmp_path):
     """A slice merging several models takes each layer's entries from its source that is the
     output config's donor (the base_model), else its first source: a whole-model slice merge

@@ -129,7 +129,7 @@ def connector_vlm() -> tuple[ModuleSpec, ...]:
 
 
 def qwen_vl(index_list: str | None) -> tuple[ModuleSpec, ...]:
-    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL / GLM-4V: `visual.blocks.N` (count vision_config.depth)
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3.5 / GLM-4V: `visual.blocks.N` (count vision_config.depth)
     and the merger (with Qwen3-VL's deepstack mergers) as the projector."""
     return (
         TEXT_DECODER,
@@ -174,19 +174,37 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
             ModuleSpec("decoder", ("decoder.block.",), ("decoder.",), ("num_decoder_layers",)),
             ModuleSpec("shared"),
         )
-        for name in ("t5", "mt5", "umt5")
+        for name in ("t5", "mt5", "umt5", "longt5", "switch_transformers")
     },
     **{
         name: encoder_decoder(("encoder_layers", "num_hidden_layers"), ("decoder_layers",))
-        for name in ("whisper", "bart", "mbart", "pegasus", "marian", "m2m_100", "plbart")
+        for name in (
+            "whisper",
+            "bart",
+            "mbart",
+            "pegasus",
+            "pegasus_x",
+            "marian",
+            "m2m_100",
+            "nllb-moe",
+            "plbart",
+            "blenderbot",
+            "blenderbot-small",
+            "bigbird_pegasus",
+            "mvp",
+            "fsmt",
+        )
     },
     "t5gemma": encoder_decoder(("encoder.num_hidden_layers",), ("decoder.num_hidden_layers",)),
     "qwen2_vl": qwen_vl("fullatt_block_indexes"),
     "qwen2_5_vl": qwen_vl("fullatt_block_indexes"),
     "qwen3_vl": qwen_vl("deepstack_visual_indexes"),
     "qwen3_vl_moe": qwen_vl("deepstack_visual_indexes"),
+    "qwen3_5": qwen_vl("deepstack_visual_indexes"),
+    "qwen3_5_moe": qwen_vl("deepstack_visual_indexes"),
     "glm4v": qwen_vl(None),
     "glm4v_moe": qwen_vl(None),
+    "glm46v": qwen_vl(None),
     **{name: connector_vlm() for name in ("idefics2", "idefics3", "smolvlm")},
     **{
         name: (TEXT_DECODER, VISION_TOWER, PROJECTOR)
@@ -238,9 +256,10 @@ DERIVED_LISTS = {
 # end in `layer_norm`): model_type -> dotted name parts that make a loose weight a post-weight.
 POST_NAMES = {
     **{t: ("embedding_norm",) for t in ("lfm2", "lfm2_moe", "lfm2_vl")},
-    **{t: ("layer_norm",) for t in ("whisper", "mbart", "pegasus", "m2m_100")},
+    **{t: ("layer_norm",) for t in ("whisper", "mbart", "pegasus", "pegasus_x", "m2m_100", "nllb-moe", "blenderbot")},
     "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector"),
     "modernbert": ("head", "decoder"),
+    "fsmt": ("output_projection",),
 }
 # The output head's name in families that do not call it `lm_head.weight`, for checkpoints that
 # leave it out (tied to the input embedding).
@@ -250,9 +269,18 @@ TIED_HEAD_NAMES = {
     "roberta": "lm_head.decoder.weight",
     "xlm-roberta": "lm_head.decoder.weight",
     "bert": "cls.predictions.decoder.weight",
+    "fsmt": "model.decoder.output_projection.weight",
 }
 # Lists of layer indices (not per-layer lists): rewritten to the output's indices.
-INDEX_LISTS = ("mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "cross_attention_layers")
+INDEX_LISTS = (
+    "mlp_only_layers",
+    "full_attn_idxs",
+    "moe_layers",
+    "attn_layer_indices",
+    "cross_attention_layers",
+    "rope_scaling_layers",  # Molmo 2: the layers with scaled RoPE
+    "index_layers",  # Kolibri: the indexer layers
+)
 # Index lists whose entries are paired, in order, with tensors outside the layers (Qwen3-VL's
 # `deepstack_merger_list.i` serves the i-th listed vision layer): a slice stack must list the
 # same source layers, once each and in order, or the pairs would change.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 LAYER_PATTERN = re.compile(r"^(?P<prefix>.*?\.)(?P<index>\d+)\.(?P<suffix>.+)$")
 
@@ -78,6 +79,17 @@ class Module:
         for i in range(self.num_layers):
             names += self.stack.layer_tensors(i)
         return names + list(self.post_weights)
+
+
+class LayerSource(NamedTuple):
+    """Where an output layer of a sliced module comes from: its source model's `config`
+    (config.json), that model's `module`, the source `layer` index, and `where` that config is
+    (for errors: the source's config.json path)."""
+
+    config: dict
+    module: Module
+    layer: int
+    where: str
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class PositionalRule:
     names: tuple[str, str]
     # keys that are divisors (steps, periods): they must be positive
     divisors: tuple[str, ...] = ()
+    # whether the rule reads the holder (config dict) for the module of this name (default: any)
+    applies: Callable[[dict, str], bool] = lambda holder, module: True
 
 
 def _ernie_moe(v, i, n, _):
@@ -42,18 +44,51 @@ def _qwen_sliding(v, i, n, h):
     return sliding and not isinstance(h.get("layer_types"), list) and i >= v[0]
 
 
+def _switch_sparse(v, i, n, _):
+    # transformers derives the step from the layer count when it loads the config
+    step = n // v[0] if v[0] > 0 else n
+    return (i % step == 1 or step == 1) if step > 0 else False
+
+
+def _module_is(name: str, switch: bool = False) -> Callable[[dict, str], bool]:
+    """A rule's `applies` for the `encoder` or `decoder` module (any but `encoder` for
+    `decoder`), of Switch Transformers (`switch`) or of any other family."""
+
+    def applies(holder: dict, module: str) -> bool:
+        if (holder.get("model_type") == "switch_transformers") != switch:
+            return False
+        return module == "encoder" if name == "encoder" else module != "encoder"
+
+    return applies
+
+
 RULES = (
     # DeepSeek V2/V3, GLM-4 MoE, dots1, Kimi: the first k layers dense
     PositionalRule(("first_k_dense_replace",), (0,), lambda v, i, n, h: i >= v[0], ("dense", "MoE")),
     # DeepSeek's own modelling code: every freq-th layer (after the dense ones) MoE
     PositionalRule(("moe_layer_freq",), (1,), lambda v, i, n, h: i % v[0] == 0, ("dense", "MoE"), ("moe_layer_freq",)),
-    # Qwen2/3 MoE: layer i MoE when (i + 1) % step == 0
+    # Qwen2/3 MoE, NLLB-MoE's decoder: layer i MoE when (i + 1) % step == 0
     PositionalRule(
         ("decoder_sparse_step",),
         (1,),
         lambda v, i, n, h: (i + 1) % v[0] == 0,
         ("dense", "MoE"),
         ("decoder_sparse_step",),
+        _module_is("decoder"),
+    ),
+    # NLLB-MoE's encoder: the same rule (step 0: every layer dense)
+    PositionalRule(
+        ("encoder_sparse_step",),
+        (4,),
+        lambda v, i, n, h: v[0] > 0 and (i + 1) % v[0] == 0,
+        ("dense", "MoE"),
+        (),
+        _module_is("encoder"),
+    ),
+    # Switch Transformers: step = layers // sparse layers, layer i MoE when i % step == 1
+    *(
+        PositionalRule((key,), (3,), _switch_sparse, ("dense", "MoE"), (), _module_is(part, switch=True))
+        for part, key in (("encoder", "num_sparse_encoder_layers"), ("decoder", "num_sparse_decoder_layers"))
     ),
     # Llama 4: the same, where config.json has no `moe_layers` list (an index list, rewritten)
     PositionalRule(
@@ -119,23 +154,25 @@ def check_layer_kinds(holder: dict, parent: str, layers: list, module_name: str,
     """Refuse (ConfigError) an output stack in which a positional rule of the output config's
     `holder` (at dotted `parent`) gives output layer k another kind than its source layer has
     in its own config (transformers' defaults where that config lacks the keys). `layers`: per
-    output layer, (source config, source Module, its index)."""
+    output layer, its LayerSource (architecture.layout)."""
     prefix = f"{parent}." if parent else ""
-    sources = [get_path(config, parent) if parent else config for config, _, _ in layers]
-    sources = [source if isinstance(source, dict) else {} for source in sources]
+    holders = [get_path(source.config, parent) if parent else source.config for source in layers]
+    holders = [found if isinstance(found, dict) else {} for found in holders]
     for rule in RULES:
+        if not rule.applies(holder, module_name):
+            continue
         values = rule_values(rule, holder, where, prefix)
         if values is None:
             continue
-        for k, ((_, module, layer), source) in enumerate(zip(layers, sources)):
-            source_values = rule_values(rule, source, where, prefix) or rule.defaults
+        for k, (source, found) in enumerate(zip(layers, holders)):
+            source_values = rule_values(rule, found, source.where, prefix) or rule.defaults
             out_kind = rule.kind(values, k, len(layers), holder)
-            if out_kind != rule.kind(source_values, layer, module.num_layers, source):
+            if out_kind != rule.kind(source_values, source.layer, source.module.num_layers, found):
                 setting = ", ".join(f"{prefix}{key}: {holder[key]}" for key in rule.keys if holder.get(key) is not None)
                 raise ConfigError(
                     f"{where}: {setting} gives the {module_name} module's layers a kind by position: this "
                     f"slice stack makes output layer {k} ({rule.names[out_kind]} by that rule) from "
-                    f"source layer {layer} ({rule.names[not out_kind]}); keep such layers at their "
+                    f"source layer {source.layer} ({rule.names[not out_kind]}); keep such layers at their "
                     "positions (and the layer count), or merge models without the rule"
                 )
 
@@ -151,7 +188,7 @@ LAYER_BLOCK_KEYS = {"hidden_size_per_layer_input": (("gemma3n", "gemma4"), 256)}
 def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: str) -> None:
     """Refuse (ConfigError) a slice stack that changes `module`'s layers (anything but its
     layers 0..n-1 in order) where the output config's `holder` sets a LAYER_BLOCK_KEYS key."""
-    if [layer for _, _, layer in layers] == list(range(module.num_layers)):
+    if [source.layer for source in layers] == list(range(module.num_layers)):
         return
     family = str(holder.get("model_type", ""))
     for key, (families, default) in LAYER_BLOCK_KEYS.items():

@@ -24,8 +24,13 @@ POST_PATTERN = re.compile(
     r"(^|\.)(lm_head|embed_out|output|score|classifier|proj_out|cls)(\.|$)"
     r"|(^|(?<!embeddings)\.)(norm|final_layernorm|final_layer_norm|ln_f|final_norm|norm_f)\."
 )
+# Output heads: `proj_out` (Whisper) and `vocab_projector` (DistilBERT) only at the top level, as
+# those families write them (Janus' `model.generation_head.proj_out` is its image head, not the
+# text head: taken for one, the output's config was untied with no `lm_head.weight`); FSMT's
+# `output_projection` under its decoder.
 HEAD_PATTERN = re.compile(
-    r"(^|\.)(lm_head|embed_out|proj_out|vocab_projector)\.weight$|(^|\.)(lm_head|predictions)\.decoder\.weight$"
+    r"(^|\.)(lm_head|embed_out|output_projection)\.weight$|^(proj_out|vocab_projector)\.weight$"
+    r"|(^|\.)(lm_head|predictions)\.decoder\.weight$"
 )
 EMBEDDING_PATTERN = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|embeddings|shared)\.weight$")
 

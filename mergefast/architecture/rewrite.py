@@ -1,7 +1,8 @@
 """The output config.json of a sliced module: its count keys, per-layer lists and layer-index
 lists rebuilt from the source layer of each output layer.
 
-`layers` gives, per output layer, (the source model's config, its Module, its layer index).
+`layers` gives, per output layer, its LayerSource (the source model's config, its Module,
+its layer index, where that config is).
 A per-layer list is any list in a dict holding one of the module's count keys whose length is
 the module's old layer count (`layer_types`, `no_rope_layers`, ...); each output layer takes
 its source layer's entry from its source model's config.
@@ -14,7 +15,8 @@ import json
 from ..errors import ConfigError
 from .config_paths import get_path, holder_of
 from .families import DERIVED_LISTS, INDEX_LISTS, PAIRED_INDEX_LISTS
-from .layout import Module
+from .layer_maps import LAYER_POINTER_LISTS, PER_LAYER_DICTS, rebuilt_per_layer_dict, repointed
+from .layout import LayerSource, Module
 from .positional import check_layer_blocks, check_layer_kinds
 
 # Lists that are never per layer, whatever their length (a model with as many layers as its
@@ -31,11 +33,12 @@ NOT_PER_LAYER = frozenset(
         "out_indices",
         "out_features",
         "stage_names",
+        "langs",  # FSMT: source and target language
     }
 )
 
 
-def rewrite_module_layers(config: dict, module: Module, layers: list[tuple[dict, Module, int]], where: str) -> None:
+def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource], where: str) -> None:
     """Update `config` (the output's, a copy of the donor's) for `module`'s new `layers`."""
     if not module.count_keys:
         raise ConfigError(
@@ -56,10 +59,12 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[tuple[dict,
             path = _join(parent, key)
             if path in index_keys and isinstance(holder[key], list):
                 holder[key] = _reindexed(path, holder[key], layers, module.name, where)
+            elif key in PER_LAYER_DICTS and holder[key] is not None:
+                holder[key] = rebuilt_per_layer_dict(path, layers)
+            elif key in LAYER_POINTER_LISTS and _per_layer(holder[key], module.num_layers):
+                holder[key] = repointed(path, layers, module.name, where)
             elif _per_layer(holder[key], module.num_layers) and key not in NOT_PER_LAYER:
-                holder[key] = [
-                    _entry(path, layer_config, source, layer, where) for layer_config, source, layer in layers
-                ]
+                holder[key] = [_entry(path, source) for source in layers]
         check_layer_kinds(holder, parent, layers, module.name, where)
         check_layer_blocks(holder, parent, layers, module, where)
 
@@ -91,26 +96,27 @@ def _per_layer(value, count: int) -> bool:
     return isinstance(value, list) and len(value) == count and count > 0
 
 
-def _entry(path: str, config: dict, module: Module, layer: int, where: str):
-    """Entry `layer` of the per-layer list at `path` in a source model's config."""
-    values = get_path(config, path)
-    if not _per_layer(values, module.num_layers):
+def _entry(path: str, source: LayerSource):
+    """The source layer's entry of the per-layer list at `path` in its model's config."""
+    values = get_path(source.config, path)
+    if not _per_layer(values, source.module.num_layers):
         raise ConfigError(
-            f"{where}: {path} is a per-layer list of the output, but a source model's config.json "
-            f"has no {module.num_layers}-entry {path} to take layer {layer}'s entry from"
+            f"{source.where}: {path} is a per-layer list of the output (the donor's config has "
+            f"one), but this source has no {source.module.num_layers}-entry {path} to take layer "
+            f"{source.layer}'s entry from; make the sources' config.json files agree"
         )
-    return values[layer]
+    return values[source.layer]
 
 
-def _reindexed(path: str, listed: list, layers: list[tuple[dict, Module, int]], module: str, where: str) -> list[int]:
+def _reindexed(path: str, listed: list, layers: list[LayerSource], module: str, where: str) -> list[int]:
     """The output indices of the layers whose source layer is listed at `path` in its config
     (`listed`: the donor's list). A PAIRED_INDEX_LISTS list must keep its source layers."""
     out = []
-    for i, (config, _, layer) in enumerate(layers):
-        in_source = get_path(config, path)
-        if isinstance(in_source, list) and layer in in_source:
+    for i, source in enumerate(layers):
+        in_source = get_path(source.config, path)
+        if isinstance(in_source, list) and source.layer in in_source:
             out.append(i)
-    sources = [layers[i][2] for i in out]
+    sources = [layers[i].layer for i in out]
     if path.rpartition(".")[2] in PAIRED_INDEX_LISTS and sources != listed:
         raise ConfigError(
             f"{where}: {path} lists the {module} layers {listed} that tensors outside the layers "

@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..architecture.layout import LayerSource
 from ..architecture.rewrite import rewrite_module_layers, with_derived_lists
 from ..errors import ConfigError, ModelError
 from .model_files import TOKENIZER_FILES, model_file  # noqa: F401 - TOKENIZER_FILES re-exported
@@ -69,14 +70,21 @@ def plan_output_config(plan) -> dict:
             )
         layers = []
         for ref, layer in module_plan.layer_sources(plan.donor):
+            model = plan.models[ref]
             if ref not in configs:
-                configs[ref] = with_derived_lists(plan.models[ref].config)
-            layers.append((configs[ref], plan.models[ref].arch.module(module_plan.name), layer))
+                configs[ref] = with_derived_lists(model.config)
+            layers.append(LayerSource(configs[ref], model.arch.module(module_plan.name), layer, _where(plan, ref)))
         rewrites.append((module, layers, where))
     untie = any(job.name in donor.arch.tied_heads for job in plan.jobs)
     vocab = plan.vocab.output_vocab_size if plan.vocab is not None else None
     config = with_derived_lists(donor.config) if rewrites else donor.config
     return output_model_config(config, plan.config.out_dtype or plan.config.dtype, vocab, untie, rewrites)
+
+
+def _where(plan, ref: str) -> str:
+    """Where model `ref`'s config.json is, for errors: its path (and the Hub repo it came from)."""
+    path = str(plan.models[ref].folder / "config.json")
+    return f"{plan.source}: {path}" if path.startswith(str(ref)) else f"{plan.source}: {ref}'s config {path}"
 
 
 def write_json(path: Path, data: dict) -> None:
