@@ -42,9 +42,11 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource
     """Update `config` (the output's, a copy of the donor's) for `module`'s new `layers`."""
     if not module.count_keys:
         raise ConfigError(
-            f"{where} has no layer count for {module.name} (e.g. num_hidden_layers), so the "
-            "sliced layer count cannot be written into the output config.json; add the key or "
-            "make a model with a complete config.json the base_model"
+            f"{where}: no key of it is known to hold the {module.name} module's layer count "
+            f"({module.num_layers}; mergefast knows the count keys of the model types in "
+            "docs/architectures.md and, for other types, the text decoder's num_hidden_layers or "
+            "the like), so the sliced count cannot be written into the output config.json; merge "
+            "that module whole (`models:`), or make a model whose config.json has the key the base_model"
         )
     holders = []
     for path in module.count_keys:
