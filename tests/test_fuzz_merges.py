@@ -13,7 +13,7 @@ import functools
 import pytest
 import torch
 from fuzz_checks import NAMES_THE_INPUTS, assert_near, float64_merge, merge_on
-from fuzz_configs import BACKEND, FUZZ, METHODS, configs, to_yaml
+from fuzz_configs import ARCHITECTURES, BACKEND, FUZZ, METHODS, configs, to_yaml
 from helpers import describe, run_cli, scratch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,6 +93,7 @@ def _agree_with_the_references(method, fuzz_families, tmp_path_factory, example)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.skipif(ARCHITECTURES, reason="the formats fuzz stores the Llama bf16 families only")
 def test_random_merges_read_every_format_alike(method, fuzz_families, tmp_path_factory):
     _every_format_alike(method, fuzz_families, tmp_path_factory)
 
