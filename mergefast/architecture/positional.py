@@ -76,6 +76,14 @@ RULES = (
         ("decoder_sparse_step",),
         _module_is("decoder"),
     ),
+    # Llama 4: the same, where config.json has no `moe_layers` list (an index list, rewritten)
+    PositionalRule(
+        ("interleave_moe_layer_step",),
+        (1,),
+        lambda v, i, n, h: isinstance(h.get("moe_layers"), list) or (i + 1) % v[0] == 0,
+        ("dense", "MoE"),
+        ("interleave_moe_layer_step",),
+    ),
     # NLLB-MoE's encoder: the same rule (step 0: every layer dense)
     PositionalRule(
         ("encoder_sparse_step",),
@@ -89,14 +97,6 @@ RULES = (
     *(
         PositionalRule((key,), (3,), _switch_sparse, ("dense", "MoE"), (), _module_is(part, switch=True))
         for part, key in (("encoder", "num_sparse_encoder_layers"), ("decoder", "num_sparse_decoder_layers"))
-    ),
-    # Llama 4: the same, where config.json has no `moe_layers` list (an index list, rewritten)
-    PositionalRule(
-        ("interleave_moe_layer_step",),
-        (1,),
-        lambda v, i, n, h: isinstance(h.get("moe_layers"), list) or (i + 1) % v[0] == 0,
-        ("dense", "MoE"),
-        ("interleave_moe_layer_step",),
     ),
     # AFMoE, LFM2-MoE: the first n layers dense
     PositionalRule(("num_dense_layers",), (0,), lambda v, i, n, h: i >= v[0], ("dense", "MoE")),
