@@ -201,3 +201,73 @@ def test_integer_buffers_are_copied_from_the_base(tmp_path):
     assert result.exit_code == 0, result.output
     out = load_file(tmp_path / "out" / "model.safetensors")
     assert out["vq.norm.num_batches_tracked"].dtype == torch.int64 and int(out["vq.norm.num_batches_tracked"]) == 10
+
+
+@pytest.mark.parametrize(
+    ("settings", "kept"),
+    [
+        ({"model_type": "gemma3n_text"}, "hidden_size_per_layer_input is 256: this model keeps a block of per-layer"),
+        (
+            {"model_type": "zamba2", "hybrid_layer_ids": [1]},
+            "hybrid_layer_ids is [1]: this model keeps shared attention",
+        ),
+    ],
+)
+def test_models_with_per_layer_tensors_outside_the_layers_are_not_restacked(tmp_path, settings, kept):
+    """Gemma 3n's per-layer input embeddings and Zamba 2's hybrid-layer adapters sit outside
+    the layers: a stack that moves layers is refused; the whole model merges."""
+    config = {"num_hidden_layers": 3, **settings}
+    with pytest.raises(ConfigError, match=re.escape(kept)):
+        _stack_plan(tmp_path / "a", config)
+    assert _stack_plan(tmp_path / "b", config, ((0, 3),)).model_config["num_hidden_layers"] == 3
+
+
+def test_per_layer_patterns_and_one_based_lists_follow_the_layers(tmp_path):
+    """Nemotron-H's `hybrid_override_pattern` (a character per layer) and Kimi Linear's
+    1-based `linear_attn_config` lists, as the Hub's configs have them."""
+    nemotron = {"model_type": "nemotron_h", "num_hidden_layers": 3, "hybrid_override_pattern": "M*-"}
+    assert _stack_plan(tmp_path / "n", nemotron).model_config["hybrid_override_pattern"] == "M**-"
+    kimi = {"model_type": "kimi_linear", "num_hidden_layers": 3}
+    kimi["linear_attn_config"] = {"full_attn_layers": [2], "kda_layers": [1, 3], "head_dim": 8}
+    out = _stack_plan(tmp_path / "k", kimi).model_config["linear_attn_config"]
+    assert out == {"full_attn_layers": [2, 3], "kda_layers": [1, 4], "head_dim": 8}
+
+
+@pytest.mark.parametrize(
+    ("model_type", "stack", "post"),
+    [
+        ("deepseek_v4", "model.layers.", ("model.norm.weight", "model.hc_head.hc_base", "head.weight")),
+        ("rwkv", "rwkv.blocks.", ("rwkv.ln_out.weight", "head.weight")),
+        ("biogpt", "biogpt.layers.", ("biogpt.layer_norm.weight",)),
+        ("ctrl", "transformer.h.", ("transformer.layernorm.weight",)),
+        ("megatron-bert", "bert.encoder.layer.", ("bert.encoder.ln.weight",)),
+        ("roberta-prelayernorm", "roberta_prelayernorm.encoder.layer.", ("roberta_prelayernorm.LayerNorm.weight",)),
+        ("electra", "electra.encoder.layer.", ("generator_predictions.dense.weight", "generator_lm_head.bias")),
+        ("xlnet", "transformer.layer.", ("lm_loss.bias",)),
+    ],
+)
+def test_final_norms_and_heads_under_family_names_come_after_the_layers(model_type, stack, post):
+    """Weights these families apply after their layers are post-weights (a passthrough takes
+    them from the last slice's model; they came from the first's)."""
+    names = ["embed.word_embeddings.weight", f"{stack}0.w", *post]
+    arch = resolve_architecture(names, {"model_type": model_type, "num_hidden_layers": 1})
+    assert set(post) <= {name for module in arch.modules for name in module.post_weights}
+
+
+def test_top_level_head_and_output_weights_are_heads():
+    """DeepSeek V4 and RWKV write their head as `head.weight`, GIT as `output.weight`: with
+    tie_word_embeddings false they were refused as missing an `lm_head.weight`."""
+    for head in ("head.weight", "output.weight"):
+        arch = resolve_architecture(["model.embed_tokens.weight", "model.layers.0.w", head], {"num_hidden_layers": 1})
+        assert arch.tied_heads == {head: "model.embed_tokens.weight"}
+
+
+def test_exaone_counts_either_key(tmp_path):
+    """EXAONE 3.5's own config counts `num_layers`, transformers' `num_hidden_layers`."""
+    for key in ("num_layers", "num_hidden_layers"):
+        shapes = {"transformer.wte.weight": (16, 8), **{f"transformer.h.{i}.w": (8, 8) for i in range(3)}}
+        model = write_checkpoint(
+            tmp_path / key, random_tensors(shapes, torch.float32), config={"model_type": "exaone", key: 3}
+        )
+        text = f"merge_method: passthrough\nslices:\n  - sources: [{{model: {model}, layer_range: [0, 2]}}]\n"
+        assert plan_of(text).model_config[key] == 2

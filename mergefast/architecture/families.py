@@ -161,7 +161,8 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
     "phi-msft": decoder("transformer.h.", "n_layer"),
     "falcon": decoder("transformer.h.", "num_hidden_layers"),
     "qwen": decoder("transformer.h.", "num_hidden_layers"),
-    "exaone": decoder("transformer.h.", "num_layers"),
+    # EXAONE 3.5's own code counts num_layers, transformers' num_hidden_layers
+    "exaone": (ModuleSpec("default", ("transformer.h.",), ("",), ("num_layers", "num_hidden_layers")),),
     "gpt_neox": decoder("gpt_neox.layers.", "num_hidden_layers"),
     "mamba": decoder("backbone.layers.", "num_hidden_layers"),
     "chatglm": decoder("transformer.encoder.layers.", "num_layers"),
@@ -256,10 +257,23 @@ DERIVED_LISTS = {
 # end in `layer_norm`): model_type -> dotted name parts that make a loose weight a post-weight.
 POST_NAMES = {
     **{t: ("embedding_norm",) for t in ("lfm2", "lfm2_moe", "lfm2_vl")},
-    **{t: ("layer_norm",) for t in ("whisper", "mbart", "pegasus", "pegasus_x", "m2m_100", "nllb-moe", "blenderbot")},
+    **{
+        t: ("layer_norm",)
+        for t in ("whisper", "mbart", "pegasus", "pegasus_x", "m2m_100", "nllb-moe", "blenderbot", "biogpt", "xglm")
+    },
     "distilbert": ("vocab_transform", "vocab_layer_norm", "vocab_projector"),
     "modernbert": ("head", "decoder"),
     "fsmt": ("output_projection",),
+    "modernbert-decoder": ("head", "decoder"),
+    "ctrl": ("layernorm",),
+    "megatron-bert": ("encoder.ln",),
+    "xlm-roberta-xl": ("encoder.LayerNorm",),
+    "roberta-prelayernorm": ("roberta_prelayernorm.LayerNorm",),
+    "cpmant": ("output_layernorm",),
+    "electra": ("generator_predictions", "generator_lm_head"),
+    "xlnet": ("lm_loss",),
+    "rwkv": ("ln_out",),
+    **{t: ("hc_head",) for t in ("deepseek_v4", "hy_v4")},  # hyper-connections' head after the layers
 }
 # The output head's name in families that do not call it `lm_head.weight`, for checkpoints that
 # leave it out (tied to the input embedding).

@@ -11,6 +11,10 @@ Two shapes besides the per-layer lists and layer-index lists of `rewrite.py`:
   points at the latest earlier output layer made from that same source layer, and a stack
   without one is refused (transformers would refuse to load the output, or pair the layer with
   another layer's cache).
+- `PER_LAYER_STRINGS` (Nemotron-H's `hybrid_override_pattern`, "M*-": one character per layer,
+  Mamba, attention or MLP): rebuilt from each output layer's source character.
+- `ONE_BASED_INDEX_LISTS` (Kimi Linear's `linear_attn_config.full_attn_layers` / `kda_layers`):
+  lists of layer numbers counted from 1, re-indexed as the other index lists are.
 """
 
 from __future__ import annotations
@@ -21,6 +25,35 @@ from .layout import LayerSource
 
 PER_LAYER_DICTS = ("per_layer_config",)
 LAYER_POINTER_LISTS = ("kv_source_layers",)
+PER_LAYER_STRINGS = ("hybrid_override_pattern",)
+# model type -> paths (from the config's root) of its lists of layer numbers counted from 1
+ONE_BASED_INDEX_LISTS = {"kimi_linear": ("linear_attn_config.full_attn_layers", "linear_attn_config.kda_layers")}
+
+
+def rebuilt_pattern(path: str, layers: list[LayerSource]) -> str:
+    """The output's per-layer string at `path`: each output layer's source character."""
+    out = []
+    for source in layers:
+        pattern = get_path(source.config, path)
+        if not isinstance(pattern, str) or len(pattern) != source.module.num_layers:
+            raise ConfigError(
+                f"{source.where}: {path} is a per-layer pattern of the output (the donor's config "
+                f"has one), but this source has no {source.module.num_layers}-character {path}; make "
+                "the sources' config.json files agree"
+            )
+        out.append(pattern[source.layer])
+    return "".join(out)
+
+
+def one_based_reindexed(path: str, layers: list[LayerSource]) -> list[int]:
+    """The output numbers (from 1) of the layers whose source number is listed at `path` in
+    its model's config."""
+    out = []
+    for k, source in enumerate(layers):
+        listed = get_path(source.config, path)
+        if isinstance(listed, list) and source.layer + 1 in listed:
+            out.append(k + 1)
+    return out
 
 
 def rebuilt_per_layer_dict(path: str, layers: list[LayerSource]) -> dict:

@@ -177,12 +177,22 @@ def check_layer_kinds(holder: dict, parent: str, layers: list, module_name: str,
                 )
 
 
-# Config keys whose tensors outside the layer stack hold one block per layer: Gemma 3n's and
-# Gemma 4's per-layer inputs (embed_tokens_per_layer is vocab x (layers * width)). A slice stack
-# that moves, drops or adds layers would leave those blocks with the donor's layers (a model that
-# does not load, or pairs each layer with another layer's inputs). key -> (families whose
-# transformers default sets it when config.json lacks it, that default).
-LAYER_BLOCK_KEYS = {"hidden_size_per_layer_input": (("gemma3n", "gemma4"), 256)}
+# Config keys whose models keep tensors for each layer outside the layer stack, so that a slice
+# stack that moves, drops or adds layers would leave those tensors paired with the donor's layers
+# (a model that does not load, or pairs each layer with another layer's tensors). key ->
+# (families whose transformers default sets it when config.json lacks it, that default, what
+# the model keeps outside the layers).
+LAYER_BLOCK_KEYS = {
+    # Gemma 3n / Gemma 4: embed_tokens_per_layer is vocab x (layers * width)
+    "hidden_size_per_layer_input": (
+        ("gemma3n", "gemma4"),
+        256,
+        "a block of per-layer inputs for each layer (embed_tokens_per_layer)",
+    ),
+    # Zamba 2: shared transformer blocks, with one adapter per listed (hybrid) layer, numbered
+    # in the order of the list
+    "hybrid_layer_ids": ((), None, "shared attention blocks and an adapter for each hybrid layer"),
+}
 
 
 def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: str) -> None:
@@ -191,12 +201,12 @@ def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: s
     if [source.layer for source in layers] == list(range(module.num_layers)):
         return
     family = str(holder.get("model_type", ""))
-    for key, (families, default) in LAYER_BLOCK_KEYS.items():
-        value = holder.get(key, default if family.startswith(families) else None)
+    for key, (families, default, kept) in LAYER_BLOCK_KEYS.items():
+        value = holder.get(key, default if families and family.startswith(families) else None)
         if value:
             raise ConfigError(
-                f"{where}: {parent + '.' if parent else ''}{key} is {value}: this model keeps a "
-                f"block of per-layer inputs for each of the {module.name} module's {module.num_layers} "
-                "layers outside the layers (embed_tokens_per_layer), which a slice stack cannot move; "
-                "merge the whole model (layer_range over all its layers, or `models:`)"
+                f"{where}: {parent + '.' if parent else ''}{key} is {value}: this model keeps {kept} "
+                f"of the {module.name} module's {module.num_layers} layers outside the layers, "
+                "which a slice stack cannot move; merge the whole model (layer_range over all its "
+                "layers, or `models:`)"
             )

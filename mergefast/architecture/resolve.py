@@ -21,15 +21,15 @@ from .layout import Architecture, Module, Stack, split_layer_name
 # Loose weights that come after the layers: final norms and output heads (`embeddings.norm` is
 # ModernBERT's input norm).
 POST_PATTERN = re.compile(
-    r"(^|\.)(lm_head|embed_out|output|score|classifier|proj_out|cls)(\.|$)"
+    r"(^|\.)(lm_head|embed_out|output|score|classifier|proj_out|cls)(\.|$)|^head\."
     r"|(^|(?<!embeddings)\.)(norm|final_layernorm|final_layer_norm|ln_f|final_norm|norm_f)\."
 )
-# Output heads: `proj_out` (Whisper) and `vocab_projector` (DistilBERT) only at the top level, as
-# those families write them (Janus' `model.generation_head.proj_out` is its image head, not the
-# text head: taken for one, the output's config was untied with no `lm_head.weight`); FSMT's
-# `output_projection` under its decoder.
+# Output heads: `proj_out` (Whisper), `vocab_projector` (DistilBERT), `head` (DeepSeek V4, RWKV)
+# and `output` (GIT) only at the top level, as those families write them (Janus'
+# `model.generation_head.proj_out` is its image head, not the text head: taken for one, the
+# output's config was untied with no `lm_head.weight`); FSMT's `output_projection` under its decoder.
 HEAD_PATTERN = re.compile(
-    r"(^|\.)(lm_head|embed_out|output_projection)\.weight$|^(proj_out|vocab_projector)\.weight$"
+    r"(^|\.)(lm_head|embed_out|output_projection)\.weight$|^(proj_out|vocab_projector|head|output)\.weight$"
     r"|(^|\.)(lm_head|predictions)\.decoder\.weight$"
 )
 EMBEDDING_PATTERN = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|embeddings|shared)\.weight$")

@@ -15,7 +15,16 @@ import json
 from ..errors import ConfigError
 from .config_paths import get_path, holder_of
 from .families import DERIVED_LISTS, INDEX_LISTS, PAIRED_INDEX_LISTS
-from .layer_maps import LAYER_POINTER_LISTS, PER_LAYER_DICTS, rebuilt_per_layer_dict, repointed
+from .layer_maps import (
+    LAYER_POINTER_LISTS,
+    ONE_BASED_INDEX_LISTS,
+    PER_LAYER_DICTS,
+    PER_LAYER_STRINGS,
+    one_based_reindexed,
+    rebuilt_pattern,
+    rebuilt_per_layer_dict,
+    repointed,
+)
 from .layout import LayerSource, Module
 from .positional import check_layer_blocks, check_layer_kinds
 
@@ -65,10 +74,16 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource
                 holder[key] = rebuilt_per_layer_dict(path, layers)
             elif key in LAYER_POINTER_LISTS and _per_layer(holder[key], module.num_layers):
                 holder[key] = repointed(path, layers, module.name, where)
+            elif key in PER_LAYER_STRINGS and isinstance(holder[key], str) and len(holder[key]) == module.num_layers:
+                holder[key] = rebuilt_pattern(path, layers)
             elif _per_layer(holder[key], module.num_layers) and key not in NOT_PER_LAYER:
                 holder[key] = [_entry(path, source) for source in layers]
         check_layer_kinds(holder, parent, layers, module.name, where)
         check_layer_blocks(holder, parent, layers, module, where)
+    for path in ONE_BASED_INDEX_LISTS.get(config.get("model_type"), ()):
+        found = holder_of(config, path)
+        if found is not None and isinstance(found[0].get(found[1]), list):
+            found[0][found[1]] = one_based_reindexed(path, layers)
 
 
 def with_derived_lists(config: dict) -> dict:
