@@ -46,6 +46,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_collection_finish(session):
+    """Start tests/test_triton_compile.py's compiling child now where its runner test was
+    collected (it runs on the second core beside the suite; the test waits for it)."""
+    from test_triton_compile import COMPILING, HAVE_TRITON, INTERPRETED, RUNNER, start_compiling
+
+    if HAVE_TRITON and INTERPRETED and any(getattr(item, "originalname", None) == RUNNER for item in session.items):
+        session.config.stash[COMPILING] = start_compiling()
+
+
+def pytest_sessionfinish(session):
+    """Stop a compiling child whose test did not run (a stopped or deselected session)."""
+    from test_triton_compile import COMPILING
+
+    child = session.config.stash.get(COMPILING, None)
+    if child is not None and child.poll() is None:
+        child.kill()
+        child.wait()
+
+
 @pytest.fixture(autouse=True)
 def torch_engine_in_process(monkeypatch):
     """Merges run in this process (CliRunner, `mergefast.merge`) take the torch engine, which
