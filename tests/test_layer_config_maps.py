@@ -271,3 +271,26 @@ def test_exaone_counts_either_key(tmp_path):
         )
         text = f"merge_method: passthrough\nslices:\n  - sources: [{{model: {model}, layer_range: [0, 2]}}]\n"
         assert plan_of(text).model_config[key] == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        # Qwen3-Next's Hub config: full attention every full_attention_interval-th layer
+        (
+            {"model_type": "qwen3_next", "full_attention_interval": 2},
+            ["linear_attention", "full_attention", "full_attention", "linear_attention"],
+        ),
+        # ModernBERT's Hub config: global attention on layers 0, n, 2n, ...
+        (
+            {"model_type": "modernbert", "global_attn_every_n_layers": 2},
+            ["full_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        ),
+    ],
+)
+def test_layer_types_derived_from_an_interval_are_written_out(tmp_path, settings, expected):
+    """A config.json without `layer_types` whose class derives them from an interval: the
+    output gets the sources' kinds written out (the interval read at the output's positions
+    would give layers 2 and 3 the other kind)."""
+    out = _stack_plan(tmp_path, {"num_hidden_layers": 3, **settings}).model_config
+    assert out["layer_types"] == expected

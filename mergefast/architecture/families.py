@@ -233,12 +233,26 @@ FAMILIES: dict[str, tuple[ModuleSpec, ...]] = {
 }
 
 # Per-layer lists that a family's transformers config derives from the layer's position when
-# config.json has none (files written before the list existed): model_type -> (path of the
-# layer count, the list's key beside it, path of the pattern key or None, default pattern,
-# entry of layer i when (i + 1) % pattern == 0, entry otherwise). A sliced output gets the list
-# written out, so each layer keeps its source layer's kind.
+# config.json has none (files written before the list existed; Qwen3-Next's and ModernBERT's Hub
+# configs): model_type -> (path of the layer count, the list's key beside it, path of the
+# pattern key or None, default pattern, entry of layer i when (i + offset) % pattern == 0, entry
+# otherwise[, offset: 1 unless given]). A sliced output gets the list written out, so each
+# layer keeps its source layer's kind.
 _SLIDING = ("full_attention", "sliding_attention")
+_LINEAR = ("full_attention", "linear_attention")
 DERIVED_LISTS = {
+    **{
+        t: ("num_hidden_layers", "layer_types", "full_attention_interval", 4, *_LINEAR)
+        for t in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
+    },
+    **{
+        t: ("text_config.num_hidden_layers", "layer_types", "text_config.full_attention_interval", 4, *_LINEAR)
+        for t in ("qwen3_5", "qwen3_5_moe")
+    },
+    **{
+        t: ("num_hidden_layers", "layer_types", "global_attn_every_n_layers", 3, *_SLIDING, 0)
+        for t in ("modernbert", "modernbert-decoder")
+    },
     "gemma2": ("num_hidden_layers", "layer_types", None, 2, *_SLIDING),
     "gemma3_text": ("num_hidden_layers", "layer_types", "sliding_window_pattern", 6, *_SLIDING),
     "gemma3": ("text_config.num_hidden_layers", "layer_types", "text_config.sliding_window_pattern", 6, *_SLIDING),

@@ -93,7 +93,8 @@ def with_derived_lists(config: dict) -> dict:
     rule = DERIVED_LISTS.get(config.get("model_type"))
     if rule is None:
         return config
-    count_path, key, pattern_path, default, on_pattern, otherwise = rule
+    count_path, key, pattern_path, default, on_pattern, otherwise, *offset = rule
+    offset = offset[0] if offset else 1
     count, found = get_path(config, count_path), holder_of(config, count_path)
     if not isinstance(count, int) or found is None or found[0].get(key):
         return config
@@ -101,7 +102,7 @@ def with_derived_lists(config: dict) -> dict:
     pattern = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0 else default
     config = json.loads(json.dumps(config))
     holder, _ = holder_of(config, count_path)
-    holder[key] = [on_pattern if (i + 1) % pattern == 0 else otherwise for i in range(count)]
+    holder[key] = [on_pattern if (i + offset) % pattern == 0 else otherwise for i in range(count)]
     return config
 
 
