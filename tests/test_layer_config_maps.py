@@ -294,3 +294,15 @@ def test_layer_types_derived_from_an_interval_are_written_out(tmp_path, settings
     would give layers 2 and 3 the other kind)."""
     out = _stack_plan(tmp_path, {"num_hidden_layers": 3, **settings}).model_config
     assert out["layer_types"] == expected
+
+
+def test_indexer_schedules_keep_each_layers_kind(tmp_path):
+    """GLM-5's sparse-attention indexer: a per-layer `index_topk_pattern` string is rebuilt; a
+    freq/offset schedule (no list) is read at the output's positions, so a stack that would
+    change a layer's kind is refused."""
+    pattern = {"model_type": "glm_moe_dsa", "num_hidden_layers": 3, "index_topk_pattern": "FSF"}
+    assert _stack_plan(tmp_path / "p", pattern).model_config["index_topk_pattern"] == "FSSF"
+    schedule = {"model_type": "glm_moe_dsa", "num_hidden_layers": 3, "index_topk_freq": 2, "index_skip_topk_offset": 1}
+    with pytest.raises(ConfigError, match=re.escape("output layer 2 (own indexer by that rule) from source layer 1")):
+        _stack_plan(tmp_path / "s", schedule)
+    assert _stack_plan(tmp_path / "l", {**schedule, "indexer_types": ["full", "shared", "full"]})

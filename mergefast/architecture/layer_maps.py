@@ -12,7 +12,8 @@ Two shapes besides the per-layer lists and layer-index lists of `rewrite.py`:
   without one is refused (transformers would refuse to load the output, or pair the layer with
   another layer's cache).
 - `PER_LAYER_STRINGS` (Nemotron-H's `hybrid_override_pattern`, "M*-": one character per layer,
-  Mamba, attention or MLP): rebuilt from each output layer's source character.
+  Mamba, attention or MLP; GLM-5's `index_topk_pattern`, "FSSF"): rebuilt from each output
+  layer's source character.
 - `ONE_BASED_INDEX_LISTS` (Kimi Linear's `linear_attn_config.full_attn_layers` / `kda_layers`):
   lists of layer numbers counted from 1, re-indexed as the other index lists are.
 """
@@ -25,7 +26,7 @@ from .layout import LayerSource
 
 PER_LAYER_DICTS = ("per_layer_config",)
 LAYER_POINTER_LISTS = ("kv_source_layers",)
-PER_LAYER_STRINGS = ("hybrid_override_pattern",)
+PER_LAYER_STRINGS = ("hybrid_override_pattern", "index_topk_pattern")
 # model type -> paths (from the config's root) of its lists of layer numbers counted from 1
 ONE_BASED_INDEX_LISTS = {"kimi_linear": ("linear_attn_config.full_attn_layers", "linear_attn_config.kda_layers")}
 

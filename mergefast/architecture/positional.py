@@ -44,6 +44,11 @@ def _qwen_sliding(v, i, n, h):
     return sliding and not isinstance(h.get("layer_types"), list) and i >= v[0]
 
 
+def _listed(holder: dict, *keys: str) -> bool:
+    """Whether the config lists the layers' kinds under one of `keys` (the rule is not read)."""
+    return any(holder.get(key) is not None for key in keys)
+
+
 def _switch_sparse(v, i, n, _):
     # transformers derives the step from the layer count when it loads the config
     step = n // v[0] if v[0] > 0 else n
@@ -126,6 +131,16 @@ RULES = (
     # Qwen2/3 configs without layer_types: sliding attention from max_window_layers on, where
     # use_sliding_window is set (Qwen2.5's configs leave it off: every layer full attention)
     PositionalRule(("max_window_layers",), (28,), _qwen_sliding, ("full attention", "sliding attention")),
+    # GLM-5 (GLM-MoE-DSA), Mistral Large 4: the sparse-attention indexer runs every freq-th layer
+    # from the offset on ("shared" layers reuse the last one's mask), where config.json has no
+    # `indexer_types` list (a per-layer list, rebuilt) or `index_topk_pattern` (a string, rebuilt)
+    PositionalRule(
+        ("index_topk_freq", "index_skip_topk_offset"),
+        (1, 2),
+        lambda v, i, n, h: _listed(h, "indexer_types", "index_topk_pattern") or max(i - v[1] + 1, 0) % v[0] == 0,
+        ("shared indexer", "own indexer"),
+        ("index_topk_freq",),
+    ),
     # Gemma 3n / Gemma 4: the last s layers reuse earlier layers' keys and values
     PositionalRule(("num_kv_shared_layers",), (0,), lambda v, i, n, h: i >= n - v[0], ("own KV", "shared KV")),
 )
