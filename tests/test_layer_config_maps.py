@@ -211,11 +211,13 @@ def test_integer_buffers_are_copied_from_the_base(tmp_path):
             {"model_type": "zamba2", "hybrid_layer_ids": [1]},
             "hybrid_layer_ids is [1]: this model keeps shared attention",
         ),
+        ({"model_type": "zamba", "attn_layer_period": 2, "attn_layer_offset": 1}, "a zamba model has one shared"),
     ],
 )
 def test_models_with_per_layer_tensors_outside_the_layers_are_not_restacked(tmp_path, settings, kept):
-    """Gemma 3n's per-layer input embeddings and Zamba 2's hybrid-layer adapters sit outside
-    the layers: a stack that moves layers is refused; the whole model merges."""
+    """Gemma 3n's per-layer input embeddings, Zamba 2's hybrid-layer adapters and Zamba's shared
+    attention block sit outside the layers: a stack that moves layers is refused; the whole
+    model merges."""
     config = {"num_hidden_layers": 3, **settings}
     with pytest.raises(ConfigError, match=re.escape(kept)):
         _stack_plan(tmp_path / "a", config)

@@ -113,13 +113,15 @@ RULES = (
         ("dense", "MoE"),
         ("moe_layer_interval",),
     ),
-    # Jamba: attention where i % period == offset, Mamba elsewhere; experts likewise
+    # Jamba: attention where i % period == offset, Mamba elsewhere; experts likewise (Zamba's
+    # keys of the same names count from layer 3: its stacks are refused, LAYER_BLOCK_FAMILIES)
     PositionalRule(
         ("attn_layer_period", "attn_layer_offset"),
         (8, 4),
         lambda v, i, n, h: i % v[0] == v[1],
         ("Mamba", "attention"),
         ("attn_layer_period",),
+        lambda holder, module: holder.get("model_type") != "zamba",
     ),
     PositionalRule(
         ("expert_layer_period", "expert_layer_offset"),
@@ -208,6 +210,9 @@ LAYER_BLOCK_KEYS = {
     # in the order of the list
     "hybrid_layer_ids": ((), None, "shared attention blocks and an adapter for each hybrid layer"),
 }
+# Families whose layers share tensors across the stack, whatever their config says: model_type ->
+# what they share (Zamba: one attention block, tied into every hybrid layer by index).
+LAYER_BLOCK_FAMILIES = {"zamba": "one shared attention block tied into its hybrid layers"}
 
 
 def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: str) -> None:
@@ -216,6 +221,12 @@ def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: s
     if [source.layer for source in layers] == list(range(module.num_layers)):
         return
     family = str(holder.get("model_type", ""))
+    if family in LAYER_BLOCK_FAMILIES:
+        raise ConfigError(
+            f"{where}: a {family} model has {LAYER_BLOCK_FAMILIES[family]}, which a slice stack of "
+            f"the {module.name} module cannot move; merge the whole model (layer_range over all its "
+            "layers, or `models:`)"
+        )
     for key, (families, default, kept) in LAYER_BLOCK_KEYS.items():
         value = holder.get(key, default if families and family.startswith(families) else None)
         if value:
