@@ -308,3 +308,40 @@ def test_indexer_schedules_keep_each_layers_kind(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("output layer 2 (own indexer by that rule) from source layer 1")):
         _stack_plan(tmp_path / "s", schedule)
     assert _stack_plan(tmp_path / "l", {**schedule, "indexer_types": ["full", "shared", "full"]})
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "expected"),
+    [
+        # the Hub configs' intervals (no per-layer list): written out as the sources' kinds
+        ({"model_type": "afmoe", "global_attn_every_n_layers": 2}, "layer_types", ["S", "F", "F", "S"]),
+        ({"model_type": "exaone4", "sliding_window_pattern": 2}, "layer_types", ["S", "F", "F", "S"]),
+        ({"model_type": "smollm3", "no_rope_layer_interval": 2}, "no_rope_layers", [1, 0, 0, 1]),
+    ],
+)
+def test_more_hub_intervals_are_written_out(tmp_path, settings, key, expected):
+    """AFMoE, EXAONE 4 and SmolLM3 configs without the per-layer list their class derives."""
+    out = _stack_plan(tmp_path, {"num_hidden_layers": 3, **settings}).model_config[key]
+    short = {"sliding_attention": "S", "full_attention": "F"}
+    assert [short.get(kind, kind) for kind in out] == expected
+
+
+def test_hash_layers_and_dots1_windows_keep_each_layers_kind(tmp_path):
+    """DeepSeek V4's `num_hash_layers` and dots1's `max_window_layers` (no use_sliding_window
+    switch) without per-layer lists: a stack that would change a layer's kind is refused."""
+    v4 = {"model_type": "deepseek_v4", "num_hidden_layers": 3, "num_hash_layers": 2}
+    with pytest.raises(ConfigError, match=re.escape("output layer 2 (MoE by that rule) from source layer 1")):
+        _stack_plan(tmp_path / "v4", v4)
+    assert _stack_plan(tmp_path / "v4l", {**v4, "mlp_layer_types": ["hash_moe", "hash_moe", "moe"]})
+    dots = {"model_type": "dots1", "num_hidden_layers": 3, "max_window_layers": 2, "sliding_window": 8}
+    with pytest.raises(ConfigError, match=re.escape("output layer 2 (sliding attention by that rule)")):
+        _stack_plan(tmp_path / "dots", dots)
+
+
+def test_gemma4_stacks_end_with_a_full_attention_layer(tmp_path):
+    """transformers makes a Gemma 4's last layer full attention whatever layer_types says."""
+    gemma4 = {"model_type": "gemma4_text", "num_hidden_layers": 3, "hidden_size_per_layer_input": 0}
+    gemma4["layer_types"] = ["sliding_attention", "full_attention", "full_attention"]
+    with pytest.raises(ConfigError, match=re.escape("ends with source layer 0 (sliding_attention in layer_types)")):
+        _stack_plan(tmp_path / "a", gemma4, ((0, 3), (0, 1)))
+    assert _stack_plan(tmp_path / "b", gemma4, ((0, 2), (1, 3))).model_config["layer_types"][-1] == "full_attention"

@@ -253,6 +253,15 @@ DERIVED_LISTS = {
         t: ("num_hidden_layers", "layer_types", "global_attn_every_n_layers", 3, *_SLIDING, 0)
         for t in ("modernbert", "modernbert-decoder")
     },
+    "afmoe": ("num_hidden_layers", "layer_types", "global_attn_every_n_layers", 4, *_SLIDING),
+    **{
+        t: ("num_hidden_layers", "layer_types", "sliding_window_pattern", 4, *_SLIDING)
+        for t in ("exaone4", "exaone_moe")
+    },
+    "gemma4_text": ("num_hidden_layers", "layer_types", None, 6, *_SLIDING),
+    "gemma4": ("text_config.num_hidden_layers", "layer_types", None, 6, *_SLIDING),
+    # SmolLM3: 0 (no RoPE) every interval-th layer, as Llama 4
+    "smollm3": ("num_hidden_layers", "no_rope_layers", "no_rope_layer_interval", 4, 0, 1),
     "gemma2": ("num_hidden_layers", "layer_types", None, 2, *_SLIDING),
     "gemma3_text": ("num_hidden_layers", "layer_types", "sliding_window_pattern", 6, *_SLIDING),
     "gemma3": ("text_config.num_hidden_layers", "layer_types", "text_config.sliding_window_pattern", 6, *_SLIDING),

@@ -40,7 +40,8 @@ def _ernie_moe(v, i, n, _):
 
 
 def _qwen_sliding(v, i, n, h):
-    sliding = h.get("use_sliding_window") is True and h.get("sliding_window") is not None
+    switched = h.get("use_sliding_window") is True or h.get("model_type") == "dots1"  # dots1 has no switch
+    sliding = switched and h.get("sliding_window") is not None
     return sliding and not isinstance(h.get("layer_types"), list) and i >= v[0]
 
 
@@ -131,7 +132,8 @@ RULES = (
         ("expert_layer_period",),
     ),
     # Qwen2/3 configs without layer_types: sliding attention from max_window_layers on, where
-    # use_sliding_window is set (Qwen2.5's configs leave it off: every layer full attention)
+    # use_sliding_window is set (Qwen2.5's configs leave it off: every layer full attention);
+    # dots1 slides there whenever it has a sliding_window
     PositionalRule(("max_window_layers",), (28,), _qwen_sliding, ("full attention", "sliding attention")),
     # GLM-5 (GLM-MoE-DSA), Mistral Large 4: the sparse-attention indexer runs every freq-th layer
     # from the offset on ("shared" layers reuse the last one's mask), where config.json has no
@@ -142,6 +144,14 @@ RULES = (
         lambda v, i, n, h: _listed(h, "indexer_types", "index_topk_pattern") or max(i - v[1] + 1, 0) % v[0] == 0,
         ("shared indexer", "own indexer"),
         ("index_topk_freq",),
+    ),
+    # DeepSeek V4's Hub config: the first num_hash_layers layers route by token hash, where
+    # config.json has no `mlp_layer_types` list (a per-layer list, rebuilt)
+    PositionalRule(
+        ("num_hash_layers",),
+        (3,),
+        lambda v, i, n, h: _listed(h, "mlp_layer_types") or i >= v[0],
+        ("hash-routed MoE", "MoE"),
     ),
     # Gemma 3n / Gemma 4: the last s layers reuse earlier layers' keys and values
     PositionalRule(("num_kv_shared_layers",), (0,), lambda v, i, n, h: i >= n - v[0], ("own KV", "shared KV")),
@@ -236,3 +246,23 @@ def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: s
                 "which a slice stack cannot move; merge the whole model (layer_range over all its "
                 "layers, or `models:`)"
             )
+
+
+# Families whose transformers config forces the last layer's kind whatever config.json lists:
+# model_type -> (the per-layer list, the kind). Gemma 4 makes its last layer full attention.
+LAST_LAYER_KINDS = {"gemma4_text": ("layer_types", "full_attention")}
+
+
+def check_last_layer(holder: dict, parent: str, layers: list, where: str) -> None:
+    """Refuse (ConfigError) a slice stack whose last output layer has another kind than the
+    one the output config's family forces on its last layer (LAST_LAYER_KINDS)."""
+    forced = LAST_LAYER_KINDS.get(holder.get("model_type"))
+    kinds = holder.get(forced[0]) if forced else None
+    if not isinstance(kinds, list) or not kinds or kinds[-1] == forced[1]:
+        return
+    key = f"{parent}.{forced[0]}" if parent else forced[0]
+    raise ConfigError(
+        f"{where}: this slice stack ends with source layer {layers[-1].layer} ({kinds[-1]} in {key}), "
+        f"but a {holder['model_type']} model's last layer is always {forced[1]} (transformers forces "
+        "it): end the stack with such a layer"
+    )

@@ -26,7 +26,7 @@ from .layer_maps import (
     repointed,
 )
 from .layout import LayerSource, Module
-from .positional import check_layer_blocks, check_layer_kinds
+from .positional import check_last_layer, check_layer_blocks, check_layer_kinds
 
 # Lists that are never per layer, whatever their length (a model with as many layers as its
 # image has sides, or its eos_token_id has ids, keeps them as they are).
@@ -80,6 +80,7 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource
                 holder[key] = [_entry(path, source) for source in layers]
         check_layer_kinds(holder, parent, layers, module.name, where)
         check_layer_blocks(holder, parent, layers, module, where)
+        check_last_layer(holder, parent, layers, where)
     for path in ONE_BASED_INDEX_LISTS.get(config.get("model_type"), ()):
         found = holder_of(config, path)
         if found is not None and isinstance(found[0].get(found[1]), list):
