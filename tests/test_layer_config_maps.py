@@ -345,3 +345,27 @@ def test_gemma4_stacks_end_with_a_full_attention_layer(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("ends with source layer 0 (sliding_attention in layer_types)")):
         _stack_plan(tmp_path / "a", gemma4, ((0, 3), (0, 1)))
     assert _stack_plan(tmp_path / "b", gemma4, ((0, 2), (1, 3))).model_config["layer_types"][-1] == "full_attention"
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"model_type": "vaultgemma"}, "this vaultgemma config.json has no layer_types"),
+        ({"model_type": "hy_v4"}, "this hy_v4 config.json has no indexer_types"),
+        ({"model_type": "laguna"}, "this laguna config.json has no mlp_layer_types"),
+        ({"model_type": "laguna", "first_k_dense_replace": 1}, None),  # the rule keeps layer 0 at 0
+        ({"model_type": "vaultgemma", "layer_types": ["sliding_attention", "full_attention"] * 2}, None),
+        ({"model_type": "zaya"}, "a zaya model has layers whose tensors differ by position"),
+    ],
+)
+def test_families_with_fixed_layer_patterns_need_their_lists_to_slice(tmp_path, settings, refused):
+    """Families whose transformers config derives per-layer kinds by a fixed pattern (no key)
+    when config.json lacks the list: a stack is refused without the list, merges with it."""
+    config = {"num_hidden_layers": 3, **settings}
+    if "layer_types" in config:
+        config["layer_types"] = config["layer_types"][:3]
+    if refused is None:
+        assert _stack_plan(tmp_path, config).model_config["num_hidden_layers"] == 4
+    else:
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            _stack_plan(tmp_path, config)

@@ -317,6 +317,7 @@ INDEX_LISTS = (
     "cross_attention_layers",
     "rope_scaling_layers",  # Molmo 2: the layers with scaled RoPE
     "index_layers",  # Kolibri: the indexer layers
+    "local_layer_ids",  # Inkling: the sliding-window layers
 )
 # Index lists whose entries are paired, in order, with tensors outside the layers (Qwen3-VL's
 # `deepstack_merger_list.i` serves the i-th listed vision layer): a slice stack must list the

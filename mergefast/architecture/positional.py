@@ -115,7 +115,7 @@ RULES = (
         ("moe_layer_interval",),
     ),
     # Jamba: attention where i % period == offset, Mamba elsewhere; experts likewise (Zamba's
-    # keys of the same names count from layer 3: its stacks are refused, LAYER_BLOCK_FAMILIES)
+    # keys of the same names count from layer 3: its stacks are refused: layer_blocks.py)
     PositionalRule(
         ("attn_layer_period", "attn_layer_offset"),
         (8, 4),
@@ -202,67 +202,3 @@ def check_layer_kinds(holder: dict, parent: str, layers: list, module_name: str,
                     f"source layer {source.layer} ({rule.names[not out_kind]}); keep such layers at their "
                     "positions (and the layer count), or merge models without the rule"
                 )
-
-
-# Config keys whose models keep tensors for each layer outside the layer stack, so that a slice
-# stack that moves, drops or adds layers would leave those tensors paired with the donor's layers
-# (a model that does not load, or pairs each layer with another layer's tensors). key ->
-# (families whose transformers default sets it when config.json lacks it, that default, what
-# the model keeps outside the layers).
-LAYER_BLOCK_KEYS = {
-    # Gemma 3n / Gemma 4: embed_tokens_per_layer is vocab x (layers * width)
-    "hidden_size_per_layer_input": (
-        ("gemma3n", "gemma4"),
-        256,
-        "a block of per-layer inputs for each layer (embed_tokens_per_layer)",
-    ),
-    # Zamba 2: shared transformer blocks, with one adapter per listed (hybrid) layer, numbered
-    # in the order of the list
-    "hybrid_layer_ids": ((), None, "shared attention blocks and an adapter for each hybrid layer"),
-}
-# Families whose layers share tensors across the stack, whatever their config says: model_type ->
-# what they share (Zamba: one attention block, tied into every hybrid layer by index).
-LAYER_BLOCK_FAMILIES = {"zamba": "one shared attention block tied into its hybrid layers"}
-
-
-def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: str) -> None:
-    """Refuse (ConfigError) a slice stack that changes `module`'s layers (anything but its
-    layers 0..n-1 in order) where the output config's `holder` sets a LAYER_BLOCK_KEYS key."""
-    if [source.layer for source in layers] == list(range(module.num_layers)):
-        return
-    family = str(holder.get("model_type", ""))
-    if family in LAYER_BLOCK_FAMILIES:
-        raise ConfigError(
-            f"{where}: a {family} model has {LAYER_BLOCK_FAMILIES[family]}, which a slice stack of "
-            f"the {module.name} module cannot move; merge the whole model (layer_range over all its "
-            "layers, or `models:`)"
-        )
-    for key, (families, default, kept) in LAYER_BLOCK_KEYS.items():
-        value = holder.get(key, default if families and family.startswith(families) else None)
-        if value:
-            raise ConfigError(
-                f"{where}: {parent + '.' if parent else ''}{key} is {value}: this model keeps {kept} "
-                f"of the {module.name} module's {module.num_layers} layers outside the layers, "
-                "which a slice stack cannot move; merge the whole model (layer_range over all its "
-                "layers, or `models:`)"
-            )
-
-
-# Families whose transformers config forces the last layer's kind whatever config.json lists:
-# model_type -> (the per-layer list, the kind). Gemma 4 makes its last layer full attention.
-LAST_LAYER_KINDS = {"gemma4_text": ("layer_types", "full_attention")}
-
-
-def check_last_layer(holder: dict, parent: str, layers: list, where: str) -> None:
-    """Refuse (ConfigError) a slice stack whose last output layer has another kind than the
-    one the output config's family forces on its last layer (LAST_LAYER_KINDS)."""
-    forced = LAST_LAYER_KINDS.get(holder.get("model_type"))
-    kinds = holder.get(forced[0]) if forced else None
-    if not isinstance(kinds, list) or not kinds or kinds[-1] == forced[1]:
-        return
-    key = f"{parent}.{forced[0]}" if parent else forced[0]
-    raise ConfigError(
-        f"{where}: this slice stack ends with source layer {layers[-1].layer} ({kinds[-1]} in {key}), "
-        f"but a {holder['model_type']} model's last layer is always {forced[1]} (transformers forces "
-        "it): end the stack with such a layer"
-    )

@@ -15,6 +15,7 @@ import json
 from ..errors import ConfigError
 from .config_paths import get_path, holder_of
 from .families import DERIVED_LISTS, INDEX_LISTS, PAIRED_INDEX_LISTS
+from .layer_blocks import check_last_layer, check_layer_blocks
 from .layer_maps import (
     LAYER_POINTER_LISTS,
     ONE_BASED_INDEX_LISTS,
@@ -26,7 +27,7 @@ from .layer_maps import (
     repointed,
 )
 from .layout import LayerSource, Module
-from .positional import check_last_layer, check_layer_blocks, check_layer_kinds
+from .positional import check_layer_kinds
 
 # Lists that are never per layer, whatever their length (a model with as many layers as its
 # image has sides, or its eos_token_id has ids, keeps them as they are).
