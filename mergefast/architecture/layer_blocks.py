@@ -53,7 +53,8 @@ LISTS_TO_SLICE = {
 
 def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: str) -> None:
     """Refuse (ConfigError) a slice stack that changes `module`'s layers (anything but its
-    layers 0..n-1 in order) where the output config's `holder` sets a LAYER_BLOCK_KEYS key."""
+    layers 0..n-1 in order) where the output config's `holder` is of a LAYER_BLOCK_FAMILIES
+    family, lacks a LISTS_TO_SLICE list of its family, or sets a LAYER_BLOCK_KEYS key."""
     if [source.layer for source in layers] == list(range(module.num_layers)):
         return
     family = str(holder.get("model_type", ""))
