@@ -31,19 +31,25 @@ PER_LAYER_STRINGS = ("hybrid_override_pattern", "index_topk_pattern")
 ONE_BASED_INDEX_LISTS = {"kimi_linear": ("linear_attn_config.full_attn_layers", "linear_attn_config.kda_layers")}
 
 
+def source_entry(path: str, source: LayerSource, kind: type = list):
+    """The source layer's entry of the per-layer list (or, with `kind` str, the per-layer
+    pattern string) at `path` in its model's config; a ConfigError naming that config where it
+    has none as long as its stack."""
+    values = get_path(source.config, path)
+    count = source.module.num_layers
+    if not isinstance(values, kind) or len(values) != count or count == 0:
+        shape, unit = ("list", "entry") if kind is list else ("pattern", "character")
+        raise ConfigError(
+            f"{source.where}: {path} is a per-layer {shape} of the output (the donor's config has "
+            f"one), but this source has no {count}-{unit} {path} to take layer {source.layer}'s "
+            "entry from; make the sources' config.json files agree"
+        )
+    return values[source.layer]
+
+
 def rebuilt_pattern(path: str, layers: list[LayerSource]) -> str:
     """The output's per-layer string at `path`: each output layer's source character."""
-    out = []
-    for source in layers:
-        pattern = get_path(source.config, path)
-        if not isinstance(pattern, str) or len(pattern) != source.module.num_layers:
-            raise ConfigError(
-                f"{source.where}: {path} is a per-layer pattern of the output (the donor's config "
-                f"has one), but this source has no {source.module.num_layers}-character {path}; make "
-                "the sources' config.json files agree"
-            )
-        out.append(pattern[source.layer])
-    return "".join(out)
+    return "".join(source_entry(path, source, str) for source in layers)
 
 
 def one_based_reindexed(path: str, layers: list[LayerSource]) -> list[int]:
@@ -85,14 +91,7 @@ def repointed(path: str, layers: list[LayerSource], module: str, where: str) -> 
     to the output index of the layer it points at (see the module docstring)."""
     out = []
     for k, source in enumerate(layers):
-        pointers = get_path(source.config, path)
-        if not isinstance(pointers, list) or len(pointers) != source.module.num_layers:
-            raise ConfigError(
-                f"{source.where}: {path} is a per-layer list of the output (the donor's config has "
-                f"one), but this source has no {source.module.num_layers}-entry {path}; make the "
-                "sources' config.json files agree"
-            )
-        target = pointers[source.layer]
+        target = source_entry(path, source)
         if target == source.layer:
             out.append(k)
             continue

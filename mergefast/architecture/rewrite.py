@@ -25,6 +25,7 @@ from .layer_maps import (
     rebuilt_pattern,
     rebuilt_per_layer_dict,
     repointed,
+    source_entry,
 )
 from .layout import LayerSource, Module
 from .positional import check_layer_kinds
@@ -78,7 +79,7 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource
             elif key in PER_LAYER_STRINGS and isinstance(holder[key], str) and len(holder[key]) == module.num_layers:
                 holder[key] = rebuilt_pattern(path, layers)
             elif _per_layer(holder[key], module.num_layers) and key not in NOT_PER_LAYER:
-                holder[key] = [_entry(path, source) for source in layers]
+                holder[key] = [source_entry(path, source) for source in layers]
         check_layer_kinds(holder, parent, layers, module.name, where)
         check_layer_blocks(holder, parent, layers, module, where)
         check_last_layer(holder, parent, layers, where)
@@ -114,18 +115,6 @@ def _join(parent: str, key: str) -> str:
 
 def _per_layer(value, count: int) -> bool:
     return isinstance(value, list) and len(value) == count and count > 0
-
-
-def _entry(path: str, source: LayerSource):
-    """The source layer's entry of the per-layer list at `path` in its model's config."""
-    values = get_path(source.config, path)
-    if not _per_layer(values, source.module.num_layers):
-        raise ConfigError(
-            f"{source.where}: {path} is a per-layer list of the output (the donor's config has "
-            f"one), but this source has no {source.module.num_layers}-entry {path} to take layer "
-            f"{source.layer}'s entry from; make the sources' config.json files agree"
-        )
-    return values[source.layer]
 
 
 def _reindexed(path: str, listed: list, layers: list[LayerSource], module: str, where: str) -> list[int]:
