@@ -15,7 +15,7 @@ Two shapes besides the per-layer lists and layer-index lists of `rewrite.py`:
   Mamba, attention or MLP; GLM-5's `index_topk_pattern`, "FSSF"): rebuilt from each output
   layer's source character.
 - `ONE_BASED_INDEX_LISTS` (Kimi Linear's `linear_attn_config.full_attn_layers` / `kda_layers`):
-  lists of layer numbers counted from 1, re-indexed as the other index lists are.
+  lists of layer numbers counted from 1, re-indexed as the other index lists are (rewrite.py).
 """
 
 from __future__ import annotations
@@ -50,17 +50,6 @@ def source_entry(path: str, source: LayerSource, kind: type = list):
 def rebuilt_pattern(path: str, layers: list[LayerSource]) -> str:
     """The output's per-layer string at `path`: each output layer's source character."""
     return "".join(source_entry(path, source, str) for source in layers)
-
-
-def one_based_reindexed(path: str, layers: list[LayerSource]) -> list[int]:
-    """The output numbers (from 1) of the layers whose source number is listed at `path` in
-    its model's config."""
-    out = []
-    for k, source in enumerate(layers):
-        listed = get_path(source.config, path)
-        if isinstance(listed, list) and source.layer + 1 in listed:
-            out.append(k + 1)
-    return out
 
 
 def rebuilt_per_layer_dict(path: str, layers: list[LayerSource]) -> dict:

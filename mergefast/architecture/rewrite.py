@@ -21,7 +21,6 @@ from .layer_maps import (
     ONE_BASED_INDEX_LISTS,
     PER_LAYER_DICTS,
     PER_LAYER_STRINGS,
-    one_based_reindexed,
     rebuilt_pattern,
     rebuilt_per_layer_dict,
     repointed,
@@ -86,7 +85,7 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource
     for path in ONE_BASED_INDEX_LISTS.get(config.get("model_type"), ()):
         found = holder_of(config, path)
         if found is not None and isinstance(found[0].get(found[1]), list):
-            found[0][found[1]] = one_based_reindexed(path, layers)
+            found[0][found[1]] = _reindexed(path, found[0][found[1]], layers, module.name, where, first=1)
 
 
 def with_derived_lists(config: dict) -> dict:
@@ -117,15 +116,18 @@ def _per_layer(value, count: int) -> bool:
     return isinstance(value, list) and len(value) == count and count > 0
 
 
-def _reindexed(path: str, listed: list, layers: list[LayerSource], module: str, where: str) -> list[int]:
+def _reindexed(
+    path: str, listed: list, layers: list[LayerSource], module: str, where: str, first: int = 0
+) -> list[int]:
     """The output indices of the layers whose source layer is listed at `path` in its config
-    (`listed`: the donor's list). A PAIRED_INDEX_LISTS list must keep its source layers."""
+    (`listed`: the donor's list), layers numbered from `first` (ONE_BASED_INDEX_LISTS: 1). A
+    PAIRED_INDEX_LISTS list must keep its source layers."""
     out = []
     for i, source in enumerate(layers):
         in_source = get_path(source.config, path)
-        if isinstance(in_source, list) and source.layer in in_source:
-            out.append(i)
-    sources = [layers[i].layer for i in out]
+        if isinstance(in_source, list) and source.layer + first in in_source:
+            out.append(i + first)
+    sources = [layers[i - first].layer for i in out]
     if path.rpartition(".")[2] in PAIRED_INDEX_LISTS and sources != listed:
         raise ConfigError(
             f"{where}: {path} lists the {module} layers {listed} that tensors outside the layers "
