@@ -65,8 +65,8 @@ def check_layer_blocks(holder: dict, parent: str, layers: list, module, where: s
             "layers, or `models:`)"
         )
     for needed in LISTS_TO_SLICE.get(family, ()):
-        if all(holder.get(key) is None for key in needed.split("|")):
-            key = needed.split("|")[0]
+        key, *alternatives = needed.split("|")
+        if all(holder.get(name) is None for name in (key, *alternatives)):
             raise ConfigError(
                 f"{where}: this {family} config.json has no {parent + '.' if parent else ''}{key}: "
                 "transformers derives each layer's entry from the layer's position, which this slice "
