@@ -218,6 +218,53 @@ def test_union_adds_tokens_and_picks_rows(zoo, tmp_path):
     assert config_of(out)["vocab_size"] == 38
 
 
+def test_union_takes_a_models_added_definition_over_anothers_ordinary_token(zoo, tmp_path):
+    """w28 is an ordinary token of `big` and an added special token of `spec`: the union adds it
+    as the special token (mergekit's priority); the base's own w0 stays ordinary although
+    `spec` also defines it as special."""
+    from transformers import AutoTokenizer
+
+    spec = tmp_path / "spec"
+    make_tiny_llama(spec, seed=7, vocab=34, **SIZES)
+    write_tokenizer(spec, 32)
+    add_special_tokens(spec, ["w28", "w0"], 32)
+    zoo = {**zoo, "spec": spec}
+    out = run(zoo, tmp_path, "tokenizer_source: union\n", models=("base", "big", "spec"), weights_=[0.4, 0.3, 0.3])
+    tok = AutoTokenizer.from_pretrained(str(out))
+    defs = {str(t): t for t in tok.added_tokens_decoder.values()}
+    assert defs["w28"].special and "w0" not in defs
+    assert tok.tokenize("w0") == ["w0"]
+    vocab, b, sp, m = tok.get_vocab(), weights(zoo["big"]), weights(spec), weights(out)
+    # w28 in big (id 32) and spec (id 32), not in the base: the mean of their rows
+    torch.testing.assert_close(m[EMBED][vocab["w28"]], (b[EMBED][32] + sp[EMBED][32]) / 2)
+
+
+def test_union_sees_a_token_declared_only_in_tokenizer_config(zoo, tmp_path):
+    """Equal tokenizer.json files, 34 rows for 32 tokens; `x` declares <x> only in its
+    tokenizer_config.json (transformers adds it at id 32 on load): not a plain copy, the union
+    has <x> with x's row."""
+    base, x = tmp_path / "spare", tmp_path / "x"
+    make_tiny_llama(base, seed=8, vocab=34, **SIZES)
+    make_tiny_llama(x, seed=9, vocab=34, **SIZES)
+    for folder in (base, x):
+        write_tokenizer(folder, 32)
+    cfg = json.loads((x / "tokenizer_config.json").read_text())
+    (x / "tokenizer_config.json").write_text(json.dumps({**cfg, "extra_special_tokens": ["<x>"]}))
+    out = run({**zoo, "spare": base, "x": x}, tmp_path, "tokenizer_source: union\n", models=("spare", "x"))
+    vocab = out_vocab(out)
+    assert vocab["<x>"] == 32 and config_of(out)["vocab_size"] == 33
+    torch.testing.assert_close(weights(out)[EMBED][32], weights(x)[EMBED][32])
+
+
+def test_union_with_a_model_without_tokenizer_files_says_so(zoo, tmp_path):
+    bare = tmp_path / "bare"
+    make_tiny_llama(bare, seed=10, vocab=32, **SIZES)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="has no tokenizer files"):
+        run({**zoo, "bare": bare}, tmp_path, "tokenizer_source: union\n", models=("base", "bare"))
+
+
 def test_tokenizer_block_defaults_to_union_and_mean_rule(zoo, tmp_path):
     # no base among the models: tokens in two models (not the base) get the mean of their rows
     text = (
@@ -342,6 +389,23 @@ def test_chat_template_auto_and_builtins(zoo, tmp_path):
     # auto: the most common template among the inputs (here: the one `out` now has)
     assert resolve_chat_template("auto", [zoo["base"], out, out]) == BUILTIN_TEMPLATES["llama3"]
     assert resolve_chat_template("auto", [zoo["base"]]) is None
+
+
+def test_chat_template_auto_compares_without_surrounding_whitespace(tmp_path):
+    """One template saved as chat_template.jinja (with a trailing newline) and in
+    tokenizer_config.json (without) counts once per model, as in mergekit: 3 against 2."""
+    from mergefast.tokenizer.templates import resolve_chat_template
+
+    t, u = "{% for m in messages %}T{{ m['content'] }}{% endfor %}", "{% for m in messages %}U{% endfor %}"
+    folders = [tmp_path / f"m{i}" for i in range(5)]
+    for f in folders:
+        f.mkdir()
+    (folders[0] / "chat_template.jinja").write_text(t + "\n")
+    (folders[1] / "chat_template.jinja").write_text(t)
+    (folders[2] / "tokenizer_config.json").write_text(json.dumps({"chat_template": t + "\n\n"}))
+    (folders[3] / "chat_template.jinja").write_text(u)
+    (folders[4] / "chat_template.jinja").write_text(u)
+    assert resolve_chat_template("auto", [folders[3], folders[4], *folders[:3]]) == t
 
 
 @pytest.mark.parametrize("value", ["chatmlx", "{{ short }}", "a long string without braces at all"])

@@ -27,6 +27,17 @@ from .permute import ROW, ZERO, VocabPlanner, model_vocab_size
 
 log = logging.getLogger(__name__)
 
+# The usual tokenizer files (a folder with none of them: a clearer message than transformers').
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
 
 @dataclass
 class BuiltTokenizer:
@@ -91,11 +102,19 @@ def _load(folder: Path, what: str):
                 "tokenizer_source, or give the folder a tokenizer.json with a standard tokenizer_class "
                 "(e.g. PreTrainedTokenizerFast) in tokenizer_config.json"
             ) from None
+        if not any(model_file(folder, name) is not None for name in TOKENIZER_FILES):
+            raise ConfigError(
+                f"cannot load the tokenizer of {what} ({folder}): the folder has no tokenizer files "
+                f"({', '.join(TOKENIZER_FILES[:4])}, ...), so its embedding rows cannot be matched to tokens; "
+                "add the tokenizer it was trained with (a fine-tune's: its base's tokenizer files)"
+            ) from None
         raise ConfigError(f"cannot load the tokenizer of {what} ({folder}): {str(exc).splitlines()[0]}") from None
 
 
 def _strip(tok, size: int, folder: Path, what: str):
-    """`tok` without the tokens whose id is >= `size` (fast BPE/WordLevel/WordPiece models)."""
+    """`tok` without the tokens whose id is >= `size` (fast BPE/WordLevel/WordPiece models).
+    Special tokens that tokenizer_config.json names stay: transformers adds them back on load
+    (docs/tokenizers.md), and the row rules give them rows."""
     if len(tok) <= size:
         return tok
     if not (folder / "tokenizer.json").is_file():
@@ -209,15 +228,21 @@ def _load_copy(tok):
 
 
 def _union(out, toks, vocabs, sizes, refs, base_ref, AddedToken) -> None:
-    """Add the other models' ordinary tokens, then every model's added/special tokens."""
+    """Add the other models' ordinary tokens, then every model's added/special tokens.
+
+    A token that some model defines as an added token is added with that definition (its
+    `special` flag, normalisation), not as another model's ordinary token, as mergekit does;
+    unlike mergekit, a token of the base's own vocabulary stays as the base has it (mergekit
+    re-adds it as an added token, which changes how the base tokenizer splits text)."""
     have = set(out.get_vocab())
+    defined = {str(t) for ref in refs for t in _added_tokens(toks[ref], sizes[ref])}
     ordinary: dict[str, None] = {}
     for ref in refs:
         if ref == base_ref:
             continue
         added_ids = {i for i in toks[ref].added_tokens_decoder}
         for token, i in sorted(vocabs[ref].items(), key=lambda kv: kv[1]):
-            if i not in added_ids and token not in have:
+            if i not in added_ids and token not in have and token not in defined:
                 ordinary.setdefault(token)
     if ordinary:
         out.add_tokens([AddedToken(t, special=False) for t in ordinary])

@@ -104,7 +104,9 @@ def resolve_chat_template(value: str | None, folders: list[Path]) -> str | None:
         return BUILTIN_TEMPLATES[value]
     if value != "auto":
         return value
-    found = [t for t in (_folder_template(f) for f in folders) if t]
+    # Compared without surrounding whitespace, as mergekit does: one template saved as a .jinja
+    # file (trailing newline) and in tokenizer_config.json (none) is one template.
+    found = [t.strip() for t in (_folder_template(f) for f in folders) if t and t.strip()]
     if not found:
         log.warning("chat_template: auto: no input model has a chat template; the output has none")
         return None

@@ -15,21 +15,33 @@ from ..io.model_files import model_file, parse_json
 from .build import build_tokenizer
 from .permute import VocabPlanner, model_vocab_size
 
+# Files besides tokenizer.json whose tokens transformers adds on load (at new ids when
+# tokenizer.json lacks them): a token declared only there is part of the vocabulary.
+DECLARING_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+NAMED_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+SPECIAL_LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
 
-def _vocab_json(folder: Path, parsed: dict[bytes, dict[str, int] | None]) -> dict[str, int] | None:
-    """token -> id from a folder's tokenizer.json, read as plain JSON (None when unreadable).
-    `parsed`: the tables of the file contents read so far, by content: fine-tunes mostly ship
-    their base's file, parsed once (Llama 3's 9 MB one takes ~0.1 s)."""
-    path = model_file(folder, "tokenizer.json")  # a file leading outside the folder: ModelError
-    if path is None:
+
+def _vocab_json(folder: Path, parsed: dict[tuple, dict[str, int] | None]) -> dict[str, int] | None:
+    """token -> id of a folder's tokenizer as transformers would load it, from its files read as
+    plain JSON: tokenizer.json's table and the tokens the other files declare (None when
+    tokenizer.json is missing or unreadable). `parsed`: the tables of the file contents read so
+    far, by content: fine-tunes mostly ship their base's files, parsed once (Llama 3's 9 MB
+    tokenizer.json takes ~0.1 s)."""
+    contents = []
+    for name in ("tokenizer.json", *DECLARING_FILES):
+        path = model_file(folder, name)  # a file leading outside the folder: ModelError
+        try:
+            contents.append(path.read_bytes() if path is not None else None)
+        except OSError:
+            contents.append(None)
+    key = tuple(contents)
+    if contents[0] is None:
         return None
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    if raw not in parsed:
-        parsed[raw] = _vocab_table(raw)
-    return parsed[raw]
+    if key not in parsed:
+        table = _vocab_table(contents[0])
+        parsed[key] = None if table is None else _with_declared(table, contents[1:])
+    return parsed[key]
 
 
 def _vocab_table(raw: bytes) -> dict[str, int] | None:
@@ -46,6 +58,37 @@ def _vocab_table(raw: bytes) -> dict[str, int] | None:
         return None
 
 
+def _with_declared(table: dict[str, int], raws: list[bytes | None]) -> dict[str, int]:
+    """`table` with the tokens tokenizer_config.json / special_tokens_map.json declare: an
+    `added_tokens_decoder` entry at its id, a special token tokenizer.json lacks at the next id."""
+    table = dict(table)
+    for raw in raws:
+        try:
+            data = parse_json(raw.decode("utf-8")) if raw is not None else None
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        decoder = data.get("added_tokens_decoder")
+        for i, entry in decoder.items() if isinstance(decoder, dict) else ():
+            if isinstance(entry, dict) and str(i).isdigit():
+                table[str(entry.get("content"))] = int(i)
+        for token in _special_tokens(data):
+            if token not in table:
+                table[token] = max(table.values(), default=-1) + 1
+    return table
+
+
+def _special_tokens(data: dict) -> list[str]:
+    """The special tokens a tokenizer_config.json / special_tokens_map.json names."""
+    values = [data.get(k) for k in NAMED_SPECIAL_KEYS]
+    for key in SPECIAL_LIST_KEYS:
+        listed = data.get(key)
+        values += list(listed.values()) if isinstance(listed, dict) else listed if isinstance(listed, list) else []
+    tokens = [v.get("content") if isinstance(v, dict) else v for v in values]
+    return [t for t in tokens if isinstance(t, str) and t]
+
+
 def _same_vocabularies(models: dict, refs: list[str], extra: str | None, *, readable: bool = False) -> bool:
     """Every merged model (and the tokenizer source) has the same vocabulary size and, where
     tokenizer.json can be read, the same token -> id table with every id below that size
@@ -56,7 +99,7 @@ def _same_vocabularies(models: dict, refs: list[str], extra: str | None, *, read
     if len(sizes) != 1 or None in sizes:
         return False
     size = sizes.pop()
-    parsed: dict[bytes, dict[str, int] | None] = {}
+    parsed: dict[tuple, dict[str, int] | None] = {}
     vocabs = [_vocab_json(models[r].folder, parsed) for r in names]
     if any(v is None for v in vocabs):
         return not readable  # nothing cheap to compare
