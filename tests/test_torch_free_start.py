@@ -129,3 +129,30 @@ def test_dtype_names_agree_with_torch():
         for b in computed:
             want = torch.promote_types(dtypes.torch_dtype(a), dtypes.torch_dtype(b))
             assert dtypes.promote(a, b) == dtypes.name_of(want), (a, b)
+
+
+# Thread A imports torch through import_torch; once torch._tensor is being imported (torch
+# half initialised, already in sys.modules), the main thread asks for it as the pipeline's
+# stages and the kernels' team size do.
+WHILE_IMPORTING = """
+import sys, threading
+from mergefast.io.host_array import import_torch, loaded_torch
+
+started = threading.Event()
+sys.addaudithook(lambda event, args: event == "import" and args[0] == "torch._tensor" and started.set())
+importer = threading.Thread(target=import_torch)
+importer.start()
+assert started.wait(120)
+torch = loaded_torch()
+from torch.overrides import TorchFunctionMode  # noqa: F401
+print(torch.get_num_threads() > 0)
+importer.join()
+"""
+
+
+def test_torch_asked_for_while_another_thread_imports_it_is_whole():
+    """Two merge threads meeting a NaN input imported torch at once (the writer's stage also
+    looked for it): an ImportError from a half-initialised torch.overrides, as an internal error."""
+    proc = subprocess.run([sys.executable, "-c", WHILE_IMPORTING], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 
 from .. import native
-from ..io.host_array import HostArray
+from ..io.host_array import HostArray, import_torch
 from ..methods.gram_scalars import (
     cancels,
     gram_matrix,
@@ -188,8 +188,7 @@ def _by_reference(plan: MergePlan, job: TensorJob, inputs: list[HostArray], out:
     """`out` = the method's torch reference through its merge function (`plan.spec.merge`,
     methods/adapters.py: antipodal multislerp inputs are its MergeError naming the tensor) on
     torch views of the job's inputs; torch is imported for it."""
-    import torch
-
+    torch = import_torch()  # one merge thread at a time
     from ..methods.spec import MergeContext
 
     views, out_dtype = [x.to_torch() for x in inputs], getattr(torch, out.dtype)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from .. import native
 from ..dtypes import ITEMSIZE
 from ..errors import ConfigError, MergeError
-from ..io.host_array import HostArray, host_array
+from ..io.host_array import HostArray, host_array, import_torch
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
 from ..methods.spec import NONFINITE_REACHES_OUTPUT
 from ..plan import MergePlan, TensorJob
@@ -168,6 +168,7 @@ def _warn_nonfinite_inputs(job: TensorJob, inputs: list[HostArray], proven: bool
         return
     bad = [i for i, x in enumerate(inputs) if not _finite(x)]
     if bad:
+        import_torch()  # before mergefast.checks imports it: one thread at a time
         from ..checks import warn_nonfinite_inputs
 
         warn_nonfinite_inputs(job.name, [job.sources[i] for i in bad], [inputs[i].to_torch() for i in bad])
@@ -175,6 +176,7 @@ def _warn_nonfinite_inputs(job: TensorJob, inputs: list[HostArray], proven: bool
 
 def _raise_nonfinite(job: TensorJob, out: HostArray, inputs: Sequence[HostArray]) -> None:
     """checks.check_output_finite's MergeError for a non-finite output (imports torch)."""
+    import_torch()  # before mergefast.checks imports it: one thread at a time
     from ..checks import check_output_finite
 
     check_output_finite(job.name, out.to_torch(), job.sources, [x.to_torch() for x in inputs])

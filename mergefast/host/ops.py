@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import sys
 import threading
 from collections.abc import Sequence
 
 from .. import native
 from ..errors import MergeError
-from ..io.host_array import HostArray
+from ..io.host_array import HostArray, loaded_torch
 from ..methods.scalars import arcee_ranks, arcee_threshold, f32_sum, rows_cols, sce_weights
 from ..methods.spec import ZERO_WEIGHT_SUM, split_base
 from ..plan import MergePlan, TensorJob
@@ -144,7 +143,7 @@ def threads() -> int:
     size = getattr(_TEAM, "size", None)
     if size:
         return size
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     return torch.get_num_threads() if torch is not None else native.default_threads()
 
 

@@ -13,9 +13,30 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
+import threading
 from dataclasses import dataclass
 
 from ..dtypes import ITEMSIZE
+
+# torch's first import is not thread-safe: two merge threads importing it at once (both
+# reporting a NaN input) failed with an ImportError from a partially initialised
+# torch.overrides. The torch-free engine's threads import it through `import_torch`, and
+# look for it through `loaded_torch`.
+_TORCH_IMPORT = threading.Lock()
+
+
+def import_torch():
+    """The torch module, imported by one thread at a time."""
+    with _TORCH_IMPORT:
+        import torch
+    return torch
+
+
+def loaded_torch():
+    """The torch module if some thread has imported it (waiting for an import in progress:
+    a half-initialised torch lacks most of its names), else None."""
+    return import_torch() if "torch" in sys.modules else None
 
 
 @dataclass(frozen=True)
@@ -51,8 +72,7 @@ class HostArray:
 
     def to_torch(self):
         """A torch tensor viewing the same memory (imports torch)."""
-        import torch
-
+        torch = import_torch()
         flat = torch.frombuffer(self.data, dtype=torch.uint8) if self.nbytes else torch.empty(0, dtype=torch.uint8)
         return flat.view(getattr(torch, self.dtype)).reshape(self.shape)
 

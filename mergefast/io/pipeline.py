@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PipelineStopped  # noqa: F401 - also imported from here
+from .host_array import loaded_torch
 from .merge_gate import MergeGate
 
 _POLL = 0.1  # seconds between checks of the stop flag while blocked
@@ -38,7 +38,7 @@ def _stop_at_next_torch_call(stop: threading.Event):
     costs ~2 us per torch call (measured), and the kernel path makes ~50 calls per tensor
     (TIES), DELLA ~160. A run of the torch-free engine (host/), with torch not loaded, makes no
     torch call and gets no mode: its stages stop at their next step."""
-    if "torch" not in sys.modules:
+    if loaded_torch() is None:
         return contextlib.nullcontext()
     from torch.overrides import TorchFunctionMode
 
