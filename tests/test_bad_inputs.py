@@ -144,6 +144,14 @@ def setup_index_link_out(tmp: Path) -> None:
     (folder / "model.safetensors.index.json").symlink_to(index)
 
 
+def setup_index_empty_weight_map(tmp: Path) -> None:
+    """A sharded model whose index names no tensor (an internal StopIteration once, as the donor
+    of a TIES merge)."""
+    folder = _copy_model("ft-b", tmp / "model")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+
+
 def _ft_b_header() -> tuple[dict, bytes]:
     """ft-b's safetensors header (parsed) and its data bytes."""
     raw = (MODELS / "ft-b" / "model.safetensors").read_bytes()

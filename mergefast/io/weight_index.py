@@ -25,6 +25,8 @@ def read_weight_map(folder: Path, index: Path, remote: Collection[str] = ()) -> 
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ModelError(f"{index}: corrupt index (no 'weight_map' object of tensor name -> file); re-download it")
+    if not weight_map:
+        raise ModelError(f"{index}: the index's weight_map is empty (it names no tensor); re-download the model")
     files: dict[str, Path] = {}
     out: dict[str, Path] = {}
     for name, rel in weight_map.items():
