@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .errors import MergeError
 from .io.out_path import check_output_folder, check_stats_path, output_folder
-from .io.output import write_json, write_tokenizer
+from .io.output import check_copied_tokenizer, tokenizer_copy_source, write_json, write_tokenizer
 from .io.pipeline import run_pipeline
 from .io.resident import inputs_resident
 from .io.writer import OutputTensor, ShardedWriter
@@ -317,6 +317,9 @@ def execute(plan: MergePlan, out_path: str | Path, options: MergeOptions, downlo
     try:
         check_output_folder(out, plan)
         check_stats_path(options.stats_json, out)
+        tokenizer_source = tokenizer_copy_source(plan, options)
+        if tokenizer_source is not None:
+            check_copied_tokenizer(tokenizer_source)
         host = torch_free(plan, options)
         if not host and not all(job.copy for job in plan.jobs):
             from . import kernels

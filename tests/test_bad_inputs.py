@@ -152,6 +152,18 @@ def setup_index_empty_weight_map(tmp: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
 
 
+def setup_tokenizer_json_truncated(tmp: Path) -> None:
+    """The donor's tokenizer.json cut in half: copied as it was, the output's tokenizer did not load."""
+    folder = _copy_model("ft-b", tmp / "model")
+    text = (folder / "tokenizer.json").read_text()
+    (folder / "tokenizer.json").write_text(text[: len(text) // 2])
+
+
+def setup_special_tokens_map_list(tmp: Path) -> None:
+    folder = _copy_model("ft-b", tmp / "model")
+    (folder / "special_tokens_map.json").write_text('["<s>"]')
+
+
 def _ft_b_header() -> tuple[dict, bytes]:
     """ft-b's safetensors header (parsed) and its data bytes."""
     raw = (MODELS / "ft-b" / "model.safetensors").read_bytes()
