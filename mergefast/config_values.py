@@ -33,6 +33,8 @@ SIZES = (
     "d_ff",
 )
 REQUIRED_SIZES = frozenset({"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"})
+# sizes that are never 0 (the others may be: an attention-free model's head counts)
+POSITIVE_SIZES = frozenset({"vocab_size", "hidden_size", "n_embd", "d_model"})
 # names transformers turns into a torch dtype (`getattr(torch, name)`), and "auto"
 DTYPE_NAMES = frozenset(
     {"auto", "float16", "float32", "float64", "bfloat16", "half", "float", "double", "float8_e4m3fn"}
@@ -56,8 +58,8 @@ def check_config_values(data: dict, path: str, sub_configs: tuple[str, ...]) -> 
 def _problem(holder: dict) -> tuple[str, object, str] | None:
     """(key, value, what it should be) of the first broken value of one config object."""
     for key in SIZES:
-        if key in holder and not _whole(holder[key], key not in REQUIRED_SIZES):
-            return key, holder[key], "a whole number"
+        if key in holder and not _whole(holder[key], key not in REQUIRED_SIZES, int(key in POSITIVE_SIZES)):
+            return key, holder[key], "a positive whole number" if key in POSITIVE_SIZES else "a whole number"
     for key in ("torch_dtype", "dtype"):
         value = holder.get(key)
         if value is not None and (not isinstance(value, str) or value.removeprefix("torch.") not in DTYPE_NAMES):
@@ -74,12 +76,12 @@ def _problem(holder: dict) -> tuple[str, object, str] | None:
     return None
 
 
-def _whole(value: object, lenient: bool) -> bool:
-    """Whether `value` is a whole number (an int: transformers 5's config classes refuse
-    4096.0), or, when `lenient`, null or a non-empty list of whole numbers."""
+def _whole(value: object, lenient: bool, least: int = 0) -> bool:
+    """Whether `value` is a whole number of at least `least` (an int: transformers 5's config
+    classes refuse 4096.0), or, when `lenient`, null or a non-empty list of such numbers."""
     if value is None or isinstance(value, list):
-        return lenient and (value is None or (bool(value) and all(_whole(v, False) for v in value)))
-    return isinstance(value, int) and not isinstance(value, bool)
+        return lenient and (value is None or (bool(value) and all(_whole(v, False, least) for v in value)))
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _shown(value: object) -> str:

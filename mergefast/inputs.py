@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .architecture import Architecture, resolve_architecture
+from .architecture.layer_kinds import check_layer_tensors
 from .config_values import check_config_values
 from .errors import ConfigError, ModelError
 from .io.hub import parse_model_ref
@@ -112,8 +113,9 @@ def _check_same_architecture(models: dict[str, InputModel]) -> None:
 
 
 def check_model_folders(models: dict[str, InputModel], refs: list[str], source: str) -> None:
-    """Plan-time checks of the merged models `refs`: each has a config.json, and none that
-    declares an untied head (tie_word_embeddings: false) lacks the head tensor."""
+    """Plan-time checks of the merged models `refs`: each has a config.json, none that declares
+    an untied head (tie_word_embeddings: false) lacks the head tensor, and the layers of each
+    stack that its config builds alike hold alike tensors (architecture/layer_kinds.py)."""
     for ref in refs:
         model = models[ref]
         if not (model.folder / "config.json").is_file():
@@ -125,6 +127,36 @@ def check_model_folders(models: dict[str, InputModel], refs: list[str], source: 
                 "into the folder"
             )
         _check_untied_head(model, ref, source)
+        check_layer_tensors(ref, model, str(model.folder / "config.json"))
+
+
+def check_donor_layer_count(model: InputModel) -> None:
+    """The donor's config.json (the output's) gives its text stack's layer count somehow: a
+    config with no count at all (ModelError) makes transformers build its class's default
+    count (Llama's 32) from the output's copy, the layers the weights lack random. Counts under
+    keys mergefast does not read (Marian's `decoder_layers`) or derived from per-layer lists
+    (Nemotron-H's `layers_block_type`) pass."""
+    text = model.arch.text_module
+    if text is None or text.stack is None or text.count_keys or _has_layer_count(model.config, text.num_layers):
+        return
+    raise ModelError(
+        f"{model.folder / 'config.json'}: no layer count for the {text.num_layers} layers of {text.layer_prefix}N "
+        "(num_hidden_layers, or the key its model type reads), so transformers would build its default count "
+        "from the output's copy of it; add the count to config.json, or make another model the base_model"
+    )
+
+
+def _has_layer_count(config: dict, layers: int) -> bool:
+    """Whether `config` (or its text_config) holds anything that may give a layer count: an
+    integer under a key ending in "layers" / "layer" or naming a depth, or a list or string
+    of one entry per layer."""
+    for holder in (config, config.get("text_config")):
+        for key, value in holder.items() if isinstance(holder, dict) else ():
+            if isinstance(value, int) and not isinstance(value, bool) and key.endswith(("layers", "layer", "depth")):
+                return True
+            if isinstance(value, (list, str)) and len(value) == layers:
+                return True
+    return False
 
 
 def declared_tie(config: dict) -> bool | None:

@@ -16,7 +16,13 @@ from .architecture.mergekit_names import mergekit_name
 from .config import MergeConfig, merged_models, referenced_models
 from .dtypes import FLOATS, promote, torch_dtype
 from .errors import ConfigError
-from .inputs import InputModel, check_model_folders, close_models, open_models
+from .inputs import (
+    InputModel,
+    check_donor_layer_count,
+    check_model_folders,
+    close_models,
+    open_models,
+)
 from .io.hub_prefetch import HubPrefetch
 from .io.output import plan_output_config
 from .io.quantized import check_fp8_dtype
@@ -348,6 +354,7 @@ def build_plan(
         check_model_folders(models, merged_models(config), source)
         check_fp8_dtype(config, models, merged_models(config), source)
         donor = config.base_model or refs[0]
+        check_donor_layer_count(models[donor])
         plan = MergePlan(config, config_text, source, spec, models, donor)
         plan.modules = normalise_modules(config, models, donor, source)
         from .tokenizer import plan_vocab

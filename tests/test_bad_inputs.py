@@ -70,6 +70,14 @@ def setup_holey_model(tmp: Path) -> None:
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def setup_model_without_up_proj(tmp: Path) -> None:
+    """No layer has mlp.up_proj: alike layers, but another input has the tensor."""
+    folder = _copy_model("ft-b", tmp / "holey")
+    tensors = load_file(folder / "model.safetensors")
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("mlp.up_proj.weight")}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 def setup_inf_model(tmp: Path) -> None:
     folder = _copy_model("ft-b", tmp / "inf")
     tensors = load_file(folder / "model.safetensors")
@@ -282,6 +290,10 @@ def setup_vision_config_number(tmp: Path) -> None:
 
 def setup_hidden_size_string(tmp: Path) -> None:
     _model_with_config(tmp, hidden_size="4096")
+
+
+def setup_vocab_size_negative(tmp: Path) -> None:
+    _model_with_config(tmp, vocab_size=-1)
 
 
 def setup_dtype_unknown(tmp: Path) -> None:

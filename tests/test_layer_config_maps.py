@@ -119,6 +119,14 @@ SWITCH = {"model_type": "switch_transformers", "num_layers": 3, "num_decoder_lay
             "num_sparse_decoder_layers: 3 gives the decoder module's layers a kind by position: this "
             "slice stack makes output layer 0 (MoE by that rule) from source layer 0 (dense)",
         ),
+        # a step that config.json holds wins over the derived one (3 // 3 = 1): layer 1 MoE, and
+        # in the stack 0, 1, 1 output 2 is dense
+        (
+            {**SWITCH, "num_sparse_encoder_layers": 3, "encoder_sparse_step": 2, "num_sparse_decoder_layers": 0},
+            ((0, 2), (1, 2)),
+            ((0, 2),),
+            "output layer 2 (dense by that rule) from source layer 1 (MoE)",
+        ),
         # 3 // 1 = 3: layer 1 MoE; in the stack 0, 1, 1, 2 the step is 4: output 2 is dense
         (
             {**SWITCH, "num_sparse_encoder_layers": 1, "num_sparse_decoder_layers": 0},

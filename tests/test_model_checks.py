@@ -23,10 +23,10 @@ SIZES = dict(hidden=16, intermediate=32, heads=2, kv_heads=1, layers=2, vocab=32
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 
 
-def error_line(result) -> str:
-    """The one `mergefast: error:` line of a config error (exit 2; `result` of
-    helpers.run_cli), without a traceback."""
-    assert result.exit_code == 2, describe(result)
+def error_line(result, code: int = 2) -> str:
+    """The one `mergefast: error:` line of an error (exit `code`: 2 a config error, 1 a model
+    problem; `result` of helpers.run_cli), without a traceback."""
+    assert result.exit_code == code, describe(result)
     assert "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.startswith("mergefast: error:")]
     assert len(lines) == 1, result.stderr
@@ -129,10 +129,23 @@ def test_slices_donor_config_without_layer_count(tmp_path, good):
             f"  - sources:\n      - {{model: {other}, layer_range: [1, 2]}}\ndtype: float32\n"
         ),
     )
-    plan_line = error_line(run_cli("plan", config))
+    plan_line = error_line(run_cli("plan", config), 1)
     out = tmp_path / "out"
-    line = error_line(run_cli("yaml", config, out, "--quiet"))
+    line = error_line(run_cli("yaml", config, out, "--quiet"), 1)
     assert line == plan_line
-    assert str(good / "config.json") in line and "num_hidden_layers" in line and "slices" in line
+    assert str(good / "config.json") in line and "no layer count for the 2 layers of model.layers.N" in line
     assert not out.exists()
     assert not list(tmp_path.glob(".out.mergefast-partial-*"))
+
+
+def test_donor_config_without_layer_count(tmp_path, good):
+    """A plain merge copies the donor's config.json too: without a layer count transformers
+    built Llama's default 32 layers, 30 of them random (exit 0 before)."""
+    other = tmp_path / "other"
+    make_tiny_llama(other, seed=1, **SIZES)
+    edit_config(good, num_hidden_layers=None)
+    body = f"merge_method: linear\nmodels:\n  - model: {good}\n    parameters: {{weight: 0.5}}\n"
+    config = write_config(tmp_path, body + f"  - model: {other}\n    parameters: {{weight: 0.5}}\ndtype: float32\n")
+    out = tmp_path / "out"
+    assert "no layer count" in error_line(run_cli("yaml", config, out, "--quiet"), 1)
+    assert not out.exists()

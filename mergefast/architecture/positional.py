@@ -51,8 +51,9 @@ def _listed(holder: dict, *keys: str) -> bool:
 
 
 def _switch_sparse(v, i, n, _):
-    # transformers derives the step from the layer count when it loads the config
-    step = n // v[0] if v[0] > 0 else n
+    # v: (sparse layers, saved step or -1). transformers derives the step from the layer count
+    # when it loads the config, but a step that config.json holds (transformers saves it) wins
+    step = v[1] if v[1] >= 0 else n // v[0] if v[0] > 0 else n
     return (i % step == 1 or step == 1) if step > 0 else False
 
 
@@ -99,9 +100,12 @@ RULES = (
         (),
         _module_is("encoder"),
     ),
-    # Switch Transformers: step = layers // sparse layers, layer i MoE when i % step == 1
+    # Switch Transformers: step = layers // sparse layers (or the saved step), layer i MoE when
+    # i % step == 1
     *(
-        PositionalRule((key,), (3,), _switch_sparse, ("dense", "MoE"), (), _module_is(part, switch=True))
+        PositionalRule(
+            (key, f"{part}_sparse_step"), (3, -1), _switch_sparse, ("dense", "MoE"), (), _module_is(part, True)
+        )
         for part, key in (("encoder", "num_sparse_encoder_layers"), ("decoder", "num_sparse_decoder_layers"))
     ),
     # AFMoE, LFM2-MoE: the first n layers dense

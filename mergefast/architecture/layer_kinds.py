@@ -1,0 +1,119 @@
+"""Layers that transformers builds alike must hold alike tensors: a plan-time check of each
+merged model's layer stacks.
+
+A layer whose checkpoint lacks a tensor (a dropped index entry, a renamed or removed tensor) or
+holds one of another shape was merged as it was: a `passthrough` of one model, or a `models:`
+merge of one, has no other input to compare it with, and its output then loaded with a random
+weight or not at all. transformers builds every layer of a stack from the config alone, so
+layers that the config does not tell apart must have the same tensors. The config tells layers
+apart by its per-layer lists (`layer_types`, DeciLM's `block_configs`, ...), per-layer strings
+and dicts, lists of layer indices (`mlp_only_layers`) and positional rules
+(`first_k_dense_replace`; positional.py); a layer's *kind* is its entry in each. Within a kind:
+no layer may lack a tensor that every other layer has, nor hold one in another shape. Families
+whose kinds do not follow from their config (layer_blocks.py) are not checked.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import ModelError
+from .config_paths import holder_of
+from .families import INDEX_LISTS
+from .layer_blocks import LAYER_BLOCK_FAMILIES, LAYER_BLOCK_KEYS, LISTS_TO_SLICE
+from .layer_maps import ONE_BASED_INDEX_LISTS, PER_LAYER_DICTS, PER_LAYER_STRINGS
+from .layout import Module
+from .positional import RULES, rule_values
+from .rewrite import NOT_PER_LAYER, with_derived_lists
+
+# Tensors that only some layers of a kind hold: T5's relative position bias lives in the first
+# block's attention alone (T5, LongT5, Switch Transformers, Pix2Struct, UDOP).
+ONE_LAYER_SUFFIXES = ("relative_attention_bias",)
+
+
+def layer_kinds(config: dict, module: Module, where: str) -> list[tuple] | None:
+    """Per layer of `module`'s stack, its kind (equal for layers the config builds alike), or
+    None where the config cannot tell (no known count key, families of layer_blocks.py)."""
+    if module.stack is None or not module.count_keys:
+        return None
+    family = config.get("model_type")
+    if family in LISTS_TO_SLICE or family in LAYER_BLOCK_FAMILIES or family in ONE_BASED_INDEX_LISTS:
+        return None
+    found = holder_of(with_derived_lists(config), module.count_keys[0])
+    if found is None or any(found[0].get(key) is not None for key in LAYER_BLOCK_KEYS):
+        return None
+    holder, count_key = found
+    count = holder.get(count_key)
+    count = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else module.num_layers
+    kinds: list[list] = [[] for _ in range(module.num_layers)]
+    for key, value in holder.items():
+        for i, entry in enumerate(_entries(key, value, count)):
+            if i < len(kinds):
+                kinds[i].append((key, entry))
+    parent = module.count_keys[0].rpartition(".")[0]
+    for rule in RULES:
+        values = rule_values(rule, holder, where, f"{parent}." if parent else "")
+        if values is None or not rule.applies(holder, module.name):
+            continue
+        for i in range(min(count, len(kinds))):
+            kinds[i].append((rule.keys, rule.kind(values, i, count, holder)))
+    for i in range(count, len(kinds)):  # layers past the config's count (DeepSeek's MTP layer)
+        kinds[i].append(("past the count", i))
+    return [tuple(k) for k in kinds]
+
+
+def _entries(key: str, value, count: int) -> list:
+    """Each layer's entry in config key `key` (empty when it is no per-layer setting)."""
+    if key in NOT_PER_LAYER:
+        return []
+    if isinstance(value, list) and len(value) == count:
+        return [json.dumps(v, sort_keys=True) for v in value]
+    if key in PER_LAYER_STRINGS and isinstance(value, str) and len(value) == count:
+        return list(value)
+    if key in PER_LAYER_DICTS and isinstance(value, dict):
+        return [json.dumps(value.get(str(i)), sort_keys=True) for i in range(count)]
+    if key in INDEX_LISTS and isinstance(value, list):
+        return [i in value for i in range(count)]
+    return []
+
+
+def check_layer_tensors(ref: str, model, where: str) -> None:
+    """ModelError when a layer of a stack of `model` (an inputs.InputModel) lacks a tensor
+    that every other layer of its kind has, or holds one in another shape."""
+    for module in model.arch.modules:
+        kinds = layer_kinds(model.config, module, where)
+        if kinds is None:
+            continue
+        groups: dict[tuple, list[int]] = {}
+        for layer, kind in enumerate(kinds):
+            groups.setdefault(kind, []).append(layer)
+        for layers in groups.values():
+            if len(layers) > 1:
+                _check_alike(ref, model, module, layers)
+
+
+def _check_alike(ref: str, model, module: Module, layers: list[int]) -> None:
+    """The tensors of `layers` (one kind) of `module`: the same names and shapes."""
+    stack, one_layer = module.stack, tuple(f"{x}.weight" for x in ONE_LAYER_SUFFIXES)
+    held = {i: set(stack.layer_suffixes[i]) for i in layers}
+    for i in layers:
+        others = set.intersection(*(held[j] for j in layers if j != i))
+        missing = sorted(s for s in others - held[i] if not s.endswith(one_layer))
+        if missing:
+            raise ModelError(
+                f"model {ref} ({model.folder}): layer {i} ({stack.prefix}{i}.*) lacks {', '.join(missing[:3])}"
+                f"{' ...' if len(missing) > 3 else ''}, which its other layers of that kind hold; the checkpoint "
+                "is incomplete or corrupt: re-download it"
+            )
+    for suffix in sorted(set.union(*held.values())):
+        shapes = {i: tuple(model.reader.info(f"{stack.prefix}{i}.{suffix}").shape) for i in layers if suffix in held[i]}
+        counts = {shape: list(shapes.values()).count(shape) for shape in shapes.values()}
+        if len(counts) > 1:
+            common = max(counts, key=counts.get)
+            odd = [i for i, shape in shapes.items() if shape != common or counts[shape] * 2 == len(shapes)][:2]
+            found = " and ".join(f"{list(shapes[i])} in layer {i}" for i in odd)
+            others = f" (its other layers of that kind: {list(common)})" if len(odd) == 1 else ""
+            raise ModelError(
+                f"model {ref} ({model.folder}): tensor {stack.prefix}N.{suffix} has shape {found}{others}, but "
+                "the config builds those layers alike; the checkpoint is corrupt: re-download it"
+            )
