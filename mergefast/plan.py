@@ -15,7 +15,7 @@ from .accounting import account_for_inputs
 from .architecture.mergekit_names import mergekit_name
 from .config import MergeConfig, merged_models, referenced_models
 from .dtypes import FLOATS, promote, torch_dtype
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .inputs import (
     InputModel,
     check_donor_layer_count,
@@ -203,6 +203,13 @@ class _JobBuilder:
     def _finish(self, name, sources, base_index, g, m) -> TensorJob:
         dtypes = [s.info.dtype_name for s in sources]
         shape = sources[0].info.shape
+        floats = [(s.model, d) for s, d in zip(sources, dtypes) if d in FLOATS]
+        ints = [(s.model, d) for s, d in zip(sources, dtypes) if d not in FLOATS]
+        if floats and ints and name.endswith("weight"):  # not a mask buffer (GPT-2's attn.bias: bool or float)
+            raise ModelError(
+                f"{self.source}: tensor {name} is {ints[0][1]} in model {ints[0][0]} but {floats[0][1]} in "
+                f"{floats[0][0]}; a weight stored as integers is a corrupt checkpoint: re-download that model"
+            )
         if not all(d in FLOATS for d in dtypes):
             keep = base_index or 0  # integer buffers (BatchNorm's step counts) are copied, never merged
             others = sources[:keep] + sources[keep + 1 :]

@@ -78,6 +78,15 @@ def setup_model_without_up_proj(tmp: Path) -> None:
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def setup_integer_weight(tmp: Path) -> None:
+    """ft-b's q_proj of layer 0 with its bf16 bytes relabelled int16 (same size)."""
+    folder = _copy_model("ft-b", tmp / "holey")
+    tensors = load_file(folder / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    tensors[name] = tensors[name].view(torch.int16)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 def setup_inf_model(tmp: Path) -> None:
     folder = _copy_model("ft-b", tmp / "inf")
     tensors = load_file(folder / "model.safetensors")
