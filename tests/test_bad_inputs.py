@@ -285,6 +285,11 @@ def _model_with_config(tmp: Path, **changes) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def setup_config_json_null(tmp: Path) -> None:
+    """config.json holding JSON null: it was read as no config.json when the model is not the donor."""
+    (_copy_model("ft-b", tmp / "model") / "config.json").write_text("null")
+
+
 def setup_text_config_list(tmp: Path) -> None:
     _model_with_config(tmp, text_config=[{"num_hidden_layers": 4}])
 
