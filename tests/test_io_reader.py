@@ -130,6 +130,17 @@ def test_bin_state_dict_wrapper(tmp_path):
         assert torch.equal(r.read("w"), torch.arange(4.0))
 
 
+def test_bin_of_torchs_legacy_format_is_read_whole(tmp_path):
+    """torch.save before torch 1.6 (no zip): torch cannot map it, transformers loads it."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    tensors = _tensors(torch.bfloat16)
+    torch.save(tensors, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    with CheckpointReader(folder) as r:
+        assert sorted(r.names()) == sorted(tensors)
+        assert all(torch.equal(r.read(n), t) for n, t in tensors.items())
+
+
 def test_read_into_out_buffer(tmp_path):
     tensors = _tensors(torch.bfloat16)
     for fmt in ("safetensors", "bin"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import torch
@@ -11,8 +12,12 @@ from ..errors import ModelError
 
 
 def load_bin_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Memory-map a .bin checkpoint: the pickle is read, tensor data is not touched."""
+    """Memory-map a .bin checkpoint: the pickle is read, tensor data is not touched. A file of
+    torch's legacy format (before torch 1.6, no zip: torch cannot map it, transformers and
+    mergekit load it) is read whole."""
     advice = "re-save it with torch.save (zip format) or convert it to safetensors"
+    if not zipfile.is_zipfile(path):
+        return _load(path, path, "weights_only=True (torch's legacy format)", advice, map_location="cpu")
     return _load(path, path, "weights_only=True, mmap=True", advice, mmap=True, map_location="cpu")
 
 
