@@ -162,15 +162,14 @@ def setup_index_link_out(tmp: Path) -> None:
 
 
 def setup_index_empty_weight_map(tmp: Path) -> None:
-    """A sharded model whose index names no tensor (an internal StopIteration once, as the donor
-    of a TIES merge)."""
+    """A sharded model whose index names no tensor (the donor of a TIES merge)."""
     folder = _copy_model("ft-b", tmp / "model")
     (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
 
 
 def setup_tokenizer_json_truncated(tmp: Path) -> None:
-    """The donor's tokenizer.json cut in half: copied as it was, the output's tokenizer did not load."""
+    """The donor's tokenizer.json cut in half: the output would copy it, and its tokenizer not load."""
     folder = _copy_model("ft-b", tmp / "model")
     text = (folder / "tokenizer.json").read_text()
     (folder / "tokenizer.json").write_text(text[: len(text) // 2])
@@ -286,7 +285,7 @@ def _model_with_config(tmp: Path, **changes) -> None:
 
 
 def setup_config_json_null(tmp: Path) -> None:
-    """config.json holding JSON null: it was read as no config.json when the model is not the donor."""
+    """config.json holding JSON null (no object), in a model that is not the donor."""
     (_copy_model("ft-b", tmp / "model") / "config.json").write_text("null")
 
 

@@ -1,6 +1,7 @@
 """architecture/layer_kinds.py: the layers a config builds alike must hold alike tensors, so a
 layer that lacks a tensor, or holds one of another shape, is refused at plan time (a passthrough
-of one model merged it as it was: an output with a random weight, or one that did not load)."""
+of that model alone would merge it as it is: an output with a random weight, or one that does not
+load)."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ def test_slices_donor_config_without_layer_count(tmp_path, good):
 
 def test_donor_config_without_layer_count(tmp_path, good):
     """A plain merge copies the donor's config.json too: without a layer count transformers
-    built Llama's default 32 layers, 30 of them random (exit 0 before)."""
+    would build Llama's default 32 layers, 30 of them random."""
     other = tmp_path / "other"
     make_tiny_llama(other, seed=1, **SIZES)
     edit_config(good, num_hidden_layers=None)

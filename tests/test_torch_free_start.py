@@ -151,8 +151,8 @@ importer.join()
 
 
 def test_torch_asked_for_while_another_thread_imports_it_is_whole():
-    """Two merge threads meeting a NaN input imported torch at once (the writer's stage also
-    looked for it): an ImportError from a half-initialised torch.overrides, as an internal error."""
+    """Merge threads meeting NaN inputs import torch while the writer's stage looks for it: each
+    gets the whole module, never a half-initialised torch.overrides (an ImportError)."""
     proc = subprocess.run([sys.executable, "-c", WHILE_IMPORTING], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True"

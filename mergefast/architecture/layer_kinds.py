@@ -2,9 +2,9 @@
 merged model's layer stacks.
 
 A layer whose checkpoint lacks a tensor (a dropped index entry, a renamed or removed tensor) or
-holds one of another shape was merged as it was: a `passthrough` of one model, or a `models:`
-merge of one, has no other input to compare it with, and its output then loaded with a random
-weight or not at all. transformers builds every layer of a stack from the config alone, so
+holds one of another shape would be merged as it is by a `passthrough` of that model alone, or a
+`models:` merge of it alone, which have no other input to compare it with: an output that loads
+with a random weight, or does not load. transformers builds every layer of a stack from the config alone, so
 layers that the config does not tell apart must have the same tensors. The config tells layers
 apart by its per-layer lists (`layer_types`, DeciLM's `block_configs`, ...), per-layer strings
 and dicts, lists of layer indices (`mlp_only_layers`) and positional rules
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from .config_paths import holder_of
 from .families import INDEX_LISTS
 from .layer_blocks import LAYER_BLOCK_FAMILIES, LAYER_BLOCK_KEYS, LISTS_TO_SLICE
@@ -52,8 +52,13 @@ def layer_kinds(config: dict, module: Module, where: str) -> list[tuple] | None:
                 kinds[i].append((key, entry))
     parent = module.count_keys[0].rpartition(".")[0]
     for rule in RULES:
-        values = rule_values(rule, holder, where, f"{parent}." if parent else "")
-        if values is None or not rule.applies(holder, module.name):
+        if not rule.applies(holder, module.name):
+            continue
+        try:
+            values = rule_values(rule, holder, where, f"{parent}." if parent else "")
+        except ConfigError:  # a value transformers reads otherwise (ERNIE-VL's lists): kinds unknown
+            return None
+        if values is None:
             continue
         for i in range(min(count, len(kinds))):
             kinds[i].append((rule.keys, rule.kind(values, i, count, holder)))

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from ..dtypes import ITEMSIZE
 
-# torch's first import is not thread-safe: two merge threads importing it at once (both
-# reporting a NaN input) failed with an ImportError from a partially initialised
-# torch.overrides. The torch-free engine's threads import it through `import_torch`, and
+# torch's first import is not thread-safe: from two threads at once (merge threads reporting
+# NaN inputs, the writer's stage looking for torch) it can fail with an ImportError from a
+# partially initialised torch.overrides. The torch-free engine's threads import it through `import_torch`, and
 # look for it through `loaded_torch`.
 _TORCH_IMPORT = threading.Lock()
 

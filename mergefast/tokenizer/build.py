@@ -28,7 +28,7 @@ from .permute import ROW, ZERO, VocabPlanner, model_vocab_size
 log = logging.getLogger(__name__)
 
 # The usual tokenizer files (a folder with none of them: a clearer message than transformers').
-TOKENIZER_FILES = (
+TOKENIZER_LOAD_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "tokenizer.model",
@@ -102,10 +102,10 @@ def _load(folder: Path, what: str):
                 "tokenizer_source, or give the folder a tokenizer.json with a standard tokenizer_class "
                 "(e.g. PreTrainedTokenizerFast) in tokenizer_config.json"
             ) from None
-        if not any(model_file(folder, name) is not None for name in TOKENIZER_FILES):
+        if not any(model_file(folder, name) is not None for name in TOKENIZER_LOAD_FILES):
             raise ConfigError(
                 f"cannot load the tokenizer of {what} ({folder}): the folder has no tokenizer files "
-                f"({', '.join(TOKENIZER_FILES[:4])}, ...), so its embedding rows cannot be matched to tokens; "
+                f"({', '.join(TOKENIZER_LOAD_FILES[:4])}, ...), so its embedding rows cannot be matched to tokens; "
                 "add the tokenizer it was trained with (a fine-tune's: its base's tokenizer files)"
             ) from None
         raise ConfigError(f"cannot load the tokenizer of {what} ({folder}): {str(exc).splitlines()[0]}") from None

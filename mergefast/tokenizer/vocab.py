@@ -73,9 +73,10 @@ def _with_declared(table: dict[str, int], raws: list[bytes | None]) -> dict[str,
         for i, entry in decoder.items() if isinstance(decoder, dict) else ():
             if isinstance(entry, dict) and str(i).isdigit():
                 table[str(entry.get("content"))] = int(i)
+        following = max(table.values(), default=-1) + 1
         for token in _special_tokens(data):
             if token not in table:
-                table[token] = max(table.values(), default=-1) + 1
+                table[token], following = following, following + 1
     return table
 
 
