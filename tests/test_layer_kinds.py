@@ -86,3 +86,15 @@ def test_t5s_first_block_alone_holds_the_relative_attention_bias(tmp_path):
     )
     plan = plan_of(f"merge_method: linear\nmodels:\n  - model: {model}\n    parameters: {{weight: 1}}\n")
     assert bias in {job.name for job in plan.jobs}
+
+
+def test_a_modules_own_index_lists_tell_its_layers_apart():
+    """Module.index_keys (a vision tower's `fullatt_block_indexes`) mark kinds like INDEX_LISTS."""
+    from mergefast.architecture import Module, Stack
+    from mergefast.architecture.layer_kinds import layer_kinds
+
+    stack = Stack("visual.blocks.", {i: ("attn.qkv.weight",) for i in range(3)})
+    module = Module("visual", stack, (), (), ("vision_config.depth",), ("vision_config.fullatt_block_indexes",))
+    config = {"model_type": "qwen2_5_vl", "vision_config": {"depth": 3, "fullatt_block_indexes": [1]}}
+    kinds = layer_kinds(config, module, "config.json")
+    assert kinds[0] == kinds[2] != kinds[1]

@@ -46,11 +46,12 @@ def layer_kinds(config: dict, module: Module, where: str) -> list[tuple] | None:
     count = holder.get(count_key)
     count = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else module.num_layers
     kinds: list[list] = [[] for _ in range(module.num_layers)]
+    parent = module.count_keys[0].rpartition(".")[0]
+    index_keys = {path.rpartition(".")[2] for path in module.index_keys if path.rpartition(".")[0] == parent}
     for key, value in holder.items():
-        for i, entry in enumerate(_entries(key, value, count)):
+        for i, entry in enumerate(_entries(key, value, count, key in index_keys)):
             if i < len(kinds):
                 kinds[i].append((key, entry))
-    parent = module.count_keys[0].rpartition(".")[0]
     for rule in RULES:
         if not rule.applies(holder, module.name):
             continue
@@ -67,8 +68,9 @@ def layer_kinds(config: dict, module: Module, where: str) -> list[tuple] | None:
     return [tuple(k) for k in kinds]
 
 
-def _entries(key: str, value, count: int) -> list:
-    """Each layer's entry in config key `key` (empty when it is no per-layer setting)."""
+def _entries(key: str, value, count: int, indices: bool = False) -> list:
+    """Each layer's entry in config key `key` (empty when it is no per-layer setting);
+    `indices`: the module lists layer indices under `key` (Module.index_keys)."""
     if key in NOT_PER_LAYER:
         return []
     if isinstance(value, list) and len(value) == count:
@@ -77,7 +79,7 @@ def _entries(key: str, value, count: int) -> list:
         return list(value)
     if key in PER_LAYER_DICTS and isinstance(value, dict):
         return [json.dumps(value.get(str(i)), sort_keys=True) for i in range(count)]
-    if key in INDEX_LISTS and isinstance(value, list):
+    if (key in INDEX_LISTS or indices) and isinstance(value, list):
         return [i in value for i in range(count)]
     return []
 
