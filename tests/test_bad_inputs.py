@@ -180,6 +180,10 @@ def setup_special_tokens_map_list(tmp: Path) -> None:
     (folder / "special_tokens_map.json").write_text('["<s>"]')
 
 
+def setup_tokenizer_json_null(tmp: Path) -> None:
+    (_copy_model("ft-b", tmp / "model") / "tokenizer.json").write_text("null")
+
+
 def _ft_b_header() -> tuple[dict, bytes]:
     """ft-b's safetensors header (parsed) and its data bytes."""
     raw = (MODELS / "ft-b" / "model.safetensors").read_bytes()

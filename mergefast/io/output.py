@@ -128,7 +128,7 @@ def check_copied_tokenizer(folder: Path) -> None:
     for name in TOKENIZER_FILES:
         if name.endswith(".json"):
             data = read_model_json(folder, name)
-            if data is not None and not isinstance(data, dict):
+            if not isinstance(data, dict) and (data is not None or model_file(folder, name) is not None):
                 raise ModelError(f"{folder / name}: {name} is not a JSON object; re-download it")
 
 
