@@ -230,8 +230,11 @@ def test_pieces_placed_like_their_offsets_are_written_where_they_lie(tmp_path, a
 def test_a_failed_gathered_write_raises_its_error_and_the_file_still_closes(tmp_path, monkeypatch):
     """A disk-full pwrite of gathered bytes raises ENOSPC, and closing the file after it
     (an aborted run) raises nothing more (a BufferError once hid the real error)."""
-    f = _file(tmp_path, direct.STAGE_BYTES + BLOCK)
-    f.write(bytes(direct.STAGE_BYTES + BLOCK), 0)  # a block gathered, the stage flushed
+    size = direct.STAGE_BYTES + BLOCK
+    f = _file(tmp_path, size)
+    buffer = bytearray(size + 1)
+    start = 0 if ctypes.addressof(ctypes.c_char.from_buffer(buffer)) % BLOCK else 1  # never written in place
+    f.write(memoryview(buffer)[start : start + size], 0)  # a block gathered, the stage flushed
 
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
