@@ -11,6 +11,11 @@ from ..errors import ModelError
 TEXT_COUNT_PATHS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "text_config.num_hidden_layers")
 
 
+def join_path(parent: str, key: str) -> str:
+    """The dotted path of `key` in the config dict at `parent` ("" for the top level)."""
+    return f"{parent}.{key}" if parent else key
+
+
 def get_path(config: Any, path: str) -> Any:
     """The value at dotted `path` in `config`, or None where any step is missing or no dict."""
     for key in path.split("."):

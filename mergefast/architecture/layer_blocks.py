@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .config_paths import join_path
 
 # Config keys whose models keep tensors for each layer outside the layer stack, so that a slice
 # stack that moves, drops or adds layers would leave those tensors paired with the donor's layers
@@ -96,7 +97,7 @@ def check_last_layer(holder: dict, parent: str, layers: list, where: str) -> Non
     kinds = holder.get(forced[0]) if forced else None
     if not isinstance(kinds, list) or not kinds or kinds[-1] == forced[1]:
         return
-    key = f"{parent}.{forced[0]}" if parent else forced[0]
+    key = join_path(parent, forced[0])
     raise ConfigError(
         f"{where}: this slice stack ends with source layer {layers[-1].layer} ({kinds[-1]} in {key}), "
         f"but a {holder['model_type']} model's last layer is always {forced[1]} (transformers forces "

@@ -16,15 +16,15 @@ whose kinds do not follow from their config (layer_blocks.py) are not checked.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from ..errors import ConfigError, ModelError
-from .config_paths import holder_of
-from .families import INDEX_LISTS
+from .config_paths import holder_of, join_path
 from .layer_blocks import LAYER_BLOCK_FAMILIES, LAYER_BLOCK_KEYS, LISTS_TO_SLICE
-from .layer_maps import ONE_BASED_INDEX_LISTS, PER_LAYER_DICTS, PER_LAYER_STRINGS
+from .layer_maps import ONE_BASED_INDEX_LISTS
 from .layout import Module
 from .positional import RULES, rule_values
-from .rewrite import NOT_PER_LAYER, with_derived_lists
+from .rewrite import index_paths, layer_setting, with_derived_lists
 
 # Tensors that only some layers of a kind hold: T5's relative position bias lives in the first
 # block's attention alone (T5, LongT5, Switch Transformers, Pix2Struct, UDOP).
@@ -42,16 +42,15 @@ def layer_kinds(config: dict, module: Module, where: str) -> list[tuple] | None:
     found = holder_of(with_derived_lists(config), module.count_keys[0])
     if found is None or any(found[0].get(key) is not None for key in LAYER_BLOCK_KEYS):
         return None
-    holder, count_key = found
-    count = holder.get(count_key)
-    count = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else module.num_layers
-    kinds: list[list] = [[] for _ in range(module.num_layers)]
+    # a count key is one whose value is the stack's layer count (config_paths.present_counts)
+    holder, count = found[0], module.num_layers
+    kinds: list[list] = [[] for _ in range(count)]
     parent = module.count_keys[0].rpartition(".")[0]
-    index_keys = {path.rpartition(".")[2] for path in module.index_keys if path.rpartition(".")[0] == parent}
+    index_keys = index_paths(module, [parent])
     for key, value in holder.items():
-        for i, entry in enumerate(_entries(key, value, count, key in index_keys)):
-            if i < len(kinds):
-                kinds[i].append((key, entry))
+        setting = layer_setting(key, value, count, join_path(parent, key) in index_keys)
+        for i, entry in enumerate(_entries(setting, value, count)):
+            kinds[i].append((key, entry))
     for rule in RULES:
         if not rule.applies(holder, module.name):
             continue
@@ -61,26 +60,22 @@ def layer_kinds(config: dict, module: Module, where: str) -> list[tuple] | None:
             return None
         if values is None:
             continue
-        for i in range(min(count, len(kinds))):
+        for i in range(count):
             kinds[i].append((rule.keys, rule.kind(values, i, count, holder)))
-    for i in range(count, len(kinds)):  # layers past the config's count (DeepSeek's MTP layer)
-        kinds[i].append(("past the count", i))
     return [tuple(k) for k in kinds]
 
 
-def _entries(key: str, value, count: int, indices: bool = False) -> list:
-    """Each layer's entry in config key `key` (empty when it is no per-layer setting);
-    `indices`: the module lists layer indices under `key` (Module.index_keys)."""
-    if key in NOT_PER_LAYER:
-        return []
-    if isinstance(value, list) and len(value) == count:
-        return [json.dumps(v, sort_keys=True) for v in value]
-    if key in PER_LAYER_STRINGS and isinstance(value, str) and len(value) == count:
-        return list(value)
-    if key in PER_LAYER_DICTS and isinstance(value, dict):
-        return [json.dumps(value.get(str(i)), sort_keys=True) for i in range(count)]
-    if (key in INDEX_LISTS or indices) and isinstance(value, list):
+def _entries(setting: str | None, value, count: int) -> list:
+    """Each layer's entry in a config value that rewrite.layer_setting calls `setting` (empty
+    when it sets no layer, or its entries cannot be told)."""
+    if setting == "indices":
         return [i in value for i in range(count)]
+    if setting == "string":
+        return list(value)
+    if setting == "dict":
+        return [json.dumps(value.get(str(i)), sort_keys=True) for i in range(count)] if isinstance(value, dict) else []
+    if setting in ("list", "pointers"):
+        return [json.dumps(v, sort_keys=True) for v in value]
     return []
 
 
@@ -114,7 +109,7 @@ def _check_alike(ref: str, model, module: Module, layers: list[int]) -> None:
             )
     for suffix in sorted(set.union(*held.values())):
         shapes = {i: tuple(model.reader.info(f"{stack.prefix}{i}.{suffix}").shape) for i in layers if suffix in held[i]}
-        counts = {shape: list(shapes.values()).count(shape) for shape in shapes.values()}
+        counts = Counter(shapes.values())
         if len(counts) > 1:
             common = max(counts, key=counts.get)
             odd = [i for i, shape in shapes.items() if shape != common or counts[shape] * 2 == len(shapes)][:2]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from ..errors import ConfigError
-from .config_paths import get_path, holder_of
+from .config_paths import get_path, holder_of, join_path
 from .families import DERIVED_LISTS, INDEX_LISTS, PAIRED_INDEX_LISTS
 from .layer_blocks import check_last_layer, check_layer_blocks
 from .layer_maps import (
@@ -65,19 +65,20 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource
         parent = path.rpartition(".")[0]
         if parent not in [h for h, _ in holders]:
             holders.append((parent, holder))
-    index_keys = set(module.index_keys) | {_join(p, k) for p, _ in holders for k in INDEX_LISTS}
+    index_keys = index_paths(module, [p for p, _ in holders])
     for parent, holder in holders:
         for key in list(holder):
-            path = _join(parent, key)
-            if path in index_keys and isinstance(holder[key], list):
+            path = join_path(parent, key)
+            setting = layer_setting(key, holder[key], module.num_layers, path in index_keys)
+            if setting == "indices":
                 holder[key] = _reindexed(path, holder[key], layers, module.name, where)
-            elif key in PER_LAYER_DICTS and holder[key] is not None:
+            elif setting == "dict":
                 holder[key] = rebuilt_per_layer_dict(path, layers)
-            elif key in LAYER_POINTER_LISTS and _per_layer(holder[key], module.num_layers):
+            elif setting == "pointers":
                 holder[key] = repointed(path, layers, module.name, where)
-            elif key in PER_LAYER_STRINGS and isinstance(holder[key], str) and len(holder[key]) == module.num_layers:
+            elif setting == "string":
                 holder[key] = rebuilt_pattern(path, layers)
-            elif _per_layer(holder[key], module.num_layers) and key not in NOT_PER_LAYER:
+            elif setting == "list":
                 holder[key] = [source_entry(path, source) for source in layers]
         check_layer_kinds(holder, parent, layers, module.name, where)
         check_layer_blocks(holder, parent, layers, module, where)
@@ -86,6 +87,31 @@ def rewrite_module_layers(config: dict, module: Module, layers: list[LayerSource
         found = holder_of(config, path)
         if found is not None and isinstance(found[0].get(found[1]), list):
             found[0][found[1]] = _reindexed(path, found[0][found[1]], layers, module.name, where, first=1)
+
+
+def index_paths(module: Module, parents: list[str]) -> set[str]:
+    """The config paths of `module`'s lists of layer indices: its own `index_keys` and the
+    INDEX_LISTS keys beside its count keys (under `parents`)."""
+    return set(module.index_keys) | {join_path(p, k) for p in parents for k in INDEX_LISTS}
+
+
+def layer_setting(key: str, value, count: int, indexed: bool) -> str | None:
+    """How config key `key`, beside a stack's count of `count` layers, sets each layer:
+    "indices" (a list of layer indices; `indexed`: the key is one of index_paths), "dict"
+    (overrides keyed by layer index), "pointers" (per layer, the layer it points at),
+    "string" (a character per layer), "list" (an entry per layer), or None (no per-layer
+    setting)."""
+    if indexed and isinstance(value, list):
+        return "indices"
+    if key in PER_LAYER_DICTS and value is not None:
+        return "dict"
+    if key in LAYER_POINTER_LISTS and _per_layer(value, count):
+        return "pointers"
+    if key in PER_LAYER_STRINGS and isinstance(value, str) and len(value) == count:
+        return "string"
+    if _per_layer(value, count) and key not in NOT_PER_LAYER:
+        return "list"
+    return None
 
 
 def with_derived_lists(config: dict) -> dict:
@@ -106,10 +132,6 @@ def with_derived_lists(config: dict) -> dict:
     holder, _ = holder_of(config, count_path)
     holder[key] = [on_pattern if (i + offset) % pattern == 0 else otherwise for i in range(count)]
     return config
-
-
-def _join(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
 
 
 def _per_layer(value, count: int) -> bool:
