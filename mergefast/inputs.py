@@ -13,7 +13,7 @@ from .io.hub import parse_model_ref
 from .io.hub_headers import RemoteCheckpointReader
 from .io.hub_prefetch import HubPrefetch
 from .io.hub_remote import RemoteRepo, locate_model
-from .io.model_files import check_side_files, model_file, read_model_json
+from .io.model_files import check_side_files, read_model_object
 from .io.quantized import Fp8Reader, block_size, check_quantization
 from .io.reader import CheckpointReader
 
@@ -43,12 +43,10 @@ def read_model_config(folder: Path) -> dict:
     (tokenizer, chat template, generation config) are checked to stay inside it now too, before
     any tensor is read, rather than when OUT is written."""
     check_side_files(folder)
-    data = read_model_json(folder, "config.json")
-    path = folder / "config.json"
-    if data is None and model_file(folder, "config.json") is None:
+    data = read_model_object(folder, "config.json")
+    if data is None:
         return {}
-    if not isinstance(data, dict):  # JSON null too
-        raise ModelError(f"{path}: config.json is not a JSON object")
+    path = folder / "config.json"
     for key in SUB_CONFIGS:  # read as mappings everywhere (layer counts, vocab size, tying)
         if key in data and data[key] is not None and not isinstance(data[key], dict):
             kind = {str: "a string", list: "a list", bool: "true/false"}.get(type(data[key]), "a number")

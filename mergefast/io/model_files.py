@@ -147,6 +147,17 @@ def read_model_json(folder: Path, name: str, listed_in: Path | None = None):
         raise ModelError(f"{path}: cannot read {name} ({_reason(exc)}); re-download it") from None
 
 
+def read_model_object(folder: Path, name: str) -> dict | None:
+    """`read_model_json` of a file that must hold a JSON object: None when absent, ModelError
+    naming the file when it holds anything else (JSON null included)."""
+    data = read_model_json(folder, name)
+    if data is None and model_file(folder, name) is None:
+        return None
+    if not isinstance(data, dict):
+        raise ModelError(f"{folder / name}: {name} is not a JSON object; re-download it")
+    return data
+
+
 def hf_blobs_dir(folder: Path) -> Path | None:
     """The `blobs/` folder when `folder` is a huggingface_hub cache snapshot, else None."""
     snapshots = folder.parent

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..architecture.layout import LayerSource
 from ..architecture.rewrite import rewrite_module_layers, with_derived_lists
 from ..errors import ConfigError, ModelError
-from .model_files import TOKENIZER_FILES, model_file, read_model_json  # noqa: F401 - TOKENIZER_FILES re-exported
+from .model_files import TOKENIZER_FILES, model_file, read_model_object  # noqa: F401 - TOKENIZER_FILES re-exported
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,7 @@ def check_copied_tokenizer(folder: Path) -> None:
     Llama 3's 9 MB tokenizer.json parses in ~0.1 s."""
     for name in TOKENIZER_FILES:
         if name.endswith(".json"):
-            data = read_model_json(folder, name)
-            if not isinstance(data, dict) and (data is not None or model_file(folder, name) is not None):
-                raise ModelError(f"{folder / name}: {name} is not a JSON object; re-download it")
+            read_model_object(folder, name)
 
 
 def write_chat_template(folder: Path, template: str) -> None:
