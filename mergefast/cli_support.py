@@ -51,7 +51,8 @@ def click_option(option: Option):
     if option.cli_error is not None:
         settings["callback"] = _range_check(option)
     flag = f"{option.flag}/--no-{option.flag[2:]}" if option.kind == "bool" else option.flag
-    return click.option(flag, default=option.cli_default, **settings)
+    names = (option.short, flag) if option.short else (flag,)
+    return click.option(*names, default=option.cli_default, **settings)
 
 
 MERGE_OPTIONS = [click_option(option) for option in OPTIONS]

@@ -6,6 +6,7 @@ library through this module, and kernels/cpu.py binds it to torch tensors.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -152,6 +153,35 @@ def default_threads() -> int:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def thread_count(count: int | None):
+    """Within the block, merges use `count` CPU threads (`-j/--num-threads`, as mergekit's
+    torch.set_num_threads): the kernels' OpenMP teams (default_threads, or torch's count in a
+    process that has torch) and torch's own ops, set now when torch is loaded, else through
+    OMP_NUM_THREADS, which torch reads when the merge imports it. None changes nothing.
+    Afterwards the environment is restored, and torch's count too (a torch first imported in
+    the block gets default_threads())."""
+    if count is None:
+        yield
+        return
+    saved_env = os.environ.get("OMP_NUM_THREADS")
+    torch = sys.modules.get("torch")
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    os.environ["OMP_NUM_THREADS"] = str(count)
+    if torch is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved_env
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(saved_torch or default_threads())
 
 
 def all_finite(address: int, dtype: str, count: int, threads: int | None = None) -> bool:

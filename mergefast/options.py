@@ -53,6 +53,7 @@ def _flag(name: str, default: bool, help: str, show_default: bool = False) -> Op
     return Option(name, "bool", default, help, cli_default=default, show_default=show_default)
 
 
+_NO_LORA = "Accepted for mergekit compatibility (LoRA references are not supported yet)."
 OPTIONS: tuple[Option, ...] = (
     _flag("cuda", False, "Run the merge arithmetic on the GPU."),
     Option("device", "text", None, "Math device (cpu, cuda, cuda:N, auto); overrides --cuda."),
@@ -89,6 +90,58 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _flag("lazy_unpickle", False, "Accepted for mergekit compatibility: .bin files are always read lazily."),
     _flag("trust_remote_code", False, "Accepted for compatibility; mergefast never runs code from a model folder."),
+    Option(
+        "num_threads",
+        "int",
+        None,
+        "CPU threads for the merge arithmetic (default: OMP_NUM_THREADS, else every CPU this process may use).",
+        short="-j",
+        valid=lambda count: count >= 1,
+        api_error="merge option {name}={value!r} ({flag}): give a whole number of at least 1",
+        cli_error="{value} threads: give a whole number of at least 1",
+    ),
+    _flag("multi_gpu", False, "Merge on the GPU, as --cuda (on one GPU: --device picks which)."),
+    _flag("gpu_rich", False, "The same as --cuda --low-cpu-memory --read-to-gpu --multi-gpu."),
+    _flag(
+        "low_cpu_memory",
+        False,
+        "Accepted for mergekit compatibility: each result is written as soon as it is merged; none stays on the GPU.",
+    ),
+    _flag("read_to_gpu", False, "Accepted for mergekit compatibility: with --cuda, inputs go to the GPU as merged."),
+    _flag(
+        "clone_tensors",
+        False,
+        "Accepted for mergekit compatibility: every output tensor is written from its own buffer.",
+    ),
+    _flag(
+        "async_write",
+        False,
+        "Accepted for mergekit compatibility: the output is always written by a thread of its own.",
+    ),
+    Option(
+        "write_threads",
+        "int",
+        None,
+        "Accepted for mergekit compatibility (see --async-write).",
+        valid=lambda count: count >= 1,
+        api_error="merge option {name}={value!r} ({flag}): give a whole number of at least 1",
+        cli_error="{value} threads: give a whole number of at least 1",
+    ),
+    Option(
+        "safe_serialization",
+        "bool",
+        True,
+        "Write safetensors, the only output format mergefast writes.",
+        cli_default=True,
+        show_default=True,
+        valid=lambda safe: safe,
+        api_error="merge option {name}=False ({flag}): mergefast writes safetensors only; "
+        "drop the option (transformers loads safetensors)",
+        cli_error="mergefast writes safetensors only (no pytorch_model.bin output); "
+        "drop --no-safe-serialization (transformers loads safetensors)",
+    ),
+    Option("lora_merge_cache", "text", None, _NO_LORA),
+    Option("lora_merge_dtype", "text", None, _NO_LORA),
     Option("verbose", "count", 0, "More logging; -v also shows tracebacks.", short="-v"),
     _flag("quiet", False, "No progress bar and no summary."),
     _flag(
@@ -254,17 +307,26 @@ class MergeOptions:
         return min(physical_memory() // 4, auto)
 
     @property
+    def gpu_flag(self) -> str | None:
+        """The flag that asks for GPU math (--cuda, or mergekit's --multi-gpu / --gpu-rich,
+        which imply it), or None."""
+        asked = [name for name in ("cuda", "multi_gpu", "gpu_rich") if getattr(self, name)]
+        return OPTION_BY_NAME[asked[0]].flag if asked else None
+
+    @property
     def math_device(self) -> str:
-        """The device merges run on: --device, else cuda with --cuda, else cpu."""
+        """The device merges run on: --device, else cuda with --cuda (or --multi-gpu,
+        --gpu-rich), else cpu."""
         if self.device and self.device != "auto":
             return _checked_device(self.device)
-        if self.device == "auto" or self.cuda:
+        flag = self.gpu_flag
+        if self.device == "auto" or flag:
             import torch
 
             if torch.cuda.is_available():
                 return "cuda"
-            if self.cuda:
-                raise ConfigError("--cuda was given but torch sees no CUDA device")
+            if flag:
+                raise ConfigError(f"{flag} was given but torch sees no CUDA device")
         return "cpu"
 
     @classmethod

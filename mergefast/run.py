@@ -41,7 +41,10 @@ def run(
             from .report import format_plan
 
             return format_plan(plan, opts, None if out_path is None else str(out_path))
-        return _merge(plan, out_path, opts, planning)
+        from .native import thread_count
+
+        with thread_count(opts.num_threads):
+            return _merge(plan, out_path, opts, planning)
     finally:
         plan.close()
 

@@ -6,10 +6,12 @@ commands."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import click
 import pytest
+import torch
 import yaml
 from helpers import run_cli
 
@@ -108,3 +110,67 @@ def test_merge_checks_out_and_device_before_planning(family, tmp_path, monkeypat
         mergefast.merge(_config(family), tmp_path / "file")
     with pytest.raises(ConfigError, match="--device"):
         mergefast.merge(_config(family), tmp_path / "out", device="tpu")
+
+
+def test_no_safe_serialization_is_refused_before_any_model_is_read(tmp_path):
+    """mergekit's --no-safe-serialization writes pytorch_model.bin; mergefast writes only
+    safetensors, so the flag is a usage error naming what to do, on both sides."""
+    result = run_cli("yaml", tmp_path / "missing.yml", tmp_path / "out", "--no-safe-serialization")
+    assert result.exit_code == 2
+    assert "safetensors only" in result.output and "drop --no-safe-serialization" in result.output
+    with pytest.raises(ConfigError, match=r"safe_serialization=False \(--safe-serialization\): mergefast writes"):
+        MergeOptions.from_kwargs(safe_serialization=False)
+
+
+@pytest.mark.parametrize("option", ["num_threads", "write_threads"])
+def test_thread_counts_must_be_positive(option, tmp_path):
+    flag = "--" + option.replace("_", "-")
+    result = run_cli("plan", tmp_path / "missing.yml", flag, 0)
+    assert result.exit_code == 2 and "0 threads: give a whole number of at least 1" in result.output
+    with pytest.raises(ConfigError, match=f"{option}=0 \\({flag}\\): give a whole number of at least 1"):
+        MergeOptions.from_kwargs(**{option: 0})
+
+
+@pytest.mark.parametrize("flag", ["--multi-gpu", "--gpu-rich"])
+def test_mergekit_gpu_flags_ask_for_gpu_math(flag, family, tmp_path):
+    """--multi-gpu and --gpu-rich imply mergekit's --cuda; --device still overrides them."""
+    opts = MergeOptions.from_kwargs(**{flag[2:].replace("-", "_"): True})
+    assert opts.gpu_flag == flag
+    assert MergeOptions.from_kwargs(multi_gpu=True, device="cpu").math_device == "cpu"
+    if torch.cuda.is_available():
+        assert opts.math_device == "cuda"
+        return
+    config = tmp_path / "cfg.yml"
+    config.write_text(yaml.safe_dump(_config(family)))
+    result = run_cli("yaml", config, tmp_path / "out", flag)
+    assert result.exit_code == 2 and f"{flag} was given but torch sees no CUDA device" in result.output
+
+
+def test_mergekit_flags_that_change_nothing_give_the_same_model(family, tmp_path):
+    """A mergekit command line runs as it is: the flags mergefast accepts without effect (its
+    way of working already meets them) and -j 1 give the same files as none."""
+    config = tmp_path / "cfg.yml"
+    config.write_text(yaml.safe_dump(_config(family)))
+    plain = run_cli("yaml", config, tmp_path / "plain", "--quiet")
+    assert plain.exit_code == 0, plain.output
+    flags = ["--low-cpu-memory", "--read-to-gpu", "--clone-tensors", "--async-write", "--write-threads", 4]
+    flags += ["--safe-serialization", "--lora-merge-cache", tmp_path / "lora", "--lora-merge-dtype", "float16"]
+    result = run_cli("yaml", config, tmp_path / "flags", "--quiet", "-j", 1, *flags)
+    assert result.exit_code == 0, result.output
+    for path in sorted((tmp_path / "plain").iterdir()):
+        flagged = (tmp_path / "flags" / path.name).read_bytes()
+        assert flagged.replace(b"# flags", b"# plain") == path.read_bytes(), path.name  # the card's title
+    assert not (tmp_path / "lora").exists()
+
+
+def test_thread_count_sets_the_kernels_and_torch_then_restores_them(monkeypatch):
+    from mergefast import native
+    from mergefast.host import ops
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    with native.thread_count(1):
+        assert (native.default_threads(), torch.get_num_threads(), ops.threads()) == (1, 1, 1)
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+    with native.thread_count(None):
+        assert torch.get_num_threads() == before

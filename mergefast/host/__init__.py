@@ -88,7 +88,7 @@ def torch_free_line() -> str:
 def refusal(plan, options) -> str | None:
     """Why the torch-free engine cannot run `plan` with `options`, or None when it can (its
     jobs that need torch then go through torch one by one: `torch_jobs`)."""
-    if options.cuda or options.device not in (None, "cpu"):
+    if options.gpu_flag or options.device not in (None, "cpu"):
         return "a GPU or --device merge"
     if os.environ.get("MERGEFAST_BACKEND"):
         return "MERGEFAST_BACKEND is set"

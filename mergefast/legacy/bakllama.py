@@ -143,11 +143,6 @@ def _bakllama_words(message: str) -> str:
 @click.command("bakllama")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("out_path", type=click.Path(file_okay=True))
-@click.option(
-    "--clone-tensors/--no-clone-tensors",
-    default=False,
-    help="Accepted for compatibility: repeated layers always work in mergefast.",
-)
 @click.option("--fp16/--no-fp16", default=False, help="dtype: float16.")
 @click.option(
     "--print-yaml/--no-print-yaml", default=False, help="Print the equivalent passthrough config, then merge."
@@ -155,9 +150,7 @@ def _bakllama_words(message: str) -> str:
 @DRY_RUN
 @merge_options
 @reports_errors
-def bakllama_command(
-    config_file, out_path, clone_tensors=False, fp16=False, print_yaml=False, dry_run=False, **options
-):
+def bakllama_command(config_file, out_path, fp16=False, print_yaml=False, dry_run=False, **options):
     """Stack layer ranges of models (a bakllama CONFIG_FILE) into the folder OUT_PATH."""
     path = Path(config_file)
     if not path.is_file():
