@@ -312,6 +312,8 @@ def parse_config(
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "another document" in problem:  # a mergekit-multi file: several merges, `---` between them
+            problem += "; mergefast takes one merge per file: put each `---` document in a file of its own"
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with `merge_method`, got {type(data).__name__}")

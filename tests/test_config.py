@@ -108,6 +108,13 @@ def test_yaml_syntax_error_has_line_and_column():
         parse_config("merge_method: linear\nmodels: : x\n", "cfg.yml")
 
 
+def test_several_documents_say_one_merge_per_file():
+    """A mergekit-multi file (merges separated by ---) names the way out."""
+    text = "merge_method: linear\nmodels: [{model: a}]\n---\nmerge_method: linear\nmodels: [{model: b}]\n"
+    with pytest.raises(ConfigError, match=r"line 3, column 1: but found another document; mergefast takes one merge"):
+        parse_config(text, "multi.yml")
+
+
 def test_yaml_merge_keys_may_be_overridden_but_keys_not_repeated():
     from mergefast.config import parse_config
 
