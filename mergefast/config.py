@@ -46,7 +46,14 @@ class _Strict(BaseModel):
 
 
 def _model_string(value: Any) -> Any:
-    """Accept `model: org/name` and the dict form `model: {path, revision}`."""
+    """Accept `model: org/name`, the dict form `model: {path, revision}` and mergekit's
+    `model: {model: {path, revision}, lora: {path, revision}}` (as `model+lora`)."""
+    if isinstance(value, dict) and "model" in value:
+        unknown = set(value) - {"model", "lora"}
+        if unknown:
+            raise ValueError(f"model references with {sorted(unknown)} are not supported yet")
+        model = _model_string(value["model"])
+        return model if value.get("lora") is None else f"{model}+{_model_string(value['lora'])}"
     if isinstance(value, dict):
         unknown = set(value) - {"path", "revision"}
         if unknown:

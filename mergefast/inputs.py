@@ -13,6 +13,8 @@ from .io.hub import parse_model_ref
 from .io.hub_headers import RemoteCheckpointReader
 from .io.hub_prefetch import HubPrefetch
 from .io.hub_remote import RemoteRepo, locate_model
+from .io.lora import split_lora_ref
+from .io.lora_reader import with_lora
 from .io.model_files import check_side_files, read_model_object
 from .io.quantized import Fp8Reader, block_size, check_quantization
 from .io.reader import CheckpointReader
@@ -57,11 +59,19 @@ def read_model_config(folder: Path) -> dict:
     return data
 
 
-def open_model(ref: str, cache_dir: str | None, prefetch: HubPrefetch | None = None) -> InputModel:
-    """Resolve `ref` (local folder or hub repo id) and read its headers and config; a hub
-    repo's weights are not downloaded (io/hub_remote.py), only its headers read. `prefetch`:
-    the Hub metadata read in the background since the config was parsed (io/hub_prefetch.py)."""
-    found = prefetch.locate(ref, cache_dir) if prefetch is not None else locate_model(parse_model_ref(ref), cache_dir)
+def open_model(
+    ref: str, cache_dir: str | None, prefetch: HubPrefetch | None = None, lora_dtype: str | None = None
+) -> InputModel:
+    """Resolve `ref` (local folder or hub repo id, `model+lora` with a LoRA adapter applied:
+    io/lora.py) and read its headers and config; a hub repo's weights are not downloaded
+    (io/hub_remote.py), only its headers read. `prefetch`: the Hub metadata read in the
+    background since the config was parsed (io/hub_prefetch.py). `lora_dtype`:
+    --lora-merge-dtype."""
+    model_ref, lora_ref = split_lora_ref(ref)
+    if prefetch is not None:
+        found = prefetch.locate(model_ref, cache_dir)
+    else:
+        found = locate_model(parse_model_ref(model_ref), cache_dir)
     if isinstance(found, RemoteRepo):
         folder, reader = found.folder, RemoteCheckpointReader(found)
     else:
@@ -71,6 +81,8 @@ def open_model(ref: str, cache_dir: str | None, prefetch: HubPrefetch | None = N
         scaled = check_quantization(ref, reader, config, str(folder))
         if scaled:
             reader = Fp8Reader(reader, scaled, block_size(config))
+        if lora_ref is not None:
+            reader = with_lora(reader, lora_ref, cache_dir, lora_dtype, ref)
         arch = resolve_architecture(reader.names(), config, str(folder / "config.json"))
     except BaseException:
         reader.close()
@@ -79,14 +91,18 @@ def open_model(ref: str, cache_dir: str | None, prefetch: HubPrefetch | None = N
 
 
 def open_models(
-    refs: list[str], cache_dir: str | None, allow_crimes: bool, prefetch: HubPrefetch | None = None
+    refs: list[str],
+    cache_dir: str | None,
+    allow_crimes: bool,
+    prefetch: HubPrefetch | None = None,
+    lora_dtype: str | None = None,
 ) -> dict[str, InputModel]:
     """Open every referenced model (in order: the first failing one raises); check they share
     an architecture unless `allow_crimes`."""
     models: dict[str, InputModel] = {}
     try:
         for ref in refs:
-            models[ref] = open_model(ref, cache_dir, prefetch)
+            models[ref] = open_model(ref, cache_dir, prefetch, lora_dtype)
     except BaseException:
         close_models(models)
         raise

@@ -53,7 +53,7 @@ def _flag(name: str, default: bool, help: str, show_default: bool = False) -> Op
     return Option(name, "bool", default, help, cli_default=default, show_default=show_default)
 
 
-_NO_LORA = "Accepted for mergekit compatibility (LoRA references are not supported yet)."
+LORA_DTYPES = ("bfloat16", "float16", "float32", "float64")
 OPTIONS: tuple[Option, ...] = (
     _flag("cuda", False, "Run the merge arithmetic on the GPU."),
     Option("device", "text", None, "Math device (cpu, cuda, cuda:N, auto); overrides --cuda."),
@@ -140,8 +140,23 @@ OPTIONS: tuple[Option, ...] = (
         cli_error="mergefast writes safetensors only (no pytorch_model.bin output); "
         "drop --no-safe-serialization (transformers loads safetensors)",
     ),
-    Option("lora_merge_cache", "text", None, _NO_LORA),
-    Option("lora_merge_dtype", "text", None, _NO_LORA),
+    Option(
+        "lora_merge_cache",
+        "text",
+        None,
+        "Accepted for mergekit compatibility: a model+lora reference's adapter is applied as its tensors are read; "
+        "nothing is cached.",
+    ),
+    Option(
+        "lora_merge_dtype",
+        "text",
+        None,
+        "The dtype a model+lora reference's tensors are read in (as mergekit loads the model to apply the LoRA): "
+        f"{', '.join(LORA_DTYPES)}; default: as stored.",
+        valid=lambda name: name.removeprefix("torch.") in LORA_DTYPES,
+        api_error=f"merge option {{name}}={{value!r}} ({{flag}}): use one of {', '.join(LORA_DTYPES)}",
+        cli_error=f"{{value}} is not a dtype mergefast merges; use one of {', '.join(LORA_DTYPES)}",
+    ),
     Option("verbose", "count", 0, "More logging; -v also shows tracebacks.", short="-v"),
     _flag("quiet", False, "No progress bar and no summary."),
     _flag(

@@ -356,7 +356,7 @@ def build_plan(
     `prefetch`: the Hub repos' metadata, being read since the config was parsed."""
     spec = method_spec(config.merge_method, source)
     refs = referenced_models(config)
-    models = open_models(refs, options.transformers_cache, options.allow_crimes, prefetch)
+    models = open_models(refs, options.transformers_cache, options.allow_crimes, prefetch, options.lora_merge_dtype)
     try:
         check_model_folders(models, merged_models(config), source)
         check_fp8_dtype(config, models, merged_models(config), source)

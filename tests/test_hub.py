@@ -40,7 +40,7 @@ def test_parse_model_ref(text, ref):
     "text, match",
     [
         ("org/a@b@c", "more than one '@'"),
-        ("org/base+org/lora", r"LoRA model references \(model\+lora\) are not supported yet"),
+        ("org/base+org/lora", r"a LoRA reference \(model\+lora\) names a merged model, not a tokenizer source"),
         ("", "no path"),
         ("@main", "no path"),
         ("org/name@", "no revision"),

@@ -35,6 +35,7 @@ import math
 import os
 
 from .. import native
+from ..io.lora_reader import LoraReader
 from ..io.reader import CheckpointReader
 from ..methods.registry import TASK_ARITHMETIC_FAMILY
 
@@ -97,6 +98,8 @@ def refusal(plan, options) -> str | None:
     if native.library()[0] is None:
         return "the CPU kernels are not built"
     for ref, model in plan.models.items():
+        if isinstance(model.reader, LoraReader):
+            return f"{ref} applies a LoRA adapter"
         if not isinstance(model.reader, CheckpointReader) or model.reader.format != "safetensors":
             return f"{ref} is not a safetensors model"
     on_torch = torch_jobs(plan)

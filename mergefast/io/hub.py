@@ -34,12 +34,13 @@ class ModelRef:
 
 
 def parse_model_ref(text: str) -> ModelRef:
-    """Parse mergekit's string form `path[@revision]` (LoRA `model+lora` is not supported yet)."""
+    """Parse mergekit's string form `path[@revision]` (a model's; `model+lora` is split first:
+    io/lora.py's split_lora_ref)."""
     text = str(text).strip()
     if "+" in text:
         raise ConfigError(
-            f"model reference {text!r}: LoRA model references (model+lora) are not supported yet; "
-            "merge the LoRA into its base first and reference that folder"
+            f"model reference {text!r}: a LoRA reference (model+lora) names a merged model, not a tokenizer "
+            "source; name the model alone"
         )
     if text.count("@") > 1:
         raise ConfigError(f"model reference {text!r} has more than one '@'; use path or path@revision")

@@ -46,8 +46,11 @@ def hub_files(plan, jobs=None) -> list[HubFile]:
 
 
 def _inner(reader):
-    """The CheckpointReader under an io.quantized.Fp8Reader."""
-    return getattr(reader, "_reader", reader)
+    """The CheckpointReader under the readers that wrap one (io.quantized.Fp8Reader,
+    io.lora_reader.LoraReader, either over the other)."""
+    while "_reader" in getattr(reader, "__dict__", {}):
+        reader = reader.__dict__["_reader"]
+    return reader
 
 
 def _files_of(reader, tensor: str) -> list[str]:

@@ -28,10 +28,11 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from .hub import _offline, hub_errors, local_folder, parse_model_ref
 from .hub_bin import bin_metadata
 from .hub_remote import REQUEST_THREADS, RemoteRepo, locate_model
+from .lora import split_lora_ref
 from .model_files import header_length
 from .weight_index import read_weight_map
 
@@ -52,7 +53,8 @@ class HubPrefetch:
 
     def start(self, refs: list[str]) -> None:
         """Start locating the Hub repos among `refs` (nothing offline, nothing for folders)."""
-        hub_refs = [] if _offline() else [r for r in dict.fromkeys(refs) if _is_hub_ref(r) and r not in self._found]
+        models = [_model_part(r) for r in dict.fromkeys(refs)]
+        hub_refs = [] if _offline() else [r for r in dict.fromkeys(models) if _is_hub_ref(r) and r not in self._found]
         if hub_refs and self._pool is None:
             self._pool = ThreadPoolExecutor(min(len(hub_refs), REPO_THREADS), "mergefast-hub")
         for ref in hub_refs:
@@ -78,6 +80,15 @@ class HubPrefetch:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _model_part(ref: str) -> str:
+    """The model of `model+lora` (its adapter is read when the model is opened); a malformed
+    ref as it is, left to the planner."""
+    try:
+        return split_lora_ref(ref)[0]
+    except ConfigError:
+        return ref
 
 
 def _is_hub_ref(ref: str) -> bool:
