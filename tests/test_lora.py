@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,27 @@ def test_a_hub_model_with_a_hub_adapter(stream, lora, tmp_path, monkeypatch):
         hub.stop()
     local = _merge(tmp_path, _passthrough(f"{lora['base']}+{lora['adapter']}"), name="local")
     assert (out / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
+
+
+@pytest.mark.mergekit
+@pytest.mark.slow
+def test_mergekit_merges_the_same_lora(lora, tmp_path):
+    """mergekit 0.1.5 (its --lora-merge-cache, peft in its own environment) against mergefast:
+    the same bytes but for the embedding, whose LoRA update peft rounds before adding it."""
+    from test_mergekit_compat import MERGEKIT_YAML
+
+    if MERGEKIT_YAML is None:
+        pytest.skip("mergekit-yaml not found (set MERGEKIT_YAML)")
+    models = [str(lora["base"]), f"{lora['base']}+{lora['adapter']}"]
+    config = {"merge_method": "linear", "dtype": "bfloat16"}
+    config["models"] = [{"model": model, "parameters": {"weight": 0.5}} for model in models]
+    ours = load_file(_merge(tmp_path, config) / "model.safetensors")
+    args = [MERGEKIT_YAML, tmp_path / "out.yml", tmp_path / "mk", "--lora-merge-cache", tmp_path / "cache"]
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = load_file(tmp_path / "mk" / "model.safetensors")
+    assert sorted(ours) == sorted(theirs)
+    for name in set(ours) - {"model.embed_tokens.weight"}:
+        assert torch.equal(ours[name], theirs[name]), name
+    embed = "model.embed_tokens.weight"
+    assert torch.allclose(ours[embed].float(), theirs[embed].float(), atol=2e-3)
