@@ -1,5 +1,5 @@
 """The `mergefast` command line: `mergefast yaml CONFIG OUT`, `mergefast plan CONFIG`,
-`mergefast env`, `mergefast-yaml`.
+`mergefast multi CONFIG -I DIR --out-path OUT`, `mergefast env`, `mergefast-yaml`.
 
 Exit codes: 0 success; 2 config or usage error (click's usage errors too); 1 runtime error
 (a model, a file, the disk, the arithmetic, or a bug: "internal error"); 130 Ctrl-C; 143
@@ -63,20 +63,22 @@ def env_command():
 
 
 class _LegacyOnUse(click.Group):
-    """A group whose `legacy` and `bakllama` commands are imported when named: their modules
-    (mergefast/legacy/) took ~11 ms of every `mergefast yaml` start (python -X importtime,
-    2-vCPU Intel Xeon VM), ~2% of a linear merge of the 0.3B family."""
+    """A group whose `legacy`, `bakllama` and `multi` commands are imported when named: the
+    legacy modules (mergefast/legacy/) took ~11 ms of every `mergefast yaml` start (python -X
+    importtime, 2-vCPU Intel Xeon VM), ~2% of a linear merge of the 0.3B family."""
 
-    LEGACY = {"legacy": "legacy_command", "bakllama": "bakllama_command"}
+    ON_USE = {"legacy": ("legacy", "legacy_command"), "bakllama": ("legacy", "bakllama_command")}
+    ON_USE["multi"] = ("multi", "multi_command")
 
     def list_commands(self, ctx):
-        return sorted([*super().list_commands(ctx), *self.LEGACY])
+        return sorted([*super().list_commands(ctx), *self.ON_USE])
 
     def get_command(self, ctx, name):
-        if name in self.LEGACY:
-            from . import legacy
+        if name in self.ON_USE:
+            import importlib
 
-            return getattr(legacy, self.LEGACY[name])
+            module, command = self.ON_USE[name]
+            return getattr(importlib.import_module(f".{module}", __package__), command)
         return super().get_command(ctx, name)
 
 

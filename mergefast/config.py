@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,15 +46,29 @@ class _Strict(BaseModel):
         return data
 
 
+# mergekit-multi (multi.py): the names of a file's merges -> their output folders, set while
+# a document is parsed; a model reference whose path is a name is read as that folder.
+NAMED_MERGES: ContextVar[dict[str, str] | None] = ContextVar("named_merges", default=None)
+
+
 def _model_string(value: Any) -> Any:
     """Accept `model: org/name`, the dict form `model: {path, revision}` and mergekit's
-    `model: {model: {path, revision}, lora: {path, revision}}` (as `model+lora`)."""
+    `model: {model: {path, revision}, lora: {path, revision}}` (as `model+lora`); a named merge
+    of a mergekit-multi file (NAMED_MERGES) becomes its output folder."""
+    ref = _model_text(value)
+    model, plus, lora = ref.partition("+")
+    path, at, revision = model.partition("@")
+    folder = (NAMED_MERGES.get() or {}).get(path)
+    return ref if folder is None else f"{folder}{at}{revision}{plus}{lora}"
+
+
+def _model_text(value: Any) -> str:
     if isinstance(value, dict) and "model" in value:
-        unknown = set(value) - {"model", "lora"}
+        unknown = {key for key in set(value) - {"model", "lora"} if value[key] is not None}
         if unknown:
             raise ValueError(f"model references with {sorted(unknown)} are not supported yet")
-        model = _model_string(value["model"])
-        return model if value.get("lora") is None else f"{model}+{_model_string(value['lora'])}"
+        model = _model_text(value["model"])
+        return model if value.get("lora") is None else f"{model}+{_model_text(value['lora'])}"
     if isinstance(value, dict):
         unknown = set(value) - {"path", "revision"}
         if unknown:
@@ -209,7 +224,7 @@ class MergeConfig(_Strict):
     tokenizer_source: str | None = None
     tokenizer: TokenizerConfig | None = None
     chat_template: str | None = None
-    name: str | None = None  # mergekit-multi document name; accepted, unused
+    name: str | None = None  # a mergekit-multi document's name (multi.py); unused by one merge
     _base = field_validator("base_model", mode="before")(lambda v: None if v is None else _model_string(v))
 
     @field_validator("dtype", "out_dtype")

@@ -20,6 +20,7 @@ import mergefast.plan
 from mergefast.cli import main
 from mergefast.errors import ConfigError
 from mergefast.legacy import bakllama_command, legacy_command
+from mergefast.multi import multi_command
 from mergefast.options import MAX_SEED, OPTIONS, MergeOptions
 
 COMMANDS = {
@@ -27,6 +28,7 @@ COMMANDS = {
     "plan": main.commands["plan"],
     "legacy": legacy_command,
     "bakllama": bakllama_command,
+    "multi": multi_command,
 }
 # a value of the wrong type for each kind, as a Python caller might pass it
 WRONG = {"bool": "no", "int": "7", "count": 1.5, "text": 3, "path": ["x"], "memory": "lots", "size": [1]}
