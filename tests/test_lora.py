@@ -216,3 +216,41 @@ def test_mergekit_merges_the_same_lora(lora, tmp_path):
         assert torch.equal(ours[name], theirs[name]), name
     embed = "model.embed_tokens.weight"
     assert torch.allclose(ours[embed].float(), theirs[embed].float(), atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def gpt2_lora(tmp_path_factory) -> dict[str, Path]:
+    """GPT-2 (Conv1D layers: fan_in_fan_out) stored as openai-community/gpt2 is, without the
+    `transformer.` prefix its module names have, a peft LoRA over it and peft's merge."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("gpt2")
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(root / "base")
+    weights = root / "base" / "model.safetensors"
+    save_file({k.removeprefix("transformer."): v for k, v in load_file(weights).items()}, weights, {"format": "pt"})
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, bias="all")
+    adapted = peft.get_peft_model(model, config)
+    with torch.no_grad():
+        for name, tensor in adapted.named_parameters():
+            if "lora_" in name or name.endswith("bias"):
+                tensor.normal_(0, 0.05)
+    adapted.save_pretrained(root / "adapter")
+    adapted.merge_and_unload().save_pretrained(root / "merged")
+    return {"base": root / "base", "adapter": root / "adapter", "merged": root / "merged"}
+
+
+def test_a_conv1d_lora_over_a_checkpoint_without_the_model_prefix(gpt2_lora, tmp_path):
+    """The adapter names `transformer.h.0.attn.c_attn`, the checkpoint `h.0.attn.c_attn`: each
+    update lands on the one stored tensor of that name, as transformers loads it (biases saved
+    whole by bias="all"); peft's merge bit for bit."""
+    out = _merge(tmp_path, _passthrough(f"{gpt2_lora['base']}+{gpt2_lora['adapter']}"))
+    ours, theirs = load_file(out / "model.safetensors"), load_file(gpt2_lora["merged"] / "model.safetensors")
+    assert sorted(ours) == sorted(load_file(gpt2_lora["base"] / "model.safetensors"))
+    for name in ours:
+        assert torch.equal(ours[name], theirs[f"transformer.{name}"]), name
+    base = load_file(gpt2_lora["base"] / "model.safetensors")
+    assert not torch.equal(ours["h.1.mlp.c_fc.weight"], base["h.1.mlp.c_fc.weight"])
+    assert not torch.equal(ours["h.0.attn.c_proj.bias"], base["h.0.attn.c_proj.bias"])

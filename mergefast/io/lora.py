@@ -125,13 +125,31 @@ def adapter_updates(config: dict, tensors: dict, base, where: str) -> tuple[dict
     for module, pair in halves.items():
         if set(pair) != {"A", "B"}:
             raise ModelError(f"LoRA {where}: {module} has lora_A or lora_B but not both; the adapter is incomplete")
-        target = module + ".weight"
         transpose = kinds[module] or bool(config.get("fan_in_fan_out"))
-        updates[target] = LowRank(pair["A"], pair["B"], _scale(config, module, tensors[pair["A"]]), transpose)
-        _check_shape(base, target, _update_shape(tensors, updates[target], where), where, module)
+        update = LowRank(pair["A"], pair["B"], _scale(config, module, tensors[pair["A"]]), transpose)
+        target = _stored_name(base, module + ".weight", where, module)
+        _check_shape(base, target, _update_shape(tensors, update, where), where, module)
+        updates[target] = update
+    replaced = {}
     for target, key in whole.items():
-        _check_shape(base, target, tuple(tensors[key].shape), where, key)
-    return updates, whole
+        stored = _stored_name(base, target, where, key)
+        _check_shape(base, stored, tuple(tensors[key].shape), where, key)
+        replaced[stored] = key
+    return updates, replaced
+
+
+def _stored_name(base, target: str, where: str, key: str) -> str:
+    """The name `target` (a module's, as peft saw the model) has in the checkpoint: itself, or
+    with the model's prefix that transformers adds or drops on load (gpt2's checkpoints store
+    `h.0...` for `transformer.h.0...`), when exactly one tensor of the base has it."""
+    if target in base:
+        return target
+    stripped = target.partition(".")[2]
+    found = [stripped] if stripped in base else []
+    found += [n for n in base.names() if n.endswith("." + target) and "." not in n[: -len(target) - 1]]
+    if len(found) != 1:
+        raise ModelError(f"LoRA {where}: {key} updates {target}, which the model does not have; wrong base model?")
+    return found[0]
 
 
 def _scale(config: dict, module: str, a) -> float:
@@ -151,8 +169,6 @@ def _update_shape(tensors: dict, update: LowRank, where: str) -> tuple:
 
 
 def _check_shape(base, target: str, shape: tuple, where: str, key: str) -> None:
-    if target not in base:
-        raise ModelError(f"LoRA {where}: {key} updates {target}, which the model does not have; wrong base model?")
     have = tuple(base.info(target).shape)
     if have != tuple(shape):
         raise ModelError(f"LoRA {where}: {key} gives {target} shape {tuple(shape)}, the model's is {have}")
