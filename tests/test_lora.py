@@ -139,6 +139,8 @@ BAD_ADAPTERS = {
     "layer-replication": ({"layer_replication": [[0, 2], [1, 2]]}, {}, "layer_replication in adapter_config"),
     "loha": ({"peft_type": "LOHA"}, {}, "only LoRA adapters"),
     "no-prefix": ({}, {"q_proj.lora_A.weight": torch.zeros(2, 32)}, "does not start with 'base_model.model.'"),
+    "alpha-text": ({"lora_alpha": "16"}, {}, "lora_alpha's alpha '16' is not a finite number"),
+    "alpha-regex": ({"alpha_pattern": {"(a+)+$": 4}}, {}, "alpha_pattern key .*: mergefast takes module names"),
 }  # fmt: skip
 
 

@@ -71,11 +71,27 @@ def read_adapter(folder: Path, where: str):
     for key, what in _REFUSED_SETTINGS.items():
         if config.get(key):
             raise ModelError(f"LoRA {where}: {what} adapters ({key} in adapter_config.json) are not supported")
+    _check_alphas(config, f"LoRA {where}: {folder / 'adapter_config.json'}")
     for name in ADAPTER_WEIGHTS:
         path = folder / name
         if path.is_file():
             return config, _load_tensors(path, where)
     raise ModelError(f"LoRA {where}: {folder} has neither {' nor '.join(ADAPTER_WEIGHTS)}")
+
+
+def _check_alphas(config: dict, where: str) -> None:
+    """lora_alpha and every alpha_pattern entry: a finite number, the pattern a module name
+    (letters, digits, '_', '-', '.'; a regular expression with other operators could take
+    exponential time to match: refused)."""
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise ModelError(f"{where}: alpha_pattern is not an object of module names and alphas")
+    for key, alpha in [("lora_alpha", config.get("lora_alpha", 8)), *patterns.items()]:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ModelError(f"{where}: {key}'s alpha {alpha!r} is not a finite number")
+    for key in patterns:
+        if not re.fullmatch(r"[\w.\-]+", key):
+            raise ModelError(f"{where}: alpha_pattern key {key!r}: mergefast takes module names, not regexes")
 
 
 def _load_tensors(path: Path, where: str) -> dict:
@@ -85,10 +101,14 @@ def _load_tensors(path: Path, where: str) -> dict:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+            tensors = load_file(str(path))
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt or hostile file: one line, the path
         raise ModelError(f"LoRA {where}: cannot read {path} ({exc}); re-download the adapter") from None
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise ModelError(f"LoRA {where}: {path} holds no mapping of tensor names to tensors; re-download the adapter")
+    return tensors
 
 
 def _alpha(config: dict, module: str) -> float:
