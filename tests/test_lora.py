@@ -140,6 +140,7 @@ BAD_ADAPTERS = {
     "loha": ({"peft_type": "LOHA"}, {}, "only LoRA adapters"),
     "no-prefix": ({}, {"q_proj.lora_A.weight": torch.zeros(2, 32)}, "does not start with 'base_model.model.'"),
     "alpha-text": ({"lora_alpha": "16"}, {}, "lora_alpha's alpha '16' is not a finite number"),
+    "switch-text": ({"fan_in_fan_out": "false"}, {}, "fan_in_fan_out is 'false'; give true or false"),
     "alpha-regex": ({"alpha_pattern": {"(a+)+$": 4}}, {}, "alpha_pattern key .*: mergefast takes module names"),
 }  # fmt: skip
 

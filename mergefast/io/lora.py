@@ -71,7 +71,7 @@ def read_adapter(folder: Path, where: str):
     for key, what in _REFUSED_SETTINGS.items():
         if config.get(key):
             raise ModelError(f"LoRA {where}: {what} adapters ({key} in adapter_config.json) are not supported")
-    _check_alphas(config, f"LoRA {where}: {folder / 'adapter_config.json'}")
+    _check_settings(config, f"LoRA {where}: {folder / 'adapter_config.json'}")
     for name in ADAPTER_WEIGHTS:
         path = folder / name
         if path.is_file():
@@ -79,10 +79,13 @@ def read_adapter(folder: Path, where: str):
     raise ModelError(f"LoRA {where}: {folder} has neither {' nor '.join(ADAPTER_WEIGHTS)}")
 
 
-def _check_alphas(config: dict, where: str) -> None:
-    """lora_alpha and every alpha_pattern entry: a finite number, the pattern a module name
-    (letters, digits, '_', '-', '.'; a regular expression with other operators could take
-    exponential time to match: refused)."""
+def _check_settings(config: dict, where: str) -> None:
+    """The switches true/false (a string "false" would read as true), lora_alpha and every
+    alpha_pattern entry a finite number, the pattern a module name (letters, digits, '_', '-',
+    '.'; a regular expression with other operators could take exponential time to match)."""
+    for key in ("fan_in_fan_out", "use_rslora"):
+        if config.get(key) not in (None, True, False):
+            raise ModelError(f"{where}: {key} is {config[key]!r}; give true or false")
     patterns = config.get("alpha_pattern") or {}
     if not isinstance(patterns, dict):
         raise ModelError(f"{where}: alpha_pattern is not an object of module names and alphas")
