@@ -74,6 +74,7 @@ def summarize_plan(plan, options=None, out_path: str | Path | None = None, buffe
             per_model[s.model]["bytes"] += s.info.nbytes
     for ref, model in plan.models.items():
         per_model[ref].update(folder=str(model.folder), format=model.reader.format, layers=model.arch.num_layers)
+        per_model[ref]["lora"] = getattr(model.reader, "lora_summary", None)  # io/lora_reader.py
     outputs = [OutputTensor(j.name, j.dtype_name, tuple(j.shape)) for j in jobs]
     shard_size = getattr(options, "out_shard_size", 0) or 0
     shards = plan_shards(outputs, shard_size) if outputs else []
@@ -200,7 +201,9 @@ def format_plan(plan, options=None, out_path: str | Path | None = None, buffer_b
     ]
     for ref, m in s["models"].items():
         lines.append(
-            f"  {ref}: {m['folder']} ({m['format']}, {m['layers']} layers): "
+            f"  {ref}: {m['folder']} ({m['format']}, {m['layers']} layers"
+            + (f", {m['lora']}" if m.get("lora") else "")
+            + "): "
             f"{m['tensors']} tensors read, {human_bytes(m['bytes'])}"
         )
     layers = f", {s['output_layers']} layers" if s["output_layers"] is not None else ""

@@ -257,3 +257,12 @@ def test_a_conv1d_lora_over_a_checkpoint_without_the_model_prefix(gpt2_lora, tmp
     base = load_file(gpt2_lora["base"] / "model.safetensors")
     assert not torch.equal(ours["h.1.mlp.c_fc.weight"], base["h.1.mlp.c_fc.weight"])
     assert not torch.equal(ours["h.0.attn.c_proj.bias"], base["h.0.attn.c_proj.bias"])
+
+
+def test_the_plan_says_what_the_adapter_changes(lora, tmp_path):
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(_passthrough(f"{lora['base']}+{lora['adapter']}")))
+    result = run_cli("plan", path)
+    assert result.exit_code == 0, result.output
+    # q_proj, v_proj, down_proj in 2 layers and the embedding; lm_head and the embedding's base layer
+    assert "(safetensors, 2 layers, LoRA: 7 weights updated, 2 replaced)" in result.output

@@ -24,6 +24,11 @@ class LoraReader:
     def __getattr__(self, attr):
         return getattr(self._reader, attr)
 
+    @property
+    def lora_summary(self) -> str:
+        """What the adapter changes, for the plan's text."""
+        return f"LoRA: {len(self._updates)} weights updated, {len(self._whole)} replaced"
+
     def names(self) -> list[str]:
         """The base model's tensor names."""
         return self._reader.names()
