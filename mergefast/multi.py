@@ -18,7 +18,7 @@ import click
 import yaml
 
 from .cli_support import merge_options, reports_errors, run_command
-from .config import NAMED_MERGES, parse_config, referenced_models
+from .config import NAMED_MERGES, load_config, parse_config, referenced_models
 from .errors import ConfigError
 from .yaml_text import load_yaml
 
@@ -28,11 +28,14 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 
 @dataclass
 class Document:
-    """One merge of the file: its `name` (None: the final merge), YAML text and place."""
+    """One merge of the file: its `name` (None: the final merge), YAML text and place, and
+    once checked (merge_order) its config as YAML with the named merges' folders in place of
+    their names (what its mergekit_config.yml holds, as mergekit-multi's)."""
 
     name: str | None
     text: str
     where: str
+    resolved: str = ""
 
 
 def read_documents(path: Path) -> list[Document]:
@@ -80,6 +83,7 @@ def merge_order(documents: list[Document], folders: dict[str, str]) -> list[Docu
     try:
         for doc in documents:
             config = parse_config(doc.text, doc.where)
+            doc.resolved = load_config(config)[1]
             paths = {ref.partition("+")[0].partition("@")[0] for ref in referenced_models(config)}
             needs[doc.name] = {name for name, folder in folders.items() if folder in paths}
     finally:
@@ -124,11 +128,7 @@ def run_multi(config_file: str, intermediate_dir: str, out_path: str | None, laz
             continue
         if not options["quiet"]:
             click.echo(f"merging {doc.name or 'the final merge'} into {out}", err=True)
-        token = NAMED_MERGES.set(folders)
-        try:
-            run_command(doc.text, str(out), options, source=doc.where)
-        finally:
-            NAMED_MERGES.reset(token)
+        run_command(doc.resolved, str(out), options, source=doc.where)
 
 
 @click.command("multi")

@@ -45,6 +45,8 @@ def test_a_two_stage_merge_is_the_two_merges_run_by_hand(family, tmp_path, final
     for folder, by_hand in (("inter/stage1", "by-hand-stage"), ("out", "by-hand")):
         got = (tmp_path / folder / "model.safetensors").read_bytes()
         assert got == (tmp_path / by_hand / "model.safetensors").read_bytes(), folder
+    written = (tmp_path / "out" / "mergekit_config.yml").read_text()  # runs alone: the folder, not the name
+    assert f"model: {tmp_path / 'inter' / 'stage1'}" in written and "model: stage1" not in written
 
 
 def test_lazy_skips_a_written_merge_and_no_lazy_merges_it_again(family, tmp_path):
