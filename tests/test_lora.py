@@ -266,3 +266,17 @@ def test_the_plan_says_what_the_adapter_changes(lora, tmp_path):
     assert result.exit_code == 0, result.output
     # q_proj, v_proj, down_proj in 2 layers and the embedding; lm_head and the embedding's base layer
     assert "(safetensors, 2 layers, LoRA: 7 weights updated, 2 replaced)" in result.output
+
+
+def test_raw_reads_never_bypass_the_adapter(lora):
+    """The torch-free engine's raw reads are refused by the LoRA reader (its plans run on the
+    torch engine), so no tensor is ever read without its update."""
+    from mergefast.inputs import open_model
+
+    model = open_model(f"{lora['base']}+{lora['adapter']}", None)
+    try:
+        for raw in (model.reader.read_into, model.reader.map_whole):
+            with pytest.raises(TypeError, match="never as raw bytes"):
+                raw("model.layers.0.self_attn.q_proj.weight", bytearray(4096))
+    finally:
+        model.close()

@@ -59,6 +59,13 @@ class LoraReader:
         dst = out.reshape(-1).view(torch.uint8)[: value.numel() * value.element_size()].view(dtype)
         return dst.view(value.shape).copy_(value)
 
+    def read_into(self, name: str, *args, **kwargs):
+        """Not taken: the torch-free engine's raw reads (read_into, map_whole) would bypass
+        the adapter, so a plan with a LoRA runs on the torch engine (host.refusal)."""
+        raise TypeError(f"{name}: a LoRA model's tensors are read with read(), never as raw bytes")
+
+    map_whole = read_into
+
     def _delta(self, update: LowRank):
         """scale * (B @ A) in float32 (transposed where the update says), as peft computes it."""
         delta = self._tensors[update.b].float() @ self._tensors[update.a].float()
