@@ -54,8 +54,9 @@ def read_documents(path: Path) -> list[Document]:
         where = f"{path} (document {i}, line {node.start_mark.line + 1})"
         doc_text = text[node.start_mark.index : node.end_mark.index] + "\n"
         data = load_yaml(doc_text)
-        name = data.get("name") if isinstance(data, dict) else None
-        documents.append(Document(_checked_name(name, where), doc_text, where))
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping with `merge_method`, got {type(data).__name__}")
+        documents.append(Document(_checked_name(data.get("name"), where), doc_text, where))
     names = [d.name for d in documents]
     for name in dict.fromkeys(names):
         if names.count(name) > 1:

@@ -67,6 +67,7 @@ BAD = {
     "same-name": (["{stage}", "{stage}"], "two merges are named 'stage1'"),
     "two-unnamed": (["{final}", "{final}"], "two merges have no name"),
     "folder-name": (["name: ../up\n{final}"], "give a plain folder name"),
+    "not-a-mapping": (["- a\n- b\n", "{final}"], r"document 1, line 1\): expected a mapping with `merge_method`"),
     "bad-key-in-the-last": (["{stage}", "{final}merge_methd: ties\n"], r"document 2.*unknown key 'merge_methd'"),
 }
 
