@@ -67,8 +67,11 @@ class _LegacyOnUse(click.Group):
     legacy modules (mergefast/legacy/) took ~11 ms of every `mergefast yaml` start (python -X
     importtime, 2-vCPU Intel Xeon VM), ~2% of a linear merge of the 0.3B family."""
 
-    ON_USE = {"legacy": ("legacy", "legacy_command"), "bakllama": ("legacy", "bakllama_command")}
-    ON_USE["multi"] = ("multi", "multi_command")
+    ON_USE = {
+        "legacy": ("legacy", "legacy_command"),
+        "bakllama": ("legacy", "bakllama_command"),
+        "multi": ("multi", "multi_command"),
+    }
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.ON_USE])

@@ -56,10 +56,14 @@ def _model_string(value: Any) -> Any:
     `model: {model: {path, revision}, lora: {path, revision}}` (as `model+lora`); a named merge
     of a mergekit-multi file (NAMED_MERGES) becomes its output folder."""
     ref = _model_text(value)
-    model, plus, lora = ref.partition("+")
-    path, at, revision = model.partition("@")
+    path = reference_path(ref)
     folder = (NAMED_MERGES.get() or {}).get(path)
-    return ref if folder is None else f"{folder}{at}{revision}{plus}{lora}"
+    return ref if folder is None else folder + ref[len(path) :]  # its @revision and +lora kept
+
+
+def reference_path(ref: str) -> str:
+    """The path (folder or repo id) of a model reference `path[@revision][+lora]`."""
+    return ref.partition("+")[0].partition("@")[0]
 
 
 def _model_text(value: Any) -> str:

@@ -11,6 +11,7 @@ weights: mergefast renames a folder into place only once it is complete.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import click
 import yaml
 
 from .cli_support import merge_options, reports_errors, run_command
-from .config import NAMED_MERGES, load_config, parse_config, referenced_models
+from .config import NAMED_MERGES, load_config, parse_config, reference_path, referenced_models
 from .errors import ConfigError
 from .yaml_text import load_yaml
 
@@ -57,9 +58,8 @@ def read_documents(path: Path) -> list[Document]:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping with `merge_method`, got {type(data).__name__}")
         documents.append(Document(_checked_name(data.get("name"), where), doc_text, where))
-    names = [d.name for d in documents]
-    for name in dict.fromkeys(names):
-        if names.count(name) > 1:
+    for name, count in Counter(d.name for d in documents).items():
+        if count > 1:
             what = f"two merges are named {name!r}" if name else "two merges have no name"
             raise ConfigError(f"{path}: {what}; name every merge but the final one, each differently")
     if not documents:
@@ -85,7 +85,7 @@ def merge_order(documents: list[Document], folders: dict[str, str]) -> list[Docu
         for doc in documents:
             config = parse_config(doc.text, doc.where)
             doc.resolved = load_config(config)[1]
-            paths = {ref.partition("+")[0].partition("@")[0] for ref in referenced_models(config)}
+            paths = {reference_path(ref) for ref in referenced_models(config)}
             needs[doc.name] = {name for name, folder in folders.items() if folder in paths}
     finally:
         NAMED_MERGES.reset(token)

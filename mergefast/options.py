@@ -53,6 +53,20 @@ def _flag(name: str, default: bool, help: str, show_default: bool = False) -> Op
     return Option(name, "bool", default, help, cli_default=default, show_default=show_default)
 
 
+def _threads(name: str, help: str, short: str | None = None) -> Option:
+    """A thread count: a whole number of at least 1, or None for the default."""
+    return Option(
+        name,
+        "int",
+        None,
+        help,
+        short=short,
+        valid=lambda count: count >= 1,
+        api_error="merge option {name}={value!r} ({flag}): give a whole number of at least 1",
+        cli_error="{value} threads: give a whole number of at least 1",
+    )
+
+
 LORA_DTYPES = ("bfloat16", "float16", "float32", "float64")
 OPTIONS: tuple[Option, ...] = (
     _flag("cuda", False, "Run the merge arithmetic on the GPU."),
@@ -90,15 +104,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _flag("lazy_unpickle", False, "Accepted for mergekit compatibility: .bin files are always read lazily."),
     _flag("trust_remote_code", False, "Accepted for compatibility; mergefast never runs code from a model folder."),
-    Option(
+    _threads(
         "num_threads",
-        "int",
-        None,
         "CPU threads for the merge arithmetic (default: OMP_NUM_THREADS, else every CPU this process may use).",
         short="-j",
-        valid=lambda count: count >= 1,
-        api_error="merge option {name}={value!r} ({flag}): give a whole number of at least 1",
-        cli_error="{value} threads: give a whole number of at least 1",
     ),
     _flag("multi_gpu", False, "Merge on the GPU, as --cuda (on one GPU: --device picks which)."),
     _flag("gpu_rich", False, "The same as --cuda --low-cpu-memory --read-to-gpu --multi-gpu."),
@@ -118,15 +127,7 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "Accepted for mergekit compatibility: the output is always written by a thread of its own.",
     ),
-    Option(
-        "write_threads",
-        "int",
-        None,
-        "Accepted for mergekit compatibility (see --async-write).",
-        valid=lambda count: count >= 1,
-        api_error="merge option {name}={value!r} ({flag}): give a whole number of at least 1",
-        cli_error="{value} threads: give a whole number of at least 1",
-    ),
+    _threads("write_threads", "Accepted for mergekit compatibility (see --async-write)."),
     Option(
         "safe_serialization",
         "bool",
